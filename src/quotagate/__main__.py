@@ -1,0 +1,3 @@
+from quotagate.cli import entry_point
+
+entry_point()

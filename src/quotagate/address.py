@@ -1,0 +1,25 @@
+"""Recipient addresses as the directory keys them."""
+
+from __future__ import annotations
+
+
+class BadAddress(ValueError):
+    pass
+
+
+def normalize(address: str) -> str:
+    """``Local@Example.ORG`` -> ``local@example.org``.
+
+    Exim lowercases local parts unless ``caseful_local_part`` is set, and domains are
+    case-insensitive, so the directory keys addresses in lower case. The split is at the last
+    ``@``: a quoted local part may hold one.
+    """
+    text = address.strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        raise BadAddress(f"not an address: {address!r} (expected local@domain)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise BadAddress(f"not an address: {address!r} (control characters)")
+    if any(c.isspace() for c in domain) or "/" in domain:
+        raise BadAddress(f"not an address: {address!r} (bad domain)")
+    return text.lower()

@@ -1,0 +1,85 @@
+"""``quotagate mailbox add|list|import``: the embedded directory."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from quotagate.address import normalize
+from quotagate.cli.app import App, pass_app
+from quotagate.mailbox_csv import CsvError, parse_mailboxes
+from quotagate.model import Limits, Mailbox
+from quotagate.sizes import format_size, parse_size
+
+
+def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@click.group("mailbox")
+def group() -> None:
+    """Manage the mailboxes of the embedded directory."""
+
+
+@group.command("add")
+@click.argument("address")
+@click.option("--quota", required=True, callback=_size, help="Size limit: 500M, 2G, 1.5GiB or bytes; 0 = unlimited.")
+@click.option("--messages", type=click.IntRange(min=0), default=0, help="Message limit; 0 = unlimited.")
+@click.option("--path", help="Where its mail lives (relative to [spool] root), if not the spool layout.")
+@click.option("--disabled", is_flag=True, help="Add it disabled: never checked.")
+@pass_app
+def add(app: App, address: str, quota: int, messages: int, path: str | None, disabled: bool) -> None:
+    """Add or update one mailbox."""
+    store = app.store()
+    try:
+        store.upsert_mailboxes([Mailbox(normalize(address), Limits(quota, messages), not disabled, path)])
+    finally:
+        store.close()
+
+
+@group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@pass_app
+def import_(app: App, file: TextIO) -> None:
+    """Add or update mailboxes from a CSV file (header: address,quota[,messages[,path[,enabled]]])."""
+    try:
+        mailboxes = parse_mailboxes(file.read(), file.name)
+    except CsvError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = app.store()
+    try:
+        store.upsert_mailboxes(mailboxes)
+    finally:
+        store.close()
+    click.echo(f"imported {len(mailboxes)} mailboxes")
+
+
+@group.command("list")
+@pass_app
+def list_(app: App) -> None:
+    """List the mailboxes and their limits."""
+    store = app.store()
+    try:
+        mailboxes = store.mailboxes()
+    finally:
+        store.close()
+    table = Table("address", "quota", "messages", "enabled", "path")
+    for m in mailboxes:
+        table.add_row(
+            m.address,
+            format_size(m.limits.bytes) if m.limits.bytes else "unlimited",
+            str(m.limits.messages or "unlimited"),
+            "yes" if m.enabled else "no",
+            m.path or "",
+        )
+    Console().print(table)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(group)

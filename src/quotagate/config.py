@@ -1,0 +1,118 @@
+"""The one validated config schema. Every default lives here; a bad value names its key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+
+from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
+
+DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
+ENV_VAR = "QUOTAGATE_CONFIG"
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Percent = Annotated[Decimal, BeforeValidator(parse_percent), PlainSerializer(lambda d: f"{d * 100:g}%")]
+Grace = Annotated[Allowance, BeforeValidator(parse_allowance), PlainSerializer(str)]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be read or does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:////var/lib/quotagate/quotagate.db"
+
+
+class SpoolConfig(_Section):
+    root: Path = Path("/var/mail/vhosts")
+    layout: str = "{domain}/{local}/Maildir"
+    format: Literal["maildir", "mbox", "auto"] = "auto"
+
+    def model_post_init(self, __context: Any) -> None:
+        try:
+            self.layout.format(domain="d", local="l", address="l@d")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
+
+
+class FolderRule(_Section):
+    """A rule for folders whose name matches the glob ``match`` (Maildir++ names, e.g. ``Trash``)."""
+
+    match: str
+    exclude: bool = False
+    quota: Size = 0
+    messages: int = Field(default=0, ge=0)
+
+
+class ScanConfig(_Section):
+    workers: int = Field(default=0, ge=0, description="0 = one per CPU")
+    threshold: Percent = Decimal(1)
+    # A folder modified less than this many seconds before it was read is read again next time:
+    # file systems keep coarse mtimes, so a change in the same tick would otherwise go unseen.
+    racy_seconds: float = Field(default=2.0, ge=0)
+
+
+class PublishConfig(_Section):
+    file: Path | None = None
+
+
+class PolicyConfig(_Section):
+    listen: list[str] = ["127.0.0.1:10032"]
+    grace: Grace = Allowance()
+
+
+class Config(_Section):
+    store: StoreConfig = StoreConfig()
+    spool: SpoolConfig = SpoolConfig()
+    scan: ScanConfig = ScanConfig()
+    folders: list[FolderRule] = []
+    publish: PublishConfig = PublishConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a config mapping; errors name the key (``spool.format``) and the reason."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            reason = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {reason}")
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $QUOTAGATE_CONFIG, else /etc/quotagate/quotagate.toml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config file; a missing default file means all defaults, a missing named one is an error."""
+    file = config_path(path)
+    named = bool(path or os.environ.get(ENV_VAR))
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"{file}: no such config file") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{file}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(data, str(file))

@@ -1,0 +1,92 @@
+"""The decision rules of DESIGN.md, as pure functions: no I/O, no clocks, no stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from quotagate.model import Action, Decision, Limits, Mailbox, Usage
+from quotagate.sizes import Allowance
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """Room held for messages accepted recently that may still be in flight."""
+
+    bytes: int = 0
+    messages: int = 0
+
+
+NOTHING_RESERVED = Reserved()
+NO_GRACE = Allowance()
+
+
+def known_size(size: int | None) -> int | None:
+    """The declared size, or None when it is unknown (absent, 0 or -1 as Exim passes it)."""
+    if size is None or size <= 0:
+        return None
+    return size
+
+
+def _fits(used: int, incoming: int, limit: int, grace: int) -> bool:
+    """Inclusive check: the message fits, or the mailbox is under its limit and grace covers it."""
+    return used + incoming <= limit or (used < limit and used + incoming <= limit + grace)
+
+
+def decide(
+    mailbox: Mailbox | None,
+    usage: Usage | None,
+    size: int | None = None,
+    reserved: Reserved = NOTHING_RESERVED,
+    grace: Allowance = NO_GRACE,
+    limits: Limits | None = None,
+) -> Decision:
+    """Accept, reject or dunno for one recipient and one declared size.
+
+    ``limits`` overrides the mailbox's own limits (a folder rule for ``local+folder``).
+    """
+    if mailbox is None:
+        return Decision(Action.DUNNO, "unknown recipient")
+    if not mailbox.enabled:
+        return Decision(Action.DUNNO, "mailbox is disabled")
+    limits = limits or mailbox.limits
+    if limits.unlimited:
+        return Decision(Action.DUNNO, "mailbox has no limit")
+    if usage is None:
+        return Decision(Action.DUNNO, "usage is unknown")
+
+    s = known_size(size)
+    used_bytes = usage.bytes + reserved.bytes
+    used_msgs = usage.messages + reserved.messages
+    numbers: dict[str, int | str | float | None] = {
+        "limit_bytes": limits.bytes,
+        "limit_messages": limits.messages,
+        "used_bytes": usage.bytes,
+        "used_messages": usage.messages,
+        "reserved_bytes": reserved.bytes,
+        "reserved_messages": reserved.messages,
+        "size": s,
+        "measured_at": usage.measured_at,
+        "source": usage.source,
+    }
+    if limits.bytes:
+        g = grace.of(limits.bytes)
+        numbers["grace_bytes"] = g
+        if s is None and used_bytes >= limits.bytes:
+            return Decision(Action.REJECT, "mailbox is at or over its size limit", numbers)
+        if s is not None and not _fits(used_bytes, s, limits.bytes, g):
+            return Decision(Action.REJECT, "message does not fit in the mailbox", numbers)
+    if limits.messages:
+        g = int(grace.fraction * limits.messages)
+        if s is None and used_msgs >= limits.messages:
+            return Decision(Action.REJECT, "mailbox is at or over its message limit", numbers)
+        if s is not None and not _fits(used_msgs, 1, limits.messages, g):
+            return Decision(Action.REJECT, "mailbox has no room for another message", numbers)
+    return Decision(Action.ACCEPT, "message fits" if s is not None else "mailbox is under its limit", numbers)
+
+
+def is_over(limits: Limits, bytes_: int, messages: int, threshold: Decimal = Decimal(1)) -> bool:
+    """Exclusive check for the published over-quota set: at or over ``threshold`` of a limit."""
+    if limits.bytes and bytes_ >= limits.bytes * threshold:
+        return True
+    return bool(limits.messages and messages >= limits.messages * threshold)

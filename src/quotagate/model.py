@@ -1,0 +1,177 @@
+"""The words of quotagate as frozen values: mailboxes, limits, usage, decisions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bytes and messages a mailbox may hold; 0 means unlimited."""
+
+    bytes: int = 0
+    messages: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.bytes == 0 and self.messages == 0
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One address, its limits, whether it is enabled and (optionally) where its mail lives."""
+
+    address: str
+    limits: Limits = Limits()
+    enabled: bool = True
+    path: str | None = None
+
+    @property
+    def local(self) -> str:
+        return self.address.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+
+class Format(enum.StrEnum):
+    """How a mailbox was found on disk."""
+
+    MAILDIR = "maildir"
+    MBOX = "mbox"
+    MISSING = "missing"  # not created yet: the MTA makes it on first delivery
+
+
+class State(enum.StrEnum):
+    OK = "ok"
+    OVER = "over"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class FolderUsage:
+    """Usage of one folder.
+
+    ``stamp`` holds the modification times (and for mbox the size) seen when the folder was
+    read; an incremental scan skips the folder while they are unchanged. ``None`` means
+    "read it again next time" (the folder changed too recently for its mtime to be trusted).
+    """
+
+    name: str
+    bytes: int
+    messages: int
+    stamp: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MaildirsizeInfo:
+    """What a Maildir++ ``maildirsize`` file claimed when the mailbox was measured."""
+
+    bytes: int
+    messages: int
+    definition: str
+
+    def agrees_with(self, bytes_: int, messages: int) -> bool:
+        return self.bytes == bytes_ and self.messages == messages
+
+
+@dataclass(frozen=True)
+class MailboxUsage:
+    """What a mailbox holds on disk, folder by folder, or why it could not be measured."""
+
+    format: Format
+    folders: tuple[FolderUsage, ...] = ()
+    root_stamp: int | None = None
+    error: str | None = None
+    maildirsize: MaildirsizeInfo | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.error is None
+
+    @property
+    def all_bytes(self) -> int:
+        return sum(f.bytes for f in self.folders)
+
+    @property
+    def all_messages(self) -> int:
+        return sum(f.messages for f in self.folders)
+
+    def folder(self, name: str) -> FolderUsage | None:
+        for f in self.folders:
+            if f.name == name:
+                return f
+        return None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Counted usage of a mailbox after folder rules, with when and how it was measured."""
+
+    bytes: int
+    messages: int
+    measured_at: float
+    source: str = "scan"
+
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DEFER = "defer"
+    DUNNO = "dunno"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer for one recipient and one declared size, with the numbers behind it."""
+
+    action: Action
+    reason: str
+    numbers: dict[str, int | str | float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A stored measurement of one mailbox: raw usage per folder plus the totals that count."""
+
+    address: str
+    path: str
+    usage: MailboxUsage
+    bytes: int
+    messages: int
+    state: State
+    measured_at: float
+
+    @property
+    def reason(self) -> str | None:
+        return self.usage.error
+
+    def same_measure(self, other: Reading) -> bool:
+        """Equal apart from when it was measured: nothing to write."""
+        return (self.path, self.usage, self.bytes, self.messages, self.state) == (
+            other.path,
+            other.usage,
+            other.bytes,
+            other.messages,
+            other.state,
+        )
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    started_at: float
+    finished_at: float
+    full: bool
+    mailboxes: int
+    measured: int
+    messages: int
+    bytes: int
+    over: int
+    unknown: int
+    written: int
+
+    @property
+    def seconds(self) -> float:
+        return self.finished_at - self.started_at

@@ -1,0 +1,66 @@
+"""Usage per mailbox as plain rows, for tables, JSON and CSV alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quotagate.model import Mailbox, Reading, State
+
+COLUMNS = (
+    "address",
+    "bytes",
+    "messages",
+    "quota_bytes",
+    "quota_messages",
+    "percent",
+    "state",
+    "enabled",
+    "format",
+    "maildirsize",
+    "measured_at",
+    "reason",
+)
+
+
+def _percent(used: int, limit: int) -> float | None:
+    return round(100 * used / limit, 1) if limit else None
+
+
+def _maildirsize(r: Reading) -> str:
+    info = r.usage.maildirsize
+    if info is None:
+        return ""
+    if info.agrees_with(r.bytes, r.messages):
+        return "agrees"
+    return f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
+
+
+def rows(
+    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], over_only: bool = False
+) -> list[dict[str, Any]]:
+    out = []
+    for m in mailboxes:
+        r = readings.get(m.address)
+        if r is None:
+            row: dict[str, Any] = dict.fromkeys(COLUMNS)
+            row.update(address=m.address, state=State.UNKNOWN.value, reason="not scanned yet")
+        else:
+            known = r.state is not State.UNKNOWN
+            percents = [p for p in (_percent(r.bytes, m.limits.bytes), _percent(r.messages, m.limits.messages)) if p]
+            row = {
+                "address": m.address,
+                "bytes": r.bytes if known else None,
+                "messages": r.messages if known else None,
+                "percent": max(percents) if percents and known else None,
+                "state": r.state.value,
+                "format": r.usage.format.value,
+                "maildirsize": _maildirsize(r),
+                "measured_at": r.measured_at,
+                "reason": r.reason,
+                "folders": [{"name": f.name, "bytes": f.bytes, "messages": f.messages} for f in r.usage.folders],
+            }
+        row.update(quota_bytes=m.limits.bytes, quota_messages=m.limits.messages, enabled=m.enabled)
+        if not over_only or row["state"] == State.OVER.value:
+            out.append(row)
+    return out

@@ -1,0 +1,178 @@
+"""The scan flow: directory -> usage -> store -> publish."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from quotagate.config import Config
+from quotagate.decide import is_over
+from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
+from quotagate.publish import publish_file
+from quotagate.spool import UnsafePath, mailbox_path
+from quotagate.store import Store
+from quotagate.usage import maildirsize
+from quotagate.usage.folders import counted
+from quotagate.usage.mailbox import FormatSetting, measure, unchanged
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+# Below this many mailboxes to read, a process pool costs more than it saves.
+_POOL_MIN = 64
+
+Job = tuple[str, FormatSetting, MailboxUsage | None, int]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    summary: ScanSummary
+    readings: dict[str, Reading]
+    maildirsize_mismatches: list[str]
+    maildirsize_fixed: list[str]
+    published: bool
+
+
+def _measure_job(job: Job) -> MailboxUsage:
+    return measure(*job)
+
+
+def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
+    """Measure in parallel processes (the per-file work holds the GIL), in input order."""
+    if workers <= 1 or len(jobs) < _POOL_MIN:
+        yield from map(_measure_job, jobs)
+        return
+    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(_measure_job, jobs, chunksize=chunk)
+
+
+def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, config: Config) -> State:
+    if not usage.known:
+        return State.UNKNOWN
+    return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold) else State.OK
+
+
+def _reading(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
+    bytes_, messages = counted(usage.folders, config.folders)
+    return Reading(
+        mailbox.address, path, usage, bytes_, messages, _state(mailbox, usage, bytes_, messages, config), now
+    )
+
+
+def _maildirsize_disagrees(r: Reading) -> bool:
+    info = r.usage.maildirsize
+    return info is not None and r.usage.known and not info.agrees_with(r.bytes, r.messages)
+
+
+def run_scan(
+    config: Config,
+    store: Store,
+    *,
+    full: bool = False,
+    fix_maildirsize: bool = False,
+    progress: Progress | None = None,
+) -> ScanResult:
+    """One scan: measure every enabled mailbox (only changed folders unless ``full``), store the
+    readings that changed in one transaction, publish the over-quota set."""
+    started = time.time()
+    cutoff_ns = int((started - config.scan.racy_seconds) * 1e9)
+    mailboxes = [m for m in store.mailboxes() if m.enabled]
+    previous = store.readings()
+    workers = config.scan.workers or os.cpu_count() or 1
+
+    readings: dict[str, Reading] = {}
+    pending: list[tuple[Mailbox, str]] = []
+    jobs: list[Job] = []
+    for mailbox in mailboxes:
+        try:
+            path = mailbox_path(mailbox, config.spool)
+        except UnsafePath as exc:
+            usage = MailboxUsage(Format.MISSING, error=str(exc))
+            readings[mailbox.address] = _reading(mailbox, "", usage, config, started)
+            continue
+        prev = previous.get(mailbox.address)
+        prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
+        if prev_usage is not None and unchanged(path, prev_usage):
+            readings[mailbox.address] = _reading(mailbox, path, prev_usage, config, started)
+            continue
+        pending.append((mailbox, path))
+        jobs.append((path, config.spool.format, prev_usage, cutoff_ns))
+
+    total = len(mailboxes)
+    done = len(readings)
+    if progress:
+        progress(done, total)
+    for (mailbox, path), usage in zip(pending, _measure_all(jobs, workers), strict=True):
+        readings[mailbox.address] = _reading(mailbox, path, usage, config, started)
+        done += 1
+        if progress and (done % 50 == 0 or done == total):
+            progress(done, total)
+
+    changed = []
+    for address, r in readings.items():
+        prev = previous.get(address)
+        if prev is not None and r.same_measure(prev):
+            readings[address] = prev
+        else:
+            changed.append(r)
+            if r.state is State.UNKNOWN:
+                log.warning("%s: usage unknown: %s", address, r.reason)
+    removed = set(previous) - set(readings)
+    store.save_readings(changed, removed)
+
+    mismatches = sorted(a for a, r in readings.items() if _maildirsize_disagrees(r))
+    fixed = _fix_maildirsize(mismatches, readings, {m.address: m for m in mailboxes}) if fix_maildirsize else []
+
+    published = False
+    if config.publish.file is not None:
+        published = publish_file(config.publish.file, (a for a, r in readings.items() if r.state is State.OVER))
+
+    summary = ScanSummary(
+        started_at=started,
+        finished_at=time.time(),
+        full=full or not previous,
+        mailboxes=total,
+        measured=len(pending),
+        messages=sum(r.messages for r in readings.values()),
+        bytes=sum(r.bytes for r in readings.values()),
+        over=sum(r.state is State.OVER for r in readings.values()),
+        unknown=sum(r.state is State.UNKNOWN for r in readings.values()),
+        written=len(changed) + len(removed),
+    )
+    store.record_scan(summary)
+    return ScanResult(summary, readings, mismatches, fixed, published)
+
+
+def _fix_maildirsize(
+    addresses: Iterable[str], readings: dict[str, Reading], by_address: dict[str, Mailbox]
+) -> list[str]:
+    """Rewrite disagreeing maildirsize files with the measured totals."""
+    fixed = []
+    for address in addresses:
+        r = readings[address]
+        info = r.usage.maildirsize
+        assert info is not None
+        definition = maildirsize.definition_for(by_address[address].limits) or info.definition
+        try:
+            maildirsize.rewrite(r.path, definition, r.bytes, r.messages)
+        except OSError as exc:
+            log.warning("%s: cannot rewrite maildirsize: %s", address, exc)
+            continue
+        fixed.append(address)
+    return fixed
+
+
+def summary_line(s: ScanSummary) -> str:
+    kind = "full" if s.full else "incremental"
+    return (
+        f"scan ({kind}): {s.mailboxes} mailboxes ({s.measured} read), {s.messages} messages, "
+        f"{s.bytes} bytes, {s.over} over quota, {s.unknown} unknown, {s.written} written, "
+        f"{s.seconds:.2f} s"
+    )

@@ -1,0 +1,42 @@
+"""The one contract every store keeps: the directory of mailboxes, and the readings of their usage."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from quotagate.model import Mailbox, Reading, ScanSummary
+
+
+class StoreError(Exception):
+    """A store that cannot be reached or used; the message says which and why."""
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade quotagate's tables; returns what was applied."""
+        ...
+
+    def migration_sql(self) -> list[str]:
+        """The statements :meth:`migrate` would run, for the admin to read first."""
+        ...
+
+    def upsert_mailboxes(self, mailboxes: Sequence[Mailbox]) -> None: ...
+
+    def mailboxes(self) -> list[Mailbox]: ...
+
+    def mailbox(self, address: str) -> Mailbox | None: ...
+
+    def readings(self) -> dict[str, Reading]: ...
+
+    def reading(self, address: str) -> Reading | None: ...
+
+    def save_readings(self, changed: Sequence[Reading], removed: Collection[str]) -> None:
+        """Write changed readings and drop removed ones, all in one transaction."""
+        ...
+
+    def record_scan(self, summary: ScanSummary) -> None: ...
+
+    def last_scan(self) -> ScanSummary | None: ...

@@ -1,0 +1,95 @@
+"""quotagate's own tables and the versioned migrations that create them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+ADDRESS = String(320)  # RFC 5321: 64 + 1 + 255, rounded up
+
+schema_version = Table(
+    "quotagate_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+mailbox = Table(
+    "quotagate_mailbox",
+    metadata,
+    Column("address", ADDRESS, primary_key=True),
+    Column("quota_bytes", BigInteger, nullable=False, default=0),
+    Column("quota_messages", BigInteger, nullable=False, default=0),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("path", Text, nullable=True),
+)
+
+usage = Table(
+    "quotagate_usage",
+    metadata,
+    Column("address", ADDRESS, primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("messages", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("over_quota", Boolean, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("root_stamp", BigInteger, nullable=True),
+    Column("maildirsize_bytes", BigInteger, nullable=True),
+    Column("maildirsize_messages", BigInteger, nullable=True),
+    Column("maildirsize_definition", String(200), nullable=True),
+    Column("measured_at", Float, nullable=False),
+)
+
+folder = Table(
+    "quotagate_folder",
+    metadata,
+    Column("address", ADDRESS, primary_key=True),
+    Column("name", String(512), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("messages", BigInteger, nullable=False),
+    Column("stamp", String(64), nullable=True),
+)
+
+scan = Table(
+    "quotagate_scan",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=False),
+    Column("full", Boolean, nullable=False),
+    Column("mailboxes", Integer, nullable=False),
+    Column("measured", Integer, nullable=False),
+    Column("messages", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("over", Integer, nullable=False),
+    Column("unknown", Integer, nullable=False),
+    Column("written", Integer, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    tables: tuple[Table, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, folder, scan)),
+)
+LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,242 @@
+"""The SQL store (SQLite by default; PostgreSQL and MySQL/MariaDB through the same SQLAlchemy code)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateTable
+
+from quotagate.model import (
+    FolderUsage,
+    Format,
+    Limits,
+    Mailbox,
+    MailboxUsage,
+    MaildirsizeInfo,
+    Reading,
+    ScanSummary,
+    State,
+)
+from quotagate.store import schema
+from quotagate.store.base import StoreError
+
+T = TypeVar("T")
+BATCH = 1000
+
+
+def _batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _stamp_text(stamp: tuple[int, ...] | None) -> str | None:
+    return None if stamp is None else ",".join(map(str, stamp))
+
+
+def _stamp_value(text: str | None) -> tuple[int, ...] | None:
+    return None if not text else tuple(int(p) for p in text.split(","))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets Exim's sqlite lookups read while a scan writes; busy_timeout waits out a writer.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 10000")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.close()
+
+
+class SqlStore:
+    """quotagate's own tables in any database SQLAlchemy speaks to."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(parsed, future=True)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.url = parsed.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ----------------------------------------------------------------------------
+    def _version(self, conn: Connection) -> int:
+        if not inspect(conn).has_table(schema.schema_version.name):
+            return 0
+        return conn.execute(select(func.max(schema.schema_version.c.version))).scalar() or 0
+
+    def _pending(self, conn: Connection) -> list[schema.Migration]:
+        current = self._version(conn)
+        return [m for m in schema.MIGRATIONS if m.version > current]
+
+    def migration_sql(self) -> list[str]:
+        with self._connect() as conn:
+            pending = self._pending(conn)
+        return [
+            str(CreateTable(t).compile(dialect=self.engine.dialect)).strip() + ";" for m in pending for t in m.tables
+        ]
+
+    def migrate(self) -> list[str]:
+        applied = []
+        with self._begin() as conn:
+            for m in self._pending(conn):
+                for table in m.tables:
+                    table.create(conn, checkfirst=True)
+                conn.execute(
+                    insert(schema.schema_version).values(
+                        version=m.version, description=m.description, applied_at=time.time()
+                    )
+                )
+                applied.append(f"{m.version}: {m.description}")
+        return applied
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {self.url}: {exc.__cause__ or exc}") from exc
+
+    def _begin(self) -> Any:
+        try:
+            return self.engine.begin()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {self.url}: {exc.__cause__ or exc}") from exc
+
+    def _require_schema(self, conn: Connection) -> None:
+        if self._version(conn) < schema.LATEST:
+            raise StoreError(f"store {self.url} is not set up: run 'quotagate db migrate'")
+
+    # -- the directory ---------------------------------------------------------------------
+    def upsert_mailboxes(self, mailboxes: Sequence[Mailbox]) -> None:
+        t = schema.mailbox
+        with self._begin() as conn:
+            self._require_schema(conn)
+            for chunk in _batches(mailboxes):
+                conn.execute(delete(t).where(t.c.address.in_([m.address for m in chunk])))
+                conn.execute(
+                    insert(t),
+                    [
+                        {
+                            "address": m.address,
+                            "quota_bytes": m.limits.bytes,
+                            "quota_messages": m.limits.messages,
+                            "enabled": m.enabled,
+                            "path": m.path,
+                        }
+                        for m in chunk
+                    ],
+                )
+
+    @staticmethod
+    def _mailbox(row: Any) -> Mailbox:
+        return Mailbox(row.address, Limits(row.quota_bytes, row.quota_messages), bool(row.enabled), row.path)
+
+    def mailboxes(self) -> list[Mailbox]:
+        with self._connect() as conn:
+            self._require_schema(conn)
+            rows = conn.execute(select(schema.mailbox).order_by(schema.mailbox.c.address))
+            return [self._mailbox(r) for r in rows]
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        with self._connect() as conn:
+            self._require_schema(conn)
+            row = conn.execute(select(schema.mailbox).where(schema.mailbox.c.address == address)).first()
+            return None if row is None else self._mailbox(row)
+
+    # -- readings --------------------------------------------------------------------------
+    @staticmethod
+    def _reading(row: Any, folders: Sequence[FolderUsage]) -> Reading:
+        info = None
+        if row.maildirsize_bytes is not None:
+            info = MaildirsizeInfo(row.maildirsize_bytes, row.maildirsize_messages, row.maildirsize_definition or "")
+        usage = MailboxUsage(Format(row.format), tuple(folders), row.root_stamp, row.reason, info)
+        return Reading(row.address, row.path, usage, row.bytes, row.messages, State(row.state), row.measured_at)
+
+    def _load(self, conn: Connection, address: str | None) -> dict[str, Reading]:
+        u, f = schema.usage, schema.folder
+        folder_q = select(f.c.address, f.c.name, f.c.bytes, f.c.messages, f.c.stamp).order_by(f.c.address, f.c.name)
+        usage_q = select(u)
+        if address is not None:
+            folder_q = folder_q.where(f.c.address == address)
+            usage_q = usage_q.where(u.c.address == address)
+        folders: dict[str, list[FolderUsage]] = defaultdict(list)
+        for addr, name, b, m, stamp in conn.execute(folder_q):
+            folders[addr].append(FolderUsage(name, b, m, _stamp_value(stamp)))
+        return {row.address: self._reading(row, folders.get(row.address, ())) for row in conn.execute(usage_q)}
+
+    def readings(self) -> dict[str, Reading]:
+        with self._connect() as conn:
+            self._require_schema(conn)
+            return self._load(conn, None)
+
+    def reading(self, address: str) -> Reading | None:
+        with self._connect() as conn:
+            self._require_schema(conn)
+            return self._load(conn, address).get(address)
+
+    def save_readings(self, changed: Sequence[Reading], removed: Collection[str]) -> None:
+        u, f = schema.usage, schema.folder
+        with self._begin() as conn:
+            self._require_schema(conn)
+            gone = list(removed) + [r.address for r in changed]
+            for chunk in _batches(gone):
+                conn.execute(delete(f).where(f.c.address.in_(chunk)))
+                conn.execute(delete(u).where(u.c.address.in_(chunk)))
+            for rows in _batches(changed):
+                conn.execute(insert(u), [self._usage_row(r) for r in rows])
+                folder_rows = [
+                    {
+                        "address": r.address,
+                        "name": fu.name,
+                        "bytes": fu.bytes,
+                        "messages": fu.messages,
+                        "stamp": _stamp_text(fu.stamp),
+                    }
+                    for r in rows
+                    for fu in r.usage.folders
+                ]
+                if folder_rows:
+                    conn.execute(insert(f), folder_rows)
+
+    @staticmethod
+    def _usage_row(r: Reading) -> dict[str, Any]:
+        info = r.usage.maildirsize
+        return {
+            "address": r.address,
+            "path": r.path,
+            "format": r.usage.format.value,
+            "bytes": r.bytes,
+            "messages": r.messages,
+            "state": r.state.value,
+            "over_quota": r.state is State.OVER,
+            "reason": r.usage.error,
+            "root_stamp": r.usage.root_stamp,
+            "maildirsize_bytes": info.bytes if info else None,
+            "maildirsize_messages": info.messages if info else None,
+            "maildirsize_definition": info.definition[:200] if info else None,
+            "measured_at": r.measured_at,
+        }
+
+    def record_scan(self, summary: ScanSummary) -> None:
+        values = {k: getattr(summary, k) for k in (c.name for c in schema.scan.c) if k != "id"}
+        with self._begin() as conn:
+            conn.execute(insert(schema.scan).values(**values))
+
+    def last_scan(self) -> ScanSummary | None:
+        t = schema.scan
+        with self._connect() as conn:
+            self._require_schema(conn)
+            row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return ScanSummary(**{k: v for k, v in row._mapping.items() if k != "id"})

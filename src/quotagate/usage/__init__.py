@@ -1,0 +1,1 @@
+"""Measuring mailboxes on disk: Maildir, Maildir++ and mbox."""

@@ -1,0 +1,36 @@
+"""Folder rules: which folders count towards the total, and folders with limits of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+from quotagate.config import FolderRule
+from quotagate.model import FolderUsage, Limits
+
+
+def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
+    """The first rule whose glob matches the folder name (case-sensitive, Maildir++ names)."""
+    for rule in rules:
+        if fnmatchcase(name, rule.match):
+            return rule
+    return None
+
+
+def counted(folders: Sequence[FolderUsage], rules: Sequence[FolderRule]) -> tuple[int, int]:
+    """Bytes and messages that count towards the mailbox limit: excluded folders left out."""
+    total = messages = 0
+    for f in folders:
+        rule = rule_for(f.name, rules) if rules else None
+        if rule is None or not rule.exclude:
+            total += f.bytes
+            messages += f.messages
+    return total, messages
+
+
+def folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | None:
+    """The folder's own limits when a rule gives it some."""
+    rule = rule_for(name, rules)
+    if rule is None or not (rule.quota or rule.messages):
+        return None
+    return Limits(rule.quota, rule.messages)

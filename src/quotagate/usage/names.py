@@ -1,0 +1,34 @@
+"""Maildir file names: the size a delivery agent wrote into them."""
+
+from __future__ import annotations
+
+_MAX_DIGITS = 18  # a size of 10**18 bytes is an exabyte: longer values are garbage, not sizes
+
+
+def size_from_name(name: str) -> int | None:
+    """The ``S=`` size in a Maildir file name (``1700000000.M1P2.host,S=1234,W=1260:2,S``).
+
+    The value ends at ``,`` or ``:``. Only the unique part before the ``:`` info is searched, so
+    flags can never be mistaken for a size. A missing, empty, non-numeric or absurdly long value
+    gives ``None``: the caller then stats the file.
+    """
+    base = name.partition(":")[0]
+    start = base.find(",S=")
+    if start < 0:
+        return None
+    start += 3
+    end = base.find(",", start)
+    digits = base[start:] if end < 0 else base[start:end]
+    if not digits or len(digits) > _MAX_DIGITS or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits)
+
+
+def unique_part(name: str) -> str:
+    """The part of a Maildir file name that stays the same when it moves from new/ to cur/."""
+    return name.partition(":")[0]
+
+
+def display_name(name: str) -> str:
+    """A folder or file name safe to store and print: undecodable bytes become ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
