@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from quotagate.cli.app import App, pass_app
+from quotagate.store import open_store
 
 
 @click.group("db")
@@ -17,7 +18,7 @@ def group() -> None:
 @pass_app
 def migrate(app: App, print_only: bool) -> None:
     """Create or upgrade the tables quotagate needs in the store."""
-    store = app.store()
+    store = open_store(app.config.store.url)  # not app.store(): that migrates SQLite on its own
     try:
         if print_only:
             statements = store.migration_sql()

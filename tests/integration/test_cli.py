@@ -1,0 +1,120 @@
+"""The CLI contract of DESIGN.md, end to end on a real SQLite store and spool."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+
+
+def write_message(maildir: Path, name: str, size: int) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    (maildir / "cur" / name).write_bytes(b"x" * size)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Path:
+    spool = tmp_path / "spool"
+    write_message(spool / "example.org" / "full" / "Maildir", "1.M1.h,S=2000:2,S", 2000)
+    write_message(spool / "example.org" / "roomy" / "Maildir", "1.M2.h,S=100:2,S", 100)
+    config = tmp_path / "q.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{spool}"\n'
+        f'[publish]\nfile = "{tmp_path}/overquota"\n'
+    )
+    return config
+
+
+def run(config: Path, *args: str) -> int:
+    return main(["--config", str(config), *args])
+
+
+def test_add_scan_report_check(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(setup, "mailbox", "add", "Full@Example.org", "--quota", "1K") == 0
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "1M", "--messages", "5") == 0
+    assert run(setup, "scan") == 0
+    out = capsys.readouterr().out
+    assert "2 mailboxes" in out and "1 over quota" in out
+
+    assert run(setup, "report", "--format", "json") == 0
+    report = {r["address"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report["full@example.org"]["state"] == "over"
+    assert report["full@example.org"]["bytes"] == 2000
+    assert report["roomy@example.org"] == report["roomy@example.org"] | {
+        "bytes": 100,
+        "messages": 1,
+        "quota_bytes": 1024**2,
+        "quota_messages": 5,
+        "state": "ok",
+    }
+
+    assert run(setup, "report", "--over", "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["address"] for r in rows] == ["full@example.org"]
+
+    assert run(setup, "check", "full@example.org") == 1
+    assert "reject" in capsys.readouterr().out
+    assert run(setup, "check", "roomy@example.org", "--size", "10K") == 0
+    assert run(setup, "check", "roomy@example.org", "--size", "2M") == 1
+    assert run(setup, "check", "stranger@example.org") == 3
+    assert run(setup, "check", "roomy@example.org", "--size", "lots") == 2
+
+    published = (setup.parent / "overquota").read_text()
+    assert published.splitlines()[-1] == "full@example.org"
+
+
+def test_import_is_all_or_nothing(setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("address,quota\na@example.org,1M\nb@example.org,huge\n")
+    assert run(setup, "mailbox", "import", str(bad)) == 2
+    assert "bad.csv:3" in capsys.readouterr().err
+    assert run(setup, "mailbox", "list") == 0
+    assert "a@example.org" not in capsys.readouterr().out
+
+
+def test_config_errors_exit_2_and_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "q.toml"
+    config.write_text('[spool]\nformat = "mh"\n')
+    assert run(config, "scan") == 2
+    assert "spool.format" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "none.toml"), "scan"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_store_url_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "q.toml"
+    config.write_text('[store]\nurl = "oracle://x"\n')
+    assert run(config, "report") == 2
+    assert "unknown scheme" in capsys.readouterr().err
+
+
+def test_db_migrate_print(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/fresh.db"\n')
+    assert run(config, "db", "migrate", "--print") == 0
+    assert "CREATE TABLE quotagate_usage" in capsys.readouterr().out
+
+
+def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "over quota" in out
+    assert "reject: mailbox is at or over its size limit" in out
+    assert "dunno: usage is unknown" in out
+    assert "accept: message fits" in out
+    assert "reject: message does not fit" in out
+    over = (tmp_path / "demo" / "overquota").read_text().splitlines()
+    assert "full@example.org" in over and "hoarder@example.org" not in over
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "quotagate"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, env=os.environ)
+    assert "scan" in out.stdout and "check" in out.stdout

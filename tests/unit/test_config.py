@@ -1,0 +1,62 @@
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import Config, ConfigError, load_config, parse_config
+
+
+def test_every_key_has_a_default() -> None:
+    c = parse_config({})
+    assert c == Config()
+    assert c.store.url.startswith("sqlite:////var/lib/quotagate/")
+    assert c.spool.format == "auto"
+    assert c.scan.threshold == Decimal(1)
+    assert c.publish.file is None
+
+
+def test_values_are_parsed() -> None:
+    c = parse_config(
+        {
+            "spool": {"root": "/srv/mail", "format": "mbox"},
+            "scan": {"threshold": "99%", "workers": 4},
+            "folders": [{"match": "Trash", "exclude": True}, {"match": "Junk", "quota": "50M"}],
+            "policy": {"grace": "10%"},
+        }
+    )
+    assert c.spool.root == Path("/srv/mail")
+    assert c.scan.threshold == Decimal("0.99")
+    assert c.folders[1].quota == 50 * 1024**2
+    assert c.policy.grace.of(1000) == 100
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"spool": {"format": "mh"}}, "spool.format"),
+        ({"scan": {"threshold": "lots"}}, "scan.threshold"),
+        ({"folders": [{"match": "Trash", "quota": "5X"}]}, "folders.0.quota"),
+        ({"spool": {"layout": "{domain}/{user}"}}, "spool"),
+        ({"stor": {"url": "x"}}, "stor"),
+        ({"scan": {"workers": -1}}, "scan.workers"),
+    ],
+)
+def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "test.toml")
+    assert f"test.toml: {key}" in str(err.value)
+
+
+def test_load_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = tmp_path / "q.toml"
+    good.write_text('[spool]\nroot = "/m"\n')
+    assert load_config(good).spool.root == Path("/m")
+    monkeypatch.setenv("QUOTAGATE_CONFIG", str(good))
+    assert load_config().spool.root == Path("/m")
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[spool\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,90 @@
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quotagate.decide import Reserved, decide, is_over
+from quotagate.model import Action, Limits, Mailbox, Usage
+from quotagate.sizes import Allowance
+
+MB = 1024**2
+
+
+def box(bytes_: int = 100 * MB, messages: int = 0, enabled: bool = True) -> Mailbox:
+    return Mailbox("user@example.org", Limits(bytes_, messages), enabled)
+
+
+def used(bytes_: int, messages: int = 0) -> Usage:
+    return Usage(bytes_, messages, measured_at=0.0)
+
+
+def test_no_opinion_without_a_mailbox_a_limit_usage_or_when_disabled() -> None:
+    assert decide(None, used(0)).action is Action.DUNNO
+    assert decide(box(enabled=False), used(0)).action is Action.DUNNO
+    assert decide(box(0, 0), used(10**12)).action is Action.DUNNO
+    assert decide(box(), None).action is Action.DUNNO
+
+
+@pytest.mark.parametrize("size", [None, 0, -1])
+def test_unknown_size_is_the_classic_exclusive_check(size: int | None) -> None:
+    assert decide(box(), used(100 * MB - 1), size).action is Action.ACCEPT
+    assert decide(box(), used(100 * MB), size).action is Action.REJECT
+    assert decide(box(), used(100 * MB + 1), size).action is Action.REJECT
+
+
+def test_known_size_is_inclusive() -> None:
+    assert decide(box(), used(90 * MB), 10 * MB).action is Action.ACCEPT
+    assert decide(box(), used(90 * MB), 10 * MB + 1).action is Action.REJECT
+
+
+def test_reservations_count_as_usage() -> None:
+    r = Reserved(bytes=5 * MB, messages=1)
+    assert decide(box(), used(90 * MB), 5 * MB, r).action is Action.ACCEPT
+    assert decide(box(), used(90 * MB), 5 * MB + 1, r).action is Action.REJECT
+    assert decide(box(), used(95 * MB), None, r).action is Action.REJECT
+
+
+def test_grace_lets_one_message_overflow_a_mailbox_under_its_limit() -> None:
+    grace = Allowance(fraction=Decimal("0.1"))
+    assert decide(box(), used(99 * MB), 10 * MB, grace=grace).action is Action.ACCEPT
+    assert decide(box(), used(99 * MB), 12 * MB, grace=grace).action is Action.REJECT
+    # At the limit, grace does not help.
+    assert decide(box(), used(100 * MB), 1, grace=grace).action is Action.REJECT
+
+
+def test_message_limit() -> None:
+    assert decide(box(0, 10), used(0, 9), 100).action is Action.ACCEPT
+    assert decide(box(0, 10), used(0, 10), 100).action is Action.REJECT
+    assert decide(box(0, 10), used(0, 10)).action is Action.REJECT
+    assert decide(box(0, 10), used(0, 9), None, Reserved(messages=1)).action is Action.REJECT
+
+
+def test_folder_limits_override_the_mailbox() -> None:
+    d = decide(box(), used(20 * MB), 1, limits=Limits(10 * MB))
+    assert d.action is Action.REJECT
+    assert d.numbers["limit_bytes"] == 10 * MB
+
+
+@given(
+    limit=st.integers(1, 10**12),
+    usage=st.integers(0, 2 * 10**12),
+    reserved=st.integers(0, 10**11),
+    size=st.integers(1, 10**11),
+)
+def test_inclusive_without_grace_accepts_exactly_what_fits(limit: int, usage: int, reserved: int, size: int) -> None:
+    d = decide(box(limit), used(usage), size, Reserved(bytes=reserved))
+    assert (d.action is Action.ACCEPT) == (usage + reserved + size <= limit)
+
+
+@given(limit=st.integers(1, 10**12), usage=st.integers(0, 2 * 10**12))
+def test_exclusive_matches_the_published_over_flag(limit: int, usage: int) -> None:
+    rejected = decide(box(limit), used(usage)).action is Action.REJECT
+    assert rejected == is_over(Limits(limit), usage, 0)
+
+
+def test_threshold() -> None:
+    assert not is_over(Limits(1000), 989, 0, Decimal("0.99"))
+    assert is_over(Limits(1000), 990, 0, Decimal("0.99"))
+    assert is_over(Limits(0, 10), 0, 10)
+    assert not is_over(Limits(0, 0), 10**15, 10**9)
