@@ -28,8 +28,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ColumnsConfig(_Section):
+    """Overrides of the preset's table and column names (see ``quotagate.store.presets``)."""
+
+    table: str | None = None
+    address: str | None = None
+    local_part: str | None = None
+    domain: str | None = None
+    quota: str | None = None
+    quota_unit: Size | None = None
+    messages: str | None = None
+    enabled: str | None = None
+    path: str | None = None
+    overquota: str | None = None
+    usage_table: str | None = None
+
+
 class StoreConfig(_Section):
     url: str = "sqlite:////var/lib/quotagate/quotagate.db"
+    # Where mailboxes and their limits live: quotagate's own table, or the admin's schema.
+    schema_: Literal["quotagate", "postfixadmin", "classic"] = Field(default="quotagate", alias="schema")
+    columns: ColumnsConfig = ColumnsConfig()
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.schema_ == "quotagate" and self.columns.model_fields_set:
+            raise ValueError("columns apply to an admin's schema: set schema = 'postfixadmin' or 'classic'")
 
 
 class SpoolConfig(_Section):

@@ -125,7 +125,7 @@ def run_scan(
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
-    store.save_readings(changed, removed)
+    store.save_readings(changed, removed, _flag_changes(changed, removed, previous))
 
     mismatches = sorted(a for a, r in readings.items() if _maildirsize_disagrees(r))
     fixed = _fix_maildirsize(mismatches, readings, {m.address: m for m in mailboxes}) if fix_maildirsize else []
@@ -148,6 +148,21 @@ def run_scan(
     )
     store.record_scan(summary)
     return ScanResult(summary, readings, mismatches, fixed, published)
+
+
+def _flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: dict[str, Reading]) -> dict[str, bool]:
+    """Over-quota flags to publish: those that changed, plus every mailbox seen for the first time
+    (the admin's table may hold flags from before). Removed or disabled mailboxes are cleared."""
+    flags = {}
+    for r in changed:
+        prev = previous.get(r.address)
+        over = r.state is State.OVER
+        if prev is None or (prev.state is State.OVER) != over:
+            flags[r.address] = over
+    for address in removed:
+        if previous[address].state is State.OVER:
+            flags[address] = False
+    return flags
 
 
 def _fix_maildirsize(

@@ -9,7 +9,7 @@ import click
 
 from quotagate import __version__
 from quotagate.config import Config, load_config
-from quotagate.store import Store, open_store
+from quotagate.store import Store, store_for
 
 
 class App:
@@ -24,8 +24,8 @@ class App:
 
     def store(self) -> Store:
         """The configured store; quotagate's own SQLite file is created and migrated on first use."""
-        store = open_store(self.config.store.url)
-        if self.config.store.url.startswith("sqlite"):
+        store = store_for(self.config.store)
+        if self.config.store.url.startswith("sqlite") and self.config.store.schema_ == "quotagate":
             store.migrate()
         return store
 

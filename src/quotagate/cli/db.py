@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from quotagate.cli.app import App, pass_app
-from quotagate.store import open_store
+from quotagate.store import store_for
 
 
 @click.group("db")
@@ -18,7 +18,7 @@ def group() -> None:
 @pass_app
 def migrate(app: App, print_only: bool) -> None:
     """Create or upgrade the tables quotagate needs in the store."""
-    store = open_store(app.config.store.url)  # not app.store(): that migrates SQLite on its own
+    store = store_for(app.config.store)  # not app.store(): that migrates SQLite on its own
     try:
         if print_only:
             statements = store.migration_sql()

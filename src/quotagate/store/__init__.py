@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from quotagate.config import StoreConfig
 from quotagate.store.base import Store, StoreError
+from quotagate.store.presets import MailboxTable, mailbox_table
 
 # scheme (before any "+driver") -> "module:class"; optional backends load lazily.
 _REGISTRY = {
@@ -15,8 +17,11 @@ _REGISTRY = {
 }
 
 
-def open_store(url: str) -> Store:
-    """The store for ``url``; an unknown scheme or a missing driver is a clear StoreError."""
+def open_store(url: str, table: MailboxTable | None = None) -> Store:
+    """The store for ``url``; an unknown scheme or a missing driver is a clear StoreError.
+
+    ``table`` names where the directory lives in SQL (default: quotagate's own table).
+    """
     scheme = url.partition(":")[0].partition("+")[0].lower()
     target = _REGISTRY.get(scheme)
     if target is None:
@@ -25,7 +30,7 @@ def open_store(url: str) -> Store:
     module_name, _, class_name = target.partition(":")
     try:
         cls = getattr(import_module(module_name), class_name)
-        store: Store = cls(url)
+        store: Store = cls(url, table)
     except ImportError as exc:
         raise StoreError(f"store url {url!r} needs a driver that is not installed: {exc.name}") from exc
     except Exception as exc:
@@ -33,4 +38,10 @@ def open_store(url: str) -> Store:
     return store
 
 
-__all__ = ["Store", "StoreError", "open_store"]
+def store_for(config: StoreConfig) -> Store:
+    """The store the config names, with its schema preset and column overrides."""
+    overrides = config.columns.model_dump(exclude_none=True)
+    return open_store(config.url, mailbox_table(config.schema_, overrides))
+
+
+__all__ = ["Store", "StoreError", "open_store", "store_for"]

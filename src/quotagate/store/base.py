@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from quotagate.model import Mailbox, Reading, ScanSummary
@@ -33,8 +33,11 @@ class Store(Protocol):
 
     def reading(self, address: str) -> Reading | None: ...
 
-    def save_readings(self, changed: Sequence[Reading], removed: Collection[str]) -> None:
-        """Write changed readings and drop removed ones, all in one transaction."""
+    def save_readings(
+        self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None
+    ) -> None:
+        """Write changed readings, drop removed ones and publish over-quota ``flags`` that changed,
+        all in one transaction: the MTA never sees a half-updated set."""
         ...
 
     def record_scan(self, summary: ScanSummary) -> None: ...

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -46,7 +47,8 @@ usage = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("messages", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),
-    Column("over_quota", Boolean, nullable=False),
+    # 0/1 rather than a boolean: one lookup (over_quota = '1') works in every SQL dialect Exim speaks.
+    Column("over_quota", SmallInteger, nullable=False),
     Column("reason", Text, nullable=True),
     Column("root_stamp", BigInteger, nullable=True),
     Column("maildirsize_bytes", BigInteger, nullable=True),

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 
+from quotagate.address import BadAddress, normalize
 from quotagate.model import (
     FolderUsage,
     Format,
@@ -27,7 +48,9 @@ from quotagate.model import (
 )
 from quotagate.store import schema
 from quotagate.store.base import StoreError
+from quotagate.store.presets import PRESETS, MailboxTable
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 BATCH = 1000
 
@@ -47,17 +70,30 @@ def _stamp_value(text: str | None) -> tuple[int, ...] | None:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets Exim's sqlite lookups read while a scan writes; busy_timeout waits out a writer.
+    # A rollback journal, not WAL: Exim's lookups run as the Exim user, and WAL readers need
+    # write access to the database's folder. Exim's sqlite_lock_timeout waits out a scan's commit.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout = 10000")
-    cur.execute("PRAGMA journal_mode = WAL")
     cur.close()
+
+
+def _quota2_table(name: str) -> Table:
+    """Dovecot's dict-quota table as PostfixAdmin creates it."""
+    return Table(
+        name,
+        MetaData(),
+        Column("username", String(100), primary_key=True),
+        Column("bytes", BigInteger, nullable=False, default=0),
+        Column("messages", Integer, nullable=False, default=0),
+    )
 
 
 class SqlStore:
     """quotagate's own tables in any database SQLAlchemy speaks to."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, table: MailboxTable | None = None) -> None:
+        self.table = table or PRESETS["quotagate"]
+        self._admin_table: Table | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +154,8 @@ class SqlStore:
 
     # -- the directory ---------------------------------------------------------------------
     def upsert_mailboxes(self, mailboxes: Sequence[Mailbox]) -> None:
+        if not self.table.own:
+            raise StoreError(f"the directory is your table {self.table.table!r}: manage mailboxes there")
         t = schema.mailbox
         with self._begin() as conn:
             self._require_schema(conn)
@@ -144,14 +182,104 @@ class SqlStore:
     def mailboxes(self) -> list[Mailbox]:
         with self._connect() as conn:
             self._require_schema(conn)
+            if not self.table.own:
+                return sorted(self._admin_mailboxes(conn, None), key=lambda m: m.address)
             rows = conn.execute(select(schema.mailbox).order_by(schema.mailbox.c.address))
             return [self._mailbox(r) for r in rows]
 
     def mailbox(self, address: str) -> Mailbox | None:
         with self._connect() as conn:
             self._require_schema(conn)
+            if not self.table.own:
+                found = self._admin_mailboxes(conn, address)
+                return found[0] if found else None
             row = conn.execute(select(schema.mailbox).where(schema.mailbox.c.address == address)).first()
             return None if row is None else self._mailbox(row)
+
+    # -- the admin's schema ----------------------------------------------------------------
+    def _admin(self, conn: Connection) -> Table:
+        if self._admin_table is None:
+            self._admin_table = Table(self.table.table, MetaData(), autoload_with=conn)
+        return self._admin_table
+
+    def _key_matches(self, t: Table, address: str) -> Any:
+        """A WHERE clause finding ``address`` in the admin's table, case-insensitively."""
+        names = self.table
+        if names.address:
+            return func.lower(t.c[names.address]) == address
+        local, _, domain = address.rpartition("@")
+        return (func.lower(t.c[names.local_part]) == local) & (func.lower(t.c[names.domain]) == domain)
+
+    def _admin_mailboxes(self, conn: Connection, address: str | None) -> list[Mailbox]:
+        names = self.table
+        t = self._admin(conn)
+        wanted = [
+            n
+            for n in (
+                names.address,
+                names.local_part,
+                names.domain,
+                names.quota,
+                names.messages,
+                names.enabled,
+                names.path,
+            )
+            if n
+        ]
+        try:
+            query = select(*(t.c[n] for n in wanted))
+        except KeyError as exc:
+            raise StoreError(f"table {names.table!r} has no column {exc} (see [store.columns])") from None
+        if address is not None:
+            query = query.where(self._key_matches(t, address))
+        found = []
+        for row in conn.execute(query):
+            m = row._mapping
+            raw = m[names.address] if names.address else f"{m[names.local_part]}@{m[names.domain]}"
+            try:
+                key = normalize(str(raw))
+            except BadAddress as exc:
+                log.warning("skipping a row of %s: %s", names.table, exc)
+                continue
+            quota = int(m[names.quota] or 0) * names.quota_unit if names.quota else 0
+            messages = int(m[names.messages] or 0) if names.messages else 0
+            enabled = bool(int(m[names.enabled])) if names.enabled and m[names.enabled] is not None else True
+            path = (m[names.path] or None) if names.path else None
+            found.append(Mailbox(key, Limits(max(quota, 0), max(messages, 0)), enabled, path))
+        return found
+
+    def _publish_flags(self, conn: Connection, flags: Mapping[str, bool]) -> None:
+        """Set the admin's over-quota flag for the mailboxes whose flag changed, and only those."""
+        names = self.table
+        if not names.overquota or not flags:
+            return
+        t = self._admin(conn)
+        flag = t.c[names.overquota]
+        boolean = isinstance(flag.type, Boolean)
+        if names.address:
+            where = func.lower(t.c[names.address]) == bindparam("k_address")
+        else:
+            where = (func.lower(t.c[names.local_part]) == bindparam("k_local")) & (
+                func.lower(t.c[names.domain]) == bindparam("k_domain")
+            )
+        stmt = update(t).where(where).values({names.overquota: bindparam("v_flag")})
+        params = []
+        for address, over in sorted(flags.items()):
+            local, _, domain = address.rpartition("@")
+            value: bool | int = over if boolean else int(over)
+            params.append({"k_address": address, "k_local": local, "k_domain": domain, "v_flag": value})
+        for chunk in _batches(params):
+            conn.execute(stmt, list(chunk))
+
+    def _publish_usage(self, conn: Connection, changed: Sequence[Reading]) -> None:
+        """Keep the Dovecot dict-quota table (``quota2``) in step with measured usage."""
+        if not self.table.usage_table:
+            return
+        q = _quota2_table(self.table.usage_table)
+        known = [r for r in changed if r.state is not State.UNKNOWN]
+        for chunk in _batches(known):
+            conn.execute(delete(q).where(q.c.username.in_([r.address for r in chunk])))
+            conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
 
     # -- readings --------------------------------------------------------------------------
     @staticmethod
@@ -184,10 +312,14 @@ class SqlStore:
             self._require_schema(conn)
             return self._load(conn, address).get(address)
 
-    def save_readings(self, changed: Sequence[Reading], removed: Collection[str]) -> None:
+    def save_readings(
+        self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None
+    ) -> None:
         u, f = schema.usage, schema.folder
         with self._begin() as conn:
             self._require_schema(conn)
+            self._publish_flags(conn, flags or {})
+            self._publish_usage(conn, changed)
             gone = list(removed) + [r.address for r in changed]
             for chunk in _batches(gone):
                 conn.execute(delete(f).where(f.c.address.in_(chunk)))
@@ -218,7 +350,7 @@ class SqlStore:
             "bytes": r.bytes,
             "messages": r.messages,
             "state": r.state.value,
-            "over_quota": r.state is State.OVER,
+            "over_quota": int(r.state is State.OVER),
             "reason": r.usage.error,
             "root_stamp": r.usage.root_stamp,
             "maildirsize_bytes": info.bytes if info else None,

@@ -1,0 +1,34 @@
+"""``quotagate exim-config``: the Exim configuration for the configured store."""
+
+from __future__ import annotations
+
+import click
+
+from quotagate.cli.app import App, pass_app
+from quotagate.mta import exim
+
+
+@click.command("exim-config")
+@click.option("--method", type=click.Choice(["router", "acl"]), default="router", show_default=True)
+@click.option(
+    "--lookup",
+    type=click.Choice(["sqlite", "mysql", "pgsql", "ldap", "lsearch"]),
+    help="Which published copy Exim reads [default: the configured store].",
+)
+@click.option(
+    "--section",
+    type=click.Choice(["main", "routers", "acl"]),
+    help="Print only the part for this section of Exim's configuration.",
+)
+@pass_app
+def exim_config(app: App, method: exim.Method, lookup: exim.Lookup | None, section: exim.Section | None) -> None:
+    """Print the Exim router or ACL that refuses over-quota mailboxes at RCPT time."""
+    try:
+        parts = exim.parts(app.config, method, lookup)
+    except exim.EximConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(exim.render(parts, section), nl=False)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(exim_config)

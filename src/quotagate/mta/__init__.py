@@ -1,0 +1,1 @@
+"""Configuration for the MTAs quotagate serves."""

@@ -1,0 +1,158 @@
+"""Exim configuration for the daemon-less check: a router or an ACL statement per published copy.
+
+Every value Exim interpolates into a query passes through the quote operator of its lookup type;
+names and paths that come from quotagate's config are checked instead, since Exim cannot quote them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.engine import make_url
+
+from quotagate.config import Config
+from quotagate.store.presets import MailboxTable, mailbox_table
+from quotagate.store.schema import usage
+
+Method = Literal["router", "acl"]
+Lookup = Literal["sqlite", "mysql", "pgsql", "ldap", "lsearch"]
+Section = Literal["main", "routers", "acl"]
+
+FAIL_TEXT = "Mailbox is full, quota limit exceeded"
+ACL_MESSAGE = "552 5.2.2 Mailbox is full"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEME_LOOKUP: dict[str, Lookup] = {"sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql", "postgresql": "pgsql"}
+_SAFE_PATH = re.compile(r"^/[^\s{}$\\:\"']+$")
+
+
+class EximConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Parts:
+    main: str
+    routers: str
+    acl: str
+
+
+def default_lookup(config: Config) -> Lookup:
+    scheme = config.store.url.partition(":")[0].partition("+")[0].lower()
+    if scheme in _SCHEME_LOOKUP:
+        return _SCHEME_LOOKUP[scheme]
+    if scheme in ("ldap", "ldaps"):
+        return "ldap"
+    raise EximConfigError(f"no Exim lookup for store {scheme!r}: choose one with --lookup")
+
+
+def _ident(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise EximConfigError(f"table or column name {name!r} is not a plain SQL identifier")
+    return name
+
+
+def _path(path: str, what: str) -> str:
+    if not _SAFE_PATH.match(path):
+        raise EximConfigError(f"{what} {path!r} must be absolute, without spaces, braces, quotes or colons")
+    return path
+
+
+def _sql_condition(table: MailboxTable, quote: str) -> str:
+    """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'`` with every interpolated value quoted."""
+
+    def q(value: str) -> str:
+        return f"'${{{quote}:{value}}}'"
+
+    if table.own:
+        where = f"{_ident('address')} = {q('${lc:$local_part@$domain}')}"
+        name, flag = usage.name, "over_quota"
+    else:
+        if not table.overquota:
+            raise EximConfigError(f"schema has no over-quota flag column for table {table.table!r}")
+        if table.address:
+            where = f"{_ident(table.address)} = {q('${lc:$local_part@$domain}')}"
+        else:
+            local = f"{_ident(table.local_part)} = {q('${lc:$local_part}')}"
+            where = f"{local} AND {_ident(table.domain)} = {q('${lc:$domain}')}"
+        name, flag = table.table, table.overquota
+    # '1' rather than 1 or TRUE: it compares equal to an integer, a tinyint and a boolean column alike.
+    return f"SELECT 1 FROM {_ident(name)} WHERE {where} AND {_ident(flag)} = '1'"
+
+
+def _servers(url: str, lookup: Lookup) -> str:
+    u = make_url(url)
+    host = u.host or "localhost"
+    port = f"::{u.port}" if u.port else ""
+    password = "PASSWORD" if u.password else ""
+    return f"hide {lookup}_servers = {host}{port}/{u.database or ''}/{u.username or ''}/{password}"
+
+
+def _sqlite_file(url: str) -> str:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database:
+        raise EximConfigError("--lookup sqlite needs an SQLite store file")
+    return _path(u.database, "SQLite file")
+
+
+def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts:
+    """The main-section settings, the router and the ACL statement for one method and lookup."""
+    lookup = lookup or default_lookup(config)
+    table = mailbox_table(config.store.schema_, config.store.columns.model_dump(exclude_none=True))
+    main = ""
+    if lookup == "lsearch":
+        if config.publish.file is None:
+            raise EximConfigError("--lookup lsearch needs [publish] file in the config")
+        file = _path(str(config.publish.file), "[publish] file")
+        condition = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{file}}}{{yes}}{{no}}}}"
+    elif lookup == "sqlite":
+        file = _sqlite_file(config.store.url)
+        query = _sql_condition(table, "quote_sqlite")
+        condition = f"${{lookup sqlite,file={file} {{{query}}}{{yes}}{{no}}}}"
+    elif lookup in ("mysql", "pgsql"):
+        scheme = make_url(config.store.url).get_backend_name()
+        if _SCHEME_LOOKUP.get(scheme) != lookup:
+            raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
+        main = (
+            f"# The {lookup} server quotagate's store lives on; put the real password in place of PASSWORD.\n"
+            + _servers(config.store.url, lookup)
+            + "\n"
+        )
+        query = _sql_condition(table, f"quote_{lookup}")
+        condition = f"${{lookup {lookup}{{{query}}}{{yes}}{{no}}}}"
+    else:
+        raise EximConfigError(f"--lookup {lookup} is not available for this store yet")
+
+    router = (
+        "# Before the router that delivers to mailboxes. It runs only while Exim verifies a\n"
+        "# recipient (verify = recipient in acl_smtp_rcpt), so a full mailbox is refused at RCPT.\n"
+        "# The mailbox transport should say quota_is_inclusive = false (or the scan a threshold\n"
+        "# below 100%): this check is exclusive, so a message that takes a mailbox just over its\n"
+        "# limit is accepted here and must not then be deferred at delivery.\n"
+        "quotagate_overquota:\n"
+        "  driver = redirect\n"
+        "  verify_only\n"
+        f"  condition = {condition}\n"
+        "  allow_fail\n"
+        f"  data = :fail: {FAIL_TEXT}\n"
+    )
+    acl = (
+        "# In acl_smtp_rcpt, before the statement that accepts mail for local domains.\n"
+        "deny\n"
+        f"  message = {ACL_MESSAGE}\n"
+        f"  condition = {condition}\n"
+    )
+    if method == "router":
+        return Parts(main, router, "")
+    return Parts(main, "", acl)
+
+
+def render(p: Parts, section: Section | None = None) -> str:
+    """One section's text, or all of them, each under a comment naming its section."""
+    header = "# Generated by quotagate exim-config.\n"
+    chosen = {"main": p.main, "routers": p.routers, "acl": p.acl}
+    if section is not None:
+        return header + (chosen[section] or f"# nothing for the {section} section\n")
+    blocks = [f"# ---- {name} section ----\n{text}" for name, text in chosen.items() if text]
+    return header + "\n".join(blocks)

@@ -1,0 +1,83 @@
+"""A spool, a quotagate config and a private Exim for the daemon-less RCPT check."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+from tests.servers.exim import Exim, free_port, owned_by_mail_user, untrust
+
+DOMAIN = "example.org"
+QUOTA = 10_000
+# Local parts that break or change the meaning of a query built without quoting.
+HOSTILE = [
+    "o'brien",
+    'quo"te',
+    "back\\slash",
+    "semi;colon",
+    "star*",
+    "paren(s)",
+    "per%cent",
+    "under_score",
+    "dash--dash",
+]
+
+
+@dataclass
+class Site:
+    work: Path
+    spool: Path
+    config: Path
+
+    def maildir(self, local: str) -> Path:
+        return self.spool / DOMAIN / safe(local) / "Maildir"
+
+    def fill(self, local: str, size: int, name: str = "1700000000.M1P1.test") -> None:
+        md = self.maildir(local)
+        for sub in ("cur", "new", "tmp"):
+            (md / sub).mkdir(parents=True, exist_ok=True)
+        (md / "cur" / f"{name},S={size}:2,S").write_bytes(b"x" * size)
+        owned_by_mail_user(self.spool)
+
+    def empty(self, local: str) -> None:
+        for f in (self.maildir(local) / "cur").iterdir():
+            f.unlink()
+
+    def quotagate(self, *args: str) -> int:
+        return main(["--config", str(self.config), *args])
+
+
+def safe(local: str) -> str:
+    """The folder name the test Exim's transport uses for a local part."""
+    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in local)
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    # Exim reads the store and the published file as Debian-exim: every level must be traversable.
+    path = Path(tempfile.mkdtemp(prefix="quotagate-exim-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def exim(work: Path) -> Iterator[Exim]:
+    server = Exim(work / "exim", free_port(), work / "mail")
+    yield server
+    server.stop()
+    untrust(server.config)
+
+
+def make_site(work: Path, store_toml: str) -> Site:
+    spool = work / "mail"
+    spool.mkdir(exist_ok=True)
+    config = work / "quotagate.toml"
+    config.write_text(f'{store_toml}\n[spool]\nroot = "{spool}"\n\n[publish]\nfile = "{work}/overquota"\n')
+    return Site(work, spool, config)

@@ -1,0 +1,210 @@
+"""A private Exim (Debian's exim4-daemon-heavy): own config, spool, logs and loopback port.
+
+Debian's Exim re-executes itself to deliver and drops privilege for a config given with -C unless
+that config is listed in /etc/exim4/trusted_configs, owned by root and not writable by others.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from quotagate.publish import lsearch_key
+from tests.servers.install import require_command, unavailable
+
+TRUSTED = Path("/etc/exim4/trusted_configs")
+MAIL_UID = 5000
+
+CONFIG = """\
+primary_hostname = quotagate.test
+domainlist local_domains = {domains}
+spool_directory = {work}/spool
+log_file_path = {work}/log/%slog
+pid_file_path = {work}/exim.pid
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+exim_user = Debian-exim
+exim_group = Debian-exim
+host_lookup =
+rfc1413_hosts =
+message_size_limit = 50M
+acl_smtp_rcpt = acl_check_rcpt
+smtp_accept_max_nonmail = 1000
+{main}
+
+begin acl
+
+acl_check_rcpt:
+  deny    message = relay not permitted
+          !domains = +local_domains
+{acl}
+  require verify = recipient
+  accept
+
+begin routers
+
+{routers}
+mailboxes:
+  driver = accept
+  domains = +local_domains
+  # Lookup results are untainted: the folder comes from the users file, never from the address.
+  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
+  transport = maildir_delivery
+
+begin transports
+
+maildir_delivery:
+  driver = appendfile
+  directory = {maildirs}/$address_data/Maildir
+  maildir_format
+  maildir_tag = ,S=$message_size
+  create_directory
+  user = {uid}
+  group = {uid}
+  mode = 0644
+
+begin retry
+*  *  F,1h,10m
+"""
+
+
+class Exim:
+    def __init__(self, work: Path, port: int, maildirs: Path) -> None:
+        self.binary = require_command("exim4", "exim4-daemon-heavy")
+        try:
+            pwd.getpwnam("Debian-exim")
+        except KeyError:
+            unavailable("the Debian-exim user is missing: is exim4-daemon-heavy installed?")
+        self.work = work
+        self.port = port
+        self.maildirs = maildirs
+        self.config = work / "exim.conf"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        for sub in ("spool", "log"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+            shutil.chown(work / sub, "Debian-exim", "Debian-exim")
+        work.chmod(0o755)
+
+    def configure(self, *, users: dict[str, str], main: str = "", acl: str = "", routers: str = "") -> None:
+        """Write the config (root-owned, 0644) and list it as trusted.
+
+        ``users`` maps each deliverable address to its folder, relative to the maildirs.
+        """
+        (self.work / "users").write_text("".join(f"{lsearch_key(u)}: {d}\n" for u, d in users.items()))
+        text = CONFIG.format(
+            domains="example.org",
+            work=self.work,
+            port=self.port,
+            main=main,
+            acl=indent(acl),
+            routers=routers,
+            maildirs=self.maildirs,
+            uid=MAIL_UID,
+        )
+        self.config.write_text(text)
+        self.config.chmod(0o644)
+        trust(self.config)
+        check = subprocess.run([self.binary, "-C", str(self.config), "-bV"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise AssertionError(f"exim rejects the config:\n{check.stdout}{check.stderr}\n{text}")
+
+    def fake_session(self, *rcpts: str, size: int | None = None) -> list[str]:
+        """``exim -bh``: a fake SMTP session; returns the reply to each RCPT."""
+        mail = "MAIL FROM:<sender@example.net>" + (f" SIZE={size}" if size else "")
+        lines = ["EHLO client.test", mail] + [f"RCPT TO:<{r}>" for r in rcpts] + ["QUIT"]
+        done = subprocess.run(
+            [self.binary, "-C", str(self.config), "-bh", "127.0.0.1"],
+            input="\r\n".join(lines) + "\r\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return rcpt_replies(done.stdout, len(rcpts))
+
+    def start(self) -> None:
+        self.daemon = subprocess.Popen([self.binary, "-C", str(self.config), "-bdf", "-odi"])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"exim did not listen on 127.0.0.1:{self.port}: {self.log('main')}")
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.terminate()
+            self.daemon.wait(timeout=15)
+            self.daemon = None
+
+    def smtp(self, rcpt: str, body: bytes = b"Subject: test\r\n\r\nhello\r\n", size: int | None = None) -> int:
+        """A real SMTP transaction; returns the RCPT reply code (and sends the message on 250)."""
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            client.ehlo("client.test")
+            options = [f"SIZE={size}"] if size else []
+            code, _ = client.mail("sender@example.net", options)
+            assert code == 250
+            code, _ = client.rcpt(rcpt)
+            if code == 250:
+                client.data(body)
+            return code
+
+    def queue_count(self) -> int:
+        out = subprocess.run([self.binary, "-C", str(self.config), "-bpc"], capture_output=True, text=True)
+        return int(out.stdout.strip() or 0)
+
+    def log(self, name: str) -> str:
+        path = self.work / "log" / f"{name}log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def trust(config: Path) -> None:
+    lines = TRUSTED.read_text().splitlines() if TRUSTED.exists() else []
+    if str(config) not in lines:
+        with TRUSTED.open("a") as f:
+            f.write(f"{config}\n")
+        TRUSTED.chmod(0o644)
+
+
+def untrust(config: Path) -> None:
+    if TRUSTED.exists():
+        kept = [line for line in TRUSTED.read_text().splitlines() if line != str(config)]
+        TRUSTED.write_text("".join(f"{line}\n" for line in kept))
+
+
+def rcpt_replies(transcript: str, count: int) -> list[str]:
+    """The replies after EHLO and MAIL in an ``exim -bh`` transcript: one per RCPT."""
+    replies: list[str] = []
+    current: list[str] = []
+    for line in transcript.splitlines():
+        if len(line) >= 4 and line[:3].isdigit() and line[3] in " -":
+            current.append(line)
+            if line[3] == " ":
+                replies.append("\n".join(current))
+                current = []
+    # replies: greeting, EHLO, MAIL, RCPT..., QUIT
+    return replies[3 : 3 + count]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def owned_by_mail_user(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), MAIL_UID, MAIL_UID)
+    os.chown(path, MAIL_UID, MAIL_UID)
