@@ -8,7 +8,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Float,
+    Double,
     Integer,
     MetaData,
     SmallInteger,
@@ -25,7 +25,7 @@ schema_version = Table(
     metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("description", String(200), nullable=False),
-    Column("applied_at", Float, nullable=False),
+    Column("applied_at", Double, nullable=False),
 )
 
 mailbox = Table(
@@ -54,7 +54,7 @@ usage = Table(
     Column("maildirsize_bytes", BigInteger, nullable=True),
     Column("maildirsize_messages", BigInteger, nullable=True),
     Column("maildirsize_definition", String(200), nullable=True),
-    Column("measured_at", Float, nullable=False),
+    Column("measured_at", Double, nullable=False),
 )
 
 folder = Table(
@@ -71,8 +71,8 @@ scan = Table(
     "quotagate_scan",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("started_at", Float, nullable=False),
-    Column("finished_at", Float, nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("finished_at", Double, nullable=False),
     Column("full", Boolean, nullable=False),
     Column("mailboxes", Integer, nullable=False),
     Column("measured", Integer, nullable=False),

@@ -115,16 +115,44 @@ class SqlStore:
         current = self._version(conn)
         return [m for m in schema.MIGRATIONS if m.version > current]
 
+    def _create_sql(self, table: Table) -> str:
+        return str(CreateTable(table).compile(dialect=self.engine.dialect)).strip() + ";"
+
+    def _admin_changes(self, conn: Connection) -> list[tuple[str, str]]:
+        """(description, SQL) of what quotagate adds to the admin's schema: never drops or rewrites."""
+        t = self.table
+        if t.own:
+            return []
+        insp = inspect(conn)
+        if not insp.has_table(t.table):
+            raise StoreError(f"store {self.url}: no table {t.table!r} (schema preset or [store.columns] wrong?)")
+        changes = []
+        columns = {c["name"] for c in insp.get_columns(t.table)}
+        quote = self.engine.dialect.identifier_preparer.quote
+        if t.overquota and t.overquota not in columns:
+            changes.append(
+                (
+                    f"over-quota flag column {t.table}.{t.overquota}",
+                    f"ALTER TABLE {quote(t.table)} ADD COLUMN {quote(t.overquota)} SMALLINT NOT NULL DEFAULT 0;",
+                )
+            )
+        if t.usage_table and not insp.has_table(t.usage_table):
+            changes.append((f"usage table {t.usage_table}", self._create_sql(_quota2_table(t.usage_table))))
+        return changes
+
     def migration_sql(self) -> list[str]:
         with self._connect() as conn:
             pending = self._pending(conn)
-        return [
-            str(CreateTable(t).compile(dialect=self.engine.dialect)).strip() + ";" for m in pending for t in m.tables
-        ]
+            admin = self._admin_changes(conn)
+        return [self._create_sql(t) for m in pending for t in m.tables] + [sql for _, sql in admin]
 
     def migrate(self) -> list[str]:
         applied = []
         with self._begin() as conn:
+            for description, sql in self._admin_changes(conn):
+                conn.exec_driver_sql(sql.rstrip(";"))
+                applied.append(description)
+            self._admin_table = None
             for m in self._pending(conn):
                 for table in m.tables:
                     table.create(conn, checkfirst=True)
@@ -292,7 +320,7 @@ class SqlStore:
 
     def _load(self, conn: Connection, address: str | None) -> dict[str, Reading]:
         u, f = schema.usage, schema.folder
-        folder_q = select(f.c.address, f.c.name, f.c.bytes, f.c.messages, f.c.stamp).order_by(f.c.address, f.c.name)
+        folder_q = select(f.c.address, f.c.name, f.c.bytes, f.c.messages, f.c.stamp)
         usage_q = select(u)
         if address is not None:
             folder_q = folder_q.where(f.c.address == address)
@@ -300,7 +328,11 @@ class SqlStore:
         folders: dict[str, list[FolderUsage]] = defaultdict(list)
         for addr, name, b, m, stamp in conn.execute(folder_q):
             folders[addr].append(FolderUsage(name, b, m, _stamp_value(stamp)))
-        return {row.address: self._reading(row, folders.get(row.address, ())) for row in conn.execute(usage_q)}
+        # Folders in code-point order, as measuring gives them: database collations differ.
+        return {
+            row.address: self._reading(row, sorted(folders.get(row.address, ()), key=lambda f: f.name))
+            for row in conn.execute(usage_q)
+        }
 
     def readings(self) -> dict[str, Reading]:
         with self._connect() as conn:

@@ -19,6 +19,11 @@ def _looks_like_maildir(root: str) -> bool:
     return any(os.path.lexists(os.path.join(root, m)) for m in _MAILDIR_MARKERS)
 
 
+def _in_order(folders: list[FolderUsage]) -> tuple[FolderUsage, ...]:
+    """Folders by name: one order for a measurement and the store's copy of it."""
+    return tuple(sorted(folders, key=lambda f: f.name))
+
+
 def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsage]:
     if previous is None or previous.format is not fmt or not previous.known:
         return {}
@@ -26,26 +31,25 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
 
 
 def _maildir(root: str, root_mtime: int, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+    # The root is listed even when its mtime is unchanged: stored names are for display, and a
+    # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
-    if previous is not None and reuse and previous.root_stamp == root_mtime:
-        names = [f.name for f in previous.folders]
-    else:
-        names = maildir.folder_names(root)
     folders = []
-    for name in names:
+    for name in maildir.folder_names(root):
         path = maildir.folder_path(root, name)
-        old = reuse.get(name)
+        shown = display_name(name)
+        old = reuse.get(shown)
         if old is not None and old.stamp == maildir.stamp(path):
             folders.append(old)
             continue
         try:
-            folders.append(maildir.read_folder(path, display_name(name), racy_cutoff_ns))
+            folders.append(maildir.read_folder(path, shown, racy_cutoff_ns))
         except FileNotFoundError:
             continue  # the folder was removed while we looked
     parsed = maildirsize.read(root)
     info = parsed.info if parsed else None
     root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
-    return MailboxUsage(Format.MAILDIR, tuple(folders), root_stamp, maildirsize=info)
+    return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
 
 
 def _mbox_dir(root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
@@ -61,7 +65,7 @@ def _mbox_dir(root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
             folders.append(mbox.read_file_folder(path, shown, racy_cutoff_ns))
         except FileNotFoundError:
             continue
-    return MailboxUsage(Format.MBOX, tuple(folders))
+    return MailboxUsage(Format.MBOX, _in_order(folders))
 
 
 def _mbox_file(path: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
