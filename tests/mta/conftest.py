@@ -36,7 +36,7 @@ class Site:
     config: Path
 
     def maildir(self, local: str) -> Path:
-        return self.spool / DOMAIN / safe(local) / "Maildir"
+        return self.spool / DOMAIN / local / "Maildir"
 
     def fill(self, local: str, size: int, name: str = "1700000000.M1P1.test") -> None:
         md = self.maildir(local)

@@ -36,6 +36,24 @@ class MariaDB:
             conn.close()
         return self.url(name)
 
+    @contextmanager
+    def sql_mode(self, extra: str) -> Iterator[None]:
+        """Add ``extra`` to the server's global sql_mode (for new connections) until the block ends."""
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True)
+        try:
+            with conn.cursor() as c:
+                c.execute("SELECT @@GLOBAL.sql_mode")
+                row = c.fetchone()
+                before = str(row[0]) if row else ""
+                c.execute("SET GLOBAL sql_mode = %s", (f"{before},{extra}".strip(","),))
+            yield
+        finally:
+            with conn.cursor() as c:
+                c.execute("SET GLOBAL sql_mode = %s", (before,))
+            conn.close()
+
 
 @contextmanager
 def private_mariadb() -> Iterator[MariaDB]:

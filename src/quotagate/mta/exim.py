@@ -59,11 +59,29 @@ def _path(path: str, what: str) -> str:
     return path
 
 
-def _sql_condition(table: MailboxTable, quote: str) -> str:
+def _literal(lookup: str, value: str) -> str:
+    """An SQL string literal holding an expanded Exim value, whatever the server's string mode.
+
+    - sqlite: ``quote_sqlite`` doubles single quotes, which is all SQLite needs.
+    - pgsql: ``quote_pgsql`` escapes ``"`` and ``\\`` with backslashes, which PostgreSQL reads as
+      escapes only in an ``E'...'`` literal (standard_conforming_strings is on by default).
+    - mysql: ``quote_mysql`` relies on backslash escapes, which a server in NO_BACKSLASH_ESCAPES
+      (or ANSI) mode reads literally: a quote could then end the literal. The value travels as
+      base64 instead, which no quoting mode can misread (still passed through ``quote_mysql``,
+      which leaves base64 as it is, so Exim knows the tainted value was quoted).
+    """
+    if lookup == "sqlite":
+        return f"'${{quote_sqlite:{value}}}'"
+    if lookup == "pgsql":
+        return f"E'${{quote_pgsql:{value}}}'"
+    return f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4)"
+
+
+def _sql_condition(table: MailboxTable, lookup: str) -> str:
     """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'`` with every interpolated value quoted."""
 
     def q(value: str) -> str:
-        return f"'${{{quote}:{value}}}'"
+        return _literal(lookup, value)
 
     if table.own:
         where = f"{_ident('address')} = {q('${lc:$local_part@$domain}')}"
@@ -108,7 +126,7 @@ def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts
         condition = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{file}}}{{yes}}{{no}}}}"
     elif lookup == "sqlite":
         file = _sqlite_file(config.store.url)
-        query = _sql_condition(table, "quote_sqlite")
+        query = _sql_condition(table, "sqlite")
         condition = f"${{lookup sqlite,file={file} {{{query}}}{{yes}}{{no}}}}"
     elif lookup in ("mysql", "pgsql"):
         scheme = make_url(config.store.url).get_backend_name()
@@ -119,7 +137,7 @@ def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts
             + _servers(config.store.url, lookup)
             + "\n"
         )
-        query = _sql_condition(table, f"quote_{lookup}")
+        query = _sql_condition(table, lookup)
         condition = f"${{lookup {lookup}{{{query}}}{{yes}}{{no}}}}"
     else:
         raise EximConfigError(f"--lookup {lookup} is not available for this store yet")

@@ -70,9 +70,9 @@ def _mbox_dir(root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
 
 def _mbox_file(path: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
-    if old is not None and old.stamp == mbox.file_stamp(path):
+    if old is not None and old.stamp == mbox.file_stamp(path, follow=True):
         return MailboxUsage(Format.MBOX, (old,))
-    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(path, maildir.INBOX, racy_cutoff_ns),))
+    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(path, maildir.INBOX, racy_cutoff_ns, follow=True),))
 
 
 def _describe(exc: OSError) -> str:
@@ -129,7 +129,7 @@ def unchanged(root: str, previous: MailboxUsage) -> bool:
             )
         if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX:
             only = previous.folders[0]
-            return only.stamp is not None and only.stamp == mbox.file_stamp(root)
+            return only.stamp is not None and only.stamp == mbox.file_stamp(root, follow=True)
     except OSError:
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 
 from quotagate.model import Limits, MaildirsizeInfo
@@ -63,27 +67,28 @@ def read(root: str) -> Parsed | None:
 def rewrite(root: str, definition: str, bytes_: int, messages: int) -> None:
     """Replace maildirsize atomically (temp file in ``tmp/`` + rename), keeping owner and mode.
 
-    The delivery agent runs as the mail user and must still be able to update the file.
+    The delivery agent runs as the mail user and must still be able to update the file. A
+    maildirsize that is a symlink is refused: its target is not this mailbox's to rewrite.
     """
     target = os.path.join(root, FILE_NAME)
     try:
-        old = os.stat(target)
+        old = os.lstat(target)
     except FileNotFoundError:
         old = None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", target)
     tmp_dir = os.path.join(root, "tmp")
-    if not os.path.isdir(tmp_dir):
-        tmp_dir = root
-    tmp = os.path.join(tmp_dir, f"{FILE_NAME}.quotagate.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if old is None else old.st_mode & 0o7777)
+    fd, tmp = tempfile.mkstemp(prefix=f"{FILE_NAME}.quotagate.", dir=tmp_dir if os.path.isdir(tmp_dir) else root)
     try:
-        os.write(fd, f"{definition}\n{bytes_} {messages}\n".encode("ascii"))
-        os.fsync(fd)
-        if old is not None:
-            os.fchown(fd, old.st_uid, old.st_gid)
-            os.fchmod(fd, old.st_mode & 0o7777)
+        with os.fdopen(fd, "wb") as f:
+            f.write(f"{definition}\n{bytes_} {messages}\n".encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+            if old is not None:
+                os.fchown(f.fileno(), old.st_uid, old.st_gid)
+            os.fchmod(f.fileno(), 0o600 if old is None else old.st_mode & 0o777)
+        os.rename(tmp, target)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
-    os.close(fd)
-    os.rename(tmp, target)

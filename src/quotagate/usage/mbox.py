@@ -14,9 +14,13 @@ _CARRY = max(len(s) for s in _SEPARATORS) - 1
 _SKIPPED_SUFFIXES = (".lock", ".lck")
 
 
-def count_messages(path: str) -> tuple[int, int, tuple[int, int]]:
-    """Bytes, messages and the ``(mtime_ns, size)`` stamp of one mbox file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK)
+def count_messages(path: str, follow: bool = False) -> tuple[int, int, tuple[int, int]]:
+    """Bytes, messages and the ``(mtime_ns, size)`` stamp of one mbox file.
+
+    A symlink is followed only when ``follow`` (a mailbox root the admin pointed at).
+    """
+    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -27,14 +31,15 @@ def count_messages(path: str) -> tuple[int, int, tuple[int, int]]:
         chunk = head
         while chunk:
             window = carry + chunk
-            messages += sum(window.count(sep) for sep in _SEPARATORS)
+            # Separators wholly inside the carry were counted with the previous chunk.
+            messages += sum(window.count(sep) - carry.count(sep) for sep in _SEPARATORS)
             carry = window[-_CARRY:]
             chunk = f.read(_CHUNK)
     return st.st_size, messages, (st.st_mtime_ns, st.st_size)
 
 
-def read_file_folder(path: str, name: str, racy_cutoff_ns: int) -> FolderUsage:
-    size, messages, file_stamp = count_messages(path)
+def read_file_folder(path: str, name: str, racy_cutoff_ns: int, follow: bool = False) -> FolderUsage:
+    size, messages, file_stamp = count_messages(path, follow)
     kept = None if file_stamp[0] >= racy_cutoff_ns else file_stamp
     return FolderUsage(name, size, messages, kept)
 
@@ -59,9 +64,9 @@ def mbox_files(root: str) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def file_stamp(path: str) -> tuple[int, int] | None:
+def file_stamp(path: str, follow: bool = False) -> tuple[int, int] | None:
     try:
-        st = os.lstat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_size)

@@ -1,0 +1,665 @@
+"""Measuring generated spools, compared with an independent walk of the same files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotagate.model import Format, MailboxUsage, MaildirsizeInfo
+from quotagate.usage import maildir
+from quotagate.usage.mailbox import measure, unchanged
+from tests.integration.conftest import as_nobody, make_unreadable
+from tests.spoolgen import (
+    add_message,
+    backdate,
+    independent_maildir_count,
+    maildir_folder,
+    python_mbox_count,
+    totals,
+    write_mbox,
+)
+
+FAR_FUTURE = 2**62  # a racy cutoff no mtime reaches: every stamp is kept
+
+
+def per_folder(usage: MailboxUsage) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.bytes, f.messages) for f in usage.folders}
+
+
+def assert_matches_walk(usage: MailboxUsage, root: str | bytes | Path) -> None:
+    assert usage.known, usage.error
+    expected = independent_maildir_count(root)
+    assert per_folder(usage) == expected
+    assert (usage.all_bytes, usage.all_messages) == totals(expected)
+
+
+# -- Maildir and Maildir++ -------------------------------------------------------------------
+
+
+def test_maildir_with_and_without_size_in_names(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    for size in (120, 3000, 45):
+        add_message(inbox, size, with_size=True)
+    for size in (77, 9000):
+        add_message(inbox, size, with_size=False, where="new")
+    add_message(inbox, 500, with_size=False)
+    usage = measure(str(root), "maildir")
+    assert usage.format is Format.MAILDIR
+    assert per_folder(usage) == {"INBOX": (120 + 3000 + 45 + 77 + 9000 + 500, 6)}
+    assert_matches_walk(usage, root)
+
+
+def test_size_in_the_name_is_trusted_over_the_file(tmp_path: Path) -> None:
+    # The README: the size comes from ",S=" in the name; only names without one cost a stat.
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(inbox, 100, name_size=10)
+    add_message(inbox, 100, with_size=False)
+    usage = measure(str(root), "auto")
+    assert per_folder(usage) == {"INBOX": (110, 2)}
+
+
+def test_nested_maildirpp_folders(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 1000)
+    add_message(maildir_folder(root, "Sent"), 200, where="new")
+    add_message(maildir_folder(root, "Sent"), 201, with_size=False)
+    add_message(maildir_folder(root, "Archive"), 300)
+    add_message(maildir_folder(root, "Archive.2024"), 400)
+    add_message(maildir_folder(root, "Archive.2024"), 401, with_size=False, where="new")
+    add_message(maildir_folder(root, "My Old Mail"), 500)
+    add_message(maildir_folder(root, "Entw&APw-rfe"), 600)
+    add_message(maildir_folder(root, b"Entw\xfcrfe"), 700, with_size=False)
+    add_message(maildir_folder(root, b"caf\xc3\xa9 \xff"), 800)
+    maildir_folder(root, "Empty")
+
+    usage = measure(str(root), "auto")
+    assert per_folder(usage) == {
+        "INBOX": (1000, 1),
+        "Sent": (401, 2),
+        "Archive": (300, 1),
+        "Archive.2024": (801, 2),
+        "My Old Mail": (500, 1),
+        "Entw&APw-rfe": (600, 1),
+        "Entw\\xfcrfe": (700, 1),
+        "café \\xff": (800, 1),
+        "Empty": (0, 0),
+    }
+    assert_matches_walk(usage, root)
+
+
+def test_bytes_root_path_with_undecodable_name(tmp_path: Path) -> None:
+    root = os.path.join(os.fsencode(tmp_path), b"M\xe4ildir")
+    add_message(maildir_folder(root), 123)
+    add_message(maildir_folder(root, b"\xff"), 7)
+    usage = measure(os.fsdecode(root), "auto")
+    assert per_folder(usage) == {"INBOX": (123, 1), "\\xff": (7, 1)}
+
+
+def test_tmp_dot_files_and_metadata_are_not_mail(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    sent = maildir_folder(root, "Sent")
+    add_message(inbox, 100)
+    add_message(sent, 50, where="new")
+    # Deliveries in progress, dot files and server metadata: none of it counts.
+    for folder in (root, Path(os.fsdecode(sent))):
+        (folder / "tmp" / "1700000000.M9P9.host,S=99999").write_bytes(b"x" * 99999)
+        (folder / "tmp" / "1700000000.M9P8.host").write_bytes(b"x" * 5000)
+        (folder / "cur" / ".hidden,S=4000:2,S").write_bytes(b"x" * 4000)
+        (folder / "new" / ".nfs000123").write_bytes(b"x" * 3000)
+        (folder / "dovecot-uidlist").write_bytes(b"3 V1 N2\n" * 500)
+        (folder / "dovecot-keywords").write_bytes(b"0 $Junk\n")
+        (folder / "dovecot.index").write_bytes(b"i" * 8000)
+        (folder / "dovecot.index.log").write_bytes(b"l" * 8000)
+        (folder / "dovecot.index.cache").write_bytes(b"c" * 8000)
+        (folder / "courierimapuiddb").write_bytes(b"u" * 100)
+        (folder / "maildirfolder").write_bytes(b"")
+    (root / "subscriptions").write_bytes(b"Sent\n")
+    (root / ".subscriptions").write_bytes(b"Sent\n")
+    (root / "dovecot-uidvalidity").write_bytes(b"65a1b2c3")
+    (root / "dovecot.list.index.log").write_bytes(b"x" * 5000)
+    (root / "cur" / "a-directory,S=123").mkdir()  # not a file, even with a size in its name
+    (root / "new" / "plain-directory").mkdir()
+
+    usage = measure(str(root), "auto")
+    assert per_folder(usage) == {"INBOX": (100, 1), "Sent": (50, 1)}
+    assert_matches_walk(usage, root)
+
+
+def test_a_message_in_new_and_cur_under_one_unique_name_counts_once(tmp_path: Path) -> None:
+    # A crash between link and unlink can leave the same message in both: counted once.
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(inbox, 100, where="new", unique="1700000000.M1P1.h,S=100")
+    add_message(inbox, 100, where="cur", unique="1700000000.M1P1.h,S=100")
+    add_message(inbox, 5, where="cur")
+    assert per_folder(measure(str(root), "auto")) == {"INBOX": (105, 2)}
+
+
+@pytest.mark.parametrize(
+    "unique",
+    [
+        b"1700000000.M1P1.h,S=abc",
+        b"1700000000.M1P1.h,S=",
+        b"1700000000.M1P1.h,S=" + b"9" * 25,
+        "1700000000.M1P1.h,S=\u00b2".encode(),
+        b"1700000000.M1P1.h,S=12\xff",
+        b"1700000000.M1P1.h\xff\xfe",
+        b"\xff\xfe\xfd",
+    ],
+)
+def test_bad_names_are_measured_by_stat(tmp_path: Path, unique: bytes) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(inbox, 4321, unique=unique)
+    add_message(inbox, 10, unique=b"good,S=10", where="new")
+    walk = independent_maildir_count(root)
+    assert walk == {"INBOX": (4331, 2)}
+    assert per_folder(measure(str(root), "auto")) == walk
+
+
+def test_undecodable_bytes_outside_the_size_keep_the_size(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(inbox, 4321, unique=b"1700000000.M1P1.h\xff\xfe,S=12")
+    assert per_folder(measure(str(root), "auto")) == {"INBOX": (12, 1)}
+
+
+# -- maildirsize -----------------------------------------------------------------------------
+
+
+def _with_maildirsize(root: Path, bytes_: int, messages: int) -> None:
+    (root / "maildirsize").write_text(f"1000000S,100C\n{bytes_} {messages}\n")
+
+
+def test_fresh_maildirsize_agrees(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 300)
+    add_message(maildir_folder(root, "Sent"), 200, with_size=False)
+    (root / "maildirsize").write_text("1000000S,100C\n300 1\n200 1\n")
+    usage = measure(str(root), "auto")
+    assert usage.maildirsize == MaildirsizeInfo(500, 2, "1000000S,100C")
+    assert usage.maildirsize.agrees_with(usage.all_bytes, usage.all_messages)
+
+
+def test_stale_maildirsize_disagrees(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 300)
+    _with_maildirsize(root, 100, 9)
+    usage = measure(str(root), "auto")
+    assert usage.maildirsize == MaildirsizeInfo(100, 9, "1000000S,100C")
+    assert not usage.maildirsize.agrees_with(usage.all_bytes, usage.all_messages)
+    assert (usage.all_bytes, usage.all_messages) == (300, 1)  # the files win
+
+
+def test_malformed_maildirsize_gives_no_info(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 300)
+    (root / "maildirsize").write_text("1000S\nnot numbers\n")
+    usage = measure(str(root), "auto")
+    assert usage.known
+    assert usage.maildirsize is None
+    assert usage.all_bytes == 300
+
+
+def test_maildirsize_alone_marks_a_maildir(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    root.mkdir()
+    _with_maildirsize(root, 0, 0)
+    usage = measure(str(root), "auto")
+    assert usage.format is Format.MAILDIR
+    assert per_folder(usage) == {"INBOX": (0, 0)}
+
+
+# -- mbox --------------------------------------------------------------------------------------
+
+
+def test_mbox_file_mailbox(tmp_path: Path) -> None:
+    path = tmp_path / "user"
+    write_mbox(path, ["one\n", "From inside the body\n", "three\n\nFrom again\n"])
+    for fmt in ("auto", "mbox"):
+        usage = measure(str(path), fmt)
+        assert usage.known
+        assert usage.format is Format.MBOX
+        assert per_folder(usage) == {"INBOX": (path.stat().st_size, python_mbox_count(path))}
+        assert usage.all_messages == 3
+
+
+def test_mbox_file_is_not_a_maildir(tmp_path: Path) -> None:
+    path = tmp_path / "user"
+    write_mbox(path, ["one\n"])
+    usage = measure(str(path), "maildir")
+    assert not usage.known
+    assert "not a Maildir" in (usage.error or "")
+
+
+def test_mbox_directory_mailbox(tmp_path: Path) -> None:
+    root = tmp_path / "user"
+    write_mbox(root / "mbox", ["a\n", "b\n"])
+    write_mbox(root / "mail" / "Sent", ["c\n", "From d\n", "e\n"], crlf=True)
+    write_mbox(root / "mail" / "Lists" / "python", ["f\n"])
+    (root / "mbox.lock").write_bytes(b"123")
+    (root / "mail" / ".subscriptions").write_text("Sent\n")
+    (root / ".imap").mkdir()
+    (root / ".imap" / "dovecot.index").write_bytes(b"i" * 1000)
+    (root / "mail" / "link").symlink_to(root / "mbox")
+
+    usage = measure(str(root), "auto")
+    assert usage.known
+    assert usage.format is Format.MBOX
+    expected = {
+        name: ((root / name).stat().st_size, python_mbox_count(root / name))
+        for name in ("mbox", "mail/Sent", "mail/Lists/python")
+    }
+    assert per_folder(usage) == expected
+    assert usage.all_messages == 6
+    assert measure(str(root), "mbox") == usage
+
+
+def test_mbox_directory_forced_as_maildir_is_empty_maildir(tmp_path: Path) -> None:
+    root = tmp_path / "user"
+    write_mbox(root / "mbox", ["a\n"])
+    usage = measure(str(root), "maildir")
+    assert usage.format is Format.MAILDIR
+    assert usage.all_messages == 0
+
+
+def test_mailbox_root_may_be_a_symlink_to_an_mbox_file(tmp_path: Path) -> None:
+    real = tmp_path / "real-mbox"
+    write_mbox(real, ["a\n", "b\n"])
+    link = tmp_path / "user"
+    link.symlink_to(real)
+    usage = measure(str(link), "auto")
+    assert usage.known, usage.error
+    assert per_folder(usage) == {"INBOX": (real.stat().st_size, 2)}
+
+
+def test_mailbox_root_may_be_a_symlink_to_a_maildir(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    add_message(maildir_folder(real), 42)
+    add_message(maildir_folder(real, "Sent"), 8)
+    link = tmp_path / "Maildir"
+    link.symlink_to(real)
+    usage = measure(str(link), "auto")
+    assert per_folder(usage) == {"INBOX": (42, 1), "Sent": (8, 1)}
+
+
+# -- empty, missing, broken --------------------------------------------------------------------
+
+
+def test_empty_maildir(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    maildir_folder(root)
+    usage = measure(str(root), "auto")
+    assert usage.known
+    assert usage.format is Format.MAILDIR
+    assert per_folder(usage) == {"INBOX": (0, 0)}
+
+
+def test_empty_directory_and_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    for name in ("dir", "file"):
+        usage = measure(str(tmp_path / name), "auto")
+        assert usage.known
+        assert (usage.all_bytes, usage.all_messages) == (0, 0)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "maildir", "mbox"])
+def test_missing_mailbox_is_empty_not_unknown(tmp_path: Path, fmt: str) -> None:
+    usage = measure(str(tmp_path / "nobody-yet" / "Maildir"), fmt)  # type: ignore[arg-type]
+    assert usage.known
+    assert usage.format is Format.MISSING
+    assert (usage.all_bytes, usage.all_messages) == (0, 0)
+
+
+def test_dangling_symlink_root_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "Maildir").symlink_to(tmp_path / "gone")
+    usage = measure(str(tmp_path / "Maildir"), "auto")
+    assert usage.known
+    assert usage.format is Format.MISSING
+
+
+def test_root_that_is_a_fifo_is_unknown(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "Maildir")
+    usage = measure(str(tmp_path / "Maildir"), "auto")
+    assert not usage.known
+    assert "neither a file nor a directory" in (usage.error or "")
+
+
+# -- symlinks ----------------------------------------------------------------------------------
+
+
+def test_symlinked_folders_and_files_are_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    sent = maildir_folder(root, "Sent")
+    add_message(inbox, 100)
+    real = add_message(sent, 50)
+    elsewhere = tmp_path / "elsewhere"
+    add_message(maildir_folder(elsewhere), 7777)
+    (root / ".Loop").symlink_to(root / ".Loop")  # a folder symlinked to itself
+    (root / ".Alias").symlink_to(root / ".Sent")  # the same folder twice
+    (root / ".Outside").symlink_to(elsewhere)
+    # Message-like symlinks in cur/ and new/, with and without sizes in their names.
+    os.symlink(real, os.path.join(inbox, b"cur", b"1700000000.M77P1.h,S=50:2,S"))
+    os.symlink(real, os.path.join(inbox, b"cur", b"1700000000.M78P1.h:2,S"))
+    os.symlink(b"nowhere", os.path.join(inbox, b"new", b"1700000000.M79P1.h"))
+    os.symlink(b"self", os.path.join(inbox, b"new", b"self"))
+
+    usage = measure(str(root), "auto")
+    assert per_folder(usage) == {"INBOX": (100, 1), "Sent": (50, 1)}
+    assert_matches_walk(usage, root)
+
+
+@pytest.mark.parametrize("target", ["self", "other"])
+def test_maildir_root_that_is_a_symlink_loop_is_unknown(tmp_path: Path, target: str) -> None:
+    root = tmp_path / "Maildir"
+    if target == "self":
+        root.symlink_to(root)
+    else:
+        (tmp_path / "other").symlink_to(root)
+        root.symlink_to(tmp_path / "other")
+    usage = measure(str(root), "auto")
+    assert not usage.known
+    assert usage.error is not None
+    assert "symbolic links" in usage.error
+    assert str(root) in usage.error
+
+
+@pytest.mark.parametrize(
+    ("folder", "sub", "target"),
+    [
+        ("INBOX", "cur", "other-user"),
+        ("Junk", "new", "other-user"),
+        ("Junk", "cur", "loop"),
+    ],
+)
+def test_symlinked_cur_or_new_is_not_followed(tmp_path: Path, folder: str, sub: str, target: str) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(inbox, 10, where="new" if sub == "cur" else "cur")
+    junk = maildir_folder(root, folder)
+    other = tmp_path / "other-user" / "Maildir"
+    add_message(maildir_folder(other), 5000, where=sub)
+    link = os.path.join(junk, sub.encode())
+    shutil.rmtree(link)
+    os.symlink(link if target == "loop" else os.path.join(os.fsencode(other), sub.encode()), link)
+    usage = measure(str(root), "auto")
+    assert usage.known, usage.error
+    assert (usage.all_bytes, usage.all_messages) == (10, 1)
+
+
+# -- unreadable -------------------------------------------------------------------------------
+
+
+def _unreadable_spool(base: Path, open_up: Callable[[Path], None]) -> Path:
+    root = base / "example.org" / "user" / "Maildir"
+    for _ in range(3):
+        add_message(maildir_folder(root), 100_000)
+    add_message(maildir_folder(root, "Sent"), 10)
+    add_message(maildir_folder(root, "Private"), 20)
+    open_up(base)
+    return root
+
+
+def test_readable_spool_measures_the_same_without_privileges(open_dir: Path, open_up: Callable[[Path], None]) -> None:
+    root = _unreadable_spool(open_dir, open_up)
+    usage = as_nobody(lambda: measure(str(root), "auto"))
+    assert usage.known, usage.error
+    assert per_folder(usage) == independent_maildir_count(root)
+
+
+@pytest.mark.parametrize("what", [".Private/cur", ".Private/new", ".Private", "cur", "new"])
+def test_unreadable_folder_makes_the_mailbox_unknown(
+    open_dir: Path, open_up: Callable[[Path], None], what: str
+) -> None:
+    root = _unreadable_spool(open_dir, open_up)
+    make_unreadable(root / what)
+    usage = as_nobody(lambda: measure(str(root), "auto"))
+    assert not usage.known
+    assert "Permission denied" in (usage.error or "")
+    assert usage.folders == ()  # no partial totals that could look like a (low or high) usage
+
+
+def test_unreadable_root_is_unknown(open_dir: Path, open_up: Callable[[Path], None]) -> None:
+    root = _unreadable_spool(open_dir, open_up)
+    make_unreadable(root)
+    usage = as_nobody(lambda: measure(str(root), "auto"))
+    assert not usage.known
+    assert "Permission denied" in (usage.error or "")
+
+
+def test_untraversable_parent_is_unknown_not_missing(open_dir: Path, open_up: Callable[[Path], None]) -> None:
+    root = _unreadable_spool(open_dir, open_up)
+    make_unreadable(root.parent)
+    usage = as_nobody(lambda: measure(str(root), "auto"))
+    assert not usage.known
+    assert usage.format is Format.MISSING
+
+
+def test_unreadable_mbox_in_a_directory_is_unknown(open_dir: Path, open_up: Callable[[Path], None]) -> None:
+    root = open_dir / "user"
+    write_mbox(root / "mbox", ["a\n"])
+    write_mbox(root / "mail" / "Private", ["b\n"])
+    open_up(open_dir)
+    assert as_nobody(lambda: measure(str(root), "auto")).all_messages == 2
+    make_unreadable(root / "mail" / "Private")
+    usage = as_nobody(lambda: measure(str(root), "auto"))
+    assert not usage.known
+    assert "Private" in (usage.error or "")
+
+
+# -- random spools -----------------------------------------------------------------------------
+
+_message = st.tuples(
+    st.integers(min_value=1, max_value=3000),  # size
+    st.sampled_from(["cur", "new"]),
+    st.booleans(),  # S= in the name
+)
+_folder_name = st.sampled_from(
+    ["Sent", "Trash", "Archive.2024", "Archive.2024.Q1", "My Folder", "Entw&APw-rfe", "Drafts", b"\xfc\xff"]
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    inbox=st.lists(_message, max_size=12),
+    folders=st.dictionaries(_folder_name, st.lists(_message, max_size=8), max_size=5),
+    junk=st.lists(st.sampled_from(["tmp", "dot", "symlink", "dir"]), max_size=4),
+)
+def test_random_maildirs_match_the_walk(
+    inbox: list[tuple[int, str, bool]],
+    folders: dict[str | bytes, list[tuple[int, str, bool]]],
+    junk: list[str],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "Maildir")
+        layout: dict[str | bytes, list[tuple[int, str, bool]]] = {"INBOX": inbox, **folders}
+        for name, messages in layout.items():
+            folder = maildir_folder(root, name)
+            for size, where, with_size in messages:
+                add_message(folder, size, where=where, with_size=with_size)
+            for i, kind in enumerate(junk):
+                if kind == "tmp":
+                    add_message(folder, 999, where="tmp")
+                elif kind == "dot":
+                    add_message(folder, 999, unique=f".dot{i},S=999")
+                elif kind == "symlink":
+                    os.symlink(b"/etc/hostname", os.path.join(folder, b"new", b"link%d,S=5" % i))
+                else:
+                    os.mkdir(os.path.join(folder, b"cur", b"dir%d:2," % i))
+        usage = measure(root, "auto")
+        assert_matches_walk(usage, root)
+        assert usage.all_messages == sum(len(m) for m in layout.values())
+        assert usage.all_bytes == sum(size for m in layout.values() for size, _, _ in m)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    files=st.dictionaries(
+        st.sampled_from(["mbox", "Sent", "mail/Sent", "mail/Lists/python", "Drafts"]),
+        st.lists(st.sampled_from(["hi", "From me", "x\n\nFrom y", ""]), max_size=6),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_random_mbox_directories_match_python(files: dict[str, list[str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "user"
+        root.mkdir()
+        for name, bodies in files.items():
+            write_mbox(root / name, bodies)
+        usage = measure(str(root), "auto")
+        assert usage.known
+        assert per_folder(usage) == {
+            name: ((root / name).stat().st_size, python_mbox_count(root / name)) for name in files
+        }
+
+
+# -- reading again what changed -----------------------------------------------------------------
+
+
+def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    add_message(maildir_folder(root, "Sent"), 200)
+    add_message(maildir_folder(root, "Archive.2024"), 300)
+    backdate(root)
+    first = measure(str(root), "auto", None, time.time_ns())
+    assert all(f.stamp is not None for f in first.folders)
+    assert unchanged(str(root), first)
+
+    read: list[str] = []
+    original = maildir.read_folder
+
+    def counting(path: str, name: str, cutoff: int) -> object:
+        read.append(name)
+        return original(path, name, cutoff)
+
+    monkeypatch.setattr(maildir, "read_folder", counting)
+    again = measure(str(root), "auto", first, time.time_ns())
+    assert read == []
+    assert again == first
+
+    add_message(maildir_folder(root, "Sent"), 5, where="new")
+    assert not unchanged(str(root), first)
+    third = measure(str(root), "auto", first, time.time_ns() - 2 * 10**9)
+    assert read == ["Sent"]
+    assert per_folder(third) == {"INBOX": (100, 1), "Sent": (205, 2), "Archive.2024": (300, 1)}
+    assert third.folder("Sent").stamp is None  # changed just now: racy, read again next time
+
+
+def test_non_utf8_folder_survives_an_incremental_measure(tmp_path: Path) -> None:
+    # Regression: folder names reused from the previous reading are display names, and a
+    # non-UTF-8 folder looked up by its display name was measured as empty.
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    add_message(maildir_folder(root, b"Entw\xfcrfe"), 700)
+    backdate(root)
+    first = measure(str(root), "auto", None, time.time_ns())
+    assert per_folder(first) == {"INBOX": (100, 1), "Entw\\xfcrfe": (700, 1)}
+    add_message(maildir_folder(root), 1, where="new")  # INBOX changes, the root does not
+    again = measure(str(root), "auto", first, time.time_ns())
+    assert per_folder(again) == {"INBOX": (101, 2), "Entw\\xfcrfe": (700, 1)}
+
+
+def test_previous_of_another_format_is_not_reused(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    backdate(root)
+    first = measure(str(root), "auto", None, time.time_ns())
+    fake = MailboxUsage(Format.MBOX, tuple(f.__class__(f.name, 999, 9, f.stamp) for f in first.folders))
+    assert measure(str(root), "auto", fake, time.time_ns()) == first
+
+
+# -- the new/ -> cur/ race ----------------------------------------------------------------------
+
+
+def _race_folder(tmp_path: Path, count: int) -> tuple[bytes, int]:
+    folder = maildir_folder(tmp_path / "Maildir")
+    total = 0
+    for i in range(count):
+        size = 100 + i
+        add_message(folder, size, where="new", with_size=i % 2 == 0)
+        total += size
+    return folder, total
+
+
+def _move_to_cur(folder: bytes, name: bytes) -> None:
+    os.rename(os.path.join(folder, b"new", name), os.path.join(folder, b"cur", name + b":2,S"))
+
+
+def test_mail_moving_new_to_cur_is_counted_once_under_a_real_race(tmp_path: Path) -> None:
+    folder, total = _race_folder(tmp_path, 400)
+    stop = threading.Event()
+
+    def mover() -> None:
+        for name in sorted(os.listdir(os.path.join(folder, b"new"))):
+            if stop.is_set():
+                return
+            _move_to_cur(folder, name)
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=mover)
+    results = []
+    thread.start()
+    try:
+        while thread.is_alive() and len(results) < 2000:
+            results.append(maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE))
+    finally:
+        stop.set()
+        thread.join()
+    results.append(maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE))
+    assert len(results) >= 3
+    assert os.listdir(os.path.join(folder, b"new")) == []
+    wrong = [(r.bytes, r.messages) for r in results if (r.bytes, r.messages) != (total, 400)]
+    assert wrong == []
+
+
+def test_move_right_after_new_is_listed_is_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, total = _race_folder(tmp_path, 6)
+    original = maildir._read_dir
+    moves = []
+
+    def read_then_move(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
+        result = original(path, skip, collect)
+        if os.path.basename(path) == "new":
+            left = sorted(os.listdir(os.path.join(folder, b"new")))
+            if left:  # on every attempt: retrying alone cannot make the count right
+                _move_to_cur(folder, left[0])
+                moves.append(left[0])
+        return result
+
+    monkeypatch.setattr(maildir, "_read_dir", read_then_move)
+    usage = maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE)
+    assert len(moves) >= 2
+    assert (usage.bytes, usage.messages) == (total, 6)
+
+
+def test_folder_changing_while_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, total = _race_folder(tmp_path, 3)
+    original = maildir._read_dir
+    delivered = []
+
+    def read_then_deliver(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
+        result = original(path, skip, collect)
+        if os.path.basename(path) == "cur" and not delivered:
+            delivered.append(add_message(folder, 1000, where="new"))
+        return result
+
+    monkeypatch.setattr(maildir, "_read_dir", read_then_deliver)
+    usage = maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE)
+    assert (usage.bytes, usage.messages) == (total + 1000, 4)
+    assert usage.stamp == maildir.stamp(os.fsdecode(folder))

@@ -1,0 +1,173 @@
+"""Maildir++ maildirsize files: parse, definition, atomic rewrite."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotagate.model import Limits, MaildirsizeInfo
+from quotagate.usage import maildirsize
+from quotagate.usage.maildirsize import FILE_NAME, definition_for, parse, read, rewrite
+
+
+def test_definition_line_and_one_total() -> None:
+    parsed = parse("524288000S,1000C\n12345 6\n")
+    assert parsed.problem is None
+    assert parsed.info == MaildirsizeInfo(12345, 6, "524288000S,1000C")
+
+
+def test_lines_are_summed_with_negatives_and_blank_lines() -> None:
+    text = "1000S\n  100 2\n\n250 1\n-100 -1\n   \n40  3\n"
+    assert parse(text).info == MaildirsizeInfo(290, 5, "1000S")
+
+
+def test_definition_only_means_empty() -> None:
+    assert parse("1000S,10C\n").info == MaildirsizeInfo(0, 0, "1000S,10C")
+    assert parse("1000S,10C").info == MaildirsizeInfo(0, 0, "1000S,10C")
+
+
+def test_crlf_lines() -> None:
+    assert parse("5000S\r\n10 1\r\n20 1\r\n").info == MaildirsizeInfo(30, 2, "5000S")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("", "empty"),
+        ("1000S\n10 1 1\n", "line 2"),
+        ("1000S\n10\n", "line 2"),
+        ("1000S\n10 1\nabc 1\n", "line 3"),
+        ("1000S\n10 1\n\n5 x\n", "line 4"),
+        ("1000S\n1.5 1\n", "line 2"),
+    ],
+)
+def test_malformed_files_give_no_info_and_a_problem(text: str, where: str) -> None:
+    parsed = parse(text)
+    assert parsed.info is None
+    assert parsed.problem is not None
+    assert where in parsed.problem
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lines=st.lists(st.tuples(st.integers(-(10**9), 10**12), st.integers(-1000, 10**6)), max_size=30),
+    blank_every=st.integers(min_value=2, max_value=7),
+)
+def test_any_list_of_lines_sums(lines: list[tuple[int, int]], blank_every: int) -> None:
+    body = []
+    for i, (b, m) in enumerate(lines):
+        body.append(f"{b} {m}")
+        if i % blank_every == 0:
+            body.append("")
+    parsed = parse("1S\n" + "\n".join(body) + "\n")
+    assert parsed.info == MaildirsizeInfo(sum(b for b, _ in lines), sum(m for _, m in lines), "1S")
+
+
+@pytest.mark.parametrize(
+    ("limits", "definition"),
+    [
+        (Limits(524288000, 1000), "524288000S,1000C"),
+        (Limits(524288000, 0), "524288000S"),
+        (Limits(0, 1000), "1000C"),
+        (Limits(0, 0), ""),
+    ],
+)
+def test_definition_for(limits: Limits, definition: str) -> None:
+    assert definition_for(limits) == definition
+
+
+def test_read_missing_file_is_none(tmp_path: Path) -> None:
+    assert read(str(tmp_path)) is None
+
+
+def test_read_existing_file(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_bytes(b"100S\n10 1\n5 1\n")
+    assert read(str(tmp_path)) == maildirsize.Parsed(MaildirsizeInfo(15, 2, "100S"))
+
+
+def _maildir(tmp_path: Path) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir()
+    return tmp_path
+
+
+def test_rewrite_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
+    root = _maildir(tmp_path)
+    target = root / FILE_NAME
+    target.write_text("1000S\n10 1\n20 1\n-5 -1\n")
+    os.chmod(target, 0o640)
+    before = target.stat()
+    with open(target, "rb") as old_reader:  # a reader holding the old file sees it whole
+        rewrite(str(root), "2000S,5C", 4321, 7)
+        assert old_reader.read() == b"1000S\n10 1\n20 1\n-5 -1\n"
+    after = target.stat()
+    assert after.st_ino != before.st_ino  # replaced by rename, not rewritten in place
+    assert stat.S_IMODE(after.st_mode) == 0o640
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert target.read_text() == "2000S,5C\n4321 7\n"
+    assert parse(target.read_text()).info == MaildirsizeInfo(4321, 7, "2000S,5C")
+    assert os.listdir(root / "tmp") == []  # no temp file left behind
+    assert sorted(os.listdir(root)) == ["cur", FILE_NAME, "new", "tmp"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o660])
+def test_rewrite_keeps_any_mode_despite_umask(tmp_path: Path, mode: int) -> None:
+    root = _maildir(tmp_path)
+    target = root / FILE_NAME
+    target.write_text("1S\n1 1\n")
+    os.chmod(target, mode)
+    old_umask = os.umask(0o077)
+    try:
+        rewrite(str(root), "1S", 2, 2)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_rewrite_keeps_owner(tmp_path: Path) -> None:
+    root = _maildir(tmp_path)
+    target = root / FILE_NAME
+    target.write_text("1S\n1 1\n")
+    os.chown(target, 65534, 65533)
+    os.chmod(target, 0o600)
+    rewrite(str(root), "1S", 10, 3)
+    st_after = target.stat()
+    assert (st_after.st_uid, st_after.st_gid) == (65534, 65533)
+    assert stat.S_IMODE(st_after.st_mode) == 0o600
+    assert read(str(root)) == maildirsize.Parsed(MaildirsizeInfo(10, 3, "1S"))
+
+
+def test_rewrite_without_tmp_dir_uses_root(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_text("1S\n1 1\n")
+    rewrite(str(tmp_path), "5S", 5, 5)
+    assert os.listdir(tmp_path) == [FILE_NAME]
+    assert read(str(tmp_path)) == maildirsize.Parsed(MaildirsizeInfo(5, 5, "5S"))
+
+
+def test_rewrite_creates_a_missing_file_private(tmp_path: Path) -> None:
+    root = _maildir(tmp_path)
+    rewrite(str(root), "", 0, 0)
+    target = root / FILE_NAME
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert read(str(root)) == maildirsize.Parsed(MaildirsizeInfo(0, 0, ""))
+
+
+def test_rewrite_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _maildir(tmp_path)
+    target = root / FILE_NAME
+    target.write_text("1S\n1 1\n")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        rewrite(str(root), "1S", 99, 99)
+    assert target.read_text() == "1S\n1 1\n"
+    assert os.listdir(root / "tmp") == []

@@ -1,0 +1,134 @@
+"""Sizes from Maildir file names, and names made safe to show."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotagate.usage.names import display_name, size_from_name, unique_part
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("1700000000.M1P2.host,S=1234,W=1260:2,S", 1234),
+        ("1700000000.M1P2.host,S=1234:2,S", 1234),  # value ends at ":"
+        ("1700000000.M1P2.host,S=1234", 1234),  # value ends at the end of the name
+        ("1700000000.M1P2.host,S=1234,W=1260", 1234),  # value ends at ","
+        ("1700000000.M1P2.host,W=1260,S=99:2,", 99),  # S= need not come first
+        ("1700000000.M1P2.host,S=0:2,S", 0),
+        ("1700000000.M1P2.host,S=007:2,S", 7),
+        ("1700000000.M1P2.host,S=" + "9" * 18, 10**18 - 1),  # the longest value still taken
+    ],
+)
+def test_size_from_name_reads_s_value(name: str, size: int) -> None:
+    assert size_from_name(name) == size
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "1700000000.M1P2.host",  # no S= at all
+        "1700000000.M1P2.host:2,S",  # the S flag is not a size
+        "1700000000.M1P2.host:2,FRS",
+        "1700000000.M1P2.host,S=abc:2,S",
+        "1700000000.M1P2.host,S=12a4:2,S",
+        "1700000000.M1P2.host,S=:2,S",  # empty value ending at ":"
+        "1700000000.M1P2.host,S=,W=12",  # empty value ending at ","
+        "1700000000.M1P2.host,S=",  # empty value at the end
+        "1700000000.M1P2.host,S=" + "1" * 25 + ":2,S",  # 25 digits: garbage, not a size
+        "1700000000.M1P2.host,S=" + "1" * 19,  # one digit too many
+        "1700000000.M1P2.host,S=\u00b2:2,S",  # superscript two: isdigit() but not a size
+        "1700000000.M1P2.host,S=\u0663\u0664:2,S",  # Arabic-Indic digits
+        "1700000000.M1P2.host,S=\uff11\uff12:2,S",  # fullwidth digits
+        "1700000000.M1P2.host,S=-5:2,S",
+        "1700000000.M1P2.host,S= 5:2,S",
+        "1700000000.M1P2.host:2,S=1234",  # S= after the colon is part of the info
+        "1700000000.M1P2.host:2,a,S=1234",
+        "1700000000.M1P2.host,s=1234:2,S",  # lower case s is not the size field
+        "1700000000.M1P2.host S=1234:2,S",  # not introduced by a comma
+    ],
+)
+def test_size_from_name_rejects_unusable_values(name: str) -> None:
+    assert size_from_name(name) is None
+
+
+def test_flags_containing_s_after_colon_never_give_a_size() -> None:
+    # The unique part has a genuine size; flags and junk after ":" must not change it.
+    for info in (":2,S", ":2,S=5", ":2,,S=77,S=88", ":1,S=3"):
+        assert size_from_name("1.M2.h,S=42" + info) == 42
+        assert size_from_name("1.M2.h" + info) is None
+
+
+_junk = st.text(
+    alphabet=st.characters(blacklist_characters=":,", blacklist_categories=("Cs",)),
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(min_value=0, max_value=10**18 - 1),
+    zeros=st.integers(min_value=0, max_value=3),
+    before=_junk,
+    fields_after=st.lists(_junk, max_size=3),
+    info=st.none() | _junk,
+)
+def test_size_round_trips_through_any_surrounding_junk(
+    size: int, zeros: int, before: str, fields_after: list[str], info: str | None
+) -> None:
+    digits = "0" * zeros + str(size)
+    name = before + ",S=" + digits + "".join("," + f for f in fields_after)
+    if info is not None:
+        name += ":2," + info
+    expected = size if len(digits) <= 18 else None
+    assert size_from_name(name) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=_junk, size=st.integers(min_value=0, max_value=10**6), flags=_junk)
+def test_size_after_the_colon_is_never_taken(before: str, size: int, flags: str) -> None:
+    assert size_from_name(f"{before}:2,{flags},S={size}") is None
+
+
+def test_unique_part_survives_the_move_to_cur() -> None:
+    assert unique_part("1.M2.h,S=42") == unique_part("1.M2.h,S=42:2,S") == "1.M2.h,S=42"
+    assert unique_part("1.M2.h,S=42:2,RS") == "1.M2.h,S=42"
+
+
+def test_display_name_keeps_valid_names() -> None:
+    assert display_name("Entw&APw-rfe") == "Entw&APw-rfe"
+    assert display_name("Entwürfe") == "Entwürfe"
+    assert display_name("My Folder") == "My Folder"
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"\xff", "\\xff"),
+        (b"Entw\xfcrfe", "Entw\\xfcrfe"),
+        (b"caf\xc3\xa9-\xe9", "café-\\xe9"),  # valid UTF-8 kept, the stray byte escaped
+        (b"\xed\xa0\x80", "\\xed\\xa0\\x80"),  # an encoded surrogate is not valid UTF-8
+    ],
+)
+def test_display_name_escapes_undecodable_bytes(raw: bytes, shown: str) -> None:
+    name = os.fsdecode(raw)
+    result = display_name(name)
+    assert result == shown
+    result.encode("utf-8")  # safe to store and print: no lone surrogates left
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=30))
+def test_display_name_of_any_bytes_is_printable_utf8(raw: bytes) -> None:
+    result = display_name(os.fsdecode(raw))
+    result.encode("utf-8")  # never raises
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        assert "\\x" in result
+    else:
+        assert result == decoded
