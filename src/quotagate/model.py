@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,13 @@ class State(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class FolderUsage:
+class FolderUsage(NamedTuple):
     """Usage of one folder.
 
     ``stamp`` holds the modification times (and for mbox the size) seen when the folder was
     read; an incremental scan skips the folder while they are unchanged. ``None`` means
     "read it again next time" (the folder changed too recently for its mtime to be trusted).
+    A named tuple rather than a dataclass: a scan builds one per folder, hundreds of thousands.
     """
 
     name: str

@@ -47,7 +47,7 @@ def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
     if workers <= 1 or len(jobs) < _POOL_MIN:
         yield from map(_measure_job, jobs)
         return
-    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    chunk = max(1, min(8, len(jobs) // (workers * 32)))
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(_measure_job, jobs, chunksize=chunk)
@@ -99,8 +99,10 @@ def run_scan(
             continue
         prev = previous.get(mailbox.address)
         prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
-        if prev_usage is not None and unchanged(path, prev_usage):
-            readings[mailbox.address] = _reading(mailbox, path, prev_usage, config, started)
+        if prev is not None and prev_usage is not None and unchanged(path, prev_usage):
+            # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
+            again = _reading(mailbox, path, prev_usage, config, started)
+            readings[mailbox.address] = prev if again.same_measure(prev) else again
             continue
         pending.append((mailbox, path))
         jobs.append((path, config.spool.format, prev_usage, cutoff_ns))
@@ -118,6 +120,8 @@ def run_scan(
     changed = []
     for address, r in readings.items():
         prev = previous.get(address)
+        if r is prev:
+            continue
         if prev is not None and r.same_measure(prev):
             readings[address] = prev
         else:

@@ -55,16 +55,9 @@ usage = Table(
     Column("maildirsize_messages", BigInteger, nullable=True),
     Column("maildirsize_definition", String(200), nullable=True),
     Column("measured_at", Double, nullable=False),
-)
-
-folder = Table(
-    "quotagate_folder",
-    metadata,
-    Column("address", ADDRESS, primary_key=True),
-    Column("name", String(512), primary_key=True),
-    Column("bytes", BigInteger, nullable=False),
-    Column("messages", BigInteger, nullable=False),
-    Column("stamp", String(64), nullable=True),
+    # Per-folder usage as JSON: [[name, bytes, messages, stamp or null], ...]. One row per mailbox
+    # keeps an incremental scan's load to one fast query; PostgreSQL and MySQL can still query it.
+    Column("folders", Text, nullable=False),
 )
 
 scan = Table(
@@ -91,7 +84,5 @@ class Migration:
     tables: tuple[Table, ...]
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, folder, scan)),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, scan)),)
 LATEST = MIGRATIONS[-1].version

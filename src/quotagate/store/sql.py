@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
@@ -61,12 +61,33 @@ def _batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
         yield chunk
 
 
-def _stamp_text(stamp: tuple[int, ...] | None) -> str | None:
-    return None if stamp is None else ",".join(map(str, stamp))
+def _folders_text(folders: Sequence[FolderUsage]) -> str:
+    return json.dumps([list(f) for f in folders], ensure_ascii=False, separators=(",", ":"))
 
 
-def _stamp_value(text: str | None) -> tuple[int, ...] | None:
-    return None if not text else tuple(int(p) for p in text.split(","))
+def _folders_value(text: str) -> tuple[FolderUsage, ...]:
+    return tuple(
+        FolderUsage(name, b, m, None if stamp is None else tuple(stamp)) for name, b, m, stamp in json.loads(text)
+    )
+
+
+_USAGE_COLUMNS = (
+    "address",
+    "path",
+    "format",
+    "bytes",
+    "messages",
+    "state",
+    "reason",
+    "root_stamp",
+    "maildirsize_bytes",
+    "maildirsize_messages",
+    "maildirsize_definition",
+    "measured_at",
+    "folders",
+)
+_FORMATS = {f.value: f for f in Format}
+_STATES = {s.value: s for s in State}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -212,8 +233,11 @@ class SqlStore:
             self._require_schema(conn)
             if not self.table.own:
                 return sorted(self._admin_mailboxes(conn, None), key=lambda m: m.address)
-            rows = conn.execute(select(schema.mailbox).order_by(schema.mailbox.c.address))
-            return [self._mailbox(r) for r in rows]
+            t = schema.mailbox
+            rows = conn.execute(
+                select(t.c.address, t.c.quota_bytes, t.c.quota_messages, t.c.enabled, t.c.path).order_by(t.c.address)
+            )
+            return [Mailbox(a, Limits(qb, qm), bool(e), p) for a, qb, qm, e, p in rows]
 
     def mailbox(self, address: str) -> Mailbox | None:
         with self._connect() as conn:
@@ -310,29 +334,18 @@ class SqlStore:
             conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
 
     # -- readings --------------------------------------------------------------------------
-    @staticmethod
-    def _reading(row: Any, folders: Sequence[FolderUsage]) -> Reading:
-        info = None
-        if row.maildirsize_bytes is not None:
-            info = MaildirsizeInfo(row.maildirsize_bytes, row.maildirsize_messages, row.maildirsize_definition or "")
-        usage = MailboxUsage(Format(row.format), tuple(folders), row.root_stamp, row.reason, info)
-        return Reading(row.address, row.path, usage, row.bytes, row.messages, State(row.state), row.measured_at)
-
     def _load(self, conn: Connection, address: str | None) -> dict[str, Reading]:
-        u, f = schema.usage, schema.folder
-        folder_q = select(f.c.address, f.c.name, f.c.bytes, f.c.messages, f.c.stamp)
-        usage_q = select(u)
+        u = schema.usage
+        query = select(*(u.c[name] for name in _USAGE_COLUMNS))
         if address is not None:
-            folder_q = folder_q.where(f.c.address == address)
-            usage_q = usage_q.where(u.c.address == address)
-        folders: dict[str, list[FolderUsage]] = defaultdict(list)
-        for addr, name, b, m, stamp in conn.execute(folder_q):
-            folders[addr].append(FolderUsage(name, b, m, _stamp_value(stamp)))
-        # Folders in code-point order, as measuring gives them: database collations differ.
-        return {
-            row.address: self._reading(row, sorted(folders.get(row.address, ()), key=lambda f: f.name))
-            for row in conn.execute(usage_q)
-        }
+            query = query.where(u.c.address == address)
+        readings = {}
+        for row in conn.execute(query):
+            addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
+            info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
+            usage = MailboxUsage(_FORMATS[fmt], _folders_value(folders), root_stamp, reason, info)
+            readings[addr] = Reading(addr, path, usage, b, m, _STATES[state], measured_at)
+        return readings
 
     def readings(self) -> dict[str, Reading]:
         with self._connect() as conn:
@@ -347,30 +360,15 @@ class SqlStore:
     def save_readings(
         self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None
     ) -> None:
-        u, f = schema.usage, schema.folder
+        u = schema.usage
         with self._begin() as conn:
             self._require_schema(conn)
             self._publish_flags(conn, flags or {})
             self._publish_usage(conn, changed)
-            gone = list(removed) + [r.address for r in changed]
-            for chunk in _batches(gone):
-                conn.execute(delete(f).where(f.c.address.in_(chunk)))
+            for chunk in _batches(list(removed) + [r.address for r in changed]):
                 conn.execute(delete(u).where(u.c.address.in_(chunk)))
             for rows in _batches(changed):
                 conn.execute(insert(u), [self._usage_row(r) for r in rows])
-                folder_rows = [
-                    {
-                        "address": r.address,
-                        "name": fu.name,
-                        "bytes": fu.bytes,
-                        "messages": fu.messages,
-                        "stamp": _stamp_text(fu.stamp),
-                    }
-                    for r in rows
-                    for fu in r.usage.folders
-                ]
-                if folder_rows:
-                    conn.execute(insert(f), folder_rows)
 
     @staticmethod
     def _usage_row(r: Reading) -> dict[str, Any]:
@@ -389,6 +387,7 @@ class SqlStore:
             "maildirsize_messages": info.messages if info else None,
             "maildirsize_definition": info.definition[:200] if info else None,
             "measured_at": r.measured_at,
+            "folders": _folders_text(r.usage.folders),
         }
 
     def record_scan(self, summary: ScanSummary) -> None:

@@ -123,10 +123,10 @@ def unchanged(root: str, previous: MailboxUsage) -> bool:
         if previous.format is Format.MAILDIR:
             if previous.root_stamp is None or os.stat(root).st_mtime_ns != previous.root_stamp:
                 return False
-            return all(
-                f.stamp is not None and f.stamp == maildir.stamp(maildir.folder_path(root, f.name))
-                for f in previous.folders
-            )
+            for f in previous.folders:
+                if f.stamp is None or f.stamp != maildir.stamp(maildir.folder_path(root, f.name)):
+                    return False
+            return True
         if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX:
             only = previous.folders[0]
             return only.stamp is not None and only.stamp == mbox.file_stamp(root, follow=True)

@@ -9,7 +9,7 @@ import re
 import stat
 
 from quotagate.model import FolderUsage
-from quotagate.usage.names import unique_part
+from quotagate.usage.names import size_from_name, unique_part
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ Stamp = tuple[int, int]
 
 def folder_path(root: str, name: str) -> str:
     """Where a Maildir++ folder lives: the root for INBOX, ``root/.Name`` otherwise."""
-    return root if name == INBOX else os.path.join(root, "." + name)
+    return root if name == INBOX else f"{root}/.{name}"
 
 
 def folder_names(root: str) -> list[str]:
@@ -52,11 +52,12 @@ def stamp(path: str) -> Stamp:
     return (_mtime(f"{path}/cur"), _mtime(f"{path}/new"))
 
 
-# Names are joined with "/", which no file name can hold, and matched in bulk: the per-file work
-# of a scan happens in the regex engine, not in a Python loop. Dot files are never messages.
-# A size is ",S=<1 to 18 digits>" before the ":" info, ending at "," or ":" or the name's end.
-_SIZED = re.compile(r"(?<![^/])[^./:][^/:]*?,S=(\d{1,18})(?=[,:/]|$)")
-_UNSIZED = re.compile(r"(?<![^/])(?!\.)(?![^/:]*?,S=\d{1,18}(?:[,:/]|$))[^/]+")
+# The fast path reads every size of a directory with one regex over its names joined by "/" (which
+# no file name holds), so the per-file work runs in the regex engine, not in a Python loop. It is
+# taken only when it must agree with the per-name rules of ``size_from_name``: no dot files, each
+# name with ",S=" holding exactly one well-formed size, none of them after the ":" info.
+_SIZE = re.compile(r",S=(\d{1,18})(?=[,:/])")
+_SIZE_IN_INFO = re.compile(r":[^/]*,S=")
 
 
 def _regular_files(path: str) -> tuple[int, list[str]] | None:
@@ -83,11 +84,31 @@ def _regular_files(path: str) -> tuple[int, list[str]] | None:
 def _measure_names(fd: int, names: list[str]) -> tuple[int, int, list[str]]:
     """Bytes and messages of message files (the size from the name, else one ``lstat``), and the
     names that vanished before they could be measured."""
-    text = "/".join(names)
-    sized = _SIZED.findall(text)
-    total, count = sum(map(int, sized)), len(sized)
+    text = "/".join(names) + "/"
+    unsized = [n for n in names if ",S=" not in n]
+    sizes = _SIZE.findall(text)
+    fast = (
+        len(sizes) == len(names) - len(unsized) == text.count(",S=")
+        and not text.startswith(".")
+        and "/." not in text
+        and not _SIZE_IN_INFO.search(text)
+    )
+    if fast:
+        total, count = sum(map(int, sizes)), len(sizes)
+    else:
+        total = count = 0
+        unsized = []
+        for name in names:
+            if name[0] == ".":
+                continue
+            size = size_from_name(name)
+            if size is None:
+                unsized.append(name)
+            else:
+                total += size
+                count += 1
     vanished = []
-    for name in _UNSIZED.findall(text):
+    for name in unsized:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:  # deleted or moved since listed
@@ -97,6 +118,21 @@ def _measure_names(fd: int, names: list[str]) -> tuple[int, int, list[str]]:
             total += st.st_size
             count += 1
     return total, count, vanished
+
+
+def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
+    """``names`` less those whose unique part is in ``skip``.
+
+    A move from new/ to cur/ during a read is rare: look for each skipped name in the joined
+    listing first (a C-level search), and filter name by name only when one is there.
+    """
+    if len(skip) <= 64:
+        text = "/" + "/".join(names) + "/"
+        found = {u for u in skip if f"/{u}:" in text or f"/{u}/" in text}
+        if not found:
+            return names
+        skip = found
+    return [n for n in names if unique_part(n) not in skip]
 
 
 def _read_dir(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
@@ -112,7 +148,7 @@ def _read_dir(path: str, skip: frozenset[str] | set[str], collect: bool) -> tupl
     fd, names = listed
     try:
         if skip:
-            names = [n for n in names if unique_part(n) not in skip]
+            names = _without(names, skip)
         total, count, vanished = _measure_names(fd, names)
     finally:
         os.close(fd)
