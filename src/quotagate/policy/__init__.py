@@ -1,0 +1,1 @@
+"""The live policy check: protocol, server and reservations."""
