@@ -44,11 +44,38 @@ class ColumnsConfig(_Section):
     usage_table: str | None = None
 
 
+class LdapConfig(_Section):
+    """Where mailboxes live in an LDAP tree, and how quotagate binds to publish into it."""
+
+    bind_dn: str = ""
+    password: str = ""
+    password_file: Path | None = None
+    base: str = ""
+    scope: Literal["base", "one", "sub"] = "sub"
+    filter: str = "(mail=*)"
+    address_attribute: str = "mail"
+    quota_attribute: str = "quotagateQuota"
+    quota_unit: Size = 1
+    messages_attribute: str = ""
+    path_attribute: str = ""
+    # An entry is enabled unless this attribute holds one of disabled_values (e.g. accountStatus).
+    enabled_attribute: str = ""
+    disabled_values: list[str] = ["disabled", "inactive", "FALSE", "0", "no"]
+    timeout: int = Field(default=10, gt=0, description="seconds")
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.password and self.password_file:
+            raise ValueError("set password or password_file, not both")
+
+
 class StoreConfig(_Section):
     url: str = "sqlite:////var/lib/quotagate/quotagate.db"
     # Where mailboxes and their limits live: quotagate's own table, or the admin's schema.
     schema_: Literal["quotagate", "postfixadmin", "classic"] = Field(default="quotagate", alias="schema")
     columns: ColumnsConfig = ColumnsConfig()
+    ldap: LdapConfig = LdapConfig()
+    # Where an LDAP store keeps quotagate's own readings (per-folder usage, scan history).
+    state: str = "sqlite:////var/lib/quotagate/state.db"
 
     def model_post_init(self, __context: Any) -> None:
         if self.schema_ == "quotagate" and self.columns.model_fields_set:
@@ -82,6 +109,10 @@ class ScanConfig(_Section):
     # A folder modified less than this many seconds before it was read is read again next time:
     # file systems keep coarse mtimes, so a change in the same tick would otherwise go unseen.
     racy_seconds: float = Field(default=2.0, ge=0)
+    # flock'd by every scan (one-shot or --every) so that two never overlap; holds the holder's pid.
+    # Unset: beside quotagate's SQLite file (the store's, or an LDAP store's state), else
+    # /run/quotagate/scan.lock. See Config.scan_lock_file.
+    lock_file: Path | None = None
 
 
 class PublishConfig(_Section):
@@ -100,6 +131,26 @@ class Config(_Section):
     folders: list[FolderRule] = []
     publish: PublishConfig = PublishConfig()
     policy: PolicyConfig = PolicyConfig()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url in (prefix, prefix + ":memory:"):
+        return None
+    return Path(url[len(prefix) :].partition("?")[0])
+
+
+def scan_lock_file(config: Config) -> Path:
+    """Where scans take their lock: the configured file, or one beside the store that scans share.
+
+    Two scans of the same store must exclude each other whoever runs them (a timer, a loop, an
+    admin, ``quotagate demo``), and a lock beside the SQLite file needs no privileges.
+    """
+    if config.scan.lock_file is not None:
+        return config.scan.lock_file
+    url = config.store.state if config.store.url.startswith("ldap") else config.store.url
+    db = _sqlite_file(url)
+    return db.with_name(db.name + ".scan-lock") if db is not None else Path("/run/quotagate/scan.lock")
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:

@@ -1,7 +1,9 @@
-"""``quotagate scan``: one full or incremental scan, with a progress bar on a terminal."""
+"""``quotagate scan``: one full or incremental scan, with a progress bar on a terminal, or one every
+period with ``--every``; a lock keeps two scans from overlapping."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,8 +12,14 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from quotagate.cli.app import App, pass_app
+from quotagate.config import ConfigError, scan_lock_file
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
+from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
+
+log = logging.getLogger(__name__)
+
+EX_TEMPFAIL = 75  # sysexits.h: another scan holds the lock, try again later
 
 
 @contextmanager
@@ -37,19 +45,28 @@ def _progress_bar() -> Iterator[ProgressCallback | None]:
         yield update
 
 
-@click.command("scan")
-@click.option("--full", is_flag=True, help="Read every folder, even those unchanged since the last scan.")
-@click.option("--fix-maildirsize", is_flag=True, help="Rewrite maildirsize files that disagree with the files.")
-@pass_app
-def scan(app: App, full: bool, fix_maildirsize: bool) -> None:
-    """Measure every mailbox, store the usage and publish the over-quota set."""
-    config = app.config
-    store = app.store()
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
     try:
-        with _progress_bar() as progress:
-            result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, progress=progress)
-    finally:
-        store.close()
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _scan_once(app: App, full: bool, fix_maildirsize: bool) -> None:
+    """One scan under the lock; raises LockHeld when another scan runs."""
+    config = app.config
+    try:
+        with scan_lock(scan_lock_file(config)):
+            store = app.store()
+            try:
+                with _progress_bar() as progress:
+                    result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, progress=progress)
+            finally:
+                store.close()
+    except LockError as exc:
+        raise ConfigError(f"scan.lock_file: {exc}") from None
     click.echo(summary_line(result.summary))
     mismatched = [a for a in result.maildirsize_mismatches if a not in result.maildirsize_fixed]
     if result.maildirsize_fixed:
@@ -59,6 +76,55 @@ def scan(app: App, full: bool, fix_maildirsize: bool) -> None:
             f"maildirsize disagrees with the files in {len(mismatched)} mailboxes "
             f"(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')"
         )
+
+
+@click.command("scan")
+@click.option("--full", is_flag=True, help="Read every folder, even those unchanged since the last scan.")
+@click.option("--fix-maildirsize", is_flag=True, help="Rewrite maildirsize files that disagree with the files.")
+@click.option(
+    "--every",
+    metavar="DURATION",
+    callback=_duration,
+    help="Scan again every DURATION (30s, 5m, 1h; plain number = seconds), start to start, until "
+    "SIGTERM or SIGINT, which stop it between scans. A round that finds the lock held is skipped.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --every: stop after N rounds (skipped ones included).",
+)
+@pass_app
+def scan(app: App, full: bool, fix_maildirsize: bool, every: float | None, count: int | None) -> int:
+    """Measure every mailbox, store the usage and publish the over-quota set.
+
+    Only one scan runs at a time: each holds the lock file [scan] lock_file
+    (default /run/quotagate/scan.lock) while it runs.
+
+    \b
+    Exit status:
+      0   done (with --every: stopped by SIGTERM/SIGINT or --count)
+      2   usage or config error (including a lock file that cannot be opened)
+      75  another scan is running (the lock is held): try again later
+    """
+    if every is None:
+        if count is not None:
+            raise click.UsageError("--count needs --every")
+        try:
+            _scan_once(app, full, fix_maildirsize)
+        except LockHeld as exc:
+            click.echo(f"quotagate: {exc}", err=True)
+            return EX_TEMPFAIL
+        return 0
+
+    def round_() -> None:
+        try:
+            _scan_once(app, full, fix_maildirsize)
+        except LockHeld as exc:
+            log.warning("%s: skipping this round", exc)
+
+    run_every(every, round_, count)
+    return 0
 
 
 def register(cli: click.Group) -> None:
