@@ -8,6 +8,7 @@ import pytest
 
 from tests.servers.mariadb import MariaDB, private_mariadb
 from tests.servers.postgres import Postgres, private_postgres
+from tests.servers.slapd import Slapd, private_slapd
 
 
 @pytest.fixture(scope="session")
@@ -19,4 +20,10 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
     with private_mariadb() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[Slapd]:
+    with private_slapd() as server:
         yield server

@@ -86,6 +86,7 @@ class Exim:
         self.maildirs = maildirs
         self.config = work / "exim.conf"
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.last_session = ""
         for sub in ("spool", "log"):
             (work / sub).mkdir(parents=True, exist_ok=True)
             shutil.chown(work / sub, "Debian-exim", "Debian-exim")
@@ -125,6 +126,7 @@ class Exim:
             text=True,
             timeout=60,
         )
+        self.last_session = done.stdout + done.stderr  # -bh logs to stderr: keep it for failing asserts
         return rcpt_replies(done.stdout, len(rcpts))
 
     def start(self) -> None:

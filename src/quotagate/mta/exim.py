@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -114,6 +115,31 @@ def _sqlite_file(url: str) -> str:
     return _path(u.database, "SQLite file")
 
 
+# Characters left as they are in the admin's base DN and filter when they go into an LDAP URL;
+# everything else is percent-encoded, which also keeps Exim's expansion characters out.
+_URL_SAFE = "=,()&|!*:@-._~"
+
+
+def _ldap(config: Config) -> tuple[str, str]:
+    """``ldap_default_servers`` and a condition that finds the recipient's entry with the flag set."""
+    scheme = config.store.url.partition(":")[0].lower()
+    if scheme not in ("ldap", "ldaps"):
+        raise EximConfigError(f"--lookup ldap needs an LDAP store, not {scheme}")
+    c = config.store.ldap
+    where = urlsplit(config.store.url)
+    port = where.port or (636 if scheme == "ldaps" else 389)
+    main = (
+        "# The LDAP server quotagate publishes to. Exim binds anonymously: the entries' mail and\n"
+        "# quotagateOverQuota attributes must be readable so (or add user=... pass=... to the lookup).\n"
+        f"ldap_default_servers = {where.hostname or 'localhost'}::{port}\n"
+    )
+    attr = _ident(c.address_attribute)
+    recipient = f"({attr}=${{quote_ldap:${{lc:$local_part@$domain}}}})"
+    ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}(quotagateOverQuota=TRUE))"
+    url = f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
+    return main, f"${{lookup ldap{{{url}}}{{yes}}{{no}}}}"
+
+
 def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts:
     """The main-section settings, the router and the ACL statement for one method and lookup."""
     lookup = lookup or default_lookup(config)
@@ -139,8 +165,10 @@ def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts
         )
         query = _sql_condition(table, lookup)
         condition = f"${{lookup {lookup}{{{query}}}{{yes}}{{no}}}}"
-    else:
-        raise EximConfigError(f"--lookup {lookup} is not available for this store yet")
+    elif lookup == "ldap":
+        main, condition = _ldap(config)
+    else:  # pragma: no cover - the CLI offers only the lookups above
+        raise EximConfigError(f"unknown lookup {lookup!r}")
 
     router = (
         "# Before the router that delivers to mailboxes. It runs only while Exim verifies a\n"

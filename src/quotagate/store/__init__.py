@@ -6,42 +6,44 @@ from importlib import import_module
 
 from quotagate.config import StoreConfig
 from quotagate.store.base import Store, StoreError
-from quotagate.store.presets import MailboxTable, mailbox_table
 
-# scheme (before any "+driver") -> "module:class"; optional backends load lazily.
+# scheme (before any "+driver") -> module with a ``from_config(StoreConfig) -> Store``;
+# optional backends (and their drivers) load only when a URL names them.
 _REGISTRY = {
-    "sqlite": "quotagate.store.sql:SqlStore",
-    "postgresql": "quotagate.store.sql:SqlStore",
-    "mysql": "quotagate.store.sql:SqlStore",
-    "mariadb": "quotagate.store.sql:SqlStore",
+    "sqlite": "quotagate.store.sql",
+    "postgresql": "quotagate.store.sql",
+    "mysql": "quotagate.store.sql",
+    "mariadb": "quotagate.store.sql",
+    "ldap": "quotagate.store.ldap",
+    "ldaps": "quotagate.store.ldap",
 }
 
 
-def open_store(url: str, table: MailboxTable | None = None) -> Store:
-    """The store for ``url``; an unknown scheme or a missing driver is a clear StoreError.
+def scheme_of(url: str) -> str:
+    return url.partition(":")[0].partition("+")[0].lower()
 
-    ``table`` names where the directory lives in SQL (default: quotagate's own table).
-    """
-    scheme = url.partition(":")[0].partition("+")[0].lower()
-    target = _REGISTRY.get(scheme)
-    if target is None:
+
+def store_for(config: StoreConfig) -> Store:
+    """The store the config names; an unknown scheme or a missing driver is a clear StoreError."""
+    url = config.url
+    module_name = _REGISTRY.get(scheme_of(url))
+    if module_name is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise StoreError(f"store url {url!r}: unknown scheme {scheme!r} (known: {known})")
-    module_name, _, class_name = target.partition(":")
+        raise StoreError(f"store url {url!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
     try:
-        cls = getattr(import_module(module_name), class_name)
-        store: Store = cls(url, table)
+        store: Store = import_module(module_name).from_config(config)
     except ImportError as exc:
         raise StoreError(f"store url {url!r} needs a driver that is not installed: {exc.name}") from exc
+    except StoreError:
+        raise
     except Exception as exc:
         raise StoreError(f"store url {url!r}: {exc}") from exc
     return store
 
 
-def store_for(config: StoreConfig) -> Store:
-    """The store the config names, with its schema preset and column overrides."""
-    overrides = config.columns.model_dump(exclude_none=True)
-    return open_store(config.url, mailbox_table(config.schema_, overrides))
+def open_store(url: str) -> Store:
+    """The store at ``url`` with every other setting at its default."""
+    return store_for(StoreConfig(url=url))
 
 
 __all__ = ["Store", "StoreError", "open_store", "store_for"]

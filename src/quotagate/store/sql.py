@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 
 from quotagate.address import BadAddress, normalize
+from quotagate.config import StoreConfig
 from quotagate.model import (
     FolderUsage,
     Format,
@@ -48,7 +49,7 @@ from quotagate.model import (
 )
 from quotagate.store import schema
 from quotagate.store.base import StoreError
-from quotagate.store.presets import PRESETS, MailboxTable
+from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -403,3 +404,7 @@ class SqlStore:
         if row is None:
             return None
         return ScanSummary(**{k: v for k, v in row._mapping.items() if k != "id"})
+
+
+def from_config(config: StoreConfig) -> SqlStore:
+    return SqlStore(config.url, mailbox_table(config.schema_, config.columns.model_dump(exclude_none=True)))

@@ -1,0 +1,231 @@
+"""The LDAP store: mailboxes from the admin's tree, the over-quota flag and usage published into it.
+
+The directory and the published set live in LDAP; quotagate's own readings (per-folder usage,
+stamps for incremental scans, scan history) live in a small SQL ``state`` database beside it,
+since LDAP is no place for them. An entry is modified only where a value changed.
+
+LDAP has no transaction across entries: a scan that fails half-way leaves some entries updated.
+The SQL state is saved only after LDAP took every change, so the next scan rewrites the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
+
+from quotagate.address import BadAddress, normalize
+from quotagate.config import LdapConfig, StoreConfig
+from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
+from quotagate.store.base import StoreError
+from quotagate.store.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+OBJECT_CLASS = "quotagateMailbox"
+OVER = "quotagateOverQuota"
+USED_BYTES = "quotagateUsedBytes"
+USED_MESSAGES = "quotagateUsedMessages"
+MEASURED_AT = "quotagateMeasuredAt"
+_PUBLISHED = (OVER, USED_BYTES, USED_MESSAGES, MEASURED_AT)
+_SCOPES = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}
+
+
+@dataclass
+class _Entry:
+    """What the last search saw of a mailbox entry: enough to skip modifications that change nothing."""
+
+    dn: str
+    object_classes: set[str]
+    published: dict[str, str] = field(default_factory=dict)
+
+
+def _first(values: Any) -> str | None:
+    if isinstance(values, list):
+        return str(values[0]) if values else None
+    return None if values is None else str(values)
+
+
+class LdapStore:
+    def __init__(self, url: str, config: LdapConfig, state: SqlStore) -> None:
+        self.url = url
+        self.config = config
+        self.state = state
+        self._conn: ldap3.Connection | None = None
+        self._entries: dict[str, _Entry] = {}
+
+    # -- connection --------------------------------------------------------------------------
+    def _password(self) -> str:
+        if self.config.password_file is not None:
+            try:
+                return self.config.password_file.read_text().strip()
+            except OSError as exc:
+                raise StoreError(f"store.ldap.password_file: {exc.strerror}") from None
+        return self.config.password
+
+    def _connection(self) -> ldap3.Connection:
+        if self._conn is None:
+            server = ldap3.Server(self.url, connect_timeout=self.config.timeout)
+            conn = ldap3.Connection(
+                server,
+                self.config.bind_dn or None,
+                self._password() or None,
+                receive_timeout=self.config.timeout,
+                raise_exceptions=True,
+            )
+            try:
+                conn.open()
+                conn.bind()
+            except LDAPException as exc:
+                conn.unbind()  # closes the socket a failed bind leaves open
+                raise StoreError(f"cannot bind to {self.url} as {self.config.bind_dn or 'anonymous'}: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.unbind()
+            self._conn = None
+        self.state.close()
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        return self.state.migrate()
+
+    def migration_sql(self) -> list[str]:
+        return [
+            "-- quotagate's LDAP attributes come from its schema: load it into slapd once with",
+            "--   ldapadd -Y EXTERNAL -H ldapi:/// -f $(python3 -c 'import quotagate, os; "
+            'print(os.path.join(os.path.dirname(quotagate.__file__), "data", "quotagate.ldif"))\')',
+            *self.state.migration_sql(),
+        ]
+
+    # -- the directory -----------------------------------------------------------------------
+    def upsert_mailboxes(self, mailboxes: Sequence[Mailbox]) -> None:
+        raise StoreError("the directory is your LDAP tree: manage mailboxes there")
+
+    def _attributes(self) -> list[str]:
+        c = self.config
+        names = [c.address_attribute, c.quota_attribute, c.messages_attribute, c.path_attribute]
+        names += [c.enabled_attribute, "objectClass", *_PUBLISHED]
+        return [n for n in names if n]
+
+    def _search(self, extra: str) -> list[Mailbox]:
+        c = self.config
+        conn = self._connection()
+        query = f"(&{c.filter}{extra})" if extra else c.filter
+        try:
+            results = conn.extend.standard.paged_search(
+                c.base, query, _SCOPES[c.scope], attributes=self._attributes(), paged_size=500, generator=False
+            )
+        except LDAPException as exc:
+            raise StoreError(f"LDAP search under {c.base!r} failed: {exc}") from exc
+        found = []
+        disabled = {v.lower() for v in c.disabled_values}
+        for item in results:
+            if item.get("type") != "searchResEntry":
+                continue
+            attrs = item["attributes"]
+            listed = _first(attrs.get(c.address_attribute))
+            if listed is None:
+                continue
+            try:
+                address = normalize(listed)
+            except BadAddress as exc:
+                log.warning("skipping %s: %s", item["dn"], exc)
+                continue
+            quota = self._number(attrs, c.quota_attribute, item["dn"]) * c.quota_unit
+            messages = self._number(attrs, c.messages_attribute, item["dn"])
+            status = _first(attrs.get(c.enabled_attribute)) if c.enabled_attribute else None
+            enabled = status is None or status.lower() not in disabled
+            path = _first(attrs.get(c.path_attribute)) if c.path_attribute else None
+            found.append(Mailbox(address, Limits(quota, messages), enabled, path or None))
+            raw_values = item.get("raw_attributes", {})
+            published = {a: raw_values[a][0].decode("utf-8", "replace") for a in _PUBLISHED if raw_values.get(a)}
+            classes = {str(o).lower() for o in attrs.get("objectClass", [])}
+            self._entries[address] = _Entry(item["dn"], classes, published)
+        return found
+
+    @staticmethod
+    def _number(attrs: Mapping[str, Any], name: str, dn: str) -> int:
+        if not name:
+            return 0
+        value = _first(attrs.get(name))
+        if value is None:
+            return 0
+        try:
+            return max(int(value), 0)
+        except ValueError:
+            log.warning("%s: %s is not a number: %r (taken as unlimited)", dn, name, value)
+            return 0
+
+    def mailboxes(self) -> list[Mailbox]:
+        return sorted(self._search(""), key=lambda m: m.address)
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        found = self._search(f"({self.config.address_attribute}={escape_filter_chars(address)})")
+        return next((m for m in found if m.address == address), None)
+
+    # -- readings ----------------------------------------------------------------------------
+    def readings(self) -> dict[str, Reading]:
+        return self.state.readings()
+
+    def reading(self, address: str) -> Reading | None:
+        return self.state.reading(address)
+
+    def save_readings(
+        self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None
+    ) -> None:
+        self._publish(changed, flags or {})
+        self.state.save_readings(changed, removed)
+
+    def _publish(self, changed: Sequence[Reading], flags: Mapping[str, bool]) -> None:
+        if not self._entries and (changed or flags):
+            self._search("")
+        wanted: dict[str, dict[str, str]] = {}
+        for r in changed:
+            if r.state is not State.UNKNOWN:
+                stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(r.measured_at))
+                wanted.setdefault(r.address, {}).update(
+                    {USED_BYTES: str(r.bytes), USED_MESSAGES: str(r.messages), MEASURED_AT: stamp}
+                )
+        for address, over in flags.items():
+            wanted.setdefault(address, {})[OVER] = "TRUE" if over else "FALSE"
+        conn = self._connection()
+        for address, values in sorted(wanted.items()):
+            entry = self._entries.get(address)
+            if entry is None:
+                continue  # gone from the tree since it was listed
+            changes: dict[str, Any] = {
+                name: [(ldap3.MODIFY_REPLACE, [value])]
+                for name, value in values.items()
+                if entry.published.get(name) != value
+            }
+            if not changes:
+                continue
+            if OBJECT_CLASS.lower() not in entry.object_classes:
+                changes["objectClass"] = [(ldap3.MODIFY_ADD, [OBJECT_CLASS])]
+            try:
+                conn.modify(entry.dn, changes)  # type: ignore[no-untyped-call]
+            except LDAPException as exc:
+                raise StoreError(f"cannot publish to {entry.dn}: {exc}") from exc
+            entry.object_classes.add(OBJECT_CLASS.lower())
+            entry.published.update(values)
+
+    def record_scan(self, summary: ScanSummary) -> None:
+        self.state.record_scan(summary)
+
+    def last_scan(self) -> ScanSummary | None:
+        return self.state.last_scan()
+
+
+def from_config(config: StoreConfig) -> LdapStore:
+    if not config.ldap.base:
+        raise StoreError("store.ldap.base: an LDAP store needs the base of the mailbox entries")
+    return LdapStore(config.url, config.ldap, SqlStore(config.state))
