@@ -1,188 +1,87 @@
-"""The one store contract, against every real database."""
+"""The one store contract, against every backend on its real server: quotagate's own tables in
+SQLite, PostgreSQL and MariaDB, PostfixAdmin's and the classic schema, and an LDAP tree."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
-import pytest
-from sqlalchemy import event
+from quotagate.config import parse_config
+from quotagate.model import FolderUsage, Format, Limits, MailboxUsage, Reading, ScanSummary, State
+from quotagate.scan import run_scan
+from tests.store.backends import Backend
 
-from quotagate.model import (
-    FolderUsage,
-    Format,
-    Limits,
-    Mailbox,
-    MailboxUsage,
-    MaildirsizeInfo,
-    Reading,
-    ScanSummary,
-    State,
-)
-from quotagate.store import StoreError, open_store
-from quotagate.store.presets import PRESETS
-from quotagate.store.sql import SqlStore
-from tests.servers import schemas
-
-HOSTILE = ["o'brien@example.org", 'quo"te@example.org', "back\\slash@example.org", "ünï@exämple.org"]
+HOSTILE = ["o'brien@example.org", "star*@example.org", "paren(s)@example.org", "semi;colon@example.org"]
 
 
-def reading(address: str, bytes_: int, state: State = State.OK, folders: int = 2) -> Reading:
-    usage = MailboxUsage(
-        Format.MAILDIR,
-        tuple(
-            sorted(
-                (
-                    FolderUsage(f"F{i}" if i else "INBOX", bytes_ // folders, i, (10**18 + i, -1) if i else None)
-                    for i in range(folders)
-                ),
-                key=lambda f: f.name,
-            )
-        ),
-        root_stamp=1_700_000_000_123_456_789,
-        maildirsize=MaildirsizeInfo(bytes_, 3, "1000S,10C"),
+def reading(address: str, bytes_: int, state: State = State.OK) -> Reading:
+    folders = (FolderUsage("INBOX", bytes_, 1, (1, 2)), FolderUsage("Sent", 0, 0, None))
+    usage = MailboxUsage(Format.MAILDIR, folders, root_stamp=1_700_000_000_123_456_789)
+    return Reading(address, f"/m/{address}", usage, bytes_, 1, state, 1_700_000_000.25)
+
+
+def test_the_directory_lists_mailboxes_with_their_limits(backend: Backend) -> None:
+    backend.add("alice@example.org", 1000)
+    for i, address in enumerate(HOSTILE):
+        backend.add(address, 100 + i)
+    boxes = {m.address: m for m in backend.store.mailboxes()}
+    assert boxes["alice@example.org"].limits == Limits(1000)
+    for i, address in enumerate(HOSTILE):
+        assert boxes[address].limits == Limits(100 + i)
+        found = backend.store.mailbox(address)
+        assert found is not None and found.address == address
+    assert backend.store.mailbox("star@example.org") is None
+    assert backend.store.mailbox("x' OR '1'='1@example.org") is None
+
+
+def test_readings_round_trip(backend: Backend) -> None:
+    backend.add("a@example.org", 10)
+    backend.add("b@example.org", 10)
+    backend.store.mailboxes()
+    a, b = reading("a@example.org", 50, State.OVER), reading("b@example.org", 5)
+    backend.store.save_readings([a, b], [], {"a@example.org": True, "b@example.org": False})
+    assert backend.store.readings() == {a.address: a, b.address: b}
+    assert backend.store.reading("b@example.org") == b
+    backend.store.save_readings([], ["a@example.org"], {"a@example.org": False})
+    assert set(backend.store.readings()) == {"b@example.org"}
+
+
+def test_flags_are_published_where_the_mta_reads_them(backend: Backend) -> None:
+    for address in HOSTILE[:2]:
+        backend.add(address, 10)
+    backend.store.mailboxes()
+    backend.store.save_readings(
+        [reading(HOSTILE[0], 50, State.OVER), reading(HOSTILE[1], 5)], [], {HOSTILE[0]: True, HOSTILE[1]: False}
     )
-    return Reading(address, f"/m/{address}", usage, bytes_, 3, state, 1_700_000_000.5)
+    assert backend.flagged(HOSTILE[0])
+    assert not backend.flagged(HOSTILE[1])
+    backend.store.save_readings([reading(HOSTILE[0], 5)], [], {HOSTILE[0]: False})
+    assert not backend.flagged(HOSTILE[0])
 
 
-def test_migrate_is_idempotent_and_printable(db_url: str) -> None:
-    store = open_store(db_url)
-    try:
-        assert any("CREATE TABLE quotagate_usage" in s for s in store.migration_sql())
-        assert store.migrate()
-        assert store.migrate() == []
-        assert store.migration_sql() == []
-    finally:
-        store.close()
+def test_scan_history(backend: Backend) -> None:
+    assert backend.store.last_scan() is None
+    for n in (1, 2):
+        backend.store.record_scan(ScanSummary(float(n), n + 0.5, n == 1, 10 * n, n, 100, 10**12, 1, 0, n))
+    last = backend.store.last_scan()
+    assert last is not None and last.mailboxes == 20 and not last.full
 
 
-def test_an_unmigrated_store_says_what_to_do(db_url: str) -> None:
-    store = open_store(db_url)
-    try:
-        with pytest.raises(StoreError, match="quotagate db migrate"):
-            store.mailboxes()
-    finally:
-        store.close()
+def test_a_scan_flags_a_full_mailbox_and_clears_it_after_a_deletion(backend: Backend, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    for local, size in (("full", 2000), ("roomy", 10)):
+        cur = spool / "example.org" / local / "Maildir" / "cur"
+        cur.mkdir(parents=True)
+        (cur / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
+    backend.add("full@example.org", 1000)
+    backend.add("roomy@example.org", 1000)
+    config = parse_config({"spool": {"root": str(spool)}}).model_copy(update={"store": backend.config})
 
+    first = run_scan(config, backend.store)
+    assert first.summary.over == 1
+    assert backend.flagged("full@example.org") and not backend.flagged("roomy@example.org")
+    assert run_scan(config, backend.store).summary.written == 0
 
-def test_mailboxes_round_trip(db_url: str) -> None:
-    store = open_store(db_url)
-    try:
-        store.migrate()
-        boxes = [Mailbox(a, Limits(i * 1000, i), i % 2 == 0, None if i else "x/Maildir") for i, a in enumerate(HOSTILE)]
-        store.upsert_mailboxes(boxes)
-        store.upsert_mailboxes([Mailbox(HOSTILE[0], Limits(5, 6))])  # an update, not a second row
-        got = {m.address: m for m in store.mailboxes()}
-        assert len(got) == len(HOSTILE)
-        assert got[HOSTILE[0]] == Mailbox(HOSTILE[0], Limits(5, 6))
-        assert got[HOSTILE[3]] == boxes[3]
-        assert store.mailbox(HOSTILE[2]) == boxes[2]
-        assert store.mailbox("x' OR '1'='1@example.org") is None
-    finally:
-        store.close()
-
-
-def test_readings_round_trip_and_removal(db_url: str) -> None:
-    store = open_store(db_url)
-    try:
-        store.migrate()
-        a, b = reading(HOSTILE[0], 4000, State.OVER), reading(HOSTILE[1], 10, folders=1)
-        unknown = Reading(
-            HOSTILE[2], "/m", MailboxUsage(Format.MISSING, error="Permission denied"), 0, 0, State.UNKNOWN, 1.0
-        )
-        store.save_readings([a, b, unknown], [])
-        got = store.readings()
-        assert got == {a.address: a, b.address: b, unknown.address: unknown}
-        assert store.reading(a.address) == a
-        store.save_readings([reading(HOSTILE[1], 20)], [HOSTILE[0]])
-        got = store.readings()
-        assert set(got) == {HOSTILE[1], HOSTILE[2]}
-        assert got[HOSTILE[1]].bytes == 20
-    finally:
-        store.close()
-
-
-def test_scan_summaries(db_url: str) -> None:
-    store = open_store(db_url)
-    try:
-        store.migrate()
-        assert store.last_scan() is None
-        for n in (1, 2):
-            store.record_scan(ScanSummary(float(n), n + 0.5, n == 1, 10 * n, n, 100, 10**12, 1, 0, n))
-        last = store.last_scan()
-        assert last is not None and last.mailboxes == 20 and not last.full
-    finally:
-        store.close()
-
-
-@pytest.mark.parametrize("preset", ["postfixadmin", "classic"])
-def test_admin_schema_is_read_and_flagged_without_rewriting_it(db_url: str, preset: str) -> None:
-    schemas.create(db_url, preset)
-    schemas.add_mailbox(db_url, preset, "alice@example.org", 1000, "example.org/alice/")
-    schemas.add_mailbox(db_url, preset, "bob@example.org", 0)
-    schemas.add_mailbox(db_url, preset, "o'brien@example.org", 2000, active=False)
-    store = SqlStore(db_url, PRESETS[preset])
-    try:
-        printed = "\n".join(store.migration_sql())
-        assert "ALTER TABLE" in printed if preset == "postfixadmin" else "ALTER TABLE" not in printed
-        store.migrate()
-        assert store.migration_sql() == []
-        boxes = {m.address: m for m in store.mailboxes()}
-        assert boxes["alice@example.org"].limits == Limits(1000)
-        assert boxes["bob@example.org"].limits.unlimited
-        assert not boxes["o'brien@example.org"].enabled
-        if preset == "postfixadmin":
-            assert boxes["alice@example.org"].path == "example.org/alice/"
-        with pytest.raises(StoreError, match="manage mailboxes there"):
-            store.upsert_mailboxes([Mailbox("new@example.org")])
-
-        statements = count_updates(store)
-        store.save_readings(
-            [reading("alice@example.org", 5000, State.OVER), reading("bob@example.org", 1)],
-            [],
-            {"alice@example.org": True, "bob@example.org": False},
-        )
-        assert flags(db_url, preset) == {"alice@example.org": 1, "bob@example.org": 0, "o'brien@example.org": 0}
-        statements.clear()
-        store.save_readings([reading("alice@example.org", 10)], [], {"alice@example.org": False})
-        assert flags(db_url, preset)["alice@example.org"] == 0
-        assert sum(rows for sql, rows in statements if sql.startswith("UPDATE")) == 1
-        if preset == "postfixadmin":
-            assert quota2(db_url) == {"alice@example.org": 10, "bob@example.org": 1}
-    finally:
-        store.close()
-
-
-def count_updates(store: Any) -> list[tuple[str, int]]:
-    seen: list[tuple[str, int]] = []
-
-    @event.listens_for(store.engine, "after_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append((statement.lstrip().upper(), cursor.rowcount))
-
-    return seen
-
-
-def flags(url: str, preset: str) -> dict[str, int]:
-    from sqlalchemy import create_engine, text
-
-    column = PRESETS[preset].overquota
-    sql = (
-        f"SELECT username, domainname, {column} FROM mailbox"
-        if preset == "classic"
-        else f"SELECT username, '', {column} FROM mailbox"
-    )
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(text(sql)).all()
-    engine.dispose()
-    return {(f"{u}@{d}" if d else u): int(f) for u, d, f in rows}
-
-
-def quota2(url: str) -> dict[str, int]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT username, bytes FROM quota2")).all()
-    engine.dispose()
-    return {u: int(b) for u, b in rows}
+    for message in (spool / "example.org" / "full" / "Maildir" / "cur").iterdir():
+        message.unlink()
+    assert run_scan(config, backend.store).summary.over == 0
+    assert not backend.flagged("full@example.org")

@@ -1,0 +1,68 @@
+"""Every store quotagate has, set up on its real server, behind one small test interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, text
+
+from quotagate.config import StoreConfig
+from quotagate.store import Store
+from quotagate.store.presets import PRESETS
+
+# (id, server, schema preset)
+BACKENDS = [
+    ("sqlite", "sqlite", "quotagate"),
+    ("postgresql", "postgresql", "quotagate"),
+    ("mariadb", "mariadb", "quotagate"),
+    ("sqlite-classic", "sqlite", "classic"),
+    ("postgresql-postfixadmin", "postgresql", "postfixadmin"),
+    ("postgresql-classic", "postgresql", "classic"),
+    ("mariadb-postfixadmin", "mariadb", "postfixadmin"),
+    ("mariadb-classic", "mariadb", "classic"),
+    ("ldap", "slapd", "ldap"),
+]
+
+
+@dataclass
+class Backend:
+    """A store plus what the admin and the MTA do beside it: add a mailbox, read its flag."""
+
+    config: StoreConfig
+    store: Store
+    add: Callable[[str, int], None]
+    flagged: Callable[[str], bool]
+
+
+def sql_flag(url: str, preset: str) -> Callable[[str], bool]:
+    def flagged(address: str) -> bool:
+        if preset == "quotagate":
+            sql, params = "SELECT over_quota FROM quotagate_usage WHERE address = :a", {"a": address}
+        elif preset == "postfixadmin":
+            sql, params = f"SELECT {PRESETS[preset].overquota} FROM mailbox WHERE username = :a", {"a": address}
+        else:
+            local, _, domain = address.rpartition("@")
+            sql = "SELECT overquota FROM mailbox WHERE username = :l AND domainname = :d"
+            params = {"l": local, "d": domain}
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                value = conn.execute(text(sql), params).scalar()
+        finally:
+            engine.dispose()
+        return bool(value)
+
+    return flagged
+
+
+def ldap_flag(slapd: object, tree: str) -> Callable[[str], bool]:
+    def flagged(address: str) -> bool:
+        conn = slapd.connection()  # type: ignore[attr-defined]
+        try:
+            conn.search(tree, f"(&(mail={address})(quotagateOverQuota=TRUE))", attributes=["mail"])
+            return bool(conn.entries)
+        finally:
+            conn.unbind()
+
+    return flagged
