@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -120,8 +121,35 @@ class PublishConfig(_Section):
 
 
 class PolicyConfig(_Section):
+    """The live policy daemon (``quotagate serve``)."""
+
+    # "HOST:PORT" (IPv6 as "[::1]:PORT") or "unix:/path/to/socket".
     listen: list[str] = ["127.0.0.1:10032"]
+    socket_mode: str = "0660"
+    socket_group: str = ""  # e.g. Debian-exim, so Exim may connect to the unix socket
     grace: Grace = Allowance()
+    on_full: Literal["reject", "defer"] = "reject"
+    reject_reply: str = "552 5.2.2 Mailbox is full"
+    defer_reply: str = "452 4.2.2 Mailbox is full"
+    # An accepted check with a known size holds that room for this long (or until fresher usage).
+    reservation_seconds: float = Field(default=600, ge=0)
+    # "local+folder@domain" is checked against that folder's rule; "" turns it off.
+    folder_delimiter: str = "+"
+    # Limits and stored usage are reloaded from the store this often.
+    refresh_seconds: float = Field(default=30, gt=0)
+    # Read a Maildir++ maildirsize at request time when the last scan found it agreeing.
+    use_maildirsize: bool = True
+    max_connections: int = Field(default=1000, ge=1)
+    idle_timeout: float = Field(default=60, gt=0)
+    drain_seconds: float = Field(default=5, ge=0)
+    # Prometheus metrics on "HOST:PORT"; "" turns them off.
+    metrics: str = "127.0.0.1:9762"
+
+    def model_post_init(self, __context: Any) -> None:
+        for reply, code in ((self.reject_reply, "5"), (self.defer_reply, "4")):
+            if not re.fullmatch(rf"{code}\d\d [^\r\n]*", reply):
+                raise ValueError(f"reply {reply!r} must start with a {code}xx code and be one line")
+        int(self.socket_mode, 8)
 
 
 class Config(_Section):

@@ -98,8 +98,8 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool) -> None:
 def scan(app: App, full: bool, fix_maildirsize: bool, every: float | None, count: int | None) -> int:
     """Measure every mailbox, store the usage and publish the over-quota set.
 
-    Only one scan runs at a time: each holds the lock file [scan] lock_file
-    (default /run/quotagate/scan.lock) while it runs.
+    Only one scan runs at a time: each holds the lock file [scan] lock_file while it runs
+    (default: beside quotagate's SQLite file, else /run/quotagate/scan.lock).
 
     \b
     Exit status:
