@@ -23,9 +23,9 @@ Section = Literal["main", "routers", "acl"]
 
 FAIL_TEXT = "Mailbox is full, quota limit exceeded"
 ACL_MESSAGE = "552 5.2.2 Mailbox is full"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEME_LOOKUP: dict[str, Lookup] = {"sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql", "postgresql": "pgsql"}
-_SAFE_PATH = re.compile(r"^/[^\s{}$\\:\"']+$")
+_SAFE_PATH = re.compile(r"/[^\s{}$\\:\"']+")
 
 
 class EximConfigError(ValueError):
@@ -49,14 +49,16 @@ def default_lookup(config: Config) -> Lookup:
 
 
 def _ident(name: str) -> str:
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise EximConfigError(f"table or column name {name!r} is not a plain SQL identifier")
     return name
 
 
-def _path(path: str, what: str) -> str:
-    if not _SAFE_PATH.match(path):
-        raise EximConfigError(f"{what} {path!r} must be absolute, without spaces, braces, quotes or colons")
+def _path(path: str, what: str, forbidden: str = "") -> str:
+    """A path Exim reads verbatim: no character that its expansion or option syntax would take."""
+    if not _SAFE_PATH.fullmatch(path) or any(c in path for c in forbidden):
+        also = f" or any of {forbidden!r}" if forbidden else ""
+        raise EximConfigError(f"{what} {path!r} must be absolute, without spaces, braces, quotes, colons{also}")
     return path
 
 
@@ -112,7 +114,8 @@ def _sqlite_file(url: str) -> str:
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database:
         raise EximConfigError("--lookup sqlite needs an SQLite store file")
-    return _path(u.database, "SQLite file")
+    # "sqlite,file=PATH": Exim splits lookup options at commas.
+    return _path(u.database, "SQLite file", forbidden=",")
 
 
 # Characters left as they are in the admin's base DN and filter when they go into an LDAP URL;
