@@ -68,6 +68,7 @@ maildir_delivery:
   user = {uid}
   group = {uid}
   mode = 0644
+{transport}
 
 begin retry
 *  *  F,1h,10m
@@ -92,7 +93,9 @@ class Exim:
             shutil.chown(work / sub, "Debian-exim", "Debian-exim")
         work.chmod(0o755)
 
-    def configure(self, *, users: dict[str, str], main: str = "", acl: str = "", routers: str = "") -> None:
+    def configure(
+        self, *, users: dict[str, str], main: str = "", acl: str = "", routers: str = "", transport: str = ""
+    ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
         ``users`` maps each deliverable address to its folder, relative to the maildirs.
@@ -107,6 +110,7 @@ class Exim:
             routers=routers,
             maildirs=self.maildirs,
             uid=MAIL_UID,
+            transport=indent(transport),
         )
         self.config.write_text(text)
         self.config.chmod(0o644)

@@ -9,7 +9,13 @@ from quotagate.mta import exim
 
 
 @click.command("exim-config")
-@click.option("--method", type=click.Choice(["router", "acl"]), default="router", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["router", "acl", "policy"]),
+    default="router",
+    show_default=True,
+    help="router/acl: look the published over-quota set up; policy: ask quotagate serve, with SIZE=.",
+)
 @click.option(
     "--lookup",
     type=click.Choice(["sqlite", "mysql", "pgsql", "ldap", "lsearch"]),

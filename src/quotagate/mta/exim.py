@@ -14,10 +14,11 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy.engine import make_url
 
 from quotagate.config import Config
+from quotagate.policy.server import parse_listen
 from quotagate.store.presets import MailboxTable, mailbox_table
 from quotagate.store.schema import usage
 
-Method = Literal["router", "acl"]
+Method = Literal["router", "acl", "policy"]
 Lookup = Literal["sqlite", "mysql", "pgsql", "ldap", "lsearch"]
 Section = Literal["main", "routers", "acl"]
 
@@ -143,8 +144,65 @@ def _ldap(config: Config) -> tuple[str, str]:
     return main, f"${{lookup ldap{{{url}}}{{yes}}{{no}}}}"
 
 
+def _policy_socket(config: Config) -> str:
+    """Where Exim's readsocket finds the daemon: its first [policy] listen address."""
+    if not config.policy.listen:
+        raise EximConfigError("--method policy needs a [policy] listen address")
+    where = parse_listen(config.policy.listen[0])
+    if isinstance(where, str):
+        return _path(where, "policy socket")
+    host = f"[{where[0]}]" if ":" in where[0] else where[0]
+    return f"inet:{host}:{where[1]}"
+
+
+def policy_parts(config: Config) -> Parts:
+    """The ACL statements (and a router variant) asking ``quotagate serve`` at RCPT time.
+
+    The request carries ``$message_size`` (the SIZE= the client declared, -1 when none) so the
+    check is inclusive. A daemon that is down or slow yields ``action=DUNNO`` (readsocket's fifth
+    argument): Exim then accepts as it would without quotagate, and the transport's own quota
+    still guards delivery.
+    """
+    socket = _policy_socket(config)
+    # No line break may reach the request: it would add attributes of the sender's choosing.
+    recipient = r"${sg{$local_part@$domain}{\N[\r\n]\N}{}}"
+    request = (
+        r"request=smtpd_access_policy\nprotocol_state=RCPT\n"
+        rf"recipient={recipient}\nsize=$message_size\n\n"
+    )
+    ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{action=DUNNO}}}}"
+    acl = (
+        "# In acl_smtp_rcpt, after the statements that accept or deny relaying and before the\n"
+        "# one that accepts mail for local domains. Use this or the router below, not both: each\n"
+        "# check that accepts holds room for the message in the daemon.\n"
+        f"warn\n  set acl_m_quotagate = {ask}\n"
+        "deny\n"
+        r"  condition = ${if match{$acl_m_quotagate}{\N^action=5\d\d\s\N}}" + "\n"
+        r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
+        "defer\n"
+        r"  condition = ${if match{$acl_m_quotagate}{\N^action=4\d\d\s\N}}" + "\n"
+        r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
+    )
+    full = ":defer:" if config.policy.on_full == "defer" else ":fail:"
+    router = (
+        "# The router variant: placed after the alias routers and before the mailbox router, it\n"
+        "# asks the daemon about the mailbox an alias resolves to, while Exim verifies the\n"
+        "# recipient (verify = recipient in acl_smtp_rcpt).\n"
+        "quotagate_policy:\n"
+        "  driver = redirect\n"
+        "  verify_only\n"
+        rf"  condition = ${{if match{{{ask}}}{{\N^action=[45]\d\d\s\N}}}}" + "\n"
+        "  allow_fail\n"
+        "  allow_defer\n"
+        f"  data = {full} {FAIL_TEXT}\n"
+    )
+    return Parts("", router, acl)
+
+
 def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts:
     """The main-section settings, the router and the ACL statement for one method and lookup."""
+    if method == "policy":
+        return policy_parts(config)
     lookup = lookup or default_lookup(config)
     table = mailbox_table(config.store.schema_, config.store.columns.model_dump(exclude_none=True))
     main = ""

@@ -1,0 +1,120 @@
+"""``quotagate serve``: the policy server, its store refreshes, signals and metrics, put together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from prometheus_client import start_http_server
+
+from quotagate.config import Config, ConfigError
+from quotagate.policy.live import Snapshot, load_snapshot
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.server import PolicyServer, parse_listen
+from quotagate.policy.service import PolicyService
+from quotagate.sdnotify import notify
+from quotagate.store import Store, StoreError, store_for
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, load_config: Callable[[], Config]) -> None:
+        self.load_config = load_config
+        self.config = load_config()
+        self.metrics = Metrics()
+        self.service = PolicyService(self.config, self.metrics)
+        self.server = PolicyServer(self.service.answer, self.config.policy, self.metrics)
+        self._store: Store | None = None
+        self._stop = asyncio.Event()
+
+    def _load(self) -> Snapshot:
+        if self._store is None:
+            self._store = store_for(self.config.store)
+        return load_snapshot(self._store)
+
+    async def refresh(self) -> None:
+        """Reload limits and usage from the store; on failure keep answering from what we have."""
+        try:
+            self.service.snapshot = await asyncio.to_thread(self._load)
+        except StoreError as exc:  # the store is down: keep answering from the last snapshot
+            log.error("cannot refresh from the store: %s", exc)
+            self._forget_store()
+        except Exception:
+            log.exception("cannot refresh from the store")
+            self._forget_store()
+        self.service.reservations.prune(time.time())
+        mailboxes, held = self.service.reservations.total()
+        self.metrics.reserved_bytes.set(held)
+        self.metrics.reserved_mailboxes.set(mailboxes)
+
+    def _forget_store(self) -> None:
+        """Drop the store connection: the next refresh opens a new one (the store may have moved)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.policy.refresh_seconds)
+            await self.refresh()
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
+        notify("RELOADING=1")
+        try:
+            config = self.load_config()
+        except ConfigError as exc:
+            log.error("config not reloaded: %s", exc)
+        else:
+            if config.policy.listen != self.config.policy.listen:
+                log.warning("policy.listen changed: restart quotagate serve to listen elsewhere")
+            self.config = config
+            self.service.reconfigure(config)
+            self.server.policy = config.policy
+            self._forget_store()
+            log.info("config reloaded")
+        await self.refresh()
+        notify("READY=1")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.refresh()
+        await self.server.start()
+        if self.config.policy.metrics:
+            where = parse_listen(self.config.policy.metrics)
+            if isinstance(where, str):
+                raise ConfigError("policy.metrics: give HOST:PORT")
+            start_http_server(where[1], where[0], registry=self.metrics.registry)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        refresher = asyncio.create_task(self._refresh_forever())
+        notify("READY=1")
+        await self._stop.wait()
+        notify("STOPPING=1")
+        log.info("stopping: draining connections")
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+        await self.server.close()
+        self._forget_store()
+
+
+def serve(load_config: Callable[[], Config]) -> None:
+    """Run the daemon until SIGTERM or SIGINT (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(Daemon(load_config).run())
+        return
+
+    async def main() -> None:
+        await Daemon(load_config).run()
+
+    uvloop.run(main())

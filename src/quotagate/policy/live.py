@@ -1,0 +1,81 @@
+"""What the daemon knows: limits and stored usage from the store, and maildirsize read live.
+
+The store is read in full every ``refresh_seconds`` (off the event loop) into an immutable
+:class:`Snapshot` the request path reads without locks. A Maildir++ ``maildirsize`` is read at
+request time, cached by its stat, and trusted only when the last scan found it agreeing with
+the files: a stale or hand-edited one never decides.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+from quotagate.model import Mailbox, Reading, State, Usage
+from quotagate.store import Store
+from quotagate.usage import maildirsize
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
+    readings: dict[str, Reading] = field(default_factory=dict)
+    confirmed_at: float = 0.0  # when the last scan started: unchanged readings are this fresh
+    loaded_at: float = 0.0
+
+    def stored_usage(self, address: str) -> Usage | None:
+        r = self.readings.get(address)
+        if r is None or r.state is State.UNKNOWN:
+            return None
+        return Usage(r.bytes, r.messages, max(r.measured_at, self.confirmed_at), "scan")
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    """Everything the request path needs, in one go (blocking: run it in a thread)."""
+    mailboxes = {m.address: m for m in store.mailboxes()}
+    readings = store.readings()
+    last = store.last_scan()
+    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+
+
+class MaildirsizeReader:
+    """Live usage from maildirsize files, one stat per request and a read only when it changed."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[int, int, int], tuple[int, int] | None]] = {}
+
+    def usage(self, reading: Reading) -> Usage | None:
+        """Usage from the mailbox's maildirsize, or None when it is missing or not to be trusted."""
+        info = reading.usage.maildirsize
+        if info is None or not info.agrees_with(reading.bytes, reading.messages):
+            return None
+        path = os.path.join(reading.path, maildirsize.FILE_NAME)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > maildirsize.MAX_TRUSTED_BYTES:
+            return None  # Maildir++: a reader must not trust a file this large
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(path)
+        if cached is None or cached[0] != key:
+            totals = self._read(path)
+            self._cache[path] = (key, totals)
+        else:
+            totals = cached[1]
+        if totals is None:
+            return None
+        return Usage(totals[0], totals[1], st.st_mtime_ns / 1e9, "maildirsize")
+
+    @staticmethod
+    def _read(path: str) -> tuple[int, int] | None:
+        try:
+            with open(path, "rb") as f:
+                parsed = maildirsize.parse(f.read(maildirsize.MAX_TRUSTED_BYTES + 1).decode("ascii", "replace"))
+        except OSError:
+            return None
+        if parsed.info is None or parsed.info.bytes < 0 or parsed.info.messages < 0:
+            return None
+        return parsed.info.bytes, parsed.info.messages

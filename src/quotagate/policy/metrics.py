@@ -1,0 +1,49 @@
+"""Prometheus metrics of the policy daemon, in a registry of its own (one per daemon, not global)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+_AGE_BUCKETS = (0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "quotagate_policy_requests", "Policy requests answered, by decision", ["decision"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "quotagate_policy_request_seconds",
+            "Time to decide one request",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.usage_age = Histogram(
+            "quotagate_policy_usage_age_seconds",
+            "Age of the usage behind each decision",
+            buckets=_AGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "quotagate_policy_errors", "Requests answered DUNNO because of an internal error", registry=self.registry
+        )
+        self.reserved_bytes = Gauge(
+            "quotagate_policy_reserved_bytes", "Bytes held for accepted mail in flight", registry=self.registry
+        )
+        self.reserved_mailboxes = Gauge(
+            "quotagate_policy_reserved_mailboxes", "Mailboxes with room held", registry=self.registry
+        )
+        self.connections = Gauge("quotagate_policy_connections", "Open client connections", registry=self.registry)
+        self.snapshot_age = Gauge(
+            "quotagate_policy_snapshot_age_seconds",
+            "Seconds since limits and usage were loaded from the store",
+            registry=self.registry,
+        )
+
+    def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
+        self.requests.labels(decision).inc()
+        self.latency.observe(seconds)
+        if usage_age is not None:
+            self.usage_age.observe(max(usage_age, 0.0))

@@ -1,0 +1,134 @@
+"""One policy request in, one action out: the daemon's decisions, fail-open in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quotagate.address import BadAddress, normalize
+from quotagate.config import Config
+from quotagate.decide import decide, known_size
+from quotagate.model import Action, Decision, Limits, Mailbox, Usage
+from quotagate.policy.codec import PolicyRequest
+from quotagate.policy.live import MaildirsizeReader, Snapshot
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Reservations
+from quotagate.usage.folders import folder_limits
+
+log = logging.getLogger(__name__)
+
+DUNNO = "DUNNO"
+# Only RCPT is checked; Exim's requests may leave protocol_state out.
+_CHECKED_STATES = frozenset({"RCPT", ""})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    address: str
+    decision: Decision
+    usage: Usage | None
+
+
+class PolicyService:
+    def __init__(self, config: Config, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.snapshot = Snapshot()
+        self.reservations = Reservations(config.policy.reservation_seconds)
+        self.maildirsize = MaildirsizeReader()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.reservations.seconds = config.policy.reservation_seconds
+
+    def answer(self, request: PolicyRequest) -> str:
+        """The action for one request. Whatever goes wrong inside becomes DUNNO: the MTA then
+        carries on as it would without quotagate, and no mail is lost to a bug of ours."""
+        started = time.perf_counter()
+        try:
+            if request.protocol_state not in _CHECKED_STATES:
+                return self._done(started, Action.DUNNO, DUNNO)
+            outcome = self.check(request.recipient, request.size)
+            action = self._action(outcome)
+            return self._done(started, outcome.decision.action, action, outcome.usage)
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            self.metrics.errors.inc()
+            return self._done(started, Action.DUNNO, DUNNO)
+
+    def check(self, recipient: str, size: int | None) -> Outcome:
+        """The decision for one recipient and declared size, holding room when it is accepted."""
+        snapshot = self.snapshot
+        try:
+            address = normalize(recipient)
+        except BadAddress:
+            return Outcome(recipient, Decision(Action.DUNNO, "not an address"), None)
+        mailbox, folder = self._mailbox(snapshot, address)
+        if mailbox is None:
+            return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
+        now = self.clock()
+        reserved = self.reservations.held(mailbox.address, now, usage.measured_at if usage else 0.0)
+        decision = decide(mailbox, usage, size, reserved, self.config.policy.grace, limits)
+        s = known_size(size)
+        if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
+            self.reservations.hold(mailbox.address, s, now)
+        return Outcome(mailbox.address, decision, usage)
+
+    def _mailbox(self, snapshot: Snapshot, address: str) -> tuple[Mailbox | None, str | None]:
+        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``."""
+        mailbox = snapshot.mailboxes.get(address)
+        delimiter = self.config.policy.folder_delimiter
+        if mailbox is not None or not delimiter:
+            return mailbox, None
+        local, _, domain = address.rpartition("@")
+        base, found, folder = local.partition(delimiter)
+        if not found:
+            return None, None
+        return snapshot.mailboxes.get(f"{base}@{domain}"), folder
+
+    def _limits_and_usage(
+        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None
+    ) -> tuple[Limits | None, Usage | None]:
+        reading = snapshot.readings.get(mailbox.address)
+        if folder is not None and reading is not None:
+            limits = folder_limits(folder, self.config.folders)
+            if limits is not None:
+                counted = reading.usage.folder(folder)
+                used = Usage(counted.bytes, counted.messages, reading.measured_at) if counted else None
+                return limits, used
+        if reading is not None and self.config.policy.use_maildirsize:
+            live = self.maildirsize.usage(reading)
+            if live is not None:
+                return None, live
+        return None, snapshot.stored_usage(mailbox.address)
+
+    def _action(self, outcome: Outcome) -> str:
+        decision = outcome.decision
+        if decision.action is not Action.REJECT:
+            return DUNNO
+        policy = self.config.policy
+        reply = policy.reject_reply if policy.on_full == "reject" else policy.defer_reply
+        n = decision.numbers
+        age = f"{self.clock() - outcome.usage.measured_at:.1f}s" if outcome.usage else "?"
+        log.info(
+            "refused %s: %s (used %s of %s bytes, %s reserved, size %s, usage from %s, %s old)",
+            outcome.address,
+            decision.reason,
+            n.get("used_bytes"),
+            n.get("limit_bytes"),
+            n.get("reserved_bytes"),
+            n.get("size") or "unknown",
+            n.get("source"),
+            age,
+        )
+        return reply
+
+    def _done(self, started: float, action: Action, text: str, usage: Usage | None = None) -> str:
+        self.metrics.observe(
+            action.value, time.perf_counter() - started, None if usage is None else self.clock() - usage.measured_at
+        )
+        return text
