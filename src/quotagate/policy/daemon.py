@@ -20,6 +20,8 @@ from quotagate.store import Store, StoreError, store_for
 
 log = logging.getLogger(__name__)
 
+_HOUSEKEEPING_SECONDS = 5.0
+
 
 class Daemon:
     def __init__(self, load_config: Callable[[], Config]) -> None:
@@ -46,10 +48,17 @@ class Daemon:
         except Exception:
             log.exception("cannot refresh from the store")
             self._forget_store()
-        self.service.reservations.prune(time.time())
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """Forget expired reservations and bring the gauges up to date."""
+        now = time.time()
+        self.service.reservations.prune(now)
         mailboxes, held = self.service.reservations.total()
         self.metrics.reserved_bytes.set(held)
         self.metrics.reserved_mailboxes.set(mailboxes)
+        loaded = self.service.snapshot.loaded_at
+        self.metrics.snapshot_age.set(now - loaded if loaded else float("nan"))
 
     def _forget_store(self) -> None:
         """Drop the store connection: the next refresh opens a new one (the store may have moved)."""
@@ -61,6 +70,11 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.policy.refresh_seconds)
             await self.refresh()
+
+    async def _housekeeping_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_SECONDS)
+            self.housekeeping()
 
     async def reload(self) -> None:
         """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
@@ -95,13 +109,14 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        refresher = asyncio.create_task(self._refresh_forever())
+        background = [asyncio.create_task(self._refresh_forever()), asyncio.create_task(self._housekeeping_forever())]
         notify("READY=1")
         await self._stop.wait()
         notify("STOPPING=1")
         log.info("stopping: draining connections")
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.server.close()
         self._forget_store()
 

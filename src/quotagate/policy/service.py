@@ -66,7 +66,7 @@ class PolicyService:
             address = normalize(recipient)
         except BadAddress:
             return Outcome(recipient, Decision(Action.DUNNO, "not an address"), None)
-        mailbox, folder = self._mailbox(snapshot, address)
+        mailbox, folder = self._mailbox(snapshot, address, recipient)
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
@@ -78,17 +78,23 @@ class PolicyService:
             self.reservations.hold(mailbox.address, s, now)
         return Outcome(mailbox.address, decision, usage)
 
-    def _mailbox(self, snapshot: Snapshot, address: str) -> tuple[Mailbox | None, str | None]:
-        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``."""
+    def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
+        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``.
+
+        The folder is taken from the recipient as sent: Maildir++ folder names keep their case.
+        """
         mailbox = snapshot.mailboxes.get(address)
         delimiter = self.config.policy.folder_delimiter
         if mailbox is not None or not delimiter:
             return mailbox, None
-        local, _, domain = address.rpartition("@")
+        local, _, domain = recipient.strip().rpartition("@")
         base, found, folder = local.partition(delimiter)
         if not found:
             return None, None
-        return snapshot.mailboxes.get(f"{base}@{domain}"), folder
+        try:
+            return snapshot.mailboxes.get(normalize(f"{base}@{domain}")), folder
+        except BadAddress:
+            return None, None
 
     def _limits_and_usage(
         self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None
