@@ -152,6 +152,19 @@ class PolicyConfig(_Section):
         int(self.socket_mode, 8)
 
 
+class WatchConfig(_Section):
+    """Freshness between scans: ``quotagate watch``, or inside ``quotagate serve`` when enabled."""
+
+    enabled: bool = False  # inside quotagate serve
+    # auto: inotify when the watches fit under fs.inotify.max_user_watches, else polling.
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    # Events are gathered this long, then published in one batch.
+    flush_seconds: float = Field(default=0.2, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # A light incremental scan corrects any drift this often.
+    rescan_seconds: float = Field(default=3600, gt=0)
+
+
 class Config(_Section):
     store: StoreConfig = StoreConfig()
     spool: SpoolConfig = SpoolConfig()
@@ -159,6 +172,7 @@ class Config(_Section):
     folders: list[FolderRule] = []
     publish: PublishConfig = PublishConfig()
     policy: PolicyConfig = PolicyConfig()
+    watch: WatchConfig = WatchConfig()
 
 
 def _sqlite_file(url: str) -> Path | None:

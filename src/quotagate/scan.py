@@ -59,7 +59,7 @@ def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, co
     return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold) else State.OK
 
 
-def _reading(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
+def reading_for(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
     bytes_, messages = counted(usage.folders, config.folders)
     return Reading(
         mailbox.address, path, usage, bytes_, messages, _state(mailbox, usage, bytes_, messages, config), now
@@ -95,13 +95,13 @@ def run_scan(
             path = mailbox_path(mailbox, config.spool)
         except UnsafePath as exc:
             usage = MailboxUsage(Format.MISSING, error=str(exc))
-            readings[mailbox.address] = _reading(mailbox, "", usage, config, started)
+            readings[mailbox.address] = reading_for(mailbox, "", usage, config, started)
             continue
         prev = previous.get(mailbox.address)
         prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
         if prev is not None and prev_usage is not None and unchanged(path, prev_usage):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
-            again = _reading(mailbox, path, prev_usage, config, started)
+            again = reading_for(mailbox, path, prev_usage, config, started)
             readings[mailbox.address] = prev if again.same_measure(prev) else again
             continue
         pending.append((mailbox, path))
@@ -112,7 +112,7 @@ def run_scan(
     if progress:
         progress(done, total)
     for (mailbox, path), usage in zip(pending, _measure_all(jobs, workers), strict=True):
-        readings[mailbox.address] = _reading(mailbox, path, usage, config, started)
+        readings[mailbox.address] = reading_for(mailbox, path, usage, config, started)
         done += 1
         if progress and (done % 50 == 0 or done == total):
             progress(done, total)
@@ -129,7 +129,7 @@ def run_scan(
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
-    store.save_readings(changed, removed, _flag_changes(changed, removed, previous))
+    store.save_readings(changed, removed, flag_changes(changed, removed, previous))
 
     mismatches = sorted(a for a, r in readings.items() if _maildirsize_disagrees(r))
     fixed = _fix_maildirsize(mismatches, readings, {m.address: m for m in mailboxes}) if fix_maildirsize else []
@@ -154,7 +154,7 @@ def run_scan(
     return ScanResult(summary, readings, mismatches, fixed, published)
 
 
-def _flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: dict[str, Reading]) -> dict[str, bool]:
+def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: dict[str, Reading]) -> dict[str, bool]:
     """Over-quota flags to publish: those that changed, plus every mailbox seen for the first time
     (the admin's table may hold flags from before). Removed or disabled mailboxes are cleared."""
     flags = {}

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,18 +17,31 @@ QUOTAGATE = str(Path(sys.executable).parent / "quotagate")
 
 
 class PolicyDaemon:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    """``quotagate serve`` (or another long-running command: ``watch``) as a child process."""
+
+    def __init__(self, config: Path, port: int | None, log: Path, command: str = "serve") -> None:
         self.config = config
         self.port = port
         self.log_path = log
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [QUOTAGATE, "--config", str(self.config), "serve"], stdout=out, stderr=subprocess.STDOUT
+                [QUOTAGATE, "--config", str(self.config), self.command], stdout=out, stderr=subprocess.STDOUT
             )
-        wait_for_port(self.port, self.proc, self.log_path, seconds=20)
+        if self.port is not None:
+            wait_for_port(self.port, self.proc, self.log_path, seconds=20)
+        else:
+            self.wait_for_log("watching", seconds=20)
+
+    def wait_for_log(self, text: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.log():
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, f"{text!r} not logged: {self.log()}"
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -46,8 +60,8 @@ class PolicyDaemon:
 
 
 @contextmanager
-def policy_daemon(config: Path, port: int) -> Iterator[PolicyDaemon]:
-    daemon = PolicyDaemon(config, port, config.parent / "serve.log")
+def policy_daemon(config: Path, port: int | None, command: str = "serve") -> Iterator[PolicyDaemon]:
+    daemon = PolicyDaemon(config, port, config.parent / f"{command}.log", command)
     daemon.start()
     try:
         yield daemon

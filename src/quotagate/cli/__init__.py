@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import click
 
 from quotagate.address import BadAddress
-from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, scan, serve
+from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, scan, serve, watch
 from quotagate.cli.app import App, cli
 from quotagate.config import ConfigError
 from quotagate.store import StoreError
 
-for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve):
+for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch):
     module.register(cli)
 
 EXIT_USAGE = 2

@@ -23,7 +23,7 @@ from quotagate.mta import exim
 )
 @click.option(
     "--section",
-    type=click.Choice(["main", "routers", "acl"]),
+    type=click.Choice(["main", "routers", "acl", "transports"]),
     help="Print only the part for this section of Exim's configuration.",
 )
 @pass_app

@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client import start_http_server
 
@@ -17,6 +18,8 @@ from quotagate.policy.server import PolicyServer, parse_listen
 from quotagate.policy.service import PolicyService
 from quotagate.sdnotify import notify
 from quotagate.store import Store, StoreError, store_for
+from quotagate.watch.runner import rescan_forever, start_tracker
+from quotagate.watch.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,25 @@ class Daemon:
         self.server = PolicyServer(self.service.answer, self.config.policy, self.metrics)
         self._store: Store | None = None
         self._stop = asyncio.Event()
+        self.tracker: Tracker | None = None
 
     def _load(self) -> Snapshot:
         if self._store is None:
             self._store = store_for(self.config.store)
         return load_snapshot(self._store)
 
+    def _adopt(self, snapshot: Snapshot) -> Snapshot:
+        """With live tracking, usage comes from the tracker (fresher than the store); new or removed
+        mailboxes from the store reach the tracker."""
+        if self.tracker is None:
+            return snapshot
+        self.tracker.load(snapshot.mailboxes.values(), {})
+        return replace(snapshot, readings=self.tracker.readings)
+
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
         try:
-            self.service.snapshot = await asyncio.to_thread(self._load)
+            self.service.snapshot = self._adopt(await asyncio.to_thread(self._load))
         except StoreError as exc:  # the store is down: keep answering from the last snapshot
             log.error("cannot refresh from the store: %s", exc)
             self._forget_store()
@@ -97,8 +109,21 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _start_tracking(self) -> list[asyncio.Task[None]]:
+        """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
+        store = store_for(self.config.store)
+        tracker, publisher = await start_tracker(self.config, store)
+        self.tracker = tracker
+        self.service.delivery_hint = tracker.mark_dirty
+        self.service.snapshot = self._adopt(self.service.snapshot)
+        return [
+            asyncio.create_task(tracker.run()),
+            asyncio.create_task(rescan_forever(self.config, store, tracker, publisher)),
+        ]
+
     async def run(self) -> None:
         await self.refresh()
+        tracking = await self._start_tracking() if self.config.watch.enabled else []
         await self.server.start()
         if self.config.policy.metrics:
             where = parse_listen(self.config.policy.metrics)
@@ -109,7 +134,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        background = [asyncio.create_task(self._refresh_forever()), asyncio.create_task(self._housekeeping_forever())]
+        background = [
+            asyncio.create_task(self._refresh_forever()),
+            asyncio.create_task(self._housekeeping_forever()),
+            *tracking,
+        ]
         notify("READY=1")
         await self._stop.wait()
         notify("STOPPING=1")

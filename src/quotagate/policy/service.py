@@ -20,6 +20,8 @@ from quotagate.usage.folders import folder_limits
 log = logging.getLogger(__name__)
 
 DUNNO = "DUNNO"
+# Not a Postfix request: Exim's event_action tells the daemon of a local delivery.
+DELIVERY_HINT = "quotagate_delivery"
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
 
@@ -39,6 +41,8 @@ class PolicyService:
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds)
         self.maildirsize = MaildirsizeReader()
+        # Set when usage is tracked live: told of a local delivery (Exim's event_action).
+        self.delivery_hint: Callable[[str], bool] | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -49,6 +53,9 @@ class PolicyService:
         carries on as it would without quotagate, and no mail is lost to a bug of ours."""
         started = time.perf_counter()
         try:
+            if request.request == DELIVERY_HINT:
+                self._hint(request.recipient)
+                return self._done(started, Action.DUNNO, DUNNO)
             if request.protocol_state not in _CHECKED_STATES:
                 return self._done(started, Action.DUNNO, DUNNO)
             outcome = self.check(request.recipient, request.size)
@@ -58,6 +65,14 @@ class PolicyService:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             self.metrics.errors.inc()
             return self._done(started, Action.DUNNO, DUNNO)
+
+    def _hint(self, recipient: str) -> None:
+        if self.delivery_hint is None:
+            return
+        try:
+            self.delivery_hint(normalize(recipient))
+        except BadAddress:
+            log.debug("delivery hint for %r: not an address", recipient)
 
     def check(self, recipient: str, size: int | None) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted."""

@@ -1,0 +1,1 @@
+"""Keeping usage fresh between scans: file-system events, polling, and delivery hints."""

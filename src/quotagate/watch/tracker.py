@@ -1,0 +1,300 @@
+"""Usage of every mailbox kept current from file-system events (or polling), between scans.
+
+Each mailbox has its current reading. An inotify event in a Maildir ``cur/`` or ``new/`` whose
+file name carries ``,S=`` updates the folder's usage at once (see :mod:`deltas`); any other
+event marks the mailbox dirty, and a dirty mailbox is measured again, reusing the folders whose
+stamps did not change. Changes are handed on in batches every ``flush_seconds``, so a burst of
+deliveries costs one store write. An event queue overflow makes every mailbox dirty: nothing is
+ever silently lost, only re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+
+from asyncinotify import Inotify, Mask, Watch
+
+from quotagate.config import Config
+from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
+from quotagate.scan import reading_for
+from quotagate.spool import UnsafePath, mailbox_path
+from quotagate.usage import maildir
+from quotagate.usage.mailbox import measure, unchanged
+from quotagate.usage.names import display_name
+from quotagate.watch.deltas import message_delta
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[list[Reading]], Awaitable[None]]
+
+_DIR_EVENTS = Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
+_MESSAGE_DIR = _DIR_EVENTS | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DONT_FOLLOW
+_ROOT_DIR = _DIR_EVENTS | Mask.ONLYDIR | Mask.DONT_FOLLOW
+_MBOX_FILE = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF
+_ARRIVED = Mask.CREATE | Mask.MOVED_TO
+_LEFT = Mask.DELETE | Mask.MOVED_FROM
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a watch is on: a mailbox's root (folder None), or a folder's cur/ or new/."""
+
+    address: str
+    folder: str | None = None
+
+
+class Tracker:
+    def __init__(self, config: Config, publish: Publish, mode: str = "inotify") -> None:
+        self.config = config
+        self.publish = publish
+        self.mode = mode
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.readings: dict[str, Reading] = {}
+        self._paths: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._changed: set[str] = set()
+        self._touched: set[str] = set()  # mailboxes with an event since the last rescan began
+        self._inotify: Inotify | None = None
+        self._targets: dict[Watch, _Target] = {}
+        self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
+        self.events = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
+        """Start from a scan's readings: every enabled mailbox is tracked from here on."""
+        wanted = {m.address: m for m in mailboxes if m.enabled}
+        for address in set(self.mailboxes) - set(wanted):
+            self._unwatch(address)
+            self.readings.pop(address, None)
+            self._paths.pop(address, None)
+        for address, mailbox in wanted.items():
+            try:
+                path = mailbox_path(mailbox, self.config.spool)
+            except UnsafePath:
+                continue
+            known = address in self.mailboxes
+            if known and self.mailboxes[address] != mailbox:
+                self._changed.add(address)  # new limits: the state (and the flag) may move
+            self.mailboxes[address] = mailbox
+            self._paths[address] = path
+            if address in readings:
+                self.readings[address] = readings[address]
+            if not known:
+                self._dirty.add(address)  # measured once watched: nothing falls between scan and watch
+
+    def mark_dirty(self, address: str) -> bool:
+        """A hint (e.g. Exim told us of a delivery): measure the mailbox again at the next flush."""
+        if address not in self.mailboxes:
+            return False
+        self._dirty.add(address)
+        self._touched.add(address)
+        return True
+
+    def begin_rescan(self) -> set[str]:
+        """Start noting which mailboxes see events while a rescan runs."""
+        self._touched = set()
+        return self._touched
+
+    def adopt(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading], touched: set[str]) -> None:
+        """Take a rescan's readings, except for mailboxes that changed while it ran: those are
+        measured again."""
+        self.load(mailboxes, {a: r for a, r in readings.items() if a not in touched})
+        self._dirty.update(a for a in touched if a in self.mailboxes)
+        for address in self.readings:
+            self._sync_watches(address)
+
+    def watch_count(self) -> int:
+        return sum(len(w) for w in self._watches.values())
+
+    # -- watches -------------------------------------------------------------------------------
+    def _wanted_paths(self, address: str) -> dict[str, _Target]:
+        path = self._paths[address]
+        reading = self.readings.get(address)
+        usage = reading.usage if reading else None
+        if usage is None or not usage.known or usage.format is Format.MISSING:
+            return {}  # polled: nothing to watch until it exists and is measured
+        if usage.format is Format.MBOX:
+            return {path: _Target(address)}
+        wanted = {path: _Target(address)}
+        for f in usage.folders:
+            base = maildir.folder_path(path, f.name)
+            if not os.path.isdir(base):
+                continue  # a display name that is not the name on disk: root events cover it
+            for sub in ("cur", "new"):
+                wanted[f"{base}/{sub}"] = _Target(address, f.name)
+            if f.name != maildir.INBOX:
+                wanted[base] = _Target(address)  # cur/ or new/ appearing later
+        return wanted
+
+    def _sync_watches(self, address: str) -> None:
+        if self._inotify is None:
+            return
+        current = self._watches.setdefault(address, {})
+        wanted = self._wanted_paths(address)
+        for gone in set(current) - set(wanted):
+            self._drop(current.pop(gone))
+        for path, target in wanted.items():
+            if path in current:
+                continue
+            reading = self.readings[address]
+            mask = _MBOX_FILE if reading.usage.format is Format.MBOX else (_MESSAGE_DIR if target.folder else _ROOT_DIR)
+            try:
+                watch = self._inotify.add_watch(path, mask)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise
+                continue  # vanished meanwhile: the next measurement sees it
+            current[path] = watch
+            self._targets[watch] = target
+
+    def _unwatch(self, address: str) -> None:
+        for watch in self._watches.pop(address, {}).values():
+            self._drop(watch)
+
+    def _drop(self, watch: Watch) -> None:
+        self._targets.pop(watch, None)
+        if self._inotify is not None:
+            with contextlib.suppress(OSError):  # the kernel already dropped it with the directory
+                self._inotify.rm_watch(watch)
+
+    # -- events --------------------------------------------------------------------------------
+    def _on_event(self, watch: Watch | None, mask: Mask, name: str | None) -> None:
+        self.events += 1
+        if mask & Mask.Q_OVERFLOW:
+            log.warning("inotify queue overflowed: measuring every mailbox again")
+            self._dirty.update(self.mailboxes)
+            return
+        target = self._targets.get(watch) if watch is not None else None
+        if target is None:
+            return
+        self._touched.add(target.address)
+        if mask & Mask.IGNORED:
+            # The watch ended with its directory: forget it, and measure the mailbox again.
+            for path, w in list(self._watches.get(target.address, {}).items()):
+                if w is watch:
+                    del self._watches[target.address][path]
+            self._targets.pop(watch, None)  # type: ignore[arg-type]
+            self._dirty.add(target.address)
+            return
+        if target.folder is None or name is None or mask & Mask.ISDIR:
+            self._dirty.add(target.address)
+            return
+        delta = None
+        if mask & _ARRIVED:
+            delta = message_delta(name, arrived=True)
+        elif mask & _LEFT:
+            delta = message_delta(name, arrived=False)
+        if delta is None:
+            self._dirty.add(target.address)
+        elif target.address not in self._dirty:
+            self._apply(target.address, target.folder, delta)
+
+    def _apply(self, address: str, folder: str, delta: tuple[int, int]) -> None:
+        reading = self.readings.get(address)
+        if reading is None:
+            self._dirty.add(address)
+            return
+        folders = []
+        for f in reading.usage.folders:
+            if f.name == folder:
+                # The stamp no longer matches: the next scan reads this folder again.
+                f = FolderUsage(f.name, f.bytes + delta[0], f.messages + delta[1], None)
+                if f.bytes < 0 or f.messages < 0:
+                    self._dirty.add(address)
+                    return
+            folders.append(f)
+        self.readings[address] = replace(reading, usage=replace(reading.usage, folders=tuple(folders)))
+        self._changed.add(address)
+
+    # -- flushing --------------------------------------------------------------------------------
+    def _measure(self, addresses: list[str]) -> dict[str, MailboxUsage]:
+        cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
+        fmt = self.config.spool.format
+        out = {}
+        for address in addresses:
+            previous = self.readings.get(address)
+            out[address] = measure(self._paths[address], fmt, previous.usage if previous else None, cutoff)
+        return out
+
+    async def flush(self) -> list[Reading]:
+        """Measure what is dirty, total what changed, and hand the changed readings on."""
+        dirty, self._dirty = sorted(self._dirty), set()
+        changed, self._changed = self._changed, set()
+        measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
+        now = time.time()
+        out = []
+        for address in sorted(set(dirty) | changed):
+            mailbox = self.mailboxes.get(address)
+            if mailbox is None:
+                continue
+            previous = self.readings.get(address)
+            usage = measured.get(address) or (previous.usage if previous else None)
+            if usage is None:
+                continue
+            reading = reading_for(mailbox, self._paths[address], usage, self.config, now)
+            self.readings[address] = reading
+            if address in measured:
+                self._sync_watches(address)
+            if previous is None or not reading.same_measure(previous):
+                out.append(reading)
+        if out:
+            await self.publish(out)
+        return out
+
+    def _poll(self) -> None:
+        """Without inotify: a folder whose mtimes moved is measured again."""
+        for address, reading in self.readings.items():
+            if not unchanged(self._paths[address], reading.usage):
+                self._dirty.add(address)
+
+    # -- running ---------------------------------------------------------------------------------
+    def start_watching(self) -> None:
+        """Set up inotify watches (raises OSError ENOSPC when the limit is reached)."""
+        self._inotify = Inotify()
+        try:
+            for address in list(self.mailboxes):
+                if address in self.readings:
+                    self._sync_watches(address)
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._targets.clear()
+        self._watches.clear()
+
+    async def run(self) -> None:
+        """Track until cancelled: events (or polling) in, batches of changed readings out."""
+        flush_every = self.config.watch.flush_seconds
+        if self.mode == "inotify" and self._inotify is None:
+            self.start_watching()
+        reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
+        last_poll = 0.0
+        try:
+            while True:
+                if self.mode == "poll" and time.monotonic() - last_poll >= self.config.watch.poll_seconds:
+                    self._poll()
+                    last_poll = time.monotonic()
+                if self._dirty or self._changed:
+                    await self.flush()
+                await asyncio.sleep(flush_every)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            self.close()
+
+    async def _read_events(self) -> None:
+        assert self._inotify is not None
+        async for event in self._inotify:
+            self._on_event(event.watch, event.mask, None if event.name is None else display_name(str(event.name)))

@@ -1,0 +1,140 @@
+"""The tracker on real directories with real inotify: usage follows the files, event by event."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import parse_config
+from quotagate.model import Limits, Mailbox, Reading, State
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+from quotagate.watch.deltas import message_delta
+from quotagate.watch.limits import plan
+from quotagate.watch.tracker import Tracker
+
+
+def test_message_delta() -> None:
+    assert message_delta("1.M1.h,S=120:2,S", arrived=True) == (120, 1)
+    assert message_delta("1.M1.h,S=120", arrived=False) == (-120, -1)
+    assert message_delta("1.M1.h:2,S", arrived=True) is None  # no size: read the folder
+    assert message_delta(".hidden,S=5", arrived=True) is None
+
+
+def test_plan_falls_back_to_polling_when_watches_do_not_fit() -> None:
+    assert plan(1000, 8192).mode == "inotify"
+    low = plan(100_000, 8192)
+    assert low.mode == "poll" and "max_user_watches" in low.reason
+    assert plan(10, 8192, "poll").mode == "poll"
+    assert plan(100_000, 8192, "inotify").mode == "inotify"
+    assert plan(100_000, None).mode == "inotify"
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.seq = 0
+
+    def maildir(self, local: str) -> Path:
+        return self.root / "example.org" / local / "Maildir"
+
+    def deliver(self, local: str, size: int, folder: str = "", sized: bool = True, where: str = "new") -> Path:
+        base = self.maildir(local) / (f".{folder}" if folder else "")
+        for sub in ("cur", "new", "tmp"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        self.seq += 1
+        name = f"1800000000.M{self.seq}P1.h" + (f",S={size}" if sized else "") + (":2,S" if where == "cur" else "")
+        tmp = base / "tmp" / name
+        tmp.write_bytes(b"x" * size)
+        os.rename(tmp, base / where / name)  # how an MDA delivers: atomically, from tmp/
+        return base / where / name
+
+
+async def tracked(tmp_path: Path, steps: list, check: list) -> None:  # type: ignore[type-arg]
+    spool = Spool(tmp_path / "spool")
+    spool.deliver("alice", 100)
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+            "spool": {"root": str(spool.root)},
+            "watch": {"flush_seconds": 0.05},
+            "scan": {"racy_seconds": 0},
+        }
+    )
+    store = open_store(config.store.url)
+    store.migrate()
+    store.upsert_mailboxes([Mailbox("alice@example.org", Limits(1000))])
+    result = run_scan(config, store)
+    published: list[Reading] = []
+
+    async def publish(changed: list[Reading]) -> None:
+        published.extend(changed)
+
+    tracker = Tracker(config, publish)
+    tracker.load(store.mailboxes(), result.readings)
+    task = asyncio.create_task(tracker.run())
+    try:
+        await asyncio.sleep(0.2)  # watches in place, the initial measurement done
+        for step, expected in zip(steps, check, strict=True):
+            step(spool)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                r = tracker.readings["alice@example.org"]
+                if (r.bytes, r.messages, r.state) == expected:
+                    break
+            else:
+                raise AssertionError(f"{(r.bytes, r.messages, r.state)} != {expected}")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+    assert published
+
+
+def test_usage_follows_deliveries_moves_and_deletions(tmp_path: Path) -> None:
+    moved: list[Path] = []
+
+    def deliver_sized(s: Spool) -> None:
+        moved.append(s.deliver("alice", 300))
+
+    def read_it(s: Spool) -> None:  # the IMAP server moves it from new/ to cur/ with a flag
+        src = moved[0]
+        os.rename(src, src.parent.parent / "cur" / (src.name + ":2,S"))
+
+    def deliver_unsized(s: Spool) -> None:
+        s.deliver("alice", 250, sized=False)
+
+    def new_folder(s: Spool) -> None:
+        s.deliver("alice", 400, folder="Archive.2024", where="cur")
+
+    def drop_folder(s: Spool) -> None:
+        shutil.rmtree(s.maildir("alice") / ".Archive.2024")
+
+    def delete_all(s: Spool) -> None:
+        for sub in ("cur", "new"):
+            for f in (s.maildir("alice") / sub).iterdir():
+                f.unlink()
+
+    steps = [deliver_sized, read_it, deliver_unsized, new_folder, drop_folder, delete_all]
+    check = [
+        (400, 2, State.OK),
+        (400, 2, State.OK),
+        (650, 3, State.OK),
+        (1050, 4, State.OVER),
+        (650, 3, State.OK),
+        (0, 0, State.OK),
+    ]
+    asyncio.run(tracked(tmp_path, steps, check))
+
+
+@pytest.mark.parametrize("count", [50])
+def test_a_burst_is_one_batch(tmp_path: Path, count: int) -> None:
+    def burst(s: Spool) -> None:
+        for _ in range(count):
+            s.deliver("alice", 10)
+
+    asyncio.run(tracked(tmp_path, [burst], [(100 + 10 * count, 1 + count, State.OK)]))
