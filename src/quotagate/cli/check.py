@@ -1,28 +1,34 @@
-"""``quotagate check ADDRESS``: the decision from stored usage, with the numbers behind it."""
+"""``quotagate check ADDRESS``: the decision the daemon would give, with the numbers behind it."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import click
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
-from quotagate.decide import decide
 from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
+from quotagate.policy.live import Snapshot, usage_age
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService
 from quotagate.sizes import format_size, parse_size
+from quotagate.store import Store
 
 EXIT = {Action.ACCEPT: 0, Action.REJECT: 1, Action.DEFER: 1, Action.DUNNO: 3}
 
 
-def _usage(reading: Reading | None) -> Usage | None:
-    if reading is None or reading.state is State.UNKNOWN:
-        return None
-    return Usage(reading.bytes, reading.messages, reading.measured_at, "scan")
+def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
+    """Just what the daemon would know of this recipient (and of its base for local+folder)."""
+    local, _, domain = address.rpartition("@")
+    keys = {address} | ({f"{local.partition(delimiter)[0]}@{domain}"} if delimiter and delimiter in local else set())
+    mailboxes = {k: m for k in keys if (m := store.mailbox(k)) is not None}
+    readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
+    last = store.last_scan()
+    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 
 
-def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | None, now: float) -> list[str]:
+def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | None, usage: Usage | None) -> list[str]:
     lines = [f"{decision.action.value}: {decision.reason}"]
     if mailbox is None:
         return lines
@@ -32,19 +38,22 @@ def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | Non
         lines.append("  usage     not measured yet: run 'quotagate scan'")
         return lines
     lines.append(f"  location  {reading.path} ({reading.usage.format.value})")
-    if reading.state is State.UNKNOWN:
+    if reading.state is State.UNKNOWN or usage is None:
         lines.append(f"  usage     unknown: {reading.reason}")
         return lines
     quota = format_size(limits.bytes) if limits.bytes else "unlimited"
-    pct = f" ({100 * reading.bytes / limits.bytes:.1f}%)" if limits.bytes else ""
-    lines.append(f"  usage     {format_size(reading.bytes)} of {quota}{pct} [{reading.bytes} bytes]")
-    lines.append(f"  messages  {reading.messages} of {limits.messages or 'unlimited'}")
+    pct = f" ({100 * usage.bytes / limits.bytes:.1f}%)" if limits.bytes else ""
+    lines.append(f"  usage     {format_size(usage.bytes)} of {quota}{pct} [{usage.bytes} bytes]")
+    lines.append(f"  messages  {usage.messages} of {limits.messages or 'unlimited'}")
     size = decision.numbers.get("size")
     lines.append(f"  size      {size} bytes (inclusive check)" if size else "  size      unknown (exclusive check)")
     if decision.numbers.get("grace_bytes"):
         lines.append(f"  grace     {decision.numbers['grace_bytes']} bytes")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reading.measured_at))
-    lines.append(f"  measured  {stamp}, {now - reading.measured_at:.0f} s ago, by a scan")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(usage.measured_at))
+    if usage.source == "maildirsize":
+        lines.append(f"  measured  now, from maildirsize (last changed {stamp})")
+    else:
+        lines.append(f"  measured  {stamp}, {usage_age(usage, time.time()):.0f} s ago, from a {usage.source}")
     return lines
 
 
@@ -58,20 +67,19 @@ def check(app: App, address: str, size: str | None) -> int:
         declared = None if size is None else parse_size(size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
+    config = app.config
     store = app.store()
-    key = normalize(address)
     try:
-        mailbox = store.mailbox(key)
-        reading = store.reading(key)
-        last = store.last_scan()
+        snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
     finally:
         store.close()
-    if reading is not None and last is not None:
-        # The last scan confirmed every unchanged reading: its age is the scan's, not the change's.
-        reading = replace(reading, measured_at=max(reading.measured_at, last.started_at))
-    decision = decide(mailbox, _usage(reading), declared, grace=app.config.policy.grace)
-    click.echo("\n".join(_explain(decision, mailbox, reading, time.time())))
-    return EXIT[decision.action]
+    service = PolicyService(config, Metrics())
+    service.snapshot = snapshot
+    outcome = service.check(address, declared)
+    mailbox = snapshot.mailboxes.get(outcome.address)
+    reading = snapshot.readings.get(outcome.address)
+    click.echo("\n".join(_explain(outcome.decision, mailbox, reading, outcome.usage)))
+    return EXIT[outcome.decision.action]
 
 
 def register(cli: click.Group) -> None:

@@ -48,7 +48,7 @@ class Daemon:
         if self.tracker is None:
             return snapshot
         self.tracker.load(snapshot.mailboxes.values(), {})
-        return replace(snapshot, readings=self.tracker.readings)
+        return replace(snapshot, readings=self.tracker.readings, source="watch")
 
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""

@@ -24,12 +24,19 @@ class Snapshot:
     readings: dict[str, Reading] = field(default_factory=dict)
     confirmed_at: float = 0.0  # when the last scan started: unchanged readings are this fresh
     loaded_at: float = 0.0
+    source: str = "scan"  # "watch" when the readings are kept live from file-system events
 
     def stored_usage(self, address: str) -> Usage | None:
         r = self.readings.get(address)
         if r is None or r.state is State.UNKNOWN:
             return None
-        return Usage(r.bytes, r.messages, max(r.measured_at, self.confirmed_at), "scan")
+        return Usage(r.bytes, r.messages, max(r.measured_at, self.confirmed_at), self.source)
+
+
+def usage_age(usage: Usage, now: float) -> float:
+    """How old the usage behind a decision is: a maildirsize is read at request time, so its
+    numbers are current (its mtime only says when they last changed)."""
+    return 0.0 if usage.source == "maildirsize" else max(now - usage.measured_at, 0.0)
 
 
 def load_snapshot(store: Store) -> Snapshot:

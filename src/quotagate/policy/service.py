@@ -12,7 +12,7 @@ from quotagate.config import Config
 from quotagate.decide import decide, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Usage
 from quotagate.policy.codec import PolicyRequest
-from quotagate.policy.live import MaildirsizeReader, Snapshot
+from quotagate.policy.live import MaildirsizeReader, Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.usage.folders import folder_limits
@@ -134,7 +134,7 @@ class PolicyService:
         policy = self.config.policy
         reply = policy.reject_reply if policy.on_full == "reject" else policy.defer_reply
         n = decision.numbers
-        age = f"{self.clock() - outcome.usage.measured_at:.1f}s" if outcome.usage else "?"
+        age = f"{usage_age(outcome.usage, self.clock()):.1f}s" if outcome.usage else "?"
         log.info(
             "refused %s: %s (used %s of %s bytes, %s reserved, size %s, usage from %s, %s old)",
             outcome.address,
@@ -150,6 +150,6 @@ class PolicyService:
 
     def _done(self, started: float, action: Action, text: str, usage: Usage | None = None) -> str:
         self.metrics.observe(
-            action.value, time.perf_counter() - started, None if usage is None else self.clock() - usage.measured_at
+            action.value, time.perf_counter() - started, None if usage is None else usage_age(usage, self.clock())
         )
         return text
