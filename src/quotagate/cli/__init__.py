@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 import click
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from quotagate.address import BadAddress
 from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, scan, serve, watch
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (ConfigError, StoreError, BadAddress) as exc:
         click.echo(f"quotagate: {exc}", err=True)
+        return EXIT_USAGE
+    except SQLAlchemyError as exc:  # a store that broke mid-way: say what the database said
+        click.echo(f"quotagate: store error: {exc.orig if isinstance(exc, DBAPIError) else exc}", err=True)
         return EXIT_USAGE
     return result if isinstance(result, int) else 0
 
