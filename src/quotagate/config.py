@@ -9,7 +9,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
@@ -145,11 +154,22 @@ class PolicyConfig(_Section):
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: str = "127.0.0.1:9762"
 
-    def model_post_init(self, __context: Any) -> None:
-        for reply, code in ((self.reject_reply, "5"), (self.defer_reply, "4")):
-            if not re.fullmatch(rf"{code}\d\d [^\r\n]*", reply):
-                raise ValueError(f"reply {reply!r} must start with a {code}xx code and be one line")
-        int(self.socket_mode, 8)
+    @field_validator("reject_reply", "defer_reply")
+    @classmethod
+    def _reply(cls, reply: str, info: ValidationInfo) -> str:
+        code = "5" if info.field_name == "reject_reply" else "4"
+        if not re.fullmatch(rf"{code}\d\d [^\r\n]*", reply):
+            raise ValueError(f"{reply!r} must start with a {code}xx code and be one line")
+        return reply
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _mode(cls, mode: str) -> str:
+        try:
+            int(mode, 8)
+        except ValueError:
+            raise ValueError(f"{mode!r} is not an octal mode such as 0660") from None
+        return mode
 
 
 class WatchConfig(_Section):

@@ -12,6 +12,7 @@ import asyncio
 import grp
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ _READ_SIZE = 65536
 @dataclass
 class _Connection:
     task: asyncio.Task[None]
+    writer: asyncio.StreamWriter
     idle: bool = True  # waiting for a request, none half-read: may be closed at shutdown
 
 
@@ -40,6 +42,17 @@ def parse_listen(spec: str) -> tuple[str, int] | str:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket an earlier run left at ``path``; anything else there is an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"policy.listen: {path} exists and is not a socket")
+    os.unlink(path)
+
+
 class PolicyServer:
     def __init__(self, answer: Callable[[PolicyRequest], str], policy: PolicyConfig, metrics: Metrics) -> None:
         self.answer = answer
@@ -47,6 +60,7 @@ class PolicyServer:
         self.metrics = metrics
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._closing = False
 
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (a port 0 resolved)."""
@@ -54,8 +68,7 @@ class PolicyServer:
         for spec in self.policy.listen:
             where = parse_listen(spec)
             if isinstance(where, str):
-                if os.path.exists(where) and not os.path.isdir(where):
-                    os.unlink(where)  # a socket left by an earlier run
+                _remove_stale_socket(where)
                 server = await asyncio.start_unix_server(self._accept, path=where, limit=_READ_SIZE)
                 os.chmod(where, int(self.policy.socket_mode, 8))
                 if self.policy.socket_group:
@@ -72,11 +85,12 @@ class PolicyServer:
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, let busy ones finish for drain_seconds, cancel the rest."""
+        self._closing = True
         for server in self._servers:
             server.close()
         for conn in list(self._connections.values()):
             if conn.idle:
-                conn.task.cancel()
+                conn.writer.close()  # its read sees end of file and the handler returns
         pending = [c.task for c in self._connections.values()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.policy.drain_seconds)
@@ -94,7 +108,7 @@ class PolicyServer:
             log.warning("more than %d connections: closing a new one", self.policy.max_connections)
             writer.close()
             return
-        conn = _Connection(task)
+        conn = _Connection(task, writer)
         self._connections[task] = conn
         self.metrics.connections.set(len(self._connections))
         try:
@@ -108,7 +122,7 @@ class PolicyServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection) -> None:
         decoder = PolicyDecoder()
-        while True:
+        while not (self._closing and not decoder.pending):
             conn.idle = not decoder.pending
             try:
                 data = await asyncio.wait_for(reader.read(_READ_SIZE), self.policy.idle_timeout)
@@ -118,7 +132,10 @@ class PolicyServer:
             items = decoder.feed(data) if data else decoder.end()
             if items:
                 writer.write(b"".join(encode_action(self._answer(item)) for item in items))
-                await writer.drain()
+                try:  # a client that never reads its answers must not hold a connection forever
+                    await asyncio.wait_for(writer.drain(), self.policy.idle_timeout)
+                except TimeoutError:
+                    return
             if not data:
                 return
 

@@ -1,0 +1,259 @@
+"""A real store and spool for the policy daemon, an in-process server, and small socket clients.
+
+Every site has two mailboxes of :data:`QUOTA` bytes, measured by a real scan: ``full`` holds
+one byte more than its quota, ``roomy`` holds :data:`ROOMY_USED` bytes. pytest-asyncio is not
+installed: tests call :func:`run` with a coroutine, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from quotagate.config import Config, parse_config
+from quotagate.model import Limits, Mailbox
+from quotagate.policy.codec import PolicyRequest
+from quotagate.policy.live import load_snapshot
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.server import PolicyServer
+from quotagate.policy.service import PolicyService
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+from tests.spoolgen import add_message, maildir_folder
+
+DOMAIN = "example.org"
+QUOTA = 10_000
+ROOMY_USED = 1_000
+FULL = f"full@{DOMAIN}"
+ROOMY = f"roomy@{DOMAIN}"
+REJECT = b"action=552 5.2.2 Mailbox is full\n\n"
+DEFER = b"action=452 4.2.2 Mailbox is full\n\n"
+DUNNO = b"action=DUNNO\n\n"
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+    """Run ``coro`` on a fresh event loop, failing (not hanging) after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(recipient: str, size: int | None = None, state: str = "RCPT", *, end: bool = True) -> bytes:
+    """One policy request as Postfix sends it (``end=False`` leaves out the empty line, as Exim may)."""
+    attributes = {
+        "request": "smtpd_access_policy",
+        "protocol_state": state,
+        "protocol_name": "ESMTP",
+        "client_address": "192.0.2.1",
+        "sender": "sender@example.net",
+        "recipient": recipient,
+        "queue_id": "",
+    }
+    if size is not None:
+        attributes["size"] = str(size)
+    text = "".join(f"{name}={value}\n" for name, value in attributes.items())
+    return text.encode() + (b"\n" if end else b"")
+
+
+@dataclass
+class Site:
+    """A spool, a SQLite store and the config that names them, in one temp dir."""
+
+    base: Path
+    spool: Path
+    db_url: str
+
+    def data(self, **policy: Any) -> dict[str, Any]:
+        return {
+            "store": {"url": self.db_url},
+            "spool": {"root": str(self.spool)},
+            "scan": {"workers": 1},
+            "policy": {"listen": ["127.0.0.1:0"], "metrics": "", **policy},
+        }
+
+    def config(self, **policy: Any) -> Config:
+        return parse_config(self.data(**policy))
+
+    def toml(self, **policy: Any) -> str:
+        """The config as a TOML file for ``quotagate serve`` (values: str, bool, number or list of str)."""
+        lines = [
+            f'[store]\nurl = "{self.db_url}"',
+            f'[spool]\nroot = "{self.spool}"',
+            "[scan]\nworkers = 1",
+            "[policy]",
+        ]
+        settings = {"metrics": "", **policy}
+        for key, value in settings.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def service(self, config: Config, metrics: Metrics) -> PolicyService:
+        service = PolicyService(config, metrics)
+        store = open_store(self.db_url)
+        try:
+            service.snapshot = load_snapshot(store)
+        finally:
+            store.close()
+        return service
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def make_site(base: Path) -> Site:
+    spool = base / "mail"
+    (base / "db").mkdir(parents=True)
+    site = Site(base, spool, f"sqlite:///{base}/db/q.db")
+    for local, used in (("full", QUOTA + 1), ("roomy", ROOMY_USED)):
+        folder = maildir_folder(spool / DOMAIN / local / "Maildir")
+        add_message(folder, used)
+    store = open_store(site.db_url)
+    try:
+        store.migrate()
+        store.upsert_mailboxes([Mailbox(FULL, Limits(QUOTA)), Mailbox(ROOMY, Limits(QUOTA))])
+        result = run_scan(site.config(), store)
+        assert result.summary.measured == 2 and result.summary.unknown == 0, result.summary
+        readings = store.readings()
+        assert readings[FULL].bytes == QUOTA + 1, readings
+        assert readings[ROOMY].bytes == ROOMY_USED, readings
+    finally:
+        store.close()
+    return site
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory under /tmp, for unix socket paths (at most 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="qg-", dir="/tmp") as path:
+        yield Path(path)
+
+
+@dataclass
+class Running:
+    server: PolicyServer
+    metrics: Metrics
+    addresses: list[str]
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.addresses[0].rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    config: Config,
+    answer: Callable[[PolicyRequest], str],
+    metrics: Metrics,
+) -> AsyncIterator[Running]:
+    """A started :class:`PolicyServer`, closed (drained) on the way out."""
+    server = PolicyServer(answer, config.policy, metrics)
+    addresses = await server.start()
+    try:
+        yield Running(server, metrics, addresses)
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_site(site: Site, **policy: Any) -> AsyncIterator[Running]:
+    """The real service over ``site``'s store, behind a server on a loopback port."""
+    config = site.config(**policy)
+    metrics = Metrics()
+    service = site.service(config, metrics)
+    async with serving(config, service.answer, metrics) as running:
+        yield running
+
+
+class Client:
+    """One asyncio client connection; always closed, so no transport is left for the GC to warn about."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, where: tuple[str, int] | str) -> Client:
+        if isinstance(where, str):
+            reader, writer = await asyncio.open_unix_connection(where)
+        else:
+            reader, writer = await asyncio.open_connection(*where)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, timeout: float = 10) -> bytes:
+        """The next answer: everything up to and including the empty line that ends it."""
+        return await asyncio.wait_for(self.reader.readuntil(b"\n\n"), timeout)
+
+    async def ask(self, data: bytes, timeout: float = 10) -> bytes:
+        await self.send(data)
+        return await self.answer(timeout)
+
+    async def half_close(self) -> None:
+        self.writer.write_eof()
+        await self.writer.drain()
+
+    async def read_to_eof(self, timeout: float = 10) -> bytes:
+        """Everything until the server closes; a reset counts as end of file."""
+        try:
+            return await asyncio.wait_for(self.reader.read(), timeout)
+        except ConnectionError:
+            return b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def connected(where: tuple[str, int] | str) -> AsyncIterator[Client]:
+    client = await Client.connect(where)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5, step: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; returns its last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
