@@ -101,8 +101,12 @@ def run_scan(
         prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
         if prev is not None and prev_usage is not None and unchanged(path, prev_usage):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
-            again = reading_for(mailbox, path, prev_usage, config, started)
-            readings[mailbox.address] = prev if again.same_measure(prev) else again
+            bytes_, messages = counted(prev_usage.folders, config.folders)
+            state = _state(mailbox, prev_usage, bytes_, messages, config)
+            if (bytes_, messages, state) == (prev.bytes, prev.messages, prev.state):
+                readings[mailbox.address] = prev
+            else:
+                readings[mailbox.address] = Reading(mailbox.address, path, prev_usage, bytes_, messages, state, started)
             continue
         pending.append((mailbox, path))
         jobs.append((path, config.spool.format, prev_usage, cutoff_ns))

@@ -25,7 +25,8 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig) -> str:
     """
     if mailbox.path:
         return os.path.join(spool.root, mailbox.path)
-    local = _safe_component(mailbox.local, "local part")
-    domain = _safe_component(mailbox.domain, "domain")
-    relative = spool.layout.format(local=local, domain=domain, address=f"{local}@{domain}")
+    local, _, domain = mailbox.address.rpartition("@")
+    relative = spool.layout.format(
+        local=_safe_component(local, "local part"), domain=_safe_component(domain, "domain"), address=mailbox.address
+    )
     return os.path.join(spool.root, relative)
