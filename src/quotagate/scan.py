@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -48,7 +49,9 @@ def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
         yield from map(_measure_job, jobs)
         return
     chunk = max(1, min(8, len(jobs) // (workers * 32)))
-    ctx = multiprocessing.get_context("fork")
+    # fork is the cheapest start, but forking a process that runs other threads (the daemon,
+    # watch) can copy a lock some thread holds: then start workers from a clean server process.
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(_measure_job, jobs, chunksize=chunk)
 
