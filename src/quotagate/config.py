@@ -183,6 +183,9 @@ class WatchConfig(_Section):
     poll_seconds: float = Field(default=1.0, gt=0)
     # A light incremental scan corrects any drift this often.
     rescan_seconds: float = Field(default=3600, gt=0)
+    # How often ``quotagate watch`` looks for mailboxes added to or removed from the directory
+    # (inside serve, [policy] refresh_seconds does it).
+    directory_seconds: float = Field(default=30, gt=0)
 
 
 class Config(_Section):

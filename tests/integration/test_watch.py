@@ -138,3 +138,46 @@ def test_a_burst_is_one_batch(tmp_path: Path, count: int) -> None:
             s.deliver("alice", 10)
 
     asyncio.run(tracked(tmp_path, [burst], [(100 + 10 * count, 1 + count, State.OK)]))
+
+
+def test_a_mailbox_created_by_its_first_delivery_is_picked_up(tmp_path: Path) -> None:
+    def first_delivery(s: Spool) -> None:
+        s.deliver("bob", 700)
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.root.mkdir()
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root)},
+                "watch": {"flush_seconds": 0.05, "poll_seconds": 0.1},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox("bob@example.org", Limits(500))])
+        result = run_scan(config, store)
+
+        async def publish(changed: list[Reading]) -> None:
+            pass
+
+        tracker = Tracker(config, publish)  # inotify: nothing to watch yet, so it is polled
+        tracker.load(store.mailboxes(), result.readings)
+        task = asyncio.create_task(tracker.run())
+        try:
+            await asyncio.sleep(0.2)
+            first_delivery(spool)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if tracker.readings["bob@example.org"].state is State.OVER:
+                    break
+            assert tracker.readings["bob@example.org"].bytes == 700
+            assert tracker.readings["bob@example.org"].state is State.OVER
+            assert tracker.watch_count() > 0  # and watched from now on
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            store.close()
+
+    asyncio.run(main())

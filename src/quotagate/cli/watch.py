@@ -10,7 +10,7 @@ import click
 
 from quotagate.cli.app import App, pass_app
 from quotagate.sdnotify import notify
-from quotagate.watch.runner import rescan_forever, start_tracker
+from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ async def _watch(app: App) -> None:
         tasks = [
             asyncio.create_task(tracker.run()),
             asyncio.create_task(rescan_forever(config, store, tracker, publisher)),
+            asyncio.create_task(follow_directory(config, store, tracker)),
         ]
         notify("READY=1")
         waiter = asyncio.create_task(stop.wait())

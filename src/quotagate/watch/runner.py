@@ -11,7 +11,7 @@ from quotagate.config import Config
 from quotagate.model import Reading, State
 from quotagate.publish import publish_file
 from quotagate.scan import run_scan
-from quotagate.store import Store
+from quotagate.store import Store, StoreError
 from quotagate.watch.limits import current_limit, plan
 from quotagate.watch.tracker import Tracker
 
@@ -93,3 +93,15 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
         mailboxes = await asyncio.to_thread(store.mailboxes)
         tracker.adopt(mailboxes, result.readings, touched)
         publisher.reset(tracker.readings)
+
+
+async def follow_directory(config: Config, store: Store, tracker: Tracker) -> None:
+    """Mailboxes added to or removed from the directory are tracked or dropped within a while."""
+    while True:
+        await asyncio.sleep(config.watch.directory_seconds)
+        try:
+            mailboxes = await asyncio.to_thread(store.mailboxes)
+        except StoreError as exc:
+            log.error("cannot list mailboxes: %s", exc)
+            continue
+        tracker.load(mailboxes, {})

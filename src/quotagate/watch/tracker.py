@@ -248,9 +248,12 @@ class Tracker:
             await self.publish(out)
         return out
 
-    def _poll(self) -> None:
-        """Without inotify: a folder whose mtimes moved is measured again."""
+    def _poll(self, everything: bool) -> None:
+        """A mailbox whose mtimes moved is measured again: every one when polling instead of
+        inotify, else those not created yet (nothing to watch until the first delivery)."""
         for address, reading in self.readings.items():
+            if not everything and reading.usage.format is not Format.MISSING:
+                continue
             if not unchanged(self._paths[address], reading.usage):
                 self._dirty.add(address)
 
@@ -282,8 +285,8 @@ class Tracker:
         last_poll = 0.0
         try:
             while True:
-                if self.mode == "poll" and time.monotonic() - last_poll >= self.config.watch.poll_seconds:
-                    self._poll()
+                if time.monotonic() - last_poll >= self.config.watch.poll_seconds:
+                    self._poll(everything=self.mode == "poll")
                     last_poll = time.monotonic()
                 if self._dirty or self._changed:
                     await self.flush()
