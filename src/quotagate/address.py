@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_DOMAIN = re.compile(r"[\s/]")
+
 
 class BadAddress(ValueError):
     pass
@@ -18,8 +23,8 @@ def normalize(address: str) -> str:
     local, at, domain = text.rpartition("@")
     if not at or not local or not domain:
         raise BadAddress(f"not an address: {address!r} (expected local@domain)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if _CONTROL.search(text):
         raise BadAddress(f"not an address: {address!r} (control characters)")
-    if any(c.isspace() for c in domain) or "/" in domain:
+    if _BAD_DOMAIN.search(domain):
         raise BadAddress(f"not an address: {address!r} (bad domain)")
     return text.lower()
