@@ -27,7 +27,7 @@ and answering one would put the answers out of step with the requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeAlias
@@ -156,7 +156,25 @@ class PolicyDecoder:
 
     def feed(self, data: bytes) -> list[PolicyItem]:
         """Decode what ``data`` completes; the rest waits for the next call."""
-        return list(self._feed(data))
+        items: list[PolicyItem] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._take(data, pos, size)
+                break
+            if self._line or self._overflow:
+                self._take(data, pos, newline)
+                item = self._line_done()
+            elif newline - pos > self._max_line + 1:
+                self._fail(f"line longer than {self._max_line} bytes")
+                item = None
+            else:  # the common case: the whole line is in this piece, no copy into the buffer
+                item = self._complete(data[pos:newline])
+            if item is not None:
+                items.append(item)
+            pos = newline + 1
+        return items
 
     def end(self, *, deliver_partial: bool = True) -> list[PolicyItem]:
         """Finish at end of input and reset the decoder.
@@ -169,23 +187,16 @@ class PolicyDecoder:
         items: list[PolicyItem] = []
         if deliver_partial:
             if self._line or self._overflow:
-                items.extend(self._line_done())
-            items.extend(self._request_done())
+                item = self._line_done()
+                if item is not None:
+                    items.append(item)
+            item = self._request_done()
+            if item is not None:
+                items.append(item)
         self._line.clear()
         self._overflow = False
         self._reset_request()
         return items
-
-    def _feed(self, data: bytes) -> Iterator[PolicyItem]:
-        pos = 0
-        while pos < len(data):
-            newline = data.find(b"\n", pos)
-            stop = len(data) if newline < 0 else newline
-            self._take(data, pos, stop)
-            if newline < 0:
-                return
-            yield from self._line_done()
-            pos = newline + 1
 
     def _take(self, data: bytes, start: int, stop: int) -> None:
         """Append ``data[start:stop]`` (no LF in it) to the pending line, never past the limit."""
@@ -198,20 +209,25 @@ class PolicyDecoder:
             return
         self._line += data[start:stop]
 
-    def _line_done(self) -> Iterator[PolicyItem]:
+    def _line_done(self) -> PolicyItem | None:
         """Handle the pending line, now complete; its LF has been consumed."""
         if self._overflow:  # already recorded as an error, and never an empty line
             self._overflow = False
-            return
+            return None
         line = bytes(self._line)
         self._line.clear()
+        return self._complete(line)
+
+    def _complete(self, line: bytes) -> PolicyItem | None:
+        """One whole line, without its LF: an attribute, or the empty line that ends a request."""
         length = len(line) + 1
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
-            yield from self._request_done()
-        elif self._error is None:
+            return self._request_done()
+        if self._error is None:
             self._attribute(line, length)
+        return None
 
     def _attribute(self, line: bytes, length: int) -> None:
         if len(line) > self._max_line:
@@ -243,13 +259,15 @@ class PolicyDecoder:
         self._count += 1
         self._bytes += length
 
-    def _request_done(self) -> Iterator[PolicyItem]:
-        """The current request ended: deliver it, its error, or nothing if it was empty."""
+    def _request_done(self) -> PolicyItem | None:
+        """The current request ended: its item (the request or its error), or None if it was empty."""
+        item: PolicyItem | None = None
         if self._error is not None:
-            yield ProtocolError(self._error)
+            item = ProtocolError(self._error)
         elif self._count:
-            yield PolicyRequest(self._attributes)
+            item = PolicyRequest(self._attributes)
         self._reset_request()
+        return item
 
     def _fail(self, reason: str) -> None:
         """Mark the current request bad (the first reason wins) and let go of what it held."""
