@@ -71,7 +71,7 @@ async def tracked(tmp_path: Path, steps: list, check: list) -> None:  # type: ig
     result = run_scan(config, store)
     published: list[Reading] = []
 
-    async def publish(changed: list[Reading]) -> None:
+    async def publish(changed: list[Reading], removed: list[str]) -> None:
         published.extend(changed)
 
     tracker = Tracker(config, publish)
@@ -159,7 +159,7 @@ def test_a_mailbox_created_by_its_first_delivery_is_picked_up(tmp_path: Path) ->
         store.upsert_mailboxes([Mailbox("bob@example.org", Limits(500))])
         result = run_scan(config, store)
 
-        async def publish(changed: list[Reading]) -> None:
+        async def publish(changed: list[Reading], removed: list[str]) -> None:
             pass
 
         tracker = Tracker(config, publish)  # inotify: nothing to watch yet, so it is polled
@@ -179,5 +179,86 @@ def test_a_mailbox_created_by_its_first_delivery_is_picked_up(tmp_path: Path) ->
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             store.close()
+
+    asyncio.run(main())
+
+
+def test_mail_arriving_while_a_mailbox_is_measured_is_counted(tmp_path: Path) -> None:
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("carol", 100)
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root)},
+                "watch": {"flush_seconds": 0.05},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox("carol@example.org", Limits(10_000))])
+
+        async def publish(changed: list[Reading], removed: list[str]) -> None:
+            pass
+
+        tracker = Tracker(config, publish)
+        tracker.load(store.mailboxes(), {})  # nothing known: the first flush measures carol
+        measure = tracker._measure
+        delivered: list[Path] = []
+
+        def measure_then_deliver(addresses: list[str]) -> dict[str, object]:
+            result = measure(addresses)
+            if not delivered:  # a delivery lands after the folder was listed, before the flush ends
+                delivered.append(spool.deliver("carol", 300))
+            return result  # type: ignore[return-value]
+
+        tracker._measure = measure_then_deliver  # type: ignore[method-assign]
+        task = asyncio.create_task(tracker.run())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                reading = tracker.readings.get("carol@example.org")
+                if delivered and reading is not None and reading.bytes == 400:
+                    break
+            assert tracker.readings["carol@example.org"].bytes == 400
+            assert tracker.readings["carol@example.org"].messages == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_a_mailbox_leaving_the_directory_loses_its_flag_and_hints_are_harmless(tmp_path: Path) -> None:
+    from quotagate.watch.runner import StorePublisher
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("dora", 900)
+        spool.deliver("erin", 10)
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root)},
+                "publish": {"file": str(tmp_path / "over")},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        boxes = [Mailbox("dora@example.org", Limits(500)), Mailbox("erin@example.org", Limits(500))]
+        store.upsert_mailboxes(boxes)
+        result = run_scan(config, store)
+        assert "dora@example.org" in (tmp_path / "over").read_text()
+        publisher = StorePublisher(config, store, lambda: tracker.readings)
+        tracker = Tracker(config, publisher)
+        tracker.load(boxes, result.readings)
+        publisher.reset(tracker.readings)
+        tracker.load([boxes[0].__class__("dora@example.org", Limits(500), enabled=False), boxes[1]], {})
+        assert not tracker.mark_dirty("dora@example.org")  # a late delivery hint: ignored
+        await tracker.flush()
+        assert "dora@example.org" not in store.readings()
+        assert "dora@example.org" not in (tmp_path / "over").read_text()
+        store.close()
 
     asyncio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -40,7 +41,7 @@ class Daemon:
     def _load(self) -> Snapshot:
         if self._store is None:
             self._store = store_for(self.config.store)
-        return load_snapshot(self._store)
+        return load_snapshot(self._store, with_readings=self.tracker is None)
 
     def _adopt(self, snapshot: Snapshot) -> Snapshot:
         """With live tracking, usage comes from the tracker (fresher than the store); new or removed
@@ -54,6 +55,7 @@ class Daemon:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
         try:
             self.service.snapshot = self._adopt(await asyncio.to_thread(self._load))
+            gc.freeze()  # long-lived: keep them out of the collector's full passes (pauses)
         except StoreError as exc:  # the store is down: keep answering from the last snapshot
             log.error("cannot refresh from the store: %s", exc)
             self._forget_store()
@@ -116,10 +118,23 @@ class Daemon:
         self.tracker = tracker
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
-        return [
+        tasks = [
             asyncio.create_task(tracker.run()),
             asyncio.create_task(rescan_forever(self.config, store, tracker, publisher)),
         ]
+        for task in tasks:
+            task.add_done_callback(self._tracking_ended)
+        return tasks
+
+    def _tracking_ended(self, task: asyncio.Task[None]) -> None:
+        """Live tracking failed: say so, and answer from the store again rather than from usage
+        that no longer moves."""
+        if task.cancelled() or task.exception() is None or self.tracker is None:
+            return
+        log.error("live usage tracking stopped: answering from the store", exc_info=task.exception())
+        self.tracker = None
+        self.service.delivery_hint = None
+        asyncio.get_running_loop().create_task(self.refresh())
 
     async def run(self) -> None:
         await self.refresh()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 from collections.abc import Callable
 
@@ -32,14 +33,18 @@ class StorePublisher:
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
 
-    async def __call__(self, changed: list[Reading]) -> None:
+    async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
         flags = {}
         for r in changed:
             over = r.state is State.OVER
             if over != (r.address in self.over):
                 flags[r.address] = over
                 (self.over.add if over else self.over.discard)(r.address)
-        await asyncio.to_thread(self.store.save_readings, changed, [], flags)
+        for address in removed:  # disabled or gone from the directory: never over quota
+            if address in self.over:
+                flags[address] = False
+                self.over.discard(address)
+        await asyncio.to_thread(self.store.save_readings, changed, removed, flags)
         if flags:
             log.info(
                 "over quota now: %s; no longer: %s",
@@ -92,7 +97,10 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
         result = await asyncio.to_thread(run_scan, config, store)
         mailboxes = await asyncio.to_thread(store.mailboxes)
         tracker.adopt(mailboxes, result.readings, touched)
-        publisher.reset(tracker.readings)
+        # What the store and the published file hold now is the rescan's view: the next flush
+        # writes the tracker's fresher readings of the mailboxes touched meanwhile over it.
+        publisher.reset(result.readings)
+        gc.freeze()  # the long-lived readings: out of the collector's way
 
 
 async def follow_directory(config: Config, store: Store, tracker: Tracker) -> None:

@@ -32,7 +32,8 @@ from quotagate.watch.deltas import message_delta
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[list[Reading]], Awaitable[None]]
+# (changed readings, addresses no longer tracked)
+Publish = Callable[[list[Reading], list[str]], Awaitable[None]]
 
 _DIR_EVENTS = Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
 _MESSAGE_DIR = _DIR_EVENTS | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DONT_FOLLOW
@@ -61,6 +62,11 @@ class Tracker:
         self._dirty: set[str] = set()
         self._changed: set[str] = set()
         self._touched: set[str] = set()  # mailboxes with an event since the last rescan began
+        # Measured by the last flush: an event for them may predate that measurement (the folder
+        # was listed with or without the file), so it cannot be a delta: measure them again.
+        self._measuring: set[str] = set()
+        self._force: set[str] = set()  # written at the next flush even if unchanged (after a rescan)
+        self._removed: set[str] = set()  # left the directory or disabled: their flag must go
         self._inotify: Inotify | None = None
         self._targets: dict[Watch, _Target] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
@@ -72,8 +78,12 @@ class Tracker:
         wanted = {m.address: m for m in mailboxes if m.enabled}
         for address in set(self.mailboxes) - set(wanted):
             self._unwatch(address)
+            del self.mailboxes[address]
             self.readings.pop(address, None)
             self._paths.pop(address, None)
+            for pending in (self._dirty, self._changed, self._measuring, self._force):
+                pending.discard(address)
+            self._removed.add(address)
         for address, mailbox in wanted.items():
             try:
                 path = mailbox_path(mailbox, self.config.spool)
@@ -84,6 +94,7 @@ class Tracker:
                 self._changed.add(address)  # new limits: the state (and the flag) may move
             self.mailboxes[address] = mailbox
             self._paths[address] = path
+            self._removed.discard(address)
             if address in readings:
                 self.readings[address] = readings[address]
             if not known:
@@ -106,7 +117,10 @@ class Tracker:
         """Take a rescan's readings, except for mailboxes that changed while it ran: those are
         measured again."""
         self.load(mailboxes, {a: r for a, r in readings.items() if a not in touched})
-        self._dirty.update(a for a in touched if a in self.mailboxes)
+        touched_here = {a for a in touched if a in self.mailboxes}
+        self._dirty.update(touched_here)
+        # The rescan stored its own, older view of these: write ours over it.
+        self._force.update(touched_here)
         for address in self.readings:
             self._sync_watches(address)
 
@@ -133,9 +147,11 @@ class Tracker:
                 wanted[base] = _Target(address)  # cur/ or new/ appearing later
         return wanted
 
-    def _sync_watches(self, address: str) -> None:
+    def _sync_watches(self, address: str) -> int:
+        """Watch what the mailbox holds now; returns how many watches were added."""
         if self._inotify is None:
-            return
+            return 0
+        added = 0
         current = self._watches.setdefault(address, {})
         wanted = self._wanted_paths(address)
         for gone in set(current) - set(wanted):
@@ -153,6 +169,8 @@ class Tracker:
                 continue  # vanished meanwhile: the next measurement sees it
             current[path] = watch
             self._targets[watch] = target
+            added += 1
+        return added
 
     def _unwatch(self, address: str) -> None:
         for watch in self._watches.pop(address, {}).values():
@@ -191,7 +209,7 @@ class Tracker:
             delta = message_delta(name, arrived=True)
         elif mask & _LEFT:
             delta = message_delta(name, arrived=False)
-        if delta is None:
+        if delta is None or target.address in self._measuring:
             self._dirty.add(target.address)
         elif target.address not in self._dirty:
             self._apply(target.address, target.folder, delta)
@@ -227,10 +245,13 @@ class Tracker:
         """Measure what is dirty, total what changed, and hand the changed readings on."""
         dirty, self._dirty = sorted(self._dirty), set()
         changed, self._changed = self._changed, set()
+        force, self._force = self._force, set()
+        removed, self._removed = self._removed, set()
+        self._measuring = set(dirty)
         measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
         now = time.time()
         out = []
-        for address in sorted(set(dirty) | changed):
+        for address in sorted(set(dirty) | changed | force):
             mailbox = self.mailboxes.get(address)
             if mailbox is None:
                 continue
@@ -240,12 +261,14 @@ class Tracker:
                 continue
             reading = reading_for(mailbox, self._paths[address], usage, self.config, now)
             self.readings[address] = reading
-            if address in measured:
-                self._sync_watches(address)
-            if previous is None or not reading.same_measure(previous):
+            if address in measured and self._sync_watches(address):
+                # Mail may have come between the listing and the new watch: measure once more,
+                # now that events are seen.
+                self._dirty.add(address)
+            if previous is None or not reading.same_measure(previous) or address in force:
                 out.append(reading)
-        if out:
-            await self.publish(out)
+        if out or removed:
+            await self.publish(out, sorted(removed))
         return out
 
     def _poll(self, everything: bool) -> None:
@@ -288,8 +311,10 @@ class Tracker:
                 if time.monotonic() - last_poll >= self.config.watch.poll_seconds:
                     self._poll(everything=self.mode == "poll")
                     last_poll = time.monotonic()
-                if self._dirty or self._changed:
+                if self._dirty or self._changed or self._force or self._removed:
                     await self.flush()
+                else:
+                    self._measuring = set()  # a flush cycle passed: their events are deltas again
                 await asyncio.sleep(flush_every)
         finally:
             if reader is not None:
