@@ -70,7 +70,6 @@ class Tracker:
         self._inotify: Inotify | None = None
         self._targets: dict[Watch, _Target] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
-        self.events = 0
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -184,7 +183,6 @@ class Tracker:
 
     # -- events --------------------------------------------------------------------------------
     def _on_event(self, watch: Watch | None, mask: Mask, name: str | None) -> None:
-        self.events += 1
         if mask & Mask.Q_OVERFLOW:
             log.warning("inotify queue overflowed: measuring every mailbox again")
             self._dirty.update(self.mailboxes)
