@@ -81,7 +81,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -102,11 +101,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+import cached_spool
+
 GENERATOR_VERSION = 1
 SEED = 20240917
 DEFAULT_DIR = Path("/var/tmp/quotagate-bench-policy")
 MARKER = ".quotagate-bench-policy.json"
-PARTIAL_MARKER = ".quotagate-bench-policy-partial"
 DOMAINS = ("example.com", "example.net", "example.org", "mail.example.test")
 MAIL_UID = 5000
 REJECT_REPLY = "552 5.2.2 Mailbox is full"
@@ -219,8 +219,6 @@ def _mkdir(path: Path, mode: int = 0o700) -> None:
 
 def _generate(root: Path, boxes: list[Box]) -> None:
     """Write every mailbox under ``root`` (which must not exist yet)."""
-    root.mkdir(parents=True, mode=0o755)
-    (root / PARTIAL_MARKER).touch()
     started = time.perf_counter()
     for domain in DOMAINS:
         # Readable by Debian-exim: its dsearch router looks mailboxes up here.
@@ -251,32 +249,18 @@ def _generate(root: Path, boxes: list[Box]) -> None:
 
 
 def ensure_spool(base: Path, count: int) -> Spool:
-    """Reuse ``base/spool-<count>`` when its marker matches, else generate it (staged, then renamed)."""
+    """Reuse ``base/spool-<count>`` when it was made with these parameters, else generate it."""
     boxes = plan(count)
     root = base / f"spool-{count}"
     params = {"mailboxes": count, "seed": SEED, "version": GENERATOR_VERSION}
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        marker = None
-    if marker == params:
-        print(f"spool: reusing {root}")
-        return Spool(root, boxes)
-    if root.exists():
-        if marker is None:
-            sys.exit(f"{root} exists without {MARKER}: not ours, refusing to touch it")
-        shutil.rmtree(root)
-    staging = root.with_name(root.name + ".partial")
-    if staging.exists():
-        if not (staging / PARTIAL_MARKER).exists():
-            sys.exit(f"{staging} exists and is not ours: refusing to touch it")
-        shutil.rmtree(staging)
     files = sum(b.messages for b in boxes)
-    print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
-    _generate(staging, boxes)
-    (staging / MARKER).write_text(json.dumps(params))
-    (staging / PARTIAL_MARKER).unlink()
-    staging.rename(root)
+
+    def build(staging: Path) -> None:
+        print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
+        _generate(staging, boxes)
+
+    if cached_spool.ensure(root, params, MARKER, build):
+        print(f"spool: reusing {root}")
     return Spool(root, boxes)
 
 

@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -87,11 +86,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import cached_spool
+
 GENERATOR_VERSION = 1
 SEED = 20240921
 DEFAULT_DIR = Path("/var/tmp/quotagate-bench-watch")
 MARKER = ".quotagate-bench-watch.json"
-PARTIAL_MARKER = ".quotagate-bench-watch-partial"
 DOMAINS = ("example.com", "example.net", "example.org", "mail.example.test")
 LAYOUT = "{domain}/{local}/Maildir"
 HOST = "127.0.0.1"
@@ -213,8 +213,6 @@ def _age(paths: Iterable[str]) -> None:
 
 
 def _generate(root: Path, boxes: list[Box]) -> None:
-    root.mkdir(parents=True)
-    (root / PARTIAL_MARKER).touch()
     started = time.perf_counter()
     for n, box in enumerate(boxes, start=1):
         maildir = os.path.join(root, LAYOUT.format(domain=box.domain, local=box.local, address=box.address))
@@ -236,32 +234,18 @@ def _generate(root: Path, boxes: list[Box]) -> None:
 
 
 def ensure_spool(base: Path, count: int) -> Spool:
-    """Reuse ``base/spool-<count>`` when its marker matches, else generate it (staged, then renamed)."""
+    """Reuse ``base/spool-<count>`` when it was made with these parameters, else generate it."""
     boxes = plan(count)
     root = base / f"spool-{count}"
     params = {"mailboxes": count, "seed": SEED, "version": GENERATOR_VERSION}
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        marker = None
-    if marker == params:
-        print(f"spool: reusing {root}")
-        return Spool(root, boxes)
-    if root.exists():
-        if marker is None:
-            sys.exit(f"{root} exists without {MARKER}: not ours, refusing to touch it")
-        shutil.rmtree(root)
-    staging = root.with_name(root.name + ".partial")
-    if staging.exists():
-        if not (staging / PARTIAL_MARKER).exists():
-            sys.exit(f"{staging} exists and is not ours: refusing to touch it")
-        shutil.rmtree(staging)
     files = sum(b.messages for b in boxes)
-    print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
-    _generate(staging, boxes)
-    (staging / MARKER).write_text(json.dumps(params))
-    (staging / PARTIAL_MARKER).unlink()
-    staging.rename(root)
+
+    def build(staging: Path) -> None:
+        print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
+        _generate(staging, boxes)
+
+    if cached_spool.ensure(root, params, MARKER, build):
+        print(f"spool: reusing {root}")
     return Spool(root, boxes)
 
 
