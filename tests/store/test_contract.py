@@ -40,6 +40,8 @@ def test_readings_round_trip(backend: Backend) -> None:
     a, b = reading("a@example.org", 50, State.OVER), reading("b@example.org", 5)
     backend.store.save_readings([a, b], [], {"a@example.org": True, "b@example.org": False})
     assert backend.store.readings() == {a.address: a, b.address: b}
+    totals_only = backend.store.readings(with_folders=False)[a.address]
+    assert totals_only.usage.folders == () and (totals_only.bytes, totals_only.state) == (a.bytes, a.state)
     assert backend.store.reading("b@example.org") == b
     backend.store.save_readings([], ["a@example.org"], {"a@example.org": False})
     assert set(backend.store.readings()) == {"b@example.org"}

@@ -41,7 +41,8 @@ class Daemon:
     def _load(self) -> Snapshot:
         if self._store is None:
             self._store = store_for(self.config.store)
-        return load_snapshot(self._store, with_readings=self.tracker is None)
+        folder_limits = any(rule.quota or rule.messages for rule in self.config.folders)
+        return load_snapshot(self._store, with_readings=self.tracker is None, with_folders=folder_limits)
 
     def _adopt(self, snapshot: Snapshot) -> Snapshot:
         """With live tracking, usage comes from the tracker (fresher than the store); new or removed

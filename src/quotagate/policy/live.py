@@ -39,13 +39,15 @@ def usage_age(usage: Usage, now: float) -> float:
     return 0.0 if usage.source == "maildirsize" else max(now - usage.measured_at, 0.0)
 
 
-def load_snapshot(store: Store, with_readings: bool = True) -> Snapshot:
+def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool = True) -> Snapshot:
     """Everything the request path needs, in one go (blocking: run it in a thread).
 
-    Without readings when usage is tracked live: loading them would only be thrown away.
+    Without readings when usage is tracked live: loading them would only be thrown away. Per-folder
+    usage is needed only for folders with limits of their own (local+folder checks); parsing it
+    for every mailbox would hold the interpreter for a noticeable while on a large spool.
     """
     mailboxes = {m.address: m for m in store.mailboxes()}
-    readings = store.readings() if with_readings else {}
+    readings = store.readings(with_folders) if with_readings else {}
     last = store.last_scan()
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 

@@ -173,8 +173,8 @@ class LdapStore:
         return next((m for m in found if m.address == address), None)
 
     # -- readings ----------------------------------------------------------------------------
-    def readings(self) -> dict[str, Reading]:
-        return self.state.readings()
+    def readings(self, with_folders: bool = True) -> dict[str, Reading]:
+        return self.state.readings(with_folders)
 
     def reading(self, address: str) -> Reading | None:
         return self.state.reading(address)

@@ -335,7 +335,7 @@ class SqlStore:
             conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
 
     # -- readings --------------------------------------------------------------------------
-    def _load(self, conn: Connection, address: str | None) -> dict[str, Reading]:
+    def _load(self, conn: Connection, address: str | None, with_folders: bool = True) -> dict[str, Reading]:
         u = schema.usage
         query = select(*(u.c[name] for name in _USAGE_COLUMNS))
         if address is not None:
@@ -344,14 +344,15 @@ class SqlStore:
         for row in conn.execute(query):
             addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
             info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
-            usage = MailboxUsage(_FORMATS[fmt], _folders_value(folders), root_stamp, reason, info)
+            parsed = _folders_value(folders) if with_folders else ()
+            usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
             readings[addr] = Reading(addr, path, usage, b, m, _STATES[state], measured_at)
         return readings
 
-    def readings(self) -> dict[str, Reading]:
+    def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         with self._connect() as conn:
             self._require_schema(conn)
-            return self._load(conn, None)
+            return self._load(conn, None, with_folders)
 
     def reading(self, address: str) -> Reading | None:
         with self._connect() as conn:
