@@ -62,11 +62,14 @@ def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, co
     return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold) else State.OK
 
 
-def reading_for(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
+def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config) -> tuple[int, int, State]:
+    """Bytes and messages that count under the folder rules, and the state they put the mailbox in."""
     bytes_, messages = counted(usage.folders, config.folders)
-    return Reading(
-        mailbox.address, path, usage, bytes_, messages, _state(mailbox, usage, bytes_, messages, config), now
-    )
+    return bytes_, messages, _state(mailbox, usage, bytes_, messages, config)
+
+
+def reading_for(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
+    return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config), now)
 
 
 def _maildirsize_disagrees(r: Reading) -> bool:
@@ -104,12 +107,9 @@ def run_scan(
         prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
         if prev is not None and prev_usage is not None and unchanged(path, prev_usage):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
-            bytes_, messages = counted(prev_usage.folders, config.folders)
-            state = _state(mailbox, prev_usage, bytes_, messages, config)
-            if (bytes_, messages, state) == (prev.bytes, prev.messages, prev.state):
-                readings[mailbox.address] = prev
-            else:
-                readings[mailbox.address] = Reading(mailbox.address, path, prev_usage, bytes_, messages, state, started)
+            totals = _totals(mailbox, prev_usage, config)
+            same = totals == (prev.bytes, prev.messages, prev.state)
+            readings[mailbox.address] = prev if same else Reading(mailbox.address, path, prev_usage, *totals, started)
             continue
         pending.append((mailbox, path))
         jobs.append((path, config.spool.format, prev_usage, cutoff_ns))

@@ -103,6 +103,10 @@ def test_plus_folder_is_checked_against_its_folder_rule(world: World) -> None:
     assert world.ask("roomy+Junk@example.org", 50) == "action=DUNNO"
     assert world.ask("roomy+Junk@example.org", 200) == FULL  # 900 + 200 > the Junk rule's 1000
     assert world.ask("roomy+Sent@example.org", 200) == "action=DUNNO"  # no rule: the mailbox total
+    # A Junk folder not created yet is empty, and fits 500 bytes; but the mailbox itself is full.
+    assert world.service.check("full+Junk@example.org", 2000).decision.reason == "message does not fit in the mailbox"
+    refused = world.service.check("full+Junk@example.org", 500).decision
+    assert refused.action is Action.REJECT and refused.numbers["limit_bytes"] == 1000
     assert world.ask("full+Sent@example.org") == FULL
 
 

@@ -250,7 +250,7 @@ def test_a_mailbox_leaving_the_directory_loses_its_flag_and_hints_are_harmless(t
         store.upsert_mailboxes(boxes)
         result = run_scan(config, store)
         assert "dora@example.org" in (tmp_path / "over").read_text()
-        publisher = StorePublisher(config, store, lambda: tracker.readings)
+        publisher = StorePublisher(config, store)
         tracker = Tracker(config, publisher)
         tracker.load(boxes, result.readings)
         publisher.reset(tracker.readings)

@@ -87,7 +87,14 @@ class PolicyService:
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
         now = self.clock()
         reserved = self.reservations.held(mailbox.address, now, usage.measured_at if usage else 0.0)
-        decision = decide(mailbox, usage, size, reserved, self.config.policy.grace, limits)
+        grace = self.config.policy.grace
+        decision = decide(mailbox, usage, size, reserved, grace, limits)
+        if limits is not None and decision.action is Action.ACCEPT:
+            # The folder's rule lets it in; the mailbox's own limit still holds.
+            _, total = self._limits_and_usage(snapshot, mailbox, None)
+            whole = decide(mailbox, total, size, reserved, grace)
+            if whole.action is Action.REJECT:
+                decision, usage = whole, total
         s = known_size(size)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             self.reservations.hold(mailbox.address, s, now)
@@ -118,8 +125,9 @@ class PolicyService:
         if folder is not None and reading is not None:
             limits = folder_limits(folder, self.config.folders)
             if limits is not None:
-                counted = reading.usage.folder(folder)
-                used = Usage(counted.bytes, counted.messages, reading.measured_at) if counted else None
+                # A folder that does not exist yet is empty: the delivery agent creates it.
+                held = reading.usage.folder(folder)
+                used = Usage(held.bytes if held else 0, held.messages if held else 0, reading.measured_at)
                 return limits, used
         if reading is not None and self.config.policy.use_maildirsize:
             live = self.maildirsize.usage(reading)

@@ -23,10 +23,9 @@ class StorePublisher:
     """Writes the readings the tracker changed, with the over-quota flags that moved, and
     rewrites the published file when the over-quota set changed."""
 
-    def __init__(self, config: Config, store: Store, readings: Callable[[], dict[str, Reading]]) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.readings = readings
         self.over: set[str] = set()
         self.on_change: list[Callable[[list[Reading]], None]] = []
 
@@ -65,7 +64,7 @@ def estimated_watches(tracker: Tracker) -> int:
 async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePublisher]:
     """A tracker primed by an incremental scan, watching with inotify or polling as limits allow."""
     result = await asyncio.to_thread(run_scan, config, store)
-    publisher = StorePublisher(config, store, lambda: tracker.readings)
+    publisher = StorePublisher(config, store)
     tracker = Tracker(config, publisher)
     mailboxes = await asyncio.to_thread(store.mailboxes)
     tracker.load(mailboxes, result.readings)
