@@ -18,7 +18,7 @@ from tests.servers.exim import Exim, free_port
 FRESH = 1.0  # seconds: the promise of the watch
 
 
-def make(work: Path, mode: str, watch_mode: str = "auto") -> tuple[Site, int]:
+def make(work: Path, mode: str, watch_mode: str = "auto", poll_seconds: float = 0.2) -> tuple[Site, int]:
     spool = work / "mail"
     spool.mkdir(exist_ok=True)
     (work / "db").mkdir(exist_ok=True)
@@ -30,7 +30,7 @@ def make(work: Path, mode: str, watch_mode: str = "auto") -> tuple[Site, int]:
         f'[publish]\nfile = "{work}/overquota"\n'
         f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
         f'[watch]\nenabled = {"true" if mode == "daemon" else "false"}\nmode = "{watch_mode}"\n'
-        "flush_seconds = 0.1\npoll_seconds = 0.2\n"
+        f"flush_seconds = 0.1\npoll_seconds = {poll_seconds}\n"
     )
     site = Site(work, spool, config)
     for local in ("full", "roomy"):
@@ -104,3 +104,16 @@ def test_polling_when_inotify_is_not_used(work: Path, exim: Exim) -> None:
         assert rcpt(exim, "full")()[0] == "5"
         site.empty("full")
         answer_within(FRESH + 1, rcpt(exim, "full"), lambda r: r.startswith("250"))
+
+
+def test_exims_delivery_hint_refreshes_a_spool_that_is_not_watched(work: Path, exim: Exim) -> None:
+    # Polled once a minute and no maildirsize: only the event_action hint can explain the refusal.
+    site, port = make(work, "daemon", watch_mode="poll", poll_seconds=60)
+    parts = exim_config.parts(load_config(site.config), "policy")
+    exim.configure(users=users(), acl=parts.acl, transport=parts.transports)
+    with policy_daemon(site.config, port, "serve") as process:
+        process.wait_for_log("watching", seconds=20)
+        exim.start()
+        body = b"Subject: big\r\n\r\n" + b"x" * QUOTA + b"\r\n"
+        assert exim.smtp(f"roomy@{DOMAIN}", body=body) == 250
+        answer_within(FRESH, rcpt(exim, "roomy"), lambda r: r[0] == "5" and "Mailbox is full" in r)
