@@ -11,19 +11,14 @@ from pathlib import Path
 import pytest
 
 from quotagate.cli import main
-
-
-def write_message(maildir: Path, name: str, size: int) -> None:
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-    (maildir / "cur" / name).write_bytes(b"x" * size)
+from tests.spoolgen import add_message, maildir_folder
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Path:
     spool = tmp_path / "spool"
-    write_message(spool / "example.org" / "full" / "Maildir", "1.M1.h,S=2000:2,S", 2000)
-    write_message(spool / "example.org" / "roomy" / "Maildir", "1.M2.h,S=100:2,S", 100)
+    add_message(maildir_folder(spool / "example.org" / "full" / "Maildir"), 2000)
+    add_message(maildir_folder(spool / "example.org" / "roomy" / "Maildir"), 100)
     config = tmp_path / "q.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{spool}"\n'

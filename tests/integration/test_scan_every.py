@@ -16,21 +16,16 @@ import sqlalchemy as sa
 
 from quotagate.cli import main
 from quotagate.scanlock import run_every
+from tests.spoolgen import add_message, maildir_folder
 
 EXE = str(Path(sys.executable).parent / "quotagate")
 SUMMARY = "scan ("
 
 
-def write_message(maildir: Path, name: str, size: int) -> None:
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-    (maildir / "cur" / name).write_bytes(b"x" * size)
-
-
 @pytest.fixture
 def setup(tmp_path: Path) -> Path:
     spool = tmp_path / "spool"
-    write_message(spool / "example.org" / "alice" / "Maildir", "1.M1.h,S=100:2,S", 100)
+    add_message(maildir_folder(spool / "example.org" / "alice" / "Maildir"), 100)
     config = tmp_path / "q.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{spool}"\n'
@@ -86,7 +81,7 @@ def test_loop_picks_up_new_mail_and_stops_on_sigterm(
         try:
             wait_for(lambda: scan_count(tmp_path) >= 1, "the first scan")
             assert messages(setup, capsys) == 1
-            write_message(tmp_path / "spool" / "example.org" / "alice" / "Maildir", "2.M2.h,S=50:2,S", 50)
+            add_message(maildir_folder(tmp_path / "spool" / "example.org" / "alice" / "Maildir"), 50)
             wait_for(lambda: messages(setup, capsys) == 2, "a later round to see the new message")
             assert proc.poll() is None
             stopping = time.monotonic()

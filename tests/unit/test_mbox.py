@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mailbox
 import os
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,10 @@ from hypothesis import strategies as st
 
 from quotagate.usage import mbox
 from quotagate.usage.mbox import count_messages, mbox_files
+from tests.spoolgen import write_mbox
 
 MIB = 1 << 20
 FROM_LINE = b"From sender@example.net Thu Nov 26 02:20:14 2026"
-
-
-def write_with_mailbox(path: Path, bodies: list[str]) -> None:
-    box = mailbox.mbox(str(path), create=True)
-    try:
-        for i, body in enumerate(bodies):
-            msg = EmailMessage()
-            msg["From"] = f"sender{i}@example.net"
-            msg["Subject"] = f"message {i}"
-            msg.set_content(body)
-            box.add(msg)
-        box.flush()
-    finally:
-        box.close()
 
 
 def python_count(path: Path) -> int:
@@ -49,7 +35,7 @@ def test_messages_written_by_mailbox_module(tmp_path: Path) -> None:
         "no trailing newline",
         "",
     ]
-    write_with_mailbox(path, bodies)
+    write_mbox(path, bodies)
     data = path.read_bytes()
     assert b"\n>From " in data  # the module did escape body lines
     size, messages, stamp = count_messages(str(path))
@@ -61,7 +47,7 @@ def test_messages_written_by_mailbox_module(tmp_path: Path) -> None:
 
 def test_crlf_file(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
-    write_with_mailbox(path, ["one\n", "two\n\nFrom x\n", "three\n"])
+    write_mbox(path, ["one\n", "two\n\nFrom x\n", "three\n"])
     data = path.read_bytes().replace(b"\n", b"\r\n")
     path.write_bytes(data)
     size, messages, _ = count_messages(str(path))
@@ -199,7 +185,7 @@ def test_chunk_size_never_changes_the_count(
 def test_random_mailboxes_match_python(tmp_path: Path, bodies: list[str]) -> None:
     path = tmp_path / "random.mbox"
     path.unlink(missing_ok=True)
-    write_with_mailbox(path, bodies)
+    write_mbox(path, bodies)
     size, messages, _ = count_messages(str(path))
     assert messages == python_count(path) == len(bodies)
     assert size == path.stat().st_size
