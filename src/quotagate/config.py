@@ -96,8 +96,14 @@ class SpoolConfig(_Section):
     root: Path = Path("/var/mail/vhosts")
     layout: str = "{domain}/{local}/Maildir"
     format: Literal["maildir", "mbox", "auto"] = "auto"
+    # Other directories mailboxes (or the targets of symlinked mailboxes) may live beneath.
+    # A mailbox path outside root and these is unknown, never followed.
+    extra_roots: list[Path] = []
 
     def model_post_init(self, __context: Any) -> None:
+        relative = [str(p) for p in (self.root, *self.extra_roots) if not p.is_absolute()]
+        if relative:
+            raise ValueError(f"spool roots must be absolute paths: {', '.join(relative)}")
         try:
             self.layout.format(domain="d", local="l", address="l@d")
         except (KeyError, IndexError, ValueError) as exc:

@@ -68,11 +68,13 @@ class FolderUsage(NamedTuple):
 
 @dataclass(frozen=True)
 class MaildirsizeInfo:
-    """What a Maildir++ ``maildirsize`` file claimed when the mailbox was measured."""
+    """What a Maildir++ ``maildirsize`` file claimed when the mailbox was measured (``rewritten``:
+    or what ``scan --fix-maildirsize`` wrote into it in that same measurement)."""
 
     bytes: int
     messages: int
     definition: str
+    rewritten: bool = False
 
     def agrees_with(self, bytes_: int, messages: int) -> bool:
         return self.bytes == bytes_ and self.messages == messages

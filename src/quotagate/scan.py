@@ -11,15 +11,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from quotagate.config import Config
+from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.publish import publish_file
-from quotagate.spool import UnsafePath, mailbox_path
+from quotagate.spool import UnsafePath, mailbox_path, spool_roots
 from quotagate.store import Store
-from quotagate.usage import maildirsize
 from quotagate.usage.folders import counted
 from quotagate.usage.mailbox import FormatSetting, measure, unchanged
+from quotagate.usage.names import display_name
+from quotagate.usage.safefs import Roots
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
 
-Job = tuple[str, FormatSetting, MailboxUsage | None, int]
+Job = tuple[str, FormatSetting, MailboxUsage | None, int, Roots, tuple[FolderRule, ...] | None]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class ScanResult:
 
 
 def _measure_job(job: Job) -> MailboxUsage:
-    return measure(*job)
+    try:
+        return measure(*job)
+    except Exception as exc:  # one bad mailbox is one unknown mailbox, never a failed scan
+        log.exception("%s: cannot be measured", display_name(job[0]))
+        return MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}")
 
 
 def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
@@ -92,6 +97,8 @@ def run_scan(
     mailboxes = [m for m in store.mailboxes() if m.enabled]
     previous = store.readings()
     workers = config.scan.workers or os.cpu_count() or 1
+    roots = spool_roots(config.spool)
+    fix_rules = tuple(config.folders) if fix_maildirsize else None
 
     readings: dict[str, Reading] = {}
     pending: list[tuple[Mailbox, str]] = []
@@ -105,14 +112,15 @@ def run_scan(
             continue
         prev = previous.get(mailbox.address)
         prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
-        if prev is not None and prev_usage is not None and unchanged(path, prev_usage):
+        recheck = fix_maildirsize and prev is not None and _maildirsize_disagrees(prev)
+        if prev is not None and prev_usage is not None and not recheck and unchanged(path, prev_usage, roots):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)
             readings[mailbox.address] = prev if same else Reading(mailbox.address, path, prev_usage, *totals, started)
             continue
         pending.append((mailbox, path))
-        jobs.append((path, config.spool.format, prev_usage, cutoff_ns))
+        jobs.append((path, config.spool.format, prev_usage, cutoff_ns, roots, fix_rules))
 
     total = len(mailboxes)
     done = len(readings)
@@ -138,8 +146,8 @@ def run_scan(
     removed = set(previous) - set(readings)
     store.save_readings(changed, removed, flag_changes(changed, removed, previous))
 
-    mismatches = sorted(a for a, r in readings.items() if _maildirsize_disagrees(r))
-    fixed = _fix_maildirsize(mismatches, readings, {m.address: m for m in mailboxes}) if fix_maildirsize else []
+    fixed = sorted(a for a, r in readings.items() if r.usage.maildirsize and r.usage.maildirsize.rewritten)
+    mismatches = sorted([*fixed, *(a for a, r in readings.items() if _maildirsize_disagrees(r))])
 
     published = False
     if config.publish.file is not None:
@@ -174,25 +182,6 @@ def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: d
         if previous[address].state is State.OVER:
             flags[address] = False
     return flags
-
-
-def _fix_maildirsize(
-    addresses: Iterable[str], readings: dict[str, Reading], by_address: dict[str, Mailbox]
-) -> list[str]:
-    """Rewrite disagreeing maildirsize files with the measured totals."""
-    fixed = []
-    for address in addresses:
-        r = readings[address]
-        info = r.usage.maildirsize
-        assert info is not None
-        definition = maildirsize.definition_for(by_address[address].limits) or info.definition
-        try:
-            maildirsize.rewrite(r.path, definition, r.bytes, r.messages)
-        except OSError as exc:
-            log.warning("%s: cannot rewrite maildirsize: %s", address, exc)
-            continue
-        fixed.append(address)
-    return fixed
 
 
 def summary_line(s: ScanSummary) -> str:

@@ -1,32 +1,53 @@
-"""Where a mailbox lives on disk, safely: a hostile local part must never escape the spool."""
+"""Where a mailbox lives on disk, safely: neither a hostile local part nor a path from the
+directory may lead outside the spool."""
 
 from __future__ import annotations
 
 import os
+import re
 
 from quotagate.config import SpoolConfig
 from quotagate.model import Mailbox
+from quotagate.usage.safefs import Roots
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnsafePath(ValueError):
-    """The address cannot be turned into a path inside the spool."""
+    """The mailbox cannot be given a path inside the spool."""
 
 
 def _safe_component(value: str, what: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\0" in value:
+    if not value or value in (".", "..") or "/" in value or _CONTROL.search(value):
         raise UnsafePath(f"{what} {value!r} cannot name a folder safely")
     return value
+
+
+def spool_roots(spool: SpoolConfig) -> Roots:
+    """The directories mailboxes may live beneath: ``[spool] root`` and ``extra_roots``."""
+    return Roots.of(spool.root, extra=spool.extra_roots)
 
 
 def mailbox_path(mailbox: Mailbox, spool: SpoolConfig) -> str:
     """The directory's path for the mailbox, or the spool layout filled with its address.
 
-    A relative path from the directory is taken relative to the spool root.
+    A relative path from the directory is taken relative to the spool root. The result must lie
+    beneath ``[spool] root`` or one of ``extra_roots`` (after ``..`` is resolved): anything
+    else is an :class:`UnsafePath`, and the mailbox is unknown. Symlinks on the way are checked
+    when the mailbox is opened (see :mod:`quotagate.usage.safefs`).
     """
-    if mailbox.path:
-        return os.path.join(spool.root, mailbox.path)
-    local, _, domain = mailbox.address.rpartition("@")
-    relative = spool.layout.format(
-        local=_safe_component(local, "local part"), domain=_safe_component(domain, "domain"), address=mailbox.address
-    )
-    return os.path.join(spool.root, relative)
+    if mailbox.path is not None:
+        if _CONTROL.search(mailbox.path):
+            raise UnsafePath(f"path {mailbox.path!r} holds control characters")
+        path = os.path.normpath(os.path.join(spool.root, mailbox.path))
+    else:
+        local, _, domain = mailbox.address.rpartition("@")
+        relative = spool.layout.format(
+            local=_safe_component(local, "local part"),
+            domain=_safe_component(domain, "domain"),
+            address=_safe_component(mailbox.address, "address"),
+        )
+        path = os.path.normpath(os.path.join(spool.root, relative))
+    if not spool_roots(spool).beneath(path):
+        raise UnsafePath(f"path {path!r} is outside [spool] root (and extra_roots)")
+    return path

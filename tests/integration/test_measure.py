@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotagate.model import Format, MailboxUsage, MaildirsizeInfo
-from quotagate.usage import maildir
-from quotagate.usage.mailbox import measure, unchanged
+from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
+from quotagate.usage import mailbox, maildir
+from quotagate.usage.mailbox import FormatSetting
+from quotagate.usage.safefs import Roots
 from tests.integration.conftest import as_nobody, make_unreadable
 from tests.spoolgen import (
     add_message,
@@ -27,8 +28,26 @@ from tests.spoolgen import (
     totals,
     write_mbox,
 )
+from tests.usagefs import dir_fd, folder_stamp
 
 FAR_FUTURE = 2**62  # a racy cutoff no mtime reaches: every stamp is kept
+# Every spool of these tests lives in a temp dir; the tests of confinement pass their own roots.
+TEMP = Roots.of(tempfile.gettempdir())
+
+
+def measure(
+    root: str, fmt: FormatSetting, previous: MailboxUsage | None = None, racy_cutoff_ns: int = 0
+) -> MailboxUsage:
+    return mailbox.measure(root, fmt, previous, racy_cutoff_ns, TEMP)
+
+
+def unchanged(root: str, previous: MailboxUsage) -> bool:
+    return mailbox.unchanged(root, previous, TEMP)
+
+
+def read_folder(path: str | bytes | Path) -> FolderUsage:
+    with dir_fd(path) as fd:
+        return maildir.read_folder(fd, "INBOX", FAR_FUTURE)
 
 
 def per_folder(usage: MailboxUsage) -> dict[str, tuple[int, int]]:
@@ -544,9 +563,9 @@ def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pyte
     read: list[str] = []
     original = maildir.read_folder
 
-    def counting(path: str, name: str, cutoff: int) -> object:
+    def counting(fd: int, name: str, cutoff: int) -> object:
         read.append(name)
-        return original(path, name, cutoff)
+        return original(fd, name, cutoff)
 
     monkeypatch.setattr(maildir, "read_folder", counting)
     again = measure(str(root), "auto", first, time.time_ns())
@@ -617,11 +636,11 @@ def test_mail_moving_new_to_cur_is_counted_once_under_a_real_race(tmp_path: Path
     thread.start()
     try:
         while thread.is_alive() and len(results) < 2000:
-            results.append(maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE))
+            results.append(read_folder(folder))
     finally:
         stop.set()
         thread.join()
-    results.append(maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE))
+    results.append(read_folder(folder))
     assert len(results) >= 3
     assert os.listdir(os.path.join(folder, b"new")) == []
     wrong = [(r.bytes, r.messages) for r in results if (r.bytes, r.messages) != (total, 400)]
@@ -633,9 +652,9 @@ def test_move_right_after_new_is_listed_is_counted_once(tmp_path: Path, monkeypa
     original = maildir._read_dir
     moves = []
 
-    def read_then_move(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
-        result = original(path, skip, collect)
-        if os.path.basename(path) == "new":
+    def read_then_move(fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
+        result = original(fd, sub, skip, collect)
+        if sub == "new":
             left = sorted(os.listdir(os.path.join(folder, b"new")))
             if left:  # on every attempt: retrying alone cannot make the count right
                 _move_to_cur(folder, left[0])
@@ -643,7 +662,7 @@ def test_move_right_after_new_is_listed_is_counted_once(tmp_path: Path, monkeypa
         return result
 
     monkeypatch.setattr(maildir, "_read_dir", read_then_move)
-    usage = maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE)
+    usage = read_folder(folder)
     assert len(moves) >= 2
     assert (usage.bytes, usage.messages) == (total, 6)
 
@@ -653,13 +672,15 @@ def test_folder_changing_while_read_is_read_again(tmp_path: Path, monkeypatch: p
     original = maildir._read_dir
     delivered = []
 
-    def read_then_deliver(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
-        result = original(path, skip, collect)
-        if os.path.basename(path) == "cur" and not delivered:
+    def read_then_deliver(
+        fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool
+    ) -> tuple[int, int, set[str]]:
+        result = original(fd, sub, skip, collect)
+        if sub == "cur" and not delivered:
             delivered.append(add_message(folder, 1000, where="new"))
         return result
 
     monkeypatch.setattr(maildir, "_read_dir", read_then_deliver)
-    usage = maildir.read_folder(os.fsdecode(folder), "INBOX", FAR_FUTURE)
+    usage = read_folder(folder)
     assert (usage.bytes, usage.messages) == (total + 1000, 4)
-    assert usage.stamp == maildir.stamp(os.fsdecode(folder))
+    assert usage.stamp == folder_stamp(folder)

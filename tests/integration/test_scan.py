@@ -18,7 +18,6 @@ from quotagate.scan import ScanResult, run_scan
 from quotagate.store import Store, open_store
 from quotagate.store import schema as store_schema
 from quotagate.usage import maildir
-from quotagate.usage.maildirsize import read as read_maildirsize
 from tests.integration.conftest import NOBODY, as_nobody, make_unreadable
 from tests.spoolgen import (
     add_message,
@@ -29,6 +28,7 @@ from tests.spoolgen import (
     totals,
     write_mbox,
 )
+from tests.usagefs import folder_stamp, read_maildirsize
 
 DOMAIN = "example.org"
 BIG = Limits(10**9, 0)
@@ -106,9 +106,9 @@ class ReadCounter:
         self.calls: list[str] = []
         original = maildir.read_folder
 
-        def counting(path: str, name: str, cutoff: int) -> Any:
+        def counting(fd: int, name: str, cutoff: int) -> Any:
             self.calls.append(name)
-            return original(path, name, cutoff)
+            return original(fd, name, cutoff)
 
         monkeypatch.setattr(maildir, "read_folder", counting)
 
@@ -323,10 +323,10 @@ def test_maildirsize_mismatch_is_reported_and_fixed(env: Env) -> None:
     fixed = env.scan(fix_maildirsize=True)
     assert fixed.maildirsize_mismatches == [stale_address]
     assert fixed.maildirsize_fixed == [stale_address]
-    parsed = read_maildirsize(str(stale))
+    parsed = read_maildirsize(stale)
     assert parsed is not None and parsed.info is not None
     assert parsed.info.agrees_with(3750, 5)
-    assert parsed.info.definition == "524288000S,1000C"  # from the mailbox's limits
+    assert parsed.info.definition == "1000S"  # the file's own: Courier takes the limit from it
     assert stat.S_IMODE((stale / "maildirsize").stat().st_mode) == 0o640
     assert (fresh / "maildirsize").read_text() == "0S\n3000 2\n750 3\n"
 
@@ -343,8 +343,8 @@ def test_fixed_maildirsize_counts_after_folder_rules(env: Env) -> None:
     alice = env.add("alice")
     result = env.scan(fix_maildirsize=True)
     assert result.maildirsize_fixed == [alice]
-    info = read_maildirsize(str(root)).info
-    assert (info.bytes, info.messages, info.definition) == (3700, 4, f"{10**9}S")
+    info = read_maildirsize(root).info
+    assert (info.bytes, info.messages, info.definition) == (3700, 4, "1S")
 
 
 # -- incremental scans ----------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_incremental_scan_sees_added_deleted_and_moved_mail(env: Env) -> None:
     result = env.scan()
     assert result.summary.measured == 1
     assert _reading_totals(env, alice) == (2820, 5)
-    assert result.readings[alice].usage.folder("Sent").stamp == maildir.stamp(os.fsdecode(sent))
+    assert result.readings[alice].usage.folder("Sent").stamp == folder_stamp(sent)
     assert independent_maildir_count(root)["Sent"] == (370, 2)
 
 

@@ -17,15 +17,14 @@ QUOTA = 10_000
 def test_postfix_refuses_a_full_mailbox_and_accepts_what_fits(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "quotagate.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{tmp_path}"\n'
-        f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\n'
-    )
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\n'
+    config.write_text(listen)
     restriction = postfix_config.restriction(load_config(config))
     # 127.0.0.1 is in mynetworks: the check must come before any permit that would match it.
     restrictions = f"reject_unauth_destination, {restriction}, permit"
     boxes = {"full@example.org": "full", "roomy@example.org": "roomy"}
     with private_postfix(restrictions, mailboxes=boxes) as postfix:
+        config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n{listen}')
         for address, size in (("full@example.org", QUOTA + 1), ("roomy@example.org", 10)):
             maildir = postfix.maildir(address)
             for sub in ("cur", "new", "tmp"):

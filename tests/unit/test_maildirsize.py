@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotagate.model import Limits, MaildirsizeInfo
-from quotagate.usage import maildirsize
-from quotagate.usage.maildirsize import FILE_NAME, definition_for, parse, read, rewrite
+from quotagate.usage import maildirsize, safefs
+from quotagate.usage.maildirsize import FILE_NAME, definition_for, parse
+from quotagate.usage.safefs import Roots
+from tests.usagefs import read_maildirsize
 
 
 def test_definition_line_and_one_total() -> None:
@@ -81,18 +83,41 @@ def test_definition_for(limits: Limits, definition: str) -> None:
     assert definition_for(limits) == definition
 
 
+def rewrite(root: str, definition: str, bytes_: int, messages: int) -> None:
+    roots = Roots.of(os.path.dirname(root))
+    with safefs.opened(root, roots) as node:
+        assert node is not None
+        maildirsize.rewrite(node, root, roots, definition, bytes_, messages)
+
+
 def test_read_missing_file_is_none(tmp_path: Path) -> None:
-    assert read(str(tmp_path)) is None
+    assert read_maildirsize(tmp_path) is None
 
 
 def test_read_existing_file(tmp_path: Path) -> None:
     (tmp_path / FILE_NAME).write_bytes(b"100S\n10 1\n5 1\n")
-    assert read(str(tmp_path)) == maildirsize.Parsed(MaildirsizeInfo(15, 2, "100S"))
+    assert read_maildirsize(tmp_path) == maildirsize.Parsed(MaildirsizeInfo(15, 2, "100S"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"1S\n{2**63} 1\n",
+        f"1S\n{2**64} 1\n",
+        f"1S\n1 {-(2**63) - 1}\n",
+        f"1S\n{2**62} 1\n{2**62} 1\n",
+        "1S\n" + "9" * 5000 + " 1\n",
+    ],
+)
+def test_numbers_past_63_bits_make_the_file_unusable(text: str) -> None:
+    parsed = parse(text)
+    assert parsed.info is None
+    assert parsed.problem is not None and "too large" in parsed.problem
 
 
 def _maildir(tmp_path: Path) -> Path:
     for sub in ("cur", "new", "tmp"):
-        (tmp_path / sub).mkdir()
+        (tmp_path / sub).mkdir(parents=True)
     return tmp_path
 
 
@@ -134,20 +159,21 @@ def test_rewrite_keeps_owner(tmp_path: Path) -> None:
     root = _maildir(tmp_path)
     target = root / FILE_NAME
     target.write_text("1S\n1 1\n")
+    os.chown(root, 65534, 65533)  # the mailbox's owner owns its maildirsize
     os.chown(target, 65534, 65533)
     os.chmod(target, 0o600)
     rewrite(str(root), "1S", 10, 3)
     st_after = target.stat()
     assert (st_after.st_uid, st_after.st_gid) == (65534, 65533)
     assert stat.S_IMODE(st_after.st_mode) == 0o600
-    assert read(str(root)) == maildirsize.Parsed(MaildirsizeInfo(10, 3, "1S"))
+    assert read_maildirsize(root) == maildirsize.Parsed(MaildirsizeInfo(10, 3, "1S"))
 
 
 def test_rewrite_without_tmp_dir_uses_root(tmp_path: Path) -> None:
     (tmp_path / FILE_NAME).write_text("1S\n1 1\n")
     rewrite(str(tmp_path), "5S", 5, 5)
     assert os.listdir(tmp_path) == [FILE_NAME]
-    assert read(str(tmp_path)) == maildirsize.Parsed(MaildirsizeInfo(5, 5, "5S"))
+    assert read_maildirsize(tmp_path) == maildirsize.Parsed(MaildirsizeInfo(5, 5, "5S"))
 
 
 def test_rewrite_creates_a_missing_file_private(tmp_path: Path) -> None:
@@ -155,7 +181,7 @@ def test_rewrite_creates_a_missing_file_private(tmp_path: Path) -> None:
     rewrite(str(root), "", 0, 0)
     target = root / FILE_NAME
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert read(str(root)) == maildirsize.Parsed(MaildirsizeInfo(0, 0, ""))
+    assert read_maildirsize(root) == maildirsize.Parsed(MaildirsizeInfo(0, 0, ""))
 
 
 def test_rewrite_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,4 +196,48 @@ def test_rewrite_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="Input/output"):
         rewrite(str(root), "1S", 99, 99)
     assert target.read_text() == "1S\n1 1\n"
-    assert os.listdir(root / "tmp") == []
+    assert sorted(os.listdir(root)) == ["cur", FILE_NAME, "new", "tmp"]
+
+
+def test_a_leftover_temp_file_is_removed_by_the_next_rewrite(tmp_path: Path) -> None:
+    root = _maildir(tmp_path)
+    (root / FILE_NAME).write_text("1S\n1 1\n")
+    (root / f"{FILE_NAME}.quotagate-tmp.123.abc").write_text("half written")
+    rewrite(str(root), "1S", 2, 2)
+    assert sorted(os.listdir(root)) == ["cur", FILE_NAME, "new", "tmp"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need files of other users")
+@pytest.mark.parametrize("odd", ["fifo", "symlink", "hardlink", "other owner", "directory"])
+def test_an_odd_maildirsize_is_neither_read_nor_rewritten(tmp_path: Path, odd: str) -> None:
+    root = _maildir(tmp_path / "alice")
+    os.chown(root, 5000, 5000)
+    secret = tmp_path / "root-only"
+    secret.write_text("1S\n424242 7\n")
+    secret.chmod(0o600)
+    target = root / FILE_NAME
+    if odd == "fifo":
+        os.mkfifo(target)
+    elif odd == "symlink":
+        target.symlink_to(secret)
+    elif odd == "hardlink":
+        os.chown(secret, 5000, 5000)  # even the owner's own file: a second link is not trusted
+        os.link(secret, target)
+    elif odd == "other owner":
+        target.write_text("1S\n424242 7\n")
+    else:
+        target.mkdir()
+    parsed = read_maildirsize(root, owner=5000)
+    assert parsed is not None and parsed.info is None and parsed.problem
+    assert "424242" not in parsed.problem
+    with pytest.raises(OSError):
+        rewrite(str(root), "1S", 1, 1)
+    assert secret.read_text() == "1S\n424242 7\n"
+    assert not stat.S_ISREG(os.lstat(target).st_mode) or odd in ("hardlink", "other owner")
+
+
+def test_an_invalid_definition_is_never_written(tmp_path: Path) -> None:
+    root = _maildir(tmp_path)
+    with pytest.raises(ValueError, match="definition"):
+        rewrite(str(root), "1S\n99999 1", 0, 0)
+    assert not (root / FILE_NAME).exists()

@@ -10,12 +10,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quotagate.usage import mbox
-from quotagate.usage.mbox import count_messages, mbox_files
+from quotagate.usage import mbox, safefs
+from quotagate.usage.mbox import count_messages
 from tests.spoolgen import write_mbox
+from tests.usagefs import dir_fd
 
 MIB = 1 << 20
 FROM_LINE = b"From sender@example.net Thu Nov 26 02:20:14 2026"
+
+
+def count_at(path: str | Path) -> tuple[int, int, tuple[int, int]]:
+    """``count_messages`` of the file at ``path``, opened as the scan opens mbox files."""
+    fd = os.open(path, safefs.FILE)
+    try:
+        return count_messages(fd)
+    finally:
+        os.close(fd)
+
+
+def mbox_files(root: str | Path) -> list[str]:
+    with dir_fd(root) as fd:
+        return mbox.mbox_files(fd)
 
 
 def python_count(path: Path) -> int:
@@ -38,7 +53,7 @@ def test_messages_written_by_mailbox_module(tmp_path: Path) -> None:
     write_mbox(path, bodies)
     data = path.read_bytes()
     assert b"\n>From " in data  # the module did escape body lines
-    size, messages, stamp = count_messages(str(path))
+    size, messages, stamp = count_at(path)
     assert messages == python_count(path) == len(bodies)
     assert size == len(data) == os.path.getsize(path)
     st_ = os.stat(path)
@@ -50,7 +65,7 @@ def test_crlf_file(tmp_path: Path) -> None:
     write_mbox(path, ["one\n", "two\n\nFrom x\n", "three\n"])
     data = path.read_bytes().replace(b"\n", b"\r\n")
     path.write_bytes(data)
-    size, messages, _ = count_messages(str(path))
+    size, messages, _ = count_at(path)
     assert messages == python_count(path) == 3
     assert size == len(data)
 
@@ -58,45 +73,45 @@ def test_crlf_file(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
     path.write_bytes(b"")
-    assert count_messages(str(path))[:2] == (0, 0)
+    assert count_at(path)[:2] == (0, 0)
     assert python_count(path) == 0
 
 
 def test_file_not_starting_with_from(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
     path.write_bytes(b"garbage at the top\n\n" + FROM_LINE + b"\nSubject: a\n\nbody\n\n" + FROM_LINE + b"\n\nb\n")
-    assert count_messages(str(path))[1] == python_count(path) == 2
+    assert count_at(path)[1] == python_count(path) == 2
 
 
 def test_from_line_without_empty_line_before_is_not_a_separator(tmp_path: Path) -> None:
     # By the README's rule a separator follows an empty line; Python's parser is looser here.
     path = tmp_path / "inbox"
     path.write_bytes(FROM_LINE + b"\nSubject: a\n\nbody\nFrom not a separator\nmore\n")
-    assert count_messages(str(path))[1] == 1
+    assert count_at(path)[1] == 1
 
 
 def test_no_from_line_at_all(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
     path.write_bytes(b"just text\n\nmore text\n")
-    assert count_messages(str(path))[:2] == (len(b"just text\n\nmore text\n"), 0)
+    assert count_at(path)[:2] == (len(b"just text\n\nmore text\n"), 0)
 
 
 def test_refuses_directories_and_symlinks(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
-    with pytest.raises(IsADirectoryError):
-        count_messages(str(tmp_path / "dir"))
+    with pytest.raises(OSError, match="not a regular file"):
+        count_at(tmp_path / "dir")
     real = tmp_path / "real"
     real.write_bytes(FROM_LINE + b"\n\nx\n")
     (tmp_path / "link").symlink_to(real)
     with pytest.raises(OSError):
-        count_messages(str(tmp_path / "link"))
+        count_at(tmp_path / "link")
 
 
 def test_fifo_is_not_read(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
-        count_messages(str(fifo))
+        count_at(fifo)
 
 
 def _separator_at(offset: int, sep: bytes, eol: bytes = b"\n") -> bytes:
@@ -134,7 +149,7 @@ def test_separator_straddling_the_chunk_boundary(tmp_path: Path, sep: bytes, eol
     path.write_bytes(data)
     assert data[MIB - k : MIB - k + len(sep)] == sep
     assert python_count(path) == 2
-    size, messages, _ = count_messages(str(path))
+    size, messages, _ = count_at(path)
     assert (size, messages) == (len(data), 2)
 
 
@@ -149,7 +164,7 @@ def test_separators_at_several_boundaries(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
     path.write_bytes(bytes(data))
     assert python_count(path) == 4
-    assert count_messages(str(path))[:2] == (len(data), 4)
+    assert count_at(path)[:2] == (len(data), 4)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -166,10 +181,10 @@ def test_chunk_size_never_changes_the_count(
     path = tmp_path / "inbox"
     data = b"".join(pieces)
     path.write_bytes(data)
-    expected = count_messages(str(path))  # one chunk holds the whole file
+    expected = count_at(path)  # one chunk holds the whole file
     with monkeypatch.context() as m:
         m.setattr(mbox, "_CHUNK", chunk)
-        assert count_messages(str(path)) == expected
+        assert count_at(path) == expected
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -186,7 +201,7 @@ def test_random_mailboxes_match_python(tmp_path: Path, bodies: list[str]) -> Non
     path = tmp_path / "random.mbox"
     path.unlink(missing_ok=True)
     write_mbox(path, bodies)
-    size, messages, _ = count_messages(str(path))
+    size, messages, _ = count_at(path)
     assert messages == python_count(path) == len(bodies)
     assert size == path.stat().st_size
 
@@ -208,15 +223,7 @@ def test_mbox_directory_listing(tmp_path: Path) -> None:
     os.mkfifo(root / "fifo")
 
     found = mbox_files(str(root))
-    assert found == sorted(
-        [
-            ("Caf\u00e9", str(root / "Caf\u00e9")),
-            ("Sent", str(root / "Sent")),
-            ("inbox", str(root / "inbox")),
-            ("sub/Drafts", str(root / "sub" / "Drafts")),
-            ("sub/deeper/Old", str(root / "sub" / "deeper" / "Old")),
-        ]
-    )
+    assert found == sorted(["Caf\u00e9", "Sent", "inbox", "sub/Drafts", "sub/deeper/Old"])
 
 
 def test_mbox_directory_listing_of_non_utf8_names(tmp_path: Path) -> None:
@@ -225,23 +232,34 @@ def test_mbox_directory_listing_of_non_utf8_names(tmp_path: Path) -> None:
     with open(os.path.join(root, b"Entw\xfcrfe"), "wb") as f:
         f.write(FROM_LINE + b"\n\nx\n")
     found = mbox_files(os.fsdecode(root))
-    assert found == [(os.fsdecode(b"Entw\xfcrfe"), os.fsdecode(os.path.join(root, b"Entw\xfcrfe")))]
+    assert found == [os.fsdecode(b"Entw\xfcrfe")]
 
 
 def test_file_stamp(tmp_path: Path) -> None:
-    path = tmp_path / "inbox"
-    assert mbox.file_stamp(str(path)) is None
-    path.write_bytes(b"From x\n")
-    st_ = os.lstat(path)
-    assert mbox.file_stamp(str(path)) == (st_.st_mtime_ns, 7)
+    path = tmp_path / "sub" / "inbox"
+    path.parent.mkdir()
+    with dir_fd(tmp_path) as root:
+        assert mbox.file_stamp(root, "sub/inbox") is None
+        path.write_bytes(b"From x\n")
+        st_ = os.lstat(path)
+        assert mbox.file_stamp(root, "sub/inbox") == (st_.st_mtime_ns, 7)
+        path.unlink()
+        path.symlink_to(tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").write_bytes(b"From x\n")
+        with pytest.raises(OSError):  # a symlink is never followed to a stamp
+            mbox.file_stamp(root, "sub/inbox")
 
 
 def test_read_file_folder_racy_stamp(tmp_path: Path) -> None:
     path = tmp_path / "inbox"
     path.write_bytes(FROM_LINE + b"\n\nx\n")
     mtime = os.stat(path).st_mtime_ns
-    kept = mbox.read_file_folder(str(path), "INBOX", racy_cutoff_ns=mtime + 1)
-    assert kept.stamp == (mtime, path.stat().st_size)
-    assert (kept.name, kept.messages, kept.bytes) == ("INBOX", 1, path.stat().st_size)
-    racy = mbox.read_file_folder(str(path), "INBOX", racy_cutoff_ns=mtime)
-    assert racy.stamp is None
+    fd = os.open(path, safefs.FILE)
+    try:
+        kept = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime + 1)
+        assert kept.stamp == (mtime, path.stat().st_size)
+        assert (kept.name, kept.messages, kept.bytes) == ("INBOX", 1, path.stat().st_size)
+        racy = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime)
+        assert racy.stamp is None
+    finally:
+        os.close(fd)

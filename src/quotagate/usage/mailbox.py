@@ -1,22 +1,40 @@
-"""Measuring one mailbox, whatever its format, reusing unchanged folders of the previous reading."""
+"""Measuring one mailbox, whatever its format, reusing unchanged folders of the previous reading.
+
+The mailbox is reached through :mod:`safefs` (directory descriptors from an allowed root down)
+and read through descriptors only, so nothing a user swaps meanwhile redirects a read. Whatever
+goes wrong inside one mailbox makes that mailbox unknown, with the reason; it never stops a scan.
+"""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
-import stat
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
-from quotagate.model import FolderUsage, Format, MailboxUsage
-from quotagate.usage import maildir, maildirsize, mbox
+from quotagate.config import FolderRule
+from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
+from quotagate.usage import maildir, maildirsize, mbox, safefs
+from quotagate.usage.folders import counted
 from quotagate.usage.names import display_name
+from quotagate.usage.safefs import Node, Roots
+
+log = logging.getLogger(__name__)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
 
 
-def _looks_like_maildir(root: str) -> bool:
-    return any(os.path.lexists(os.path.join(root, m)) for m in _MAILDIR_MARKERS)
+def _looks_like_maildir(root_fd: int) -> bool:
+    for marker in _MAILDIR_MARKERS:
+        try:
+            os.stat(marker, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        return True
+    return False
 
 
 def _in_order(folders: list[FolderUsage]) -> tuple[FolderUsage, ...]:
@@ -30,49 +48,58 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
     return {f.name: f for f in previous.folders if f.stamp is not None}
 
 
-def _maildir(root: str, root_mtime: int, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
     folders = []
-    for name in maildir.folder_names(root):
-        path = maildir.folder_path(root, name)
-        shown = display_name(name)
-        old = reuse.get(shown)
-        if old is not None and old.stamp == maildir.stamp(path):
-            folders.append(old)
-            continue
+    for name in maildir.folder_names(node.fd):
+        fd = maildir.open_folder(node.fd, name)
+        if fd is None:
+            continue  # removed, or swapped for a symlink, while we looked
         try:
-            folders.append(maildir.read_folder(path, shown, racy_cutoff_ns))
-        except FileNotFoundError:
-            continue  # the folder was removed while we looked
-    parsed = maildirsize.read(root)
+            shown = display_name(name)
+            old = reuse.get(shown)
+            if old is not None and old.stamp == maildir.stamp(fd):
+                folders.append(old)
+            else:
+                folders.append(maildir.read_folder(fd, shown, racy_cutoff_ns))
+        finally:
+            os.close(fd)
+    parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
+    if parsed is not None and parsed.problem:
+        log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
     info = parsed.info if parsed else None
+    root_mtime = node.st.st_mtime_ns
     root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
     return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
 
 
-def _mbox_dir(root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     reuse = _reusable(previous, Format.MBOX)
     folders = []
-    for name, path in mbox.mbox_files(root):
-        shown = display_name(name)
-        old = reuse.get(shown)
-        if old is not None and old.stamp == mbox.file_stamp(path):
-            folders.append(old)
-            continue
+    for name in mbox.mbox_files(node.fd):
+        fd = mbox.open_file(node.fd, name)
+        if fd is None:
+            continue  # removed while we looked
         try:
-            folders.append(mbox.read_file_folder(path, shown, racy_cutoff_ns))
-        except FileNotFoundError:
-            continue
+            shown = display_name(name)
+            old = reuse.get(shown)
+            st = os.fstat(fd)
+            if old is not None and old.stamp == (st.st_mtime_ns, st.st_size):
+                folders.append(old)
+            else:
+                folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns))
+        finally:
+            os.close(fd)
     return MailboxUsage(Format.MBOX, _in_order(folders))
 
 
-def _mbox_file(path: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _mbox_file(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
-    if old is not None and old.stamp == mbox.file_stamp(path, follow=True):
+    if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size):
         return MailboxUsage(Format.MBOX, (old,))
-    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(path, maildir.INBOX, racy_cutoff_ns, follow=True),))
+    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns),))
 
 
 def _describe(exc: OSError) -> str:
@@ -81,55 +108,94 @@ def _describe(exc: OSError) -> str:
     return f"{display_name(where)}: {reason}" if where else reason
 
 
+def _bounded(usage: MailboxUsage) -> MailboxUsage:
+    """A usage no 64-bit store column can hold is not a measurement (e.g. forged ``S=`` sizes)."""
+    if usage.known and max(usage.all_bytes, usage.all_messages) > maildirsize.MAX_SIZE:
+        return MailboxUsage(usage.format, error="sizes too large to be real (forged S= values?)")
+    return usage
+
+
+def _measure_node(
+    node: Node | None, root: str, fmt: FormatSetting, previous: MailboxUsage | None, racy_cutoff_ns: int
+) -> MailboxUsage:
+    if node is None:
+        return MailboxUsage(Format.MISSING)
+    if not node.is_dir:
+        if fmt == "maildir":
+            return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
+        return _bounded(_mbox_file(node, previous, racy_cutoff_ns))
+    if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
+        return _bounded(_maildir(node, previous, racy_cutoff_ns))
+    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns))
+
+
+def _fix(node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule]) -> MailboxUsage:
+    """Rewrite a disagreeing maildirsize through the descriptor the mailbox was just measured
+    by, keeping the file's own quota definition (Courier, and Dovecot with ``?:`` rules, take
+    the limit from it); the usage then records the file as it is now."""
+    info = usage.maildirsize
+    if node is None or info is None or not usage.known:
+        return usage
+    bytes_, messages = counted(usage.folders, rules)
+    if info.agrees_with(bytes_, messages):
+        return usage
+    try:
+        maildirsize.rewrite(node, root, roots, info.definition, bytes_, messages)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: cannot rewrite maildirsize: %s", display_name(root), exc)
+        return usage
+    return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, info.definition, rewritten=True))
+
+
 def measure(
-    root: str, fmt: FormatSetting, previous: MailboxUsage | None = None, racy_cutoff_ns: int = 0
+    root: str,
+    fmt: FormatSetting,
+    previous: MailboxUsage | None,
+    racy_cutoff_ns: int,
+    roots: Roots,
+    fix_rules: Sequence[FolderRule] | None = None,
 ) -> MailboxUsage:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous``.
 
-    A missing mailbox is empty (the MTA creates it on first delivery). One that cannot be read
-    is returned with ``error`` set: its usage is unknown, never "over quota". The root itself
-    may be a symlink (an admin's choice); nothing below it is followed.
+    ``root`` must lie beneath ``roots``. A missing mailbox is empty (the MTA creates it on first
+    delivery). One that cannot be read, or that leads outside the roots, is returned with
+    ``error`` set: its usage is unknown, never "over quota". The root itself may be a symlink
+    that stays beneath the roots; nothing below it is followed. With ``fix_rules`` (the folder
+    rules), a maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
     """
     try:
-        st = os.stat(root)
-        if stat.S_ISREG(st.st_mode):
-            if fmt == "maildir":
-                return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
-            return _mbox_file(root, previous, racy_cutoff_ns)
-        if not stat.S_ISDIR(st.st_mode):
-            return MailboxUsage(Format.MISSING, error=f"{display_name(root)}: neither a file nor a directory")
-        if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(root)):
-            return _maildir(root, st.st_mtime_ns, previous, racy_cutoff_ns)
-        return _mbox_dir(root, previous, racy_cutoff_ns)
-    except FileNotFoundError as exc:
-        if exc.filename in (root, None):
-            return MailboxUsage(Format.MISSING)
-        return MailboxUsage(Format.MISSING, error=_describe(exc))
+        with safefs.opened(root, roots) as node:
+            usage = _measure_node(node, root, fmt, previous, racy_cutoff_ns)
+            return usage if fix_rules is None else _fix(node, root, roots, usage, fix_rules)
     except OSError as exc:
         return MailboxUsage(Format.MISSING, error=_describe(exc))
+    except (ValueError, OverflowError, UnicodeError) as exc:
+        return MailboxUsage(Format.MISSING, error=f"{display_name(root)}: {exc}")
 
 
-def unchanged(root: str, previous: MailboxUsage) -> bool:
+def unchanged(root: str, previous: MailboxUsage, roots: Roots) -> bool:
     """True when nothing in the mailbox changed since ``previous`` was measured.
 
-    The cheap test an incremental scan runs before measuring: one stat of the root and of each
-    folder's cur/ and new/ (or of each mbox file). Anything unsure answers False.
+    The cheap test an incremental scan runs before measuring: the root and each folder's cur/
+    and new/ (or the mbox file) looked at through descriptors. Anything unsure answers False.
     """
     if not previous.known:
         return False
     try:
-        if previous.format is Format.MISSING:
-            return not os.path.lexists(root)
-        if previous.format is Format.MAILDIR:
-            if previous.root_stamp is None or os.stat(root).st_mtime_ns != previous.root_stamp:
+        with safefs.opened(root, roots) as node:
+            if previous.format is Format.MISSING:
+                return node is None
+            if node is None:
                 return False
-            for f in previous.folders:
-                if f.stamp is None or f.stamp != maildir.stamp(maildir.folder_path(root, f.name)):
+            if previous.format is Format.MAILDIR:
+                if not node.is_dir or previous.root_stamp is None or node.st.st_mtime_ns != previous.root_stamp:
                     return False
-            return True
-        if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX:
-            only = previous.folders[0]
-            return only.stamp is not None and only.stamp == mbox.file_stamp(root, follow=True)
-    except OSError:
+                return all(
+                    f.stamp is not None and f.stamp == maildir.folder_stamp(node.fd, f.name) for f in previous.folders
+                )
+            if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
+                only = previous.folders[0]
+                return only.stamp is not None and only.stamp == (node.st.st_mtime_ns, node.st.st_size)
+    except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
 import stat
 
 from quotagate.model import FolderUsage
+from quotagate.usage import safefs
 from quotagate.usage.names import size_from_name, unique_part
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,13 @@ def folder_path(root: str, name: str) -> str:
     return root if name == INBOX else f"{root}/.{name}"
 
 
-def folder_names(root: str) -> list[str]:
-    """INBOX and every Maildir++ folder (``.Sent``, ``.Archive.2024``) under ``root``.
+def folder_names(root_fd: int) -> list[str]:
+    """INBOX and every Maildir++ folder (``.Sent``, ``.Archive.2024``) of the opened root.
 
     Symlinked folders are not followed.
     """
     names = [INBOX]
-    with os.scandir(root) as entries:
+    with os.scandir(root_fd) as entries:
         for entry in entries:
             n = entry.name
             if n.startswith(".") and n not in (".", "..") and entry.is_dir(follow_symlinks=False):
@@ -39,17 +39,33 @@ def folder_names(root: str) -> list[str]:
     return names
 
 
-def _mtime(path: str) -> int:
+def open_folder(root_fd: int, name: str) -> int | None:
+    """A descriptor for the folder (a new one for INBOX too); None when it is gone or a symlink."""
+    return os.dup(root_fd) if name == INBOX else safefs.open_dir(f".{name}", root_fd)
+
+
+def _mtime(folder_fd: int, sub: str) -> int:
     try:
-        st = os.lstat(path)
+        st = os.stat(sub, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         return _MISSING
     return st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else _MISSING
 
 
-def stamp(path: str) -> Stamp:
+def stamp(folder_fd: int) -> Stamp:
     """The mtimes of a folder's ``cur/`` and ``new/`` (-1 when missing): unchanged means unchanged mail."""
-    return (_mtime(f"{path}/cur"), _mtime(f"{path}/new"))
+    return (_mtime(folder_fd, "cur"), _mtime(folder_fd, "new"))
+
+
+def folder_stamp(root_fd: int, name: str) -> Stamp | None:
+    """:func:`stamp` of a folder by name; None when the folder is gone."""
+    fd = open_folder(root_fd, name)
+    if fd is None:
+        return None
+    try:
+        return stamp(fd)
+    finally:
+        os.close(fd)
 
 
 # The fast path reads every size of a directory with one regex over its names joined by "/" (which
@@ -60,18 +76,12 @@ _SIZE = re.compile(r",S=(\d{1,18})(?=[,:/])")
 _SIZE_IN_INFO = re.compile(r":[^/]*,S=")
 
 
-def _regular_files(path: str) -> tuple[int, list[str]] | None:
-    """An open fd for the directory and the names of the regular files in it; None when there is
-    no such directory. A symlink is not followed: it is not this folder's mail, and a self-loop
+def _regular_files(folder_fd: int, sub: str) -> tuple[int, list[str]] | None:
+    """An open fd for ``cur`` or ``new`` and the names of the regular files in it; None when there
+    is no such directory. A symlink is not followed: it is not this folder's mail, and a self-loop
     must not turn the mailbox unknown."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        log.info("%s is a symlink: not followed", path)
+    fd = safefs.open_dir(sub, folder_fd)
+    if fd is None:
         return None
     try:
         with os.scandir(fd) as entries:
@@ -135,14 +145,14 @@ def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
     return [n for n in names if unique_part(n) not in skip]
 
 
-def _read_dir(path: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
+def _read_dir(folder_fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
     """Bytes and messages of the message files in one of cur/ or new/, and (when ``collect``)
     the unique names of those counted.
 
     Names whose unique part is in ``skip`` were already counted (moved from new/ to cur/ while
     we read).
     """
-    listed = _regular_files(path)
+    listed = _regular_files(folder_fd, sub)
     if listed is None:
         return 0, 0, set()
     fd, names = listed
@@ -158,22 +168,22 @@ def _read_dir(path: str, skip: frozenset[str] | set[str], collect: bool) -> tupl
     return total, count, counted.difference(unique_part(n) for n in vanished)
 
 
-def read_folder(path: str, name: str, racy_cutoff_ns: int) -> FolderUsage:
+def read_folder(folder_fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
     """Measure one folder; re-read it if ``cur/`` or ``new/`` changed while it was read.
 
     ``new/`` is read before ``cur/`` and messages are matched by their unique name, so mail
     moving from new/ to cur/ meanwhile is counted exactly once. A stamp newer than
     ``racy_cutoff_ns`` is not kept, so the next incremental scan reads the folder again.
     """
-    before = stamp(path)
+    before = stamp(folder_fd)
     for _attempt in range(_RETRIES):
-        new_bytes, new_count, new_names = _read_dir(f"{path}/new", frozenset(), collect=True)
-        cur_bytes, cur_count, _ = _read_dir(f"{path}/cur", new_names, collect=False)
-        after = stamp(path)
+        new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True)
+        cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False)
+        after = stamp(folder_fd)
         if after == before:
             break
         before = after
     else:
-        log.info("folder %s kept changing while read; using the last reading", path)
+        log.info("folder %s kept changing while read; using the last reading", name)
     kept = None if max(after) >= racy_cutoff_ns else after
     return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import secrets
 import stat
-import tempfile
 from dataclasses import dataclass
 
 from quotagate.model import Limits, MaildirsizeInfo
+from quotagate.usage import safefs
+from quotagate.usage.safefs import Node, Roots
 
 FILE_NAME = "maildirsize"
 # Maildir++: a maildirsize larger than this must be recalculated by its readers.
 MAX_TRUSTED_BYTES = 5120
+MAX_SIZE = 2**63 - 1  # what a 64-bit file size (and every store's BIGINT) can hold
+_MAX_DIGITS = len(str(MAX_SIZE)) + 1  # a sign and 19 digits
+_DEFINITION = re.compile(r"(?:\d{1,19}[SC](?:,\d{1,19}[SC])*)?")
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,11 @@ class Parsed:
 
 
 def parse(text: str) -> Parsed:
-    """Parse the quota definition line and sum the ``bytes count`` lines (negatives allowed)."""
+    """Parse the quota definition line and sum the ``bytes count`` lines (negatives allowed).
+
+    A number, or a running total, that does not fit in 63 bits is not a size: the file is then
+    unusable, like any other malformed one.
+    """
     lines = text.split("\n")
     if not lines or not text:
         return Parsed(None, "empty file")
@@ -35,12 +45,16 @@ def parse(text: str) -> Parsed:
             continue
         if len(fields) != 2:
             return Parsed(None, f"line {number}: expected 'bytes count'")
+        if any(len(f) > _MAX_DIGITS for f in fields):
+            return Parsed(None, f"line {number}: number too large")
         try:
             b, m = int(fields[0]), int(fields[1])
         except ValueError:
             return Parsed(None, f"line {number}: not numbers")
         total_bytes += b
         total_msgs += m
+        if not (abs(total_bytes) <= MAX_SIZE and abs(total_msgs) <= MAX_SIZE):
+            return Parsed(None, f"line {number}: totals too large")
     return Parsed(MaildirsizeInfo(total_bytes, total_msgs, definition))
 
 
@@ -54,41 +68,82 @@ def definition_for(limits: Limits) -> str:
     return ",".join(parts)
 
 
-def read(root: str) -> Parsed | None:
-    """The mailbox's maildirsize, or None when it has none."""
+def valid_definition(definition: str) -> bool:
+    """A Maildir++ quota definition: ``1000S``, ``1000S,50C``, ``50C`` or empty."""
+    return _DEFINITION.fullmatch(definition) is not None
+
+
+def read(root_fd: int, owner: int | None = None) -> Parsed | None:
+    """The maildirsize of the opened Maildir root, or None when it has none.
+
+    It must be a regular file with one link, owned by ``owner`` (the mailbox's owner) when given;
+    anything else is a problem, and not a byte of it is read.
+    """
     try:
-        with open(os.path.join(root, FILE_NAME), "rb") as f:
-            raw = f.read(MAX_TRUSTED_BYTES * 16)
-    except FileNotFoundError:
+        raw = safefs.read_regular(FILE_NAME, root_fd, MAX_TRUSTED_BYTES * 16, owner)
+    except OSError as exc:
+        return Parsed(None, f"{FILE_NAME}: {exc.strerror or exc}")
+    if raw is None:
         return None
     return parse(raw.decode("ascii", "replace"))
 
 
-def rewrite(root: str, definition: str, bytes_: int, messages: int) -> None:
-    """Replace maildirsize atomically (temp file in ``tmp/`` + rename), keeping owner and mode.
+_TEMP_PREFIX = f"{FILE_NAME}.quotagate-tmp."
 
-    The delivery agent runs as the mail user and must still be able to update the file. A
-    maildirsize that is a symlink is refused: its target is not this mailbox's to rewrite.
+
+def _remove_leftovers(dir_fd: int) -> None:
+    """Temp files an interrupted rewrite left behind (unlinking a name never follows it)."""
+    with os.scandir(dir_fd) as entries:
+        leftovers = [e.name for e in entries if e.name.startswith(_TEMP_PREFIX)]
+    for name in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def rewrite(node: Node, path: str, roots: Roots, definition: str, bytes_: int, messages: int) -> None:
+    """Replace the maildirsize of the Maildir open at ``node`` atomically, keeping owner and mode.
+
+    ``node`` is the very directory that was measured (see :mod:`safefs`), so nothing a user swaps
+    between measuring and writing redirects the write: the temp file is created
+    ``O_EXCL | O_NOFOLLOW`` in that directory, owner and mode are set through its descriptor,
+    and the rename stays within the directory. Before the rename ``path`` is walked again and
+    must still lead to the same directory, so a user who moves their Maildir away meanwhile gets
+    nothing written where it went. An existing maildirsize that is not a regular file with one
+    link owned by the mailbox owner is refused. A temp file left by an interrupted run is removed
+    by the next.
     """
-    target = os.path.join(root, FILE_NAME)
+    if not valid_definition(definition):
+        raise ValueError(f"not a Maildir++ quota definition: {definition[:40]!r}")
+    if not node.is_dir:
+        raise OSError(errno.ENOTDIR, "no Maildir there", path)
+    dir_fd = node.fd
+    _remove_leftovers(dir_fd)
     try:
-        old = os.lstat(target)
+        old: os.stat_result | None = os.stat(FILE_NAME, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         old = None
-    if old is not None and not stat.S_ISREG(old.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", target)
-    tmp_dir = os.path.join(root, "tmp")
-    fd, tmp = tempfile.mkstemp(prefix=f"{FILE_NAME}.quotagate.", dir=tmp_dir if os.path.isdir(tmp_dir) else root)
+    if old is not None:
+        if not stat.S_ISREG(old.st_mode) or old.st_nlink != 1:
+            raise OSError(errno.EINVAL, "not a regular file with one link", FILE_NAME)
+        if old.st_uid != node.st.st_uid:
+            raise OSError(errno.EPERM, "not owned by the mailbox owner", FILE_NAME)
+    owner = old if old is not None else node.st
+    mode = 0o600 if old is None else old.st_mode & 0o777
+    temp = f"{_TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(f"{definition}\n{bytes_} {messages}\n".encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-            if old is not None:
-                os.fchown(f.fileno(), old.st_uid, old.st_gid)
-            os.fchmod(f.fileno(), 0o600 if old is None else old.st_mode & 0o777)
-        os.rename(tmp, target)
+        try:
+            os.write(fd, f"{definition}\n{bytes_} {messages}\n".encode("ascii"))
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with safefs.opened(path, roots) as again:
+            if again is None or (again.st.st_dev, again.st.st_ino) != (node.st.st_dev, node.st.st_ino):
+                raise OSError(errno.ESTALE, "the Maildir moved while its maildirsize was rewritten", path)
+        os.replace(temp, FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(temp, dir_fd=dir_fd)
         raise

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 from quotagate.model import FolderUsage
+from quotagate.usage import safefs
 
 _CHUNK = 1 << 20
 # A separator is a "From " line at the start of the file or after an empty line (LF or CRLF).
@@ -14,59 +16,98 @@ _CARRY = max(len(s) for s in _SEPARATORS) - 1
 _SKIPPED_SUFFIXES = (".lock", ".lck")
 
 
-def count_messages(path: str, follow: bool = False) -> tuple[int, int, tuple[int, int]]:
-    """Bytes, messages and the ``(mtime_ns, size)`` stamp of one mbox file.
+def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
+    """Bytes, messages and the ``(mtime_ns, size)`` stamp of the mbox file open at ``fd``.
 
-    A symlink is followed only when ``follow`` (a mailbox root the admin pointed at).
+    Read streaming, a chunk at a time, never whole. The caller opened it (see
+    :mod:`quotagate.usage.safefs`); anything but a regular file is refused here again.
     """
-    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(path) if stat.S_ISDIR(st.st_mode) else OSError(f"{path}: not a regular file")
-        head = f.read(_CHUNK)
-        messages = 1 if head.startswith(b"From ") else 0
-        carry = b""
-        chunk = head
-        while chunk:
-            window = carry + chunk
-            # Separators wholly inside the carry were counted with the previous chunk.
-            messages += sum(window.count(sep) - carry.count(sep) for sep in _SEPARATORS)
-            carry = window[-_CARRY:]
-            chunk = f.read(_CHUNK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    os.lseek(fd, 0, os.SEEK_SET)
+    head = os.read(fd, _CHUNK)
+    messages = 1 if head.startswith(b"From ") else 0
+    carry = b""
+    chunk = head
+    while chunk:
+        window = carry + chunk
+        # Separators wholly inside the carry were counted with the previous chunk.
+        messages += sum(window.count(sep) - carry.count(sep) for sep in _SEPARATORS)
+        carry = window[-_CARRY:]
+        chunk = os.read(fd, _CHUNK)
     return st.st_size, messages, (st.st_mtime_ns, st.st_size)
 
 
-def read_file_folder(path: str, name: str, racy_cutoff_ns: int, follow: bool = False) -> FolderUsage:
-    size, messages, file_stamp = count_messages(path, follow)
+def read_file_folder(fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
+    size, messages, file_stamp = count_messages(fd)
     kept = None if file_stamp[0] >= racy_cutoff_ns else file_stamp
     return FolderUsage(name, size, messages, kept)
 
 
-def mbox_files(root: str) -> list[tuple[str, str]]:
-    """``(folder name, path)`` of every mbox file under a directory, without following symlinks.
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES)
+
+
+def mbox_files(root_fd: int) -> list[str]:
+    """The relative path (the folder name) of every mbox file under an opened directory,
+    without following symlinks.
 
     Dot files and folders (``.imap``, ``.subscriptions``) and lock files are not mail.
     """
-    found: list[tuple[str, str]] = []
-    pending = [("", root)]
-    while pending:
-        prefix, directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") or entry.name.endswith(_SKIPPED_SUFFIXES):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((prefix + entry.name + "/", entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    found.append((prefix + entry.name, entry.path))
+    found: list[str] = []
+    pending = [("", os.dup(root_fd))]
+    try:
+        while pending:
+            prefix, fd = pending.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if _skipped(entry.name):
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
+                            sub = safefs.open_dir(entry.name, fd)
+                            if sub is not None:
+                                pending.append((prefix + entry.name + "/", sub))
+                        elif entry.is_file(follow_symlinks=False):
+                            found.append(prefix + entry.name)
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in pending:
+            os.close(fd)
     return sorted(found)
 
 
-def file_stamp(path: str, follow: bool = False) -> tuple[int, int] | None:
+def open_file(root_fd: int, relative: str) -> int | None:
+    """Open the mbox file at ``relative`` (a name from :func:`mbox_files`) beneath ``root_fd``,
+    one directory at a time, following nothing; None when it is gone."""
+    *dirs, name = relative.split("/")
+    fd = os.dup(root_fd)
     try:
-        st = os.stat(path) if follow else os.lstat(path)
-    except FileNotFoundError:
+        for part in dirs:
+            sub = safefs.open_dir(part, fd)
+            os.close(fd)
+            fd = -1
+            if sub is None:
+                return None
+            fd = sub
+        try:
+            return os.open(name, safefs.FILE, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def file_stamp(root_fd: int, relative: str) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of an mbox file beneath ``root_fd``, None when it is gone."""
+    fd = open_file(root_fd, relative)
+    if fd is None:
         return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     return (st.st_mtime_ns, st.st_size)

@@ -24,7 +24,7 @@ from asyncinotify import Inotify, Mask, Watch
 from quotagate.config import Config
 from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
 from quotagate.scan import reading_for
-from quotagate.spool import UnsafePath, mailbox_path
+from quotagate.spool import UnsafePath, mailbox_path, spool_roots
 from quotagate.usage import maildir
 from quotagate.usage.mailbox import measure, unchanged
 from quotagate.usage.names import display_name
@@ -233,10 +233,11 @@ class Tracker:
     def _measure(self, addresses: list[str]) -> dict[str, MailboxUsage]:
         cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
         fmt = self.config.spool.format
+        roots = spool_roots(self.config.spool)
         out = {}
         for address in addresses:
             previous = self.readings.get(address)
-            out[address] = measure(self._paths[address], fmt, previous.usage if previous else None, cutoff)
+            out[address] = measure(self._paths[address], fmt, previous.usage if previous else None, cutoff, roots)
         return out
 
     async def flush(self) -> list[Reading]:
@@ -272,10 +273,11 @@ class Tracker:
     def _poll(self, everything: bool) -> None:
         """A mailbox whose mtimes moved is measured again: every one when polling instead of
         inotify, else those not created yet (nothing to watch until the first delivery)."""
+        roots = spool_roots(self.config.spool)
         for address, reading in self.readings.items():
             if not everything and reading.usage.format is not Format.MISSING:
                 continue
-            if not unchanged(self._paths[address], reading.usage):
+            if not unchanged(self._paths[address], reading.usage, roots):
                 self._dirty.add(address)
 
     # -- running ---------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Reaching mailboxes in a spool its users control, without following anything they could redirect.
+
+quotagate runs as root over directories mail users own. A path string is only a request: a user
+can swap any component they own for a symlink (or rename a directory) between two system calls.
+So every spool access here walks from an allowed root down, one component at a time, through
+directory descriptors opened ``O_NOFOLLOW``; a symlink on the way is resolved by hand and followed
+only when its target stays beneath an allowed root (``[spool] root`` or ``[spool] extra_roots``),
+and the walk then starts again from that root. Files are opened ``O_NOFOLLOW | O_NONBLOCK`` (a
+FIFO never blocks an open) and ``fstat``-checked to be the entry that was looked at.
+
+The roots themselves are the admin's: they are opened normally, following symlinks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+MAX_LINKS = 8  # symlinks resolved on the way to one mailbox before giving up (ELOOP)
+
+
+class Escape(OSError):
+    """A path that leads outside every allowed root."""
+
+
+@dataclass(frozen=True)
+class Roots:
+    """The directories mailboxes may live beneath, as normalised absolute paths.
+
+    Each root is listed as configured and as its real path, so that an absolute symlink into
+    the real location of a symlinked spool (``/var/mail`` -> ``/srv/mail``) is recognised.
+    """
+
+    paths: tuple[str, ...]
+
+    @classmethod
+    def of(cls, *roots: str | os.PathLike[str], extra: Iterable[str | os.PathLike[str]] = ()) -> Roots:
+        found: list[str] = []
+        for root in (*roots, *extra):
+            for form in (os.path.normpath(os.path.abspath(root)), os.path.realpath(root)):
+                if form not in found:
+                    found.append(form)
+        return cls(tuple(found))
+
+    def split(self, path: str) -> tuple[str, list[str]]:
+        """The root ``path`` lies strictly beneath (the longest that fits), and the components
+        below it. Raises :class:`Escape` for a path outside every root, or a root itself."""
+        best = ""
+        for root in self.paths:
+            prefix = root.rstrip("/") + "/"
+            if path.startswith(prefix) and len(root) > len(best) and path != root:
+                best = root
+        if not best:
+            raise Escape(errno.EXDEV, "outside the spool root (see [spool] root and extra_roots)", path)
+        rest = path[len(best.rstrip("/")) + 1 :]
+        return best, [part for part in rest.split("/") if part]
+
+    def beneath(self, path: str) -> bool:
+        try:
+            self.split(os.path.normpath(path))
+        except Escape:
+            return False
+        return True
+
+
+@dataclass
+class Node:
+    """An opened mailbox root: a directory or a regular file, with its ``fstat`` and the path
+    it was reached by once symlinks were resolved."""
+
+    fd: int
+    st: os.stat_result
+    path: str
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _check_name(path: str) -> None:
+    if "\0" in path:
+        raise OSError(errno.EINVAL, "path holds a NUL byte", path.replace("\0", "\\0"))
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def open_node(path: str, roots: Roots) -> Node | None:
+    """Open the directory or regular file at ``path`` beneath ``roots``; None when it does not
+    exist (at any component: a mailbox not created yet).
+
+    Raises :class:`Escape` when ``path`` or a symlink on the way leads outside the roots, and
+    OSError for anything else (ELOOP after :data:`MAX_LINKS` symlinks, a FIFO or device at the
+    end, a component that is not a directory, permissions).
+    """
+    _check_name(path)
+    logical = os.path.normpath(os.path.abspath(path))
+    for _ in range(MAX_LINKS + 1):
+        root, parts = roots.split(logical)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            redirected = None
+            for i, part in enumerate(parts):
+                try:
+                    seen = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+                if stat.S_ISLNK(seen.st_mode):
+                    target = os.readlink(part, dir_fd=fd)
+                    here = os.path.join(root, *parts[:i])
+                    redirected = os.path.normpath(os.path.join(here, target, *parts[i + 1 :]))
+                    break
+                last = i == len(parts) - 1
+                if last and stat.S_ISREG(seen.st_mode):
+                    flags = FILE
+                elif stat.S_ISDIR(seen.st_mode):
+                    flags = DIRECTORY
+                elif last:
+                    raise OSError(errno.EINVAL, "neither a file nor a directory", logical)
+                else:
+                    where = os.path.join(root, *parts[: i + 1])
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where)
+                try:
+                    opened = os.open(part, flags, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        return None
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink since the stat
+                        redirected = logical
+                        break
+                    raise
+                now = os.fstat(opened)
+                if not _same(seen, now):  # swapped since the stat: look again
+                    os.close(opened)
+                    redirected = logical
+                    break
+                os.close(fd)
+                fd = opened
+                if last:
+                    node, fd = Node(fd, now, logical), -1
+                    return node
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        assert redirected is not None
+        logical = redirected
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+@contextmanager
+def opened(path: str, roots: Roots) -> Iterator[Node | None]:
+    """:func:`open_node` as a context manager that closes the node."""
+    node = open_node(path, roots)
+    try:
+        yield node
+    finally:
+        if node is not None:
+            node.close()
+
+
+def open_dir(name: str, dir_fd: int) -> int | None:
+    """A directory entry of ``dir_fd`` opened as a directory, never through a symlink; None when
+    it is missing, a symlink or not a directory (it is then not part of this mailbox)."""
+    try:
+        return os.open(name, DIRECTORY, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+
+
+def read_regular(name: str, dir_fd: int, limit: int, owner: int | None = None) -> bytes | None:
+    """At most ``limit`` bytes of a regular file in ``dir_fd``; None when it is missing.
+
+    The file is opened without following a symlink and without blocking, and ``fstat``-checked:
+    anything but a regular file with one link (and, when ``owner`` is given, owned by that uid)
+    raises OSError without a byte of it being read. A hard link to a file the user may not read
+    is not theirs to show.
+    """
+    try:
+        fd = os.open(name, FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link", name) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        if st.st_nlink != 1:
+            raise OSError(errno.EPERM, "has other hard links", name)
+        if owner is not None and st.st_uid != owner:
+            raise OSError(errno.EPERM, "not owned by the mailbox owner", name)
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -1,0 +1,234 @@
+"""A local user attacks the spool quotagate scans as root: nothing outside a mailbox is read or
+written, and one bad mailbox never stops the scan for the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quotagate.model import Limits, State
+from quotagate.report import rows
+from tests.integration.test_scan import DOMAIN, Env
+from tests.spoolgen import add_message, maildir_folder
+
+USER, OTHER_USER = 5000, 5001
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks need files owned by other users")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def user_maildir(env: Env, local: str, uid: int, size: int = 1000, maildirsize: str | None = None) -> Path:
+    root = env.maildir(local)
+    add_message(maildir_folder(root), size)
+    if maildirsize is not None:
+        (root / "maildirsize").write_text(maildirsize)
+    for path in (root, *root.rglob("*")):
+        os.chown(path, uid, uid, follow_symlinks=False)
+    os.chown(root.parent, uid, uid)  # the user owns the directory holding their Maildir
+    return root
+
+
+def stored_text(env: Env) -> str:
+    """Everything the store and the report say, as one string to search for leaks."""
+    data = rows(env.store.mailboxes(), env.store.readings())
+    return json.dumps(data, default=str)
+
+
+def test_swapping_the_maildir_for_a_symlink_never_gets_a_file_written_outside(env: Env, tmp_path: Path) -> None:
+    alice = user_maildir(env, "alice", USER, maildirsize="1S\n999 9\n")
+    bob = user_maildir(env, "bob", OTHER_USER, size=300, maildirsize="1S\n300 1\n")
+    bob_before = (bob / "maildirsize").read_bytes()
+    outside = tmp_path / "cron.d"  # stands for any root-owned directory outside the spool
+    outside.mkdir()
+    env.add("alice")
+    env.add("bob")
+    parked = alice.with_name("Maildir.real")
+    stop = threading.Event()
+    swaps = [0]
+
+    def attacker() -> None:
+        targets = [outside, bob]
+        while not stop.is_set():
+            target = targets[swaps[0] % 2]
+            # The user puts a wrong maildirsize back, then swaps the Maildir for a symlink and back.
+            (alice / "maildirsize.new").write_text("1S\n999 9\n")
+            os.chown(alice / "maildirsize.new", USER, USER)
+            os.rename(alice / "maildirsize.new", alice / "maildirsize")
+            os.rename(alice, parked)
+            os.symlink(target, alice)
+            time.sleep(0.0005)
+            os.unlink(alice)
+            os.rename(parked, alice)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    try:
+        for _ in range(500):
+            env.scan(fix_maildirsize=True)
+    finally:
+        stop.set()
+        thread.join()
+    assert swaps[0] > 100
+    assert os.listdir(outside) == []
+    assert (bob / "maildirsize").read_bytes() == bob_before
+    assert sorted(p.name for p in bob.iterdir()) == ["cur", "maildirsize", "new", "tmp"]
+
+    result = env.scan(fix_maildirsize=True, full=True)  # the next run, undisturbed
+    assert sorted(p.name for p in alice.iterdir()) == ["cur", "maildirsize", "new", "tmp"]
+    assert (alice / "maildirsize").read_text() == "1S\n1000 1\n"
+    assert os.stat(alice / "maildirsize").st_uid == USER
+    assert result.readings[f"alice@{DOMAIN}"].bytes == 1000
+
+
+def test_a_hardlinked_maildirsize_is_neither_read_nor_shown(env: Env, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("1S\n31337 42\n")
+    secret.chmod(0o600)
+    alice = user_maildir(env, "alice", USER)
+    os.link(secret, alice / "maildirsize")
+    address = env.add("alice")
+    result = env.scan(fix_maildirsize=True)
+    reading = result.readings[address]
+    assert reading.state is State.OK and reading.usage.maildirsize is None
+    assert "31337" not in stored_text(env)
+    assert secret.read_text() == "1S\n31337 42\n"
+    assert os.stat(secret).st_nlink == 2  # not replaced either
+
+
+def _scan_process(env: Env, *args: str, timeout: float = 5) -> subprocess.CompletedProcess[str]:
+    config = env.base / "quotagate.toml"
+    config.write_text(f'[store]\nurl = "{env.config.store.url}"\n[spool]\nroot = "{env.spool}"\n[scan]\nworkers = 1\n')
+    command = [sys.executable, "-m", "quotagate", "--config", str(config), "scan", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_fifo_maildirsize_never_blocks_a_scan(env: Env) -> None:
+    alice = user_maildir(env, "alice", USER)
+    os.mkfifo(alice / "maildirsize")
+    os.mkfifo(alice / "cur" / "1700000000.M1P1.fifo:2,S")  # a FIFO where a message should be
+    env.add("alice")
+    bob = user_maildir(env, "bob", OTHER_USER, size=300)
+    os.mkfifo(bob.parent / "mbox")  # not a mailbox, just clutter beside it
+    env.add("bob")
+    done = _scan_process(env, "--full")  # subprocess.TimeoutExpired (a failure) if it blocks
+    assert done.returncode == 0, done.stderr
+    readings = env.store.readings()
+    assert readings[f"alice@{DOMAIN}"].bytes == 1000
+    assert readings[f"bob@{DOMAIN}"].bytes == 300
+
+
+def test_a_maildirsize_swapped_for_a_fifo_during_scans_never_blocks_them(env: Env) -> None:
+    alice = user_maildir(env, "alice", USER, maildirsize="1S\n1000 1\n")
+    env.add("alice")
+    stop = threading.Event()
+
+    def swapper() -> None:
+        fifo, regular = alice / "fifo", alice / "regular"
+        while not stop.is_set():
+            os.mkfifo(fifo)
+            os.rename(fifo, alice / "maildirsize")
+            regular.write_text("1S\n1000 1\n")
+            os.chown(regular, USER, USER)
+            os.rename(regular, alice / "maildirsize")
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        for _ in range(3):
+            done = _scan_process(env, "--full", "--fix-maildirsize")
+            assert done.returncode == 0, done.stderr
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_sizes_past_63_bits_make_one_mailbox_unknown_and_the_scan_goes_on(env: Env) -> None:
+    forged = env.maildir("forged")
+    inbox = maildir_folder(forged)
+    for _ in range(10):  # each value fits, their sum does not
+        add_message(inbox, 10, name_size=999_999_999_999_999_999)
+    huge_name = user_maildir(env, "huge", USER, maildirsize=f"1S\n{2**64} 1\n")
+    add_message(maildir_folder(huge_name), 25, unique=f"1700000000.M9P9.h,S={2**64}")
+    user_maildir(env, "fine", OTHER_USER, size=500)
+    for local in ("forged", "huge", "fine"):
+        env.add(local)
+
+    result = env.scan()
+    forged_reading = result.readings[f"forged@{DOMAIN}"]
+    assert forged_reading.state is State.UNKNOWN and "too large" in (forged_reading.reason or "")
+    huge = result.readings[f"huge@{DOMAIN}"]
+    assert (huge.state, huge.bytes, huge.usage.maildirsize) == (State.OK, 1025, None)  # by stat
+    assert result.readings[f"fine@{DOMAIN}"].bytes == 500
+    assert result.summary.unknown == 1
+    stored = env.store.readings()
+    assert stored[f"fine@{DOMAIN}"].bytes == 500 and stored[f"forged@{DOMAIN}"].state is State.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("../../../etc", "outside [spool] root"),
+        ("/etc/ssl", "outside [spool] root"),
+        ("example.org/../../x", "outside [spool] root"),
+        ("example.org/nul\0byte/Maildir", "control characters"),
+        ("example.org/new\nline/Maildir", "control characters"),
+    ],
+)
+def test_a_path_from_the_directory_that_leaves_the_spool_is_unknown(env: Env, path: str, reason: str) -> None:
+    user_maildir(env, "fine", USER, size=500)
+    env.add("fine")
+    address = env.add("escape", Limits(1000), path=path)
+    result = env.scan()
+    reading = result.readings[address]
+    assert reading.state is State.UNKNOWN and reason in (reading.reason or "")
+    assert result.readings[f"fine@{DOMAIN}"].bytes == 500
+
+
+@pytest.mark.parametrize("target", ["/etc", "../../../../../../etc", "/proc/self/cwd"])
+def test_a_mailbox_root_symlinked_out_of_the_spool_is_unknown_and_nothing_of_it_is_stored(
+    env: Env, target: str
+) -> None:
+    home = env.maildir("mallory").parent
+    home.mkdir(parents=True)
+    (home / "Maildir").symlink_to(target)
+    address = env.add("mallory", Limits(1000))
+    result = env.scan(fix_maildirsize=True)
+    reading = result.readings[address]
+    assert reading.state is State.UNKNOWN and "outside the spool root" in (reading.reason or "")
+    assert reading.usage.folders == ()
+    assert "passwd" not in stored_text(env) and "ssl" not in stored_text(env)
+
+
+def test_symlinks_that_stay_in_the_spool_or_an_extra_root_are_followed(env: Env, tmp_path: Path) -> None:
+    real = env.spool / "storage" / "alice"
+    add_message(maildir_folder(real), 700)
+    (env.spool / DOMAIN / "alice").mkdir(parents=True)
+    env.maildir("alice").symlink_to("../../storage/alice")
+    elsewhere = tmp_path / "other-disk" / "bob"
+    add_message(maildir_folder(elsewhere), 900)
+    (env.spool / DOMAIN / "bob").mkdir(parents=True)
+    env.maildir("bob").symlink_to(elsewhere)
+    alice, bob = env.add("alice"), env.add("bob")
+
+    result = env.scan()
+    assert result.readings[alice].bytes == 700
+    assert result.readings[bob].state is State.UNKNOWN  # not beneath an allowed root
+    spool = env.config.spool.model_copy(update={"extra_roots": [tmp_path / "other-disk"]})
+    env.config = env.config.model_copy(update={"spool": spool})
+    assert env.scan(full=True).readings[bob].bytes == 900
