@@ -6,6 +6,7 @@ Every backend Exim can read (lsearch file, SQLite, MariaDB, PostgreSQL) and ever
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def finish(site: Site, exim: Exim, lookup: str, method: str, locals_: list[str])
     assert "PASSWORD" not in parts.routers + parts.acl
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{safe(u)}" for u in locals_}
     main = parts.main.replace("/PASSWORD", f"/{PASSWORD}")
-    exim.configure(users=users, main=main, acl=parts.acl, routers=parts.routers)
+    exim.configure(users=users, main=main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
     return site
 
 
@@ -158,3 +159,45 @@ def test_real_smtp_refuses_at_rcpt_and_nothing_reaches_the_queue(
     site.empty("full")
     assert site.quotagate("scan") == 0
     assert exim.smtp(f"full@{DOMAIN}") == 250
+
+
+def unreachable(main: str) -> str:
+    """The main section with every server moved to a port where nothing listens: for Exim, the
+    store is down (connection refused), as when the database server is stopped."""
+    return re.sub(r"(_servers = [^/\n]*?)::\d+", r"\1::1", main).replace("/PASSWORD", f"/{PASSWORD}")
+
+
+def break_store(site: Site, exim: Exim, lookup: str, method: str, on_store_error: str = "accept") -> None:
+    config = load_config(site.config)
+    parts = exim_config.parts(config, method, lookup, on_store_error)  # type: ignore[arg-type]
+    if lookup == "lsearch":
+        assert config.publish.file is not None
+        config.publish.file.unlink()
+    if lookup == "sqlite":
+        db = Path(config.store.url.removeprefix("sqlite:///"))
+        db.rename(db.with_name("moved.db"))
+    users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{safe(u)}" for u in ["full", "roomy"]}
+    exim.configure(users=users, main=unreachable(parts.main), acl=parts.acl, routers=parts.routers, acls=parts.acls)
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+@pytest.mark.parametrize("backend", BACKENDS, ids=IDS)
+def test_a_store_exim_cannot_ask_accepts_and_logs(
+    request: pytest.FixtureRequest, work: Path, exim: Exim, backend: tuple[str, str, str], method: str
+) -> None:
+    site = prepare(request, work, exim, backend, method)
+    break_store(site, exim, backend[0], method)
+    full, roomy = exim.fake_session(f"full@{DOMAIN}", f"roomy@{DOMAIN}")
+    assert full.startswith("250"), exim.last_session
+    assert roomy.startswith("250"), exim.last_session
+    assert exim_config.LOG_FAILED.replace("$local_part@$domain", f"full@{DOMAIN}") in exim.last_session
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+def test_a_store_exim_cannot_ask_defers_when_the_admin_says_so(
+    request: pytest.FixtureRequest, work: Path, exim: Exim, method: str
+) -> None:
+    site = prepare(request, work, exim, BACKENDS[1], method)
+    break_store(site, exim, "sqlite", method, on_store_error="defer")
+    (full,) = exim.fake_session(f"full@{DOMAIN}")
+    assert full.startswith("451"), exim.last_session

@@ -40,6 +40,7 @@ smtp_accept_max_nonmail = 1000
 
 begin acl
 
+{acls}
 acl_check_rcpt:
   deny    message = relay not permitted
           !domains = +local_domains
@@ -94,7 +95,14 @@ class Exim:
         work.chmod(0o755)
 
     def configure(
-        self, *, users: dict[str, str], main: str = "", acl: str = "", routers: str = "", transport: str = ""
+        self,
+        *,
+        users: dict[str, str],
+        main: str = "",
+        acl: str = "",
+        routers: str = "",
+        transport: str = "",
+        acls: str = "",
     ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
@@ -107,6 +115,7 @@ class Exim:
             port=self.port,
             main=main,
             acl=indent(acl),
+            acls=acls,
             routers=routers,
             maildirs=self.maildirs,
             uid=MAIL_UID,

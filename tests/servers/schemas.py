@@ -14,7 +14,7 @@ POSTFIXADMIN = {
             modified datetime NOT NULL DEFAULT '2000-01-01 00:00:00', active tinyint(1) NOT NULL DEFAULT 1,
             phone varchar(30) NOT NULL DEFAULT '', email_other varchar(255) NOT NULL DEFAULT '',
             PRIMARY KEY (username), KEY domain (domain)
-        ) DEFAULT CHARSET=utf8mb4""",
+        ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci""",
         """CREATE TABLE quota2 (
             username varchar(100) NOT NULL, bytes bigint(20) NOT NULL DEFAULT 0,
             messages int(11) NOT NULL DEFAULT 0, PRIMARY KEY (username)
@@ -54,6 +54,7 @@ def create(url: str, preset: str) -> None:
             .replace("int(11)", "int")
             .replace("tinyint(1)", "smallint")
             .replace(", KEY domain (domain)", "")
+            .replace(" COLLATE=utf8mb4_unicode_ci", "")
             .replace(" DEFAULT CHARSET=utf8mb4", "")
             for s in statements
         ]

@@ -68,11 +68,12 @@ def generate(lookup: str, method: str = "acl", **kwargs: Any) -> exim.Parts:
 
 
 def conditions(text: str) -> list[str]:
-    return re.findall(r"^  condition = (.*)$", text, re.MULTILINE)
+    """The lookups: each runs in a warn statement that sets acl_m_quotagate (see exim._lookup_parts)."""
+    return re.findall(r"^ *set acl_m_quotagate = (\$\{lookup.*)$", text, re.MULTILINE)
 
 
 def the_condition(p: exim.Parts) -> str:
-    found = conditions(p.routers + p.acl)
+    found = conditions(p.routers + p.acls + p.acl)
     assert len(found) == 1, found
     return found[0]
 
@@ -224,29 +225,73 @@ def test_the_condition_uses_the_chosen_lookup(lookup: str, method: str) -> None:
         assert f"quote_{other}" not in condition
 
 
+def asking(p: exim.Parts, lookup: str) -> list[str]:
+    """The warn statement that runs the lookup (a file lookup checks its file exists first)."""
+    exists = {"sqlite": SQLITE_FILE, "lsearch": PUBLISH_FILE}.get(lookup)
+    guard = [f"condition = ${{if exists{{{exists}}}}}"] if exists else []
+    return ["warn", "set acl_m_quotagate = unknown", *guard, f"set acl_m_quotagate = {the_condition(p)}"]
+
+
+def statements(text: str) -> list[list[str]]:
+    """ACL statements as lists of stripped lines: a verb, then its conditions and modifiers."""
+    found: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#") or line.endswith(":"):
+            continue
+        if line.strip() in ("warn", "deny", "defer", "accept"):
+            found.append([line.strip()])
+        else:
+            found[-1].append(line.strip())
+    return found
+
+
 @pytest.mark.parametrize("lookup", LOOKUPS)
 def test_router_method(lookup: str) -> None:
     p = generate(lookup, "router")
     assert p.acl == ""
     lines = [line.strip() for line in p.routers.splitlines() if not line.startswith("#")]
-    assert lines[0].endswith(":") and " " not in lines[0]  # the router's name
+    assert lines[0] == "quotagate_overquota:"
     assert "driver = redirect" in lines
     assert "verify_only" in lines
     assert "allow_fail" in lines
-    assert "data = :fail: Mailbox is full, quota limit exceeded" in lines
-    assert sum(line.startswith("condition = ") for line in lines) == 1
+    assert "data = :fail: 552 5.2.2 Mailbox is full" in lines
+    assert "condition = ${acl{quotagate_overquota}}" in lines
     assert "deny" not in lines
+    # The router's condition asks an ACL, whose warn statement runs the lookup.
+    named = [line for line in p.acls.splitlines() if not line.startswith("#")]
+    assert named[0] == "quotagate_overquota:"
+    assert statements(p.acls) == [
+        asking(p, lookup),
+        ["warn", "condition = ${if eq{$acl_m_quotagate}{unknown}}", f"log_message = {exim.LOG_FAILED}: accepted"],
+        ["accept", "message = ${if eq{$acl_m_quotagate}{yes}{yes}{no}}"],
+    ]
 
 
 @pytest.mark.parametrize("lookup", LOOKUPS)
 def test_acl_method(lookup: str) -> None:
     p = generate(lookup, "acl")
-    assert p.routers == ""
-    lines = [line.strip() for line in p.acl.splitlines() if not line.startswith("#")]
-    assert lines[0] == "deny"
-    assert "message = 552 5.2.2 Mailbox is full" in lines
-    assert sum(line.startswith("condition = ") for line in lines) == 1
-    assert not any(line.startswith(("driver", "data")) for line in lines)
+    assert p.routers == "" and p.acls == ""
+    assert statements(p.acl) == [
+        asking(p, lookup),
+        ["deny", "condition = ${if eq{$acl_m_quotagate}{yes}}", "message = 552 5.2.2 Mailbox is full"],
+        ["warn", "condition = ${if eq{$acl_m_quotagate}{unknown}}", f"log_message = {exim.LOG_FAILED}: accepted"],
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_lookup_that_fails_defers_only_when_asked(method: str) -> None:
+    p = exim.parts(make_config("sqlite"), method, "sqlite", on_store_error="defer")  # type: ignore[arg-type]
+    if method == "acl":
+        assert statements(p.acl)[-1] == [
+            "defer",
+            "condition = ${if eq{$acl_m_quotagate}{unknown}}",
+            f"message = {exim.STORE_ERROR_MESSAGE}",
+            f"log_message = {exim.LOG_FAILED}",
+        ]
+    else:
+        assert statements(p.acls)[-1] == ["accept", "message = ${if eq{$acl_m_quotagate}{no}{no}{yes}}"]
+        assert "  allow_defer\n" in p.routers
+        assert f"{{:defer: {exim.STORE_ERROR_MESSAGE}}}" in p.routers
 
 
 @pytest.mark.parametrize(("lookup", "preset"), CASES, ids=CASE_IDS)
@@ -289,7 +334,7 @@ def literal(lookup: str, value: str) -> str:
     return {
         "sqlite": f"'${{quote_sqlite:{value}}}'",
         "pgsql": f"E'${{quote_pgsql:{value}}}'",
-        "mysql": f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4)",
+        "mysql": f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4) COLLATE utf8mb4_bin",
     }[lookup]
 
 
@@ -668,7 +713,8 @@ def test_render_everything(lookup: str, method: str) -> None:
     assert text.startswith(HEADER)
     assert text.count(HEADER) == 1
     positions = []
-    for name, part in (("main", p.main), ("routers", p.routers), ("acl", p.acl)):
+    acl = "\n".join(part for part in (p.acls, p.acl) if part)
+    for name, part in (("main", p.main), ("routers", p.routers), ("acl", acl)):
         header = f"# ---- {name} section ----\n"
         if part:
             assert header + part in text
@@ -676,10 +722,10 @@ def test_render_everything(lookup: str, method: str) -> None:
         else:
             assert header not in text
     assert positions == sorted(positions)
-    assert len(positions) == (2 if lookup in ("mysql", "pgsql", "ldap") else 1)
+    assert len(positions) == (2 if lookup in ("mysql", "pgsql", "ldap") else 1) + (method == "router")
     # Nothing but the header, the section headers, the parts and blank lines between them.
     lines = [line for line in text.splitlines() if line and line + "\n" != HEADER and "section ----" not in line]
-    assert lines == (p.main + p.routers + p.acl).splitlines()
+    assert lines == (p.main + p.routers + acl).splitlines()
 
 
 @pytest.mark.parametrize("lookup", LOOKUPS)
@@ -687,6 +733,7 @@ def test_render_one_section(lookup: str) -> None:
     router = generate(lookup, "router")
     acl = generate(lookup, "acl")
     assert exim.render(router, "routers") == HEADER + router.routers
+    assert exim.render(router, "acl") == HEADER + router.acls
     assert exim.render(acl, "acl") == HEADER + acl.acl
     assert "deny" not in exim.render(router, "routers")
     assert "driver" not in exim.render(acl, "acl")
@@ -699,7 +746,6 @@ def test_render_one_section(lookup: str) -> None:
 @pytest.mark.parametrize(
     ("lookup", "method", "section"),
     [
-        ("sqlite", "router", "acl"),
         ("sqlite", "acl", "routers"),
         ("sqlite", "router", "main"),
         ("lsearch", "acl", "main"),

@@ -26,11 +26,24 @@ from quotagate.mta import exim
     type=click.Choice(["main", "routers", "acl", "transports"]),
     help="Print only the part for this section of Exim's configuration.",
 )
+@click.option(
+    "--on-store-error",
+    type=click.Choice(["accept", "defer"]),
+    default="accept",
+    show_default=True,
+    help="router/acl: when the lookup cannot be done (store down, query error), accept and log, or defer (451).",
+)
 @pass_app
-def exim_config(app: App, method: exim.Method, lookup: exim.Lookup | None, section: exim.Section | None) -> None:
+def exim_config(
+    app: App,
+    method: exim.Method,
+    lookup: exim.Lookup | None,
+    section: exim.Section | None,
+    on_store_error: exim.OnStoreError,
+) -> None:
     """Print the Exim router or ACL that refuses over-quota mailboxes at RCPT time."""
     try:
-        parts = exim.parts(app.config, method, lookup)
+        parts = exim.parts(app.config, method, lookup, on_store_error)
     except exim.EximConfigError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(exim.render(parts, section), nl=False)

@@ -21,9 +21,14 @@ from quotagate.store.schema import usage
 Method = Literal["router", "acl", "policy"]
 Lookup = Literal["sqlite", "mysql", "pgsql", "ldap", "lsearch"]
 Section = Literal["main", "routers", "acl", "transports"]
+OnStoreError = Literal["accept", "defer"]
 
-FAIL_TEXT = "Mailbox is full, quota limit exceeded"
 ACL_MESSAGE = "552 5.2.2 Mailbox is full"
+STORE_ERROR_MESSAGE = "451 4.3.0 Mailbox quota cannot be checked, try again later"
+# Set by a warn statement from the lookup: "yes", "no", or "unknown" when the lookup deferred.
+VARIABLE = "acl_m_quotagate"
+CHECK_ACL = "quotagate_overquota"
+LOG_FAILED = "quotagate: cannot tell whether $local_part@$domain is over quota (lookup failed)"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEME_LOOKUP: dict[str, Lookup] = {"sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql", "postgresql": "pgsql"}
 _SAFE_PATH = re.compile(r"/[^\s{}$\\:\"']+")
@@ -37,8 +42,9 @@ class EximConfigError(ValueError):
 class Parts:
     main: str
     routers: str
-    acl: str
+    acl: str  # statements for acl_smtp_rcpt
     transports: str = ""
+    acls: str = ""  # ACLs of their own, defined in the acl section
 
 
 def default_lookup(config: Config) -> Lookup:
@@ -74,12 +80,15 @@ def _literal(lookup: str, value: str) -> str:
       (or ANSI) mode reads literally: a quote could then end the literal. The value travels as
       base64 instead, which no quoting mode can misread (still passed through ``quote_mysql``,
       which leaves base64 as it is, so Exim knows the tainted value was quoted).
+    The comparison is byte-exact: MySQL's default collations would take ``fúll`` for ``full``
+    and refuse to compare a ``utf8mb4_unicode_ci`` column with a ``utf8mb4_general_ci`` value
+    ("Illegal mix of collations"), so the literal carries ``COLLATE utf8mb4_bin``.
     """
     if lookup == "sqlite":
         return f"'${{quote_sqlite:{value}}}'"
     if lookup == "pgsql":
         return f"E'${{quote_pgsql:{value}}}'"
-    return f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4)"
+    return f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4) COLLATE utf8mb4_bin"
 
 
 def _sql_condition(table: MailboxTable, lookup: str) -> str:
@@ -109,7 +118,17 @@ def _servers(url: str, lookup: Lookup) -> str:
     host = u.host or "localhost"
     port = f"::{u.port}" if u.port else ""
     password = "PASSWORD" if u.password else ""
-    return f"hide {lookup}_servers = {host}{port}/{u.database or ''}/{u.username or ''}/{password}"
+    grant = (
+        f"GRANT SELECT ON {u.database}.* TO 'exim'@'localhost'"
+        if lookup == "mysql"
+        else f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO exim  -- in database {u.database}"
+    )
+    return (
+        f"# The {lookup} server quotagate's store lives on. Better: a read-only user for Exim\n"
+        f"# ({grant}) in place of quotagate's own, and its real password in place of PASSWORD. The\n"
+        "# line is hidden from exim -bP; keep the file unreadable to others (Debian: CFILEMODE=640).\n"
+        f"hide {lookup}_servers = {host}{port}/{u.database or ''}/{u.username or ''}/{password}\n"
+    )
 
 
 def _sqlite_file(url: str) -> str:
@@ -184,7 +203,11 @@ def policy_parts(config: Config) -> Parts:
         r"  condition = ${if match{$acl_m_quotagate}{\N^action=4\d\d\s\N}}" + "\n"
         r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
     )
-    full = ":defer:" if config.policy.on_full == "defer" else ":fail:"
+    full = (
+        f":defer: {config.policy.defer_reply}"
+        if config.policy.on_full == "defer"
+        else f":fail: {config.policy.reject_reply}"
+    )
     router = (
         "# The router variant: placed after the alias routers and before the mailbox router, it\n"
         "# asks the daemon about the mailbox an alias resolves to, while Exim verifies the\n"
@@ -195,7 +218,7 @@ def policy_parts(config: Config) -> Parts:
         rf"  condition = ${{if match{{{ask}}}{{\N^action=[45]\d\d\s\N}}}}" + "\n"
         "  allow_fail\n"
         "  allow_defer\n"
-        f"  data = {full} {FAIL_TEXT}\n"
+        f"  data = {full}\n"
     )
     tell = f"${{readsocket{{{socket}}}{{request=quotagate_delivery\\nrecipient={recipient}\\n\\n}}{{1s}}{{ }}{{}}}}"
     hint = (
@@ -206,31 +229,32 @@ def policy_parts(config: Config) -> Parts:
     return Parts("", router, acl, hint)
 
 
-def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts:
+def parts(
+    config: Config, method: Method, lookup: Lookup | None = None, on_store_error: OnStoreError = "accept"
+) -> Parts:
     """The main-section settings, the router and the ACL statement for one method and lookup."""
     if method == "policy":
         return policy_parts(config)
     lookup = lookup or default_lookup(config)
     table = mailbox_table(config.store.schema_, config.store.columns.model_dump(exclude_none=True))
     main = ""
+    guard = ""
     if lookup == "lsearch":
         if config.publish.file is None:
             raise EximConfigError("--lookup lsearch needs [publish] file in the config")
         file = _path(str(config.publish.file), "[publish] file")
         condition = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{file}}}{{yes}}{{no}}}}"
+        guard = file
     elif lookup == "sqlite":
         file = _sqlite_file(config.store.url)
         query = _sql_condition(table, "sqlite")
         condition = f"${{lookup sqlite,file={file} {{{query}}}{{yes}}{{no}}}}"
+        guard = file
     elif lookup in ("mysql", "pgsql"):
         scheme = make_url(config.store.url).get_backend_name()
         if _SCHEME_LOOKUP.get(scheme) != lookup:
             raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
-        main = (
-            f"# The {lookup} server quotagate's store lives on; put the real password in place of PASSWORD.\n"
-            + _servers(config.store.url, lookup)
-            + "\n"
-        )
+        main = _servers(config.store.url, lookup)
         query = _sql_condition(table, lookup)
         condition = f"${{lookup {lookup}{{{query}}}{{yes}}{{no}}}}"
     elif lookup == "ldap":
@@ -238,34 +262,76 @@ def parts(config: Config, method: Method, lookup: Lookup | None = None) -> Parts
     else:  # pragma: no cover - the CLI offers only the lookups above
         raise EximConfigError(f"unknown lookup {lookup!r}")
 
+    return _lookup_parts(main, condition, method, on_store_error, guard)
+
+
+def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStoreError, guard: str) -> Parts:
+    """The router or ACL statements around one lookup that yields ``yes`` or ``no``.
+
+    A lookup that defers (the server is down, a query error) makes a router ``condition`` defer
+    and a ``deny`` answer 451: every recipient would be refused for as long as quotagate's store
+    cannot be asked. Only a ``warn`` statement skips a deferred ``set`` (and Exim logs why), so
+    the lookup runs in one, after setting the variable to ``unknown`` (``acl_m`` variables keep
+    their value from one RCPT to the next), and the decision is taken on the variable: accept
+    and log when it stayed ``unknown``, or defer when the admin asks for that. A file lookup
+    whose file is missing is an expansion error, not a deferral, so ``guard`` (the file) is
+    checked first: the variable then stays ``unknown`` too.
+    """
+    unknown = f"${{if eq{{${VARIABLE}}}{{unknown}}}}"
+    exists = f"  condition = ${{if exists{{{guard}}}}}\n" if guard else ""
+    ask = f"warn\n  set {VARIABLE} = unknown\n{exists}  set {VARIABLE} = {lookup}\n"
+    logged = f"warn\n  condition = {unknown}\n  log_message = {LOG_FAILED}: accepted\n"
+    if method == "acl":
+        if on_store_error == "defer":
+            logged = (
+                f"defer\n  condition = {unknown}\n  message = {STORE_ERROR_MESSAGE}\n  log_message = {LOG_FAILED}\n"
+            )
+        acl = (
+            "# In acl_smtp_rcpt, before the statement that accepts mail for local domains.\n"
+            + ask
+            + f"deny\n  condition = ${{if eq{{${VARIABLE}}}{{yes}}}}\n  message = {ACL_MESSAGE}\n"
+            + logged
+        )
+        return Parts(main, "", acl)
+    # The router: an ACL called by its condition runs the lookup; a deferral in the ACL itself
+    # would only make the condition false, so the router's data defers when asked to.
+    if on_store_error == "defer":
+        logged = f"warn\n  condition = {unknown}\n  log_message = {LOG_FAILED}\n"
+        verdict = f"${{if eq{{${VARIABLE}}}{{no}}{{no}}{{yes}}}}"
+        data = f"${{if eq{{${VARIABLE}}}{{unknown}}{{:defer: {STORE_ERROR_MESSAGE}}}{{:fail: {ACL_MESSAGE}}}}}"
+        extra = "  allow_defer\n"
+    else:
+        verdict = f"${{if eq{{${VARIABLE}}}{{yes}}{{yes}}{{no}}}}"
+        data = f":fail: {ACL_MESSAGE}"
+        extra = ""
+    named = "".join(f"  {line}\n" for line in (ask + logged).splitlines())
+    acls = (
+        f"# In the acl section (after 'begin acl'), for the router {CHECK_ACL}: it runs the lookup\n"
+        "# so that a store that cannot be asked does not make the router defer every recipient.\n"
+        f"{CHECK_ACL}:\n{named}  accept\n    message = {verdict}\n"
+    )
     router = (
         "# Before the router that delivers to mailboxes. It runs only while Exim verifies a\n"
         "# recipient (verify = recipient in acl_smtp_rcpt), so a full mailbox is refused at RCPT.\n"
         "# The mailbox transport should say quota_is_inclusive = false (or the scan a threshold\n"
         "# below 100%): this check is exclusive, so a message that takes a mailbox just over its\n"
         "# limit is accepted here and must not then be deferred at delivery.\n"
-        "quotagate_overquota:\n"
+        f"{CHECK_ACL}:\n"
         "  driver = redirect\n"
         "  verify_only\n"
-        f"  condition = {condition}\n"
+        f"  condition = ${{acl{{{CHECK_ACL}}}}}\n"
         "  allow_fail\n"
-        f"  data = :fail: {FAIL_TEXT}\n"
+        f"{extra}"
+        f"  data = {data}\n"
     )
-    acl = (
-        "# In acl_smtp_rcpt, before the statement that accepts mail for local domains.\n"
-        "deny\n"
-        f"  message = {ACL_MESSAGE}\n"
-        f"  condition = {condition}\n"
-    )
-    if method == "router":
-        return Parts(main, router, "")
-    return Parts(main, "", acl)
+    return Parts(main, router, "", acls=acls)
 
 
 def render(p: Parts, section: Section | None = None) -> str:
     """One section's text, or all of them, each under a comment naming its section."""
     header = "# Generated by quotagate exim-config.\n"
-    chosen = {"main": p.main, "routers": p.routers, "acl": p.acl, "transports": p.transports}
+    acl = "\n".join(part for part in (p.acls, p.acl) if part)
+    chosen = {"main": p.main, "routers": p.routers, "acl": acl, "transports": p.transports}
     if section is not None:
         return header + (chosen[section] or f"# nothing for the {section} section\n")
     blocks = [f"# ---- {name} section ----\n{text}" for name, text in chosen.items() if text]
