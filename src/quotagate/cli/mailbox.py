@@ -7,12 +7,14 @@ from typing import TextIO
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
 from quotagate.mailbox_csv import CsvError, parse_mailboxes
 from quotagate.model import Limits, Mailbox
 from quotagate.sizes import format_size, parse_size
+from quotagate.text import printable
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -70,13 +72,13 @@ def list_(app: App) -> None:
     finally:
         store.close()
     table = Table("address", "quota", "messages", "enabled", "path")
-    for m in mailboxes:
+    for m in mailboxes:  # Text cells: rich never reads a name as markup
         table.add_row(
-            m.address,
-            format_size(m.limits.bytes) if m.limits.bytes else "unlimited",
-            str(m.limits.messages or "unlimited"),
-            "yes" if m.enabled else "no",
-            m.path or "",
+            Text(printable(m.address)),
+            Text(format_size(m.limits.bytes) if m.limits.bytes else "unlimited"),
+            Text(str(m.limits.messages or "unlimited")),
+            Text("yes" if m.enabled else "no"),
+            Text(printable(m.path or "")),
         )
     Console().print(table)
 
