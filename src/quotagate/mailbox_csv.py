@@ -8,11 +8,13 @@ import io
 from quotagate.address import BadAddress, normalize
 from quotagate.model import Limits, Mailbox
 from quotagate.sizes import parse_size
+from quotagate.text import control_character, printable
 
 REQUIRED = ("address", "quota")
 OPTIONAL = ("messages", "path", "enabled")
 _TRUE = {"", "1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
+_BOM = b"\xef\xbb\xbf"
 
 
 class CsvError(ValueError):
@@ -28,12 +30,54 @@ def _enabled(value: str) -> bool:
     raise ValueError(f"enabled must be yes or no, not {value!r}")
 
 
-def parse_mailboxes(text: str, origin: str = "csv") -> list[Mailbox]:
-    """All rows or none: every bad row is reported with its line number."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+def _text(data: bytes, origin: str) -> str:
+    """``data`` as text, less a UTF-8 BOM, after checking it line by line.
+
+    Lines are counted as an editor counts them, at each LF. A line that is not UTF-8, or holds
+    a control character other than the CR of a CRLF ending (a NUL, an ESC, a lone CR that the
+    CSV reader would take for a line end), is reported by number, all of them at once. A UTF-8
+    character never holds an LF byte, so decoding line by line finds exactly the bad lines.
+    """
+    data = data.removeprefix(_BOM)
+    bad = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(f"{origin}:{number}: not UTF-8")
+            continue
+        found = control_character(line)
+        if found is not None:
+            bad.append(f"{origin}:{number}: control character {found}")
+    if bad:
+        raise CsvError("\n".join(bad))
+    return data.decode("utf-8")
+
+
+def _control(row: dict[str, str]) -> str | None:
+    """Why ``row`` is refused for a control character in a field (a quoted line break), or None."""
+    for field, value in row.items():
+        found = control_character(value or "")
+        if found is not None:
+            return f"{field} holds a control character ({found})"
+    return None
+
+
+def parse_mailboxes(data: bytes, origin: str = "csv") -> list[Mailbox]:
+    """All rows or none: every bad row is reported with its line number.
+
+    The file must be UTF-8 (a BOM is accepted) and no field may hold a control character: a
+    NUL in a path would break every later scan, and nothing in a mailbox's address or path
+    needs one. Errors never echo a control character back.
+    """
+    reader = csv.DictReader(io.StringIO(_text(data, origin), newline=""))
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise CsvError(f"{origin}:{reader.reader.line_num}: {exc}") from None
+    header = [h.strip().lower() for h in (fieldnames or [])]
     missing = [c for c in REQUIRED if c not in header]
-    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
+    unknown = [printable(c) for c in header if c not in REQUIRED + OPTIONAL]
     if missing or unknown:
         raise CsvError(
             f"{origin}: header must be address,quota[,messages[,path[,enabled]]]"
@@ -43,10 +87,22 @@ def parse_mailboxes(text: str, origin: str = "csv") -> list[Mailbox]:
     reader.fieldnames = header
     mailboxes: dict[str, Mailbox] = {}
     problems = []
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the reader cannot go on: report it with what was found so far
+            problems.append(f"{origin}:{reader.reader.line_num}: {exc}")
+            break
         line = reader.line_num
         if None in row:
             problems.append(f"{origin}:{line}: too many fields")
+            continue
+        control = _control(row)
+        if control is not None:
+            problems.append(f"{origin}:{line}: {control}")
             continue
         try:
             address = normalize(row["address"] or "")

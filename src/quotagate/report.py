@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quotagate.model import Mailbox, Reading, State
+from quotagate.text import printable
 
 COLUMNS = (
     "address",
@@ -21,6 +22,9 @@ COLUMNS = (
     "measured_at",
     "reason",
 )
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@")
 
 
 def _percent(used: int, limit: int) -> float | None:
@@ -64,3 +68,17 @@ def rows(
         if not over_only or row["state"] == State.OVER.value:
             out.append(row)
     return out
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as the CSV shows it; numbers, booleans and None stay as they are.
+
+    Text is escaped as everywhere else (:func:`printable`): a name with a line break stays on
+    its record's line and nothing in it can drive a terminal the CSV is printed on. Text that a
+    spreadsheet would run as a formula gets a leading ``'``, as OWASP advises: the CSV is for
+    people and spreadsheets, JSON is the exact form of the stored names.
+    """
+    if not isinstance(value, str):
+        return value
+    shown = printable(value)
+    return "'" + shown if shown.startswith(_FORMULA_START) else shown

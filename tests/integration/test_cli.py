@@ -74,6 +74,44 @@ def test_import_is_all_or_nothing(setup: Path, tmp_path: Path, capsys: pytest.Ca
     assert "a@example.org" not in capsys.readouterr().out
 
 
+def test_import_refuses_what_no_mailbox_needs(setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not UTF-8, NUL, control characters: one line each with its number, no traceback, nothing stored."""
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"address,quota,path\na@example.org,1M,a\xff/Maildir\nb@example.org,1M,\n")
+    assert run(setup, "mailbox", "import", str(bad)) == 2
+    assert capsys.readouterr().err == f"Error: {bad}:2: not UTF-8\n"
+    bad.write_bytes(b"address,quota,path\na@example.org,1M,a\x00b\nb@example.org,1M,\x1b[2J\n")
+    assert run(setup, "mailbox", "import", str(bad)) == 2
+    assert capsys.readouterr().err == f"Error: {bad}:2: control character U+0000\n{bad}:3: control character U+001B\n"
+    assert run(setup, "mailbox", "list") == 0
+    assert "example.org" not in capsys.readouterr().out
+
+
+def test_import_accepts_a_utf8_bom(setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.csv"
+    good.write_bytes("\ufeffaddress,quota,path\r\nb@example.org,1M,Bücher/Maildir\r\n".encode())
+    assert run(setup, "mailbox", "import", str(good)) == 0
+    assert "imported 1 mailboxes" in capsys.readouterr().out
+    assert run(setup, "mailbox", "list") == 0
+    assert "Bücher/Maildir" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["a@example.org", "--path", "a\0b/Maildir"],
+        ["a@example.org", "--path", "a/\x1b[2J"],
+        ["a@example.org", "--path", "a\nb"],
+        ["a\x9b@example.org"],
+    ],
+)
+def test_add_refuses_control_characters(setup: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert run(setup, "mailbox", "add", *args, "--quota", "1M") == 2
+    assert "control character" in capsys.readouterr().err
+    assert run(setup, "mailbox", "list") == 0
+    assert "example.org" not in capsys.readouterr().out
+
+
 def test_config_errors_exit_2_and_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "q.toml"
     config.write_text('[spool]\nformat = "mh"\n')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +16,7 @@ from quotagate.policy.codec import (
     ProtocolError,
     encode_action,
 )
+from tests.policywire import count_requests, cut, noise
 
 # From Postfix's SMTPD_POLICY_README, with a value containing "=".
 POSTFIX_ATTRIBUTES = {
@@ -308,12 +308,6 @@ values = st.text(
 requests = st.dictionaries(names, values, min_size=1, max_size=20)
 
 
-def cut(data: bytes, positions: list[int]) -> list[bytes]:
-    points = sorted({p % (len(data) + 1) for p in positions})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in pairwise(bounds)]
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(requests, max_size=5),
@@ -331,25 +325,6 @@ def test_valid_requests_survive_any_cut(
     expected = [PolicyRequest(r) for r in originals]
     assert decode(cut(data, positions)) == expected
     assert decode(pieces(data, 1)) == expected
-
-
-def count_requests(data: bytes) -> tuple[int, bool]:
-    """A model of the framing: (requests ended by an empty line, whether one is left at the end)."""
-    *complete, last = data.split(b"\n")
-    ended, pending = 0, False
-    for line in complete:
-        if line.removesuffix(b"\r"):
-            pending = True
-        elif pending:
-            ended, pending = ended + 1, False
-    return ended, pending or bool(last.removesuffix(b"\r"))
-
-
-noise = st.lists(
-    st.sampled_from([b"\n", b"\r\n", b"=", b"a", b"b=c\n", b"\r", b"\x00", b"\xff", b"\xc3", b"\xc3\xa9", b"xxxxxxxx"])
-    | st.binary(max_size=20),
-    max_size=60,
-).map(b"".join)
 
 
 @settings(max_examples=300, deadline=None)

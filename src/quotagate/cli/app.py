@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Mapping
 from functools import cached_property
+from typing import TextIO
 
 import click
 
 from quotagate import __version__
 from quotagate.config import Config, load_config
 from quotagate.store import Store, store_for
+from quotagate.text import OneLineFormatter
+
+_LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
 
 
 class App:
@@ -33,6 +40,25 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
+def _writes_to_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Whether ``stream`` is the journal's: systemd sets ``JOURNAL_STREAM=device:inode`` of it.
+
+    Comparing with the stream itself, not just checking the variable, keeps timestamps when a
+    command started from a service redirects its stderr elsewhere.
+    """
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no file descriptor behind it (a test's capture, a closed stream)
+        return False
+    return environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
+def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatter:
+    """One line per record, with a timestamp unless the journal adds its own."""
+    journal = _writes_to_journal(stream, environ)
+    return OneLineFormatter(_LOG_FORMAT if journal else "%(asctime)s " + _LOG_FORMAT)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -49,5 +75,7 @@ pass_app = click.make_pass_decorator(App)
 def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) -> None:
     """Refuse mail for full mailboxes during the SMTP transaction."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="quotagate: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(sys.stderr, os.environ))
+    logging.basicConfig(level=level, handlers=[handler])
     ctx.obj = App(config_file)

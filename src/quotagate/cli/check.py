@@ -14,6 +14,7 @@ from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
 from quotagate.sizes import format_size, parse_size
 from quotagate.store import Store
+from quotagate.text import printable
 
 EXIT = {Action.ACCEPT: 0, Action.REJECT: 1, Action.DEFER: 1, Action.DUNNO: 3}
 
@@ -29,17 +30,18 @@ def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
 
 
 def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | None, usage: Usage | None) -> list[str]:
-    lines = [f"{decision.action.value}: {decision.reason}"]
+    """What the admin reads; every name in it escaped (:func:`printable`), one line each."""
+    lines = [f"{decision.action.value}: {printable(decision.reason)}"]
     if mailbox is None:
         return lines
     limits = mailbox.limits
-    lines.append(f"  mailbox   {mailbox.address}" + ("" if mailbox.enabled else " (disabled)"))
+    lines.append(f"  mailbox   {printable(mailbox.address)}" + ("" if mailbox.enabled else " (disabled)"))
     if reading is None:
         lines.append("  usage     not measured yet: run 'quotagate scan'")
         return lines
-    lines.append(f"  location  {reading.path} ({reading.usage.format.value})")
+    lines.append(f"  location  {printable(reading.path)} ({reading.usage.format.value})")
     if reading.state is State.UNKNOWN or usage is None:
-        lines.append(f"  usage     unknown: {reading.reason}")
+        lines.append(f"  usage     unknown: {printable(str(reading.reason))}")
         return lines
     quota = format_size(limits.bytes) if limits.bytes else "unlimited"
     pct = f" ({100 * usage.bytes / limits.bytes:.1f}%)" if limits.bytes else ""

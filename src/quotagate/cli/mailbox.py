@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
 from quotagate.mailbox_csv import CsvError, parse_mailboxes
 from quotagate.model import Limits, Mailbox
 from quotagate.sizes import format_size, parse_size
+from quotagate.text import control_character, printable
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -22,16 +24,26 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc), param=param) from None
 
 
+def _no_control(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refused as import refuses it: a NUL in a path would break every later scan."""
+    found = None if value is None else control_character(value)
+    if found is not None:
+        raise click.BadParameter(f"holds a control character ({found})", param=param)
+    return value
+
+
 @click.group("mailbox")
 def group() -> None:
     """Manage the mailboxes of the embedded directory."""
 
 
 @group.command("add")
-@click.argument("address")
+@click.argument("address", callback=_no_control)
 @click.option("--quota", required=True, callback=_size, help="Size limit: 500M, 2G, 1.5GiB or bytes; 0 = unlimited.")
 @click.option("--messages", type=click.IntRange(min=0), default=0, help="Message limit; 0 = unlimited.")
-@click.option("--path", help="Where its mail lives (relative to [spool] root), if not the spool layout.")
+@click.option(
+    "--path", callback=_no_control, help="Where its mail lives (relative to [spool] root), if not the spool layout."
+)
 @click.option("--disabled", is_flag=True, help="Add it disabled: never checked.")
 @pass_app
 def add(app: App, address: str, quota: int, messages: int, path: str | None, disabled: bool) -> None:
@@ -44,12 +56,12 @@ def add(app: App, address: str, quota: int, messages: int, path: str | None, dis
 
 
 @group.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @pass_app
-def import_(app: App, file: TextIO) -> None:
-    """Add or update mailboxes from a CSV file (header: address,quota[,messages[,path[,enabled]]])."""
+def import_(app: App, file: BinaryIO) -> None:
+    """Add or update mailboxes from a UTF-8 CSV file (header: address,quota[,messages[,path[,enabled]]])."""
     try:
-        mailboxes = parse_mailboxes(file.read(), file.name)
+        mailboxes = parse_mailboxes(file.read(), printable(file.name))
     except CsvError as exc:
         raise click.ClickException(str(exc)) from None
     store = app.store()
@@ -70,13 +82,13 @@ def list_(app: App) -> None:
     finally:
         store.close()
     table = Table("address", "quota", "messages", "enabled", "path")
-    for m in mailboxes:
+    for m in mailboxes:  # Text cells: rich never reads a name as markup
         table.add_row(
-            m.address,
-            format_size(m.limits.bytes) if m.limits.bytes else "unlimited",
-            str(m.limits.messages or "unlimited"),
-            "yes" if m.enabled else "no",
-            m.path or "",
+            Text(printable(m.address)),
+            Text(format_size(m.limits.bytes) if m.limits.bytes else "unlimited"),
+            Text(str(m.limits.messages or "unlimited")),
+            Text("yes" if m.enabled else "no"),
+            Text(printable(m.path or "")),
         )
     Console().print(table)
 

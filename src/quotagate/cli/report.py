@@ -11,29 +11,32 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from quotagate.cli.app import App, pass_app
-from quotagate.report import COLUMNS, rows
+from quotagate.report import COLUMNS, csv_cell, rows
 from quotagate.sizes import format_size
+from quotagate.text import printable
 
 _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
 
 def _table(data: list[dict[str, Any]]) -> None:
+    """Every cell a :class:`Text`, never a string rich would read as markup, names escaped."""
     table = Table("address", "used", "messages", "quota", "%", "state", "maildirsize", "note")
     for row in data:
         quota = row["quota_bytes"]
         known = row["bytes"] is not None
         msgs = f"{row['messages']}" + (f"/{row['quota_messages']}" if row["quota_messages"] else "")
         table.add_row(
-            str(row["address"]),
-            format_size(row["bytes"]) if known else "?",
-            msgs if known else "?",
-            format_size(quota) if isinstance(quota, int) and quota else "unlimited",
-            "" if row["percent"] is None else f"{row['percent']}",
-            f"[{_STYLE[str(row['state'])]}]{row['state']}[/]",
-            "" if not row["maildirsize"] else str(row["maildirsize"]).partition(":")[0],
-            str(row["reason"] or ""),
+            Text(printable(str(row["address"]))),
+            Text(format_size(row["bytes"]) if known else "?"),
+            Text(msgs if known else "?"),
+            Text(format_size(quota) if isinstance(quota, int) and quota else "unlimited"),
+            Text("" if row["percent"] is None else f"{row['percent']}"),
+            Text(str(row["state"]), style=_STYLE[str(row["state"])]),
+            Text("" if not row["maildirsize"] else str(row["maildirsize"]).partition(":")[0]),
+            Text(printable(str(row["reason"] or ""))),
         )
     console = Console()
     if not console.is_terminal:
@@ -52,12 +55,12 @@ def report(app: App, over: bool, fmt: str) -> None:
         data = rows(store.mailboxes(), store.readings(), over_only=over)
     finally:
         store.close()
-    if fmt == "json":
+    if fmt == "json":  # names exactly as stored: json.dumps escapes control characters and non-ASCII
         click.echo(json.dumps(data, indent=2))
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(data)
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in data)
     else:
         _table(data)
         if not data:
