@@ -38,7 +38,7 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig) -> str:
     """
     if mailbox.path is not None:
         if _CONTROL.search(mailbox.path):
-            raise UnsafePath(f"path {mailbox.path!r} holds control characters")
+            raise UnsafePath(f"path {mailbox.path} holds control characters")
         path = os.path.normpath(os.path.join(spool.root, mailbox.path))
     else:
         local, _, domain = mailbox.address.rpartition("@")

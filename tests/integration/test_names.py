@@ -3,7 +3,7 @@
 A mail user names their folders; a directory (PostfixAdmin, LDAP) may hold any mailbox path. The
 spool below has folders named with terminal escapes and rich markup, an address with markup, and a
 mailbox whose path (as a directory could store it) holds ESC, BEL, CR, a line break that forges a log
-record, and markup; its mail is a FIFO, so its usage is unknown and the reason names the path.
+record, and markup: such a path is refused, so its usage is unknown and the reason names the path.
 """
 
 from __future__ import annotations
