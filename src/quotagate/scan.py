@@ -105,7 +105,7 @@ def run_scan(
     jobs: list[Job] = []
     for mailbox in mailboxes:
         try:
-            path = mailbox_path(mailbox, config.spool)
+            path = mailbox_path(mailbox, config.spool, roots)
         except UnsafePath as exc:
             usage = MailboxUsage(Format.MISSING, error=str(exc))
             readings[mailbox.address] = reading_for(mailbox, "", usage, config, started)

@@ -28,11 +28,11 @@ def spool_roots(spool: SpoolConfig) -> Roots:
     return Roots.of(spool.root, extra=spool.extra_roots)
 
 
-def mailbox_path(mailbox: Mailbox, spool: SpoolConfig) -> str:
+def mailbox_path(mailbox: Mailbox, spool: SpoolConfig, roots: Roots) -> str:
     """The directory's path for the mailbox, or the spool layout filled with its address.
 
     A relative path from the directory is taken relative to the spool root. The result must lie
-    beneath ``[spool] root`` or one of ``extra_roots`` (after ``..`` is resolved): anything
+    beneath ``roots`` (:func:`spool_roots`, after ``..`` is resolved): anything
     else is an :class:`UnsafePath`, and the mailbox is unknown. Symlinks on the way are checked
     when the mailbox is opened (see :mod:`quotagate.usage.safefs`).
     """
@@ -48,6 +48,6 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig) -> str:
             address=_safe_component(mailbox.address, "address"),
         )
         path = os.path.normpath(os.path.join(spool.root, relative))
-    if not spool_roots(spool).beneath(path):
+    if not roots.beneath(path):
         raise UnsafePath(f"path {path!r} is outside [spool] root (and extra_roots)")
     return path

@@ -113,6 +113,19 @@ def open_node(path: str, roots: Roots) -> Node | None:
         try:
             redirected = None
             for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                if not last:  # the common case first: a plain directory, opened without a look
+                    try:
+                        opened = os.open(part, DIRECTORY, dir_fd=fd)
+                    except FileNotFoundError:
+                        return None
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                            raise
+                    else:
+                        os.close(fd)
+                        fd = opened
+                        continue
                 try:
                     seen = os.stat(part, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -122,16 +135,18 @@ def open_node(path: str, roots: Roots) -> Node | None:
                     here = os.path.join(root, *parts[:i])
                     redirected = os.path.normpath(os.path.join(here, target, *parts[i + 1 :]))
                     break
-                last = i == len(parts) - 1
-                if last and stat.S_ISREG(seen.st_mode):
+                if not last:
+                    if stat.S_ISDIR(seen.st_mode):  # swapped back since the open: look again
+                        redirected = logical
+                        break
+                    where = os.path.join(root, *parts[: i + 1])
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where)
+                if stat.S_ISREG(seen.st_mode):
                     flags = FILE
                 elif stat.S_ISDIR(seen.st_mode):
                     flags = DIRECTORY
-                elif last:
-                    raise OSError(errno.EINVAL, "neither a file nor a directory", logical)
                 else:
-                    where = os.path.join(root, *parts[: i + 1])
-                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where)
+                    raise OSError(errno.EINVAL, "neither a file nor a directory", logical)
                 try:
                     opened = os.open(part, flags, dir_fd=fd)
                 except OSError as exc:
@@ -147,10 +162,8 @@ def open_node(path: str, roots: Roots) -> Node | None:
                     redirected = logical
                     break
                 os.close(fd)
-                fd = opened
-                if last:
-                    node, fd = Node(fd, now, logical), -1
-                    return node
+                node, fd = Node(opened, now, logical), -1
+                return node
         finally:
             if fd >= 0:
                 os.close(fd)

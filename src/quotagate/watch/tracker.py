@@ -75,6 +75,7 @@ class Tracker:
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
         """Start from a scan's readings: every enabled mailbox is tracked from here on."""
         wanted = {m.address: m for m in mailboxes if m.enabled}
+        roots = spool_roots(self.config.spool)
         for address in set(self.mailboxes) - set(wanted):
             self._unwatch(address)
             del self.mailboxes[address]
@@ -85,7 +86,7 @@ class Tracker:
             self._removed.add(address)
         for address, mailbox in wanted.items():
             try:
-                path = mailbox_path(mailbox, self.config.spool)
+                path = mailbox_path(mailbox, self.config.spool, roots)
             except UnsafePath:
                 continue
             known = address in self.mailboxes
