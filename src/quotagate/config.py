@@ -96,6 +96,8 @@ class SpoolConfig(_Section):
     root: Path = Path("/var/mail/vhosts")
     layout: str = "{domain}/{local}/Maildir"
     format: Literal["maildir", "mbox", "auto"] = "auto"
+    # Refuse to scan unless the root is a mount point: an unmounted spool is an empty directory.
+    require_mount: bool = False
 
     def model_post_init(self, __context: Any) -> None:
         try:
@@ -123,6 +125,11 @@ class ScanConfig(_Section):
     # Unset: beside quotagate's SQLite file (the store's, or an LDAP store's state), else
     # /run/quotagate/scan.lock. See Config.scan_lock_file.
     lock_file: Path | None = None
+    # A scan finding more than this share of the mailboxes it measured before gone (from the disk
+    # or from the directory) is refused as an outage (see quotagate.outage); "100%" turns it off.
+    max_vanished: Percent = Decimal("0.1")
+    # Seconds one mailbox may take to measure; past it (a hung mount, a FIFO) it is unknown.
+    mailbox_timeout: float = Field(default=300, gt=0)
 
 
 class PublishConfig(_Section):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from quotagate.config import Config
 from quotagate.decide import is_over
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
+from quotagate.outage import Outage, root_problem, vanished_problem
 from quotagate.publish import publish_file
 from quotagate.spool import UnsafePath, mailbox_path
 from quotagate.store import Store
@@ -83,11 +84,18 @@ def run_scan(
     *,
     full: bool = False,
     fix_maildirsize: bool = False,
+    force: bool = False,
     progress: Progress | None = None,
 ) -> ScanResult:
     """One scan: measure every enabled mailbox (only changed folders unless ``full``), store the
-    readings that changed in one transaction, publish the over-quota set."""
+    readings that changed in one transaction, publish the over-quota set.
+
+    Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
+    rather than empty (see :mod:`quotagate.outage`), unless ``force``.
+    """
     started = time.time()
+    if not force and (problem := root_problem(config.spool)):
+        raise Outage(problem)
     cutoff_ns = int((started - config.scan.racy_seconds) * 1e9)
     mailboxes = [m for m in store.mailboxes() if m.enabled]
     previous = store.readings()
@@ -123,6 +131,9 @@ def run_scan(
         done += 1
         if progress and (done % 50 == 0 or done == total):
             progress(done, total)
+
+    if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
+        raise Outage(problem)
 
     changed = []
     for address, r in readings.items():
