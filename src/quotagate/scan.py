@@ -15,7 +15,7 @@ from quotagate.config import Config
 from quotagate.decide import is_over
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
-from quotagate.publish import publish_file
+from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, mailbox_path
 from quotagate.store import Store
 from quotagate.usage import maildirsize
@@ -87,11 +87,12 @@ def run_scan(
     force: bool = False,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """One scan: measure every enabled mailbox (only changed folders unless ``full``), store the
-    readings that changed in one transaction, publish the over-quota set.
+    """One scan: measure every enabled mailbox (only changed folders unless ``full``), publish the
+    over-quota set, then store the readings that changed in one transaction.
 
     Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
-    rather than empty (see :mod:`quotagate.outage`), unless ``force``.
+    rather than empty (see :mod:`quotagate.outage`), unless ``force``; PublishError, having
+    stored and recorded nothing, when the published file cannot be written.
     """
     started = time.time()
     if not force and (problem := root_problem(config.spool)):
@@ -147,14 +148,12 @@ def run_scan(
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
-    store.save_readings(changed, removed, flag_changes(changed, removed, previous))
+    over = (a for a, r in readings.items() if r.state is State.OVER)
+    with published_first(config.publish.file, over) as published:
+        store.save_readings(changed, removed, flag_changes(changed, removed, previous))
 
     mismatches = sorted(a for a, r in readings.items() if _maildirsize_disagrees(r))
     fixed = _fix_maildirsize(mismatches, readings, {m.address: m for m in mailboxes}) if fix_maildirsize else []
-
-    published = False
-    if config.publish.file is not None:
-        published = publish_file(config.publish.file, (a for a, r in readings.items() if r.state is State.OVER))
 
     summary = ScanSummary(
         started_at=started,

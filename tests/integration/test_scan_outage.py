@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ EX_UNAVAILABLE = 69
 class Site:
     """``size`` mailboxes on a real spool, half of them over quota, scanned once through the CLI."""
 
-    def __init__(self, base: Path, size: int = 10, **settings: str) -> None:
+    def __init__(self, base: Path, size: int = 10, db: Path | None = None, **settings: str) -> None:
         self.base = base
+        self.db = db or base / "q.db"
         self.spool = base / "spool"
         self.spool.mkdir(exist_ok=True)
         self.published = base / "overquota"
@@ -43,7 +44,7 @@ class Site:
     def write_config(self, **settings: str) -> None:
         """``settings``: extra lines per section, e.g. ``spool='require_mount = true'``."""
         sections = {
-            "store": f'url = "sqlite:///{self.base}/q.db"',
+            "store": f'url = "sqlite:///{self.db}"',
             "spool": f'root = "{self.spool}"',
             "scan": f'lock_file = "{self.base}/scan.lock"\nworkers = 1',
             "publish": f'file = "{self.published}"',
@@ -71,7 +72,7 @@ class Site:
 
     def delete_rows(self, locals_: list[str]) -> None:
         """The directory shrinks (a bad LDAP filter, an emptied table): rows go from under quotagate."""
-        engine = sa.create_engine(f"sqlite:///{self.base}/q.db")
+        engine = sa.create_engine(f"sqlite:///{self.db}")
         try:
             with engine.begin() as conn:
                 for local in locals_:
@@ -207,3 +208,72 @@ def test_every_logs_a_refused_round_and_carries_on(
     refusals = [r.getMessage() for r in caplog.records if "spool root" in r.getMessage()]
     assert len(refusals) == 2
     assert site.state() == before
+
+
+# -- store and published file in step -------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Make a directory read-only even for root (a read-only bind mount); undone afterwards."""
+    mounted: list[Path] = []
+
+    def make(directory: Path) -> None:
+        if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(directory), str(directory)]).returncode != 0:
+            pytest.skip("a read-only bind mount needs root")
+        mounted.append(directory)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+
+    yield make
+    for directory in reversed(mounted):
+        subprocess.run(["umount", str(directory)], check=False)
+
+
+EX_IOERR = 74
+
+
+def test_an_unwritable_publish_directory_leaves_the_store_unchanged_and_exits_74(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    read_only: Callable[[Path], None],
+) -> None:
+    publish_dir = tmp_path / "exim"
+    publish_dir.mkdir()
+    site = Site(tmp_path)
+    site.published = publish_dir / "overquota"
+    site.write_config()
+    assert site.run("scan") == 0
+    assert site.run("mailbox", "add", f"u9@{DOMAIN}", "--quota", "50") == 0  # u9 is over quota now
+    capsys.readouterr()
+    read_only(publish_dir)
+    with pytest.raises(OSError):
+        (publish_dir / "probe").write_text("")  # really read-only, even for root
+
+    before = site.state()
+    assert site.run("scan") == EX_IOERR
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and str(site.published) in err and "Read-only file system" in err
+    assert "scan (" not in out
+    assert site.state() == before  # u9's flag and reading, the last scan: the store agrees with the file
+
+    caplog.set_level(logging.INFO)
+    assert site.run("scan", "--every", "0.1s", "--count", "2") == 0  # carries on, round after round
+    assert len([r for r in caplog.records if str(site.published) in r.getMessage()]) == 2
+    assert site.state() == before
+
+
+def test_a_store_that_cannot_commit_leaves_the_published_file_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], read_only: Callable[[Path], None]
+) -> None:
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    site = Site(tmp_path, db=db_dir / "q.db")
+    assert site.run("scan") == 0
+    published = site.published.read_text()
+    assert site.run("mailbox", "add", f"u9@{DOMAIN}", "--quota", "50") == 0
+    read_only(db_dir)
+    capsys.readouterr()
+    assert site.run("scan") == 2  # a store error
+    assert "readonly" in capsys.readouterr().err
+    assert site.published.read_text() == published  # u9 not published: the store never said so

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quotagate.cli.app import App, pass_app
 from quotagate.config import ConfigError, scan_lock_file
 from quotagate.outage import Outage
+from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
@@ -21,6 +22,7 @@ from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, s
 log = logging.getLogger(__name__)
 
 EX_UNAVAILABLE = 69  # sysexits.h: the spool looks vanished (see quotagate.outage), nothing changed
+EX_IOERR = 74  # sysexits.h: the published file cannot be written; the store was left unchanged
 EX_TEMPFAIL = 75  # sysexits.h: another scan holds the lock, try again later
 
 
@@ -120,6 +122,7 @@ def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float 
       2   usage or config error (including a lock file that cannot be opened)
       69  refused, nothing changed: the spool root is missing or not mounted, or more than
           [scan] max_vanished of the mailboxes vanished (--force overrides)
+      74  the [publish] file cannot be written: nothing stored either
       75  another scan is running (the lock is held): try again later
     """
     if every is None:
@@ -133,6 +136,9 @@ def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float 
         except Outage as exc:
             click.echo(f"quotagate: {_refused(exc)}", err=True)
             return EX_UNAVAILABLE
+        except PublishError as exc:
+            click.echo(f"quotagate: {exc}; nothing stored", err=True)
+            return EX_IOERR
         return 0
 
     forced = force
@@ -145,6 +151,8 @@ def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float 
             log.warning("%s: skipping this round", exc)
         except Outage as exc:
             log.error("%s", _refused(exc))
+        except PublishError as exc:
+            log.error("%s; nothing stored, trying again next round", exc)
         else:
             forced = False  # --force overrides the guard once, not for every round
 
