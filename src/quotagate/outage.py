@@ -15,6 +15,7 @@ import stat
 from collections.abc import Mapping
 from decimal import Decimal
 
+from quotagate import bounded
 from quotagate.config import SpoolConfig
 from quotagate.model import Format, Reading
 
@@ -28,9 +29,17 @@ class Outage(Exception):
     """Evidence that the spool or the directory vanished: the message says what was seen."""
 
 
-def root_problem(spool: SpoolConfig) -> str | None:
+def root_problem(spool: SpoolConfig, timeout: float) -> str | None:
     """Why ``[spool] root`` cannot be read as the spool (missing, not a directory, not mounted
-    when ``require_mount`` asks for a mount point), or None when it can."""
+    when ``require_mount`` asks for a mount point, not answering within ``timeout`` seconds, as
+    a dead NFS mount does), or None when it can."""
+    try:
+        return bounded.call(lambda: _inspect_root(spool), timeout)
+    except TimeoutError:
+        return f"spool root {spool.root} did not answer within {timeout:g} s"
+
+
+def _inspect_root(spool: SpoolConfig) -> str | None:
     root = spool.root
     try:
         st = os.stat(root)

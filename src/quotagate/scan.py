@@ -8,9 +8,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from quotagate import bounded
 from quotagate.config import Config
 from quotagate.decide import is_over
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
@@ -44,17 +44,23 @@ def _measure_job(job: Job) -> MailboxUsage:
     return measure(*job)
 
 
-def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
-    """Measure in parallel processes (the per-file work holds the GIL), in input order."""
+def _measure_all(
+    jobs: Sequence[Job], workers: int, timeout: float, measure_job: Callable[[Job], MailboxUsage]
+) -> Iterator[MailboxUsage]:
+    """Measure in parallel processes (the per-file work holds the GIL), in input order; a mailbox
+    that takes longer than ``timeout`` (a hung mount, a FIFO) is unknown, the rest goes on."""
+
+    def timed_out(job: Job) -> MailboxUsage:
+        return MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s")
+
     if workers <= 1 or len(jobs) < _POOL_MIN:
-        yield from map(_measure_job, jobs)
+        yield from bounded.in_thread(measure_job, jobs, timeout, timed_out)
         return
-    chunk = max(1, min(8, len(jobs) // (workers * 32)))
     # fork is the cheapest start, but forking a process that runs other threads (the daemon,
-    # watch) can copy a lock some thread holds: then start workers from a clean server process.
+    # watch, a mailbox left hanging in a thread) can copy a lock some thread holds: then start
+    # workers from a clean server process.
     ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(_measure_job, jobs, chunksize=chunk)
+    yield from bounded.in_processes(measure_job, jobs, timeout, timed_out, workers, ctx)
 
 
 def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, config: Config) -> State:
@@ -86,16 +92,18 @@ def run_scan(
     fix_maildirsize: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    measure_job: Callable[[Job], MailboxUsage] = _measure_job,
 ) -> ScanResult:
     """One scan: measure every enabled mailbox (only changed folders unless ``full``), publish the
     over-quota set, then store the readings that changed in one transaction.
 
     Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
     rather than empty (see :mod:`quotagate.outage`), unless ``force``; PublishError, having
-    stored and recorded nothing, when the published file cannot be written.
+    stored and recorded nothing, when the published file cannot be written. ``measure_job`` (a
+    picklable function) is for tests that need a mailbox to hang.
     """
     started = time.time()
-    if not force and (problem := root_problem(config.spool)):
+    if not force and (problem := root_problem(config.spool, config.scan.mailbox_timeout)):
         raise Outage(problem)
     cutoff_ns = int((started - config.scan.racy_seconds) * 1e9)
     mailboxes = [m for m in store.mailboxes() if m.enabled]
@@ -127,7 +135,9 @@ def run_scan(
     done = len(readings)
     if progress:
         progress(done, total)
-    for (mailbox, path), usage in zip(pending, _measure_all(jobs, workers), strict=True):
+    for (mailbox, path), usage in zip(
+        pending, _measure_all(jobs, workers, config.scan.mailbox_timeout, measure_job), strict=True
+    ):
         readings[mailbox.address] = reading_for(mailbox, path, usage, config, started)
         done += 1
         if progress and (done % 50 == 0 or done == total):
