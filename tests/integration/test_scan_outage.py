@@ -213,22 +213,6 @@ def test_every_logs_a_refused_round_and_carries_on(
 # -- store and published file in step -------------------------------------------------------------
 
 
-@pytest.fixture
-def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
-    """Make a directory read-only even for root (a read-only bind mount); undone afterwards."""
-    mounted: list[Path] = []
-
-    def make(directory: Path) -> None:
-        if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(directory), str(directory)]).returncode != 0:
-            pytest.skip("a read-only bind mount needs root")
-        mounted.append(directory)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
-
-    yield make
-    for directory in reversed(mounted):
-        subprocess.run(["umount", str(directory)], check=False)
-
-
 EX_IOERR = 74
 
 
