@@ -99,6 +99,8 @@ class SpoolConfig(_Section):
     # Other directories mailboxes (or the targets of symlinked mailboxes) may live beneath.
     # A mailbox path outside root and these is unknown, never followed.
     extra_roots: list[Path] = []
+    # Refuse to scan unless the root is a mount point: an unmounted spool is an empty directory.
+    require_mount: bool = False
 
     def model_post_init(self, __context: Any) -> None:
         relative = [str(p) for p in (self.root, *self.extra_roots) if not p.is_absolute()]
@@ -129,6 +131,11 @@ class ScanConfig(_Section):
     # Unset: beside quotagate's SQLite file (the store's, or an LDAP store's state), else
     # /run/quotagate/scan.lock. See Config.scan_lock_file.
     lock_file: Path | None = None
+    # A scan finding more than this share of the mailboxes it measured before gone (from the disk
+    # or from the directory) is refused as an outage (see quotagate.outage); "100%" turns it off.
+    max_vanished: Percent = Decimal("0.1")
+    # Seconds one mailbox may take to measure; past it (a hung mount, a FIFO) it is unknown.
+    mailbox_timeout: float = Field(default=300, gt=0)
 
 
 class PublishConfig(_Section):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -15,6 +16,10 @@ HEADER = (
     "# One address per line for Exim's lsearch.\n"
 )
 _NEEDS_QUOTES = frozenset(' :"#\\')
+
+
+class PublishError(Exception):
+    """The published file cannot be written: the message names it and says why, in one line."""
 
 
 def lsearch_key(address: str) -> str | None:
@@ -63,5 +68,44 @@ def write_atomically(path: Path, content: str, mode: int = 0o644) -> bool:
 
 
 def publish_file(path: Path, over: Iterable[str]) -> bool:
-    """Publish the over-quota set to ``path``; True when the file changed."""
-    return write_atomically(path, render(over))
+    """Publish the over-quota set to ``path``; True when the file changed. Raises PublishError."""
+    try:
+        return write_atomically(path, render(over))
+    except OSError as exc:
+        raise PublishError(f"cannot publish the over-quota set to {path}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def published_first(path: Path | None, over: Iterable[str]) -> Iterator[bool]:
+    """Publish the over-quota set, then run the block: the store's commit of the same set.
+
+    The file is written first so that a failure to write it (PublishError) leaves the store as it
+    was; when the block fails, the file's previous content is put back. Either way the MTA's two
+    views (the store's flags, the file) agree. Yields whether the file changed.
+    """
+    if path is None:
+        yield False
+        return
+    try:
+        before: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        before = None
+    except OSError as exc:
+        raise PublishError(f"cannot read the published file {path}: {exc.strerror or exc}") from None
+    changed = publish_file(path, over)
+    try:
+        yield changed
+    except BaseException:
+        if changed:
+            _put_back(path, before)
+        raise
+
+
+def _put_back(path: Path, before: bytes | None) -> None:
+    try:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomically(path, before.decode("utf-8", "replace"))
+    except OSError as exc:
+        log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)

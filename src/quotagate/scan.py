@@ -8,13 +8,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from quotagate import bounded
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
-from quotagate.publish import publish_file
+from quotagate.outage import Outage, root_problem, vanished_problem
+from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
@@ -48,17 +49,23 @@ def _measure_job(job: Job) -> MailboxUsage:
         return MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}")
 
 
-def _measure_all(jobs: Sequence[Job], workers: int) -> Iterator[MailboxUsage]:
-    """Measure in parallel processes (the per-file work holds the GIL), in input order."""
+def _measure_all(
+    jobs: Sequence[Job], workers: int, timeout: float, measure_job: Callable[[Job], MailboxUsage]
+) -> Iterator[MailboxUsage]:
+    """Measure in parallel processes (the per-file work holds the GIL), in input order; a mailbox
+    that takes longer than ``timeout`` (a hung mount, a FIFO) is unknown, the rest goes on."""
+
+    def timed_out(job: Job) -> MailboxUsage:
+        return MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s")
+
     if workers <= 1 or len(jobs) < _POOL_MIN:
-        yield from map(_measure_job, jobs)
+        yield from bounded.in_thread(measure_job, jobs, timeout, timed_out)
         return
-    chunk = max(1, min(8, len(jobs) // (workers * 32)))
     # fork is the cheapest start, but forking a process that runs other threads (the daemon,
-    # watch) can copy a lock some thread holds: then start workers from a clean server process.
+    # watch, a mailbox left hanging in a thread) can copy a lock some thread holds: then start
+    # workers from a clean server process.
     ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(_measure_job, jobs, chunksize=chunk)
+    yield from bounded.in_processes(measure_job, jobs, timeout, timed_out, workers, ctx)
 
 
 def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, config: Config) -> State:
@@ -88,11 +95,21 @@ def run_scan(
     *,
     full: bool = False,
     fix_maildirsize: bool = False,
+    force: bool = False,
     progress: Progress | None = None,
+    measure_job: Callable[[Job], MailboxUsage] = _measure_job,
 ) -> ScanResult:
-    """One scan: measure every enabled mailbox (only changed folders unless ``full``), store the
-    readings that changed in one transaction, publish the over-quota set."""
+    """One scan: measure every enabled mailbox (only changed folders unless ``full``), publish the
+    over-quota set, then store the readings that changed in one transaction.
+
+    Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
+    rather than empty (see :mod:`quotagate.outage`), unless ``force``; PublishError, having
+    stored and recorded nothing, when the published file cannot be written. ``measure_job`` (a
+    picklable function) is for tests that need a mailbox to hang.
+    """
     started = time.time()
+    if not force and (problem := root_problem(config.spool, config.scan.mailbox_timeout)):
+        raise Outage(problem)
     cutoff_ns = int((started - config.scan.racy_seconds) * 1e9)
     mailboxes = [m for m in store.mailboxes() if m.enabled]
     previous = store.readings()
@@ -126,11 +143,16 @@ def run_scan(
     done = len(readings)
     if progress:
         progress(done, total)
-    for (mailbox, path), usage in zip(pending, _measure_all(jobs, workers), strict=True):
+    for (mailbox, path), usage in zip(
+        pending, _measure_all(jobs, workers, config.scan.mailbox_timeout, measure_job), strict=True
+    ):
         readings[mailbox.address] = reading_for(mailbox, path, usage, config, started)
         done += 1
         if progress and (done % 50 == 0 or done == total):
             progress(done, total)
+
+    if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
+        raise Outage(problem)
 
     changed = []
     for address, r in readings.items():
@@ -144,14 +166,12 @@ def run_scan(
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
-    store.save_readings(changed, removed, flag_changes(changed, removed, previous))
+    over = (a for a, r in readings.items() if r.state is State.OVER)
+    with published_first(config.publish.file, over) as published:
+        store.save_readings(changed, removed, flag_changes(changed, removed, previous))
 
     fixed = sorted(a for a, r in readings.items() if r.usage.maildirsize and r.usage.maildirsize.rewritten)
     mismatches = sorted([*fixed, *(a for a, r in readings.items() if _maildirsize_disagrees(r))])
-
-    published = False
-    if config.publish.file is not None:
-        published = publish_file(config.publish.file, (a for a, r in readings.items() if r.state is State.OVER))
 
     summary = ScanSummary(
         started_at=started,

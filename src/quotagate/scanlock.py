@@ -79,6 +79,9 @@ def scan_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             os.ftruncate(fd, 0)  # no stale pid for the next reader
+            # A scan worker forked meanwhile shares the descriptor, and one stuck in the kernel
+            # (a dead mount) outlives the scan: closing ours alone would not release the lock.
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)  # closing the only descriptor releases the lock
 

@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,3 +97,19 @@ def open_dir() -> Iterator[Path]:
 def open_up() -> Callable[[str | Path], None]:
     """Make a spool readable by uid 65534: call it after building, before removing permissions."""
     return lambda base: _open_up(str(base))
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """Make a directory read-only even for root (a read-only bind mount); undone afterwards."""
+    mounted: list[Path] = []
+
+    def make(directory: Path) -> None:
+        if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(directory), str(directory)]).returncode != 0:
+            pytest.skip("a read-only bind mount needs root")
+        mounted.append(directory)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+
+    yield make
+    for directory in reversed(mounted):
+        subprocess.run(["umount", str(directory)], check=False)

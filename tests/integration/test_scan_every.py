@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from quotagate.cli import main
-from quotagate.scanlock import run_every
+from quotagate.scanlock import run_every, scan_lock
 from tests.spoolgen import add_message, maildir_folder
 
 EXE = str(Path(sys.executable).parent / "quotagate")
@@ -167,3 +167,20 @@ def test_a_round_longer_than_the_period_starts_the_next_at_once(caplog: pytest.L
     assert run_every(0.05, lambda: time.sleep(0.15), count=2) == 2
     assert time.monotonic() - started < 0.45
     assert any("longer than the period" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lock_is_released_while_a_stuck_worker_still_holds_its_descriptor(tmp_path: Path) -> None:
+    # A scan worker forked while the lock is held shares its descriptor; one stuck in the kernel
+    # (a dead mount) outlives the scan. The next scan must still get the lock.
+    lock_file = tmp_path / "scan.lock"
+    with scan_lock(lock_file):
+        stuck = os.fork()
+        if stuck == 0:  # the child: holds the inherited descriptor until killed
+            time.sleep(60)
+            os._exit(0)
+    try:
+        with scan_lock(lock_file):
+            pass
+    finally:
+        os.kill(stuck, signal.SIGKILL)
+        os.waitpid(stuck, 0)

@@ -13,12 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quotagate.cli.app import App, pass_app
 from quotagate.config import ConfigError, scan_lock_file
+from quotagate.outage import Outage
+from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
 
 log = logging.getLogger(__name__)
 
+EX_UNAVAILABLE = 69  # sysexits.h: the spool looks vanished (see quotagate.outage), nothing changed
+EX_IOERR = 74  # sysexits.h: the published file cannot be written; the store was left unchanged
 EX_TEMPFAIL = 75  # sysexits.h: another scan holds the lock, try again later
 
 
@@ -54,15 +58,21 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
-def _scan_once(app: App, full: bool, fix_maildirsize: bool) -> None:
-    """One scan under the lock; raises LockHeld when another scan runs."""
+def _refused(exc: Outage) -> str:
+    return f"scan refused, nothing changed: {exc} (check the spool and the directory; 'scan --force' overrides)"
+
+
+def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None:
+    """One scan under the lock; raises LockHeld when another scan runs, Outage when refused."""
     config = app.config
     try:
         with scan_lock(scan_lock_file(config)):
             store = app.store()
             try:
                 with _progress_bar() as progress:
-                    result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, progress=progress)
+                    result = run_scan(
+                        config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress
+                    )
             finally:
                 store.close()
     except LockError as exc:
@@ -82,6 +92,11 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool) -> None:
 @click.option("--full", is_flag=True, help="Read every folder, even those unchanged since the last scan.")
 @click.option("--fix-maildirsize", is_flag=True, help="Rewrite maildirsize files that disagree with the files.")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Scan even when the spool looks vanished (root missing or unmounted, many mailboxes gone).",
+)
+@click.option(
     "--every",
     metavar="DURATION",
     callback=_duration,
@@ -95,7 +110,7 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool) -> None:
     help="With --every: stop after N rounds (skipped ones included).",
 )
 @pass_app
-def scan(app: App, full: bool, fix_maildirsize: bool, every: float | None, count: int | None) -> int:
+def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float | None, count: int | None) -> int:
     """Measure every mailbox, store the usage and publish the over-quota set.
 
     Only one scan runs at a time: each holds the lock file [scan] lock_file while it runs
@@ -105,23 +120,41 @@ def scan(app: App, full: bool, fix_maildirsize: bool, every: float | None, count
     Exit status:
       0   done (with --every: stopped by SIGTERM/SIGINT or --count)
       2   usage or config error (including a lock file that cannot be opened)
+      69  refused, nothing changed: the spool root is missing or not mounted, or more than
+          [scan] max_vanished of the mailboxes vanished (--force overrides)
+      74  the [publish] file cannot be written: nothing stored either
       75  another scan is running (the lock is held): try again later
     """
     if every is None:
         if count is not None:
             raise click.UsageError("--count needs --every")
         try:
-            _scan_once(app, full, fix_maildirsize)
+            _scan_once(app, full, fix_maildirsize, force)
         except LockHeld as exc:
             click.echo(f"quotagate: {exc}", err=True)
             return EX_TEMPFAIL
+        except Outage as exc:
+            click.echo(f"quotagate: {_refused(exc)}", err=True)
+            return EX_UNAVAILABLE
+        except PublishError as exc:
+            click.echo(f"quotagate: {exc}; nothing stored", err=True)
+            return EX_IOERR
         return 0
 
+    forced = force
+
     def round_() -> None:
+        nonlocal forced
         try:
-            _scan_once(app, full, fix_maildirsize)
+            _scan_once(app, full, fix_maildirsize, forced)
         except LockHeld as exc:
             log.warning("%s: skipping this round", exc)
+        except Outage as exc:
+            log.error("%s", _refused(exc))
+        except PublishError as exc:
+            log.error("%s; nothing stored, trying again next round", exc)
+        else:
+            forced = False  # --force overrides the guard once, not for every round
 
     run_every(every, round_, count)
     return 0

@@ -6,12 +6,13 @@ import asyncio
 import errno
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from quotagate.config import Config
-from quotagate.model import Reading, State
-from quotagate.publish import publish_file
-from quotagate.scan import run_scan
+from quotagate.model import Mailbox, Reading, State
+from quotagate.outage import Outage, vanished_problem
+from quotagate.publish import PublishError, published_first
+from quotagate.scan import ScanResult, run_scan
 from quotagate.store import Store, StoreError
 from quotagate.watch.limits import current_limit, plan
 from quotagate.watch.tracker import Tracker
@@ -33,27 +34,34 @@ class StorePublisher:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
 
     async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
+        """Publish the file (when the set moved), then commit the store: on PublishError or
+        StoreError nothing is committed, the file is as it was, and the caller keeps the batch."""
+        over = set(self.over)
         flags = {}
         for r in changed:
-            over = r.state is State.OVER
-            if over != (r.address in self.over):
-                flags[r.address] = over
-                (self.over.add if over else self.over.discard)(r.address)
+            is_over = r.state is State.OVER
+            if is_over != (r.address in over):
+                flags[r.address] = is_over
+                (over.add if is_over else over.discard)(r.address)
         for address in removed:  # disabled or gone from the directory: never over quota
-            if address in self.over:
+            if address in over:
                 flags[address] = False
-                self.over.discard(address)
-        await asyncio.to_thread(self.store.save_readings, changed, removed, flags)
+                over.discard(address)
+        await asyncio.to_thread(self._commit, changed, removed, flags, over)
+        self.over = over
         if flags:
             log.info(
                 "over quota now: %s; no longer: %s",
                 sorted(a for a, o in flags.items() if o) or "-",
                 sorted(a for a, o in flags.items() if not o) or "-",
             )
-            if self.config.publish.file is not None:
-                await asyncio.to_thread(publish_file, self.config.publish.file, sorted(self.over))
         for hook in self.on_change:
             hook(changed)
+
+    def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> None:
+        path = self.config.publish.file if flags else None
+        with published_first(path, sorted(over)):
+            self.store.save_readings(changed, removed, flags)
 
 
 def estimated_watches(tracker: Tracker) -> int:
@@ -62,12 +70,17 @@ def estimated_watches(tracker: Tracker) -> int:
 
 
 async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePublisher]:
-    """A tracker primed by an incremental scan, watching with inotify or polling as limits allow."""
-    result = await asyncio.to_thread(run_scan, config, store)
+    """A tracker primed by an incremental scan, watching with inotify or polling as limits allow.
+
+    When that scan is refused (the spool looks vanished) or cannot publish, the tracker starts
+    from the stored readings: the last state stands until the spool is back.
+    """
+    result = await _rescan(config, store)
+    readings = result.readings if result is not None else await asyncio.to_thread(store.readings)
     publisher = StorePublisher(config, store)
     tracker = Tracker(config, publisher)
     mailboxes = await asyncio.to_thread(store.mailboxes)
-    tracker.load(mailboxes, result.readings)
+    tracker.load(mailboxes, readings)
     publisher.reset(tracker.readings)
     chosen = plan(estimated_watches(tracker), current_limit(), config.watch.mode)
     tracker.mode = chosen.mode
@@ -93,7 +106,9 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
     while True:
         await asyncio.sleep(config.watch.rescan_seconds)
         touched = tracker.begin_rescan()
-        result = await asyncio.to_thread(run_scan, config, store)
+        result = await _rescan(config, store)
+        if result is None:
+            continue  # the tracker keeps its state; its own flushes watch for the spool's return
         mailboxes = await asyncio.to_thread(store.mailboxes)
         tracker.adopt(mailboxes, result.readings, touched)
         # What the store and the published file hold now is the rescan's view: the next flush
@@ -102,8 +117,29 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
         gc.freeze()  # the long-lived readings: out of the collector's way
 
 
+async def _rescan(config: Config, store: Store) -> ScanResult | None:
+    """An incremental scan, or None (logged) when it was refused or could not publish."""
+    try:
+        return await asyncio.to_thread(run_scan, config, store)
+    except Outage as exc:
+        log.error("rescan refused, keeping the last state: %s", exc)
+    except PublishError as exc:
+        log.error("rescan not stored, keeping the last state: %s", exc)
+    return None
+
+
+def directory_problem(config: Config, tracker: Tracker, mailboxes: Iterable[Mailbox]) -> str | None:
+    """Why a new listing of the directory looks like an outage (a bad LDAP filter, an emptied
+    table: most mailboxes gone at once) rather than mailboxes leaving, or None."""
+    wanted = {m.address for m in mailboxes if m.enabled}
+    still = {a: r for a, r in tracker.readings.items() if a in wanted}
+    return vanished_problem(tracker.readings, still, config.scan.max_vanished)
+
+
 async def follow_directory(config: Config, store: Store, tracker: Tracker) -> None:
-    """Mailboxes added to or removed from the directory are tracked or dropped within a while."""
+    """Mailboxes added to or removed from the directory are tracked or dropped within a while,
+    unless too many go at once: then the tracker keeps them (said once) until the directory is back."""
+    refused = None
     while True:
         await asyncio.sleep(config.watch.directory_seconds)
         try:
@@ -111,4 +147,12 @@ async def follow_directory(config: Config, store: Store, tracker: Tracker) -> No
         except StoreError as exc:
             log.error("cannot list mailboxes: %s", exc)
             continue
-        tracker.load(mailboxes, {})
+        problem = directory_problem(config, tracker, mailboxes)
+        if problem != refused:
+            if problem:
+                log.error("directory not followed, keeping the last state: %s", problem)
+            else:
+                log.info("directory followed again")
+            refused = problem
+        if problem is None:
+            tracker.load(mailboxes, {})

@@ -23,8 +23,11 @@ from asyncinotify import Inotify, Mask, Watch
 
 from quotagate.config import Config
 from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
+from quotagate.outage import root_problem, vanished_problem
+from quotagate.publish import PublishError
 from quotagate.scan import reading_for
 from quotagate.spool import UnsafePath, mailbox_path, spool_roots
+from quotagate.store import StoreError
 from quotagate.usage import maildir
 from quotagate.usage.mailbox import measure, unchanged
 from quotagate.usage.names import display_name
@@ -70,6 +73,7 @@ class Tracker:
         self._inotify: Inotify | None = None
         self._targets: dict[Watch, _Target] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
+        self._held: str | None = None  # why flushes keep the last state (see flush), None when not
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -242,7 +246,18 @@ class Tracker:
         return out
 
     async def flush(self) -> list[Reading]:
-        """Measure what is dirty, total what changed, and hand the changed readings on."""
+        """Measure what is dirty, total what changed, and hand the changed readings on.
+
+        Evidence of an outage (the spool root gone or unmounted, too many mailboxes found missing
+        at once) changes nothing: the readings stand, the batch waits for the next flush, and the
+        log says so once. So does a batch the publisher could not write (kept, written again).
+        """
+        config = self.config
+        if self._dirty:
+            problem = await asyncio.to_thread(root_problem, config.spool, config.scan.mailbox_timeout)
+            if problem:
+                self._hold(problem)
+                return []
         dirty, self._dirty = sorted(self._dirty), set()
         changed, self._changed = self._changed, set()
         force, self._force = self._force, set()
@@ -250,7 +265,7 @@ class Tracker:
         self._measuring = set(dirty)
         measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
         now = time.time()
-        out = []
+        fresh = {}
         for address in sorted(set(dirty) | changed | force):
             mailbox = self.mailboxes.get(address)
             if mailbox is None:
@@ -259,7 +274,18 @@ class Tracker:
             usage = measured.get(address) or (previous.usage if previous else None)
             if usage is None:
                 continue
-            reading = reading_for(mailbox, self._paths[address], usage, self.config, now)
+            fresh[address] = reading_for(mailbox, self._paths[address], usage, config, now)
+        problem = vanished_problem(self.readings, self.readings | fresh, config.scan.max_vanished)
+        if problem:
+            self._dirty.update(dirty)
+            self._changed.update(changed)
+            self._force.update(force)
+            self._removed.update(removed)
+            self._hold(problem)
+            return []
+        out = []
+        for address, reading in fresh.items():
+            previous = self.readings.get(address)
             self.readings[address] = reading
             if address in measured and self._sync_watches(address):
                 # Mail may have come between the listing and the new watch: measure once more,
@@ -268,8 +294,25 @@ class Tracker:
             if previous is None or not reading.same_measure(previous) or address in force:
                 out.append(reading)
         if out or removed:
-            await self.publish(out, sorted(removed))
+            try:
+                await self.publish(out, sorted(removed))
+            except (PublishError, StoreError) as exc:
+                self._force.update(r.address for r in out)
+                self._removed.update(removed)
+                self._hold(f"cannot store or publish usage: {exc}")
+                return []
+        self._hold(None)
         return out
+
+    def _hold(self, problem: str | None) -> None:
+        """Say once that the tracker keeps its last state, and why; and once that it stopped."""
+        if problem == self._held:
+            return
+        if problem:
+            log.error("keeping the last state: %s", problem)
+        else:
+            log.info("usage follows the spool again")
+        self._held = problem
 
     def _poll(self, everything: bool) -> None:
         """A mailbox whose mtimes moved is measured again: every one when polling instead of

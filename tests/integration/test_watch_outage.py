@@ -1,0 +1,144 @@
+"""``quotagate watch`` (and the daemon's built-in watch) keep their last state when the spool
+vanishes: no flush publishes mailboxes as empty, a refused rescan is logged and ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from quotagate.config import Config, parse_config
+from quotagate.model import Limits, Mailbox, State
+from quotagate.store import Store, open_store
+from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
+from quotagate.watch.tracker import Tracker
+from tests.spoolgen import add_message, maildir_folder
+
+LOCALS = ["a0", "a1", "b0", "b1"]  # a* over quota, b* not
+
+
+def build(tmp_path: Path) -> tuple[Config, Store]:
+    spool = tmp_path / "spool"
+    for local in LOCALS:
+        add_message(maildir_folder(spool / "example.org" / local / "Maildir"), 100)
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+            "spool": {"root": str(spool)},
+            "publish": {"file": str(tmp_path / "overquota")},
+            "scan": {"racy_seconds": 0},
+            "watch": {"flush_seconds": 0.05, "poll_seconds": 0.1, "rescan_seconds": 0.3, "directory_seconds": 0.1},
+        }
+    )
+    store = open_store(config.store.url)
+    store.migrate()
+    store.upsert_mailboxes(
+        [Mailbox(f"{local}@example.org", Limits(50 if local[0] == "a" else 10**6)) for local in LOCALS]
+    )
+    return config, store
+
+
+def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
+    assert config.publish.file is not None
+    return {a: (r.state, r.bytes) for a, r in store.readings().items()}, config.publish.file.read_text()
+
+
+async def watching(
+    config: Config, store: Store, then: Callable[[Tracker], Awaitable[None]], *loops: Callable[..., Awaitable[None]]
+) -> None:
+    tracker, publisher = await start_tracker(config, store)
+    tasks = [asyncio.create_task(tracker.run())]
+    for loop in loops:
+        args = (config, store, tracker, publisher) if loop is rescan_forever else (config, store, tracker)
+        tasks.append(asyncio.create_task(loop(*args)))
+    try:
+        await asyncio.sleep(0.3)
+        await then(tracker)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tracker.close()
+
+
+def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, store = build(tmp_path)
+    caplog.set_level(logging.INFO)
+
+    async def remove_the_root(tracker: Tracker) -> None:
+        before = seen(store, config)
+        assert before[1].count("@example.org") == 2
+        shutil.rmtree(config.spool.root)  # every watch ends: every mailbox is measured again
+        for local in LOCALS:
+            tracker.mark_dirty(f"{local}@example.org")
+        await asyncio.sleep(1.5)  # many flushes, several rescans
+        assert seen(store, config) == before
+        assert {a: r.state for a, r in tracker.readings.items()} == {
+            f"{local}@example.org": State.OVER if local[0] == "a" else State.OK for local in LOCALS
+        }
+
+    asyncio.run(watching(config, store, remove_the_root, rescan_forever))
+    messages = [(r.name, r.getMessage()) for r in caplog.records if "spool root" in r.getMessage()]
+    assert len([m for name, m in messages if name == "quotagate.watch.tracker"]) == 1  # said once, not per flush
+    assert any(name == "quotagate.watch.runner" and "rescan refused" in m for name, m in messages)
+
+    before = seen(store, config)
+    asyncio.run(watching(config, store, lambda tracker: asyncio.sleep(0.3)))  # starting with the root gone
+    assert seen(store, config) == before
+    store.close()
+
+
+def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config, store = build(tmp_path)
+
+    async def shrink_the_directory(tracker: Tracker) -> None:
+        before = seen(store, config)
+        engine = sa.create_engine(config.store.url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM quotagate_mailbox WHERE address LIKE 'a%'"))
+        engine.dispose()
+        await asyncio.sleep(0.6)  # several directory refreshes
+        assert seen(store, config) == before
+        assert len(tracker.mailboxes) == 4
+
+    asyncio.run(watching(config, store, shrink_the_directory, follow_directory))
+    assert any("vanished" in r.getMessage() for r in caplog.records)
+    store.close()
+
+
+def test_a_batch_watch_cannot_publish_is_not_stored_and_is_written_once_it_can(
+    tmp_path: Path, read_only: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    publish_dir = tmp_path / "exim"
+    publish_dir.mkdir()
+    config, store = build(tmp_path)
+    config = config.model_copy(update={"publish": config.publish.model_copy(update={"file": publish_dir / "over"})})
+    spool = config.spool.root
+
+    async def run() -> None:
+        tracker, _ = await start_tracker(config, store)
+        before = seen(store, config)
+        read_only(publish_dir)
+        add_message(maildir_folder(spool / "example.org" / "b0" / "Maildir"), 10**6)  # b0 goes over quota
+        tracker.mark_dirty("b0@example.org")
+        for _ in range(3):
+            assert await tracker.flush() == []
+        assert seen(store, config) == before  # neither the flag nor the reading: the file could not say so
+        subprocess.run(["umount", str(publish_dir)], check=True)
+        assert [r.address for r in await tracker.flush()] == ["b0@example.org"]
+        readings, published = seen(store, config)
+        assert readings["b0@example.org"][0] is State.OVER and "b0@example.org" in published
+        tracker.close()
+
+    asyncio.run(run())
+    assert len([r for r in caplog.records if "cannot store or publish" in r.getMessage()]) == 1
+    store.close()
