@@ -48,7 +48,7 @@ def configure(site: Site, exim: Exim, mode: str) -> None:
         exim.configure(users=users(), acl=parts.acl)
     else:
         parts = exim_config.parts(config, "router", "lsearch")
-        exim.configure(users=users(), routers=parts.routers)
+        exim.configure(users=users(), routers=parts.routers, acls=parts.acls)
 
 
 def users() -> dict[str, str]:

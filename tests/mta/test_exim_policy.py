@@ -116,5 +116,5 @@ def test_an_alias_to_a_full_mailbox_is_refused_by_the_router_variant(work: Path,
         assert exim.smtp(f"alias@{DOMAIN}") // 100 == 5
         assert exim.smtp(f"roomy@{DOMAIN}") == 250
         (reply,) = exim.fake_session(f"alias@{DOMAIN}")
-        assert reply.startswith("550") and "Mailbox is full" in reply, reply
+        assert reply.startswith("552 5.2.2") and "Mailbox is full" in reply, reply
     assert exim.queue_count() == 0
