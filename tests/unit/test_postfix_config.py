@@ -1,0 +1,27 @@
+"""``quotagate postfix-config``: the item for the admin's own restrictions, never a list of ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+
+
+def test_postfix_config_prints_the_item_and_never_a_whole_restriction_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "quotagate.toml"
+    cfg.write_text('[policy]\nlisten = ["127.0.0.1:10099"]\n')
+    assert main(["--config", str(cfg), "postfix-config"]) == 0
+    out = capsys.readouterr().out
+    settings = [line for line in out.splitlines() if line and not line.startswith("#")]
+    item = "check_policy_service { inet:127.0.0.1:10099, timeout=10s, default_action=DUNNO }"
+    assert settings[0] == item
+    assert not any(line.startswith(("smtpd_recipient_restrictions", "smtpd_relay_restrictions")) for line in settings)
+    assert "smtpd_policy_service_default_action = DUNNO" in settings
+    # Where it goes: before any permit, after reject_unauth_destination.
+    example = [line.strip("# ,") for line in out.splitlines() if line.startswith("#       ")]
+    assert example.index(item) < example.index("permit_mynetworks")
+    assert example.index("reject_unauth_destination") < example.index(item)
