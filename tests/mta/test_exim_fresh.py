@@ -45,7 +45,7 @@ def configure(site: Site, exim: Exim, mode: str) -> None:
     config = load_config(site.config)
     if mode == "daemon":
         parts = exim_config.parts(config, "policy")
-        exim.configure(users=users(), acl=parts.acl)
+        exim.configure(users=users(), main=parts.main, acls=parts.acls, acl=parts.acl)
     else:
         parts = exim_config.parts(config, "router", "lsearch")
         exim.configure(users=users(), routers=parts.routers, acls=parts.acls)

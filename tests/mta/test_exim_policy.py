@@ -49,7 +49,14 @@ def prepare(work: Path, exim: Exim, section: str, reservation_seconds: int = 600
     (work / "aliases").write_text(f"alias@{DOMAIN}: full@{DOMAIN}\n")
     routers = ALIAS_ROUTER.format(aliases=work / "aliases") + (parts.routers if section == "routers" else "")
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("full", "roomy")}
-    exim.configure(users=users, acl=parts.acl if section == "acl" else "", routers=routers, transport=TRANSPORT_QUOTA)
+    exim.configure(
+        users=users,
+        main=parts.main,
+        acls=parts.acls,
+        acl=parts.acl if section == "acl" else "",
+        routers=routers,
+        transport=TRANSPORT_QUOTA,
+    )
     return site, port
 
 

@@ -1,48 +1,190 @@
-from hypothesis import given
+"""Reservations as pure bookkeeping: transactions, the client cap, deliveries and readings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from quotagate.decide import Reserved
-from quotagate.policy.reservations import Reservations
+from quotagate.decide import Reserved, decide
+from quotagate.model import Action, Limits, Mailbox, Usage
+from quotagate.policy.reservations import Reservations, Transaction, client_key
+
+BIG = 10**12
+A, B = Transaction("192.0.2.1", "t1"), Transaction("192.0.2.2", "t2")
 
 
-def test_held_sums_live_reservations() -> None:
+def hold(r: Reservations, t: Transaction, size: int, now: float = 0, box: str = "a@x", cap: int = BIG) -> bool:
+    return r.hold(t, box, size, now, cap_bytes=cap, cap_messages=BIG)
+
+
+def test_held_sums_every_transaction() -> None:
     r = Reservations(seconds=60)
-    r.hold("a@x", 100, now=10)
-    r.hold("a@x", 50, now=20)
-    r.hold("b@x", 7, now=20)
-    assert r.held("a@x", now=30, measured_at=0) == Reserved(150, 2)
-    assert r.held("c@x", now=30, measured_at=0) == Reserved()
-    assert r.total() == (2, 157)
+    assert hold(r, A, 100) and hold(r, B, 50) and hold(r, A, 7, box="b@x")
+    assert r.held("a@x", now=1, measured_at=0) == Reserved(150, 2)
+    assert r.held("c@x", now=1, measured_at=0) == Reserved()
+    assert r.totals() == {"held": 157, "flight": 0}
 
 
-def test_expired_reservations_are_dropped() -> None:
+def test_the_same_transaction_asking_again_replaces_its_reservation() -> None:
     r = Reservations(seconds=60)
-    r.hold("a@x", 100, now=10)
-    r.hold("a@x", 50, now=40)
-    assert r.held("a@x", now=70, measured_at=0) == Reserved(50, 1)
-    assert r.held("a@x", now=100, measured_at=0) == Reserved()
-    assert r.total() == (0, 0)
+    hold(r, A, 100)
+    hold(r, A, 30)  # the alias and the address itself: one delivery
+    assert r.held("a@x", 1, 0) == Reserved(30, 1)
+    assert r.released["replaced"] == 1
 
 
-def test_fresher_usage_releases_reservations_made_before_it() -> None:
+def test_a_transaction_without_data_releases_at_once() -> None:
     r = Reservations(seconds=600)
-    r.hold("a@x", 100, now=10)
-    r.hold("a@x", 50, now=20)
-    assert r.held("a@x", now=25, measured_at=15) == Reserved(50, 1)
+    hold(r, A, 100)
+    hold(r, B, 50)
+    assert r.end(A, with_data=False, now=5) == 1
+    assert r.held("a@x", 5, 0) == Reserved(50, 1)
+    assert r.released["no data"] == 1
 
 
-def test_prune_forgets_expired_mailboxes() -> None:
-    r = Reservations(seconds=5)
-    r.hold("a@x", 1, now=0)
-    r.hold("b@x", 1, now=10)
-    r.prune(now=8)
-    assert r.total() == (1, 1)
+def test_mail_in_flight_stays_until_its_delivery_is_seen_and_measured() -> None:
+    r = Reservations(seconds=600)
+    hold(r, A, 100, now=0)
+    r.end(A, with_data=True, now=1)
+    assert r.totals() == {"held": 0, "flight": 100}
+    assert r.held("a@x", now=50, measured_at=40) == Reserved(100, 1)  # a reading alone frees nothing
+    assert r.end(A, with_data=False, now=51) == 0  # a later QUIT does not free mail in flight
+    assert r.delivered("a@x", now=60)
+    assert r.held("a@x", now=61, measured_at=59) == Reserved(100, 1)  # reading older than the delivery
+    assert r.held("a@x", now=62, measured_at=61) == Reserved()
+    assert r.released["delivered"] == 1
 
 
-@given(st.lists(st.tuples(st.integers(1, 10**6), st.floats(0, 100)), max_size=30), st.floats(0, 200), st.floats(0, 200))
-def test_held_matches_a_direct_count(holds: list[tuple[int, float]], now: float, measured_at: float) -> None:
-    r = Reservations(seconds=30)
-    for size, made in sorted(holds, key=lambda h: h[1]):
-        r.hold("a@x", size, now=made)
-    live = [size for size, made in holds if made + 30 > now and made >= measured_at]
-    assert r.held("a@x", now, measured_at) == Reserved(sum(live), len(live))
+def test_deliveries_match_the_oldest_mail_in_flight() -> None:
+    r = Reservations(seconds=600)
+    for i, t in enumerate((A, B)):
+        hold(r, t, 100 * (i + 1), now=i)
+        r.end(t, with_data=True, now=i)
+    r.delivered("a@x", now=10)
+    assert r.held("a@x", now=11, measured_at=11) == Reserved(200, 1)
+    assert not r.delivered("b@x", now=12)
+
+
+def test_expiry_and_the_global_cap() -> None:
+    r = Reservations(seconds=60, max_reservations=2)
+    for i in range(3):
+        hold(r, Transaction("c", str(i)), 10, now=i)
+    assert len(r) == 2 and r.released["evicted"] == 1
+    assert r.held("a@x", now=61.5, measured_at=0) == Reserved(10, 1)  # the first left went at 61
+    assert r.held("a@x", now=62, measured_at=0) == Reserved()
+
+
+def test_one_client_is_capped_in_one_mailbox_but_never_below_one_message() -> None:
+    r = Reservations(seconds=600)
+    prober = [Transaction("203.0.113.9", str(i)) for i in range(5)]
+    assert hold(r, prober[0], 800, cap=1000)
+    assert not hold(r, prober[1], 300, cap=1000)  # 1100 > 1000: decided, but nothing held
+    assert hold(r, prober[2], 200, cap=1000)
+    assert not hold(r, prober[3], 1, cap=1000)
+    assert r.capped == 2
+    assert hold(r, A, 5000, cap=1000)  # another client; and one message of any declared size
+    assert hold(r, prober[4], 700, box="b@x", cap=1000)  # another mailbox
+    r.end(prober[0], with_data=False, now=1)
+    assert hold(r, prober[3], 800, cap=1000)
+
+
+def test_client_keys() -> None:
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:1:2:3::4") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_key("IPv6:2001:db8::1") == "2001:db8::/64"
+    assert client_key("") == "local"
+
+
+# ---- any interleaving -----------------------------------------------------------------------
+
+LIMIT = 10_000
+
+
+@dataclass
+class Message:
+    transaction: Transaction
+    size: int
+    state: str = "held"  # held, flight, delivered
+
+
+@dataclass
+class Model:
+    delivered_bytes: int = 0  # what the mailbox really holds
+    measured: Usage = field(default_factory=lambda: Usage(0, 0, 0.0))
+    accepted: list[Message] = field(default_factory=list)
+
+
+class Interleavings(RuleBasedStateMachine):
+    """Checks, transaction ends, deliveries, readings and restarts in any order: accepted mail
+    never overfills the mailbox, and nothing still in flight is ever released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.r = Reservations(seconds=10**9)
+        self.m = Model()
+        self.now = 1.0
+        self.n = 0
+
+    def tick(self) -> float:
+        self.now += 1
+        return self.now
+
+    @rule(size=st.integers(1, 4000), client=st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"]))
+    def check(self, size: int, client: str) -> None:
+        now = self.tick()
+        self.n += 1
+        t = Transaction(client_key(client), str(self.n))
+        reserved = self.r.held("a@x", now, self.m.measured.measured_at)
+        decision = decide(Mailbox("a@x", Limits(LIMIT)), self.m.measured, size, reserved)
+        if decision.action is Action.ACCEPT and self.r.hold(t, "a@x", size, now, BIG, BIG):
+            self.m.accepted.append(Message(t, size))
+
+    @precondition(lambda self: any(m.state == "held" for m in self.m.accepted))
+    @rule(data=st.booleans(), pick=st.integers(0, 10**6))
+    def end(self, data: bool, pick: int) -> None:
+        held = [m for m in self.m.accepted if m.state == "held"]
+        message = held[pick % len(held)]
+        self.r.end(message.transaction, data, self.tick())
+        if data:
+            message.state = "flight"
+        else:
+            self.m.accepted.remove(message)
+
+    @precondition(lambda self: any(m.state == "flight" for m in self.m.accepted))
+    @rule(seen=st.booleans())
+    def deliver(self, seen: bool) -> None:
+        # Mail lands in the order it was accepted; the daemon may or may not be told.
+        message = next(m for m in self.m.accepted if m.state == "flight")
+        message.state = "delivered"
+        self.m.delivered_bytes += message.size
+        if seen:
+            self.r.delivered("a@x", self.tick())
+
+    @rule()
+    def measure(self) -> None:
+        self.m.measured = Usage(self.m.delivered_bytes, 0, self.tick())
+
+    @rule()
+    def restart(self) -> None:
+        saved = list(self.r)
+        self.r = Reservations(seconds=10**9)
+        self.r.restore(saved, self.tick())
+
+    @invariant()
+    def accepted_mail_fits(self) -> None:
+        pending = sum(m.size for m in self.m.accepted if m.state in ("held", "flight"))
+        assert self.m.delivered_bytes + pending <= LIMIT
+
+    @invariant()
+    def nothing_in_flight_is_released(self) -> None:
+        held = {(r.transaction, r.state) for r in self.r}
+        for m in self.m.accepted:
+            if m.state in ("held", "flight"):
+                assert (m.transaction, m.state) in held
+
+
+Interleavings.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestInterleavings = Interleavings.TestCase

@@ -175,22 +175,63 @@ def _policy_socket(config: Config) -> str:
     return f"inet:{host}:{where[1]}"
 
 
-def policy_parts(config: Config) -> Parts:
-    """The ACL statements (and a router variant) asking ``quotagate serve`` at RCPT time.
+TRANSACTION = "acl_c_quotagate_tx"
+END_REQUEST = "quotagate_end"
 
-    The request carries ``$message_size`` (the SIZE= the client declared, -1 when none) so the
-    check is inclusive. A daemon that is down or slow yields ``action=DUNNO`` (readsocket's fifth
-    argument): Exim then accepts as it would without quotagate, and the transport's own quota
-    still guards delivery.
+
+def policy_parts(config: Config) -> Parts:
+    """The ACLs (and a router variant) asking ``quotagate serve`` at RCPT time, and telling it
+    when an SMTP transaction ends, so that the room it holds belongs to that transaction.
+
+    The RCPT request carries ``$message_size`` (the SIZE= the client declared, -1 when none) so
+    the check is inclusive, and the transaction: ``acl_m`` variables are reset at MAIL, RSET,
+    HELO and after each message, so the id lives in an ``acl_c`` variable set at each MAIL. The
+    DATA ACL's last statement says the message was accepted (its room stays held, now in flight,
+    until the delivery is seen); the next MAIL, QUIT or a lost connection end a transaction
+    without data (its room is released at once). A daemon that is down or slow yields
+    ``action=DUNNO`` (readsocket's fifth argument): Exim then accepts as it would without
+    quotagate, and the transport's own quota still guards delivery.
     """
     socket = _policy_socket(config)
     # No line break may reach the request: it would add attributes of the sender's choosing.
     recipient = r"${sg{$local_part@$domain}{\N[\r\n]\N}{}}"
+    transaction = rf"instance=${TRANSACTION}\nclient_address=$sender_host_address\n"
     request = (
         r"request=smtpd_access_policy\nprotocol_state=RCPT\n"
-        rf"recipient={recipient}\nsize=$message_size\n\n"
+        rf"recipient={recipient}\nsize=$message_size\n{transaction}\n"
     )
     ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{action=DUNNO}}}}"
+
+    def tell(what: str) -> str:
+        return f"  set acl_c_quotagate_told = ${{readsocket{{{socket}}}{{{what}{transaction}\\n}}{{2s}}{{ }}{{}}}}\n"
+
+    ended = tell(rf"request={END_REQUEST}\n")
+    accepted = tell(r"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize=$message_size\n")
+    defined = f"  condition = ${{if def:{TRANSACTION}}}\n"
+    main = (
+        "# The ACLs that tell the daemon when an SMTP transaction ends. If your configuration\n"
+        "# already sets one of these, do not set it twice (that is a fatal error): call ours from\n"
+        "# yours instead, with 'warn acl = quotagate_mail' first in your MAIL ACL, 'warn acl =\n"
+        "# quotagate_data' as the last statement before the accept of your DATA ACL, and 'warn acl\n"
+        "# = quotagate_end' in your QUIT and not-QUIT ACLs.\n"
+        "acl_smtp_mail = quotagate_mail\n"
+        "acl_smtp_data = quotagate_data\n"
+        "acl_smtp_quit = quotagate_end\n"
+        "acl_smtp_notquit = quotagate_end\n"
+    )
+    acls = (
+        "# In the acl section (after 'begin acl'): the transaction quotagate's room belongs to.\n"
+        "quotagate_mail:\n"
+        f"  warn\n  {defined}  {ended}"
+        f"  warn\n    set {TRANSACTION} = $pid.$tod_epoch_l\n"
+        "  accept\n"
+        "quotagate_data:\n"
+        f"  warn\n  {accepted}"
+        "  accept\n"
+        "quotagate_end:\n"
+        f"  warn\n  {defined}  {ended}"
+        "  accept\n"
+    )
     acl = (
         "# In acl_smtp_rcpt, after the statements that accept or deny relaying and before the\n"
         "# one that accepts mail for local domains. Use this or the router below, not both: each\n"
@@ -220,13 +261,13 @@ def policy_parts(config: Config) -> Parts:
         "  allow_defer\n"
         f"  data = {full}\n"
     )
-    tell = f"${{readsocket{{{socket}}}{{request=quotagate_delivery\\nrecipient={recipient}\\n\\n}}{{1s}}{{ }}{{}}}}"
+    told = f"${{readsocket{{{socket}}}{{request=quotagate_delivery\\nrecipient={recipient}\\n\\n}}{{1s}}{{ }}{{}}}}"
     hint = (
         "# Optional, in the transport that delivers to mailboxes: tells the daemon of each local\n"
-        "# delivery at once, for spools it cannot watch (NFS). Needs [watch] enabled in quotagate.\n"
-        f"event_action = ${{if eq{{$event_name}}{{msg:delivery}}{{{tell}}}}}\n"
+        "# delivery at once, for spools it cannot watch (NFS), and releases the room held for it.\n"
+        f"event_action = ${{if eq{{$event_name}}{{msg:delivery}}{{{told}}}}}\n"
     )
-    return Parts("", router, acl, hint)
+    return Parts(main, router, acl, hint, acls)
 
 
 def parts(

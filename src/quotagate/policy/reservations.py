@@ -1,59 +1,248 @@
-"""Room held for mail the daemon accepted and that may still be in flight.
+"""Room held for mail the daemon accepted and that has not landed yet. Pure bookkeeping: the
+caller passes the clock (wall-clock seconds, so that reservations survive a restart).
 
 Dovecot's quota-status lets N parallel messages through when each fits alone; holding the
-declared size of every accepted message for a while makes the N-th check see the first N-1.
-A reservation ends when it expires, or when usage measured after it was made (a maildirsize
-update, a scan) shows the mailbox as it is now: the message is then either counted or gone.
-Pure bookkeeping: the caller passes the clock.
+declared size of every accepted message makes the N-th check see the first N-1. A reservation
+belongs to one SMTP transaction and one mailbox (the same transaction asking again for the same
+mailbox replaces its reservation: an alias and the address itself are delivered once):
+
+- **held** from the accepted RCPT until the transaction ends: without data it is released at
+  once; with data (the message was accepted) it goes **in flight**;
+- **in flight** until its delivery is seen (a watch event, Exim's delivery hint) *and* a usage
+  reading taken after that includes it, or until it expires. A reading never releases a
+  reservation whose delivery was not seen: the message may still be on its way.
+
+Probing is bounded: one client (an IPv4 address or an IPv6 /64) holds at most ``cap`` bytes and
+messages in one mailbox; a check beyond its cap is decided without holding more. Every check is
+O(1): per-mailbox and per-client sums are kept up to date, expiry pops a heap, and a global cap
+evicts the oldest reservations first.
 """
 
 from __future__ import annotations
 
+import heapq
+import ipaddress
+import itertools
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
 
 from quotagate.decide import Reserved
 
+State = Literal["held", "flight"]
+Release = Literal["no data", "delivered", "expired", "evicted", "released", "replaced"]
+
+
+def client_key(address: str) -> str:
+    """The unit a cap applies to: an IPv4 address, an IPv6 /64, or the text as sent."""
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]").removeprefix("IPv6:"))
+    except ValueError:
+        return address.strip() or "local"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
 
 @dataclass(frozen=True)
+class Transaction:
+    """One SMTP transaction: Postfix's ``instance`` or the id Exim's ACLs keep, with the client."""
+
+    client: str
+    id: str
+
+
+@dataclass(eq=False)
 class Reservation:
+    transaction: Transaction
+    mailbox: str
     bytes: int
     made_at: float
     expires_at: float
+    state: State = "held"
+    delivered_at: float | None = None
+    live: bool = field(default=True, repr=False)  # False once released (heap entries go stale)
+
+
+@dataclass
+class _Sums:
+    bytes: int = 0
+    messages: int = 0
+
+    def add(self, r: Reservation, sign: int) -> None:
+        self.bytes += sign * r.bytes
+        self.messages += sign
 
 
 class Reservations:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, max_reservations: int = 1_000_000) -> None:
         self.seconds = seconds
-        self._held: dict[str, deque[Reservation]] = {}
+        self.max_reservations = max_reservations
+        self._by_key: dict[tuple[Transaction, str], Reservation] = {}
+        self._by_transaction: dict[Transaction, dict[str, Reservation]] = {}
+        self._mailbox: dict[str, _Sums] = {}
+        self._client: dict[tuple[str, str], _Sums] = {}
+        self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
+        self._undelivered: dict[str, deque[Reservation]] = {}  # in flight, oldest first
+        self._expiry: list[tuple[float, int, Reservation]] = []
+        self._order = itertools.count()
+        self.released: dict[Release, int] = dict.fromkeys(
+            ("no data", "delivered", "expired", "evicted", "released", "replaced"), 0
+        )
+        self.capped = 0  # checks decided without holding more: the client was at its cap
 
-    def hold(self, address: str, size: int, now: float) -> None:
-        self._held.setdefault(address, deque()).append(Reservation(size, now, now + self.seconds))
+    # -- what is held ------------------------------------------------------------------------------
+    def held(self, mailbox: str, now: float, measured_at: float) -> Reserved:
+        """What is held for ``mailbox``: expired reservations go, and those in flight whose
+        delivery was seen before ``measured_at`` (the usage at hand includes them)."""
+        self.expire(now)
+        delivered = self._delivered.get(mailbox)
+        while delivered and (delivered[0].delivered_at or 0) < measured_at:
+            r = delivered.popleft()
+            if r.live:
+                self._drop(r, "delivered")
+        sums = self._mailbox.get(mailbox)
+        return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
-    def held(self, address: str, now: float, measured_at: float) -> Reserved:
-        """What is held for ``address``, dropping reservations that expired or that usage measured
-        at ``measured_at`` already reflects."""
-        queue = self._held.get(address)
-        if not queue:
-            return Reserved()
-        # Reservations are appended in time order: the stale ones are at the front.
-        while queue and (queue[0].expires_at <= now or queue[0].made_at < measured_at):
-            queue.popleft()
-        if not queue:
-            del self._held[address]
-            return Reserved()
-        live = [r for r in queue if r.expires_at > now and r.made_at >= measured_at]
-        return Reserved(sum(r.bytes for r in live), len(live))
+    def hold(
+        self, transaction: Transaction, mailbox: str, size: int, now: float, cap_bytes: int, cap_messages: int
+    ) -> bool:
+        """Hold ``size`` bytes and one message for the transaction; False (nothing held) when the
+        client would pass its cap in this mailbox. The transaction's earlier reservation for the
+        same mailbox is replaced."""
+        key = (transaction, mailbox)
+        old = self._by_key.get(key)
+        sums = self._client.get((transaction.client, mailbox), _Sums())
+        bytes_after = sums.bytes - (old.bytes if old else 0) + size
+        messages_after = sums.messages - (1 if old else 0) + 1
+        if bytes_after > max(cap_bytes, size) or messages_after > max(cap_messages, 1):
+            self.capped += 1
+            return False
+        if old is not None:
+            self._drop(old, "replaced")
+        r = Reservation(transaction, mailbox, size, now, now + self.seconds)
+        self._add(r)
+        while len(self._by_key) > self.max_reservations:
+            self._evict_oldest()
+        return True
 
-    def prune(self, now: float) -> None:
-        """Forget expired reservations of mailboxes nobody asked about since."""
-        for address in list(self._held):
-            queue = self._held[address]
-            while queue and queue[0].expires_at <= now:
-                queue.popleft()
-            if not queue:
-                del self._held[address]
+    # -- the life of a transaction -----------------------------------------------------------------
+    def end(self, transaction: Transaction, with_data: bool, now: float) -> int:
+        """The transaction ended: its held reservations go in flight (the message was accepted) or
+        are released (no data). Returns how many changed."""
+        mine = self._by_transaction.get(transaction)
+        if not mine:
+            return 0
+        changed = 0
+        for r in list(mine.values()):
+            if r.state != "held":
+                continue
+            changed += 1
+            if with_data:
+                r.state = "flight"
+                self._undelivered.setdefault(r.mailbox, deque()).append(r)
+            else:
+                self._drop(r, "no data")
+        return changed
 
-    def total(self) -> tuple[int, int]:
-        """(mailboxes, bytes) held, for metrics."""
-        return len(self._held), sum(r.bytes for q in self._held.values() for r in q)
+    def delivered(self, mailbox: str, now: float) -> bool:
+        """A delivery to ``mailbox`` was seen: the oldest in-flight reservation not yet matched is
+        marked delivered (it is released by the next reading taken after now)."""
+        queue = self._undelivered.get(mailbox)
+        while queue:
+            r = queue.popleft()
+            if r.live and r.delivered_at is None:
+                r.delivered_at = now
+                self._delivered.setdefault(mailbox, deque()).append(r)
+                if not queue:
+                    del self._undelivered[mailbox]
+                return True
+        self._undelivered.pop(mailbox, None)
+        return False
+
+    def release(self, mailbox: str | None = None) -> int:
+        """Let go of everything held for ``mailbox`` (every mailbox when None): the admin's call."""
+        chosen = [r for r in self._by_key.values() if mailbox is None or r.mailbox == mailbox]
+        for r in chosen:
+            self._drop(r, "released")
+        return len(chosen)
+
+    def expire(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, r = heapq.heappop(self._expiry)
+            if r.live:
+                self._drop(r, "expired")
+
+    # -- looking at them -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Reservation]:
+        return iter(list(self._by_key.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def totals(self) -> dict[State, int]:
+        """Bytes held and in flight, for metrics."""
+        out: dict[State, int] = {"held": 0, "flight": 0}
+        for r in self._by_key.values():
+            out[r.state] += r.bytes
+        return out
+
+    def mailboxes(self) -> int:
+        return len(self._mailbox)
+
+    def restore(self, saved: Iterable[Reservation], now: float) -> int:
+        """Take reservations saved by an earlier run (see :mod:`quotagate.policy.state`), dropping
+        the expired ones; returns how many were kept."""
+        kept = 0
+        for r in saved:
+            if r.expires_at <= now or (r.transaction, r.mailbox) in self._by_key:
+                continue
+            r.live = True
+            self._add(r)
+            if r.state == "flight":
+                if r.delivered_at is None:
+                    self._undelivered.setdefault(r.mailbox, deque()).append(r)
+                else:
+                    self._delivered.setdefault(r.mailbox, deque()).append(r)
+            kept += 1
+        return kept
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def _add(self, r: Reservation) -> None:
+        self._by_key[(r.transaction, r.mailbox)] = r
+        self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
+        self._mailbox.setdefault(r.mailbox, _Sums()).add(r, +1)
+        self._client.setdefault((r.transaction.client, r.mailbox), _Sums()).add(r, +1)
+        heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
+
+    def _drop(self, r: Reservation, why: Release) -> None:
+        if not r.live:
+            return
+        r.live = False
+        self.released[why] += 1
+        del self._by_key[(r.transaction, r.mailbox)]
+        mine = self._by_transaction[r.transaction]
+        del mine[r.mailbox]
+        if not mine:
+            del self._by_transaction[r.transaction]
+        for table, key in ((self._mailbox, r.mailbox), (self._client, (r.transaction.client, r.mailbox))):
+            sums = table[key]  # type: ignore[index]
+            sums.add(r, -1)
+            if sums.messages == 0:
+                del table[key]  # type: ignore[arg-type]
+        # Entries left behind in the heap and in the middle of the queues are skipped when reached.
+        for queues in (self._delivered, self._undelivered):
+            queue = queues.get(r.mailbox)
+            if queue is not None:
+                while queue and not queue[0].live:
+                    queue.popleft()
+                if not queue:
+                    del queues[r.mailbox]
+
+    def _evict_oldest(self) -> None:
+        while self._expiry:
+            _, _, r = heapq.heappop(self._expiry)
+            if r.live:
+                self._drop(r, "evicted")
+                return
