@@ -38,7 +38,9 @@ TEMP = Roots.of(tempfile.gettempdir())
 def measure(
     root: str, fmt: FormatSetting, previous: MailboxUsage | None = None, racy_cutoff_ns: int = 0
 ) -> MailboxUsage:
-    return mailbox.measure(root, fmt, previous, racy_cutoff_ns, TEMP)
+    """The usage of the mailbox at ``root``, ``previous`` measured there (no Maildir subdirectory)."""
+    reuse = None if previous is None else mailbox.Found(root, previous)
+    return mailbox.measure(root, fmt, reuse, racy_cutoff_ns, TEMP, None, "").usage
 
 
 def unchanged(root: str, previous: MailboxUsage) -> bool:
