@@ -79,12 +79,17 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     reuse = _reusable(previous, Format.MBOX)
     folders = []
-    for name in mbox.mbox_files(node.fd):
+    listing = mbox.mbox_files(node.fd)
+    passed_over = [display_name(name) for name in listing.maildirs]
+    for name in listing.files:
         fd = mbox.open_file(node.fd, name)
         if fd is None:
             continue  # removed while we looked
         try:
             shown = display_name(name)
+            if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
+                passed_over.append(shown)
+                continue
             old = reuse.get(shown)
             st = os.fstat(fd)
             if old is not None and old.stamp == (st.st_mtime_ns, st.st_size):
@@ -93,10 +98,20 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) ->
                 folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns))
         finally:
             os.close(fd)
+    if passed_over:
+        log.info("%s: not counted, not mbox files: %s", display_name(node.path), _some(passed_over))
     return MailboxUsage(Format.MBOX, _in_order(folders))
 
 
-def _mbox_file(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _some(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def _mbox_file(node: Node, root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+    if not mbox.is_mbox(node.fd):
+        reason = "not an mbox file (neither empty nor starting with a From line)"
+        return MailboxUsage(Format.MBOX, error=f"{display_name(root)}: {reason}")
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
     if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size):
         return MailboxUsage(Format.MBOX, (old,))
@@ -124,7 +139,7 @@ def _measure_node(
     if not node.is_dir:
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
-        return _bounded(_mbox_file(node, previous, racy_cutoff_ns))
+        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns))
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
         return _bounded(_maildir(node, previous, racy_cutoff_ns))
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns))
