@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from quotagate import bounded
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
+from quotagate.misread import misread_warning
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
 from quotagate.publish import published_first
@@ -155,6 +156,8 @@ def run_scan(
 
     if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
         raise Outage(problem)
+    if warning := misread_warning(previous, readings):
+        log.warning("%s", warning)
 
     changed = []
     for address, r in readings.items():

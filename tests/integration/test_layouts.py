@@ -5,6 +5,8 @@ stored and scanned incrementally there; and a scan whose results look like a mis
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +186,66 @@ def test_a_maildir_subdirectory_symlinked_within_the_spool_is_followed(env: Env)
     address = env.add("alice", path=f"{DOMAIN}/alice/")
     r = env.scan().readings[address]
     assert (r.state, r.bytes, r.path) == (State.OK, 600, str(home / "Maildir"))
+
+
+# -- a scan that looks like a misread layout says so -------------------------------------------------
+
+
+def _maildir_homes(env: Env, count: int) -> list[str]:
+    addresses = []
+    for i in range(count):
+        add_message(maildir_folder(env.spool / DOMAIN / f"u{i}"), 100 + i)
+        addresses.append(env.add(f"u{i}", path=f"{DOMAIN}/u{i}"))
+    backdate(env.spool)
+    return addresses
+
+
+def _move_every_maildir_down(env: Env, addresses: list[str]) -> None:
+    """What a migration to Dovecot's ``mail_location = maildir:~/Maildir`` does to each home."""
+    for address in addresses:
+        home = env.spool / DOMAIN / address.partition("@")[0]
+        home.rename(home.with_name("moving"))
+        home.mkdir()
+        shutil.move(home.with_name("moving"), home / "Maildir")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "quotagate.scan"]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "maildir"])
+def test_a_spool_whose_mailboxes_all_moved_warns_loudly(env: Env, caplog: pytest.LogCaptureFixture, fmt: str) -> None:
+    set_spool(env, format=fmt, maildir_subdir="")
+    addresses = _maildir_homes(env, 5)
+    with caplog.at_level(logging.INFO):
+        env.scan()
+        add_message(maildir_folder(env.spool / DOMAIN / "u0"), 5, where="new")
+        env.scan()
+        assert _warnings(caplog) == []  # a normal spool, a normal change
+
+        _move_every_maildir_down(env, addresses)
+        result = env.scan()
+    assert result.summary.bytes == 0  # what the warning is for: every flag would be cleared
+    (warning,) = _warnings(caplog)
+    assert "5 of 5" in warning
+    assert "[spool]" in warning and "maildir_subdir" in warning
+    if fmt == "auto":
+        assert "format" in warning and "changed" in warning
+
+
+def test_a_spool_whose_mailboxes_all_moved_below_is_found_without_a_warning(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    addresses = _maildir_homes(env, 5)
+    env.scan()
+    _move_every_maildir_down(env, addresses)
+    with caplog.at_level(logging.INFO):
+        result = env.scan()
+    assert _warnings(caplog) == []
+    assert result.summary.bytes == sum(100 + i for i in range(5))
+    assert {r.path for r in result.readings.values()} == {
+        str(env.spool / DOMAIN / f"u{i}" / "Maildir") for i in range(5)
+    }
 
 
 def test_watch_follows_the_maildir_found_below_the_mailbox_path(tmp_path: Path) -> None:
