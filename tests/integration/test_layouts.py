@@ -163,6 +163,17 @@ def test_maildir_subdir_can_be_renamed_or_turned_off(env: Env) -> None:
     assert (r.path, r.bytes) == (str(home), 0)
 
 
+def test_fix_maildirsize_rewrites_the_file_of_the_maildir_below(env: Env) -> None:
+    maildir = _dovecot_home(env.spool / DOMAIN / "alice")
+    _sample_maildir(maildir)
+    (maildir / "maildirsize").write_text("1000S\n100 1\n")
+    address = env.add("alice", path=f"{DOMAIN}/alice/")
+    result = env.scan(fix_maildirsize=True)
+    assert result.maildirsize_fixed == [address]
+    assert (maildir / "maildirsize").read_text() == "1000S\n3750 5\n"
+    assert not (env.spool / DOMAIN / "alice" / "maildirsize").exists()
+
+
 @pytest.mark.parametrize("target", ["/etc", "../../../../../../etc", "/proc/self/cwd"])
 def test_a_maildir_subdirectory_symlinked_out_of_the_spool_is_unknown(env: Env, target: str) -> None:
     home = env.spool / DOMAIN / "mallory"
