@@ -96,6 +96,10 @@ class SpoolConfig(_Section):
     root: Path = Path("/var/mail/vhosts")
     layout: str = "{domain}/{local}/Maildir"
     format: Literal["maildir", "mbox", "auto"] = "auto"
+    # A mailbox directory that is not a Maildir itself but holds one in this subdirectory is
+    # measured there (PostfixAdmin's maildir column names the user's home, Dovecot keeps the
+    # Maildir in ~/Maildir), in format "auto" and "maildir"; "" turns it off.
+    maildir_subdir: str = "Maildir"
     # Other directories mailboxes (or the targets of symlinked mailboxes) may live beneath.
     # A mailbox path outside root and these is unknown, never followed.
     extra_roots: list[Path] = []
@@ -110,6 +114,13 @@ class SpoolConfig(_Section):
             self.layout.format(domain="d", local="l", address="l@d")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
+
+    @field_validator("maildir_subdir")
+    @classmethod
+    def _subdir(cls, name: str) -> str:
+        if name in (".", "..") or "/" in name or re.search(r"[\x00-\x1f\x7f]", name):
+            raise ValueError(f"must be one directory name (or empty), not {name!r}")
+        return name
 
 
 class FolderRule(_Section):

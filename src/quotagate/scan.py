@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from quotagate import bounded
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
+from quotagate.misread import misread_warning
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
 from quotagate.publish import published_first
-from quotagate.spool import UnsafePath, mailbox_path, spool_roots
+from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
-from quotagate.usage.mailbox import FormatSetting, measure, unchanged
+from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
 
@@ -29,7 +30,7 @@ Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
 
-Job = tuple[str, FormatSetting, MailboxUsage | None, int, Roots, tuple[FolderRule, ...] | None]
+Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str]
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,22 @@ class ScanResult:
     published: bool
 
 
-def _measure_job(job: Job) -> MailboxUsage:
+def _measure_job(job: Job) -> Found:
     try:
         return measure(*job)
     except Exception as exc:  # one bad mailbox is one unknown mailbox, never a failed scan
         log.exception("%s: cannot be measured", display_name(job[0]))
-        return MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}")
+        return Found(job[0], MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}"))
 
 
 def _measure_all(
-    jobs: Sequence[Job], workers: int, timeout: float, measure_job: Callable[[Job], MailboxUsage]
-) -> Iterator[MailboxUsage]:
+    jobs: Sequence[Job], workers: int, timeout: float, measure_job: Callable[[Job], Found]
+) -> Iterator[Found]:
     """Measure in parallel processes (the per-file work holds the GIL), in input order; a mailbox
     that takes longer than ``timeout`` (a hung mount, a FIFO) is unknown, the rest goes on."""
 
-    def timed_out(job: Job) -> MailboxUsage:
-        return MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s")
+    def timed_out(job: Job) -> Found:
+        return Found(job[0], MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s"))
 
     if workers <= 1 or len(jobs) < _POOL_MIN:
         yield from bounded.in_thread(measure_job, jobs, timeout, timed_out)
@@ -97,7 +98,7 @@ def run_scan(
     fix_maildirsize: bool = False,
     force: bool = False,
     progress: Progress | None = None,
-    measure_job: Callable[[Job], MailboxUsage] = _measure_job,
+    measure_job: Callable[[Job], Found] = _measure_job,
 ) -> ScanResult:
     """One scan: measure every enabled mailbox (only changed folders unless ``full``), publish the
     over-quota set, then store the readings that changed in one transaction.
@@ -128,31 +129,35 @@ def run_scan(
             readings[mailbox.address] = reading_for(mailbox, "", usage, config, started)
             continue
         prev = previous.get(mailbox.address)
-        prev_usage = prev.usage if prev is not None and prev.path == path and not full else None
+        where = located(path, prev, config.spool)  # the Maildir below path, if found there before
+        prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         recheck = fix_maildirsize and prev is not None and _maildirsize_disagrees(prev)
-        if prev is not None and prev_usage is not None and not recheck and unchanged(path, prev_usage, roots):
+        if prev is not None and prev_usage is not None and not recheck and unchanged(where, prev_usage, roots):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)
-            readings[mailbox.address] = prev if same else Reading(mailbox.address, path, prev_usage, *totals, started)
+            readings[mailbox.address] = prev if same else Reading(mailbox.address, where, prev_usage, *totals, started)
             continue
         pending.append((mailbox, path))
-        jobs.append((path, config.spool.format, prev_usage, cutoff_ns, roots, fix_rules))
+        reuse = Found(where, prev_usage) if prev_usage is not None else None
+        jobs.append((path, config.spool.format, reuse, cutoff_ns, roots, fix_rules, config.spool.maildir_subdir))
 
     total = len(mailboxes)
     done = len(readings)
     if progress:
         progress(done, total)
-    for (mailbox, path), usage in zip(
+    for (mailbox, _), found in zip(
         pending, _measure_all(jobs, workers, config.scan.mailbox_timeout, measure_job), strict=True
     ):
-        readings[mailbox.address] = reading_for(mailbox, path, usage, config, started)
+        readings[mailbox.address] = reading_for(mailbox, found.path, found.usage, config, started)
         done += 1
         if progress and (done % 50 == 0 or done == total):
             progress(done, total)
 
     if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
         raise Outage(problem)
+    if warning := misread_warning(previous, readings):
+        log.warning("%s", warning)
 
     changed = []
     for address, r in readings.items():

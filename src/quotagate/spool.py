@@ -7,7 +7,7 @@ import os
 import re
 
 from quotagate.config import SpoolConfig
-from quotagate.model import Mailbox
+from quotagate.model import Mailbox, Reading
 from quotagate.usage.safefs import Roots
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -51,3 +51,15 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig, roots: Roots) -> str:
     if not roots.beneath(path):
         raise UnsafePath(f"path {path!r} is outside [spool] root (and extra_roots)")
     return path
+
+
+def located(path: str, previous: Reading | None, spool: SpoolConfig) -> str:
+    """Where the mailbox at ``path`` was found by its reading ``previous``: the Maildir in its
+    ``[spool] maildir_subdir`` when that is where it was measured, else ``path`` itself.
+
+    An incremental scan and the watcher look again where the mail was found; any other stored
+    path (the mailbox moved in the directory, the setting changed) is not reused: the mailbox
+    is measured afresh at ``path``.
+    """
+    below = os.path.join(path, spool.maildir_subdir) if spool.maildir_subdir else None
+    return below if previous is not None and previous.path == below else path

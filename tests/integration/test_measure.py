@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -38,7 +39,9 @@ TEMP = Roots.of(tempfile.gettempdir())
 def measure(
     root: str, fmt: FormatSetting, previous: MailboxUsage | None = None, racy_cutoff_ns: int = 0
 ) -> MailboxUsage:
-    return mailbox.measure(root, fmt, previous, racy_cutoff_ns, TEMP)
+    """The usage of the mailbox at ``root``, ``previous`` measured there (no Maildir subdirectory)."""
+    reuse = None if previous is None else mailbox.Found(root, previous)
+    return mailbox.measure(root, fmt, reuse, racy_cutoff_ns, TEMP, None, "").usage
 
 
 def unchanged(root: str, previous: MailboxUsage) -> bool:
@@ -284,6 +287,77 @@ def test_mbox_directory_mailbox(tmp_path: Path) -> None:
     assert per_folder(usage) == expected
     assert usage.all_messages == 6
     assert measure(str(root), "mbox") == usage
+
+
+def _mbox_sizes(root: Path, *names: str) -> dict[str, tuple[int, int]]:
+    return {name: ((root / name).stat().st_size, python_mbox_count(root / name)) for name in names}
+
+
+def test_sieve_scripts_forward_and_index_files_in_an_mbox_home_are_not_mail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "user"
+    write_mbox(root / "mbox", ["a\n", "b\n"])
+    write_mbox(root / "mail" / "Sent", ["c\n"])
+    (root / "mail" / "Drafts").write_bytes(b"")  # an mbox with nothing in it yet
+    (root / "sieve").mkdir()
+    (root / "sieve" / "managesieve.sieve").write_text('require ["fileinto"];\nfileinto "Junk";\n' * 40)
+    (root / "sieve" / "vacation.sieve").write_text('require "vacation";\nvacation "away";\n')
+    (root / ".dovecot.sieve").symlink_to("sieve/managesieve.sieve")
+    (root / ".forward").write_text('"|/usr/bin/procmail"\n')
+    (root / "dovecot.sieve.log").write_text("sieve: line 1: error\n" * 30)
+    (root / "mail" / ".imap" / "INBOX").mkdir(parents=True)
+    (root / "mail" / ".imap" / "INBOX" / "dovecot.index").write_bytes(b"\x07\x02" + b"i" * 4000)
+    (root / "mail" / ".subscriptions").write_text("Sent\n")
+    (root / "mail" / "subscriptions").write_text("V\t2\n\nSent\n")
+    (root / "mail" / "dovecot.list.index.log").write_bytes(b"\x01\x03" + b"l" * 5000)
+    (root / "mail" / "dovecot-uidlist").write_text("3 V1700000000 N3\n")
+
+    with caplog.at_level(logging.INFO, logger="quotagate.usage"):
+        usage = measure(str(root), "auto")
+    assert usage.known, usage.error
+    assert per_folder(usage) == {**_mbox_sizes(root, "mbox", "mail/Sent"), "mail/Drafts": (0, 0)}
+    assert usage.all_messages == 3
+    logged = caplog.text
+    for name in ("sieve/managesieve.sieve", "dovecot.sieve.log", "mail/dovecot-uidlist"):
+        assert name in logged
+    assert measure(str(root), "mbox") == usage
+    # A reading from before files were looked at counted the script: it is not reused.
+    script = (root / "sieve" / "managesieve.sieve").stat()
+    counted = FolderUsage("sieve/managesieve.sieve", script.st_size, 0, (script.st_mtime_ns, script.st_size))
+    older = MailboxUsage(Format.MBOX, (*usage.folders, counted))
+    assert per_folder(measure(str(root), "auto", older, FAR_FUTURE)) == per_folder(usage)
+
+
+def test_a_directory_of_message_files_is_not_mbox_folders(tmp_path: Path) -> None:
+    root = tmp_path / "user"
+    write_mbox(root / "mbox", ["a\n"])
+    archive = maildir_folder(root / "mail" / "Archive")  # a Maildir left in an mbox home
+    add_message(archive, 500)
+    add_message(archive, 600, where="new", with_size=False)
+    # A message saved with its envelope line starts like an mbox: still a message file.
+    (Path(os.fsdecode(archive)) / "cur" / "1700000001.M1P1.h:2,S").write_bytes(b"From a@b.example Mon Jan  1\n\nx\n")
+    mh = root / "Mail" / "inbox"  # an MH folder: numbered message files
+    mh.mkdir(parents=True)
+    for n in (1, 2, 3):
+        (mh / str(n)).write_text(f"Return-Path: <a@b.example>\nSubject: {n}\n\nhello\n")
+    (mh / ".mh_sequences").write_text("unseen: 2-3\n")
+
+    usage = measure(str(root), "auto")
+    assert usage.known, usage.error
+    assert per_folder(usage) == _mbox_sizes(root, "mbox")
+    alone = measure(str(mh), "auto")  # a mailbox path that is itself a directory of messages
+    assert alone.known and alone.folders == ()
+
+
+@pytest.mark.parametrize("fmt", ["auto", "mbox"])
+def test_a_mailbox_file_that_is_not_an_mbox_is_unknown(tmp_path: Path, fmt: FormatSetting) -> None:
+    path = tmp_path / "user"
+    path.write_text("Return-Path: <a@b.example>\nSubject: one message\n\nhello\n")
+    usage = measure(str(path), fmt)
+    assert not usage.known
+    assert usage.error == f"{path}: not an mbox file (neither empty nor starting with a From line)"
+    assert usage.folders == ()
 
 
 def test_mbox_directory_forced_as_maildir_is_empty_maildir(tmp_path: Path) -> None:

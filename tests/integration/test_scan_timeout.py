@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from quotagate.config import parse_config
-from quotagate.model import Limits, Mailbox, MailboxUsage, State
+from quotagate.model import Limits, Mailbox, State
 from quotagate.scan import Job, ScanResult, run_scan
 from quotagate.store import open_store
-from quotagate.usage.mailbox import measure
+from quotagate.usage.mailbox import Found, measure
 from tests.spoolgen import add_message, maildir_folder
 
 HUNG = {"u3", "u41"}
 
 
-def measure_or_hang(job: Job) -> MailboxUsage:
+def measure_or_hang(job: Job) -> Found:
     """Measures, except that the mailboxes in HUNG never answer, as on a dead mount."""
     if any(f"/{local}/" in job[0] for local in HUNG):
         time.sleep(3600)

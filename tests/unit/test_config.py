@@ -37,6 +37,8 @@ def test_values_are_parsed() -> None:
         ({"scan": {"threshold": "lots"}}, "scan.threshold"),
         ({"folders": [{"match": "Trash", "quota": "5X"}]}, "folders.0.quota"),
         ({"spool": {"layout": "{domain}/{user}"}}, "spool"),
+        ({"spool": {"maildir_subdir": "../Maildir"}}, "spool.maildir_subdir"),
+        ({"spool": {"maildir_subdir": ".."}}, "spool.maildir_subdir"),
         ({"stor": {"url": "x"}}, "stor"),
         ({"scan": {"workers": -1}}, "scan.workers"),
     ],

@@ -30,7 +30,7 @@ def count_at(path: str | Path) -> tuple[int, int, tuple[int, int]]:
 
 def mbox_files(root: str | Path) -> list[str]:
     with dir_fd(root) as fd:
-        return mbox.mbox_files(fd)
+        return mbox.mbox_files(fd).files
 
 
 def python_count(path: Path) -> int:

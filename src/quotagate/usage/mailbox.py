@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
@@ -78,12 +79,17 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
     reuse = _reusable(previous, Format.MBOX)
     folders = []
-    for name in mbox.mbox_files(node.fd):
+    listing = mbox.mbox_files(node.fd)
+    passed_over = [display_name(name) for name in listing.maildirs]
+    for name in listing.files:
         fd = mbox.open_file(node.fd, name)
         if fd is None:
             continue  # removed while we looked
         try:
             shown = display_name(name)
+            if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
+                passed_over.append(shown)
+                continue
             old = reuse.get(shown)
             st = os.fstat(fd)
             if old is not None and old.stamp == (st.st_mtime_ns, st.st_size):
@@ -92,10 +98,20 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) ->
                 folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns))
         finally:
             os.close(fd)
+    if passed_over:
+        log.info("%s: not counted, not mbox files: %s", display_name(node.path), _some(passed_over))
     return MailboxUsage(Format.MBOX, _in_order(folders))
 
 
-def _mbox_file(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _some(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def _mbox_file(node: Node, root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+    if not mbox.is_mbox(node.fd):
+        reason = "not an mbox file (neither empty nor starting with a From line)"
+        return MailboxUsage(Format.MBOX, error=f"{display_name(root)}: {reason}")
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
     if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size):
         return MailboxUsage(Format.MBOX, (old,))
@@ -123,10 +139,37 @@ def _measure_node(
     if not node.is_dir:
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
-        return _bounded(_mbox_file(node, previous, racy_cutoff_ns))
+        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns))
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
         return _bounded(_maildir(node, previous, racy_cutoff_ns))
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns))
+
+
+def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots) -> Node | None:
+    """The Maildir in ``subdir`` of a mailbox directory that is not a Maildir itself, or None.
+
+    PostfixAdmin's ``maildir`` column names the user's directory and Dovecot keeps the Maildir in
+    ``Maildir/`` below it, beside Sieve scripts and the like. A plain directory is opened through
+    the descriptor, following nothing; a symlink (or an entry swapped meanwhile) is resolved by
+    walking from the spool root again, as a symlinked mailbox root is: followed only while it
+    stays beneath the allowed roots, else :class:`safefs.Escape` makes the mailbox unknown.
+    """
+    if not subdir or fmt == "mbox" or node is None or not node.is_dir or _looks_like_maildir(node.fd):
+        return None
+    fd = safefs.open_dir(subdir, node.fd)
+    if fd is not None:
+        return Node(fd, os.fstat(fd), os.path.join(node.path, subdir))
+    try:
+        seen = os.stat(subdir, dir_fd=node.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not (stat.S_ISLNK(seen.st_mode) or stat.S_ISDIR(seen.st_mode)):
+        return None  # a file of that name is not a Maildir
+    below = safefs.open_node(os.path.join(node.path, subdir), roots)
+    if below is not None and not below.is_dir:
+        below.close()
+        return None  # a symlink to a file: no Maildir there either
+    return below
 
 
 def _fix(node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule]) -> MailboxUsage:
@@ -147,30 +190,66 @@ def _fix(node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules:
     return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, info.definition, rewritten=True))
 
 
+class Found(NamedTuple):
+    """A mailbox's usage and where it was found: its path, or the Maildir in its subdirectory.
+
+    The path is what a reading records, so that the live readers (maildirsize, inotify) and the
+    next incremental scan look at the Maildir itself.
+    """
+
+    path: str
+    usage: MailboxUsage
+
+
 def measure(
     root: str,
     fmt: FormatSetting,
-    previous: MailboxUsage | None,
+    previous: Found | None,
     racy_cutoff_ns: int,
     roots: Roots,
-    fix_rules: Sequence[FolderRule] | None = None,
-) -> MailboxUsage:
-    """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous``.
+    fix_rules: Sequence[FolderRule] | None,
+    subdir: str,
+) -> Found:
+    """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
+    was found at the same place.
 
-    ``root`` must lie beneath ``roots``. A missing mailbox is empty (the MTA creates it on first
-    delivery). One that cannot be read, or that leads outside the roots, is returned with
-    ``error`` set: its usage is unknown, never "over quota". The root itself may be a symlink
-    that stays beneath the roots; nothing below it is followed. With ``fix_rules`` (the folder
-    rules), a maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
+    ``root`` must lie beneath ``roots``. A directory that is not a Maildir but holds one in
+    ``subdir`` (``[spool] maildir_subdir``; "" for none) is measured as that Maildir, unless
+    ``fmt`` is "mbox". A missing mailbox is empty (the MTA creates it on first delivery). One
+    that cannot be read, or that leads outside the roots, is returned with ``error`` set: its
+    usage is unknown, never "over quota". The root (and the subdirectory) may be a symlink that
+    stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
+    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
     """
     try:
         with safefs.opened(root, roots) as node:
-            usage = _measure_node(node, root, fmt, previous, racy_cutoff_ns)
-            return usage if fix_rules is None else _fix(node, root, roots, usage, fix_rules)
+            below = _maildir_below(node, fmt, subdir, roots)
+            if below is None:
+                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules)
+            try:
+                return _measure_at(
+                    below, os.path.join(root, subdir), "maildir", previous, racy_cutoff_ns, roots, fix_rules
+                )
+            finally:
+                below.close()
     except OSError as exc:
-        return MailboxUsage(Format.MISSING, error=_describe(exc))
+        return Found(root, MailboxUsage(Format.MISSING, error=_describe(exc)))
     except (ValueError, OverflowError, UnicodeError) as exc:
-        return MailboxUsage(Format.MISSING, error=f"{display_name(root)}: {exc}")
+        return Found(root, MailboxUsage(Format.MISSING, error=f"{display_name(root)}: {exc}"))
+
+
+def _measure_at(
+    node: Node | None,
+    where: str,
+    fmt: FormatSetting,
+    previous: Found | None,
+    racy_cutoff_ns: int,
+    roots: Roots,
+    fix_rules: Sequence[FolderRule] | None,
+) -> Found:
+    reuse = previous.usage if previous is not None and previous.path == where else None
+    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns)
+    return Found(where, usage if fix_rules is None else _fix(node, where, roots, usage, fix_rules))
 
 
 def unchanged(root: str, previous: MailboxUsage, roots: Roots) -> bool:

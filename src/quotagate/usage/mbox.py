@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import NamedTuple
 
 from quotagate.model import FolderUsage
 from quotagate.usage import safefs
@@ -14,6 +15,8 @@ _CHUNK = 1 << 20
 _SEPARATORS = (b"\n\nFrom ", b"\n\r\nFrom ")
 _CARRY = max(len(s) for s in _SEPARATORS) - 1
 _SKIPPED_SUFFIXES = (".lock", ".lck")
+_FROM = b"From "
+_MAILDIR_DIRS = ("cur", "new", "tmp")
 
 
 def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
@@ -39,6 +42,18 @@ def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
     return st.st_size, messages, (st.st_mtime_ns, st.st_size)
 
 
+def is_mbox(fd: int) -> bool:
+    """Whether the file open at ``fd`` is an mbox: empty, or starting with a ``From `` line.
+
+    Anything else in an mbox home (Sieve scripts, ``.forward``, an IMAP server's index files, a
+    single message) is not a folder of mail, and counting it would charge its size to the user.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    return st.st_size == 0 or os.pread(fd, len(_FROM), 0) == _FROM
+
+
 def read_file_folder(fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
     size, messages, file_stamp = count_messages(fd)
     kept = None if file_stamp[0] >= racy_cutoff_ns else file_stamp
@@ -49,13 +64,33 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES)
 
 
-def mbox_files(root_fd: int) -> list[str]:
-    """The relative path (the folder name) of every mbox file under an opened directory,
-    without following symlinks.
+def _holds_maildir(fd: int) -> bool:
+    for name in _MAILDIR_DIRS:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
-    Dot files and folders (``.imap``, ``.subscriptions``) and lock files are not mail.
+
+class Listing(NamedTuple):
+    """The files of an mbox home that may be mbox folders, and the directories passed over."""
+
+    files: list[str]
+    maildirs: list[str]
+
+
+def mbox_files(root_fd: int) -> Listing:
+    """The relative path (the folder name) of every file under an opened directory that may be
+    an mbox (see :func:`is_mbox`), without following symlinks.
+
+    Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
+    mail. Nor is a directory holding ``cur/``, ``new/`` or ``tmp/``: its files are the messages
+    of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``).
     """
     found: list[str] = []
+    maildirs: list[str] = []
     pending = [("", os.dup(root_fd))]
     try:
         while pending:
@@ -67,7 +102,10 @@ def mbox_files(root_fd: int) -> list[str]:
                             continue
                         if entry.is_dir(follow_symlinks=False):
                             sub = safefs.open_dir(entry.name, fd)
-                            if sub is not None:
+                            if sub is not None and _holds_maildir(sub):
+                                os.close(sub)
+                                maildirs.append(prefix + entry.name + "/")
+                            elif sub is not None:
                                 pending.append((prefix + entry.name + "/", sub))
                         elif entry.is_file(follow_symlinks=False):
                             found.append(prefix + entry.name)
@@ -76,7 +114,7 @@ def mbox_files(root_fd: int) -> list[str]:
     finally:
         for _, fd in pending:
             os.close(fd)
-    return sorted(found)
+    return Listing(sorted(found), sorted(maildirs))
 
 
 def open_file(root_fd: int, relative: str) -> int | None:

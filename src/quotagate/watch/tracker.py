@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 from asyncinotify import Inotify, Mask, Watch
 
 from quotagate.config import Config
-from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
+from quotagate.model import FolderUsage, Format, Mailbox, Reading
 from quotagate.outage import root_problem, vanished_problem
 from quotagate.publish import PublishError
 from quotagate.scan import reading_for
-from quotagate.spool import UnsafePath, mailbox_path, spool_roots
+from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import StoreError
 from quotagate.usage import maildir
-from quotagate.usage.mailbox import measure, unchanged
+from quotagate.usage.mailbox import Found, measure, unchanged
 from quotagate.usage.names import display_name
 from quotagate.watch.deltas import message_delta
 
@@ -133,8 +133,8 @@ class Tracker:
 
     # -- watches -------------------------------------------------------------------------------
     def _wanted_paths(self, address: str) -> dict[str, _Target]:
-        path = self._paths[address]
         reading = self.readings.get(address)
+        path = located(self._paths[address], reading, self.config.spool)
         usage = reading.usage if reading else None
         if usage is None or not usage.known or usage.format is Format.MISSING:
             return {}  # polled: nothing to watch until it exists and is measured
@@ -235,14 +235,15 @@ class Tracker:
         self._changed.add(address)
 
     # -- flushing --------------------------------------------------------------------------------
-    def _measure(self, addresses: list[str]) -> dict[str, MailboxUsage]:
+    def _measure(self, addresses: list[str]) -> dict[str, Found]:
         cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
-        fmt = self.config.spool.format
-        roots = spool_roots(self.config.spool)
+        spool = self.config.spool
+        roots = spool_roots(spool)
         out = {}
         for address in addresses:
             previous = self.readings.get(address)
-            out[address] = measure(self._paths[address], fmt, previous.usage if previous else None, cutoff, roots)
+            reuse = Found(previous.path, previous.usage) if previous else None
+            out[address] = measure(self._paths[address], spool.format, reuse, cutoff, roots, None, spool.maildir_subdir)
         return out
 
     async def flush(self) -> list[Reading]:
@@ -271,10 +272,12 @@ class Tracker:
             if mailbox is None:
                 continue
             previous = self.readings.get(address)
-            usage = measured.get(address) or (previous.usage if previous else None)
-            if usage is None:
+            found = measured.get(address)
+            if found is None and previous is not None:
+                found = Found(located(self._paths[address], previous, config.spool), previous.usage)
+            if found is None:
                 continue
-            fresh[address] = reading_for(mailbox, self._paths[address], usage, config, now)
+            fresh[address] = reading_for(mailbox, found.path, found.usage, config, now)
         problem = vanished_problem(self.readings, self.readings | fresh, config.scan.max_vanished)
         if problem:
             self._dirty.update(dirty)
@@ -321,7 +324,7 @@ class Tracker:
         for address, reading in self.readings.items():
             if not everything and reading.usage.format is not Format.MISSING:
                 continue
-            if not unchanged(self._paths[address], reading.usage, roots):
+            if not unchanged(located(self._paths[address], reading, self.config.spool), reading.usage, roots):
                 self._dirty.add(address)
 
     # -- running ---------------------------------------------------------------------------------

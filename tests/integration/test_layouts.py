@@ -1,0 +1,302 @@
+"""Layouts that find the Maildir: a mailbox directory holding ``Maildir/`` (PostfixAdmin's ``maildir``
+column names the user's directory, Dovecot keeps the Maildir one level below) is that Maildir, measured,
+stored and scanned incrementally there; and a scan whose results look like a misread layout says so."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from quotagate.config import Config, parse_config
+from quotagate.model import Format, Limits, Mailbox, State
+from quotagate.scan import ScanResult, run_scan
+from quotagate.store import Store, open_store, store_for
+from quotagate.watch.tracker import Tracker
+from tests.integration.test_scan import DOMAIN, Env, ReadCounter, _sample_maildir
+from tests.integration.test_watch import Spool
+from tests.servers import schemas
+from tests.spoolgen import add_message, backdate, independent_maildir_count, maildir_folder, totals
+
+ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def set_spool(env: Env, **values: str) -> None:
+    """``[spool]`` settings on top of the env's own (its root)."""
+    spool = env.config.spool.model_copy(update=values)
+    env.config = env.config.model_copy(update={"spool": spool})
+
+
+class PostfixAdmin:
+    """PostfixAdmin's own ``mailbox`` table in SQLite, rows as its web interface writes them, and a
+    Dovecot-style spool: ``maildir = example.org/alice/`` with the Maildir in ``Maildir/`` below."""
+
+    def __init__(self, base: Path, fmt: str) -> None:
+        self.url = f"sqlite:///{base}/postfixadmin.db"
+        self.spool = base / "vmail"
+        schemas.create(self.url, "postfixadmin")
+        schemas.add_mailbox(self.url, "postfixadmin", ALICE, 3000, maildir=f"{DOMAIN}/alice/")
+        schemas.add_mailbox(self.url, "postfixadmin", BOB, 10**9, maildir=f"{DOMAIN}/bob/")
+        self.config: Config = parse_config(
+            {
+                "store": {"url": self.url, "schema": "postfixadmin"},
+                "spool": {"root": str(self.spool), "format": fmt},
+                "scan": {"workers": 1},
+            }
+        )
+        self.store: Store = store_for(self.config.store)
+        self.store.migrate()
+
+    def home(self, local: str) -> Path:
+        return self.spool / DOMAIN / local
+
+    def scan(self) -> ScanResult:
+        return run_scan(self.config, self.store)
+
+    def flags(self) -> dict[str, int]:
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT username, quotagate_overquota FROM mailbox")).all()
+        finally:
+            engine.dispose()
+        return {address: int(flag) for address, flag in rows}
+
+
+@pytest.fixture(params=["auto", "maildir"])
+def postfixadmin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PostfixAdmin]:
+    pfa = PostfixAdmin(tmp_path, request.param)
+    try:
+        yield pfa
+    finally:
+        pfa.store.close()
+
+
+def _dovecot_home(home: Path) -> Path:
+    """What Dovecot keeps beside the Maildir in a user's home: Sieve scripts, an index, a lock."""
+    (home / "sieve").mkdir(parents=True)
+    (home / "sieve" / "roundcube.sieve").write_text('require ["fileinto"];\nfileinto "Junk";\n' * 50)
+    (home / ".dovecot.sieve").symlink_to("sieve/roundcube.sieve")
+    (home / ".dovecot.svbin").write_bytes(b"\x00svbin" * 100)
+    (home / "dovecot.sieve.log").write_text("sieve: error in line 1\n" * 20)
+    return home / "Maildir"
+
+
+def test_postfixadmin_maildir_one_level_below_is_measured_stored_and_scanned_incrementally(
+    postfixadmin: PostfixAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = _dovecot_home(postfixadmin.home("alice"))
+    _sample_maildir(alice)  # 3750 bytes in 5 messages, over alice's 3000
+    bob = postfixadmin.home("bob") / "Maildir"
+    add_message(maildir_folder(bob), 700)
+    backdate(postfixadmin.spool)
+    reads = ReadCounter(monkeypatch)
+
+    first = postfixadmin.scan()
+    a, b = first.readings[ALICE], first.readings[BOB]
+    assert a.usage.format is b.usage.format is Format.MAILDIR
+    assert {f.name: (f.bytes, f.messages) for f in a.usage.folders} == independent_maildir_count(alice)
+    assert (a.bytes, a.messages, a.state) == (*totals(independent_maildir_count(alice)), State.OVER)
+    assert (b.bytes, b.messages, b.state) == (700, 1, State.OK)
+    # Where the live readers (maildirsize, inotify) look: the Maildir itself, not the home.
+    assert (a.path, b.path) == (str(alice), str(bob))
+    assert postfixadmin.store.reading(ALICE).path == str(alice)
+    assert postfixadmin.flags() == {ALICE: 1, BOB: 0}
+    assert reads.take() == ["Archive.2024", "INBOX", "INBOX", "Sent", "Trash"]
+
+    second = postfixadmin.scan()
+    assert second.summary.measured == 0
+    assert reads.take() == []
+    assert second.summary.written == 0
+
+    add_message(maildir_folder(bob), 50, where="new")
+    third = postfixadmin.scan()
+    assert third.summary.measured == 1
+    assert reads.take() == ["INBOX"]  # one folder of one mailbox: the rest reused from the reading
+    assert (third.readings[BOB].bytes, third.readings[BOB].path) == (750, str(bob))
+
+
+def test_a_home_without_a_maildir_yet_is_found_once_the_maildir_appears(postfixadmin: PostfixAdmin) -> None:
+    postfixadmin.home("alice").mkdir(parents=True)  # created by the admin tool, empty until delivery
+    first = postfixadmin.scan()
+    assert first.readings[ALICE].bytes == 0 and first.readings[ALICE].state is State.OK
+    alice = postfixadmin.home("alice") / "Maildir"
+    add_message(maildir_folder(alice), 4000)
+    backdate(postfixadmin.spool)
+    r = postfixadmin.scan().readings[ALICE]
+    assert (r.path, r.usage.format, r.bytes, r.state) == (str(alice), Format.MAILDIR, 4000, State.OVER)
+
+
+def test_a_home_that_is_itself_a_maildir_is_measured_there(postfixadmin: PostfixAdmin) -> None:
+    home = postfixadmin.home("alice")
+    add_message(maildir_folder(home), 100)
+    add_message(maildir_folder(home / "Maildir"), 9000)  # a stray directory, not a Maildir++ folder
+    r = postfixadmin.scan().readings[ALICE]
+    assert (r.path, r.bytes) == (str(home), 100)
+
+
+def test_maildir_subdir_can_be_renamed_or_turned_off(env: Env) -> None:
+    home = env.spool / DOMAIN / "alice"
+    add_message(maildir_folder(home / "mail"), 300)
+    address = env.add("alice", path=f"{DOMAIN}/alice")
+    set_spool(env, format="maildir")
+    assert env.scan().readings[address].bytes == 0
+    set_spool(env, format="maildir", maildir_subdir="mail")
+    r = env.scan().readings[address]
+    assert (r.path, r.bytes) == (str(home / "mail"), 300)
+    set_spool(env, format="maildir", maildir_subdir="")
+    r = env.scan().readings[address]
+    assert (r.path, r.bytes) == (str(home), 0)
+
+
+def test_fix_maildirsize_rewrites_the_file_of_the_maildir_below(env: Env) -> None:
+    maildir = _dovecot_home(env.spool / DOMAIN / "alice")
+    _sample_maildir(maildir)
+    (maildir / "maildirsize").write_text("1000S\n100 1\n")
+    address = env.add("alice", path=f"{DOMAIN}/alice/")
+    result = env.scan(fix_maildirsize=True)
+    assert result.maildirsize_fixed == [address]
+    assert (maildir / "maildirsize").read_text() == "1000S\n3750 5\n"
+    assert not (env.spool / DOMAIN / "alice" / "maildirsize").exists()
+
+
+@pytest.mark.parametrize("target", ["/etc", "../../../../../../etc", "/proc/self/cwd"])
+def test_a_maildir_subdirectory_symlinked_out_of_the_spool_is_unknown(env: Env, target: str) -> None:
+    home = env.spool / DOMAIN / "mallory"
+    (home / "sieve").mkdir(parents=True)
+    (home / "Maildir").symlink_to(target)
+    address = env.add("mallory", Limits(1000), path=f"{DOMAIN}/mallory/")
+    for fmt in ("auto", "maildir"):
+        set_spool(env, format=fmt)
+        reading = env.scan(fix_maildirsize=True).readings[address]
+        assert reading.state is State.UNKNOWN, fmt
+        assert "outside the spool root" in (reading.reason or "")
+        assert reading.usage.folders == ()
+
+
+def test_a_maildir_subdirectory_symlinked_within_the_spool_is_followed(env: Env) -> None:
+    real = env.spool / "storage" / "alice"
+    add_message(maildir_folder(real), 600)
+    home = env.spool / DOMAIN / "alice"
+    home.mkdir(parents=True)
+    (home / "Maildir").symlink_to("../../storage/alice")
+    address = env.add("alice", path=f"{DOMAIN}/alice/")
+    r = env.scan().readings[address]
+    assert (r.state, r.bytes, r.path) == (State.OK, 600, str(home / "Maildir"))
+
+
+# -- a scan that looks like a misread layout says so -------------------------------------------------
+
+
+def _maildir_homes(env: Env, count: int) -> list[str]:
+    addresses = []
+    for i in range(count):
+        add_message(maildir_folder(env.spool / DOMAIN / f"u{i}"), 100 + i)
+        addresses.append(env.add(f"u{i}", path=f"{DOMAIN}/u{i}"))
+    backdate(env.spool)
+    return addresses
+
+
+def _move_every_maildir_down(env: Env, addresses: list[str]) -> None:
+    """What a migration to Dovecot's ``mail_location = maildir:~/Maildir`` does to each home."""
+    for address in addresses:
+        home = env.spool / DOMAIN / address.partition("@")[0]
+        home.rename(home.with_name("moving"))
+        home.mkdir()
+        shutil.move(home.with_name("moving"), home / "Maildir")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "quotagate.scan"]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "maildir"])
+def test_a_spool_whose_mailboxes_all_moved_warns_loudly(env: Env, caplog: pytest.LogCaptureFixture, fmt: str) -> None:
+    set_spool(env, format=fmt, maildir_subdir="")
+    addresses = _maildir_homes(env, 5)
+    with caplog.at_level(logging.INFO):
+        env.scan()
+        add_message(maildir_folder(env.spool / DOMAIN / "u0"), 5, where="new")
+        env.scan()
+        assert _warnings(caplog) == []  # a normal spool, a normal change
+
+        _move_every_maildir_down(env, addresses)
+        result = env.scan()
+    assert result.summary.bytes == 0  # what the warning is for: every flag would be cleared
+    (warning,) = _warnings(caplog)
+    assert "5 of 5" in warning
+    assert "[spool]" in warning and "maildir_subdir" in warning
+    if fmt == "auto":
+        assert "format" in warning and "changed" in warning
+
+
+def test_a_spool_whose_mailboxes_all_moved_below_is_found_without_a_warning(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    addresses = _maildir_homes(env, 5)
+    env.scan()
+    _move_every_maildir_down(env, addresses)
+    with caplog.at_level(logging.INFO):
+        result = env.scan()
+    assert _warnings(caplog) == []
+    assert result.summary.bytes == sum(100 + i for i in range(5))
+    assert {r.path for r in result.readings.values()} == {
+        str(env.spool / DOMAIN / f"u{i}" / "Maildir") for i in range(5)
+    }
+
+
+def test_watch_follows_the_maildir_found_below_the_mailbox_path(tmp_path: Path) -> None:
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("alice", 100)
+        maildir = spool.maildir("alice")  # example.org/alice/Maildir
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root)},
+                "watch": {"flush_seconds": 0.05},
+                "scan": {"racy_seconds": 0},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox(ALICE, Limits(1000), path=f"{DOMAIN}/alice/")])
+        tracker = Tracker(config, publish=lambda changed, removed: asyncio.sleep(0))
+        try:
+            tracker.load(store.mailboxes(), run_scan(config, store).readings)
+            tracker.start_watching()
+            for _ in range(2):  # the first flush adds watches and measures once more
+                await tracker.flush()
+            assert set(tracker._watches[ALICE]) == {str(maildir), f"{maildir}/cur", f"{maildir}/new"}
+            tracker._poll(everything=True)
+            assert not tracker._dirty  # unchanged where it was found: not measured again
+
+            task = asyncio.create_task(tracker.run())
+            spool.deliver("alice", 950)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if tracker.readings[ALICE].state is State.OVER:
+                    break
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            r = tracker.readings[ALICE]
+            assert (r.bytes, r.messages, r.state, r.path) == (1050, 2, State.OVER, str(maildir))
+        finally:
+            tracker.close()
+            store.close()
+
+    asyncio.run(main())
