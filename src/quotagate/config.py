@@ -23,6 +23,7 @@ from pydantic import (
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
 DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
+_STATE_DIR = "/var/lib/quotagate"
 ENV_VAR = "QUOTAGATE_CONFIG"
 
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -158,6 +159,15 @@ class PolicyConfig(_Section):
 
     # "HOST:PORT" (IPv6 as "[::1]:PORT") or "unix:/path/to/socket".
     listen: list[str] = ["127.0.0.1:10032"]
+    # One client (an IPv4 address, an IPv6 /64) holds at most this much room in one mailbox
+    # before DATA (bytes, or a share of the mailbox's limit), and never less than one message.
+    client_hold: Grace = Allowance(fraction=Decimal("0.1"))
+    max_reservations: int = Field(default=1_000_000, ge=1)
+    # Reservations survive restarts here; unset: beside quotagate's SQLite file (see
+    # config.reservations_file).
+    state_file: Path | None = None
+    # Where `quotagate reservations` (and `check`) ask the running daemon; root only.
+    control_socket: Path = Path("/run/quotagate/control.sock")
     socket_mode: str = "0660"
     socket_group: str = ""  # e.g. Debian-exim, so Exim may connect to the unix socket
     grace: Grace = Allowance()
@@ -240,6 +250,16 @@ def scan_lock_file(config: Config) -> Path:
     url = config.store.state if config.store.url.startswith("ldap") else config.store.url
     db = _sqlite_file(url)
     return db.with_name(db.name + ".scan-lock") if db is not None else Path("/run/quotagate/scan.lock")
+
+
+def reservations_file(config: Config) -> Path:
+    """Where the daemon keeps its reservations across restarts: the configured file, or one
+    beside quotagate's SQLite file, else /var/lib/quotagate/reservations.json."""
+    if config.policy.state_file is not None:
+        return config.policy.state_file
+    url = config.store.state if config.store.url.startswith("ldap") else config.store.url
+    db = _sqlite_file(url)
+    return db.with_name(db.name + ".reservations.json") if db is not None else Path(_STATE_DIR, "reservations.json")
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:

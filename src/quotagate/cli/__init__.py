@@ -9,12 +9,12 @@ import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from quotagate.address import BadAddress
-from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, scan, serve, watch
+from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, reservations, scan, serve, watch
 from quotagate.cli.app import App, cli
 from quotagate.config import ConfigError
 from quotagate.store import StoreError
 
-for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch):
+for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch, reservations):
     module.register(cli)
 
 EXIT_USAGE = 2

@@ -1,0 +1,44 @@
+"""``quotagate reservations``: the room the running daemon holds, and letting it go."""
+
+from __future__ import annotations
+
+import click
+
+from quotagate.address import normalize
+from quotagate.cli.app import App, pass_app
+from quotagate.policy.control import ControlError, ask
+from quotagate.text import printable
+
+
+@click.command("reservations")
+@click.argument("address", required=False)
+@click.option("--release", "release", metavar="ADDRESS", help="Release the room held for ADDRESS.")
+@click.option("--all", "release_all", is_flag=True, help="Release all room held, for every mailbox.")
+@pass_app
+def reservations(app: App, address: str | None, release: str | None, release_all: bool) -> None:
+    """List the room quotagate serve holds for mail in flight (for ADDRESS, or every mailbox),
+    through its control socket ([policy] control_socket, root only)."""
+    path = app.config.policy.control_socket
+    try:
+        if release or release_all:
+            if release and release_all:
+                raise click.UsageError("--release ADDRESS or --all, not both")
+            request = {"op": "release", "address": normalize(release) if release else None}
+            click.echo(f"released {ask(path, request)['released']} reservations")
+            return
+        rows = ask(path, {"op": "list", "address": normalize(address) if address else None})["reservations"]
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not rows:
+        click.echo("no room held" + (f" for {printable(address)}" if address else ""))
+        return
+    click.echo(f"{'address':40} {'state':9} {'bytes':>10} {'age':>7}  client / transaction")
+    for row in rows:
+        click.echo(
+            f"{printable(row['address']):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
+            f"{printable(row['client'])} / {printable(row['transaction'])}"
+        )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(reservations)

@@ -1,0 +1,106 @@
+"""The daemon's control socket: `quotagate reservations` lists and releases held room through it.
+
+A unix socket, mode 0600 (root only, like the daemon's state): one JSON request line in, one JSON
+answer line out. Requests: ``{"op": "list", "address": ...}`` and ``{"op": "release",
+"address": ...}`` (no address: all). Nothing here trusts the peer beyond the socket's mode:
+requests are bounded in size and anything malformed gets ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from quotagate.policy.reservations import Reservations
+from quotagate.policy.state import listing
+
+MAX_REQUEST = 4096
+
+
+class ControlError(Exception):
+    """The daemon could not be asked (not running, no permission) or refused the request."""
+
+
+def handle(reservations: Reservations, request: dict[str, Any], now: float) -> dict[str, Any]:
+    op, address = request.get("op"), request.get("address")
+    if address is not None and not isinstance(address, str):
+        return {"error": "address must be a string"}
+    if op == "list":
+        chosen = [r for r in reservations if address is None or r.mailbox == address.lower()]
+        return {"reservations": listing(chosen, now)}
+    if op == "release":
+        return {"released": reservations.release(None if address is None else address.lower())}
+    return {"error": f"unknown op {op!r}"}
+
+
+async def serve(path: Path, reservations: Reservations) -> asyncio.AbstractServer:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            try:
+                request = json.loads(line[:MAX_REQUEST])
+                answer = handle(reservations, request, time.time()) if isinstance(request, dict) else None
+            except ValueError:
+                answer = None
+            writer.write(json.dumps(answer or {"error": "malformed request"}).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if _alive(path):
+            raise ControlError(f"{path}: another daemon answers there")
+        path.unlink()
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(client, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:  # refused (a socket left by a dead daemon), gone, or not a socket
+            return False
+        return True
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = 5) -> dict[str, Any]:
+    """One request to the running daemon (for the CLI)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise ControlError(
+            f"cannot ask the daemon at {path}: {exc.strerror or exc} (is quotagate serve running?)"
+        ) from None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the daemon at {path} answered something that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise ControlError(f"the daemon at {path} answered something unexpected")
+    if "error" in answer:
+        raise ControlError(f"the daemon refused: {answer['error']}")
+    return answer

@@ -1,0 +1,83 @@
+"""Reservations kept across restarts: a small JSON file the daemon rewrites when they changed.
+
+Written atomically (temp file and rename, mode 0600) off the event loop, at most every few
+seconds and once more on shutdown, and read once at start: a daemon restarted between a burst's
+RCPTs and its DATA still holds the room it promised. A file that cannot be read is logged and
+ignored: a restart then forgets reservations, as before they were kept, but never fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, cast
+
+from quotagate.policy.reservations import Reservation, State, Transaction
+from quotagate.publish import write_atomically
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+def dumps(reservations: Iterable[Reservation]) -> str:
+    rows = [
+        [r.transaction.client, r.transaction.id, r.mailbox, r.bytes, r.made_at, r.expires_at, r.state, r.delivered_at]
+        for r in reservations
+    ]
+    return json.dumps({"version": VERSION, "reservations": rows}, separators=(",", ":"))
+
+
+def loads(text: str) -> list[Reservation]:
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError("not a reservations file of this version")
+    out = []
+    for row in data["reservations"]:
+        client, id_, mailbox, bytes_, made_at, expires_at, state, delivered_at = row
+        if state not in ("held", "flight"):
+            raise ValueError(f"unknown state {state!r}")
+        out.append(
+            Reservation(
+                Transaction(str(client), str(id_)),
+                str(mailbox),
+                int(bytes_),
+                float(made_at),
+                float(expires_at),
+                cast(State, state),
+                None if delivered_at is None else float(delivered_at),
+            )
+        )
+    return out
+
+
+def save(path: Path, reservations: Iterable[Reservation]) -> None:
+    write_atomically(path, dumps(reservations), mode=0o600)
+
+
+def load(path: Path) -> list[Reservation]:
+    try:
+        return loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("reservations in %s not restored: %s", path, exc)
+        return []
+
+
+def listing(reservations: Iterable[Reservation], now: float) -> list[dict[str, Any]]:
+    """Reservations as rows for `quotagate reservations`: newest last."""
+    return [
+        {
+            "address": r.mailbox,
+            "transaction": r.transaction.id,
+            "client": r.transaction.client,
+            "bytes": r.bytes,
+            "age": round(now - r.made_at, 1),
+            "state": "in flight" if r.state == "flight" else "held",
+            "delivered": r.delivered_at is not None,
+        }
+        for r in sorted(reservations, key=lambda r: r.made_at)
+    ]
