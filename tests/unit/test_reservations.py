@@ -89,6 +89,8 @@ def test_one_client_is_capped_in_one_mailbox_but_never_below_one_message() -> No
     assert hold(r, prober[4], 700, box="b@x", cap=1000)  # another mailbox
     r.end(prober[0], with_data=False, now=1)
     assert hold(r, prober[3], 800, cap=1000)
+    r.end(prober[3], with_data=True, now=2)  # sent: in flight, no longer the client's to count
+    assert hold(r, prober[1], 800, cap=1000)
 
 
 def test_client_keys() -> None:

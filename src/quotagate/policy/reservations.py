@@ -12,8 +12,10 @@ mailbox replaces its reservation: an alias and the address itself are delivered 
   reading taken after that includes it, or until it expires. A reading never releases a
   reservation whose delivery was not seen: the message may still be on its way.
 
-Probing is bounded: one client (an IPv4 address or an IPv6 /64) holds at most ``cap`` bytes and
-messages in one mailbox; a check beyond its cap is decided without holding more. Every check is
+Probing is bounded: one client (an IPv4 address or an IPv6 /64) *holds* (before DATA) at most
+``cap`` bytes and messages in one mailbox, and never less than one message; room in flight
+(the message was sent) is not the client's to count against. A check beyond the cap holds
+nothing (the caller answers it without letting the mail in: see PolicyService). Every check is
 O(1): per-mailbox and per-client sums are kept up to date, expiry pops a heap, and a global cap
 evicts the oldest reservations first.
 """
@@ -140,6 +142,7 @@ class Reservations:
                 continue
             changed += 1
             if with_data:
+                self._count_for_client(r, -1)
                 r.state = "flight"
                 self._undelivered.setdefault(r.mailbox, deque()).append(r)
             else:
@@ -213,7 +216,8 @@ class Reservations:
         self._by_key[(r.transaction, r.mailbox)] = r
         self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
         self._mailbox.setdefault(r.mailbox, _Sums()).add(r, +1)
-        self._client.setdefault((r.transaction.client, r.mailbox), _Sums()).add(r, +1)
+        if r.state == "held":
+            self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
 
     def _drop(self, r: Reservation, why: Release) -> None:
@@ -226,11 +230,12 @@ class Reservations:
         del mine[r.mailbox]
         if not mine:
             del self._by_transaction[r.transaction]
-        for table, key in ((self._mailbox, r.mailbox), (self._client, (r.transaction.client, r.mailbox))):
-            sums = table[key]  # type: ignore[index]
-            sums.add(r, -1)
-            if sums.messages == 0:
-                del table[key]  # type: ignore[arg-type]
+        sums = self._mailbox[r.mailbox]
+        sums.add(r, -1)
+        if sums.messages == 0:
+            del self._mailbox[r.mailbox]
+        if r.state == "held":
+            self._count_for_client(r, -1)
         # Entries left behind in the heap and in the middle of the queues are skipped when reached.
         for queues in (self._delivered, self._undelivered):
             queue = queues.get(r.mailbox)
@@ -239,6 +244,13 @@ class Reservations:
                     queue.popleft()
                 if not queue:
                     del queues[r.mailbox]
+
+    def _count_for_client(self, r: Reservation, sign: int) -> None:
+        key = (r.transaction.client, r.mailbox)
+        sums = self._client.setdefault(key, _Sums())
+        sums.add(r, sign)
+        if sums.messages == 0:
+            del self._client[key]
 
     def _evict_oldest(self) -> None:
         while self._expiry:
