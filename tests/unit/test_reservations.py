@@ -103,6 +103,7 @@ def test_client_keys() -> None:
 # ---- any interleaving -----------------------------------------------------------------------
 
 LIMIT = 10_000
+CAP = 3_000
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Interleavings(RuleBasedStateMachine):
         t = Transaction(client_key(client), str(self.n))
         reserved = self.r.held("a@x", now, self.m.measured.measured_at)
         decision = decide(Mailbox("a@x", Limits(LIMIT)), self.m.measured, size, reserved)
-        if decision.action is Action.ACCEPT and self.r.hold(t, "a@x", size, now, BIG, BIG):
+        if decision.action is Action.ACCEPT and self.r.hold(t, "a@x", size, now, CAP, BIG):
             self.m.accepted.append(Message(t, size))
 
     @precondition(lambda self: any(m.state == "held" for m in self.m.accepted))
@@ -179,6 +180,15 @@ class Interleavings(RuleBasedStateMachine):
     def accepted_mail_fits(self) -> None:
         pending = sum(m.size for m in self.m.accepted if m.state in ("held", "flight"))
         assert self.m.delivered_bytes + pending <= LIMIT
+
+    @invariant()
+    def no_client_holds_more_than_its_cap(self) -> None:
+        by_client: dict[str, list[int]] = {}
+        for r in self.r:
+            if r.state == "held":
+                by_client.setdefault(r.transaction.client, []).append(r.bytes)
+        for sizes in by_client.values():
+            assert sum(sizes) <= CAP or len(sizes) == 1
 
     @invariant()
     def nothing_in_flight_is_released(self) -> None:
