@@ -49,8 +49,9 @@ class Daemon:
         mailboxes from the store reach the tracker."""
         if self.tracker is None:
             return snapshot
-        self.tracker.load(snapshot.mailboxes.values(), {})
-        return replace(snapshot, readings=self.tracker.readings, source="watch")
+        tracker = self.tracker
+        tracker.load(snapshot.mailboxes.values(), {})
+        return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
@@ -115,7 +116,9 @@ class Daemon:
     async def _start_tracking(self) -> list[asyncio.Task[None]]:
         """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
         store = store_for(self.config.store)
+        started = time.time()
         tracker, publisher = await start_tracker(self.config, store)
+        tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quotagate.model import Mailbox, Reading, State, Usage
@@ -20,17 +21,32 @@ from quotagate.usage import maildirsize
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Limits and usage as last loaded, and how fresh that usage is.
+
+    A reading's row changes only when its numbers do: an idle full mailbox keeps an old
+    ``measured_at`` although every scan since confirmed it. Its usage is as fresh as the last
+    scan (``confirmed_at``) or, with live tracking, the tracker's last completed cycle
+    (``confirmed``, asked at request time: it moves while the snapshot does not, and stops
+    moving when the tracker dies).
+    """
+
     mailboxes: dict[str, Mailbox] = field(default_factory=dict)
     readings: dict[str, Reading] = field(default_factory=dict)
     confirmed_at: float = 0.0  # when the last scan started: unchanged readings are this fresh
     loaded_at: float = 0.0
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
+    confirmed: Callable[[], float] | None = None  # the tracker's last cycle, replacing confirmed_at
+
+    def fresh_at(self, reading: Reading) -> float:
+        """When ``reading`` was last known to be current."""
+        confirmed = self.confirmed() if self.confirmed is not None else self.confirmed_at
+        return max(reading.measured_at, confirmed)
 
     def stored_usage(self, address: str) -> Usage | None:
         r = self.readings.get(address)
         if r is None or r.state is State.UNKNOWN:
             return None
-        return Usage(r.bytes, r.messages, max(r.measured_at, self.confirmed_at), self.source)
+        return Usage(r.bytes, r.messages, self.fresh_at(r), self.source)
 
 
 def usage_age(usage: Usage, now: float) -> float:

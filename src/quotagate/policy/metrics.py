@@ -42,6 +42,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.stale = Counter(
+            "quotagate_policy_stale",
+            "Requests answered DUNNO because the usage was older than max_usage_age",
+            registry=self.registry,
+        )
+
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
         self.requests.labels(decision).inc()
         self.latency.observe(seconds)

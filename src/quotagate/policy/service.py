@@ -15,6 +15,7 @@ from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.live import MaildirsizeReader, Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
+from quotagate.policy.throttle import Throttled
 from quotagate.usage.folders import folder_limits
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class PolicyService:
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds)
         self.maildirsize = MaildirsizeReader()
+        self._stale_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
 
@@ -86,6 +88,8 @@ class PolicyService:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
         now = self.clock()
+        if usage is not None and self._stale(mailbox.address, usage, now):
+            return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
         reserved = self.reservations.held(mailbox.address, now, usage.measured_at if usage else 0.0)
         grace = self.config.policy.grace
         decision = decide(mailbox, usage, size, reserved, grace, limits)
@@ -99,6 +103,17 @@ class PolicyService:
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             self.reservations.hold(mailbox.address, s, now)
         return Outcome(mailbox.address, decision, usage)
+
+    def _stale(self, address: str, usage: Usage, now: float) -> bool:
+        """Usage nobody confirmed for max_usage_age (store down, watch dead, scans failing) could
+        refuse a mailbox emptied since: not believed, counted, and logged once a minute."""
+        age = usage_age(usage, now)
+        limit = self.config.policy.max_usage_age
+        if age <= limit:
+            return False
+        self.metrics.stale.inc()
+        self._stale_log.warning("usage of %s is %.0fs old, more than max_usage_age (%gs): DUNNO", address, age, limit)
+        return True
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``.
@@ -127,7 +142,7 @@ class PolicyService:
             if limits is not None:
                 # A folder that does not exist yet is empty: the delivery agent creates it.
                 held = reading.usage.folder(folder)
-                used = Usage(held.bytes if held else 0, held.messages if held else 0, reading.measured_at)
+                used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if reading is not None and self.config.policy.use_maildirsize:
             live = self.maildirsize.usage(reading)

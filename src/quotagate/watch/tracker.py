@@ -70,6 +70,10 @@ class Tracker:
         self._inotify: Inotify | None = None
         self._targets: dict[Watch, _Target] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
+        # Every reading is current up to this time (the start of the last completed cycle): a
+        # mailbox with no event since is unchanged, whenever its reading was made. It stops
+        # moving when the tracker stops or hangs, so its readings age as they should.
+        self.confirmed_at = 0.0
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -304,15 +308,20 @@ class Tracker:
             self.start_watching()
         reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
         last_poll = 0.0
+        polled_at = 0.0
         try:
             while True:
+                started = time.time()
                 if time.monotonic() - last_poll >= self.config.watch.poll_seconds:
                     self._poll(everything=self.mode == "poll")
                     last_poll = time.monotonic()
+                    polled_at = started
                 if self._dirty or self._changed or self._force or self._removed:
                     await self.flush()
                 else:
                     self._measuring = set()  # a flush cycle passed: their events are deltas again
+                # Polling sees a change only when it looks; events are seen as they come.
+                self.confirmed_at = polled_at if self.mode == "poll" else started
                 await asyncio.sleep(flush_every)
         finally:
             if reader is not None:
