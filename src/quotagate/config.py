@@ -153,6 +153,9 @@ class PolicyConfig(_Section):
     # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
     # makes Postfix log an error and reconnect.
     idle_timeout: float = Field(default=310, gt=0)
+    # Seconds from the first byte of a request to its end, whatever the byte rate: a client
+    # sending a byte a second must not hold a connection slot forever.
+    request_timeout: float = Field(default=10, gt=0)
     # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
     # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
     max_usage_age: float = Field(default=900, gt=0)

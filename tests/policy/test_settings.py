@@ -21,10 +21,11 @@ def test_idle_timeout_outlasts_the_idle_time_postfix_config_prints() -> None:
 
 def test_new_policy_defaults() -> None:
     policy = PolicyConfig()
+    assert policy.request_timeout == 10
     assert policy.max_usage_age == 15 * 60
 
 
-@pytest.mark.parametrize("key", ["max_usage_age"])
+@pytest.mark.parametrize("key", ["request_timeout", "max_usage_age"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_timeouts_must_be_positive(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"policy.{key}"):
