@@ -177,3 +177,36 @@ def test_a_refusal_logs_one_line_with_the_recipient_numbers_and_usage_age(serve:
         r"usage from scan, \d+\.\ds old",
         lines[0],
     ), lines[0]
+
+
+def test_the_event_loop_pings_the_systemd_watchdog_at_half_its_period(
+    serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        address = str(tmp_path / "notify")
+        listener.bind(address)
+        listener.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WatchdogSec=0.4s: a ping every 0.2 s
+        s = serve()
+        received = [listener.recv(4096) for _ in range(6)]
+        assert b"READY=1" in received
+        assert received.count(b"WATCHDOG=1") >= 4, received
+        assert s.ask(request(FULL)) == REJECT
+
+
+def test_no_watchdog_pings_for_another_process(
+    serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd sets WATCHDOG_PID to the process it watches: a child that inherited it stays quiet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        address = str(tmp_path / "notify")
+        listener.bind(address)
+        listener.settimeout(1)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "100000")
+        monkeypatch.setenv("WATCHDOG_PID", "1")
+        serve()
+        assert listener.recv(4096) == b"READY=1"
+        with pytest.raises(TimeoutError):
+            listener.recv(4096)

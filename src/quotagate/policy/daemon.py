@@ -17,7 +17,7 @@ from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer, parse_listen
 from quotagate.policy.service import PolicyService
-from quotagate.sdnotify import notify
+from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, store_for
 from quotagate.watch.runner import rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
@@ -92,6 +92,14 @@ class Daemon:
             await asyncio.sleep(_HOUSEKEEPING_SECONDS)
             self.housekeeping()
 
+    @staticmethod
+    async def _watchdog_forever(interval: float) -> None:
+        """Ping systemd's watchdog from the event loop itself: a loop stuck in a blocking call stops
+        the pings, and systemd restarts the daemon (WatchdogSec= in the unit)."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def reload(self) -> None:
         """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
         notify("RELOADING=1")
@@ -158,6 +166,9 @@ class Daemon:
             asyncio.create_task(self._housekeeping_forever()),
             *tracking,
         ]
+        interval = watchdog_interval()
+        if interval is not None:
+            background.append(asyncio.create_task(self._watchdog_forever(interval)))
         notify("READY=1")
         await self._stop.wait()
         notify("STOPPING=1")
