@@ -178,7 +178,7 @@ class Running:
 @contextlib.asynccontextmanager
 async def serving(
     config: Config,
-    answer: Callable[[PolicyRequest], str],
+    answer: Callable[[PolicyRequest], str | asyncio.Future[str]],
     metrics: Metrics,
 ) -> AsyncIterator[Running]:
     """A started :class:`PolicyServer`, closed (drained) on the way out."""
@@ -196,7 +196,7 @@ async def serving_site(site: Site, **policy: Any) -> AsyncIterator[Running]:
     config = site.config(**policy)
     metrics = Metrics()
     service = site.service(config, metrics)
-    async with serving(config, service.answer, metrics) as running:
+    async with serving(config, service.respond, metrics) as running:
         yield running
 
 

@@ -23,9 +23,10 @@ def test_new_policy_defaults() -> None:
     policy = PolicyConfig()
     assert policy.request_timeout == 10
     assert policy.max_usage_age == 15 * 60
+    assert policy.file_timeout == 0.5
 
 
-@pytest.mark.parametrize("key", ["request_timeout", "max_usage_age"])
+@pytest.mark.parametrize("key", ["request_timeout", "max_usage_age", "file_timeout"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_timeouts_must_be_positive(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"policy.{key}"):

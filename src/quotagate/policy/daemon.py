@@ -33,7 +33,7 @@ class Daemon:
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
-        self.server = PolicyServer(self.service.answer, self.config.policy, self.metrics)
+        self.server = PolicyServer(self.service.respond, self.config.policy, self.metrics)
         self._store: Store | None = None
         self._stop = asyncio.Event()
         self.tracker: Tracker | None = None

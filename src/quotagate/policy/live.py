@@ -2,21 +2,33 @@
 
 The store is read in full every ``refresh_seconds`` (off the event loop) into an immutable
 :class:`Snapshot` the request path reads without locks. A Maildir++ ``maildirsize`` is read at
-request time, cached by its stat, and trusted only when the last scan found it agreeing with
+request time, in a worker thread (:class:`FileReads`: it is a file its user controls, and a
+read can hang), cached by its stat, and trusted only when the last scan found it agreeing with
 the files: a stale or hand-edited one never decides.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
+import queue
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
 
 from quotagate.model import Mailbox, Reading, State, Usage
 from quotagate.store import Store
 from quotagate.usage import maildirsize
+
+log = logging.getLogger(__name__)
+
+FILE_WORKERS = 4
+"""Threads reading maildirsize files for the daemon: a bound, whatever hangs."""
 
 
 @dataclass(frozen=True)
@@ -68,23 +80,46 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A maildirsize that is there but could not be read safely (a FIFO, a timeout, EACCES):
+    this mailbox's usage is unknown for this request."""
+
+    reason: str
+
+
+# What a live read gives: current usage, None (no maildirsize to go by: use the stored usage),
+# or Unreadable (the mailbox is unknown for now).
+Live: TypeAlias = Usage | Unreadable | None
+
+
 class MaildirsizeReader:
-    """Live usage from maildirsize files, one stat per request and a read only when it changed."""
+    """Live usage from maildirsize files, read again only when its stat changed."""
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[tuple[int, int, int], tuple[int, int] | None]] = {}
 
-    def usage(self, reading: Reading) -> Usage | None:
-        """Usage from the mailbox's maildirsize, or None when it is missing or not to be trusted."""
+    @staticmethod
+    def wanted(reading: Reading) -> bool:
+        """Whether the mailbox's maildirsize is worth reading: the last scan found it agreeing with
+        the files (a stale or hand-edited one never decides). No I/O."""
         info = reading.usage.maildirsize
-        if info is None or not info.agrees_with(reading.bytes, reading.messages):
-            return None
+        return info is not None and info.agrees_with(reading.bytes, reading.messages)
+
+    def read_now(self, reading: Reading) -> Usage | None:
+        """The mailbox's usage from its maildirsize, or None when there is none to go by.
+
+        Blocking, on a file the mailbox's owner controls: never call it on the event loop (see
+        :class:`FileReads`). Raises OSError when the file is there but not safely readable.
+        """
         path = os.path.join(reading.path, maildirsize.FILE_NAME)
         try:
             st = os.stat(path)
-        except OSError:
+        except FileNotFoundError:
             return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size > maildirsize.MAX_TRUSTED_BYTES:
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > maildirsize.MAX_TRUSTED_BYTES:
             return None  # Maildir++: a reader must not trust a file this large
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(path)
@@ -99,11 +134,104 @@ class MaildirsizeReader:
 
     @staticmethod
     def _read(path: str) -> tuple[int, int] | None:
-        try:
-            with open(path, "rb") as f:
-                parsed = maildirsize.parse(f.read(maildirsize.MAX_TRUSTED_BYTES + 1).decode("ascii", "replace"))
-        except OSError:
-            return None
+        with open(path, "rb") as f:
+            parsed = maildirsize.parse(f.read(maildirsize.MAX_TRUSTED_BYTES + 1).decode("ascii", "replace"))
         if parsed.info is None or parsed.info.bytes < 0 or parsed.info.messages < 0:
             return None
         return parsed.info.bytes, parsed.info.messages
+
+    def read(self, reading: Reading) -> Live:
+        """:meth:`read_now`, with errors as values (one bad mailbox is one unknown mailbox)."""
+        try:
+            return self.read_now(reading)
+        except OSError as exc:
+            return Unreadable(exc.strerror or type(exc).__name__)
+        except ValueError as exc:  # e.g. a NUL in the path
+            return Unreadable(type(exc).__name__)
+
+
+T = TypeVar("T")
+
+
+class _Pending:
+    """One path being read, and the requests waiting for it."""
+
+    __slots__ = ("started", "waiters")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.waiters: list[tuple[asyncio.Future[Any], Callable[[Live], Any], asyncio.TimerHandle]] = []
+
+
+class FileReads:
+    """maildirsize reads off the event loop: a fixed pool of worker threads, a timeout per request,
+    and at most one read per path at a time.
+
+    A FIFO or a dead NFS mount blocks a read forever; the loop must go on answering everyone
+    else. A request waits at most ``timeout`` for its read, then its mailbox is unknown. A read
+    still hung is never submitted again (a bounded pool must not fill up with the same stuck
+    read): requests for that path get Unreadable at once until it finishes. The workers are
+    daemon threads, so a stuck one does not keep the process from exiting.
+    """
+
+    def __init__(self, reader: MaildirsizeReader, timeout: float, workers: int = FILE_WORKERS) -> None:
+        self.reader = reader
+        self.timeout = timeout
+        self.workers = workers
+        self._jobs: queue.SimpleQueue[Reading] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._pending: dict[str, _Pending] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, reading: Reading, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
+        """``then`` of the mailbox's live usage: at once when the answer is known without waiting
+        (a read of this path hung), else a future resolved on the loop."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            for n in range(self.workers):
+                thread = threading.Thread(target=self._work, name=f"quotagate-files-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        now = loop.time()
+        pending = self._pending.get(reading.path)
+        if pending is None:
+            pending = self._pending[reading.path] = _Pending(now)
+            self._jobs.put(reading)
+        elif now - pending.started >= self.timeout:
+            return then(Unreadable("an earlier read of it is still hung"))
+        future: asyncio.Future[T] = loop.create_future()
+        timer = loop.call_at(pending.started + self.timeout, self._expire, reading.path, future, then)
+        pending.waiters.append((future, then, timer))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            reading = self._jobs.get()
+            live = self.reader.read(reading)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._done, reading.path, live)
+            except RuntimeError:  # the loop is closed: the daemon is exiting
+                return
+
+    def _done(self, path: str, live: Live) -> None:
+        pending = self._pending.pop(path, None)
+        if pending is None:
+            return
+        for future, then, timer in pending.waiters:
+            timer.cancel()
+            if not future.done():
+                _settle(future, then, live)
+
+    def _expire(self, path: str, future: asyncio.Future[T], then: Callable[[Live], T]) -> None:
+        if not future.done():
+            _settle(future, then, Unreadable(f"not read within {self.timeout:g}s"))
+
+
+def _settle(future: asyncio.Future[T], then: Callable[[Live], T], live: Live) -> None:
+    try:
+        future.set_result(then(live))
+    except Exception as exc:
+        log.exception("cannot answer after a maildirsize read")
+        future.set_exception(exc)  # the waiter sees it (and answers DUNNO) rather than hanging

@@ -61,6 +61,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.unreadable = Counter(
+            "quotagate_policy_unreadable",
+            "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
+            registry=self.registry,
+        )
+
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
         self.requests.labels(decision).inc()
         self.latency.observe(seconds)

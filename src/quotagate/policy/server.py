@@ -10,7 +10,9 @@ file descriptors on accept and hitting the cap are logged once a minute and coun
 
 A plain :class:`asyncio.Protocol` rather than streams: an RCPT check is a few microseconds of
 work, and a stream reader, writer and task per connection (plus a task per timed read) would
-cost more than the check itself.
+cost more than the check itself. Most answers are known at once and written at once; an answer
+that waits for a file read (a future) holds back the ones after it on that connection, so that
+a client pipelining requests (Postfix) gets its answers in order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import grp
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -68,6 +71,9 @@ class _Connection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: asyncio.TimerHandle | None = None  # armed while a request is half-read
+        # Answers not written yet because an earlier one waits for a file read, in request order.
+        self.queue: deque[str | asyncio.Future[str]] = deque()
+        self.eof = False  # the client half-closed: close once the queue is written
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +91,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         self._reply(self.decoder.feed(data))
+        if self.server.closing and self.idle and self.transport is not None:
+            self.transport.close()  # shutting down: this client got its answers
         # Most requests come in one piece: no timer at all. One that spans reads must be done
         # within request_timeout of its first byte.
         if self.decoder.pending:
@@ -93,11 +101,12 @@ class _Connection(asyncio.Protocol):
         elif self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
-        if self.server.closing and not self.decoder.pending and self.transport is not None:
-            self.transport.close()  # shutting down: this client got its answers
 
     def eof_received(self) -> bool:
         self._reply(self.decoder.end())  # Exim: one request, a half-close, then read to the end
+        if self.queue:  # an answer still waits for a file read: close once it is written
+            self.eof = True
+            return True
         return False  # close, once the answers are written
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -125,12 +134,44 @@ class _Connection(asyncio.Protocol):
     # -- ours ------------------------------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        """Between requests, nothing half-read: safe to close at shutdown."""
-        return not self.decoder.pending
+        """Between requests, nothing half-read or unanswered: safe to close at shutdown."""
+        return not self.decoder.pending and not self.queue
 
     def _reply(self, items: list[PolicyItem]) -> None:
-        if items and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(encode_action(self.server.answer_item(item)) for item in items))
+        if not items or self.transport is None or self.transport.is_closing():
+            return
+        out = []
+        for item in items:
+            answer = self.server.answer_item(item)
+            if isinstance(answer, str) and not self.queue:
+                out.append(encode_action(answer))  # the common case: known at once, nothing before it
+                continue
+            self.queue.append(answer)
+            if not isinstance(answer, str):
+                answer.add_done_callback(self._answered)
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _answered(self, _: object) -> None:
+        """A file read ended: write every answer now known at the head of the queue."""
+        out = []
+        while self.queue:
+            head = self.queue[0]
+            if isinstance(head, str):
+                out.append(encode_action(head))
+            elif head.done():
+                out.append(encode_action("DUNNO" if head.cancelled() or head.exception() else head.result()))
+            else:
+                break
+            self.queue.popleft()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            self.last_activity = self.loop.time()
+            transport.write(b"".join(out))
+        if not self.queue and (self.eof or (self.server.closing and not self.decoder.pending)):
+            transport.close()
 
     def _too_slow(self) -> None:
         """A request still incomplete request_timeout after its first byte: cut the client off."""
@@ -151,7 +192,9 @@ class _Connection(asyncio.Protocol):
 
 
 class PolicyServer:
-    def __init__(self, answer: Callable[[PolicyRequest], str], policy: PolicyConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, answer: Callable[[PolicyRequest], str | asyncio.Future[str]], policy: PolicyConfig, metrics: Metrics
+    ) -> None:
         self.answer = answer
         self.policy = policy
         self.metrics = metrics
@@ -228,7 +271,7 @@ class PolicyServer:
             await server.wait_closed()
         self._servers.clear()
 
-    def answer_item(self, item: PolicyItem) -> str:
+    def answer_item(self, item: PolicyItem) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):
             return self.answer(item)
         log.warning("malformed policy request: %s: DUNNO", item.reason)

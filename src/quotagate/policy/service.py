@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from quotagate.address import BadAddress, normalize
 from quotagate.config import Config
 from quotagate.decide import decide, known_size
-from quotagate.model import Action, Decision, Limits, Mailbox, Usage
+from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
 from quotagate.policy.codec import PolicyRequest
-from quotagate.policy.live import MaildirsizeReader, Snapshot, usage_age
+from quotagate.policy.live import FileReads, Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.throttle import Throttled
@@ -34,6 +35,17 @@ class Outcome:
     usage: Usage | None
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A recipient found in the snapshot: its mailbox, the folder asked for, and the reading
+    whose maildirsize is to be read live (None: nothing to read)."""
+
+    snapshot: Snapshot
+    mailbox: Mailbox
+    folder: str | None
+    live: Reading | None
+
+
 class PolicyService:
     def __init__(self, config: Config, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -42,31 +54,72 @@ class PolicyService:
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds)
         self.maildirsize = MaildirsizeReader()
+        self.files = FileReads(self.maildirsize, config.policy.file_timeout)
         self._stale_log = Throttled(log)
+        self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.reservations.seconds = config.policy.reservation_seconds
+        self.files.timeout = config.policy.file_timeout
 
     def answer(self, request: PolicyRequest) -> str:
-        """The action for one request. Whatever goes wrong inside becomes DUNNO: the MTA then
-        carries on as it would without quotagate, and no mail is lost to a bug of ours."""
+        """The action for one request, reading a maildirsize in this thread (``quotagate check``,
+        tests). The daemon uses :meth:`respond`, which never blocks on a file. Whatever goes
+        wrong inside becomes DUNNO: the MTA then carries on as it would without quotagate, and no
+        mail is lost to a bug of ours."""
         started = time.perf_counter()
         try:
-            if request.request == DELIVERY_HINT:
-                self._hint(request.recipient)
-                return self._done(started, Action.DUNNO, DUNNO)
-            if request.protocol_state not in _CHECKED_STATES:
-                return self._done(started, Action.DUNNO, DUNNO)
-            outcome = self.check(request.recipient, request.size)
-            action = self._action(outcome)
-            return self._done(started, outcome.decision.action, action, outcome.usage)
+            return self._unchecked(started, request) or self._finish(
+                started, self.check(request.recipient, request.size)
+            )
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
-            self.metrics.errors.inc()
+            return self._failed(started)
+
+    def respond(self, request: PolicyRequest) -> str | asyncio.Future[str]:
+        """:meth:`answer` for the event loop: at once, or (when the mailbox's maildirsize must be
+        read) a future the worker pool resolves within file_timeout."""
+        started = time.perf_counter()
+        try:
+            unchecked = self._unchecked(started, request)
+            if unchecked is not None:
+                return unchecked
+            target = self._target(request.recipient)
+            if isinstance(target, Outcome):
+                return self._finish(started, target)
+            if target.live is None:
+                return self._conclude(started, request, target, None)
+            return self.files.start(target.live, lambda live: self._conclude(started, request, target, live))
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            return self._failed(started)
+
+    def _unchecked(self, started: float, request: PolicyRequest) -> str | None:
+        """The answer to a request that is not a recipient check, or None."""
+        if request.request == DELIVERY_HINT:
+            self._hint(request.recipient)
             return self._done(started, Action.DUNNO, DUNNO)
+        if request.protocol_state not in _CHECKED_STATES:
+            return self._done(started, Action.DUNNO, DUNNO)
+        return None
+
+    def _conclude(self, started: float, request: PolicyRequest, target: _Target, live: Live) -> str:
+        """The answer once the live usage is known (on the loop, maybe after a file read)."""
+        try:
+            return self._finish(started, self._decide(target, request.size, live))
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            return self._failed(started)
+
+    def _finish(self, started: float, outcome: Outcome) -> str:
+        return self._done(started, outcome.decision.action, self._action(outcome), outcome.usage)
+
+    def _failed(self, started: float) -> str:
+        self.metrics.errors.inc()
+        return self._done(started, Action.DUNNO, DUNNO)
 
     def _hint(self, recipient: str) -> None:
         if self.delivery_hint is None:
@@ -77,7 +130,17 @@ class PolicyService:
             log.debug("delivery hint for %r: not an address", recipient)
 
     def check(self, recipient: str, size: int | None) -> Outcome:
-        """The decision for one recipient and declared size, holding room when it is accepted."""
+        """The decision for one recipient and declared size, holding room when it is accepted.
+
+        Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
+        """
+        target = self._target(recipient)
+        if isinstance(target, Outcome):
+            return target
+        return self._decide(target, size, None if target.live is None else self.maildirsize.read(target.live))
+
+    def _target(self, recipient: str) -> _Target | Outcome:
+        """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
         snapshot = self.snapshot
         try:
             address = normalize(recipient)
@@ -86,7 +149,18 @@ class PolicyService:
         mailbox, folder = self._mailbox(snapshot, address, recipient)
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
+        reading = snapshot.readings.get(mailbox.address)
+        wanted = reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
+        return _Target(snapshot, mailbox, folder, reading if wanted else None)
+
+    def _decide(self, target: _Target, size: int | None, live: Live) -> Outcome:
+        """The decision, once the live usage (if any was wanted) is known. No I/O."""
+        snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
+        if isinstance(live, Unreadable):
+            self.metrics.unreadable.inc()
+            self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
+            return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -95,7 +169,7 @@ class PolicyService:
         decision = decide(mailbox, usage, size, reserved, grace, limits)
         if limits is not None and decision.action is Action.ACCEPT:
             # The folder's rule lets it in; the mailbox's own limit still holds.
-            _, total = self._limits_and_usage(snapshot, mailbox, None)
+            _, total = self._limits_and_usage(snapshot, mailbox, None, live)
             whole = decide(mailbox, total, size, reserved, grace)
             if whole.action is Action.REJECT:
                 decision, usage = whole, total
@@ -134,7 +208,7 @@ class PolicyService:
             return None, None
 
     def _limits_and_usage(
-        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None
+        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
@@ -144,10 +218,8 @@ class PolicyService:
                 held = reading.usage.folder(folder)
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
-        if reading is not None and self.config.policy.use_maildirsize:
-            live = self.maildirsize.usage(reading)
-            if live is not None:
-                return None, live
+        if live is not None:
+            return None, live
         return None, snapshot.stored_usage(mailbox.address)
 
     def _action(self, outcome: Outcome) -> str:
