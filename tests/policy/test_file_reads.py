@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.policy.live import FILE_WORKERS
+from quotagate.policy.files import FILE_WORKERS
 from quotagate.scan import run_scan
 from quotagate.store import open_store
 from tests.policy.conftest import (
@@ -142,16 +142,27 @@ def test_a_fifo_swapped_in_and_out_while_checking_never_holds_the_other_mailboxe
     assert s.daemon.stop() == 0  # a reader stuck on a FIFO does not keep the daemon from exiting
 
 
-@pytest.mark.parametrize("size", [None, 100])
-def test_a_maildirsize_read_is_answered_from_the_pool_as_before(
-    serve: Callable[..., Serve], tmp_path: Path, size: int | None
+@pytest.mark.parametrize("how", ["append", "rename"])
+def test_a_delivery_recorded_in_maildirsize_is_seen_by_the_very_next_check(
+    serve: Callable[..., Serve], tmp_path: Path, how: str
 ) -> None:
+    """The value read is kept between checks, but never past a change: the MDA's append (Exim,
+    Courier) or rename over it (Dovecot) is seen by the next check, however soon it comes."""
     site = with_maildirsize(tmp_path)
-    s = serve(site)
-    assert timed(s, request(FULL, size))[0] == REJECT
-    # A delivery the MDA recorded in maildirsize is seen by the very next check.
-    maildirsize(site, "roomy").write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n{QUOTA - ROOMY_USED} 1\n")
-    assert timed(s, request(ROOMY, size))[0] == REJECT
+    s = serve(site, reservation_seconds=0)  # only maildirsize can explain a refusal
+    assert timed(s, request(FULL))[0] == REJECT
+    for _ in range(3):
+        assert timed(s, request(ROOMY, 100))[0] == DUNNO  # read once, then kept
+    path = maildirsize(site, "roomy")
+    line = f"{QUOTA - ROOMY_USED} 1\n"
+    if how == "append":
+        with path.open("a") as f:
+            f.write(line)
+    else:
+        tmp = path.with_name("maildirsize.new")
+        tmp.write_text(path.read_text() + line)
+        os.replace(tmp, path)
+    assert timed(s, request(ROOMY, 100))[0] == REJECT
 
 
 def test_answers_waiting_for_a_file_read_keep_their_place_in_a_pipeline(tmp_path: Path) -> None:

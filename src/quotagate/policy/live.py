@@ -2,33 +2,24 @@
 
 The store is read in full every ``refresh_seconds`` (off the event loop) into an immutable
 :class:`Snapshot` the request path reads without locks. A Maildir++ ``maildirsize`` is read at
-request time, in a worker thread (:class:`FileReads`: it is a file its user controls, and a
-read can hang), cached by its stat, and trusted only when the last scan found it agreeing with
+request time, in a worker thread (:mod:`quotagate.policy.files`: it is a file its user
+controls, and a read can hang), cached by its stat, and trusted only when the last scan found it agreeing with
 the files: a stale or hand-edited one never decides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import logging
 import os
-import queue
 import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import TypeAlias
 
 from quotagate.model import Mailbox, Reading, State, Usage
 from quotagate.store import Store
 from quotagate.usage import maildirsize
-
-log = logging.getLogger(__name__)
-
-FILE_WORKERS = 4
-"""Threads reading maildirsize files for the daemon: a bound, whatever hangs."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +101,7 @@ class MaildirsizeReader:
         """The mailbox's usage from its maildirsize, or None when there is none to go by.
 
         Blocking, on a file the mailbox's owner controls: never call it on the event loop (see
-        :class:`FileReads`). Raises OSError when the file is there but not safely readable.
+        :mod:`quotagate.policy.files`). Raises OSError when the file is there but not safely readable.
         """
         path = os.path.join(reading.path, maildirsize.FILE_NAME)
         try:
@@ -148,90 +139,3 @@ class MaildirsizeReader:
             return Unreadable(exc.strerror or type(exc).__name__)
         except ValueError as exc:  # e.g. a NUL in the path
             return Unreadable(type(exc).__name__)
-
-
-T = TypeVar("T")
-
-
-class _Pending:
-    """One path being read, and the requests waiting for it."""
-
-    __slots__ = ("started", "waiters")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.waiters: list[tuple[asyncio.Future[Any], Callable[[Live], Any], asyncio.TimerHandle]] = []
-
-
-class FileReads:
-    """maildirsize reads off the event loop: a fixed pool of worker threads, a timeout per request,
-    and at most one read per path at a time.
-
-    A FIFO or a dead NFS mount blocks a read forever; the loop must go on answering everyone
-    else. A request waits at most ``timeout`` for its read, then its mailbox is unknown. A read
-    still hung is never submitted again (a bounded pool must not fill up with the same stuck
-    read): requests for that path get Unreadable at once until it finishes. The workers are
-    daemon threads, so a stuck one does not keep the process from exiting.
-    """
-
-    def __init__(self, reader: MaildirsizeReader, timeout: float, workers: int = FILE_WORKERS) -> None:
-        self.reader = reader
-        self.timeout = timeout
-        self.workers = workers
-        self._jobs: queue.SimpleQueue[Reading] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._pending: dict[str, _Pending] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, reading: Reading, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
-        """``then`` of the mailbox's live usage: at once when the answer is known without waiting
-        (a read of this path hung), else a future resolved on the loop."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-            for n in range(self.workers):
-                thread = threading.Thread(target=self._work, name=f"quotagate-files-{n}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        now = loop.time()
-        pending = self._pending.get(reading.path)
-        if pending is None:
-            pending = self._pending[reading.path] = _Pending(now)
-            self._jobs.put(reading)
-        elif now - pending.started >= self.timeout:
-            return then(Unreadable("an earlier read of it is still hung"))
-        future: asyncio.Future[T] = loop.create_future()
-        timer = loop.call_at(pending.started + self.timeout, self._expire, reading.path, future, then)
-        pending.waiters.append((future, then, timer))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            reading = self._jobs.get()
-            live = self.reader.read(reading)
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._done, reading.path, live)
-            except RuntimeError:  # the loop is closed: the daemon is exiting
-                return
-
-    def _done(self, path: str, live: Live) -> None:
-        pending = self._pending.pop(path, None)
-        if pending is None:
-            return
-        for future, then, timer in pending.waiters:
-            timer.cancel()
-            if not future.done():
-                _settle(future, then, live)
-
-    def _expire(self, path: str, future: asyncio.Future[T], then: Callable[[Live], T]) -> None:
-        if not future.done():
-            _settle(future, then, Unreadable(f"not read within {self.timeout:g}s"))
-
-
-def _settle(future: asyncio.Future[T], then: Callable[[Live], T], live: Live) -> None:
-    try:
-        future.set_result(then(live))
-    except Exception as exc:
-        log.exception("cannot answer after a maildirsize read")
-        future.set_exception(exc)  # the waiter sees it (and answers DUNNO) rather than hanging

@@ -13,7 +13,8 @@ from quotagate.config import Config
 from quotagate.decide import decide, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
 from quotagate.policy.codec import PolicyRequest
-from quotagate.policy.live import FileReads, Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
+from quotagate.policy.files import FileReads
+from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.throttle import Throttled
@@ -54,7 +55,7 @@ class PolicyService:
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds)
         self.maildirsize = MaildirsizeReader()
-        self.files = FileReads(self.maildirsize, config.policy.file_timeout)
+        self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
@@ -64,6 +65,7 @@ class PolicyService:
         self.config = config
         self.reservations.seconds = config.policy.reservation_seconds
         self.files.timeout = config.policy.file_timeout
+        self.files.keep_seconds = config.policy.refresh_seconds
 
     def answer(self, request: PolicyRequest) -> str:
         """The action for one request, reading a maildirsize in this thread (``quotagate check``,
@@ -122,12 +124,16 @@ class PolicyService:
         return self._done(started, Action.DUNNO, DUNNO)
 
     def _hint(self, recipient: str) -> None:
-        if self.delivery_hint is None:
-            return
         try:
-            self.delivery_hint(normalize(recipient))
+            address = normalize(recipient)
         except BadAddress:
             log.debug("delivery hint for %r: not an address", recipient)
+            return
+        reading = self.snapshot.readings.get(address)
+        if reading is not None:  # its maildirsize changed (on NFS, no event says so)
+            self.files.forget(reading.path)
+        if self.delivery_hint is not None:
+            self.delivery_hint(address)
 
     def check(self, recipient: str, size: int | None) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted.
