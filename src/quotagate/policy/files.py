@@ -11,7 +11,8 @@ maildirsize (an MDA appending, a rename over it) drops the kept value. Events ar
 own non-blocking inotify descriptor before every lookup, so a change made before a request
 arrived is always seen by it. A value is kept at most ``keep_seconds`` even without an event (a
 change made by another NFS client raises none), a delivery hint drops it, and a directory that
-cannot be watched is simply read every time.
+cannot be watched (or would take more than a quarter of fs.inotify.max_user_watches, which
+[watch] shares) is simply read every time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from asyncinotify import Inotify, Mask
 from quotagate.model import Reading
 from quotagate.policy.live import Live, MaildirsizeReader, Unreadable
 from quotagate.usage.maildirsize import FILE_NAME
+from quotagate.watch.limits import current_limit
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ _NAME = os.fsencode(FILE_NAME)
 _CHANGED = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
 _WATCH = _CHANGED | _GONE | Mask.ONLYDIR | Mask.DONT_FOLLOW
+_DEFAULT_WATCHES = 2048  # when fs.inotify.max_user_watches cannot be read
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -76,6 +79,9 @@ class FileReads:
         self._roots: dict[int, str] = {}  # watch descriptor -> mailbox directory
         self._generation: dict[str, int] = {}  # path -> changes seen
         self._epoch = 0  # bumped when changes may have been missed (queue overflow)
+        # The watches are the system user's, shared with [watch]: take at most a quarter of them.
+        limit = current_limit()
+        self._watch_budget = _DEFAULT_WATCHES if limit is None else limit // 4
 
     def start(self, reading: Reading, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
         """``then`` of the mailbox's live usage: at once when it is known without waiting (kept
@@ -147,8 +153,8 @@ class FileReads:
 
     def _watch(self, root: str) -> int | None:
         """Watch the mailbox's directory (blocking: a user's path); its descriptor, or None."""
-        if self._inotify is None:
-            return None
+        if self._inotify is None or len(self._roots) >= self._watch_budget:
+            return None  # not kept: read at every request
         try:
             return self._inotify.add_watch(root, _WATCH).wd
         except OSError as exc:
