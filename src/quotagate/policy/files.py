@@ -77,6 +77,7 @@ class FileReads:
         self._inotify: Inotify | None = None
         self._kept: dict[str, tuple[Live, float]] = {}  # path -> (value, when its read was asked)
         self._roots: dict[int, str] = {}  # watch descriptor -> mailbox directory
+        self._watched: dict[str, int] = {}  # and back
         self._generation: dict[str, int] = {}  # path -> changes seen
         self._epoch = 0  # bumped when changes may have been missed (queue overflow)
         # The watches are the system user's, shared with [watch]: take at most a quarter of them.
@@ -133,6 +134,7 @@ class FileReads:
                 self.forget(root)
                 if mask & Mask.IGNORED:
                     del self._roots[wd]
+                    self._watched.pop(root, None)
             elif name == _NAME:
                 self.forget(root)
         if offset < len(data) or len(data) == 65536:
@@ -153,7 +155,7 @@ class FileReads:
 
     def _watch(self, root: str) -> int | None:
         """Watch the mailbox's directory (blocking: a user's path); its descriptor, or None."""
-        if self._inotify is None or len(self._roots) >= self._watch_budget:
+        if self._inotify is None or (root not in self._watched and len(self._watched) >= self._watch_budget):
             return None  # not kept: read at every request
         try:
             return self._inotify.add_watch(root, _WATCH).wd
@@ -180,6 +182,7 @@ class FileReads:
             return
         if wd is not None:
             self._roots[wd] = path
+            self._watched[path] = wd
             unchanged = pending.epoch == self._epoch and pending.generation == self._generation.get(path, 0)
             if unchanged and not isinstance(live, Unreadable):
                 self._kept[path] = (live, pending.started)
