@@ -173,7 +173,19 @@ class PolicyConfig(_Section):
     # Read a Maildir++ maildirsize at request time when the last scan found it agreeing.
     use_maildirsize: bool = True
     max_connections: int = Field(default=1000, ge=1)
-    idle_timeout: float = Field(default=60, gt=0)
+    # Seconds a connection may sit between requests. Postfix keeps a policy connection up to
+    # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
+    # makes Postfix log an error and reconnect.
+    idle_timeout: float = Field(default=310, gt=0)
+    # Seconds from the first byte of a request to its end, whatever the byte rate: a client
+    # sending a byte a second must not hold a connection slot forever.
+    request_timeout: float = Field(default=10, gt=0)
+    # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
+    # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
+    max_usage_age: float = Field(default=900, gt=0)
+    # Seconds a maildirsize read (in a worker thread) may take before the request gets DUNNO:
+    # a FIFO or a dead NFS mount must not hold an answer.
+    file_timeout: float = Field(default=0.5, gt=0)
     drain_seconds: float = Field(default=5, ge=0)
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: str = "127.0.0.1:9762"

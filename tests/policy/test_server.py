@@ -422,10 +422,10 @@ def test_an_exception_in_the_service_answers_dunno_counts_and_logs_the_traceback
 ) -> None:
     caplog.set_level(logging.ERROR, logger="quotagate.policy.service")
 
-    def broken(self: PolicyService, recipient: str, size: int | None) -> object:
+    def broken(self: PolicyService, *args: object) -> object:
         raise RuntimeError("the store exploded")
 
-    monkeypatch.setattr(PolicyService, "check", broken)
+    monkeypatch.setattr(PolicyService, "_decide", broken)
 
     async def main() -> tuple[list[bytes], float]:
         async with serving_site(site) as running, connected(running.host_port) as client:

@@ -17,7 +17,7 @@ from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer, parse_listen
 from quotagate.policy.service import PolicyService
-from quotagate.sdnotify import notify
+from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, store_for
 from quotagate.watch.runner import rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
@@ -33,7 +33,7 @@ class Daemon:
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
-        self.server = PolicyServer(self.service.answer, self.config.policy, self.metrics)
+        self.server = PolicyServer(self.service.respond, self.config.policy, self.metrics)
         self._store: Store | None = None
         self._stop = asyncio.Event()
         self.tracker: Tracker | None = None
@@ -49,8 +49,9 @@ class Daemon:
         mailboxes from the store reach the tracker."""
         if self.tracker is None:
             return snapshot
-        self.tracker.load(snapshot.mailboxes.values(), {})
-        return replace(snapshot, readings=self.tracker.readings, source="watch")
+        tracker = self.tracker
+        tracker.load(snapshot.mailboxes.values(), {})
+        return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
@@ -91,6 +92,14 @@ class Daemon:
             await asyncio.sleep(_HOUSEKEEPING_SECONDS)
             self.housekeeping()
 
+    @staticmethod
+    async def _watchdog_forever(interval: float) -> None:
+        """Ping systemd's watchdog from the event loop itself: a loop stuck in a blocking call stops
+        the pings, and systemd restarts the daemon (WatchdogSec= in the unit)."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def reload(self) -> None:
         """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
         notify("RELOADING=1")
@@ -115,7 +124,9 @@ class Daemon:
     async def _start_tracking(self) -> list[asyncio.Task[None]]:
         """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
         store = store_for(self.config.store)
+        started = time.time()
         tracker, publisher = await start_tracker(self.config, store)
+        tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
@@ -155,6 +166,9 @@ class Daemon:
             asyncio.create_task(self._housekeeping_forever()),
             *tracking,
         ]
+        interval = watchdog_interval()
+        if interval is not None:
+            background.append(asyncio.create_task(self._watchdog_forever(interval)))
         notify("READY=1")
         await self._stop.wait()
         notify("STOPPING=1")

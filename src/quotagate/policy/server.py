@@ -3,29 +3,39 @@
 It knows nothing of stores or mailboxes: each request goes to ``answer`` and each answer back.
 Limits keep a hostile or broken client from costing more than one connection's worth: a
 maximum number of connections (more are closed at once, which both MTAs treat as "no
-opinion"), an idle timeout, a client that does not read its answers is cut off, and the
-codec bounds line and request size.
+opinion"), an idle timeout between requests, a deadline for each request whatever its byte
+rate (a byte a second would otherwise keep the idle timer from ever firing), a client that does
+not read its answers is cut off, and the codec bounds line and request size. Running out of
+file descriptors on accept and hitting the cap are logged once a minute and counted.
 
 A plain :class:`asyncio.Protocol` rather than streams: an RCPT check is a few microseconds of
 work, and a stream reader, writer and task per connection (plus a task per timed read) would
-cost more than the check itself.
+cost more than the check itself. Most answers are known at once and written at once; an answer
+that waits for a file read (a future) holds back the ones after it on that connection, so that
+a client pipelining requests (Postfix) gets its answers in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import grp
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from quotagate.config import PolicyConfig
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.throttle import Throttled
 
 log = logging.getLogger(__name__)
+
+# What accept() fails with when the process or the system is out of descriptors or memory.
+_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def parse_listen(spec: str) -> tuple[str, int] | str:
@@ -60,6 +70,10 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None  # armed while a request is half-read
+        # Answers not written yet because an earlier one waits for a file read, in request order.
+        self.queue: deque[str | asyncio.Future[str]] = deque()
+        self.eof = False  # the client half-closed: close once the queue is written
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,7 +81,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.policy.max_connections:
-            log.warning("more than %d connections: closing a new one", server.policy.max_connections)
+            server.refused()
             self.transport.abort()
             return
         server.connections.add(self)
@@ -77,16 +91,29 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         self._reply(self.decoder.feed(data))
-        if self.server.closing and not self.decoder.pending and self.transport is not None:
+        if self.server.closing and self.idle and self.transport is not None:
             self.transport.close()  # shutting down: this client got its answers
+        # Most requests come in one piece: no timer at all. One that spans reads must be done
+        # within request_timeout of its first byte.
+        if self.decoder.pending:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(self.server.policy.request_timeout, self._too_slow)
+        elif self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     def eof_received(self) -> bool:
         self._reply(self.decoder.end())  # Exim: one request, a half-close, then read to the end
+        if self.queue:  # an answer still waits for a file read: close once it is written
+            self.eof = True
+            return True
         return False  # close, once the answers are written
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         server = self.server
         if self in server.connections:
             server.connections.discard(self)
@@ -107,12 +134,51 @@ class _Connection(asyncio.Protocol):
     # -- ours ------------------------------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        """Between requests, nothing half-read: safe to close at shutdown."""
-        return not self.decoder.pending
+        """Between requests, nothing half-read or unanswered: safe to close at shutdown."""
+        return not self.decoder.pending and not self.queue
 
     def _reply(self, items: list[PolicyItem]) -> None:
-        if items and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(encode_action(self.server.answer_item(item)) for item in items))
+        if not items or self.transport is None or self.transport.is_closing():
+            return
+        out = []
+        for item in items:
+            answer = self.server.answer_item(item)
+            if isinstance(answer, str) and not self.queue:
+                out.append(encode_action(answer))  # the common case: known at once, nothing before it
+                continue
+            self.queue.append(answer)
+            if not isinstance(answer, str):
+                answer.add_done_callback(self._answered)
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _answered(self, _: object) -> None:
+        """A file read ended: write every answer now known at the head of the queue."""
+        out = []
+        while self.queue:
+            head = self.queue[0]
+            if isinstance(head, str):
+                out.append(encode_action(head))
+            elif head.done():
+                out.append(encode_action("DUNNO" if head.cancelled() or head.exception() else head.result()))
+            else:
+                break
+            self.queue.popleft()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            self.last_activity = self.loop.time()
+            transport.write(b"".join(out))
+        if not self.queue and (self.eof or (self.server.closing and not self.decoder.pending)):
+            transport.close()
+
+    def _too_slow(self) -> None:
+        """A request still incomplete request_timeout after its first byte: cut the client off."""
+        self.deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.server.too_slow()
+            self.transport.abort()
 
     def _check_idle(self) -> None:
         """Close a connection silent for idle_timeout (reading or, for a client that does not read
@@ -126,17 +192,46 @@ class _Connection(asyncio.Protocol):
 
 
 class PolicyServer:
-    def __init__(self, answer: Callable[[PolicyRequest], str], policy: PolicyConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, answer: Callable[[PolicyRequest], str | asyncio.Future[str]], policy: PolicyConfig, metrics: Metrics
+    ) -> None:
         self.answer = answer
         self.policy = policy
         self.metrics = metrics
         self.connections: set[_Connection] = set()
         self.closing = False
         self._servers: list[asyncio.Server] = []
+        self._over_cap = Throttled(log)
+        self._slow = Throttled(log)
+        self._accept_failed: dict[str, Throttled] = {}
+
+    def refused(self) -> None:
+        """A connection over max_connections, closed at once: both MTAs then carry on without us."""
+        self.metrics.connections_closed.labels("max_connections").inc()
+        cap = self.policy.max_connections
+        self._over_cap.warning("more than max_connections (%d) connections: closing new ones", cap)
+
+    def too_slow(self) -> None:
+        self.metrics.connections_closed.labels("request_timeout").inc()
+        timeout = self.policy.request_timeout
+        self._slow.warning("a request took longer than request_timeout (%gs): closing its connection", timeout)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of descriptors (or memory) on accept: asyncio tries again a second later and would
+        log each failure with a traceback; one line a minute per errno, and a count, say enough."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.metrics.accept_errors.labels(name).inc()
+            throttled = self._accept_failed.setdefault(name, Throttled(log))
+            throttled.warning("cannot accept a connection: %s (%s)", name, exc.strerror)
+            return
+        loop.default_exception_handler(context)
 
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (a port 0 resolved)."""
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         bound = []
         for spec in self.policy.listen:
             where = parse_listen(spec)
@@ -176,7 +271,7 @@ class PolicyServer:
             await server.wait_closed()
         self._servers.clear()
 
-    def answer_item(self, item: PolicyItem) -> str:
+    def answer_item(self, item: PolicyItem) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):
             return self.answer(item)
         log.warning("malformed policy request: %s: DUNNO", item.reason)
