@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from quotagate.errors import QuotagateError
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
 DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
@@ -30,7 +31,7 @@ Percent = Annotated[Decimal, BeforeValidator(parse_percent), PlainSerializer(lam
 Grace = Annotated[Allowance, BeforeValidator(parse_allowance), PlainSerializer(str)]
 
 
-class ConfigError(Exception):
+class ConfigError(QuotagateError):
     """A config file that cannot be read or does not validate."""
 
 
