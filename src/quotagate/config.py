@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -22,6 +23,8 @@ from pydantic import (
 
 from quotagate.errors import QuotagateError
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
 ENV_VAR = "QUOTAGATE_CONFIG"
@@ -253,7 +256,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the config file; a missing default file means all defaults, a missing named one is an error."""
+    """Load the config file; a missing named one is an error, a missing default one means all defaults.
+
+    The latter with a warning: an admin who put the file elsewhere would otherwise get a scan of
+    the default spool into an empty store, and exit 0.
+    """
     file = config_path(path)
     named = bool(path or os.environ.get(ENV_VAR))
     try:
@@ -261,7 +268,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except FileNotFoundError:
         if named:
             raise ConfigError(f"{file}: no such config file") from None
-        return Config()
+        config = Config()
+        log.warning(
+            "no config file: %s does not exist, and neither --config nor $%s names one: "
+            "running with the defaults (store %s, spool %s)",
+            file,
+            ENV_VAR,
+            config.store.url,
+            config.spool.root,
+        )
+        return config
     except OSError as exc:
         raise ConfigError(f"{file}: {exc.strerror}") from None
     try:

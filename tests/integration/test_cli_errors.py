@@ -97,3 +97,39 @@ def test_an_unreachable_ldap_server_hides_a_password_in_its_url(
         "quotagate: cannot bind to ldap://admin:***@127.0.0.1:1 as anonymous: LDAPInvalidServerError "
         "(give ldap://host[:port] only; the account goes in [store.ldap] bind_dn and password)"
     )
+
+
+@pytest.fixture
+def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default config path missing, and nothing naming another."""
+    default = tmp_path / "etc" / "quotagate.toml"
+    monkeypatch.setattr("quotagate.config.DEFAULT_PATH", default)
+    monkeypatch.delenv("QUOTAGATE_CONFIG", raising=False)
+    return default
+
+
+def test_no_config_file_warns_naming_the_searched_paths(
+    no_config_file: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["exim-config"]) == 0  # needs a config, not a store
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"no config file: {no_config_file} does not exist, and neither --config nor $QUOTAGATE_CONFIG names "
+        "one: running with the defaults (store sqlite:////var/lib/quotagate/quotagate.db, spool /var/mail/vhosts)"
+    ]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["scan", "--help"]])
+def test_help_and_version_need_no_config_file(
+    no_config_file: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""
+    assert not caplog.records
+
+
+def test_demo_needs_no_config_file(
+    no_config_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    assert not [r for r in caplog.records if r.name == "quotagate.config"]
