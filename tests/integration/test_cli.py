@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from quotagate.cli import main
+from quotagate.model import Limits, Mailbox
+from quotagate.store import open_store
 from tests.spoolgen import add_message, maildir_folder
 
 
@@ -151,3 +153,30 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "quotagate"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, env=os.environ)
     assert "scan" in out.stdout and "check" in out.stdout
+
+
+def _mailbox(config: Path, address: str) -> Mailbox | None:
+    store = open_store(f"sqlite:///{config.parent}/q.db")
+    try:
+        return store.mailbox(address)
+    finally:
+        store.close()
+
+
+def test_add_on_an_existing_mailbox_changes_only_what_it_is_given(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = "a@example.org"
+    assert run(setup, "mailbox", "add", address, "--quota", "1M", "--messages", "5", "--path", "a/M", "--disabled") == 0
+    assert run(setup, "mailbox", "add", address, "--quota", "2M") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 5), False, "a/M")
+    assert run(setup, "mailbox", "add", address, "--enabled") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 5), True, "a/M")
+    assert run(setup, "mailbox", "add", address, "--messages", "0", "--path", "") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 0), True, None)
+
+
+def test_add_needs_a_quota_for_a_new_mailbox(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(setup, "mailbox", "add", "new@example.org", "--messages", "5") == 2
+    assert capsys.readouterr().err == "Error: new@example.org is a new mailbox: give its --quota\n"
+    assert _mailbox(setup, "new@example.org") is None
