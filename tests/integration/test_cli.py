@@ -180,3 +180,15 @@ def test_add_needs_a_quota_for_a_new_mailbox(setup: Path, capsys: pytest.Capture
     assert run(setup, "mailbox", "add", "new@example.org", "--messages", "5") == 2
     assert capsys.readouterr().err == "Error: new@example.org is a new mailbox: give its --quota\n"
     assert _mailbox(setup, "new@example.org") is None
+
+
+def test_scan_quiet_prints_nothing_on_success_for_cron(setup: Path) -> None:
+    """cron mails whatever a job prints: ``-q scan`` prints nothing unless something is wrong."""
+    exe = str(Path(sys.executable).parent / "quotagate")
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    quiet = subprocess.run([exe, "-q", "--config", str(setup), "scan"], capture_output=True, text=True, check=False)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    loud = subprocess.run([exe, "--config", str(setup), "scan"], capture_output=True, text=True, check=False)
+    assert loud.returncode == 0
+    assert loud.stdout.startswith("scan (incremental): 1 mailboxes (")  # the folder may be read again: racy
+    assert "1 messages, 2000 bytes, 1 over quota" in loud.stdout

@@ -77,14 +77,16 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
                 store.close()
     except LockError as exc:
         raise ConfigError(f"scan.lock_file: {exc}") from None
-    click.echo(summary_line(result.summary))
+    if not app.quiet:
+        click.echo(summary_line(result.summary))
     mismatched = [a for a in result.maildirsize_mismatches if a not in result.maildirsize_fixed]
-    if result.maildirsize_fixed:
+    if result.maildirsize_fixed and not app.quiet:
         click.echo(f"rewrote maildirsize of {len(result.maildirsize_fixed)} mailboxes")
     if mismatched:
-        click.echo(
-            f"maildirsize disagrees with the files in {len(mismatched)} mailboxes "
-            f"(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')"
+        log.warning(
+            "maildirsize disagrees with the files in %d mailboxes "
+            "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
+            len(mismatched),
         )
 
 
