@@ -192,3 +192,33 @@ def test_scan_quiet_prints_nothing_on_success_for_cron(setup: Path) -> None:
     assert loud.returncode == 0
     assert loud.stdout.startswith("scan (incremental): 1 mailboxes (")  # the folder may be read again: racy
     assert "1 messages, 2000 bytes, 1 over quota" in loud.stdout
+
+
+def test_scan_logs_one_line_per_mailbox_going_over_or_back_under(
+    setup: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K", "--messages", "10") == 0
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "1M") == 0
+    caplog.set_level("INFO", logger="quotagate")
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == [
+        "full@example.org is over quota: 2000 of 1024 bytes, 1 of 10 messages",
+    ]
+    caplog.clear()
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == []  # nothing moved
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1M") == 0
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "50") == 0
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == [
+        "full@example.org is back under quota: 2000 of 1048576 bytes, 1 of 10 messages",
+        "roomy@example.org is over quota: 100 of 50 bytes, 1 of unlimited messages",
+    ]
+    caplog.clear()
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--disabled") == 0
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == ["roomy@example.org is no longer over quota: disabled or gone from the directory"]
+
+
+def _transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "quota:" in r.getMessage()]
