@@ -140,6 +140,9 @@ class ScanConfig(_Section):
     max_vanished: Percent = Decimal("0.1")
     # Seconds one mailbox may take to measure; past it (a hung mount, a FIFO) it is unknown.
     mailbox_timeout: float = Field(default=300, gt=0)
+    # A Prometheus textfile (node_exporter's textfile collector: name it *.prom) that each
+    # successful scan rewrites with its finish time and duration; unset: none.
+    metrics_file: Path | None = None
 
 
 class PublishConfig(_Section):

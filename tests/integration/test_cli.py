@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,46 @@ def test_scan_logs_one_line_per_mailbox_going_over_or_back_under(
 
 def _transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "quota:" in r.getMessage()]
+
+
+def _with_metrics_file(config: Path, metrics: Path) -> None:
+    config.write_text(config.read_text() + f'[scan]\nmetrics_file = "{metrics}"\n')
+
+
+def _samples(metrics: Path) -> dict[str, float]:
+    lines = [line for line in metrics.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines)}
+
+
+def test_scan_writes_its_metrics_for_the_textfile_collector(setup: Path, tmp_path: Path) -> None:
+    metrics = tmp_path / "textfile" / "quotagate.prom"
+    metrics.parent.mkdir()
+    _with_metrics_file(setup, metrics)
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    before = time.time()
+    assert run(setup, "scan") == 0
+    samples = _samples(metrics)
+    assert set(samples) == {"quotagate_last_scan_success_timestamp_seconds", "quotagate_last_scan_duration_seconds"}
+    assert before <= samples["quotagate_last_scan_success_timestamp_seconds"] <= time.time()
+    assert 0 <= samples["quotagate_last_scan_duration_seconds"] <= time.time() - before
+    assert "# TYPE quotagate_last_scan_success_timestamp_seconds gauge" in metrics.read_text()
+    assert [p.name for p in metrics.parent.iterdir()] == ["quotagate.prom"]  # no temp file left
+
+    written = metrics.read_bytes()
+    (tmp_path / "spool").rename(tmp_path / "elsewhere")  # the spool vanishes: the scan is refused
+    assert run(setup, "scan") == 69
+    assert metrics.read_bytes() == written, "a refused scan must not look like a success"
+
+
+def test_a_metrics_file_that_cannot_be_written_is_logged_and_the_scan_still_counts(
+    setup: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = tmp_path / "missing" / "quotagate.prom"
+    _with_metrics_file(setup, metrics)
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    assert run(setup, "scan") == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"cannot write scan.metrics_file {metrics}: No such file or directory "
+        "(the scan was stored; create the directory, or unset metrics_file)"
+    ]
