@@ -119,3 +119,13 @@ def _ask_unix(path: Path) -> bytes:
         while not answer.endswith(b"\n\n") and (chunk := sock.recv(4096)):
             answer += chunk
         return answer
+
+
+def test_a_store_url_that_can_never_work_stops_serve_at_start(site: Site) -> None:
+    """A missing driver is a config mistake, not an outage: serve says so and exits, rather than
+    answering DUNNO forever. (An unreachable server is an outage: see test_daemon.)"""
+    site.db_url = "mysql://quotagate:secret@127.0.0.1:1/q"
+    assert serve_fails(site, listen=[f"127.0.0.1:{free_port()}"]) == (
+        "quotagate: store url 'mysql://quotagate:***@127.0.0.1:1/q' needs the driver MySQLdb, which is not "
+        "installed: use 'mysql+pymysql://quotagate:***@127.0.0.1:1/q' (pip install 'quotagate[mysql]')"
+    )
