@@ -133,3 +133,15 @@ def test_demo_needs_no_config_file(
 ) -> None:
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     assert not [r for r in caplog.records if r.name == "quotagate.config"]
+
+
+@pytest.mark.parametrize("command", ["scan", "watch", "report"])
+def test_scan_and_watch_stop_at_start_on_a_missing_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    lock = f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n'  # not /run/quotagate's
+    assert run_with_store(tmp_path, f"mysql://quotagate:{PASSWORD}@127.0.0.1:1/q", command, extra=lock) == 2
+    assert one_line_error(capsys) == (
+        "quotagate: store url 'mysql://quotagate:***@127.0.0.1:1/q' needs the driver MySQLdb, which is not "
+        "installed: use 'mysql+pymysql://quotagate:***@127.0.0.1:1/q' (pip install 'quotagate[mysql]')"
+    )
