@@ -80,6 +80,8 @@ def store_for(config: StoreConfig) -> Store:
     try:
         store: Store = import_module(module_name).from_config(config)
     except ImportError as exc:
+        if exc.name is None:  # not a missing module: a broken installation
+            raise StoreError(f"store url {redacted(url)!r}: {_scrubbed(str(exc), url)}") from exc
         raise StoreError(
             f"store url {redacted(url)!r} needs the driver {exc.name}, which is not installed: "
             + _install_hint(url, exc.name)
