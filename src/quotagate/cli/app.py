@@ -22,8 +22,9 @@ _LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
 class App:
     """Loaded lazily, so ``--help`` and ``demo`` never need a config file."""
 
-    def __init__(self, config_file: str | None) -> None:
+    def __init__(self, config_file: str | None, quiet: bool = False) -> None:
         self.config_file = config_file
+        self.quiet = quiet  # -q: only warnings and errors, so cron mails nothing when all is well
 
     @cached_property
     def config(self) -> Config:
@@ -78,4 +79,4 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(log_formatter(sys.stderr, os.environ))
     logging.basicConfig(level=level, handlers=[handler])
-    ctx.obj = App(config_file)
+    ctx.obj = App(config_file, quiet)

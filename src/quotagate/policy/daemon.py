@@ -15,10 +15,10 @@ from prometheus_client import start_http_server
 from quotagate.config import Config, ConfigError
 from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.server import PolicyServer, parse_listen
+from quotagate.policy.server import PolicyServer, listen_error, parse_listen
 from quotagate.policy.service import PolicyService
 from quotagate.sdnotify import notify, watchdog_interval
-from quotagate.store import Store, StoreError, store_for
+from quotagate.store import Store, StoreError, redacted, store_for
 from quotagate.watch.runner import rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
 
@@ -151,12 +151,9 @@ class Daemon:
     async def run(self) -> None:
         await self.refresh()
         tracking = await self._start_tracking() if self.config.watch.enabled else []
-        await self.server.start()
-        if self.config.policy.metrics:
-            where = parse_listen(self.config.policy.metrics)
-            if isinstance(where, str):
-                raise ConfigError("policy.metrics: give HOST:PORT")
-            start_http_server(where[1], where[0], registry=self.metrics.registry)
+        self._start_metrics()  # first: a port in use there leaves no unix socket behind
+        bound = await self.server.start()
+        log.info("%s", self._started_line(bound))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -178,6 +175,28 @@ class Daemon:
         await asyncio.gather(*background, return_exceptions=True)
         await self.server.close()
         self._forget_store()
+
+    def _start_metrics(self) -> None:
+        metrics = self.config.policy.metrics
+        if not metrics:
+            return
+        where = parse_listen(metrics, "policy.metrics")
+        if isinstance(where, str):
+            raise ConfigError("policy.metrics: give HOST:PORT")
+        try:
+            start_http_server(where[1], where[0], registry=self.metrics.registry)
+        except OSError as exc:
+            raise listen_error("policy.metrics", metrics, exc) from None
+
+    def _started_line(self, bound: list[str]) -> str:
+        """The one start-up line: which store, how many mailboxes, where it listens."""
+        snapshot = self.service.snapshot
+        mailboxes = f"{len(snapshot.mailboxes)} mailboxes" if snapshot.loaded_at else "no mailboxes yet (store down)"
+        metrics = f", metrics on {self.config.policy.metrics}" if self.config.policy.metrics else ""
+        live = ", usage live from the spool" if self.tracker is not None else ""
+        return (
+            f"serving {mailboxes} of {redacted(self.config.store.url)}{live}: listening on {', '.join(bound)}{metrics}"
+        )
 
 
 def serve(load_config: Callable[[], Config]) -> None:
