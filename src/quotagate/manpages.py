@@ -154,10 +154,12 @@ def _comments(model: type[BaseModel]) -> dict[str, str]:
     lines = source.expandtabs().splitlines()
     indent = len(lines[0]) - len(lines[0].lstrip())
     source = "\n".join(line[indent:] for line in lines) + "\n"
-    by_line: dict[int, str] = {}
+    own_line: dict[int, str] = {}  # comments alone on their line, by line number
+    trailing: dict[int, str] = {}  # comments after code
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
-            by_line[token.start[0]] = token.string.lstrip("#").strip()
+            text = token.string.lstrip("#").strip()
+            (own_line if token.line.lstrip().startswith("#") else trailing)[token.start[0]] = text
     found = {}
     node = ast.parse(source).body[0]
     assert isinstance(node, ast.ClassDef)
@@ -166,10 +168,10 @@ def _comments(model: type[BaseModel]) -> dict[str, str]:
             continue
         above: list[str] = []
         line = stmt.lineno - 1
-        while line in by_line and not source.splitlines()[line - 1].split("#")[0].strip():
-            above.insert(0, by_line[line])
+        while line in own_line:
+            above.insert(0, own_line[line])
             line -= 1
-        end = by_line.get(stmt.end_lineno or stmt.lineno)
+        end = trailing.get(stmt.end_lineno or stmt.lineno)
         found[stmt.target.id] = " ".join([*above, *([end] if end else [])])
     return found
 
