@@ -1,3 +1,6 @@
 """quotagate: refuse mail for full mailboxes during the SMTP transaction."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# From the installed package's metadata, so pyproject.toml holds the only copy of the number.
+__version__ = version("quotagate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -20,7 +21,10 @@ from pydantic import (
     field_validator,
 )
 
+from quotagate.errors import QuotagateError
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
 _STATE_DIR = "/var/lib/quotagate"
@@ -31,7 +35,7 @@ Percent = Annotated[Decimal, BeforeValidator(parse_percent), PlainSerializer(lam
 Grace = Annotated[Allowance, BeforeValidator(parse_allowance), PlainSerializer(str)]
 
 
-class ConfigError(Exception):
+class ConfigError(QuotagateError):
     """A config file that cannot be read or does not validate."""
 
 
@@ -148,6 +152,9 @@ class ScanConfig(_Section):
     max_vanished: Percent = Decimal("0.1")
     # Seconds one mailbox may take to measure; past it (a hung mount, a FIFO) it is unknown.
     mailbox_timeout: float = Field(default=300, gt=0)
+    # A Prometheus textfile (node_exporter's textfile collector: name it *.prom) that each
+    # successful scan rewrites with its finish time and duration; unset: none.
+    metrics_file: Path | None = None
 
 
 class PublishConfig(_Section):
@@ -183,7 +190,19 @@ class PolicyConfig(_Section):
     # Read a Maildir++ maildirsize at request time when the last scan found it agreeing.
     use_maildirsize: bool = True
     max_connections: int = Field(default=1000, ge=1)
-    idle_timeout: float = Field(default=60, gt=0)
+    # Seconds a connection may sit between requests. Postfix keeps a policy connection up to
+    # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
+    # makes Postfix log an error and reconnect.
+    idle_timeout: float = Field(default=310, gt=0)
+    # Seconds from the first byte of a request to its end, whatever the byte rate: a client
+    # sending a byte a second must not hold a connection slot forever.
+    request_timeout: float = Field(default=10, gt=0)
+    # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
+    # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
+    max_usage_age: float = Field(default=900, gt=0)
+    # Seconds a maildirsize read (in a worker thread) may take before the request gets DUNNO:
+    # a FIFO or a dead NFS mount must not hold an answer.
+    file_timeout: float = Field(default=0.5, gt=0)
     drain_seconds: float = Field(default=5, ge=0)
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: str = "127.0.0.1:9762"
@@ -283,7 +302,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the config file; a missing default file means all defaults, a missing named one is an error."""
+    """Load the config file; a missing named one is an error, a missing default one means all defaults.
+
+    The latter with a warning: an admin who put the file elsewhere would otherwise get a scan of
+    the default spool into an empty store, and exit 0.
+    """
     file = config_path(path)
     named = bool(path or os.environ.get(ENV_VAR))
     try:
@@ -291,7 +314,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except FileNotFoundError:
         if named:
             raise ConfigError(f"{file}: no such config file") from None
-        return Config()
+        config = Config()
+        log.warning(
+            "no config file: %s does not exist, and neither --config nor $%s names one: "
+            "running with the defaults (store %s, spool %s)",
+            file,
+            ENV_VAR,
+            config.store.url,
+            config.spool.root,
+        )
+        return config
     except OSError as exc:
         raise ConfigError(f"{file}: {exc.strerror}") from None
     try:

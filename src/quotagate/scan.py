@@ -7,14 +7,14 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from quotagate import bounded
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.misread import misread_warning
-from quotagate.model import Format, Mailbox, MailboxUsage, Reading, ScanSummary, State
+from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
 from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
@@ -172,8 +172,11 @@ def run_scan(
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
     over = (a for a, r in readings.items() if r.state is State.OVER)
+    flags = flag_changes(changed, removed, previous)
     with published_first(config.publish.file, over) as published:
-        store.save_readings(changed, removed, flag_changes(changed, removed, previous))
+        store.save_readings(changed, removed, flags)
+    moved = {a: o for a, o in flags.items() if o or (a in previous and previous[a].state is State.OVER)}
+    log_transitions(moved, readings, {m.address: m.limits for m in mailboxes})
 
     fixed = sorted(a for a, r in readings.items() if r.usage.maildirsize and r.usage.maildirsize.rewritten)
     mismatches = sorted([*fixed, *(a for a, r in readings.items() if _maildirsize_disagrees(r))])
@@ -207,6 +210,28 @@ def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: d
         if previous[address].state is State.OVER:
             flags[address] = False
     return flags
+
+
+def log_transitions(moved: Mapping[str, bool], readings: Mapping[str, Reading], limits: Mapping[str, Limits]) -> None:
+    """One line per mailbox now refused or no longer refused (``moved``: address -> over): the
+    admin answering "why was my mail refused at 10:02?" finds the numbers behind it."""
+    for address, over in sorted(moved.items()):
+        r = readings.get(address)
+        if r is None:
+            log.info("%s is no longer over quota: disabled or gone from the directory", address)
+        elif r.state is State.UNKNOWN:
+            log.info("%s is no longer over quota: usage unknown (%s)", address, r.reason)
+        else:
+            lim = limits.get(address, Limits())
+            log.info(
+                "%s is %s: %d of %s bytes, %d of %s messages",
+                address,
+                "over quota" if over else "back under quota",
+                r.bytes,
+                lim.bytes or "unlimited",
+                r.messages,
+                lim.messages or "unlimited",
+            )
 
 
 def summary_line(s: ScanSummary) -> str:

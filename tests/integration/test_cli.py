@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from quotagate.cli import main
+from quotagate.model import Limits, Mailbox
+from quotagate.store import open_store
 from tests.spoolgen import add_message, maildir_folder
 
 
@@ -151,3 +154,115 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "quotagate"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, env=os.environ)
     assert "scan" in out.stdout and "check" in out.stdout
+
+
+def _mailbox(config: Path, address: str) -> Mailbox | None:
+    store = open_store(f"sqlite:///{config.parent}/q.db")
+    try:
+        return store.mailbox(address)
+    finally:
+        store.close()
+
+
+def test_add_on_an_existing_mailbox_changes_only_what_it_is_given(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = "a@example.org"
+    assert run(setup, "mailbox", "add", address, "--quota", "1M", "--messages", "5", "--path", "a/M", "--disabled") == 0
+    assert run(setup, "mailbox", "add", address, "--quota", "2M") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 5), False, "a/M")
+    assert run(setup, "mailbox", "add", address, "--enabled") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 5), True, "a/M")
+    assert run(setup, "mailbox", "add", address, "--messages", "0", "--path", "") == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 0), True, None)
+
+
+def test_add_needs_a_quota_for_a_new_mailbox(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(setup, "mailbox", "add", "new@example.org", "--messages", "5") == 2
+    assert capsys.readouterr().err == "Error: new@example.org is a new mailbox: give its --quota\n"
+    assert _mailbox(setup, "new@example.org") is None
+
+
+def test_scan_quiet_prints_nothing_on_success_for_cron(setup: Path) -> None:
+    """cron mails whatever a job prints: ``-q scan`` prints nothing unless something is wrong."""
+    exe = str(Path(sys.executable).parent / "quotagate")
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    quiet = subprocess.run([exe, "-q", "--config", str(setup), "scan"], capture_output=True, text=True, check=False)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    loud = subprocess.run([exe, "--config", str(setup), "scan"], capture_output=True, text=True, check=False)
+    assert loud.returncode == 0
+    assert loud.stdout.startswith("scan (incremental): 1 mailboxes (")  # the folder may be read again: racy
+    assert "1 messages, 2000 bytes, 1 over quota" in loud.stdout
+
+
+def test_scan_logs_one_line_per_mailbox_going_over_or_back_under(
+    setup: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K", "--messages", "10") == 0
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "1M") == 0
+    caplog.set_level("INFO", logger="quotagate")
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == [
+        "full@example.org is over quota: 2000 of 1024 bytes, 1 of 10 messages",
+    ]
+    caplog.clear()
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == []  # nothing moved
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1M") == 0
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "50") == 0
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == [
+        "full@example.org is back under quota: 2000 of 1048576 bytes, 1 of 10 messages",
+        "roomy@example.org is over quota: 100 of 50 bytes, 1 of unlimited messages",
+    ]
+    caplog.clear()
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--disabled") == 0
+    assert run(setup, "scan") == 0
+    assert _transitions(caplog) == ["roomy@example.org is no longer over quota: disabled or gone from the directory"]
+
+
+def _transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "quota:" in r.getMessage()]
+
+
+def _with_metrics_file(config: Path, metrics: Path) -> None:
+    config.write_text(config.read_text() + f'[scan]\nmetrics_file = "{metrics}"\n')
+
+
+def _samples(metrics: Path) -> dict[str, float]:
+    lines = [line for line in metrics.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines)}
+
+
+def test_scan_writes_its_metrics_for_the_textfile_collector(setup: Path, tmp_path: Path) -> None:
+    metrics = tmp_path / "textfile" / "quotagate.prom"
+    metrics.parent.mkdir()
+    _with_metrics_file(setup, metrics)
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    before = time.time()
+    assert run(setup, "scan") == 0
+    samples = _samples(metrics)
+    assert set(samples) == {"quotagate_last_scan_success_timestamp_seconds", "quotagate_last_scan_duration_seconds"}
+    assert before <= samples["quotagate_last_scan_success_timestamp_seconds"] <= time.time()
+    assert 0 <= samples["quotagate_last_scan_duration_seconds"] <= time.time() - before
+    assert "# TYPE quotagate_last_scan_success_timestamp_seconds gauge" in metrics.read_text()
+    assert [p.name for p in metrics.parent.iterdir()] == ["quotagate.prom"]  # no temp file left
+
+    written = metrics.read_bytes()
+    (tmp_path / "spool").rename(tmp_path / "elsewhere")  # the spool vanishes: the scan is refused
+    assert run(setup, "scan") == 69
+    assert metrics.read_bytes() == written, "a refused scan must not look like a success"
+
+
+def test_a_metrics_file_that_cannot_be_written_is_logged_and_the_scan_still_counts(
+    setup: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = tmp_path / "missing" / "quotagate.prom"
+    _with_metrics_file(setup, metrics)
+    assert run(setup, "mailbox", "add", "full@example.org", "--quota", "1K") == 0
+    assert run(setup, "scan") == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"cannot write scan.metrics_file {metrics}: No such file or directory "
+        "(the scan was stored; create the directory, or unset metrics_file)"
+    ]

@@ -282,7 +282,7 @@ def test_watch_follows_the_maildir_found_below_the_mailbox_path(tmp_path: Path) 
             for _ in range(2):  # the first flush adds watches and measures once more
                 await tracker.flush()
             assert set(tracker._watches[ALICE]) == {str(maildir), f"{maildir}/cur", f"{maildir}/new"}
-            tracker._poll(everything=True)
+            await tracker._poll(everything=True)
             assert not tracker._dirty  # unchanged where it was found: not measured again
 
             task = asyncio.create_task(tracker.run())

@@ -262,3 +262,72 @@ def test_a_mailbox_leaving_the_directory_loses_its_flag_and_hints_are_harmless(t
         store.close()
 
     asyncio.run(main())
+
+
+def test_watch_logs_one_line_per_mailbox_going_over_or_back_under(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from quotagate.watch.runner import StorePublisher
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("dora", 900)
+        spool.deliver("erin", 10)
+        config = parse_config(
+            {"store": {"url": f"sqlite:///{tmp_path}/q.db"}, "spool": {"root": str(spool.root)}, "scan": {"workers": 1}}
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        boxes = [Mailbox("dora@example.org", Limits(500)), Mailbox("erin@example.org", Limits(500, 3))]
+        store.upsert_mailboxes(boxes)
+        result = run_scan(config, store)
+        publisher = StorePublisher(config, store)
+        tracker = Tracker(config, publisher)
+        tracker.load(boxes, result.readings)
+        publisher.mailboxes = tracker.mailboxes
+        publisher.reset(tracker.readings)
+        caplog.set_level("INFO", logger="quotagate")
+        caplog.clear()
+        spool.deliver("erin", 600)
+        for f in (spool.maildir("dora") / "new").iterdir():
+            f.unlink()
+        tracker.mark_dirty("erin@example.org")
+        tracker.mark_dirty("dora@example.org")
+        await tracker.flush()
+        assert _transitions(caplog) == [
+            "dora@example.org is back under quota: 0 of 500 bytes, 0 of unlimited messages",
+            "erin@example.org is over quota: 610 of 500 bytes, 2 of 3 messages",
+        ]
+        caplog.clear()
+        tracker.load([boxes[0], Mailbox("erin@example.org", Limits(500, 3), enabled=False)], {})
+        await tracker.flush()
+        assert _transitions(caplog) == ["erin@example.org is no longer over quota: disabled or gone from the directory"]
+        store.close()
+
+    asyncio.run(main())
+
+
+def _transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "quota:" in r.getMessage()]
+
+
+def test_watch_says_at_start_which_store_and_how_many_mailboxes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from quotagate.watch.runner import start_tracker
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("dora", 900)
+        url = f"sqlite:///{tmp_path}/q.db"
+        config = parse_config({"store": {"url": url}, "spool": {"root": str(spool.root)}, "watch": {"mode": "poll"}})
+        store = open_store(url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox("dora@example.org", Limits(500)), Mailbox("erin@example.org", Limits(500))])
+        caplog.set_level("INFO", logger="quotagate")
+        await start_tracker(config, store)
+        store.close()
+        started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("watching")]
+        assert started == [f"watching 2 mailboxes of {url} by poll (watch.mode = poll)"]
+
+    asyncio.run(main())

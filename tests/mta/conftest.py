@@ -79,5 +79,10 @@ def make_site(work: Path, store_toml: str) -> Site:
     spool = work / "mail"
     spool.mkdir(exist_ok=True)
     config = work / "quotagate.toml"
-    config.write_text(f'{store_toml}\n[spool]\nroot = "{spool}"\n\n[publish]\nfile = "{work}/overquota"\n')
+    # A lock of its own: a server-backed store would otherwise share /run/quotagate/scan.lock
+    # with every other test run on the machine.
+    config.write_text(
+        f'{store_toml}\n[spool]\nroot = "{spool}"\n\n[publish]\nfile = "{work}/overquota"\n'
+        f'[scan]\nlock_file = "{work}/scan.lock"\n'
+    )
     return Site(work, spool, config)

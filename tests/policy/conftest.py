@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from quotagate.policy.server import PolicyServer
 from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
+from tests.servers.daemon import PolicyDaemon
 from tests.spoolgen import add_message, maildir_folder
 
 DOMAIN = "example.org"
@@ -121,10 +125,11 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def make_site(base: Path) -> Site:
+def make_site(base: Path, db_url: str | None = None) -> Site:
+    """A scanned site; its store is a SQLite file unless ``db_url`` names another (empty) one."""
     spool = base / "mail"
     (base / "db").mkdir(parents=True)
-    site = Site(base, spool, f"sqlite:///{base}/db/q.db")
+    site = Site(base, spool, db_url or f"sqlite:///{base}/db/q.db")
     for local, used in (("full", QUOTA + 1), ("roomy", ROOMY_USED)):
         folder = maildir_folder(spool / DOMAIN / local / "Maildir")
         add_message(folder, used)
@@ -173,7 +178,7 @@ class Running:
 @contextlib.asynccontextmanager
 async def serving(
     config: Config,
-    answer: Callable[[PolicyRequest], str],
+    answer: Callable[[PolicyRequest], str | asyncio.Future[str]],
     metrics: Metrics,
 ) -> AsyncIterator[Running]:
     """A started :class:`PolicyServer`, closed (drained) on the way out."""
@@ -191,7 +196,7 @@ async def serving_site(site: Site, **policy: Any) -> AsyncIterator[Running]:
     config = site.config(**policy)
     metrics = Metrics()
     service = site.service(config, metrics)
-    async with serving(config, service.answer, metrics) as running:
+    async with serving(config, service.respond, metrics) as running:
         yield running
 
 
@@ -257,3 +262,94 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5, step: fl
             return False
         await asyncio.sleep(step)
     return True
+
+
+# --- quotagate serve as a real process ----------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Up to the empty line that ends an answer, or to end of file."""
+    received = b""
+    while not received.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def ask(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """One request on a new connection, Postfix style."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+class Serve:
+    """A site, its config file and ``quotagate serve`` over it."""
+
+    def __init__(self, site: Site, **policy: Any) -> None:
+        self.site = site
+        self.port = free_port()
+        self.config = site.base / "quotagate.toml"
+        self.write_config(**policy)
+        self.daemon = PolicyDaemon(self.config, self.port, site.base / "serve.log")
+
+    def write_config(self, **policy: Any) -> None:
+        self.config.write_text(self.site.toml(listen=[f"127.0.0.1:{self.port}"], **policy))
+
+    @property
+    def pid(self) -> int:
+        assert self.daemon.proc is not None
+        return self.daemon.proc.pid
+
+    def alive(self) -> bool:
+        return self.daemon.proc is not None and self.daemon.proc.poll() is None
+
+    def ask(self, data: bytes) -> bytes:
+        return ask(self.port, data)
+
+    def log(self) -> str:
+        return self.daemon.log()
+
+    def signal_and_wait_for_log(self, sig: int, text: str) -> None:
+        """Send ``sig`` and wait until ``text`` appears once more in the log."""
+        before = self.log().count(text)
+        os.kill(self.pid, sig)
+        wait_for(lambda: self.log().count(text) > before, what=f"{text!r} in the log:\n{self.log()[-2000:]}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def start(site: Site | None = None, **policy: Any) -> Serve:
+        s = Serve(site or make_site(tmp_path), **policy)
+        s.daemon.start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.daemon.proc is not None and s.daemon.proc.poll() is None:
+            s.daemon.proc.kill()
+            s.daemon.proc.wait(timeout=10)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -7,93 +7,26 @@ import re
 import signal
 import socket
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.policy.conftest import DEFER, DUNNO, FULL, QUOTA, REJECT, ROOMY, Site, free_port, make_site, request
-from tests.servers.daemon import PolicyDaemon
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    """Up to the empty line that ends an answer, or to end of file."""
-    received = b""
-    while not received.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        received += chunk
-    return received
-
-
-def ask(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """One request on a new connection, Postfix style."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_answer(sock)
-
-
-class Serve:
-    """A site, its config file and ``quotagate serve`` over it."""
-
-    def __init__(self, site: Site, **policy: Any) -> None:
-        self.site = site
-        self.port = free_port()
-        self.config = site.base / "quotagate.toml"
-        self.write_config(**policy)
-        self.daemon = PolicyDaemon(self.config, self.port, site.base / "serve.log")
-
-    def write_config(self, **policy: Any) -> None:
-        self.config.write_text(self.site.toml(listen=[f"127.0.0.1:{self.port}"], **policy))
-
-    @property
-    def pid(self) -> int:
-        assert self.daemon.proc is not None
-        return self.daemon.proc.pid
-
-    def alive(self) -> bool:
-        return self.daemon.proc is not None and self.daemon.proc.poll() is None
-
-    def ask(self, data: bytes) -> bytes:
-        return ask(self.port, data)
-
-    def log(self) -> str:
-        return self.daemon.log()
-
-    def signal_and_wait_for_log(self, sig: int, text: str) -> None:
-        """Send ``sig`` and wait until ``text`` appears once more in the log."""
-        before = self.log().count(text)
-        os.kill(self.pid, sig)
-        wait_for(lambda: self.log().count(text) > before, what=f"{text!r} in the log:\n{self.log()[-2000:]}")
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
-
-    def start(site: Site | None = None, **policy: Any) -> Serve:
-        s = Serve(site or make_site(tmp_path), **policy)
-        s.daemon.start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        if s.daemon.proc is not None and s.daemon.proc.poll() is None:
-            s.daemon.proc.kill()
-            s.daemon.proc.wait(timeout=10)
-
+from tests.policy.conftest import (
+    DEFER,
+    DUNNO,
+    FULL,
+    QUOTA,
+    REJECT,
+    ROOMY,
+    Serve,
+    free_port,
+    make_site,
+    read_answer,
+    request,
+    scrape,
+    wait_for,
+)
 
 # --- signals ------------------------------------------------------------------------------------
 
@@ -190,17 +123,6 @@ def test_systemd_is_told_ready_reloading_and_stopping(
 # --- metrics ------------------------------------------------------------------------------------
 
 
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def test_metrics_count_refusals_and_time_every_request(serve: Callable[..., Serve]) -> None:
     metrics_port = free_port()
     s = serve(metrics=f"127.0.0.1:{metrics_port}")
@@ -255,3 +177,36 @@ def test_a_refusal_logs_one_line_with_the_recipient_numbers_and_usage_age(serve:
         r"usage from scan, \d+\.\ds old",
         lines[0],
     ), lines[0]
+
+
+def test_the_event_loop_pings_the_systemd_watchdog_at_half_its_period(
+    serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        address = str(tmp_path / "notify")
+        listener.bind(address)
+        listener.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WatchdogSec=0.4s: a ping every 0.2 s
+        s = serve()
+        received = [listener.recv(4096) for _ in range(6)]
+        assert b"READY=1" in received
+        assert received.count(b"WATCHDOG=1") >= 4, received
+        assert s.ask(request(FULL)) == REJECT
+
+
+def test_no_watchdog_pings_for_another_process(
+    serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd sets WATCHDOG_PID to the process it watches: a child that inherited it stays quiet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        address = str(tmp_path / "notify")
+        listener.bind(address)
+        listener.settimeout(1)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "100000")
+        monkeypatch.setenv("WATCHDOG_PID", "1")
+        serve()
+        assert listener.recv(4096) == b"READY=1"
+        with pytest.raises(TimeoutError):
+            listener.recv(4096)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from quotagate.errors import StartupError
 from quotagate.policy.codec import PolicyDecoder, PolicyItem
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
@@ -154,7 +155,7 @@ def test_a_regular_file_at_the_unix_socket_path_is_not_deleted(site: Site, short
         async with serving_site(site, listen=[f"unix:{path}"]):
             pass
 
-    with contextlib.suppress(OSError, ValueError):  # refusing to start is fine; deleting the file is not
+    with pytest.raises(StartupError, match="exists and is not a socket"):
         run(main())
     assert stat.S_ISREG(path.stat().st_mode), "the file was replaced by a socket"
     assert path.read_text() == "not a socket\n"
@@ -422,10 +423,10 @@ def test_an_exception_in_the_service_answers_dunno_counts_and_logs_the_traceback
 ) -> None:
     caplog.set_level(logging.ERROR, logger="quotagate.policy.service")
 
-    def broken(self: PolicyService, recipient: str, size: int | None) -> object:
+    def broken(self: PolicyService, *args: object) -> object:
         raise RuntimeError("the store exploded")
 
-    monkeypatch.setattr(PolicyService, "check", broken)
+    monkeypatch.setattr(PolicyService, "_decide", broken)
 
     async def main() -> tuple[list[bytes], float]:
         async with serving_site(site) as running, connected(running.host_port) as client:

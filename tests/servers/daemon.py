@@ -19,11 +19,15 @@ QUOTAGATE = str(Path(sys.executable).parent / "quotagate")
 class PolicyDaemon:
     """``quotagate serve`` (or another long-running command: ``watch``) as a child process."""
 
-    def __init__(self, config: Path, port: int | None, log: Path, command: str = "serve") -> None:
+    def __init__(
+        self, config: Path, port: int | None, log: Path, command: str = "serve", ready_log: str = "watching"
+    ) -> None:
+        """Started means ``port`` answers or, without one, ``ready_log`` is in the log."""
         self.config = config
         self.port = port
         self.log_path = log
         self.command = command
+        self.ready_log = ready_log
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -34,7 +38,7 @@ class PolicyDaemon:
         if self.port is not None:
             wait_for_port(self.port, self.proc, self.log_path, seconds=20)
         else:
-            self.wait_for_log("watching", seconds=20)
+            self.wait_for_log(self.ready_log, seconds=20)
 
     def wait_for_log(self, text: str, seconds: float) -> None:
         deadline = time.monotonic() + seconds

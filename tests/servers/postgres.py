@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +38,39 @@ def _bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+class PostgresProcess:
+    """The postgres process of a private cluster, which a test may stop and start again (an outage)."""
+
+    def __init__(self, bindir: Path, data: Path, port: int) -> None:
+        self.bindir = bindir
+        self.data = data
+        self.port = port
+        self.log = data / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [str(self.bindir / "postgres"), "-D", str(self.data / "db"), "-p", str(self.port), "-k", str(self.data)]
+        args += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        self.proc = spawn_as("postgres", args, self.log)
+        try:
+            wait_for_port(self.port, self.proc, self.log)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): clients are cut off at once, as in an outage, rather than
+        waited for as SIGTERM's smart shutdown does."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            stop(self.proc)
+            self.proc = None
+
+
 @contextmanager
-def private_postgres() -> Iterator[Postgres]:
+def private_postgres_process() -> Iterator[tuple[Postgres, PostgresProcess]]:
+    """A private PostgreSQL, and the handle that stops and starts it."""
     if _bindir() is None:
         apt_install("postgresql")
     bindir = _bindir()
@@ -45,35 +78,23 @@ def private_postgres() -> Iterator[Postgres]:
         unavailable("PostgreSQL's initdb is missing after installing postgresql")
     assert bindir is not None
     data = private_dir("pg", owner="postgres")
-    port = free_port()
-    log = data / "server.log"
+    server = PostgresProcess(bindir, data, free_port())
     try:
         run_as(
             "postgres", [str(bindir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         )
-        proc = spawn_as(
-            "postgres",
-            [
-                str(bindir / "postgres"),
-                "-D",
-                str(data / "db"),
-                "-p",
-                str(port),
-                "-k",
-                str(data),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ],
-            log,
-        )
+        server.start()
         try:
-            wait_for_port(port, proc, log)
-            yield Postgres(port)
+            yield Postgres(server.port), server
         finally:
-            stop(proc)
+            server.stop()
     except RuntimeError as exc:
         unavailable(f"cannot start a private PostgreSQL: {exc}")
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def private_postgres() -> Iterator[Postgres]:
+    with private_postgres_process() as (postgres, _):
+        yield postgres

@@ -11,8 +11,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from quotagate.address import BadAddress
 from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, reservations, scan, serve, watch
 from quotagate.cli.app import App, cli
-from quotagate.config import ConfigError
-from quotagate.store import StoreError
+from quotagate.errors import QuotagateError, one_line
 
 for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch, reservations):
     module.register(cli)
@@ -32,11 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE
-    except (ConfigError, StoreError, BadAddress) as exc:
-        click.echo(f"quotagate: {exc}", err=True)
+    except (QuotagateError, BadAddress) as exc:
+        click.echo(f"quotagate: {one_line(str(exc))}", err=True)
         return EXIT_USAGE
     except SQLAlchemyError as exc:  # a store that broke mid-way: say what the database said
-        click.echo(f"quotagate: store error: {exc.orig if isinstance(exc, DBAPIError) else exc}", err=True)
+        reason = one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+        click.echo(f"quotagate: store error: {reason}", err=True)
         return EXIT_USAGE
     return result if isinstance(result, int) else 0
 

@@ -11,7 +11,6 @@ from typing import TextIO
 
 import click
 
-from quotagate import __version__
 from quotagate.config import Config, load_config
 from quotagate.store import Store, store_for
 from quotagate.text import OneLineFormatter
@@ -22,8 +21,9 @@ _LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
 class App:
     """Loaded lazily, so ``--help`` and ``demo`` never need a config file."""
 
-    def __init__(self, config_file: str | None) -> None:
+    def __init__(self, config_file: str | None, quiet: bool = False) -> None:
         self.config_file = config_file
+        self.quiet = quiet  # -q: only warnings and errors, so cron mails nothing when all is well
 
     @cached_property
     def config(self) -> Config:
@@ -70,7 +70,7 @@ def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatt
 )
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
-@click.version_option(__version__, prog_name="quotagate")
+@click.version_option(package_name="quotagate", prog_name="quotagate", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) -> None:
     """Refuse mail for full mailboxes during the SMTP transaction."""
@@ -78,4 +78,4 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(log_formatter(sys.stderr, os.environ))
     logging.basicConfig(level=level, handlers=[handler])
-    ctx.obj = App(config_file)
+    ctx.obj = App(config_file, quiet)

@@ -17,7 +17,9 @@ from quotagate.sizes import format_size, parse_size
 from quotagate.text import control_character, printable
 
 
-def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
+def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
     try:
         return parse_size(value)
     except ValueError as exc:
@@ -39,18 +41,41 @@ def group() -> None:
 
 @group.command("add")
 @click.argument("address", callback=_no_control)
-@click.option("--quota", required=True, callback=_size, help="Size limit: 500M, 2G, 1.5GiB or bytes; 0 = unlimited.")
-@click.option("--messages", type=click.IntRange(min=0), default=0, help="Message limit; 0 = unlimited.")
 @click.option(
-    "--path", callback=_no_control, help="Where its mail lives (relative to [spool] root), if not the spool layout."
+    "--quota", callback=_size, help="Size limit: 500M, 2G, 1.5GiB or bytes; 0 = unlimited. Needed for a new mailbox."
 )
-@click.option("--disabled", is_flag=True, help="Add it disabled: never checked.")
+@click.option("--messages", type=click.IntRange(min=0), help="Message limit; 0 = unlimited [default: 0].")
+@click.option(
+    "--path",
+    callback=_no_control,
+    help="Where its mail lives (relative to [spool] root), if not the spool layout; '' = the spool layout.",
+)
+@click.option("--enabled/--disabled", default=None, help="Checked or never checked [default: enabled].")
 @pass_app
-def add(app: App, address: str, quota: int, messages: int, path: str | None, disabled: bool) -> None:
-    """Add or update one mailbox."""
+def add(
+    app: App, address: str, quota: int | None, messages: int | None, path: str | None, enabled: bool | None
+) -> None:
+    """Add a mailbox, or change an existing one: only what is given changes."""
+    address = normalize(address)
     store = app.store()
     try:
-        store.upsert_mailboxes([Mailbox(normalize(address), Limits(quota, messages), not disabled, path)])
+        old = store.mailbox(address)
+        if old is None and quota is None:
+            raise click.ClickException(f"{printable(address)} is a new mailbox: give its --quota")
+        base = old or Mailbox(address, Limits())
+        limits = Limits(
+            base.limits.bytes if quota is None else quota, base.limits.messages if messages is None else messages
+        )
+        store.upsert_mailboxes(
+            [
+                Mailbox(
+                    address,
+                    limits,
+                    base.enabled if enabled is None else enabled,
+                    base.path if path is None else path or None,
+                )
+            ]
+        )
     finally:
         store.close()
 

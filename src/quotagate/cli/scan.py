@@ -18,6 +18,7 @@ from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
+from quotagate.scanmetrics import write_scan_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,26 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
                 store.close()
     except LockError as exc:
         raise ConfigError(f"scan.lock_file: {exc}") from None
-    click.echo(summary_line(result.summary))
+    if config.scan.metrics_file is not None:
+        try:
+            write_scan_metrics(config.scan.metrics_file, result.summary)
+        except OSError as exc:  # the scan stands; monitoring sees the timestamp age
+            log.error(
+                "cannot write scan.metrics_file %s: %s "
+                "(the scan was stored; create the directory, or unset metrics_file)",
+                config.scan.metrics_file,
+                exc.strerror or exc,
+            )
+    if not app.quiet:
+        click.echo(summary_line(result.summary))
     mismatched = [a for a in result.maildirsize_mismatches if a not in result.maildirsize_fixed]
-    if result.maildirsize_fixed:
+    if result.maildirsize_fixed and not app.quiet:
         click.echo(f"rewrote maildirsize of {len(result.maildirsize_fixed)} mailboxes")
     if mismatched:
-        click.echo(
-            f"maildirsize disagrees with the files in {len(mismatched)} mailboxes "
-            f"(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')"
+        log.warning(
+            "maildirsize disagrees with the files in %d mailboxes "
+            "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
+            len(mismatched),
         )
 
 

@@ -7,6 +7,7 @@ import click
 from quotagate.cli.app import App, pass_app
 from quotagate.config import load_config
 from quotagate.policy.daemon import serve as run_daemon
+from quotagate.store import store_for
 
 
 @click.command("serve")
@@ -16,7 +17,9 @@ def serve(app: App) -> None:
 
     SIGHUP reloads the config. Listens on [policy] listen; metrics on [policy] metrics.
     """
-    app.config  # noqa: B018 - a bad config fails here, before anything listens
+    # A bad config, or a store URL that can never work (unknown scheme or driver, driver not
+    # installed), fails here, before anything listens; an unreachable store is an outage: DUNNO.
+    store_for(app.config.store).close()
     run_daemon(lambda: load_config(app.config_file))
 
 

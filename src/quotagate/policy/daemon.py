@@ -15,10 +15,10 @@ from prometheus_client import start_http_server
 from quotagate.config import Config, ConfigError
 from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.server import PolicyServer, parse_listen
+from quotagate.policy.server import PolicyServer, listen_error, parse_listen
 from quotagate.policy.service import PolicyService
-from quotagate.sdnotify import notify
-from quotagate.store import Store, StoreError, store_for
+from quotagate.sdnotify import notify, watchdog_interval
+from quotagate.store import Store, StoreError, redacted, store_for
 from quotagate.watch.runner import rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
 
@@ -33,7 +33,7 @@ class Daemon:
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
-        self.server = PolicyServer(self.service.answer, self.config.policy, self.metrics)
+        self.server = PolicyServer(self.service.respond, self.config.policy, self.metrics)
         self._store: Store | None = None
         self._stop = asyncio.Event()
         self.tracker: Tracker | None = None
@@ -49,8 +49,9 @@ class Daemon:
         mailboxes from the store reach the tracker."""
         if self.tracker is None:
             return snapshot
-        self.tracker.load(snapshot.mailboxes.values(), {})
-        return replace(snapshot, readings=self.tracker.readings, source="watch")
+        tracker = self.tracker
+        tracker.load(snapshot.mailboxes.values(), {})
+        return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
@@ -91,6 +92,14 @@ class Daemon:
             await asyncio.sleep(_HOUSEKEEPING_SECONDS)
             self.housekeeping()
 
+    @staticmethod
+    async def _watchdog_forever(interval: float) -> None:
+        """Ping systemd's watchdog from the event loop itself: a loop stuck in a blocking call stops
+        the pings, and systemd restarts the daemon (WatchdogSec= in the unit)."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def reload(self) -> None:
         """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
         notify("RELOADING=1")
@@ -115,7 +124,9 @@ class Daemon:
     async def _start_tracking(self) -> list[asyncio.Task[None]]:
         """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
         store = store_for(self.config.store)
+        started = time.time()
         tracker, publisher = await start_tracker(self.config, store)
+        tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
@@ -140,12 +151,9 @@ class Daemon:
     async def run(self) -> None:
         await self.refresh()
         tracking = await self._start_tracking() if self.config.watch.enabled else []
-        await self.server.start()
-        if self.config.policy.metrics:
-            where = parse_listen(self.config.policy.metrics)
-            if isinstance(where, str):
-                raise ConfigError("policy.metrics: give HOST:PORT")
-            start_http_server(where[1], where[0], registry=self.metrics.registry)
+        self._start_metrics()  # first: a port in use there leaves no unix socket behind
+        bound = await self.server.start()
+        log.info("%s", self._started_line(bound))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -155,6 +163,9 @@ class Daemon:
             asyncio.create_task(self._housekeeping_forever()),
             *tracking,
         ]
+        interval = watchdog_interval()
+        if interval is not None:
+            background.append(asyncio.create_task(self._watchdog_forever(interval)))
         notify("READY=1")
         await self._stop.wait()
         notify("STOPPING=1")
@@ -164,6 +175,28 @@ class Daemon:
         await asyncio.gather(*background, return_exceptions=True)
         await self.server.close()
         self._forget_store()
+
+    def _start_metrics(self) -> None:
+        metrics = self.config.policy.metrics
+        if not metrics:
+            return
+        where = parse_listen(metrics, "policy.metrics")
+        if isinstance(where, str):
+            raise ConfigError("policy.metrics: give HOST:PORT")
+        try:
+            start_http_server(where[1], where[0], registry=self.metrics.registry)
+        except OSError as exc:
+            raise listen_error("policy.metrics", metrics, exc) from None
+
+    def _started_line(self, bound: list[str]) -> str:
+        """The one start-up line: which store, how many mailboxes, where it listens."""
+        snapshot = self.service.snapshot
+        mailboxes = f"{len(snapshot.mailboxes)} mailboxes" if snapshot.loaded_at else "no mailboxes yet (store down)"
+        metrics = f", metrics on {self.config.policy.metrics}" if self.config.policy.metrics else ""
+        live = ", usage live from the spool" if self.tracker is not None else ""
+        return (
+            f"serving {mailboxes} of {redacted(self.config.store.url)}{live}: listening on {', '.join(bound)}{metrics}"
+        )
 
 
 def serve(load_config: Callable[[], Config]) -> None:

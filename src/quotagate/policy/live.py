@@ -2,35 +2,55 @@
 
 The store is read in full every ``refresh_seconds`` (off the event loop) into an immutable
 :class:`Snapshot` the request path reads without locks. A Maildir++ ``maildirsize`` is read at
-request time, cached by its stat, and trusted only when the last scan found it agreeing with
+request time, in a worker thread (:mod:`quotagate.policy.files`: it is a file its user
+controls, and a read can hang), cached by its stat, and trusted only when the last scan found it agreeing with
 the files: a stale or hand-edited one never decides.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from quotagate.model import Mailbox, Reading, State, Usage
 from quotagate.store import Store
-from quotagate.usage import maildirsize
+from quotagate.usage import maildirsize, safefs
+from quotagate.usage.safefs import Node, Roots
 
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Limits and usage as last loaded, and how fresh that usage is.
+
+    A reading's row changes only when its numbers do: an idle full mailbox keeps an old
+    ``measured_at`` although every scan since confirmed it. Its usage is as fresh as the last
+    scan (``confirmed_at``) or, with live tracking, the tracker's last completed cycle
+    (``confirmed``, asked at request time: it moves while the snapshot does not, and stops
+    moving when the tracker dies).
+    """
+
     mailboxes: dict[str, Mailbox] = field(default_factory=dict)
     readings: dict[str, Reading] = field(default_factory=dict)
     confirmed_at: float = 0.0  # when the last scan started: unchanged readings are this fresh
     loaded_at: float = 0.0
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
+    confirmed: Callable[[], float] | None = None  # the tracker's last cycle, replacing confirmed_at
+
+    def fresh_at(self, reading: Reading) -> float:
+        """When ``reading`` was last known to be current."""
+        confirmed = self.confirmed() if self.confirmed is not None else self.confirmed_at
+        return max(reading.measured_at, confirmed)
 
     def stored_usage(self, address: str) -> Usage | None:
         r = self.readings.get(address)
         if r is None or r.state is State.UNKNOWN:
             return None
-        return Usage(r.bytes, r.messages, max(r.measured_at, self.confirmed_at), self.source)
+        return Usage(r.bytes, r.messages, self.fresh_at(r), self.source)
 
 
 def usage_age(usage: Usage, now: float) -> float:
@@ -52,42 +72,82 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 
 
-class MaildirsizeReader:
-    """Live usage from maildirsize files, one stat per request and a read only when it changed."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A maildirsize that is there but could not be read safely (a FIFO, a timeout, EACCES):
+    this mailbox's usage is unknown for this request."""
 
-    def __init__(self) -> None:
+    reason: str
+
+
+# What a live read gives: current usage, None (no maildirsize to go by: use the stored usage),
+# or Unreadable (the mailbox is unknown for now).
+Live: TypeAlias = Usage | Unreadable | None
+
+
+class MaildirsizeReader:
+    """Live usage from maildirsize files, read again only when its stat changed.
+
+    The file is reached as the scanner reaches it (:mod:`quotagate.usage.safefs`): the Maildir
+    walked from an allowed root through directory descriptors, the file opened ``O_NOFOLLOW |
+    O_NONBLOCK`` and checked to be a regular file with one link, owned by the Maildir's owner.
+    """
+
+    def __init__(self, roots: Roots) -> None:
+        self.roots = roots
         self._cache: dict[str, tuple[tuple[int, int, int], tuple[int, int] | None]] = {}
 
-    def usage(self, reading: Reading) -> Usage | None:
-        """Usage from the mailbox's maildirsize, or None when it is missing or not to be trusted."""
+    @staticmethod
+    def wanted(reading: Reading) -> bool:
+        """Whether the mailbox's maildirsize is worth reading: the last scan found it agreeing with
+        the files (a stale or hand-edited one never decides). No I/O."""
         info = reading.usage.maildirsize
-        if info is None or not info.agrees_with(reading.bytes, reading.messages):
-            return None
+        return info is not None and info.agrees_with(reading.bytes, reading.messages)
+
+    def read_now(self, reading: Reading) -> Usage | None:
+        """The mailbox's usage from its maildirsize, or None when there is none to go by.
+
+        Blocking, on a file the mailbox's owner controls: never call it on the event loop (see
+        :mod:`quotagate.policy.files`). Raises OSError when the file is there but not safely readable.
+        """
         path = os.path.join(reading.path, maildirsize.FILE_NAME)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size > maildirsize.MAX_TRUSTED_BYTES:
-            return None  # Maildir++: a reader must not trust a file this large
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._cache.get(path)
-        if cached is None or cached[0] != key:
-            totals = self._read(path)
-            self._cache[path] = (key, totals)
-        else:
-            totals = cached[1]
+        with safefs.opened(reading.path, self.roots) as node:
+            if node is None or not node.is_dir:
+                return None
+            try:
+                st = os.stat(maildirsize.FILE_NAME, dir_fd=node.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if st.st_size > maildirsize.MAX_TRUSTED_BYTES:
+                return None  # Maildir++: a reader must not trust a file this large
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cache.get(path)
+            if cached is None or cached[0] != key:
+                totals = self._read(node)
+                self._cache[path] = (key, totals)
+            else:
+                totals = cached[1]
         if totals is None:
             return None
         return Usage(totals[0], totals[1], st.st_mtime_ns / 1e9, "maildirsize")
 
     @staticmethod
-    def _read(path: str) -> tuple[int, int] | None:
-        try:
-            with open(path, "rb") as f:
-                parsed = maildirsize.parse(f.read(maildirsize.MAX_TRUSTED_BYTES + 1).decode("ascii", "replace"))
-        except OSError:
+    def _read(node: Node) -> tuple[int, int] | None:
+        raw = safefs.read_regular(maildirsize.FILE_NAME, node.fd, maildirsize.MAX_TRUSTED_BYTES + 1, node.st.st_uid)
+        if raw is None:
             return None
+        parsed = maildirsize.parse(raw.decode("ascii", "replace"))
         if parsed.info is None or parsed.info.bytes < 0 or parsed.info.messages < 0:
             return None
         return parsed.info.bytes, parsed.info.messages
+
+    def read(self, reading: Reading) -> Live:
+        """:meth:`read_now`, with errors as values (one bad mailbox is one unknown mailbox)."""
+        try:
+            return self.read_now(reading)
+        except OSError as exc:
+            return Unreadable(exc.strerror or type(exc).__name__)
+        except ValueError as exc:  # e.g. a NUL in the path
+            return Unreadable(type(exc).__name__)

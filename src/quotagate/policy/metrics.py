@@ -42,6 +42,31 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.stale = Counter(
+            "quotagate_policy_stale",
+            "Requests answered DUNNO because the usage was older than max_usage_age",
+            registry=self.registry,
+        )
+
+        self.connections_closed = Counter(
+            "quotagate_policy_connections_closed",
+            "Connections the daemon closed on a client: over max_connections, or a request not done in time",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.accept_errors = Counter(
+            "quotagate_policy_accept_errors",
+            "Connections that could not be accepted, by errno (EMFILE: out of file descriptors)",
+            ["errno"],
+            registry=self.registry,
+        )
+
+        self.unreadable = Counter(
+            "quotagate_policy_unreadable",
+            "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
+            registry=self.registry,
+        )
+
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
         self.requests.labels(decision).inc()
         self.latency.observe(seconds)

@@ -3,50 +3,122 @@
 It knows nothing of stores or mailboxes: each request goes to ``answer`` and each answer back.
 Limits keep a hostile or broken client from costing more than one connection's worth: a
 maximum number of connections (more are closed at once, which both MTAs treat as "no
-opinion"), an idle timeout, a client that does not read its answers is cut off, and the
-codec bounds line and request size.
+opinion"), an idle timeout between requests, a deadline for each request whatever its byte
+rate (a byte a second would otherwise keep the idle timer from ever firing), a client that does
+not read its answers is cut off, and the codec bounds line and request size. Running out of
+file descriptors on accept and hitting the cap are logged once a minute and counted.
 
 A plain :class:`asyncio.Protocol` rather than streams: an RCPT check is a few microseconds of
 work, and a stream reader, writer and task per connection (plus a task per timed read) would
-cost more than the check itself.
+cost more than the check itself. Most answers are known at once and written at once; an answer
+that waits for a file read (a future) holds back the ones after it on that connection, so that
+a client pipelining requests (Postfix) gets its answers in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import grp
 import logging
 import os
+import socket
 import stat
+from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
-from quotagate.config import PolicyConfig
+from quotagate.config import ConfigError, PolicyConfig
+from quotagate.errors import StartupError
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.throttle import Throttled
 
 log = logging.getLogger(__name__)
 
+# What accept() fails with when the process or the system is out of descriptors or memory.
+_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-def parse_listen(spec: str) -> tuple[str, int] | str:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``."""
+
+def parse_listen(spec: str, key: str = "policy.listen") -> tuple[str, int] | str:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``; anything else is a ConfigError naming ``key``."""
     if spec.startswith("unix:"):
         return spec[len("unix:") :]
     host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"policy.listen: {spec!r} is neither HOST:PORT nor unix:/path")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: {spec!r} is neither HOST:PORT (a port up to 65535) nor unix:/path")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "address already in use (by another quotagate serve? 'ss -ltnp' shows which program): "
+    "stop it or choose another port",
+    errno.EADDRNOTAVAIL: "this host has no such address (see 'ip address'): listen on one it has, or 127.0.0.1",
+    errno.EACCES: "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)",
+}
+
+
+def listen_error(key: str, spec: str, exc: OSError) -> StartupError:
+    """Why ``spec`` cannot be listened on, and what to do, in one line."""
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve the host ({exc.strerror}): give an address, or a name /etc/hosts has"
+    else:
+        reason = _LISTEN_ADVICE.get(exc.errno or 0) or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return StartupError(f"{key}: cannot listen on {spec}: {reason}")
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StartupError(
+            f"policy.socket_group: no group {name!r} on this host: "
+            "name an existing one ('getent group' lists them), e.g. Debian-exim"
+        ) from None
+
+
 def _remove_stale_socket(path: str) -> None:
-    """Remove a socket an earlier run left at ``path``; anything else there is an error."""
+    """Remove a socket an earlier run left at ``path``; anything else there is an error.
+
+    A socket is stale when connecting to it is refused: nobody listens. One that answers is a
+    running daemon's: taking it over would leave that daemon listening on a socket nobody can reach.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"policy.listen: {path} exists and is not a socket")
-    os.unlink(path)
+        raise StartupError(f"policy.listen: {path} exists and is not a socket: move it away, or listen elsewhere")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)  # connecting to a unix socket does not wait on the network
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+        except TimeoutError:
+            pass  # its backlog is full: someone listens
+        except OSError as exc:
+            raise StartupError(
+                f"policy.listen: cannot tell whether unix:{path} is in use ({exc.strerror or exc}): remove it if not"
+            ) from None
+    raise StartupError(
+        f"policy.listen: unix:{path} is in use by a running daemon (another quotagate serve?): "
+        "stop it, or listen elsewhere"
+    )
+
+
+async def _unix_server(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], path: str
+) -> asyncio.Server:
+    _remove_stale_socket(path)
+    try:
+        return await loop.create_unix_server(factory, path=path)
+    except OSError as exc:
+        raise StartupError(
+            f"policy.listen: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
+            "create its directory, writable by the user quotagate runs as (systemd: RuntimeDirectory=quotagate)"
+        ) from None
 
 
 class _Connection(asyncio.Protocol):
@@ -60,6 +132,10 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None  # armed while a request is half-read
+        # Answers not written yet because an earlier one waits for a file read, in request order.
+        self.queue: deque[str | asyncio.Future[str]] = deque()
+        self.eof = False  # the client half-closed: close once the queue is written
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,7 +143,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.policy.max_connections:
-            log.warning("more than %d connections: closing a new one", server.policy.max_connections)
+            server.refused()
             self.transport.abort()
             return
         server.connections.add(self)
@@ -77,16 +153,29 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         self._reply(self.decoder.feed(data))
-        if self.server.closing and not self.decoder.pending and self.transport is not None:
+        if self.server.closing and self.idle and self.transport is not None:
             self.transport.close()  # shutting down: this client got its answers
+        # Most requests come in one piece: no timer at all. One that spans reads must be done
+        # within request_timeout of its first byte.
+        if self.decoder.pending:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(self.server.policy.request_timeout, self._too_slow)
+        elif self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     def eof_received(self) -> bool:
         self._reply(self.decoder.end())  # Exim: one request, a half-close, then read to the end
+        if self.queue:  # an answer still waits for a file read: close once it is written
+            self.eof = True
+            return True
         return False  # close, once the answers are written
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         server = self.server
         if self in server.connections:
             server.connections.discard(self)
@@ -107,12 +196,51 @@ class _Connection(asyncio.Protocol):
     # -- ours ------------------------------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        """Between requests, nothing half-read: safe to close at shutdown."""
-        return not self.decoder.pending
+        """Between requests, nothing half-read or unanswered: safe to close at shutdown."""
+        return not self.decoder.pending and not self.queue
 
     def _reply(self, items: list[PolicyItem]) -> None:
-        if items and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(encode_action(self.server.answer_item(item)) for item in items))
+        if not items or self.transport is None or self.transport.is_closing():
+            return
+        out = []
+        for item in items:
+            answer = self.server.answer_item(item)
+            if isinstance(answer, str) and not self.queue:
+                out.append(encode_action(answer))  # the common case: known at once, nothing before it
+                continue
+            self.queue.append(answer)
+            if not isinstance(answer, str):
+                answer.add_done_callback(self._answered)
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _answered(self, _: object) -> None:
+        """A file read ended: write every answer now known at the head of the queue."""
+        out = []
+        while self.queue:
+            head = self.queue[0]
+            if isinstance(head, str):
+                out.append(encode_action(head))
+            elif head.done():
+                out.append(encode_action("DUNNO" if head.cancelled() or head.exception() else head.result()))
+            else:
+                break
+            self.queue.popleft()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            self.last_activity = self.loop.time()
+            transport.write(b"".join(out))
+        if not self.queue and (self.eof or (self.server.closing and not self.decoder.pending)):
+            transport.close()
+
+    def _too_slow(self) -> None:
+        """A request still incomplete request_timeout after its first byte: cut the client off."""
+        self.deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.server.too_slow()
+            self.transport.abort()
 
     def _check_idle(self) -> None:
         """Close a connection silent for idle_timeout (reading or, for a client that does not read
@@ -126,34 +254,65 @@ class _Connection(asyncio.Protocol):
 
 
 class PolicyServer:
-    def __init__(self, answer: Callable[[PolicyRequest], str], policy: PolicyConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, answer: Callable[[PolicyRequest], str | asyncio.Future[str]], policy: PolicyConfig, metrics: Metrics
+    ) -> None:
         self.answer = answer
         self.policy = policy
         self.metrics = metrics
         self.connections: set[_Connection] = set()
         self.closing = False
         self._servers: list[asyncio.Server] = []
+        self._over_cap = Throttled(log)
+        self._slow = Throttled(log)
+        self._accept_failed: dict[str, Throttled] = {}
+
+    def refused(self) -> None:
+        """A connection over max_connections, closed at once: both MTAs then carry on without us."""
+        self.metrics.connections_closed.labels("max_connections").inc()
+        cap = self.policy.max_connections
+        self._over_cap.warning("more than max_connections (%d) connections: closing new ones", cap)
+
+    def too_slow(self) -> None:
+        self.metrics.connections_closed.labels("request_timeout").inc()
+        timeout = self.policy.request_timeout
+        self._slow.warning("a request took longer than request_timeout (%gs): closing its connection", timeout)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of descriptors (or memory) on accept: asyncio tries again a second later and would
+        log each failure with a traceback; one line a minute per errno, and a count, say enough."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.metrics.accept_errors.labels(name).inc()
+            throttled = self._accept_failed.setdefault(name, Throttled(log))
+            throttled.warning("cannot accept a connection: %s (%s)", name, exc.strerror)
+            return
+        loop.default_exception_handler(context)
 
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (a port 0 resolved)."""
         loop = asyncio.get_running_loop()
+        # Every value checked before anything listens: a bad one leaves no socket behind.
+        places = [(spec, parse_listen(spec)) for spec in self.policy.listen]
+        gid = _group_id(self.policy.socket_group) if self.policy.socket_group else -1
+        loop.set_exception_handler(self._loop_exception)
         bound = []
-        for spec in self.policy.listen:
-            where = parse_listen(spec)
+        for spec, where in places:
             if isinstance(where, str):
-                _remove_stale_socket(where)
-                server = await loop.create_unix_server(lambda: _Connection(self), path=where)
+                server = await _unix_server(loop, lambda: _Connection(self), where)
                 os.chmod(where, int(self.policy.socket_mode, 8))
-                if self.policy.socket_group:
-                    os.chown(where, -1, grp.getgrnam(self.policy.socket_group).gr_gid)
+                os.chown(where, -1, gid)
                 bound.append(f"unix:{where}")
             else:
-                server = await loop.create_server(lambda: _Connection(self), where[0], where[1])
+                try:
+                    server = await loop.create_server(lambda: _Connection(self), where[0], where[1])
+                except OSError as exc:
+                    raise listen_error("policy.listen", spec, exc) from None
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     bound.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
             self._servers.append(server)
-        log.info("listening on %s", ", ".join(bound))
         return bound
 
     async def close(self) -> None:
@@ -176,7 +335,7 @@ class PolicyServer:
             await server.wait_closed()
         self._servers.clear()
 
-    def answer_item(self, item: PolicyItem) -> str:
+    def answer_item(self, item: PolicyItem) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):
             return self.answer(item)
         log.warning("malformed policy request: %s: DUNNO", item.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 from quotagate.address import BadAddress, normalize
 from quotagate.config import Config
 from quotagate.decide import decide, known_size
-from quotagate.model import Action, Decision, Limits, Mailbox, Usage
+from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
 from quotagate.policy.codec import PolicyRequest
-from quotagate.policy.live import MaildirsizeReader, Snapshot, usage_age
+from quotagate.policy.files import FileReads
+from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
+from quotagate.policy.throttle import Throttled
+from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,17 @@ class Outcome:
     usage: Usage | None
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A recipient found in the snapshot: its mailbox, the folder asked for, and the reading
+    whose maildirsize is to be read live (None: nothing to read)."""
+
+    snapshot: Snapshot
+    mailbox: Mailbox
+    folder: str | None
+    live: Reading | None
+
+
 class PolicyService:
     def __init__(self, config: Config, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -40,42 +55,100 @@ class PolicyService:
         self.clock = clock
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds)
-        self.maildirsize = MaildirsizeReader()
+        self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
+        self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
+        self._stale_log = Throttled(log)
+        self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.maildirsize.roots = spool_roots(config.spool)
         self.reservations.seconds = config.policy.reservation_seconds
+        self.files.timeout = config.policy.file_timeout
+        self.files.keep_seconds = config.policy.refresh_seconds
 
     def answer(self, request: PolicyRequest) -> str:
-        """The action for one request. Whatever goes wrong inside becomes DUNNO: the MTA then
-        carries on as it would without quotagate, and no mail is lost to a bug of ours."""
+        """The action for one request, reading a maildirsize in this thread (``quotagate check``,
+        tests). The daemon uses :meth:`respond`, which never blocks on a file. Whatever goes
+        wrong inside becomes DUNNO: the MTA then carries on as it would without quotagate, and no
+        mail is lost to a bug of ours."""
         started = time.perf_counter()
         try:
-            if request.request == DELIVERY_HINT:
-                self._hint(request.recipient)
-                return self._done(started, Action.DUNNO, DUNNO)
-            if request.protocol_state not in _CHECKED_STATES:
-                return self._done(started, Action.DUNNO, DUNNO)
-            outcome = self.check(request.recipient, request.size)
-            action = self._action(outcome)
-            return self._done(started, outcome.decision.action, action, outcome.usage)
+            return self._unchecked(started, request) or self._finish(
+                started, self.check(request.recipient, request.size)
+            )
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
-            self.metrics.errors.inc()
+            return self._failed(started)
+
+    def respond(self, request: PolicyRequest) -> str | asyncio.Future[str]:
+        """:meth:`answer` for the event loop: at once, or (when the mailbox's maildirsize must be
+        read) a future the worker pool resolves within file_timeout."""
+        started = time.perf_counter()
+        try:
+            unchecked = self._unchecked(started, request)
+            if unchecked is not None:
+                return unchecked
+            target = self._target(request.recipient)
+            if isinstance(target, Outcome):
+                return self._finish(started, target)
+            if target.live is None:
+                return self._conclude(started, request, target, None)
+            return self.files.start(target.live, lambda live: self._conclude(started, request, target, live))
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            return self._failed(started)
+
+    def _unchecked(self, started: float, request: PolicyRequest) -> str | None:
+        """The answer to a request that is not a recipient check, or None."""
+        if request.request == DELIVERY_HINT:
+            self._hint(request.recipient)
             return self._done(started, Action.DUNNO, DUNNO)
+        if request.protocol_state not in _CHECKED_STATES:
+            return self._done(started, Action.DUNNO, DUNNO)
+        return None
+
+    def _conclude(self, started: float, request: PolicyRequest, target: _Target, live: Live) -> str:
+        """The answer once the live usage is known (on the loop, maybe after a file read)."""
+        try:
+            return self._finish(started, self._decide(target, request.size, live))
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            return self._failed(started)
+
+    def _finish(self, started: float, outcome: Outcome) -> str:
+        return self._done(started, outcome.decision.action, self._action(outcome), outcome.usage)
+
+    def _failed(self, started: float) -> str:
+        self.metrics.errors.inc()
+        return self._done(started, Action.DUNNO, DUNNO)
 
     def _hint(self, recipient: str) -> None:
-        if self.delivery_hint is None:
-            return
         try:
-            self.delivery_hint(normalize(recipient))
+            address = normalize(recipient)
         except BadAddress:
             log.debug("delivery hint for %r: not an address", recipient)
+            return
+        reading = self.snapshot.readings.get(address)
+        if reading is not None:  # its maildirsize changed (on NFS, no event says so)
+            self.files.forget(reading.path)
+        if self.delivery_hint is not None:
+            self.delivery_hint(address)
 
     def check(self, recipient: str, size: int | None) -> Outcome:
-        """The decision for one recipient and declared size, holding room when it is accepted."""
+        """The decision for one recipient and declared size, holding room when it is accepted.
+
+        Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
+        """
+        target = self._target(recipient)
+        if isinstance(target, Outcome):
+            return target
+        return self._decide(target, size, None if target.live is None else self.maildirsize.read(target.live))
+
+    def _target(self, recipient: str) -> _Target | Outcome:
+        """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
         snapshot = self.snapshot
         try:
             address = normalize(recipient)
@@ -84,14 +157,27 @@ class PolicyService:
         mailbox, folder = self._mailbox(snapshot, address, recipient)
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder)
+        reading = snapshot.readings.get(mailbox.address)
+        wanted = reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
+        return _Target(snapshot, mailbox, folder, reading if wanted else None)
+
+    def _decide(self, target: _Target, size: int | None, live: Live) -> Outcome:
+        """The decision, once the live usage (if any was wanted) is known. No I/O."""
+        snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
+        if isinstance(live, Unreadable):
+            self.metrics.unreadable.inc()
+            self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
+            return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live)
         now = self.clock()
+        if usage is not None and self._stale(mailbox.address, usage, now):
+            return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
         reserved = self.reservations.held(mailbox.address, now, usage.measured_at if usage else 0.0)
         grace = self.config.policy.grace
         decision = decide(mailbox, usage, size, reserved, grace, limits)
         if limits is not None and decision.action is Action.ACCEPT:
             # The folder's rule lets it in; the mailbox's own limit still holds.
-            _, total = self._limits_and_usage(snapshot, mailbox, None)
+            _, total = self._limits_and_usage(snapshot, mailbox, None, live)
             whole = decide(mailbox, total, size, reserved, grace)
             if whole.action is Action.REJECT:
                 decision, usage = whole, total
@@ -99,6 +185,17 @@ class PolicyService:
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             self.reservations.hold(mailbox.address, s, now)
         return Outcome(mailbox.address, decision, usage)
+
+    def _stale(self, address: str, usage: Usage, now: float) -> bool:
+        """Usage nobody confirmed for max_usage_age (store down, watch dead, scans failing) could
+        refuse a mailbox emptied since: not believed, counted, and logged once a minute."""
+        age = usage_age(usage, now)
+        limit = self.config.policy.max_usage_age
+        if age <= limit:
+            return False
+        self.metrics.stale.inc()
+        self._stale_log.warning("usage of %s is %.0fs old, more than max_usage_age (%gs): DUNNO", address, age, limit)
+        return True
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``.
@@ -119,7 +216,7 @@ class PolicyService:
             return None, None
 
     def _limits_and_usage(
-        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None
+        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
@@ -127,12 +224,10 @@ class PolicyService:
             if limits is not None:
                 # A folder that does not exist yet is empty: the delivery agent creates it.
                 held = reading.usage.folder(folder)
-                used = Usage(held.bytes if held else 0, held.messages if held else 0, reading.measured_at)
+                used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
-        if reading is not None and self.config.policy.use_maildirsize:
-            live = self.maildirsize.usage(reading)
-            if live is not None:
-                return None, live
+        if live is not None:
+            return None, live
         return None, snapshot.stored_usage(mailbox.address)
 
     def _action(self, outcome: Outcome) -> str:

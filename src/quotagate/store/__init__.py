@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from importlib import import_module
+
+from sqlalchemy.exc import NoSuchModuleError
 
 from quotagate.config import StoreConfig
 from quotagate.store.base import Store, StoreError
@@ -17,27 +20,78 @@ _REGISTRY = {
     "ldap": "quotagate.store.ldap",
     "ldaps": "quotagate.store.ldap",
 }
+# scheme -> the driver quotagate's extras install for it, and that extra. SQLAlchemy's default
+# drivers (MySQLdb for mysql://, psycopg2 for postgresql:// before 2.1) are not among them.
+_DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"), "mariadb": ("pymysql", "mysql")}
+# a module an extra installs -> that extra
+_EXTRAS = {"psycopg": "postgres", "pymysql": "mysql", "ldap3": "ldap"}
+# "scheme://user:PASSWORD@": everything up to the last "@" before any query counts as the
+# password, so a password holding an unencoded "@" is hidden whole.
+_PASSWORD = re.compile(r"^([^:/]+://[^:/@]*:)[^?#]*@")
 
 
 def scheme_of(url: str) -> str:
     return url.partition(":")[0].partition("+")[0].lower()
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password written ``***``: for every message and log line that names a store."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` (a driver's message) with ``url`` redacted and its password nowhere."""
+    text = text.replace(url, redacted(url))
+    match = _PASSWORD.match(url)
+    password = url[match.end(1) : match.end() - 1] if match else ""
+    return text.replace(password, "***") if password else text
+
+
+def _with_driver(url: str, driver: str) -> str:
+    return redacted(f"{scheme_of(url)}+{driver}:{url.partition(':')[2]}")
+
+
+def _install_hint(url: str, missing: str | None) -> str:
+    """What to do when the driver module ``missing`` is not installed."""
+    if missing in _EXTRAS:
+        return f"pip install 'quotagate[{_EXTRAS[missing]}]'"
+    ours = _DRIVERS.get(scheme_of(url))
+    if ours is None:
+        return "install it"
+    driver, extra = ours
+    return f"use '{_with_driver(url, driver)}' (pip install 'quotagate[{extra}]')"
+
+
+def _unknown_driver(url: str) -> str:
+    driver = url.partition(":")[0].partition("+")[2]
+    ours = _DRIVERS.get(scheme_of(url))
+    hint = f": use '{_with_driver(url, ours[0])}' (pip install 'quotagate[{ours[1]}]')" if ours else ""
+    return f"store url {redacted(url)!r}: unknown driver {driver!r}{hint}"
+
+
 def store_for(config: StoreConfig) -> Store:
-    """The store the config names; an unknown scheme or a missing driver is a clear StoreError."""
+    """The store the config names; an unknown scheme or driver, or a missing driver, is a StoreError
+    that says which URL to write or which extra to install (the password never shown)."""
     url = config.url
     module_name = _REGISTRY.get(scheme_of(url))
     if module_name is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise StoreError(f"store url {url!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
+        raise StoreError(f"store url {redacted(url)!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
     try:
         store: Store = import_module(module_name).from_config(config)
     except ImportError as exc:
-        raise StoreError(f"store url {url!r} needs a driver that is not installed: {exc.name}") from exc
+        if exc.name is None:  # not a missing module: a broken installation
+            raise StoreError(f"store url {redacted(url)!r}: {_scrubbed(str(exc), url)}") from exc
+        raise StoreError(
+            f"store url {redacted(url)!r} needs the driver {exc.name}, which is not installed: "
+            + _install_hint(url, exc.name)
+        ) from exc
+    except NoSuchModuleError as exc:
+        raise StoreError(_unknown_driver(url)) from exc
     except StoreError:
         raise
     except Exception as exc:
-        raise StoreError(f"store url {url!r}: {exc}") from exc
+        raise StoreError(f"store url {redacted(url)!r}: {_scrubbed(str(exc), url)}") from exc
     return store
 
 
@@ -46,4 +100,4 @@ def open_store(url: str) -> Store:
     return store_for(StoreConfig(url=url))
 
 
-__all__ = ["Store", "StoreError", "open_store", "store_for"]
+__all__ = ["Store", "StoreError", "open_store", "redacted", "store_for"]

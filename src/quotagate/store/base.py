@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
+from quotagate.errors import QuotagateError
 from quotagate.model import Mailbox, Reading, ScanSummary
 
 
-class StoreError(Exception):
+class StoreError(QuotagateError):
     """A store that cannot be reached or used; the message says which and why."""
 
 

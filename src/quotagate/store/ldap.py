@@ -23,6 +23,7 @@ from ldap3.utils.conv import escape_filter_chars
 from quotagate.address import BadAddress, normalize
 from quotagate.config import LdapConfig, StoreConfig
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
+from quotagate.store import redacted
 from quotagate.store.base import StoreError
 from quotagate.store.sql import SqlStore
 
@@ -55,6 +56,7 @@ def _first(values: Any) -> str | None:
 class LdapStore:
     def __init__(self, url: str, config: LdapConfig, state: SqlStore) -> None:
         self.url = url
+        self.shown_url = redacted(url)  # for messages: a password in the URL is never shown
         self.config = config
         self.state = state
         self._conn: ldap3.Connection | None = None
@@ -71,7 +73,14 @@ class LdapStore:
 
     def _connection(self) -> ldap3.Connection:
         if self._conn is None:
-            server = ldap3.Server(self.url, connect_timeout=self.config.timeout)
+            who = f"{self.shown_url} as {self.config.bind_dn or 'anonymous'}"
+            try:
+                server = ldap3.Server(self.url, connect_timeout=self.config.timeout)
+            except LDAPException as exc:  # ldap3 takes no user or password in the URL
+                raise StoreError(
+                    f"cannot bind to {who}: {type(exc).__name__} (give ldap://host[:port] only; "
+                    "the account goes in [store.ldap] bind_dn and password)"
+                ) from exc
             conn = ldap3.Connection(
                 server,
                 self.config.bind_dn or None,
@@ -84,7 +93,7 @@ class LdapStore:
                 conn.bind()
             except LDAPException as exc:
                 conn.unbind()  # closes the socket a failed bind leaves open
-                raise StoreError(f"cannot bind to {self.url} as {self.config.bind_dn or 'anonymous'}: {exc}") from exc
+                raise StoreError(f"cannot bind to {who}: {exc}") from exc
             self._conn = conn
         return self._conn
 

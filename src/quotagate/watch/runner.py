@@ -6,14 +6,14 @@ import asyncio
 import errno
 import gc
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from quotagate.config import Config
 from quotagate.model import Mailbox, Reading, State
 from quotagate.outage import Outage, vanished_problem
 from quotagate.publish import PublishError, published_first
-from quotagate.scan import ScanResult, run_scan
-from quotagate.store import Store, StoreError
+from quotagate.scan import ScanResult, log_transitions, run_scan
+from quotagate.store import Store, StoreError, redacted
 from quotagate.watch.limits import current_limit, plan
 from quotagate.watch.tracker import Tracker
 
@@ -28,6 +28,8 @@ class StorePublisher:
         self.config = config
         self.store = store
         self.over: set[str] = set()
+        # The tracker's mailboxes (kept up to date by it): their limits go into the log lines.
+        self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
 
     def reset(self, readings: dict[str, Reading]) -> None:
@@ -49,12 +51,8 @@ class StorePublisher:
                 over.discard(address)
         await asyncio.to_thread(self._commit, changed, removed, flags, over)
         self.over = over
-        if flags:
-            log.info(
-                "over quota now: %s; no longer: %s",
-                sorted(a for a, o in flags.items() if o) or "-",
-                sorted(a for a, o in flags.items() if not o) or "-",
-            )
+        readings = {r.address: r for r in changed if r.address in flags}
+        log_transitions(flags, readings, {a: m.limits for a in flags if (m := self.mailboxes.get(a))})
         for hook in self.on_change:
             hook(changed)
 
@@ -81,6 +79,7 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
     tracker = Tracker(config, publisher)
     mailboxes = await asyncio.to_thread(store.mailboxes)
     tracker.load(mailboxes, readings)
+    publisher.mailboxes = tracker.mailboxes
     publisher.reset(tracker.readings)
     chosen = plan(estimated_watches(tracker), current_limit(), config.watch.mode)
     tracker.mode = chosen.mode
@@ -93,8 +92,9 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
             log.warning("inotify ran out of watches (%s): polling folder mtimes instead", exc.strerror)
             tracker.mode = "poll"
     log.info(
-        "watching %d mailboxes by %s (%s)",
+        "watching %d mailboxes of %s by %s (%s)",
         len(tracker.mailboxes),
+        redacted(config.store.url),
         tracker.mode,
         f"{tracker.watch_count()} watches" if tracker.mode == "inotify" else chosen.reason,
     )

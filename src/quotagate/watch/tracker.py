@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from asyncinotify import Inotify, Mask, Watch
 
 from quotagate.config import Config
-from quotagate.model import FolderUsage, Format, Mailbox, Reading
+from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
 from quotagate.outage import root_problem, vanished_problem
 from quotagate.publish import PublishError
 from quotagate.scan import reading_for
@@ -31,6 +31,7 @@ from quotagate.store import StoreError
 from quotagate.usage import maildir
 from quotagate.usage.mailbox import Found, measure, unchanged
 from quotagate.usage.names import display_name
+from quotagate.usage.safefs import Roots
 from quotagate.watch.deltas import message_delta
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class Tracker:
         self._targets: dict[Watch, _Target] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
         self._held: str | None = None  # why flushes keep the last state (see flush), None when not
+        # Every reading is current up to this time (the start of the last completed cycle): a
+        # mailbox with no event since is unchanged, whenever its reading was made. It stops
+        # moving when the tracker stops or hangs, so its readings age as they should.
+        self.confirmed_at = 0.0
+        self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -125,18 +131,19 @@ class Tracker:
         self._dirty.update(touched_here)
         # The rescan stored its own, older view of these: write ours over it.
         self._force.update(touched_here)
-        for address in self.readings:
-            self._sync_watches(address)
+        # Watched from the run loop, off the event loop: the rescan may have found new folders.
+        self._resync.update(self.readings)
 
     def watch_count(self) -> int:
         return sum(len(w) for w in self._watches.values())
 
     # -- watches -------------------------------------------------------------------------------
     def _wanted_paths(self, address: str) -> dict[str, _Target]:
+        path = self._paths.get(address)  # .get: run in a thread, the mailbox may just have left
         reading = self.readings.get(address)
-        path = located(self._paths[address], reading, self.config.spool)
+        path = None if path is None else located(path, reading, self.config.spool)
         usage = reading.usage if reading else None
-        if usage is None or not usage.known or usage.format is Format.MISSING:
+        if path is None or usage is None or not usage.known or usage.format is Format.MISSING:
             return {}  # polled: nothing to watch until it exists and is measured
         if usage.format is Format.MBOX:
             return {path: _Target(address)}
@@ -151,30 +158,53 @@ class Tracker:
                 wanted[base] = _Target(address)  # cur/ or new/ appearing later
         return wanted
 
-    def _sync_watches(self, address: str) -> int:
-        """Watch what the mailbox holds now; returns how many watches were added."""
-        if self._inotify is None:
-            return 0
-        added = 0
-        current = self._watches.setdefault(address, {})
+    def _plan_watches(self, address: str, have: set[str]) -> tuple[dict[str, _Target], list[tuple[str, Watch]]]:
+        """What the mailbox holds now, and watches added for what ``have`` lacks.
+
+        Blocking, on paths the mailbox's user controls (a stat per folder, inotify_add_watch):
+        run it in a thread. Raises OSError ENOSPC when the watch limit is reached.
+        """
+        assert self._inotify is not None
         wanted = self._wanted_paths(address)
-        for gone in set(current) - set(wanted):
-            self._drop(current.pop(gone))
+        reading = self.readings.get(address)
+        added = []
         for path, target in wanted.items():
-            if path in current:
+            if path in have or reading is None:
                 continue
-            reading = self.readings[address]
             mask = _MBOX_FILE if reading.usage.format is Format.MBOX else (_MESSAGE_DIR if target.folder else _ROOT_DIR)
             try:
-                watch = self._inotify.add_watch(path, mask)
+                added.append((path, self._inotify.add_watch(path, mask)))
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise
                 continue  # vanished meanwhile: the next measurement sees it
+        return wanted, added
+
+    def _register(self, address: str, wanted: dict[str, _Target], added: list[tuple[str, Watch]]) -> int:
+        """Record what :meth:`_plan_watches` found (on the loop); returns how many watches were added."""
+        if address not in self.mailboxes:  # dropped meanwhile
+            for _, watch in added:
+                self._drop(watch)
+            return 0
+        current = self._watches.setdefault(address, {})
+        for gone in set(current) - set(wanted):
+            self._drop(current.pop(gone))
+        count = 0
+        for path, watch in added:
+            if path in current:  # added twice meanwhile: inotify returned the same watch
+                continue
             current[path] = watch
-            self._targets[watch] = target
-            added += 1
-        return added
+            self._targets[watch] = wanted[path]
+            count += 1
+        return count
+
+    async def _sync_watches(self, address: str) -> int:
+        """Watch what the mailbox holds now; returns how many watches were added."""
+        if self._inotify is None:
+            return 0
+        have = set(self._watches.get(address, {}))
+        wanted, added = await asyncio.to_thread(self._plan_watches, address, have)
+        return self._register(address, wanted, added)
 
     def _unwatch(self, address: str) -> None:
         for watch in self._watches.pop(address, {}).values():
@@ -290,7 +320,7 @@ class Tracker:
         for address, reading in fresh.items():
             previous = self.readings.get(address)
             self.readings[address] = reading
-            if address in measured and self._sync_watches(address):
+            if address in measured and await self._sync_watches(address):
                 # Mail may have come between the listing and the new watch: measure once more,
                 # now that events are seen.
                 self._dirty.add(address)
@@ -317,15 +347,21 @@ class Tracker:
             log.info("usage follows the spool again")
         self._held = problem
 
-    def _poll(self, everything: bool) -> None:
+    async def _poll(self, everything: bool) -> None:
         """A mailbox whose mtimes moved is measured again: every one when polling instead of
-        inotify, else those not created yet (nothing to watch until the first delivery)."""
-        roots = spool_roots(self.config.spool)
-        for address, reading in self.readings.items():
-            if not everything and reading.usage.format is not Format.MISSING:
-                continue
-            if not unchanged(located(self._paths[address], reading, self.config.spool), reading.usage, roots):
-                self._dirty.add(address)
+        inotify, else those not created yet (nothing to watch until the first delivery).
+
+        The mtimes are the users' folders: looked at in a thread, never on the event loop.
+        """
+        spool = self.config.spool
+        looked = [
+            (address, located(self._paths[address], reading, spool), reading.usage)
+            for address, reading in self.readings.items()
+            if everything or reading.usage.format is Format.MISSING
+        ]
+        if looked:
+            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool))
+            self._dirty.update(a for a in moved if a in self.mailboxes)
 
     # -- running ---------------------------------------------------------------------------------
     def start_watching(self) -> None:
@@ -334,7 +370,7 @@ class Tracker:
         try:
             for address in list(self.mailboxes):
                 if address in self.readings:
-                    self._sync_watches(address)
+                    self._register(address, *self._plan_watches(address, set()))
         except OSError:
             self.close()
             raise
@@ -353,15 +389,23 @@ class Tracker:
             self.start_watching()
         reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
         last_poll = 0.0
+        polled_at = 0.0
         try:
             while True:
+                started = time.time()
+                for address in sorted(self._resync):
+                    self._resync.discard(address)
+                    await self._sync_watches(address)
                 if time.monotonic() - last_poll >= self.config.watch.poll_seconds:
-                    self._poll(everything=self.mode == "poll")
+                    await self._poll(everything=self.mode == "poll")
                     last_poll = time.monotonic()
+                    polled_at = started
                 if self._dirty or self._changed or self._force or self._removed:
                     await self.flush()
                 else:
                     self._measuring = set()  # a flush cycle passed: their events are deltas again
+                # Polling sees a change only when it looks; events are seen as they come.
+                self.confirmed_at = polled_at if self.mode == "poll" else started
                 await asyncio.sleep(flush_every)
         finally:
             if reader is not None:
@@ -373,3 +417,8 @@ class Tracker:
         assert self._inotify is not None
         async for event in self._inotify:
             self._on_event(event.watch, event.mask, None if event.name is None else display_name(str(event.name)))
+
+
+def _moved(looked: list[tuple[str, str, MailboxUsage]], roots: Roots) -> list[str]:
+    """The addresses whose folders' stamps no longer match their usage (blocking: a thread's)."""
+    return [address for address, path, usage in looked if not unchanged(path, usage, roots)]

@@ -1,0 +1,205 @@
+"""maildirsize reads for the event loop: off it, bounded, timed out, and cached while current.
+
+A maildirsize is a file its mailbox's user controls (it may be a FIFO) and may sit on a dead NFS
+mount, where even ``stat`` hangs: the loop never touches it. :class:`FileReads` hands the read
+(:meth:`MaildirsizeReader.read_now`) to a fixed pool of worker threads, at most one read per
+file at a time, and a request waits at most ``timeout`` for it.
+
+A thread hop costs more than the rest of a check, so a value read is kept while it is current:
+the worker also puts an inotify watch on the mailbox's directory, and any change to its
+maildirsize (an MDA appending, a rename over it) drops the kept value. Events are read from our
+own non-blocking inotify descriptor before every lookup, so a change made before a request
+arrived is always seen by it. A value is kept at most ``keep_seconds`` even without an event (a
+change made by another NFS client raises none), a delivery hint drops it, and a directory that
+cannot be watched (or would take more than a quarter of fs.inotify.max_user_watches, which
+[watch] shares) is simply read every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asyncinotify import Inotify, Mask
+
+from quotagate.model import Reading
+from quotagate.policy.live import Live, MaildirsizeReader, Unreadable
+from quotagate.usage.maildirsize import FILE_NAME
+from quotagate.watch.limits import current_limit
+
+log = logging.getLogger(__name__)
+
+FILE_WORKERS = 4
+"""Threads reading maildirsize files for the daemon: a bound, whatever hangs."""
+
+T = TypeVar("T")
+
+_NAME = os.fsencode(FILE_NAME)
+_CHANGED = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
+_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
+_WATCH = _CHANGED | _GONE | Mask.ONLYDIR | Mask.DONT_FOLLOW
+_DEFAULT_WATCHES = 2048  # when fs.inotify.max_user_watches cannot be read
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class _Pending:
+    """One path being read, the requests waiting for it, and what changed meanwhile."""
+
+    __slots__ = ("epoch", "generation", "started", "waiters")
+
+    def __init__(self, started: float, epoch: int, generation: int) -> None:
+        self.started = started
+        self.waiters: list[tuple[asyncio.Future[Any], Callable[[Live], Any], asyncio.TimerHandle]] = []
+        self.epoch = epoch
+        self.generation = generation
+
+
+class FileReads:
+    """See the module docstring. Lives on one event loop (taken at the first :meth:`start`)."""
+
+    def __init__(
+        self, reader: MaildirsizeReader, timeout: float, keep_seconds: float, workers: int = FILE_WORKERS
+    ) -> None:
+        self.reader = reader
+        self.timeout = timeout
+        self.keep_seconds = keep_seconds
+        self.workers = workers
+        self._jobs: queue.SimpleQueue[Reading] = queue.SimpleQueue()
+        self._pending: dict[str, _Pending] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inotify: Inotify | None = None
+        self._kept: dict[str, tuple[Live, float]] = {}  # path -> (value, when its read was asked)
+        self._roots: dict[int, str] = {}  # watch descriptor -> mailbox directory
+        self._watched: dict[str, int] = {}  # and back
+        self._generation: dict[str, int] = {}  # path -> changes seen
+        self._epoch = 0  # bumped when changes may have been missed (queue overflow)
+        # The watches are the system user's, shared with [watch]: take at most a quarter of them.
+        limit = current_limit()
+        self._watch_budget = _DEFAULT_WATCHES if limit is None else limit // 4
+
+    def start(self, reading: Reading, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
+        """``then`` of the mailbox's live usage: at once when it is known without waiting (kept
+        and current, or a read of this path hung), else a future resolved on the loop."""
+        loop = self._loop or self._begin()
+        self.drain()
+        now = loop.time()
+        path = reading.path
+        kept = self._kept.get(path)
+        if kept is not None and now - kept[1] < self.keep_seconds:
+            return then(kept[0])
+        pending = self._pending.get(path)
+        if pending is None:
+            pending = self._pending[path] = _Pending(now, self._epoch, self._generation.get(path, 0))
+            self._jobs.put(reading)
+        elif now - pending.started >= self.timeout:
+            return then(Unreadable("an earlier read of it is still hung"))
+        future: asyncio.Future[T] = loop.create_future()
+        timer = loop.call_at(pending.started + self.timeout, _expire, future, then, self.timeout)
+        pending.waiters.append((future, then, timer))
+        return future
+
+    def forget(self, path: str) -> None:
+        """Drop what is kept for the mailbox at ``path`` (told of a delivery)."""
+        self._kept.pop(path, None)
+        self._generation[path] = self._generation.get(path, 0) + 1
+
+    def drain(self) -> None:
+        """Read the change events queued so far (our descriptor, non-blocking) and drop what they
+        make stale."""
+        if self._inotify is None:
+            return
+        try:
+            data = os.read(self._inotify.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            root = self._roots.get(wd)
+            if mask & Mask.Q_OVERFLOW or root is None:  # lost events, or a watch not recorded yet
+                self._kept.clear()
+                self._epoch += 1
+            elif mask & _GONE:
+                self.forget(root)
+                if mask & Mask.IGNORED:
+                    del self._roots[wd]
+                    self._watched.pop(root, None)
+            elif name == _NAME:
+                self.forget(root)
+        if offset < len(data) or len(data) == 65536:
+            self.drain()  # more queued than one read took
+
+    def _begin(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            self._inotify = Inotify()
+            # asyncinotify's NONBLOCK flag has CLOEXEC's value: the descriptor comes out blocking.
+            os.set_blocking(self._inotify.fd, False)
+            loop.add_reader(self._inotify.fd, self.drain)  # also between requests: no overflow
+        except OSError as exc:
+            log.warning("cannot watch maildirsize files (%s): reading them at every request", exc.strerror)
+        for n in range(self.workers):
+            threading.Thread(target=self._work, name=f"quotagate-files-{n}", daemon=True).start()
+        return loop
+
+    def _watch(self, root: str) -> int | None:
+        """Watch the mailbox's directory (blocking: a user's path); its descriptor, or None."""
+        if self._inotify is None or (root not in self._watched and len(self._watched) >= self._watch_budget):
+            return None  # not kept: read at every request
+        try:
+            return self._inotify.add_watch(root, _WATCH).wd
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.debug("cannot watch %r: %s", root, exc.strerror)
+            return None
+
+    def _work(self) -> None:
+        while True:
+            reading = self._jobs.get()
+            wd = self._watch(reading.path)  # before the read: a change after it is an event
+            live = self.reader.read(reading)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._done, reading.path, live, wd)
+            except RuntimeError:  # the loop is closed: the daemon is exiting
+                return
+
+    def _done(self, path: str, live: Live, wd: int | None) -> None:
+        self.drain()  # changes made while it was read are seen before deciding to keep it
+        pending = self._pending.pop(path, None)
+        if pending is None:
+            return
+        if wd is not None:
+            self._roots[wd] = path
+            self._watched[path] = wd
+            unchanged = pending.epoch == self._epoch and pending.generation == self._generation.get(path, 0)
+            if unchanged and not isinstance(live, Unreadable):
+                self._kept[path] = (live, pending.started)
+        for future, then, timer in pending.waiters:
+            timer.cancel()
+            if not future.done():
+                _settle(future, then, live)
+
+
+def _expire(future: asyncio.Future[T], then: Callable[[Live], T], timeout: float) -> None:
+    if not future.done():
+        _settle(future, then, Unreadable(f"not read within {timeout:g}s"))
+
+
+def _settle(future: asyncio.Future[T], then: Callable[[Live], T], live: Live) -> None:
+    try:
+        future.set_result(then(live))
+    except Exception as exc:
+        log.exception("cannot answer after a maildirsize read")
+        future.set_exception(exc)  # the waiter sees it (and answers DUNNO) rather than hanging

@@ -1,0 +1,94 @@
+"""The man pages hold every command, option and config key, as the code defines them now."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from quotagate.cli import cli
+from quotagate.config import Config
+from quotagate.manpages import MORE, config_keys, sections
+from tests.packaging.conftest import rendered
+
+
+def _commands(command: click.Command, path: str) -> list[tuple[str, click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            found += _commands(sub, f"{path} {name}")
+    return found
+
+
+def _keys(model: type[BaseModel], section: str) -> list[tuple[str, str, Any]]:
+    """(section, key, default as JSON) for every leaf key of the schema."""
+    found = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        inner = field.annotation
+        element = getattr(inner, "__args__", (None,))[0]
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            found += _keys(inner, f"{section}.{key}".lstrip("."))
+        elif isinstance(element, type) and issubclass(element, BaseModel):
+            found += _keys(element, f"{section}.{key}".lstrip("."))
+        else:
+            found.append((section, key, field))
+    return found
+
+
+def test_quotagate_1_has_every_command_and_option(manpath):
+    text = rendered(manpath / "man1" / "quotagate.1")
+    for path, command in _commands(cli, "quotagate"):
+        assert path in text
+        assert " ".join((command.help or "").split()).split(".")[0] in text, path
+        for param in command.params:
+            for opt in getattr(param, "opts", []) if isinstance(param, click.Option) else []:
+                assert f"{opt}" in text, (path, opt)
+            if isinstance(param, click.Option) and param.help:
+                assert " ".join(param.help.split()) in text, (path, param.name)
+    assert "--version" in text
+    assert "/etc/quotagate/quotagate.toml" in text
+    assert "QUOTAGATE_CONFIG" in text
+    assert "quotagate.toml(5)" in text
+
+
+def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath):
+    text = rendered(manpath / "man5" / "quotagate.toml.5")
+    defaults = Config().model_dump(mode="json", by_alias=True)
+    keys = _keys(Config, "")
+    assert len(keys) > 50
+    for section, key, field in keys:
+        header = f"[[{section}]]" if section == "folders" else f"[{section}]"
+        start = text.index(header)
+        entry = text[text.index(f" {key} — ", start) :][:300]
+        if field.is_required():
+            expected = "required"
+        elif field.default is None:
+            expected = "unset"
+        elif section == "folders":
+            expected = json.dumps(field.default)
+        else:
+            value: Any = defaults
+            for part in [*section.split("."), key]:
+                value = value[part]
+            expected = json.dumps(value, ensure_ascii=False)
+        assert f", default {expected} " in entry, (section, key, entry)
+
+
+def test_every_key_has_a_description():
+    described = {(k.section, k.name): k.description for k in config_keys()}
+    assert sorted(described) == sorted((section, key) for section, key, _ in _keys(Config, ""))
+    assert [k for k, text in described.items() if len(text.split()) < 2] == []
+    named = {section for section, _ in sections()} | {f"{section}.{key}" for section, key in described}
+    assert set(MORE) - named == set()  # no description of a key the schema no longer has
+
+
+def test_types_name_what_toml_takes(manpath):
+    text = rendered(manpath / "man5" / "quotagate.toml.5")
+    assert 'format — one of "maildir", "mbox", "auto"' in text
+    assert "threshold — percentage" in text
+    assert "quota_unit — size" in text
+    assert "grace — size or percentage" in text
+    assert "extra_roots — list of paths" in text

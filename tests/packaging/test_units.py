@@ -1,0 +1,50 @@
+"""The systemd units in packaging/systemd: each verifies, and each service runs /usr/bin/quotagate
+able to write the publish file's directory despite ProtectSystem=full."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.units import SOURCE, UNITS, settings, verify
+
+SERVICES = [u for u in UNITS if u.endswith(".service")]
+
+
+def test_the_units_are_these():
+    assert sorted(p.name for p in SOURCE.iterdir()) == sorted(UNITS)
+
+
+def test_each_verifies(tmp_path: Path, manpath: Path):
+    """Here /usr/bin/quotagate is this checkout's: the .deb test verifies the installed units as they are."""
+    here = shutil.which("quotagate", path=str(Path(sys.executable).parent))
+    assert here is not None
+    for name in UNITS:
+        (tmp_path / name).write_text((SOURCE / name).read_text().replace("/usr/bin/quotagate", here))
+    verify([tmp_path / name for name in UNITS], manpath)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_run_the_packaged_command_and_document_it(name):
+    unit = settings(SOURCE / name)
+    assert unit["ExecStart"][0].startswith("/usr/bin/quotagate ")
+    assert "man:quotagate(1)" in unit["Documentation"][0].split()
+    assert "man:quotagate.toml(5)" in unit["Documentation"][0].split()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_publish_file_directory_stays_writable(name):
+    """ProtectSystem=full makes /etc read-only: the default [publish] file lives in /etc/exim4."""
+    unit = settings(SOURCE / name)
+    assert unit["ProtectSystem"] == ["full"]
+    assert "-/etc/exim4" in unit["ReadWritePaths"][0].split()
+
+
+def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog():
+    serve, watch = settings(SOURCE / "quotagate.service"), settings(SOURCE / "quotagate-watch.service")
+    assert serve["Type"] == watch["Type"] == ["notify"]
+    assert serve["WatchdogSec"] == ["30s"]
+    assert settings(SOURCE / "quotagate-scan.timer")["Unit"] == ["quotagate-scan.service"]

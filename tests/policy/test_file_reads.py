@@ -1,0 +1,193 @@
+"""A maildirsize that blocks (a FIFO, swapped in while the daemon reads) holds only its own
+mailbox: every other one is answered at once, and the pool of readers stays bounded."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from quotagate.policy.files import FILE_WORKERS
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+from tests.policy.conftest import (
+    DOMAIN,
+    DUNNO,
+    FULL,
+    QUOTA,
+    REJECT,
+    ROOMY,
+    ROOMY_USED,
+    Serve,
+    Site,
+    connected,
+    make_site,
+    request,
+    run,
+    serving_site,
+)
+
+FAST = 0.1  # seconds: the issue's bound for answering the other mailboxes
+
+
+def maildirsize(site: Site, local: str) -> Path:
+    return site.spool / DOMAIN / local / "Maildir" / "maildirsize"
+
+
+def with_maildirsize(tmp_path: Path, roomy: bool = True) -> Site:
+    """The usual site, with a maildirsize in full (and roomy) that the scan finds agreeing: the
+    daemon reads them at request time."""
+    site = make_site(tmp_path)
+    maildirsize(site, "full").write_text(f"{QUOTA}S\n{QUOTA + 1} 1\n")
+    if roomy:
+        maildirsize(site, "roomy").write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n")
+    store = open_store(site.db_url)
+    try:
+        run_scan(site.config(), store, full=True)
+        for address in (FULL, ROOMY) if roomy else (FULL,):
+            reading = store.readings()[address]
+            assert reading.usage.maildirsize is not None
+            assert reading.usage.maildirsize.agrees_with(reading.bytes, reading.messages)
+    finally:
+        store.close()
+    return site
+
+
+def timed(s: Serve, data: bytes) -> tuple[bytes, float]:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while not received.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def threads(s: Serve) -> int:
+    return len(os.listdir(f"/proc/{s.pid}/task"))
+
+
+def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
+    serve: Callable[..., Serve], tmp_path: Path
+) -> None:
+    site = with_maildirsize(tmp_path)
+    fifo = maildirsize(site, "full")
+    fifo.unlink()
+    os.mkfifo(fifo)
+    s = serve(site)
+    # roomy's maildirsize now says it is nearly full: a size that fits the scan no longer does.
+    maildirsize(site, "roomy").write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n{QUOTA - ROOMY_USED - 100} 1\n")
+    answer, seconds = timed(s, request(FULL))
+    assert answer == DUNNO
+    for _ in range(3):
+        answer, seconds = timed(s, request(ROOMY, 200))
+        assert answer == REJECT
+        assert seconds < FAST
+    assert s.alive()
+    assert "maildirsize" in s.log() and FULL in s.log()
+
+
+def test_a_fifo_swapped_in_and_out_while_checking_never_holds_the_other_mailboxes(
+    serve: Callable[..., Serve], tmp_path: Path
+) -> None:
+    site = with_maildirsize(tmp_path)
+    s = serve(site, reservation_seconds=0)  # hundreds of checks: none may hold room
+    assert timed(s, request(ROOMY, 100))[0] == DUNNO
+    before = threads(s)
+    target = maildirsize(site, "full")
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        """Replace full's maildirsize by a FIFO and back, as fast as it can."""
+        regular, fifo = target.with_name("regular.tmp"), target.with_name("fifo.tmp")
+        while not stop.is_set():
+            os.mkfifo(fifo)
+            os.replace(fifo, target)
+            regular.write_text(f"{QUOTA}S\n{QUOTA + 1} 1\n")
+            os.replace(regular, target)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    slowest, full_answers, peak = 0.0, set(), before
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for _ in range(3):
+                answer, seconds = timed(s, request(FULL))
+                full_answers.add(answer)
+                assert seconds < 5, "a check of the FIFO's own mailbox was not bounded by file_timeout"
+            for _ in range(3):
+                answer, seconds = timed(s, request(ROOMY, 100))
+                assert answer == DUNNO
+                slowest = max(slowest, seconds)
+            peak = max(peak, threads(s))
+    finally:
+        stop.set()
+        thread.join()
+    assert swaps[0] > 100
+    assert slowest < FAST, f"another mailbox waited {slowest:.3f}s"
+    assert full_answers <= {DUNNO, REJECT}
+    assert peak <= before + FILE_WORKERS, f"{peak} threads, {before} before the swapping"
+    assert s.alive()
+    assert s.daemon.stop() == 0  # a reader stuck on a FIFO does not keep the daemon from exiting
+
+
+@pytest.mark.parametrize("how", ["append", "rename"])
+def test_a_delivery_recorded_in_maildirsize_is_seen_by_the_very_next_check(
+    serve: Callable[..., Serve], tmp_path: Path, how: str
+) -> None:
+    """The value read is kept between checks, but never past a change: the MDA's append (Exim,
+    Courier) or rename over it (Dovecot) is seen by the next check, however soon it comes."""
+    site = with_maildirsize(tmp_path)
+    s = serve(site, reservation_seconds=0)  # only maildirsize can explain a refusal
+    assert timed(s, request(FULL))[0] == REJECT
+    for _ in range(3):
+        assert timed(s, request(ROOMY, 100))[0] == DUNNO  # read once, then kept
+    path = maildirsize(site, "roomy")
+    line = f"{QUOTA - ROOMY_USED} 1\n"
+    if how == "append":
+        with path.open("a") as f:
+            f.write(line)
+    else:
+        tmp = path.with_name("maildirsize.new")
+        tmp.write_text(path.read_text() + line)
+        os.replace(tmp, path)
+    assert timed(s, request(ROOMY, 100))[0] == REJECT
+
+
+def test_answers_waiting_for_a_file_read_keep_their_place_in_a_pipeline(tmp_path: Path) -> None:
+    """Postfix pipelines requests on one connection: an answer known at once (roomy, nothing to
+    read) must not overtake one waiting for full's maildirsize."""
+    site = with_maildirsize(tmp_path, roomy=False)
+    session = [
+        (request(FULL), REJECT),
+        (request(ROOMY, 100), DUNNO),
+        (request(FULL, 10), REJECT),
+        (request(ROOMY, 20_000), REJECT),
+        (request(f"nobody@{DOMAIN}"), DUNNO),
+        (request(FULL, state="DATA"), DUNNO),
+    ]
+
+    async def main() -> tuple[bytes, bytes]:
+        async with serving_site(site) as running:
+            async with connected(running.host_port) as client:
+                await client.send(b"".join(data for data, _ in session))
+                pipelined = b"".join([await client.answer() for _ in session])
+            async with connected(running.host_port) as exim:  # one request, half-close, read to EOF
+                await exim.send(request(FULL, end=False))
+                await exim.half_close()
+                return pipelined, await exim.read_to_eof()
+
+    pipelined, exim = run(main())
+    assert pipelined == b"".join(answer for _, answer in session)
+    assert exim == REJECT
