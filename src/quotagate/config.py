@@ -181,6 +181,8 @@ class PolicyConfig(_Section):
     on_full: Literal["reject", "defer"] = "reject"
     reject_reply: str = "552 5.2.2 Mailbox is full"
     defer_reply: str = "452 4.2.2 Mailbox is full"
+    # For a client that already holds its share of a mailbox (client_hold) before DATA.
+    busy_reply: str = "452 4.2.2 Too many messages in progress for this mailbox, try again later"
     # An accepted check with a known size holds that room for this long (or until fresher usage).
     reservation_seconds: float = Field(default=600, ge=0)
     # "local+folder@domain" is checked against that folder's rule; "" turns it off.
@@ -207,7 +209,7 @@ class PolicyConfig(_Section):
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: str = "127.0.0.1:9762"
 
-    @field_validator("reject_reply", "defer_reply")
+    @field_validator("reject_reply", "defer_reply", "busy_reply")
     @classmethod
     def _reply(cls, reply: str, info: ValidationInfo) -> str:
         code = "5" if info.field_name == "reject_reply" else "4"

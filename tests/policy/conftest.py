@@ -23,10 +23,9 @@ import pytest
 
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox
-from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.server import PolicyServer
+from quotagate.policy.server import Answer, PolicyServer
 from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
@@ -56,19 +55,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request(recipient: str, size: int | None = None, state: str = "RCPT", *, end: bool = True) -> bytes:
+def request(
+    recipient: str,
+    size: int | None = None,
+    state: str = "RCPT",
+    *,
+    end: bool = True,
+    client: str = "192.0.2.1",
+    instance: str | None = None,
+) -> bytes:
     """One policy request as Postfix sends it (``end=False`` leaves out the empty line, as Exim may)."""
     attributes = {
         "request": "smtpd_access_policy",
         "protocol_state": state,
         "protocol_name": "ESMTP",
-        "client_address": "192.0.2.1",
+        "client_address": client,
         "sender": "sender@example.net",
         "recipient": recipient,
         "queue_id": "",
     }
     if size is not None:
         attributes["size"] = str(size)
+    if instance is not None:
+        attributes["instance"] = instance
     text = "".join(f"{name}={value}\n" for name, value in attributes.items())
     return text.encode() + (b"\n" if end else b"")
 
@@ -86,8 +95,13 @@ class Site:
             "store": {"url": self.db_url},
             "spool": {"root": str(self.spool)},
             "scan": {"workers": 1},
-            "policy": {"listen": ["127.0.0.1:0"], "metrics": "", **policy},
+            "policy": {"listen": ["127.0.0.1:0"], "metrics": "", "control_socket": str(self.control), **policy},
         }
+
+    @property
+    def control(self) -> Path:
+        """The daemon's control socket: one per site, not the machine's /run/quotagate one."""
+        return self.base / "control.sock"
 
     def config(self, **policy: Any) -> Config:
         return parse_config(self.data(**policy))
@@ -100,7 +114,7 @@ class Site:
             "[scan]\nworkers = 1",
             "[policy]",
         ]
-        settings = {"metrics": "", **policy}
+        settings = {"metrics": "", "control_socket": str(self.control), **policy}
         for key, value in settings.items():
             lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
@@ -178,7 +192,7 @@ class Running:
 @contextlib.asynccontextmanager
 async def serving(
     config: Config,
-    answer: Callable[[PolicyRequest], str | asyncio.Future[str]],
+    answer: Answer,
     metrics: Metrics,
 ) -> AsyncIterator[Running]:
     """A started :class:`PolicyServer`, closed (drained) on the way out."""

@@ -69,7 +69,7 @@ def check_stream(service: PolicyService, data: bytes, positions: list[int]) -> N
     assert len(fed) == ended
     assert len(at_end) == (1 if pending else 0)
     policy = service.config.policy
-    allowed = {b"DUNNO", policy.reject_reply.encode(), policy.defer_reply.encode()}
+    allowed = {b"DUNNO", policy.reject_reply.encode(), policy.defer_reply.encode(), policy.busy_reply.encode()}
     for item, reply in zip(fed + at_end, replies, strict=True):
         assert reply.startswith(b"action=") and reply.endswith(b"\n\n"), reply
         action = reply.removeprefix(b"action=").removesuffix(b"\n\n")

@@ -300,7 +300,7 @@ def test_a_client_that_never_reads_its_answers_is_disconnected(site: Site) -> No
 
     async def main() -> bool:
         # Big answers, so that a little input fills every buffer between server and client.
-        async with serving(config, lambda _: "DUNNO " + "x" * 500, metrics) as running:
+        async with serving(config, lambda *_: "DUNNO " + "x" * 500, metrics) as running:
             with socket.socket() as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect(running.host_port)
@@ -384,10 +384,10 @@ def test_concurrent_checks_accept_exactly_as_many_messages_as_fit(site: Site) ->
     k = (QUOTA - ROOMY_USED) // size  # 3, filling the mailbox exactly: the check is inclusive
     barrier = threading.Barrier(n)
 
-    def client(where: tuple[str, int]) -> bytes:
+    def client(where: tuple[str, int], i: int) -> bytes:
         with socket.create_connection(where, timeout=10) as sock:
             barrier.wait(timeout=10)
-            sock.sendall(request(ROOMY, size))
+            sock.sendall(request(ROOMY, size, client=f"198.51.100.{i}"))  # each a client of its own
             received = b""
             while not received.endswith(b"\n\n"):
                 chunk = sock.recv(4096)
@@ -401,7 +401,7 @@ def test_concurrent_checks_accept_exactly_as_many_messages_as_fit(site: Site) ->
             loop = asyncio.get_running_loop()
             with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
                 answers = await asyncio.gather(
-                    *(loop.run_in_executor(pool, client, running.host_port) for _ in range(n))
+                    *(loop.run_in_executor(pool, client, running.host_port, i) for i in range(n))
                 )
             async with connected(running.host_port) as later:
                 one_byte = await later.ask(request(ROOMY, 1))

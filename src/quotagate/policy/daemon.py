@@ -12,11 +12,13 @@ from dataclasses import replace
 
 from prometheus_client import start_http_server
 
-from quotagate.config import Config, ConfigError
+from quotagate.config import Config, ConfigError, reservations_file
+from quotagate.policy import control, state
 from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer, listen_error, parse_listen
 from quotagate.policy.service import PolicyService
+from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
 from quotagate.watch.runner import rescan_forever, start_tracker
@@ -37,6 +39,10 @@ class Daemon:
         self._store: Store | None = None
         self._stop = asyncio.Event()
         self.tracker: Tracker | None = None
+        self._state_file = reservations_file(self.config)
+        self._saved_version = -1
+        self._state_log = Throttled(log)
+        self._control: asyncio.AbstractServer | None = None
 
     def _load(self) -> Snapshot:
         if self._store is None:
@@ -69,10 +75,13 @@ class Daemon:
     def housekeeping(self) -> None:
         """Forget expired reservations and bring the gauges up to date."""
         now = time.time()
-        self.service.reservations.prune(now)
-        mailboxes, held = self.service.reservations.total()
-        self.metrics.reserved_bytes.set(held)
-        self.metrics.reserved_mailboxes.set(mailboxes)
+        reservations = self.service.reservations
+        reservations.expire(now)
+        totals = reservations.totals()
+        self.metrics.reserved_bytes.set(totals["held"] + totals["flight"])
+        self.metrics.inflight_bytes.set(totals["flight"])
+        self.metrics.reserved_mailboxes.set(reservations.mailboxes())
+        self.metrics.count_releases(reservations.released, reservations.capped)
         loaded = self.service.snapshot.loaded_at
         self.metrics.snapshot_age.set(now - loaded if loaded else float("nan"))
 
@@ -91,6 +100,27 @@ class Daemon:
         while True:
             await asyncio.sleep(_HOUSEKEEPING_SECONDS)
             self.housekeeping()
+            await self._save_reservations()
+
+    async def _save_reservations(self) -> None:
+        """Write the reservations to their file when they changed (off the loop); a file that
+        cannot be written is logged, never fatal."""
+        reservations = self.service.reservations
+        if reservations.version == self._saved_version:
+            return
+        version, kept = reservations.version, list(reservations)
+        try:
+            await asyncio.to_thread(state.save, self._state_file, kept)
+        except OSError as exc:
+            self._state_log.warning("cannot keep reservations in %s: %s", self._state_file, exc.strerror or exc)
+            return
+        self._saved_version = version
+
+    def _restore_reservations(self) -> None:
+        kept = self.service.reservations.restore(state.load(self._state_file), time.time())
+        self._saved_version = self.service.reservations.version
+        if kept:
+            log.info("%d reservations restored from %s", kept, self._state_file)
 
     @staticmethod
     async def _watchdog_forever(interval: float) -> None:
@@ -128,6 +158,7 @@ class Daemon:
         tracker, publisher = await start_tracker(self.config, store)
         tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
+        tracker.on_delivery = self.service.delivered
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
         tasks = [
@@ -149,10 +180,12 @@ class Daemon:
         asyncio.get_running_loop().create_task(self.refresh())
 
     async def run(self) -> None:
+        self._restore_reservations()
         await self.refresh()
         tracking = await self._start_tracking() if self.config.watch.enabled else []
         self._start_metrics()  # first: a port in use there leaves no unix socket behind
         bound = await self.server.start()
+        await self._start_control()
         log.info("%s", self._started_line(bound))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -174,7 +207,18 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self.server.close()
+        if self._control is not None:
+            self._control.close()
+        await self._save_reservations()
         self._forget_store()
+
+    async def _start_control(self) -> None:
+        """The control socket for `quotagate reservations`; the daemon serves without it."""
+        path = self.config.policy.control_socket
+        try:
+            self._control = await control.serve(path, self.service.reservations)
+        except (OSError, control.ControlError) as exc:
+            log.warning("no control socket at %s: %s (quotagate reservations cannot ask)", path, exc)
 
     def _start_metrics(self) -> None:
         metrics = self.config.policy.metrics

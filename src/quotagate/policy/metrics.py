@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
@@ -66,6 +68,32 @@ class Metrics:
             "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
             registry=self.registry,
         )
+
+        self.inflight_bytes = Gauge(
+            "quotagate_policy_inflight_bytes",
+            "Bytes held for messages accepted (after DATA) whose delivery was not seen yet",
+            registry=self.registry,
+        )
+        self.releases = Counter(
+            "quotagate_policy_reservation_releases",
+            "Reservations let go, by cause (no data, delivered, expired, evicted, released, replaced)",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.capped = Counter(
+            "quotagate_policy_client_capped",
+            "Checks deferred because the client already held its share of the mailbox (client_hold)",
+            registry=self.registry,
+        )
+        self._counted: dict[str, int] = {}
+
+    def count_releases(self, released: Mapping[str, int], capped: int) -> None:
+        """Bring the counters up to the reservations' own running totals."""
+        for cause, total in (*released.items(), ("capped", capped)):
+            delta = total - self._counted.get(cause, 0)
+            if delta > 0:
+                (self.capped if cause == "capped" else self.releases.labels(cause)).inc(delta)
+            self._counted[cause] = total
 
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
         self.requests.labels(decision).inc()

@@ -12,10 +12,12 @@ mailbox replaces its reservation: an alias and the address itself are delivered 
   reading taken after that includes it, or until it expires. A reading never releases a
   reservation whose delivery was not seen: the message may still be on its way.
 
-Probing is bounded: one client (an IPv4 address or an IPv6 /64) *holds* (before DATA) at most
-``cap`` bytes and messages in one mailbox, and never less than one message; room in flight
-(the message was sent) is not the client's to count against. A check beyond the cap holds
-nothing (the caller answers it without letting the mail in: see PolicyService). Every check is
+Probing is bounded: one client (an IPv4 address or an IPv6 /64) holds before DATA at most
+``cap`` (``client_hold``) in one mailbox, or one message of the size it declared when that is
+more; a check beyond that holds nothing (the caller defers it: see PolicyService). So one client
+reduces the room others see by at most that, and by nothing once its transactions end. Held room
+counts in full against every check: showing others less of it would let a burst of large
+messages from many clients overfill the mailbox. Room in flight is no client's to count. Every check is
 O(1): per-mailbox and per-client sums are kept up to date, expiry pops a heap, and a global cap
 evicts the oldest reservations first.
 """
@@ -72,9 +74,9 @@ class _Sums:
     bytes: int = 0
     messages: int = 0
 
-    def add(self, r: Reservation, sign: int) -> None:
-        self.bytes += sign * r.bytes
-        self.messages += sign
+    def add(self, bytes_: int, messages: int) -> None:
+        self.bytes += bytes_
+        self.messages += messages
 
 
 class Reservations:
@@ -84,15 +86,17 @@ class Reservations:
         self._by_key: dict[tuple[Transaction, str], Reservation] = {}
         self._by_transaction: dict[Transaction, dict[str, Reservation]] = {}
         self._mailbox: dict[str, _Sums] = {}
-        self._client: dict[tuple[str, str], _Sums] = {}
+        self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
-        self._undelivered: dict[str, deque[Reservation]] = {}  # in flight, oldest first
+        # In flight and not matched to a delivery yet, smallest first (see delivered).
+        self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
         self._expiry: list[tuple[float, int, Reservation]] = []
         self._order = itertools.count()
-        self.released: dict[Release, int] = dict.fromkeys(
+        self.released: dict[str, int] = dict.fromkeys(
             ("no data", "delivered", "expired", "evicted", "released", "replaced"), 0
         )
         self.capped = 0  # checks decided without holding more: the client was at its cap
+        self.version = 0  # moves on every change: the daemon saves the reservations when it moved
 
     # -- what is held ------------------------------------------------------------------------------
     def held(self, mailbox: str, now: float, measured_at: float) -> Reserved:
@@ -115,9 +119,10 @@ class Reservations:
         same mailbox is replaced."""
         key = (transaction, mailbox)
         old = self._by_key.get(key)
+        mine = old if old is not None and old.state == "held" else None
         sums = self._client.get((transaction.client, mailbox), _Sums())
-        bytes_after = sums.bytes - (old.bytes if old else 0) + size
-        messages_after = sums.messages - (1 if old else 0) + 1
+        bytes_after = sums.bytes - (mine.bytes if mine else 0) + size
+        messages_after = sums.messages - (1 if mine else 0) + 1
         if bytes_after > max(cap_bytes, size) or messages_after > max(cap_messages, 1):
             self.capped += 1
             return False
@@ -141,28 +146,38 @@ class Reservations:
             if r.state != "held":
                 continue
             changed += 1
+            self.version += 1
             if with_data:
                 self._count_for_client(r, -1)
                 r.state = "flight"
-                self._undelivered.setdefault(r.mailbox, deque()).append(r)
+                self._await_delivery(r)
             else:
                 self._drop(r, "no data")
         return changed
 
     def delivered(self, mailbox: str, now: float) -> bool:
-        """A delivery to ``mailbox`` was seen: the oldest in-flight reservation not yet matched is
-        marked delivered (it is released by the next reading taken after now)."""
-        queue = self._undelivered.get(mailbox)
-        while queue:
-            r = queue.popleft()
+        """A delivery to ``mailbox`` was seen: the smallest in-flight reservation not yet matched is
+        marked delivered (it is released by the next reading taken after now).
+
+        Which message landed is not known, only that one did. The smallest reservation is never
+        larger than the message that landed (that message's own reservation is among them), so
+        the room released never exceeds the room the reading then shows as used.
+        """
+        heap = self._undelivered.get(mailbox)
+        while heap:
+            _, _, r = heapq.heappop(heap)
             if r.live and r.delivered_at is None:
+                self.version += 1
                 r.delivered_at = now
                 self._delivered.setdefault(mailbox, deque()).append(r)
-                if not queue:
+                if not heap:
                     del self._undelivered[mailbox]
                 return True
         self._undelivered.pop(mailbox, None)
         return False
+
+    def _await_delivery(self, r: Reservation) -> None:
+        heapq.heappush(self._undelivered.setdefault(r.mailbox, []), (r.bytes, next(self._order), r))
 
     def release(self, mailbox: str | None = None) -> int:
         """Let go of everything held for ``mailbox`` (every mailbox when None): the admin's call."""
@@ -205,7 +220,7 @@ class Reservations:
             self._add(r)
             if r.state == "flight":
                 if r.delivered_at is None:
-                    self._undelivered.setdefault(r.mailbox, deque()).append(r)
+                    self._await_delivery(r)
                 else:
                     self._delivered.setdefault(r.mailbox, deque()).append(r)
             kept += 1
@@ -213,9 +228,10 @@ class Reservations:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _add(self, r: Reservation) -> None:
+        self.version += 1
         self._by_key[(r.transaction, r.mailbox)] = r
         self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
-        self._mailbox.setdefault(r.mailbox, _Sums()).add(r, +1)
+        self._mailbox.setdefault(r.mailbox, _Sums()).add(r.bytes, 1)
         if r.state == "held":
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
@@ -223,6 +239,7 @@ class Reservations:
     def _drop(self, r: Reservation, why: Release) -> None:
         if not r.live:
             return
+        self.version += 1
         r.live = False
         self.released[why] += 1
         del self._by_key[(r.transaction, r.mailbox)]
@@ -231,24 +248,30 @@ class Reservations:
         if not mine:
             del self._by_transaction[r.transaction]
         sums = self._mailbox[r.mailbox]
-        sums.add(r, -1)
+        sums.add(-r.bytes, -1)
         if sums.messages == 0:
             del self._mailbox[r.mailbox]
         if r.state == "held":
             self._count_for_client(r, -1)
-        # Entries left behind in the heap and in the middle of the queues are skipped when reached.
-        for queues in (self._delivered, self._undelivered):
-            queue = queues.get(r.mailbox)
-            if queue is not None:
-                while queue and not queue[0].live:
-                    queue.popleft()
-                if not queue:
-                    del queues[r.mailbox]
+        # Entries left behind in the heaps and in the middle of the queue are skipped when reached.
+        queue = self._delivered.get(r.mailbox)
+        if queue is not None:
+            while queue and not queue[0].live:
+                queue.popleft()
+            if not queue:
+                del self._delivered[r.mailbox]
+        heap = self._undelivered.get(r.mailbox)
+        if heap is not None:
+            while heap and not heap[0][2].live:
+                heapq.heappop(heap)
+            if not heap:
+                del self._undelivered[r.mailbox]
 
     def _count_for_client(self, r: Reservation, sign: int) -> None:
+        """Add (+1) or take (-1) a held reservation to or from its client's sums."""
         key = (r.transaction.client, r.mailbox)
         sums = self._client.setdefault(key, _Sums())
-        sums.add(r, sign)
+        sums.add(sign * r.bytes, sign)
         if sums.messages == 0:
             del self._client[key]
 

@@ -32,9 +32,13 @@ from quotagate.config import ConfigError, PolicyConfig
 from quotagate.errors import StartupError
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import Session
 from quotagate.policy.throttle import Throttled
 
 log = logging.getLogger(__name__)
+
+# A request and its connection's session in, the action out: at once or as a future.
+Answer = Callable[[PolicyRequest, Session], "str | asyncio.Future[str]"]
 
 # What accept() fails with when the process or the system is out of descriptors or memory.
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -136,6 +140,7 @@ class _Connection(asyncio.Protocol):
         # Answers not written yet because an earlier one waits for a file read, in request order.
         self.queue: deque[str | asyncio.Future[str]] = deque()
         self.eof = False  # the client half-closed: close once the queue is written
+        self.session = Session()  # the transaction this connection last asked about
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,7 +209,7 @@ class _Connection(asyncio.Protocol):
             return
         out = []
         for item in items:
-            answer = self.server.answer_item(item)
+            answer = self.server.answer_item(item, self.session)
             if isinstance(answer, str) and not self.queue:
                 out.append(encode_action(answer))  # the common case: known at once, nothing before it
                 continue
@@ -254,9 +259,7 @@ class _Connection(asyncio.Protocol):
 
 
 class PolicyServer:
-    def __init__(
-        self, answer: Callable[[PolicyRequest], str | asyncio.Future[str]], policy: PolicyConfig, metrics: Metrics
-    ) -> None:
+    def __init__(self, answer: Answer, policy: PolicyConfig, metrics: Metrics) -> None:
         self.answer = answer
         self.policy = policy
         self.metrics = metrics
@@ -335,9 +338,9 @@ class PolicyServer:
             await server.wait_closed()
         self._servers.clear()
 
-    def answer_item(self, item: PolicyItem) -> str | asyncio.Future[str]:
+    def answer_item(self, item: PolicyItem, session: Session) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):
-            return self.answer(item)
+            return self.answer(item, session)
         log.warning("malformed policy request: %s: DUNNO", item.reason)
         self.metrics.requests.labels("malformed").inc()
         return "DUNNO"

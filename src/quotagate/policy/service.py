@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.reservations import Reservations
+from quotagate.policy.reservations import Reservations, Transaction, client_key
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
@@ -26,8 +27,21 @@ log = logging.getLogger(__name__)
 DUNNO = "DUNNO"
 # Not a Postfix request: Exim's event_action tells the daemon of a local delivery.
 DELIVERY_HINT = "quotagate_delivery"
+# Not a Postfix request: Exim's ACLs say a transaction ended without data (next MAIL, QUIT).
+TRANSACTION_END = "quotagate_end"
+# Postfix's smtpd_end_of_data_restrictions, and Exim's DATA ACL: the message was accepted.
+END_OF_MESSAGE = "END-OF-MESSAGE"
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
+_UNLIMITED = 2**62
+
+
+@dataclass
+class Session:
+    """What one client connection carries from a request to the next: Postfix asks about one
+    transaction at a time on a connection, so a new ``instance`` ends the one before."""
+
+    transaction: Transaction | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,8 @@ class PolicyService:
         self.metrics = metrics
         self.clock = clock
         self.snapshot = Snapshot()
-        self.reservations = Reservations(config.policy.reservation_seconds)
+        self.reservations = Reservations(config.policy.reservation_seconds, config.policy.max_reservations)
+        self._once = itertools.count()
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
         self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
         self._stale_log = Throttled(log)
@@ -66,54 +81,88 @@ class PolicyService:
         self.config = config
         self.maildirsize.roots = spool_roots(config.spool)
         self.reservations.seconds = config.policy.reservation_seconds
+        self.reservations.max_reservations = config.policy.max_reservations
         self.files.timeout = config.policy.file_timeout
         self.files.keep_seconds = config.policy.refresh_seconds
 
-    def answer(self, request: PolicyRequest) -> str:
+    def answer(self, request: PolicyRequest, session: Session | None = None) -> str:
         """The action for one request, reading a maildirsize in this thread (``quotagate check``,
         tests). The daemon uses :meth:`respond`, which never blocks on a file. Whatever goes
         wrong inside becomes DUNNO: the MTA then carries on as it would without quotagate, and no
         mail is lost to a bug of ours."""
         started = time.perf_counter()
         try:
-            return self._unchecked(started, request) or self._finish(
-                started, self.check(request.recipient, request.size)
+            transaction = self._transaction(request, session)
+            return self._unchecked(started, request, transaction) or self._finish(
+                started, self.check(request.recipient, request.size, transaction)
             )
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
 
-    def respond(self, request: PolicyRequest) -> str | asyncio.Future[str]:
+    def respond(self, request: PolicyRequest, session: Session | None = None) -> str | asyncio.Future[str]:
         """:meth:`answer` for the event loop: at once, or (when the mailbox's maildirsize must be
         read) a future the worker pool resolves within file_timeout."""
         started = time.perf_counter()
         try:
-            unchecked = self._unchecked(started, request)
+            transaction = self._transaction(request, session)
+            unchecked = self._unchecked(started, request, transaction)
             if unchecked is not None:
                 return unchecked
             target = self._target(request.recipient)
             if isinstance(target, Outcome):
                 return self._finish(started, target)
             if target.live is None:
-                return self._conclude(started, request, target, None)
-            return self.files.start(target.live, lambda live: self._conclude(started, request, target, live))
+                return self._conclude(started, request, target, None, transaction)
+            return self.files.start(
+                target.live, lambda live: self._conclude(started, request, target, live, transaction)
+            )
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
 
-    def _unchecked(self, started: float, request: PolicyRequest) -> str | None:
+    def _transaction(self, request: PolicyRequest, session: Session | None) -> Transaction:
+        """The SMTP transaction a request belongs to: Postfix's ``instance`` (Exim's ACLs send
+        theirs under the same name) and the client. A request without one is a transaction of its
+        own, whose room is held until it expires. On a Postfix connection a new instance ends the
+        one before: its room is let go unless its message was accepted (then it is in flight)."""
+        client = client_key(request.attributes.get("client_address", ""))
+        instance = request.attributes.get("instance", "")
+        if not instance:
+            return Transaction(client, f"request-{next(self._once)}")
+        transaction = Transaction(client, instance)
+        if session is not None and request.request != TRANSACTION_END:
+            previous, session.transaction = session.transaction, transaction
+            if previous is not None and previous != transaction:
+                self.reservations.end(previous, with_data=False, now=self.clock())
+        return transaction
+
+    def _unchecked(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | None:
         """The answer to a request that is not a recipient check, or None."""
         if request.request == DELIVERY_HINT:
             self._hint(request.recipient)
+            return self._done(started, Action.DUNNO, DUNNO)
+        if request.request == TRANSACTION_END:
+            self.reservations.end(transaction, with_data=False, now=self.clock())
+            return self._done(started, Action.DUNNO, DUNNO)
+        if request.protocol_state == END_OF_MESSAGE:
+            self.reservations.end(transaction, with_data=True, now=self.clock())
             return self._done(started, Action.DUNNO, DUNNO)
         if request.protocol_state not in _CHECKED_STATES:
             return self._done(started, Action.DUNNO, DUNNO)
         return None
 
-    def _conclude(self, started: float, request: PolicyRequest, target: _Target, live: Live) -> str:
+    def delivered(self, address: str) -> None:
+        """A message landed in ``address`` (a watch event): the room held for it can go once a
+        reading includes it."""
+        self.reservations.delivered(address, self.clock())
+
+    def _conclude(
+        self, started: float, request: PolicyRequest, target: _Target, live: Live, transaction: Transaction
+    ) -> str:
         """The answer once the live usage is known (on the loop, maybe after a file read)."""
         try:
-            return self._finish(started, self._decide(target, request.size, live))
+            return self._finish(started, self._decide(target, request.size, live, transaction))
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
@@ -134,10 +183,11 @@ class PolicyService:
         reading = self.snapshot.readings.get(address)
         if reading is not None:  # its maildirsize changed (on NFS, no event says so)
             self.files.forget(reading.path)
+        self.delivered(address)
         if self.delivery_hint is not None:
             self.delivery_hint(address)
 
-    def check(self, recipient: str, size: int | None) -> Outcome:
+    def check(self, recipient: str, size: int | None, transaction: Transaction | None = None) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted.
 
         Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
@@ -145,7 +195,8 @@ class PolicyService:
         target = self._target(recipient)
         if isinstance(target, Outcome):
             return target
-        return self._decide(target, size, None if target.live is None else self.maildirsize.read(target.live))
+        live = None if target.live is None else self.maildirsize.read(target.live)
+        return self._decide(target, size, live, transaction or Transaction("local", f"check-{next(self._once)}"))
 
     def _target(self, recipient: str) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
@@ -161,7 +212,7 @@ class PolicyService:
         wanted = reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
         return _Target(snapshot, mailbox, folder, reading if wanted else None)
 
-    def _decide(self, target: _Target, size: int | None, live: Live) -> Outcome:
+    def _decide(self, target: _Target, size: int | None, live: Live, transaction: Transaction) -> Outcome:
         """The decision, once the live usage (if any was wanted) is known. No I/O."""
         snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
         if isinstance(live, Unreadable):
@@ -172,7 +223,9 @@ class PolicyService:
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
-        reserved = self.reservations.held(mailbox.address, now, usage.measured_at if usage else 0.0)
+        # A maildirsize is current when read (its mtime only says when it last changed).
+        measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
+        reserved = self.reservations.held(mailbox.address, now, measured_at)
         grace = self.config.policy.grace
         decision = decide(mailbox, usage, size, reserved, grace, limits)
         if limits is not None and decision.action is Action.ACCEPT:
@@ -183,7 +236,14 @@ class PolicyService:
                 decision, usage = whole, total
         s = known_size(size)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
-            self.reservations.hold(mailbox.address, s, now)
+            share = self.config.policy.client_hold
+            limits_ = mailbox.limits
+            cap_bytes = share.of(limits_.bytes) if limits_.bytes else _UNLIMITED
+            cap_messages = max(1, int(share.fraction * limits_.messages)) if limits_.messages else _UNLIMITED
+            if not self.reservations.hold(transaction, mailbox.address, s, now, cap_bytes, cap_messages):
+                # This client already holds its share of the mailbox's room before DATA: letting
+                # more in without holding it would let it overfill the mailbox; try again later.
+                decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
         return Outcome(mailbox.address, decision, usage)
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:
@@ -232,9 +292,12 @@ class PolicyService:
 
     def _action(self, outcome: Outcome) -> str:
         decision = outcome.decision
+        policy = self.config.policy
+        if decision.action is Action.DEFER:
+            log.info("deferred %s: %s", outcome.address, decision.reason)
+            return policy.busy_reply
         if decision.action is not Action.REJECT:
             return DUNNO
-        policy = self.config.policy
         reply = policy.reject_reply if policy.on_full == "reject" else policy.defer_reply
         n = decision.numbers
         age = f"{usage_age(outcome.usage, self.clock()):.1f}s" if outcome.usage else "?"

@@ -24,7 +24,16 @@ VERSION = 1
 
 def dumps(reservations: Iterable[Reservation]) -> str:
     rows = [
-        [r.transaction.client, r.transaction.id, r.mailbox, r.bytes, r.made_at, r.expires_at, r.state, r.delivered_at]
+        [
+            r.transaction.client,
+            r.transaction.id,
+            r.mailbox,
+            r.bytes,
+            r.made_at,
+            r.expires_at,
+            r.state,
+            r.delivered_at,
+        ]
         for r in reservations
     ]
     return json.dumps({"version": VERSION, "reservations": rows}, separators=(",", ":"))

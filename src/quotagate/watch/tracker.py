@@ -49,10 +49,11 @@ _LEFT = Mask.DELETE | Mask.MOVED_FROM
 
 @dataclass(frozen=True)
 class _Target:
-    """What a watch is on: a mailbox's root (folder None), or a folder's cur/ or new/."""
+    """What a watch is on: a mailbox's root (folder None), or a folder's cur/ or new/ (sub)."""
 
     address: str
     folder: str | None = None
+    sub: str | None = None
 
 
 class Tracker:
@@ -80,6 +81,8 @@ class Tracker:
         # moving when the tracker stops or hangs, so its readings age as they should.
         self.confirmed_at = 0.0
         self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
+        # Told of each message that lands in a new/ (the daemon releases the room held for it).
+        self.on_delivery: Callable[[str], None] | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -153,7 +156,7 @@ class Tracker:
             if not os.path.isdir(base):
                 continue  # a display name that is not the name on disk: root events cover it
             for sub in ("cur", "new"):
-                wanted[f"{base}/{sub}"] = _Target(address, f.name)
+                wanted[f"{base}/{sub}"] = _Target(address, f.name, sub)
             if f.name != maildir.INBOX:
                 wanted[base] = _Target(address)  # cur/ or new/ appearing later
         return wanted
@@ -237,6 +240,8 @@ class Tracker:
         if target.folder is None or name is None or mask & Mask.ISDIR:
             self._dirty.add(target.address)
             return
+        if mask & _ARRIVED and target.sub == "new" and not name.startswith(".") and self.on_delivery is not None:
+            self.on_delivery(target.address)  # a message landed: the room held for it can go
         delta = None
         if mask & _ARRIVED:
             delta = message_delta(name, arrived=True)

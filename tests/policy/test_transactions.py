@@ -1,0 +1,112 @@
+"""Reservations bound to SMTP transactions, through the real service over a real store:
+released at once without data, kept in flight until the delivery is seen, bounded per client."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+from quotagate.policy.codec import PolicyDecoder, PolicyRequest
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService, Session
+from tests.policy.conftest import QUOTA, ROOMY, ROOMY_USED, Serve, Site, request
+
+ROOM = QUOTA - ROOMY_USED  # 9,000 bytes
+PROBER, OTHER = "203.0.113.66", "198.51.100.7"
+
+
+def ask(service: PolicyService, data: bytes, session: Session | None = None) -> str:
+    (item,) = PolicyDecoder().feed(data)
+    assert isinstance(item, PolicyRequest)
+    return service.answer(item, session)
+
+
+def end(instance: str, client: str = "192.0.2.1") -> bytes:
+    return f"request=quotagate_end\ninstance={instance}\nclient_address={client}\n\n".encode()
+
+
+def held(service: PolicyService) -> int:
+    return service.reservations.held(ROOMY, time.time(), 0).bytes
+
+
+@pytest.fixture
+def service(site: Site) -> PolicyService:
+    return site.service(site.config(client_hold="100%"), Metrics())
+
+
+def test_the_same_transaction_asking_again_holds_once(service: PolicyService) -> None:
+    assert ask(service, request(ROOMY, 4000, instance="A")) == "DUNNO"
+    assert ask(service, request(ROOMY, 4000, instance="A")) == "DUNNO"  # an alias, or a retry
+    assert held(service) == 4000
+
+
+def test_a_transaction_that_ends_without_data_lets_its_room_go(service: PolicyService) -> None:
+    ask(service, request(ROOMY, 4000, instance="A"))
+    ask(service, request(ROOMY, 4000, instance="B"))
+    assert ask(service, request(ROOMY, 4000, instance="C")).startswith("552")
+    ask(service, end("A"))  # Exim: the next MAIL, or QUIT
+    assert held(service) == 4000
+    assert ask(service, request(ROOMY, 4000, instance="C")) == "DUNNO"
+
+
+def test_a_new_postfix_instance_on_the_connection_ends_the_one_before(service: PolicyService) -> None:
+    connection = Session()
+    ask(service, request(ROOMY, 4000, instance="1"), connection)
+    ask(service, request(ROOMY, 3000, instance="2"), connection)  # the first sent no data
+    assert held(service) == 3000
+    ask(service, request(ROOMY, 0, "END-OF-MESSAGE", instance="2"), connection)
+    ask(service, request(ROOMY, 1000, instance="3"), connection)  # the second's mail is in flight
+    assert held(service) == 4000
+
+
+def test_mail_in_flight_survives_fresher_readings_until_its_delivery_is_seen(
+    site: Site, service: PolicyService
+) -> None:
+    ask(service, request(ROOMY, 4000, instance="A"))
+    ask(service, request(ROOMY, 4000, "END-OF-MESSAGE", instance="A"))
+    fresh = site.service(site.config(client_hold="100%"), Metrics())  # a refresh, or a scan
+    service.snapshot = fresh.snapshot
+    assert held(service) == 4000
+    service.delivered(ROOMY)  # a watch event, or Exim's delivery hint
+    assert service.reservations.held(ROOMY, time.time(), time.time() - 60).bytes == 4000
+    assert service.reservations.held(ROOMY, time.time(), time.time() + 1).bytes == 0
+
+
+def test_a_prober_halving_size_holds_one_message_and_nothing_once_it_quits(site: Site) -> None:
+    service = site.service(site.config(), Metrics())  # client_hold = 10% of 10,000 bytes
+    size, answers = 2**40, []
+    while size >= 1:
+        answers.append(ask(service, request(ROOMY, size, client=PROBER, instance=f"p{size}")))
+        size //= 2
+    # One message (the largest that fitted, 8,192 bytes), more than client_hold: "never less
+    # than one message of the size it declared". Everything after it was deferred, not held.
+    assert len(service.reservations) == 1 and held(service) == 8192
+    assert answers.count("DUNNO") == 1 and sum(a.startswith("452") for a in answers) == 10  # 512 .. 1
+    assert ask(service, request(ROOMY, ROOM - 8192, client=OTHER, instance="o")) == "DUNNO"
+    ask(service, end("o", OTHER))
+    size = 2**40
+    while size >= 1:
+        ask(service, end(f"p{size}", PROBER))
+        size //= 2
+    assert held(service) == 0
+    assert ask(service, request(ROOMY, ROOM, client=OTHER, instance="o2")) == "DUNNO"
+
+
+def test_reservations_survive_a_restart_and_show_in_the_cli(serve: object, tmp_path: Path) -> None:
+    running: Serve = serve(client_hold="100%")  # type: ignore[operator]
+    assert running.ask(request(ROOMY, 4000, instance="A", client=OTHER)) == b"action=DUNNO\n\n"
+    assert running.ask(request(ROOMY, 4000, instance="B", client=PROBER)) == b"action=DUNNO\n\n"
+    running.ask(request(ROOMY, 4000, "END-OF-MESSAGE", instance="B", client=PROBER))
+    assert running.ask(request(ROOMY, 4000, instance="C")).startswith(b"action=552")
+    running.daemon.stop()
+    running.daemon.start()  # between the RCPTs and the DATA of a burst
+    assert running.ask(request(ROOMY, 4000, instance="C")).startswith(b"action=552")
+    assert "2 reservations restored" in running.log()
+
+    config = ["--config", str(running.config)]
+    assert main([*config, "reservations", ROOMY]) == 0
+    assert main([*config, "reservations", "--release", ROOMY]) == 0
+    assert running.ask(request(ROOMY, 4000, instance="C")) == b"action=DUNNO\n\n"
