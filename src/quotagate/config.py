@@ -169,6 +169,7 @@ class PolicyConfig(_Section):
     # One client (an IPv4 address, an IPv6 /64) holds at most this much room in one mailbox
     # before DATA (bytes, or a share of the mailbox's limit), and never less than one message.
     client_hold: Grace = Allowance(fraction=Decimal("0.1"))
+    # Reservations kept at most; past it the oldest are let go (and counted).
     max_reservations: int = Field(default=1_000_000, ge=1)
     # Reservations survive restarts here; unset: beside quotagate's SQLite file (see
     # config.reservations_file).

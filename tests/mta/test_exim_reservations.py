@@ -1,0 +1,144 @@
+"""Reservations through real Exim with the generated configuration: a burst of messages from many
+clients lets in exactly the ones that fit, a prober that never sends DATA leaves nothing held, and
+a daemon restarted between the RCPTs and the DATA of a burst still holds their room."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from quotagate.config import load_config
+from quotagate.mta import exim as exim_config
+from quotagate.policy.control import ask as ask_control
+from tests.mta.conftest import DOMAIN, Site
+from tests.servers.daemon import policy_daemon
+from tests.servers.exim import Exim, free_port
+
+MESSAGE = 100_000
+QUOTA = 450_000  # room for 4.5 of them
+BURST = 10
+ROOMY = f"roomy@{DOMAIN}"
+
+
+def prepare(work: Path, exim: Exim) -> tuple[Site, int]:
+    spool = work / "mail"
+    spool.mkdir()
+    (work / "db").mkdir()
+    port = free_port()
+    config = work / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{work}/db/q.db"\n[spool]\nroot = "{spool}"\n'
+        f'[scan]\nlock_file = "{work}/scan.lock"\n'
+        f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{work}/control.sock"\n'
+        "[watch]\nenabled = true\nflush_seconds = 0.1\n"
+    )
+    site = Site(work, spool, config)
+    assert site.quotagate("mailbox", "add", ROOMY, "--quota", str(QUOTA)) == 0
+    site.fill("roomy", 10)
+    assert site.quotagate("scan") == 0
+    parts = exim_config.parts(load_config(config), "policy")
+    exim.configure(users={ROOMY: f"{DOMAIN}/roomy"}, main=parts.main, acls=parts.acls, acl=parts.acl)
+    return site, port
+
+
+class Client:
+    """One SMTP client from its own loopback address: a client of its own for the daemon."""
+
+    def __init__(self, exim: Exim, n: int) -> None:
+        self.smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{10 + n}", 0))
+        self.smtp.connect("127.0.0.1", exim.port)
+        self.smtp.ehlo("client.test")
+
+    def rcpt(self, size: int) -> int:
+        assert self.smtp.mail("sender@example.net", [f"SIZE={size}"])[0] == 250
+        return self.smtp.rcpt(ROOMY)[0]
+
+    def data(self, size: int) -> int:
+        body = b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
+        return self.smtp.data(body)[0]
+
+    def quit(self) -> None:
+        self.smtp.quit()
+
+
+def burst(exim: Exim, between: Callable[[], None] = lambda: None) -> list[int]:
+    """Ten clients at once: every RCPT first, then (after ``between``) DATA from those let in."""
+    clients = [Client(exim, n) for n in range(BURST)]
+    start = threading.Barrier(BURST)
+    codes = [0] * BURST
+
+    def one(n: int) -> None:
+        start.wait(timeout=30)
+        codes[n] = clients[n].rcpt(MESSAGE)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(BURST)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    between()
+    for client, code in zip(clients, codes, strict=True):
+        if code == 250:
+            assert client.data(MESSAGE) == 250
+        client.quit()
+    return codes
+
+
+def delivered(site: Site) -> list[int]:
+    new = site.maildir("roomy") / "new"
+    return sorted(f.stat().st_size for f in new.iterdir()) if new.exists() else []
+
+
+def test_a_burst_from_many_clients_lets_in_exactly_the_messages_that_fit(work: Path, exim: Exim) -> None:
+    site, port = prepare(work, exim)
+    with policy_daemon(site.config, port):
+        exim.start()
+        codes = burst(exim)
+        assert sorted(codes) == [250] * 4 + [552] * 6, exim.log("main")
+        assert len(delivered(site)) == 4
+        assert sum(delivered(site)) + 10 <= QUOTA
+        assert exim.queue_count() == 0
+
+
+def test_a_daemon_restarted_between_rcpt_and_data_still_holds_the_room(work: Path, exim: Exim) -> None:
+    site, port = prepare(work, exim)
+    with policy_daemon(site.config, port) as daemon:
+        exim.start()
+
+        def restart_and_probe() -> None:
+            daemon.stop()
+            daemon.start()
+            # The four accepted are restored: a fifth client finds no room.
+            late = Client(exim, 40)
+            assert late.rcpt(MESSAGE) == 552
+            late.quit()
+
+        codes = burst(exim, between=restart_and_probe)
+        assert sorted(codes) == [250] * 4 + [552] * 6
+        assert len(delivered(site)) == 4
+        assert "4 reservations restored" in daemon.log()
+
+
+def test_a_prober_that_never_sends_data_leaves_nothing_held(work: Path, exim: Exim) -> None:
+    site, port = prepare(work, exim)
+    control = work / "control.sock"
+    with policy_daemon(site.config, port):
+        exim.start()
+        prober, size = Client(exim, 66), 2**25  # the most this Exim takes (message_size_limit)
+        while size >= 1000:
+            prober.rcpt(size)
+            prober.smtp.rset()
+            size //= 2
+        held = ask_control(control, {"op": "list", "address": ROOMY})["reservations"]
+        assert len(held) <= 1  # one message at most, however it probes
+        other = Client(exim, 67)
+        room = QUOTA - 10 - sum(r["bytes"] for r in held)
+        assert other.rcpt(room) == 250  # another client still finds the rest
+        other.quit()
+        prober.quit()  # QUIT ends its transaction: its room goes
+        assert ask_control(control, {"op": "list", "address": ROOMY})["reservations"] == []
+        last = Client(exim, 68)
+        assert last.rcpt(QUOTA - 10) == 250
+        last.quit()
