@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox, State
+from quotagate.policy.daemon import Daemon
+from quotagate.policy.live import Snapshot
 from quotagate.store import Store, open_store
 from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
@@ -141,4 +143,21 @@ def test_a_batch_watch_cannot_publish_is_not_stored_and_is_written_once_it_can(
 
     asyncio.run(run())
     assert len([r for r in caplog.records if "cannot store or publish" in r.getMessage()]) == 1
+    store.close()
+
+
+def test_the_daemon_keeps_tracking_mailboxes_when_half_the_directory_goes(tmp_path: Path) -> None:
+    config, store = build(tmp_path)
+    config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
+
+    async def main() -> int:
+        tracker, _ = await start_tracker(config, store)
+        daemon = Daemon(lambda: config)
+        daemon.tracker = tracker
+        kept = {m.address: m for m in store.mailboxes() if m.address.startswith("b")}
+        daemon._adopt(Snapshot(kept, {}, 0.0, 0.0))  # the store's refresh lists half of them
+        tracker.close()
+        return len(tracker.mailboxes)
+
+    assert asyncio.run(main()) == 4
     store.close()

@@ -21,7 +21,7 @@ from quotagate.policy.service import PolicyService
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
-from quotagate.watch.runner import rescan_forever, start_tracker
+from quotagate.watch.runner import directory_problem, rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Daemon:
         self._saved_version = -1
         self._state_log = Throttled(log)
         self._control: asyncio.AbstractServer | None = None
+        self._directory_refused: str | None = None
 
     def _load(self) -> Snapshot:
         if self._store is None:
@@ -56,7 +57,15 @@ class Daemon:
         if self.tracker is None:
             return snapshot
         tracker = self.tracker
-        tracker.load(snapshot.mailboxes.values(), {})
+        problem = directory_problem(self.config, tracker, snapshot.mailboxes.values())
+        if problem != self._directory_refused:
+            if problem:
+                log.error("directory not followed, keeping the last state: %s", problem)
+            else:
+                log.info("the directory is followed again")
+            self._directory_refused = problem
+        if problem is None:  # a directory shrunk at once (a bad filter, an emptied table) clears no flag
+            tracker.load(snapshot.mailboxes.values(), {})
         return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
