@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from quotagate.config import AccountingOptions, SpoolConfig
+from quotagate.config import AccountingOptions, Config, SpoolConfig
 from quotagate.model import Boundary
 from quotagate.sizes import Allowance
 from quotagate.usage.names import size_from_name
@@ -247,6 +247,14 @@ def with_options(base: Profile, options: AccountingOptions) -> Profile:
     if options.grace is not None:
         profile = replace(profile, default_grace=options.grace)
     return profile
+
+
+def grace_for(config: Config) -> Allowance:
+    """The grace a decision allows: ``[policy] grace`` when it is set, else the profile's default
+    (Dovecot's ``quota_grace`` of 10%, or ``accounting_options.grace``; none for the others)."""
+    if "grace" in config.policy.model_fields_set:
+        return config.policy.grace
+    return profile_for(config.spool).default_grace
 
 
 def virtual_size(data_size: int, lf: int, crlf: int) -> int:
