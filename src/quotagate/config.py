@@ -105,7 +105,8 @@ class AccountingOptions(_Section):
     quota_is_inclusive: bool = True
     # exim: appendfile's quota_size_regex (e.g. ",S=(\d+)"); "" = every file is stat'ed.
     quota_size_regex: str = ""
-    # dovecot, dovecot-count: quota_grace when not 10%; [policy] grace, when set, wins.
+    # The grace a decision allows when [policy] grace is not set: the profile's own by default
+    # (Dovecot's quota_grace, 10%; none for the others).
     grace: Grace | None = None
 
     @field_validator("quota_size_regex")
@@ -120,13 +121,13 @@ class AccountingOptions(_Section):
         return pattern
 
 
-# Which options each profile takes (see quotagate.accounting).
+# Which options each profile takes (see quotagate.accounting); grace applies to every profile.
 _PROFILE_OPTIONS = {
-    "files": set(),
+    "files": {"grace"},
     "dovecot": {"grace"},
     "dovecot-count": {"grace"},
-    "courier": {"trash_quota"},
-    "exim": {"quota_is_inclusive", "quota_size_regex"},
+    "courier": {"trash_quota", "grace"},
+    "exim": {"quota_is_inclusive", "quota_size_regex", "grace"},
 }
 
 
@@ -156,7 +157,9 @@ class SpoolConfig(_Section):
             self.layout.format(domain="d", local="l", address="l@d")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
-        foreign = self.accounting_options.model_fields_set - _PROFILE_OPTIONS[self.accounting]
+        options = self.accounting_options
+        changed = {k for k in options.model_fields_set if getattr(options, k) != getattr(AccountingOptions(), k)}
+        foreign = changed - _PROFILE_OPTIONS[self.accounting]
         if foreign:
             raise ValueError(f"accounting = {self.accounting!r} takes no option {', '.join(sorted(foreign))}")
 
