@@ -97,6 +97,41 @@ class StoreConfig(_Section):
             raise ValueError("columns apply to an admin's schema: set schema = 'postfixadmin' or 'classic'")
 
 
+class AccountingOptions(_Section):
+    """The real program's build- or config-time switches an accounting profile follows."""
+
+    # courier: Courier built with TRASHQUOTA counts Trash and T-flagged mail (Debian's does not).
+    trash_quota: bool = False
+    # exim: appendfile's quota_is_inclusive; false = full only when usage is past the limit.
+    quota_is_inclusive: bool = True
+    # exim: appendfile's quota_size_regex (e.g. ",S=(\d+)"); "" = every file is stat'ed.
+    quota_size_regex: str = ""
+    # The grace a decision allows when [policy] grace is not set: the profile's own by default
+    # (Dovecot's quota_grace, 10%; none for the others).
+    grace: Grace | None = None
+
+    @field_validator("quota_size_regex")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if pattern and compiled.groups < 1:
+            raise ValueError("needs a capture group for the size, as Exim's does")
+        return pattern
+
+
+# Which options each profile takes (see quotagate.accounting); grace applies to every profile.
+_PROFILE_OPTIONS = {
+    "files": {"grace"},
+    "dovecot": {"grace"},
+    "dovecot-count": {"grace"},
+    "courier": {"trash_quota", "grace"},
+    "exim": {"quota_is_inclusive", "quota_size_regex", "grace"},
+}
+
+
 class SpoolConfig(_Section):
     root: Path = Path("/var/mail/vhosts")
     layout: str = "{domain}/{local}/Maildir"
@@ -110,6 +145,10 @@ class SpoolConfig(_Section):
     extra_roots: list[Path] = []
     # Refuse to scan unless the root is a mount point: an unmounted spool is an empty directory.
     require_mount: bool = False
+    # Count as this delivery agent does (see quotagate.accounting and the README's "Accounting
+    # profiles"); "files" is quotagate's own rules.
+    accounting: Literal["files", "dovecot", "dovecot-count", "courier", "exim"] = "files"
+    accounting_options: AccountingOptions = AccountingOptions()
 
     def model_post_init(self, __context: Any) -> None:
         relative = [str(p) for p in (self.root, *self.extra_roots) if not p.is_absolute()]
@@ -119,6 +158,11 @@ class SpoolConfig(_Section):
             self.layout.format(domain="d", local="l", address="l@d")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
+        options = self.accounting_options
+        changed = {k for k in options.model_fields_set if getattr(options, k) != getattr(AccountingOptions(), k)}
+        foreign = changed - _PROFILE_OPTIONS[self.accounting]
+        if foreign:
+            raise ValueError(f"accounting = {self.accounting!r} takes no option {', '.join(sorted(foreign))}")
 
     @field_validator("maildir_subdir")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from quotagate.model import Action, Decision, Limits, Mailbox, Usage
+from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Usage
 from quotagate.sizes import Allowance
 
 
@@ -28,9 +28,20 @@ def known_size(size: int | None) -> int | None:
     return size
 
 
-def _fits(used: int, incoming: int, limit: int, grace: int) -> bool:
-    """Inclusive check: the message fits, or the mailbox is under its limit and grace covers it."""
+def _fits(used: int, incoming: int, limit: int, grace: int, boundary: Boundary = Boundary.INCLUSIVE) -> bool:
+    """Inclusive check: the message fits, or the mailbox is under its limit and grace covers it.
+
+    Under :attr:`Boundary.EXCLUSIVE` (Exim's ``quota_is_inclusive = false``) the message's size
+    does not count: it fits while usage is not past the limit (plus grace).
+    """
+    if boundary is Boundary.EXCLUSIVE:
+        return used <= limit + grace
     return used + incoming <= limit or (used < limit and used + incoming <= limit + grace)
+
+
+def _full(used: int, limit: int, boundary: Boundary) -> bool:
+    """Exclusive check (no size known): no message of any size fits."""
+    return used > limit if boundary is Boundary.EXCLUSIVE else used >= limit
 
 
 def decide(
@@ -40,10 +51,13 @@ def decide(
     reserved: Reserved = NOTHING_RESERVED,
     grace: Allowance = NO_GRACE,
     limits: Limits | None = None,
+    boundary: Boundary = Boundary.INCLUSIVE,
 ) -> Decision:
     """Accept, reject or dunno for one recipient and one declared size.
 
     ``limits`` overrides the mailbox's own limits (a folder rule for ``local+folder``).
+    ``boundary`` is the accounting profile's (:attr:`quotagate.accounting.Profile.boundary`):
+    whether a message reaching the limit is refused, or only usage already past it.
     """
     if mailbox is None:
         return Decision(Action.DUNNO, "unknown recipient")
@@ -72,21 +86,33 @@ def decide(
     if limits.bytes:
         g = grace.of(limits.bytes)
         numbers["grace_bytes"] = g
-        if s is None and used_bytes >= limits.bytes:
+        if s is None and _full(used_bytes, limits.bytes, boundary):
             return Decision(Action.REJECT, "mailbox is at or over its size limit", numbers)
-        if s is not None and not _fits(used_bytes, s, limits.bytes, g):
+        if s is not None and not _fits(used_bytes, s, limits.bytes, g, boundary):
             return Decision(Action.REJECT, "message does not fit in the mailbox", numbers)
     if limits.messages:
         g = int(grace.fraction * limits.messages)
-        if s is None and used_msgs >= limits.messages:
+        if s is None and _full(used_msgs, limits.messages, boundary):
             return Decision(Action.REJECT, "mailbox is at or over its message limit", numbers)
-        if s is not None and not _fits(used_msgs, 1, limits.messages, g):
+        if s is not None and not _fits(used_msgs, 1, limits.messages, g, boundary):
             return Decision(Action.REJECT, "mailbox has no room for another message", numbers)
     return Decision(Action.ACCEPT, "message fits" if s is not None else "mailbox is under its limit", numbers)
 
 
-def is_over(limits: Limits, bytes_: int, messages: int, threshold: Decimal = Decimal(1)) -> bool:
-    """Exclusive check for the published over-quota set: at or over ``threshold`` of a limit."""
+def is_over(
+    limits: Limits,
+    bytes_: int,
+    messages: int,
+    threshold: Decimal = Decimal(1),
+    boundary: Boundary = Boundary.INCLUSIVE,
+) -> bool:
+    """Exclusive check for the published over-quota set: at or over ``threshold`` of a limit,
+    or (under :attr:`Boundary.EXCLUSIVE`) past it."""
+    if boundary is Boundary.EXCLUSIVE:
+        return bool(
+            (limits.bytes and bytes_ > limits.bytes * threshold)
+            or (limits.messages and messages > limits.messages * threshold)
+        )
     if limits.bytes and bytes_ >= limits.bytes * threshold:
         return True
     return bool(limits.messages and messages >= limits.messages * threshold)

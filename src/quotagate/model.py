@@ -45,6 +45,14 @@ class Format(enum.StrEnum):
     MISSING = "missing"  # not created yet: the MTA makes it on first delivery
 
 
+class Boundary(enum.StrEnum):
+    """Whether a message that would reach the limit is refused (the delivery agents' default) or
+    only usage already past it is (Exim with ``quota_is_inclusive = false``)."""
+
+    INCLUSIVE = "inclusive"  # full when usage + message > limit: over at >= limit
+    EXCLUSIVE = "exclusive"  # full when usage > limit, whatever the message: over at > limit
+
+
 class State(enum.StrEnum):
     OK = "ok"
     OVER = "over"

@@ -19,6 +19,7 @@ COLUMNS = (
     "enabled",
     "format",
     "maildirsize",
+    "accounting",
     "measured_at",
     "reason",
 )
@@ -41,8 +42,10 @@ def _maildirsize(r: Reading) -> str:
 
 
 def rows(
-    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], over_only: bool = False
+    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], over_only: bool = False, accounting: str = "files"
 ) -> list[dict[str, Any]]:
+    """One row per mailbox; ``accounting`` names the profile (``[spool] accounting``) its usage
+    and state were counted under."""
     out = []
     for m in mailboxes:
         r = readings.get(m.address)
@@ -64,7 +67,9 @@ def rows(
                 "reason": r.reason,
                 "folders": [{"name": f.name, "bytes": f.bytes, "messages": f.messages} for f in r.usage.folders],
             }
-        row.update(quota_bytes=m.limits.bytes, quota_messages=m.limits.messages, enabled=m.enabled)
+        row.update(
+            quota_bytes=m.limits.bytes, quota_messages=m.limits.messages, enabled=m.enabled, accounting=accounting
+        )
         if not over_only or row["state"] == State.OVER.value:
             out.append(row)
     return out

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from quotagate import bounded
+from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.misread import misread_warning
@@ -30,7 +31,7 @@ Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
 
-Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str]
+Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile]
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,14 @@ def _measure_all(
 def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, config: Config) -> State:
     if not usage.known:
         return State.UNKNOWN
-    return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold) else State.OK
+    boundary = profile_for(config.spool).boundary
+    return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold, boundary) else State.OK
 
 
 def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config) -> tuple[int, int, State]:
-    """Bytes and messages that count under the folder rules, and the state they put the mailbox in."""
-    bytes_, messages = counted(usage.folders, config.folders)
+    """Bytes and messages that count under the accounting profile and the folder rules, and the
+    state they put the mailbox in (at the profile's boundary)."""
+    bytes_, messages = counted(usage.folders, config.folders, profile_for(config.spool).excluded_folders)
     return bytes_, messages, _state(mailbox, usage, bytes_, messages, config)
 
 
@@ -117,6 +120,7 @@ def run_scan(
     workers = config.scan.workers or os.cpu_count() or 1
     roots = spool_roots(config.spool)
     fix_rules = tuple(config.folders) if fix_maildirsize else None
+    profile = profile_for(config.spool)
 
     readings: dict[str, Reading] = {}
     pending: list[tuple[Mailbox, str]] = []
@@ -132,7 +136,7 @@ def run_scan(
         where = located(path, prev, config.spool)  # the Maildir below path, if found there before
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         recheck = fix_maildirsize and prev is not None and _maildirsize_disagrees(prev)
-        if prev is not None and prev_usage is not None and not recheck and unchanged(where, prev_usage, roots):
+        if prev is not None and prev_usage is not None and not recheck and unchanged(where, prev_usage, roots, profile):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)
@@ -140,7 +144,9 @@ def run_scan(
             continue
         pending.append((mailbox, path))
         reuse = Found(where, prev_usage) if prev_usage is not None else None
-        jobs.append((path, config.spool.format, reuse, cutoff_ns, roots, fix_rules, config.spool.maildir_subdir))
+        jobs.append(
+            (path, config.spool.format, reuse, cutoff_ns, roots, fix_rules, config.spool.maildir_subdir, profile)
+        )
 
     total = len(mailboxes)
     done = len(readings)

@@ -266,3 +266,22 @@ def test_a_metrics_file_that_cannot_be_written_is_logged_and_the_scan_still_coun
         f"cannot write scan.metrics_file {metrics}: No such file or directory "
         "(the scan was stored; create the directory, or unset metrics_file)"
     ]
+
+
+def test_report_and_check_say_which_profile_counted(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trash = setup.parent / "spool" / "example.org" / "roomy" / "Maildir"
+    add_message(maildir_folder(trash, "Trash"), 5000)
+    text = setup.read_text().replace("[publish]", 'accounting = "courier"\n[publish]')
+    setup.write_text(text)
+    assert run(setup, "mailbox", "add", "roomy@example.org", "--quota", "1K") == 0
+    assert run(setup, "scan") == 0
+    capsys.readouterr()
+
+    assert run(setup, "report", "--format", "json") == 0
+    row = {r["address"]: r for r in json.loads(capsys.readouterr().out)}["roomy@example.org"]
+    assert (row["accounting"], row["bytes"], row["state"]) == ("courier", 100, "ok")  # Trash left out
+    assert run(setup, "report", "--format", "csv") == 0
+    assert "accounting" in capsys.readouterr().out.splitlines()[0].split(",")
+
+    assert run(setup, "check", "roomy@example.org", "--size", "100") == 0
+    assert "counted   as courier (Courier maildrop/deliverquota; full at or over the limit)" in capsys.readouterr().out

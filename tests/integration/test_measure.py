@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quotagate.accounting import Profile
 from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
 from quotagate.usage import mailbox, maildir
 from quotagate.usage.mailbox import FormatSetting
@@ -637,9 +638,9 @@ def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pyte
     read: list[str] = []
     original = maildir.read_folder
 
-    def counting(fd: int, name: str, cutoff: int) -> object:
+    def counting(fd: int, name: str, cutoff: int, *profile: Profile) -> object:
         read.append(name)
-        return original(fd, name, cutoff)
+        return original(fd, name, cutoff, *profile)
 
     monkeypatch.setattr(maildir, "read_folder", counting)
     again = measure(str(root), "auto", first, time.time_ns())
@@ -726,8 +727,10 @@ def test_move_right_after_new_is_listed_is_counted_once(tmp_path: Path, monkeypa
     original = maildir._read_dir
     moves = []
 
-    def read_then_move(fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
-        result = original(fd, sub, skip, collect)
+    def read_then_move(
+        fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile
+    ) -> tuple[int, int, set[str]]:
+        result = original(fd, sub, skip, collect, profile)
         if sub == "new":
             left = sorted(os.listdir(os.path.join(folder, b"new")))
             if left:  # on every attempt: retrying alone cannot make the count right
@@ -747,9 +750,9 @@ def test_folder_changing_while_read_is_read_again(tmp_path: Path, monkeypatch: p
     delivered = []
 
     def read_then_deliver(
-        fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool
+        fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile
     ) -> tuple[int, int, set[str]]:
-        result = original(fd, sub, skip, collect)
+        result = original(fd, sub, skip, collect, profile)
         if sub == "cur" and not delivered:
             delivered.append(add_message(folder, 1000, where="new"))
         return result

@@ -34,10 +34,10 @@ DOMAIN = "example.org"
 BIG = Limits(10**9, 0)
 
 
-def make_config(base: Path, spool: Path, **sections: Any) -> Config:
+def make_config(base: Path, spool_root: Path, /, **sections: Any) -> Config:
     data: dict[str, Any] = {
         "store": {"url": f"sqlite:///{base}/db/q.db"},
-        "spool": {"root": str(spool)},
+        "spool": {"root": str(spool_root)},
         "scan": {"workers": 1},
     }
     for key, value in sections.items():
@@ -106,9 +106,9 @@ class ReadCounter:
         self.calls: list[str] = []
         original = maildir.read_folder
 
-        def counting(fd: int, name: str, cutoff: int) -> Any:
+        def counting(fd: int, name: str, cutoff: int, *profile: Any) -> Any:
             self.calls.append(name)
-            return original(fd, name, cutoff)
+            return original(fd, name, cutoff, *profile)
 
         monkeypatch.setattr(maildir, "read_folder", counting)
 

@@ -62,3 +62,26 @@ def test_load_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_accounting_profile_and_its_options() -> None:
+    assert parse_config({}).spool.accounting == "files"
+    c = parse_config({"spool": {"accounting": "exim", "accounting_options": {"quota_is_inclusive": False}}})
+    assert c.spool.accounting == "exim"
+    assert not c.spool.accounting_options.quota_is_inclusive
+
+
+@pytest.mark.parametrize(
+    ("spool", "message"),
+    [
+        ({"accounting": "postfix"}, "spool.accounting"),
+        ({"accounting": "courier", "accounting_options": {"quota_is_inclusive": False}}, "takes no option"),
+        ({"accounting": "files", "accounting_options": {"trash_quota": True}}, "takes no option"),
+        ({"accounting": "exim", "accounting_options": {"quota_size_regex": "("}}, "not a regular expression"),
+        ({"accounting": "exim", "accounting_options": {"quota_size_regex": r",S=\d+"}}, "capture group"),
+        ({"accounting": "exim", "accounting_options": {"quota_is_inclusve": False}}, "accounting_options"),
+    ],
+)
+def test_bad_accounting_settings_name_the_key(spool: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"spool": spool})

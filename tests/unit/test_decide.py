@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quotagate.decide import Reserved, decide, is_over
-from quotagate.model import Action, Limits, Mailbox, Usage
+from quotagate.model import Action, Boundary, Limits, Mailbox, Usage
 from quotagate.sizes import Allowance
 
 MB = 1024**2
@@ -88,3 +88,29 @@ def test_threshold() -> None:
     assert is_over(Limits(1000), 990, 0, Decimal("0.99"))
     assert is_over(Limits(0, 10), 0, 10)
     assert not is_over(Limits(0, 0), 10**15, 10**9)
+
+
+# -- the boundary of an accounting profile ----------------------------------------------------
+
+
+@pytest.mark.parametrize("delta", [-2, -1, 0, 1, 2])
+def test_exclusive_boundary_is_over_only_past_the_limit(delta: int) -> None:
+    # Exim with quota_is_inclusive = false delivers while usage is not past the quota.
+    limits = Limits(1000, 10)
+    assert is_over(limits, 1000 + delta, 0, boundary=Boundary.EXCLUSIVE) is (delta > 0)
+    assert is_over(limits, 0, 10 + delta, boundary=Boundary.EXCLUSIVE) is (delta > 0)
+    assert is_over(limits, 1000 + delta, 0) is (delta >= 0)  # today's default: at the limit is over
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+@pytest.mark.parametrize("size", [None, 1, 10**6])
+def test_exclusive_boundary_ignores_the_message_size(delta: int, size: int | None) -> None:
+    d = decide(box(1000), used(1000 + delta), size, boundary=Boundary.EXCLUSIVE)
+    assert d.action is (Action.REJECT if delta > 0 else Action.ACCEPT)
+
+
+def test_inclusive_boundary_is_the_default() -> None:
+    assert decide(box(1000), used(1000)).action is Action.REJECT
+    assert decide(box(1000), used(999), 1).action is Action.ACCEPT
+    assert decide(box(1000), used(999), 2).action is Action.REJECT
+    assert decide(box(1000), used(999), 2, boundary=Boundary.INCLUSIVE).action is Action.REJECT

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from quotagate.accounting import Profile, profile_for
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
 from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
@@ -29,11 +30,14 @@ def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 
 
-def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | None, usage: Usage | None) -> list[str]:
+def _explain(
+    decision: Decision, mailbox: Mailbox | None, reading: Reading | None, usage: Usage | None, profile: Profile
+) -> list[str]:
     """What the admin reads; every name in it escaped (:func:`printable`), one line each."""
     lines = [f"{decision.action.value}: {printable(decision.reason)}"]
     if mailbox is None:
         return lines
+    lines.append(f"  counted   as {profile.describe}")
     limits = mailbox.limits
     lines.append(f"  mailbox   {printable(mailbox.address)}" + ("" if mailbox.enabled else " (disabled)"))
     if reading is None:
@@ -80,7 +84,8 @@ def check(app: App, address: str, size: str | None) -> int:
     outcome = service.check(address, declared)
     mailbox = snapshot.mailboxes.get(outcome.address)
     reading = snapshot.readings.get(outcome.address)
-    click.echo("\n".join(_explain(outcome.decision, mailbox, reading, outcome.usage)))
+    lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool))
+    click.echo("\n".join(lines))
     return EXIT[outcome.decision.action]
 
 

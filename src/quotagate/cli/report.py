@@ -52,7 +52,7 @@ def report(app: App, over: bool, fmt: str) -> None:
     """Usage per mailbox."""
     store = app.store()
     try:
-        data = rows(store.mailboxes(), store.readings(), over_only=over)
+        data = rows(store.mailboxes(), store.readings(), over_only=over, accounting=app.config.spool.accounting)
     finally:
         store.close()
     if fmt == "json":  # names exactly as stored: json.dumps escapes control characters and non-ASCII

@@ -17,10 +17,15 @@ def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
     return None
 
 
-def counted(folders: Sequence[FolderUsage], rules: Sequence[FolderRule]) -> tuple[int, int]:
-    """Bytes and messages that count towards the mailbox limit: excluded folders left out."""
+def counted(
+    folders: Sequence[FolderUsage], rules: Sequence[FolderRule], left_out: Sequence[str] = ()
+) -> tuple[int, int]:
+    """Bytes and messages that count towards the mailbox limit: excluded folders left out, and
+    the folders the accounting profile leaves out (``left_out``, e.g. Courier's ``Trash``)."""
     total = messages = 0
     for f in folders:
+        if f.name in left_out:
+            continue
         rule = rule_for(f.name, rules) if rules else None
         if rule is None or not rule.exclude:
             total += f.bytes

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal, NamedTuple
 
+from quotagate.accounting import FILES, Profile
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
 from quotagate.usage import maildir, maildirsize, mbox, safefs
@@ -49,7 +50,7 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
     return {f.name: f for f in previous.folders if f.stamp is not None}
 
 
-def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
@@ -61,10 +62,10 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
         try:
             shown = display_name(name)
             old = reuse.get(shown)
-            if old is not None and old.stamp == maildir.stamp(fd):
+            if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
                 folders.append(old)
             else:
-                folders.append(maildir.read_folder(fd, shown, racy_cutoff_ns))
+                folders.append(maildir.read_folder(fd, shown, racy_cutoff_ns, profile))
         finally:
             os.close(fd)
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
@@ -76,7 +77,7 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> 
     return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
 
 
-def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
     reuse = _reusable(previous, Format.MBOX)
     folders = []
     listing = mbox.mbox_files(node.fd)
@@ -92,10 +93,10 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int) ->
                 continue
             old = reuse.get(shown)
             st = os.fstat(fd)
-            if old is not None and old.stamp == (st.st_mtime_ns, st.st_size):
+            if old is not None and old.stamp == (st.st_mtime_ns, st.st_size, *profile.stamp_tag):
                 folders.append(old)
             else:
-                folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns))
+                folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile))
         finally:
             os.close(fd)
     if passed_over:
@@ -108,14 +109,16 @@ def _some(names: list[str], most: int = 5) -> str:
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
-def _mbox_file(node: Node, root: str, previous: MailboxUsage | None, racy_cutoff_ns: int) -> MailboxUsage:
+def _mbox_file(
+    node: Node, root: str, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile
+) -> MailboxUsage:
     if not mbox.is_mbox(node.fd):
         reason = "not an mbox file (neither empty nor starting with a From line)"
         return MailboxUsage(Format.MBOX, error=f"{display_name(root)}: {reason}")
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
-    if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size):
+    if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size, *profile.stamp_tag):
         return MailboxUsage(Format.MBOX, (old,))
-    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns),))
+    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns, profile),))
 
 
 def _describe(exc: OSError) -> str:
@@ -132,17 +135,22 @@ def _bounded(usage: MailboxUsage) -> MailboxUsage:
 
 
 def _measure_node(
-    node: Node | None, root: str, fmt: FormatSetting, previous: MailboxUsage | None, racy_cutoff_ns: int
+    node: Node | None,
+    root: str,
+    fmt: FormatSetting,
+    previous: MailboxUsage | None,
+    racy_cutoff_ns: int,
+    profile: Profile,
 ) -> MailboxUsage:
     if node is None:
         return MailboxUsage(Format.MISSING)
     if not node.is_dir:
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
-        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns))
+        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile))
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
-        return _bounded(_maildir(node, previous, racy_cutoff_ns))
-    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns))
+        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile))
+    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile))
 
 
 def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots) -> Node | None:
@@ -172,14 +180,16 @@ def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Ro
     return below
 
 
-def _fix(node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule]) -> MailboxUsage:
+def _fix(
+    node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule], profile: Profile
+) -> MailboxUsage:
     """Rewrite a disagreeing maildirsize through the descriptor the mailbox was just measured
     by, keeping the file's own quota definition (Courier, and Dovecot with ``?:`` rules, take
     the limit from it); the usage then records the file as it is now."""
     info = usage.maildirsize
     if node is None or info is None or not usage.known:
         return usage
-    bytes_, messages = counted(usage.folders, rules)
+    bytes_, messages = counted(usage.folders, rules, profile.excluded_folders)
     if info.agrees_with(bytes_, messages):
         return usage
     try:
@@ -209,6 +219,7 @@ def measure(
     roots: Roots,
     fix_rules: Sequence[FolderRule] | None,
     subdir: str,
+    profile: Profile = FILES,
 ) -> Found:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
     was found at the same place.
@@ -220,15 +231,16 @@ def measure(
     usage is unknown, never "over quota". The root (and the subdirectory) may be a symlink that
     stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
     maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
+    Sizes, and what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
     """
     try:
         with safefs.opened(root, roots) as node:
             below = _maildir_below(node, fmt, subdir, roots)
             if below is None:
-                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules)
+                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile)
             try:
                 return _measure_at(
-                    below, os.path.join(root, subdir), "maildir", previous, racy_cutoff_ns, roots, fix_rules
+                    below, os.path.join(root, subdir), "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile
                 )
             finally:
                 below.close()
@@ -246,17 +258,19 @@ def _measure_at(
     racy_cutoff_ns: int,
     roots: Roots,
     fix_rules: Sequence[FolderRule] | None,
+    profile: Profile,
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
-    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns)
-    return Found(where, usage if fix_rules is None else _fix(node, where, roots, usage, fix_rules))
+    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile)
+    return Found(where, usage if fix_rules is None else _fix(node, where, roots, usage, fix_rules, profile))
 
 
-def unchanged(root: str, previous: MailboxUsage, roots: Roots) -> bool:
+def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES) -> bool:
     """True when nothing in the mailbox changed since ``previous`` was measured.
 
     The cheap test an incremental scan runs before measuring: the root and each folder's cur/
-    and new/ (or the mbox file) looked at through descriptors. Anything unsure answers False.
+    and new/ (or the mbox file) looked at through descriptors. Anything unsure answers False, and
+    so does a reading taken under another accounting profile (its stamps end in another tag).
     """
     if not previous.known:
         return False
@@ -269,12 +283,22 @@ def unchanged(root: str, previous: MailboxUsage, roots: Roots) -> bool:
             if previous.format is Format.MAILDIR:
                 if not node.is_dir or previous.root_stamp is None or node.st.st_mtime_ns != previous.root_stamp:
                     return False
+                tag = profile.stamp_tag
                 return all(
-                    f.stamp is not None and f.stamp == maildir.folder_stamp(node.fd, f.name) for f in previous.folders
+                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name), tag)
+                    for f in previous.folders
                 )
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
                 only = previous.folders[0]
-                return only.stamp is not None and only.stamp == (node.st.st_mtime_ns, node.st.st_size)
+                return only.stamp is not None and only.stamp == (
+                    node.st.st_mtime_ns,
+                    node.st.st_size,
+                    *profile.stamp_tag,
+                )
     except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them
+
+
+def _tagged(stamp: tuple[int, ...] | None, tag: tuple[int, ...]) -> tuple[int, ...] | None:
+    return None if stamp is None else (*stamp, *tag)

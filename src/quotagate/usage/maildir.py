@@ -7,6 +7,7 @@ import os
 import re
 import stat
 
+from quotagate.accounting import FILES, Profile, SizeRule, virtual_size
 from quotagate.model import FolderUsage
 from quotagate.usage import safefs
 from quotagate.usage.names import size_from_name, unique_part
@@ -76,15 +77,17 @@ _SIZE = re.compile(r",S=(\d{1,18})(?=[,:/])")
 _SIZE_IN_INFO = re.compile(r":[^/]*,S=")
 
 
-def _regular_files(folder_fd: int, sub: str) -> tuple[int, list[str]] | None:
-    """An open fd for ``cur`` or ``new`` and the names of the regular files in it; None when there
-    is no such directory. A symlink is not followed: it is not this folder's mail, and a self-loop
-    must not turn the mailbox unknown."""
+def _regular_files(folder_fd: int, sub: str, profile: Profile = FILES) -> tuple[int, list[str]] | None:
+    """An open fd for ``cur`` or ``new`` and the names of the regular files in it (of every entry
+    under a profile that counts any entry); None when there is no such directory. A symlink is
+    not followed: it is not this folder's mail, and a self-loop must not turn the mailbox unknown."""
     fd = safefs.open_dir(sub, folder_fd)
     if fd is None:
         return None
     try:
         with os.scandir(fd) as entries:
+            if profile.any_entry:
+                return fd, [e.name for e in entries]
             return fd, [e.name for e in entries if e.is_file(follow_symlinks=False)]
     except BaseException:
         os.close(fd)
@@ -130,6 +133,64 @@ def _measure_names(fd: int, names: list[str]) -> tuple[int, int, list[str]]:
     return total, count, vanished
 
 
+_GONE = -1
+_VSIZE_CHUNK = 1 << 16
+
+
+def _virtual_size(dir_fd: int, name: str, seen: os.stat_result) -> int:
+    """Dovecot's virtual size of a message file (bare LFs as CRLF), read through a descriptor
+    opened without following anything and checked to be the file that was looked at."""
+    fd = os.open(name, safefs.FILE, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(name)
+        size = lf = crlf = 0
+        last = b""
+        while chunk := os.read(fd, _VSIZE_CHUNK):
+            size += len(chunk)
+            lf += chunk.count(b"\n")
+            crlf += chunk.count(b"\r\n") + (last == b"\r" and chunk[:1] == b"\n")
+            last = chunk[-1:]
+        return virtual_size(size, lf, crlf)
+    finally:
+        os.close(fd)
+
+
+def _file_size(fd: int, name: str, profile: Profile) -> int | None:
+    """What a file the name does not size is worth under ``profile``: None when it does not
+    count (a symlink, a device, a directory unless every entry counts), ``_GONE`` when it vanished."""
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            return _virtual_size(fd, name, st) if profile.size is SizeRule.VIRTUAL else st.st_size
+    except FileNotFoundError:  # deleted or moved since listed
+        return _GONE
+    if stat.S_ISDIR(st.st_mode) and profile.any_entry:
+        return st.st_size
+    return None
+
+
+def _measure_profile(fd: int, names: list[str], profile: Profile) -> tuple[int, int, list[str]]:
+    """:func:`_measure_names` under an accounting profile: its size rule, what it leaves out."""
+    total = count = 0
+    vanished = []
+    for name in names:
+        if profile.left_out(name):
+            continue
+        size = profile.size_from_name(name)
+        if size is None:
+            size = _file_size(fd, name, profile)
+            if size == _GONE:
+                vanished.append(name)
+                continue
+            if size is None:
+                continue
+        total += size
+        count += 1
+    return total, count, vanished
+
+
 def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
     """``names`` less those whose unique part is in ``skip``.
 
@@ -145,21 +206,26 @@ def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
     return [n for n in names if unique_part(n) not in skip]
 
 
-def _read_dir(folder_fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool) -> tuple[int, int, set[str]]:
+def _read_dir(
+    folder_fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile = FILES
+) -> tuple[int, int, set[str]]:
     """Bytes and messages of the message files in one of cur/ or new/, and (when ``collect``)
     the unique names of those counted.
 
     Names whose unique part is in ``skip`` were already counted (moved from new/ to cur/ while
     we read).
     """
-    listed = _regular_files(folder_fd, sub)
+    listed = _regular_files(folder_fd, sub, profile)
     if listed is None:
         return 0, 0, set()
     fd, names = listed
     try:
         if skip:
             names = _without(names, skip)
-        total, count, vanished = _measure_names(fd, names)
+        if profile is FILES:
+            total, count, vanished = _measure_names(fd, names)
+        else:
+            total, count, vanished = _measure_profile(fd, names, profile)
     finally:
         os.close(fd)
     if not collect:
@@ -168,8 +234,9 @@ def _read_dir(folder_fd: int, sub: str, skip: frozenset[str] | set[str], collect
     return total, count, counted.difference(unique_part(n) for n in vanished)
 
 
-def read_folder(folder_fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
-    """Measure one folder; re-read it if ``cur/`` or ``new/`` changed while it was read.
+def read_folder(folder_fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES) -> FolderUsage:
+    """Measure one folder as ``profile`` counts it; re-read it if ``cur/`` or ``new/`` changed
+    while it was read. A kept stamp ends with the profile's stamp tag.
 
     ``new/`` is read before ``cur/`` and messages are matched by their unique name, so mail
     moving from new/ to cur/ meanwhile is counted exactly once. A stamp newer than
@@ -177,13 +244,13 @@ def read_folder(folder_fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
     """
     before = stamp(folder_fd)
     for _attempt in range(_RETRIES):
-        new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True)
-        cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False)
+        new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True, profile=profile)
+        cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False, profile=profile)
         after = stamp(folder_fd)
         if after == before:
             break
         before = after
     else:
         log.info("folder %s kept changing while read; using the last reading", name)
-    kept = None if max(after) >= racy_cutoff_ns else after
+    kept = None if max(after) >= racy_cutoff_ns else (*after, *profile.stamp_tag)
     return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept)

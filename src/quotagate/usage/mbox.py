@@ -7,8 +7,9 @@ import os
 import stat
 from typing import NamedTuple
 
+from quotagate.accounting import FILES, MboxRule, Profile
 from quotagate.model import FolderUsage
-from quotagate.usage import safefs
+from quotagate.usage import mboxfrom, safefs
 
 _CHUNK = 1 << 20
 # A separator is a "From " line at the start of the file or after an empty line (LF or CRLF).
@@ -42,6 +43,16 @@ def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
     return st.st_size, messages, (st.st_mtime_ns, st.st_size)
 
 
+def count_dovecot(fd: int) -> tuple[int, int, tuple[int, int]]:
+    """:func:`count_messages` with messages split as Dovecot splits them (see
+    :mod:`quotagate.usage.mboxfrom`): a chunk at a time, a Content-Length's body skipped unread."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    messages = mboxfrom.count_messages(lambda offset, n: os.pread(fd, n, offset), st.st_size, _CHUNK)
+    return st.st_size, messages, (st.st_mtime_ns, st.st_size)
+
+
 def is_mbox(fd: int) -> bool:
     """Whether the file open at ``fd`` is an mbox: empty, or starting with a ``From `` line.
 
@@ -54,9 +65,13 @@ def is_mbox(fd: int) -> bool:
     return st.st_size == 0 or os.pread(fd, len(_FROM), 0) == _FROM
 
 
-def read_file_folder(fd: int, name: str, racy_cutoff_ns: int) -> FolderUsage:
-    size, messages, file_stamp = count_messages(fd)
-    kept = None if file_stamp[0] >= racy_cutoff_ns else file_stamp
+def read_file_folder(fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES) -> FolderUsage:
+    """One mbox file as a folder, split into messages by the profile's mbox rule."""
+    if profile.mbox is MboxRule.DOVECOT:
+        size, messages, file_stamp = count_dovecot(fd)
+    else:
+        size, messages, file_stamp = count_messages(fd)
+    kept = None if file_stamp[0] >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
     return FolderUsage(name, size, messages, kept)
 
 
