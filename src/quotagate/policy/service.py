@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize
 from quotagate.config import Config
 from quotagate.decide import decide, known_size
@@ -226,12 +227,13 @@ class PolicyService:
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
         reserved = self.reservations.held(mailbox.address, now, measured_at)
-        grace = self.config.policy.grace
-        decision = decide(mailbox, usage, size, reserved, grace, limits)
+        # The delivery agent's rules: where a full mailbox starts, and its grace by default.
+        grace, boundary = grace_for(self.config), profile_for(self.config.spool).boundary
+        decision = decide(mailbox, usage, size, reserved, grace, limits, boundary=boundary)
         if limits is not None and decision.action is Action.ACCEPT:
             # The folder's rule lets it in; the mailbox's own limit still holds.
             _, total = self._limits_and_usage(snapshot, mailbox, None, live)
-            whole = decide(mailbox, total, size, reserved, grace)
+            whole = decide(mailbox, total, size, reserved, grace, boundary=boundary)
             if whole.action is Action.REJECT:
                 decision, usage = whole, total
         s = known_size(size)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from asyncinotify import Inotify, Mask, Watch
 
+from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config
 from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
 from quotagate.outage import root_problem, vanished_problem
@@ -273,12 +274,14 @@ class Tracker:
     def _measure(self, addresses: list[str]) -> dict[str, Found]:
         cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
         spool = self.config.spool
-        roots = spool_roots(spool)
+        roots, profile = spool_roots(spool), profile_for(spool)
         out = {}
         for address in addresses:
             previous = self.readings.get(address)
             reuse = Found(previous.path, previous.usage) if previous else None
-            out[address] = measure(self._paths[address], spool.format, reuse, cutoff, roots, None, spool.maildir_subdir)
+            out[address] = measure(
+                self._paths[address], spool.format, reuse, cutoff, roots, None, spool.maildir_subdir, profile
+            )
         return out
 
     async def flush(self) -> list[Reading]:
@@ -365,7 +368,7 @@ class Tracker:
             if everything or reading.usage.format is Format.MISSING
         ]
         if looked:
-            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool))
+            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool), profile_for(spool))
             self._dirty.update(a for a in moved if a in self.mailboxes)
 
     # -- running ---------------------------------------------------------------------------------
@@ -424,6 +427,6 @@ class Tracker:
             self._on_event(event.watch, event.mask, None if event.name is None else display_name(str(event.name)))
 
 
-def _moved(looked: list[tuple[str, str, MailboxUsage]], roots: Roots) -> list[str]:
+def _moved(looked: list[tuple[str, str, MailboxUsage]], roots: Roots, profile: Profile) -> list[str]:
     """The addresses whose folders' stamps no longer match their usage (blocking: a thread's)."""
-    return [address for address, path, usage in looked if not unchanged(path, usage, roots)]
+    return [address for address, path, usage in looked if not unchanged(path, usage, roots, profile)]
