@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 import socket
 
 import pytest
 
+from quotagate.config import parse_config
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.server import PolicyServer
 from tests.policy.conftest import FULL, REJECT, Client, Site, connected, request, run, serving_site, wait_until
 
 CLOSED = "quotagate_policy_connections_closed_total"
@@ -138,3 +142,22 @@ def test_running_out_of_descriptors_on_accept_is_logged_once_and_counted(
     assert answer == REJECT
     lines = [r.getMessage() for r in caplog.records if "EMFILE" in r.getMessage()]
     assert len(lines) == 1, lines
+
+
+def test_descriptors_near_the_limit_are_logged_whatever_the_event_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # uvloop drops connections it cannot accept without a word: the count against the limit speaks.
+    config = parse_config({"policy": {"metrics": ""}})
+    metrics = Metrics()
+    server = PolicyServer(lambda *_: "DUNNO", config.policy, metrics)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 2, hard))
+    try:
+        with caplog.at_level(logging.WARNING):
+            server.check_descriptors()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert any("file descriptors in use" in r.getMessage() for r in caplog.records)
+    assert (metrics.registry.get_sample_value("quotagate_policy_open_descriptors") or 0) >= used

@@ -91,6 +91,7 @@ class Daemon:
         self.metrics.inflight_bytes.set(totals["flight"])
         self.metrics.reserved_mailboxes.set(reservations.mailboxes())
         self.metrics.count_releases(reservations.released, reservations.capped)
+        self.server.check_descriptors()
         loaded = self.service.snapshot.loaded_at
         self.metrics.snapshot_age.set(now - loaded if loaded else float("nan"))
 

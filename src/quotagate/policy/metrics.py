@@ -85,6 +85,11 @@ class Metrics:
             "Checks deferred because the client already held its share of the mailbox (client_hold)",
             registry=self.registry,
         )
+        self.open_descriptors = Gauge(
+            "quotagate_policy_open_descriptors",
+            "File descriptors the daemon has open (against its RLIMIT_NOFILE)",
+            registry=self.registry,
+        )
         self._counted: dict[str, int] = {}
 
     def count_releases(self, released: Mapping[str, int], capped: int) -> None:

@@ -22,6 +22,7 @@ import errno
 import grp
 import logging
 import os
+import resource
 import socket
 import stat
 from collections import deque
@@ -269,6 +270,7 @@ class PolicyServer:
         self._over_cap = Throttled(log)
         self._slow = Throttled(log)
         self._accept_failed: dict[str, Throttled] = {}
+        self._descriptors_log = Throttled(log)
 
     def refused(self) -> None:
         """A connection over max_connections, closed at once: both MTAs then carry on without us."""
@@ -292,6 +294,24 @@ class PolicyServer:
             throttled.warning("cannot accept a connection: %s (%s)", name, exc.strerror)
             return
         loop.default_exception_handler(context)
+
+    def check_descriptors(self) -> None:
+        """uvloop, unlike asyncio, accepts and closes connections by itself when the process runs
+        out of descriptors and tells nobody: watch how many are open against the limit instead,
+        and say so (once a minute) when new connections may soon be refused."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            used = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return
+        self.metrics.open_descriptors.set(used)
+        if soft != resource.RLIM_INFINITY and soft - used <= max(16, soft // 10):
+            self._descriptors_log.warning(
+                "%d of %d file descriptors in use: new connections may be refused (raise LimitNOFILE, "
+                "or lower [policy] max_connections)",
+                used,
+                soft,
+            )
 
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (a port 0 resolved)."""
