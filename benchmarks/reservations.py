@@ -1,0 +1,95 @@
+"""Benchmark the cost of reservations per check: 50,000 held in one mailbox against none.
+
+Run it by hand from the project root (it is not part of the test suite)::
+
+    .venv/bin/python benchmarks/reservations.py [--held 50000] [--checks 20000]
+
+In one process, on a real SQLite store and spool in a temp dir: ``PolicyService.check`` (what the
+daemon runs for every RCPT, minus the socket) is timed, each call on its own, for a mailbox with
+room, first with nothing held anywhere (the baseline), then with ``--held`` reservations from
+distinct transactions and clients held in another mailbox (a flood of size=1 checks), and for the
+flooded mailbox itself. It prints p50/p99 of each and the ratios to the baseline (the issue's
+target: other recipients' p99 within 2x the idle p99), and the time to restore that many
+reservations from their state file, as a daemon does at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from quotagate.config import parse_config
+from quotagate.model import Limits, Mailbox
+from quotagate.policy import state
+from quotagate.policy.live import load_snapshot
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Reservations, Transaction
+from quotagate.policy.service import PolicyService
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+
+GIB = 1 << 30
+
+
+def timed(service: PolicyService, recipient: str, checks: int) -> list[float]:
+    out = []
+    for i in range(checks):
+        started = time.perf_counter()
+        service.check(recipient, 1000, Transaction(f"198.51.100.{i % 250}", f"t{i}"))
+        out.append(time.perf_counter() - started)
+        service.reservations.end(Transaction(f"198.51.100.{i % 250}", f"t{i}"), with_data=False, now=time.time())
+    return out
+
+
+def p(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100)[q - 1] * 1e6 if q < 100 else max(samples) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--held", type=int, default=50_000)
+    parser.add_argument("--checks", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as base:
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{base}/q.db"},
+                "spool": {"root": f"{base}/spool"},
+                "policy": {"client_hold": "100%", "use_maildirsize": False},
+            }
+        )
+        Path(base, "spool").mkdir()
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox("big@example.org", Limits(GIB)), Mailbox("other@example.org", Limits(GIB))])
+        run_scan(config, store)
+        service = PolicyService(config, Metrics())
+        service.snapshot = load_snapshot(store)
+        store.close()
+
+        idle = timed(service, "other@example.org", args.checks)
+        for i in range(args.held):  # the flood: size=1 from many clients, never followed by DATA
+            service.check("big@example.org", 1, Transaction(f"203.0.{i // 250 % 250}.{i % 250}", f"f{i}"))
+        assert len(service.reservations) == args.held, len(service.reservations)
+        others = timed(service, "other@example.org", args.checks)
+        flooded = timed(service, "big@example.org", args.checks)
+
+        saved = Path(base, "reservations.json")
+        state.save(saved, service.reservations)
+        started = time.perf_counter()
+        restored = Reservations(600).restore(state.load(saved), time.time())
+        restore_seconds = time.perf_counter() - started
+
+    print(f"{args.checks} checks each, {args.held} reservations held in big@example.org")
+    for name, samples in (("idle (baseline)", idle), ("other mailbox", others), ("flooded mailbox", flooded)):
+        print(f"  {name:18} p50 {p(samples, 50):7.1f} us   p99 {p(samples, 99):7.1f} us")
+    print(f"  other/idle p99 = {p(others, 99) / p(idle, 99):.2f}x (target <= 2x)")
+    print(f"  flooded/idle p99 = {p(flooded, 99) / p(idle, 99):.2f}x")
+    print(f"  restoring {restored} reservations from their file: {restore_seconds:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
