@@ -8,6 +8,7 @@ import threading
 import pytest
 from asyncinotify import Inotify, Mask, Watch
 
+from quotagate.accounting import Profile
 from quotagate.model import MailboxUsage, Reading
 from quotagate.store import open_store
 from quotagate.usage.safefs import Roots
@@ -26,9 +27,9 @@ def test_folder_stats_and_new_watches_happen_off_the_event_loop(
     unchanged = tracker_module.unchanged
     add_watch = Inotify.add_watch
 
-    def spy_unchanged(path: str, usage: MailboxUsage, roots: Roots) -> bool:
+    def spy_unchanged(path: str, usage: MailboxUsage, roots: Roots, profile: Profile) -> bool:
         calls.append(("stat", threading.get_ident() in loop_thread))
-        return unchanged(path, usage, roots)
+        return unchanged(path, usage, roots, profile)
 
     def spy_add_watch(self: Inotify, path: str, mask: Mask) -> Watch:
         calls.append(("add_watch", threading.get_ident() in loop_thread))
