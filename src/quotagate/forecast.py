@@ -56,6 +56,8 @@ def _full_at(used: int, limit: int, per_second: float, at: float) -> float | Non
 def forecast(samples: Sequence[Sample], limits: Limits, used: tuple[int, int], at: float) -> Forecast | None:
     """The trend of ``samples`` (one mailbox's, within the window wanted) from ``used`` (bytes,
     messages) measured at ``at``; None when the samples span too little time to tell."""
+    if any(limit and value >= limit for value, limit in zip(used, (limits.bytes, limits.messages), strict=True)):
+        return Forecast(0.0, 0.0, at)  # full already, whatever the history says
     points = [s for s in samples if s.at <= at]
     if not points or at - min(s.at for s in points) < MIN_SPAN:
         return None

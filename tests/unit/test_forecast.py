@@ -73,6 +73,7 @@ def test_too_little_history_says_nothing() -> None:
     assert forecast([], Limits(10), (1, 1), NOW) is None
     assert forecast([Sample("a@x", NOW - 60, 1, 1)], Limits(10), (5, 1), NOW) is None
     assert describe(None, NOW) == "not filling"
+    assert describe(forecast([], Limits(10), (10, 1), NOW), NOW) == "full now"  # full needs no history
 
 
 def test_unlimited_never_fills() -> None:
