@@ -15,6 +15,7 @@ from rich.text import Text
 
 from quotagate.cli.app import App, pass_app
 from quotagate.history import DAY
+from quotagate.htmlreport import render_html
 from quotagate.report import COLUMNS, csv_cell, forecasts, rows, selected
 from quotagate.sizes import format_size, parse_percent
 from quotagate.text import printable
@@ -61,7 +62,9 @@ def _table(data: list[dict[str, Any]]) -> None:
     metavar="[DAYS]",
     help="Only mailboxes forecast to be full within DAYS (7 when not given).",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
 @pass_app
 def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, filling: float | None, fmt: str) -> None:
     """Usage per mailbox, with when each will be full at its recent rate."""
@@ -76,8 +79,14 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
         history = store.history(now - app.config.history.forecast_days * DAY)
     finally:
         store.close()
-    data = rows(mailboxes, readings, over_only=over, predicted=forecasts(mailboxes, readings, history), now=now)
+    predicted = forecasts(mailboxes, readings, history)
+    data = rows(mailboxes, readings, over_only=over, predicted=predicted, now=now)
     data = selected(data, domains, share, filling, now)
+    if fmt == "html":  # the filters pick the mailboxes; the page shows them its own way
+        picked = {row["address"] for row in data}
+        shown = [m for m in mailboxes if m.address in picked]
+        click.echo(render_html(shown, readings, history, predicted, now, app.config.history.forecast_days), nl=False)
+        return
     if fmt == "json":  # names exactly as stored: json.dumps escapes control characters and non-ASCII
         click.echo(json.dumps(data, indent=2))
     elif fmt == "csv":
