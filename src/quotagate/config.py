@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from quotagate.errors import QuotagateError
+from quotagate.history import Retention
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,66 @@ class WatchConfig(_Section):
     directory_seconds: float = Field(default=30, gt=0)
 
 
+class HistoryConfig(_Section):
+    """Usage over time, for forecasts, warnings and the HTML report's charts."""
+
+    # Every scan and watch batch records the usage of the mailboxes that changed.
+    enabled: bool = True
+    # Every sample is kept this many days, then the last of each hour ...
+    raw_days: float = Field(default=2, gt=0)
+    # ... up to this many days, then the last of each day ...
+    hourly_days: float = Field(default=30, gt=0)
+    # ... up to this many days, then none.
+    daily_days: float = Field(default=730, gt=0)
+    # The watch records a changing mailbox at most once in this many seconds.
+    interval: float = Field(default=300, ge=0)
+    # A forecast reads the history of this many days.
+    forecast_days: float = Field(default=14, gt=0)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.raw_days <= self.hourly_days <= self.daily_days:
+            raise ValueError("raw_days <= hourly_days <= daily_days, please")
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.raw_days, self.hourly_days, self.daily_days)
+
+
+class WarnConfig(_Section):
+    """``quotagate warn``: mail to users past a threshold or forecast to fill soon."""
+
+    # Each is sent once when usage (bytes or messages, whichever is fuller) rises past it.
+    thresholds: list[Percent] = [Decimal("0.8"), Decimal("0.9"), Decimal("0.95")]
+    # A threshold is re-armed once usage drops this far below it.
+    rearm: Percent = Decimal("0.05")
+    # "Will be full within N days" is sent when the forecast says so; 0 turns it off.
+    full_within_days: float = Field(default=7, ge=0)
+    # The SMTP server the warnings go through, "HOST:PORT": one that delivers to full mailboxes
+    # (see the README: a port without the quota check).
+    smtp: str = "localhost:25"
+    # The From: and envelope sender of the warnings.
+    sender: str = "postmaster@localhost"
+    # Seconds the SMTP conversation may take.
+    timeout: float = Field(default=30, gt=0)
+    # A directory with threshold.txt and filling.txt overriding the built-in templates.
+    template_dir: Path | None = None
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if "@" not in value or re.search(r"[\x00-\x20<>,;\x7f]", value):
+            raise ValueError(f"{value!r} is not one plain address")
+        return value
+
+
 class Config(_Section):
     store: StoreConfig = StoreConfig()
     spool: SpoolConfig = SpoolConfig()
@@ -296,6 +357,8 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     policy: PolicyConfig = PolicyConfig()
     watch: WatchConfig = WatchConfig()
+    history: HistoryConfig = HistoryConfig()
+    warn: WarnConfig = WarnConfig()
 
 
 def _sqlite_file(url: str) -> Path | None:

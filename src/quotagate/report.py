@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
+from quotagate.forecast import Forecast, describe, forecast
+from quotagate.history import DAY, Sample
 from quotagate.model import Mailbox, Reading, State
 from quotagate.text import printable
 
@@ -22,6 +25,8 @@ COLUMNS = (
     "accounting",
     "measured_at",
     "reason",
+    "forecast",
+    "forecast_full_at",
 )
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
@@ -41,11 +46,29 @@ def _maildirsize(r: Reading) -> str:
     return f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
 
 
+def forecasts(
+    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], history: Mapping[str, Sequence[Sample]]
+) -> dict[str, Forecast | None]:
+    """The forecast of every measured mailbox from its history (see :mod:`quotagate.forecast`)."""
+    out: dict[str, Forecast | None] = {}
+    for m in mailboxes:
+        r = readings.get(m.address)
+        if r is not None and r.state is not State.UNKNOWN:
+            out[m.address] = forecast(history.get(m.address, ()), m.limits, (r.bytes, r.messages), r.measured_at)
+    return out
+
+
 def rows(
-    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], over_only: bool = False, accounting: str = "files"
+    mailboxes: Sequence[Mailbox],
+    readings: Mapping[str, Reading],
+    over_only: bool = False,
+    predicted: Mapping[str, Forecast | None] | None = None,
+    now: float = 0.0,
+    accounting: str = "files",
 ) -> list[dict[str, Any]]:
-    """One row per mailbox; ``accounting`` names the profile (``[spool] accounting``) its usage
-    and state were counted under."""
+    """One row per mailbox; ``predicted`` (from :func:`forecasts`) fills the forecast columns,
+    ``forecast_full_at`` None when the mailbox is not filling (or its history is too short);
+    ``accounting`` names the profile (``[spool] accounting``) its usage and state were counted under."""
     out = []
     for m in mailboxes:
         r = readings.get(m.address)
@@ -70,8 +93,34 @@ def rows(
         row.update(
             quota_bytes=m.limits.bytes, quota_messages=m.limits.messages, enabled=m.enabled, accounting=accounting
         )
+        f = (predicted or {}).get(m.address)
+        known = row["state"] != State.UNKNOWN.value
+        row.update(forecast=describe(f, now) if known else None, forecast_full_at=f.full_at if f else None)
         if not over_only or row["state"] == State.OVER.value:
             out.append(row)
+    return out
+
+
+def selected(
+    data: Sequence[dict[str, Any]],
+    domains: Sequence[str] = (),
+    above: Decimal | None = None,
+    filling_days: float | None = None,
+    now: float = 0.0,
+) -> list[dict[str, Any]]:
+    """The rows of mailboxes in ``domains`` (any, when empty), at or above ``above`` (a fraction)
+    of a limit, forecast to be full within ``filling_days`` (full ones included)."""
+    wanted = {d.lower() for d in domains}
+    out = []
+    for row in data:
+        if wanted and str(row["address"]).rpartition("@")[2] not in wanted:
+            continue
+        if above is not None and (row["percent"] is None or Decimal(str(row["percent"])) < above * 100):
+            continue
+        full_at = row["forecast_full_at"]
+        if filling_days is not None and (full_at is None or full_at > now + filling_days * DAY):
+            continue
+        out.append(row)
     return out
 
 

@@ -14,6 +14,7 @@ from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
+from quotagate.historian import after_scan
 from quotagate.misread import misread_warning
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
@@ -181,6 +182,7 @@ def run_scan(
     flags = flag_changes(changed, removed, previous)
     with published_first(config.publish.file, over) as published:
         store.save_readings(changed, removed, flags)
+    after_scan(config, store, changed, started)
     moved = {a: o for a, o in flags.items() if o or (a in previous and previous[a].state is State.OVER)}
     log_transitions(moved, readings, {m.address: m.limits for m in mailboxes})
 

@@ -48,3 +48,8 @@ def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog():
     assert serve["Type"] == watch["Type"] == ["notify"]
     assert serve["WatchdogSec"] == ["30s"]
     assert settings(SOURCE / "quotagate-scan.timer")["Unit"] == ["quotagate-scan.service"]
+
+
+def test_the_warn_timer_runs_warn():
+    assert settings(SOURCE / "quotagate-warn.timer")["Unit"] == ["quotagate-warn.service"]
+    assert settings(SOURCE / "quotagate-warn.service")["ExecStart"] == ["/usr/bin/quotagate warn"]

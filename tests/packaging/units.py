@@ -15,6 +15,8 @@ UNITS = [
     "quotagate-scan.service",
     "quotagate-scan.timer",
     "quotagate-scan-loop.service",
+    "quotagate-warn.service",
+    "quotagate-warn.timer",
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quotagate.config import parse_config
+from quotagate.history import DAY, HOUR, Retention, Sample
 from quotagate.model import FolderUsage, Format, Limits, MailboxUsage, Reading, ScanSummary, State
 from quotagate.scan import run_scan
 from tests.store.backends import Backend
@@ -87,3 +88,47 @@ def test_a_scan_flags_a_full_mailbox_and_clears_it_after_a_deletion(backend: Bac
         message.unlink()
     assert run_scan(config, backend.store).summary.over == 0
     assert not backend.flagged("full@example.org")
+
+
+def test_history_round_trips_per_mailbox_in_time_order(backend: Backend) -> None:
+    store = backend.store
+    store.record_history([Sample("a@example.org", 20.0, 200, 2), Sample(HOSTILE[0], 5.0, 1, 1)])
+    store.record_history([Sample("a@example.org", 10.0, 100, 1)])
+    assert store.history(0) == {
+        "a@example.org": [Sample("a@example.org", 10.0, 100, 1), Sample("a@example.org", 20.0, 200, 2)],
+        HOSTILE[0]: [Sample(HOSTILE[0], 5.0, 1, 1)],
+    }
+    assert store.history(15, [HOSTILE[0], "a@example.org"]) == {
+        "a@example.org": [Sample("a@example.org", 20.0, 200, 2)]
+    }
+    assert store.history(0, []) == {}
+
+
+def test_history_thins_with_age_and_expires(backend: Backend) -> None:
+    store = backend.store
+    now = 1000 * DAY + 12 * HOUR
+    address = "a@example.org"
+    recent = [now - 60 * i for i in range(10)]  # every minute: all kept
+    three_days = [now - 3 * DAY + 60 * i for i in range(10)]  # within one hour: the last survives
+    forty_days = [now - 40 * DAY + HOUR * i for i in range(5)]  # within one day: the last survives
+    ancient = [now - 800 * DAY]
+    times = recent + three_days + forty_days + ancient
+    store.record_history([Sample(address, t, int(t), 1) for t in times])
+    assert store.prune_history(now, Retention(2, 30, 730)) == 9 + 4 + 1
+    kept = [s.at for s in store.history(0)[address]]
+    assert kept == sorted([*recent, max(three_days), max(forty_days)])
+    assert store.prune_history(now, Retention(2, 30, 730)) == 0  # nothing crossed a boundary since
+    assert store.prune_history(now + 20 * DAY, Retention(2, 30, 730)) == 8  # the minutes, now hourly: 2 hours
+
+
+def test_the_warnings_ledger_claims_once(backend: Backend) -> None:
+    store = backend.store
+    assert store.sent_warnings() == {}
+    assert store.claim_warning(HOSTILE[0], "80%", 1.0)
+    assert not store.claim_warning(HOSTILE[0], "80%", 2.0)  # a second host, or a restart
+    assert store.claim_warning(HOSTILE[0], "90%", 3.0)
+    assert store.claim_warning("b@example.org", "80%", 4.0)
+    assert store.sent_warnings() == {HOSTILE[0]: {"80%", "90%"}, "b@example.org": {"80%"}}
+    store.release_warnings(HOSTILE[0], ["90%", "95%"])
+    assert store.sent_warnings() == {HOSTILE[0]: {"80%"}, "b@example.org": {"80%"}}
+    assert store.claim_warning(HOSTILE[0], "90%", 5.0)  # re-armed: may be sent again

@@ -186,3 +186,25 @@ def quota2(url: str) -> dict[str, int]:
         rows = conn.execute(text("SELECT username, bytes FROM quota2")).all()
     engine.dispose()
     return {u: int(b) for u, b in rows}
+
+
+def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
+    """A store from before usage history: migrate adds the new tables, the readings stay."""
+    from quotagate.store import schema
+
+    store = open_store(db_url)
+    try:
+        with store.engine.begin() as conn:  # type: ignore[attr-defined]
+            for table in schema.MIGRATIONS[0].tables:
+                table.create(conn)
+            conn.execute(schema.schema_version.insert().values(version=1, description="v1", applied_at=0.0))
+            conn.execute(schema.mailbox.insert().values(address="a@example.org", quota_bytes=5, quota_messages=0))
+        with pytest.raises(StoreError, match="quotagate db migrate"):
+            store.mailboxes()
+        printed = "\n".join(store.migration_sql())
+        assert "CREATE TABLE quotagate_history" in printed and "quotagate_usage" not in printed
+        assert store.migrate() == ["2: usage history and the warnings ledger"]
+        assert [m.address for m in store.mailboxes()] == ["a@example.org"]
+        assert store.history(0) == {}
+    finally:
+        store.close()

@@ -9,11 +9,11 @@ import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from quotagate.address import BadAddress
-from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, reservations, scan, serve, watch
+from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, reservations, scan, serve, warn, watch
 from quotagate.cli.app import App, cli
 from quotagate.errors import QuotagateError, one_line
 
-for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch, reservations):
+for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch, reservations, warn):
     module.register(cli)
 
 EXIT_USAGE = 2

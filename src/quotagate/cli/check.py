@@ -9,6 +9,8 @@ import click
 from quotagate.accounting import Profile, profile_for
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
+from quotagate.forecast import Forecast, describe, forecast
+from quotagate.history import DAY
 from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
 from quotagate.policy.live import Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
@@ -28,6 +30,21 @@ def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
     readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
     last = store.last_scan()
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+
+
+def _forecast(store: Store, mailbox: Mailbox | None, usage: Usage | None, days: float) -> Forecast | None:
+    if mailbox is None or usage is None:
+        return None
+    history = store.history(usage.measured_at - days * DAY, [mailbox.address]).get(mailbox.address, [])
+    return forecast(history, mailbox.limits, (usage.bytes, usage.messages), usage.measured_at)
+
+
+def _forecast_line(f: Forecast | None) -> str:
+    text = describe(f, time.time())
+    if f is None or f.bytes_per_day == 0:
+        return f"  forecast  {text}"
+    rate = format_size(round(abs(f.bytes_per_day)))
+    return f"  forecast  {text} ({'+' if f.bytes_per_day > 0 else '-'}{rate} a day)"
 
 
 def _explain(
@@ -77,6 +94,12 @@ def check(app: App, address: str, size: str | None) -> int:
     store = app.store()
     try:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
+        service = PolicyService(config, Metrics())
+        service.snapshot = snapshot
+        outcome = service.check(address, declared)
+        mailbox = snapshot.mailboxes.get(outcome.address)
+        reading = snapshot.readings.get(outcome.address)
+        predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
     finally:
         store.close()
     service = PolicyService(config, Metrics())
@@ -85,6 +108,8 @@ def check(app: App, address: str, size: str | None) -> int:
     mailbox = snapshot.mailboxes.get(outcome.address)
     reading = snapshot.readings.get(outcome.address)
     lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool))
+    if outcome.usage is not None and reading is not None and reading.state is not State.UNKNOWN:
+        lines.append(_forecast_line(predicted))
     click.echo("\n".join(lines))
     return EXIT[outcome.decision.action]
 

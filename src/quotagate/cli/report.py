@@ -14,8 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from quotagate.cli.app import App, pass_app
-from quotagate.report import COLUMNS, csv_cell, rows
-from quotagate.sizes import format_size
+from quotagate.history import DAY
+from quotagate.htmlreport import render_html
+from quotagate.report import COLUMNS, csv_cell, forecasts, rows, selected
+from quotagate.sizes import format_size, parse_percent
 from quotagate.text import printable
 
 _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
@@ -23,7 +25,7 @@ _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
 def _table(data: list[dict[str, Any]]) -> None:
     """Every cell a :class:`Text`, never a string rich would read as markup, names escaped."""
-    table = Table("address", "used", "messages", "quota", "%", "state", "maildirsize", "note")
+    table = Table("address", "used", "messages", "quota", "%", "state", "forecast", "maildirsize", "note")
     for row in data:
         quota = row["quota_bytes"]
         known = row["bytes"] is not None
@@ -35,6 +37,7 @@ def _table(data: list[dict[str, Any]]) -> None:
             Text(format_size(quota) if isinstance(quota, int) and quota else "unlimited"),
             Text("" if row["percent"] is None else f"{row['percent']}"),
             Text(str(row["state"]), style=_STYLE[str(row["state"])]),
+            Text(str(row["forecast"] or "")),
             Text("" if not row["maildirsize"] else str(row["maildirsize"]).partition(":")[0]),
             Text(printable(str(row["reason"] or ""))),
         )
@@ -46,15 +49,46 @@ def _table(data: list[dict[str, Any]]) -> None:
 
 @click.command("report")
 @click.option("--over", is_flag=True, help="Only mailboxes over quota.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option(
+    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only mailboxes of this domain (repeatable)."
+)
+@click.option("--above", metavar="PERCENT", help="Only mailboxes at or above this share of a limit (90%).")
+@click.option(
+    "--filling",
+    type=click.FloatRange(min=0),
+    is_flag=False,
+    flag_value=7.0,
+    default=None,
+    metavar="[DAYS]",
+    help="Only mailboxes forecast to be full within DAYS (7 when not given).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
 @pass_app
-def report(app: App, over: bool, fmt: str) -> None:
-    """Usage per mailbox."""
+def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, filling: float | None, fmt: str) -> None:
+    """Usage per mailbox, with when each will be full at its recent rate."""
+    try:
+        share = None if above is None else parse_percent(above)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--above") from None
+    now = time.time()
     store = app.store()
     try:
-        data = rows(store.mailboxes(), store.readings(), over_only=over, accounting=app.config.spool.accounting)
+        mailboxes, readings = store.mailboxes(), store.readings()
+        history = store.history(now - app.config.history.forecast_days * DAY)
     finally:
         store.close()
+    predicted = forecasts(mailboxes, readings, history)
+    data = rows(
+        mailboxes, readings, over_only=over, predicted=predicted, now=now, accounting=app.config.spool.accounting
+    )
+    data = selected(data, domains, share, filling, now)
+    if fmt == "html":  # the filters pick the mailboxes; the page shows them its own way
+        picked = {row["address"] for row in data}
+        shown = [m for m in mailboxes if m.address in picked]
+        click.echo(render_html(shown, readings, history, predicted, now, app.config.history.forecast_days), nl=False)
+        return
     if fmt == "json":  # names exactly as stored: json.dumps escapes control characters and non-ASCII
         click.echo(json.dumps(data, indent=2))
     elif fmt == "csv":

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from quotagate.errors import QuotagateError
+from quotagate.history import Retention, Sample
 from quotagate.model import Mailbox, Reading, ScanSummary
 
 
@@ -46,3 +47,30 @@ class Store(Protocol):
     def record_scan(self, summary: ScanSummary) -> None: ...
 
     def last_scan(self) -> ScanSummary | None: ...
+
+    # -- usage history (quotagate.history) ----------------------------------------------------
+    def record_history(self, samples: Sequence[Sample]) -> None:
+        """Add samples, in one transaction."""
+        ...
+
+    def history(self, since: float, addresses: Collection[str] | None = None) -> dict[str, list[Sample]]:
+        """Samples taken at or after ``since``, per mailbox in time order (only ``addresses``' if given)."""
+        ...
+
+    def prune_history(self, now: float, retention: Retention) -> int:
+        """Thin samples with age and drop expired ones; returns how many rows went."""
+        ...
+
+    # -- the warnings ledger (quotagate.warn) -----------------------------------------------
+    def sent_warnings(self) -> dict[str, set[str]]:
+        """The notices sent to each mailbox and not re-armed since."""
+        ...
+
+    def claim_warning(self, address: str, notice: str, at: float) -> bool:
+        """Record ``notice`` as sent to ``address``; False when it already was (by this host or
+        another): only the caller that got True sends it."""
+        ...
+
+    def release_warnings(self, address: str, notices: Collection[str]) -> None:
+        """Re-arm these notices (the mailbox dropped below them, or a send failed)."""
+        ...

@@ -22,6 +22,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from quotagate.address import BadAddress, normalize
 from quotagate.config import LdapConfig, StoreConfig
+from quotagate.history import Retention, Sample
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
 from quotagate.store import redacted
 from quotagate.store.base import StoreError
@@ -232,6 +233,25 @@ class LdapStore:
 
     def last_scan(self) -> ScanSummary | None:
         return self.state.last_scan()
+
+    # History and the warnings ledger are quotagate's own state: in the SQL state database.
+    def record_history(self, samples: Sequence[Sample]) -> None:
+        self.state.record_history(samples)
+
+    def history(self, since: float, addresses: Collection[str] | None = None) -> dict[str, list[Sample]]:
+        return self.state.history(since, addresses)
+
+    def prune_history(self, now: float, retention: Retention) -> int:
+        return self.state.prune_history(now, retention)
+
+    def sent_warnings(self) -> dict[str, set[str]]:
+        return self.state.sent_warnings()
+
+    def claim_warning(self, address: str, notice: str, at: float) -> bool:
+        return self.state.claim_warning(address, notice, at)
+
+    def release_warnings(self, address: str, notices: Collection[str]) -> None:
+        self.state.release_warnings(address, notices)
 
 
 def from_config(config: StoreConfig) -> LdapStore:

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Double,
+    Index,
     Integer,
     MetaData,
     SmallInteger,
@@ -77,6 +78,33 @@ scan = Table(
 )
 
 
+# Usage over time, for forecasts and charts (see quotagate.history): one row per sample, thinned
+# with age. ``resolution`` (0 raw, 1 hourly, 2 daily) lets a prune read only the rows that crossed
+# an age boundary since the last one; the index serves it, the other one the reads per mailbox.
+history = Table(
+    "quotagate_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("address", ADDRESS, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("messages", BigInteger, nullable=False),
+    Column("resolution", SmallInteger, nullable=False, default=0),
+    Index("ix_quotagate_history_address_at", "address", "at"),
+    Index("ix_quotagate_history_resolution_at", "resolution", "at"),
+)
+
+# The warnings ledger: one row per warning sent and not re-armed since. The primary key makes a
+# claim atomic, so two hosts (or a restart half-way) never send the same warning twice.
+warning = Table(
+    "quotagate_warning",
+    metadata,
+    Column("address", ADDRESS, primary_key=True),
+    Column("notice", String(32), primary_key=True),
+    Column("sent_at", Double, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -84,5 +112,8 @@ class Migration:
     tables: tuple[Table, ...]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, scan)),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, scan)),
+    Migration(2, "usage history and the warnings ledger", (history, warning)),
+)
 LATEST = MIGRATIONS[-1].version

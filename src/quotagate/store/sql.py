@@ -31,11 +31,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
+from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
 from quotagate.model import (
     FolderUsage,
     Format,
@@ -138,7 +139,13 @@ class SqlStore:
         return [m for m in schema.MIGRATIONS if m.version > current]
 
     def _create_sql(self, table: Table) -> str:
-        return str(CreateTable(table).compile(dialect=self.engine.dialect)).strip() + ";"
+        dialect = self.engine.dialect
+        indexes = sorted(table.indexes, key=lambda i: str(i.name))
+        shown = [
+            str(CreateTable(table).compile(dialect=dialect)),
+            *(str(CreateIndex(i).compile(dialect=dialect)) for i in indexes),
+        ]
+        return "\n".join(s.strip() + ";" for s in shown)
 
     def _admin_changes(self, conn: Connection) -> list[tuple[str, str]]:
         """(description, SQL) of what quotagate adds to the admin's schema: never drops or rewrites."""
@@ -405,6 +412,82 @@ class SqlStore:
         if row is None:
             return None
         return ScanSummary(**{k: v for k, v in row._mapping.items() if k != "id"})
+
+    # -- usage history -----------------------------------------------------------------------
+    def record_history(self, samples: Sequence[Sample]) -> None:
+        if not samples:
+            return
+        with self._begin() as conn:
+            self._require_schema(conn)
+            for chunk in _batches(samples):
+                conn.execute(
+                    insert(schema.history),
+                    [{"address": s.address, "at": s.at, "bytes": s.bytes, "messages": s.messages} for s in chunk],
+                )
+
+    def history(self, since: float, addresses: Collection[str] | None = None) -> dict[str, list[Sample]]:
+        h = schema.history
+        query = select(h.c.address, h.c.at, h.c.bytes, h.c.messages).where(h.c.at >= since)
+        found: dict[str, list[Sample]] = {}
+        with self._connect() as conn:
+            self._require_schema(conn)
+            if addresses is None:
+                chunks: Iterator[Sequence[str] | None] = iter([None])
+            else:
+                chunks = iter(_batches(sorted(addresses)))
+            for chunk in chunks:
+                where = query if chunk is None else query.where(h.c.address.in_(chunk))
+                for address, at, b, m in conn.execute(where.order_by(h.c.address, h.c.at, h.c.id)):
+                    found.setdefault(address, []).append(Sample(address, at, b, m))
+        return found
+
+    def prune_history(self, now: float, retention: Retention) -> int:
+        """Each tier reads only the rows still finer than it and old enough for it (an index)."""
+        h = schema.history
+        gone = 0
+        with self._begin() as conn:
+            self._require_schema(conn)
+            cutoff = expiry(now, retention)
+            for chunk in _batches(conn.execute(select(h.c.id).where(h.c.at < cutoff)).scalars().all()):
+                gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
+            for tier in tiers(now, retention):
+                rows = conn.execute(
+                    select(h.c.id, h.c.address, h.c.at).where(h.c.resolution < tier.resolution, h.c.at < tier.before)
+                )
+                keep, drop = thin((Stored(*row) for row in rows), tier.bucket)
+                for chunk in _batches(keep):
+                    conn.execute(update(h).where(h.c.id.in_(chunk)).values(resolution=tier.resolution))
+                for chunk in _batches(drop):
+                    gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
+        return gone
+
+    # -- the warnings ledger -----------------------------------------------------------------
+    def sent_warnings(self) -> dict[str, set[str]]:
+        w = schema.warning
+        sent: dict[str, set[str]] = {}
+        with self._connect() as conn:
+            self._require_schema(conn)
+            for address, notice in conn.execute(select(w.c.address, w.c.notice)):
+                sent.setdefault(address, set()).add(notice)
+        return sent
+
+    def claim_warning(self, address: str, notice: str, at: float) -> bool:
+        """One transaction per claim: the primary key decides between hosts claiming at once."""
+        try:
+            with self._begin() as conn:
+                self._require_schema(conn)
+                conn.execute(insert(schema.warning).values(address=address, notice=notice, sent_at=at))
+        except IntegrityError:
+            return False
+        return True
+
+    def release_warnings(self, address: str, notices: Collection[str]) -> None:
+        w = schema.warning
+        if not notices:
+            return
+        with self._begin() as conn:
+            self._require_schema(conn)
+            conn.execute(delete(w).where(w.c.address == address, w.c.notice.in_(sorted(notices))))
 
 
 def from_config(config: StoreConfig) -> SqlStore:

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from quotagate.config import Config
+from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
 from quotagate.outage import Outage, vanished_problem
 from quotagate.publish import PublishError, published_first
@@ -31,6 +32,7 @@ class StorePublisher:
         # The tracker's mailboxes (kept up to date by it): their limits go into the log lines.
         self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
+        self.history = WatchHistory(config)
 
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
@@ -60,6 +62,7 @@ class StorePublisher:
         path = self.config.publish.file if flags else None
         with published_first(path, sorted(over)):
             self.store.save_readings(changed, removed, flags)
+        self.history.after_batch(self.store, changed)
 
 
 def estimated_watches(tracker: Tracker) -> int:

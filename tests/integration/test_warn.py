@@ -1,0 +1,195 @@
+"""``quotagate warn`` end to end: a real SQLite store, a real spool, a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+from quotagate.history import DAY, Sample
+from quotagate.model import Limits, Mailbox
+from quotagate.store import open_store
+from tests.servers.smtp import Received, Sink, smtp_sink
+from tests.spoolgen import add_message, maildir_folder
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with smtp_sink() as server:
+        yield server
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, sink: Sink) -> None:
+        self.spool = tmp_path / "spool"
+        self.db = f"sqlite:///{tmp_path}/q.db"
+        self.config = tmp_path / "q.toml"
+        self.sink = sink
+        self.write_config(sink.address)
+
+    def write_config(self, smtp: str) -> None:
+        self.config.write_text(
+            f'[store]\nurl = "{self.db}"\n[spool]\nroot = "{self.spool}"\n'
+            f'[warn]\nsmtp = "{smtp}"\nsender = "quota@example.org"\n'
+        )
+
+    def maildir(self, local: str, folder: str = "INBOX") -> bytes:
+        return maildir_folder(self.spool / "example.org" / local / "Maildir", folder)
+
+    def run(self, *args: str) -> int:
+        return main(["--config", str(self.config), *args])
+
+    def box(self, local: str, quota: int, *sizes: int) -> list[bytes]:
+        assert self.run("mailbox", "add", f"{local}@example.org", "--quota", str(quota)) == 0
+        return [add_message(self.maildir(local), size) for size in sizes]
+
+    def scan_and_warn(self, *args: str) -> list[tuple[str, str]]:
+        assert self.run("scan") == 0
+        assert self.run("warn", *args) == 0
+        return [(r.recipients[0], r.message["X-Quotagate-Warning"]) for r in self.sink.take()]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sink: Sink) -> Setup:
+    return Setup(tmp_path, sink)
+
+
+def test_one_mail_per_crossing_never_repeated(setup: Setup) -> None:
+    files = setup.box("a", 1000, 850)
+    setup.box("calm", 1000, 100)
+    assert setup.scan_and_warn() == [("a@example.org", "80%")]
+    assert setup.scan_and_warn() == []  # a second run (a restart, another host) sends nothing
+    files += [add_message(setup.maildir("a"), 110)]
+    assert setup.scan_and_warn() == [("a@example.org", "95%")]  # 96%: past 90% and 95%, one mail
+    os.unlink(files.pop())
+    os.unlink(files.pop())
+    assert setup.scan_and_warn() == []  # 0%: re-armed, nothing to say
+    add_message(setup.maildir("a"), 790)
+    assert setup.scan_and_warn() == []  # 79%: below again
+    add_message(setup.maildir("a"), 20)
+    assert setup.scan_and_warn() == [("a@example.org", "80%")]  # re-armed: the next crossing warns
+
+
+def test_hysteresis_keeps_a_hovering_mailbox_quiet(setup: Setup) -> None:
+    files = setup.box("a", 1000, 800)
+    assert setup.scan_and_warn() == [("a@example.org", "80%")]
+    os.unlink(files[0])
+    add_message(setup.maildir("a"), 760)  # 76%: less than 5 points below
+    assert setup.scan_and_warn() == []
+    os.unlink(
+        setup.spool / "example.org" / "a" / "Maildir" / "cur" / os.listdir(setup.maildir("a") + b"/cur")[0].decode()
+    )
+    add_message(setup.maildir("a"), 800)
+    assert setup.scan_and_warn() == []  # back at 80% without ever dropping to 75%: no second mail
+
+
+def test_a_recalculation_and_a_full_mailbox_warn_too(setup: Setup) -> None:
+    """No delivery: the limit is lowered, the scan recalculates, the mailbox is full."""
+    setup.box("b", 1000, 500)
+    assert setup.scan_and_warn() == []
+    assert setup.run("mailbox", "add", "b@example.org", "--quota", "520") == 0
+    assert setup.scan_and_warn() == [("b@example.org", "95%")]
+    assert setup.run("mailbox", "add", "b@example.org", "--quota", "400") == 0
+    setup.box("c", 300, 400)  # over quota from the start
+    assert setup.run("scan") == 0
+    assert setup.run("check", "c@example.org") == 1  # refused at RCPT ...
+    assert setup.run("warn") == 0
+    got = setup.sink.take()
+    assert [(r.recipients, r.message["X-Quotagate-Warning"]) for r in got] == [(["c@example.org"], "95%")]
+    assert "It is full" in got[0].message.get_content()  # ... yet warned, by the bypass in the README
+
+
+def test_the_forecast_warns_before_the_thresholds(setup: Setup) -> None:
+    setup.box("grow", 1000, 500)
+    assert setup.scan_and_warn() == []
+    store = open_store(setup.db)
+    try:
+        now = time.time()
+        store.record_history([Sample("grow@example.org", now - d * DAY, 500 - 100 * d, 1) for d in range(1, 5)])
+    finally:
+        store.close()
+    assert setup.run("warn") == 0
+    got = setup.sink.take()
+    assert [r.message["X-Quotagate-Warning"] for r in got] == ["filling"]
+    assert got[0].message["Subject"] == "Your mailbox grow@example.org will be full in about 5 days"
+    assert "it will be full in about 5 days" in " ".join(got[0].message.get_content().split())
+    assert setup.scan_and_warn() == []
+
+
+def test_dry_run_sends_and_records_nothing(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    setup.box("a", 1000, 900)
+    assert setup.scan_and_warn("--dry-run") == []
+    assert "a@example.org: 90%: would send" in capsys.readouterr().out
+    assert setup.scan_and_warn() == [("a@example.org", "90%")]
+
+
+def test_a_refused_send_is_tried_again_next_run(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    setup.box("a", 1000, 900)
+    assert setup.run("scan") == 0
+    setup.write_config(f"127.0.0.1:{setup.sink.port + 1 if setup.sink.port < 65535 else 1}")
+    assert setup.run("warn") == 1
+    assert "a@example.org: 90%: failed: SMTP" in capsys.readouterr().out
+    setup.write_config(setup.sink.address)
+    assert setup.scan_and_warn() == [("a@example.org", "90%")]
+
+
+def test_hostile_names_stay_inert_in_headers(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder named <script> shows as text; an address with CRLF and a Bcc: never becomes a header
+    or a recipient (the directory can hold any address: here quotagate's own table)."""
+    setup.maildir("x")
+    add_message(setup.maildir("x", "<script>alert(1)"), 900)
+    evil = "x\r\nBcc: victim@evil.example\r\n@example.org"
+    add_message(setup.maildir("evil"), 900)
+    store = open_store(setup.db)
+    try:
+        store.migrate()
+        store.upsert_mailboxes(
+            [Mailbox("x@example.org", Limits(1000)), Mailbox(evil, Limits(1000), path="example.org/evil/Maildir")]
+        )
+    finally:
+        store.close()
+    assert setup.run("scan") == 0
+    assert setup.run("warn") == 1  # the evil address is not mailed: one failure, said
+    out = capsys.readouterr().out
+    assert "x\\x0d\\x0aBcc: victim@evil.example\\x0d\\x0a@example.org: 90%: failed: not a plain address" in out
+    got: list[Received] = setup.sink.take()
+    assert [r.recipients for r in got] == [["x@example.org"]]
+    msg = got[0].message
+    assert all("victim" not in str(v) for v in msg.values())
+    assert sorted(msg.keys()) == sorted(
+        [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "Auto-Submitted",
+            "X-Quotagate-Warning",
+            "Content-Type",
+            "Content-Transfer-Encoding",
+            "MIME-Version",
+        ]
+    )
+    assert msg.get_content_type() == "text/plain"
+    assert "<script>alert(1)" in msg.get_content()  # text, shown as it is
+
+
+def test_a_subject_template_cannot_add_headers(setup: Setup, tmp_path: Path) -> None:
+    """Even a template that puts a folder name with CRLF into the subject gets one line."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "threshold.txt").write_text("Subject: {{ folders[0][0] }}\n\nbody\n")
+    setup.config.write_text(setup.config.read_text() + f'template_dir = "{templates}"\n')
+    setup.maildir("y")
+    add_message(setup.maildir("y", "a\r\nBcc: victim@evil.example"), 900)
+    assert setup.run("mailbox", "add", "y@example.org", "--quota", "1000") == 0
+    assert setup.run("scan") == 0
+    assert setup.run("warn") == 0
+    [got] = setup.sink.take()
+    assert got.recipients == ["y@example.org"]
+    assert got.message["Bcc"] is None
+    assert "victim" in got.message["Subject"] and "\n" not in got.message["Subject"]
