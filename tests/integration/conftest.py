@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.scanenv import Env
+
 NOBODY = 65534
 
 
@@ -113,3 +115,13 @@ def read_only() -> Iterator[Callable[[Path], None]]:
     yield make
     for directory in reversed(mounted):
         subprocess.run(["umount", str(directory)], check=False)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """A spool, a config and a store in ``tmp_path`` (see :class:`tests.integration.scanenv.Env`)."""
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()

@@ -18,7 +18,7 @@ from quotagate.config import AccountingOptions
 from quotagate.model import Limits, MailboxUsage, State
 from quotagate.usage import mailbox
 from quotagate.usage.safefs import Roots
-from tests.integration.test_scan import Env, env  # noqa: F401  (the fixture)
+from tests.integration.scanenv import Env
 from tests.spoolgen import add_message, backdate, maildir_folder, message_bytes, write_mbox
 
 ROOTS = Roots.of("/tmp")
@@ -96,7 +96,7 @@ def test_a_message_without_w_is_read_for_its_virtual_size(tmp_path: Path) -> Non
     assert (usage.all_bytes, usage.all_messages) == (1003 + crlf.stat().st_size, 2)
 
 
-def test_courier_leaves_out_trash_and_t_flagged_mail(env: Env) -> None:  # noqa: F811
+def test_courier_leaves_out_trash_and_t_flagged_mail(env: Env) -> None:
     root = env.maildir("u")
     add_message(maildir_folder(root), 100, flags="2,S")
     add_message(maildir_folder(root), 200, flags="2,ST")
@@ -114,7 +114,7 @@ def test_courier_leaves_out_trash_and_t_flagged_mail(env: Env) -> None:  # noqa:
     assert (r.bytes, r.messages, r.state) == (1500, 4, State.OVER)
 
 
-def test_folder_rules_still_apply_on_top(env: Env) -> None:  # noqa: F811
+def test_folder_rules_still_apply_on_top(env: Env) -> None:
     root = env.maildir("u")
     add_message(maildir_folder(root), 100)
     add_message(maildir_folder(root, "Junk"), 50)
@@ -126,7 +126,7 @@ def test_folder_rules_still_apply_on_top(env: Env) -> None:  # noqa: F811
 
 
 @pytest.mark.parametrize(("inclusive", "over"), [(True, True), (False, False)])
-def test_exim_boundary_reaches_the_published_set(env: Env, inclusive: bool, over: bool) -> None:  # noqa: F811
+def test_exim_boundary_reaches_the_published_set(env: Env, inclusive: bool, over: bool) -> None:
     root = env.maildir("u")
     add_message(maildir_folder(root), 1000)
     address = env.add("u", Limits(1000, 0))

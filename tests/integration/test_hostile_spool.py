@@ -9,27 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from quotagate.model import Limits, State
 from quotagate.report import rows
-from tests.integration.test_scan import DOMAIN, Env
+from tests.integration.scanenv import DOMAIN, Env
 from tests.spoolgen import add_message, maildir_folder
 
 USER, OTHER_USER = 5000, 5001
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks need files owned by other users")
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def user_maildir(env: Env, local: str, uid: int, size: int = 1000, maildirsize: str | None = None) -> Path:

@@ -18,21 +18,13 @@ from quotagate.model import Format, Limits, Mailbox, State
 from quotagate.scan import ScanResult, run_scan
 from quotagate.store import Store, open_store, store_for
 from quotagate.watch.tracker import Tracker
-from tests.integration.test_scan import DOMAIN, Env, ReadCounter, _sample_maildir
+from tests.integration.scanenv import DOMAIN, Env
+from tests.integration.test_scan import ReadCounter, _sample_maildir
 from tests.integration.test_watch import Spool
 from tests.servers import schemas
 from tests.spoolgen import add_message, backdate, independent_maildir_count, maildir_folder, totals
 
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def set_spool(env: Env, **values: str) -> None:
