@@ -12,7 +12,7 @@ from typing import TextIO
 import click
 
 from quotagate.config import Config, load_config
-from quotagate.store import Store, store_for
+from quotagate.store import Store, open_store
 from quotagate.text import OneLineFormatter
 
 _LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
@@ -30,11 +30,9 @@ class App:
         return load_config(self.config_file)
 
     def store(self) -> Store:
-        """The configured store; quotagate's own SQLite file is created and migrated on first use."""
-        store = store_for(self.config.store)
-        if self.config.store.url.startswith("sqlite") and self.config.store.schema_ == "quotagate":
-            store.migrate()
-        return store
+        """The configured store, to use in ``with``; quotagate's own SQLite file is created and
+        migrated on first use."""
+        return open_store(self.config.store, migrate=True)
 
 
 pass_app = click.make_pass_decorator(App)

@@ -70,11 +70,8 @@ def check(app: App, address: str, size: str | None) -> int:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
     config = app.config
-    store = app.store()
-    try:
+    with app.store() as store:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
-    finally:
-        store.close()
     service = PolicyService(config, Metrics())
     service.snapshot = snapshot
     outcome = service.check(address, declared)

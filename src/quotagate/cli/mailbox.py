@@ -57,8 +57,7 @@ def add(
 ) -> None:
     """Add a mailbox, or change an existing one: only what is given changes."""
     address = normalize(address)
-    store = app.store()
-    try:
+    with app.store() as store:
         old = store.mailbox(address)
         if old is None and quota is None:
             raise click.ClickException(f"{printable(address)} is a new mailbox: give its --quota")
@@ -76,8 +75,6 @@ def add(
                 )
             ]
         )
-    finally:
-        store.close()
 
 
 @group.command("import")
@@ -89,11 +86,8 @@ def import_(app: App, file: BinaryIO) -> None:
         mailboxes = parse_mailboxes(file.read(), printable(file.name))
     except CsvError as exc:
         raise click.ClickException(str(exc)) from None
-    store = app.store()
-    try:
+    with app.store() as store:
         store.upsert_mailboxes(mailboxes)
-    finally:
-        store.close()
     click.echo(f"imported {len(mailboxes)} mailboxes")
 
 
@@ -101,11 +95,8 @@ def import_(app: App, file: BinaryIO) -> None:
 @pass_app
 def list_(app: App) -> None:
     """List the mailboxes and their limits."""
-    store = app.store()
-    try:
+    with app.store() as store:
         mailboxes = store.mailboxes()
-    finally:
-        store.close()
     table = Table("address", "quota", "messages", "enabled", "path")
     for m in mailboxes:  # Text cells: rich never reads a name as markup
         table.add_row(

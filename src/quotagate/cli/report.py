@@ -50,11 +50,8 @@ def _table(data: list[dict[str, Any]]) -> None:
 @pass_app
 def report(app: App, over: bool, fmt: str) -> None:
     """Usage per mailbox."""
-    store = app.store()
-    try:
+    with app.store() as store:
         data = rows(store.mailboxes(), store.readings(), over_only=over)
-    finally:
-        store.close()
     if fmt == "json":  # names exactly as stored: json.dumps escapes control characters and non-ASCII
         click.echo(json.dumps(data, indent=2))
     elif fmt == "csv":

@@ -67,15 +67,8 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
     """One scan under the lock; raises LockHeld when another scan runs, Outage when refused."""
     config = app.config
     try:
-        with scan_lock(scan_lock_file(config)):
-            store = app.store()
-            try:
-                with _progress_bar() as progress:
-                    result = run_scan(
-                        config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress
-                    )
-            finally:
-                store.close()
+        with scan_lock(scan_lock_file(config)), app.store() as store, _progress_bar() as progress:
+            result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress)
     except LockError as exc:
         raise ConfigError(f"scan.lock_file: {exc}") from None
     if config.scan.metrics_file is not None:

@@ -48,7 +48,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.store import schema
-from quotagate.store.base import StoreError
+from quotagate.store.base import ClosedOnExit, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _quota2_table(name: str) -> Table:
     )
 
 
-class SqlStore:
+class SqlStore(ClosedOnExit):
     """quotagate's own tables in any database SQLAlchemy speaks to."""
 
     def __init__(self, url: str, table: MailboxTable | None = None) -> None:
