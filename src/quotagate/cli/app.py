@@ -7,15 +7,45 @@ import os
 import sys
 from collections.abc import Mapping
 from functools import cached_property
-from typing import TextIO
+from importlib import import_module
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from quotagate.config import Config, load_config
-from quotagate.store import Store, open_store
 from quotagate.text import OneLineFormatter
 
+if TYPE_CHECKING:
+    from quotagate.config import Config
+    from quotagate.store import Store
+
 _LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
+
+# command -> the module of quotagate.cli that registers it, imported when the command runs
+COMMANDS = {
+    "check": "check",
+    "db": "db",
+    "demo": "demo",
+    "exim-config": "exim",
+    "mailbox": "mailbox",
+    "postfix-config": "postfix",
+    "report": "report",
+    "scan": "scan",
+    "serve": "serve",
+    "watch": "watch",
+}
+
+
+class LazyGroup(click.Group):
+    """Commands imported on first use: each module's ``register(cli)`` runs only when its command
+    is asked for (or listed by ``--help``), so a command loads only the libraries it uses."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import_module(f"quotagate.cli.{COMMANDS[cmd_name]}").register(self)
+        return super().get_command(ctx, cmd_name)
 
 
 class App:
@@ -27,11 +57,15 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        from quotagate.config import load_config
+
         return load_config(self.config_file)
 
     def store(self) -> Store:
         """The configured store, to use in ``with``; quotagate's own SQLite file is created and
         migrated on first use."""
+        from quotagate.store import open_store
+
         return open_store(self.config.store, migrate=True)
 
 
@@ -57,7 +91,7 @@ def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatt
     return OneLineFormatter(_LOG_FORMAT if journal else "%(asctime)s " + _LOG_FORMAT)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",

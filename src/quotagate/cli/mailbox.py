@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import BinaryIO
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
@@ -97,6 +94,10 @@ def list_(app: App) -> None:
     """List the mailboxes and their limits."""
     with app.store() as store:
         mailboxes = store.mailboxes()
+    from rich.console import Console  # rich only for the commands that draw a table
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("address", "quota", "messages", "enabled", "path")
     for m in mailboxes:  # Text cells: rich never reads a name as markup
         table.add_row(

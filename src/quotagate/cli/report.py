@@ -9,9 +9,6 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from quotagate.cli.app import App, pass_app
 from quotagate.report import COLUMNS, csv_cell, rows
@@ -23,6 +20,10 @@ _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
 def _table(data: list[dict[str, Any]]) -> None:
     """Every cell a :class:`Text`, never a string rich would read as markup, names escaped."""
+    from rich.console import Console  # rich only for the table: json and csv never load it
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("address", "used", "messages", "quota", "%", "state", "maildirsize", "note")
     for row in data:
         quota = row["quota_bytes"]
