@@ -15,9 +15,13 @@ from tests.packaging.conftest import rendered
 
 
 def _commands(command: click.Command, path: str) -> list[tuple[str, click.Command]]:
+    """Through list_commands/get_command: the root group loads its commands only when asked."""
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             found += _commands(sub, f"{path} {name}")
     return found
 
