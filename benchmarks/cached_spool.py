@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
-def ensure(root: Path, params: dict[str, object], marker: str, build: Callable[[Path], None]) -> bool:
+def ensure(root: Path, params: Mapping[str, object], marker: str, build: Callable[[Path], None]) -> bool:
     """Make sure ``root`` holds the spool for ``params``; True when an earlier one was reused.
 
     ``build(staging)`` writes the spool into ``staging``, a folder that already exists.

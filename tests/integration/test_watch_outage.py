@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,10 @@ def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
 
 
 async def watching(
-    config: Config, store: Store, then: Callable[[Tracker], Awaitable[None]], *loops: Callable[..., Awaitable[None]]
+    config: Config,
+    store: Store,
+    then: Callable[[Tracker], Awaitable[None]],
+    *loops: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
     tracker, publisher = await start_tracker(config, store)
     tasks = [asyncio.create_task(tracker.run())]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.pool import QueuePool
 
 from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
@@ -33,6 +34,8 @@ def test_migrate_never_touches_an_admin_schema(tmp_path: Path) -> None:
 def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), open_store(f"sqlite:///{tmp_path}/q.db", migrate=True) as store:
         store.mailboxes()
-        assert isinstance(store, SqlStore) and store.engine.pool.checkedin() == 1
+        assert isinstance(store, SqlStore)
+        engine = store.engine
+        assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 1
         raise RuntimeError("a command fails half-way")
-    assert store.engine.pool.checkedin() == 0  # disposed: no connection left open
+    assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 0  # disposed: none left open
