@@ -47,10 +47,10 @@ def _explain(decision: Decision, mailbox: Mailbox | None, reading: Reading | Non
     pct = f" ({100 * usage.bytes / limits.bytes:.1f}%)" if limits.bytes else ""
     lines.append(f"  usage     {format_size(usage.bytes)} of {quota}{pct} [{usage.bytes} bytes]")
     lines.append(f"  messages  {usage.messages} of {limits.messages or 'unlimited'}")
-    size = decision.numbers.get("size")
+    size, grace = decision.numbers.size, decision.numbers.grace_bytes
     lines.append(f"  size      {size} bytes (inclusive check)" if size else "  size      unknown (exclusive check)")
-    if decision.numbers.get("grace_bytes"):
-        lines.append(f"  grace     {decision.numbers['grace_bytes']} bytes")
+    if grace:
+        lines.append(f"  grace     {grace} bytes")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(usage.measured_at))
     if usage.source == "maildirsize":
         lines.append(f"  measured  now, from maildirsize (last changed {stamp})")
