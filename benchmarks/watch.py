@@ -64,11 +64,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import random
 import re
 import shlex
@@ -83,10 +81,21 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import cached_spool
+from _harness import (
+    HOST,
+    Interrupted,
+    Processes,
+    free_port,
+    machine,
+    percentile,
+    proc_stat,
+    run,
+    stop_on_sigterm,
+    tail,
+)
+from _spool import keep, write_message
 
 GENERATOR_VERSION = 1
 SEED = 20240921
@@ -94,7 +103,6 @@ DEFAULT_DIR = Path("/var/tmp/quotagate-bench-watch")
 MARKER = ".quotagate-bench-watch.json"
 DOMAINS = ("example.com", "example.net", "example.org", "mail.example.test")
 LAYOUT = "{domain}/{local}/Maildir"
-HOST = "127.0.0.1"
 QUOTAGATE = Path(sys.executable).parent / "quotagate"
 REJECT_CODE = "552"
 MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -124,10 +132,6 @@ TRANSITION_TIMEOUT = 10.0
 SAMPLE_SECONDS = 0.5
 CATCH_UP_TIMEOUT = 60.0
 LOAD_WITH_PROBES_CAP = 300.0
-
-
-class Interrupted(Exception):
-    pass
 
 
 # -- the spool ----------------------------------------------------------------------------------
@@ -196,15 +200,6 @@ def plan(count: int, seed: int = SEED) -> list[Box]:
     return boxes
 
 
-def _write_message(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, HEADER[:size])
-        os.ftruncate(fd, size)  # a hole: the apparent size is right, the disk use one block
-    finally:
-        os.close(fd)
-
-
 def _age(paths: Iterable[str]) -> None:
     """Set mtimes an hour back, so quotagate's racy-mtime guard does not force re-reads."""
     old = time.time() - OLD_MTIME_SECONDS
@@ -226,7 +221,7 @@ def _generate(root: Path, boxes: list[Box]) -> None:
                 Path(base, "maildirfolder").touch()
                 dirs.append(base)
         for where, name, size in box.files:
-            _write_message(os.path.join(maildir, where, name), size)
+            write_message(os.path.join(maildir, where, name), size, HEADER)
         _age([*dirs, maildir])  # the root last: making the folders changed it
         if n % max(1, len(boxes) // 5) == 0:
             print(f"  generated {n}/{len(boxes)} mailboxes", flush=True)
@@ -244,7 +239,7 @@ def ensure_spool(base: Path, count: int) -> Spool:
         print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
         _generate(staging, boxes)
 
-    if cached_spool.ensure(root, params, MARKER, build):
+    if keep(root, params, MARKER, build):
         print(f"spool: reusing {root}")
     return Spool(root, boxes)
 
@@ -307,19 +302,11 @@ def differences(a: Counts, b: Counts) -> list[str]:
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from 3 (state) on
-
-
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
@@ -354,7 +341,7 @@ def sample(pid: int, others: Sequence[int] = ()) -> Sample:
     total = 0
     rss = 0
     for p in [pid, *others]:
-        fields = _proc_stat(p)
+        fields = proc_stat(p)
         if fields is None:
             continue
         total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
@@ -454,74 +441,6 @@ class Meter:
         if 100 * sum(t for t, _ in top) / _CLOCK_TICK / seconds < others / 2:
             busiest = (f"{busiest}; " if busiest else "") + "the rest: processes that ended meanwhile, or kernel work"
         return Window(label, seconds, daemon, sum(rss) / len(rss), max(rss), machine, others, note, busiest)
-
-
-class Processes:
-    """Every process this run started, stopped on exit."""
-
-    def __init__(self) -> None:
-        self.daemons: list[subprocess.Popen[bytes]] = []
-        self.workers: list[multiprocessing.process.BaseProcess] = []
-
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.daemons.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20) -> tuple[int | None, float]:
-        """SIGTERM to its process group, SIGKILL after ``timeout``: (exit status, seconds to stop)."""
-        started = time.monotonic()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if proc in self.daemons:
-            self.daemons.remove(proc)
-        return proc.returncode, time.monotonic() - started
-
-    def stop_worker(self, worker: multiprocessing.process.BaseProcess) -> None:
-        if worker.is_alive():
-            worker.terminate()
-        worker.join(10)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(5)
-        if worker in self.workers:
-            self.workers.remove(worker)
-
-    def stop_all(self) -> None:
-        for worker in list(self.workers):
-            self.stop_worker(worker)
-        for proc in list(self.daemons):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def run(argv: list[str]) -> tuple[str, float]:
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done.stdout + done.stderr, time.monotonic() - started
 
 
 def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, port: int, seconds: float) -> tuple[str, float, float]:
@@ -645,7 +564,7 @@ def _generate_load(
             size = min(SIZE_CAP, int(SIZE_MIN * rng.paretovariate(SIZE_SHAPE)))
             name = f"{int(time.time())}.M{n}P{pid}{LOAD_TAG},S={size}"
             tmp = f"{folder}/tmp/{name}"
-            _write_message(tmp, size)
+            write_message(tmp, size, HEADER)
             os.rename(tmp, f"{folder}/new/{name}")
             b, m = per_box.get(address, (0, 0))
             per_box[address] = (b + size, m + 1)
@@ -819,7 +738,7 @@ async def _probe_worker(
             maildir = spool.maildir(box)
             name = f"{int(time.time())}.M{rng.randrange(10**9)}P{os.getpid()}{PROBE_TAG},S={PROBE_SIZE}"
             tmp, new = f"{maildir}/tmp/{name}", f"{maildir}/new/{name}"
-            _write_message(tmp, PROBE_SIZE)
+            write_message(tmp, PROBE_SIZE, HEADER)
             try:
                 t0 = time.perf_counter()
                 os.rename(tmp, new)
@@ -981,11 +900,6 @@ def load_with_probes(
 # -- report -------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def ms(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 1000:.{digits}f}"
 
@@ -1039,7 +953,7 @@ def log_summary(log: Path) -> tuple[dict[str, int], list[str]]:
 
 
 def versions() -> str:
-    parts = [f"{os.cpu_count()} CPUs", f"Linux {platform.release()}", f"Python {platform.python_version()}"]
+    parts = machine()
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -1052,10 +966,6 @@ def loadavg() -> str:
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"signal {signum}")
 
 
 def write_config(work: Path, spool: Spool, port: int, metrics_port: int, rescan: float | None = None) -> Path:
@@ -1095,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples and --probes >= 1")
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop_on_sigterm()
     procs = Processes()
     base = args.dir.resolve()
     started = time.monotonic()
@@ -1126,9 +1036,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config: {config}: [watch] enabled = true, {changed} changed from quotagate's defaults")
         csv = work / "mailboxes.csv"
         csv.write_text("address,quota\n" + "".join(f"{b.address},{b.quota}\n" for b in spool.boxes))
-        _, import_s = run([str(QUOTAGATE), "--config", str(config), "mailbox", "import", str(csv)])
-        scan_out, scan_s = run([str(QUOTAGATE), "--config", str(config), "scan"])
-        print(f"setup: mailbox import {import_s:.1f} s, scan {scan_s:.1f} s: {scan_out.strip().splitlines()[-1]}")
+        imported = run([str(QUOTAGATE), "--config", str(config), "mailbox", "import", str(csv)])
+        scanned = run([str(QUOTAGATE), "--config", str(config), "scan"])
+        print(
+            f"setup: mailbox import {imported.seconds:.1f} s, scan {scanned.seconds:.1f} s: "
+            f"{scanned.output.strip().splitlines()[-1]}"
+        )
 
         log = work / "serve.log"
         daemon = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
