@@ -1322,7 +1322,7 @@ def versions(load: tuple[float, float, float]) -> str:
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--mailboxes", type=int, default=10_000, help="mailboxes in the spool (default 10000)")
     parser.add_argument("--requests", type=int, default=0, help="answers measured per row (default: time-based)")
@@ -1341,9 +1341,95 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mailboxes >= 10, --seconds > 0, --warmup >= 0, --procs >= 1, --requests >= 0")
     if os.geteuid() != 0:
         parser.error("run it as root: Dovecot and Exim need it, and the spool belongs to uid 5000")
-    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
-    with_exim = not args.no_exim and exim_binary() is not None and _has_user("Debian-exim")
+    return args
 
+
+@dataclass
+class Servers:
+    """The three servers every row is measured against, and quotagate's config."""
+
+    quotagate: Server
+    config: Path
+    dovecot: Server
+    null: Server
+
+
+@dataclass
+class Outcome:
+    consistent: bool
+    rows: list[tuple[str, dict[str, Measured]]]
+    exim: EximRows | None
+
+
+def start_servers(spool: Spool, work: Path, procs: Processes) -> Servers:
+    qg, qg_config = start_quotagate(spool, work, procs)
+    dc = start_dovecot(spool, work, procs)
+    null = start_null(work, procs)
+    over = sum(b.kind == "over" for b in spool.boxes)
+    print(
+        f"servers: quotagate {HOST}:{qg.port} (reservation_seconds = 0, metrics off), Dovecot quota-status "
+        f"{HOST}:{dc.port}, null server {HOST}:{null.port}; {len(spool.boxes)} mailboxes, {over} over quota"
+    )
+    return Servers(qg, qg_config, dc, null)
+
+
+def measure(
+    args: argparse.Namespace,
+    spool: Spool,
+    work: Path,
+    servers: Servers,
+    with_exim: bool,
+    procs: Processes,
+    trust: Trust,
+) -> Outcome:
+    """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
+    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
+    qg, dc, null = servers.quotagate, servers.dovecot, servers.null
+    consistent = consistency(spool, [qg, dc], args.check)
+    per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
+    print(
+        f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
+        f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
+    )
+    rows = policy_rows(spool, [qg, dc, null], timing)
+    exim: EximRows | None = None
+    if with_exim:
+        acl = run(
+            [str(QUOTAGATE), "--config", str(servers.config), "exim-config", "--method", "policy", "--section", "acl"]
+        )
+        print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
+        exim = exim_rows(spool, work, [qg, dc, null], acl.output, timing, procs, trust)
+    else:
+        print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
+    return Outcome(consistent, rows, exim)
+
+
+def report(outcome: Outcome, work: Path) -> None:
+    """The tables, the targets, what else ran meanwhile, the servers' errors."""
+    rows, exim, consistent = outcome.rows, outcome.exim, outcome.consistent
+    policy_ok = print_policy_table(rows)
+    exim_ok = print_exim_table(exim) if exim is not None else None
+    print()
+    print("targets:")
+    print(f"  every answer agrees with the spool (consistency check): {verdict(consistent)}")
+    print(f"  quotagate >= 10x Dovecot's req/s and a lower p99, in every policy row: {verdict(policy_ok)}")
+    if exim_ok is not None:
+        print(f"  quotagate's ACL adds < 1 ms to Exim's median RCPT latency (8 sessions): {verdict(exim_ok[0])}")
+        print(f"  Exim with quotagate's ACL keeps >= 50% of its no-check RCPT rate: {verdict(exim_ok[1])}")
+    measured = [m for _, r in rows for m in r.values()]
+    if exim is not None:
+        measured += exim.rows + list(exim.single.values())
+    disturbed = [f"{m.label} ({m.server}) {m.others:.2f}" for m in measured if m.others > 0.25 and m.window >= 1]
+    print(
+        f"other processes: {len(disturbed)} of {len(measured)} rows ran while something else kept more than "
+        "0.25 CPU busy on average" + (": " + ", ".join(disturbed) if disturbed else "")
+    )
+    report_logs(work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with_exim = not args.no_exim and exim_binary() is not None and _has_user("Debian-exim")
     load_before = os.getloadavg()
     stop_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
@@ -1359,49 +1445,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, mode=0o755)
         print(f"machine: {versions(load_before)}")
         print(f"run files: {work}")
-        qg, qg_config = start_quotagate(spool, work, procs)
-        dc = start_dovecot(spool, work, procs)
-        null = start_null(work, procs)
-        over = sum(b.kind == "over" for b in spool.boxes)
-        print(
-            f"servers: quotagate {HOST}:{qg.port} (reservation_seconds = 0, metrics off), Dovecot quota-status "
-            f"{HOST}:{dc.port}, null server {HOST}:{null.port}; {len(spool.boxes)} mailboxes, {over} over quota"
-        )
-        consistent = consistency(spool, [qg, dc], args.check)
-        per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
-        print(
-            f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
-            f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
-        )
-        rows = policy_rows(spool, [qg, dc, null], timing)
-        exim: EximRows | None = None
-        if with_exim:
-            acl = run(
-                [str(QUOTAGATE), "--config", str(qg_config), "exim-config", "--method", "policy", "--section", "acl"]
-            )
-            print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
-            exim = exim_rows(spool, work, [qg, dc, null], acl.output, timing, procs, trust)
-        else:
-            print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
-
-        policy_ok = print_policy_table(rows)
-        exim_ok = print_exim_table(exim) if exim is not None else None
-        print()
-        print("targets:")
-        print(f"  every answer agrees with the spool (consistency check): {verdict(consistent)}")
-        print(f"  quotagate >= 10x Dovecot's req/s and a lower p99, in every policy row: {verdict(policy_ok)}")
-        if exim_ok is not None:
-            print(f"  quotagate's ACL adds < 1 ms to Exim's median RCPT latency (8 sessions): {verdict(exim_ok[0])}")
-            print(f"  Exim with quotagate's ACL keeps >= 50% of its no-check RCPT rate: {verdict(exim_ok[1])}")
-        measured = [m for _, r in rows for m in r.values()]
-        if exim is not None:
-            measured += exim.rows + list(exim.single.values())
-        disturbed = [f"{m.label} ({m.server}) {m.others:.2f}" for m in measured if m.others > 0.25 and m.window >= 1]
-        print(
-            f"other processes: {len(disturbed)} of {len(measured)} rows ran while something else kept more than "
-            "0.25 CPU busy on average" + (": " + ", ".join(disturbed) if disturbed else "")
-        )
-        report_logs(work)
+        servers = start_servers(spool, work, procs)
+        report(measure(args, spool, work, servers, with_exim, procs, trust), work)
         print(f"total time {time.monotonic() - started:.0f} s")
         return 0
     except (KeyboardInterrupt, Interrupted):
