@@ -12,9 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.servers.exim import free_port
 from tests.servers.install import require_command, unavailable
-from tests.servers.process import private_dir, spawn_as, stop, wait_for_port
+from tests.servers.process import free_port, private_dir, spawn_as, stop, wait_for_port
 
 if TYPE_CHECKING:
     import ldap3
