@@ -2,9 +2,10 @@
 
 Run it by hand from the project root (it is not part of the test suite)::
 
-    .venv/bin/python benchmarks/scan.py [--mailboxes N] [--messages M] [--dir DIR] [--keep]
+    .venv/bin/python benchmarks/scan.py [--mailboxes N] [--messages M] [--dir DIR] [--keep] [--quick]
 
-Defaults: 2,000 mailboxes, 200,000 messages, spool in /var/tmp/quotagate-bench-spool.
+Defaults: 2,000 mailboxes, 200,000 messages, spool in /var/tmp/quotagate-bench-spool; ``--quick``:
+200 mailboxes, 20,000 messages, 2 runs each, spool in /var/tmp/quotagate-bench-spool-quick.
 
 The first run generates a deterministic spool (fixed seed): ``{root}/{domain}/{local}/Maildir``,
 Maildir++ folders (INBOX, ``.Sent``, ``.Trash``, ``.Archive.2024``, ``.Drafts``), messages in
@@ -24,11 +25,21 @@ Then, with a warm page cache for every method (dropping caches is not possible h
 2. quotagate incremental scan with nothing changed: ``run_scan(config, store)`` after a full scan;
 3. a naive in-process Python script: ``os.walk`` each Maildir, ``os.stat`` every file in cur/ and new/;
 4. ``du -sb <Maildir>`` run once per mailbox, sequentially, as the classic cron script does;
-5. the incremental lower bound: ``os.stat`` of every folder's cur/ and new/ (folder list known).
+5. the incremental lower bound: ``os.stat`` of every folder's cur/ and new/ (folder list known);
+6. the script quotagate is held against (``REFERENCE``): list each folder's cur/ and new/, take the
+   size from ``,S=`` in the name, stat only the rest.
 
-It prints the times, the ratios naive/full (target >= 4), du/full (target > 1) and
-incremental/stat-bound (target <= 2), whether each target is met, what each method found, and
-a loud MISMATCH when quotagate's raw totals differ from the naive script's.
+Then the same as cron runs them, whole processes from start to exit (``subprocess.run``), on a
+store holding the mailboxes: ``quotagate --version``, ``quotagate scan`` of a one-mailbox spool (a
+scan process's fixed cost: interpreter, imports, config, store, lock, publish), ``quotagate scan
+--full``, ``quotagate scan`` with nothing changed, the reference script and the stat bound as
+scripts of their own.
+
+It prints the times, the ratios naive/full (target >= 4), du/full (target > 1),
+incremental/stat-bound (target <= 2), full/reference in-process (<= 1.2) and as processes
+(<= 1.6), unchanged scan/stat bound as processes (<= 3), ``--version`` (<= 0.1 s) and the fixed
+cost (<= 0.25 s), whether each target is met, what each method found, and a loud MISMATCH when
+any method's totals differ from what the generator wrote.
 
 ``--keep`` keeps the scratch directory holding the SQLite stores (the spool is always kept: it is
 the cache). Use ``--repeat`` to change the number of repetitions.
