@@ -1,7 +1,7 @@
 """Real servers shared by the whole run: each private, on loopback, started once and torn down.
 
 Every test that needs one is marked ``servers`` (and ``mta`` for Exim, Postfix, Dovecot), so
-``scripts/test --quick`` (``-m 'not servers and not deb'``) runs the rest without any.
+``scripts/test --quick`` (``-m 'not servers and not deb and not slow'``) runs the rest without any.
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ async def watching(
         tracker.close()
 
 
+@pytest.mark.slow
 def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,6 +101,7 @@ def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
     store.close()
 
 
+@pytest.mark.slow
 def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, store = build(tmp_path)
 
