@@ -461,7 +461,7 @@ class InProcess:
 
 
 @dataclass
-class Processes:
+class AsProcesses:
     version: Timing
     startup: Timing
     full: Timing
@@ -517,7 +517,7 @@ def time_in_process(setup: Setup) -> InProcess:
     )
 
 
-def time_processes(setup: Setup) -> Processes:
+def time_processes(setup: Setup) -> AsProcesses:
     """Every method as cron runs it: a whole process, interpreter start-up and imports included."""
     n, work = setup.repeat, setup.scratch / "cron"
     work.mkdir()
@@ -545,10 +545,12 @@ def time_processes(setup: Setup) -> Processes:
     reference, out = process("listdir + S= script", [*python, str(reference_script), str(listing)], n)
     bound, _ = process("stat bound script", [*python, str(bound_script), str(folders)], n)
     messages, size = (int(v) for v in out.split())
-    return Processes(version, startup, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size))
+    return AsProcesses(
+        version, startup, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size)
+    )
 
 
-def report(setup: Setup, inp: InProcess, proc: Processes) -> int:
+def report(setup: Setup, inp: InProcess, proc: AsProcesses) -> int:
     """The totals each method found, the times, the ratios against their targets; 1 on a mismatch."""
     spool = setup.spool
     generated = Totals(len(spool.addresses), spool.messages, spool.bytes)
