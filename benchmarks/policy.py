@@ -84,7 +84,6 @@ import importlib.metadata
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import pwd
 import random
 import shutil
@@ -98,10 +97,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
-import cached_spool
+from _harness import (
+    HOST,
+    Interrupted,
+    Processes,
+    free_port,
+    machine,
+    percentile,
+    proc_stat,
+    run,
+    stop_on_sigterm,
+    tail,
+    verdict,
+)
+from _spool import keep, write_message
 
 GENERATOR_VERSION = 1
 SEED = 20240917
@@ -114,8 +125,6 @@ QUOTAGATE = Path(sys.executable).parent / "quotagate"
 QUOTA_STATUS = Path("/usr/lib/dovecot/quota-status")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 TRUSTED = Path("/etc/exim4/trusted_configs")
-HOST = "127.0.0.1"
-
 # Mailbox classes and their shares. "over": used > quota; "full": used == quota; "near": under
 # 200 KB left, so the declared size decides; "roomy": room to spare.
 CLASSES = ("over", "full", "near", "roomy")
@@ -202,16 +211,6 @@ def plan(count: int, seed: int = SEED) -> list[Box]:
     return boxes
 
 
-def _write_message(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, HEADER[:size])
-        os.ftruncate(fd, size)  # a hole: the apparent size is right, the disk use one block
-        os.fchown(fd, MAIL_UID, MAIL_UID)
-    finally:
-        os.close(fd)
-
-
 def _mkdir(path: Path, mode: int = 0o700) -> None:
     path.mkdir(mode=mode)
     os.chown(path, MAIL_UID, MAIL_UID)
@@ -238,7 +237,7 @@ def _generate(root: Path, boxes: list[Box]) -> None:
             for sub in ("cur", "new", "tmp"):
                 _mkdir(base / sub)
         for where, name, size in box.files:
-            _write_message(os.path.join(maildir, where, name), size)
+            write_message(os.path.join(maildir, where, name), size, HEADER, MAIL_UID)
         sizefile = maildir / "maildirsize"
         sizefile.write_text(f"{box.quota}S\n{box.bytes} {box.messages}\n")
         os.chown(sizefile, MAIL_UID, MAIL_UID)
@@ -259,7 +258,7 @@ def ensure_spool(base: Path, count: int) -> Spool:
         print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
         _generate(staging, boxes)
 
-    if cached_spool.ensure(root, params, MARKER, build):
+    if keep(root, params, MARKER, build):
         print(f"spool: reusing {root}")
     return Spool(root, boxes)
 
@@ -323,56 +322,6 @@ def refuses(action: str) -> bool:
 # -- processes ----------------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    """SIGTERM: unwind like Ctrl-C so that everything started is stopped."""
-
-
-class Processes:
-    """Every server this run started; each in a session of its own, stopped as a process group."""
-
-    def __init__(self) -> None:
-        self._running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._running.append((name, proc))
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-        """SIGTERM to the process (Dovecot's master and Exim's daemon stop their children), then
-        SIGTERM and, if need be, SIGKILL to whatever is left of the process group it leads."""
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break  # the group is empty
-            deadline = time.monotonic() + timeout / 3
-            while time.monotonic() < deadline and _group_alive(proc.pid):
-                time.sleep(0.05)
-        if proc.poll() is None:
-            proc.wait(timeout=timeout)
-        self._running = [(n, p) for n, p in self._running if p is not proc]
-
-    def stop_all(self) -> None:
-        for _, proc in reversed(list(self._running)):
-            self.stop(proc)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -386,35 +335,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: 
     raise RuntimeError(f"nothing listens on {HOST}:{port} after {seconds} s:\n{tail(log)}")
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done
-
-
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from 3 (state) on
 
 
 def cpu_seconds(pid: int, whole_session: bool = False) -> float:
@@ -424,12 +345,12 @@ def cpu_seconds(pid: int, whole_session: bool = False) -> float:
         pids = []
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
-                fields = _proc_stat(int(entry.name))
+                fields = proc_stat(int(entry.name))
                 if fields is not None and fields[3] == str(pid):  # field 6: session id
                     pids.append(int(entry.name))
     total = 0
     for p in pids:
-        fields = _proc_stat(p)
+        fields = proc_stat(p)
         if fields is not None:
             total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
     return total / _CLOCK_TICK
@@ -480,7 +401,7 @@ def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server,
     scanned = time.perf_counter()
     print(f"quotagate: mailbox import {imported - started:.1f} s, scan {scanned - imported:.1f} s")
     log = qdir / "serve.log"
-    proc = procs.start("quotagate serve", [*base, "serve"], log)
+    proc = procs.start([*base, "serve"], log)
     wait_for_port(port, proc, log)
     return Server("quotagate", port, proc, session=False), config
 
@@ -522,7 +443,7 @@ def start_null(work: Path, procs: Processes) -> Server:
     generator, the kernel and Exim's readsocket (Python with uvloop and a bare protocol)."""
     port = free_port()
     log = work / "null-server.log"
-    proc = procs.start("null server", [sys.executable, "-c", NULL_SERVER, str(port)], log)
+    proc = procs.start([sys.executable, "-c", NULL_SERVER, str(port)], log)
     wait_for_port(port, proc, log)
     return Server("null", port, proc, session=False)
 
@@ -608,7 +529,7 @@ def start_dovecot(spool: Spool, work: Path, procs: Processes) -> Server:
     config = ddir / "dovecot.conf"
     config.write_text(DOVECOT_CONFIG.format(dir=ddir, uid=MAIL_UID, port=port, reply=REJECT_REPLY))
     log = ddir / "dovecot.out"
-    proc = procs.start("dovecot", ["dovecot", "-c", str(config), "-F"], log)
+    proc = procs.start(["dovecot", "-c", str(config), "-F"], log)
     wait_for_port(port, proc, ddir / "dovecot.log")
     return Server("dovecot", port, proc, session=True)
 
@@ -908,12 +829,6 @@ class Measured:
         return self.server_cpu / self.count * 1e6 if self.count else float("nan")
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 @dataclass(frozen=True)
 class Timing:
     warmup: float
@@ -1199,7 +1114,7 @@ def start_exim(
     config.chmod(0o644)
     trust.add(config)
     run([binary, "-C", str(config), "-bV"])
-    proc = procs.start(f"exim {name}", [binary, "-C", str(config), "-bdf"], edir / "exim.out")
+    proc = procs.start([binary, "-C", str(config), "-bdf"], edir / "exim.out")
     wait_for_port(port, proc, edir / "log" / "mainlog")
     return Server("exim", port, proc, session=True, config=config)
 
@@ -1221,10 +1136,6 @@ def build_quotas(spool: Spool, work: Path) -> Path:
 
 
 # -- report -------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT MET"
 
 
 def ratio(a: float, b: float) -> float:
@@ -1393,17 +1304,10 @@ def print_exim_table(er: EximRows) -> tuple[bool, bool]:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"signal {signum}")
-
-
 def versions(load: tuple[float, float, float]) -> str:
     load1, load5, _ = load
-    parts = [
-        f"{os.cpu_count()} CPUs (load average {load1:.2f} {load5:.2f} before the run)",
-        f"Linux {platform.release()}",
-        f"Python {platform.python_version()}",
-    ]
+    cpus, *rest = machine()
+    parts = [f"{cpus} (load average {load1:.2f} {load5:.2f} before the run)", *rest]
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         parts.append(f"uvloop {importlib.metadata.version('uvloop')}")
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -1418,7 +1322,7 @@ def versions(load: tuple[float, float, float]) -> str:
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--mailboxes", type=int, default=10_000, help="mailboxes in the spool (default 10000)")
     parser.add_argument("--requests", type=int, default=0, help="answers measured per row (default: time-based)")
@@ -1437,11 +1341,97 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mailboxes >= 10, --seconds > 0, --warmup >= 0, --procs >= 1, --requests >= 0")
     if os.geteuid() != 0:
         parser.error("run it as root: Dovecot and Exim need it, and the spool belongs to uid 5000")
-    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
-    with_exim = not args.no_exim and exim_binary() is not None and _has_user("Debian-exim")
+    return args
 
+
+@dataclass
+class Servers:
+    """The three servers every row is measured against, and quotagate's config."""
+
+    quotagate: Server
+    config: Path
+    dovecot: Server
+    null: Server
+
+
+@dataclass
+class Outcome:
+    consistent: bool
+    rows: list[tuple[str, dict[str, Measured]]]
+    exim: EximRows | None
+
+
+def start_servers(spool: Spool, work: Path, procs: Processes) -> Servers:
+    qg, qg_config = start_quotagate(spool, work, procs)
+    dc = start_dovecot(spool, work, procs)
+    null = start_null(work, procs)
+    over = sum(b.kind == "over" for b in spool.boxes)
+    print(
+        f"servers: quotagate {HOST}:{qg.port} (reservation_seconds = 0, metrics off), Dovecot quota-status "
+        f"{HOST}:{dc.port}, null server {HOST}:{null.port}; {len(spool.boxes)} mailboxes, {over} over quota"
+    )
+    return Servers(qg, qg_config, dc, null)
+
+
+def measure(
+    args: argparse.Namespace,
+    spool: Spool,
+    work: Path,
+    servers: Servers,
+    with_exim: bool,
+    procs: Processes,
+    trust: Trust,
+) -> Outcome:
+    """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
+    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
+    qg, dc, null = servers.quotagate, servers.dovecot, servers.null
+    consistent = consistency(spool, [qg, dc], args.check)
+    per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
+    print(
+        f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
+        f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
+    )
+    rows = policy_rows(spool, [qg, dc, null], timing)
+    exim: EximRows | None = None
+    if with_exim:
+        acl = run(
+            [str(QUOTAGATE), "--config", str(servers.config), "exim-config", "--method", "policy", "--section", "acl"]
+        )
+        print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
+        exim = exim_rows(spool, work, [qg, dc, null], acl.output, timing, procs, trust)
+    else:
+        print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
+    return Outcome(consistent, rows, exim)
+
+
+def report(outcome: Outcome, work: Path) -> None:
+    """The tables, the targets, what else ran meanwhile, the servers' errors."""
+    rows, exim, consistent = outcome.rows, outcome.exim, outcome.consistent
+    policy_ok = print_policy_table(rows)
+    exim_ok = print_exim_table(exim) if exim is not None else None
+    print()
+    print("targets:")
+    print(f"  every answer agrees with the spool (consistency check): {verdict(consistent)}")
+    print(f"  quotagate >= 10x Dovecot's req/s and a lower p99, in every policy row: {verdict(policy_ok)}")
+    if exim_ok is not None:
+        print(f"  quotagate's ACL adds < 1 ms to Exim's median RCPT latency (8 sessions): {verdict(exim_ok[0])}")
+        print(f"  Exim with quotagate's ACL keeps >= 50% of its no-check RCPT rate: {verdict(exim_ok[1])}")
+    measured = [m for _, r in rows for m in r.values()]
+    if exim is not None:
+        measured += exim.rows + list(exim.single.values())
+    disturbed = [f"{m.label} ({m.server}) {m.others:.2f}" for m in measured if m.others > 0.25 and m.window >= 1]
+    print(
+        f"other processes: {len(disturbed)} of {len(measured)} rows ran while something else kept more than "
+        "0.25 CPU busy on average" + (": " + ", ".join(disturbed) if disturbed else "")
+    )
+    report_logs(work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with_exim = not args.no_exim and exim_binary() is not None and _has_user("Debian-exim")
     load_before = os.getloadavg()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     procs = Processes()
     trust = Trust()
@@ -1455,49 +1445,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, mode=0o755)
         print(f"machine: {versions(load_before)}")
         print(f"run files: {work}")
-        qg, qg_config = start_quotagate(spool, work, procs)
-        dc = start_dovecot(spool, work, procs)
-        null = start_null(work, procs)
-        over = sum(b.kind == "over" for b in spool.boxes)
-        print(
-            f"servers: quotagate {HOST}:{qg.port} (reservation_seconds = 0, metrics off), Dovecot quota-status "
-            f"{HOST}:{dc.port}, null server {HOST}:{null.port}; {len(spool.boxes)} mailboxes, {over} over quota"
-        )
-        consistent = consistency(spool, [qg, dc], args.check)
-        per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
-        print(
-            f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
-            f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
-        )
-        rows = policy_rows(spool, [qg, dc, null], timing)
-        exim: EximRows | None = None
-        if with_exim:
-            acl = run(
-                [str(QUOTAGATE), "--config", str(qg_config), "exim-config", "--method", "policy", "--section", "acl"]
-            )
-            print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
-            exim = exim_rows(spool, work, [qg, dc, null], acl.stdout, timing, procs, trust)
-        else:
-            print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
-
-        policy_ok = print_policy_table(rows)
-        exim_ok = print_exim_table(exim) if exim is not None else None
-        print()
-        print("targets:")
-        print(f"  every answer agrees with the spool (consistency check): {verdict(consistent)}")
-        print(f"  quotagate >= 10x Dovecot's req/s and a lower p99, in every policy row: {verdict(policy_ok)}")
-        if exim_ok is not None:
-            print(f"  quotagate's ACL adds < 1 ms to Exim's median RCPT latency (8 sessions): {verdict(exim_ok[0])}")
-            print(f"  Exim with quotagate's ACL keeps >= 50% of its no-check RCPT rate: {verdict(exim_ok[1])}")
-        measured = [m for _, r in rows for m in r.values()]
-        if exim is not None:
-            measured += exim.rows + list(exim.single.values())
-        disturbed = [f"{m.label} ({m.server}) {m.others:.2f}" for m in measured if m.others > 0.25 and m.window >= 1]
-        print(
-            f"other processes: {len(disturbed)} of {len(measured)} rows ran while something else kept more than "
-            "0.25 CPU busy on average" + (": " + ", ".join(disturbed) if disturbed else "")
-        )
-        report_logs(work)
+        servers = start_servers(spool, work, procs)
+        report(measure(args, spool, work, servers, with_exim, procs, trust), work)
         print(f"total time {time.monotonic() - started:.0f} s")
         return 0
     except (KeyboardInterrupt, Interrupted):

@@ -44,7 +44,7 @@ def timed(service: PolicyService, recipient: str, checks: int) -> list[float]:
     return out
 
 
-def p(samples: list[float], q: float) -> float:
+def p(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1] * 1e6 if q < 100 else max(samples) * 1e6
 
 

@@ -2,9 +2,10 @@
 
 Run it by hand from the project root (it is not part of the test suite)::
 
-    .venv/bin/python benchmarks/scan.py [--mailboxes N] [--messages M] [--dir DIR] [--keep]
+    .venv/bin/python benchmarks/scan.py [--mailboxes N] [--messages M] [--dir DIR] [--keep] [--quick]
 
-Defaults: 2,000 mailboxes, 200,000 messages, spool in /var/tmp/quotagate-bench-spool.
+Defaults: 2,000 mailboxes, 200,000 messages, spool in /var/tmp/quotagate-bench-spool; ``--quick``:
+200 mailboxes, 20,000 messages, 2 runs each, spool in /var/tmp/quotagate-bench-spool-quick.
 
 The first run generates a deterministic spool (fixed seed): ``{root}/{domain}/{local}/Maildir``,
 Maildir++ folders (INBOX, ``.Sent``, ``.Trash``, ``.Archive.2024``, ``.Drafts``), messages in
@@ -24,11 +25,21 @@ Then, with a warm page cache for every method (dropping caches is not possible h
 2. quotagate incremental scan with nothing changed: ``run_scan(config, store)`` after a full scan;
 3. a naive in-process Python script: ``os.walk`` each Maildir, ``os.stat`` every file in cur/ and new/;
 4. ``du -sb <Maildir>`` run once per mailbox, sequentially, as the classic cron script does;
-5. the incremental lower bound: ``os.stat`` of every folder's cur/ and new/ (folder list known).
+5. the incremental lower bound: ``os.stat`` of every folder's cur/ and new/ (folder list known);
+6. the script quotagate is held against (``REFERENCE``): list each folder's cur/ and new/, take the
+   size from ``,S=`` in the name, stat only the rest.
 
-It prints the times, the ratios naive/full (target >= 4), du/full (target > 1) and
-incremental/stat-bound (target <= 2), whether each target is met, what each method found, and
-a loud MISMATCH when quotagate's raw totals differ from the naive script's.
+Then the same as cron runs them, whole processes from start to exit (``subprocess.run``), on a
+store holding the mailboxes: ``quotagate --version``, ``quotagate scan`` of a one-mailbox spool (a
+scan process's fixed cost: interpreter, imports, config, store, lock, publish), ``quotagate scan
+--full``, ``quotagate scan`` with nothing changed, the reference script and the stat bound as
+scripts of their own.
+
+It prints the times, the ratios naive/full (target >= 4), du/full (target > 1),
+incremental/stat-bound (target <= 2), full/reference in-process (<= 1.2) and as processes
+(<= 1.6), unchanged scan/stat bound as processes (<= 3), ``--version`` (<= 0.1 s) and the fixed
+cost (<= 0.25 s), whether each target is met, what each method found, and a loud MISMATCH when
+any method's totals differ from what the generator wrote.
 
 ``--keep`` keeps the scratch directory holding the SQLite stores (the spool is always kept: it is
 the cache). Use ``--repeat`` to change the number of repetitions.
@@ -41,7 +52,6 @@ import functools
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -54,6 +64,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from _harness import machine, verdict
+from _spool import keep, write_message
+
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox
 from quotagate.scan import ScanResult, run_scan
@@ -65,7 +78,7 @@ GENERATOR_VERSION = 1
 SEED = 20240601
 DEFAULT_DIR = Path("/var/tmp/quotagate-bench-spool")
 MARKER = ".quotagate-bench.json"
-PARTIAL_MARKER = ".quotagate-bench-partial"
+SUMMARY = ".quotagate-bench-summary.json"  # what the generator wrote: addresses, messages, bytes
 LAYOUT = "{domain}/{local}/Maildir"
 DOMAINS = ("example.com", "example.net", "example.org", "mail.example.test")
 # Maildir++ folders besides INBOX: (name, share of mailboxes having it, weight of messages in it).
@@ -162,19 +175,8 @@ def _plan(params: Params) -> Iterator[tuple[str, dict[str, list[tuple[str, str, 
         yield address, folders
 
 
-def _write_message(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, HEADER[:size])
-        os.ftruncate(fd, size)  # the rest is a hole: the apparent size is right, the disk use small
-    finally:
-        os.close(fd)
-
-
-def _generate(root: Path, params: Params) -> Spool:
-    """Write the whole spool under ``root`` (which must not exist yet)."""
-    root.mkdir(parents=True)
-    (root / PARTIAL_MARKER).touch()
+def _generate(root: Path, params: Params) -> None:
+    """Write the whole spool and its summary into ``root``, a folder that exists and is empty."""
     old = time.time() - OLD_MTIME_SECONDS
     addresses: list[str] = []
     messages = total_bytes = 0
@@ -189,7 +191,7 @@ def _generate(root: Path, params: Params) -> Spool:
                 (folder_dir / sub).mkdir(parents=True)
                 dirs.append(folder_dir / sub)
             for sub, name, size in files:
-                _write_message(os.path.join(folder_dir, sub, name), size)
+                write_message(os.path.join(folder_dir, sub, name), size, HEADER)
                 messages += 1
                 total_bytes += size
             if folder != "INBOX":
@@ -201,46 +203,21 @@ def _generate(root: Path, params: Params) -> Spool:
         if n % max(1, params.mailboxes // 10) == 0:
             print(f"  generated {n}/{params.mailboxes} mailboxes, {messages} messages", flush=True)
     print(f"  generation took {time.perf_counter() - started:.1f} s", flush=True)
-    spool = Spool(root, params, addresses, messages, total_bytes)
-    marker = {"params": asdict(params), "addresses": addresses, "messages": messages, "bytes": total_bytes}
-    (root / MARKER).write_text(json.dumps(marker))
-    return spool
-
-
-def _read_marker(root: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data
+    summary = {"addresses": addresses, "messages": messages, "bytes": total_bytes}
+    (root / SUMMARY).write_text(json.dumps(summary))
 
 
 def ensure_spool(root: Path, params: Params) -> Spool:
-    """Reuse the spool at ``root`` when its marker matches ``params``, else (re)generate it.
+    """Reuse the spool at ``root`` when its marker matches ``params``, else (re)generate it."""
 
-    Only a directory this script made (it holds our marker) is ever deleted; the spool is built
-    next to ``root`` and renamed into place once complete, so an interrupted run leaves no half
-    spool that looks finished.
-    """
-    marker = _read_marker(root)
-    if marker is not None and marker.get("params") == asdict(params):
+    def build(staging: Path) -> None:
+        print(f"spool: generating {params.mailboxes} mailboxes / {params.messages} messages in {root}", flush=True)
+        _generate(staging, params)
+
+    if keep(root, asdict(params), MARKER, build):
         print(f"spool: reusing {root} (marker {MARKER} matches the parameters)")
-        return Spool(root, params, list(marker["addresses"]), int(marker["messages"]), int(marker["bytes"]))
-    if root.exists():
-        if marker is None and any(root.iterdir()):
-            sys.exit(f"{root} exists, is not empty and has no {MARKER}: refusing to touch it; pick another --dir")
-        print(f"spool: {root} is empty or was made with other parameters; regenerating it")
-        shutil.rmtree(root)
-    staging = root.with_name(root.name + ".partial")
-    if staging.exists():
-        if not (staging / PARTIAL_MARKER).exists():
-            sys.exit(f"{staging} exists and is not ours: refusing to touch it")
-        shutil.rmtree(staging)
-    print(f"spool: generating {params.mailboxes} mailboxes / {params.messages} messages in {root} (seed {params.seed})")
-    spool = _generate(staging, params)
-    (staging / PARTIAL_MARKER).unlink()
-    staging.rename(root)
-    return Spool(root, params, spool.addresses, spool.messages, spool.bytes)
+    summary = json.loads((root / SUMMARY).read_text())
+    return Spool(root, params, list(summary["addresses"]), int(summary["messages"]), int(summary["bytes"]))
 
 
 # -- the methods --------------------------------------------------------------------------------
@@ -356,98 +333,311 @@ def full_scans(
     return timing, result, store, config
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "NOT MET"
-
-
 def _totals_line(label: str, t: Totals, messages: bool = True) -> str:
     counted = f"{t.messages:>9} messages" if messages else f"{'-':>9} messages"
     return f"  {label:<34} {t.mailboxes:>6} mailboxes {counted} {t.bytes:>14} bytes"
+
+
+# -- whole processes, as cron runs them ------------------------------------------------------------
+
+# The script quotagate is measured against as cron runs it: list each folder's cur/ and new/, take
+# the size from ",S=" in the name and stat only the rest. Run as a process of its own (argument:
+# a file listing the Maildirs) and in-process (``measure``), the same code both ways.
+REFERENCE = r"""
+import os
+import sys
+
+
+def folders(maildir):
+    yield maildir
+    with os.scandir(maildir) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                yield entry.path
+
+
+def size_of(directory, name):
+    start = name.find(",S=")
+    if start < 0:
+        return os.stat(os.path.join(directory, name)).st_size
+    start += 3
+    end = start
+    while end < len(name) and name[end].isdigit():
+        end += 1
+    return int(name[start:end])
+
+
+def measure(maildirs):
+    messages = size = 0
+    for maildir in maildirs:
+        for folder in folders(maildir):
+            for sub in ("cur", "new"):
+                directory = os.path.join(folder, sub)
+                for name in os.listdir(directory):
+                    size += size_of(directory, name)
+                    messages += 1
+    return messages, size
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as listing:
+        print(*measure(line.rstrip("\n") for line in listing))
+"""
+
+# The incremental lower bound as a process: one stat of each folder's cur/ and new/ (listed).
+STAT_BOUND = r"""
+import os
+import sys
+
+with open(sys.argv[1]) as listing:
+    for line in listing:
+        os.stat(line.rstrip("\n"))
+"""
+
+QUOTAGATE = str(Path(sys.executable).parent / "quotagate")
+
+
+def reference_in_process(maildirs: list[str]) -> Totals:
+    namespace: dict[str, Any] = {"__name__": "reference"}
+    exec(REFERENCE, namespace)
+    messages, size = namespace["measure"](maildirs)
+    return Totals(len(maildirs), int(messages), int(size))
+
+
+def process(label: str, argv: list[str], times: int) -> tuple[Timing, str]:
+    """Time ``argv`` as a whole process, start to exit; its output from the last run."""
+
+    def once() -> str:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stdout}{done.stderr}")
+        return done.stdout
+
+    return repeat(label, once, times)
+
+
+def write_config(work: Path, root: Path) -> Path:
+    """A quotagate config as an admin's cron job would have it: SQLite store, published file."""
+    config = work / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{work}/quotagate.db"\n'
+        f'[spool]\nroot = "{root}"\nlayout = "{LAYOUT}"\n'
+        f'[publish]\nfile = "{work}/overquota"\n'
+    )
+    return config
+
+
+# -- the phases -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    spool: Spool
+    maildirs: list[str]
+    mailboxes: list[Mailbox]
+    stat_paths: list[str]
+    scratch: Path
+    repeat: int
+
+
+@dataclass
+class InProcess:
+    full: Timing
+    single: Timing
+    incremental: Timing
+    naive: Timing
+    reference: Timing
+    du: Timing
+    bound: Timing
+    workers: int
+    full_totals: Totals
+    incremental_totals: Totals
+    naive_totals: Totals
+    reference_totals: Totals
+    du_totals: Totals
+    stat_count: int
+    remeasured: int
+    mailboxes: int
+
+
+@dataclass
+class AsProcesses:
+    version: Timing
+    startup: Timing
+    full: Timing
+    incremental: Timing
+    reference: Timing
+    bound: Timing
+    reference_totals: Totals
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    spool = ensure_spool(args.dir.resolve(), Params(args.mailboxes, args.messages))
+    maildirs = [spool.maildir(a) for a in spool.addresses]
+    scratch = Path(tempfile.mkdtemp(prefix="quotagate-bench-"))
+    print(f"machine: {', '.join(machine())}; scratch {scratch}")
+    print("page cache: WARM for every method (one untimed walk first; caches cannot be dropped here)")
+    naive_scan(maildirs)  # warm the dentry/inode caches for everyone alike
+    mailboxes = [Mailbox(a, Limits(bytes=1 << 30)) for a in spool.addresses]
+    return Setup(spool, maildirs, mailboxes, folder_dirs(maildirs), scratch, args.repeat)
+
+
+def time_in_process(setup: Setup) -> InProcess:
+    """Every method inside this interpreter: what each costs with no start-up at all."""
+    n, maildirs = setup.repeat, setup.maildirs
+    print(f"in-process timing ({n} runs each, wall clock):")
+    full, full_result, store, config = full_scans("quotagate full scan", setup.spool, setup.scratch, setup.mailboxes, n)
+    incremental, incr_result = repeat("quotagate incremental scan", lambda: run_scan(config, store), n)
+    store.close()
+    single, _, single_store, _ = full_scans(
+        "quotagate full scan, 1 worker", setup.spool, setup.scratch, setup.mailboxes, n, workers=1
+    )
+    single_store.close()
+    naive, naive_totals = repeat("naive os.walk + os.stat", lambda: naive_scan(maildirs), n)
+    reference, reference_totals = repeat("listdir + S= script", lambda: reference_in_process(maildirs), n)
+    du, du_totals = repeat("du -sb per mailbox", lambda: du_scan(maildirs), n)
+    bound, stat_count = repeat("stat bound (cur/ + new/)", lambda: stat_bound(setup.stat_paths), n)
+    return InProcess(
+        full,
+        single,
+        incremental,
+        naive,
+        reference,
+        du,
+        bound,
+        config.scan.workers or os.cpu_count() or 1,
+        quotagate_totals(full_result),
+        quotagate_totals(incr_result),
+        naive_totals,
+        reference_totals,
+        du_totals,
+        stat_count,
+        incr_result.summary.measured,
+        incr_result.summary.mailboxes,
+    )
+
+
+def time_processes(setup: Setup) -> AsProcesses:
+    """Every method as cron runs it: a whole process, interpreter start-up and imports included."""
+    n, work = setup.repeat, setup.scratch / "cron"
+    work.mkdir()
+    listing, folders = work / "maildirs.txt", work / "folders.txt"
+    listing.write_text("".join(f"{m}\n" for m in setup.maildirs))
+    folders.write_text("".join(f"{p}\n" for p in setup.stat_paths))
+    reference_script, bound_script = work / "reference.py", work / "stat_bound.py"
+    reference_script.write_text(REFERENCE)
+    bound_script.write_text(STAT_BOUND)
+    config = write_config(work, setup.spool.root)
+    (work / "mailboxes.csv").write_text("address,quota\n" + "".join(f"{a},1G\n" for a in setup.spool.addresses))
+    subprocess.run([QUOTAGATE, "-q", "-c", str(config), "mailbox", "import", str(work / "mailboxes.csv")], check=True)
+    # The fixed cost of a scan process: the same command on a spool of one empty mailbox.
+    (work / "tiny" / "example.org" / "one" / "Maildir").mkdir(parents=True)
+    tiny = work / "tiny-config"
+    tiny.mkdir()
+    tiny_config = write_config(tiny, work / "tiny")
+    subprocess.run([QUOTAGATE, "-q", "-c", str(tiny_config), "mailbox", "add", "one@example.org", "--quota", "1G"])
+    print(f"whole-process timing ({n} runs each, wall clock, start to exit):")
+    version, _ = process("quotagate --version", [QUOTAGATE, "--version"], max(n, 10))
+    startup, _ = process("quotagate scan, one mailbox", [QUOTAGATE, "-q", "-c", str(tiny_config), "scan"], max(n, 10))
+    full, _ = process("quotagate scan --full", [QUOTAGATE, "-q", "-c", str(config), "scan", "--full"], n)
+    incremental, _ = process("quotagate scan (unchanged)", [QUOTAGATE, "-q", "-c", str(config), "scan"], n)
+    python = [sys.executable, "-I"]
+    reference, out = process("listdir + S= script", [*python, str(reference_script), str(listing)], n)
+    bound, _ = process("stat bound script", [*python, str(bound_script), str(folders)], n)
+    messages, size = (int(v) for v in out.split())
+    return AsProcesses(
+        version, startup, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size)
+    )
+
+
+def report(setup: Setup, inp: InProcess, proc: AsProcesses) -> int:
+    """The totals each method found, the times, the ratios against their targets; 1 on a mismatch."""
+    spool = setup.spool
+    generated = Totals(len(spool.addresses), spool.messages, spool.bytes)
+    print()
+    print(f"spool: {spool.root}, layout {LAYOUT}, seed {spool.params.seed}")
+    print(f"  {len(setup.stat_paths) // 2} folders, {len(setup.stat_paths)} cur/+new/ directories")
+    print("found:")
+    print(_totals_line("generator (expected)", generated))
+    print(_totals_line("quotagate full scan", inp.full_totals))
+    print(_totals_line("quotagate incremental scan", inp.incremental_totals))
+    print(_totals_line("naive os.walk + os.stat", inp.naive_totals))
+    print(_totals_line("listdir + S= script", inp.reference_totals))
+    print(_totals_line("listdir + S= script, as a process", proc.reference_totals))
+    print(_totals_line("du -sb (incl. dirs, tmp/)", inp.du_totals, messages=False))
+    print(f"  stat bound: {inp.stat_count} directories stat'ed")
+    print(
+        f"  incremental scan re-read {inp.remeasured} of {inp.mailboxes} mailboxes"
+        + ("" if inp.remeasured == 0 else "  <-- expected 0: mtimes too recent? (scan.racy_seconds)")
+    )
+    found = {
+        "quotagate full scan": inp.full_totals,
+        "quotagate incremental scan": inp.incremental_totals,
+        "naive": inp.naive_totals,
+        "listdir + S= script": inp.reference_totals,
+        "listdir + S= script as a process": proc.reference_totals,
+    }
+    mismatches = [f"{label} {t} != generator {generated}" for label, t in found.items() if t != generated]
+    for line in mismatches:
+        print(f"!!! MISMATCH: {line} !!!")
+    if not mismatches:
+        print("  totals: quotagate == naive == listdir + S= == generator (messages and bytes)")
+
+    print("times (best of runs, seconds; median in brackets):")
+    for t in (inp.full, inp.single, inp.incremental, inp.naive, inp.reference, inp.du, inp.bound):
+        print(f"  {t.label:<34} {t.best:8.3f}  [{t.median:8.3f}]  runs: " + ", ".join(f"{r:.3f}" for r in t.runs))
+    print("  as whole processes:")
+    for t in (proc.version, proc.startup, proc.full, proc.incremental, proc.reference, proc.bound):
+        print(f"  {t.label:<34} {t.best:8.3f}  [{t.median:8.3f}]")
+    targets = [
+        ("naive / full", inp.naive.best / inp.full.best, ">=", 4.0),
+        ("du / full", inp.du.best / inp.full.best, ">", 1.0),
+        ("incremental / bound", inp.incremental.best / inp.bound.best, "<=", 2.0),
+        ("full / listdir+S=", inp.full.best / inp.reference.best, "<=", 1.2),
+        ("process: full / listdir+S=", proc.full.best / proc.reference.best, "<=", 1.6),
+        ("process: unchanged / bound", proc.incremental.best / proc.bound.best, "<=", 3.0),
+    ]
+    print("targets:")
+    for label, value, op, target in targets:
+        ok = {">=": value >= target, ">": value > target, "<=": value <= target}[op]
+        print(f"  {label:<28} = {value:7.2f}x  (target {op} {target:g}x)  {verdict(ok)}")
+    fast = proc.version.best <= 0.1
+    print(f"  {'quotagate --version':<28} = {proc.version.best:7.3f} s  (target <= 0.1 s)  {verdict(fast)}")
+    print(
+        f"  {'scan process, fixed cost':<28} = {proc.startup.best:7.3f} s  (target <= 0.25 s before the first "
+        f"mailbox; this includes the store's write and exit)  {verdict(proc.startup.best <= 0.25)}"
+    )
+    print(f"  (info) full 1 worker / full {inp.workers} workers = {inp.single.best / inp.full.best:.2f}x")
+    return 1 if mismatches else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--mailboxes", type=int, default=2000, help="mailboxes in the spool (default 2000)")
     parser.add_argument("--messages", type=int, default=200_000, help="messages in the spool (default 200000)")
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"spool directory (default {DEFAULT_DIR})")
+    parser.add_argument("--quick", action="store_true", help="200 mailboxes, 20000 messages, 2 runs each")
+    parser.add_argument("--dir", type=Path, help=f"spool directory (default {DEFAULT_DIR}, -quick with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory with the SQLite stores")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each measurement (default 3)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.mailboxes, args.messages, args.repeat = 200, 20_000, 2
+    if args.dir is None:  # the quick spool never replaces the full one
+        args.dir = DEFAULT_DIR.with_name(DEFAULT_DIR.name + "-quick") if args.quick else DEFAULT_DIR
     if args.mailboxes < 1 or args.messages < 0 or args.repeat < 1:
         parser.error("--mailboxes and --repeat must be >= 1, --messages >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    spool = ensure_spool(args.dir.resolve(), Params(args.mailboxes, args.messages))
-    maildirs = [spool.maildir(a) for a in spool.addresses]
-    mailboxes = [Mailbox(a, Limits(bytes=1 << 30)) for a in spool.addresses]
-    stat_paths = folder_dirs(maildirs)
-    scratch = Path(tempfile.mkdtemp(prefix="quotagate-bench-"))
-    cpus = os.cpu_count() or 1
-    print(
-        f"machine: {cpus} CPUs, Python {platform.python_version()}, {platform.system()} {platform.release()}; "
-        f"scratch {scratch}"
-    )
-    print("page cache: WARM for every method (one untimed walk first; caches cannot be dropped here)")
-    naive_scan(maildirs)  # warm the dentry/inode caches for everyone alike
-
+    setup = prepare(args)
     try:
-        print(f"timing ({args.repeat} runs each, wall clock):")
-        full, full_result, store, config = full_scans("quotagate full scan", spool, scratch, mailboxes, args.repeat)
-        incremental, incr_result = repeat("quotagate incremental scan", lambda: run_scan(config, store), args.repeat)
-        store.close()
-        single, _, single_store, _ = full_scans(
-            "quotagate full scan, 1 worker", spool, scratch, mailboxes, args.repeat, workers=1
-        )
-        single_store.close()
-        naive, naive_totals = repeat("naive os.walk + os.stat", lambda: naive_scan(maildirs), args.repeat)
-        du, du_totals = repeat("du -sb per mailbox", lambda: du_scan(maildirs), args.repeat)
-        bound, stat_count = repeat("stat bound (cur/ + new/)", lambda: stat_bound(stat_paths), args.repeat)
+        in_process = time_in_process(setup)
+        processes = time_processes(setup)
     finally:
         if args.keep:
-            print(f"kept scratch directory {scratch}")
+            print(f"kept scratch directory {setup.scratch}")
         else:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-    q_totals = quotagate_totals(full_result)
-    i_totals = quotagate_totals(incr_result)
-    print()
-    print(f"spool: {spool.root}, layout {LAYOUT}, seed {spool.params.seed}")
-    print(f"  {len(stat_paths) // 2} folders, {len(stat_paths)} cur/+new/ directories")
-    print("found:")
-    print(_totals_line("generator (expected)", Totals(len(spool.addresses), spool.messages, spool.bytes)))
-    print(_totals_line("quotagate full scan", q_totals))
-    print(_totals_line("quotagate incremental scan", i_totals))
-    print(_totals_line("naive os.walk + os.stat", naive_totals))
-    print(_totals_line("du -sb (incl. dirs, tmp/)", du_totals, messages=False))
-    print(f"  stat bound: {stat_count} directories stat'ed")
-    measured = incr_result.summary.measured
-    print(
-        f"  incremental scan re-read {measured} of {incr_result.summary.mailboxes} mailboxes"
-        + ("" if measured == 0 else "  <-- expected 0: mtimes too recent? (scan.racy_seconds)")
-    )
-    mismatch = False
-    for label, found in (("full scan", q_totals), ("incremental scan", i_totals)):
-        if found != naive_totals:
-            mismatch = True
-            print(f"!!! MISMATCH: quotagate {label} {found} != naive {naive_totals} !!!")
-    if naive_totals != Totals(len(spool.addresses), spool.messages, spool.bytes):
-        mismatch = True
-        print(f"!!! MISMATCH: naive {naive_totals} != generator ({spool.messages} messages, {spool.bytes} bytes) !!!")
-    if not mismatch:
-        print("  totals: quotagate == naive == generator (messages and bytes)")
-
-    print("times (best of runs, seconds; median in brackets):")
-    for t in (full, single, incremental, naive, du, bound):
-        print(f"  {t.label:<34} {t.best:8.3f}  [{t.median:8.3f}]  runs: " + ", ".join(f"{r:.3f}" for r in t.runs))
-    naive_ratio = naive.best / full.best
-    du_ratio = du.best / full.best
-    incr_ratio = incremental.best / bound.best
-    print("targets:")
-    print(f"  naive / full         = {naive_ratio:7.2f}x  (target >= 4x)  {_verdict(naive_ratio >= 4)}")
-    print(f"  du / full            = {du_ratio:7.2f}x  (target >  1x)  {_verdict(du_ratio > 1)}")
-    print(f"  incremental / bound  = {incr_ratio:7.2f}x  (target <= 2x)  {_verdict(incr_ratio <= 2)}")
-    print(f"  (info) full 1 worker / full {config.scan.workers or cpus} workers = {single.best / full.best:.2f}x")
-    return 1 if mismatch else 0
+            shutil.rmtree(setup.scratch, ignore_errors=True)
+    return report(setup, in_process, processes)
 
 
 if __name__ == "__main__":

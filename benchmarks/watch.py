@@ -64,11 +64,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import random
 import re
 import shlex
@@ -83,10 +81,21 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import cached_spool
+from _harness import (
+    HOST,
+    Interrupted,
+    Processes,
+    free_port,
+    machine,
+    percentile,
+    proc_stat,
+    run,
+    stop_on_sigterm,
+    tail,
+)
+from _spool import keep, write_message
 
 GENERATOR_VERSION = 1
 SEED = 20240921
@@ -94,7 +103,6 @@ DEFAULT_DIR = Path("/var/tmp/quotagate-bench-watch")
 MARKER = ".quotagate-bench-watch.json"
 DOMAINS = ("example.com", "example.net", "example.org", "mail.example.test")
 LAYOUT = "{domain}/{local}/Maildir"
-HOST = "127.0.0.1"
 QUOTAGATE = Path(sys.executable).parent / "quotagate"
 REJECT_CODE = "552"
 MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -124,10 +132,6 @@ TRANSITION_TIMEOUT = 10.0
 SAMPLE_SECONDS = 0.5
 CATCH_UP_TIMEOUT = 60.0
 LOAD_WITH_PROBES_CAP = 300.0
-
-
-class Interrupted(Exception):
-    pass
 
 
 # -- the spool ----------------------------------------------------------------------------------
@@ -196,15 +200,6 @@ def plan(count: int, seed: int = SEED) -> list[Box]:
     return boxes
 
 
-def _write_message(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, HEADER[:size])
-        os.ftruncate(fd, size)  # a hole: the apparent size is right, the disk use one block
-    finally:
-        os.close(fd)
-
-
 def _age(paths: Iterable[str]) -> None:
     """Set mtimes an hour back, so quotagate's racy-mtime guard does not force re-reads."""
     old = time.time() - OLD_MTIME_SECONDS
@@ -226,7 +221,7 @@ def _generate(root: Path, boxes: list[Box]) -> None:
                 Path(base, "maildirfolder").touch()
                 dirs.append(base)
         for where, name, size in box.files:
-            _write_message(os.path.join(maildir, where, name), size)
+            write_message(os.path.join(maildir, where, name), size, HEADER)
         _age([*dirs, maildir])  # the root last: making the folders changed it
         if n % max(1, len(boxes) // 5) == 0:
             print(f"  generated {n}/{len(boxes)} mailboxes", flush=True)
@@ -244,7 +239,7 @@ def ensure_spool(base: Path, count: int) -> Spool:
         print(f"spool: generating {count} mailboxes, {files} messages in {root} (seed {SEED})", flush=True)
         _generate(staging, boxes)
 
-    if cached_spool.ensure(root, params, MARKER, build):
+    if keep(root, params, MARKER, build):
         print(f"spool: reusing {root}")
     return Spool(root, boxes)
 
@@ -307,19 +302,11 @@ def differences(a: Counts, b: Counts) -> list[str]:
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from 3 (state) on
-
-
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
@@ -354,7 +341,7 @@ def sample(pid: int, others: Sequence[int] = ()) -> Sample:
     total = 0
     rss = 0
     for p in [pid, *others]:
-        fields = _proc_stat(p)
+        fields = proc_stat(p)
         if fields is None:
             continue
         total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
@@ -454,74 +441,6 @@ class Meter:
         if 100 * sum(t for t, _ in top) / _CLOCK_TICK / seconds < others / 2:
             busiest = (f"{busiest}; " if busiest else "") + "the rest: processes that ended meanwhile, or kernel work"
         return Window(label, seconds, daemon, sum(rss) / len(rss), max(rss), machine, others, note, busiest)
-
-
-class Processes:
-    """Every process this run started, stopped on exit."""
-
-    def __init__(self) -> None:
-        self.daemons: list[subprocess.Popen[bytes]] = []
-        self.workers: list[multiprocessing.process.BaseProcess] = []
-
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.daemons.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20) -> tuple[int | None, float]:
-        """SIGTERM to its process group, SIGKILL after ``timeout``: (exit status, seconds to stop)."""
-        started = time.monotonic()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if proc in self.daemons:
-            self.daemons.remove(proc)
-        return proc.returncode, time.monotonic() - started
-
-    def stop_worker(self, worker: multiprocessing.process.BaseProcess) -> None:
-        if worker.is_alive():
-            worker.terminate()
-        worker.join(10)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(5)
-        if worker in self.workers:
-            self.workers.remove(worker)
-
-    def stop_all(self) -> None:
-        for worker in list(self.workers):
-            self.stop_worker(worker)
-        for proc in list(self.daemons):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def run(argv: list[str]) -> tuple[str, float]:
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done.stdout + done.stderr, time.monotonic() - started
 
 
 def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, port: int, seconds: float) -> tuple[str, float, float]:
@@ -645,7 +564,7 @@ def _generate_load(
             size = min(SIZE_CAP, int(SIZE_MIN * rng.paretovariate(SIZE_SHAPE)))
             name = f"{int(time.time())}.M{n}P{pid}{LOAD_TAG},S={size}"
             tmp = f"{folder}/tmp/{name}"
-            _write_message(tmp, size)
+            write_message(tmp, size, HEADER)
             os.rename(tmp, f"{folder}/new/{name}")
             b, m = per_box.get(address, (0, 0))
             per_box[address] = (b + size, m + 1)
@@ -819,7 +738,7 @@ async def _probe_worker(
             maildir = spool.maildir(box)
             name = f"{int(time.time())}.M{rng.randrange(10**9)}P{os.getpid()}{PROBE_TAG},S={PROBE_SIZE}"
             tmp, new = f"{maildir}/tmp/{name}", f"{maildir}/new/{name}"
-            _write_message(tmp, PROBE_SIZE)
+            write_message(tmp, PROBE_SIZE, HEADER)
             try:
                 t0 = time.perf_counter()
                 os.rename(tmp, new)
@@ -981,11 +900,6 @@ def load_with_probes(
 # -- report -------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def ms(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 1000:.{digits}f}"
 
@@ -1039,7 +953,7 @@ def log_summary(log: Path) -> tuple[dict[str, int], list[str]]:
 
 
 def versions() -> str:
-    parts = [f"{os.cpu_count()} CPUs", f"Linux {platform.release()}", f"Python {platform.python_version()}"]
+    parts = machine()
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -1054,10 +968,6 @@ def loadavg() -> str:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"signal {signum}")
-
-
 def write_config(work: Path, spool: Spool, port: int, metrics_port: int, rescan: float | None = None) -> Path:
     config = work / "quotagate.toml"
     config.write_text(
@@ -1070,7 +980,7 @@ def write_config(work: Path, spool: Spool, port: int, metrics_port: int, rescan:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--mailboxes", type=int, default=10_000, help="mailboxes in the spool (default 10000)")
     parser.add_argument("--rate", type=float, default=1000.0, help="deliveries per second (default 1000)")
@@ -1093,9 +1003,257 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--mailboxes >= {PROBE_EVERY}, --rate, --seconds and --idle > 0")
     if args.samples < 1 or args.probes < 1:
         parser.error("--samples and --probes >= 1")
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    return args
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+
+@dataclass
+class Site:
+    """The run directory and the config the daemon runs with."""
+
+    work: Path
+    config: Path
+    port: int
+    metrics_port: int
+
+
+@dataclass
+class Measured:
+    """What the measuring phases saw, for the report."""
+
+    startup: Window
+    idle: Window
+    idle_probe_window: Window
+    idle_probes: ProbeRun
+    steady: LoadPhase
+    probed: LoadPhase
+    watching: str
+    held: int | None
+    held_end: int | None
+    peak_kib: int
+    metrics: dict[str, float]
+    code: int | None
+    stop_s: float
+    counts: dict[str, int]
+    notable: list[str]
+
+
+def prepare_spool(base: Path, mailboxes: int) -> tuple[Spool, Counts]:
+    """The cached spool, cleaned of an interrupted run's files and counted independently."""
+    spool = ensure_spool(base, mailboxes)
+    swept = sweep(spool)
+    baseline = count_spool(spool)
+    planned = {b.address: (b.bytes, b.messages) for b in spool.boxes}
+    wrong = differences(baseline, planned)
+    print(
+        f"spool: {len(spool.boxes)} mailboxes, {sum(m for _, m in baseline.values())} messages, "
+        f"{sum(b for b, _ in baseline.values()) / 2**20:.0f} MiB apparent; {swept} leftover file(s) removed; "
+        f"independent count {'matches the plan' if not wrong else f'DIFFERS from the plan in {len(wrong)}'}"
+    )
+    if wrong:
+        raise RuntimeError(f"the spool is not what the plan says, e.g. {wrong[:3]}: delete {spool.root}")
+    return spool, baseline
+
+
+def set_up(base: Path, spool: Spool, rescan_seconds: float | None) -> Site:
+    """A fresh run directory, a config, the mailboxes imported and a first scan."""
+    work = base / "run"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    port, metrics_port = free_port(), free_port()
+    config = write_config(work, spool, port, metrics_port, rescan_seconds)
+    changed = f"rescan_seconds = {rescan_seconds:g}" if rescan_seconds else "no other key"
+    print(f"config: {config}: [watch] enabled = true, {changed} changed from quotagate's defaults")
+    csv = work / "mailboxes.csv"
+    csv.write_text("address,quota\n" + "".join(f"{b.address},{b.quota}\n" for b in spool.boxes))
+    imported = run([str(QUOTAGATE), "--config", str(config), "mailbox", "import", str(csv)])
+    scanned = run([str(QUOTAGATE), "--config", str(config), "scan"])
+    print(
+        f"setup: mailbox import {imported.seconds:.1f} s, scan {scanned.seconds:.1f} s: "
+        f"{scanned.output.strip().splitlines()[-1]}"
+    )
+    return Site(work, config, port, metrics_port)
+
+
+def measure(args: argparse.Namespace, spool: Spool, baseline: Counts, site: Site, procs: Processes) -> Measured:
+    """Start the daemon, then idle, idle with probes, load, load with probes; stop it."""
+    work, config, port, metrics_port = site.work, site.config, site.port, site.metrics_port
+    log = work / "serve.log"
+    daemon = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
+    meter = Meter(daemon.pid)
+    watching, watching_s, listening_s = wait_until_ready(daemon, log, port, 300)
+    settled_s = settle(daemon.pid)
+    startup = meter.close("startup", f'"watching" after {watching_s:.1f} s, settled after +{settled_s:.1f} s')
+    held = inotify_watches(daemon.pid)
+    print(f"daemon: pid {daemon.pid}, {watching.partition(': INFO: ')[2] or watching}")
+    print(
+        f"daemon: listening after {listening_s:.1f} s, quiet {settled_s:.1f} s later; "
+        f"startup CPU {startup.cpu_percent * startup.seconds / 100:.1f} s"
+    )
+
+    store = StoreView(work / "quotagate.db")
+    expected = baseline
+    before, _, still = wait_consistent(store, expected, time.monotonic(), 30)
+    print(f"store before the load: {'matches the spool' if before is not None else f'{still} mailboxes differ'}")
+
+    print(f"idle: {args.idle:g} s", flush=True)
+    meter = Meter(daemon.pid)
+    end = time.monotonic() + args.idle
+    while time.monotonic() < end:
+        time.sleep(min(SAMPLE_SECONDS, max(0.0, end - time.monotonic())))
+        meter.tick()
+    idle = meter.close("idle", "includes one store refresh" if args.idle >= 30 else "")
+
+    print(f"probes, idle: {args.samples} cycles, {args.probes} at a time", flush=True)
+    meter = Meter(daemon.pid)
+    idle_probes = asyncio.run(probe(spool, port, work / "overquota", args.samples, args.probes, SEED + 21, meter))
+    idle_probe_window = meter.close("idle + probes", f"{len(idle_probes.rtts) / idle_probes.seconds:.0f} probe req/s")
+
+    print(f"load: {args.rate:g} deliveries/s for {args.seconds:g} s", flush=True)
+    steady, expected = steady_load(spool, procs, daemon.pid, store, expected, args.rate, args.seconds)
+    print(f"load + probes: {args.rate:g} deliveries/s until {args.samples} probe cycles are done", flush=True)
+    probed, expected = load_with_probes(
+        spool,
+        procs,
+        daemon.pid,
+        store,
+        expected,
+        args.rate,
+        port,
+        work / "overquota",
+        args.samples,
+        args.probes,
+    )
+    peak_kib = _status_kib(daemon.pid, "VmHWM")
+    held_end = inotify_watches(daemon.pid)
+    metrics = scrape_metrics(metrics_port)
+    store.close()
+    code, stop_s = procs.stop(daemon)
+    counts, notable = log_summary(log)
+
+    return Measured(
+        startup,
+        idle,
+        idle_probe_window,
+        idle_probes,
+        steady,
+        probed,
+        watching,
+        held,
+        held_end,
+        peak_kib,
+        metrics,
+        code,
+        stop_s,
+        counts,
+        notable,
+    )
+
+
+def report(args: argparse.Namespace, spool: Spool, m: Measured) -> None:
+    """The tables: resources, keeping up with deliveries, latency, inotify and the daemon's log."""
+    startup, idle, idle_probe_window, steady, probed = m.startup, m.idle, m.idle_probe_window, m.steady, m.probed
+    idle_probes, watching, held, held_end = m.idle_probes, m.watching, m.held, m.held_end
+    peak_kib, metrics, code, stop_s, counts, notable = m.peak_kib, m.metrics, m.code, m.stop_s, m.counts, m.notable
+    print()
+    print(f"quotagate serve with [watch] enabled = true (one process): {len(spool.boxes)} mailboxes")
+    print()
+    print("Resources of the daemon (CPU: % of one core; RSS summed over the daemon and its children)")
+    head = (
+        f"{'phase':<22} {'seconds':>8} {'CPU %':>7} {'RSS MiB':>8} {'peak':>7} {'machine %':>10} {'others %':>9}  note"
+    )
+    print(head)
+    print("-" * len(head))
+    windows = (startup, idle, idle_probe_window, steady.window, probed.window)
+    for w in windows:
+        print(
+            f"{w.label:<22} {w.seconds:>8.1f} {w.cpu_percent:>7.1f} {w.rss_mean:>8.1f} {w.rss_peak:>7.1f} "
+            f"{w.machine_percent:>10.1f} {w.others_percent:>9.1f}  {w.note}"
+        )
+    print(f"VmHWM (peak RSS of the daemon over the run): {peak_kib / 1024:.1f} MiB")
+    print(
+        f"machine %: every process, in % of one core ({os.cpu_count()} cores); others %: the same less the "
+        "daemon, this script and its load generator"
+    )
+    busy = [w for w in windows if w.others_percent > 20]
+    if busy:
+        print(
+            f"WARNING: other processes used more than 20% of a core during {', '.join(w.label for w in busy)}: "
+            "those figures (CPU, latency, the generator's rate) are disturbed; run again on a quiet machine"
+        )
+        for w in busy:
+            print(f"  {w.label}: {w.busiest}")
+    print()
+    print("Keeping up with deliveries (store = quotagate_usage rows in SQLite)")
+    head = (
+        f"{'phase':<22} {'delivered':>9} {'rate/s':>7} {'late ms':>8} {'gen CPU':>8} {'backlog max':>11} "
+        f"{'mean':>6} {'wrong@+1s':>9} {'catch-up':>9} {'store≠spool':>11} {'gen≠spool':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for p in (steady, probed):
+        caught = f"{p.catch_up:.2f} s" if p.catch_up is not None else f"{p.still_wrong} LATE"
+        print(
+            f"{p.label:<22} {p.load.delivered:>9} {p.load.rate:>7.0f} {p.load.max_late * 1000:>8.1f} "
+            f"{p.load.cpu:>7.1f}s {'-' if p.backlog_max is None else p.backlog_max:>11} "
+            f"{'-' if p.backlog_mean is None else f'{p.backlog_mean:.0f}':>6} {p.wrong_after_1s:>9} {caught:>9} "
+            f"{p.recount_wrong:>11} {p.generator_wrong:>9}"
+        )
+    print(
+        "  late: how far the generator's schedule fell behind at worst; backlog: messages delivered but not yet\n"
+        "  in the store, sampled each second; wrong@+1s: mailboxes whose stored usage was not yet right a second\n"
+        "  after the last delivery; catch-up: from the last delivery until every mailbox was right (store read\n"
+        "  every 50 ms); store≠spool: mailboxes whose stored usage differs from an independent recount made\n"
+        "  afterwards; gen≠spool: the recount against what the generator says it delivered (a self-check)"
+    )
+    for p in (steady, probed):
+        ok = p.catch_up is not None and p.catch_up < 1.0 and p.recount_wrong == 0 and p.generator_wrong == 0
+        backlog = (
+            f"backlog at most {p.backlog_max} messages ({p.backlog_max / args.rate:.2f} s of deliveries), "
+            if p.backlog_max is not None
+            else ""
+        )
+        caught = f"right {p.catch_up:.2f} s after the last delivery" if p.catch_up is not None else "NEVER right"
+        print(
+            f"  {p.label}: kept up: {'yes' if ok else 'NO'} ({backlog}{caught}, "
+            f"{p.recount_wrong} mailboxes wrong against the recount)"
+        )
+    print()
+    print("Latency from the rename (fill) or unlink (drain) in a probe mailbox's new/, ms")
+    head = f"{'phase':<16} {'until':<22} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8} {'timeouts':>8}"
+    print(head)
+    print("-" * len(head))
+    for label, run_ in (("idle", idle_probes), (f"load {args.rate:g}/s", probed.probes)):
+        assert run_ is not None
+        for row in latency_rows(label, run_):
+            print(row)
+    for label, run_ in (("idle", idle_probes), ("load", probed.probes)):
+        assert run_ is not None
+        print(
+            f"  {label}: {len(run_.cycles)} cycles in {run_.seconds:.1f} s, {run_.skipped} skipped, "
+            f"prober CPU {run_.cpu:.1f} s"
+        )
+    print()
+    limit = MAX_WATCHES.read_text().strip() if MAX_WATCHES.exists() else "?"
+    print(f"inotify: the daemon logged: {watching.partition(': INFO: ')[2] or watching}")
+    print(f"inotify: watches held (/proc/PID/fdinfo): {held} after start, {held_end} at the end")
+    estimate = sum(1 + 3 * len(b.folders) for b in spool.boxes)  # as quotagate.watch.runner estimates
+    print(
+        f"inotify: fs.inotify.max_user_watches = {limit}; quotagate's estimate before watching was {estimate} "
+        f"(mode auto uses inotify up to 90% of the limit: about "
+        f"{int(int(limit) * 0.9 / (estimate / len(spool.boxes))) if limit.isdigit() else '?'} mailboxes like these)"
+    )
+    print(f"metrics: {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items())) or 'not scraped'}")
+    print(f"daemon log: {', '.join(f'{k}: {v}' for k, v in counts.items())}")
+    for line in notable:
+        print(f"  {line}")
+    print(f"daemon stopped by SIGTERM in {stop_s:.1f} s, exit status {code}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    stop_on_sigterm()
     procs = Processes()
     base = args.dir.resolve()
     started = time.monotonic()
@@ -1103,184 +1261,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"command: {command}")
         print(f"machine: {versions()}; load average {loadavg()}")
-        spool = ensure_spool(base, args.mailboxes)
-        swept = sweep(spool)
-        baseline = count_spool(spool)
-        planned = {b.address: (b.bytes, b.messages) for b in spool.boxes}
-        wrong = differences(baseline, planned)
+        spool, baseline = prepare_spool(base, args.mailboxes)
+        site = set_up(base, spool, args.rescan_seconds)
+        report(args, spool, measure(args, spool, baseline, site, procs))
         print(
-            f"spool: {len(spool.boxes)} mailboxes, {sum(m for _, m in baseline.values())} messages, "
-            f"{sum(b for b, _ in baseline.values()) / 2**20:.0f} MiB apparent; {swept} leftover file(s) removed; "
-            f"independent count {'matches the plan' if not wrong else f'DIFFERS from the plan in {len(wrong)}'}"
+            f"run files: {site.work}; load average at the end {loadavg()}; "
+            f"total time {time.monotonic() - started:.0f} s"
         )
-        if wrong:
-            raise RuntimeError(f"the spool is not what the plan says, e.g. {wrong[:3]}: delete {spool.root}")
-
-        work = base / "run"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        port, metrics_port = free_port(), free_port()
-        config = write_config(work, spool, port, metrics_port, args.rescan_seconds)
-        changed = f"rescan_seconds = {args.rescan_seconds:g}" if args.rescan_seconds else "no other key"
-        print(f"config: {config}: [watch] enabled = true, {changed} changed from quotagate's defaults")
-        csv = work / "mailboxes.csv"
-        csv.write_text("address,quota\n" + "".join(f"{b.address},{b.quota}\n" for b in spool.boxes))
-        _, import_s = run([str(QUOTAGATE), "--config", str(config), "mailbox", "import", str(csv)])
-        scan_out, scan_s = run([str(QUOTAGATE), "--config", str(config), "scan"])
-        print(f"setup: mailbox import {import_s:.1f} s, scan {scan_s:.1f} s: {scan_out.strip().splitlines()[-1]}")
-
-        log = work / "serve.log"
-        daemon = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
-        meter = Meter(daemon.pid)
-        watching, watching_s, listening_s = wait_until_ready(daemon, log, port, 300)
-        settled_s = settle(daemon.pid)
-        startup = meter.close("startup", f'"watching" after {watching_s:.1f} s, settled after +{settled_s:.1f} s')
-        held = inotify_watches(daemon.pid)
-        print(f"daemon: pid {daemon.pid}, {watching.partition(': INFO: ')[2] or watching}")
-        print(
-            f"daemon: listening after {listening_s:.1f} s, quiet {settled_s:.1f} s later; "
-            f"startup CPU {startup.cpu_percent * startup.seconds / 100:.1f} s"
-        )
-
-        store = StoreView(work / "quotagate.db")
-        expected = baseline
-        before, _, still = wait_consistent(store, expected, time.monotonic(), 30)
-        print(f"store before the load: {'matches the spool' if before is not None else f'{still} mailboxes differ'}")
-
-        print(f"idle: {args.idle:g} s", flush=True)
-        meter = Meter(daemon.pid)
-        end = time.monotonic() + args.idle
-        while time.monotonic() < end:
-            time.sleep(min(SAMPLE_SECONDS, max(0.0, end - time.monotonic())))
-            meter.tick()
-        idle = meter.close("idle", "includes one store refresh" if args.idle >= 30 else "")
-
-        print(f"probes, idle: {args.samples} cycles, {args.probes} at a time", flush=True)
-        meter = Meter(daemon.pid)
-        idle_probes = asyncio.run(probe(spool, port, work / "overquota", args.samples, args.probes, SEED + 21, meter))
-        idle_probe_window = meter.close(
-            "idle + probes", f"{len(idle_probes.rtts) / idle_probes.seconds:.0f} probe req/s"
-        )
-
-        print(f"load: {args.rate:g} deliveries/s for {args.seconds:g} s", flush=True)
-        steady, expected = steady_load(spool, procs, daemon.pid, store, expected, args.rate, args.seconds)
-        print(f"load + probes: {args.rate:g} deliveries/s until {args.samples} probe cycles are done", flush=True)
-        probed, expected = load_with_probes(
-            spool,
-            procs,
-            daemon.pid,
-            store,
-            expected,
-            args.rate,
-            port,
-            work / "overquota",
-            args.samples,
-            args.probes,
-        )
-        peak_kib = _status_kib(daemon.pid, "VmHWM")
-        held_end = inotify_watches(daemon.pid)
-        metrics = scrape_metrics(metrics_port)
-        store.close()
-        code, stop_s = procs.stop(daemon)
-        counts, notable = log_summary(log)
-
-        # -- the report --
-        print()
-        print(f"quotagate serve with [watch] enabled = true (one process): {len(spool.boxes)} mailboxes")
-        print()
-        print("Resources of the daemon (CPU: % of one core; RSS summed over the daemon and its children)")
-        head = (
-            f"{'phase':<22} {'seconds':>8} {'CPU %':>7} {'RSS MiB':>8} {'peak':>7} "
-            f"{'machine %':>10} {'others %':>9}  note"
-        )
-        print(head)
-        print("-" * len(head))
-        windows = (startup, idle, idle_probe_window, steady.window, probed.window)
-        for w in windows:
-            print(
-                f"{w.label:<22} {w.seconds:>8.1f} {w.cpu_percent:>7.1f} {w.rss_mean:>8.1f} {w.rss_peak:>7.1f} "
-                f"{w.machine_percent:>10.1f} {w.others_percent:>9.1f}  {w.note}"
-            )
-        print(f"VmHWM (peak RSS of the daemon over the run): {peak_kib / 1024:.1f} MiB")
-        print(
-            f"machine %: every process, in % of one core ({os.cpu_count()} cores); others %: the same less the "
-            "daemon, this script and its load generator"
-        )
-        busy = [w for w in windows if w.others_percent > 20]
-        if busy:
-            print(
-                f"WARNING: other processes used more than 20% of a core during {', '.join(w.label for w in busy)}: "
-                "those figures (CPU, latency, the generator's rate) are disturbed; run again on a quiet machine"
-            )
-            for w in busy:
-                print(f"  {w.label}: {w.busiest}")
-        print()
-        print("Keeping up with deliveries (store = quotagate_usage rows in SQLite)")
-        head = (
-            f"{'phase':<22} {'delivered':>9} {'rate/s':>7} {'late ms':>8} {'gen CPU':>8} {'backlog max':>11} "
-            f"{'mean':>6} {'wrong@+1s':>9} {'catch-up':>9} {'store≠spool':>11} {'gen≠spool':>9}"
-        )
-        print(head)
-        print("-" * len(head))
-        for p in (steady, probed):
-            caught = f"{p.catch_up:.2f} s" if p.catch_up is not None else f"{p.still_wrong} LATE"
-            print(
-                f"{p.label:<22} {p.load.delivered:>9} {p.load.rate:>7.0f} {p.load.max_late * 1000:>8.1f} "
-                f"{p.load.cpu:>7.1f}s {'-' if p.backlog_max is None else p.backlog_max:>11} "
-                f"{'-' if p.backlog_mean is None else f'{p.backlog_mean:.0f}':>6} {p.wrong_after_1s:>9} {caught:>9} "
-                f"{p.recount_wrong:>11} {p.generator_wrong:>9}"
-            )
-        print(
-            "  late: how far the generator's schedule fell behind at worst; backlog: messages delivered but not yet\n"
-            "  in the store, sampled each second; wrong@+1s: mailboxes whose stored usage was not yet right a second\n"
-            "  after the last delivery; catch-up: from the last delivery until every mailbox was right (store read\n"
-            "  every 50 ms); store≠spool: mailboxes whose stored usage differs from an independent recount made\n"
-            "  afterwards; gen≠spool: the recount against what the generator says it delivered (a self-check)"
-        )
-        for p in (steady, probed):
-            ok = p.catch_up is not None and p.catch_up < 1.0 and p.recount_wrong == 0 and p.generator_wrong == 0
-            backlog = (
-                f"backlog at most {p.backlog_max} messages ({p.backlog_max / args.rate:.2f} s of deliveries), "
-                if p.backlog_max is not None
-                else ""
-            )
-            caught = f"right {p.catch_up:.2f} s after the last delivery" if p.catch_up is not None else "NEVER right"
-            print(
-                f"  {p.label}: kept up: {'yes' if ok else 'NO'} ({backlog}{caught}, "
-                f"{p.recount_wrong} mailboxes wrong against the recount)"
-            )
-        print()
-        print("Latency from the rename (fill) or unlink (drain) in a probe mailbox's new/, ms")
-        head = f"{'phase':<16} {'until':<22} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8} {'timeouts':>8}"
-        print(head)
-        print("-" * len(head))
-        for label, run_ in (("idle", idle_probes), (f"load {args.rate:g}/s", probed.probes)):
-            assert run_ is not None
-            for row in latency_rows(label, run_):
-                print(row)
-        for label, run_ in (("idle", idle_probes), ("load", probed.probes)):
-            assert run_ is not None
-            print(
-                f"  {label}: {len(run_.cycles)} cycles in {run_.seconds:.1f} s, {run_.skipped} skipped, "
-                f"prober CPU {run_.cpu:.1f} s"
-            )
-        print()
-        limit = MAX_WATCHES.read_text().strip() if MAX_WATCHES.exists() else "?"
-        print(f"inotify: the daemon logged: {watching.partition(': INFO: ')[2] or watching}")
-        print(f"inotify: watches held (/proc/PID/fdinfo): {held} after start, {held_end} at the end")
-        estimate = sum(1 + 3 * len(b.folders) for b in spool.boxes)  # as quotagate.watch.runner estimates
-        print(
-            f"inotify: fs.inotify.max_user_watches = {limit}; quotagate's estimate before watching was {estimate} "
-            f"(mode auto uses inotify up to 90% of the limit: about "
-            f"{int(int(limit) * 0.9 / (estimate / len(spool.boxes))) if limit.isdigit() else '?'} mailboxes like these)"
-        )
-        print(f"metrics: {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items())) or 'not scraped'}")
-        print(f"daemon log: {', '.join(f'{k}: {v}' for k, v in counts.items())}")
-        for line in notable:
-            print(f"  {line}")
-        print(f"daemon stopped by SIGTERM in {stop_s:.1f} s, exit status {code}")
-        print(f"run files: {work}; load average at the end {loadavg()}; total time {time.monotonic() - started:.0f} s")
         print(f"command: {command}")
         return 0
     except (KeyboardInterrupt, Interrupted):

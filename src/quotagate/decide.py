@@ -1,11 +1,11 @@
-"""The decision rules of DESIGN.md, as pure functions: no I/O, no clocks, no stores."""
+"""The decision rules (README, "The live check"), as pure functions: no I/O, no clocks, no stores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
-from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Usage
+from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Numbers, Usage
 from quotagate.sizes import Allowance
 
 
@@ -72,23 +72,23 @@ def decide(
     s = known_size(size)
     used_bytes = usage.bytes + reserved.bytes
     used_msgs = usage.messages + reserved.messages
-    numbers: dict[str, int | str | float | None] = {
-        "limit_bytes": limits.bytes,
-        "limit_messages": limits.messages,
-        "used_bytes": usage.bytes,
-        "used_messages": usage.messages,
-        "reserved_bytes": reserved.bytes,
-        "reserved_messages": reserved.messages,
-        "size": s,
-        "measured_at": usage.measured_at,
-        "source": usage.source,
-    }
-    if limits.bytes:
-        g = grace.of(limits.bytes)
-        numbers["grace_bytes"] = g
+    byte_grace = grace.of(limits.bytes) if limits.bytes else None
+    numbers = Numbers(
+        limit_bytes=limits.bytes,
+        limit_messages=limits.messages,
+        used_bytes=usage.bytes,
+        used_messages=usage.messages,
+        reserved_bytes=reserved.bytes,
+        reserved_messages=reserved.messages,
+        size=s,
+        grace_bytes=byte_grace,
+        measured_at=usage.measured_at,
+        source=usage.source,
+    )
+    if byte_grace is not None:
         if s is None and _full(used_bytes, limits.bytes, boundary):
             return Decision(Action.REJECT, "mailbox is at or over its size limit", numbers)
-        if s is not None and not _fits(used_bytes, s, limits.bytes, g, boundary):
+        if s is not None and not _fits(used_bytes, s, limits.bytes, byte_grace, boundary):
             return Decision(Action.REJECT, "message does not fit in the mailbox", numbers)
     if limits.messages:
         g = int(grace.fraction * limits.messages)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -135,12 +135,37 @@ class Action(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Numbers:
+    """What a decision weighed, for the log line and ``quotagate check``; None where it was not
+    reached (an unknown recipient has no limits, an unmeasured mailbox no usage)."""
+
+    limit_bytes: int | None = None
+    limit_messages: int | None = None
+    used_bytes: int | None = None
+    used_messages: int | None = None
+    reserved_bytes: int | None = None
+    reserved_messages: int | None = None
+    size: int | None = None  # the declared size; None when unknown (an exclusive check)
+    grace_bytes: int | None = None
+    measured_at: float | None = None
+    source: str | None = None
+
+    def get(self, name: str) -> int | float | str | None:
+        """The number called ``name``: the dict-style read policy/service.py's log line makes."""
+        value: int | float | str | None = getattr(self, name)
+        return value
+
+
+NOT_WEIGHED = Numbers()
+
+
+@dataclass(frozen=True)
 class Decision:
     """The answer for one recipient and one declared size, with the numbers behind it."""
 
     action: Action
     reason: str
-    numbers: dict[str, int | str | float | None] = field(default_factory=dict)
+    numbers: Numbers = NOT_WEIGHED
 
 
 @dataclass(frozen=True)

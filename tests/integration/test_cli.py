@@ -1,4 +1,4 @@
-"""The CLI contract of DESIGN.md, end to end on a real SQLite store and spool."""
+"""The CLI contract the README documents, end to end on a real SQLite store and spool."""
 
 import csv
 import io

@@ -39,6 +39,7 @@ def stored_text(env: Env) -> str:
     return json.dumps(data, default=str)
 
 
+@pytest.mark.slow
 def test_swapping_the_maildir_for_a_symlink_never_gets_a_file_written_outside(env: Env, tmp_path: Path) -> None:
     alice = user_maildir(env, "alice", USER, maildirsize="1S\n999 9\n")
     bob = user_maildir(env, "bob", OTHER_USER, size=300, maildirsize="1S\n300 1\n")
@@ -108,6 +109,7 @@ def _scan_process(env: Env, *args: str, timeout: float = 5) -> subprocess.Comple
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_fifo_maildirsize_never_blocks_a_scan(env: Env) -> None:
     alice = user_maildir(env, "alice", USER)
     os.mkfifo(alice / "maildirsize")
@@ -123,6 +125,7 @@ def test_a_fifo_maildirsize_never_blocks_a_scan(env: Env) -> None:
     assert readings[f"bob@{DOMAIN}"].bytes == 300
 
 
+@pytest.mark.slow
 def test_a_maildirsize_swapped_for_a_fifo_during_scans_never_blocks_them(env: Env) -> None:
     alice = user_maildir(env, "alice", USER, maildirsize="1S\n1000 1\n")
     env.add("alice")

@@ -17,6 +17,7 @@ from quotagate.cli import main
 from quotagate.history import DAY, Sample
 from quotagate.model import Limits, Mailbox
 from quotagate.store import open_store
+from tests.present import present
 from tests.servers.install import require_command, unavailable
 from tests.spoolgen import add_message, maildir_folder
 
@@ -87,7 +88,7 @@ def test_the_page_is_self_contained_and_escaped(page: str) -> None:
 
 def test_chromium_renders_it_without_network(page: str, tmp_path: Path) -> None:
     chromium = require_command("chromium", "chromium")
-    unshare = shutil.which("unshare")
+    unshare = present(shutil.which("unshare"))
     if unshare is None or os.geteuid() != 0:
         unavailable("no network namespace to run Chromium in (needs root and unshare)")
     html = tmp_path / "report.html"

@@ -21,6 +21,7 @@ from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import DOMAIN, Env
 from tests.integration.test_scan import ReadCounter, _sample_maildir
 from tests.integration.test_watch import Spool
+from tests.present import present
 from tests.servers import schemas
 from tests.spoolgen import add_message, backdate, independent_maildir_count, maildir_folder, totals
 
@@ -106,7 +107,7 @@ def test_postfixadmin_maildir_one_level_below_is_measured_stored_and_scanned_inc
     assert (b.bytes, b.messages, b.state) == (700, 1, State.OK)
     # Where the live readers (maildirsize, inotify) look: the Maildir itself, not the home.
     assert (a.path, b.path) == (str(alice), str(bob))
-    assert postfixadmin.store.reading(ALICE).path == str(alice)
+    assert present(postfixadmin.store.reading(ALICE)).path == str(alice)
     assert postfixadmin.flags() == {ALICE: 1, BOB: 0}
     assert reads.take() == ["Archive.2024", "INBOX", "INBOX", "Sent", "Trash"]
 

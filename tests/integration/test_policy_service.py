@@ -106,7 +106,7 @@ def test_plus_folder_is_checked_against_its_folder_rule(world: World) -> None:
     # A Junk folder not created yet is empty, and fits 500 bytes; but the mailbox itself is full.
     assert world.service.check("full+Junk@example.org", 2000).decision.reason == "message does not fit in the mailbox"
     refused = world.service.check("full+Junk@example.org", 500).decision
-    assert refused.action is Action.REJECT and refused.numbers["limit_bytes"] == 1000
+    assert refused.action is Action.REJECT and refused.numbers.limit_bytes == 1000
     assert world.ask("full+Sent@example.org") == FULL
 
 
@@ -139,5 +139,5 @@ def test_an_internal_error_is_dunno(world: World, monkeypatch: pytest.MonkeyPatc
 def test_check_reports_the_numbers(world: World) -> None:
     outcome = world.service.check("full@example.org", None)
     assert outcome.decision.action is Action.REJECT
-    assert outcome.decision.numbers["used_bytes"] == 1500
+    assert outcome.decision.numbers.used_bytes == 1500
     assert outcome.usage is not None and outcome.usage.source == "scan"

@@ -19,6 +19,7 @@ from quotagate.store import schema as store_schema
 from quotagate.usage import maildir
 from tests.integration.conftest import NOBODY, as_nobody, make_unreadable
 from tests.integration.scanenv import DOMAIN, Env, make_config, open_migrated
+from tests.present import present
 from tests.spoolgen import (
     add_message,
     backdate,
@@ -163,7 +164,7 @@ def test_symlink_loop_root_is_unknown_with_a_reason(env: Env) -> None:
     assert r.state is State.UNKNOWN
     assert r.reason is not None and "symbolic links" in r.reason
     assert result.summary.unknown == 1
-    assert env.store.reading(address).reason == r.reason
+    assert present(env.store.reading(address)).reason == r.reason
 
 
 def test_symlink_loop_inside_a_folder_does_not_hide_an_over_quota_mailbox(env: Env) -> None:
@@ -248,8 +249,8 @@ def test_maildirsize_mismatch_is_reported_and_fixed(env: Env) -> None:
     assert result.maildirsize_mismatches == [stale_address]
     assert result.maildirsize_fixed == []
     r = result.readings[stale_address]
-    assert not r.usage.maildirsize.agrees_with(r.bytes, r.messages)
-    assert result.readings[f"fresh@{DOMAIN}"].usage.maildirsize.agrees_with(3750, 5)
+    assert not present(r.usage.maildirsize).agrees_with(r.bytes, r.messages)
+    assert present(result.readings[f"fresh@{DOMAIN}"].usage.maildirsize).agrees_with(3750, 5)
     assert (stale / "maildirsize").read_text() == "1000S\n100 1\n"  # reported, not touched
 
     fixed = env.scan(fix_maildirsize=True)
@@ -264,7 +265,7 @@ def test_maildirsize_mismatch_is_reported_and_fixed(env: Env) -> None:
 
     after = env.scan()
     assert after.maildirsize_mismatches == []
-    assert env.store.reading(stale_address).usage.maildirsize.agrees_with(3750, 5)
+    assert present(present(env.store.reading(stale_address)).usage.maildirsize).agrees_with(3750, 5)
 
 
 def test_fixed_maildirsize_counts_after_folder_rules(env: Env) -> None:
@@ -275,7 +276,7 @@ def test_fixed_maildirsize_counts_after_folder_rules(env: Env) -> None:
     alice = env.add("alice")
     result = env.scan(fix_maildirsize=True)
     assert result.maildirsize_fixed == [alice]
-    info = read_maildirsize(root).info
+    info = present(present(read_maildirsize(root)).info)
     assert (info.bytes, info.messages, info.definition) == (3700, 4, "1S")
 
 
@@ -283,7 +284,7 @@ def test_fixed_maildirsize_counts_after_folder_rules(env: Env) -> None:
 
 
 def _reading_totals(env: Env, address: str) -> tuple[int, int]:
-    r = env.store.reading(address)
+    r = present(env.store.reading(address))
     return r.bytes, r.messages
 
 
@@ -314,7 +315,7 @@ def test_incremental_scan_sees_added_deleted_and_moved_mail(env: Env) -> None:
     result = env.scan()
     assert result.summary.measured == 1
     assert _reading_totals(env, alice) == (2820, 5)
-    assert result.readings[alice].usage.folder("Sent").stamp == folder_stamp(sent)
+    assert present(result.readings[alice].usage.folder("Sent")).stamp == folder_stamp(sent)
     assert independent_maildir_count(root)["Sent"] == (370, 2)
 
 
@@ -336,7 +337,12 @@ def test_incremental_scan_sees_new_and_removed_folders(env: Env) -> None:
     r = env.scan().readings[alice]
     assert r.usage.folder("Archive.2024") is None
     assert (r.bytes, r.messages) == (3950, 5)
-    assert {f.name for f in env.store.reading(alice).usage.folders} == {"INBOX", "Sent", "Trash", "Projects.2025"}
+    assert {f.name for f in present(env.store.reading(alice)).usage.folders} == {
+        "INBOX",
+        "Sent",
+        "Trash",
+        "Projects.2025",
+    }
 
 
 def test_incremental_scan_sees_a_missing_mailbox_appear(env: Env) -> None:

@@ -50,6 +50,7 @@ def messages(config: Path, capsys: pytest.CaptureFixture[str]) -> int:
     return int(row["messages"])
 
 
+@pytest.mark.slow
 def test_every_with_count_runs_that_many_scans(setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     started = time.monotonic()
@@ -61,6 +62,7 @@ def test_every_with_count_runs_that_many_scans(setup: Path, tmp_path: Path, caps
     assert 2 <= elapsed < 5  # start to start: two periods between three scans, no sleep after the last
 
 
+@pytest.mark.slow
 def test_loop_picks_up_new_mail_and_stops_on_sigterm(
     setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -97,6 +99,7 @@ def test_loop_picks_up_new_mail_and_stops_on_sigterm(
     assert "SIGTERM received: stopping" in err
 
 
+@pytest.mark.slow
 def test_lock_held_one_shot_exits_75_and_loop_skips(
     setup: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

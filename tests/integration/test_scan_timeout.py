@@ -52,6 +52,7 @@ def scan_with_hung_mailboxes(tmp_path: Path, count: int, workers: int) -> tuple[
     return result, elapsed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("count", "workers"), [(6, 1), (80, 2)], ids=["in-process", "worker-processes"])
 def test_a_hung_mailbox_times_out_and_the_rest_is_stored(tmp_path: Path, count: int, workers: int) -> None:
     result, elapsed = scan_with_hung_mailboxes(tmp_path, count, workers)

@@ -13,6 +13,7 @@ from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox, Reading, State
 from quotagate.scan import run_scan
 from quotagate.store import open_store
+from quotagate.usage.mailbox import Found
 from quotagate.watch.deltas import message_delta
 from quotagate.watch.limits import plan
 from quotagate.watch.tracker import Tracker
@@ -206,11 +207,11 @@ def test_mail_arriving_while_a_mailbox_is_measured_is_counted(tmp_path: Path) ->
         measure = tracker._measure
         delivered: list[Path] = []
 
-        def measure_then_deliver(addresses: list[str]) -> dict[str, object]:
+        def measure_then_deliver(addresses: list[str]) -> dict[str, Found]:
             result = measure(addresses)
             if not delivered:  # a delivery lands after the folder was listed, before the flush ends
                 delivered.append(spool.deliver("carol", 300))
-            return result  # type: ignore[return-value]
+            return result
 
         tracker._measure = measure_then_deliver  # type: ignore[method-assign]
         task = asyncio.create_task(tracker.run())

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,10 @@ def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
 
 
 async def watching(
-    config: Config, store: Store, then: Callable[[Tracker], Awaitable[None]], *loops: Callable[..., Awaitable[None]]
+    config: Config,
+    store: Store,
+    then: Callable[[Tracker], Awaitable[None]],
+    *loops: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
     tracker, publisher = await start_tracker(config, store)
     tasks = [asyncio.create_task(tracker.run())]
@@ -70,6 +73,7 @@ async def watching(
         tracker.close()
 
 
+@pytest.mark.slow
 def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -99,6 +103,7 @@ def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
     store.close()
 
 
+@pytest.mark.slow
 def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, store = build(tmp_path)
 

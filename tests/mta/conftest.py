@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from quotagate.cli import main
-from tests.servers.exim import Exim, free_port, owned_by_mail_user, untrust
+from tests.servers.exim import Exim, owned_by_mail_user, untrust
+from tests.servers.process import free_port
 
 DOMAIN = "example.org"
 QUOTA = 10_000

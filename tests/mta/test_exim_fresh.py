@@ -13,7 +13,8 @@ from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
 from tests.mta.conftest import DOMAIN, QUOTA, Site
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import Exim, free_port
+from tests.servers.exim import Exim
+from tests.servers.process import free_port
 
 FRESH = 1.0  # seconds: the promise of the watch
 

@@ -12,7 +12,8 @@ from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
 from tests.mta.conftest import DOMAIN, QUOTA, Site
 from tests.servers.daemon import PolicyDaemon, policy_daemon
-from tests.servers.exim import Exim, free_port, owned_by_mail_user
+from tests.servers.exim import Exim, owned_by_mail_user
+from tests.servers.process import free_port
 
 ALIAS_ROUTER = """\
 aliases:

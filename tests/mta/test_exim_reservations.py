@@ -14,7 +14,8 @@ from quotagate.mta import exim as exim_config
 from quotagate.policy.control import ask as ask_control
 from tests.mta.conftest import DOMAIN, Site
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import Exim, free_port
+from tests.servers.exim import Exim
+from tests.servers.process import free_port
 
 MESSAGE = 100_000
 QUOTA = 450_000  # room for 4.5 of them

@@ -8,8 +8,9 @@ from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.mta import postfix as postfix_config
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import free_port, owned_by_mail_user
+from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import private_postfix
+from tests.servers.process import free_port
 
 QUOTA = 10_000
 

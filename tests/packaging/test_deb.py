@@ -13,6 +13,7 @@ import pwd
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _listing() -> set[str]:
 
 
 def _account(name: str) -> tuple[bool, bool]:
-    def exists(lookup) -> bool:
+    def exists(lookup: Callable[[str], object]) -> bool:
         try:
             lookup(name)
         except KeyError:
@@ -65,7 +66,7 @@ def _run(*args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
-def test_build_install_use_and_purge(tmp_path: Path):
+def test_build_install_use_and_purge(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("dpkg") is None:
         unavailable("installing a .deb needs root and dpkg")
     if subprocess.run(["dpkg", "-s", "quotagate"], capture_output=True).returncode == 0:

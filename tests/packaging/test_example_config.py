@@ -39,19 +39,19 @@ def _nested(section: str, table: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def test_loads_through_the_real_parser_and_changes_no_default():
+def test_loads_through_the_real_parser_and_changes_no_default() -> None:
     """Installing the package sets nothing: a default changed in a later release applies."""
     assert load_config(EXAMPLE) == Config()
 
 
-def test_every_section_and_key_is_there():
+def test_every_section_and_key_is_there() -> None:
     headers = {m[1] for line in EXAMPLE.read_text().splitlines() if (m := HEADER.match(line))}
     assert headers == {name for name, _ in sections()}
     shown = {(section, key) for section, key, _ in _commented()}
     assert {(k.section, k.name) for k in config_keys()} - shown == set()
 
 
-def test_every_value_shown_is_the_default_or_a_valid_example():
+def test_every_value_shown_is_the_default_or_a_valid_example() -> None:
     defaults = {(k.section, k.name): k for k in config_keys()}
     folder: dict[str, Any] = {}
     for section, key, value in _commented():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,9 +16,13 @@ from tests.packaging.conftest import rendered
 
 
 def _commands(command: click.Command, path: str) -> list[tuple[str, click.Command]]:
+    """Through list_commands/get_command: the root group loads its commands only when asked."""
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             found += _commands(sub, f"{path} {name}")
     return found
 
@@ -38,7 +43,7 @@ def _keys(model: type[BaseModel], section: str) -> list[tuple[str, str, Any]]:
     return found
 
 
-def test_quotagate_1_has_every_command_and_option(manpath):
+def test_quotagate_1_has_every_command_and_option(manpath: Path) -> None:
     text = rendered(manpath / "man1" / "quotagate.1")
     for path, command in _commands(cli, "quotagate"):
         assert path in text
@@ -54,7 +59,7 @@ def test_quotagate_1_has_every_command_and_option(manpath):
     assert "quotagate.toml(5)" in text
 
 
-def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath):
+def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath: Path) -> None:
     text = rendered(manpath / "man5" / "quotagate.toml.5")
     defaults = Config().model_dump(mode="json", by_alias=True)
     keys = _keys(Config, "")
@@ -77,7 +82,7 @@ def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath):
         assert f", default {expected} " in entry, (section, key, entry)
 
 
-def test_every_key_has_a_description():
+def test_every_key_has_a_description() -> None:
     described = {(k.section, k.name): k.description for k in config_keys()}
     assert sorted(described) == sorted((section, key) for section, key, _ in _keys(Config, ""))
     assert [k for k, text in described.items() if len(text.split()) < 2] == []
@@ -85,7 +90,7 @@ def test_every_key_has_a_description():
     assert set(MORE) - named == set()  # no description of a key the schema no longer has
 
 
-def test_types_name_what_toml_takes(manpath):
+def test_types_name_what_toml_takes(manpath: Path) -> None:
     text = rendered(manpath / "man5" / "quotagate.toml.5")
     assert 'format — one of "maildir", "mbox", "auto"' in text
     assert "threshold — percentage" in text

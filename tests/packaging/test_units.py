@@ -14,11 +14,11 @@ from tests.packaging.units import SOURCE, UNITS, settings, verify
 SERVICES = [u for u in UNITS if u.endswith(".service")]
 
 
-def test_the_units_are_these():
+def test_the_units_are_these() -> None:
     assert sorted(p.name for p in SOURCE.iterdir()) == sorted(UNITS)
 
 
-def test_each_verifies(tmp_path: Path, manpath: Path):
+def test_each_verifies(tmp_path: Path, manpath: Path) -> None:
     """Here /usr/bin/quotagate is this checkout's: the .deb test verifies the installed units as they are."""
     here = shutil.which("quotagate", path=str(Path(sys.executable).parent))
     assert here is not None
@@ -28,7 +28,7 @@ def test_each_verifies(tmp_path: Path, manpath: Path):
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_services_run_the_packaged_command_and_document_it(name):
+def test_services_run_the_packaged_command_and_document_it(name: str) -> None:
     unit = settings(SOURCE / name)
     assert unit["ExecStart"][0].startswith("/usr/bin/quotagate ")
     assert "man:quotagate(1)" in unit["Documentation"][0].split()
@@ -36,20 +36,20 @@ def test_services_run_the_packaged_command_and_document_it(name):
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_the_publish_file_directory_stays_writable(name):
+def test_the_publish_file_directory_stays_writable(name: str) -> None:
     """ProtectSystem=full makes /etc read-only: the default [publish] file lives in /etc/exim4."""
     unit = settings(SOURCE / name)
     assert unit["ProtectSystem"] == ["full"]
     assert "-/etc/exim4" in unit["ReadWritePaths"][0].split()
 
 
-def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog():
+def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog() -> None:
     serve, watch = settings(SOURCE / "quotagate.service"), settings(SOURCE / "quotagate-watch.service")
     assert serve["Type"] == watch["Type"] == ["notify"]
     assert serve["WatchdogSec"] == ["30s"]
     assert settings(SOURCE / "quotagate-scan.timer")["Unit"] == ["quotagate-scan.service"]
 
 
-def test_the_warn_timer_runs_warn():
+def test_the_warn_timer_runs_warn() -> None:
     assert settings(SOURCE / "quotagate-warn.timer")["Unit"] == ["quotagate-warn.service"]
     assert settings(SOURCE / "quotagate-warn.service")["ExecStart"] == ["/usr/bin/quotagate warn"]

@@ -30,6 +30,7 @@ from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
 from tests.servers.daemon import PolicyDaemon
+from tests.servers.process import free_port as free_port  # re-exported: the policy tests import it from here
 from tests.spoolgen import add_message, maildir_folder
 
 DOMAIN = "example.org"
@@ -47,12 +48,6 @@ T = TypeVar("T")
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
     """Run ``coro`` on a fresh event loop, failing (not hanging) after ``timeout`` seconds."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(

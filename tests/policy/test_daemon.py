@@ -60,6 +60,7 @@ def test_sigterm_with_idle_connections_logs_no_error(serve: Callable[..., Serve]
     assert "ERROR" not in log and "Traceback" not in log, log
 
 
+@pytest.mark.slow
 def test_sighup_reloads_the_reply_and_a_broken_config_keeps_the_old_one(serve: Callable[..., Serve]) -> None:
     s = serve()
     assert s.ask(request(FULL)) == REJECT
@@ -91,6 +92,7 @@ def test_sighup_reloads_the_reply_and_a_broken_config_keeps_the_old_one(serve: C
 # --- systemd notify -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["path", "abstract"])
 def test_systemd_is_told_ready_reloading_and_stopping(
     serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
@@ -123,6 +125,7 @@ def test_systemd_is_told_ready_reloading_and_stopping(
 # --- metrics ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_count_refusals_and_time_every_request(serve: Callable[..., Serve]) -> None:
     metrics_port = free_port()
     s = serve(metrics=f"127.0.0.1:{metrics_port}")
@@ -152,6 +155,7 @@ def test_metrics_count_refusals_and_time_every_request(serve: Callable[..., Serv
 # --- the store down, and the refusal log line ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_store_unavailable_at_start_still_answers_dunno_and_logs_it(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
@@ -179,6 +183,7 @@ def test_a_refusal_logs_one_line_with_the_recipient_numbers_and_usage_age(serve:
     ), lines[0]
 
 
+@pytest.mark.slow
 def test_the_event_loop_pings_the_systemd_watchdog_at_half_its_period(
     serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +200,7 @@ def test_the_event_loop_pings_the_systemd_watchdog_at_half_its_period(
         assert s.ask(request(FULL)) == REJECT
 
 
+@pytest.mark.slow
 def test_no_watchdog_pings_for_another_process(
     serve: Callable[..., Serve], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,6 +95,7 @@ def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
     assert "maildirsize" in s.log() and FULL in s.log()
 
 
+@pytest.mark.slow
 def test_a_fifo_swapped_in_and_out_while_checking_never_holds_the_other_mailboxes(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:

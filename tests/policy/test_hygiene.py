@@ -31,6 +31,7 @@ async def trickle(client: Client, data: bytes, every: float) -> bytes:
     return await client.read_to_eof(timeout=1)
 
 
+@pytest.mark.slow
 def test_twenty_slow_clients_are_cut_off_after_request_timeout_and_do_not_block_a_normal_check(site: Site) -> None:
     async def main() -> tuple[list[bytes], list[float], float, float]:
         # A byte every 0.25 s never leaves a connection idle for idle_timeout: only the request
@@ -99,6 +100,7 @@ def descriptors(limit: int):  # type: ignore[no-untyped-def]
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.slow
 def test_running_out_of_descriptors_on_accept_is_logged_once_and_counted(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -143,6 +143,7 @@ def hostile_request(draw: st.DrawFn) -> bytes:
     return ("".join(f"{name}={value}{newline}" for name, value in attributes.items()) + ending).encode()
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(st.lists(hostile_request() | noise, min_size=1, max_size=4).map(b"".join), positions, on_full)
 def test_hostile_requests_give_one_well_formed_answer_each(

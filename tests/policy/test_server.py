@@ -282,6 +282,7 @@ def test_idle_and_half_open_connections_are_closed_after_the_idle_timeout(site: 
     assert answer == REJECT
 
 
+@pytest.mark.slow
 def test_a_connection_in_use_is_not_closed_by_the_idle_timeout(site: Site) -> None:
     async def main() -> list[bytes]:
         async with serving_site(site, idle_timeout=0.5) as running, connected(running.host_port) as client:

@@ -83,6 +83,7 @@ def test_a_socket_directory_that_does_not_exist(site: Site, short_tmp: Path) -> 
     )
 
 
+@pytest.mark.slow
 def test_a_live_daemons_socket_is_never_taken_over_and_a_dead_ones_is(site: Site, short_tmp: Path) -> None:
     path = short_tmp / "p.sock"
     config = site.base / "first.toml"

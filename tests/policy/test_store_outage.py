@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from quotagate.scan import run_scan
 from quotagate.store import open_store
 from tests.policy.conftest import (
@@ -41,6 +43,7 @@ def scan(site: Site) -> float:
     return before
 
 
+@pytest.mark.slow
 def test_a_store_stopped_while_serving_gives_dunno_after_max_usage_age_and_552_again_once_it_is_back(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:

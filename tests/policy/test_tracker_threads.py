@@ -11,6 +11,7 @@ from asyncinotify import Inotify, Mask, Watch
 from quotagate.accounting import Profile
 from quotagate.model import MailboxUsage, Reading
 from quotagate.store import open_store
+from quotagate.usage.mailbox import unchanged as usage_unchanged
 from quotagate.usage.safefs import Roots
 from quotagate.watch import tracker as tracker_module
 from quotagate.watch.tracker import Tracker
@@ -24,7 +25,7 @@ def test_folder_stats_and_new_watches_happen_off_the_event_loop(
 ) -> None:
     calls: list[tuple[str, bool]] = []  # (what, on the loop's thread)
     loop_thread: list[int] = []
-    unchanged = tracker_module.unchanged
+    unchanged = usage_unchanged
     add_watch = Inotify.add_watch
 
     def spy_unchanged(path: str, usage: MailboxUsage, roots: Roots, profile: Profile) -> bool:

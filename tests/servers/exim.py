@@ -212,12 +212,6 @@ def rcpt_replies(transcript: str, count: int) -> list[str]:
     return replies[3 : 3 + count]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def owned_by_mail_user(path: Path) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:

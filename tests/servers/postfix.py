@@ -28,9 +28,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers.exim import MAIL_UID, free_port
+from tests.servers.exim import MAIL_UID
 from tests.servers.install import apt_install, unavailable
-from tests.servers.process import private_dir, stop, wait_for_port
+from tests.servers.process import free_port, private_dir, stop, wait_for_port
 
 PKG_CACHE = Path("/var/tmp/quotagate-postfix-pkg")
 DOMAIN = "example.org"

@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers.exim import free_port
 from tests.servers.install import apt_install, unavailable
-from tests.servers.process import private_dir, run_as, spawn_as, stop, wait_for_port
+from tests.servers.process import free_port, private_dir, run_as, spawn_as, stop, wait_for_port
 
 
 @dataclass(frozen=True)

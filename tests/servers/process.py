@@ -12,6 +12,13 @@ import time
 from pathlib import Path
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def private_dir(prefix: str, owner: str | None = None) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"quotagate-{prefix}-", dir="/var/tmp"))
     path.chmod(0o755)

@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tests.servers.exim import free_port
 from tests.servers.install import require_command, unavailable
-from tests.servers.process import private_dir, spawn_as, stop, wait_for_port
+from tests.servers.process import free_port, private_dir, spawn_as, stop, wait_for_port
+
+if TYPE_CHECKING:
+    import ldap3
 
 SUFFIX = "dc=example,dc=org"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
@@ -88,8 +91,8 @@ class Slapd:
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
-    def connection(self):  # type: ignore[no-untyped-def]
-        import ldap3
+    def connection(self) -> ldap3.Connection:
+        import ldap3  # only for the tests that start slapd
 
         return ldap3.Connection(ldap3.Server(self.url), ADMIN_DN, ADMIN_PW, auto_bind=True, raise_exceptions=True)
 
@@ -99,7 +102,7 @@ class Slapd:
         dn = f"ou={name},{PEOPLE}"
         conn = self.connection()
         try:
-            conn.add(dn, ["organizationalUnit"], {"ou": name})
+            conn.add(dn, ["organizationalUnit"], {"ou": name})  # type: ignore[no-untyped-call]  # ldap3 stubs
         finally:
             conn.unbind()
         return dn
@@ -108,7 +111,7 @@ class Slapd:
         dn = f"uid={uid},{tree}"
         conn = self.connection()
         try:
-            conn.add(
+            conn.add(  # type: ignore[no-untyped-call]  # ldap3 stubs
                 dn,
                 ["inetOrgPerson", "quotagateMailbox"],
                 {"cn": uid, "sn": uid, "mail": address, "quotagateQuota": quota, **extra},

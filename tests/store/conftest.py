@@ -17,7 +17,12 @@ from tests.store.backends import BACKENDS, Backend, ldap_flag, sql_flag
 ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 
-@pytest.fixture(params=ENGINES)
+def on_server(value: object, server: str, id_: str) -> object:
+    """A parameter that needs a real server (all but SQLite) is marked ``servers``: ``--quick`` skips it."""
+    return value if server == "sqlite" else pytest.param(value, id=id_, marks=pytest.mark.servers)
+
+
+@pytest.fixture(params=[on_server(e, e, e) for e in ENGINES])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = f"qg_{uuid.uuid4().hex[:12]}"
     if request.param == "sqlite":
@@ -26,7 +31,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(server.create_database(name))
 
 
-@pytest.fixture(params=BACKENDS, ids=[b[0] for b in BACKENDS])
+@pytest.fixture(params=[on_server(b, b[1], b[0]) for b in BACKENDS], ids=[b[0] for b in BACKENDS])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     _, server, preset = request.param
     if server == "slapd":

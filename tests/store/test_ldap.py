@@ -91,7 +91,7 @@ def test_adds_the_auxiliary_class_when_missing(slapd: Slapd, tmp_path: Path) -> 
     tree = slapd.new_tree()
     dn = f"uid=plain,{tree}"
     conn = slapd.connection()
-    conn.add(dn, ["inetOrgPerson"], {"cn": "p", "sn": "p", "mail": "plain@example.org"})
+    conn.add(dn, ["inetOrgPerson"], {"cn": "p", "sn": "p", "mail": "plain@example.org"})  # type: ignore[no-untyped-call]
     conn.unbind()
     store = make_store(slapd, tree, tmp_path)
     try:

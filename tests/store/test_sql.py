@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from quotagate.model import (
     FolderUsage,
@@ -18,7 +18,7 @@ from quotagate.model import (
     ScanSummary,
     State,
 )
-from quotagate.store import StoreError, open_store
+from quotagate.store import StoreError, open_store, schema
 from quotagate.store.presets import PRESETS
 from quotagate.store.sql import SqlStore
 from tests.servers import schemas
@@ -112,6 +112,21 @@ def test_scan_summaries(db_url: str) -> None:
         assert last is not None and last.mailboxes == 20 and not last.full
     finally:
         store.close()
+
+
+def test_scan_history_keeps_only_the_latest_summaries(db_url: str) -> None:
+    """A scan every minute for years must not grow the table without end."""
+    with open_store(db_url) as store:
+        store.migrate()
+        assert isinstance(store, SqlStore)
+        store.scans_kept = 3
+        for n in range(1, 7):
+            store.record_scan(ScanSummary(float(n), n + 0.5, False, n, n, 0, 0, 0, 0, 0))
+        with store.engine.connect() as conn:
+            kept = [row[0] for row in conn.execute(select(schema.scan.c.mailboxes).order_by(schema.scan.c.id))]
+        assert kept == [4, 5, 6]
+        last = store.last_scan()
+        assert last is not None and last.mailboxes == 6
 
 
 @pytest.mark.parametrize("preset", ["postfixadmin", "classic"])

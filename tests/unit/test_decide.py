@@ -63,7 +63,7 @@ def test_message_limit() -> None:
 def test_folder_limits_override_the_mailbox() -> None:
     d = decide(box(), used(20 * MB), 1, limits=Limits(10 * MB))
     assert d.action is Action.REJECT
-    assert d.numbers["limit_bytes"] == 10 * MB
+    assert d.numbers.limit_bytes == 10 * MB
 
 
 @given(

@@ -64,7 +64,7 @@ def test_flags_containing_s_after_colon_never_give_a_size() -> None:
 
 
 _junk = st.text(
-    alphabet=st.characters(blacklist_characters=":,", blacklist_categories=("Cs",)),
+    alphabet=st.characters(exclude_characters=":,", exclude_categories=["Cs"]),
     max_size=20,
 )
 

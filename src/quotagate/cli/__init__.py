@@ -1,4 +1,8 @@
-"""The ``quotagate`` command: one module per command group, each thin over the core."""
+"""The ``quotagate`` command: one module per command group, each thin over the core.
+
+The command modules load when their command runs (see :class:`quotagate.cli.app.LazyGroup`):
+``--version`` and ``scan`` never pay for the daemon, the terminal UI or the LDAP driver.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,26 @@ import sys
 from collections.abc import Sequence
 
 import click
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from quotagate.address import BadAddress
-from quotagate.cli import check, db, demo, exim, mailbox, postfix, report, reservations, scan, serve, warn, watch
 from quotagate.cli.app import App, cli
 from quotagate.errors import QuotagateError, one_line
 
-for module in (mailbox, scan, report, check, demo, db, exim, postfix, serve, watch, reservations, warn):
-    module.register(cli)
-
 EXIT_USAGE = 2
+
+
+def _store_failure(exc: Exception) -> str | None:
+    """What the database said, when ``exc`` is a store that broke mid-way; None for anything else.
+
+    Only a command that opened a store has loaded SQLAlchemy: without it, ``exc`` cannot be one.
+    """
+    if "sqlalchemy.exc" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    return one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (QuotagateError, BadAddress) as exc:
         click.echo(f"quotagate: {one_line(str(exc))}", err=True)
         return EXIT_USAGE
-    except SQLAlchemyError as exc:  # a store that broke mid-way: say what the database said
-        reason = one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+    except Exception as exc:
+        reason = _store_failure(exc)
+        if reason is None:  # a bug: keep its traceback
+            raise
         click.echo(f"quotagate: store error: {reason}", err=True)
         return EXIT_USAGE
     return result if isinstance(result, int) else 0

@@ -7,15 +7,47 @@ import os
 import sys
 from collections.abc import Mapping
 from functools import cached_property
-from typing import TextIO
+from importlib import import_module
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from quotagate.config import Config, load_config
-from quotagate.store import Store, store_for
 from quotagate.text import OneLineFormatter
 
+if TYPE_CHECKING:
+    from quotagate.config import Config
+    from quotagate.store import Store
+
 _LOG_FORMAT = "quotagate: %(levelname)s: %(message)s"
+
+# command -> the module of quotagate.cli that registers it, imported when the command runs
+COMMANDS = {
+    "check": "check",
+    "db": "db",
+    "demo": "demo",
+    "exim-config": "exim",
+    "mailbox": "mailbox",
+    "postfix-config": "postfix",
+    "report": "report",
+    "reservations": "reservations",
+    "scan": "scan",
+    "serve": "serve",
+    "warn": "warn",
+    "watch": "watch",
+}
+
+
+class LazyGroup(click.Group):
+    """Commands imported on first use: each module's ``register(cli)`` runs only when its command
+    is asked for (or listed by ``--help``), so a command loads only the libraries it uses."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import_module(f"quotagate.cli.{COMMANDS[cmd_name]}").register(self)
+        return super().get_command(ctx, cmd_name)
 
 
 class App:
@@ -27,14 +59,16 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        from quotagate.config import load_config
+
         return load_config(self.config_file)
 
     def store(self) -> Store:
-        """The configured store; quotagate's own SQLite file is created and migrated on first use."""
-        store = store_for(self.config.store)
-        if self.config.store.url.startswith("sqlite") and self.config.store.schema_ == "quotagate":
-            store.migrate()
-        return store
+        """The configured store, to use in ``with``; quotagate's own SQLite file is created and
+        migrated on first use."""
+        from quotagate.store import open_store
+
+        return open_store(self.config.store, migrate=True)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -59,7 +93,7 @@ def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatt
     return OneLineFormatter(_LOG_FORMAT if journal else "%(asctime)s " + _LOG_FORMAT)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",

@@ -68,10 +68,10 @@ def _explain(
     pct = f" ({100 * usage.bytes / limits.bytes:.1f}%)" if limits.bytes else ""
     lines.append(f"  usage     {format_size(usage.bytes)} of {quota}{pct} [{usage.bytes} bytes]")
     lines.append(f"  messages  {usage.messages} of {limits.messages or 'unlimited'}")
-    size = decision.numbers.get("size")
+    size, grace = decision.numbers.size, decision.numbers.grace_bytes
     lines.append(f"  size      {size} bytes (inclusive check)" if size else "  size      unknown (exclusive check)")
-    if decision.numbers.get("grace_bytes"):
-        lines.append(f"  grace     {decision.numbers['grace_bytes']} bytes")
+    if grace:
+        lines.append(f"  grace     {grace} bytes")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(usage.measured_at))
     if usage.source == "maildirsize":
         lines.append(f"  measured  now, from maildirsize (last changed {stamp})")
@@ -91,8 +91,7 @@ def check(app: App, address: str, size: str | None) -> int:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
     config = app.config
-    store = app.store()
-    try:
+    with app.store() as store:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
         service = PolicyService(config, Metrics())
         service.snapshot = snapshot
@@ -100,13 +99,6 @@ def check(app: App, address: str, size: str | None) -> int:
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
-    finally:
-        store.close()
-    service = PolicyService(config, Metrics())
-    service.snapshot = snapshot
-    outcome = service.check(address, declared)
-    mailbox = snapshot.mailboxes.get(outcome.address)
-    reading = snapshot.readings.get(outcome.address)
     lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool))
     if outcome.usage is not None and reading is not None and reading.state is not State.UNKNOWN:
         lines.append(_forecast_line(predicted))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from quotagate.cli.app import App, pass_app
-from quotagate.store import store_for
+from quotagate.store import open_store
 
 
 @click.group("db")
@@ -18,15 +18,12 @@ def group() -> None:
 @pass_app
 def migrate(app: App, print_only: bool) -> None:
     """Create or upgrade the tables quotagate needs in the store."""
-    store = store_for(app.config.store)  # not app.store(): that migrates SQLite on its own
-    try:
+    with open_store(app.config.store) as store:  # not app.store(): that migrates SQLite on its own
         if print_only:
             statements = store.migration_sql()
             click.echo("\n\n".join(statements) if statements else "-- the store is up to date")
             return
         applied = store.migrate()
-    finally:
-        store.close()
     click.echo("\n".join(f"applied {a}" for a in applied) if applied else "the store is up to date")
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import BinaryIO
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
@@ -57,8 +54,7 @@ def add(
 ) -> None:
     """Add a mailbox, or change an existing one: only what is given changes."""
     address = normalize(address)
-    store = app.store()
-    try:
+    with app.store() as store:
         old = store.mailbox(address)
         if old is None and quota is None:
             raise click.ClickException(f"{printable(address)} is a new mailbox: give its --quota")
@@ -76,8 +72,6 @@ def add(
                 )
             ]
         )
-    finally:
-        store.close()
 
 
 @group.command("import")
@@ -89,11 +83,8 @@ def import_(app: App, file: BinaryIO) -> None:
         mailboxes = parse_mailboxes(file.read(), printable(file.name))
     except CsvError as exc:
         raise click.ClickException(str(exc)) from None
-    store = app.store()
-    try:
+    with app.store() as store:
         store.upsert_mailboxes(mailboxes)
-    finally:
-        store.close()
     click.echo(f"imported {len(mailboxes)} mailboxes")
 
 
@@ -101,11 +92,12 @@ def import_(app: App, file: BinaryIO) -> None:
 @pass_app
 def list_(app: App) -> None:
     """List the mailboxes and their limits."""
-    store = app.store()
-    try:
+    with app.store() as store:
         mailboxes = store.mailboxes()
-    finally:
-        store.close()
+    from rich.console import Console  # rich only for the commands that draw a table
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("address", "quota", "messages", "enabled", "path")
     for m in mailboxes:  # Text cells: rich never reads a name as markup
         table.add_row(

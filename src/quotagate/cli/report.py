@@ -9,9 +9,6 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from quotagate.cli.app import App, pass_app
 from quotagate.history import DAY
@@ -25,6 +22,10 @@ _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
 def _table(data: list[dict[str, Any]]) -> None:
     """Every cell a :class:`Text`, never a string rich would read as markup, names escaped."""
+    from rich.console import Console  # rich only for the table: json and csv never load it
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("address", "used", "messages", "quota", "%", "state", "forecast", "maildirsize", "note")
     for row in data:
         quota = row["quota_bytes"]
@@ -73,12 +74,9 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--above") from None
     now = time.time()
-    store = app.store()
-    try:
+    with app.store() as store:
         mailboxes, readings = store.mailboxes(), store.readings()
         history = store.history(now - app.config.history.forecast_days * DAY)
-    finally:
-        store.close()
     predicted = forecasts(mailboxes, readings, history)
     data = rows(
         mailboxes, readings, over_only=over, predicted=predicted, now=now, accounting=app.config.spool.accounting

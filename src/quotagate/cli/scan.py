@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from quotagate.cli.app import App, pass_app
 from quotagate.config import ConfigError, scan_lock_file
@@ -18,7 +17,6 @@ from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
-from quotagate.scanmetrics import write_scan_metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +30,9 @@ def _progress_bar() -> Iterator[ProgressCallback | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    # rich only on a terminal: cron and the timers never pay for importing it
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     # No auto-refresh thread: the scan forks worker processes, which must not inherit threads.
     bar = Progress(
         TextColumn("scanning"),
@@ -67,18 +68,13 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
     """One scan under the lock; raises LockHeld when another scan runs, Outage when refused."""
     config = app.config
     try:
-        with scan_lock(scan_lock_file(config)):
-            store = app.store()
-            try:
-                with _progress_bar() as progress:
-                    result = run_scan(
-                        config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress
-                    )
-            finally:
-                store.close()
+        with scan_lock(scan_lock_file(config)), app.store() as store, _progress_bar() as progress:
+            result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress)
     except LockError as exc:
         raise ConfigError(f"scan.lock_file: {exc}") from None
     if config.scan.metrics_file is not None:
+        from quotagate.scanmetrics import write_scan_metrics  # prometheus_client: only when asked for
+
         try:
             write_scan_metrics(config.scan.metrics_file, result.summary)
         except OSError as exc:  # the scan stands; monitoring sees the timestamp age

@@ -1,24 +1,48 @@
-"""Stores behind one contract, chosen by the URL scheme and imported only when used."""
+"""Stores behind one contract, chosen by the URL scheme and imported only when used.
+
+Each backend is reached through a typed factory (:data:`Factory`): ``mypy --strict`` checks that
+what a backend's ``from_config`` returns keeps the :class:`Store` contract, method by method.
+SQLAlchemy and ldap3 load only inside those factories, so a command that never opens a store
+never pays for importing them.
+"""
 
 from __future__ import annotations
 
 import re
-from importlib import import_module
-
-from sqlalchemy.exc import NoSuchModuleError
+from collections.abc import Callable
 
 from quotagate.config import StoreConfig
 from quotagate.store.base import Store, StoreError
 
-# scheme (before any "+driver") -> module with a ``from_config(StoreConfig) -> Store``;
-# optional backends (and their drivers) load only when a URL names them.
-_REGISTRY = {
-    "sqlite": "quotagate.store.sql",
-    "postgresql": "quotagate.store.sql",
-    "mysql": "quotagate.store.sql",
-    "mariadb": "quotagate.store.sql",
-    "ldap": "quotagate.store.ldap",
-    "ldaps": "quotagate.store.ldap",
+Factory = Callable[[StoreConfig], Store]
+
+
+def _sql(config: StoreConfig) -> Store:
+    from sqlalchemy.exc import NoSuchModuleError
+
+    from quotagate.store.sql import from_config
+
+    try:
+        return from_config(config)
+    except NoSuchModuleError as exc:  # "postgresql+nosuchdriver://"
+        raise StoreError(_unknown_driver(config.url)) from exc
+
+
+def _ldap(config: StoreConfig) -> Store:
+    from quotagate.store.ldap import from_config
+
+    return from_config(config)
+
+
+# scheme (before any "+driver") -> its factory; optional backends (and their drivers) load
+# only when a URL names them.
+_REGISTRY: dict[str, Factory] = {
+    "sqlite": _sql,
+    "postgresql": _sql,
+    "mysql": _sql,
+    "mariadb": _sql,
+    "ldap": _ldap,
+    "ldaps": _ldap,
 }
 # scheme -> the driver quotagate's extras install for it, and that extra. SQLAlchemy's default
 # drivers (MySQLdb for mysql://, psycopg2 for postgresql:// before 2.1) are not among them.
@@ -73,12 +97,12 @@ def store_for(config: StoreConfig) -> Store:
     """The store the config names; an unknown scheme or driver, or a missing driver, is a StoreError
     that says which URL to write or which extra to install (the password never shown)."""
     url = config.url
-    module_name = _REGISTRY.get(scheme_of(url))
-    if module_name is None:
+    factory = _REGISTRY.get(scheme_of(url))
+    if factory is None:
         known = ", ".join(sorted(_REGISTRY))
         raise StoreError(f"store url {redacted(url)!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
     try:
-        store: Store = import_module(module_name).from_config(config)
+        return factory(config)
     except ImportError as exc:
         if exc.name is None:  # not a missing module: a broken installation
             raise StoreError(f"store url {redacted(url)!r}: {_scrubbed(str(exc), url)}") from exc
@@ -86,18 +110,34 @@ def store_for(config: StoreConfig) -> Store:
             f"store url {redacted(url)!r} needs the driver {exc.name}, which is not installed: "
             + _install_hint(url, exc.name)
         ) from exc
-    except NoSuchModuleError as exc:
-        raise StoreError(_unknown_driver(url)) from exc
     except StoreError:
         raise
     except Exception as exc:
         raise StoreError(f"store url {redacted(url)!r}: {_scrubbed(str(exc), url)}") from exc
+
+
+def _own_sqlite(config: StoreConfig) -> bool:
+    return scheme_of(config.url) == "sqlite" and config.schema_ == "quotagate"
+
+
+def open_store(config: StoreConfig | str, *, migrate: bool = False) -> Store:
+    """The store ``config`` names (a bare URL: every other setting at its default), to use in
+    ``with``, which closes it.
+
+    ``migrate``: create or upgrade quotagate's own SQLite file on first use, so a new install
+    needs no ``db migrate``. Any other store is the admin's database, changed only by ``quotagate
+    db migrate``; for those the flag does nothing.
+    """
+    if isinstance(config, str):
+        config = StoreConfig(url=config)
+    store = store_for(config)
+    if migrate and _own_sqlite(config):
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
     return store
 
 
-def open_store(url: str) -> Store:
-    """The store at ``url`` with every other setting at its default."""
-    return store_for(StoreConfig(url=url))
-
-
-__all__ = ["Store", "StoreError", "open_store", "redacted", "store_for"]
+__all__ = ["Factory", "Store", "StoreError", "open_store", "redacted", "store_for"]

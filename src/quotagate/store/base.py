@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, Self
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention, Sample
@@ -14,7 +14,27 @@ class StoreError(QuotagateError):
     """A store that cannot be reached or used; the message says which and why."""
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class ClosedOnExit:
+    """A backend's ``with store:``: closed however the block ends, so no command leaks a connection."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self: _Closable, *exc_info: object) -> None:
+        self.close()
+
+
 class Store(Protocol):
+    """Checked by ``mypy --strict`` through the typed factories of :mod:`quotagate.store`."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
     def close(self) -> None: ...
 
     def migrate(self) -> list[str]:

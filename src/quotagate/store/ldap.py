@@ -25,7 +25,7 @@ from quotagate.config import LdapConfig, StoreConfig
 from quotagate.history import Retention, Sample
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
 from quotagate.store import redacted
-from quotagate.store.base import StoreError
+from quotagate.store.base import ClosedOnExit, StoreError
 from quotagate.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _first(values: Any) -> str | None:
     return None if values is None else str(values)
 
 
-class LdapStore:
+class LdapStore(ClosedOnExit):
     def __init__(self, url: str, config: LdapConfig, state: SqlStore) -> None:
         self.url = url
         self.shown_url = redacted(url)  # for messages: a password in the URL is never shown

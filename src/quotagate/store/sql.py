@@ -49,7 +49,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.store import schema
-from quotagate.store.base import StoreError
+from quotagate.store.base import ClosedOnExit, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,12 @@ def _quota2_table(name: str) -> Table:
     )
 
 
-class SqlStore:
+class SqlStore(ClosedOnExit):
     """quotagate's own tables in any database SQLAlchemy speaks to."""
+
+    # Scan summaries kept: only the last one is read (by the daemon and check); the rest is
+    # history for the admin. A scan a minute keeps the last 16 hours, a scan an hour six weeks.
+    scans_kept = 1000
 
     def __init__(self, url: str, table: MailboxTable | None = None) -> None:
         self.table = table or PRESETS["quotagate"]
@@ -400,9 +404,14 @@ class SqlStore:
         }
 
     def record_scan(self, summary: ScanSummary) -> None:
-        values = {k: getattr(summary, k) for k in (c.name for c in schema.scan.c) if k != "id"}
+        """Add ``summary`` and drop all but the latest :attr:`scans_kept`, in one transaction."""
+        t = schema.scan
+        values = {k: getattr(summary, k) for k in (c.name for c in t.c) if k != "id"}
         with self._begin() as conn:
-            conn.execute(insert(schema.scan).values(**values))
+            conn.execute(insert(t).values(**values))
+            newest = conn.execute(select(func.max(t.c.id))).scalar() or 0
+            # two statements: MySQL refuses a DELETE whose subquery reads the same table
+            conn.execute(delete(t).where(t.c.id <= newest - self.scans_kept))
 
     def last_scan(self) -> ScanSummary | None:
         t = schema.scan
