@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from quotagate.config import Config
 from quotagate.history import Recorder, Sample
 from quotagate.model import Reading, State
@@ -24,10 +22,18 @@ def samples_of(readings: Iterable[Reading]) -> list[Sample]:
     return [Sample(r.address, r.measured_at, r.bytes, r.messages) for r in readings if r.state is not State.UNKNOWN]
 
 
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a store may raise: its own error, and SQLAlchemy's when it is an SQL store (imported
+    here, not at the top: a scan loads SQLAlchemy only once it opens such a store)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (StoreError, SQLAlchemyError)
+
+
 def _write(store: Store, samples: Sequence[Sample]) -> None:
     try:
         store.record_history(samples)
-    except (StoreError, SQLAlchemyError) as exc:
+    except _store_errors() as exc:
         log.error("usage history not recorded (%d samples): %s", len(samples), exc)
 
 
@@ -38,7 +44,7 @@ def after_scan(config: Config, store: Store, changed: Sequence[Reading], now: fl
     _write(store, samples_of(changed))
     try:
         store.prune_history(now, config.history.retention)
-    except (StoreError, SQLAlchemyError) as exc:
+    except _store_errors() as exc:
         log.error("usage history not pruned: %s", exc)
 
 
