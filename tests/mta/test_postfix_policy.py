@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import smtplib
+import socket
+import threading
+import time
 from pathlib import Path
 
 from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.mta import postfix as postfix_config
+from quotagate.policy.control import ask
 from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import private_postfix
@@ -48,3 +53,70 @@ def test_postfix_refuses_a_full_mailbox_and_accepts_what_fits(tmp_path: Path) ->
         assert postfix.delivered("roomy@example.org")
         # With the daemon gone, Postfix falls back to DUNNO: mail is accepted, nothing lost.
         assert postfix.smtp("roomy@example.org") == 250
+
+
+def test_a_postfix_burst_from_many_clients_lets_in_exactly_the_messages_that_fit(tmp_path: Path) -> None:
+    """Ten clients at once, 100 kB each, room for 4.5: the room held at RCPT belongs to each
+    transaction (Postfix's instance), goes in flight at END-OF-MESSAGE, and is released once the
+    delivery is seen and measured."""
+    quota, size, clients = 450_000, 100_000, 10
+    port = free_port()
+    config = tmp_path / "quotagate.toml"
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{tmp_path}/control.sock"\n'
+    config.write_text(listen)
+    item = postfix_config.restriction(load_config(config))
+    with private_postfix(
+        f"reject_unauth_destination, {item}, permit",
+        mailboxes={"roomy@example.org": "roomy"},
+        main=f"smtpd_end_of_data_restrictions = {item}\n",
+    ) as postfix:
+        maildir = postfix.maildir("roomy@example.org")
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
+            f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{listen}[watch]\nenabled = true\nflush_seconds = 0.1\n'
+        )
+        add = ["mailbox", "add", "roomy@example.org", "--quota", str(quota), "--path", str(maildir)]
+        assert main(["--config", str(config), *add]) == 0
+        owned_by_mail_user(postfix.maildirs)
+        assert main(["--config", str(config), "scan"]) == 0
+        with policy_daemon(config, port):
+            start = threading.Barrier(clients)
+            codes = [0] * clients
+            sessions = []
+            for n in range(clients):
+                smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{20 + n}", 0))
+                smtp.connect("127.0.0.1", postfix.port)
+                smtp.ehlo("client.test")
+                sessions.append(smtp)
+
+            def rcpt(n: int) -> None:
+                assert sessions[n].mail("sender@example.net", [f"SIZE={size}"])[0] == 250
+                start.wait(timeout=30)
+                codes[n] = sessions[n].rcpt("roomy@example.org")[0]
+
+            threads = [threading.Thread(target=rcpt, args=(n,)) for n in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            body = b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
+            for smtp, code in zip(sessions, codes, strict=True):
+                if code == 250:
+                    assert smtp.data(body)[0] == 250
+                smtp.quit()
+            assert sorted(codes) == [250] * 4 + [552] * 6, postfix.log()[-3000:]
+            deadline = time.monotonic() + 20
+            while len(list((maildir / "new").iterdir())) < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(list((maildir / "new").iterdir())) == 4
+            # Delivered and seen: once a reading includes them, nothing stays held.
+            deadline = time.monotonic() + 10
+            check = b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=roomy@example.org\n\n"
+            while ask(tmp_path / "control.sock", {"op": "list"})["reservations"] and time.monotonic() < deadline:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(check)  # a check without a size holds nothing, and settles the rest
+                    sock.recv(100)
+                time.sleep(0.3)
+            assert ask(tmp_path / "control.sock", {"op": "list"})["reservations"] == []
