@@ -94,6 +94,22 @@ def test_one_client_is_capped_in_one_mailbox_but_never_below_one_message() -> No
     assert hold(r, prober[1], 800, cap=1000)
 
 
+def test_a_flood_of_transactions_that_end_at_once_does_not_grow_memory() -> None:
+    r = Reservations(seconds=600)
+    for i in range(20_000):  # RCPT, then RSET or the next MAIL: held, then let go at once
+        t = Transaction("203.0.113.9", str(i))
+        hold(r, t, 10, now=i / 1000)
+        r.end(t, with_data=False, now=i / 1000)
+    for i in range(5_000):  # mail in flight whose delivery is never seen, expiring
+        t = Transaction("198.51.100.1", f"f{i}")
+        hold(r, t, 10 + i % 7, now=100 + i)
+        r.end(t, with_data=True, now=100 + i)
+        r.expire(now=100 + i)
+    assert len(r) <= 600
+    assert len(r._expiry) <= 2 * len(r) + 1024
+    assert all(len(heap) <= 2 * len(r) + 16 for heap in r._undelivered.values())
+
+
 def test_client_keys() -> None:
     assert client_key("192.0.2.7") == "192.0.2.7"
     assert client_key("2001:db8:1:2:3::4") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"

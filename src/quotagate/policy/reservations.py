@@ -253,7 +253,12 @@ class Reservations:
             del self._mailbox[r.mailbox]
         if r.state == "held":
             self._count_for_client(r, -1)
-        # Entries left behind in the heaps and in the middle of the queue are skipped when reached.
+        # Entries left behind in the heaps and in the middle of the queue are skipped when reached,
+        # and swept out once they outnumber the live ones: a flood of transactions that end at
+        # once (RCPT, then RSET or MAIL) must not grow memory until their expiry comes round.
+        if len(self._expiry) > 2 * len(self._by_key) + 1024:
+            self._expiry = [entry for entry in self._expiry if entry[2].live]
+            heapq.heapify(self._expiry)
         queue = self._delivered.get(r.mailbox)
         if queue is not None:
             while queue and not queue[0].live:
@@ -264,6 +269,9 @@ class Reservations:
         if heap is not None:
             while heap and not heap[0][2].live:
                 heapq.heappop(heap)
+            if len(heap) > 2 * self._mailbox.get(r.mailbox, _Sums()).messages + 16:
+                heap[:] = [entry for entry in heap if entry[2].live]
+                heapq.heapify(heap)
             if not heap:
                 del self._undelivered[r.mailbox]
 
