@@ -107,6 +107,8 @@ def test_reservations_survive_a_restart_and_show_in_the_cli(serve: object, tmp_p
     assert "2 reservations restored" in running.log()
 
     config = ["--config", str(running.config)]
+    # check decides as the daemon would: with the room it holds (4,000 held + 4,000 in flight).
+    assert main([*config, "check", ROOMY, "--size", "4000"]) == 1
     assert main([*config, "reservations", ROOMY]) == 0
     assert main([*config, "reservations", "--release", ROOMY]) == 0
     assert running.ask(request(ROOMY, 4000, instance="C")) == b"action=DUNNO\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -12,8 +13,10 @@ from quotagate.cli.app import App, pass_app
 from quotagate.forecast import Forecast, describe, forecast
 from quotagate.history import DAY
 from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
+from quotagate.policy.control import ControlError, ask
 from quotagate.policy.live import Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Reservation, Transaction
 from quotagate.policy.service import PolicyService
 from quotagate.sizes import format_size, parse_size
 from quotagate.store import Store
@@ -30,6 +33,29 @@ def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
     readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
     last = store.last_scan()
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+
+
+def _daemons_reservations(service: PolicyService, address: str, control: Path) -> str:
+    """The room the running daemon holds for the mailbox, taken into this check so that it
+    decides as the daemon would; a line saying what was found (or that the daemon was not asked)."""
+    try:
+        rows = ask(control, {"op": "list", "address": address}, timeout=2)["reservations"]
+    except ControlError:
+        return "  reserved  not known: the daemon's control socket cannot be asked (is serve running?)"
+    now = time.time()
+    held = [
+        Reservation(
+            Transaction(str(row["client"]), str(row["transaction"])),
+            address,
+            int(row["bytes"]),
+            now - float(row["age"]),
+            now + service.reservations.seconds,
+            "flight" if row["state"] == "in flight" else "held",
+        )
+        for row in rows
+    ]
+    service.reservations.restore(held, now)
+    return f"  reserved  {sum(r.bytes for r in held)} bytes in {len(held)} messages held by the daemon"
 
 
 def _forecast(store: Store, mailbox: Mailbox | None, usage: Usage | None, days: float) -> Forecast | None:
@@ -95,11 +121,14 @@ def check(app: App, address: str, size: str | None) -> int:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
         service = PolicyService(config, Metrics())
         service.snapshot = snapshot
+        held = _daemons_reservations(service, normalize(address), config.policy.control_socket)
         outcome = service.check(address, declared)
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
     lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool))
+    if mailbox is not None:
+        lines.append(held)
     if outcome.usage is not None and reading is not None and reading.state is not State.UNKNOWN:
         lines.append(_forecast_line(predicted))
     click.echo("\n".join(lines))
