@@ -72,6 +72,9 @@ class PolicyService:
         self.reservations = Reservations(config.policy.reservation_seconds, config.policy.max_reservations)
         self._once = itertools.count()
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
+        # The delivery agent's rules (where a full mailbox starts, its grace by default): worked
+        # out once per config, not on every request.
+        self._grace, self._boundary = grace_for(config), profile_for(config.spool).boundary
         self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
@@ -80,6 +83,7 @@ class PolicyService:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self._grace, self._boundary = grace_for(config), profile_for(config.spool).boundary
         self.maildirsize.roots = spool_roots(config.spool)
         self.reservations.seconds = config.policy.reservation_seconds
         self.reservations.max_reservations = config.policy.max_reservations
@@ -228,7 +232,7 @@ class PolicyService:
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
         reserved = self.reservations.held(mailbox.address, now, measured_at)
         # The delivery agent's rules: where a full mailbox starts, and its grace by default.
-        grace, boundary = grace_for(self.config), profile_for(self.config.spool).boundary
+        grace, boundary = self._grace, self._boundary
         decision = decide(mailbox, usage, size, reserved, grace, limits, boundary=boundary)
         if limits is not None and decision.action is Action.ACCEPT:
             # The folder's rule lets it in; the mailbox's own limit still holds.
