@@ -33,6 +33,7 @@ from tests.policy.conftest import (
     Client,
     Site,
     connected,
+    read_answer,
     request,
     run,
     serving,
@@ -389,13 +390,7 @@ def test_concurrent_checks_accept_exactly_as_many_messages_as_fit(site: Site) ->
         with socket.create_connection(where, timeout=10) as sock:
             barrier.wait(timeout=10)
             sock.sendall(request(ROOMY, size, client=f"198.51.100.{i}"))  # each a client of its own
-            received = b""
-            while not received.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                received += chunk
-            return received
+            return read_answer(sock)
 
     async def main() -> tuple[list[bytes], bytes, float]:
         async with serving_site(site) as running:
