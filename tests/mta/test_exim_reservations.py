@@ -1,6 +1,6 @@
 """Reservations through real Exim with the generated configuration: a burst of messages from many
 clients lets in exactly the ones that fit, a prober that never sends DATA leaves nothing held, and
-a daemon restarted between the RCPTs and the DATA of a burst still holds their room."""
+a daemon restarted, or a scan run, between the RCPTs and the DATA of a burst still holds their room."""
 
 from __future__ import annotations
 
@@ -120,6 +120,26 @@ def test_a_daemon_restarted_between_rcpt_and_data_still_holds_the_room(work: Pat
         assert sorted(codes) == [250] * 4 + [552] * 6
         assert len(delivered(site)) == 4
         assert "4 reservations restored" in daemon.log()
+
+
+def test_a_scan_between_rcpt_and_data_keeps_the_room_held(work: Path, exim: Exim) -> None:
+    """A fresher measurement (a full scan, then the daemon reloading on SIGHUP) includes none of
+    the four messages in flight, so it must release none of their room."""
+    site, port = prepare(work, exim)
+    with policy_daemon(site.config, port) as daemon:
+        exim.start()
+
+        def scan_and_probe() -> None:
+            assert site.quotagate("scan", "--full") == 0
+            daemon.reload()
+            late = Client(exim, 41)
+            assert late.rcpt(MESSAGE) == 552
+            late.quit()
+
+        codes = burst(exim, between=scan_and_probe)
+        assert sorted(codes) == [250] * 4 + [552] * 6
+        assert len(delivered(site)) == 4
+        assert sum(delivered(site)) + 10 <= QUOTA
 
 
 def test_a_prober_that_never_sends_data_leaves_nothing_held(work: Path, exim: Exim) -> None:
