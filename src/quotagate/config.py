@@ -332,6 +332,9 @@ class WarnConfig(_Section):
     timeout: float = Field(default=30, gt=0)
     # A directory with threshold.txt and filling.txt overriding the built-in templates.
     template_dir: Path | None = None
+    # A Prometheus textfile (name it *.prom) that each warn run (not --dry-run) rewrites with the
+    # mailboxes past each threshold and those forecast full within 1, 7 and 30 days; unset: none.
+    metrics_file: Path | None = None
 
     @field_validator("smtp")
     @classmethod

@@ -1,7 +1,7 @@
-"""The last successful scan's metrics as a Prometheus textfile.
+"""Metrics of the one-shot commands (``scan``, ``warn``) as Prometheus textfiles.
 
-A one-shot scan leaves no process behind to be scraped, so it leaves its numbers in a file that
-node_exporter's textfile collector serves. Only a successful scan writes it: a refused or failed
+A one-shot command leaves no process behind to be scraped, so it leaves its numbers in a file that
+node_exporter's textfile collector serves. Only a successful run writes it: a refused or failed
 one leaves the success timestamp where it was, so an alert on its age fires.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from quotagate.model import ScanSummary
+from quotagate.warn import Outlook
 
 
 def write_scan_metrics(path: Path, summary: ScanSummary) -> None:
@@ -27,4 +28,36 @@ def write_scan_metrics(path: Path, summary: ScanSummary) -> None:
         "How long the last successful scan took, in seconds.",
         registry=registry,
     ).set(summary.seconds)
+    write_to_textfile(str(path), registry)
+
+
+def write_outlook_metrics(path: Path, outlook: Outlook, finished_at: float) -> None:
+    """Rewrite ``path`` with what a ``warn`` run saw: mailboxes past each threshold, filling soon."""
+    registry = CollectorRegistry()
+    Gauge(
+        "quotagate_last_warn_success_timestamp_seconds",
+        "When the last successful warn run finished, in seconds since the epoch.",
+        registry=registry,
+    ).set(finished_at)
+    Gauge(
+        "quotagate_mailboxes_measured",
+        "Mailboxes with a limit and a known usage at the last warn run.",
+        registry=registry,
+    ).set(outlook.measured)
+    above = Gauge(
+        "quotagate_mailboxes_above",
+        "Mailboxes whose usage (bytes or messages, the fuller) is at or past the threshold.",
+        ["threshold"],
+        registry=registry,
+    )
+    for threshold, count in outlook.above.items():
+        above.labels(threshold).set(count)
+    filling = Gauge(
+        "quotagate_mailboxes_forecast_full",
+        "Mailboxes full already or forecast full within the given number of days.",
+        ["within_days"],
+        registry=registry,
+    )
+    for days, count in outlook.full_within.items():
+        filling.labels(str(days)).set(count)
     write_to_textfile(str(path), registry)

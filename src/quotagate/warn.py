@@ -62,3 +62,28 @@ def plan(
         elif FILLING in sent and (days_left is None or days_left > 2 * full_within_days):
             out.rearm.append(FILLING)
     return out
+
+
+# Forecast horizons the outlook counts mailboxes for (days).
+HORIZONS = (1, 7, 30)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """How many mailboxes are past each threshold and forecast full within each horizon.
+
+    What an alert wants without a label per mailbox: "more than 10 mailboxes will be full this
+    week". Mailboxes already full count as full within every horizon.
+    """
+
+    measured: int
+    above: dict[str, int]
+    full_within: dict[int, int]
+
+
+def outlook(states: Sequence[tuple[Decimal, float | None]], thresholds: Sequence[Decimal]) -> Outlook:
+    """Count ``states`` (each a mailbox's fullness and forecast days left, None: not filling)."""
+    ordered = sorted(set(thresholds))
+    above = {threshold_key(t): sum(share >= t for share, _ in states) for t in ordered}
+    full_within = {h: sum(share >= 1 or (left is not None and left <= h) for share, left in states) for h in HORIZONS}
+    return Outlook(len(states), above, full_within)

@@ -22,7 +22,7 @@ from quotagate.report import forecasts
 from quotagate.sizes import format_size
 from quotagate.store import Store
 from quotagate.text import printable
-from quotagate.warn import FILLING, fullness, plan
+from quotagate.warn import FILLING, Outlook, fullness, outlook, plan
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,13 @@ def _context(m: Mailbox, r: Reading, share: Decimal, f: Forecast | None, now: fl
     }
 
 
-def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float | None = None) -> list[Outcome]:
+@dataclass(frozen=True)
+class WarnRun:
+    outcomes: list[Outcome]
+    outlook: Outlook
+
+
+def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float | None = None) -> WarnRun:
     """Send (or with ``dry_run`` only list) the warnings due now; re-arm those usage fell below."""
     now = time.time() if now is None else now
     w = config.warn
@@ -64,6 +70,7 @@ def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float 
     predicted = forecasts(mailboxes, readings, store.history(now - config.history.forecast_days * DAY))
     ledger = store.sent_warnings()
     outcomes = []
+    states: list[tuple[Decimal, float | None]] = []
     with Smtp(w.smtp, w.timeout) as smtp:
         for m in mailboxes:
             r = readings.get(m.address)
@@ -71,9 +78,8 @@ def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float 
             if r is None or share is None:
                 continue
             f = predicted.get(m.address)
-            due = plan(
-                share, days_left(f, now), ledger.get(m.address, set()), w.thresholds, w.rearm, w.full_within_days
-            )
+            states.append((share, days_left(f, now)))
+            due = plan(share, states[-1][1], ledger.get(m.address, set()), w.thresholds, w.rearm, w.full_within_days)
             if due.rearm and not dry_run:
                 store.release_warnings(m.address, due.rearm)
             for notice, keys in due.mails:
@@ -82,7 +88,7 @@ def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float 
                     config, store, smtp, m, notice, keys, template, _context(m, r, share, f, now), dry_run, now
                 )
                 outcomes.append(outcome)
-    return outcomes
+    return WarnRun(outcomes, outlook(states, w.thresholds))
 
 
 def _one(

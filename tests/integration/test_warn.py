@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from quotagate.cli import main
 from quotagate.history import DAY, Sample
@@ -118,6 +119,28 @@ def test_the_forecast_warns_before_the_thresholds(setup: Setup) -> None:
     assert got[0].message["Subject"] == "Your mailbox grow@example.org will be full in about 5 days"
     assert "it will be full in about 5 days" in " ".join(got[0].message.get_content().split())
     assert setup.scan_and_warn() == []
+
+
+def test_each_run_leaves_the_outlook_for_prometheus(setup: Setup, tmp_path: Path) -> None:
+    metrics = tmp_path / "warn.prom"
+    setup.config.write_text(setup.config.read_text() + f'metrics_file = "{metrics}"\n')
+    setup.box("grow", 1000, 500)
+    setup.box("over", 1000, 1010)
+    setup.box("calm", 1000, 10)
+    with open_store(setup.db) as store:
+        now = time.time()
+        store.record_history([Sample("grow@example.org", now - d * DAY, 500 - 100 * d, 1) for d in range(1, 5)])
+    assert setup.run("scan") == 0
+    assert setup.run("warn", "--dry-run") == 0
+    assert not metrics.exists()  # a dry run leaves monitoring as it was
+    assert setup.run("warn") == 0
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    above = {s.labels["threshold"]: s.value for s in families["quotagate_mailboxes_above"].samples}
+    assert above == {"80%": 1, "90%": 1, "95%": 1}
+    full = {s.labels["within_days"]: s.value for s in families["quotagate_mailboxes_forecast_full"].samples}
+    assert full == {"1": 1, "7": 2, "30": 2}  # "over" is full already, "grow" in about 5 days
+    assert families["quotagate_mailboxes_measured"].samples[0].value == 3
+    assert families["quotagate_last_warn_success_timestamp_seconds"].samples[0].value >= now
 
 
 def test_dry_run_sends_and_records_nothing(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from quotagate.model import Limits
-from quotagate.warn import FILLING, fullness, plan
+from quotagate.warn import FILLING, fullness, outlook, plan
 
 T = [Decimal("0.8"), Decimal("0.9"), Decimal("0.95")]
 REARM = Decimal("0.05")
@@ -43,3 +43,18 @@ def test_fullness_takes_the_fuller_limit() -> None:
     assert fullness(Limits(1000, 10), 100, 9) == Decimal("0.9")
     assert fullness(Limits(1000), 950, 10**6) == Decimal("0.95")
     assert fullness(Limits(), 10, 10) is None
+
+
+def test_the_outlook_counts_mailboxes_past_each_threshold_and_filling_within_each_horizon() -> None:
+    states = [
+        (Decimal("0.5"), None),  # not filling
+        (Decimal("0.85"), 20.0),
+        (Decimal("0.92"), 6.5),
+        (Decimal("0.96"), 0.5),
+        (Decimal("1.1"), None),  # over already: full within every horizon, forecast or not
+    ]
+    o = outlook(states, T)
+    assert o.measured == 5
+    assert o.above == {"80%": 4, "90%": 3, "95%": 2}
+    assert o.full_within == {1: 2, 7: 3, 30: 4}
+    assert outlook([], T).full_within == {1: 0, 7: 0, 30: 0}

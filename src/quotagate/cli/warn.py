@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import click
 
 from quotagate.cli.app import App, pass_app
 from quotagate.text import printable
 from quotagate.warnjob import run_warn
+
+log = logging.getLogger(__name__)
 
 
 @click.command("warn")
@@ -17,11 +22,18 @@ def warn(app: App, dry_run: bool) -> int:
 
     Exit 0 when every warning due was sent (or none was due), 1 when one could not be.
     """
-    store = app.store()
-    try:
-        outcomes = run_warn(app.config, store, dry_run=dry_run)
-    finally:
-        store.close()
+    with app.store() as store:
+        run = run_warn(app.config, store, dry_run=dry_run)
+    outcomes = run.outcomes
+    path = app.config.warn.metrics_file
+    if path is not None and not dry_run:
+        from quotagate.scanmetrics import write_outlook_metrics  # prometheus_client: only when asked for
+
+        try:
+            write_outlook_metrics(path, run.outlook, time.time())
+        except OSError as exc:  # the warnings went out; monitoring sees the timestamp age
+            reason = exc.strerror or exc
+            log.error("cannot write warn.metrics_file %s: %s (create the directory, or unset it)", path, reason)
     for o in outcomes:
         if not app.quiet or o.status.startswith("failed"):
             click.echo(f"{printable(o.address)}: {o.notice}: {printable(o.status)}")
