@@ -190,12 +190,13 @@ def private_postfix(
     restrictions: str = "permit_mynetworks, reject_unauth_destination",
     mailboxes: dict[str, str] | None = None,
     main: str = "",
+    master: str = "",
 ) -> Iterator[Postfix]:
     """A running private Postfix on 127.0.0.1.
 
     ``restrictions`` is ``smtpd_recipient_restrictions``; ``mailboxes`` maps each deliverable
     address of example.org to its folder, relative to ``maildirs`` (default: user@example.org in
-    ``user``); ``main`` is added to main.cf as is.
+    ``user``); ``main`` is added to main.cf as is, ``master`` to master.cf.
     """
     if os.geteuid() != 0:
         unavailable("a private Postfix needs root (its own users, queue owners, uid 5000 deliveries)")
@@ -213,7 +214,7 @@ def private_postfix(
     proc: subprocess.Popen[bytes] | None = None
     try:
         try:
-            configure(server, restrictions, main)
+            configure(server, restrictions, main, master)
             proc = start(server)
             server.master_pid = proc.pid
         except (RuntimeError, OSError) as exc:
@@ -319,7 +320,7 @@ def unresolved(root: Path) -> list[str]:
     return sorted(missing)
 
 
-def configure(server: Postfix, restrictions: str, main: str) -> None:
+def configure(server: Postfix, restrictions: str, main: str, master: str = "") -> None:
     work, conf = server.work, server.config_directory
     conf.mkdir()
     queue = work / "queue"
@@ -347,7 +348,7 @@ def configure(server: Postfix, restrictions: str, main: str) -> None:
             extra=main,
         )
     )
-    (conf / "master.cf").write_text(MASTER_CF.format(port=server.port))
+    (conf / "master.cf").write_text(MASTER_CF.format(port=server.port) + master)
     # Postfix waits (in 300 ms naps) until a file it loads is more than a second old: a file edit
     # may still be under way. Backdate ours so master and smtpd start at once.
     past = time.time() - 60

@@ -51,3 +51,29 @@ def main_cf(config: Config) -> str:
         "smtpd_policy_service_max_idle = 300s\n"
         "smtpd_policy_service_max_ttl = 1000s\n"
     )
+
+
+def warn_service(port: int) -> str:
+    """A second smtpd for ``quotagate warn`` on 127.0.0.1:``port``, without the quota check.
+
+    A warning must reach a mailbox that is already full, which the check on the main port would
+    refuse. This one listens on loopback only and takes mail only from the host itself
+    (``mynetworks`` narrowed to it) and only for this host's own destinations: its port and
+    address, never a header anyone can write, are what let the warning through.
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"--warn-port {port} is not a port")
+    return (
+        "\n"
+        '# master.cf: where quotagate warn delivers ([warn] smtp = "127.0.0.1:'
+        f'{port}"), without the quota\n'
+        "# check, so a full mailbox still gets its warning; loopback senders only, local\n"
+        "# destinations only. The delivery agent must take it too (e.g. Dovecot's LDA with\n"
+        "# quota enforcement off for this mail, or no quota in the transport).\n"
+        f"127.0.0.1:{port} inet n - n - - smtpd\n"
+        "  -o mynetworks=127.0.0.1/32\n"
+        "  -o smtpd_client_restrictions=permit_mynetworks,reject\n"
+        "  -o smtpd_relay_restrictions=permit_mynetworks,reject\n"
+        "  -o smtpd_recipient_restrictions=reject_unauth_destination,permit_mynetworks,reject\n"
+        "  -o smtpd_end_of_data_restrictions=\n"
+    )
