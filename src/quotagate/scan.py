@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
@@ -23,6 +23,7 @@ from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
 from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged
+from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
 
@@ -171,6 +172,8 @@ def run_scan(
         prev = previous.get(address)
         if r is prev:
             continue
+        if r.state is State.UNKNOWN and prev is not None and prev.state is State.OVER:
+            r = readings[address] = kept_over(r, prev)
         if prev is not None and r.same_measure(prev):
             readings[address] = prev
         else:
@@ -196,13 +199,24 @@ def run_scan(
         mailboxes=total,
         measured=len(pending),
         messages=sum(r.messages for r in readings.values()),
-        bytes=sum(r.bytes for r in readings.values()),
+        bytes=min(sum(r.bytes for r in readings.values()), MAX_SIZE),  # a forged size saturates one mailbox
         over=sum(r.state is State.OVER for r in readings.values()),
         unknown=sum(r.state is State.UNKNOWN for r in readings.values()),
         written=len(changed) + len(removed),
     )
     store.record_scan(summary)
     return ScanResult(summary, readings, mismatches, fixed, published)
+
+
+def kept_over(unknown: Reading, prev: Reading) -> Reading:
+    """A full mailbox that cannot be measured stays full, with its last numbers and the reason.
+
+    Its owner controls most of what makes a mailbox unknown (an unreadable folder, a swapped
+    symlink, a FIFO): were its flag cleared, a full mailbox could be opened at will. It is
+    measured again at the next scan, and the flag follows the first measurement that works.
+    """
+    log.warning("%s: usage unknown (%s); kept over quota until it can be measured", unknown.address, unknown.reason)
+    return replace(unknown, bytes=prev.bytes, messages=prev.messages, state=State.OVER)
 
 
 def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: dict[str, Reading]) -> dict[str, bool]:

@@ -246,6 +246,51 @@ def test_maildirsize_alone_marks_a_maildir(tmp_path: Path) -> None:
     assert per_folder(usage) == {"INBOX": (0, 0)}
 
 
+def test_maildir_folders_without_the_inbox_directories_still_mark_a_maildir(tmp_path: Path) -> None:
+    """imapsync or doveadm may make the folders only: read as an mbox home, all of it counted 0."""
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root, "Sent"), 100)
+    add_message(maildir_folder(root, "Archive"), 200, where="new")
+    assert not (root / "cur").exists()
+    usage = measure(str(root), "auto")
+    assert usage.format is Format.MAILDIR
+    assert per_folder(usage) == {"INBOX": (0, 0), "Sent": (100, 1), "Archive": (200, 1)}
+
+
+def test_an_mbox_home_with_dot_directories_stays_an_mbox_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".imap" / "INBOX").mkdir(parents=True)  # Dovecot's index directory, no cur/ or new/
+    (home / ".cur").mkdir()
+    os.symlink(tmp_path / "elsewhere", home / ".Linked")  # a symlinked folder is never a marker
+    (tmp_path / "elsewhere" / "cur").mkdir(parents=True)
+    write_mbox(home / "inbox", ["one"])
+    assert measure(str(home), "auto").format is Format.MBOX
+
+
+def test_sizes_in_names_are_ascii_digits_only(tmp_path: Path) -> None:
+    """Arabic-Indic digits would read as 123456 on the fast path and the file's 10 bytes on the
+    other: one spool, two answers. Neither path takes them."""
+    root = tmp_path / "Maildir"
+    maildir_folder(root)
+    (root / "cur" / "1.M1.h,S=\u0661\u0662\u0663\u0664\u0665\u0666:2,S").write_bytes(b"x" * 10)
+    fast = per_folder(measure(str(root), "maildir"))
+    (root / "cur" / ".hidden").write_bytes(b"")  # a dot file sends the folder down the per-name path
+    assert fast == per_folder(measure(str(root), "maildir")) == {"INBOX": (10, 1)}
+
+
+def test_forged_sizes_past_63_bits_count_as_full_not_unknown(tmp_path: Path) -> None:
+    """Unknown would take the mailbox out of the check: its owner could open a full mailbox."""
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    add_message(maildir_folder(root, "Other"), 10)
+    for _ in range(10):  # each value fits in 63 bits, their sum does not
+        add_message(inbox, 10, name_size=999_999_999_999_999_999)
+    usage = measure(str(root), "maildir")
+    assert usage.known
+    assert 2**62 < usage.all_bytes <= 2**63 - 1
+    assert usage.all_messages == 11
+
+
 # -- mbox --------------------------------------------------------------------------------------
 
 

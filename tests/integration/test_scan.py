@@ -570,6 +570,34 @@ def test_unchanged_publish_file_is_not_rewritten(env: Env) -> None:
     assert out.stat().st_ino != before.st_ino
 
 
+def test_a_full_mailbox_its_owner_makes_unmeasurable_stays_full(env: Env, tmp_path: Path) -> None:
+    """A Maildir swapped for a symlink out of the spool is unknown; were its flag cleared, the
+    owner of a full mailbox could open it at will. It stays over, with the reason, until it can
+    be measured again."""
+    out = env.base / "overquota"
+    env.configure(publish={"file": str(out)})
+    maildir = env.maildir("amy")
+    add_message(maildir_folder(maildir), 100)
+    address = env.add("amy", Limits(50))
+    assert env.scan().readings[address].state is State.OVER
+    outside = tmp_path / "outside"
+    maildir.rename(outside)
+    maildir.symlink_to(outside)
+
+    for full in (False, True, False):
+        r = env.scan(full=full).readings[address]
+        assert (r.state, r.bytes) == (State.OVER, 100)
+        assert r.reason and "outside" in r.reason
+        assert _published_addresses(out) == [address]
+        assert env.store.readings()[address].state is State.OVER
+
+    maildir.unlink()
+    outside.rename(maildir)
+    (next((maildir / "cur").iterdir())).unlink()  # measured again, and now under
+    assert env.scan().readings[address].state is State.OK
+    assert _published_addresses(out) == []
+
+
 def test_hostile_addresses_are_quoted(env: Env) -> None:
     out = env.base / "overquota"
     env.configure(publish={"file": str(out)})

@@ -29,14 +29,33 @@ FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
 
 
+def _is_real_dir(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _looks_like_maildir(root_fd: int) -> bool:
+    """cur/, new/, tmp/ or maildirsize at the root; or, when the INBOX's own directories are
+    missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` holding cur/
+    or new/ — an mbox home has no such thing, and read as one all that mail would count 0."""
     for marker in _MAILDIR_MARKERS:
         try:
             os.stat(marker, dir_fd=root_fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
         return True
-    return False
+    try:
+        names = os.listdir(root_fd)
+    except OSError:
+        return False
+    return any(
+        name.startswith(".")
+        and _is_real_dir(name, root_fd)
+        and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
+        for name in names
+    )
 
 
 def _in_order(folders: list[FolderUsage]) -> tuple[FolderUsage, ...]:
@@ -127,11 +146,17 @@ def _describe(exc: OSError) -> str:
     return f"{display_name(where)}: {reason}" if where else reason
 
 
-def _bounded(usage: MailboxUsage) -> MailboxUsage:
-    """A usage no 64-bit store column can hold is not a measurement (e.g. forged ``S=`` sizes)."""
-    if usage.known and max(usage.all_bytes, usage.all_messages) > maildirsize.MAX_SIZE:
-        return MailboxUsage(usage.format, error="sizes too large to be real (forged S= values?)")
-    return usage
+def _bounded(usage: MailboxUsage, root: str) -> MailboxUsage:
+    """Sizes past what a 64-bit store column holds (forged ``S=`` values) saturate at it.
+
+    The mailbox's owner wrote those names: the mailbox counts as full, not as unknown, which
+    would take it out of the check and let a full mailbox take mail again.
+    """
+    if not usage.known or usage.all_bytes <= maildirsize.MAX_SIZE:
+        return usage
+    log.warning("%s: sizes too large to be real (forged S= values?): counted as full", display_name(root))
+    share = maildirsize.MAX_SIZE // len(usage.folders)
+    return replace(usage, folders=tuple(f._replace(bytes=min(f.bytes, share)) for f in usage.folders))
 
 
 def _measure_node(
@@ -147,10 +172,10 @@ def _measure_node(
     if not node.is_dir:
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
-        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile))
+        return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile), root)
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
-        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile))
-    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile))
+        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile), root)
+    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
 
 
 def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots) -> Node | None:

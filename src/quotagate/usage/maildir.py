@@ -73,7 +73,7 @@ def folder_stamp(root_fd: int, name: str) -> Stamp | None:
 # no file name holds), so the per-file work runs in the regex engine, not in a Python loop. It is
 # taken only when it must agree with the per-name rules of ``size_from_name``: no dot files, each
 # name with ",S=" holding exactly one well-formed size, none of them after the ":" info.
-_SIZE = re.compile(r",S=(\d{1,18})(?=[,:/])")
+_SIZE = re.compile(r",S=([0-9]{1,18})(?=[,:/])")  # ASCII digits only, as names.size_from_name
 _SIZE_IN_INFO = re.compile(r":[^/]*,S=")
 
 
