@@ -3,6 +3,7 @@ with the declared SIZE=, and the answer holds room for mail in flight."""
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def site_for(work: Path, reservation_seconds: int = 600) -> tuple[Site, int]:
     return Site(work, spool, config), port
 
 
-def prepare(work: Path, exim: Exim, section: str, reservation_seconds: int = 600) -> tuple[Site, int]:
+def prepare(
+    work: Path, exim: Exim, section: str, reservation_seconds: int = 600, rcpt_acl: str = ""
+) -> tuple[Site, int]:
     site, port = site_for(work, reservation_seconds)
     for local in ("full", "roomy"):
         assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
@@ -54,7 +57,7 @@ def prepare(work: Path, exim: Exim, section: str, reservation_seconds: int = 600
         users=users,
         main=parts.main,
         acls=parts.acls,
-        acl=parts.acl if section == "acl" else "",
+        acl=rcpt_acl + (parts.acl if section == "acl" else ""),
         routers=routers,
         transport=TRANSPORT_QUOTA,
     )
@@ -85,8 +88,9 @@ def test_declared_size_is_checked_inclusively_and_room_is_held(
     assert exim.smtp(f"roomy@{DOMAIN}", size=QUOTA) == 552  # 10 bytes used: QUOTA more does not fit
     body = b"Subject: fits\r\n\r\n" + b"x" * 6000 + b"\r\n"
     assert exim.smtp(f"roomy@{DOMAIN}", body=body, size=len(body)) == 250
-    # The first message holds its room: a second one of the same size no longer fits.
-    assert exim.smtp(f"roomy@{DOMAIN}", body=body, size=len(body)) == 552
+    # The first message holds its room: a second one of the same size no longer fits, for now
+    # (a temporary refusal: only room held for a message in progress stands in the way).
+    assert exim.smtp(f"roomy@{DOMAIN}", body=body, size=len(body)) == 452
     assert exim.smtp(f"roomy@{DOMAIN}", size=100) == 250
     assert len(list((site.maildir("roomy") / "new").iterdir())) == 2
 
@@ -126,3 +130,25 @@ def test_an_alias_to_a_full_mailbox_is_refused_by_the_router_variant(work: Path,
         (reply,) = exim.fake_session(f"alias@{DOMAIN}")
         assert reply.startswith("552 5.2.2") and "Mailbox is full" in reply, reply
     assert exim.queue_count() == 0
+
+
+def test_the_router_variant_defers_what_held_room_stands_in_the_way_of_and_never_checks_senders(
+    work: Path, exim: Exim
+) -> None:
+    """A 4xx answer from the daemon stays a 4xx (the router used to fail every answer with 552),
+    and a full mailbox's owner can still send: the router does not run for sender verification."""
+    site, port = prepare(work, exim, "routers", rcpt_acl="require verify = sender\n")
+    with policy_daemon(site.config, port):
+        exim.start()
+        with smtplib.SMTP("127.0.0.1", exim.port, timeout=30) as first:
+            first.ehlo("first.test")
+            assert first.mail(f"roomy@{DOMAIN}", ["SIZE=6000"])[0] == 250
+            assert first.rcpt(f"roomy@{DOMAIN}")[0] == 250  # holds 6,000 of roomy's room
+            with smtplib.SMTP("127.0.0.1", exim.port, timeout=30) as second:
+                second.ehlo("second.test")
+                assert second.mail(f"full@{DOMAIN}", ["SIZE=6000"])[0] == 250
+                code, reply = second.rcpt(f"roomy@{DOMAIN}")
+                assert code == 452, reply  # held room: later, not never
+                assert second.rcpt(f"alias@{DOMAIN}")[0] == 552  # the mailbox itself is full
+                code, reply = second.rcpt(f"roomy@{DOMAIN}")
+                assert b"Too many messages in progress" in reply

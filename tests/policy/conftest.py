@@ -41,6 +41,8 @@ ROOMY = f"roomy@{DOMAIN}"
 REJECT = b"action=552 5.2.2 Mailbox is full\n\n"
 DEFER = b"action=452 4.2.2 Mailbox is full\n\n"
 DUNNO = b"action=DUNNO\n\n"
+# Only room held for other messages stands in the way: a temporary refusal (see service._decide).
+BUSY = b"action=452 4.2.2 Too many messages in progress for this mailbox, try again later\n\n"
 
 T = TypeVar("T")
 

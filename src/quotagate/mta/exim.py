@@ -176,6 +176,8 @@ def _policy_socket(config: Config) -> str:
 
 
 TRANSACTION = "acl_c_quotagate_tx"
+POLICY_ROUTER = "quotagate_policy"
+POLICY_ASK_ACL = "quotagate_policy_ask"
 END_REQUEST = "quotagate_end"
 
 
@@ -244,22 +246,28 @@ def policy_parts(config: Config) -> Parts:
         r"  condition = ${if match{$acl_m_quotagate}{\N^action=4\d\d\s\N}}" + "\n"
         r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
     )
-    full = (
-        f":defer: {config.policy.defer_reply}"
-        if config.policy.on_full == "defer"
-        else f":fail: {config.policy.reject_reply}"
+    # The router asks through an ACL, which keeps the answer in a variable: its data then defers
+    # a 4xx answer (a client at its share, held room) and fails a 5xx, each with the daemon's text.
+    answer = r"${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}"
+    acls += (
+        f"# For the router {POLICY_ROUTER}: asks the daemon and keeps its answer.\n"
+        f"{POLICY_ASK_ACL}:\n"
+        f"  warn\n    set acl_m_quotagate = {ask}\n"
+        "  accept\n"
+        r"    message = ${if match{$acl_m_quotagate}{\N^action=[45]\d\d\s\N}{yes}{no}}" + "\n"
     )
     router = (
         "# The router variant: placed after the alias routers and before the mailbox router, it\n"
         "# asks the daemon about the mailbox an alias resolves to, while Exim verifies the\n"
-        "# recipient (verify = recipient in acl_smtp_rcpt).\n"
-        "quotagate_policy:\n"
+        "# recipient (verify = recipient in acl_smtp_rcpt); never while it verifies a sender.\n"
+        f"{POLICY_ROUTER}:\n"
         "  driver = redirect\n"
         "  verify_only\n"
-        rf"  condition = ${{if match{{{ask}}}{{\N^action=[45]\d\d\s\N}}}}" + "\n"
+        "  no_verify_sender\n"
+        f"  condition = ${{acl{{{POLICY_ASK_ACL}}}}}\n"
         "  allow_fail\n"
         "  allow_defer\n"
-        f"  data = {full}\n"
+        rf"  data = ${{if match{{$acl_m_quotagate}}{{\N^action=4\N}}{{:defer: {answer}}}{{:fail: {answer}}}}}" + "\n"
     )
     told = f"${{readsocket{{{socket}}}{{request=quotagate_delivery\\nrecipient={recipient}\\n\\n}}{{1s}}{{ }}{{}}}}"
     hint = (
@@ -353,13 +361,15 @@ def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStor
     )
     router = (
         "# Before the router that delivers to mailboxes. It runs only while Exim verifies a\n"
-        "# recipient (verify = recipient in acl_smtp_rcpt), so a full mailbox is refused at RCPT.\n"
+        "# recipient (verify = recipient in acl_smtp_rcpt), so a full mailbox is refused at RCPT;\n"
+        "# never for a sender (verify = sender): the owner of a full mailbox can still send mail.\n"
         "# The mailbox transport should say quota_is_inclusive = false (or the scan a threshold\n"
         "# below 100%): this check is exclusive, so a message that takes a mailbox just over its\n"
         "# limit is accepted here and must not then be deferred at delivery.\n"
         f"{CHECK_ACL}:\n"
         "  driver = redirect\n"
         "  verify_only\n"
+        "  no_verify_sender\n"
         f"  condition = ${{acl{{{CHECK_ACL}}}}}\n"
         "  allow_fail\n"
         f"{extra}"

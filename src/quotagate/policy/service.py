@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize
 from quotagate.config import Config
-from quotagate.decide import decide, known_size
+from quotagate.decide import NOTHING_RESERVED, Reserved, decide, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
@@ -231,15 +231,14 @@ class PolicyService:
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
         reserved = self.reservations.held(mailbox.address, now, measured_at)
-        # The delivery agent's rules: where a full mailbox starts, and its grace by default.
-        grace, boundary = self._grace, self._boundary
-        decision = decide(mailbox, usage, size, reserved, grace, limits, boundary=boundary)
-        if limits is not None and decision.action is Action.ACCEPT:
-            # The folder's rule lets it in; the mailbox's own limit still holds.
-            _, total = self._limits_and_usage(snapshot, mailbox, None, live)
-            whole = decide(mailbox, total, size, reserved, grace, boundary=boundary)
-            if whole.action is Action.REJECT:
-                decision, usage = whole, total
+        decision, usage = self._judge(target, limits, usage, size, live, reserved)
+        if decision.action is Action.REJECT and (reserved.bytes or reserved.messages):
+            alone, _ = self._judge(target, limits, usage, size, live, NOTHING_RESERVED)
+            if alone.action is Action.ACCEPT:
+                # Only room held for other messages stands in the way, and held room may yet be
+                # let go (a transaction that ends without data, a delivery that fails): a 5xx
+                # would bounce mail the mailbox may take, and let one client deny it to all.
+                decision = Decision(Action.DEFER, "room is held for messages in progress", decision.numbers)
         s = known_size(size)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             share = self.config.policy.client_hold
@@ -251,6 +250,27 @@ class PolicyService:
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
         return Outcome(mailbox.address, decision, usage)
+
+    def _judge(
+        self,
+        target: _Target,
+        limits: Limits | None,
+        usage: Usage | None,
+        size: int | None,
+        live: Usage | None,
+        reserved: Reserved,
+    ) -> tuple[Decision, Usage | None]:
+        """The decision with ``reserved`` room held, under the delivery agent's rules (where a
+        full mailbox starts, its grace by default), and the usage it was taken on."""
+        mailbox, grace, boundary = target.mailbox, self._grace, self._boundary
+        decision = decide(mailbox, usage, size, reserved, grace, limits, boundary=boundary)
+        if limits is not None and decision.action is Action.ACCEPT:
+            # The folder's rule lets it in; the mailbox's own limit still holds.
+            _, total = self._limits_and_usage(target.snapshot, mailbox, None, live)
+            whole = decide(mailbox, total, size, reserved, grace, boundary=boundary)
+            if whole.action is Action.REJECT:
+                return whole, total
+        return decision, usage
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:
         """Usage nobody confirmed for max_usage_age (store down, watch dead, scans failing) could
