@@ -176,6 +176,10 @@ def _policy_socket(config: Config) -> str:
 
 
 TRANSACTION = "acl_c_quotagate_tx"
+# What readsocket yields when the daemon cannot be reached or does not answer in time: a DUNNO
+# (Exim accepts) that the ACL recognises, to log it.
+UNREACHABLE = "action=DUNNO quotagate-unreachable"
+LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_part@$domain: accepted"
 END_REQUEST = "quotagate_end"
 
 
@@ -200,7 +204,7 @@ def policy_parts(config: Config) -> Parts:
         r"request=smtpd_access_policy\nprotocol_state=RCPT\n"
         rf"recipient={recipient}\nsize=$message_size\n{transaction}\n"
     )
-    ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{action=DUNNO}}}}"
+    ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
 
     def tell(what: str) -> str:
         return f"  set acl_c_quotagate_told = ${{readsocket{{{socket}}}{{{what}{transaction}\\n}}{{2s}}{{ }}{{}}}}\n"
@@ -243,6 +247,7 @@ def policy_parts(config: Config) -> Parts:
         "defer\n"
         r"  condition = ${if match{$acl_m_quotagate}{\N^action=4\d\d\s\N}}" + "\n"
         r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
+        f"warn\n  condition = ${{if eq{{$acl_m_quotagate}}{{{UNREACHABLE}}}}}\n  log_message = {LOG_UNREACHABLE}\n"
     )
     full = (
         f":defer: {config.policy.defer_reply}"
