@@ -88,7 +88,7 @@ def exim_config(
             click.echo(exim.render(parts, section), nl=False)
             return
         layout = _layout(split, Path(confdir))
-        files = deb.debian_files(parts, method, layout, confdir, on_store_error)
+        files = deb.debian_files(parts, method, layout, confdir, on_store_error, exim.full_reply(app.config))
     except (exim.EximConfigError, deb.DebianConfigError) as exc:
         raise click.UsageError(str(exc)) from None
     if write_dir is None:

@@ -47,6 +47,17 @@ class Parts:
     acls: str = ""  # ACLs of their own, defined in the acl section
 
 
+def exim_text(text: str) -> str:
+    """Text Exim expands (a ``message =``, a router's ``:fail:``) that must come out as written:
+    a reply from the config may hold ``$``, ``\\`` or braces."""
+    return re.sub(r"([$\\{}])", r"\\\1", text)
+
+
+def full_reply(config: Config) -> str:
+    """The refusal of a full mailbox, [policy] reject_reply, ready for Exim."""
+    return exim_text(config.policy.reject_reply)
+
+
 def default_lookup(config: Config) -> Lookup:
     scheme = config.store.url.partition(":")[0].partition("+")[0].lower()
     if scheme in _SCHEME_LOOKUP:
@@ -250,9 +261,9 @@ def policy_parts(config: Config) -> Parts:
         f"warn\n  condition = ${{if eq{{$acl_m_quotagate}}{{{UNREACHABLE}}}}}\n  log_message = {LOG_UNREACHABLE}\n"
     )
     full = (
-        f":defer: {config.policy.defer_reply}"
+        f":defer: {exim_text(config.policy.defer_reply)}"
         if config.policy.on_full == "defer"
-        else f":fail: {config.policy.reject_reply}"
+        else f":fail: {full_reply(config)}"
     )
     router = (
         "# The router variant: placed after the alias routers and before the mailbox router, it\n"
@@ -308,10 +319,12 @@ def parts(
     else:  # pragma: no cover - the CLI offers only the lookups above
         raise EximConfigError(f"unknown lookup {lookup!r}")
 
-    return _lookup_parts(main, condition, method, on_store_error, guard)
+    return _lookup_parts(main, condition, method, on_store_error, guard, full_reply(config))
 
 
-def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStoreError, guard: str) -> Parts:
+def _lookup_parts(
+    main: str, lookup: str, method: Method, on_store_error: OnStoreError, guard: str, reply: str = ACL_MESSAGE
+) -> Parts:
     """The router or ACL statements around one lookup that yields ``yes`` or ``no``.
 
     A lookup that defers (the server is down, a query error) makes a router ``condition`` defer
@@ -335,7 +348,7 @@ def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStor
         acl = (
             "# In acl_smtp_rcpt, before the statement that accepts mail for local domains.\n"
             + ask
-            + f"deny\n  condition = ${{if eq{{${VARIABLE}}}{{yes}}}}\n  message = {ACL_MESSAGE}\n"
+            + f"deny\n  condition = ${{if eq{{${VARIABLE}}}{{yes}}}}\n  message = {reply}\n"
             + logged
         )
         return Parts(main, "", acl)
@@ -344,11 +357,11 @@ def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStor
     if on_store_error == "defer":
         logged = f"warn\n  condition = {unknown}\n  log_message = {LOG_FAILED}\n"
         verdict = f"${{if eq{{${VARIABLE}}}{{no}}{{no}}{{yes}}}}"
-        data = f"${{if eq{{${VARIABLE}}}{{unknown}}{{:defer: {STORE_ERROR_MESSAGE}}}{{:fail: {ACL_MESSAGE}}}}}"
+        data = f"${{if eq{{${VARIABLE}}}{{unknown}}{{:defer: {STORE_ERROR_MESSAGE}}}{{:fail: {reply}}}}}"
         extra = "  allow_defer\n"
     else:
         verdict = f"${{if eq{{${VARIABLE}}}{{yes}}{{yes}}{{no}}}}"
-        data = f":fail: {ACL_MESSAGE}"
+        data = f":fail: {reply}"
         extra = ""
     named = "".join(f"  {line}\n" for line in (ask + logged).splitlines())
     acls = (
