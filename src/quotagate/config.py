@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import string
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -206,6 +207,10 @@ class PublishConfig(_Section):
     file: Path | None = None
 
 
+# The placeholders each reply may hold (str.format fields), filled in by policy/replies.py.
+REPLY_FIELDS = {"fit_reply": frozenset({"size", "limit"}), "messages_reply": frozenset({"limit"})}
+
+
 class PolicyConfig(_Section):
     """The live policy daemon (``quotagate serve``)."""
 
@@ -226,6 +231,12 @@ class PolicyConfig(_Section):
     grace: Grace = Allowance()
     on_full: Literal["reject", "defer"] = "reject"
     reject_reply: str = "552 5.2.2 Mailbox is full"
+    # A message that does not fit in a mailbox that is not full ({size}: its declared size).
+    # 5.2.2, not 5.3.4: RFC 3463's X.3.4 is a limit of the whole system, not of one mailbox.
+    fit_reply: str = "552 5.2.2 Message of {size} bytes does not fit in this mailbox"
+    # A mailbox at its message count limit ({limit}: that limit).
+    messages_reply: str = "552 5.2.2 Mailbox has reached its limit of {limit} messages"
+    # With on_full = "defer", for a full mailbox; the other refusals keep their text with a 4xx code.
     defer_reply: str = "452 4.2.2 Mailbox is full"
     # For a client that already holds its share of a mailbox (client_hold) before DATA.
     busy_reply: str = "452 4.2.2 Too many messages in progress for this mailbox, try again later"
@@ -255,12 +266,24 @@ class PolicyConfig(_Section):
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: str = "127.0.0.1:9762"
 
-    @field_validator("reject_reply", "defer_reply", "busy_reply")
+    @field_validator("reject_reply", "fit_reply", "messages_reply", "defer_reply", "busy_reply")
     @classmethod
     def _reply(cls, reply: str, info: ValidationInfo) -> str:
-        code = "5" if info.field_name == "reject_reply" else "4"
+        code = "4" if info.field_name in ("defer_reply", "busy_reply") else "5"
         if not re.fullmatch(rf"{code}\d\d [^\r\n]*", reply):
             raise ValueError(f"{reply!r} must start with a {code}xx code and be one line")
+        allowed = REPLY_FIELDS.get(str(info.field_name))
+        if allowed is None:
+            return reply  # used as it is
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(reply) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{reply!r}: {exc} (write {{{{ and }}}} for a brace)") from None
+        if fields - allowed:
+            known = ", ".join(f"{{{name}}}" for name in sorted(allowed))
+            raise ValueError(
+                f"{reply!r} has {', '.join(sorted(fields - allowed))!r}: the placeholders here are {known}"
+            )
         return reply
 
     @field_validator("socket_mode")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Numbers, Usage
+from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Numbers, Refusal, Usage
 from quotagate.sizes import Allowance
 
 
@@ -86,16 +86,18 @@ def decide(
         source=usage.source,
     )
     if byte_grace is not None:
-        if s is None and _full(used_bytes, limits.bytes, boundary):
-            return Decision(Action.REJECT, "mailbox is at or over its size limit", numbers)
+        if _full(used_bytes, limits.bytes, boundary) and (
+            s is None or not _fits(used_bytes, s, limits.bytes, byte_grace, boundary)
+        ):
+            return Decision(Action.REJECT, "mailbox is at or over its size limit", numbers, Refusal.FULL)
         if s is not None and not _fits(used_bytes, s, limits.bytes, byte_grace, boundary):
-            return Decision(Action.REJECT, "message does not fit in the mailbox", numbers)
+            return Decision(Action.REJECT, "message does not fit in the mailbox", numbers, Refusal.DOES_NOT_FIT)
     if limits.messages:
         g = int(grace.fraction * limits.messages)
         if s is None and _full(used_msgs, limits.messages, boundary):
-            return Decision(Action.REJECT, "mailbox is at or over its message limit", numbers)
+            return Decision(Action.REJECT, "mailbox is at or over its message limit", numbers, Refusal.MESSAGES)
         if s is not None and not _fits(used_msgs, 1, limits.messages, g, boundary):
-            return Decision(Action.REJECT, "mailbox has no room for another message", numbers)
+            return Decision(Action.REJECT, "mailbox has no room for another message", numbers, Refusal.MESSAGES)
     return Decision(Action.ACCEPT, "message fits" if s is not None else "mailbox is under its limit", numbers)
 
 

@@ -83,6 +83,8 @@ MORE = {
     "policy.grace": 'Room beyond the limit for a mailbox still under it: bytes ("5M") or a share ("10%").',
     "policy.on_full": "What a full mailbox gets: reject (5xx) or defer (4xx).",
     "policy.reject_reply": "The reply for a full mailbox with on_full = reject; a 5xx code, one line.",
+    "policy.fit_reply": "The reply for a message that does not fit in a mailbox that is not full; {size}, {limit}.",
+    "policy.messages_reply": "The reply for a mailbox at its message count limit; {limit}.",
     "policy.defer_reply": "The reply for a full mailbox with on_full = defer; a 4xx code, one line.",
     "policy.max_connections": "Connections served at once; more wait to be accepted.",
     "policy.drain_seconds": "Seconds requests in progress may take to finish after SIGTERM.",

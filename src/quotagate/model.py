@@ -134,6 +134,14 @@ class Action(enum.StrEnum):
     DUNNO = "dunno"
 
 
+class Refusal(enum.StrEnum):
+    """Why a mailbox refuses a message: each has its own reply ([policy] *_reply)."""
+
+    FULL = "full"  # no message of any size fits: reject_reply
+    DOES_NOT_FIT = "does-not-fit"  # room left, but less than the message declared: fit_reply
+    MESSAGES = "messages"  # the message count limit is reached: messages_reply
+
+
 @dataclass(frozen=True)
 class Numbers:
     """What a decision weighed, for the log line and ``quotagate check``; None where it was not
@@ -166,6 +174,7 @@ class Decision:
     action: Action
     reason: str
     numbers: Numbers = NOT_WEIGHED
+    refusal: Refusal | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,13 @@ ROOMY_USED = 1_000
 FULL = f"full@{DOMAIN}"
 ROOMY = f"roomy@{DOMAIN}"
 REJECT = b"action=552 5.2.2 Mailbox is full\n\n"
+
+
+def too_big(size: int) -> bytes:
+    """The refusal of a message that does not fit in a mailbox that is not full."""
+    return f"action=552 5.2.2 Message of {size} bytes does not fit in this mailbox\n\n".encode()
+
+
 DEFER = b"action=452 4.2.2 Mailbox is full\n\n"
 DUNNO = b"action=DUNNO\n\n"
 # Only room held for other messages stands in the way: a temporary refusal (see service._decide).

@@ -30,6 +30,7 @@ from tests.policy.conftest import (
     request,
     run,
     serving_site,
+    too_big,
 )
 
 FAST = 0.1  # seconds: the bound for answering the other mailboxes
@@ -89,7 +90,7 @@ def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
     assert answer == DUNNO
     for _ in range(3):
         answer, seconds = timed(s, request(ROOMY, 200))
-        assert answer == REJECT
+        assert answer == too_big(200)
         assert seconds < FAST
     assert s.alive()
     assert "maildirsize" in s.log() and FULL in s.log()
@@ -163,7 +164,7 @@ def test_a_delivery_recorded_in_maildirsize_is_seen_by_the_very_next_check(
         tmp = path.with_name("maildirsize.new")
         tmp.write_text(path.read_text() + line)
         os.replace(tmp, path)
-    assert timed(s, request(ROOMY, 100))[0] == REJECT
+    assert timed(s, request(ROOMY, 100))[0] == REJECT  # the delivery filled it
 
 
 def test_answers_waiting_for_a_file_read_keep_their_place_in_a_pipeline(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_answers_waiting_for_a_file_read_keep_their_place_in_a_pipeline(tmp_path
         (request(FULL), REJECT),
         (request(ROOMY, 100), DUNNO),
         (request(FULL, 10), REJECT),
-        (request(ROOMY, 20_000), REJECT),
+        (request(ROOMY, 20_000), too_big(20_000)),
         (request(f"nobody@{DOMAIN}"), DUNNO),
         (request(FULL, state="DATA"), DUNNO),
     ]

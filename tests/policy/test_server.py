@@ -39,6 +39,7 @@ from tests.policy.conftest import (
     run,
     serving,
     serving_site,
+    too_big,
     wait_until,
 )
 
@@ -67,7 +68,7 @@ SESSION = [
     (request(ROOMY, 100), DUNNO),
     (request(FULL, 10), REJECT),
     (request(f"nobody@{'example.org'}"), DUNNO),
-    (request(ROOMY, 20_000), REJECT),  # more than the quota: does not fit whatever is used
+    (request(ROOMY, 20_000), too_big(20_000)),  # more than the quota: does not fit whatever is used
     (request(FULL, state="DATA"), DUNNO),  # only RCPT is checked
     (request(ROOMY), DUNNO),
 ]

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import grp
+import os
+from pathlib import Path
+
 import click
 
 from quotagate.cli.app import App, pass_app
+from quotagate.mta import debian as deb
 from quotagate.mta import exim
+from quotagate.publish import write_atomically
+
+DEBIAN_CONFDIR = "/etc/exim4"
+EXIM_GROUP = "Debian-exim"
 
 
 @click.command("exim-config")
@@ -33,6 +42,29 @@ from quotagate.mta import exim
     show_default=True,
     help="router/acl: when the lookup cannot be done (store down, query error), accept and log, or defer (451).",
 )
+@click.option(
+    "--debian",
+    is_flag=True,
+    help="Files for Debian's exim4-config, hooked in through its MAIN_ACL_CHECK_* macros.",
+)
+@click.option(
+    "--split/--non-split",
+    "split",
+    default=None,
+    help="--debian: Debian's split (conf.d) or non-split configuration [default: as update-exim4.conf.conf says].",
+)
+@click.option(
+    "--confdir",
+    default=DEBIAN_CONFDIR,
+    show_default=True,
+    help="--debian: where the files will be (a non-split configuration names its ACL files by path).",
+)
+@click.option(
+    "--write",
+    "write_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="--debian: write the files under this directory (usually the --confdir) instead of printing them.",
+)
 @pass_app
 def exim_config(
     app: App,
@@ -40,13 +72,65 @@ def exim_config(
     lookup: exim.Lookup | None,
     section: exim.Section | None,
     on_store_error: exim.OnStoreError,
+    debian: bool,
+    split: bool | None,
+    confdir: str,
+    write_dir: Path | None,
 ) -> None:
     """Print the Exim router or ACL that refuses over-quota mailboxes at RCPT time."""
+    if not debian and (split is not None or write_dir is not None):
+        raise click.UsageError("--split, --non-split and --write go with --debian")
+    if debian and section is not None:
+        raise click.UsageError("--debian writes every section's file: leave out --section")
     try:
         parts = exim.parts(app.config, method, lookup, on_store_error)
-    except exim.EximConfigError as exc:
+        if not debian:
+            click.echo(exim.render(parts, section), nl=False)
+            return
+        layout = _layout(split, Path(confdir))
+        files = deb.debian_files(parts, method, layout, confdir, on_store_error, exim.full_reply(app.config))
+    except (exim.EximConfigError, deb.DebianConfigError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(exim.render(parts, section), nl=False)
+    if write_dir is None:
+        click.echo(deb.render_files(files, confdir), nl=False)
+        return
+    for path in write_files(files, write_dir):
+        click.echo(f"wrote {path}")
+    click.echo(files.steps, nl=False)
+
+
+def _layout(split: bool | None, confdir: Path) -> deb.Layout:
+    if split is not None:
+        return "split" if split else "non-split"
+    try:
+        return deb.layout_of((confdir / "update-exim4.conf.conf").read_text(errors="replace"))
+    except OSError:
+        return "non-split"  # Debian's default
+
+
+def write_files(files: deb.DebianFiles, root: Path) -> list[Path]:
+    """Write each file atomically under ``root``; quotagate's block is merged into an existing
+    exim4.conf.localmacros. Files that will hold a password are root:Debian-exim 0640."""
+    written = []
+    for name, text in files.files.items():
+        path = root / name
+        if name == deb.LOCALMACROS:
+            text = deb.merge_block(path.read_text() if path.exists() else None, text)
+        private = name in files.private
+        write_atomically(path, text, 0o640 if private else 0o644)
+        if private:
+            _exim_group(path)
+        written.append(path)
+    return written
+
+
+def _exim_group(path: Path) -> None:
+    """Give the file to Exim's group, when there is one and we may (as root)."""
+    try:
+        gid = grp.getgrnam(EXIM_GROUP).gr_gid
+        os.chown(path, -1, gid)
+    except (KeyError, PermissionError):
+        click.echo(f"warning: {path} is not in group {EXIM_GROUP}: give it to the group Exim runs as", err=True)
 
 
 def register(cli: click.Group) -> None:

@@ -47,6 +47,17 @@ class Parts:
     acls: str = ""  # ACLs of their own, defined in the acl section
 
 
+def exim_text(text: str) -> str:
+    """Text Exim expands (a ``message =``, a router's ``:fail:``) that must come out as written:
+    a reply from the config may hold ``$``, ``\\`` or braces."""
+    return re.sub(r"([$\\{}])", r"\\\1", text)
+
+
+def full_reply(config: Config) -> str:
+    """The refusal of a full mailbox, [policy] reject_reply, ready for Exim."""
+    return exim_text(config.policy.reject_reply)
+
+
 def default_lookup(config: Config) -> Lookup:
     scheme = config.store.url.partition(":")[0].partition("+")[0].lower()
     if scheme in _SCHEME_LOOKUP:
@@ -178,6 +189,10 @@ def _policy_socket(config: Config) -> str:
 TRANSACTION = "acl_c_quotagate_tx"
 POLICY_ROUTER = "quotagate_policy"
 POLICY_ASK_ACL = "quotagate_policy_ask"
+# What readsocket yields when the daemon cannot be reached or does not answer in time: a DUNNO
+# (Exim accepts) that the ACL recognises, to log it.
+UNREACHABLE = "action=DUNNO quotagate-unreachable"
+LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_part@$domain: accepted"
 END_REQUEST = "quotagate_end"
 
 
@@ -202,7 +217,7 @@ def policy_parts(config: Config) -> Parts:
         r"request=smtpd_access_policy\nprotocol_state=RCPT\n"
         rf"recipient={recipient}\nsize=$message_size\n{transaction}\n"
     )
-    ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{action=DUNNO}}}}"
+    ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
 
     def tell(what: str) -> str:
         return f"  set acl_c_quotagate_told = ${{readsocket{{{socket}}}{{{what}{transaction}\\n}}{{2s}}{{ }}{{}}}}\n"
@@ -245,6 +260,7 @@ def policy_parts(config: Config) -> Parts:
         "defer\n"
         r"  condition = ${if match{$acl_m_quotagate}{\N^action=4\d\d\s\N}}" + "\n"
         r"  message = ${sg{$acl_m_quotagate}{\N^action=|\s+$\N}{}}" + "\n"
+        f"warn\n  condition = ${{if eq{{$acl_m_quotagate}}{{{UNREACHABLE}}}}}\n  log_message = {LOG_UNREACHABLE}\n"
     )
     # The router asks through an ACL, which keeps the answer in a variable: its data then defers
     # a 4xx answer (a client at its share, held room) and fails a 5xx, each with the daemon's text.
@@ -253,6 +269,8 @@ def policy_parts(config: Config) -> Parts:
         f"# For the router {POLICY_ROUTER}: asks the daemon and keeps its answer.\n"
         f"{POLICY_ASK_ACL}:\n"
         f"  warn\n    set acl_m_quotagate = {ask}\n"
+        f"  warn\n    condition = ${{if eq{{$acl_m_quotagate}}{{{UNREACHABLE}}}}}\n"
+        f"    log_message = {LOG_UNREACHABLE}\n"
         "  accept\n"
         r"    message = ${if match{$acl_m_quotagate}{\N^action=[45]\d\d\s\N}{yes}{no}}" + "\n"
     )
@@ -311,10 +329,12 @@ def parts(
     else:  # pragma: no cover - the CLI offers only the lookups above
         raise EximConfigError(f"unknown lookup {lookup!r}")
 
-    return _lookup_parts(main, condition, method, on_store_error, guard)
+    return _lookup_parts(main, condition, method, on_store_error, guard, full_reply(config))
 
 
-def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStoreError, guard: str) -> Parts:
+def _lookup_parts(
+    main: str, lookup: str, method: Method, on_store_error: OnStoreError, guard: str, reply: str = ACL_MESSAGE
+) -> Parts:
     """The router or ACL statements around one lookup that yields ``yes`` or ``no``.
 
     A lookup that defers (the server is down, a query error) makes a router ``condition`` defer
@@ -338,7 +358,7 @@ def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStor
         acl = (
             "# In acl_smtp_rcpt, before the statement that accepts mail for local domains.\n"
             + ask
-            + f"deny\n  condition = ${{if eq{{${VARIABLE}}}{{yes}}}}\n  message = {ACL_MESSAGE}\n"
+            + f"deny\n  condition = ${{if eq{{${VARIABLE}}}{{yes}}}}\n  message = {reply}\n"
             + logged
         )
         return Parts(main, "", acl)
@@ -347,11 +367,11 @@ def _lookup_parts(main: str, lookup: str, method: Method, on_store_error: OnStor
     if on_store_error == "defer":
         logged = f"warn\n  condition = {unknown}\n  log_message = {LOG_FAILED}\n"
         verdict = f"${{if eq{{${VARIABLE}}}{{no}}{{no}}{{yes}}}}"
-        data = f"${{if eq{{${VARIABLE}}}{{unknown}}{{:defer: {STORE_ERROR_MESSAGE}}}{{:fail: {ACL_MESSAGE}}}}}"
+        data = f"${{if eq{{${VARIABLE}}}{{unknown}}{{:defer: {STORE_ERROR_MESSAGE}}}{{:fail: {reply}}}}}"
         extra = "  allow_defer\n"
     else:
         verdict = f"${{if eq{{${VARIABLE}}}{{yes}}{{yes}}{{no}}}}"
-        data = f":fail: {ACL_MESSAGE}"
+        data = f":fail: {reply}"
         extra = ""
     named = "".join(f"  {line}\n" for line in (ask + logged).splitlines())
     acls = (

@@ -18,6 +18,7 @@ from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.replies import reply_for
 from quotagate.policy.reservations import Reservations, Transaction, client_key
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
@@ -324,7 +325,7 @@ class PolicyService:
             return policy.busy_reply
         if decision.action is not Action.REJECT:
             return DUNNO
-        reply = policy.reject_reply if policy.on_full == "reject" else policy.defer_reply
+        reply = reply_for(decision, policy)
         n = decision.numbers
         age = f"{usage_age(outcome.usage, self.clock()):.1f}s" if outcome.usage else "?"
         log.info(
