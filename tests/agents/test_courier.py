@@ -7,6 +7,7 @@ boundary, ``quotagate check --size`` says what ``deliverquota`` then does (exit 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from quotagate.model import Limits
 from tests.agents.boundary import Case, around, at_and_past, counting, disagreements
 from tests.agents.conftest import Gate
 from tests.servers.courier import Courier
-from tests.servers.mailuser import message
+from tests.servers.mailuser import message, own
 
 pytestmark = pytest.mark.servers
 
@@ -32,8 +33,7 @@ def _flag(maildir: Path, folder: str, flags: str) -> None:
 
 def test_counts_as_courier_does(gate: Gate, courier: Courier) -> None:
     maildir = gate.spool / "u" / "Maildir"
-    (gate.spool / "u").mkdir()
-    os.chown(gate.spool / "u", 5000, 5000)
+    own(maildir.parent)
     courier.make(maildir, "1000000S,500C", folders=("Trash", "Sent"))
     for size, folder in [(500, ""), (1200, ""), (3000, ".Trash"), (800, ".Sent")]:
         assert courier.deliver(maildir / folder if folder else maildir, message(size))
@@ -62,10 +62,33 @@ def test_check_agrees_with_deliverquota(gate: Gate, courier: Courier, cases: lis
     def deliver(user: str, data: bytes) -> bool:
         maildir = gate.spool / user / "Maildir"
         if not maildir.exists():
-            (gate.spool / user).mkdir()
-            os.chown(gate.spool / user, 5000, 5000)
+            own(maildir.parent)
             courier.make(maildir, f"{LIMIT}S,10C", folders=("Trash",))
             assert courier.deliver(maildir / ".Trash", message(4000))  # never counts
         return courier.deliver(maildir, data)
 
     assert disagreements(gate, cases, limits, deliver) == []
+
+
+def test_a_fix_keeps_the_limit_courier_enforces_unless_set_limit(gate: Gate, courier: Courier) -> None:
+    maildir = gate.spool / "u" / "Maildir"
+    own(maildir.parent)
+    courier.make(maildir, "10000S,10C")
+    assert courier.deliver(maildir, message(3000))
+    (maildir / "maildirsize").write_text("10000S,10C\n100 1\n")  # stale: Courier would let 9900 in
+    gate.configure("courier")
+    gate.add("u", Limits(5000, 10))
+
+    gate.scan("--fix-maildirsize")
+    assert (maildir / "maildirsize").read_text().splitlines()[0] == "10000S,10C"
+    assert gate.counted("u") == courier.count(maildir) == (3000, 1)
+    assert gate.run("report", "--format", "json") == 0
+    report = json.loads(gate.output)
+    assert report[0]["maildirsize"] == "agrees"
+
+    gate.scan("--fix-maildirsize", "--set-limit")
+    assert (maildir / "maildirsize").read_text().splitlines()[0] == "5000S,10C"
+    assert courier.count(maildir) == (3000, 1)
+    assert (gate.accepts("u", 2001), gate.accepts("u", 2000)) == (False, True)
+    assert not courier.deliver(maildir, message(2001))
+    assert courier.deliver(maildir, message(2000))

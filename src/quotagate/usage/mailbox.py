@@ -181,23 +181,33 @@ def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Ro
 
 
 def _fix(
-    node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule], profile: Profile
+    node: Node | None,
+    root: str,
+    roots: Roots,
+    usage: MailboxUsage,
+    rules: Sequence[FolderRule],
+    profile: Profile,
+    definition: str | None,
 ) -> MailboxUsage:
     """Rewrite a disagreeing maildirsize through the descriptor the mailbox was just measured
     by, keeping the file's own quota definition (Courier, and Dovecot with ``?:`` rules, take
-    the limit from it); the usage then records the file as it is now."""
+    the limit from it) unless ``definition`` (``--set-limit``: the mailbox's limits) is given;
+    then a Maildir without one gets one too. The usage then records the file as it is now."""
     info = usage.maildirsize
-    if node is None or info is None or not usage.known:
+    if node is None or not usage.known or usage.format is not Format.MAILDIR:
         return usage
+    if info is None and definition is None:
+        return usage
+    wanted = definition if definition is not None else info.definition if info else ""
     bytes_, messages = counted(usage.folders, rules, profile.excluded_folders)
-    if info.agrees_with(bytes_, messages):
+    if info is not None and info.agrees_with(bytes_, messages) and info.definition == wanted:
         return usage
     try:
-        maildirsize.rewrite(node, root, roots, info.definition, bytes_, messages)
+        maildirsize.rewrite(node, root, roots, wanted, bytes_, messages)
     except (OSError, ValueError) as exc:
         log.warning("%s: cannot rewrite maildirsize: %s", display_name(root), exc)
         return usage
-    return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, info.definition, rewritten=True))
+    return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, wanted, rewritten=True))
 
 
 class Found(NamedTuple):
@@ -220,6 +230,7 @@ def measure(
     fix_rules: Sequence[FolderRule] | None,
     subdir: str,
     profile: Profile = FILES,
+    definition: str | None = None,
 ) -> Found:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
     was found at the same place.
@@ -230,17 +241,19 @@ def measure(
     that cannot be read, or that leads outside the roots, is returned with ``error`` set: its
     usage is unknown, never "over quota". The root (and the subdirectory) may be a symlink that
     stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
-    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
-    Sizes, and what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
+    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``), with
+    ``definition`` as its quota definition line when given (``--set-limit``). Sizes, and
+    what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
     """
     try:
         with safefs.opened(root, roots) as node:
             below = _maildir_below(node, fmt, subdir, roots)
             if below is None:
-                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile)
+                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile, definition)
             try:
+                where = os.path.join(root, subdir)
                 return _measure_at(
-                    below, os.path.join(root, subdir), "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile
+                    below, where, "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile, definition
                 )
             finally:
                 below.close()
@@ -259,10 +272,13 @@ def _measure_at(
     roots: Roots,
     fix_rules: Sequence[FolderRule] | None,
     profile: Profile,
+    definition: str | None,
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
     usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile)
-    return Found(where, usage if fix_rules is None else _fix(node, where, roots, usage, fix_rules, profile))
+    if fix_rules is None:
+        return Found(where, usage)
+    return Found(where, _fix(node, where, roots, usage, fix_rules, profile, definition))
 
 
 def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES) -> bool:
