@@ -8,6 +8,7 @@ the maildirsize Exim keeps is its count; and for a message of every size around 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,30 @@ def test_check_agrees_with_appendfile_when_not_inclusive(gate: Gate, exim: Exim)
     gate.configure("exim", quota_is_inclusive=False)
     cases = around(LIMIT, 0, 6000) + at_and_past(LIMIT, past=1) + [Case("empty, message past the limit", (), LIMIT + 1)]
     assert disagreements(gate, cases, Limits(LIMIT, 0), lambda u, d: exim.deliver(f"{u}@{DOMAIN}", d)) == []
+
+
+def test_folders_keep_their_own_maildirsize_without_quota_directory(gate: Gate, exim: Exim) -> None:
+    configure(exim, quota_directory=False)
+    for size, rcpt in [(300, "u"), (400, "u+sub"), (500, "u+sub"), (600, "u")]:
+        assert exim.deliver(f"{rcpt}@{DOMAIN}", message(size))
+    root = gate.spool / "u" / "Maildir"
+    assert (root / ".Sub" / "maildirsize").exists() and not (root / ".Sub" / "maildirfolder").exists()
+    assert _claims(root / "maildirsize") == (900, 2)  # what Exim enforces for deliveries to the root
+    assert _claims(root / ".Sub" / "maildirsize") == (900, 2)  # ... and, apart, to the folder
+    gate.configure("exim")
+    gate.add("u", Limits(LIMIT, 0))
+    gate.scan()
+    assert gate.counted("u") == (1800, 4)
+    sub = gate.reading("u").usage.folder("Sub")
+    assert sub is not None and sub.own_maildirsize == (900, 2)
+
+    assert gate.run("report", "--format", "json") == 0
+    explained = json.loads(gate.output)[0]["maildirsize"]
+    assert explained.startswith("disagrees: claims 900 bytes, 2 messages")
+    assert "Sub 900 bytes, 2 messages" in explained and "quota_directory" in explained
+    assert "together they agree with the files" in explained
+
+    gate.run("check", f"u@{DOMAIN}", "--size", "100")
+    assert "from a scan" in gate.output  # the files, not the root's maildirsize
+    gate.scan("--fix-maildirsize")  # the root's file cannot be made right in this layout
+    assert _claims(root / "maildirsize") == (900, 2)

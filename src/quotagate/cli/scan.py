@@ -103,6 +103,13 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, set_limit: bool, for
             "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
             len(mismatched),
         )
+    per_folder = [a for a in mismatched if result.readings[a].usage.own_maildirsizes]
+    if per_folder:
+        log.warning(
+            "%d of them keep a maildirsize in folders too (Exim without quota_directory), which no "
+            "fix makes agree: quotagate counts their files; set quota_directory in the transport",
+            len(per_folder),
+        )
 
 
 @click.command("scan")

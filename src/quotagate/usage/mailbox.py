@@ -27,16 +27,19 @@ log = logging.getLogger(__name__)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
+MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _looks_like_maildir(root_fd: int) -> bool:
-    for marker in _MAILDIR_MARKERS:
-        try:
-            os.stat(marker, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        return True
-    return False
+    return any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS)
 
 
 def _in_order(folders: list[FolderUsage]) -> tuple[FolderUsage, ...]:
@@ -63,9 +66,11 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pro
             shown = display_name(name)
             old = reuse.get(shown)
             if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
-                folders.append(old)
+                folder = old
             else:
-                folders.append(maildir.read_folder(fd, shown, racy_cutoff_ns, profile))
+                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile)
+            own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
+            folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
             os.close(fd)
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
@@ -75,6 +80,19 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pro
     root_mtime = node.st.st_mtime_ns
     root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
     return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
+
+
+def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] | None:
+    """What the folder's own maildirsize claims, when it keeps one: a folder without a
+    ``maildirfolder`` file is a quota root of its own to Exim's appendfile (no
+    ``quota_directory``), which then counts deliveries to it there and not in the root's."""
+    parsed = maildirsize.read(folder_fd, owner=node.st.st_uid)
+    if parsed is None or _exists(MAILDIRFOLDER, folder_fd):
+        return None
+    if parsed.info is None:
+        log.warning("%s: maildirsize of folder %s not used: %s", display_name(node.path), shown, parsed.problem)
+        return None
+    return parsed.info.bytes, parsed.info.messages
 
 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
@@ -197,6 +215,14 @@ def _fix(
     if node is None or not usage.known or usage.format is not Format.MAILDIR:
         return usage
     if info is None and definition is None:
+        return usage
+    if own := [f.name for f in usage.own_maildirsizes]:
+        log.warning(
+            "%s: maildirsize not rewritten: folders %s keep their own (Exim without quota_directory "
+            "counts deliveries to them there, not in the root's); set quota_directory in the transport",
+            display_name(root),
+            ", ".join(own),
+        )
         return usage
     wanted = definition if definition is not None else info.definition if info else ""
     bytes_, messages = counted(usage.folders, rules, profile.excluded_folders)
