@@ -16,6 +16,7 @@ import pytest
 from quotagate.model import Limits
 from tests.agents.boundary import Case, around, at_and_past, counting, disagreements
 from tests.agents.conftest import Gate
+from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.courier import Courier
 from tests.servers.mailuser import message, own
 
@@ -92,3 +93,15 @@ def test_a_fix_keeps_the_limit_courier_enforces_unless_set_limit(gate: Gate, cou
     assert (gate.accepts("u", 2001), gate.accepts("u", 2000)) == (False, True)
     assert not courier.deliver(maildir, message(2001))
     assert courier.deliver(maildir, message(2000))
+
+
+@pytest.mark.parametrize(("kind", "name"), ODD)
+def test_odd_entries_count_as_courier_recounts_them(gate: Gate, courier: Courier, kind: str, name: str) -> None:
+    maildir = gate.spool / "u" / "Maildir"
+    lay(maildir, kind, name)
+    gate.configure("courier")
+    gate.add("u", Limits(1_000_000, 500))
+    gate.scan()
+    courier.set_quota(maildir, "1000000S,500C")
+    bytes_, messages = gate.counted("u")
+    assert (bytes_ + followed(kind, ",S=" in name), messages) == courier.count(maildir)

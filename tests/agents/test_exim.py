@@ -9,6 +9,7 @@ the maildirsize Exim keeps is its count; and for a message of every size around 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from quotagate.model import Limits
 from tests.agents.boundary import Case, around, at_and_past, counting, disagreements
 from tests.agents.conftest import DOMAIN, Gate
+from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.exim import MAIL_UID, Exim
 from tests.servers.mailuser import message
 
@@ -46,8 +48,12 @@ folder_delivery:
 {quota}"""
 
 
-def configure(exim: Exim, *, quota_directory: bool, inclusive: bool = True, messages: int = 0) -> None:
+def configure(
+    exim: Exim, *, quota_directory: bool, inclusive: bool = True, messages: int = 0, size_regex: str = ""
+) -> None:
     quota = f"quota = {LIMIT}\nquota_is_inclusive = {str(inclusive).lower()}\nmaildir_use_size_file\n"
+    if size_regex:
+        quota += f"quota_size_regex = {size_regex}\n"
     if messages:
         quota += f"quota_filecount = {messages}\n"
     if quota_directory:
@@ -120,3 +126,29 @@ def test_folders_keep_their_own_maildirsize_without_quota_directory(gate: Gate, 
     assert "from a scan" in gate.output  # the files, not the root's maildirsize
     gate.scan("--fix-maildirsize")  # the root's file cannot be made right in this layout
     assert _claims(root / "maildirsize") == (900, 2)
+
+
+@pytest.mark.parametrize(("kind", "name"), ODD)
+@pytest.mark.parametrize("size_regex", ["", r",S=(\d+)"], ids=["stat", "regex"])
+def test_odd_entries_count_as_exim_recounts_them(gate: Gate, exim: Exim, size_regex: str, kind: str, name: str) -> None:
+    configure(exim, quota_directory=True, size_regex=size_regex)
+    root = gate.spool / "u" / "Maildir"
+    lay(root, kind, name)
+    assert exim.deliver(f"u@{DOMAIN}", message(500))  # no maildirsize yet: Exim counts the Maildir first
+    gate.configure("exim", quota_size_regex=size_regex)
+    gate.add("u", Limits(10**9, 0))
+    gate.scan()
+    bytes_, messages = gate.counted("u")
+    assert (bytes_ + followed(kind, bool(size_regex) and ",S=" in name), messages) == _claims(root / "maildirsize")
+
+
+def test_hard_links_share_their_size_as_exim_counts_them(gate: Gate, exim: Exim) -> None:
+    configure(exim, quota_directory=True)
+    root = gate.spool / "u" / "Maildir"
+    lay(root, "file", "1700000000.M2P2.plain:2,S")
+    os.link(root / "cur" / "1700000000.M2P2.plain:2,S", root / "cur" / "1700000000.M3P3.linked:2,S")
+    assert exim.deliver(f"u@{DOMAIN}", message(500))
+    gate.configure("exim")
+    gate.add("u", Limits(10**9, 0))
+    gate.scan()
+    assert gate.counted("u") == _claims(root / "maildirsize") == (300 + 50 // 2 * 2 + 500, 4)
