@@ -87,8 +87,9 @@ def test_counts_as_exims_maildirsize_with_quota_directory(gate: Gate, exim: Exim
     assert not (root / ".Sub" / "maildirsize").exists()
 
 
-def test_check_agrees_with_appendfile_at_the_boundary(gate: Gate, exim: Exim) -> None:
-    configure(exim, quota_directory=True, messages=10)
+@pytest.mark.parametrize("quota_directory", [True, False], ids=["quota_directory", "none"])
+def test_check_agrees_with_appendfile_at_the_boundary(gate: Gate, exim: Exim, quota_directory: bool) -> None:
+    configure(exim, quota_directory=quota_directory, messages=10)
     gate.configure("exim")
     cases = around(LIMIT, 0, 6000) + at_and_past(LIMIT) + counting(10)
     assert disagreements(gate, cases, Limits(LIMIT, 10), lambda u, d: exim.deliver(f"{u}@{DOMAIN}", d)) == []

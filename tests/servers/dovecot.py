@@ -31,7 +31,7 @@ lda_mailbox_autocreate = yes
 plugin {{
   quota = {backend}:User quota
   quota_vsizes = {vsizes}
-  quota_rule = *:storage={bytes}B:messages={messages}
+  quota_rule = {rule}:storage={bytes}B:messages={messages}
 {extra}}}
 """
 
@@ -64,9 +64,11 @@ class Dovecot:
         limit_bytes: int,
         limit_messages: int = 0,
         location: str = "maildir:~/Maildir",
+        rule: str = "*",
         extra: str = "",
     ) -> None:
-        """``backend`` "maildir" (physical sizes, maildirsize) or "count" (virtual sizes, index)."""
+        """``backend`` "maildir" (physical sizes, maildirsize) or "count" (virtual sizes, index);
+        ``rule`` "*" (the limit given here wins) or "?" (a maildirsize's definition wins)."""
         self.config.write_text(
             CONFIG.format(
                 work=self.work,
@@ -75,6 +77,7 @@ class Dovecot:
                 vsizes="yes" if backend == "count" else "no",
                 bytes=limit_bytes,
                 messages=limit_messages,
+                rule=rule,
                 extra=extra,
             )
         )
