@@ -57,8 +57,9 @@ class Profile:
     program: str
     size: SizeRule
     dot_files: bool  # files whose names start with "." in cur/ and new/ count as messages
-    # Every entry of cur/ and new/ counts, whatever its type, as Dovecot's and Courier's readdir
-    # loops do: by the size in its name, else (lstat, never following) a directory by its own size.
+    # Every entry of cur/ and new/ counts, whatever its type, as Dovecot's, Courier's and Exim's
+    # readdir loops do: by the size in its name, else (lstat, never following) a regular file by
+    # its size, a directory by its own size (``directory_bytes``) or 0, anything else by 0.
     any_entry: bool
     excluded_folders: tuple[str, ...]  # Maildir++ names, exactly
     excluded_flags: str  # a message in cur/ with any of these flags after ":2," is left out
@@ -67,6 +68,14 @@ class Profile:
     mbox: MboxRule
     stamp_tag: tuple[int, ...] = ()
     size_regex: re.Pattern[str] | None = None
+    # A directory in cur/ or new/ counts its own size (Dovecot's and Courier's stat); Exim adds
+    # up what is inside, which quotagate does not read: 0.
+    directory_bytes: bool = True
+    # A symlink counts as a message (Dovecot's count quota indexes it). The programs follow it
+    # for its size; quotagate never follows a path a user controls, so it is 0 bytes here.
+    symlinks: bool = False
+    # A regular file counts its size divided by its link count (Exim's check_dir_size).
+    share_hard_links: bool = False
 
     @property
     def describe(self) -> str:
@@ -188,7 +197,8 @@ PROFILES: dict[str, Profile] = {
         boundary=Boundary.INCLUSIVE,
         default_grace=DOVECOT_GRACE,
         mbox=MboxRule.DOVECOT,
-        stamp_tag=(2,),
+        stamp_tag=(2, 1),
+        symlinks=True,
     ),
     "courier": Profile(
         name="courier",
@@ -207,14 +217,16 @@ PROFILES: dict[str, Profile] = {
         name="exim",
         program="Exim appendfile",
         size=SizeRule.STAT,
-        dot_files=False,
-        any_entry=False,
+        dot_files=True,
+        any_entry=True,
         excluded_folders=(),
         excluded_flags="",
         boundary=Boundary.INCLUSIVE,
         default_grace=NO_GRACE,
         mbox=MboxRule.BLANK_LINE,
-        stamp_tag=(4,),
+        stamp_tag=(4, 1),
+        directory_bytes=False,
+        share_hard_links=True,
     ),
 }
 FILES = PROFILES["files"]

@@ -65,6 +65,9 @@ class FolderUsage(NamedTuple):
     ``stamp`` holds the modification times (and for mbox the size) seen when the folder was
     read; an incremental scan skips the folder while they are unchanged. ``None`` means
     "read it again next time" (the folder changed too recently for its mtime to be trusted).
+    ``own_maildirsize`` is what a maildirsize of the folder's own claims (bytes, messages): Exim's
+    appendfile without ``quota_directory`` keeps one in each folder it delivers to that has no
+    ``maildirfolder`` file, and enforces its quota there apart from the root's.
     A named tuple rather than a dataclass: a scan builds one per folder, hundreds of thousands.
     """
 
@@ -72,6 +75,7 @@ class FolderUsage(NamedTuple):
     bytes: int
     messages: int
     stamp: tuple[int, ...] | None = None
+    own_maildirsize: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ class MailboxUsage:
     @property
     def all_messages(self) -> int:
         return sum(f.messages for f in self.folders)
+
+    @property
+    def own_maildirsizes(self) -> tuple[FolderUsage, ...]:
+        """The folders keeping a maildirsize of their own (see :class:`FolderUsage`)."""
+        return tuple(f for f in self.folders if f.own_maildirsize is not None)
 
     def folder(self, name: str) -> FolderUsage | None:
         for f in self.folders:

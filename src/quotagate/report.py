@@ -38,12 +38,28 @@ def _percent(used: int, limit: int) -> float | None:
 
 
 def _maildirsize(r: Reading) -> str:
+    """Whether the root's maildirsize agrees with the files, and the folders that keep one of
+    their own (Exim's appendfile without ``quota_directory``), which explain a mismatch."""
     info = r.usage.maildirsize
+    own = [(f.name, *f.own_maildirsize) for f in r.usage.folders if f.own_maildirsize is not None]
     if info is None:
-        return ""
+        return "" if not own else "none at the root; " + _own_files(own)
     if info.agrees_with(r.bytes, r.messages):
-        return "agrees"
-    return f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
+        return "agrees" if not own else "agrees; " + _own_files(own)
+    text = f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
+    if not own:
+        return text
+    claims = (info.bytes + sum(b for _, b, _ in own), info.messages + sum(m for _, _, m in own))
+    together = "together they agree" if claims == (r.bytes, r.messages) else "together they still disagree"
+    return f"{text}; {_own_files(own)}; {together} with the files"
+
+
+def _own_files(own: list[tuple[str, int, int]]) -> str:
+    listed = ", ".join(f"{printable(name)} {b} bytes, {m} messages" for name, b, m in own)
+    return (
+        f"folders with a maildirsize of their own: {listed} (Exim without quota_directory "
+        "counts deliveries to them there, apart from the root's; set quota_directory in the transport)"
+    )
 
 
 def forecasts(

@@ -23,7 +23,7 @@ from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
 from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged
-from quotagate.usage.maildirsize import MAX_SIZE
+from quotagate.usage.maildirsize import MAX_SIZE, definition_for
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
 
@@ -33,7 +33,7 @@ Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
 
-Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile]
+Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile, str | None]
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,38 @@ def _maildirsize_disagrees(r: Reading) -> bool:
     return info is not None and r.usage.known and not info.agrees_with(r.bytes, r.messages)
 
 
+def _definition(mailbox: Mailbox, set_limit: bool) -> str | None:
+    """The quota definition ``--set-limit`` writes for a mailbox: none for an unlimited one,
+    whose file keeps its own (quotagate has no limit to give it)."""
+    return definition_for(mailbox.limits) if set_limit and not mailbox.limits.unlimited else None
+
+
+def _needs_fix(r: Reading, definition: str | None) -> bool:
+    """Whether ``--fix-maildirsize`` has work in a mailbox as it was last measured."""
+    if _maildirsize_disagrees(r):
+        return True
+    if definition is None or r.usage.format is not Format.MAILDIR or not r.usage.known:
+        return False
+    return r.usage.maildirsize is None or r.usage.maildirsize.definition != definition
+
+
 def run_scan(
     config: Config,
     store: Store,
     *,
     full: bool = False,
     fix_maildirsize: bool = False,
+    set_limit: bool = False,
     force: bool = False,
     progress: Progress | None = None,
     measure_job: Callable[[Job], Found] = _measure_job,
 ) -> ScanResult:
     """One scan: measure every enabled mailbox (only changed folders unless ``full``), publish the
     over-quota set, then store the readings that changed in one transaction.
+
+    ``fix_maildirsize`` rewrites maildirsize files that disagree with the files, keeping their
+    quota definition unless ``set_limit``: then it is the mailbox's limits (and a Maildir
+    without a maildirsize gets one).
 
     Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
     rather than empty (see :mod:`quotagate.outage`), unless ``force``; PublishError, having
@@ -137,7 +157,8 @@ def run_scan(
         prev = previous.get(mailbox.address)
         where = located(path, prev, config.spool)  # the Maildir below path, if found there before
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
-        recheck = fix_maildirsize and prev is not None and _maildirsize_disagrees(prev)
+        definition = _definition(mailbox, set_limit)
+        recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition)
         if prev is not None and prev_usage is not None and not recheck and unchanged(where, prev_usage, roots, profile):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
@@ -147,7 +168,17 @@ def run_scan(
         pending.append((mailbox, path))
         reuse = Found(where, prev_usage) if prev_usage is not None else None
         jobs.append(
-            (path, config.spool.format, reuse, cutoff_ns, roots, fix_rules, config.spool.maildir_subdir, profile)
+            (
+                path,
+                config.spool.format,
+                reuse,
+                cutoff_ns,
+                roots,
+                fix_rules,
+                config.spool.maildir_subdir,
+                profile,
+                definition,
+            )
         )
 
     total = len(mailboxes)

@@ -53,12 +53,14 @@ TABLE = {
     ("file", "x,S=12abc"): [(SIZE, 1), (SIZE, 1), (VSIZE, 1), (12, 1), (SIZE, 1)],
     ("file", "x:2,S=300"): [(SIZE, 1), (300, 1), (VSIZE, 1), (SIZE, 1), (SIZE, 1)],
     ("file", "x,S=20,W=30:2,S"): [(20, 1), (20, 1), (30, 1), (20, 1), (SIZE, 1)],
-    ("file", ".hidden,S=20:2,S"): [(0, 0), (20, 1), (0, 0), (0, 0), (0, 0)],
-    ("directory", "d,S=40:2,S"): [(0, 0), (40, 1), (0, 0), (40, 1), (0, 0)],
-    ("directory", "d:2,S"): [(0, 0), (DIR_SIZE, 1), (0, 0), (DIR_SIZE, 1), (0, 0)],
-    # Dovecot and Courier take a size from a name without looking; nobody's link is followed.
-    ("symlink", "l,S=30:2,S"): [(0, 0), (30, 1), (0, 0), (30, 1), (0, 0)],
-    ("symlink", "l:2,S"): [(0, 0), (0, 0), (0, 0), (0, 0), (0, 0)],
+    ("file", ".hidden,S=20:2,S"): [(0, 0), (20, 1), (0, 0), (0, 0), (SIZE, 1)],
+    # Exim adds up what a directory holds; quotagate does not read it (empty here: 0 either way).
+    ("directory", "d,S=40:2,S"): [(0, 0), (40, 1), (0, 0), (40, 1), (0, 1)],
+    ("directory", "d:2,S"): [(0, 0), (DIR_SIZE, 1), (0, 0), (DIR_SIZE, 1), (0, 1)],
+    # Every program but quotagate's own rules counts a symlink; they follow it for its size
+    # (here 50) where the name gives none, quotagate never does: 0 bytes.
+    ("symlink", "l,S=30:2,S"): [(0, 0), (30, 1), (0, 1), (30, 1), (0, 1)],
+    ("symlink", "l:2,S"): [(0, 0), (0, 1), (0, 1), (0, 1), (0, 1)],
 }
 MAKERS = {"file": _plain, "directory": _directory, "symlink": _symlink}
 

@@ -70,6 +70,7 @@ maildir_delivery:
   group = {uid}
   mode = 0644
 {transport}
+{transports}
 
 begin retry
 *  *  F,1h,10m
@@ -103,10 +104,12 @@ class Exim:
         routers: str = "",
         transport: str = "",
         acls: str = "",
+        transports: str = "",
     ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
-        ``users`` maps each deliverable address to its folder, relative to the maildirs.
+        ``users`` maps each deliverable address to its folder, relative to the maildirs;
+        ``transports`` are more transports, for routers given in ``routers``.
         """
         (self.work / "users").write_text("".join(f"{lsearch_key(u)}: {d}\n" for u, d in users.items()))
         text = CONFIG.format(
@@ -120,6 +123,7 @@ class Exim:
             maildirs=self.maildirs,
             uid=MAIL_UID,
             transport=indent(transport),
+            transports=transports,
         )
         self.config.write_text(text)
         self.config.chmod(0o644)
@@ -170,6 +174,27 @@ class Exim:
             if code == 250:
                 client.data(body)
             return code
+
+    def deliver(self, rcpt: str, data: bytes) -> bool:
+        """A local submission delivered at once (``-odi``), as the config routes it: True when
+        delivered, False when appendfile deferred it over quota (it is then removed from the queue)."""
+        args = [self.binary, "-C", str(self.config), "-odi", "-f", "sender@example.net", rcpt]
+        done = subprocess.run(args, input=data, capture_output=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"exim refused the submission:\n{done.stdout!r}{done.stderr!r}")
+        queued = self.queued()
+        if not queued:
+            return True
+        subprocess.run([self.binary, "-C", str(self.config), "-Mrm", *queued], capture_output=True, check=True)
+        deferrals = [line for line in self.log("main").splitlines() if any(f"{i} == " in line for i in queued)]
+        if not deferrals or not all("mailbox is full (MTA-imposed" in line for line in deferrals):
+            raise AssertionError(f"exim deferred for another reason: {deferrals}")
+        return False
+
+    def queued(self) -> list[str]:
+        """The ids of the messages in the queue."""
+        out = subprocess.run([self.binary, "-C", str(self.config), "-bpr"], capture_output=True, text=True).stdout
+        return [line.split()[2] for line in out.splitlines() if line[:1] == " " and len(line.split()) >= 3]
 
     def queue_count(self) -> int:
         out = subprocess.run([self.binary, "-C", str(self.config), "-bpc"], capture_output=True, text=True)

@@ -33,7 +33,9 @@ def apt_install(*packages: str) -> None:
         created = True
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        for args in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        # Other test runs on the machine may hold dpkg's lock: wait for it rather than fail.
+        wait = ["-o", "DPkg::Lock::Timeout=600"]
+        for args in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *wait, *packages]):
             done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
             if done.returncode != 0 and args[1] == "install":
                 unavailable(f"apt-get install {' '.join(packages)} failed: {done.stderr[-2000:]}")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotagate.usage.mboxfrom import count_messages, from_line_ok
+from quotagate.usage.mboxfrom import count_messages, from_line_ok, virtual_sizes
 
 FROM = b"From sender@example.net Thu Nov 26 02:20:14 2026\n"
 
@@ -148,3 +148,38 @@ def test_every_cut_of_a_mailbox_with_every_rule() -> None:
     assert expected == 3
     for chunk in range(1, len(data) + 1):
         assert count(data, chunk) == expected, chunk
+
+
+def vsizes(data: bytes, chunk: int = 1 << 20) -> tuple[int, int]:
+    return virtual_sizes(lambda offset, n: data[offset : offset + n], len(data), chunk)
+
+
+# What Dovecot 2.3.19's `doveadm mailbox status messages vsize` said of these very files.
+DOVECOT_SAID = [
+    (
+        b"From a@b Wed Dec  2 10:16:14 2026\nSubject: one\n\nbody\n"
+        b"From a@b Wed Dec  2 10:16:15 2026\nSubject: two\nX-UID: 5\nstatus: RO\n\ntwo\n",
+        (2, 39),
+    ),
+    (b"From a@b Wed Dec  2 10:16:14 2026\nSubject: one\n\nbody", (1, 20)),
+    (  # written by dovecot-lda: its own headers, Content-Length, an unescaped From_ line in the body
+        b"From s@x  Wed Dec 02 10:16:20 2026\nFrom: a@b\nSubject: one\nX-IMAPbase: 1796206580 0000000002\n"
+        b"X-UID: 1\nStatus: \nX-Keywords:" + b" " * 74 + b"\nContent-Length: 88\n\nbody line\n"
+        b"From here on a body line\n\nFrom me@x Wed Dec  2 10:16:14 2026\nno final newline\n\n"
+        b"From s@x  Wed Dec 02 10:16:20 2026\nSubject: two\nX-UID: 2\nStatus: \nX-Keywords:" + b" " * 75 + b"\n"
+        b"Content-Length: 4\n\ntwo\n\n",
+        (2, 141),
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), DOVECOT_SAID)
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_virtual_sizes_as_dovecot_counts_them(data: bytes, expected: tuple[int, int], chunk: int) -> None:
+    assert vsizes(data, chunk) == expected
+
+
+def test_hidden_headers_go_with_their_continuation_lines_and_crlf_counts_once() -> None:
+    data = FROM + b"X-Keywords: a\n\tb\nSubject: s\r\n\r\nbody\r\n"
+    # "Subject: s\r\n" 12, "\r\n" 2, "body" 4: the CRLF before the end of the file is the separator's
+    assert vsizes(data) == (1, 18)

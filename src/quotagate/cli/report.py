@@ -39,13 +39,19 @@ def _table(data: list[dict[str, Any]]) -> None:
             Text("" if row["percent"] is None else f"{row['percent']}"),
             Text(str(row["state"]), style=_STYLE[str(row["state"])]),
             Text(str(row["forecast"] or "")),
-            Text("" if not row["maildirsize"] else str(row["maildirsize"]).partition(":")[0]),
+            Text(_maildirsize_cell(str(row["maildirsize"] or ""))),
             Text(printable(str(row["reason"] or ""))),
         )
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped: never squeeze addresses into 80 columns
     console.print(table)
+
+
+def _maildirsize_cell(text: str) -> str:
+    """The first word of the maildirsize column (the JSON and CSV have it all)."""
+    word = text.partition(":")[0].partition(";")[0]
+    return f"{word}, per folder" if "of their own" in text else word
 
 
 @click.command("report")

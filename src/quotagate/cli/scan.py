@@ -64,12 +64,20 @@ def _refused(exc: Outage) -> str:
     return f"scan refused, nothing changed: {exc} (check the spool and the directory; 'scan --force' overrides)"
 
 
-def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None:
+def _scan_once(app: App, full: bool, fix_maildirsize: bool, set_limit: bool, force: bool) -> None:
     """One scan under the lock; raises LockHeld when another scan runs, Outage when refused."""
     config = app.config
     try:
         with scan_lock(scan_lock_file(config)), app.store() as store, _progress_bar() as progress:
-            result = run_scan(config, store, full=full, fix_maildirsize=fix_maildirsize, force=force, progress=progress)
+            result = run_scan(
+                config,
+                store,
+                full=full,
+                fix_maildirsize=fix_maildirsize,
+                set_limit=set_limit,
+                force=force,
+                progress=progress,
+            )
     except LockError as exc:
         raise ConfigError(f"scan.lock_file: {exc}") from None
     if config.scan.metrics_file is not None:
@@ -95,11 +103,28 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
             "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
             len(mismatched),
         )
+    per_folder = [a for a in mismatched if result.readings[a].usage.own_maildirsizes]
+    if per_folder:
+        log.warning(
+            "%d of them keep a maildirsize in folders too (Exim without quota_directory), which no "
+            "fix makes agree: quotagate counts their files; set quota_directory in the transport",
+            len(per_folder),
+        )
 
 
 @click.command("scan")
 @click.option("--full", is_flag=True, help="Read every folder, even those unchanged since the last scan.")
-@click.option("--fix-maildirsize", is_flag=True, help="Rewrite maildirsize files that disagree with the files.")
+@click.option(
+    "--fix-maildirsize",
+    is_flag=True,
+    help="Rewrite maildirsize files that disagree with the files, keeping their quota definition line.",
+)
+@click.option(
+    "--set-limit",
+    is_flag=True,
+    help="With --fix-maildirsize: write each limited mailbox's limits as the definition line "
+    "(the limit Courier, and Dovecot with '?:' rules, enforce), creating missing files.",
+)
 @click.option(
     "--force",
     is_flag=True,
@@ -119,7 +144,15 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, force: bool) -> None
     help="With --every: stop after N rounds (skipped ones included).",
 )
 @pass_app
-def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float | None, count: int | None) -> int:
+def scan(
+    app: App,
+    full: bool,
+    fix_maildirsize: bool,
+    set_limit: bool,
+    force: bool,
+    every: float | None,
+    count: int | None,
+) -> int:
     """Measure every mailbox, store the usage and publish the over-quota set.
 
     Only one scan runs at a time: each holds the lock file [scan] lock_file while it runs
@@ -134,11 +167,13 @@ def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float 
       74  the [publish] file cannot be written: nothing stored either
       75  another scan is running (the lock is held): try again later
     """
+    if set_limit and not fix_maildirsize:
+        raise click.UsageError("--set-limit needs --fix-maildirsize")
     if every is None:
         if count is not None:
             raise click.UsageError("--count needs --every")
         try:
-            _scan_once(app, full, fix_maildirsize, force)
+            _scan_once(app, full, fix_maildirsize, set_limit, force)
         except LockHeld as exc:
             click.echo(f"quotagate: {exc}", err=True)
             return EX_TEMPFAIL
@@ -155,7 +190,7 @@ def scan(app: App, full: bool, fix_maildirsize: bool, force: bool, every: float 
     def round_() -> None:
         nonlocal forced
         try:
-            _scan_once(app, full, fix_maildirsize, forced)
+            _scan_once(app, full, fix_maildirsize, set_limit, forced)
         except LockHeld as exc:
             log.warning("%s: skipping this round", exc)
         except Outage as exc:

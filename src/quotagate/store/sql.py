@@ -64,13 +64,20 @@ def _batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
 
 
 def _folders_text(folders: Sequence[FolderUsage]) -> str:
-    return json.dumps([list(f) for f in folders], ensure_ascii=False, separators=(",", ":"))
+    """``[name, bytes, messages, stamp]`` per folder, and the claims of its own maildirsize
+    as a fifth element when it keeps one."""
+    rows = [list(f[:4]) if f.own_maildirsize is None else [*f[:4], list(f.own_maildirsize)] for f in folders]
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _folder(name: str, b: int, m: int, stamp: list[int] | None, own: list[int] | None = None) -> FolderUsage:
+    return FolderUsage(
+        name, b, m, None if stamp is None else tuple(stamp), None if own is None else (int(own[0]), int(own[1]))
+    )
 
 
 def _folders_value(text: str) -> tuple[FolderUsage, ...]:
-    return tuple(
-        FolderUsage(name, b, m, None if stamp is None else tuple(stamp)) for name, b, m, stamp in json.loads(text)
-    )
+    return tuple(_folder(*row) for row in json.loads(text))
 
 
 _USAGE_COLUMNS = (

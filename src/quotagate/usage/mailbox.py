@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
+MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _is_real_dir(name: str, dir_fd: int) -> bool:
@@ -40,11 +49,7 @@ def _looks_like_maildir(root_fd: int) -> bool:
     """cur/, new/, tmp/ or maildirsize at the root; or, when the INBOX's own directories are
     missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` holding cur/
     or new/ — an mbox home has no such thing, and read as one all that mail would count 0."""
-    for marker in _MAILDIR_MARKERS:
-        try:
-            os.stat(marker, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
+    if any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS):
         return True
     try:
         names = os.listdir(root_fd)
@@ -82,9 +87,11 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pro
             shown = display_name(name)
             old = reuse.get(shown)
             if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
-                folders.append(old)
+                folder = old
             else:
-                folders.append(maildir.read_folder(fd, shown, racy_cutoff_ns, profile))
+                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile)
+            own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
+            folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
             os.close(fd)
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
@@ -94,6 +101,19 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pro
     root_mtime = node.st.st_mtime_ns
     root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
     return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
+
+
+def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] | None:
+    """What the folder's own maildirsize claims, when it keeps one: a folder without a
+    ``maildirfolder`` file is a quota root of its own to Exim's appendfile (no
+    ``quota_directory``), which then counts deliveries to it there and not in the root's."""
+    parsed = maildirsize.read(folder_fd, owner=node.st.st_uid)
+    if parsed is None or _exists(MAILDIRFOLDER, folder_fd):
+        return None
+    if parsed.info is None:
+        log.warning("%s: maildirsize of folder %s not used: %s", display_name(node.path), shown, parsed.problem)
+        return None
+    return parsed.info.bytes, parsed.info.messages
 
 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
@@ -206,23 +226,41 @@ def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Ro
 
 
 def _fix(
-    node: Node | None, root: str, roots: Roots, usage: MailboxUsage, rules: Sequence[FolderRule], profile: Profile
+    node: Node | None,
+    root: str,
+    roots: Roots,
+    usage: MailboxUsage,
+    rules: Sequence[FolderRule],
+    profile: Profile,
+    definition: str | None,
 ) -> MailboxUsage:
     """Rewrite a disagreeing maildirsize through the descriptor the mailbox was just measured
     by, keeping the file's own quota definition (Courier, and Dovecot with ``?:`` rules, take
-    the limit from it); the usage then records the file as it is now."""
+    the limit from it) unless ``definition`` (``--set-limit``: the mailbox's limits) is given;
+    then a Maildir without one gets one too. The usage then records the file as it is now."""
     info = usage.maildirsize
-    if node is None or info is None or not usage.known:
+    if node is None or not usage.known or usage.format is not Format.MAILDIR:
         return usage
+    if info is None and definition is None:
+        return usage
+    if own := [f.name for f in usage.own_maildirsizes]:
+        log.warning(
+            "%s: maildirsize not rewritten: folders %s keep their own (Exim without quota_directory "
+            "counts deliveries to them there, not in the root's); set quota_directory in the transport",
+            display_name(root),
+            ", ".join(own),
+        )
+        return usage
+    wanted = definition if definition is not None else info.definition if info else ""
     bytes_, messages = counted(usage.folders, rules, profile.excluded_folders)
-    if info.agrees_with(bytes_, messages):
+    if info is not None and info.agrees_with(bytes_, messages) and info.definition == wanted:
         return usage
     try:
-        maildirsize.rewrite(node, root, roots, info.definition, bytes_, messages)
+        maildirsize.rewrite(node, root, roots, wanted, bytes_, messages)
     except (OSError, ValueError) as exc:
         log.warning("%s: cannot rewrite maildirsize: %s", display_name(root), exc)
         return usage
-    return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, info.definition, rewritten=True))
+    return replace(usage, maildirsize=MaildirsizeInfo(bytes_, messages, wanted, rewritten=True))
 
 
 class Found(NamedTuple):
@@ -245,6 +283,7 @@ def measure(
     fix_rules: Sequence[FolderRule] | None,
     subdir: str,
     profile: Profile = FILES,
+    definition: str | None = None,
 ) -> Found:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
     was found at the same place.
@@ -255,17 +294,19 @@ def measure(
     that cannot be read, or that leads outside the roots, is returned with ``error`` set: its
     usage is unknown, never "over quota". The root (and the subdirectory) may be a symlink that
     stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
-    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``).
-    Sizes, and what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
+    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``), with
+    ``definition`` as its quota definition line when given (``--set-limit``). Sizes, and
+    what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
     """
     try:
         with safefs.opened(root, roots) as node:
             below = _maildir_below(node, fmt, subdir, roots)
             if below is None:
-                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile)
+                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile, definition)
             try:
+                where = os.path.join(root, subdir)
                 return _measure_at(
-                    below, os.path.join(root, subdir), "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile
+                    below, where, "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile, definition
                 )
             finally:
                 below.close()
@@ -284,10 +325,13 @@ def _measure_at(
     roots: Roots,
     fix_rules: Sequence[FolderRule] | None,
     profile: Profile,
+    definition: str | None,
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
     usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile)
-    return Found(where, usage if fix_rules is None else _fix(node, where, roots, usage, fix_rules, profile))
+    if fix_rules is None:
+        return Found(where, usage)
+    return Found(where, _fix(node, where, roots, usage, fix_rules, profile, definition))
 
 
 def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES) -> bool:

@@ -78,9 +78,9 @@ _SIZE_IN_INFO = re.compile(r":[^/]*,S=")
 
 
 def _regular_files(folder_fd: int, sub: str, profile: Profile = FILES) -> tuple[int, list[str]] | None:
-    """An open fd for ``cur`` or ``new`` and the names of the regular files in it (of every entry
-    under a profile that counts any entry); None when there is no such directory. A symlink is
-    not followed: it is not this folder's mail, and a self-loop must not turn the mailbox unknown."""
+    """An open fd for ``cur`` or ``new`` and the names of the regular files in it (and of the
+    symlinks, or of every entry, under a profile that counts them); None when there is no such
+    directory. A symlink is never followed: a self-loop must not turn the mailbox unknown."""
     fd = safefs.open_dir(sub, folder_fd)
     if fd is None:
         return None
@@ -88,6 +88,8 @@ def _regular_files(folder_fd: int, sub: str, profile: Profile = FILES) -> tuple[
         with os.scandir(fd) as entries:
             if profile.any_entry:
                 return fd, [e.name for e in entries]
+            if profile.symlinks:
+                return fd, [e.name for e in entries if e.is_file(follow_symlinks=False) or e.is_symlink()]
             return fd, [e.name for e in entries if e.is_file(follow_symlinks=False)]
     except BaseException:
         os.close(fd)
@@ -158,16 +160,21 @@ def _virtual_size(dir_fd: int, name: str, seen: os.stat_result) -> int:
 
 
 def _file_size(fd: int, name: str, profile: Profile) -> int | None:
-    """What a file the name does not size is worth under ``profile``: None when it does not
-    count (a symlink, a device, a directory unless every entry counts), ``_GONE`` when it vanished."""
+    """What an entry the name does not size is worth under ``profile`` (see its ``any_entry``,
+    ``directory_bytes``, ``symlinks``, ``share_hard_links``): None when it does not count at
+    all, ``_GONE`` when it vanished. Nothing is followed."""
     try:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISREG(st.st_mode):
-            return _virtual_size(fd, name, st) if profile.size is SizeRule.VIRTUAL else st.st_size
+            if profile.size is SizeRule.VIRTUAL:
+                return _virtual_size(fd, name, st)
+            return st.st_size // max(st.st_nlink, 1) if profile.share_hard_links else st.st_size
     except FileNotFoundError:  # deleted or moved since listed
         return _GONE
     if stat.S_ISDIR(st.st_mode) and profile.any_entry:
-        return st.st_size
+        return st.st_size if profile.directory_bytes else 0
+    if profile.any_entry or (stat.S_ISLNK(st.st_mode) and profile.symlinks):
+        return 0
     return None
 
 

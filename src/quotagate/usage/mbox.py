@@ -7,7 +7,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from quotagate.accounting import FILES, MboxRule, Profile
+from quotagate.accounting import FILES, MboxRule, Profile, SizeRule
 from quotagate.model import FolderUsage
 from quotagate.usage import mboxfrom, safefs
 
@@ -43,14 +43,23 @@ def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
     return st.st_size, messages, (st.st_mtime_ns, st.st_size)
 
 
-def count_dovecot(fd: int) -> tuple[int, int, tuple[int, int]]:
+def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, tuple[int, int]]:
     """:func:`count_messages` with messages split as Dovecot splits them (see
-    :mod:`quotagate.usage.mboxfrom`): a chunk at a time, a Content-Length's body skipped unread."""
+    :mod:`quotagate.usage.mboxfrom`): a chunk at a time, a Content-Length's body skipped unread.
+    With ``virtual`` the bytes are Dovecot's virtual sizes of the messages (``count`` quota),
+    every byte read, instead of the file size."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file")
-    messages = mboxfrom.count_messages(lambda offset, n: os.pread(fd, n, offset), st.st_size, _CHUNK)
-    return st.st_size, messages, (st.st_mtime_ns, st.st_size)
+
+    def read(offset: int, n: int) -> bytes:
+        return os.pread(fd, n, offset)
+
+    if virtual:
+        messages, size = mboxfrom.virtual_sizes(read, st.st_size, _CHUNK)
+    else:
+        messages, size = mboxfrom.count_messages(read, st.st_size, _CHUNK), st.st_size
+    return size, messages, (st.st_mtime_ns, st.st_size)
 
 
 def is_mbox(fd: int) -> bool:
@@ -68,7 +77,7 @@ def is_mbox(fd: int) -> bool:
 def read_file_folder(fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES) -> FolderUsage:
     """One mbox file as a folder, split into messages by the profile's mbox rule."""
     if profile.mbox is MboxRule.DOVECOT:
-        size, messages, file_stamp = count_dovecot(fd)
+        size, messages, file_stamp = count_dovecot(fd, virtual=profile.size is SizeRule.VIRTUAL)
     else:
         size, messages, file_stamp = count_messages(fd)
     kept = None if file_stamp[0] >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)

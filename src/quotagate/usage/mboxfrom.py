@@ -14,7 +14,7 @@ message without looking at ``Content-Length``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 LINE_WINDOW = 8192  # bytes of a From_ line (and what follows it) the parser is shown
 _LOOKAHEAD = 64  # Dovecot's parser may look past the line break; it never reads further than this
@@ -225,27 +225,85 @@ def _valid_at(w: _Window, t: int) -> int | None:
 def count_messages(read: Read, size: int, chunk: int = 1 << 20) -> int:
     """Messages in the mbox of ``size`` bytes that ``read(offset, n)`` returns, as Dovecot splits
     them. A file not starting with ``From `` holds none (Dovecot refuses it as an mbox)."""
+    return sum(1 for _ in _messages(_Window(read, size, chunk)))
+
+
+def virtual_sizes(read: Read, size: int, chunk: int = 1 << 20) -> tuple[int, int]:
+    """Messages and the sum of their virtual sizes, as Dovecot's ``count`` quota (with
+    ``quota_vsizes``) has them: the message without its ``From_`` line, without the headers
+    Dovecot keeps its own state in (:data:`HIDDEN_HEADERS`), and without the line break that
+    separates it from the next ``From_`` line or ends the file; every bare LF counted as CRLF."""
     w = _Window(read, size, chunk)
+    messages = total = 0
+    for hdr, body, end in _messages(w):
+        messages += 1
+        if w.get(end - 1, 1) == b"\n" and end > hdr:
+            end -= 2 if end - 2 >= hdr and w.get(end - 2, 1) == b"\r" else 1
+        total += _header_vsize(w, hdr, min(body, end)) + _vsize(w, min(body, end), end)
+    return messages, total
+
+
+# The headers Dovecot keeps an mbox's state in: not part of the message it shows or counts.
+HIDDEN_HEADERS = frozenset(
+    (b"content-length", b"status", b"x-imap", b"x-imapbase", b"x-keywords", b"x-status", b"x-uid")
+)
+
+
+def _vsize(w: _Window, start: int, end: int) -> int:
+    """Bytes ``start`` to ``end`` with every bare LF counted as CRLF, read a window at a time."""
+    total = 0
+    last = b""
+    while start < end:
+        piece = w.get(start, min(end - start, 1 << 16))
+        if not piece:
+            break
+        total += len(piece) + piece.count(b"\n") - piece.count(b"\r\n") - (last == b"\r" and piece[:1] == b"\n")
+        last = piece[-1:]
+        start += len(piece)
+    return total
+
+
+def _header_vsize(w: _Window, start: int, end: int) -> int:
+    """:func:`_vsize` of the header lines ``start`` to ``end``, less the hidden ones (with
+    their continuation lines)."""
+    total = 0
+    hidden = False
+    p = start
+    while p < end:
+        line_end = min(w.line_end(p), end)
+        head = w.get(p, min(line_end - p, _HEAD))
+        if head[:1] not in (b" ", b"\t"):
+            hidden = head.partition(b":")[0].rstrip(b" \t").lower() in HIDDEN_HEADERS
+        if not hidden:
+            total += _vsize(w, p, line_end)
+        p = line_end
+    return total
+
+
+def _messages(w: _Window) -> Iterator[tuple[int, int, int]]:
+    """Each message as Dovecot splits the file: where its headers start (after the ``From_``
+    line), where its body starts (the end, for headers without an empty line after them) and
+    where it ends (the next ``From_`` line, or the file's end)."""
     if w.get(0, 5) != b"From ":
-        return 0
-    messages = 0
+        return
     start: int | None = 0
     while start is not None and start < w.size:
-        messages += 1
         hdr = w.line_end(start)
-        start = _next_message(w, hdr)
-    return messages
+        start, body = _next_message(w, hdr)
+        end = w.size if start is None else start
+        yield hdr, end if body is None else body, end
 
 
-def _next_message(w: _Window, hdr: int) -> int | None:
-    """Where the message whose headers start at ``hdr`` ends (the next From_ line), or None."""
+def _next_message(w: _Window, hdr: int) -> tuple[int | None, int | None]:
+    """Where the message whose headers start at ``hdr`` ends (the next From_ line, or None at
+    the file's end), and where its body starts (None when its headers never end)."""
     p = hdr
     length: int | None = None
     body: int | None = None
     while p < w.size:
         end = w.line_end(p)
         if p > hdr and _separator(w, p, end):
-            return p  # a From_ line in the headers: the headers had no end
+            return p, None  # a From_ line in the headers: the headers had no end
         if end - p <= 2 and w.get(p, end - p) in (b"\n", b"\r\n"):
             body = end
             break
@@ -253,13 +311,13 @@ def _next_message(w: _Window, hdr: int) -> int | None:
             length = _content_length(w, p, end)
         p = end
     if body is None:
-        return None
+        return None, None
     if length is not None and (nxt := _valid_at(w, body + length)) is not None:
-        return nxt if nxt < w.size else None
+        return (nxt if nxt < w.size else None), body
     p = body
     while p < w.size:
         end = w.line_end(p)
         if _separator(w, p, end):
-            return p
+            return p, body
         p = end
-    return None
+    return None, body

@@ -23,7 +23,7 @@ from asyncinotify import Inotify, Mask, Watch
 
 from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config
-from quotagate.model import FolderUsage, Format, Mailbox, MailboxUsage, Reading
+from quotagate.model import Format, Mailbox, MailboxUsage, Reading
 from quotagate.outage import root_problem, vanished_problem
 from quotagate.publish import PublishError
 from quotagate.scan import reading_for
@@ -262,7 +262,7 @@ class Tracker:
         for f in reading.usage.folders:
             if f.name == folder:
                 # The stamp no longer matches: the next scan reads this folder again.
-                f = FolderUsage(f.name, f.bytes + delta[0], f.messages + delta[1], None)
+                f = f._replace(bytes=f.bytes + delta[0], messages=f.messages + delta[1], stamp=None)
                 if f.bytes < 0 or f.messages < 0:
                     self._dirty.add(address)
                     return

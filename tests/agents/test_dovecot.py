@@ -1,0 +1,136 @@
+"""quotagate under the ``dovecot`` and ``dovecot-count`` profiles against Dovecot 2.3 itself.
+
+Dovecot's LDA writes the mailboxes; ``doveadm`` counts them (``quota get`` after ``quota
+recalc``, the maildirsize it rewrites, ``mailbox status vsize``); and for a message of every size
+around the boundary, ``quotagate check --size`` says what ``dovecot-lda`` then does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quotagate.model import Limits
+from tests.agents.boundary import around, at_and_past, counting, disagreements
+from tests.agents.conftest import Gate
+from tests.agents.oddnames import ODD, followed, lay
+from tests.servers.dovecot import Dovecot
+from tests.servers.mailuser import message
+
+pytestmark = [pytest.mark.servers, pytest.mark.mta]
+
+LIMIT = 10_000
+GRACE = LIMIT // 10  # Dovecot's quota_grace default: 10%
+PROFILE = {"maildir": "dovecot", "count": "dovecot-count"}
+
+
+def _deliver_all(dovecot: Dovecot, user: str) -> None:
+    """Mail of many shapes, into INBOX and two folders; some of it read (moved to cur/ with flags)."""
+    for size, lines, folder in [(500, 1, "INBOX"), (1234, 7, "INBOX"), (2000, 30, "Sent"), (777, 3, "Lists.Debian")]:
+        assert dovecot.deliver(user, message(size, lines), folder)
+    dovecot.doveadm(user, "flags", "add", "\\Seen", "mailbox", "INBOX", "1")
+    dovecot.doveadm(user, "flags", "add", "\\Deleted \\Seen", "mailbox", "Sent", "all")
+
+
+def _maildirsize_totals(gate: Gate, user: str) -> tuple[int, int]:
+    lines = (gate.spool / user / "Maildir" / "maildirsize").read_text().splitlines()[1:]
+    pairs = [tuple(map(int, line.split())) for line in lines if line.strip()]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
+def test_maildir_quota_counts_as_dovecot_does(gate: Gate, dovecot: Dovecot) -> None:
+    dovecot.configure(backend="maildir", limit_bytes=10**9, limit_messages=1000)
+    gate.configure("dovecot")
+    gate.add("u", Limits(10**9, 1000))
+    _deliver_all(dovecot, "u")
+    dovecot.recalc("u")
+    gate.scan()
+    counted = gate.counted("u")
+    assert counted == _maildirsize_totals(gate, "u")
+    quota = dovecot.quota("u")
+    assert (-(-counted[0] // 1024), counted[1]) == (quota.kib, quota.messages)  # KiB, rounded up
+    info = gate.reading("u").usage.maildirsize
+    assert info is not None and info.agrees_with(*counted)
+
+
+def test_count_quota_counts_virtual_sizes_as_dovecot_does(gate: Gate, dovecot: Dovecot) -> None:
+    dovecot.configure(backend="count", limit_bytes=10**9, limit_messages=1000)
+    gate.configure("dovecot-count")
+    gate.add("u", Limits(10**9, 1000))
+    _deliver_all(dovecot, "u")
+    dovecot.recalc("u")
+    gate.scan()
+    counted = gate.counted("u")
+    messages, vsize = dovecot.status("u")
+    assert counted == (vsize, messages)
+    quota = dovecot.quota("u")
+    assert (-(-counted[0] // 1024), counted[1]) == (quota.kib, quota.messages)  # KiB, rounded up
+    gate.configure("dovecot")  # the physical sizes are less: the count quota would be missed
+    gate.scan()
+    assert gate.counted("u")[0] < vsize
+
+
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_check_agrees_with_dovecot_lda_at_the_boundary(gate: Gate, dovecot: Dovecot, backend: str) -> None:
+    limits = Limits(LIMIT, 0)
+    dovecot.configure(backend=backend, limit_bytes=LIMIT)
+    gate.configure(PROFILE[backend])
+    cases = around(LIMIT, GRACE, 6000) + at_and_past(LIMIT, past=GRACE // 2)
+    assert disagreements(gate, cases, limits, dovecot.deliver, virtual=backend == "count") == []
+
+
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_check_agrees_with_dovecot_lda_on_the_message_limit(gate: Gate, dovecot: Dovecot, backend: str) -> None:
+    limits = Limits(10**9, 10)
+    dovecot.configure(backend=backend, limit_bytes=10**9, limit_messages=10)
+    gate.configure(PROFILE[backend])
+    assert disagreements(gate, counting(10), limits, dovecot.deliver) == []
+
+
+def test_with_optional_rules_dovecot_enforces_the_files_limit_which_a_fix_keeps(gate: Gate, dovecot: Dovecot) -> None:
+    # "?" rules: the limit in maildirsize wins over the one configured (no grace, to see it exactly)
+    dovecot.configure(backend="maildir", limit_bytes=LIMIT, rule="?", extra="  quota_grace = 0\n")
+    assert dovecot.deliver("u", message(3000))
+    maildirsize = gate.spool / "u" / "Maildir" / "maildirsize"
+    maildirsize.write_text(f"{LIMIT}S\n100 1\n")  # stale: the files hold 3000
+    gate.configure("dovecot", grace="0")
+    gate.add("u", Limits(5000, 0))
+
+    gate.scan("--fix-maildirsize")
+    assert maildirsize.read_text().splitlines() == [f"{LIMIT}S", "3000 1"]
+    assert dovecot.deliver("u", message(2001))  # the file's limit, not quotagate's, is enforced
+
+    gate.scan("--fix-maildirsize", "--set-limit")
+    assert maildirsize.read_text().splitlines() == ["5000S", "5001 2"]
+    assert (gate.accepts("u", 1), dovecot.deliver("u", message(300))) == (False, False)
+
+
+# Files whose S= contradicts them: Dovecot's count quota reads them, finds its cached size wrong
+# and fails ("Cached message size smaller than expected"): there is no count to compare with.
+BROKEN_FOR_COUNT = {"x,S=:2,S", "x:2,S=300", "l,S=30:2,S"}
+
+
+ODD_CASES = [
+    pytest.param(backend, *odd.values, id=f"{backend}-{odd.id}")
+    for backend in ("maildir", "count")
+    for odd in ODD
+    if not (backend == "count" and odd.values[1] in BROKEN_FOR_COUNT)
+]
+
+
+@pytest.mark.parametrize(("backend", "kind", "name"), ODD_CASES)
+def test_odd_entries_count_as_dovecot_recounts_them(
+    gate: Gate, dovecot: Dovecot, backend: str, kind: str, name: str
+) -> None:
+    dovecot.configure(backend=backend, limit_bytes=10**9, limit_messages=1000)
+    lay(dovecot.home("u") / "Maildir", kind, name)
+    gate.configure(PROFILE[backend])
+    gate.add("u", Limits(10**9, 1000))
+    gate.scan()
+    dovecot.recalc("u")
+    bytes_, messages = gate.counted("u")
+    if backend == "maildir":
+        theirs = _maildirsize_totals(gate, "u")
+        assert (bytes_ + followed(kind, ",S=" in name), messages) == theirs
+    else:
+        count, vsize = dovecot.status("u")
+        assert (bytes_ + followed(kind, ",W=" in name, virtual=True), messages) == (vsize, count)
