@@ -25,6 +25,7 @@ async def _watch(app: App) -> None:
         tracker, publisher = await start_tracker(config, store)
         if config.shared.url is not None:  # a storage host: deliveries and readings go to every MX
             ledger = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            ledger.current = tracker.readings.values
             await ledger.start()
             tracker.on_delivery = ledger.delivered
             publisher.on_change.append(ledger.readings)

@@ -172,6 +172,7 @@ class Daemon:
         tracker.on_delivery = self.service.delivered
         if self.shared is not None:  # MX hosts weigh this host's readings as soon as they are made
             publisher.on_change.append(self.shared.readings)
+            self.shared.current = tracker.readings.values
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
         tasks = [

@@ -164,6 +164,12 @@ class RedisLedger:
         self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probe: asyncio.Task[None] | None = None
+        # A storage host's current readings: sent again whenever Redis comes back (it may have
+        # come back empty, and a reading is sent only when it changes).
+        self.current: Callable[[], Iterable[Reading]] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._run_id = ""  # Redis's own: a new one means it restarted, empty, under us
         # What a call to Redis may raise when it is away (redis-py's errors once it is imported).
         self._faults: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
@@ -185,11 +191,13 @@ class RedisLedger:
         self._script = self._client.register_script(_LEDGER.read_text(encoding="utf-8"))
         if not await self._recover():
             self._down("not reachable at start")
+        self._heartbeat = asyncio.ensure_future(self._heartbeat_forever())
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+        for task in (self._heartbeat, self._probe, self._resync):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.timeout)
         if self._client is not None:
@@ -238,6 +246,52 @@ class RedisLedger:
         for r in readings:
             if r.state is not State.UNKNOWN:
                 self._send(_Op("usage", r.address, (r.bytes, r.messages), measured_at=r.measured_at))
+
+    async def _server_run(self) -> str:
+        assert self._client is not None
+        info = await self._client.info("server")
+        return str(info.get("run_id", ""))
+
+    async def _heartbeat_forever(self) -> None:
+        """An outage is noticed without waiting for a request to pay for it, and so is a Redis
+        that restarted between two calls (it came back empty: a storage host sends its readings
+        again; the room it held for the MX hosts is lost, see docs/scaling.md)."""
+        while True:
+            await asyncio.sleep(self.settings.retry_seconds)
+            if not self._up:
+                continue
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    run_id = await self._server_run()
+            except self._faults as exc:
+                self._failed(exc)
+                continue
+            if run_id != self._run_id:
+                log.warning("shared state at %s restarted: the room it held is lost", self._where)
+                self._run_id = run_id
+                self._send_current()
+
+    def _send_current(self) -> None:
+        if self.current is not None and (self._resync is None or self._resync.done()):
+            self._resync = asyncio.ensure_future(self._send_readings(list(self.current())))
+
+    async def _send_readings(self, readings: list[Reading], batch: int = 1000) -> None:
+        """Every reading, a pipeline per ``batch`` (a large spool is many thousand mailboxes)."""
+        assert self._client is not None and self._script is not None
+        try:
+            for start in range(0, len(readings), batch):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for r in readings[start : start + batch]:
+                        if r.state is not State.UNKNOWN:
+                            age = max(0, round((self.clock() - r.measured_at) * 1000))
+                            args: list[str | int] = ["usage", _USAGE_MS, r.bytes, r.messages, age]
+                            await self._script(
+                                keys=mailbox_keys(self.settings.prefix, r.address), args=args, client=pipe
+                            )
+                    async with asyncio.timeout(self.settings.timeout * 10):
+                        await pipe.execute()
+        except self._faults as exc:
+            self._failed(exc)  # sent again once Redis is back
 
     def _send(self, op: _Op) -> None:
         if not self._up:
@@ -312,7 +366,7 @@ class RedisLedger:
         replayed = written = 0
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await self._client.ping()
+                self._run_id = await self._server_run()
             while True:
                 while self._pending:
                     async with asyncio.timeout(self.settings.timeout):
@@ -329,6 +383,7 @@ class RedisLedger:
         self._up = True
         if self.metrics is not None:
             self.metrics.shared_up.set(1)
+        self._send_current()
         log.info(
             "shared state at %s in use: %d changes replayed, %d reservations written back",
             self._where,
