@@ -51,6 +51,7 @@ _USAGE_MS = 86_400_000
 # Transaction ends and deliveries kept while Redis is away, replayed when it is back.
 MAX_PENDING = 100_000
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
+_CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
 
 
@@ -109,7 +110,7 @@ def weighed(reply: list[Any]) -> Weighed:
 def connect(url: SharedUrl, timeout: float) -> Redis:
     """A redis-py asyncio client for ``[shared] url``; it connects on first use. No retries of
     its own: a failed call makes the daemon decide alone at once, and try Redis again later."""
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
@@ -120,7 +121,10 @@ def connect(url: SharedUrl, timeout: float) -> Redis:
         "retry": Retry(NoBackoff(), 0),
     }
     if not url.sentinel:
-        return Redis.from_url(url.url, **options)
+        # A burst waits (up to the timeout) for one of a bounded set of connections, rather
+        # than opening one per request or failing past the pool's size.
+        pool = BlockingConnectionPool.from_url(url.url, max_connections=_CONNECTIONS, timeout=timeout, **options)
+        return Redis(connection_pool=pool)
     sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={"socket_timeout": timeout}, **options)  # type: ignore[no-untyped-call]
     master: Redis = sentinel.master_for(url.service, db=url.db, password=url.password)
     return master
@@ -201,7 +205,7 @@ class RedisLedger:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.timeout)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)  # ours, given to it
 
     # -- checks --------------------------------------------------------------------------------
     def claim(self, claim: Claim) -> asyncio.Future[Weighed | None]:
@@ -366,6 +370,9 @@ class RedisLedger:
         replayed = written = 0
         try:
             async with asyncio.timeout(self.settings.timeout):
+                # Connections opened before the outage lead nowhere now: the first call on one
+                # would fail and take Redis away again at once.
+                await self._client.connection_pool.disconnect()
                 self._run_id = await self._server_run()
             while True:
                 while self._pending:
