@@ -24,6 +24,7 @@ from pydantic import (
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention
+from quotagate.sharedurl import SharedUrl, parse_shared_url
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,41 @@ class WatchConfig(_Section):
     directory_seconds: float = Field(default=30, gt=0)
 
 
+class SharedConfig(_Section):
+    """State shared between daemons and hosts (reservations, live usage), in Redis. Unset: each
+    ``quotagate serve`` keeps its own, in-process, and Redis is never needed."""
+
+    # "redis://HOST:PORT/DB", "rediss://..." (TLS) or "redis+sentinel://HOST:PORT,HOST:PORT/SERVICE".
+    url: str | None = None
+    # This host's name in the keys of its SMTP transactions: Postfix's instance is unique per
+    # host only. "" = the host name.
+    node: str = ""
+    # Seconds one Redis call may take before the daemon decides alone (fail open to its own state).
+    timeout: float = Field(default=0.5, gt=0)
+    # While Redis cannot be reached, it is tried again this often.
+    retry_seconds: float = Field(default=1.0, gt=0)
+    # Prefix of every key quotagate writes (several sites may share one Redis).
+    prefix: str = "quotagate"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_shared_url(url)
+        return url
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", prefix):
+            raise ValueError(f"{prefix!r}: letters, digits and _ . : - only")
+        return prefix
+
+    @property
+    def parsed(self) -> SharedUrl | None:
+        return None if self.url is None else parse_shared_url(self.url)
+
+
 class HistoryConfig(_Section):
     """Usage over time, for forecasts, warnings and the HTML report's charts."""
 
@@ -383,6 +419,7 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     policy: PolicyConfig = PolicyConfig()
     watch: WatchConfig = WatchConfig()
+    shared: SharedConfig = SharedConfig()
     history: HistoryConfig = HistoryConfig()
     warn: WarnConfig = WarnConfig()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Numbers, Refusal, Usage
 from quotagate.sizes import Allowance
@@ -101,6 +103,24 @@ def decide(
     return Decision(Action.ACCEPT, "message fits" if s is not None else "mailbox is under its limit", numbers)
 
 
+U = TypeVar("U")
+
+
+def judged_with(judge: Callable[[Reserved], tuple[Decision, U]], reserved: Reserved) -> tuple[Decision, U]:
+    """``judge(reserved)``, except that a refusal only ``reserved`` room causes is a deferral.
+
+    Room held for other messages may yet be let go (a transaction that ends without data, a
+    delivery that fails): a 5xx would bounce mail the mailbox may take, and let one client that
+    holds room deny the mailbox to every other. What the usage alone refuses stays refused.
+    """
+    decision, used = judge(reserved)
+    if decision.action is Action.REJECT and (reserved.bytes or reserved.messages):
+        alone, _ = judge(NOTHING_RESERVED)
+        if alone.action is Action.ACCEPT:
+            return Decision(Action.DEFER, "room is held for messages in progress", decision.numbers), used
+    return decision, used
+
+
 def is_over(
     limits: Limits,
     bytes_: int,
@@ -118,3 +138,44 @@ def is_over(
     if limits.bytes and bytes_ >= limits.bytes * threshold:
         return True
     return bool(limits.messages and messages >= limits.messages * threshold)
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The most a mailbox may hold (usage plus reservations) for :func:`decide` to accept a
+    message of a given size, per limit; None where no limit applies.
+
+    It lets a server that cannot run :func:`decide` (a Redis script holding room atomically for
+    several hosts) apply the same rules: ``decide`` accepts exactly when the mailbox is within its
+    ceiling (``tests/unit/test_decide.py`` checks this against ``decide`` itself).
+    """
+
+    bytes: int | None
+    messages: int | None
+
+    def admits(self, used_bytes: int, used_messages: int) -> bool:
+        return (self.bytes is None or used_bytes <= self.bytes) and (
+            self.messages is None or used_messages <= self.messages
+        )
+
+
+def ceiling(
+    limits: Limits, size: int | None, grace: Allowance = NO_GRACE, boundary: Boundary = Boundary.INCLUSIVE
+) -> Ceiling:
+    """The :class:`Ceiling` of ``limits`` for a message of ``size`` (unknown: the classic check)."""
+    s = known_size(size)
+
+    def most(limit: int, incoming: int | None, extra: int) -> int:
+        if boundary is Boundary.EXCLUSIVE:
+            return limit if incoming is None else limit + extra
+        if incoming is None:
+            return limit - 1
+        # _fits: used + incoming <= limit, or used < limit and used + incoming <= limit + grace.
+        return max(limit - incoming, min(limit - 1, limit + extra - incoming))
+
+    return Ceiling(
+        most(limits.bytes, s, grace.of(limits.bytes)) if limits.bytes else None,
+        most(limits.messages, None if s is None else 1, int(grace.fraction * limits.messages))
+        if limits.messages
+        else None,
+    )

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotagate.decide import Reserved, decide, is_over
+from quotagate.decide import Reserved, ceiling, decide, is_over
 from quotagate.model import Action, Boundary, Limits, Mailbox, Usage
 from quotagate.sizes import Allowance
 
@@ -114,3 +114,37 @@ def test_inclusive_boundary_is_the_default() -> None:
     assert decide(box(1000), used(999), 1).action is Action.ACCEPT
     assert decide(box(1000), used(999), 2).action is Action.REJECT
     assert decide(box(1000), used(999), 2, boundary=Boundary.INCLUSIVE).action is Action.REJECT
+
+
+@given(
+    limit_bytes=st.integers(0, 10**6),
+    limit_messages=st.integers(0, 50),
+    used_bytes=st.integers(0, 2 * 10**6),
+    used_messages=st.integers(0, 100),
+    reserved_bytes=st.integers(0, 10**6),
+    reserved_messages=st.integers(0, 50),
+    size=st.one_of(st.none(), st.integers(-1, 10**6)),
+    grace=st.sampled_from([Allowance(), Allowance(bytes=1000), Allowance(fraction=Decimal("0.1"))]),
+    boundary=st.sampled_from(list(Boundary)),
+)
+def test_the_ceiling_admits_exactly_what_decide_accepts(
+    limit_bytes: int,
+    limit_messages: int,
+    used_bytes: int,
+    used_messages: int,
+    reserved_bytes: int,
+    reserved_messages: int,
+    size: int | None,
+    grace: Allowance,
+    boundary: Boundary,
+) -> None:
+    """A Redis script holding room for several hosts decides by the ceiling: it must be decide's rule."""
+    limits = Limits(limit_bytes, limit_messages)
+    if limits.unlimited:
+        return
+    usage = Usage(used_bytes, used_messages, 0.0)
+    reserved = Reserved(reserved_bytes, reserved_messages)
+    decision = decide(Mailbox("a@example.org", limits), usage, size, reserved, grace, boundary=boundary)
+    within = ceiling(limits, size, grace, boundary)
+    admitted = within.admits(used_bytes + reserved_bytes, used_messages + reserved_messages)
+    assert (decision.action is Action.ACCEPT) == admitted, decision

@@ -9,6 +9,8 @@ import signal
 import click
 
 from quotagate.cli.app import App, pass_app
+from quotagate.policy.reservations import Reservations
+from quotagate.policy.shared import RedisLedger
 from quotagate.sdnotify import notify
 from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
 
@@ -18,8 +20,15 @@ log = logging.getLogger(__name__)
 async def _watch(app: App) -> None:
     config = app.config
     store = app.store()
+    ledger = None
     try:
         tracker, publisher = await start_tracker(config, store)
+        if config.shared.url is not None:  # a storage host: deliveries and readings go to every MX
+            ledger = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            ledger.current = tracker.readings.values
+            await ledger.start()
+            tracker.on_delivery = ledger.delivered
+            publisher.on_change.append(ledger.readings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -40,6 +49,8 @@ async def _watch(app: App) -> None:
             if task is not waiter and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
+        if ledger is not None:
+            await ledger.close()
         store.close()
 
 

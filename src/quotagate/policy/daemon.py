@@ -13,7 +13,7 @@ from dataclasses import replace
 from prometheus_client import start_http_server
 
 from quotagate.config import Config, ConfigError, reservations_file
-from quotagate.policy import control, state
+from quotagate.policy import control, shared, state
 from quotagate.policy.live import Snapshot, load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer, listen_error, parse_listen
@@ -35,6 +35,7 @@ class Daemon:
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
+        self.shared = shared.attach(self.service, self.metrics)  # [shared] url: Redis; else None
         self.server = PolicyServer(self.service.respond, self.config.policy, self.metrics)
         self._store: Store | None = None
         self._stop = asyncio.Event()
@@ -169,6 +170,9 @@ class Daemon:
         tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
         tracker.on_delivery = self.service.delivered
+        if self.shared is not None:  # MX hosts weigh this host's readings as soon as they are made
+            publisher.on_change.append(self.shared.readings)
+            self.shared.current = tracker.readings.values
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
         tasks = [
@@ -191,6 +195,8 @@ class Daemon:
 
     async def run(self) -> None:
         self._restore_reservations()
+        if self.shared is not None:
+            await self.shared.start()  # writes back what was restored
         await self.refresh()
         tracking = await self._start_tracking() if self.config.watch.enabled else []
         self._start_metrics()  # first: a port in use there leaves no unix socket behind
@@ -220,6 +226,8 @@ class Daemon:
         if self._control is not None:
             self._control.close()
         await self._save_reservations()
+        if self.shared is not None:
+            await self.shared.close()
         self._forget_store()
 
     async def _start_control(self) -> None:

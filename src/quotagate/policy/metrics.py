@@ -90,6 +90,16 @@ class Metrics:
             "File descriptors the daemon has open (against its RLIMIT_NOFILE)",
             registry=self.registry,
         )
+        self.shared_up = Gauge(
+            "quotagate_shared_up",
+            "1 while the shared state ([shared] url) is used, 0 while the daemon decides alone",
+            registry=self.registry,
+        )
+        self.shared_errors = Counter(
+            "quotagate_shared_errors",
+            "Calls to the shared state that failed (the daemon then decided alone)",
+            registry=self.registry,
+        )
         self._counted: dict[str, int] = {}
 
     def count_releases(self, released: Mapping[str, int], capped: int) -> None:

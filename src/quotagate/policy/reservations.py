@@ -35,7 +35,7 @@ from typing import Literal
 from quotagate.decide import Reserved
 
 State = Literal["held", "flight"]
-Release = Literal["no data", "delivered", "expired", "evicted", "released", "replaced"]
+Release = Literal["no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"]
 
 
 def client_key(address: str) -> str:
@@ -93,7 +93,7 @@ class Reservations:
         self._expiry: list[tuple[float, int, Reservation]] = []
         self._order = itertools.count()
         self.released: dict[str, int] = dict.fromkeys(
-            ("no data", "delivered", "expired", "evicted", "released", "replaced"), 0
+            ("no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"), 0
         )
         self.capped = 0  # checks decided without holding more: the client was at its cap
         self.version = 0  # moves on every change: the daemon saves the reservations when it moved
@@ -185,6 +185,10 @@ class Reservations:
         for r in chosen:
             self._drop(r, "released")
         return len(chosen)
+
+    def hand_over(self, r: Reservation) -> None:
+        """Let go of ``r``: another ledger holds it now (the shared one, written back)."""
+        self._drop(r, "handed over")
 
     def expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:

@@ -6,14 +6,17 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
 from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize
 from quotagate.config import Config
-from quotagate.decide import NOTHING_RESERVED, Reserved, decide, known_size
+from quotagate.decide import Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
+from quotagate.policy.claim import Claim, SharedState, Weighed, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
@@ -81,6 +84,8 @@ class PolicyService:
         self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
+        # Set by the daemon when [shared] url is: checks are weighed and held there while it is up.
+        self.shared: SharedState | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -120,9 +125,12 @@ class PolicyService:
                 return self._finish(started, target)
             if target.live is None:
                 return self._conclude(started, request, target, None, transaction)
-            return self.files.start(
+            read = self.files.start(
                 target.live, lambda live: self._conclude(started, request, target, live, transaction)
             )
+            if self.shared is None or isinstance(read, str):  # alone, _conclude answers at once
+                return cast("str | asyncio.Future[str]", read)
+            return asyncio.ensure_future(_flat(read))
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
@@ -165,10 +173,38 @@ class PolicyService:
 
     def _conclude(
         self, started: float, request: PolicyRequest, target: _Target, live: Live, transaction: Transaction
-    ) -> str:
-        """The answer once the live usage is known (on the loop, maybe after a file read)."""
+    ) -> str | asyncio.Future[str]:
+        """The answer once the live usage is known (on the loop, maybe after a file read); a
+        future while the shared ledger weighs it."""
         try:
-            return self._finish(started, self._decide(target, request.size, live, transaction))
+            outcome = self._decide(target, request.size, live, transaction)
+            if isinstance(outcome, Outcome):
+                return self._finish(started, outcome)
+            return asyncio.ensure_future(self._settle_shared(started, request, target, live, transaction, *outcome))
+        except Exception:
+            log.exception("internal error answering for %r: DUNNO", request.recipient)
+            return self._failed(started)
+
+    async def _settle_shared(
+        self,
+        started: float,
+        request: PolicyRequest,
+        target: _Target,
+        live: Live,
+        transaction: Transaction,
+        claim: Claim,
+        weighing: asyncio.Future[Weighed | None],
+    ) -> str:
+        """The answer from what the shared ledger weighed; decided alone when it failed."""
+        try:
+            weighed = await weighing
+            if weighed is None:
+                outcome = self._decide(target, request.size, live, transaction, alone=True)
+                assert isinstance(outcome, Outcome)
+            else:
+                decision, usage = settle(claim, weighed, self.clock())
+                outcome = Outcome(claim.mailbox.address, decision, usage)
+            return self._finish(started, outcome)
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
@@ -202,7 +238,10 @@ class PolicyService:
         if isinstance(target, Outcome):
             return target
         live = None if target.live is None else self.maildirsize.read(target.live)
-        return self._decide(target, size, live, transaction or Transaction("local", f"check-{next(self._once)}"))
+        transaction = transaction or Transaction("local", f"check-{next(self._once)}")
+        outcome = self._decide(target, size, live, transaction, alone=True)
+        assert isinstance(outcome, Outcome)
+        return outcome
 
     def _target(self, recipient: str) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
@@ -218,8 +257,11 @@ class PolicyService:
         wanted = reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
         return _Target(snapshot, mailbox, folder, reading if wanted else None)
 
-    def _decide(self, target: _Target, size: int | None, live: Live, transaction: Transaction) -> Outcome:
-        """The decision, once the live usage (if any was wanted) is known. No I/O."""
+    def _decide(
+        self, target: _Target, size: int | None, live: Live, transaction: Transaction, alone: bool = False
+    ) -> Outcome | tuple[Claim, asyncio.Future[Weighed | None]]:
+        """The decision, once the live usage (if any was wanted) is known. No I/O. With shared
+        state (and not ``alone``), the claim sent to it and the future of its answer instead."""
         snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
         if isinstance(live, Unreadable):
             self.metrics.unreadable.inc()
@@ -231,15 +273,12 @@ class PolicyService:
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
+        if self.shared is not None and self.shared.up and not alone and Claim.wanted(mailbox, limits, usage):
+            claim = self._claim(target, size, live, transaction, limits, usage, now)
+            if claim is not None:
+                return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
-        decision, usage = self._judge(target, limits, usage, size, live, reserved)
-        if decision.action is Action.REJECT and (reserved.bytes or reserved.messages):
-            alone, _ = self._judge(target, limits, usage, size, live, NOTHING_RESERVED)
-            if alone.action is Action.ACCEPT:
-                # Only room held for other messages stands in the way, and held room may yet be
-                # let go (a transaction that ends without data, a delivery that fails): a 5xx
-                # would bounce mail the mailbox may take, and let one client deny it to all.
-                decision = Decision(Action.DEFER, "room is held for messages in progress", decision.numbers)
+        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
         s = known_size(size)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             share = self.config.policy.client_hold
@@ -272,6 +311,37 @@ class PolicyService:
             if whole.action is Action.REJECT:
                 return whole, total
         return decision, usage
+
+    def _claim(
+        self,
+        target: _Target,
+        size: int | None,
+        live: Live,
+        transaction: Transaction,
+        limits: Limits | None,
+        usage: Usage | None,
+        now: float,
+    ) -> Claim | None:
+        """The check as the shared ledger weighs it: the whole mailbox's usage (which a storage
+        host's fresher one may replace) and, for local+folder, the folder's rule and usage."""
+        if usage is None or isinstance(live, Unreadable):
+            return None
+        whole = usage if limits is None else self._limits_and_usage(target.snapshot, target.mailbox, None, live)[1]
+        if whole is None:
+            return None
+        policy = self.config.policy
+        return Claim(
+            target.mailbox,
+            whole,
+            usage_age(whole, now),
+            size,
+            transaction,
+            bool(policy.reservation_seconds),
+            policy.client_hold,
+            self._grace,
+            self._boundary,
+            None if limits is None else (limits, usage),
+        )
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:
         """Usage nobody confirmed for max_usage_age (store down, watch dead, scans failing) could
@@ -346,3 +416,9 @@ class PolicyService:
             action.value, time.perf_counter() - started, None if usage is None else usage_age(usage, self.clock())
         )
         return text
+
+
+async def _flat(read: Awaitable[str | Awaitable[str]]) -> str:
+    """A file read's answer, which may itself be waiting for the shared ledger."""
+    answer = await read
+    return answer if isinstance(answer, str) else await answer

@@ -1,0 +1,169 @@
+-- quotagate's shared reservation ledger: one mailbox per call, atomically (see policy/shared.py).
+--
+-- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
+--   1 res  hash  transaction -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
+--   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA)
+--   3 exp  zset  transaction by expiry
+--   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
+--   5 dlv  zset  delivery seen, by when
+--   6 use  hash  b, m, at: the mailbox's usage as the storage host last measured it
+-- ARGV[1] is the operation, ARGV[2] the keys' lifetime in ms (they go when a mailbox goes quiet).
+-- Every time is Redis's own clock (TIME), in ms; the hosts pass ages, never their clocks.
+
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local op, life = ARGV[1], tonumber(ARGV[2])
+local RES, SUM, EXP, UND, DLV, USE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local SWEEP = 256  -- expired or delivered reservations let go per call: each call stays short
+
+local function get(tx)
+  local raw = redis.call('HGET', RES, tx)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+
+local function client_add(r, sign)
+  redis.call('HINCRBY', SUM, 'cb:' .. r.c, sign * r.b)
+  if redis.call('HINCRBY', SUM, 'cm:' .. r.c, sign) <= 0 then
+    redis.call('HDEL', SUM, 'cb:' .. r.c, 'cm:' .. r.c)
+  end
+end
+
+local function drop(tx, r)
+  redis.call('HDEL', RES, tx)
+  redis.call('ZREM', EXP, tx)
+  redis.call('ZREM', UND, tx)
+  redis.call('ZREM', DLV, tx)
+  redis.call('HINCRBY', SUM, 'b', -r.b)
+  redis.call('HINCRBY', SUM, 'm', -1)
+  if r.s == 'held' then client_add(r, -1) end
+end
+
+local function add(tx, r)
+  redis.call('HSET', RES, tx, cjson.encode(r))
+  redis.call('ZADD', EXP, r.e, tx)
+  redis.call('HINCRBY', SUM, 'b', r.b)
+  redis.call('HINCRBY', SUM, 'm', 1)
+  if r.s == 'held' then client_add(r, 1)
+  elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
+  else redis.call('ZADD', DLV, r.d, tx) end
+end
+
+local function sweep(zset, upto)
+  local gone = 0
+  for _, tx in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', upto, 'LIMIT', 0, SWEEP)) do
+    local r = get(tx)
+    if r then drop(tx, r); gone = gone + 1
+    else redis.call('ZREM', zset, tx) end
+  end
+  return gone
+end
+
+local function keep()  -- the usage key keeps its own lifetime (set by the op 'usage')
+  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], life) end
+end
+
+local function sums()
+  local s = redis.call('HMGET', SUM, 'b', 'm')
+  return tonumber(s[1] or 0), tonumber(s[2] or 0)
+end
+
+if op == 'check' then
+  -- ARGV: 3 tx, 4 client, 5 size (0: unknown, hold nothing), 6 cap bytes, 7 cap messages,
+  -- 8 reservation ms, 9 local usage bytes, 10 messages, 11 its age in ms,
+  -- 12 ceiling bytes, 13 ceiling messages ('': no limit), 14..17 a folder's usage and ceiling (optional)
+  local tx, client, size = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local ub, um, at, source = tonumber(ARGV[9]), tonumber(ARGV[10]), now - tonumber(ARGV[11]), 'local'
+  local use = redis.call('HMGET', USE, 'b', 'm', 'at')
+  if use[3] and tonumber(use[3]) >= at then
+    ub, um, at, source = tonumber(use[1]), tonumber(use[2]), tonumber(use[3]), 'shared'
+  end
+  local expired = sweep(EXP, now)
+  -- A reading releases only what it includes: deliveries seen before it was taken.
+  local delivered = sweep(DLV, '(' .. at)
+  local rb, rm = sums()
+  local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
+    return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
+  end
+  local fits = within(ub + rb, um + rm, ARGV[12], ARGV[13])
+  if fits and ARGV[14] then
+    fits = within(tonumber(ARGV[14]) + rb, tonumber(ARGV[15]) + rm, ARGV[16], ARGV[17])
+  end
+  local held, capped = 0, 0
+  if fits and size > 0 then
+    local old = get(tx)
+    local mine = (old and old.s == 'held') and old or nil
+    local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
+    local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. client) or 0) + 1
+    if mine then cb = cb - mine.b; cm = cm - 1 end
+    if cb > math.max(tonumber(ARGV[6]), size) or cm > math.max(tonumber(ARGV[7]), 1) then
+      capped = 1
+    else
+      if old then drop(tx, old) end
+      add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0})
+      held = 1
+      keep()
+    end
+  end
+  return {fits and 1 or 0, held, capped, ub, um, now - at, rb, rm, source, expired, delivered}
+
+elseif op == 'end' then
+  -- ARGV: 3 tx, 4 with data (1: the message was accepted, its room goes in flight)
+  local tx = ARGV[3]
+  local r = get(tx)
+  if not r or r.s ~= 'held' then return 0 end
+  if ARGV[4] == '1' then
+    client_add(r, -1)
+    r.s = 'flight'
+    redis.call('HSET', RES, tx, cjson.encode(r))
+    redis.call('ZADD', UND, r.b, tx)
+    keep()
+  else
+    drop(tx, r)
+  end
+  return 1
+
+elseif op == 'delivered' then
+  -- A message landed: the smallest reservation in flight not matched yet is marked delivered
+  -- (never larger than the message that landed, whose own reservation is among them).
+  while true do
+    local popped = redis.call('ZPOPMIN', UND)
+    if #popped == 0 then return 0 end
+    local r = get(popped[1])
+    if r and r.d == 0 then
+      r.d = now
+      redis.call('HSET', RES, popped[1], cjson.encode(r))
+      redis.call('ZADD', DLV, now, popped[1])
+      keep()
+      return 1
+    end
+  end
+
+elseif op == 'usage' then
+  -- ARGV: 3 bytes, 4 messages, 5 age of the reading in ms
+  redis.call('HSET', USE, 'b', ARGV[3], 'm', ARGV[4], 'at', now - tonumber(ARGV[5]))
+  redis.call('PEXPIRE', USE, life)
+  return 1
+
+elseif op == 'restore' then
+  -- A reservation a daemon took while Redis was away, written back. ARGV: 3 tx, 4 client,
+  -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen)
+  local tx = ARGV[3]
+  if get(tx) then return 0 end
+  local since = tonumber(ARGV[8])
+  add(tx, {b = tonumber(ARGV[5]), s = ARGV[6], c = ARGV[4], t = now, e = now + tonumber(ARGV[7]),
+           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0})
+  keep()
+  return 1
+
+elseif op == 'release' then
+  local n = redis.call('HLEN', RES)
+  redis.call('DEL', RES, SUM, EXP, UND, DLV)
+  return n
+
+elseif op == 'sums' then
+  local rb, rm = sums()
+  return {rb, rm}
+end
+return redis.error_reply('unknown op ' .. tostring(op))

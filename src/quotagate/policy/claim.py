@@ -1,0 +1,122 @@
+"""A check decided by shared state: what the daemon asks of it, and the decision from its answer.
+Pure: the asking is :mod:`quotagate.policy.shared`'s.
+
+The daemon cannot run :func:`quotagate.decide.decide` inside Redis, so it sends the rule as
+ceilings (:func:`quotagate.decide.ceiling`): the shared ledger holds room only when the mailbox's
+usage and the room every host holds are within them, in one atomic step. From what it answers
+(the usage and room it weighed, whether it held) the daemon then works out the same decision, with
+the same numbers and reasons, as it would alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from quotagate.decide import Ceiling, Reserved, ceiling, decide, judged_with, known_size
+from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Usage
+from quotagate.policy.reservations import Transaction
+from quotagate.sizes import Allowance
+
+UNLIMITED = 2**62
+SHARED_SOURCE = "shared"
+
+
+def client_caps(share: Allowance, limits: Limits) -> tuple[int, int]:
+    """The room (bytes, messages) one client may hold in a mailbox before DATA: ``client_hold``."""
+    return (
+        share.of(limits.bytes) if limits.bytes else UNLIMITED,
+        max(1, int(share.fraction * limits.messages)) if limits.messages else UNLIMITED,
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One recipient check: the mailbox, the usage this daemon has for it (``age`` seconds old
+    by its own clock: only the age travels, never the time), and what to hold."""
+
+    mailbox: Mailbox
+    usage: Usage
+    age: float
+    size: int | None
+    transaction: Transaction
+    hold: bool  # reservation_seconds > 0
+    client_hold: Allowance
+    grace: Allowance
+    boundary: Boundary
+    folder: tuple[Limits, Usage] | None = None  # local+folder: the folder's rule and usage
+
+    @staticmethod
+    def wanted(mailbox: Mailbox, limits: Limits | None, usage: Usage | None) -> bool:
+        """Whether the shared state can change the decision at all: not for a disabled or
+        unlimited mailbox, nor without usage (decide says DUNNO whatever is held)."""
+        return mailbox.enabled and usage is not None and not (limits or mailbox.limits).unlimited
+
+    def ceilings(self) -> tuple[Ceiling, Ceiling | None]:
+        """The mailbox's ceiling, and the folder's when the recipient names one with a rule."""
+        whole = ceiling(self.mailbox.limits, self.size, self.grace, self.boundary)
+        if self.folder is None:
+            return whole, None
+        return whole, ceiling(self.folder[0], self.size, self.grace, self.boundary)
+
+    @property
+    def holding(self) -> int:
+        """Bytes to hold when it fits: none for an unknown size or with reservations off."""
+        s = known_size(self.size)
+        return s if s is not None and self.hold else 0
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """What the shared ledger answered: whether it fits, whether room was held (or the client was
+    at its cap), the usage it went by and the room held before this check."""
+
+    fits: bool
+    held: bool
+    capped: bool
+    used_bytes: int
+    used_messages: int
+    age: float  # seconds, by the ledger's clock
+    source: Literal["shared", "local"]
+    reserved: Reserved
+
+
+def settle(claim: Claim, weighed: Weighed, now: float) -> tuple[Decision, Usage]:
+    """The decision the daemon gives (the same rules as PolicyService._decide), and the usage
+    it went by."""
+    mailbox, size, grace, boundary = claim.mailbox, claim.size, claim.grace, claim.boundary
+    whole = claim.usage
+    if weighed.source == SHARED_SOURCE:
+        whole = Usage(weighed.used_bytes, weighed.used_messages, now - weighed.age, SHARED_SOURCE)
+
+    def judge(reserved: Reserved) -> tuple[Decision, Usage]:
+        if claim.folder is None:
+            return decide(mailbox, whole, size, reserved, grace, boundary=boundary), whole
+        limits, used = claim.folder
+        decision = decide(mailbox, used, size, reserved, grace, limits, boundary=boundary)
+        if decision.action is Action.ACCEPT:
+            total = decide(mailbox, whole, size, reserved, grace, boundary=boundary)
+            if total.action is Action.REJECT:
+                return total, whole
+        return decision, used
+
+    decision, used = judged_with(judge, weighed.reserved)
+    if decision.action is Action.ACCEPT and claim.holding and not weighed.held:
+        if weighed.capped:
+            # This client already holds its share of the mailbox's room before DATA.
+            decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
+        else:  # the ledger weighed differently (a bug of ours): no opinion rather than unheld room
+            decision = Decision(Action.DUNNO, "the shared ledger held no room", decision.numbers)
+    return decision, used
+
+
+class SharedState(Protocol):
+    """What PolicyService asks of the shared ledger (chosen at daemon start; None: in-process)."""
+
+    @property
+    def up(self) -> bool:
+        """False while it cannot be reached: the daemon then decides with its own reservations."""
+
+    def claim(self, claim: Claim) -> asyncio.Future[Weighed | None]:
+        """Weigh and hold atomically for every host; None when the ledger failed (decide alone)."""

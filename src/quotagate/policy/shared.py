@@ -1,0 +1,462 @@
+"""Reservations and live usage shared through Redis (``[shared] url``), for several daemons and
+several MX hosts in front of one set of mailboxes.
+
+Every change to a mailbox's reservations is one call of one Lua script (``data/ledger.lua``) on
+that mailbox's keys, which all carry the mailbox as hash tag (``quotagate:{a@b}:res``): Redis runs
+it atomically, so two hosts checking the same mailbox at once cannot both take its last room, and
+Redis Cluster keeps the keys in one slot. Times are Redis's own (``TIME`` in the script); the hosts
+send ages, never their clocks. A storage host's ``quotagate watch`` writes each mailbox's usage
+(and each delivery it sees) there too, so every MX weighs the freshest usage within one flush.
+
+Redis away (down, failing over, too slow): the daemon decides with its own reservations, as
+without ``[shared]``, says so once, sets ``quotagate_shared_up`` to 0, and tries Redis again every
+``retry_seconds``. Back, it first replays the transaction ends and deliveries it saw meanwhile,
+then writes back the room it held alone, then uses Redis again. Nothing is refused because Redis
+is away; what that costs (room over-accepted while it was) is bounded in docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from quotagate.config import SharedConfig
+from quotagate.decide import Ceiling, Reserved
+from quotagate.model import Reading, State
+from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Reservation, Reservations, Transaction
+from quotagate.sharedurl import SharedUrl
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+    from quotagate.policy.service import PolicyService
+
+log = logging.getLogger(__name__)
+
+# Keys of a mailbox outlive its last reservation by this much (they go once it is quiet).
+_MARGIN_MS = 60_000
+# A mailbox's usage as a storage host measured it stays this long without a new reading; the
+# store's (which the watch writes too) is used after.
+_USAGE_MS = 86_400_000
+# Transaction ends and deliveries kept while Redis is away, replayed when it is back.
+MAX_PENDING = 100_000
+_KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
+_CONNECTIONS = 32  # to Redis, per daemon
+_LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
+
+
+def mailbox_keys(prefix: str, mailbox: str) -> list[str]:
+    """The keys of one mailbox, in the order the script takes them; one hash slot."""
+    return [f"{prefix}:{{{mailbox}}}:{part}" for part in _KEY_PARTS]
+
+
+def transaction_key(node: str, transaction: Transaction) -> str:
+    """A transaction across hosts: Postfix's instance is unique on its own host only."""
+    return f"{node}|{transaction.client}|{transaction.id}"
+
+
+def _ceiling_args(c: Ceiling | None) -> list[str | int]:
+    if c is None:
+        return []
+    return ["" if c.bytes is None else c.bytes, "" if c.messages is None else c.messages]
+
+
+def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
+    """The script's ARGV from 3 on, for one check (see data/ledger.lua)."""
+    whole, folder = claim.ceilings()
+    cap_bytes, cap_messages = client_caps(claim.client_hold, claim.mailbox.limits)
+    args: list[str | int] = [
+        transaction_key(node, claim.transaction),
+        claim.transaction.client,
+        claim.holding,
+        cap_bytes,
+        cap_messages,
+        reservation_ms,
+        claim.usage.bytes,
+        claim.usage.messages,
+        max(0, round(claim.age * 1000)),
+        *_ceiling_args(whole),
+    ]
+    if claim.folder is not None:
+        args += [claim.folder[1].bytes, claim.folder[1].messages, *_ceiling_args(folder)]
+    return args
+
+
+def weighed(reply: list[Any]) -> Weighed:
+    fits, held, capped, used_bytes, used_messages, age_ms, reserved_bytes, reserved_messages, source = reply[:9]
+    text = source.decode() if isinstance(source, bytes) else str(source)
+    return Weighed(
+        bool(fits),
+        bool(held),
+        bool(capped),
+        int(used_bytes),
+        int(used_messages),
+        int(age_ms) / 1000,
+        "shared" if text == SHARED_SOURCE else "local",
+        Reserved(int(reserved_bytes), int(reserved_messages)),
+    )
+
+
+def connect(url: SharedUrl, timeout: float) -> Redis:
+    """A redis-py asyncio client for ``[shared] url``; it connects on first use. No retries of
+    its own: a failed call makes the daemon decide alone at once, and try Redis again later."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if not url.sentinel:
+        # A burst waits (up to the timeout) for one of a bounded set of connections, rather
+        # than opening one per request or failing past the pool's size.
+        pool = BlockingConnectionPool.from_url(url.url, max_connections=_CONNECTIONS, timeout=timeout, **options)
+        return Redis(connection_pool=pool)
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={"socket_timeout": timeout}, **options)  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(url.service, db=url.db, password=url.password)
+    return master
+
+
+@dataclass(frozen=True)
+class _Op:
+    """A change the ledger must see: a transaction's end, a delivery, a reading, an admin's release."""
+
+    name: str
+    mailbox: str = ""
+    args: tuple[str | int, ...] = ()
+    transaction: Transaction | None = None
+    measured_at: float = 0.0  # for a reading: its age is worked out when it is sent
+
+
+class RedisLedger:
+    """:class:`quotagate.policy.claim.SharedState` on Redis, with the daemon's own reservations
+    (``local``) as the fallback while Redis is away."""
+
+    def __init__(
+        self,
+        settings: SharedConfig,
+        reservation_seconds: float,
+        local: Reservations,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        url = settings.parsed
+        assert url is not None, "RedisLedger without [shared] url"
+        self.url = url
+        self.settings = settings
+        self.node = settings.node or socket.gethostname()
+        self.reservation_seconds = reservation_seconds
+        self.local = local
+        self.metrics = metrics
+        self.clock = clock
+        self._client: Redis | None = None
+        self._script: AsyncScript | None = None
+        self._up = False
+        self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._probe: asyncio.Task[None] | None = None
+        # A storage host's current readings: sent again whenever Redis comes back (it may have
+        # come back empty, and a reading is sent only when it changes).
+        self.current: Callable[[], Iterable[Reading]] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._run_id = ""  # Redis's own: a new one means it restarted, empty, under us
+        # What a call to Redis may raise when it is away (redis-py's errors once it is imported).
+        self._faults: tuple[type[Exception], ...] = (OSError, TimeoutError)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def _life_ms(self) -> int:
+        return round(self.reservation_seconds * 1000) + _MARGIN_MS
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and load the script; Redis away at start is an outage like any other."""
+        from redis.exceptions import RedisError
+
+        self._faults = (RedisError, OSError, TimeoutError)
+        self._client = connect(self.url, self.settings.timeout)
+        self._script = self._client.register_script(_LEDGER.read_text(encoding="utf-8"))
+        if not await self._recover():
+            self._down("not reachable at start")
+        self._heartbeat = asyncio.ensure_future(self._heartbeat_forever())
+
+    async def close(self) -> None:
+        for task in (self._heartbeat, self._probe, self._resync):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.timeout)
+        if self._client is not None:
+            await self._client.aclose(close_connection_pool=True)  # ours, given to it
+
+    # -- checks --------------------------------------------------------------------------------
+    def claim(self, claim: Claim) -> asyncio.Future[Weighed | None]:
+        return asyncio.ensure_future(self._claim(claim))
+
+    async def _claim(self, claim: Claim) -> Weighed | None:
+        assert self._client is not None and self._script is not None
+        keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
+        args = ["check", self._life_ms, *check_args(claim, self.node, round(self.reservation_seconds * 1000))]
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                if not claim.holding:
+                    return weighed(await self._script(keys=keys, args=args))
+                # Which mailboxes a transaction holds room in, for its end (which may reach
+                # another daemon of the same host: Postfix opens a new connection for it).
+                index = self._index_key(claim.transaction)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    await self._script(keys=keys, args=args, client=pipe)
+                    pipe.sadd(index, claim.mailbox.address)
+                    pipe.pexpire(index, self._life_ms)
+                    reply = await pipe.execute()
+                return weighed(reply[0])
+        except self._faults as exc:  # decide alone
+            self._failed(exc)
+            return None
+
+    def _index_key(self, transaction: Transaction) -> str:
+        return f"{self.settings.prefix}:tx:{{{transaction_key(self.node, transaction)}}}"
+
+    # -- changes -------------------------------------------------------------------------------
+    def end(self, transaction: Transaction, with_data: bool) -> None:
+        self._send(_Op("end", transaction=transaction, args=(1 if with_data else 0,)))
+
+    def delivered(self, mailbox: str) -> None:
+        self._send(_Op("delivered", mailbox))
+
+    def release(self, mailbox: str) -> None:
+        self._send(_Op("release", mailbox))
+
+    def readings(self, readings: Iterable[Reading]) -> None:
+        """A storage host's fresh readings: every MX weighs them from now on."""
+        for r in readings:
+            if r.state is not State.UNKNOWN:
+                self._send(_Op("usage", r.address, (r.bytes, r.messages), measured_at=r.measured_at))
+
+    async def _server_run(self) -> str:
+        assert self._client is not None
+        info = await self._client.info("server")
+        return str(info.get("run_id", ""))
+
+    async def _heartbeat_forever(self) -> None:
+        """An outage is noticed without waiting for a request to pay for it, and so is a Redis
+        that restarted between two calls (it came back empty: a storage host sends its readings
+        again; the room it held for the MX hosts is lost, see docs/scaling.md)."""
+        while True:
+            await asyncio.sleep(self.settings.retry_seconds)
+            if not self._up:
+                continue
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    run_id = await self._server_run()
+            except self._faults as exc:
+                self._failed(exc)
+                continue
+            if run_id != self._run_id:
+                log.warning("shared state at %s restarted: the room it held is lost", self._where)
+                self._run_id = run_id
+                self._send_current()
+
+    def _send_current(self) -> None:
+        if self.current is not None and (self._resync is None or self._resync.done()):
+            self._resync = asyncio.ensure_future(self._send_readings(list(self.current())))
+
+    async def _send_readings(self, readings: list[Reading], batch: int = 1000) -> None:
+        """Every reading, a pipeline per ``batch`` (a large spool is many thousand mailboxes)."""
+        assert self._client is not None and self._script is not None
+        try:
+            for start in range(0, len(readings), batch):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for r in readings[start : start + batch]:
+                        if r.state is not State.UNKNOWN:
+                            age = max(0, round((self.clock() - r.measured_at) * 1000))
+                            args: list[str | int] = ["usage", _USAGE_MS, r.bytes, r.messages, age]
+                            await self._script(
+                                keys=mailbox_keys(self.settings.prefix, r.address), args=args, client=pipe
+                            )
+                    async with asyncio.timeout(self.settings.timeout * 10):
+                        await pipe.execute()
+        except self._faults as exc:
+            self._failed(exc)  # sent again once Redis is back
+
+    def _send(self, op: _Op) -> None:
+        if not self._up:
+            self._pending.append(op)
+            return
+        task = asyncio.ensure_future(self._apply_or_keep(op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_or_keep(self, op: _Op) -> None:
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                await self._apply(op)
+        except self._faults as exc:
+            self._pending.append(op)
+            self._failed(exc)
+
+    async def _apply(self, op: _Op) -> None:
+        assert self._client is not None and self._script is not None
+        prefix, life = self.settings.prefix, self._life_ms
+        if op.name == "end":
+            assert op.transaction is not None
+            index = self._index_key(op.transaction)
+            tx = transaction_key(self.node, op.transaction)
+            for mailbox in await self._client.smembers(index):
+                address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
+                await self._script(keys=mailbox_keys(prefix, address), args=["end", life, tx, *op.args])
+            return
+        if op.name == "usage":
+            age = max(0, round((self.clock() - op.measured_at) * 1000))
+            await self._script(keys=mailbox_keys(prefix, op.mailbox), args=["usage", _USAGE_MS, *op.args, age])
+            return
+        await self._script(keys=mailbox_keys(prefix, op.mailbox), args=[op.name, life, *op.args])
+
+    # -- faults --------------------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.shared_errors.inc()
+        if self._up:
+            self._down(f"{type(exc).__name__}: {exc}")
+
+    def _down(self, why: str) -> None:
+        self._up = False
+        if self.metrics is not None:
+            self.metrics.shared_up.set(0)
+        log.error(
+            "shared state at %s unavailable (%s): deciding with this daemon's own reservations until it is back",
+            self._where,
+            why,
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_forever())
+
+    @property
+    def _where(self) -> str:
+        from quotagate.store import redacted
+
+        return redacted(self.url.url)
+
+    async def _probe_forever(self) -> None:
+        while not await self._recover():
+            await asyncio.sleep(self.settings.retry_seconds)
+
+    async def _recover(self) -> bool:
+        """Redis answers again: replay what it missed, write back the room held alone, use it.
+
+        Until the last step nothing goes to Redis directly (checks are decided alone, changes are
+        queued), so the loop ends with nothing queued and nothing held alone, and no await
+        between that and using Redis again.
+        """
+        assert self._client is not None
+        replayed = written = 0
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                # Connections opened before the outage lead nowhere now: the first call on one
+                # would fail and take Redis away again at once.
+                await self._client.connection_pool.disconnect()
+                self._run_id = await self._server_run()
+            while True:
+                while self._pending:
+                    async with asyncio.timeout(self.settings.timeout):
+                        await self._apply(self._pending[0])
+                    self._pending.popleft()
+                    replayed += 1
+                alone = list(self.local)
+                if not alone:
+                    break
+                written += await self._write_back(alone)
+        except self._faults as exc:
+            log.debug("shared state at %s still unavailable: %s", self._where, exc)
+            return False
+        self._up = True
+        if self.metrics is not None:
+            self.metrics.shared_up.set(1)
+        self._send_current()
+        log.info(
+            "shared state at %s in use: %d changes replayed, %d reservations written back",
+            self._where,
+            replayed,
+            written,
+        )
+        return True
+
+    async def _write_back(self, alone: list[Reservation]) -> int:
+        """Room this daemon held alone goes to Redis (a transaction Redis already knows is left
+        as it is there), and is then let go here: Redis has it."""
+        assert self._client is not None and self._script is not None
+        written = 0
+        for r in alone:
+            now = self.clock()
+            left = round((r.expires_at - now) * 1000)
+            if left > 0:
+                since = -1 if r.delivered_at is None else max(0, round((now - r.delivered_at) * 1000))
+                tx = transaction_key(self.node, r.transaction)
+                args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, r.state]
+                args += [left, since]
+                async with asyncio.timeout(self.settings.timeout):
+                    written += int(await self._script(keys=mailbox_keys(self.settings.prefix, r.mailbox), args=args))
+                    if r.state == "held":
+                        index = self._index_key(r.transaction)
+                        await self._client.sadd(index, r.mailbox)
+                        await self._client.pexpire(index, self._life_ms)
+            self.local.hand_over(r)
+        return written
+
+
+class SharedReservations(Reservations):
+    """The daemon's own reservations, whose transaction ends and deliveries also reach the shared
+    ledger: the service calls them as it always did, whoever holds the room."""
+
+    ledger: RedisLedger | None = None
+
+    def end(self, transaction: Transaction, with_data: bool, now: float) -> int:
+        changed = super().end(transaction, with_data, now)
+        if self.ledger is not None:
+            self.ledger.end(transaction, with_data)
+        return changed
+
+    def delivered(self, mailbox: str, now: float) -> bool:
+        seen = super().delivered(mailbox, now)
+        if self.ledger is not None:
+            self.ledger.delivered(mailbox)
+        return seen
+
+    def release(self, mailbox: str | None = None) -> int:
+        released = super().release(mailbox)
+        if self.ledger is not None and mailbox is not None:
+            self.ledger.release(mailbox)
+        return released
+
+
+def attach(service: PolicyService, metrics: Metrics) -> RedisLedger | None:
+    """The shared ledger for ``[shared] url``, put under the service (its checks are weighed there,
+    its reservations become the fallback); None, and the service untouched, without it."""
+    config = service.config
+    if config.shared.url is None:
+        return None
+    policy = config.policy
+    local = SharedReservations(policy.reservation_seconds, policy.max_reservations)
+    ledger = RedisLedger(config.shared, policy.reservation_seconds, local, metrics)
+    local.ledger = ledger
+    service.reservations = local
+    service.shared = ledger
+    return ledger

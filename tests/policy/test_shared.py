@@ -1,0 +1,245 @@
+"""Two policy services sharing one private Redis ([shared] url): a burst split between them lets
+in exactly what fits, transaction ends and deliveries reach both, a storage host's reading changes
+both answers at once, and Redis killed under them makes each decide alone (failing open), then
+exact again once it is back with the room they held alone written back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import parse_config
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Reservations
+from quotagate.policy.service import PolicyService
+from quotagate.policy.shared import RedisLedger, attach
+from quotagate.store import open_store
+from tests.policy.conftest import (
+    BUSY,
+    DUNNO,
+    QUOTA,
+    REJECT,
+    ROOMY,
+    ROOMY_USED,
+    Client,
+    Running,
+    Site,
+    make_site,
+    request,
+    run,
+    serving,
+    too_big,
+    wait_until,
+)
+from tests.servers.redis import RedisProcess, private_redis
+
+pytestmark = pytest.mark.servers
+
+MESSAGE = 2_000  # room for 4: ROOMY_USED + 4 * MESSAGE <= QUOTA < ROOMY_USED + 5 * MESSAGE
+FITS = (QUOTA - ROOMY_USED) // MESSAGE
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisProcess]:
+    with private_redis() as server:
+        yield server
+
+
+@dataclass
+class Daemon:
+    """One policy service with its ledger behind a server: what ``quotagate serve`` puts together."""
+
+    service: PolicyService
+    ledger: RedisLedger | None
+    running: Running
+
+    async def ask(self, data: bytes) -> bytes:
+        client = await Client.connect(self.running.host_port)
+        try:
+            return await client.ask(data)
+        finally:
+            await client.close()
+
+    def up(self) -> float:
+        return self.running.sample("quotagate_shared_up")
+
+
+@contextlib.asynccontextmanager
+async def daemon(site: Site, url: str | None, node: str, **policy: object) -> AsyncIterator[Daemon]:
+    data = site.data(**policy)
+    if url is not None:
+        # One key space per test, shared by its daemons.
+        data["shared"] = {"url": url, "node": node, "timeout": 0.5, "retry_seconds": 0.1, "prefix": site.base.name}
+    metrics = Metrics()
+    service = site.service(parse_config(data), metrics)
+    ledger = attach(service, metrics)
+    if ledger is not None:
+        await ledger.start()
+    try:
+        async with serving(service.config, service.respond, metrics) as running:
+            yield Daemon(service, ledger, running)
+    finally:
+        if ledger is not None:
+            await ledger.close()
+
+
+@contextlib.asynccontextmanager
+async def two(site: Site, url: str | None, *, one_host: bool = False) -> AsyncIterator[tuple[Daemon, Daemon]]:
+    """Two daemons on two MX hosts, or two of one host (its workers: one node name)."""
+    async with daemon(site, url, "mx1") as a, daemon(site, url, "mx1" if one_host else "mx2") as b:
+        yield a, b
+
+
+def rcpt(n: int, size: int = MESSAGE) -> bytes:
+    """Transaction ``n`` from a client of its own (each may hold one message: client_hold)."""
+    return request(ROOMY, size, client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+
+
+async def burst(a: Daemon, b: Daemon, count: int = 10) -> list[bytes]:
+    """``count`` checks at once, every other one through each daemon."""
+    return list(await asyncio.gather(*((a if n % 2 else b).ask(rcpt(n)) for n in range(count))))
+
+
+def test_alone_two_daemons_let_in_twice_what_fits(tmp_path: Path) -> None:
+    """The attack [shared] answers: each daemon weighs only the room it holds itself."""
+    site = make_site(tmp_path)
+
+    async def go() -> list[bytes]:
+        async with two(site, None) as (a, b):
+            return await burst(a, b)
+
+    assert run(go()).count(DUNNO) == 2 * FITS
+
+
+def test_a_burst_split_between_two_daemons_lets_in_exactly_what_fits(tmp_path: Path, redis: RedisProcess) -> None:
+    site = make_site(tmp_path)
+
+    async def go() -> tuple[list[bytes], list[bytes]]:
+        async with two(site, redis.url) as (a, b):
+            first = await burst(a, b)
+            again = [await a.ask(rcpt(20)), await b.ask(rcpt(21))]
+            return first, again
+
+    first, again = run(go())
+    # Held room stands in the others' way: deferred (452), not refused for good.
+    assert first.count(DUNNO) == FITS and first.count(BUSY) == 10 - FITS, first
+    assert again == [BUSY, BUSY]
+
+
+@pytest.mark.parametrize("one_host", [False, True], ids=["two hosts", "two workers of one host"])
+def test_a_transaction_that_ends_without_data_frees_its_room_for_every_daemon(
+    tmp_path: Path, redis: RedisProcess, one_host: bool
+) -> None:
+    site = make_site(tmp_path)
+
+    async def go() -> list[bytes]:
+        async with two(site, redis.url, one_host=one_host) as (a, b):
+            answers = list(await burst(a, b, FITS))
+            answers.append(await a.ask(rcpt(10)))  # full of held room: deferred
+            # Transaction 0 (held through b) ends without data (Exim's next MAIL): told to b, or
+            # to another worker of its host.
+            end = request(ROOMY, None, client="192.0.2.1", instance="tx0").replace(
+                b"request=smtpd_access_policy", b"request=quotagate_end"
+            )
+            told = a if one_host else b
+            answers.append(await told.ask(end))
+            await wait_until(lambda: not (told.ledger and told.ledger._tasks))
+            answers.append(await a.ask(rcpt(11)))
+            return answers
+
+    answers = run(go())
+    assert answers[:FITS] == [DUNNO] * FITS
+    assert answers[FITS:] == [BUSY, DUNNO, DUNNO]
+
+
+def test_room_in_flight_stays_until_a_storage_host_sees_the_delivery(tmp_path: Path, redis: RedisProcess) -> None:
+    """Accepted messages stay held (in flight) for both daemons; a storage host's watch seeing
+    them land and measuring the mailbox lets both see the measured usage instead, at once."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        reading = store.readings()[ROOMY]
+    finally:
+        store.close()
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+
+    async def go() -> list[bytes]:
+        async with two(site, redis.url) as (a, b):
+            answers = list(await burst(a, b, FITS))
+            for n in range(FITS):  # every message accepted: in flight
+                eom = request(ROOMY, MESSAGE, "END-OF-MESSAGE", client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+                answers.append(await (a if n % 2 else b).ask(eom))
+            await wait_until(lambda: not (a.ledger and a.ledger._tasks) and not (b.ledger and b.ledger._tasks))
+            answers.append(await a.ask(rcpt(10)))  # still held: deferred
+            storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            await storage.start()
+            try:
+                for _ in range(FITS):
+                    storage.delivered(ROOMY)
+                await wait_until(lambda: not storage._tasks)  # seen before the reading is taken
+                now = storage.clock()
+                landed = ROOMY_USED + FITS * MESSAGE
+                storage.readings([dataclasses.replace(reading, bytes=landed, messages=1 + FITS, measured_at=now)])
+                await wait_until(lambda: not storage._tasks)
+            finally:
+                await storage.close()
+            answers.append(await b.ask(rcpt(11)))  # the reading includes them: still full
+            answers.append(await a.ask(rcpt(12, QUOTA - landed)))  # exactly what is left
+            return answers
+
+    answers = run(go())
+    assert answers[:FITS] == [DUNNO] * FITS
+    assert answers[FITS:] == [DUNNO] * FITS + [BUSY, too_big(MESSAGE), DUNNO]
+
+
+def test_a_reading_from_a_storage_host_changes_both_answers(tmp_path: Path, redis: RedisProcess) -> None:
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        reading = store.readings()[ROOMY]
+    finally:
+        store.close()
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+
+    async def go() -> list[bytes]:
+        async with two(site, redis.url) as (a, b):
+            answers = [await a.ask(rcpt(0, 1)), await b.ask(rcpt(1, 1))]
+            storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            await storage.start()
+            try:
+                full = dataclasses.replace(reading, bytes=QUOTA, measured_at=storage.clock())
+                storage.readings([full])
+                await wait_until(lambda: not storage._tasks)
+            finally:
+                await storage.close()
+            return [*answers, await a.ask(rcpt(2, 1)), await b.ask(rcpt(3, 1))]
+
+    assert run(go()) == [DUNNO, DUNNO, REJECT, REJECT]
+
+
+def test_redis_killed_both_decide_alone_and_are_exact_again_once_it_is_back(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    with private_redis() as redis:
+
+        async def go() -> None:
+            async with two(site, redis.url) as (a, b):
+                assert (a.up(), b.up()) == (1, 1)
+                assert await a.ask(rcpt(0)) == DUNNO  # held in Redis
+                redis.kill()
+                # Fail open: each decides with its own reservations and the store's usage.
+                during = [await a.ask(rcpt(1)), await b.ask(rcpt(2)), await a.ask(rcpt(3)), await b.ask(rcpt(4))]
+                assert during == [DUNNO] * 4
+                assert (a.up(), b.up()) == (0, 0)
+                redis.start()  # empty: what it held is lost
+                assert await wait_until(lambda: a.up() == 1 and b.up() == 1, timeout=10)
+                # The four held alone were written back: with them, the mailbox is full again.
+                assert [await a.ask(rcpt(5)), await b.ask(rcpt(6))] == [BUSY, BUSY]
+                assert len(a.service.reservations) == len(b.service.reservations) == 0
+
+        run(go())
