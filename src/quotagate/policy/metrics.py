@@ -16,6 +16,12 @@ class Metrics:
         self.requests = Counter(
             "quotagate_policy_requests", "Policy requests answered, by decision", ["decision"], registry=self.registry
         )
+        self.checks = Counter(
+            "quotagate_policy_checks",
+            "Recipient checks, by stage (rcpt: SIZE= as declared; data: the message's real size) and decision",
+            ["stage", "decision"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "quotagate_policy_request_seconds",
             "Time to decide one request",
