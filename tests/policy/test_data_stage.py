@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from quotagate.cli import main
 from quotagate.config import parse_config
 from quotagate.policy.codec import PolicyDecoder, PolicyRequest
 from quotagate.policy.metrics import Metrics
@@ -190,3 +191,14 @@ def test_a_whole_message_waits_for_the_maildirsize_reads_of_its_recipients(tmp_p
             return answers
 
     assert run(scenario()) == [REJECT, DUNNO]
+
+
+def test_check_names_the_stage_it_decides_for(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    config = site.base / "quotagate.toml"
+    config.write_text(site.toml())
+    check = ["--config", str(config), "check", ROOMY]
+    assert main([*check, "--size", str(ROOM + 1), "--stage", "data"]) == 1
+    assert "  stage     DATA: the message's real size" in capsys.readouterr().out
+    assert main([*check, "--size", str(ROOM)]) == 0
+    assert "  stage     RCPT: the size the client declared" in capsys.readouterr().out
+    assert main([*check, "--stage", "data"]) == 2  # at DATA the size is known
