@@ -14,6 +14,7 @@ import pytest
 
 from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
+from quotagate.policy.control import ask as ask_control
 from tests.mta.conftest import DOMAIN, QUOTA, Site
 from tests.mta.test_exim_policy import site_for
 from tests.servers.daemon import PolicyDaemon, policy_daemon
@@ -58,6 +59,8 @@ to_receiver:
 def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     """The receiving Exim with the generated configuration, and quotagate serve."""
     site, port = site_for(work)
+    with site.config.open("a") as config:
+        config.write(f'control_socket = "{work}/control.sock"\n')  # the last section is [policy]
     for local in ("full", "roomy"):
         assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
     site.fill("full", NEARLY_FULL)
@@ -173,7 +176,10 @@ def test_a_single_recipient_message_without_size_that_does_not_fit_is_refused_at
     assert (code, text) == (552, "5.2.2 Mailbox is full"), exim.log("main")
     assert delivered(site, "full") == [] and exim.queue_count() == 0
     assert data_reply(exim, ROOMY)[1] == 250
-    assert len(delivered(site, "roomy")) == 1
+    (landed,) = delivered(site, "roomy")
+    # Held in flight: the size the message has in the mailbox, Exim's Received header included.
+    (held,) = ask_control(site.work / "control.sock", {"op": "list", "address": ROOMY})["reservations"]
+    assert (held["state"], held["bytes"]) == ("in flight", landed.stat().st_size)
 
 
 def test_without_prdr_a_message_is_refused_only_when_no_recipient_has_room(
