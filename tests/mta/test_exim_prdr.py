@@ -22,8 +22,6 @@ from tests.servers.exim import Exim, owned_by_mail_user, untrust
 from tests.servers.install import require_command
 from tests.servers.process import free_port
 
-pytestmark = [pytest.mark.servers, pytest.mark.mta]
-
 FULL, ROOMY = f"full@{DOMAIN}", f"roomy@{DOMAIN}"
 NEARLY_FULL = QUOTA - 1000  # room for 1,000 bytes: the RCPT check without SIZE= lets mail in
 SENDER = "sender@example.net"

@@ -21,8 +21,6 @@ from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
 
-pytestmark = [pytest.mark.servers, pytest.mark.mta]
-
 ROOMY = "roomy@example.org"
 QUOTA, SIZE, CLIENTS = 450_000, 100_000, 10  # room for four (and a half) messages
 BODY = b"Subject: without size\r\n\r\n" + (b"x" * 998 + b"\r\n") * (SIZE // 1000)

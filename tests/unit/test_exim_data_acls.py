@@ -25,6 +25,8 @@ def test_the_main_section_hooks_in_the_per_recipient_acl_and_prdr() -> None:
     assert "acl_smtp_data_prdr = quotagate_data_prdr\n" in main
     assert "prdr_enable = true\n" in main and "Debian" in main
     assert "acl_smtp_data = quotagate_data\n" in main
+    assert "prdr_enable" not in exim.data_main(prdr_enable=False)  # Debian sets it already
+    assert "acl_smtp_data_prdr = quotagate_data_prdr\n" in exim.data_main(prdr_enable=False)
 
 
 def test_the_data_acl_checks_before_it_marks_the_message_in_flight() -> None:

@@ -279,17 +279,22 @@ def policy_parts(config: Config) -> Parts:
     return Parts(main, router, acl, hint, acls)
 
 
-def data_main() -> str:
-    """The main options the checks at DATA need (hand-written configurations; Debian's sets
-    ``prdr_enable`` already and needs only ``acl_smtp_data_prdr``)."""
-    return (
+def data_main(prdr_enable: bool = True) -> str:
+    """The main options the checks at DATA need. Debian's configuration sets ``prdr_enable``
+    already (twice is fatal): ``prdr_enable=False`` leaves it out."""
+    text = (
         "# Checks at DATA, with the message's real size: per recipient when the client speaks PRDR\n"
         "# (Exim then runs acl_smtp_data_prdr for each recipient of a message that has more than\n"
-        "# one), else for the whole message in quotagate_data. prdr_enable is needed for PRDR;\n"
-        "# Debian's configuration sets it already: leave that line out there (twice is fatal).\n"
+        "# one), else for the whole message in quotagate_data.\n"
         "acl_smtp_data_prdr = quotagate_data_prdr\n"
-        "prdr_enable = true\n"
     )
+    if prdr_enable:
+        text += (
+            "# Needed for PRDR. Debian's configuration sets it already: leave it out there (a main\n"
+            "# option set twice is a fatal error).\n"
+            "prdr_enable = true\n"
+        )
+    return text
 
 
 def data_acls(socket: str, transaction: str) -> str:
