@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize
@@ -20,7 +20,7 @@ from quotagate.policy.files import FileReads
 from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations, Transaction, client_key
-from quotagate.policy.stages import Recipients, Stage, exim_data_size, label, message_verdict
+from quotagate.policy.stages import RECIPIENTS_SECONDS, Recipients, Stage, exim_data_size, label, message_verdict
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
@@ -58,8 +58,7 @@ class Outcome:
     usage: Usage | None
 
 
-@dataclass(frozen=True)
-class _Ask:
+class _Ask(NamedTuple):
     """The recipient checks one request asks for: at RCPT one recipient with the declared size;
     at DATA one recipient (Exim) or the whole message (Postfix: ``whole``, with the number of
     recipients the MTA accepted), with the real size."""
@@ -68,7 +67,7 @@ class _Ask:
     recipients: tuple[str, ...]
     size: int | None
     whole: bool = False
-    count: int = 1
+    recipient_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ class PolicyService:
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds, config.policy.max_reservations)
         # Recipients let in at RCPT, per transaction: Postfix names them at END-OF-MESSAGE only
-        # when there is one. Kept as long as room is held for them, at most.
-        self.recipients = Recipients(config.policy.reservation_seconds, config.policy.max_reservations)
+        # when there is one. As many transactions as reservations, at most.
+        self.recipients = Recipients(RECIPIENTS_SECONDS, config.policy.max_reservations)
         self._once = itertools.count()
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
         # The delivery agent's rules (where a full mailbox starts, its grace by default, how it
@@ -108,7 +107,6 @@ class PolicyService:
         self.config = config
         self._profile = profile_for(config.spool)
         self._grace, self._boundary = grace_for(config), self._profile.boundary
-        self.recipients.seconds = config.policy.reservation_seconds
         self.recipients.max_transactions = config.policy.max_reservations
         self.maildirsize.roots = spool_roots(config.spool)
         self.reservations.seconds = config.policy.reservation_seconds
@@ -210,7 +208,7 @@ class PolicyService:
         if count is None or not recipients:
             self._end(transaction, with_data=True)
             return self._done(started, Action.DUNNO, DUNNO)
-        return _Ask("data", recipients, request.size, whole=True, count=count)
+        return _Ask("data", recipients, request.size, whole=True, recipient_count=count)
 
     def _exim_size(self, request: PolicyRequest) -> int | None:
         """The size Exim's DATA ACL sends, as the mailbox's delivery agent will count it."""
@@ -251,7 +249,7 @@ class PolicyService:
     ) -> str:
         """The answer to a request from the decisions for its recipients. No I/O."""
         for outcome in outcomes:
-            self.metrics.checks.labels(ask.stage, outcome.decision.action.value).inc()
+            self.metrics.checked(ask.stage, outcome.decision.action.value)
         if ask.whole:
             return self._whole_message(started, ask, transaction, outcomes)
         (outcome,) = outcomes
@@ -265,7 +263,7 @@ class PolicyService:
         """One answer for a message (Postfix cannot refuse it per recipient): refused when every
         recipient is refused; otherwise accepted, and the delivery agent's own quota decides
         for a recipient that is full."""
-        verdict = message_verdict((o.decision.action for o in outcomes), ask.count)
+        verdict = message_verdict((o.decision.action for o in outcomes), ask.recipient_count)
         refused = [o for o in outcomes if o.decision.action in _REFUSED]
         for outcome in refused:
             self._log_refusal(outcome, ask.stage, whole=verdict in _REFUSED)
@@ -273,7 +271,9 @@ class PolicyService:
             self._end(transaction, with_data=True)
             return self._done(started, verdict, DUNNO)
         self._end(transaction, with_data=False)
-        log.info("refused a message at %s: every one of its %d recipients is refused", label(ask.stage), ask.count)
+        log.info(
+            "refused a message at %s: every one of its %d recipients is refused", label(ask.stage), ask.recipient_count
+        )
         chosen = next(o for o in refused if o.decision.action is verdict)
         return self._done(started, verdict, self._reply(chosen), chosen.usage)
 

@@ -20,6 +20,9 @@ from quotagate.model import Action
 from quotagate.policy.reservations import Transaction
 
 Stage = Literal["rcpt", "data"]
+# How long the recipients of an open transaction are kept: longer than any MTA lets a
+# transaction last (each SMTP command times out within minutes), whatever reservation_seconds is.
+RECIPIENTS_SECONDS = 3600.0
 STAGES: tuple[Stage, ...] = ("rcpt", "data")
 
 
@@ -76,9 +79,9 @@ class Recipients:
         self.overflowed: set[Transaction] = set()
 
     def add(self, transaction: Transaction, recipient: str, now: float) -> None:
-        self.expire(now)
         entry = self._seen.get(transaction)
         if entry is None:
+            self.expire(now)  # the oldest first: O(1) unless some are due
             entry = self._seen[transaction] = (now, {})
             while len(self._seen) > self.max_transactions:
                 self._forget_oldest()
