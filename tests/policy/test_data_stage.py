@@ -202,3 +202,10 @@ def test_check_names_the_stage_it_decides_for(site: Site, capsys: pytest.Capture
     assert main([*check, "--size", str(ROOM)]) == 0
     assert "  stage     RCPT: the size the client declared" in capsys.readouterr().out
     assert main([*check, "--stage", "data"]) == 2  # at DATA the size is known
+
+
+def test_without_reservations_the_recipients_are_still_known_at_the_end(site: Site) -> None:
+    service = site.service(site.config(reservation_seconds=0), Metrics())
+    ask(service, request(ROOMY, instance="A"))
+    ask(service, request(ROOMY.upper(), instance="A"))
+    assert ask(service, end_of_message(ROOM + 1, 2)).startswith("552")
