@@ -33,7 +33,7 @@ exim_user = Debian-exim
 exim_group = Debian-exim
 host_lookup =
 rfc1413_hosts =
-message_size_limit = 50M
+message_size_limit = {size_limit}
 acl_smtp_rcpt = acl_check_rcpt
 smtp_accept_max_nonmail = 1000
 {main}
@@ -104,16 +104,19 @@ class Exim:
         routers: str = "",
         transport: str = "",
         acls: str = "",
+        domains: str = "example.org",
         transports: str = "",
+        size_limit: str = "50M",
     ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
         ``users`` maps each deliverable address to its folder, relative to the maildirs;
-        ``transports`` are more transports, for routers given in ``routers``.
+        ``domains`` are the local ones; ``transports`` are more transports, for routers given
+        in ``routers``; ``size_limit`` is message_size_limit (0: no limit, and no SIZE advertised).
         """
         (self.work / "users").write_text("".join(f"{lsearch_key(u)}: {d}\n" for u, d in users.items()))
         text = CONFIG.format(
-            domains="example.org",
+            domains=domains,
             work=self.work,
             port=self.port,
             main=main,
@@ -124,6 +127,7 @@ class Exim:
             uid=MAIL_UID,
             transport=indent(transport),
             transports=transports,
+            size_limit=size_limit,
         )
         self.config.write_text(text)
         self.config.chmod(0o644)
@@ -145,6 +149,19 @@ class Exim:
         )
         self.last_session = done.stdout + done.stderr  # -bh logs to stderr: keep it for failing asserts
         return rcpt_replies(done.stdout, len(rcpts))
+
+    def submit(self, sender: str, *rcpts: str, message: bytes) -> str:
+        """A message handed to this Exim on its command line (as a local program would), delivered
+        at once (``-odi``); returns what Exim said."""
+        done = subprocess.run(
+            [self.binary, "-C", str(self.config), "-odi", "-f", sender, "--", *rcpts],
+            input=message,
+            capture_output=True,
+            timeout=120,
+        )
+        said = (done.stdout + done.stderr).decode(errors="replace")
+        assert done.returncode == 0, said
+        return said
 
     def start(self) -> None:
         self.daemon = subprocess.Popen([self.binary, "-C", str(self.config), "-bdf", "-odi"])

@@ -18,11 +18,16 @@ from quotagate.policy.live import Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservation, Transaction
 from quotagate.policy.service import PolicyService
+from quotagate.policy.stages import STAGES, Stage, label
 from quotagate.sizes import format_size, parse_size
 from quotagate.store import Store
 from quotagate.text import printable
 
 EXIT = {Action.ACCEPT: 0, Action.REJECT: 1, Action.DEFER: 1, Action.DUNNO: 3}
+_STAGE_SIZE: dict[Stage, str] = {
+    "rcpt": "the size the client declared (SIZE=), if any",
+    "data": "the message's real size, in place of what its transaction held at RCPT",
+}
 
 
 def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
@@ -74,12 +79,18 @@ def _forecast_line(f: Forecast | None) -> str:
 
 
 def _explain(
-    decision: Decision, mailbox: Mailbox | None, reading: Reading | None, usage: Usage | None, profile: Profile
+    decision: Decision,
+    mailbox: Mailbox | None,
+    reading: Reading | None,
+    usage: Usage | None,
+    profile: Profile,
+    stage: Stage = "rcpt",
 ) -> list[str]:
     """What the admin reads; every name in it escaped (:func:`printable`), one line each."""
     lines = [f"{decision.action.value}: {printable(decision.reason)}"]
     if mailbox is None:
         return lines
+    lines.append(f"  stage     {label(stage)}: {_STAGE_SIZE[stage]}")
     lines.append(f"  counted   as {profile.describe}")
     limits = mailbox.limits
     lines.append(f"  mailbox   {printable(mailbox.address)}" + ("" if mailbox.enabled else " (disabled)"))
@@ -109,24 +120,33 @@ def _explain(
 @click.command("check")
 @click.argument("address")
 @click.option("--size", default=None, help="Declared message size (SIZE=): bytes or 10M; absent = unknown.")
+@click.option(
+    "--stage",
+    type=click.Choice(STAGES),
+    default="rcpt",
+    show_default=True,
+    help="rcpt: the size the client declared; data: the message's real size, as checked after DATA.",
+)
 @pass_app
-def check(app: App, address: str, size: str | None) -> int:
+def check(app: App, address: str, size: str | None, stage: Stage) -> int:
     """The decision the daemon would give. Exit 0 accept, 1 reject/defer, 3 dunno, 2 error."""
     try:
         declared = None if size is None else parse_size(size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
+    if stage == "data" and declared is None:
+        raise click.BadParameter("a check at DATA needs the message's size", param_hint="--size")
     config = app.config
     with app.store() as store:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
         service = PolicyService(config, Metrics())
         service.snapshot = snapshot
         held = _daemons_reservations(service, normalize(address), config.policy.control_socket)
-        outcome = service.check(address, declared)
+        outcome = service.check(address, declared, stage=stage)
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
-    lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool))
+    lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool), stage)
     if mailbox is not None:
         lines.append(held)
     if outcome.usage is not None and reading is not None and reading.state is not State.UNKNOWN:

@@ -154,12 +154,16 @@ def debian_files(
         found = _MAIN_ACL.match(line)
         if found and found.group(1) in DEBIAN_HOOKS:
             hooks[found.group(1)] = found.group(2)
-        elif not line.startswith("#"):  # the comments speak of a configuration of one's own
+        elif not line.startswith("#") and not line.startswith("prdr_enable "):
+            # The comments speak of a configuration of one's own; Debian sets prdr_enable itself.
             main_rest += line + "\n"
 
     router_method = method == "router"
     statements = {"rcpt": _verify_statements(on_store_error, reply) if router_method else parts.acl}
-    statements.update({hook: f"warn\n  acl = {hooks[hook]}\n" for hook in ("mail", "data") if hook in hooks})
+    # MAIL only tells the daemon of a new transaction; DATA may refuse a message no recipient has
+    # room for, so its answer must count (require, not warn).
+    verbs = {"mail": "warn", "data": "require"}
+    statements.update({hook: f"{verbs[hook]}\n  acl = {hooks[hook]}\n" for hook in verbs if hook in hooks})
     bodies = named_acls(parts.acls)  # each ends with its own accept (the router's with a message)
     for hook in DEBIAN_HOOKS:
         if hook in statements:

@@ -194,6 +194,11 @@ POLICY_ASK_ACL = "quotagate_policy_ask"
 UNREACHABLE = "action=DUNNO quotagate-unreachable"
 LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_part@$domain: accepted"
 END_REQUEST = "quotagate_end"
+DATA_REQUEST = "quotagate_data"
+# readsocket's answer when the daemon cannot be asked at DATA: accepted, and logged.
+UNREACHABLE = "action=DUNNO quotagate-unreachable"
+PRDR_CHECKED = "acl_m_quotagate_prdr"
+DATA_ANSWERS = "acl_m_quotagate_data"
 
 
 def policy_parts(config: Config) -> Parts:
@@ -228,13 +233,15 @@ def policy_parts(config: Config) -> Parts:
     main = (
         "# The ACLs that tell the daemon when an SMTP transaction ends. If your configuration\n"
         "# already sets one of these, do not set it twice (that is a fatal error): call ours from\n"
-        "# yours instead, with 'warn acl = quotagate_mail' first in your MAIL ACL, 'warn acl =\n"
-        "# quotagate_data' as the last statement before the accept of your DATA ACL, and 'warn acl\n"
-        "# = quotagate_end' in your QUIT and not-QUIT ACLs.\n"
+        "# yours instead, with 'warn acl = quotagate_mail' first in your MAIL ACL, 'require acl =\n"
+        "# quotagate_data' as the last statement before the accept of your DATA ACL (it refuses a\n"
+        "# message no recipient has room for), and 'warn acl = quotagate_end' in your QUIT and\n"
+        "# not-QUIT ACLs.\n"
         "acl_smtp_mail = quotagate_mail\n"
         "acl_smtp_data = quotagate_data\n"
         "acl_smtp_quit = quotagate_end\n"
         "acl_smtp_notquit = quotagate_end\n"
+        f"{data_main()}"
     )
     acls = (
         "# In the acl section (after 'begin acl'): the transaction quotagate's room belongs to.\n"
@@ -243,8 +250,10 @@ def policy_parts(config: Config) -> Parts:
         f"  warn\n    set {TRANSACTION} = $pid.$tod_epoch_l\n"
         "  accept\n"
         "quotagate_data:\n"
+        "  require acl = quotagate_data_check\n"
         f"  warn\n  {accepted}"
         "  accept\n"
+        f"{data_acls(socket, transaction)}"
         "quotagate_end:\n"
         f"  warn\n  {defined}  {ended}"
         "  accept\n"
@@ -294,6 +303,88 @@ def policy_parts(config: Config) -> Parts:
         f"event_action = ${{if eq{{$event_name}}{{msg:delivery}}{{{told}}}}}\n"
     )
     return Parts(main, router, acl, hint, acls)
+
+
+def data_main(prdr_enable: bool = True) -> str:
+    """The main options the checks at DATA need. Debian's configuration sets ``prdr_enable``
+    already (twice is fatal): ``prdr_enable=False`` leaves it out."""
+    text = (
+        "# Checks at DATA, with the message's real size: per recipient when the client speaks PRDR\n"
+        "# (Exim then runs acl_smtp_data_prdr for each recipient of a message that has more than\n"
+        "# one), else for the whole message in quotagate_data.\n"
+        "acl_smtp_data_prdr = quotagate_data_prdr\n"
+    )
+    if prdr_enable:
+        text += (
+            "# Needed for PRDR. Debian's configuration sets it already: leave it out there (a main\n"
+            "# option set twice is a fatal error).\n"
+            "prdr_enable = true\n"
+        )
+    return text
+
+
+def data_acls(socket: str, transaction: str) -> str:
+    """The named ACLs that ask the daemon at DATA, one request per recipient, with the size the
+    message will have: ``$message_size`` (LF line ends, without the Received header Exim adds),
+    the size of the headers Exim adds (all headers it holds now, less those the message
+    brought), and ``$message_linecount`` for a delivery agent that counts CRLF line ends.
+
+    - ``quotagate_data_prdr`` (``acl_smtp_data_prdr``): one recipient of a PRDR message; a
+      refusal refuses that recipient only, the others get the message.
+    - ``quotagate_data_check`` (called by ``quotagate_data``): without PRDR, Exim has one reply
+      for the message; it refuses the message when every recipient is refused (permanently:
+      552; some only for now: 452), and otherwise accepts it: a full recipient's delivery agent
+      then applies its own quota (a bounce from it, or a delivery within its grace).
+
+    The daemon answers ``action=DUNNO`` when it cannot tell; when it cannot be asked (down,
+    slow), readsocket's fifth argument makes the answer DUNNO too, and a line is logged.
+    """
+
+    def ask(recipient: str) -> str:
+        clean = rf"${{sg{{{recipient}}}{{\N[\r\n]\N}}{{}}}}"
+        added = r"${eval:${strlen:$message_headers_raw}+1+$message_body_size-$message_size}"
+        request = (
+            rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n"
+            rf"size=$message_size\nsize_added={added}\nmessage_linecount=$message_linecount\n{transaction}\n"
+        )
+        return f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
+
+    answer = "$acl_m_quotagate"
+    text = r"\N^action=|\s+$\N"
+    prdr = (
+        "quotagate_data_prdr:\n"
+        f"  warn\n    set {PRDR_CHECKED} = yes\n    set acl_m_quotagate = {ask('$local_part@$domain')}\n"
+        f"  warn\n    condition = ${{if eq{{{answer}}}{{{UNREACHABLE}}}}}\n"
+        "    log_message = quotagate: cannot ask the daemon about $local_part@$domain at DATA: accepted\n"
+        f"  deny\n    condition = ${{if match{{{answer}}}{{\\N^action=5\\d\\d\\s\\N}}}}\n"
+        f"    message = ${{sg{{{answer}}}{{{text}}}{{}}}}\n"
+        f"  defer\n    condition = ${{if match{{{answer}}}{{\\N^action=4\\d\\d\\s\\N}}}}\n"
+        f"    message = ${{sg{{{answer}}}{{{text}}}{{}}}}\n"
+        "  accept\n"
+    )
+    answers = f"${DATA_ANSWERS}"
+    known = f"!eq{{{answers}}}{{}}"
+
+    def every(pattern: str) -> str:
+        return f"${{if and{{{{{known}}}{{forall{{<, {answers}}}{{match{{$item}}{{\\N{pattern}\\N}}}}}}}}}}"
+
+    refused, refused_now = every(r"^5\d\d\s"), every(r"^[45]\d\d\s")
+    # The first temporary refusal in the list: its text goes with the 4xx for the message.
+    pick = r"${if and{{eq{$value}{}}{match{$item}{\N^4\N}}}{$item}{$value}}"
+    first_temporary = f"${{reduce{{<, {answers}}}{{}}{{{pick}}}}}"
+    check = (
+        "quotagate_data_check:\n"
+        f"  accept\n    condition = ${{if eq{{${PRDR_CHECKED}}}{{yes}}}}\n"
+        f"  warn\n    set {DATA_ANSWERS} = ${{map{{<, $recipients}}{{${{sg{{{ask('$item')}}}{{{text}}}{{}}}}}}}}\n"
+        f"  warn\n    condition = ${{if match{{{answers}}}{{{UNREACHABLE.removeprefix('action=DUNNO ')}}}}}\n"
+        "    log_message = quotagate: cannot ask the daemon at DATA: accepted\n"
+        f"  deny\n    condition = {refused}\n"
+        f"    message = ${{listextract{{1}}{{<, {answers}}}}}\n"
+        f"  defer\n    condition = {refused_now}\n"
+        f"    message = {first_temporary}\n"
+        "  accept\n"
+    )
+    return prdr + check
 
 
 def parts(

@@ -16,6 +16,12 @@ class Metrics:
         self.requests = Counter(
             "quotagate_policy_requests", "Policy requests answered, by decision", ["decision"], registry=self.registry
         )
+        self.checks = Counter(
+            "quotagate_policy_checks",
+            "Recipient checks, by stage (rcpt: SIZE= as declared; data: the message's real size) and decision",
+            ["stage", "decision"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "quotagate_policy_request_seconds",
             "Time to decide one request",
@@ -101,6 +107,7 @@ class Metrics:
             registry=self.registry,
         )
         self._counted: dict[str, int] = {}
+        self._checks: dict[tuple[str, str], Counter] = {}
 
     def count_releases(self, released: Mapping[str, int], capped: int) -> None:
         """Bring the counters up to the reservations' own running totals."""
@@ -109,6 +116,13 @@ class Metrics:
             if delta > 0:
                 (self.capped if cause == "capped" else self.releases.labels(cause)).inc(delta)
             self._counted[cause] = total
+
+    def checked(self, stage: str, decision: str) -> None:
+        """One recipient checked (the labelled child is looked up once: this is on every RCPT)."""
+        child = self._checks.get((stage, decision))
+        if child is None:
+            child = self._checks[(stage, decision)] = self.checks.labels(stage, decision)
+        child.inc()
 
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
         self.requests.labels(decision).inc()

@@ -111,6 +111,21 @@ class Reservations:
         sums = self._mailbox.get(mailbox)
         return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
+    def mine(self, transaction: Transaction, mailbox: str) -> Reserved:
+        """What the transaction itself holds (before DATA) for ``mailbox``: a check at DATA
+        replaces it with the real size, so it must not count against that check."""
+        r = self._by_key.get((transaction, mailbox))
+        return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
+
+    def let_go(self, transaction: Transaction, mailbox: str) -> bool:
+        """Release what the transaction holds (before DATA) for ``mailbox``: refused at DATA,
+        that recipient gets no copy of the message."""
+        r = self._by_key.get((transaction, mailbox))
+        if r is None or r.state != "held":
+            return False
+        self._drop(r, "no data")
+        return True
+
     def hold(
         self, transaction: Transaction, mailbox: str, size: int, now: float, cap_bytes: int, cap_messages: int
     ) -> bool:

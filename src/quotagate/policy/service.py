@@ -6,10 +6,10 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize
@@ -23,6 +23,7 @@ from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable,
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
 from quotagate.policy.reservations import Reservations, Transaction, client_key
+from quotagate.policy.stages import RECIPIENTS_SECONDS, Recipients, Stage, exim_data_size, label, message_verdict
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
@@ -34,11 +35,15 @@ DUNNO = "DUNNO"
 DELIVERY_HINT = "quotagate_delivery"
 # Not a Postfix request: Exim's ACLs say a transaction ended without data (next MAIL, QUIT).
 TRANSACTION_END = "quotagate_end"
-# Postfix's smtpd_end_of_data_restrictions, and Exim's DATA ACL: the message was accepted.
+# Not a Postfix request: Exim's DATA ACLs ask about one recipient with the message's real size.
+DATA_CHECK = "quotagate_data"
+# Postfix's smtpd_end_of_data_restrictions (with recipient_count: check the message, then it was
+# accepted), and the last statement of Exim's DATA ACL (without: the message was accepted).
 END_OF_MESSAGE = "END-OF-MESSAGE"
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
 _UNLIMITED = 2**62
+_REFUSED = (Action.REJECT, Action.DEFER)
 
 
 @dataclass
@@ -54,6 +59,18 @@ class Outcome:
     address: str
     decision: Decision
     usage: Usage | None
+
+
+class _Ask(NamedTuple):
+    """The recipient checks one request asks for: at RCPT one recipient with the declared size;
+    at DATA one recipient (Exim) or the whole message (Postfix: ``whole``, with the number of
+    recipients the MTA accepted), with the real size."""
+
+    stage: Stage
+    recipients: tuple[str, ...]
+    size: int | None
+    whole: bool = False
+    recipient_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,11 +91,15 @@ class PolicyService:
         self.clock = clock
         self.snapshot = Snapshot()
         self.reservations = Reservations(config.policy.reservation_seconds, config.policy.max_reservations)
+        # Recipients let in at RCPT, per transaction: Postfix names them at END-OF-MESSAGE only
+        # when there is one. As many transactions as reservations, at most.
+        self.recipients = Recipients(RECIPIENTS_SECONDS, config.policy.max_reservations)
         self._once = itertools.count()
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
-        # The delivery agent's rules (where a full mailbox starts, its grace by default): worked
-        # out once per config, not on every request.
-        self._grace, self._boundary = grace_for(config), profile_for(config.spool).boundary
+        # The delivery agent's rules (where a full mailbox starts, its grace by default, how it
+        # sizes a message): worked out once per config, not on every request.
+        self._profile = profile_for(config.spool)
+        self._grace, self._boundary = grace_for(config), self._profile.boundary
         self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
@@ -89,7 +110,9 @@ class PolicyService:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self._grace, self._boundary = grace_for(config), profile_for(config.spool).boundary
+        self._profile = profile_for(config.spool)
+        self._grace, self._boundary = grace_for(config), self._profile.boundary
+        self.recipients.max_transactions = config.policy.max_reservations
         self.maildirsize.roots = spool_roots(config.spool)
         self.reservations.seconds = config.policy.reservation_seconds
         self.reservations.max_reservations = config.policy.max_reservations
@@ -104,33 +127,40 @@ class PolicyService:
         started = time.perf_counter()
         try:
             transaction = self._transaction(request, session)
-            return self._unchecked(started, request, transaction) or self._finish(
-                started, self.check(request.recipient, request.size, transaction)
-            )
+            ask = self._ask(started, request, transaction)
+            if isinstance(ask, str):
+                return ask
+            outcomes = [self.check(r, ask.size, transaction, ask.stage) for r in ask.recipients]
+            return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
 
     def respond(self, request: PolicyRequest, session: Session | None = None) -> str | asyncio.Future[str]:
-        """:meth:`answer` for the event loop: at once, or (when the mailbox's maildirsize must be
+        """:meth:`answer` for the event loop: at once, or (when a mailbox's maildirsize must be
         read) a future the worker pool resolves within file_timeout."""
         started = time.perf_counter()
         try:
             transaction = self._transaction(request, session)
-            unchecked = self._unchecked(started, request, transaction)
-            if unchecked is not None:
-                return unchecked
-            target = self._target(request.recipient)
-            if isinstance(target, Outcome):
-                return self._finish(started, target)
-            if target.live is None:
-                return self._conclude(started, request, target, None, transaction)
-            read = self.files.start(
-                target.live, lambda live: self._conclude(started, request, target, live, transaction)
-            )
-            if self.shared is None or isinstance(read, str):  # alone, _conclude answers at once
-                return cast("str | asyncio.Future[str]", read)
-            return asyncio.ensure_future(_flat(read))
+            ask = self._ask(started, request, transaction)
+            if isinstance(ask, str):
+                return ask
+            targets = [self._target(r) for r in ask.recipients]
+            lives = [
+                None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live, _same) for t in targets
+            ]
+            waiting = [live for live in lives if isinstance(live, asyncio.Future)]
+            if not waiting:
+                return self._conclude(started, request, ask, transaction, targets, cast("list[Live]", lives))
+
+            async def read() -> str:
+                # Every read settles (a value, or Unreadable once file_timeout passed).
+                await asyncio.gather(*waiting)
+                known = [live.result() if isinstance(live, asyncio.Future) else live for live in lives]
+                answer = self._conclude(started, request, ask, transaction, targets, known)
+                return answer if isinstance(answer, str) else await answer  # the shared ledger weighs
+
+            return asyncio.ensure_future(read())
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
@@ -148,23 +178,51 @@ class PolicyService:
         if session is not None and request.request != TRANSACTION_END:
             previous, session.transaction = session.transaction, transaction
             if previous is not None and previous != transaction:
-                self.reservations.end(previous, with_data=False, now=self.clock())
+                self._end(previous, with_data=False)
         return transaction
 
-    def _unchecked(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | None:
-        """The answer to a request that is not a recipient check, or None."""
+    def _end(self, transaction: Transaction, with_data: bool) -> None:
+        self.reservations.end(transaction, with_data=with_data, now=self.clock())
+        self.recipients.forget(transaction)
+
+    def _ask(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
+        """The checks a request asks for, or the answer to one that asks for none."""
         if request.request == DELIVERY_HINT:
             self._hint(request.recipient)
             return self._done(started, Action.DUNNO, DUNNO)
         if request.request == TRANSACTION_END:
-            self.reservations.end(transaction, with_data=False, now=self.clock())
+            self._end(transaction, with_data=False)
             return self._done(started, Action.DUNNO, DUNNO)
+        if request.request == DATA_CHECK:
+            return _Ask("data", (request.recipient,), self._exim_size(request))
         if request.protocol_state == END_OF_MESSAGE:
-            self.reservations.end(transaction, with_data=True, now=self.clock())
-            return self._done(started, Action.DUNNO, DUNNO)
+            return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
             return self._done(started, Action.DUNNO, DUNNO)
-        return None
+        return _Ask("rcpt", (request.recipient,), request.size)
+
+    def _end_of_message(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
+        """Postfix's END-OF-MESSAGE (it sends ``recipient_count``): the message with its real
+        size, for the recipients let in at RCPT (named in the request only when there is one).
+        Without a count (the last statement of Exim's DATA ACL, which checked each recipient
+        already), or without the recipients known (the daemon restarted meanwhile), the
+        message was accepted: its room goes in flight."""
+        count = _number(request.attributes.get("recipient_count", ""))
+        seen = self.recipients.take(transaction, self.clock()) if count is not None else None
+        recipients = (request.recipient,) if count == 1 and request.recipient else seen
+        if count is None or not recipients:
+            self._end(transaction, with_data=True)
+            return self._done(started, Action.DUNNO, DUNNO)
+        return _Ask("data", recipients, request.size, whole=True, recipient_count=count)
+
+    def _exim_size(self, request: PolicyRequest) -> int | None:
+        """The size Exim's DATA ACL sends, as the mailbox's delivery agent will count it."""
+        size = request.size
+        if size is None:
+            return None
+        added = _number(request.attributes.get("size_added", "")) or 0
+        lines = _number(request.attributes.get("message_linecount", "")) or 0
+        return exim_data_size(self._profile, size, added, lines)
 
     def delivered(self, address: str) -> None:
         """A message landed in ``address`` (a watch event): the room held for it can go once a
@@ -172,15 +230,30 @@ class PolicyService:
         self.reservations.delivered(address, self.clock())
 
     def _conclude(
-        self, started: float, request: PolicyRequest, target: _Target, live: Live, transaction: Transaction
+        self,
+        started: float,
+        request: PolicyRequest,
+        ask: _Ask,
+        transaction: Transaction,
+        targets: list[_Target | Outcome],
+        lives: list[Live],
     ) -> str | asyncio.Future[str]:
-        """The answer once the live usage is known (on the loop, maybe after a file read); a
-        future while the shared ledger weighs it."""
+        """The answer once the live usage (if any was wanted) is known: on the loop, no I/O; a
+        future while the shared ledger weighs a check."""
         try:
-            outcome = self._decide(target, request.size, live, transaction)
-            if isinstance(outcome, Outcome):
-                return self._finish(started, outcome)
-            return asyncio.ensure_future(self._settle_shared(started, request, target, live, transaction, *outcome))
+            # At DATA the answer replaces the transaction's own hold, which only this host's
+            # ledger knows to take out: decided alone.
+            alone = ask.stage == "data"
+            decided = [
+                t if isinstance(t, Outcome) else self._decide(t, ask.size, live, transaction, ask.stage, alone)
+                for t, live in zip(targets, lives, strict=True)
+            ]
+            outcomes = [d for d in decided if isinstance(d, Outcome)]
+            if len(outcomes) == len(decided):
+                return self._answer(started, request, ask, transaction, outcomes)
+            return asyncio.ensure_future(
+                self._settle_shared(started, request, ask, transaction, targets, lives, decided)
+            )
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
@@ -189,28 +262,69 @@ class PolicyService:
         self,
         started: float,
         request: PolicyRequest,
-        target: _Target,
-        live: Live,
+        ask: _Ask,
         transaction: Transaction,
-        claim: Claim,
-        weighing: asyncio.Future[Weighed | None],
+        targets: list[_Target | Outcome],
+        lives: list[Live],
+        decided: list[Outcome | tuple[Claim, asyncio.Future[Weighed | None]]],
     ) -> str:
-        """The answer from what the shared ledger weighed; decided alone when it failed."""
+        """The answer from what the shared ledger weighed; decided alone where it failed."""
         try:
-            weighed = await weighing
-            if weighed is None:
-                outcome = self._decide(target, request.size, live, transaction, alone=True)
-                assert isinstance(outcome, Outcome)
-            else:
-                decision, usage = settle(claim, weighed, self.clock())
-                outcome = Outcome(claim.mailbox.address, decision, usage)
-            return self._finish(started, outcome)
+            outcomes = []
+            for target, live, d in zip(targets, lives, decided, strict=True):
+                if isinstance(d, Outcome):
+                    outcomes.append(d)
+                    continue
+                claim, weighing = d
+                weighed = await weighing
+                if weighed is None:
+                    assert isinstance(target, _Target)
+                    alone = self._decide(target, ask.size, live, transaction, ask.stage, alone=True)
+                    assert isinstance(alone, Outcome)
+                    outcomes.append(alone)
+                else:
+                    decision, usage = settle(claim, weighed, self.clock())
+                    outcomes.append(Outcome(claim.mailbox.address, decision, usage))
+            return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
             return self._failed(started)
 
+    def _answer(
+        self, started: float, request: PolicyRequest, ask: _Ask, transaction: Transaction, outcomes: list[Outcome]
+    ) -> str:
+        """The answer to a request from the decisions for its recipients. No I/O."""
+        for outcome in outcomes:
+            self.metrics.checked(ask.stage, outcome.decision.action.value)
+        if ask.whole:
+            return self._whole_message(started, ask, transaction, outcomes)
+        (outcome,) = outcomes
+        if ask.stage == "rcpt" and outcome.decision.action not in _REFUSED and request.attributes.get("instance"):
+            self.recipients.add(transaction, request.recipient, self.clock())
+        if outcome.decision.action in _REFUSED:
+            self._log_refusal(outcome, ask.stage)
+        return self._finish(started, outcome)
+
+    def _whole_message(self, started: float, ask: _Ask, transaction: Transaction, outcomes: list[Outcome]) -> str:
+        """One answer for a message (Postfix cannot refuse it per recipient): refused when every
+        recipient is refused; otherwise accepted, and the delivery agent's own quota decides
+        for a recipient that is full."""
+        verdict = message_verdict((o.decision.action for o in outcomes), ask.recipient_count)
+        refused = [o for o in outcomes if o.decision.action in _REFUSED]
+        for outcome in refused:
+            self._log_refusal(outcome, ask.stage, whole=verdict in _REFUSED)
+        if verdict not in _REFUSED:
+            self._end(transaction, with_data=True)
+            return self._done(started, verdict, DUNNO)
+        self._end(transaction, with_data=False)
+        log.info(
+            "refused a message at %s: every one of its %d recipients is refused", label(ask.stage), ask.recipient_count
+        )
+        chosen = next(o for o in refused if o.decision.action is verdict)
+        return self._done(started, verdict, self._reply(chosen), chosen.usage)
+
     def _finish(self, started: float, outcome: Outcome) -> str:
-        return self._done(started, outcome.decision.action, self._action(outcome), outcome.usage)
+        return self._done(started, outcome.decision.action, self._reply(outcome), outcome.usage)
 
     def _failed(self, started: float) -> str:
         self.metrics.errors.inc()
@@ -229,7 +343,9 @@ class PolicyService:
         if self.delivery_hint is not None:
             self.delivery_hint(address)
 
-    def check(self, recipient: str, size: int | None, transaction: Transaction | None = None) -> Outcome:
+    def check(
+        self, recipient: str, size: int | None, transaction: Transaction | None = None, stage: Stage = "rcpt"
+    ) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted.
 
         Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
@@ -239,7 +355,7 @@ class PolicyService:
             return target
         live = None if target.live is None else self.maildirsize.read(target.live)
         transaction = transaction or Transaction("local", f"check-{next(self._once)}")
-        outcome = self._decide(target, size, live, transaction, alone=True)
+        outcome = self._decide(target, size, live, transaction, stage, alone=True)
         assert isinstance(outcome, Outcome)
         return outcome
 
@@ -258,10 +374,22 @@ class PolicyService:
         return _Target(snapshot, mailbox, folder, reading if wanted else None)
 
     def _decide(
-        self, target: _Target, size: int | None, live: Live, transaction: Transaction, alone: bool = False
+        self,
+        target: _Target,
+        size: int | None,
+        live: Live,
+        transaction: Transaction,
+        stage: Stage = "rcpt",
+        alone: bool = False,
     ) -> Outcome | tuple[Claim, asyncio.Future[Weighed | None]]:
         """The decision, once the live usage (if any was wanted) is known. No I/O. With shared
-        state (and not ``alone``), the claim sent to it and the future of its answer instead."""
+        state (and not ``alone``), the claim sent to it and the future of its answer instead.
+
+        At DATA the size is the message's own, and the answer replaces what the transaction
+        held for the mailbox at RCPT (never adds to it): that room does not count against this
+        check, an accepted message holds its real size in its place, and a refused one lets
+        it go (that recipient gets no copy, or the delivery agent decides).
+        """
         snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
         if isinstance(live, Unreadable):
             self.metrics.unreadable.inc()
@@ -278,8 +406,13 @@ class PolicyService:
             if claim is not None:
                 return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
-        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
         s = known_size(size)
+        if stage == "data" and s is not None:
+            mine = self.reservations.mine(transaction, mailbox.address)
+            reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - mine.messages)
+        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
+        if stage == "data" and s is not None and decision.action in _REFUSED:
+            self.reservations.let_go(transaction, mailbox.address)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             share = self.config.policy.client_hold
             limits_ = mailbox.limits
@@ -387,21 +520,32 @@ class PolicyService:
             return None, live
         return None, snapshot.stored_usage(mailbox.address)
 
-    def _action(self, outcome: Outcome) -> str:
+    def _reply(self, outcome: Outcome) -> str:
+        """The text the MTA gets for one recipient's decision."""
         decision = outcome.decision
         policy = self.config.policy
         if decision.action is Action.DEFER:
-            log.info("deferred %s: %s", outcome.address, decision.reason)
             return policy.busy_reply
         if decision.action is not Action.REJECT:
             return DUNNO
-        reply = reply_for(decision, policy)
+        return reply_for(decision, policy)
+
+    def _log_refusal(self, outcome: Outcome, stage: Stage, whole: bool = True) -> None:
+        """One line per refused recipient, naming the stage; ``whole=False``: the message was
+        accepted for its other recipients all the same (Postfix, one answer per message)."""
+        decision = outcome.decision
+        at = label(stage)
+        if decision.action is Action.DEFER:
+            log.info("deferred %s: %s (at %s)", outcome.address, decision.reason, at)
+            return
         n = decision.numbers
         age = f"{usage_age(outcome.usage, self.clock()):.1f}s" if outcome.usage else "?"
         log.info(
-            "refused %s: %s (used %s of %s bytes, %s reserved, size %s, usage from %s, %s old)",
+            "refused %s: %s (at %s%s; used %s of %s bytes, %s reserved, size %s, usage from %s, %s old)",
             outcome.address,
             decision.reason,
+            at,
+            "" if whole else ", but the message was accepted for its other recipients",
             n.get("used_bytes"),
             n.get("limit_bytes"),
             n.get("reserved_bytes"),
@@ -409,7 +553,6 @@ class PolicyService:
             n.get("source"),
             age,
         )
-        return reply
 
     def _done(self, started: float, action: Action, text: str, usage: Usage | None = None) -> str:
         self.metrics.observe(
@@ -418,7 +561,12 @@ class PolicyService:
         return text
 
 
-async def _flat(read: Awaitable[str | Awaitable[str]]) -> str:
-    """A file read's answer, which may itself be waiting for the shared ledger."""
-    answer = await read
-    return answer if isinstance(answer, str) else await answer
+def _same(live: Live) -> Live:
+    return live
+
+
+def _number(text: str) -> int | None:
+    """A count or size sent as decimal digits, or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)

@@ -1,0 +1,122 @@
+"""Mail without SIZE= through a real Postfix: check_policy_service in
+smtpd_end_of_data_restrictions (as postfix-config prints it) refuses at END-OF-MESSAGE, with the
+message's real size, what the RCPT check could not judge."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+from quotagate.config import load_config
+from quotagate.mta import postfix as postfix_config
+from tests.servers.daemon import PolicyDaemon, policy_daemon
+from tests.servers.exim import owned_by_mail_user
+from tests.servers.postfix import Postfix, private_postfix
+from tests.servers.process import free_port
+
+ROOMY = "roomy@example.org"
+QUOTA, SIZE, CLIENTS = 450_000, 100_000, 10  # room for four (and a half) messages
+BODY = b"Subject: without size\r\n\r\n" + (b"x" * 998 + b"\r\n") * (SIZE // 1000)
+
+
+@dataclass
+class Setup:
+    postfix: Postfix
+    daemon: PolicyDaemon
+
+    def maildir(self) -> Path:
+        return self.postfix.maildir(ROOMY)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    port = free_port()
+    config = tmp_path / "quotagate.toml"
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{tmp_path}/control.sock"\n'
+    config.write_text(listen)
+    item = postfix_config.restriction(load_config(config))
+    with private_postfix(
+        f"reject_unauth_destination, {item}, permit",
+        mailboxes={ROOMY: "roomy"},
+        main=f"smtpd_end_of_data_restrictions = {item}\n",
+    ) as postfix:
+        maildir = postfix.maildir(ROOMY)
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
+            f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{listen}'
+        )
+        add = ["mailbox", "add", ROOMY, "--quota", str(QUOTA), "--path", str(maildir)]
+        assert main(["--config", str(config), *add]) == 0
+        owned_by_mail_user(postfix.maildirs)
+        assert main(["--config", str(config), "scan"]) == 0
+        with policy_daemon(config, port) as daemon:
+            yield Setup(postfix, daemon)
+
+
+def wait_for_count(postfix: Postfix, count: int, seconds: float = 20) -> list[Path]:
+    """The messages in the mailbox once ``count`` landed (they land one by one), or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    new = postfix.maildir(ROOMY) / "new"
+    while len(found := sorted(new.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def test_ten_messages_without_size_at_once_let_in_only_the_four_that_fit(setup: Setup) -> None:
+    postfix = setup.postfix
+    start = threading.Barrier(CLIENTS)
+    codes = [0] * CLIENTS
+    sessions = []
+    for n in range(CLIENTS):
+        smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{30 + n}", 0))
+        smtp.connect("127.0.0.1", postfix.port)
+        smtp.ehlo("client.test")
+        assert smtp.mail("sender@example.net")[0] == 250  # no SIZE=
+        assert smtp.rcpt(ROOMY)[0] == 250  # nothing to judge the message by yet
+        sessions.append(smtp)
+
+    def data(n: int) -> None:
+        start.wait(timeout=30)
+        codes[n] = sessions[n].data(BODY)[0]
+
+    threads = [threading.Thread(target=data, args=(n,)) for n in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for smtp in sessions:
+        smtp.quit()
+    # The six wait for the room of the four in flight: deferred, refused once those have landed.
+    assert sorted(codes) == [250] * 4 + [452] * 6, postfix.log()[-3000:]
+    delivered = wait_for_count(postfix, 4)
+    assert len(delivered) == 4
+    assert sum(f.stat().st_size for f in delivered) <= QUOTA
+    assert "at DATA" in setup.daemon.log()
+
+
+def test_a_single_recipient_message_without_size_that_does_not_fit_is_refused_at_end_of_message(
+    setup: Setup,
+) -> None:
+    postfix = setup.postfix
+    big = b"Subject: too big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (QUOTA // 1000)
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@example.net")[0] == 250
+        assert client.rcpt(ROOMY)[0] == 250
+        code, text = client.data(big)
+    # Postfix words it: "5.2.2 <END-OF-MESSAGE>: End-of-data rejected: Message of N bytes does
+    # not fit in this mailbox".
+    assert code == 552 and text.decode().endswith("does not fit in this mailbox"), postfix.log()[-3000:]
+    assert postfix.logged("reject: END-OF-MESSAGE")
+    assert postfix.queue_count() == 0
+    assert postfix.smtp(ROOMY, body=BODY) == 250  # one that fits still does
+    assert len(wait_for_count(postfix, 1)) == 1
