@@ -30,21 +30,78 @@ _LENGTH_BITS = 32  # a path's place: offset << 32 | length
 _Column = TypeVar("_Column", "array[int]", "array[float]")
 
 
-@dataclass
-class _Shared:
-    """What every version of one generation shares, and only ever grows."""
+def _encoded(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
-    rows: dict[str, int] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)
-    paths: bytearray = field(default_factory=bytearray)
+
+class _Shared:
+    """What every version of one generation shares, and only ever grows: the addresses (as one
+    byte string, found through an open-addressing table of row numbers, with no object per
+    mailbox) and the paths (one byte string; a column holds each one's place).
+
+    Written by one loader thread while the loop reads: a new row's bytes and place are there
+    before a slot names it, and a grown slot table is swapped in whole.
+    """
+
+    def __init__(self) -> None:
+        self.slots = array("i", bytes(4 * 1024))  # row + 1; 0: empty
+        self.places = array("q")  # where each row's address is in text
+        self.text = bytearray()
+        self.paths = bytearray()
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def _probe(self, slots: array[int], raw: bytes) -> tuple[int, int]:
+        """(slot, row) for ``raw``; row -1 when it is not there (slot: where it would go)."""
+        mask = len(slots) - 1
+        i = hash(raw) & mask
+        places, text = self.places, self.text
+        while True:
+            row = slots[i] - 1
+            if row < 0:
+                return i, -1
+            place = places[row]
+            start = place >> _LENGTH_BITS
+            if text[start : start + (place & 0xFFFFFFFF)] == raw:
+                return i, row
+            i = (i + 1) & mask
+
+    def find(self, address: str) -> int:
+        """The row of ``address``, or -1."""
+        return self._probe(self.slots, _encoded(address))[1]
 
     def row(self, address: str) -> int:
-        found = self.rows.get(address)
-        if found is None:
-            found = len(self.names)
-            self.names.append(address)  # first: a row the table names is always in the list
-            self.rows[address] = found
+        """The row of ``address``, given one if it has none."""
+        raw = _encoded(address)
+        slot, found = self._probe(self.slots, raw)
+        if found >= 0:
+            return found
+        found = len(self.places)
+        self.places.append(len(self.text) << _LENGTH_BITS | len(raw))
+        self.text += raw
+        self.slots[slot] = found + 1
+        if 2 * len(self.places) > len(self.slots):
+            self._grow()
         return found
+
+    def _grow(self) -> None:
+        slots = array("i", bytes(8 * len(self.slots)))
+        mask = len(slots) - 1
+        for row in range(len(self.places)):
+            i = hash(bytes(self._raw(row))) & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = row + 1
+        self.slots = slots
+
+    def _raw(self, row: int) -> bytearray:
+        place = self.places[row]
+        start = place >> _LENGTH_BITS
+        return self.text[start : start + (place & 0xFFFFFFFF)]
+
+    def name(self, row: int) -> str:
+        return self._raw(row).decode("utf-8", "surrogatepass")
 
     def path(self, place: int) -> str | None:
         if place == _NO_PATH:
@@ -58,7 +115,7 @@ class _Shared:
             return _NO_PATH
         if old != _NO_PATH and self.path(old) == path:
             return old
-        raw = path.encode("utf-8", "surrogatepass")
+        raw = _encoded(path)
         start = len(self.paths)
         self.paths += raw
         return start << _LENGTH_BITS | len(raw)
@@ -106,8 +163,8 @@ class Table:
     usage: _ReadingColumns = field(default_factory=_ReadingColumns)
 
     def _row(self, address: str, present: array[int]) -> int | None:
-        row = self.shared.rows.get(address)
-        if row is None or row >= len(present) or not present[row]:
+        row = self.shared.find(address)
+        if row < 0 or row >= len(present) or not present[row]:
             return None
         return row
 
@@ -134,10 +191,9 @@ class Table:
         return Reading(address, self.shared.path(u.path[row]) or "", usage, b, m, state, u.measured_at[row])
 
     def _addresses(self, present: array[int]) -> Iterator[str]:
-        names = self.shared.names
         for row in range(len(present)):
             if present[row]:
-                yield names[row]
+                yield self.shared.name(row)
 
     @property
     def mailboxes(self) -> Mailboxes:
@@ -204,7 +260,7 @@ def _worth_a_new_generation(table: Table, changes: Changes) -> bool:
         return False
     live = max(len(changes.mailboxes), len(changes.readings))
     shared = table.shared
-    return len(shared.names) > 2 * live + 1024 or len(shared.paths) > 4 * (live * 64 + 65536)
+    return len(shared) > 2 * live + 1024 or len(shared.paths) > 4 * (live * 64 + 65536)
 
 
 def updated(table: Table | None, changes: Changes) -> Table:
@@ -220,7 +276,7 @@ def updated(table: Table | None, changes: Changes) -> Table:
         shared.row(m.address)
     for r in changes.readings:
         shared.row(r.address)
-    size = len(shared.names)
+    size = len(shared)
     boxes, usage = table.boxes, table.usage
     if changes.mailboxes_full or changes.mailboxes or changes.removed_mailboxes:
         boxes = _mailboxes_updated(shared, boxes, changes, size)
@@ -238,14 +294,13 @@ def _mailboxes_updated(shared: _Shared, old: _MailboxColumns, changes: Changes, 
     path = _grown(old.path, size, fresh)
     count = 0 if fresh else old.count
     for address in changes.removed_mailboxes:
-        row = shared.rows.get(address)
-        if row is not None and row < len(present) and present[row]:
+        row = shared.find(address)
+        if 0 <= row < len(present) and present[row]:
             present[row] = 0
             count -= 1
-    rows = shared.rows
     old_path = old.path
     for m in changes.mailboxes:
-        row = rows[m.address]
+        row = shared.row(m.address)
         if not present[row]:
             count += 1
         present[row] = 1
@@ -274,16 +329,15 @@ def _readings_updated(shared: _Shared, old: _ReadingColumns, changes: Changes, s
     if not fresh and folders and touched:
         folders = {a: f for a, f in folders.items() if a not in touched}
     for address in changes.removed_readings:
-        row = shared.rows.get(address)
-        if row is not None and row < len(state) and state[row]:
+        row = shared.find(address)
+        if 0 <= row < len(state) and state[row]:
             state[row] = 0
             count -= 1
-    rows = shared.rows
     old_path = old.path
     new_errors: dict[str, str] = {}
     new_folders: dict[str, tuple[FolderUsage, ...]] = {}
     for r in changes.readings:
-        row = rows[r.address]
+        row = shared.row(r.address)
         if not state[row]:
             count += 1
         state[row] = _STATE_CODES[r.state]

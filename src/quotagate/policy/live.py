@@ -100,10 +100,10 @@ class SnapshotLoader:
             # rows added or removed without a stamp (by hand, in SQL): read them all again
             changes = store.changes(None, with_readings, with_folders)
             table = compact.updated(None, changes)
-        last = changes.last_scan
+        last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
         snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
-        self._table, self._stamp, self._shape = table, changes.stamp, shape
+        self._table, self._stamp, self._shape = table, stamp, shape
         return snapshot
 
 
