@@ -138,7 +138,7 @@ def test_the_warnings_ledger_claims_once(backend: Backend) -> None:
     assert store.claim_warning(HOSTILE[0], "90%", 5.0)  # re-armed: may be sent again
 
 
-def _seen(snapshot: Snapshot) -> tuple[dict[str, Mailbox], dict[str, tuple[object, ...]]]:
+def _seen(snapshot: Snapshot) -> tuple[dict[str, Mailbox], dict[str, tuple[int, int, State, float, str]]]:
     """What the daemon answers from: every mailbox, and each reading's totals, state and path."""
     readings = {a: (r.bytes, r.messages, r.state, r.measured_at, r.path) for a, r in snapshot.readings.items()}
     return dict(snapshot.mailboxes), readings

@@ -230,15 +230,22 @@ class Mailboxes(Mapping[str, Mailbox]):
 
 
 class Readings(Mapping[str, Reading]):
-    """A table's readings, as the dict the request path reads (made on each look-up)."""
+    """A table's readings, as the dict the request path reads (made on each look-up; the last
+    one is kept, as a check asks for the same reading several times)."""
 
-    __slots__ = ("table",)
+    __slots__ = ("_last", "table")
 
     def __init__(self, table: Table) -> None:
         self.table = table
+        self._last: tuple[str, Reading | None] = ("", None)
 
     def get(self, address: str, default: Reading | None = None) -> Reading | None:  # type: ignore[override]
-        found = self.table.reading(address)
+        last = self._last  # one read: another thread may replace it, never half
+        if last[0] == address:
+            found = last[1]
+        else:
+            found = self.table.reading(address)
+            self._last = (address, found)
         return default if found is None else found
 
     def __getitem__(self, address: str) -> Reading:
