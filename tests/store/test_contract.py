@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import text
+
 from quotagate.config import parse_config
 from quotagate.history import DAY, HOUR, Retention, Sample
-from quotagate.model import FolderUsage, Format, Limits, MailboxUsage, Reading, ScanSummary, State
+from quotagate.model import FolderUsage, Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
+from quotagate.policy.live import Snapshot, SnapshotLoader, load_snapshot
 from quotagate.scan import run_scan
+from quotagate.store import open_store
 from tests.store.backends import Backend
 
 HOSTILE = ["o'brien@example.org", "star*@example.org", "paren(s)@example.org", "semi;colon@example.org"]
@@ -132,3 +136,50 @@ def test_the_warnings_ledger_claims_once(backend: Backend) -> None:
     store.release_warnings(HOSTILE[0], ["90%", "95%"])
     assert store.sent_warnings() == {HOSTILE[0]: {"80%"}, "b@example.org": {"80%"}}
     assert store.claim_warning(HOSTILE[0], "90%", 5.0)  # re-armed: may be sent again
+
+
+def _seen(snapshot: Snapshot) -> tuple[dict[str, Mailbox], dict[str, tuple[int, int, State, float, str]]]:
+    """What the daemon answers from: every mailbox, and each reading's totals, state and path."""
+    readings = {a: (r.bytes, r.messages, r.state, r.measured_at, r.path) for a, r in snapshot.readings.items()}
+    return dict(snapshot.mailboxes), readings
+
+
+def test_a_refresh_reads_what_changed_and_ends_where_a_full_load_does(backend: Backend) -> None:
+    """The daemon refreshes from the change stamp: new readings and mailboxes, dropped readings
+    and (on quotagate's own table) new limits reach it, and it holds what a full load holds."""
+    store = backend.store
+    for address in ("a@example.org", "b@example.org"):
+        backend.add(address, 1000)
+    store.save_readings([reading("a@example.org", 10), reading("b@example.org", 20)], [])
+    loader = SnapshotLoader()
+    assert _seen(loader.load(store)) == _seen(load_snapshot(store))
+    stamp = store.changes(None).stamp
+
+    backend.add("c@example.org", 3000)
+    store.save_readings([reading("a@example.org", 500), reading("c@example.org", 1)], ["b@example.org"])
+    own = backend.config.url.startswith(("sqlite", "postgresql", "mysql")) and backend.config.schema_ == "quotagate"
+    if own:
+        store.upsert_mailboxes([Mailbox("a@example.org", Limits(2000))])
+    since = store.changes(stamp)
+    assert sorted(r.address for r in since.readings) == ["a@example.org", "c@example.org"]
+    assert since.removed_readings == ["b@example.org"] and not since.readings_full
+
+    refreshed = loader.load(store)
+    assert _seen(refreshed) == _seen(load_snapshot(store))
+    a = refreshed.mailboxes["a@example.org"]
+    assert a.limits == Limits(2000 if own else 1000)
+    assert refreshed.readings["a@example.org"].bytes == 500 and "b@example.org" not in refreshed.readings
+    assert "c@example.org" in refreshed.mailboxes
+
+
+def test_a_mailbox_deleted_by_hand_leaves_the_daemon_too(db_url: str) -> None:
+    """A row deleted from quotagate's own table in SQL carries no stamp: the mailbox count shows
+    it, and the refresh reads everything again."""
+    with open_store(db_url) as store:
+        store.migrate()
+        store.upsert_mailboxes([Mailbox("a@example.org", Limits(10)), Mailbox("b@example.org", Limits(10))])
+        loader = SnapshotLoader()
+        assert set(loader.load(store).mailboxes) == {"a@example.org", "b@example.org"}
+        with store.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(text("DELETE FROM quotagate_mailbox WHERE address = 'b@example.org'"))
+        assert set(loader.load(store).mailboxes) == {"a@example.org"}

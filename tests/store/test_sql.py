@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import MetaData, Table, event, select
 
 from quotagate.model import (
     FolderUsage,
@@ -160,7 +160,8 @@ def test_admin_schema_is_read_and_flagged_without_rewriting_it(db_url: str, pres
         statements.clear()
         store.save_readings([reading("alice@example.org", 10)], [], {"alice@example.org": False})
         assert flags(db_url, preset)["alice@example.org"] == 0
-        assert sum(rows for sql, rows in statements if sql.startswith("UPDATE")) == 1
+        flag_updates = [rows for sql, rows in statements if sql.startswith("UPDATE") and "QUOTAGATE_STAMP" not in sql]
+        assert sum(flag_updates) == 1  # the change stamp aside, only the flag that changed
         if preset == "postfixadmin":
             assert quota2(db_url) == {"alice@example.org": 10, "bob@example.org": 1}
     finally:
@@ -203,23 +204,41 @@ def quota2(url: str) -> dict[str, int]:
     return {u: int(b) for u, b in rows}
 
 
+def _as_in_version_1(table: Table) -> Table:
+    """``table`` as migration 1 made it: without the change stamp migration 3 adds."""
+    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name != "changed"))
+
+
 def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
-    """A store from before usage history: migrate adds the new tables, the readings stay."""
+    """A store from before usage history and change stamps: migrate adds the new tables and
+    columns, the data stays, and the daemon's first refresh reads it all."""
     from quotagate.store import schema
 
     store = open_store(db_url)
     try:
         with store.engine.begin() as conn:  # type: ignore[attr-defined]
             for table in schema.MIGRATIONS[0].tables:
-                table.create(conn)
+                _as_in_version_1(table).create(conn)
             conn.execute(schema.schema_version.insert().values(version=1, description="v1", applied_at=0.0))
-            conn.execute(schema.mailbox.insert().values(address="a@example.org", quota_bytes=5, quota_messages=0))
+            conn.execute(
+                _as_in_version_1(schema.mailbox)
+                .insert()
+                .values(address="a@example.org", quota_bytes=5, quota_messages=0)
+            )
         with pytest.raises(StoreError, match="quotagate db migrate"):
             store.mailboxes()
         printed = "\n".join(store.migration_sql())
-        assert "CREATE TABLE quotagate_history" in printed and "quotagate_usage" not in printed
-        assert store.migrate() == ["2: usage history and the warnings ledger"]
+        assert "CREATE TABLE quotagate_history" in printed and "CREATE TABLE quotagate_usage" not in printed
+        assert "ALTER TABLE quotagate_usage ADD COLUMN changed" in printed
+        assert store.migrate() == [
+            "2: usage history and the warnings ledger",
+            "3: change stamps, so the daemon refreshes only what changed",
+        ]
+        assert store.migration_sql() == []
         assert [m.address for m in store.mailboxes()] == ["a@example.org"]
         assert store.history(0) == {}
+        first = store.changes(None)
+        assert [m.address for m in first.mailboxes] == ["a@example.org"] and first.mailboxes_full
+        assert store.changes(first.stamp).mailboxes == []
     finally:
         store.close()

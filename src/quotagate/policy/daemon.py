@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from quotagate.config import Config, ConfigError, reservations_file
 from quotagate.policy import control, shared, state
-from quotagate.policy.live import Snapshot, load_snapshot
+from quotagate.policy.live import Snapshot, SnapshotLoader
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer, listen_error, parse_listen
 from quotagate.policy.service import PolicyService
@@ -45,12 +45,13 @@ class Daemon:
         self._state_log = Throttled(log)
         self._control: asyncio.AbstractServer | None = None
         self._directory_refused: str | None = None
+        self._loader = SnapshotLoader()
 
     def _load(self) -> Snapshot:
         if self._store is None:
             self._store = store_for(self.config.store)
         folder_limits = any(rule.quota or rule.messages for rule in self.config.folders)
-        return load_snapshot(self._store, with_readings=self.tracker is None, with_folders=folder_limits)
+        return self._loader.load(self._store, with_readings=self.tracker is None, with_folders=folder_limits)
 
     def _adopt(self, snapshot: Snapshot) -> Snapshot:
         """With live tracking, usage comes from the tracker (fresher than the store); new or removed
@@ -155,6 +156,7 @@ class Daemon:
             self.service.reconfigure(config)
             self.server.policy = config.policy
             self._forget_store()
+            self._loader.forget()
             log.info("config reloaded")
         await self.refresh()
         notify("READY=1")

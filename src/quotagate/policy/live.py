@@ -1,10 +1,12 @@
 """What the daemon knows: limits and stored usage from the store, and maildirsize read live.
 
-The store is read in full every ``refresh_seconds`` (off the event loop) into an immutable
-:class:`Snapshot` the request path reads without locks. A Maildir++ ``maildirsize`` is read at
-request time, in a worker thread (:mod:`quotagate.policy.files`: it is a file its user
-controls, and a read can hang), cached by its stat, and trusted only when the last scan found it agreeing with
-the files: a stale or hand-edited one never decides.
+Every ``refresh_seconds`` (off the event loop) what changed in the store since the last refresh
+is applied to a copy of compact columns (:mod:`quotagate.policy.compact`), giving an immutable
+:class:`Snapshot` the request path reads without locks; the loop swaps it in whole. A
+Maildir++ ``maildirsize`` is read at request time, in a worker thread
+(:mod:`quotagate.policy.files`: it is a file its user controls, and a read can hang), cached by
+its stat, and trusted only when the last scan found it agreeing with the files: a stale or
+hand-edited one never decides.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from quotagate.model import Mailbox, Reading, State, Usage
+from quotagate.policy import compact
 from quotagate.store import Store
 from quotagate.usage import maildirsize, safefs
 from quotagate.usage.safefs import Node, Roots
@@ -34,8 +37,8 @@ class Snapshot:
     moving when the tracker dies).
     """
 
-    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
-    readings: dict[str, Reading] = field(default_factory=dict)
+    mailboxes: Mapping[str, Mailbox] = field(default_factory=dict)
+    readings: Mapping[str, Reading] = field(default_factory=dict)
     confirmed_at: float = 0.0  # when the last scan started: unchanged readings are this fresh
     loaded_at: float = 0.0
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
@@ -70,6 +73,38 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     readings = store.readings(with_folders) if with_readings else {}
     last = store.last_scan()
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+
+
+class SnapshotLoader:
+    """Loads the store into a :class:`Snapshot`, then only what changed since (the store's change
+    stamp); call :meth:`load` in a worker thread, never on the loop.
+
+    A load that fails leaves the loader as it was: the next one starts from the same stamp.
+    """
+
+    def __init__(self) -> None:
+        self._table: compact.Table | None = None
+        self._stamp: int | None = None
+        self._shape: tuple[bool, bool] | None = None
+
+    def forget(self) -> None:
+        """Load everything next time (another store, a new config)."""
+        self._table, self._stamp, self._shape = None, None, None
+
+    def load(self, store: Store, with_readings: bool = True, with_folders: bool = True) -> Snapshot:
+        shape = (with_readings, with_folders)
+        since = self._stamp if shape == self._shape else None
+        changes = store.changes(since, with_readings, with_folders)
+        table = compact.updated(self._table if since is not None else None, changes)
+        if changes.mailbox_count is not None and changes.mailbox_count != len(table.mailboxes):
+            # rows added or removed without a stamp (by hand, in SQL): read them all again
+            changes = store.changes(None, with_readings, with_folders)
+            table = compact.updated(None, changes)
+        last, stamp = changes.last_scan, changes.stamp
+        readings: Mapping[str, Reading] = table.readings if with_readings else {}
+        snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
+        self._table, self._stamp, self._shape = table, stamp, shape
+        return snapshot
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, Self
 
 from quotagate.errors import QuotagateError
@@ -12,6 +13,27 @@ from quotagate.model import Mailbox, Reading, ScanSummary
 
 class StoreError(QuotagateError):
     """A store that cannot be reached or used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a store holds that changed after a change stamp (:meth:`Store.changes`).
+
+    A part marked ``full`` holds everything (what is not in it is gone); otherwise only what was
+    written since, and the addresses removed since.
+    """
+
+    stamp: int | None  # give it back to the next call; None: this store has no stamp
+    mailboxes_full: bool
+    mailboxes: list[Mailbox]
+    removed_mailboxes: list[str]
+    readings_full: bool
+    readings: list[Reading]
+    removed_readings: list[str]
+    last_scan: ScanSummary | None
+    # How many mailboxes the store lists now, when it can say cheaply: a count that differs from
+    # the changes applied shows a row added or removed without a stamp (by hand, in SQL).
+    mailbox_count: int | None = None
 
 
 class _Closable(Protocol):
@@ -56,6 +78,14 @@ class Store(Protocol):
         ...
 
     def reading(self, address: str) -> Reading | None: ...
+
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+        """Mailboxes and readings written after the change stamp ``since`` (None: everything).
+
+        A store without change stamps (or a ``since`` it cannot vouch for: another database, a
+        restored one) answers with everything, marked full. Without readings: none, marked full.
+        """
+        ...
 
     def save_readings(
         self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None

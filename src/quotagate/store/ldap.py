@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ldap3
@@ -25,7 +25,7 @@ from quotagate.config import LdapConfig, StoreConfig
 from quotagate.history import Retention, Sample
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
 from quotagate.store import redacted
-from quotagate.store.base import ClosedOnExit, StoreError
+from quotagate.store.base import Changes, ClosedOnExit, StoreError
 from quotagate.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,15 @@ class LdapStore(ClosedOnExit):
 
     def reading(self, address: str) -> Reading | None:
         return self.state.reading(address)
+
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+        """The directory in full (LDAP has no change stamp quotagate could rely on); the readings,
+        kept in the state store, as they changed."""
+        mailboxes = self.mailboxes()
+        state = self.state.changes(since, with_readings, with_folders)
+        return replace(
+            state, mailboxes_full=True, mailboxes=mailboxes, removed_mailboxes=[], mailbox_count=len(mailboxes)
+        )
 
     def save_readings(
         self, changed: Sequence[Reading], removed: Collection[str], flags: Mapping[str, bool] | None = None

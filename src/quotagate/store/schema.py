@@ -21,6 +21,13 @@ from sqlalchemy import (
 metadata = MetaData()
 ADDRESS = String(320)  # RFC 5321: 64 + 1 + 255, rounded up
 
+
+def _changed() -> Column[int]:
+    """The change stamp of the write that last touched a row (see :data:`stamp`); 0 for rows
+    from before migration 3, which only a full load reads."""
+    return Column("changed", BigInteger, nullable=False, server_default="0")
+
+
 schema_version = Table(
     "quotagate_schema_version",
     metadata,
@@ -37,6 +44,8 @@ mailbox = Table(
     Column("quota_messages", BigInteger, nullable=False, default=0),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("path", Text, nullable=True),
+    _changed(),
+    Index("ix_quotagate_mailbox_changed", "changed"),
 )
 
 usage = Table(
@@ -59,6 +68,31 @@ usage = Table(
     # Per-folder usage as JSON: [[name, bytes, messages, stamp or null], ...]. One row per mailbox
     # keeps an incremental scan's load to one fast query; PostgreSQL and MySQL can still query it.
     Column("folders", Text, nullable=False),
+    _changed(),
+    Index("ix_quotagate_usage_changed", "changed"),
+)
+
+# The change stamp: one row, counted up by every write of mailboxes or readings inside that
+# write's transaction, so writers take stamps in commit order (the row is locked until commit).
+# A reader that reads the stamp first and then the rows stamped after its last one misses no
+# committed write: the daemon refreshes from what changed instead of reloading everything.
+stamp = Table(
+    "quotagate_stamp",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+STAMP_ROW = "change"
+
+# What a write removed, with its stamp: a row that is gone says nothing by itself. ``kind`` is
+# "mailbox" or "usage". A row written again takes its address out of here in the same write.
+removed = Table(
+    "quotagate_removed",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("address", ADDRESS, primary_key=True),
+    Column("changed", BigInteger, nullable=False),
+    Index("ix_quotagate_removed_changed", "changed"),
 )
 
 scan = Table(
@@ -107,13 +141,23 @@ warning = Table(
 
 @dataclass(frozen=True)
 class Migration:
+    """New tables, and new columns (each with its index, if any) for tables an earlier migration
+    made: a store made since already has them, and only the missing ones are added."""
+
     version: int
     description: str
     tables: tuple[Table, ...]
+    columns: tuple[tuple[Table, str], ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "quotagate's own tables", (schema_version, mailbox, usage, scan)),
     Migration(2, "usage history and the warnings ledger", (history, warning)),
+    Migration(
+        3,
+        "change stamps, so the daemon refreshes only what changed",
+        (stamp, removed),
+        ((mailbox, "changed"), (usage, "changed")),
+    ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
@@ -49,7 +49,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.store import schema
-from quotagate.store.base import ClosedOnExit, StoreError
+from quotagate.store.base import Changes, ClosedOnExit, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
@@ -180,11 +180,34 @@ class SqlStore(ClosedOnExit):
             changes.append((f"usage table {t.usage_table}", self._create_sql(_quota2_table(t.usage_table))))
         return changes
 
+    def _missing_columns(self, conn: Connection, migration: schema.Migration) -> list[tuple[Table, Column[Any]]]:
+        """The columns ``migration`` adds that an earlier table lacks (a store made since has them)."""
+        insp = inspect(conn)
+        missing = []
+        for table, name in migration.columns:
+            if insp.has_table(table.name) and name not in {c["name"] for c in insp.get_columns(table.name)}:
+                missing.append((table, table.c[name]))
+        return missing
+
+    def _add_column_sql(self, table: Table, column: Column[Any]) -> list[str]:
+        """ALTER TABLE ... ADD COLUMN, and the indexes on that column."""
+        dialect = self.engine.dialect
+        quote = dialect.identifier_preparer.quote
+        spec = str(CreateColumn(column).compile(dialect=dialect)).strip()
+        indexes = sorted((i for i in table.indexes if column.name in i.columns), key=lambda i: str(i.name))
+        return [
+            f"ALTER TABLE {quote(table.name)} ADD COLUMN {spec};",
+            *(str(CreateIndex(i).compile(dialect=dialect)).strip() + ";" for i in indexes),
+        ]
+
     def migration_sql(self) -> list[str]:
         with self._connect() as conn:
             pending = self._pending(conn)
             admin = self._admin_changes(conn)
-        return [self._create_sql(t) for m in pending for t in m.tables] + [sql for _, sql in admin]
+            added = [
+                sql for m in pending for t, c in self._missing_columns(conn, m) for sql in self._add_column_sql(t, c)
+            ]
+        return [self._create_sql(t) for m in pending for t in m.tables] + added + [sql for _, sql in admin]
 
     def migrate(self) -> list[str]:
         applied = []
@@ -196,6 +219,11 @@ class SqlStore(ClosedOnExit):
             for m in self._pending(conn):
                 for table in m.tables:
                     table.create(conn, checkfirst=True)
+                for table, column in self._missing_columns(conn, m):
+                    for sql in self._add_column_sql(table, column):
+                        conn.exec_driver_sql(sql.rstrip(";"))
+                if schema.stamp in m.tables:
+                    conn.execute(insert(schema.stamp).values(name=schema.STAMP_ROW, value=0))
                 conn.execute(
                     insert(schema.schema_version).values(
                         version=m.version, description=m.description, applied_at=time.time()
@@ -227,8 +255,11 @@ class SqlStore(ClosedOnExit):
         t = schema.mailbox
         with self._begin() as conn:
             self._require_schema(conn)
+            changed = self._next_stamp(conn)
             for chunk in _batches(mailboxes):
-                conn.execute(delete(t).where(t.c.address.in_([m.address for m in chunk])))
+                addresses = [m.address for m in chunk]
+                conn.execute(delete(t).where(t.c.address.in_(addresses)))
+                self._unmark_removed(conn, "mailbox", addresses)
                 conn.execute(
                     insert(t),
                     [
@@ -238,10 +269,70 @@ class SqlStore(ClosedOnExit):
                             "quota_messages": m.limits.messages,
                             "enabled": m.enabled,
                             "path": m.path,
+                            "changed": changed,
                         }
                         for m in chunk
                     ],
                 )
+
+    # -- change stamps -----------------------------------------------------------------------
+    @staticmethod
+    def _stamp(conn: Connection) -> int:
+        s = schema.stamp
+        return int(conn.execute(select(s.c.value).where(s.c.name == schema.STAMP_ROW)).scalar_one())
+
+    def _next_stamp(self, conn: Connection) -> int:
+        """A new change stamp for this write; the stamp's row stays locked until it commits, so
+        stamps are taken in commit order (see :data:`quotagate.store.schema.stamp`)."""
+        s = schema.stamp
+        conn.execute(update(s).where(s.c.name == schema.STAMP_ROW).values(value=s.c.value + 1))
+        return self._stamp(conn)
+
+    @staticmethod
+    def _unmark_removed(conn: Connection, kind: str, addresses: Sequence[str]) -> None:
+        r = schema.removed
+        conn.execute(delete(r).where(r.c.kind == kind, r.c.address.in_(addresses)))
+
+    @staticmethod
+    def _removed_since(conn: Connection, kind: str, since: int, written: Mapping[str, int]) -> list[str]:
+        """Addresses removed after ``since`` and not written again after their removal."""
+        r = schema.removed
+        rows = conn.execute(select(r.c.address, r.c.changed).where(r.c.kind == kind, r.c.changed > since))
+        return [a for a, at in rows if written.get(a, -1) < at]
+
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+        """Reads the stamp first, then what was written after ``since``: every write stamped up to
+        that stamp had committed by then (a later one read too is read again next time)."""
+        with self._connect() as conn:
+            self._require_schema(conn)
+            current = self._stamp(conn)
+            full = since is None or since > current  # another or a restored database: start over
+            after = -1 if since is None or full else since
+            if self.table.own:
+                t = schema.mailbox
+                columns = (t.c.address, t.c.quota_bytes, t.c.quota_messages, t.c.enabled, t.c.path, t.c.changed)
+                query = select(*columns).where(t.c.changed > after) if not full else select(*columns)
+                stamped = {a: (Mailbox(a, Limits(qb, qm), bool(e), p), c) for a, qb, qm, e, p, c in conn.execute(query)}
+                mailboxes = [m for m, _ in stamped.values()]
+                gone = (
+                    [] if full else self._removed_since(conn, "mailbox", after, {a: c for a, (_, c) in stamped.items()})
+                )
+                mailboxes_full = full
+                count = conn.execute(select(func.count()).select_from(t)).scalar_one()
+            else:  # the admin's table has no stamp: read it all
+                mailboxes, gone, mailboxes_full = self._admin_mailboxes(conn, None), [], True
+                count = len(mailboxes)
+            readings: list[Reading] = []
+            dropped: list[str] = []
+            if with_readings:
+                written = self._stamped_readings(conn, None if full else after, with_folders)
+                readings = [r for r, _ in written.values()]
+                if not full:
+                    dropped = self._removed_since(conn, "usage", after, {a: c for a, (_, c) in written.items()})
+            last = self._last_scan(conn)
+        return Changes(
+            current, mailboxes_full, mailboxes, gone, full or not with_readings, readings, dropped, last, count
+        )
 
     @staticmethod
     def _mailbox(row: Any) -> Mailbox:
@@ -354,17 +445,29 @@ class SqlStore(ClosedOnExit):
 
     # -- readings --------------------------------------------------------------------------
     def _load(self, conn: Connection, address: str | None, with_folders: bool = True) -> dict[str, Reading]:
+        where = None if address is None else schema.usage.c.address == address
+        return {a: r for a, (r, _) in self._readings_where(conn, where, with_folders).items()}
+
+    def _stamped_readings(
+        self, conn: Connection, after: int | None, with_folders: bool
+    ) -> dict[str, tuple[Reading, int]]:
+        where = None if after is None else schema.usage.c.changed > after
+        return self._readings_where(conn, where, with_folders)
+
+    @staticmethod
+    def _readings_where(conn: Connection, where: Any, with_folders: bool) -> dict[str, tuple[Reading, int]]:
+        """Readings (all, or those ``where`` picks), each with its change stamp."""
         u = schema.usage
-        query = select(*(u.c[name] for name in _USAGE_COLUMNS))
-        if address is not None:
-            query = query.where(u.c.address == address)
+        query = select(*(u.c[name] for name in _USAGE_COLUMNS), u.c.changed)
+        if where is not None:
+            query = query.where(where)
         readings = {}
         for row in conn.execute(query):
-            addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
+            addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders, c = row
             info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
             parsed = _folders_value(folders) if with_folders else ()
             usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
-            readings[addr] = Reading(addr, path, usage, b, m, _STATES[state], measured_at)
+            readings[addr] = (Reading(addr, path, usage, b, m, _STATES[state], measured_at), c)
         return readings
 
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
@@ -385,15 +488,24 @@ class SqlStore(ClosedOnExit):
             self._require_schema(conn)
             self._publish_flags(conn, flags or {})
             self._publish_usage(conn, changed)
-            for chunk in _batches(list(removed) + [r.address for r in changed]):
+            if not changed and not removed:
+                return
+            stamp = self._next_stamp(conn)
+            written = {r.address for r in changed}
+            gone = sorted(set(removed) - written)
+            for chunk in _batches(gone + sorted(written)):
                 conn.execute(delete(u).where(u.c.address.in_(chunk)))
+                self._unmark_removed(conn, "usage", chunk)
+            for chunk in _batches(gone):
+                conn.execute(insert(schema.removed), [{"kind": "usage", "address": a, "changed": stamp} for a in chunk])
             for rows in _batches(changed):
-                conn.execute(insert(u), [self._usage_row(r) for r in rows])
+                conn.execute(insert(u), [self._usage_row(r, stamp) for r in rows])
 
     @staticmethod
-    def _usage_row(r: Reading) -> dict[str, Any]:
+    def _usage_row(r: Reading, changed: int) -> dict[str, Any]:
         info = r.usage.maildirsize
         return {
+            "changed": changed,
             "address": r.address,
             "path": r.path,
             "format": r.usage.format.value,
@@ -421,10 +533,14 @@ class SqlStore(ClosedOnExit):
             conn.execute(delete(t).where(t.c.id <= newest - self.scans_kept))
 
     def last_scan(self) -> ScanSummary | None:
-        t = schema.scan
         with self._connect() as conn:
             self._require_schema(conn)
-            row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
+            return self._last_scan(conn)
+
+    @staticmethod
+    def _last_scan(conn: Connection) -> ScanSummary | None:
+        t = schema.scan
+        row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
         if row is None:
             return None
         return ScanSummary(**{k: v for k, v in row._mapping.items() if k != "id"})
