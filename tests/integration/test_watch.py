@@ -332,3 +332,60 @@ def test_watch_says_at_start_which_store_and_how_many_mailboxes(
         assert started == [f"watching 2 mailboxes of {url} by poll (watch.mode = poll)"]
 
     asyncio.run(main())
+
+
+def test_a_mailbox_symlinked_to_another_neither_steals_nor_removes_its_watches(tmp_path: Path) -> None:
+    """inotify hands out one watch per directory: the owner of evil/ who points its Maildir at
+    victim's gets victim's watch back. Victim's deliveries must still count for victim, before
+    and after the symlink goes (removing evil's watch must not remove victim's)."""
+
+    async def until(tracker: Tracker, address: str, expected: int) -> int:
+        for _ in range(150):
+            await asyncio.sleep(0.02)
+            if tracker.readings[address].bytes == expected:
+                break
+        return tracker.readings[address].bytes
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("victim", 100)
+        spool.deliver("evil", 100)
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root)},
+                "watch": {"flush_seconds": 0.05},
+                "scan": {"racy_seconds": 0},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox(f"{u}@example.org", Limits(10**6)) for u in ("victim", "evil")])
+        result = run_scan(config, store)
+
+        async def publish(changed: list[Reading], removed: list[str]) -> None:
+            pass
+
+        tracker = Tracker(config, publish)
+        tracker.load(store.mailboxes(), result.readings)
+        task = asyncio.create_task(tracker.run())
+        victim, evil = "victim@example.org", "evil@example.org"
+        try:
+            await asyncio.sleep(0.3)
+            shutil.rmtree(spool.maildir("evil"))
+            spool.maildir("evil").symlink_to("../victim/Maildir")  # stays in the spool: followed
+            assert await until(tracker, evil, 100) == 100  # evil now measures victim's folder
+            for _ in range(3):
+                spool.deliver("victim", 1000)
+            assert await until(tracker, victim, 3100) == 3100
+            spool.maildir("evil").unlink()  # evil's own reading waits for a rescan: its business
+            spool.deliver("evil", 10)
+            for _ in range(2):
+                spool.deliver("victim", 1000)
+            assert await until(tracker, victim, 5100) == 5100
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            store.close()
+
+    asyncio.run(main())

@@ -74,7 +74,10 @@ class Tracker:
         self._force: set[str] = set()  # written at the next flush even if unchanged (after a rescan)
         self._removed: set[str] = set()  # left the directory or disabled: their flag must go
         self._inotify: Inotify | None = None
-        self._targets: dict[Watch, _Target] = {}
+        # A watch's targets, by mailbox. inotify gives one watch per inode: a mailbox whose user
+        # symlinked it to another mailbox's directory gets that mailbox's watch back, so a watch
+        # may serve several mailboxes, and is removed only once none of them wants it.
+        self._targets: dict[Watch, dict[str, _Target]] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
         self._held: str | None = None  # why flushes keep the last state (see flush), None when not
         # Every reading is current up to this time (the start of the last completed cycle): a
@@ -188,17 +191,17 @@ class Tracker:
         """Record what :meth:`_plan_watches` found (on the loop); returns how many watches were added."""
         if address not in self.mailboxes:  # dropped meanwhile
             for _, watch in added:
-                self._drop(watch)
+                self._drop(watch, address)
             return 0
         current = self._watches.setdefault(address, {})
         for gone in set(current) - set(wanted):
-            self._drop(current.pop(gone))
+            self._drop(current.pop(gone), address)
         count = 0
         for path, watch in added:
             if path in current:  # added twice meanwhile: inotify returned the same watch
                 continue
             current[path] = watch
-            self._targets[watch] = wanted[path]
+            self._targets.setdefault(watch, {})[address] = wanted[path]
             count += 1
         return count
 
@@ -212,9 +215,14 @@ class Tracker:
 
     def _unwatch(self, address: str) -> None:
         for watch in self._watches.pop(address, {}).values():
-            self._drop(watch)
+            self._drop(watch, address)
 
-    def _drop(self, watch: Watch) -> None:
+    def _drop(self, watch: Watch, address: str) -> None:
+        """``address`` no longer wants ``watch``; it goes once no mailbox does."""
+        targets = self._targets.get(watch, {})
+        targets.pop(address, None)
+        if targets:
+            return  # another mailbox's directory too: keep it
         self._targets.pop(watch, None)
         if self._inotify is not None:
             with contextlib.suppress(OSError):  # the kernel already dropped it with the directory
@@ -226,18 +234,24 @@ class Tracker:
             log.warning("inotify queue overflowed: measuring every mailbox again")
             self._dirty.update(self.mailboxes)
             return
-        target = self._targets.get(watch) if watch is not None else None
-        if target is None:
+        targets = self._targets.get(watch) if watch is not None else None
+        if not targets:
             return
-        self._touched.add(target.address)
         if mask & Mask.IGNORED:
-            # The watch ended with its directory: forget it, and measure the mailbox again.
-            for path, w in list(self._watches.get(target.address, {}).items()):
-                if w is watch:
-                    del self._watches[target.address][path]
+            # The watch ended with its directory: forget it, and measure its mailboxes again.
+            for address in targets:
+                self._touched.add(address)
+                for path, w in list(self._watches.get(address, {}).items()):
+                    if w is watch:
+                        del self._watches[address][path]
+                self._dirty.add(address)
             self._targets.pop(watch, None)  # type: ignore[arg-type]
-            self._dirty.add(target.address)
             return
+        for target in list(targets.values()):
+            self._on_target_event(target, mask, name)
+
+    def _on_target_event(self, target: _Target, mask: Mask, name: str | None) -> None:
+        self._touched.add(target.address)
         if target.folder is None or name is None or mask & Mask.ISDIR:
             self._dirty.add(target.address)
             return
