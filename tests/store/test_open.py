@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy.pool import QueuePool
 
 from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import StoreError, open_store
-from quotagate.store.sql import SqlStore
 
 
 def test_migrate_sets_up_quotagates_own_sqlite_file(tmp_path: Path) -> None:
@@ -31,11 +30,17 @@ def test_migrate_never_touches_an_admin_schema(tmp_path: Path) -> None:
         store.mailboxes()  # would be set up by now if open_store had migrated
 
 
-def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), open_store(f"sqlite:///{tmp_path}/q.db", migrate=True) as store:
+def _open_files(path: Path) -> int:
+    """How many descriptors of this process have ``path`` open."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"], ids=["sqlite3", "sqlalchemy"])
+def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path, scheme: str) -> None:
+    db = tmp_path / "q.db"
+    with pytest.raises(RuntimeError), open_store(f"{scheme}:///{db}", migrate=True) as store:
         store.mailboxes()
-        assert isinstance(store, SqlStore)
-        engine = store.engine
-        assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 1
+        assert _open_files(db) == 1
         raise RuntimeError("a command fails half-way")
-    assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 0  # disposed: none left open
+    assert _open_files(db) == 0

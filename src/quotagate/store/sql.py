@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -37,59 +35,12 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
-from quotagate.model import (
-    FolderUsage,
-    Format,
-    Limits,
-    Mailbox,
-    MailboxUsage,
-    MaildirsizeInfo,
-    Reading,
-    ScanSummary,
-    State,
-)
-from quotagate.store import schema
+from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
+from quotagate.store import rows, schema
 from quotagate.store.base import ClosedOnExit, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-BATCH = 1000
-
-
-def _batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
-def _folders_text(folders: Sequence[FolderUsage]) -> str:
-    return json.dumps([list(f) for f in folders], ensure_ascii=False, separators=(",", ":"))
-
-
-def _folders_value(text: str) -> tuple[FolderUsage, ...]:
-    return tuple(
-        FolderUsage(name, b, m, None if stamp is None else tuple(stamp)) for name, b, m, stamp in json.loads(text)
-    )
-
-
-_USAGE_COLUMNS = (
-    "address",
-    "path",
-    "format",
-    "bytes",
-    "messages",
-    "state",
-    "reason",
-    "root_stamp",
-    "maildirsize_bytes",
-    "maildirsize_messages",
-    "maildirsize_definition",
-    "measured_at",
-    "folders",
-)
-_FORMATS = {f.value: f for f in Format}
-_STATES = {s.value: s for s in State}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -114,9 +65,7 @@ def _quota2_table(name: str) -> Table:
 class SqlStore(ClosedOnExit):
     """quotagate's own tables in any database SQLAlchemy speaks to."""
 
-    # Scan summaries kept: only the last one is read (by the daemon and check); the rest is
-    # history for the admin. A scan a minute keeps the last 16 hours, a scan an hour six weeks.
-    scans_kept = 1000
+    scans_kept = rows.SCANS_KEPT
 
     def __init__(self, url: str, table: MailboxTable | None = None) -> None:
         self.table = table or PRESETS["quotagate"]
@@ -220,7 +169,7 @@ class SqlStore(ClosedOnExit):
         t = schema.mailbox
         with self._begin() as conn:
             self._require_schema(conn)
-            for chunk in _batches(mailboxes):
+            for chunk in rows.batches(mailboxes):
                 conn.execute(delete(t).where(t.c.address.in_([m.address for m in chunk])))
                 conn.execute(
                     insert(t),
@@ -246,10 +195,10 @@ class SqlStore(ClosedOnExit):
             if not self.table.own:
                 return sorted(self._admin_mailboxes(conn, None), key=lambda m: m.address)
             t = schema.mailbox
-            rows = conn.execute(
+            found = conn.execute(
                 select(t.c.address, t.c.quota_bytes, t.c.quota_messages, t.c.enabled, t.c.path).order_by(t.c.address)
             )
-            return [Mailbox(a, Limits(qb, qm), bool(e), p) for a, qb, qm, e, p in rows]
+            return [Mailbox(a, Limits(qb, qm), bool(e), p) for a, qb, qm, e, p in found]
 
     def mailbox(self, address: str) -> Mailbox | None:
         with self._connect() as conn:
@@ -332,7 +281,7 @@ class SqlStore(ClosedOnExit):
             local, _, domain = address.rpartition("@")
             value: bool | int = over if boolean else int(over)
             params.append({"k_address": address, "k_local": local, "k_domain": domain, "v_flag": value})
-        for chunk in _batches(params):
+        for chunk in rows.batches(params):
             conn.execute(stmt, list(chunk))
 
     def _publish_usage(self, conn: Connection, changed: Sequence[Reading]) -> None:
@@ -341,24 +290,17 @@ class SqlStore(ClosedOnExit):
             return
         q = _quota2_table(self.table.usage_table)
         known = [r for r in changed if r.state is not State.UNKNOWN]
-        for chunk in _batches(known):
+        for chunk in rows.batches(known):
             conn.execute(delete(q).where(q.c.username.in_([r.address for r in chunk])))
             conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
 
     # -- readings --------------------------------------------------------------------------
     def _load(self, conn: Connection, address: str | None, with_folders: bool = True) -> dict[str, Reading]:
         u = schema.usage
-        query = select(*(u.c[name] for name in _USAGE_COLUMNS))
+        query = select(*(u.c[name] for name in rows.USAGE_COLUMNS))
         if address is not None:
             query = query.where(u.c.address == address)
-        readings = {}
-        for row in conn.execute(query):
-            addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
-            info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
-            parsed = _folders_value(folders) if with_folders else ()
-            usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
-            readings[addr] = Reading(addr, path, usage, b, m, _STATES[state], measured_at)
-        return readings
+        return {row[0]: rows.reading(row, with_folders) for row in conn.execute(query)}
 
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         with self._connect() as conn:
@@ -378,35 +320,15 @@ class SqlStore(ClosedOnExit):
             self._require_schema(conn)
             self._publish_flags(conn, flags or {})
             self._publish_usage(conn, changed)
-            for chunk in _batches(list(removed) + [r.address for r in changed]):
-                conn.execute(delete(u).where(u.c.address.in_(chunk)))
-            for rows in _batches(changed):
-                conn.execute(insert(u), [self._usage_row(r) for r in rows])
-
-    @staticmethod
-    def _usage_row(r: Reading) -> dict[str, Any]:
-        info = r.usage.maildirsize
-        return {
-            "address": r.address,
-            "path": r.path,
-            "format": r.usage.format.value,
-            "bytes": r.bytes,
-            "messages": r.messages,
-            "state": r.state.value,
-            "over_quota": int(r.state is State.OVER),
-            "reason": r.usage.error,
-            "root_stamp": r.usage.root_stamp,
-            "maildirsize_bytes": info.bytes if info else None,
-            "maildirsize_messages": info.messages if info else None,
-            "maildirsize_definition": info.definition[:200] if info else None,
-            "measured_at": r.measured_at,
-            "folders": _folders_text(r.usage.folders),
-        }
+            for addresses in rows.batches(list(removed) + [r.address for r in changed]):
+                conn.execute(delete(u).where(u.c.address.in_(addresses)))
+            for chunk in rows.batches(changed):
+                conn.execute(insert(u), [rows.usage_row(r) for r in chunk])
 
     def record_scan(self, summary: ScanSummary) -> None:
         """Add ``summary`` and drop all but the latest :attr:`scans_kept`, in one transaction."""
         t = schema.scan
-        values = {k: getattr(summary, k) for k in (c.name for c in t.c) if k != "id"}
+        values = {k: getattr(summary, k) for k in rows.SCAN_COLUMNS}
         with self._begin() as conn:
             conn.execute(insert(t).values(**values))
             newest = conn.execute(select(func.max(t.c.id))).scalar() or 0
@@ -417,10 +339,8 @@ class SqlStore(ClosedOnExit):
         t = schema.scan
         with self._connect() as conn:
             self._require_schema(conn)
-            row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
-        if row is None:
-            return None
-        return ScanSummary(**{k: v for k, v in row._mapping.items() if k != "id"})
+            row = conn.execute(select(*(t.c[k] for k in rows.SCAN_COLUMNS)).order_by(t.c.id.desc()).limit(1)).first()
+        return None if row is None else rows.scan_summary(row)
 
     # -- usage history -----------------------------------------------------------------------
     def record_history(self, samples: Sequence[Sample]) -> None:
@@ -428,7 +348,7 @@ class SqlStore(ClosedOnExit):
             return
         with self._begin() as conn:
             self._require_schema(conn)
-            for chunk in _batches(samples):
+            for chunk in rows.batches(samples):
                 conn.execute(
                     insert(schema.history),
                     [{"address": s.address, "at": s.at, "bytes": s.bytes, "messages": s.messages} for s in chunk],
@@ -443,7 +363,7 @@ class SqlStore(ClosedOnExit):
             if addresses is None:
                 chunks: Iterator[Sequence[str] | None] = iter([None])
             else:
-                chunks = iter(_batches(sorted(addresses)))
+                chunks = iter(rows.batches(sorted(addresses)))
             for chunk in chunks:
                 where = query if chunk is None else query.where(h.c.address.in_(chunk))
                 for address, at, b, m in conn.execute(where.order_by(h.c.address, h.c.at, h.c.id)):
@@ -457,16 +377,16 @@ class SqlStore(ClosedOnExit):
         with self._begin() as conn:
             self._require_schema(conn)
             cutoff = expiry(now, retention)
-            for chunk in _batches(conn.execute(select(h.c.id).where(h.c.at < cutoff)).scalars().all()):
+            for chunk in rows.batches(conn.execute(select(h.c.id).where(h.c.at < cutoff)).scalars().all()):
                 gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
             for tier in tiers(now, retention):
-                rows = conn.execute(
+                aged = conn.execute(
                     select(h.c.id, h.c.address, h.c.at).where(h.c.resolution < tier.resolution, h.c.at < tier.before)
                 )
-                keep, drop = thin((Stored(*row) for row in rows), tier.bucket)
-                for chunk in _batches(keep):
+                keep, drop = thin((Stored(*row) for row in aged), tier.bucket)
+                for chunk in rows.batches(keep):
                     conn.execute(update(h).where(h.c.id.in_(chunk)).values(resolution=tier.resolution))
-                for chunk in _batches(drop):
+                for chunk in rows.batches(drop):
                     gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
         return gone
 
