@@ -13,7 +13,16 @@ from pathlib import Path
 from quotagate.model import Limits, Mailbox
 from quotagate.store import open_store
 
-HEAVY = ("sqlalchemy", "rich", "pydantic", "ldap3", "prometheus_client", "quotagate.policy", "quotagate.watch")
+HEAVY = (
+    "sqlalchemy",
+    "rich",
+    "pydantic",
+    "ldap3",
+    "prometheus_client",
+    "quotagate.policy",
+    "quotagate.watch",
+    "multiprocessing",  # the scan's worker processes: only when enough mailboxes need reading
+)
 
 
 def loaded_after(code: str) -> list[str]:
