@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import StoreError, open_store
+from tests.descriptors import held
 
 
 def test_migrate_sets_up_quotagates_own_sqlite_file(tmp_path: Path) -> None:
@@ -30,17 +30,11 @@ def test_migrate_never_touches_an_admin_schema(tmp_path: Path) -> None:
         store.mailboxes()  # would be set up by now if open_store had migrated
 
 
-def _open_files(path: Path) -> int:
-    """How many descriptors of this process have ``path`` open."""
-    fds = Path("/proc/self/fd")
-    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
-
-
 @pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"], ids=["sqlite3", "sqlalchemy"])
 def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path, scheme: str) -> None:
     db = tmp_path / "q.db"
     with pytest.raises(RuntimeError), open_store(f"{scheme}:///{db}", migrate=True) as store:
         store.mailboxes()
-        assert _open_files(db) == 1
+        assert held(db) == 1
         raise RuntimeError("a command fails half-way")
-    assert _open_files(db) == 0
+    assert held(db) == 0

@@ -17,11 +17,8 @@ def warn(app: App, dry_run: bool) -> int:
 
     Exit 0 when every warning due was sent (or none was due), 1 when one could not be.
     """
-    store = app.store()
-    try:
+    with app.store() as store:
         outcomes = run_warn(app.config, store, dry_run=dry_run)
-    finally:
-        store.close()
     for o in outcomes:
         if not app.quiet or o.status.startswith("failed"):
             click.echo(f"{printable(o.address)}: {o.notice}: {printable(o.status)}")

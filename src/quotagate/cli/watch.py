@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 
 import click
 
 from quotagate.cli.app import App, pass_app
-from quotagate.sdnotify import notify
-from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
-
-log = logging.getLogger(__name__)
+from quotagate.watch.watcher import Watcher
 
 
 async def _watch(app: App) -> None:
-    config = app.config
-    store = app.store()
+    watcher = Watcher(app.config, app.store(), directory=True)
     try:
-        tracker, publisher = await start_tracker(config, store)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = [
-            asyncio.create_task(tracker.run()),
-            asyncio.create_task(rescan_forever(config, store, tracker, publisher)),
-            asyncio.create_task(follow_directory(config, store, tracker)),
-        ]
-        notify("READY=1")
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        notify("STOPPING=1")
-        for task in [waiter, *tasks]:
-            task.cancel()
-        await asyncio.gather(waiter, *tasks, return_exceptions=True)
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await watcher.start()
+        await watcher.until_signalled()
     finally:
-        store.close()
+        await watcher.stop()
 
 
 @click.command("watch")
