@@ -1,4 +1,6 @@
-"""The SQL store (SQLite by default; PostgreSQL and MySQL/MariaDB through the same SQLAlchemy code)."""
+"""The SQL store through SQLAlchemy: PostgreSQL, MySQL/MariaDB and SQLite, quotagate's own tables or an
+admin's schema; it also creates and migrates quotagate's own SQLite file, which
+:mod:`quotagate.store.sqlite` then serves without loading SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def _quota2_table(name: str) -> Table:
 
 
 class SqlStore(ClosedOnExit):
-    """quotagate's own tables in any database SQLAlchemy speaks to."""
+    """quotagate's own tables (and an admin's schema) in any database SQLAlchemy speaks to."""
 
     scans_kept = rows.SCANS_KEPT
 
