@@ -169,3 +169,18 @@ def test_threads_take_turns_on_the_one_connection(tmp_path: Path) -> None:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(work, range(4)))
         assert {a: r.bytes for a, r in store.readings().items()} == {f"u{n}@example.org": 29 for n in range(4)}
+
+
+def test_only_the_latest_scan_summaries_are_kept(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    with open_store(f"sqlite:///{db}", migrate=True) as store:
+        assert isinstance(store, SqliteStore)
+        store.scans_kept = 3
+        for n in range(1, 7):
+            store.record_scan(ScanSummary(float(n), n + 0.5, False, n, n, 0, 0, 0, 0, 0))
+        last = store.last_scan()
+        assert last is not None and last.mailboxes == 6
+    with sqlite3.connect(db) as conn:
+        kept = [row[0] for row in conn.execute("SELECT mailboxes FROM quotagate_scan ORDER BY id")]
+    conn.close()
+    assert kept == [4, 5, 6]
