@@ -588,7 +588,7 @@ def time_processes(setup: Setup) -> AsProcesses:
     version, _ = process("quotagate --version", [QUOTAGATE, "--version"], max(n, 10))
     startup, _ = process("quotagate scan, one mailbox", [QUOTAGATE, "-q", "-c", str(tiny_config), "scan"], max(n, 10))
     first = to_first_mailbox(
-        "quotagate scan, to its first mailbox", work / "tiny", ["-q", "-c", str(tiny_config), "scan"], max(n, 10)
+        "scan, to its first mailbox", work / "tiny", ["-q", "-c", str(tiny_config), "scan"], max(n, 10)
     )
     full, _ = process("quotagate scan --full", [QUOTAGATE, "-q", "-c", str(config), "scan", "--full"], n)
     incremental, _ = process("quotagate scan (unchanged)", [QUOTAGATE, "-q", "-c", str(config), "scan"], n)
