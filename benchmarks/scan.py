@@ -31,15 +31,16 @@ Then, with a warm page cache for every method (dropping caches is not possible h
 
 Then the same as cron runs them, whole processes from start to exit (``subprocess.run``), on a
 store holding the mailboxes: ``quotagate --version``, ``quotagate scan`` of a one-mailbox spool (a
-scan process's fixed cost: interpreter, imports, config, store, lock, publish), ``quotagate scan
+scan process's fixed cost: interpreter, imports, config, store, lock, publish) and how long that
+process takes to its first mailbox (``FIRST_OPEN``), ``quotagate scan
 --full``, ``quotagate scan`` with nothing changed, the reference script and the stat bound as
-scripts of their own.
+scripts of their own. quotagate's modules are compiled to bytecode first, as an install has them.
 
 It prints the times, the ratios naive/full (target >= 4), du/full (target > 1),
 incremental/stat-bound (target <= 2), full/reference in-process (<= 1.2) and as processes
-(<= 1.6), unchanged scan/stat bound as processes (<= 3), ``--version`` (<= 0.1 s) and the fixed
-cost (<= 0.25 s), whether each target is met, what each method found, and a loud MISMATCH when
-any method's totals differ from what the generator wrote.
+(<= 1.6), unchanged scan/stat bound as processes (<= 3), ``--version`` (<= 0.1 s) and the time
+to the first mailbox (<= 0.25 s), whether each target is met, what each method found, and a loud
+MISMATCH when any method's totals differ from what the generator wrote.
 
 ``--keep`` keeps the scratch directory holding the SQLite stores (the spool is always kept: it is
 the cache). Use ``--repeat`` to change the number of repetitions.
@@ -48,6 +49,7 @@ the cache). Use ``--repeat`` to change the number of repetitions.
 from __future__ import annotations
 
 import argparse
+import compileall
 import functools
 import json
 import logging
@@ -67,6 +69,7 @@ from typing import Any, TypeVar
 from _harness import machine, verdict
 from _spool import keep, write_message
 
+import quotagate
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox
 from quotagate.scan import ScanResult, run_scan
@@ -396,6 +399,34 @@ with open(sys.argv[1]) as listing:
 
 QUOTAGATE = str(Path(sys.executable).parent / "quotagate")
 
+# quotagate's command line as its console script runs it (arguments: the spool root, a file to
+# write to, the command's own), with an audit hook that writes the time of the first open beneath
+# the spool root: a scan process's time to its first mailbox is that time minus the spawn's.
+FIRST_OPEN = r"""
+import sys
+import time
+
+root, mark = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+seen = False
+
+
+def noted(event, args):
+    global seen
+    if seen or event != "open" or not isinstance(args[0], str):
+        return
+    if args[0] == root or args[0].startswith(root + "/"):
+        seen = True
+        with open(mark, "w") as out:
+            out.write(repr(time.time()))
+
+
+sys.addaudithook(noted)
+from quotagate.cli import entry_point
+
+entry_point()
+"""
+
 
 def reference_in_process(maildirs: list[str]) -> Totals:
     namespace: dict[str, Any] = {"__name__": "reference"}
@@ -414,6 +445,19 @@ def process(label: str, argv: list[str], times: int) -> tuple[Timing, str]:
         return done.stdout
 
     return repeat(label, once, times)
+
+
+def to_first_mailbox(label: str, root: Path, args: list[str], times: int) -> Timing:
+    """Seconds from spawning quotagate with ``args`` to its first open beneath ``root``."""
+    runs = []
+    for _ in range(times):
+        with tempfile.NamedTemporaryFile("r") as mark:
+            started = time.time()
+            subprocess.run([sys.executable, "-c", FIRST_OPEN, str(root), mark.name, *args], check=True)
+            runs.append(float(mark.read()) - started)
+    timing = Timing(label, runs)
+    print(f"  {label}: best {timing.best:.3f} s, median {timing.median:.3f} s", flush=True)
+    return timing
 
 
 def write_config(work: Path, root: Path) -> Path:
@@ -464,6 +508,7 @@ class InProcess:
 class AsProcesses:
     version: Timing
     startup: Timing
+    first_mailbox: Timing
     full: Timing
     incremental: Timing
     reference: Timing
@@ -536,9 +581,15 @@ def time_processes(setup: Setup) -> AsProcesses:
     tiny.mkdir()
     tiny_config = write_config(tiny, work / "tiny")
     subprocess.run([QUOTAGATE, "-q", "-c", str(tiny_config), "mailbox", "add", "one@example.org", "--quota", "1G"])
+    # As pip and the .deb install it: quotagate's modules compiled to bytecode. An editable install
+    # run under PYTHONDONTWRITEBYTECODE would otherwise compile them from source in every process.
+    compileall.compile_dir(Path(quotagate.__file__).parent, quiet=1)
     print(f"whole-process timing ({n} runs each, wall clock, start to exit):")
     version, _ = process("quotagate --version", [QUOTAGATE, "--version"], max(n, 10))
     startup, _ = process("quotagate scan, one mailbox", [QUOTAGATE, "-q", "-c", str(tiny_config), "scan"], max(n, 10))
+    first = to_first_mailbox(
+        "scan, to its first mailbox", work / "tiny", ["-q", "-c", str(tiny_config), "scan"], max(n, 10)
+    )
     full, _ = process("quotagate scan --full", [QUOTAGATE, "-q", "-c", str(config), "scan", "--full"], n)
     incremental, _ = process("quotagate scan (unchanged)", [QUOTAGATE, "-q", "-c", str(config), "scan"], n)
     python = [sys.executable, "-I"]
@@ -546,7 +597,7 @@ def time_processes(setup: Setup) -> AsProcesses:
     bound, _ = process("stat bound script", [*python, str(bound_script), str(folders)], n)
     messages, size = (int(v) for v in out.split())
     return AsProcesses(
-        version, startup, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size)
+        version, startup, first, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size)
     )
 
 
@@ -587,7 +638,7 @@ def report(setup: Setup, inp: InProcess, proc: AsProcesses) -> int:
     for t in (inp.full, inp.single, inp.incremental, inp.naive, inp.reference, inp.du, inp.bound):
         print(f"  {t.label:<34} {t.best:8.3f}  [{t.median:8.3f}]  runs: " + ", ".join(f"{r:.3f}" for r in t.runs))
     print("  as whole processes:")
-    for t in (proc.version, proc.startup, proc.full, proc.incremental, proc.reference, proc.bound):
+    for t in (proc.version, proc.startup, proc.first_mailbox, proc.full, proc.incremental, proc.reference, proc.bound):
         print(f"  {t.label:<34} {t.best:8.3f}  [{t.median:8.3f}]")
     targets = [
         ("naive / full", inp.naive.best / inp.full.best, ">=", 4.0),
@@ -604,8 +655,8 @@ def report(setup: Setup, inp: InProcess, proc: AsProcesses) -> int:
     fast = proc.version.best <= 0.1
     print(f"  {'quotagate --version':<28} = {proc.version.best:7.3f} s  (target <= 0.1 s)  {verdict(fast)}")
     print(
-        f"  {'scan process, fixed cost':<28} = {proc.startup.best:7.3f} s  (target <= 0.25 s before the first "
-        f"mailbox; this includes the store's write and exit)  {verdict(proc.startup.best <= 0.25)}"
+        f"  {'scan process, first mailbox':<28} = {proc.first_mailbox.best:7.3f} s  (target <= 0.25 s)  "
+        f"{verdict(proc.first_mailbox.best <= 0.25)}"
     )
     print(f"  (info) full 1 worker / full {inp.workers} workers = {inp.single.best / inp.full.best:.2f}x")
     return 1 if mismatches else 0

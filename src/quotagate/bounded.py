@@ -12,10 +12,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
-from multiprocessing.context import BaseContext
-from typing import Any, Never, TypeVar
+from typing import TYPE_CHECKING, Any, Never, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from multiprocessing.context import BaseContext
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,6 +104,9 @@ def in_processes(
     """``fn`` of each job, in order, in ``workers`` processes; a job that runs longer than ``timeout``
     gives ``timed_out(job)``: every worker is killed (which one holds it is unknown) and the jobs
     not finished yet run again in fresh workers. ``fn`` must be picklable by reference."""
+    # here, not at the top: a scan with few mailboxes to read (an unchanged one) never needs it
+    from concurrent.futures import ProcessPoolExecutor
+
     n = len(jobs)
     results: list[Any] = [_PENDING] * n
     started = context.RawArray("d", n)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +25,7 @@ from pydantic import (
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention
+from quotagate.listen import listen_spec, metrics_spec
 from quotagate.sharedurl import SharedUrl, parse_shared_url
 from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
 
@@ -36,6 +38,8 @@ ENV_VAR = "QUOTAGATE_CONFIG"
 Size = Annotated[int, BeforeValidator(parse_size)]
 Percent = Annotated[Decimal, BeforeValidator(parse_percent), PlainSerializer(lambda d: f"{d * 100:g}%")]
 Grace = Annotated[Allowance, BeforeValidator(parse_allowance), PlainSerializer(str)]
+Listen = Annotated[str, AfterValidator(listen_spec)]
+MetricsListen = Annotated[str, AfterValidator(metrics_spec)]
 
 
 class ConfigError(QuotagateError):
@@ -216,7 +220,7 @@ class PolicyConfig(_Section):
     """The live policy daemon (``quotagate serve``)."""
 
     # "HOST:PORT" (IPv6 as "[::1]:PORT") or "unix:/path/to/socket".
-    listen: list[str] = ["127.0.0.1:10032"]
+    listen: list[Listen] = ["127.0.0.1:10032"]
     # One client (an IPv4 address, an IPv6 /64) holds at most this much room in one mailbox
     # before DATA (bytes, or a share of the mailbox's limit), and never less than one message.
     client_hold: Grace = Allowance(fraction=Decimal("0.1"))
@@ -265,7 +269,7 @@ class PolicyConfig(_Section):
     file_timeout: float = Field(default=0.5, gt=0)
     drain_seconds: float = Field(default=5, ge=0)
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
-    metrics: str = "127.0.0.1:9762"
+    metrics: MetricsListen = "127.0.0.1:9762"
 
     @field_validator("reject_reply", "fit_reply", "messages_reply", "defer_reply", "busy_reply")
     @classmethod

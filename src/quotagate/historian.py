@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from quotagate.config import Config
 from quotagate.history import Recorder, Sample
 from quotagate.model import Reading, State
-from quotagate.store import Store, StoreError
+from quotagate.store import Store
+from quotagate.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +23,10 @@ def samples_of(readings: Iterable[Reading]) -> list[Sample]:
     return [Sample(r.address, r.measured_at, r.bytes, r.messages) for r in readings if r.state is not State.UNKNOWN]
 
 
-def _store_errors() -> tuple[type[Exception], ...]:
-    """What a store may raise: its own error, and SQLAlchemy's when it is an SQL store (imported
-    here, not at the top: a scan loads SQLAlchemy only once it opens such a store)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    return (StoreError, SQLAlchemyError)
-
-
 def _write(store: Store, samples: Sequence[Sample]) -> None:
     try:
         store.record_history(samples)
-    except _store_errors() as exc:
+    except store_errors() as exc:
         log.error("usage history not recorded (%d samples): %s", len(samples), exc)
 
 
@@ -44,7 +37,7 @@ def after_scan(config: Config, store: Store, changed: Sequence[Reading], now: fl
     _write(store, samples_of(changed))
     try:
         store.prune_history(now, config.history.retention)
-    except _store_errors() as exc:
+    except store_errors() as exc:
         log.error("usage history not pruned: %s", exc)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -65,6 +64,8 @@ def _measure_all(
     if workers <= 1 or len(jobs) < _POOL_MIN:
         yield from bounded.in_thread(measure_job, jobs, timeout, timed_out)
         return
+    import multiprocessing  # here: a scan with few mailboxes to read never loads it
+
     # fork is the cheapest start, but forking a process that runs other threads (the daemon,
     # watch, a mailbox left hanging in a thread) can copy a lock some thread holds: then start
     # workers from a clean server process.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import create_engine, delete
 
 from quotagate.model import Format, Limits, Mailbox, Reading, State
 from quotagate.scan import run_scan
@@ -504,8 +504,10 @@ def test_removed_mailbox_loses_its_reading(env: Env) -> None:
     assert env.store.reading(bob) is None
     assert set(env.store.readings()) == {alice, carol}
 
-    with env.store.engine.begin() as conn:  # type: ignore[attr-defined]
+    engine = create_engine(env.config.store.url)  # the admin deletes carol's row by hand
+    with engine.begin() as conn:
         conn.execute(delete(store_schema.mailbox).where(store_schema.mailbox.c.address == carol))
+    engine.dispose()
     result = env.scan()
     assert result.summary.written == 1
     assert set(result.readings) == {alice}

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ from quotagate.model import Limits, Mailbox, State
 from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import Snapshot
 from quotagate.store import Store, open_store
-from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
+from quotagate.watch.runner import start_tracker
 from quotagate.watch.tracker import Tracker
+from quotagate.watch.watcher import Watcher
 from tests.spoolgen import add_message, maildir_folder
 
 LOCALS = ["a0", "a1", "b0", "b1"]  # a* over quota, b* not
@@ -53,24 +54,16 @@ def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
 
 
 async def watching(
-    config: Config,
-    store: Store,
-    then: Callable[[Tracker], Awaitable[None]],
-    *loops: Callable[..., Coroutine[Any, Any, None]],
+    config: Config, store: Store, then: Callable[[Tracker], Awaitable[None]], directory: bool = False
 ) -> None:
-    tracker, publisher = await start_tracker(config, store)
-    tasks = [asyncio.create_task(tracker.run())]
-    for loop in loops:
-        args = (config, store, tracker, publisher) if loop is rescan_forever else (config, store, tracker)
-        tasks.append(asyncio.create_task(loop(*args)))
+    """Run the watch as ``quotagate watch`` does (following the directory if asked) while ``then`` runs."""
+    watcher = Watcher(config, store, directory=directory)
     try:
+        tracker = await watcher.start()
         await asyncio.sleep(0.3)
         await then(tracker)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        tracker.close()
+        await watcher.stop()
 
 
 @pytest.mark.slow
@@ -92,7 +85,7 @@ def test_watch_keeps_its_state_and_published_file_when_the_spool_root_goes(
             f"{local}@example.org": State.OVER if local[0] == "a" else State.OK for local in LOCALS
         }
 
-    asyncio.run(watching(config, store, remove_the_root, rescan_forever))
+    asyncio.run(watching(config, store, remove_the_root))
     messages = [(r.name, r.getMessage()) for r in caplog.records if "spool root" in r.getMessage()]
     assert len([m for name, m in messages if name == "quotagate.watch.tracker"]) == 1  # said once, not per flush
     assert any(name == "quotagate.watch.runner" and "rescan refused" in m for name, m in messages)
@@ -117,7 +110,7 @@ def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, capl
         assert seen(store, config) == before
         assert len(tracker.mailboxes) == 4
 
-    asyncio.run(watching(config, store, shrink_the_directory, follow_directory))
+    asyncio.run(watching(config, store, shrink_the_directory, directory=True))
     assert any("vanished" in r.getMessage() for r in caplog.records)
     store.close()
 

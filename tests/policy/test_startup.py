@@ -54,8 +54,10 @@ def test_a_busy_metrics_port(site: Site, listening: int) -> None:
 
 @pytest.mark.parametrize("spec", ["localhost", "127.0.0.1:99999", "127.0.0.1:port"])
 def test_a_bad_listen_value(site: Site, spec: str) -> None:
+    """Refused with the config file, before the daemon loads anything."""
     assert serve_fails(site, listen=[spec]) == (
-        f"quotagate: policy.listen: {spec!r} is neither HOST:PORT (a port up to 65535) nor unix:/path"
+        f"quotagate: {site.base / 'quotagate.toml'}: policy.listen.0: {spec!r} is neither HOST:PORT "
+        "(a port up to 65535) nor unix:/path"
     )
 
 

@@ -14,6 +14,7 @@ from quotagate.store.presets import PRESETS
 # (id, server, schema preset)
 BACKENDS = [
     ("sqlite", "sqlite", "quotagate"),
+    ("sqlite-sqlalchemy", "sqlite", "quotagate"),
     ("postgresql", "postgresql", "quotagate"),
     ("mariadb", "mariadb", "quotagate"),
     ("sqlite-classic", "sqlite", "classic"),
@@ -23,6 +24,10 @@ BACKENDS = [
     ("mariadb-classic", "mariadb", "classic"),
     ("ldap", "slapd", "ldap"),
 ]
+
+# The URL scheme of each SQLite backend: quotagate's own tables are served by the standard
+# library's sqlite3 unless the URL names SQLAlchemy's driver, which every other schema uses.
+SQLITE_SCHEMES = {"sqlite-sqlalchemy": "sqlite+pysqlite"}
 
 
 @dataclass

@@ -12,7 +12,7 @@ from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import store_for
 from tests.servers import schemas
-from tests.store.backends import BACKENDS, Backend, ldap_flag, sql_flag
+from tests.store.backends import BACKENDS, SQLITE_SCHEMES, Backend, ldap_flag, sql_flag
 
 ENGINES = ["sqlite", "postgresql", "mariadb"]
 
@@ -24,16 +24,18 @@ def on_server(value: object, server: str, id_: str) -> object:
 
 @pytest.fixture(params=[on_server(e, e, e) for e in ENGINES])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database for the SQLAlchemy store: SQLite through its driver (a bare sqlite:/// is served
+    by the standard library's sqlite3, see quotagate.store.sqlite)."""
     name = f"qg_{uuid.uuid4().hex[:12]}"
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/{name}.db"
+        return f"sqlite+pysqlite:///{tmp_path}/{name}.db"
     server = request.getfixturevalue("postgres" if request.param == "postgresql" else "mariadb")
     return str(server.create_database(name))
 
 
 @pytest.fixture(params=[on_server(b, b[1], b[0]) for b in BACKENDS], ids=[b[0] for b in BACKENDS])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    _, server, preset = request.param
+    id_, server, preset = request.param
     if server == "slapd":
         slapd = request.getfixturevalue("slapd")
         tree = slapd.new_tree()
@@ -53,7 +55,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         name = f"qg_{uuid.uuid4().hex[:12]}"
         if server == "sqlite":
-            url = f"sqlite:///{tmp_path}/{name}.db"
+            url = f"{SQLITE_SCHEMES.get(id_, 'sqlite')}:///{tmp_path}/{name}.db"
         else:
             url = str(request.getfixturevalue({"postgresql": "postgres"}.get(server, server)).create_database(name))
         if preset != "quotagate":

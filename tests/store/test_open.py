@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.pool import QueuePool
 
 from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import StoreError, open_store
-from quotagate.store.sql import SqlStore
+from tests.descriptors import held
 
 
 def test_migrate_sets_up_quotagates_own_sqlite_file(tmp_path: Path) -> None:
@@ -31,11 +30,11 @@ def test_migrate_never_touches_an_admin_schema(tmp_path: Path) -> None:
         store.mailboxes()  # would be set up by now if open_store had migrated
 
 
-def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), open_store(f"sqlite:///{tmp_path}/q.db", migrate=True) as store:
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"], ids=["sqlite3", "sqlalchemy"])
+def test_leaving_the_block_closes_the_store_even_on_error(tmp_path: Path, scheme: str) -> None:
+    db = tmp_path / "q.db"
+    with pytest.raises(RuntimeError), open_store(f"{scheme}:///{db}", migrate=True) as store:
         store.mailboxes()
-        assert isinstance(store, SqlStore)
-        engine = store.engine
-        assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 1
+        assert held(db) == 1
         raise RuntimeError("a command fails half-way")
-    assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 0  # disposed: none left open
+    assert held(db) == 0

@@ -41,6 +41,10 @@ def test_values_are_parsed() -> None:
         ({"spool": {"maildir_subdir": ".."}}, "spool.maildir_subdir"),
         ({"stor": {"url": "x"}}, "stor"),
         ({"scan": {"workers": -1}}, "scan.workers"),
+        ({"policy": {"listen": ["127.0.0.1:10032", "localhost"]}}, "policy.listen.1"),
+        ({"policy": {"listen": ["127.0.0.1:99999"]}}, "policy.listen.0"),
+        ({"policy": {"metrics": "9762"}}, "policy.metrics"),
+        ({"policy": {"metrics": "unix:/run/quotagate/metrics.sock"}}, "policy.metrics"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:

@@ -8,8 +8,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-HEAVY = ("sqlalchemy", "rich", "pydantic", "ldap3", "prometheus_client", "quotagate.policy", "quotagate.watch")
+from quotagate.model import Limits, Mailbox
+from quotagate.store import open_store
+
+HEAVY = (
+    "sqlalchemy",
+    "rich",
+    "pydantic",
+    "ldap3",
+    "prometheus_client",
+    "quotagate.policy",
+    "quotagate.watch",
+    "multiprocessing",  # the scan's worker processes: only when enough mailboxes need reading
+)
 
 
 def loaded_after(code: str) -> list[str]:
@@ -31,3 +44,22 @@ def test_version_loads_nothing_heavy() -> None:
 def test_a_scan_loads_no_terminal_or_daemon_library() -> None:
     """scan needs the config and the store, never rich (off a terminal) nor the daemon."""
     assert loaded_after("import quotagate.cli.scan") == ["pydantic"]
+
+
+def test_scans_of_quotagates_sqlite_file_load_no_sqlalchemy(tmp_path: Path) -> None:
+    """The default store, as cron scans it (first, then unchanged; usage history on): the standard
+    library's sqlite3 serves it, SQLAlchemy loads only to create or migrate it."""
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / "spool" / "example.org" / "a" / "Maildir" / sub).mkdir(parents=True)
+    url = f"sqlite:///{tmp_path}/q.db"
+    config = tmp_path / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "{url}"\n[spool]\nroot = "{tmp_path}/spool"\n[publish]\nfile = "{tmp_path}/over"\n'
+    )
+    with open_store(url, migrate=True) as store:
+        store.upsert_mailboxes([Mailbox("a@example.org", Limits(10))])
+    scans = "\n".join(f"assert main(['-q', '-c', {str(config)!r}, 'scan']) == 0" for _ in range(2))
+    assert loaded_after(f"from quotagate.cli import main\n{scans}") == ["pydantic"]
+    with open_store(url) as store:
+        last = store.last_scan()
+        assert last is not None and last.mailboxes == 1

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from quotagate import __version__
 from quotagate.text import OneLineFormatter
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatt
 )
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
-@click.version_option(package_name="quotagate", prog_name="quotagate", message="%(prog)s %(version)s")
+@click.version_option(__version__, prog_name="quotagate", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) -> None:
     """Refuse mail for full mailboxes during the SMTP transaction."""

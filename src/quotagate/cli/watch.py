@@ -3,55 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 
 import click
 
 from quotagate.cli.app import App, pass_app
-from quotagate.policy.reservations import Reservations
-from quotagate.policy.shared import RedisLedger
-from quotagate.sdnotify import notify
-from quotagate.watch.runner import follow_directory, rescan_forever, start_tracker
-
-log = logging.getLogger(__name__)
+from quotagate.watch.watcher import Watcher
 
 
 async def _watch(app: App) -> None:
     config = app.config
-    store = app.store()
+    watcher = Watcher(config, app.store(), directory=True)
     ledger = None
     try:
-        tracker, publisher = await start_tracker(config, store)
-        if config.shared.url is not None:  # a storage host: deliveries and readings go to every MX
+        tracker = await watcher.start()
+        if config.shared.url is not None and watcher.publisher is not None:
+            # A storage host: deliveries and readings go to every MX.
+            from quotagate.policy.reservations import Reservations  # the Redis client: only here
+            from quotagate.policy.shared import RedisLedger
+
             ledger = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
             ledger.current = tracker.readings.values
             await ledger.start()
             tracker.on_delivery = ledger.delivered
-            publisher.on_change.append(ledger.readings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = [
-            asyncio.create_task(tracker.run()),
-            asyncio.create_task(rescan_forever(config, store, tracker, publisher)),
-            asyncio.create_task(follow_directory(config, store, tracker)),
-        ]
-        notify("READY=1")
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        notify("STOPPING=1")
-        for task in [waiter, *tasks]:
-            task.cancel()
-        await asyncio.gather(waiter, *tasks, return_exceptions=True)
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            watcher.publisher.on_change.append(ledger.readings)
+        await watcher.until_signalled()
     finally:
+        await watcher.stop()
         if ledger is not None:
             await ledger.close()
-        store.close()
 
 
 @click.command("watch")

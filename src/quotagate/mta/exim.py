@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy.engine import make_url
 
 from quotagate.config import Config
-from quotagate.policy.server import parse_listen
+from quotagate.listen import parse_place
 from quotagate.store.presets import MailboxTable, mailbox_table
 from quotagate.store.schema import usage
 
@@ -179,7 +179,7 @@ def _policy_socket(config: Config) -> str:
     """Where Exim's readsocket finds the daemon: its first [policy] listen address."""
     if not config.policy.listen:
         raise EximConfigError("--method policy needs a [policy] listen address")
-    where = parse_listen(config.policy.listen[0])
+    where = parse_place(config.policy.listen[0])
     if isinstance(where, str):
         return _path(where, "policy socket")
     host = f"[{where[0]}]" if ":" in where[0] else where[0]

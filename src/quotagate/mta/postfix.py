@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from quotagate.config import Config
-from quotagate.policy.server import parse_listen
+from quotagate.listen import parse_place
 
 
 def policy_service(config: Config) -> str:
     """The check_policy_service target for the daemon's first [policy] listen address."""
     if not config.policy.listen:
         raise ValueError("postfix-config needs a [policy] listen address")
-    where = parse_listen(config.policy.listen[0])
+    where = parse_place(config.policy.listen[0])
     if isinstance(where, str):
         return f"unix:{where}"
     host = f"[{where[0]}]" if ":" in where[0] else where[0]

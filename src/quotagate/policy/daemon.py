@@ -21,8 +21,9 @@ from quotagate.policy.service import PolicyService
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
-from quotagate.watch.runner import directory_problem, rescan_forever, start_tracker
+from quotagate.watch.runner import directory_problem
 from quotagate.watch.tracker import Tracker
+from quotagate.watch.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -164,26 +165,25 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _start_tracking(self) -> list[asyncio.Task[None]]:
+    async def _start_tracking(self) -> Watcher:
         """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
-        store = store_for(self.config.store)
         started = time.time()
-        tracker, publisher = await start_tracker(self.config, store)
+        watcher = Watcher(self.config, store_for(self.config.store), on_end=self._tracking_ended)
+        try:
+            tracker = await watcher.start()
+        except BaseException:
+            await watcher.stop()
+            raise
         tracker.confirmed_at = started  # the baseline scan covered every mailbox
         self.tracker = tracker
         tracker.on_delivery = self.service.delivered
-        if self.shared is not None:  # MX hosts weigh this host's readings as soon as they are made
-            publisher.on_change.append(self.shared.readings)
+        if self.shared is not None and watcher.publisher is not None:
+            # MX hosts weigh this host's readings as soon as they are made.
+            watcher.publisher.on_change.append(self.shared.readings)
             self.shared.current = tracker.readings.values
         self.service.delivery_hint = tracker.mark_dirty
         self.service.snapshot = self._adopt(self.service.snapshot)
-        tasks = [
-            asyncio.create_task(tracker.run()),
-            asyncio.create_task(rescan_forever(self.config, store, tracker, publisher)),
-        ]
-        for task in tasks:
-            task.add_done_callback(self._tracking_ended)
-        return tasks
+        return watcher
 
     def _tracking_ended(self, task: asyncio.Task[None]) -> None:
         """Live tracking failed: say so, and answer from the store again rather than from usage
@@ -200,7 +200,7 @@ class Daemon:
         if self.shared is not None:
             await self.shared.start()  # writes back what was restored
         await self.refresh()
-        tracking = await self._start_tracking() if self.config.watch.enabled else []
+        watcher = await self._start_tracking() if self.config.watch.enabled else None
         self._start_metrics()  # first: a port in use there leaves no unix socket behind
         bound = await self.server.start()
         await self._start_control()
@@ -212,7 +212,6 @@ class Daemon:
         background = [
             asyncio.create_task(self._refresh_forever()),
             asyncio.create_task(self._housekeeping_forever()),
-            *tracking,
         ]
         interval = watchdog_interval()
         if interval is not None:
@@ -224,6 +223,8 @@ class Daemon:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if watcher is not None:
+            await watcher.stop()
         await self.server.close()
         if self._control is not None:
             self._control.close()

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 from quotagate.config import ConfigError, PolicyConfig
 from quotagate.errors import StartupError
+from quotagate.listen import Place, parse_place
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import Session
@@ -45,14 +46,13 @@ Answer = Callable[[PolicyRequest, Session], "str | asyncio.Future[str]"]
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-def parse_listen(spec: str, key: str = "policy.listen") -> tuple[str, int] | str:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``; anything else is a ConfigError naming ``key``."""
-    if spec.startswith("unix:"):
-        return spec[len("unix:") :]
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{key}: {spec!r} is neither HOST:PORT (a port up to 65535) nor unix:/path")
-    return host.strip("[]") or "127.0.0.1", int(port)
+def parse_listen(spec: str, key: str = "policy.listen") -> Place:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``; anything else is a ConfigError naming ``key``
+    (the config schema has refused it already when the value came from a config file)."""
+    try:
+        return parse_place(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 _LISTEN_ADVICE = {

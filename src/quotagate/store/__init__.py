@@ -3,7 +3,9 @@
 Each backend is reached through a typed factory (:data:`Factory`): ``mypy --strict`` checks that
 what a backend's ``from_config`` returns keeps the :class:`Store` contract, method by method.
 SQLAlchemy and ldap3 load only inside those factories, so a command that never opens a store
-never pays for importing them.
+never pays for importing them; quotagate's own SQLite file, the default store, is opened with
+the standard library's sqlite3 (:mod:`quotagate.store.sqlite`) and needs SQLAlchemy only to be
+created or migrated.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ def _sql(config: StoreConfig) -> Store:
         raise StoreError(_unknown_driver(config.url)) from exc
 
 
+def _sqlite(config: StoreConfig) -> Store:
+    from quotagate.store.sqlite import SqliteStore, fast_path
+
+    path = fast_path(config)
+    return _sql(config) if path is None else SqliteStore(config.url, path)
+
+
 def _ldap(config: StoreConfig) -> Store:
     from quotagate.store.ldap import from_config
 
@@ -37,7 +46,7 @@ def _ldap(config: StoreConfig) -> Store:
 # scheme (before any "+driver") -> its factory; optional backends (and their drivers) load
 # only when a URL names them.
 _REGISTRY: dict[str, Factory] = {
-    "sqlite": _sql,
+    "sqlite": _sqlite,
     "postgresql": _sql,
     "mysql": _sql,
     "mariadb": _sql,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -34,6 +35,17 @@ class Changes:
     # How many mailboxes the store lists now, when it can say cheaply: a count that differs from
     # the changes applied shows a row added or removed without a stamp (by hand, in SQL).
     mailbox_count: int | None = None
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a store raises when its database fails: StoreError, and SQLAlchemy's errors once an
+    SQL store has loaded SQLAlchemy (until then none can be raised, and importing it to catch
+    them would cost a scan of the SQLite store 0.2 s)."""
+    if "sqlalchemy.exc" not in sys.modules:
+        return (StoreError,)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (StoreError, SQLAlchemyError)
 
 
 class _Closable(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import (
+from quotagate.store import rows
     BigInteger,
     Boolean,
     Column,
@@ -82,7 +83,7 @@ stamp = Table(
     Column("name", String(32), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
-STAMP_ROW = "change"
+STAMP_ROW = rows.STAMP_ROW
 
 # What a write removed, with its stamp: a row that is gone says nothing by itself. ``kind`` is
 # "mailbox" or "usage". A row written again takes its address out of here in the same write.

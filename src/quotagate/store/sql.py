@@ -48,7 +48,7 @@ from quotagate.model import (
     ScanSummary,
     State,
 )
-from quotagate.store import schema
+from quotagate.store import rows, schema
 from quotagate.store.base import Changes, ClosedOnExit, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
@@ -57,46 +57,6 @@ T = TypeVar("T")
 BATCH = 1000
 
 
-def _batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
-def _folders_text(folders: Sequence[FolderUsage]) -> str:
-    """``[name, bytes, messages, stamp]`` per folder, and the claims of its own maildirsize
-    as a fifth element when it keeps one."""
-    rows = [list(f[:4]) if f.own_maildirsize is None else [*f[:4], list(f.own_maildirsize)] for f in folders]
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-
-
-def _folder(name: str, b: int, m: int, stamp: list[int] | None, own: list[int] | None = None) -> FolderUsage:
-    return FolderUsage(
-        name, b, m, None if stamp is None else tuple(stamp), None if own is None else (int(own[0]), int(own[1]))
-    )
-
-
-def _folders_value(text: str) -> tuple[FolderUsage, ...]:
-    return tuple(_folder(*row) for row in json.loads(text))
-
-
-_USAGE_COLUMNS = (
-    "address",
-    "path",
-    "format",
-    "bytes",
-    "messages",
-    "state",
-    "reason",
-    "root_stamp",
-    "maildirsize_bytes",
-    "maildirsize_messages",
-    "maildirsize_definition",
-    "measured_at",
-    "folders",
-)
-_FORMATS = {f.value: f for f in Format}
-_STATES = {s.value: s for s in State}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -256,7 +216,7 @@ class SqlStore(ClosedOnExit):
         with self._begin() as conn:
             self._require_schema(conn)
             changed = self._next_stamp(conn)
-            for chunk in _batches(mailboxes):
+            for chunk in rows.batches(mailboxes):
                 addresses = [m.address for m in chunk]
                 conn.execute(delete(t).where(t.c.address.in_(addresses)))
                 self._unmark_removed(conn, "mailbox", addresses)
@@ -297,8 +257,8 @@ class SqlStore(ClosedOnExit):
     def _removed_since(conn: Connection, kind: str, since: int, written: Mapping[str, int]) -> list[str]:
         """Addresses removed after ``since`` and not written again after their removal."""
         r = schema.removed
-        rows = conn.execute(select(r.c.address, r.c.changed).where(r.c.kind == kind, r.c.changed > since))
-        return [a for a, at in rows if written.get(a, -1) < at]
+        found = conn.execute(select(r.c.address, r.c.changed).where(r.c.kind == kind, r.c.changed > since))
+        return [a for a, at in found if written.get(a, -1) < at]
 
     def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
         """Reads the stamp first, then what was written after ``since``: every write stamped up to
@@ -344,10 +304,10 @@ class SqlStore(ClosedOnExit):
             if not self.table.own:
                 return sorted(self._admin_mailboxes(conn, None), key=lambda m: m.address)
             t = schema.mailbox
-            rows = conn.execute(
+            found = conn.execute(
                 select(t.c.address, t.c.quota_bytes, t.c.quota_messages, t.c.enabled, t.c.path).order_by(t.c.address)
             )
-            return [Mailbox(a, Limits(qb, qm), bool(e), p) for a, qb, qm, e, p in rows]
+            return [Mailbox(a, Limits(qb, qm), bool(e), p) for a, qb, qm, e, p in found]
 
     def mailbox(self, address: str) -> Mailbox | None:
         with self._connect() as conn:
@@ -430,7 +390,7 @@ class SqlStore(ClosedOnExit):
             local, _, domain = address.rpartition("@")
             value: bool | int = over if boolean else int(over)
             params.append({"k_address": address, "k_local": local, "k_domain": domain, "v_flag": value})
-        for chunk in _batches(params):
+        for chunk in rows.batches(params):
             conn.execute(stmt, list(chunk))
 
     def _publish_usage(self, conn: Connection, changed: Sequence[Reading]) -> None:
@@ -439,7 +399,7 @@ class SqlStore(ClosedOnExit):
             return
         q = _quota2_table(self.table.usage_table)
         known = [r for r in changed if r.state is not State.UNKNOWN]
-        for chunk in _batches(known):
+        for chunk in rows.batches(known):
             conn.execute(delete(q).where(q.c.username.in_([r.address for r in chunk])))
             conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
 
@@ -458,17 +418,10 @@ class SqlStore(ClosedOnExit):
     def _readings_where(conn: Connection, where: Any, with_folders: bool) -> dict[str, tuple[Reading, int]]:
         """Readings (all, or those ``where`` picks), each with its change stamp."""
         u = schema.usage
-        query = select(*(u.c[name] for name in _USAGE_COLUMNS), u.c.changed)
+        query = select(*(u.c[name] for name in rows.USAGE_COLUMNS), u.c.changed)
         if where is not None:
             query = query.where(where)
-        readings = {}
-        for row in conn.execute(query):
-            addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders, c = row
-            info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
-            parsed = _folders_value(folders) if with_folders else ()
-            usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
-            readings[addr] = (Reading(addr, path, usage, b, m, _STATES[state], measured_at), c)
-        return readings
+        return {row[0]: (rows.reading(row[:-1], with_folders), row[-1]) for row in conn.execute(query)}
 
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         with self._connect() as conn:
@@ -493,34 +446,17 @@ class SqlStore(ClosedOnExit):
             stamp = self._next_stamp(conn)
             written = {r.address for r in changed}
             gone = sorted(set(removed) - written)
-            for chunk in _batches(gone + sorted(written)):
+            for chunk in rows.batches(gone + sorted(written)):
                 conn.execute(delete(u).where(u.c.address.in_(chunk)))
                 self._unmark_removed(conn, "usage", chunk)
-            for chunk in _batches(gone):
+            for chunk in rows.batches(gone):
                 conn.execute(insert(schema.removed), [{"kind": "usage", "address": a, "changed": stamp} for a in chunk])
-            for rows in _batches(changed):
-                conn.execute(insert(u), [self._usage_row(r, stamp) for r in rows])
+            for chunk in rows.batches(changed):
+                conn.execute(insert(u), [self._usage_row(r, stamp) for r in chunk])
 
     @staticmethod
     def _usage_row(r: Reading, changed: int) -> dict[str, Any]:
-        info = r.usage.maildirsize
-        return {
-            "changed": changed,
-            "address": r.address,
-            "path": r.path,
-            "format": r.usage.format.value,
-            "bytes": r.bytes,
-            "messages": r.messages,
-            "state": r.state.value,
-            "over_quota": int(r.state is State.OVER),
-            "reason": r.usage.error,
-            "root_stamp": r.usage.root_stamp,
-            "maildirsize_bytes": info.bytes if info else None,
-            "maildirsize_messages": info.messages if info else None,
-            "maildirsize_definition": info.definition[:200] if info else None,
-            "measured_at": r.measured_at,
-            "folders": _folders_text(r.usage.folders),
-        }
+        return {**rows.usage_row(r), "changed": changed}
 
     def record_scan(self, summary: ScanSummary) -> None:
         """Add ``summary`` and drop all but the latest :attr:`scans_kept`, in one transaction."""
@@ -551,7 +487,7 @@ class SqlStore(ClosedOnExit):
             return
         with self._begin() as conn:
             self._require_schema(conn)
-            for chunk in _batches(samples):
+            for chunk in rows.batches(samples):
                 conn.execute(
                     insert(schema.history),
                     [{"address": s.address, "at": s.at, "bytes": s.bytes, "messages": s.messages} for s in chunk],
@@ -566,7 +502,7 @@ class SqlStore(ClosedOnExit):
             if addresses is None:
                 chunks: Iterator[Sequence[str] | None] = iter([None])
             else:
-                chunks = iter(_batches(sorted(addresses)))
+                chunks = iter(rows.batches(sorted(addresses)))
             for chunk in chunks:
                 where = query if chunk is None else query.where(h.c.address.in_(chunk))
                 for address, at, b, m in conn.execute(where.order_by(h.c.address, h.c.at, h.c.id)):
@@ -580,16 +516,16 @@ class SqlStore(ClosedOnExit):
         with self._begin() as conn:
             self._require_schema(conn)
             cutoff = expiry(now, retention)
-            for chunk in _batches(conn.execute(select(h.c.id).where(h.c.at < cutoff)).scalars().all()):
+            for chunk in rows.batches(conn.execute(select(h.c.id).where(h.c.at < cutoff)).scalars().all()):
                 gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
             for tier in tiers(now, retention):
-                rows = conn.execute(
+                found = conn.execute(
                     select(h.c.id, h.c.address, h.c.at).where(h.c.resolution < tier.resolution, h.c.at < tier.before)
                 )
-                keep, drop = thin((Stored(*row) for row in rows), tier.bucket)
-                for chunk in _batches(keep):
+                keep, drop = thin((Stored(*row) for row in found), tier.bucket)
+                for chunk in rows.batches(keep):
                     conn.execute(update(h).where(h.c.id.in_(chunk)).values(resolution=tier.resolution))
-                for chunk in _batches(drop):
+                for chunk in rows.batches(drop):
                     gone += conn.execute(delete(h).where(h.c.id.in_(chunk))).rowcount
         return gone
 

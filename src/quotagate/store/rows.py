@@ -1,0 +1,113 @@
+"""How readings, mailboxes and scan summaries become rows of quotagate's own tables and back.
+
+Shared by both stores of those tables (SQLAlchemy's :mod:`quotagate.store.sql` and the standard
+library's :mod:`quotagate.store.sqlite`), so both write what the other reads. Free of SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
+from itertools import islice
+from typing import Any, TypeVar
+
+from quotagate.model import (
+    FolderUsage,
+    Format,
+    MailboxUsage,
+    MaildirsizeInfo,
+    Reading,
+    ScanSummary,
+    State,
+)
+
+T = TypeVar("T")
+BATCH = 1000
+# Scan summaries kept: only the last one is read (by the daemon and check); the rest is history
+# for the admin. A scan a minute keeps the last 16 hours, a scan an hour six weeks.
+SCANS_KEPT = 1000
+# The row of quotagate_stamp that holds the change stamp (see quotagate.store.schema.stamp).
+STAMP_ROW = "change"
+
+# quotagate_usage's columns a reading is read from, in the order :func:`reading` takes them.
+USAGE_COLUMNS = (
+    "address",
+    "path",
+    "format",
+    "bytes",
+    "messages",
+    "state",
+    "reason",
+    "root_stamp",
+    "maildirsize_bytes",
+    "maildirsize_messages",
+    "maildirsize_definition",
+    "measured_at",
+    "folders",
+)
+# quotagate_scan's columns besides its id: ScanSummary's fields, in their order.
+SCAN_COLUMNS = tuple(f.name for f in fields(ScanSummary))
+_FORMATS = {f.value: f for f in Format}
+_STATES = {s.value: s for s in State}
+
+
+def batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _folders_text(folders: Sequence[FolderUsage]) -> str:
+    """``[name, bytes, messages, stamp]`` per folder, and the claims of its own maildirsize
+    as a fifth element when it keeps one."""
+    rows = [list(f[:4]) if f.own_maildirsize is None else [*f[:4], list(f.own_maildirsize)] for f in folders]
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _folder(name: str, b: int, m: int, stamp: list[int] | None, own: list[int] | None = None) -> FolderUsage:
+    return FolderUsage(
+        name, b, m, None if stamp is None else tuple(stamp), None if own is None else (int(own[0]), int(own[1]))
+    )
+
+
+def _folders_value(text: str) -> tuple[FolderUsage, ...]:
+    return tuple(_folder(*row) for row in json.loads(text))
+
+
+def reading(row: Sequence[Any], with_folders: bool = True) -> Reading:
+    """The reading a row of :data:`USAGE_COLUMNS` holds; without folders (an empty tuple) when
+    only totals are wanted, which spares decoding them."""
+    addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
+    info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
+    parsed = _folders_value(folders) if with_folders else ()
+    usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
+    return Reading(addr, path, usage, b, m, _STATES[state], measured_at)
+
+
+def usage_row(r: Reading) -> dict[str, Any]:
+    """The quotagate_usage row of ``r``, every column named."""
+    info = r.usage.maildirsize
+    return {
+        "address": r.address,
+        "path": r.path,
+        "format": r.usage.format.value,
+        "bytes": r.bytes,
+        "messages": r.messages,
+        "state": r.state.value,
+        "over_quota": int(r.state is State.OVER),
+        "reason": r.usage.error,
+        "root_stamp": r.usage.root_stamp,
+        "maildirsize_bytes": info.bytes if info else None,
+        "maildirsize_messages": info.messages if info else None,
+        "maildirsize_definition": info.definition[:200] if info else None,
+        "measured_at": r.measured_at,
+        "folders": _folders_text(r.usage.folders),
+    }
+
+
+def scan_summary(row: Sequence[Any]) -> ScanSummary:
+    """The summary a row of :data:`SCAN_COLUMNS` holds (``full`` as SQLite keeps it: 0 or 1)."""
+    values = dict(zip(SCAN_COLUMNS, row, strict=True))
+    values["full"] = bool(values["full"])
+    return ScanSummary(**values)
