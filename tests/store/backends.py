@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, Table, create_engine, text
 
 from quotagate.config import StoreConfig
 from quotagate.store import Store
@@ -71,3 +71,8 @@ def ldap_flag(slapd: object, tree: str) -> Callable[[str], bool]:
             conn.unbind()
 
     return flagged
+
+
+def as_in_version_1(table: Table) -> Table:
+    """``table`` as migration 1 made it: without the change stamp migration 3 adds."""
+    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name != "changed"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, event, select
+from sqlalchemy import event, select
 
 from quotagate.model import (
     FolderUsage,
@@ -22,6 +22,7 @@ from quotagate.store import StoreError, open_store, schema
 from quotagate.store.presets import PRESETS
 from quotagate.store.sql import SqlStore
 from tests.servers import schemas
+from tests.store.backends import as_in_version_1
 
 HOSTILE = ["o'brien@example.org", 'quo"te@example.org', "back\\slash@example.org", "ünï@exämple.org"]
 
@@ -204,11 +205,6 @@ def quota2(url: str) -> dict[str, int]:
     return {u: int(b) for u, b in rows}
 
 
-def _as_in_version_1(table: Table) -> Table:
-    """``table`` as migration 1 made it: without the change stamp migration 3 adds."""
-    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name != "changed"))
-
-
 def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
     """A store from before usage history and change stamps: migrate adds the new tables and
     columns, the data stays, and the daemon's first refresh reads it all."""
@@ -218,10 +214,10 @@ def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
     try:
         with store.engine.begin() as conn:  # type: ignore[attr-defined]
             for table in schema.MIGRATIONS[0].tables:
-                _as_in_version_1(table).create(conn)
+                as_in_version_1(table).create(conn)
             conn.execute(schema.schema_version.insert().values(version=1, description="v1", applied_at=0.0))
             conn.execute(
-                _as_in_version_1(schema.mailbox)
+                as_in_version_1(schema.mailbox)
                 .insert()
                 .values(address="a@example.org", quota_bytes=5, quota_messages=0)
             )

@@ -28,6 +28,7 @@ from quotagate.model import (
 from quotagate.store import Store, StoreError, open_store, schema, store_for
 from quotagate.store.sql import SqlStore
 from quotagate.store.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.store.backends import as_in_version_1
 
 
 def test_its_statements_were_written_for_the_latest_schema() -> None:
@@ -59,14 +60,18 @@ def test_a_version_1_file_is_refused_until_sqlalchemy_upgrades_it(tmp_path: Path
     db = tmp_path / "q.db"
     with SqlStore(f"sqlite:///{db}") as sql, sql.engine.begin() as conn:
         for table in schema.MIGRATIONS[0].tables:
-            table.create(conn)
+            as_in_version_1(table).create(conn)
         conn.execute(schema.schema_version.insert().values(version=1, description="v1", applied_at=0.0))
-        conn.execute(schema.mailbox.insert().values(address="a@example.org", quota_bytes=5, quota_messages=0))
+        mailbox = as_in_version_1(schema.mailbox)
+        conn.execute(mailbox.insert().values(address="a@example.org", quota_bytes=5, quota_messages=0))
     with open_store(f"sqlite:///{db}") as fast:
         with pytest.raises(StoreError, match="quotagate db migrate"):
             fast.mailboxes()
         assert "CREATE TABLE quotagate_history" in "\n".join(fast.migration_sql())
-        assert fast.migrate() == ["2: usage history and the warnings ledger"]
+        assert fast.migrate() == [
+            "2: usage history and the warnings ledger",
+            "3: change stamps, so the daemon refreshes only what changed",
+        ]
         assert fast.mailboxes() == [Mailbox("a@example.org", Limits(5))]
 
 

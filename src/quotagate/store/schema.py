@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import (
-from quotagate.store import rows
     BigInteger,
     Boolean,
     Column,
@@ -18,6 +17,8 @@ from quotagate.store import rows
     Table,
     Text,
 )
+
+from quotagate.store import rows
 
 metadata = MetaData()
 ADDRESS = String(320)  # RFC 5321: 64 + 1 + 255, rounded up

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,12 +36,8 @@ from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
 from quotagate.model import (
-    FolderUsage,
-    Format,
     Limits,
     Mailbox,
-    MailboxUsage,
-    MaildirsizeInfo,
     Reading,
     ScanSummary,
     State,
@@ -55,8 +49,6 @@ from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BATCH = 1000
-
-
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -451,8 +443,8 @@ class SqlStore(ClosedOnExit):
                 self._unmark_removed(conn, "usage", chunk)
             for chunk in rows.batches(gone):
                 conn.execute(insert(schema.removed), [{"kind": "usage", "address": a, "changed": stamp} for a in chunk])
-            for chunk in rows.batches(changed):
-                conn.execute(insert(u), [self._usage_row(r, stamp) for r in chunk])
+            for batch in rows.batches(changed):
+                conn.execute(insert(u), [self._usage_row(r, stamp) for r in batch])
 
     @staticmethod
     def _usage_row(r: Reading, changed: int) -> dict[str, Any]:

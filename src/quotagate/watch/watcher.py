@@ -11,7 +11,7 @@ from collections.abc import Callable
 from quotagate.config import Config
 from quotagate.sdnotify import notify
 from quotagate.store import Store
-from quotagate.watch.runner import Publisher, follow_directory, rescan_forever, start_tracker
+from quotagate.watch.runner import StorePublisher, follow_directory, rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
 
 TaskEnded = Callable[[asyncio.Task[None]], None]
@@ -30,7 +30,7 @@ class Watcher:
         self.directory = directory
         self.on_end = on_end
         self.tracker: Tracker | None = None
-        self.publisher: Publisher | None = None  # where changed readings go: hook in after start
+        self.publisher: StorePublisher | None = None  # where changed readings go: hook in after start
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> Tracker:
