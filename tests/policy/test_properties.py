@@ -72,8 +72,13 @@ def check_stream(service: PolicyService, data: bytes, positions: list[int]) -> N
     assert len(at_end) == (1 if pending else 0)
     policy = service.config.policy
     allowed = {b"DUNNO", policy.reject_reply.encode(), policy.defer_reply.encode(), policy.busy_reply.encode()}
-    numbered = [  # the replies that name a size or a limit
-        re.compile(re.escape(reply).replace(r"\{size\}", r"\d+").replace(r"\{limit\}", r"\d+").encode())
+    numbered = [  # the replies that name a size or a limit, with a 5xx code or (on_full = defer) a 4xx
+        re.compile(
+            (r"[45]\d\d [45]\.\d\.\d " + re.escape(reply.split(" ", 2)[2]))
+            .replace(r"\{size\}", r"\d+")
+            .replace(r"\{limit\}", r"\d+")
+            .encode()
+        )
         for reply in (policy.fit_reply, policy.messages_reply)
     ]
     for item, reply in zip(fed + at_end, replies, strict=True):
