@@ -1,21 +1,25 @@
-"""A warning reaches a full mailbox through the port ``postfix-config --warn-port`` prints, and that
-port lets nothing else past the check: not another address, not a relay.
+"""A warning reaches a full mailbox through the port ``postfix-config --warn-port`` and
+``exim-config --warn-port`` open, and that port lets nothing else past the check: not another
+address, not a relay.
 
-The RCPT-time check the daemon answers refuses a full mailbox before any header is seen, so the
-warning that says "your mailbox is full" needs an entry point without the check: a second smtpd on
-loopback. The test runs real Postfix with main.cf and master.cf as printed, and ``quotagate warn``.
+The RCPT-time check refuses a full mailbox before any header is seen, so the warning that says
+"your mailbox is full" needs an entry point without the check, on loopback. The tests run real
+Postfix and real Exim with the configuration as printed, and ``quotagate warn``.
 """
 
 from __future__ import annotations
 
 import smtplib
+import time
 from pathlib import Path
 
 from quotagate.cli import main
 from quotagate.config import load_config
+from quotagate.mta import exim as exim_config
 from quotagate.mta import postfix as postfix_config
+from tests.mta.conftest import Site
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import owned_by_mail_user
+from tests.servers.exim import Exim, owned_by_mail_user
 from tests.servers.postfix import private_postfix
 from tests.servers.process import free_port
 
@@ -65,3 +69,42 @@ def test_the_warning_port_delivers_to_a_full_mailbox_and_nothing_else_gets_past(
         text = delivered[0].read_bytes()
         assert b"X-Quotagate-Warning: 95%" in text
         assert b"It is full" in text
+
+
+def test_exims_warning_port_delivers_to_a_full_mailbox_and_nothing_else_gets_past(work: Path, exim: Exim) -> None:
+    spool, warn_port = work / "mail", free_port()
+    config = work / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{work}/q.db"\n[spool]\nroot = "{spool}"\n'
+        f'[warn]\nsmtp = "127.0.0.1:{warn_port}"\nsender = "postmaster@example.org"\n'
+    )
+    site = Site(work, spool, config)
+    assert site.quotagate("mailbox", "add", FULL, "--quota", str(QUOTA)) == 0
+    site.fill("full", QUOTA + 1)
+    assert site.quotagate("scan") == 0
+    for method in ("acl", "router"):
+        parts = exim_config.parts(load_config(config), method, "sqlite", warn_port=warn_port)
+        exim.configure(
+            users={FULL: "example.org/full"},
+            main=parts.main,
+            acls=parts.acls,
+            acl=parts.acl,
+            routers=parts.routers,
+            more_ports=(warn_port,),
+        )
+        exim.start()
+        try:
+            assert rcpt(exim.port, FULL) == 552, method  # the way mail comes in: refused at RCPT
+            assert rcpt(warn_port, FULL, source="127.0.0.2") == 552, method  # another address: checked
+            assert rcpt(warn_port, "nobody@example.org") == 550, method  # only recipients that exist
+        finally:
+            exim.stop()
+    exim.start()
+    assert site.quotagate("warn") == 0
+    new = site.maildir("full") / "new"
+    for _ in range(100):
+        if new.is_dir() and any(new.iterdir()):
+            break
+        time.sleep(0.1)
+    (delivered,) = new.iterdir()
+    assert b"X-Quotagate-Warning: 95%" in delivered.read_bytes()

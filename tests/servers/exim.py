@@ -27,7 +27,7 @@ domainlist local_domains = {domains}
 spool_directory = {work}/spool
 log_file_path = {work}/log/%slog
 pid_file_path = {work}/exim.pid
-daemon_smtp_ports = {port}
+daemon_smtp_ports = {ports}
 local_interfaces = 127.0.0.1
 exim_user = Debian-exim
 exim_group = Debian-exim
@@ -107,18 +107,20 @@ class Exim:
         domains: str = "example.org",
         transports: str = "",
         size_limit: str = "50M",
+        more_ports: tuple[int, ...] = (),
     ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
         ``users`` maps each deliverable address to its folder, relative to the maildirs;
         ``domains`` are the local ones; ``transports`` are more transports, for routers given
-        in ``routers``; ``size_limit`` is message_size_limit (0: no limit, and no SIZE advertised).
+        in ``routers``; ``size_limit`` is message_size_limit (0: no limit, and no SIZE advertised);
+        ``more_ports`` are listened on too (on 127.0.0.1, as the main one).
         """
         (self.work / "users").write_text("".join(f"{lsearch_key(u)}: {d}\n" for u, d in users.items()))
         text = CONFIG.format(
             domains=domains,
             work=self.work,
-            port=self.port,
+            ports=" : ".join(str(p) for p in (self.port, *more_ports)),
             main=main,
             acl=indent(acl),
             acls=acls,

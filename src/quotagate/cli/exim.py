@@ -65,6 +65,11 @@ EXIM_GROUP = "Debian-exim"
     type=click.Path(file_okay=False, path_type=Path),
     help="--debian: write the files under this directory (usually the --confdir) instead of printing them.",
 )
+@click.option(
+    "--warn-port",
+    type=click.IntRange(1, 65535),
+    help="Let quotagate warn's mail through on this port, from 127.0.0.1/::1 only, unchecked ([warn] smtp).",
+)
 @pass_app
 def exim_config(
     app: App,
@@ -76,6 +81,7 @@ def exim_config(
     split: bool | None,
     confdir: str,
     write_dir: Path | None,
+    warn_port: int | None,
 ) -> None:
     """Print the Exim router or ACL that refuses over-quota mailboxes at RCPT time."""
     if not debian and (split is not None or write_dir is not None):
@@ -83,7 +89,7 @@ def exim_config(
     if debian and section is not None:
         raise click.UsageError("--debian writes every section's file: leave out --section")
     try:
-        parts = exim.parts(app.config, method, lookup, on_store_error)
+        parts = exim.parts(app.config, method, lookup, on_store_error, warn_port)
         if not debian:
             click.echo(exim.render(parts, section), nl=False)
             return

@@ -7,7 +7,7 @@ names and paths that come from quotagate's config are checked instead, since Exi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
@@ -387,10 +387,46 @@ def data_acls(socket: str, transaction: str) -> str:
     return prdr + check
 
 
+LOOPBACK = "<; 127.0.0.1 ; ::1"
+
+
+def with_warn_port(p: Parts, port: int) -> Parts:
+    """``p`` letting ``quotagate warn``'s mail through on ``port``, from the host itself only.
+
+    A warning must reach a mailbox that is already full, which the check refuses at RCPT: on
+    this port and from loopback, the ACL statement accepts any recipient that verifies, and the
+    routers' ACLs do not look (their answer would fail the verification). The port and the
+    address, never a header anyone can write, are what let the warning through.
+    """
+    if not 0 < port < 65536:
+        raise EximConfigError(f"--warn-port {port} is not a port")
+    warn_port = f"${{if eq{{$received_port}}{{{port}}}}}"
+    accept = (
+        f'# quotagate warn\'s own way in ([warn] smtp = "127.0.0.1:{port}"; add the port to\n'
+        "# daemon_smtp_ports, on 127.0.0.1 only): no quota check, so a full mailbox still gets its warning.\n"
+        f"accept\n  condition = {warn_port}\n  hosts = {LOOPBACK}\n  verify = recipient\n"
+    )
+    skip = f"  accept\n    condition = {warn_port}\n    hosts = {LOOPBACK}\n    message = no\n"
+    acls = p.acls
+    for name in (CHECK_ACL, POLICY_ASK_ACL):
+        acls = re.sub(rf"^{name}:\n", lambda m: m.group(0) + skip, acls, count=1, flags=re.M)
+    return replace(p, acl=accept + p.acl if p.acl else "", acls=acls)
+
+
 def parts(
-    config: Config, method: Method, lookup: Lookup | None = None, on_store_error: OnStoreError = "accept"
+    config: Config,
+    method: Method,
+    lookup: Lookup | None = None,
+    on_store_error: OnStoreError = "accept",
+    warn_port: int | None = None,
 ) -> Parts:
-    """The main-section settings, the router and the ACL statement for one method and lookup."""
+    """The main-section settings, the router and the ACL statement for one method and lookup;
+    with ``warn_port``, the way in for ``quotagate warn`` (:func:`with_warn_port`)."""
+    made = _parts(config, method, lookup, on_store_error)
+    return made if warn_port is None else with_warn_port(made, warn_port)
+
+
+def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error: OnStoreError) -> Parts:
     if method == "policy":
         return policy_parts(config)
     lookup = lookup or default_lookup(config)
