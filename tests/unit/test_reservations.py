@@ -115,6 +115,8 @@ def test_client_keys() -> None:
     assert client_key("2001:db8:1:2:3::4") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
     assert client_key("IPv6:2001:db8::1") == "2001:db8::/64"
     assert client_key("") == "local"
+    # A dual-stack listener reports IPv4 clients in IPv6 form: each is still a client of its own.
+    assert client_key("::ffff:203.0.113.66") == "203.0.113.66" != client_key("::ffff:198.51.100.7")
 
 
 # ---- any interleaving -----------------------------------------------------------------------

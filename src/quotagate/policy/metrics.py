@@ -108,6 +108,7 @@ class Metrics:
         )
         self._counted: dict[str, int] = {}
         self._checks: dict[tuple[str, str], Counter] = {}
+        self._requests: dict[str, Counter] = {}
 
     def count_releases(self, released: Mapping[str, int], capped: int) -> None:
         """Bring the counters up to the reservations' own running totals."""
@@ -125,7 +126,10 @@ class Metrics:
         child.inc()
 
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
-        self.requests.labels(decision).inc()
+        child = self._requests.get(decision)
+        if child is None:
+            child = self._requests[decision] = self.requests.labels(decision)
+        child.inc()
         self.latency.observe(seconds)
         if usage_age is not None:
             self.usage_age.observe(max(usage_age, 0.0))

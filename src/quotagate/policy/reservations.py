@@ -25,6 +25,7 @@ evicts the oldest reservations first.
 from __future__ import annotations
 
 import heapq
+import functools
 import ipaddress
 import itertools
 from collections import deque
@@ -38,12 +39,17 @@ State = Literal["held", "flight"]
 Release = Literal["no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"]
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request, and clients come back: parsing is most of it
 def client_key(address: str) -> str:
-    """The unit a cap applies to: an IPv4 address, an IPv6 /64, or the text as sent."""
+    """The unit a cap applies to: an IPv4 address, an IPv6 /64, or the text as sent. An IPv4
+    address in IPv6 form (``::ffff:192.0.2.1``, from a dual-stack listener) is that IPv4 address:
+    as one /64, every IPv4 client would share one cap."""
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]").removeprefix("IPv6:"))
     except ValueError:
         return address.strip() or "local"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
