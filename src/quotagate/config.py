@@ -183,7 +183,8 @@ class SpoolConfig(_Section):
 
 
 class FolderRule(_Section):
-    """A rule for folders whose name matches the glob ``match`` (Maildir++ names, e.g. ``Trash``)."""
+    """A rule for folders whose name matches the glob ``match``: names as the IMAP server shows
+    them, ``Archive.2024`` in Maildir++, ``Archive/2024`` under ``maildir_layout = "fs"``."""
 
     match: str
     exclude: bool = False
