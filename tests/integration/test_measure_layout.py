@@ -7,6 +7,7 @@ the mailbox is measured without it and says so (``MailboxUsage.warning``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -15,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from quotagate import report
 from quotagate.accounting import Profile
 from quotagate.misread import layout_hint
-from quotagate.model import MailboxUsage, Reading, State
+from quotagate.model import Limits, MailboxUsage, Reading, State
 from quotagate.store.rows import USAGE_COLUMNS, reading, usage_row
 from quotagate.usage import mailbox, maildir
 from quotagate.usage.maildir import Layout
 from quotagate.usage.safefs import Roots
+from tests.integration.scanenv import Env
 from tests.present import present
 from tests.spoolgen import add_message, backdate, fs_folder, maildir_folder
 
@@ -237,3 +240,56 @@ def test_fs_layout_unchanged_folders_are_reused_and_new_deep_folders_seen(
     assert not mailbox.unchanged(str(root), fourth, TEMP, layout="fs")
     # A reading taken under the other layout is never reused as unchanged.
     assert not mailbox.unchanged(str(root), fourth, TEMP, layout="maildir++")
+
+
+def _scan_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "quotagate.scan"]
+
+
+def test_a_scan_of_fs_trees_as_maildirpp_says_so_once_per_scan_and_fs_counts_them(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    addresses = []
+    for i in range(3):
+        root = env.maildir(f"u{i}")
+        add_message(fs_folder(root, b""), 100)
+        add_message(fs_folder(root, "Sent"), 200)
+        add_message(fs_folder(root, "Archive/2024"), 300)
+        addresses.append(env.add(f"u{i}", Limits(500)))
+    backdate(env.spool)
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):  # the second scan finds nothing changed: the hint is said again
+            caplog.clear()
+            result = env.scan()
+            (hint,) = _scan_warnings(caplog)
+            assert "3 mailboxes" in hint and "maildir_layout" in hint
+    assert all(r.bytes == 100 and "maildir_layout" in present(r.reason) for r in result.readings.values())
+    row = report.rows(env.store.mailboxes(), env.store.readings())[0]
+    assert "maildir_layout" in row["reason"] and row["state"] == "ok"
+
+    env.configure(spool={"maildir_layout": "fs"}, folders=[{"match": "Archive/*", "exclude": True}])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        result = env.scan()
+    assert _scan_warnings(caplog) == []
+    for r in result.readings.values():
+        assert {f.name: f.bytes for f in r.usage.folders} == {"INBOX": 100, "Sent": 200, "Archive/2024": 300}
+        assert (r.bytes, r.state, r.reason) == (300, State.OK, None)
+
+
+def test_a_symlinked_folder_is_logged_at_every_scan_and_leaves_the_mailbox_measured(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = env.maildir("alice")
+    add_message(maildir_folder(root), 600)
+    add_message(maildir_folder(env.base / "stash"), 5_000_000)
+    (root / ".Archive\x1b[2J").symlink_to(env.base / "stash")
+    address = env.add("alice", Limits(500))
+    backdate(env.spool)
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            caplog.clear()
+            reading = env.scan().readings[address]
+            assert reading.state is State.OVER  # measured: its own mail is over, the symlink does not hide it
+            (line,) = _scan_warnings(caplog)
+            assert address in line and ".Archive\\x1b[2J" in line and "\x1b" not in line
