@@ -28,6 +28,15 @@ def maildir_folder(root: PathLike, name: str | bytes = "INBOX") -> bytes:
     return path
 
 
+def fs_folder(root: PathLike, name: str | bytes) -> bytes:
+    """Create ``cur/``, ``new/`` and ``tmp/`` of a Dovecot ``LAYOUT=fs`` folder (``Archive/2024``
+    is ``root/Archive/2024``); return its path as bytes."""
+    path = os.path.join(os.fsencode(root), os.fsencode(name))
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    return path
+
+
 def message_bytes(size: int) -> bytes:
     """A message of exactly ``size`` bytes (at least 1)."""
     head = b"Subject: test\n\n"

@@ -147,6 +147,9 @@ class SpoolConfig(_Section):
     # measured there (PostfixAdmin's maildir column names the user's home, Dovecot keeps the
     # Maildir in ~/Maildir), in format "auto" and "maildir"; "" turns it off.
     maildir_subdir: str = "Maildir"
+    # How Maildir folders are laid out: Maildir++ dot folders (".Sent", ".Archive.2024"), or
+    # Dovecot's LAYOUT=fs sub-directories ("Sent", "Archive/2024": folder rules match those names).
+    maildir_layout: Literal["maildir++", "fs"] = "maildir++"
     # Other directories mailboxes (or the targets of symlinked mailboxes) may live beneath.
     # A mailbox path outside root and these is unknown, never followed.
     extra_roots: list[Path] = []
@@ -180,7 +183,8 @@ class SpoolConfig(_Section):
 
 
 class FolderRule(_Section):
-    """A rule for folders whose name matches the glob ``match`` (Maildir++ names, e.g. ``Trash``)."""
+    """A rule for folders whose name matches the glob ``match``: names as the IMAP server shows
+    them, ``Archive.2024`` in Maildir++, ``Archive/2024`` under ``maildir_layout = "fs"``."""
 
     match: str
     exclude: bool = False

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from quotagate.model import Reading
 from quotagate.outage import was_measured
+from quotagate.usage.maildir import LAYOUT_HINT
 
 # Fewer known mailboxes than this show no pattern: two of three emptied is their owners' doing.
 MIN_EMPTIED_OF = 4
@@ -67,4 +68,18 @@ def misread_warning(previous: Mapping[str, Reading], current: Mapping[str, Readi
         "; ".join(problems)
         + ": is the spool read right? Check [spool] format, layout and maildir_subdir"
         + " (expected once after changing them or moving the mail)"
+    )
+
+
+def layout_hint(current: Mapping[str, Reading]) -> str | None:
+    """One line for the mailboxes read as Maildir++ that hold plain sub-directories with cur/ or
+    new/ (Dovecot ``LAYOUT=fs`` folders, left uncounted), or None when there are none."""
+    found = sorted(a for a, r in current.items() if r.usage.known and LAYOUT_HINT in (r.usage.warning or ""))
+    if not found:
+        return None
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return (
+        f"{len(found)} mailboxes hold sub-directories with cur/ or new/ that are not counted ({shown}):"
+        ' Dovecot LAYOUT=fs folders? Set [spool] maildir_layout = "fs" (or, for a Maildir one level down,'
+        " [spool] maildir_subdir)"
     )

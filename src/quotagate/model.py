@@ -94,13 +94,19 @@ class MaildirsizeInfo:
 
 @dataclass(frozen=True)
 class MailboxUsage:
-    """What a mailbox holds on disk, folder by folder, or why it could not be measured."""
+    """What a mailbox holds on disk, folder by folder, or why it could not be measured.
+
+    ``warning`` names what a measured mailbox holds but was not counted (a symlinked folder,
+    folders past the walk's bounds): measured, not unknown, since its owner made it so and an
+    unknown mailbox is let through.
+    """
 
     format: Format
     folders: tuple[FolderUsage, ...] = ()
     root_stamp: int | None = None
     error: str | None = None
     maildirsize: MaildirsizeInfo | None = None
+    warning: str | None = None
 
     @property
     def known(self) -> bool:
@@ -200,7 +206,8 @@ class Reading:
 
     @property
     def reason(self) -> str | None:
-        return self.usage.error
+        """Why the mailbox is unknown, or what its measurement left out."""
+        return self.usage.error or self.usage.warning
 
     def same_measure(self, other: Reading) -> bool:
         """Equal apart from when it was measured: nothing to write."""

@@ -14,7 +14,7 @@ from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.historian import after_scan
-from quotagate.misread import misread_warning
+from quotagate.misread import layout_hint, misread_warning
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
 from quotagate.outage import Outage, root_problem, vanished_problem
 from quotagate.publish import published_first
@@ -22,6 +22,7 @@ from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
 from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged
+from quotagate.usage.maildir import LAYOUT_HINT, Layout
 from quotagate.usage.maildirsize import MAX_SIZE, definition_for
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
@@ -32,7 +33,9 @@ Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
 
-Job = tuple[str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile, str | None]
+Job = tuple[
+    str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile, str | None, Layout
+]
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,12 @@ def run_scan(
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         definition = _definition(mailbox, set_limit)
         recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition)
-        if prev is not None and prev_usage is not None and not recheck and unchanged(where, prev_usage, roots, profile):
+        if (
+            prev is not None
+            and prev_usage is not None
+            and not recheck
+            and unchanged(where, prev_usage, roots, profile, config.spool.maildir_layout)
+        ):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)
@@ -179,6 +187,7 @@ def run_scan(
                 config.spool.maildir_subdir,
                 profile,
                 definition,
+                config.spool.maildir_layout,
             )
         )
 
@@ -197,7 +206,10 @@ def run_scan(
     if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
         raise Outage(problem)
     if warning := misread_warning(previous, readings):
-        log.warning("%s", warning)
+        log.warning("%s", warning)  # it names maildir_subdir: a Maildir moved down looks like fs folders
+    elif hint := layout_hint(readings):
+        log.warning("%s", hint)
+    log_left_out(readings)
 
     changed = []
     for address, r in readings.items():
@@ -238,6 +250,18 @@ def run_scan(
     )
     store.record_scan(summary)
     return ScanResult(summary, readings, mismatches, fixed, published)
+
+
+def log_left_out(readings: Mapping[str, Reading]) -> None:
+    """One line per measured mailbox whose measurement left something out (a symlinked folder,
+    folders past the walk's bounds), at every scan: what its owner hid stays visible. The
+    layout hint is said once for all mailboxes (see :func:`quotagate.misread.layout_hint`)."""
+    for address, r in sorted(readings.items()):
+        left_out = r.usage.warning if r.usage.known else None
+        if left_out:
+            rest = left_out.removeprefix(LAYOUT_HINT).removeprefix("; ")
+            if rest:
+                log.warning("%s: measured, but not counted: %s", address, rest)
 
 
 def kept_over(unknown: Reading, prev: Reading) -> Reading:

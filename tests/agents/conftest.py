@@ -46,12 +46,15 @@ class Gate:
         self.store.migrate()
         self.output = ""
 
-    def configure(self, accounting: str, layout: str = "{local}/Maildir", **options: Any) -> None:
-        """``[spool] accounting`` and its ``accounting_options``."""
+    def configure(
+        self, accounting: str, layout: str = "{local}/Maildir", maildir_layout: str = "maildir++", **options: Any
+    ) -> None:
+        """``[spool] accounting`` and its ``accounting_options``; ``maildir_layout`` as ``[spool]``'s."""
         extra = "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
         self.config.write_text(
             f'[store]\nurl = "sqlite:///{self.work}/quotagate.db"\n'
             f'[spool]\nroot = "{self.spool}"\nlayout = "{layout}"\naccounting = "{accounting}"\n'
+            f'maildir_layout = "{maildir_layout}"\n'
             f"[spool.accounting_options]\n{extra}"
             f'[scan]\nworkers = 1\nlock_file = "{self.work}/scan.lock"\n'
             f'[publish]\nfile = "{self.work}/overquota"\n'

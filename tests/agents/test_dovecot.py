@@ -69,6 +69,27 @@ def test_count_quota_counts_virtual_sizes_as_dovecot_does(gate: Gate, dovecot: D
     assert gate.counted("u")[0] < vsize
 
 
+def test_layout_fs_folders_count_as_dovecot_counts_them(gate: Gate, dovecot: Dovecot) -> None:
+    dovecot.configure(backend="count", limit_bytes=10**9, limit_messages=1000, location="maildir:~/Maildir:LAYOUT=fs")
+    for size, lines, folder in [(500, 1, "INBOX"), (2000, 30, "Sent"), (777, 3, "Archive/2024"), (900, 2, "a.b")]:
+        assert dovecot.deliver("u", message(size, lines), folder)
+    maildir = gate.spool / "u" / "Maildir"
+    assert (maildir / "Sent" / "new").is_dir() and (maildir / "Archive" / "2024" / "new").is_dir()
+    gate.add("u", Limits(10**9, 1000))
+    messages, vsize = dovecot.status("u")
+    listed = set(dovecot.doveadm("u", "mailbox", "list").split())
+
+    gate.configure("dovecot-count", maildir_layout="fs")
+    gate.scan()
+    assert gate.counted("u") == (vsize, messages)
+    assert {f.name for f in gate.reading("u").usage.folders} <= listed  # named as Dovecot names them
+
+    gate.configure("dovecot-count")  # the default Maildir++ reading: INBOX only, and it says why
+    gate.scan()
+    assert gate.counted("u")[1] == 1
+    assert "maildir_layout" in str(gate.reading("u").reason)
+
+
 @pytest.mark.parametrize("backend", ["maildir", "count"])
 def test_check_agrees_with_dovecot_lda_at_the_boundary(gate: Gate, dovecot: Dovecot, backend: str) -> None:
     limits = Limits(LIMIT, 0)

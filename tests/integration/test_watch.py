@@ -36,15 +36,17 @@ def test_plan_falls_back_to_polling_when_watches_do_not_fit() -> None:
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, layout: str = "maildir++") -> None:
         self.root = root
         self.seq = 0
+        self.layout = layout  # [spool] maildir_layout: where deliver() puts a folder
 
     def maildir(self, local: str) -> Path:
         return self.root / "example.org" / local / "Maildir"
 
     def deliver(self, local: str, size: int, folder: str = "", sized: bool = True, where: str = "new") -> Path:
-        base = self.maildir(local) / (f".{folder}" if folder else "")
+        named = folder if self.layout == "fs" else f".{folder}"
+        base = self.maildir(local) / (named if folder else "")
         for sub in ("cur", "new", "tmp"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         self.seq += 1
@@ -55,13 +57,25 @@ class Spool:
         return base / where / name
 
 
-async def tracked(tmp_path: Path, steps: list, check: list) -> None:  # type: ignore[type-arg]
-    spool = Spool(tmp_path / "spool")
+async def tracked(
+    tmp_path: Path,
+    steps: list,  # type: ignore[type-arg]
+    check: list,  # type: ignore[type-arg]
+    layout: str = "maildir++",
+    folders: tuple[str, ...] = (),
+) -> None:
+    """Run ``steps`` on a spool the tracker watches, each followed by alice's (bytes, messages,
+    state) in ``check``; alice starts with 100 bytes in INBOX and an empty folder for each of
+    ``folders``."""
+    spool = Spool(tmp_path / "spool", layout)
     spool.deliver("alice", 100)
+    for folder in folders:
+        for sub in ("cur", "new", "tmp"):
+            (spool.maildir("alice") / (folder if layout == "fs" else f".{folder}") / sub).mkdir(parents=True)
     config = parse_config(
         {
             "store": {"url": f"sqlite:///{tmp_path}/q.db"},
-            "spool": {"root": str(spool.root)},
+            "spool": {"root": str(spool.root), "maildir_layout": layout},
             "watch": {"flush_seconds": 0.05},
             "scan": {"racy_seconds": 0},
         }
@@ -130,6 +144,21 @@ def test_usage_follows_deliveries_moves_and_deletions(tmp_path: Path) -> None:
         (0, 0, State.OK),
     ]
     asyncio.run(tracked(tmp_path, steps, check))
+
+
+def test_deliveries_into_dovecot_layout_fs_folders_are_tracked(tmp_path: Path) -> None:
+    def to_sent(s: Spool) -> None:  # dovecot-lda -m Sent under LAYOUT=fs: Maildir/Sent/new
+        s.deliver("alice", 300, folder="Sent")
+
+    def to_nested(s: Spool) -> None:
+        s.deliver("alice", 250, folder="Archive/2024")
+
+    def new_folder(s: Spool) -> None:
+        s.deliver("alice", 400, folder="Lists", where="cur")
+
+    steps = [to_sent, to_nested, new_folder]
+    check = [(400, 2, State.OK), (650, 3, State.OK), (1050, 4, State.OVER)]
+    asyncio.run(tracked(tmp_path, steps, check, layout="fs", folders=("Sent", "Archive/2024")))
 
 
 @pytest.mark.parametrize("count", [50])

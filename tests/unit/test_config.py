@@ -45,6 +45,7 @@ def test_values_are_parsed() -> None:
         ({"policy": {"listen": ["127.0.0.1:99999"]}}, "policy.listen.0"),
         ({"policy": {"metrics": "9762"}}, "policy.metrics"),
         ({"policy": {"metrics": "unix:/run/quotagate/metrics.sock"}}, "policy.metrics"),
+        ({"spool": {"maildir_layout": "LAYOUT=fs"}}, "spool.maildir_layout"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:
@@ -66,6 +67,11 @@ def test_load_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_maildir_layout_defaults_to_maildirpp() -> None:
+    assert parse_config({}).spool.maildir_layout == "maildir++"
+    assert parse_config({"spool": {"maildir_layout": "fs"}}).spool.maildir_layout == "fs"
 
 
 def test_accounting_profile_and_its_options() -> None:

@@ -50,6 +50,8 @@ USAGE_COLUMNS = (
 SCAN_COLUMNS = tuple(f.name for f in fields(ScanSummary))
 _FORMATS = {f.value: f for f in Format}
 _STATES = {s.value: s for s in State}
+# The reason column holds an unknown mailbox's error, or a measured one's warning after this.
+_WARNING = "measured with a warning: "
 
 
 def batches(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
@@ -81,8 +83,16 @@ def reading(row: Sequence[Any], with_folders: bool = True) -> Reading:
     addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
     info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
     parsed = _folders_value(folders) if with_folders else ()
-    usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, reason, info)
+    warning = reason[len(_WARNING) :] if reason is not None and reason.startswith(_WARNING) else None
+    error = None if warning is not None else reason
+    usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, error, info, warning)
     return Reading(addr, path, usage, b, m, _STATES[state], measured_at)
+
+
+def _reason(usage: MailboxUsage) -> str | None:
+    if usage.error is None and usage.warning is not None:
+        return _WARNING + usage.warning
+    return usage.error
 
 
 def usage_row(r: Reading) -> dict[str, Any]:
@@ -96,7 +106,7 @@ def usage_row(r: Reading) -> dict[str, Any]:
         "messages": r.messages,
         "state": r.state.value,
         "over_quota": int(r.state is State.OVER),
-        "reason": r.usage.error,
+        "reason": _reason(r.usage),
         "root_stamp": r.usage.root_stamp,
         "maildirsize_bytes": info.bytes if info else None,
         "maildirsize_messages": info.messages if info else None,

@@ -10,7 +10,8 @@ from quotagate.model import FolderUsage, Limits
 
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
-    """The first rule whose glob matches the folder name (case-sensitive, Maildir++ names)."""
+    """The first rule whose glob matches the folder name (case-sensitive): a Maildir++ name, or
+    one with "/" between levels under ``LAYOUT=fs``."""
     for rule in rules:
         if fnmatchcase(name, rule.match):
             return rule

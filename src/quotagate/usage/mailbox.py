@@ -45,10 +45,11 @@ def _is_real_dir(name: str, dir_fd: int) -> bool:
         return False
 
 
-def _looks_like_maildir(root_fd: int) -> bool:
+def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
     """cur/, new/, tmp/ or maildirsize at the root; or, when the INBOX's own directories are
-    missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` holding cur/
-    or new/ — an mbox home has no such thing, and read as one all that mail would count 0."""
+    missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
+    a ``Folder``) holding cur/ or new/ — an mbox home has no such thing, and read as one all
+    that mail would count 0."""
     if any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS):
         return True
     try:
@@ -56,7 +57,8 @@ def _looks_like_maildir(root_fd: int) -> bool:
     except OSError:
         return False
     return any(
-        name.startswith(".")
+        (name.startswith(".") != (layout == "fs"))
+        and name not in (".", "..")
         and _is_real_dir(name, root_fd)
         and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
         for name in names
@@ -74,16 +76,21 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
     return {f.name: f for f in previous.folders if f.stamp is not None}
 
 
-def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
+def _maildir(
+    node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile, layout: maildir.Layout
+) -> MailboxUsage:
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
     folders = []
-    for name in maildir.folder_names(node.fd):
-        fd = maildir.open_folder(node.fd, name)
+    listing = maildir.folder_names(node.fd, layout)
+    symlinked: list[str] = []
+    for name in listing.names:
+        fd = maildir.open_folder(node.fd, name, layout)
         if fd is None:
             continue  # removed, or swapped for a symlink, while we looked
         try:
+            symlinked += maildir.symlinked_mail_dirs(fd, name, layout)
             shown = display_name(name)
             old = reuse.get(shown)
             if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
@@ -100,7 +107,11 @@ def _maildir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pro
     info = parsed.info if parsed else None
     root_mtime = node.st.st_mtime_ns
     root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
-    return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info)
+    problems = listing.problems + (
+        [f"symlinked cur/ or new/ not followed, their mail not counted: {maildir.some(symlinked)}"] if symlinked else []
+    )
+    warning = "; ".join(problems) or None
+    return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info, warning=warning)
 
 
 def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] | None:
@@ -139,13 +150,8 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
         finally:
             os.close(fd)
     if passed_over:
-        log.info("%s: not counted, not mbox files: %s", display_name(node.path), _some(passed_over))
+        log.info("%s: not counted, not mbox files: %s", display_name(node.path), maildir.some(passed_over))
     return MailboxUsage(Format.MBOX, _in_order(folders))
-
-
-def _some(names: list[str], most: int = 5) -> str:
-    shown = ", ".join(sorted(names)[:most])
-    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _mbox_file(
@@ -186,6 +192,7 @@ def _measure_node(
     previous: MailboxUsage | None,
     racy_cutoff_ns: int,
     profile: Profile,
+    layout: maildir.Layout,
 ) -> MailboxUsage:
     if node is None:
         return MailboxUsage(Format.MISSING)
@@ -193,12 +200,14 @@ def _measure_node(
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
         return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile), root)
-    if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd)):
-        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile), root)
+    if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd, layout)):
+        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout), root)
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
 
 
-def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots) -> Node | None:
+def _maildir_below(
+    node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots, layout: maildir.Layout
+) -> Node | None:
     """The Maildir in ``subdir`` of a mailbox directory that is not a Maildir itself, or None.
 
     PostfixAdmin's ``maildir`` column names the user's directory and Dovecot keeps the Maildir in
@@ -207,7 +216,7 @@ def _maildir_below(node: Node | None, fmt: FormatSetting, subdir: str, roots: Ro
     walking from the spool root again, as a symlinked mailbox root is: followed only while it
     stays beneath the allowed roots, else :class:`safefs.Escape` makes the mailbox unknown.
     """
-    if not subdir or fmt == "mbox" or node is None or not node.is_dir or _looks_like_maildir(node.fd):
+    if not subdir or fmt == "mbox" or node is None or not node.is_dir or _looks_like_maildir(node.fd, layout):
         return None
     fd = safefs.open_dir(subdir, node.fd)
     if fd is not None:
@@ -284,6 +293,7 @@ def measure(
     subdir: str,
     profile: Profile = FILES,
     definition: str | None = None,
+    layout: maildir.Layout = "maildir++",
 ) -> Found:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
     was found at the same place.
@@ -296,17 +306,20 @@ def measure(
     stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
     maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``), with
     ``definition`` as its quota definition line when given (``--set-limit``). Sizes, and
-    what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`).
+    what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`); folders
+    are found as ``layout`` (``[spool] maildir_layout``) lays them out.
     """
     try:
         with safefs.opened(root, roots) as node:
-            below = _maildir_below(node, fmt, subdir, roots)
+            below = _maildir_below(node, fmt, subdir, roots, layout)
             if below is None:
-                return _measure_at(node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile, definition)
+                return _measure_at(
+                    node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                )
             try:
                 where = os.path.join(root, subdir)
                 return _measure_at(
-                    below, where, "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile, definition
+                    below, where, "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                 )
             finally:
                 below.close()
@@ -326,22 +339,27 @@ def _measure_at(
     fix_rules: Sequence[FolderRule] | None,
     profile: Profile,
     definition: str | None,
+    layout: maildir.Layout,
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
-    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile)
+    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile, layout)
     if fix_rules is None:
         return Found(where, usage)
     return Found(where, _fix(node, where, roots, usage, fix_rules, profile, definition))
 
 
-def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES) -> bool:
+def unchanged(
+    root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES, layout: maildir.Layout = "maildir++"
+) -> bool:
     """True when nothing in the mailbox changed since ``previous`` was measured.
 
     The cheap test an incremental scan runs before measuring: the root and each folder's cur/
-    and new/ (or the mbox file) looked at through descriptors. Anything unsure answers False, and
-    so does a reading taken under another accounting profile (its stamps end in another tag).
+    and new/ (or the mbox file) looked at through descriptors; a ``LAYOUT=fs`` tree, whose
+    folders may come and go below the root without changing its mtime, is listed again. Anything
+    unsure answers False, and so does a reading taken under another accounting profile (its
+    stamps end in another tag) or one with a warning (what it left out is looked at again).
     """
-    if not previous.known:
+    if not previous.known or previous.warning is not None:
         return False
     try:
         with safefs.opened(root, roots) as node:
@@ -352,9 +370,11 @@ def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile 
             if previous.format is Format.MAILDIR:
                 if not node.is_dir or previous.root_stamp is None or node.st.st_mtime_ns != previous.root_stamp:
                     return False
+                if layout == "fs" and not _same_folders(node.fd, previous):
+                    return False
                 tag = profile.stamp_tag
                 return all(
-                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name), tag)
+                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name, layout), tag)
                     for f in previous.folders
                 )
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
@@ -367,6 +387,13 @@ def unchanged(root: str, previous: MailboxUsage, roots: Roots, profile: Profile 
     except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them
+
+
+def _same_folders(root_fd: int, previous: MailboxUsage) -> bool:
+    listing = maildir.folder_names(root_fd, "fs")
+    if listing.problems:
+        return False
+    return sorted(display_name(n) for n in listing.names) == [f.name for f in previous.folders]
 
 
 def _tagged(stamp: tuple[int, ...] | None, tag: tuple[int, ...]) -> tuple[int, ...] | None:

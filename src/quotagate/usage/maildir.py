@@ -6,11 +6,13 @@ import logging
 import os
 import re
 import stat
+from typing import Literal, NamedTuple
 
 from quotagate.accounting import FILES, Profile, SizeRule, virtual_size
 from quotagate.model import FolderUsage
+from quotagate.text import printable
 from quotagate.usage import safefs
-from quotagate.usage.names import size_from_name, unique_part
+from quotagate.usage.names import display_name, size_from_name, unique_part
 
 log = logging.getLogger(__name__)
 
@@ -19,30 +21,158 @@ _RETRIES = 3
 _MISSING = -1
 
 Stamp = tuple[int, int]
+Layout = Literal["maildir++", "fs"]  # [spool] maildir_layout: Dovecot's default, or its LAYOUT=fs
+
+# A LAYOUT=fs tree is walked at most this deep and this wide: past them a user's directories
+# would cost a scan without bound. What is left out is reported, never silently dropped.
+MAX_DEPTH = 64
+MAX_FOLDERS = 10_000
+_NOT_FOLDERS = frozenset({"cur", "new", "tmp"})
+# The problem of a Maildir read as Maildir++ whose plain sub-directories hold cur/ or new/.
+LAYOUT_HINT = (
+    'sub-directories holding cur/ or new/ not counted (Dovecot LAYOUT=fs folders? set [spool] maildir_layout = "fs")'
+)
 
 
-def folder_path(root: str, name: str) -> str:
-    """Where a Maildir++ folder lives: the root for INBOX, ``root/.Name`` otherwise."""
-    return root if name == INBOX else f"{root}/.{name}"
+def folder_path(root: str, name: str, layout: Layout = "maildir++") -> str:
+    """Where a folder lives: the root for INBOX, else ``root/.Name`` (Maildir++) or ``root/Name``
+    (``LAYOUT=fs``, whose names hold "/" between levels)."""
+    if name == INBOX:
+        return root
+    return f"{root}/{name}" if layout == "fs" else f"{root}/.{name}"
 
 
-def folder_names(root_fd: int) -> list[str]:
-    """INBOX and every Maildir++ folder (``.Sent``, ``.Archive.2024``) of the opened root.
+class Folders(NamedTuple):
+    """The folders of a Maildir by their names on disk, and what was found but not counted."""
 
-    Symlinked folders are not followed.
-    """
-    names = [INBOX]
+    names: list[str]
+    problems: list[str]
+
+
+def folder_names(root_fd: int, layout: Layout = "maildir++") -> Folders:
+    """INBOX and every folder of the opened root: Maildir++ ``.Sent``, ``.Archive.2024``, or
+    ``LAYOUT=fs`` ``Sent``, ``Archive/2024``. Nothing is followed; what is left out that may
+    hold mail (symlinks, folders past the bounds, ``LAYOUT=fs`` folders read as Maildir++) is
+    named in ``problems``."""
+    return _fs_folders(root_fd) if layout == "fs" else _maildirpp_folders(root_fd)
+
+
+def _maildirpp_folders(root_fd: int) -> Folders:
+    names, symlinks, plain = [INBOX], [], []
     with os.scandir(root_fd) as entries:
         for entry in entries:
             n = entry.name
-            if n.startswith(".") and n not in (".", "..") and entry.is_dir(follow_symlinks=False):
-                names.append(n[1:])
-    return names
+            if n.startswith("."):
+                if n in (".", ".."):
+                    continue
+                if entry.is_symlink():
+                    symlinks.append(n)
+                elif entry.is_dir(follow_symlinks=False):
+                    names.append(n[1:])
+            elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and _holds_mail_dirs(root_fd, n):
+                plain.append(n)
+    problems = [LAYOUT_HINT] if plain else []
+    return Folders(names, problems + _symlink_problem(symlinks))
 
 
-def open_folder(root_fd: int, name: str) -> int | None:
-    """A descriptor for the folder (a new one for INBOX too); None when it is gone or a symlink."""
-    return os.dup(root_fd) if name == INBOX else safefs.open_dir(f".{name}", root_fd)
+def _holds_mail_dirs(dir_fd: int, name: str) -> bool:
+    """Whether the directory ``name`` holds a cur/ or new/ (a ``LAYOUT=fs`` folder)."""
+    fd = safefs.open_dir(name, dir_fd)
+    if fd is None:
+        return False
+    try:
+        return any(_entry_type(fd, sub) is not None for sub in ("cur", "new"))
+    finally:
+        os.close(fd)
+
+
+def _entry_type(dir_fd: int, name: str) -> int | None:
+    """The file type bits of an entry, not following it; None when it is missing."""
+    try:
+        return stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _fs_folders(root_fd: int) -> Folders:
+    """Walk the sub-directories depth first through descriptors, skipping cur/, new/, tmp/ and
+    dot entries at each level, at most :data:`MAX_DEPTH` levels and :data:`MAX_FOLDERS` folders."""
+    names, symlinks, problems = [INBOX], [], []
+    too_deep: list[str] = []
+    seen = 1
+
+    def walk(fd: int, prefix: str, depth: int) -> bool:
+        nonlocal seen
+        with os.scandir(fd) as listing:
+            entries = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False)) for e in listing)
+        for n, is_link, is_dir in entries:
+            if n.startswith(".") or n in _NOT_FOLDERS or not (is_link or is_dir):
+                continue
+            name = f"{prefix}{n}"
+            if is_link:
+                symlinks.append(name)
+                continue
+            if depth >= MAX_DEPTH:
+                too_deep.append(name)
+                continue
+            if seen >= MAX_FOLDERS:
+                return False
+            sub = safefs.open_dir(n, fd)
+            if sub is None:
+                continue  # removed, or swapped for a symlink, while we looked
+            seen += 1
+            try:
+                if any(_entry_type(sub, d) is not None for d in ("cur", "new")):
+                    names.append(name)
+                if not walk(sub, f"{name}/", depth + 1):
+                    return False
+            finally:
+                os.close(sub)
+        return True
+
+    if not walk(root_fd, "", 0):
+        problems.append(f"more than {MAX_FOLDERS} folders: the rest not counted")
+    if too_deep:
+        problems.append(f"folders deeper than {MAX_DEPTH} levels not counted: {some(too_deep)}")
+    return Folders(names, _symlink_problem(symlinks) + problems)
+
+
+def _symlink_problem(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    return [f"symlinks not followed, what they lead to is not counted: {some(names)}"]
+
+
+def some(names: list[str], most: int = 5) -> str:
+    """Up to ``most`` names, each shown safely (undecodable bytes and control characters
+    escaped), and how many more."""
+    shown = ", ".join(printable(display_name(n)) for n in sorted(names)[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def symlinked_mail_dirs(folder_fd: int, name: str, layout: Layout = "maildir++") -> list[str]:
+    """The folder's cur/ and new/ that are symlinks (never followed), by their path in the Maildir."""
+    base = "" if name == INBOX else f"{name}/" if layout == "fs" else f".{name}/"
+    return [f"{base}{sub}" for sub in ("cur", "new") if _entry_type(folder_fd, sub) == stat.S_IFLNK]
+
+
+def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | None:
+    """A descriptor for the folder (a new one for INBOX too); None when it is gone or a symlink.
+
+    A ``LAYOUT=fs`` folder is reached one level at a time: a symlink at any level ends the walk.
+    """
+    if name == INBOX:
+        return os.dup(root_fd)
+    if layout != "fs":
+        return safefs.open_dir(f".{name}", root_fd)
+    fd = os.dup(root_fd)
+    for part in name.split("/"):
+        sub = safefs.open_dir(part, fd) if part not in ("", ".", "..") else None
+        os.close(fd)
+        if sub is None:
+            return None
+        fd = sub
+    return fd
 
 
 def _mtime(folder_fd: int, sub: str) -> int:
@@ -58,9 +188,9 @@ def stamp(folder_fd: int) -> Stamp:
     return (_mtime(folder_fd, "cur"), _mtime(folder_fd, "new"))
 
 
-def folder_stamp(root_fd: int, name: str) -> Stamp | None:
+def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
     """:func:`stamp` of a folder by name; None when the folder is gone."""
-    fd = open_folder(root_fd, name)
+    fd = open_folder(root_fd, name, layout)
     if fd is None:
         return None
     try:

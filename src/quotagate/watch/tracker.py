@@ -156,7 +156,7 @@ class Tracker:
             return {path: _Target(address)}
         wanted = {path: _Target(address)}
         for f in usage.folders:
-            base = maildir.folder_path(path, f.name)
+            base = maildir.folder_path(path, f.name, self.config.spool.maildir_layout)
             if not os.path.isdir(base):
                 continue  # a display name that is not the name on disk: root events cover it
             for sub in ("cur", "new"):
@@ -294,7 +294,15 @@ class Tracker:
             previous = self.readings.get(address)
             reuse = Found(previous.path, previous.usage) if previous else None
             out[address] = measure(
-                self._paths[address], spool.format, reuse, cutoff, roots, None, spool.maildir_subdir, profile
+                self._paths[address],
+                spool.format,
+                reuse,
+                cutoff,
+                roots,
+                None,
+                spool.maildir_subdir,
+                profile,
+                layout=spool.maildir_layout,
             )
         return out
 
