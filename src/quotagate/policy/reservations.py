@@ -24,8 +24,8 @@ evicts the oldest reservations first.
 
 from __future__ import annotations
 
-import heapq
 import functools
+import heapq
 import ipaddress
 import itertools
 from collections import deque
