@@ -114,6 +114,9 @@ from _harness import (
 )
 from _spool import keep, write_message
 
+from quotagate.config import load_config
+from quotagate.mta import exim as exim_config
+
 GENERATOR_VERSION = 1
 SEED = 20240917
 DEFAULT_DIR = Path("/var/tmp/quotagate-bench-policy")
@@ -1013,6 +1016,7 @@ smtp_accept_max_nonmail = 100000
 
 begin acl
 
+{acls}
 acl_check_rcpt:
   deny    message = relay not permitted
           !domains = +local_domains
@@ -1088,7 +1092,15 @@ class Trust:
 
 
 def start_exim(
-    name: str, acl: str, verify: str, spool: Spool, work: Path, quotas: Path, procs: Processes, trust: Trust
+    name: str,
+    acl: str,
+    verify: str,
+    spool: Spool,
+    work: Path,
+    quotas: Path,
+    procs: Processes,
+    trust: Trust,
+    acls: str = "",
 ) -> Server:
     binary = exim_binary()
     assert binary is not None
@@ -1105,6 +1117,7 @@ def start_exim(
             work=edir,
             port=port,
             acl="".join(f"  {line}\n" for line in acl.splitlines()),
+            acls=acls,
             verify=verify,
             spool=spool.root,
             quotas=quotas,
@@ -1204,6 +1217,7 @@ def exim_rows(
     work: Path,
     policy_servers: Sequence[Server],
     qg_acl: str,
+    qg_acls: str,
     timing: Timing,
     procs: Processes,
     trust: Trust,
@@ -1222,10 +1236,11 @@ def exim_rows(
     configs: list[tuple[str, str, list[Server]]] = [("no check", "", [])]
     for s in policy_servers:
         configs.append((f"{s.name} ACL", qg_acl.replace(target, f"inet:{HOST}:{s.port}"), [s]))
+    named = qg_acls.replace(target, f"inet:{HOST}:{qg.port}")
     rows: list[Measured] = []
     single: dict[str, Measured] = {}
     for name, acl, extra in configs:
-        exim = start_exim(name.replace(" ", "-"), acl, "recipient", spool, work, quotas, procs, trust)
+        exim = start_exim(name.replace(" ", "-"), acl, "recipient", spool, work, quotas, procs, trust, named)
         try:
             rows.append(load(name, "smtp", exim, 8, drawn, unused, timing, extra=extra, mail_sizes=sizes, truth=truth))
             if name in ("no check", "quotagate ACL"):
@@ -1394,11 +1409,10 @@ def measure(
     rows = policy_rows(spool, [qg, dc, null], timing)
     exim: EximRows | None = None
     if with_exim:
-        acl = run(
-            [str(QUOTAGATE), "--config", str(servers.config), "exim-config", "--method", "policy", "--section", "acl"]
-        )
+        # What exim-config --method policy prints: the RCPT statements, and the ACLs they sit beside.
+        parts = exim_config.parts(load_config(servers.config), "policy")
         print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
-        exim = exim_rows(spool, work, [qg, dc, null], acl.output, timing, procs, trust)
+        exim = exim_rows(spool, work, [qg, dc, null], parts.acl, parts.acls, timing, procs, trust)
     else:
         print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
     return Outcome(consistent, rows, exim)
