@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,10 +20,21 @@ class PolicyDaemon:
     """``quotagate serve`` (or another long-running command: ``watch``) as a child process."""
 
     def __init__(
-        self, config: Path, port: int | None, log: Path, command: str = "serve", ready_log: str = "watching"
+        self,
+        config: Path,
+        port: int | None,
+        log: Path,
+        command: str = "serve",
+        ready_log: str = "watching",
+        *,
+        host: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
-        """Started means ``port`` answers or, without one, ``ready_log`` is in the log."""
+        """Started means ``host:port`` answers or, without a port, ``ready_log`` is in the log;
+        ``launcher`` runs it (``ip netns exec NAME``: on another test host)."""
         self.config = config
+        self.host = host
+        self.launcher = list(launcher)
         self.port = port
         self.log_path = log
         self.command = command
@@ -33,10 +44,12 @@ class PolicyDaemon:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [QUOTAGATE, "--config", str(self.config), self.command], stdout=out, stderr=subprocess.STDOUT
+                [*self.launcher, QUOTAGATE, "--config", str(self.config), self.command],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         if self.port is not None:
-            wait_for_port(self.port, self.proc, self.log_path, seconds=20)
+            wait_for_port(self.port, self.proc, self.log_path, seconds=20, host=self.host)
         else:
             self.wait_for_log(self.ready_log, seconds=20)
 

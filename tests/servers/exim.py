@@ -13,6 +13,7 @@ import smtplib
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from quotagate.publish import lsearch_key
@@ -28,7 +29,7 @@ spool_directory = {work}/spool
 log_file_path = {work}/log/%slog
 pid_file_path = {work}/exim.pid
 daemon_smtp_ports = {ports}
-local_interfaces = 127.0.0.1
+local_interfaces = {address}
 exim_user = Debian-exim
 exim_group = Debian-exim
 host_lookup =
@@ -78,7 +79,11 @@ begin retry
 
 
 class Exim:
-    def __init__(self, work: Path, port: int, maildirs: Path) -> None:
+    def __init__(
+        self, work: Path, port: int, maildirs: Path, *, address: str = "127.0.0.1", launcher: Sequence[str] = ()
+    ) -> None:
+        """Listening on ``address``; ``launcher`` runs the daemon (``ip netns exec NAME``: on
+        another test host, whose address ``address`` is)."""
         self.binary = require_command("exim4", "exim4-daemon-heavy")
         try:
             pwd.getpwnam("Debian-exim")
@@ -87,6 +92,8 @@ class Exim:
         self.work = work
         self.port = port
         self.maildirs = maildirs
+        self.address = address
+        self.launcher = list(launcher)
         self.config = work / "exim.conf"
         self.daemon: subprocess.Popen[bytes] | None = None
         self.last_session = ""
@@ -114,12 +121,13 @@ class Exim:
         ``users`` maps each deliverable address to its folder, relative to the maildirs;
         ``domains`` are the local ones; ``transports`` are more transports, for routers given
         in ``routers``; ``size_limit`` is message_size_limit (0: no limit, and no SIZE advertised);
-        ``more_ports`` are listened on too (on 127.0.0.1, as the main one).
+        ``more_ports`` are listened on too (on the same address as the main one).
         """
         (self.work / "users").write_text("".join(f"{lsearch_key(u)}: {d}\n" for u, d in users.items()))
         text = CONFIG.format(
             domains=domains,
             work=self.work,
+            address=self.address,
             ports=" : ".join(str(p) for p in (self.port, *more_ports)),
             main=main,
             acl=indent(acl),
@@ -166,15 +174,15 @@ class Exim:
         return said
 
     def start(self) -> None:
-        self.daemon = subprocess.Popen([self.binary, "-C", str(self.config), "-bdf", "-odi"])
+        self.daemon = subprocess.Popen([*self.launcher, self.binary, "-C", str(self.config), "-bdf", "-odi"])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.address, self.port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.1)
-        raise AssertionError(f"exim did not listen on 127.0.0.1:{self.port}: {self.log('main')}")
+        raise AssertionError(f"exim did not listen on {self.address}:{self.port}: {self.log('main')}")
 
     def stop(self) -> None:
         if self.daemon is not None:

@@ -49,17 +49,19 @@ def _switch(user: str | None) -> bool:
     return True
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 60, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"server did not listen on 127.0.0.1:{port}:\n{log.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(f"server did not listen on {host}:{port}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -1,8 +1,10 @@
-"""A private redis-server: its own directory, loopback, a high port, no persistence; stoppable and
-startable again on the same port (an outage), never the system's Redis."""
+"""A private redis-server: its own directory, loopback (or the one address given), a high port,
+no persistence; stoppable and startable again on the same port (an outage), never the system's
+Redis."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
 import subprocess
@@ -15,8 +17,11 @@ from tests.servers.process import free_port, private_dir, spawn_as, stop, wait_f
 
 
 class RedisProcess:
-    def __init__(self, binary: str, work: Path, port: int) -> None:
+    def __init__(self, binary: str, work: Path, port: int, host: str = "127.0.0.1") -> None:
         self.binary = binary
+        self.host = host
+        # Off loopback, protected mode turns away clients without a password: give it one.
+        self.password = "" if host == "127.0.0.1" else secrets.token_hex(16)
         self.work = work
         self.port = port
         self.log = work / "redis.log"
@@ -24,14 +29,17 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> None:
-        args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.work)]
+        args = [self.binary, "--bind", self.host, "--port", str(self.port), "--dir", str(self.work)]
         args += ["--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = spawn_as("redis", args, self.log)
         try:
-            wait_for_port(self.port, self.proc, self.log)
+            wait_for_port(self.port, self.proc, self.log, host=self.host)
         except RuntimeError:
             self.stop()
             raise
@@ -51,10 +59,11 @@ class RedisProcess:
 
 
 @contextmanager
-def private_redis() -> Iterator[RedisProcess]:
+def private_redis(host: str = "127.0.0.1") -> Iterator[RedisProcess]:
+    """A private redis-server bound to ``host`` only (an address of this namespace)."""
     binary = require_command("redis-server", "redis-server")
     work = private_dir("redis", owner="redis")
-    server = RedisProcess(binary, work, free_port())
+    server = RedisProcess(binary, work, free_port(), host)
     try:
         try:
             server.start()
