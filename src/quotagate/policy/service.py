@@ -411,6 +411,11 @@ class PolicyService:
             mine = self.reservations.mine(transaction, mailbox.address)
             reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - mine.messages)
         decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
+        if stage == "data" and self.shared is not None and self.shared.up:
+            # The room is held in the shared ledger (from RCPT, in flight once the transaction
+            # ends with data): held here too, it would be written back to it after an outage and
+            # count every delivered message twice.
+            return Outcome(mailbox.address, decision, usage)
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
