@@ -173,11 +173,6 @@ class Numbers:
     measured_at: float | None = None
     source: str | None = None
 
-    def get(self, name: str) -> int | float | str | None:
-        """The number called ``name``: the dict-style read policy/service.py's log line makes."""
-        value: int | float | str | None = getattr(self, name)
-        return value
-
 
 NOT_WEIGHED = Numbers()
 

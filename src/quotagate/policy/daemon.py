@@ -246,8 +246,7 @@ class Daemon:
         if not metrics:
             return
         where = parse_listen(metrics, "policy.metrics")
-        if isinstance(where, str):
-            raise ConfigError("policy.metrics: give HOST:PORT")
+        assert not isinstance(where, str), "the config schema refuses a unix socket for metrics"
         try:
             start_http_server(where[1], where[0], registry=self.metrics.registry)
         except OSError as exc:

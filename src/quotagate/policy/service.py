@@ -551,11 +551,11 @@ class PolicyService:
             decision.reason,
             at,
             "" if whole else ", but the message was accepted for its other recipients",
-            n.get("used_bytes"),
-            n.get("limit_bytes"),
-            n.get("reserved_bytes"),
-            n.get("size") or "unknown",
-            n.get("source"),
+            n.used_bytes,
+            n.limit_bytes,
+            n.reserved_bytes,
+            n.size or "unknown",
+            n.source,
             age,
         )
 
