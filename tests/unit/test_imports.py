@@ -6,6 +6,7 @@ Run in a fresh interpreter: the test process has long imported everything.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ HEAVY = (
 def loaded_after(code: str) -> list[str]:
     """The heavy modules (and their submodules) loaded once ``code`` ran in a new interpreter."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    # Without coverage's measuring of every process (scripts/test): it loads multiprocessing itself.
+    env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
     names = json.loads(out.splitlines()[-1])
     return sorted({h for h in HEAVY for n in names if n == h or n.startswith(h + ".")})
 
