@@ -211,6 +211,22 @@ def test_malformed_and_valid_requests_in_one_write_are_answered_one_each_in_orde
     assert run(main()) == (DUNNO + REJECT) * len(MALFORMED)
 
 
+def test_a_flood_of_malformed_requests_is_counted_but_logged_once(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile client must not write the log full: one line a minute, every request counted."""
+    caplog.set_level(logging.WARNING, logger="quotagate.policy.server")
+    flood = MALFORMED[0] * 2000
+
+    async def main() -> float:
+        async with serving_site(site) as running, connected(running.host_port) as client:
+            await client.send(flood)
+            for _ in range(2000):
+                assert await client.answer() == DUNNO
+            return running.sample("quotagate_policy_requests_total", decision="malformed")
+
+    assert run(main()) == 2000
+    assert caplog.text.count("malformed policy request") == 1
+
+
 @pytest.mark.parametrize("megabytes", [1, 8])
 def test_a_huge_line_gets_dunno_in_bounded_memory_while_others_are_served(
     site: Site, monkeypatch: pytest.MonkeyPatch, megabytes: int

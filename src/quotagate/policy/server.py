@@ -271,6 +271,7 @@ class PolicyServer:
         self._slow = Throttled(log)
         self._accept_failed: dict[str, Throttled] = {}
         self._descriptors_log = Throttled(log)
+        self._malformed_log = Throttled(log)  # a client can send thousands: counted, logged once a minute
 
     def refused(self) -> None:
         """A connection over max_connections, closed at once: both MTAs then carry on without us."""
@@ -361,6 +362,6 @@ class PolicyServer:
     def answer_item(self, item: PolicyItem, session: Session) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):
             return self.answer(item, session)
-        log.warning("malformed policy request: %s: DUNNO", item.reason)
+        self._malformed_log.warning("malformed policy request: %s: DUNNO", item.reason)
         self.metrics.requests.labels("malformed").inc()
         return "DUNNO"
