@@ -20,6 +20,7 @@ from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
+from tests.spoolgen import maildir_folder
 
 ROOMY = "roomy@example.org"
 QUOTA, SIZE, CLIENTS = 450_000, 100_000, 10  # room for four (and a half) messages
@@ -48,8 +49,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         main=f"smtpd_end_of_data_restrictions = {item}\n",
     ) as postfix:
         maildir = postfix.maildir(ROOMY)
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        maildir_folder(maildir)
         config.write_text(
             f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
             f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{listen}'

@@ -16,6 +16,7 @@ from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import private_postfix
 from tests.servers.process import free_port
+from tests.spoolgen import maildir_folder
 
 QUOTA = 10_000
 
@@ -33,8 +34,7 @@ def test_postfix_refuses_a_full_mailbox_and_accepts_what_fits(tmp_path: Path) ->
         config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n{listen}')
         for address, size in (("full@example.org", QUOTA + 1), ("roomy@example.org", 10)):
             maildir = postfix.maildir(address)
-            for sub in ("cur", "new", "tmp"):
-                (maildir / sub).mkdir(parents=True, exist_ok=True)
+            maildir_folder(maildir)
             (maildir / "cur" / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
             assert (
                 main(
@@ -71,8 +71,7 @@ def test_a_postfix_burst_from_many_clients_lets_in_exactly_the_messages_that_fit
         main=f"smtpd_end_of_data_restrictions = {item}\n",
     ) as postfix:
         maildir = postfix.maildir("roomy@example.org")
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        maildir_folder(maildir)
         config.write_text(
             f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
             f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{listen}[watch]\nenabled = true\nflush_seconds = 0.1\n'

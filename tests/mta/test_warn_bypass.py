@@ -22,6 +22,7 @@ from tests.servers.daemon import policy_daemon
 from tests.servers.exim import Exim, owned_by_mail_user
 from tests.servers.postfix import private_postfix
 from tests.servers.process import free_port
+from tests.spoolgen import maildir_folder
 
 QUOTA = 10_000
 FULL = "full@example.org"
@@ -48,8 +49,7 @@ def test_the_warning_port_delivers_to_a_full_mailbox_and_nothing_else_gets_past(
         master=postfix_config.warn_service(warn_port),
     ) as postfix:
         maildir = postfix.maildir(FULL)
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        maildir_folder(maildir)
         (maildir / "cur" / f"1.M1.h,S={QUOTA + 1}:2,S").write_bytes(b"x" * (QUOTA + 1))
         config.write_text(
             f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n{listen}'
