@@ -274,6 +274,9 @@ class PolicyConfig(_Section):
     drain_seconds: float = Field(default=5, ge=0)
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
     metrics: MetricsListen = "127.0.0.1:9762"
+    # Processes answering on the same sockets (serve --workers); more than one needs [shared] url,
+    # where they keep the reservations they all weigh.
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("reject_reply", "fit_reply", "messages_reply", "defer_reply", "busy_reply")
     @classmethod

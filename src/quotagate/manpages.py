@@ -88,6 +88,7 @@ MORE = {
     "policy.defer_reply": "The reply for a full mailbox with on_full = defer; a 4xx code, one line.",
     "policy.max_connections": "Connections served at once; more wait to be accepted.",
     "policy.drain_seconds": "Seconds requests in progress may take to finish after SIGTERM.",
+    "policy.workers": "Processes answering on the same sockets (serve --workers); more than one needs [shared] url.",
     "watch.poll_seconds": "How often folder mtimes are compared in poll mode.",
 }
 

@@ -30,7 +30,8 @@ class PolicyDaemon:
         host: str = "127.0.0.1",
         launcher: Sequence[str] = (),
     ) -> None:
-        """Started means ``host:port`` answers or, without a port, ``ready_log`` is in the log;
+        """``command`` with its options (``serve --workers 2``). Started means ``host:port``
+        answers or, without a port, ``ready_log`` is in the log;
         ``launcher`` runs it (``ip netns exec NAME``: on another test host)."""
         self.config = config
         self.host = host
@@ -44,7 +45,7 @@ class PolicyDaemon:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*self.launcher, QUOTAGATE, "--config", str(self.config), self.command],
+                [*self.launcher, QUOTAGATE, "--config", str(self.config), *self.command.split()],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -78,7 +79,7 @@ class PolicyDaemon:
 
 @contextmanager
 def policy_daemon(config: Path, port: int | None, command: str = "serve") -> Iterator[PolicyDaemon]:
-    daemon = PolicyDaemon(config, port, config.parent / f"{command}.log", command)
+    daemon = PolicyDaemon(config, port, config.parent / f"{command.split()[0]}.log", command)
     daemon.start()
     try:
         yield daemon

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
 from quotagate.cli.app import App, pass_app
@@ -10,17 +13,44 @@ from quotagate.policy.daemon import serve as run_daemon
 from quotagate.store import store_for
 
 
+def _worker_command(app: App) -> list[str]:
+    """How the supervisor starts a worker: this same command, with the same config and verbosity."""
+    command = [sys.executable, "-m", "quotagate"]
+    if app.config_file:
+        command += ["--config", app.config_file]
+    level = logging.getLogger().level
+    command += ["-q"] if level >= logging.WARNING else ["-vv"] if level <= logging.DEBUG else []
+    return [*command, "serve"]
+
+
 @click.command("serve")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Processes answering on the same sockets [default: [policy] workers, 1]; more than one needs [shared] url.",
+)
+@click.option("--worker", "worker_spec", hidden=True, help="Set by the supervisor of --workers: this worker's role.")
 @pass_app
-def serve(app: App) -> None:
+def serve(app: App, workers: int | None, worker_spec: str | None) -> None:
     """Answer policy requests (Postfix check_policy_service, Exim readsocket) until SIGTERM.
 
-    SIGHUP reloads the config. Listens on [policy] listen; metrics on [policy] metrics.
+    SIGHUP reloads the config. Listens on [policy] listen; metrics on [policy] metrics. With
+    --workers N, N processes answer on the same sockets and share reservations through [shared].
     """
     # A bad config, or a store URL that can never work (unknown scheme or driver, driver not
     # installed), fails here, before anything listens; an unreachable store is an outage: DUNNO.
     store_for(app.config.store).close()
-    run_daemon(lambda: load_config(app.config_file))
+    count = workers or app.config.policy.workers
+    if worker_spec is not None:
+        from quotagate.policy.workers import worker_role
+
+        run_daemon(lambda: load_config(app.config_file), worker_role(worker_spec))
+    elif count > 1:
+        from quotagate.policy.workers import Supervisor
+
+        Supervisor(app.config, count, _worker_command(app)).run()
+    else:
+        run_daemon(lambda: load_config(app.config_file))
 
 
 def register(cli: click.Group) -> None:

@@ -8,15 +8,17 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from prometheus_client import start_http_server
+from prometheus_client import start_http_server, write_to_textfile
 
 from quotagate.config import Config, ConfigError, reservations_file
 from quotagate.policy import control, shared, state
+from quotagate.policy.listeners import Listener, listen_error, parse_listen
 from quotagate.policy.live import Snapshot, SnapshotLoader
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.server import PolicyServer, listen_error, parse_listen
+from quotagate.policy.server import PolicyServer
 from quotagate.policy.service import PolicyService
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
@@ -28,11 +30,31 @@ from quotagate.watch.watcher import Watcher
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_SECONDS = 5.0
+_WORKER_HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """One of the processes of ``serve --workers N`` (see :mod:`quotagate.policy.workers`): it
+    serves the supervisor's sockets, tells the supervisor (not systemd) it is ready and alive,
+    leaves its metrics in a file for the supervisor to serve, and only the first worker follows
+    the spool ([watch]) and answers the control socket."""
+
+    index: int
+    listeners: list[Listener]
+    report: Callable[[str], object]  # "READY=1", "WATCHDOG=1", as systemd would get them
+    metrics_file: Path
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
 
 
 class Daemon:
-    def __init__(self, load_config: Callable[[], Config]) -> None:
+    def __init__(self, load_config: Callable[[], Config], worker: WorkerRole | None = None) -> None:
         self.load_config = load_config
+        self.worker = worker
+        self._notify: Callable[[str], object] = notify if worker is None else worker.report
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
@@ -42,6 +64,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self.tracker: Tracker | None = None
         self._state_file = reservations_file(self.config)
+        if worker is not None and not worker.first:  # each its own: they would overwrite each other's
+            self._state_file = self._state_file.with_name(f"{self._state_file.name}.{worker.index}")
         self._saved_version = -1
         self._state_log = Throttled(log)
         self._control: asyncio.AbstractServer | None = None
@@ -115,6 +139,19 @@ class Daemon:
             self.housekeeping()
             await self._save_reservations()
 
+    async def _leave_metrics(self, path: Path) -> None:
+        """A worker's metrics, for the supervisor to add up and serve (off the loop)."""
+        try:
+            await asyncio.to_thread(write_to_textfile, str(path), self.metrics.registry)
+        except OSError as exc:
+            self._state_log.warning("cannot leave metrics in %s: %s", path, exc.strerror or exc)
+
+    async def _leave_metrics_forever(self, path: Path) -> None:
+        """Every second: a worker killed outright loses at most its last second of counts."""
+        while True:
+            await self._leave_metrics(path)
+            await asyncio.sleep(_WORKER_HEARTBEAT_SECONDS)
+
     async def _save_reservations(self) -> None:
         """Write the reservations to their file when they changed (off the loop); a file that
         cannot be written is logged, never fatal."""
@@ -135,17 +172,17 @@ class Daemon:
         if kept:
             log.info("%d reservations restored from %s", kept, self._state_file)
 
-    @staticmethod
-    async def _watchdog_forever(interval: float) -> None:
-        """Ping systemd's watchdog from the event loop itself: a loop stuck in a blocking call stops
-        the pings, and systemd restarts the daemon (WatchdogSec= in the unit)."""
+    async def _watchdog_forever(self, interval: float) -> None:
+        """Ping systemd's watchdog (a worker: its supervisor) from the event loop itself: a loop
+        stuck in a blocking call stops the pings, and the daemon is restarted (WatchdogSec= in the
+        unit; a worker's supervisor restarts it)."""
         while True:
-            notify("WATCHDOG=1")
+            self._notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
     async def reload(self) -> None:
         """SIGHUP: read the config again (a bad one is logged and ignored) and refresh."""
-        notify("RELOADING=1")
+        self._notify("RELOADING=1")
         try:
             config = self.load_config()
         except ConfigError as exc:
@@ -160,7 +197,7 @@ class Daemon:
             self._loader.forget()
             log.info("config reloaded")
         await self.refresh()
-        notify("READY=1")
+        self._notify("READY=1")
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,10 +237,13 @@ class Daemon:
         if self.shared is not None:
             await self.shared.start()  # writes back what was restored
         await self.refresh()
-        watcher = await self._start_tracking() if self.config.watch.enabled else None
-        self._start_metrics()  # first: a port in use there leaves no unix socket behind
-        bound = await self.server.start()
-        await self._start_control()
+        first = self.worker is None or self.worker.first
+        watcher = await self._start_tracking() if self.config.watch.enabled and first else None
+        if self.worker is None:
+            self._start_metrics()  # first: a port in use there leaves no unix socket behind
+        bound = await self.server.start(None if self.worker is None else self.worker.listeners)
+        if first:
+            await self._start_control()
         log.info("%s", self._started_line(bound))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -213,12 +253,14 @@ class Daemon:
             asyncio.create_task(self._refresh_forever()),
             asyncio.create_task(self._housekeeping_forever()),
         ]
-        interval = watchdog_interval()
+        interval = watchdog_interval() if self.worker is None else _WORKER_HEARTBEAT_SECONDS
+        if self.worker is not None:
+            background.append(asyncio.create_task(self._leave_metrics_forever(self.worker.metrics_file)))
         if interval is not None:
             background.append(asyncio.create_task(self._watchdog_forever(interval)))
-        notify("READY=1")
+        self._notify("READY=1")
         await self._stop.wait()
-        notify("STOPPING=1")
+        self._notify("STOPPING=1")
         log.info("stopping: draining connections")
         for task in background:
             task.cancel()
@@ -229,6 +271,8 @@ class Daemon:
         if self._control is not None:
             self._control.close()
         await self._save_reservations()
+        if self.worker is not None:
+            await self._leave_metrics(self.worker.metrics_file)  # the counts of its last second
         if self.shared is not None:
             await self.shared.close()
         self._forget_store()
@@ -256,22 +300,22 @@ class Daemon:
         """The one start-up line: which store, how many mailboxes, where it listens."""
         snapshot = self.service.snapshot
         mailboxes = f"{len(snapshot.mailboxes)} mailboxes" if snapshot.loaded_at else "no mailboxes yet (store down)"
-        metrics = f", metrics on {self.config.policy.metrics}" if self.config.policy.metrics else ""
+        metrics = f", metrics on {self.config.policy.metrics}" if self.config.policy.metrics and not self.worker else ""
         live = ", usage live from the spool" if self.tracker is not None else ""
-        return (
-            f"serving {mailboxes} of {redacted(self.config.store.url)}{live}: listening on {', '.join(bound)}{metrics}"
-        )
+        who = "" if self.worker is None else f"worker {self.worker.index}: "
+        store = redacted(self.config.store.url)
+        return f"{who}serving {mailboxes} of {store}{live}: listening on {', '.join(bound)}{metrics}"
 
 
-def serve(load_config: Callable[[], Config]) -> None:
+def serve(load_config: Callable[[], Config], worker: WorkerRole | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT (uvloop when installed)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(Daemon(load_config).run())
+        asyncio.run(Daemon(load_config, worker).run())
         return
 
     async def main() -> None:
-        await Daemon(load_config).run()
+        await Daemon(load_config, worker).run()
 
     uvloop.run(main())

@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import grp
 import logging
 import os
 import resource
-import socket
-import stat
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from quotagate.config import ConfigError, PolicyConfig
-from quotagate.errors import StartupError
-from quotagate.listen import Place, parse_place
+from quotagate.config import PolicyConfig
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
+from quotagate.policy.listeners import Listener, bind_listeners
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import Session
 from quotagate.policy.throttle import Throttled
@@ -44,86 +40,6 @@ Answer = Callable[[PolicyRequest, Session], "str | asyncio.Future[str]"]
 
 # What accept() fails with when the process or the system is out of descriptors or memory.
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-def parse_listen(spec: str, key: str = "policy.listen") -> Place:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``; anything else is a ConfigError naming ``key``
-    (the config schema has refused it already when the value came from a config file)."""
-    try:
-        return parse_place(spec)
-    except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
-_LISTEN_ADVICE = {
-    errno.EADDRINUSE: "address already in use (by another quotagate serve? 'ss -ltnp' shows which program): "
-    "stop it or choose another port",
-    errno.EADDRNOTAVAIL: "this host has no such address (see 'ip address'): listen on one it has, or 127.0.0.1",
-    errno.EACCES: "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)",
-}
-
-
-def listen_error(key: str, spec: str, exc: OSError) -> StartupError:
-    """Why ``spec`` cannot be listened on, and what to do, in one line."""
-    if isinstance(exc, socket.gaierror):
-        reason = f"cannot resolve the host ({exc.strerror}): give an address, or a name /etc/hosts has"
-    else:
-        reason = _LISTEN_ADVICE.get(exc.errno or 0) or (os.strerror(exc.errno) if exc.errno else str(exc))
-    return StartupError(f"{key}: cannot listen on {spec}: {reason}")
-
-
-def _group_id(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise StartupError(
-            f"policy.socket_group: no group {name!r} on this host: "
-            "name an existing one ('getent group' lists them), e.g. Debian-exim"
-        ) from None
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket an earlier run left at ``path``; anything else there is an error.
-
-    A socket is stale when connecting to it is refused: nobody listens. One that answers is a
-    running daemon's: taking it over would leave that daemon listening on a socket nobody can reach.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"policy.listen: {path} exists and is not a socket: move it away, or listen elsewhere")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)  # connecting to a unix socket does not wait on the network
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-            return
-        except TimeoutError:
-            pass  # its backlog is full: someone listens
-        except OSError as exc:
-            raise StartupError(
-                f"policy.listen: cannot tell whether unix:{path} is in use ({exc.strerror or exc}): remove it if not"
-            ) from None
-    raise StartupError(
-        f"policy.listen: unix:{path} is in use by a running daemon (another quotagate serve?): "
-        "stop it, or listen elsewhere"
-    )
-
-
-async def _unix_server(
-    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], path: str
-) -> asyncio.Server:
-    _remove_stale_socket(path)
-    try:
-        return await loop.create_unix_server(factory, path=path)
-    except OSError as exc:
-        raise StartupError(
-            f"policy.listen: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
-            "create its directory, writable by the user quotagate runs as (systemd: RuntimeDirectory=quotagate)"
-        ) from None
 
 
 class _Connection(asyncio.Protocol):
@@ -314,30 +230,20 @@ class PolicyServer:
                 soft,
             )
 
-    async def start(self) -> list[str]:
-        """Listen on every configured address; returns them as bound (a port 0 resolved)."""
+    async def start(self, listeners: list[Listener] | None = None) -> list[str]:
+        """Serve on ``listeners`` (bound by a supervisor and shared by its workers), or on every
+        configured address; returns where, as bound (a port 0 resolved)."""
         loop = asyncio.get_running_loop()
-        # Every value checked before anything listens: a bad one leaves no socket behind.
-        places = [(spec, parse_listen(spec)) for spec in self.policy.listen]
-        gid = _group_id(self.policy.socket_group) if self.policy.socket_group else -1
+        if listeners is None:
+            listeners = bind_listeners(self.policy)
         loop.set_exception_handler(self._loop_exception)
-        bound = []
-        for spec, where in places:
-            if isinstance(where, str):
-                server = await _unix_server(loop, lambda: _Connection(self), where)
-                os.chmod(where, int(self.policy.socket_mode, 8))
-                os.chown(where, -1, gid)
-                bound.append(f"unix:{where}")
+        for listener in listeners:
+            if listener.unix:
+                server = await loop.create_unix_server(lambda: _Connection(self), sock=listener.sock)
             else:
-                try:
-                    server = await loop.create_server(lambda: _Connection(self), where[0], where[1])
-                except OSError as exc:
-                    raise listen_error("policy.listen", spec, exc) from None
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    bound.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+                server = await loop.create_server(lambda: _Connection(self), sock=listener.sock)
             self._servers.append(server)
-        return bound
+        return [listener.name for listener in listeners]
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, let busy ones finish for drain_seconds, cut the rest."""

@@ -1,0 +1,175 @@
+"""The daemon's listening sockets, bound before anything serves on them.
+
+Bound here, synchronously, rather than by the event loop: ``serve --workers N`` binds them once in
+the supervising process and hands the same sockets to every worker (see :mod:`quotagate.policy.workers`),
+and a single daemon binds them the same way. Every value is checked before the first socket is
+bound, so a bad one leaves nothing behind; each failure is one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from quotagate.config import ConfigError, PolicyConfig
+from quotagate.errors import StartupError
+from quotagate.listen import Place, parse_place
+
+_BACKLOG = 1024  # Exim opens a connection per check: bursts of them must not be refused
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A bound, listening socket and where it listens, as the start-up line shows it."""
+
+    sock: socket.socket
+    name: str
+
+    @property
+    def unix(self) -> bool:
+        return self.sock.family == socket.AF_UNIX
+
+
+def parse_listen(spec: str, key: str = "policy.listen") -> Place:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``; anything else is a ConfigError naming ``key``
+    (the config schema has refused it already when the value came from a config file)."""
+    try:
+        return parse_place(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "address already in use (by another quotagate serve? 'ss -ltnp' shows which program): "
+    "stop it or choose another port",
+    errno.EADDRNOTAVAIL: "this host has no such address (see 'ip address'): listen on one it has, or 127.0.0.1",
+    errno.EACCES: "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)",
+}
+
+
+def listen_error(key: str, spec: str, exc: OSError) -> StartupError:
+    """Why ``spec`` cannot be listened on, and what to do, in one line."""
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve the host ({exc.strerror}): give an address, or a name /etc/hosts has"
+    else:
+        reason = _LISTEN_ADVICE.get(exc.errno or 0) or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return StartupError(f"{key}: cannot listen on {spec}: {reason}")
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StartupError(
+            f"policy.socket_group: no group {name!r} on this host: "
+            "name an existing one ('getent group' lists them), e.g. Debian-exim"
+        ) from None
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket an earlier run left at ``path``; anything else there is an error.
+
+    A socket is stale when connecting to it is refused: nobody listens. One that answers is a
+    running daemon's: taking it over would leave that daemon listening on a socket nobody can reach.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"policy.listen: {path} exists and is not a socket: move it away, or listen elsewhere")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)  # connecting to a unix socket does not wait on the network
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+        except TimeoutError:
+            pass  # its backlog is full: someone listens
+        except OSError as exc:
+            raise StartupError(
+                f"policy.listen: cannot tell whether unix:{path} is in use ({exc.strerror or exc}): remove it if not"
+            ) from None
+    raise StartupError(
+        f"policy.listen: unix:{path} is in use by a running daemon (another quotagate serve?): "
+        "stop it, or listen elsewhere"
+    )
+
+
+def _bind_unix(path: str, mode: int, gid: int) -> Listener:
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        os.chown(path, -1, gid)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"policy.listen: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
+            "create its directory, writable by the user quotagate runs as (systemd: RuntimeDirectory=quotagate)"
+        ) from None
+    sock.setblocking(False)
+    return Listener(sock, f"unix:{path}")
+
+
+def _bind_tcp(spec: str, host: str, port: int) -> list[Listener]:
+    """One socket per address ``host`` resolves to (a name may have an IPv4 and an IPv6 one), as
+    asyncio's create_server binds them: SO_REUSEADDR, IPv6 sockets IPv6 only."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise listen_error("policy.listen", spec, exc) from None
+    bound: list[Listener] = []
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            close_all(bound)
+            raise listen_error("policy.listen", spec, exc) from None
+        sock.setblocking(False)
+        name, bound_port = sock.getsockname()[:2]
+        bound.append(Listener(sock, f"[{name}]:{bound_port}" if ":" in name else f"{name}:{bound_port}"))
+    return bound
+
+
+def bind_listeners(policy: PolicyConfig) -> list[Listener]:
+    """Listen on every ``[policy] listen`` address: unix sockets with ``socket_mode`` and
+    ``socket_group``; all or nothing."""
+    places = [(spec, parse_listen(spec)) for spec in policy.listen]
+    gid = _group_id(policy.socket_group) if policy.socket_group else -1
+    mode = int(policy.socket_mode, 8)
+    bound: list[Listener] = []
+    try:
+        for spec, where in places:
+            if isinstance(where, str):
+                bound.append(_bind_unix(where, mode, gid))
+            else:
+                bound.extend(_bind_tcp(spec, *where))
+    except BaseException:
+        close_all(bound)
+        raise
+    return bound
+
+
+def close_all(listeners: list[Listener]) -> None:
+    """Close the sockets and remove the unix sockets' files (only this process's own)."""
+    for listener in listeners:
+        if listener.unix:
+            path = listener.sock.getsockname()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        listener.sock.close()

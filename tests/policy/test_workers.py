@@ -1,0 +1,163 @@
+"""``quotagate serve --workers 2``: two real worker processes on the same sockets, sharing their
+reservations through a private redis-server, supervised: a burst lets in exactly what fits
+whichever worker each check reaches, a worker killed (or stuck) is started again while the other
+answers, the metrics add up, SIGTERM stops everything and leaves no socket behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quotagate.policy.workers import STUCK_SECONDS
+from tests.policy.conftest import (
+    DUNNO,
+    QUOTA,
+    ROOMY,
+    ROOMY_USED,
+    Site,
+    ask,
+    make_site,
+    request,
+    scrape,
+    wait_for,
+)
+from tests.servers.daemon import QUOTAGATE, PolicyDaemon
+from tests.servers.process import free_port
+from tests.servers.redis import private_redis
+
+MESSAGE = 2_000
+FITS = (QUOTA - ROOMY_USED) // MESSAGE  # 4
+
+
+@dataclass
+class Fleet:
+    site: Site
+    daemon: PolicyDaemon
+    port: int
+    metrics: int
+    unix: Path
+
+    def workers(self) -> list[int]:
+        assert self.daemon.proc is not None
+        found = subprocess.run(["pgrep", "-P", str(self.daemon.proc.pid)], capture_output=True, text=True)
+        return sorted(int(pid) for pid in found.stdout.split())
+
+    def ready(self) -> int:
+        """How many times a worker said it serves (one line each, at every start)."""
+        return self.daemon.log().count(": serving ")
+
+    def wait_for_start(self, after: int, timeout: float = 20) -> None:
+        wait_for(lambda: self.ready() > after, timeout=timeout, what="a worker started again")
+
+
+def rcpt(n: int) -> bytes:
+    return request(ROOMY, MESSAGE, client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+
+
+def end(n: int) -> bytes:
+    return rcpt(n).replace(b"request=smtpd_access_policy", b"request=quotagate_end")
+
+
+def burst(port: int, first: int) -> dict[int, bytes]:
+    """Ten checks at once, each on a connection of its own (Exim's way): either worker answers."""
+    numbers = range(first, first + 10)
+    with ThreadPoolExecutor(10) as pool:
+        return dict(zip(numbers, pool.map(lambda n: ask(port, rcpt(n)), numbers), strict=True))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, short_tmp: Path) -> Iterator[Fleet]:
+    site = make_site(tmp_path)
+    port, metrics = free_port(), free_port()
+    unix = short_tmp / "policy.sock"
+    with private_redis() as redis:
+        config = site.base / "quotagate.toml"
+        policy = site.toml(
+            listen=[f"127.0.0.1:{port}", f"unix:{unix}"],
+            metrics=f"127.0.0.1:{metrics}",
+            state_file=str(site.base / "reservations.json"),
+        )
+        config.write_text(policy + f'[shared]\nurl = "{redis.url}"\nprefix = "{site.base.name}"\nretry_seconds = 0.2\n')
+        daemon = PolicyDaemon(config, port, site.base / "serve.log", "serve --workers 2")
+        daemon.start()
+        try:
+            yield Fleet(site, daemon, port, metrics, unix)
+        finally:
+            daemon.stop()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_workers_share_reservations_and_one_killed_is_started_again(fleet: Fleet) -> None:
+    fleet.daemon.wait_for_log("2 workers answering", seconds=20)
+    first = burst(fleet.port, 0)
+    assert list(first.values()).count(DUNNO) == FITS, first
+    # Ends reach whichever worker: the room is let go all the same.
+    for n, answer in first.items():
+        if answer == DUNNO:
+            ask(fleet.port, end(n))
+    again = burst(fleet.port, 100)
+    assert list(again.values()).count(DUNNO) == FITS, again
+
+    # The metrics are the workers' added up (each leaves its own every second).
+    def counted() -> float:
+        samples = scrape(fleet.metrics)
+        return sum(v for k, v in samples.items() if k.startswith("quotagate_policy_requests_total"))
+
+    answered = 20 + FITS
+    wait_for(lambda: counted() == answered, timeout=10, what=f"{answered} requests counted across the workers")
+
+    # Each worker killed in turn: the other answers meanwhile, and the supervisor starts it again.
+    for victim in fleet.workers():
+        starts = fleet.ready()
+        os.kill(victim, signal.SIGKILL)
+        assert ask(fleet.port, request(ROOMY, 1, instance="after-kill")) == DUNNO
+        fleet.wait_for_start(after=starts)
+        assert victim not in fleet.workers()
+    assert len(fleet.workers()) == 2
+    assert "was killed by SIGKILL: starting it again" in fleet.daemon.log()
+    samples = scrape(fleet.metrics)
+    assert samples["quotagate_policy_workers"] == 2
+    assert samples['quotagate_policy_worker_restarts_total{cause="died"}'] == 2
+    assert counted() >= answered  # what the killed workers counted is kept
+
+    workers = fleet.workers()
+    assert fleet.daemon.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not fleet.unix.exists()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_a_worker_whose_loop_is_stuck_is_killed_and_started_again(fleet: Fleet) -> None:
+    fleet.daemon.wait_for_log("2 workers answering", seconds=20)
+    stuck = fleet.workers()[0]
+    starts = fleet.ready()
+    os.kill(stuck, signal.SIGSTOP)  # as a loop blocked in a call that never returns
+    try:
+        assert ask(fleet.port, request(ROOMY, 1)) == DUNNO  # the other one answers
+        fleet.wait_for_start(after=starts, timeout=STUCK_SECONDS + 20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed, as it should be
+            os.kill(stuck, signal.SIGCONT)
+    assert "sent no heartbeat" in fleet.daemon.log()
+    assert stuck not in fleet.workers()
+
+
+def test_more_than_one_worker_needs_shared_state(site: Site) -> None:
+    config = site.base / "quotagate.toml"
+    config.write_text(site.toml(listen=[f"127.0.0.1:{free_port()}"]))
+    done = subprocess.run(
+        [QUOTAGATE, "--config", str(config), "serve", "--workers", "2"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert "2 workers need [shared] url" in done.stderr
+    assert "Traceback" not in done.stderr
