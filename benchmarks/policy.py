@@ -63,6 +63,11 @@ What it does, in one run, against the same spool:
    It prints RCPT/s, p50/p99 RCPT latency, the replies, how many RCPTs were refused against how
    many the spool says should be, and the CPU per RCPT of Exim and of the policy server.
 
+7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
+   --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
+   row beside the daemon without ``[shared]``: a table of req/s, p99 and CPU per request (all the
+   workers' processes), N workers against the plain daemon.
+
 Targets (printed as met / NOT MET): quotagate at least 10x Dovecot's requests per second and a
 lower p99 in every policy row; quotagate's ACL adds under 1 ms to Exim's median RCPT latency;
 with quotagate, Exim keeps at least half of its no-check RCPT rate.
@@ -381,16 +386,21 @@ class Server:
 # -- quotagate ----------------------------------------------------------------------------------
 
 
+def _quotagate_toml(qdir: Path, spool: Spool, port: int, extra: str = "") -> str:
+    return (
+        f'[store]\nurl = "sqlite:///{qdir}/quotagate.db"\n'
+        f'[spool]\nroot = "{spool.root}"\nlayout = "{{domain}}/{{local}}/Maildir"\n'
+        f'[policy]\nlisten = ["{HOST}:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
+        f'control_socket = "{qdir}/control-{port}.sock"\n{extra}'
+    )
+
+
 def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server, Path]:
     qdir = work / "quotagate"
     qdir.mkdir()
     port = free_port()
     config = qdir / "quotagate.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{qdir}/quotagate.db"\n'
-        f'[spool]\nroot = "{spool.root}"\nlayout = "{{domain}}/{{local}}/Maildir"\n'
-        f'[policy]\nlisten = ["{HOST}:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
-    )
+    config.write_text(_quotagate_toml(qdir, spool, port))
     csv = qdir / "mailboxes.csv"
     csv.write_text(
         "address,quota,messages,path\n"
@@ -407,6 +417,25 @@ def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server,
     proc = procs.start([*base, "serve"], log)
     wait_for_port(port, proc, log)
     return Server("quotagate", port, proc, session=False), config
+
+
+def start_quotagate_workers(spool: Spool, work: Path, procs: Processes, count: int, redis: str) -> Server:
+    """``serve --workers count`` on the store start_quotagate made, sharing state through ``redis``
+    (keys under a prefix of this run's own)."""
+    qdir = work / "quotagate"
+    port = free_port()
+    config = qdir / f"workers-{count}.toml"
+    shared = f'[shared]\nurl = "{redis}"\nprefix = "bench-{os.getpid()}-{count}"\n'
+    config.write_text(_quotagate_toml(qdir, spool, port, shared))
+    log = qdir / f"serve-workers-{count}.log"
+    proc = procs.start([str(QUOTAGATE), "--config", str(config), "serve", "--workers", str(count)], log)
+    wait_for_port(port, proc, log)
+    deadline = time.monotonic() + 60
+    while count > 1 and f"{count} workers answering" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"quotagate serve --workers {count} did not start:\n{tail(log)}")
+        time.sleep(0.1)
+    return Server(f"quotagate x{count}", port, proc, session=True)
 
 
 # -- the null server -----------------------------------------------------------------------------
@@ -1206,6 +1235,34 @@ def print_policy_table(rows: list[tuple[str, dict[str, Measured]]]) -> bool:
     return all_ok
 
 
+def print_workers_table(rows: list[tuple[str, dict[str, Measured]]], counts: Sequence[int]) -> None:
+    """One worker without [shared] beside N workers sharing reservations through Redis (N = 1: the
+    cost of Redis alone; N > 1 against N = 1: how workers scale)."""
+    if not counts:
+        return
+    print()
+    print(
+        "Workers: req/s and p99 (ms) of serve --workers N with [shared] (Redis: every check with a size asks it) "
+        "beside one daemon without [shared] (column 1); ratio = N workers with [shared] / 1 without"
+    )
+    names = [f"quotagate x{n}" for n in counts]
+    head = f"{'mode':<24} {'1':>7} " + " ".join(f"{n:>7} {'ratio':>6}" for n in counts) + f" | {'p99 1':>7} "
+    head += " ".join(f"{'p99 ' + str(n):>7}" for n in counts) + " | CPU µs/req " + " ".join(["1", *map(str, counts)])
+    print(head)
+    print("-" * len(head))
+    for label, r in rows:
+        one = r["quotagate"]
+        many = [r[name] for name in names]
+        print(
+            f"{label:<24} {one.rate:>7.0f} "
+            + " ".join(f"{m.rate:>7.0f} {ratio(m.rate, one.rate):>5.2f}x" for m in many)
+            + f" | {one.p99:>7.3f} "
+            + " ".join(f"{m.p99:>7.3f}" for m in many)
+            + f" | {one.server_us:.0f} "
+            + " ".join(f"{m.server_us:.0f}" for m in many)
+        )
+
+
 @dataclass(frozen=True)
 class EximRows:
     rows: list[Measured]  # 8 sessions each
@@ -1348,8 +1405,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", type=int, default=200, help="random requests in the consistency check")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"where the spool and run live ({DEFAULT_DIR})")
     parser.add_argument("--no-exim", action="store_true", help="skip the Exim part")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="also serve --workers N with [shared] url = --redis, for each N of this comma-separated list "
+        "(1,2: one and two workers sharing through Redis, beside the plain one)",
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="[shared] url for --workers rows")
     parser.add_argument("--quick", action="store_true", help="short rows (2 s + 0.5 s warm-up), same spool")
     args = parser.parse_args(argv)
+    try:
+        args.workers = sorted({int(n) for n in args.workers.split(",") if n.strip()})
+    except ValueError:
+        parser.error("--workers takes numbers separated by commas, e.g. 2 or 2,4")
     if args.quick:
         args.seconds, args.warmup, args.check = 2.0, 0.5, 100
     if args.mailboxes < 10 or args.seconds <= 0 or args.warmup < 0 or args.procs < 1 or args.requests < 0:
@@ -1367,6 +1435,7 @@ class Servers:
     config: Path
     dovecot: Server
     null: Server
+    workers: list[Server]  # serve --workers N, for each N of --workers
 
 
 @dataclass
@@ -1374,10 +1443,12 @@ class Outcome:
     consistent: bool
     rows: list[tuple[str, dict[str, Measured]]]
     exim: EximRows | None
+    workers: list[int]
 
 
-def start_servers(spool: Spool, work: Path, procs: Processes) -> Servers:
+def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Namespace) -> Servers:
     qg, qg_config = start_quotagate(spool, work, procs)
+    workers = [start_quotagate_workers(spool, work, procs, n, args.redis) for n in args.workers]
     dc = start_dovecot(spool, work, procs)
     null = start_null(work, procs)
     over = sum(b.kind == "over" for b in spool.boxes)
@@ -1385,7 +1456,9 @@ def start_servers(spool: Spool, work: Path, procs: Processes) -> Servers:
         f"servers: quotagate {HOST}:{qg.port} (reservation_seconds = 0, metrics off), Dovecot quota-status "
         f"{HOST}:{dc.port}, null server {HOST}:{null.port}; {len(spool.boxes)} mailboxes, {over} over quota"
     )
-    return Servers(qg, qg_config, dc, null)
+    if workers:
+        print("workers: " + ", ".join(f"{w.name} {HOST}:{w.port}" for w in workers) + f", [shared] {args.redis}")
+    return Servers(qg, qg_config, dc, null, workers)
 
 
 def measure(
@@ -1400,13 +1473,13 @@ def measure(
     """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
     timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
     qg, dc, null = servers.quotagate, servers.dovecot, servers.null
-    consistent = consistency(spool, [qg, dc], args.check)
+    consistent = consistency(spool, [qg, dc, *servers.workers], args.check)
     per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
     print(
         f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
         f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
     )
-    rows = policy_rows(spool, [qg, dc, null], timing)
+    rows = policy_rows(spool, [qg, *servers.workers, dc, null], timing)
     exim: EximRows | None = None
     if with_exim:
         # What exim-config --method policy prints: the RCPT statements, and the ACLs they sit beside.
@@ -1415,13 +1488,14 @@ def measure(
         exim = exim_rows(spool, work, [qg, dc, null], parts.acl, parts.acls, timing, procs, trust)
     else:
         print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
-    return Outcome(consistent, rows, exim)
+    return Outcome(consistent, rows, exim, args.workers)
 
 
 def report(outcome: Outcome, work: Path) -> None:
     """The tables, the targets, what else ran meanwhile, the servers' errors."""
     rows, exim, consistent = outcome.rows, outcome.exim, outcome.consistent
     policy_ok = print_policy_table(rows)
+    print_workers_table(rows, outcome.workers)
     exim_ok = print_exim_table(exim) if exim is not None else None
     print()
     print("targets:")
@@ -1459,7 +1533,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, mode=0o755)
         print(f"machine: {versions(load_before)}")
         print(f"run files: {work}")
-        servers = start_servers(spool, work, procs)
+        servers = start_servers(spool, work, procs, args)
         report(measure(args, spool, work, servers, with_exim, procs, trust), work)
         print(f"total time {time.monotonic() - started:.0f} s")
         return 0
