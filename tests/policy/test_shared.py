@@ -149,7 +149,7 @@ def test_a_transaction_that_ends_without_data_frees_its_room_for_every_daemon(
             )
             told = a if one_host else b
             answers.append(await told.ask(end))
-            await wait_until(lambda: not (told.ledger and told.ledger._tasks))
+            await wait_until(lambda: told.ledger is None or told.ledger.settled)
             answers.append(await a.ask(rcpt(11)))
             return answers
 
@@ -175,18 +175,18 @@ def test_room_in_flight_stays_until_a_storage_host_sees_the_delivery(tmp_path: P
             for n in range(FITS):  # every message accepted: in flight
                 eom = request(ROOMY, MESSAGE, "END-OF-MESSAGE", client=f"192.0.2.{n + 1}", instance=f"tx{n}")
                 answers.append(await (a if n % 2 else b).ask(eom))
-            await wait_until(lambda: not (a.ledger and a.ledger._tasks) and not (b.ledger and b.ledger._tasks))
+            await wait_until(lambda: all(d.ledger is None or d.ledger.settled for d in (a, b)))
             answers.append(await a.ask(rcpt(10)))  # still held: deferred
             storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
             await storage.start()
             try:
                 for _ in range(FITS):
                     storage.delivered(ROOMY)
-                await wait_until(lambda: not storage._tasks)  # seen before the reading is taken
+                await wait_until(lambda: storage.settled)  # seen before the reading is taken
                 now = storage.clock()
                 landed = ROOMY_USED + FITS * MESSAGE
                 storage.readings([dataclasses.replace(reading, bytes=landed, messages=1 + FITS, measured_at=now)])
-                await wait_until(lambda: not storage._tasks)
+                await wait_until(lambda: storage.settled)
             finally:
                 await storage.close()
             answers.append(await b.ask(rcpt(11)))  # the reading includes them: still full
@@ -215,7 +215,7 @@ def test_a_reading_from_a_storage_host_changes_both_answers(tmp_path: Path, redi
             try:
                 full = dataclasses.replace(reading, bytes=QUOTA, measured_at=storage.clock())
                 storage.readings([full])
-                await wait_until(lambda: not storage._tasks)
+                await wait_until(lambda: storage.settled)
             finally:
                 await storage.close()
             return [*answers, await a.ask(rcpt(2, 1)), await b.ask(rcpt(3, 1))]

@@ -18,11 +18,12 @@ is away; what that costs (room over-accepted while it was) is bounded in docs/sc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ _MARGIN_MS = 60_000
 _USAGE_MS = 86_400_000
 # Transaction ends and deliveries kept while Redis is away, replayed when it is back.
 MAX_PENDING = 100_000
+_REPLAY_BATCH = 1000  # of them in one pipeline
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
@@ -167,6 +169,8 @@ class RedisLedger:
         self._up = False
         self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._batch: list[tuple[Claim, asyncio.Future[Weighed | None]]] = []  # claims for the next pipeline
+        self._ops: list[_Op] = []  # changes for the next pipeline
         self._probe: asyncio.Task[None] | None = None
         # A storage host's current readings: sent again whenever Redis comes back (it may have
         # come back empty, and a reading is sent only when it changes).
@@ -180,6 +184,11 @@ class RedisLedger:
     @property
     def up(self) -> bool:
         return self._up
+
+    @property
+    def settled(self) -> bool:
+        """Every check and change asked for so far has had its answer from Redis (or failed)."""
+        return not (self._tasks or self._batch or self._ops)
 
     @property
     def _life_ms(self) -> int:
@@ -209,28 +218,53 @@ class RedisLedger:
 
     # -- checks --------------------------------------------------------------------------------
     def claim(self, claim: Claim) -> asyncio.Future[Weighed | None]:
-        return asyncio.ensure_future(self._claim(claim))
+        """Weigh (and hold) in Redis. The checks asked in one turn of the event loop (a burst,
+        many connections) go in one pipeline: one round trip and one pass through the client
+        for all of them, rather than one each."""
+        future: asyncio.Future[Weighed | None] = asyncio.get_running_loop().create_future()
+        self._batch.append((claim, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
 
-    async def _claim(self, claim: Claim) -> Weighed | None:
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._claim_all(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim_all(self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]]) -> None:
         assert self._client is not None and self._script is not None
-        keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
-        args = ["check", self._life_ms, *check_args(claim, self.node, round(self.reservation_seconds * 1000))]
+        reservation_ms = round(self.reservation_seconds * 1000)
         try:
-            async with asyncio.timeout(self.settings.timeout):
-                if not claim.holding:
-                    return weighed(await self._script(keys=keys, args=args))
-                # Which mailboxes a transaction holds room in, for its end (which may reach
-                # another daemon of the same host: Postfix opens a new connection for it).
-                index = self._index_key(claim.transaction)
-                async with self._client.pipeline(transaction=False) as pipe:
+            async with asyncio.timeout(self.settings.timeout), self._client.pipeline(transaction=False) as pipe:
+                for claim, _ in batch:
+                    keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
+                    args = ["check", self._life_ms, *check_args(claim, self.node, reservation_ms)]
                     await self._script(keys=keys, args=args, client=pipe)
-                    pipe.sadd(index, claim.mailbox.address)
-                    pipe.pexpire(index, self._life_ms)
-                    reply = await pipe.execute()
-                return weighed(reply[0])
-        except self._faults as exc:  # decide alone
+                    if claim.holding:
+                        # Which mailboxes a transaction holds room in, for its end (which may
+                        # reach another daemon of the same host: Postfix opens a new connection).
+                        index = self._index_key(claim.transaction)
+                        pipe.sadd(index, claim.mailbox.address)
+                        pipe.pexpire(index, self._life_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            refused = True  # an error in a reply is the script's, for that check alone
+        except self._faults as exc:  # Redis away: decide alone
             self._failed(exc)
-            return None
+            replies, refused = [exc] * sum(3 if claim.holding else 1 for claim, _ in batch), False
+        at = 0
+        for claim, future in batch:
+            reply = replies[at]
+            at += 3 if claim.holding else 1
+            if future.done():  # the request gave up waiting
+                continue
+            if isinstance(reply, Exception):
+                if refused and self.metrics is not None:
+                    self.metrics.shared_errors.inc()
+                future.set_result(None)  # decide alone
+            else:
+                future.set_result(weighed(reply))
 
     def _index_key(self, transaction: Transaction) -> str:
         return f"{self.settings.prefix}:tx:{{{transaction_key(self.node, transaction)}}}"
@@ -298,37 +332,59 @@ class RedisLedger:
             self._failed(exc)  # sent again once Redis is back
 
     def _send(self, op: _Op) -> None:
+        """Changes made in one turn of the event loop go to Redis together (one pipeline)."""
         if not self._up:
             self._pending.append(op)
             return
-        task = asyncio.ensure_future(self._apply_or_keep(op))
+        self._ops.append(op)
+        if len(self._ops) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_ops)
+
+    def _flush_ops(self) -> None:
+        ops, self._ops = self._ops, []
+        task = asyncio.ensure_future(self._apply_or_keep(ops))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _apply_or_keep(self, op: _Op) -> None:
+    async def _apply_or_keep(self, ops: list[_Op]) -> None:
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await self._apply(op)
+                await self._apply(ops)
         except self._faults as exc:
-            self._pending.append(op)
+            self._pending.extend(ops)
             self._failed(exc)
 
-    async def _apply(self, op: _Op) -> None:
+    async def _apply(self, ops: Sequence[_Op]) -> None:
+        """``ops``, in order, in one pipeline; the transactions that end first look up, together,
+        which mailboxes they hold room in."""
         assert self._client is not None and self._script is not None
         prefix, life = self.settings.prefix, self._life_ms
-        if op.name == "end":
-            assert op.transaction is not None
-            index = self._index_key(op.transaction)
-            tx = transaction_key(self.node, op.transaction)
-            for mailbox in await self._client.smembers(index):
-                address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
-                await self._script(keys=mailbox_keys(prefix, address), args=["end", life, tx, *op.args])
-            return
-        if op.name == "usage":
-            age = max(0, round((self.clock() - op.measured_at) * 1000))
-            await self._script(keys=mailbox_keys(prefix, op.mailbox), args=["usage", _USAGE_MS, *op.args, age])
-            return
-        await self._script(keys=mailbox_keys(prefix, op.mailbox), args=[op.name, life, *op.args])
+        ends = [op.transaction for op in ops if op.name == "end" and op.transaction is not None]
+        held: list[Any] = []
+        if ends:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for transaction in ends:
+                    pipe.smembers(self._index_key(transaction))
+                held = await pipe.execute()
+        mailboxes = iter(held)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for op in ops:
+                if op.name == "end" and op.transaction is not None:
+                    tx = transaction_key(self.node, op.transaction)
+                    for mailbox in next(mailboxes):
+                        address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
+                        args: list[str | int] = ["end", life, tx, *op.args]
+                        await self._script(keys=mailbox_keys(prefix, address), args=args, client=pipe)
+                elif op.name == "usage":
+                    age = max(0, round((self.clock() - op.measured_at) * 1000))
+                    args = ["usage", _USAGE_MS, *op.args, age]
+                    await self._script(keys=mailbox_keys(prefix, op.mailbox), args=args, client=pipe)
+                else:
+                    await self._script(
+                        keys=mailbox_keys(prefix, op.mailbox), args=[op.name, life, *op.args], client=pipe
+                    )
+            if len(pipe):
+                await pipe.execute()
 
     # -- faults --------------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:
@@ -376,10 +432,12 @@ class RedisLedger:
                 self._run_id = await self._server_run()
             while True:
                 while self._pending:
-                    async with asyncio.timeout(self.settings.timeout):
-                        await self._apply(self._pending[0])
-                    self._pending.popleft()
-                    replayed += 1
+                    chunk = list(itertools.islice(self._pending, _REPLAY_BATCH))
+                    async with asyncio.timeout(self.settings.timeout * 10):
+                        await self._apply(chunk)
+                    for _ in chunk:
+                        self._pending.popleft()
+                    replayed += len(chunk)
                 alone = list(self.local)
                 if not alone:
                     break
