@@ -66,7 +66,7 @@ What it does, in one run, against the same spool:
 7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
    --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
    row beside the daemon without ``[shared]``: a table of req/s, p99 and CPU per request (all the
-   workers' processes), N workers against the plain daemon.
+   workers' processes), N workers against the plain daemon; and behind Exim, a row each.
 
 Targets (printed as met / NOT MET): quotagate at least 10x Dovecot's requests per second and a
 lower p99 in every policy row; quotagate's ACL adds under 1 ms to Exim's median RCPT latency;
@@ -1485,7 +1485,7 @@ def measure(
         # What exim-config --method policy prints: the RCPT statements, and the ACLs they sit beside.
         parts = exim_config.parts(load_config(servers.config), "policy")
         print(f"exim: {per_row} per config after {args.warmup:g} s warm-up, RSET + MAIL every {SMTP_BATCH} RCPTs")
-        exim = exim_rows(spool, work, [qg, dc, null], parts.acl, parts.acls, timing, procs, trust)
+        exim = exim_rows(spool, work, [qg, *servers.workers, dc, null], parts.acl, parts.acls, timing, procs, trust)
     else:
         print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
     return Outcome(consistent, rows, exim, args.workers)
