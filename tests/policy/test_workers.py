@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from tests.policy.conftest import (
     Site,
     ask,
     make_site,
+    read_answer,
     request,
     scrape,
     wait_for,
@@ -106,13 +108,17 @@ def test_workers_share_reservations_and_one_killed_is_started_again(fleet: Fleet
             ask(fleet.port, end(n))
     again = burst(fleet.port, 100)
     assert list(again.values()).count(DUNNO) == FITS, again
+    with socket.socket(socket.AF_UNIX) as unix:  # the unix socket is served too
+        unix.connect(str(fleet.unix))
+        unix.sendall(request(ROOMY, 1, instance="unix"))
+        assert read_answer(unix) == DUNNO
 
     # The metrics are the workers' added up (each leaves its own every second).
     def counted() -> float:
         samples = scrape(fleet.metrics)
         return sum(v for k, v in samples.items() if k.startswith("quotagate_policy_requests_total"))
 
-    answered = 20 + FITS
+    answered = 20 + FITS + 1
     wait_for(lambda: counted() == answered, timeout=10, what=f"{answered} requests counted across the workers")
 
     # Each worker killed in turn: the other answers meanwhile, and the supervisor starts it again.

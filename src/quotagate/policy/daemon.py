@@ -43,7 +43,7 @@ class WorkerRole:
     index: int
     listeners: list[Listener]
     report: Callable[[str], object]  # "READY=1", "WATCHDOG=1", as systemd would get them
-    metrics_file: Path
+    metrics_file: Path | None  # None: [policy] metrics off
 
     @property
     def first(self) -> bool:
@@ -254,7 +254,7 @@ class Daemon:
             asyncio.create_task(self._housekeeping_forever()),
         ]
         interval = watchdog_interval() if self.worker is None else _WORKER_HEARTBEAT_SECONDS
-        if self.worker is not None:
+        if self.worker is not None and self.worker.metrics_file is not None:
             background.append(asyncio.create_task(self._leave_metrics_forever(self.worker.metrics_file)))
         if interval is not None:
             background.append(asyncio.create_task(self._watchdog_forever(interval)))
@@ -271,7 +271,7 @@ class Daemon:
         if self._control is not None:
             self._control.close()
         await self._save_reservations()
-        if self.worker is not None:
+        if self.worker is not None and self.worker.metrics_file is not None:
             await self._leave_metrics(self.worker.metrics_file)  # the counts of its last second
         if self.shared is not None:
             await self.shared.close()

@@ -67,14 +67,14 @@ def check_workers(config: Config, count: int) -> None:
 
 
 # -- the worker's side -------------------------------------------------------------------------
-def worker_spec(index: int, listeners: Sequence[Listener], pipe: int, metrics_file: Path) -> str:
+def worker_spec(index: int, listeners: Sequence[Listener], pipe: int, metrics_file: Path | None) -> str:
     """What a worker is told on its command line (hidden option ``serve --worker``)."""
     return json.dumps(
         {
             "index": index,
             "listeners": [[listener.sock.fileno(), listener.name] for listener in listeners],
             "pipe": pipe,
-            "metrics_file": str(metrics_file),
+            "metrics_file": None if metrics_file is None else str(metrics_file),
         }
     )
 
@@ -98,7 +98,8 @@ def worker_role(spec: str) -> WorkerRole:
                 os.kill(os.getpid(), signal.SIGTERM)  # the supervisor is gone: stop too
 
     os.set_blocking(pipe, False)
-    return WorkerRole(int(data["index"]), listeners, report, Path(data["metrics_file"]))
+    metrics_file = data["metrics_file"]
+    return WorkerRole(int(data["index"]), listeners, report, None if metrics_file is None else Path(metrics_file))
 
 
 # -- the supervisor's side ---------------------------------------------------------------------
@@ -143,7 +144,8 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         read, write = os.pipe()
         os.set_blocking(read, False)
-        spec = worker_spec(index, self._listeners, write, self._fleet.path(index))
+        metrics = self._fleet.path(index) if self.config.policy.metrics else None
+        spec = worker_spec(index, self._listeners, write, metrics)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
         fds = [listener.sock.fileno() for listener in self._listeners] + [write]
         try:
