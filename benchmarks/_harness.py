@@ -105,10 +105,10 @@ class Processes:
         self.servers: list[subprocess.Popen[bytes]] = []
         self.workers: list[multiprocessing.process.BaseProcess] = []
 
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         self.servers.append(proc)
         return proc

@@ -63,6 +63,9 @@ What it does, in one run, against the same spool:
    It prints RCPT/s, p50/p99 RCPT latency, the replies, how many RCPTs were refused against how
    many the spool says should be, and the CPU per RCPT of Exim and of the policy server.
 
+8. **Another revision** (``--compare REV``): quotagate's ``src`` as of git revision REV, run
+   with the same virtualenv on a store of its own (imported and scanned by it), in every policy
+   row; a table of today's req/s, p99 and CPU per request against it.
 7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
    --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
    row beside the daemon without ``[shared]``: a table of req/s, p99 and CPU per request (all the
@@ -386,13 +389,45 @@ class Server:
 # -- quotagate ----------------------------------------------------------------------------------
 
 
-def _quotagate_toml(qdir: Path, spool: Spool, port: int, extra: str = "") -> str:
+def _quotagate_toml(qdir: Path, spool: Spool, port: int, extra: str = "", control: bool = True) -> str:
+    """``control``: name a control socket of the run's own (a revision before it had none)."""
     return (
         f'[store]\nurl = "sqlite:///{qdir}/quotagate.db"\n'
         f'[spool]\nroot = "{spool.root}"\nlayout = "{{domain}}/{{local}}/Maildir"\n'
         f'[policy]\nlisten = ["{HOST}:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
-        f'control_socket = "{qdir}/control-{port}.sock"\n{extra}'
+        + (f'control_socket = "{qdir}/control-{port}.sock"\n' if control else "")
+        + extra
     )
+
+
+def _mailbox_csv(path: Path, spool: Spool) -> Path:
+    path.write_text(
+        "address,quota,messages,path\n"
+        + "".join(f"{b.address},{b.quota},0,{b.domain}/{b.local}/Maildir\n" for b in spool.boxes)
+    )
+    return path
+
+
+def start_quotagate_at(spool: Spool, work: Path, procs: Processes, rev: str) -> Server:
+    """quotagate as it was at git revision ``rev`` (its ``src`` exported from this repository, run
+    with this virtualenv's Python and libraries), on a store of its own that it imports and scans."""
+    qdir = work / f"quotagate-{rev}"
+    source = qdir / "source"
+    source.mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    port = free_port()
+    config = qdir / "quotagate.toml"
+    config.write_text(_quotagate_toml(qdir, spool, port, control=False))
+    env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    base = [sys.executable, "-m", "quotagate", "--config", str(config)]
+    run([*base, "mailbox", "import", str(_mailbox_csv(qdir / "mailboxes.csv", spool))], env=env)
+    run([*base, "scan"], env=env)
+    log = qdir / "serve.log"
+    proc = procs.start([*base, "serve"], log, env=env)
+    wait_for_port(port, proc, log)
+    return Server(f"quotagate@{rev}", port, proc, session=False)
 
 
 def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server, Path]:
@@ -401,11 +436,7 @@ def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server,
     port = free_port()
     config = qdir / "quotagate.toml"
     config.write_text(_quotagate_toml(qdir, spool, port))
-    csv = qdir / "mailboxes.csv"
-    csv.write_text(
-        "address,quota,messages,path\n"
-        + "".join(f"{b.address},{b.quota},0,{b.domain}/{b.local}/Maildir\n" for b in spool.boxes)
-    )
+    csv = _mailbox_csv(qdir / "mailboxes.csv", spool)
     base = [str(QUOTAGATE), "--config", str(config)]
     started = time.perf_counter()
     run([*base, "mailbox", "import", str(csv)])
@@ -1263,6 +1294,23 @@ def print_workers_table(rows: list[tuple[str, dict[str, Measured]]], counts: Seq
         )
 
 
+def print_compared_table(rows: list[tuple[str, dict[str, Measured]]], name: str) -> None:
+    """Today's quotagate against the same at another revision, measured in the same run."""
+    print()
+    print(f"quotagate against {name} (same spool, same load, same run): req/s, p99 (ms), CPU per request (µs)")
+    head = f"{'mode':<24} {'today':>7} {'then':>7} {'ratio':>6} | {'p99':>7} {'then':>7} | "
+    head += f"{'CPU':>5} {'then':>5} {'ratio':>6}"
+    print(head)
+    print("-" * len(head))
+    for label, r in rows:
+        now, then = r["quotagate"], r[name]
+        print(
+            f"{label:<24} {now.rate:>7.0f} {then.rate:>7.0f} {ratio(now.rate, then.rate):>5.2f}x | "
+            f"{now.p99:>7.3f} {then.p99:>7.3f} | {now.server_us:>5.0f} {then.server_us:>5.0f} "
+            f"{ratio(now.server_us, then.server_us):>5.2f}x"
+        )
+
+
 @dataclass(frozen=True)
 class EximRows:
     rows: list[Measured]  # 8 sessions each
@@ -1412,6 +1460,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(1,2: one and two workers sharing through Redis, beside the plain one)",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="[shared] url for --workers rows")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also quotagate as of git revision REV (e.g. fe3ff0a, before reservations), in every policy row",
+    )
     parser.add_argument("--quick", action="store_true", help="short rows (2 s + 0.5 s warm-up), same spool")
     args = parser.parse_args(argv)
     try:
@@ -1436,6 +1489,7 @@ class Servers:
     dovecot: Server
     null: Server
     workers: list[Server]  # serve --workers N, for each N of --workers
+    compared: Server | None  # quotagate at --compare REV
 
 
 @dataclass
@@ -1444,6 +1498,7 @@ class Outcome:
     rows: list[tuple[str, dict[str, Measured]]]
     exim: EximRows | None
     workers: list[int]
+    compared: str | None  # the name of the --compare server
 
 
 def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Namespace) -> Servers:
@@ -1458,7 +1513,10 @@ def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Nam
     )
     if workers:
         print("workers: " + ", ".join(f"{w.name} {HOST}:{w.port}" for w in workers) + f", [shared] {args.redis}")
-    return Servers(qg, qg_config, dc, null, workers)
+    compared = start_quotagate_at(spool, work, procs, args.compare) if args.compare else None
+    if compared is not None:
+        print(f"compared: {compared.name} {HOST}:{compared.port}")
+    return Servers(qg, qg_config, dc, null, workers, compared)
 
 
 def measure(
@@ -1473,13 +1531,14 @@ def measure(
     """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
     timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
     qg, dc, null = servers.quotagate, servers.dovecot, servers.null
-    consistent = consistency(spool, [qg, dc, *servers.workers], args.check)
+    others = [*servers.workers, *([servers.compared] if servers.compared else [])]
+    consistent = consistency(spool, [qg, dc, *others], args.check)
     per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
     print(
         f"policy load: {per_row} per row after {args.warmup:g} s warm-up, {args.procs} generator "
         f"process(es); persistent rows send Postfix's 31 attributes, new-connection rows quotagate's ACL's 4"
     )
-    rows = policy_rows(spool, [qg, *servers.workers, dc, null], timing)
+    rows = policy_rows(spool, [qg, *others, dc, null], timing)
     exim: EximRows | None = None
     if with_exim:
         # What exim-config --method policy prints: the RCPT statements, and the ACLs they sit beside.
@@ -1488,7 +1547,7 @@ def measure(
         exim = exim_rows(spool, work, [qg, *servers.workers, dc, null], parts.acl, parts.acls, timing, procs, trust)
     else:
         print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
-    return Outcome(consistent, rows, exim, args.workers)
+    return Outcome(consistent, rows, exim, args.workers, servers.compared.name if servers.compared else None)
 
 
 def report(outcome: Outcome, work: Path) -> None:
@@ -1496,6 +1555,8 @@ def report(outcome: Outcome, work: Path) -> None:
     rows, exim, consistent = outcome.rows, outcome.exim, outcome.consistent
     policy_ok = print_policy_table(rows)
     print_workers_table(rows, outcome.workers)
+    if outcome.compared is not None:
+        print_compared_table(rows, outcome.compared)
     exim_ok = print_exim_table(exim) if exim is not None else None
     print()
     print("targets:")
