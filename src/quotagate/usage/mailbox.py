@@ -90,13 +90,14 @@ def _maildir(
         if fd is None:
             continue  # removed, or swapped for a symlink, while we looked
         try:
-            symlinked += maildir.symlinked_mail_dirs(fd, name, layout)
+            seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
+            symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
             shown = display_name(name)
             old = reuse.get(shown)
-            if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
+            if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
                 folder = old
             else:
-                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile)
+                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
             own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
             folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
