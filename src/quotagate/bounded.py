@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Chunks of jobs sent to a worker process at once: one job per message costs several times more.
-_CHUNK_MAX = 8
+# Jobs sent to a worker process at once: each chunk is a future, a pickled message each way and
+# the executor's bookkeeping (for 2,000 mailboxes ~0.07 s of the parent's CPU in chunks of 8,
+# ~0.03 s in chunks of 32). A scan has at least 32 chunks per worker, which keeps them evenly busy.
+_CHUNK_MAX = 32
 
 
 def call(fn: Callable[[], R], timeout: float) -> R:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -169,6 +170,24 @@ def test_a_message_in_new_and_cur_under_one_unique_name_counts_once(tmp_path: Pa
     add_message(inbox, 100, where="cur", unique="1700000000.M1P1.h,S=100")
     add_message(inbox, 5, where="cur")
     assert per_folder(measure(str(root), "auto")) == {"INBOX": (105, 2)}
+
+
+@pytest.mark.parametrize("others", [0, 100])
+@pytest.mark.parametrize("new_flags", [None, "2,"])  # new/ names rarely carry the ":2," info, but may
+def test_many_messages_in_new_and_one_also_in_cur_count_once(
+    tmp_path: Path, others: int, new_flags: str | None
+) -> None:
+    root = tmp_path / "Maildir"
+    inbox = maildir_folder(root)
+    for _ in range(others):
+        add_message(inbox, 10, where="new", with_size=False)
+    both = "1700000000.M1P1.h,S=100"
+    add_message(inbox, 100, where="new", unique=both + (f":{new_flags}" if new_flags else ""))
+    add_message(inbox, 100, where="cur", unique=both)
+    add_message(inbox, 5, where="cur")
+    with open(os.path.join(inbox, b"new", b".hidden,S=7"), "wb") as dot:
+        dot.write(b"x")
+    assert per_folder(measure(str(root), "auto")) == {"INBOX": (105 + 10 * others, 2 + others)}
 
 
 @pytest.mark.parametrize(
@@ -684,9 +703,9 @@ def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pyte
     read: list[str] = []
     original = maildir.read_folder
 
-    def counting(fd: int, name: str, cutoff: int, *profile: Profile) -> object:
+    def counting(fd: int, name: str, cutoff: int, *profile: Any, **before: Any) -> Any:
         read.append(name)
-        return original(fd, name, cutoff, *profile)
+        return original(fd, name, cutoff, *profile, **before)
 
     monkeypatch.setattr(maildir, "read_folder", counting)
     again = measure(str(root), "auto", first, time.time_ns())

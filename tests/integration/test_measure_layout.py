@@ -13,11 +13,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from quotagate import report
-from quotagate.accounting import Profile
 from quotagate.misread import layout_hint
 from quotagate.model import Limits, MailboxUsage, Reading, State
 from quotagate.store.rows import USAGE_COLUMNS, reading, usage_row
@@ -213,9 +213,9 @@ def test_fs_layout_unchanged_folders_are_reused_and_new_deep_folders_seen(
     read: list[str] = []
     original = maildir.read_folder
 
-    def counting(fd: int, name: str, cutoff: int, *profile: Profile) -> object:
+    def counting(fd: int, name: str, cutoff: int, *profile: Any, **before: Any) -> Any:
         read.append(name)
-        return original(fd, name, cutoff, *profile)
+        return original(fd, name, cutoff, *profile, **before)
 
     monkeypatch.setattr(maildir, "read_folder", counting)
     assert measure(root, "fs", first, time.time_ns()) == first

@@ -39,9 +39,9 @@ class ReadCounter:
         self.calls: list[str] = []
         original = maildir.read_folder
 
-        def counting(fd: int, name: str, cutoff: int, *profile: Any) -> Any:
+        def counting(fd: int, name: str, cutoff: int, *profile: Any, **before: Any) -> Any:
             self.calls.append(name)
-            return original(fd, name, cutoff, *profile)
+            return original(fd, name, cutoff, *profile, **before)
 
         monkeypatch.setattr(maildir, "read_folder", counting)
 

@@ -53,7 +53,11 @@ def scan_with_hung_mailboxes(tmp_path: Path, count: int, workers: int) -> tuple[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("count", "workers"), [(6, 1), (80, 2)], ids=["in-process", "worker-processes"])
+@pytest.mark.parametrize(
+    ("count", "workers"),
+    [(6, 1), (80, 2), (700, 2)],
+    ids=["in-process", "worker-processes", "chunks-of-several"],  # a hung job's chunk mates run again
+)
 def test_a_hung_mailbox_times_out_and_the_rest_is_stored(tmp_path: Path, count: int, workers: int) -> None:
     result, elapsed = scan_with_hung_mailboxes(tmp_path, count, workers)
     hung = {f"{local}@example.org" for local in HUNG if int(local[1:]) < count}

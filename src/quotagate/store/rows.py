@@ -49,6 +49,8 @@ USAGE_COLUMNS = (
 # quotagate_scan's columns besides its id: ScanSummary's fields, in their order.
 SCAN_COLUMNS = tuple(f.name for f in fields(ScanSummary))
 _FORMATS = {f.value: f for f in Format}
+# One encoder for every row: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _STATES = {s.value: s for s in State}
 # The reason column holds an unknown mailbox's error, or a measured one's warning after this.
 _WARNING = "measured with a warning: "
@@ -64,7 +66,7 @@ def _folders_text(folders: Sequence[FolderUsage]) -> str:
     """``[name, bytes, messages, stamp]`` per folder, and the claims of its own maildirsize
     as a fifth element when it keeps one."""
     rows = [list(f[:4]) if f.own_maildirsize is None else [*f[:4], list(f.own_maildirsize)] for f in folders]
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return _encode(rows)
 
 
 def _folder(name: str, b: int, m: int, stamp: list[int] | None, own: list[int] | None = None) -> FolderUsage:

@@ -90,13 +90,14 @@ def _maildir(
         if fd is None:
             continue  # removed, or swapped for a symlink, while we looked
         try:
-            symlinked += maildir.symlinked_mail_dirs(fd, name, layout)
+            seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
+            symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
             shown = display_name(name)
             old = reuse.get(shown)
-            if old is not None and old.stamp == (*maildir.stamp(fd), *profile.stamp_tag):
+            if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
                 folder = old
             else:
-                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile)
+                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
             own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
             folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
@@ -208,7 +209,8 @@ def _measure_node(
 def _maildir_below(
     node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots, layout: maildir.Layout
 ) -> Node | None:
-    """The Maildir in ``subdir`` of a mailbox directory that is not a Maildir itself, or None.
+    """The Maildir in ``subdir`` of a mailbox directory that is not a Maildir itself (the caller
+    has looked), or None.
 
     PostfixAdmin's ``maildir`` column names the user's directory and Dovecot keeps the Maildir in
     ``Maildir/`` below it, beside Sieve scripts and the like. A plain directory is opened through
@@ -216,7 +218,7 @@ def _maildir_below(
     walking from the spool root again, as a symlinked mailbox root is: followed only while it
     stays beneath the allowed roots, else :class:`safefs.Escape` makes the mailbox unknown.
     """
-    if not subdir or fmt == "mbox" or node is None or not node.is_dir or _looks_like_maildir(node.fd, layout):
+    if not subdir or fmt == "mbox" or node is None or not node.is_dir:
         return None
     fd = safefs.open_dir(subdir, node.fd)
     if fd is not None:
@@ -311,10 +313,13 @@ def measure(
     """
     try:
         with safefs.opened(root, roots) as node:
-            below = _maildir_below(node, fmt, subdir, roots, layout)
+            # Looked at once: a directory that looks like a Maildir is measured as one.
+            looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
+            below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
             if below is None:
+                found_as: FormatSetting = "maildir" if looks else fmt
                 return _measure_at(
-                    node, root, fmt, previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                    node, root, found_as, previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                 )
             try:
                 where = os.path.join(root, subdir)

@@ -150,10 +150,11 @@ def some(names: list[str], most: int = 5) -> str:
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
-def symlinked_mail_dirs(folder_fd: int, name: str, layout: Layout = "maildir++") -> list[str]:
-    """The folder's cur/ and new/ that are symlinks (never followed), by their path in the Maildir."""
+def symlinked_mail_dirs(seen: Look, name: str, layout: Layout = "maildir++") -> list[str]:
+    """The folder's cur/ and new/ that ``seen`` found to be symlinks (never followed), by their
+    path in the Maildir."""
     base = "" if name == INBOX else f"{name}/" if layout == "fs" else f".{name}/"
-    return [f"{base}{sub}" for sub in ("cur", "new") if _entry_type(folder_fd, sub) == stat.S_IFLNK]
+    return [f"{base}{sub}" for sub in seen.symlinks]
 
 
 def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | None:
@@ -175,21 +176,42 @@ def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | 
     return fd
 
 
-def _mtime(folder_fd: int, sub: str) -> int:
+class Look(NamedTuple):
+    """What one ``lstat`` of each of a folder's ``cur/`` and ``new/`` shows: their stamp, and
+    which of them are symlinks (never followed, their mail not counted)."""
+
+    stamp: Stamp
+    symlinks: tuple[str, ...]
+
+
+def _mtime(st: os.stat_result | None) -> int:
+    return st.st_mtime_ns if st is not None and stat.S_ISDIR(st.st_mode) else _MISSING
+
+
+def _lstat(folder_fd: int, sub: str) -> os.stat_result | None:
     try:
-        st = os.stat(sub, dir_fd=folder_fd, follow_symlinks=False)
+        return os.stat(sub, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return _MISSING
-    return st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else _MISSING
+        return None
+
+
+def look(folder_fd: int) -> Look:
+    """:func:`stamp` and the symlinked ``cur/`` or ``new/`` of a folder, from the same two ``lstat``s."""
+    cur, new = _lstat(folder_fd, "cur"), _lstat(folder_fd, "new")
+    links = tuple(sub for sub, st in (("cur", cur), ("new", new)) if st is not None and stat.S_ISLNK(st.st_mode))
+    return Look((_mtime(cur), _mtime(new)), links)
 
 
 def stamp(folder_fd: int) -> Stamp:
-    """The mtimes of a folder's ``cur/`` and ``new/`` (-1 when missing): unchanged means unchanged mail."""
-    return (_mtime(folder_fd, "cur"), _mtime(folder_fd, "new"))
+    """The mtimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory):
+    unchanged means unchanged mail."""
+    return (_mtime(_lstat(folder_fd, "cur")), _mtime(_lstat(folder_fd, "new")))
 
 
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
     """:func:`stamp` of a folder by name; None when the folder is gone."""
+    if name == INBOX:  # the root itself: no descriptor of its own to open
+        return stamp(root_fd)
     fd = open_folder(root_fd, name, layout)
     if fd is None:
         return None
@@ -328,19 +350,24 @@ def _measure_profile(fd: int, names: list[str], profile: Profile) -> tuple[int, 
     return total, count, vanished
 
 
+_INFO = re.compile(r":[^/]*")
+
+
+def _unique_parts(names: list[str]) -> list[str]:
+    """:func:`unique_part` of each name, computed in C over the names joined by "/"."""
+    return _INFO.sub("", "/".join(names)).split("/") if names else []
+
+
 def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
     """``names`` less those whose unique part is in ``skip``.
 
-    A move from new/ to cur/ during a read is rare: look for each skipped name in the joined
-    listing first (a C-level search), and filter name by name only when one is there.
+    A move from new/ to cur/ during a read is rare: find out whether any name is to be skipped
+    with C-level work (a set intersection), and filter name by name only when one is.
     """
-    if len(skip) <= 64:
-        text = "/" + "/".join(names) + "/"
-        found = {u for u in skip if f"/{u}:" in text or f"/{u}/" in text}
-        if not found:
-            return names
-        skip = found
-    return [n for n in names if unique_part(n) not in skip]
+    found = skip.intersection(_unique_parts(names))
+    if not found:
+        return names
+    return [n for n in names if unique_part(n) not in found]
 
 
 def _read_dir(
@@ -367,19 +394,23 @@ def _read_dir(
         os.close(fd)
     if not collect:
         return total, count, set()
-    counted = {unique_part(n) for n in names if n[0] != "."}
-    return total, count, counted.difference(unique_part(n) for n in vanished)
+    counted = set(_unique_parts([n for n in names if n[0] != "."]))
+    return total, count, counted.difference(_unique_parts(vanished))
 
 
-def read_folder(folder_fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES) -> FolderUsage:
+def read_folder(
+    folder_fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES, before: Stamp | None = None
+) -> FolderUsage:
     """Measure one folder as ``profile`` counts it; re-read it if ``cur/`` or ``new/`` changed
     while it was read. A kept stamp ends with the profile's stamp tag.
 
     ``new/`` is read before ``cur/`` and messages are matched by their unique name, so mail
     moving from new/ to cur/ meanwhile is counted exactly once. A stamp newer than
     ``racy_cutoff_ns`` is not kept, so the next incremental scan reads the folder again.
+    ``before``: the folder's :func:`stamp` the caller has just taken (else it is taken here).
     """
-    before = stamp(folder_fd)
+    if before is None:
+        before = stamp(folder_fd)
     for _attempt in range(_RETRIES):
         new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True, profile=profile)
         cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False, profile=profile)

@@ -114,18 +114,23 @@ def open_node(path: str, roots: Roots) -> Node | None:
             redirected = None
             for i, part in enumerate(parts):
                 last = i == len(parts) - 1
-                if not last:  # the common case first: a plain directory, opened without a look
-                    try:
-                        opened = os.open(part, DIRECTORY, dir_fd=fd)
-                    except FileNotFoundError:
-                        return None
-                    except OSError as exc:
-                        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                            raise
-                    else:
-                        os.close(fd)
-                        fd = opened
+                # The common case first: a plain directory, opened without a look (O_NOFOLLOW and
+                # O_DIRECTORY let nothing else through); a symlink, a file or anything else is
+                # looked at below.
+                try:
+                    opened = os.open(part, DIRECTORY, dir_fd=fd)
+                except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                else:
+                    os.close(fd)
+                    fd = opened
+                    if not last:
                         continue
+                    node, fd = Node(opened, os.fstat(opened), logical), -1
+                    return node
                 try:
                     seen = os.stat(part, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
