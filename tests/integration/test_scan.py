@@ -319,6 +319,60 @@ def test_incremental_scan_sees_added_deleted_and_moved_mail(env: Env) -> None:
     assert independent_maildir_count(root)["Sent"] == (370, 2)
 
 
+def _hide_behind_old_mtimes(directory: Path, change: Callable[[], object]) -> None:
+    """What a mailbox's owner can do: change ``directory`` (add mail, a folder), then set its
+    mtime back to what it was, as ``touch -d`` does. Its ctime moves on regardless."""
+    before = os.stat(directory)
+    change()
+    os.utime(directory, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(directory).st_mtime_ns == before.st_mtime_ns
+
+
+def test_mail_hidden_behind_a_restored_mtime_is_found_by_an_incremental_scan(env: Env) -> None:
+    root = env.maildir("alice")
+    _sample_maildir(root)
+    backdate(root)
+    alice = env.add("alice")
+    env.scan()
+    assert _reading_totals(env, alice) == (3750, 5)
+
+    _hide_behind_old_mtimes(root / "cur", lambda: add_message(maildir_folder(root), 5000))
+    assert env.scan().summary.measured == 1
+    assert _reading_totals(env, alice) == (8750, 6)
+
+    def new_folder() -> None:
+        hidden = root / ".Hidden"
+        for sub in ("cur", "new", "tmp"):
+            (hidden / sub).mkdir(parents=True)
+        add_message(hidden, 7000)
+        backdate(hidden)  # its own cur/ and new/ as old as the rest
+
+    _hide_behind_old_mtimes(root, new_folder)
+    assert env.scan().summary.measured == 1
+    assert _reading_totals(env, alice) == (15750, 7)
+
+
+def test_mbox_mail_hidden_behind_a_restored_mtime_and_size_is_found(env: Env) -> None:
+    mbox = env.spool / "bob"
+    write_mbox(mbox, ["one\n", "abcde\n"])
+    backdate(env.spool)
+    old = os.stat(mbox).st_mtime_ns - 3600 * 10**9
+    os.utime(mbox, ns=(old, old))  # an old file: its stamp is kept
+    bob = env.add("bob", path="bob")
+    env.scan()
+    assert _reading_totals(env, bob)[1] == 2
+    assert env.scan().summary.measured == 0
+    same_size = mbox.read_bytes().replace(b"\nabcde\n", b"\nFrom \n")  # a third message, not a byte more
+    assert len(same_size) == os.stat(mbox).st_size
+
+    def rewrite() -> None:
+        mbox.write_bytes(same_size)
+
+    _hide_behind_old_mtimes(mbox, rewrite)
+    assert env.scan().summary.measured == 1
+    assert _reading_totals(env, bob)[1] == 3
+
+
 def test_incremental_scan_sees_new_and_removed_folders(env: Env) -> None:
     root = env.maildir("alice")
     _sample_maildir(root)

@@ -242,7 +242,7 @@ def test_file_stamp(tmp_path: Path) -> None:
         assert mbox.file_stamp(root, "sub/inbox") is None
         path.write_bytes(b"From x\n")
         st_ = os.lstat(path)
-        assert mbox.file_stamp(root, "sub/inbox") == (st_.st_mtime_ns, 7)
+        assert mbox.file_stamp(root, "sub/inbox") == (st_.st_ctime_ns, 7)
         path.unlink()
         path.symlink_to(tmp_path / "elsewhere")
         (tmp_path / "elsewhere").write_bytes(b"From x\n")

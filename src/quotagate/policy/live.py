@@ -157,7 +157,7 @@ class MaildirsizeReader:
                 raise OSError(errno.EINVAL, "not a regular file")
             if st.st_size > maildirsize.MAX_TRUSTED_BYTES:
                 return None  # Maildir++: a reader must not trust a file this large
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            key = (st.st_ino, st.st_ctime_ns, st.st_size)
             cached = self._cache.get(path)
             if cached is None or cached[0] != key:
                 totals = self._read(node)

@@ -106,8 +106,9 @@ def _maildir(
     if parsed is not None and parsed.problem:
         log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
     info = parsed.info if parsed else None
-    root_mtime = node.st.st_mtime_ns
-    root_stamp = None if root_mtime >= racy_cutoff_ns else root_mtime
+    # Racy by the mtime, stamped by the ctime (see maildir.changed_ns): folders added behind a
+    # root's mtime set back are seen.
+    root_stamp = None if node.st.st_mtime_ns >= racy_cutoff_ns else maildir.changed_ns(node.st)
     problems = listing.problems + (
         [f"symlinked cur/ or new/ not followed, their mail not counted: {maildir.some(symlinked)}"] if symlinked else []
     )
@@ -144,7 +145,7 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
                 continue
             old = reuse.get(shown)
             st = os.fstat(fd)
-            if old is not None and old.stamp == (st.st_mtime_ns, st.st_size, *profile.stamp_tag):
+            if old is not None and old.stamp == (*mbox.stamp_of(st), *profile.stamp_tag):
                 folders.append(old)
             else:
                 folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile))
@@ -162,7 +163,7 @@ def _mbox_file(
         reason = "not an mbox file (neither empty nor starting with a From line)"
         return MailboxUsage(Format.MBOX, error=f"{display_name(root)}: {reason}")
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
-    if old is not None and old.stamp == (node.st.st_mtime_ns, node.st.st_size, *profile.stamp_tag):
+    if old is not None and old.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag):
         return MailboxUsage(Format.MBOX, (old,))
     return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns, profile),))
 
@@ -373,7 +374,7 @@ def unchanged(
             if node is None:
                 return False
             if previous.format is Format.MAILDIR:
-                if not node.is_dir or previous.root_stamp is None or node.st.st_mtime_ns != previous.root_stamp:
+                if not node.is_dir or previous.root_stamp != maildir.changed_ns(node.st):
                     return False
                 if layout == "fs" and not _same_folders(node.fd, previous):
                     return False
@@ -384,11 +385,7 @@ def unchanged(
                 )
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
                 only = previous.folders[0]
-                return only.stamp is not None and only.stamp == (
-                    node.st.st_mtime_ns,
-                    node.st.st_size,
-                    *profile.stamp_tag,
-                )
+                return only.stamp is not None and only.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag)
     except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them

@@ -177,11 +177,23 @@ def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | 
 
 
 class Look(NamedTuple):
-    """What one ``lstat`` of each of a folder's ``cur/`` and ``new/`` shows: their stamp, and
-    which of them are symlinks (never followed, their mail not counted)."""
+    """What one ``lstat`` of each of a folder's ``cur/`` and ``new/`` shows: their stamp, the
+    newer of their mtimes, and which of them are symlinks (never followed, their mail not counted)."""
 
     stamp: Stamp
+    newest: int
     symlinks: tuple[str, ...]
+
+
+def changed_ns(st: os.stat_result) -> int:
+    """When an inode last changed, as a stamp: its ctime. Every change of a directory's entries
+    (or of a file's content) moves it, like the mtime; unlike the mtime, the owner cannot set it
+    back (``touch -d`` sets the ctime to now), so mail added behind an mtime set back is seen."""
+    return st.st_ctime_ns
+
+
+def _changed(st: os.stat_result | None) -> int:
+    return changed_ns(st) if st is not None and stat.S_ISDIR(st.st_mode) else _MISSING
 
 
 def _mtime(st: os.stat_result | None) -> int:
@@ -199,13 +211,13 @@ def look(folder_fd: int) -> Look:
     """:func:`stamp` and the symlinked ``cur/`` or ``new/`` of a folder, from the same two ``lstat``s."""
     cur, new = _lstat(folder_fd, "cur"), _lstat(folder_fd, "new")
     links = tuple(sub for sub, st in (("cur", cur), ("new", new)) if st is not None and stat.S_ISLNK(st.st_mode))
-    return Look((_mtime(cur), _mtime(new)), links)
+    return Look((_changed(cur), _changed(new)), max(_mtime(cur), _mtime(new)), links)
 
 
 def stamp(folder_fd: int) -> Stamp:
-    """The mtimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory):
-    unchanged means unchanged mail."""
-    return (_mtime(_lstat(folder_fd, "cur")), _mtime(_lstat(folder_fd, "new")))
+    """The ctimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory):
+    unchanged means unchanged mail (see :func:`changed_ns`)."""
+    return look(folder_fd).stamp
 
 
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
@@ -414,11 +426,13 @@ def read_folder(
     for _attempt in range(_RETRIES):
         new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True, profile=profile)
         cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False, profile=profile)
-        after = stamp(folder_fd)
-        if after == before:
+        seen = look(folder_fd)
+        if seen.stamp == before:
             break
-        before = after
+        before = seen.stamp
     else:
         log.info("folder %s kept changing while read; using the last reading", name)
-    kept = None if max(after) >= racy_cutoff_ns else (*after, *profile.stamp_tag)
+    # Racy by the mtimes, which a delivery moves with the ctimes: a folder its owner set back
+    # is stamped by its ctime all the same.
+    kept = None if seen.newest >= racy_cutoff_ns else (*seen.stamp, *profile.stamp_tag)
     return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept)

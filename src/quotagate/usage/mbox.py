@@ -10,6 +10,7 @@ from typing import NamedTuple
 from quotagate.accounting import FILES, MboxRule, Profile, SizeRule
 from quotagate.model import FolderUsage
 from quotagate.usage import mboxfrom, safefs
+from quotagate.usage.maildir import changed_ns
 
 _CHUNK = 1 << 20
 # A separator is a "From " line at the start of the file or after an empty line (LF or CRLF).
@@ -20,8 +21,14 @@ _FROM = b"From "
 _MAILDIR_DIRS = ("cur", "new", "tmp")
 
 
+def stamp_of(st: os.stat_result) -> tuple[int, int]:
+    """An mbox file's stamp: ``(ctime_ns, size)``. The ctime, not the mtime: its owner can set the
+    mtime back after rewriting the file (see :func:`quotagate.usage.maildir.changed_ns`)."""
+    return (changed_ns(st), st.st_size)
+
+
 def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
-    """Bytes, messages and the ``(mtime_ns, size)`` stamp of the mbox file open at ``fd``.
+    """Bytes, messages and the :func:`stamp_of` the mbox file open at ``fd``.
 
     Read streaming, a chunk at a time, never whole. The caller opened it (see
     :mod:`quotagate.usage.safefs`); anything but a regular file is refused here again.
@@ -40,7 +47,7 @@ def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
         messages += sum(window.count(sep) - carry.count(sep) for sep in _SEPARATORS)
         carry = window[-_CARRY:]
         chunk = os.read(fd, _CHUNK)
-    return st.st_size, messages, (st.st_mtime_ns, st.st_size)
+    return st.st_size, messages, stamp_of(st)
 
 
 def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, tuple[int, int]]:
@@ -59,7 +66,7 @@ def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, tuple[int, 
         messages, size = mboxfrom.virtual_sizes(read, st.st_size, _CHUNK)
     else:
         messages, size = mboxfrom.count_messages(read, st.st_size, _CHUNK), st.st_size
-    return size, messages, (st.st_mtime_ns, st.st_size)
+    return size, messages, stamp_of(st)
 
 
 def is_mbox(fd: int) -> bool:
@@ -80,7 +87,8 @@ def read_file_folder(fd: int, name: str, racy_cutoff_ns: int, profile: Profile =
         size, messages, file_stamp = count_dovecot(fd, virtual=profile.size is SizeRule.VIRTUAL)
     else:
         size, messages, file_stamp = count_messages(fd)
-    kept = None if file_stamp[0] >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
+    # Racy by the mtime (an append moves it with the ctime), stamped by the ctime.
+    kept = None if os.fstat(fd).st_mtime_ns >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
     return FolderUsage(name, size, messages, kept)
 
 
@@ -164,7 +172,7 @@ def open_file(root_fd: int, relative: str) -> int | None:
 
 
 def file_stamp(root_fd: int, relative: str) -> tuple[int, int] | None:
-    """``(mtime_ns, size)`` of an mbox file beneath ``root_fd``, None when it is gone."""
+    """:func:`stamp_of` an mbox file beneath ``root_fd``, None when it is gone."""
     fd = open_file(root_fd, relative)
     if fd is None:
         return None
@@ -172,4 +180,4 @@ def file_stamp(root_fd: int, relative: str) -> tuple[int, int] | None:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    return (st.st_mtime_ns, st.st_size)
+    return stamp_of(st)
