@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 # Below this many mailboxes to read, a process pool costs more than it saves.
 _POOL_MIN = 64
+_LOOK_CHUNK = 64  # mailboxes looked at per hand-over to the looking thread (one each would cost more)
 
 Job = tuple[
     str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile, str | None, Layout
@@ -53,6 +54,29 @@ def _measure_job(job: Job) -> Found:
     except Exception as exc:  # one bad mailbox is one unknown mailbox, never a failed scan
         log.exception("%s: cannot be measured", display_name(job[0]))
         return Found(job[0], MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}"))
+
+
+def _unchanged_all(
+    looks: Sequence[tuple[str, MailboxUsage]], roots: Roots, profile: Profile, layout: Layout, timeout: float
+) -> list[bool]:
+    """Whether each mailbox is unchanged on disk since its usage was measured, looked at in a
+    daemon thread, :data:`_LOOK_CHUNK` mailboxes at a time: a dead mount under one of them hangs
+    even a ``stat``, and would hang the scan (and keep its lock). A chunk not looked at within
+    ``timeout`` counts as changed: its mailboxes are measured, each under the same timeout."""
+    chunks = [looks[i : i + _LOOK_CHUNK] for i in range(0, len(looks), _LOOK_CHUNK)]
+
+    def look(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
+        return [unchanged(where, usage, roots, profile, layout) for where, usage in chunk]
+
+    def hung(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
+        log.warning(
+            "looking whether %d mailboxes changed took longer than %gs (a hung mount?): measuring them",
+            len(chunk),
+            timeout,
+        )
+        return [False] * len(chunk)
+
+    return [same for part in bounded.in_thread(look, chunks, timeout, hung) for same in part]
 
 
 def _measure_all(
@@ -151,6 +175,9 @@ def run_scan(
     readings: dict[str, Reading] = {}
     pending: list[tuple[Mailbox, str]] = []
     jobs: list[Job] = []
+    # Each mailbox with where it is, its last reading, the usage to reuse, its maildirsize
+    # definition, and whether to look if anything changed on disk.
+    located_: list[tuple[Mailbox, str, str, Reading | None, MailboxUsage | None, str | None, bool]] = []
     for mailbox in mailboxes:
         try:
             path = mailbox_path(mailbox, config.spool, roots)
@@ -163,12 +190,12 @@ def run_scan(
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         definition = _definition(mailbox, set_limit)
         recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition)
-        if (
-            prev is not None
-            and prev_usage is not None
-            and not recheck
-            and unchanged(where, prev_usage, roots, profile, config.spool.maildir_layout)
-        ):
+        look = prev is not None and prev_usage is not None and not recheck
+        located_.append((mailbox, path, where, prev, prev_usage, definition, look))
+    looks = [(where, usage) for _, _, where, _, usage, _, look in located_ if look and usage is not None]
+    same_on_disk = iter(_unchanged_all(looks, roots, profile, config.spool.maildir_layout, config.scan.mailbox_timeout))
+    for mailbox, path, where, prev, prev_usage, definition, look in located_:
+        if look and next(same_on_disk) and prev is not None and prev_usage is not None:
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,8 @@ from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox, State
 from quotagate.scan import Job, ScanResult, run_scan
 from quotagate.store import open_store
-from quotagate.usage.mailbox import Found, measure
-from tests.spoolgen import add_message, maildir_folder
+from quotagate.usage.mailbox import Found, measure, unchanged
+from tests.spoolgen import add_message, backdate, maildir_folder
 
 HUNG = {"u3", "u41"}
 
@@ -73,3 +74,41 @@ def test_a_hung_mailbox_times_out_and_the_rest_is_stored(tmp_path: Path, count: 
     for child in multiprocessing.active_children():  # hung workers are killed, none left behind
         child.join(timeout=5)
     assert multiprocessing.active_children() == []
+
+
+def unchanged_or_hang(root: str, *args: Any) -> bool:
+    """Looks whether the mailbox changed, except under HUNG: a stat there never returns."""
+    if any(f"/{local}/" in root for local in HUNG):
+        time.sleep(3600)
+    return unchanged(root, *args)
+
+
+@pytest.mark.slow
+def test_an_incremental_scan_does_not_hang_looking_whether_a_mailbox_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unchanged look of an incremental scan touches every mailbox before anything is measured:
+    a dead mount there must not hang the scan (and its lock) either."""
+    spool = tmp_path / "spool"
+    for i in range(6):
+        add_message(maildir_folder(spool / "example.org" / f"u{i}" / "Maildir"), 100)
+    backdate(spool)
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+            "spool": {"root": str(spool)},
+            "scan": {"workers": 1, "mailbox_timeout": 0.5},
+        }
+    )
+    with open_store(config.store.url, migrate=True) as store:
+        store.upsert_mailboxes([Mailbox(f"u{i}@example.org", Limits(50)) for i in range(6)])
+        run_scan(config, store)
+        monkeypatch.setattr("quotagate.scan.unchanged", unchanged_or_hang)
+        started = time.monotonic()
+        result = run_scan(config, store, measure_job=measure_or_hang)
+        elapsed = time.monotonic() - started
+    states = {a: r.state for a, r in result.readings.items()}
+    assert states.pop("u3@example.org") is State.OVER  # unknown now: the last known state is kept
+    assert result.readings["u3@example.org"].reason == "timed out after 0.5 s"
+    assert set(states.values()) == {State.OVER}
+    assert elapsed < 30  # generous: the hung look would take an hour
