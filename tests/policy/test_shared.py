@@ -243,3 +243,18 @@ def test_redis_killed_both_decide_alone_and_are_exact_again_once_it_is_back(tmp_
                 assert len(a.service.reservations) == len(b.service.reservations) == 0
 
         run(go())
+
+
+def test_releasing_everything_stays_within_the_daemons_prefix(tmp_path: Path, redis: RedisProcess) -> None:
+    """Other hosts sharing the Redis under another prefix keep their room."""
+    ours, theirs = make_site(tmp_path / "ours"), make_site(tmp_path / "theirs")
+
+    async def go() -> tuple[int, bytes, bytes]:
+        async with daemon(ours, redis.url, "mx1") as a, daemon(theirs, redis.url, "mx1") as b:
+            for n in range(FITS):
+                assert [await a.ask(rcpt(n)), await b.ask(rcpt(n))] == [DUNNO, DUNNO]
+            assert a.ledger is not None
+            released = await a.ledger.release(None)
+            return released, await a.ask(rcpt(10)), await b.ask(rcpt(10))
+
+    assert run(go()) == (FITS, DUNNO, BUSY)

@@ -32,6 +32,7 @@ from quotagate.config import SharedConfig
 from quotagate.decide import Ceiling, Reserved
 from quotagate.model import Reading, State
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
+from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservation, Reservations, Transaction
 from quotagate.sharedurl import SharedUrl
@@ -134,7 +135,7 @@ def connect(url: SharedUrl, timeout: float) -> Redis:
 
 @dataclass(frozen=True)
 class _Op:
-    """A change the ledger must see: a transaction's end, a delivery, a reading, an admin's release."""
+    """A change the ledger must see: a transaction's end, a delivery, a reading."""
 
     name: str
     mailbox: str = ""
@@ -276,9 +277,6 @@ class RedisLedger:
     def delivered(self, mailbox: str) -> None:
         self._send(_Op("delivered", mailbox))
 
-    def release(self, mailbox: str) -> None:
-        self._send(_Op("release", mailbox))
-
     def readings(self, readings: Iterable[Reading]) -> None:
         """A storage host's fresh readings: every MX weighs them from now on."""
         for r in readings:
@@ -385,6 +383,48 @@ class RedisLedger:
                     )
             if len(pipe):
                 await pipe.execute()
+
+    # -- the admin's release (quotagate reservations --release) ---------------------------------
+    async def release(self, mailbox: str | None) -> int:
+        """Let go of the room every host holds for ``mailbox`` (every mailbox when None), now,
+        each mailbox in one script call; how many reservations went. Not queued while Redis is
+        away (replayed later it would free room taken since): the admin is told instead."""
+        if not self._up:
+            raise SharedUnavailable(f"{self._where} is not reachable")
+        try:
+            if mailbox is not None:
+                async with asyncio.timeout(self.settings.timeout):
+                    return await self._release([mailbox])
+            return await self._release_all()
+        except self._faults as exc:
+            self._failed(exc)
+            raise SharedUnavailable(f"{self._where}: {type(exc).__name__}: {exc}") from None
+
+    async def _release_all(self, batch: int = 1000) -> int:
+        """Every mailbox holding room under this prefix, found by SCAN (KEYS would stall Redis
+        for every host on a large key space), released a page at a time."""
+        assert self._client is not None
+        prefix = self.settings.prefix
+        pattern = f"{prefix}:{{*}}:res"  # the config allows no wildcard in a prefix
+        head, tail = len(prefix) + 2, -len("}:res")
+        released, cursor = 0, 0
+        while True:
+            async with asyncio.timeout(self.settings.timeout):
+                cursor, keys = await self._client.scan(cursor, match=pattern, count=batch)
+                names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+                released += await self._release(sorted({name[head:tail] for name in names}))
+            if cursor == 0:
+                return released
+
+    async def _release(self, mailboxes: list[str]) -> int:
+        assert self._client is not None and self._script is not None
+        if not mailboxes:
+            return 0
+        async with self._client.pipeline(transaction=False) as pipe:
+            for mailbox in mailboxes:
+                keys = mailbox_keys(self.settings.prefix, mailbox)
+                await self._script(keys=keys, args=["release", self._life_ms], client=pipe)
+            return sum(int(n) for n in await pipe.execute())
 
     # -- faults --------------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:
@@ -497,12 +537,6 @@ class SharedReservations(Reservations):
         if self.ledger is not None:
             self.ledger.delivered(mailbox)
         return seen
-
-    def release(self, mailbox: str | None = None) -> int:
-        released = super().release(mailbox)
-        if self.ledger is not None and mailbox is not None:
-            self.ledger.release(mailbox)
-        return released
 
 
 def attach(service: PolicyService, metrics: Metrics) -> RedisLedger | None:
