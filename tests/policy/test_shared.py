@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from quotagate.config import parse_config
 from quotagate.policy.metrics import Metrics
@@ -258,3 +259,27 @@ def test_releasing_everything_stays_within_the_daemons_prefix(tmp_path: Path, re
             return released, await a.ask(rcpt(10)), await b.ask(rcpt(10))
 
     assert run(go()) == (FITS, DUNNO, BUSY)
+
+
+def test_a_redis_that_lost_the_script_is_given_it_again(tmp_path: Path, redis: RedisProcess) -> None:
+    """Redis forgets its scripts when it restarts, or fails over to a replica that never loaded
+    them: the next call, alone or in a pipeline, loads it again, and Redis is not taken for away."""
+    site = make_site(tmp_path)
+    admin = Redis.from_url(redis.url)
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1") as a:
+            answers = []
+            for n in range(FITS):
+                admin.script_flush()
+                answers.append(await a.ask(rcpt(n)))  # held: the script and the index in a pipeline
+            admin.script_flush()
+            answers.append(await a.ask(request(ROOMY, None, client="192.0.2.99", instance="x")))  # alone
+            answers.append(await a.ask(rcpt(10)))
+            assert a.up() == 1
+            return answers
+
+    try:
+        assert run(go()) == [DUNNO] * (FITS + 1) + [BUSY]
+    finally:
+        admin.close()
