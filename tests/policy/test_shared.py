@@ -283,3 +283,39 @@ def test_a_redis_that_lost_the_script_is_given_it_again(tmp_path: Path, redis: R
         assert run(go()) == [DUNNO] * (FITS + 1) + [BUSY]
     finally:
         admin.close()
+
+
+class _Swallowing(RedisLedger):
+    """A ledger whose calls to Redis turn a cancellation into a connection error, as redis-py
+    may when the cancellation meets one of its own timeouts or a connection it closes; with
+    ``stall``, a call waits for an answer that does not come."""
+
+    stall = False
+    swallowed = False  # once: a test that fails ends rather than hangs
+
+    async def _server_run(self) -> str:
+        try:
+            if self.stall:
+                await asyncio.sleep(3600)
+            return await super()._server_run()
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed = True
+            raise ConnectionError("cancelled mid-call") from None
+
+
+def test_a_ledger_closes_even_when_a_call_swallowed_its_cancellation(tmp_path: Path, redis: RedisProcess) -> None:
+    """``quotagate watch`` and ``serve`` hung at SIGTERM after an outage: their heartbeat went on
+    beating once a cancellation had been turned into an error it outlives."""
+    site = make_site(tmp_path)
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "retry_seconds": 0.01}})
+
+    async def go() -> None:
+        ledger = _Swallowing(config.shared, 600, Reservations(0))
+        await ledger.start()
+        ledger.stall = True
+        await asyncio.sleep(0.1)  # the heartbeat is inside its call
+        await asyncio.wait_for(ledger.close(), 5)
+
+    run(go())

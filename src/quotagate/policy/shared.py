@@ -171,6 +171,7 @@ class RedisLedger:
         self._script = _LEDGER.read_text(encoding="utf-8")
         self._sha = ""  # its digest, once Redis has it (SCRIPT LOAD)
         self._up = False
+        self._closing = False
         self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._batch: list[tuple[Claim, asyncio.Future[Weighed | None]]] = []  # claims for the next pipeline
@@ -212,6 +213,9 @@ class RedisLedger:
         self._heartbeat = asyncio.ensure_future(self._heartbeat_forever())
 
     async def close(self) -> None:
+        # The loops also stop at their next turn: a cancellation that meets one of redis-py's own
+        # timeouts or a connection it closes can come out as a Redis error they outlive.
+        self._closing = True
         for task in (self._heartbeat, self._probe, self._resync):
             if task is not None:
                 task.cancel()
@@ -297,7 +301,7 @@ class RedisLedger:
         """An outage is noticed without waiting for a request to pay for it, and so is a Redis
         that restarted between two calls (it came back empty: a storage host sends its readings
         again; the room it held for the MX hosts is lost, see docs/scaling.md)."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.retry_seconds)
             if not self._up:
                 continue
@@ -480,7 +484,7 @@ class RedisLedger:
             self._where,
             why,
         )
-        if self._probe is None or self._probe.done():
+        if not self._closing and (self._probe is None or self._probe.done()):
             self._probe = asyncio.ensure_future(self._probe_forever())
 
     @property
@@ -490,7 +494,7 @@ class RedisLedger:
         return redacted(self.url.url)
 
     async def _probe_forever(self) -> None:
-        while not await self._recover():
+        while not self._closing and not await self._recover():
             await asyncio.sleep(self.settings.retry_seconds)
 
     async def _recover(self) -> bool:
