@@ -1,8 +1,10 @@
 """Two MX hosts and a storage host, each a network namespace of its own (tests/servers/netns.py):
 each MX runs a real Exim with the generated policy ACL and its own ``quotagate serve``, both on
-the MX's address; the storage host (the root namespace) runs ``quotagate watch`` on the spool and
-a private redis-server bound to its bridge address, the only way the MX hosts share state. The
-store is one SQLite file on the shared disk (as the spool is: Exim delivers into it).
+the MX's address; the storage host runs ``quotagate watch`` on the spool (a disk they all share:
+Exim delivers into it). What the three hosts share over the network: a private PostgreSQL, the
+store of all three, and a private redis-server, both bound to the bed's bridge address (another
+host, as far as each namespace can tell). Redis is the only way the MX hosts learn of each
+other's room and of a delivery before their store refresh, an hour away.
 
 A burst split between the MX hosts lets in exactly the messages that fit, the others deferred
 (452) at RCPT; a delivery on the storage host makes both MX refuse (their store refresh is an
@@ -25,7 +27,9 @@ from quotagate.mta import exim as exim_config
 from tests.mta.conftest import DOMAIN, Site
 from tests.servers.daemon import PolicyDaemon
 from tests.servers.exim import Exim, untrust
+from tests.servers.netns import Bed as Network
 from tests.servers.netns import Host, namespace_bed
+from tests.servers.postgres import Postgres, private_postgres
 from tests.servers.process import free_port
 from tests.servers.redis import RedisProcess, private_redis
 from tests.servers.smtp_clients import Clients
@@ -58,38 +62,51 @@ class Bed:
         return sorted(folder.iterdir()) if folder.exists() else []
 
 
-def common_toml(work: Path, spool: Path, redis: RedisProcess, node: str) -> str:
+def common_toml(work: Path, store: str, spool: Path, redis: RedisProcess, node: str) -> str:
     return (
-        f'[store]\nurl = "sqlite:///{work}/db/q.db"\n[spool]\nroot = "{spool}"\n'
+        f'[store]\nurl = "{store}"\n[spool]\nroot = "{spool}"\n'
         f'[scan]\nlock_file = "{work}/scan.lock"\n'
         f'[shared]\nurl = "{redis.url}"\nnode = "{node}"\nprefix = "{work.name}"\n'
         "retry_seconds = 0.2\ntimeout = 0.5\n"
     )
 
 
+@pytest.fixture(scope="module")
+def network() -> Iterator[tuple[Network, Postgres]]:
+    """The hosts, and the PostgreSQL they share: for every test of the module (its cluster
+    takes seconds to make); each test has a database of its own."""
+    with namespace_bed("mx1", "mx2", "storage") as net, private_postgres(net.bridge, net.network) as postgres:
+        yield net, postgres
+
+
 @pytest.fixture
-def bed(work: Path) -> Iterator[Bed]:
+def bed(work: Path, network: tuple[Network, Postgres]) -> Iterator[Bed]:
+    net, postgres = network
     spool = work / "mail"
     spool.mkdir()
-    (work / "db").mkdir()
+    store = postgres.create_database(work.name)
+    storage_host = net.hosts["storage"]
     with contextlib.ExitStack() as stack:
-        net = stack.enter_context(namespace_bed("mx1", "mx2"))
-        redis = stack.enter_context(private_redis(host=net.storage))
+        redis = stack.enter_context(private_redis(host=net.bridge))
         storage = work / "storage.toml"
-        storage.write_text(common_toml(work, spool, redis, "storage") + "[watch]\nflush_seconds = 0.1\n")
+        storage.write_text(common_toml(work, store, spool, redis, "storage") + "[watch]\nflush_seconds = 0.1\n")
         site = Site(work, spool, storage)
+        assert site.quotagate("db", "migrate") == 0
         assert site.quotagate("mailbox", "add", ROOMY, "--quota", str(QUOTA)) == 0
         site.fill("roomy", 10)
         assert site.quotagate("scan") == 0
-        watch = PolicyDaemon(storage, None, work / "watch.log", "watch", ready_log="shared state at")
+        watch = PolicyDaemon(
+            storage, None, work / "watch.log", "watch", ready_log="shared state at", launcher=storage_host.launcher
+        )
         watch.start()
         stack.callback(watch.stop)
         mx = []
-        for name, host in net.hosts.items():
-            port = free_port()
+        for name in ("mx1", "mx2"):
+            host, port = net.hosts[name], free_port()
             config = work / f"{name}.toml"
             config.write_text(
-                common_toml(work, spool, redis, name) + f'[policy]\nlisten = ["{host.address}:{port}"]\nmetrics = ""\n'
+                common_toml(work, store, spool, redis, name)
+                + f'[policy]\nlisten = ["{host.address}:{port}"]\nmetrics = ""\n'
                 f'control_socket = "{work}/{name}.sock"\nstate_file = "{work}/{name}.reservations.json"\n'
                 # The store cannot be what tells them of a delivery: only Redis can.
                 "refresh_seconds = 3600\nmax_usage_age = 86400\n"
@@ -149,6 +166,8 @@ def burst(bed: Bed, first: int) -> None:
 
 
 def test_two_mx_hosts_share_the_room_see_storage_deliveries_and_fail_open(bed: Bed) -> None:
+    # Every host reaches the store over the bed's network.
+    assert all("serving 1 mailboxes of postgresql+psycopg://" in mx.daemon.log() for mx in bed.mx)
     burst(bed, 10)
     assert sum(f.stat().st_size for f in bed.new()) + 10 <= QUOTA
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from quotagate.config import parse_config
 from quotagate.policy.metrics import Metrics
@@ -243,3 +244,78 @@ def test_redis_killed_both_decide_alone_and_are_exact_again_once_it_is_back(tmp_
                 assert len(a.service.reservations) == len(b.service.reservations) == 0
 
         run(go())
+
+
+def test_releasing_everything_stays_within_the_daemons_prefix(tmp_path: Path, redis: RedisProcess) -> None:
+    """Other hosts sharing the Redis under another prefix keep their room."""
+    ours, theirs = make_site(tmp_path / "ours"), make_site(tmp_path / "theirs")
+
+    async def go() -> tuple[int, bytes, bytes]:
+        async with daemon(ours, redis.url, "mx1") as a, daemon(theirs, redis.url, "mx1") as b:
+            for n in range(FITS):
+                assert [await a.ask(rcpt(n)), await b.ask(rcpt(n))] == [DUNNO, DUNNO]
+            assert a.ledger is not None
+            released = await a.ledger.release(None)
+            return released, await a.ask(rcpt(10)), await b.ask(rcpt(10))
+
+    assert run(go()) == (FITS, DUNNO, BUSY)
+
+
+def test_a_redis_that_lost_the_script_is_given_it_again(tmp_path: Path, redis: RedisProcess) -> None:
+    """Redis forgets its scripts when it restarts, or fails over to a replica that never loaded
+    them: the next call, alone or in a pipeline, loads it again, and Redis is not taken for away."""
+    site = make_site(tmp_path)
+    admin = Redis.from_url(redis.url)
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1") as a:
+            answers = []
+            for n in range(FITS):
+                admin.script_flush()
+                answers.append(await a.ask(rcpt(n)))  # held: the script and the index in a pipeline
+            admin.script_flush()
+            answers.append(await a.ask(request(ROOMY, None, client="192.0.2.99", instance="x")))  # alone
+            answers.append(await a.ask(rcpt(10)))
+            assert a.up() == 1
+            return answers
+
+    try:
+        assert run(go()) == [DUNNO] * (FITS + 1) + [BUSY]
+    finally:
+        admin.close()
+
+
+class _Swallowing(RedisLedger):
+    """A ledger whose calls to Redis turn a cancellation into a connection error, as redis-py
+    may when the cancellation meets one of its own timeouts or a connection it closes; with
+    ``stall``, a call waits for an answer that does not come."""
+
+    stall = False
+    swallowed = False  # once: a test that fails ends rather than hangs
+
+    async def _server_run(self) -> str:
+        try:
+            if self.stall:
+                await asyncio.sleep(3600)
+            return await super()._server_run()
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed = True
+            raise ConnectionError("cancelled mid-call") from None
+
+
+def test_a_ledger_closes_even_when_a_call_swallowed_its_cancellation(tmp_path: Path, redis: RedisProcess) -> None:
+    """``quotagate watch`` and ``serve`` hung at SIGTERM after an outage: their heartbeat went on
+    beating once a cancellation had been turned into an error it outlives."""
+    site = make_site(tmp_path)
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "retry_seconds": 0.01}})
+
+    async def go() -> None:
+        ledger = _Swallowing(config.shared, 600, Reservations(0))
+        await ledger.start()
+        ledger.stall = True
+        await asyncio.sleep(0.1)  # the heartbeat is inside its call
+        await asyncio.wait_for(ledger.close(), 5)
+
+    run(go())

@@ -2,7 +2,8 @@
 host) sharing a private redis-server and one store: a burst split between the daemons lets in
 exactly what fits, a delivery the watch sees changes both daemons' answers (their store refresh is
 an hour away: only Redis can have told them), Redis killed makes both fail open, and once it is
-back they are exact again."""
+back they are exact again. ``quotagate reservations --release`` on one MX lets go of the room every
+MX holds in Redis."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from quotagate.cli import main
 from tests.policy.conftest import (
+    BUSY,
     DOMAIN,
     DUNNO,
     QUOTA,
@@ -155,3 +158,31 @@ def test_two_mx_hosts_one_redis_one_storage_host(hosts: Hosts) -> None:
     end_on_both(hosts, 90)
     again = burst(hosts, 100)
     assert list(again.values()).count(DUNNO) == FITS, again
+
+
+def test_an_admin_release_on_one_mx_lets_go_of_the_room_every_mx_holds(
+    hosts: Hosts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mx1 = ["--config", str(hosts.site.base / "mx1.toml"), "reservations"]
+    capsys.readouterr()
+    assert list(burst(hosts, 0).values()).count(DUNNO) == FITS
+    assert both(hosts, 20) == [BUSY, BUSY]  # the room is held in Redis, for both MX
+
+    assert main([*mx1, "--release", ROOMY]) == 0
+    assert capsys.readouterr().out == f"released 0 reservations here and {FITS} in the shared state\n"
+    assert both(hosts, 30) == [DUNNO, DUNNO]  # at once, on both: nothing to wait for
+
+    assert list(burst(hosts, 40).values()).count(DUNNO) == FITS - 2
+    assert main([*mx1, "--all"]) == 0  # every mailbox's keys, found by SCAN
+    assert capsys.readouterr().out == f"released 0 reservations here and {FITS} in the shared state\n"
+    assert list(burst(hosts, 60).values()).count(DUNNO) == FITS
+
+    # Redis away: mx1 lets go of the room it held alone, and says the shared room stays.
+    hosts.redis.kill()
+    assert both(hosts, 80, 1) == [DUNNO, DUNNO]
+    assert main([*mx1, "--release", ROOMY]) == 0
+    out, err = capsys.readouterr()
+    assert out == "released 1 reservations here\n"
+    assert "the shared state is unavailable" in err and "room held there stays" in err, err
+    assert main([*mx1, ROOMY]) == 0
+    assert capsys.readouterr().out == f"no room held for {ROOMY}\n"

@@ -1,6 +1,8 @@
-"""A multi-host test bed built from network namespaces: each host is a namespace of its own,
-joined by a veth pair to a bridge in the root namespace, which plays the storage host. The
-addresses (a free 10.77.N.0/24) exist only on the bridge and inside the namespaces.
+"""A multi-host test bed built from network namespaces: each host (MX or storage host) is a
+namespace of its own, joined by a veth pair to a bridge in the root namespace. The root namespace
+is the network between them: the test talks to every host from there, and the servers all hosts
+share (Redis, PostgreSQL) listen on its bridge address. The addresses (a free 10.77.N.0/24) exist
+only on the bridge and inside the namespaces.
 
 Everything is removed when the bed closes, after a failure too: the processes still running in
 its namespaces (all started by the test: nothing else lives there), the namespaces (their veth
@@ -36,9 +38,11 @@ class Host:
 
 @dataclass(frozen=True)
 class Bed:
-    """The hosts by name, and the root namespace's (the storage host's) address on the bridge."""
+    """The hosts by name, the root namespace's address on the bridge (where servers every host
+    reaches listen) and the bed's network, ``10.77.N.0/24`` (whom such a server lets in)."""
 
-    storage: str
+    bridge: str
+    network: str
     hosts: dict[str, Host]
 
 
@@ -86,7 +90,7 @@ def namespace_bed(*names: str) -> Iterator[Bed]:
             ip(*inside, "link", "set", "lo", "up")
             ip(*inside, "addr", "add", f"{host.address}/24", "dev", inner)
             ip(*inside, "link", "set", inner, "up")
-        yield Bed(f"{subnet}.1", hosts)
+        yield Bed(f"{subnet}.1", f"{subnet}.0/24", hosts)
     finally:
         for namespace in made:
             _kill_inside(namespace)

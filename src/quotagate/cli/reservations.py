@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from quotagate.address import normalize
@@ -24,7 +26,7 @@ def reservations(app: App, address: str | None, release: str | None, release_all
             if release and release_all:
                 raise click.UsageError("--release ADDRESS or --all, not both")
             request = {"op": "release", "address": normalize(release) if release else None}
-            click.echo(f"released {ask(path, request)['released']} reservations")
+            _released(ask(path, request))
             return
         rows = ask(path, {"op": "list", "address": normalize(address) if address else None})["reservations"]
     except ControlError as exc:
@@ -38,6 +40,22 @@ def reservations(app: App, address: str | None, release: str | None, release_all
             f"{printable(row['address']):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
             f"{printable(row['client'])} / {printable(row['transaction'])}"
         )
+
+
+def _released(answer: dict[str, Any]) -> None:
+    """What went, here and (``[shared] url``) in the shared state; Redis away is said, not fatal."""
+    here = f"released {answer['released']} reservations"
+    if "shared" in answer:
+        click.echo(f"{here} here and {answer['shared']} in the shared state")
+    elif "shared_error" in answer:
+        click.echo(f"{here} here")
+        click.echo(
+            f"the shared state is unavailable ({printable(str(answer['shared_error']))}): the room held there stays;"
+            " run this again once it is back",
+            err=True,
+        )
+    else:
+        click.echo(here)
 
 
 def register(cli: click.Group) -> None:

@@ -4,6 +4,10 @@ A unix socket, mode 0600 (root only, like the daemon's state): one JSON request 
 answer line out. Requests: ``{"op": "list", "address": ...}`` and ``{"op": "release",
 "address": ...}`` (no address: all). Nothing here trusts the peer beyond the socket's mode:
 requests are bounded in size and anything malformed gets ``{"error": ...}``.
+
+With ``[shared] url`` most room is held in Redis for every MX host, not here: a release lets go of
+it there too, and answers ``shared`` (how many) or, Redis away, ``shared_error`` (why the room held
+there stays) beside ``released`` (this daemon's own).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.state import listing
@@ -27,25 +31,47 @@ class ControlError(Exception):
     """The daemon could not be asked (not running, no permission) or refused the request."""
 
 
-def handle(reservations: Reservations, request: dict[str, Any], now: float) -> dict[str, Any]:
+class SharedUnavailable(Exception):
+    """The shared state could not be asked; the message says why."""
+
+
+class SharedRoom(Protocol):
+    """The room held for every host (:class:`quotagate.policy.shared.RedisLedger`)."""
+
+    async def release(self, mailbox: str | None) -> int:
+        """Let go of the room held for ``mailbox`` (every mailbox when None); how many
+        reservations went. Raises :class:`SharedUnavailable`."""
+
+
+async def handle(
+    reservations: Reservations, request: dict[str, Any], now: float, shared: SharedRoom | None = None
+) -> dict[str, Any]:
     op, address = request.get("op"), request.get("address")
     if address is not None and not isinstance(address, str):
         return {"error": "address must be a string"}
+    mailbox = None if address is None else address.lower()
     if op == "list":
-        chosen = [r for r in reservations if address is None or r.mailbox == address.lower()]
+        chosen = [r for r in reservations if mailbox is None or r.mailbox == mailbox]
         return {"reservations": listing(chosen, now)}
     if op == "release":
-        return {"released": reservations.release(None if address is None else address.lower())}
+        # Here first: room held alone while Redis is away must not be written back to it after.
+        answer: dict[str, Any] = {"released": reservations.release(mailbox)}
+        if shared is not None:
+            try:
+                answer["shared"] = await shared.release(mailbox)
+            except SharedUnavailable as exc:
+                answer["shared_error"] = str(exc)
+        return answer
     return {"error": f"unknown op {op!r}"}
 
 
-async def serve(path: Path, reservations: Reservations) -> asyncio.AbstractServer:
+async def serve(path: Path, reservations: Reservations, shared: SharedRoom | None = None) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5)
             try:
                 request = json.loads(line[:MAX_REQUEST])
-                answer = handle(reservations, request, time.time()) if isinstance(request, dict) else None
+                answer = await handle(reservations, request, time.time(), shared) if isinstance(request, dict) else None
             except ValueError:
                 answer = None
             writer.write(json.dumps(answer or {"error": "malformed request"}).encode() + b"\n")

@@ -281,7 +281,7 @@ class Daemon:
         """The control socket for `quotagate reservations`; the daemon serves without it."""
         path = self.config.policy.control_socket
         try:
-            self._control = await control.serve(path, self.service.reservations)
+            self._control = await control.serve(path, self.service.reservations, self.shared)
         except (OSError, control.ControlError) as exc:
             log.warning("no control socket at %s: %s (quotagate reservations cannot ask)", path, exc)
 

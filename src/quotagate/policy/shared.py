@@ -18,6 +18,7 @@ is away; what that costs (room over-accepted while it was) is bounded in docs/sc
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import socket
@@ -32,13 +33,14 @@ from quotagate.config import SharedConfig
 from quotagate.decide import Ceiling, Reserved
 from quotagate.model import Reading, State
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
+from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservation, Reservations, Transaction
 from quotagate.sharedurl import SharedUrl
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
+    from redis.asyncio.client import Pipeline
 
     from quotagate.policy.service import PolicyService
 
@@ -55,6 +57,7 @@ _REPLAY_BATCH = 1000  # of them in one pipeline
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
+_Args = Sequence[str | int]
 
 
 def mailbox_keys(prefix: str, mailbox: str) -> list[str]:
@@ -134,7 +137,7 @@ def connect(url: SharedUrl, timeout: float) -> Redis:
 
 @dataclass(frozen=True)
 class _Op:
-    """A change the ledger must see: a transaction's end, a delivery, a reading, an admin's release."""
+    """A change the ledger must see: a transaction's end, a delivery, a reading."""
 
     name: str
     mailbox: str = ""
@@ -165,8 +168,10 @@ class RedisLedger:
         self.metrics = metrics
         self.clock = clock
         self._client: Redis | None = None
-        self._script: AsyncScript | None = None
+        self._script = _LEDGER.read_text(encoding="utf-8")
+        self._sha = ""  # its digest, once Redis has it (SCRIPT LOAD)
         self._up = False
+        self._closing = False
         self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._batch: list[tuple[Claim, asyncio.Future[Weighed | None]]] = []  # claims for the next pipeline
@@ -180,6 +185,7 @@ class RedisLedger:
         self._run_id = ""  # Redis's own: a new one means it restarted, empty, under us
         # What a call to Redis may raise when it is away (redis-py's errors once it is imported).
         self._faults: tuple[type[Exception], ...] = (OSError, TimeoutError)
+        self._noscript: tuple[type[Exception], ...] = ()  # Redis lost the script (NOSCRIPT)
 
     @property
     def up(self) -> bool:
@@ -197,16 +203,19 @@ class RedisLedger:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect and load the script; Redis away at start is an outage like any other."""
-        from redis.exceptions import RedisError
+        from redis.exceptions import NoScriptError, RedisError
 
         self._faults = (RedisError, OSError, TimeoutError)
+        self._noscript = (NoScriptError,)
         self._client = connect(self.url, self.settings.timeout)
-        self._script = self._client.register_script(_LEDGER.read_text(encoding="utf-8"))
         if not await self._recover():
             self._down("not reachable at start")
         self._heartbeat = asyncio.ensure_future(self._heartbeat_forever())
 
     async def close(self) -> None:
+        # The loops also stop at their next turn: a cancellation that meets one of redis-py's own
+        # timeouts or a connection it closes can come out as a Redis error they outlive.
+        self._closing = True
         for task in (self._heartbeat, self._probe, self._resync):
             if task is not None:
                 task.cancel()
@@ -234,21 +243,22 @@ class RedisLedger:
         task.add_done_callback(self._tasks.discard)
 
     async def _claim_all(self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]]) -> None:
-        assert self._client is not None and self._script is not None
         reservation_ms = round(self.reservation_seconds * 1000)
+
+        def queue(pipe: Pipeline) -> None:
+            for claim, _ in batch:
+                keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
+                self._queue(pipe, keys, ["check", self._life_ms, *check_args(claim, self.node, reservation_ms)])
+                if claim.holding:
+                    # Which mailboxes a transaction holds room in, for its end (which may
+                    # reach another daemon of the same host: Postfix opens a new connection).
+                    index = self._index_key(claim.transaction)
+                    pipe.sadd(index, claim.mailbox.address)
+                    pipe.pexpire(index, self._life_ms)
+
         try:
-            async with asyncio.timeout(self.settings.timeout), self._client.pipeline(transaction=False) as pipe:
-                for claim, _ in batch:
-                    keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
-                    args = ["check", self._life_ms, *check_args(claim, self.node, reservation_ms)]
-                    await self._script(keys=keys, args=args, client=pipe)
-                    if claim.holding:
-                        # Which mailboxes a transaction holds room in, for its end (which may
-                        # reach another daemon of the same host: Postfix opens a new connection).
-                        index = self._index_key(claim.transaction)
-                        pipe.sadd(index, claim.mailbox.address)
-                        pipe.pexpire(index, self._life_ms)
-                replies = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.settings.timeout):
+                replies = await self._pipeline(queue, raise_on_error=False)
             refused = True  # an error in a reply is the script's, for that check alone
         except self._faults as exc:  # Redis away: decide alone
             self._failed(exc)
@@ -276,9 +286,6 @@ class RedisLedger:
     def delivered(self, mailbox: str) -> None:
         self._send(_Op("delivered", mailbox))
 
-    def release(self, mailbox: str) -> None:
-        self._send(_Op("release", mailbox))
-
     def readings(self, readings: Iterable[Reading]) -> None:
         """A storage host's fresh readings: every MX weighs them from now on."""
         for r in readings:
@@ -294,7 +301,7 @@ class RedisLedger:
         """An outage is noticed without waiting for a request to pay for it, and so is a Redis
         that restarted between two calls (it came back empty: a storage host sends its readings
         again; the room it held for the MX hosts is lost, see docs/scaling.md)."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.retry_seconds)
             if not self._up:
                 continue
@@ -315,21 +322,19 @@ class RedisLedger:
 
     async def _send_readings(self, readings: list[Reading], batch: int = 1000) -> None:
         """Every reading, a pipeline per ``batch`` (a large spool is many thousand mailboxes)."""
-        assert self._client is not None and self._script is not None
         try:
             for start in range(0, len(readings), batch):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for r in readings[start : start + batch]:
-                        if r.state is not State.UNKNOWN:
-                            age = max(0, round((self.clock() - r.measured_at) * 1000))
-                            args: list[str | int] = ["usage", _USAGE_MS, r.bytes, r.messages, age]
-                            await self._script(
-                                keys=mailbox_keys(self.settings.prefix, r.address), args=args, client=pipe
-                            )
-                    async with asyncio.timeout(self.settings.timeout * 10):
-                        await pipe.execute()
+                async with asyncio.timeout(self.settings.timeout * 10):
+                    await self._pipeline(functools.partial(self._queue_readings, readings[start : start + batch]))
         except self._faults as exc:
             self._failed(exc)  # sent again once Redis is back
+
+    def _queue_readings(self, readings: list[Reading], pipe: Pipeline) -> None:
+        for r in readings:
+            if r.state is not State.UNKNOWN:
+                age = max(0, round((self.clock() - r.measured_at) * 1000))
+                keys = mailbox_keys(self.settings.prefix, r.address)
+                self._queue(pipe, keys, ["usage", _USAGE_MS, r.bytes, r.messages, age])
 
     def _send(self, op: _Op) -> None:
         """Changes made in one turn of the event loop go to Redis together (one pipeline)."""
@@ -357,7 +362,7 @@ class RedisLedger:
     async def _apply(self, ops: Sequence[_Op]) -> None:
         """``ops``, in order, in one pipeline; the transactions that end first look up, together,
         which mailboxes they hold room in."""
-        assert self._client is not None and self._script is not None
+        assert self._client is not None
         prefix, life = self.settings.prefix, self._life_ms
         ends = [op.transaction for op in ops if op.name == "end" and op.transaction is not None]
         held: list[Any] = []
@@ -367,24 +372,101 @@ class RedisLedger:
                     pipe.smembers(self._index_key(transaction))
                 held = await pipe.execute()
         mailboxes = iter(held)
+        calls: list[tuple[list[str], _Args]] = []
+        for op in ops:
+            if op.name == "end" and op.transaction is not None:
+                tx = transaction_key(self.node, op.transaction)
+                for mailbox in next(mailboxes):
+                    address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
+                    calls.append((mailbox_keys(prefix, address), ["end", life, tx, *op.args]))
+            elif op.name == "usage":
+                age = max(0, round((self.clock() - op.measured_at) * 1000))
+                calls.append((mailbox_keys(prefix, op.mailbox), ["usage", _USAGE_MS, *op.args, age]))
+            else:
+                calls.append((mailbox_keys(prefix, op.mailbox), [op.name, life, *op.args]))
+        if calls:
+            await self._pipeline(functools.partial(self._queue_all, calls))
+
+    # -- the admin's release (quotagate reservations --release) ---------------------------------
+    async def release(self, mailbox: str | None) -> int:
+        """Let go of the room every host holds for ``mailbox`` (every mailbox when None), now,
+        each mailbox in one script call; how many reservations went. Not queued while Redis is
+        away (replayed later it would free room taken since): the admin is told instead."""
+        if not self._up:
+            raise SharedUnavailable(f"{self._where} is not reachable")
+        try:
+            if mailbox is not None:
+                async with asyncio.timeout(self.settings.timeout):
+                    return await self._release([mailbox])
+            return await self._release_all()
+        except self._faults as exc:
+            self._failed(exc)
+            raise SharedUnavailable(f"{self._where}: {type(exc).__name__}: {exc}") from None
+
+    async def _release_all(self, batch: int = 1000) -> int:
+        """Every mailbox holding room under this prefix, found by SCAN (KEYS would stall Redis
+        for every host on a large key space), released a page at a time."""
+        assert self._client is not None
+        prefix = self.settings.prefix
+        pattern = f"{prefix}:{{*}}:res"  # the config allows no wildcard in a prefix
+        head, tail = len(prefix) + 2, -len("}:res")
+        released, cursor = 0, 0
+        while True:
+            async with asyncio.timeout(self.settings.timeout):
+                cursor, keys = await self._client.scan(cursor, match=pattern, count=batch)
+                names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+                released += await self._release(sorted({name[head:tail] for name in names}))
+            if cursor == 0:
+                return released
+
+    async def _release(self, mailboxes: list[str]) -> int:
+        if not mailboxes:
+            return 0
+        release: _Args = ["release", self._life_ms]
+        calls = [(mailbox_keys(self.settings.prefix, mailbox), release) for mailbox in mailboxes]
+        return sum(int(n) for n in await self._pipeline(functools.partial(self._queue_all, calls)))
+
+    # -- calling the script ----------------------------------------------------------------------
+    async def _load(self) -> None:
+        """SCRIPT LOAD: from then on a call sends the script's digest only (EVALSHA)."""
+        assert self._client is not None
+        self._sha = str(await self._client.script_load(self._script))
+
+    async def _eval(self, keys: list[str], args: _Args) -> Any:
+        """One call of the script; a Redis that lost it (restarted, failed over) gets it again."""
+        assert self._client is not None
+        try:
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except self._noscript:
+            await self._load()
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+
+    def _queue(self, pipe: Pipeline, keys: list[str], args: _Args) -> None:
+        pipe.evalsha(self._sha, len(keys), *keys, *args)
+
+    def _queue_all(self, calls: Sequence[tuple[list[str], _Args]], pipe: Pipeline) -> None:
+        for keys, args in calls:
+            self._queue(pipe, keys, args)
+
+    async def _pipeline(self, queue: Callable[[Pipeline], None], raise_on_error: bool = True) -> list[Any]:
+        """What ``queue`` adds (calls of the script through :meth:`_queue`, other commands), in
+        one round trip: redis-py's Script object would ask SCRIPT EXISTS first, a second one. A
+        Redis that lost the script ran none of those calls (NOSCRIPT): it is loaded again and
+        everything sent again (the other commands are idempotent)."""
+        try:
+            replies = await self._execute(queue, raise_on_error)
+            if not any(isinstance(reply, self._noscript) for reply in replies):
+                return replies
+        except self._noscript:
+            pass
+        await self._load()
+        return await self._execute(queue, raise_on_error)
+
+    async def _execute(self, queue: Callable[[Pipeline], None], raise_on_error: bool) -> list[Any]:
+        assert self._client is not None
         async with self._client.pipeline(transaction=False) as pipe:
-            for op in ops:
-                if op.name == "end" and op.transaction is not None:
-                    tx = transaction_key(self.node, op.transaction)
-                    for mailbox in next(mailboxes):
-                        address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
-                        args: list[str | int] = ["end", life, tx, *op.args]
-                        await self._script(keys=mailbox_keys(prefix, address), args=args, client=pipe)
-                elif op.name == "usage":
-                    age = max(0, round((self.clock() - op.measured_at) * 1000))
-                    args = ["usage", _USAGE_MS, *op.args, age]
-                    await self._script(keys=mailbox_keys(prefix, op.mailbox), args=args, client=pipe)
-                else:
-                    await self._script(
-                        keys=mailbox_keys(prefix, op.mailbox), args=[op.name, life, *op.args], client=pipe
-                    )
-            if len(pipe):
-                await pipe.execute()
+            queue(pipe)
+            return await pipe.execute(raise_on_error=raise_on_error)
 
     # -- faults --------------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:
@@ -402,7 +484,7 @@ class RedisLedger:
             self._where,
             why,
         )
-        if self._probe is None or self._probe.done():
+        if not self._closing and (self._probe is None or self._probe.done()):
             self._probe = asyncio.ensure_future(self._probe_forever())
 
     @property
@@ -412,7 +494,7 @@ class RedisLedger:
         return redacted(self.url.url)
 
     async def _probe_forever(self) -> None:
-        while not await self._recover():
+        while not self._closing and not await self._recover():
             await asyncio.sleep(self.settings.retry_seconds)
 
     async def _recover(self) -> bool:
@@ -430,6 +512,7 @@ class RedisLedger:
                 # would fail and take Redis away again at once.
                 await self._client.connection_pool.disconnect()
                 self._run_id = await self._server_run()
+                await self._load()
             while True:
                 while self._pending:
                     chunk = list(itertools.islice(self._pending, _REPLAY_BATCH))
@@ -460,7 +543,7 @@ class RedisLedger:
     async def _write_back(self, alone: list[Reservation]) -> int:
         """Room this daemon held alone goes to Redis (a transaction Redis already knows is left
         as it is there), and is then let go here: Redis has it."""
-        assert self._client is not None and self._script is not None
+        assert self._client is not None
         written = 0
         for r in alone:
             now = self.clock()
@@ -471,7 +554,7 @@ class RedisLedger:
                 args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, r.state]
                 args += [left, since]
                 async with asyncio.timeout(self.settings.timeout):
-                    written += int(await self._script(keys=mailbox_keys(self.settings.prefix, r.mailbox), args=args))
+                    written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
                     if r.state == "held":
                         index = self._index_key(r.transaction)
                         await self._client.sadd(index, r.mailbox)
@@ -497,12 +580,6 @@ class SharedReservations(Reservations):
         if self.ledger is not None:
             self.ledger.delivered(mailbox)
         return seen
-
-    def release(self, mailbox: str | None = None) -> int:
-        released = super().release(mailbox)
-        if self.ledger is not None and mailbox is not None:
-            self.ledger.release(mailbox)
-        return released
 
 
 def attach(service: PolicyService, metrics: Metrics) -> RedisLedger | None:
