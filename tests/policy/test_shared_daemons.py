@@ -168,6 +168,15 @@ def test_an_admin_release_on_one_mx_lets_go_of_the_room_every_mx_holds(
     assert list(burst(hosts, 0).values()).count(DUNNO) == FITS
     assert both(hosts, 20) == [BUSY, BUSY]  # the room is held in Redis, for both MX
 
+    # Listed from any MX: the room every MX holds, each row saying which MX took it.
+    assert main([*mx1, ROOMY]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert len(listed) == FITS, listed
+    assert {line.split()[-1] for line in listed} == {"mx1", "mx2"}
+    assert all(line.startswith(ROOMY) and f" {MESSAGE} " in line for line in listed)
+    assert main([*mx1]) == 0  # every mailbox: found by SCAN
+    assert len(capsys.readouterr().out.splitlines()) == FITS + 1
+
     assert main([*mx1, "--release", ROOMY]) == 0
     assert capsys.readouterr().out == f"released 0 reservations here and {FITS} in the shared state\n"
     assert both(hosts, 30) == [DUNNO, DUNNO]  # at once, on both: nothing to wait for

@@ -28,17 +28,24 @@ def reservations(app: App, address: str | None, release: str | None, release_all
             request = {"op": "release", "address": normalize(release) if release else None}
             _released(ask(path, request))
             return
-        rows = ask(path, {"op": "list", "address": normalize(address) if address else None})["reservations"]
+        answer = ask(path, {"op": "list", "address": normalize(address) if address else None})
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
+    rows = answer["reservations"]
+    if "shared_error" in answer:
+        click.echo(
+            f"the shared state is unavailable ({printable(str(answer['shared_error']))}): only this daemon's own room"
+            " is listed",
+            err=True,
+        )
     if not rows:
         click.echo("no room held" + (f" for {printable(address)}" if address else ""))
         return
-    click.echo(f"{'address':40} {'state':9} {'bytes':>10} {'age':>7}  client / transaction")
+    click.echo(f"{'address':40} {'state':9} {'bytes':>10} {'age':>7}  client / transaction  held by")
     for row in rows:
         click.echo(
             f"{printable(row['address']):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
-            f"{printable(row['client'])} / {printable(row['transaction'])}"
+            f"{printable(row['client'])} / {printable(row['transaction'])}  {printable(row.get('node', 'this daemon'))}"
         )
 
 

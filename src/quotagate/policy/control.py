@@ -5,9 +5,10 @@ answer line out. Requests: ``{"op": "list", "address": ...}`` and ``{"op": "rele
 "address": ...}`` (no address: all). Nothing here trusts the peer beyond the socket's mode:
 requests are bounded in size and anything malformed gets ``{"error": ...}``.
 
-With ``[shared] url`` most room is held in Redis for every MX host, not here: a release lets go of
-it there too, and answers ``shared`` (how many) or, Redis away, ``shared_error`` (why the room held
-there stays) beside ``released`` (this daemon's own).
+With ``[shared] url`` most room is held in Redis for every MX host, not here: a listing shows it
+too (each row with ``node``, the host that holds it), a release lets go of it there too and
+answers ``shared`` (how many); Redis away, either answers ``shared_error`` (why the room held there
+is not listed, or stays) beside what this daemon holds or released itself.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class SharedRoom(Protocol):
         """Let go of the room held for ``mailbox`` (every mailbox when None); how many
         reservations went. Raises :class:`SharedUnavailable`."""
 
+    async def held(self, mailbox: str | None) -> list[dict[str, Any]]:
+        """The room held for ``mailbox`` (every mailbox when None), as listing rows with the
+        host that holds each. Raises :class:`SharedUnavailable`."""
+
 
 async def handle(
     reservations: Reservations, request: dict[str, Any], now: float, shared: SharedRoom | None = None
@@ -52,7 +57,13 @@ async def handle(
     mailbox = None if address is None else address.lower()
     if op == "list":
         chosen = [r for r in reservations if mailbox is None or r.mailbox == mailbox]
-        return {"reservations": listing(chosen, now)}
+        rows = listing(chosen, now)
+        if shared is None:
+            return {"reservations": rows}
+        try:
+            return {"reservations": rows + await shared.held(mailbox)}
+        except SharedUnavailable as exc:
+            return {"reservations": rows, "shared_error": str(exc)}
     if op == "release":
         # Here first: room held alone while Redis is away must not be written back to it after.
         answer: dict[str, Any] = {"released": reservations.release(mailbox)}

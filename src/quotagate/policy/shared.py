@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ _USAGE_MS = 86_400_000
 # Transaction ends and deliveries kept while Redis is away, replayed when it is back.
 MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
+MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the oldest)
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
@@ -110,6 +112,28 @@ def weighed(reply: list[Any]) -> Weighed:
         "shared" if text == SHARED_SOURCE else "local",
         Reserved(int(reserved_bytes), int(reserved_messages)),
     )
+
+
+def held_row(address: str, tx: bytes | str, raw: bytes | str, now_ms: int) -> dict[str, Any]:
+    """One reservation as the ledger keeps it (``res`` hash: transaction -> cjson) as a row of
+    ``quotagate reservations``; ``now_ms`` by Redis's clock."""
+    key = tx.decode() if isinstance(tx, bytes) else tx
+    node, client, transaction = [*key.split("|", 2), "", ""][:3]
+    r = json.loads(raw)
+    return {
+        "address": address,
+        "transaction": transaction,
+        "client": client,
+        "bytes": int(r.get("b", 0)),
+        "age": round(max(0, now_ms - int(r.get("t", now_ms))) / 1000, 1),
+        "state": "in flight" if r.get("s") == "flight" else "held",
+        "delivered": bool(r.get("d")),
+        "node": node,
+    }
+
+
+async def _one(page: list[str]) -> AsyncIterator[list[str]]:
+    yield page
 
 
 def connect(url: SharedUrl, timeout: float) -> Redis:
@@ -403,21 +427,55 @@ class RedisLedger:
             self._failed(exc)
             raise SharedUnavailable(f"{self._where}: {type(exc).__name__}: {exc}") from None
 
-    async def _release_all(self, batch: int = 1000) -> int:
-        """Every mailbox holding room under this prefix, found by SCAN (KEYS would stall Redis
-        for every host on a large key space), released a page at a time."""
+    async def _release_all(self) -> int:
+        """Every mailbox holding room under this prefix, released a page at a time."""
+        released = 0
+        async for page in self._holding():
+            async with asyncio.timeout(self.settings.timeout):
+                released += await self._release(page)
+        return released
+
+    async def _holding(self, batch: int = 1000) -> AsyncIterator[list[str]]:
+        """The mailboxes with room held under this prefix, a page at a time, found by SCAN (KEYS
+        would stall Redis for every host on a large key space)."""
         assert self._client is not None
         prefix = self.settings.prefix
         pattern = f"{prefix}:{{*}}:res"  # the config allows no wildcard in a prefix
         head, tail = len(prefix) + 2, -len("}:res")
-        released, cursor = 0, 0
+        cursor = 0
         while True:
             async with asyncio.timeout(self.settings.timeout):
                 cursor, keys = await self._client.scan(cursor, match=pattern, count=batch)
-                names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
-                released += await self._release(sorted({name[head:tail] for name in names}))
+            names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+            yield sorted({name[head:tail] for name in names})
             if cursor == 0:
-                return released
+                return
+
+    async def held(self, mailbox: str | None, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+        """The room every host holds for ``mailbox`` (every mailbox when None; at most ``limit``
+        rows), as rows for ``quotagate reservations``, each naming the host (``[shared] node``)
+        that took it. Raises :class:`SharedUnavailable`."""
+        if not self._up:
+            raise SharedUnavailable(f"{self._where} is not reachable")
+        assert self._client is not None
+        rows: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                seconds, micros = await self._client.time()
+            now_ms = seconds * 1000 + micros // 1000  # ages by Redis's clock, as the script keeps them
+            async for page in self._holding() if mailbox is None else _one([mailbox]):
+                async with asyncio.timeout(self.settings.timeout), self._client.pipeline(transaction=False) as pipe:
+                    for address in page:
+                        pipe.hgetall(mailbox_keys(self.settings.prefix, address)[0])
+                    found = await pipe.execute()
+                for address, entries in zip(page, found, strict=True):
+                    rows += [held_row(address, tx, raw, now_ms) for tx, raw in entries.items()]
+                if len(rows) >= limit:
+                    break
+        except self._faults as exc:
+            self._failed(exc)
+            raise SharedUnavailable(f"{self._where}: {type(exc).__name__}: {exc}") from None
+        return sorted(rows, key=lambda row: -row["age"])[:limit]
 
     async def _release(self, mailboxes: list[str]) -> int:
         if not mailboxes:
