@@ -288,13 +288,19 @@ def _reading_totals(env: Env, address: str) -> tuple[int, int]:
     return r.bytes, r.messages
 
 
-def test_incremental_scan_sees_added_deleted_and_moved_mail(env: Env) -> None:
+def _scanned_sample(env: Env) -> tuple[Path, str]:
+    """alice's sample Maildir, its times in the past, scanned once: its root and address."""
     root = env.maildir("alice")
     _sample_maildir(root)
     backdate(root)
     alice = env.add("alice")
     env.scan()
     assert _reading_totals(env, alice) == (3750, 5)
+    return root, alice
+
+
+def test_incremental_scan_sees_added_deleted_and_moved_mail(env: Env) -> None:
+    root, alice = _scanned_sample(env)
     assert env.scan().summary.measured == 0
 
     added = add_message(maildir_folder(root, "Sent"), 70, where="new")
@@ -329,12 +335,7 @@ def _hide_behind_old_mtimes(directory: Path, change: Callable[[], object]) -> No
 
 
 def test_mail_hidden_behind_a_restored_mtime_is_found_by_an_incremental_scan(env: Env) -> None:
-    root = env.maildir("alice")
-    _sample_maildir(root)
-    backdate(root)
-    alice = env.add("alice")
-    env.scan()
-    assert _reading_totals(env, alice) == (3750, 5)
+    root, alice = _scanned_sample(env)
 
     _hide_behind_old_mtimes(root / "cur", lambda: add_message(maildir_folder(root), 5000))
     assert env.scan().summary.measured == 1

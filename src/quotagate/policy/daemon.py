@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prometheus_client import start_http_server, write_to_textfile
+from prometheus_client import write_to_textfile
 
 from quotagate.config import Config, ConfigError, reservations_file
 from quotagate.policy import control, shared, state
-from quotagate.policy.listeners import Listener, listen_error, parse_listen
+from quotagate.policy.listeners import Listener, serve_metrics
 from quotagate.policy.live import Snapshot, SnapshotLoader
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer
@@ -240,7 +240,8 @@ class Daemon:
         first = self.worker is None or self.worker.first
         watcher = await self._start_tracking() if self.config.watch.enabled and first else None
         if self.worker is None:
-            self._start_metrics()  # first: a port in use there leaves no unix socket behind
+            # First: a port in use there leaves no unix socket behind.
+            serve_metrics(self.config.policy.metrics, self.metrics.registry)
         bound = await self.server.start(None if self.worker is None else self.worker.listeners)
         if first:
             await self._start_control()
@@ -284,17 +285,6 @@ class Daemon:
             self._control = await control.serve(path, self.service.reservations, self.shared)
         except (OSError, control.ControlError) as exc:
             log.warning("no control socket at %s: %s (quotagate reservations cannot ask)", path, exc)
-
-    def _start_metrics(self) -> None:
-        metrics = self.config.policy.metrics
-        if not metrics:
-            return
-        where = parse_listen(metrics, "policy.metrics")
-        assert not isinstance(where, str), "the config schema refuses a unix socket for metrics"
-        try:
-            start_http_server(where[1], where[0], registry=self.metrics.registry)
-        except OSError as exc:
-            raise listen_error("policy.metrics", metrics, exc) from None
 
     def _started_line(self, bound: list[str]) -> str:
         """The one start-up line: which store, how many mailboxes, where it listens."""

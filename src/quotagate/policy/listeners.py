@@ -16,6 +16,8 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from quotagate.config import ConfigError, PolicyConfig
 from quotagate.errors import StartupError
 from quotagate.listen import Place, parse_place
@@ -163,6 +165,18 @@ def bind_listeners(policy: PolicyConfig) -> list[Listener]:
         close_all(bound)
         raise
     return bound
+
+
+def serve_metrics(spec: str, registry: CollectorRegistry) -> None:
+    """``[policy] metrics`` (HOST:PORT, or "" for none) served over HTTP from a thread of its own."""
+    if not spec:
+        return
+    where = parse_listen(spec, "policy.metrics")
+    assert not isinstance(where, str), "the config schema refuses a unix socket for metrics"
+    try:
+        start_http_server(where[1], where[0], registry=registry)
+    except OSError as exc:
+        raise listen_error("policy.metrics", spec, exc) from None
 
 
 def close_all(listeners: list[Listener]) -> None:

@@ -36,13 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from quotagate.config import Config, ConfigError
 from quotagate.errors import StartupError
 from quotagate.policy.daemon import WorkerRole
 from quotagate.policy.fleetmetrics import FleetCollector
-from quotagate.policy.listeners import Listener, bind_listeners, close_all, listen_error, parse_listen
+from quotagate.policy.listeners import Listener, bind_listeners, close_all, serve_metrics
 from quotagate.sdnotify import notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class Supervisor:
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             self._listeners = bind_listeners(self.config.policy)
-            self._start_metrics()
+            serve_metrics(self.config.policy.metrics, self.registry)
             self._start()
             log.info(
                 "%d workers answering on %s",
@@ -301,17 +301,6 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
         self._reap(stopping=True)
-
-    def _start_metrics(self) -> None:
-        metrics = self.config.policy.metrics
-        if not metrics:
-            return
-        where = parse_listen(metrics, "policy.metrics")
-        assert not isinstance(where, str), "the config schema refuses a unix socket for metrics"
-        try:
-            start_http_server(where[1], where[0], registry=self.registry)
-        except OSError as exc:
-            raise listen_error("policy.metrics", metrics, exc) from None
 
 
 def _how(process: subprocess.Popen[bytes]) -> str:
