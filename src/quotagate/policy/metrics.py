@@ -58,7 +58,8 @@ class Metrics:
 
         self.connections_closed = Counter(
             "quotagate_policy_connections_closed",
-            "Connections the daemon closed on a client: over max_connections, or a request not done in time",
+            "Connections the daemon closed on a client: over max_connections, a request not done in time, or a"
+            " local user not in local_users",
             ["reason"],
             registry=self.registry,
         )

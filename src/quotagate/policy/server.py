@@ -30,6 +30,7 @@ from quotagate.config import PolicyConfig
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
 from quotagate.policy.listeners import Listener, bind_listeners
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.peers import Gone, LocalPeers, uids
 from quotagate.policy.service import Session
 from quotagate.policy.throttle import Throttled
 
@@ -66,6 +67,9 @@ class _Connection(asyncio.Protocol):
         server = self.server
         if len(server.connections) >= server.policy.max_connections:
             server.refused()
+            self.transport.abort()
+            return
+        if not server.admits(self.transport):
             self.transport.abort()
             return
         server.connections.add(self)
@@ -188,6 +192,41 @@ class PolicyServer:
         self._accept_failed: dict[str, Throttled] = {}
         self._descriptors_log = Throttled(log)
         self._malformed_log = Throttled(log)  # a client can send thousands: counted, logged once a minute
+        self._peers = LocalPeers()
+        self._peer_log = Throttled(log)
+        self._local_users: tuple[tuple[str, ...], frozenset[int]] = ((), frozenset())
+
+    def _local_uids(self) -> frozenset[int]:
+        """The uids of [policy] local_users (looked up again when a reload changed the names)."""
+        names = tuple(self.policy.local_users)
+        if names != self._local_users[0]:
+            self._local_users = (names, uids(names))
+        return self._local_users[1]
+
+    def admits(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether to serve a new connection: from another host, or from this one by a user of
+        [policy] local_users (see :mod:`quotagate.policy.peers`). A unix socket's mode decides
+        who reaches it."""
+        if not self.policy.local_users:
+            return True
+        peer, ours = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        if not isinstance(peer, tuple) or not isinstance(ours, tuple):
+            return True
+        try:
+            if not self._peers.is_local(peer[0]):
+                return True
+            owner = self._peers.owner(peer[:2], ours[:2])
+        except Gone:
+            owner = None
+        except OSError as exc:
+            self._peer_log.warning("cannot tell which local user connected (%s): serving every one", exc)
+            return True
+        if owner is not None and owner in self._local_uids():
+            return True
+        self.metrics.connections_closed.labels("local_user").inc()
+        who = "a closed socket" if owner is None else f"uid {owner}"
+        self._peer_log.warning("a connection from this host by %s, not one of [policy] local_users: closed", who)
+        return False
 
     def refused(self) -> None:
         """A connection over max_connections, closed at once: both MTAs then carry on without us."""
@@ -264,6 +303,7 @@ class PolicyServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        self._peers.close()
 
     def answer_item(self, item: PolicyItem, session: Session) -> str | asyncio.Future[str]:
         if isinstance(item, PolicyRequest):

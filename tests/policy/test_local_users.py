@@ -1,0 +1,108 @@
+"""The policy port serves this host's MTA (and root), not any local user: another user could name
+any client_address in each request and so hold all of a mailbox's room (client_hold is per
+client). The kernel tells who owns the peer's socket (sock_diag); a user not in [policy]
+local_users is closed on at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.peers import Gone, LocalPeers, diag_owner, diag_request
+from tests.policy.conftest import DUNNO, ROOMY, Site, read_answer, request, run, serving_site
+
+NOBODY = 65534
+
+
+def ask_as(uid: int, host: str, port: int, data: bytes) -> bytes:
+    """One request from a process of ``uid`` (a forked child, as a local user's program would be)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no imports, only system calls
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect((host, port))
+                try:
+                    sock.sendall(data)
+                    answer = read_answer(sock)
+                except ConnectionError:  # reset: the server aborted the connection
+                    answer = b""
+                os.write(write, answer or b"(closed)")
+            code = 0
+        except BaseException:  # noqa: BLE001 - the child only reports through its pipe and exit code
+            pass
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        got = answer.read()
+    os.waitpid(pid, 0)
+    return got
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a test as another user needs root")
+@pytest.mark.parametrize("local_users", [None, []], ids=["default", "every-local-user"])
+def test_a_local_user_not_in_local_users_is_not_served(
+    site: Site, tmp_path: Path, local_users: list[str] | None
+) -> None:
+    settings = {} if local_users is None else {"local_users": local_users}
+
+    async def go() -> tuple[bytes, bytes, float]:
+        async with serving_site(site, **settings) as running:
+            host, port = running.host_port
+            as_root = await asyncio.to_thread(ask_as, 0, host, port, request(ROOMY, 1))
+            nobody = request(ROOMY, 1, client="198.51.100.7")
+            as_nobody = await asyncio.to_thread(ask_as, NOBODY, host, port, nobody)
+            return as_root, as_nobody, running.sample("quotagate_policy_connections_closed_total", reason="local_user")
+
+    as_root, as_nobody, closed = run(go())
+    assert as_root == DUNNO
+    if local_users is None:
+        assert as_nobody == b"(closed)"
+        assert closed == 1
+    else:
+        assert as_nobody == DUNNO
+        assert closed == 0
+
+
+def test_the_kernel_names_the_owner_of_a_connection_on_this_host() -> None:
+    peers = LocalPeers()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            client = socket.create_connection(server.getsockname())
+            conn, peer = server.accept()
+            with client, conn:
+                assert peers.is_local(peer[0])
+                assert peers.owner(peer, conn.getsockname()) == os.geteuid()
+                assert peers.owner(("127.0.0.1", 1), conn.getsockname()) is None  # no such socket
+    finally:
+        peers.close()
+    assert not peers.is_local("192.0.2.1")  # TEST-NET-1: nobody's
+
+
+def _reply(kind: int, state: int = 1, uid: int = 0) -> bytes:
+    header = struct.pack("=IHHII", 16 + 72, kind, 0, 1, 0)
+    body = struct.pack("=BBBB", 2, state, 0, 0) + bytes(48) + struct.pack("=IIIII", 0, 0, 0, uid, 99)
+    return header + body
+
+
+def test_what_the_kernel_answers_is_read_safely() -> None:
+    assert diag_owner(_reply(20, uid=5000)) == 5000
+    assert diag_owner(_reply(2)) is None  # NLMSG_ERROR: no such socket here
+    assert diag_owner(_reply(20)[:40]) is None  # cut short
+    with pytest.raises(Gone):
+        diag_owner(_reply(20, state=6))  # TIME_WAIT: closed, owned by nobody
+    sent = diag_request(socket.AF_INET, ("127.0.0.1", 40000), ("127.0.0.1", 10032), 7)
+    assert len(sent) == struct.unpack_from("=I", sent)[0] == 16 + 56
+    assert struct.unpack_from("!HH", sent, 24) == (40000, 10032)
+    Metrics()  # the counter the daemon increments exists with its label
