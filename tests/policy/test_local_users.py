@@ -88,6 +88,8 @@ def test_the_kernel_names_the_owner_of_a_connection_on_this_host() -> None:
     finally:
         peers.close()
     assert not peers.is_local("192.0.2.1")  # TEST-NET-1: nobody's
+    assert peers.is_local("::1")
+    assert not peers.is_local("fe80::1%lo")  # a scope is set aside
 
 
 def _reply(kind: int, state: int = 1, uid: int = 0) -> bytes:

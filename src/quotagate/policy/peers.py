@@ -19,6 +19,7 @@ import ipaddress
 import pwd
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 _NETLINK_SOCK_DIAG = 4
@@ -30,6 +31,7 @@ _ALL_STATES = 0xFFFFFFFF
 _TCP_TIME_WAIT = 6
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 _REQUEST = struct.Struct("=BBBBI")  # struct inet_diag_req_v2, up to its socket id
+_ADDRESSES_KEPT = 60.0  # seconds an answer of is_local is kept
 _UID_AT = _HEADER.size + 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue
 
 
@@ -81,7 +83,7 @@ class LocalPeers:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
-        self._local: dict[str, bool] = {}  # address -> whether this host has it
+        self._local: dict[str, tuple[bool, float]] = {}  # address -> whether this host has it, when asked
 
     def _netlink(self) -> socket.socket:
         if self._sock is None:
@@ -91,16 +93,20 @@ class LocalPeers:
         return self._sock
 
     def is_local(self, host: str) -> bool:
-        """Whether ``host`` is an address of this host (a loopback one, or one it can bind)."""
+        """Whether ``host`` is an address of this host (a loopback one, or one it can bind); asked
+        again after a minute (an address added since)."""
+        now = time.monotonic()
         known = self._local.get(host)
-        if known is None:
-            address = ipaddress.ip_address(host)
-            mapped = getattr(address, "ipv4_mapped", None)
-            address = mapped or address
-            known = address.is_loopback or _bindable(address)
-            if len(self._local) < 4096:
-                self._local[host] = known
-        return known
+        if known is not None and now - known[1] < _ADDRESSES_KEPT:
+            return known[0]
+        address = ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: the scope aside
+        mapped = getattr(address, "ipv4_mapped", None)
+        address = mapped or address
+        local = address.is_loopback or _bindable(address)
+        if len(self._local) >= 4096:
+            self._local.clear()
+        self._local[host] = (local, now)
+        return local
 
     def owner(self, peer: tuple[str, int], ours: tuple[str, int]) -> int | None:
         """The uid that owns the socket at ``peer`` (on this host), None when no socket of this
