@@ -44,8 +44,8 @@ def ask_as(uid: int, host: str, port: int, data: bytes) -> bytes:
             pass
         os._exit(code)
     os.close(write)
-    with os.fdopen(read, "rb") as answer:
-        got = answer.read()
+    with os.fdopen(read, "rb") as pipe:
+        got = pipe.read()
     os.waitpid(pid, 0)
     return got
 
