@@ -258,10 +258,10 @@ class PolicyConfig(_Section):
     # Read a Maildir++ maildirsize at request time when the last scan found it agreeing.
     use_maildirsize: bool = True
     max_connections: int = Field(default=1000, ge=1)
-    # Users whose processes on this host may ask over TCP (the MTA's, and root's): another local
-    # user could otherwise name any client_address and hold every mailbox's room. Names this host
-    # does not have are ignored; [] serves every local user. Other hosts are not concerned.
-    local_users: list[str] = ["root", "Debian-exim", "exim", "postfix"]
+    # Users whose processes on this host may ask over TCP (root and the users MTAs run as): another
+    # local user could otherwise name any client_address and hold every mailbox's room. Names this
+    # host does not have are ignored; [] serves every local user. Other hosts are not concerned.
+    local_users: list[str] = ["root", "Debian-exim", "exim", "mail", "mailnull", "postfix", "_postfix"]
     # Seconds a connection may sit between requests. Postfix keeps a policy connection up to
     # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
     # makes Postfix log an error and reconnect.

@@ -53,7 +53,7 @@ def ask_as(uid: int, host: str, port: int, data: bytes) -> bytes:
 @pytest.mark.skipif(os.geteuid() != 0, reason="a test as another user needs root")
 @pytest.mark.parametrize("local_users", [None, []], ids=["default", "every-local-user"])
 def test_a_local_user_not_in_local_users_is_not_served(
-    site: Site, tmp_path: Path, local_users: list[str] | None
+    site: Site, tmp_path: Path, local_users: list[str] | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = {} if local_users is None else {"local_users": local_users}
 
@@ -70,6 +70,7 @@ def test_a_local_user_not_in_local_users_is_not_served(
     if local_users is None:
         assert as_nobody == b"(closed)"
         assert closed == 1
+        assert "uid 65534 (nobody), not one of [policy] local_users: closed" in caplog.text
     else:
         assert as_nobody == DUNNO
         assert closed == 0

@@ -21,6 +21,7 @@ import asyncio
 import errno
 import logging
 import os
+import pwd
 import resource
 from collections import deque
 from collections.abc import Callable
@@ -179,6 +180,15 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _user(uid: int | None) -> str:
+    if uid is None:
+        return "a socket already closed"
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 class PolicyServer:
     def __init__(self, answer: Answer, policy: PolicyConfig, metrics: Metrics) -> None:
         self.answer = answer
@@ -224,8 +234,11 @@ class PolicyServer:
         if owner is not None and owner in self._local_uids():
             return True
         self.metrics.connections_closed.labels("local_user").inc()
-        who = "a closed socket" if owner is None else f"uid {owner}"
-        self._peer_log.warning("a connection from this host by %s, not one of [policy] local_users: closed", who)
+        self._peer_log.warning(
+            "a connection from this host by %s, not one of [policy] local_users: closed (if it is"
+            " the MTA, add its user there)",
+            _user(owner),
+        )
         return False
 
     def refused(self) -> None:
