@@ -319,3 +319,21 @@ def test_a_ledger_closes_even_when_a_call_swallowed_its_cancellation(tmp_path: P
         await asyncio.wait_for(ledger.close(), 5)
 
     run(go())
+
+
+def test_a_check_the_ledger_cannot_weigh_is_decided_alone_at_once(
+    tmp_path: Path, redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of ours while a batch of checks is put together (not Redis's) must not leave the
+    batch's requests waiting until the MTA gives up: each is decided alone, at once."""
+    site = make_site(tmp_path)
+
+    def broken(*_: object) -> list[str | int]:
+        raise RuntimeError("a bug")
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1") as a:
+            monkeypatch.setattr("quotagate.policy.shared.check_args", broken)
+            return list(await asyncio.wait_for(asyncio.gather(a.ask(rcpt(0)), a.ask(rcpt(1))), timeout=5))
+
+    assert run(go()) == [DUNNO, DUNNO]

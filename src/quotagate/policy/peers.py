@@ -15,12 +15,11 @@ for and is not served. Netlink refused (a sandbox) fails open: the check is then
 
 from __future__ import annotations
 
-import ipaddress
 import pwd
 import socket
 import struct
-import time
 from collections.abc import Iterable
+from typing import Any
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
@@ -31,39 +30,45 @@ _ALL_STATES = 0xFFFFFFFF
 _TCP_TIME_WAIT = 6
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 _REQUEST = struct.Struct("=BBBBI")  # struct inet_diag_req_v2, up to its socket id
-_ADDRESSES_KEPT = 60.0  # seconds an answer of is_local is kept
-_UID_AT = _HEADER.size + 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue
+_UID_AT = _HEADER.size + 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue; uid, inode
 
 
 class Gone(Exception):
-    """The local peer's socket is not there any more (or only in TIME_WAIT, owned by nobody)."""
+    """The local peer's socket is no one's any more: closed (TIME_WAIT, or orphaned)."""
 
 
 def _address(family: int, host: str) -> bytes:
-    raw = socket.inet_pton(family, host)
+    raw = socket.inet_pton(family, host.partition("%")[0])  # fe80::1%eth0: the scope goes apart
     return raw + bytes(16 - len(raw))
 
 
-def diag_request(family: int, peer: tuple[str, int], ours: tuple[str, int], seq: int) -> bytes:
-    """A netlink message asking for the one TCP socket at ``peer`` connected to ``ours``."""
+def diag_request(family: int, peer: tuple[str, int], ours: tuple[str, int], seq: int, scope: int = 0) -> bytes:
+    """A netlink message asking for the one TCP socket at ``peer`` connected to ``ours`` (``scope``:
+    the interface of a link-local IPv6 address)."""
     sockid = struct.pack("!HH", peer[1], ours[1]) + _address(family, peer[0]) + _address(family, ours[0])
-    sockid += struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    sockid += struct.pack("=III", scope, _NO_COOKIE, _NO_COOKIE)
     body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + sockid
     return _HEADER.pack(_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, seq, 0) + body
 
 
+def diag_seq(reply: bytes) -> int | None:
+    """The sequence number a reply answers (None: too short to say)."""
+    return _HEADER.unpack_from(reply)[3] if len(reply) >= _HEADER.size else None
+
+
 def diag_owner(reply: bytes) -> int | None:
     """The uid in the kernel's answer to :func:`diag_request`; None when there is no such socket
-    (the peer is on another host); :class:`Gone` when it is only a TIME_WAIT remnant."""
+    on this host (the peer is another host's); :class:`Gone` when the socket is no one's any more
+    (a TIME_WAIT remnant, or one its program closed: the kernel reports uid 0 or no inode)."""
     if len(reply) < _HEADER.size:
         return None
     length, kind = _HEADER.unpack_from(reply)[:2]
-    if kind == _NLMSG_ERROR or min(length, len(reply)) < _UID_AT + 4:
+    if kind == _NLMSG_ERROR or min(length, len(reply)) < _UID_AT + 8:
         return None
-    if reply[_HEADER.size + 1] == _TCP_TIME_WAIT:
+    owner, inode = struct.unpack_from("=II", reply, _UID_AT)
+    if reply[_HEADER.size + 1] == _TCP_TIME_WAIT or inode == 0:
         raise Gone
-    owner: int = struct.unpack_from("=I", reply, _UID_AT)[0]
-    return owner
+    return int(owner)
 
 
 def uids(names: Iterable[str]) -> frozenset[int]:
@@ -83,7 +88,6 @@ class LocalPeers:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
-        self._local: dict[str, tuple[bool, float]] = {}  # address -> whether this host has it, when asked
 
     def _netlink(self) -> socket.socket:
         if self._sock is None:
@@ -92,42 +96,25 @@ class LocalPeers:
             self._sock = sock
         return self._sock
 
-    def is_local(self, host: str) -> bool:
-        """Whether ``host`` is an address of this host (a loopback one, or one it can bind); asked
-        again after a minute (an address added since)."""
-        now = time.monotonic()
-        known = self._local.get(host)
-        if known is not None and now - known[1] < _ADDRESSES_KEPT:
-            return known[0]
-        address = ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: the scope aside
-        mapped = getattr(address, "ipv4_mapped", None)
-        address = mapped or address
-        local = address.is_loopback or _bindable(address)
-        if len(self._local) >= 4096:
-            self._local.clear()
-        self._local[host] = (local, now)
-        return local
+    def owner(self, peer: tuple[Any, ...], ours: tuple[Any, ...]) -> int | None:
+        """The uid that owns the socket at ``peer`` (a peername: host, port and, for IPv6, flow
+        and scope), None when no socket of this host is there (a remote peer); :class:`Gone` for
+        one of this host that is closed; OSError when netlink cannot be asked.
 
-    def owner(self, peer: tuple[str, int], ours: tuple[str, int]) -> int | None:
-        """The uid that owns the socket at ``peer`` (on this host), None when no socket of this
-        host is there; :class:`Gone` for one that closed; OSError when netlink cannot be asked."""
+        A socket of this host is found whatever address it used (any of the host's, a link-local
+        one, a non-local bind), and a remote one never is: the kernel's own table decides.
+        """
         family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        scope = peer[3] if family == socket.AF_INET6 and len(peer) > 3 else 0
         sock = self._netlink()
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        sock.send(diag_request(family, peer, ours, self._seq))
-        return diag_owner(sock.recv(4096))
+        sock.send(diag_request(family, (peer[0], peer[1]), (ours[0], ours[1]), self._seq, scope))
+        while True:  # a late answer to an earlier question (timed out) is not this one's
+            reply = sock.recv(4096)
+            if diag_seq(reply) == self._seq:
+                return diag_owner(reply)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-
-def _bindable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError:
-            return False
-    return True

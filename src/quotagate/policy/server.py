@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import resource
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -180,13 +181,24 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _user(uid: int | None) -> str:
-    if uid is None:
-        return "a socket already closed"
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
+def _stdlib(loop: asyncio.AbstractEventLoop) -> bool:
+    return isinstance(loop, asyncio.BaseEventLoop)  # uvloop's is not
+
+
+class _User:
+    """A uid as a log line shows it, looked up only when the line is written (once a minute at
+    most: a user database can be slow, and a refused user can connect in a loop)."""
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+
+    def __str__(self) -> str:
+        if self.uid < 0:
+            return "a socket already closed"
+        try:
+            return f"uid {self.uid} ({pwd.getpwuid(self.uid).pw_name})"
+        except KeyError:
+            return f"uid {self.uid}"
 
 
 class PolicyServer:
@@ -223,21 +235,19 @@ class PolicyServer:
         if not isinstance(peer, tuple) or not isinstance(ours, tuple):
             return True
         try:
-            if not self._peers.is_local(peer[0]):
-                return True
-            owner = self._peers.owner(peer[:2], ours[:2])
+            owner = self._peers.owner(peer, ours)
         except Gone:
-            owner = None
+            owner = -1
         except OSError as exc:
             self._peer_log.warning("cannot tell which local user connected (%s): serving every one", exc)
             return True
-        if owner is not None and owner in self._local_uids():
-            return True
+        if owner is None or owner in self._local_uids():
+            return True  # another host's, or an MTA's
         self.metrics.connections_closed.labels("local_user").inc()
         self._peer_log.warning(
             "a connection from this host by %s, not one of [policy] local_users: closed (if it is"
             " the MTA, add its user there)",
-            _user(owner),
+            _User(owner),
         )
         return False
 
@@ -289,9 +299,12 @@ class PolicyServer:
         if listeners is None:
             listeners = bind_listeners(self.policy)
         loop.set_exception_handler(self._loop_exception)
+        # Python 3.13's asyncio removes a unix socket's file when its server closes: not one that
+        # a supervisor bound and other workers still serve on.
+        keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) and _stdlib(loop) else {}
         for listener in listeners:
             if listener.unix:
-                server = await loop.create_unix_server(lambda: _Connection(self), sock=listener.sock)
+                server = await loop.create_unix_server(lambda: _Connection(self), sock=listener.sock, **keep)
             else:
                 server = await loop.create_server(lambda: _Connection(self), sock=listener.sock)
             self._servers.append(server)

@@ -267,6 +267,16 @@ class RedisLedger:
         task.add_done_callback(self._tasks.discard)
 
     async def _claim_all(self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]]) -> None:
+        """The batch's checks in one pipeline; whatever goes wrong, every check gets an answer
+        (None: decide alone), never a wait until the MTA gives up."""
+        try:
+            await self._weigh_all(batch)
+        finally:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _weigh_all(self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]]) -> None:
         reservation_ms = round(self.reservation_seconds * 1000)
 
         def queue(pipe: Pipeline) -> None:

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # A worker's event loop sends a heartbeat every second; silent this long, it is stuck.
 STUCK_SECONDS = 20.0
+# A restarted worker not ready this long after it started (loading the store, connecting) is stuck
+# too. Only after the first start: until every worker is ready, systemd's TimeoutStartSec rules.
+START_SECONDS = 300.0
 # A worker that ran at least this long before it died is restarted at once; one that keeps
 # dying sooner waits 1, 2, 4 ... up to MAX_BACKOFF seconds between attempts.
 _HEALTHY_SECONDS = 10.0
@@ -150,6 +153,9 @@ class Supervisor:
         fds = [listener.sock.fileno() for listener in self._listeners] + [write]
         try:
             process = subprocess.Popen([*self.command, "--worker", spec], pass_fds=fds, env=env)
+        except OSError:
+            os.close(read)
+            raise
         finally:
             os.close(write)
         worker = _Worker(index, process, read, time.monotonic())
@@ -197,15 +203,17 @@ class Supervisor:
     def _kill_stuck(self) -> None:
         now = time.monotonic()
         for worker in self.workers.values():
-            if worker.ready and now - worker.last_seen > STUCK_SECONDS and worker.process.poll() is None:
-                log.error(
-                    "worker %d (pid %d) sent no heartbeat for %gs (its event loop is stuck): killing it",
-                    worker.index,
-                    worker.process.pid,
-                    STUCK_SECONDS,
-                )
-                self._restarts.labels("stuck").inc()
-                worker.process.kill()
+            if worker.process.poll() is not None:
+                continue
+            if worker.ready and now - worker.last_seen > STUCK_SECONDS:
+                why = f"sent no heartbeat for {STUCK_SECONDS:g}s (its event loop is stuck)"
+            elif not worker.ready and now - worker.started > START_SECONDS:
+                why = f"was not ready {START_SECONDS:g}s after it started (a store or Redis that hangs?)"
+            else:
+                continue
+            log.error("worker %d (pid %d) %s: killing it", worker.index, worker.process.pid, why)
+            self._restarts.labels("stuck").inc()
+            worker.process.kill()
 
     # -- the loop ------------------------------------------------------------------------------
     def _on_signal(self, number: int, _frame: object) -> None:
@@ -274,14 +282,20 @@ class Supervisor:
                     return
                 log.info("reloading: telling every worker (workers and listen change only with a restart)")
                 for worker in self.workers.values():
-                    worker.process.send_signal(signal.SIGHUP)
+                    if worker.ready:  # one still starting reads the new config anyway; SIGHUP would kill it
+                        worker.process.send_signal(signal.SIGHUP)
             self._reap(stopping=False)
             self._kill_stuck()
             now = time.monotonic()
             for index, due in list(self._due.items()):
                 if due <= now:
                     del self._due[index]
-                    self._spawn(index)
+                    try:
+                        self._spawn(index)
+                    except OSError as exc:  # out of processes or memory: try again later
+                        self._failures[index] += 1
+                        self._due[index] = now + min(2.0 ** self._failures[index], _MAX_BACKOFF)
+                        log.error("cannot start worker %d again (%s): trying later", index, exc.strerror or exc)
             if interval is not None and now - pinged >= interval:
                 notify("WATCHDOG=1")
                 pinged = now
