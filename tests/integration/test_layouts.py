@@ -48,7 +48,9 @@ class PostfixAdmin:
             {
                 "store": {"url": self.url, "schema": "postfixadmin"},
                 "spool": {"root": str(self.spool), "format": fmt},
-                "scan": {"workers": 1},
+                # The spool is made just now: its ctimes are fresh whatever backdate() does to
+                # the mtimes, and a stamp is kept only when it is older than racy_seconds.
+                "scan": {"workers": 1, "racy_seconds": 0},
             }
         )
         self.store: Store = store_for(self.config.store)

@@ -290,6 +290,7 @@ def _reading_totals(env: Env, address: str) -> tuple[int, int]:
 
 def _scanned_sample(env: Env) -> tuple[Path, str]:
     """alice's sample Maildir, its times in the past, scanned once: its root and address."""
+    env.configure(scan={"racy_seconds": 0})  # made just now: its ctimes are fresh, whatever backdate() does
     root = env.maildir("alice")
     _sample_maildir(root)
     backdate(root)
@@ -354,6 +355,7 @@ def test_mail_hidden_behind_a_restored_mtime_is_found_by_an_incremental_scan(env
 
 
 def test_mbox_mail_hidden_behind_a_restored_mtime_and_size_is_found(env: Env) -> None:
+    env.configure(scan={"racy_seconds": 0})  # made just now: its ctimes are fresh, whatever backdate() does
     mbox = env.spool / "bob"
     write_mbox(mbox, ["one\n", "abcde\n"])
     backdate(env.spool)
@@ -430,6 +432,7 @@ def test_incremental_scan_sees_mbox_changes(env: Env) -> None:
 
 
 def test_unchanged_mailboxes_and_folders_are_not_read_again(env: Env, reads: ReadCounter) -> None:
+    env.configure(scan={"racy_seconds": 0})  # made just now: its ctimes are fresh, whatever backdate() does
     for local in ("alice", "bob"):
         _sample_maildir(env.maildir(local))
     backdate(env.spool)
@@ -468,6 +471,17 @@ def test_folder_changed_within_racy_seconds_is_read_again(env: Env, reads: ReadC
     assert reads.take() == ["Archive.2024", "INBOX", "Sent", "Trash"]
 
 
+def test_a_folder_whose_mtime_was_set_back_is_still_racy_by_its_ctime(env: Env) -> None:
+    """The owner can set an mtime back (touch -d) right after a change, and add mail again within
+    the same tick of the clock as the scan's look: only the ctime says the folder is fresh."""
+    _sample_maildir(env.maildir("alice"))
+    backdate(env.maildir("alice"))  # mtimes an hour old, ctimes now
+    alice = env.add("alice")
+    usage = env.scan().readings[alice].usage
+    assert all(f.stamp is None for f in usage.folders)
+    assert usage.root_stamp is None
+
+
 def test_racy_seconds_zero_trusts_fresh_mtimes(env: Env, reads: ReadCounter) -> None:
     _sample_maildir(env.maildir("alice"))
     env.configure(scan={"racy_seconds": 0})
@@ -492,6 +506,7 @@ def test_full_scan_reads_everything(env: Env, reads: ReadCounter) -> None:
 
 
 def test_incremental_scan_keeps_non_utf8_folders(env: Env, reads: ReadCounter) -> None:
+    env.configure(scan={"racy_seconds": 0})  # made just now: its ctimes are fresh, whatever backdate() does
     # Regression: stored folder names are display names ("Entw\\xfcrfe"); looking the folder up
     # by that name found nothing and stored it as empty.
     root = env.maildir("alice")

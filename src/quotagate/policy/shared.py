@@ -55,7 +55,7 @@ _USAGE_MS = 86_400_000
 # Transaction ends and deliveries kept while Redis is away, replayed when it is back.
 MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
-MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the oldest)
+MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the first SCAN finds)
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
@@ -463,8 +463,9 @@ class RedisLedger:
 
     async def held(self, mailbox: str | None, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
         """The room every host holds for ``mailbox`` (every mailbox when None; at most ``limit``
-        rows), as rows for ``quotagate reservations``, each naming the host (``[shared] node``)
-        that took it. Raises :class:`SharedUnavailable`."""
+        rows, from the mailboxes SCAN finds first, oldest first among them), as rows for
+        ``quotagate reservations``, each naming the host (``[shared] node``) that took it.
+        Raises :class:`SharedUnavailable`."""
         if not self._up:
             raise SharedUnavailable(f"{self._where} is not reachable")
         assert self._client is not None

@@ -106,9 +106,10 @@ def _maildir(
     if parsed is not None and parsed.problem:
         log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
     info = parsed.info if parsed else None
-    # Racy by the mtime, stamped by the ctime (see maildir.changed_ns): folders added behind a
-    # root's mtime set back are seen.
-    root_stamp = None if node.st.st_mtime_ns >= racy_cutoff_ns else maildir.changed_ns(node.st)
+    # Stamped by the ctime (see maildir.changed_ns): folders added behind a root's mtime set back
+    # are seen. Racy by it too: the mtime says nothing once its owner has set it back.
+    changed = maildir.changed_ns(node.st)
+    root_stamp = None if changed >= racy_cutoff_ns else changed
     problems = listing.problems + (
         [f"symlinked cur/ or new/ not followed, their mail not counted: {maildir.some(symlinked)}"] if symlinked else []
     )

@@ -177,11 +177,10 @@ def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | 
 
 
 class Look(NamedTuple):
-    """What one ``lstat`` of each of a folder's ``cur/`` and ``new/`` shows: their stamp, the
-    newer of their mtimes, and which of them are symlinks (never followed, their mail not counted)."""
+    """What one ``lstat`` of each of a folder's ``cur/`` and ``new/`` shows: their stamp, and
+    which of them are symlinks (never followed, their mail not counted)."""
 
     stamp: Stamp
-    newest: int
     symlinks: tuple[str, ...]
 
 
@@ -196,10 +195,6 @@ def _changed(st: os.stat_result | None) -> int:
     return changed_ns(st) if st is not None and stat.S_ISDIR(st.st_mode) else _MISSING
 
 
-def _mtime(st: os.stat_result | None) -> int:
-    return st.st_mtime_ns if st is not None and stat.S_ISDIR(st.st_mode) else _MISSING
-
-
 def _lstat(folder_fd: int, sub: str) -> os.stat_result | None:
     try:
         return os.stat(sub, dir_fd=folder_fd, follow_symlinks=False)
@@ -211,7 +206,7 @@ def look(folder_fd: int) -> Look:
     """:func:`stamp` and the symlinked ``cur/`` or ``new/`` of a folder, from the same two ``lstat``s."""
     cur, new = _lstat(folder_fd, "cur"), _lstat(folder_fd, "new")
     links = tuple(sub for sub, st in (("cur", cur), ("new", new)) if st is not None and stat.S_ISLNK(st.st_mode))
-    return Look((_changed(cur), _changed(new)), max(_mtime(cur), _mtime(new)), links)
+    return Look((_changed(cur), _changed(new)), links)
 
 
 def stamp(folder_fd: int) -> Stamp:
@@ -432,7 +427,7 @@ def read_folder(
         before = seen.stamp
     else:
         log.info("folder %s kept changing while read; using the last reading", name)
-    # Racy by the mtimes, which a delivery moves with the ctimes: a folder its owner set back
-    # is stamped by its ctime all the same.
-    kept = None if seen.newest >= racy_cutoff_ns else (*seen.stamp, *profile.stamp_tag)
+    # Racy by the ctimes, as stamped: an mtime its owner set back says nothing about when the
+    # folder last changed.
+    kept = None if max(seen.stamp) >= racy_cutoff_ns else (*seen.stamp, *profile.stamp_tag)
     return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept)

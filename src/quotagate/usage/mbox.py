@@ -87,8 +87,8 @@ def read_file_folder(fd: int, name: str, racy_cutoff_ns: int, profile: Profile =
         size, messages, file_stamp = count_dovecot(fd, virtual=profile.size is SizeRule.VIRTUAL)
     else:
         size, messages, file_stamp = count_messages(fd)
-    # Racy by the mtime (an append moves it with the ctime), stamped by the ctime.
-    kept = None if os.fstat(fd).st_mtime_ns >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
+    # Racy by the ctime, as stamped (an mtime set back says nothing).
+    kept = None if file_stamp[0] >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
     return FolderUsage(name, size, messages, kept)
 
 
