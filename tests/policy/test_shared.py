@@ -19,7 +19,7 @@ from quotagate.config import parse_config
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.service import PolicyService
-from quotagate.policy.shared import RedisLedger, attach
+from quotagate.policy.shared import RedisLedger, _Op, attach
 from quotagate.store import open_store
 from tests.policy.conftest import (
     BUSY,
@@ -337,3 +337,24 @@ def test_a_check_the_ledger_cannot_weigh_is_decided_alone_at_once(
             return list(await asyncio.wait_for(asyncio.gather(a.ask(rcpt(0)), a.ask(rcpt(1))), timeout=5))
 
     assert run(go()) == [DUNNO, DUNNO]
+
+
+def test_a_change_the_script_refuses_is_dropped_and_redis_stays_in_use(tmp_path: Path, redis: RedisProcess) -> None:
+    """A change Redis's script refuses (a bug of ours) fails the same way every time: kept for a
+    replay it would keep Redis taken for away forever. It is dropped, counted and said."""
+    site = make_site(tmp_path)
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+    metrics = Metrics()
+
+    async def go() -> tuple[bool, float]:
+        ledger = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0), metrics)
+        await ledger.start()
+        try:
+            ledger._send(_Op("no such change", ROOMY))
+            ledger.delivered(ROOMY)  # in the same pipeline: still applied
+            await wait_until(lambda: ledger.settled)
+            return ledger.up, metrics.registry.get_sample_value("quotagate_shared_errors_total") or 0.0
+        finally:
+            await ledger.close()
+
+    assert run(go()) == (True, 1.0)

@@ -418,8 +418,16 @@ class RedisLedger:
                 calls.append((mailbox_keys(prefix, op.mailbox), ["usage", _USAGE_MS, *op.args, age]))
             else:
                 calls.append((mailbox_keys(prefix, op.mailbox), [op.name, life, *op.args]))
-        if calls:
-            await self._pipeline(functools.partial(self._queue_all, calls))
+        if not calls:
+            return
+        # An error in a reply is the script's, for that change alone: it is dropped and said,
+        # never kept for a replay that would fail the same way and keep Redis taken for away.
+        replies = await self._pipeline(functools.partial(self._queue_all, calls), raise_on_error=False)
+        refused = [reply for reply in replies if isinstance(reply, Exception)]
+        if refused:
+            if self.metrics is not None:
+                self.metrics.shared_errors.inc(len(refused))
+            log.warning("shared state refused %d of %d changes (dropped): %s", len(refused), len(calls), refused[0])
 
     # -- the admin's release (quotagate reservations --release) ---------------------------------
     async def release(self, mailbox: str | None) -> int:
