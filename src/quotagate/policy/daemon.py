@@ -193,6 +193,7 @@ class Daemon:
             self.config = config
             self.service.reconfigure(config)
             self.server.policy = config.policy
+            await self.server.load_local_users()
             self._forget_store()
             self._loader.forget()
             log.info("config reloaded")

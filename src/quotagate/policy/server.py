@@ -218,10 +218,15 @@ class PolicyServer:
         self._peer_log = Throttled(log)
         self._local_users: tuple[tuple[str, ...], frozenset[int]] = ((), frozenset())
 
-    def _local_uids(self) -> frozenset[int]:
-        """The uids of [policy] local_users (looked up again when a reload changed the names)."""
+    async def load_local_users(self) -> None:
+        """Look up the uids of [policy] local_users, off the loop (a user database may be slow):
+        at start and at each reload (a user created since is found then)."""
         names = tuple(self.policy.local_users)
-        if names != self._local_users[0]:
+        self._local_users = (names, await asyncio.to_thread(uids, names))
+
+    def _local_uids(self) -> frozenset[int]:
+        names = tuple(self.policy.local_users)
+        if names != self._local_users[0]:  # not loaded yet: at once, rather than refuse the MTA
             self._local_users = (names, uids(names))
         return self._local_users[1]
 
@@ -299,6 +304,7 @@ class PolicyServer:
         if listeners is None:
             listeners = bind_listeners(self.policy)
         loop.set_exception_handler(self._loop_exception)
+        await self.load_local_users()
         # Python 3.13's asyncio removes a unix socket's file when its server closes: not one that
         # a supervisor bound and other workers still serve on.
         keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) and _stdlib(loop) else {}
