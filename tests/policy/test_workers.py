@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from quotagate.policy.workers import STUCK_SECONDS
 from tests.policy.conftest import (
+    DOMAIN,
     DUNNO,
     QUOTA,
+    REJECT,
     ROOMY,
     ROOMY_USED,
     Site,
@@ -34,6 +37,7 @@ from tests.policy.conftest import (
 from tests.servers.daemon import QUOTAGATE, PolicyDaemon
 from tests.servers.process import free_port
 from tests.servers.redis import private_redis
+from tests.spoolgen import add_message
 
 MESSAGE = 2_000
 FITS = (QUOTA - ROOMY_USED) // MESSAGE  # 4
@@ -51,6 +55,13 @@ class Fleet:
         assert self.daemon.proc is not None
         found = subprocess.run(["pgrep", "-P", str(self.daemon.proc.pid)], capture_output=True, text=True)
         return sorted(int(pid) for pid in found.stdout.split())
+
+    def worker(self, index: int) -> int:
+        """The pid of worker ``index`` (its role is on its command line)."""
+        for pid in self.workers():
+            if f'"index": {index},' in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                return pid
+        raise AssertionError(f"no worker {index} among {self.workers()}")
 
     def ready(self) -> int:
         """How many times a worker said it serves (one line each, at every start)."""
@@ -75,31 +86,40 @@ def burst(port: int, first: int) -> dict[int, bytes]:
         return dict(zip(numbers, pool.map(lambda n: ask(port, rcpt(n)), numbers), strict=True))
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, short_tmp: Path) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def started_fleet(tmp_path: Path, short_tmp: Path, more: str = "", **policy: Any) -> Iterator[Fleet]:
+    """``serve --workers 2`` over a site of its own, sharing through a private redis-server."""
     site = make_site(tmp_path)
     port, metrics = free_port(), free_port()
     unix = short_tmp / "policy.sock"
     with private_redis() as redis:
         config = site.base / "quotagate.toml"
-        policy = site.toml(
+        toml = site.toml(
             listen=[f"127.0.0.1:{port}", f"unix:{unix}"],
             metrics=f"127.0.0.1:{metrics}",
             state_file=str(site.base / "reservations.json"),
+            **policy,
         )
-        config.write_text(policy + f'[shared]\nurl = "{redis.url}"\nprefix = "{site.base.name}"\nretry_seconds = 0.2\n')
+        toml += f'[shared]\nurl = "{redis.url}"\nprefix = "{site.base.name}"\nretry_seconds = 0.2\n' + more
+        config.write_text(toml)
         daemon = PolicyDaemon(config, port, site.base / "serve.log", "serve --workers 2")
         daemon.start()
         try:
+            daemon.wait_for_log("2 workers answering", seconds=20)
             yield Fleet(site, daemon, port, metrics, unix)
         finally:
             daemon.stop()
 
 
+@pytest.fixture
+def fleet(tmp_path: Path, short_tmp: Path) -> Iterator[Fleet]:
+    with started_fleet(tmp_path, short_tmp) as started:
+        yield started
+
+
 @pytest.mark.servers
 @pytest.mark.slow
 def test_workers_share_reservations_and_one_killed_is_started_again(fleet: Fleet) -> None:
-    fleet.daemon.wait_for_log("2 workers answering", seconds=20)
     first = burst(fleet.port, 0)
     assert list(first.values()).count(DUNNO) == FITS, first
     # Ends reach whichever worker: the room is let go all the same.
@@ -144,7 +164,6 @@ def test_workers_share_reservations_and_one_killed_is_started_again(fleet: Fleet
 @pytest.mark.servers
 @pytest.mark.slow
 def test_a_worker_whose_loop_is_stuck_is_killed_and_started_again(fleet: Fleet) -> None:
-    fleet.daemon.wait_for_log("2 workers answering", seconds=20)
     stuck = fleet.workers()[0]
     starts = fleet.ready()
     os.kill(stuck, signal.SIGSTOP)  # as a loop blocked in a call that never returns
@@ -156,6 +175,29 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_started_again(fleet: Fleet) 
             os.kill(stuck, signal.SIGCONT)
     assert "sent no heartbeat" in fleet.daemon.log()
     assert stuck not in fleet.workers()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_a_delivery_the_first_worker_sees_changes_every_workers_answer(tmp_path: Path, short_tmp: Path) -> None:
+    """[watch] enabled: only the first worker follows the spool; the other weighs its readings
+    through Redis (the store's refresh, an hour away, cannot be what tells it)."""
+    more = "[watch]\nenabled = true\nflush_seconds = 0.1\n"
+    with started_fleet(tmp_path, short_tmp, more, refresh_seconds=3600, max_usage_age=86400) as fleet:
+        assert {ask(fleet.port, request(ROOMY, 1, instance=f"a{n}")) for n in range(10)} == {DUNNO}
+        add_message(fleet.site.spool / DOMAIN / "roomy" / "Maildir", QUOTA - ROOMY_USED, where="new")
+
+        def every_one_refuses() -> bool:
+            return {ask(fleet.port, request(ROOMY, 1, instance=f"b{n}")) for n in range(10)} == {REJECT}
+
+        wait_for(lambda: ask(fleet.port, request(ROOMY, 1, instance="c")) == REJECT, timeout=10, what="the delivery")
+        watching = fleet.worker(0)
+        os.kill(watching, signal.SIGSTOP)  # from now on the second worker answers every request
+        try:
+            assert every_one_refuses()
+        finally:
+            os.kill(watching, signal.SIGCONT)
+        assert fleet.daemon.log().count("usage live from the spool") == 1  # the first worker only
 
 
 def test_more_than_one_worker_needs_shared_state(site: Site) -> None:
