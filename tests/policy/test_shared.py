@@ -38,12 +38,10 @@ from tests.policy.conftest import (
     too_big,
     wait_until,
 )
+from tests.policy.transactions import FITS, MESSAGE, rcpt
 from tests.servers.redis import RedisProcess, private_redis
 
 pytestmark = pytest.mark.servers
-
-MESSAGE = 2_000  # room for 4: ROOMY_USED + 4 * MESSAGE <= QUOTA < ROOMY_USED + 5 * MESSAGE
-FITS = (QUOTA - ROOMY_USED) // MESSAGE
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +93,6 @@ async def two(site: Site, url: str | None, *, one_host: bool = False) -> AsyncIt
     """Two daemons on two MX hosts, or two of one host (its workers: one node name)."""
     async with daemon(site, url, "mx1") as a, daemon(site, url, "mx1" if one_host else "mx2") as b:
         yield a, b
-
-
-def rcpt(n: int, size: int = MESSAGE) -> bytes:
-    """Transaction ``n`` from a client of its own (each may hold one message: client_hold)."""
-    return request(ROOMY, size, client=f"192.0.2.{n + 1}", instance=f"tx{n}")
 
 
 async def burst(a: Daemon, b: Daemon, count: int = 10) -> list[bytes]:

@@ -27,18 +27,15 @@ from tests.policy.conftest import (
     Site,
     ask,
     make_site,
-    request,
     wait_for,
 )
+from tests.policy.transactions import FITS, MESSAGE, end, rcpt
 from tests.servers.daemon import PolicyDaemon
 from tests.servers.process import free_port
 from tests.servers.redis import RedisProcess, private_redis
 from tests.spoolgen import add_message
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
-
-MESSAGE = 2_000
-FITS = (QUOTA - ROOMY_USED) // MESSAGE  # 4
 
 
 @dataclass
@@ -89,16 +86,6 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
         finally:
             for d in started:
                 d.stop()
-
-
-def rcpt(n: int, size: int = MESSAGE) -> bytes:
-    return request(ROOMY, size, client=f"192.0.2.{n + 1}", instance=f"tx{n}")
-
-
-def end(n: int) -> bytes:
-    return request(ROOMY, None, client=f"192.0.2.{n + 1}", instance=f"tx{n}").replace(
-        b"request=smtpd_access_policy", b"request=quotagate_end"
-    )
 
 
 def burst(hosts: Hosts, first: int) -> dict[int, bytes]:

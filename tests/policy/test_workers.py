@@ -34,13 +34,11 @@ from tests.policy.conftest import (
     scrape,
     wait_for,
 )
+from tests.policy.transactions import FITS, end, rcpt
 from tests.servers.daemon import QUOTAGATE, PolicyDaemon
 from tests.servers.process import free_port
 from tests.servers.redis import private_redis
 from tests.spoolgen import add_message
-
-MESSAGE = 2_000
-FITS = (QUOTA - ROOMY_USED) // MESSAGE  # 4
 
 
 @dataclass
@@ -69,14 +67,6 @@ class Fleet:
 
     def wait_for_start(self, after: int, timeout: float = 20) -> None:
         wait_for(lambda: self.ready() > after, timeout=timeout, what="a worker started again")
-
-
-def rcpt(n: int) -> bytes:
-    return request(ROOMY, MESSAGE, client=f"192.0.2.{n + 1}", instance=f"tx{n}")
-
-
-def end(n: int) -> bytes:
-    return rcpt(n).replace(b"request=smtpd_access_policy", b"request=quotagate_end")
 
 
 def burst(port: int, first: int) -> dict[int, bytes]:
