@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
@@ -54,6 +55,17 @@ def _measure_job(job: Job) -> Found:
     except Exception as exc:  # one bad mailbox is one unknown mailbox, never a failed scan
         log.exception("%s: cannot be measured", display_name(job[0]))
         return Found(job[0], MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}"))
+
+
+class _Candidate(NamedTuple):
+    """A mailbox to scan, where it is, and what the last scan left of it."""
+
+    mailbox: Mailbox
+    path: str
+    where: str
+    kept: Reading | None  # the last reading, when the mailbox may be unchanged on disk: look first
+    reuse: MailboxUsage | None  # the last usage, whose unchanged folders need not be read again
+    definition: str | None
 
 
 def _unchanged_all(
@@ -175,9 +187,7 @@ def run_scan(
     readings: dict[str, Reading] = {}
     pending: list[tuple[Mailbox, str]] = []
     jobs: list[Job] = []
-    # Each mailbox with where it is, its last reading, the usage to reuse, its maildirsize
-    # definition, and whether to look if anything changed on disk.
-    located_: list[tuple[Mailbox, str, str, Reading | None, MailboxUsage | None, str | None, bool]] = []
+    candidates: list[_Candidate] = []
     for mailbox in mailboxes:
         try:
             path = mailbox_path(mailbox, config.spool, roots)
@@ -190,12 +200,12 @@ def run_scan(
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         definition = _definition(mailbox, set_limit)
         recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition)
-        look = prev is not None and prev_usage is not None and not recheck
-        located_.append((mailbox, path, where, prev, prev_usage, definition, look))
-    looks = [(where, usage) for _, _, where, _, usage, _, look in located_ if look and usage is not None]
+        kept = prev if prev_usage is not None and not recheck else None
+        candidates.append(_Candidate(mailbox, path, where, kept, prev_usage, definition))
+    looks = [(c.where, c.kept.usage) for c in candidates if c.kept is not None]
     same_on_disk = iter(_unchanged_all(looks, roots, profile, config.spool.maildir_layout, config.scan.mailbox_timeout))
-    for mailbox, path, where, prev, prev_usage, definition, look in located_:
-        if look and next(same_on_disk) and prev is not None and prev_usage is not None:
+    for mailbox, path, where, prev, prev_usage, definition in candidates:
+        if prev is not None and prev_usage is not None and next(same_on_disk):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
             totals = _totals(mailbox, prev_usage, config)
             same = totals == (prev.bytes, prev.messages, prev.state)
