@@ -135,7 +135,8 @@ class Supervisor:
         registry = CollectorRegistry()
         registry.register(self._fleet)
         self.registry = registry
-        self._running = Gauge("quotagate_policy_workers", "Workers of serve --workers answering", registry=registry)
+        running = Gauge("quotagate_policy_workers", "Workers of serve --workers answering", registry=registry)
+        running.set_function(lambda: sum(w.ready for w in list(self.workers.values())))
         self._restarts = Counter(
             "quotagate_policy_worker_restarts",
             "Workers restarted, by cause (died: exited or killed; stuck: its event loop stopped)",
@@ -173,9 +174,8 @@ class Supervisor:
             worker.pipe = -1
             return
         worker.last_seen = time.monotonic()
-        if b"R" in data and not worker.ready:
+        if b"R" in data:
             worker.ready = True
-            self._running.set(sum(w.ready for w in self.workers.values()))
 
     def _reap(self, stopping: bool) -> list[_Worker]:
         """Workers that exited: forgotten, their metrics kept; restarts scheduled unless stopping."""
@@ -187,7 +187,6 @@ class Supervisor:
                 os.close(worker.pipe)
             del self.workers[worker.index]
             self._fleet.retire(worker.index)
-            self._running.set(sum(w.ready for w in self.workers.values()))
             if stopping:
                 continue
             log.error(
@@ -196,8 +195,7 @@ class Supervisor:
             self._restarts.labels("died").inc()
             healthy = now - worker.started >= _HEALTHY_SECONDS
             self._failures[worker.index] = 0 if healthy else self._failures[worker.index] + 1
-            delay = 0.0 if healthy else min(2.0 ** (self._failures[worker.index] - 1), _MAX_BACKOFF)
-            self._due[worker.index] = now + delay
+            self._due[worker.index] = now + (0.0 if healthy else _backoff(self._failures[worker.index]))
         return gone
 
     def _kill_stuck(self) -> None:
@@ -294,7 +292,7 @@ class Supervisor:
                         self._spawn(index)
                     except OSError as exc:  # out of processes or memory: try again later
                         self._failures[index] += 1
-                        self._due[index] = now + min(2.0 ** self._failures[index], _MAX_BACKOFF)
+                        self._due[index] = now + _backoff(self._failures[index])
                         log.error("cannot start worker %d again (%s): trying later", index, exc.strerror or exc)
             if interval is not None and now - pinged >= interval:
                 notify("WATCHDOG=1")
@@ -315,6 +313,11 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
         self._reap(stopping=True)
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before starting again a worker that failed ``failures`` times in a row: 1, 2, 4 ..."""
+    return min(2.0 ** max(failures - 1, 0), _MAX_BACKOFF)
 
 
 def _how(process: subprocess.Popen[bytes]) -> str:
