@@ -272,7 +272,7 @@ class PolicyConfig(_Section):
     # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
     # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
     max_usage_age: float = Field(default=900, gt=0)
-    # Seconds a maildirsize read (in a worker thread) may take before the request gets DUNNO:
+    # Seconds a maildirsize read (in the reader process) may take before the request gets DUNNO:
     # a FIFO or a dead NFS mount must not hold an answer.
     file_timeout: float = Field(default=0.5, gt=0)
     drain_seconds: float = Field(default=5, ge=0)

@@ -214,8 +214,12 @@ async def serving_site(site: Site, **policy: Any) -> AsyncIterator[Running]:
     config = site.config(**policy)
     metrics = Metrics()
     service = site.service(config, metrics)
-    async with serving(config, service.respond, metrics) as running:
-        yield running
+    service.files.begin()
+    try:
+        async with serving(config, service.respond, metrics) as running:
+            yield running
+    finally:
+        service.files.close()
 
 
 class Client:

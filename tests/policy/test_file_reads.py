@@ -4,6 +4,7 @@ mailbox: every other one is answered at once, and the pool of readers stays boun
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -193,3 +194,39 @@ def test_answers_waiting_for_a_file_read_keep_their_place_in_a_pipeline(tmp_path
     pipelined, exim = run(main())
     assert pipelined == b"".join(answer for _, answer in session)
     assert exim == REJECT
+
+
+def reader_pid(s: Serve) -> int:
+    """The daemon's maildirsize reader: its one live child process (a killed one may wait to be
+    reaped until the next one starts)."""
+    children = [
+        int(pid)
+        for task in os.listdir(f"/proc/{s.pid}/task")
+        for pid in Path(f"/proc/{s.pid}/task/{task}/children").read_text().split()
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    ]
+    assert len(children) == 1, children
+    return children[0]
+
+
+@pytest.mark.slow
+def test_a_reader_process_killed_is_replaced_and_no_request_waits_for_it(
+    serve: Callable[..., Serve], tmp_path: Path
+) -> None:
+    site = with_maildirsize(tmp_path, roomy=False)
+    s = serve(site, reservation_seconds=0)
+    assert timed(s, request(FULL))[0] == REJECT  # read through the reader
+    first = reader_pid(s)
+    maildirsize(site, "full").write_text(f"{QUOTA}S\n{QUOTA - 10} 1\n")  # dropped from the cache
+    os.kill(first, signal.SIGKILL)
+    answers = []
+    deadline = time.monotonic() + 10
+    while too_big(20) not in answers and time.monotonic() < deadline:
+        answer, seconds = timed(s, request(FULL, 20))
+        assert seconds < 1  # no request waits for a reader that is not there
+        answers.append(answer)
+        time.sleep(0.02)
+    # Unknown (DUNNO) while no reader runs, then read by the new one: 10 bytes left, 20 do not fit.
+    assert set(answers) <= {DUNNO, too_big(20)} and answers[-1] == too_big(20), answers
+    assert reader_pid(s) != first
+    assert "maildirsize reader exited" in s.log()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers.exim import rcpt_replies
-from tests.servers.install import require_command
+from tests.servers.install import require_command, require_package_command
 
 SYSTEM = Path("/etc/exim4")
 # A client from an address in Debian's relay_from_hosts (update-exim4.conf always adds 127.0.0.1),
@@ -40,7 +40,7 @@ class DebianExim:
     split: bool
 
     def __post_init__(self) -> None:
-        self.binary = require_command("exim4", "exim4-daemon-heavy")
+        self.binary = require_package_command("exim4", "exim4-daemon-heavy")
         require_command("update-exim4.conf", "exim4-config")
         self.confdir = self.work / "exim4"
         self.output = self.work / "exim4.conf"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quotagate.publish import lsearch_key
-from tests.servers.install import require_command, unavailable
+from tests.servers.install import require_package_command, unavailable
 
 TRUSTED = Path("/etc/exim4/trusted_configs")
 MAIL_UID = 5000
@@ -84,7 +84,7 @@ class Exim:
     ) -> None:
         """Listening on ``address``; ``launcher`` runs the daemon (``ip netns exec NAME``: on
         another test host, whose address ``address`` is)."""
-        self.binary = require_command("exim4", "exim4-daemon-heavy")
+        self.binary = require_package_command("exim4", "exim4-daemon-heavy")
         try:
             pwd.getpwnam("Debian-exim")
         except KeyError:

@@ -44,6 +44,24 @@ def apt_install(*packages: str) -> None:
             POLICY_RC_D.unlink(missing_ok=True)
 
 
+def installed(package: str) -> bool:
+    """Whether dpkg has ``package`` installed."""
+    query = ["dpkg-query", "-W", "-f=${Status}", package]
+    done = subprocess.run(query, capture_output=True, text=True, check=False)
+    return done.returncode == 0 and done.stdout.strip() == "install ok installed"
+
+
+def require_package_command(command: str, package: str) -> str:
+    """The path of ``command`` from ``package``, installing the package when dpkg does not have
+    it, even if another package gives the command: maildrop pulls in exim4-daemon-light as its
+    MTA, whose ``exim4`` lacks the lookups the heavy daemon has."""
+    if not installed(package):
+        apt_install(package)
+        if not installed(package):
+            unavailable(f"{package} is still not installed after apt-get install")
+    return require_command(command, package)
+
+
 def require_command(command: str, *packages: str) -> str:
     """The path of ``command``, installing ``packages`` first when it is missing."""
     found = shutil.which(command) or (f"/usr/sbin/{command}" if Path(f"/usr/sbin/{command}").exists() else None)

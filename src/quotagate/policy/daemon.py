@@ -234,6 +234,7 @@ class Daemon:
         asyncio.get_running_loop().create_task(self.refresh())
 
     async def run(self) -> None:
+        self.service.files.begin()
         self._restore_reservations()
         if self.shared is not None:
             await self.shared.start()  # writes back what was restored
@@ -270,6 +271,7 @@ class Daemon:
         if watcher is not None:
             await watcher.stop()
         await self.server.close()
+        self.service.files.close()
         if self._control is not None:
             self._control.close()
         await self._save_reservations()

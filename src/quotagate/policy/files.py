@@ -2,42 +2,40 @@
 
 A maildirsize is a file its mailbox's user controls (it may be a FIFO) and may sit on a dead NFS
 mount, where even ``stat`` hangs: the loop never touches it. :class:`FileReads` hands the read
-(:meth:`MaildirsizeReader.read_now`) to a fixed pool of worker threads, at most one read per
-file at a time, and a request waits at most ``timeout`` for it.
+to a reader process (:mod:`quotagate.policy.filereader`: its threads read, at most one read per
+file at a time), and a request waits at most ``timeout`` for it.
 
-A thread hop costs more than the rest of a check, so a value read is kept while it is current:
-the worker also puts an inotify watch on the mailbox's directory, and any change to its
-maildirsize (an MDA appending, a rename over it) drops the kept value. Events are read from our
-own non-blocking inotify descriptor before every lookup, so a change made before a request
-arrived is always seen by it. A value is kept at most ``keep_seconds`` even without an event (a
-change made by another NFS client raises none), a delivery hint drops it, and a directory that
-cannot be watched (or would take more than a quarter of fs.inotify.max_user_watches, which
-[watch] shares) is simply read every time.
+A round trip to the reader costs more than the rest of a check, so a value read is kept while it
+is current: the reader also puts an inotify watch on the mailbox's directory (on our inotify
+descriptor, which it inherits), and any change to its maildirsize (an MDA appending, a rename
+over it) drops the kept value. Events are read from our own non-blocking inotify descriptor
+before every lookup, so a change made before a request arrived is always seen by it. A value is
+kept at most ``keep_seconds`` even without an event (a change made by another NFS client raises
+none), a delivery hint drops it, and a directory that cannot be watched (or would take more than
+a quarter of fs.inotify.max_user_watches, which [watch] shares) is simply read every time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import queue
 import struct
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asyncinotify import Inotify, Mask
 
-from quotagate.model import Reading
-from quotagate.policy.live import Live, MaildirsizeReader, Unreadable
+from quotagate.policy.filereader import ReaderProcess, Result
+from quotagate.policy.live import Live, Unreadable
 from quotagate.usage.maildirsize import FILE_NAME
+from quotagate.usage.safefs import Roots
 from quotagate.watch.limits import current_limit
 
 log = logging.getLogger(__name__)
 
 FILE_WORKERS = 4
-"""Threads reading maildirsize files for the daemon: a bound, whatever hangs."""
+"""Threads of the reader process reading maildirsize files: a bound, whatever hangs."""
 
 T = TypeVar("T")
 
@@ -64,14 +62,12 @@ class _Pending:
 class FileReads:
     """See the module docstring. Lives on one event loop (taken at the first :meth:`start`)."""
 
-    def __init__(
-        self, reader: MaildirsizeReader, timeout: float, keep_seconds: float, workers: int = FILE_WORKERS
-    ) -> None:
-        self.reader = reader
+    def __init__(self, roots: Roots, timeout: float, keep_seconds: float, workers: int = FILE_WORKERS) -> None:
+        self.roots = roots
         self.timeout = timeout
         self.keep_seconds = keep_seconds
         self.workers = workers
-        self._jobs: queue.SimpleQueue[Reading] = queue.SimpleQueue()
+        self._reader: ReaderProcess | None = None
         self._pending: dict[str, _Pending] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inotify: Inotify | None = None
@@ -84,26 +80,45 @@ class FileReads:
         limit = current_limit()
         self._watch_budget = _DEFAULT_WATCHES if limit is None else limit // 4
 
-    def start(self, reading: Reading, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
-        """``then`` of the mailbox's live usage: at once when it is known without waiting (kept
-        and current, or a read of this path hung), else a future resolved on the loop."""
-        loop = self._loop or self._begin()
+    def start(self, path: str, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
+        """``then`` of the live usage of the mailbox at ``path``: at once when it is known without
+        waiting (kept and current, a read of this path hung, no reader), else a future resolved
+        on the loop."""
+        loop = self._loop or self.begin()
         self.drain()
         now = loop.time()
-        path = reading.path
         kept = self._kept.get(path)
         if kept is not None and now - kept[1] < self.keep_seconds:
             return then(kept[0])
         pending = self._pending.get(path)
         if pending is None:
+            assert self._reader is not None
+            if not self._reader.running:
+                return then(Unreadable("no maildirsize reader is running"))
             pending = self._pending[path] = _Pending(now, self._epoch, self._generation.get(path, 0))
-            self._jobs.put(reading)
+            watch = self._inotify is not None and (path in self._watched or len(self._watched) < self._watch_budget)
+            self._reader.ask(path, watch)
         elif now - pending.started >= self.timeout:
             return then(Unreadable("an earlier read of it is still hung"))
         future: asyncio.Future[T] = loop.create_future()
         timer = loop.call_at(pending.started + self.timeout, _expire, future, then, self.timeout)
         pending.waiters.append((future, then, timer))
         return future
+
+    def set_roots(self, roots: Roots) -> None:
+        """Where mailboxes may live changed (a reload)."""
+        self.roots = roots
+        if self._reader is not None:
+            self._reader.set_roots(roots)
+
+    def close(self) -> None:
+        """Stop the reader process (the daemon is exiting)."""
+        if self._reader is not None:
+            self._reader.close()
+
+    @property
+    def reader_pid(self) -> int | None:
+        return None if self._reader is None else self._reader.pid
 
     def forget(self, path: str) -> None:
         """Drop what is kept for the mailbox at ``path`` (told of a delivery)."""
@@ -140,7 +155,11 @@ class FileReads:
         if offset < len(data) or len(data) == 65536:
             self.drain()  # more queued than one read took
 
-    def _begin(self) -> asyncio.AbstractEventLoop:
+    def begin(self) -> asyncio.AbstractEventLoop:
+        """Start watching and the reader process, on the running loop (else at the first read:
+        the reader takes a moment to start, which the first reads would wait for)."""
+        if self._loop is not None:
+            return self._loop
         loop = self._loop = asyncio.get_running_loop()
         try:
             self._inotify = Inotify()
@@ -149,34 +168,26 @@ class FileReads:
             loop.add_reader(self._inotify.fd, self.drain)  # also between requests: no overflow
         except OSError as exc:
             log.warning("cannot watch maildirsize files (%s): reading them at every request", exc.strerror)
-        for n in range(self.workers):
-            threading.Thread(target=self._work, name=f"quotagate-files-{n}", daemon=True).start()
+        fd = None if self._inotify is None else self._inotify.fd
+        self._reader = ReaderProcess(self.roots, fd, int(_WATCH), self._done, self._reader_exited, self.workers)
+        self._reader.start(loop)
         return loop
 
-    def _watch(self, root: str) -> int | None:
-        """Watch the mailbox's directory (blocking: a user's path); its descriptor, or None."""
-        if self._inotify is None or (root not in self._watched and len(self._watched) >= self._watch_budget):
-            return None  # not kept: read at every request
-        try:
-            return self._inotify.add_watch(root, _WATCH).wd
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.debug("cannot watch %r: %s", root, exc.strerror)
-            return None
+    def _reader_exited(self) -> None:
+        """The reads the reader had are lost: their requests are answered now, as unknown."""
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            for future, then, timer in waiting.waiters:
+                timer.cancel()
+                if not future.done():
+                    _settle(future, then, Unreadable("the maildirsize reader exited"))
 
-    def _work(self) -> None:
-        while True:
-            reading = self._jobs.get()
-            wd = self._watch(reading.path)  # before the read: a change after it is an event
-            live = self.reader.read(reading)
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._done, reading.path, live, wd)
-            except RuntimeError:  # the loop is closed: the daemon is exiting
-                return
+    def _done(self, results: list[Result]) -> None:
+        self.drain()  # changes made while they were read are seen before deciding to keep them
+        for path, wd, live in results:
+            self._settle_read(path, wd, live)
 
-    def _done(self, path: str, live: Live, wd: int | None) -> None:
-        self.drain()  # changes made while it was read are seen before deciding to keep it
+    def _settle_read(self, path: str, wd: int | None, live: Live) -> None:
         pending = self._pending.pop(path, None)
         if pending is None:
             return

@@ -3,7 +3,7 @@
 Every ``refresh_seconds`` (off the event loop) what changed in the store since the last refresh
 is applied to a copy of compact columns (:mod:`quotagate.policy.compact`), giving an immutable
 :class:`Snapshot` the request path reads without locks; the loop swaps it in whole. A
-Maildir++ ``maildirsize`` is read at request time, in a worker thread
+Maildir++ ``maildirsize`` is read at request time, in a reader process
 (:mod:`quotagate.policy.files`: it is a file its user controls, and a read can hang), cached by
 its stat, and trusted only when the last scan found it agreeing with the files: a stale or
 hand-edited one never decides.
@@ -139,14 +139,15 @@ class MaildirsizeReader:
         info = reading.usage.maildirsize
         return info is not None and info.agrees_with(reading.bytes, reading.messages)
 
-    def read_now(self, reading: Reading) -> Usage | None:
-        """The mailbox's usage from its maildirsize, or None when there is none to go by.
+    def read_now(self, mailbox: str) -> Usage | None:
+        """The usage of the mailbox at ``mailbox`` from its maildirsize, or None when there is
+        none to go by.
 
         Blocking, on a file the mailbox's owner controls: never call it on the event loop (see
         :mod:`quotagate.policy.files`). Raises OSError when the file is there but not safely readable.
         """
-        path = os.path.join(reading.path, maildirsize.FILE_NAME)
-        with safefs.opened(reading.path, self.roots) as node:
+        path = os.path.join(mailbox, maildirsize.FILE_NAME)
+        with safefs.opened(mailbox, self.roots) as node:
             if node is None or not node.is_dir:
                 return None
             try:
@@ -178,10 +179,10 @@ class MaildirsizeReader:
             return None
         return parsed.info.bytes, parsed.info.messages
 
-    def read(self, reading: Reading) -> Live:
+    def read(self, mailbox: str) -> Live:
         """:meth:`read_now`, with errors as values (one bad mailbox is one unknown mailbox)."""
         try:
-            return self.read_now(reading)
+            return self.read_now(mailbox)
         except OSError as exc:
             return Unreadable(exc.strerror or type(exc).__name__)
         except ValueError as exc:  # e.g. a NUL in the path

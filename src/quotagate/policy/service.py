@@ -100,7 +100,7 @@ class PolicyService:
         # sizes a message): worked out once per config, not on every request.
         self._profile = profile_for(config.spool)
         self._grace, self._boundary = grace_for(config), self._profile.boundary
-        self.files = FileReads(self.maildirsize, config.policy.file_timeout, config.policy.refresh_seconds)
+        self.files = FileReads(self.maildirsize.roots, config.policy.file_timeout, config.policy.refresh_seconds)
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
@@ -114,6 +114,7 @@ class PolicyService:
         self._grace, self._boundary = grace_for(config), self._profile.boundary
         self.recipients.max_transactions = config.policy.max_reservations
         self.maildirsize.roots = spool_roots(config.spool)
+        self.files.set_roots(self.maildirsize.roots)
         self.reservations.seconds = config.policy.reservation_seconds
         self.reservations.max_reservations = config.policy.max_reservations
         self.files.timeout = config.policy.file_timeout
@@ -138,7 +139,7 @@ class PolicyService:
 
     def respond(self, request: PolicyRequest, session: Session | None = None) -> str | asyncio.Future[str]:
         """:meth:`answer` for the event loop: at once, or (when a mailbox's maildirsize must be
-        read) a future the worker pool resolves within file_timeout."""
+        read) a future the reader process resolves within file_timeout."""
         started = time.perf_counter()
         try:
             transaction = self._transaction(request, session)
@@ -147,7 +148,8 @@ class PolicyService:
                 return ask
             targets = [self._target(r) for r in ask.recipients]
             lives = [
-                None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live, _same) for t in targets
+                None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live.path, _same)
+                for t in targets
             ]
             waiting = [live for live in lives if isinstance(live, asyncio.Future)]
             if not waiting:
@@ -353,7 +355,7 @@ class PolicyService:
         target = self._target(recipient)
         if isinstance(target, Outcome):
             return target
-        live = None if target.live is None else self.maildirsize.read(target.live)
+        live = None if target.live is None else self.maildirsize.read(target.live.path)
         transaction = transaction or Transaction("local", f"check-{next(self._once)}")
         outcome = self._decide(target, size, live, transaction, stage, alone=True)
         assert isinstance(outcome, Outcome)
