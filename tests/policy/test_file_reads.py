@@ -3,6 +3,7 @@ mailbox: every other one is answered at once, and the pool of readers stays boun
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,10 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
 
-from quotagate.policy.files import FILE_WORKERS
+from quotagate.model import Usage
+from quotagate.policy.files import FILE_WORKERS, FileReads
 from quotagate.scan import run_scan
 from quotagate.store import open_store
+from quotagate.usage.safefs import Roots
 from tests.policy.conftest import (
     DOMAIN,
     DUNNO,
@@ -230,3 +235,38 @@ def test_a_reader_process_killed_is_replaced_and_no_request_waits_for_it(
     assert set(answers) <= {DUNNO, too_big(20)} and answers[-1] == too_big(20), answers
     assert reader_pid(s) != first
     assert "maildirsize reader exited" in s.log()
+
+
+def test_a_value_read_on_a_local_file_system_is_kept_until_it_changes(tmp_path: Path) -> None:
+    """keep_seconds bounds only what a network file system could change unseen: on this host's
+    ext4 or tmpfs every change raises an event, so an idle mailbox's value stays in memory."""
+    mailbox = tmp_path / "Maildir"
+    mailbox.mkdir()
+    (mailbox / "maildirsize").write_text("1000S\n100 1\n")
+    registry = CollectorRegistry()
+    lookups = PromCounter("lookups", "", ["source"], registry=registry)
+    files = FileReads(Roots.of(tmp_path), timeout=5, keep_seconds=0.05, lookups=lookups)
+
+    async def main() -> list[object]:
+        files.begin()
+        try:
+            first = files.start(str(mailbox), lambda live: live)
+            assert isinstance(first, asyncio.Future)
+            seen: list[object] = [await first]
+            await asyncio.sleep(0.3)  # six times keep_seconds
+            seen.append(files.start(str(mailbox), lambda live: live))  # kept: not a future
+            (mailbox / "maildirsize").write_text("1000S\n100 1\n200 1\n")
+            await asyncio.sleep(0.05)
+            again = files.start(str(mailbox), lambda live: live)
+            assert isinstance(again, asyncio.Future)  # the change dropped it
+            seen.append(await again)
+            return seen
+        finally:
+            files.close()
+
+    first, kept, changed = asyncio.run(main())
+    assert isinstance(first, Usage) and (first.bytes, first.messages) == (100, 1)
+    assert kept == first
+    assert isinstance(changed, Usage) and (changed.bytes, changed.messages) == (300, 2)
+    counted = [registry.get_sample_value("lookups_total", {"source": source}) for source in ("kept", "read")]
+    assert counted == [1, 2]

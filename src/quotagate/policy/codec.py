@@ -159,6 +159,12 @@ class PolicyDecoder:
         items: list[PolicyItem] = []
         pos, size = 0, len(data)
         while pos < size:
+            if not (self._line or self._overflow or self._count or self._error):
+                whole = self._whole(data, pos)
+                if whole is not None:
+                    items.append(whole[0])
+                    pos = whole[1]
+                    continue
             newline = data.find(b"\n", pos)
             if newline < 0:
                 self._take(data, pos, size)
@@ -175,6 +181,27 @@ class PolicyDecoder:
                 items.append(item)
             pos = newline + 1
         return items
+
+    def _whole(self, data: bytes, pos: int) -> tuple[PolicyRequest, int] | None:
+        """The common case at a request's start: the whole request is in ``data`` and plainly
+        fine, so it is split and decoded in a few calls instead of line by line (half the work
+        of a check). The request and where the next one starts; None for anything else (no
+        end in sight, a CR, a NUL, a limit, a bad line), which the line-by-line path handles and
+        reports exactly as before."""
+        end = data.find(b"\n\n", pos)
+        if end <= pos or end - pos >= self._max_request:  # bytes: each line and its LF
+            return None
+        block = data[pos:end]
+        if b"\r" in block or b"\0" in block or block.startswith(b"=") or b"\n=" in block:
+            return None
+        lines = block.split(b"\n")
+        if len(lines) > self._max_attributes or (len(block) > self._max_line and max(map(len, lines)) > self._max_line):
+            return None
+        try:
+            attributes = dict(line.split("=", 1) for line in block.decode("utf-8").split("\n"))
+        except (UnicodeDecodeError, ValueError):  # invalid UTF-8, a line without "="
+            return None
+        return PolicyRequest(attributes), end + 2
 
     def end(self, *, deliver_partial: bool = True) -> list[PolicyItem]:
         """Finish at end of input and reset the decoder.

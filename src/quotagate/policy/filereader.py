@@ -17,8 +17,10 @@ The two ends talk over a socket pair in frames: a 4-byte big-endian length, then
 
 - daemon to reader: ``("roots", [path, ...])`` (first, and on reload), ``("read", [(path,
   watch), ...])``;
-- reader to daemon: ``[(path, wd or -1, live), ...]`` with ``live`` None (no maildirsize to go
-  by), ``(bytes, messages, mtime)`` or a string (why it is unreadable).
+- reader to daemon: ``[(path, wd or -1, local, live), ...]``: ``local`` when the directory is on
+  a file system of this host, where every change raises an inotify event (on NFS, a change made
+  by another client raises none); ``live`` None (no maildirsize to go by), ``(bytes, messages,
+  mtime)`` or a string (why it is unreadable).
 
 The reader exits when the daemon's end closes, which happens when the daemon exits, however it
 dies.
@@ -53,7 +55,14 @@ _MAX_FRAME = 64 << 20  # a frame longer than this is a broken peer, not a batch
 _RECEIVE = 1 << 18
 _RESTART_SECONDS = 1.0  # a reader that keeps dying is started again at most this often
 
-Result = tuple[str, int | None, Live]
+# struct statfs f_type of the file systems whose every change this host's inotify sees: ext2-4,
+# XFS, Btrfs, tmpfs, ZFS, F2FS, JFS, ReiserFS, bcachefs. Not NFS, CIFS, FUSE, Ceph, overlayfs...
+LOCAL_FILESYSTEMS = frozenset(
+    {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x2FC12FC1, 0xF2F52010, 0x3153464A, 0x52654973, 0xCA451A4E}
+)
+_STATFS_BYTES = 256  # more than struct statfs takes; f_type is its first field, a long
+
+Result = tuple[str, int | None, bool, Live]
 
 
 def frame(value: Any) -> bytes:
@@ -232,7 +241,9 @@ class ReaderProcess:
             self._lost()
             return
         for batch in batches:
-            self._on_results([(path, None if wd < 0 else wd, decode_live(live)) for path, wd, live in batch])
+            self._on_results(
+                [(path, None if wd < 0 else wd, local, decode_live(live)) for path, wd, local, live in batch]
+            )
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -280,17 +291,26 @@ def _add_watch(libc: ctypes.CDLL, inotify_fd: int, path: str, mask: int) -> int:
     return wd
 
 
+def _local(libc: ctypes.CDLL, path: str) -> bool:
+    """Whether ``path`` is on a file system whose every change raises an inotify event here."""
+    buffer = ctypes.create_string_buffer(_STATFS_BYTES)
+    if libc.statfs(os.fsencode(path), buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in LOCAL_FILESYSTEMS
+
+
 def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> None:
     reader = MaildirsizeReader(Roots(()))
     libc = ctypes.CDLL(None, use_errno=True)
     jobs: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
-    results: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+    results: queue.SimpleQueue[tuple[str, int, bool, Any]] = queue.SimpleQueue()
 
     def work() -> None:
         while True:
             path, watch = jobs.get()
             wd = _add_watch(libc, inotify_fd, path, mask) if watch else -1  # before the read
-            results.put((path, wd, encode_live(reader.read(path))))
+            local = wd >= 0 and _local(libc, path)
+            results.put((path, wd, local, encode_live(reader.read(path))))
 
     def send() -> None:
         while True:

@@ -9,10 +9,11 @@ A round trip to the reader costs more than the rest of a check, so a value read 
 is current: the reader also puts an inotify watch on the mailbox's directory (on our inotify
 descriptor, which it inherits), and any change to its maildirsize (an MDA appending, a rename
 over it) drops the kept value. Events are read from our own non-blocking inotify descriptor
-before every lookup, so a change made before a request arrived is always seen by it. A value is
-kept at most ``keep_seconds`` even without an event (a change made by another NFS client raises
-none), a delivery hint drops it, and a directory that cannot be watched (or would take more than
-a quarter of fs.inotify.max_user_watches, which [watch] shares) is simply read every time.
+before every lookup, so a change made before a request arrived is always seen by it. On a file
+system of this host a value is kept until such an event; elsewhere at most ``keep_seconds`` (a
+change made by another NFS client raises none). A delivery hint drops it, and a directory that
+cannot be watched (or would take more than a quarter of fs.inotify.max_user_watches, which
+[watch] shares) is simply read every time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asyncinotify import Inotify, Mask
+from prometheus_client import Counter
 
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.live import Live, Unreadable
@@ -62,8 +64,12 @@ class _Pending:
 class FileReads:
     """See the module docstring. Lives on one event loop (taken at the first :meth:`start`)."""
 
-    def __init__(self, roots: Roots, timeout: float, keep_seconds: float, workers: int = FILE_WORKERS) -> None:
+    def __init__(
+        self, roots: Roots, timeout: float, keep_seconds: float, lookups: Counter, workers: int = FILE_WORKERS
+    ) -> None:
+        """``lookups``: a counter labelled by source (kept, read)."""
         self.roots = roots
+        self._kept_lookups, self._read_lookups = lookups.labels("kept"), lookups.labels("read")
         self.timeout = timeout
         self.keep_seconds = keep_seconds
         self.workers = workers
@@ -71,7 +77,8 @@ class FileReads:
         self._pending: dict[str, _Pending] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inotify: Inotify | None = None
-        self._kept: dict[str, tuple[Live, float]] = {}  # path -> (value, when its read was asked)
+        # path -> (value, when its read was asked, whether only an event makes it stale)
+        self._kept: dict[str, tuple[Live, float, bool]] = {}
         self._roots: dict[int, str] = {}  # watch descriptor -> mailbox directory
         self._watched: dict[str, int] = {}  # and back
         self._generation: dict[str, int] = {}  # path -> changes seen
@@ -88,8 +95,10 @@ class FileReads:
         self.drain()
         now = loop.time()
         kept = self._kept.get(path)
-        if kept is not None and now - kept[1] < self.keep_seconds:
+        if kept is not None and (kept[2] or now - kept[1] < self.keep_seconds):
+            self._kept_lookups.inc()
             return then(kept[0])
+        self._read_lookups.inc()
         pending = self._pending.get(path)
         if pending is None:
             assert self._reader is not None
@@ -184,10 +193,10 @@ class FileReads:
 
     def _done(self, results: list[Result]) -> None:
         self.drain()  # changes made while they were read are seen before deciding to keep them
-        for path, wd, live in results:
-            self._settle_read(path, wd, live)
+        for path, wd, local, live in results:
+            self._settle_read(path, wd, local, live)
 
-    def _settle_read(self, path: str, wd: int | None, live: Live) -> None:
+    def _settle_read(self, path: str, wd: int | None, local: bool, live: Live) -> None:
         pending = self._pending.pop(path, None)
         if pending is None:
             return
@@ -196,7 +205,7 @@ class FileReads:
             self._watched[path] = wd
             unchanged = pending.epoch == self._epoch and pending.generation == self._generation.get(path, 0)
             if unchanged and not isinstance(live, Unreadable):
-                self._kept[path] = (live, pending.started)
+                self._kept[path] = (live, pending.started, local)
         for future, then, timer in pending.waiters:
             timer.cancel()
             if not future.done():

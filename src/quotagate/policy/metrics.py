@@ -75,6 +75,12 @@ class Metrics:
             "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
             registry=self.registry,
         )
+        self.maildirsize_lookups = Counter(
+            "quotagate_policy_maildirsize_lookups",
+            "maildirsize values looked up, by source: kept (current, from memory) or read (by the reader process)",
+            ["source"],
+            registry=self.registry,
+        )
 
         self.inflight_bytes = Gauge(
             "quotagate_policy_inflight_bytes",

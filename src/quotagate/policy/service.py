@@ -100,7 +100,12 @@ class PolicyService:
         # sizes a message): worked out once per config, not on every request.
         self._profile = profile_for(config.spool)
         self._grace, self._boundary = grace_for(config), self._profile.boundary
-        self.files = FileReads(self.maildirsize.roots, config.policy.file_timeout, config.policy.refresh_seconds)
+        self.files = FileReads(
+            self.maildirsize.roots,
+            config.policy.file_timeout,
+            config.policy.refresh_seconds,
+            metrics.maildirsize_lookups,
+        )
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
