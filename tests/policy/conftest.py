@@ -215,6 +215,7 @@ async def serving_site(site: Site, **policy: Any) -> AsyncIterator[Running]:
     metrics = Metrics()
     service = site.service(config, metrics)
     service.files.begin()
+    await service.files.ready()
     try:
         async with serving(config, service.respond, metrics) as running:
             yield running

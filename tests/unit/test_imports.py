@@ -88,3 +88,20 @@ def test_a_cron_scan_never_looks_for_pydantic_plugins(tmp_path: Path) -> None:
     )
     env = {k: v for k, v in os.environ.items() if k not in ("COVERAGE_PROCESS_START", "PYDANTIC_DISABLE_PLUGINS")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_the_maildirsize_reader_process_loads_only_what_a_read_needs() -> None:
+    """The daemon waits for its reader at start (and after the reader dies): no store, config,
+    metrics or event loop in it."""
+    probe = "import quotagate.policy.reader, sys, json; print(json.dumps(sorted(sys.modules)))"
+    env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    unwanted = ("asyncio", "quotagate.store", "quotagate.config", *HEAVY)
+    assert [n for n in loaded if n.startswith("quotagate.policy.")] == [
+        "quotagate.policy.liveusage",
+        "quotagate.policy.reader",
+    ]
+    assert [
+        n for n in loaded if any(n == u or n.startswith(u + ".") for u in unwanted if u != "quotagate.policy")
+    ] == []

@@ -71,6 +71,7 @@ class Daemon:
         self._control: asyncio.AbstractServer | None = None
         self._directory_refused: str | None = None
         self._loader = SnapshotLoader()
+        self._warm = True  # read maildirsize files ahead of requests after the next refresh
 
     def _load(self) -> Snapshot:
         if self._store is None:
@@ -100,6 +101,10 @@ class Daemon:
         try:
             self.service.snapshot = self._adopt(await asyncio.to_thread(self._load))
             gc.freeze()  # long-lived: keep them out of the collector's full passes (pauses)
+            if self._warm:  # at start and after a reload: read every maildirsize ahead of requests
+                self._warm = False
+                files = self.service.files
+                files.warm(await asyncio.to_thread(self.service.maildirsize_paths, files.watch_budget))
         except StoreError as exc:  # the store is down: keep answering from the last snapshot
             log.error("cannot refresh from the store: %s", exc)
             self._forget_store()
@@ -196,6 +201,7 @@ class Daemon:
             await self.server.load_local_users()
             self._forget_store()
             self._loader.forget()
+            self._warm = True
             log.info("config reloaded")
         await self.refresh()
         self._notify("READY=1")
@@ -239,6 +245,7 @@ class Daemon:
         if self.shared is not None:
             await self.shared.start()  # writes back what was restored
         await self.refresh()
+        await self.service.files.ready()
         first = self.worker is None or self.worker.first
         watcher = await self._start_tracking() if self.config.watch.enabled and first else None
         if self.worker is None:

@@ -22,14 +22,15 @@ import asyncio
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from asyncinotify import Inotify, Mask
 from prometheus_client import Counter
 
 from quotagate.policy.filereader import ReaderProcess, Result
-from quotagate.policy.live import Live, Unreadable
+from quotagate.policy.liveusage import Live, Unreadable
 from quotagate.usage.maildirsize import FILE_NAME
 from quotagate.usage.safefs import Roots
 from quotagate.watch.limits import current_limit
@@ -46,16 +47,20 @@ _CHANGED = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.CREATE | Mask.DEL
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
 _WATCH = _CHANGED | _GONE | Mask.ONLYDIR | Mask.DONT_FOLLOW
 _DEFAULT_WATCHES = 2048  # when fs.inotify.max_user_watches cannot be read
+AHEAD = 8
+"""Reads asked ahead of requests (see :meth:`FileReads.warm`) at most at a time: a request's own
+read never waits behind more than these in the reader."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
 class _Pending:
     """One path being read, the requests waiting for it, and what changed meanwhile."""
 
-    __slots__ = ("epoch", "generation", "started", "waiters")
+    __slots__ = ("ahead", "epoch", "generation", "started", "waiters")
 
-    def __init__(self, started: float, epoch: int, generation: int) -> None:
+    def __init__(self, started: float, epoch: int, generation: int, ahead: bool = False) -> None:
         self.started = started
+        self.ahead = ahead  # asked by warm(), not by a request
         self.waiters: list[tuple[asyncio.Future[Any], Callable[[Live], Any], asyncio.TimerHandle]] = []
         self.epoch = epoch
         self.generation = generation
@@ -83,6 +88,9 @@ class FileReads:
         self._watched: dict[str, int] = {}  # and back
         self._generation: dict[str, int] = {}  # path -> changes seen
         self._epoch = 0  # bumped when changes may have been missed (queue overflow)
+        self._ahead: deque[str] = deque()  # paths to read before a request asks
+        self._ahead_asked = 0
+        self._warming: list[float] | None = None  # when warm() was asked, and the reads since
         # The watches are the system user's, shared with [watch]: take at most a quarter of them.
         limit = current_limit()
         self._watch_budget = _DEFAULT_WATCHES if limit is None else limit // 4
@@ -105,8 +113,7 @@ class FileReads:
             if not self._reader.running:
                 return then(Unreadable("no maildirsize reader is running"))
             pending = self._pending[path] = _Pending(now, self._epoch, self._generation.get(path, 0))
-            watch = self._inotify is not None and (path in self._watched or len(self._watched) < self._watch_budget)
-            self._reader.ask(path, watch)
+            self._reader.ask(path, self._may_watch(path))
         elif now - pending.started >= self.timeout:
             return then(Unreadable("an earlier read of it is still hung"))
         future: asyncio.Future[T] = loop.create_future()
@@ -114,11 +121,54 @@ class FileReads:
         pending.waiters.append((future, then, timer))
         return future
 
+    def warm(self, paths: Iterable[str]) -> None:
+        """Read these mailboxes' maildirsize before a request asks (at start: every mailbox that
+        has one, up to the watch budget), :data:`AHEAD` at a time. A value then changed is read
+        again at once too, so that a request seldom waits for the reader: only for a mailbox
+        whose value changed a moment before, or that was never read."""
+        self._ahead.extend(paths)
+        if self._loop is not None:
+            self._warming = [self._loop.time(), 0]
+        self._read_ahead()
+
+    @property
+    def watch_budget(self) -> int:
+        """The most mailbox directories watched, hence values kept."""
+        return self._watch_budget
+
+    def _may_watch(self, path: str) -> bool:
+        return self._inotify is not None and (path in self._watched or len(self._watched) < self._watch_budget)
+
+    def _read_ahead(self) -> None:
+        reader, loop = self._reader, self._loop
+        if reader is None or loop is None or not reader.running:
+            return
+        while self._ahead_asked < AHEAD and self._ahead:
+            path = self._ahead.popleft()
+            if path in self._kept or path in self._pending or not self._may_watch(path):
+                continue  # known, being read, or nothing read would be kept
+            self._pending[path] = _Pending(loop.time(), self._epoch, self._generation.get(path, 0), ahead=True)
+            self._ahead_asked += 1
+            reader.ask(path, True)
+            if self._warming is not None:
+                self._warming[1] += 1
+        if self._warming is not None and not self._ahead and not self._ahead_asked:
+            started, count = self._warming
+            self._warming = None
+            if count:
+                log.info("read %d maildirsize files ahead of requests in %.1fs", count, loop.time() - started)
+
     def set_roots(self, roots: Roots) -> None:
         """Where mailboxes may live changed (a reload)."""
         self.roots = roots
         if self._reader is not None:
             self._reader.set_roots(roots)
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        """Wait until the reader process is up (after :meth:`begin`), so that the first requests
+        do not spend their file_timeout on its start; says so in the log if it is not."""
+        if self._reader is not None and not await self._reader.ready(timeout):
+            log.warning("the maildirsize reader is not up after %gs: reads wait for it meanwhile", timeout)
 
     def close(self) -> None:
         """Stop the reader process (the daemon is exiting)."""
@@ -130,9 +180,11 @@ class FileReads:
         return None if self._reader is None else self._reader.pid
 
     def forget(self, path: str) -> None:
-        """Drop what is kept for the mailbox at ``path`` (told of a delivery)."""
+        """Drop what is kept for the mailbox at ``path`` (told of a delivery), and read it again."""
         self._kept.pop(path, None)
         self._generation[path] = self._generation.get(path, 0) + 1
+        if path in self._watched:
+            self._ahead.append(path)
 
     def drain(self) -> None:
         """Read the change events queued so far (our descriptor, non-blocking) and drop what they
@@ -154,6 +206,7 @@ class FileReads:
             if mask & Mask.Q_OVERFLOW or root is None:  # lost events, or a watch not recorded yet
                 self._kept.clear()
                 self._epoch += 1
+                self._ahead.extend(self._watched)
             elif mask & _GONE:
                 self.forget(root)
                 if mask & Mask.IGNORED:
@@ -163,6 +216,8 @@ class FileReads:
                 self.forget(root)
         if offset < len(data) or len(data) == 65536:
             self.drain()  # more queued than one read took
+        elif self._ahead:
+            self._read_ahead()
 
     def begin(self) -> asyncio.AbstractEventLoop:
         """Start watching and the reader process, on the running loop (else at the first read:
@@ -185,6 +240,7 @@ class FileReads:
     def _reader_exited(self) -> None:
         """The reads the reader had are lost: their requests are answered now, as unknown."""
         pending, self._pending = self._pending, {}
+        self._ahead_asked = 0
         for waiting in pending.values():
             for future, then, timer in waiting.waiters:
                 timer.cancel()
@@ -195,17 +251,22 @@ class FileReads:
         self.drain()  # changes made while they were read are seen before deciding to keep them
         for path, wd, local, live in results:
             self._settle_read(path, wd, local, live)
+        self._read_ahead()
 
     def _settle_read(self, path: str, wd: int | None, local: bool, live: Live) -> None:
         pending = self._pending.pop(path, None)
         if pending is None:
             return
+        if pending.ahead:
+            self._ahead_asked -= 1
         if wd is not None:
             self._roots[wd] = path
             self._watched[path] = wd
             unchanged = pending.epoch == self._epoch and pending.generation == self._generation.get(path, 0)
             if unchanged and not isinstance(live, Unreadable):
                 self._kept[path] = (live, pending.started, local)
+            elif not unchanged:
+                self._ahead.append(path)  # changed while it was read: read what it is now
         for future, then, timer in pending.waiters:
             timer.cancel()
             if not future.done():

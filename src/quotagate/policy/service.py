@@ -19,7 +19,8 @@ from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
 from quotagate.policy.claim import Claim, SharedState, Weighed, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
-from quotagate.policy.live import Live, MaildirsizeReader, Snapshot, Unreadable, usage_age
+from quotagate.policy.live import Snapshot, usage_age
+from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
 from quotagate.policy.reservations import Reservations, Transaction, client_key
@@ -124,6 +125,19 @@ class PolicyService:
         self.reservations.max_reservations = config.policy.max_reservations
         self.files.timeout = config.policy.file_timeout
         self.files.keep_seconds = config.policy.refresh_seconds
+
+    def maildirsize_paths(self, limit: int) -> list[str]:
+        """The mailboxes whose maildirsize a request would read, at most ``limit`` of them, to read
+        ahead of requests (:meth:`FileReads.warm`). Goes through the snapshot: run it in a thread."""
+        if not self.config.policy.use_maildirsize:
+            return []
+        paths = []
+        for reading in self.snapshot.readings.values():
+            if self.maildirsize.wanted(reading):
+                paths.append(reading.path)
+                if len(paths) >= limit:
+                    break
+        return paths
 
     def answer(self, request: PolicyRequest, session: Session | None = None) -> str:
         """The action for one request, reading a maildirsize in this thread (``quotagate check``,

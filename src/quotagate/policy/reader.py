@@ -1,0 +1,101 @@
+"""The maildirsize reader process (``python -m quotagate.policy.reader``), started by the daemon.
+
+See :mod:`quotagate.policy.filereader` for why it exists and what the two ends say. It imports
+only what a read needs, so that it is ready a moment after the daemon starts it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import marshal
+import os
+import socket
+import sys
+import threading
+from typing import Any
+
+from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
+from quotagate.usage.safefs import Roots
+
+log = logging.getLogger(__name__)
+
+MESSAGE = 1 << 16  # bytes: more than any message (a path is at most PATH_MAX)
+READY = marshal.dumps(None)  # the first message: the reader is up
+
+# struct statfs f_type of the file systems whose every change this host's inotify sees: ext2-4,
+# XFS, Btrfs, tmpfs, ZFS, F2FS, JFS, ReiserFS, bcachefs. Not NFS, CIFS, FUSE, Ceph, overlayfs...
+LOCAL_FILESYSTEMS = frozenset(
+    {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x2FC12FC1, 0xF2F52010, 0x3153464A, 0x52654973, 0xCA451A4E}
+)
+_STATFS_BYTES = 256  # more than struct statfs takes; f_type is its first field, a long
+
+
+def encode_live(live: Live) -> Any:
+    if live is None:
+        return None
+    if isinstance(live, Unreadable):
+        return live.reason
+    return (live.bytes, live.messages, live.measured_at)
+
+
+def _add_watch(libc: ctypes.CDLL, inotify_fd: int, path: str, mask: int) -> int:
+    """An inotify watch on ``path`` (blocking: a user's directory); -1 when it cannot be had."""
+    if inotify_fd < 0:
+        return -1
+    wd: int = libc.inotify_add_watch(inotify_fd, os.fsencode(path), ctypes.c_uint32(mask))
+    if wd < 0:
+        code = ctypes.get_errno()
+        if code != errno.ENOENT:
+            log.debug("cannot watch %r: %s", path, os.strerror(code))
+        return -1
+    return wd
+
+
+def _local(libc: ctypes.CDLL, path: str) -> bool:
+    """Whether ``path`` is on a file system whose every change raises an inotify event here."""
+    buffer = ctypes.create_string_buffer(_STATFS_BYTES)
+    if libc.statfs(os.fsencode(path), buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in LOCAL_FILESYSTEMS
+
+
+def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> None:
+    """Answer reads until the daemon's end closes (seen by any thread)."""
+    reader = MaildirsizeReader(Roots(()))
+    libc = ctypes.CDLL(None, use_errno=True)
+    ended = threading.Event()
+
+    def work() -> None:
+        try:
+            while message := sock.recv(MESSAGE):
+                request = marshal.loads(message)
+                if request[0] == "roots":
+                    reader.roots = Roots(tuple(request[1]))
+                    continue
+                _, path, watch = request
+                wd = _add_watch(libc, inotify_fd, path, mask) if watch else -1  # before the read
+                local = wd >= 0 and _local(libc, path)
+                sock.send(marshal.dumps((path, wd, local, encode_live(reader.read(path)))))
+        except (OSError, ValueError, EOFError) as exc:
+            log.error("stopping: %s", exc)
+        finally:
+            ended.set()
+
+    for n in range(workers):
+        threading.Thread(target=work, name=f"reader-{n}", daemon=True).start()
+    sock.send(READY)
+    ended.wait()  # threads stuck in a read do not keep the process
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="quotagate maildirsize reader: %(message)s")
+    fd, inotify_fd, mask, workers = (int(arg) for arg in argv)
+    with socket.socket(fileno=fd) as sock:
+        _serve(sock, inotify_fd, mask, workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
