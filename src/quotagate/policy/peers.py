@@ -92,7 +92,9 @@ class LocalPeers:
     def _netlink(self) -> socket.socket:
         if self._sock is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-            sock.settimeout(0.5)  # answered by the kernel at once; never wait long on the loop
+            # The kernel answers within send(): the answer is there to read at once, and the loop
+            # never waits (no answer is an OSError, which serves the connection).
+            sock.setblocking(False)
             self._sock = sock
         return self._sock
 
@@ -109,7 +111,7 @@ class LocalPeers:
         sock = self._netlink()
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         sock.send(diag_request(family, (peer[0], peer[1]), (ours[0], ours[1]), self._seq, scope))
-        while True:  # a late answer to an earlier question (timed out) is not this one's
+        while True:  # an answer left over from an earlier question is not this one's
             reply = sock.recv(4096)
             if diag_seq(reply) == self._seq:
                 return diag_owner(reply)

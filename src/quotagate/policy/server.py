@@ -75,7 +75,6 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
             return
         server.connections.add(self)
-        server.metrics.connections.set(len(server.connections))
         self.timer = self.loop.call_later(server.policy.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
@@ -105,9 +104,7 @@ class _Connection(asyncio.Protocol):
         if self.deadline is not None:
             self.deadline.cancel()
         server = self.server
-        if self in server.connections:
-            server.connections.discard(self)
-            server.metrics.connections.set(len(server.connections))
+        server.connections.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -207,6 +204,7 @@ class PolicyServer:
         self.policy = policy
         self.metrics = metrics
         self.connections: set[_Connection] = set()
+        metrics.connections.set_function(lambda: len(self.connections))  # counted when scraped
         self.closing = False
         self._servers: list[asyncio.Server] = []
         self._over_cap = Throttled(log)
