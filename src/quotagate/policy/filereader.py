@@ -15,10 +15,10 @@ the read, the thread puts an inotify watch on the mailbox's directory, on the da
 inotify descriptor (inherited), so that a change after the read is an event the daemon sees.
 
 - daemon to reader: ``("roots", [path, ...])`` (first, and on reload), ``("read", path, watch)``;
-- reader to daemon: ``(path, wd or -1, local, live)``: ``local`` when the directory is on a file
-  system of this host, where every change raises an inotify event (on NFS, a change made by
-  another client raises none); ``live`` None (no maildirsize to go by), ``(bytes, messages,
-  mtime)`` or a string (why it is unreadable).
+- reader to daemon: first ``None`` (it is up), then ``(path, wd or -1, local, live)``:
+  ``local`` when the directory is on a file system of this host, where every change raises an
+  inotify event (on NFS, a change made by another client raises none); ``live`` None (no
+  maildirsize to go by), ``(bytes, messages, mtime)`` or a string (why it is unreadable).
 
 The reader (:mod:`quotagate.policy.reader`) exits when the daemon's end closes, which happens
 when the daemon exits, however it dies.
@@ -60,9 +60,9 @@ def decode_live(value: Any) -> Live:
 
 class ReaderProcess:
     """The daemon's end: starts the reader, sends it reads, and hands the answers to
-    ``on_results`` on the loop (all those a wake-up finds, at once). When the reader exits,
-    ``on_exit`` is called (the reads it had are lost) and another is started, at most once a
-    second."""
+    ``on_results`` on the loop (all those a wake-up finds, at once; none when a reader comes
+    up). When the reader exits, ``on_exit`` is called (the reads it had are lost) and another is
+    started, at most once a second."""
 
     def __init__(
         self,
@@ -180,6 +180,7 @@ class ReaderProcess:
     def _receive(self) -> None:
         assert self._sock is not None
         results: list[Result] = []
+        up = False
         while True:
             try:
                 message = self._sock.recv(reader.MESSAGE)
@@ -192,6 +193,7 @@ class ReaderProcess:
                 return
             if message == reader.READY:
                 self._ready.set()
+                up = True
                 continue
             try:
                 path, wd, local, live = marshal.loads(message)
@@ -200,7 +202,7 @@ class ReaderProcess:
                 log.error("the maildirsize reader sent garbage (%s): starting another", exc)
                 self._lost()
                 return
-        if results:
+        if results or up:
             self._on_results(results)
 
     def _drop(self) -> None:
