@@ -154,6 +154,9 @@ class _ReadingColumns:
     count: int = 0
 
 
+_MEMO = 8192  # about 6 MB of objects
+
+
 @dataclass(frozen=True)
 class Table:
     """One version of every mailbox's limits and usage; immutable once built."""
@@ -161,6 +164,10 @@ class Table:
     shared: _Shared = field(default_factory=_Shared)
     boxes: _MailboxColumns = field(default_factory=_MailboxColumns)
     usage: _ReadingColumns = field(default_factory=_ReadingColumns)
+    # What was looked up in this version, as objects: made once for a busy mailbox, not at each
+    # request (a version never changes; a new one starts empty). At most _MEMO of each.
+    _mailbox_memo: dict[str, Mailbox | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _reading_memo: dict[str, Reading | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _row(self, address: str, present: array[int]) -> int | None:
         row = self.shared.find(address)
@@ -169,6 +176,17 @@ class Table:
         return row
 
     def mailbox(self, address: str) -> Mailbox | None:
+        memo = self._mailbox_memo
+        try:
+            return memo[address]
+        except KeyError:
+            pass
+        if len(memo) >= _MEMO:
+            memo.clear()
+        found = memo[address] = self._mailbox(address)
+        return found
+
+    def _mailbox(self, address: str) -> Mailbox | None:
         b = self.boxes
         row = self._row(address, b.present)
         if row is None:
@@ -179,6 +197,17 @@ class Table:
     def reading(self, address: str) -> Reading | None:
         """The reading as the request path needs it: totals, state, path, folders when loaded,
         and the maildirsize only as far as whether it agreed with the files."""
+        memo = self._reading_memo
+        try:
+            return memo[address]
+        except KeyError:
+            pass
+        if len(memo) >= _MEMO:
+            memo.clear()
+        found = memo[address] = self._reading(address)
+        return found
+
+    def _reading(self, address: str) -> Reading | None:
         u = self.usage
         row = self._row(address, u.state)
         if row is None:
