@@ -14,7 +14,7 @@ under it, and a new one is handed over whole (one assignment).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -155,6 +155,19 @@ class _ReadingColumns:
 
 
 _MEMO = 8192  # about 6 MB of objects
+_Made = TypeVar("_Made")
+
+
+def _memoized(memo: dict[str, _Made], address: str, make: Callable[[str], _Made]) -> _Made:
+    """``make(address)``, made once while ``memo`` holds it (emptied when it is full)."""
+    try:
+        return memo[address]
+    except KeyError:
+        pass
+    if len(memo) >= _MEMO:
+        memo.clear()
+    found = memo[address] = make(address)
+    return found
 
 
 @dataclass(frozen=True)
@@ -176,15 +189,7 @@ class Table:
         return row
 
     def mailbox(self, address: str) -> Mailbox | None:
-        memo = self._mailbox_memo
-        try:
-            return memo[address]
-        except KeyError:
-            pass
-        if len(memo) >= _MEMO:
-            memo.clear()
-        found = memo[address] = self._mailbox(address)
-        return found
+        return _memoized(self._mailbox_memo, address, self._mailbox)
 
     def _mailbox(self, address: str) -> Mailbox | None:
         b = self.boxes
@@ -197,15 +202,7 @@ class Table:
     def reading(self, address: str) -> Reading | None:
         """The reading as the request path needs it: totals, state, path, folders when loaded,
         and the maildirsize only as far as whether it agreed with the files."""
-        memo = self._reading_memo
-        try:
-            return memo[address]
-        except KeyError:
-            pass
-        if len(memo) >= _MEMO:
-            memo.clear()
-        found = memo[address] = self._reading(address)
-        return found
+        return _memoized(self._reading_memo, address, self._reading)
 
     def _reading(self, address: str) -> Reading | None:
         u = self.usage
