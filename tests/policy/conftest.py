@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -361,8 +362,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
         return s
 
     yield start
-    for s in started:
-        if s.daemon.proc is not None and s.daemon.proc.poll() is None:
+    for s in started:  # SIGTERM, as systemd stops it (and coverage keeps what it measured)
+        try:
+            s.daemon.stop()
+        except subprocess.TimeoutExpired:
+            assert s.daemon.proc is not None
             s.daemon.proc.kill()
             s.daemon.proc.wait(timeout=10)
 

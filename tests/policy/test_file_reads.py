@@ -19,6 +19,7 @@ from prometheus_client import Counter as PromCounter
 
 from quotagate.model import Usage
 from quotagate.policy.files import FILE_WORKERS, FileReads
+from quotagate.policy.liveusage import Unreadable
 from quotagate.scan import run_scan
 from quotagate.store import open_store
 from quotagate.usage.safefs import Roots
@@ -299,3 +300,41 @@ def test_values_are_read_ahead_of_requests_and_again_as_soon_as_they_change(tmp_
     assert isinstance(changed, Usage) and (changed.bytes, changed.messages) == (503, 2)
     counted = [registry.get_sample_value("lookups_total", {"source": source}) for source in ("kept", "read")]
     assert counted == [21, 0]  # no request waited for a read
+
+
+@pytest.mark.slow
+def test_a_read_asked_while_the_reader_dies_is_never_left_hanging(tmp_path: Path) -> None:
+    """The change that drops a kept value asks for a read at once: when that read goes to a reader
+    just killed, the request is answered as unknown, and once the next reader is up (a second at
+    most after the last start), the value is read again."""
+    mailbox = tmp_path / "Maildir"
+    mailbox.mkdir()
+    (mailbox / "maildirsize").write_text("1000S\n100 1\n")
+    files = FileReads(Roots.of(tmp_path), timeout=0.5, keep_seconds=60, lookups=PromCounter("l", "", ["source"]))
+
+    async def main() -> list[Any]:
+        files.begin()
+        try:
+            first = files.start(str(mailbox), lambda live: live)
+            seen = [await first if isinstance(first, asyncio.Future) else first]
+            reader = files.reader_pid
+            assert reader is not None
+            os.kill(reader, signal.SIGKILL)
+            while Path(f"/proc/{reader}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                time.sleep(0.01)  # dead, and the loop has not seen it yet (no await since)
+            (mailbox / "maildirsize").write_text("1000S\n100 1\n5 1\n")  # the next start() sees it first
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                value = files.start(str(mailbox), lambda live: live)
+                seen.append(await value if isinstance(value, asyncio.Future) else value)
+                if isinstance(seen[-1], Usage) and seen[-1].bytes == 105:
+                    break
+                await asyncio.sleep(0.05)
+            return seen
+        finally:
+            files.close()
+
+    seen = asyncio.run(main())
+    assert isinstance(seen[0], Usage) and seen[0].bytes == 100
+    assert isinstance(seen[-1], Usage) and seen[-1].bytes == 105, seen[-3:]
+    assert all(isinstance(value, Unreadable) for value in seen[1:-1])

@@ -167,8 +167,8 @@ class ReaderProcess:
             except BlockingIOError:
                 self._loop.add_writer(self._sock.fileno(), self._write_more)
                 return
-            except OSError:
-                self._lost()
+            except OSError:  # dead: dealt with on a turn of its own, not inside the caller's ask()
+                self._loop.call_soon(self._lost, self._sock)
                 return
             self._out.popleft()
 
@@ -189,7 +189,7 @@ class ReaderProcess:
             except OSError:
                 message = b""
             if not message:
-                self._lost()
+                self._lost(self._sock)
                 return
             if message == reader.READY:
                 self._ready.set()
@@ -200,7 +200,7 @@ class ReaderProcess:
                 results.append((path, None if wd < 0 else wd, local, decode_live(live)))
             except (ValueError, TypeError, EOFError) as exc:
                 log.error("the maildirsize reader sent garbage (%s): starting another", exc)
-                self._lost()
+                self._lost(self._sock)
                 return
         if results or up:
             self._on_results(results)
@@ -217,7 +217,10 @@ class ReaderProcess:
             self._process = None
         self._gone = [process for process in self._gone if process.poll() is None]
 
-    def _lost(self) -> None:
+    def _lost(self, sock: socket.socket | None) -> None:
+        """The reader at the end of ``sock`` is gone (unless another was started since)."""
+        if sock is not self._sock:
+            return
         self._drop()
         if self._closed:
             return

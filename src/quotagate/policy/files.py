@@ -143,7 +143,7 @@ class FileReads:
         reader, loop = self._reader, self._loop
         if reader is None or loop is None or not reader.running:
             return
-        while self._ahead_asked < AHEAD and self._ahead:
+        while self._ahead_asked < AHEAD and self._ahead and reader.running:
             path = self._ahead.popleft()
             if path in self._kept or path in self._pending or not self._may_watch(path):
                 continue  # known, being read, or nothing read would be kept

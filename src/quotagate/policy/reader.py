@@ -62,8 +62,13 @@ def _local(libc: ctypes.CDLL, path: str) -> bool:
 
 
 def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> None:
-    """Answer reads until the daemon's end closes (seen by any thread)."""
-    reader = MaildirsizeReader(Roots(()))
+    """Answer reads until the daemon's end closes (seen by any thread). The first message, the
+    roots, is taken before any thread reads: no read may overtake it. A later one (a reload) may
+    be overtaken by the reads already on their way."""
+    kind, roots = marshal.loads(sock.recv(MESSAGE))
+    if kind != "roots":
+        raise ValueError(f"the first message is {kind!r}, not the roots")
+    reader = MaildirsizeReader(Roots(tuple(roots)))
     libc = ctypes.CDLL(None, use_errno=True)
     ended = threading.Event()
 
@@ -93,7 +98,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="quotagate maildirsize reader: %(message)s")
     fd, inotify_fd, mask, workers = (int(arg) for arg in argv)
     with socket.socket(fileno=fd) as sock:
-        _serve(sock, inotify_fd, mask, workers)
+        try:
+            _serve(sock, inotify_fd, mask, workers)
+        except (OSError, ValueError, EOFError) as exc:  # the daemon gone, or not speaking our way
+            log.error("stopping: %s", exc)
+            return 1
     return 0
 
 
