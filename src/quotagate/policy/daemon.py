@@ -44,6 +44,7 @@ class WorkerRole:
     listeners: list[Listener]
     report: Callable[[str], object]  # "READY=1", "WATCHDOG=1", as systemd would get them
     metrics_file: Path | None  # None: [policy] metrics off
+    count: int = 1  # workers in all
 
     @property
     def first(self) -> bool:
@@ -58,6 +59,8 @@ class Daemon:
         self.config = load_config()
         self.metrics = Metrics()
         self.service = PolicyService(self.config, self.metrics)
+        if worker is not None:  # each worker watches maildirsize directories of its own
+            self.service.files.share_watches(worker.count)
         self.shared = shared.attach(self.service, self.metrics)  # [shared] url: Redis; else None
         self.server = PolicyServer(self.service.respond, self.config.policy, self.metrics)
         self._store: Store | None = None

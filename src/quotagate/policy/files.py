@@ -95,6 +95,11 @@ class FileReads:
         limit = current_limit()
         self._watch_budget = _DEFAULT_WATCHES if limit is None else limit // 4
 
+    def share_watches(self, processes: int) -> None:
+        """This many processes (serve --workers) each watch the same directories: take a part of
+        the quarter, not a quarter each."""
+        self._watch_budget //= max(processes, 1)
+
     def start(self, path: str, then: Callable[[Live], T]) -> T | asyncio.Future[T]:
         """``then`` of the live usage of the mailbox at ``path``: at once when it is known without
         waiting (kept and current, a read of this path hung, no reader), else a future resolved

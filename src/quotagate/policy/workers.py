@@ -70,11 +70,12 @@ def check_workers(config: Config, count: int) -> None:
 
 
 # -- the worker's side -------------------------------------------------------------------------
-def worker_spec(index: int, listeners: Sequence[Listener], pipe: int, metrics_file: Path | None) -> str:
+def worker_spec(index: int, count: int, listeners: Sequence[Listener], pipe: int, metrics_file: Path | None) -> str:
     """What a worker is told on its command line (hidden option ``serve --worker``)."""
     return json.dumps(
         {
             "index": index,
+            "count": count,
             "listeners": [[listener.sock.fileno(), listener.name] for listener in listeners],
             "pipe": pipe,
             "metrics_file": None if metrics_file is None else str(metrics_file),
@@ -102,7 +103,8 @@ def worker_role(spec: str) -> WorkerRole:
 
     os.set_blocking(pipe, False)
     metrics_file = data["metrics_file"]
-    return WorkerRole(int(data["index"]), listeners, report, None if metrics_file is None else Path(metrics_file))
+    metrics_path = None if metrics_file is None else Path(metrics_file)
+    return WorkerRole(int(data["index"]), listeners, report, metrics_path, int(data["count"]))
 
 
 # -- the supervisor's side ---------------------------------------------------------------------
@@ -149,7 +151,7 @@ class Supervisor:
         read, write = os.pipe()
         os.set_blocking(read, False)
         metrics = self._fleet.path(index) if self.config.policy.metrics else None
-        spec = worker_spec(index, self._listeners, write, metrics)
+        spec = worker_spec(index, self.count, self._listeners, write, metrics)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
         fds = [listener.sock.fileno() for listener in self._listeners] + [write]
         try:
