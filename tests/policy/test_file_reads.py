@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from quotagate.model import Usage
-from quotagate.policy.files import FILE_WORKERS, FileReads
+from quotagate.policy.files import FILE_WORKERS, REREAD_SECONDS, FileReads
 from quotagate.policy.liveusage import Unreadable
 from quotagate.scan import run_scan
 from quotagate.store import open_store
@@ -310,7 +310,12 @@ def test_a_read_asked_while_the_reader_dies_is_never_left_hanging(tmp_path: Path
     mailbox = tmp_path / "Maildir"
     mailbox.mkdir()
     (mailbox / "maildirsize").write_text("1000S\n100 1\n")
-    files = FileReads(Roots.of(tmp_path), timeout=0.5, keep_seconds=60, lookups=PromCounter("l", "", ["source"]))
+    files = FileReads(
+        Roots.of(tmp_path),
+        timeout=0.5,
+        keep_seconds=60,
+        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
+    )
 
     async def main() -> list[Any]:
         files.begin()
@@ -338,3 +343,49 @@ def test_a_read_asked_while_the_reader_dies_is_never_left_hanging(tmp_path: Path
     assert isinstance(seen[0], Usage) and seen[0].bytes == 100
     assert isinstance(seen[-1], Usage) and seen[-1].bytes == 105, seen[-3:]
     assert all(isinstance(value, Unreadable) for value in seen[1:-1])
+
+
+def test_a_maildirsize_rewritten_in_a_loop_keeps_no_reader_busy(tmp_path: Path) -> None:
+    """Its user can change it as fast as they like: it is read ahead again at most once per
+    REREAD_SECONDS, and a request still gets what it says now (read when asked)."""
+    mailbox = tmp_path / "Maildir"
+    mailbox.mkdir()
+    target = mailbox / "maildirsize"
+    target.write_text("1000S\n0 0\n")
+    files = FileReads(
+        Roots.of(tmp_path),
+        timeout=5,
+        keep_seconds=60,
+        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
+    )
+    asked: list[str] = []
+
+    async def main() -> Any:
+        files.begin()
+        try:
+            await files.ready()
+            reader = files._reader
+            assert reader is not None
+            ask = reader.ask
+
+            def counting(path: str, watch: bool) -> None:
+                asked.append(path)
+                ask(path, watch)
+
+            reader.ask = counting  # type: ignore[method-assign]
+            files.warm([str(mailbox)])
+            await asyncio.sleep(0.2)
+            for n in range(1, 201):  # half a second of rewrites
+                target.write_text(f"1000S\n{n} 1\n")
+                files.drain()
+                await asyncio.sleep(0.0025)
+            value = files.start(str(mailbox), lambda live: live)
+            return await value if isinstance(value, asyncio.Future) else value
+        finally:
+            files.close()
+
+    started = time.monotonic()
+    last = asyncio.run(main())
+    assert isinstance(last, Usage) and last.bytes == 200
+    allowed = 2 + (time.monotonic() - started) / REREAD_SECONDS  # the warm read, then once a second
+    assert len(asked) <= allowed, f"{len(asked)} reads of a file rewritten 200 times"

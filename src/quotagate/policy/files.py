@@ -50,6 +50,9 @@ _DEFAULT_WATCHES = 2048  # when fs.inotify.max_user_watches cannot be read
 AHEAD = 8
 """Reads asked ahead of requests (see :meth:`FileReads.warm`) at most at a time: a request's own
 read never waits behind more than these in the reader."""
+REREAD_SECONDS = 1.0
+"""A changed value is read again ahead of requests at most this often per mailbox: one whose
+user rewrites its maildirsize in a loop is read when a request asks, and keeps no reader busy."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -90,6 +93,7 @@ class FileReads:
         self._epoch = 0  # bumped when changes may have been missed (queue overflow)
         self._ahead: deque[str] = deque()  # paths to read before a request asks
         self._ahead_asked = 0
+        self._reread: dict[str, float] = {}  # path -> when a change last had it read ahead
         self._warming: list[float] | None = None  # when warm() was asked, and the reads since
         # The watches are the system user's, shared with [watch]: take at most a quarter of them.
         limit = current_limit()
@@ -189,6 +193,13 @@ class FileReads:
         self._kept.pop(path, None)
         self._generation[path] = self._generation.get(path, 0) + 1
         if path in self._watched:
+            self._read_again(path)
+
+    def _read_again(self, path: str) -> None:
+        """Read a changed value ahead of requests, unless one was read so within REREAD_SECONDS."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - self._reread.get(path, -REREAD_SECONDS) >= REREAD_SECONDS:
+            self._reread[path] = now
             self._ahead.append(path)
 
     def drain(self) -> None:
@@ -217,6 +228,7 @@ class FileReads:
                 if mask & Mask.IGNORED:
                     del self._roots[wd]
                     self._watched.pop(root, None)
+                    self._reread.pop(root, None)
             elif name == _NAME:
                 self.forget(root)
         if offset < len(data) or len(data) == 65536:
@@ -271,7 +283,7 @@ class FileReads:
             if unchanged and not isinstance(live, Unreadable):
                 self._kept[path] = (live, pending.started, local)
             elif not unchanged:
-                self._ahead.append(path)  # changed while it was read: read what it is now
+                self._read_again(path)  # changed while it was read: read what it is now
         for future, then, timer in pending.waiters:
             timer.cancel()
             if not future.done():
