@@ -3,13 +3,19 @@ able to write the publish file's directory despite ProtectSystem=full."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.packaging.units import SOURCE, UNITS, settings, verify
+from tests.policy.conftest import DOMAIN, DUNNO, ask, free_port, make_site, request
+from tests.servers.daemon import PolicyDaemon
+from tests.servers.install import require_command
 
 SERVICES = [u for u in UNITS if u.endswith(".service")]
 
@@ -53,3 +59,30 @@ def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog() 
 def test_the_warn_timer_runs_warn() -> None:
     assert settings(SOURCE / "quotagate-warn.timer")["Unit"] == ["quotagate-warn.service"]
     assert settings(SOURCE / "quotagate-warn.service")["ExecStart"] == ["/usr/bin/quotagate warn"]
+
+
+@pytest.mark.slow
+def test_the_serve_unit_allows_every_address_family_serve_opens(tmp_path: Path) -> None:
+    """RestrictAddressFamilies= makes socket() fail for any family it does not list. The
+    local_users check asks the kernel over AF_NETLINK, and fails open when it cannot: under a
+    unit without it, the check would be off with nothing but a log line to say so."""
+    strace = require_command("strace", "strace")
+    site = make_site(tmp_path)
+    port = free_port()
+    config = site.base / "quotagate.toml"
+    config.write_text(site.toml(listen=[f"127.0.0.1:{port}", f"unix:{tmp_path}/policy.sock"]))
+    trace = tmp_path / "trace"
+    launcher = [strace, "-f", "-qq", "-e", "trace=socket,socketpair", "-o", str(trace)]
+    daemon = PolicyDaemon(config, port, tmp_path / "serve.log", launcher=launcher)
+    daemon.start()
+    assert daemon.proc is not None
+    try:
+        assert ask(port, request(f"roomy@{DOMAIN}")) == DUNNO  # a connection from this host: checked
+    finally:  # the daemon itself, not strace: it then exits with it
+        (serve,) = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+        os.kill(int(serve), signal.SIGTERM)
+        daemon.proc.wait(timeout=20)
+    opened = set(re.findall(r"socket(?:pair)?\((AF_\w+)", trace.read_text()))
+    allowed = set(settings(SOURCE / "quotagate.service")["RestrictAddressFamilies"][0].split())
+    assert "AF_NETLINK" in opened
+    assert opened <= allowed, f"quotagate.service does not let serve open {sorted(opened - allowed)}"
