@@ -4,7 +4,9 @@ mailbox: every other one is answered at once, and the pool of readers stays boun
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import signal
 import socket
 import threading
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncinotify import Inotify
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from quotagate.model import Usage
-from quotagate.policy.files import FILE_WORKERS, REREAD_SECONDS, FileReads
+from quotagate.policy.filereader import ReaderProcess, Result
+from quotagate.policy.files import _WATCH, FILE_WORKERS, REREAD_SECONDS, FileReads
 from quotagate.policy.liveusage import Unreadable
 from quotagate.scan import run_scan
 from quotagate.store import open_store
@@ -389,3 +393,60 @@ def test_a_maildirsize_rewritten_in_a_loop_keeps_no_reader_busy(tmp_path: Path) 
     assert isinstance(last, Usage) and last.bytes == 200
     allowed = 2 + (time.monotonic() - started) / REREAD_SECONDS  # the warm read, then once a second
     assert len(asked) <= allowed, f"{len(asked)} reads of a file rewritten 200 times"
+
+
+@pytest.mark.slow
+def test_the_watch_is_on_the_directory_read_while_its_user_swaps_the_path(tmp_path: Path) -> None:
+    """A user who owns a directory on the way to their Maildir can swap it between the watch and
+    the read. Were the watch on whatever the path led to, it could sit on another directory than
+    the one read: the value read would then be kept with its changes unseen."""
+    inodes = {}
+    for name, used in (("a", 100), ("b", 200)):
+        (tmp_path / name / "Maildir").mkdir(parents=True)
+        (tmp_path / name / "Maildir" / "maildirsize").write_text(f"1000S\n{used} 1\n")
+        inodes[used] = (tmp_path / name / "Maildir").stat().st_ino
+    home = tmp_path / "home"
+    home.symlink_to("a")
+    mailbox = str(home / "Maildir")
+    inotify = Inotify()
+    results: list[Result] = []
+    stop = threading.Event()
+
+    def swapper() -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            link = tmp_path / "next"
+            link.symlink_to("b" if n % 2 else "a")
+            os.replace(link, home)
+
+    async def main() -> None:
+        got: asyncio.Queue[Result] = asyncio.Queue()
+
+        def take(answers: list[Result]) -> None:
+            for answer in answers:
+                got.put_nowait(answer)
+
+        reader = ReaderProcess(Roots.of(tmp_path), inotify.fd, int(_WATCH), take, lambda: None, 4)
+        reader.start(asyncio.get_running_loop())
+        assert await reader.ready(10)
+        try:
+            for _ in range(300):
+                reader.ask(mailbox, True)
+                results.append(await asyncio.wait_for(got.get(), 10))
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        thread.join()
+    fdinfo = Path(f"/proc/self/fdinfo/{inotify.fd}").read_text()
+    watched = {int(wd, 16): int(ino, 16) for wd, ino in re.findall(r"inotify wd:(\w+) ino:(\w+)", fdinfo)}
+    inotify.close()
+    read = [(wd, live.bytes) for _, wd, _, live in results if isinstance(live, Usage) and wd is not None]
+    assert {used for _, used in read} == {100, 200}  # the swapping did reach the reads
+    assert [(wd, used) for wd, used in read if watched[wd] != inodes[used]] == []

@@ -45,7 +45,8 @@ T = TypeVar("T")
 _NAME = os.fsencode(FILE_NAME)
 _CHANGED = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
-_WATCH = _CHANGED | _GONE | Mask.ONLYDIR | Mask.DONT_FOLLOW
+# The reader names the directory it opened as /proc/self/fd/N: that link must be followed.
+_WATCH = _CHANGED | _GONE | Mask.ONLYDIR
 _DEFAULT_WATCHES = 2048  # when fs.inotify.max_user_watches cannot be read
 AHEAD = 8
 """Reads asked ahead of requests (see :meth:`FileReads.warm`) at most at a time: a request's own

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -51,9 +52,11 @@ class MaildirsizeReader:
         info = reading.usage.maildirsize
         return info is not None and info.agrees_with(reading.bytes, reading.messages)
 
-    def read_now(self, mailbox: str) -> Usage | None:
+    def read_now(self, mailbox: str, opened: Callable[[int], object] | None = None) -> Usage | None:
         """The usage of the mailbox at ``mailbox`` from its maildirsize, or None when there is
-        none to go by.
+        none to go by. ``opened`` is given the descriptor of the directory reached, before its
+        maildirsize is looked at (the reader process watches it: the directory read, not
+        whatever the path leads to a moment later).
 
         Blocking, on a file the mailbox's owner controls: never call it on the event loop (see
         :mod:`quotagate.policy.files`). Raises OSError when the file is there but not safely readable.
@@ -62,6 +65,8 @@ class MaildirsizeReader:
         with safefs.opened(mailbox, self.roots) as node:
             if node is None or not node.is_dir:
                 return None
+            if opened is not None:
+                opened(node.fd)
             try:
                 st = os.stat(maildirsize.FILE_NAME, dir_fd=node.fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -91,10 +96,10 @@ class MaildirsizeReader:
             return None
         return parsed.info.bytes, parsed.info.messages
 
-    def read(self, mailbox: str) -> Live:
+    def read(self, mailbox: str, opened: Callable[[int], object] | None = None) -> Live:
         """:meth:`read_now`, with errors as values (one bad mailbox is one unknown mailbox)."""
         try:
-            return self.read_now(mailbox)
+            return self.read_now(mailbox, opened)
         except OSError as exc:
             return Unreadable(exc.strerror or type(exc).__name__)
         except ValueError as exc:  # e.g. a NUL in the path

@@ -7,7 +7,6 @@ only what a read needs, so that it is ready a moment after the daemon starts it.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import marshal
 import os
@@ -40,25 +39,40 @@ def encode_live(live: Live) -> Any:
     return (live.bytes, live.messages, live.measured_at)
 
 
-def _add_watch(libc: ctypes.CDLL, inotify_fd: int, path: str, mask: int) -> int:
-    """An inotify watch on ``path`` (blocking: a user's directory); -1 when it cannot be had."""
+def _add_watch(libc: ctypes.CDLL, inotify_fd: int, fd: int, mask: int, path: str) -> int:
+    """An inotify watch on the directory open at ``fd`` (named through /proc: the directory
+    itself, never what ``path`` leads to by now); -1 when it cannot be had."""
     if inotify_fd < 0:
         return -1
-    wd: int = libc.inotify_add_watch(inotify_fd, os.fsencode(path), ctypes.c_uint32(mask))
+    wd: int = libc.inotify_add_watch(inotify_fd, f"/proc/self/fd/{fd}".encode(), ctypes.c_uint32(mask))
     if wd < 0:
-        code = ctypes.get_errno()
-        if code != errno.ENOENT:
-            log.debug("cannot watch %r: %s", path, os.strerror(code))
+        log.debug("cannot watch %r: %s", path, os.strerror(ctypes.get_errno()))
         return -1
     return wd
 
 
-def _local(libc: ctypes.CDLL, path: str) -> bool:
-    """Whether ``path`` is on a file system whose every change raises an inotify event here."""
+def _local(libc: ctypes.CDLL, fd: int) -> bool:
+    """Whether the directory open at ``fd`` is on a file system whose every change raises an
+    inotify event here."""
     buffer = ctypes.create_string_buffer(_STATFS_BYTES)
-    if libc.statfs(os.fsencode(path), buffer) != 0:
+    if libc.fstatfs(fd, buffer) != 0:
         return False
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in LOCAL_FILESYSTEMS
+
+
+def _read(reader: MaildirsizeReader, path: str, watch: tuple[ctypes.CDLL, int, int] | None) -> tuple[Any, ...]:
+    """The answer to one read: the path, the watch on the directory read (added before the read:
+    a change after it is an event) or -1, whether its file system raises every event, the value."""
+    found = [-1, False]
+
+    def opened(fd: int) -> None:
+        if watch is not None:
+            libc, inotify_fd, mask = watch
+            found[0] = _add_watch(libc, inotify_fd, fd, mask, path)
+            found[1] = found[0] >= 0 and _local(libc, fd)
+
+    live = reader.read(path, opened)
+    return path, found[0], found[1], encode_live(live)
 
 
 def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> None:
@@ -80,9 +94,7 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
                     reader.roots = Roots(tuple(request[1]))
                     continue
                 _, path, watch = request
-                wd = _add_watch(libc, inotify_fd, path, mask) if watch else -1  # before the read
-                local = wd >= 0 and _local(libc, path)
-                sock.send(marshal.dumps((path, wd, local, encode_live(reader.read(path)))))
+                sock.send(marshal.dumps(_read(reader, path, (libc, inotify_fd, mask) if watch else None)))
         except (OSError, ValueError, EOFError) as exc:
             log.error("stopping: %s", exc)
         finally:
