@@ -450,3 +450,50 @@ def test_the_watch_is_on_the_directory_read_while_its_user_swaps_the_path(tmp_pa
     read = [(wd, live.bytes) for _, wd, _, live in results if isinstance(live, Usage) and wd is not None]
     assert {used for _, used in read} == {100, 200}  # the swapping did reach the reads
     assert [(wd, used) for wd, used in read if watched[wd] != inodes[used]] == []
+
+
+def test_a_user_overflowing_the_event_queue_makes_no_mailbox_read_again(tmp_path: Path) -> None:
+    """Creating files in one's own Maildir raises events on a directory the daemon watches; enough
+    of them overflow the queue, which drops every kept value. That must cost reads only as
+    requests ask, not a read of every mailbox at each overflow (a user can cause one a second)."""
+    boxes = [tmp_path / f"box{n}" / "Maildir" for n in range(50)]
+    for box in boxes:
+        box.mkdir(parents=True)
+        (box / "maildirsize").write_text("1000S\n1 1\n")
+    files = FileReads(
+        Roots.of(tmp_path),
+        timeout=5,
+        keep_seconds=60,
+        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
+    )
+    asked: list[str] = []
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+    async def main() -> None:
+        files.begin()
+        try:
+            await files.ready()
+            files.warm(str(box) for box in boxes)
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if len(files._kept) == len(boxes):
+                    break
+            reader = files._reader
+            assert reader is not None and len(files._kept) == len(boxes)
+            ask = reader.ask
+
+            def counting(path: str, watch: bool) -> None:
+                asked.append(path)
+                ask(path, watch)
+
+            reader.ask = counting  # type: ignore[method-assign]
+            for n in range(limit + 100):  # no await: the events queue up unread, and overflow
+                (boxes[0] / f"f{n}").touch()
+            files.drain()
+            assert files._epoch == 1  # the overflow was seen, and everything kept dropped
+            await asyncio.sleep(0.5)
+        finally:
+            files.close()
+
+    asyncio.run(main())
+    assert asked == [], f"{len(asked)} mailboxes read again after one overflow"

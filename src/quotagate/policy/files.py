@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import struct
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -92,7 +91,7 @@ class FileReads:
         self._watched: dict[str, int] = {}  # and back
         self._generation: dict[str, int] = {}  # path -> changes seen
         self._epoch = 0  # bumped when changes may have been missed (queue overflow)
-        self._ahead: deque[str] = deque()  # paths to read before a request asks
+        self._ahead: dict[str, None] = {}  # paths to read before a request asks (a set: each once)
         self._ahead_asked = 0
         self._reread: dict[str, float] = {}  # path -> when a change last had it read ahead
         self._warming: list[float] | None = None  # when warm() was asked, and the reads since
@@ -136,7 +135,7 @@ class FileReads:
         has one, up to the watch budget), :data:`AHEAD` at a time. A value then changed is read
         again at once too, so that a request seldom waits for the reader: only for a mailbox
         whose value changed a moment before, or that was never read."""
-        self._ahead.extend(paths)
+        self._ahead.update(dict.fromkeys(paths))
         if self._loop is not None:
             self._warming = [self._loop.time(), 0]
         self._read_ahead()
@@ -154,7 +153,7 @@ class FileReads:
         if reader is None or loop is None or not reader.running:
             return
         while self._ahead_asked < AHEAD and self._ahead and reader.running:
-            path = self._ahead.popleft()
+            path = self._ahead.popitem()[0]
             if path in self._kept or path in self._pending or not self._may_watch(path):
                 continue  # known, being read, or nothing read would be kept
             self._pending[path] = _Pending(loop.time(), self._epoch, self._generation.get(path, 0), ahead=True)
@@ -201,7 +200,7 @@ class FileReads:
         now = self._loop.time() if self._loop is not None else 0.0
         if now - self._reread.get(path, -REREAD_SECONDS) >= REREAD_SECONDS:
             self._reread[path] = now
-            self._ahead.append(path)
+            self._ahead[path] = None
 
     def drain(self) -> None:
         """Read the change events queued so far (our descriptor, non-blocking) and drop what they
@@ -221,9 +220,9 @@ class FileReads:
             offset += _EVENT.size + length
             root = self._roots.get(wd)
             if mask & Mask.Q_OVERFLOW or root is None:  # lost events, or a watch not recorded yet
+                # Not read again ahead: a user can overflow the queue at will from their Maildir.
                 self._kept.clear()
                 self._epoch += 1
-                self._ahead.extend(self._watched)
             elif mask & _GONE:
                 self.forget(root)
                 if mask & Mask.IGNORED:
