@@ -28,3 +28,14 @@ def test_the_objects_kept_are_bounded() -> None:
     for box in boxes:
         assert table.mailbox(box.address) == box
     assert len(table._mailbox_memo) <= compact._MEMO
+
+
+def test_going_through_every_mailbox_leaves_the_busy_ones_kept() -> None:
+    """Whole-table passes (the daemon's read-ahead, [watch]'s reload) make their objects anew:
+    only the request path's look-ups (get) are kept."""
+    boxes = [Mailbox(f"u{n}@example.org", Limits(n)) for n in range(100)]
+    table = compact.updated(None, changes(*boxes, full=True))
+    busy = table.mailboxes.get("u1@example.org")
+    assert list(table.mailboxes.values()) == boxes
+    assert list(table.readings.values()) == []
+    assert table._mailbox_memo == {"u1@example.org": busy}

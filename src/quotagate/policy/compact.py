@@ -231,7 +231,9 @@ class Table:
 
 
 class Mailboxes(Mapping[str, Mailbox]):
-    """A table's mailboxes, as the dict the request path reads (made on each look-up)."""
+    """A table's mailboxes, as the dict the request path reads: :meth:`get` (the request path)
+    through the table's memo, ``[]`` and the whole-table views (``values()``) made anew, so that
+    going through every mailbox does not push out the busy ones."""
 
     __slots__ = ("table",)
 
@@ -243,7 +245,7 @@ class Mailboxes(Mapping[str, Mailbox]):
         return default if found is None else found
 
     def __getitem__(self, address: str) -> Mailbox:
-        found = self.table.mailbox(address)
+        found = self.table._mailbox(address)
         if found is None:
             raise KeyError(address)
         return found
@@ -256,26 +258,19 @@ class Mailboxes(Mapping[str, Mailbox]):
 
 
 class Readings(Mapping[str, Reading]):
-    """A table's readings, as the dict the request path reads (made on each look-up; the last
-    one is kept, as a check asks for the same reading several times)."""
+    """A table's readings, as the dict the request path reads (see :class:`Mailboxes`)."""
 
-    __slots__ = ("_last", "table")
+    __slots__ = ("table",)
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self._last: tuple[str, Reading | None] = ("", None)
 
     def get(self, address: str, default: Reading | None = None) -> Reading | None:  # type: ignore[override]
-        last = self._last  # one read: another thread may replace it, never half
-        if last[0] == address:
-            found = last[1]
-        else:
-            found = self.table.reading(address)
-            self._last = (address, found)
+        found = self.table.reading(address)
         return default if found is None else found
 
     def __getitem__(self, address: str) -> Reading:
-        found = self.table.reading(address)
+        found = self.table._reading(address)
         if found is None:
             raise KeyError(address)
         return found
