@@ -164,6 +164,7 @@ def test_a_delivery_recorded_in_maildirsize_is_seen_by_the_very_next_check(
     Courier) or rename over it (Dovecot) is seen by the next check, however soon it comes."""
     site = with_maildirsize(tmp_path)
     s = serve(site, reservation_seconds=0)  # only maildirsize can explain a refusal
+    s.daemon.wait_for_log("read 2 maildirsize files ahead of requests", seconds=10)  # full's, roomy's
     assert timed(s, request(FULL))[0] == REJECT
     for _ in range(3):
         assert timed(s, request(ROOMY, 100))[0] == DUNNO  # read once, then kept

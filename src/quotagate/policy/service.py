@@ -130,14 +130,18 @@ class PolicyService:
         """The mailboxes whose maildirsize a request would read, at most ``limit`` of them, to read
         ahead of requests (:meth:`FileReads.warm`). Goes through the snapshot: run it in a thread."""
         if not self.config.policy.use_maildirsize:
-            return []
+            return []  # not a pass over every reading for nothing
         paths = []
         for reading in self.snapshot.readings.values():
-            if self.maildirsize.wanted(reading):
+            if self._reads_live(reading):
                 paths.append(reading.path)
                 if len(paths) >= limit:
                     break
         return paths
+
+    def _reads_live(self, reading: Reading | None) -> bool:
+        """Whether a request reads the mailbox's maildirsize (the last scan found it agreeing)."""
+        return reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
 
     def answer(self, request: PolicyRequest, session: Session | None = None) -> str:
         """The action for one request, reading a maildirsize in this thread (``quotagate check``,
@@ -391,8 +395,7 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        wanted = reading is not None and self.config.policy.use_maildirsize and self.maildirsize.wanted(reading)
-        return _Target(snapshot, mailbox, folder, reading if wanted else None)
+        return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None)
 
     def _decide(
         self,
