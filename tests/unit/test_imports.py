@@ -26,14 +26,14 @@ HEAVY = (
 )
 
 
-def loaded_after(code: str) -> list[str]:
-    """The heavy modules (and their submodules) loaded once ``code`` ran in a new interpreter."""
+def loaded_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The ``heavy`` modules (and their submodules) loaded once ``code`` ran in a new interpreter."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     # Without coverage's measuring of every process (scripts/test): it loads multiprocessing itself.
     env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
     names = json.loads(out.splitlines()[-1])
-    return sorted({h for h in HEAVY for n in names if n == h or n.startswith(h + ".")})
+    return sorted({h for h in heavy for n in names if n == h or n.startswith(h + ".")})
 
 
 def test_importing_the_cli_loads_no_store_terminal_or_daemon_library() -> None:
@@ -92,16 +92,18 @@ def test_a_cron_scan_never_looks_for_pydantic_plugins(tmp_path: Path) -> None:
 
 def test_the_maildirsize_reader_process_loads_only_what_a_read_needs() -> None:
     """The daemon waits for its reader at start (and after the reader dies): no store, config,
-    metrics or event loop in it."""
-    probe = "import quotagate.policy.reader, sys, json; print(json.dumps(sorted(sys.modules)))"
-    env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
-    loaded = json.loads(out.splitlines()[-1])
-    unwanted = ("asyncio", "quotagate.store", "quotagate.config", *HEAVY)
-    assert [n for n in loaded if n.startswith("quotagate.policy.")] == [
-        "quotagate.policy.liveusage",
-        "quotagate.policy.reader",
-    ]
-    assert [
-        n for n in loaded if any(n == u or n.startswith(u + ".") for u in unwanted if u != "quotagate.policy")
-    ] == []
+    metrics, event loop or daemon module in it."""
+    daemon = (
+        "quotagate.policy.live",
+        "quotagate.policy.files",
+        "quotagate.policy.filereader",
+        "quotagate.policy.service",
+    )
+    unwanted = (
+        "asyncio",
+        "quotagate.store",
+        "quotagate.config",
+        *daemon,
+        *(h for h in HEAVY if h != "quotagate.policy"),
+    )
+    assert loaded_after("import quotagate.policy.reader", unwanted) == []
