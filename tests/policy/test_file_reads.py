@@ -88,6 +88,35 @@ def threads(s: Serve) -> int:
     return len(os.listdir(f"/proc/{s.pid}/task"))
 
 
+def file_reads(root: Path, timeout: float = 5, keep_seconds: float = 60) -> tuple[FileReads, CollectorRegistry]:
+    """FileReads over ``root`` as the daemon has them, its lookups counted in a registry of its own."""
+    registry = CollectorRegistry()
+    lookups = PromCounter("lookups", "", ["source"], registry=registry)
+    return FileReads(Roots.of(root), timeout=timeout, keep_seconds=keep_seconds, lookups=lookups), registry
+
+
+def one_mailbox(root: Path, maildirsize: str) -> Path:
+    """A Maildir under ``root`` with this maildirsize."""
+    mailbox = root / "Maildir"
+    mailbox.mkdir()
+    (mailbox / "maildirsize").write_text(maildirsize)
+    return mailbox
+
+
+def counted_asks(files: FileReads) -> list[str]:
+    """From now on, the paths ``files`` asks its reader to read (it must have begun)."""
+    reader = files._reader
+    assert reader is not None
+    ask, asked = reader.ask, []
+
+    def counting(path: str, watch: bool) -> None:
+        asked.append(path)
+        ask(path, watch)
+
+    reader.ask = counting  # type: ignore[method-assign]
+    return asked
+
+
 def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
@@ -247,12 +276,8 @@ def test_a_reader_process_killed_is_replaced_and_no_request_waits_for_it(
 def test_a_value_read_on_a_local_file_system_is_kept_until_it_changes(tmp_path: Path) -> None:
     """keep_seconds bounds only what a network file system could change unseen: on this host's
     ext4 or tmpfs every change raises an event, so an idle mailbox's value stays in memory."""
-    mailbox = tmp_path / "Maildir"
-    mailbox.mkdir()
-    (mailbox / "maildirsize").write_text("1000S\n100 1\n")
-    registry = CollectorRegistry()
-    lookups = PromCounter("lookups", "", ["source"], registry=registry)
-    files = FileReads(Roots.of(tmp_path), timeout=5, keep_seconds=0.05, lookups=lookups)
+    mailbox = one_mailbox(tmp_path, "1000S\n100 1\n")
+    files, registry = file_reads(tmp_path, keep_seconds=0.05)
 
     async def main() -> list[object]:
         files.begin()
@@ -284,9 +309,7 @@ def test_values_are_read_ahead_of_requests_and_again_as_soon_as_they_change(tmp_
     for n, box in enumerate(boxes):
         box.mkdir(parents=True)
         (box / "maildirsize").write_text(f"1000S\n{n} 1\n")
-    registry = CollectorRegistry()
-    lookups = PromCounter("lookups", "", ["source"], registry=registry)
-    files = FileReads(Roots.of(tmp_path), timeout=5, keep_seconds=60, lookups=lookups)
+    files, registry = file_reads(tmp_path)
 
     async def main() -> tuple[list[Any], Any]:
         files.begin()
@@ -312,15 +335,8 @@ def test_a_read_asked_while_the_reader_dies_is_never_left_hanging(tmp_path: Path
     """The change that drops a kept value asks for a read at once: when that read goes to a reader
     just killed, the request is answered as unknown, and once the next reader is up (a second at
     most after the last start), the value is read again."""
-    mailbox = tmp_path / "Maildir"
-    mailbox.mkdir()
-    (mailbox / "maildirsize").write_text("1000S\n100 1\n")
-    files = FileReads(
-        Roots.of(tmp_path),
-        timeout=0.5,
-        keep_seconds=60,
-        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
-    )
+    mailbox = one_mailbox(tmp_path, "1000S\n100 1\n")
+    files, _ = file_reads(tmp_path, timeout=0.5)
 
     async def main() -> list[Any]:
         files.begin()
@@ -353,31 +369,15 @@ def test_a_read_asked_while_the_reader_dies_is_never_left_hanging(tmp_path: Path
 def test_a_maildirsize_rewritten_in_a_loop_keeps_no_reader_busy(tmp_path: Path) -> None:
     """Its user can change it as fast as they like: it is read ahead again at most once per
     REREAD_SECONDS, and a request still gets what it says now (read when asked)."""
-    mailbox = tmp_path / "Maildir"
-    mailbox.mkdir()
+    mailbox = one_mailbox(tmp_path, "1000S\n0 0\n")
     target = mailbox / "maildirsize"
-    target.write_text("1000S\n0 0\n")
-    files = FileReads(
-        Roots.of(tmp_path),
-        timeout=5,
-        keep_seconds=60,
-        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
-    )
-    asked: list[str] = []
+    files, _ = file_reads(tmp_path)
 
-    async def main() -> Any:
+    async def main() -> tuple[Any, list[str]]:
         files.begin()
         try:
             await files.ready()
-            reader = files._reader
-            assert reader is not None
-            ask = reader.ask
-
-            def counting(path: str, watch: bool) -> None:
-                asked.append(path)
-                ask(path, watch)
-
-            reader.ask = counting  # type: ignore[method-assign]
+            asked = counted_asks(files)
             files.warm([str(mailbox)])
             await asyncio.sleep(0.2)
             for n in range(1, 201):  # half a second of rewrites
@@ -385,12 +385,12 @@ def test_a_maildirsize_rewritten_in_a_loop_keeps_no_reader_busy(tmp_path: Path) 
                 files.drain()
                 await asyncio.sleep(0.0025)
             value = files.start(str(mailbox), lambda live: live)
-            return await value if isinstance(value, asyncio.Future) else value
+            return (await value if isinstance(value, asyncio.Future) else value), asked
         finally:
             files.close()
 
     started = time.monotonic()
-    last = asyncio.run(main())
+    last, asked = asyncio.run(main())
     assert isinstance(last, Usage) and last.bytes == 200
     allowed = 2 + (time.monotonic() - started) / REREAD_SECONDS  # the warm read, then once a second
     assert len(asked) <= allowed, f"{len(asked)} reads of a file rewritten 200 times"
@@ -461,16 +461,10 @@ def test_a_user_overflowing_the_event_queue_makes_no_mailbox_read_again(tmp_path
     for box in boxes:
         box.mkdir(parents=True)
         (box / "maildirsize").write_text("1000S\n1 1\n")
-    files = FileReads(
-        Roots.of(tmp_path),
-        timeout=5,
-        keep_seconds=60,
-        lookups=PromCounter("l", "", ["source"], registry=CollectorRegistry()),
-    )
-    asked: list[str] = []
+    files, _ = file_reads(tmp_path)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
-    async def main() -> None:
+    async def main() -> list[str]:
         files.begin()
         try:
             await files.ready()
@@ -479,22 +473,16 @@ def test_a_user_overflowing_the_event_queue_makes_no_mailbox_read_again(tmp_path
                 await asyncio.sleep(0.05)
                 if len(files._kept) == len(boxes):
                     break
-            reader = files._reader
-            assert reader is not None and len(files._kept) == len(boxes)
-            ask = reader.ask
-
-            def counting(path: str, watch: bool) -> None:
-                asked.append(path)
-                ask(path, watch)
-
-            reader.ask = counting  # type: ignore[method-assign]
+            assert len(files._kept) == len(boxes)
+            asked = counted_asks(files)
             for n in range(limit + 100):  # no await: the events queue up unread, and overflow
                 (boxes[0] / f"f{n}").touch()
             files.drain()
             assert files._epoch == 1  # the overflow was seen, and everything kept dropped
             await asyncio.sleep(0.5)
+            return asked
         finally:
             files.close()
 
-    asyncio.run(main())
+    asked = asyncio.run(main())
     assert asked == [], f"{len(asked)} mailboxes read again after one overflow"
