@@ -89,6 +89,16 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 900
     return Ran(done.stdout + done.stderr, time.monotonic() - started)
 
 
+def exported_source(rev: str, dest: Path) -> Path:
+    """This repository's ``src`` as of git revision ``rev``, unpacked under ``dest``: the folder
+    to put on PYTHONPATH to run quotagate as it was then."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True, check=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

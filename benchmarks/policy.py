@@ -111,6 +111,7 @@ from _harness import (
     HOST,
     Interrupted,
     Processes,
+    exported_source,
     free_port,
     machine,
     percentile,
@@ -412,15 +413,11 @@ def start_quotagate_at(spool: Spool, work: Path, procs: Processes, rev: str) -> 
     """quotagate as it was at git revision ``rev`` (its ``src`` exported from this repository, run
     with this virtualenv's Python and libraries), on a store of its own that it imports and scans."""
     qdir = work / f"quotagate-{rev}"
-    source = qdir / "source"
-    source.mkdir(parents=True)
-    root = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    source = exported_source(rev, qdir / "source")
     port = free_port()
     config = qdir / "quotagate.toml"
     config.write_text(_quotagate_toml(qdir, spool, port, control=False))
-    env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    env = {**os.environ, "PYTHONPATH": str(source)}
     base = [sys.executable, "-m", "quotagate", "--config", str(config)]
     run([*base, "mailbox", "import", str(_mailbox_csv(qdir / "mailboxes.csv", spool))], env=env)
     run([*base, "scan"], env=env)
