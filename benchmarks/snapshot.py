@@ -24,7 +24,9 @@ store:
 
 Loaders: ``full`` is the daemon before issue 14 (``load_snapshot``: every mailbox and reading
 as objects, reloaded in full); ``compact`` is today's (``SnapshotLoader``: compact columns, then
-only what the store's change stamp says changed). Ratios compact/full are printed.
+only what the store's change stamp says changed); ``folders`` is ``compact`` with each mailbox's
+folders too, as the daemon loads them when ``[[folders]]`` rules set limits. Ratios to ``full``
+are printed. Each child runs with the daemon's switch interval (``SWITCH_INTERVAL``).
 
 Targets (printed as met / NOT MET; the machine also runs the probe): at most 300 MB RSS at
 1,000,000 mailboxes; at most 5 ms added p99 during a refresh.
@@ -50,6 +52,7 @@ from _spool import keep
 from quotagate.config import Config, parse_config
 from quotagate.model import FolderUsage, Format, Limits, Mailbox, MailboxUsage, MaildirsizeInfo, Reading, State
 from quotagate.policy.codec import PolicyRequest
+from quotagate.policy.daemon import SWITCH_INTERVAL
 from quotagate.policy.live import Snapshot, SnapshotLoader, load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
@@ -63,7 +66,7 @@ QUOTA = 50 << 20
 BATCH = 20_000
 PROBE_EVERY = 0.001  # seconds between two checks the loop answers
 IDLE_SECONDS = 2.0
-LOADERS = ("full", "compact")
+LOADERS = ("full", "compact", "folders")
 TARGET_MB = 300
 TARGET_ADDED_MS = 5.0
 
@@ -157,18 +160,30 @@ class FullLoader(Loader):
 class CompactLoader(Loader):
     """Since issue 14: compact columns, then what changed."""
 
+    with_folders = False
+
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.loader = SnapshotLoader()
 
     def load(self) -> Snapshot:
-        return self.loader.load(self.store, with_folders=False)
+        return self.loader.load(self.store, with_folders=self.with_folders)
 
     def refresh(self) -> Snapshot:
         return self.load()
 
 
-LOADER_CLASSES: dict[str, Callable[[Store], Loader]] = {"full": FullLoader, "compact": CompactLoader}
+class FoldersLoader(CompactLoader):
+    """Compact, with each mailbox's folders too, as the daemon loads them when [[folders]] set limits."""
+
+    with_folders = True
+
+
+LOADER_CLASSES: dict[str, Callable[[Store], Loader]] = {
+    "full": FullLoader,
+    "compact": CompactLoader,
+    "folders": FoldersLoader,
+}
 
 
 def probe_config(url: str) -> Config:
@@ -244,6 +259,7 @@ async def measure(loader: Loader, service: PolicyService, count: int, share: flo
 
 def child(kind: str, db: Path, count: int, share: float) -> dict[str, float]:
     url = f"sqlite:///{db}"
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as quotagate serve runs
     config = probe_config(url)
     service = PolicyService(config, Metrics())
     gc.collect()
@@ -328,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.db, sizes[0], args.changed)))
         return 0
-    print(" | ".join([*machine(), f"switch interval {sys.getswitchinterval() * 1e3:g} ms"]))
+    print(" | ".join([*machine(), f"switch interval {SWITCH_INTERVAL * 1e3:g} ms (the daemon's)"]))
     for count in sizes:
         db = ensure_store(count)
         results = {kind: run_child(kind, db, count, args.changed) for kind in args.loaders.split(",")}

@@ -1,10 +1,19 @@
-"""Snapshot versions keep the objects they made for look-ups; a new version never shows an old one's."""
+"""Snapshot versions hold what a dict of the store's rows would, never change once built, and keep
+the objects they made for look-ups; a new version never shows an old one's."""
 
 from __future__ import annotations
 
-from quotagate.model import Limits, Mailbox
+from typing import TypeVar
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotagate.model import FolderUsage, Format, Limits, Mailbox, MailboxUsage, MaildirsizeInfo, Reading, State
 from quotagate.policy import compact
 from quotagate.store.base import Changes
+
+ADDRESSES = [f"u{n}@example.org" for n in range(11)]  # rows in three chunks of four, the last one short
 
 
 def changes(*mailboxes: Mailbox, full: bool = False) -> Changes:
@@ -39,3 +48,90 @@ def test_going_through_every_mailbox_leaves_the_busy_ones_kept() -> None:
     assert list(table.mailboxes.values()) == boxes
     assert list(table.readings.values()) == []
     assert table._mailbox_memo == {"u1@example.org": busy}
+
+
+_mailboxes = st.builds(
+    Mailbox,
+    st.sampled_from(ADDRESSES),
+    st.builds(Limits, st.integers(0, 10**12), st.integers(0, 10**6)),
+    st.booleans(),
+    st.one_of(st.none(), st.sampled_from(["/var/mail/a", "/home/b/Maildir", "/srv/ü"])),
+)
+_folders = st.lists(st.builds(FolderUsage, st.sampled_from(["INBOX", ".Sent"]), st.integers(0, 99), st.integers(0, 9)))
+_readings = st.builds(
+    lambda address, path, fmt, folders, error, size, messages, agrees, state, at: Reading(
+        address,
+        path,
+        MailboxUsage(fmt, tuple(folders), None, error, MaildirsizeInfo(size if agrees else size + 1, messages, "")),
+        size,
+        messages,
+        state,
+        at,
+    ),
+    st.sampled_from(ADDRESSES),
+    st.sampled_from(["", "/var/mail/a", "/home/b/Maildir"]),
+    st.sampled_from(list(Format)),
+    _folders,
+    st.one_of(st.none(), st.sampled_from(["unreadable", "timed out"])),
+    st.integers(0, 10**12),
+    st.integers(0, 10**6),
+    st.booleans(),
+    st.sampled_from(list(State)),
+    st.floats(0, 2e9),
+)
+_changes = st.builds(
+    lambda mailboxes_full, mailboxes, removed_mailboxes, readings_full, readings, removed_readings: Changes(
+        None, mailboxes_full, mailboxes, removed_mailboxes, readings_full, readings, removed_readings, None
+    ),
+    st.booleans(),
+    st.lists(_mailboxes, max_size=6),
+    st.lists(st.sampled_from(ADDRESSES), max_size=3),
+    st.booleans(),
+    st.lists(_readings, max_size=6),
+    st.lists(st.sampled_from(ADDRESSES), max_size=3),
+)
+
+
+_Row = TypeVar("_Row", Mailbox, Reading)
+
+
+def _applied(rows: dict[str, _Row], full: bool, written: list[_Row], removed: list[str]) -> dict[str, _Row]:
+    """What a dict of the store's rows holds after these changes (later writes win)."""
+    rows = {} if full else dict(rows)
+    for address in removed:
+        rows.pop(address, None)
+    for row in written:
+        rows[row.address] = row
+    return rows
+
+
+def _as_served(reading: Reading) -> tuple[object, ...]:
+    """What the request path reads of a reading: the maildirsize only as whether it agreed."""
+    u = reading.usage
+    agreed = u.maildirsize is not None and u.maildirsize.agrees_with(reading.bytes, reading.messages)
+    return (reading.path, reading.bytes, reading.messages, reading.state, reading.measured_at, u.format, u.folders,
+            u.error, agreed)  # fmt: skip
+
+
+def _holds(table: compact.Table, mailboxes: dict[str, Mailbox], readings: dict[str, Reading]) -> bool:
+    served = {a: _as_served(r) for a, r in table.readings.items()}
+    return dict(table.mailboxes) == mailboxes and served == {a: _as_served(r) for a, r in readings.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_changes, min_size=1, max_size=8))
+def test_every_version_holds_what_the_rows_hold_and_keeps_it_when_the_next_is_built(steps: list[Changes]) -> None:
+    """Versions share chunks of four rows here: a write to one of them must go to a copy, a full
+    load must blank what it does not name, and growing must keep the short last chunk's rows."""
+    with mock.patch.object(compact, "_CHUNK_BITS", 2):
+        versions: list[tuple[compact.Table, dict[str, Mailbox], dict[str, Reading]]] = []
+        table: compact.Table | None = None
+        mailboxes: dict[str, Mailbox] = {}
+        readings: dict[str, Reading] = {}
+        for changes in steps:
+            table = compact.updated(table, changes)
+            mailboxes = _applied(mailboxes, changes.mailboxes_full, changes.mailboxes, changes.removed_mailboxes)
+            readings = _applied(readings, changes.readings_full, changes.readings, changes.removed_readings)
+            versions.append((table, mailboxes, readings))
+        for version, its_mailboxes, its_readings in versions:
+            assert _holds(version, its_mailboxes, its_readings)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_SECONDS = 5.0
 _WORKER_HEARTBEAT_SECONDS = 1.0
+# How long a thread of ours (a refresh, the read-ahead's list) may hold the interpreter while the
+# event loop waits to answer: Python's default, 5 ms, is all a refresh may add to an answer.
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,7 @@ class Daemon:
 
 def serve(load_config: Callable[[], Config], worker: WorkerRole | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT (uvloop when installed)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         import uvloop
     except ImportError:

@@ -76,6 +76,9 @@ class SnapshotLoader:
 
     def __init__(self) -> None:
         self._table: compact.Table | None = None
+        # The version before's columns of objects, kept until the next load: by then the loop has
+        # let go of that version, and they are freed here, in the loader's thread, not on the loop.
+        self._previous: object = None
         self._stamp: int | None = None
         self._shape: tuple[bool, bool] | None = None
 
@@ -95,5 +98,6 @@ class SnapshotLoader:
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
         snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
+        self._previous = self._table and self._table.objects()
         self._table, self._stamp, self._shape = table, stamp, shape
         return snapshot
