@@ -86,12 +86,15 @@ class Daemon:
         folder_limits = any(rule.quota or rule.messages for rule in self.config.folders)
         return self._loader.load(self._store, with_readings=self.tracker is None, with_folders=folder_limits)
 
-    def _adopt(self, snapshot: Snapshot) -> Snapshot:
+    def _adopt(self, snapshot: Snapshot, mailboxes_changed: bool = True) -> Snapshot:
         """With live tracking, usage comes from the tracker (fresher than the store); new or removed
-        mailboxes from the store reach the tracker."""
+        mailboxes from the store reach the tracker. Going through every mailbox takes the loop
+        0.9 s at 200,000 of them: not when none changed."""
         if self.tracker is None:
             return snapshot
         tracker = self.tracker
+        if not mailboxes_changed:
+            return self._live(snapshot)
         problem = directory_problem(self.config, tracker, snapshot.mailboxes.values())
         if problem != self._directory_refused:
             if problem:
@@ -101,12 +104,18 @@ class Daemon:
             self._directory_refused = problem
         if problem is None:  # a directory shrunk at once (a bad filter, an emptied table) clears no flag
             tracker.load(snapshot.mailboxes.values(), {})
+        return self._live(snapshot)
+
+    def _live(self, snapshot: Snapshot) -> Snapshot:
+        tracker = self.tracker
+        assert tracker is not None
         return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
         """Reload limits and usage from the store; on failure keep answering from what we have."""
         try:
-            self.service.snapshot = self._adopt(await asyncio.to_thread(self._load))
+            loaded = await asyncio.to_thread(self._load)
+            self.service.snapshot = self._adopt(loaded, self._loader.mailboxes_changed)
             gc.freeze()  # long-lived: keep them out of the collector's full passes (pauses)
             if self._warm:  # at start and after a reload: read every maildirsize ahead of requests
                 self._warm = False

@@ -81,6 +81,9 @@ class SnapshotLoader:
         self._previous: object = None
         self._stamp: int | None = None
         self._shape: tuple[bool, bool] | None = None
+        # Whether the last load changed a mailbox (limits, path, enabled; added or removed), or
+        # only readings: what follows the mailboxes (the live tracker) need not go through them all.
+        self.mailboxes_changed = True
 
     def forget(self) -> None:
         """Load everything next time (another store, a new config)."""
@@ -90,14 +93,16 @@ class SnapshotLoader:
         shape = (with_readings, with_folders)
         since = self._stamp if shape == self._shape else None
         changes = store.changes(since, with_readings, with_folders)
-        table = compact.updated(self._table if since is not None else None, changes)
+        before = self._table if since is not None else None
+        table = compact.updated(before, changes)
         if changes.mailbox_count is not None and changes.mailbox_count != len(table.mailboxes):
             # rows added or removed without a stamp (by hand, in SQL): read them all again
             changes = store.changes(None, with_readings, with_folders)
-            table = compact.updated(None, changes)
+            table, before = compact.updated(None, changes), None
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
         snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
         self._previous = self._table and self._table.objects()
         self._table, self._stamp, self._shape = table, stamp, shape
+        self.mailboxes_changed = before is None or table.boxes is not before.boxes
         return snapshot
