@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from quotagate.config import Config, parse_config
-from quotagate.model import Limits, Mailbox, State
+from quotagate.model import Limits, Mailbox, Reading, State
 from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import Snapshot
 from quotagate.store import Store, open_store
@@ -161,28 +161,52 @@ def test_the_daemon_keeps_tracking_mailboxes_when_half_the_directory_goes(tmp_pa
     store.close()
 
 
-def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_the_directory_changed(
+def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Handing every mailbox to the tracker takes the loop 0.9 s at 200,000 mailboxes: a refresh
-    that found only readings changed leaves the tracker as it is; a new mailbox still reaches it."""
+    hands it only the mailboxes written since, unless some left the directory (removed or disabled:
+    that could be an outage, so it weighs the whole directory then, as at the first load)."""
     config, store = build(tmp_path)
     config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
 
-    async def main() -> list[int]:
+    async def main() -> tuple[list[list[str]], list[list[str]], dict[str, Mailbox]]:
         tracker, _ = await start_tracker(config, store)
-        loads: list[int] = []
-        monkeypatch.setattr(tracker, "load", lambda mailboxes, readings: loads.append(len(list(mailboxes))))
+        loaded: list[list[str]] = []
+        updated: list[list[str]] = []
+        load, update = tracker.load, tracker.update
+
+        def counted_load(mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
+            mailboxes = list(mailboxes)
+            loaded.append(sorted(m.address for m in mailboxes))
+            load(mailboxes, readings)
+
+        def counted_update(mailboxes: Iterable[Mailbox]) -> None:
+            mailboxes = list(mailboxes)
+            updated.append(sorted(m.address for m in mailboxes))
+            update(mailboxes)
+
+        monkeypatch.setattr(tracker, "load", counted_load)
+        monkeypatch.setattr(tracker, "update", counted_update)
         daemon = Daemon(lambda: config)
         daemon.tracker = tracker
         await daemon.refresh()  # the first load: every mailbox
         store.save_readings([], [])
+        await daemon.refresh()  # nothing in the directory changed
+        store.upsert_mailboxes([Mailbox("c0@example.org", Limits(10)), Mailbox("a0@example.org", Limits(70))])
         await daemon.refresh()
-        store.upsert_mailboxes([Mailbox("c0@example.org", Limits(10))])
+        store.upsert_mailboxes([Mailbox("b1@example.org", Limits(10**6), enabled=False)])  # it leaves
         await daemon.refresh()
         tracker.close()
-        daemon.service.files.close()
-        return loads
+        return loaded, updated, dict(tracker.mailboxes)
 
-    assert asyncio.run(main()) == [4, 5]
+    loaded, updated, tracked = asyncio.run(main())
+    assert updated == [[], ["a0@example.org", "c0@example.org"]]
+    everyone = [f"{local}@example.org" for local in LOCALS]
+    assert loaded == [everyone, [*everyone, "c0@example.org"]]
+    assert (
+        tracked["a0@example.org"].limits == Limits(70)
+        and "c0@example.org" in tracked
+        and "b1@example.org" not in tracked
+    )
     store.close()

@@ -10,7 +10,7 @@ Maildir++ ``maildirsize`` is read at request time (:mod:`quotagate.policy.liveus
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from quotagate.model import Mailbox, Reading, State, Usage
@@ -67,6 +67,14 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
 
 
+@dataclass(frozen=True)
+class MailboxChanges:
+    """Mailboxes a load wrote (added, or with new limits, paths or enabled) and removed."""
+
+    written: Sequence[Mailbox] = ()
+    removed: Sequence[str] = ()
+
+
 class SnapshotLoader:
     """Loads the store into a :class:`Snapshot`, then only what changed since (the store's change
     stamp); call :meth:`load` in a worker thread, never on the loop.
@@ -81,9 +89,9 @@ class SnapshotLoader:
         self._previous: object = None
         self._stamp: int | None = None
         self._shape: tuple[bool, bool] | None = None
-        # Whether the last load changed a mailbox (limits, path, enabled; added or removed), or
-        # only readings: what follows the mailboxes (the live tracker) need not go through them all.
-        self.mailboxes_changed = True
+        # What the last load changed in the mailboxes, for what follows them (the live tracker),
+        # which then need not go through them all: None when it may be any of them (a full load).
+        self.mailbox_changes: MailboxChanges | None = None
 
     def forget(self) -> None:
         """Load everything next time (another store, a new config)."""
@@ -104,5 +112,6 @@ class SnapshotLoader:
         snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
         self._previous = self._table and self._table.objects()
         self._table, self._stamp, self._shape = table, stamp, shape
-        self.mailboxes_changed = before is None or table.boxes is not before.boxes
+        full = before is None or changes.mailboxes_full
+        self.mailbox_changes = None if full else MailboxChanges(changes.mailboxes, changes.removed_mailboxes)
         return snapshot

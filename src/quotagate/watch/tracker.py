@@ -102,20 +102,32 @@ class Tracker:
                 pending.discard(address)
             self._removed.add(address)
         for address, mailbox in wanted.items():
-            try:
-                path = mailbox_path(mailbox, self.config.spool, roots)
-            except UnsafePath:
-                continue
-            known = address in self.mailboxes
-            if known and self.mailboxes[address] != mailbox:
-                self._changed.add(address)  # new limits: the state (and the flag) may move
-            self.mailboxes[address] = mailbox
-            self._paths[address] = path
-            self._removed.discard(address)
-            if address in readings:
+            if self._follow(mailbox, roots) and address in readings:
                 self.readings[address] = readings[address]
-            if not known:
-                self._dirty.add(address)  # measured once watched: nothing falls between scan and watch
+
+    def update(self, mailboxes: Iterable[Mailbox]) -> None:
+        """Mailboxes added to the directory, or with new limits or paths, all enabled; the others
+        as they are (see :meth:`load` for a directory that lost some)."""
+        roots = spool_roots(self.config.spool)
+        for mailbox in mailboxes:
+            self._follow(mailbox, roots)
+
+    def _follow(self, mailbox: Mailbox, roots: Roots) -> bool:
+        """Track an enabled mailbox from here on (False: its path is refused)."""
+        address = mailbox.address
+        try:
+            path = mailbox_path(mailbox, self.config.spool, roots)
+        except UnsafePath:
+            return False
+        known = address in self.mailboxes
+        if known and self.mailboxes[address] != mailbox:
+            self._changed.add(address)  # new limits: the state (and the flag) may move
+        self.mailboxes[address] = mailbox
+        self._paths[address] = path
+        self._removed.discard(address)
+        if not known:
+            self._dirty.add(address)  # measured once watched: nothing falls between scan and watch
+        return True
 
     def mark_dirty(self, address: str) -> bool:
         """A hint (e.g. Exim told us of a delivery): measure the mailbox again at the next flush."""
