@@ -9,10 +9,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import marshal
+import math
 import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
@@ -29,6 +31,11 @@ LOCAL_FILESYSTEMS = frozenset(
     {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x2FC12FC1, 0xF2F52010, 0x3153464A, 0x52654973, 0xCA451A4E}
 )
 _STATFS_BYTES = 256  # more than struct statfs takes; f_type is its first field, a long
+# A read stuck for good (a user's FUSE mount under their Maildir, a dead NFS server) holds its
+# thread: one stuck for STUCK_SECONDS is replaced, up to MOST_THREADS in all, so that a few users'
+# stuck mailboxes cannot stop every read (the daemon asks one read at a time per mailbox).
+STUCK_SECONDS = 1.0
+MOST_THREADS = 64
 
 
 def encode_live(live: Live) -> Any:
@@ -85,8 +92,10 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
     reader = MaildirsizeReader(Roots(tuple(roots)))
     libc = ctypes.CDLL(None, use_errno=True)
     ended = threading.Event()
+    began: dict[int, float] = {}  # by thread: when the read it is in began (inf: between reads)
 
     def work() -> None:
+        me = threading.get_ident()
         try:
             while message := sock.recv(MESSAGE):
                 request = marshal.loads(message)
@@ -94,16 +103,25 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
                     reader.roots = Roots(tuple(request[1]))
                     continue
                 _, path, watch = request
-                sock.send(marshal.dumps(_read(reader, path, (libc, inotify_fd, mask) if watch else None)))
+                began[me] = time.monotonic()
+                answer = _read(reader, path, (libc, inotify_fd, mask) if watch else None)
+                began[me] = math.inf
+                sock.send(marshal.dumps(answer))
         except (OSError, ValueError, EOFError) as exc:
             log.error("stopping: %s", exc)
         finally:
             ended.set()
 
-    for n in range(workers):
-        threading.Thread(target=work, name=f"reader-{n}", daemon=True).start()
+    threads = 0
     sock.send(READY)
-    ended.wait()  # threads stuck in a read do not keep the process
+    while True:  # keep `workers` threads that are not stuck; threads stuck do not keep the process
+        stuck_before = time.monotonic() - STUCK_SECONDS
+        stuck = sum(1 for since in list(began.values()) if since < stuck_before)
+        while threads - stuck < workers and threads < MOST_THREADS:
+            threading.Thread(target=work, name=f"reader-{threads}", daemon=True).start()
+            threads += 1
+        if ended.wait(STUCK_SECONDS / 2):
+            return
 
 
 def main(argv: list[str]) -> int:
