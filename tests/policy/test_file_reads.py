@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from asyncinotify import Inotify
 from prometheus_client import CollectorRegistry
-from prometheus_client import Counter as PromCounter
 
 from quotagate.model import Usage
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.files import _WATCH, FILE_WORKERS, REREAD_SECONDS, FileReads
 from quotagate.policy.liveusage import Unreadable
+from quotagate.policy.metrics import Tally
 from quotagate.scan import run_scan
 from quotagate.store import open_store
 from quotagate.usage.safefs import Roots
@@ -91,7 +91,7 @@ def threads(s: Serve) -> int:
 def file_reads(root: Path, timeout: float = 5, keep_seconds: float = 60) -> tuple[FileReads, CollectorRegistry]:
     """FileReads over ``root`` as the daemon has them, its lookups counted in a registry of its own."""
     registry = CollectorRegistry()
-    lookups = PromCounter("lookups", "", ["source"], registry=registry)
+    lookups = Tally("lookups", "", ["source"], registry)
     return FileReads(Roots.of(root), timeout=timeout, keep_seconds=keep_seconds, lookups=lookups), registry
 
 

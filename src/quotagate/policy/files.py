@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from asyncinotify import Inotify, Mask
-from prometheus_client import Counter
 
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.liveusage import Live, Unreadable
+from quotagate.policy.metrics import Tally
 from quotagate.usage.maildirsize import FILE_NAME
 from quotagate.usage.safefs import Roots
 from quotagate.watch.limits import current_limit
@@ -73,7 +73,7 @@ class FileReads:
     """See the module docstring. Lives on one event loop (taken at the first :meth:`start`)."""
 
     def __init__(
-        self, roots: Roots, timeout: float, keep_seconds: float, lookups: Counter, workers: int = FILE_WORKERS
+        self, roots: Roots, timeout: float, keep_seconds: float, lookups: Tally, workers: int = FILE_WORKERS
     ) -> None:
         """``lookups``: a counter labelled by source (kept, read)."""
         self.roots = roots

@@ -2,37 +2,109 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import accumulate
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
+_le = cast(Callable[[float], str], floatToGoString)  # a bucket's bound as prometheus-client writes it
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
 _AGE_BUCKETS = (0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+
+
+class Tallied:
+    """One labelled count of a :class:`Tally`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class Tally:
+    """A counter for what every request counts, kept as plain numbers that the registry reads at
+    scrape time: prometheus-client's own takes a lock and checks its argument at each ``inc``,
+    about a microsecond. Only the event loop's thread may count."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._children: dict[tuple[str, ...], Tallied] = {}
+        if not labelnames:
+            self.labels()
+        registry.register(self)
+
+    def labels(self, *values: str) -> Tallied:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = Tallied()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value)
+        yield family
+
+
+class Spread:
+    """A histogram for what every request observes, as plain numbers (see :class:`Tally`)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = list(buckets)
+        self._counts = [0] * (len(buckets) + 1)  # the last: above every bound
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1  # a bucket counts what is <= its bound
+        self._sum += amount
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        total, cumulative = self._sum, list(accumulate(self._counts))
+        buckets = [(_le(b), n) for b, n in zip(self._bounds, cumulative, strict=False)]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], total)
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "quotagate_policy_requests", "Policy requests answered, by decision", ["decision"], registry=self.registry
+        # Counted or observed by every request: plain numbers (Tally, Spread).
+        self.requests = Tally(
+            "quotagate_policy_requests", "Policy requests answered, by decision", ["decision"], self.registry
         )
-        self.checks = Counter(
+        self.checks = Tally(
             "quotagate_policy_checks",
             "Recipient checks, by stage (rcpt: SIZE= as declared; data: the message's real size) and decision",
             ["stage", "decision"],
-            registry=self.registry,
+            self.registry,
         )
-        self.latency = Histogram(
-            "quotagate_policy_request_seconds",
-            "Time to decide one request",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self.latency = Spread(
+            "quotagate_policy_request_seconds", "Time to decide one request", _LATENCY_BUCKETS, self.registry
         )
-        self.usage_age = Histogram(
-            "quotagate_policy_usage_age_seconds",
-            "Age of the usage behind each decision",
-            buckets=_AGE_BUCKETS,
-            registry=self.registry,
+        self.usage_age = Spread(
+            "quotagate_policy_usage_age_seconds", "Age of the usage behind each decision", _AGE_BUCKETS, self.registry
+        )
+        self.maildirsize_lookups = Tally(
+            "quotagate_policy_maildirsize_lookups",
+            "maildirsize values looked up, by source: kept (current, from memory) or read (by the reader process)",
+            ["source"],
+            self.registry,
         )
         self.errors = Counter(
             "quotagate_policy_errors", "Requests answered DUNNO because of an internal error", registry=self.registry
@@ -75,13 +147,6 @@ class Metrics:
             "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
             registry=self.registry,
         )
-        self.maildirsize_lookups = Counter(
-            "quotagate_policy_maildirsize_lookups",
-            "maildirsize values looked up, by source: kept (current, from memory) or read (by the reader process)",
-            ["source"],
-            registry=self.registry,
-        )
-
         self.inflight_bytes = Gauge(
             "quotagate_policy_inflight_bytes",
             "Bytes held for messages accepted (after DATA) whose delivery was not seen yet",
@@ -114,8 +179,6 @@ class Metrics:
             registry=self.registry,
         )
         self._counted: dict[str, int] = {}
-        self._checks: dict[tuple[str, str], Counter] = {}
-        self._requests: dict[str, Counter] = {}
 
     def count_releases(self, released: Mapping[str, int], capped: int) -> None:
         """Bring the counters up to the reservations' own running totals."""
@@ -126,17 +189,11 @@ class Metrics:
             self._counted[cause] = total
 
     def checked(self, stage: str, decision: str) -> None:
-        """One recipient checked (the labelled child is looked up once: this is on every RCPT)."""
-        child = self._checks.get((stage, decision))
-        if child is None:
-            child = self._checks[(stage, decision)] = self.checks.labels(stage, decision)
-        child.inc()
+        """One recipient checked."""
+        self.checks.labels(stage, decision).inc()
 
     def observe(self, decision: str, seconds: float, usage_age: float | None) -> None:
-        child = self._requests.get(decision)
-        if child is None:
-            child = self._requests[decision] = self.requests.labels(decision)
-        child.inc()
+        self.requests.labels(decision).inc()
         self.latency.observe(seconds)
         if usage_age is not None:
             self.usage_age.observe(max(usage_age, 0.0))
