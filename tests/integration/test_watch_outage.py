@@ -7,6 +7,8 @@ import asyncio
 import logging
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -209,4 +211,37 @@ def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
         and "c0@example.org" in tracked
         and "b1@example.org" not in tracked
     )
+    store.close()
+
+
+def test_refreshes_asked_at_once_hand_the_tracker_every_loads_changes(tmp_path: Path) -> None:
+    """The timer, SIGHUP and a stopped tracker may each start a refresh while one is loading: each
+    load goes on from the one before, so the tracker must get each one's changes, in order."""
+    config, store = build(tmp_path)
+    config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
+
+    async def main() -> set[str]:
+        tracker, _ = await start_tracker(config, store)
+        daemon = Daemon(lambda: config)
+        daemon.tracker = tracker
+        await daemon.refresh()
+        load, loading = daemon._load, threading.Event()
+
+        def slow_load() -> Snapshot:
+            loaded = load()
+            loading.set()
+            time.sleep(0.5)  # a second refresh is asked meanwhile; its load must not overtake this one
+            return loaded
+
+        daemon._load = slow_load  # type: ignore[method-assign]
+        store.upsert_mailboxes([Mailbox("new1@example.org", Limits(10))])
+        first = asyncio.create_task(daemon.refresh())
+        await asyncio.to_thread(loading.wait, 5)
+        store.upsert_mailboxes([Mailbox("new2@example.org", Limits(10))])
+        daemon._load = load  # type: ignore[method-assign]
+        await asyncio.gather(first, daemon.refresh())
+        tracker.close()
+        return {address for address in tracker.mailboxes if address.startswith("new")}
+
+    assert asyncio.run(main()) == {"new1@example.org", "new2@example.org"}
     store.close()

@@ -187,7 +187,9 @@ class _Column(Generic[_Item]):
             chunks.pop()
 
     def grown(self, size: int, fresh: bool) -> _Column[_Item]:
-        """The next version, ``size`` rows long (blank when ``fresh``), sharing this one's chunks."""
+        """The next version, ``size`` rows long (blank when ``fresh``), sharing this one's chunks;
+        this one may no longer be written in place."""
+        self._own.clear()
         column = _Column(self._blank)
         chunks = column._chunks
         if not fresh:

@@ -78,6 +78,7 @@ class Daemon:
         self._control: asyncio.AbstractServer | None = None
         self._directory_refused: str | None = None
         self._loader = SnapshotLoader()
+        self._refreshing = asyncio.Lock()
         self._warm = True  # read maildirsize files ahead of requests after the next refresh
 
     def _load(self) -> Snapshot:
@@ -118,10 +119,22 @@ class Daemon:
         return replace(snapshot, readings=tracker.readings, source="watch", confirmed=lambda: tracker.confirmed_at)
 
     async def refresh(self) -> None:
-        """Reload limits and usage from the store; on failure keep answering from what we have."""
+        """Reload limits and usage from the store; on failure keep answering from what we have.
+
+        One at a time (the timer, SIGHUP and a stopped tracker each ask for one): each load goes
+        on from the one before, and the tracker must get each load's changes, in order.
+        """
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         try:
             loaded = await asyncio.to_thread(self._load)
-            self.service.snapshot = self._adopt(loaded, self._loader.mailbox_changes)
+            try:
+                self.service.snapshot = self._adopt(loaded, self._loader.mailbox_changes)
+            except Exception:
+                self._loader.forget()  # the tracker may have missed these changes: all, next time
+                raise
             gc.freeze()  # long-lived: keep them out of the collector's full passes (pauses)
             if self._warm:  # at start and after a reload: read every maildirsize ahead of requests
                 self._warm = False
