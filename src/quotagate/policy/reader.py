@@ -9,12 +9,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import marshal
-import math
 import os
 import socket
 import sys
 import threading
-import time
 from typing import Any
 
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
@@ -31,10 +29,10 @@ LOCAL_FILESYSTEMS = frozenset(
     {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x2FC12FC1, 0xF2F52010, 0x3153464A, 0x52654973, 0xCA451A4E}
 )
 _STATFS_BYTES = 256  # more than struct statfs takes; f_type is its first field, a long
-# A read stuck for good (a user's FUSE mount under their Maildir, a dead NFS server) holds its
-# thread: one stuck for STUCK_SECONDS is replaced, up to MOST_THREADS in all, so that a few users'
-# stuck mailboxes cannot stop every read (the daemon asks one read at a time per mailbox).
-STUCK_SECONDS = 1.0
+# A read that hangs (a user's FUSE mount under their Maildir, a dead NFS server) holds its thread:
+# whenever no thread is left waiting for a read, another one starts, up to MOST_THREADS in all, so
+# that a few users' slow or stuck mailboxes cannot hold up every read (the daemon asks one read
+# at a time per mailbox). A thread done with a read ends when enough others are waiting.
 MOST_THREADS = 64
 
 
@@ -92,36 +90,47 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
     reader = MaildirsizeReader(Roots(tuple(roots)))
     libc = ctypes.CDLL(None, use_errno=True)
     ended = threading.Event()
-    began: dict[int, float] = {}  # by thread: when the read it is in began (inf: between reads)
+    lock = threading.Lock()
+    threads = waiting = 0
+
+    def start() -> None:  # under lock
+        nonlocal threads
+        threads += 1
+        threading.Thread(target=work, name=f"reader-{threads}", daemon=True).start()
 
     def work() -> None:
-        me = threading.get_ident()
+        nonlocal threads, waiting
         try:
-            while message := sock.recv(MESSAGE):
+            while True:
+                with lock:
+                    waiting += 1
+                message = sock.recv(MESSAGE)
+                if not message:
+                    break
+                with lock:
+                    waiting -= 1
+                    if not waiting and threads < MOST_THREADS:
+                        start()
                 request = marshal.loads(message)
                 if request[0] == "roots":
                     reader.roots = Roots(tuple(request[1]))
                     continue
                 _, path, watch = request
-                began[me] = time.monotonic()
-                answer = _read(reader, path, (libc, inotify_fd, mask) if watch else None)
-                began[me] = math.inf
-                sock.send(marshal.dumps(answer))
+                sock.send(marshal.dumps(_read(reader, path, (libc, inotify_fd, mask) if watch else None)))
+                with lock:
+                    if threads > workers and waiting >= workers:  # one too many now
+                        threads -= 1
+                        return
         except (OSError, ValueError, EOFError) as exc:
-            log.error("stopping: %s", exc)
-        finally:
-            ended.set()
+            if not ended.is_set():  # not the socket closed as the process ends
+                log.error("stopping: %s", exc)
+        ended.set()
 
-    threads = 0
+    with lock:
+        for _ in range(workers):
+            start()
     sock.send(READY)
-    while True:  # keep `workers` threads that are not stuck; threads stuck do not keep the process
-        stuck_before = time.monotonic() - STUCK_SECONDS
-        stuck = sum(1 for since in list(began.values()) if since < stuck_before)
-        while threads - stuck < workers and threads < MOST_THREADS:
-            threading.Thread(target=work, name=f"reader-{threads}", daemon=True).start()
-            threads += 1
-        if ended.wait(STUCK_SECONDS / 2):
-            return
+    ended.wait()  # threads stuck in a read do not keep the process
 
 
 def main(argv: list[str]) -> int:
