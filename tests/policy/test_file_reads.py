@@ -20,6 +20,7 @@ from asyncinotify import Inotify
 from prometheus_client import CollectorRegistry
 
 from quotagate.model import Usage
+from quotagate.policy import files as files_module
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.files import _WATCH, FILE_WORKERS, REREAD_SECONDS, FileReads
 from quotagate.policy.liveusage import Unreadable
@@ -487,3 +488,46 @@ def test_a_user_overflowing_the_event_queue_makes_no_mailbox_read_again(tmp_path
 
     asked = asyncio.run(main())
     assert asked == [], f"{len(asked)} mailboxes read again after one overflow"
+
+
+def test_too_many_reads_hung_at_once_start_the_reader_afresh_and_set_their_mailboxes_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads that never come back (here: never handed to the reader, as if its threads were stuck
+    in users' FUSE mounts) would hold the reader's threads for good; past HUNG_LIMIT of them the
+    reader is replaced, and those mailboxes get DUNNO without a read while the others are read."""
+    monkeypatch.setattr(files_module, "HUNG_LIMIT", 3)
+    stuck = []
+    for n in range(3):
+        (tmp_path / f"u{n}").mkdir()
+        stuck.append(str(one_mailbox(tmp_path / f"u{n}", "1000S\n1 1\n")))
+    (tmp_path / "fine").mkdir()
+    fine = str(one_mailbox(tmp_path / "fine", "1000S\n7 1\n"))
+    files, _ = file_reads(tmp_path, timeout=0.1)
+
+    async def main() -> tuple[list[Any], int | None, int | None, Any, Any]:
+        files.begin()
+        try:
+            await files.ready()
+            reader = files._reader
+            assert reader is not None
+            ask = reader.ask
+            reader.ask = lambda path, watch: None if path in stuck else ask(path, watch)  # type: ignore[method-assign]
+            first = [files.start(path, lambda live: live) for path in stuck]
+            waited = [await value if isinstance(value, asyncio.Future) else value for value in first]
+            before = files.reader_pid
+            again = files.start(stuck[0], lambda live: live)  # a hung read met again: too many
+            while not reader.running or files.reader_pid == before:
+                await asyncio.sleep(0.05)
+            aside = files.start(stuck[1], lambda live: live)
+            value = files.start(fine, lambda live: live)
+            read = await value if isinstance(value, asyncio.Future) else value
+            return [*waited, again], before, files.reader_pid, aside, read
+        finally:
+            files.close()
+
+    hung, before, after, aside, read = asyncio.run(main())
+    assert all(isinstance(value, Unreadable) for value in hung)
+    assert before != after
+    assert isinstance(aside, Unreadable) and "set aside" in aside.reason
+    assert isinstance(read, Usage) and read.bytes == 7

@@ -150,6 +150,13 @@ class ReaderProcess:
                 process.kill()
         self._gone = []
 
+    def replace(self) -> None:
+        """Kill the reader, with whatever reads its threads are stuck in, and start another (the
+        reads it had are lost, as when it exits)."""
+        if self._process is not None:
+            self._process.kill()
+        self._lost(self._sock)
+
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._sock is None:
             return

@@ -30,6 +30,7 @@ from asyncinotify import Inotify, Mask
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.liveusage import Live, Unreadable
 from quotagate.policy.metrics import Tally
+from quotagate.policy.reader import MOST_THREADS
 from quotagate.usage.maildirsize import FILE_NAME
 from quotagate.usage.safefs import Roots
 from quotagate.watch.limits import current_limit
@@ -53,6 +54,10 @@ read never waits behind more than these in the reader."""
 REREAD_SECONDS = 1.0
 """A changed value is read again ahead of requests at most this often per mailbox: one whose
 user rewrites its maildirsize in a loop is read when a request asks, and keeps no reader busy."""
+# Reads hung at once that make the daemon start the reader afresh (half the threads the reader
+# may have: see quotagate.policy.reader), and how long their mailboxes then go without a read.
+HUNG_LIMIT = MOST_THREADS // 2
+SET_ASIDE_SECONDS = 600.0
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -94,6 +99,7 @@ class FileReads:
         self._ahead: dict[str, None] = {}  # paths to read before a request asks (a set: each once)
         self._ahead_asked = 0
         self._reread: dict[str, float] = {}  # path -> when a change last had it read ahead
+        self._set_aside: dict[str, float] = {}  # path -> until when: its reads hung (see _too_many_hung)
         self._warming: list[float] | None = None  # when warm() was asked, and the reads since
         # The watches are the system user's, shared with [watch]: take at most a quarter of them.
         limit = current_limit()
@@ -121,14 +127,38 @@ class FileReads:
             assert self._reader is not None
             if not self._reader.running:
                 return then(Unreadable("no maildirsize reader is running"))
+            if self._aside(path):
+                return then(Unreadable("its reads hung: set aside for a while"))
             pending = self._pending[path] = _Pending(now, self._epoch, self._generation.get(path, 0))
             self._reader.ask(path, self._may_watch(path))
         elif now - pending.started >= self.timeout:
+            self._too_many_hung(now)
             return then(Unreadable("an earlier read of it is still hung"))
         future: asyncio.Future[T] = loop.create_future()
         timer = loop.call_at(pending.started + self.timeout, _expire, future, then, self.timeout)
         pending.waiters.append((future, then, timer))
         return future
+
+    def _aside(self, path: str) -> bool:
+        return bool(self._set_aside) and self._set_aside.get(path, 0.0) > (self._loop.time() if self._loop else 0.0)
+
+    def _too_many_hung(self, now: float) -> None:
+        """With HUNG_LIMIT reads hung at once, start the reader afresh (its threads stuck in them
+        are gone with it) and set their mailboxes aside for SET_ASIDE_SECONDS: they answer DUNNO
+        without a read meanwhile. Below the reader's MOST_THREADS, the reads still waiting then
+        are only those stuck, not others queued behind them."""
+        hung = [path for path, pending in self._pending.items() if now - pending.started >= self.timeout]
+        if len(hung) < HUNG_LIMIT or self._reader is None:
+            return
+        self._set_aside = {path: until for path, until in self._set_aside.items() if until > now}
+        self._set_aside.update(dict.fromkeys(hung, now + SET_ASIDE_SECONDS))
+        log.warning(
+            "%d maildirsize reads hung at once (FUSE or NFS mounts?): starting the reader afresh; those"
+            " mailboxes get DUNNO without a read for %gs",
+            len(hung),
+            SET_ASIDE_SECONDS,
+        )
+        self._reader.replace()
 
     def warm(self, paths: Iterable[str]) -> None:
         """Read these mailboxes' maildirsize before a request asks (at start: every mailbox that
@@ -154,8 +184,8 @@ class FileReads:
             return
         while self._ahead_asked < AHEAD and self._ahead and reader.running:
             path = self._ahead.popitem()[0]
-            if path in self._kept or path in self._pending or not self._may_watch(path):
-                continue  # known, being read, or nothing read would be kept
+            if path in self._kept or path in self._pending or not self._may_watch(path) or self._aside(path):
+                continue  # known, being read, nothing read would be kept, or its reads hung
             self._pending[path] = _Pending(loop.time(), self._epoch, self._generation.get(path, 0), ahead=True)
             self._ahead_asked += 1
             reader.ask(path, True)
