@@ -490,8 +490,9 @@ def test_a_user_overflowing_the_event_queue_makes_no_mailbox_read_again(tmp_path
     assert asked == [], f"{len(asked)} mailboxes read again after one overflow"
 
 
+@pytest.mark.parametrize("noticed_by", ["a hung one asked again", "another read"])
 def test_too_many_reads_hung_at_once_start_the_reader_afresh_and_set_their_mailboxes_aside(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noticed_by: str
 ) -> None:
     """Reads that never come back (here: never handed to the reader, as if its threads were stuck
     in users' FUSE mounts) would hold the reader's threads for good; past HUNG_LIMIT of them the
@@ -516,7 +517,7 @@ def test_too_many_reads_hung_at_once_start_the_reader_afresh_and_set_their_mailb
             first = [files.start(path, lambda live: live) for path in stuck]
             waited = [await value if isinstance(value, asyncio.Future) else value for value in first]
             before = files.reader_pid
-            again = files.start(stuck[0], lambda live: live)  # a hung read met again: too many
+            again = files.start(stuck[0] if noticed_by == "a hung one asked again" else fine, lambda live: live)
             while not reader.running or files.reader_pid == before:
                 await asyncio.sleep(0.05)
             aside = files.start(stuck[1], lambda live: live)

@@ -129,6 +129,9 @@ class FileReads:
                 return then(Unreadable("no maildirsize reader is running"))
             if self._aside(path):
                 return then(Unreadable("its reads hung: set aside for a while"))
+            self._too_many_hung(now)  # before the reader's threads are all stuck and reads queue
+            if not self._reader.running:
+                return then(Unreadable("no maildirsize reader is running"))
             pending = self._pending[path] = _Pending(now, self._epoch, self._generation.get(path, 0))
             self._reader.ask(path, self._may_watch(path))
         elif now - pending.started >= self.timeout:
