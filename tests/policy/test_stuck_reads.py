@@ -24,6 +24,8 @@ def stuck_reader(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[socket.socke
     def read(_: object, path: str, watch: object) -> tuple[Any, ...]:
         if "stuck" in path:
             release.wait()
+        elif "slow" in path:
+            release.wait(0.6)
         return path, -1, False, None
 
     monkeypatch.setattr(reader, "_read", read)
@@ -53,6 +55,15 @@ def test_reads_go_on_while_more_mailboxes_are_stuck_than_the_reader_has_threads(
     sock, _ = stuck_reader
     for n in range(8):  # twice the reader's threads
         read(sock, f"/stuck/{n}")
+    read(sock, "/fine")
+    assert marshal.loads(sock.recv(reader.MESSAGE))[0] == "/fine"
+
+
+def test_slow_reads_do_not_hold_up_the_others(stuck_reader: tuple[socket.socket, threading.Event]) -> None:
+    """Reads that each end within a second still take every thread: another starts at once."""
+    sock, _ = stuck_reader
+    for n in range(8):
+        read(sock, f"/slow/{n}")
     read(sock, "/fine")
     assert marshal.loads(sock.recv(reader.MESSAGE))[0] == "/fine"
 
