@@ -1,6 +1,6 @@
 """A read that hangs in the reader process (a user's FUSE mount under their Maildir, a dead NFS
 server) holds its thread, not every read: the reader starts another thread whenever none is left
-waiting, and the extra ones end once reads go quickly again."""
+waiting, up to a bound."""
 
 from __future__ import annotations
 
@@ -82,7 +82,3 @@ def test_the_threads_stuck_are_bounded(stuck_reader: tuple[socket.socket, thread
     sock.settimeout(5)
     answered = {marshal.loads(sock.recv(reader.MESSAGE))[0] for _ in range(13)}
     assert "/fine" in answered and len(answered) == 13
-    for n in range(8):  # quick reads again: the threads past the first four end
-        read(sock, f"/fine/{n}")
-        sock.recv(reader.MESSAGE)
-    assert len([t for t in threading.enumerate() if t.name.startswith("reader-")]) <= 5

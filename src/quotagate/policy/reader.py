@@ -32,7 +32,8 @@ _STATFS_BYTES = 256  # more than struct statfs takes; f_type is its first field,
 # A read that hangs (a user's FUSE mount under their Maildir, a dead NFS server) holds its thread:
 # whenever no thread is left waiting for a read, another one starts, up to MOST_THREADS in all, so
 # that a few users' slow or stuck mailboxes cannot hold up every read (the daemon asks one read
-# at a time per mailbox). A thread done with a read ends when enough others are waiting.
+# at a time per mailbox, and starts a new reader when many hang). Threads stay: those waiting cost
+# nothing, as the kernel wakes only one of them per message.
 MOST_THREADS = 64
 
 
@@ -99,7 +100,7 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
         threading.Thread(target=work, name=f"reader-{threads}", daemon=True).start()
 
     def work() -> None:
-        nonlocal threads, waiting
+        nonlocal waiting
         try:
             while True:
                 with lock:
@@ -117,10 +118,6 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
                     continue
                 _, path, watch = request
                 sock.send(marshal.dumps(_read(reader, path, (libc, inotify_fd, mask) if watch else None)))
-                with lock:
-                    if threads > workers and waiting >= workers:  # one too many now
-                        threads -= 1
-                        return
         except (OSError, ValueError, EOFError) as exc:
             if not ended.is_set():  # not the socket closed as the process ends
                 log.error("stopping: %s", exc)
