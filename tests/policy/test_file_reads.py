@@ -521,6 +521,7 @@ def test_too_many_reads_hung_at_once_start_the_reader_afresh_and_set_their_mailb
             while not reader.running or files.reader_pid == before:
                 await asyncio.sleep(0.05)
             aside = files.start(stuck[1], lambda live: live)
+            files.timeout = 10  # the new reader takes a moment to start (more on a loaded machine)
             value = files.start(fine, lambda live: live)
             read = await value if isinstance(value, asyncio.Future) else value
             return [*waited, again], before, files.reader_pid, aside, read

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from quotagate.policy.shared import mailbox_keys
 from quotagate.policy.workers import STUCK_SECONDS
 from tests.policy.conftest import (
     DOMAIN,
@@ -48,6 +50,16 @@ class Fleet:
     port: int
     metrics: int
     unix: Path
+    redis_url: str
+
+    def held_in_redis(self, mailbox: str) -> int:
+        """Bytes the fleet holds in ``mailbox`` as Redis has them (a transaction's end reaches it
+        after the answer, in the worker's next pipeline)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.hget(mailbox_keys(self.site.base.name, mailbox)[1], "b") or 0)
+        finally:
+            client.close()
 
     def workers(self) -> list[int]:
         assert self.daemon.proc is not None
@@ -96,7 +108,7 @@ def started_fleet(tmp_path: Path, short_tmp: Path, more: str = "", **policy: Any
         daemon.start()
         try:
             daemon.wait_for_log("2 workers answering", seconds=20)
-            yield Fleet(site, daemon, port, metrics, unix)
+            yield Fleet(site, daemon, port, metrics, unix, redis.url)
         finally:
             daemon.stop()
 
@@ -113,9 +125,11 @@ def test_workers_share_reservations_and_one_killed_is_started_again(fleet: Fleet
     first = burst(fleet.port, 0)
     assert list(first.values()).count(DUNNO) == FITS, first
     # Ends reach whichever worker: the room is let go all the same.
+    assert fleet.held_in_redis(ROOMY) > 0
     for n, answer in first.items():
         if answer == DUNNO:
             ask(fleet.port, end(n))
+    wait_for(lambda: fleet.held_in_redis(ROOMY) == 0, timeout=10, what="the ends applied in Redis")
     again = burst(fleet.port, 100)
     assert list(again.values()).count(DUNNO) == FITS, again
     with socket.socket(socket.AF_UNIX) as unix:  # the unix socket is served too
