@@ -168,13 +168,17 @@ class _Column(Generic[_Item]):
         return self._chunks[row >> _CHUNK_BITS][row & ((1 << _CHUNK_BITS) - 1)]
 
     def __setitem__(self, row: int, value: _Item) -> None:
-        """Write one row; only while this version is being built, before anyone reads it."""
-        at = row >> _CHUNK_BITS
+        """Write one row; only while this version is being built, before anyone reads it. A value
+        it already has is not written: that would copy a chunk for nothing (a reading's new
+        numbers leave its limits, path, error and folders as they were)."""
+        at, index = row >> _CHUNK_BITS, row & ((1 << _CHUNK_BITS) - 1)
         chunk = self._chunks[at]
+        if chunk[index] == value:
+            return
         if at not in self._own:
             chunk = self._chunks[at] = chunk[:]
             self._own.add(at)
-        chunk[row & ((1 << _CHUNK_BITS) - 1)] = value
+        chunk[index] = value
 
     def __iter__(self) -> Iterator[_Item]:
         return itertools.chain.from_iterable(self._chunks)
@@ -439,10 +443,8 @@ def _readings_updated(shared: _Shared, old: _ReadingColumns, changes: Changes, s
         if 0 <= row < len(state) and state[row]:
             state[row] = 0
             count -= 1
-            if error[row] is not None:
-                error[row] = None
-            if folders[row]:
-                folders[row] = ()
+            error[row] = None
+            folders[row] = ()
     old_path = old.path
     for r in changes.readings:
         row = shared.row(r.address)
@@ -456,11 +458,8 @@ def _readings_updated(shared: _Shared, old: _ReadingColumns, changes: Changes, s
         info = r.usage.maildirsize
         agrees[row] = info is not None and info.agrees_with(r.bytes, r.messages)
         path[row] = shared.place(r.path, old_path[row] if row < len(old_path) else _NO_PATH)
-        # written only when they differ: most readings have neither, and a write copies a chunk
-        if error[row] != r.usage.error:
-            error[row] = r.usage.error
-        if folders[row] != r.usage.folders:
-            folders[row] = r.usage.folders
+        error[row] = r.usage.error
+        folders[row] = r.usage.folders
     return _ReadingColumns(state, format_, bytes_, messages, measured_at, agrees, path, error, folders, count)
 
 
