@@ -125,9 +125,7 @@ class FileReads:
         pending = self._pending.get(path)
         if pending is None:
             assert self._reader is not None
-            if not self._reader.running:
-                return then(Unreadable("no maildirsize reader is running"))
-            if self._aside(path):
+            if self._aside(path, now):
                 return then(Unreadable("its reads hung: set aside for a while"))
             self._too_many_hung(now)  # before the reader's threads are all stuck and reads queue
             if not self._reader.running:
@@ -142,8 +140,8 @@ class FileReads:
         pending.waiters.append((future, then, timer))
         return future
 
-    def _aside(self, path: str) -> bool:
-        return bool(self._set_aside) and self._set_aside.get(path, 0.0) > (self._loop.time() if self._loop else 0.0)
+    def _aside(self, path: str, now: float) -> bool:
+        return self._set_aside.get(path, now) > now
 
     def _too_many_hung(self, now: float) -> None:
         """With HUNG_LIMIT reads hung at once, start the reader afresh (its threads stuck in them
@@ -187,7 +185,12 @@ class FileReads:
             return
         while self._ahead_asked < AHEAD and self._ahead and reader.running:
             path = self._ahead.popitem()[0]
-            if path in self._kept or path in self._pending or not self._may_watch(path) or self._aside(path):
+            if (
+                path in self._kept
+                or path in self._pending
+                or not self._may_watch(path)
+                or self._aside(path, loop.time())
+            ):
                 continue  # known, being read, nothing read would be kept, or its reads hung
             self._pending[path] = _Pending(loop.time(), self._epoch, self._generation.get(path, 0), ahead=True)
             self._ahead_asked += 1

@@ -121,7 +121,8 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
         except (OSError, ValueError, EOFError) as exc:
             if not ended.is_set():  # not the socket closed as the process ends
                 log.error("stopping: %s", exc)
-        ended.set()
+        finally:
+            ended.set()  # whatever ended this thread ends the reader: the daemon starts another
 
     with lock:
         for _ in range(workers):
