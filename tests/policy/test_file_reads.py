@@ -44,6 +44,7 @@ from tests.policy.conftest import (
     run,
     serving_site,
     too_big,
+    wait_until,
 )
 
 FAST = 0.1  # seconds: the bound for answering the other mailboxes
@@ -518,8 +519,7 @@ def test_too_many_reads_hung_at_once_start_the_reader_afresh_and_set_their_mailb
             waited = [await value if isinstance(value, asyncio.Future) else value for value in first]
             before = files.reader_pid
             again = files.start(stuck[0] if noticed_by == "a hung one asked again" else fine, lambda live: live)
-            while not reader.running or files.reader_pid == before:
-                await asyncio.sleep(0.05)
+            assert await wait_until(lambda: reader.running and files.reader_pid != before, timeout=10)
             aside = files.start(stuck[1], lambda live: live)
             files.timeout = 10  # the new reader takes a moment to start (more on a loaded machine)
             value = files.start(fine, lambda live: live)

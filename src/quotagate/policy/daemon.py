@@ -130,11 +130,7 @@ class Daemon:
     async def _refresh(self) -> None:
         try:
             loaded = await asyncio.to_thread(self._load)
-            try:
-                self.service.snapshot = self._adopt(loaded, self._loader.mailbox_changes)
-            except Exception:
-                self._loader.forget()  # the tracker may have missed these changes: all, next time
-                raise
+            self.service.snapshot = self._adopt(loaded, self._loader.mailbox_changes)
             gc.freeze()  # long-lived: keep them out of the collector's full passes (pauses)
             if self._warm:  # at start and after a reload: read every maildirsize ahead of requests
                 self._warm = False
@@ -146,6 +142,7 @@ class Daemon:
         except Exception:
             log.exception("cannot refresh from the store")
             self._forget_store()
+            self._loader.forget()  # the tracker may have missed the last load's changes: all, next time
         self.housekeeping()
 
     def housekeeping(self) -> None:

@@ -71,8 +71,8 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
 class MailboxChanges:
     """Mailboxes a load wrote (added, or with new limits, paths or enabled) and removed."""
 
-    written: Sequence[Mailbox] = ()
-    removed: Sequence[str] = ()
+    written: Sequence[Mailbox]
+    removed: Sequence[str]
 
 
 class SnapshotLoader:
