@@ -264,7 +264,7 @@ def with_options(base: Profile, options: AccountingOptions) -> Profile:
 def grace_for(config: Config) -> Allowance:
     """The grace a decision allows: ``[policy] grace`` when it is set, else the profile's default
     (Dovecot's ``quota_grace`` of 10%, or ``accounting_options.grace``; none for the others)."""
-    if "grace" in config.policy.model_fields_set:
+    if config.policy.grace is not None:
         return config.policy.grace
     return profile_for(config.spool).default_grace
 

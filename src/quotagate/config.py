@@ -1,4 +1,12 @@
-"""The one validated config schema. Every default lives here; a bad value names its key."""
+"""The one validated config schema. Every default lives here; a bad value names its key.
+
+Sections are frozen :class:`msgspec.Struct` classes, decoded from the TOML tables by
+:func:`parse_config`. msgspec rather than pydantic: a config is read by every command, and cron
+runs ``quotagate scan`` every few minutes; pydantic's import and schema build took ~100 ms of each
+process, msgspec's a few. A value that needs more than a type and a bound is a type of its own
+below (``Size``, ``Percent``, a reply...): :func:`_decode` turns the TOML value into it, and a
+ValueError it raises becomes a config error naming the key.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,13 @@ import os
 import re
 import string
 import tomllib
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+import msgspec
+from msgspec import Meta, Struct, field
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention
@@ -35,22 +35,179 @@ DEFAULT_PATH = Path("/etc/quotagate/quotagate.toml")
 _STATE_DIR = "/var/lib/quotagate"
 ENV_VAR = "QUOTAGATE_CONFIG"
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Percent = Annotated[Decimal, BeforeValidator(parse_percent), PlainSerializer(lambda d: f"{d * 100:g}%")]
-Grace = Annotated[Allowance, BeforeValidator(parse_allowance), PlainSerializer(str)]
-Listen = Annotated[str, AfterValidator(listen_spec)]
-MetricsListen = Annotated[str, AfterValidator(metrics_spec)]
-
 
 class ConfigError(QuotagateError):
     """A config file that cannot be read or does not validate."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Size(int):
+    """Bytes, written ``"500M"``, ``"2G"`` or as a plain number."""
 
 
-class ColumnsConfig(_Section):
+class Percent(Decimal):
+    """A share, written ``"99%"`` (a bare number is percent too); held as a fraction."""
+
+
+class Checked(str):
+    """A string with rules of its own: :meth:`check` returns it, or raises ValueError saying why not."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        return value
+
+
+class ListenAddress(Checked):
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        return listen_spec(value)
+
+
+class MetricsAddress(Checked):
+    """``HOST:PORT``, or "" for none."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        return metrics_spec(value)
+
+
+class Regex(Checked):
+    """A regular expression with a capture group for a size (or "" for none), as Exim's."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if value and compiled.groups < 1:
+            raise ValueError("needs a capture group for the size, as Exim's does")
+        return value
+
+
+class DirectoryName(Checked):
+    """One directory name, or ""."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        if value in (".", "..") or "/" in value or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError(f"must be one directory name (or empty), not {value!r}")
+        return value
+
+
+class Reply(Checked):
+    """An SMTP reply of one line with a code of class :attr:`code` and the str.format
+    placeholders in :attr:`fields` (None: used as it is, braces and all)."""
+
+    code: ClassVar[str] = "5"
+    fields: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        if not re.fullmatch(rf"{cls.code}\d\d [^\r\n]*", value):
+            raise ValueError(f"{value!r} must start with a {cls.code}xx code and be one line")
+        if cls.fields is None:
+            return value
+        try:
+            used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc} (write {{{{ and }}}} for a brace)") from None
+        if used - cls.fields:
+            known = ", ".join(f"{{{name}}}" for name in sorted(cls.fields))
+            extra = ", ".join(sorted(used - cls.fields))
+            raise ValueError(f"{value!r} has {extra!r}: the placeholders here are {known}")
+        return value
+
+
+class TemporaryReply(Reply):
+    code = "4"
+
+
+class FitReply(Reply):
+    fields = frozenset({"size", "limit"})
+
+
+class MessagesReply(Reply):
+    fields = frozenset({"limit"})
+
+
+class OctalMode(Checked):
+    @classmethod
+    def check(cls, value: str) -> str:
+        try:
+            int(value, 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal mode such as 0660") from None
+        return value
+
+
+class SharedUrlText(Checked):
+    """A Redis URL as :func:`quotagate.sharedurl.parse_shared_url` reads it."""
+
+    @classmethod
+    def check(cls, value: str) -> str:
+        parse_shared_url(value)
+        return value
+
+
+class KeyPrefix(Checked):
+    @classmethod
+    def check(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+            raise ValueError(f"{value!r}: letters, digits and _ . : - only")
+        return value
+
+
+class HostPort(Checked):
+    @classmethod
+    def check(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+
+class PlainAddress(Checked):
+    @classmethod
+    def check(cls, value: str) -> str:
+        if "@" not in value or re.search(r"[\x00-\x20<>,;\x7f]", value):
+            raise ValueError(f"{value!r} is not one plain address")
+        return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str):
+        raise ValueError(f"Expected a path as a string, got {value!r}")
+    return Path(value)
+
+
+_DECODERS: dict[type, Callable[[Any], Any]] = {
+    Size: lambda value: Size(parse_size(value)),
+    Percent: lambda value: Percent(parse_percent(value)),
+    Allowance: parse_allowance,
+    Path: _path,
+}
+
+
+def _decode(kind: type, value: Any) -> Any:
+    """The value of a type msgspec does not know, from what TOML gave (msgspec's ``dec_hook``)."""
+    if isinstance(kind, type) and issubclass(kind, Checked):
+        if not isinstance(value, str):
+            raise ValueError(f"Expected a string, got {value!r}")
+        return kind(kind.check(value))
+    if kind in _DECODERS:
+        if isinstance(value, bool):
+            raise ValueError(f"Expected a value, got {value!r}")
+        return _DECODERS[kind](value)
+    raise NotImplementedError(kind)
+
+
+class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ColumnsConfig(_Section, frozen=True):
     """Overrides of the preset's table and column names (see ``quotagate.store.presets``)."""
 
     table: str | None = None
@@ -65,8 +222,12 @@ class ColumnsConfig(_Section):
     overquota: str | None = None
     usage_table: str | None = None
 
+    def overrides(self) -> dict[str, Any]:
+        """The names set, by key."""
+        return {name: value for name, value in msgspec.structs.asdict(self).items() if value is not None}
 
-class LdapConfig(_Section):
+
+class LdapConfig(_Section, frozen=True):
     """Where mailboxes live in an LDAP tree, and how quotagate binds to publish into it."""
 
     bind_dn: str = ""
@@ -77,34 +238,34 @@ class LdapConfig(_Section):
     filter: str = "(mail=*)"
     address_attribute: str = "mail"
     quota_attribute: str = "quotagateQuota"
-    quota_unit: Size = 1
+    quota_unit: Size = Size(1)
     messages_attribute: str = ""
     path_attribute: str = ""
     # An entry is enabled unless this attribute holds one of disabled_values (e.g. accountStatus).
     enabled_attribute: str = ""
-    disabled_values: list[str] = ["disabled", "inactive", "FALSE", "0", "no"]
-    timeout: int = Field(default=10, gt=0, description="seconds")
+    disabled_values: list[str] = field(default_factory=lambda: ["disabled", "inactive", "FALSE", "0", "no"])
+    timeout: Annotated[int, Meta(gt=0, description="seconds")] = 10
 
-    def model_post_init(self, __context: Any) -> None:
+    def __post_init__(self) -> None:
         if self.password and self.password_file:
             raise ValueError("set password or password_file, not both")
 
 
-class StoreConfig(_Section):
+class StoreConfig(_Section, frozen=True):
     url: str = "sqlite:////var/lib/quotagate/quotagate.db"
     # Where mailboxes and their limits live: quotagate's own table, or the admin's schema.
-    schema_: Literal["quotagate", "postfixadmin", "classic"] = Field(default="quotagate", alias="schema")
+    schema_: Literal["quotagate", "postfixadmin", "classic"] = field(default="quotagate", name="schema")
     columns: ColumnsConfig = ColumnsConfig()
     ldap: LdapConfig = LdapConfig()
     # Where an LDAP store keeps quotagate's own readings (per-folder usage, scan history).
     state: str = "sqlite:////var/lib/quotagate/state.db"
 
-    def model_post_init(self, __context: Any) -> None:
-        if self.schema_ == "quotagate" and self.columns.model_fields_set:
+    def __post_init__(self) -> None:
+        if self.schema_ == "quotagate" and self.columns.overrides():
             raise ValueError("columns apply to an admin's schema: set schema = 'postfixadmin' or 'classic'")
 
 
-class AccountingOptions(_Section):
+class AccountingOptions(_Section, frozen=True):
     """The real program's build- or config-time switches an accounting profile follows."""
 
     # courier: Courier built with TRASHQUOTA counts Trash and T-flagged mail (Debian's does not).
@@ -112,21 +273,10 @@ class AccountingOptions(_Section):
     # exim: appendfile's quota_is_inclusive; false = full only when usage is past the limit.
     quota_is_inclusive: bool = True
     # exim: appendfile's quota_size_regex (e.g. ",S=(\d+)"); "" = every file is stat'ed.
-    quota_size_regex: str = ""
+    quota_size_regex: Regex = Regex("")
     # The grace a decision allows when [policy] grace is not set: the profile's own by default
     # (Dovecot's quota_grace, 10%; none for the others).
-    grace: Grace | None = None
-
-    @field_validator("quota_size_regex")
-    @classmethod
-    def _regex(cls, pattern: str) -> str:
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        if pattern and compiled.groups < 1:
-            raise ValueError("needs a capture group for the size, as Exim's does")
-        return pattern
+    grace: Allowance | None = None
 
 
 # Which options each profile takes (see quotagate.accounting); grace applies to every profile.
@@ -139,14 +289,14 @@ _PROFILE_OPTIONS = {
 }
 
 
-class SpoolConfig(_Section):
+class SpoolConfig(_Section, frozen=True):
     root: Path = Path("/var/mail/vhosts")
     layout: str = "{domain}/{local}/Maildir"
     format: Literal["maildir", "mbox", "auto"] = "auto"
     # A mailbox directory that is not a Maildir itself but holds one in this subdirectory is
     # measured there (PostfixAdmin's maildir column names the user's home, Dovecot keeps the
     # Maildir in ~/Maildir), in format "auto" and "maildir"; "" turns it off.
-    maildir_subdir: str = "Maildir"
+    maildir_subdir: DirectoryName = DirectoryName("Maildir")
     # How Maildir folders are laid out: Maildir++ dot folders (".Sent", ".Archive.2024"), or
     # Dovecot's LAYOUT=fs sub-directories ("Sent", "Archive/2024": folder rules match those names).
     maildir_layout: Literal["maildir++", "fs"] = "maildir++"
@@ -160,7 +310,7 @@ class SpoolConfig(_Section):
     accounting: Literal["files", "dovecot", "dovecot-count", "courier", "exim"] = "files"
     accounting_options: AccountingOptions = AccountingOptions()
 
-    def model_post_init(self, __context: Any) -> None:
+    def __post_init__(self) -> None:
         relative = [str(p) for p in (self.root, *self.extra_roots) if not p.is_absolute()]
         if relative:
             raise ValueError(f"spool roots must be absolute paths: {', '.join(relative)}")
@@ -168,51 +318,44 @@ class SpoolConfig(_Section):
             self.layout.format(domain="d", local="l", address="l@d")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
-        options = self.accounting_options
-        changed = {k for k in options.model_fields_set if getattr(options, k) != getattr(AccountingOptions(), k)}
+        options, defaults = self.accounting_options, AccountingOptions()
+        changed = {name for name in options.__struct_fields__ if getattr(options, name) != getattr(defaults, name)}
         foreign = changed - _PROFILE_OPTIONS[self.accounting]
         if foreign:
             raise ValueError(f"accounting = {self.accounting!r} takes no option {', '.join(sorted(foreign))}")
 
-    @field_validator("maildir_subdir")
-    @classmethod
-    def _subdir(cls, name: str) -> str:
-        if name in (".", "..") or "/" in name or re.search(r"[\x00-\x1f\x7f]", name):
-            raise ValueError(f"must be one directory name (or empty), not {name!r}")
-        return name
 
-
-class FolderRule(_Section):
+class FolderRule(_Section, frozen=True):
     """A rule for folders whose name matches the glob ``match``: names as the IMAP server shows
     them, ``Archive.2024`` in Maildir++, ``Archive/2024`` under ``maildir_layout = "fs"``."""
 
     match: str
     exclude: bool = False
-    quota: Size = 0
-    messages: int = Field(default=0, ge=0)
+    quota: Size = Size(0)
+    messages: Annotated[int, Meta(ge=0)] = 0
 
 
-class ScanConfig(_Section):
-    workers: int = Field(default=0, ge=0, description="0 = one per CPU")
-    threshold: Percent = Decimal(1)
+class ScanConfig(_Section, frozen=True):
+    workers: Annotated[int, Meta(ge=0, description="0 = one per CPU")] = 0
+    threshold: Percent = Percent(1)
     # A folder modified less than this many seconds before it was read is read again next time:
     # file systems keep coarse mtimes, so a change in the same tick would otherwise go unseen.
-    racy_seconds: float = Field(default=2.0, ge=0)
+    racy_seconds: Annotated[float, Meta(ge=0)] = 2.0
     # flock'd by every scan (one-shot or --every) so that two never overlap; holds the holder's pid.
     # Unset: beside quotagate's SQLite file (the store's, or an LDAP store's state), else
     # /run/quotagate/scan.lock. See Config.scan_lock_file.
     lock_file: Path | None = None
     # A scan finding more than this share of the mailboxes it measured before gone (from the disk
     # or from the directory) is refused as an outage (see quotagate.outage); "100%" turns it off.
-    max_vanished: Percent = Decimal("0.1")
+    max_vanished: Percent = Percent("0.1")
     # Seconds one mailbox may take to measure; past it (a hung mount, a FIFO) it is unknown.
-    mailbox_timeout: float = Field(default=300, gt=0)
+    mailbox_timeout: Annotated[float, Meta(gt=0)] = 300
     # A Prometheus textfile (node_exporter's textfile collector: name it *.prom) that each
     # successful scan rewrites with its finish time and duration; unset: none.
     metrics_file: Path | None = None
 
 
-class PublishConfig(_Section):
+class PublishConfig(_Section, frozen=True):
     file: Path | None = None
 
 
@@ -220,166 +363,128 @@ class PublishConfig(_Section):
 REPLY_FIELDS = {"fit_reply": frozenset({"size", "limit"}), "messages_reply": frozenset({"limit"})}
 
 
-class PolicyConfig(_Section):
+class PolicyConfig(_Section, frozen=True):
     """The live policy daemon (``quotagate serve``)."""
 
     # "HOST:PORT" (IPv6 as "[::1]:PORT") or "unix:/path/to/socket".
-    listen: list[Listen] = ["127.0.0.1:10032"]
+    listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("127.0.0.1:10032")])
     # One client (an IPv4 address, an IPv6 /64) holds at most this much room in one mailbox
     # before DATA (bytes, or a share of the mailbox's limit), and never less than one message.
-    client_hold: Grace = Allowance(fraction=Decimal("0.1"))
+    client_hold: Allowance = Allowance(fraction=Decimal("0.1"))
     # Reservations kept at most; past it the oldest are let go (and counted).
-    max_reservations: int = Field(default=1_000_000, ge=1)
+    max_reservations: Annotated[int, Meta(ge=1)] = 1_000_000
     # Reservations survive restarts here; unset: beside quotagate's SQLite file (see
     # config.reservations_file).
     state_file: Path | None = None
     # Where `quotagate reservations` (and `check`) ask the running daemon; root only.
     control_socket: Path = Path("/run/quotagate/control.sock")
-    socket_mode: str = "0660"
+    socket_mode: OctalMode = OctalMode("0660")
     socket_group: str = ""  # e.g. Debian-exim, so Exim may connect to the unix socket
-    grace: Grace = Allowance()
+    # Unset: the accounting profile's own (Dovecot's 10%, or accounting_options.grace; else none).
+    grace: Allowance | None = None
     on_full: Literal["reject", "defer"] = "reject"
-    reject_reply: str = "552 5.2.2 Mailbox is full"
+    reject_reply: Reply = Reply("552 5.2.2 Mailbox is full")
     # A message that does not fit in a mailbox that is not full ({size}: its declared size).
     # 5.2.2, not 5.3.4: RFC 3463's X.3.4 is a limit of the whole system, not of one mailbox.
-    fit_reply: str = "552 5.2.2 Message of {size} bytes does not fit in this mailbox"
+    fit_reply: FitReply = FitReply("552 5.2.2 Message of {size} bytes does not fit in this mailbox")
     # A mailbox at its message count limit ({limit}: that limit).
-    messages_reply: str = "552 5.2.2 Mailbox has reached its limit of {limit} messages"
+    messages_reply: MessagesReply = MessagesReply("552 5.2.2 Mailbox has reached its limit of {limit} messages")
     # With on_full = "defer", for a full mailbox; the other refusals keep their text with a 4xx code.
-    defer_reply: str = "452 4.2.2 Mailbox is full"
+    defer_reply: TemporaryReply = TemporaryReply("452 4.2.2 Mailbox is full")
     # For a client that already holds its share of a mailbox (client_hold) before DATA.
-    busy_reply: str = "452 4.2.2 Too many messages in progress for this mailbox, try again later"
+    busy_reply: TemporaryReply = TemporaryReply(
+        "452 4.2.2 Too many messages in progress for this mailbox, try again later"
+    )
     # An accepted check with a known size holds that room for this long (or until fresher usage).
-    reservation_seconds: float = Field(default=600, ge=0)
+    reservation_seconds: Annotated[float, Meta(ge=0)] = 600
     # "local+folder@domain" is checked against that folder's rule; "" turns it off.
     folder_delimiter: str = "+"
     # Limits and stored usage are reloaded from the store this often.
-    refresh_seconds: float = Field(default=30, gt=0)
+    refresh_seconds: Annotated[float, Meta(gt=0)] = 30
     # Read a Maildir++ maildirsize at request time when the last scan found it agreeing.
     use_maildirsize: bool = True
-    max_connections: int = Field(default=1000, ge=1)
+    max_connections: Annotated[int, Meta(ge=1)] = 1000
     # Users whose processes on this host may ask over TCP (root and the users MTAs run as): another
     # local user could otherwise name any client_address and hold every mailbox's room. Names this
     # host does not have are ignored; [] serves every local user. Other hosts are not concerned.
-    local_users: list[str] = ["root", "Debian-exim", "exim", "mail", "mailnull", "postfix", "_postfix"]
+    local_users: list[str] = field(
+        default_factory=lambda: ["root", "Debian-exim", "exim", "mail", "mailnull", "postfix", "_postfix"]
+    )
     # Seconds a connection may sit between requests. Postfix keeps a policy connection up to
     # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
     # makes Postfix log an error and reconnect.
-    idle_timeout: float = Field(default=310, gt=0)
+    idle_timeout: Annotated[float, Meta(gt=0)] = 310
     # Seconds from the first byte of a request to its end, whatever the byte rate: a client
     # sending a byte a second must not hold a connection slot forever.
-    request_timeout: float = Field(default=10, gt=0)
+    request_timeout: Annotated[float, Meta(gt=0)] = 10
     # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
     # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
-    max_usage_age: float = Field(default=900, gt=0)
+    max_usage_age: Annotated[float, Meta(gt=0)] = 900
     # Seconds a maildirsize read (in the reader process) may take before the request gets DUNNO:
     # a FIFO or a dead NFS mount must not hold an answer.
-    file_timeout: float = Field(default=0.5, gt=0)
-    drain_seconds: float = Field(default=5, ge=0)
+    file_timeout: Annotated[float, Meta(gt=0)] = 0.5
+    drain_seconds: Annotated[float, Meta(ge=0)] = 5
     # Prometheus metrics on "HOST:PORT"; "" turns them off.
-    metrics: MetricsListen = "127.0.0.1:9762"
+    metrics: MetricsAddress = MetricsAddress("127.0.0.1:9762")
     # Processes answering on the same sockets (serve --workers); more than one needs [shared] url,
     # where they keep the reservations they all weigh.
-    workers: int = Field(default=1, ge=1, le=64)
-
-    @field_validator("reject_reply", "fit_reply", "messages_reply", "defer_reply", "busy_reply")
-    @classmethod
-    def _reply(cls, reply: str, info: ValidationInfo) -> str:
-        code = "4" if info.field_name in ("defer_reply", "busy_reply") else "5"
-        if not re.fullmatch(rf"{code}\d\d [^\r\n]*", reply):
-            raise ValueError(f"{reply!r} must start with a {code}xx code and be one line")
-        allowed = REPLY_FIELDS.get(str(info.field_name))
-        if allowed is None:
-            return reply  # used as it is
-        try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(reply) if name is not None}
-        except ValueError as exc:
-            raise ValueError(f"{reply!r}: {exc} (write {{{{ and }}}} for a brace)") from None
-        if fields - allowed:
-            known = ", ".join(f"{{{name}}}" for name in sorted(allowed))
-            raise ValueError(
-                f"{reply!r} has {', '.join(sorted(fields - allowed))!r}: the placeholders here are {known}"
-            )
-        return reply
-
-    @field_validator("socket_mode")
-    @classmethod
-    def _mode(cls, mode: str) -> str:
-        try:
-            int(mode, 8)
-        except ValueError:
-            raise ValueError(f"{mode!r} is not an octal mode such as 0660") from None
-        return mode
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
-class WatchConfig(_Section):
+class WatchConfig(_Section, frozen=True):
     """Freshness between scans: ``quotagate watch``, or inside ``quotagate serve`` when enabled."""
 
     enabled: bool = False  # inside quotagate serve
     # auto: inotify when the watches fit under fs.inotify.max_user_watches, else polling.
     mode: Literal["auto", "inotify", "poll"] = "auto"
     # Events are gathered this long, then published in one batch.
-    flush_seconds: float = Field(default=0.2, gt=0)
-    poll_seconds: float = Field(default=1.0, gt=0)
+    flush_seconds: Annotated[float, Meta(gt=0)] = 0.2
+    poll_seconds: Annotated[float, Meta(gt=0)] = 1.0
     # A light incremental scan corrects any drift this often.
-    rescan_seconds: float = Field(default=3600, gt=0)
+    rescan_seconds: Annotated[float, Meta(gt=0)] = 3600
     # How often ``quotagate watch`` looks for mailboxes added to or removed from the directory
     # (inside serve, [policy] refresh_seconds does it).
-    directory_seconds: float = Field(default=30, gt=0)
+    directory_seconds: Annotated[float, Meta(gt=0)] = 30
 
 
-class SharedConfig(_Section):
+class SharedConfig(_Section, frozen=True):
     """State shared between daemons and hosts (reservations, live usage), in Redis. Unset: each
     ``quotagate serve`` keeps its own, in-process, and Redis is never needed."""
 
     # "redis://HOST:PORT/DB", "rediss://..." (TLS) or "redis+sentinel://HOST:PORT,HOST:PORT/SERVICE".
-    url: str | None = None
+    url: SharedUrlText | None = None
     # This host's name in the keys of its SMTP transactions: Postfix's instance is unique per
     # host only. "" = the host name.
     node: str = ""
     # Seconds one Redis call may take before the daemon decides alone (fail open to its own state).
-    timeout: float = Field(default=0.5, gt=0)
+    timeout: Annotated[float, Meta(gt=0)] = 0.5
     # While Redis cannot be reached, it is tried again this often.
-    retry_seconds: float = Field(default=1.0, gt=0)
+    retry_seconds: Annotated[float, Meta(gt=0)] = 1.0
     # Prefix of every key quotagate writes (several sites may share one Redis).
-    prefix: str = "quotagate"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str | None) -> str | None:
-        if url is not None:
-            parse_shared_url(url)
-        return url
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, prefix: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", prefix):
-            raise ValueError(f"{prefix!r}: letters, digits and _ . : - only")
-        return prefix
+    prefix: KeyPrefix = KeyPrefix("quotagate")
 
     @property
     def parsed(self) -> SharedUrl | None:
         return None if self.url is None else parse_shared_url(self.url)
 
 
-class HistoryConfig(_Section):
+class HistoryConfig(_Section, frozen=True):
     """Usage over time, for forecasts, warnings and the HTML report's charts."""
 
     # Every scan and watch batch records the usage of the mailboxes that changed.
     enabled: bool = True
     # Every sample is kept this many days, then the last of each hour ...
-    raw_days: float = Field(default=2, gt=0)
+    raw_days: Annotated[float, Meta(gt=0)] = 2
     # ... up to this many days, then the last of each day ...
-    hourly_days: float = Field(default=30, gt=0)
+    hourly_days: Annotated[float, Meta(gt=0)] = 30
     # ... up to this many days, then none.
-    daily_days: float = Field(default=730, gt=0)
+    daily_days: Annotated[float, Meta(gt=0)] = 730
     # The watch records a changing mailbox at most once in this many seconds.
-    interval: float = Field(default=300, ge=0)
+    interval: Annotated[float, Meta(ge=0)] = 300
     # A forecast reads the history of this many days.
-    forecast_days: float = Field(default=14, gt=0)
+    forecast_days: Annotated[float, Meta(gt=0)] = 14
 
-    def model_post_init(self, __context: Any) -> None:
+    def __post_init__(self) -> None:
         if not self.raw_days <= self.hourly_days <= self.daily_days:
             raise ValueError("raw_days <= hourly_days <= daily_days, please")
 
@@ -388,45 +493,30 @@ class HistoryConfig(_Section):
         return Retention(self.raw_days, self.hourly_days, self.daily_days)
 
 
-class WarnConfig(_Section):
+class WarnConfig(_Section, frozen=True):
     """``quotagate warn``: mail to users past a threshold or forecast to fill soon."""
 
     # Each is sent once when usage (bytes or messages, whichever is fuller) rises past it.
-    thresholds: list[Percent] = [Decimal("0.8"), Decimal("0.9"), Decimal("0.95")]
+    thresholds: list[Percent] = field(default_factory=lambda: [Percent("0.8"), Percent("0.9"), Percent("0.95")])
     # A threshold is re-armed once usage drops this far below it.
-    rearm: Percent = Decimal("0.05")
+    rearm: Percent = Percent("0.05")
     # "Will be full within N days" is sent when the forecast says so; 0 turns it off.
-    full_within_days: float = Field(default=7, ge=0)
+    full_within_days: Annotated[float, Meta(ge=0)] = 7
     # The SMTP server the warnings go through, "HOST:PORT": one that delivers to full mailboxes
     # (see the README: a port without the quota check).
-    smtp: str = "localhost:25"
+    smtp: HostPort = HostPort("localhost:25")
     # The From: and envelope sender of the warnings.
-    sender: str = "postmaster@localhost"
+    sender: PlainAddress = PlainAddress("postmaster@localhost")
     # Seconds the SMTP conversation may take.
-    timeout: float = Field(default=30, gt=0)
+    timeout: Annotated[float, Meta(gt=0)] = 30
     # A directory with threshold.txt and filling.txt overriding the built-in templates.
     template_dir: Path | None = None
     # A Prometheus textfile (name it *.prom) that each warn run (not --dry-run) rewrites with the
     # mailboxes past each threshold and those forecast full within 1, 7 and 30 days; unset: none.
     metrics_file: Path | None = None
 
-    @field_validator("smtp")
-    @classmethod
-    def _smtp(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT")
-        return value
 
-    @field_validator("sender")
-    @classmethod
-    def _sender(cls, value: str) -> str:
-        if "@" not in value or re.search(r"[\x00-\x20<>,;\x7f]", value):
-            raise ValueError(f"{value!r} is not one plain address")
-        return value
-
-
-class Config(_Section):
+class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     spool: SpoolConfig = SpoolConfig()
     scan: ScanConfig = ScanConfig()
@@ -437,6 +527,20 @@ class Config(_Section):
     shared: SharedConfig = SharedConfig()
     history: HistoryConfig = HistoryConfig()
     warn: WarnConfig = WarnConfig()
+
+
+def as_toml(value: Any) -> Any:
+    """A config value (or a whole section) as quotagate.toml writes it: percentages as ``"99%"``,
+    sizes or shares of a limit and paths as strings, a section as a table under its keys."""
+    if isinstance(value, Percent):
+        return f"{(value * 100).normalize():f}%"
+    if isinstance(value, Struct):
+        return {f.encode_name: as_toml(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
+    if isinstance(value, list):
+        return [as_toml(item) for item in value]
+    if isinstance(value, Path | Allowance):
+        return str(value)
+    return value
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -470,16 +574,25 @@ def reservations_file(config: Config) -> Path:
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
-    """Validate a config mapping; errors name the key (``spool.format``) and the reason."""
+    """Validate a config mapping; an error names the key (``spool.format``) and the reason."""
     try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            reason = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {reason}")
-        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+        return msgspec.convert(data, Config, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_problem(str(exc))}") from None
+
+
+def _problem(message: str) -> str:
+    """msgspec's "reason - at `$.policy.listen[1]`" as "policy.listen.1: reason"."""
+    reason, _, where = message.rpartition(" - at `")
+    if not reason:
+        reason, where = message, "$`"
+    parts = re.findall(r"\.(\w+)|\[(\d+)\]", where.removesuffix("`").removeprefix("$"))
+    key = [name or index for name, index in parts]
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", reason):
+        key, reason = [*key, unknown[1]], "not a known key"
+    elif missing := re.fullmatch(r"Object missing required field `(.*)`", reason):
+        key, reason = [*key, missing[1]], "required"
+    return f"{'.'.join(key) or '(top level)'}: {reason}"
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -1,9 +1,9 @@
 """The man pages, generated from the code: quotagate(1) from the click command tree, quotagate.toml(5)
-from the pydantic config schema.
+from the config schema (:mod:`quotagate.config`).
 
 Built with the package (``scripts/build-deb`` runs ``python -m quotagate.manpages DIR``), so a command,
 an option or a key can never be missing from them, nor shown with a stale type or default. Descriptions
-come from the code as well: click's help texts, and for config keys ``Field(description=...)`` and the
+come from the code as well: click's help texts, and for config keys ``Meta(description=...)`` and the
 comments beside each field in :mod:`quotagate.config`; :data:`MORE` describes what has neither.
 """
 
@@ -24,15 +24,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import annotated_types
 import click
-from pydantic import BaseModel, BeforeValidator, TypeAdapter
-from pydantic.fields import FieldInfo
+import msgspec
+from msgspec import Meta, Struct
 
 from quotagate import __version__
 from quotagate.cli import cli  # the whole command tree: importing it registers every command
-from quotagate.config import DEFAULT_PATH, ENV_VAR, Config
-from quotagate.sizes import parse_allowance, parse_percent, parse_size
+from quotagate.config import DEFAULT_PATH, ENV_VAR, Checked, Config, Percent, Size, as_toml
+from quotagate.sizes import Allowance
 
 # Keys and sections the schema has no comment or description for, by dotted name. A test fails
 # when a key has no description at all, or when a name here is no longer in the schema.
@@ -92,7 +91,6 @@ MORE = {
     "watch.poll_seconds": "How often folder mtimes are compared in poll mode.",
 }
 
-_BY_VALIDATOR = {parse_size: "size", parse_percent: "percentage", parse_allowance: "size or percentage"}
 _BY_TYPE: dict[Any, str] = {
     str: "string",
     int: "integer",
@@ -100,8 +98,17 @@ _BY_TYPE: dict[Any, str] = {
     Decimal: "number",
     bool: "boolean",
     Path: "path",
+    Size: "size",
+    Percent: "percentage",
+    Allowance: "size or percentage",
 }
-_PLURAL = {"string": "strings", "path": "paths", "integer": "integers", "number": "numbers"}
+_PLURAL = {
+    "string": "strings",
+    "path": "paths",
+    "integer": "integers",
+    "number": "numbers",
+    "percentage": "percentages",
+}
 
 
 @dataclass(frozen=True)
@@ -115,39 +122,43 @@ class Key:
     description: str
 
 
-def _type_name(annotation: Any, metadata: list[Any]) -> str:
-    """What TOML value a key takes, in words; bounds from Field(gt=, ge=) appended."""
-    for item in metadata:
-        if isinstance(item, BeforeValidator) and item.func in _BY_VALIDATOR:
-            return _BY_VALIDATOR[item.func]
-    bounds = [f"> {m.gt}" for m in metadata if isinstance(m, annotated_types.Gt)]
-    bounds += [f">= {m.ge}" for m in metadata if isinstance(m, annotated_types.Ge)]
+def _type_name(annotation: Any) -> str:
+    """What TOML value a key takes, in words; bounds from Meta(gt=, ge=) appended."""
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        name = _type_name(args[0], list(args[1:]))
-    elif origin is Literal:
-        name = "one of " + ", ".join(json.dumps(a) for a in args)
-    elif origin in (Union, types.UnionType):
-        name = " or ".join(_type_name(a, []) for a in args if a is not type(None))
-    elif origin is list:
-        inner = _type_name(args[0], [])
-        name = "list of " + _PLURAL.get(inner, inner)
-    else:
-        name = _BY_TYPE[annotation]
-    return f"{name} ({', '.join(bounds)})" if bounds else name
+        metas = [m for m in args[1:] if isinstance(m, Meta)]
+        bounds = [f"> {m.gt}" for m in metas if m.gt is not None] + [f">= {m.ge}" for m in metas if m.ge is not None]
+        name = _type_name(args[0])
+        return f"{name} ({', '.join(bounds)})" if bounds else name
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if origin is list:
+        inner = _type_name(args[0])
+        return "list of " + _PLURAL.get(inner, inner)
+    if isinstance(annotation, type) and issubclass(annotation, Checked):
+        return "string"
+    return _BY_TYPE[annotation]
 
 
-def _default(field: FieldInfo) -> str:
-    if field.is_required():
+def _default(field: msgspec.structs.FieldInfo) -> str:
+    if field.required:
         return "required"
-    if field.default is None:
+    default = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
+    if default is None:
         return "unset"
-    annotation: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
-    return json.dumps(adapter.dump_python(field.default, mode="json"), ensure_ascii=False)
+    return json.dumps(as_toml(default), ensure_ascii=False)
 
 
-def _comments(model: type[BaseModel]) -> dict[str, str]:
+def _description(annotation: Any) -> str:
+    """The ``Meta(description=...)`` of an annotated field, or ""."""
+    if get_origin(annotation) is not Annotated:
+        return ""
+    return " ".join(m.description for m in get_args(annotation)[1:] if isinstance(m, Meta) and m.description)
+
+
+def _comments(model: type[Struct]) -> dict[str, str]:
     """The comments beside each field in the model's source: the lines above it and its line's end."""
     try:
         source = inspect.getsource(model)
@@ -178,23 +189,23 @@ def _comments(model: type[BaseModel]) -> dict[str, str]:
     return found
 
 
-def _field_model(annotation: Any) -> type[BaseModel] | None:
-    """The section model a field holds (a table, or the tables of a list), else None for a key."""
+def _field_model(annotation: Any) -> type[Struct] | None:
+    """The section a field holds (a table, or the tables of a list), else None for a key."""
     inner = get_args(annotation)[0] if get_origin(annotation) is list else annotation
-    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    return inner if isinstance(inner, type) and issubclass(inner, Struct) else None
 
 
-def sections(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
+def sections(model: type[Struct] = Config, prefix: str = "") -> Iterator[tuple[str, type[Struct]]]:
     """Every section of the schema, as (dotted name, model), parents before their children."""
-    for name, field in model.model_fields.items():
-        sub = _field_model(field.annotation)
+    for field in msgspec.structs.fields(model):
+        sub = _field_model(field.type)
         if sub is not None:
-            dotted = f"{prefix}{field.alias or name}"
+            dotted = f"{prefix}{field.encode_name}"
             yield dotted, sub
             yield from sections(sub, dotted + ".")
 
 
-def section_description(section: str, model: type[BaseModel]) -> str:
+def section_description(section: str, model: type[Struct]) -> str:
     return MORE.get(section) or " ".join(inspect.cleandoc(model.__doc__ or "").split())
 
 
@@ -203,14 +214,13 @@ def config_keys() -> list[Key]:
     keys = []
     for section, model in sections():
         comments = _comments(model)
-        for name, field in model.model_fields.items():
-            if _field_model(field.annotation) is not None:
+        for field in msgspec.structs.fields(model):
+            if _field_model(field.type) is not None:
                 continue
-            key = field.alias or name
-            said = [comments.get(name, ""), MORE.get(f"{section}.{key}", ""), field.description or ""]
+            key = field.encode_name
+            said = [comments.get(field.name, ""), MORE.get(f"{section}.{key}", ""), _description(field.type)]
             text = ". ".join(s[0].upper() + s[1:].rstrip(".") for s in said if s)
-            kind = _type_name(field.annotation, field.metadata)
-            keys.append(Key(section, key, kind, _default(field), text + "." if text else ""))
+            keys.append(Key(section, key, _type_name(field.type), _default(field), text + "." if text else ""))
     return keys
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 _UNITS = {
@@ -59,20 +58,37 @@ def format_size(n: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@dataclass(frozen=True)
 class Allowance:
-    """An amount that is either absolute bytes or a fraction of the limit (``"10%"``)."""
+    """An amount that is either absolute bytes or a fraction of the limit (``"10%"``).
 
-    bytes: int = 0
-    fraction: Decimal = Decimal(0)
+    A plain value class rather than a dataclass: the config decoder reads a dataclass from a
+    TOML table, where quotagate.toml writes ``"10%"`` or ``"5M"`` (see :mod:`quotagate.config`).
+    """
+
+    __slots__ = ("bytes", "fraction")
+
+    def __init__(self, bytes: int = 0, fraction: Decimal = Decimal(0)) -> None:
+        self.bytes = bytes
+        self.fraction = fraction
 
     def of(self, limit: int) -> int:
         """The allowance in bytes for a limit of ``limit`` bytes."""
         return self.bytes + int(self.fraction * limit)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Allowance):
+            return NotImplemented
+        return (self.bytes, self.fraction) == (other.bytes, other.fraction)
+
+    def __hash__(self) -> int:
+        return hash((self.bytes, self.fraction))
+
+    def __repr__(self) -> str:
+        return f"Allowance(bytes={self.bytes!r}, fraction={self.fraction!r})"
+
     def __str__(self) -> str:
         if self.fraction:
-            return f"{self.fraction * 100:g}%"
+            return f"{(self.fraction * 100).normalize():f}%"
         return str(self.bytes)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from quotagate.accounting import FILES, PROFILES, Profile, with_options
-from quotagate.config import AccountingOptions
+from quotagate.config import AccountingOptions, Regex
 from quotagate.model import Limits, MailboxUsage, State
 from quotagate.usage import mailbox
 from quotagate.usage.safefs import Roots
@@ -143,7 +143,7 @@ def test_exim_sizes_by_stat_unless_quota_size_regex(tmp_path: Path) -> None:
     root = tmp_path / "Maildir"
     add_message(maildir_folder(root), 100, name_size=7)
     assert measure(root, PROFILES["exim"]).all_bytes == 100
-    regex = with_options(PROFILES["exim"], AccountingOptions(quota_size_regex=r",S=(\d+)"))
+    regex = with_options(PROFILES["exim"], AccountingOptions(quota_size_regex=Regex(r",S=(\d+)")))
     assert measure(root, regex).all_bytes == 7
 
 

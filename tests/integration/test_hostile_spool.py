@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from quotagate.model import Limits, State
 from quotagate.report import rows
@@ -224,6 +225,6 @@ def test_symlinks_that_stay_in_the_spool_or_an_extra_root_are_followed(env: Env,
     result = env.scan()
     assert result.readings[alice].bytes == 700
     assert result.readings[bob].state is State.UNKNOWN  # not beneath an allowed root
-    spool = env.config.spool.model_copy(update={"extra_roots": [tmp_path / "other-disk"]})
-    env.config = env.config.model_copy(update={"spool": spool})
+    spool = replace(env.config.spool, extra_roots=[tmp_path / "other-disk"])
+    env.config = replace(env.config, spool=spool)
     assert env.scan(full=True).readings[bob].bytes == 900

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from sqlalchemy import create_engine, text
 
 from quotagate.config import Config, parse_config
@@ -30,8 +31,7 @@ ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
 
 def set_spool(env: Env, **values: str) -> None:
     """``[spool]`` settings on top of the env's own (its root)."""
-    spool = env.config.spool.model_copy(update=values)
-    env.config = env.config.model_copy(update={"spool": spool})
+    env.config = replace(env.config, spool=replace(env.config.spool, **values))
 
 
 class PostfixAdmin:

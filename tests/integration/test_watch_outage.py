@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from msgspec.structs import replace
 
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox, Reading, State
@@ -123,7 +124,7 @@ def test_a_batch_watch_cannot_publish_is_not_stored_and_is_written_once_it_can(
     publish_dir = tmp_path / "exim"
     publish_dir.mkdir()
     config, store = build(tmp_path)
-    config = config.model_copy(update={"publish": config.publish.model_copy(update={"file": publish_dir / "over"})})
+    config = replace(config, publish=replace(config.publish, file=publish_dir / "over"))
     spool = config.spool.root
 
     async def run() -> None:
@@ -148,7 +149,7 @@ def test_a_batch_watch_cannot_publish_is_not_stored_and_is_written_once_it_can(
 
 def test_the_daemon_keeps_tracking_mailboxes_when_half_the_directory_goes(tmp_path: Path) -> None:
     config, store = build(tmp_path)
-    config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
+    config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> int:
         tracker, _ = await start_tracker(config, store)
@@ -170,7 +171,7 @@ def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
     hands it only the mailboxes written since, unless some left the directory (removed or disabled:
     that could be an outage, so it weighs the whole directory then, as at the first load)."""
     config, store = build(tmp_path)
-    config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
+    config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> tuple[list[list[str]], list[list[str]], dict[str, Mailbox]]:
         tracker, _ = await start_tracker(config, store)
@@ -218,7 +219,7 @@ def test_refreshes_asked_at_once_hand_the_tracker_every_loads_changes(tmp_path: 
     """The timer, SIGHUP and a stopped tracker may each start a refresh while one is loading: each
     load goes on from the one before, so the tracker must get each one's changes, in order."""
     config, store = build(tmp_path)
-    config = config.model_copy(update={"watch": config.watch.model_copy(update={"enabled": True})})
+    config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> set[str]:
         tracker, _ = await start_tracker(config, store)

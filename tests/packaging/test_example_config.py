@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from quotagate.config import Config, load_config, parse_config
+from quotagate.config import Config, as_toml, load_config, parse_config
 from quotagate.manpages import config_keys, sections
 
 EXAMPLE = Path(str(files("quotagate") / "data" / "quotagate.toml"))
@@ -62,10 +62,10 @@ def test_every_value_shown_is_the_default_or_a_valid_example() -> None:
         table = {"schema": "classic", "columns": {key: value}} if section == "store.columns" else None
         parse_config(_nested("store", table) if table else _nested(section, {key: value}), f"{section}.{key}")
         if defaults[section, key].default not in ("unset", "required"):
-            dumped = Config().model_dump(mode="json", by_alias=True)
+            dumped = as_toml(Config())
             for part in [*section.split("."), key]:
                 dumped = dumped[part]
-            shown = parse_config(_nested(section, {key: value})).model_dump(mode="json", by_alias=True)
+            shown = as_toml(parse_config(_nested(section, {key: value})))
             for part in [*section.split("."), key]:
                 shown = shown[part]
             assert shown == dumped, f"{section}.{key} shows {value!r}, the default is {dumped!r}"

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import BaseModel
+import msgspec
+from msgspec import Struct
 
 from quotagate.cli import cli
-from quotagate.config import Config
+from quotagate.config import Config, as_toml
 from quotagate.manpages import MORE, config_keys, section_description, sections
 from tests.packaging.conftest import rendered
 
@@ -27,16 +28,15 @@ def _commands(command: click.Command, path: str) -> list[tuple[str, click.Comman
     return found
 
 
-def _keys(model: type[BaseModel], section: str) -> list[tuple[str, str, Any]]:
-    """(section, key, default as JSON) for every leaf key of the schema."""
+def _keys(model: type[Struct], section: str) -> list[tuple[str, str, msgspec.structs.FieldInfo]]:
+    """(section, key, field) for every leaf key of the schema."""
     found = []
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        inner = field.annotation
-        element = getattr(inner, "__args__", (None,))[0]
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            found += _keys(inner, f"{section}.{key}".lstrip("."))
-        elif isinstance(element, type) and issubclass(element, BaseModel):
+    for field in msgspec.structs.fields(model):
+        key = field.encode_name
+        element = getattr(field.type, "__args__", (None,))[0]
+        if isinstance(field.type, type) and issubclass(field.type, Struct):
+            found += _keys(field.type, f"{section}.{key}".lstrip("."))
+        elif isinstance(element, type) and issubclass(element, Struct):
             found += _keys(element, f"{section}.{key}".lstrip("."))
         else:
             found.append((section, key, field))
@@ -63,7 +63,7 @@ def test_quotagate_1_has_every_command_and_option(manpath: Path) -> None:
 
 def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath: Path) -> None:
     text = rendered(manpath / "man5" / "quotagate.toml.5")
-    defaults = Config().model_dump(mode="json", by_alias=True)
+    defaults = as_toml(Config())
     keys = _keys(Config, "")
     assert len(keys) > 50
     titles = dict(sections())
@@ -73,12 +73,12 @@ def test_quotagate_toml_5_has_every_key_with_type_and_default(manpath: Path) -> 
         intro = section_description(section, titles[section]).replace("`", "").split()[:2]
         start = text.index(" ".join([header, *intro]))
         entry = text[text.index(f" {key} — ", start) :][:300]
-        if field.is_required():
+        if field.required:
             expected = "required"
         elif field.default is None:
             expected = "unset"
         elif section == "folders":
-            expected = json.dumps(field.default)
+            expected = json.dumps(as_toml(field.default))
         else:
             value: Any = defaults
             for part in [*section.split("."), key]:

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from quotagate.model import Action, Reading
@@ -127,8 +128,8 @@ def test_throttled_logs_the_first_then_once_per_period_with_the_count(caplog: py
 @pytest.mark.parametrize("mode", ["inotify", "poll"])
 def test_the_tracker_confirms_every_reading_each_cycle_and_stops_when_it_dies(site: Site, mode: str) -> None:
     config = site.config()
-    config = config.model_copy(
-        update={"watch": config.watch.model_copy(update={"flush_seconds": 0.02, "poll_seconds": 0.05})}
+    config = msgspec.structs.replace(
+        config, watch=msgspec.structs.replace(config.watch, flush_seconds=0.02, poll_seconds=0.05)
     )
     failing = [False]
 

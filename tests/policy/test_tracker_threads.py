@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from asyncinotify import Inotify, Mask, Watch
+from msgspec.structs import replace
 
 from quotagate.accounting import Profile
 from quotagate.model import MailboxUsage, Reading
@@ -39,9 +40,7 @@ def test_folder_stats_and_new_watches_happen_off_the_event_loop(
     monkeypatch.setattr(tracker_module, "unchanged", spy_unchanged)
     monkeypatch.setattr(Inotify, "add_watch", spy_add_watch)
     config = site.config()
-    config = config.model_copy(
-        update={"watch": config.watch.model_copy(update={"flush_seconds": 0.02, "poll_seconds": 0.02})}
-    )
+    config = replace(config, watch=replace(config.watch, flush_seconds=0.02, poll_seconds=0.02))
     published: list[Reading] = []
 
     async def publish(changed: list[Reading], removed: list[str]) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import MetaData, Table, create_engine, text
 
-from quotagate.config import StoreConfig
+from quotagate.config import StoreConfig, parse_config
 from quotagate.store import Store
 from quotagate.store.presets import PRESETS
 
@@ -28,6 +29,11 @@ BACKENDS = [
 # The URL scheme of each SQLite backend: quotagate's own tables are served by the standard
 # library's sqlite3 unless the URL names SQLAlchemy's driver, which every other schema uses.
 SQLITE_SCHEMES = {"sqlite-sqlalchemy": "sqlite+pysqlite"}
+
+
+def store_config(table: dict[str, Any]) -> StoreConfig:
+    """A ``[store]`` table, validated as quotagate.toml's would be."""
+    return parse_config({"store": table}).store
 
 
 @dataclass

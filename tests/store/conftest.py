@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import store_for
 from tests.servers import schemas
-from tests.store.backends import BACKENDS, SQLITE_SCHEMES, Backend, ldap_flag, sql_flag
+from tests.store.backends import BACKENDS, SQLITE_SCHEMES, Backend, ldap_flag, sql_flag, store_config
 
 ENGINES = ["sqlite", "postgresql", "mariadb"]
 
@@ -39,7 +38,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if server == "slapd":
         slapd = request.getfixturevalue("slapd")
         tree = slapd.new_tree()
-        config = StoreConfig.model_validate(
+        config = store_config(
             {
                 "url": slapd.url,
                 "state": f"sqlite:///{tmp_path}/state.db",
@@ -60,7 +59,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             url = str(request.getfixturevalue({"postgresql": "postgres"}.get(server, server)).create_database(name))
         if preset != "quotagate":
             schemas.create(url, preset)
-        config = StoreConfig.model_validate({"url": url, "schema": preset})
+        config = store_config({"url": url, "schema": preset})
         flagged = sql_flag(url, preset)
     store = store_for(config)
     store.migrate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from msgspec.structs import replace
 from sqlalchemy import text
 
 from quotagate.config import parse_config
@@ -81,7 +82,7 @@ def test_a_scan_flags_a_full_mailbox_and_clears_it_after_a_deletion(backend: Bac
         (cur / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
     backend.add("full@example.org", 1000)
     backend.add("roomy@example.org", 1000)
-    config = parse_config({"spool": {"root": str(spool)}}).model_copy(update={"store": backend.config})
+    config = replace(parse_config({"spool": {"root": str(spool)}}), store=backend.config)
 
     first = run_scan(config, backend.store)
     assert first.summary.over == 1

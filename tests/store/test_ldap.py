@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.config import StoreConfig
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, State
 from quotagate.store import StoreError, store_for
 from quotagate.store.ldap import LdapStore
 from tests.servers.slapd import ADMIN_DN, ADMIN_PW, Slapd
+from tests.store.backends import store_config
 
 
 def make_store(slapd: Slapd, tree: str, tmp_path: Path, **ldap: object) -> LdapStore:
-    config = StoreConfig.model_validate(
+    config = store_config(
         {
             "url": slapd.url,
             "state": f"sqlite:///{tmp_path}/state.db",

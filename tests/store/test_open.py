@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.config import StoreConfig
 from quotagate.model import Limits, Mailbox
 from quotagate.store import StoreError, open_store
 from tests.descriptors import held
+from tests.store.backends import store_config
 
 
 def test_migrate_sets_up_quotagates_own_sqlite_file(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_without_migrate_a_new_file_is_left_unset(tmp_path: Path) -> None:
 
 def test_migrate_never_touches_an_admin_schema(tmp_path: Path) -> None:
     """The admin's tables change only through 'quotagate db migrate', never on first use."""
-    config = StoreConfig.model_validate({"url": f"sqlite:///{tmp_path}/admin.db", "schema": "postfixadmin"})
+    config = store_config({"url": f"sqlite:///{tmp_path}/admin.db", "schema": "postfixadmin"})
     with pytest.raises(StoreError, match="not set up"), open_store(config, migrate=True) as store:
         store.mailboxes()  # would be set up by now if open_store had migrated
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.config import StoreConfig
 from quotagate.history import Sample
 from quotagate.model import (
     FolderUsage,
@@ -28,7 +27,7 @@ from quotagate.model import (
 from quotagate.store import Store, StoreError, open_store, schema, store_for
 from quotagate.store.sql import SqlStore
 from quotagate.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.backends import as_in_version_1
+from tests.store.backends import as_in_version_1, store_config
 
 
 def test_its_statements_were_written_for_the_latest_schema() -> None:
@@ -143,7 +142,7 @@ def test_what_one_writes_the_other_reads(tmp_path: Path, writer: str) -> None:
     ],
 )
 def test_urls_only_sqlalchemy_understands_go_to_it(tmp_path: Path, url: str, schema_: str) -> None:
-    config = StoreConfig.model_validate({"url": url.format(d=tmp_path), "schema": schema_})
+    config = store_config({"url": url.format(d=tmp_path), "schema": schema_})
     with store_for(config) as store:
         assert isinstance(store, SqlStore)
 

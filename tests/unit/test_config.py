@@ -27,7 +27,7 @@ def test_values_are_parsed() -> None:
     assert c.spool.root == Path("/srv/mail")
     assert c.scan.threshold == Decimal("0.99")
     assert c.folders[1].quota == 50 * 1024**2
-    assert c.policy.grace.of(1000) == 100
+    assert c.policy.grace is not None and c.policy.grace.of(1000) == 100
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,10 @@ def test_values_are_parsed() -> None:
         ({"policy": {"metrics": "9762"}}, "policy.metrics"),
         ({"policy": {"metrics": "unix:/run/quotagate/metrics.sock"}}, "policy.metrics"),
         ({"spool": {"maildir_layout": "LAYOUT=fs"}}, "spool.maildir_layout"),
+        ({"folders": [{"match": "Trash"}, {"exclude": True}]}, "folders.1.match: required"),
+        ({"spool": {"accounting_options": {"trash": True}}}, "spool.accounting_options.trash: not a known key"),
+        ({"warn": {"thresholds": ["80%", "most"]}}, "warn.thresholds.1: not a percentage"),
+        ({"policy": {"client_hold": True}}, "policy.client_hold"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from quotagate.config import PolicyConfig
+from quotagate.config import ConfigError, parse_config
 from quotagate.decide import decide
 from quotagate.model import Limits, Mailbox, Usage
 from quotagate.policy.replies import reply_for
@@ -14,7 +13,7 @@ BOX = Mailbox("a@example.org", Limits(2_000_000, messages=10))
 
 
 def reply(used: int, size: int | None, messages: int = 0, **policy: str) -> str:
-    return reply_for(decide(BOX, Usage(used, messages, 0.0), size), PolicyConfig(**policy))  # type: ignore[arg-type]
+    return reply_for(decide(BOX, Usage(used, messages, 0.0), size), parse_config({"policy": policy}).policy)
 
 
 def test_a_message_bigger_than_an_empty_mailbox_is_not_told_the_mailbox_is_full() -> None:
@@ -48,5 +47,5 @@ def test_replies_are_configurable() -> None:
     ],
 )
 def test_a_bad_reply_is_a_clear_config_error(key: str, value: str) -> None:
-    with pytest.raises(ValidationError, match=key):
-        PolicyConfig(**{key: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"policy.{key}: "):
+        parse_config({"policy": {key: value}})

@@ -6,7 +6,6 @@ The command modules load when their command runs (see :class:`quotagate.cli.app.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
@@ -58,10 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """The console command. Its process validates the config with pydantic, which looks for
-    plugins in every installed package's metadata first (~10 ms each cron run); quotagate's
-    schema has no use for any, so the command runs without them (unless set otherwise)."""
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    """The console command."""
     sys.exit(main())
 
 

@@ -430,7 +430,7 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
     if method == "policy":
         return policy_parts(config)
     lookup = lookup or default_lookup(config)
-    table = mailbox_table(config.store.schema_, config.store.columns.model_dump(exclude_none=True))
+    table = mailbox_table(config.store.schema_, config.store.columns.overrides())
     main = ""
     guard = ""
     if lookup == "lsearch":

@@ -551,4 +551,4 @@ class SqlStore(ClosedOnExit):
 
 
 def from_config(config: StoreConfig) -> SqlStore:
-    return SqlStore(config.url, mailbox_table(config.schema_, config.columns.model_dump(exclude_none=True)))
+    return SqlStore(config.url, mailbox_table(config.schema_, config.columns.overrides()))
