@@ -50,6 +50,14 @@ def test_values_are_parsed() -> None:
         ({"spool": {"accounting_options": {"trash": True}}}, "spool.accounting_options.trash: not a known key"),
         ({"warn": {"thresholds": ["80%", "most"]}}, "warn.thresholds.1: not a percentage"),
         ({"policy": {"client_hold": True}}, "policy.client_hold"),
+        ({"policy": {"socket_mode": "rw-rw----"}}, "policy.socket_mode: 'rw-rw----' is not an octal mode"),
+        ({"policy": {"listen": [10032]}}, "policy.listen.0: Expected a string"),
+        ({"shared": {"prefix": "quota gate"}}, "shared.prefix"),
+        ({"warn": {"smtp": "localhost"}}, "warn.smtp: 'localhost' is not HOST:PORT"),
+        ({"warn": {"sender": "a@b, c@d"}}, "warn.sender"),
+        ({"spool": {"root": 5}}, "spool.root: Expected a path"),
+        ({"store": {"columns": {"table": "mailbox"}}}, "store: columns apply to an admin's schema"),
+        ({"store": {"ldap": {"password": "x", "password_file": "/etc/pw"}}}, "store.ldap: set password or"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:

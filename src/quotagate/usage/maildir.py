@@ -211,8 +211,9 @@ def look(folder_fd: int) -> Look:
 
 def stamp(folder_fd: int) -> Stamp:
     """The ctimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory):
-    unchanged means unchanged mail (see :func:`changed_ns`)."""
-    return look(folder_fd).stamp
+    unchanged means unchanged mail (see :func:`changed_ns`). :func:`look`'s stamp, without
+    its symlinks: an unchanged scan asks this of every folder."""
+    return _changed(_lstat(folder_fd, "cur")), _changed(_lstat(folder_fd, "new"))
 
 
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
