@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 from quotagate import bounded
@@ -81,10 +81,23 @@ def vanished_problem(previous: Mapping[str, Reading], current: Mapping[str, Read
     An outage: at least :data:`MIN_VANISHED` mailboxes gone, and more than ``max_share`` of those
     measured before.
     """
-    left, missing = vanished(previous, current)
+    return _problem(*vanished(previous, current), previous, max_share)
+
+
+def left_problem(previous: Mapping[str, Reading], leaving: Iterable[str], max_share: Decimal) -> str | None:
+    """:func:`vanished_problem` for a directory that lost only the mailboxes ``leaving`` since
+    ``previous`` (none of the rest gone from the disk): it goes through every mailbox only when
+    enough left to be an outage, not for each one removed."""
+    left = sorted(a for a in set(leaving) if (r := previous.get(a)) is not None and was_measured(r))
+    return _problem(left, [], previous, max_share)
+
+
+def _problem(left: list[str], missing: list[str], previous: Mapping[str, Reading], max_share: Decimal) -> str | None:
     gone = len(left) + len(missing)
+    if gone < MIN_VANISHED:
+        return None
     base = sum(was_measured(r) for r in previous.values())
-    if gone < MIN_VANISHED or gone <= max_share * base:
+    if gone <= max_share * base:
         return None
     return (
         f"{gone} of {base} measured mailboxes vanished ({len(left)} from the directory, {len(missing)} "

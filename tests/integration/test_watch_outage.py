@@ -20,7 +20,7 @@ from msgspec.structs import replace
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox, Reading, State
 from quotagate.policy.daemon import Daemon
-from quotagate.policy.live import Snapshot
+from quotagate.policy.live import MailboxChanges, Snapshot
 from quotagate.store import Store, open_store
 from quotagate.watch.runner import start_tracker
 from quotagate.watch.tracker import Tracker
@@ -49,6 +49,14 @@ def build(tmp_path: Path) -> tuple[Config, Store]:
         [Mailbox(f"{local}@example.org", Limits(50 if local[0] == "a" else 10**6)) for local in LOCALS]
     )
     return config, store
+
+
+def delete_mailboxes(config: Config, like: str) -> None:
+    """What an admin's DELETE does to the directory (quotagate's own store has no such call)."""
+    engine = sa.create_engine(config.store.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM quotagate_mailbox WHERE address LIKE :like"), {"like": like})
+    engine.dispose()
 
 
 def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
@@ -105,10 +113,7 @@ def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, capl
 
     async def shrink_the_directory(tracker: Tracker) -> None:
         before = seen(store, config)
-        engine = sa.create_engine(config.store.url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM quotagate_mailbox WHERE address LIKE 'a%'"))
-        engine.dispose()
+        delete_mailboxes(config, "a%")
         await asyncio.sleep(0.6)  # several directory refreshes
         assert seen(store, config) == before
         assert len(tracker.mailboxes) == 4
@@ -164,19 +169,19 @@ def test_the_daemon_keeps_tracking_mailboxes_when_half_the_directory_goes(tmp_pa
     store.close()
 
 
-def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
+def test_the_daemons_refresh_hands_the_tracker_only_what_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Handing every mailbox to the tracker takes the loop 0.9 s at 200,000 mailboxes: a refresh
-    hands it only the mailboxes written since, unless some left the directory (removed or disabled:
-    that could be an outage, so it weighs the whole directory then, as at the first load)."""
+    hands it only the mailboxes written or removed since, a disabled one included (it leaves),
+    and the first load every one."""
     config, store = build(tmp_path)
     config = replace(config, watch=replace(config.watch, enabled=True))
 
-    async def main() -> tuple[list[list[str]], list[list[str]], dict[str, Mailbox]]:
+    async def main() -> tuple[list[list[str]], list[tuple[list[str], list[str]]], dict[str, Mailbox]]:
         tracker, _ = await start_tracker(config, store)
         loaded: list[list[str]] = []
-        updated: list[list[str]] = []
+        updated: list[tuple[list[str], list[str]]] = []
         load, update = tracker.load, tracker.update
 
         def counted_load(mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -184,10 +189,10 @@ def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
             loaded.append(sorted(m.address for m in mailboxes))
             load(mailboxes, readings)
 
-        def counted_update(mailboxes: Iterable[Mailbox]) -> None:
-            mailboxes = list(mailboxes)
-            updated.append(sorted(m.address for m in mailboxes))
-            update(mailboxes)
+        def counted_update(written: Iterable[Mailbox], removed: Iterable[str] = ()) -> None:
+            written, removed = list(written), list(removed)
+            updated.append((sorted(m.address for m in written), sorted(removed)))
+            update(written, removed)
 
         monkeypatch.setattr(tracker, "load", counted_load)
         monkeypatch.setattr(tracker, "update", counted_update)
@@ -204,14 +209,57 @@ def test_the_daemons_refresh_goes_through_the_mailboxes_only_when_some_left(
         return loaded, updated, dict(tracker.mailboxes)
 
     loaded, updated, tracked = asyncio.run(main())
-    assert updated == [[], ["a0@example.org", "c0@example.org"]]
-    everyone = [f"{local}@example.org" for local in LOCALS]
-    assert loaded == [everyone, [*everyone, "c0@example.org"]]
-    assert (
-        tracked["a0@example.org"].limits == Limits(70)
-        and "c0@example.org" in tracked
-        and "b1@example.org" not in tracked
-    )
+    assert loaded == [[f"{local}@example.org" for local in LOCALS]]
+    assert updated == [
+        ([], []),
+        (["a0@example.org", "c0@example.org"], []),
+        (["b1@example.org"], []),
+    ]
+    assert sorted(tracked) == ["a0@example.org", "a1@example.org", "b0@example.org", "c0@example.org"]
+    assert tracked["a0@example.org"].limits == Limits(70)
+    store.close()
+
+
+def test_a_mailbox_a_refresh_says_was_removed_is_no_longer_tracked(tmp_path: Path) -> None:
+    config, store = build(tmp_path)
+    config = replace(config, watch=replace(config.watch, enabled=True))
+
+    async def main() -> list[str]:
+        tracker, _ = await start_tracker(config, store)
+        daemon = Daemon(lambda: config)
+        daemon.tracker = tracker
+        await daemon.refresh()
+        daemon._adopt(daemon.service.snapshot, MailboxChanges([], ["b0@example.org"]))
+        tracker.close()
+        return sorted(tracker.mailboxes)
+
+    assert asyncio.run(main()) == ["a0@example.org", "a1@example.org", "b1@example.org"]
+    store.close()
+
+
+def test_a_refresh_that_loses_half_the_directory_keeps_tracking_it(tmp_path: Path) -> None:
+    """Mailboxes leaving one by one are let go at each refresh; half the directory leaving at once
+    (a bad filter, an emptied table) looks like an outage: the tracker keeps following every one
+    until the directory is back, as after a full load."""
+    config, store = build(tmp_path)
+    config = replace(config, watch=replace(config.watch, enabled=True))
+
+    async def main() -> tuple[int, str | None, int, str | None]:
+        tracker, _ = await start_tracker(config, store)
+        daemon = Daemon(lambda: config)
+        daemon.tracker = tracker
+        await daemon.refresh()
+        store.upsert_mailboxes([Mailbox(f"{local}@example.org", Limits(10), enabled=False) for local in ("a0", "a1")])
+        await daemon.refresh()
+        during = len(tracker.mailboxes), daemon._directory_refused
+        store.upsert_mailboxes([Mailbox(f"{local}@example.org", Limits(10)) for local in ("a0", "a1")])
+        await daemon.refresh()
+        tracker.close()
+        return (*during, len(tracker.mailboxes), daemon._directory_refused)
+
+    tracked, refused, back, after = asyncio.run(main())
+    assert tracked == 4 and refused is not None and "2 of 4 measured mailboxes vanished" in refused
+    assert back == 4 and after is None
     store.close()
 
 

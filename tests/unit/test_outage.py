@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from quotagate.model import Format, MailboxUsage, Reading, State
-from quotagate.outage import MIN_VANISHED, vanished, vanished_problem
+from quotagate.outage import MIN_VANISHED, left_problem, vanished, vanished_problem
 
 
 def reading(address: str, fmt: Format = Format.MAILDIR, error: str | None = None) -> Reading:
@@ -63,3 +66,20 @@ def test_the_share_counts_only_mailboxes_measured_before() -> None:
 def test_the_first_scan_and_a_share_of_100_percent_never_refuse() -> None:
     assert vanished_problem({}, {}, TEN) is None
     assert vanished_problem(site(10), {}, Decimal(1)) is None
+
+
+@given(
+    measured=st.integers(0, 60),
+    unmeasured=st.integers(0, 20),
+    leaving=st.sets(st.integers(0, 90)),
+    share=st.sampled_from([Decimal(0), TEN, Decimal("0.5"), Decimal(1)]),
+)
+def test_left_problem_says_what_vanished_problem_says_of_the_directory_without_them(
+    measured: int, unmeasured: int, leaving: set[int], share: Decimal
+) -> None:
+    """The daemon's refresh weighs only the mailboxes that left (some never tracked, some never
+    measured): the same verdict as weighing the whole directory without them."""
+    previous = {**site(measured), **{f"n{i}": reading(f"n{i}", Format.MISSING) for i in range(unmeasured)}}
+    names = [f"u{i}" if i % 3 else f"n{i}" for i in leaving]
+    current = {a: r for a, r in previous.items() if a not in names}
+    assert left_problem(previous, names, share) == vanished_problem(previous, current, share)

@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client import write_to_textfile
 
 from quotagate.config import Config, ConfigError, reservations_file
+from quotagate.outage import left_problem
 from quotagate.policy import control, shared, state
 from quotagate.policy.listeners import Listener, serve_metrics
 from quotagate.policy.live import MailboxChanges, Snapshot, SnapshotLoader
@@ -92,16 +93,18 @@ class Daemon:
         mailboxes from the store reach the tracker (``changes``: what the load changed in them,
         None for any of them).
 
-        Going through every mailbox takes the loop 0.9 s at 200,000 of them: only when some left
-        the directory (which could be an outage) or the load was a full one.
+        Going through every mailbox takes the loop 0.9 s at 200,000 of them: only after a full
+        load, while the directory is refused, or when so many left it that it may be an outage.
         """
         if self.tracker is None:
             return snapshot
         tracker = self.tracker
         refused = self._directory_refused is not None  # whether it is back needs the whole directory
-        if changes is not None and not refused and not changes.removed and all(m.enabled for m in changes.written):
-            tracker.update(changes.written)
-            return self._live(snapshot)
+        if changes is not None and not refused:
+            leaving = [*changes.removed, *(m.address for m in changes.written if not m.enabled)]
+            if not leaving or left_problem(tracker.readings, leaving, self.config.scan.max_vanished) is None:
+                tracker.update(changes.written, changes.removed)
+                return self._live(snapshot)
         problem = directory_problem(self.config, tracker, snapshot.mailboxes.values())
         if problem != self._directory_refused:
             if problem:

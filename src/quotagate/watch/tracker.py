@@ -94,23 +94,36 @@ class Tracker:
         wanted = {m.address: m for m in mailboxes if m.enabled}
         roots = spool_roots(self.config.spool)
         for address in set(self.mailboxes) - set(wanted):
-            self._unwatch(address)
-            del self.mailboxes[address]
-            self.readings.pop(address, None)
-            self._paths.pop(address, None)
-            for pending in (self._dirty, self._changed, self._measuring, self._force):
-                pending.discard(address)
-            self._removed.add(address)
+            self._let_go(address)
         for address, mailbox in wanted.items():
             if self._follow(mailbox, roots) and address in readings:
                 self.readings[address] = readings[address]
 
-    def update(self, mailboxes: Iterable[Mailbox]) -> None:
-        """Mailboxes added to the directory, or with new limits or paths, all enabled; the others
-        as they are (see :meth:`load` for a directory that lost some)."""
+    def update(self, written: Iterable[Mailbox], removed: Iterable[str] = ()) -> None:
+        """What the directory changed since :meth:`load` (or the last update) took it: mailboxes
+        ``written`` (added, with new limits or paths, enabled or disabled) and ``removed``; the
+        others as they are. The tracker then follows what :meth:`load` of the whole would have
+        it follow, without going through every mailbox."""
         roots = spool_roots(self.config.spool)
-        for mailbox in mailboxes:
-            self._follow(mailbox, roots)
+        for address in removed:
+            self._let_go(address)
+        for mailbox in written:
+            if mailbox.enabled:
+                self._follow(mailbox, roots)
+            else:
+                self._let_go(mailbox.address)
+
+    def _let_go(self, address: str) -> None:
+        """Stop tracking a mailbox that left the directory or was disabled: its flag must go."""
+        if address not in self.mailboxes:
+            return
+        self._unwatch(address)
+        del self.mailboxes[address]
+        self.readings.pop(address, None)
+        self._paths.pop(address, None)
+        for pending in (self._dirty, self._changed, self._measuring, self._force):
+            pending.discard(address)
+        self._removed.add(address)
 
     def _follow(self, mailbox: Mailbox, roots: Roots) -> bool:
         """Track an enabled mailbox from here on (False: its path is refused)."""
