@@ -400,6 +400,45 @@ def updated(table: Table | None, changes: Changes) -> Table:
     return Table(shared, boxes, usage)
 
 
+def mailbox_changes(before: Table, after: Table) -> tuple[list[Mailbox], list[str]] | None:
+    """The mailboxes ``after`` wrote (added, or with other limits, enabled or path) and removed,
+    next to ``before``; None when ``after`` started a generation of its own (other rows).
+
+    For a load that read every mailbox (an admin's table has no change stamp): what follows the
+    mailboxes (the live tracker) then gets only these, not every mailbox again. Equal chunks are
+    compared in C; only the rows of a chunk that differs are looked at one by one.
+    """
+    if after.shared is not before.shared:
+        return None
+    old, new = before.boxes, after.boxes
+    rows: set[int] = set()
+    for name in ("present", "quota_bytes", "quota_messages", "enabled", "path"):
+        rows.update(_differing(getattr(old, name), getattr(new, name)))
+    written, removed = [], []
+    for row in sorted(rows):
+        address = after.shared.name(row)
+        if row < len(new.present) and new.present[row]:
+            mailbox = after.mailbox(address)
+            assert mailbox is not None
+            written.append(mailbox)
+        elif row < len(old.present) and old.present[row]:
+            removed.append(address)
+    return written, removed
+
+
+def _differing(before: _Column[Any], after: _Column[Any]) -> Iterator[int]:
+    """The rows whose values differ between two versions of a column (a row only one of them has
+    included)."""
+    full = 1 << _CHUNK_BITS
+    for at, (old, new) in enumerate(itertools.zip_longest(before._chunks, after._chunks)):
+        if old is new or old == new:
+            continue
+        base = at * full
+        for index, (a, b) in enumerate(itertools.zip_longest(old or (), new or ())):
+            if a != b:
+                yield base + index
+
+
 def _mailboxes_updated(shared: _Shared, old: _MailboxColumns, changes: Changes, size: int) -> _MailboxColumns:
     fresh = changes.mailboxes_full
     present = old.present.grown(size, fresh)

@@ -91,7 +91,8 @@ class SnapshotLoader:
         self._stamp: int | None = None
         self._shape: tuple[bool, bool] | None = None
         # What the last load changed in the mailboxes, for what follows them (the live tracker),
-        # which then need not go through them all: None when it may be any of them (a full load).
+        # which then need not go through them all: None when it may be any of them (the first
+        # load, or one into a new generation of rows).
         self.mailbox_changes: MailboxChanges | None = None
 
     def forget(self) -> None:
@@ -104,12 +105,13 @@ class SnapshotLoader:
         shape = (with_readings, with_folders)
         since = self._stamp if shape == self._shape else None
         changes = store.changes(since, with_readings, with_folders)
-        before = self._table if since is not None else None
+        previous = self._table
+        before = previous if since is not None else None
         table = compact.updated(before, changes)
         if changes.mailbox_count is not None and changes.mailbox_count != len(table.mailboxes):
             # rows added or removed without a stamp (by hand, in SQL): read them all again
             changes = store.changes(None, with_readings, with_folders)
-            table, before = compact.updated(None, changes), None
+            table, before = compact.updated(previous, changes), None
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
         snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
@@ -117,6 +119,9 @@ class SnapshotLoader:
             self._retired.append(self._table.objects())
         del self._retired[:-1]  # the loop holds the last one until it takes this snapshot
         self._table, self._stamp, self._shape = table, stamp, shape
-        full = before is None or changes.mailboxes_full
-        self.mailbox_changes = None if full else MailboxChanges(changes.mailboxes, changes.removed_mailboxes)
+        if before is not None and not changes.mailboxes_full:
+            self.mailbox_changes = MailboxChanges(changes.mailboxes, changes.removed_mailboxes)
+        else:  # every mailbox was read: what changed is what differs from the last load
+            diff = compact.mailbox_changes(previous, table) if previous is not None else None
+            self.mailbox_changes = None if diff is None else MailboxChanges(*diff)
         return snapshot
