@@ -49,6 +49,9 @@ def test_readings_round_trip(backend: Backend) -> None:
     totals_only = backend.store.readings(with_folders=False)[a.address]
     assert totals_only.usage.folders == () and (totals_only.bytes, totals_only.state) == (a.bytes, a.state)
     assert backend.store.reading("b@example.org") == b
+    # The daemon with folder limits asks only for the folders they limit, as name and totals.
+    limited = {r.address: r.usage.folders for r in backend.store.changes(None, True, lambda n: n == "Sent").readings}
+    assert limited == {a.address: (FolderUsage("Sent", 0, 0),), b.address: (FolderUsage("Sent", 0, 0),)}
     backend.store.save_readings([], ["a@example.org"], {"a@example.org": False})
     assert set(backend.store.readings()) == {"b@example.org"}
 

@@ -502,4 +502,4 @@ def _readings_updated(shared: _Shared, old: _ReadingColumns, changes: Changes, s
     return _ReadingColumns(state, format_, bytes_, messages, measured_at, agrees, path, error, folders, count)
 
 
-__all__ = ["Mailboxes", "Readings", "Table", "updated"]
+__all__ = ["Mailboxes", "Readings", "Table", "mailbox_changes", "updated"]

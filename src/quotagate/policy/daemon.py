@@ -85,8 +85,11 @@ class Daemon:
     def _load(self) -> Snapshot:
         if self._store is None:
             self._store = store_for(self.config.store)
-        folder_limits = any(rule.quota or rule.messages for rule in self.config.folders)
-        return self._loader.load(self._store, with_readings=self.tracker is None, with_folders=folder_limits)
+        rules = self.config.folders
+        folder_limits = any(rule.quota or rule.messages for rule in rules)
+        return self._loader.load(
+            self._store, with_readings=self.tracker is None, with_folders=folder_limits, folder_rules=rules
+        )
 
     def _adopt(self, snapshot: Snapshot, changes: MailboxChanges | None = None) -> Snapshot:
         """With live tracking, usage comes from the tracker (fresher than the store); new or removed

@@ -9,13 +9,17 @@ Maildir++ ``maildirsize`` is read at request time (:mod:`quotagate.policy.liveus
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from quotagate.config import FolderRule
 from quotagate.model import Mailbox, Reading, State, Usage
 from quotagate.policy import compact
 from quotagate.store import Store
+from quotagate.store.base import Folders
+from quotagate.usage.folders import folder_limits
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,17 @@ class MailboxChanges:
     removed: Sequence[str]
 
 
+def _limited_by(rules: tuple[FolderRule, ...]) -> Callable[[str], bool]:
+    """Whether a folder has limits of its own under ``rules``: asked once per name, as a million
+    mailboxes share a few folder names (a bounded cache: the names are the users' own)."""
+
+    @functools.lru_cache(maxsize=4096)
+    def limited(name: str) -> bool:
+        return folder_limits(name, rules) is not None
+
+    return limited
+
+
 class SnapshotLoader:
     """Loads the store into a :class:`Snapshot`, then only what changed since (the store's change
     stamp); call :meth:`load` in a worker thread, never on the loop.
@@ -89,7 +104,7 @@ class SnapshotLoader:
         # mailboxes), rather than the loop when it lets go of them.
         self._retired: list[object] = []
         self._stamp: int | None = None
-        self._shape: tuple[bool, bool] | None = None
+        self._shape: tuple[bool, bool, tuple[FolderRule, ...]] | None = None
         # What the last load changed in the mailboxes, for what follows them (the live tracker),
         # which then need not go through them all: None when it may be any of them (the first
         # load, or one into a new generation of rows).
@@ -101,16 +116,27 @@ class SnapshotLoader:
             self._retired.append(self._table.objects())
         self._table, self._stamp, self._shape = None, None, None
 
-    def load(self, store: Store, with_readings: bool = True, with_folders: bool = True) -> Snapshot:
-        shape = (with_readings, with_folders)
+    def load(
+        self,
+        store: Store,
+        with_readings: bool = True,
+        with_folders: bool = True,
+        folder_rules: Sequence[FolderRule] = (),
+    ) -> Snapshot:
+        """``folder_rules``: when some set limits, only the folders they limit are kept of each
+        reading (all of them when none does)."""
+        rules = tuple(folder_rules)
+        shape = (with_readings, with_folders, rules)
         since = self._stamp if shape == self._shape else None
-        changes = store.changes(since, with_readings, with_folders)
+        limited = with_folders and any(rule.quota or rule.messages for rule in rules)
+        folders: Folders = _limited_by(rules) if limited else with_folders
+        changes = store.changes(since, with_readings, folders)
         previous = self._table
         before = previous if since is not None else None
         table = compact.updated(before, changes)
         if changes.mailbox_count is not None and changes.mailbox_count != len(table.mailboxes):
             # rows added or removed without a stamp (by hand, in SQL): read them all again
-            changes = store.changes(None, with_readings, with_folders)
+            changes = store.changes(None, with_readings, folders)
             table, before = compact.updated(previous, changes), None
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
@@ -35,6 +35,11 @@ class Changes:
     # How many mailboxes the store lists now, when it can say cheaply: a count that differs from
     # the changes applied shows a row added or removed without a stamp (by hand, in SQL).
     mailbox_count: int | None = None
+
+
+# Which folders of each reading a load decodes: all of them (True), none (False), or those a
+# predicate on the folder's name accepts, as name and totals (the daemon's folder limits).
+Folders = bool | Callable[[str], bool]
 
 
 def store_errors() -> tuple[type[Exception], ...]:
@@ -91,11 +96,12 @@ class Store(Protocol):
 
     def reading(self, address: str) -> Reading | None: ...
 
-    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: Folders = True) -> Changes:
         """Mailboxes and readings written after the change stamp ``since`` (None: everything).
 
         A store without change stamps (or a ``since`` it cannot vouch for: another database, a
         restored one) answers with everything, marked full. Without readings: none, marked full.
+        ``with_folders``: which folders of each reading (see :data:`Folders`).
         """
         ...
 

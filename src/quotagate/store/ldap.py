@@ -25,7 +25,7 @@ from quotagate.config import LdapConfig, StoreConfig
 from quotagate.history import Retention, Sample
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
 from quotagate.store import redacted
-from quotagate.store.base import Changes, ClosedOnExit, StoreError
+from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class LdapStore(ClosedOnExit):
     def reading(self, address: str) -> Reading | None:
         return self.state.reading(address)
 
-    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: Folders = True) -> Changes:
         """The directory in full (LDAP has no change stamp quotagate could rely on); the readings,
         kept in the state store, as they changed."""
         mailboxes = self.mailboxes()

@@ -7,6 +7,7 @@ library's :mod:`quotagate.store.sqlite`), so both write what the other reads. Fr
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from itertools import islice
@@ -23,6 +24,7 @@ from quotagate.model import (
     ScanSummary,
     State,
 )
+from quotagate.store.base import Folders
 
 T = TypeVar("T")
 BATCH = 1000
@@ -76,12 +78,24 @@ def _folders_text(folders: Sequence[FolderUsage]) -> str:
 _folders_value = msgspec.json.Decoder(tuple[FolderUsage, ...]).decode
 
 
-def reading(row: Sequence[Any], with_folders: bool = True) -> Reading:
-    """The reading a row of :data:`USAGE_COLUMNS` holds; without folders (an empty tuple) when
-    only totals are wanted, which spares decoding them."""
+def _wanted_folders(text: str, which: Folders) -> tuple[FolderUsage, ...]:
+    """The folders of a row a load wants (see :data:`quotagate.store.base.Folders`). A predicate
+    keeps name and totals only, and one string per name: the daemon with folder limits keeps these
+    for every mailbox, where every folder with its stamps took 1.5 kB a mailbox."""
+    if which is False:
+        return ()
+    folders = _folders_value(text)
+    if which is True:
+        return folders
+    return tuple(FolderUsage(sys.intern(f.name), f.bytes, f.messages) for f in folders if which(f.name))
+
+
+def reading(row: Sequence[Any], with_folders: Folders = True) -> Reading:
+    """The reading a row of :data:`USAGE_COLUMNS` holds, with the folders wanted: none (an empty
+    tuple) when only totals are, which spares decoding them."""
     addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
     info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
-    parsed = _folders_value(folders) if with_folders else ()
+    parsed = _wanted_folders(folders, with_folders)
     warning = reason[len(_WARNING) :] if reason is not None and reason.startswith(_WARNING) else None
     error = None if warning is not None else reason
     usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, error, info, warning)

@@ -43,7 +43,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.store import rows, schema
-from quotagate.store.base import Changes, ClosedOnExit, StoreError
+from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class SqlStore(ClosedOnExit):
         found = conn.execute(select(r.c.address, r.c.changed).where(r.c.kind == kind, r.c.changed > since))
         return [a for a, at in found if written.get(a, -1) < at]
 
-    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: Folders = True) -> Changes:
         """Reads the stamp first, then what was written after ``since``: every write stamped up to
         that stamp had committed by then (a later one read too is read again next time)."""
         with self._connect() as conn:
@@ -401,13 +401,13 @@ class SqlStore(ClosedOnExit):
         return {a: r for a, (r, _) in self._readings_where(conn, where, with_folders).items()}
 
     def _stamped_readings(
-        self, conn: Connection, after: int | None, with_folders: bool
+        self, conn: Connection, after: int | None, with_folders: Folders
     ) -> dict[str, tuple[Reading, int]]:
         where = None if after is None else schema.usage.c.changed > after
         return self._readings_where(conn, where, with_folders)
 
     @staticmethod
-    def _readings_where(conn: Connection, where: Any, with_folders: bool) -> dict[str, tuple[Reading, int]]:
+    def _readings_where(conn: Connection, where: Any, with_folders: Folders) -> dict[str, tuple[Reading, int]]:
         """Readings (all, or those ``where`` picks), each with its change stamp."""
         u = schema.usage
         query = select(*(u.c[name] for name in rows.USAGE_COLUMNS), u.c.changed)

@@ -22,7 +22,7 @@ from quotagate.config import StoreConfig
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
 from quotagate.model import Limits, Mailbox, Reading, ScanSummary
 from quotagate.store import rows
-from quotagate.store.base import Changes, ClosedOnExit, StoreError
+from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.rows import STAMP_ROW
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class SqliteStore(ClosedOnExit):
             usage = [{**rows.usage_row(r), "changed": stamp} for r in changed]
             _insert(conn, "quotagate_usage", usage, "INSERT OR REPLACE")
 
-    def changes(self, since: int | None, with_readings: bool = True, with_folders: bool = True) -> Changes:
+    def changes(self, since: int | None, with_readings: bool = True, with_folders: Folders = True) -> Changes:
         """The daemon's incremental refresh: SQLAlchemy's store reads the stamps (the daemon has
         loaded SQLAlchemy anyway; a scan never asks)."""
         if self._delegate is None:
