@@ -59,6 +59,15 @@ def delete_mailboxes(config: Config, like: str) -> None:
     engine.dispose()
 
 
+async def refreshed_daemon(config: Config, store: Store) -> tuple[Daemon, Tracker]:
+    """A daemon with its built-in watch, after its first refresh."""
+    tracker, _ = await start_tracker(config, store)
+    daemon = Daemon(lambda: config)
+    daemon.tracker = tracker
+    await daemon.refresh()
+    return daemon, tracker
+
+
 def seen(store: Store, config: Config) -> tuple[dict[str, Any], str]:
     assert config.publish.file is not None
     return {a: (r.state, r.bytes) for a, r in store.readings().items()}, config.publish.file.read_text()
@@ -229,10 +238,7 @@ def test_a_mailbox_a_refresh_says_was_removed_is_no_longer_tracked(tmp_path: Pat
     config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> list[str]:
-        tracker, _ = await start_tracker(config, store)
-        daemon = Daemon(lambda: config)
-        daemon.tracker = tracker
-        await daemon.refresh()
+        daemon, tracker = await refreshed_daemon(config, store)
         daemon._adopt(daemon.service.snapshot, MailboxChanges([], ["b0@example.org"]))
         tracker.close()
         return sorted(tracker.mailboxes)
@@ -249,10 +255,7 @@ def test_a_refresh_that_loses_half_the_directory_keeps_tracking_it(tmp_path: Pat
     config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> tuple[int, str | None, int, str | None]:
-        tracker, _ = await start_tracker(config, store)
-        daemon = Daemon(lambda: config)
-        daemon.tracker = tracker
-        await daemon.refresh()
+        daemon, tracker = await refreshed_daemon(config, store)
         store.upsert_mailboxes([Mailbox(f"{local}@example.org", Limits(10), enabled=False) for local in ("a0", "a1")])
         await daemon.refresh()
         during = len(tracker.mailboxes), daemon._directory_refused
@@ -274,10 +277,7 @@ def test_refreshes_asked_at_once_hand_the_tracker_every_loads_changes(tmp_path: 
     config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> set[str]:
-        tracker, _ = await start_tracker(config, store)
-        daemon = Daemon(lambda: config)
-        daemon.tracker = tracker
-        await daemon.refresh()
+        daemon, tracker = await refreshed_daemon(config, store)
         load, loading = daemon._load, threading.Event()
 
         def slow_load() -> Snapshot:
