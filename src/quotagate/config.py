@@ -124,6 +124,7 @@ class TemporaryReply(Reply):
     code = "4"
 
 
+# The placeholders a reply may hold (str.format fields), filled in by policy/replies.py.
 class FitReply(Reply):
     fields = frozenset({"size", "limit"})
 
@@ -357,10 +358,6 @@ class ScanConfig(_Section, frozen=True):
 
 class PublishConfig(_Section, frozen=True):
     file: Path | None = None
-
-
-# The placeholders each reply may hold (str.format fields), filled in by policy/replies.py.
-REPLY_FIELDS = {"fit_reply": frozenset({"size", "limit"}), "messages_reply": frozenset({"limit"})}
 
 
 class PolicyConfig(_Section, frozen=True):

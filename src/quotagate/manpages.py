@@ -20,7 +20,6 @@ import tokenize
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -95,7 +94,6 @@ _BY_TYPE: dict[Any, str] = {
     str: "string",
     int: "integer",
     float: "number",
-    Decimal: "number",
     bool: "boolean",
     Path: "path",
     Size: "size",

@@ -247,6 +247,25 @@ def test_a_mailbox_a_refresh_says_was_removed_is_no_longer_tracked(tmp_path: Pat
     store.close()
 
 
+def test_a_refresh_after_a_rescan_hands_the_tracker_the_whole_directory_again(tmp_path: Path) -> None:
+    """The watch's hourly rescan gives the tracker the directory as the watch's own store read it
+    (with the config before a SIGHUP, or a moment earlier): the daemon's next refresh hands it the
+    whole directory again, not only what changed, or a mailbox the rescan missed stays untracked."""
+    config, store = build(tmp_path)
+    config = replace(config, watch=replace(config.watch, enabled=True))
+
+    async def main() -> list[str]:
+        daemon, tracker = await refreshed_daemon(config, store)
+        tracker.load([m for m in store.mailboxes() if m.address != "b0@example.org"], {})  # the rescan's list
+        store.upsert_mailboxes([Mailbox("c0@example.org", Limits(10))])
+        await daemon.refresh()
+        tracker.close()
+        return sorted(tracker.mailboxes)
+
+    assert asyncio.run(main()) == sorted([*(f"{local}@example.org" for local in LOCALS), "c0@example.org"])
+    store.close()
+
+
 def test_a_refresh_that_loses_half_the_directory_keeps_tracking_it(tmp_path: Path) -> None:
     """Mailboxes leaving one by one are let go at each refresh; half the directory leaving at once
     (a bad filter, an emptied table) looks like an outage: the tracker keeps following every one
@@ -297,4 +316,39 @@ def test_refreshes_asked_at_once_hand_the_tracker_every_loads_changes(tmp_path: 
         return {address for address in tracker.mailboxes if address.startswith("new")}
 
     assert asyncio.run(main()) == {"new1@example.org", "new2@example.org"}
+    store.close()
+
+
+def test_a_reload_waits_for_the_load_in_flight(tmp_path: Path) -> None:
+    """SIGHUP during a refresh's load: the reload forgets the loader and the store only once that
+    load is adopted, or the load's end writes the old config's rows into the loader just forgotten."""
+    config, store = build(tmp_path)
+    config = replace(config, watch=replace(config.watch, enabled=True))
+
+    async def main() -> list[str]:
+        daemon, tracker = await refreshed_daemon(config, store)
+        events: list[str] = []
+        load, loading = daemon._load, threading.Event()
+        forget = daemon._loader.forget
+
+        def slow_load() -> Snapshot:
+            loaded = load()
+            loading.set()
+            time.sleep(0.3)
+            events.append("loaded")
+            return loaded
+
+        def forgotten() -> None:
+            events.append("forgotten")
+            forget()
+
+        daemon._load = slow_load  # type: ignore[method-assign]
+        daemon._loader.forget = forgotten  # type: ignore[method-assign]
+        first = asyncio.create_task(daemon.refresh())
+        await asyncio.to_thread(loading.wait, 5)
+        await asyncio.gather(first, daemon.reload())
+        tracker.close()
+        return events
+
+    assert asyncio.run(main())[:2] == ["loaded", "forgotten"]
     store.close()

@@ -418,7 +418,7 @@ def mailbox_changes(before: Table, after: Table) -> tuple[list[Mailbox], list[st
     for row in sorted(rows):
         address = after.shared.name(row)
         if row < len(new.present) and new.present[row]:
-            mailbox = after.mailbox(address)
+            mailbox = after._mailbox(address)  # not the look-up cache: that is for requests
             assert mailbox is not None
             written.append(mailbox)
         elif row < len(old.present) and old.present[row]:

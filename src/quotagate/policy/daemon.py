@@ -25,6 +25,7 @@ from quotagate.policy.service import PolicyService
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
+from quotagate.usage.folders import any_limits
 from quotagate.watch.runner import directory_problem
 from quotagate.watch.tracker import Tracker
 from quotagate.watch.watcher import Watcher
@@ -78,6 +79,7 @@ class Daemon:
         self._state_log = Throttled(log)
         self._control: asyncio.AbstractServer | None = None
         self._directory_refused: str | None = None
+        self._followed: tuple[Tracker, int] | None = None  # the tracker, and its loads, as this daemon left it
         self._loader = SnapshotLoader()
         self._refreshing = asyncio.Lock()
         self._warm = True  # read maildirsize files ahead of requests after the next refresh
@@ -86,9 +88,8 @@ class Daemon:
         if self._store is None:
             self._store = store_for(self.config.store)
         rules = self.config.folders
-        folder_limits = any(rule.quota or rule.messages for rule in rules)
         return self._loader.load(
-            self._store, with_readings=self.tracker is None, with_folders=folder_limits, folder_rules=rules
+            self._store, with_readings=self.tracker is None, with_folders=any_limits(rules), folder_rules=rules
         )
 
     def _adopt(self, snapshot: Snapshot, changes: MailboxChanges | None = None) -> Snapshot:
@@ -104,7 +105,10 @@ class Daemon:
             return snapshot
         tracker = self.tracker
         refused = self._directory_refused is not None  # whether it is back needs the whole directory
-        if changes is not None and not refused:
+        # The watch's rescan gives the tracker the directory as the watch's own store read it
+        # (before a SIGHUP, or a moment before this load): then it needs this one whole again.
+        behind = self._followed != (tracker, tracker.loads)
+        if changes is not None and not refused and not behind:
             leaving = [*changes.removed, *(m.address for m in changes.written if not m.enabled)]
             if not leaving or left_problem(tracker.readings, leaving, self.config.scan.max_vanished) is None:
                 tracker.update(changes.written, changes.removed)
@@ -118,6 +122,7 @@ class Daemon:
             self._directory_refused = problem
         if problem is None:  # a directory shrunk at once (a bad filter, an emptied table) clears no flag
             tracker.load(snapshot.mailboxes.values(), {})
+        self._followed = (tracker, tracker.loads)
         return self._live(snapshot)
 
     def _live(self, snapshot: Snapshot) -> Snapshot:
@@ -234,13 +239,16 @@ class Daemon:
         else:
             if config.policy.listen != self.config.policy.listen:
                 log.warning("policy.listen changed: restart quotagate serve to listen elsewhere")
-            self.config = config
-            self.service.reconfigure(config)
-            self.server.policy = config.policy
-            await self.server.load_local_users()
-            self._forget_store()
-            self._loader.forget()
-            self._warm = True
+            # Not while a load is in flight: it reads the config and the store, and its end would
+            # write the old config's rows into the loader just forgotten.
+            async with self._refreshing:
+                self.config = config
+                self.service.reconfigure(config)
+                self.server.policy = config.policy
+                await self.server.load_local_users()
+                self._forget_store()
+                self._loader.forget()
+                self._warm = True
             log.info("config reloaded")
         await self.refresh()
         self._notify("READY=1")

@@ -19,7 +19,7 @@ from quotagate.model import Mailbox, Reading, State, Usage
 from quotagate.policy import compact
 from quotagate.store import Store
 from quotagate.store.base import Folders
-from quotagate.usage.folders import folder_limits
+from quotagate.usage.folders import any_limits, folder_limits
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class SnapshotLoader:
         rules = tuple(folder_rules)
         shape = (with_readings, with_folders, rules)
         since = self._stamp if shape == self._shape else None
-        limited = with_folders and any(rule.quota or rule.messages for rule in rules)
+        limited = with_folders and any_limits(rules)
         folders: Folders = _limited_by(rules) if limited else with_folders
         changes = store.changes(since, with_readings, folders)
         previous = self._table

@@ -34,6 +34,11 @@ def counted(
     return total, messages
 
 
+def any_limits(rules: Sequence[FolderRule]) -> bool:
+    """Whether some rule gives folders limits of their own (then ``local+folder`` is checked)."""
+    return any(rule.quota or rule.messages for rule in rules)
+
+
 def folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | None:
     """The folder's own limits when a rule gives it some."""
     rule = rule_for(name, rules)

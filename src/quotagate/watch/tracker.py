@@ -84,6 +84,7 @@ class Tracker:
         # mailbox with no event since is unchanged, whenever its reading was made. It stops
         # moving when the tracker stops or hangs, so its readings age as they should.
         self.confirmed_at = 0.0
+        self.loads = 0  # whole directories taken (see load): whoever gave the last one may tell
         self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
         # Told of each message that lands in a new/ (the daemon releases the room held for it).
         self.on_delivery: Callable[[str], None] | None = None
@@ -91,6 +92,7 @@ class Tracker:
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
         """Start from a scan's readings: every enabled mailbox is tracked from here on."""
+        self.loads += 1
         wanted = {m.address: m for m in mailboxes if m.enabled}
         roots = spool_roots(self.config.spool)
         for address in set(self.mailboxes) - set(wanted):
