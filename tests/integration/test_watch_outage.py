@@ -21,6 +21,7 @@ from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox, Reading, State
 from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import MailboxChanges, Snapshot
+from quotagate.scan import run_scan
 from quotagate.store import Store, open_store
 from quotagate.watch.runner import start_tracker
 from quotagate.watch.tracker import Tracker
@@ -247,22 +248,46 @@ def test_a_mailbox_a_refresh_says_was_removed_is_no_longer_tracked(tmp_path: Pat
     store.close()
 
 
-def test_a_refresh_after_a_rescan_hands_the_tracker_the_whole_directory_again(tmp_path: Path) -> None:
-    """The watch's hourly rescan gives the tracker the directory as the watch's own store read it
-    (with the config before a SIGHUP, or a moment earlier): the daemon's next refresh hands it the
-    whole directory again, not only what changed, or a mailbox the rescan missed stays untracked."""
+def test_a_new_tracker_gets_the_whole_directory_at_the_next_refresh(tmp_path: Path) -> None:
+    """The watch started again (its tracker ended) primes a new tracker from its own read of the
+    store, which may list other mailboxes than the daemon's last load: the next refresh hands it
+    the whole directory, not only what changed since that load."""
     config, store = build(tmp_path)
     config = replace(config, watch=replace(config.watch, enabled=True))
 
     async def main() -> list[str]:
         daemon, tracker = await refreshed_daemon(config, store)
-        tracker.load([m for m in store.mailboxes() if m.address != "b0@example.org"], {})  # the rescan's list
+        tracker.close()
+        fresh, _ = await start_tracker(config, store)
+        fresh.load([m for m in store.mailboxes() if m.address != "b0@example.org"], {})  # read a moment apart
+        daemon.tracker = fresh
         store.upsert_mailboxes([Mailbox("c0@example.org", Limits(10))])
         await daemon.refresh()
-        tracker.close()
-        return sorted(tracker.mailboxes)
+        fresh.close()
+        return sorted(fresh.mailboxes)
 
     assert asyncio.run(main()) == sorted([*(f"{local}@example.org" for local in LOCALS), "c0@example.org"])
+    store.close()
+
+
+def test_a_rescan_updates_readings_and_leaves_the_directory_to_who_follows_it(tmp_path: Path) -> None:
+    """The rescan's store may list other mailboxes (its config from before a SIGHUP, a moment
+    apart): it brings the tracked mailboxes' readings up to date and tracks no other, drops none."""
+    config, store = build(tmp_path)
+
+    async def main() -> tuple[list[str], int]:
+        tracker, _ = await start_tracker(config, store)
+        tracker.load([m for m in store.mailboxes() if m.address != "b0@example.org"], {})
+        add_message(maildir_folder(tmp_path / "spool" / "example.org" / "a1" / "Maildir"), 1000)
+        store.upsert_mailboxes([Mailbox("c0@example.org", Limits(10))])
+        result = run_scan(config, store)
+        tracker.adopt(result.readings, set())
+        tracker.close()
+        return sorted(tracker.mailboxes), tracker.readings["a1@example.org"].bytes
+
+    tracked, a1_bytes = asyncio.run(main())
+    assert tracked == ["a0@example.org", "a1@example.org", "b1@example.org"]
+    assert a1_bytes == 1100
     store.close()
 
 

@@ -79,7 +79,7 @@ class Daemon:
         self._state_log = Throttled(log)
         self._control: asyncio.AbstractServer | None = None
         self._directory_refused: str | None = None
-        self._followed: tuple[Tracker, int] | None = None  # the tracker, and its loads, as this daemon left it
+        self._followed: Tracker | None = None  # the tracker this daemon last handed a whole directory
         self._loader = SnapshotLoader()
         self._refreshing = asyncio.Lock()
         self._warm = True  # read maildirsize files ahead of requests after the next refresh
@@ -105,9 +105,9 @@ class Daemon:
             return snapshot
         tracker = self.tracker
         refused = self._directory_refused is not None  # whether it is back needs the whole directory
-        # The watch's rescan gives the tracker the directory as the watch's own store read it
-        # (before a SIGHUP, or a moment before this load): then it needs this one whole again.
-        behind = self._followed != (tracker, tracker.loads)
+        # A tracker that took a directory other than this daemon's last one (a new tracker, after
+        # the watch was started again, primed from its own read of the store) needs this one whole.
+        behind = self._followed is not tracker
         if changes is not None and not refused and not behind:
             leaving = [*changes.removed, *(m.address for m in changes.written if not m.enabled)]
             if not leaving or left_problem(tracker.readings, leaving, self.config.scan.max_vanished) is None:
@@ -122,7 +122,7 @@ class Daemon:
             self._directory_refused = problem
         if problem is None:  # a directory shrunk at once (a bad filter, an emptied table) clears no flag
             tracker.load(snapshot.mailboxes.values(), {})
-        self._followed = (tracker, tracker.loads)
+        self._followed = tracker
         return self._live(snapshot)
 
     def _live(self, snapshot: Snapshot) -> Snapshot:

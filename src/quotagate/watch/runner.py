@@ -112,8 +112,7 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
         result = await _rescan(config, store)
         if result is None:
             continue  # the tracker keeps its state; its own flushes watch for the spool's return
-        mailboxes = await asyncio.to_thread(store.mailboxes)
-        tracker.adopt(mailboxes, result.readings, touched)
+        tracker.adopt(result.readings, touched)
         # What the store and the published file hold now is the rescan's view: the next flush
         # writes the tracker's fresher readings of the mailboxes touched meanwhile over it.
         publisher.reset(result.readings)

@@ -84,7 +84,6 @@ class Tracker:
         # mailbox with no event since is unchanged, whenever its reading was made. It stops
         # moving when the tracker stops or hangs, so its readings age as they should.
         self.confirmed_at = 0.0
-        self.loads = 0  # whole directories taken (see load): whoever gave the last one may tell
         self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
         # Told of each message that lands in a new/ (the daemon releases the room held for it).
         self.on_delivery: Callable[[str], None] | None = None
@@ -92,7 +91,6 @@ class Tracker:
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
         """Start from a scan's readings: every enabled mailbox is tracked from here on."""
-        self.loads += 1
         wanted = {m.address: m for m in mailboxes if m.enabled}
         roots = spool_roots(self.config.spool)
         for address in set(self.mailboxes) - set(wanted):
@@ -157,10 +155,13 @@ class Tracker:
         self._touched = set()
         return self._touched
 
-    def adopt(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading], touched: set[str]) -> None:
-        """Take a rescan's readings, except for mailboxes that changed while it ran: those are
-        measured again."""
-        self.load(mailboxes, {a: r for a, r in readings.items() if a not in touched})
+    def adopt(self, readings: dict[str, Reading], touched: set[str]) -> None:
+        """Take a rescan's readings of the mailboxes tracked, except for those that changed while
+        it ran: they are measured again. The mailboxes tracked stay as they are: who follows the
+        directory (``serve``'s refreshes, ``watch``'s directory task) keeps them, not the rescan,
+        whose store may list them otherwise (its config from before a SIGHUP, a moment ago)."""
+        for address in self.mailboxes.keys() & readings.keys() - touched:
+            self.readings[address] = readings[address]
         touched_here = {a for a in touched if a in self.mailboxes}
         self._dirty.update(touched_here)
         # The rescan stored its own, older view of these: write ours over it.
