@@ -133,6 +133,28 @@ def test_watch_keeps_mailboxes_when_half_the_directory_goes(tmp_path: Path, capl
     store.close()
 
 
+@pytest.mark.slow
+def test_watch_follows_mailboxes_added_disabled_and_given_new_limits(tmp_path: Path) -> None:
+    """``quotagate watch``'s directory task hands the tracker what differs from what it follows."""
+    config, store = build(tmp_path)
+    add_message(maildir_folder(tmp_path / "spool" / "example.org" / "c0" / "Maildir"), 100)
+
+    async def change_the_directory(tracker: Tracker) -> None:
+        store.upsert_mailboxes(
+            [
+                Mailbox("c0@example.org", Limits(10)),
+                Mailbox("b1@example.org", Limits(10**6), enabled=False),
+                Mailbox("b0@example.org", Limits(60)),
+            ]
+        )
+        await asyncio.sleep(0.4)  # several directory passes
+        assert sorted(tracker.mailboxes) == ["a0@example.org", "a1@example.org", "b0@example.org", "c0@example.org"]
+        assert tracker.mailboxes["b0@example.org"].limits == Limits(60)
+
+    asyncio.run(watching(config, store, change_the_directory, directory=True))
+    store.close()
+
+
 def test_a_batch_watch_cannot_publish_is_not_stored_and_is_written_once_it_can(
     tmp_path: Path, read_only: Callable[[Path], None], caplog: pytest.LogCaptureFixture
 ) -> None:

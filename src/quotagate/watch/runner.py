@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from quotagate.config import Config
 from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
-from quotagate.outage import Outage, vanished_problem
+from quotagate.outage import Outage, left_problem, vanished_problem
 from quotagate.publish import PublishError, published_first
 from quotagate.scan import ScanResult, log_transitions, run_scan
 from quotagate.store import Store, StoreError, redacted
@@ -138,18 +138,29 @@ def directory_problem(config: Config, tracker: Tracker, mailboxes: Iterable[Mail
     return vanished_problem(tracker.readings, still, config.scan.max_vanished)
 
 
+def _differences(store: Store, followed: dict[str, Mailbox]) -> tuple[list[Mailbox], set[str]]:
+    """The directory's mailboxes that differ from those ``followed`` (added, or with new limits or
+    paths), and those that left it or were disabled."""
+    wanted = {m.address: m for m in store.mailboxes() if m.enabled}
+    return [m for a, m in wanted.items() if followed.get(a) != m], followed.keys() - wanted.keys()
+
+
 async def follow_directory(config: Config, store: Store, tracker: Tracker) -> None:
     """Mailboxes added to or removed from the directory are tracked or dropped within a while,
-    unless too many go at once: then the tracker keeps them (said once) until the directory is back."""
+    unless too many go at once: then the tracker keeps them (said once) until the directory is back.
+
+    The tracker gets only the mailboxes that differ from what it follows, found off the loop:
+    loading every one again took the loop 0.9 s at 200,000 mailboxes, every ``directory_seconds``.
+    """
     refused = None
     while True:
         await asyncio.sleep(config.watch.directory_seconds)
-        try:
-            mailboxes = await asyncio.to_thread(store.mailboxes)
+        try:  # a copy to compare with: the loop goes on changing the tracker's
+            written, leaving = await asyncio.to_thread(_differences, store, dict(tracker.mailboxes))
         except StoreError as exc:
             log.error("cannot list mailboxes: %s", exc)
             continue
-        problem = directory_problem(config, tracker, mailboxes)
+        problem = left_problem(tracker.readings, leaving, config.scan.max_vanished)
         if problem != refused:
             if problem:
                 log.error("directory not followed, keeping the last state: %s", problem)
@@ -157,4 +168,4 @@ async def follow_directory(config: Config, store: Store, tracker: Tracker) -> No
                 log.info("directory followed again")
             refused = problem
         if problem is None:
-            tracker.load(mailboxes, {})
+            tracker.update(written, leaving)
