@@ -27,7 +27,7 @@ from quotagate.errors import QuotagateError
 from quotagate.history import Retention
 from quotagate.listen import listen_spec, metrics_spec
 from quotagate.sharedurl import SharedUrl, parse_shared_url
-from quotagate.sizes import Allowance, parse_allowance, parse_percent, parse_size
+from quotagate.sizes import Allowance, format_percent, parse_allowance, parse_percent, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +530,7 @@ def as_toml(value: Any) -> Any:
     """A config value (or a whole section) as quotagate.toml writes it: percentages as ``"99%"``,
     sizes or shares of a limit and paths as strings, a section as a table under its keys."""
     if isinstance(value, Percent):
-        return f"{(value * 100).normalize():f}%"
+        return format_percent(value)
     if isinstance(value, Struct):
         return {f.encode_name: as_toml(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
     if isinstance(value, list):

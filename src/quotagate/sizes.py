@@ -88,7 +88,7 @@ class Allowance:
 
     def __str__(self) -> str:
         if self.fraction:
-            return f"{(self.fraction * 100).normalize():f}%"
+            return format_percent(self.fraction)
         return str(self.bytes)
 
 
@@ -97,6 +97,11 @@ def parse_allowance(value: str | int) -> Allowance:
     if isinstance(value, str) and value.strip().endswith("%"):
         return Allowance(fraction=parse_percent(value))
     return Allowance(bytes=parse_size(value))
+
+
+def format_percent(fraction: Decimal) -> str:
+    """A fraction as a percentage, written as :func:`parse_percent` reads it: ``95%``, ``2.5%``."""
+    return f"{(fraction * 100).normalize():f}%"
 
 
 def parse_percent(value: str | int | float) -> Decimal:

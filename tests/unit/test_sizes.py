@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotagate.sizes import Allowance, format_size, parse_allowance, parse_percent, parse_size
+from quotagate.sizes import Allowance, format_percent, format_size, parse_allowance, parse_percent, parse_size
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,14 @@ def test_percent_and_allowance() -> None:
         parse_percent("-3%")
     with pytest.raises(ValueError):
         parse_percent("lots")
+
+
+@given(st.decimals(min_value=0, max_value=10_000, places=3))
+def test_a_percentage_written_reads_back_as_itself(percent: Decimal) -> None:
+    fraction = percent / 100
+    assert parse_percent(format_percent(fraction)) == fraction
+    assert str(Allowance(fraction=fraction)) == (format_percent(fraction) if fraction else "0")
+
+
+def test_a_percentage_is_written_without_trailing_zeros() -> None:
+    assert [format_percent(Decimal(f)) for f in ("0.95", "0.950", "1", "0.025")] == ["95%", "95%", "100%", "2.5%"]
