@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from quotagate.config import Config
 from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
-from quotagate.outage import Outage, left_problem, vanished_problem
+from quotagate.outage import Outage, left_problem
 from quotagate.publish import PublishError, published_first
 from quotagate.scan import ScanResult, log_transitions, run_scan
 from quotagate.store import Store, StoreError, redacted
@@ -134,8 +134,7 @@ def directory_problem(config: Config, tracker: Tracker, mailboxes: Iterable[Mail
     """Why a new listing of the directory looks like an outage (a bad LDAP filter, an emptied
     table: most mailboxes gone at once) rather than mailboxes leaving, or None."""
     wanted = {m.address for m in mailboxes if m.enabled}
-    still = {a: r for a, r in tracker.readings.items() if a in wanted}
-    return vanished_problem(tracker.readings, still, config.scan.max_vanished)
+    return left_problem(tracker.readings, tracker.readings.keys() - wanted, config.scan.max_vanished)
 
 
 def _differences(store: Store, followed: dict[str, Mailbox]) -> tuple[list[Mailbox], set[str]]:
