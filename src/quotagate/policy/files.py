@@ -148,8 +148,11 @@ class FileReads:
         are gone with it) and set their mailboxes aside for SET_ASIDE_SECONDS: they answer DUNNO
         without a read meanwhile. Below the reader's MOST_THREADS, the reads still waiting then
         are only those stuck, not others queued behind them."""
+        oldest = next(iter(self._pending.values()), None)  # reads are kept in the order they began
+        if oldest is None or now - oldest.started < self.timeout or self._reader is None:
+            return  # none hung: the common case, on every read a request asks, costs no pass
         hung = [path for path, pending in self._pending.items() if now - pending.started >= self.timeout]
-        if len(hung) < HUNG_LIMIT or self._reader is None:
+        if len(hung) < HUNG_LIMIT:
             return
         self._set_aside = {path: until for path, until in self._set_aside.items() if until > now}
         self._set_aside.update(dict.fromkeys(hung, now + SET_ASIDE_SECONDS))
