@@ -5,15 +5,19 @@ signal that stops it. Imported by the benchmark scripts as a sibling module (the
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import math
 import multiprocessing.process
 import os
 import platform
+import re
 import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +93,34 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 900
     return Ran(done.stdout + done.stderr, time.monotonic() - started)
 
 
-def exported_source(rev: str, dest: Path) -> Path:
-    """This repository's ``src`` as of git revision ``rev``, unpacked under ``dest``: the folder
-    to put on PYTHONPATH to run quotagate as it was then."""
+def exported_source(rev: str, dest: Path) -> str:
+    """quotagate as of git revision ``rev``, unpacked under ``dest``: the PYTHONPATH that runs it
+    with this virtualenv's Python. The libraries it needs that this virtualenv lacks (pydantic, for
+    a revision before the config moved to msgspec) are installed beside it, not here."""
     root = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "src", "pyproject.toml"], capture_output=True, check=True
+    )
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return dest / "src"
+    wanted = tomllib.loads((dest / "pyproject.toml").read_text())["project"].get("dependencies", [])
+    missing = [req for req in wanted if not _installed(req)]
+    if not missing:
+        return str(dest / "src")
+    print(f"quotagate@{rev} needs {', '.join(missing)}: installing into {dest / 'deps'}", flush=True)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(dest / "deps"), *missing]
+    run(pip)
+    return os.pathsep.join([str(dest / "src"), str(dest / "deps")])
+
+
+def _installed(requirement: str) -> bool:
+    """Whether a distribution of the name ``requirement`` starts with is installed (any version)."""
+    name = re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0]
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _group_alive(pgid: int) -> bool:

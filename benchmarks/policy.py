@@ -417,7 +417,7 @@ def start_quotagate_at(spool: Spool, work: Path, procs: Processes, rev: str) -> 
     port = free_port()
     config = qdir / "quotagate.toml"
     config.write_text(_quotagate_toml(qdir, spool, port, control=False))
-    env = {**os.environ, "PYTHONPATH": str(source)}
+    env = {**os.environ, "PYTHONPATH": source}
     base = [sys.executable, "-m", "quotagate", "--config", str(config)]
     run([*base, "mailbox", "import", str(_mailbox_csv(qdir / "mailboxes.csv", spool))], env=env)
     run([*base, "scan"], env=env)

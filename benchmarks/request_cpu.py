@@ -115,7 +115,7 @@ def build_spool(root: Path, mailboxes: int) -> Path:
     return csv
 
 
-def measure(work: Path, spool: Path, csv: Path, name: str, source: Path | None, repeat: int) -> dict[str, float]:
+def measure(work: Path, spool: Path, csv: Path, name: str, source: str | None, repeat: int) -> dict[str, float]:
     """µs per request of each kind, for quotagate from ``source`` (None: this checkout)."""
     config = work / f"{name}.toml"
     config.write_text(
@@ -123,7 +123,7 @@ def measure(work: Path, spool: Path, csv: Path, name: str, source: Path | None, 
         f'[spool]\nroot = "{spool}"\nlayout = "{{domain}}/{{local}}/Maildir"\n'
         '[policy]\nmetrics = ""\nreservation_seconds = 0\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
+    env = {**os.environ, "PYTHONPATH": source} if source is not None else None
     base = [sys.executable, "-m", "quotagate", "--config", str(config)]
     run([*base, "mailbox", "import", str(csv)], env=env)
     run([*base, "scan"], env=env)
