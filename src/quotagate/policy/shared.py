@@ -154,7 +154,7 @@ def connect(url: SharedUrl, timeout: float) -> Redis:
         # than opening one per request or failing past the pool's size.
         pool = BlockingConnectionPool.from_url(url.url, max_connections=_CONNECTIONS, timeout=timeout, **options)
         return Redis(connection_pool=pool)
-    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={"socket_timeout": timeout}, **options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={"socket_timeout": timeout}, **options)  # type: ignore[no-untyped-call, unused-ignore]  # typed since redis 8
     master: Redis = sentinel.master_for(url.service, db=url.db, password=url.password)
     return master
 
