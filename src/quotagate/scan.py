@@ -78,7 +78,12 @@ def _unchanged_all(
     chunks = [looks[i : i + _LOOK_CHUNK] for i in range(0, len(looks), _LOOK_CHUNK)]
 
     def look(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
-        return [unchanged(where, usage, roots, profile, layout) for where, usage in chunk]
+        kept: dict[str, int] = {}  # the directories on the way, shared by the chunk's mailboxes
+        try:
+            return [unchanged(where, usage, roots, profile, layout, kept) for where, usage in chunk]
+        finally:
+            for fd in kept.values():
+                os.close(fd)
 
     def hung(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
         log.warning(
@@ -242,7 +247,8 @@ def run_scan(
 
     if not force and (problem := vanished_problem(previous, readings, config.scan.max_vanished)):
         raise Outage(problem)
-    if warning := misread_warning(previous, readings):
+    # A scan that measured nothing again changed no usage: nothing in it can look misread.
+    if pending and (warning := misread_warning(previous, readings)):
         log.warning("%s", warning)  # it names maildir_subdir: a Maildir moved down looks like fs folders
     elif hint := layout_hint(readings):
         log.warning("%s", hint)

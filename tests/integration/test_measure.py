@@ -720,6 +720,32 @@ def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pyte
     assert present(third.folder("Sent")).stamp is None  # changed just now: racy, read again next time
 
 
+def test_a_folder_swapped_for_a_symlink_while_it_is_looked_at_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look reads .Sent/cur without opening .Sent, so it follows .Sent if its owner swaps it
+    # for a symlink after the root was looked at: to the folder moved aside, whose stamps are the
+    # ones stored. The root's stamp, looked at again after, is what gives the swap away.
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    add_message(maildir_folder(root, "Sent"), 200)
+    backdate(root)
+    first = measure(str(root), "auto", None, time.time_ns())
+    assert unchanged(str(root), first)
+    original = maildir.stamp_below
+
+    def swapping(root_fd: int, name: str) -> maildir.Stamp | None:
+        if name == "Sent" and not (root / ".Sent-moved").exists():
+            (root / ".Sent").rename(root / ".Sent-moved")
+            (root / ".Sent").symlink_to(".Sent-moved")
+        return original(root_fd, name)
+
+    monkeypatch.setattr(maildir, "stamp_below", swapping)
+    assert not unchanged(str(root), first)
+    with dir_fd(root) as fd:  # the stamps alone would not have told
+        assert original(fd, "Sent") == present(present(first.folder("Sent")).stamp)[:2]
+
+
 def test_non_utf8_folder_survives_an_incremental_measure(tmp_path: Path) -> None:
     # Regression: folder names reused from the previous reading are display names, and a
     # non-UTF-8 folder looked up by its display name was measured as empty.

@@ -356,20 +356,26 @@ def _measure_at(
 
 
 def unchanged(
-    root: str, previous: MailboxUsage, roots: Roots, profile: Profile = FILES, layout: maildir.Layout = "maildir++"
+    root: str,
+    previous: MailboxUsage,
+    roots: Roots,
+    profile: Profile = FILES,
+    layout: maildir.Layout = "maildir++",
+    kept: dict[str, int] | None = None,
 ) -> bool:
     """True when nothing in the mailbox changed since ``previous`` was measured.
 
     The cheap test an incremental scan runs before measuring: the root and each folder's cur/
-    and new/ (or the mbox file) looked at through descriptors; a ``LAYOUT=fs`` tree, whose
-    folders may come and go below the root without changing its mtime, is listed again. Anything
-    unsure answers False, and so does a reading taken under another accounting profile (its
-    stamps end in another tag) or one with a warning (what it left out is looked at again).
+    and new/ (or the mbox file) looked at through descriptors (``kept``: see
+    :func:`safefs.open_node`); a ``LAYOUT=fs`` tree, whose folders may come and go below the
+    root without changing its mtime, is listed again. Anything unsure answers False, and so does
+    a reading taken under another accounting profile (its stamps end in another tag) or one
+    with a warning (what it left out is looked at again).
     """
     if not previous.known or previous.warning is not None:
         return False
     try:
-        with safefs.opened(root, roots) as node:
+        with safefs.opened(root, roots, kept) as node:
             if previous.format is Format.MISSING:
                 return node is None
             if node is None:
@@ -377,19 +383,36 @@ def unchanged(
             if previous.format is Format.MAILDIR:
                 if not node.is_dir or previous.root_stamp != maildir.changed_ns(node.st):
                     return False
-                if layout == "fs" and not _same_folders(node.fd, previous):
-                    return False
-                tag = profile.stamp_tag
-                return all(
-                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name, layout), tag)
-                    for f in previous.folders
-                )
+                if layout == "fs":
+                    return _same_folders(node.fd, previous) and _same_stamps(node.fd, previous, profile, layout)
+                return _same_stamps(node.fd, previous, profile) and _root_still(node.fd, previous)
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
                 only = previous.folders[0]
                 return only.stamp is not None and only.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag)
     except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them
+
+
+def _same_stamps(root_fd: int, previous: MailboxUsage, profile: Profile, layout: maildir.Layout | None = None) -> bool:
+    """Whether every folder's cur/ and new/ kept the stamps ``previous`` holds: Maildir++ folders
+    looked at by name from the root (``layout`` None), ``LAYOUT=fs`` ones reached level by level."""
+    tag = profile.stamp_tag
+    for f in previous.folders:
+        now = maildir.folder_stamp(root_fd, f.name, layout) if layout else maildir.stamp_below(root_fd, f.name)
+        if f.stamp is None or f.stamp != _tagged(now, tag):
+            return False
+    return True
+
+
+def _root_still(root_fd: int, previous: MailboxUsage) -> bool:
+    """Whether the root still has the stamp it had before its folders were looked at by name.
+
+    ``.Folder/cur`` is looked at without opening ``.Folder`` (one system call, not four), so a
+    ``.Folder`` swapped for a symlink would be followed; but the swap moves the root's stamp,
+    which is looked at again after, and then the mailbox is measured (without following it).
+    """
+    return maildir.changed_ns(os.fstat(root_fd)) == previous.root_stamp
 
 
 def _same_folders(root_fd: int, previous: MailboxUsage) -> bool:

@@ -1,0 +1,91 @@
+"""Walking to many mailboxes through the directories kept open on the way (an unchanged scan)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quotagate.usage import safefs
+from quotagate.usage.safefs import Escape, Roots
+
+
+@pytest.fixture
+def kept() -> Iterator[dict[str, int]]:
+    descriptors: dict[str, int] = {}
+    yield descriptors
+    for fd in descriptors.values():
+        os.close(fd)
+
+
+def spool(tmp_path: Path, *mailboxes: str) -> Path:
+    root = tmp_path / "spool"
+    for relative in mailboxes:
+        (root / relative / "cur").mkdir(parents=True)
+    return root
+
+
+def identity(node: safefs.Node | None) -> tuple[int, int]:
+    assert node is not None
+    try:
+        return node.st.st_dev, node.st.st_ino
+    finally:
+        node.close()
+
+
+def test_mailboxes_of_one_domain_are_reached_through_the_directories_kept(
+    tmp_path: Path, kept: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = spool(tmp_path, "example.com/alice/Maildir", "example.com/bob/Maildir")
+    roots = Roots.of(root)
+    paths = [str(root / "example.com" / name / "Maildir") for name in ("alice", "bob")]
+    alone = [identity(safefs.open_node(path, roots)) for path in paths]
+
+    opened: list[Any] = []
+    real_open = os.open
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+    assert identity(safefs.open_node(paths[0], roots, kept)) == alone[0]
+    assert opened == [str(root), "example.com", "alice", "Maildir"]
+    opened.clear()
+    assert identity(safefs.open_node(paths[1], roots, kept)) == alone[1]
+    assert opened == ["bob", "Maildir"]  # the root and the domain were kept
+    assert set(kept) == {str(root), str(root / "example.com"), *(str(Path(p).parent) for p in paths)}
+
+
+def test_a_kept_walk_follows_symlinks_as_one_that_keeps_nothing(tmp_path: Path, kept: dict[str, int]) -> None:
+    root = spool(tmp_path, "storage/alice/Maildir", "example.com/bob/Maildir")
+    (root / "example.com" / "alice").symlink_to("../storage/alice")
+    (root / "example.com" / "mallory").symlink_to("/etc")
+    roots = Roots.of(root)
+    bob, alice = (str(root / "example.com" / name / "Maildir") for name in ("bob", "alice"))
+
+    assert identity(safefs.open_node(bob, roots, kept)) == identity(safefs.open_node(bob, roots))
+    assert identity(safefs.open_node(alice, roots, kept)) == identity(safefs.open_node(alice, roots))
+    assert safefs.open_node(str(root / "example.com" / "carol" / "Maildir"), roots, kept) is None
+    with pytest.raises(Escape):
+        safefs.open_node(str(root / "example.com" / "mallory" / "Maildir"), roots, kept)
+    (root / "example.com" / "dave").write_text("a file, not a home")
+    with pytest.raises(NotADirectoryError):
+        safefs.open_node(str(root / "example.com" / "dave" / "Maildir"), roots, kept)
+
+
+def test_a_kept_walk_leaves_open_only_what_it_kept(tmp_path: Path, kept: dict[str, int]) -> None:
+    root = spool(tmp_path, "example.com/alice/Maildir")
+    (root / "example.com" / "loop").symlink_to("loop")
+    roots = Roots.of(root)
+    before = len(os.listdir("/proc/self/fd"))
+    identity(safefs.open_node(str(root / "example.com" / "alice" / "Maildir"), roots, kept))
+    with pytest.raises(OSError) as raised:
+        safefs.open_node(str(root / "example.com" / "loop" / "Maildir"), roots, kept)
+    assert raised.value.errno == errno.ELOOP
+    assert safefs.open_node(str(root / "example.com" / "nobody" / "Maildir"), roots, kept) is None
+    assert len(os.listdir("/proc/self/fd")) == before + len(kept)
