@@ -22,7 +22,7 @@ from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
-from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged
+from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged_each
 from quotagate.usage.maildir import LAYOUT_HINT, Layout
 from quotagate.usage.maildirsize import MAX_SIZE, definition_for
 from quotagate.usage.names import display_name
@@ -78,12 +78,7 @@ def _unchanged_all(
     chunks = [looks[i : i + _LOOK_CHUNK] for i in range(0, len(looks), _LOOK_CHUNK)]
 
     def look(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
-        kept: dict[str, int] = {}  # the directories on the way, shared by the chunk's mailboxes
-        try:
-            return [unchanged(where, usage, roots, profile, layout, kept) for where, usage in chunk]
-        finally:
-            for fd in kept.values():
-                os.close(fd)
+        return unchanged_each(chunk, roots, profile, layout)
 
     def hung(chunk: Sequence[tuple[str, MailboxUsage]]) -> list[bool]:
         log.warning(

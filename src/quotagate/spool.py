@@ -8,7 +8,7 @@ import re
 
 from quotagate.config import SpoolConfig
 from quotagate.model import Mailbox, Reading
-from quotagate.usage.safefs import Roots
+from quotagate.usage.safefs import Escape, Roots
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -48,8 +48,10 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig, roots: Roots) -> str:
             address=_safe_component(mailbox.address, "address"),
         )
         path = os.path.normpath(os.path.join(spool.root, relative))
-    if not roots.beneath(path):
-        raise UnsafePath(f"path {path!r} is outside [spool] root (and extra_roots)")
+    try:
+        roots.split(path)
+    except Escape:
+        raise UnsafePath(f"path {path!r} is outside [spool] root (and extra_roots)") from None
     return path
 
 

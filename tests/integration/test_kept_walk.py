@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 
 from quotagate.usage import safefs
+from quotagate.usage.mailbox import measure, unchanged, unchanged_each
 from quotagate.usage.safefs import Escape, Roots
+from tests.spoolgen import add_message, backdate, maildir_folder
 
 
 @pytest.fixture
@@ -89,3 +92,20 @@ def test_a_kept_walk_leaves_open_only_what_it_kept(tmp_path: Path, kept: dict[st
     assert raised.value.errno == errno.ELOOP
     assert safefs.open_node(str(root / "example.com" / "nobody" / "Maildir"), roots, kept) is None
     assert len(os.listdir("/proc/self/fd")) == before + len(kept)
+
+
+def test_looking_at_many_mailboxes_answers_as_one_by_one_and_leaves_nothing_open(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    roots = Roots.of(root)
+    homes = [root / f"d{i % 3}" / f"u{i}" / "Maildir" for i in range(150)]  # past the descriptors kept at once
+    for home in homes:
+        add_message(maildir_folder(home), 100)
+        add_message(maildir_folder(home, "Sent"), 100)
+    backdate(root)
+    looks = [(str(home), measure(str(home), "auto", None, time.time_ns(), roots, None, "").usage) for home in homes]
+    add_message(homes[7] / ".Sent", 5, where="new")
+    before = len(os.listdir("/proc/self/fd"))
+    same = unchanged_each(looks, roots)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert same == [unchanged(home, usage, roots) for home, usage in looks]
+    assert same.count(False) == 1 and not same[7]

@@ -295,3 +295,40 @@ def test_watch_follows_the_maildir_found_below_the_mailbox_path(tmp_path: Path) 
             store.close()
 
     asyncio.run(main())
+
+
+def test_polling_a_layout_fs_mailbox_that_did_not_change_measures_nothing(tmp_path: Path) -> None:
+    # The poll looks at each folder where the layout puts it: Archive/2024 is Maildir/Archive/2024.
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        spool.deliver("alice", 100)
+        maildir = spool.maildir("alice")
+        add_message(maildir_folder(maildir / "Archive" / "2024"), 300)
+        backdate(maildir)
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/q.db"},
+                "spool": {"root": str(spool.root), "maildir_layout": "fs"},
+                "watch": {"mode": "poll"},
+                "scan": {"racy_seconds": 0},
+            }
+        )
+        store = open_store(config.store.url)
+        store.migrate()
+        store.upsert_mailboxes([Mailbox(ALICE, Limits(1000))])
+        tracker = Tracker(config, publish=lambda changed, removed: asyncio.sleep(0))
+        try:
+            readings = run_scan(config, store).readings
+            assert {f.name for f in readings[ALICE].usage.folders} == {"INBOX", "Archive/2024"}
+            tracker.load(store.mailboxes(), readings)
+            tracker._dirty.clear()  # what load marks for a first measure once watched
+            await tracker._poll(everything=True)
+            assert not tracker._dirty
+            add_message(maildir / "Archive" / "2024", 5, where="new")
+            await tracker._poll(everything=True)
+            assert tracker._dirty == {ALICE}
+        finally:
+            tracker.close()
+            store.close()
+
+    asyncio.run(main())

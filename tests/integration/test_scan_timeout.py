@@ -103,7 +103,7 @@ def test_an_incremental_scan_does_not_hang_looking_whether_a_mailbox_changed(
     with open_store(config.store.url, migrate=True) as store:
         store.upsert_mailboxes([Mailbox(f"u{i}@example.org", Limits(50)) for i in range(6)])
         run_scan(config, store)
-        monkeypatch.setattr("quotagate.scan.unchanged", unchanged_or_hang)
+        monkeypatch.setattr("quotagate.usage.mailbox.unchanged", unchanged_or_hang)
         started = time.monotonic()
         result = run_scan(config, store, measure_job=measure_or_hang)
         elapsed = time.monotonic() - started

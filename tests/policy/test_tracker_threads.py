@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 
 import pytest
 from asyncinotify import Inotify, Mask, Watch
@@ -12,7 +13,8 @@ from msgspec.structs import replace
 from quotagate.accounting import Profile
 from quotagate.model import MailboxUsage, Reading
 from quotagate.store import open_store
-from quotagate.usage.mailbox import unchanged as usage_unchanged
+from quotagate.usage import maildir
+from quotagate.usage.mailbox import unchanged_each as usage_unchanged_each
 from quotagate.usage.safefs import Roots
 from quotagate.watch import tracker as tracker_module
 from quotagate.watch.tracker import Tracker
@@ -26,18 +28,20 @@ def test_folder_stats_and_new_watches_happen_off_the_event_loop(
 ) -> None:
     calls: list[tuple[str, bool]] = []  # (what, on the loop's thread)
     loop_thread: list[int] = []
-    unchanged = usage_unchanged
+    unchanged_each = usage_unchanged_each
     add_watch = Inotify.add_watch
 
-    def spy_unchanged(path: str, usage: MailboxUsage, roots: Roots, profile: Profile) -> bool:
+    def spy_unchanged_each(
+        looks: Iterable[tuple[str, MailboxUsage]], roots: Roots, profile: Profile, layout: maildir.Layout
+    ) -> list[bool]:
         calls.append(("stat", threading.get_ident() in loop_thread))
-        return unchanged(path, usage, roots, profile)
+        return unchanged_each(looks, roots, profile, layout)
 
     def spy_add_watch(self: Inotify, path: str, mask: Mask) -> Watch:
         calls.append(("add_watch", threading.get_ident() in loop_thread))
         return add_watch(self, path, mask)
 
-    monkeypatch.setattr(tracker_module, "unchanged", spy_unchanged)
+    monkeypatch.setattr(tracker_module, "unchanged_each", spy_unchanged_each)
     monkeypatch.setattr(Inotify, "add_watch", spy_add_watch)
     config = site.config()
     config = replace(config, watch=replace(config.watch, flush_seconds=0.02, poll_seconds=0.02))

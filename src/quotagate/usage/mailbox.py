@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Literal, NamedTuple
 
@@ -24,6 +24,8 @@ from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Node, Roots
 
 log = logging.getLogger(__name__)
+
+_KEPT_MAX = 128  # directories an unchanged look keeps open at once (a chunk's homes and domains)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
@@ -392,6 +394,32 @@ def unchanged(
     except (OSError, ValueError):
         return False
     return False  # mbox directories may gain nested files anywhere: always re-list them
+
+
+def unchanged_each(
+    looks: Iterable[tuple[str, MailboxUsage]],
+    roots: Roots,
+    profile: Profile = FILES,
+    layout: maildir.Layout = "maildir++",
+) -> list[bool]:
+    """:func:`unchanged` of each ``(root, previous)``, walking through the directories kept open
+    on the way (at most :data:`_KEPT_MAX` at a time, then opened afresh)."""
+    kept: dict[str, int] = {}
+    try:
+        same = []
+        for root, previous in looks:
+            if len(kept) > _KEPT_MAX:
+                _close_all(kept)
+            same.append(unchanged(root, previous, roots, profile, layout, kept))
+        return same
+    finally:
+        _close_all(kept)
+
+
+def _close_all(kept: dict[str, int]) -> None:
+    for fd in kept.values():
+        os.close(fd)
+    kept.clear()
 
 
 def _same_stamps(root_fd: int, previous: MailboxUsage, profile: Profile, layout: maildir.Layout | None = None) -> bool:

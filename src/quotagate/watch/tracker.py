@@ -30,7 +30,7 @@ from quotagate.scan import reading_for
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import StoreError
 from quotagate.usage import maildir
-from quotagate.usage.mailbox import Found, measure, unchanged
+from quotagate.usage.mailbox import Found, measure, unchanged_each
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
 from quotagate.watch.deltas import message_delta
@@ -418,7 +418,9 @@ class Tracker:
             if everything or reading.usage.format is Format.MISSING
         ]
         if looked:
-            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool), profile_for(spool))
+            moved = await asyncio.to_thread(
+                _moved, looked, spool_roots(spool), profile_for(spool), spool.maildir_layout
+            )
             self._dirty.update(a for a in moved if a in self.mailboxes)
 
     # -- running ---------------------------------------------------------------------------------
@@ -477,6 +479,9 @@ class Tracker:
             self._on_event(event.watch, event.mask, None if event.name is None else display_name(str(event.name)))
 
 
-def _moved(looked: list[tuple[str, str, MailboxUsage]], roots: Roots, profile: Profile) -> list[str]:
+def _moved(
+    looked: list[tuple[str, str, MailboxUsage]], roots: Roots, profile: Profile, layout: maildir.Layout
+) -> list[str]:
     """The addresses whose folders' stamps no longer match their usage (blocking: a thread's)."""
-    return [address for address, path, usage in looked if not unchanged(path, usage, roots, profile)]
+    same = unchanged_each(((path, usage) for _, path, usage in looked), roots, profile, layout)
+    return [address for (address, _, _), still in zip(looked, same, strict=True) if not still]
