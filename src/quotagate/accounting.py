@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, replace
 from decimal import Decimal
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from quotagate.config import AccountingOptions, Config, SpoolConfig
 from quotagate.model import Boundary
@@ -45,8 +47,7 @@ class MboxRule(enum.StrEnum):
     DOVECOT = "dovecot"  # a From_ line Dovecot's parser accepts; Content-Length honoured
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(Struct, frozen=True):
     """One delivery agent's accounting rules.
 
     ``stamp_tag`` is appended to the stamps of folders measured under this profile, so a reading

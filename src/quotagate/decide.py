@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeVar
+
+from msgspec import Struct
 
 from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Numbers, Refusal, Usage
 from quotagate.sizes import Allowance
 
 
-@dataclass(frozen=True)
-class Reserved:
+class Reserved(Struct, frozen=True):
     """Room held for messages accepted recently that may still be in flight."""
 
     bytes: int = 0
@@ -140,8 +140,7 @@ def is_over(
     return bool(limits.messages and messages >= limits.messages * threshold)
 
 
-@dataclass(frozen=True)
-class Ceiling:
+class Ceiling(Struct, frozen=True):
     """The most a mailbox may hold (usage plus reservations) for :func:`decide` to accept a
     message of a given size, per limit; None where no limit applies.
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
+
+from msgspec import Struct
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -39,8 +40,7 @@ class Stored(NamedTuple):
     at: float
 
 
-@dataclass(frozen=True)
-class Retention:
+class Retention(Struct, frozen=True):
     """How long samples are kept at each resolution, in days (see the module's docstring)."""
 
     raw_days: float = 2
@@ -48,8 +48,7 @@ class Retention:
     daily_days: float = 730
 
 
-@dataclass(frozen=True)
-class Tier:
+class Tier(Struct, frozen=True):
     """One step of a prune: samples below ``resolution`` older than ``before`` become one per
     ``bucket`` seconds, marked ``resolution``. ``before`` is aligned to a bucket boundary, so a
     bucket is thinned once, whole, and never ends up with two survivors."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +51,8 @@ def write_atomically(path: Path, content: str, mode: int = 0o644) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
+    import tempfile  # here: an unchanged file, as most scans leave it, never needs it (nor shutil)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -7,8 +7,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import NamedTuple
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
@@ -40,8 +42,7 @@ Job = tuple[
 ]
 
 
-@dataclass(frozen=True)
-class ScanResult:
+class ScanResult(Struct, frozen=True):
     summary: ScanSummary
     readings: dict[str, Reading]
     maildirsize_mismatches: list[str]

@@ -7,14 +7,14 @@ taken apart here: the Sentinels to ask, the service whose master to use, and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
+
+from msgspec import Struct
 
 SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
-@dataclass(frozen=True)
-class SharedUrl:
+class SharedUrl(Struct, frozen=True):
     """``[shared] url`` taken apart; ``url`` is what redis-py gets when there are no Sentinels."""
 
     url: str

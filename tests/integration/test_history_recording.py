@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+
+import msgspec
 
 from quotagate.config import Config, parse_config
 from quotagate.history import DAY, Sample
@@ -77,7 +78,7 @@ def test_the_watch_records_a_changing_mailbox_at_most_once_per_interval(tmp_path
         start = base["a@example.org"].measured_at
 
         def flush(address: str, t: float, size: int) -> None:
-            run(publisher([replace(base[address], bytes=size, measured_at=start + t)], []))
+            run(publisher([msgspec.structs.replace(base[address], bytes=size, measured_at=start + t)], []))
 
         for i, size in enumerate((200, 300, 400)):
             flush("a@example.org", 1000 + i, size)

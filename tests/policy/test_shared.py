@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from redis import Redis
 
@@ -179,7 +179,7 @@ def test_room_in_flight_stays_until_a_storage_host_sees_the_delivery(tmp_path: P
                 await wait_until(lambda: storage.settled)  # seen before the reading is taken
                 now = storage.clock()
                 landed = ROOMY_USED + FITS * MESSAGE
-                storage.readings([dataclasses.replace(reading, bytes=landed, messages=1 + FITS, measured_at=now)])
+                storage.readings([msgspec.structs.replace(reading, bytes=landed, messages=1 + FITS, measured_at=now)])
                 await wait_until(lambda: storage.settled)
             finally:
                 await storage.close()
@@ -207,7 +207,7 @@ def test_a_reading_from_a_storage_host_changes_both_answers(tmp_path: Path, redi
             storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
             await storage.start()
             try:
-                full = dataclasses.replace(reading, bytes=QUOTA, measured_at=storage.clock())
+                full = msgspec.structs.replace(reading, bytes=QUOTA, measured_at=storage.clock())
                 storage.readings([full])
                 await wait_until(lambda: storage.settled)
             finally:

@@ -96,7 +96,7 @@ def test_with_live_tracking_usage_is_as_fresh_as_the_trackers_last_cycle(site: S
     # The rows are an hour old, the last scan too; the tracker went round a moment ago.
     service.snapshot = replace(
         service.snapshot,
-        readings={a: replace(r, measured_at=old) for a, r in service.snapshot.readings.items()},
+        readings={a: msgspec.structs.replace(r, measured_at=old) for a, r in service.snapshot.readings.items()},
         confirmed_at=old,
         source="watch",
         confirmed=lambda: confirmed[0],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol, Self
+
+from msgspec import Struct
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention, Sample
@@ -16,8 +17,7 @@ class StoreError(QuotagateError):
     """A store that cannot be reached or used; the message says which and why."""
 
 
-@dataclass(frozen=True)
-class Changes:
+class Changes(Struct, frozen=True):
     """What a store holds that changed after a change stamp (:meth:`Store.changes`).
 
     A part marked ``full`` holds everything (what is not in it is gone); otherwise only what was

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import ldap3
+import msgspec
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
@@ -194,7 +195,7 @@ class LdapStore(ClosedOnExit):
         kept in the state store, as they changed."""
         mailboxes = self.mailboxes()
         state = self.state.changes(since, with_readings, with_folders)
-        return replace(
+        return msgspec.structs.replace(
             state, mailboxes_full=True, mailboxes=mailboxes, removed_mailboxes=[], mailbox_count=len(mailboxes)
         )
 

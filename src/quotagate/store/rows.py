@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -51,7 +50,7 @@ USAGE_COLUMNS = (
     "folders",
 )
 # quotagate_scan's columns besides its id: ScanSummary's fields, in their order.
-SCAN_COLUMNS = tuple(f.name for f in fields(ScanSummary))
+SCAN_COLUMNS = tuple(f.name for f in msgspec.structs.fields(ScanSummary))
 _FORMATS = {f.value: f for f in Format}
 # One encoder for every row: json.dumps with options builds a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

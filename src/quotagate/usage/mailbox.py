@@ -12,8 +12,9 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Literal, NamedTuple
+
+from msgspec.structs import replace
 
 from quotagate.accounting import FILES, Profile
 from quotagate.config import FolderRule

@@ -6,9 +6,9 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from quotagate.model import Limits, MaildirsizeInfo
 from quotagate.usage import safefs
@@ -22,8 +22,7 @@ _MAX_DIGITS = len(str(MAX_SIZE)) + 1  # a sign and 19 digits
 _DEFINITION = re.compile(r"(?:\d{1,19}[SC](?:,\d{1,19}[SC])*)?")
 
 
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(Struct, frozen=True):
     info: MaildirsizeInfo | None
     problem: str | None = None
 
@@ -129,7 +128,7 @@ def rewrite(node: Node, path: str, roots: Roots, definition: str, bytes_: int, m
             raise OSError(errno.EPERM, "not owned by the mailbox owner", FILE_NAME)
     owner = old if old is not None else node.st
     mode = 0o600 if old is None else old.st_mode & 0o777
-    temp = f"{_TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
+    temp = f"{_TEMP_PREFIX}{os.getpid()}.{os.urandom(6).hex()}"  # as secrets.token_hex, without hmac
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         try:

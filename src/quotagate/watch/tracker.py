@@ -17,9 +17,10 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from asyncinotify import Inotify, Mask, Watch
+from msgspec.structs import replace
 
 from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config
