@@ -76,15 +76,17 @@ def test_a_local_user_not_in_local_users_is_not_served(
         assert closed == 0
 
 
-def test_the_kernel_names_the_owner_of_a_connection_on_this_host() -> None:
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_the_kernel_names_the_owner_of_a_connection_on_this_host(loopback: str) -> None:
     peers = LocalPeers()
+    family = socket.AF_INET6 if ":" in loopback else socket.AF_INET
     try:
-        with socket.create_server(("127.0.0.1", 0)) as server:
-            client = socket.create_connection(server.getsockname())
+        with socket.create_server((loopback, 0), family=family) as server:
+            client = socket.create_connection(server.getsockname()[:2])
             conn, peer = server.accept()
             with conn:
                 assert peers.owner(peer, conn.getsockname()) == os.geteuid()
-                assert peers.owner(("127.0.0.1", 1), conn.getsockname()) is None  # no such socket: remote
+                assert peers.owner((loopback, 1), conn.getsockname()) is None  # no such socket: remote
                 client.close()  # closed by its program (FIN_WAIT2, orphaned): no one's, whoever it was
                 with pytest.raises(Gone):
                     peers.owner(peer, conn.getsockname())

@@ -15,6 +15,7 @@ for and is not served. Netlink refused (a sandbox) fails open: the check is then
 
 from __future__ import annotations
 
+import functools
 import pwd
 import socket
 import struct
@@ -29,7 +30,9 @@ _NO_COOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
 _TCP_TIME_WAIT = 6
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
-_REQUEST = struct.Struct("=BBBBI")  # struct inet_diag_req_v2, up to its socket id
+# struct nlmsghdr, then struct inet_diag_req_v2 with its inet_diag_sockid: ports in network order
+# (given as htons of each), addresses padded to 16 bytes, interface, cookie. One pack per question.
+_QUESTION = struct.Struct("=IHHIIBBBBIHH16s16sIII")
 _UID_AT = _HEADER.size + 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue; uid, inode
 
 
@@ -37,18 +40,34 @@ class Gone(Exception):
     """The local peer's socket is no one's any more: closed (TIME_WAIT, or orphaned)."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _address(family: int, host: str) -> bytes:
-    raw = socket.inet_pton(family, host.partition("%")[0])  # fe80::1%eth0: the scope goes apart
-    return raw + bytes(16 - len(raw))
+    """The address as the socket id holds it (its bytes; the pack pads them to 16)."""
+    return socket.inet_pton(family, host.partition("%")[0])  # fe80::1%eth0: the scope goes apart
 
 
 def diag_request(family: int, peer: tuple[str, int], ours: tuple[str, int], seq: int, scope: int = 0) -> bytes:
     """A netlink message asking for the one TCP socket at ``peer`` connected to ``ours`` (``scope``:
     the interface of a link-local IPv6 address)."""
-    sockid = struct.pack("!HH", peer[1], ours[1]) + _address(family, peer[0]) + _address(family, ours[0])
-    sockid += struct.pack("=III", scope, _NO_COOKIE, _NO_COOKIE)
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + sockid
-    return _HEADER.pack(_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, seq, 0) + body
+    return _QUESTION.pack(
+        _QUESTION.size,
+        _SOCK_DIAG_BY_FAMILY,
+        _NLM_F_REQUEST,
+        seq,
+        0,
+        family,
+        socket.IPPROTO_TCP,
+        0,
+        0,
+        _ALL_STATES,
+        socket.htons(peer[1]),
+        socket.htons(ours[1]),
+        _address(family, peer[0]),
+        _address(family, ours[0]),
+        scope,
+        _NO_COOKIE,
+        _NO_COOKIE,
+    )
 
 
 def diag_seq(reply: bytes) -> int | None:
