@@ -76,6 +76,7 @@ from quotagate.scan import ScanResult, run_scan
 from quotagate.store import Store, open_store
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 GENERATOR_VERSION = 1
 SEED = 20240601
@@ -435,8 +436,28 @@ def reference_in_process(maildirs: list[str]) -> Totals:
     return Totals(len(maildirs), int(messages), int(size))
 
 
-def process(label: str, argv: list[str], times: int) -> tuple[Timing, str]:
-    """Time ``argv`` as a whole process, start to exit; its output from the last run."""
+def alternately(
+    first: tuple[str, Callable[[], T]], second: tuple[str, Callable[[], U]], times: int
+) -> tuple[tuple[Timing, T], tuple[Timing, U]]:
+    """Both, one run of each in turn: their ratio then holds whatever else the machine was doing
+    (a shared machine can slow down by a third between two series run one after the other)."""
+    runs: tuple[list[float], list[float]] = ([], [])
+    values: tuple[list[T], list[U]] = ([], [])
+    for _ in range(times):
+        seconds, a = timed(first[1])
+        runs[0].append(seconds)
+        values[0].append(a)
+        seconds, b = timed(second[1])
+        runs[1].append(seconds)
+        values[1].append(b)
+    timings = Timing(first[0], runs[0]), Timing(second[0], runs[1])
+    for timing in timings:
+        print(f"  {timing.label}: best {timing.best:.3f} s, median {timing.median:.3f} s", flush=True)
+    return (timings[0], values[0][-1]), (timings[1], values[1][-1])
+
+
+def process(argv: list[str]) -> Callable[[], str]:
+    """A run of ``argv`` as a whole process, start to exit, giving its output."""
 
     def once() -> str:
         done = subprocess.run(argv, capture_output=True, text=True)
@@ -444,7 +465,7 @@ def process(label: str, argv: list[str], times: int) -> tuple[Timing, str]:
             raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stdout}{done.stderr}")
         return done.stdout
 
-    return repeat(label, once, times)
+    return once
 
 
 def to_first_mailbox(label: str, root: Path, args: list[str], times: int) -> Timing:
@@ -532,7 +553,11 @@ def time_in_process(setup: Setup) -> InProcess:
     n, maildirs = setup.repeat, setup.maildirs
     print(f"in-process timing ({n} runs each, wall clock):")
     full, full_result, store, config = full_scans("quotagate full scan", setup.spool, setup.scratch, setup.mailboxes, n)
-    incremental, incr_result = repeat("quotagate incremental scan", lambda: run_scan(config, store), n)
+    (incremental, incr_result), (bound, stat_count) = alternately(
+        ("quotagate incremental scan", lambda: run_scan(config, store)),
+        ("stat bound (cur/ + new/)", lambda: stat_bound(setup.stat_paths)),
+        n,
+    )
     store.close()
     single, _, single_store, _ = full_scans(
         "quotagate full scan, 1 worker", setup.spool, setup.scratch, setup.mailboxes, n, workers=1
@@ -541,7 +566,6 @@ def time_in_process(setup: Setup) -> InProcess:
     naive, naive_totals = repeat("naive os.walk + os.stat", lambda: naive_scan(maildirs), n)
     reference, reference_totals = repeat("listdir + S= script", lambda: reference_in_process(maildirs), n)
     du, du_totals = repeat("du -sb per mailbox", lambda: du_scan(maildirs), n)
-    bound, stat_count = repeat("stat bound (cur/ + new/)", lambda: stat_bound(setup.stat_paths), n)
     return InProcess(
         full,
         single,
@@ -585,16 +609,24 @@ def time_processes(setup: Setup) -> AsProcesses:
     # run under PYTHONDONTWRITEBYTECODE would otherwise compile them from source in every process.
     compileall.compile_dir(Path(quotagate.__file__).parent, quiet=1)
     print(f"whole-process timing ({n} runs each, wall clock, start to exit):")
-    version, _ = process("quotagate --version", [QUOTAGATE, "--version"], max(n, 10))
-    startup, _ = process("quotagate scan, one mailbox", [QUOTAGATE, "-q", "-c", str(tiny_config), "scan"], max(n, 10))
+    version, _ = repeat("quotagate --version", process([QUOTAGATE, "--version"]), max(n, 10))
+    startup, _ = repeat(
+        "quotagate scan, one mailbox", process([QUOTAGATE, "-q", "-c", str(tiny_config), "scan"]), max(n, 10)
+    )
     first = to_first_mailbox(
         "scan, to its first mailbox", work / "tiny", ["-q", "-c", str(tiny_config), "scan"], max(n, 10)
     )
-    full, _ = process("quotagate scan --full", [QUOTAGATE, "-q", "-c", str(config), "scan", "--full"], n)
-    incremental, _ = process("quotagate scan (unchanged)", [QUOTAGATE, "-q", "-c", str(config), "scan"], n)
     python = [sys.executable, "-I"]
-    reference, out = process("listdir + S= script", [*python, str(reference_script), str(listing)], n)
-    bound, _ = process("stat bound script", [*python, str(bound_script), str(folders)], n)
+    (full, _), (reference, out) = alternately(
+        ("quotagate scan --full", process([QUOTAGATE, "-q", "-c", str(config), "scan", "--full"])),
+        ("listdir + S= script", process([*python, str(reference_script), str(listing)])),
+        n,
+    )
+    (incremental, _), (bound, _) = alternately(
+        ("quotagate scan (unchanged)", process([QUOTAGATE, "-q", "-c", str(config), "scan"])),
+        ("stat bound script", process([*python, str(bound_script), str(folders)])),
+        n,
+    )
     messages, size = (int(v) for v in out.split())
     return AsProcesses(
         version, startup, first, full, incremental, reference, bound, Totals(len(setup.maildirs), messages, size)
