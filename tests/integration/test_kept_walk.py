@@ -109,3 +109,16 @@ def test_looking_at_many_mailboxes_answers_as_one_by_one_and_leaves_nothing_open
     assert len(os.listdir("/proc/self/fd")) == before
     assert same == [unchanged(home, usage, roots) for home, usage in looks]
     assert same.count(False) == 1 and not same[7]
+
+
+def test_a_deep_tree_keeps_no_more_than_the_cap_open(tmp_path: Path, kept: dict[str, int]) -> None:
+    # Its owner points the Maildir down a tree deeper than the descriptors a look may keep.
+    root = tmp_path / "spool"
+    home = root / "example.com" / "mallory"
+    deep = home / "/".join(["a"] * (safefs.KEPT_MAX + 50))
+    (deep / "M" / "cur").mkdir(parents=True)
+    (home / "Maildir").symlink_to(deep.relative_to(home) / "M")
+    before = len(os.listdir("/proc/self/fd"))
+    identity(safefs.open_node(str(home / "Maildir"), Roots.of(root), kept))
+    assert len(kept) == safefs.KEPT_MAX
+    assert len(os.listdir("/proc/self/fd")) == before + safefs.KEPT_MAX

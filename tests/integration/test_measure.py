@@ -723,27 +723,38 @@ def test_unchanged_folders_are_reused_not_read(tmp_path: Path, monkeypatch: pyte
 def test_a_folder_swapped_for_a_symlink_while_it_is_looked_at_is_measured_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The look reads .Sent/cur without opening .Sent, so it follows .Sent if its owner swaps it
-    # for a symlink after the root was looked at: to the folder moved aside, whose stamps are the
-    # ones stored. The root's stamp, looked at again after, is what gives the swap away.
+    # Its owner swaps .Sent for a symlink to the folder moved aside (whose stamps are the ones
+    # stored) after the root was looked at: the folder is opened without following it.
     root = tmp_path / "Maildir"
     add_message(maildir_folder(root), 100)
     add_message(maildir_folder(root, "Sent"), 200)
     backdate(root)
     first = measure(str(root), "auto", None, time.time_ns())
     assert unchanged(str(root), first)
-    original = maildir.stamp_below
+    original = maildir.folder_stamp
 
-    def swapping(root_fd: int, name: str) -> maildir.Stamp | None:
+    def swapping(root_fd: int, name: str, layout: maildir.Layout = "maildir++") -> maildir.Stamp | None:
         if name == "Sent" and not (root / ".Sent-moved").exists():
             (root / ".Sent").rename(root / ".Sent-moved")
             (root / ".Sent").symlink_to(".Sent-moved")
-        return original(root_fd, name)
+        return original(root_fd, name, layout)
 
-    monkeypatch.setattr(maildir, "stamp_below", swapping)
+    monkeypatch.setattr(maildir, "folder_stamp", swapping)
     assert not unchanged(str(root), first)
-    with dir_fd(root) as fd:  # the stamps alone would not have told
-        assert original(fd, "Sent") == present(present(first.folder("Sent")).stamp)[:2]
+
+
+def test_mail_in_a_non_utf8_folder_that_had_no_cur_is_seen(tmp_path: Path) -> None:
+    # The reading names the folder by its display name; looked up by that name it is not there,
+    # which must never pass for the empty folder it was.
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    os.mkdir(os.path.join(os.fsencode(root), b".\xff"))
+    backdate(root)
+    first = measure(str(root), "auto", None, time.time_ns())
+    assert per_folder(first) == {"INBOX": (100, 1), "\\xff": (0, 0)}
+    add_message(maildir_folder(root, b"\xff"), 900)
+    assert not unchanged(str(root), first)
+    assert per_folder(measure(str(root), "auto", first, time.time_ns()))["\\xff"] == (900, 1)
 
 
 def test_non_utf8_folder_survives_an_incremental_measure(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from quotagate.usage.safefs import Node, Roots
 
 log = logging.getLogger(__name__)
 
-_KEPT_MAX = 128  # directories an unchanged look keeps open at once (a chunk's homes and domains)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
@@ -386,9 +385,9 @@ def unchanged(
             if previous.format is Format.MAILDIR:
                 if not node.is_dir or previous.root_stamp != maildir.changed_ns(node.st):
                     return False
-                if layout == "fs":
-                    return _same_folders(node.fd, previous) and _same_stamps(node.fd, previous, profile, layout)
-                return _same_stamps(node.fd, previous, profile) and _root_still(node.fd, previous)
+                if layout == "fs" and not _same_folders(node.fd, previous):
+                    return False
+                return _same_stamps(node.fd, previous, profile, layout)
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
                 only = previous.folders[0]
                 return only.stamp is not None and only.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag)
@@ -404,12 +403,13 @@ def unchanged_each(
     layout: maildir.Layout = "maildir++",
 ) -> list[bool]:
     """:func:`unchanged` of each ``(root, previous)``, walking through the directories kept open
-    on the way (at most :data:`_KEPT_MAX` at a time, then opened afresh)."""
+    on the way (see :func:`safefs.open_node`): once :data:`safefs.KEPT_MAX` are, they are closed
+    and the next walk starts afresh."""
     kept: dict[str, int] = {}
     try:
         same = []
         for root, previous in looks:
-            if len(kept) > _KEPT_MAX:
+            if len(kept) >= safefs.KEPT_MAX:
                 _close_all(kept)
             same.append(unchanged(root, previous, roots, profile, layout, kept))
         return same
@@ -418,30 +418,18 @@ def unchanged_each(
 
 
 def _close_all(kept: dict[str, int]) -> None:
-    for fd in kept.values():
-        os.close(fd)
-    kept.clear()
+    while kept:
+        os.close(kept.popitem()[1])  # taken out first: a close that fails is never tried again
 
 
-def _same_stamps(root_fd: int, previous: MailboxUsage, profile: Profile, layout: maildir.Layout | None = None) -> bool:
-    """Whether every folder's cur/ and new/ kept the stamps ``previous`` holds: Maildir++ folders
-    looked at by name from the root (``layout`` None), ``LAYOUT=fs`` ones reached level by level."""
+def _same_stamps(root_fd: int, previous: MailboxUsage, profile: Profile, layout: maildir.Layout) -> bool:
+    """Whether every folder's cur/ and new/ kept the stamps ``previous`` holds, each folder opened
+    without following a symlink (one swapped in since is not this mailbox's folder: changed)."""
     tag = profile.stamp_tag
     for f in previous.folders:
-        now = maildir.folder_stamp(root_fd, f.name, layout) if layout else maildir.stamp_below(root_fd, f.name)
-        if f.stamp is None or f.stamp != _tagged(now, tag):
+        if f.stamp is None or f.stamp != _tagged(maildir.folder_stamp(root_fd, f.name, layout), tag):
             return False
     return True
-
-
-def _root_still(root_fd: int, previous: MailboxUsage) -> bool:
-    """Whether the root still has the stamp it had before its folders were looked at by name.
-
-    ``.Folder/cur`` is looked at without opening ``.Folder`` (one system call, not four), so a
-    ``.Folder`` swapped for a symlink would be followed; but the swap moves the root's stamp,
-    which is looked at again after, and then the mailbox is measured (without following it).
-    """
-    return maildir.changed_ns(os.fstat(root_fd)) == previous.root_stamp
 
 
 def _same_folders(root_fd: int, previous: MailboxUsage) -> bool:

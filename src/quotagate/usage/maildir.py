@@ -216,17 +216,6 @@ def stamp(folder_fd: int) -> Stamp:
     return _changed(_lstat(folder_fd, "cur")), _changed(_lstat(folder_fd, "new"))
 
 
-def stamp_below(root_fd: int, name: str) -> Stamp | None:
-    """:func:`stamp` of a Maildir++ folder by name, from the root: ``.Folder/cur`` and
-    ``.Folder/new`` looked at without opening ``.Folder``. ``.Folder`` itself is followed if it
-    is a symlink: only for a caller that sees the root unchanged after (a swap changes it).
-    None for a name no Maildir++ folder has (one with "/")."""
-    if "/" in name:
-        return None
-    prefix = "" if name == INBOX else f".{name}/"
-    return _changed(_lstat(root_fd, f"{prefix}cur")), _changed(_lstat(root_fd, f"{prefix}new"))
-
-
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
     """:func:`stamp` of a folder by name; None when the folder is gone."""
     if name == INBOX:  # the root itself: no descriptor of its own to open

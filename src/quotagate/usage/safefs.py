@@ -24,6 +24,7 @@ from functools import cached_property
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MAX_LINKS = 8  # symlinks resolved on the way to one mailbox before giving up (ELOOP)
+KEPT_MAX = 128  # directories a walk keeps open for the next (see open_node): a deep tree holds no more
 
 
 class Escape(OSError):
@@ -96,10 +97,12 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None) -> No
     exist (at any component: a mailbox not created yet).
 
     ``kept`` (a directory's path -> its descriptor, the caller's to close) keeps the directories
-    walked through on the way, and the next walk beneath one of them starts there: an unchanged
-    scan reaches 2,000 mailboxes in four domains through the same few. Only for a look that
-    compares stamps: a directory moved away since it was kept is the mailbox as it was a moment
-    ago, not a way into another one's files.
+    walked through on the way (up to :data:`KEPT_MAX`), and the next walk beneath one of them
+    starts there: an unchanged scan reaches 2,000 mailboxes in four domains through the same
+    few. Only for a look that compares stamps: a directory moved away since it was kept (its
+    owner's doing, even out of the roots) is the mailbox as it was a moment ago, as a walk that
+    lost a race with the move would have seen it, never a way into another one's files; the
+    caller drops what it keeps after a batch of mailboxes.
 
     Raises :class:`Escape` when ``path`` or a symlink on the way leads outside the roots, and
     OSError for anything else (ELOOP after :data:`MAX_LINKS` symlinks, a FIFO or device at the
@@ -121,11 +124,11 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
     path to walk instead (a symlink resolved by hand, or an entry swapped since it was looked at)."""
     here = root
     fd = kept.get(root, -1) if kept is not None else -1
-    if fd < 0:
+    owned = fd < 0  # whether fd is this walk's to close (else it is kept)
+    if owned:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        if kept is not None:
-            kept[root] = fd
-    owned = kept is None  # whether fd is this walk's to close (else it is kept)
+        if kept is not None and len(kept) < KEPT_MAX:
+            kept[root], owned = fd, False
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -151,7 +154,7 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
                     os.close(fd)
                 fd, owned = opened, True
                 if not last:
-                    if kept is not None:
+                    if kept is not None and len(kept) < KEPT_MAX:
                         kept[here], owned = fd, False
                     continue
                 node = Node(opened, os.fstat(opened), logical)
