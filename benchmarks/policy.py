@@ -66,6 +66,9 @@ What it does, in one run, against the same spool:
 8. **Another revision** (``--compare REV``): quotagate's ``src`` as of git revision REV, run
    with the same virtualenv on a store of its own (imported and scanned by it), in every policy
    row; a table of today's req/s, p99 and CPU per request against it.
+9. **Without the local-user check** (``--unchecked``): today's daemon again, on the same store,
+   with ``[policy] local_users = []``, in every policy row; a table of req/s and CPU per request
+   with and without the kernel lookup of who owns each connection (the new-connection row's cost).
 7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
    --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
    row beside the daemon without ``[shared]``: a table of req/s, p99 and CPU per request (all the
@@ -445,6 +448,19 @@ def start_quotagate(spool: Spool, work: Path, procs: Processes) -> tuple[Server,
     proc = procs.start([*base, "serve"], log)
     wait_for_port(port, proc, log)
     return Server("quotagate", port, proc, session=False), config
+
+
+def start_quotagate_unchecked(spool: Spool, work: Path, procs: Processes) -> Server:
+    """Today's quotagate on the store start_quotagate made, without [policy] local_users: it never
+    asks the kernel who owns a connection."""
+    qdir = work / "quotagate"
+    port = free_port()
+    config = qdir / "unchecked.toml"
+    config.write_text(_quotagate_toml(qdir, spool, port, "local_users = []\n"))
+    log = qdir / "serve-unchecked.log"
+    proc = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
+    wait_for_port(port, proc, log)
+    return Server("quotagate, local_users = []", port, proc, session=False)
 
 
 def start_quotagate_workers(spool: Spool, work: Path, procs: Processes, count: int, redis: str) -> Server:
@@ -1308,6 +1324,21 @@ def print_compared_table(rows: list[tuple[str, dict[str, Measured]]], name: str)
         )
 
 
+def print_unchecked_table(rows: list[tuple[str, dict[str, Measured]]], name: str) -> None:
+    """Today's quotagate against itself without the local_users check: what the check costs."""
+    print()
+    print(f"quotagate against {name} (same store, same load, same run): req/s, CPU per request (µs)")
+    head = f"{'mode':<24} {'checked':>7} {'not':>7} {'ratio':>6} | {'CPU':>5} {'not':>5} {'added':>6}"
+    print(head)
+    print("-" * len(head))
+    for label, r in rows:
+        now, bare = r["quotagate"], r[name]
+        print(
+            f"{label:<24} {now.rate:>7.0f} {bare.rate:>7.0f} {ratio(now.rate, bare.rate):>5.2f}x | "
+            f"{now.server_us:>5.0f} {bare.server_us:>5.0f} {now.server_us - bare.server_us:>+6.0f}"
+        )
+
+
 @dataclass(frozen=True)
 class EximRows:
     rows: list[Measured]  # 8 sessions each
@@ -1462,6 +1493,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="REV",
         help="also quotagate as of git revision REV (e.g. fe3ff0a, before reservations), in every policy row",
     )
+    parser.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="also today's quotagate with [policy] local_users = [], in every policy row: what asking the "
+        "kernel who owns each connection costs",
+    )
     parser.add_argument("--quick", action="store_true", help="short rows (2 s + 0.5 s warm-up), same spool")
     args = parser.parse_args(argv)
     try:
@@ -1487,6 +1524,7 @@ class Servers:
     null: Server
     workers: list[Server]  # serve --workers N, for each N of --workers
     compared: Server | None  # quotagate at --compare REV
+    unchecked: Server | None  # today's quotagate without [policy] local_users (--unchecked)
 
 
 @dataclass
@@ -1496,6 +1534,7 @@ class Outcome:
     exim: EximRows | None
     workers: list[int]
     compared: str | None  # the name of the --compare server
+    unchecked: str | None  # the name of the --unchecked server
 
 
 def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Namespace) -> Servers:
@@ -1513,7 +1552,10 @@ def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Nam
     compared = start_quotagate_at(spool, work, procs, args.compare) if args.compare else None
     if compared is not None:
         print(f"compared: {compared.name} {HOST}:{compared.port}")
-    return Servers(qg, qg_config, dc, null, workers, compared)
+    unchecked = start_quotagate_unchecked(spool, work, procs) if args.unchecked else None
+    if unchecked is not None:
+        print(f"unchecked: {unchecked.name} {HOST}:{unchecked.port}")
+    return Servers(qg, qg_config, dc, null, workers, compared, unchecked)
 
 
 def measure(
@@ -1528,7 +1570,7 @@ def measure(
     """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
     timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
     qg, dc, null = servers.quotagate, servers.dovecot, servers.null
-    others = [*servers.workers, *([servers.compared] if servers.compared else [])]
+    others = [*servers.workers, *(s for s in (servers.compared, servers.unchecked) if s is not None)]
     consistent = consistency(spool, [qg, dc, *others], args.check)
     per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
     print(
@@ -1544,7 +1586,14 @@ def measure(
         exim = exim_rows(spool, work, [qg, *servers.workers, dc, null], parts.acl, parts.acls, timing, procs, trust)
     else:
         print("exim: skipped (--no-exim, or exim4-daemon-heavy is not installed)")
-    return Outcome(consistent, rows, exim, args.workers, servers.compared.name if servers.compared else None)
+    return Outcome(
+        consistent,
+        rows,
+        exim,
+        args.workers,
+        servers.compared.name if servers.compared else None,
+        servers.unchecked.name if servers.unchecked else None,
+    )
 
 
 def report(outcome: Outcome, work: Path) -> None:
@@ -1554,6 +1603,8 @@ def report(outcome: Outcome, work: Path) -> None:
     print_workers_table(rows, outcome.workers)
     if outcome.compared is not None:
         print_compared_table(rows, outcome.compared)
+    if outcome.unchecked is not None:
+        print_unchecked_table(rows, outcome.unchecked)
     exim_ok = print_exim_table(exim) if exim is not None else None
     print()
     print("targets:")
