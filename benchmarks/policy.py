@@ -67,7 +67,7 @@ What it does, in one run, against the same spool:
    with the same virtualenv on a store of its own (imported and scanned by it), in every policy
    row; a table of today's req/s, p99 and CPU per request against it.
 9. **Without the local-user check** (``--unchecked``): today's daemon again, on the same store,
-   with ``[policy] local_users = []``, in every policy row; a table of req/s and CPU per request
+   with ``[policy] local_users = []``, in every policy row; the same table as ``--compare``'s,
    with and without the kernel lookup of who owns each connection (the new-connection row's cost).
 7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
    --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
@@ -1307,12 +1307,13 @@ def print_workers_table(rows: list[tuple[str, dict[str, Measured]]], counts: Seq
         )
 
 
-def print_compared_table(rows: list[tuple[str, dict[str, Measured]]], name: str) -> None:
-    """Today's quotagate against the same at another revision, measured in the same run."""
+def print_against_table(rows: list[tuple[str, dict[str, Measured]]], name: str, other: str) -> None:
+    """Today's quotagate against another server measured in the same run (``other``: its column):
+    quotagate at another revision (--compare), or today's without the local-user check (--unchecked)."""
     print()
     print(f"quotagate against {name} (same spool, same load, same run): req/s, p99 (ms), CPU per request (µs)")
-    head = f"{'mode':<24} {'today':>7} {'then':>7} {'ratio':>6} | {'p99':>7} {'then':>7} | "
-    head += f"{'CPU':>5} {'then':>5} {'ratio':>6}"
+    head = f"{'mode':<24} {'today':>7} {other:>7} {'ratio':>6} | {'p99':>7} {other:>7} | "
+    head += f"{'CPU':>5} {other:>5} {'ratio':>6}"
     print(head)
     print("-" * len(head))
     for label, r in rows:
@@ -1321,21 +1322,6 @@ def print_compared_table(rows: list[tuple[str, dict[str, Measured]]], name: str)
             f"{label:<24} {now.rate:>7.0f} {then.rate:>7.0f} {ratio(now.rate, then.rate):>5.2f}x | "
             f"{now.p99:>7.3f} {then.p99:>7.3f} | {now.server_us:>5.0f} {then.server_us:>5.0f} "
             f"{ratio(now.server_us, then.server_us):>5.2f}x"
-        )
-
-
-def print_unchecked_table(rows: list[tuple[str, dict[str, Measured]]], name: str) -> None:
-    """Today's quotagate against itself without the local_users check: what the check costs."""
-    print()
-    print(f"quotagate against {name} (same store, same load, same run): req/s, CPU per request (µs)")
-    head = f"{'mode':<24} {'checked':>7} {'not':>7} {'ratio':>6} | {'CPU':>5} {'not':>5} {'added':>6}"
-    print(head)
-    print("-" * len(head))
-    for label, r in rows:
-        now, bare = r["quotagate"], r[name]
-        print(
-            f"{label:<24} {now.rate:>7.0f} {bare.rate:>7.0f} {ratio(now.rate, bare.rate):>5.2f}x | "
-            f"{now.server_us:>5.0f} {bare.server_us:>5.0f} {now.server_us - bare.server_us:>+6.0f}"
         )
 
 
@@ -1602,9 +1588,9 @@ def report(outcome: Outcome, work: Path) -> None:
     policy_ok = print_policy_table(rows)
     print_workers_table(rows, outcome.workers)
     if outcome.compared is not None:
-        print_compared_table(rows, outcome.compared)
+        print_against_table(rows, outcome.compared, "then")
     if outcome.unchecked is not None:
-        print_unchecked_table(rows, outcome.unchecked)
+        print_against_table(rows, outcome.unchecked, "bare")
     exim_ok = print_exim_table(exim) if exim is not None else None
     print()
     print("targets:")
