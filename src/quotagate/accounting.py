@@ -233,18 +233,9 @@ PROFILES: dict[str, Profile] = {
 FILES = PROFILES["files"]
 
 
-_last: tuple[SpoolConfig, Profile] | None = None  # a scan asks for the same spool's twice per mailbox
-
-
 def profile_for(spool: SpoolConfig) -> Profile:
     """The profile ``[spool] accounting`` names, with ``[spool] accounting_options`` applied."""
-    global _last
-    last = _last
-    if last is not None and last[0] is spool:  # a frozen config: the same object, the same profile
-        return last[1]
-    profile = with_options(PROFILES[spool.accounting], spool.accounting_options)
-    _last = (spool, profile)
-    return profile
+    return with_options(PROFILES[spool.accounting], spool.accounting_options)
 
 
 def with_options(base: Profile, options: AccountingOptions) -> Profile:

@@ -1,7 +1,7 @@
 """The words of quotagate as frozen values: mailboxes, limits, usage, decisions.
 
 Frozen ``msgspec.Struct`` classes rather than dataclasses: a class is made in microseconds, not
-a millisecond (every command imports these), and a scan makes one of several per mailbox.
+a millisecond (every command imports these), and a scan makes several per mailbox.
 """
 
 from __future__ import annotations

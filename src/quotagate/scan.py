@@ -113,22 +113,22 @@ def _measure_all(
     yield from bounded.in_processes(measure_job, jobs, timeout, timed_out, workers, ctx)
 
 
-def _state(mailbox: Mailbox, usage: MailboxUsage, bytes_: int, messages: int, config: Config) -> State:
-    if not usage.known:
-        return State.UNKNOWN
-    boundary = profile_for(config.spool).boundary
-    return State.OVER if is_over(mailbox.limits, bytes_, messages, config.scan.threshold, boundary) else State.OK
-
-
-def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config) -> tuple[int, int, State]:
+def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int, State]:
     """Bytes and messages that count under the accounting profile and the folder rules, and the
     state they put the mailbox in (at the profile's boundary)."""
-    bytes_, messages = counted(usage.folders, config.folders, profile_for(config.spool).excluded_folders)
-    return bytes_, messages, _state(mailbox, usage, bytes_, messages, config)
+    bytes_, messages = counted(usage.folders, config.folders, profile.excluded_folders)
+    if not usage.known:
+        return bytes_, messages, State.UNKNOWN
+    over = is_over(mailbox.limits, bytes_, messages, config.scan.threshold, profile.boundary)
+    return bytes_, messages, State.OVER if over else State.OK
 
 
-def reading_for(mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, now: float) -> Reading:
-    return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config), now)
+def reading_for(
+    mailbox: Mailbox, path: str, usage: MailboxUsage, config: Config, profile: Profile, now: float
+) -> Reading:
+    """The reading of ``usage`` under ``config``'s folder rules and threshold and ``profile``
+    (:func:`quotagate.accounting.profile_for` of its spool, asked once by the caller)."""
+    return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config, profile), now)
 
 
 def _maildirsize_disagrees(r: Reading) -> bool:
@@ -194,7 +194,7 @@ def run_scan(
             path = mailbox_path(mailbox, config.spool, roots)
         except UnsafePath as exc:
             usage = MailboxUsage(Format.MISSING, error=str(exc))
-            readings[mailbox.address] = reading_for(mailbox, "", usage, config, started)
+            readings[mailbox.address] = reading_for(mailbox, "", usage, config, profile, started)
             continue
         prev = previous.get(mailbox.address)
         where = located(path, prev, config.spool)  # the Maildir below path, if found there before
@@ -208,7 +208,7 @@ def run_scan(
     for mailbox, path, where, prev, prev_usage, definition in candidates:
         if prev is not None and prev_usage is not None and next(same_on_disk):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
-            totals = _totals(mailbox, prev_usage, config)
+            totals = _totals(mailbox, prev_usage, config, profile)
             same = totals == (prev.bytes, prev.messages, prev.state)
             readings[mailbox.address] = prev if same else Reading(mailbox.address, where, prev_usage, *totals, started)
             continue
@@ -236,7 +236,7 @@ def run_scan(
     for (mailbox, _), found in zip(
         pending, _measure_all(jobs, workers, config.scan.mailbox_timeout, measure_job), strict=True
     ):
-        readings[mailbox.address] = reading_for(mailbox, found.path, found.usage, config, started)
+        readings[mailbox.address] = reading_for(mailbox, found.path, found.usage, config, profile, started)
         done += 1
         if progress and (done % 50 == 0 or done == total):
             progress(done, total)

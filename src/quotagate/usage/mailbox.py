@@ -26,7 +26,6 @@ from quotagate.usage.safefs import Node, Roots
 
 log = logging.getLogger(__name__)
 
-
 FormatSetting = Literal["maildir", "mbox", "auto"]
 _MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
 MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
@@ -387,7 +386,11 @@ def unchanged(
                     return False
                 if layout == "fs" and not _same_folders(node.fd, previous):
                     return False
-                return _same_stamps(node.fd, previous, profile, layout)
+                tag = profile.stamp_tag
+                return all(
+                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name, layout), tag)
+                    for f in previous.folders
+                )
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:
                 only = previous.folders[0]
                 return only.stamp is not None and only.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag)
@@ -420,16 +423,6 @@ def unchanged_each(
 def _close_all(kept: dict[str, int]) -> None:
     while kept:
         os.close(kept.popitem()[1])  # taken out first: a close that fails is never tried again
-
-
-def _same_stamps(root_fd: int, previous: MailboxUsage, profile: Profile, layout: maildir.Layout) -> bool:
-    """Whether every folder's cur/ and new/ kept the stamps ``previous`` holds, each folder opened
-    without following a symlink (one swapped in since is not this mailbox's folder: changed)."""
-    tag = profile.stamp_tag
-    for f in previous.folders:
-        if f.stamp is None or f.stamp != _tagged(maildir.folder_stamp(root_fd, f.name, layout), tag):
-            return False
-    return True
 
 
 def _same_folders(root_fd: int, previous: MailboxUsage) -> bool:

@@ -132,9 +132,9 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            if not last:
+            if not last and kept is not None:
                 here = f"{here.rstrip('/')}/{part}"
-                if kept is not None and (known := kept.get(here, -1)) >= 0:
+                if (known := kept.get(here, -1)) >= 0:
                     if owned:
                         os.close(fd)
                     fd, owned = known, False

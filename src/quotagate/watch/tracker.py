@@ -355,6 +355,7 @@ class Tracker:
         self._measuring = set(dirty)
         measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
         now = time.time()
+        profile = profile_for(config.spool)
         fresh = {}
         for address in sorted(set(dirty) | changed | force):
             mailbox = self.mailboxes.get(address)
@@ -366,7 +367,7 @@ class Tracker:
                 found = Found(located(self._paths[address], previous, config.spool), previous.usage)
             if found is None:
                 continue
-            fresh[address] = reading_for(mailbox, found.path, found.usage, config, now)
+            fresh[address] = reading_for(mailbox, found.path, found.usage, config, profile, now)
         problem = vanished_problem(self.readings, self.readings | fresh, config.scan.max_vanished)
         if problem:
             self._dirty.update(dirty)
