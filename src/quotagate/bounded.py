@@ -4,6 +4,8 @@ A dead NFS mount blocks even ``stat``; a FIFO blocks an ``open``. A scan must fi
 release its lock), so every job that touches the spool runs where the caller can stop waiting
 for it: in a daemon thread, which never keeps the process alive, or in worker processes, which
 are killed when one of their jobs hangs (the jobs they had not finished run again in new ones).
+A thread cannot be killed: long reads call :func:`check_deadline` between chunks, so a job given
+up on stops by itself instead of reading on in the thread it was left in.
 """
 
 from __future__ import annotations
@@ -28,6 +30,21 @@ R = TypeVar("R")
 _CHUNK_MAX = 32
 
 
+_deadline = threading.local()  # .at: when the job running in this thread is given up on
+
+
+class GivenUp(TimeoutError):
+    """The job ran past its timeout: its caller counts it as timed out."""
+
+
+def check_deadline() -> None:
+    """:class:`GivenUp` when the job this thread runs for :func:`in_thread` has run past its
+    timeout; nothing in any other thread."""
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise GivenUp("ran past its timeout")
+
+
 def call(fn: Callable[[], R], timeout: float) -> R:
     """``fn()``, or TimeoutError after ``timeout`` seconds (``fn`` goes on in a daemon thread)."""
     return next(in_thread(lambda _: fn(), [None], timeout, _raise_timeout))
@@ -45,7 +62,7 @@ def in_thread(fn: Callable[[T], R], jobs: Sequence[T], timeout: float, timed_out
         results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         abandoned = threading.Event()
         worker = threading.Thread(
-            target=_work, args=(fn, jobs, first, results, abandoned), name="quotagate-bounded", daemon=True
+            target=_work, args=(fn, jobs, first, timeout, results, abandoned), name="quotagate-bounded", daemon=True
         )
         worker.start()
         try:
@@ -53,6 +70,8 @@ def in_thread(fn: Callable[[T], R], jobs: Sequence[T], timeout: float, timed_out
                 try:
                     ok, value = results.get(timeout=timeout)
                 except queue.Empty:
+                    ok, value = False, GivenUp()
+                if not ok and isinstance(value, GivenUp):  # past its timeout (it may notice first)
                     first = index + 1
                     yield timed_out(jobs[index])
                     break
@@ -66,11 +85,17 @@ def in_thread(fn: Callable[[T], R], jobs: Sequence[T], timeout: float, timed_out
 
 
 def _work(
-    fn: Callable[[T], R], jobs: Sequence[T], first: int, results: queue.SimpleQueue[Any], abandoned: threading.Event
+    fn: Callable[[T], R],
+    jobs: Sequence[T],
+    first: int,
+    timeout: float,
+    results: queue.SimpleQueue[Any],
+    abandoned: threading.Event,
 ) -> None:
     for job in islice(jobs, first, None):
         if abandoned.is_set():
             return
+        _deadline.at = time.monotonic() + timeout
         try:
             results.put((True, fn(job)))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, which raises it

@@ -12,6 +12,7 @@ from quotagate.accounting import FILES, Profile, SizeRule, virtual_size
 from quotagate.model import FolderUsage
 from quotagate.text import printable
 from quotagate.usage import safefs
+from quotagate.usage.extents import data_chunks
 from quotagate.usage.names import display_name, size_from_name, unique_part
 
 log = logging.getLogger(__name__)
@@ -301,20 +302,23 @@ _VSIZE_CHUNK = 1 << 16
 
 def _virtual_size(dir_fd: int, name: str, seen: os.stat_result) -> int:
     """Dovecot's virtual size of a message file (bare LFs as CRLF), read through a descriptor
-    opened without following anything and checked to be the file that was looked at."""
+    opened without following anything and checked to be the file that was looked at; only its
+    data is read (see :mod:`quotagate.usage.extents`)."""
     fd = os.open(name, safefs.FILE, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(name)
-        size = lf = crlf = 0
+        lf = crlf = after = 0
         last = b""
-        while chunk := os.read(fd, _VSIZE_CHUNK):
-            size += len(chunk)
+        for offset, chunk in data_chunks(fd, st.st_size, _VSIZE_CHUNK):
+            if offset != after:
+                last = b"\0"  # a hole came between: a CR before it pairs with no LF after it
             lf += chunk.count(b"\n")
             crlf += chunk.count(b"\r\n") + (last == b"\r" and chunk[:1] == b"\n")
             last = chunk[-1:]
-        return virtual_size(size, lf, crlf)
+            after = offset + len(chunk)
+        return virtual_size(st.st_size, lf, crlf)
     finally:
         os.close(fd)
 

@@ -8,8 +8,10 @@ import stat
 from typing import NamedTuple
 
 from quotagate.accounting import FILES, MboxRule, Profile, SizeRule
+from quotagate.bounded import check_deadline
 from quotagate.model import FolderUsage
 from quotagate.usage import mboxfrom, safefs
+from quotagate.usage.extents import data_chunks
 from quotagate.usage.maildir import changed_ns
 
 _CHUNK = 1 << 20
@@ -30,23 +32,26 @@ def stamp_of(st: os.stat_result) -> tuple[int, int]:
 def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
     """Bytes, messages and the :func:`stamp_of` the mbox file open at ``fd``.
 
-    Read streaming, a chunk at a time, never whole. The caller opened it (see
-    :mod:`quotagate.usage.safefs`); anything but a regular file is refused here again.
+    Read streaming, a chunk at a time, never whole, and only where it holds data (see
+    :mod:`quotagate.usage.extents`). The caller opened it (see :mod:`quotagate.usage.safefs`);
+    anything but a regular file is refused here again.
     """
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file")
-    os.lseek(fd, 0, os.SEEK_SET)
-    head = os.read(fd, _CHUNK)
-    messages = 1 if head.startswith(b"From ") else 0
+    messages = 0
     carry = b""
-    chunk = head
-    while chunk:
+    after = 0  # where the chunk before ended
+    for offset, chunk in data_chunks(fd, st.st_size, _CHUNK):
+        if offset == 0:
+            messages = 1 if chunk.startswith(_FROM) else 0
+        elif offset != after:
+            carry = b""  # zeros came between: no separator reaches across them
         window = carry + chunk
         # Separators wholly inside the carry were counted with the previous chunk.
         messages += sum(window.count(sep) - carry.count(sep) for sep in _SEPARATORS)
         carry = window[-_CARRY:]
-        chunk = os.read(fd, _CHUNK)
+        after = offset + len(chunk)
     return st.st_size, messages, stamp_of(st)
 
 
@@ -60,6 +65,7 @@ def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, tuple[int, 
         raise OSError(errno.EINVAL, "not a regular file")
 
     def read(offset: int, n: int) -> bytes:
+        check_deadline()  # every byte is read, holes too: stop once the job is given up on
         return os.pread(fd, n, offset)
 
     if virtual:
