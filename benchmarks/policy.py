@@ -69,6 +69,10 @@ What it does, in one run, against the same spool:
 9. **Without the local-user check** (``--unchecked``): today's daemon again, on the same store,
    with ``[policy] local_users = []``, in every policy row; the same table as ``--compare``'s,
    with and without the kernel lookup of who owns each connection (the new-connection row's cost).
+10. **On a unix socket** (``--unix``): today's daemon again, on the same store, listening on a
+   unix socket (guarded by its mode: no kernel lookup), in every policy row; the same table against
+   today's TCP port, and, with ``--compare``, the unix socket against that revision's TCP port:
+   what an MTA on the same host gains by using it.
 7. **Workers** (``--workers 1,2``): ``quotagate serve --workers N`` with ``[shared] url =
    --redis`` (keys under a prefix of the run's own) on the same store, for each N, in every policy
    row beside the daemon without ``[shared]``: a table of req/s, p99 and CPU per request (all the
@@ -337,17 +341,32 @@ def refuses(action: str) -> bool:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 30) -> None:
+def _connected(where: int | str) -> socket.socket:
+    """A connection to a port of HOST, or to the unix socket at a path."""
+    if isinstance(where, int):
+        return socket.create_connection((HOST, where), timeout=30)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    try:
+        sock.connect(where)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def wait_for_port(where: int | str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 30) -> None:
+    """Until something listens on ``where`` (a port of HOST, or a unix socket's path)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
         try:
-            socket.create_connection((HOST, port), timeout=1).close()
+            _connected(where).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {seconds} s:\n{tail(log)}")
+    raise RuntimeError(f"nothing listens on {where} after {seconds} s:\n{tail(log)}")
 
 
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -385,20 +404,31 @@ class Server:
     proc: subprocess.Popen[bytes]
     session: bool  # several processes (Dovecot, Exim): count the CPU of the whole session
     config: Path | None = None
+    path: str = ""  # a unix socket's: asked there, not on the port
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid, self.session)
+
+    @property
+    def where(self) -> int | str:
+        return self.path or self.port
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{HOST}:{self.port}"
 
 
 # -- quotagate ----------------------------------------------------------------------------------
 
 
-def _quotagate_toml(qdir: Path, spool: Spool, port: int, extra: str = "", control: bool = True) -> str:
-    """``control``: name a control socket of the run's own (a revision before it had none)."""
+def _quotagate_toml(qdir: Path, spool: Spool, port: int, extra: str = "", control: bool = True, path: str = "") -> str:
+    """``control``: name a control socket of the run's own (a revision before it had none);
+    ``path``: listen on that unix socket instead of the port."""
+    listen = f"unix:{path}" if path else f"{HOST}:{port}"
     return (
         f'[store]\nurl = "sqlite:///{qdir}/quotagate.db"\n'
         f'[spool]\nroot = "{spool.root}"\nlayout = "{{domain}}/{{local}}/Maildir"\n'
-        f'[policy]\nlisten = ["{HOST}:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
+        f'[policy]\nlisten = ["{listen}"]\nmetrics = ""\nreservation_seconds = 0\n'
         + (f'control_socket = "{qdir}/control-{port}.sock"\n' if control else "")
         + extra
     )
@@ -461,6 +491,20 @@ def start_quotagate_unchecked(spool: Spool, work: Path, procs: Processes) -> Ser
     proc = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
     wait_for_port(port, proc, log)
     return Server("quotagate, local_users = []", port, proc, session=False)
+
+
+def start_quotagate_unix(spool: Spool, work: Path, procs: Processes) -> Server:
+    """Today's quotagate on the store start_quotagate made, on a unix socket: its mode decides who
+    may ask, so no connection is looked up in the kernel."""
+    qdir = work / "quotagate"
+    port = free_port()  # names its control socket only
+    path = str(qdir / "policy.sock")
+    config = qdir / "unix.toml"
+    config.write_text(_quotagate_toml(qdir, spool, port, path=path))
+    log = qdir / "serve-unix.log"
+    proc = procs.start([str(QUOTAGATE), "--config", str(config), "serve"], log)
+    wait_for_port(path, proc, log)
+    return Server("quotagate, unix socket", port, proc, session=False, path=path)
 
 
 def start_quotagate_workers(spool: Spool, work: Path, procs: Processes, count: int, redis: str) -> Server:
@@ -630,6 +674,7 @@ class Job:
     mail_sizes: Sequence[int] = ()  # smtp: SIZE= of each transaction, cycled
     truth: dict[bytes, Box] = field(default_factory=dict)  # smtp: address -> mailbox
     keep_order: bool = False  # smtp: report which payloads were sent (for a cached rerun)
+    path: str = ""  # policy/oneshot: ask the unix socket there, not the port
 
 
 @dataclass
@@ -768,10 +813,17 @@ async def _until(moment: float) -> None:
         await asyncio.sleep(delay)
 
 
+async def _connect(job: Job, done: Callable[[bytearray, bool], int]) -> tuple[asyncio.BaseTransport, _Client]:
+    """A connection to the policy server the job asks: its unix socket, or its port."""
+    loop = asyncio.get_running_loop()
+    if job.path:
+        return await loop.create_unix_connection(lambda: _Client(done), job.path)
+    return await loop.create_connection(lambda: _Client(done), HOST, job.port)
+
+
 async def _persistent(run_: _Run, first: int) -> None:
     job = run_.job
-    loop = asyncio.get_running_loop()
-    transport, client = await loop.create_connection(lambda: _Client(_policy_done), HOST, job.port)
+    transport, client = await _connect(job, _policy_done)
     await _until(job.start)
     i = first
     try:
@@ -792,7 +844,6 @@ async def _persistent(run_: _Run, first: int) -> None:
 
 async def _oneshot(run_: _Run, first: int) -> None:
     job = run_.job
-    loop = asyncio.get_running_loop()
     await _until(job.start)
     i = first
     while run_.go_on():
@@ -800,7 +851,7 @@ async def _oneshot(run_: _Run, first: int) -> None:
         i += job.stride
         started = time.monotonic()
         try:
-            transport, client = await loop.create_connection(lambda: _Client(_eof_done), HOST, job.port)
+            transport, client = await _connect(job, _eof_done)
             try:
                 answer = await client.ask(job.payloads[index], half_close=True)
             finally:
@@ -952,6 +1003,7 @@ def load(
             mail_sizes,
             truth or {},
             keep_order,
+            server.path,
         )
         receive, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker, args=(job, send), daemon=True)
@@ -1013,17 +1065,17 @@ def load(
 # -- consistency --------------------------------------------------------------------------------
 
 
-def ask_all(port: int, payloads: Sequence[bytes]) -> list[str]:
+def ask_all(server: Server, payloads: Sequence[bytes]) -> list[str]:
     """One persistent connection, one request at a time."""
     actions = []
-    with socket.create_connection((HOST, port), timeout=30) as s:
+    with _connected(server.where) as s:
         buf = b""
         for data in payloads:
             s.sendall(data)
             while b"\n\n" not in buf:
                 chunk = s.recv(65536)
                 if not chunk:
-                    raise ConnectionError(f"port {port} closed the connection")
+                    raise ConnectionError(f"{server.address} closed the connection")
                 buf += chunk
             answer, _, buf = buf.partition(b"\n\n")
             actions.append(action_of(answer))
@@ -1039,7 +1091,7 @@ def consistency(spool: Spool, servers: Sequence[Server], sample: int) -> bool:
     print(f"consistency: {len(reqs)} random requests and all {len(overs)} over-quota mailboxes (no size)")
     for label, batch in (("random", reqs), ("over quota", overs)):
         payloads = [postfix_request(r, n) for n, r in enumerate(batch)]
-        answers = {s.name: ask_all(s.port, payloads) for s in servers}
+        answers = {s.name: ask_all(s, payloads) for s in servers}
         truth = [r.refused for r in batch]
         parts = [f"  {label:<10} {len(batch):>5} requests, {sum(truth):>4} should be refused:"]
         for s in servers:
@@ -1307,17 +1359,23 @@ def print_workers_table(rows: list[tuple[str, dict[str, Measured]]], counts: Seq
         )
 
 
-def print_against_table(rows: list[tuple[str, dict[str, Measured]]], name: str, other: str) -> None:
-    """Today's quotagate against another server measured in the same run (``other``: its column):
-    quotagate at another revision (--compare), or today's without the local-user check (--unchecked)."""
+def print_against_table(
+    rows: list[tuple[str, dict[str, Measured]]],
+    name: str,
+    other: str,
+    ours: tuple[str, str] = ("quotagate", "today"),
+) -> None:
+    """Today's quotagate (or ``ours``: a server's name and its column) against another server
+    measured in the same run (``other``: its column): quotagate at another revision (--compare),
+    today's without the local-user check (--unchecked) or on a unix socket (--unix)."""
     print()
-    print(f"quotagate against {name} (same spool, same load, same run): req/s, p99 (ms), CPU per request (µs)")
-    head = f"{'mode':<24} {'today':>7} {other:>7} {'ratio':>6} | {'p99':>7} {other:>7} | "
+    print(f"{ours[0]} against {name} (same spool, same load, same run): req/s, p99 (ms), CPU per request (µs)")
+    head = f"{'mode':<24} {ours[1]:>7} {other:>7} {'ratio':>6} | {'p99':>7} {other:>7} | "
     head += f"{'CPU':>5} {other:>5} {'ratio':>6}"
     print(head)
     print("-" * len(head))
     for label, r in rows:
-        now, then = r["quotagate"], r[name]
+        now, then = r[ours[0]], r[name]
         print(
             f"{label:<24} {now.rate:>7.0f} {then.rate:>7.0f} {ratio(now.rate, then.rate):>5.2f}x | "
             f"{now.p99:>7.3f} {then.p99:>7.3f} | {now.server_us:>5.0f} {then.server_us:>5.0f} "
@@ -1485,6 +1543,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also today's quotagate with [policy] local_users = [], in every policy row: what asking the "
         "kernel who owns each connection costs",
     )
+    parser.add_argument(
+        "--unix",
+        action="store_true",
+        help="also today's quotagate on a unix socket, in every policy row: what an MTA on the same host gains",
+    )
     parser.add_argument("--quick", action="store_true", help="short rows (2 s + 0.5 s warm-up), same spool")
     args = parser.parse_args(argv)
     try:
@@ -1511,6 +1574,7 @@ class Servers:
     workers: list[Server]  # serve --workers N, for each N of --workers
     compared: Server | None  # quotagate at --compare REV
     unchecked: Server | None  # today's quotagate without [policy] local_users (--unchecked)
+    unix: Server | None  # today's quotagate on a unix socket (--unix)
 
 
 @dataclass
@@ -1521,6 +1585,7 @@ class Outcome:
     workers: list[int]
     compared: str | None  # the name of the --compare server
     unchecked: str | None  # the name of the --unchecked server
+    unix: str | None  # the name of the --unix server
 
 
 def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Namespace) -> Servers:
@@ -1541,7 +1606,10 @@ def start_servers(spool: Spool, work: Path, procs: Processes, args: argparse.Nam
     unchecked = start_quotagate_unchecked(spool, work, procs) if args.unchecked else None
     if unchecked is not None:
         print(f"unchecked: {unchecked.name} {HOST}:{unchecked.port}")
-    return Servers(qg, qg_config, dc, null, workers, compared, unchecked)
+    unix = start_quotagate_unix(spool, work, procs) if args.unix else None
+    if unix is not None:
+        print(f"unix: {unix.name} {unix.address}")
+    return Servers(qg, qg_config, dc, null, workers, compared, unchecked, unix)
 
 
 def measure(
@@ -1556,7 +1624,7 @@ def measure(
     """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
     timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
     qg, dc, null = servers.quotagate, servers.dovecot, servers.null
-    others = [*servers.workers, *(s for s in (servers.compared, servers.unchecked) if s is not None)]
+    others = [*servers.workers, *(s for s in (servers.compared, servers.unchecked, servers.unix) if s is not None)]
     consistent = consistency(spool, [qg, dc, *others], args.check)
     per_row = f"{args.requests} answers (cap {args.cap:g} s)" if args.requests else f"{args.seconds:g} s"
     print(
@@ -1579,6 +1647,7 @@ def measure(
         args.workers,
         servers.compared.name if servers.compared else None,
         servers.unchecked.name if servers.unchecked else None,
+        servers.unix.name if servers.unix else None,
     )
 
 
@@ -1591,6 +1660,10 @@ def report(outcome: Outcome, work: Path) -> None:
         print_against_table(rows, outcome.compared, "then")
     if outcome.unchecked is not None:
         print_against_table(rows, outcome.unchecked, "bare")
+    if outcome.unix is not None:
+        print_against_table(rows, outcome.unix, "unix")
+        if outcome.compared is not None:
+            print_against_table(rows, outcome.compared, "then", ours=(outcome.unix, "unix"))
     exim_ok = print_exim_table(exim) if exim is not None else None
     print()
     print("targets:")
