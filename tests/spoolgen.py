@@ -124,7 +124,8 @@ def independent_maildir_count(root: PathLike) -> dict[str, tuple[int, int]]:
 
     INBOX is the root; folders are the real (non-symlink) ``.Name`` directories directly below.
     Only regular, non-dot files in ``cur/`` and ``new/`` count. Names are shown the way
-    quotagate shows undecodable bytes (``\\xNN``), so results can be compared.
+    quotagate shows undecodable bytes (``\\xNN``) and backslashes (``\\\\``), so results can be
+    compared.
     """
     base = os.fsencode(root)
     folders = {"INBOX": base}
@@ -133,7 +134,7 @@ def independent_maildir_count(root: PathLike) -> dict[str, tuple[int, int]]:
             continue
         full = os.path.join(base, entry)
         if stat.S_ISDIR(os.lstat(full).st_mode):
-            shown = entry[1:].decode("utf-8", "backslashreplace")
+            shown = entry[1:].replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
             folders[shown] = full
     result = {}
     for shown, path in folders.items():

@@ -19,12 +19,12 @@ from quotagate.decide import is_over
 from quotagate.historian import after_scan
 from quotagate.misread import layout_hint, misread_warning
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
-from quotagate.outage import Outage, root_problem, vanished_problem
+from quotagate.outage import Outage, found_before, root_problem, vanished_problem
 from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
-from quotagate.usage.mailbox import FormatSetting, Found, measure, unchanged_each
+from quotagate.usage.mailbox import FormatSetting, Found, measure, timed_out, unchanged_each
 from quotagate.usage.maildir import LAYOUT_HINT, Layout
 from quotagate.usage.maildirsize import MAX_SIZE, definition_for
 from quotagate.usage.names import display_name
@@ -38,7 +38,18 @@ _POOL_MIN = 64
 _LOOK_CHUNK = 64  # mailboxes looked at per hand-over to the looking thread (one each would cost more)
 
 Job = tuple[
-    str, FormatSetting, Found | None, int, Roots, tuple[FolderRule, ...] | None, str, Profile, str | None, Layout
+    str,
+    FormatSetting,
+    Found | None,
+    int,
+    Roots,
+    tuple[FolderRule, ...] | None,
+    str,
+    Profile,
+    str | None,
+    Layout,
+    bool,
+    bool,
 ]
 
 
@@ -98,11 +109,11 @@ def _measure_all(
     """Measure in parallel processes (the per-file work holds the GIL), in input order; a mailbox
     that takes longer than ``timeout`` (a hung mount, a FIFO) is unknown, the rest goes on."""
 
-    def timed_out(job: Job) -> Found:
-        return Found(job[0], MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s"))
+    def late(job: Job) -> Found:
+        return timed_out(job[0], timeout)
 
     if workers <= 1 or len(jobs) < _POOL_MIN:
-        yield from bounded.in_thread(measure_job, jobs, timeout, timed_out)
+        yield from bounded.in_thread(measure_job, jobs, timeout, late)
         return
     import multiprocessing  # here: a scan with few mailboxes to read never loads it
 
@@ -110,7 +121,7 @@ def _measure_all(
     # watch, a mailbox left hanging in a thread) can copy a lock some thread holds: then start
     # workers from a clean server process.
     ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-    yield from bounded.in_processes(measure_job, jobs, timeout, timed_out, workers, ctx)
+    yield from bounded.in_processes(measure_job, jobs, timeout, late, workers, ctx)
 
 
 def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int, State]:
@@ -169,6 +180,10 @@ def run_scan(
     quota definition unless ``set_limit``: then it is the mailbox's limits (and a Maildir
     without a maildirsize gets one).
 
+    A mailbox measured before whose directory is there no more is "missing" (empty, not created
+    yet); one with a directory above it gone (an unmounted per-domain volume) is unknown, and
+    keeps its flag, unless ``force``.
+
     Raises :class:`Outage`, having changed and recorded nothing, when the spool looks vanished
     rather than empty (see :mod:`quotagate.outage`), unless ``force``; PublishError, having
     stored and recorded nothing, when the published file cannot be written. ``measure_job`` (a
@@ -213,12 +228,14 @@ def run_scan(
             readings[mailbox.address] = prev if same else Reading(mailbox.address, where, prev_usage, *totals, started)
             continue
         pending.append((mailbox, path))
-        reuse = Found(where, prev_usage) if prev_usage is not None else None
+        # The last reading, wherever and however it was taken: what the mailbox was says how to
+        # read it now (see measure), even where its folders are not reused.
+        last = previous.get(mailbox.address)
         jobs.append(
             (
                 path,
                 config.spool.format,
-                reuse,
+                Found(last.path, last.usage) if last is not None else None,
                 cutoff_ns,
                 roots,
                 fix_rules,
@@ -226,6 +243,8 @@ def run_scan(
                 profile,
                 definition,
                 config.spool.maildir_layout,
+                not full,
+                not force and last is not None and found_before(last),
             )
         )
 
@@ -303,14 +322,16 @@ def log_left_out(readings: Mapping[str, Reading]) -> None:
                 log.warning("%s: measured, but not counted: %s", address, rest)
 
 
-def kept_over(unknown: Reading, prev: Reading) -> Reading:
-    """A full mailbox that cannot be measured stays full, with its last numbers and the reason.
+def kept_over(unknown: Reading, prev: Reading, say: bool = True) -> Reading:
+    """A full mailbox that cannot be measured stays full, with its last numbers and the reason
+    (logged unless not ``say``).
 
     Its owner controls most of what makes a mailbox unknown (an unreadable folder, a swapped
     symlink, a FIFO): were its flag cleared, a full mailbox could be opened at will. It is
     measured again at the next scan, and the flag follows the first measurement that works.
     """
-    log.warning("%s: usage unknown (%s); kept over quota until it can be measured", unknown.address, unknown.reason)
+    if say:
+        log.warning("%s: usage unknown (%s); kept over quota until it can be measured", unknown.address, unknown.reason)
     return replace(unknown, bytes=prev.bytes, messages=prev.messages, state=State.OVER)
 
 

@@ -88,6 +88,28 @@ def test_swapping_the_maildir_for_a_symlink_never_gets_a_file_written_outside(en
     assert result.readings[f"alice@{DOMAIN}"].bytes == 1000
 
 
+def test_a_maildir_symlinked_to_another_users_never_gets_this_mailboxs_limit(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # zed owns the symlink and its directory; bob owns his Maildir and its maildirsize: the owner
+    # checks pass, and the symlink stays inside the spool, so measuring follows it.
+    bob = user_maildir(env, "bob", OTHER_USER, maildirsize="10485760S\n1000 1\n")
+    zed = env.maildir("zed")
+    zed.parent.mkdir(parents=True)
+    os.chown(zed.parent, USER, USER)
+    zed.symlink_to("../bob/Maildir")
+    os.chown(zed, USER, USER, follow_symlinks=False)
+    env.add("bob", Limits(10485760))
+    address = env.add("zed", Limits(1048576))
+    for _ in range(2):
+        result = env.scan(fix_maildirsize=True, set_limit=True)
+        assert (bob / "maildirsize").read_text() == "10485760S\n1000 1\n"
+        assert result.maildirsize_fixed == []
+        assert result.readings[address].bytes == 1000  # measured through the symlink, as before
+    skips = [r.getMessage() for r in caplog.records if "maildirsize" in r.getMessage()]
+    assert len(skips) == 2 and all(str(zed) in m and "symlink" in m for m in skips)
+
+
 def test_a_hardlinked_maildirsize_is_neither_read_nor_shown(env: Env, tmp_path: Path) -> None:
     secret = tmp_path / "shadow"
     secret.write_text("1S\n31337 42\n")

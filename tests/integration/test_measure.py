@@ -771,6 +771,37 @@ def test_non_utf8_folder_survives_an_incremental_measure(tmp_path: Path) -> None
     assert per_folder(again) == {"INBOX": (101, 2), "Entw\\xfcrfe": (700, 1)}
 
 
+def _changed_in_one_tick(*folders: bytes) -> None:
+    """Change each folder's cur/ until their ctimes are equal (the kernel stamps with a coarse
+    clock): folders alike to a stamp, as an attacker can make them. Gives up after a while."""
+    curs = [os.path.join(f, b"cur") for f in folders]
+    for _ in range(1000):
+        for cur in curs:
+            open(os.path.join(cur, b"t"), "wb").close()
+        for cur in curs:
+            os.unlink(os.path.join(cur, b"t"))
+        if len({os.stat(cur).st_ctime_ns for cur in curs}) == 1:
+            return
+
+
+def test_folders_whose_names_differ_on_disk_keep_their_own_readings(tmp_path: Path) -> None:
+    # ".\xff" (a byte) holds mail, ".\\xff" (four characters) is empty. Shown alike, the
+    # empty one's reading was reused for both once their stamps were equal.
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 100)
+    byte, literal = maildir_folder(root, b"\xff"), maildir_folder(root, b"\\xff")
+    add_message(byte, 900)
+    _changed_in_one_tick(byte, literal)
+    first = measure(str(root), "auto", None, FAR_FUTURE)
+    assert per_folder(first) == {"INBOX": (100, 1), "\\xff": (900, 1), "\\\\xff": (0, 0)}
+    add_message(root, 1, where="new")  # INBOX changes: the other folders are reused
+    again = measure(str(root), "auto", first, FAR_FUTURE)
+    assert per_folder(again) == {"INBOX": (101, 2), "\\xff": (900, 1), "\\\\xff": (0, 0)}
+    assert unchanged(str(root), again)  # each found again by its name on disk
+    add_message(byte, 50, where="new")
+    assert not unchanged(str(root), again)
+
+
 def test_previous_of_another_format_is_not_reused(tmp_path: Path) -> None:
     root = tmp_path / "Maildir"
     add_message(maildir_folder(root), 100)

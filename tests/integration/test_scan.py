@@ -431,6 +431,25 @@ def test_incremental_scan_sees_mbox_changes(env: Env) -> None:
     assert result.readings[carol].messages == 2
 
 
+@pytest.mark.parametrize("made", ["Maildir", ".x/cur"])
+def test_directories_made_in_a_full_mbox_home_never_clear_its_flag(env: Env, made: str) -> None:
+    # Its owner makes a Maildir (in [spool] maildir_subdir) or a Maildir++ folder; the delivery
+    # agent goes on writing the mbox files, which still count, at a full scan too.
+    home = env.spool / "zed" / "mail"
+    write_mbox(home / "inbox", ["x" * 2000 + "\n"])
+    zed = env.add("zed", Limits(1000), path="zed/mail")
+    assert env.scan().readings[zed].state is State.OVER
+    (home / made).mkdir(parents=True)
+    for full in (False, True):
+        r = env.scan(full=full).readings[zed]
+        assert (r.state, r.usage.format, r.path) == (State.OVER, Format.MBOX, str(home))
+        assert "measured as mbox" in (r.reason or "")
+    (home / "inbox").unlink()  # a real migration: the mbox files are gone
+    add_message(maildir_folder(home / "Maildir" if made == "Maildir" else home), 10)
+    r = env.scan().readings[zed]
+    assert (r.state, r.usage.format, r.bytes) == (State.OK, Format.MAILDIR, 10)
+
+
 def test_unchanged_mailboxes_and_folders_are_not_read_again(env: Env, reads: ReadCounter) -> None:
     env.configure(scan={"racy_seconds": 0})  # made just now: its ctimes are fresh, whatever backdate() does
     for local in ("alice", "bob"):

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 
 from quotagate.cli import main
 from quotagate.config import load_config
+from quotagate.model import Format, Limits, State
 from quotagate.store import open_store
+from tests.integration.scanenv import Env
 from tests.spoolgen import add_message, maildir_folder
 
 DOMAIN = "example.org"
@@ -83,8 +85,12 @@ class Site:
             engine.dispose()
 
 
+def over_in(published: Path) -> list[str]:
+    return [line for line in published.read_text().splitlines() if not line.startswith("#")]
+
+
 def over_in_file(site: Site) -> list[str]:
-    return [line for line in site.published.read_text().splitlines() if not line.startswith("#")]
+    return over_in(site.published)
 
 
 @pytest.fixture
@@ -180,7 +186,7 @@ def test_one_mailbox_deleted_in_a_small_site_does_not_block_scans(
     site = Site(tmp_path, size=5)
     assert site.run("scan") == 0
     capsys.readouterr()
-    shutil.rmtree(site.maildir("u0").parent)  # 20% of the site, but one mailbox: its owner's doing
+    shutil.rmtree(site.maildir("u0"))  # 20% of the site, but one mailbox: its owner's doing
     assert site.run("scan") == 0
     assert f"u0@{DOMAIN}" not in over_in_file(site)
     capsys.readouterr()
@@ -261,3 +267,45 @@ def test_a_store_that_cannot_commit_leaves_the_published_file_as_it_was(
     assert site.run("scan") == 2  # a store error
     assert "readonly" in capsys.readouterr().err
     assert site.published.read_text() == published  # u9 not published: the store never said so
+
+
+# -- a directory above some mailboxes gone ------------------------------------------------------
+
+
+def test_a_vanished_domain_directory_keeps_its_full_mailboxes_refused(
+    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unmounted per-domain volume is too few mailboxes for the site-wide outage check: its
+    mailboxes measured before are unknown, the full ones kept full; a mailbox's own directory
+    gone under its domain, or one never measured, is "missing" as ever; ``--force`` reads the
+    domain as empty."""
+    published = tmp_path / "overquota"
+    env.configure(publish={"file": str(published)})
+    for i in range(30):
+        add_message(maildir_folder(env.spool / "big.test" / f"u{i}" / "Maildir"), 100)
+        env.add(f"u{i}", path=f"big.test/u{i}/Maildir")
+    small = env.spool / "small.test"
+    full = [env.add(local, Limits(1000), path=f"small.test/{local}/Maildir") for local in ("full1", "full2")]
+    for local in ("full1", "full2", "gone"):
+        add_message(maildir_folder(small / local / "Maildir"), 5000)
+    gone = env.add("gone", Limits(1000), path="small.test/gone/Maildir")
+    env.scan()
+    assert sorted(over_in(published)) == sorted([*full, gone])
+
+    shutil.rmtree(small / "gone" / "Maildir")  # the mailbox's own directory: its owner's doing
+    assert env.scan().readings[gone].usage.format is Format.MISSING
+    shutil.move(small, tmp_path / "small.test.unmounted")
+    later = env.add("later", Limits(1000), path="small.test/later/Maildir")  # never measured
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):  # and it stays so: an unknown reading is no "missing" one
+        result = env.scan()
+        assert sorted(over_in(published)) == sorted(full)
+        for address in full:
+            reading = result.readings[address]
+            assert reading.state is State.OVER and "small.test: missing" in (reading.reason or "")
+        assert result.readings[gone].state is State.OK and result.readings[gone].usage.known
+        assert result.readings[later].usage.format is Format.MISSING and result.readings[later].usage.known
+    assert all(any(a in r.getMessage() and "kept over quota" in r.getMessage() for r in caplog.records) for a in full)
+
+    assert env.scan(force=True).readings[full[0]].state is State.OK
+    assert over_in(published) == []

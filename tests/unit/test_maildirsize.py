@@ -121,6 +121,17 @@ def _maildir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_rewrite_refuses_a_maildir_reached_through_a_symlink(tmp_path: Path) -> None:
+    root = _maildir(tmp_path / "bob")
+    (root / FILE_NAME).write_text("10S\n0 0\n")
+    (tmp_path / "zed").symlink_to("bob")
+    with pytest.raises(PermissionError, match="symlink"):
+        rewrite(str(tmp_path / "zed"), "1S", 0, 0)
+    assert (root / FILE_NAME).read_text() == "10S\n0 0\n"
+    rewrite(str(root), "1S", 0, 0)  # the same Maildir by its own path
+    assert (root / FILE_NAME).read_text() == "1S\n0 0\n"
+
+
 def test_rewrite_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
     root = _maildir(tmp_path)
     target = root / FILE_NAME

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotagate.usage.names import display_name, size_from_name, unique_part
+from quotagate.usage.names import disk_name, display_name, size_from_name, unique_part
 
 
 @pytest.mark.parametrize(
@@ -131,4 +131,25 @@ def test_display_name_of_any_bytes_is_printable_utf8(raw: bytes) -> None:
     except UnicodeDecodeError:
         assert "\\x" in result
     else:
-        assert result == decoded
+        assert result == decoded.replace("\\", "\\\\")
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"\\xff", "\\\\xff"),  # the four characters: shown apart from the byte 0xff
+        (b"a\\b", "a\\\\b"),
+        (b"\\\xff", "\\\\\\xff"),  # a backslash, then the byte
+    ],
+)
+def test_display_name_doubles_backslashes(raw: bytes, shown: str) -> None:
+    assert display_name(os.fsdecode(raw)) == shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.lists(st.sampled_from([b"\\", b"x", b"f", b"\xff", b"\xc3\xa9", b"a"]), max_size=12).map(b"".join))
+def test_display_name_is_one_to_one_and_disk_name_undoes_it(raw: bytes) -> None:
+    # Folders are stored, and their readings reused, by display name: two names on disk sharing
+    # one would let an empty folder's reading stand for a full one's.
+    name = os.fsdecode(raw)
+    assert disk_name(display_name(name)) == name

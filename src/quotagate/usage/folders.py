@@ -11,7 +11,8 @@ from quotagate.model import FolderUsage, Limits
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
     """The first rule whose glob matches the folder name (case-sensitive): a Maildir++ name, or
-    one with "/" between levels under ``LAYOUT=fs``."""
+    one with "/" between levels under ``LAYOUT=fs``, as stored and shown (see
+    :func:`quotagate.usage.names.display_name`: a backslash doubled, an undecodable byte ``\\xNN``)."""
     for rule in rules:
         if fnmatchcase(name, rule.match):
             return rule

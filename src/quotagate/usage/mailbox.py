@@ -21,7 +21,7 @@ from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
 from quotagate.usage import maildir, maildirsize, mbox, safefs
 from quotagate.usage.folders import counted
-from quotagate.usage.names import display_name
+from quotagate.usage.names import disk_name, display_name
 from quotagate.usage.safefs import Node, Roots
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def _maildir_below(
         return None
     fd = safefs.open_dir(subdir, node.fd)
     if fd is not None:
-        return Node(fd, os.fstat(fd), os.path.join(node.path, subdir))
+        return Node(fd, os.fstat(fd), os.path.join(node.path, subdir), node.followed)
     try:
         seen = os.stat(subdir, dir_fd=node.fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -236,6 +236,8 @@ def _maildir_below(
     if below is not None and not below.is_dir:
         below.close()
         return None  # a symlink to a file: no Maildir there either
+    if below is not None:
+        below.followed = below.followed or node.followed  # walked from where the root led
     return below
 
 
@@ -288,6 +290,12 @@ class Found(NamedTuple):
     usage: MailboxUsage
 
 
+def timed_out(root: str, timeout: float) -> Found:
+    """The mailbox at ``root`` not measured within ``timeout`` seconds (a hung mount, a file read
+    without end): unknown."""
+    return Found(root, MailboxUsage(Format.MISSING, error=f"timed out after {timeout:g} s"))
+
+
 def measure(
     root: str,
     fmt: FormatSetting,
@@ -299,42 +307,79 @@ def measure(
     profile: Profile = FILES,
     definition: str | None = None,
     layout: maildir.Layout = "maildir++",
+    reuse: bool = True,
+    require_parent: bool = False,
 ) -> Found:
     """Usage of the mailbox at ``root``, reusing folders whose stamps match ``previous`` when it
-    was found at the same place.
+    was found at the same place (unless ``reuse`` is False: ``scan --full``).
 
     ``root`` must lie beneath ``roots``. A directory that is not a Maildir but holds one in
     ``subdir`` (``[spool] maildir_subdir``; "" for none) is measured as that Maildir, unless
-    ``fmt`` is "mbox". A missing mailbox is empty (the MTA creates it on first delivery). One
-    that cannot be read, or that leads outside the roots, is returned with ``error`` set: its
-    usage is unknown, never "over quota". The root (and the subdirectory) may be a symlink that
-    stays beneath the roots; nothing below is followed. With ``fix_rules`` (the folder rules), a
-    maildirsize that disagrees with the files is rewritten (``scan --fix-maildirsize``), with
-    ``definition`` as its quota definition line when given (``--set-limit``). Sizes, and
-    what counts, follow the accounting ``profile`` (see :mod:`quotagate.accounting`); folders
-    are found as ``layout`` (``[spool] maildir_layout``) lays them out.
+    ``fmt`` is "mbox" or ``previous`` found an mbox home there whose files are still there (see
+    :func:`_mbox_kept`). A missing mailbox is empty (the MTA creates it on first delivery); with
+    ``require_parent`` (the mailbox was measured before), only when its own directory is missing:
+    a directory above it missing makes it unknown. One that cannot be read, or that leads outside
+    the roots, is returned with ``error`` set: its usage is unknown, never "over quota". The root
+    (and the subdirectory) may be a symlink that stays beneath the roots; nothing below is
+    followed. With ``fix_rules`` (the folder rules), a maildirsize that disagrees with the files
+    is rewritten (``scan --fix-maildirsize``), with ``definition`` as its quota definition line
+    when given (``--set-limit``). Sizes, and what counts, follow the accounting ``profile`` (see
+    :mod:`quotagate.accounting`); folders are found as ``layout`` (``[spool] maildir_layout``)
+    lays them out.
     """
+    reusable = previous if reuse else None
     try:
-        with safefs.opened(root, roots) as node:
+        with safefs.opened(root, roots, require_parent=require_parent) as node:
             # Looked at once: a directory that looks like a Maildir is measured as one.
             looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
-            if below is None:
-                found_as: FormatSetting = "maildir" if looks else fmt
-                return _measure_at(
-                    node, root, found_as, previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
-                )
             try:
+                if node is not None and (looks or below is not None) and _mbox_kept(node.fd, root, previous):
+                    found = _measure_at(
+                        node, root, "mbox", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                    )
+                    return found._replace(usage=replace(found.usage, warning=_MBOX_KEPT))
+                if below is None:
+                    found_as: FormatSetting = "maildir" if looks else fmt
+                    return _measure_at(
+                        node, root, found_as, reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                    )
                 where = os.path.join(root, subdir)
                 return _measure_at(
-                    below, where, "maildir", previous, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                    below, where, "maildir", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                 )
             finally:
-                below.close()
+                if below is not None:
+                    below.close()
     except OSError as exc:
         return Found(root, MailboxUsage(Format.MISSING, error=_describe(exc)))
     except (ValueError, OverflowError, UnicodeError) as exc:
         return Found(root, MailboxUsage(Format.MISSING, error=f"{display_name(root)}: {exc}"))
+
+
+_MBOX_KEPT = "Maildir directories beside the mbox files counted before: measured as mbox, the Maildir not counted"
+
+
+def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
+    """Whether the directory at ``root``, an mbox home at the last reading, still holds one of the
+    mbox files that reading counted: then it stays an mbox home, whatever directories appear.
+
+    Its owner may make them (an empty ``Maildir/``, ``.x/cur``): read as a Maildir, it would
+    measure empty while the delivery agent goes on writing the mbox files. A migration to
+    Maildir ends when they are gone.
+    """
+    if previous is None or previous.path != root or previous.usage.format is not Format.MBOX:
+        return False
+    for folder in previous.usage.folders:
+        fd = mbox.open_file(root_fd, disk_name(folder.name))
+        if fd is None:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and mbox.is_mbox(fd):
+                return True
+        finally:
+            os.close(fd)
+    return False
 
 
 def _measure_at(
@@ -388,7 +433,8 @@ def unchanged(
                     return False
                 tag = profile.stamp_tag
                 return all(
-                    f.stamp is not None and f.stamp == _tagged(maildir.folder_stamp(node.fd, f.name, layout), tag)
+                    f.stamp is not None
+                    and f.stamp == _tagged(maildir.folder_stamp(node.fd, disk_name(f.name), layout), tag)
                     for f in previous.folders
                 )
             if len(previous.folders) == 1 and previous.folders[0].name == maildir.INBOX and not node.is_dir:

@@ -108,13 +108,17 @@ def rewrite(node: Node, path: str, roots: Roots, definition: str, bytes_: int, m
     and the rename stays within the directory. Before the rename ``path`` is walked again and
     must still lead to the same directory, so a user who moves their Maildir away meanwhile gets
     nothing written where it went. An existing maildirsize that is not a regular file with one
-    link owned by the mailbox owner is refused. A temp file left by an interrupted run is removed
-    by the next.
+    link owned by the mailbox owner is refused, and so is a Maildir reached through a symlink
+    below the roots: its owner may have pointed it at another user's Maildir (of the same owner
+    as its files), which would get this mailbox's limit. A temp file left by an interrupted run
+    is removed by the next.
     """
     if not valid_definition(definition):
         raise ValueError(f"not a Maildir++ quota definition: {definition[:40]!r}")
     if not node.is_dir:
         raise OSError(errno.ENOTDIR, "no Maildir there", path)
+    if node.followed:
+        raise OSError(errno.EPERM, "reached through a symlink (its owner may point it at another user's Maildir)", path)
     dir_fd = node.fd
     _remove_leftovers(dir_fd)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _MAX_DIGITS = 18  # a size of 10**18 bytes is an exabyte: longer values are garbage, not sizes
 
 
@@ -30,5 +32,17 @@ def unique_part(name: str) -> str:
 
 
 def display_name(name: str) -> str:
-    """A folder or file name safe to store and print: undecodable bytes become ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A folder or file name safe to store and print: undecodable bytes become ``\\xNN`` and a
+    backslash ``\\\\``, so that no two names on disk share one (folders are stored, and their
+    readings reused, by this name; :func:`disk_name` turns it back)."""
+    escaped = name.replace("\\", "\\\\")
+    return escaped.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")  # what display_name escapes: a backslash, a byte >= 0x80
+
+
+def disk_name(shown: str) -> str:
+    """The name on disk (undecodable bytes as surrogate escapes, as ``os`` lists them) that
+    :func:`display_name` shows as ``shown``."""
+    return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), shown)

@@ -66,12 +66,14 @@ class Roots:
 
 @dataclass
 class Node:
-    """An opened mailbox root: a directory or a regular file, with its ``fstat`` and the path
-    it was reached by once symlinks were resolved."""
+    """An opened mailbox root: a directory or a regular file, with its ``fstat``, the path it was
+    reached by once symlinks were resolved, and whether a symlink below the root was followed on
+    the way (one a user may have made to reach into another user's mailbox)."""
 
     fd: int
     st: os.stat_result
     path: str
+    followed: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -92,9 +94,11 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None) -> Node | None:
+def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False) -> Node | None:
     """Open the directory or regular file at ``path`` beneath ``roots``; None when it does not
-    exist (at any component: a mailbox not created yet).
+    exist (at any component: a mailbox not created yet). With ``require_parent``, None only when
+    the last component is missing: a missing directory above it raises FileNotFoundError naming
+    it (the caller knew the mailbox there: an unmounted volume must not pass for an empty one).
 
     ``kept`` (a directory's path -> its descriptor, the caller's to close) keeps the directories
     walked through on the way (up to :data:`KEPT_MAX`), and the next walk beneath one of them
@@ -110,16 +114,23 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None) -> No
     """
     _check_name(path)
     logical = os.path.normpath(os.path.abspath(path))
+    followed = False
     for _ in range(MAX_LINKS + 1):
         root, parts = roots.split(logical)
-        found = _walk(logical, root, parts, kept)
+        found = _walk(logical, root, parts, kept, require_parent)
         if not isinstance(found, str):
+            if found is not None:
+                found.followed = followed
             return found
+        # Another path is a symlink resolved; an entry swapped meanwhile is walked again as it was.
+        followed = followed or found != logical
         logical = found
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
 
 
-def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None) -> Node | str | None:
+def _walk(
+    logical: str, root: str, parts: list[str], kept: dict[str, int] | None, require_parent: bool
+) -> Node | str | None:
     """One walk from ``root`` down ``parts`` to ``logical``: the node, None when missing, or the
     path to walk instead (a symlink resolved by hand, or an entry swapped since it was looked at)."""
     here = root
@@ -145,6 +156,8 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
             try:
                 opened = os.open(part, DIRECTORY, dir_fd=fd)
             except FileNotFoundError:
+                if require_parent and not last:
+                    raise _parent_missing(root, parts[: i + 1]) from None
                 return None
             except OSError as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
@@ -163,6 +176,8 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
             try:
                 seen = os.stat(part, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
+                if require_parent and not last:
+                    raise _parent_missing(root, parts[: i + 1]) from None
                 return None
             if stat.S_ISLNK(seen.st_mode):
                 target = os.readlink(part, dir_fd=fd)
@@ -197,10 +212,18 @@ def _walk(logical: str, root: str, parts: list[str], kept: dict[str, int] | None
             os.close(fd)
 
 
+def _parent_missing(root: str, parts: list[str]) -> FileNotFoundError:
+    return FileNotFoundError(
+        errno.ENOENT, "missing above a mailbox measured before (an unmounted volume?)", os.path.join(root, *parts)
+    )
+
+
 @contextmanager
-def opened(path: str, roots: Roots, kept: dict[str, int] | None = None) -> Iterator[Node | None]:
+def opened(
+    path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False
+) -> Iterator[Node | None]:
     """:func:`open_node` as a context manager that closes the node."""
-    node = open_node(path, roots, kept)
+    node = open_node(path, roots, kept, require_parent)
     try:
         yield node
     finally:
