@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quotagate.accounting import FILES, PROFILES
 from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox, Reading, State
 from quotagate.scan import run_scan
@@ -20,10 +21,19 @@ from quotagate.watch.tracker import Tracker
 
 
 def test_message_delta() -> None:
-    assert message_delta("1.M1.h,S=120:2,S", arrived=True) == (120, 1)
-    assert message_delta("1.M1.h,S=120", arrived=False) == (-120, -1)
-    assert message_delta("1.M1.h:2,S", arrived=True) is None  # no size: read the folder
-    assert message_delta(".hidden,S=5", arrived=True) is None
+    assert message_delta("1.M1.h,S=120:2,S", True, FILES) == (120, 1)
+    assert message_delta("1.M1.h,S=120", False, FILES) == (-120, -1)
+    assert message_delta("1.M1.h:2,S", True, FILES) is None  # no size: read the folder
+    assert message_delta(".hidden,S=5", True, FILES) == (0, 0)  # never counted
+
+
+def test_message_delta_follows_the_accounting_profile() -> None:
+    assert message_delta("1.M1.h,S=120,W=125", True, PROFILES["dovecot-count"]) == (125, 1)
+    assert message_delta("1.M1.h,S=120", True, PROFILES["dovecot-count"]) is None  # the file is read
+    assert message_delta("1.M1.h,S=120", True, PROFILES["exim"]) is None  # the file is stat'ed
+    assert message_delta("1.M1.h,S=120:2,ST", True, PROFILES["courier"]) == (0, 0)  # flagged deleted
+    assert message_delta("1.M1.h,S=120:2,S", False, PROFILES["courier"]) == (-120, -1)
+    assert message_delta(".hidden,S=5", True, PROFILES["dovecot"]) == (5, 1)
 
 
 def test_plan_falls_back_to_polling_when_watches_do_not_fit() -> None:

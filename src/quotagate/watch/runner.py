@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,7 @@ from quotagate.publish import PublishError, published_first
 from quotagate.scan import ScanResult, log_transitions, run_scan
 from quotagate.store import Store, StoreError, redacted
 from quotagate.watch.limits import current_limit, plan
-from quotagate.watch.tracker import Tracker
+from quotagate.watch.tracker import OUT_OF_WATCHES, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
         try:
             tracker.start_watching()
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+            if exc.errno not in OUT_OF_WATCHES:
                 raise
             log.warning("inotify ran out of watches (%s): polling folder mtimes instead", exc.strerror)
             tracker.mode = "poll"

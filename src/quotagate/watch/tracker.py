@@ -1,11 +1,16 @@
 """Usage of every mailbox kept current from file-system events (or polling), between scans.
 
 Each mailbox has its current reading. An inotify event in a Maildir ``cur/`` or ``new/`` whose
-file name carries ``,S=`` updates the folder's usage at once (see :mod:`deltas`); any other
-event marks the mailbox dirty, and a dirty mailbox is measured again, reusing the folders whose
-stamps did not change. Changes are handed on in batches every ``flush_seconds``, so a burst of
-deliveries costs one store write. An event queue overflow makes every mailbox dirty: nothing is
-ever silently lost, only re-read.
+file name the accounting profile sizes updates the folder's usage at once (see :mod:`deltas`);
+any other event marks the mailbox dirty, and a dirty mailbox is measured again, reusing the
+folders whose stamps did not change. Changes are handed on in batches every ``flush_seconds``,
+so a burst of deliveries costs one store write. An event queue overflow makes every mailbox
+dirty: nothing is ever silently lost, only re-read. A mailbox inotify runs out of watches for is
+polled instead.
+
+Every directory is watched through a descriptor opened as a scan opens it, never by a path its
+owner could redirect; and since inotify keeps one watch (one mask) per inode, a watch shared by
+two mailboxes (one's owner pointed it at the other's directory) gets the events both want.
 """
 
 from __future__ import annotations
@@ -22,17 +27,19 @@ from dataclasses import dataclass
 from asyncinotify import Inotify, Mask, Watch
 from msgspec.structs import replace
 
+from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config
-from quotagate.model import Format, Mailbox, MailboxUsage, Reading
-from quotagate.outage import root_problem, vanished_problem
+from quotagate.model import Format, Mailbox, MailboxUsage, Reading, State
+from quotagate.outage import found_before, root_problem, vanished_problem
 from quotagate.publish import PublishError
-from quotagate.scan import reading_for
+from quotagate.scan import kept_over, reading_for
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import StoreError
-from quotagate.usage import maildir
-from quotagate.usage.mailbox import Found, measure, unchanged_each
-from quotagate.usage.names import display_name
+from quotagate.usage import maildir, safefs
+from quotagate.usage.mailbox import Found, measure, timed_out, unchanged_each
+from quotagate.usage.maildirsize import MAX_SIZE
+from quotagate.usage.names import disk_name, display_name
 from quotagate.usage.safefs import Roots
 from quotagate.watch.deltas import message_delta
 
@@ -42,18 +49,27 @@ log = logging.getLogger(__name__)
 Publish = Callable[[list[Reading], list[str]], Awaitable[None]]
 
 _DIR_EVENTS = Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
-_MESSAGE_DIR = _DIR_EVENTS | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DONT_FOLLOW
-_ROOT_DIR = _DIR_EVENTS | Mask.ONLYDIR | Mask.DONT_FOLLOW
+# No DONT_FOLLOW: a watch is added through /proc/self/fd/N, a link that must be followed.
+_MESSAGE_DIR = _DIR_EVENTS | Mask.CLOSE_WRITE | Mask.ONLYDIR
+_ROOT_DIR = _DIR_EVENTS | Mask.ONLYDIR
 _MBOX_FILE = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF
 _ARRIVED = Mask.CREATE | Mask.MOVED_TO
 _LEFT = Mask.DELETE | Mask.MOVED_FROM
+# inotify (or the process) out of watches, kernel memory or descriptors: the mailbox is polled.
+OUT_OF_WATCHES = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 @dataclass(frozen=True)
 class _Target:
-    """What a watch is on: a mailbox's root (folder None), or a folder's cur/ or new/ (sub)."""
+    """What a watch is on for one mailbox: its root (folder None), a folder's own directory
+    (sub None), or a folder's cur/ or new/; and the events the mailbox wants from it.
+
+    Watches are added with MASK_ADD, so a watch shared with another mailbox carries the events
+    of both: each mailbox takes only those of its own ``mask``.
+    """
 
     address: str
+    mask: Mask
     folder: str | None = None
     sub: str | None = None
 
@@ -63,6 +79,7 @@ class Tracker:
         self.config = config
         self.publish = publish
         self.mode = mode
+        self._profile = profile_for(config.spool)
         self.mailboxes: dict[str, Mailbox] = {}
         self.readings: dict[str, Reading] = {}
         self._paths: dict[str, str] = {}
@@ -81,6 +98,7 @@ class Tracker:
         self._targets: dict[Watch, dict[str, _Target]] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
         self._held: str | None = None  # why flushes keep the last state (see flush), None when not
+        self._polled: set[str] = set()  # mailboxes inotify ran out of watches for: polled instead
         # Every reading is current up to this time (the start of the last completed cycle): a
         # mailbox with no event since is unchanged, whenever its reading was made. It stops
         # moving when the tracker stops or hangs, so its readings age as they should.
@@ -122,7 +140,7 @@ class Tracker:
         del self.mailboxes[address]
         self.readings.pop(address, None)
         self._paths.pop(address, None)
-        for pending in (self._dirty, self._changed, self._measuring, self._force):
+        for pending in (self._dirty, self._changed, self._measuring, self._force, self._polled):
             pending.discard(address)
         self._removed.add(address)
 
@@ -174,47 +192,72 @@ class Tracker:
         return sum(len(w) for w in self._watches.values())
 
     # -- watches -------------------------------------------------------------------------------
-    def _wanted_paths(self, address: str) -> dict[str, _Target]:
+    def _wanted_paths(self, address: str) -> tuple[str, dict[str, _Target]]:
+        """Where the mailbox was found, and what to watch in it by path (no I/O): nothing when it
+        is polled (missing, unknown, not measured)."""
         path = self._paths.get(address)  # .get: run in a thread, the mailbox may just have left
         reading = self.readings.get(address)
-        path = None if path is None else located(path, reading, self.config.spool)
         usage = reading.usage if reading else None
         if path is None or usage is None or not usage.known or usage.format is Format.MISSING:
-            return {}  # polled: nothing to watch until it exists and is measured
+            return "", {}
+        root = located(path, reading, self.config.spool)
         if usage.format is Format.MBOX:
-            return {path: _Target(address)}
-        wanted = {path: _Target(address)}
+            return root, {root: _Target(address, _MBOX_FILE)}
+        wanted = {root: _Target(address, _ROOT_DIR)}
         for f in usage.folders:
-            base = maildir.folder_path(path, f.name, self.config.spool.maildir_layout)
-            if not os.path.isdir(base):
-                continue  # a display name that is not the name on disk: root events cover it
-            for sub in ("cur", "new"):
-                wanted[f"{base}/{sub}"] = _Target(address, f.name, sub)
+            base = maildir.folder_path(root, f.name, self.config.spool.maildir_layout)
             if f.name != maildir.INBOX:
-                wanted[base] = _Target(address)  # cur/ or new/ appearing later
-        return wanted
+                wanted[base] = _Target(address, _ROOT_DIR, f.name)  # cur/ or new/ appearing later
+            for sub in ("cur", "new"):
+                wanted[f"{base}/{sub}"] = _Target(address, _MESSAGE_DIR, f.name, sub)
+        return root, wanted
 
-    def _plan_watches(self, address: str, have: set[str]) -> tuple[dict[str, _Target], list[tuple[str, Watch]]]:
-        """What the mailbox holds now, and watches added for what ``have`` lacks.
+    def _plan_watches(
+        self, address: str, have: dict[str, _Target | None]
+    ) -> tuple[dict[str, _Target], list[tuple[str, Watch]], OSError | None]:
+        """What the mailbox holds now, watches added for what ``have`` lacks, and the error that
+        ran inotify out of watches (see :data:`OUT_OF_WATCHES`) before all were added, if one did.
 
-        Blocking, on paths the mailbox's user controls (a stat per folder, inotify_add_watch):
-        run it in a thread. Raises OSError ENOSPC when the watch limit is reached.
+        Each directory is opened as a scan opens it (symlinks followed within the roots on the
+        way to the mailbox's root, none below it) and watched through /proc/self/fd: a path its
+        owner swaps for a symlink meanwhile leads no watch elsewhere. Blocking, on directories
+        the mailbox's user controls: run it in a thread.
         """
         assert self._inotify is not None
-        wanted = self._wanted_paths(address)
-        reading = self.readings.get(address)
-        added = []
-        for path, target in wanted.items():
-            if path in have or reading is None:
-                continue
-            mask = _MBOX_FILE if reading.usage.format is Format.MBOX else (_MESSAGE_DIR if target.folder else _ROOT_DIR)
+        root, wanted = self._wanted_paths(address)
+        missing = [(path, target) for path, target in wanted.items() if have.get(path) != target]
+        added: list[tuple[str, Watch]] = []
+        if not missing:
+            return wanted, added, None
+        try:
+            with safefs.opened(root, spool_roots(self.config.spool)) as node:
+                if node is None:
+                    return wanted, added, None  # gone meanwhile: the next measurement sees it
+                for path, target in missing:
+                    if (watch := self._add_watch(node.fd, target)) is not None:
+                        added.append((path, watch))
+        except OSError as exc:
+            if exc.errno in OUT_OF_WATCHES:
+                return wanted, added, exc
+            # The root is gone or leads out of the roots now: the next measurement sees it.
+        return wanted, added, None
+
+    def _add_watch(self, root_fd: int, target: _Target) -> Watch | None:
+        """A watch on what ``target`` is on in the opened root, or None when it is gone or a
+        symlink (the next measurement sees it). Raises only the errors of :data:`OUT_OF_WATCHES`."""
+        assert self._inotify is not None
+        try:
+            fd = _open_target(root_fd, target, self.config.spool.maildir_layout)
+            if fd is None:
+                return None
             try:
-                added.append((path, self._inotify.add_watch(path, mask)))
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise
-                continue  # vanished meanwhile: the next measurement sees it
-        return wanted, added
+                return self._inotify.add_watch(f"/proc/self/fd/{fd}", target.mask | Mask.MASK_ADD)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in OUT_OF_WATCHES:
+                raise
+            return None
 
     def _register(self, address: str, wanted: dict[str, _Target], added: list[tuple[str, Watch]]) -> int:
         """Record what :meth:`_plan_watches` found (on the loop); returns how many watches were added."""
@@ -227,8 +270,11 @@ class Tracker:
             self._drop(current.pop(gone), address)
         count = 0
         for path, watch in added:
-            if path in current:  # added twice meanwhile: inotify returned the same watch
-                continue
+            old = current.get(path)
+            if old is watch and self._targets.get(watch, {}).get(address) == wanted[path]:
+                continue  # added twice meanwhile: inotify returned the same watch
+            if old is not None and old is not watch:
+                self._drop(old, address)
             current[path] = watch
             self._targets.setdefault(watch, {})[address] = wanted[path]
             count += 1
@@ -238,9 +284,26 @@ class Tracker:
         """Watch what the mailbox holds now; returns how many watches were added."""
         if self._inotify is None:
             return 0
-        have = set(self._watches.get(address, {}))
-        wanted, added = await asyncio.to_thread(self._plan_watches, address, have)
-        return self._register(address, wanted, added)
+        have = {path: self._targets.get(w, {}).get(address) for path, w in self._watches.get(address, {}).items()}
+        wanted, added, short = await asyncio.to_thread(self._plan_watches, address, have)
+        count = self._register(address, wanted, added)
+        if address in self.mailboxes:
+            self._poll_unless_watched(address, short)
+        return count
+
+    def _poll_unless_watched(self, address: str, short: OSError | None) -> None:
+        """Poll a mailbox inotify ran out of watches for (``short``), until all its watches could
+        be added; each said once."""
+        if short is not None and address not in self._polled:
+            log.warning(
+                "%s: out of inotify watches (%s): polling it instead (raise fs.inotify.max_user_watches)",
+                address,
+                short.strerror,
+            )
+            self._polled.add(address)
+        elif short is None and address in self._polled:
+            log.info("%s: watched again", address)
+            self._polled.discard(address)
 
     def _unwatch(self, address: str) -> None:
         for watch in self._watches.pop(address, {}).values():
@@ -277,20 +340,21 @@ class Tracker:
             self._targets.pop(watch, None)  # type: ignore[arg-type]
             return
         for target in list(targets.values()):
-            self._on_target_event(target, mask, name)
+            if mask & target.mask:  # a shared watch also carries the events another mailbox wants
+                self._on_target_event(target, mask, name)
 
     def _on_target_event(self, target: _Target, mask: Mask, name: str | None) -> None:
         self._touched.add(target.address)
-        if target.folder is None or name is None or mask & Mask.ISDIR:
+        if target.folder is None or target.sub is None or name is None or mask & Mask.ISDIR:
             self._dirty.add(target.address)
             return
         if mask & _ARRIVED and target.sub == "new" and not name.startswith(".") and self.on_delivery is not None:
             self.on_delivery(target.address)  # a message landed: the room held for it can go
         delta = None
         if mask & _ARRIVED:
-            delta = message_delta(name, arrived=True)
+            delta = message_delta(name, True, self._profile)
         elif mask & _LEFT:
-            delta = message_delta(name, arrived=False)
+            delta = message_delta(name, False, self._profile)
         if delta is None or target.address in self._measuring:
             self._dirty.add(target.address)
         elif target.address not in self._dirty:
@@ -298,7 +362,8 @@ class Tracker:
 
     def _apply(self, address: str, folder: str, delta: tuple[int, int]) -> None:
         reading = self.readings.get(address)
-        if reading is None:
+        # Past what the store holds (forged S= values): measured again, which saturates as a scan does.
+        if reading is None or reading.usage.all_bytes + delta[0] > MAX_SIZE:
             self._dirty.add(address)
             return
         folders = []
@@ -315,25 +380,33 @@ class Tracker:
 
     # -- flushing --------------------------------------------------------------------------------
     def _measure(self, addresses: list[str]) -> dict[str, Found]:
+        """Measure the mailboxes as a scan does (blocking: a thread's): each within [scan]
+        mailbox_timeout, after which it is unknown and the others go on; one measured before is
+        unknown, not empty, when a directory above its own is gone (an unmounted volume)."""
         cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
         spool = self.config.spool
-        roots, profile = spool_roots(spool), profile_for(spool)
-        out = {}
-        for address in addresses:
+        roots = spool_roots(spool)
+        timeout = self.config.scan.mailbox_timeout
+
+        def one(address: str) -> Found:
             previous = self.readings.get(address)
-            reuse = Found(previous.path, previous.usage) if previous else None
-            out[address] = measure(
+            return measure(
                 self._paths[address],
                 spool.format,
-                reuse,
+                Found(previous.path, previous.usage) if previous else None,
                 cutoff,
                 roots,
                 None,
                 spool.maildir_subdir,
-                profile,
+                self._profile,
                 layout=spool.maildir_layout,
+                require_parent=previous is not None and found_before(previous),
             )
-        return out
+
+        def late(address: str) -> Found:
+            return timed_out(self._paths[address], timeout)
+
+        return dict(zip(addresses, bounded.in_thread(one, addresses, timeout, late), strict=True))
 
     async def flush(self) -> list[Reading]:
         """Measure what is dirty, total what changed, and hand the changed readings on.
@@ -355,7 +428,6 @@ class Tracker:
         self._measuring = set(dirty)
         measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
         now = time.time()
-        profile = profile_for(config.spool)
         fresh = {}
         for address in sorted(set(dirty) | changed | force):
             mailbox = self.mailboxes.get(address)
@@ -367,7 +439,12 @@ class Tracker:
                 found = Found(located(self._paths[address], previous, config.spool), previous.usage)
             if found is None:
                 continue
-            fresh[address] = reading_for(mailbox, found.path, found.usage, config, profile, now)
+            reading = reading_for(mailbox, found.path, found.usage, config, self._profile, now)
+            if reading.state is State.UNKNOWN and previous is not None and previous.state is State.OVER:
+                # As a scan keeps it (its owner may have made it unknown); said when it becomes
+                # so, not at each poll that measures it again.
+                reading = kept_over(reading, previous, say=previous.usage.known)
+            fresh[address] = reading
         problem = vanished_problem(self.readings, self.readings | fresh, config.scan.max_vanished)
         if problem:
             self._dirty.update(dirty)
@@ -378,6 +455,14 @@ class Tracker:
             return []
         out = []
         for address, reading in fresh.items():
+            if not _storable(reading):
+                log.error(
+                    "%s: %d bytes, %d messages cannot be stored: keeping its last reading",
+                    address,
+                    reading.bytes,
+                    reading.messages,
+                )
+                continue
             previous = self.readings.get(address)
             self.readings[address] = reading
             if address in measured and await self._sync_watches(address):
@@ -409,7 +494,8 @@ class Tracker:
 
     async def _poll(self, everything: bool) -> None:
         """A mailbox whose mtimes moved is measured again: every one when polling instead of
-        inotify, else those not created yet (nothing to watch until the first delivery).
+        inotify, else those not created yet (nothing to watch until the first delivery) and those
+        inotify ran out of watches for.
 
         The mtimes are the users' folders: looked at in a thread, never on the event loop.
         """
@@ -417,22 +503,24 @@ class Tracker:
         looked = [
             (address, located(self._paths[address], reading, spool), reading.usage)
             for address, reading in self.readings.items()
-            if everything or reading.usage.format is Format.MISSING
+            if everything or reading.usage.format is Format.MISSING or address in self._polled
         ]
         if looked:
-            moved = await asyncio.to_thread(
-                _moved, looked, spool_roots(spool), profile_for(spool), spool.maildir_layout
-            )
+            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool), self._profile, spool.maildir_layout)
             self._dirty.update(a for a in moved if a in self.mailboxes)
 
     # -- running ---------------------------------------------------------------------------------
     def start_watching(self) -> None:
-        """Set up inotify watches (raises OSError ENOSPC when the limit is reached)."""
+        """Set up inotify watches; raises OSError (one of :data:`OUT_OF_WATCHES`) when they do not
+        all fit, having set up none: the caller polls instead."""
         self._inotify = Inotify()
         try:
             for address in list(self.mailboxes):
                 if address in self.readings:
-                    self._register(address, *self._plan_watches(address, set()))
+                    wanted, added, short = self._plan_watches(address, {})
+                    self._register(address, wanted, added)
+                    if short is not None:
+                        raise short
         except OSError:
             self.close()
             raise
@@ -487,3 +575,22 @@ def _moved(
     """The addresses whose folders' stamps no longer match their usage (blocking: a thread's)."""
     same = unchanged_each(((path, usage) for _, path, usage in looked), roots, profile, layout)
     return [address for (address, _, _), still in zip(looked, same, strict=True) if not still]
+
+
+def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int | None:
+    """A new descriptor for what ``target`` is on, in the mailbox's opened root; None when it is
+    gone or a symlink (never followed below the root)."""
+    if target.folder is None:
+        return os.dup(root_fd)
+    folder = maildir.open_folder(root_fd, disk_name(target.folder), layout)
+    if folder is None or target.sub is None:
+        return folder
+    try:
+        return safefs.open_dir(target.sub, folder)
+    finally:
+        os.close(folder)
+
+
+def _storable(reading: Reading) -> bool:
+    """Whether the store's 64-bit columns hold the reading's totals."""
+    return 0 <= reading.bytes <= MAX_SIZE and 0 <= reading.messages <= MAX_SIZE
