@@ -2,7 +2,8 @@
 --
 -- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
 --   1 res  hash  transaction -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
---   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA)
+--   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held, or in
+--                flight with no delivery seen: a milter may refuse mail after Postfix's END-OF-MESSAGE)
 --   3 exp  zset  transaction by expiry
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
 --   5 dlv  zset  delivery seen, by when
@@ -37,7 +38,7 @@ local function drop(tx, r)
   redis.call('ZREM', DLV, tx)
   redis.call('HINCRBY', SUM, 'b', -r.b)
   redis.call('HINCRBY', SUM, 'm', -1)
-  if r.s == 'held' then client_add(r, -1) end
+  if r.d == 0 then client_add(r, -1) end
 end
 
 local function add(tx, r)
@@ -45,8 +46,9 @@ local function add(tx, r)
   redis.call('ZADD', EXP, r.e, tx)
   redis.call('HINCRBY', SUM, 'b', r.b)
   redis.call('HINCRBY', SUM, 'm', 1)
-  if r.s == 'held' then client_add(r, 1)
-  elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
+  if r.d == 0 then client_add(r, 1) end
+  if r.s == 'held' then return end
+  if r.d == 0 then redis.call('ZADD', UND, r.b, tx)
   else redis.call('ZADD', DLV, r.d, tx) end
 end
 
@@ -83,6 +85,9 @@ if op == 'check' then
   -- A reading releases only what it includes: deliveries seen before it was taken.
   local delivered = sweep(DLV, '(' .. at)
   local rb, rm = sums()
+  local old = get(tx)
+  local mine = (size > 0 and old and old.s == 'held') and old or nil
+  if mine then rb = rb - mine.b; rm = rm - 1 end  -- this answer replaces the transaction's own hold
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
@@ -92,8 +97,6 @@ if op == 'check' then
   end
   local held, capped = 0, 0
   if fits and size > 0 then
-    local old = get(tx)
-    local mine = (old and old.s == 'held') and old or nil
     local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
     local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. client) or 0) + 1
     if mine then cb = cb - mine.b; cm = cm - 1 end
@@ -114,8 +117,7 @@ elseif op == 'end' then
   local r = get(tx)
   if not r or r.s ~= 'held' then return 0 end
   if ARGV[4] == '1' then
-    client_add(r, -1)
-    r.s = 'flight'
+    r.s = 'flight'  -- still its client's, until its delivery is seen
     redis.call('HSET', RES, tx, cjson.encode(r))
     redis.call('ZADD', UND, r.b, tx)
     keep()
@@ -133,6 +135,7 @@ elseif op == 'delivered' then
     local r = get(popped[1])
     if r and r.d == 0 then
       r.d = now
+      client_add(r, -1)
       redis.call('HSET', RES, popped[1], cjson.encode(r))
       redis.call('ZADD', DLV, now, popped[1])
       keep()

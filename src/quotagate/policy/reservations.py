@@ -12,14 +12,16 @@ mailbox replaces its reservation: an alias and the address itself are delivered 
   reading taken after that includes it, or until it expires. A reading never releases a
   reservation whose delivery was not seen: the message may still be on its way.
 
-Probing is bounded: one client (an IPv4 address or an IPv6 /64) holds before DATA at most
-``cap`` (``client_hold``) in one mailbox, or one message of the size it declared when that is
-more; a check beyond that holds nothing (the caller defers it: see PolicyService). So one client
-reduces the room others see by at most that, and by nothing once its transactions end. Held room
+Probing is bounded: one client (an IPv4 address or an IPv6 /48) holds at most ``cap``
+(``client_hold``) in one mailbox, or one message of the size it declared when that is more; a
+check beyond that holds nothing (the caller defers it: see PolicyService). Its room in flight
+counts too until its delivery is seen: Postfix asks at END-OF-MESSAGE before its milters and body
+checks decide, and a message they refuse never lands. So one client reduces the room others see
+by at most that, and by nothing once its transactions end and its mail has landed. Held room
 counts in full against every check: showing others less of it would let a burst of large
-messages from many clients overfill the mailbox. Room in flight is no client's to count. Every check is
-O(1): per-mailbox and per-client sums are kept up to date, expiry pops a heap, and a global cap
-evicts the oldest reservations first.
+messages from many clients overfill the mailbox. Every check is O(1): per-mailbox and
+per-client sums are kept up to date, expiry pops a heap, and a global cap evicts the oldest
+reservations first.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ Release = Literal["no data", "delivered", "expired", "evicted", "released", "rep
 
 @functools.lru_cache(maxsize=4096)  # asked on every request, and clients come back: parsing is most of it
 def client_key(address: str) -> str:
-    """The unit a cap applies to: an IPv4 address, an IPv6 /64, or the text as sent. An IPv4
-    address in IPv6 form (``::ffff:192.0.2.1``, from a dual-stack listener) is that IPv4 address:
-    as one /64, every IPv4 client would share one cap."""
+    """The unit a cap applies to: an IPv4 address, an IPv6 /48, or the text as sent. A /48, not a
+    /64: a site is usually given a /48 (or a /56), and as 65,536 clients it would hold 65,536 caps.
+    An IPv4 address in IPv6 form (``::ffff:192.0.2.1``, from a dual-stack listener) is that IPv4
+    address: as one /48, every IPv4 client would share one cap."""
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]").removeprefix("IPv6:"))
     except ValueError:
@@ -51,7 +54,7 @@ def client_key(address: str) -> str:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ipaddress.ip_network(f"{ip}/48", strict=False))
     return str(ip)
 
 
@@ -92,7 +95,7 @@ class Reservations:
         self._by_key: dict[tuple[Transaction, str], Reservation] = {}
         self._by_transaction: dict[Transaction, dict[str, Reservation]] = {}
         self._mailbox: dict[str, _Sums] = {}
-        self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
+        self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds, or has in flight unseen
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
@@ -169,8 +172,7 @@ class Reservations:
             changed += 1
             self.version += 1
             if with_data:
-                self._count_for_client(r, -1)
-                r.state = "flight"
+                r.state = "flight"  # still its client's, until its delivery is seen
                 self._await_delivery(r)
             else:
                 self._drop(r, "no data")
@@ -190,6 +192,7 @@ class Reservations:
             if r.live and r.delivered_at is None:
                 self.version += 1
                 r.delivered_at = now
+                self._count_for_client(r, -1)
                 self._delivered.setdefault(mailbox, deque()).append(r)
                 if not heap:
                     del self._undelivered[mailbox]
@@ -257,7 +260,7 @@ class Reservations:
         self._by_key[(r.transaction, r.mailbox)] = r
         self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
         self._mailbox.setdefault(r.mailbox, _Sums()).add(r.bytes, 1)
-        if r.state == "held":
+        if r.delivered_at is None:
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
 
@@ -276,7 +279,7 @@ class Reservations:
         sums.add(-r.bytes, -1)
         if sums.messages == 0:
             del self._mailbox[r.mailbox]
-        if r.state == "held":
+        if r.delivered_at is None:
             self._count_for_client(r, -1)
         # Entries left behind in the heaps and in the middle of the queue are skipped when reached,
         # and swept out once they outnumber the live ones: a flood of transactions that end at
@@ -301,7 +304,7 @@ class Reservations:
                 del self._undelivered[r.mailbox]
 
     def _count_for_client(self, r: Reservation, sign: int) -> None:
-        """Add (+1) or take (-1) a held reservation to or from its client's sums."""
+        """Add (+1) or take (-1) a reservation whose delivery was not seen to or from its client's sums."""
         key = (r.transaction.client, r.mailbox)
         sums = self._client.setdefault(key, _Sums())
         sums.add(sign * r.bytes, sign)
