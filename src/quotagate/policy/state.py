@@ -8,11 +8,12 @@ ignored: a restart then forgets reservations, as before they were kept, but neve
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
+
+import msgspec
 
 from quotagate.policy.reservations import Reservation, State, Transaction
 from quotagate.publish import write_atomically
@@ -22,9 +23,15 @@ log = logging.getLogger(__name__)
 VERSION = 1
 
 
+ROWS_PER_PIECE = 5_000
+"""Rows encoded in one call: an encoder holds the GIL for a whole call, so the event loop would
+wait out the encoding of every reservation at once (200,000 of them: 0.5 s with ``json``)."""
+_encode = msgspec.json.Encoder().encode
+
+
 def dumps(reservations: Iterable[Reservation]) -> str:
     rows = [
-        [
+        (
             r.transaction.client,
             r.transaction.id,
             r.mailbox,
@@ -33,14 +40,15 @@ def dumps(reservations: Iterable[Reservation]) -> str:
             r.expires_at,
             r.state,
             r.delivered_at,
-        ]
+        )
         for r in reservations
     ]
-    return json.dumps({"version": VERSION, "reservations": rows}, separators=(",", ":"))
+    pieces = (_encode(rows[i : i + ROWS_PER_PIECE]).decode()[1:-1] for i in range(0, len(rows), ROWS_PER_PIECE))
+    return f'{{"version":{VERSION},"reservations":[{",".join(pieces)}]}}'
 
 
 def loads(text: str) -> list[Reservation]:
-    data = json.loads(text)
+    data = msgspec.json.decode(text)
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise ValueError("not a reservations file of this version")
     out = []
