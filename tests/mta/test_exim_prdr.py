@@ -58,6 +58,10 @@ to_receiver:
 NO_FIT = r"Message of \d+ bytes does not fit in this mailbox"
 
 
+# A quoted local part may hold commas; the router's users file sends this one to full's Maildir.
+QUOTED = f'"full,{ROOMY},x"@{DOMAIN}'
+
+
 @pytest.fixture
 def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     """The receiving Exim with the generated configuration, and quotagate serve."""
@@ -71,6 +75,7 @@ def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     assert site.quotagate("scan") == 0
     parts = exim_config.parts(load_config(site.config), "policy")
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("full", "roomy")}
+    users[f"full,{ROOMY},x@{DOMAIN}"] = f"{DOMAIN}/full"  # QUOTED, as $local_part@$domain
     exim.configure(users=users, main=parts.main, acls=parts.acls, acl=parts.acl, transport=TRANSPORT_QUOTA)
     with policy_daemon(site.config, port) as daemon:
         exim.start()
@@ -199,6 +204,20 @@ def test_without_prdr_a_message_is_refused_only_when_no_recipient_has_room(
     assert len(delivered(site, "roomy")) == 1
     assert delivered(site, "full") == []
     assert "Mailbox quota exceeded" in exim.log("main") or "quota exceeded" in exim.log("main"), exim.log("main")
+
+
+def test_a_quoted_recipient_never_has_another_mailbox_checked_at_data(
+    receiving: tuple[Site, PolicyDaemon], exim: Exim
+) -> None:
+    """Exim's $recipients is a list separated by commas, and a quoted local part may hold some:
+    split there, the check would weigh (and hold the message's room in) a mailbox that is no
+    recipient. A message with a quoted recipient is not checked at DATA (said in the log); its
+    delivery agent's quota decides, as for any accepted message."""
+    site, _ = receiving
+    codes, code, _ = data_reply(exim, QUOTED)
+    assert codes == [250] and code == 250
+    assert ask_control(site.work / "control.sock", {"op": "list", "address": ROOMY})["reservations"] == []
+    assert "quotagate: a quoted recipient address" in exim.log("main"), exim.log("main")
 
 
 def test_a_daemon_that_cannot_be_asked_at_data_lets_mail_in_and_says_so(

@@ -375,6 +375,10 @@ def data_acls(socket: str, transaction: str) -> str:
     check = (
         "quotagate_data_check:\n"
         f"  accept\n    condition = ${{if eq{{${PRDR_CHECKED}}}{{yes}}}}\n"
+        # $recipients is separated by commas, and a quoted local part may hold some: split
+        # there, it would name mailboxes that are no recipients of the message.
+        '  accept\n    condition = ${if match{$recipients}{\\N"\\N}}\n'
+        "    logwrite = quotagate: a quoted recipient address at DATA (it may hold commas): not checked\n"
         f"  warn\n    set {DATA_ANSWERS} = ${{map{{<, $recipients}}{{${{sg{{{ask('$item')}}}{{{text}}}{{}}}}}}}}\n"
         f"  warn\n    condition = ${{if match{{{answers}}}{{{UNREACHABLE.removeprefix('action=DUNNO ')}}}}}\n"
         "    log_message = quotagate: cannot ask the daemon at DATA: accepted\n"
