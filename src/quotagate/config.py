@@ -365,9 +365,8 @@ class PolicyConfig(_Section, frozen=True):
 
     # "HOST:PORT" (IPv6 as "[::1]:PORT") or "unix:/path/to/socket".
     listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("127.0.0.1:10032")])
-    # One client (an IPv4 address, an IPv6 /48) holds at most this much room in one mailbox,
-    # held or in flight unseen (bytes, or a share of the mailbox's limit), and never less than
-    # one message.
+    # One client (an IPv4 address, an IPv6 /48) holds at most this much room in one mailbox
+    # before DATA (bytes, or a share of the mailbox's limit), and never less than one message.
     client_hold: Allowance = Allowance(fraction=Decimal("0.1"))
     # Reservations kept at most; past it the oldest are let go (and counted).
     max_reservations: Annotated[int, Meta(ge=1)] = 1_000_000

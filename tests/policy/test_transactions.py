@@ -53,22 +53,6 @@ def test_the_same_transaction_asking_again_replaces_its_hold_even_where_only_one
     assert held(service) == 6000
 
 
-def test_mail_that_never_lands_counts_against_its_clients_share(site: Site) -> None:
-    """Postfix asks at END-OF-MESSAGE before its milters and body checks decide: a message they
-    refuse then never lands, and its room stays in flight until it expires. It counts against
-    its client's client_hold until its delivery is seen, so spam refused after DATA cannot
-    strand the mailbox's room for the others."""
-    service = site.service(site.config(), Metrics())  # client_hold = 10% of 10,000 bytes
-    connection = Session()
-    answers = []
-    for n in range(5):
-        answers.append(ask(service, request(ROOMY, 1900, client=PROBER, instance=f"s{n}"), connection))
-        ask(service, request(ROOMY, 0, "END-OF-MESSAGE", client=PROBER, instance=f"s{n}"), connection)
-    assert answers[0] == "DUNNO" and all(a.startswith("452") for a in answers[1:])  # one message
-    assert held(service) == 1900
-    assert ask(service, request(ROOMY, ROOM - 1900, client=OTHER, instance="o")) == "DUNNO"
-
-
 def test_a_transaction_that_ends_without_data_lets_its_room_go(service: PolicyService) -> None:
     ask(service, request(ROOMY, 4000, instance="A"))
     ask(service, request(ROOMY, 4000, instance="B"))

@@ -2,8 +2,7 @@
 --
 -- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
 --   1 res  hash  transaction -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
---   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held, or in
---                flight with no delivery seen: a milter may refuse mail after Postfix's END-OF-MESSAGE)
+--   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA)
 --   3 exp  zset  transaction by expiry
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
 --   5 dlv  zset  delivery seen, by when
@@ -38,7 +37,7 @@ local function drop(tx, r)
   redis.call('ZREM', DLV, tx)
   redis.call('HINCRBY', SUM, 'b', -r.b)
   redis.call('HINCRBY', SUM, 'm', -1)
-  if r.d == 0 then client_add(r, -1) end
+  if r.s == 'held' then client_add(r, -1) end
 end
 
 local function add(tx, r)
@@ -46,9 +45,8 @@ local function add(tx, r)
   redis.call('ZADD', EXP, r.e, tx)
   redis.call('HINCRBY', SUM, 'b', r.b)
   redis.call('HINCRBY', SUM, 'm', 1)
-  if r.d == 0 then client_add(r, 1) end
-  if r.s == 'held' then return end
-  if r.d == 0 then redis.call('ZADD', UND, r.b, tx)
+  if r.s == 'held' then client_add(r, 1)
+  elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
   else redis.call('ZADD', DLV, r.d, tx) end
 end
 
@@ -117,7 +115,8 @@ elseif op == 'end' then
   local r = get(tx)
   if not r or r.s ~= 'held' then return 0 end
   if ARGV[4] == '1' then
-    r.s = 'flight'  -- still its client's, until its delivery is seen
+    client_add(r, -1)
+    r.s = 'flight'
     redis.call('HSET', RES, tx, cjson.encode(r))
     redis.call('ZADD', UND, r.b, tx)
     keep()
@@ -135,7 +134,6 @@ elseif op == 'delivered' then
     local r = get(popped[1])
     if r and r.d == 0 then
       r.d = now
-      client_add(r, -1)
       redis.call('HSET', RES, popped[1], cjson.encode(r))
       redis.call('ZADD', DLV, now, popped[1])
       keep()

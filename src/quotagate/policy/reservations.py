@@ -12,16 +12,17 @@ mailbox replaces its reservation: an alias and the address itself are delivered 
   reading taken after that includes it, or until it expires. A reading never releases a
   reservation whose delivery was not seen: the message may still be on its way.
 
-Probing is bounded: one client (an IPv4 address or an IPv6 /48) holds at most ``cap``
-(``client_hold``) in one mailbox, or one message of the size it declared when that is more; a
-check beyond that holds nothing (the caller defers it: see PolicyService). Its room in flight
-counts too until its delivery is seen: Postfix asks at END-OF-MESSAGE before its milters and body
-checks decide, and a message they refuse never lands. So one client reduces the room others see
-by at most that, and by nothing once its transactions end and its mail has landed. Held room
+Probing is bounded: one client (an IPv4 address or an IPv6 /48) holds before DATA at most
+``cap`` (``client_hold``) in one mailbox, or one message of the size it declared when that is
+more; a check beyond that holds nothing (the caller defers it: see PolicyService). So one client
+reduces the room others see by at most that, and by nothing once its transactions end. Held room
 counts in full against every check: showing others less of it would let a burst of large
-messages from many clients overfill the mailbox. Every check is O(1): per-mailbox and
-per-client sums are kept up to date, expiry pops a heap, and a global cap evicts the oldest
-reservations first.
+messages from many clients overfill the mailbox. Room in flight is no client's to count: most
+sites see no delivery (no watcher, no delivery hint), and it would cap an honest sender at
+``client_hold`` per ``reservation_seconds``. (So a message Postfix's milters refuse after its
+END-OF-MESSAGE check keeps its room in flight until it expires: see the README.) Every check is
+O(1): per-mailbox and per-client sums are kept up to date, expiry pops a heap, and a global cap
+evicts the oldest reservations first.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Reservations:
         self._by_key: dict[tuple[Transaction, str], Reservation] = {}
         self._by_transaction: dict[Transaction, dict[str, Reservation]] = {}
         self._mailbox: dict[str, _Sums] = {}
-        self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds, or has in flight unseen
+        self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
@@ -121,8 +122,9 @@ class Reservations:
         return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
     def mine(self, transaction: Transaction, mailbox: str) -> Reserved:
-        """What the transaction itself holds (before DATA) for ``mailbox``: a check at DATA
-        replaces it with the real size, so it must not count against that check."""
+        """What the transaction itself holds (before DATA) for ``mailbox``: a check that replaces
+        it (the same transaction asking again at RCPT, an alias; the real size at DATA) must not
+        count it against itself."""
         r = self._by_key.get((transaction, mailbox))
         return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
 
@@ -172,7 +174,8 @@ class Reservations:
             changed += 1
             self.version += 1
             if with_data:
-                r.state = "flight"  # still its client's, until its delivery is seen
+                self._count_for_client(r, -1)
+                r.state = "flight"
                 self._await_delivery(r)
             else:
                 self._drop(r, "no data")
@@ -192,7 +195,6 @@ class Reservations:
             if r.live and r.delivered_at is None:
                 self.version += 1
                 r.delivered_at = now
-                self._count_for_client(r, -1)
                 self._delivered.setdefault(mailbox, deque()).append(r)
                 if not heap:
                     del self._undelivered[mailbox]
@@ -260,7 +262,7 @@ class Reservations:
         self._by_key[(r.transaction, r.mailbox)] = r
         self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
         self._mailbox.setdefault(r.mailbox, _Sums()).add(r.bytes, 1)
-        if r.delivered_at is None:
+        if r.state == "held":
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
 
@@ -279,7 +281,7 @@ class Reservations:
         sums.add(-r.bytes, -1)
         if sums.messages == 0:
             del self._mailbox[r.mailbox]
-        if r.delivered_at is None:
+        if r.state == "held":
             self._count_for_client(r, -1)
         # Entries left behind in the heaps and in the middle of the queue are skipped when reached,
         # and swept out once they outnumber the live ones: a flood of transactions that end at
@@ -304,7 +306,7 @@ class Reservations:
                 del self._undelivered[r.mailbox]
 
     def _count_for_client(self, r: Reservation, sign: int) -> None:
-        """Add (+1) or take (-1) a reservation whose delivery was not seen to or from its client's sums."""
+        """Add (+1) or take (-1) a held reservation to or from its client's sums."""
         key = (r.transaction.client, r.mailbox)
         sums = self._client.setdefault(key, _Sums())
         sums.add(sign * r.bytes, sign)
