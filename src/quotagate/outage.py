@@ -57,11 +57,12 @@ def was_measured(r: Reading) -> bool:
     return r.usage.known and r.usage.format is not Format.MISSING
 
 
-def found_before(r: Reading) -> bool:
-    """Whether the last reading found the mailbox on disk, or could not tell (unknown): then a
-    directory above it gone missing is an outage (an unmounted per-domain volume) to keep the
-    mailbox unknown for, never a mailbox not created yet."""
-    return not (r.usage.known and r.usage.format is Format.MISSING)
+def found_before(r: Reading | None, where: str) -> bool:
+    """Whether the last reading found the mailbox on disk at ``where`` (where it is looked for
+    now), or could not tell (unknown): then a directory above it gone missing is an outage (an
+    unmounted per-domain volume) to keep the mailbox unknown for, never a mailbox not created
+    yet. One the admin gave a new path is new there: missing until its first delivery."""
+    return r is not None and r.path == where and not (r.usage.known and r.usage.format is Format.MISSING)
 
 
 def vanished(previous: Mapping[str, Reading], current: Mapping[str, Reading]) -> tuple[list[str], list[str]]:

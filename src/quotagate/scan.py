@@ -244,7 +244,7 @@ def run_scan(
                 definition,
                 config.spool.maildir_layout,
                 not full,
-                not force and last is not None and found_before(last),
+                not force and found_before(last, where),
             )
         )
 

@@ -309,3 +309,19 @@ def test_a_vanished_domain_directory_keeps_its_full_mailboxes_refused(
 
     assert env.scan(force=True).readings[full[0]].state is State.OK
     assert over_in(published) == []
+
+
+def test_a_mailbox_given_a_new_path_is_missing_there_until_its_first_delivery(env: Env, tmp_path: Path) -> None:
+    """The admin moves a full mailbox to a new domain directory not made yet: nothing above it
+    vanished (it was never there), so it is missing (empty) as any new mailbox, not kept full
+    for ever (its mail refused, the directory never made)."""
+    for i in range(30):
+        add_message(maildir_folder(env.spool / "big.test" / f"u{i}" / "Maildir"), 100)
+        env.add(f"u{i}", path=f"big.test/u{i}/Maildir")
+    add_message(maildir_folder(env.spool / "old.test" / "zed" / "Maildir"), 5000)
+    zed = env.add("zed", Limits(1000), path="old.test/zed/Maildir")
+    assert env.scan().readings[zed].state is State.OVER
+    env.add("zed", Limits(1000), path="new.test/zed/Maildir")
+    for _ in range(2):
+        reading = env.scan().readings[zed]
+        assert reading.usage.known and reading.usage.format is Format.MISSING and reading.state is State.OK

@@ -389,9 +389,9 @@ class Tracker:
         timeout = self.config.scan.mailbox_timeout
 
         def one(address: str) -> Found:
-            previous = self.readings.get(address)
+            previous, path = self.readings.get(address), self._paths[address]
             return measure(
-                self._paths[address],
+                path,
                 spool.format,
                 Found(previous.path, previous.usage) if previous else None,
                 cutoff,
@@ -400,7 +400,7 @@ class Tracker:
                 spool.maildir_subdir,
                 self._profile,
                 layout=spool.maildir_layout,
-                require_parent=previous is not None and found_before(previous),
+                require_parent=found_before(previous, located(path, previous, spool)),
             )
 
         def late(address: str) -> Found:
