@@ -121,14 +121,27 @@ def _maildir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_rewrite_refuses_a_maildir_reached_through_a_symlink(tmp_path: Path) -> None:
+def test_rewrite_refuses_a_maildir_reached_through_a_users_symlink(tmp_path: Path) -> None:
     root = _maildir(tmp_path / "bob")
     (root / FILE_NAME).write_text("10S\n0 0\n")
     (tmp_path / "zed").symlink_to("bob")
+    os.chown(tmp_path / "zed", 5000, 5000, follow_symlinks=False)  # zed's own link
     with pytest.raises(PermissionError, match="symlink"):
         rewrite(str(tmp_path / "zed"), "1S", 0, 0)
     assert (root / FILE_NAME).read_text() == "10S\n0 0\n"
     rewrite(str(root), "1S", 0, 0)  # the same Maildir by its own path
+    assert (root / FILE_NAME).read_text() == "1S\n0 0\n"
+
+
+def test_rewrite_goes_through_the_admins_symlinks(tmp_path: Path) -> None:
+    """A domain on a volume of its own, linked into the spool by root: its Maildirs are rewritten."""
+    root = _maildir(tmp_path / "volume" / "bob")
+    (root / FILE_NAME).write_text("10S\n0 0\n")
+    (tmp_path / "example.org").symlink_to("volume")  # root's: the tests run as root
+    path, roots = str(tmp_path / "example.org" / "bob"), Roots.of(str(tmp_path))
+    with safefs.opened(path, roots) as node:
+        assert node is not None and node.path == str(root)  # reached through the link
+        maildirsize.rewrite(node, path, roots, "1S", 0, 0)
     assert (root / FILE_NAME).read_text() == "1S\n0 0\n"
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -67,8 +68,9 @@ class Roots:
 @dataclass
 class Node:
     """An opened mailbox root: a directory or a regular file, with its ``fstat``, the path it was
-    reached by once symlinks were resolved, and whether a symlink below the root was followed on
-    the way (one a user may have made to reach into another user's mailbox)."""
+    reached by once symlinks were resolved, and whether a symlink below the root that root does
+    not own was followed on the way (one a user may have made to reach into another user's
+    mailbox; the admin's, such as a domain on a volume of its own, are root's)."""
 
     fd: int
     st: os.stat_result
@@ -118,21 +120,31 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, requi
     for _ in range(MAX_LINKS + 1):
         root, parts = roots.split(logical)
         found = _walk(logical, root, parts, kept, require_parent)
-        if not isinstance(found, str):
+        if isinstance(found, _Link):
+            followed = followed or not found.roots
+            logical = found.path
+        elif isinstance(found, str):  # an entry swapped meanwhile: walked again as it was
+            logical = found
+        else:
             if found is not None:
                 found.followed = followed
             return found
-        # Another path is a symlink resolved; an entry swapped meanwhile is walked again as it was.
-        followed = followed or found != logical
-        logical = found
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+class _Link(NamedTuple):
+    """A symlink resolved by hand: the path to walk instead, and whether root owns the link (the
+    admin's: a domain on a volume of its own), not a user who may point it at another's files."""
+
+    path: str
+    roots: bool
 
 
 def _walk(
     logical: str, root: str, parts: list[str], kept: dict[str, int] | None, require_parent: bool
-) -> Node | str | None:
-    """One walk from ``root`` down ``parts`` to ``logical``: the node, None when missing, or the
-    path to walk instead (a symlink resolved by hand, or an entry swapped since it was looked at)."""
+) -> Node | _Link | str | None:
+    """One walk from ``root`` down ``parts`` to ``logical``: the node, None when missing, a
+    symlink resolved by hand, or the path to walk again (an entry swapped since it was looked at)."""
     here = root
     fd = kept.get(root, -1) if kept is not None else -1
     owned = fd < 0  # whether fd is this walk's to close (else it is kept)
@@ -181,7 +193,13 @@ def _walk(
                 return None
             if stat.S_ISLNK(seen.st_mode):
                 target = os.readlink(part, dir_fd=fd)
-                return os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :]))
+                path = os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :]))
+                # Root's link, if it is still the one looked at (none swapped in before the read).
+                try:
+                    again = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return logical
+                return _Link(path, seen.st_uid == 0 and _same(seen, again) and stat.S_ISLNK(again.st_mode))
             if not last:
                 if stat.S_ISDIR(seen.st_mode):  # swapped back since the open: look again
                     return logical
