@@ -443,11 +443,28 @@ def test_directories_made_in_a_full_mbox_home_never_clear_its_flag(env: Env, mad
     for full in (False, True):
         r = env.scan(full=full).readings[zed]
         assert (r.state, r.usage.format, r.path) == (State.OVER, Format.MBOX, str(home))
-        assert "measured as mbox" in (r.reason or "")
+        assert "counted with them" in (r.reason or "")
     (home / "inbox").unlink()  # a real migration: the mbox files are gone
     add_message(maildir_folder(home / "Maildir" if made == "Maildir" else home), 10)
     r = env.scan().readings[zed]
     assert (r.state, r.usage.format, r.bytes) == (State.OK, Format.MAILDIR, 10)
+
+
+def test_a_migration_that_leaves_an_mbox_behind_counts_both(env: Env) -> None:
+    """mb2md or doveadm leaves the old mbox as an archive, and all new mail goes to the Maildir:
+    while the mbox files the last reading counted are there, the Maildir counts with them (too
+    much rather than too little, said at each scan), never not at all."""
+    home = env.spool / "zed" / "mail"
+    write_mbox(home / "inbox", ["x" * 400 + "\n"])
+    zed = env.add("zed", Limits(10_000), path="zed/mail")
+    mbox_bytes = env.scan().readings[zed].bytes
+    inbox = maildir_folder(home / "Maildir")
+    for _ in range(2):
+        add_message(inbox, 10_000)
+    for full in (False, True, False):
+        r = env.scan(full=full).readings[zed]
+        assert (r.state, r.usage.format, r.bytes) == (State.OVER, Format.MBOX, mbox_bytes + 20_000)
+        assert "counted with them" in (r.reason or "")
 
 
 def test_unchanged_mailboxes_and_folders_are_not_read_again(env: Env, reads: ReadCounter) -> None:

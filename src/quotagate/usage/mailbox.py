@@ -338,7 +338,11 @@ def measure(
                     found = _measure_at(
                         node, root, "mbox", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                     )
-                    return found._replace(usage=replace(found.usage, warning=_MBOX_KEPT))
+                    maildir_node, at = (node, root) if looks else (below, os.path.join(root, subdir))
+                    beside = _measure_at(
+                        maildir_node, at, "maildir", None, racy_cutoff_ns, roots, None, profile, None, layout
+                    )
+                    return found._replace(usage=_with_maildir(found.usage, beside.usage))
                 if below is None:
                     found_as: FormatSetting = "maildir" if looks else fmt
                     return _measure_at(
@@ -357,16 +361,19 @@ def measure(
         return Found(root, MailboxUsage(Format.MISSING, error=f"{display_name(root)}: {exc}"))
 
 
-_MBOX_KEPT = "Maildir directories beside the mbox files counted before: measured as mbox, the Maildir not counted"
+_MBOX_KEPT = "a Maildir beside the mbox files counted before: counted with them until they are gone"
+_BESIDE = "(Maildir) "  # the Maildir's folders among the mbox files': no file has these names
 
 
 def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
     """Whether the directory at ``root``, an mbox home at the last reading, still holds one of the
-    mbox files that reading counted: then it stays an mbox home, whatever directories appear.
+    mbox files that reading counted: then it stays an mbox home, and a Maildir that appears in
+    it counts with them (see :func:`_with_maildir`).
 
-    Its owner may make them (an empty ``Maildir/``, ``.x/cur``): read as a Maildir, it would
-    measure empty while the delivery agent goes on writing the mbox files. A migration to
-    Maildir ends when they are gone.
+    Its owner may make one (an empty ``Maildir/``, ``.x/cur``): read as a Maildir alone, it would
+    measure empty while the delivery agent goes on writing the mbox files. A migration that
+    leaves an mbox behind (an archive) counts both, too much rather than too little, and says so
+    at each scan; it ends when they are gone.
     """
     if previous is None or previous.path != root or previous.usage.format is not Format.MBOX:
         return False
@@ -380,6 +387,18 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
         finally:
             os.close(fd)
     return False
+
+
+def _with_maildir(mbox_usage: MailboxUsage, maildir_usage: MailboxUsage) -> MailboxUsage:
+    """The mbox home's usage with the Maildir beside it counted too (its folders named apart and
+    never kept: both are read again at each scan until the mbox files are gone); unknown when
+    either is."""
+    if not mbox_usage.known:
+        return mbox_usage
+    if not maildir_usage.known:
+        return maildir_usage
+    beside = tuple(f._replace(name=_BESIDE + f.name, stamp=None) for f in maildir_usage.folders)
+    return replace(mbox_usage, folders=mbox_usage.folders + beside, warning=_MBOX_KEPT)
 
 
 def _measure_at(
