@@ -9,16 +9,22 @@ daemon runs for every RCPT, minus the socket) is timed, each call on its own, fo
 room, first with nothing held anywhere (the baseline), then with ``--held`` reservations from
 distinct transactions and clients held in another mailbox (a flood of size=1 checks), and for the
 flooded mailbox itself. It prints p50/p99 of each and the ratios to the baseline (the issue's
-target: other recipients' p99 within 2x the idle p99), and the time to restore that many
-reservations from their state file, as a daemon does at start.
+target: other recipients' p99 within 2x the idle p99), the time to restore that many
+reservations from their state file, as a daemon does at start, and how long the event loop waits
+while they are saved (a thread ticking every 0.5 ms beside ``state.dumps``, which the daemon runs
+in a thread; an encoder holds the GIL for a whole call) against ``json.dumps`` of the same rows
+in one call, as the daemon saved them before.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from quotagate.config import parse_config
@@ -46,6 +52,30 @@ def timed(service: PolicyService, recipient: str, checks: int) -> list[float]:
 
 def p(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1] * 1e6 if q < 100 else max(samples) * 1e6
+
+
+def longest_stall(work: Callable[[], object]) -> tuple[float, float]:
+    """Seconds ``work`` took, and the longest another thread (ticking every 0.5 ms) waited meanwhile."""
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.0005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    time.sleep(0.01)
+    started = time.perf_counter()
+    work()
+    took = time.perf_counter() - started
+    done.set()
+    ticker.join()
+    return took, max(gaps, default=0.0)
 
 
 def main() -> None:
@@ -77,6 +107,13 @@ def main() -> None:
         others = timed(service, "other@example.org", args.checks)
         flooded = timed(service, "big@example.org", args.checks)
 
+        kept = list(service.reservations)
+        rows = [
+            [r.transaction.client, r.transaction.id, r.mailbox, r.bytes, r.made_at, r.expires_at, r.state, None]
+            for r in kept
+        ]
+        at_once = longest_stall(lambda: json.dumps({"version": state.VERSION, "reservations": rows}))
+        in_pieces = longest_stall(lambda: state.dumps(kept))
         saved = Path(base, "reservations.json")
         state.save(saved, service.reservations)
         started = time.perf_counter()
@@ -89,6 +126,9 @@ def main() -> None:
     print(f"  other/idle p99 = {p(others, 99) / p(idle, 99):.2f}x (target <= 2x)")
     print(f"  flooded/idle p99 = {p(flooded, 99) / p(idle, 99):.2f}x")
     print(f"  restoring {restored} reservations from their file: {restore_seconds:.3f} s")
+    print(f"  saving them: json.dumps at once {at_once[0]:.3f} s, the loop waits {at_once[1] * 1000:.1f} ms")
+    print(f"               state.dumps        {in_pieces[0]:.3f} s, the loop waits {in_pieces[1] * 1000:.1f} ms")
+    print(f"  longest wait, at once / in pieces = {at_once[1] / in_pieces[1]:.1f}x")
 
 
 if __name__ == "__main__":
