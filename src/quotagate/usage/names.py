@@ -45,4 +45,6 @@ _ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")  # what display_name escapes: a
 def disk_name(shown: str) -> str:
     """The name on disk (undecodable bytes as surrogate escapes, as ``os`` lists them) that
     :func:`display_name` shows as ``shown``."""
+    if "\\" not in shown:  # nearly every name: an unchanged scan asks for each folder's
+        return shown
     return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), shown)
