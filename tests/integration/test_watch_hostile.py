@@ -200,12 +200,15 @@ def test_a_mailbox_that_cannot_be_watched_is_polled_and_the_others_stay_watched(
             assert await until(lambda: tracker.readings["alice@example.org"].bytes == 35)
             deliver(bob, 300)  # bob's watches are as they were
             assert await until(lambda: tracker.readings["bob@example.org"].bytes == 300)
+            add_message(maildir_folder(bob, "g"), 7)  # bob's new folder gets no watch either
+            assert await until(lambda: tracker.readings["bob@example.org"].bytes == 307)
+            assert tracker._polled == {"alice@example.org", "bob@example.org"}
             assert alive(task)
 
     with caplog.at_level(logging.WARNING, logger="quotagate"):
         asyncio.run(run())
     polled = [r.getMessage() for r in caplog.records if "polling" in r.getMessage()]
-    assert len(polled) == 1 and "alice@example.org" in polled[0], polled
+    assert len(polled) == 1 and "alice@example.org" in polled[0], polled  # said once, not per mailbox
 
 
 # -- accounting profiles -----------------------------------------------------------------------------

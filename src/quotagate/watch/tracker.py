@@ -293,17 +293,21 @@ class Tracker:
 
     def _poll_unless_watched(self, address: str, short: OSError | None) -> None:
         """Poll a mailbox inotify ran out of watches for (``short``), until all its watches could
-        be added; each said once."""
+        be added. Said when the first one is, and when none is left: past the limit, every
+        mailbox that changes would say it again."""
         if short is not None and address not in self._polled:
-            log.warning(
-                "%s: out of inotify watches (%s): polling it instead (raise fs.inotify.max_user_watches)",
-                address,
-                short.strerror,
-            )
+            if not self._polled:
+                log.warning(
+                    "out of inotify watches (%s) at %s: polling the mailboxes whose watches do not fit"
+                    " (raise fs.inotify.max_user_watches)",
+                    short.strerror,
+                    address,
+                )
             self._polled.add(address)
         elif short is None and address in self._polled:
-            log.info("%s: watched again", address)
             self._polled.discard(address)
+            if not self._polled:
+                log.info("every mailbox is watched again: none polled")
 
     def _unwatch(self, address: str) -> None:
         for watch in self._watches.pop(address, {}).values():
