@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -143,6 +144,61 @@ def test_rewrite_goes_through_the_admins_symlinks(tmp_path: Path) -> None:
         assert node is not None and node.path == str(root)  # reached through the link
         maildirsize.rewrite(node, path, roots, "1S", 0, 0)
     assert (root / FILE_NAME).read_text() == "1S\n0 0\n"
+
+
+def _admins_link_in_alices_home(tmp_path: Path) -> tuple[Path, Path, Roots]:
+    """bob's Maildir with its maildirsize, and alice's home (hers) holding the admin's link to
+    her own Maildir on a volume."""
+    bob = _maildir(tmp_path / "vol" / "bob")
+    (bob / FILE_NAME).write_text("99999S\n0 0\n")
+    _maildir(tmp_path / "vol" / "alice")
+    home = tmp_path / "d" / "alice"
+    home.mkdir(parents=True)
+    os.chown(home, 5000, 5000)
+    (home / "Maildir").symlink_to("../../vol/alice")  # root's
+    return bob, home, Roots.of(str(tmp_path))
+
+
+def _rewrite_through(path: Path, roots: Roots) -> None:
+    with safefs.opened(str(path), roots) as node:
+        assert node is not None
+        maildirsize.rewrite(node, str(path), roots, "1S", 0, 0)
+
+
+def test_a_hard_link_of_the_admins_link_is_a_users(tmp_path: Path) -> None:
+    bob, home, roots = _admins_link_in_alices_home(tmp_path)
+    (tmp_path / "d" / "bob").symlink_to(bob)  # root's, to bob's Maildir (absolute: the link is copied)
+    os.unlink(home / "Maildir")
+    os.link(tmp_path / "d" / "bob", home / "Maildir", follow_symlinks=False)  # without protected_hardlinks
+    with pytest.raises(PermissionError, match="symlink"):
+        _rewrite_through(home / "Maildir", roots)
+    assert (bob / FILE_NAME).read_text() == "99999S\n0 0\n"
+
+
+def test_a_link_swapped_while_it_is_read_cannot_lend_roots_owner_to_a_users_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice swaps her own link (to bob's Maildir) in for the admin's while the walk reads it,
+    and the admin's back before it looks again: owner and target must come from one link."""
+    bob, home, roots = _admins_link_in_alices_home(tmp_path)
+    (home / "evil").symlink_to(str(bob))
+    os.chown(home / "evil", 5000, 5000, follow_symlinks=False)
+    readlink = os.readlink
+
+    def racing(path: str, *, dir_fd: int | None = None) -> str:
+        os.rename(home / "Maildir", home / "saved")
+        os.rename(home / "evil", home / "Maildir")
+        try:
+            return readlink(path, dir_fd=dir_fd)
+        finally:
+            os.rename(home / "Maildir", home / "evil")
+            os.rename(home / "saved", home / "Maildir")
+
+    monkeypatch.setattr(os, "readlink", racing)
+    with contextlib.suppress(PermissionError):  # refused, or alice's own Maildir rewritten
+        _rewrite_through(home / "Maildir", roots)
+    monkeypatch.undo()
+    assert (bob / FILE_NAME).read_text() == "99999S\n0 0\n"
 
 
 def test_rewrite_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:

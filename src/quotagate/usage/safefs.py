@@ -192,14 +192,11 @@ def _walk(
                     raise _parent_missing(root, parts[: i + 1]) from None
                 return None
             if stat.S_ISLNK(seen.st_mode):
-                target = os.readlink(part, dir_fd=fd)
-                path = os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :]))
-                # Root's link, if it is still the one looked at (none swapped in before the read).
-                try:
-                    again = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
+                link = _read_link(part, fd)
+                if link is None:  # gone, or no longer a symlink: look again
                     return logical
-                return _Link(path, seen.st_uid == 0 and _same(seen, again) and stat.S_ISLNK(again.st_mode))
+                target, admins = link
+                return _Link(os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :])), admins)
             if not last:
                 if stat.S_ISDIR(seen.st_mode):  # swapped back since the open: look again
                     return logical
@@ -228,6 +225,25 @@ def _walk(
     finally:
         if owned:
             os.close(fd)
+
+
+def _read_link(name: str, dir_fd: int) -> tuple[str, bool] | None:
+    """The target of the symlink ``name`` and whether it is the admin's: root's, and no hard link
+    of it elsewhere (a user can make neither; with fs.protected_hardlinks off, one could link
+    root's). Both are read from one inode, opened without following it: a user who swaps names in
+    a directory of theirs cannot pair root's owner with their own target. None when it is gone
+    or no longer a symlink."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISLNK(st.st_mode):
+            return None
+        return os.readlink("", dir_fd=fd), st.st_uid == 0 and st.st_nlink == 1
+    finally:
+        os.close(fd)
 
 
 def _parent_missing(root: str, parts: list[str]) -> FileNotFoundError:
