@@ -83,9 +83,6 @@ if op == 'check' then
   -- A reading releases only what it includes: deliveries seen before it was taken.
   local delivered = sweep(DLV, '(' .. at)
   local rb, rm = sums()
-  local old = get(tx)
-  local mine = (size > 0 and old and old.s == 'held') and old or nil
-  if mine then rb = rb - mine.b; rm = rm - 1 end  -- this answer replaces the transaction's own hold
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
@@ -95,6 +92,8 @@ if op == 'check' then
   end
   local held, capped = 0, 0
   if fits and size > 0 then
+    local old = get(tx)
+    local mine = (old and old.s == 'held') and old or nil
     local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
     local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. client) or 0) + 1
     if mine then cb = cb - mine.b; cm = cm - 1 end

@@ -122,9 +122,9 @@ class Reservations:
         return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
     def mine(self, transaction: Transaction, mailbox: str) -> Reserved:
-        """What the transaction itself holds (before DATA) for ``mailbox``: a check that replaces
-        it (the same transaction asking again at RCPT, an alias; the real size at DATA) must not
-        count it against itself."""
+        """What the transaction itself holds (before DATA) for ``mailbox``: a check at DATA
+        replaces it with the real size, so it must not count against that check. (At RCPT it
+        counts: two recipients of one mailbox, ``user+a`` and ``user+b``, may be two copies.)"""
         r = self._by_key.get((transaction, mailbox))
         return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
 

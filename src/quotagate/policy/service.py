@@ -431,7 +431,7 @@ class PolicyService:
                 return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
         s = known_size(size)
-        if s is not None:  # this answer replaces what the transaction held (an alias, or at DATA)
+        if stage == "data" and s is not None:
             mine = self.reservations.mine(transaction, mailbox.address)
             reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - mine.messages)
         decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
