@@ -325,3 +325,25 @@ def test_a_mailbox_given_a_new_path_is_missing_there_until_its_first_delivery(en
     for _ in range(2):
         reading = env.scan().readings[zed]
         assert reading.usage.known and reading.usage.format is Format.MISSING and reading.state is State.OK
+
+
+@pytest.mark.parametrize("subdir", ["", "Maildir"], ids=["Maildir in the path", "maildir_subdir"])
+def test_a_domain_volume_unmounted_under_its_empty_mount_point_keeps_its_full_mailboxes(
+    env: Env, tmp_path: Path, subdir: str
+) -> None:
+    """An unmount leaves the mount point, an empty directory: with [spool] maildir_subdir the
+    mailbox's own directory (the Maildir's parent) is what is missing there, and it is as unknown
+    as when the Maildir is in the mailbox's path."""
+    env.configure(spool={"maildir_subdir": subdir})
+    tail = "" if subdir else "/Maildir"
+    for i in range(30):
+        add_message(maildir_folder(env.spool / "big.test" / f"u{i}" / "Maildir"), 100)
+        env.add(f"u{i}", path=f"big.test/u{i}{tail}")
+    add_message(maildir_folder(env.spool / "small.test" / "full" / "Maildir"), 5000)
+    full = env.add("full", Limits(1000), path=f"small.test/full{tail}")
+    assert env.scan().readings[full].state is State.OVER
+    shutil.move(env.spool / "small.test", tmp_path / "unmounted")
+    (env.spool / "small.test").mkdir()
+    for _ in range(2):
+        reading = env.scan().readings[full]
+        assert reading.state is State.OVER and not reading.usage.known

@@ -330,6 +330,10 @@ def measure(
     reusable = previous if reuse else None
     try:
         with safefs.opened(root, roots, require_parent=require_parent) as node:
+            # Found in its subdirectory before, its own directory is a parent of that one;
+            # unknown at the last reading, it may have been so since then.
+            if node is None and require_parent and previous and (previous.path != root or not previous.usage.known):
+                raise safefs.missing_above(root)
             # Looked at once: a directory that looks like a Maildir is measured as one.
             looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)

@@ -169,7 +169,7 @@ def _walk(
                 opened = os.open(part, DIRECTORY, dir_fd=fd)
             except FileNotFoundError:
                 if require_parent and not last:
-                    raise _parent_missing(root, parts[: i + 1]) from None
+                    raise missing_above(os.path.join(root, *parts[: i + 1])) from None
                 return None
             except OSError as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
@@ -189,7 +189,7 @@ def _walk(
                 seen = os.stat(part, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 if require_parent and not last:
-                    raise _parent_missing(root, parts[: i + 1]) from None
+                    raise missing_above(os.path.join(root, *parts[: i + 1])) from None
                 return None
             if stat.S_ISLNK(seen.st_mode):
                 link = _read_link(part, fd)
@@ -246,10 +246,9 @@ def _read_link(name: str, dir_fd: int) -> tuple[str, bool] | None:
         os.close(fd)
 
 
-def _parent_missing(root: str, parts: list[str]) -> FileNotFoundError:
-    return FileNotFoundError(
-        errno.ENOENT, "missing above a mailbox measured before (an unmounted volume?)", os.path.join(root, *parts)
-    )
+def missing_above(path: str) -> FileNotFoundError:
+    """The error for a directory missing at ``path``, above a mailbox measured before."""
+    return FileNotFoundError(errno.ENOENT, "missing above a mailbox measured before (an unmounted volume?)", path)
 
 
 @contextmanager
