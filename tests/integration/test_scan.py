@@ -450,6 +450,25 @@ def test_directories_made_in_a_full_mbox_home_never_clear_its_flag(env: Env, mad
     assert (r.state, r.usage.format, r.bytes) == (State.OK, Format.MAILDIR, 10)
 
 
+def test_a_full_mbox_home_made_unknown_once_still_counts_its_mbox_files(env: Env, tmp_path: Path) -> None:
+    """Its owner points a Maildir outside the spool (one unknown scan, flag kept), then makes a
+    real one: the mbox files the delivery agent goes on writing still count."""
+    outside = tmp_path / "outside"
+    maildir_folder(outside)
+    home = env.spool / "zed" / "mail"
+    write_mbox(home / "inbox", ["x" * 2000 + "\n"])
+    zed = env.add("zed", Limits(1000), path="zed/mail")
+    assert env.scan().readings[zed].state is State.OVER
+    (home / "Maildir").symlink_to(outside)
+    r = env.scan().readings[zed]
+    assert r.state is State.OVER and not r.usage.known
+    (home / "Maildir").unlink()
+    maildir_folder(home / "Maildir")
+    for full in (False, True):
+        r = env.scan(full=full).readings[zed]
+        assert (r.state, r.usage.format) == (State.OVER, Format.MBOX) and r.bytes > 2000
+
+
 def test_a_migration_that_leaves_an_mbox_behind_counts_both(env: Env) -> None:
     """mb2md or doveadm leaves the old mbox as an archive, and all new mail goes to the Maildir:
     while the mbox files the last reading counted are there, the Maildir counts with them (too
@@ -465,6 +484,20 @@ def test_a_migration_that_leaves_an_mbox_behind_counts_both(env: Env) -> None:
         r = env.scan(full=full).readings[zed]
         assert (r.state, r.usage.format, r.bytes) == (State.OVER, Format.MBOX, mbox_bytes + 20_000)
         assert "counted with them" in (r.reason or "")
+
+
+def test_a_home_that_became_the_maildir_counts_its_messages_once(env: Env) -> None:
+    """The mbox home itself made a Maildir (cur/ new/ tmp/ in it): a message file that starts
+    with a From_ line is the Maildir's, not an mbox file of its own."""
+    home = env.spool / "zed" / "mail"
+    write_mbox(home / "inbox", ["x" * 400 + "\n"])
+    zed = env.add("zed", Limits(10_000), path="zed/mail")
+    mbox_bytes = env.scan().readings[zed].bytes
+    maildir_folder(home)
+    message = home / "cur" / "1700000000.M1P1.host,S=1000:2,S"
+    message.write_bytes(b"From a@example.net Thu Nov  9 22:33:52 2023\n" + b"x" * (1000 - 45))
+    r = env.scan().readings[zed]
+    assert (r.usage.format, r.bytes) == (Format.MBOX, mbox_bytes + 1000), [f.name for f in r.usage.folders]
 
 
 def test_unchanged_mailboxes_and_folders_are_not_read_again(env: Env, reads: ReadCounter) -> None:

@@ -367,22 +367,30 @@ def measure(
 
 _MBOX_KEPT = "a Maildir beside the mbox files counted before: counted with them until they are gone"
 _BESIDE = "(Maildir) "  # the Maildir's folders among the mbox files': no file has these names
+_MAILDIR_PARTS = frozenset({"cur", "new", "tmp"})
 
 
 def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
     """Whether the directory at ``root``, an mbox home at the last reading, still holds one of the
     mbox files that reading counted: then it stays an mbox home, and a Maildir that appears in
-    it counts with them (see :func:`_with_maildir`).
+    it counts with them (see :func:`_with_maildir`). After an unknown reading (its owner may
+    have made it so), any mbox file at its top counts.
 
     Its owner may make one (an empty ``Maildir/``, ``.x/cur``): read as a Maildir alone, it would
     measure empty while the delivery agent goes on writing the mbox files. A migration that
     leaves an mbox behind (an archive) counts both, too much rather than too little, and says so
     at each scan; it ends when they are gone.
     """
-    if previous is None or previous.path != root or previous.usage.format is not Format.MBOX:
+    if previous is None or previous.path != root:
         return False
-    for folder in previous.usage.folders:
-        fd = mbox.open_file(root_fd, disk_name(folder.name))
+    if previous.usage.format is Format.MBOX:
+        names = [disk_name(f.name) for f in previous.usage.folders if not f.name.startswith(_BESIDE)]
+    elif not previous.usage.known:
+        names = [n for n in os.listdir(root_fd) if not n.startswith(".") and _is_file(root_fd, n)]
+    else:
+        return False
+    for name in names:
+        fd = mbox.open_file(root_fd, name)
         if fd is None:
             continue
         try:
@@ -393,16 +401,24 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
     return False
 
 
+def _is_file(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _with_maildir(mbox_usage: MailboxUsage, maildir_usage: MailboxUsage) -> MailboxUsage:
     """The mbox home's usage with the Maildir beside it counted too (its folders named apart and
     never kept: both are read again at each scan until the mbox files are gone); unknown when
-    either is."""
+    either is. A home that is the Maildir has its messages in cur/ and new/: counted once, there."""
     if not mbox_usage.known:
         return mbox_usage
     if not maildir_usage.known:
         return maildir_usage
+    files = tuple(f for f in mbox_usage.folders if f.name.partition("/")[0] not in _MAILDIR_PARTS)
     beside = tuple(f._replace(name=_BESIDE + f.name, stamp=None) for f in maildir_usage.folders)
-    return replace(mbox_usage, folders=mbox_usage.folders + beside, warning=_MBOX_KEPT)
+    return replace(mbox_usage, folders=files + beside, warning=_MBOX_KEPT)
 
 
 def _measure_at(
