@@ -24,7 +24,7 @@ from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.watch.runner import start_tracker
 from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import Env
-from tests.spoolgen import add_message, maildir_folder
+from tests.spoolgen import add_message, maildir_folder, write_mbox
 
 
 def deliver(folder: bytes | Path, size: int, **name: Any) -> bytes:
@@ -332,6 +332,26 @@ def test_a_full_mailbox_its_owner_makes_unknown_stays_over(env: Env, tmp_path: P
             assert tracker.readings[zed].state is State.OVER
             assert await until(lambda: not env.store.readings()[zed].usage.known)
             assert env.store.readings()[zed].state is State.OVER
+            assert alive(task)
+
+    asyncio.run(run())
+
+
+def test_deliveries_to_a_maildir_beside_an_mbox_homes_files_are_seen(env: Env) -> None:
+    """A migration left the mbox files, and new mail goes to the Maildir beside them: the home's
+    one watch does not see into it, so the watcher polls it."""
+    home = env.spool / "example.org" / "zed" / "mail"
+    write_mbox(home / "inbox", ["x" * 100 + "\n"])
+    zed = env.add("zed", Limits(5000), path="example.org/zed/mail")
+    env.scan()
+    inbox = maildir_folder(home / "Maildir")
+
+    async def run() -> None:
+        async with watching(env) as (tracker, task):
+            before = tracker.readings[zed].bytes
+            deliver(inbox, 6000)
+            assert await until(lambda: tracker.readings[zed].bytes == before + 6000)
+            assert tracker.readings[zed].state is State.OVER
             assert alive(task)
 
     asyncio.run(run())

@@ -401,6 +401,12 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
     return False
 
 
+def beside_mbox(usage: MailboxUsage) -> bool:
+    """Whether ``usage`` counts a Maildir beside an mbox home's files (see :func:`_mbox_kept`):
+    read again at each look, and not watched (the home's one watch does not see into it)."""
+    return usage.warning == _MBOX_KEPT
+
+
 def _is_file(dir_fd: int, name: str) -> bool:
     try:
         return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)

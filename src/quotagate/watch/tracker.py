@@ -37,7 +37,7 @@ from quotagate.scan import kept_over, reading_for
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import StoreError
 from quotagate.usage import maildir, safefs
-from quotagate.usage.mailbox import Found, measure, timed_out, unchanged_each
+from quotagate.usage.mailbox import Found, beside_mbox, measure, timed_out, unchanged_each
 from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.usage.names import disk_name, display_name
 from quotagate.usage.safefs import Roots
@@ -498,8 +498,9 @@ class Tracker:
 
     async def _poll(self, everything: bool) -> None:
         """A mailbox whose mtimes moved is measured again: every one when polling instead of
-        inotify, else those not created yet (nothing to watch until the first delivery) and those
-        inotify ran out of watches for.
+        inotify, else those not created yet (nothing to watch until the first delivery), those
+        inotify ran out of watches for, and mbox homes with a Maildir beside their files (their
+        one watch does not see into it).
 
         The mtimes are the users' folders: looked at in a thread, never on the event loop.
         """
@@ -507,7 +508,10 @@ class Tracker:
         looked = [
             (address, located(self._paths[address], reading, spool), reading.usage)
             for address, reading in self.readings.items()
-            if everything or reading.usage.format is Format.MISSING or address in self._polled
+            if everything
+            or reading.usage.format is Format.MISSING
+            or address in self._polled
+            or beside_mbox(reading.usage)
         ]
         if looked:
             moved = await asyncio.to_thread(_moved, looked, spool_roots(spool), self._profile, spool.maildir_layout)
