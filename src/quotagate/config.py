@@ -315,10 +315,17 @@ class SpoolConfig(_Section, frozen=True):
         relative = [str(p) for p in (self.root, *self.extra_roots) if not p.is_absolute()]
         if relative:
             raise ValueError(f"spool roots must be absolute paths: {', '.join(relative)}")
+        if "%" in self.layout:
+            raise ValueError(
+                f"layout {self.layout!r}: quotagate's placeholders are {{domain}}, {{local}} and {{address}}"
+                " (Dovecot's %d/%n is {domain}/{local}, %1n is {local[0]})"
+            )
         try:
-            self.layout.format(domain="d", local="l", address="l@d")
-        except (KeyError, IndexError, ValueError) as exc:
+            self.layout.format(domain="domain", local="localpart", address="localpart@domain")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise ValueError(f"layout may use only {{domain}}, {{local}} and {{address}}: {exc}") from exc
+        if "{local" not in self.layout and "{address" not in self.layout:
+            raise ValueError(f"layout {self.layout!r} names no mailbox: it needs {{local}} or {{address}}")
         options, defaults = self.accounting_options, AccountingOptions()
         changed = {name for name in options.__struct_fields__ if getattr(options, name) != getattr(defaults, name)}
         foreign = changed - _PROFILE_OPTIONS[self.accounting]

@@ -42,11 +42,15 @@ def mailbox_path(mailbox: Mailbox, spool: SpoolConfig, roots: Roots) -> str:
         path = os.path.normpath(os.path.join(spool.root, mailbox.path))
     else:
         local, _, domain = mailbox.address.rpartition("@")
-        relative = spool.layout.format(
-            local=_safe_component(local, "local part"),
-            domain=_safe_component(domain, "domain"),
-            address=_safe_component(mailbox.address, "address"),
-        )
+        try:
+            relative = spool.layout.format(
+                local=_safe_component(local, "local part"),
+                domain=_safe_component(domain, "domain"),
+                address=_safe_component(mailbox.address, "address"),
+            )
+        except IndexError:  # {local[1]} of a one-letter local part
+            too_short = f"[spool] layout {spool.layout!r} does not fit {mailbox.address!r}: give it a path"
+            raise UnsafePath(too_short) from None
         path = os.path.normpath(os.path.join(spool.root, relative))
     try:
         roots.split(path)

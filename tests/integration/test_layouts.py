@@ -24,7 +24,7 @@ from tests.integration.test_scan import ReadCounter, _sample_maildir
 from tests.integration.test_watch import Spool
 from tests.present import present
 from tests.servers import schemas
-from tests.spoolgen import add_message, backdate, independent_maildir_count, maildir_folder, totals
+from tests.spoolgen import add_message, backdate, independent_maildir_count, maildir_folder, totals, write_mbox
 
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
 
@@ -142,6 +142,64 @@ def test_a_home_that_is_itself_a_maildir_is_measured_there(postfixadmin: Postfix
     add_message(maildir_folder(home / "Maildir"), 9000)  # a stray directory, not a Maildir++ folder
     r = postfixadmin.scan().readings[ALICE]
     assert (r.path, r.bytes) == (str(home), 100)
+
+
+def test_a_home_with_a_tmp_directory_of_its_own_is_no_maildir(postfixadmin: PostfixAdmin) -> None:
+    """A system user's home has its own ``tmp/``: the Maildir is the one below it."""
+    home = postfixadmin.home("alice")
+    (home / "tmp").mkdir(parents=True)
+    add_message(maildir_folder(home / "Maildir"), 5000)
+    r = postfixadmin.scan().readings[ALICE]
+    assert (r.path, r.bytes) == (str(home / "Maildir"), 5000)
+
+
+def test_a_maildirsize_is_never_rewritten_from_a_measurement_that_left_mail_out(env: Env) -> None:
+    """Dovecot with ``INBOX=~/Maildir/INBOX``: the INBOX is a plain directory quotagate does not
+    count (it says so); writing its total into Dovecot's maildirsize would make Dovecot's own
+    quota let mail in past the limit."""
+    root = env.maildir("alice")
+    add_message(maildir_folder(root, "Sent"), 100)
+    add_message(maildir_folder(root / "INBOX"), 8000)
+    (root / "maildirsize").write_text("10000S\n8100 2\n")
+    address = env.add("alice", Limits(10_000))
+    r = env.scan(fix_maildirsize=True).readings[address]
+    assert r.usage.warning and r.bytes == 100
+    assert (root / "maildirsize").read_text() == "10000S\n8100 2\n"
+
+
+def test_a_dovecot_dbox_home_is_unknown_not_empty(env: Env) -> None:
+    for local, marker in (("s", "mailboxes/INBOX/dbox-Mails"), ("m", "storage")):
+        home = env.spool / DOMAIN / local
+        (home / marker).mkdir(parents=True)
+        if local == "m":
+            (home / marker / "dovecot.map.index").write_bytes(b"\0" * 64)
+            (home / marker / "m.1").write_bytes(b"x" * 8000)
+        else:
+            (home / marker / "u.1").write_bytes(b"x" * 8000)
+        address = env.add(local, path=f"{DOMAIN}/{local}")
+        r = env.scan().readings[address]
+        assert not r.usage.known and "dbox" in (r.usage.error or ""), r
+
+
+def test_format_maildir_never_counts_a_homes_mbox_files(env: Env) -> None:
+    home = env.spool / DOMAIN / "alice"
+    write_mbox(home / "inbox", ["x" * 2000 + "\n"])
+    address = env.add("alice", path=f"{DOMAIN}/alice")
+    env.scan()  # read as an mbox home first
+    add_message(maildir_folder(home / "Maildir"), 300)
+    set_spool(env, format="maildir")
+    for full in (False, True):
+        r = env.scan(full=full).readings[address]
+        assert (r.path, r.usage.format, r.bytes) == (str(home / "Maildir"), Format.MAILDIR, 300)
+
+
+def test_a_layout_that_does_not_fit_a_short_local_part_makes_that_mailbox_unknown(env: Env) -> None:
+    set_spool(env, layout="{domain}/{local[0]}/{local[1]}/{local}")
+    add_message(maildir_folder(env.spool / DOMAIN / "b" / "o" / "bob"), 100)
+    bob, x = env.add("bob"), env.add("x")
+    result = env.scan()
+    assert result.readings[bob].bytes == 100
+    assert not result.readings[x].usage.known and "give it a path" in (result.readings[x].usage.error or "")
 
 
 def test_maildir_subdir_can_be_renamed_or_turned_off(env: Env) -> None:

@@ -37,6 +37,8 @@ def test_values_are_parsed() -> None:
         ({"scan": {"threshold": "lots"}}, "scan.threshold"),
         ({"folders": [{"match": "Trash", "quota": "5X"}]}, "folders.0.quota"),
         ({"spool": {"layout": "{domain}/{user}"}}, "spool"),
+        ({"spool": {"layout": "{domain}/Maildir"}}, "spool: layout '{domain}/Maildir' names no mailbox"),
+        ({"spool": {"layout": "%d/%n/Maildir"}}, "spool: layout '%d/%n/Maildir': quotagate's placeholders"),
         ({"spool": {"maildir_subdir": "../Maildir"}}, "spool.maildir_subdir"),
         ({"spool": {"maildir_subdir": ".."}}, "spool.maildir_subdir"),
         ({"stor": {"url": "x"}}, "stor"),
@@ -107,3 +109,8 @@ def test_accounting_profile_and_its_options() -> None:
 def test_bad_accounting_settings_name_the_key(spool: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"spool": spool})
+
+
+def test_a_two_level_hashed_layout_is_taken() -> None:
+    layout = "{domain}/{local[0]}/{local[1]}/{local}/Maildir"  # Dovecot's %1n/%1.1n, Exim's substr_1_1
+    assert parse_config({"spool": {"layout": layout}}).spool.layout == layout

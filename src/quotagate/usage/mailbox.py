@@ -27,7 +27,11 @@ from quotagate.usage.safefs import Node, Roots
 log = logging.getLogger(__name__)
 
 FormatSetting = Literal["maildir", "mbox", "auto"]
-_MAILDIR_MARKERS = ("cur", "new", "tmp", maildirsize.FILE_NAME)
+# Not tmp/: a home has one of its own (and a Maildir has cur/ and new/ as soon as it has tmp/).
+_MAILDIR_MARKERS = ("cur", "new", maildirsize.FILE_NAME)
+# Dovecot's dbox (sdbox: mailboxes/INBOX/dbox-Mails; mdbox: storage/dovecot.map.index):
+# no mbox home, and no quotagate format.
+_DBOX_MARKERS = ("mailboxes/INBOX/dbox-Mails", "storage/dovecot.map.index")
 MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
 
 
@@ -47,7 +51,7 @@ def _is_real_dir(name: str, dir_fd: int) -> bool:
 
 
 def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
-    """cur/, new/, tmp/ or maildirsize at the root; or, when the INBOX's own directories are
+    """cur/, new/ or maildirsize at the root; or, when the INBOX's own directories are
     missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
     a ``Folder``) holding cur/ or new/ — an mbox home has no such thing, and read as one all
     that mail would count 0."""
@@ -132,6 +136,8 @@ def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] 
 
 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
+    if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS):
+        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: Dovecot dbox, which quotagate cannot read")
     reuse = _reusable(previous, Format.MBOX)
     folders = []
     listing = mbox.mbox_files(node.fd)
@@ -257,6 +263,11 @@ def _fix(
     info = usage.maildirsize
     if node is None or not usage.known or usage.format is not Format.MAILDIR:
         return usage
+    if usage.warning:
+        log.warning(
+            "%s: maildirsize not rewritten: the measurement left something out (%s)", display_name(root), usage.warning
+        )
+        return usage
     if info is None and definition is None:
         return usage
     if own := [f.name for f in usage.own_maildirsizes]:
@@ -338,7 +349,8 @@ def measure(
             looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
             try:
-                if node is not None and (looks or below is not None) and _mbox_kept(node.fd, root, previous):
+                maildir_too = looks or below is not None
+                if fmt != "maildir" and maildir_too and node is not None and _mbox_kept(node.fd, root, previous):
                     found = _measure_at(
                         node, root, "mbox", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                     )
