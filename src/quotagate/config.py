@@ -335,12 +335,20 @@ class SpoolConfig(_Section, frozen=True):
 
 class FolderRule(_Section, frozen=True):
     """A rule for folders whose name matches the glob ``match``: names as the IMAP server shows
-    them, ``Archive.2024`` in Maildir++, ``Archive/2024`` under ``maildir_layout = "fs"``."""
+    them, ``Archive.2024`` in Maildir++, ``Archive/2024`` under ``maildir_layout = "fs"``, without
+    a namespace prefix (``Trash``, even where clients see ``INBOX.Trash``)."""
 
     match: str
     exclude: bool = False
     quota: Size = Size(0)
     messages: Annotated[int, Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        if self.match[:6].upper() == "INBOX.":  # Courier's and Dovecot's namespace prefix
+            raise ValueError(
+                f"match {self.match!r} would match nothing: folder names carry no IMAP namespace"
+                f" prefix (match {self.match[6:]!r})"
+            )
 
 
 class ScanConfig(_Section, frozen=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from quotagate.model import Reading
+from quotagate.model import Format, Reading
 from quotagate.outage import was_measured
 from quotagate.usage.maildir import LAYOUT_HINT
 
@@ -45,17 +45,27 @@ def reformatted(previous: Mapping[str, Reading], current: Mapping[str, Reading])
     return changes
 
 
+def not_found(current: Mapping[str, Reading]) -> tuple[int, int]:
+    """Mailboxes known to be missing on disk, and the mailboxes known."""
+    known = [r for r in current.values() if r.usage.known]
+    return sum(r.usage.format is Format.MISSING for r in known), len(known)
+
+
 def misread_warning(previous: Mapping[str, Reading], current: Mapping[str, Reading]) -> str | None:
     """One line saying why this scan looks like a misread layout, or None when it does not.
 
     It does when more than half of at least :data:`MIN_EMPTIED_OF` known mailboxes measure empty
-    while they held mail at the last scan, or when every mailbox measured at both scans (at least
-    :data:`MIN_REFORMATTED`) changed format.
+    while they held mail at the last scan (or, at a first scan, are not found on disk at all), or
+    when every mailbox measured at both scans (at least :data:`MIN_REFORMATTED`) changed format.
     """
     problems = []
     count, known = emptied(previous, current)
     if known >= MIN_EMPTIED_OF and 2 * count > known:
         problems.append(f"{count} of {known} mailboxes measured empty that held mail at the last scan")
+    if not previous:
+        count, known = not_found(current)
+        if known >= MIN_EMPTIED_OF and 2 * count > known:
+            problems.append(f"{count} of {known} mailboxes not found on disk at a first scan")
     changes = reformatted(previous, current)
     both = sum(changes.values())
     moved = {change: n for change, n in changes.items() if change[0] != change[1]}

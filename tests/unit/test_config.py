@@ -38,6 +38,7 @@ def test_values_are_parsed() -> None:
         ({"folders": [{"match": "Trash", "quota": "5X"}]}, "folders.0.quota"),
         ({"spool": {"layout": "{domain}/{user}"}}, "spool"),
         ({"spool": {"layout": "{domain}/Maildir"}}, "spool: layout '{domain}/Maildir' names no mailbox"),
+        ({"folders": [{"match": "INBOX.Trash", "exclude": True}]}, "folders.0: match 'INBOX.Trash' would match"),
         ({"spool": {"layout": "%d/%n/Maildir"}}, "spool: layout '%d/%n/Maildir': quotagate's placeholders"),
         ({"spool": {"maildir_subdir": "../Maildir"}}, "spool.maildir_subdir"),
         ({"spool": {"maildir_subdir": ".."}}, "spool.maildir_subdir"),

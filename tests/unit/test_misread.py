@@ -72,3 +72,11 @@ def test_both_in_one_line() -> None:
     assert warning is not None
     assert "5 of 5 mailboxes measured empty" in warning and "5 of 5 mailboxes changed format" in warning
     assert "\n" not in warning
+
+
+def test_a_first_scan_that_finds_most_mailboxes_missing_warns() -> None:
+    first = {**spool(2), **{f"m{i}@x": reading(f"m{i}@x", Format.MISSING, messages=0) for i in range(3)}}
+    warning = misread_warning({}, first)
+    assert warning is not None and "3 of 5 mailboxes not found on disk at a first scan" in warning
+    assert misread_warning({}, {**spool(3), "m@x": reading("m@x", Format.MISSING, messages=0)}) is None
+    assert "first scan" not in (misread_warning(spool(5), first) or "")  # only with nothing before
