@@ -80,6 +80,7 @@ class Tracker:
         self.publish = publish
         self.mode = mode
         self._profile = profile_for(config.spool)
+        self._roots = spool_roots(config.spool)  # realpath()s the roots: once, not per mailbox
         self.mailboxes: dict[str, Mailbox] = {}
         self.readings: dict[str, Reading] = {}
         self._paths: dict[str, str] = {}
@@ -111,7 +112,7 @@ class Tracker:
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
         """Start from a scan's readings: every enabled mailbox is tracked from here on."""
         wanted = {m.address: m for m in mailboxes if m.enabled}
-        roots = spool_roots(self.config.spool)
+        roots = self._roots
         for address in set(self.mailboxes) - set(wanted):
             self._let_go(address)
         for address, mailbox in wanted.items():
@@ -123,7 +124,7 @@ class Tracker:
         ``written`` (added, with new limits or paths, enabled or disabled) and ``removed``; the
         others as they are. The tracker then follows what :meth:`load` of the whole would have
         it follow, without going through every mailbox."""
-        roots = spool_roots(self.config.spool)
+        roots = self._roots
         for address in removed:
             self._let_go(address)
         for mailbox in written:
@@ -230,7 +231,7 @@ class Tracker:
         if not missing:
             return wanted, added, None
         try:
-            with safefs.opened(root, spool_roots(self.config.spool)) as node:
+            with safefs.opened(root, self._roots) as node:
                 if node is None:
                     return wanted, added, None  # gone meanwhile: the next measurement sees it
                 for path, target in missing:
@@ -389,7 +390,7 @@ class Tracker:
         unknown, not empty, when a directory above its own is gone (an unmounted volume)."""
         cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
         spool = self.config.spool
-        roots = spool_roots(spool)
+        roots = self._roots
         timeout = self.config.scan.mailbox_timeout
 
         def one(address: str) -> Found:
@@ -514,7 +515,7 @@ class Tracker:
             or beside_mbox(reading.usage)
         ]
         if looked:
-            moved = await asyncio.to_thread(_moved, looked, spool_roots(spool), self._profile, spool.maildir_layout)
+            moved = await asyncio.to_thread(_moved, looked, self._roots, self._profile, spool.maildir_layout)
             self._dirty.update(a for a in moved if a in self.mailboxes)
 
     # -- running ---------------------------------------------------------------------------------
