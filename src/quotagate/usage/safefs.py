@@ -121,7 +121,7 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, requi
         root, parts = roots.split(logical)
         found = _walk(logical, root, parts, kept, require_parent)
         if isinstance(found, _Link):
-            followed = followed or not found.roots
+            followed = followed or not found.admins
             logical = found.path
         elif isinstance(found, str):  # an entry swapped meanwhile: walked again as it was
             logical = found
@@ -137,7 +137,7 @@ class _Link(NamedTuple):
     admin's: a domain on a volume of its own), not a user who may point it at another's files."""
 
     path: str
-    roots: bool
+    admins: bool
 
 
 def _walk(
