@@ -155,3 +155,16 @@ def test_odd_entries_count_as_dovecot_recounts_them(
     else:
         count, vsize = dovecot.status("u")
         assert (bytes_ + followed(kind, ",W=" in name, virtual=True), messages) == (vsize, count)
+
+
+@pytest.mark.parametrize("kind", ["sdbox", "mdbox"])
+def test_a_dbox_mailbox_is_unknown_not_empty(gate: Gate, dovecot: Dovecot, kind: str) -> None:
+    """Mail Dovecot's LDA stored as dbox, which quotagate cannot read: unknown (the daemon says
+    DUNNO, a full one stays refused), never an empty mbox home that lets mail in."""
+    dovecot.configure(backend="count", limit_bytes=LIMIT, location=f"{kind}:~/mail")
+    gate.configure("dovecot", layout="{local}/mail")
+    address = gate.add("u", Limits(LIMIT))
+    assert dovecot.deliver("u", message(3000, 5))
+    gate.run("scan", "--full")
+    usage = gate.store.readings()[address].usage
+    assert not usage.known and "dbox" in (usage.error or ""), usage
