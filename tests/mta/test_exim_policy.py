@@ -3,7 +3,9 @@ with the declared SIZE=, and the answer holds room for mail in flight."""
 
 from __future__ import annotations
 
+import grp
 import smtplib
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +28,21 @@ aliases:
 TRANSPORT_QUOTA = f"quota = {QUOTA}\nquota_is_inclusive = false\nmaildir_use_size_file\n"
 
 
-def site_for(work: Path, reservation_seconds: int = 600) -> tuple[Site, int]:
+def site_for(work: Path, reservation_seconds: int = 600, unix: bool = False) -> tuple[Site, int]:
+    """The site, and the daemon's port (``unix``: it listens on ``work/policy.sock`` instead,
+    for Exim's group only, as the README advises for an MTA on the same host)."""
     spool = work / "mail"
     spool.mkdir(exist_ok=True)
     port = free_port()
     config = work / "quotagate.toml"
+    listen = (
+        f'listen = ["unix:{work}/policy.sock"]\nsocket_mode = "0660"\nsocket_group = "Debian-exim"\n'
+        if unix
+        else f'listen = ["127.0.0.1:{port}"]\n'
+    )
     config.write_text(
         f'[store]\nurl = "sqlite:///{work}/db/q.db"\n[spool]\nroot = "{spool}"\n'
-        f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\nrefresh_seconds = 1\n'
+        f'[policy]\n{listen}metrics = ""\nrefresh_seconds = 1\n'
         f"reservation_seconds = {reservation_seconds}\n"
     )
     (work / "db").mkdir(exist_ok=True)
@@ -41,9 +50,9 @@ def site_for(work: Path, reservation_seconds: int = 600) -> tuple[Site, int]:
 
 
 def prepare(
-    work: Path, exim: Exim, section: str, reservation_seconds: int = 600, rcpt_acl: str = ""
+    work: Path, exim: Exim, section: str, reservation_seconds: int = 600, rcpt_acl: str = "", unix: bool = False
 ) -> tuple[Site, int]:
-    site, port = site_for(work, reservation_seconds)
+    site, port = site_for(work, reservation_seconds, unix)
     for local in ("full", "roomy"):
         assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
     site.fill("full", QUOTA + 1)
@@ -107,6 +116,22 @@ def test_maildirsize_makes_the_next_check_see_a_delivery_at_once(work: Path, exi
         body = b"Subject: fits\r\n\r\n" + b"x" * 6000 + b"\r\n"
         assert exim.smtp(f"roomy@{DOMAIN}", body=body, size=len(body)) == 250
         assert exim.smtp(f"roomy@{DOMAIN}", body=body, size=len(body)) == 552, (roomy / "maildirsize").read_text()
+
+
+def test_exim_asks_on_the_unix_socket_which_only_its_group_may_use(work: Path, exim: Exim) -> None:
+    """The README's advice for an MTA on the same host: exim-config's readsocket names the
+    daemon's unix socket (no kernel lookup per connection), whose mode lets Exim in."""
+    site, _ = prepare(work, exim, "acl", unix=True)
+    with policy_daemon(site.config, None, ready_log="listening on unix:"):
+        socket = work / "policy.sock"
+        st = socket.stat()
+        assert (stat.S_IMODE(st.st_mode), grp.getgrgid(st.st_gid).gr_name) == (0o660, "Debian-exim")
+        assert f"readsocket{{{socket}}}" in exim.config.read_text()
+        exim.start()
+        assert exim.smtp(f"full@{DOMAIN}") == 552
+        assert exim.smtp(f"roomy@{DOMAIN}", size=QUOTA) == 552  # a declared size: inclusive
+        assert exim.smtp(f"roomy@{DOMAIN}") == 250
+    assert "cannot ask" not in exim.log("main")
 
 
 def test_with_the_daemon_down_mail_is_accepted_and_exims_quota_guards_delivery(work: Path, exim: Exim) -> None:

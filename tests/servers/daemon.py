@@ -78,8 +78,10 @@ class PolicyDaemon:
 
 
 @contextmanager
-def policy_daemon(config: Path, port: int | None, command: str = "serve") -> Iterator[PolicyDaemon]:
-    daemon = PolicyDaemon(config, port, config.parent / f"{command.split()[0]}.log", command)
+def policy_daemon(
+    config: Path, port: int | None, command: str = "serve", ready_log: str = "watching"
+) -> Iterator[PolicyDaemon]:
+    daemon = PolicyDaemon(config, port, config.parent / f"{command.split()[0]}.log", command, ready_log)
     daemon.start()
     try:
         yield daemon
