@@ -37,20 +37,23 @@ Progress = Callable[[int, int], None]
 _POOL_MIN = 64
 _LOOK_CHUNK = 64  # mailboxes looked at per hand-over to the looking thread (one each would cost more)
 
-Job = tuple[
-    str,
-    FormatSetting,
-    Found | None,
-    int,
-    Roots,
-    tuple[FolderRule, ...] | None,
-    str,
-    Profile,
-    str | None,
-    Layout,
-    bool,
-    bool,
-]
+
+class Job(NamedTuple):
+    """One mailbox to measure: :func:`quotagate.usage.mailbox.measure`'s arguments, in its order
+    (a tuple, so that a worker process gets it pickled whole)."""
+
+    root: str
+    fmt: FormatSetting
+    previous: Found | None
+    racy_cutoff_ns: int
+    roots: Roots
+    fix_rules: tuple[FolderRule, ...] | None
+    subdir: str
+    profile: Profile
+    definition: str | None
+    layout: Layout
+    reuse: bool
+    require_parent: bool
 
 
 class ScanResult(Struct, frozen=True):
@@ -65,8 +68,8 @@ def _measure_job(job: Job) -> Found:
     try:
         return measure(*job)
     except Exception as exc:  # one bad mailbox is one unknown mailbox, never a failed scan
-        log.exception("%s: cannot be measured", display_name(job[0]))
-        return Found(job[0], MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}"))
+        log.exception("%s: cannot be measured", display_name(job.root))
+        return Found(job.root, MailboxUsage(Format.MISSING, error=f"internal error: {type(exc).__name__}"))
 
 
 class _Candidate(NamedTuple):
@@ -110,7 +113,7 @@ def _measure_all(
     that takes longer than ``timeout`` (a hung mount, a FIFO) is unknown, the rest goes on."""
 
     def late(job: Job) -> Found:
-        return timed_out(job[0], timeout)
+        return timed_out(job.root, timeout)
 
     if workers <= 1 or len(jobs) < _POOL_MIN:
         yield from bounded.in_thread(measure_job, jobs, timeout, late)
@@ -232,7 +235,7 @@ def run_scan(
         # read it now (see measure), even where its folders are not reused.
         last = previous.get(mailbox.address)
         jobs.append(
-            (
+            Job(
                 path,
                 config.spool.format,
                 Found(last.path, last.usage) if last is not None else None,
@@ -243,8 +246,8 @@ def run_scan(
                 profile,
                 definition,
                 config.spool.maildir_layout,
-                not full,
-                not force and found_before(last, where),
+                reuse=not full,
+                require_parent=not force and found_before(last, where),
             )
         )
 
