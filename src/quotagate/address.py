@@ -28,3 +28,15 @@ def normalize(address: str) -> str:
     if _BAD_DOMAIN.search(domain):
         raise BadAddress(f"not an address: {address!r} (bad domain)")
     return text.lower()
+
+
+def without_detail(address: str, delimiters: str) -> tuple[str, str] | None:
+    """``user+tag@domain`` -> ``("user@domain", "tag")``; None when the local part holds none of
+    ``delimiters`` (each character is one, as Postfix's ``recipient_delimiter`` and Dovecot's
+    take them) or nothing before it. Split at the first, as Exim's ``local_part_suffix = +*``,
+    Postfix and Dovecot split."""
+    local, at, domain = address.strip().rpartition("@")
+    cut = next((i for i, c in enumerate(local) if c in delimiters), -1) if delimiters else -1
+    if not at or cut <= 0:
+        return None
+    return f"{local[:cut]}@{domain}", local[cut + 1 :]

@@ -409,7 +409,9 @@ class PolicyConfig(_Section, frozen=True):
     )
     # An accepted check with a known size holds that room for this long (or until fresher usage).
     reservation_seconds: Annotated[float, Meta(ge=0)] = 600
-    # "local+folder@domain" is checked against that folder's rule; "" turns it off.
+    # "local+folder@domain" is checked against that folder's rule, or as "local@domain" (what
+    # Exim's local_part_suffix = +* delivers it to); "" turns it off. Each character is a
+    # delimiter, as in Postfix's recipient_delimiter and Dovecot's: "+-" takes both.
     folder_delimiter: str = "+"
     # Limits and stored usage are reloaded from the store this often.
     refresh_seconds: Annotated[float, Meta(gt=0)] = 30
@@ -441,6 +443,18 @@ class PolicyConfig(_Section, frozen=True):
     # Processes answering on the same sockets (serve --workers); more than one needs [shared] url,
     # where they keep the reservations they all weigh.
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
+
+    def __post_init__(self) -> None:
+        if odd := set(self.folder_delimiter) - set(_DELIMITERS):
+            raise ValueError(
+                f"folder_delimiter: {''.join(sorted(odd))!r} cannot part a local part from its detail"
+                f" (each character must be one of {_DELIMITERS})"
+            )
+
+
+# What may part a local part from its detail: the punctuation a local part may hold unquoted,
+# less what Exim's expansion takes ($, braces) and the backslash.
+_DELIMITERS = "+-_=.!#%&'*/?^`|~"
 
 
 class WatchConfig(_Section, frozen=True):

@@ -115,6 +115,22 @@ def test_plus_folder_is_checked_against_its_folder_rule(world: World) -> None:
     assert world.ask("full+Sent@example.org") == FULL
 
 
+def test_each_character_of_the_folder_delimiter_parts_a_detail(tmp_path: Path) -> None:
+    """As Postfix's recipient_delimiter and Dovecot's: "+-" means either, split at the first."""
+    w = World(tmp_path, folder_delimiter="+-")
+    w.add("full", 1000, 1500)
+    w.add("roomy", 10_000, 100)
+    w.scan()
+    for recipient in ("full+news@example.org", "full-news@example.org", "full-a+b@example.org"):
+        assert w.ask(recipient) == FULL, recipient
+    assert w.ask("roomy-news@example.org") == "action=DUNNO"
+    assert w.ask("-full@example.org") == "action=DUNNO"  # nothing before the delimiter: no mailbox
+    w = World(tmp_path / "off", folder_delimiter="")
+    w.add("full", 1000, 1500)
+    w.scan()
+    assert w.ask("full+news@example.org") == "action=DUNNO"
+
+
 def test_a_trusted_maildirsize_is_read_live(world: World) -> None:
     roomy = world.maildir("roomy")
     (roomy / "maildirsize").write_text("10000S\n100 1\n")

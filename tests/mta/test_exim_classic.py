@@ -105,15 +105,22 @@ def test_fake_session_refuses_full_mailbox_until_mail_is_deleted(
     request: pytest.FixtureRequest, work: Path, exim: Exim, backend: tuple[str, str, str], method: str
 ) -> None:
     site = prepare(request, work, exim, backend, method)
-    full, roomy, stranger = exim.fake_session(f"full@{DOMAIN}", f"roomy@{DOMAIN}", f"stranger@{DOMAIN}")
+    full, roomy, stranger, tagged, roomy_tagged = exim.fake_session(
+        f"full@{DOMAIN}", f"roomy@{DOMAIN}", f"stranger@{DOMAIN}", f"full+news@{DOMAIN}", f"roomy+news@{DOMAIN}"
+    )
     assert refused_full(full), exim.last_session
     assert roomy.startswith("250"), roomy
     assert stranger.startswith("550") and "Mailbox is full" not in stranger, stranger
+    # full+news@ is delivered to full@ wherever the mailbox router takes local_part_suffix = +*:
+    # a sender must not get past the check by adding +anything ([policy] folder_delimiter).
+    assert refused_full(tagged), tagged
+    assert "Mailbox is full" not in roomy_tagged, roomy_tagged
 
     site.empty("full")
     assert site.quotagate("scan") == 0
-    (full,) = exim.fake_session(f"full@{DOMAIN}")
+    full, tagged = exim.fake_session(f"full@{DOMAIN}", f"full+news@{DOMAIN}")
     assert full.startswith("250"), full
+    assert "Mailbox is full" not in tagged, tagged
 
 
 @pytest.mark.parametrize("method", ["router", "acl"])
@@ -138,6 +145,8 @@ def check_hostile(exim: Exim) -> None:
             assert reply.startswith("250"), (local, reply)
     # Not in the directory: an injection would make these match an over-quota row.
     tricks = ["x' OR '1'='1", "x' OR over_quota = '1' --", "x\\' OR 1=1 #", "*", "%", "full@example.org' --"]
+    # ... nor when the part before a folder delimiter is looked up on its own.
+    tricks += ["x' OR '1'='1+y", "x' OR over_quota = '1' --+y", "*+y", "%+y", "x\\'+' OR 1=1 #"]
     for local, reply in zip(tricks, exim.fake_session(*(rcpt(t) for t in tricks)), strict=True):
         assert "Mailbox is full" not in reply, (local, reply)
 

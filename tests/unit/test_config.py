@@ -115,3 +115,9 @@ def test_bad_accounting_settings_name_the_key(spool: dict[str, object], message:
 def test_a_two_level_hashed_layout_is_taken() -> None:
     layout = "{domain}/{local[0]}/{local[1]}/{local}/Maildir"  # Dovecot's %1n/%1.1n, Exim's substr_1_1
     assert parse_config({"spool": {"layout": layout}}).spool.layout == layout
+
+
+@pytest.mark.parametrize("delimiter", ["$", "{", "a", "\\", " ", "@"])
+def test_a_folder_delimiter_exim_or_an_address_would_misread_is_refused(delimiter: str) -> None:
+    with pytest.raises(ConfigError, match="folder_delimiter"):
+        parse_config({"policy": {"folder_delimiter": delimiter}})

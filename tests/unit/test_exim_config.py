@@ -51,13 +51,16 @@ def make_config(
     ldap: dict[str, Any] | None = None,
     url: str | None = None,
     publish: str | None = PUBLISH_FILE,
+    delimiter: str = "",
 ) -> Config:
+    """A config for ``lookup``; without a folder delimiter unless asked (each recipient is then one
+    lookup: see the tests of ``user+tag`` below)."""
     store: dict[str, Any] = {"url": url or URLS[lookup], "schema": schema}
     if columns is not None:
         store["columns"] = columns
     if ldap is not None:
         store["ldap"] = ldap
-    data: dict[str, Any] = {"store": store}
+    data: dict[str, Any] = {"store": store, "policy": {"folder_delimiter": delimiter}}
     if publish is not None:
         data["publish"] = {"file": publish}
     return parse_config(data)
@@ -318,6 +321,40 @@ def test_braces_balance_in_every_condition(lookup: str, preset: str, method: str
     # The whole value is one expansion: its first brace closes at its very end.
     condition = the_condition(p)
     assert brace_pairs(condition)[1] == len(condition) - 1
+
+
+SPLIT = "${if match{$local_part}{\\N^(.+?)["
+
+
+def lookups(condition: str) -> list[str]:
+    """The condition's lookups, each ending in ``{yes}{no}}``: of the whole local part and, with a
+    folder delimiter, of the part before it (``$1``, written back as ``$local_part`` so that the
+    quoting checker applies), which runs when the first finds nothing and the local part splits."""
+    at = condition.find(SPLIT)
+    if at < 0:
+        return [condition]
+    pairs = brace_pairs(condition)
+    inner_at = condition.index("{", at + len(SPLIT))  # after the pattern's "]\\N}"
+    assert condition[inner_at - 4 : inner_at] == "]\\N}", condition
+    inner = condition[inner_at + 1 : pairs[inner_at]]
+    end = pairs[at + 1]
+    assert condition[pairs[inner_at] + 1 : end + 1] == "{no}}", condition
+    outer = condition[:at] + "no" + condition[end + 1 :]
+    return [outer, inner.replace("$1", "$local_part")]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("lookup", "preset"), CASES, ids=CASE_IDS)
+def test_a_detail_is_looked_up_as_its_mailbox_too(lookup: str, preset: str, method: str) -> None:
+    """``full+tag@`` is delivered to ``full@`` (Exim's local_part_suffix = +*): the condition looks
+    the base up when the whole local part is not flagged, quoted the same way, at each delimiter."""
+    condition = the_condition(generate(lookup, method, schema=preset, delimiter="+-"))
+    assert balanced(condition), condition
+    assert brace_pairs(condition)[1] == len(condition) - 1
+    whole, base = lookups(condition)
+    assert whole == base == the_condition(generate(lookup, method, schema=preset))
+    assert quoting_problems(lookup, whole) == []
+    assert "{\\N^(.+?)[\\+\\-]\\N}" in condition
 
 
 def test_hostile_ldap_settings_keep_braces_balanced() -> None:
@@ -779,9 +816,10 @@ def test_cli_prints_the_acl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert out.startswith(HEADER)
     assert "\ndeny\n" in out
     assert "  message = 552 5.2.2 Mailbox is full\n" in out
-    assert conditions(out) == [LOOKUP_SIGNATURE["lsearch"]]
+    # The default folder delimiter: full+tag@ is looked up as full@ too.
+    assert [lookups(c)[0] for c in conditions(out)] == [LOOKUP_SIGNATURE["lsearch"]]
     assert "driver" not in out and "section ----" not in out
-    assert out == exim.render(exim.parts(make_config("lsearch"), "acl", "lsearch"), "acl")
+    assert out == exim.render(exim.parts(make_config("lsearch", delimiter="+"), "acl", "lsearch"), "acl")
 
 
 def test_cli_defaults_to_a_router_for_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from quotagate.accounting import Profile, profile_for
-from quotagate.address import normalize
+from quotagate.address import normalize, without_detail
 from quotagate.cli.app import App, pass_app
 from quotagate.forecast import Forecast, describe, forecast
 from quotagate.history import DAY
@@ -32,8 +32,8 @@ _STAGE_SIZE: dict[Stage, str] = {
 
 def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
     """Just what the daemon would know of this recipient (and of its base for local+folder)."""
-    local, _, domain = address.rpartition("@")
-    keys = {address} | ({f"{local.partition(delimiter)[0]}@{domain}"} if delimiter and delimiter in local else set())
+    split = without_detail(address, delimiter)
+    keys = {address} | ({split[0]} if split else set())
     mailboxes = {k: m for k in keys if (m := store.mailbox(k)) is not None}
     readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
     last = store.last_scan()

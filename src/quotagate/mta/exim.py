@@ -7,6 +7,7 @@ names and paths that come from quotagate's config are checked instead, since Exi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -102,26 +103,45 @@ def _literal(lookup: str, value: str) -> str:
     return f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4) COLLATE utf8mb4_bin"
 
 
-def _sql_condition(table: MailboxTable, lookup: str) -> str:
-    """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'`` with every interpolated value quoted."""
+def _sql_condition(table: MailboxTable, lookup: str, local: str) -> str:
+    """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'`` for the local part Exim expands from
+    ``local``, with every interpolated value quoted."""
 
     def q(value: str) -> str:
         return _literal(lookup, value)
 
     if table.own:
-        where = f"{_ident('address')} = {q('${lc:$local_part@$domain}')}"
+        where = f"{_ident('address')} = {q(f'${{lc:{local}@$domain}}')}"
         name, flag = usage.name, "over_quota"
     else:
         if not table.overquota:
             raise EximConfigError(f"schema has no over-quota flag column for table {table.table!r}")
         if table.address:
-            where = f"{_ident(table.address)} = {q('${lc:$local_part@$domain}')}"
+            where = f"{_ident(table.address)} = {q(f'${{lc:{local}@$domain}}')}"
         else:
-            local = f"{_ident(table.local_part)} = {q('${lc:$local_part}')}"
-            where = f"{local} AND {_ident(table.domain)} = {q('${lc:$domain}')}"
+            own_local = f"{_ident(table.local_part)} = {q(f'${{lc:{local}}}')}"
+            where = f"{own_local} AND {_ident(table.domain)} = {q('${lc:$domain}')}"
         name, flag = table.table, table.overquota
     # '1' rather than 1 or TRUE: it compares equal to an integer, a tinyint and a boolean column alike.
     return f"SELECT 1 FROM {_ident(name)} WHERE {where} AND {_ident(flag)} = '1'"
+
+
+def _either(found: Callable[[str, str], str], delimiter: str) -> str:
+    """A condition that yields ``yes`` when the recipient's mailbox is flagged: ``found(local,
+    otherwise)`` is one lookup of the local part Exim expands from ``local``, yielding ``yes`` or
+    ``otherwise``. With a folder delimiter, ``user+tag`` is also looked up as ``user`` (the mailbox
+    the admin's ``local_part_suffix = +*`` router delivers it to, and the daemon checks), split at
+    the first delimiter as Exim, Postfix and Dovecot split it: a sender must not get past a full
+    mailbox by adding ``+anything``."""
+    if not delimiter:
+        return found("$local_part", "no")
+    split = rf"\N^(.+?)[{_class(delimiter)}]\N"
+    return found("$local_part", f"${{if match{{$local_part}}{{{split}}}{{{found('$1', 'no')}}}{{no}}}}")
+
+
+def _class(delimiter: str) -> str:
+    """The delimiter's characters inside a PCRE character class (each escaped: all are punctuation)."""
+    return "".join(f"\\{c}" for c in delimiter)
 
 
 def _servers(url: str, lookup: Lookup) -> str:
@@ -169,10 +189,14 @@ def _ldap(config: Config) -> tuple[str, str]:
         f"ldap_default_servers = {where.hostname or 'localhost'}::{port}\n"
     )
     attr = _ident(c.address_attribute)
-    recipient = f"({attr}=${{quote_ldap:${{lc:$local_part@$domain}}}})"
-    ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}(quotagateOverQuota=TRUE))"
-    url = f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
-    return main, f"${{lookup ldap{{{url}}}{{yes}}{{no}}}}"
+
+    def found(local: str, otherwise: str) -> str:
+        recipient = f"({attr}=${{quote_ldap:${{lc:{local}@$domain}}}})"
+        ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}(quotagateOverQuota=TRUE))"
+        url = f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
+        return f"${{lookup ldap{{{url}}}{{yes}}{{{otherwise}}}}}"
+
+    return main, _either(found, config.policy.folder_delimiter)
 
 
 def _policy_socket(config: Config) -> str:
@@ -437,24 +461,35 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
     table = mailbox_table(config.store.schema_, config.store.columns.overrides())
     main = ""
     guard = ""
+    delimiter = config.policy.folder_delimiter
     if lookup == "lsearch":
         if config.publish.file is None:
             raise EximConfigError("--lookup lsearch needs [publish] file in the config")
         file = _path(str(config.publish.file), "[publish] file")
-        condition = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{file}}}{{yes}}{{no}}}}"
+
+        def in_file(local: str, otherwise: str) -> str:
+            return f"${{lookup{{${{lc:{local}@$domain}}}}lsearch{{{file}}}{{yes}}{{{otherwise}}}}}"
+
+        condition = _either(in_file, delimiter)
         guard = file
     elif lookup == "sqlite":
         file = _sqlite_file(config.store.url)
-        query = _sql_condition(table, "sqlite")
-        condition = f"${{lookup sqlite,file={file} {{{query}}}{{yes}}{{no}}}}"
+
+        def in_sqlite(local: str, otherwise: str) -> str:
+            return f"${{lookup sqlite,file={file} {{{_sql_condition(table, 'sqlite', local)}}}{{yes}}{{{otherwise}}}}}"
+
+        condition = _either(in_sqlite, delimiter)
         guard = file
     elif lookup in ("mysql", "pgsql"):
         scheme = make_url(config.store.url).get_backend_name()
         if _SCHEME_LOOKUP.get(scheme) != lookup:
             raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
         main = _servers(config.store.url, lookup)
-        query = _sql_condition(table, lookup)
-        condition = f"${{lookup {lookup}{{{query}}}{{yes}}{{no}}}}"
+
+        def in_server(local: str, otherwise: str) -> str:
+            return f"${{lookup {lookup}{{{_sql_condition(table, lookup, local)}}}{{yes}}{{{otherwise}}}}}"
+
+        condition = _either(in_server, delimiter)
     elif lookup == "ldap":
         main, condition = _ldap(config)
     else:  # pragma: no cover - the CLI offers only the lookups above

@@ -12,7 +12,7 @@ from functools import partial
 from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
-from quotagate.address import BadAddress, normalize
+from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
@@ -522,15 +522,14 @@ class PolicyService:
         The folder is taken from the recipient as sent: Maildir++ folder names keep their case.
         """
         mailbox = snapshot.mailboxes.get(address)
-        delimiter = self.config.policy.folder_delimiter
-        if mailbox is not None or not delimiter:
+        if mailbox is not None:
             return mailbox, None
-        local, _, domain = recipient.strip().rpartition("@")
-        base, found, folder = local.partition(delimiter)
-        if not found:
+        split = without_detail(recipient, self.config.policy.folder_delimiter)
+        if split is None:
             return None, None
+        base, folder = split
         try:
-            return snapshot.mailboxes.get(normalize(f"{base}@{domain}")), folder
+            return snapshot.mailboxes.get(normalize(base)), folder
         except BadAddress:
             return None, None
 
