@@ -169,6 +169,26 @@ def test_admin_schema_is_read_and_flagged_without_rewriting_it(db_url: str, pres
         store.close()
 
 
+def test_an_address_too_long_for_quota2_never_stops_the_flags(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """PostfixAdmin's quota2.username holds 100 characters, its mailbox.username 255: one longer
+    address (valid: a 64-character local part at a long subdomain) failed the whole transaction,
+    and with it every flag of every scan."""
+    long = "a" * 64 + "@mail.department-of-very-long-names.example.org"
+    schemas.create(db_url, "postfixadmin")
+    schemas.add_mailbox(db_url, "postfixadmin", "alice@example.org", 1000)
+    schemas.add_mailbox(db_url, "postfixadmin", long, 1000)
+    with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
+        store.migrate()
+        store.save_readings(
+            [reading("alice@example.org", 5000, State.OVER), reading(long, 5000, State.OVER)],
+            [],
+            {"alice@example.org": True, long: True},
+        )
+    assert flags(db_url, "postfixadmin") == {"alice@example.org": 1, long: 1}
+    assert quota2(db_url) == {"alice@example.org": 5000}
+    assert "1 address(es) longer than quota2.username holds (100 characters)" in caplog.text
+
+
 def count_updates(store: Any) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
 

@@ -80,6 +80,7 @@ class SqlStore(ClosedOnExit):
     def __init__(self, url: str, table: MailboxTable | None = None) -> None:
         self.table = table or PRESETS["quotagate"]
         self._admin_table: Table | None = None
+        self._quota2_room: int | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -390,10 +391,36 @@ class SqlStore(ClosedOnExit):
         if not self.table.usage_table:
             return
         q = _quota2_table(self.table.usage_table)
-        known = [r for r in changed if r.state is not State.UNKNOWN]
+        room = self._username_room(conn, q.name)
+        known = [r for r in changed if r.state is not State.UNKNOWN and len(r.address) <= room]
+        if too_long := sorted(r.address for r in changed if len(r.address) > room):
+            # One such row would fail the whole transaction, and with it every flag of the scan.
+            log.warning(
+                "%d address(es) longer than %s.username holds (%d characters), their usage not written"
+                " there (widen the column): %s",
+                len(too_long),
+                q.name,
+                room,
+                ", ".join(too_long[:5]),
+            )
         for chunk in rows.batches(known):
             conn.execute(delete(q).where(q.c.username.in_([r.address for r in chunk])))
             conn.execute(insert(q), [{"username": r.address, "bytes": r.bytes, "messages": r.messages} for r in chunk])
+
+    def _username_room(self, conn: Connection, table: str) -> int:
+        """How many characters the admin's ``quota2.username`` holds (PostfixAdmin: 100, less
+        than its mailbox table's 255), asked of the database once."""
+        if self._quota2_room is None:
+            length = next(
+                (
+                    getattr(c["type"], "length", None)
+                    for c in inspect(conn).get_columns(table)
+                    if c["name"] == "username"
+                ),
+                None,
+            )
+            self._quota2_room = length if isinstance(length, int) and length > 0 else 1 << 30
+        return self._quota2_room
 
     # -- readings --------------------------------------------------------------------------
     def _load(self, conn: Connection, address: str | None, with_folders: bool = True) -> dict[str, Reading]:
