@@ -11,7 +11,7 @@ import pytest
 
 from quotagate.model import Limits
 from tests.agents.boundary import around, at_and_past, counting, disagreements
-from tests.agents.conftest import Gate
+from tests.agents.conftest import ACCEPT, Gate
 from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.dovecot import Dovecot
 from tests.servers.mailuser import message
@@ -168,3 +168,23 @@ def test_a_dbox_mailbox_is_unknown_not_empty(gate: Gate, dovecot: Dovecot, kind:
     gate.run("scan", "--full")
     usage = gate.store.readings()[address].usage
     assert not usage.known and "dbox" in (usage.error or ""), usage
+
+
+@pytest.mark.parametrize("backend", ["count", "maildir"])
+def test_layout_index_is_unknown_not_empty(gate: Gate, dovecot: Dovecot, backend: str) -> None:
+    """``mail_location = maildir:~/Maildir:LAYOUT=index`` keeps every mailbox, INBOX too, in a
+    directory named by its GUID: no cur/ or new/ at the root. Read as an mbox home (or, with
+    Dovecot's maildirsize at the root, as a Maildir) it counted 0 while Dovecot refused more."""
+    dovecot.configure(
+        backend=backend, limit_bytes=LIMIT, location="maildir:~/Maildir:LAYOUT=index", extra="  quota_grace = 0\n"
+    )
+    for size, folder in [(4000, "INBOX"), (3000, "Sent"), (2500, "Archive")]:
+        assert dovecot.deliver("u", message(size, 3), folder)
+    assert not dovecot.deliver("u", message(1000, 3))  # 9500 held: Dovecot refuses 1000 more
+
+    gate.configure(PROFILE[backend])
+    address = gate.add("u", Limits(LIMIT))
+    gate.run("scan", "--full")
+    reading = gate.store.readings()[address]
+    assert not reading.usage.known and "LAYOUT=index" in (reading.usage.error or ""), reading
+    assert gate.run("check", address, "--size", "1000") != ACCEPT, gate.output

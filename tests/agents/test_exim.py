@@ -16,7 +16,7 @@ import pytest
 
 from quotagate.model import Limits
 from tests.agents.boundary import Case, around, at_and_past, counting, disagreements
-from tests.agents.conftest import DOMAIN, Gate
+from tests.agents.conftest import ACCEPT, DOMAIN, Gate
 from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.exim import MAIL_UID, Exim
 from tests.servers.mailuser import message
@@ -153,3 +153,46 @@ def test_hard_links_share_their_size_as_exim_counts_them(gate: Gate, exim: Exim)
     gate.add("u", Limits(10**9, 0))
     gate.scan()
     assert gate.counted("u") == _claims(root / "maildirsize") == (300 + 50 // 2 * 2 + 500, 4)
+
+
+MAILSTORE_ROUTER = """\
+store:
+  driver = accept
+  domains = +local_domains
+  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
+  transport = store_delivery
+"""
+MAILSTORE_TRANSPORT = """\
+store_delivery:
+  driver = appendfile
+  directory = {spool}/$address_data/store
+  mailstore_format
+  create_directory
+  user = {uid}
+  group = {uid}
+  mode = 0644
+  quota = {limit}
+"""
+
+
+def test_a_mailstore_directory_is_unknown_not_empty(gate: Gate, exim: Exim) -> None:
+    """appendfile's ``mailstore_format`` (an ``.env`` and a ``.msg`` file per message, no From
+    line) read as an mbox home counted 0 while Exim deferred the mailbox as full."""
+    exim.configure(
+        users={f"u@{DOMAIN}": "u"},
+        main="received_header_text =",
+        routers=MAILSTORE_ROUTER.format(work=exim.work),
+        transports=MAILSTORE_TRANSPORT.format(spool=gate.spool, uid=MAIL_UID, limit=LIMIT),
+    )
+    (gate.spool / "u").mkdir()
+    os.chown(gate.spool / "u", MAIL_UID, MAIL_UID)
+    for _ in range(3):
+        assert exim.deliver(f"u@{DOMAIN}", message(3000, 3))
+    assert not exim.deliver(f"u@{DOMAIN}", message(1000, 3))  # Exim: full
+
+    gate.configure("exim", layout="{local}/store")
+    address = gate.add("u", Limits(LIMIT))
+    gate.run("scan", "--full")
+    reading = gate.store.readings()[address]
+    assert not reading.usage.known and ".env" in (reading.usage.error or ""), reading
+    assert gate.run("check", address, "--size", "1000") != ACCEPT, gate.output

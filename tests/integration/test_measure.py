@@ -412,8 +412,10 @@ def test_a_directory_of_message_files_is_not_mbox_folders(tmp_path: Path) -> Non
     usage = measure(str(root), "auto")
     assert usage.known, usage.error
     assert per_folder(usage) == _mbox_sizes(root, "mbox")
-    alone = measure(str(mh), "auto")  # a mailbox path that is itself a directory of messages
-    assert alone.known and alone.folders == ()
+    # A mailbox path that is itself a directory of messages (MH) holds mail quotagate cannot
+    # count: unknown, not an empty mailbox.
+    alone = measure(str(mh), "auto")
+    assert not alone.known and "no mbox file, only what quotagate cannot count (1, 2, 3)" in (alone.error or "")
 
 
 @pytest.mark.parametrize("fmt", ["auto", "mbox"])
@@ -894,3 +896,39 @@ def test_folder_changing_while_read_is_read_again(tmp_path: Path, monkeypatch: p
     usage = read_folder(folder)
     assert (usage.bytes, usage.messages) == (total + 1000, 4)
     assert usage.stamp == folder_stamp(folder)
+
+
+GUID = "3b7e0e1ac36e5b63a50e0000f5d70e4f"
+
+
+@pytest.mark.parametrize("fmt", ["auto", "maildir"])
+def test_dovecots_layout_index_is_unknown_not_empty(tmp_path: Path, fmt: FormatSetting) -> None:
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root / GUID), 4000)
+    (root / "dovecot.list.index").write_bytes(b"\0" * 64)
+    (root / "maildirsize").write_text("10000S\n4000 1\n")
+    usage = measure(str(root), fmt)
+    assert not usage.known and "LAYOUT=index" in (usage.error or "")
+
+
+def test_a_maildir_with_dovecots_list_index_and_a_guid_named_folder_is_a_maildir(tmp_path: Path) -> None:
+    root = maildir_folder(tmp_path / "Maildir")
+    add_message(root, 100)
+    (Path(os.fsdecode(root)) / "dovecot.list.index").write_bytes(b"\0" * 64)
+    add_message(maildir_folder(Path(os.fsdecode(root)) / f".{GUID}"), 200)
+    usage = measure(os.fsdecode(root), "auto")
+    assert usage.known and usage.all_bytes == 300
+
+
+def test_a_home_with_only_files_that_are_not_mbox_is_unknown(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    home.mkdir()
+    (home / "1a2b.env").write_text("sender\n")
+    (home / "1a2b.msg").write_text("Subject: x\n\nhello\n")
+    (home / ".subscriptions").write_text("Sent\n")
+    usage = measure(str(home), "auto")
+    assert not usage.known and "1a2b.env" in (usage.error or "")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / ".subscriptions").write_text("Sent\n")  # dot files are no mail: empty, as before
+    assert measure(str(bare), "auto").known

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
@@ -33,6 +34,7 @@ _MAILDIR_MARKERS = ("cur", "new", maildirsize.FILE_NAME)
 # no mbox home, and no quotagate format.
 _DBOX_MARKERS = ("mailboxes/INBOX/dbox-Mails", "storage/dovecot.map.index")
 MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
+_GUID = re.compile(r"[0-9a-f]{32}")  # a Dovecot mailbox GUID as LAYOUT=index names its directory
 
 
 def _exists(name: str, dir_fd: int) -> bool:
@@ -66,6 +68,22 @@ def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> b
         and name not in (".", "..")
         and _is_real_dir(name, root_fd)
         and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
+        for name in names
+    )
+
+
+def _layout_index(root_fd: int) -> bool:
+    """Dovecot's ``LAYOUT=index``: every mailbox, INBOX too, a Maildir in a directory named by its
+    GUID (the names only in the binary ``dovecot.list.index``), nothing at the root but perhaps a
+    ``maildirsize``. Read as a Maildir, or as an mbox home, it would count 0."""
+    if _exists("cur", root_fd) or _exists("new", root_fd):
+        return False
+    try:
+        names = os.listdir(root_fd)
+    except OSError:
+        return False
+    return any(
+        _GUID.fullmatch(name) and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
         for name in names
     )
 
@@ -159,6 +177,12 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
                 folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile))
         finally:
             os.close(fd)
+    if passed_over and not folders:
+        # Mail of a format quotagate does not read (Exim's mailstore .env/.msg pairs, Maildirs
+        # below a layout it does not know), not an empty mailbox: counted 0, a full one takes mail.
+        reason = f"no mbox file, only what quotagate cannot count ({maildir.some(passed_over)})"
+        hint = "check [spool] format, layout and maildir_subdir"
+        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {reason}: {hint}")
     if passed_over:
         log.info("%s: not counted, not mbox files: %s", display_name(node.path), maildir.some(passed_over))
     return MailboxUsage(Format.MBOX, _in_order(folders))
@@ -210,6 +234,9 @@ def _measure_node(
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
         return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile), root)
+    if fmt != "mbox" and _layout_index(node.fd):
+        reason = "Dovecot LAYOUT=index (mailboxes in directories named by GUID), which quotagate cannot read"
+        return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {reason}")
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd, layout)):
         return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout), root)
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
