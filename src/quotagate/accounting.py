@@ -22,7 +22,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from quotagate.config import AccountingOptions, Config, SpoolConfig
-from quotagate.model import Boundary
+from quotagate.model import Boundary, Limits, MaildirsizeInfo
 from quotagate.sizes import Allowance
 from quotagate.usage.names import size_from_name
 
@@ -77,6 +77,9 @@ class Profile(Struct, frozen=True):
     symlinks: bool = False
     # A regular file counts its size divided by its link count (Exim's check_dir_size).
     share_hard_links: bool = False
+    # The program goes by a Maildir++ maildirsize while it claims to be under the limit, and
+    # counts the files only once it claims to be over (see :func:`enforced`).
+    trusts_maildirsize: bool = False
 
     @property
     def describe(self) -> str:
@@ -186,6 +189,7 @@ PROFILES: dict[str, Profile] = {
         default_grace=DOVECOT_GRACE,
         mbox=MboxRule.DOVECOT,
         stamp_tag=(1,),
+        trusts_maildirsize=True,
     ),
     "dovecot-count": Profile(
         name="dovecot-count",
@@ -213,6 +217,7 @@ PROFILES: dict[str, Profile] = {
         default_grace=NO_GRACE,
         mbox=MboxRule.BLANK_LINE,
         stamp_tag=(3,),
+        trusts_maildirsize=True,
     ),
     "exim": Profile(
         name="exim",
@@ -228,9 +233,30 @@ PROFILES: dict[str, Profile] = {
         stamp_tag=(4, 1),
         directory_bytes=False,
         share_hard_links=True,
+        trusts_maildirsize=True,
     ),
 }
 FILES = PROFILES["files"]
+
+
+def enforced(
+    files: tuple[int, int], claims: MaildirsizeInfo | None, limits: Limits, profile: Profile
+) -> tuple[int, int]:
+    """Bytes and messages the delivery agent will hold a mailbox to: its files (``files``, after
+    folder rules), or more when its ``maildirsize`` claims more and the agent still believes it.
+
+    Mail removed by something that does not write to ``maildirsize`` (an IMAP server without the
+    quota plugin, a cleanup job, the user's shell) leaves it claiming the old total. Dovecot
+    (``maildirsize_parse``), Courier and Exim recount only once the claims are over the limit;
+    under it they refuse by the claims, and a message the files have room for would come back
+    as a late bounce. Claims below the files never lower the count: the files are what the
+    admin's limit is for, and a user may edit the file.
+    """
+    if not profile.trusts_maildirsize or claims is None or claims.rewritten:
+        return files
+    if (limits.bytes and claims.bytes > limits.bytes) or (limits.messages and claims.messages > limits.messages):
+        return files  # the agent recounts before it decides
+    return max(files[0], claims.bytes), max(files[1], claims.messages)
 
 
 def profile_for(spool: SpoolConfig) -> Profile:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -37,16 +37,22 @@ def _percent(used: int, limit: int) -> float | None:
     return round(100 * used / limit, 1) if limit else None
 
 
-def _maildirsize(r: Reading) -> str:
-    """Whether the root's maildirsize agrees with the files, and the folders that keep one of
-    their own (Exim's appendfile without ``quota_directory``), which explain a mismatch."""
+def _maildirsize(r: Reading, files: tuple[int, int]) -> str:
+    """Whether the root's maildirsize agrees with the files (``files``: their bytes and messages
+    after folder rules), and the folders that keep one of their own (Exim's appendfile without
+    ``quota_directory``), which explain a mismatch."""
     info = r.usage.maildirsize
     own = [(f.name, *f.own_maildirsize) for f in r.usage.folders if f.own_maildirsize is not None]
     if info is None:
         return "" if not own else "none at the root; " + _own_files(own)
-    if info.agrees_with(r.bytes, r.messages):
+    if info.agrees_with(*files):
         return "agrees" if not own else "agrees; " + _own_files(own)
     text = f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
+    if info.agrees_with(r.bytes, r.messages):
+        return (
+            f"{text}, more than the files ({files[0]} bytes, {files[1]} messages): counted as claimed,"
+            " as the delivery agent goes by it until it claims to be over the limit"
+        )
     if not own:
         return text
     claims = (info.bytes + sum(b for _, b, _ in own), info.messages + sum(m for _, _, m in own))
@@ -81,10 +87,12 @@ def rows(
     predicted: Mapping[str, Forecast | None] | None = None,
     now: float = 0.0,
     accounting: str = "files",
+    files: Callable[[Reading], tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per mailbox; ``predicted`` (from :func:`forecasts`) fills the forecast columns,
     ``forecast_full_at`` None when the mailbox is not filling (or its history is too short);
-    ``accounting`` names the profile (``[spool] accounting``) its usage and state were counted under."""
+    ``accounting`` names the profile (``[spool] accounting``) its usage and state were counted under,
+    ``files`` gives a reading's files after folder rules (by default what it counts)."""
     out = []
     for m in mailboxes:
         r = readings.get(m.address)
@@ -101,7 +109,7 @@ def rows(
                 "percent": max(percents) if percents and known else None,
                 "state": r.state.value,
                 "format": r.usage.format.value,
-                "maildirsize": _maildirsize(r),
+                "maildirsize": _maildirsize(r, files(r) if files else (r.bytes, r.messages)),
                 "measured_at": r.measured_at,
                 "reason": r.reason,
                 "folders": [{"name": f.name, "bytes": f.bytes, "messages": f.messages} for f in r.usage.folders],

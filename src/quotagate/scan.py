@@ -13,7 +13,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from quotagate import bounded
-from quotagate.accounting import Profile, profile_for
+from quotagate.accounting import Profile, enforced, profile_for
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.historian import after_scan
@@ -130,9 +130,10 @@ def _measure_all(
 def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int, State]:
     """Bytes and messages that count under the accounting profile and the folder rules, and the
     state they put the mailbox in (at the profile's boundary)."""
-    bytes_, messages = counted(usage.folders, config.folders, profile.excluded_folders)
+    files = counted(usage.folders, config.folders, profile.excluded_folders)
     if not usage.known:
-        return bytes_, messages, State.UNKNOWN
+        return *files, State.UNKNOWN
+    bytes_, messages = enforced(files, usage.maildirsize, mailbox.limits, profile)
     over = is_over(mailbox.limits, bytes_, messages, config.scan.threshold, profile.boundary)
     return bytes_, messages, State.OVER if over else State.OK
 
@@ -145,9 +146,12 @@ def reading_for(
     return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config, profile), now)
 
 
-def _maildirsize_disagrees(r: Reading) -> bool:
+def _maildirsize_disagrees(r: Reading, config: Config, profile: Profile) -> bool:
+    """Whether the maildirsize claims other than the files hold (even where the agent goes by the
+    claims and so does the reading: see :func:`quotagate.accounting.enforced`)."""
     info = r.usage.maildirsize
-    return info is not None and r.usage.known and not info.agrees_with(r.bytes, r.messages)
+    files = counted(r.usage.folders, config.folders, profile.excluded_folders)
+    return info is not None and r.usage.known and not info.agrees_with(*files)
 
 
 def _definition(mailbox: Mailbox, set_limit: bool) -> str | None:
@@ -156,9 +160,9 @@ def _definition(mailbox: Mailbox, set_limit: bool) -> str | None:
     return definition_for(mailbox.limits) if set_limit and not mailbox.limits.unlimited else None
 
 
-def _needs_fix(r: Reading, definition: str | None) -> bool:
+def _needs_fix(r: Reading, definition: str | None, config: Config, profile: Profile) -> bool:
     """Whether ``--fix-maildirsize`` has work in a mailbox as it was last measured."""
-    if _maildirsize_disagrees(r):
+    if _maildirsize_disagrees(r, config, profile):
         return True
     if definition is None or r.usage.format is not Format.MAILDIR or not r.usage.known:
         return False
@@ -218,7 +222,7 @@ def run_scan(
         where = located(path, prev, config.spool)  # the Maildir below path, if found there before
         prev_usage = prev.usage if prev is not None and prev.path == where and not full else None
         definition = _definition(mailbox, set_limit)
-        recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition)
+        recheck = fix_maildirsize and prev is not None and _needs_fix(prev, definition, config, profile)
         kept = prev if prev_usage is not None and not recheck else None
         candidates.append(_Candidate(mailbox, path, where, kept, prev_usage, definition))
     looks = [(c.where, c.kept.usage) for c in candidates if c.kept is not None]
@@ -295,7 +299,7 @@ def run_scan(
     log_transitions(moved, readings, {m.address: m.limits for m in mailboxes})
 
     fixed = sorted(a for a, r in readings.items() if r.usage.maildirsize and r.usage.maildirsize.rewritten)
-    mismatches = sorted([*fixed, *(a for a, r in readings.items() if _maildirsize_disagrees(r))])
+    mismatches = sorted([*fixed, *(a for a, r in readings.items() if _maildirsize_disagrees(r, config, profile))])
 
     summary = ScanSummary(
         started_at=started,

@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
+from quotagate.accounting import profile_for
 from quotagate.cli import main
+from quotagate.config import load_config
 from quotagate.model import Limits, Mailbox, Reading
 from quotagate.store import Store, open_store
+from quotagate.usage.folders import counted
 from tests.servers.courier import Courier
 from tests.servers.dovecot import Dovecot
 from tests.servers.exim import Exim, untrust
@@ -91,6 +94,12 @@ class Gate:
     def counted(self, local: str) -> tuple[int, int]:
         r = self.reading(local)
         return r.bytes, r.messages
+
+    def files(self, local: str) -> tuple[int, int]:
+        """What the files count, whatever the maildirsize claims (the reading may count the claims:
+        see quotagate.accounting.enforced)."""
+        config = load_config(self.config)
+        return counted(self.reading(local).usage.folders, config.folders, profile_for(config.spool).excluded_folders)
 
 
 @pytest.fixture

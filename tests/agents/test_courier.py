@@ -18,7 +18,7 @@ from tests.agents.boundary import Case, around, at_and_past, counting, disagreem
 from tests.agents.conftest import Gate
 from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.courier import Courier
-from tests.servers.mailuser import message, own
+from tests.servers.mailuser import checked, message, own, run_as_mail_user
 
 pytestmark = pytest.mark.servers
 
@@ -46,7 +46,7 @@ def test_counts_as_courier_does(gate: Gate, courier: Courier) -> None:
     gate.add("u", Limits(1_000_000, 500))
     courier.set_quota(maildir, "1000000S,500C")  # Courier counts it all again
     gate.scan()
-    assert gate.counted("u") == courier.count(maildir) == (800 + 900, 2)
+    assert gate.files("u") == gate.counted("u") == courier.count(maildir) == (800 + 900, 2)
     info = gate.reading("u").usage.maildirsize
     assert info is not None and info.agrees_with(*courier.count(maildir))
 
@@ -82,7 +82,7 @@ def test_a_fix_keeps_the_limit_courier_enforces_unless_set_limit(gate: Gate, cou
 
     gate.scan("--fix-maildirsize")
     assert (maildir / "maildirsize").read_text().splitlines()[0] == "10000S,10C"
-    assert gate.counted("u") == courier.count(maildir) == (3000, 1)
+    assert gate.files("u") == gate.counted("u") == courier.count(maildir) == (3000, 1)
     assert gate.run("report", "--format", "json") == 0
     report = json.loads(gate.output)
     assert report[0]["maildirsize"] == "agrees"
@@ -103,5 +103,24 @@ def test_odd_entries_count_as_courier_recounts_them(gate: Gate, courier: Courier
     gate.add("u", Limits(1_000_000, 500))
     gate.scan()
     courier.set_quota(maildir, "1000000S,500C")
-    bytes_, messages = gate.counted("u")
+    bytes_, messages = gate.files("u")
     assert (bytes_ + followed(kind, ",S=" in name), messages) == courier.count(maildir)
+
+
+def test_a_maildirsize_claiming_more_than_the_files_counts_as_courier_enforces_it(gate: Gate, courier: Courier) -> None:
+    """A message deleted by a cleanup job after Courier's recount (one line): deliverquota goes by
+    the file's claims while they are under the limit and refuses (exit 77) what the files have
+    room for."""
+    maildir = gate.spool / "u" / "Maildir"
+    own(maildir.parent)
+    courier.make(maildir, f"{LIMIT}S")
+    assert courier.deliver(maildir, message(4000, 3))
+    assert courier.deliver(maildir, message(4000, 3))
+    courier.set_quota(maildir, f"{LIMIT}S")  # Courier recounts: one line, 8000 bytes
+    victim = sorted((maildir / "new").iterdir())[0]
+    checked(run_as_mail_user(["find", str(maildir / "new"), "-name", victim.name, "-delete"]))
+    gate.configure("courier")
+    gate.add("u", Limits(LIMIT))
+    gate.scan()
+    assert gate.counted("u") == (8000, 2)
+    assert (gate.accepts("u", 5000), courier.deliver(maildir, message(5000, 3))) == (False, False)

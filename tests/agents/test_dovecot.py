@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from quotagate.model import Limits
-from tests.agents.boundary import around, at_and_past, counting, disagreements
+from tests.agents.boundary import Case, around, at_and_past, counting, disagreements
 from tests.agents.conftest import ACCEPT, Gate
 from tests.agents.oddnames import ODD, followed, lay
 from tests.servers.dovecot import Dovecot
@@ -44,8 +44,8 @@ def test_maildir_quota_counts_as_dovecot_does(gate: Gate, dovecot: Dovecot) -> N
     _deliver_all(dovecot, "u")
     dovecot.recalc("u")
     gate.scan()
-    counted = gate.counted("u")
-    assert counted == _maildirsize_totals(gate, "u")
+    counted = gate.files("u")
+    assert counted == gate.counted("u") == _maildirsize_totals(gate, "u")
     quota = dovecot.quota("u")
     assert (-(-counted[0] // 1024), counted[1]) == (quota.kib, quota.messages)  # KiB, rounded up
     info = gate.reading("u").usage.maildirsize
@@ -148,7 +148,7 @@ def test_odd_entries_count_as_dovecot_recounts_them(
     gate.add("u", Limits(10**9, 1000))
     gate.scan()
     dovecot.recalc("u")
-    bytes_, messages = gate.counted("u")
+    bytes_, messages = gate.files("u")
     if backend == "maildir":
         theirs = _maildirsize_totals(gate, "u")
         assert (bytes_ + followed(kind, ",S=" in name), messages) == theirs
@@ -188,3 +188,50 @@ def test_layout_index_is_unknown_not_empty(gate: Gate, dovecot: Dovecot, backend
     reading = gate.store.readings()[address]
     assert not reading.usage.known and "LAYOUT=index" in (reading.usage.error or ""), reading
     assert gate.run("check", address, "--size", "1000") != ACCEPT, gate.output
+
+
+def test_a_maildirsize_claiming_more_than_the_files_counts_as_dovecot_enforces_it(gate: Gate, dovecot: Dovecot) -> None:
+    """Mail expunged by an IMAP service without the quota plugin (here doveadm with no
+    mail_plugins) leaves maildirsize claiming it: Dovecot goes by the claims while they are under
+    the limit (maildirsize_parse) and refuses what the files have room for. Counting the files,
+    quotagate let that message in, to bounce late."""
+    dovecot.configure(backend="maildir", limit_bytes=LIMIT)
+    assert dovecot.deliver("u", message(4000, 3))
+    assert dovecot.deliver("u", message(4000, 3))
+    dovecot.doveadm("u", "-o", "mail_plugins=", "expunge", "mailbox", "INBOX", "uid", "1")
+    gate.configure("dovecot")
+    gate.add("u", Limits(LIMIT))
+    gate.scan()
+    assert gate.counted("u") == (8000, 2)  # the claims, not the files' 4000 bytes, 1 message
+    assert gate.run("report", "--format", "json") == 0
+    assert "counted as claimed" in gate.output
+    assert (gate.accepts("u", 5000), dovecot.deliver("u", message(5000, 3))) == (False, False)
+
+    # Rewritten from the files (by quotagate, or Dovecot's own recount): both let it in.
+    gate.scan("--fix-maildirsize")
+    assert gate.counted("u") == (4000, 1)
+    assert (gate.accepts("u", 5000), dovecot.deliver("u", message(5000, 3))) == (True, True)
+
+
+def test_a_maildirsize_claiming_more_than_the_limit_is_recounted_as_dovecot_does(gate: Gate, dovecot: Dovecot) -> None:
+    """Claims over the limit are not believed by Dovecot either: it counts the files again."""
+    dovecot.configure(backend="maildir", limit_bytes=LIMIT)
+    assert dovecot.deliver("u", message(4000, 3))
+    maildirsize = gate.spool / "u" / "Maildir" / "maildirsize"
+    with maildirsize.open("a") as f:  # a stale file claiming more than the limit: two lines and more
+        f.write("9000 3\n")
+    gate.configure("dovecot")
+    gate.add("u", Limits(LIMIT))
+    gate.scan()
+    assert gate.counted("u") == (4000, 1)
+    assert (gate.accepts("u", 5000), dovecot.deliver("u", message(5000, 3))) == (True, True)
+
+
+def test_quota_vsizes_with_the_maildir_backend_counts_what_maildirsize_records(gate: Gate, dovecot: Dovecot) -> None:
+    """``quota = maildir`` with ``quota_vsizes = yes`` adds each delivery to maildirsize by its
+    virtual (CRLF) size and judges the next one so: the file's claims decide, a byte a line more
+    than the physical S= sizes quotagate's dovecot profile sums."""
+    dovecot.configure(backend="maildir", limit_bytes=LIMIT, extra="  quota_vsizes = yes\n  quota_grace = 0\n")
+    gate.configure("dovecot", grace="0")
+    cases = [Case(f"used 6000 (virtual), message {s}", (6000,), s) for s in (3999, 4000, 4001)]
+    assert disagreements(gate, cases, Limits(LIMIT), dovecot.deliver, virtual=True) == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from quotagate.accounting import grace_for, profile_for
+import pytest
+from msgspec.structs import replace
+
+from quotagate.accounting import PROFILES, enforced, grace_for, profile_for
 from quotagate.config import parse_config
-from quotagate.model import Boundary
+from quotagate.model import Boundary, Limits, MaildirsizeInfo
 
 
 def test_grace_is_the_policy_setting_else_the_profile_default() -> None:
@@ -22,3 +25,29 @@ def test_boundary_and_description() -> None:
     profile = profile_for(exim.spool)
     assert profile.boundary is Boundary.EXCLUSIVE
     assert profile.describe == "exim (Exim appendfile; full over the limit)"
+
+
+@pytest.mark.parametrize(
+    ("profile", "files", "claims", "limits", "counted"),
+    [
+        ("dovecot", (4000, 1), (8000, 2), Limits(10_000), (8000, 2)),  # believed under the limit
+        ("courier", (4000, 1), (8000, 2), Limits(10_000), (8000, 2)),
+        ("exim", (4000, 1), (8000, 2), Limits(10_000), (8000, 2)),
+        ("dovecot", (4000, 1), (10_000, 2), Limits(10_000), (10_000, 2)),  # at it: still believed
+        ("dovecot", (4000, 1), (10_001, 2), Limits(10_000), (4000, 1)),  # over it: recounted
+        ("dovecot", (4000, 1), (8000, 6), Limits(10_000, 5), (4000, 1)),  # over the message limit
+        ("dovecot", (4000, 3), (8000, 2), Limits(10_000), (8000, 3)),  # each figure at least the files'
+        ("dovecot", (4000, 1), (100, 0), Limits(10_000), (4000, 1)),  # claiming less never lowers it
+        ("dovecot", (4000, 1), (-5, -1), Limits(10_000), (4000, 1)),
+        ("dovecot", (4000, 1), (8000, 2), Limits(0), (8000, 2)),  # no limit: never recounted
+        ("files", (4000, 1), (8000, 2), Limits(10_000), (4000, 1)),  # quotagate's own rules: the files
+        ("dovecot-count", (4000, 1), (8000, 2), Limits(10_000), (4000, 1)),  # no maildirsize in play
+    ],
+)
+def test_a_maildirsize_counts_where_the_agent_believes_it(
+    profile: str, files: tuple[int, int], claims: tuple[int, int], limits: Limits, counted: tuple[int, int]
+) -> None:
+    info = MaildirsizeInfo(*claims, definition="10000S")
+    assert enforced(files, info, limits, PROFILES[profile]) == counted
+    assert enforced(files, None, limits, PROFILES[profile]) == files
+    assert enforced(files, replace(info, rewritten=True), limits, PROFILES[profile]) == files

@@ -10,12 +10,14 @@ from typing import Any
 
 import click
 
+from quotagate.accounting import profile_for
 from quotagate.cli.app import App, pass_app
 from quotagate.history import DAY
 from quotagate.htmlreport import render_html
 from quotagate.report import COLUMNS, csv_cell, forecasts, rows, selected
 from quotagate.sizes import format_size, parse_percent
 from quotagate.text import printable
+from quotagate.usage.folders import counted
 
 _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
@@ -84,8 +86,16 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
         mailboxes, readings = store.mailboxes(), store.readings()
         history = store.history(now - app.config.history.forecast_days * DAY)
     predicted = forecasts(mailboxes, readings, history)
+    config = app.config
+    excluded = profile_for(config.spool).excluded_folders
     data = rows(
-        mailboxes, readings, over_only=over, predicted=predicted, now=now, accounting=app.config.spool.accounting
+        mailboxes,
+        readings,
+        over_only=over,
+        predicted=predicted,
+        now=now,
+        accounting=config.spool.accounting,
+        files=lambda r: counted(r.usage.folders, config.folders, excluded),
     )
     data = selected(data, domains, share, filling, now)
     if fmt == "html":  # the filters pick the mailboxes; the page shows them its own way

@@ -10,8 +10,10 @@ from contextlib import contextmanager
 
 import click
 
+from quotagate.accounting import profile_for
 from quotagate.cli.app import App, pass_app
 from quotagate.config import ConfigError, scan_lock_file
+from quotagate.model import Reading
 from quotagate.outage import Outage
 from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
@@ -102,6 +104,14 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, set_limit: bool, for
             "maildirsize disagrees with the files in %d mailboxes "
             "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
             len(mismatched),
+        )
+    claimed = [a for a in mismatched if _counted_as_claimed(result.readings[a])]
+    if claimed:
+        log.warning(
+            "%d of them claim more than their files hold: counted as claimed, since %s goes by the file"
+            " until it claims to be over the limit (a fix lets in the mail it would refuse now)",
+            len(claimed),
+            profile_for(config.spool).program,
         )
     per_folder = [a for a in mismatched if result.readings[a].usage.own_maildirsizes]
     if per_folder:
@@ -206,3 +216,10 @@ def scan(
 
 def register(cli: click.Group) -> None:
     cli.add_command(scan)
+
+
+def _counted_as_claimed(r: Reading) -> bool:
+    """A reading that counts its maildirsize's claims rather than its files (see
+    :func:`quotagate.accounting.enforced`): the scan found them disagreeing, the reading agrees."""
+    info = r.usage.maildirsize
+    return info is not None and info.agrees_with(r.bytes, r.messages)
