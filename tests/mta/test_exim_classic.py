@@ -18,6 +18,7 @@ from tests.mta.conftest import DOMAIN, HOSTILE, QUOTA, Site, make_site, safe
 from tests.servers import schemas
 from tests.servers.exim import Exim
 from tests.servers.mariadb import PASSWORD
+from tests.servers.postgres import private_postgres_process
 
 # (Exim lookup, schema preset, database)
 BACKENDS = [
@@ -210,3 +211,28 @@ def test_a_store_exim_cannot_ask_defers_when_the_admin_says_so(
     break_store(site, exim, "sqlite", method, on_store_error="defer")
     (full,) = exim.fake_session(f"full@{DOMAIN}")
     assert full.startswith("451"), exim.last_session
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+def test_a_postgresql_store_on_its_unix_socket_is_asked_there(work: Path, exim: Exim, method: str) -> None:
+    """Debian's PostgreSQL authenticates by peer on its socket, a URL names it with ?host=/dir:
+    the server line said localhost over TCP, Exim asked another server (or was refused), every
+    lookup deferred and every full mailbox was accepted."""
+    with private_postgres_process() as (postgres, process):
+        name = f"qg_{uuid.uuid4().hex[:12]}"
+        postgres.create_database(name)
+        url = f"postgresql+psycopg://postgres@/{name}?host={process.data}&port={postgres.port}"
+        site = make_site(work, f'[store]\nurl = "{url}"')
+        assert site.quotagate("db", "migrate") == 0
+        for local in ("full", "roomy"):
+            assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
+        site.fill("full", QUOTA + 1)
+        site.fill("roomy", 10)
+        assert site.quotagate("scan") == 0
+        parts = exim_config.parts(load_config(site.config), method, "pgsql")  # type: ignore[arg-type]
+        assert f"hide pgsql_servers = ({process.data}/.s.PGSQL.{postgres.port})/{name}/postgres/" in parts.main
+        users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{safe(u)}" for u in ("full", "roomy")}
+        exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
+        full, roomy = exim.fake_session(f"full@{DOMAIN}", f"roomy@{DOMAIN}")
+        assert roomy.startswith("250"), exim.last_session
+        assert refused_full(full), exim.last_session

@@ -452,6 +452,27 @@ PGSQL_EMPTY_PASSWORD = "postgresql://quota:@pg.example/mail"
         ("pgsql", URLS["pgsql"], "hide pgsql_servers = pg.example::5433/mail/quota/PASSWORD"),
         ("pgsql", PGSQL_NO_PASSWORD, "hide pgsql_servers = pg.example/mail/quota/"),
         ("pgsql", PGSQL_EMPTY_PASSWORD, "hide pgsql_servers = pg.example/mail/quota/"),
+        # A unix socket, as libpq and PyMySQL name it in the URL: Exim's (socket) form.
+        (
+            "pgsql",
+            "postgresql+psycopg://quota@/mail?host=/var/run/postgresql",
+            "hide pgsql_servers = (/var/run/postgresql/.s.PGSQL.5432)/mail/quota/",
+        ),
+        (
+            "pgsql",
+            "postgresql+psycopg://quota@/mail?host=/run/pg/&port=5433",
+            "hide pgsql_servers = (/run/pg/.s.PGSQL.5433)/mail/quota/",
+        ),
+        (
+            "pgsql",
+            "postgresql+psycopg://quota@localhost/mail?host=db.example",  # a host name: TCP as before
+            "hide pgsql_servers = localhost/mail/quota/",
+        ),
+        (
+            "mysql",
+            "mysql+pymysql://quota:s3cret@localhost/mail?unix_socket=/run/mysqld/mysqld.sock",
+            "hide mysql_servers = localhost(/run/mysqld/mysqld.sock)/mail/quota/PASSWORD",
+        ),
     ],
 )
 @pytest.mark.parametrize("method", METHODS)
@@ -459,6 +480,15 @@ def test_servers_line(lookup: str, url: str, line: str, method: str) -> None:
     p = generate(lookup, method, url=url)
     assert line in p.main.splitlines()
     assert sum("_servers" in ln for ln in p.main.splitlines() if not ln.startswith("#")) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg://q@/mail?host=/run/x)y", "postgresql+psycopg://q@/mail?host=/run/a b"],
+)
+def test_a_socket_path_exim_would_misread_is_refused(url: str) -> None:
+    with pytest.raises(exim.EximConfigError, match="PostgreSQL socket"):
+        generate("pgsql", url=url)
 
 
 @pytest.mark.parametrize("method", METHODS)

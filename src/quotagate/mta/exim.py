@@ -144,10 +144,24 @@ def _class(delimiter: str) -> str:
     return "".join(f"\\{c}" for c in delimiter)
 
 
+def _server(url: str, lookup: Lookup) -> str:
+    """Where Exim finds the server, in its ``*_servers`` syntax: ``host[::port]``, or the unix
+    socket the store's URL names (libpq's ``?host=/dir``, PyMySQL's ``?unix_socket=``), which
+    Debian's PostgreSQL authenticates by peer: a TCP line would ask another server, or be refused,
+    and every lookup would defer."""
+    u = make_url(url)
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in u.query.items()}
+    if lookup == "pgsql" and query.get("host", "").startswith("/"):
+        socket = f"{query['host'].rstrip('/')}/.s.PGSQL.{u.port or query.get('port') or 5432}"
+        return f"({_path(socket, 'PostgreSQL socket', forbidden='()')})"
+    if lookup == "mysql" and query.get("unix_socket"):
+        socket = _path(query["unix_socket"], "MySQL socket", forbidden="()")
+        return f"{u.host or 'localhost'}({socket})"
+    return (u.host or "localhost") + (f"::{u.port}" if u.port else "")
+
+
 def _servers(url: str, lookup: Lookup) -> str:
     u = make_url(url)
-    host = u.host or "localhost"
-    port = f"::{u.port}" if u.port else ""
     password = "PASSWORD" if u.password else ""
     grant = (
         f"GRANT SELECT ON {u.database}.* TO 'exim'@'localhost'"
@@ -158,7 +172,7 @@ def _servers(url: str, lookup: Lookup) -> str:
         f"# The {lookup} server quotagate's store lives on. Better: a read-only user for Exim\n"
         f"# ({grant}) in place of quotagate's own, and its real password in place of PASSWORD. The\n"
         "# line is hidden from exim -bP; keep the file unreadable to others (Debian: CFILEMODE=640).\n"
-        f"hide {lookup}_servers = {host}{port}/{u.database or ''}/{u.username or ''}/{password}\n"
+        f"hide {lookup}_servers = {_server(url, lookup)}/{u.database or ''}/{u.username or ''}/{password}\n"
     )
 
 
