@@ -172,6 +172,8 @@ def _servers(url: str, lookup: Lookup) -> str:
         f"# The {lookup} server quotagate's store lives on. Better: a read-only user for Exim\n"
         f"# ({grant}) in place of quotagate's own, and its real password in place of PASSWORD. The\n"
         "# line is hidden from exim -bP; keep the file unreadable to others (Debian: CFILEMODE=640).\n"
+        "# Exim's SQL lookups have no timeout: a server that hangs holds every RCPT (see the README;\n"
+        "# the lsearch lookup of [publish] file, or --method policy, never waits on it).\n"
         f"hide {lookup}_servers = {_server(url, lookup)}/{u.database or ''}/{u.username or ''}/{password}\n"
     )
 
