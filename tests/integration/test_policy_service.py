@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,18 @@ def test_each_character_of_the_folder_delimiter_parts_a_detail(tmp_path: Path) -
     w.add("full", 1000, 1500)
     w.scan()
     assert w.ask("full+news@example.org") == "action=DUNNO"
+
+
+def test_an_alias_domain_reaches_its_target_domains_mailboxes(world: World) -> None:
+    """PostfixAdmin's alias domains: the MTA asks about full@alias.example as the client sent it,
+    before rewriting it to full@example.org, whose mailbox it is."""
+    world.service.snapshot = replace(world.service.snapshot, domain_aliases={"alias.example": "example.org"})
+    assert world.ask("full@alias.example") == FULL
+    assert world.ask("FULL@Alias.Example") == FULL
+    assert world.ask("full+Sent@alias.example") == FULL
+    assert world.ask("roomy@alias.example", 100) == "action=DUNNO"
+    assert world.ask("full@other.example") == "action=DUNNO"
+    assert world.service.check("full@alias.example", None).address == "full@example.org"
 
 
 def test_a_trusted_maildirsize_is_read_live(world: World) -> None:

@@ -189,6 +189,35 @@ def test_an_address_too_long_for_quota2_never_stops_the_flags(db_url: str, caplo
     assert "1 address(es) longer than quota2.username holds (100 characters)" in caplog.text
 
 
+def test_postfixadmins_active_alias_domains_are_read(db_url: str) -> None:
+    """PostfixAdmin's alias_domain (boolean ``active`` on PostgreSQL, tinyint on MySQL)."""
+    from sqlalchemy import create_engine, text
+
+    schemas.create(db_url, "postfixadmin")
+    with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
+        assert store.domain_aliases() == {}  # no such table: none
+    active = "boolean" if db_url.startswith("postgresql") else "smallint"
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE alias_domain (alias_domain varchar(255) PRIMARY KEY,"
+                f" target_domain varchar(255) NOT NULL, active {active} NOT NULL)"
+            )
+        )
+        rows = [("Alias.Example", "example.org", True), ("old.example", "example.org", False)]
+        for alias, target, on in rows:
+            conn.execute(
+                text("INSERT INTO alias_domain VALUES (:a, :t, :on)"),
+                {"a": alias, "t": target, "on": on if active == "boolean" else int(on)},
+            )
+    engine.dispose()
+    with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
+        assert store.domain_aliases() == {"alias.example": "example.org"}
+    with SqlStore(db_url, PRESETS["classic"]) as store:
+        assert store.domain_aliases() == {}  # the classic recipe has none
+
+
 def count_updates(store: Any) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
 

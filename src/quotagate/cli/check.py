@@ -31,13 +31,16 @@ _STAGE_SIZE: dict[Stage, str] = {
 
 
 def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
-    """Just what the daemon would know of this recipient (and of its base for local+folder)."""
-    split = without_detail(address, delimiter)
-    keys = {address} | ({split[0]} if split else set())
+    """Just what the daemon would know of this recipient (and of its base for local+folder, and
+    of the same at the domain an alias domain reaches)."""
+    aliases = store.domain_aliases()
+    local, _, domain = address.rpartition("@")
+    candidates = [address] + ([f"{local}@{aliases[domain]}"] if domain in aliases else [])
+    keys = set(candidates) | {split[0] for a in candidates if (split := without_detail(a, delimiter))}
     mailboxes = {k: m for k in keys if (m := store.mailbox(k)) is not None}
     readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
     last = store.last_scan()
-    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time(), domain_aliases=aliases)
 
 
 def _daemons_reservations(service: PolicyService, address: str, control: Path) -> str:

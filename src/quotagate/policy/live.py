@@ -39,6 +39,7 @@ class Snapshot:
     loaded_at: float = 0.0
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
     confirmed: Callable[[], float] | None = None  # the tracker's last cycle, replacing confirmed_at
+    domain_aliases: Mapping[str, str] = field(default_factory=dict)  # alias domain -> its target
 
     def fresh_at(self, reading: Reading) -> float:
         """When ``reading`` was last known to be current."""
@@ -68,7 +69,8 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     mailboxes = {m.address: m for m in store.mailboxes()}
     readings = store.readings(with_folders) if with_readings else {}
     last = store.last_scan()
-    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time())
+    aliases = store.domain_aliases()
+    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time(), domain_aliases=aliases)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,10 @@ class SnapshotLoader:
             table, before = compact.updated(previous, changes), None
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
-        snapshot = Snapshot(table.mailboxes, readings, last.started_at if last else 0.0, time.time())
+        aliases = store.domain_aliases()  # a few rows: read whole at each load
+        snapshot = Snapshot(
+            table.mailboxes, readings, last.started_at if last else 0.0, time.time(), domain_aliases=aliases
+        )
         if self._table is not None:
             self._retired.append(self._table.objects())
         del self._retired[:-1]  # the loop holds the last one until it takes this snapshot

@@ -517,13 +517,26 @@ class PolicyService:
         return True
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
-        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``.
+        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``,
+        either at its domain or, for an alias domain (PostfixAdmin's), at the domain it reaches:
+        the MTA asks about the recipient as the client sent it, before rewriting it.
 
         The folder is taken from the recipient as sent: Maildir++ folder names keep their case.
         """
         mailbox = snapshot.mailboxes.get(address)
         if mailbox is not None:
             return mailbox, None
+        found = self._with_detail(snapshot, recipient)
+        target = snapshot.domain_aliases.get(address.rpartition("@")[2]) if snapshot.domain_aliases else None
+        if found[0] is not None or target is None:
+            return found
+        mailbox = snapshot.mailboxes.get(f"{address.rpartition('@')[0]}@{target}")
+        if mailbox is not None:
+            return mailbox, None
+        return self._with_detail(snapshot, f"{recipient.strip().rpartition('@')[0]}@{target}")
+
+    def _with_detail(self, snapshot: Snapshot, recipient: str) -> tuple[Mailbox | None, str | None]:
+        """The mailbox of ``local+folder@domain`` and the folder, or (None, None)."""
         split = without_detail(recipient, self.config.policy.folder_delimiter)
         if split is None:
             return None, None

@@ -90,6 +90,11 @@ class Store(Protocol):
 
     def mailbox(self, address: str) -> Mailbox | None: ...
 
+    def domain_aliases(self) -> dict[str, str]:
+        """Active alias domains, each to the domain whose mailboxes it reaches (PostfixAdmin's
+        ``alias_domain``): ``user@alias.example`` is delivered to ``user@example.org``."""
+        ...
+
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         """Every stored reading; without folders (an empty tuple) when only totals are needed."""
         ...

@@ -183,6 +183,9 @@ class LdapStore(ClosedOnExit):
         found = self._search(f"({self.config.address_attribute}={escape_filter_chars(address)})")
         return next((m for m in found if m.address == address), None)
 
+    def domain_aliases(self) -> dict[str, str]:
+        return {}  # quotagate's own schema has none: list each address
+
     # -- readings ----------------------------------------------------------------------------
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         return self.state.readings(with_folders)

@@ -23,6 +23,8 @@ class MailboxTable:
     path: str = ""
     overquota: str = ""  # the over-quota flag quotagate writes and Exim reads
     usage_table: str = ""  # Dovecot dict-quota style table (username, bytes, messages) quotagate fills
+    # PostfixAdmin's alias domains (alias_domain -> target_domain, active): user@alias is user@target.
+    alias_domain_table: str = ""
 
     @property
     def own(self) -> bool:
@@ -49,6 +51,7 @@ PRESETS: dict[str, MailboxTable] = {
         path="maildir",
         overquota="quotagate_overquota",
         usage_table="quota2",
+        alias_domain_table="alias_domain",
     ),
     # The classic recipe: username is the local part, with domainname beside it.
     "classic": MailboxTable(

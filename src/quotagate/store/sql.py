@@ -312,6 +312,21 @@ class SqlStore(ClosedOnExit):
             return None if row is None else self._mailbox(row)
 
     # -- the admin's schema ----------------------------------------------------------------
+    def domain_aliases(self) -> dict[str, str]:
+        name = self.table.alias_domain_table
+        if not name:
+            return {}
+        with self._connect() as conn:
+            if not inspect(conn).has_table(name):
+                return {}  # a PostfixAdmin without alias domains
+            t = Table(name, MetaData(), autoload_with=conn)
+            found = conn.execute(select(t.c.alias_domain, t.c.target_domain, t.c.active)).all()
+        return {
+            alias.strip().lower(): target.strip().lower()
+            for alias, target, active in found
+            if (active is None or bool(int(active))) and alias and target and alias.strip() != target.strip()
+        }
+
     def _admin(self, conn: Connection) -> Table:
         if self._admin_table is None:
             self._admin_table = Table(self.table.table, MetaData(), autoload_with=conn)

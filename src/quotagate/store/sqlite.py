@@ -210,6 +210,9 @@ class SqliteStore(ClosedOnExit):
         a, qb, qm, e, p = row
         return Mailbox(a, Limits(qb, qm), bool(e), p)
 
+    def domain_aliases(self) -> dict[str, str]:
+        return {}  # quotagate's own schema has none: list each address
+
     # -- readings --------------------------------------------------------------------------
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
         with self._reading() as conn:
