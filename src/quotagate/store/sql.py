@@ -81,6 +81,7 @@ class SqlStore(ClosedOnExit):
         self.table = table or PRESETS["quotagate"]
         self._admin_table: Table | None = None
         self._quota2_room: int | None = None
+        self._alias_table: Table | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -317,9 +318,11 @@ class SqlStore(ClosedOnExit):
         if not name:
             return {}
         with self._connect() as conn:
-            if not inspect(conn).has_table(name):
-                return {}  # a PostfixAdmin without alias domains
-            t = Table(name, MetaData(), autoload_with=conn)
+            if self._alias_table is None:  # reflected once: the daemon asks at every refresh
+                if not inspect(conn).has_table(name):
+                    return {}  # a PostfixAdmin without alias domains
+                self._alias_table = Table(name, MetaData(), autoload_with=conn)
+            t = self._alias_table
             found = conn.execute(select(t.c.alias_domain, t.c.target_domain, t.c.active)).all()
         return {
             alias.strip().lower(): target.strip().lower()
