@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_DOMAIN = re.compile(r"[\s/]")
@@ -40,3 +41,14 @@ def without_detail(address: str, delimiters: str) -> tuple[str, str] | None:
     if not at or cut <= 0:
         return None
     return f"{local[:cut]}@{domain}", local[cut + 1 :]
+
+
+def shadowed(addresses: Iterable[str], over: Collection[str], delimiters: str) -> list[str]:
+    """The mailboxes (not over quota) whose own name a lookup would split at a delimiter and
+    take for a full one's detail: ``john-doe@`` when ``john@`` is over quota and ``-`` parts a
+    detail. The published file marks them as mailboxes of their own."""
+    if not delimiters:
+        return []
+    return sorted(
+        a for a in addresses if a not in over and (split := without_detail(a, delimiters)) and split[0] in over
+    )

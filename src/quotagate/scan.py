@@ -14,6 +14,7 @@ from msgspec.structs import replace
 
 from quotagate import bounded
 from quotagate.accounting import Profile, enforced, profile_for
+from quotagate.address import shadowed
 from quotagate.config import Config, FolderRule
 from quotagate.decide import is_over
 from quotagate.historian import after_scan
@@ -290,9 +291,10 @@ def run_scan(
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
     removed = set(previous) - set(readings)
-    over = (a for a, r in readings.items() if r.state is State.OVER)
+    over = {a for a, r in readings.items() if r.state is State.OVER}
+    own = shadowed(readings, over, config.policy.folder_delimiter)
     flags = flag_changes(changed, removed, previous)
-    with published_first(config.publish.file, over) as published:
+    with published_first(config.publish.file, over, own) as published:
         store.save_readings(changed, removed, flags)
     after_scan(config, store, changed, started)
     moved = {a: o for a, o in flags.items() if o or (a in previous and previous[a].state is State.OVER)}

@@ -53,6 +53,15 @@ class Site:
     def quotagate(self, *args: str) -> int:
         return main(["--config", str(self.config), *args])
 
+    def full_and_roomy(self, full: int = QUOTA + 1) -> None:
+        """The two mailboxes most tests ask about, each of QUOTA: ``full`` holding ``full`` bytes
+        (over it by default), ``roomy`` 10; then a scan."""
+        for local in ("full", "roomy"):
+            assert self.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
+        self.fill("full", full)
+        self.fill("roomy", 10)
+        assert self.quotagate("scan") == 0
+
 
 def safe(local: str) -> str:
     """The folder name the test Exim's transport uses for a local part."""

@@ -224,11 +224,7 @@ def test_a_postgresql_store_on_its_unix_socket_is_asked_there(work: Path, exim: 
         url = f"postgresql+psycopg://postgres@/{name}?host={process.data}&port={postgres.port}"
         site = make_site(work, f'[store]\nurl = "{url}"')
         assert site.quotagate("db", "migrate") == 0
-        for local in ("full", "roomy"):
-            assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
-        site.fill("full", QUOTA + 1)
-        site.fill("roomy", 10)
-        assert site.quotagate("scan") == 0
+        site.full_and_roomy()
         parts = exim_config.parts(load_config(site.config), method, "pgsql")  # type: ignore[arg-type]
         assert f"hide pgsql_servers = ({process.data}/.s.PGSQL.{postgres.port})/{name}/postgres/" in parts.main
         users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{safe(u)}" for u in ("full", "roomy")}
@@ -236,3 +232,39 @@ def test_a_postgresql_store_on_its_unix_socket_is_asked_there(work: Path, exim: 
         full, roomy = exim.fake_session(f"full@{DOMAIN}", f"roomy@{DOMAIN}")
         assert roomy.startswith("250"), exim.last_session
         assert refused_full(full), exim.last_session
+
+
+def _detail_site(
+    work: Path, exim: Exim, locals_: list[str], full: set[str], delimiter: str, lookup: str, method: str
+) -> Site:
+    (work / "db").mkdir()
+    (work / "db").chmod(0o755)
+    site = make_site(work, f'[store]\nurl = "sqlite:///{work}/db/q.db"\n\n[policy]\nfolder_delimiter = "{delimiter}"')
+    assert site.quotagate("db", "migrate") == 0
+    for local in locals_:
+        assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
+        site.fill(local, QUOTA + 1 if local in full else 10)
+    assert site.quotagate("scan") == 0
+    parts = exim_config.parts(load_config(site.config), method, lookup)  # type: ignore[arg-type]
+    users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{safe(u)}" for u in locals_}
+    exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
+    return site
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+@pytest.mark.parametrize("lookup", ["lsearch", "sqlite"])
+def test_a_roomy_mailbox_whose_name_holds_a_delimiter_is_not_refused_for_another_full_one(
+    work: Path, exim: Exim, lookup: str, method: str
+) -> None:
+    """john-doe@ is a mailbox of its own (Exim's router delivers it there), with room; john@ is
+    full. With folder_delimiter = "+-" (the example the config gives), the lookup of the whole
+    local part finds no *flagged* row for john-doe, so it falls through to the lookup of "john"
+    and refuses john-doe's mail as "Mailbox is full". The daemon takes the mailbox john-doe@
+    itself (service._mailbox looks the whole address up first) and accepts."""
+    site = _detail_site(work, exim, ["john", "john-doe", "sales+eu", "sales"], {"john", "sales"}, "+-", lookup, method)
+    john, john_doe, sales_eu = exim.fake_session(f"john@{DOMAIN}", f"john-doe@{DOMAIN}", f"sales+eu@{DOMAIN}")
+    assert john[0] == "5" and "Mailbox is full" in john, exim.last_session
+    # The daemon's answer for the same recipients: john-doe and sales+eu are their own, not full.
+    assert site.quotagate("check", f"john-doe@{DOMAIN}") == 0
+    assert site.quotagate("check", f"sales+eu@{DOMAIN}") == 0
+    assert [john_doe[:3], sales_eu[:3]] == ["250", "250"], exim.last_session

@@ -19,7 +19,7 @@ import pytest
 
 from quotagate.mta import debian
 from quotagate.mta import exim as exim_config
-from tests.mta.conftest import DOMAIN, QUOTA, Site, make_site
+from tests.mta.conftest import DOMAIN, Site, make_site
 from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.debian_exim import CLIENTS, DebianExim
 from tests.servers.mariadb import PASSWORD
@@ -61,11 +61,7 @@ def set_up(
     port = free_port()
     site = make_site(work, store_toml(request, work, lookup, port))
     assert site.quotagate("db", "migrate") == 0
-    for local in ("full", "roomy"):
-        assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
-    site.fill("full", QUOTA + 1)
-    site.fill("roomy", 10)
-    assert site.quotagate("scan") == 0
+    site.full_and_roomy()
 
     server = DebianExim(work, DOMAIN, split=layout == "split")
     args = ["exim-config", "--debian", f"--{layout}", "--method", method, "--confdir", str(server.confdir)]

@@ -36,11 +36,7 @@ def make(
         f"flush_seconds = 0.1\npoll_seconds = {poll_seconds}\n"
     )
     site = Site(work, spool, config)
-    for local in ("full", "roomy"):
-        assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
-    site.fill("full", QUOTA + 1)
-    site.fill("roomy", 10)
-    assert site.quotagate("scan") == 0
+    site.full_and_roomy()
     return site, port
 
 

@@ -53,11 +53,7 @@ def prepare(
     work: Path, exim: Exim, section: str, reservation_seconds: int = 600, rcpt_acl: str = "", unix: bool = False
 ) -> tuple[Site, int]:
     site, port = site_for(work, reservation_seconds, unix)
-    for local in ("full", "roomy"):
-        assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
-    site.fill("full", QUOTA + 1)
-    site.fill("roomy", 10)
-    assert site.quotagate("scan") == 0
+    site.full_and_roomy()
     parts = exim_config.parts(load_config(site.config), "policy")
     (work / "aliases").write_text(f"alias@{DOMAIN}: full@{DOMAIN}\n")
     routers = ALIAS_ROUTER.format(aliases=work / "aliases") + (parts.routers if section == "routers" else "")

@@ -68,11 +68,7 @@ def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     site, port = site_for(work)
     with site.config.open("a") as config:
         config.write(f'control_socket = "{work}/control.sock"\n')  # the last section is [policy]
-    for local in ("full", "roomy"):
-        assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
-    site.fill("full", NEARLY_FULL)
-    site.fill("roomy", 10)
-    assert site.quotagate("scan") == 0
+    site.full_and_roomy(NEARLY_FULL)
     parts = exim_config.parts(load_config(site.config), "policy")
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("full", "roomy")}
     users[f"full,{ROOMY},x@{DOMAIN}"] = f"{DOMAIN}/full"  # QUOTED, as $local_part@$domain

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from quotagate.config import Config
 from quotagate.listen import parse_place
 from quotagate.store.presets import MailboxTable, mailbox_table
-from quotagate.store.schema import usage
+from quotagate.store.schema import mailbox, usage
 
 Method = Literal["router", "acl", "policy"]
 Lookup = Literal["sqlite", "mysql", "pgsql", "ldap", "lsearch"]
@@ -103,40 +103,62 @@ def _literal(lookup: str, value: str) -> str:
     return f"CONVERT(FROM_BASE64('${{quote_mysql:${{str2b64:{value}}}}}') USING utf8mb4) COLLATE utf8mb4_bin"
 
 
-def _sql_condition(table: MailboxTable, lookup: str, local: str) -> str:
-    """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'`` for the local part Exim expands from
-    ``local``, with every interpolated value quoted."""
+def _sql_where(table: MailboxTable, lookup: str, local: str) -> tuple[str, str, str]:
+    """The table, its over-quota flag column and the condition that picks the recipient whose
+    local part Exim expands from ``local``, with every interpolated value quoted."""
 
     def q(value: str) -> str:
         return _literal(lookup, value)
 
     if table.own:
-        where = f"{_ident('address')} = {q(f'${{lc:{local}@$domain}}')}"
-        name, flag = usage.name, "over_quota"
+        return usage.name, "over_quota", f"{_ident('address')} = {q(f'${{lc:{local}@$domain}}')}"
+    if not table.overquota:
+        raise EximConfigError(f"schema has no over-quota flag column for table {table.table!r}")
+    if table.address:
+        where = f"{_ident(table.address)} = {q(f'${{lc:{local}@$domain}}')}"
     else:
-        if not table.overquota:
-            raise EximConfigError(f"schema has no over-quota flag column for table {table.table!r}")
-        if table.address:
-            where = f"{_ident(table.address)} = {q(f'${{lc:{local}@$domain}}')}"
-        else:
-            own_local = f"{_ident(table.local_part)} = {q(f'${{lc:{local}}}')}"
-            where = f"{own_local} AND {_ident(table.domain)} = {q('${lc:$domain}')}"
-        name, flag = table.table, table.overquota
+        own_local = f"{_ident(table.local_part)} = {q(f'${{lc:{local}}}')}"
+        where = f"{own_local} AND {_ident(table.domain)} = {q('${lc:$domain}')}"
+    return table.table, table.overquota, where
+
+
+def _sql_condition(table: MailboxTable, lookup: str, local: str) -> str:
+    """``SELECT 1 ... WHERE <recipient> AND <flag> = '1'``: found when that mailbox is flagged."""
+    name, flag, where = _sql_where(table, lookup, local)
     # '1' rather than 1 or TRUE: it compares equal to an integer, a tinyint and a boolean column alike.
     return f"SELECT 1 FROM {_ident(name)} WHERE {where} AND {_ident(flag)} = '1'"
 
 
-def _either(found: Callable[[str, str], str], delimiter: str) -> str:
-    """A condition that yields ``yes`` when the recipient's mailbox is flagged: ``found(local,
-    otherwise)`` is one lookup of the local part Exim expands from ``local``, yielding ``yes`` or
-    ``otherwise``. With a folder delimiter, ``user+tag`` is also looked up as ``user`` (the mailbox
-    the admin's ``local_part_suffix = +*`` router delivers it to, and the daemon checks), split at
-    the first delimiter as Exim, Postfix and Dovecot split it: a sender must not get past a full
-    mailbox by adding ``+anything``."""
+def _sql_verdict(table: MailboxTable, lookup: str, local: str) -> str:
+    """``yes`` or ``no`` for the mailbox, found whenever it is one (flagged or not): its own
+    answer, which a detail's fall-back to another mailbox must not override. quotagate's own
+    table says so from the mailbox list (a mailbox not measured yet is one)."""
+    if table.own:
+        m, u = mailbox.name, usage.name
+        recipient = _literal(lookup, f"${{lc:{local}@$domain}}")
+        return (
+            f"SELECT CASE WHEN {u}.over_quota = '1' THEN 'yes' ELSE 'no' END FROM {m}"
+            f" LEFT JOIN {u} ON {u}.address = {m}.address WHERE {m}.address = {recipient}"
+        )
+    name, flag, where = _sql_where(table, lookup, local)
+    return f"SELECT CASE WHEN {_ident(flag)} = '1' THEN 'yes' ELSE 'no' END FROM {_ident(name)} WHERE {where}"
+
+
+def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str) -> str:
+    """A condition that yields ``yes`` when the recipient's mailbox is flagged.
+
+    ``flagged(local)`` looks up the local part Exim expands from ``local``: ``yes`` when that
+    mailbox is flagged, else ``no``. With a folder delimiter, ``user+tag`` that is no mailbox of
+    its own is looked up as ``user`` (the mailbox the admin's ``local_part_suffix = +*`` router
+    delivers it to, and the daemon checks), split at the first delimiter as Exim, Postfix and
+    Dovecot split it: a sender must not get past a full mailbox by adding ``+anything``.
+    ``whole(otherwise)`` looks up the recipient itself: ``yes`` or ``no`` when it is a mailbox
+    (``john-doe`` is not ``john``), ``otherwise`` when it is none.
+    """
     if not delimiter:
-        return found("$local_part", "no")
+        return flagged("$local_part")
     split = rf"\N^(.+?)[{_class(delimiter)}]\N"
-    return found("$local_part", f"${{if match{{$local_part}}{{{split}}}{{{found('$1', 'no')}}}{{no}}}}")
+    return whole(f"${{if match{{$local_part}}{{{split}}}{{{flagged('$1')}}}{{no}}}}")
 
 
 def _class(delimiter: str) -> str:
@@ -206,13 +228,21 @@ def _ldap(config: Config) -> tuple[str, str]:
     )
     attr = _ident(c.address_attribute)
 
-    def found(local: str, otherwise: str) -> str:
+    def url(local: str, flagged: bool) -> str:
         recipient = f"({attr}=${{quote_ldap:${{lc:{local}@$domain}}}})"
-        ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}(quotagateOverQuota=TRUE))"
-        url = f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
-        return f"${{lookup ldap{{{url}}}{{yes}}{{{otherwise}}}}}"
+        wanted = "(quotagateOverQuota=TRUE)" if flagged else ""
+        ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}{wanted})"
+        returned = attr if flagged else "quotagateOverQuota"
+        return f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{returned}?{c.scope}?{ldap_filter}"
 
-    return main, _either(found, config.policy.folder_delimiter)
+    def flagged(local: str) -> str:
+        return f"${{lookup ldap{{{url(local, True)}}}{{yes}}{{no}}}}"
+
+    def whole(otherwise: str) -> str:
+        verdict = "${if eq{$value}{TRUE}{yes}{no}}"
+        return f"${{lookup ldap{{{url('$local_part', False)}}}{{{verdict}}}{{{otherwise}}}}}"
+
+    return main, _either(flagged, whole, config.policy.folder_delimiter)
 
 
 def _policy_socket(config: Config) -> str:
@@ -483,18 +513,29 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
             raise EximConfigError("--lookup lsearch needs [publish] file in the config")
         file = _path(str(config.publish.file), "[publish] file")
 
-        def in_file(local: str, otherwise: str) -> str:
-            return f"${{lookup{{${{lc:{local}@$domain}}}}lsearch{{{file}}}{{yes}}{{{otherwise}}}}}"
+        def in_file(local: str) -> str:
+            return f"${{lookup{{${{lc:{local}@$domain}}}}lsearch{{{file}}}{{yes}}{{no}}}}"
 
-        condition = _either(in_file, delimiter)
+        def file_says(otherwise: str) -> str:
+            # "address@" (no address ends so) marks a mailbox of its own, never flagged, whose
+            # name would otherwise fall back to a full one's (see quotagate.publish).
+            key = "${lc:$local_part@$domain}"
+            own = f"${{lookup{{{key}@}}lsearch{{{file}}}{{no}}{{{otherwise}}}}}"
+            return f"${{lookup{{{key}}}lsearch{{{file}}}{{yes}}{{{own}}}}}"
+
+        condition = _either(in_file, file_says, delimiter)
         guard = file
     elif lookup == "sqlite":
         file = _sqlite_file(config.store.url)
+        sqlite = f"sqlite,file={file} "
 
-        def in_sqlite(local: str, otherwise: str) -> str:
-            return f"${{lookup sqlite,file={file} {{{_sql_condition(table, 'sqlite', local)}}}{{yes}}{{{otherwise}}}}}"
+        def in_sqlite(local: str) -> str:
+            return f"${{lookup {sqlite}{{{_sql_condition(table, 'sqlite', local)}}}{{yes}}{{no}}}}"
 
-        condition = _either(in_sqlite, delimiter)
+        def sqlite_says(otherwise: str) -> str:
+            return f"${{lookup {sqlite}{{{_sql_verdict(table, 'sqlite', '$local_part')}}}{{$value}}{{{otherwise}}}}}"
+
+        condition = _either(in_sqlite, sqlite_says, delimiter)
         guard = file
     elif lookup in ("mysql", "pgsql"):
         scheme = make_url(config.store.url).get_backend_name()
@@ -502,10 +543,13 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
             raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
         main = _servers(config.store.url, lookup)
 
-        def in_server(local: str, otherwise: str) -> str:
-            return f"${{lookup {lookup}{{{_sql_condition(table, lookup, local)}}}{{yes}}{{{otherwise}}}}}"
+        def in_server(local: str) -> str:
+            return f"${{lookup {lookup}{{{_sql_condition(table, lookup, local)}}}{{yes}}{{no}}}}"
 
-        condition = _either(in_server, delimiter)
+        def server_says(otherwise: str) -> str:
+            return f"${{lookup {lookup}{{{_sql_verdict(table, lookup, '$local_part')}}}{{$value}}{{{otherwise}}}}}"
+
+        condition = _either(in_server, server_says, delimiter)
     elif lookup == "ldap":
         main, condition = _ldap(config)
     else:  # pragma: no cover - the CLI offers only the lookups above

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+from quotagate.address import shadowed
 from quotagate.config import Config
 from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
@@ -59,7 +60,8 @@ class StorePublisher:
 
     def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> None:
         path = self.config.publish.file if flags else None
-        with published_first(path, sorted(over)):
+        own = shadowed(self.mailboxes, over, self.config.policy.folder_delimiter)
+        with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
         self.history.after_batch(self.store, changed)
 
