@@ -24,6 +24,7 @@ from msgspec.structs import replace
 from quotagate.config import AccountingOptions, Config, SpoolConfig
 from quotagate.model import Boundary, Limits, MaildirsizeInfo
 from quotagate.sizes import Allowance
+from quotagate.usage.maildirsize import limits_of
 from quotagate.usage.names import size_from_name
 
 _MAX_DIGITS = 18  # longer values are garbage, not sizes: the file is stat'ed instead
@@ -249,11 +250,15 @@ def enforced(
     quota plugin, a cleanup job, the user's shell) leaves it claiming the old total. Dovecot
     (``maildirsize_parse``), Courier and Exim recount only once the claims are over the limit;
     under it they refuse by the claims, and a message the files have room for would come back
-    as a late bounce. Claims below the files never lower the count: the files are what the
+    as a late bounce. Only while the file's limit line is the mailbox's: Dovecot recounts a file
+    whose line is not its limit (the admin changed it), and quotagate cannot tell which Courier
+    would take. Claims below the files never lower the count: the files are what the
     admin's limit is for, and a user may edit the file.
     """
     if not profile.trusts_maildirsize or claims is None or claims.rewritten:
         return files
+    if limits_of(claims.definition) != limits:
+        return files  # a limit line not the mailbox's (its limit changed since): the agent recounts
     if (limits.bytes and claims.bytes > limits.bytes) or (limits.messages and claims.messages > limits.messages):
         return files  # the agent recounts before it decides
     return max(files[0], claims.bytes), max(files[1], claims.messages)

@@ -235,3 +235,26 @@ def test_quota_vsizes_with_the_maildir_backend_counts_what_maildirsize_records(g
     gate.configure("dovecot", grace="0")
     cases = [Case(f"used 6000 (virtual), message {s}", (6000,), s) for s in (3999, 4000, 4001)]
     assert disagreements(gate, cases, Limits(LIMIT), dovecot.deliver, virtual=True) == []
+
+
+def test_claims_under_a_stale_limit_line_are_not_what_dovecot_enforces(gate: Gate, dovecot: Dovecot) -> None:
+    """The admin raised the mailbox's limit from 10000 to 20000 bytes (in the SQL both Dovecot and
+    quotagate read). The maildirsize still carries the old definition line "10000S" and claims
+    8000 bytes while the files hold 4000 (a message expunged without the quota plugin). Dovecot's
+    maildirsize_parse sees a definition that is not its limit and recounts the files: it takes a
+    13000-byte message (4000 + 13000 <= 20000). accounting.enforced never looks at the file's
+    definition, counts the 8000 claimed bytes, and quotagate refuses the message Dovecot takes."""
+    dovecot.configure(backend="maildir", limit_bytes=10_000, extra="  quota_grace = 0\n")
+    assert dovecot.deliver("u", message(4000, 3))
+    assert dovecot.deliver("u", message(4000, 3))
+    dovecot.doveadm("u", "-o", "mail_plugins=", "expunge", "mailbox", "INBOX", "uid", "1")
+    maildirsize = gate.spool / "u" / "Maildir" / "maildirsize"
+    assert maildirsize.read_text().startswith("10000S"), maildirsize.read_text()
+
+    dovecot.configure(backend="maildir", limit_bytes=20_000, extra="  quota_grace = 0\n")  # the limit raised
+    gate.configure("dovecot", grace="0")
+    gate.add("u", Limits(20_000))
+    gate.scan()
+    assert gate.files("u") == (4000, 1)
+    verdicts = (gate.accepts("u", 13_000), dovecot.deliver("u", message(13_000, 3)))
+    assert verdicts == (True, True), (verdicts, gate.counted("u"), maildirsize.read_text())

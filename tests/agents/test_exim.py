@@ -137,7 +137,7 @@ def test_odd_entries_count_as_exim_recounts_them(gate: Gate, exim: Exim, size_re
     lay(root, kind, name)
     assert exim.deliver(f"u@{DOMAIN}", message(500))  # no maildirsize yet: Exim counts the Maildir first
     gate.configure("exim", quota_size_regex=size_regex)
-    gate.add("u", Limits(10**9, 0))
+    gate.add("u", Limits(LIMIT, 0))  # Exim's: its maildirsize's line is the mailbox's
     gate.scan()
     bytes_, messages = gate.files("u")
     assert (bytes_ + followed(kind, bool(size_regex) and ",S=" in name), messages) == _claims(root / "maildirsize")

@@ -8,6 +8,7 @@ from msgspec.structs import replace
 from quotagate.accounting import PROFILES, enforced, grace_for, profile_for
 from quotagate.config import parse_config
 from quotagate.model import Boundary, Limits, MaildirsizeInfo
+from quotagate.usage.maildirsize import definition_for
 
 
 def test_grace_is_the_policy_setting_else_the_profile_default() -> None:
@@ -47,7 +48,15 @@ def test_boundary_and_description() -> None:
 def test_a_maildirsize_counts_where_the_agent_believes_it(
     profile: str, files: tuple[int, int], claims: tuple[int, int], limits: Limits, counted: tuple[int, int]
 ) -> None:
-    info = MaildirsizeInfo(*claims, definition="10000S")
+    info = MaildirsizeInfo(*claims, definition=definition_for(limits))
     assert enforced(files, info, limits, PROFILES[profile]) == counted
     assert enforced(files, None, limits, PROFILES[profile]) == files
     assert enforced(files, replace(info, rewritten=True), limits, PROFILES[profile]) == files
+
+
+@pytest.mark.parametrize("definition", ["10000S", "20000S,5C", "", "5C", "junk"])
+def test_claims_under_another_limit_line_are_recounted(definition: str) -> None:
+    """The admin changed the limit since the file was written: Dovecot recounts the files."""
+    info = MaildirsizeInfo(8000, 2, definition=definition)
+    assert enforced((4000, 1), info, Limits(20_000), PROFILES["dovecot"]) == (4000, 1)
+    assert enforced((4000, 1), replace(info, definition="20000S"), Limits(20_000), PROFILES["dovecot"]) == (8000, 2)

@@ -67,6 +67,15 @@ def definition_for(limits: Limits) -> str:
     return ",".join(parts)
 
 
+def limits_of(definition: str) -> Limits | None:
+    """The limits a quota definition line sets (``1000S,50C``: 0 or absent is unlimited), as
+    Dovecot's ``maildir_parse_limit`` reads it; None when it is not one."""
+    if not valid_definition(definition):
+        return None
+    found = {part[-1]: int(part[:-1]) for part in definition.split(",") if part}
+    return Limits(found.get("S", 0), found.get("C", 0))
+
+
 def valid_definition(definition: str) -> bool:
     """A Maildir++ quota definition: ``1000S``, ``1000S,50C``, ``50C`` or empty."""
     return _DEFINITION.fullmatch(definition) is not None
