@@ -12,6 +12,21 @@ from typing import NamedTuple
 from msgspec import Struct
 
 
+class AliasDomains(Struct, frozen=True):
+    """An admin's alias domains (PostfixAdmin's ``alias_domain``): ``user@alias.example`` is
+    delivered to ``user@example.org``, unless it has an alias of its own (``own``: PostfixAdmin's
+    Postfix maps look the explicit aliases up first)."""
+
+    targets: dict[str, str] = {}  # alias domain -> the domain it reaches
+    own: frozenset[str] = frozenset()  # addresses in an alias domain with an alias row of their own
+
+    def target(self, address: str) -> str | None:
+        """``local@target`` for a (lowercase) address in an alias domain, None otherwise."""
+        local, _, domain = address.rpartition("@")
+        reached = self.targets.get(domain)
+        return None if reached is None or address in self.own else f"{local}@{reached}"
+
+
 class Limits(Struct, frozen=True):
     """Bytes and messages a mailbox may hold; 0 means unlimited."""
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from quotagate.config import Config, parse_config
-from quotagate.model import Action, Limits, Mailbox
+from quotagate.model import Action, AliasDomains, Limits, Mailbox
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
@@ -135,12 +135,18 @@ def test_each_character_of_the_folder_delimiter_parts_a_detail(tmp_path: Path) -
 def test_an_alias_domain_reaches_its_target_domains_mailboxes(world: World) -> None:
     """PostfixAdmin's alias domains: the MTA asks about full@alias.example as the client sent it,
     before rewriting it to full@example.org, whose mailbox it is."""
-    world.service.snapshot = replace(world.service.snapshot, domain_aliases={"alias.example": "example.org"})
+    aliases = AliasDomains({"alias.example": "example.org"}, frozenset({"own@alias.example"}))
+    world.service.snapshot = replace(world.service.snapshot, domain_aliases=aliases)
     assert world.ask("full@alias.example") == FULL
     assert world.ask("FULL@Alias.Example") == FULL
     assert world.ask("full+Sent@alias.example") == FULL
     assert world.ask("roomy@alias.example", 100) == "action=DUNNO"
     assert world.ask("full@other.example") == "action=DUNNO"
+    world.add("own", 1000, 1500)  # full, but own@alias.example has an alias of its own: not it
+    world.scan()
+    world.service.snapshot = replace(world.service.snapshot, domain_aliases=aliases)
+    assert world.ask("own@example.org") == FULL
+    assert world.ask("own@alias.example") == "action=DUNNO"
     assert world.service.check("full@alias.example", None).address == "full@example.org"
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from quotagate.config import FolderRule
-from quotagate.model import Mailbox, Reading, State, Usage
+from quotagate.model import AliasDomains, Mailbox, Reading, State, Usage
 from quotagate.policy import compact
 from quotagate.store import Store
 from quotagate.store.base import Folders
@@ -39,7 +39,7 @@ class Snapshot:
     loaded_at: float = 0.0
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
     confirmed: Callable[[], float] | None = None  # the tracker's last cycle, replacing confirmed_at
-    domain_aliases: Mapping[str, str] = field(default_factory=dict)  # alias domain -> its target
+    domain_aliases: AliasDomains = field(default_factory=AliasDomains)
 
     def fresh_at(self, reading: Reading) -> float:
         """When ``reading`` was last known to be current."""

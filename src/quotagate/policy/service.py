@@ -527,13 +527,13 @@ class PolicyService:
         if mailbox is not None:
             return mailbox, None
         found = self._with_detail(snapshot, recipient)
-        target = snapshot.domain_aliases.get(address.rpartition("@")[2]) if snapshot.domain_aliases else None
-        if found[0] is not None or target is None:
+        reached = snapshot.domain_aliases.target(address) if snapshot.domain_aliases.targets else None
+        if found[0] is not None or reached is None:
             return found
-        mailbox = snapshot.mailboxes.get(f"{address.rpartition('@')[0]}@{target}")
+        mailbox = snapshot.mailboxes.get(reached)
         if mailbox is not None:
             return mailbox, None
-        return self._with_detail(snapshot, f"{recipient.strip().rpartition('@')[0]}@{target}")
+        return self._with_detail(snapshot, f"{recipient.strip().rpartition('@')[0]}@{reached.rpartition('@')[2]}")
 
     def _with_detail(self, snapshot: Snapshot, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox of ``local+folder@domain`` and the folder, or (None, None)."""

@@ -10,7 +10,7 @@ from msgspec import Struct
 
 from quotagate.errors import QuotagateError
 from quotagate.history import Retention, Sample
-from quotagate.model import Mailbox, Reading, ScanSummary
+from quotagate.model import AliasDomains, Mailbox, Reading, ScanSummary
 
 
 class StoreError(QuotagateError):
@@ -90,7 +90,7 @@ class Store(Protocol):
 
     def mailbox(self, address: str) -> Mailbox | None: ...
 
-    def domain_aliases(self) -> dict[str, str]:
+    def domain_aliases(self) -> AliasDomains:
         """Active alias domains, each to the domain whose mailboxes it reaches (PostfixAdmin's
         ``alias_domain``): ``user@alias.example`` is delivered to ``user@example.org``."""
         ...

@@ -24,7 +24,7 @@ from ldap3.utils.conv import escape_filter_chars
 from quotagate.address import BadAddress, normalize
 from quotagate.config import LdapConfig, StoreConfig
 from quotagate.history import Retention, Sample
-from quotagate.model import Limits, Mailbox, Reading, ScanSummary, State
+from quotagate.model import AliasDomains, Limits, Mailbox, Reading, ScanSummary, State
 from quotagate.store import redacted
 from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.sql import SqlStore
@@ -183,8 +183,8 @@ class LdapStore(ClosedOnExit):
         found = self._search(f"({self.config.address_attribute}={escape_filter_chars(address)})")
         return next((m for m in found if m.address == address), None)
 
-    def domain_aliases(self) -> dict[str, str]:
-        return {}  # quotagate's own schema has none: list each address
+    def domain_aliases(self) -> AliasDomains:
+        return AliasDomains()  # quotagate's own schema has none: list each address
 
     # -- readings ----------------------------------------------------------------------------
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:

@@ -23,8 +23,10 @@ class MailboxTable:
     path: str = ""
     overquota: str = ""  # the over-quota flag quotagate writes and Exim reads
     usage_table: str = ""  # Dovecot dict-quota style table (username, bytes, messages) quotagate fills
-    # PostfixAdmin's alias domains (alias_domain -> target_domain, active): user@alias is user@target.
+    # PostfixAdmin's alias domains (alias_domain -> target_domain, active): user@alias is user@target,
+    # unless the alias table (address, goto, domain, active) has a row of its own for it.
     alias_domain_table: str = ""
+    alias_table: str = ""
 
     @property
     def own(self) -> bool:
@@ -52,6 +54,7 @@ PRESETS: dict[str, MailboxTable] = {
         overquota="quotagate_overquota",
         usage_table="quota2",
         alias_domain_table="alias_domain",
+        alias_table="alias",
     ),
     # The classic recipe: username is the local part, with domainname beside it.
     "classic": MailboxTable(

@@ -36,6 +36,7 @@ from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
 from quotagate.model import (
+    AliasDomains,
     Limits,
     Mailbox,
     Reading,
@@ -57,6 +58,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout = 10000")
     cur.close()
+
+
+def _active(value: object) -> bool:
+    """An ``active`` column of PostfixAdmin's: a boolean (PostgreSQL) or 0/1 (MySQL, SQLite)."""
+    return value is None or bool(int(value))  # type: ignore[call-overload]
 
 
 def _quota2_table(name: str) -> Table:
@@ -81,7 +87,7 @@ class SqlStore(ClosedOnExit):
         self.table = table or PRESETS["quotagate"]
         self._admin_table: Table | None = None
         self._quota2_room: int | None = None
-        self._alias_table: Table | None = None
+        self._alias_tables: tuple[Table, Table | None] | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -313,22 +319,30 @@ class SqlStore(ClosedOnExit):
             return None if row is None else self._mailbox(row)
 
     # -- the admin's schema ----------------------------------------------------------------
-    def domain_aliases(self) -> dict[str, str]:
+    def domain_aliases(self) -> AliasDomains:
         name = self.table.alias_domain_table
         if not name:
-            return {}
+            return AliasDomains()
         with self._connect() as conn:
-            if self._alias_table is None:  # reflected once: the daemon asks at every refresh
+            if self._alias_tables is None:  # reflected once: the daemon asks at every refresh
                 if not inspect(conn).has_table(name):
-                    return {}  # a PostfixAdmin without alias domains
-                self._alias_table = Table(name, MetaData(), autoload_with=conn)
-            t = self._alias_table
-            found = conn.execute(select(t.c.alias_domain, t.c.target_domain, t.c.active)).all()
-        return {
-            alias.strip().lower(): target.strip().lower()
-            for alias, target, active in found
-            if (active is None or bool(int(active))) and alias and target and alias.strip() != target.strip()
-        }
+                    return AliasDomains()  # a PostfixAdmin without alias domains
+                domains = Table(name, MetaData(), autoload_with=conn)
+                has_aliases = inspect(conn).has_table(self.table.alias_table)
+                aliases = Table(self.table.alias_table, MetaData(), autoload_with=conn) if has_aliases else None
+                self._alias_tables = (domains, aliases)
+            d, a = self._alias_tables
+            rows = conn.execute(select(d.c.alias_domain, d.c.target_domain, d.c.active)).all()
+            targets = {
+                alias.strip().lower(): target.strip().lower()
+                for alias, target, active in rows
+                if _active(active) and alias and target and alias.strip() != target.strip()
+            }
+            own: set[str] = set()
+            if a is not None and targets:
+                query = select(a.c.address, a.c.active).where(func.lower(a.c.domain).in_(sorted(targets)))
+                own = {address.strip().lower() for address, active in conn.execute(query) if _active(active)}
+        return AliasDomains(targets, frozenset(own))
 
     def _admin(self, conn: Connection) -> Table:
         if self._admin_table is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from quotagate.config import StoreConfig
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
-from quotagate.model import Limits, Mailbox, Reading, ScanSummary
+from quotagate.model import AliasDomains, Limits, Mailbox, Reading, ScanSummary
 from quotagate.store import rows
 from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.rows import STAMP_ROW
@@ -210,8 +210,8 @@ class SqliteStore(ClosedOnExit):
         a, qb, qm, e, p = row
         return Mailbox(a, Limits(qb, qm), bool(e), p)
 
-    def domain_aliases(self) -> dict[str, str]:
-        return {}  # quotagate's own schema has none: list each address
+    def domain_aliases(self) -> AliasDomains:
+        return AliasDomains()  # quotagate's own schema has none: list each address
 
     # -- readings --------------------------------------------------------------------------
     def readings(self, with_folders: bool = True) -> dict[str, Reading]:
