@@ -47,8 +47,11 @@ def shadowed(addresses: Iterable[str], over: Collection[str], delimiters: str) -
     """The mailboxes (not over quota) whose own name a lookup would split at a delimiter and
     take for a full one's detail: ``john-doe@`` when ``john@`` is over quota and ``-`` parts a
     detail. The published file marks them as mailboxes of their own."""
-    if not delimiters:
+    if not delimiters or not over:
         return []
-    return sorted(
-        a for a in addresses if a not in over and (split := without_detail(a, delimiters)) and split[0] in over
-    )
+    holds = re.compile(f"[{re.escape(delimiters)}]").search  # in C: a million addresses in a blink
+    found = []
+    for a in addresses:
+        if holds(a) and a not in over and (split := without_detail(a, delimiters)) and split[0] in over:
+            found.append(a)
+    return sorted(found)
