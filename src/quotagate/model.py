@@ -20,11 +20,15 @@ class AliasDomains(Struct, frozen=True):
     targets: dict[str, str] = {}  # alias domain -> the domain it reaches
     own: frozenset[str] = frozenset()  # addresses in an alias domain with an alias row of their own
 
-    def target(self, address: str) -> str | None:
-        """``local@target`` for a (lowercase) address in an alias domain, None otherwise."""
+    def target(self, address: str, base: str | None = None) -> str | None:
+        """``local@target`` for a (lowercase) address in an alias domain, None otherwise: also
+        when it, or ``base`` (the address without its detail: Postfix tries ``full@alias``
+        after ``full+news@``), has an alias of its own."""
         local, _, domain = address.rpartition("@")
         reached = self.targets.get(domain)
-        return None if reached is None or address in self.own else f"{local}@{reached}"
+        if reached is None or address in self.own or base in self.own:
+            return None
+        return f"{local}@{reached}"
 
 
 class Limits(Struct, frozen=True):

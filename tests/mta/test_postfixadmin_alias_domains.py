@@ -93,3 +93,23 @@ def test_the_exim_router_after_the_alias_domain_redirect_sees_the_mailbox(work: 
     assert full[0] == "5"
     assert roomy_alias.startswith("250"), roomy_alias
     assert via_alias[0] == "5" and "Mailbox is full" in via_alias, via_alias
+
+
+def test_an_explicit_alias_in_an_alias_domain_keeps_its_detail(tmp_path: Path) -> None:
+    """full@alias.example has an alias row of its own, to roomy@example.org. Postfix's virtual
+    alias expansion with recipient_delimiter = + looks full+news@alias.example up whole in every
+    map (PostfixAdmin's alias_domain map asks for the alias full+news@example.org: none), then
+    full@alias.example (the explicit alias: roomy@). The mail goes to roomy@, which has room.
+    AliasDomains.target checks `own` with the whole address (full+news@alias.example is not in
+    it), so the daemon and check take full+news@example.org, split it to the full full@example.org,
+    and refuse: a mailbox with room refused because another is full."""
+    site, _ = _site(
+        tmp_path,
+        [
+            (f"full@{DOMAIN}", f"full@{DOMAIN}"),
+            (f"roomy@{DOMAIN}", f"roomy@{DOMAIN}"),
+            ("full@alias.example", f"roomy@{DOMAIN}"),
+        ],
+    )
+    assert site.quotagate("check", "full@alias.example") == 3  # the fix of 6b9dc33: an alias, DUNNO
+    assert site.quotagate("check", "full+news@alias.example") == 3  # the same alias, with a detail

@@ -34,8 +34,9 @@ def _snapshot(store: Store, address: str, delimiter: str) -> Snapshot:
     """Just what the daemon would know of this recipient (and of its base for local+folder, and
     of the same at the domain an alias domain reaches)."""
     aliases = store.domain_aliases()
-    candidates = [address, *filter(None, [aliases.target(address)])]
-    keys = set(candidates) | {split[0] for a in candidates if (split := without_detail(a, delimiter))}
+    split = without_detail(address, delimiter)
+    candidates = [address, *filter(None, [aliases.target(address, split[0] if split else None)])]
+    keys = set(candidates) | {base[0] for a in candidates if (base := without_detail(a, delimiter))}
     mailboxes = {k: m for k in keys if (m := store.mailbox(k)) is not None}
     readings = {k: r for k in mailboxes if (r := store.reading(k)) is not None}
     last = store.last_scan()

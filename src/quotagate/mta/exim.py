@@ -130,18 +130,21 @@ def _sql_condition(table: MailboxTable, lookup: str, local: str) -> str:
 
 
 def _sql_verdict(table: MailboxTable, lookup: str, local: str) -> str:
-    """``yes`` or ``no`` for the mailbox, found whenever it is one (flagged or not): its own
-    answer, which a detail's fall-back to another mailbox must not override. quotagate's own
-    table says so from the mailbox list (a mailbox not measured yet is one)."""
+    """``yes`` or ``no`` for the mailbox, found whenever it is an enabled one (flagged or not):
+    its own answer, which a detail's fall-back to another mailbox must not override. quotagate's
+    own table says so from the mailbox list (a mailbox not measured yet is one). A disabled one
+    is none: the admin's routers pass it over (``john-doe`` then reaches ``john``)."""
     if table.own:
         m, u = mailbox.name, usage.name
         recipient = _literal(lookup, f"${{lc:{local}@$domain}}")
         return (
             f"SELECT CASE WHEN {u}.over_quota = '1' THEN 'yes' ELSE 'no' END FROM {m}"
-            f" LEFT JOIN {u} ON {u}.address = {m}.address WHERE {m}.address = {recipient}"
+            f" LEFT JOIN {u} ON {u}.address = {m}.address WHERE {m}.address = {recipient} AND {m}.enabled = '1'"
         )
     name, flag, where = _sql_where(table, lookup, local)
-    return f"SELECT CASE WHEN {_ident(flag)} = '1' THEN 'yes' ELSE 'no' END FROM {_ident(name)} WHERE {where}"
+    enabled = f" AND {_ident(table.enabled)} = '1'" if table.enabled else ""
+    verdict = f"CASE WHEN {_ident(flag)} = '1' THEN 'yes' ELSE 'no' END"
+    return f"SELECT {verdict} FROM {_ident(name)} WHERE {where}{enabled}"
 
 
 def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str) -> str:
@@ -232,15 +235,15 @@ def _ldap(config: Config) -> tuple[str, str]:
         recipient = f"({attr}=${{quote_ldap:${{lc:{local}@$domain}}}})"
         wanted = "(quotagateOverQuota=TRUE)" if flagged else ""
         ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}{wanted})"
-        returned = attr if flagged else "quotagateOverQuota"
-        return f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{returned}?{c.scope}?{ldap_filter}"
+        return f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
 
     def flagged(local: str) -> str:
         return f"${{lookup ldap{{{url(local, True)}}}{{yes}}{{no}}}}"
 
     def whole(otherwise: str) -> str:
-        verdict = "${if eq{$value}{TRUE}{yes}{no}}"
-        return f"${{lookup ldap{{{url('$local_part', False)}}}{{{verdict}}}{{{otherwise}}}}}"
+        # Any entry with the address (one not scanned yet has no quotagateOverQuota) is a mailbox,
+        # which answers for itself; ldapm: two entries with one address are still found.
+        return f"${{lookup ldapm{{{url('$local_part', False)}}}{{{flagged('$local_part')}}}{{{otherwise}}}}}"
 
     return main, _either(flagged, whole, config.policy.folder_delimiter)
 

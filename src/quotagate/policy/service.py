@@ -524,10 +524,15 @@ class PolicyService:
         The folder is taken from the recipient as sent: Maildir++ folder names keep their case.
         """
         mailbox = snapshot.mailboxes.get(address)
-        if mailbox is not None:
+        if mailbox is not None and mailbox.enabled:
             return mailbox, None
         found = self._with_detail(snapshot, recipient)
-        reached = snapshot.domain_aliases.target(address) if snapshot.domain_aliases.targets else None
+        if mailbox is not None:  # disabled: a detail of a mailbox (john-doe of john) is that one's
+            return found if found[0] is not None else (mailbox, None)
+        reached = None
+        if snapshot.domain_aliases.targets:
+            split = without_detail(address, self.config.policy.folder_delimiter)
+            reached = snapshot.domain_aliases.target(address, split[0] if split else None)
         if found[0] is not None or reached is None:
             return found
         mailbox = snapshot.mailboxes.get(reached)

@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 class StorePublisher:
     """Writes the readings the tracker changed, with the over-quota flags that moved, and
-    rewrites the published file when the over-quota set changed."""
+    rewrites the published file when the over-quota set changed, or the mailboxes it marks as
+    their own (see :func:`quotagate.address.shadowed`: one added or removed changes them)."""
 
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
         self.over: set[str] = set()
+        self.own: list[str] = []  # the mailboxes the published file marks as their own
         # The tracker's mailboxes (kept up to date by it): their limits go into the log lines.
         self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
@@ -36,6 +38,7 @@ class StorePublisher:
 
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
+        self.own = shadowed(readings, self.over, self.config.policy.folder_delimiter)
 
     async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
         """Publish the file (when the set moved), then commit the store: on PublishError or
@@ -51,19 +54,22 @@ class StorePublisher:
             if address in over:
                 flags[address] = False
                 over.discard(address)
-        await asyncio.to_thread(self._commit, changed, removed, flags, over)
+        self.own = await asyncio.to_thread(self._commit, changed, removed, flags, over)
         self.over = over
         readings = {r.address: r for r in changed if r.address in flags}
         log_transitions(flags, readings, {a: m.limits for a in flags if (m := self.mailboxes.get(a))})
         for hook in self.on_change:
             hook(changed)
 
-    def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> None:
-        path = self.config.publish.file if flags else None
-        own = shadowed(self.mailboxes, over, self.config.policy.folder_delimiter)
+    def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> list[str]:
+        """Publish (when the file's content moved) and store; the mailboxes now marked as their own."""
+        gone = set(removed)
+        own = shadowed((a for a in self.mailboxes if a not in gone), over, self.config.policy.folder_delimiter)
+        path = self.config.publish.file if flags or own != self.own else None
         with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
         self.history.after_batch(self.store, changed)
+        return own
 
 
 def estimated_watches(tracker: Tracker) -> int:

@@ -1,0 +1,78 @@
+"""The watcher's published file (80f8576): the 'address@' markers the lsearch lookup asks before it
+falls back from john-doe@ to a full john@. The watcher publishes only when an over-quota flag
+moves, so a mailbox added or removed while it runs never gets (or loses) its marker until the
+next rescan (rescan_seconds, 3600 by default)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from quotagate.model import Limits, Mailbox
+from quotagate.watch.runner import start_tracker
+from tests.integration.scanenv import DOMAIN, Env
+from tests.spoolgen import add_message, maildir_folder
+
+LIMITS = Limits(10_000, 0)
+
+
+def _env(tmp_path: Path) -> Env:
+    env = Env(tmp_path)
+    env.configure(publish={"file": str(tmp_path / "overquota")}, policy={"folder_delimiter": "+-"})
+    return env
+
+
+def _lines(env: Env) -> list[str]:
+    assert env.config.publish.file is not None
+    return [line for line in env.config.publish.file.read_text().splitlines() if not line.startswith("#")]
+
+
+def test_a_mailbox_added_while_watching_gets_its_marker(tmp_path: Path) -> None:
+    """john@ is full; john-doe@ (a mailbox with room) is added to the directory while the watcher
+    runs. The tracker follows and measures it, but no flag moved, so the file is not rewritten:
+    without 'john-doe@example.org@' the generated lsearch condition falls back to john@ and Exim
+    refuses john-doe@, a mailbox with room, because another mailbox is full."""
+    env = _env(tmp_path)
+    add_message(maildir_folder(env.maildir("john")), 10_001)
+    env.add("john", LIMITS)
+
+    async def run() -> None:
+        tracker, _ = await start_tracker(env.config, env.store)
+        try:
+            assert _lines(env) == [f"john@{DOMAIN}"]
+            add_message(maildir_folder(env.maildir("john-doe")), 10)
+            address = env.add("john-doe", LIMITS)
+            tracker.update([Mailbox(address, LIMITS, True, None)])
+            await tracker.flush()
+            assert address in tracker.readings  # measured and stored
+        finally:
+            tracker.close()
+
+    asyncio.run(run())
+    assert _lines(env) == [f"john@{DOMAIN}", f"john-doe@{DOMAIN}@"]
+
+
+def test_a_mailbox_removed_while_watching_loses_its_marker(tmp_path: Path) -> None:
+    """john@ is full, john-doe@ has room: the file marks john-doe@. john-doe@ is then removed (or
+    disabled); Exim's local_part_suffix router now delivers john-doe@ to john@. No flag moved, so
+    the marker stays, the lsearch condition answers 'no' for john-doe@, and a remote sender gets
+    past the full john@ until the next rescan."""
+    env = _env(tmp_path)
+    add_message(maildir_folder(env.maildir("john")), 10_001)
+    add_message(maildir_folder(env.maildir("john-doe")), 10)
+    env.add("john", LIMITS)
+    gone = env.add("john-doe", LIMITS)
+
+    async def run() -> None:
+        tracker, _ = await start_tracker(env.config, env.store)
+        try:
+            assert _lines(env) == [f"john@{DOMAIN}", f"john-doe@{DOMAIN}@"]
+            env.store.upsert_mailboxes([Mailbox(gone, LIMITS, False, None)])  # disabled by the admin
+            tracker.update([Mailbox(gone, LIMITS, False, None)])
+            await tracker.flush()
+            assert gone not in tracker.mailboxes
+        finally:
+            tracker.close()
+
+    asyncio.run(run())
+    assert _lines(env) == [f"john@{DOMAIN}"]
