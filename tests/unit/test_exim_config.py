@@ -359,6 +359,14 @@ def test_a_recipient_that_is_a_mailbox_answers_for_itself(lookup: str, preset: s
     assert "THEN 'yes' ELSE 'no' END" in first.group(1) and "= '1' THEN" in first.group(1)
 
 
+@pytest.mark.parametrize(("preset", "column"), [("postfixadmin", "active"), ("classic", "enabled")])
+def test_a_disabled_mailbox_is_no_mailbox_to_the_first_query(preset: str, column: str) -> None:
+    """Disabled rows are passed over (the admin's routers skip them), NULL is enabled (as the store
+    reads the table)."""
+    condition = the_condition(generate("sqlite", "acl", schema=preset, delimiter="-"))
+    assert f"AND ({column} = '1' OR {column} IS NULL)}}{{$value}}" in condition
+
+
 def test_hostile_ldap_settings_keep_braces_balanced() -> None:
     p = generate("ldap", ldap={"base": "ou={x,dc=y}}", "filter": "(cn=}{$x\\)"})
     condition = the_condition(p)

@@ -142,7 +142,9 @@ def _sql_verdict(table: MailboxTable, lookup: str, local: str) -> str:
             f" LEFT JOIN {u} ON {u}.address = {m}.address WHERE {m}.address = {recipient} AND {m}.enabled = '1'"
         )
     name, flag, where = _sql_where(table, lookup, local)
-    enabled = f" AND {_ident(table.enabled)} = '1'" if table.enabled else ""
+    # NULL counts as enabled, as the store reads the admin's table.
+    column = _ident(table.enabled) if table.enabled else ""
+    enabled = f" AND ({column} = '1' OR {column} IS NULL)" if column else ""
     verdict = f"CASE WHEN {_ident(flag)} = '1' THEN 'yes' ELSE 'no' END"
     return f"SELECT {verdict} FROM {_ident(name)} WHERE {where}{enabled}"
 
