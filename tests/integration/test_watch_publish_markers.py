@@ -76,3 +76,39 @@ def test_a_mailbox_removed_while_watching_loses_its_marker(tmp_path: Path) -> No
 
     asyncio.run(run())
     assert _lines(env) == [f"john@{DOMAIN}"]
+
+
+def test_the_watcher_keeps_the_marks_of_a_mailbox_it_does_not_follow(tmp_path: Path) -> None:
+    """john@ is full; john-doe@ is an enabled mailbox whose path lies outside [spool] root (on a
+    volume not in extra_roots): quotagate cannot measure it, and answers DUNNO for it (the daemon
+    finds the mailbox, without usage; the SQL lookups find its row: 'no'). A scan gives it a
+    reading and marks it in the published file ('john-doe@example.org@'). The watcher's tracker
+    does not follow it (an unsafe path), and StorePublisher._commit builds the markers from
+    tracker.mailboxes only: the first batch that rewrites the file (here: other@ goes over quota)
+    drops the marker, and the generated lsearch lookup falls back from john-doe@ to the full
+    john@ and refuses a mailbox quotagate knows nothing against, because another is full. The
+    hourly rescan puts the marker back, the next flag change drops it again."""
+    env = Env(tmp_path)
+    env.configure(publish={"file": str(tmp_path / "overquota")}, policy={"folder_delimiter": "+-"})
+    add_message(maildir_folder(env.maildir("john")), 10_001)
+    add_message(maildir_folder(env.maildir("other")), 10)
+    env.add("john", LIMITS)
+    env.add("other", LIMITS)
+    outside = tmp_path / "elsewhere" / "john-doe" / "Maildir"
+    add_message(maildir_folder(outside), 10)
+    env.add("john-doe", LIMITS, path=str(outside))
+
+    async def run() -> None:
+        tracker, _ = await start_tracker(env.config, env.store)
+        try:
+            assert _lines(env) == [f"john@{DOMAIN}", f"john-doe@{DOMAIN}@"]  # the scan's view
+            add_message(maildir_folder(env.maildir("other")), 10_001)
+            tracker.mark_dirty(f"other@{DOMAIN}")
+            await tracker.flush()
+            assert tracker.readings[f"other@{DOMAIN}"].state.name == "OVER"
+        finally:
+            tracker.close()
+
+    asyncio.run(run())
+    env.close()
+    assert _lines(env) == [f"john@{DOMAIN}", f"other@{DOMAIN}", f"john-doe@{DOMAIN}@"]

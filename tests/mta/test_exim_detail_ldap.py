@@ -54,3 +54,38 @@ def test_ldap_mailbox_added_since_the_last_scan_is_not_refused_for_its_full_base
     assert john[0] == "5", exim.last_session
     assert site.quotagate("check", f"john-doe@{DOMAIN}") != 1  # the daemon's check does not refuse it
     assert john_doe.startswith("250"), exim.last_session
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+def test_ldap_disabled_entry_named_like_a_detail_does_not_open_the_full_base(
+    request: pytest.FixtureRequest, work: Path, exim: Exim, method: str
+) -> None:
+    """[store.ldap] enabled_attribute = "employeeType": john@ is full; john-doe@ is an entry the
+    admin created disabled (employeeType: disabled). quotagate's store reads it as a disabled
+    mailbox, so the daemon (and `quotagate check`) take john-doe@ for john@'s detail and refuse
+    it, as 784b42c does for SQL: the admin's routers pass the disabled entry over and
+    local_part_suffix delivers john-doe@ to john@ (the users file says so). The LDAP lookup's new
+    ldapm step finds any entry with the address, disabled or not (the URL's filter is the
+    admin's filter and the address, nothing of enabled_attribute), then asks its flag: none
+    (never scanned: disabled) -> 'no', and a remote sender gets past the full john@. Before
+    784b42c the lookup asked for quotagateOverQuota, failed on the entry without it and fell back
+    to john@: refused."""
+    slapd: Slapd = request.getfixturevalue("slapd")
+    tree = slapd.new_tree()
+    site = make_site(
+        work,
+        slapd.toml(tree, work) + 'enabled_attribute = "employeeType"\n\n[policy]\nfolder_delimiter = "+-"\n',
+    )
+    slapd.add_mailbox(tree, "m0", f"john@{DOMAIN}", QUOTA, employeeType="active")
+    slapd.add_mailbox(tree, "m1", f"john-doe@{DOMAIN}", QUOTA, employeeType="disabled")
+    site.fill("john", QUOTA + 1)
+    site.fill("john-doe", 10)
+    assert site.quotagate("db", "migrate") == 0
+    assert site.quotagate("scan") == 0
+    assert site.quotagate("check", f"john-doe@{DOMAIN}") == 1  # the daemon's view: john@'s detail, full
+    parts = exim_config.parts(load_config(site.config), method, "ldap")  # type: ignore[arg-type]
+    users = {f"john@{DOMAIN}": f"{DOMAIN}/john", f"john-doe@{DOMAIN}": f"{DOMAIN}/john"}  # as a suffix router would
+    exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
+    john, john_doe = exim.fake_session(f"john@{DOMAIN}", f"john-doe@{DOMAIN}")
+    assert john[0] == "5", exim.last_session
+    assert john_doe[0] == "5" and "Mailbox is full" in john_doe, exim.last_session

@@ -113,3 +113,32 @@ def test_an_explicit_alias_in_an_alias_domain_keeps_its_detail(tmp_path: Path) -
     )
     assert site.quotagate("check", "full@alias.example") == 3  # the fix of 6b9dc33: an alias, DUNNO
     assert site.quotagate("check", "full+news@alias.example") == 3  # the same alias, with a detail
+
+
+def test_a_disabled_detail_named_mailbox_reached_by_an_alias_domain_is_its_base(tmp_path: Path) -> None:
+    """folder_delimiter "+-". full@example.org is over quota; full-doe@example.org is a mailbox the
+    admin disabled (mailbox.active = 0, and its alias row with it, as PostfixAdmin does).
+    full-doe@example.org sent directly is taken for full@ (784b42c: a disabled one is passed over,
+    as PostfixAdmin's maps pass it over and Postfix's recipient_delimiter then delivers it to
+    full@): refused. The same mailbox through the alias domain, full-doe@alias.example, is looked
+    up whole in PostfixAdmin's alias-domain maps (no active mailbox full-doe@example.org), then as
+    full@alias.example -> full@example.org: the same full mailbox. The daemon's _mailbox takes the
+    reached full-doe@example.org without asking whether it is enabled, answers for the disabled
+    mailbox (DUNNO), and a remote sender gets past the full full@ by writing the alias domain."""
+    site, url = _site(tmp_path, [(f"full@{DOMAIN}", f"full@{DOMAIN}"), (f"roomy@{DOMAIN}", f"roomy@{DOMAIN}")])
+    schemas.add_mailbox(url, "postfixadmin", f"full-doe@{DOMAIN}", QUOTA, maildir=f"{DOMAIN}/full-doe/Maildir")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE mailbox SET active = 0 WHERE username = :a"), {"a": f"full-doe@{DOMAIN}"})
+        conn.execute(
+            text("INSERT INTO alias (address, goto, domain, active) VALUES (:a, :a, :d, 0)"),
+            {"a": f"full-doe@{DOMAIN}", "d": DOMAIN},
+        )
+    engine.dispose()
+    config = site.config.read_text() + '\n[policy]\nfolder_delimiter = "+-"\n'
+    site.config.write_text(config)
+    assert site.quotagate("scan") == 0
+    assert site.quotagate("check", f"full@{DOMAIN}") == 1
+    assert site.quotagate("check", f"full-doe@{DOMAIN}") == 1  # taken for full@, as 784b42c says
+    assert site.quotagate("check", "full+news@alias.example") == 1  # a detail through the alias domain
+    assert site.quotagate("check", "full-doe@alias.example") == 1  # the same mailbox: DUNNO here

@@ -367,6 +367,14 @@ def test_a_disabled_mailbox_is_no_mailbox_to_the_first_query(preset: str, column
     assert f"AND ({column} = '1' OR {column} IS NULL)}}{{$value}}" in condition
 
 
+def test_an_ldap_entry_the_store_reads_as_disabled_is_no_mailbox_to_the_first_query() -> None:
+    ldap = {"enabled_attribute": "accountStatus", "disabled_values": ["disabled", "a*(b)\\"]}
+    condition = the_condition(generate("ldap", "acl", ldap=ldap, delimiter="+"))
+    assert "(!(accountStatus=disabled))(!(accountStatus=a%5C2a%5C28b%5C29%5C5c))" in condition
+    assert balanced(condition) and detail_problems("ldap", condition) == []
+    assert "accountStatus" not in the_condition(generate("ldap", "acl", ldap=ldap))  # no detail: one query
+
+
 def test_hostile_ldap_settings_keep_braces_balanced() -> None:
     p = generate("ldap", ldap={"base": "ou={x,dc=y}}", "filter": "(cn=}{$x\\)"})
     condition = the_condition(p)

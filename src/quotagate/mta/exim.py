@@ -233,9 +233,15 @@ def _ldap(config: Config) -> tuple[str, str]:
     )
     attr = _ident(c.address_attribute)
 
+    # An entry the store reads as disabled is no mailbox (the admin's routers pass it over).
+    enabled = "".join(
+        f"(!({_ident(c.enabled_attribute)}={quote(_ldap_value(v), safe=_URL_SAFE)}))"
+        for v in (c.disabled_values if c.enabled_attribute else ())
+    )
+
     def url(local: str, flagged: bool) -> str:
         recipient = f"({attr}=${{quote_ldap:${{lc:{local}@$domain}}}})"
-        wanted = "(quotagateOverQuota=TRUE)" if flagged else ""
+        wanted = "(quotagateOverQuota=TRUE)" if flagged else enabled
         ldap_filter = f"(&{quote(c.filter, safe=_URL_SAFE)}{recipient}{wanted})"
         return f"{scheme}:///{quote(c.base, safe=_URL_SAFE)}?{attr}?{c.scope}?{ldap_filter}"
 
@@ -248,6 +254,12 @@ def _ldap(config: Config) -> tuple[str, str]:
         return f"${{lookup ldapm{{{url('$local_part', False)}}}{{{flagged('$local_part')}}}{{{otherwise}}}}}"
 
     return main, _either(flagged, whole, config.policy.folder_delimiter)
+
+
+def _ldap_value(value: str) -> str:
+    """An assertion value as an LDAP filter holds it (RFC 4515: ``*``, parentheses, backslash and
+    NUL escaped)."""
+    return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\0" else ch for ch in value)
 
 
 def _policy_socket(config: Config) -> str:

@@ -535,10 +535,12 @@ class PolicyService:
             reached = snapshot.domain_aliases.target(address, split[0] if split else None)
         if found[0] is not None or reached is None:
             return found
+        at_target = f"{recipient.strip().rpartition('@')[0]}@{reached.rpartition('@')[2]}"
         mailbox = snapshot.mailboxes.get(reached)
-        if mailbox is not None:
+        if mailbox is not None and mailbox.enabled:
             return mailbox, None
-        return self._with_detail(snapshot, f"{recipient.strip().rpartition('@')[0]}@{reached.rpartition('@')[2]}")
+        found = self._with_detail(snapshot, at_target)
+        return found if found[0] is not None or mailbox is None else (mailbox, None)
 
     def _with_detail(self, snapshot: Snapshot, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox of ``local+folder@domain`` and the folder, or (None, None)."""

@@ -31,6 +31,9 @@ class StorePublisher:
         self.store = store
         self.over: set[str] = set()
         self.own: list[str] = []  # the mailboxes the published file marks as their own
+        # Every enabled mailbox, as a scan has them (the tracker leaves out those it cannot follow):
+        # what the marks are made from.
+        self.addresses: set[str] = set()
         # The tracker's mailboxes (kept up to date by it): their limits go into the log lines.
         self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
@@ -38,6 +41,7 @@ class StorePublisher:
 
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
+        self.addresses = set(readings)
         self.own = shadowed(readings, self.over, self.config.policy.folder_delimiter)
 
     async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
@@ -63,12 +67,13 @@ class StorePublisher:
 
     def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> list[str]:
         """Publish (when the file's content moved) and store; the mailboxes now marked as their own."""
-        gone = set(removed)
-        own = shadowed((a for a in self.mailboxes if a not in gone), over, self.config.policy.folder_delimiter)
+        addresses = (self.addresses | {r.address for r in changed}) - set(removed)
+        own = shadowed(addresses, over, self.config.policy.folder_delimiter)
         path = self.config.publish.file if flags or own != self.own else None
         with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
         self.history.after_batch(self.store, changed)
+        self.addresses = addresses
         return own
 
 
@@ -90,7 +95,10 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
     mailboxes = await asyncio.to_thread(store.mailboxes)
     tracker.load(mailboxes, readings)
     publisher.mailboxes = tracker.mailboxes
-    publisher.reset(tracker.readings)
+    # Every enabled mailbox's reading, as the scan published them: the tracker leaves out those it
+    # cannot follow, whose flags and marks the file must keep.
+    enabled = {m.address for m in mailboxes if m.enabled}
+    publisher.reset({a: r for a, r in readings.items() if a in enabled})
     chosen = plan(estimated_watches(tracker), current_limit(), config.watch.mode)
     tracker.mode = chosen.mode
     if chosen.mode == "inotify":
