@@ -1,7 +1,6 @@
-"""The watcher's published file (80f8576): the 'address@' markers the lsearch lookup asks before it
-falls back from john-doe@ to a full john@. The watcher publishes only when an over-quota flag
-moves, so a mailbox added or removed while it runs never gets (or loses) its marker until the
-next rescan (rescan_seconds, 3600 by default)."""
+"""The watcher's published file: the 'address@' marks the lsearch lookup asks before it falls back
+from john-doe@ to a full john@, kept up as mailboxes come and go (it published only when an
+over-quota flag moved), and the lines of mailboxes it does not follow."""
 
 from __future__ import annotations
 
@@ -112,3 +111,30 @@ def test_the_watcher_keeps_the_marks_of_a_mailbox_it_does_not_follow(tmp_path: P
     asyncio.run(run())
     env.close()
     assert _lines(env) == [f"john@{DOMAIN}", f"other@{DOMAIN}", f"john-doe@{DOMAIN}@"]
+
+
+def test_the_watcher_keeps_the_line_of_a_full_mailbox_it_does_not_follow(tmp_path: Path) -> None:
+    """far@ was measured full, then its path moved outside the spool: unknown, it keeps its flag,
+    and the scan publishes it. The tracker cannot follow it; the first batch that rewrote the
+    file (other@ going over) dropped far@'s line, and the lsearch lookup let its mail in."""
+    env = _env(tmp_path)
+    add_message(maildir_folder(env.maildir("far")), 10_001)
+    add_message(maildir_folder(env.maildir("other")), 10)
+    env.add("far", LIMITS)
+    env.add("other", LIMITS)
+    env.scan()
+    env.add("far", LIMITS, path=str(tmp_path / "elsewhere" / "far" / "Maildir"))  # outside the spool
+
+    async def run() -> None:
+        tracker, _ = await start_tracker(env.config, env.store)
+        try:
+            assert _lines(env) == [f"far@{DOMAIN}"]  # unknown, kept over
+            add_message(maildir_folder(env.maildir("other")), 10_001)
+            tracker.mark_dirty(f"other@{DOMAIN}")
+            await tracker.flush()
+        finally:
+            tracker.close()
+
+    asyncio.run(run())
+    env.close()
+    assert _lines(env) == [f"far@{DOMAIN}", f"other@{DOMAIN}"]
