@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from quotagate.cli import main
+from quotagate.config import load_config
+from quotagate.mta import exim as exim_config
 from tests.servers.exim import Exim, owned_by_mail_user, untrust
 from tests.servers.process import free_port
 
@@ -96,3 +98,15 @@ def make_site(work: Path, store_toml: str) -> Site:
         f'[scan]\nlock_file = "{work}/scan.lock"\n'
     )
     return Site(work, spool, config)
+
+
+def john_doe_reaches_full_john(site: Site, exim: Exim, method: str, lookup: str) -> None:
+    """Configure Exim from ``site``'s exim-config, delivering ``john-doe@`` to ``john``'s mailbox
+    (as a ``local_part_suffix = -*`` router would, john-doe being no mailbox of its own), and
+    check that both are refused as full."""
+    parts = exim_config.parts(load_config(site.config), method, lookup)  # type: ignore[arg-type]
+    users = {f"john@{DOMAIN}": f"{DOMAIN}/john", f"john-doe@{DOMAIN}": f"{DOMAIN}/john"}
+    exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
+    john, john_doe = exim.fake_session(f"john@{DOMAIN}", f"john-doe@{DOMAIN}")
+    assert john[0] == "5", exim.last_session
+    assert john_doe[0] == "5" and "Mailbox is full" in john_doe, exim.last_session

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from quotagate.config import load_config
-from quotagate.mta import exim as exim_config
-from tests.mta.conftest import DOMAIN, QUOTA, make_site
+from tests.mta.conftest import DOMAIN, QUOTA, john_doe_reaches_full_john, make_site
 from tests.servers import schemas
 from tests.servers.exim import Exim
 
@@ -43,9 +41,4 @@ def test_a_disabled_mailbox_named_like_a_detail_does_not_open_the_full_base(
         conn.execute(text("UPDATE mailbox SET enabled = 0 WHERE username = 'john-doe'"))
     engine.dispose()
     assert site.quotagate("scan") == 0  # the disabled mailbox's flag is cleared
-    parts = exim_config.parts(load_config(site.config), method, "sqlite")  # type: ignore[arg-type]
-    users = {f"john@{DOMAIN}": f"{DOMAIN}/john", f"john-doe@{DOMAIN}": f"{DOMAIN}/john"}  # as a suffix router would
-    exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
-    john, john_doe = exim.fake_session(f"john@{DOMAIN}", f"john-doe@{DOMAIN}")
-    assert john[0] == "5", exim.last_session
-    assert john_doe[0] == "5" and "Mailbox is full" in john_doe, exim.last_session
+    john_doe_reaches_full_john(site, exim, method, "sqlite")

@@ -8,7 +8,7 @@ import pytest
 
 from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
-from tests.mta.conftest import DOMAIN, QUOTA, Site, make_site, safe
+from tests.mta.conftest import DOMAIN, QUOTA, Site, john_doe_reaches_full_john, make_site, safe
 from tests.servers.exim import Exim
 from tests.servers.slapd import Slapd
 
@@ -83,9 +83,4 @@ def test_ldap_disabled_entry_named_like_a_detail_does_not_open_the_full_base(
     assert site.quotagate("db", "migrate") == 0
     assert site.quotagate("scan") == 0
     assert site.quotagate("check", f"john-doe@{DOMAIN}") == 1  # the daemon's view: john@'s detail, full
-    parts = exim_config.parts(load_config(site.config), method, "ldap")  # type: ignore[arg-type]
-    users = {f"john@{DOMAIN}": f"{DOMAIN}/john", f"john-doe@{DOMAIN}": f"{DOMAIN}/john"}  # as a suffix router would
-    exim.configure(users=users, main=parts.main, acl=parts.acl, routers=parts.routers, acls=parts.acls)
-    john, john_doe = exim.fake_session(f"john@{DOMAIN}", f"john-doe@{DOMAIN}")
-    assert john[0] == "5", exim.last_session
-    assert john_doe[0] == "5" and "Mailbox is full" in john_doe, exim.last_session
+    john_doe_reaches_full_john(site, exim, method, "ldap")
