@@ -48,7 +48,7 @@ def _maildirsize(r: Reading, files: tuple[int, int]) -> str:
     if info.agrees_with(*files):
         return "agrees" if not own else "agrees; " + _own_files(own)
     text = f"disagrees: claims {info.bytes} bytes, {info.messages} messages"
-    if info.agrees_with(r.bytes, r.messages):
+    if r.bytes > files[0] or r.messages > files[1]:  # more than the files: what the claims gave
         return (
             f"{text}, more than the files ({files[0]} bytes, {files[1]} messages): counted as claimed,"
             " as the delivery agent goes by it until it claims to be over the limit"

@@ -219,6 +219,20 @@ def test_postfixadmins_active_alias_domains_are_read(db_url: str) -> None:
         assert store.domain_aliases() == AliasDomains()  # the classic recipe has none
 
 
+def test_addresses_not_in_lower_case_are_said_once(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Exim's lookups compare the column byte for byte: a mixed-case row is no mailbox to them
+    (and, named like another's detail, is taken for that one). The store reads it anyway."""
+    schemas.create(db_url, "postfixadmin")
+    schemas.add_mailbox(db_url, "postfixadmin", "John-Doe@Example.org", 1000)
+    schemas.add_mailbox(db_url, "postfixadmin", "john@example.org", 1000)
+    with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
+        store.migrate()
+        assert {m.address for m in store.mailboxes()} == {"john-doe@example.org", "john@example.org"}
+        store.mailboxes()
+    said = [r.getMessage() for r in caplog.records if "not in lower case" in r.getMessage()]
+    assert len(said) == 1 and "1 addresses in mailbox" in said[0] and "john-doe@example.org" in said[0]
+
+
 def count_updates(store: Any) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
 

@@ -144,7 +144,9 @@ def check(app: App, address: str, size: str | None, stage: Stage) -> int:
         snapshot = _snapshot(store, normalize(address), config.policy.folder_delimiter)
         service = PolicyService(config, Metrics())
         service.snapshot = snapshot
-        held = _daemons_reservations(service, normalize(address), config.policy.control_socket)
+        # The daemon holds room by mailbox: ask about the one this recipient reaches.
+        reached = service.mailbox_of(address) or normalize(address)
+        held = _daemons_reservations(service, reached, config.policy.control_socket)
         outcome = service.check(address, declared, stage=stage)
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)

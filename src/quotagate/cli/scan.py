@@ -10,15 +10,16 @@ from contextlib import contextmanager
 
 import click
 
-from quotagate.accounting import profile_for
+from quotagate.accounting import Profile, profile_for
 from quotagate.cli.app import App, pass_app
-from quotagate.config import ConfigError, scan_lock_file
+from quotagate.config import Config, ConfigError, scan_lock_file
 from quotagate.model import Reading
 from quotagate.outage import Outage
 from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
 from quotagate.scan import run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
+from quotagate.usage.folders import counted
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,14 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, set_limit: bool, for
             "(see 'quotagate report'; fix with 'quotagate scan --fix-maildirsize')",
             len(mismatched),
         )
-    claimed = [a for a in mismatched if _counted_as_claimed(result.readings[a])]
+    profile = profile_for(config.spool)
+    claimed = [a for a in mismatched if _counted_as_claimed(result.readings[a], config, profile)]
     if claimed:
         log.warning(
             "%d of them claim more than their files hold: counted as claimed, since %s goes by the file"
             " until it claims to be over the limit (a fix lets in the mail it would refuse now)",
             len(claimed),
-            profile_for(config.spool).program,
+            profile.program,
         )
     per_folder = [a for a in mismatched if result.readings[a].usage.own_maildirsizes]
     if per_folder:
@@ -218,8 +220,8 @@ def register(cli: click.Group) -> None:
     cli.add_command(scan)
 
 
-def _counted_as_claimed(r: Reading) -> bool:
-    """A reading that counts its maildirsize's claims rather than its files (see
-    :func:`quotagate.accounting.enforced`): the scan found them disagreeing, the reading agrees."""
-    info = r.usage.maildirsize
-    return info is not None and info.agrees_with(r.bytes, r.messages)
+def _counted_as_claimed(r: Reading, config: Config, profile: Profile) -> bool:
+    """A reading that counts more than its files, bytes or messages: its maildirsize's claims
+    (see :func:`quotagate.accounting.enforced`)."""
+    files = counted(r.usage.folders, config.folders, profile.excluded_folders)
+    return r.bytes > files[0] or r.messages > files[1]

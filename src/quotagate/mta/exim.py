@@ -162,7 +162,7 @@ def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimite
     """
     if not delimiter:
         return flagged("$local_part")
-    split = rf"\N^(.+?)[{_class(delimiter)}]\N"
+    split = rf"\N^([^{_class(delimiter)}]+)[{_class(delimiter)}]\N"  # never at the first character
     return whole(f"${{if match{{$local_part}}{{{split}}}{{{flagged('$1')}}}{{no}}}}")
 
 

@@ -384,6 +384,12 @@ class PolicyService:
         assert isinstance(outcome, Outcome)
         return outcome
 
+    def mailbox_of(self, recipient: str) -> str | None:
+        """The address of the mailbox a recipient reaches (through a folder detail or an alias
+        domain), or None when it reaches none. No I/O."""
+        target = self._target(recipient)
+        return None if isinstance(target, Outcome) else target.mailbox.address
+
     def _target(self, recipient: str) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
         snapshot = self.snapshot

@@ -87,6 +87,7 @@ class SqlStore(ClosedOnExit):
         self.table = table or PRESETS["quotagate"]
         self._admin_table: Table | None = None
         self._quota2_room: int | None = None
+        self._said_mixed = False
         self._alias_tables: tuple[Table, Table | None] | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -380,6 +381,7 @@ class SqlStore(ClosedOnExit):
         if address is not None:
             query = query.where(self._key_matches(t, address))
         found = []
+        mixed = []
         for row in conn.execute(query):
             m = row._mapping
             raw = m[names.address] if names.address else f"{m[names.local_part]}@{m[names.domain]}"
@@ -388,11 +390,23 @@ class SqlStore(ClosedOnExit):
             except BadAddress as exc:
                 log.warning("skipping a row of %s: %s", names.table, exc)
                 continue
+            if key != str(raw):
+                mixed.append(key)
             quota = int(m[names.quota] or 0) * names.quota_unit if names.quota else 0
             messages = int(m[names.messages] or 0) if names.messages else 0
             enabled = bool(int(m[names.enabled])) if names.enabled and m[names.enabled] is not None else True
             path = (m[names.path] or None) if names.path else None
             found.append(Mailbox(key, Limits(max(quota, 0), max(messages, 0)), enabled, path))
+        if mixed and address is None and not self._said_mixed:
+            self._said_mixed = True  # once a process: the daemon reads the table at every refresh
+            log.warning(
+                "%d addresses in %s are not in lower case (%s): Exim's lookups compare the column"
+                " byte for byte, so they do not find these mailboxes (and one named like another's"
+                " detail, john-Doe beside a full john, is taken for it): store them in lower case",
+                len(mixed),
+                names.table,
+                ", ".join(sorted(mixed)[:5]),
+            )
         return found
 
     def _publish_flags(self, conn: Connection, flags: Mapping[str, bool]) -> None:
