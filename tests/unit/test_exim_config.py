@@ -343,7 +343,7 @@ def test_a_detail_is_looked_up_as_its_mailbox_too(lookup: str, preset: str, meth
     assert balanced(condition), condition
     assert brace_pairs(condition)[1] == len(condition) - 1
     assert detail_problems(lookup, condition) == []
-    assert "{\\N^(.+?)[\\+\\-]\\N}" in condition
+    assert "{\\N^([^\\+\\-]+)[\\+\\-]\\N}" in condition
     # The fall-back asks the same flagged lookup the condition without a delimiter is, of $1.
     plain = the_condition(generate(lookup, method, schema=preset))
     assert plain.replace("$local_part", "$1") in condition
