@@ -14,11 +14,25 @@ from quotagate.mta import postfix as postfix_config
 from quotagate.policy.control import ask
 from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
-from tests.servers.postfix import private_postfix
+from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
 from tests.spoolgen import maildir_folder
 
 QUOTA = 10_000
+
+
+def full_and_roomy(postfix: Postfix, config: Path, tmp_path: Path, listen: str) -> None:
+    """quotagate's config on a store of its own, with full@ (over QUOTA) and roomy@ in Postfix's
+    maildirs, scanned."""
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n{listen}')
+    for address, size in (("full@example.org", QUOTA + 1), ("roomy@example.org", 10)):
+        maildir = postfix.maildir(address)
+        maildir_folder(maildir)
+        (maildir / "cur" / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
+        add = ["--config", str(config), "mailbox", "add", address, "--quota", str(QUOTA), "--path", str(maildir)]
+        assert main(add) == 0
+    owned_by_mail_user(postfix.maildirs)
+    assert main(["--config", str(config), "scan"]) == 0
 
 
 def test_postfix_refuses_a_full_mailbox_and_accepts_what_fits(tmp_path: Path) -> None:
@@ -31,19 +45,7 @@ def test_postfix_refuses_a_full_mailbox_and_accepts_what_fits(tmp_path: Path) ->
     restrictions = f"reject_unauth_destination, {restriction}, permit"
     boxes = {"full@example.org": "full", "roomy@example.org": "roomy"}
     with private_postfix(restrictions, mailboxes=boxes) as postfix:
-        config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n{listen}')
-        for address, size in (("full@example.org", QUOTA + 1), ("roomy@example.org", 10)):
-            maildir = postfix.maildir(address)
-            maildir_folder(maildir)
-            (maildir / "cur" / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
-            assert (
-                main(
-                    ["--config", str(config), "mailbox", "add", address, "--quota", str(QUOTA), "--path", str(maildir)]
-                )
-                == 0
-            )
-        owned_by_mail_user(postfix.maildirs)
-        assert main(["--config", str(config), "scan"]) == 0
+        full_and_roomy(postfix, config, tmp_path, listen)
         with policy_daemon(config, port) as daemon:
             assert postfix.smtp("full@example.org") == 552
             assert postfix.smtp("roomy@example.org", size=QUOTA) == 552  # declared SIZE= does not fit
@@ -119,3 +121,20 @@ def test_a_postfix_burst_from_many_clients_lets_in_exactly_the_messages_that_fit
                     sock.recv(100)
                 time.sleep(0.3)
             assert ask(tmp_path / "control.sock", {"op": "list"})["reservations"] == []
+
+
+def test_postfix_with_plus_addressing_refuses_a_full_mailboxs_detail(tmp_path: Path) -> None:
+    """recipient_delimiter = +: Postfix delivers full+news@ to full@. The policy check sees the
+    recipient as the client sent it, and must not let +anything past a full mailbox."""
+    port = free_port()
+    config = tmp_path / "quotagate.toml"
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
+    config.write_text(listen)
+    restrictions = f"reject_unauth_destination, {postfix_config.restriction(load_config(config))}, permit"
+    boxes = {"full@example.org": "full", "roomy@example.org": "roomy"}
+    with private_postfix(restrictions, mailboxes=boxes, main="recipient_delimiter = +\n") as postfix:
+        full_and_roomy(postfix, config, tmp_path, listen)
+        with policy_daemon(config, port):
+            assert postfix.smtp("full+news@example.org") == 552
+            assert postfix.smtp("roomy+news@example.org", size=100) == 250
+        assert postfix.delivered("roomy@example.org")
