@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from quotagate.cli import check as check_cli
 from tests.mta.conftest import DOMAIN, QUOTA, make_site
@@ -42,16 +41,7 @@ def test_check_weighs_the_daemons_reservations_of_the_mailbox_it_checks(
     it says '0 bytes in 0 messages held by the daemon' and answers otherwise than the daemon."""
     url = f"sqlite:///{tmp_path}/pfa.db"
     schemas.create(url, "postfixadmin")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE alias_domain (alias_domain varchar(255) PRIMARY KEY, target_domain varchar(255),"
-            " active integer NOT NULL DEFAULT 1)"
-        )
-        conn.execute(
-            text("INSERT INTO alias_domain (alias_domain, target_domain) VALUES ('alias.example', :d)"), {"d": DOMAIN}
-        )
-    engine.dispose()
+    schemas.add_alias_domains(url, {"alias.example": DOMAIN})
     site = make_site(tmp_path, f'[store]\nurl = "{url}"\nschema = "postfixadmin"')
     assert site.quotagate("db", "migrate") == 0
     schemas.add_mailbox(url, "postfixadmin", f"full@{DOMAIN}", QUOTA, maildir=f"{DOMAIN}/full/Maildir")

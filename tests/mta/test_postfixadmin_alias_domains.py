@@ -14,37 +14,13 @@ from tests.mta.conftest import DOMAIN, QUOTA, Site, make_site, safe
 from tests.servers import schemas
 from tests.servers.exim import Exim
 
-ALIAS_DOMAIN = """CREATE TABLE alias_domain (
-    alias_domain varchar(255) NOT NULL PRIMARY KEY, target_domain varchar(255) NOT NULL,
-    created datetime NOT NULL DEFAULT '2000-01-01 00:00:00', modified datetime NOT NULL DEFAULT '2000-01-01 00:00:00',
-    active smallint NOT NULL DEFAULT 1
-)"""
-# PostfixAdmin's alias table: every mailbox has its row (address -> itself), and admins add more.
-ALIAS = """CREATE TABLE alias (
-    address varchar(255) NOT NULL PRIMARY KEY, goto text NOT NULL, domain varchar(255) NOT NULL,
-    created datetime NOT NULL DEFAULT '2000-01-01 00:00:00', modified datetime NOT NULL DEFAULT '2000-01-01 00:00:00',
-    active smallint NOT NULL DEFAULT 1
-)"""
-
 
 def _site(work: Path, aliases: list[tuple[str, str]]) -> tuple[Site, str]:
     (work / "db").mkdir()
     (work / "db").chmod(0o755)
     url = f"sqlite:///{work}/db/pfa.db"
     schemas.create(url, "postfixadmin")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(ALIAS_DOMAIN)
-        conn.exec_driver_sql(ALIAS)
-        conn.execute(
-            text("INSERT INTO alias_domain (alias_domain, target_domain) VALUES ('alias.example', :d)"), {"d": DOMAIN}
-        )
-        for address, goto in aliases:
-            conn.execute(
-                text("INSERT INTO alias (address, goto, domain) VALUES (:a, :g, :d)"),
-                {"a": address, "g": goto, "d": address.rpartition("@")[2]},
-            )
-    engine.dispose()
+    schemas.add_alias_domains(url, {"alias.example": DOMAIN}, aliases)
     site = make_site(work, f'[store]\nurl = "{url}"\nschema = "postfixadmin"')
     assert site.quotagate("db", "migrate") == 0
     for local, size in (("full", QUOTA + 1), ("roomy", 10)):

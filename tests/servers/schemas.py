@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import create_engine, text
 
 POSTFIXADMIN = {
@@ -79,4 +81,35 @@ def add_mailbox(url: str, preset: str, address: str, quota: int, maildir: str = 
             )
         flag: bool | int = active if url.startswith("postgresql") and preset != "classic" else int(active)
         conn.execute(text(sql), {"u": address, "m": maildir, "q": quota, "l": local, "d": domain, "a": flag})
+    engine.dispose()
+
+
+def add_alias_domains(url: str, domains: dict[str, str], aliases: Sequence[tuple[str, str]] = ()) -> None:
+    """PostfixAdmin's ``alias_domain`` (each alias domain to its target, active) and ``alias``
+    (address -> goto) tables, as its own setup makes them, with these rows."""
+    active = "boolean NOT NULL DEFAULT true" if url.startswith("postgresql") else "smallint NOT NULL DEFAULT 1"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE alias_domain (alias_domain varchar(255) NOT NULL PRIMARY KEY,"
+                f" target_domain varchar(255) NOT NULL, active {active})"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TABLE alias (address varchar(255) NOT NULL PRIMARY KEY, goto text NOT NULL,"
+                f" domain varchar(255) NOT NULL, active {active})"
+            )
+        )
+        for alias, target in domains.items():
+            conn.execute(
+                text("INSERT INTO alias_domain (alias_domain, target_domain) VALUES (:a, :t)"),
+                {"a": alias, "t": target},
+            )
+        for address, goto in aliases:
+            conn.execute(
+                text("INSERT INTO alias (address, goto, domain) VALUES (:a, :g, :d)"),
+                {"a": address, "g": goto, "d": address.rpartition("@")[2]},
+            )
     engine.dispose()

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.mta.conftest import DOMAIN, QUOTA, make_site
 from tests.servers import schemas
@@ -23,24 +22,12 @@ from tests.servers.postgres import Postgres
 
 pytestmark = [pytest.mark.servers]
 
-ALIAS_DOMAIN = """CREATE TABLE alias_domain (
-    alias_domain varchar(255) NOT NULL PRIMARY KEY, target_domain varchar(255) NOT NULL,
-    created timestamp with time zone DEFAULT now(), modified timestamp with time zone DEFAULT now(),
-    active boolean NOT NULL DEFAULT true
-)"""
-
 
 def test_a_full_mailbox_is_refused_through_its_alias_domain(tmp_path: Path, postgres: Postgres) -> None:
     work = tmp_path
     url = postgres.create_database(f"qg_{uuid.uuid4().hex[:12]}")
     schemas.create(url, "postfixadmin")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(ALIAS_DOMAIN)
-        conn.execute(
-            text("INSERT INTO alias_domain (alias_domain, target_domain) VALUES ('alias.example', :d)"), {"d": DOMAIN}
-        )
-    engine.dispose()
+    schemas.add_alias_domains(url, {"alias.example": DOMAIN})
     site = make_site(work, f'[store]\nurl = "{url}"\nschema = "postfixadmin"')
     assert site.quotagate("db", "migrate") == 0
     schemas.add_mailbox(url, "postfixadmin", f"full@{DOMAIN}", QUOTA, maildir=f"{DOMAIN}/full/Maildir")
