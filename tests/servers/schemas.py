@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import create_engine, text
 
@@ -84,9 +84,11 @@ def add_mailbox(url: str, preset: str, address: str, quota: int, maildir: str = 
     engine.dispose()
 
 
-def add_alias_domains(url: str, domains: dict[str, str], aliases: Sequence[tuple[str, str]] = ()) -> None:
-    """PostfixAdmin's ``alias_domain`` (each alias domain to its target, active) and ``alias``
-    (address -> goto) tables, as its own setup makes them, with these rows."""
+def add_alias_domains(
+    url: str, domains: dict[str, str], aliases: Sequence[tuple[str, str]] = (), inactive: Collection[str] = ()
+) -> None:
+    """PostfixAdmin's ``alias_domain`` (each alias domain to its target; active unless named in
+    ``inactive``) and ``alias`` (address -> goto) tables, as its own setup makes them, with these rows."""
     active = "boolean NOT NULL DEFAULT true" if url.startswith("postgresql") else "smallint NOT NULL DEFAULT 1"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -103,9 +105,10 @@ def add_alias_domains(url: str, domains: dict[str, str], aliases: Sequence[tuple
             )
         )
         for alias, target in domains.items():
+            on: bool | int = alias not in inactive if url.startswith("postgresql") else int(alias not in inactive)
             conn.execute(
-                text("INSERT INTO alias_domain (alias_domain, target_domain) VALUES (:a, :t)"),
-                {"a": alias, "t": target},
+                text("INSERT INTO alias_domain (alias_domain, target_domain, active) VALUES (:a, :t, :on)"),
+                {"a": alias, "t": target, "on": on},
             )
         for address, goto in aliases:
             conn.execute(

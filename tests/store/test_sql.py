@@ -191,30 +191,21 @@ def test_an_address_too_long_for_quota2_never_stops_the_flags(db_url: str, caplo
 
 
 def test_postfixadmins_active_alias_domains_are_read(db_url: str) -> None:
-    """PostfixAdmin's alias_domain (boolean ``active`` on PostgreSQL, tinyint on MySQL)."""
-    from sqlalchemy import create_engine, text
-
+    """PostfixAdmin's alias_domain (boolean ``active`` on PostgreSQL, tinyint on MySQL), and the
+    addresses in alias domains with alias rows of their own."""
     schemas.create(db_url, "postfixadmin")
     with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
         assert store.domain_aliases() == AliasDomains()  # no such table: none
-    active = "boolean" if db_url.startswith("postgresql") else "smallint"
-    engine = create_engine(db_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE alias_domain (alias_domain varchar(255) PRIMARY KEY,"
-                f" target_domain varchar(255) NOT NULL, active {active} NOT NULL)"
-            )
-        )
-        rows = [("Alias.Example", "example.org", True), ("old.example", "example.org", False)]
-        for alias, target, on in rows:
-            conn.execute(
-                text("INSERT INTO alias_domain VALUES (:a, :t, :on)"),
-                {"a": alias, "t": target, "on": on if active == "boolean" else int(on)},
-            )
-    engine.dispose()
+    schemas.add_alias_domains(
+        db_url,
+        {"Alias.Example": "example.org", "old.example": "example.org"},
+        [("Own@Alias.Example", "x@example.org"), ("y@example.org", "y@example.org")],
+        inactive={"old.example"},
+    )
     with SqlStore(db_url, PRESETS["postfixadmin"]) as store:
-        assert store.domain_aliases() == AliasDomains({"alias.example": "example.org"})  # no alias table: none own
+        assert store.domain_aliases() == AliasDomains(
+            {"alias.example": "example.org"}, frozenset({"own@alias.example"})
+        )
     with SqlStore(db_url, PRESETS["classic"]) as store:
         assert store.domain_aliases() == AliasDomains()  # the classic recipe has none
 
