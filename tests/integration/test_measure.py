@@ -932,3 +932,14 @@ def test_a_home_with_only_files_that_are_not_mbox_is_unknown(tmp_path: Path) -> 
     bare.mkdir()
     (bare / ".subscriptions").write_text("Sent\n")  # dot files are no mail: empty, as before
     assert measure(str(bare), "auto").known
+
+
+def test_a_guid_named_symlink_is_not_followed_to_call_a_maildir_layout_index(tmp_path: Path) -> None:
+    elsewhere = maildir_folder(tmp_path / "elsewhere")
+    root = maildir_folder(tmp_path / "Maildir")
+    add_message(root, 100)
+    shutil.rmtree(Path(os.fsdecode(root)) / "cur")
+    shutil.rmtree(Path(os.fsdecode(root)) / "new")
+    (Path(os.fsdecode(root)) / GUID).symlink_to(os.fsdecode(elsewhere))
+    usage = measure(os.fsdecode(root), "maildir")
+    assert "LAYOUT=index" not in (usage.error or "")

@@ -83,7 +83,9 @@ def _layout_index(root_fd: int) -> bool:
     except OSError:
         return False
     return any(
-        _GUID.fullmatch(name) and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
+        _GUID.fullmatch(name)
+        and _is_real_dir(name, root_fd)  # a symlink is never followed
+        and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
         for name in names
     )
 
