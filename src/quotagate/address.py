@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_DOMAIN = re.compile(r"[\s/]")
@@ -43,15 +43,27 @@ def without_detail(address: str, delimiters: str) -> tuple[str, str] | None:
     return f"{local[:cut]}@{domain}", local[cut + 1 :]
 
 
-def shadowed(addresses: Iterable[str], over: Collection[str], delimiters: str) -> list[str]:
-    """The mailboxes (not over quota) whose own name a lookup would split at a delimiter and
-    take for a full one's detail: ``john-doe@`` when ``john@`` is over quota and ``-`` parts a
-    detail. The published file marks them as mailboxes of their own."""
-    if not delimiters or not over:
-        return []
-    holds = re.compile(f"[{re.escape(delimiters)}]").search  # in C: a million addresses in a blink
-    found = []
+def details_by_base(addresses: Iterable[str], delimiters: str) -> dict[str, set[str]]:
+    """Each mailbox whose name splits at a delimiter (``john-doe@``), under the mailbox it would
+    be taken for (``john@``)."""
+    if not delimiters:
+        return {}
+    # A delimiter with an "@" after it is in the local part: a search in C, before any Python.
+    holds = re.compile(f"[{re.escape(delimiters)}][^@]*@").search
+    found: dict[str, set[str]] = {}
     for a in addresses:
-        if holds(a) and a not in over and (split := without_detail(a, delimiters)) and split[0] in over:
-            found.append(a)
-    return sorted(found)
+        if holds(a) and (split := without_detail(a, delimiters)):
+            found.setdefault(split[0], set()).add(a)
+    return found
+
+
+def marked(details: Mapping[str, Collection[str]], over: Collection[str]) -> list[str]:
+    """The mailboxes (not over quota) that a lookup would take for a full one's detail:
+    ``john-doe@`` when ``john@`` is over quota. The published file marks them as mailboxes of
+    their own. As long as the over-quota set, not the site."""
+    return sorted(d for base in over for d in details.get(base, ()) if d not in over)
+
+
+def shadowed(addresses: Iterable[str], over: Collection[str], delimiters: str) -> list[str]:
+    """:func:`marked` of every mailbox in ``addresses``."""
+    return marked(details_by_base(addresses, delimiters), over) if over else []

@@ -73,8 +73,8 @@ class MaildirsizeReader:
                 return None
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
-            if st.st_size > maildirsize.MAX_TRUSTED_BYTES:
-                return None  # Maildir++: a reader must not trust a file this large
+            if st.st_size >= maildirsize.MAX_TRUSTED_BYTES:
+                return None  # Maildir++: a reader must not trust a file this large (Dovecot: 5120 or more)
             key = (st.st_ino, st.st_ctime_ns, st.st_size)
             cached = self._cache.get(path)
             if cached is None or cached[0] != key:

@@ -52,6 +52,22 @@ def _is_real_dir(name: str, dir_fd: int) -> bool:
         return False
 
 
+def _holds_mail_dirs(name: str, root_fd: int) -> bool:
+    """Whether the directory ``name`` of ``root_fd`` holds ``cur/`` or ``new/``: opened without
+    following a symlink, and looked into through its descriptor (a path ``name/cur`` would follow
+    ``name`` if its owner swapped it for a symlink meanwhile)."""
+    try:
+        fd = safefs.open_dir(name, root_fd)
+    except OSError:
+        return False
+    if fd is None:
+        return False
+    try:
+        return _is_real_dir("cur", fd) or _is_real_dir("new", fd)
+    finally:
+        os.close(fd)
+
+
 def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
     """cur/, new/ or maildirsize at the root; or, when the INBOX's own directories are
     missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
@@ -64,10 +80,7 @@ def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> b
     except OSError:
         return False
     return any(
-        (name.startswith(".") != (layout == "fs"))
-        and name not in (".", "..")
-        and _is_real_dir(name, root_fd)
-        and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
+        (name.startswith(".") != (layout == "fs")) and name not in (".", "..") and _holds_mail_dirs(name, root_fd)
         for name in names
     )
 
@@ -82,12 +95,7 @@ def _layout_index(root_fd: int) -> bool:
         names = os.listdir(root_fd)
     except OSError:
         return False
-    return any(
-        _GUID.fullmatch(name)
-        and _is_real_dir(name, root_fd)  # a symlink is never followed
-        and (_is_real_dir(f"{name}/cur", root_fd) or _is_real_dir(f"{name}/new", root_fd))
-        for name in names
-    )
+    return any(_GUID.fullmatch(name) and _holds_mail_dirs(name, root_fd) for name in names)
 
 
 def _in_order(folders: list[FolderUsage]) -> tuple[FolderUsage, ...]:

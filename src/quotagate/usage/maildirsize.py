@@ -33,9 +33,14 @@ def parse(text: str) -> Parsed:
     A number, or a running total, that does not fit in 63 bits is not a size: the file is then
     unusable, like any other malformed one.
     """
-    lines = text.split("\n")
-    if not lines or not text:
+    if not text:
         return Parsed(None, "empty file")
+    if "\0" in text:
+        return Parsed(None, "holds NUL bytes")  # broken, to Dovecot too: it counts the files
+    # A last line without its line break is one being written: Dovecot leaves it out.
+    lines = text.split("\n")
+    if len(lines) > 1:
+        lines.pop()
     definition = lines[0].strip()
     total_bytes = total_msgs = 0
     for number, line in enumerate(lines[1:], start=2):
@@ -54,6 +59,8 @@ def parse(text: str) -> Parsed:
         total_msgs += m
         if not (abs(total_bytes) <= MAX_SIZE and abs(total_msgs) <= MAX_SIZE):
             return Parsed(None, f"line {number}: totals too large")
+    if total_bytes < 0 or total_msgs < 0:
+        return Parsed(None, "negative totals")  # corrupted, to Dovecot: it counts the files
     return Parsed(MaildirsizeInfo(total_bytes, total_msgs, definition))
 
 
@@ -93,6 +100,9 @@ def read(root_fd: int, owner: int | None = None) -> Parsed | None:
         return Parsed(None, f"{FILE_NAME}: {exc.strerror or exc}")
     if raw is None:
         return None
+    if len(raw) >= MAX_TRUSTED_BYTES:
+        # Maildir++: no reader trusts a file this large (Dovecot, Courier and Exim count the files)
+        return Parsed(None, f"{len(raw)} bytes or more: too large to trust (Maildir++: {MAX_TRUSTED_BYTES})")
     return parse(raw.decode("ascii", "replace"))
 
 

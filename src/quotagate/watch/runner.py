@@ -7,7 +7,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from quotagate.address import shadowed
+from quotagate.address import details_by_base, marked
 from quotagate.config import Config
 from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
@@ -31,9 +31,9 @@ class StorePublisher:
         self.store = store
         self.over: set[str] = set()
         self.own: list[str] = []  # the mailboxes the published file marks as their own
-        # Every enabled mailbox, as a scan has them (the tracker leaves out those it cannot follow):
-        # what the marks are made from.
-        self.addresses: set[str] = set()
+        # Of every enabled mailbox (as a scan has them: the tracker leaves out those it cannot
+        # follow), those whose name splits at a folder delimiter, by base: what the marks come from.
+        self.details: dict[str, set[str]] = {}
         # The tracker's mailboxes (kept up to date by it): their limits go into the log lines.
         self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
@@ -41,8 +41,8 @@ class StorePublisher:
 
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
-        self.addresses = set(readings)
-        self.own = shadowed(readings, self.over, self.config.policy.folder_delimiter)
+        self.details = details_by_base(readings, self.config.policy.folder_delimiter)
+        self.own = marked(self.details, self.over)
 
     async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
         """Publish the file (when the set moved), then commit the store: on PublishError or
@@ -67,13 +67,23 @@ class StorePublisher:
 
     def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> list[str]:
         """Publish (when the file's content moved) and store; the mailboxes now marked as their own."""
-        addresses = (self.addresses | {r.address for r in changed}) - set(removed)
-        own = shadowed(addresses, over, self.config.policy.folder_delimiter)
+        # The marks move only with a flag, or a mailbox named like a detail coming or going: a
+        # batch of changed readings costs nothing more (a user's churn must not cost the site).
+        came = details_by_base((r.address for r in changed), self.config.policy.folder_delimiter)
+        went = details_by_base(removed, self.config.policy.folder_delimiter)
+        moved = any(d not in self.details.get(b, ()) for b, ds in came.items() for d in ds) or any(
+            d in self.details.get(b, ()) for b, ds in went.items() for d in ds
+        )
+        if moved:
+            for base, ds in came.items():
+                self.details.setdefault(base, set()).update(ds)
+            for base, ds in went.items():
+                self.details.get(base, set()).difference_update(ds)
+        own = marked(self.details, over) if flags or moved else self.own
         path = self.config.publish.file if flags or own != self.own else None
         with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
         self.history.after_batch(self.store, changed)
-        self.addresses = addresses
         return own
 
 
