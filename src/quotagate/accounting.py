@@ -259,6 +259,8 @@ def enforced(
         return files
     if limits_of(claims.definition) != limits:
         return files  # a limit line not the mailbox's (its limit changed since): the agent recounts
+    if claims.bytes < 0 or claims.messages < 0:
+        return files  # corrupted, to Dovecot: it recounts
     if (limits.bytes and claims.bytes > limits.bytes) or (limits.messages and claims.messages > limits.messages):
         return files  # the agent recounts before it decides
     return max(files[0], claims.bytes), max(files[1], claims.messages)

@@ -59,8 +59,6 @@ def parse(text: str) -> Parsed:
         total_msgs += m
         if not (abs(total_bytes) <= MAX_SIZE and abs(total_msgs) <= MAX_SIZE):
             return Parsed(None, f"line {number}: totals too large")
-    if total_bytes < 0 or total_msgs < 0:
-        return Parsed(None, "negative totals")  # corrupted, to Dovecot: it counts the files
     return Parsed(MaildirsizeInfo(total_bytes, total_msgs, definition))
 
 
@@ -100,9 +98,6 @@ def read(root_fd: int, owner: int | None = None) -> Parsed | None:
         return Parsed(None, f"{FILE_NAME}: {exc.strerror or exc}")
     if raw is None:
         return None
-    if len(raw) >= MAX_TRUSTED_BYTES:
-        # Maildir++: no reader trusts a file this large (Dovecot, Courier and Exim count the files)
-        return Parsed(None, f"{len(raw)} bytes or more: too large to trust (Maildir++: {MAX_TRUSTED_BYTES})")
     return parse(raw.decode("ascii", "replace"))
 
 

@@ -58,33 +58,36 @@ class StorePublisher:
             if address in over:
                 flags[address] = False
                 over.discard(address)
-        self.own = await asyncio.to_thread(self._commit, changed, removed, flags, over)
+        self.own, self.details = await asyncio.to_thread(self._commit, changed, removed, flags, over)
         self.over = over
         readings = {r.address: r for r in changed if r.address in flags}
         log_transitions(flags, readings, {a: m.limits for a in flags if (m := self.mailboxes.get(a))})
         for hook in self.on_change:
             hook(changed)
 
-    def _commit(self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]) -> list[str]:
-        """Publish (when the file's content moved) and store; the mailboxes now marked as their own."""
+    def _commit(
+        self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]
+    ) -> tuple[list[str], dict[str, set[str]]]:
+        """Publish (when the file's content moved) and store; the marks and the detail-named
+        mailboxes as they are once this batch is committed (the caller keeps them only then: a
+        batch that failed is sent again, and must find what it changes still to do)."""
         # The marks move only with a flag, or a mailbox named like a detail coming or going: a
         # batch of changed readings costs nothing more (a user's churn must not cost the site).
         came = details_by_base((r.address for r in changed), self.config.policy.folder_delimiter)
         went = details_by_base(removed, self.config.policy.folder_delimiter)
-        moved = any(d not in self.details.get(b, ()) for b, ds in came.items() for d in ds) or any(
-            d in self.details.get(b, ()) for b, ds in went.items() for d in ds
-        )
-        if moved:
-            for base, ds in came.items():
-                self.details.setdefault(base, set()).update(ds)
-            for base, ds in went.items():
-                self.details.get(base, set()).difference_update(ds)
-        own = marked(self.details, over) if flags or moved else self.own
+        details = self.details
+        if any(not ds <= details.get(b, set()) for b, ds in came.items()) or any(
+            ds & details.get(b, set()) for b, ds in went.items()
+        ):
+            details = dict(details)  # the buckets that change are new sets: self.details stays
+            for base in came.keys() | went.keys():
+                details[base] = (details.get(base, set()) | came.get(base, set())) - went.get(base, set())
+        own = marked(details, over) if flags or details is not self.details else self.own
         path = self.config.publish.file if flags or own != self.own else None
         with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
         self.history.after_batch(self.store, changed)
-        return own
+        return own, details
 
 
 def estimated_watches(tracker: Tracker) -> int:
