@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
 
 from quotagate import address
-from quotagate.model import Limits, Mailbox
+from quotagate.model import Limits, Mailbox, Reading
+from quotagate.store import Store, StoreError
 from quotagate.watch import runner
 from quotagate.watch.runner import StorePublisher, start_tracker
 from tests.integration.scanenv import DOMAIN, Env
@@ -30,6 +32,17 @@ def _env(tmp_path: Path) -> Env:
 def _lines(env: Env) -> list[str]:
     assert env.config.publish.file is not None
     return [line for line in env.config.publish.file.read_text().splitlines() if not line.startswith("#")]
+
+
+def _full_beside_roomy(tmp_path: Path, full: str, roomy: str) -> Env:
+    """Two mailboxes of LIMITS, ``full`` over them and ``roomy`` with 10 bytes, scanned."""
+    env = _env(tmp_path)
+    add_message(maildir_folder(env.maildir(full)), 10_001)
+    add_message(maildir_folder(env.maildir(roomy)), 10)
+    env.add(full, LIMITS)
+    env.add(roomy, LIMITS)
+    env.scan()
+    return env
 
 
 def test_a_mailbox_added_while_watching_gets_its_marker(tmp_path: Path) -> None:
@@ -123,12 +136,7 @@ def test_the_watcher_keeps_the_line_of_a_full_mailbox_it_does_not_follow(tmp_pat
     """far@ was measured full, then its path moved outside the spool: unknown, it keeps its flag,
     and the scan publishes it. The tracker cannot follow it; the first batch that rewrote the
     file (other@ going over) dropped far@'s line, and the lsearch lookup let its mail in."""
-    env = _env(tmp_path)
-    add_message(maildir_folder(env.maildir("far")), 10_001)
-    add_message(maildir_folder(env.maildir("other")), 10)
-    env.add("far", LIMITS)
-    env.add("other", LIMITS)
-    env.scan()
+    env = _full_beside_roomy(tmp_path, "far", "other")
     env.add("far", LIMITS, path=str(tmp_path / "elsewhere" / "far" / "Maildir"))  # outside the spool
 
     async def run() -> None:
@@ -184,3 +192,63 @@ def test_a_batch_that_moves_no_flag_and_no_mailbox_walks_no_other_mailbox(
     finally:
         env.close()
     assert walked[0] <= 10 and marks[0] == 0, (walked, marks)
+
+
+def _john_full_beside_john_doe(tmp_path: Path) -> tuple[Env, dict[str, Reading]]:
+    env = _full_beside_roomy(tmp_path, "john", "john-doe")
+    return env, env.store.readings()
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, store: Store) -> None:
+    real = store.save_readings
+    calls = [0]
+
+    def save(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise StoreError("database went away")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_readings", save)
+
+
+def test_added_detail_mailbox_marked_after_a_failed_commit_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, readings = _john_full_beside_john_doe(tmp_path)
+    john, doe = f"john@{DOMAIN}", f"john-doe@{DOMAIN}"
+    publisher = StorePublisher(env.config, env.store)
+    publisher.reset({john: readings[john]})  # john-doe@ not yet followed
+    assert env.config.publish.file is not None
+    env.config.publish.file.write_text(f"john@{DOMAIN}\n")
+    _fail_once(monkeypatch, env.store)
+
+    async def run() -> None:
+        with pytest.raises(StoreError):
+            await publisher([readings[doe]], [])
+        await publisher([readings[doe]], [])  # the tracker keeps the batch and gives it again
+
+    asyncio.run(run())
+    assert publisher.own == [doe]
+    assert _lines(env) == [f"john@{DOMAIN}", f"john-doe@{DOMAIN}@"]
+
+
+def test_removed_detail_mailbox_unmarked_after_a_failed_commit_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, readings = _john_full_beside_john_doe(tmp_path)
+    doe = f"john-doe@{DOMAIN}"
+    publisher = StorePublisher(env.config, env.store)
+    publisher.reset(readings)
+    assert publisher.own == [doe]
+    assert _lines(env) == [f"john@{DOMAIN}", f"john-doe@{DOMAIN}@"]
+    _fail_once(monkeypatch, env.store)
+
+    async def run() -> None:
+        with pytest.raises(StoreError):
+            await publisher([], [doe])
+        await publisher([], [doe])
+
+    asyncio.run(run())
+    assert publisher.own == []
+    assert _lines(env) == [f"john@{DOMAIN}"]
