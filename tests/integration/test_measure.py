@@ -943,3 +943,27 @@ def test_a_guid_named_symlink_is_not_followed_to_call_a_maildir_layout_index(tmp
     (Path(os.fsdecode(root)) / GUID).symlink_to(os.fsdecode(elsewhere))
     usage = measure(os.fsdecode(root), "maildir")
     assert "LAYOUT=index" not in (usage.error or "")
+
+
+def test_an_mbox_home_is_listed_twice_per_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once to tell it from a Maildir, once for its mbox files: it was listed four times (the
+    Maildir test again, and a LAYOUT=index test of its own), at every scan of a changed home."""
+    home = tmp_path / "home"
+    write_mbox(home / "inbox", ["a\n"])
+    write_mbox(home / "Sent", ["b\n"])
+    listings = [0]
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def listdir(*args: Any) -> Any:
+        listings[0] += 1
+        return real_listdir(*args)
+
+    def scandir(*args: Any) -> Any:
+        listings[0] += 1
+        return real_scandir(*args)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+    usage = measure(str(home), "auto")
+    assert usage.known and len(usage.folders) == 2
+    assert listings[0] == 2

@@ -35,37 +35,19 @@ _MAILDIR_MARKERS = ("cur", "new", maildirsize.FILE_NAME)
 _DBOX_MARKERS = ("mailboxes/INBOX/dbox-Mails", "storage/dovecot.map.index")
 MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
 _GUID = re.compile(r"[0-9a-f]{32}")  # a Dovecot mailbox GUID as LAYOUT=index names its directory
+_LAYOUT_INDEX = "Dovecot LAYOUT=index (mailboxes in directories named by GUID), which quotagate cannot read"
 
 
 def _exists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _is_real_dir(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
+    return maildir.entry_type(dir_fd, name) is not None
 
 
 def _holds_mail_dirs(name: str, root_fd: int) -> bool:
-    """Whether the directory ``name`` of ``root_fd`` holds ``cur/`` or ``new/``: opened without
-    following a symlink, and looked into through its descriptor (a path ``name/cur`` would follow
-    ``name`` if its owner swapped it for a symlink meanwhile)."""
+    """:func:`maildir.holds_mail_dirs`, with an entry that cannot be opened holding none."""
     try:
-        fd = safefs.open_dir(name, root_fd)
+        return maildir.holds_mail_dirs(root_fd, name)
     except OSError:
         return False
-    if fd is None:
-        return False
-    try:
-        return _is_real_dir("cur", fd) or _is_real_dir("new", fd)
-    finally:
-        os.close(fd)
 
 
 def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
@@ -169,6 +151,8 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
     reuse = _reusable(previous, Format.MBOX)
     folders = []
     listing = mbox.mbox_files(node.fd)
+    if any(_GUID.fullmatch(m.rstrip("/")) for m in listing.maildirs):  # beside empty index files
+        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
     passed_over = [display_name(name) for name in listing.maildirs]
     for name in listing.files:
         fd = mbox.open_file(node.fd, name)
@@ -244,10 +228,9 @@ def _measure_node(
         if fmt == "maildir":
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: is a file, not a Maildir")
         return _bounded(_mbox_file(node, root, previous, racy_cutoff_ns, profile), root)
-    if fmt != "mbox" and _layout_index(node.fd):
-        reason = "Dovecot LAYOUT=index (mailboxes in directories named by GUID), which quotagate cannot read"
-        return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {reason}")
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd, layout)):
+        if _layout_index(node.fd):  # Dovecot's maildirsize at the root, the mail in GUID dirs
+            return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_LAYOUT_INDEX}")
         return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout), root)
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
 
@@ -397,7 +380,8 @@ def measure(
                     )
                     return found._replace(usage=_with_maildir(found.usage, beside.usage))
                 if below is None:
-                    found_as: FormatSetting = "maildir" if looks else fmt
+                    # Looked at above: an mbox home is not looked at again (a listing each time).
+                    found_as: FormatSetting = "maildir" if looks else "mbox" if fmt == "auto" else fmt
                     return _measure_at(
                         node, root, found_as, reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
                     )
@@ -435,7 +419,9 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
     if previous.usage.format is Format.MBOX:
         names = [disk_name(f.name) for f in previous.usage.folders if not f.name.startswith(_BESIDE)]
     elif not previous.usage.known:
-        names = [n for n in os.listdir(root_fd) if not n.startswith(".") and _is_file(root_fd, n)]
+        # Regular files only: opening a device or a FIFO as root may do more than read it.
+        listed = os.listdir(root_fd)
+        names = [n for n in listed if not n.startswith(".") and maildir.entry_type(root_fd, n) == stat.S_IFREG]
     else:
         return False
     for name in names:
@@ -454,13 +440,6 @@ def beside_mbox(usage: MailboxUsage) -> bool:
     """Whether ``usage`` counts a Maildir beside an mbox home's files (see :func:`_mbox_kept`):
     read again at each look, and not watched (the home's one watch does not see into it)."""
     return usage.warning == _MBOX_KEPT
-
-
-def _is_file(dir_fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def _with_maildir(mbox_usage: MailboxUsage, maildir_usage: MailboxUsage) -> MailboxUsage:

@@ -70,24 +70,26 @@ def _maildirpp_folders(root_fd: int) -> Folders:
                     symlinks.append(n)
                 elif entry.is_dir(follow_symlinks=False):
                     names.append(n[1:])
-            elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and _holds_mail_dirs(root_fd, n):
+            elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and holds_mail_dirs(root_fd, n):
                 plain.append(n)
     problems = [LAYOUT_HINT] if plain else []
     return Folders(names, problems + _symlink_problem(symlinks))
 
 
-def _holds_mail_dirs(dir_fd: int, name: str) -> bool:
-    """Whether the directory ``name`` holds a cur/ or new/ (a ``LAYOUT=fs`` folder)."""
+def holds_mail_dirs(dir_fd: int, name: str) -> bool:
+    """Whether the directory ``name`` holds a cur/ or new/ (a ``LAYOUT=fs`` folder): opened
+    without following a symlink and looked into by its descriptor (``name/cur`` by path would
+    follow ``name`` if its owner swapped it for a symlink meanwhile)."""
     fd = safefs.open_dir(name, dir_fd)
     if fd is None:
         return False
     try:
-        return any(_entry_type(fd, sub) is not None for sub in ("cur", "new"))
+        return any(entry_type(fd, sub) is not None for sub in ("cur", "new"))
     finally:
         os.close(fd)
 
 
-def _entry_type(dir_fd: int, name: str) -> int | None:
+def entry_type(dir_fd: int, name: str) -> int | None:
     """The file type bits of an entry, not following it; None when it is missing."""
     try:
         return stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
@@ -123,7 +125,7 @@ def _fs_folders(root_fd: int) -> Folders:
                 continue  # removed, or swapped for a symlink, while we looked
             seen += 1
             try:
-                if any(_entry_type(sub, d) is not None for d in ("cur", "new")):
+                if any(entry_type(sub, d) is not None for d in ("cur", "new")):
                     names.append(name)
                 if not walk(sub, f"{name}/", depth + 1):
                     return False
