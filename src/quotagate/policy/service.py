@@ -523,29 +523,31 @@ class PolicyService:
         return True
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
-        """The mailbox for ``address``, or for ``local@domain`` when it is ``local+folder@domain``,
-        either at its domain or, for an alias domain (PostfixAdmin's), at the domain it reaches:
-        the MTA asks about the recipient as the client sent it, before rewriting it.
+        """The mailbox for ``address`` (see :meth:`_in_domain`), at its domain or, for an alias
+        domain (PostfixAdmin's), at the domain it reaches: the MTA asks about the recipient as the
+        client sent it, before rewriting it.
 
         The folder is taken from the recipient as sent: Maildir++ folder names keep their case.
         """
+        found = self._in_domain(snapshot, address, recipient)
+        if found[0] is not None or not snapshot.domain_aliases.targets:
+            return found
+        split = without_detail(address, self.config.policy.folder_delimiter)
+        reached = snapshot.domain_aliases.target(address, split[0] if split else None)
+        if reached is None:
+            return found
+        return self._in_domain(
+            snapshot, reached, f"{recipient.strip().rpartition('@')[0]}@{reached.rpartition('@')[2]}"
+        )
+
+    def _in_domain(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
+        """``address`` when it is an enabled mailbox; else, for ``local+folder@domain``, the
+        mailbox ``local@domain`` and the folder (as the MTA's routers pass a disabled one by);
+        else a disabled mailbox of that address (answered DUNNO), or none."""
         mailbox = snapshot.mailboxes.get(address)
         if mailbox is not None and mailbox.enabled:
             return mailbox, None
         found = self._with_detail(snapshot, recipient)
-        if mailbox is not None:  # disabled: a detail of a mailbox (john-doe of john) is that one's
-            return found if found[0] is not None else (mailbox, None)
-        reached = None
-        if snapshot.domain_aliases.targets:
-            split = without_detail(address, self.config.policy.folder_delimiter)
-            reached = snapshot.domain_aliases.target(address, split[0] if split else None)
-        if found[0] is not None or reached is None:
-            return found
-        at_target = f"{recipient.strip().rpartition('@')[0]}@{reached.rpartition('@')[2]}"
-        mailbox = snapshot.mailboxes.get(reached)
-        if mailbox is not None and mailbox.enabled:
-            return mailbox, None
-        found = self._with_detail(snapshot, at_target)
         return found if found[0] is not None or mailbox is None else (mailbox, None)
 
     def _with_detail(self, snapshot: Snapshot, recipient: str) -> tuple[Mailbox | None, str | None]:

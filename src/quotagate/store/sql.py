@@ -61,7 +61,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _active(value: object) -> bool:
-    """An ``active`` column of PostfixAdmin's: a boolean (PostgreSQL) or 0/1 (MySQL, SQLite)."""
+    """An enabled/``active`` column: a boolean (PostgreSQL) or 0/1 (MySQL, SQLite); NULL is enabled."""
     return value is None or bool(int(value))  # type: ignore[call-overload]
 
 
@@ -394,7 +394,7 @@ class SqlStore(ClosedOnExit):
                 mixed.append(key)
             quota = int(m[names.quota] or 0) * names.quota_unit if names.quota else 0
             messages = int(m[names.messages] or 0) if names.messages else 0
-            enabled = bool(int(m[names.enabled])) if names.enabled and m[names.enabled] is not None else True
+            enabled = _active(m[names.enabled]) if names.enabled else True
             path = (m[names.path] or None) if names.path else None
             found.append(Mailbox(key, Limits(max(quota, 0), max(messages, 0)), enabled, path))
         if mixed and address is None and not self._said_mixed:
