@@ -128,10 +128,16 @@ def _measure_all(
     yield from bounded.in_processes(measure_job, jobs, timeout, late, workers, ctx)
 
 
+def files_of(usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int]:
+    """Bytes and messages of the mailbox's files under the folder rules and the profile, whatever
+    its maildirsize claims (see :func:`quotagate.accounting.enforced`)."""
+    return counted(usage.folders, config.folders, profile.excluded_folders)
+
+
 def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int, State]:
     """Bytes and messages that count under the accounting profile and the folder rules, and the
     state they put the mailbox in (at the profile's boundary)."""
-    files = counted(usage.folders, config.folders, profile.excluded_folders)
+    files = files_of(usage, config, profile)
     if not usage.known:
         return *files, State.UNKNOWN
     bytes_, messages = enforced(files, usage.maildirsize, mailbox.limits, profile)
@@ -151,8 +157,12 @@ def _maildirsize_disagrees(r: Reading, config: Config, profile: Profile) -> bool
     """Whether the maildirsize claims other than the files hold (even where the agent goes by the
     claims and so does the reading: see :func:`quotagate.accounting.enforced`)."""
     info = r.usage.maildirsize
-    files = counted(r.usage.folders, config.folders, profile.excluded_folders)
-    return info is not None and r.usage.known and not info.agrees_with(*files)
+    if info is None or not r.usage.known:
+        return False
+    if not info.agrees_with(r.bytes, r.messages):
+        return True  # the reading is the files, or the larger of them and the claims: not the claims
+    # Agreeing with the reading, it disagrees with the files only where the claims were counted.
+    return profile.trusts_maildirsize and not info.agrees_with(*files_of(r.usage, config, profile))
 
 
 def _definition(mailbox: Mailbox, set_limit: bool) -> str | None:

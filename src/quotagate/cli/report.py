@@ -15,9 +15,9 @@ from quotagate.cli.app import App, pass_app
 from quotagate.history import DAY
 from quotagate.htmlreport import render_html
 from quotagate.report import COLUMNS, csv_cell, forecasts, rows, selected
+from quotagate.scan import files_of
 from quotagate.sizes import format_size, parse_percent
 from quotagate.text import printable
-from quotagate.usage.folders import counted
 
 _STYLE = {"over": "bold red", "unknown": "yellow", "ok": "green"}
 
@@ -87,7 +87,7 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
         history = store.history(now - app.config.history.forecast_days * DAY)
     predicted = forecasts(mailboxes, readings, history)
     config = app.config
-    excluded = profile_for(config.spool).excluded_folders
+    profile = profile_for(config.spool)
     data = rows(
         mailboxes,
         readings,
@@ -95,7 +95,7 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
         predicted=predicted,
         now=now,
         accounting=config.spool.accounting,
-        files=lambda r: counted(r.usage.folders, config.folders, excluded),
+        files=lambda r: files_of(r.usage, config, profile),
     )
     data = selected(data, domains, share, filling, now)
     if fmt == "html":  # the filters pick the mailboxes; the page shows them its own way

@@ -17,9 +17,8 @@ from quotagate.model import Reading
 from quotagate.outage import Outage
 from quotagate.publish import PublishError
 from quotagate.scan import Progress as ProgressCallback
-from quotagate.scan import run_scan, summary_line
+from quotagate.scan import files_of, run_scan, summary_line
 from quotagate.scanlock import LockError, LockHeld, parse_duration, run_every, scan_lock
-from quotagate.usage.folders import counted
 
 log = logging.getLogger(__name__)
 
@@ -223,5 +222,5 @@ def register(cli: click.Group) -> None:
 def _counted_as_claimed(r: Reading, config: Config, profile: Profile) -> bool:
     """A reading that counts more than its files, bytes or messages: its maildirsize's claims
     (see :func:`quotagate.accounting.enforced`)."""
-    files = counted(r.usage.folders, config.folders, profile.excluded_folders)
+    files = files_of(r.usage, config, profile)
     return r.bytes > files[0] or r.messages > files[1]
