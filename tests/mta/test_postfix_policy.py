@@ -12,6 +12,7 @@ from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.mta import postfix as postfix_config
 from quotagate.policy.control import ask
+from tests.servers import schemas
 from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
@@ -137,4 +138,38 @@ def test_postfix_with_plus_addressing_refuses_a_full_mailboxs_detail(tmp_path: P
         with policy_daemon(config, port):
             assert postfix.smtp("full+news@example.org") == 552
             assert postfix.smtp("roomy+news@example.org", size=100) == 250
+        assert postfix.delivered("roomy@example.org")
+
+
+def test_postfix_asks_about_an_alias_domain_before_rewriting_it(tmp_path: Path) -> None:
+    """PostfixAdmin's alias domain, as its maps make it: alias.example's mail goes to the same
+    local part at example.org, rewritten in cleanup, after the policy check saw full@alias.example.
+    The daemon takes it for full@example.org (the postfixadmin store's alias_domain)."""
+    port = free_port()
+    config = tmp_path / "quotagate.toml"
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\nreservation_seconds = 0\n'
+    config.write_text(listen)
+    restrictions = f"reject_unauth_destination, {postfix_config.restriction(load_config(config))}, permit"
+    rewrite = tmp_path / "alias-domains.regexp"
+    rewrite.write_text("/^(.+)@alias\\.example$/ ${1}@example.org\n")
+    rewrite.chmod(0o644)
+    main_cf = f"virtual_alias_domains = alias.example\nvirtual_alias_maps = regexp:{rewrite}\n"
+    boxes = {"full@example.org": "full", "roomy@example.org": "roomy"}
+    with private_postfix(restrictions, mailboxes=boxes, main=main_cf) as postfix:
+        url = f"sqlite:///{tmp_path}/pfa.db"
+        schemas.create(url, "postfixadmin")
+        schemas.add_alias_domains(url, {"alias.example": "example.org"})
+        store = f'[store]\nurl = "{url}"\nschema = "postfixadmin"\n[spool]\nroot = "{postfix.maildirs}"\n'
+        config.write_text(store + listen)
+        assert main(["--config", str(config), "db", "migrate"]) == 0
+        for address, size in (("full@example.org", QUOTA + 1), ("roomy@example.org", 10)):
+            maildir = postfix.maildir(address)
+            maildir_folder(maildir)
+            (maildir / "cur" / f"1.M1.h,S={size}:2,S").write_bytes(b"x" * size)
+            schemas.add_mailbox(url, "postfixadmin", address, QUOTA, maildir=str(maildir))
+        owned_by_mail_user(postfix.maildirs)
+        assert main(["--config", str(config), "scan"]) == 0
+        with policy_daemon(config, port):
+            assert postfix.smtp("full@alias.example") == 552
+            assert postfix.smtp("roomy@alias.example", size=100) == 250
         assert postfix.delivered("roomy@example.org")
