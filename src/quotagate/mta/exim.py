@@ -542,31 +542,24 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
 
         condition = _either(in_file, file_says, delimiter)
         guard = file
-    elif lookup == "sqlite":
-        file = _sqlite_file(config.store.url)
-        sqlite = f"sqlite,file={file} "
+    elif lookup in ("sqlite", "mysql", "pgsql"):
+        if lookup == "sqlite":
+            guard = _sqlite_file(config.store.url)
+            head = f"sqlite,file={guard} "
+        else:
+            scheme = make_url(config.store.url).get_backend_name()
+            if _SCHEME_LOOKUP.get(scheme) != lookup:
+                raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
+            main = _servers(config.store.url, lookup)
+            head = lookup
 
-        def in_sqlite(local: str) -> str:
-            return f"${{lookup {sqlite}{{{_sql_condition(table, 'sqlite', local)}}}{{yes}}{{no}}}}"
+        def in_table(local: str) -> str:
+            return f"${{lookup {head}{{{_sql_condition(table, lookup, local)}}}{{yes}}{{no}}}}"
 
-        def sqlite_says(otherwise: str) -> str:
-            return f"${{lookup {sqlite}{{{_sql_verdict(table, 'sqlite', '$local_part')}}}{{$value}}{{{otherwise}}}}}"
+        def table_says(otherwise: str) -> str:
+            return f"${{lookup {head}{{{_sql_verdict(table, lookup, '$local_part')}}}{{$value}}{{{otherwise}}}}}"
 
-        condition = _either(in_sqlite, sqlite_says, delimiter)
-        guard = file
-    elif lookup in ("mysql", "pgsql"):
-        scheme = make_url(config.store.url).get_backend_name()
-        if _SCHEME_LOOKUP.get(scheme) != lookup:
-            raise EximConfigError(f"--lookup {lookup} needs a {lookup} store, not {scheme}")
-        main = _servers(config.store.url, lookup)
-
-        def in_server(local: str) -> str:
-            return f"${{lookup {lookup}{{{_sql_condition(table, lookup, local)}}}{{yes}}{{no}}}}"
-
-        def server_says(otherwise: str) -> str:
-            return f"${{lookup {lookup}{{{_sql_verdict(table, lookup, '$local_part')}}}{{$value}}{{{otherwise}}}}}"
-
-        condition = _either(in_server, server_says, delimiter)
+        condition = _either(in_table, table_says, delimiter)
     elif lookup == "ldap":
         main, condition = _ldap(config)
     else:  # pragma: no cover - the CLI offers only the lookups above
