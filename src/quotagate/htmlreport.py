@@ -2,8 +2,8 @@
 
 Everything is in the file: CSS inline, charts as inline SVG drawn by matplotlib (the ``html``
 extra), no script, no font, no image from elsewhere; a Content-Security-Policy that allows
-nothing else keeps it so in any browser. Every name (address, folder, reason) goes through
-Jinja2's autoescaping: a folder called ``<script>`` is text on the page.
+nothing else keeps it so in any browser. Every name (address, folder, reason) is made printable
+and goes through Jinja2's autoescaping: a folder called ``<script>`` is text on the page.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from quotagate.forecast import Forecast, days_left, describe
 from quotagate.history import DAY, Sample
 from quotagate.model import Mailbox, Reading, State
 from quotagate.sizes import format_size
+from quotagate.text import printable
 from quotagate.warn import fullness
 
 NEAREST = 20  # rows in "nearest to full"
@@ -188,7 +189,12 @@ def render_html(
         d["soon"] = d.get("soon", 0) + (r.days is not None and r.days <= SOON_DAYS and r.state is State.OK)
     for d in domains.values():
         d["used"] = format_size(d["bytes"])
-    env = Environment(autoescape=True)
+    # Text is also made printable (quotagate.text.printable), as in every other output: a
+    # name's ESC sequences or bidi overrides would act on the terminal it is printed to, or
+    # make one name look like another on the page. The charts are markup of quotagate's own.
+    env = Environment(
+        autoescape=True, finalize=lambda v: v if isinstance(v, Markup) or not isinstance(v, str) else printable(v)
+    )
     return env.from_string(_PAGE).render(
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
         total=len(rows),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+from email.errors import HeaderParseError
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -48,8 +49,9 @@ Please delete or archive mail you no longer need (Trash and Sent count too).
 """,
 }
 
-# One plain addr-spec: no space, control character, quote, bracket, comma or second "@".
-_PLAIN = re.compile(r"[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+")
+# One plain addr-spec: no space, control character, quote, bracket, comma or second "@"; and no
+# RFC 2047 encoded word ("=?"), which the email package decodes, line breaks and all, in a header.
+_PLAIN = re.compile(r"(?!.*=\?)[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+")
 
 
 class MailError(QuotagateError):
@@ -93,12 +95,21 @@ def render(template: str, context: dict[str, Any], template_dir: Path | None = N
 
 
 def message(sender: str, address: str, subject: str, body: str, notice: str) -> EmailMessage:
-    """The mail, its headers set by the ``email`` package (which refuses a line break in any)."""
+    """The mail, its headers set by the ``email`` package (which refuses a line break in any).
+
+    The ``To`` header is parsed back: an address the package reads as anything but itself is
+    not mailed (a :class:`MailError`, as for one that is not plain)."""
     if not mailable(address):
         raise MailError("not a plain address: not mailed")
     msg = EmailMessage(policy=SMTP)
     msg["From"] = sender
-    msg["To"] = address
+    try:
+        msg["To"] = address
+        parsed = [a.addr_spec for a in msg["To"].addresses]
+    except (ValueError, HeaderParseError) as exc:
+        raise MailError(f"not a plain address ({exc}): not mailed") from None
+    if parsed != [address]:
+        raise MailError("not a plain address: not mailed")
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid("quotagate", domain=sender.rpartition("@")[2])

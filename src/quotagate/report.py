@@ -69,14 +69,21 @@ def _own_files(own: list[tuple[str, int, int]]) -> str:
 
 
 def forecasts(
-    mailboxes: Sequence[Mailbox], readings: Mapping[str, Reading], history: Mapping[str, Sequence[Sample]]
+    mailboxes: Sequence[Mailbox],
+    readings: Mapping[str, Reading],
+    history: Mapping[str, Sequence[Sample]],
+    now: float,
 ) -> dict[str, Forecast | None]:
-    """The forecast of every measured mailbox from its history (see :mod:`quotagate.forecast`)."""
+    """The forecast of every measured mailbox from its history (see :mod:`quotagate.forecast`),
+    from what it holds ``now``: a reading is written only when the usage changes (a scan that
+    finds a mailbox unchanged writes nothing), so it still holds now, however long ago it was
+    taken; anchored at its own time, a mailbox that stopped growing would be "full now"."""
     out: dict[str, Forecast | None] = {}
     for m in mailboxes:
         r = readings.get(m.address)
         if r is not None and r.state is not State.UNKNOWN:
-            out[m.address] = forecast(history.get(m.address, ()), m.limits, (r.bytes, r.messages), r.measured_at)
+            at = max(r.measured_at, now)
+            out[m.address] = forecast(history.get(m.address, ()), m.limits, (r.bytes, r.messages), at)
     return out
 
 

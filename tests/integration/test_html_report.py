@@ -107,3 +107,30 @@ def test_chromium_renders_it_without_network(page: str, tmp_path: Path) -> None:
     done = subprocess.run([*base, f"--screenshot={shot}", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+# A Maildir++ folder name a user can create over IMAP or in a shell: an OSC sequence that sets
+# the terminal's title, and a right-to-left override that makes "gpj.exe" read "exe.jpg".
+TITLE = "\x1b]2;pwned\x07"
+RLO = "\u202e"
+
+
+def test_the_html_report_shows_no_control_character_of_a_folder_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spool = tmp_path / "spool"
+    maildir = spool / "example.org" / "u" / "Maildir"
+    maildir_folder(maildir)
+    add_message(maildir_folder(maildir, f"big{TITLE}{RLO}gpj.exe"), 900)
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{spool}"\n')
+    q = ["--config", str(config)]
+    assert main([*q, "mailbox", "add", "u@example.org", "--quota", "1000"]) == 0
+    assert main([*q, "scan"]) == 0
+    capsys.readouterr()
+    main([*q, "report", "--format", "html"])
+    page = capsys.readouterr().out
+    assert "big" in page  # the folder is the largest, shown
+    # Every other output (table, CSV, warning mails, logs) shows such a name escaped
+    # (quotagate.text.printable); the page printed to the admin's terminal must too.
+    assert re.findall(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", page) == []

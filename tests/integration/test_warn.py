@@ -11,9 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotagate.cli import main
+from quotagate.config import load_config
 from quotagate.history import DAY, Sample
+from quotagate.mailer import MailError, message
 from quotagate.model import Limits, Mailbox
 from quotagate.store import open_store
+from quotagate.warnjob import run_warn
 from tests.servers.smtp import Received, Sink, smtp_sink
 from tests.spoolgen import add_message, maildir_folder
 
@@ -216,3 +219,58 @@ def test_a_subject_template_cannot_add_headers(setup: Setup, tmp_path: Path) -> 
     assert got.recipients == ["y@example.org"]
     assert got.message["Bcc"] is None
     assert "victim" in got.message["Subject"] and "\n" not in got.message["Subject"]
+
+
+# Passes mailer.mailable() (no space, control character, ":" or second "@"), but the email
+# package decodes the RFC 2047 encoded word in it: CR LF, "Bcc:" and an "@" come out.
+ENCODED_BCC = "a@=?utf-8?q?x=0D=0ABcc=3A_evil=40attacker.com?="
+# The same trick in the local part: the email package refuses it with a ValueError.
+ENCODED_CRLF = "=?utf-8?q?x=0d=0abcc=3a_evil=40attacker.com?=@example.org"
+
+
+def test_an_encoded_word_in_an_address_adds_no_header_to_the_warning() -> None:
+    try:
+        msg = message("quota@example.org", ENCODED_BCC, "Your mailbox is full", "body\n", "95%")
+    except MailError:
+        return  # not mailed: as the module promises for an address that is not plain
+    raw = msg.as_bytes()
+    headers = raw.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert not [h for h in headers if h.lower().startswith(b"bcc:")], raw
+    assert [a.addr_spec for a in msg["To"].addresses] == [ENCODED_BCC], raw
+
+
+def test_an_address_the_email_package_refuses_does_not_stop_the_other_warnings(tmp_path: Path, sink: Sink) -> None:
+    setup = Setup(tmp_path, sink)
+    setup.box(ENCODED_CRLF.partition("@")[0], 1000, 900)
+    setup.box("plain", 1000, 900)
+    assert setup.run("scan") == 0
+    try:
+        code = setup.run("warn")
+    except ValueError as exc:  # the email package's refusal, let through, ended the whole run
+        pytest.fail(f"quotagate warn crashed: {exc!r}")
+    got = [(r.recipients, r.message["X-Quotagate-Warning"]) for r in sink.take()]
+    assert got == [(["plain@example.org"], "90%")]
+    assert code == 1  # the odd one is a failed warning, said so
+
+
+def test_a_mailbox_that_stopped_growing_is_not_told_it_is_full_now(tmp_path: Path, sink: Sink) -> None:
+    """It grew by 100 bytes a day to 800 of 1,000, then nothing changed for ten days (scans ran
+    and found it unchanged, writing nothing): anchored at the reading's own time, the forecast
+    told its owner at 80% that it "will be full now"."""
+    setup = Setup(tmp_path, sink)
+    setup.box("u", 1000, 800)
+    assert setup.run("scan") == 0
+    scanned = time.time()
+    store = open_store(setup.db)
+    try:
+        store.record_history([Sample("u@example.org", scanned - d * DAY, 800 - 100 * d, 1) for d in range(1, 4)])
+        ten_days_later = scanned + 10 * DAY
+        assert setup.run("scan") == 0  # unchanged: nothing written, as on each of those ten days
+        run = run_warn(load_config(setup.config), store, now=ten_days_later)
+    finally:
+        store.close()
+    assert [o.status for o in run.outcomes] and all(o.status == "sent" for o in run.outcomes)
+    bodies = [" ".join(r.message.get_content().split()) for r in sink.take()]
+    assert bodies and all("80%" in b for b in bodies)
+    # 80% full and not grown for ten days: whatever the trend, it is not "full now".
+    assert not [b for b in bodies if "full now" in b], bodies

@@ -207,13 +207,13 @@ def test_a_quoted_recipient_never_has_another_mailbox_checked_at_data(
 ) -> None:
     """Exim's $recipients is a list separated by commas, and a quoted local part may hold some:
     split there, the check would weigh (and hold the message's room in) a mailbox that is no
-    recipient. A message with a quoted recipient is not checked at DATA (said in the log); its
-    delivery agent's quota decides, as for any accepted message."""
+    recipient. Split as addresses, the quoted local part is one recipient (no mailbox here: the
+    daemon does not know it), and the message is accepted; its delivery agent's quota decides."""
     site, _ = receiving
     codes, code, _ = data_reply(exim, QUOTED)
     assert codes == [250] and code == 250
     assert ask_control(site.work / "control.sock", {"op": "list", "address": ROOMY})["reservations"] == []
-    assert "quotagate: a quoted recipient address" in exim.log("main"), exim.log("main")
+    assert "could not be split" not in exim.log("main"), exim.log("main")
 
 
 def test_a_daemon_that_cannot_be_asked_at_data_lets_mail_in_and_says_so(
@@ -236,3 +236,17 @@ def test_refusals_for_now_defer_the_message(receiving: tuple[Site, PolicyDaemon]
         code, text = data_reply(exim, *recipients)[1:]
         assert code == 452 and re.fullmatch(rf"4\.2\.2 {NO_FIT}", text), text
     assert exim.queue_count() == 0
+
+
+def test_exim_a_needlessly_quoted_local_part_does_not_escape_the_data_check(
+    receiving: tuple[Site, PolicyDaemon], exim: Exim
+) -> None:
+    """``"full"@example.org`` is ``full@example.org`` (RFC 5321: the quotes change nothing). The
+    message that does not fit is refused at DATA when sent to the second, and accepted when sent
+    to the first: quotagate_data_check once skipped every message whose $recipients held a quote."""
+    site, _ = receiving
+    assert data_reply(exim, "full@example.org")[1] == 552
+    codes, code, text = data_reply(exim, '"full"@example.org')
+    assert codes == [250]
+    assert code == 552 and re.fullmatch(rf"5\.2\.2 {NO_FIT}", text), exim.log("main")
+    assert delivered(site, "full") == []

@@ -120,3 +120,20 @@ def test_a_single_recipient_message_without_size_that_does_not_fit_is_refused_at
     assert postfix.queue_count() == 0
     assert postfix.smtp(ROOMY, body=BODY) == 250  # one that fits still does
     assert len(wait_for_count(postfix, 1)) == 1
+
+
+def test_postfix_a_recipient_given_twice_does_not_escape_the_end_of_message_check(setup: Setup) -> None:
+    """RCPT TO the same mailbox twice: Postfix's recipient_count is 2, the daemon remembers one
+    recipient: counting addresses, it once took the message for one with a recipient it never
+    checked, and accepted it."""
+    postfix = setup.postfix
+    big = b"Subject: too big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (QUOTA // 1000)
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@example.net")[0] == 250  # no SIZE=
+        assert client.rcpt(ROOMY)[0] == 250
+        assert client.rcpt(ROOMY)[0] == 250
+        code, text = client.data(big)
+    assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
+    assert postfix.queue_count() == 0
+    assert wait_for_count(postfix, 1, seconds=3) == []

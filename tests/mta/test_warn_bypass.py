@@ -17,7 +17,8 @@ from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
 from quotagate.mta import postfix as postfix_config
-from tests.mta.conftest import Site
+from tests.mta.conftest import DOMAIN, Site
+from tests.mta.test_exim_policy import site_for
 from tests.servers.daemon import policy_daemon
 from tests.servers.exim import Exim, owned_by_mail_user
 from tests.servers.postfix import private_postfix
@@ -108,3 +109,29 @@ def test_exims_warning_port_delivers_to_a_full_mailbox_and_nothing_else_gets_pas
         time.sleep(0.1)
     (delivered,) = new.iterdir()
     assert b"X-Quotagate-Warning: 95%" in delivered.read_bytes()
+
+
+def test_the_warning_to_a_full_mailbox_gets_past_the_data_check_too(work: Path, exim: Exim) -> None:
+    """The warn port skips the checks at DATA as well as the RCPT check (the ACL statement, the
+    router's ACL): the daemon, asked at DATA, would say the mailbox is full and the warning would
+    be refused with 552 after DATA."""
+    site, port = site_for(work)
+    warn_port = free_port()
+    site.full_and_roomy()  # full@ holds QUOTA + 1 bytes: over quota
+    parts = exim_config.parts(load_config(site.config), "policy", warn_port=warn_port)
+    with site.config.open("a") as config:
+        config.write(f'[warn]\nsmtp = "127.0.0.1:{warn_port}"\nsender = "postmaster@{DOMAIN}"\n')
+    users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("full", "roomy")}
+    exim.configure(users=users, main=parts.main, acls=parts.acls, acl=parts.acl, more_ports=(warn_port,))
+    with policy_daemon(site.config, port) as daemon:
+        exim.start()
+        assert exim.smtp(FULL) == 552  # the way mail comes in: refused at RCPT
+        assert site.quotagate("warn") == 0, exim.log("main")[-3000:] + daemon.log()[-2000:]
+    new = site.maildir("full") / "new"
+    for _ in range(100):
+        if new.is_dir() and any(new.iterdir()):
+            break
+        time.sleep(0.1)
+    landed = sorted(new.iterdir()) if new.is_dir() else []
+    assert len(landed) == 1, exim.log("main")[-3000:]
+    assert b"X-Quotagate-Warning: 95%" in landed[0].read_bytes()

@@ -49,12 +49,13 @@ def test_recipients_reach_the_request_only_with_line_breaks_removed() -> None:
     parts = exim.policy_parts(CONFIG)
     prdr, check = acl(parts, "quotagate_data_prdr"), acl(parts, "quotagate_data_check")
     assert r"recipient=${sg{$local_part@$domain}{\N[\r\n]\N}{}}" in prdr
-    assert r"recipient=${sg{$item}{\N[\r\n]\N}{}}" in check
-    assert "$local_part" not in check.replace("$local_part@$domain", "")
+    unquoted = r'${sg{${sg{${local_part:$item}}{\N^"(.*)"$\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
+    assert rf"recipient=${{sg{{{unquoted}}}{{\N[\r\n]\N}}{{}}}}" in check  # each as $local_part would be
+    assert "${map{<| ${addresses:>| $recipients}}" in check  # split as addresses, not at every comma
 
 
 def test_without_prdr_the_message_is_refused_only_when_every_answer_refuses() -> None:
     check = acl(exim.policy_parts(CONFIG), "quotagate_data_check")
     assert "condition = ${if eq{$acl_m_quotagate_prdr}{yes}}" in check  # PRDR checked each already
     deny = check[check.index("  deny") : check.index("  defer")]
-    assert "forall{<, $acl_m_quotagate_data}" in deny and "!eq{$acl_m_quotagate_data}{}" in deny
+    assert "forall{<| $acl_m_quotagate_data}" in deny and "!eq{$acl_m_quotagate_data}{}" in deny

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from quotagate.accounting import PROFILES
 from quotagate.model import Action
 from quotagate.policy.reservations import Transaction
-from quotagate.policy.stages import Recipients, exim_data_size, label, message_verdict
+from quotagate.policy.stages import LetIn, Recipients, exim_data_size, label, message_verdict
 
 A, B = Transaction("192.0.2.1", "a"), Transaction("192.0.2.1", "b")
 ACTIONS = st.sampled_from(list(Action))
@@ -29,36 +29,39 @@ def test_stage_labels() -> None:
 
 def test_a_message_is_refused_only_when_every_recipient_is() -> None:
     R, D, A_, N = Action.REJECT, Action.DEFER, Action.ACCEPT, Action.DUNNO
-    assert message_verdict([R, R], 2) is R
-    assert message_verdict([R, D], 2) is D  # one may fit later: try again
-    assert message_verdict([R, A_], 2) is N  # the roomy one gets it; the full one's agent decides
-    assert message_verdict([R, N], 2) is N
-    assert message_verdict([R], 2) is N  # a recipient nobody asked about is not refused
-    assert message_verdict([R, R, R], 2) is R  # one more seen than the MTA kept: all refused still
-    assert message_verdict([], 0) is N
+    assert message_verdict([R, R], 2, 2) is R
+    assert message_verdict([R, D], 2, 2) is D  # one may fit later: try again
+    assert message_verdict([R, A_], 2, 2) is N  # the roomy one gets it; the full one's agent decides
+    assert message_verdict([R, N], 2, 2) is N
+    assert message_verdict([R], 2, 1) is N  # a recipient nobody asked about is not refused
+    assert message_verdict([R], 2, 2) is R  # one recipient given twice: refused twice
+    assert message_verdict([R, R, R], 2, 3) is R  # one more seen than the MTA kept: all refused still
+    assert message_verdict([], 0, 0) is N
 
 
-@given(st.lists(ACTIONS, max_size=6), st.integers(0, 8))
-def test_the_verdict_never_refuses_a_recipient_that_was_not_refused(actions: list[Action], count: int) -> None:
-    verdict = message_verdict(actions, count)
+@given(st.lists(ACTIONS, max_size=6), st.integers(0, 8), st.integers(0, 8))
+def test_the_verdict_never_refuses_a_recipient_that_was_not_refused(
+    actions: list[Action], count: int, let_in: int
+) -> None:
+    verdict = message_verdict(actions, count, let_in)
     refused = {Action.REJECT, Action.DEFER}
     if verdict in refused:
-        assert actions and all(a in refused for a in actions) and len(actions) >= count
+        assert actions and all(a in refused for a in actions) and let_in >= count
     else:
         assert verdict is Action.DUNNO
     if verdict is Action.REJECT:
         assert all(a is Action.REJECT for a in actions)
 
 
-def test_recipients_are_kept_per_transaction_once_each_in_order() -> None:
+def test_recipients_are_kept_per_transaction_once_each_in_order_with_their_rcpts_counted() -> None:
     r = Recipients(seconds=60)
     for rcpt in ("b@x", "a@x", "b@x"):
         r.add(A, rcpt, now=0)
     r.add(B, "c@x", now=0)
-    assert r.take(A, now=1) == ("b@x", "a@x")
-    assert r.take(A, now=1) == ()  # taken: forgotten
+    assert r.take(A, now=1) == LetIn(("b@x", "a@x"), 3)
+    assert r.take(A, now=1) == LetIn((), 0)  # taken: forgotten
     r.forget(B)
-    assert r.take(B, now=1) == () and len(r) == 0
+    assert r.take(B, now=1) == LetIn((), 0) and len(r) == 0
 
 
 def test_too_many_recipients_are_not_known() -> None:
@@ -67,7 +70,7 @@ def test_too_many_recipients_are_not_known() -> None:
         r.add(A, rcpt, now=0)
     assert r.take(A, now=0) is None  # never refuse a message for the two of three it knows
     r.add(A, "a@x", now=0)
-    assert r.take(A, now=0) == ("a@x",)
+    assert r.take(A, now=0) == LetIn(("a@x",), 1)
 
 
 def test_recipients_expire_and_the_oldest_transactions_go_first() -> None:
@@ -75,9 +78,9 @@ def test_recipients_expire_and_the_oldest_transactions_go_first() -> None:
     r.add(Transaction("c", "1"), "a@x", now=0)
     r.add(Transaction("c", "2"), "a@x", now=10)
     r.add(Transaction("c", "3"), "a@x", now=20)
-    assert len(r) == 2 and r.take(Transaction("c", "1"), now=20) == ()
-    assert r.take(Transaction("c", "2"), now=69) == ("a@x",)
-    assert r.take(Transaction("c", "3"), now=80) == ()  # expired at 80
+    assert len(r) == 2 and r.take(Transaction("c", "1"), now=20) == LetIn((), 0)
+    assert r.take(Transaction("c", "2"), now=69) == LetIn(("a@x",), 1)
+    assert r.take(Transaction("c", "3"), now=80) == LetIn((), 0)  # expired at 80
 
 
 @given(

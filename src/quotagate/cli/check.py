@@ -69,8 +69,9 @@ def _daemons_reservations(service: PolicyService, address: str, control: Path) -
 def _forecast(store: Store, mailbox: Mailbox | None, usage: Usage | None, days: float) -> Forecast | None:
     if mailbox is None or usage is None:
         return None
-    history = store.history(usage.measured_at - days * DAY, [mailbox.address]).get(mailbox.address, [])
-    return forecast(history, mailbox.limits, (usage.bytes, usage.messages), usage.measured_at)
+    at = max(usage.measured_at, time.time())  # the usage still holds now: see report.forecasts
+    history = store.history(at - days * DAY, [mailbox.address]).get(mailbox.address, [])
+    return forecast(history, mailbox.limits, (usage.bytes, usage.messages), at)
 
 
 def _forecast_line(f: Forecast | None) -> str:

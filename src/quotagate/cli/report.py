@@ -85,7 +85,7 @@ def report(app: App, over: bool, domains: tuple[str, ...], above: str | None, fi
     with app.store() as store:
         mailboxes, readings = store.mailboxes(), store.readings()
         history = store.history(now - app.config.history.forecast_days * DAY)
-    predicted = forecasts(mailboxes, readings, history)
+    predicted = forecasts(mailboxes, readings, history, now)
     config = app.config
     profile = profile_for(config.spool)
     data = rows(

@@ -451,26 +451,30 @@ def data_acls(socket: str, transaction: str) -> str:
     )
     answers = f"${DATA_ANSWERS}"
     known = f"!eq{{{answers}}}{{}}"
+    listed = "${addresses:>| $recipients}"
+    unquoted = r'${sg{${sg{${local_part:$item}}{\N^"(.*)"$\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
 
     def every(pattern: str) -> str:
-        return f"${{if and{{{{{known}}}{{forall{{<, {answers}}}{{match{{$item}}{{\\N{pattern}\\N}}}}}}}}}}"
+        return f"${{if and{{{{{known}}}{{forall{{<| {answers}}}{{match{{$item}}{{\\N{pattern}\\N}}}}}}}}}}"
 
     refused, refused_now = every(r"^5\d\d\s"), every(r"^[45]\d\d\s")
     # The first temporary refusal in the list: its text goes with the 4xx for the message.
     pick = r"${if and{{eq{$value}{}}{match{$item}{\N^4\N}}}{$item}{$value}}"
-    first_temporary = f"${{reduce{{<, {answers}}}{{}}{{{pick}}}}}"
+    first_temporary = f"${{reduce{{<| {answers}}}{{}}{{{pick}}}}}"
     check = (
         "quotagate_data_check:\n"
         f"  accept\n    condition = ${{if eq{{${PRDR_CHECKED}}}{{yes}}}}\n"
-        # $recipients is separated by commas, and a quoted local part may hold some: split
-        # there, it would name mailboxes that are no recipients of the message.
-        '  accept\n    condition = ${if match{$recipients}{\\N"\\N}}\n'
-        "    logwrite = quotagate: a quoted recipient address at DATA (it may hold commas): not checked\n"
-        f"  warn\n    set {DATA_ANSWERS} = ${{map{{<, $recipients}}{{${{sg{{{ask('$item')}}}{{{text}}}{{}}}}}}}}\n"
+        # Every recipient of the message, once each, as the RCPT check saw it: $recipients split
+        # by ${addresses} (a comma inside a quoted local part separates nothing), each local
+        # part unquoted as $local_part is ("full"@ is full@). Should the split find another
+        # count, a recipient would go unasked: the message is not checked, and that is logged.
+        f"  accept\n    condition = ${{if !eq{{${{listcount:<| {listed}}}}}{{$recipients_count}}}}\n"
+        "    logwrite = quotagate: the recipients at DATA could not be split ($recipients): not checked\n"
+        f"  warn\n    set {DATA_ANSWERS} = ${{map{{<| {listed}}}{{${{sg{{{ask(unquoted)}}}{{{text}}}{{}}}}}}}}\n"
         f"  warn\n    condition = ${{if match{{{answers}}}{{{UNREACHABLE.removeprefix('action=DUNNO ')}}}}}\n"
         "    log_message = quotagate: cannot ask the daemon at DATA: accepted\n"
         f"  deny\n    condition = {refused}\n"
-        f"    message = ${{listextract{{1}}{{<, {answers}}}}}\n"
+        f"    message = ${{listextract{{1}}{{<| {answers}}}}}\n"
         f"  defer\n    condition = {refused_now}\n"
         f"    message = {first_temporary}\n"
         "  accept\n"
@@ -485,8 +489,9 @@ def with_warn_port(p: Parts, port: int) -> Parts:
     """``p`` letting ``quotagate warn``'s mail through on ``port``, from the host itself only.
 
     A warning must reach a mailbox that is already full, which the check refuses at RCPT: on
-    this port and from loopback, the ACL statement accepts any recipient that verifies, and the
-    routers' ACLs do not look (their answer would fail the verification). The port and the
+    this port and from loopback, the ACL statement accepts any recipient that verifies, the
+    routers' ACLs do not look (their answer would fail the verification), and neither do the
+    checks at DATA. The port and the
     address, never a header anyone can write, are what let the warning through.
     """
     if not 0 < port < 65536:
@@ -497,10 +502,13 @@ def with_warn_port(p: Parts, port: int) -> Parts:
         "# daemon_smtp_ports, on 127.0.0.1 only): no quota check, so a full mailbox still gets its warning.\n"
         f"accept\n  condition = {warn_port}\n  hosts = {LOOPBACK}\n  verify = recipient\n"
     )
-    skip = f"  accept\n    condition = {warn_port}\n    hosts = {LOOPBACK}\n    message = no\n"
+    passed = f"  accept\n    condition = {warn_port}\n    hosts = {LOOPBACK}\n"
+    skip = {name: passed + "    message = no\n" for name in (CHECK_ACL, POLICY_ASK_ACL)}
+    skip |= {name: passed for name in ("quotagate_data_check", "quotagate_data_prdr")}  # the checks at DATA
     acls = p.acls
-    for name in (CHECK_ACL, POLICY_ASK_ACL):
-        acls = re.sub(rf"^{name}:\n", lambda m: m.group(0) + skip, acls, count=1, flags=re.M)
+    for name, statement in skip.items():
+        head = f"{name}:\n"
+        acls = re.sub(rf"^{re.escape(head)}", (head + statement).replace("\\", "\\\\"), acls, count=1, flags=re.M)
     return replace(p, acl=accept + p.acl if p.acl else "", acls=acls)
 
 

@@ -24,7 +24,15 @@ from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
 from quotagate.policy.reservations import Reservations, Transaction, client_key
-from quotagate.policy.stages import RECIPIENTS_SECONDS, Recipients, Stage, exim_data_size, label, message_verdict
+from quotagate.policy.stages import (
+    RECIPIENTS_SECONDS,
+    LetIn,
+    Recipients,
+    Stage,
+    exim_data_size,
+    label,
+    message_verdict,
+)
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
@@ -72,6 +80,7 @@ class _Ask(NamedTuple):
     size: int | None
     whole: bool = False
     recipient_count: int = 1
+    let_in: int = 1  # the RCPTs of the message that the checks let in (see message_verdict)
 
 
 @dataclass(frozen=True)
@@ -234,11 +243,12 @@ class PolicyService:
         message was accepted: its room goes in flight."""
         count = _number(request.attributes.get("recipient_count", ""))
         seen = self.recipients.take(transaction, self.clock()) if count is not None else None
-        recipients = (request.recipient,) if count == 1 and request.recipient else seen
-        if count is None or not recipients:
+        named = count == 1 and bool(request.recipient)
+        let_in = LetIn((request.recipient,), 1) if named else seen
+        if count is None or let_in is None or not let_in.recipients:
             self._end(transaction, with_data=True)
             return self._done(started, Action.DUNNO, DUNNO)
-        return _Ask("data", recipients, request.size, whole=True, recipient_count=count)
+        return _Ask("data", let_in.recipients, request.size, whole=True, recipient_count=count, let_in=let_in.rcpts)
 
     def _exim_size(self, request: PolicyRequest) -> int | None:
         """The size Exim's DATA ACL sends, as the mailbox's delivery agent will count it."""
@@ -334,7 +344,7 @@ class PolicyService:
         """One answer for a message (Postfix cannot refuse it per recipient): refused when every
         recipient is refused; otherwise accepted, and the delivery agent's own quota decides
         for a recipient that is full."""
-        verdict = message_verdict((o.decision.action for o in outcomes), ask.recipient_count)
+        verdict = message_verdict((o.decision.action for o in outcomes), ask.recipient_count, ask.let_in)
         refused = [o for o in outcomes if o.decision.action in _REFUSED]
         for outcome in refused:
             self._log_refusal(outcome, ask.stage, whole=verdict in _REFUSED)

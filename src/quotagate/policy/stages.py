@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from quotagate.accounting import Profile, SizeRule
 from quotagate.model import Action
@@ -46,19 +46,28 @@ def exim_data_size(profile: Profile, size: int, added: int, lines: int) -> int:
     return total
 
 
-def message_verdict(decisions: Iterable[Action], recipient_count: int) -> Action:
+def message_verdict(decisions: Iterable[Action], recipient_count: int, let_in: int) -> Action:
     """One answer for a message from the decisions for its recipients (RFC 5321 has one reply
     to the end of data): refused only when every recipient is refused, permanently (REJECT)
     when each refusal is permanent, else temporarily (DEFER). A recipient nobody checked (fewer
-    decisions than ``recipient_count``) is not refused; nothing known is DUNNO."""
+    RCPTs ``let_in`` by the checks than the MTA's ``recipient_count``: it accepted one without
+    asking) is not refused; nothing known is DUNNO. The count is of RCPT commands, not of
+    addresses: a client giving one recipient twice is counted twice by both."""
     actions = list(decisions)
-    if not actions or len(actions) < recipient_count:
+    if not actions or let_in < recipient_count:
         return Action.DUNNO
     if all(a is Action.REJECT for a in actions):
         return Action.REJECT
     if all(a in (Action.REJECT, Action.DEFER) for a in actions):
         return Action.DEFER
     return Action.DUNNO
+
+
+class LetIn(NamedTuple):
+    """The recipients a transaction was let in for at RCPT, and how many RCPTs that took."""
+
+    recipients: tuple[str, ...]
+    rcpts: int
 
 
 class Recipients:
@@ -75,10 +84,12 @@ class Recipients:
         self.seconds = seconds
         self.max_transactions = max_transactions
         self.per_transaction = per_transaction
-        self._seen: OrderedDict[Transaction, tuple[float, dict[str, None]]] = OrderedDict()
+        self._seen: OrderedDict[Transaction, tuple[float, dict[str, int]]] = OrderedDict()
         self.overflowed: set[Transaction] = set()
 
     def add(self, transaction: Transaction, recipient: str, now: float) -> None:
+        """One RCPT let in for ``recipient`` (a recipient given twice is counted twice, as the
+        MTA's ``recipient_count`` counts it)."""
         entry = self._seen.get(transaction)
         if entry is None:
             self.expire(now)  # the oldest first: O(1) unless some are due
@@ -86,14 +97,12 @@ class Recipients:
             while len(self._seen) > self.max_transactions:
                 self._forget_oldest()
         recipients = entry[1]
-        if recipient in recipients:
-            return
-        if len(recipients) >= self.per_transaction:
+        if recipient not in recipients and len(recipients) >= self.per_transaction:
             self.overflowed.add(transaction)
             return
-        recipients[recipient] = None
+        recipients[recipient] = recipients.get(recipient, 0) + 1
 
-    def take(self, transaction: Transaction, now: float) -> tuple[str, ...] | None:
+    def take(self, transaction: Transaction, now: float) -> LetIn | None:
         """The recipients seen for the transaction (forgotten now), in the order first seen; None
         when they are not all known (more than ``per_transaction``)."""
         self.expire(now)
@@ -101,7 +110,8 @@ class Recipients:
         if transaction in self.overflowed:
             self.overflowed.discard(transaction)
             return None
-        return tuple(entry[1]) if entry else ()
+        recipients = entry[1] if entry else {}
+        return LetIn(tuple(recipients), sum(recipients.values()))
 
     def forget(self, transaction: Transaction) -> None:
         self._seen.pop(transaction, None)
