@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +70,22 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def daemon(site: Site, url: str | None, node: str, **policy: object) -> AsyncIterator[Daemon]:
+async def daemon(
+    site: Site, url: str | None, node: str, clock: Callable[[], float] | None = None, **policy: object
+) -> AsyncIterator[Daemon]:
+    """``clock``: the host's own, when it is not right."""
     data = site.data(**policy)
     if url is not None:
         # One key space per test, shared by its daemons.
         data["shared"] = {"url": url, "node": node, "timeout": 0.5, "retry_seconds": 0.1, "prefix": site.base.name}
     metrics = Metrics()
     service = site.service(parse_config(data), metrics)
+    if clock is not None:
+        service.clock = clock
     ledger = attach(service, metrics)
     if ledger is not None:
+        if clock is not None:
+            ledger.clock = clock
         await ledger.start()
     try:
         async with serving(service.config, service.respond, metrics) as running:

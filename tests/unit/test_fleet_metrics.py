@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from quotagate.policy.fleetmetrics import FleetCollector, add_up, parse
@@ -62,3 +64,30 @@ def test_a_gone_workers_counts_stay_and_its_gauges_go(tmp_path: Path) -> None:
     assert samples['quotagate_policy_requests_total{decision="accept"}'] == 8
     assert samples["quotagate_policy_connections"] == 3
     assert samples["quotagate_policy_request_seconds_count"] == 2
+
+
+AGE = "quotagate_policy_snapshot_age_seconds"
+
+
+def age_text(age: float) -> str:
+    registry = CollectorRegistry()
+    Gauge(AGE, "Seconds since limits and usage were loaded from the store", registry=registry).set(age)
+    return generate_latest(registry).decode()
+
+
+def served_age(fleet: FleetCollector) -> float:
+    registry = CollectorRegistry()
+    registry.register(fleet)
+    value = registry.get_sample_value(AGE)
+    assert value is not None
+    return value
+
+
+@pytest.mark.parametrize("without", [0, 1], ids=["first worker without", "second worker without"])
+def test_a_worker_without_a_snapshot_shows_in_the_fleets_snapshot_age(tmp_path: Path, without: int) -> None:
+    fleet = FleetCollector(tmp_path)
+    for index in (0, 1):
+        fleet.path(index).write_text(age_text(math.nan if index == without else 5.0))
+    age = served_age(fleet)
+    # No snapshot is older than any: NaN (or +Inf), never the other worker's 5 seconds.
+    assert math.isnan(age) or age == math.inf, age

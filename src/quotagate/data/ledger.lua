@@ -7,6 +7,7 @@
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
 --   5 dlv  zset  delivery seen, by when
 --   6 use  hash  b, m, at: the mailbox's usage as the storage host last measured it
+--   7 ids  zset  deliveries applied, by name (a delivery sent twice is applied once), by when
 -- ARGV[1] is the operation, ARGV[2] the keys' lifetime in ms (they go when a mailbox goes quiet).
 -- Every time is Redis's own clock (TIME), in ms; the hosts pass ages, never their clocks.
 
@@ -14,7 +15,7 @@ redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op, life = ARGV[1], tonumber(ARGV[2])
-local RES, SUM, EXP, UND, DLV, USE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local RES, SUM, EXP, UND, DLV, USE, IDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local SWEEP = 256  -- expired or delivered reservations let go per call: each call stays short
 
 local function get(tx)
@@ -69,31 +70,40 @@ local function sums()
   return tonumber(s[1] or 0), tonumber(s[2] or 0)
 end
 
-if op == 'check' then
+if op == 'check' or op == 'data' then
   -- ARGV: 3 tx, 4 client, 5 size (0: unknown, hold nothing), 6 cap bytes, 7 cap messages,
-  -- 8 reservation ms, 9 local usage bytes, 10 messages, 11 its age in ms,
-  -- 12 ceiling bytes, 13 ceiling messages ('': no limit), 14..17 a folder's usage and ceiling (optional)
+  -- 8 reservation ms, 9 local usage bytes, 10 messages, 11 its age in ms, 12 whether that age
+  -- is by the clock of the host that measured it (1: a live read, or this host's own watch; 0:
+  -- a reading from the store, taken on another host: its age holds both clocks' difference),
+  -- 13 ceiling bytes, 14 ceiling messages ('': no limit), 15..18 a folder's usage and ceiling (optional)
+  -- 'data' (the check at DATA, with the message's real size) weighs it in place of what the
+  -- transaction holds, never beside it; refused, that hold is let go.
   local tx, client, size = ARGV[3], ARGV[4], tonumber(ARGV[5])
   local ub, um, at, source = tonumber(ARGV[9]), tonumber(ARGV[10]), now - tonumber(ARGV[11]), 'local'
   local use = redis.call('HMGET', USE, 'b', 'm', 'at')
-  if use[3] and tonumber(use[3]) >= at then
+  -- The storage host's own reading wins over a copy from the store, whatever their ages say: an
+  -- MX whose clock is behind would send the copy as taken now, releasing mail still in flight.
+  if use[3] and (ARGV[12] ~= '1' or tonumber(use[3]) >= at) then
     ub, um, at, source = tonumber(use[1]), tonumber(use[2]), tonumber(use[3]), 'shared'
   end
   local expired = sweep(EXP, now)
   -- A reading releases only what it includes: deliveries seen before it was taken.
   local delivered = sweep(DLV, '(' .. at)
   local rb, rm = sums()
+  local old = get(tx)
+  local mine = (old and old.s == 'held') and old or nil
+  if op == 'data' and mine then rb = rb - mine.b; rm = rm - 1 end
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
-  local fits = within(ub + rb, um + rm, ARGV[12], ARGV[13])
-  if fits and ARGV[14] then
-    fits = within(tonumber(ARGV[14]) + rb, tonumber(ARGV[15]) + rm, ARGV[16], ARGV[17])
+  local fits = within(ub + rb, um + rm, ARGV[13], ARGV[14])
+  if fits and ARGV[15] then
+    fits = within(tonumber(ARGV[15]) + rb, tonumber(ARGV[16]) + rm, ARGV[17], ARGV[18])
   end
   local held, capped = 0, 0
-  if fits and size > 0 then
-    local old = get(tx)
-    local mine = (old and old.s == 'held') and old or nil
+  if not fits and op == 'data' and mine then
+    drop(tx, mine)
+  elseif fits and size > 0 then
     local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
     local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. client) or 0) + 1
     if mine then cb = cb - mine.b; cm = cm - 1 end
@@ -127,6 +137,11 @@ elseif op == 'end' then
 elseif op == 'delivered' then
   -- A message landed: the smallest reservation in flight not matched yet is marked delivered
   -- (never larger than the message that landed, whose own reservation is among them).
+  -- ARGV: 3 the delivery's name: one already applied is not applied again (a replay).
+  if redis.call('ZSCORE', IDS, ARGV[3]) then return 0 end
+  redis.call('ZREMRANGEBYSCORE', IDS, '-inf', now - life)
+  redis.call('ZADD', IDS, now, ARGV[3])
+  redis.call('PEXPIRE', IDS, life)
   while true do
     local popped = redis.call('ZPOPMIN', UND)
     if #popped == 0 then return 0 end

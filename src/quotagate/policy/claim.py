@@ -21,6 +21,7 @@ from quotagate.sizes import Allowance
 
 UNLIMITED = 2**62
 SHARED_SOURCE = "shared"
+STORE_SOURCE = "scan"  # a reading loaded from the store (quotagate.policy.live)
 
 
 def client_caps(share: Allowance, limits: Limits) -> tuple[int, int]:
@@ -46,6 +47,9 @@ class Claim:
     grace: Allowance
     boundary: Boundary
     folder: tuple[Limits, Usage] | None = None  # local+folder: the folder's rule and usage
+    # At DATA: the message's real size, weighed and held in place of what its transaction holds
+    # (never beside it), and that hold let go when it does not fit.
+    at_data: bool = False
 
     @staticmethod
     def wanted(mailbox: Mailbox, limits: Limits | None, usage: Usage | None) -> bool:
@@ -59,6 +63,13 @@ class Claim:
         if self.folder is None:
             return whole, None
         return whole, ceiling(self.folder[0], self.size, self.grace, self.boundary)
+
+    @property
+    def own_clock(self) -> bool:
+        """Whether the usage's age is by the clock of the host that measured it: a live read,
+        or this host's own watch; not a reading from the store, which another host may have
+        taken (its age then also holds the difference of the two clocks)."""
+        return self.usage.source != STORE_SOURCE
 
     @property
     def holding(self) -> int:

@@ -11,6 +11,7 @@ restarts never make a counter go backwards.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +20,16 @@ from pathlib import Path
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+
+def _oldest(a: float, b: float) -> float:
+    """The larger age, NaN (a worker without a snapshot: older than any) winning whichever
+    worker's file is read first (the builtin ``max`` answers by the order of its arguments)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
 # Gauges that do not add up across workers.
 _GAUGES: dict[str, Callable[[float, float], float]] = {
-    "quotagate_policy_snapshot_age_seconds": max,
+    "quotagate_policy_snapshot_age_seconds": _oldest,
     "quotagate_shared_up": min,
 }
 _CUMULATIVE = frozenset({"counter", "histogram", "summary"})

@@ -276,11 +276,8 @@ class PolicyService:
         """The answer once the live usage (if any was wanted) is known: on the loop, no I/O; a
         future while the shared ledger weighs a check."""
         try:
-            # At DATA the answer replaces the transaction's own hold, which only this host's
-            # ledger knows to take out: decided alone.
-            alone = ask.stage == "data"
             decided = [
-                t if isinstance(t, Outcome) else self._decide(t, ask.size, live, transaction, ask.stage, alone)
+                t if isinstance(t, Outcome) else self._decide(t, ask.size, live, transaction, ask.stage)
                 for t, live in zip(targets, lives, strict=True)
             ]
             outcomes = [d for d in decided if isinstance(d, Outcome)]
@@ -319,6 +316,7 @@ class PolicyService:
                     outcomes.append(alone)
                 else:
                     decision, usage = settle(claim, weighed, self.clock())
+                    self.reservations.capped += weighed.capped and not weighed.held
                     outcomes.append(Outcome(claim.mailbox.address, decision, usage))
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
@@ -442,7 +440,7 @@ class PolicyService:
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
         if self.shared is not None and self.shared.up and not alone and Claim.wanted(mailbox, limits, usage):
-            claim = self._claim(target, size, live, transaction, limits, usage, now)
+            claim = self._claim(target, size, live, transaction, limits, usage, now, stage)
             if claim is not None:
                 return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
@@ -499,9 +497,11 @@ class PolicyService:
         limits: Limits | None,
         usage: Usage | None,
         now: float,
+        stage: Stage,
     ) -> Claim | None:
         """The check as the shared ledger weighs it: the whole mailbox's usage (which a storage
-        host's fresher one may replace) and, for local+folder, the folder's rule and usage."""
+        host's fresher one may replace) and, for local+folder, the folder's rule and usage; at
+        DATA, in place of what the transaction holds (see :meth:`_decide`)."""
         if usage is None or isinstance(live, Unreadable):
             return None
         whole = usage if limits is None else self._limits_and_usage(target.snapshot, target.mailbox, None, live)[1]
@@ -519,6 +519,7 @@ class PolicyService:
             self._grace,
             self._boundary,
             None if limits is None else (limits, usage),
+            at_data=stage == "data",
         )
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:

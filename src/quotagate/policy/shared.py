@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import itertools
 import json
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -56,7 +58,7 @@ _USAGE_MS = 86_400_000
 MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
 MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the first SCAN finds)
-_KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use")
+_KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use", "ids")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
 _Args = Sequence[str | int]
@@ -92,6 +94,7 @@ def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
         claim.usage.bytes,
         claim.usage.messages,
         max(0, round(claim.age * 1000)),
+        1 if claim.own_clock else 0,
         *_ceiling_args(whole),
     ]
     if claim.folder is not None:
@@ -170,6 +173,49 @@ class _Op:
     measured_at: float = 0.0  # for a reading: its age is worked out when it is sent
 
 
+class _Pending:
+    """The changes Redis missed while away, replayed in the order they were made once it is
+    back. Transaction ends are kept apart from deliveries and readings, each kind up to
+    :data:`MAX_PENDING` (the oldest dropped first, said once per outage): a long partition
+    that sees many deliveries would otherwise crowd out the ends, and the room each ended
+    transaction held would stay held in Redis until it expired. A dropped delivery or reading
+    costs less: its room stays in flight until the next reading, or expires."""
+
+    def __init__(self, limit: int = MAX_PENDING) -> None:
+        self._ends: deque[tuple[int, _Op]] = deque()
+        self._others: deque[tuple[int, _Op]] = deque()
+        self._limit = limit
+        self._seq = itertools.count()
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._ends or self._others)
+
+    def add(self, ops: Iterable[_Op]) -> None:
+        for op in ops:
+            kept = self._ends if op.name == "end" else self._others
+            kept.append((next(self._seq), op))
+            if len(kept) > self._limit:
+                kept.popleft()
+                if not self.dropped:
+                    log.warning(
+                        "more than %d changes of one kind missed the shared state: the oldest are dropped", self._limit
+                    )
+                self.dropped += 1
+
+    def first(self, n: int) -> list[_Op]:
+        """The ``n`` oldest, in the order they were made."""
+        merged = heapq.merge(self._ends, self._others, key=lambda entry: entry[0])
+        return [op for _, op in itertools.islice(merged, n)]
+
+    def drop_first(self, n: int) -> None:
+        for _ in range(n):
+            if self._others and (not self._ends or self._others[0][0] < self._ends[0][0]):
+                self._others.popleft()
+            else:
+                self._ends.popleft()
+
+
 class RedisLedger:
     """:class:`quotagate.policy.claim.SharedState` on Redis, with the daemon's own reservations
     (``local``) as the fallback while Redis is away."""
@@ -196,10 +242,11 @@ class RedisLedger:
         self._sha = ""  # its digest, once Redis has it (SCRIPT LOAD)
         self._up = False
         self._closing = False
-        self._pending: deque[_Op] = deque(maxlen=MAX_PENDING)
+        self._pending = _Pending()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._batch: list[tuple[Claim, asyncio.Future[Weighed | None]]] = []  # claims for the next pipeline
         self._ops: list[_Op] = []  # changes for the next pipeline
+        self._applying: asyncio.Task[None] | None = None  # the changes sent last (see _claim_all)
         self._probe: asyncio.Task[None] | None = None
         # A storage host's current readings: sent again whenever Redis comes back (it may have
         # come back empty, and a reading is sent only when it changes).
@@ -210,6 +257,8 @@ class RedisLedger:
         # What a call to Redis may raise when it is away (redis-py's errors once it is imported).
         self._faults: tuple[type[Exception], ...] = (OSError, TimeoutError)
         self._noscript: tuple[type[Exception], ...] = ()  # Redis lost the script (NOSCRIPT)
+        # Replies that say Redis cannot take the call now, whatever the call (see _away).
+        self._refusals: tuple[type[Exception], ...] = ()
 
     @property
     def up(self) -> bool:
@@ -227,10 +276,29 @@ class RedisLedger:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect and load the script; Redis away at start is an outage like any other."""
-        from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import (
+            BusyLoadingError,
+            ClusterDownError,
+            ConnectionError,
+            MasterDownError,
+            NoScriptError,
+            OutOfMemoryError,
+            ReadOnlyError,
+            RedisError,
+            TryAgainError,
+        )
 
         self._faults = (RedisError, OSError, TimeoutError)
         self._noscript = (NoScriptError,)
+        self._refusals = (
+            ConnectionError,
+            OutOfMemoryError,
+            ReadOnlyError,
+            BusyLoadingError,
+            MasterDownError,
+            TryAgainError,
+            ClusterDownError,
+        )
         self._client = connect(self.url, self.settings.timeout)
         if not await self._recover():
             self._down("not reachable at start")
@@ -262,14 +330,22 @@ class RedisLedger:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._claim_all(batch))
+        task = asyncio.ensure_future(self._claim_all(batch, self._applying))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _claim_all(self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]]) -> None:
-        """The batch's checks in one pipeline; whatever goes wrong, every check gets an answer
-        (None: decide alone), never a wait until the MTA gives up."""
+    async def _claim_all(
+        self, batch: list[tuple[Claim, asyncio.Future[Weighed | None]]], after: asyncio.Task[None] | None
+    ) -> None:
+        """The batch's checks in one pipeline, once the changes sent before them (``after``) are
+        in: a transaction's end takes a round trip of its own (which mailboxes it holds room in)
+        before its pipeline, which the next check's would overtake (Postfix's next ``instance``
+        on a connection would find the client still holding the room the end lets go).
+        Whatever goes wrong, every check gets an answer (None: decide alone), never a wait
+        until the MTA gives up."""
         try:
+            if after is not None and not after.done():
+                await asyncio.wait([after], timeout=self.settings.timeout)
             await self._weigh_all(batch)
         finally:
             for _, future in batch:
@@ -282,7 +358,8 @@ class RedisLedger:
         def queue(pipe: Pipeline) -> None:
             for claim, _ in batch:
                 keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
-                self._queue(pipe, keys, ["check", self._life_ms, *check_args(claim, self.node, reservation_ms)])
+                op = "data" if claim.at_data else "check"
+                self._queue(pipe, keys, [op, self._life_ms, *check_args(claim, self.node, reservation_ms)])
                 if claim.holding:
                     # Which mailboxes a transaction holds room in, for its end (which may
                     # reach another daemon of the same host: Postfix opens a new connection).
@@ -293,7 +370,8 @@ class RedisLedger:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 replies = await self._pipeline(queue, raise_on_error=False)
-            refused = True  # an error in a reply is the script's, for that check alone
+                self._raise_away(replies)
+            refused = True  # any other error in a reply is the script's, for that check alone
         except self._faults as exc:  # Redis away: decide alone
             self._failed(exc)
             replies, refused = [exc] * sum(3 if claim.holding else 1 for claim, _ in batch), False
@@ -318,7 +396,10 @@ class RedisLedger:
         self._send(_Op("end", transaction=transaction, args=(1 if with_data else 0,)))
 
     def delivered(self, mailbox: str) -> None:
-        self._send(_Op("delivered", mailbox))
+        """A message landed in ``mailbox``. Named, so that Redis applies it once however often it
+        is sent: a reply that came after the timeout had it replayed, and a second delivery
+        marked would let the next reading release the room of a message still in flight."""
+        self._send(_Op("delivered", mailbox, (os.urandom(8).hex(),)))
 
     def readings(self, readings: Iterable[Reading]) -> None:
         """A storage host's fresh readings: every MX weighs them from now on."""
@@ -373,7 +454,7 @@ class RedisLedger:
     def _send(self, op: _Op) -> None:
         """Changes made in one turn of the event loop go to Redis together (one pipeline)."""
         if not self._up:
-            self._pending.append(op)
+            self._pending.add([op])
             return
         self._ops.append(op)
         if len(self._ops) == 1:
@@ -381,7 +462,7 @@ class RedisLedger:
 
     def _flush_ops(self) -> None:
         ops, self._ops = self._ops, []
-        task = asyncio.ensure_future(self._apply_or_keep(ops))
+        task = self._applying = asyncio.ensure_future(self._apply_or_keep(ops))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -390,7 +471,7 @@ class RedisLedger:
             async with asyncio.timeout(self.settings.timeout):
                 await self._apply(ops)
         except self._faults as exc:
-            self._pending.extend(ops)
+            self._pending.add(ops)
             self._failed(exc)
 
     async def _apply(self, ops: Sequence[_Op]) -> None:
@@ -422,7 +503,9 @@ class RedisLedger:
             return
         # An error in a reply is the script's, for that change alone: it is dropped and said,
         # never kept for a replay that would fail the same way and keep Redis taken for away.
+        # Unless Redis took none: then the changes are kept and replayed (each is idempotent).
         replies = await self._pipeline(functools.partial(self._queue_all, calls), raise_on_error=False)
+        self._raise_away(replies)
         refused = [reply for reply in replies if isinstance(reply, Exception)]
         if refused:
             if self.metrics is not None:
@@ -546,6 +629,16 @@ class RedisLedger:
             return await pipe.execute(raise_on_error=raise_on_error)
 
     # -- faults --------------------------------------------------------------------------------
+    def _raise_away(self, replies: Sequence[Any]) -> None:
+        """The first reply that says Redis is away although it answered, raised: out of memory
+        (``maxmemory`` with noeviction), read-only (a plain URL left on a demoted master),
+        loading, its master down, a script still running (``BUSY``). Every call gets such a
+        reply then: each daemon would decide alone while ``quotagate_shared_up`` said 1, and
+        the room it held alone would never be written back."""
+        for reply in replies:
+            if isinstance(reply, self._refusals) or (isinstance(reply, Exception) and str(reply).startswith("BUSY")):
+                raise reply
+
     def _failed(self, exc: BaseException) -> None:
         if self.metrics is not None:
             self.metrics.shared_errors.inc()
@@ -592,11 +685,10 @@ class RedisLedger:
                 await self._load()
             while True:
                 while self._pending:
-                    chunk = list(itertools.islice(self._pending, _REPLAY_BATCH))
+                    chunk = self._pending.first(_REPLAY_BATCH)
                     async with asyncio.timeout(self.settings.timeout * 10):
                         await self._apply(chunk)
-                    for _ in chunk:
-                        self._pending.popleft()
+                    self._pending.drop_first(len(chunk))
                     replayed += len(chunk)
                 alone = list(self.local)
                 if not alone:
@@ -606,6 +698,7 @@ class RedisLedger:
             log.debug("shared state at %s still unavailable: %s", self._where, exc)
             return False
         self._up = True
+        self._pending.dropped = 0
         if self.metrics is not None:
             self.metrics.shared_up.set(1)
         self._send_current()
@@ -628,11 +721,14 @@ class RedisLedger:
             if left > 0:
                 since = -1 if r.delivered_at is None else max(0, round((now - r.delivered_at) * 1000))
                 tx = transaction_key(self.node, r.transaction)
-                args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, r.state]
+                # Its state as written: the transaction may end (END-OF-MESSAGE) during the await,
+                # and the end, replayed next, finds its mailbox through the index written here.
+                state = r.state
+                args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, state]
                 args += [left, since]
                 async with asyncio.timeout(self.settings.timeout):
                     written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
-                    if r.state == "held":
+                    if state == "held":
                         index = self._index_key(r.transaction)
                         await self._client.sadd(index, r.mailbox)
                         await self._client.pexpire(index, self._life_ms)
