@@ -31,10 +31,13 @@ def _write(store: Store, samples: Sequence[Sample]) -> None:
 
 
 def after_scan(config: Config, store: Store, changed: Sequence[Reading], now: float) -> None:
-    """Record what a scan changed, then prune: scans run often enough for pruning to stay small."""
-    if not config.history.enabled:
+    """Record what a scan changed, then prune: scans run often enough for pruning to stay small.
+    A scan that changed nothing adds no sample, and leaves pruning to the next one that does:
+    nothing grew meanwhile, and the unchanged scan cron runs most stays one write shorter."""
+    samples = samples_of(changed)
+    if not config.history.enabled or not samples:
         return
-    _write(store, samples_of(changed))
+    _write(store, samples)
     try:
         store.prune_history(now, config.history.retention)
     except store_errors() as exc:

@@ -49,24 +49,27 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
-            with _collector_paused():
+            with collector_paused(freeze=True):
                 import_module(f"quotagate.cli.{COMMANDS[cmd_name]}").register(self)
         return super().get_command(ctx, cmd_name)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection meanwhile, and what exists after it frozen: importing a
-    command (the config schema's validators, the store) allocates ~100,000 objects and no
-    garbage, and every pass of the collector, the one at exit included, walked them again
-    (~60 ms of CPU of each cron scan; the scan's worker processes, forked, would copy the pages
-    it touches). The collector's state is restored after."""
+def collector_paused(freeze: bool = False) -> Iterator[None]:
+    """No cyclic garbage collection meanwhile, and with ``freeze`` what exists after it frozen.
+
+    Importing a command (the config schema's validators, the store) allocates ~100,000 objects
+    and no garbage, and every pass of the collector, the one at exit included, walked them
+    again (~60 ms of CPU of each cron scan; the scan's worker processes, forked, would copy the
+    pages it touches). A scan's readings (a dozen objects per mailbox) are no garbage either,
+    until the scan ends. The collector's state is restored after."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         if enabled:
             gc.enable()
 

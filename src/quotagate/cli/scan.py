@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import click
 
 from quotagate.accounting import Profile, profile_for
-from quotagate.cli.app import App, pass_app
+from quotagate.cli.app import App, collector_paused, pass_app
 from quotagate.config import Config, ConfigError, scan_lock_file
 from quotagate.model import Reading
 from quotagate.outage import Outage
@@ -70,7 +70,7 @@ def _scan_once(app: App, full: bool, fix_maildirsize: bool, set_limit: bool, for
     """One scan under the lock; raises LockHeld when another scan runs, Outage when refused."""
     config = app.config
     try:
-        with scan_lock(scan_lock_file(config)), app.store() as store, _progress_bar() as progress:
+        with scan_lock(scan_lock_file(config)), app.store() as store, _progress_bar() as progress, collector_paused():
             result = run_scan(
                 config,
                 store,
