@@ -49,9 +49,10 @@ Please delete or archive mail you no longer need (Trash and Sent count too).
 """,
 }
 
-# One plain addr-spec: no space, control character, quote, bracket, comma or second "@"; and no
-# RFC 2047 encoded word ("=?"), which the email package decodes, line breaks and all, in a header.
-_PLAIN = re.compile(r"(?!.*=\?)[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+")
+# One plain addr-spec: no space, control character, quote, bracket, comma or second "@". An RFC
+# 2047 encoded word ("=?...?="), which the email package decodes in a header, line breaks and
+# all, is refused by reading the header back (see message): "a=?b@" is an address like any.
+_PLAIN = re.compile(r"[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:\"\\@]+")
 
 
 class MailError(QuotagateError):

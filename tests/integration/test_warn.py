@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.history import DAY, Sample
-from quotagate.mailer import MailError, message
+from quotagate.mailer import MailError, mailable, message
 from quotagate.model import Limits, Mailbox
 from quotagate.store import open_store
 from quotagate.warnjob import run_warn
@@ -274,3 +274,19 @@ def test_a_mailbox_that_stopped_growing_is_not_told_it_is_full_now(tmp_path: Pat
     assert bodies and all("80%" in b for b in bodies)
     # 80% full and not grown for ten days: whatever the trend, it is not "full now".
     assert not [b for b in bodies if "full now" in b], bodies
+
+
+SENDER = "quotagate@example.org"
+
+
+@pytest.mark.parametrize("address", ["a=?b@example.org", "x=?@example.org", "why=?not@example.org"])
+def test_an_address_with_equals_question_mark_in_its_local_part_is_mailed(address: str) -> None:
+    assert mailable(address)
+    msg = message(SENDER, address, "Your mailbox", "body", "near")
+    assert [a.addr_spec for a in msg["To"].addresses] == [address]
+
+
+def test_an_encoded_word_is_still_refused_by_the_parse_back_alone() -> None:
+    """The control (passes now): what the "=?" refusal was for stays refused."""
+    with pytest.raises(MailError):
+        message(SENDER, "=?utf-8?q?x?=@example.org", "s", "b", "n")

@@ -137,3 +137,20 @@ def test_postfix_a_recipient_given_twice_does_not_escape_the_end_of_message_chec
     assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
     assert postfix.queue_count() == 0
     assert wait_for_count(postfix, 1, seconds=3) == []
+
+
+def test_postfix_a_bogus_recipient_does_not_get_a_message_that_fits_no_real_one_past_the_check(setup: Setup) -> None:
+    """nosuchuser@ is no mailbox: the daemon answers DUNNO, then Postfix refuses it (550, its
+    smtpd_reject_unlisted_recipient) without the daemon hearing of it. Counted as let in, it once
+    stood for a recipient "not refused", and the message that fits no real recipient got in."""
+    postfix = setup.postfix
+    big = b"Subject: too big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (QUOTA // 1000)
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@example.net")[0] == 250  # no SIZE=
+        assert client.rcpt(ROOMY)[0] == 250
+        assert client.rcpt(ROOMY)[0] == 250  # twice: recipient_count 2, and 2 RCPTs let in with room
+        assert client.rcpt("nosuchuser@example.org")[0] == 550  # after the daemon said DUNNO
+        code, text = client.data(big)
+    assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
+    assert postfix.queue_count() == 0

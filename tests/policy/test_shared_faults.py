@@ -23,6 +23,7 @@ from quotagate.store import open_store
 from tests.policy.conftest import (
     BUSY,
     DUNNO,
+    QUOTA,
     ROOMY,
     ROOMY_USED,
     Client,
@@ -399,3 +400,44 @@ def test_a_check_deferred_for_the_clients_share_is_counted(tmp_path: Path, redis
     answers, capped = _capped(tmp_path, redis.url if shared else None)
     assert answers == [DUNNO, BUSY], answers
     assert capped == 1, f"quotagate_policy_client_capped_total is {capped} after one capped check"
+
+
+__all__ = ["redis"]
+
+
+pytestmark = pytest.mark.servers
+
+
+HOUR = 3600.0
+
+
+def test_an_hour_old_storage_reading_in_redis_never_beats_the_stores_fresh_one(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """A storage host's watch wrote roomy@ full to Redis an hour ago, then stopped (the `use` key
+    lives a day). Since, the mailbox was emptied to 1,000 bytes and a scan wrote that to the
+    store, which the MX's snapshot holds (confirmed seconds ago). ledger.lua now takes Redis's
+    `use` whenever the MX's usage is a store copy (own_clock 0), however old: the MX refuses a
+    mailbox with 9,000 bytes of room, on usage an hour old, past max_usage_age (900 s), which
+    the daemon alone would never believe. Before 66d4e74 the fresher reading won."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        reading = store.readings()[ROOMY]  # 1000 of 10000 bytes, measured just now
+    finally:
+        store.close()
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+
+    async def go() -> bytes:
+        storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+        await storage.start()
+        try:
+            old = msgspec.structs.replace(reading, bytes=QUOTA, measured_at=storage.clock() - HOUR)
+            storage.readings([old])
+            await wait_until(lambda: storage.settled)
+        finally:
+            await storage.close()  # the watch stopped
+        async with daemon(site, redis.url, "mx1") as mx:
+            return await mx.ask(rcpt(0, 1000))
+
+    assert run(go()) == DUNNO

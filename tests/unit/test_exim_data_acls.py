@@ -49,7 +49,7 @@ def test_recipients_reach_the_request_only_with_line_breaks_removed() -> None:
     parts = exim.policy_parts(CONFIG)
     prdr, check = acl(parts, "quotagate_data_prdr"), acl(parts, "quotagate_data_check")
     assert r"recipient=${sg{$local_part@$domain}{\N[\r\n]\N}{}}" in prdr
-    unquoted = r'${sg{${sg{${local_part:$item}}{\N^"(.*)"$\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
+    unquoted = r'${sg{${sg{${local_part:$item}}{\N"((?:[^"\\]|\\.)*)"\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
     assert rf"recipient=${{sg{{{unquoted}}}{{\N[\r\n]\N}}{{}}}}" in check  # each as $local_part would be
     assert "${map{<| ${addresses:>| $recipients}}" in check  # split as addresses, not at every comma
 

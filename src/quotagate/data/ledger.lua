@@ -75,7 +75,8 @@ if op == 'check' or op == 'data' then
   -- 8 reservation ms, 9 local usage bytes, 10 messages, 11 its age in ms, 12 whether that age
   -- is by the clock of the host that measured it (1: a live read, or this host's own watch; 0:
   -- a reading from the store, taken on another host: its age holds both clocks' difference),
-  -- 13 ceiling bytes, 14 ceiling messages ('': no limit), 15..18 a folder's usage and ceiling (optional)
+  -- 13 the oldest usage believed (max_usage_age) in ms,
+  -- 14 ceiling bytes, 15 ceiling messages ('': no limit), 16..19 a folder's usage and ceiling (optional)
   -- 'data' (the check at DATA, with the message's real size) weighs it in place of what the
   -- transaction holds, never beside it; refused, that hold is let go.
   local tx, client, size = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -83,7 +84,8 @@ if op == 'check' or op == 'data' then
   local use = redis.call('HMGET', USE, 'b', 'm', 'at')
   -- The storage host's own reading wins over a copy from the store, whatever their ages say: an
   -- MX whose clock is behind would send the copy as taken now, releasing mail still in flight.
-  if use[3] and (ARGV[12] ~= '1' or tonumber(use[3]) >= at) then
+  -- Not once it is older than any usage is believed (a storage host that stopped writing here).
+  if use[3] and now - tonumber(use[3]) <= tonumber(ARGV[13]) and (ARGV[12] ~= '1' or tonumber(use[3]) >= at) then
     ub, um, at, source = tonumber(use[1]), tonumber(use[2]), tonumber(use[3]), 'shared'
   end
   local expired = sweep(EXP, now)
@@ -96,9 +98,9 @@ if op == 'check' or op == 'data' then
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
-  local fits = within(ub + rb, um + rm, ARGV[13], ARGV[14])
-  if fits and ARGV[15] then
-    fits = within(tonumber(ARGV[15]) + rb, tonumber(ARGV[16]) + rm, ARGV[17], ARGV[18])
+  local fits = within(ub + rb, um + rm, ARGV[14], ARGV[15])
+  if fits and ARGV[16] then
+    fits = within(tonumber(ARGV[16]) + rb, tonumber(ARGV[17]) + rm, ARGV[18], ARGV[19])
   end
   local held, capped = 0, 0
   if not fits and op == 'data' and mine then

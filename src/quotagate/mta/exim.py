@@ -452,7 +452,8 @@ def data_acls(socket: str, transaction: str) -> str:
     answers = f"${DATA_ANSWERS}"
     known = f"!eq{{{answers}}}{{}}"
     listed = "${addresses:>| $recipients}"
-    unquoted = r'${sg{${sg{${local_part:$item}}{\N^"(.*)"$\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
+    # Every quoted segment ("john".doe is john.doe too), then the backslash escapes inside them.
+    unquoted = r'${sg{${sg{${local_part:$item}}{\N"((?:[^"\\]|\\.)*)"\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
 
     def every(pattern: str) -> str:
         return f"${{if and{{{{{known}}}{{forall{{<| {answers}}}{{match{{$item}}{{\\N{pattern}\\N}}}}}}}}}}"

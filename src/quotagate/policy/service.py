@@ -332,7 +332,11 @@ class PolicyService:
         if ask.whole:
             return self._whole_message(started, ask, transaction, outcomes)
         (outcome,) = outcomes
-        if ask.stage == "rcpt" and outcome.decision.action not in _REFUSED and request.attributes.get("instance"):
+        if ask.stage == "rcpt" and outcome.decision.action is Action.ACCEPT and request.attributes.get("instance"):
+            # Only recipients with room: one with no opinion (not a mailbox quotagate knows) may
+            # be refused by Postfix after this check, which the daemon never hears of; counted,
+            # a bogus recipient would make a message for full mailboxes one with a recipient
+            # "not refused". Accepted by Postfix, it is a recipient not remembered: no refusal.
             self.recipients.add(transaction, request.recipient, self.clock())
         if outcome.decision.action in _REFUSED:
             self._log_refusal(outcome, ask.stage)
@@ -520,6 +524,7 @@ class PolicyService:
             self._boundary,
             None if limits is None else (limits, usage),
             at_data=stage == "data",
+            max_usage_age=policy.max_usage_age,
         )
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:

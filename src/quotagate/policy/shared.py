@@ -95,6 +95,7 @@ def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
         claim.usage.messages,
         max(0, round(claim.age * 1000)),
         1 if claim.own_clock else 0,
+        round(claim.max_usage_age * 1000),
         *_ceiling_args(whole),
     ]
     if claim.folder is not None:
@@ -346,6 +347,8 @@ class RedisLedger:
         try:
             if after is not None and not after.done():
                 await asyncio.wait([after], timeout=self.settings.timeout)
+                if not self._up:  # those changes found Redis away: decided alone, at once
+                    return
             await self._weigh_all(batch)
         finally:
             for _, future in batch:
