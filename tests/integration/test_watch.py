@@ -243,16 +243,16 @@ def test_mail_arriving_while_a_mailbox_is_measured_is_counted(tmp_path: Path) ->
 
         tracker = Tracker(config, publish)
         tracker.load(store.mailboxes(), {})  # nothing known: the first flush measures carol
-        measure = tracker._measure
+        measure = tracker._measure_one
         delivered: list[Path] = []
 
-        def measure_then_deliver(addresses: list[str]) -> dict[str, Found]:
-            result = measure(addresses)
+        def measure_then_deliver(address: str) -> Found:
+            result = measure(address)
             if not delivered:  # a delivery lands after the folder was listed, before the flush ends
                 delivered.append(spool.deliver("carol", 300))
             return result
 
-        tracker._measure = measure_then_deliver  # type: ignore[method-assign]
+        tracker._measure_one = measure_then_deliver  # type: ignore[method-assign]
         task = asyncio.create_task(tracker.run())
         try:
             for _ in range(100):

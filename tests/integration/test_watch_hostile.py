@@ -24,24 +24,8 @@ from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.watch.runner import start_tracker
 from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import Env
+from tests.integration.watchrun import deliver, until
 from tests.spoolgen import add_message, maildir_folder, write_mbox
-
-
-def deliver(folder: bytes | Path, size: int, **name: Any) -> bytes:
-    """How an MDA delivers: written in tmp/, then renamed into new/ (one MOVED_TO, no write
-    event in new/). ``name``: :func:`add_message`'s naming arguments."""
-    written = add_message(folder, size, where="tmp", **name)
-    delivered = os.path.join(os.fsencode(folder), b"new", os.path.basename(written))
-    os.rename(written, delivered)
-    return delivered
-
-
-async def until(check: Callable[[], bool], seconds: float = 3.0) -> bool:
-    for _ in range(int(seconds / 0.02)):
-        if check():
-            return True
-        await asyncio.sleep(0.02)
-    return check()
 
 
 @asynccontextmanager
@@ -153,17 +137,16 @@ def test_a_reading_the_store_cannot_hold_is_not_published_and_the_others_are(
 
     async def run() -> None:
         async with watching(env) as (tracker, task):
-            measure = tracker._measure
+            measure = tracker._measure_one
 
-            def absurd(addresses: list[str]) -> dict[str, Found]:
-                found = measure(addresses)
-                if "alice@example.org" in found:  # what a measuring bug could hand on
-                    path, usage = found["alice@example.org"]
-                    huge = tuple(f._replace(bytes=2**64) for f in usage.folders)
-                    found["alice@example.org"] = Found(path, replace(usage, folders=huge))
+            def absurd(address: str) -> Found:
+                found = measure(address)
+                if address == "alice@example.org":  # what a measuring bug could hand on
+                    huge = tuple(f._replace(bytes=2**64) for f in found.usage.folders)
+                    found = Found(found.path, replace(found.usage, folders=huge))
                 return found
 
-            tracker._measure = absurd  # type: ignore[method-assign]
+            tracker._measure_one = absurd  # type: ignore[method-assign]
             tracker.mark_dirty("alice@example.org")
             deliver(bob, 300)
             assert await until(lambda: env.store.readings()["bob@example.org"].bytes == 300)

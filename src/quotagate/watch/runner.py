@@ -38,15 +38,39 @@ class StorePublisher:
         self.mailboxes: Mapping[str, Mailbox] = {}
         self.on_change: list[Callable[[list[Reading]], None]] = []
         self.history = WatchHistory(config)
+        self._resets = 0  # how many times reset() ran: a commit it overlapped is done again
 
     def reset(self, readings: dict[str, Reading]) -> None:
         self.over = {a for a, r in readings.items() if r.state is State.OVER}
         self.details = details_by_base(readings, self.config.policy.folder_delimiter)
         self.own = marked(self.details, self.over)
+        self._resets += 1
 
     async def __call__(self, changed: list[Reading], removed: list[str]) -> None:
         """Publish the file (when the set moved), then commit the store: on PublishError or
-        StoreError nothing is committed, the file is as it was, and the caller keeps the batch."""
+        StoreError nothing is committed, the file is as it was, and the caller keeps the batch.
+
+        A rescan's :meth:`reset` may land while the batch is being committed (the commit runs in a
+        thread): the rescan's file and flags, written meanwhile, and the batch's, computed against
+        the set before it, then overwrite each other. The batch is committed again against the
+        rescan's set, file included, so that neither the rescan's flags nor the batch's are lost.
+        """
+        again = False
+        while True:
+            resets = self._resets
+            flags, over = self._flags(changed, removed)
+            own, details = await asyncio.to_thread(self._commit, changed, removed, flags, over, again)
+            if resets == self._resets:
+                break
+            again = True
+        self.own, self.details, self.over = own, details, over
+        readings = {r.address: r for r in changed if r.address in flags}
+        log_transitions(flags, readings, {a: m.limits for a in flags if (m := self.mailboxes.get(a))})
+        for hook in self.on_change:
+            hook(changed)
+
+    def _flags(self, changed: list[Reading], removed: list[str]) -> tuple[dict[str, bool], set[str]]:
+        """The over-quota flags the batch moves, and the set once it is committed."""
         over = set(self.over)
         flags = {}
         for r in changed:
@@ -58,19 +82,15 @@ class StorePublisher:
             if address in over:
                 flags[address] = False
                 over.discard(address)
-        self.own, self.details = await asyncio.to_thread(self._commit, changed, removed, flags, over)
-        self.over = over
-        readings = {r.address: r for r in changed if r.address in flags}
-        log_transitions(flags, readings, {a: m.limits for a in flags if (m := self.mailboxes.get(a))})
-        for hook in self.on_change:
-            hook(changed)
+        return flags, over
 
     def _commit(
-        self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str]
+        self, changed: list[Reading], removed: list[str], flags: dict[str, bool], over: set[str], again: bool
     ) -> tuple[list[str], dict[str, set[str]]]:
-        """Publish (when the file's content moved) and store; the marks and the detail-named
-        mailboxes as they are once this batch is committed (the caller keeps them only then: a
-        batch that failed is sent again, and must find what it changes still to do)."""
+        """Publish (when the file's content moved, or ``again``: the batch committed once more over
+        a rescan's file) and store; the marks and the detail-named mailboxes as they are once this
+        batch is committed (the caller keeps them only then: a batch that failed is sent again,
+        and must find what it changes still to do)."""
         # The marks move only with a flag, or a mailbox named like a detail coming or going: a
         # batch of changed readings costs nothing more (a user's churn must not cost the site).
         came = details_by_base((r.address for r in changed), self.config.policy.folder_delimiter)
@@ -83,10 +103,11 @@ class StorePublisher:
             for base in came.keys() | went.keys():
                 details[base] = (details.get(base, set()) | came.get(base, set())) - went.get(base, set())
         own = marked(details, over) if flags or details is not self.details else self.own
-        path = self.config.publish.file if flags or own != self.own else None
+        path = self.config.publish.file if again or flags or own != self.own else None
         with published_first(path, sorted(over), own):
             self.store.save_readings(changed, removed, flags)
-        self.history.after_batch(self.store, changed)
+        if not again:  # its samples are taken already
+            self.history.after_batch(self.store, changed)
         return own, details
 
 

@@ -23,11 +23,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from asyncinotify import Inotify, Mask, Watch
 from msgspec.structs import replace
 
-from quotagate import bounded
 from quotagate.accounting import Profile, profile_for
 from quotagate.config import Config
 from quotagate.model import Format, Mailbox, MailboxUsage, Reading, State
@@ -42,6 +42,7 @@ from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.usage.names import disk_name, display_name
 from quotagate.usage.safefs import Roots
 from quotagate.watch.deltas import message_delta
+from quotagate.watch.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ _ROOT_DIR = _DIR_EVENTS | Mask.ONLYDIR
 _MBOX_FILE = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF
 _ARRIVED = Mask.CREATE | Mask.MOVED_TO
 _LEFT = Mask.DELETE | Mask.MOVED_FROM
+# The watch no longer stands for the path it was added by: the directory (or file) went, moved
+# away (perhaps out of the mailbox, a new one put in its place), or its file system went.
+_GONE = Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT
+# How long a flush waits for a mailbox being measured before it hands on the others' readings
+# and takes that one's at a later flush (see :mod:`lanes`): one slow mailbox holds up no other.
+_PATIENCE = 0.5
+_UNMOUNTED = "its file system was unmounted: unknown until it is found again"
 # inotify (or the process) out of watches, kernel memory or descriptors: the mailbox is polled.
 OUT_OF_WATCHES = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
@@ -72,6 +80,19 @@ class _Target:
     mask: Mask
     folder: str | None = None
     sub: str | None = None
+
+
+class _Planned(NamedTuple):
+    """What :meth:`Tracker._plan_watches` found: what the mailbox wants watched, by path; the
+    watches added (inotify hands back the watch it has when a path still leads to the directory
+    it was added for); the error that ran inotify out of watches, if one did; and whether every
+    wanted path was looked at: then one with no watch added is no longer a directory of the
+    mailbox's, and the watch it had goes (it may be on a directory moved out of the mailbox)."""
+
+    wanted: dict[str, _Target]
+    added: list[tuple[str, Watch]]
+    short: OSError | None = None
+    looked: bool = False
 
 
 class Tracker:
@@ -93,10 +114,11 @@ class Tracker:
         self._force: set[str] = set()  # written at the next flush even if unchanged (after a rescan)
         self._removed: set[str] = set()  # left the directory or disabled: their flag must go
         self._inotify: Inotify | None = None
-        # A watch's targets, by mailbox. inotify gives one watch per inode: a mailbox whose user
-        # symlinked it to another mailbox's directory gets that mailbox's watch back, so a watch
-        # may serve several mailboxes, and is removed only once none of them wants it.
-        self._targets: dict[Watch, dict[str, _Target]] = {}
+        # A watch's targets, by mailbox and path. inotify gives one watch per inode: a mailbox whose
+        # user symlinked it to another mailbox's directory gets that mailbox's watch back, and a
+        # folder renamed is the same directory under a new path, so a watch may serve several
+        # mailboxes and paths, and is removed only once none of them wants it.
+        self._targets: dict[Watch, dict[tuple[str, str], _Target]] = {}
         self._watches: dict[str, dict[str, Watch]] = {}  # address -> watched path -> watch
         self._held: str | None = None  # why flushes keep the last state (see flush), None when not
         self._polled: set[str] = set()  # mailboxes inotify ran out of watches for: polled instead
@@ -107,6 +129,13 @@ class Tracker:
         self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
         # Told of each message that lands in a new/ (the daemon releases the room held for it).
         self.on_delivery: Callable[[str], None] | None = None
+        # A sized message moved out of a cur/ or new/, by the rename's cookie: counted as leaving
+        # only when the next event is its arrival in the same mailbox (see _on_target_event).
+        self._leaving: dict[int, list[tuple[_Target, tuple[int, int]]]] = {}
+        # Mailboxes whose file system was unmounted under a watch: found missing, they are unknown
+        # (a full one stays over quota) until a measurement finds them again (see _unless_unmounted).
+        self._unmounted: set[str] = set()
+        self._lanes: Lanes[Found] = Lanes(_PATIENCE)
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, mailboxes: Iterable[Mailbox], readings: dict[str, Reading]) -> None:
@@ -141,7 +170,7 @@ class Tracker:
         del self.mailboxes[address]
         self.readings.pop(address, None)
         self._paths.pop(address, None)
-        for pending in (self._dirty, self._changed, self._measuring, self._force, self._polled):
+        for pending in (self._dirty, self._changed, self._measuring, self._force, self._polled, self._unmounted):
             pending.discard(address)
         self._removed.add(address)
 
@@ -180,6 +209,8 @@ class Tracker:
         it ran: they are measured again. The mailboxes tracked stay as they are: who follows the
         directory (``serve``'s refreshes, ``watch``'s directory task) keeps them, not the rescan,
         whose store may list them otherwise (its config from before a SIGHUP, a moment ago)."""
+        # A scan reads an unmounted volume's mailboxes as missing, empty: ours stand (unknown).
+        touched = touched | {a for a in self._unmounted if a in readings and _missing(readings[a].usage)}
         for address in self.mailboxes.keys() & readings.keys() - touched:
             self.readings[address] = readings[address]
         touched_here = {a for a in touched if a in self.mailboxes}
@@ -213,11 +244,10 @@ class Tracker:
                 wanted[f"{base}/{sub}"] = _Target(address, _MESSAGE_DIR, f.name, sub)
         return root, wanted
 
-    def _plan_watches(
-        self, address: str, have: dict[str, _Target | None]
-    ) -> tuple[dict[str, _Target], list[tuple[str, Watch]], OSError | None]:
-        """What the mailbox holds now, watches added for what ``have`` lacks, and the error that
-        ran inotify out of watches (see :data:`OUT_OF_WATCHES`) before all were added, if one did.
+    def _plan_watches(self, address: str) -> _Planned:
+        """Watches added for everything the mailbox wants watched now, not only for what it lacks:
+        a path whose directory was replaced (a Maildir or folder moved aside, another moved in)
+        gets a new watch, where the old one would have gone on watching the directory moved away.
 
         Each directory is opened as a scan opens it (symlinks followed within the roots on the
         way to the mailbox's root, none below it) and watched through /proc/self/fd: a path its
@@ -226,22 +256,20 @@ class Tracker:
         """
         assert self._inotify is not None
         root, wanted = self._wanted_paths(address)
-        missing = [(path, target) for path, target in wanted.items() if have.get(path) != target]
         added: list[tuple[str, Watch]] = []
-        if not missing:
-            return wanted, added, None
+        if not wanted:
+            return _Planned(wanted, added, looked=True)
         try:
             with safefs.opened(root, self._roots) as node:
-                if node is None:
-                    return wanted, added, None  # gone meanwhile: the next measurement sees it
-                for path, target in missing:
-                    if (watch := self._add_watch(node.fd, target)) is not None:
-                        added.append((path, watch))
+                if node is not None:  # else gone meanwhile: nothing is its any more
+                    for path, target in wanted.items():
+                        if (watch := self._add_watch(node.fd, target)) is not None:
+                            added.append((path, watch))
         except OSError as exc:
             if exc.errno in OUT_OF_WATCHES:
-                return wanted, added, exc
+                return _Planned(wanted, added, exc)
             # The root is gone or leads out of the roots now: the next measurement sees it.
-        return wanted, added, None
+        return _Planned(wanted, added, looked=True)
 
     def _add_watch(self, root_fd: int, target: _Target) -> Watch | None:
         """A watch on what ``target`` is on in the opened root, or None when it is gone or a
@@ -260,36 +288,39 @@ class Tracker:
                 raise
             return None
 
-    def _register(self, address: str, wanted: dict[str, _Target], added: list[tuple[str, Watch]]) -> int:
-        """Record what :meth:`_plan_watches` found (on the loop); returns how many watches were added."""
+    def _register(self, address: str, planned: _Planned) -> int:
+        """Record what :meth:`_plan_watches` found (on the loop); returns how many of the mailbox's
+        paths got a watch they did not have (new, or in place of one on a directory replaced)."""
         if address not in self.mailboxes:  # dropped meanwhile
-            for _, watch in added:
-                self._drop(watch, address)
+            for path, watch in planned.added:
+                self._drop(watch, address, path)
             return 0
         current = self._watches.setdefault(address, {})
-        for gone in set(current) - set(wanted):
-            self._drop(current.pop(gone), address)
         count = 0
-        for path, watch in added:
+        for path, watch in planned.added:
+            target = planned.wanted[path]
             old = current.get(path)
-            if old is watch and self._targets.get(watch, {}).get(address) == wanted[path]:
-                continue  # added twice meanwhile: inotify returned the same watch
+            if old is watch and self._targets.get(watch, {}).get((address, path)) == target:
+                continue  # the same directory, watched already
             if old is not None and old is not watch:
-                self._drop(old, address)
+                self._drop(old, address, path)
             current[path] = watch
-            self._targets.setdefault(watch, {})[address] = wanted[path]
+            self._targets.setdefault(watch, {})[(address, path)] = target
             count += 1
+        # Dropped once the new paths hold their watches: a folder renamed has the same ones.
+        now = dict(planned.added)
+        for path in current.keys() - (now.keys() if planned.looked else planned.wanted.keys()):
+            self._drop(current.pop(path), address, path)
         return count
 
     async def _sync_watches(self, address: str) -> int:
-        """Watch what the mailbox holds now; returns how many watches were added."""
+        """Watch what the mailbox holds now; returns how many paths got a new watch."""
         if self._inotify is None:
             return 0
-        have = {path: self._targets.get(w, {}).get(address) for path, w in self._watches.get(address, {}).items()}
-        wanted, added, short = await asyncio.to_thread(self._plan_watches, address, have)
-        count = self._register(address, wanted, added)
+        planned = await asyncio.to_thread(self._plan_watches, address)
+        count = self._register(address, planned)
         if address in self.mailboxes:
-            self._poll_unless_watched(address, short)
+            self._poll_unless_watched(address, planned.short)
         return count
 
     def _poll_unless_watched(self, address: str, short: OSError | None) -> None:
@@ -311,59 +342,106 @@ class Tracker:
                 log.info("every mailbox is watched again: none polled")
 
     def _unwatch(self, address: str) -> None:
-        for watch in self._watches.pop(address, {}).values():
-            self._drop(watch, address)
+        for path, watch in self._watches.pop(address, {}).items():
+            self._drop(watch, address, path)
 
-    def _drop(self, watch: Watch, address: str) -> None:
-        """``address`` no longer wants ``watch``; it goes once no mailbox does."""
+    def _drop(self, watch: Watch, address: str, path: str) -> None:
+        """``address`` no longer wants ``watch`` for ``path``; it goes once no mailbox wants it
+        for any path."""
         targets = self._targets.get(watch, {})
-        targets.pop(address, None)
+        targets.pop((address, path), None)
         if targets:
-            return  # another mailbox's directory too: keep it
+            return  # another path's or mailbox's directory too: keep it
         self._targets.pop(watch, None)
         if self._inotify is not None:
             with contextlib.suppress(OSError):  # the kernel already dropped it with the directory
                 self._inotify.rm_watch(watch)
 
     # -- events --------------------------------------------------------------------------------
-    def _on_event(self, watch: Watch | None, mask: Mask, name: str | None) -> None:
+    def _on_event(self, watch: Watch | None, mask: Mask, name: str | None, cookie: int = 0) -> None:
+        if self._leaving and not (mask & Mask.MOVED_TO and cookie in self._leaving):
+            self._unpaired()  # a message moved out of the mailbox's cur/ and new/, or events lost
         if mask & Mask.Q_OVERFLOW:
+            # Lost events may be IN_IGNOREDs: the measurements re-add every watch (_plan_watches),
+            # replacing those on directories gone.
             log.warning("inotify queue overflowed: measuring every mailbox again")
             self._dirty.update(self.mailboxes)
             return
         targets = self._targets.get(watch) if watch is not None else None
-        if not targets:
+        if not targets or watch is None:
             return
-        if mask & Mask.IGNORED:
-            # The watch ended with its directory: forget it, and measure its mailboxes again.
-            for address in targets:
-                self._touched.add(address)
-                for path, w in list(self._watches.get(address, {}).items()):
-                    if w is watch:
-                        del self._watches[address][path]
-                self._dirty.add(address)
-            self._targets.pop(watch, None)  # type: ignore[arg-type]
+        if mask & _GONE:
+            self._forget(watch, mask)
             return
         for target in list(targets.values()):
             if mask & target.mask:  # a shared watch also carries the events another mailbox wants
-                self._on_target_event(target, mask, name)
+                self._on_target_event(target, mask, name, cookie)
+        if mask & Mask.MOVED_TO:
+            self._unpaired()  # moved here from another mailbox: it leaves that one
 
-    def _on_target_event(self, target: _Target, mask: Mask, name: str | None) -> None:
-        self._touched.add(target.address)
+    def _forget(self, watch: Watch, mask: Mask) -> None:
+        """The watch is no longer on what its paths lead to (see :data:`_GONE`): forget it for every
+        mailbox and path, and measure them again (which watches what the paths lead to now). One
+        whose file system was unmounted is unknown, not empty, until it is found again."""
+        targets = self._targets.pop(watch, {})
+        if mask & Mask.UNMOUNT:
+            if not self._unmounted:
+                log.warning(
+                    "the file system of %s's mailbox was unmounted: mailboxes found missing on it are unknown"
+                    " until found again",
+                    next(iter(targets))[0],
+                )
+            self._unmounted.update(address for address, _ in targets)
+        for address, path in targets:
+            if self._watches.get(address, {}).get(path) is watch:
+                del self._watches[address][path]
+            self._touched.add(address)
+            self._dirty.add(address)
+        if not mask & Mask.IGNORED and self._inotify is not None:
+            with contextlib.suppress(OSError):  # the kernel may have dropped it already
+                self._inotify.rm_watch(watch)
+
+    def _on_target_event(self, target: _Target, mask: Mask, name: str | None, cookie: int) -> None:
+        """A file event in a mailbox: a change of its usage by the message's size (see
+        :mod:`deltas`), or a measurement.
+
+        A message that leaves never lowers the usage by the size in its name alone: the entry may
+        not have been counted (a symlink or FIFO named as a big message, never counted by a
+        measurement), and subtracting it would let its owner drive the usage below what a scan
+        finds. Deleted, the mailbox is measured again; renamed, it counts as leaving only once it
+        arrives in the same mailbox (a rename keeps what the entry is, so both or neither count).
+        """
+        address = target.address
+        self._touched.add(address)
         if target.folder is None or target.sub is None or name is None or mask & Mask.ISDIR:
-            self._dirty.add(target.address)
+            self._dirty.add(address)
             return
         if mask & _ARRIVED and target.sub == "new" and not name.startswith(".") and self.on_delivery is not None:
-            self.on_delivery(target.address)  # a message landed: the room held for it can go
-        delta = None
-        if mask & _ARRIVED:
-            delta = message_delta(name, True, self._profile)
-        elif mask & _LEFT:
-            delta = message_delta(name, False, self._profile)
-        if delta is None or target.address in self._measuring:
-            self._dirty.add(target.address)
-        elif target.address not in self._dirty:
-            self._apply(target.address, target.folder, delta)
+            self.on_delivery(address)  # a message landed: the room held for it can go
+        delta = message_delta(name, bool(mask & _ARRIVED), self._profile) if mask & (_ARRIVED | _LEFT) else None
+        if delta is None or address in self._measuring or (delta[1] < 0 and mask & Mask.DELETE):
+            self._dirty.add(address)
+        elif delta[1] < 0:
+            self._leaving.setdefault(cookie, []).append((target, delta))
+        elif address not in self._dirty:
+            if mask & Mask.MOVED_TO and delta[1] and (left := self._arrived(address, cookie)) is not None:
+                self._apply(address, *left)
+            self._apply(address, target.folder, delta)
+
+    def _arrived(self, address: str, cookie: int) -> tuple[str, tuple[int, int]] | None:
+        """The folder and delta of the message of ``address`` whose rename ``cookie`` ends here."""
+        leaving = self._leaving.get(cookie, [])
+        for i, (target, delta) in enumerate(leaving):
+            if target.address == address and target.folder is not None:
+                del leaving[i]
+                return target.folder, delta
+        return None
+
+    def _unpaired(self) -> None:
+        """Messages moved where no event says they arrived in their mailbox: measured again."""
+        for leaving in self._leaving.values():
+            self._dirty.update(target.address for target, _ in leaving)
+        self._leaving.clear()
 
     def _apply(self, address: str, folder: str, delta: tuple[int, int]) -> None:
         reading = self.readings.get(address)
@@ -384,34 +462,44 @@ class Tracker:
         self._changed.add(address)
 
     # -- flushing --------------------------------------------------------------------------------
-    def _measure(self, addresses: list[str]) -> dict[str, Found]:
-        """Measure the mailboxes as a scan does (blocking: a thread's): each within [scan]
-        mailbox_timeout, after which it is unknown and the others go on; one measured before is
-        unknown, not empty, when a directory above its own is gone (an unmounted volume)."""
-        cutoff = int((time.time() - self.config.scan.racy_seconds) * 1e9)
+    def _measure_one(self, address: str) -> Found:
+        """Measure the mailbox as a scan does (blocking: a lane's, see :mod:`lanes`); one measured
+        before is unknown, not empty, when a directory above its own is gone (an unmounted volume)."""
         spool = self.config.spool
-        roots = self._roots
-        timeout = self.config.scan.mailbox_timeout
+        previous, path = self.readings.get(address), self._paths.get(address)
+        if path is None:  # left the directory while queued: the flush drops what comes back
+            return Found("", MailboxUsage(Format.MISSING, error="not tracked any more"))
+        return measure(
+            path,
+            spool.format,
+            Found(previous.path, previous.usage) if previous else None,
+            int((time.time() - self.config.scan.racy_seconds) * 1e9),
+            self._roots,
+            None,
+            spool.maildir_subdir,
+            self._profile,
+            layout=spool.maildir_layout,
+            require_parent=found_before(previous, located(path, previous, spool)),
+        )
 
-        def one(address: str) -> Found:
-            previous, path = self.readings.get(address), self._paths[address]
-            return measure(
-                path,
-                spool.format,
-                Found(previous.path, previous.usage) if previous else None,
-                cutoff,
-                roots,
-                None,
-                spool.maildir_subdir,
-                self._profile,
-                layout=spool.maildir_layout,
-                require_parent=found_before(previous, located(path, previous, spool)),
-            )
+    def _late(self, address: str) -> Found:
+        """Not measured within [scan] mailbox_timeout: unknown, and the others go on."""
+        return timed_out(self._paths.get(address, ""), self.config.scan.mailbox_timeout)
 
-        def late(address: str) -> Found:
-            return timed_out(self._paths[address], timeout)
+    def _unless_unmounted(self, address: str, found: Found) -> Found:
+        """What a measurement found, except that a mailbox whose file system was unmounted under a
+        watch, found missing, is unknown rather than empty: the directory it was in is the empty
+        mount point now. Found again (mounted again, or made again by a delivery), it counts."""
+        if address not in self._unmounted or found.usage.format is not Format.MISSING:
+            self._unmounted.discard(address)
+            return found
+        return Found(found.path, MailboxUsage(Format.MISSING, error=_UNMOUNTED)) if _missing(found.usage) else found
 
-        return dict(zip(addresses, bounded.in_thread(one, addresses, timeout, late), strict=True))
+    def _pending(self) -> bool:
+        """Whether a flush has work: mailboxes to measure that are not being measured already,
+        readings or removals to hand on, or measurements that came in."""
+        waiting = self._changed or self._force or self._removed or self._dirty - self._lanes.in_flight()
+        return bool(waiting) or self._lanes.has_ready()
 
     async def flush(self) -> list[Reading]:
         """Measure what is dirty, total what changed, and hand the changed readings on.
@@ -421,20 +509,24 @@ class Tracker:
         log says so once. So does a batch the publisher could not write (kept, written again).
         """
         config = self.config
-        if self._dirty:
+        in_flight = self._lanes.in_flight()
+        if self._dirty - in_flight:
             problem = await asyncio.to_thread(root_problem, config.spool, config.scan.mailbox_timeout)
             if problem:
                 self._hold(problem)
                 return []
-        dirty, self._dirty = sorted(self._dirty), set()
+        self._unpaired()
+        # Those being measured already stay dirty: measured again once their measurement is in.
+        dirty, self._dirty = self._dirty - in_flight, self._dirty & in_flight
         changed, self._changed = self._changed, set()
         force, self._force = self._force, set()
         removed, self._removed = self._removed, set()
-        self._measuring = set(dirty)
-        measured = await asyncio.to_thread(self._measure, dirty) if dirty else {}
+        self._measuring = dirty | in_flight
+        results = await self._lanes.run(sorted(dirty), self._measure_one, self._late, config.scan.mailbox_timeout)
+        measured = {address: self._unless_unmounted(address, found) for address, found in results.items()}
         now = time.time()
         fresh = {}
-        for address in sorted(set(dirty) | changed | force):
+        for address in sorted(measured.keys() | changed | force):
             mailbox = self.mailboxes.get(address)
             if mailbox is None:
                 continue
@@ -452,7 +544,7 @@ class Tracker:
             fresh[address] = reading
         problem = vanished_problem(self.readings, self.readings | fresh, config.scan.max_vanished)
         if problem:
-            self._dirty.update(dirty)
+            self._dirty.update(measured)
             self._changed.update(changed)
             self._force.update(force)
             self._removed.update(removed)
@@ -526,10 +618,10 @@ class Tracker:
         try:
             for address in list(self.mailboxes):
                 if address in self.readings:
-                    wanted, added, short = self._plan_watches(address, {})
-                    self._register(address, wanted, added)
-                    if short is not None:
-                        raise short
+                    planned = self._plan_watches(address)
+                    self._register(address, planned)
+                    if planned.short is not None:
+                        raise planned.short
         except OSError:
             self.close()
             raise
@@ -559,10 +651,10 @@ class Tracker:
                     await self._poll(everything=self.mode == "poll")
                     last_poll = time.monotonic()
                     polled_at = started
-                if self._dirty or self._changed or self._force or self._removed:
+                if self._pending():
                     await self.flush()
-                else:
-                    self._measuring = set()  # a flush cycle passed: their events are deltas again
+                else:  # a flush cycle passed: their events are deltas again
+                    self._measuring = self._lanes.in_flight()
                 # Polling sees a change only when it looks; events are seen as they come.
                 self.confirmed_at = polled_at if self.mode == "poll" else started
                 await asyncio.sleep(flush_every)
@@ -575,7 +667,8 @@ class Tracker:
     async def _read_events(self) -> None:
         assert self._inotify is not None
         async for event in self._inotify:
-            self._on_event(event.watch, event.mask, None if event.name is None else display_name(str(event.name)))
+            name = None if event.name is None else display_name(str(event.name))
+            self._on_event(event.watch, event.mask, name, event.cookie)
 
 
 def _moved(
@@ -598,6 +691,11 @@ def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int |
         return safefs.open_dir(target.sub, folder)
     finally:
         os.close(folder)
+
+
+def _missing(usage: MailboxUsage) -> bool:
+    """Measured and found missing (not unknown: that is an error's)."""
+    return usage.known and usage.format is Format.MISSING
 
 
 def _storable(reading: Reading) -> bool:
