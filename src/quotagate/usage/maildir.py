@@ -220,22 +220,9 @@ def stamp(folder_fd: int) -> Stamp:
 
 
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
-    """:func:`stamp` of a folder by name; None when the folder is gone.
-
-    Only for the look of an unchanged scan, once the root's own stamp was found unchanged: its
-    entries are then those it had when measured (its owner cannot set a ctime back), so the
-    Maildir++ folder ``.name`` is still the directory opened then, not a symlink, and its
-    ``cur/`` and ``new/`` are ``lstat``ed by their path below the root: two system calls where
-    opening the folder takes five. An entry swapped during the look is at worst followed for an
-    ``lstat`` whose stamp is compared, never read, and the swap moved the root's stamp: the
-    next scan measures the mailbox through descriptors. A folder gone in such a race reads as
-    one without ``cur/`` and ``new/``. ``LAYOUT=fs`` folders lie below other folders, which the
-    root's stamp does not cover: they are opened level by level.
-    """
+    """:func:`stamp` of a folder by name; None when the folder is gone."""
     if name == INBOX:  # the root itself: no descriptor of its own to open
         return stamp(root_fd)
-    if layout != "fs":
-        return _changed(_lstat(root_fd, f".{name}/cur")), _changed(_lstat(root_fd, f".{name}/new"))
     fd = open_folder(root_fd, name, layout)
     if fd is None:
         return None
