@@ -83,13 +83,13 @@ def misread_warning(previous: Mapping[str, Reading], current: Mapping[str, Readi
 
 def layout_hint(current: Mapping[str, Reading]) -> str | None:
     """One line for the mailboxes read as Maildir++ that hold plain sub-directories with cur/ or
-    new/ (Dovecot ``LAYOUT=fs`` folders, left uncounted), or None when there are none."""
-    found = sorted(a for a, r in current.items() if r.usage.known and LAYOUT_HINT in (r.usage.warning or ""))
+    new/ (Dovecot ``LAYOUT=fs`` folders: the mailbox is unknown), or None when there are none."""
+    found = sorted(a for a, r in current.items() if LAYOUT_HINT in (r.usage.error or ""))
     if not found:
         return None
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     return (
-        f"{len(found)} mailboxes hold sub-directories with cur/ or new/ that are not counted ({shown}):"
+        f"{len(found)} mailboxes hold sub-directories with cur/ or new/ and are unknown ({shown}):"
         ' Dovecot LAYOUT=fs folders? Set [spool] maildir_layout = "fs" (or, for a Maildir one level down,'
         " [spool] maildir_subdir)"
     )

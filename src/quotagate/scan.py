@@ -26,7 +26,7 @@ from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
 from quotagate.usage.folders import counted
 from quotagate.usage.mailbox import FormatSetting, Found, measure, timed_out, unchanged_each
-from quotagate.usage.maildir import LAYOUT_HINT, Layout
+from quotagate.usage.maildir import Layout
 from quotagate.usage.maildirsize import MAX_SIZE, definition_for
 from quotagate.usage.names import display_name
 from quotagate.usage.safefs import Roots
@@ -336,9 +336,7 @@ def log_left_out(readings: Mapping[str, Reading]) -> None:
     for address, r in sorted(readings.items()):
         left_out = r.usage.warning if r.usage.known else None
         if left_out:
-            rest = left_out.removeprefix(LAYOUT_HINT).removeprefix("; ")
-            if rest:
-                log.warning("%s: measured, but not counted: %s", address, rest)
+            log.warning("%s: measured, but not counted: %s", address, left_out)
 
 
 def kept_over(unknown: Reading, prev: Reading, say: bool = True) -> Reading:

@@ -33,6 +33,7 @@ _MAILDIR_MARKERS = ("cur", "new", maildirsize.FILE_NAME)
 # Dovecot's dbox (sdbox: mailboxes/INBOX/dbox-Mails; mdbox: storage/dovecot.map.index):
 # no mbox home, and no quotagate format.
 _DBOX_MARKERS = ("mailboxes/INBOX/dbox-Mails", "storage/dovecot.map.index")
+_MDBOX_FILE = re.compile(r"m\.[0-9]+|dovecot\.map\.index.*")  # in an mdbox's storage/
 MAILDIRFOLDER = "maildirfolder"  # Maildir++: this folder's quota is its root's
 _GUID = re.compile(r"[0-9a-f]{32}")  # a Dovecot mailbox GUID as LAYOUT=index names its directory
 _LAYOUT_INDEX = "Dovecot LAYOUT=index (mailboxes in directories named by GUID), which quotagate cannot read"
@@ -51,12 +52,16 @@ def _holds_mail_dirs(name: str, root_fd: int) -> bool:
 
 
 def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
-    """cur/, new/ or maildirsize at the root; or, when the INBOX's own directories are
+    """cur/, new/ or maildirsize at the root (and no mbox file); or, when the INBOX's own directories are
     missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
     a ``Folder``) holding cur/ or new/ — an mbox home has no such thing, and read as one all
     that mail would count 0."""
-    if any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS):
-        return True
+    found = [marker for marker in _MAILDIR_MARKERS if _exists(marker, root_fd)]
+    if found:
+        # Not an mbox home whose user named a folder "new" (Dovecot keeps the IMAP folder
+        # "new/2024" as the mbox file new/2024, beside the others): every agent makes cur/ and
+        # new/ at once, so only a root with one of them is looked into.
+        return {"cur", "new"} <= set(found) or maildirsize.FILE_NAME in found or not mbox.holds_mbox(root_fd, found)
     try:
         names = os.listdir(root_fd)
     except OSError:
@@ -99,6 +104,8 @@ def _maildir(
     reuse = _reusable(previous, Format.MAILDIR)
     folders = []
     listing = maildir.folder_names(node.fd, layout)
+    if listing.unreadable is not None:
+        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {listing.unreadable}")
     symlinked: list[str] = []
     for name in listing.names:
         fd = maildir.open_folder(node.fd, name, layout)
@@ -145,13 +152,23 @@ def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] 
     return parsed.info.bytes, parsed.info.messages
 
 
+def _dbox(listing: mbox.Listing) -> bool:
+    """Whether the files below an mbox home are Dovecot's dbox, at any depth (a home whose mail
+    is in ``~/dbox``, a dbox whose INBOX Dovecot has not made yet): mail in ``dbox-Mails/``
+    (sdbox) or in ``storage/`` (mdbox), never an mbox folder."""
+    return any(
+        "dbox-Mails" in parts[:-1] or (len(parts) > 1 and parts[-2] == "storage" and _MDBOX_FILE.fullmatch(parts[-1]))
+        for parts in (name.split("/") for name in listing.files)
+    )
+
+
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
-    if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS):
+    listing = mbox.mbox_files(node.fd)
+    if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
         return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: Dovecot dbox, which quotagate cannot read")
     reuse = _reusable(previous, Format.MBOX)
     folders = []
-    listing = mbox.mbox_files(node.fd)
-    if any(_GUID.fullmatch(m.rstrip("/")) for m in listing.maildirs):  # beside empty index files
+    if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
         return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
     passed_over = [display_name(name) for name in listing.maildirs]
     for name in listing.files:
@@ -171,9 +188,11 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
                 folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile))
         finally:
             os.close(fd)
-    if passed_over and not folders:
+    if passed_over and not any(f.bytes or f.messages for f in folders):
         # Mail of a format quotagate does not read (Exim's mailstore .env/.msg pairs, Maildirs
         # below a layout it does not know), not an empty mailbox: counted 0, a full one takes mail.
+        # An empty file is no sign of an mbox home (Dovecot keeps an empty dovecot-uidvalidity.*
+        # beside the mail of every format).
         reason = f"no mbox file, only what quotagate cannot count ({maildir.some(passed_over)})"
         hint = "check [spool] format, layout and maildir_subdir"
         return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {reason}: {hint}")
@@ -546,7 +565,7 @@ def _close_all(kept: dict[str, int]) -> None:
 
 def _same_folders(root_fd: int, previous: MailboxUsage) -> bool:
     listing = maildir.folder_names(root_fd, "fs")
-    if listing.problems:
+    if listing.problems or listing.unreadable:
         return False
     return sorted(display_name(n) for n in listing.names) == [f.name for f in previous.folders]
 

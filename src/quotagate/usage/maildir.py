@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from quotagate.accounting import FILES, Profile, SizeRule, virtual_size
@@ -31,7 +32,8 @@ MAX_FOLDERS = 10_000
 _NOT_FOLDERS = frozenset({"cur", "new", "tmp"})
 # The problem of a Maildir read as Maildir++ whose plain sub-directories hold cur/ or new/.
 LAYOUT_HINT = (
-    'sub-directories holding cur/ or new/ not counted (Dovecot LAYOUT=fs folders? set [spool] maildir_layout = "fs")'
+    "sub-directories holding cur/ or new/ not counted (Dovecot LAYOUT=fs folders, or its INBOX=?"
+    ' set [spool] maildir_layout = "fs"; a Maildir one level down: [spool] maildir_subdir)'
 )
 
 
@@ -44,10 +46,20 @@ def folder_path(root: str, name: str, layout: Layout = "maildir++") -> str:
 
 
 class Folders(NamedTuple):
-    """The folders of a Maildir by their names on disk, and what was found but not counted."""
+    """The folders of a Maildir by their names on disk, and what was found but not counted;
+    ``unreadable`` says why mail the tree holds cannot be counted as it is laid out (the
+    mailbox is then unknown: counting the rest would say it holds less than it does)."""
 
     names: list[str]
     problems: list[str]
+    unreadable: str | None = None
+
+
+# A directory folder named INBOX beside the root's own: Dovecot's INBOX= setting puts INBOX
+# there (the root is then not INBOX at all), which quotagate cannot tell from its listing.
+INBOX_DIR = (
+    "a folder directory named INBOX beside the root's own (Dovecot's INBOX= setting?), which quotagate cannot read"
+)
 
 
 def folder_names(root_fd: int, layout: Layout = "maildir++") -> Folders:
@@ -59,6 +71,9 @@ def folder_names(root_fd: int, layout: Layout = "maildir++") -> Folders:
 
 
 def _maildirpp_folders(root_fd: int) -> Folders:
+    """The root's ``.Name`` folders. A plain sub-directory holding cur/ or new/ (a ``LAYOUT=fs``
+    folder, or Dovecot's INBOX put there by ``INBOX=``) holds mail quotagate does not count:
+    the mailbox is unreadable, as is one with a ``.INBOX`` folder."""
     names, symlinks, plain = [INBOX], [], []
     with os.scandir(root_fd) as entries:
         for entry in entries:
@@ -72,8 +87,12 @@ def _maildirpp_folders(root_fd: int) -> Folders:
                     names.append(n[1:])
             elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and holds_mail_dirs(root_fd, n):
                 plain.append(n)
-    problems = [LAYOUT_HINT] if plain else []
-    return Folders(names, problems + _symlink_problem(symlinks))
+    unreadable = INBOX_DIR if _inbox_dir(names[1:]) else f"{LAYOUT_HINT}: {some(plain)}" if plain else None
+    return Folders(names, _symlink_problem(symlinks), unreadable)
+
+
+def _inbox_dir(names: Iterable[str]) -> bool:
+    return any(name.upper() == INBOX for name in names)
 
 
 def holds_mail_dirs(dir_fd: int, name: str) -> bool:
@@ -137,7 +156,7 @@ def _fs_folders(root_fd: int) -> Folders:
         problems.append(f"more than {MAX_FOLDERS} folders: the rest not counted")
     if too_deep:
         problems.append(f"folders deeper than {MAX_DEPTH} levels not counted: {some(too_deep)}")
-    return Folders(names, _symlink_problem(symlinks) + problems)
+    return Folders(names, _symlink_problem(symlinks) + problems, INBOX_DIR if _inbox_dir(names[1:]) else None)
 
 
 def _symlink_problem(names: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from quotagate.accounting import FILES, MboxRule, Profile, SizeRule
@@ -20,7 +21,7 @@ _SEPARATORS = (b"\n\nFrom ", b"\n\r\nFrom ")
 _CARRY = max(len(s) for s in _SEPARATORS) - 1
 _SKIPPED_SUFFIXES = (".lock", ".lck")
 _FROM = b"From "
-_MAILDIR_DIRS = ("cur", "new", "tmp")
+_MAILDIR_DIRS = ("cur", "new", "tmp")  # a Maildir within an mbox home (see _holds_maildir)
 
 
 def stamp_of(st: os.stat_result) -> tuple[int, int]:
@@ -103,13 +104,56 @@ def _skipped(name: str) -> bool:
 
 
 def _holds_maildir(fd: int) -> bool:
-    for name in _MAILDIR_DIRS:
-        try:
-            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                return True
-        except FileNotFoundError:
-            continue
+    """Whether the directory is a Maildir: cur/ and new/ in it (every agent makes them at once),
+    or one of cur/, new/ or tmp/ and no mbox file (see :func:`holds_mbox`): Dovecot keeps the
+    IMAP folders "Projects/new/2024" and "Projects/plans" as the mbox files
+    ``Projects/new/2024`` and ``Projects/plans``."""
+    found = [name for name in _MAILDIR_DIRS if _is_dir(fd, name)]
+    return {"cur", "new"} <= set(found) or (bool(found) and not holds_mbox(fd, found))
+
+
+def _is_dir(fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
+    """Whether the directory open at ``fd`` holds an mbox file: one directly in it, or the first
+    file in one of its ``subdirs`` (each named so by a user of an mbox home, not a Maildir's:
+    a Maildir's messages never start with a ``From `` line). Only cur/ and new/ at the top of
+    a directory make it look like a Maildir; this tells such a folder directory from one."""
+    try:
+        with os.scandir(fd) as entries:
+            names = [e.name for e in entries if not _skipped(e.name) and e.is_file(follow_symlinks=False)]
+        if any(_starts_from(fd, name) for name in names):
+            return True
+        for sub in subdirs:
+            sub_fd = safefs.open_dir(sub, fd)
+            if sub_fd is None:
+                continue
+            try:
+                with os.scandir(sub_fd) as entries:
+                    first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
+                if first is not None and _starts_from(sub_fd, first):
+                    return True
+            finally:
+                os.close(sub_fd)
+    except OSError:
+        return False
     return False
+
+
+def _starts_from(dir_fd: int, name: str) -> bool:
+    try:
+        fd = os.open(name, safefs.FILE, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(_FROM), 0) == _FROM
+    finally:
+        os.close(fd)
 
 
 class Listing(NamedTuple):
@@ -124,7 +168,7 @@ def mbox_files(root_fd: int) -> Listing:
     an mbox (see :func:`is_mbox`), without following symlinks.
 
     Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
-    mail. Nor is a directory holding ``cur/``, ``new/`` or ``tmp/``: its files are the messages
+    mail. Nor is a Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages
     of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``).
     """
     found: list[str] = []

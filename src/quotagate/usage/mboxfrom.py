@@ -283,15 +283,33 @@ def _header_vsize(w: _Window, start: int, end: int) -> int:
 def _messages(w: _Window) -> Iterator[tuple[int, int, int]]:
     """Each message as Dovecot splits the file: where its headers start (after the ``From_``
     line), where its body starts (the end, for headers without an empty line after them) and
-    where it ends (the next ``From_`` line, or the file's end)."""
+    where it ends (the next ``From_`` line, or the file's end). Not the pseudo message at the
+    top of a folder (see :func:`_pseudo`), which Dovecot hides."""
     if w.get(0, 5) != b"From ":
         return
     start: int | None = 0
+    first = True
     while start is not None and start < w.size:
         hdr = w.line_end(start)
         start, body = _next_message(w, hdr)
         end = w.size if start is None else start
-        yield hdr, end if body is None else body, end
+        if not (first and _pseudo(w, hdr, end if body is None else body)):
+            yield hdr, end if body is None else body, end
+        first = False
+
+
+def _pseudo(w: _Window, start: int, end: int) -> bool:
+    """Whether the headers ``start`` to ``end`` of a folder's first message hold ``X-IMAP:``:
+    c-client's (and Dovecot's) "DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA", which keeps
+    a folder's UIDVALIDITY once its mail is gone. Not ``X-IMAPbase:``, which a real message
+    carries for the same purpose."""
+    p = start
+    while p < end:
+        line_end = min(w.line_end(p), end)
+        if w.get(p, min(line_end - p, _HEAD)).partition(b":")[0].rstrip(b" \t").lower() == b"x-imap":
+            return True
+        p = line_end
+    return False
 
 
 def _next_message(w: _Window, hdr: int) -> tuple[int | None, int | None]:
