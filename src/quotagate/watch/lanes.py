@@ -24,8 +24,9 @@ from quotagate import bounded
 
 R = TypeVar("R")
 
-# Lanes one flush may open for the mailboxes queued behind stuck ones: past that, they wait for
-# a later flush (a hung mount would otherwise cost a thread per mailbox on it).
+# Lanes one flush may open for the mailboxes queued behind stuck ones (its own lanes' or an
+# earlier flush's): past that, they wait for the next flush, which moves them on again (a hung
+# mount costs a thread per mailbox on it that is being measured, as any measurement does).
 MOST_LANES = 4
 
 
@@ -51,6 +52,7 @@ class Lanes(Generic[R]):
         self._lock = threading.Lock()
         self._ready: dict[str, R] = {}
         self._in_flight: set[str] = set()
+        self._live: list[_Lane[R]] = []  # every lane not ended, of this flush or an earlier one
         self._error: BaseException | None = None
         self._wake: asyncio.Event | None = None  # set (on the loop) when a lane hands on a result
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -65,6 +67,18 @@ class Lanes(Generic[R]):
         with self._lock:
             return bool(self._ready) or self._error is not None
 
+    def stalled(self) -> bool:
+        """Whether mailboxes queue behind a stuck lane: a flush is due, to move them on."""
+        with self._lock:
+            lanes = [lane for lane in self._live if lane.queued]
+        return any(self._stuck(lane) for lane in lanes)
+
+    def ready(self) -> set[str]:
+        """The mailboxes whose measurement is in, not taken yet (taken as it was: an event for
+        one of them since must not be applied to the reading it replaces)."""
+        with self._lock:
+            return set(self._ready)
+
     async def run(
         self, addresses: Iterable[str], measure: Callable[[str], R], late: Callable[[str], R], timeout: float
     ) -> dict[str, R]:
@@ -77,7 +91,10 @@ class Lanes(Generic[R]):
         with self._lock:
             start = [a for a in addresses if a not in self._in_flight]
             self._in_flight.update(start)
-        lanes = [self._open(_Lane(measure, late, timeout, deque(start)))] if start else []
+            self._live = [lane for lane in self._live if not lane.ended]
+        if start:
+            self._open(_Lane(measure, late, timeout, deque(start)))
+        lanes = self._live  # an earlier flush's too: what queues behind its stuck lanes moves now
         opened = 0
         while True:
             self._wake.clear()  # before looking: a result handed on from now on wakes the wait
@@ -85,7 +102,7 @@ class Lanes(Generic[R]):
             while stuck and opened < MOST_LANES:
                 moved = self._move_queued(stuck.pop())
                 if moved is not None:
-                    lanes.append(self._open(moved))
+                    self._open(moved)
                     opened += 1
             if all(lane.ended or self._stuck(lane) for lane in lanes):
                 return self._take()
@@ -113,10 +130,11 @@ class Lanes(Generic[R]):
             queued, lane.queued = lane.queued, deque()
         return _Lane(lane.measure, lane.late, lane.timeout, queued)
 
-    def _open(self, lane: _Lane[R]) -> _Lane[R]:
+    def _open(self, lane: _Lane[R]) -> None:
         lane.jobs = list(lane.queued)
+        with self._lock:
+            self._live.append(lane)
         threading.Thread(target=self._drive, args=(lane,), name="quotagate-lane", daemon=True).start()
-        return lane
 
     def _drive(self, lane: _Lane[R]) -> None:
         """The lane's thread: each job in a bounded thread (given up on after its timeout); results
