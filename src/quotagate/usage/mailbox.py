@@ -52,16 +52,12 @@ def _holds_mail_dirs(name: str, root_fd: int) -> bool:
 
 
 def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
-    """cur/, new/ or maildirsize at the root (and no mbox file); or, when the INBOX's own directories are
+    """cur/, new/ or maildirsize at the root; or, when the INBOX's own directories are
     missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
     a ``Folder``) holding cur/ or new/ — an mbox home has no such thing, and read as one all
     that mail would count 0."""
-    found = [marker for marker in _MAILDIR_MARKERS if _exists(marker, root_fd)]
-    if found:
-        # Not an mbox home whose user named a folder "new" (Dovecot keeps the IMAP folder
-        # "new/2024" as the mbox file new/2024, beside the others): every agent makes cur/ and
-        # new/ at once, so only a root with one of them is looked into.
-        return {"cur", "new"} <= set(found) or maildirsize.FILE_NAME in found or not mbox.holds_mbox(root_fd, found)
+    if any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS):
+        return True
     try:
         names = os.listdir(root_fd)
     except OSError:
@@ -70,6 +66,18 @@ def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> b
         (name.startswith(".") != (layout == "fs")) and name not in (".", "..") and _holds_mail_dirs(name, root_fd)
         for name in names
     )
+
+
+_HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maildir nor an mbox home"
+
+
+def _half_maildir(root_fd: int) -> bool:
+    """Only one of cur/ and new/ at the root (every delivery agent makes both), and an mbox file:
+    an mbox home whose user made the IMAP folder "new/2024" (Dovecot keeps it as the mbox file
+    ``new/2024``), or a Maildir whose user removed cur/ and put a ``From `` file beside. Which
+    one, quotagate cannot tell, and its user chose: either reading could leave mail out."""
+    found = [sub for sub in ("cur", "new") if _exists(sub, root_fd)]
+    return len(found) == 1 and not _exists(maildirsize.FILE_NAME, root_fd) and mbox.holds_mbox(root_fd, found)
 
 
 def _layout_index(root_fd: int) -> bool:
@@ -384,6 +392,8 @@ def measure(
             # unknown at the last reading, it may have been so since then.
             if node is None and require_parent and previous and (previous.path != root or not previous.usage.known):
                 raise safefs.missing_above(root)
+            if fmt == "auto" and node is not None and node.is_dir and _half_maildir(node.fd):
+                return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_HALF_MAILDIR}"))
             # Looked at once: a directory that looks like a Maildir is measured as one.
             looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
