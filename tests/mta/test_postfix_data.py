@@ -126,31 +126,28 @@ def test_postfix_a_recipient_given_twice_does_not_escape_the_end_of_message_chec
     """RCPT TO the same mailbox twice: Postfix's recipient_count is 2, the daemon remembers one
     recipient: counting addresses, it once took the message for one with a recipient it never
     checked, and accepted it."""
-    postfix = setup.postfix
+    code, text = _too_big(setup, [(ROOMY, 250), (ROOMY, 250)])
+    assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
+    assert setup.postfix.queue_count() == 0
+    assert wait_for_count(setup.postfix, 1, seconds=3) == []
+
+
+def _too_big(setup: Setup, rcpts: list[tuple[str, int]]) -> tuple[int, bytes]:
+    """A message without SIZE= that fits no mailbox here, to ``rcpts`` (each with the reply
+    Postfix gives it): the reply to its end of data."""
     big = b"Subject: too big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (QUOTA // 1000)
-    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+    with smtplib.SMTP("127.0.0.1", setup.postfix.port, timeout=60) as client:
         client.ehlo("client.test")
         assert client.mail("sender@example.net")[0] == 250  # no SIZE=
-        assert client.rcpt(ROOMY)[0] == 250
-        assert client.rcpt(ROOMY)[0] == 250
-        code, text = client.data(big)
-    assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
-    assert postfix.queue_count() == 0
-    assert wait_for_count(postfix, 1, seconds=3) == []
+        assert [client.rcpt(rcpt)[0] for rcpt, _ in rcpts] == [reply for _, reply in rcpts]
+        return client.data(big)
 
 
 def test_postfix_a_bogus_recipient_does_not_get_a_message_that_fits_no_real_one_past_the_check(setup: Setup) -> None:
     """nosuchuser@ is no mailbox: the daemon answers DUNNO, then Postfix refuses it (550, its
     smtpd_reject_unlisted_recipient) without the daemon hearing of it. Counted as let in, it once
     stood for a recipient "not refused", and the message that fits no real recipient got in."""
-    postfix = setup.postfix
-    big = b"Subject: too big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (QUOTA // 1000)
-    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
-        client.ehlo("client.test")
-        assert client.mail("sender@example.net")[0] == 250  # no SIZE=
-        assert client.rcpt(ROOMY)[0] == 250
-        assert client.rcpt(ROOMY)[0] == 250  # twice: recipient_count 2, and 2 RCPTs let in with room
-        assert client.rcpt("nosuchuser@example.org")[0] == 550  # after the daemon said DUNNO
-        code, text = client.data(big)
+    # ROOMY twice: recipient_count 2, and 2 RCPTs let in with room; nosuchuser@ 550 after DUNNO.
+    code, text = _too_big(setup, [(ROOMY, 250), (ROOMY, 250), ("nosuchuser@example.org", 550)])
     assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
-    assert postfix.queue_count() == 0
+    assert setup.postfix.queue_count() == 0
