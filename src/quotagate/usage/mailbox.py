@@ -392,11 +392,14 @@ def measure(
             # unknown at the last reading, it may have been so since then.
             if node is None and require_parent and previous and (previous.path != root or not previous.usage.known):
                 raise safefs.missing_above(root)
-            if fmt == "auto" and node is not None and node.is_dir and _half_maildir(node.fd):
-                return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_HALF_MAILDIR}"))
             # Looked at once: a directory that looks like a Maildir is measured as one.
             looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
+            half = looks and fmt == "auto" and node is not None and _half_maildir(node.fd)
+            if half:
+                looks, below = False, _maildir_below(node, fmt, subdir, roots, layout)
+                if below is None:  # no Maildir below it either, where the agent would deliver
+                    return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_HALF_MAILDIR}"))
             try:
                 maildir_too = looks or below is not None
                 if fmt != "maildir" and maildir_too and node is not None and _mbox_kept(node.fd, root, previous):

@@ -53,14 +53,18 @@ class Lanes(Generic[R]):
         self._ready: dict[str, R] = {}
         self._in_flight: set[str] = set()
         self._live: list[_Lane[R]] = []  # every lane not ended, of this flush or an earlier one
+        # Mailboxes whose measurement runs in some thread: one given up on after its timeout runs
+        # on (a hung mount); started again meanwhile, it would cost a thread more each time.
+        self._running: dict[str, int] = {}
         self._error: BaseException | None = None
         self._wake: asyncio.Event | None = None  # set (on the loop) when a lane hands on a result
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def in_flight(self) -> set[str]:
-        """The mailboxes queued or being measured."""
+        """The mailboxes queued or being measured (a measurement given up on included, while
+        its thread still runs)."""
         with self._lock:
-            return set(self._in_flight)
+            return self._in_flight | self._running.keys()
 
     def has_ready(self) -> bool:
         """Whether results (or a measurement's error) wait to be taken: a flush is due."""
@@ -89,25 +93,26 @@ class Lanes(Generic[R]):
         if self._loop is not loop or self._wake is None:  # an Event belongs to one loop
             self._loop, self._wake = loop, asyncio.Event()
         with self._lock:
-            start = [a for a in addresses if a not in self._in_flight]
+            start = [a for a in addresses if a not in self._in_flight and a not in self._running]
             self._in_flight.update(start)
             self._live = [lane for lane in self._live if not lane.ended]
-        if start:
-            self._open(_Lane(measure, late, timeout, deque(start)))
-        lanes = self._live  # an earlier flush's too: what queues behind its stuck lanes moves now
+        own = [self._open(_Lane(measure, late, timeout, deque(start)))] if start else []
         opened = 0
         while True:
             self._wake.clear()  # before looking: a result handed on from now on wakes the wait
-            stuck = [lane for lane in lanes if self._stuck(lane)]
-            while stuck and opened < MOST_LANES:
-                moved = self._move_queued(stuck.pop())
-                if moved is not None:
+            # What queues behind a stuck lane (this flush's, or an earlier one's) moves to a new
+            # lane, which this flush does not wait for: a flush lasts one patience at most, and
+            # hands on what is ready; a later one takes the rest.
+            with self._lock:
+                live = list(self._live)
+            for lane in live:
+                if opened < MOST_LANES and self._stuck(lane) and (moved := self._move_queued(lane)) is not None:
                     self._open(moved)
                     opened += 1
-            if all(lane.ended or self._stuck(lane) for lane in lanes):
+            if all(lane.ended or self._stuck(lane) for lane in own):
                 return self._take()
             with contextlib.suppress(TimeoutError):  # a job started meanwhile may be stuck by then
-                await asyncio.wait_for(self._wake.wait(), self._until_stuck(lanes))
+                await asyncio.wait_for(self._wake.wait(), self._until_stuck(own))
 
     def _until_stuck(self, lanes: list[_Lane[R]]) -> float:
         """How long until the first running job of ``lanes`` may be stuck (a job starting now:
@@ -130,11 +135,12 @@ class Lanes(Generic[R]):
             queued, lane.queued = lane.queued, deque()
         return _Lane(lane.measure, lane.late, lane.timeout, queued)
 
-    def _open(self, lane: _Lane[R]) -> None:
+    def _open(self, lane: _Lane[R]) -> _Lane[R]:
         lane.jobs = list(lane.queued)
         with self._lock:
             self._live.append(lane)
         threading.Thread(target=self._drive, args=(lane,), name="quotagate-lane", daemon=True).start()
+        return lane
 
     def _drive(self, lane: _Lane[R]) -> None:
         """The lane's thread: each job in a bounded thread (given up on after its timeout); results
@@ -159,7 +165,15 @@ class Lanes(Generic[R]):
                 return None  # moved to another lane
             lane.queued.popleft()
             lane.running, lane.since = address, time.monotonic()
-        return lane.measure(address)
+            self._running[address] = self._running.get(address, 0) + 1
+        try:
+            return lane.measure(address)
+        finally:
+            with self._lock:
+                if self._running[address] == 1:
+                    del self._running[address]
+                else:
+                    self._running[address] -= 1
 
     def _hand_on(self, lane: _Lane[R], address: str, result: R) -> None:
         with self._lock:
