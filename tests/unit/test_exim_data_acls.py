@@ -51,7 +51,7 @@ def test_recipients_reach_the_request_only_with_line_breaks_removed() -> None:
     assert r"recipient=${sg{$local_part@$domain}{\N[\r\n]\N}{}}" in prdr
     unquoted = r'${sg{${sg{${local_part:$item}}{\N"((?:[^"\\]|\\.)*)"\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
     assert rf"recipient=${{sg{{{unquoted}}}{{\N[\r\n]\N}}{{}}}}" in check  # each as $local_part would be
-    assert "${map{<| ${addresses:>| $recipients}}" in check  # split as addresses, not at every comma
+    assert "${reduce{<| ${addresses:>| $recipients}}" in check  # split as addresses, not at every comma
 
 
 def test_without_prdr_the_message_is_refused_only_when_every_answer_refuses() -> None:

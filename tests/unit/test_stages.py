@@ -74,7 +74,7 @@ def test_too_many_recipients_are_not_known() -> None:
 
 
 def test_recipients_expire_and_the_oldest_transactions_go_first() -> None:
-    r = Recipients(seconds=60, max_transactions=2)
+    r = Recipients(seconds=60, most=2)
     r.add(Transaction("c", "1"), "a@x", now=0)
     r.add(Transaction("c", "2"), "a@x", now=10)
     r.add(Transaction("c", "3"), "a@x", now=20)
@@ -90,11 +90,22 @@ def test_recipients_expire_and_the_oldest_transactions_go_first() -> None:
     )
 )
 def test_recipients_stay_bounded_whatever_clients_send(steps: list[tuple[int, str, int]]) -> None:
-    r = Recipients(seconds=5, max_transactions=8, per_transaction=3)
+    r = Recipients(seconds=5, most=8, per_transaction=3)
     now = 0.0
     for tx, rcpt, tick in steps:
         now += tick
         r.add(Transaction("c", str(tx)), rcpt, now)
-        assert len(r) <= 8
+        assert len(r) <= 8 and r.remembered <= 8
+        assert r.remembered == sum(len(kept) for _, kept in r._seen.values())
         assert len(r.overflowed) <= len(r)
         assert all(len(kept) <= 3 for _, kept in r._seen.values())
+
+
+def test_one_client_cannot_make_the_daemon_remember_more_recipients_than_it_may_hold() -> None:
+    """Transactions without SIZE= hold no room: only the count of recipients bounds them."""
+    r = Recipients(seconds=3600, most=100)
+    for n in range(20):
+        for m in range(1000):
+            r.add(Transaction("203.0.113.9", f"i{n}"), f"roomy+{m}@x", now=0)
+    assert r.remembered <= 100
+    assert r.take(Transaction("203.0.113.9", "i19"), now=0) is None  # its recipients not all known

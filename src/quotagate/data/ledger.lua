@@ -111,6 +111,7 @@ if op == 'check' or op == 'data' then
     if mine then cb = cb - mine.b; cm = cm - 1 end
     if cb > math.max(tonumber(ARGV[6]), size) or cm > math.max(tonumber(ARGV[7]), 1) then
       capped = 1
+      if op == 'data' and mine then drop(tx, mine) end  -- refused at DATA: no copy, nor its room
     else
       if old then drop(tx, old) end
       add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0})
@@ -121,12 +122,18 @@ if op == 'check' or op == 'data' then
   return {fits and 1 or 0, held, capped, ub, um, now - at, rb, rm, source, expired, delivered}
 
 elseif op == 'end' then
-  -- ARGV: 3 tx, 4 with data (1: the message was accepted, its room goes in flight)
+  -- ARGV: 3 tx, 4 with data (1: the message was accepted, its room goes in flight), 5 the
+  -- message's real size ('': not known), held in flight in place of the size declared
   local tx = ARGV[3]
   local r = get(tx)
   if not r or r.s ~= 'held' then return 0 end
   if ARGV[4] == '1' then
     client_add(r, -1)
+    local size = tonumber(ARGV[5] or '')
+    if size then
+      redis.call('HINCRBY', SUM, 'b', size - r.b)
+      r.b = size
+    end
     r.s = 'flight'
     redis.call('HSET', RES, tx, cjson.encode(r))
     redis.call('ZADD', UND, r.b, tx)

@@ -277,14 +277,15 @@ TRANSACTION = "acl_c_quotagate_tx"
 POLICY_ROUTER = "quotagate_policy"
 POLICY_ASK_ACL = "quotagate_policy_ask"
 # What readsocket yields when the daemon cannot be reached or does not answer in time: a DUNNO
-# (Exim accepts) that the ACL recognises, to log it.
-UNREACHABLE = "action=DUNNO quotagate-unreachable"
+# (Exim accepts) that the ACL recognises, to log it (and, at DATA, to ask no more).
+UNREACHABLE_MARK = "quotagate-unreachable"
+UNREACHABLE = f"action=DUNNO {UNREACHABLE_MARK}"
 LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_part@$domain: accepted"
 END_REQUEST = "quotagate_end"
 DATA_REQUEST = "quotagate_data"
-# readsocket's answer when the daemon cannot be asked at DATA: accepted, and logged.
-UNREACHABLE = "action=DUNNO quotagate-unreachable"
 PRDR_CHECKED = "acl_m_quotagate_prdr"
+# At DATA: the size of the headers Exim will write that the message did not bring (its Received).
+SIZE_ADDED = r"${eval:${strlen:$message_headers_raw}+1+$message_body_size-$message_size}"
 DATA_ANSWERS = "acl_m_quotagate_data"
 
 
@@ -315,7 +316,12 @@ def policy_parts(config: Config) -> Parts:
         return f"  set acl_c_quotagate_told = ${{readsocket{{{socket}}}{{{what}{transaction}\\n}}{{2s}}{{ }}{{}}}}\n"
 
     ended = tell(rf"request={END_REQUEST}\n")
-    accepted = tell(r"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize=$message_size\n")
+    # The message accepted: its real size (as the DATA check sends it) goes in flight in place
+    # of the declared one, for every mailbox the transaction holds room in (an alias's too).
+    accepted = tell(
+        r"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize=$message_size\n"
+        rf"size_added={SIZE_ADDED}\nmessage_linecount=$message_linecount\n"
+    )
     defined = f"  condition = ${{if def:{TRANSACTION}}}\n"
     main = (
         "# The ACLs that tell the daemon when an SMTP transaction ends. If your configuration\n"
@@ -429,10 +435,9 @@ def data_acls(socket: str, transaction: str) -> str:
 
     def ask(recipient: str) -> str:
         clean = rf"${{sg{{{recipient}}}{{\N[\r\n]\N}}{{}}}}"
-        added = r"${eval:${strlen:$message_headers_raw}+1+$message_body_size-$message_size}"
         request = (
             rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n"
-            rf"size=$message_size\nsize_added={added}\nmessage_linecount=$message_linecount\n{transaction}\n"
+            rf"size=$message_size\nsize_added={SIZE_ADDED}\nmessage_linecount=$message_linecount\n{transaction}\n"
         )
         return f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
 
@@ -455,6 +460,11 @@ def data_acls(socket: str, transaction: str) -> str:
     # Every quoted segment ("john".doe is john.doe too), then the backslash escapes inside them.
     unquoted = r'${sg{${sg{${local_part:$item}}{\N"((?:[^"\\]|\\.)*)"\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
 
+    answer = f"${{listquote{{|}}{{${{sg{{{ask(unquoted)}}}{{{text}}}{{}}}}}}}}"
+    ask_unless_unreachable = (
+        f"${{if match{{$value}}{{{UNREACHABLE_MARK}}}{{$value}}{{${{if eq{{$value}}{{}}{{}}{{$value|}}}}{answer}}}}}"
+    )
+
     def every(pattern: str) -> str:
         return f"${{if and{{{{{known}}}{{forall{{<| {answers}}}{{match{{$item}}{{\\N{pattern}\\N}}}}}}}}}}"
 
@@ -471,8 +481,11 @@ def data_acls(socket: str, transaction: str) -> str:
         # count, a recipient would go unasked: the message is not checked, and that is logged.
         f"  accept\n    condition = ${{if !eq{{${{listcount:<| {listed}}}}}{{$recipients_count}}}}\n"
         "    logwrite = quotagate: the recipients at DATA could not be split ($recipients): not checked\n"
-        f"  warn\n    set {DATA_ANSWERS} = ${{map{{<| {listed}}}{{${{sg{{{ask(unquoted)}}}{{{text}}}{{}}}}}}}}\n"
-        f"  warn\n    condition = ${{if match{{{answers}}}{{{UNREACHABLE.removeprefix('action=DUNNO ')}}}}}\n"
+        # Asked one by one, each within readsocket's 2 s; once the daemon did not answer one, the
+        # rest are not asked (the message can no longer be refused, a recipient being unchecked,
+        # and 2 s a recipient would outlast the client's wait for the end of data).
+        f"  warn\n    set {DATA_ANSWERS} = ${{reduce{{<| {listed}}}{{}}{{{ask_unless_unreachable}}}}}\n"
+        f"  warn\n    condition = ${{if match{{{answers}}}{{{UNREACHABLE_MARK}}}}}\n"
         "    log_message = quotagate: cannot ask the daemon at DATA: accepted\n"
         f"  deny\n    condition = {refused}\n"
         f"    message = ${{listextract{{1}}{{<| {answers}}}}}\n"

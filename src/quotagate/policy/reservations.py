@@ -161,9 +161,15 @@ class Reservations:
         return True
 
     # -- the life of a transaction -----------------------------------------------------------------
-    def end(self, transaction: Transaction, with_data: bool, now: float) -> int:
-        """The transaction ended: its held reservations go in flight (the message was accepted) or
-        are released (no data). Returns how many changed."""
+    def end(self, transaction: Transaction, with_data: bool, now: float, size: int | None = None) -> int:
+        """The transaction ended: its held reservations go in flight (the message was accepted),
+        holding the message's real ``size`` when it is known, or are released (no data).
+        Returns how many changed.
+
+        The real size replaces what was declared for every mailbox the transaction holds room
+        in: a check at DATA replaced it already for the recipients it asked about, but not for a
+        mailbox reached through an alias, which Exim's router asked about at RCPT and its DATA
+        ACL, asking about the addresses the client gave, never names."""
         mine = self._by_transaction.get(transaction)
         if not mine:
             return 0
@@ -175,6 +181,9 @@ class Reservations:
             self.version += 1
             if with_data:
                 self._count_for_client(r, -1)
+                if size is not None and size != r.bytes:
+                    self._mailbox[r.mailbox].add(size - r.bytes, 0)
+                    r.bytes = size
                 r.state = "flight"
                 self._await_delivery(r)
             else:

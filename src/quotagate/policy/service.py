@@ -127,7 +127,7 @@ class PolicyService:
         self.config = config
         self._profile = profile_for(config.spool)
         self._grace, self._boundary = grace_for(config), self._profile.boundary
-        self.recipients.max_transactions = config.policy.max_reservations
+        self.recipients.most = config.policy.max_reservations
         self.maildirsize.roots = spool_roots(config.spool)
         self.files.set_roots(self.maildirsize.roots)
         self.reservations.seconds = config.policy.reservation_seconds
@@ -215,8 +215,8 @@ class PolicyService:
                 self._end(previous, with_data=False)
         return transaction
 
-    def _end(self, transaction: Transaction, with_data: bool) -> None:
-        self.reservations.end(transaction, with_data=with_data, now=self.clock())
+    def _end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
+        self.reservations.end(transaction, with_data=with_data, now=self.clock(), size=size)
         self.recipients.forget(transaction)
 
     def _ask(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
@@ -246,7 +246,9 @@ class PolicyService:
         named = count == 1 and bool(request.recipient)
         let_in = LetIn((request.recipient,), 1) if named else seen
         if count is None or let_in is None or not let_in.recipients:
-            self._end(transaction, with_data=True)
+            # Exim's tell of an accepted message sends what its DATA check sends (no count).
+            real = self._exim_size(request) if count is None else request.size
+            self._end(transaction, with_data=True, size=real if known_size(request.size) is not None else None)
             return self._done(started, Action.DUNNO, DUNNO)
         return _Ask("data", let_in.recipients, request.size, whole=True, recipient_count=count, let_in=let_in.rcpts)
 
@@ -351,7 +353,7 @@ class PolicyService:
         for outcome in refused:
             self._log_refusal(outcome, ask.stage, whole=verdict in _REFUSED)
         if verdict not in _REFUSED:
-            self._end(transaction, with_data=True)
+            self._end(transaction, with_data=True, size=known_size(ask.size))
             return self._done(started, verdict, DUNNO)
         self._end(transaction, with_data=False)
         log.info(
@@ -469,6 +471,8 @@ class PolicyService:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
+                if stage == "data":  # refused at DATA: that recipient gets no copy, nor its room
+                    self.reservations.let_go(transaction, mailbox.address)
         return Outcome(mailbox.address, decision, usage)
 
     def _judge(

@@ -395,8 +395,8 @@ class RedisLedger:
         return f"{self.settings.prefix}:tx:{{{transaction_key(self.node, transaction)}}}"
 
     # -- changes -------------------------------------------------------------------------------
-    def end(self, transaction: Transaction, with_data: bool) -> None:
-        self._send(_Op("end", transaction=transaction, args=(1 if with_data else 0,)))
+    def end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
+        self._send(_Op("end", transaction=transaction, args=(1 if with_data else 0, "" if size is None else size)))
 
     def delivered(self, mailbox: str) -> None:
         """A message landed in ``mailbox``. Named, so that Redis applies it once however often it
@@ -745,10 +745,10 @@ class SharedReservations(Reservations):
 
     ledger: RedisLedger | None = None
 
-    def end(self, transaction: Transaction, with_data: bool, now: float) -> int:
-        changed = super().end(transaction, with_data, now)
+    def end(self, transaction: Transaction, with_data: bool, now: float, size: int | None = None) -> int:
+        changed = super().end(transaction, with_data, now, size)
         if self.ledger is not None:
-            self.ledger.end(transaction, with_data)
+            self.ledger.end(transaction, with_data, size)
         return changed
 
     def delivered(self, mailbox: str, now: float) -> bool:

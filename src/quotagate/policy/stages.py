@@ -76,15 +76,18 @@ class Recipients:
 
     Bounded, as everything a remote client can grow: at most ``per_transaction`` recipients a
     transaction (Postfix's smtpd_recipient_limit defaults to 1000; past it nothing more is
-    remembered, and the message is then never refused as a whole), at most ``max_transactions``
-    transactions (the oldest forgotten first), none kept longer than ``seconds``.
+    remembered, and the message is then never refused as a whole), at most ``most`` recipients
+    in all (``[policy] max_reservations``: a client's transactions without SIZE= hold no room,
+    and would otherwise be bounded by nothing; the oldest transactions are forgotten first, and
+    a message whose recipients are forgotten is accepted), none kept longer than ``seconds``.
     """
 
-    def __init__(self, seconds: float, max_transactions: int = 100_000, per_transaction: int = 1000) -> None:
+    def __init__(self, seconds: float, most: int = 100_000, per_transaction: int = 1000) -> None:
         self.seconds = seconds
-        self.max_transactions = max_transactions
+        self.most = most
         self.per_transaction = per_transaction
         self._seen: OrderedDict[Transaction, tuple[float, dict[str, int]]] = OrderedDict()
+        self._total = 0  # recipients remembered, of every transaction
         self.overflowed: set[Transaction] = set()
 
     def add(self, transaction: Transaction, recipient: str, now: float) -> None:
@@ -94,27 +97,28 @@ class Recipients:
         if entry is None:
             self.expire(now)  # the oldest first: O(1) unless some are due
             entry = self._seen[transaction] = (now, {})
-            while len(self._seen) > self.max_transactions:
-                self._forget_oldest()
         recipients = entry[1]
-        if recipient not in recipients and len(recipients) >= self.per_transaction:
-            self.overflowed.add(transaction)
-            return
+        if recipient not in recipients:
+            while self._total >= self.most and next(iter(self._seen)) != transaction:
+                self._forget_oldest()
+            if len(recipients) >= self.per_transaction or self._total >= self.most:
+                self.overflowed.add(transaction)
+                return
+            self._total += 1
         recipients[recipient] = recipients.get(recipient, 0) + 1
 
     def take(self, transaction: Transaction, now: float) -> LetIn | None:
         """The recipients seen for the transaction (forgotten now), in the order first seen; None
-        when they are not all known (more than ``per_transaction``)."""
+        when they are not all known (more than ``per_transaction``, or than ``most`` in all)."""
         self.expire(now)
-        entry = self._seen.pop(transaction, None)
+        recipients = self._pop(transaction)
         if transaction in self.overflowed:
             self.overflowed.discard(transaction)
             return None
-        recipients = entry[1] if entry else {}
         return LetIn(tuple(recipients), sum(recipients.values()))
 
     def forget(self, transaction: Transaction) -> None:
-        self._seen.pop(transaction, None)
+        self._pop(transaction)
         self.overflowed.discard(transaction)
 
     def expire(self, now: float) -> None:
@@ -124,9 +128,21 @@ class Recipients:
                 return
             self._forget_oldest()
 
+    def _pop(self, transaction: Transaction) -> dict[str, int]:
+        entry = self._seen.pop(transaction, None)
+        recipients = entry[1] if entry else {}
+        self._total -= len(recipients)
+        return recipients
+
     def _forget_oldest(self) -> None:
-        transaction, _ = self._seen.popitem(last=False)
+        transaction = next(iter(self._seen))
+        self._pop(transaction)
         self.overflowed.discard(transaction)
+
+    @property
+    def remembered(self) -> int:
+        """Recipients remembered, of every transaction."""
+        return self._total
 
     def __len__(self) -> int:
         return len(self._seen)

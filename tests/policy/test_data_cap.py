@@ -1,0 +1,55 @@
+"""A client at its share (client_hold) when Exim asks at DATA: the recipient is deferred (PRDR: it
+gets no copy), and what the transaction held for it at RCPT is let go. Kept, it went in flight
+with the message accepted for the other recipients (room in flight is no client's to count):
+round after round, one client filled a mailbox with room held for mail that never came."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService
+from tests.policy.conftest import ROOMY, Site, request
+from tests.policy.test_data_stage import ask, exim_data
+
+CLIENT = "192.0.2.1"
+
+
+def end(instance: str) -> bytes:
+    """What Exim's quotagate_end sends (next MAIL, QUIT)."""
+    return f"request=quotagate_end\ninstance={instance}\nclient_address={CLIENT}\n\n".encode()
+
+
+def accepted(instance: str, size: int) -> bytes:
+    """The last statement of Exim's quotagate_data: the message was accepted."""
+    return (
+        f"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize={size}\n"
+        f"instance={instance}\nclient_address={CLIENT}\n\n"
+    ).encode()
+
+
+@pytest.fixture
+def service(site: Site) -> PolicyService:
+    return site.service(site.config(), Metrics())  # client_hold: 10%, 1,000 bytes of roomy's 10,000
+
+
+def test_a_recipient_deferred_at_data_for_the_clients_share_leaves_no_room_held_once_it_is_gone(
+    service: PolicyService,
+) -> None:
+    rounds = 6
+    for n in range(rounds):
+        # A second connection of the same client holds 400 bytes of roomy at RCPT.
+        assert ask(service, request(ROOMY, 400, instance=f"other{n}")) == "DUNNO"
+        # This transaction declares 500 (900 held by the client: within its 1,000).
+        assert ask(service, request(ROOMY, 500, instance=f"tx{n}")) == "DUNNO"
+        # PRDR at DATA: the real size is 700; 400 + 700 passes the client's share: deferred.
+        assert ask(service, exim_data(ROOMY, 700, instance=f"tx{n}")).startswith("452")
+        # The message was accepted for its other recipients (PRDR): Exim says so, then the
+        # client ends both transactions.
+        ask(service, accepted(f"tx{n}", 700))
+        ask(service, end(f"other{n}"))
+    # roomy got no message from this client, whose transactions have all ended.
+    held = service.reservations.held(ROOMY, time.time(), 0)
+    assert held.bytes == 0, f"{held.bytes} bytes held for roomy ({held.messages} messages) after the client left"
