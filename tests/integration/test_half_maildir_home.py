@@ -5,6 +5,8 @@ read), and his mail is in ``Maildir/``, read correctly before."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quotagate.model import Limits, State
@@ -53,3 +55,32 @@ def test_a_home_with_a_new_directory_and_an_mbox_file_is_known_under_quota_too(e
     reading = env.scan(full=True).readings[carl]
     assert reading.usage.known, reading.usage.error
     assert (reading.bytes, reading.state) == (10_000, State.OK)
+
+
+LINE = b"x" * 99 + b"\n"
+
+
+def mbox_file(path: Path, size: int) -> None:
+    body = LINE * (size // len(LINE))
+    path.write_bytes(b"From me@example.org Thu Nov  9 22:33:52 2023\nSubject: kept\n\n" + body)
+
+
+def test_an_mbox_home_over_quota_does_not_escape_by_a_new_folder_and_an_empty_maildir(env: Env) -> None:
+    home = env.spool / "example.org" / "dan"
+    home.mkdir(parents=True)
+    mbox_file(home / "archive", 20_000)
+    dan = env.add("dan", Limits(10_000), path="example.org/dan")
+    first = env.scan(full=True).readings[dan]
+    assert first.usage.known and first.state is State.OVER, first
+    # His IMAP folder "archive" renamed "new/2024": Dovecot keeps it as the mbox file new/2024.
+    (home / "new").mkdir()
+    (home / "archive").rename(home / "new" / "2024")
+    second = env.scan().readings[dan]
+    assert second.state is State.OVER, second  # unknown (half a Maildir), its flag kept
+    # Then the folder "Maildir/x" (a directory Maildir/ holding the mbox file x, empty).
+    (home / "Maildir").mkdir()
+    (home / "Maildir" / "x").write_bytes(b"")
+    third = env.scan().readings[dan]
+    assert third.state is State.OVER or not third.usage.known, (
+        f"{third.state}, {third.bytes} bytes known: 20,000 bytes of mail in new/2024 left out"
+    )

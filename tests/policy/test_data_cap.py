@@ -10,9 +10,9 @@ import time
 import pytest
 
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.service import PolicyService
+from quotagate.policy.service import PolicyService, Session
 from tests.policy.conftest import ROOMY, Site, request
-from tests.policy.test_data_stage import ask, exim_data
+from tests.policy.test_data_stage import ask, end_of_message, exim_data
 
 CLIENT = "192.0.2.1"
 
@@ -26,7 +26,7 @@ def accepted(instance: str, size: int) -> bytes:
     """The last statement of Exim's quotagate_data: the message was accepted."""
     return (
         f"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize={size}\n"
-        f"instance={instance}\nclient_address={CLIENT}\n\n"
+        f"size_added=0\nmessage_linecount=0\ninstance={instance}\nclient_address={CLIENT}\n\n"
     ).encode()
 
 
@@ -45,7 +45,7 @@ def test_a_recipient_deferred_at_data_for_the_clients_share_leaves_no_room_held_
         # This transaction declares 500 (900 held by the client: within its 1,000).
         assert ask(service, request(ROOMY, 500, instance=f"tx{n}")) == "DUNNO"
         # PRDR at DATA: the real size is 700; 400 + 700 passes the client's share: deferred.
-        assert ask(service, exim_data(ROOMY, 700, instance=f"tx{n}")).startswith("452")
+        assert ask(service, exim_data(ROOMY, 700, instance=f"tx{n}", prdr=True)).startswith("452")
         # The message was accepted for its other recipients (PRDR): Exim says so, then the
         # client ends both transactions.
         ask(service, accepted(f"tx{n}", 700))
@@ -53,3 +53,45 @@ def test_a_recipient_deferred_at_data_for_the_clients_share_leaves_no_room_held_
     # roomy got no message from this client, whose transactions have all ended.
     held = service.reservations.held(ROOMY, time.time(), 0)
     assert held.bytes == 0, f"{held.bytes} bytes held for roomy ({held.messages} messages) after the client left"
+
+
+STRANGER = "stranger@example.org"  # a recipient quotagate does not know: DUNNO, never refused
+
+
+def in_flight(service: PolicyService) -> int:
+    return service.reservations.totals()["flight"]
+
+
+def test_exim_without_prdr_a_recipient_deferred_for_the_share_still_gets_the_message_and_its_room(
+    service: PolicyService,
+) -> None:
+    # Another connection of the same client holds 400 bytes of roomy at RCPT.
+    assert ask(service, request(ROOMY, 400, instance="other")) == "DUNNO"
+    # This transaction: roomy (500 declared, 900 held by the client) and a stranger.
+    assert ask(service, request(ROOMY, 500, instance="tx")) == "DUNNO"
+    assert ask(service, request(STRANGER, 500, instance="tx")) == "DUNNO"
+    # quotagate_data_check (no PRDR): 400 + 700 passes the client's share: roomy deferred ...
+    assert ask(service, exim_data(ROOMY, 700, instance="tx")).startswith("452")
+    assert ask(service, exim_data(STRANGER, 700, instance="tx")) == "DUNNO"
+    # ... but not every recipient was refused: Exim accepts the message, for roomy too.
+    ask(service, accepted("tx", 700))
+    ask(service, end("other"))
+    # 700 bytes are on their way to roomy: that room must be held until they land.
+    assert in_flight(service) >= 700, (
+        f"{in_flight(service)} bytes in flight for a 700-byte message Exim accepted for roomy"
+    )
+
+
+def test_postfix_a_recipient_deferred_for_the_share_in_an_accepted_message_keeps_its_room(
+    service: PolicyService,
+) -> None:
+    other, connection = Session(), Session()
+    assert ask(service, request(ROOMY, 400, instance="other"), other) == "DUNNO"
+    assert ask(service, request(ROOMY, 500, instance="tx"), connection) == "DUNNO"
+    assert ask(service, request(STRANGER, 500, instance="tx"), connection) == "DUNNO"
+    # END-OF-MESSAGE, two recipients, 700 bytes: roomy is over the client's share, the stranger
+    # is not refused, so the message is accepted (one reply for all): roomy gets its copy.
+    assert ask(service, end_of_message(700, 2, instance="tx"), connection) == "DUNNO"
+    ask(service, end("other"))
+    held = service.reservations.held(ROOMY, time.time(), 0)
+    assert held.bytes >= 700, f"{held.bytes} bytes held for roomy, which Postfix accepted a 700-byte message for"

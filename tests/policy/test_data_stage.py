@@ -40,10 +40,13 @@ def ask(service: PolicyService, data: bytes, session: Session | None = None) -> 
     return service.answer(item, session)
 
 
-def exim_data(recipient: str, size: int, instance: str = "A", added: int = 0, lines: int = 0) -> bytes:
-    """What the generated Exim DATA ACLs send for one recipient."""
+def exim_data(
+    recipient: str, size: int, instance: str = "A", added: int = 0, lines: int = 0, prdr: bool = False
+) -> bytes:
+    """What the generated Exim DATA ACLs send for one recipient (``prdr``: of a PRDR message)."""
     return (
-        f"request=quotagate_data\nprotocol_state=END-OF-MESSAGE\nrecipient={recipient}\nsize={size}\n"
+        f"request=quotagate_data\nprotocol_state=END-OF-MESSAGE\nrecipient={recipient}\n"
+        f"{'prdr=yes' + chr(10) if prdr else ''}size={size}\n"
         f"size_added={added}\nmessage_linecount={lines}\ninstance={instance}\nclient_address=192.0.2.1\n\n"
     ).encode()
 

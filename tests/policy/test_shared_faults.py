@@ -441,3 +441,59 @@ def test_an_hour_old_storage_reading_in_redis_never_beats_the_stores_fresh_one(
             return await mx.ask(rcpt(0, 1000))
 
     assert run(go()) == DUNNO
+
+
+pytestmark = pytest.mark.servers
+
+
+CLIENT = "192.0.2.1"
+
+
+STRANGER = "stranger@example.org"
+
+
+def exim_data(recipient: str, size: int, instance: str) -> bytes:
+    return (
+        f"request=quotagate_data\nprotocol_state=END-OF-MESSAGE\nrecipient={recipient}\nsize={size}\n"
+        f"size_added=0\nmessage_linecount=0\ninstance={instance}\nclient_address={CLIENT}\n\n"
+    ).encode()
+
+
+def accepted(instance: str, size: int) -> bytes:
+    return (
+        f"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize={size}\n"
+        f"size_added=0\nmessage_linecount=0\ninstance={instance}\nclient_address={CLIENT}\n\n"
+    ).encode()
+
+
+def end(instance: str) -> bytes:
+    return f"request=quotagate_end\ninstance={instance}\nclient_address={CLIENT}\n\n".encode()
+
+
+def test_shared_a_recipient_deferred_for_the_share_in_an_accepted_message_keeps_room_in_flight(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    site = make_site(tmp_path)
+    message = 700
+    room_left = QUOTA - ROOMY_USED - message  # once the accepted message lands
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1") as a:  # client_hold 10%: 1,000 bytes
+            answers = [
+                await a.ask(request(ROOMY, 400, instance="other")),
+                await a.ask(request(ROOMY, 500, instance="tx")),
+                await a.ask(request(STRANGER, 500, instance="tx")),
+                await a.ask(exim_data(ROOMY, message, "tx")),  # 400 + 700 > 1,000: deferred
+                await a.ask(exim_data(STRANGER, message, "tx")),  # DUNNO: Exim accepts the message
+                await a.ask(accepted("tx", message)),
+                await a.ask(end("other")),
+            ]
+            await wait_until(lambda: a.ledger is None or a.ledger.settled)
+            # Another client wants one byte more than is left once the 700 bytes have landed.
+            answers.append(await a.ask(request(ROOMY, room_left + 1, client="198.51.100.7", instance="late")))
+            return answers
+
+    answers = run(go())
+    assert answers[3].startswith(b"action=452"), answers[3]
+    assert answers[4] == b"action=DUNNO\n\n", answers[4]
+    assert answers[-1] == BUSY, f"{answers[-1]!r}: the room of the message in flight to roomy was given away"

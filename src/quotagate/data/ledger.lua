@@ -70,7 +70,7 @@ local function sums()
   return tonumber(s[1] or 0), tonumber(s[2] or 0)
 end
 
-if op == 'check' or op == 'data' then
+if op == 'check' or op == 'data' or op == 'prdr' then
   -- ARGV: 3 tx, 4 client, 5 size (0: unknown, hold nothing), 6 cap bytes, 7 cap messages,
   -- 8 reservation ms, 9 local usage bytes, 10 messages, 11 its age in ms, 12 whether that age
   -- is by the clock of the host that measured it (1: a live read, or this host's own watch; 0:
@@ -78,7 +78,9 @@ if op == 'check' or op == 'data' then
   -- 13 the oldest usage believed (max_usage_age) in ms,
   -- 14 ceiling bytes, 15 ceiling messages ('': no limit), 16..19 a folder's usage and ceiling (optional)
   -- 'data' (the check at DATA, with the message's real size) weighs it in place of what the
-  -- transaction holds, never beside it; refused, that hold is let go.
+  -- transaction holds, never beside it; refused, that hold is let go. 'prdr' (the same, for one
+  -- recipient of a PRDR message) lets it go too when refused for the client's share: no copy
+  -- comes (without PRDR the message may still come, for the others' sake: the hold stays).
   local tx, client, size = ARGV[3], ARGV[4], tonumber(ARGV[5])
   local ub, um, at, source = tonumber(ARGV[9]), tonumber(ARGV[10]), now - tonumber(ARGV[11]), 'local'
   local use = redis.call('HMGET', USE, 'b', 'm', 'at')
@@ -94,7 +96,7 @@ if op == 'check' or op == 'data' then
   local rb, rm = sums()
   local old = get(tx)
   local mine = (old and old.s == 'held') and old or nil
-  if op == 'data' and mine then rb = rb - mine.b; rm = rm - 1 end
+  if op ~= 'check' and mine then rb = rb - mine.b; rm = rm - 1 end
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
@@ -103,7 +105,7 @@ if op == 'check' or op == 'data' then
     fits = within(tonumber(ARGV[16]) + rb, tonumber(ARGV[17]) + rm, ARGV[18], ARGV[19])
   end
   local held, capped = 0, 0
-  if not fits and op == 'data' and mine then
+  if not fits and op ~= 'check' and mine then
     drop(tx, mine)
   elseif fits and size > 0 then
     local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
@@ -111,7 +113,7 @@ if op == 'check' or op == 'data' then
     if mine then cb = cb - mine.b; cm = cm - 1 end
     if cb > math.max(tonumber(ARGV[6]), size) or cm > math.max(tonumber(ARGV[7]), 1) then
       capped = 1
-      if op == 'data' and mine then drop(tx, mine) end  -- refused at DATA: no copy, nor its room
+      if op == 'prdr' and mine then drop(tx, mine) end  -- refused with PRDR: no copy, nor its room
     else
       if old then drop(tx, old) end
       add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0})

@@ -284,6 +284,7 @@ LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_
 END_REQUEST = "quotagate_end"
 DATA_REQUEST = "quotagate_data"
 PRDR_CHECKED = "acl_m_quotagate_prdr"
+PRDR_ATTRIBUTE = r"prdr=yes\n"  # in the check at DATA of one recipient of a PRDR message
 # At DATA: the size of the headers Exim will write that the message did not bring (its Received).
 SIZE_ADDED = r"${eval:${strlen:$message_headers_raw}+1+$message_body_size-$message_size}"
 DATA_ANSWERS = "acl_m_quotagate_data"
@@ -433,10 +434,12 @@ def data_acls(socket: str, transaction: str) -> str:
     slow), readsocket's fifth argument makes the answer DUNNO too, and a line is logged.
     """
 
-    def ask(recipient: str) -> str:
+    def ask(recipient: str, prdr: bool = False) -> str:
         clean = rf"${{sg{{{recipient}}}{{\N[\r\n]\N}}{{}}}}"
+        # With PRDR a recipient refused gets no copy: the daemon lets go of its room then.
+        marked = PRDR_ATTRIBUTE if prdr else ""
         request = (
-            rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n"
+            rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n{marked}"
             rf"size=$message_size\nsize_added={SIZE_ADDED}\nmessage_linecount=$message_linecount\n{transaction}\n"
         )
         return f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
@@ -445,7 +448,7 @@ def data_acls(socket: str, transaction: str) -> str:
     text = r"\N^action=|\s+$\N"
     prdr = (
         "quotagate_data_prdr:\n"
-        f"  warn\n    set {PRDR_CHECKED} = yes\n    set acl_m_quotagate = {ask('$local_part@$domain')}\n"
+        f"  warn\n    set {PRDR_CHECKED} = yes\n    set acl_m_quotagate = {ask('$local_part@$domain', prdr=True)}\n"
         f"  warn\n    condition = ${{if eq{{{answer}}}{{{UNREACHABLE}}}}}\n"
         "    log_message = quotagate: cannot ask the daemon about $local_part@$domain at DATA: accepted\n"
         f"  deny\n    condition = ${{if match{{{answer}}}{{\\N^action=5\\d\\d\\s\\N}}}}\n"

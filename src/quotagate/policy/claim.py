@@ -50,6 +50,7 @@ class Claim:
     # At DATA: the message's real size, weighed and held in place of what its transaction holds
     # (never beside it), and that hold let go when it does not fit.
     at_data: bool = False
+    per_recipient: bool = False  # at DATA with PRDR: refused for the client's share, no copy comes
     max_usage_age: float = 900.0  # [policy] max_usage_age: the shared ledger's reading, older, is not used
 
     @staticmethod

@@ -81,6 +81,9 @@ class _Ask(NamedTuple):
     whole: bool = False
     recipient_count: int = 1
     let_in: int = 1  # the RCPTs of the message that the checks let in (see message_verdict)
+    # At DATA: the answer is this recipient's alone (Exim's PRDR); else one answer for the
+    # message, which a recipient refused for its client's share may get all the same.
+    per_recipient: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class PolicyService:
             ask = self._ask(started, request, transaction)
             if isinstance(ask, str):
                 return ask
-            outcomes = [self.check(r, ask.size, transaction, ask.stage) for r in ask.recipients]
+            outcomes = [self.check(r, ask.size, transaction, ask.stage, ask.per_recipient) for r in ask.recipients]
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
@@ -228,7 +231,8 @@ class PolicyService:
             self._end(transaction, with_data=False)
             return self._done(started, Action.DUNNO, DUNNO)
         if request.request == DATA_CHECK:
-            return _Ask("data", (request.recipient,), self._exim_size(request))
+            prdr = request.attributes.get("prdr") == "yes"
+            return _Ask("data", (request.recipient,), self._exim_size(request), per_recipient=prdr)
         if request.protocol_state == END_OF_MESSAGE:
             return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
@@ -279,7 +283,9 @@ class PolicyService:
         future while the shared ledger weighs a check."""
         try:
             decided = [
-                t if isinstance(t, Outcome) else self._decide(t, ask.size, live, transaction, ask.stage)
+                t
+                if isinstance(t, Outcome)
+                else self._decide(t, ask.size, live, transaction, ask.stage, per_recipient=ask.per_recipient)
                 for t, live in zip(targets, lives, strict=True)
             ]
             outcomes = [d for d in decided if isinstance(d, Outcome)]
@@ -313,7 +319,9 @@ class PolicyService:
                 weighed = await weighing
                 if weighed is None:
                     assert isinstance(target, _Target)
-                    alone = self._decide(target, ask.size, live, transaction, ask.stage, alone=True)
+                    alone = self._decide(
+                        target, ask.size, live, transaction, ask.stage, alone=True, per_recipient=ask.per_recipient
+                    )
                     assert isinstance(alone, Outcome)
                     outcomes.append(alone)
                 else:
@@ -383,7 +391,12 @@ class PolicyService:
             self.delivery_hint(address)
 
     def check(
-        self, recipient: str, size: int | None, transaction: Transaction | None = None, stage: Stage = "rcpt"
+        self,
+        recipient: str,
+        size: int | None,
+        transaction: Transaction | None = None,
+        stage: Stage = "rcpt",
+        per_recipient: bool = False,
     ) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted.
 
@@ -394,7 +407,7 @@ class PolicyService:
             return target
         live = None if target.live is None else self.maildirsize.read(target.live.path)
         transaction = transaction or Transaction("local", f"check-{next(self._once)}")
-        outcome = self._decide(target, size, live, transaction, stage, alone=True)
+        outcome = self._decide(target, size, live, transaction, stage, alone=True, per_recipient=per_recipient)
         assert isinstance(outcome, Outcome)
         return outcome
 
@@ -425,6 +438,7 @@ class PolicyService:
         transaction: Transaction,
         stage: Stage = "rcpt",
         alone: bool = False,
+        per_recipient: bool = False,
     ) -> Outcome | tuple[Claim, asyncio.Future[Weighed | None]]:
         """The decision, once the live usage (if any was wanted) is known. No I/O. With shared
         state (and not ``alone``), the claim sent to it and the future of its answer instead.
@@ -446,7 +460,7 @@ class PolicyService:
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
         if self.shared is not None and self.shared.up and not alone and Claim.wanted(mailbox, limits, usage):
-            claim = self._claim(target, size, live, transaction, limits, usage, now, stage)
+            claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient)
             if claim is not None:
                 return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
@@ -471,7 +485,7 @@ class PolicyService:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
-                if stage == "data":  # refused at DATA: that recipient gets no copy, nor its room
+                if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address)
         return Outcome(mailbox.address, decision, usage)
 
@@ -506,6 +520,7 @@ class PolicyService:
         usage: Usage | None,
         now: float,
         stage: Stage,
+        per_recipient: bool = False,
     ) -> Claim | None:
         """The check as the shared ledger weighs it: the whole mailbox's usage (which a storage
         host's fresher one may replace) and, for local+folder, the folder's rule and usage; at
@@ -528,6 +543,7 @@ class PolicyService:
             self._boundary,
             None if limits is None else (limits, usage),
             at_data=stage == "data",
+            per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,
         )
 

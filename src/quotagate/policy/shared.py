@@ -361,7 +361,7 @@ class RedisLedger:
         def queue(pipe: Pipeline) -> None:
             for claim, _ in batch:
                 keys = mailbox_keys(self.settings.prefix, claim.mailbox.address)
-                op = "data" if claim.at_data else "check"
+                op = ("prdr" if claim.per_recipient else "data") if claim.at_data else "check"
                 self._queue(pipe, keys, [op, self._life_ms, *check_args(claim, self.node, reservation_ms)])
                 if claim.holding:
                     # Which mailboxes a transaction holds room in, for its end (which may

@@ -398,6 +398,9 @@ def measure(
             half = looks and fmt == "auto" and node is not None and _half_maildir(node.fd)
             if half:
                 looks, below = False, _maildir_below(node, fmt, subdir, roots, layout)
+                if below is not None and not (below.is_dir and _looks_like_maildir(below.fd, layout)):
+                    below.close()  # a directory of that name, no Maildir (an mbox user's folder)
+                    below = None
                 if below is None:  # no Maildir below it either, where the agent would deliver
                     return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_HALF_MAILDIR}"))
             try:
