@@ -438,7 +438,7 @@ def test_an_exception_in_the_service_answers_dunno_counts_and_logs_the_traceback
 ) -> None:
     caplog.set_level(logging.ERROR, logger="quotagate.policy.service")
 
-    def broken(self: PolicyService, *args: object) -> object:
+    def broken(self: PolicyService, *args: object, **kwargs: object) -> object:
         raise RuntimeError("the store exploded")
 
     monkeypatch.setattr(PolicyService, "_decide", broken)

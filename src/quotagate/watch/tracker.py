@@ -60,7 +60,7 @@ _LEFT = Mask.DELETE | Mask.MOVED_FROM
 # away (perhaps out of the mailbox, a new one put in its place), or its file system went.
 _GONE = Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT
 # A mailbox is measured again for a deletion at most this often (see Tracker._settle).
-_SETTLE = 1.0
+_SETTLE = 0.5
 # How long a flush waits for a mailbox being measured before it hands on the others' readings
 # and takes that one's at a later flush (see :mod:`lanes`): one slow mailbox holds up no other.
 _PATIENCE = 0.5
@@ -443,7 +443,7 @@ class Tracker:
         """Measure the mailbox again for a deletion: at once, or one :data:`_SETTLE` after its last
         measurement. A client expunging a selection deletes a message every few milliseconds:
         a measurement per flush of a mailbox of 50,000 messages would cost a core while it lasts;
-        one a second keeps its usage fresh within a second and a half."""
+        two a second keep its usage fresh within a second."""
         now, last = time.monotonic(), self._measured_mono.get(address)
         if address in self._measuring:  # measured now, perhaps before this deletion: once more, later
             self._settling.setdefault(address, now + _SETTLE)
