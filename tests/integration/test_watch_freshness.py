@@ -11,7 +11,7 @@ import threading
 from quotagate.model import Limits, State
 from quotagate.usage.mailbox import Found
 from tests.integration.scanenv import Env
-from tests.integration.watchrun import deliver, until, watching
+from tests.integration.watchrun import deliver, hang, until, watching
 from tests.spoolgen import add_message, maildir_folder
 
 
@@ -106,15 +106,7 @@ def test_mailboxes_queued_behind_five_hung_ones_are_measured_within_a_second(env
 
     async def run() -> tuple[int, State]:
         async with watching(env, scan={"mailbox_timeout": 60}) as (tracker, _):
-            gate = threading.Event()
-            real = tracker._measure_one
-
-            def hangs(address: str) -> Found:
-                if address in hung:
-                    gate.wait(30)
-                return real(address)
-
-            tracker._measure_one = hangs  # type: ignore[method-assign]
+            gate = hang(tracker, hung, 30)
             try:
                 for address in [*hung, zoe]:
                     tracker.mark_dirty(address)

@@ -12,7 +12,7 @@ import pytest
 from quotagate.model import Limits, State
 from quotagate.usage.mailbox import Found
 from tests.integration.scanenv import Env
-from tests.integration.watchrun import deliver, until, watching
+from tests.integration.watchrun import deliver, hang, until, watching
 from tests.spoolgen import add_message, maildir_folder
 
 HUNG = 24
@@ -36,15 +36,7 @@ def test_a_delivery_is_in_the_answer_within_a_second_while_flushes_rescue_hung_l
 
     async def run() -> tuple[int, State]:
         async with watching(env, scan={"mailbox_timeout": 60}) as (tracker, _):
-            gate = threading.Event()
-            real = tracker._measure_one
-
-            def hangs(address: str) -> Found:
-                if address in hung:
-                    gate.wait(60)
-                return real(address)
-
-            tracker._measure_one = hangs  # type: ignore[method-assign]
+            gate = hang(tracker, hung, 60)
             try:
                 for address in hung:
                     tracker.mark_dirty(address)

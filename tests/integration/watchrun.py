@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from quotagate.usage.mailbox import Found
 from quotagate.watch.runner import StorePublisher, start_tracker
 from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import Env
@@ -48,3 +50,18 @@ async def watching(env: Env, **sections: Any) -> AsyncIterator[tuple[Tracker, St
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def hang(tracker: Tracker, addresses: Collection[str], seconds: float) -> threading.Event:
+    """Measurements of ``addresses`` block, as on a hung mount, until the gate returned is set
+    (or ``seconds`` pass): set it once done, or the threads outlive the test."""
+    gate = threading.Event()
+    real = tracker._measure_one
+
+    def hangs(address: str) -> Found:
+        if address in addresses:
+            gate.wait(seconds)
+        return real(address)
+
+    tracker._measure_one = hangs  # type: ignore[method-assign]
+    return gate
