@@ -51,12 +51,21 @@ def _holds_mail_dirs(name: str, root_fd: int) -> bool:
         return False
 
 
-def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> bool:
-    """cur/, new/ or maildirsize at the root; or, when the INBOX's own directories are
-    missing (a tree made by imapsync or doveadm with folders only), a ``.Folder`` (``LAYOUT=fs``:
-    a ``Folder``) holding cur/ or new/ — an mbox home has no such thing, and read as one all
-    that mail would count 0."""
-    if any(_exists(marker, root_fd) for marker in _MAILDIR_MARKERS):
+def _root_markers(root_fd: int) -> tuple[str, ...]:
+    """Which of cur/, new/ and maildirsize the root holds; maildirsize is looked for only when
+    it can matter (not both of the others: see :func:`_half_maildir`)."""
+    found = tuple(sub for sub in _MAILDIR_MARKERS[:2] if _exists(sub, root_fd))
+    return found if len(found) == 2 or not _exists(maildirsize.FILE_NAME, root_fd) else (*found, maildirsize.FILE_NAME)
+
+
+def _looks_like_maildir(
+    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None
+) -> bool:
+    """cur/, new/ or maildirsize at the root (``markers``, when looked for already); or, when
+    the INBOX's own directories are missing (a tree made by imapsync or doveadm with folders
+    only), a ``.Folder`` (``LAYOUT=fs``: a ``Folder``) holding cur/ or new/ — an mbox home has
+    no such thing, and read as one all that mail would count 0."""
+    if markers if markers is not None else _root_markers(root_fd):
         return True
     try:
         names = os.listdir(root_fd)
@@ -71,13 +80,14 @@ def _looks_like_maildir(root_fd: int, layout: maildir.Layout = "maildir++") -> b
 _HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maildir nor an mbox home"
 
 
-def _half_maildir(root_fd: int) -> bool:
-    """Only one of cur/ and new/ at the root (every delivery agent makes both), and an mbox file:
-    an mbox home whose user made the IMAP folder "new/2024" (Dovecot keeps it as the mbox file
-    ``new/2024``), or a Maildir whose user removed cur/ and put a ``From `` file beside. Which
-    one, quotagate cannot tell, and its user chose: either reading could leave mail out."""
-    found = [sub for sub in ("cur", "new") if _exists(sub, root_fd)]
-    return len(found) == 1 and not _exists(maildirsize.FILE_NAME, root_fd) and mbox.holds_mbox(root_fd, found)
+def _half_maildir(root_fd: int, markers: tuple[str, ...]) -> bool:
+    """Only one of cur/ and new/ at the root (every delivery agent makes both), no maildirsize,
+    and an mbox file: an mbox home whose user made the IMAP folder "new/2024" (Dovecot keeps it
+    as the mbox file ``new/2024``), or a Maildir whose user removed cur/ and put a ``From `` file
+    beside. Which one, quotagate cannot tell, and its user chose: either reading could leave
+    mail out. ``markers``: :func:`_root_markers`."""
+    found = [m for m in markers if m != maildirsize.FILE_NAME]
+    return len(found) == 1 and len(markers) == 1 and mbox.holds_mbox(root_fd, found)
 
 
 def _layout_index(root_fd: int) -> bool:
@@ -393,9 +403,11 @@ def measure(
             if node is None and require_parent and previous and (previous.path != root or not previous.usage.known):
                 raise safefs.missing_above(root)
             # Looked at once: a directory that looks like a Maildir is measured as one.
-            looks = node is not None and node.is_dir and fmt != "mbox" and _looks_like_maildir(node.fd, layout)
+            dir_node = node if node is not None and node.is_dir and fmt != "mbox" else None
+            markers = _root_markers(dir_node.fd) if dir_node is not None else ()
+            looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
-            half = looks and fmt == "auto" and node is not None and _half_maildir(node.fd)
+            half = dir_node is not None and looks and fmt == "auto" and _half_maildir(dir_node.fd, markers)
             if half:
                 looks, below = False, _maildir_below(node, fmt, subdir, roots, layout)
                 if below is not None and not (below.is_dir and _looks_like_maildir(below.fd, layout)):
@@ -453,22 +465,10 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
         return False
     if previous.usage.format is Format.MBOX:
         names = [disk_name(f.name) for f in previous.usage.folders if not f.name.startswith(_BESIDE)]
-    elif not previous.usage.known:
-        # Regular files only: opening a device or a FIFO as root may do more than read it.
-        listed = os.listdir(root_fd)
-        names = [n for n in listed if not n.startswith(".") and maildir.entry_type(root_fd, n) == stat.S_IFREG]
-    else:
-        return False
-    for name in names:
-        fd = mbox.open_file(root_fd, name)
-        if fd is None:
-            continue
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and mbox.is_mbox(fd):
-                return True
-        finally:
-            os.close(fd)
-    return False
+        return any(mbox.file_is_mbox(root_fd, name) for name in names)
+    # Regular files only (a device or a FIFO opened as root may do more than read it); not an
+    # empty one, which proves nothing.
+    return not previous.usage.known and mbox.holds_mbox(root_fd, ())
 
 
 def beside_mbox(usage: MailboxUsage) -> bool:

@@ -127,7 +127,7 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     try:
         with os.scandir(fd) as entries:
             names = [e.name for e in entries if not _skipped(e.name) and e.is_file(follow_symlinks=False)]
-        if any(_starts_from(fd, name) for name in names):
+        if any(file_is_mbox(fd, name, empty=False) for name in names):
             return True
         for sub in subdirs:
             sub_fd = safefs.open_dir(sub, fd)
@@ -136,7 +136,7 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
             try:
                 with os.scandir(sub_fd) as entries:
                     first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
-                if first is not None and _starts_from(sub_fd, first):
+                if first is not None and file_is_mbox(sub_fd, first, empty=False):
                     return True
             finally:
                 os.close(sub_fd)
@@ -145,13 +145,19 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     return False
 
 
-def _starts_from(dir_fd: int, name: str) -> bool:
+def file_is_mbox(dir_fd: int, relative: str, empty: bool = True) -> bool:
+    """Whether the file at ``relative`` beneath ``dir_fd`` is a regular mbox file (see
+    :func:`is_mbox`; with ``empty`` False an empty file is none: it proves nothing), opened
+    following nothing; False when it is gone or cannot be opened."""
     try:
-        fd = os.open(name, safefs.FILE, dir_fd=dir_fd)
+        fd = open_file(dir_fd, relative)
     except OSError:
         return False
+    if fd is None:
+        return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(_FROM), 0) == _FROM
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and (st.st_size > 0 or empty) and is_mbox(fd)
     finally:
         os.close(fd)
 
