@@ -326,7 +326,8 @@ class PolicyService:
                     outcomes.append(alone)
                 else:
                     decision, usage = settle(claim, weighed, self.clock())
-                    self.reservations.capped += weighed.capped and not weighed.held
+                    if weighed.capped and not weighed.held:  # counted as the daemon's own are
+                        self.reservations.capped += 1
                     outcomes.append(Outcome(claim.mailbox.address, decision, usage))
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
