@@ -18,7 +18,7 @@ from quotagate.config import parse_config
 from quotagate.policy import daemon as serve
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
-from quotagate.policy.shared import MAX_PENDING, RedisLedger, SharedReservations, _Args
+from quotagate.policy.shared import MAX_PENDING, RedisLedger, SharedReservations, _Args, mailbox_keys
 from quotagate.store import open_store
 from tests.policy.conftest import (
     BUSY,
@@ -497,3 +497,36 @@ def test_shared_a_recipient_deferred_for_the_share_in_an_accepted_message_keeps_
     assert answers[3].startswith(b"action=452"), answers[3]
     assert answers[4] == b"action=DUNNO\n\n", answers[4]
     assert answers[-1] == BUSY, f"{answers[-1]!r}: the room of the message in flight to roomy was given away"
+
+
+def test_the_real_size_goes_in_flight_in_redis_in_place_of_the_declared_one(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """A client declares SIZE=5000 and sends 700 bytes (Exim's router asked about the mailbox an
+    alias reaches, which its DATA check never names): Exim's tell of the accepted message carries
+    the real size, and the ledger's 'end' puts that in flight, not the declared 5,000."""
+    site = make_site(tmp_path)
+    client, instance = "198.51.100.9", "aliased"
+    accepted = (
+        f"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize=700\nsize_added=0\n"
+        f"message_linecount=0\ninstance={instance}\nclient_address={client}\n\n"
+    ).encode()
+
+    async def go() -> tuple[int, int]:
+        async with daemon(site, redis.url, "mx1") as mx:
+            assert await mx.ask(request(ROOMY, 5000, client=client, instance=instance)) == DUNNO
+            held = _held_in_redis(redis, site.base.name)
+            await mx.ask(accepted)
+            assert mx.ledger is not None
+            await wait_until(lambda: mx.ledger is not None and mx.ledger.settled)
+            return held, _held_in_redis(redis, site.base.name)
+
+    assert run(go()) == (5000, 700)
+
+
+def _held_in_redis(redis: RedisProcess, prefix: str) -> int:
+    admin = Redis.from_url(redis.url)
+    try:
+        return int(admin.hget(mailbox_keys(prefix, ROOMY)[1], "b") or 0)
+    finally:
+        admin.close()
