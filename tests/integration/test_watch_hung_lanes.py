@@ -10,7 +10,6 @@ import threading
 import pytest
 
 from quotagate.model import Limits, State
-from quotagate.usage.mailbox import Found
 from tests.integration.scanenv import Env
 from tests.integration.watchrun import deliver, hang, until, watching
 from tests.spoolgen import add_message, maildir_folder
@@ -77,15 +76,7 @@ def test_a_mailbox_that_never_answers_costs_one_thread_not_one_per_look(env: Env
 
     async def run() -> tuple[int, int]:
         async with watching(env, scan={"mailbox_timeout": 0.5, "max_vanished": vanished}) as (tracker, _):
-            gate = threading.Event()
-            real = tracker._measure_one
-
-            def hangs(address: str) -> Found:
-                if address in hung:
-                    gate.wait(60)  # blocked in the kernel: no check_deadline() ever runs
-                return real(address)
-
-            tracker._measure_one = hangs  # type: ignore[method-assign]
+            gate = hang(tracker, hung, 60)  # blocked in the kernel: no check_deadline() ever runs
             before = _hung_measurements()
             try:
                 for address in hung:
