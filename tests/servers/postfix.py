@@ -394,11 +394,13 @@ def running_in_group(pgid: int) -> list[int]:
     Daemons that outlive master are re-parented to init, which may take a while to reap them.
     """
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    # Listed by hand: pathlib's glob stats each /proc/PID/stat, and one that exits meanwhile
+    # raises ESRCH there, which its existence test does not expect.
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
         if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(stat.parent.name))
+            found.append(int(pid))
     return found
