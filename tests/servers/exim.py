@@ -191,16 +191,34 @@ class Exim:
             self.daemon = None
 
     def smtp(self, rcpt: str, body: bytes = b"Subject: test\r\n\r\nhello\r\n", size: int | None = None) -> int:
-        """A real SMTP transaction; returns the RCPT reply code (and sends the message on 250)."""
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-            client.ehlo("client.test")
-            options = [f"SIZE={size}"] if size else []
-            code, _ = client.mail("sender@example.net", options)
-            assert code == 250
-            code, _ = client.rcpt(rcpt)
-            if code == 250:
-                client.data(body)
+        """A real SMTP transaction; returns the RCPT reply code (and sends the message on 250).
+
+        A transaction that fails or stalls reports what Exim logged and which Exim processes were
+        still running: a stall seen once in CI under load left nothing else to go on."""
+        step = "connect"
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                step = "EHLO"
+                client.ehlo("client.test")
+                options = [f"SIZE={size}"] if size else []
+                step = "MAIL"
+                code, _ = client.mail("sender@example.net", options)
+                assert code == 250
+                step = "RCPT"
+                code, _ = client.rcpt(rcpt)
+                if code == 250:
+                    step = "DATA"
+                    client.data(body)
+                step = "QUIT"
             return code
+        except (OSError, smtplib.SMTPException) as error:
+            raise AssertionError(f"SMTP to exim failed at {step}: {error!r}\n{self.diagnosis()}") from error
+
+    def diagnosis(self) -> str:
+        """Exim's logs and its running processes, for a failing assertion."""
+        processes = subprocess.run(["ps", "-eo", "pid,ppid,etimes,wchan:20,args"], capture_output=True, text=True)
+        running = "\n".join(line for line in processes.stdout.splitlines() if "exim" in line or "quotagate" in line)
+        return f"mainlog:\n{self.log('main')}\npaniclog:\n{self.log('panic')}\nprocesses:\n{running}"
 
     def deliver(self, rcpt: str, data: bytes) -> bool:
         """A local submission delivered at once (``-odi``), as the config routes it: True when
