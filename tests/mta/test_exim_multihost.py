@@ -160,7 +160,8 @@ def burst(bed: Bed, first: int) -> None:
     before = len(bed.new())
     rcpts, datas = send(bed, 5, MESSAGE, first)
     assert sorted(rcpts) == [250] * 4 + [BUSY_REPLY] * 6, (rcpts, [mx.daemon.log()[-3000:] for mx in bed.mx])
-    assert sorted(datas) == [0] * 6 + [250] * 4
+    # Once in CI, under load, one of the four let in got 452 at DATA: the logs say why next time.
+    assert sorted(datas) == [0] * 6 + [250] * 4, (datas, [(mx.daemon.log(), mx.exim.log("main")) for mx in bed.mx])
     assert len(bed.new()) == before + 4
     assert [mx.exim.queue_count() for mx in bed.mx] == [0, 0]
 
