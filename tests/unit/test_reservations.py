@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -10,7 +11,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from quotagate.decide import Reserved, decide
 from quotagate.model import Action, Limits, Mailbox, Usage
+from quotagate.policy.claim import UNLIMITED, client_caps
 from quotagate.policy.reservations import Reservations, Transaction, client_key
+from quotagate.sizes import Allowance
 
 BIG = 10**12
 A, B = Transaction("192.0.2.1", "t1"), Transaction("192.0.2.2", "t2")
@@ -130,6 +133,7 @@ class Message:
     transaction: Transaction
     size: int
     state: str = "held"  # held, flight, delivered
+    copy: str = ""  # another detail of the mailbox in the same transaction: a copy of its own
 
 
 @dataclass
@@ -168,15 +172,32 @@ class Interleavings(RuleBasedStateMachine):
             self.m.accepted.append(Message(t, size))
 
     @precondition(lambda self: any(m.state == "held" for m in self.m.accepted))
+    @rule(pick=st.integers(0, 10**6), copy=st.sampled_from(["a", "b", "c"]))
+    def another_copy(self, pick: int, copy: str) -> None:
+        """The same transaction names the mailbox again under a detail (a copy of its own, or
+        the same one asked again: weighed in place of its hold)."""
+        now = self.tick()
+        held = [m for m in self.m.accepted if m.state == "held"]
+        t, size = held[pick % len(held)].transaction, held[pick % len(held)].size
+        mine = self.r.mine(t, "a@x", copy)
+        everything = self.r.held("a@x", now, self.m.measured.measured_at)
+        reserved = Reserved(everything.bytes - mine.bytes, everything.messages - mine.messages)
+        decision = decide(Mailbox("a@x", Limits(LIMIT)), self.m.measured, size, reserved)
+        if decision.action is Action.ACCEPT and self.r.hold(t, "a@x", size, now, self.CAP, BIG, copy):
+            self.m.accepted = [m for m in self.m.accepted if (m.transaction, m.copy) != (t, copy)]
+            self.m.accepted.append(Message(t, size, copy=copy))
+
+    @precondition(lambda self: any(m.state == "held" for m in self.m.accepted))
     @rule(data=st.booleans(), pick=st.integers(0, 10**6))
     def end(self, data: bool, pick: int) -> None:
         held = [m for m in self.m.accepted if m.state == "held"]
-        message = held[pick % len(held)]
-        self.r.end(message.transaction, data, self.tick())
-        if data:
-            message.state = "flight"
-        else:
-            self.m.accepted.remove(message)
+        transaction = held[pick % len(held)].transaction
+        self.r.end(transaction, data, self.tick())
+        for message in [m for m in held if m.transaction == transaction]:
+            if data:
+                message.state = "flight"
+            else:
+                self.m.accepted.remove(message)
 
     @precondition(lambda self: any(m.state == "flight" for m in self.m.accepted))
     @rule(seen=st.booleans())
@@ -215,8 +236,8 @@ class Interleavings(RuleBasedStateMachine):
     def nothing_in_flight_is_released(self) -> None:
         # Held room is the transaction's own; room in flight is matched to deliveries by mailbox
         # only (which message landed is not known): what is kept must cover what is on its way.
-        held = {r.transaction for r in self.r if r.state == "held"}
-        assert all(m.transaction in held for m in self.m.accepted if m.state == "held")
+        held = {(r.transaction, r.copy) for r in self.r if r.state == "held"}
+        assert all((m.transaction, m.copy) in held for m in self.m.accepted if m.state == "held")
         kept = sum(r.bytes for r in self.r if r.state == "flight")
         assert kept >= sum(m.size for m in self.m.accepted if m.state == "flight")
 
@@ -229,3 +250,12 @@ Interleavings.TestCase.settings = settings(max_examples=120, stateful_step_count
 CappedInterleavings.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
 TestInterleavings = Interleavings.TestCase
 TestCappedInterleavings = CappedInterleavings.TestCase
+
+
+def test_a_clients_share_of_a_folder_with_a_limit_of_its_own_is_of_the_folders_limit() -> None:
+    """The shared ledger is sent the same caps as the daemon's own ledger weighs: the smaller of
+    the mailbox's share and the folder's."""
+    tenth = Allowance(fraction=Decimal("0.1"))
+    assert client_caps(tenth, Limits(1_000_000)) == (100_000, UNLIMITED)
+    assert client_caps(tenth, Limits(1_000_000), Limits(10_000, 50)) == (1_000, 5)
+    assert client_caps(tenth, Limits(0), Limits(10_000)) == (1_000, UNLIMITED)

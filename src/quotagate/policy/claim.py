@@ -24,12 +24,22 @@ SHARED_SOURCE = "shared"
 STORE_SOURCE = "scan"  # a reading loaded from the store (quotagate.policy.live)
 
 
-def client_caps(share: Allowance, limits: Limits) -> tuple[int, int]:
-    """The room (bytes, messages) one client may hold in a mailbox before DATA: ``client_hold``."""
-    return (
-        share.of(limits.bytes) if limits.bytes else UNLIMITED,
-        max(1, int(share.fraction * limits.messages)) if limits.messages else UNLIMITED,
-    )
+def client_caps(share: Allowance, limits: Limits, folder: Limits | None = None) -> tuple[int, int]:
+    """The room (bytes, messages) one client may hold in a mailbox before DATA: ``client_hold``
+    of its limits and, for ``local+folder`` with a limit of its own, of the folder's too (a
+    share of the mailbox's alone could be all of a small folder's room)."""
+
+    def caps(of: Limits) -> tuple[int, int]:
+        return (
+            share.of(of.bytes) if of.bytes else UNLIMITED,
+            max(1, int(share.fraction * of.messages)) if of.messages else UNLIMITED,
+        )
+
+    whole = caps(limits)
+    if folder is None:
+        return whole
+    own = caps(folder)
+    return min(whole[0], own[0]), min(whole[1], own[1])
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Claim:
     at_data: bool = False
     per_recipient: bool = False  # at DATA with PRDR: refused for the client's share, no copy comes
     max_usage_age: float = 900.0  # [policy] max_usage_age: the shared ledger's reading, older, is not used
+    copy: str = ""  # which copy of the message (the recipient's detail): see Reservation.copy
 
     @staticmethod
     def wanted(mailbox: Mailbox, limits: Limits | None, usage: Usage | None) -> bool:

@@ -16,7 +16,7 @@ from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
-from quotagate.policy.claim import Claim, SharedState, Weighed, settle
+from quotagate.policy.claim import Claim, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Snapshot, usage_age
@@ -51,7 +51,6 @@ DATA_CHECK = "quotagate_data"
 END_OF_MESSAGE = "END-OF-MESSAGE"
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
-_UNLIMITED = 2**62
 _REFUSED = (Action.REJECT, Action.DEFER)
 
 
@@ -95,6 +94,11 @@ class _Target:
     mailbox: Mailbox
     folder: str | None
     live: Reading | None
+
+    @property
+    def copy(self) -> str:
+        """Which copy of the message the recipient gets: each detail is delivered apart."""
+        return self.folder or ""
 
 
 class PolicyService:
@@ -466,8 +470,9 @@ class PolicyService:
                 return claim, self.shared.claim(claim)
         reserved = self.reservations.held(mailbox.address, now, measured_at)
         s = known_size(size)
-        if stage == "data" and s is not None:
-            mine = self.reservations.mine(transaction, mailbox.address)
+        copy = target.copy
+        if s is not None:  # asked again (at DATA with the real size): weighed in place of its hold
+            mine = self.reservations.mine(transaction, mailbox.address, copy)
             reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - mine.messages)
         decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
         if stage == "data" and self.shared is not None and self.shared.up:
@@ -476,18 +481,15 @@ class PolicyService:
             # count every delivered message twice.
             return Outcome(mailbox.address, decision, usage)
         if stage == "data" and s is not None and decision.action in _REFUSED:
-            self.reservations.let_go(transaction, mailbox.address)
+            self.reservations.let_go(transaction, mailbox.address, copy)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
-            share = self.config.policy.client_hold
-            limits_ = mailbox.limits
-            cap_bytes = share.of(limits_.bytes) if limits_.bytes else _UNLIMITED
-            cap_messages = max(1, int(share.fraction * limits_.messages)) if limits_.messages else _UNLIMITED
-            if not self.reservations.hold(transaction, mailbox.address, s, now, cap_bytes, cap_messages):
+            cap_bytes, cap_messages = client_caps(self.config.policy.client_hold, mailbox.limits, limits)
+            if not self.reservations.hold(transaction, mailbox.address, s, now, cap_bytes, cap_messages, copy):
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
                 if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
-                    self.reservations.let_go(transaction, mailbox.address)
+                    self.reservations.let_go(transaction, mailbox.address, copy)
         return Outcome(mailbox.address, decision, usage)
 
     def _judge(
@@ -546,6 +548,7 @@ class PolicyService:
             at_data=stage == "data",
             per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,
+            copy=target.copy,
         )
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:

@@ -69,9 +69,16 @@ def mailbox_keys(prefix: str, mailbox: str) -> list[str]:
     return [f"{prefix}:{{{mailbox}}}:{part}" for part in _KEY_PARTS]
 
 
-def transaction_key(node: str, transaction: Transaction) -> str:
-    """A transaction across hosts: Postfix's instance is unique on its own host only."""
-    return f"{node}|{transaction.client}|{transaction.id}"
+def transaction_key(node: str, transaction: Transaction, copy: str = "") -> str:
+    """A transaction across hosts (Postfix's instance is unique on its own host only), and the
+    copy of its message a reservation is for (see :class:`Reservation`), after a NUL."""
+    key = f"{node}|{transaction.client}|{transaction.id}"
+    return f"{key}\0{copy}" if copy else key
+
+
+def holding_member(mailbox: str, copy: str) -> str:
+    """An entry of a transaction's index: a mailbox it holds room in, and for which copy."""
+    return f"{mailbox}\0{copy}" if copy else mailbox
 
 
 def _ceiling_args(c: Ceiling | None) -> list[str | int]:
@@ -83,9 +90,10 @@ def _ceiling_args(c: Ceiling | None) -> list[str | int]:
 def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
     """The script's ARGV from 3 on, for one check (see data/ledger.lua)."""
     whole, folder = claim.ceilings()
-    cap_bytes, cap_messages = client_caps(claim.client_hold, claim.mailbox.limits)
+    folder_limits = None if claim.folder is None else claim.folder[0]
+    cap_bytes, cap_messages = client_caps(claim.client_hold, claim.mailbox.limits, folder_limits)
     args: list[str | int] = [
-        transaction_key(node, claim.transaction),
+        transaction_key(node, claim.transaction, claim.copy),
         claim.transaction.client,
         claim.holding,
         cap_bytes,
@@ -121,11 +129,12 @@ def weighed(reply: list[Any]) -> Weighed:
 def held_row(address: str, tx: bytes | str, raw: bytes | str, now_ms: int) -> dict[str, Any]:
     """One reservation as the ledger keeps it (``res`` hash: transaction -> cjson) as a row of
     ``quotagate reservations``; ``now_ms`` by Redis's clock."""
-    key = tx.decode() if isinstance(tx, bytes) else tx
+    key, _, copy = (tx.decode() if isinstance(tx, bytes) else tx).partition("\0")
     node, client, transaction = [*key.split("|", 2), "", ""][:3]
     r = json.loads(raw)
     return {
         "address": address,
+        "copy": copy,
         "transaction": transaction,
         "client": client,
         "bytes": int(r.get("b", 0)),
@@ -367,7 +376,7 @@ class RedisLedger:
                     # Which mailboxes a transaction holds room in, for its end (which may
                     # reach another daemon of the same host: Postfix opens a new connection).
                     index = self._index_key(claim.transaction)
-                    pipe.sadd(index, claim.mailbox.address)
+                    pipe.sadd(index, holding_member(claim.mailbox.address, claim.copy))
                     pipe.pexpire(index, self._life_ms)
 
         try:
@@ -493,9 +502,10 @@ class RedisLedger:
         calls: list[tuple[list[str], _Args]] = []
         for op in ops:
             if op.name == "end" and op.transaction is not None:
-                tx = transaction_key(self.node, op.transaction)
-                for mailbox in next(mailboxes):
-                    address = mailbox.decode() if isinstance(mailbox, bytes) else str(mailbox)
+                for member in next(mailboxes):
+                    text = member.decode() if isinstance(member, bytes) else str(member)
+                    address, _, copy = text.partition("\0")
+                    tx = transaction_key(self.node, op.transaction, copy)
                     calls.append((mailbox_keys(prefix, address), ["end", life, tx, *op.args]))
             elif op.name == "usage":
                 age = max(0, round((self.clock() - op.measured_at) * 1000))
@@ -723,7 +733,7 @@ class RedisLedger:
             left = round((r.expires_at - now) * 1000)
             if left > 0:
                 since = -1 if r.delivered_at is None else max(0, round((now - r.delivered_at) * 1000))
-                tx = transaction_key(self.node, r.transaction)
+                tx = transaction_key(self.node, r.transaction, r.copy)
                 # Its state as written: the transaction may end (END-OF-MESSAGE) during the await,
                 # and the end, replayed next, finds its mailbox through the index written here.
                 state = r.state
@@ -733,7 +743,7 @@ class RedisLedger:
                     written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
                     if state == "held":
                         index = self._index_key(r.transaction)
-                        await self._client.sadd(index, r.mailbox)
+                        await self._client.sadd(index, holding_member(r.mailbox, r.copy))
                         await self._client.pexpire(index, self._life_ms)
             self.local.hand_over(r)
         return written

@@ -1,0 +1,51 @@
+"""``local+folder@domain`` is checked against the folder's own limit (``[[folders]] quota``), and
+the share one client may hold there (``[policy] client_hold``, 10% by default) is taken of the
+folder's limit too: a share of the mailbox's alone (or none, for an unlimited mailbox) let one
+client take all of a small folder's room from every other client, with many small transactions
+that never send data.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from quotagate.config import parse_config
+from quotagate.model import Limits, Mailbox
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService
+from quotagate.store import open_store
+from tests.policy.conftest import ROOMY, Site, request
+from tests.policy.test_data_stage import ask
+
+FOLDER_QUOTA = 10_000
+ATTACKER, OTHER = "203.0.113.5", "198.51.100.1"
+ARCHIVE = ROOMY.replace("@", "+Archive@")
+
+
+def service_with(site: Site, mailbox_limit: int) -> PolicyService:
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(mailbox_limit))])
+    finally:
+        store.close()
+    data = site.data()  # client_hold: the default, 10%
+    data["folders"] = [{"match": "Archive", "quota": str(FOLDER_QUOTA)}]
+    return site.service(parse_config(data), Metrics())
+
+
+@pytest.mark.parametrize("mailbox_limit", [0, 1_000_000], ids=["mailbox-unlimited", "mailbox-100x-the-folder"])
+def test_one_client_holds_at_most_its_share_of_a_folder_with_a_limit_of_its_own(site: Site, mailbox_limit: int) -> None:
+    """Attack: one client opens ten transactions, each RCPT TO:<roomy+Archive> with SIZE=1000,
+    and never sends data; the folder Archive has a limit of 10,000 bytes of its own. Expected:
+    the client holds at most client_hold (10% of the folder's 10,000) or one message: the second
+    transaction is deferred, and another client still finds room in the folder."""
+    service = service_with(site, mailbox_limit)
+    answers = [ask(service, request(ARCHIVE, 1_000, client=ATTACKER, instance=f"t{n}")) for n in range(10)]
+    holding = service.reservations.held(ROOMY, time.time(), 0).bytes
+    other = ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o"))
+    assert other == "DUNNO", (
+        f"another client deferred ({other}): one client holds {holding} of the folder's {FOLDER_QUOTA} bytes"
+        f" ({answers.count('DUNNO')} of its 10 transactions let in)"
+    )
