@@ -18,10 +18,14 @@ def normalize(address: str) -> str:
 
     Exim lowercases local parts unless ``caseful_local_part`` is set, and domains are
     case-insensitive, so the directory keys addresses in lower case. The split is at the last
-    ``@``: a quoted local part may hold one.
+    ``@``: a quoted local part may hold one. One trailing dot of the domain goes, as Postfix's
+    trivial-rewrite drops it (``user@example.org.`` is delivered to ``user@example.org``).
     """
     text = address.strip()
     local, at, domain = text.rpartition("@")
+    if domain.endswith("."):
+        domain = domain[:-1]
+        text = f"{local}@{domain}"
     if not at or not local or not domain:
         raise BadAddress(f"not an address: {address!r} (expected local@domain)")
     if _CONTROL.search(text):
