@@ -79,12 +79,14 @@ async def handle(
 async def serve(path: Path, reservations: Reservations, shared: SharedRoom | None = None) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            answer = None
             try:
+                line = await asyncio.wait_for(reader.readline(), timeout=5)  # ValueError: over 64 kB
                 request = json.loads(line[:MAX_REQUEST])
-                answer = await handle(reservations, request, time.time(), shared) if isinstance(request, dict) else None
-            except ValueError:
-                answer = None
+                if isinstance(request, dict):
+                    answer = await handle(reservations, request, time.time(), shared)
+            except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
+                pass
             writer.write(json.dumps(answer or {"error": "malformed request"}).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):
