@@ -213,6 +213,30 @@ def test_two_recipients_of_one_mailbox_in_one_transaction_must_fit_together_in_t
     assert run(go()) == [DUNNO, BUSY]
 
 
+def test_each_copy_of_a_message_for_one_mailbox_is_held_apart_in_the_ledger(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """Attack: one transaction names one mailbox under detail after detail (``roomy+a``,
+    ``roomy+b``, ``roomy+c``, SIZE=4000, 9000 of room), each a copy of its own. Two copies are
+    held, the third does not fit, another client sees both held, and the transaction's end lets
+    both go. (Held under one key, each new detail replaced the last: every one was let in.)"""
+    site = make_site(tmp_path)
+    local, domain = ROOMY.split("@")
+    other = "198.51.100.9"
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1", client_hold="100%") as a:
+            answers = [await a.ask(request(f"{local}+{x}@{domain}", 4000, instance="s0")) for x in "abc"]
+            answers.append(await a.ask(request(ROOMY, 1001, client=other, instance="o1")))
+            end = request(ROOMY, None, instance="s0").replace(b"request=smtpd_access_policy", b"request=quotagate_end")
+            answers.append(await a.ask(end))
+            await wait_until(lambda: a.ledger is None or a.ledger.settled)
+            answers.append(await a.ask(request(ROOMY, QUOTA - ROOMY_USED, client=other, instance="o2")))
+            return answers
+
+    assert run(go()) == [DUNNO, DUNNO, BUSY, BUSY, DUNNO, DUNNO]
+
+
 def test_a_reading_from_a_storage_host_changes_both_answers(tmp_path: Path, redis: RedisProcess) -> None:
     site = make_site(tmp_path)
     store = open_store(site.db_url)

@@ -59,6 +59,7 @@ def _daemons_reservations(service: PolicyService, address: str, control: Path) -
             now - float(row["age"]),
             now + service.reservations.seconds,
             "flight" if row["state"] == "in flight" else "held",
+            copy=str(row.get("copy", "")),
         )
         for row in rows
     ]

@@ -43,8 +43,10 @@ def reservations(app: App, address: str | None, release: str | None, release_all
         return
     click.echo(f"{'address':40} {'state':9} {'bytes':>10} {'age':>7}  client / transaction  held by")
     for row in rows:
+        copy = row.get("copy") or ""  # the recipient's detail: each is a copy of its own
+        where = row["address"] + (f" (copy {copy})" if copy else "")
         click.echo(
-            f"{printable(row['address']):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
+            f"{printable(where):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
             f"{printable(row['client'])} / {printable(row['transaction'])}  {printable(row.get('node', 'this daemon'))}"
         )
 

@@ -1,7 +1,7 @@
 -- quotagate's shared reservation ledger: one mailbox per call, atomically (see policy/shared.py).
 --
 -- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
---   1 res  hash  transaction -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
+--   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
 --   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA)
 --   3 exp  zset  transaction by expiry
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
@@ -96,7 +96,7 @@ if op == 'check' or op == 'data' or op == 'prdr' then
   local rb, rm = sums()
   local old = get(tx)
   local mine = (old and old.s == 'held') and old or nil
-  if op ~= 'check' and mine then rb = rb - mine.b; rm = rm - 1 end
+  if mine then rb = rb - mine.b; rm = rm - 1 end  -- asked again for this copy: weighed in its place
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end

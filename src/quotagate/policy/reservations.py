@@ -76,7 +76,14 @@ class Reservation:
     expires_at: float
     state: State = "held"
     delivered_at: float | None = None
+    # Which copy of the message: the detail of the recipient (roomy+a, roomy+b: two copies, each
+    # delivered and held apart); "" for the address itself, an alias domain's spelling of it too.
+    copy: str = ""
     live: bool = field(default=True, repr=False)  # False once released (heap entries go stale)
+
+    @property
+    def key(self) -> tuple[Transaction, str, str]:
+        return self.transaction, self.mailbox, self.copy
 
 
 @dataclass
@@ -93,8 +100,9 @@ class Reservations:
     def __init__(self, seconds: float, max_reservations: int = 1_000_000) -> None:
         self.seconds = seconds
         self.max_reservations = max_reservations
-        self._by_key: dict[tuple[Transaction, str], Reservation] = {}
-        self._by_transaction: dict[Transaction, dict[str, Reservation]] = {}
+        self._by_key: dict[tuple[Transaction, str, str], Reservation] = {}
+        # Each transaction's reservations, by mailbox, then by copy.
+        self._by_transaction: dict[Transaction, dict[str, dict[str, Reservation]]] = {}
         self._mailbox: dict[str, _Sums] = {}
         self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
@@ -121,29 +129,36 @@ class Reservations:
         sums = self._mailbox.get(mailbox)
         return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
-    def mine(self, transaction: Transaction, mailbox: str) -> Reserved:
-        """What the transaction itself holds (before DATA) for ``mailbox``: a check at DATA
-        replaces it with the real size, so it must not count against that check. (At RCPT it
-        counts: two recipients of one mailbox, ``user+a`` and ``user+b``, may be two copies.)"""
-        r = self._by_key.get((transaction, mailbox))
+    def mine(self, transaction: Transaction, mailbox: str, copy: str = "") -> Reserved:
+        """What the transaction itself holds (before DATA) for this copy in ``mailbox``: a check
+        asking again for it replaces it (at DATA with the real size), so it must not count
+        against that check. Other copies (``user+a`` and ``user+b`` are two) count."""
+        r = self._by_key.get((transaction, mailbox, copy))
         return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
 
-    def let_go(self, transaction: Transaction, mailbox: str) -> bool:
-        """Release what the transaction holds (before DATA) for ``mailbox``: refused at DATA,
-        that recipient gets no copy of the message."""
-        r = self._by_key.get((transaction, mailbox))
-        if r is None or r.state != "held":
-            return False
-        self._drop(r, "no data")
-        return True
+    def let_go(self, transaction: Transaction, mailbox: str, copy: str | None = None) -> bool:
+        """Release what the transaction holds (before DATA) for ``mailbox``, for one copy or
+        (None) all: refused at DATA, that recipient (or, without PRDR, every one) gets no copy."""
+        copies = self._by_transaction.get(transaction, {}).get(mailbox, {})
+        chosen = [r for c, r in copies.items() if copy in (None, c) and r.state == "held"]
+        for r in chosen:
+            self._drop(r, "no data")
+        return bool(chosen)
 
     def hold(
-        self, transaction: Transaction, mailbox: str, size: int, now: float, cap_bytes: int, cap_messages: int
+        self,
+        transaction: Transaction,
+        mailbox: str,
+        size: int,
+        now: float,
+        cap_bytes: int,
+        cap_messages: int,
+        copy: str = "",
     ) -> bool:
-        """Hold ``size`` bytes and one message for the transaction; False (nothing held) when the
-        client would pass its cap in this mailbox. The transaction's earlier reservation for the
-        same mailbox is replaced."""
-        key = (transaction, mailbox)
+        """Hold ``size`` bytes and one message for this copy in the transaction; False (nothing
+        held) when the client would pass its cap in this mailbox. The transaction's earlier
+        reservation for the same copy is replaced."""
+        key = (transaction, mailbox, copy)
         old = self._by_key.get(key)
         mine = old if old is not None and old.state == "held" else None
         sums = self._client.get((transaction.client, mailbox), _Sums())
@@ -154,7 +169,7 @@ class Reservations:
             return False
         if old is not None:
             self._drop(old, "replaced")
-        r = Reservation(transaction, mailbox, size, now, now + self.seconds)
+        r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy)
         self._add(r)
         while len(self._by_key) > self.max_reservations:
             self._evict_oldest()
@@ -174,7 +189,7 @@ class Reservations:
         if not mine:
             return 0
         changed = 0
-        for r in list(mine.values()):
+        for r in [r for copies in mine.values() for r in copies.values()]:
             if r.state != "held":
                 continue
             changed += 1
@@ -253,7 +268,7 @@ class Reservations:
         the expired ones; returns how many were kept."""
         kept = 0
         for r in saved:
-            if r.expires_at <= now or (r.transaction, r.mailbox) in self._by_key:
+            if r.expires_at <= now or r.key in self._by_key:
                 continue
             r.live = True
             self._add(r)
@@ -268,8 +283,8 @@ class Reservations:
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _add(self, r: Reservation) -> None:
         self.version += 1
-        self._by_key[(r.transaction, r.mailbox)] = r
-        self._by_transaction.setdefault(r.transaction, {})[r.mailbox] = r
+        self._by_key[r.key] = r
+        self._by_transaction.setdefault(r.transaction, {}).setdefault(r.mailbox, {})[r.copy] = r
         self._mailbox.setdefault(r.mailbox, _Sums()).add(r.bytes, 1)
         if r.state == "held":
             self._count_for_client(r, +1)
@@ -281,9 +296,12 @@ class Reservations:
         self.version += 1
         r.live = False
         self.released[why] += 1
-        del self._by_key[(r.transaction, r.mailbox)]
+        del self._by_key[r.key]
         mine = self._by_transaction[r.transaction]
-        del mine[r.mailbox]
+        copies = mine[r.mailbox]
+        del copies[r.copy]
+        if not copies:
+            del mine[r.mailbox]
         if not mine:
             del self._by_transaction[r.transaction]
         sums = self._mailbox[r.mailbox]

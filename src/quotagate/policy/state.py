@@ -40,6 +40,7 @@ def dumps(reservations: Iterable[Reservation]) -> str:
             r.expires_at,
             r.state,
             r.delivered_at,
+            r.copy,
         )
         for r in reservations
     ]
@@ -53,7 +54,8 @@ def loads(text: str) -> list[Reservation]:
         raise ValueError("not a reservations file of this version")
     out = []
     for row in data["reservations"]:
-        client, id_, mailbox, bytes_, made_at, expires_at, state, delivered_at = row
+        client, id_, mailbox, bytes_, made_at, expires_at, state, delivered_at, *rest = row
+        copy = str(rest[0]) if rest else ""  # rows written before copies were kept have none
         if state not in ("held", "flight"):
             raise ValueError(f"unknown state {state!r}")
         out.append(
@@ -65,6 +67,7 @@ def loads(text: str) -> list[Reservation]:
                 float(expires_at),
                 cast(State, state),
                 None if delivered_at is None else float(delivered_at),
+                copy,
             )
         )
     return out
@@ -89,6 +92,7 @@ def listing(reservations: Iterable[Reservation], now: float) -> list[dict[str, A
     return [
         {
             "address": r.mailbox,
+            "copy": r.copy,
             "transaction": r.transaction.id,
             "client": r.transaction.client,
             "bytes": r.bytes,
