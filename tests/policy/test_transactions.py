@@ -3,6 +3,7 @@ released at once without data, kept in flight until the delivery is seen, bounde
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -108,9 +109,16 @@ def test_a_prober_halving_size_holds_one_message_and_nothing_once_it_quits(site:
 
 def test_reservations_survive_a_restart_and_show_in_the_cli(serve: object, tmp_path: Path) -> None:
     running: Serve = serve(client_hold="100%")  # type: ignore[operator]
-    assert running.ask(request(ROOMY, 4000, instance="A", client=OTHER)) == b"action=DUNNO\n\n"
-    assert running.ask(request(ROOMY, 4000, instance="B", client=PROBER)) == b"action=DUNNO\n\n"
-    running.ask(request(ROOMY, 4000, "END-OF-MESSAGE", instance="B", client=PROBER))
+    # Each transaction's smtpd keeps its policy connection (its closing would end the
+    # transaction), across the restart too.
+    smtpd = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+    smtpd.sendall(request(ROOMY, 4000, instance="A", client=OTHER))
+    assert smtpd.recv(4096) == b"action=DUNNO\n\n"
+    other = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+    other.sendall(request(ROOMY, 4000, instance="B", client=PROBER))
+    assert other.recv(4096) == b"action=DUNNO\n\n"
+    other.sendall(request(ROOMY, 4000, "END-OF-MESSAGE", instance="B", client=PROBER))
+    assert other.recv(4096) == b"action=DUNNO\n\n"
     assert running.ask(request(ROOMY, 4000, instance="C")).startswith(b"action=452")
     running.daemon.stop()
     running.daemon.start()  # between the RCPTs and the DATA of a burst
@@ -123,3 +131,5 @@ def test_reservations_survive_a_restart_and_show_in_the_cli(serve: object, tmp_p
     assert main([*config, "reservations", ROOMY]) == 0
     assert main([*config, "reservations", "--release", ROOMY]) == 0
     assert running.ask(request(ROOMY, 4000, instance="C")) == b"action=DUNNO\n\n"
+    smtpd.close()
+    other.close()

@@ -105,6 +105,8 @@ class _Connection(asyncio.Protocol):
             self.deadline.cancel()
         server = self.server
         server.connections.discard(self)
+        if not server.closing:  # closed by our shutdown, not by Postfix: the transaction goes on
+            self.session.close()
         if not self.closed.done():
             self.closed.set_result(None)
 

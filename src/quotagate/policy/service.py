@@ -57,9 +57,17 @@ _REFUSED = (Action.REJECT, Action.DEFER)
 @dataclass
 class Session:
     """What one client connection carries from a request to the next: Postfix asks about one
-    transaction at a time on a connection, so a new ``instance`` ends the one before."""
+    transaction at a time on a connection, so a new ``instance`` ends the one before, and so
+    does the connection closing (see :meth:`PolicyService._connection_closed`)."""
 
     transaction: Transaction | None = None
+    on_close: Callable[[], None] | None = None  # set once the connection is known to be Postfix's
+
+    def close(self) -> None:
+        """The connection closed."""
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close()
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,19 @@ class PolicyService:
             previous, session.transaction = session.transaction, transaction
             if previous is not None and previous != transaction:
                 self._end(previous, with_data=False)
+            if session.on_close is None and "protocol_name" in request.attributes:  # Postfix's, not Exim's
+                session.on_close = partial(self._connection_closed, session)
         return transaction
+
+    def _connection_closed(self, session: Session) -> None:
+        """A Postfix policy connection closed: its smtpd process exited (after a QUIT, its
+        max_idle or max_use), and with it the transaction it last asked about, unless a message
+        of it was accepted (in flight, kept). Held room goes: kept, a client that quits after
+        RCPT would keep it from every other client until reservation_seconds. Its recipients
+        are kept: were the connection closed mid-transaction (smtpd_policy_service_request_limit),
+        END-OF-MESSAGE comes on a new one and weighs them again with the real size."""
+        if session.transaction is not None:
+            self.reservations.end(session.transaction, with_data=False, now=self.clock())
 
     def _end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
         self.reservations.end(transaction, with_data=with_data, now=self.clock(), size=size)

@@ -70,6 +70,11 @@ class LetIn(NamedTuple):
     rcpts: int
 
 
+LONGEST_RECIPIENT = 320
+"""Characters of a recipient remembered at most: RFC 5321's 64 of local part, "@", 255 of domain."""
+_TOO_LONG = "\0"  # where a longer one is counted (no address is a NUL)
+
+
 class Recipients:
     """The recipients each open transaction was let in for at RCPT: Postfix names the recipient
     at END-OF-MESSAGE only when there is one, so the daemon remembers the rest.
@@ -79,7 +84,9 @@ class Recipients:
     remembered, and the message is then never refused as a whole), at most ``most`` recipients
     in all (``[policy] max_reservations``: a client's transactions without SIZE= hold no room,
     and would otherwise be bounded by nothing; the oldest transactions are forgotten first, and
-    a message whose recipients are forgotten is accepted), none kept longer than ``seconds``.
+    a message whose recipients are forgotten is accepted), none kept longer than ``seconds``,
+    none longer than :data:`LONGEST_RECIPIENT` (as past ``per_transaction``): a million
+    recipients of the 4 kB a request line may carry would be gigabytes.
     """
 
     def __init__(self, seconds: float, most: int = 100_000, per_transaction: int = 1000) -> None:
@@ -98,6 +105,9 @@ class Recipients:
             self.expire(now)  # the oldest first: O(1) unless some are due
             entry = self._seen[transaction] = (now, {})
         recipients = entry[1]
+        if len(recipient) > LONGEST_RECIPIENT:  # not kept, but it takes a place: entries stay bounded
+            self.overflowed.add(transaction)
+            recipient = _TOO_LONG
         if recipient not in recipients:
             while self._total >= self.most and next(iter(self._seen)) != transaction:
                 self._forget_oldest()

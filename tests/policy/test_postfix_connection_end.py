@@ -1,0 +1,70 @@
+"""Postfix's end of a transaction without data. When an SMTP client does RCPT (with SIZE=)
+and QUIT, its smtpd process asks nothing more; once that process exits (max_idle, max_use) its
+policy connection closes, and that ends the transaction it last asked about: its held room goes
+(kept, a client that quits after RCPT would keep its room from every other client for
+reservation_seconds). And the recipients remembered for END-OF-MESSAGE stay bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.reservations import Transaction
+from quotagate.policy.stages import LetIn, Recipients
+from tests.policy.conftest import DUNNO, QUOTA, ROOMY, ROOMY_USED, Site, connected, request, run, serving, wait_until
+
+ROOM = QUOTA - ROOMY_USED  # 9,000 bytes
+PROBER, OTHER = "203.0.113.66", "198.51.100.7"
+
+
+def test_the_room_of_a_postfix_transaction_goes_when_its_policy_connection_closes(site: Site) -> None:
+    """Attack: through Postfix, MAIL, RCPT TO:<roomy> SIZE=9000 (all the room: one message may
+    exceed client_hold), then QUIT; the smtpd process then exits and its policy connection
+    closes. Expected: the transaction is over (no further request can name it), so its held
+    room is let go and another client's 9,000-byte message is let in."""
+    config = site.config(reservation_seconds=600)
+    metrics = Metrics()
+    service = site.service(config, metrics)
+
+    async def main() -> tuple[int, bytes]:
+        service.files.begin()
+        await service.files.ready()
+        async with serving(config, service.respond, metrics) as running:
+            async with connected(running.host_port) as smtpd:  # one smtpd process's policy connection
+                assert await smtpd.ask(request(ROOMY, ROOM, client=PROBER, instance="1.a.b.0")) == DUNNO
+            # smtpd exited: the policy connection is closed
+            await wait_until(lambda: not running.server.connections, timeout=5)
+            await asyncio.sleep(0.2)
+            holding = service.reservations.held(ROOMY, time.time(), 0).bytes
+            async with connected(running.host_port) as other:
+                answer = await other.ask(request(ROOMY, ROOM, client=OTHER, instance="2.a.b.0"))
+            return holding, answer
+
+    try:
+        holding, answer = run(main())
+    finally:
+        service.files.close()
+    assert answer == DUNNO, (
+        f"another client got {answer!r}: {holding} bytes still held for a transaction whose policy connection closed"
+    )
+
+
+def test_recipients_longer_than_an_address_may_be_are_not_remembered() -> None:
+    """Attack: through Postfix, without SIZE= (nothing held), MAIL and many RCPT TO of 2 kB each
+    (``roomy+<detail>``, each let in and remembered for END-OF-MESSAGE), transaction after
+    transaction. Expected: none longer than an address may be (RFC 5321: 64 + 1 + 255) is kept;
+    each takes one place among the ``most`` remembered, and its message is not refused as a
+    whole (the delivery agent decides). Kept, a million of them would be gigabytes."""
+    recipients = Recipients(3600, most=100)
+    local, domain = ROOMY.split("@")
+    for t in range(300):
+        for n in range(50):
+            recipients.add(Transaction(PROBER, str(t)), f"{local}+{n:04d}{'x' * 2000}@{domain}", 0.0)
+    assert recipients.remembered <= 100
+    assert len(recipients) <= 100
+    assert len(recipients.overflowed) <= 100
+    assert recipients.take(Transaction(PROBER, "299"), 0.0) is None  # not all known: never refused whole
+    recipients.add(Transaction(PROBER, "ok"), ROOMY, 0.0)
+    assert recipients.take(Transaction(PROBER, "ok"), 0.0) == LetIn((ROOMY,), 1)
