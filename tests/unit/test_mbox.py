@@ -19,7 +19,7 @@ MIB = 1 << 20
 FROM_LINE = b"From sender@example.net Thu Nov 26 02:20:14 2026"
 
 
-def count_at(path: str | Path) -> tuple[int, int, tuple[int, int]]:
+def count_at(path: str | Path) -> tuple[int, int, mbox.MboxStamp]:
     """``count_messages`` of the file at ``path``, opened as the scan opens mbox files."""
     fd = os.open(path, safefs.FILE)
     try:
@@ -57,7 +57,7 @@ def test_messages_written_by_mailbox_module(tmp_path: Path) -> None:
     assert messages == python_count(path) == len(bodies)
     assert size == len(data) == os.path.getsize(path)
     st_ = os.stat(path)
-    assert stamp == (st_.st_mtime_ns, st_.st_size)
+    assert stamp == (st_.st_ctime_ns, st_.st_size, st_.st_ino)
 
 
 def test_crlf_file(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_file_stamp(tmp_path: Path) -> None:
         assert mbox.file_stamp(root, "sub/inbox") is None
         path.write_bytes(b"From x\n")
         st_ = os.lstat(path)
-        assert mbox.file_stamp(root, "sub/inbox") == (st_.st_ctime_ns, 7)
+        assert mbox.file_stamp(root, "sub/inbox") == (st_.st_ctime_ns, 7, st_.st_ino)
         path.unlink()
         path.symlink_to(tmp_path / "elsewhere")
         (tmp_path / "elsewhere").write_bytes(b"From x\n")
@@ -256,10 +256,10 @@ def test_read_file_folder_racy_stamp(tmp_path: Path) -> None:
     mtime = os.stat(path).st_mtime_ns
     fd = os.open(path, safefs.FILE)
     try:
-        kept = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime + 1)
-        assert kept.stamp == (mtime, path.stat().st_size)
+        kept, _ = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime + 1)
+        assert kept.stamp == (mtime, path.stat().st_size, path.stat().st_ino)
         assert (kept.name, kept.messages, kept.bytes) == ("INBOX", 1, path.stat().st_size)
-        racy = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime)
+        racy, _ = mbox.read_file_folder(fd, "INBOX", racy_cutoff_ns=mtime)
         assert racy.stamp is None
     finally:
         os.close(fd)

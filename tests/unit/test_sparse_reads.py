@@ -75,7 +75,7 @@ def test_a_sparse_message_is_sized_from_its_data(tmp_path: Path, reads_capped: l
     _sparse(name, {0: b"Subject: x\n\nbody\r", 64 * GIB: b"\nend\n"}, 64 * GIB + 5)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        usage = read_folder(fd, "INBOX", 0, PROFILES["dovecot-count"])
+        usage, _ = read_folder(fd, "INBOX", 0, PROFILES["dovecot-count"])
     finally:
         os.close(fd)
     # Four bare LFs counted as CRLF; the CR before the hole does not pair with the LF after it.

@@ -114,34 +114,28 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
     return {f.name: f for f in previous.folders if f.stamp is not None}
 
 
+_SETTLE_TRIES = 3
+_UNSETTLED = "folders kept changing while measured (renamed, or mail moved between them): measured again next time"
+
+
 def _maildir(
     node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile, layout: maildir.Layout
 ) -> MailboxUsage:
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
-    folders = []
-    listing = maildir.folder_names(node.fd, layout)
-    if listing.unreadable is not None:
-        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {listing.unreadable}")
-    symlinked: list[str] = []
-    for name in listing.names:
-        fd = maildir.open_folder(node.fd, name, layout)
-        if fd is None:
-            continue  # removed, or swapped for a symlink, while we looked
-        try:
-            seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
-            symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
-            shown = display_name(name)
-            old = reuse.get(shown)
-            if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
-                folder = old
-            else:
-                folder = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
-            own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
-            folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
-        finally:
-            os.close(fd)
+    for _ in range(_SETTLE_TRIES):
+        listing = maildir.folder_names(node.fd, layout)
+        if listing.unreadable is not None:
+            return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {listing.unreadable}")
+        read = _read_folders(node, listing.names, reuse, racy_cutoff_ns, profile, layout)
+        if read is not None and _folders_stayed(node.fd, listing.names, read.stamps, layout):
+            break
+        if read is not None:  # what did not change since is not read again
+            reuse |= {f.name: f for f in read.folders if f.stamp is not None}
+    else:
+        log.warning("%s: %s", display_name(node.path), _UNSETTLED)
+        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_UNSETTLED}")
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
     if parsed is not None and parsed.problem:
         log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
@@ -151,10 +145,64 @@ def _maildir(
     changed = maildir.changed_ns(node.st)
     root_stamp = None if changed >= racy_cutoff_ns else changed
     problems = listing.problems + (
-        [f"symlinked cur/ or new/ not followed, their mail not counted: {maildir.some(symlinked)}"] if symlinked else []
+        [f"symlinked cur/ or new/ not followed, their mail not counted: {maildir.some(read.symlinked)}"]
+        if read.symlinked
+        else []
     )
     warning = "; ".join(problems) or None
-    return MailboxUsage(Format.MAILDIR, _in_order(folders), root_stamp, maildirsize=info, warning=warning)
+    return MailboxUsage(Format.MAILDIR, _in_order(read.folders), root_stamp, maildirsize=info, warning=warning)
+
+
+class _Read(NamedTuple):
+    """The folders of one pass over a Maildir, and each folder's stamp as it was read."""
+
+    folders: list[FolderUsage]
+    stamps: dict[str, maildir.Stamp]
+    symlinked: list[str]
+
+
+def _read_folders(
+    node: Node,
+    names: Sequence[str],
+    reuse: dict[str, FolderUsage],
+    racy_cutoff_ns: int,
+    profile: Profile,
+    layout: maildir.Layout,
+) -> _Read | None:
+    """Every folder listed, read (or reused where unchanged); None when one of them could not be
+    opened (renamed, removed or swapped for a symlink since the listing): its mail, perhaps
+    under another name now, would be missing."""
+    folders, stamps, symlinked = [], {}, []
+    for name in names:
+        fd = maildir.open_folder(node.fd, name, layout)
+        if fd is None:
+            return None
+        try:
+            seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
+            symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
+            shown = display_name(name)
+            old = reuse.get(shown)
+            if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
+                folder, stamps[name] = old, seen.stamp
+            else:
+                folder, stamps[name] = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
+            own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
+            folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
+        finally:
+            os.close(fd)
+    return _Read(folders, stamps, symlinked)
+
+
+def _folders_stayed(
+    root_fd: int, names: Sequence[str], stamps: dict[str, maildir.Stamp], layout: maildir.Layout
+) -> bool:
+    """Whether the mailbox still has the folders it was read with, each as it was read: a folder
+    renamed after the listing, or mail moved from one not read yet into one read already,
+    would otherwise go uncounted."""
+    again = maildir.folder_names(root_fd, layout)
+    if again.unreadable is not None or sorted(again.names) != sorted(names):
+        return False
+    return all(maildir.folder_stamp(root_fd, name, layout) == stamp for name, stamp in stamps.items())
 
 
 def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] | None:
@@ -181,31 +229,25 @@ def _dbox(listing: mbox.Listing) -> bool:
 
 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
-    listing = mbox.mbox_files(node.fd)
-    if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
-        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: Dovecot dbox, which quotagate cannot read")
     reuse = _reusable(previous, Format.MBOX)
-    folders = []
-    if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
-        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
-    passed_over = [display_name(name) for name in listing.maildirs]
-    for name in listing.files:
-        fd = mbox.open_file(node.fd, name)
-        if fd is None:
-            continue  # removed while we looked
-        try:
-            shown = display_name(name)
-            if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
-                passed_over.append(shown)
-                continue
-            old = reuse.get(shown)
-            st = os.fstat(fd)
-            if old is not None and old.stamp == (*mbox.stamp_of(st), *profile.stamp_tag):
-                folders.append(old)
-            else:
-                folders.append(mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile))
-        finally:
-            os.close(fd)
+    for _ in range(_SETTLE_TRIES):
+        listing = mbox.mbox_files(node.fd)
+        if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
+            return MailboxUsage(
+                Format.MBOX, error=f"{display_name(node.path)}: Dovecot dbox, which quotagate cannot read"
+            )
+        if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
+            return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
+        read = _read_mbox_files(node, listing.files, reuse, racy_cutoff_ns, profile)
+        if read is not None and _mbox_files_stayed(node.fd, listing, read.stamps):
+            break
+        if read is not None:  # what did not change since is not read again
+            reuse |= {f.name: f for f in read.folders if f.stamp is not None}
+    else:
+        log.warning("%s: %s", display_name(node.path), _UNSETTLED)
+        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_UNSETTLED}")
+    folders = read.folders
+    passed_over = [display_name(name) for name in listing.maildirs] + read.passed_over
     if passed_over and not any(f.bytes or f.messages for f in folders):
         # Mail of a format quotagate does not read (Exim's mailstore .env/.msg pairs, Maildirs
         # below a layout it does not know), not an empty mailbox: counted 0, a full one takes mail.
@@ -219,6 +261,49 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
     return MailboxUsage(Format.MBOX, _in_order(folders))
 
 
+class _MboxRead(NamedTuple):
+    """The mbox files of one pass over a home, each file's stamp as read, and what was passed over."""
+
+    folders: list[FolderUsage]
+    stamps: dict[str, mbox.MboxStamp]
+    passed_over: list[str]
+
+
+def _read_mbox_files(
+    node: Node, names: Sequence[str], reuse: dict[str, FolderUsage], racy_cutoff_ns: int, profile: Profile
+) -> _MboxRead | None:
+    """Every file listed, read (or reused where unchanged); None when one could not be opened
+    (renamed or removed since the listing: its mail, perhaps under another name, would be missing)."""
+    folders, stamps, passed_over = [], {}, []
+    for name in names:
+        fd = mbox.open_file(node.fd, name)
+        if fd is None:
+            return None
+        try:
+            shown = display_name(name)
+            if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
+                passed_over.append(shown)
+                continue
+            old = reuse.get(shown)
+            now = mbox.stamp_of(os.fstat(fd))
+            if old is not None and old.stamp == (*now, *profile.stamp_tag):
+                folders.append(old)
+                stamps[name] = now
+            else:
+                folder, stamps[name] = mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile)
+                folders.append(folder)
+        finally:
+            os.close(fd)
+    return _MboxRead(folders, stamps, passed_over)
+
+
+def _mbox_files_stayed(root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp]) -> bool:
+    """Whether the home still has the files it was read with, each as it was read."""
+    if mbox.mbox_files(root_fd) != listing:
+        return False
+    return all(mbox.file_stamp(root_fd, name) == stamp for name, stamp in stamps.items())
+
+
 def _mbox_file(
     node: Node, root: str, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile
 ) -> MailboxUsage:
@@ -228,7 +313,7 @@ def _mbox_file(
     old = _reusable(previous, Format.MBOX).get(maildir.INBOX)
     if old is not None and old.stamp == (*mbox.stamp_of(node.st), *profile.stamp_tag):
         return MailboxUsage(Format.MBOX, (old,))
-    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns, profile),))
+    return MailboxUsage(Format.MBOX, (mbox.read_file_folder(node.fd, maildir.INBOX, racy_cutoff_ns, profile)[0],))
 
 
 def _describe(exc: OSError) -> str:

@@ -22,7 +22,7 @@ INBOX = "INBOX"
 _RETRIES = 3
 _MISSING = -1
 
-Stamp = tuple[int, int]
+Stamp = tuple[int, int, int, int]  # ctimes of cur/ and new/, then their inode numbers
 Layout = Literal["maildir++", "fs"]  # [spool] maildir_layout: Dovecot's default, or its LAYOUT=fs
 
 # A LAYOUT=fs tree is walked at most this deep and this wide: past them a user's directories
@@ -213,8 +213,21 @@ def changed_ns(st: os.stat_result) -> int:
     return st.st_ctime_ns
 
 
-def _changed(st: os.stat_result | None) -> int:
-    return changed_ns(st) if st is not None and stat.S_ISDIR(st.st_mode) else _MISSING
+def _stamp_of(cur: os.stat_result | None, new: os.stat_result | None) -> Stamp:
+    """The ctimes of cur/ and new/ and which directories they are: ctimes come from a coarse
+    clock, so two folders' can be equal, and a folder renamed over another would pass for it."""
+    cur_dir, new_dir = (st if st is not None and stat.S_ISDIR(st.st_mode) else None for st in (cur, new))
+    return (
+        _MISSING if cur_dir is None else changed_ns(cur_dir),
+        _MISSING if new_dir is None else changed_ns(new_dir),
+        0 if cur_dir is None else cur_dir.st_ino,
+        0 if new_dir is None else new_dir.st_ino,
+    )
+
+
+def changed_at(stamp: Stamp) -> int:
+    """When a folder's cur/ or new/ last changed, by its stamp."""
+    return max(stamp[0], stamp[1])
 
 
 def _lstat(folder_fd: int, sub: str) -> os.stat_result | None:
@@ -228,14 +241,14 @@ def look(folder_fd: int) -> Look:
     """:func:`stamp` and the symlinked ``cur/`` or ``new/`` of a folder, from the same two ``lstat``s."""
     cur, new = _lstat(folder_fd, "cur"), _lstat(folder_fd, "new")
     links = tuple(sub for sub, st in (("cur", cur), ("new", new)) if st is not None and stat.S_ISLNK(st.st_mode))
-    return Look((_changed(cur), _changed(new)), links)
+    return Look(_stamp_of(cur, new), links)
 
 
 def stamp(folder_fd: int) -> Stamp:
-    """The ctimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory):
-    unchanged means unchanged mail (see :func:`changed_ns`). :func:`look`'s stamp, without
-    its symlinks: an unchanged scan asks this of every folder."""
-    return _changed(_lstat(folder_fd, "cur")), _changed(_lstat(folder_fd, "new"))
+    """The ctimes of a folder's ``cur/`` and ``new/`` (-1 when missing, or not a directory)
+    and their inode numbers: unchanged means unchanged mail (see :func:`changed_ns`).
+    :func:`look`'s stamp, without its symlinks: an unchanged scan asks this of every folder."""
+    return _stamp_of(_lstat(folder_fd, "cur"), _lstat(folder_fd, "new"))
 
 
 def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp | None:
@@ -433,9 +446,10 @@ def _read_dir(
 
 def read_folder(
     folder_fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES, before: Stamp | None = None
-) -> FolderUsage:
+) -> tuple[FolderUsage, Stamp]:
     """Measure one folder as ``profile`` counts it; re-read it if ``cur/`` or ``new/`` changed
-    while it was read. A kept stamp ends with the profile's stamp tag.
+    while it was read. A kept stamp ends with the profile's stamp tag. With the usage, the
+    folder's stamp as read (kept or not): a later change shows against it.
 
     ``new/`` is read before ``cur/`` and messages are matched by their unique name, so mail
     moving from new/ to cur/ meanwhile is counted exactly once. A stamp newer than
@@ -455,5 +469,5 @@ def read_folder(
         log.info("folder %s kept changing while read; using the last reading", name)
     # Racy by the ctimes, as stamped: an mtime its owner set back says nothing about when the
     # folder last changed.
-    kept = None if max(seen.stamp) >= racy_cutoff_ns else (*seen.stamp, *profile.stamp_tag)
-    return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept)
+    kept = None if changed_at(seen.stamp) >= racy_cutoff_ns else (*seen.stamp, *profile.stamp_tag)
+    return FolderUsage(name, new_bytes + cur_bytes, new_count + cur_count, kept), seen.stamp

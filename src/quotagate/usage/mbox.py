@@ -24,13 +24,17 @@ _FROM = b"From "
 _MAILDIR_DIRS = ("cur", "new", "tmp")  # a Maildir within an mbox home (see _holds_maildir)
 
 
-def stamp_of(st: os.stat_result) -> tuple[int, int]:
-    """An mbox file's stamp: ``(ctime_ns, size)``. The ctime, not the mtime: its owner can set the
-    mtime back after rewriting the file (see :func:`quotagate.usage.maildir.changed_ns`)."""
-    return (changed_ns(st), st.st_size)
+MboxStamp = tuple[int, int, int]
 
 
-def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
+def stamp_of(st: os.stat_result) -> MboxStamp:
+    """An mbox file's stamp: ``(ctime_ns, size, inode)``. The ctime, not the mtime: its owner can
+    set the mtime back after rewriting the file (see :func:`quotagate.usage.maildir.changed_ns`).
+    The inode: ctimes come from a coarse clock, and a file renamed over another would pass for it."""
+    return (changed_ns(st), st.st_size, st.st_ino)
+
+
+def count_messages(fd: int) -> tuple[int, int, MboxStamp]:
     """Bytes, messages and the :func:`stamp_of` the mbox file open at ``fd``.
 
     Read streaming, a chunk at a time, never whole, and only where it holds data (see
@@ -56,7 +60,7 @@ def count_messages(fd: int) -> tuple[int, int, tuple[int, int]]:
     return st.st_size, messages, stamp_of(st)
 
 
-def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, tuple[int, int]]:
+def count_dovecot(fd: int, virtual: bool = False) -> tuple[int, int, MboxStamp]:
     """:func:`count_messages` with messages split as Dovecot splits them (see
     :mod:`quotagate.usage.mboxfrom`): a chunk at a time, a Content-Length's body skipped unread.
     With ``virtual`` the bytes are Dovecot's virtual sizes of the messages (``count`` quota),
@@ -88,15 +92,18 @@ def is_mbox(fd: int) -> bool:
     return st.st_size == 0 or os.pread(fd, len(_FROM), 0) == _FROM
 
 
-def read_file_folder(fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES) -> FolderUsage:
-    """One mbox file as a folder, split into messages by the profile's mbox rule."""
+def read_file_folder(
+    fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES
+) -> tuple[FolderUsage, MboxStamp]:
+    """One mbox file as a folder, split into messages by the profile's mbox rule; with the
+    file's stamp as read (kept or not): a later change shows against it."""
     if profile.mbox is MboxRule.DOVECOT:
         size, messages, file_stamp = count_dovecot(fd, virtual=profile.size is SizeRule.VIRTUAL)
     else:
         size, messages, file_stamp = count_messages(fd)
     # Racy by the ctime, as stamped (an mtime set back says nothing).
     kept = None if file_stamp[0] >= racy_cutoff_ns else (*file_stamp, *profile.stamp_tag)
-    return FolderUsage(name, size, messages, kept)
+    return FolderUsage(name, size, messages, kept), file_stamp
 
 
 def _skipped(name: str) -> bool:
@@ -169,6 +176,10 @@ class Listing(NamedTuple):
     maildirs: list[str]
 
 
+MAX_DEPTH = 64
+"""Directories an mbox home is walked into at most: Dovecot's folders go a few levels deep."""
+
+
 def mbox_files(root_fd: int) -> Listing:
     """The relative path (the folder name) of every file under an opened directory that may be
     an mbox (see :func:`is_mbox`), without following symlinks.
@@ -176,32 +187,38 @@ def mbox_files(root_fd: int) -> Listing:
     Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
     mail. Nor is a Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages
     of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``).
+
+    Depth first, holding a descriptor for each level of the current path only: a home as wide
+    as its owner likes never holds more. Deeper than :data:`MAX_DEPTH` is an OSError (ELOOP).
     """
     found: list[str] = []
     maildirs: list[str] = []
-    pending = [("", os.dup(root_fd))]
-    try:
-        while pending:
-            prefix, fd = pending.pop()
+
+    def walk(fd: int, prefix: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise OSError(errno.ELOOP, f"folders nested deeper than {MAX_DEPTH} levels", prefix)
+        subdirs = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if _skipped(entry.name):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(prefix + entry.name)
+        for name in subdirs:
+            sub = safefs.open_dir(name, fd)
+            if sub is None:
+                continue  # gone, or swapped for a symlink, since the listing
             try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        if _skipped(entry.name):
-                            continue
-                        if entry.is_dir(follow_symlinks=False):
-                            sub = safefs.open_dir(entry.name, fd)
-                            if sub is not None and _holds_maildir(sub):
-                                os.close(sub)
-                                maildirs.append(prefix + entry.name + "/")
-                            elif sub is not None:
-                                pending.append((prefix + entry.name + "/", sub))
-                        elif entry.is_file(follow_symlinks=False):
-                            found.append(prefix + entry.name)
+                if _holds_maildir(sub):
+                    maildirs.append(prefix + name + "/")
+                else:
+                    walk(sub, prefix + name + "/", depth + 1)
             finally:
-                os.close(fd)
-    finally:
-        for _, fd in pending:
-            os.close(fd)
+                os.close(sub)
+
+    walk(root_fd, "", 0)
     return Listing(sorted(found), sorted(maildirs))
 
 
@@ -227,7 +244,7 @@ def open_file(root_fd: int, relative: str) -> int | None:
             os.close(fd)
 
 
-def file_stamp(root_fd: int, relative: str) -> tuple[int, int] | None:
+def file_stamp(root_fd: int, relative: str) -> MboxStamp | None:
     """:func:`stamp_of` an mbox file beneath ``root_fd``, None when it is gone."""
     fd = open_file(root_fd, relative)
     if fd is None:

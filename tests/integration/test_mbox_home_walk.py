@@ -1,0 +1,82 @@
+"""A mail user with an mbox home makes thousands of (empty) sub-directories in it, or nests
+them very deep. The walk of the home holds one descriptor per level of the current path (not
+one per sub-directory, which made every other open of the process fail with EMFILE meanwhile:
+other mailboxes unknown, inotify out of watches, connections refused), and stops at a depth
+no mail program makes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from quotagate.usage import mbox, safefs
+from quotagate.usage.mailbox import measure
+from quotagate.usage.safefs import Roots
+from tests.integration.scanenv import DOMAIN
+from tests.spoolgen import write_mbox
+
+WIDE = 3000
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _home_with_many_subdirectories(spool: Path) -> Path:
+    home = spool / DOMAIN / "mallory"
+    write_mbox(home / "inbox", ["hello"])
+    for i in range(WIDE):
+        (home / f"d{i}").mkdir(parents=True)
+    return home
+
+
+def test_listing_a_wide_mbox_home_holds_a_bounded_number_of_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: mallory makes 3000 empty directories in his mbox home. Expected: the listing
+    holds a bounded number of descriptors however wide a directory is (as the LAYOUT=fs walk,
+    which holds one per level)."""
+    spool = tmp_path / "spool"
+    home = _home_with_many_subdirectories(spool)
+    peak = [0]
+    real_open_dir = safefs.open_dir
+
+    def counting(name: str, dir_fd: int) -> int | None:
+        fd = real_open_dir(name, dir_fd)
+        peak[0] = max(peak[0], _open_descriptors())
+        return fd
+
+    monkeypatch.setattr(safefs, "open_dir", counting)
+    before = _open_descriptors()
+    with _dir(home) as fd:
+        listing = mbox.mbox_files(fd)
+    assert listing.files == ["inbox"]
+    held = peak[0] - before
+    assert held <= 200, f"the walk of one user's home held {held} descriptors at once"
+
+
+def test_an_mbox_home_nested_deeper_than_any_mail_program_makes_is_unknown(tmp_path: Path) -> None:
+    """Attack: mallory nests directories 100 deep in his mbox home. Expected: the walk stops at
+    mbox.MAX_DEPTH, and the mailbox is unknown with a reason, never counted without them."""
+    spool = tmp_path / "spool"
+    home = spool / DOMAIN / "mallory"
+    write_mbox(home / "inbox", ["hello"])
+    deep = home.joinpath(*["d"] * 100)
+    deep.mkdir(parents=True)
+    write_mbox(deep / "hidden", ["x" * 5000])
+    usage = measure(str(home), "auto", None, 0, Roots.of(spool), None, "Maildir").usage
+    assert not usage.known and "nested deeper" in (usage.error or ""), usage
+
+
+class _dir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> int:
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
