@@ -256,16 +256,17 @@ def reader_pid(s: Serve) -> int:
 def test_a_reader_process_killed_is_replaced_and_no_request_waits_for_it(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
-    site = with_maildirsize(tmp_path, roomy=False)
+    site = with_maildirsize(tmp_path)
     s = serve(site, reservation_seconds=0)
     assert timed(s, request(FULL))[0] == REJECT  # read through the reader
     first = reader_pid(s)
-    maildirsize(site, "full").write_text(f"{QUOTA}S\n{QUOTA - 10} 1\n")  # dropped from the cache
+    # A delivery (dropped from the cache): 10 bytes left.
+    maildirsize(site, "roomy").write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n{QUOTA - 10 - ROOMY_USED} 1\n")
     os.kill(first, signal.SIGKILL)
     answers = []
     deadline = time.monotonic() + 10
     while too_big(20) not in answers and time.monotonic() < deadline:
-        answer, seconds = timed(s, request(FULL, 20))
+        answer, seconds = timed(s, request(ROOMY, 20))
         assert seconds < 1  # no request waits for a reader that is not there
         answers.append(answer)
         time.sleep(0.02)

@@ -147,6 +147,12 @@ class Metrics:
             "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
             registry=self.registry,
         )
+        self.claims_below_files = Counter(
+            "quotagate_policy_claims_below_files",
+            "Checks where a maildirsize claimed less than the files held at the last reading, which"
+            " was used instead (the files profile counts the files)",
+            registry=self.registry,
+        )
         self.inflight_bytes = Gauge(
             "quotagate_policy_inflight_bytes",
             "Bytes held for messages accepted (after DATA) whose delivery was not seen yet",

@@ -633,8 +633,23 @@ class PolicyService:
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if live is not None:
-            return None, live
+            return None, self._believed(snapshot, mailbox, live)
         return None, snapshot.stored_usage(mailbox.address)
+
+    def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
+        """A maildirsize read live; under a profile that counts the files, never less than the
+        last reading: its owner can rewrite the file (in place, unseen by a scan), and a claim
+        below the files held is not believed (the reading's numbers, and its time, stand).
+        Deliveries still show at once (the claims grow); deletions show when the watcher or
+        the next scan counts them."""
+        if self._profile.trusts_maildirsize:
+            return live
+        stored = snapshot.stored_usage(mailbox.address)
+        if stored is None or (live.bytes >= stored.bytes and live.messages >= stored.messages):
+            return live
+        self.metrics.claims_below_files.inc()
+        most = max(live.bytes, stored.bytes), max(live.messages, stored.messages)
+        return Usage(*most, stored.measured_at, stored.source)
 
     def _reply(self, outcome: Outcome) -> str:
         """The text the MTA gets for one recipient's decision."""
