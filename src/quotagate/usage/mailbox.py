@@ -78,6 +78,7 @@ def _looks_like_maildir(
 
 
 _HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maildir nor an mbox home"
+_TWO_MAILDIRS = "a Maildir here, and another through the symlink [spool] maildir_subdir names: which is delivered to?"
 
 
 def _half_maildir(root_fd: int, markers: tuple[str, ...]) -> bool:
@@ -357,6 +358,29 @@ def _measure_node(
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
 
 
+def _symlinked_maildir_below(
+    node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots, layout: maildir.Layout
+) -> bool:
+    """Whether a directory measured as a Maildir also holds, as ``subdir``, a symlink to one:
+    what the delivery agent follows (``mail_location = maildir:~/Maildir``), while the markers
+    here may be anyone's (its owner's empty ``cur/``, ``new/`` or ``maildirsize``). A plain
+    directory there is named by the folder listing (:data:`maildir.LAYOUT_HINT`)."""
+    if not subdir or node is None or not node.is_dir:
+        return False
+    try:
+        if not stat.S_ISLNK(os.stat(subdir, dir_fd=node.fd, follow_symlinks=False).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    below = _maildir_below(node, fmt, subdir, roots, layout)
+    if below is None:
+        return False
+    try:
+        return below.is_dir and _looks_like_maildir(below.fd, layout)
+    finally:
+        below.close()
+
+
 def _maildir_below(
     node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots, layout: maildir.Layout
 ) -> Node | None:
@@ -492,6 +516,8 @@ def measure(
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
             looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
+            if looks and _symlinked_maildir_below(node, fmt, subdir, roots, layout):
+                return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
             half = dir_node is not None and looks and fmt == "auto" and _half_maildir(dir_node.fd, markers)
             if half:
                 looks, below = False, _maildir_below(node, fmt, subdir, roots, layout)
