@@ -52,7 +52,7 @@ def test_fs_layout_counts_nested_folders_named_as_dovecot_shows_them(tmp_path: P
     add_message(fs_folder(root, "Lists/dev"), 500)  # Lists itself holds no mail: not a folder
     add_message(fs_folder(root, "My.Folder"), 600)  # a dot inside a name is no hierarchy here
     add_message(fs_folder(root, b"caf\xc3\xa9 \xff"), 700)
-    add_message(fs_folder(root, ".Hidden"), 7777)  # dot entries are Dovecot's, not folders
+    add_message(fs_folder(root, ".Hidden"), 777)  # an IMAP folder ".Hidden": Dovecot counts it
     add_message(fs_folder(root, "Sent/tmp"), 8888)  # below tmp/: never mail
     (root / "dovecot-uidlist").write_text("3 V1 N1\n")
 
@@ -67,6 +67,7 @@ def test_fs_layout_counts_nested_folders_named_as_dovecot_shows_them(tmp_path: P
         "Lists/dev": (500, 1),
         "My.Folder": (600, 1),
         "café \\xff": (700, 1),
+        ".Hidden": (777, 1),
     }
     assert usage.warning is None
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotagate.usage.names import disk_name, display_name, size_from_name, unique_part
+from quotagate.config import FolderRule
+from quotagate.usage.folders import rule_for
+from quotagate.usage.names import disk_name, display_name, imap_name, size_from_name, unique_part
 
 
 @pytest.mark.parametrize(
@@ -153,3 +155,21 @@ def test_display_name_is_one_to_one_and_disk_name_undoes_it(raw: bytes) -> None:
     # one would let an empty folder's reading stand for a full one's.
     name = os.fsdecode(raw)
     assert disk_name(display_name(name)) == name
+
+
+def test_folder_names_as_an_imap_server_shows_them() -> None:
+    """Modified UTF-7 (RFC 3501), in which Dovecot and Courier keep folder names on disk."""
+    assert imap_name("Gel&APY-scht") == "Gelöscht"
+    assert imap_name("Archiv/Entw&APw-rfe") == "Archiv/Entwürfe"
+    assert imap_name("&ZeVnLIqe-") == "日本語"
+    assert imap_name("Tom &- Jerry") == "Tom & Jerry"
+    assert imap_name("plain") == "plain"
+    assert imap_name("bad&AP-x") == "bad&AP-x"  # not UTF-16: left as it is
+    assert imap_name("half&APY") == "half&APY"  # never shifted back: not an encoded run
+
+
+def test_a_folder_rule_matches_the_name_dovecot_shows() -> None:
+    rules = [FolderRule(match="Gelöscht", exclude=True)]
+    assert rule_for("Gel&APY-scht", rules) is rules[0]
+    assert rule_for("Gelöscht", rules) is rules[0]
+    assert rule_for("Gel&APY-schtx", rules) is None

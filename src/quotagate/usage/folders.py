@@ -7,14 +7,18 @@ from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Limits
+from quotagate.usage.names import imap_name
 
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
     """The first rule whose glob matches the folder name (case-sensitive): a Maildir++ name, or
     one with "/" between levels under ``LAYOUT=fs``, as stored and shown (see
-    :func:`quotagate.usage.names.display_name`: a backslash doubled, an undecodable byte ``\\xNN``)."""
+    :func:`quotagate.usage.names.display_name`: a backslash doubled, an undecodable byte ``\\xNN``)
+    or as an IMAP server shows it (:func:`quotagate.usage.names.imap_name`: ``Gelöscht`` for
+    ``Gel&APY-scht``, the name Dovecot's quota rules match)."""
+    shown = imap_name(name)
     for rule in rules:
-        if fnmatchcase(name, rule.match):
+        if fnmatchcase(name, rule.match) or (shown != name and fnmatchcase(shown, rule.match)):
             return rule
     return None
 

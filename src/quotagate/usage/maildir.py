@@ -117,8 +117,10 @@ def entry_type(dir_fd: int, name: str) -> int | None:
 
 
 def _fs_folders(root_fd: int) -> Folders:
-    """Walk the sub-directories depth first through descriptors, skipping cur/, new/, tmp/ and
-    dot entries at each level, at most :data:`MAX_DEPTH` levels and :data:`MAX_FOLDERS` folders."""
+    """Walk the sub-directories depth first through descriptors, skipping cur/, new/ and tmp/ at
+    each level, at most :data:`MAX_DEPTH` levels and :data:`MAX_FOLDERS` folders. A directory
+    whose name starts with a dot is a folder too: Dovecot keeps an IMAP folder ".stash" so, and
+    lists and counts it."""
     names, symlinks, problems = [INBOX], [], []
     too_deep: list[str] = []
     seen = 1
@@ -128,7 +130,7 @@ def _fs_folders(root_fd: int) -> Folders:
         with os.scandir(fd) as listing:
             entries = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False)) for e in listing)
         for n, is_link, is_dir in entries:
-            if n.startswith(".") or n in _NOT_FOLDERS or not (is_link or is_dir):
+            if n in (".", "..") or n in _NOT_FOLDERS or not (is_link or is_dir):
                 continue
             name = f"{prefix}{n}"
             if is_link:

@@ -1,7 +1,10 @@
-"""Maildir file names: the size a delivery agent wrote into them."""
+"""Maildir file and folder names: the size a delivery agent wrote into them, and how names are
+stored, shown and matched."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 _MAX_DIGITS = 18  # a size of 10**18 bytes is an exabyte: longer values are garbage, not sizes
@@ -48,3 +51,26 @@ def disk_name(shown: str) -> str:
     if "\\" not in shown:  # nearly every name: an unchanged scan asks for each folder's
         return shown
     return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), shown)
+
+
+_SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
+
+
+def imap_name(name: str) -> str:
+    """The folder name as an IMAP server shows it: modified UTF-7 (RFC 3501), in which Dovecot
+    and Courier keep names on disk, decoded (``Gel&APY-scht`` is ``Gelöscht``, ``&-`` is
+    ``&``). A name that is not valid modified UTF-7 is returned as it is."""
+    if "&" not in name:
+        return name
+
+    def decoded(m: re.Match[str]) -> str:
+        if not m[1]:
+            return "&"
+        data = m[1].replace(",", "/")
+        raw = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+        return raw.decode("utf-16-be")
+
+    try:
+        return _SHIFTED.sub(decoded, name)
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return name
