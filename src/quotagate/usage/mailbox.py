@@ -116,25 +116,33 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
 
 
 _SETTLE_TRIES = 3
-_UNSETTLED = "folders kept changing while measured (renamed, or mail moved between them): measured again next time"
+_DBOX = "Dovecot dbox, which quotagate cannot read"
+_UNSETTLED = "folders kept being renamed while measured: measured again next time"
+Stayed = Literal["yes", "names", "stamps"]
 
 
 def _maildir(
     node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile, layout: maildir.Layout
 ) -> MailboxUsage:
+    """Every folder read, then looked at again: a folder renamed after the listing, or mail moved
+    from one not read yet into one read already, would go uncounted. What changed is read
+    again, a few times; a mailbox whose folders keep being renamed is unknown, one whose folders
+    keep taking mail (deliveries, flags) is taken as last read (nothing was hidden)."""
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
+    this_time: dict[str, tuple[maildir.Stamp, FolderUsage]] = {}
+    stayed: Stayed = "names"
+    read: _Read | None = None
     for _ in range(_SETTLE_TRIES):
         listing = maildir.folder_names(node.fd, layout)
         if listing.unreadable is not None:
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {listing.unreadable}")
-        read = _read_folders(node, listing.names, reuse, racy_cutoff_ns, profile, layout)
-        if read is not None and _folders_stayed(node.fd, listing.names, read.stamps, layout):
+        read = _read_folders(node, listing.names, reuse, this_time, racy_cutoff_ns, profile, layout)
+        stayed = "names" if read is None else _folders_stayed(node.fd, listing.names, read.stamps, layout)
+        if stayed == "yes":
             break
-        if read is not None:  # what did not change since is not read again
-            reuse |= {f.name: f for f in read.folders if f.stamp is not None}
-    else:
+    if stayed == "names" or read is None:
         log.warning("%s: %s", display_name(node.path), _UNSETTLED)
         return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_UNSETTLED}")
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
@@ -166,11 +174,13 @@ def _read_folders(
     node: Node,
     names: Sequence[str],
     reuse: dict[str, FolderUsage],
+    this_time: dict[str, tuple[maildir.Stamp, FolderUsage]],
     racy_cutoff_ns: int,
     profile: Profile,
     layout: maildir.Layout,
 ) -> _Read | None:
-    """Every folder listed, read (or reused where unchanged); None when one of them could not be
+    """Every folder listed, read, or reused where unchanged (since the last reading, or since
+    an earlier pass of this measurement: ``this_time``); None when one of them could not be
     opened (renamed, removed or swapped for a symlink since the listing): its mail, perhaps
     under another name now, would be missing."""
     folders, stamps, symlinked = [], {}, []
@@ -182,11 +192,14 @@ def _read_folders(
             seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
             symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
             shown = display_name(name)
-            old = reuse.get(shown)
+            old, earlier = reuse.get(shown), this_time.get(name)
             if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
                 folder, stamps[name] = old, seen.stamp
+            elif earlier is not None and earlier[0] == seen.stamp:
+                stamps[name], folder = earlier
             else:
                 folder, stamps[name] = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
+                this_time[name] = stamps[name], folder
             own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
             folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
@@ -196,14 +209,14 @@ def _read_folders(
 
 def _folders_stayed(
     root_fd: int, names: Sequence[str], stamps: dict[str, maildir.Stamp], layout: maildir.Layout
-) -> bool:
-    """Whether the mailbox still has the folders it was read with, each as it was read: a folder
-    renamed after the listing, or mail moved from one not read yet into one read already,
-    would otherwise go uncounted."""
+) -> Stayed:
+    """Whether the mailbox still has the folders it was read with ("names" when not), each as it
+    was read ("stamps" when one changed since)."""
     again = maildir.folder_names(root_fd, layout)
     if again.unreadable is not None or sorted(again.names) != sorted(names):
-        return False
-    return all(maildir.folder_stamp(root_fd, name, layout) == stamp for name, stamp in stamps.items())
+        return "names"
+    same = all(maildir.folder_stamp(root_fd, name, layout) == stamp for name, stamp in stamps.items())
+    return "yes" if same else "stamps"
 
 
 def _own_maildirsize(folder_fd: int, node: Node, shown: str) -> tuple[int, int] | None:
@@ -230,21 +243,22 @@ def _dbox(listing: mbox.Listing) -> bool:
 
 
 def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
+    """Every mbox file read, then looked at again, as :func:`_maildir` does."""
     reuse = _reusable(previous, Format.MBOX)
+    this_time: dict[str, tuple[mbox.MboxStamp, FolderUsage]] = {}
+    stayed: Stayed = "names"
+    read: _MboxRead | None = None
     for _ in range(_SETTLE_TRIES):
         listing = mbox.mbox_files(node.fd)
         if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
-            return MailboxUsage(
-                Format.MBOX, error=f"{display_name(node.path)}: Dovecot dbox, which quotagate cannot read"
-            )
+            return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_DBOX}")
         if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
-        read = _read_mbox_files(node, listing.files, reuse, racy_cutoff_ns, profile)
-        if read is not None and _mbox_files_stayed(node.fd, listing, read.stamps):
+        read = _read_mbox_files(node, listing.files, reuse, this_time, racy_cutoff_ns, profile)
+        stayed = "names" if read is None else _mbox_files_stayed(node.fd, listing, read.stamps)
+        if stayed == "yes":
             break
-        if read is not None:  # what did not change since is not read again
-            reuse |= {f.name: f for f in read.folders if f.stamp is not None}
-    else:
+    if stayed == "names" or read is None:
         log.warning("%s: %s", display_name(node.path), _UNSETTLED)
         return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_UNSETTLED}")
     folders = read.folders
@@ -271,10 +285,15 @@ class _MboxRead(NamedTuple):
 
 
 def _read_mbox_files(
-    node: Node, names: Sequence[str], reuse: dict[str, FolderUsage], racy_cutoff_ns: int, profile: Profile
+    node: Node,
+    names: Sequence[str],
+    reuse: dict[str, FolderUsage],
+    this_time: dict[str, tuple[mbox.MboxStamp, FolderUsage]],
+    racy_cutoff_ns: int,
+    profile: Profile,
 ) -> _MboxRead | None:
-    """Every file listed, read (or reused where unchanged); None when one could not be opened
-    (renamed or removed since the listing: its mail, perhaps under another name, would be missing)."""
+    """Every file listed, read (or reused where unchanged, as :func:`_read_folders`); None when
+    one could not be opened (renamed or removed since the listing)."""
     folders, stamps, passed_over = [], {}, []
     for name in names:
         fd = mbox.open_file(node.fd, name)
@@ -285,24 +304,27 @@ def _read_mbox_files(
             if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
                 passed_over.append(shown)
                 continue
-            old = reuse.get(shown)
+            old, earlier = reuse.get(shown), this_time.get(name)
             now = mbox.stamp_of(os.fstat(fd))
             if old is not None and old.stamp == (*now, *profile.stamp_tag):
-                folders.append(old)
-                stamps[name] = now
+                folder, stamps[name] = old, now
+            elif earlier is not None and earlier[0] == now:
+                stamps[name], folder = earlier
             else:
                 folder, stamps[name] = mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile)
-                folders.append(folder)
+                this_time[name] = stamps[name], folder
+            folders.append(folder)
         finally:
             os.close(fd)
     return _MboxRead(folders, stamps, passed_over)
 
 
-def _mbox_files_stayed(root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp]) -> bool:
-    """Whether the home still has the files it was read with, each as it was read."""
+def _mbox_files_stayed(root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp]) -> Stayed:
+    """Whether the home still has the files it was read with ("names" when not), each as it
+    was read ("stamps" when one changed since)."""
     if mbox.mbox_files(root_fd) != listing:
-        return False
-    return all(mbox.file_stamp(root_fd, name) == stamp for name, stamp in stamps.items())
+        return "names"
+    return "yes" if all(mbox.file_stamp(root_fd, name) == stamp for name, stamp in stamps.items()) else "stamps"
 
 
 def _mbox_file(
@@ -376,7 +398,8 @@ def _symlinked_maildir_below(
     if below is None:
         return False
     try:
-        return below.is_dir and _looks_like_maildir(below.fd, layout)
+        itself = (below.st.st_dev, below.st.st_ino) == (node.st.st_dev, node.st.st_ino)  # Maildir -> .
+        return not itself and below.is_dir and _looks_like_maildir(below.fd, layout)
     finally:
         below.close()
 
