@@ -22,6 +22,9 @@ from quotagate.sizes import Allowance
 UNLIMITED = 2**62
 SHARED_SOURCE = "shared"
 STORE_SOURCE = "scan"  # a reading loaded from the store (quotagate.policy.live)
+# A maildirsize read at request time, under a profile that counts the files: current, but at
+# least a reading's numbers, with that reading's time (see PolicyService._believed).
+LIVE_OVER_FILES = "maildirsize over the files"
 
 
 def client_caps(share: Allowance, limits: Limits, folder: Limits | None = None) -> tuple[int, int]:
@@ -82,7 +85,7 @@ class Claim:
         """Whether the usage's age is by the clock of the host that measured it: a live read,
         or this host's own watch; not a reading from the store, which another host may have
         taken (its age then also holds the difference of the two clocks)."""
-        return self.usage.source != STORE_SOURCE
+        return self.usage.source not in (STORE_SOURCE, LIVE_OVER_FILES)
 
     @property
     def holding(self) -> int:

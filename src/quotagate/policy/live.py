@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from quotagate.config import FolderRule
 from quotagate.model import AliasDomains, Mailbox, Reading, State, Usage
 from quotagate.policy import compact
+from quotagate.policy.claim import LIVE_OVER_FILES
 from quotagate.store import Store
 from quotagate.store.base import Folders
 from quotagate.usage.folders import any_limits, folder_limits
@@ -53,10 +54,19 @@ class Snapshot:
         return Usage(r.bytes, r.messages, self.fresh_at(r), self.source)
 
 
+LIVE = "maildirsize"  # read at request time: current
+
+
+def measured_ago(usage: Usage, now: float) -> float:
+    """How long ago the usage was measured, as far as room in flight goes: a maildirsize over
+    the files is no measurement of them (its reading is)."""
+    return 0.0 if usage.source == LIVE else max(now - usage.measured_at, 0.0)
+
+
 def usage_age(usage: Usage, now: float) -> float:
     """How old the usage behind a decision is: a maildirsize is read at request time, so its
     numbers are current (its mtime only says when they last changed)."""
-    return 0.0 if usage.source == "maildirsize" else max(now - usage.measured_at, 0.0)
+    return 0.0 if usage.source in (LIVE, LIVE_OVER_FILES) else max(now - usage.measured_at, 0.0)
 
 
 def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool = True) -> Snapshot:

@@ -16,10 +16,10 @@ from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
-from quotagate.policy.claim import Claim, SharedState, Weighed, client_caps, settle
+from quotagate.policy.claim import LIVE_OVER_FILES, Claim, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
-from quotagate.policy.live import Snapshot, usage_age
+from quotagate.policy.live import LIVE, Snapshot, measured_ago, usage_age
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
@@ -49,6 +49,8 @@ DATA_CHECK = "quotagate_data"
 # Postfix's smtpd_end_of_data_restrictions (with recipient_count: check the message, then it was
 # accepted), and the last statement of Exim's DATA ACL (without: the message was accepted).
 END_OF_MESSAGE = "END-OF-MESSAGE"
+CLOSED_GRACE = 60.0
+"""Seconds the held room of a Postfix transaction stays once its policy connection closed."""
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
 _REFUSED = (Action.REJECT, Action.DEFER)
@@ -102,11 +104,10 @@ class _Target:
     mailbox: Mailbox
     folder: str | None
     live: Reading | None
-
-    @property
-    def copy(self) -> str:
-        """Which copy of the message the recipient gets: each detail is delivered apart."""
-        return self.folder or ""
+    # Which copy of the message the recipient gets: "" for the mailbox's own local part (at its
+    # domain or an alias domain), else the local part as sent (``user+a``, ``user+``, ``user-a``:
+    # each delivered apart).
+    copy: str = ""
 
 
 class PolicyService:
@@ -235,12 +236,23 @@ class PolicyService:
     def _connection_closed(self, session: Session) -> None:
         """A Postfix policy connection closed: its smtpd process exited (after a QUIT, its
         max_idle or max_use), and with it the transaction it last asked about, unless a message
-        of it was accepted (in flight, kept). Held room goes: kept, a client that quits after
-        RCPT would keep it from every other client until reservation_seconds. Its recipients
-        are kept: were the connection closed mid-transaction (smtpd_policy_service_request_limit),
-        END-OF-MESSAGE comes on a new one and weighs them again with the real size."""
-        if session.transaction is not None:
-            self.reservations.end(session.transaction, with_data=False, now=self.clock())
+        of it was accepted (in flight, kept). Its held room goes :data:`CLOSED_GRACE` seconds
+        later: kept to reservation_seconds, a client that quits after RCPT would keep it from
+        every other client; let go at once, a transaction whose connection Postfix closed and
+        opened again (smtpd_policy_service_max_idle or max_ttl) would lose it before its
+        END-OF-MESSAGE. Its recipients are kept for that END-OF-MESSAGE."""
+        transaction = session.transaction
+        if transaction is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # quotagate check, tests: no loop to wait on
+            self._end_held(transaction)
+            return
+        loop.call_later(CLOSED_GRACE, self._end_held, transaction)
+
+    def _end_held(self, transaction: Transaction) -> None:
+        self.reservations.end(transaction, with_data=False, now=self.clock())
 
     def _end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
         self.reservations.end(transaction, with_data=with_data, now=self.clock(), size=size)
@@ -453,7 +465,9 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None)
+        local = address.rpartition("@")[0]
+        copy = "" if local == mailbox.address.rpartition("@")[0] else local
+        return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
 
     def _decide(
         self,
@@ -483,7 +497,7 @@ class PolicyService:
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
         # A maildirsize is current when read (its mtime only says when it last changed).
-        measured_at = (now if usage.source == "maildirsize" else usage.measured_at) if usage else 0.0
+        measured_at = (now if usage.source == LIVE else usage.measured_at) if usage else 0.0
         if self.shared is not None and self.shared.up and not alone and Claim.wanted(mailbox, limits, usage):
             claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient)
             if claim is not None:
@@ -557,7 +571,7 @@ class PolicyService:
         return Claim(
             target.mailbox,
             whole,
-            usage_age(whole, now),
+            measured_ago(whole, now),
             size,
             transaction,
             bool(policy.reservation_seconds),
@@ -638,18 +652,20 @@ class PolicyService:
 
     def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
         """A maildirsize read live; under a profile that counts the files, never less than the
-        last reading: its owner can rewrite the file (in place, unseen by a scan), and a claim
-        below the files held is not believed (the reading's numbers, and its time, stand).
-        Deliveries still show at once (the claims grow); deletions show when the watcher or
-        the next scan counts them."""
+        last reading, nor taken as a measurement of them: its owner can rewrite the file (in
+        place, unseen by a scan), to claim less, or the same after a delivery (taken as
+        measured now, it would release the room in flight of mail it leaves out). Deliveries
+        still show at once (the claims grow); their room in flight, and deletions, go with the
+        watcher's or the next scan's reading."""
         if self._profile.trusts_maildirsize:
             return live
         stored = snapshot.stored_usage(mailbox.address)
-        if stored is None or (live.bytes >= stored.bytes and live.messages >= stored.messages):
+        if stored is None:
             return live
-        self.metrics.claims_below_files.inc()
+        if live.bytes < stored.bytes or live.messages < stored.messages:
+            self.metrics.claims_below_files.inc()
         most = max(live.bytes, stored.bytes), max(live.messages, stored.messages)
-        return Usage(*most, stored.measured_at, stored.source)
+        return Usage(*most, stored.measured_at, LIVE_OVER_FILES)
 
     def _reply(self, outcome: Outcome) -> str:
         """The text the MTA gets for one recipient's decision."""

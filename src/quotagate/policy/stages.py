@@ -70,9 +70,13 @@ class LetIn(NamedTuple):
     rcpts: int
 
 
-LONGEST_RECIPIENT = 320
-"""Characters of a recipient remembered at most: RFC 5321's 64 of local part, "@", 255 of domain."""
-_TOO_LONG = "\0"  # where a longer one is counted (no address is a NUL)
+SLOT = 320
+"""Characters a recipient is remembered in per place among ``most``: RFC 5321's 64 of local part,
+"@", 255 of domain. A longer one (Postfix and Exim take local parts past 64) takes more places."""
+
+
+def places(recipient: str) -> int:
+    return 1 + len(recipient) // SLOT
 
 
 class Recipients:
@@ -84,8 +88,8 @@ class Recipients:
     remembered, and the message is then never refused as a whole), at most ``most`` recipients
     in all (``[policy] max_reservations``: a client's transactions without SIZE= hold no room,
     and would otherwise be bounded by nothing; the oldest transactions are forgotten first, and
-    a message whose recipients are forgotten is accepted), none kept longer than ``seconds``,
-    none longer than :data:`LONGEST_RECIPIENT` (as past ``per_transaction``): a million
+    a message whose recipients are forgotten is accepted), none kept longer than ``seconds``.
+    A recipient longer than :data:`SLOT` takes a place per SLOT characters: a million
     recipients of the 4 kB a request line may carry would be gigabytes.
     """
 
@@ -94,7 +98,7 @@ class Recipients:
         self.most = most
         self.per_transaction = per_transaction
         self._seen: OrderedDict[Transaction, tuple[float, dict[str, int]]] = OrderedDict()
-        self._total = 0  # recipients remembered, of every transaction
+        self._total = 0  # places taken by the recipients remembered, of every transaction
         self.overflowed: set[Transaction] = set()
 
     def add(self, transaction: Transaction, recipient: str, now: float) -> None:
@@ -105,16 +109,14 @@ class Recipients:
             self.expire(now)  # the oldest first: O(1) unless some are due
             entry = self._seen[transaction] = (now, {})
         recipients = entry[1]
-        if len(recipient) > LONGEST_RECIPIENT:  # not kept, but it takes a place: entries stay bounded
-            self.overflowed.add(transaction)
-            recipient = _TOO_LONG
         if recipient not in recipients:
-            while self._total >= self.most and next(iter(self._seen)) != transaction:
+            taken = places(recipient)
+            while self._total + taken > self.most and next(iter(self._seen)) != transaction:
                 self._forget_oldest()
-            if len(recipients) >= self.per_transaction or self._total >= self.most:
+            if len(recipients) >= self.per_transaction or self._total + taken > self.most:
                 self.overflowed.add(transaction)
                 return
-            self._total += 1
+            self._total += taken
         recipients[recipient] = recipients.get(recipient, 0) + 1
 
     def take(self, transaction: Transaction, now: float) -> LetIn | None:
@@ -141,7 +143,7 @@ class Recipients:
     def _pop(self, transaction: Transaction) -> dict[str, int]:
         entry = self._seen.pop(transaction, None)
         recipients = entry[1] if entry else {}
-        self._total -= len(recipients)
+        self._total -= sum(places(r) for r in recipients)
         return recipients
 
     def _forget_oldest(self) -> None:
@@ -151,7 +153,8 @@ class Recipients:
 
     @property
     def remembered(self) -> int:
-        """Recipients remembered, of every transaction."""
+        """Places taken by the recipients remembered, of every transaction (one each, more for
+        one longer than :data:`SLOT`)."""
         return self._total
 
     def __len__(self) -> int:
