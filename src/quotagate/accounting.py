@@ -24,7 +24,7 @@ from msgspec.structs import replace
 from quotagate.config import AccountingOptions, Config, SpoolConfig
 from quotagate.model import Boundary, Limits, MaildirsizeInfo
 from quotagate.sizes import Allowance
-from quotagate.usage.maildirsize import limits_of
+from quotagate.usage.maildirsize import MAX_TRUSTED_BYTES, limits_of
 from quotagate.usage.names import size_from_name
 
 _MAX_DIGITS = 18  # longer values are garbage, not sizes: the file is stat'ed instead
@@ -46,6 +46,15 @@ class MboxRule(enum.StrEnum):
 
     BLANK_LINE = "blank-line"  # a "From " line at the start or after an empty line
     DOVECOT = "dovecot"  # a From_ line Dovecot's parser accepts; Content-Length honoured
+
+
+class Recount(enum.Enum):
+    """When a program that goes by maildirsize counts the files again instead, for a file of one
+    size line less than 15 minutes old (a file of more lines, or older, is always recounted
+    then; one of 5120 bytes or more always)."""
+
+    OVER_LIMIT = "over-limit"  # Dovecot: once the claims are over the limit
+    NO_ROOM = "no-room"  # Courier, Exim: once a message does not fit by the claims
 
 
 class Profile(Struct, frozen=True):
@@ -78,9 +87,10 @@ class Profile(Struct, frozen=True):
     symlinks: bool = False
     # A regular file counts its size divided by its link count (Exim's check_dir_size).
     share_hard_links: bool = False
-    # The program goes by a Maildir++ maildirsize while it claims to be under the limit, and
-    # counts the files only once it claims to be over (see :func:`enforced`).
+    # The program goes by a Maildir++ maildirsize, and counts the files again only as
+    # ``recounts`` says (see :func:`enforced`).
     trusts_maildirsize: bool = False
+    recounts: Recount = Recount.OVER_LIMIT
 
     @property
     def describe(self) -> str:
@@ -219,6 +229,7 @@ PROFILES: dict[str, Profile] = {
         mbox=MboxRule.BLANK_LINE,
         stamp_tag=(3,),
         trusts_maildirsize=True,
+        recounts=Recount.NO_ROOM,
     ),
     "exim": Profile(
         name="exim",
@@ -235,34 +246,50 @@ PROFILES: dict[str, Profile] = {
         directory_bytes=False,
         share_hard_links=True,
         trusts_maildirsize=True,
+        recounts=Recount.NO_ROOM,
     ),
 }
 FILES = PROFILES["files"]
 
 
+STALE_SECONDS = 15 * 60
+"""A maildirsize older than this is never believed once it would decide (Dovecot's
+``MAILDIRSIZE_STALE_SECS``; Courier and Exim the same)."""
+
+
 def enforced(
-    files: tuple[int, int], claims: MaildirsizeInfo | None, limits: Limits, profile: Profile
+    files: tuple[int, int], claims: MaildirsizeInfo | None, limits: Limits, profile: Profile, now: float
 ) -> tuple[int, int]:
     """Bytes and messages the delivery agent will hold a mailbox to: its files (``files``, after
     folder rules), or more when its ``maildirsize`` claims more and the agent still believes it.
 
     Mail removed by something that does not write to ``maildirsize`` (an IMAP server without the
-    quota plugin, a cleanup job, the user's shell) leaves it claiming the old total. Dovecot
-    (``maildirsize_parse``), Courier and Exim recount only once the claims are over the limit;
-    under it they refuse by the claims, and a message the files have room for would come back
-    as a late bounce. Only while the file's limit line is the mailbox's: Dovecot recounts a file
-    whose line is not its limit (the admin changed it), and quotagate cannot tell which Courier
-    would take. Claims below the files never lower the count: the files are what the
-    admin's limit is for, and a user may edit the file.
+    quota plugin, a cleanup job, the user's shell) leaves it claiming the old total. The agents
+    believe the claims, and refuse by them, unless they recount:
+
+    - a file of 5120 bytes or more, always (each reads it into a 5120-byte buffer);
+    - a file of more than one size line, or older than :data:`STALE_SECONDS`, once it would
+      decide: Dovecot (``maildirsize_parse``) when the claims are over the limit; Courier and
+      Exim when a message does not fit by them, which makes them go by the files for every
+      refusal (the claims only let in what the files let in too);
+    - a file whose limit line is not the mailbox's (the admin changed it): Dovecot recounts,
+      and quotagate cannot tell which Courier would take.
+
+    A fresh file of one size line is believed even over the limit: the agent refuses by it.
+    Claims below the files never lower the count: the files are what the admin's limit is for,
+    and a user may edit the file. ``now`` tells how old the file is.
     """
     if not profile.trusts_maildirsize or claims is None or claims.rewritten:
         return files
     if limits_of(claims.definition) != limits:
         return files  # a limit line not the mailbox's (its limit changed since): the agent recounts
-    if claims.bytes < 0 or claims.messages < 0:
-        return files  # corrupted, to Dovecot: it recounts
-    if (limits.bytes and claims.bytes > limits.bytes) or (limits.messages and claims.messages > limits.messages):
-        return files  # the agent recounts before it decides
+    if claims.bytes < 0 or claims.messages < 0 or claims.file_bytes >= MAX_TRUSTED_BYTES:
+        return files  # corrupted, or too large to read: the agent recounts
+    believed_when_deciding = claims.size_lines <= 1 and now - claims.changed_at < STALE_SECONDS
+    if not believed_when_deciding:
+        over = (limits.bytes and claims.bytes > limits.bytes) or (limits.messages and claims.messages > limits.messages)
+        if profile.recounts is Recount.NO_ROOM or over:
+            return files
     return max(files[0], claims.bytes), max(files[1], claims.messages)
 
 

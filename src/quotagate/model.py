@@ -108,6 +108,12 @@ class MaildirsizeInfo(Struct, frozen=True):
     messages: int
     definition: str
     rewritten: bool = False
+    # What the agents' readers look at before they believe the claims (see
+    # quotagate.accounting.enforced): size lines after the definition, the file's length in
+    # bytes (as far as it was read) and when it last changed (its mtime, seconds).
+    size_lines: int = 1
+    file_bytes: int = 0
+    changed_at: float = 0.0
 
     def agrees_with(self, bytes_: int, messages: int) -> bool:
         return self.bytes == bytes_ and self.messages == messages

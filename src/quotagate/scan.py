@@ -134,13 +134,15 @@ def files_of(usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int
     return counted(usage.folders, config.folders, profile.excluded_folders)
 
 
-def _totals(mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int, State]:
+def _totals(
+    mailbox: Mailbox, usage: MailboxUsage, config: Config, profile: Profile, now: float
+) -> tuple[int, int, State]:
     """Bytes and messages that count under the accounting profile and the folder rules, and the
     state they put the mailbox in (at the profile's boundary)."""
     files = files_of(usage, config, profile)
     if not usage.known:
         return *files, State.UNKNOWN
-    bytes_, messages = enforced(files, usage.maildirsize, mailbox.limits, profile)
+    bytes_, messages = enforced(files, usage.maildirsize, mailbox.limits, profile, now)
     over = is_over(mailbox.limits, bytes_, messages, config.scan.threshold, profile.boundary)
     return bytes_, messages, State.OVER if over else State.OK
 
@@ -150,7 +152,7 @@ def reading_for(
 ) -> Reading:
     """The reading of ``usage`` under ``config``'s folder rules and threshold and ``profile``
     (:func:`quotagate.accounting.profile_for` of its spool, asked once by the caller)."""
-    return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config, profile), now)
+    return Reading(mailbox.address, path, usage, *_totals(mailbox, usage, config, profile, now), now)
 
 
 def _maildirsize_disagrees(r: Reading, config: Config, profile: Profile) -> bool:
@@ -241,7 +243,7 @@ def run_scan(
     for mailbox, path, where, prev, prev_usage, definition in candidates:
         if prev is not None and prev_usage is not None and next(same_on_disk):
             # Unchanged on disk: the stored reading stands unless its limits or folder rules moved.
-            totals = _totals(mailbox, prev_usage, config, profile)
+            totals = _totals(mailbox, prev_usage, config, profile, started)
             same = totals == (prev.bytes, prev.messages, prev.state)
             readings[mailbox.address] = prev if same else Reading(mailbox.address, where, prev_usage, *totals, started)
             continue

@@ -141,8 +141,11 @@ def test_odd_entries_count_as_exim_recounts_them(gate: Gate, exim: Exim, size_re
     gate.scan()
     bytes_, messages = gate.files("u")
     assert (bytes_ + followed(kind, bool(size_regex) and ",S=" in name), messages) == _claims(root / "maildirsize")
-    # Exim goes by its maildirsize (under the limit): so does the reading, symlinks' targets included.
-    assert gate.counted("u") == _claims(root / "maildirsize")
+    # Exim's maildirsize has a line for its count and one for the delivery: before it refuses a
+    # message, Exim counts again, and so the reading goes by the files (a symlink's target,
+    # which quotagate never follows, then left out: a late bounce for a user who makes one).
+    assert len((root / "maildirsize").read_text().splitlines()) > 2
+    assert gate.counted("u") == (bytes_, messages)
 
 
 def test_hard_links_share_their_size_as_exim_counts_them(gate: Gate, exim: Exim) -> None:

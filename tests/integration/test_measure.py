@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotagate.accounting import Profile
-from quotagate.model import FolderUsage, Format, MailboxUsage, MaildirsizeInfo
+from quotagate.model import FolderUsage, Format, MailboxUsage
 from quotagate.usage import mailbox, maildir
 from quotagate.usage.mailbox import FormatSetting
 from quotagate.usage.safefs import Roots
@@ -232,7 +232,12 @@ def test_fresh_maildirsize_agrees(tmp_path: Path) -> None:
     add_message(maildir_folder(root, "Sent"), 200, with_size=False)
     (root / "maildirsize").write_text("1000000S,100C\n300 1\n200 1\n")
     usage = measure(str(root), "auto")
-    assert usage.maildirsize == MaildirsizeInfo(500, 2, "1000000S,100C")
+    assert usage.maildirsize is not None
+    assert (usage.maildirsize.bytes, usage.maildirsize.messages, usage.maildirsize.definition) == (
+        500,
+        2,
+        "1000000S,100C",
+    )
     assert usage.maildirsize.agrees_with(usage.all_bytes, usage.all_messages)
 
 
@@ -241,7 +246,12 @@ def test_stale_maildirsize_disagrees(tmp_path: Path) -> None:
     add_message(maildir_folder(root), 300)
     _with_maildirsize(root, 100, 9)
     usage = measure(str(root), "auto")
-    assert usage.maildirsize == MaildirsizeInfo(100, 9, "1000000S,100C")
+    assert usage.maildirsize is not None
+    assert (usage.maildirsize.bytes, usage.maildirsize.messages, usage.maildirsize.definition) == (
+        100,
+        9,
+        "1000000S,100C",
+    )
     assert not usage.maildirsize.agrees_with(usage.all_bytes, usage.all_messages)
     assert (usage.all_bytes, usage.all_messages) == (300, 1)  # the files win
 

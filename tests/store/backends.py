@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import MetaData, Table, create_engine, text
 
 from quotagate.config import StoreConfig, parse_config
-from quotagate.store import Store
+from quotagate.store import Store, schema
 from quotagate.store.presets import PRESETS
 
 # (id, server, schema preset)
@@ -80,5 +80,6 @@ def ldap_flag(slapd: object, tree: str) -> Callable[[str], bool]:
 
 
 def as_in_version_1(table: Table) -> Table:
-    """``table`` as migration 1 made it: without the change stamp migration 3 adds."""
-    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name != "changed"))
+    """``table`` as migration 1 made it: without the columns later migrations add."""
+    later = {column for m in schema.MIGRATIONS[1:] for t, column in m.columns if t.name == table.name}
+    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name not in later))

@@ -284,6 +284,7 @@ def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
         assert store.migrate() == [
             "2: usage history and the warnings ledger",
             "3: change stamps, so the daemon refreshes only what changed",
+            "4: what delivery agents weigh before they believe a maildirsize",
         ]
         assert store.migration_sql() == []
         assert [m.address for m in store.mailboxes()] == ["a@example.org"]

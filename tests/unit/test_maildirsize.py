@@ -18,24 +18,35 @@ from quotagate.usage.safefs import Roots
 from tests.usagefs import read_maildirsize
 
 
+def claims(info: MaildirsizeInfo | None) -> tuple[int, int, str] | None:
+    """What a maildirsize claims: its totals and its definition line."""
+    return None if info is None else (info.bytes, info.messages, info.definition)
+
+
+def read_claims(root: Path) -> tuple[int, int, str] | None:
+    """:func:`claims` of the maildirsize in ``root``, as the scan reads it."""
+    parsed = read_maildirsize(root)
+    return None if parsed is None else claims(parsed.info)
+
+
 def test_definition_line_and_one_total() -> None:
     parsed = parse("524288000S,1000C\n12345 6\n")
     assert parsed.problem is None
-    assert parsed.info == MaildirsizeInfo(12345, 6, "524288000S,1000C")
+    assert claims(parsed.info) == (12345, 6, "524288000S,1000C")
 
 
 def test_lines_are_summed_with_negatives_and_blank_lines() -> None:
     text = "1000S\n  100 2\n\n250 1\n-100 -1\n   \n40  3\n"
-    assert parse(text).info == MaildirsizeInfo(290, 5, "1000S")
+    assert claims(parse(text).info) == (290, 5, "1000S")
 
 
 def test_definition_only_means_empty() -> None:
-    assert parse("1000S,10C\n").info == MaildirsizeInfo(0, 0, "1000S,10C")
-    assert parse("1000S,10C").info == MaildirsizeInfo(0, 0, "1000S,10C")
+    assert claims(parse("1000S,10C\n").info) == (0, 0, "1000S,10C")
+    assert claims(parse("1000S,10C").info) == (0, 0, "1000S,10C")
 
 
 def test_crlf_lines() -> None:
-    assert parse("5000S\r\n10 1\r\n20 1\r\n").info == MaildirsizeInfo(30, 2, "5000S")
+    assert claims(parse("5000S\r\n10 1\r\n20 1\r\n").info) == (30, 2, "5000S")
 
 
 @pytest.mark.parametrize(
@@ -68,16 +79,16 @@ def test_any_list_of_lines_sums(lines: list[tuple[int, int]], blank_every: int) 
         if i % blank_every == 0:
             body.append("")
     parsed = parse("1S\n" + "\n".join(body) + "\n")
-    assert parsed.info == MaildirsizeInfo(sum(b for b, _ in lines), sum(m for _, m in lines), "1S")
+    assert claims(parsed.info) == (sum(b for b, _ in lines), sum(m for _, m in lines), "1S")
 
 
 def test_what_dovecot_would_not_believe_gives_no_info() -> None:
     """Dovecot's maildirsize_read: a last line without its line break is left out (being
     written), NUL bytes make it count the files. (Negative totals are kept, for --fix-maildirsize
     to rewrite them: the claims rule never counts them.)"""
-    assert parse("1000S\n10 1\n20 1").info == MaildirsizeInfo(10, 1, "1000S")
+    assert claims(parse("1000S\n10 1\n20 1").info) == (10, 1, "1000S")
     assert parse("1000S\n10 1\n\0 1\n").problem == "holds NUL bytes"
-    assert parse("1000S\n10 1\n-20 -2\n").info == MaildirsizeInfo(-10, -1, "1000S")
+    assert claims(parse("1000S\n10 1\n-20 -2\n").info) == (-10, -1, "1000S")
 
 
 @pytest.mark.parametrize(
@@ -106,7 +117,7 @@ def test_read_missing_file_is_none(tmp_path: Path) -> None:
 
 def test_read_existing_file(tmp_path: Path) -> None:
     (tmp_path / FILE_NAME).write_bytes(b"100S\n10 1\n5 1\n")
-    assert read_maildirsize(tmp_path) == maildirsize.Parsed(MaildirsizeInfo(15, 2, "100S"))
+    assert read_claims(tmp_path) == (15, 2, "100S")
 
 
 @pytest.mark.parametrize(
@@ -224,7 +235,7 @@ def test_rewrite_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
     assert stat.S_IMODE(after.st_mode) == 0o640
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
     assert target.read_text() == "2000S,5C\n4321 7\n"
-    assert parse(target.read_text()).info == MaildirsizeInfo(4321, 7, "2000S,5C")
+    assert claims(parse(target.read_text()).info) == (4321, 7, "2000S,5C")
     assert os.listdir(root / "tmp") == []  # no temp file left behind
     assert sorted(os.listdir(root)) == ["cur", FILE_NAME, "new", "tmp"]
 
@@ -255,14 +266,14 @@ def test_rewrite_keeps_owner(tmp_path: Path) -> None:
     st_after = target.stat()
     assert (st_after.st_uid, st_after.st_gid) == (65534, 65533)
     assert stat.S_IMODE(st_after.st_mode) == 0o600
-    assert read_maildirsize(root) == maildirsize.Parsed(MaildirsizeInfo(10, 3, "1S"))
+    assert read_claims(root) == (10, 3, "1S")
 
 
 def test_rewrite_without_tmp_dir_uses_root(tmp_path: Path) -> None:
     (tmp_path / FILE_NAME).write_text("1S\n1 1\n")
     rewrite(str(tmp_path), "5S", 5, 5)
     assert os.listdir(tmp_path) == [FILE_NAME]
-    assert read_maildirsize(tmp_path) == maildirsize.Parsed(MaildirsizeInfo(5, 5, "5S"))
+    assert read_claims(tmp_path) == (5, 5, "5S")
 
 
 def test_rewrite_creates_a_missing_file_private(tmp_path: Path) -> None:
@@ -270,7 +281,7 @@ def test_rewrite_creates_a_missing_file_private(tmp_path: Path) -> None:
     rewrite(str(root), "", 0, 0)
     target = root / FILE_NAME
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert read_maildirsize(root) == maildirsize.Parsed(MaildirsizeInfo(0, 0, ""))
+    assert read_claims(root) == (0, 0, "")
 
 
 def test_rewrite_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -330,3 +341,13 @@ def test_an_invalid_definition_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="definition"):
         rewrite(str(root), "1S\n99999 1", 0, 0)
     assert not (root / FILE_NAME).exists()
+
+
+def test_what_the_agents_look_at_before_they_believe_it(tmp_path: Path) -> None:
+    """Size lines, the file's length and its mtime: what Dovecot, Courier and Exim weigh (see
+    quotagate.accounting.enforced)."""
+    (tmp_path / "maildirsize").write_text("100S\n10 1\n\n5 1\n")
+    os.utime(tmp_path / "maildirsize", (1_000_000, 1_000_000))
+    parsed = read_maildirsize(tmp_path)
+    assert parsed is not None and parsed.info is not None
+    assert (parsed.info.size_lines, parsed.info.file_bytes, parsed.info.changed_at) == (2, 15, 1_000_000)

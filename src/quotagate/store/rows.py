@@ -46,6 +46,7 @@ USAGE_COLUMNS = (
     "maildirsize_bytes",
     "maildirsize_messages",
     "maildirsize_definition",
+    "maildirsize_facts",
     "measured_at",
     "folders",
 )
@@ -92,13 +93,27 @@ def _wanted_folders(text: str, which: Folders) -> tuple[FolderUsage, ...]:
 def reading(row: Sequence[Any], with_folders: Folders = True) -> Reading:
     """The reading a row of :data:`USAGE_COLUMNS` holds, with the folders wanted: none (an empty
     tuple) when only totals are, which spares decoding them."""
-    addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, measured_at, folders = row
-    info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "")
+    addr, path, fmt, b, m, state, reason, root_stamp, md_bytes, md_msgs, md_def, md_facts, measured_at, folders = row
+    info = None if md_bytes is None else MaildirsizeInfo(md_bytes, md_msgs, md_def or "", **_facts(md_facts))
     parsed = _wanted_folders(folders, with_folders)
     warning = reason[len(_WARNING) :] if reason is not None and reason.startswith(_WARNING) else None
     error = None if warning is not None else reason
     usage = MailboxUsage(_FORMATS[fmt], parsed, root_stamp, error, info, warning)
     return Reading(addr, path, usage, b, m, _STATES[state], measured_at)
+
+
+def _facts(text: str | None) -> dict[str, Any]:
+    """The maildirsize facts column back into MaildirsizeInfo's fields; none (their defaults)
+    for a row written before it, or one that does not parse."""
+    try:
+        lines, length, changed = (text or "").split()
+        return {"size_lines": int(lines), "file_bytes": int(length), "changed_at": float(changed)}
+    except ValueError:
+        return {}
+
+
+def _facts_text(info: MaildirsizeInfo) -> str:
+    return f"{info.size_lines} {info.file_bytes} {info.changed_at!r}"
 
 
 def _reason(usage: MailboxUsage) -> str | None:
@@ -123,6 +138,7 @@ def usage_row(r: Reading) -> dict[str, Any]:
         "maildirsize_bytes": info.bytes if info else None,
         "maildirsize_messages": info.messages if info else None,
         "maildirsize_definition": info.definition[:200] if info else None,
+        "maildirsize_facts": _facts_text(info) if info else None,
         "measured_at": r.measured_at,
         "folders": _folders_text(r.usage.folders),
     }

@@ -66,6 +66,8 @@ usage = Table(
     Column("maildirsize_bytes", BigInteger, nullable=True),
     Column("maildirsize_messages", BigInteger, nullable=True),
     Column("maildirsize_definition", String(200), nullable=True),
+    # What the agents weigh before they believe the maildirsize: "size_lines file_bytes mtime".
+    Column("maildirsize_facts", String(64), nullable=True),
     Column("measured_at", Double, nullable=False),
     # Per-folder usage as JSON: [[name, bytes, messages, stamp or null], ...]. One row per mailbox
     # keeps an incremental scan's load to one fast query; PostgreSQL and MySQL can still query it.
@@ -160,6 +162,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "change stamps, so the daemon refreshes only what changed",
         (stamp, removed),
         ((mailbox, "changed"), (usage, "changed")),
+    ),
+    Migration(
+        4,
+        "what delivery agents weigh before they believe a maildirsize",
+        (),
+        ((usage, "maildirsize_facts"),),
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ import re
 import stat
 
 from msgspec import Struct
+from msgspec.structs import replace
 
 from quotagate.model import Limits, MaildirsizeInfo
 from quotagate.usage import safefs
@@ -42,11 +43,12 @@ def parse(text: str) -> Parsed:
     if len(lines) > 1:
         lines.pop()
     definition = lines[0].strip()
-    total_bytes = total_msgs = 0
+    total_bytes = total_msgs = size_lines = 0
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields:
             continue
+        size_lines += 1
         if len(fields) != 2:
             return Parsed(None, f"line {number}: expected 'bytes count'")
         if any(len(f) > _MAX_DIGITS for f in fields):
@@ -59,7 +61,7 @@ def parse(text: str) -> Parsed:
         total_msgs += m
         if not (abs(total_bytes) <= MAX_SIZE and abs(total_msgs) <= MAX_SIZE):
             return Parsed(None, f"line {number}: totals too large")
-    return Parsed(MaildirsizeInfo(total_bytes, total_msgs, definition))
+    return Parsed(MaildirsizeInfo(total_bytes, total_msgs, definition, size_lines=size_lines, file_bytes=len(text)))
 
 
 def definition_for(limits: Limits) -> str:
@@ -94,11 +96,17 @@ def read(root_fd: int, owner: int | None = None) -> Parsed | None:
     """
     try:
         raw = safefs.read_regular(FILE_NAME, root_fd, MAX_TRUSTED_BYTES * 16, owner)
+        changed = os.stat(FILE_NAME, dir_fd=root_fd, follow_symlinks=False).st_mtime if raw is not None else 0.0
+    except FileNotFoundError:
+        return None  # gone since it was read
     except OSError as exc:
         return Parsed(None, f"{FILE_NAME}: {exc.strerror or exc}")
     if raw is None:
         return None
-    return parse(raw.decode("ascii", "replace"))
+    parsed = parse(raw.decode("ascii", "replace"))
+    if parsed.info is None:
+        return parsed
+    return Parsed(replace(parsed.info, file_bytes=len(raw), changed_at=changed), parsed.problem)
 
 
 _TEMP_PREFIX = f"{FILE_NAME}.quotagate-tmp."
