@@ -121,6 +121,8 @@ class PolicyService:
         # when there is one. As many transactions as reservations, at most.
         self.recipients = Recipients(RECIPIENTS_SECONDS, config.policy.max_reservations)
         self._once = itertools.count()
+        # The held room of Postfix transactions whose policy connection closed, let go soon.
+        self._closing: dict[Transaction, asyncio.TimerHandle] = {}
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
         # The delivery agent's rules (where a full mailbox starts, its grace by default, how it
         # sizes a message): worked out once per config, not on every request.
@@ -231,6 +233,8 @@ class PolicyService:
                 self._end(previous, with_data=False)
             if session.on_close is None and "protocol_name" in request.attributes:  # Postfix's, not Exim's
                 session.on_close = partial(self._connection_closed, session)
+            if self._closing and (pending := self._closing.pop(transaction, None)) is not None:
+                pending.cancel()  # it goes on, on a new connection (Postfix closed the last one)
         return transaction
 
     def _connection_closed(self, session: Session) -> None:
@@ -249,9 +253,13 @@ class PolicyService:
         except RuntimeError:  # quotagate check, tests: no loop to wait on
             self._end_held(transaction)
             return
-        loop.call_later(CLOSED_GRACE, self._end_held, transaction)
+        previous = self._closing.pop(transaction, None)
+        if previous is not None:
+            previous.cancel()
+        self._closing[transaction] = loop.call_later(CLOSED_GRACE, self._end_held, transaction)
 
     def _end_held(self, transaction: Transaction) -> None:
+        self._closing.pop(transaction, None)
         self.reservations.end(transaction, with_data=False, now=self.clock())
 
     def _end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
@@ -465,8 +473,8 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        local = address.rpartition("@")[0]
-        copy = "" if local == mailbox.address.rpartition("@")[0] else local
+        local = recipient.strip().rpartition("@")[0]  # as sent: Postfix and Dovecot keep the case of a detail
+        copy = "" if local.lower() == mailbox.address.rpartition("@")[0] else local
         return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
 
     def _decide(
@@ -662,10 +670,11 @@ class PolicyService:
         stored = snapshot.stored_usage(mailbox.address)
         if stored is None:
             return live
-        if live.bytes < stored.bytes or live.messages < stored.messages:
-            self.metrics.claims_below_files.inc()
+        if live.bytes >= stored.bytes and live.messages >= stored.messages:
+            return Usage(live.bytes, live.messages, stored.measured_at, LIVE_OVER_FILES)
+        self.metrics.claims_below_files.inc()  # the reading stands, as old as it is
         most = max(live.bytes, stored.bytes), max(live.messages, stored.messages)
-        return Usage(*most, stored.measured_at, LIVE_OVER_FILES)
+        return Usage(*most, stored.measured_at, stored.source)
 
     def _reply(self, outcome: Outcome) -> str:
         """The text the MTA gets for one recipient's decision."""

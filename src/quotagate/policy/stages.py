@@ -76,7 +76,7 @@ SLOT = 320
 
 
 def places(recipient: str) -> int:
-    return 1 + len(recipient) // SLOT
+    return max(1, -(-len(recipient) // SLOT))
 
 
 class Recipients:

@@ -117,17 +117,33 @@ def _reusable(previous: MailboxUsage | None, fmt: Format) -> dict[str, FolderUsa
 
 _SETTLE_TRIES = 3
 _DBOX = "Dovecot dbox, which quotagate cannot read"
-_UNSETTLED = "folders kept being renamed while measured: measured again next time"
+_UNSETTLED = "folders kept being renamed, or mail moved between them, while measured: measured again next time"
+
+
+def _holds_less(folders: Sequence[FolderUsage], last: MailboxUsage | None) -> bool:
+    """Whether folders read while they kept changing hold less than the mailbox's last reading."""
+    if last is None or not last.known:
+        return False
+    return sum(f.bytes for f in folders) < last.all_bytes or sum(f.messages for f in folders) < last.all_messages
+
+
 Stayed = Literal["yes", "names", "stamps"]
 
 
 def _maildir(
-    node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile, layout: maildir.Layout
+    node: Node,
+    previous: MailboxUsage | None,
+    racy_cutoff_ns: int,
+    profile: Profile,
+    layout: maildir.Layout,
+    last: MailboxUsage | None = None,
 ) -> MailboxUsage:
     """Every folder read, then looked at again: a folder renamed after the listing, or mail moved
     from one not read yet into one read already, would go uncounted. What changed is read
     again, a few times; a mailbox whose folders keep being renamed is unknown, one whose folders
-    keep taking mail (deliveries, flags) is taken as last read (nothing was hidden)."""
+    keep taking mail (deliveries, flags) is taken as last read, unless it then holds less than
+    at its ``last`` reading: mail moved between folders, each time into the one not being read,
+    would be in none of the readings."""
     # The root is listed even when its mtime is unchanged: stored names are for display, and a
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
@@ -142,7 +158,7 @@ def _maildir(
         stayed = "names" if read is None else _folders_stayed(node.fd, listing.names, read.stamps, layout)
         if stayed == "yes":
             break
-    if stayed == "names" or read is None:
+    if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
         log.warning("%s: %s", display_name(node.path), _UNSETTLED)
         return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_UNSETTLED}")
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
@@ -242,7 +258,13 @@ def _dbox(listing: mbox.Listing) -> bool:
     )
 
 
-def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, profile: Profile) -> MailboxUsage:
+def _mbox_dir(
+    node: Node,
+    previous: MailboxUsage | None,
+    racy_cutoff_ns: int,
+    profile: Profile,
+    last: MailboxUsage | None = None,
+) -> MailboxUsage:
     """Every mbox file read, then looked at again, as :func:`_maildir` does."""
     reuse = _reusable(previous, Format.MBOX)
     this_time: dict[str, tuple[mbox.MboxStamp, FolderUsage]] = {}
@@ -258,7 +280,7 @@ def _mbox_dir(node: Node, previous: MailboxUsage | None, racy_cutoff_ns: int, pr
         stayed = "names" if read is None else _mbox_files_stayed(node.fd, listing, read.stamps)
         if stayed == "yes":
             break
-    if stayed == "names" or read is None:
+    if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
         log.warning("%s: %s", display_name(node.path), _UNSETTLED)
         return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_UNSETTLED}")
     folders = read.folders
@@ -366,6 +388,7 @@ def _measure_node(
     racy_cutoff_ns: int,
     profile: Profile,
     layout: maildir.Layout,
+    last: MailboxUsage | None = None,
 ) -> MailboxUsage:
     if node is None:
         return MailboxUsage(Format.MISSING)
@@ -376,8 +399,8 @@ def _measure_node(
     if fmt == "maildir" or (fmt == "auto" and _looks_like_maildir(node.fd, layout)):
         if _layout_index(node.fd):  # Dovecot's maildirsize at the root, the mail in GUID dirs
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_LAYOUT_INDEX}")
-        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout), root)
-    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile), root)
+        return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout, last), root)
+    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile, last), root)
 
 
 def _symlinked_maildir_below(
@@ -553,7 +576,17 @@ def measure(
                 maildir_too = looks or below is not None
                 if fmt != "maildir" and maildir_too and node is not None and _mbox_kept(node.fd, root, previous):
                     found = _measure_at(
-                        node, root, "mbox", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                        node,
+                        root,
+                        "mbox",
+                        reusable,
+                        racy_cutoff_ns,
+                        roots,
+                        fix_rules,
+                        profile,
+                        definition,
+                        layout,
+                        previous,
                     )
                     maildir_node, at = (node, root) if looks else (below, os.path.join(root, subdir))
                     beside = _measure_at(
@@ -564,11 +597,31 @@ def measure(
                     # Looked at above: an mbox home is not looked at again (a listing each time).
                     found_as: FormatSetting = "maildir" if looks else "mbox" if fmt == "auto" else fmt
                     return _measure_at(
-                        node, root, found_as, reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                        node,
+                        root,
+                        found_as,
+                        reusable,
+                        racy_cutoff_ns,
+                        roots,
+                        fix_rules,
+                        profile,
+                        definition,
+                        layout,
+                        previous,
                     )
                 where = os.path.join(root, subdir)
                 return _measure_at(
-                    below, where, "maildir", reusable, racy_cutoff_ns, roots, fix_rules, profile, definition, layout
+                    below,
+                    where,
+                    "maildir",
+                    reusable,
+                    racy_cutoff_ns,
+                    roots,
+                    fix_rules,
+                    profile,
+                    definition,
+                    layout,
+                    previous,
                 )
             finally:
                 if below is not None:
@@ -635,9 +688,11 @@ def _measure_at(
     profile: Profile,
     definition: str | None,
     layout: maildir.Layout,
+    last: Found | None = None,
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
-    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile, layout)
+    before = last.usage if last is not None and last.path == where else None
+    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile, layout, before)
     if fix_rules is None:
         return Found(where, usage)
     return Found(where, _fix(node, where, roots, usage, fix_rules, profile, definition))
