@@ -49,3 +49,14 @@ def test_one_client_holds_at_most_its_share_of_a_folder_with_a_limit_of_its_own(
         f"another client deferred ({other}): one client holds {holding} of the folder's {FOLDER_QUOTA} bytes"
         f" ({answers.count('DUNNO')} of its 10 transactions let in)"
     )
+
+
+def test_room_a_client_holds_for_the_mailbox_does_not_count_against_a_folders_own_share(site: Site) -> None:
+    """A client holding 5,000 bytes for roomy (a mailbox of 1,000,000) sends 500 bytes for
+    roomy+Archive, whose own limit is 10,000 (a share of 1,000): it holds nothing in the
+    folder, so the message is let in. Counted against the folder's share, the room it held for
+    the mailbox deferred it."""
+    service = service_with(site, 1_000_000)
+    assert ask(service, request(ROOMY, 5_000, client=ATTACKER, instance="t1")) == "DUNNO"
+    assert ask(service, request(ARCHIVE, 500, client=ATTACKER, instance="t2")) == "DUNNO"
+    assert ask(service, request(ARCHIVE, 600, client=ATTACKER, instance="t3")).startswith("452")  # 1,100 > 1,000

@@ -16,6 +16,7 @@ import pytest
 from redis import Redis
 
 from quotagate.config import parse_config
+from quotagate.model import Limits, Mailbox
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.service import PolicyService
@@ -71,10 +72,17 @@ class Daemon:
 
 @contextlib.asynccontextmanager
 async def daemon(
-    site: Site, url: str | None, node: str, clock: Callable[[], float] | None = None, **policy: object
+    site: Site,
+    url: str | None,
+    node: str,
+    clock: Callable[[], float] | None = None,
+    folders: list[dict[str, object]] | None = None,
+    **policy: object,
 ) -> AsyncIterator[Daemon]:
-    """``clock``: the host's own, when it is not right."""
+    """``clock``: the host's own, when it is not right; ``folders``: [[folders]] rules."""
     data = site.data(**policy)
+    if folders:
+        data["folders"] = folders
     if url is not None:
         # One key space per test, shared by its daemons.
         data["shared"] = {"url": url, "node": node, "timeout": 0.5, "retry_seconds": 0.1, "prefix": site.base.name}
@@ -396,3 +404,28 @@ def test_a_change_the_script_refuses_is_dropped_and_redis_stays_in_use(tmp_path:
             await ledger.close()
 
     assert run(go()) == (True, 1.0)
+
+
+def test_a_folders_own_share_is_weighed_per_copy_in_the_ledger(tmp_path: Path, redis: RedisProcess) -> None:
+    """roomy (a mailbox of 1,000,000 bytes) has a folder Archive with a limit of 10,000 of its
+    own: one client may hold 1,000 of it. Room the client holds for the mailbox itself does not
+    count against the folder's share; what it holds for roomy+Archive does; another client has
+    a share of its own."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+    finally:
+        store.close()
+    archive = ROOMY.replace("@", "+Archive@")
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1", folders=[{"match": "Archive", "quota": "10000"}]) as a:
+            return [
+                await a.ask(request(ROOMY, 5_000, client="203.0.113.5", instance="t1")),
+                await a.ask(request(archive, 500, client="203.0.113.5", instance="t2")),
+                await a.ask(request(archive, 600, client="203.0.113.5", instance="t3")),  # 1,100 of the folder's
+                await a.ask(request(archive, 600, client="198.51.100.1", instance="o1")),
+            ]
+
+    assert run(go()) == [DUNNO, DUNNO, BUSY, DUNNO]

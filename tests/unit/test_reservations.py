@@ -252,10 +252,16 @@ TestInterleavings = Interleavings.TestCase
 TestCappedInterleavings = CappedInterleavings.TestCase
 
 
-def test_a_clients_share_of_a_folder_with_a_limit_of_its_own_is_of_the_folders_limit() -> None:
-    """The shared ledger is sent the same caps as the daemon's own ledger weighs: the smaller of
-    the mailbox's share and the folder's."""
+def test_a_folders_own_share_counts_the_room_a_client_holds_for_that_copy_only() -> None:
+    """The mailbox's share weighs everything the client holds in it; a folder's own share (its
+    copy, ``roomy+Archive``) only what it holds for that copy."""
     tenth = Allowance(fraction=Decimal("0.1"))
     assert client_caps(tenth, Limits(1_000_000)) == (100_000, UNLIMITED)
-    assert client_caps(tenth, Limits(1_000_000), Limits(10_000, 50)) == (1_000, 5)
-    assert client_caps(tenth, Limits(0), Limits(10_000)) == (1_000, UNLIMITED)
+    assert client_caps(tenth, Limits(10_000, 50)) == (1_000, 5)
+    r = Reservations(seconds=600)
+    folder = client_caps(tenth, Limits(10_000))
+    assert hold(r, A, 5_000, cap=100_000)  # the mailbox itself
+    assert r.hold(A, "a@x", 500, 0, 100_000, BIG, "a+Archive", folder)
+    assert r.hold(A, "a@x", 600, 0, 100_000, BIG, "a+Archive.x", folder)  # another copy: its own
+    assert r.hold(B, "a@x", 600, 0, 100_000, BIG, "a+Archive", folder)  # another client
+    assert not r.hold(Transaction(A.client, "t3"), "a@x", 600, 0, 100_000, BIG, "a+Archive", folder)  # 1,100

@@ -24,11 +24,16 @@ local function get(tx)
   return nil
 end
 
-local function client_add(r, sign)
-  redis.call('HINCRBY', SUM, 'cb:' .. r.c, sign * r.b)
-  if redis.call('HINCRBY', SUM, 'cm:' .. r.c, sign) <= 0 then
-    redis.call('HDEL', SUM, 'cb:' .. r.c, 'cm:' .. r.c)
+local function sums_add(who, bytes, sign)
+  redis.call('HINCRBY', SUM, 'cb:' .. who, sign * bytes)
+  if redis.call('HINCRBY', SUM, 'cm:' .. who, sign) <= 0 then
+    redis.call('HDEL', SUM, 'cb:' .. who, 'cm:' .. who)
   end
+end
+
+local function client_add(r, sign)  -- the client's sums, and its copy's (r.f) for a folder's own share
+  sums_add(r.c, r.b, sign)
+  if r.f then sums_add(r.c .. '\0' .. r.f, r.b, sign) end
 end
 
 local function drop(tx, r)
@@ -76,7 +81,8 @@ if op == 'check' or op == 'data' or op == 'prdr' then
   -- is by the clock of the host that measured it (1: a live read, or this host's own watch; 0:
   -- a reading from the store, taken on another host: its age holds both clocks' difference),
   -- 13 the oldest usage believed (max_usage_age) in ms,
-  -- 14 ceiling bytes, 15 ceiling messages ('': no limit), 16..19 a folder's usage and ceiling (optional)
+  -- 14 ceiling bytes, 15 ceiling messages ('': no limit), 16..19 a folder's usage and ceiling,
+  -- 20, 21 the share of it one client may hold and 22 the copy asked for (optional, together)
   -- 'data' (the check at DATA, with the message's real size) weighs it in place of what the
   -- transaction holds, never beside it; refused, that hold is let go. 'prdr' (the same, for one
   -- recipient of a PRDR message) lets it go too when refused for the client's share: no copy
@@ -108,15 +114,19 @@ if op == 'check' or op == 'data' or op == 'prdr' then
   if not fits and op ~= 'check' and mine then
     drop(tx, mine)
   elseif fits and size > 0 then
-    local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. client) or 0) + size
-    local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. client) or 0) + 1
-    if mine then cb = cb - mine.b; cm = cm - 1 end
-    if cb > math.max(tonumber(ARGV[6]), size) or cm > math.max(tonumber(ARGV[7]), 1) then
+    local function over(who, cap_b, cap_m)
+      local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. who) or 0) + size
+      local cm = tonumber(redis.call('HGET', SUM, 'cm:' .. who) or 0) + 1
+      if mine then cb = cb - mine.b; cm = cm - 1 end
+      return cb > math.max(tonumber(cap_b), size) or cm > math.max(tonumber(cap_m), 1)
+    end
+    local copy = ARGV[22]
+    if over(client, ARGV[6], ARGV[7]) or (copy and over(client .. '\0' .. copy, ARGV[20], ARGV[21])) then
       capped = 1
       if op == 'prdr' and mine then drop(tx, mine) end  -- refused with PRDR: no copy, nor its room
     else
       if old then drop(tx, old) end
-      add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0})
+      add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0, f = copy})
       held = 1
       keep()
     end

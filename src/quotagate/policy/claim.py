@@ -27,22 +27,13 @@ STORE_SOURCE = "scan"  # a reading loaded from the store (quotagate.policy.live)
 LIVE_OVER_FILES = "maildirsize over the files"
 
 
-def client_caps(share: Allowance, limits: Limits, folder: Limits | None = None) -> tuple[int, int]:
-    """The room (bytes, messages) one client may hold in a mailbox before DATA: ``client_hold``
-    of its limits and, for ``local+folder`` with a limit of its own, of the folder's too (a
-    share of the mailbox's alone could be all of a small folder's room)."""
-
-    def caps(of: Limits) -> tuple[int, int]:
-        return (
-            share.of(of.bytes) if of.bytes else UNLIMITED,
-            max(1, int(share.fraction * of.messages)) if of.messages else UNLIMITED,
-        )
-
-    whole = caps(limits)
-    if folder is None:
-        return whole
-    own = caps(folder)
-    return min(whole[0], own[0]), min(whole[1], own[1])
+def client_caps(share: Allowance, limits: Limits) -> tuple[int, int]:
+    """The room (bytes, messages) one client may hold in a mailbox, or a folder with limits of
+    its own, before DATA: ``client_hold`` of its limits."""
+    return (
+        share.of(limits.bytes) if limits.bytes else UNLIMITED,
+        max(1, int(share.fraction * limits.messages)) if limits.messages else UNLIMITED,
+    )
 
 
 @dataclass(frozen=True)

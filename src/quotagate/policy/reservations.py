@@ -105,6 +105,8 @@ class Reservations:
         self._by_transaction: dict[Transaction, dict[str, dict[str, Reservation]]] = {}
         self._mailbox: dict[str, _Sums] = {}
         self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
+        # The same for each copy, against a folder's own share (the copy names the folder).
+        self._client_copy: dict[tuple[str, str, str], _Sums] = {}
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
@@ -154,17 +156,25 @@ class Reservations:
         cap_bytes: int,
         cap_messages: int,
         copy: str = "",
+        copy_caps: tuple[int, int] | None = None,
     ) -> bool:
         """Hold ``size`` bytes and one message for this copy in the transaction; False (nothing
-        held) when the client would pass its cap in this mailbox. The transaction's earlier
-        reservation for the same copy is replaced."""
+        held) when the client would pass its cap in this mailbox, or ``copy_caps`` for this copy
+        (a folder's own share: the room the client holds for other copies is not the folder's).
+        The transaction's earlier reservation for the same copy is replaced."""
         key = (transaction, mailbox, copy)
         old = self._by_key.get(key)
         mine = old if old is not None and old.state == "held" else None
-        sums = self._client.get((transaction.client, mailbox), _Sums())
-        bytes_after = sums.bytes - (mine.bytes if mine else 0) + size
-        messages_after = sums.messages - (1 if mine else 0) + 1
-        if bytes_after > max(cap_bytes, size) or messages_after > max(cap_messages, 1):
+
+        def over(sums: _Sums, caps: tuple[int, int]) -> bool:
+            bytes_after = sums.bytes - (mine.bytes if mine else 0) + size
+            messages_after = sums.messages - (1 if mine else 0) + 1
+            return bytes_after > max(caps[0], size) or messages_after > max(caps[1], 1)
+
+        client = transaction.client
+        if over(self._client.get((client, mailbox), _Sums()), (cap_bytes, cap_messages)) or (
+            copy_caps is not None and over(self._client_copy.get((client, mailbox, copy), _Sums()), copy_caps)
+        ):
             self.capped += 1
             return False
         if old is not None:
@@ -339,6 +349,11 @@ class Reservations:
         sums.add(sign * r.bytes, sign)
         if sums.messages == 0:
             del self._client[key]
+        copy_key = (*key, r.copy)
+        of_copy = self._client_copy.setdefault(copy_key, _Sums())
+        of_copy.add(sign * r.bytes, sign)
+        if of_copy.messages == 0:
+            del self._client_copy[copy_key]
 
     def _evict_oldest(self) -> None:
         while self._expiry:

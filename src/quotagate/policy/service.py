@@ -525,8 +525,13 @@ class PolicyService:
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address, copy)
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
-            cap_bytes, cap_messages = client_caps(self.config.policy.client_hold, mailbox.limits, limits)
-            if not self.reservations.hold(transaction, mailbox.address, s, now, cap_bytes, cap_messages, copy):
+            share = self.config.policy.client_hold
+            cap_bytes, cap_messages = client_caps(share, mailbox.limits)
+            copy_caps = None if limits is None else client_caps(share, limits)  # a folder's own share
+            held = self.reservations.hold(
+                transaction, mailbox.address, s, now, cap_bytes, cap_messages, copy, copy_caps
+            )
+            if not held:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)

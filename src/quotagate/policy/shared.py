@@ -90,8 +90,7 @@ def _ceiling_args(c: Ceiling | None) -> list[str | int]:
 def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
     """The script's ARGV from 3 on, for one check (see data/ledger.lua)."""
     whole, folder = claim.ceilings()
-    folder_limits = None if claim.folder is None else claim.folder[0]
-    cap_bytes, cap_messages = client_caps(claim.client_hold, claim.mailbox.limits, folder_limits)
+    cap_bytes, cap_messages = client_caps(claim.client_hold, claim.mailbox.limits)
     args: list[str | int] = [
         transaction_key(node, claim.transaction, claim.copy),
         claim.transaction.client,
@@ -107,7 +106,9 @@ def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
         *_ceiling_args(whole),
     ]
     if claim.folder is not None:
+        # The folder's usage and ceiling, and the share one client may hold of it (for this copy).
         args += [claim.folder[1].bytes, claim.folder[1].messages, *_ceiling_args(folder)]
+        args += [*client_caps(claim.client_hold, claim.folder[0]), claim.copy]
     return args
 
 
