@@ -473,8 +473,10 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        local = recipient.strip().rpartition("@")[0]  # as sent: Postfix and Dovecot keep the case of a detail
-        copy = "" if local.lower() == mailbox.address.rpartition("@")[0] else local
+        # Case-blind: Exim asks at RCPT with $local_part (lower-cased) and at DATA with
+        # $recipients (as sent); the two checks of one recipient must find one hold.
+        local = recipient.strip().rpartition("@")[0].lower()
+        copy = "" if local == mailbox.address.rpartition("@")[0] else local
         return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
 
     def _decide(
@@ -675,10 +677,13 @@ class PolicyService:
         stored = snapshot.stored_usage(mailbox.address)
         if stored is None:
             return live
-        if live.bytes >= stored.bytes and live.messages >= stored.messages:
-            return Usage(live.bytes, live.messages, stored.measured_at, LIVE_OVER_FILES)
-        self.metrics.claims_below_files.inc()  # the reading stands, as old as it is
-        most = max(live.bytes, stored.bytes), max(live.messages, stored.messages)
+        claims, reading = (live.bytes, live.messages), (stored.bytes, stored.messages)
+        if claims != reading and claims[0] >= reading[0] and claims[1] >= reading[1]:
+            return Usage(*claims, stored.measured_at, LIVE_OVER_FILES)  # grown: deliveries, current
+        if claims != reading:
+            self.metrics.claims_below_files.inc()
+        # Claiming no more than the reading, the file adds nothing: the reading stands, as old as it is.
+        most = max(claims[0], reading[0]), max(claims[1], reading[1])
         return Usage(*most, stored.measured_at, stored.source)
 
     def _reply(self, outcome: Outcome) -> str:

@@ -121,10 +121,23 @@ _UNSETTLED = "folders kept being renamed, or mail moved between them, while meas
 
 
 def _holds_less(folders: Sequence[FolderUsage], last: MailboxUsage | None) -> bool:
-    """Whether folders read while they kept changing hold less than the mailbox's last reading."""
-    if last is None or not last.known:
+    """Whether folders read while they kept changing hold less than the mailbox's last reading,
+    or may: a last reading that was unknown leaves nothing to go by (mail kept moving then
+    too would otherwise be taken as gone at the next scan)."""
+    if last is None:
         return False
+    if not last.known:
+        return True
     return sum(f.bytes for f in folders) < last.all_bytes or sum(f.messages for f in folders) < last.all_messages
+
+
+def _without_beside(found: Found | None) -> Found | None:
+    """A reading of an mbox home without the folders of the Maildir beside it (see
+    :func:`_with_maildir`): the mbox files alone are weighed against it."""
+    if found is None or not found.usage.known:
+        return found
+    own = tuple(f for f in found.usage.folders if not f.name.startswith(_BESIDE))
+    return found._replace(usage=replace(found.usage, folders=own))
 
 
 Stayed = Literal["yes", "names", "stamps"]
@@ -586,7 +599,7 @@ def measure(
                         profile,
                         definition,
                         layout,
-                        previous,
+                        _without_beside(previous),
                     )
                     maildir_node, at = (node, root) if looks else (below, os.path.join(root, subdir))
                     beside = _measure_at(
