@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +76,13 @@ async def daemon(
     url: str | None,
     node: str,
     clock: Callable[[], float] | None = None,
-    folders: list[dict[str, object]] | None = None,
+    folders: Sequence[Mapping[str, object]] | None = None,
     **policy: object,
 ) -> AsyncIterator[Daemon]:
     """``clock``: the host's own, when it is not right; ``folders``: [[folders]] rules."""
     data = site.data(**policy)
     if folders:
-        data["folders"] = folders
+        data["folders"] = [dict(rule) for rule in folders]
     if url is not None:
         # One key space per test, shared by its daemons.
         data["shared"] = {"url": url, "node": node, "timeout": 0.5, "retry_seconds": 0.1, "prefix": site.base.name}

@@ -184,12 +184,15 @@ elseif op == 'usage' then
 
 elseif op == 'restore' then
   -- A reservation a daemon took while Redis was away, written back. ARGV: 3 tx, 4 client,
-  -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen)
+  -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen), 9 its copy
+  -- ('' for the mailbox's own address: counted in the client's share of a folder by it)
   local tx = ARGV[3]
   if get(tx) then return 0 end
   local since = tonumber(ARGV[8])
+  local copy = ARGV[9]
+  if copy == '' then copy = nil end
   add(tx, {b = tonumber(ARGV[5]), s = ARGV[6], c = ARGV[4], t = now, e = now + tonumber(ARGV[7]),
-           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0})
+           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0, f = copy})
   keep()
   return 1
 

@@ -276,7 +276,11 @@ class PolicyService:
             return self._done(started, Action.DUNNO, DUNNO)
         if request.request == DATA_CHECK:
             prdr = request.attributes.get("prdr") == "yes"
-            return _Ask("data", (request.recipient,), self._exim_size(request), per_recipient=prdr)
+            # As Exim asked at RCPT ($local_part: in lower case), not as $recipients has it:
+            # found under another spelling, the recipient's hold would not be replaced.
+            local, at, domain = request.recipient.rpartition("@")
+            asked = f"{local.lower()}{at}{domain}"
+            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr)
         if request.protocol_state == END_OF_MESSAGE:
             return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
@@ -473,10 +477,8 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        # Case-blind: Exim asks at RCPT with $local_part (lower-cased) and at DATA with
-        # $recipients (as sent); the two checks of one recipient must find one hold.
-        local = recipient.strip().rpartition("@")[0].lower()
-        copy = "" if local == mailbox.address.rpartition("@")[0] else local
+        local = recipient.strip().rpartition("@")[0]  # as sent: Postfix keeps the case of a detail
+        copy = "" if local.lower() == mailbox.address.rpartition("@")[0] else local
         return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
 
     def _decide(

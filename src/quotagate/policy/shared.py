@@ -739,7 +739,7 @@ class RedisLedger:
                 # and the end, replayed next, finds its mailbox through the index written here.
                 state = r.state
                 args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, state]
-                args += [left, since]
+                args += [left, since, r.copy]
                 async with asyncio.timeout(self.settings.timeout):
                     written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
                     if state == "held":

@@ -121,20 +121,26 @@ _UNSETTLED = "folders kept being renamed, or mail moved between them, while meas
 
 
 def _holds_less(folders: Sequence[FolderUsage], last: MailboxUsage | None) -> bool:
-    """Whether folders read while they kept changing hold less than the mailbox's last reading,
-    or may: a last reading that was unknown leaves nothing to go by (mail kept moving then
-    too would otherwise be taken as gone at the next scan)."""
-    if last is None:
+    """Whether folders read while they kept changing hold less than the mailbox's last reading
+    (a reading unknown for that reason carries the folders weighed against: see :func:`_unsettled`)."""
+    if last is None or not last.folders:
         return False
-    if not last.known:
-        return True
     return sum(f.bytes for f in folders) < last.all_bytes or sum(f.messages for f in folders) < last.all_messages
+
+
+def _unsettled(fmt: Format, node: Node, last: MailboxUsage | None) -> MailboxUsage:
+    """The mailbox is unknown: its folders kept being renamed, or held less than at ``last``
+    while they kept changing. It carries ``last``'s folders: the next measurement weighs
+    against them again (mail kept moving would otherwise be taken as gone at the next scan)."""
+    log.warning("%s: %s", display_name(node.path), _UNSETTLED)
+    kept = last.folders if last is not None else ()
+    return MailboxUsage(fmt, kept, error=f"{display_name(node.path)}: {_UNSETTLED}")
 
 
 def _without_beside(found: Found | None) -> Found | None:
     """A reading of an mbox home without the folders of the Maildir beside it (see
     :func:`_with_maildir`): the mbox files alone are weighed against it."""
-    if found is None or not found.usage.known:
+    if found is None:
         return found
     own = tuple(f for f in found.usage.folders if not f.name.startswith(_BESIDE))
     return found._replace(usage=replace(found.usage, folders=own))
@@ -172,8 +178,7 @@ def _maildir(
         if stayed == "yes":
             break
     if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
-        log.warning("%s: %s", display_name(node.path), _UNSETTLED)
-        return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_UNSETTLED}")
+        return _unsettled(Format.MAILDIR, node, last)
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
     if parsed is not None and parsed.problem:
         log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
@@ -294,8 +299,7 @@ def _mbox_dir(
         if stayed == "yes":
             break
     if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
-        log.warning("%s: %s", display_name(node.path), _UNSETTLED)
-        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_UNSETTLED}")
+        return _unsettled(Format.MBOX, node, last)
     folders = read.folders
     passed_over = [display_name(name) for name in listing.maildirs] + read.passed_over
     if passed_over and not any(f.bytes or f.messages for f in folders):
