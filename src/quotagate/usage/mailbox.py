@@ -8,12 +8,13 @@ goes wrong inside one mailbox makes that mailbox unknown, with the reason; it ne
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, NamedTuple, TypeVar
 
 from msgspec.structs import replace
 
@@ -128,6 +129,43 @@ def _holds_less(folders: Sequence[FolderUsage], last: MailboxUsage | None) -> bo
     return sum(f.bytes for f in folders) < last.all_bytes or sum(f.messages for f in folders) < last.all_messages
 
 
+_S = TypeVar("_S")
+_R = TypeVar("_R")
+
+
+def _reused_or_read(
+    name: str,
+    stamp: _S,
+    reuse: dict[str, FolderUsage],
+    this_time: dict[str, tuple[_S, FolderUsage]],
+    profile: Profile,
+    read: Callable[[], tuple[FolderUsage, _S]],
+) -> tuple[FolderUsage, _S]:
+    """A folder's usage and its stamp as read: its last reading's where its stamp is unchanged
+    since, an earlier pass's of this measurement where unchanged since that, else ``read``."""
+    old, earlier = reuse.get(display_name(name)), this_time.get(name)
+    if old is not None and old.stamp == (*stamp, *profile.stamp_tag):  # type: ignore[misc]
+        return old, stamp
+    if earlier is not None and earlier[0] == stamp:
+        return earlier[1], stamp
+    folder, as_read = read()
+    this_time[name] = as_read, folder
+    return folder, as_read
+
+
+def _settled(
+    one_pass: Callable[[], MailboxUsage | tuple[Stayed, _R | None]],
+) -> MailboxUsage | tuple[Stayed, _R | None]:
+    """Passes over a mailbox until one finds its folders stayed as read, at most
+    :data:`_SETTLE_TRIES`: the last pass's outcome (a MailboxUsage: it cannot be read)."""
+    outcome: MailboxUsage | tuple[Stayed, _R | None] = ("names", None)
+    for _ in range(_SETTLE_TRIES):
+        outcome = one_pass()
+        if isinstance(outcome, MailboxUsage) or outcome[0] == "yes":
+            break
+    return outcome
+
+
 def _unsettled(fmt: Format, node: Node, last: MailboxUsage | None) -> MailboxUsage:
     """The mailbox is unknown: its folders kept being renamed, or held less than at ``last``
     while they kept changing. It carries ``last``'s folders: the next measurement weighs
@@ -167,18 +205,23 @@ def _maildir(
     # folder whose name is not UTF-8 can only be found again under its name on disk.
     reuse = _reusable(previous, Format.MAILDIR)
     this_time: dict[str, tuple[maildir.Stamp, FolderUsage]] = {}
-    stayed: Stayed = "names"
-    read: _Read | None = None
-    for _ in range(_SETTLE_TRIES):
+
+    def one_pass() -> MailboxUsage | tuple[Stayed, tuple[maildir.Folders, _Read] | None]:
         listing = maildir.folder_names(node.fd, layout)
         if listing.unreadable is not None:
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {listing.unreadable}")
         read = _read_folders(node, listing.names, reuse, this_time, racy_cutoff_ns, profile, layout)
-        stayed = "names" if read is None else _folders_stayed(node.fd, listing.names, read.stamps, layout)
-        if stayed == "yes":
-            break
-    if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
+        if read is None:
+            return "names", None
+        return _folders_stayed(node.fd, listing.names, read.stamps, layout), (listing, read)
+
+    outcome = _settled(one_pass)
+    if isinstance(outcome, MailboxUsage):
+        return outcome
+    stayed, found = outcome
+    if found is None or stayed == "names" or (stayed == "stamps" and _holds_less(found[1].folders, last)):
         return _unsettled(Format.MAILDIR, node, last)
+    listing, read = found
     parsed = maildirsize.read(node.fd, owner=node.st.st_uid)
     if parsed is not None and parsed.problem:
         log.warning("%s: maildirsize not used: %s", display_name(node.path), parsed.problem)
@@ -226,14 +269,14 @@ def _read_folders(
             seen = maildir.look(fd)  # one lstat of cur/ and new/ each, for both uses
             symlinked += maildir.symlinked_mail_dirs(seen, name, layout)
             shown = display_name(name)
-            old, earlier = reuse.get(shown), this_time.get(name)
-            if old is not None and old.stamp == (*seen.stamp, *profile.stamp_tag):
-                folder, stamps[name] = old, seen.stamp
-            elif earlier is not None and earlier[0] == seen.stamp:
-                stamps[name], folder = earlier
-            else:
-                folder, stamps[name] = maildir.read_folder(fd, shown, racy_cutoff_ns, profile, before=seen.stamp)
-                this_time[name] = stamps[name], folder
+            folder, stamps[name] = _reused_or_read(
+                name,
+                seen.stamp,
+                reuse,
+                this_time,
+                profile,
+                functools.partial(maildir.read_folder, fd, shown, racy_cutoff_ns, profile, seen.stamp),
+            )
             own = None if name == maildir.INBOX else _own_maildirsize(fd, node, shown)
             folders.append(folder if folder.own_maildirsize == own else folder._replace(own_maildirsize=own))
         finally:
@@ -286,20 +329,25 @@ def _mbox_dir(
     """Every mbox file read, then looked at again, as :func:`_maildir` does."""
     reuse = _reusable(previous, Format.MBOX)
     this_time: dict[str, tuple[mbox.MboxStamp, FolderUsage]] = {}
-    stayed: Stayed = "names"
-    read: _MboxRead | None = None
-    for _ in range(_SETTLE_TRIES):
+
+    def one_pass() -> MailboxUsage | tuple[Stayed, tuple[mbox.Listing, _MboxRead] | None]:
         listing = mbox.mbox_files(node.fd)
         if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
             return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_DBOX}")
         if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
         read = _read_mbox_files(node, listing.files, reuse, this_time, racy_cutoff_ns, profile)
-        stayed = "names" if read is None else _mbox_files_stayed(node.fd, listing, read.stamps)
-        if stayed == "yes":
-            break
-    if stayed == "names" or read is None or (stayed == "stamps" and _holds_less(read.folders, last)):
+        if read is None:
+            return "names", None
+        return _mbox_files_stayed(node.fd, listing, read.stamps), (listing, read)
+
+    outcome = _settled(one_pass)
+    if isinstance(outcome, MailboxUsage):
+        return outcome
+    stayed, found = outcome
+    if found is None or stayed == "names" or (stayed == "stamps" and _holds_less(found[1].folders, last)):
         return _unsettled(Format.MBOX, node, last)
+    listing, read = found
     folders = read.folders
     passed_over = [display_name(name) for name in listing.maildirs] + read.passed_over
     if passed_over and not any(f.bytes or f.messages for f in folders):
@@ -343,15 +391,9 @@ def _read_mbox_files(
             if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
                 passed_over.append(shown)
                 continue
-            old, earlier = reuse.get(shown), this_time.get(name)
+            read = functools.partial(mbox.read_file_folder, fd, shown, racy_cutoff_ns, profile)
             now = mbox.stamp_of(os.fstat(fd))
-            if old is not None and old.stamp == (*now, *profile.stamp_tag):
-                folder, stamps[name] = old, now
-            elif earlier is not None and earlier[0] == now:
-                stamps[name], folder = earlier
-            else:
-                folder, stamps[name] = mbox.read_file_folder(fd, shown, racy_cutoff_ns, profile)
-                this_time[name] = stamps[name], folder
+            folder, stamps[name] = _reused_or_read(name, now, reuse, this_time, profile, read)
             folders.append(folder)
         finally:
             os.close(fd)
