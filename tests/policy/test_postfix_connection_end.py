@@ -13,8 +13,10 @@ import pytest
 
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Transaction
+from quotagate.policy.service import Session
 from quotagate.policy.stages import LetIn, Recipients
 from tests.policy.conftest import DUNNO, QUOTA, ROOMY, ROOMY_USED, Site, connected, request, run, serving, wait_until
+from tests.policy.test_data_stage import ask
 
 ROOM = QUOTA - ROOMY_USED  # 9,000 bytes
 PROBER, OTHER = "203.0.113.66", "198.51.100.7"
@@ -74,3 +76,20 @@ def test_recipients_longer_than_an_address_may_be_take_more_room_in_memory() -> 
     recipients.add(Transaction(PROBER, "ok"), ROOMY, 0.0)
     recipients.add(Transaction(PROBER, "ok"), long, 0.0)
     assert recipients.take(Transaction(PROBER, "ok"), 0.0) == LetIn((ROOMY, long), 2)
+
+
+def test_a_flood_of_closed_postfix_connections_keeps_nothing_but_the_room_they_held(site: Site) -> None:
+    """Attack: hundreds of Postfix policy connections, each one RCPT then closed (no timer, no
+    entry for a transaction that holds nothing), and as many holding room: at most
+    max_reservations of them wait for their grace; the oldest go first."""
+    service = site.service(site.config(max_reservations=100, client_hold="100%"), Metrics())
+    for n in range(300):
+        session = Session()
+        ask(service, request(ROOMY, None, client=f"198.51.100.{n % 250}", instance=f"none-{n}"), session)
+        session.close()
+    assert not service._closing
+    for n in range(200):
+        session = Session()
+        ask(service, request(ROOMY, 1, client=f"203.0.113.{n % 250}", instance=f"held-{n}"), session)
+        session.close()
+    assert len(service._closing) <= 100

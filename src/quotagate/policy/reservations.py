@@ -138,6 +138,11 @@ class Reservations:
         r = self._by_key.get((transaction, mailbox, copy))
         return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
 
+    def holds(self, transaction: Transaction) -> bool:
+        """Whether the transaction holds room (before DATA) here."""
+        copies = self._by_transaction.get(transaction, {})
+        return any(r.state == "held" for of_mailbox in copies.values() for r in of_mailbox.values())
+
     def let_go(self, transaction: Transaction, mailbox: str, copy: str | None = None) -> bool:
         """Release what the transaction holds (before DATA) for ``mailbox``, for one copy or
         (None) all: refused at DATA, that recipient (or, without PRDR, every one) gets no copy."""

@@ -121,8 +121,8 @@ class PolicyService:
         # when there is one. As many transactions as reservations, at most.
         self.recipients = Recipients(RECIPIENTS_SECONDS, config.policy.max_reservations)
         self._once = itertools.count()
-        # The held room of Postfix transactions whose policy connection closed, let go soon.
-        self._closing: dict[Transaction, asyncio.TimerHandle] = {}
+        # The held room of Postfix transactions whose policy connection closed, and when it goes.
+        self._closing: dict[Transaction, float] = {}
         self.maildirsize = MaildirsizeReader(spool_roots(config.spool))
         # The delivery agent's rules (where a full mailbox starts, its grace by default, how it
         # sizes a message): worked out once per config, not on every request.
@@ -233,8 +233,9 @@ class PolicyService:
                 self._end(previous, with_data=False)
             if session.on_close is None and "protocol_name" in request.attributes:  # Postfix's, not Exim's
                 session.on_close = partial(self._connection_closed, session)
-            if self._closing and (pending := self._closing.pop(transaction, None)) is not None:
-                pending.cancel()  # it goes on, on a new connection (Postfix closed the last one)
+        if self._closing:
+            self._closing.pop(transaction, None)  # it goes on, on a new connection (Postfix closed the last)
+            self._let_go_closed(self.clock())
         return transaction
 
     def _connection_closed(self, session: Session) -> None:
@@ -246,21 +247,25 @@ class PolicyService:
         opened again (smtpd_policy_service_max_idle or max_ttl) would lose it before its
         END-OF-MESSAGE. Its recipients are kept for that END-OF-MESSAGE."""
         transaction = session.transaction
-        if transaction is None:
+        if transaction is None or not self.reservations.holds(transaction):
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # quotagate check, tests: no loop to wait on
-            self._end_held(transaction)
-            return
-        previous = self._closing.pop(transaction, None)
-        if previous is not None:
-            previous.cancel()
-        self._closing[transaction] = loop.call_later(CLOSED_GRACE, self._end_held, transaction)
+        now = self.clock()
+        self._closing.pop(transaction, None)  # due in the order they closed: one look finds what is due
+        self._closing[transaction] = now + CLOSED_GRACE
+        while len(self._closing) > self.config.policy.max_reservations:
+            self._closing[next(iter(self._closing))] = now  # bounded: the oldest go now
+            self._let_go_closed(now)
+        self._let_go_closed(now)
 
-    def _end_held(self, transaction: Transaction) -> None:
-        self._closing.pop(transaction, None)
-        self.reservations.end(transaction, with_data=False, now=self.clock())
+    def _let_go_closed(self, now: float) -> None:
+        """The held room of the transactions whose Postfix connection closed CLOSED_GRACE ago
+        goes: looked at on every request and every close (no timer per connection)."""
+        while self._closing:
+            transaction, due = next(iter(self._closing.items()))
+            if due > now:
+                return
+            del self._closing[transaction]
+            self.reservations.end(transaction, with_data=False, now=now)
 
     def _end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
         self.reservations.end(transaction, with_data=with_data, now=self.clock(), size=size)

@@ -762,6 +762,10 @@ class SharedReservations(Reservations):
             self.ledger.end(transaction, with_data, size)
         return changed
 
+    def holds(self, transaction: Transaction) -> bool:
+        """Room held in the shared ledger is not known here: say so whenever it may be there."""
+        return self.ledger is not None or super().holds(transaction)
+
     def delivered(self, mailbox: str, now: float) -> bool:
         seen = super().delivered(mailbox, now)
         if self.ledger is not None:
