@@ -95,18 +95,16 @@ def read(root_fd: int, owner: int | None = None) -> Parsed | None:
     anything else is a problem, and not a byte of it is read.
     """
     try:
-        raw = safefs.read_regular(FILE_NAME, root_fd, MAX_TRUSTED_BYTES * 16, owner)
-        changed = os.stat(FILE_NAME, dir_fd=root_fd, follow_symlinks=False).st_mtime if raw is not None else 0.0
-    except FileNotFoundError:
-        return None  # gone since it was read
+        found = safefs.read_with_stat(FILE_NAME, root_fd, MAX_TRUSTED_BYTES * 16, owner)
     except OSError as exc:
         return Parsed(None, f"{FILE_NAME}: {exc.strerror or exc}")
-    if raw is None:
+    if found is None:
         return None
+    raw, st = found  # the file read, as fstat'ed before it was: its mtime says how old it is
     parsed = parse(raw.decode("ascii", "replace"))
     if parsed.info is None:
         return parsed
-    return Parsed(replace(parsed.info, file_bytes=len(raw), changed_at=changed), parsed.problem)
+    return Parsed(replace(parsed.info, file_bytes=len(raw), changed_at=st.st_mtime), parsed.problem)
 
 
 _TEMP_PREFIX = f"{FILE_NAME}.quotagate-tmp."

@@ -276,7 +276,14 @@ def open_dir(name: str, dir_fd: int) -> int | None:
 
 
 def read_regular(name: str, dir_fd: int, limit: int, owner: int | None = None) -> bytes | None:
-    """At most ``limit`` bytes of a regular file in ``dir_fd``; None when it is missing.
+    """:func:`read_with_stat` without the stat."""
+    found = read_with_stat(name, dir_fd, limit, owner)
+    return None if found is None else found[0]
+
+
+def read_with_stat(name: str, dir_fd: int, limit: int, owner: int | None = None) -> tuple[bytes, os.stat_result] | None:
+    """At most ``limit`` bytes of a regular file in ``dir_fd``, and its ``fstat`` from before they
+    were read; None when it is missing.
 
     The file is opened without following a symlink and without blocking, and ``fstat``-checked:
     anything but a regular file with one link (and, when ``owner`` is given, owned by that uid)
@@ -307,6 +314,6 @@ def read_regular(name: str, dir_fd: int, limit: int, owner: int | None = None) -
                 break
             chunks.append(chunk)
             left -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st
     finally:
         os.close(fd)
