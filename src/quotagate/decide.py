@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from msgspec import Struct
 
@@ -106,16 +106,24 @@ def decide(
 U = TypeVar("U")
 
 
-def judged_with(judge: Callable[[Reserved], tuple[Decision, U]], reserved: Reserved) -> tuple[Decision, U]:
-    """``judge(reserved)``, except that a refusal only ``reserved`` room causes is a deferral.
+class Held(NamedTuple):
+    """Room held against one check: the mailbox's, and the part of it held for the folder with
+    limits of its own the recipient names (mail for the mailbox's other folders never lands there)."""
+
+    mailbox: Reserved = NOTHING_RESERVED
+    folder: Reserved = NOTHING_RESERVED
+
+
+def judged_with(judge: Callable[[Held], tuple[Decision, U]], held: Held) -> tuple[Decision, U]:
+    """``judge(held)``, except that a refusal only ``held`` room causes is a deferral.
 
     Room held for other messages may yet be let go (a transaction that ends without data, a
     delivery that fails): a 5xx would bounce mail the mailbox may take, and let one client that
     holds room deny the mailbox to every other. What the usage alone refuses stays refused.
     """
-    decision, used = judge(reserved)
-    if decision.action is Action.REJECT and (reserved.bytes or reserved.messages):
-        alone, _ = judge(NOTHING_RESERVED)
+    decision, used = judge(held)
+    if decision.action is Action.REJECT and (held.mailbox.bytes or held.mailbox.messages):
+        alone, _ = judge(Held())
         if alone.action is Action.ACCEPT:
             return Decision(Action.DEFER, "room is held for messages in progress", decision.numbers), used
     return decision, used

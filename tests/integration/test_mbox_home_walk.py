@@ -1,12 +1,14 @@
-"""A mail user with an mbox home makes thousands of (empty) sub-directories in it, or nests
-them very deep. The walk of the home holds one descriptor per level of the current path (not
-one per sub-directory, which made every other open of the process fail with EMFILE meanwhile:
-other mailboxes unknown, inotify out of watches, connections refused), and stops at a depth
-no mail program makes."""
+"""A mail user with an mbox home makes thousands of (empty) sub-directories or files in it, or
+nests them very deep. The walk of the home holds one descriptor per level of the current path
+(not one per sub-directory, which made every other open of the process fail with EMFILE
+meanwhile: other mailboxes unknown, inotify out of watches, connections refused), and stops at
+a depth, a number of entries and a length of names no mail program makes: empty files cost
+their owner no disk, and each would be a folder of the reading, in memory and in the store."""
 
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,54 @@ def test_an_mbox_home_nested_deeper_than_any_mail_program_makes_is_unknown(tmp_p
     write_mbox(deep / "hidden", ["x" * 5000])
     usage = measure(str(home), "auto", None, 0, Roots.of(spool), None, "Maildir").usage
     assert not usage.known and "nested deeper" in (usage.error or ""), usage
+
+
+def _mbox_home(tmp_path: Path) -> Path:
+    home = tmp_path / "spool" / DOMAIN / "mallory"
+    write_mbox(home / "inbox", ["hello"])
+    return home
+
+
+def _touch_all(directory: int, names: list[str]) -> None:
+    for name in names:
+        os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=directory))
+
+
+def test_an_mbox_home_with_more_files_than_max_entries_is_unknown(tmp_path: Path) -> None:
+    """Attack: mallory fills his mbox home with mbox.MAX_ENTRIES + 1 empty files. Expected: the
+    walk stops there, and the mailbox is unknown with a reason."""
+    home = _mbox_home(tmp_path)
+    with _dir(home) as fd:
+        _touch_all(fd, [f"f{i:06d}" for i in range(mbox.MAX_ENTRIES + 1)])
+    usage = measure(str(home), "auto", None, 0, Roots.of(tmp_path / "spool"), None, "").usage
+    assert not usage.known and "more than" in (usage.error or ""), (usage.error, len(usage.folders))
+
+
+def test_an_mbox_home_of_long_names_deep_down_is_unknown_and_costs_bounded_memory(tmp_path: Path) -> None:
+    """Attack: 1,500 empty files with names of 200 characters at the bottom of 64 directories
+    with names of 200 characters: each file's folder name is 13 kB (and listed again while the
+    home settles). Expected: the walk stops past mbox.MAX_NAMES characters of names, the
+    mailbox is unknown, and measuring it peaks well under 32 MiB."""
+    home = _mbox_home(tmp_path)
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for depth in range(64):
+            name = f"d{depth:03d}".ljust(200, "x")
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        _touch_all(fd, [f"f{i:06d}".ljust(200, "y") for i in range(1_500)])
+    finally:
+        os.close(fd)
+    tracemalloc.start()
+    try:
+        usage = measure(str(home), "auto", None, 0, Roots.of(tmp_path / "spool"), None, "").usage
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not usage.known, f"known, with {len(usage.folders)} folders"
+    assert peak < 32 * 2**20, f"one mbox home of 1,500 empty files measured with a peak of {peak / 2**20:.0f} MiB"
 
 
 class _dir:

@@ -60,3 +60,42 @@ def test_room_a_client_holds_for_the_mailbox_does_not_count_against_a_folders_ow
     assert ask(service, request(ROOMY, 5_000, client=ATTACKER, instance="t1")) == "DUNNO"
     assert ask(service, request(ARCHIVE, 500, client=ATTACKER, instance="t2")) == "DUNNO"
     assert ask(service, request(ARCHIVE, 600, client=ATTACKER, instance="t3")).startswith("452")  # 1,100 > 1,000
+
+
+def _spellings(n: int) -> list[str]:
+    """``n`` spellings of roomy+Archive@ that differ in the case of the mailbox's local part."""
+    local, domain = ROOMY.split("@")
+    return [
+        "".join(c.upper() if mask >> i & 1 else c for i, c in enumerate(local)) + f"+Archive@{domain}"
+        for mask in range(n)
+    ]
+
+
+def test_a_folders_share_is_not_renewed_by_each_spelling_of_the_address(site: Site) -> None:
+    """Attack: ten transactions from one client, each ``SIZE=1000`` and never any DATA, name
+    Archive (its own limit 10,000, so a share of 1,000) under ten spellings: ``roomy+Archive``,
+    ``Roomy+Archive``, ``rOomy+Archive``... Each spelling is a copy of its own (Postfix delivers
+    each), but they all land in the same folder.
+
+    Expected: the share is the folder's, whatever the spelling: the client holds at most 1,000
+    bytes of Archive's room, and another client's 1,000-byte message still finds room."""
+    service = service_with(site, 1_000_000)
+    for n, address in enumerate(_spellings(10)):
+        ask(service, request(address, 1_000, client=ATTACKER, instance=f"t{n}"))
+    holding = service.reservations.held_in(ROOMY, "Archive").bytes
+    assert holding <= 1_000, f"one client holds {holding} of the folder's {FOLDER_QUOTA} bytes"
+    assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")) == "DUNNO"
+
+
+def test_room_held_for_the_mailbox_does_not_shut_a_small_folder(site: Site) -> None:
+    """Attack: a mailbox of 1,000,000 bytes has a folder Archive with a limit of its own of
+    10,000. One client holds ``RCPT TO:<roomy@> SIZE=100000`` (its whole share of the mailbox)
+    and never sends DATA.
+
+    Expected: mail for INBOX never lands in Archive, so the room held for it counts against the
+    mailbox's limit, not the folder's: another client's 1,000 bytes for roomy+Archive are let
+    in. Room held for Archive itself still counts against Archive: 9,000 more do not fit."""
+    service = service_with(site, 1_000_000)
+    assert ask(service, request(ROOMY, 100_000, client=ATTACKER, instance="probe")) == "DUNNO"
+    assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")) == "DUNNO"
+    assert ask(service, request(ARCHIVE, 9_001, client="192.0.2.9", instance="p")) != "DUNNO"

@@ -27,8 +27,7 @@ def test_postfix_details_differing_in_case_are_two_copies(site: Site) -> None:
     two deliveries, 10,000 bytes.
 
     Expected: the second RCPT is deferred (both copies do not fit), or both copies are held
-    (10,000 bytes). Actually: the second replaces the first's hold (one copy key,
-    ``roomy+big``), DUNNO, 5,000 bytes held for 10,000 bytes on their way."""
+    (10,000 bytes), never one hold for two copies."""
     service = site.service(site.config(client_hold="100%"), Metrics())
     connection = Session()
     assert ask(service, request(f"{LOCAL}+Big@{DOMAIN}", MESSAGE, instance="A"), connection) == "DUNNO"
@@ -45,8 +44,7 @@ def test_postfix_end_of_message_holds_both_copies_differing_in_case(site: Site) 
     9,000 bytes of room. The message is accepted and goes in flight.
 
     Expected: 8,000 bytes in flight (both copies), so that a next 2,000-byte message from
-    another transaction is deferred (8,000 + 2,000 > 9,000). Actually: the second recipient's
-    check replaces the first's hold, 4,000 bytes are in flight, and the next message is let in."""
+    another transaction is deferred (8,000 + 2,000 > 9,000)."""
     service = site.service(site.config(client_hold="100%"), Metrics())
     connection = Session()
     assert ask(service, request(f"{LOCAL}+Big@{DOMAIN}", instance="A"), connection) == "DUNNO"
@@ -56,4 +54,19 @@ def test_postfix_end_of_message_holds_both_copies_differing_in_case(site: Site) 
     other = ask(service, request(ROOMY, 2_000, client="198.51.100.7", instance="B"), Session())
     assert after == 8_000 and other != "DUNNO", (
         f"two 4,000-byte copies accepted: {after} bytes held; a 2,000-byte message next answered {other!r}"
+    )
+
+
+def test_postfix_mailbox_local_part_in_capitals_is_a_second_copy(site: Site) -> None:
+    """Attack: through Postfix, one transaction names ``roomy@`` and ``ROOMY@`` (SIZE=5000 each)
+    into 9,000 bytes of room: two envelope recipients, two deliveries, as for a detail.
+
+    Expected: the second RCPT is deferred, or both copies are held (10,000 bytes): the
+    mailbox's own local part in other case is a copy of its own, not the first one asked again."""
+    service = site.service(site.config(client_hold="100%"), Metrics())
+    connection = Session()
+    assert ask(service, request(ROOMY, MESSAGE, instance="A"), connection) == "DUNNO"
+    second = ask(service, request(f"{LOCAL.upper()}@{DOMAIN}", MESSAGE, instance="A"), connection)
+    assert second != "DUNNO" or _held(service) == 2 * MESSAGE, (
+        f"two copies of {MESSAGE} bytes let into {ROOM} bytes of room, {_held(service)} bytes held for them"
     )

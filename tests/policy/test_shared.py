@@ -406,11 +406,13 @@ def test_a_change_the_script_refuses_is_dropped_and_redis_stays_in_use(tmp_path:
     assert run(go()) == (True, 1.0)
 
 
-def test_a_folders_own_share_is_weighed_per_copy_in_the_ledger(tmp_path: Path, redis: RedisProcess) -> None:
+def test_a_folders_own_share_and_room_are_weighed_per_folder_in_the_ledger(tmp_path: Path, redis: RedisProcess) -> None:
     """roomy (a mailbox of 1,000,000 bytes) has a folder Archive with a limit of 10,000 of its
     own: one client may hold 1,000 of it. Room the client holds for the mailbox itself does not
-    count against the folder's share; what it holds for roomy+Archive does; another client has
-    a share of its own."""
+    count against the folder's share, nor against the folder's room (90,000 held for INBOX
+    would otherwise shut Archive for every client); what it holds for roomy+Archive does, under
+    any spelling (Roomy+Archive is another copy, but the same folder); another client has a
+    share of its own."""
     site = make_site(tmp_path)
     store = open_store(site.db_url)
     try:
@@ -422,10 +424,12 @@ def test_a_folders_own_share_is_weighed_per_copy_in_the_ledger(tmp_path: Path, r
     async def go() -> list[bytes]:
         async with daemon(site, redis.url, "mx1", folders=[{"match": "Archive", "quota": "10000"}]) as a:
             return [
-                await a.ask(request(ROOMY, 5_000, client="203.0.113.5", instance="t1")),
+                await a.ask(request(ROOMY, 90_000, client="203.0.113.5", instance="t1")),
                 await a.ask(request(archive, 500, client="203.0.113.5", instance="t2")),
-                await a.ask(request(archive, 600, client="203.0.113.5", instance="t3")),  # 1,100 of the folder's
+                await a.ask(request("R" + archive[1:], 600, client="203.0.113.5", instance="t3")),  # 1,100
                 await a.ask(request(archive, 600, client="198.51.100.1", instance="o1")),
+                await a.ask(request(archive, 8_900, client="192.0.2.9", instance="o2")),  # 1,100 held: 10,000
+                await a.ask(request(archive, 1, client="192.0.2.10", instance="o3")),  # past the folder's room
             ]
 
-    assert run(go()) == [DUNNO, DUNNO, BUSY, DUNNO]
+    assert run(go()) == [DUNNO, DUNNO, BUSY, DUNNO, DUNNO, BUSY]

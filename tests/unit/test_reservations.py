@@ -181,7 +181,7 @@ class Interleavings(RuleBasedStateMachine):
         t, size = held[pick % len(held)].transaction, held[pick % len(held)].size
         mine = self.r.mine(t, "a@x", copy)
         everything = self.r.held("a@x", now, self.m.measured.measured_at)
-        reserved = Reserved(everything.bytes - mine.bytes, everything.messages - mine.messages)
+        reserved = everything if mine is None else Reserved(everything.bytes - mine.bytes, everything.messages - 1)
         decision = decide(Mailbox("a@x", Limits(LIMIT)), self.m.measured, size, reserved)
         if decision.action is Action.ACCEPT and self.r.hold(t, "a@x", size, now, self.CAP, BIG, copy):
             self.m.accepted = [m for m in self.m.accepted if (m.transaction, m.copy) != (t, copy)]
@@ -252,16 +252,19 @@ TestInterleavings = Interleavings.TestCase
 TestCappedInterleavings = CappedInterleavings.TestCase
 
 
-def test_a_folders_own_share_counts_the_room_a_client_holds_for_that_copy_only() -> None:
-    """The mailbox's share weighs everything the client holds in it; a folder's own share (its
-    copy, ``roomy+Archive``) only what it holds for that copy."""
+def test_a_folders_own_share_counts_the_room_a_client_holds_in_that_folder_only() -> None:
+    """The mailbox's share weighs everything the client holds in it; a folder's own share
+    (``roomy+Archive``) what it holds for that folder, under whatever spelling of the address
+    (``Roomy+Archive`` is another copy, delivered apart, but the same folder's room)."""
     tenth = Allowance(fraction=Decimal("0.1"))
     assert client_caps(tenth, Limits(1_000_000)) == (100_000, UNLIMITED)
     assert client_caps(tenth, Limits(10_000, 50)) == (1_000, 5)
     r = Reservations(seconds=600)
-    folder = client_caps(tenth, Limits(10_000))
+    caps = client_caps(tenth, Limits(10_000))
     assert hold(r, A, 5_000, cap=100_000)  # the mailbox itself
-    assert r.hold(A, "a@x", 500, 0, 100_000, BIG, "a+Archive", folder)
-    assert r.hold(A, "a@x", 600, 0, 100_000, BIG, "a+Archive.x", folder)  # another copy: its own
-    assert r.hold(B, "a@x", 600, 0, 100_000, BIG, "a+Archive", folder)  # another client
-    assert not r.hold(Transaction(A.client, "t3"), "a@x", 600, 0, 100_000, BIG, "a+Archive", folder)  # 1,100
+    assert r.hold(A, "a@x", 500, 0, 100_000, BIG, "a+Archive", "Archive", caps)
+    assert r.hold(A, "a@x", 600, 0, 100_000, BIG, "a+Archive.x", "Archive.x", caps)  # another folder
+    assert r.hold(B, "a@x", 600, 0, 100_000, BIG, "a+Archive", "Archive", caps)  # another client
+    assert not r.hold(Transaction(A.client, "t3"), "a@x", 600, 0, 100_000, BIG, "A+Archive", "Archive", caps)
+    assert r.held_in("a@x", "Archive") == Reserved(1_100, 2)  # the mailbox's own 5,000 land elsewhere
+    assert r.held("a@x", 0, 0) == Reserved(6_700, 4)

@@ -60,6 +60,7 @@ def _daemons_reservations(service: PolicyService, address: str, control: Path) -
             now + service.reservations.seconds,
             "flight" if row["state"] == "in flight" else "held",
             copy=str(row.get("copy", "")),
+            folder=str(row.get("folder", "")),
         )
         for row in rows
     ]

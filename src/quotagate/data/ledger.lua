@@ -1,8 +1,10 @@
 -- quotagate's shared reservation ledger: one mailbox per call, atomically (see policy/shared.py).
 --
 -- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
---   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0}
---   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA)
+--   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0,
+--                 g=the folder with limits of its own the copy is for, if any}
+--   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA);
+--                 fb:FOLDER, fm:FOLDER (live ones for that folder); cb:CLIENT\0FOLDER, cm:... (held for it)
 --   3 exp  zset  transaction by expiry
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
 --   5 dlv  zset  delivery seen, by when
@@ -24,16 +26,20 @@ local function get(tx)
   return nil
 end
 
-local function sums_add(who, bytes, sign)
-  redis.call('HINCRBY', SUM, 'cb:' .. who, sign * bytes)
-  if redis.call('HINCRBY', SUM, 'cm:' .. who, sign) <= 0 then
-    redis.call('HDEL', SUM, 'cb:' .. who, 'cm:' .. who)
+local function sums_add(b, m, bytes, sign)  -- sums of bytes and messages that go at no message
+  redis.call('HINCRBY', SUM, b, sign * bytes)
+  if redis.call('HINCRBY', SUM, m, sign) <= 0 then
+    redis.call('HDEL', SUM, b, m)
   end
 end
 
-local function client_add(r, sign)  -- the client's sums, and its copy's (r.f) for a folder's own share
-  sums_add(r.c, r.b, sign)
-  if r.f then sums_add(r.c .. '\0' .. r.f, r.b, sign) end
+local function client_add(r, sign)  -- the client's sums, and its sums in a folder with limits (r.g)
+  sums_add('cb:' .. r.c, 'cm:' .. r.c, r.b, sign)
+  if r.g then sums_add('cb:' .. r.c .. '\0' .. r.g, 'cm:' .. r.c .. '\0' .. r.g, r.b, sign) end
+end
+
+local function folder_add(r, sign)  -- every live reservation for a folder with limits, held or in flight
+  if r.g then sums_add('fb:' .. r.g, 'fm:' .. r.g, r.b, sign) end
 end
 
 local function drop(tx, r)
@@ -43,6 +49,7 @@ local function drop(tx, r)
   redis.call('ZREM', DLV, tx)
   redis.call('HINCRBY', SUM, 'b', -r.b)
   redis.call('HINCRBY', SUM, 'm', -1)
+  folder_add(r, -1)
   if r.s == 'held' then client_add(r, -1) end
 end
 
@@ -51,6 +58,7 @@ local function add(tx, r)
   redis.call('ZADD', EXP, r.e, tx)
   redis.call('HINCRBY', SUM, 'b', r.b)
   redis.call('HINCRBY', SUM, 'm', 1)
+  folder_add(r, 1)
   if r.s == 'held' then client_add(r, 1)
   elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
   else redis.call('ZADD', DLV, r.d, tx) end
@@ -82,7 +90,8 @@ if op == 'check' or op == 'data' or op == 'prdr' then
   -- a reading from the store, taken on another host: its age holds both clocks' difference),
   -- 13 the oldest usage believed (max_usage_age) in ms,
   -- 14 ceiling bytes, 15 ceiling messages ('': no limit), 16..19 a folder's usage and ceiling,
-  -- 20, 21 the share of it one client may hold and 22 the copy asked for (optional, together)
+  -- 20, 21 the share of it one client may hold and 22 its name (optional, together): the folder
+  -- is weighed with the room held for it alone, the mailbox with all of it
   -- 'data' (the check at DATA, with the message's real size) weighs it in place of what the
   -- transaction holds, never beside it; refused, that hold is let go. 'prdr' (the same, for one
   -- recipient of a PRDR message) lets it go too when refused for the client's share: no copy
@@ -106,9 +115,16 @@ if op == 'check' or op == 'data' or op == 'prdr' then
   local function within(b, m, cb, cm)  -- a ceiling of '' is no limit
     return (cb == '' or b <= tonumber(cb)) and (cm == '' or m <= tonumber(cm))
   end
+  local folder = ARGV[22]
+  local fb, fm = 0, 0
+  if folder then
+    local f = redis.call('HMGET', SUM, 'fb:' .. folder, 'fm:' .. folder)
+    fb, fm = tonumber(f[1] or 0), tonumber(f[2] or 0)
+    if mine and mine.g == folder then fb = fb - mine.b; fm = fm - 1 end
+  end
   local fits = within(ub + rb, um + rm, ARGV[14], ARGV[15])
   if fits and ARGV[16] then
-    fits = within(tonumber(ARGV[16]) + rb, tonumber(ARGV[17]) + rm, ARGV[18], ARGV[19])
+    fits = within(tonumber(ARGV[16]) + fb, tonumber(ARGV[17]) + fm, ARGV[18], ARGV[19])
   end
   local held, capped = 0, 0
   if not fits and op ~= 'check' and mine then
@@ -120,18 +136,17 @@ if op == 'check' or op == 'data' or op == 'prdr' then
       if mine then cb = cb - mine.b; cm = cm - 1 end
       return cb > math.max(tonumber(cap_b), size) or cm > math.max(tonumber(cap_m), 1)
     end
-    local copy = ARGV[22]
-    if over(client, ARGV[6], ARGV[7]) or (copy and over(client .. '\0' .. copy, ARGV[20], ARGV[21])) then
+    if over(client, ARGV[6], ARGV[7]) or (folder and over(client .. '\0' .. folder, ARGV[20], ARGV[21])) then
       capped = 1
       if op == 'prdr' and mine then drop(tx, mine) end  -- refused with PRDR: no copy, nor its room
     else
       if old then drop(tx, old) end
-      add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0, f = copy})
+      add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0, g = folder})
       held = 1
       keep()
     end
   end
-  return {fits and 1 or 0, held, capped, ub, um, now - at, rb, rm, source, expired, delivered}
+  return {fits and 1 or 0, held, capped, ub, um, now - at, rb, rm, source, expired, delivered, fb, fm}
 
 elseif op == 'end' then
   -- ARGV: 3 tx, 4 with data (1: the message was accepted, its room goes in flight), 5 the
@@ -144,6 +159,7 @@ elseif op == 'end' then
     local size = tonumber(ARGV[5] or '')
     if size then
       redis.call('HINCRBY', SUM, 'b', size - r.b)
+      if r.g then redis.call('HINCRBY', SUM, 'fb:' .. r.g, size - r.b) end
       r.b = size
     end
     r.s = 'flight'
@@ -184,15 +200,15 @@ elseif op == 'usage' then
 
 elseif op == 'restore' then
   -- A reservation a daemon took while Redis was away, written back. ARGV: 3 tx, 4 client,
-  -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen), 9 its copy
-  -- ('' for the mailbox's own address: counted in the client's share of a folder by it)
+  -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen), 9 the folder
+  -- with limits of its own it is for ('': none)
   local tx = ARGV[3]
   if get(tx) then return 0 end
   local since = tonumber(ARGV[8])
-  local copy = ARGV[9]
-  if copy == '' then copy = nil end
+  local folder = ARGV[9]
+  if folder == '' then folder = nil end
   add(tx, {b = tonumber(ARGV[5]), s = ARGV[6], c = ARGV[4], t = now, e = now + tonumber(ARGV[7]),
-           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0, f = copy})
+           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0, g = folder})
   keep()
   return 1
 

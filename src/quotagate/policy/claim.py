@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
-from quotagate.decide import Ceiling, Reserved, ceiling, decide, judged_with, known_size
+from quotagate.decide import NOTHING_RESERVED, Ceiling, Held, Reserved, ceiling, decide, judged_with, known_size
 from quotagate.model import Action, Boundary, Decision, Limits, Mailbox, Usage
 from quotagate.policy.reservations import Transaction
 from quotagate.sizes import Allowance
@@ -36,6 +36,14 @@ def client_caps(share: Allowance, limits: Limits) -> tuple[int, int]:
     )
 
 
+class ClaimedFolder(NamedTuple):
+    """The folder with limits of its own a recipient names (``local+folder``): its name, rule and usage."""
+
+    name: str
+    limits: Limits
+    usage: Usage
+
+
 @dataclass(frozen=True)
 class Claim:
     """One recipient check: the mailbox, the usage this daemon has for it (``age`` seconds old
@@ -50,7 +58,7 @@ class Claim:
     client_hold: Allowance
     grace: Allowance
     boundary: Boundary
-    folder: tuple[Limits, Usage] | None = None  # local+folder: the folder's rule and usage
+    folder: ClaimedFolder | None = None
     # At DATA: the message's real size, weighed and held in place of what its transaction holds
     # (never beside it), and that hold let go when it does not fit.
     at_data: bool = False
@@ -69,7 +77,7 @@ class Claim:
         whole = ceiling(self.mailbox.limits, self.size, self.grace, self.boundary)
         if self.folder is None:
             return whole, None
-        return whole, ceiling(self.folder[0], self.size, self.grace, self.boundary)
+        return whole, ceiling(self.folder.limits, self.size, self.grace, self.boundary)
 
     @property
     def own_clock(self) -> bool:
@@ -98,6 +106,7 @@ class Weighed:
     age: float  # seconds, by the ledger's clock
     source: Literal["shared", "local"]
     reserved: Reserved
+    in_folder: Reserved = NOTHING_RESERVED  # of it, held for the folder the recipient names (if it has limits)
 
 
 def settle(claim: Claim, weighed: Weighed, now: float) -> tuple[Decision, Usage]:
@@ -108,18 +117,18 @@ def settle(claim: Claim, weighed: Weighed, now: float) -> tuple[Decision, Usage]
     if weighed.source == SHARED_SOURCE:
         whole = Usage(weighed.used_bytes, weighed.used_messages, now - weighed.age, SHARED_SOURCE)
 
-    def judge(reserved: Reserved) -> tuple[Decision, Usage]:
+    def judge(held: Held) -> tuple[Decision, Usage]:
         if claim.folder is None:
-            return decide(mailbox, whole, size, reserved, grace, boundary=boundary), whole
-        limits, used = claim.folder
-        decision = decide(mailbox, used, size, reserved, grace, limits, boundary=boundary)
+            return decide(mailbox, whole, size, held.mailbox, grace, boundary=boundary), whole
+        _, limits, used = claim.folder
+        decision = decide(mailbox, used, size, held.folder, grace, limits, boundary=boundary)
         if decision.action is Action.ACCEPT:
-            total = decide(mailbox, whole, size, reserved, grace, boundary=boundary)
+            total = decide(mailbox, whole, size, held.mailbox, grace, boundary=boundary)
             if total.action is Action.REJECT:
                 return total, whole
         return decision, used
 
-    decision, used = judged_with(judge, weighed.reserved)
+    decision, used = judged_with(judge, Held(weighed.reserved, weighed.in_folder))
     if decision.action is Action.ACCEPT and claim.holding and not weighed.held:
         if weighed.capped:
             # This client already holds its share of the mailbox's room before DATA.

@@ -34,7 +34,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from quotagate.decide import Reserved
 
@@ -76,9 +76,12 @@ class Reservation:
     expires_at: float
     state: State = "held"
     delivered_at: float | None = None
-    # Which copy of the message: the detail of the recipient (roomy+a, roomy+b: two copies, each
-    # delivered and held apart); "" for the address itself, an alias domain's spelling of it too.
+    # Which copy of the message: the local part as sent when it is not the mailbox's own (roomy+a,
+    # roomy+b, Roomy: each delivered and held apart); "" for the mailbox's own spelling.
     copy: str = ""
+    # The folder with limits of its own the copy is delivered to ("" for none): its room, and
+    # each client's share of it, are weighed by folder, whatever the spelling of the address.
+    folder: str = ""
     live: bool = field(default=True, repr=False)  # False once released (heap entries go stale)
 
     @property
@@ -96,6 +99,25 @@ class _Sums:
         self.messages += messages
 
 
+K = TypeVar("K")
+
+
+def _count(sums: dict[K, _Sums], key: K, bytes_: int, messages: int) -> None:
+    """Add to the sums at ``key``; sums that reach no message go."""
+    of_key = sums.setdefault(key, _Sums())
+    of_key.add(bytes_, messages)
+    if of_key.messages == 0:
+        del sums[key]
+
+
+def _take(sums: dict[K, _Sums], key: K, bytes_: int) -> None:
+    _count(sums, key, -bytes_, -1)
+
+
+def _reserved(sums: _Sums | None) -> Reserved:
+    return Reserved(sums.bytes, sums.messages) if sums else Reserved()
+
+
 class Reservations:
     def __init__(self, seconds: float, max_reservations: int = 1_000_000) -> None:
         self.seconds = seconds
@@ -105,8 +127,9 @@ class Reservations:
         self._by_transaction: dict[Transaction, dict[str, dict[str, Reservation]]] = {}
         self._mailbox: dict[str, _Sums] = {}
         self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
-        # The same for each copy, against a folder's own share (the copy names the folder).
-        self._client_copy: dict[tuple[str, str, str], _Sums] = {}
+        self._folder: dict[tuple[str, str], _Sums] = {}  # room held (and in flight) for a folder with limits
+        # Room each client holds before DATA in such a folder, against the folder's own share.
+        self._client_folder: dict[tuple[str, str, str], _Sums] = {}
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
@@ -128,15 +151,20 @@ class Reservations:
             r = delivered.popleft()
             if r.live:
                 self._drop(r, "delivered")
-        sums = self._mailbox.get(mailbox)
-        return Reserved(sums.bytes, sums.messages) if sums else Reserved()
+        return _reserved(self._mailbox.get(mailbox))
 
-    def mine(self, transaction: Transaction, mailbox: str, copy: str = "") -> Reserved:
+    def held_in(self, mailbox: str, folder: str) -> Reserved:
+        """What is held (and in flight) for ``folder`` of ``mailbox``, a folder with limits of its
+        own: mail for the mailbox's other folders never lands there. Ask :meth:`held` first (it
+        lets expired and delivered reservations go)."""
+        return _reserved(self._folder.get((mailbox, folder)))
+
+    def mine(self, transaction: Transaction, mailbox: str, copy: str = "") -> Reservation | None:
         """What the transaction itself holds (before DATA) for this copy in ``mailbox``: a check
         asking again for it replaces it (at DATA with the real size), so it must not count
         against that check. Other copies (``user+a`` and ``user+b`` are two) count."""
         r = self._by_key.get((transaction, mailbox, copy))
-        return Reserved(r.bytes, 1) if r is not None and r.state == "held" else Reserved()
+        return r if r is not None and r.state == "held" else None
 
     def holds(self, transaction: Transaction) -> bool:
         """Whether the transaction holds room (before DATA) here."""
@@ -161,12 +189,14 @@ class Reservations:
         cap_bytes: int,
         cap_messages: int,
         copy: str = "",
-        copy_caps: tuple[int, int] | None = None,
+        folder: str = "",
+        folder_caps: tuple[int, int] | None = None,
     ) -> bool:
         """Hold ``size`` bytes and one message for this copy in the transaction; False (nothing
-        held) when the client would pass its cap in this mailbox, or ``copy_caps`` for this copy
-        (a folder's own share: the room the client holds for other copies is not the folder's).
-        The transaction's earlier reservation for the same copy is replaced."""
+        held) when the client would pass its cap in this mailbox, or ``folder_caps`` in ``folder``
+        (a folder's own share, whatever spelling of its address each hold came by; what the
+        client holds for the mailbox's other folders is not the folder's). The transaction's
+        earlier reservation for the same copy is replaced."""
         key = (transaction, mailbox, copy)
         old = self._by_key.get(key)
         mine = old if old is not None and old.state == "held" else None
@@ -178,13 +208,13 @@ class Reservations:
 
         client = transaction.client
         if over(self._client.get((client, mailbox), _Sums()), (cap_bytes, cap_messages)) or (
-            copy_caps is not None and over(self._client_copy.get((client, mailbox, copy), _Sums()), copy_caps)
+            folder_caps is not None and over(self._client_folder.get((client, mailbox, folder), _Sums()), folder_caps)
         ):
             self.capped += 1
             return False
         if old is not None:
             self._drop(old, "replaced")
-        r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy)
+        r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy, folder=folder)
         self._add(r)
         while len(self._by_key) > self.max_reservations:
             self._evict_oldest()
@@ -213,6 +243,8 @@ class Reservations:
                 self._count_for_client(r, -1)
                 if size is not None and size != r.bytes:
                     self._mailbox[r.mailbox].add(size - r.bytes, 0)
+                    if r.folder:
+                        self._folder[r.mailbox, r.folder].add(size - r.bytes, 0)
                     r.bytes = size
                 r.state = "flight"
                 self._await_delivery(r)
@@ -301,6 +333,8 @@ class Reservations:
         self._by_key[r.key] = r
         self._by_transaction.setdefault(r.transaction, {}).setdefault(r.mailbox, {})[r.copy] = r
         self._mailbox.setdefault(r.mailbox, _Sums()).add(r.bytes, 1)
+        if r.folder:
+            self._folder.setdefault((r.mailbox, r.folder), _Sums()).add(r.bytes, 1)
         if r.state == "held":
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
@@ -319,10 +353,9 @@ class Reservations:
             del mine[r.mailbox]
         if not mine:
             del self._by_transaction[r.transaction]
-        sums = self._mailbox[r.mailbox]
-        sums.add(-r.bytes, -1)
-        if sums.messages == 0:
-            del self._mailbox[r.mailbox]
+        _take(self._mailbox, r.mailbox, r.bytes)
+        if r.folder:
+            _take(self._folder, (r.mailbox, r.folder), r.bytes)
         if r.state == "held":
             self._count_for_client(r, -1)
         # Entries left behind in the heaps and in the middle of the queue are skipped when reached,
@@ -350,15 +383,9 @@ class Reservations:
     def _count_for_client(self, r: Reservation, sign: int) -> None:
         """Add (+1) or take (-1) a held reservation to or from its client's sums."""
         key = (r.transaction.client, r.mailbox)
-        sums = self._client.setdefault(key, _Sums())
-        sums.add(sign * r.bytes, sign)
-        if sums.messages == 0:
-            del self._client[key]
-        copy_key = (*key, r.copy)
-        of_copy = self._client_copy.setdefault(copy_key, _Sums())
-        of_copy.add(sign * r.bytes, sign)
-        if of_copy.messages == 0:
-            del self._client_copy[copy_key]
+        _count(self._client, key, sign * r.bytes, sign)
+        if r.folder:
+            _count(self._client_folder, (*key, r.folder), sign * r.bytes, sign)
 
     def _evict_oldest(self) -> None:
         while self._expiry:

@@ -14,9 +14,9 @@ from typing import NamedTuple, cast
 from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
-from quotagate.decide import Reserved, decide, judged_with, known_size
+from quotagate.decide import Held, Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
-from quotagate.policy.claim import LIVE_OVER_FILES, Claim, SharedState, Weighed, client_caps, settle
+from quotagate.policy.claim import LIVE_OVER_FILES, Claim, ClaimedFolder, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import LIVE, Snapshot, measured_ago, usage_age
@@ -105,8 +105,8 @@ class _Target:
     folder: str | None
     live: Reading | None
     # Which copy of the message the recipient gets: "" for the mailbox's own local part (at its
-    # domain or an alias domain), else the local part as sent (``user+a``, ``user+``, ``user-a``:
-    # each delivered apart).
+    # domain or an alias domain), else the local part as sent (``user+a``, ``user+``, ``user-a``,
+    # ``User``: each delivered apart).
     copy: str = ""
 
 
@@ -482,8 +482,9 @@ class PolicyService:
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
-        local = recipient.strip().rpartition("@")[0]  # as sent: Postfix keeps the case of a detail
-        copy = "" if local.lower() == mailbox.address.rpartition("@")[0] else local
+        # As sent: Postfix keeps its case, and delivers Roomy@ and roomy@ (roomy+A@ and roomy+a@) apart.
+        local = recipient.strip().rpartition("@")[0]
+        copy = "" if local == mailbox.address.rpartition("@")[0] else local
         return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
 
     def _decide(
@@ -519,13 +520,11 @@ class PolicyService:
             claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient)
             if claim is not None:
                 return claim, self.shared.claim(claim)
-        reserved = self.reservations.held(mailbox.address, now, measured_at)
         s = known_size(size)
         copy = target.copy
-        if s is not None:  # asked again (at DATA with the real size): weighed in place of its hold
-            mine = self.reservations.mine(transaction, mailbox.address, copy)
-            reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - mine.messages)
-        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), reserved)
+        folder = target.folder or "" if limits is not None else ""  # a folder with limits of its own
+        held = self._held(transaction, mailbox.address, copy, folder, now, measured_at, asked_again=s is not None)
+        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), held)
         if stage == "data" and self.shared is not None and self.shared.up:
             # The room is held in the shared ledger (from RCPT, in flight once the transaction
             # ends with data): held here too, it would be written back to it after an outage and
@@ -536,17 +535,40 @@ class PolicyService:
         if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
             share = self.config.policy.client_hold
             cap_bytes, cap_messages = client_caps(share, mailbox.limits)
-            copy_caps = None if limits is None else client_caps(share, limits)  # a folder's own share
-            held = self.reservations.hold(
-                transaction, mailbox.address, s, now, cap_bytes, cap_messages, copy, copy_caps
+            folder_caps = client_caps(share, limits) if limits is not None else None  # a folder's own share
+            holding = self.reservations.hold(
+                transaction, mailbox.address, s, now, cap_bytes, cap_messages, copy, folder, folder_caps
             )
-            if not held:
+            if not holding:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
                 if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address, copy)
         return Outcome(mailbox.address, decision, usage)
+
+    def _held(
+        self,
+        transaction: Transaction,
+        mailbox: str,
+        copy: str,
+        folder: str,
+        now: float,
+        measured_at: float,
+        asked_again: bool,
+    ) -> Held:
+        """The room held against a check for this copy (and ``folder``, a folder with limits of
+        its own, when not ""). ``asked_again`` (with a size: at DATA, the real one): the
+        transaction's own hold for the copy is weighed in its place, not beside it."""
+        reserved = self.reservations.held(mailbox, now, measured_at)
+        in_folder = self.reservations.held_in(mailbox, folder) if folder else Reserved()
+        mine = self.reservations.mine(transaction, mailbox, copy) if asked_again else None
+        if mine is None:
+            return Held(reserved, in_folder)
+        reserved = Reserved(reserved.bytes - mine.bytes, reserved.messages - 1)
+        if folder and mine.folder == folder:
+            in_folder = Reserved(in_folder.bytes - mine.bytes, in_folder.messages - 1)
+        return Held(reserved, in_folder)
 
     def _judge(
         self,
@@ -555,16 +577,18 @@ class PolicyService:
         usage: Usage | None,
         size: int | None,
         live: Usage | None,
-        reserved: Reserved,
+        held: Held,
     ) -> tuple[Decision, Usage | None]:
-        """The decision with ``reserved`` room held, under the delivery agent's rules (where a
+        """The decision with ``held`` room held, under the delivery agent's rules (where a
         full mailbox starts, its grace by default), and the usage it was taken on."""
         mailbox, grace, boundary = target.mailbox, self._grace, self._boundary
-        decision = decide(mailbox, usage, size, reserved, grace, limits, boundary=boundary)
-        if limits is not None and decision.action is Action.ACCEPT:
+        if limits is None:
+            return decide(mailbox, usage, size, held.mailbox, grace, boundary=boundary), usage
+        decision = decide(mailbox, usage, size, held.folder, grace, limits, boundary=boundary)
+        if decision.action is Action.ACCEPT:
             # The folder's rule lets it in; the mailbox's own limit still holds.
             _, total = self._limits_and_usage(target.snapshot, mailbox, None, live)
-            whole = decide(mailbox, total, size, reserved, grace, boundary=boundary)
+            whole = decide(mailbox, total, size, held.mailbox, grace, boundary=boundary)
             if whole.action is Action.REJECT:
                 return whole, total
         return decision, usage
@@ -600,7 +624,7 @@ class PolicyService:
             policy.client_hold,
             self._grace,
             self._boundary,
-            None if limits is None else (limits, usage),
+            None if limits is None else ClaimedFolder(target.folder or "", limits, usage),
             at_data=stage == "data",
             per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,

@@ -106,15 +106,16 @@ def check_args(claim: Claim, node: str, reservation_ms: int) -> list[str | int]:
         *_ceiling_args(whole),
     ]
     if claim.folder is not None:
-        # The folder's usage and ceiling, and the share one client may hold of it (for this copy).
-        args += [claim.folder[1].bytes, claim.folder[1].messages, *_ceiling_args(folder)]
-        args += [*client_caps(claim.client_hold, claim.folder[0]), claim.copy]
+        # The folder's usage and ceiling, the share one client may hold of it, and its name.
+        args += [claim.folder.usage.bytes, claim.folder.usage.messages, *_ceiling_args(folder)]
+        args += [*client_caps(claim.client_hold, claim.folder.limits), claim.folder.name]
     return args
 
 
 def weighed(reply: list[Any]) -> Weighed:
     fits, held, capped, used_bytes, used_messages, age_ms, reserved_bytes, reserved_messages, source = reply[:9]
     text = source.decode() if isinstance(source, bytes) else str(source)
+    folder_bytes, folder_messages = reply[11:13] if len(reply) >= 13 else (0, 0)
     return Weighed(
         bool(fits),
         bool(held),
@@ -124,6 +125,7 @@ def weighed(reply: list[Any]) -> Weighed:
         int(age_ms) / 1000,
         "shared" if text == SHARED_SOURCE else "local",
         Reserved(int(reserved_bytes), int(reserved_messages)),
+        Reserved(int(folder_bytes), int(folder_messages)),
     )
 
 
@@ -136,6 +138,7 @@ def held_row(address: str, tx: bytes | str, raw: bytes | str, now_ms: int) -> di
     return {
         "address": address,
         "copy": copy,
+        "folder": str(r.get("g") or ""),
         "transaction": transaction,
         "client": client,
         "bytes": int(r.get("b", 0)),
@@ -739,7 +742,7 @@ class RedisLedger:
                 # and the end, replayed next, finds its mailbox through the index written here.
                 state = r.state
                 args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, state]
-                args += [left, since, r.copy]
+                args += [left, since, r.folder]
                 async with asyncio.timeout(self.settings.timeout):
                     written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
                     if state == "held":

@@ -41,6 +41,7 @@ def dumps(reservations: Iterable[Reservation]) -> str:
             r.state,
             r.delivered_at,
             r.copy,
+            r.folder,
         )
         for r in reservations
     ]
@@ -55,7 +56,8 @@ def loads(text: str) -> list[Reservation]:
     out = []
     for row in data["reservations"]:
         client, id_, mailbox, bytes_, made_at, expires_at, state, delivered_at, *rest = row
-        copy = str(rest[0]) if rest else ""  # rows written before copies were kept have none
+        # Rows written before copies (and then their folders) were kept have none.
+        copy, folder = (*(str(value) for value in rest[:2]), "", "")[:2]
         if state not in ("held", "flight"):
             raise ValueError(f"unknown state {state!r}")
         out.append(
@@ -68,6 +70,7 @@ def loads(text: str) -> list[Reservation]:
                 cast(State, state),
                 None if delivered_at is None else float(delivered_at),
                 copy,
+                folder,
             )
         )
     return out
@@ -93,6 +96,7 @@ def listing(reservations: Iterable[Reservation], now: float) -> list[dict[str, A
         {
             "address": r.mailbox,
             "copy": r.copy,
+            "folder": r.folder,
             "transaction": r.transaction.id,
             "client": r.transaction.client,
             "bytes": r.bytes,

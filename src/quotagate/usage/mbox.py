@@ -178,6 +178,11 @@ class Listing(NamedTuple):
 
 MAX_DEPTH = 64
 """Directories an mbox home is walked into at most: Dovecot's folders go a few levels deep."""
+MAX_ENTRIES = 10_000
+"""Files and directories an mbox home may hold (as a Maildir tree may hold folders)."""
+MAX_NAMES = 2_000_000
+"""Characters of the paths below an mbox home, in all: 10,000 of 200 characters."""
+_TOO_MANY = f"more than {MAX_ENTRIES} files and folders, or names of more than {MAX_NAMES} characters in all"
 
 
 def mbox_files(root_fd: int) -> Listing:
@@ -189,19 +194,29 @@ def mbox_files(root_fd: int) -> Listing:
     of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``).
 
     Depth first, holding a descriptor for each level of the current path only: a home as wide
-    as its owner likes never holds more. Deeper than :data:`MAX_DEPTH` is an OSError (ELOOP).
+    as its owner likes never holds more. Deeper than :data:`MAX_DEPTH` is an OSError (ELOOP);
+    more than :data:`MAX_ENTRIES` files and directories, or names longer than
+    :data:`MAX_NAMES` characters in all (paths below the home), one too (E2BIG): empty files
+    cost their owner no disk, and each would be a folder of the reading, in memory and in the store.
     """
     found: list[str] = []
     maildirs: list[str] = []
+    entries_left, names_left = MAX_ENTRIES, MAX_NAMES
 
     def walk(fd: int, prefix: str, depth: int) -> None:
+        nonlocal entries_left, names_left
         if depth > MAX_DEPTH:
             raise OSError(errno.ELOOP, f"folders nested deeper than {MAX_DEPTH} levels", prefix)
+        check_deadline()
         subdirs = []
         with os.scandir(fd) as entries:
             for entry in entries:
                 if _skipped(entry.name):
                     continue
+                entries_left -= 1
+                names_left -= len(prefix) + len(entry.name)
+                if entries_left < 0 or names_left < 0:
+                    raise OSError(errno.E2BIG, _TOO_MANY, prefix or ".")
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
                 elif entry.is_file(follow_symlinks=False):
