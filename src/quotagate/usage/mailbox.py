@@ -60,12 +60,14 @@ def _root_markers(root_fd: int) -> tuple[str, ...]:
 
 
 def _looks_like_maildir(
-    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None
+    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None, subdir: str = ""
 ) -> bool:
     """cur/, new/ or maildirsize at the root (``markers``, when looked for already); or, when
     the INBOX's own directories are missing (a tree made by imapsync or doveadm with folders
     only), a ``.Folder`` (``LAYOUT=fs``: a ``Folder``) holding cur/ or new/ — an mbox home has
-    no such thing, and read as one all that mail would count 0."""
+    no such thing, and read as one all that mail would count 0. Not ``subdir`` (``[spool]
+    maildir_subdir``): that is the Maildir below a home (``~/.maildir``, or ``~/Maildir`` under
+    ``LAYOUT=fs``), never a folder of the home."""
     if markers if markers is not None else _root_markers(root_fd):
         return True
     try:
@@ -73,7 +75,9 @@ def _looks_like_maildir(
     except OSError:
         return False
     return any(
-        (name.startswith(".") != (layout == "fs")) and name not in (".", "..") and _holds_mail_dirs(name, root_fd)
+        (name.startswith(".") != (layout == "fs"))
+        and name not in (".", "..", subdir)
+        and _holds_mail_dirs(name, root_fd)
         for name in names
     )
 
@@ -349,6 +353,9 @@ def _mbox_dir(
         return _unsettled(Format.MBOX, node, last)
     listing, read = found
     folders = read.folders
+    if read.mmdf:  # mail, in a format quotagate does not count: left out, the mailbox would hold less
+        reason = f"MMDF folders, which quotagate does not count: {maildir.some(read.mmdf)}"
+        return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {reason}")
     passed_over = [display_name(name) for name in listing.maildirs] + read.passed_over
     if passed_over and not any(f.bytes or f.messages for f in folders):
         # Mail of a format quotagate does not read (Exim's mailstore .env/.msg pairs, Maildirs
@@ -369,6 +376,7 @@ class _MboxRead(NamedTuple):
     folders: list[FolderUsage]
     stamps: dict[str, mbox.MboxStamp]
     passed_over: list[str]
+    mmdf: list[str]  # of them, MMDF folders: mail
 
 
 def _read_mbox_files(
@@ -381,7 +389,7 @@ def _read_mbox_files(
 ) -> _MboxRead | None:
     """Every file listed, read (or reused where unchanged, as :func:`_read_folders`); None when
     one could not be opened (renamed or removed since the listing)."""
-    folders, stamps, passed_over = [], {}, []
+    folders, stamps, passed_over, mmdf = [], {}, [], []
     for name in names:
         fd = mbox.open_file(node.fd, name)
         if fd is None:
@@ -390,6 +398,8 @@ def _read_mbox_files(
             shown = display_name(name)
             if not mbox.is_mbox(fd):  # looked at every time: a reading of an older version may count it
                 passed_over.append(shown)
+                if mbox.is_mmdf(fd):
+                    mmdf.append(shown)
                 continue
             read = functools.partial(mbox.read_file_folder, fd, shown, racy_cutoff_ns, profile)
             now = mbox.stamp_of(os.fstat(fd))
@@ -397,7 +407,7 @@ def _read_mbox_files(
             folders.append(folder)
         finally:
             os.close(fd)
-    return _MboxRead(folders, stamps, passed_over)
+    return _MboxRead(folders, stamps, passed_over, mmdf)
 
 
 def _mbox_files_stayed(root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp]) -> Stayed:
@@ -619,7 +629,7 @@ def measure(
             # Looked at once: a directory that looks like a Maildir is measured as one.
             dir_node = node if node is not None and node.is_dir and fmt != "mbox" else None
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
-            looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
+            looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers, subdir)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
             if looks and _symlinked_maildir_below(node, fmt, subdir, roots, layout):
                 return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))

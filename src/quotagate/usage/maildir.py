@@ -87,12 +87,27 @@ def _maildirpp_folders(root_fd: int) -> Folders:
                     names.append(n[1:])
             elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and holds_mail_dirs(root_fd, n):
                 plain.append(n)
-    unreadable = INBOX_DIR if _inbox_dir(names[1:]) else f"{LAYOUT_HINT}: {some(plain)}" if plain else None
+    unreadable = INBOX_DIR if _inbox_dir(root_fd, ("." + n for n in names[1:])) else None
+    unreadable = unreadable or (f"{LAYOUT_HINT}: {some(plain)}" if plain else None)
     return Folders(names, _symlink_problem(symlinks), unreadable)
 
 
-def _inbox_dir(names: Iterable[str]) -> bool:
-    return any(name.upper() == INBOX for name in names)
+def _inbox_dir(root_fd: int, dirs: Iterable[str]) -> bool:
+    """Whether one of the folder directories ``dirs`` of the root may be Dovecot's INBOX put
+    there by ``INBOX=``: named INBOX in any case, without the ``maildirfolder`` file Dovecot and
+    Courier write in every folder they make (a user's folder "Inbox" has one)."""
+    for name in dirs:
+        if name.lstrip(".").upper() != INBOX:
+            continue
+        fd = safefs.open_dir(name, root_fd)
+        if fd is None:
+            continue
+        try:
+            if entry_type(fd, "maildirfolder") != stat.S_IFREG:
+                return True
+        finally:
+            os.close(fd)
+    return False
 
 
 def holds_mail_dirs(dir_fd: int, name: str) -> bool:
@@ -158,7 +173,7 @@ def _fs_folders(root_fd: int) -> Folders:
         problems.append(f"more than {MAX_FOLDERS} folders: the rest not counted")
     if too_deep:
         problems.append(f"folders deeper than {MAX_DEPTH} levels not counted: {some(too_deep)}")
-    return Folders(names, _symlink_problem(symlinks) + problems, INBOX_DIR if _inbox_dir(names[1:]) else None)
+    return Folders(names, _symlink_problem(symlinks) + problems, INBOX_DIR if _inbox_dir(root_fd, names[1:]) else None)
 
 
 def _symlink_problem(names: list[str]) -> list[str]:

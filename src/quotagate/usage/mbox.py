@@ -92,6 +92,16 @@ def is_mbox(fd: int) -> bool:
     return st.st_size == 0 or os.pread(fd, len(_FROM), 0) == _FROM
 
 
+_MMDF = b"\x01\x01\x01\x01\n"
+
+
+def is_mmdf(fd: int) -> bool:
+    """Whether the regular file open at ``fd`` starts as an MMDF folder does (mutt's
+    ``mbox_type=MMDF``, Exim's appendfile with ``message_prefix = \\1\\1\\1\\1\\n``): mail,
+    though not an mbox."""
+    return os.pread(fd, len(_MMDF), 0) == _MMDF
+
+
 def read_file_folder(
     fd: int, name: str, racy_cutoff_ns: int, profile: Profile = FILES
 ) -> tuple[FolderUsage, MboxStamp]:

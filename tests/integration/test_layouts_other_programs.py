@@ -1,0 +1,104 @@
+"""Spools as other admins lay them out and other programs write them: a Maildir in a dot
+directory of the home, a ``LAYOUT=fs`` Maildir below the home, a user's folder named "Inbox", an
+MMDF folder in an mbox home. Each is measured as its delivery agent sees it, or is unknown with
+the reason: never known with less mail than it holds."""
+
+from __future__ import annotations
+
+from quotagate.model import Limits, State
+from tests.integration.scanenv import Env
+from tests.spoolgen import add_message, fs_folder, maildir_folder, write_mbox
+
+
+def test_a_maildir_subdir_in_a_dot_directory_is_the_maildir_with_its_folders(env: Env) -> None:
+    """Scenario: the Maildir is ``~/.maildir`` (Postfix ``home_mailbox = .maildir/``; layout
+    ``{local}``, ``maildir_subdir = ".maildir"``): INBOX 1,000 bytes, ``.Sent`` 5,000, limit 4,000.
+    ``.maildir`` holds cur/ and new/ as a Maildir++ folder would.
+
+    Expected: the home is not a Maildir++ root with a folder "maildir": the Maildir below it is
+    measured, 6,000 bytes with its own folders, over quota, at ``~/.maildir``."""
+    env.configure(spool={"layout": "{local}", "maildir_subdir": ".maildir"})
+    home = env.spool / "alice"
+    md = home / ".maildir"
+    add_message(maildir_folder(md), 1000)
+    add_message(maildir_folder(md, "Sent"), 5000)
+    (home / ".profile").write_text("# ~/.profile\n")
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    assert reading.usage.known, reading.reason
+    assert (reading.bytes, reading.state, reading.path) == (6000, State.OVER, str(md))
+
+
+def test_a_layout_fs_maildir_below_the_home_is_the_maildir(env: Env) -> None:
+    """Scenario: Dovecot ``maildir:~/Maildir:LAYOUT=fs``, the home named by PostfixAdmin's
+    ``maildir`` column holding ``Maildir/`` (INBOX 1,000 bytes, ``Sent`` 300, ``Trash`` 5,000)
+    and ``sieve/``; the rule ``Trash`` excluded (Dovecot's ``quota_rule2 = Trash:ignore``); limit
+    4,000. Under LAYOUT=fs a plain directory holding cur/ is a folder, and ``Maildir/`` holds one.
+
+    Expected: ``Maildir/`` is the Maildir below the home, not its folder: folders INBOX, Sent and
+    Trash, Trash left out, 1,300 bytes, under quota, at ``~/Maildir`` (where the live
+    maildirsize read, ``watch`` and ``--fix-maildirsize`` look)."""
+    env.configure(
+        spool={"layout": "{domain}/{local}", "maildir_layout": "fs"},
+        folders=[{"match": "Trash", "exclude": True}],
+    )
+    home = env.spool / "example.org" / "alice"
+    md = home / "Maildir"
+    add_message(fs_folder(md, b""), 1000)
+    add_message(fs_folder(md, "Sent"), 300)
+    add_message(fs_folder(md, "Trash"), 5000)
+    (home / "sieve").mkdir()
+    (home / "sieve" / "roundcube.sieve").write_text("keep;\n")
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    assert reading.usage.known, reading.reason
+    assert (reading.bytes, reading.state, reading.path) == (1300, State.OK, str(md))
+    assert sorted(f.name for f in reading.usage.folders) == ["INBOX", "Sent", "Trash"]
+
+
+def test_a_users_folder_named_inbox_is_an_ordinary_folder(env: Env) -> None:
+    """Scenario: with Courier's namespace (``prefix = INBOX.``), kept by every Courier-IMAP
+    migration, a user makes the folder ``INBOX.Inbox``: real Dovecot 2.3 and Courier keep it as
+    ``~/Maildir/.Inbox/`` with cur/, new/, tmp/ and the ``maildirfolder`` file they write in
+    every folder they make (Dovecot's ``INBOX=`` directory has none). INBOX 1,500 bytes, Inbox
+    1,000, limit 2,000.
+
+    Expected: ``.Inbox`` is counted as a folder (2,500 bytes, over quota), not taken for
+    ``INBOX=`` (which would make the mailbox unknown for good, and never refused)."""
+    md = env.maildir("alice")
+    add_message(maildir_folder(md), 1500)
+    inbox_folder = maildir_folder(md, "Inbox")
+    open(inbox_folder + b"/maildirfolder", "wb").close()
+    add_message(inbox_folder, 1000, where="new")
+    address = env.add("alice", Limits(2000, 0))
+
+    reading = env.scan().readings[address]
+
+    assert reading.usage.known, reading.reason
+    assert (reading.bytes, reading.state) == (2500, State.OVER)
+
+
+def test_an_mmdf_folder_in_an_mbox_home_makes_it_unknown(env: Env) -> None:
+    """Scenario: an mbox home (``{local}/mail``) holds the mbox ``inbox`` and ``archive``, a
+    folder mutt saved with ``mbox_type=MMDF`` (messages between ``^A^A^A^A`` lines; Exim's
+    appendfile writes them so with ``message_prefix``), about 6 kB; limit 4,000.
+
+    Expected: the MMDF folder is mail: the mailbox is not known with the inbox's 189 bytes
+    alone, but unknown, with the reason naming the folder."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    separator = b"\x01\x01\x01\x01\n"
+    message = b"From: bob@example.net\nSubject: saved\n\n" + b"body line\n" * 2
+    (home / "archive").write_bytes((separator + message + separator) * 100)
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    reason = reading.reason or ""
+    assert not reading.usage.known
+    assert "MMDF" in reason and "archive" in reason
