@@ -787,7 +787,8 @@ def unchanged(
     if not previous.known or previous.warning is not None:
         return False
     try:
-        with safefs.opened(root, roots, kept) as node:
+        # Only looked at: never listed, but for a LAYOUT=fs tree's folders.
+        with safefs.opened(root, roots, kept, look=layout != "fs") as node:
             if previous.format is Format.MISSING:
                 return node is None
             if node is None:

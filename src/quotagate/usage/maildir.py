@@ -196,18 +196,19 @@ def symlinked_mail_dirs(seen: Look, name: str, layout: Layout = "maildir++") -> 
     return [f"{base}{sub}" for sub in seen.symlinks]
 
 
-def open_folder(root_fd: int, name: str, layout: Layout = "maildir++") -> int | None:
-    """A descriptor for the folder (a new one for INBOX too); None when it is gone or a symlink.
+def open_folder(root_fd: int, name: str, layout: Layout = "maildir++", flags: int = safefs.DIRECTORY) -> int | None:
+    """A descriptor for the folder (a new one for INBOX too), opened with ``flags`` (see
+    :func:`safefs.open_dir`); None when it is gone or a symlink.
 
     A ``LAYOUT=fs`` folder is reached one level at a time: a symlink at any level ends the walk.
     """
     if name == INBOX:
         return os.dup(root_fd)
     if layout != "fs":
-        return safefs.open_dir(f".{name}", root_fd)
+        return safefs.open_dir(f".{name}", root_fd, flags)
     fd = os.dup(root_fd)
     for part in name.split("/"):
-        sub = safefs.open_dir(part, fd) if part not in ("", ".", "..") else None
+        sub = safefs.open_dir(part, fd, flags) if part not in ("", ".", "..") else None
         os.close(fd)
         if sub is None:
             return None
@@ -272,7 +273,7 @@ def folder_stamp(root_fd: int, name: str, layout: Layout = "maildir++") -> Stamp
     """:func:`stamp` of a folder by name; None when the folder is gone."""
     if name == INBOX:  # the root itself: no descriptor of its own to open
         return stamp(root_fd)
-    fd = open_folder(root_fd, name, layout)
+    fd = open_folder(root_fd, name, layout, safefs.LOOK)
     if fd is None:
         return None
     try:

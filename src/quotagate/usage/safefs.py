@@ -23,6 +23,10 @@ from functools import cached_property
 from typing import NamedTuple
 
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory only walked through or looked at (fstat, and stat or open of its entries), never
+# listed: O_PATH opens it without the cost of opening it for reading. A symlink still fails
+# (ENOTDIR, with O_DIRECTORY and O_NOFOLLOW).
+LOOK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MAX_LINKS = 8  # symlinks resolved on the way to one mailbox before giving up (ELOOP)
 KEPT_MAX = 128  # directories a walk keeps open for the next (see open_node): a deep tree holds no more
@@ -96,7 +100,9 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False) -> Node | None:
+def open_node(
+    path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False, look: bool = False
+) -> Node | None:
     """Open the directory or regular file at ``path`` beneath ``roots``; None when it does not
     exist (at any component: a mailbox not created yet). With ``require_parent``, None only when
     the last component is missing: a missing directory above it raises FileNotFoundError naming
@@ -110,6 +116,8 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, requi
     lost a race with the move would have seen it, never a way into another one's files; the
     caller drops what it keeps after a batch of mailboxes.
 
+    ``look``: directories are opened :data:`LOOK` (the node's too, then never to be listed).
+
     Raises :class:`Escape` when ``path`` or a symlink on the way leads outside the roots, and
     OSError for anything else (ELOOP after :data:`MAX_LINKS` symlinks, a FIFO or device at the
     end, a component that is not a directory, permissions).
@@ -119,7 +127,7 @@ def open_node(path: str, roots: Roots, kept: dict[str, int] | None = None, requi
     followed = False
     for _ in range(MAX_LINKS + 1):
         root, parts = roots.split(logical)
-        found = _walk(logical, root, parts, kept, require_parent)
+        found = _walk(logical, root, parts, kept, require_parent, LOOK if look else DIRECTORY)
         if isinstance(found, _Link):
             followed = followed or not found.admins
             logical = found.path
@@ -141,15 +149,16 @@ class _Link(NamedTuple):
 
 
 def _walk(
-    logical: str, root: str, parts: list[str], kept: dict[str, int] | None, require_parent: bool
+    logical: str, root: str, parts: list[str], kept: dict[str, int] | None, require_parent: bool, directory: int
 ) -> Node | _Link | str | None:
     """One walk from ``root`` down ``parts`` to ``logical``: the node, None when missing, a
-    symlink resolved by hand, or the path to walk again (an entry swapped since it was looked at)."""
+    symlink resolved by hand, or the path to walk again (an entry swapped since it was looked at).
+    Directories are opened with the flags ``directory``."""
     here = root
     fd = kept.get(root, -1) if kept is not None else -1
     owned = fd < 0  # whether fd is this walk's to close (else it is kept)
     if owned:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(root, (directory | os.O_DIRECTORY | os.O_CLOEXEC) & ~os.O_NOFOLLOW)  # the admin's
         if kept is not None and len(kept) < KEPT_MAX:
             kept[root], owned = fd, False
     try:
@@ -166,7 +175,7 @@ def _walk(
             # O_DIRECTORY let nothing else through); a symlink, a file or anything else is
             # looked at below.
             try:
-                opened = os.open(part, DIRECTORY, dir_fd=fd)
+                opened = os.open(part, directory, dir_fd=fd)
             except FileNotFoundError:
                 if require_parent and not last:
                     raise missing_above(os.path.join(root, *parts[: i + 1])) from None
@@ -205,7 +214,7 @@ def _walk(
             if stat.S_ISREG(seen.st_mode):
                 flags = FILE
             elif stat.S_ISDIR(seen.st_mode):
-                flags = DIRECTORY
+                flags = directory
             else:
                 raise OSError(errno.EINVAL, "neither a file nor a directory", logical)
             try:
@@ -253,10 +262,10 @@ def missing_above(path: str) -> FileNotFoundError:
 
 @contextmanager
 def opened(
-    path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False
+    path: str, roots: Roots, kept: dict[str, int] | None = None, require_parent: bool = False, look: bool = False
 ) -> Iterator[Node | None]:
     """:func:`open_node` as a context manager that closes the node."""
-    node = open_node(path, roots, kept, require_parent)
+    node = open_node(path, roots, kept, require_parent, look)
     try:
         yield node
     finally:
@@ -264,11 +273,12 @@ def opened(
             node.close()
 
 
-def open_dir(name: str, dir_fd: int) -> int | None:
-    """A directory entry of ``dir_fd`` opened as a directory, never through a symlink; None when
-    it is missing, a symlink or not a directory (it is then not part of this mailbox)."""
+def open_dir(name: str, dir_fd: int, flags: int = DIRECTORY) -> int | None:
+    """A directory entry of ``dir_fd`` opened as a directory (``flags``: :data:`DIRECTORY`, or
+    :data:`LOOK`), never through a symlink; None when it is missing, a symlink or not a
+    directory (it is then not part of this mailbox)."""
     try:
-        return os.open(name, DIRECTORY, dir_fd=dir_fd)
+        return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
             return None
