@@ -216,19 +216,23 @@ class PolicyServer:
         self._malformed_log = Throttled(log)  # a client can send thousands: counted, logged once a minute
         self._peers = LocalPeers()
         self._peer_log = Throttled(log)
-        self._local_users: tuple[tuple[str, ...], frozenset[int]] = ((), frozenset())
+        # The list of names they were looked up from, its names then, and their uids.
+        self._local_users: tuple[list[str] | None, tuple[str, ...], frozenset[int]] = (None, (), frozenset())
 
     async def load_local_users(self) -> None:
         """Look up the uids of [policy] local_users, off the loop (a user database may be slow):
         at start and at each reload (a user created since is found then)."""
-        names = tuple(self.policy.local_users)
-        self._local_users = (names, await asyncio.to_thread(uids, names))
+        listed = self.policy.local_users
+        self._local_users = (listed, tuple(listed), await asyncio.to_thread(uids, listed))
 
     def _local_uids(self) -> frozenset[int]:
-        names = tuple(self.policy.local_users)
-        if names != self._local_users[0]:  # not loaded yet: at once, rather than refuse the MTA
-            self._local_users = (names, uids(names))
-        return self._local_users[1]
+        listed, names, found = self._local_users
+        if self.policy.local_users is listed:  # the list they were loaded from: asked on every connection
+            return found
+        if tuple(self.policy.local_users) != names:  # not loaded yet: at once, rather than refuse the MTA
+            found = uids(self.policy.local_users)
+        self._local_users = (self.policy.local_users, tuple(self.policy.local_users), found)
+        return found
 
     def admits(self, transport: asyncio.BaseTransport) -> bool:
         """Whether to serve a new connection: from another host, or from this one by a user of
