@@ -122,7 +122,7 @@ def judged_with(judge: Callable[[Held], tuple[Decision, U]], held: Held) -> tupl
     holds room deny the mailbox to every other. What the usage alone refuses stays refused.
     """
     decision, used = judge(held)
-    if decision.action is Action.REJECT and (held.mailbox.bytes or held.mailbox.messages):
+    if decision.action is Action.REJECT and any(r.bytes or r.messages for r in held):
         alone, _ = judge(Held())
         if alone.action is Action.ACCEPT:
             return Decision(Action.DEFER, "room is held for messages in progress", decision.numbers), used

@@ -5,6 +5,10 @@ the reason: never known with less mail than it holds."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from quotagate.model import Limits, State
 from tests.integration.scanenv import Env
 from tests.spoolgen import add_message, fs_folder, maildir_folder, write_mbox
@@ -102,3 +106,69 @@ def test_an_mmdf_folder_in_an_mbox_home_makes_it_unknown(env: Env) -> None:
     reason = reading.reason or ""
     assert not reading.usage.known
     assert "MMDF" in reason and "archive" in reason
+
+
+@pytest.mark.parametrize("layout", ["maildir++", "fs"])
+def test_a_directory_named_inbox_exactly_is_never_counted_as_the_root(env: Env, layout: str) -> None:
+    """Attack: under Dovecot's ``INBOX=~/Maildir/.INBOX`` (``LAYOUT=fs``: ``INBOX``) the user
+    adds a ``maildirfolder`` file to that directory, which then looks like a user's folder. A
+    folder named INBOX exactly would be the root by its name: the root counted twice, INBOX's
+    mail (6,000 bytes) never.
+
+    Expected: known with all 6,500 bytes, or unknown (the INBOX= case): never known with less."""
+    if layout == "fs":
+        env.configure(spool={"maildir_layout": "fs"})
+    md = env.maildir("alice")
+    add_message(maildir_folder(md), 500)
+    real = os.path.join(os.fsencode(md), b".INBOX" if layout != "fs" else b"INBOX")
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(real, sub))
+    open(real + b"/maildirfolder", "wb").close()
+    add_message(real, 6000, where="new")
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    if reading.usage.known:
+        assert (reading.bytes, reading.state) == (6500, State.OVER), [(f.name, f.bytes) for f in reading.usage.folders]
+
+
+def test_a_stray_dot_directory_does_not_hide_the_maildir_below_the_home(env: Env) -> None:
+    """Attack: with ``maildir_subdir = ".maildir"``, the user makes ``~/.x/cur`` (empty): the
+    home then looks like a Maildir++ root by its folders, ``.maildir`` one of them, and the
+    Maildir's own folders (``~/.maildir/.Archive``) would never be listed.
+
+    Expected: the Maildir below the home wins over a home that is a Maildir by its folders
+    alone: 6,000 bytes, over quota, or unknown; never known with less."""
+    env.configure(spool={"layout": "{local}", "maildir_subdir": ".maildir"})
+    home = env.spool / "alice"
+    md = home / ".maildir"
+    add_message(maildir_folder(md), 1000)
+    add_message(maildir_folder(md, "Archive"), 5000)
+    (home / ".x" / "cur").mkdir(parents=True)
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    if reading.usage.known:
+        assert (reading.bytes, reading.state, reading.path) == (6000, State.OVER, str(md))
+
+
+def test_mbox_files_beside_imap_folders_named_cur_and_new_are_counted(env: Env) -> None:
+    """Attack: an mbox user creates the IMAP folders ``Lists/cur/a`` and ``Lists/new/b`` (Dovecot
+    keeps them as mbox files), so ``Lists/`` holds directories ``cur/`` and ``new/`` beside the
+    mbox ``Lists/debian`` (6 kB). Taken for a Maildir, all of ``Lists/`` would be passed over.
+
+    Expected: a directory holding an mbox file is a folder directory, walked: over quota."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    write_mbox(home / "Lists" / "debian", ["x" * 2000, "y" * 2000, "z" * 2000])
+    write_mbox(home / "Lists" / "cur" / "a", ["a"])
+    write_mbox(home / "Lists" / "new" / "b", ["b"])
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    assert reading.usage.known, reading.reason
+    assert reading.state is State.OVER and reading.bytes > 6000, [(f.name, f.bytes) for f in reading.usage.folders]

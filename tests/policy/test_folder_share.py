@@ -7,17 +7,22 @@ that never send data.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox
+from quotagate.policy.daemon import Daemon
+from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
+from quotagate.scan import run_scan
 from quotagate.store import open_store
-from tests.policy.conftest import ROOMY, Site, request
+from tests.policy.conftest import DOMAIN, ROOMY, Site, request
 from tests.policy.test_data_stage import ask
+from tests.spoolgen import add_message, maildir_folder
 
 FOLDER_QUOTA = 10_000
 ATTACKER, OTHER = "203.0.113.5", "198.51.100.1"
@@ -99,3 +104,57 @@ def test_room_held_for_the_mailbox_does_not_shut_a_small_folder(site: Site) -> N
     assert ask(service, request(ROOMY, 100_000, client=ATTACKER, instance="probe")) == "DUNNO"
     assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")) == "DUNNO"
     assert ask(service, request(ARCHIVE, 9_001, client="192.0.2.9", instance="p")) != "DUNNO"
+
+
+def test_a_full_folder_named_as_an_imap_server_shows_it_is_full(site: Site) -> None:
+    """Scenario: the rule ``match = "Gelöscht"`` (as Dovecot's ``quota_rule`` is written) gives
+    the folder kept on disk as ``.Gel&APY-scht`` (modified UTF-7) its own limit, and it is full.
+    Over SMTPUTF8 the recipient ``roomy+Gelöscht@`` is delivered into it.
+
+    Expected: both spellings find the folder's usage (552), and hold room under one folder."""
+    md = site.spool / DOMAIN / "roomy" / "Maildir"
+    add_message(maildir_folder(md, "Gel&APY-scht"), 10_001)
+    data = site.data()
+    data["folders"] = [{"match": "Gelöscht", "quota": "10000"}]
+    config = parse_config(data)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+        run_scan(config, store)
+    finally:
+        store.close()
+    service = site.service(config, Metrics())
+
+    assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")
+    assert ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100)).startswith("552")
+    assert service.folder_of_copy("roomy+Gel&APY-scht") == service.folder_of_copy("roomy+Gelöscht") == "Gelöscht"
+
+
+def test_a_restored_row_of_the_version_before_folders_were_kept_holds_room_in_its_folder(site: Site) -> None:
+    """Scenario: the daemon restarts after the upgrade with the reservations file the previous
+    version wrote (rows end at the copy, no folder): 9,500 bytes in flight for
+    ``roomy+Archive`` (the folder's limit 10,000). Another client then asks for 1,000.
+
+    Expected: the restored room is the folder's (its copy names it): 452."""
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+    finally:
+        store.close()
+    data = site.data()
+    data["folders"] = [{"match": "Archive", "quota": str(FOLDER_QUOTA)}]
+    data["policy"]["state_file"] = str(site.base / "reservations.json")
+    config = parse_config(data)
+    now = time.time()
+    row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+Archive"]
+    (site.base / "reservations.json").write_text(json.dumps({"version": 1, "reservations": [row]}))
+    daemon = Daemon(lambda: config)
+    daemon._restore_reservations()
+    service = daemon.service
+    store = open_store(site.db_url)
+    try:
+        service.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+
+    assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")).startswith("452")

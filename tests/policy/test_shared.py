@@ -20,7 +20,7 @@ from quotagate.model import Limits, Mailbox
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.service import PolicyService
-from quotagate.policy.shared import RedisLedger, _Op, attach
+from quotagate.policy.shared import RedisLedger, _Op, attach, mailbox_keys
 from quotagate.store import open_store
 from tests.policy.conftest import (
     BUSY,
@@ -433,3 +433,35 @@ def test_a_folders_own_share_and_room_are_weighed_per_folder_in_the_ledger(tmp_p
             ]
 
     assert run(go()) == [DUNNO, DUNNO, BUSY, DUNNO, DUNNO, BUSY]
+
+
+def test_sums_a_ledger_of_another_version_left_behind_hold_no_room(tmp_path: Path, redis: RedisProcess) -> None:
+    """Scenario: during an upgrade, an MX host running another version of the ledger's script
+    lets go of a reservation the new one wrote for roomy+Archive (its expiry swept by a check of
+    the mailbox) and, counting it otherwise, takes it out of the mailbox's sums only: the sums
+    of the folder (and of its client's share in it) stay, renewed by every call on the mailbox.
+
+    Expected: room nobody holds is not weighed: the folder's sums are a part of what the
+    mailbox holds, never more, and go when nothing is held; 6,000 bytes into the empty
+    10,000-byte folder are let in (and never a 552 for held room)."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+    finally:
+        store.close()
+    archive = ROOMY.replace("@", "+Archive@")
+    client = Redis(host=redis.host, port=redis.port, password=redis.password or None)
+    res, sums = mailbox_keys(site.base.name, ROOMY)[:2]
+
+    async def go() -> tuple[bytes, bytes]:
+        async with daemon(site, redis.url, "mx1", folders=[{"match": "Archive", "quota": "10000"}]) as a:
+            held = await a.ask(request(archive, 5_000, client="203.0.113.5", instance="t1"))
+            for tx, raw in client.hgetall(res).items():  # let go as the other version's script does
+                client.hdel(res, tx)
+                client.hincrby(sums, "b", -msgspec.json.decode(raw)["b"])
+                client.hincrby(sums, "m", -1)
+            assert client.hget(sums, "fb:Archive") is not None  # left behind
+            return held, await a.ask(request(archive, 6_000, client="198.51.100.1", instance="o1"))
+
+    assert run(go()) == (DUNNO, DUNNO)

@@ -80,7 +80,14 @@ end
 
 local function sums()
   local s = redis.call('HMGET', SUM, 'b', 'm')
-  return tonumber(s[1] or 0), tonumber(s[2] or 0)
+  local b, m = tonumber(s[1] or 0), tonumber(s[2] or 0)
+  if m <= 0 and redis.call('HLEN', SUM) > 0 then
+    -- Nothing is held: neither can any client or folder hold anything (sums a script of another
+    -- version left behind, letting go of a record it did not count the same way, go here).
+    redis.call('DEL', SUM)
+    return 0, 0
+  end
+  return b, m
 end
 
 if op == 'check' or op == 'data' or op == 'prdr' then
@@ -121,6 +128,7 @@ if op == 'check' or op == 'data' or op == 'prdr' then
     local f = redis.call('HMGET', SUM, 'fb:' .. folder, 'fm:' .. folder)
     fb, fm = tonumber(f[1] or 0), tonumber(f[2] or 0)
     if mine and mine.g == folder then fb = fb - mine.b; fm = fm - 1 end
+    fb, fm = math.min(fb, rb), math.min(fm, rm)  -- a part of what the mailbox holds, never more
   end
   local fits = within(ub + rb, um + rm, ARGV[14], ARGV[15])
   if fits and ARGV[16] then

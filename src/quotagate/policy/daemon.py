@@ -216,7 +216,11 @@ class Daemon:
         self._saved_version = version
 
     def _restore_reservations(self) -> None:
-        kept = self.service.reservations.restore(state.load(self._state_file), time.time())
+        saved = state.load(self._state_file)
+        for r in saved:
+            if r.copy and not r.folder:  # written before folders were kept: the copy names it
+                r.folder = self.service.folder_of_copy(r.copy)
+        kept = self.service.reservations.restore(saved, time.time())
         self._saved_version = self.service.reservations.version
         if kept:
             log.info("%d reservations restored from %s", kept, self._state_file)

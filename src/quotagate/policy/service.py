@@ -15,7 +15,7 @@ from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Held, Reserved, decide, judged_with, known_size
-from quotagate.model import Action, Decision, Limits, Mailbox, Reading, Usage
+from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Reading, Usage
 from quotagate.policy.claim import LIVE_OVER_FILES, Claim, ClaimedFolder, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
@@ -36,6 +36,7 @@ from quotagate.policy.stages import (
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
 from quotagate.usage.folders import folder_limits
+from quotagate.usage.names import imap_name
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class Session:
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close()
+
+
+def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
+    """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
+    recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``)."""
+    found = usage.folder(name)
+    if found is None:
+        shown = imap_name(name)
+        found = next((f for f in usage.folders if imap_name(f.name) == shown), None)
+    return found
 
 
 @dataclass(frozen=True)
@@ -471,6 +482,14 @@ class PolicyService:
         target = self._target(recipient)
         return None if isinstance(target, Outcome) else target.mailbox.address
 
+    def folder_of_copy(self, copy: str) -> str:
+        """The folder with limits of its own a copy (a local part as sent) is delivered to, by
+        the name an IMAP server shows; "" for none."""
+        split = without_detail(f"{copy}@localhost", self.config.policy.folder_delimiter)
+        if split is None or folder_limits(split[1], self.config.folders) is None:
+            return ""
+        return imap_name(split[1])
+
     def _target(self, recipient: str) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
         snapshot = self.snapshot
@@ -522,7 +541,8 @@ class PolicyService:
                 return claim, self.shared.claim(claim)
         s = known_size(size)
         copy = target.copy
-        folder = target.folder or "" if limits is not None else ""  # a folder with limits of its own
+        # A folder with limits of its own, by the name an IMAP server shows (Gel&APY-scht is Gelöscht).
+        folder = imap_name(target.folder or "") if limits is not None else ""
         held = self._held(transaction, mailbox.address, copy, folder, now, measured_at, asked_again=s is not None)
         decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), held)
         if stage == "data" and self.shared is not None and self.shared.up:
@@ -624,7 +644,7 @@ class PolicyService:
             policy.client_hold,
             self._grace,
             self._boundary,
-            None if limits is None else ClaimedFolder(target.folder or "", limits, usage),
+            None if limits is None else ClaimedFolder(imap_name(target.folder or ""), limits, usage),
             at_data=stage == "data",
             per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,
@@ -689,7 +709,7 @@ class PolicyService:
             limits = folder_limits(folder, self.config.folders)
             if limits is not None:
                 # A folder that does not exist yet is empty: the delivery agent creates it.
-                held = reading.usage.folder(folder)
+                held = _folder_named(reading.usage, folder)
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if live is not None:

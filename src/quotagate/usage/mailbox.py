@@ -60,14 +60,12 @@ def _root_markers(root_fd: int) -> tuple[str, ...]:
 
 
 def _looks_like_maildir(
-    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None, subdir: str = ""
+    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None
 ) -> bool:
     """cur/, new/ or maildirsize at the root (``markers``, when looked for already); or, when
     the INBOX's own directories are missing (a tree made by imapsync or doveadm with folders
     only), a ``.Folder`` (``LAYOUT=fs``: a ``Folder``) holding cur/ or new/ — an mbox home has
-    no such thing, and read as one all that mail would count 0. Not ``subdir`` (``[spool]
-    maildir_subdir``): that is the Maildir below a home (``~/.maildir``, or ``~/Maildir`` under
-    ``LAYOUT=fs``), never a folder of the home."""
+    no such thing, and read as one all that mail would count 0."""
     if markers if markers is not None else _root_markers(root_fd):
         return True
     try:
@@ -75,9 +73,7 @@ def _looks_like_maildir(
     except OSError:
         return False
     return any(
-        (name.startswith(".") != (layout == "fs"))
-        and name not in (".", "..", subdir)
-        and _holds_mail_dirs(name, root_fd)
+        (name.startswith(".") != (layout == "fs")) and name not in (".", "..") and _holds_mail_dirs(name, root_fd)
         for name in names
     )
 
@@ -629,8 +625,17 @@ def measure(
             # Looked at once: a directory that looks like a Maildir is measured as one.
             dir_node = node if node is not None and node.is_dir and fmt != "mbox" else None
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
-            looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers, subdir)
+            looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
+            if looks and not markers and subdir:
+                # A Maildir by its folders alone: the one in maildir_subdir (~/.maildir, or
+                # ~/Maildir under LAYOUT=fs, which looks like such a folder) is the agent's.
+                below = _maildir_below(node, fmt, subdir, roots, layout)
+                if below is not None and below.is_dir and _looks_like_maildir(below.fd, layout):
+                    looks = False
+                elif below is not None:
+                    below.close()
+                    below = None
             if looks and _symlinked_maildir_below(node, fmt, subdir, roots, layout):
                 return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
             half = dir_node is not None and looks and fmt == "auto" and _half_maildir(dir_node.fd, markers)

@@ -95,9 +95,13 @@ def _maildirpp_folders(root_fd: int) -> Folders:
 def _inbox_dir(root_fd: int, dirs: Iterable[str]) -> bool:
     """Whether one of the folder directories ``dirs`` of the root may be Dovecot's INBOX put
     there by ``INBOX=``: named INBOX in any case, without the ``maildirfolder`` file Dovecot and
-    Courier write in every folder they make (a user's folder "Inbox" has one)."""
+    Courier write in every folder they make (a user's folder "Inbox" has one). One named
+    INBOX exactly always may: counted as a folder, its name would be the root's."""
     for name in dirs:
-        if name.lstrip(".").upper() != INBOX:
+        bare = name.removeprefix(".")
+        if bare == INBOX:
+            return True
+        if bare.upper() != INBOX:
             continue
         fd = safefs.open_dir(name, root_fd)
         if fd is None:

@@ -121,12 +121,12 @@ def _skipped(name: str) -> bool:
 
 
 def _holds_maildir(fd: int) -> bool:
-    """Whether the directory is a Maildir: cur/ and new/ in it (every agent makes them at once),
-    or one of cur/, new/ or tmp/ and no mbox file (see :func:`holds_mbox`): Dovecot keeps the
-    IMAP folders "Projects/new/2024" and "Projects/plans" as the mbox files
-    ``Projects/new/2024`` and ``Projects/plans``."""
+    """Whether the directory is a Maildir: cur/, new/ or tmp/ in it and no mbox file (see
+    :func:`holds_mbox`). Dovecot keeps the IMAP folders "Projects/new/2024", "Projects/cur/a"
+    and "Projects/plans" as the mbox files ``Projects/new/2024``, ``Projects/cur/a`` and
+    ``Projects/plans``: cur/ and new/ both, in a folder directory of mbox files."""
     found = [name for name in _MAILDIR_DIRS if _is_dir(fd, name)]
-    return {"cur", "new"} <= set(found) or (bool(found) and not holds_mbox(fd, found))
+    return bool(found) and not holds_mbox(fd, found)
 
 
 def _is_dir(fd: int, name: str) -> bool:
