@@ -53,7 +53,9 @@ _DIR_EVENTS = Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask
 # No DONT_FOLLOW: a watch is added through /proc/self/fd/N, a link that must be followed.
 _MESSAGE_DIR = _DIR_EVENTS | Mask.CLOSE_WRITE | Mask.ONLYDIR
 _ROOT_DIR = _DIR_EVENTS | Mask.ONLYDIR
-_MBOX_FILE = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF
+# An mbox: the file (appended to, rewritten) or a directory of them (files and directories
+# coming and going anywhere in it: each of its directories is watched).
+_MBOX = _DIR_EVENTS | Mask.MODIFY | Mask.CLOSE_WRITE | Mask.ATTRIB
 _ARRIVED = Mask.CREATE | Mask.MOVED_TO
 _LEFT = Mask.DELETE | Mask.MOVED_FROM
 # The watch no longer stands for the path it was added by: the directory (or file) went, moved
@@ -82,6 +84,9 @@ class _Target:
     mask: Mask
     folder: str | None = None
     sub: str | None = None
+    # ``folder`` is a path of directories below the root (an mbox home's, or a LAYOUT=fs tree's
+    # directory between the root and a folder), walked one level at a time.
+    tree: bool = False
 
 
 class _Planned(NamedTuple):
@@ -192,11 +197,14 @@ class Tracker:
         known = address in self.mailboxes
         if known and self.mailboxes[address] != mailbox:
             self._changed.add(address)  # new limits: the state (and the flag) may move
+        moved = known and self._paths.get(address) != path
         self.mailboxes[address] = mailbox
         self._paths[address] = path
         self._removed.discard(address)
-        if not known:
-            self._dirty.add(address)  # measured once watched: nothing falls between scan and watch
+        if not known or moved:
+            # Measured once watched: nothing falls between scan and watch; and where it is now
+            # (given a new path, its usage and watches are those of the new place).
+            self._dirty.add(address)
         return True
 
     def mark_dirty(self, address: str) -> bool:
@@ -242,14 +250,22 @@ class Tracker:
             return "", {}
         root = located(path, reading, self.config.spool)
         if usage.format is Format.MBOX:
-            return root, {root: _Target(address, _MBOX_FILE)}
+            wanted = {root: _Target(address, _MBOX)}
+            for f in usage.folders:  # the directories holding its files: nested folders
+                for parent in _parents(f.name):
+                    wanted[f"{root}/{parent}"] = _Target(address, _MBOX | Mask.ONLYDIR, parent, tree=True)
+            return root, wanted
+        layout = self.config.spool.maildir_layout
         wanted = {root: _Target(address, _ROOT_DIR)}
         for f in usage.folders:
-            base = maildir.folder_path(root, f.name, self.config.spool.maildir_layout)
+            base = maildir.folder_path(root, f.name, layout)
             if f.name != maildir.INBOX:
                 wanted[base] = _Target(address, _ROOT_DIR, f.name)  # cur/ or new/ appearing later
             for sub in ("cur", "new"):
                 wanted[f"{base}/{sub}"] = _Target(address, _MESSAGE_DIR, f.name, sub)
+            if layout == "fs":  # a new folder below a directory that is none (Archive/2025)
+                for parent in _parents(f.name):
+                    wanted.setdefault(f"{root}/{parent}", _Target(address, _ROOT_DIR, parent, tree=True))
         return root, wanted
 
     def _plan_watches(self, address: str) -> _Planned:
@@ -718,12 +734,18 @@ def _moved(
     return [address for (address, _, _), still in zip(looked, same, strict=True) if not still]
 
 
+def _parents(name: str) -> list[str]:
+    """The directories a folder path lies in, below the root: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int | None:
     """A new descriptor for what ``target`` is on, in the mailbox's opened root; None when it is
     gone or a symlink (never followed below the root)."""
     if target.folder is None:
         return os.dup(root_fd)
-    folder = maildir.open_folder(root_fd, disk_name(target.folder), layout)
+    folder = maildir.open_folder(root_fd, disk_name(target.folder), "fs" if target.tree else layout)
     if folder is None or target.sub is None:
         return folder
     try:

@@ -1,0 +1,217 @@
+"""Watch (and serve with ``[watch] enabled``) over other admins' layouts: what it answers a
+second after a change is what a full scan finds. A home given its Maildir by the first delivery;
+an mbox home's nested folders, folders restored by a rename and folders deleted; a LAYOUT=fs
+folder made below a directory that is no folder; a mailbox given a new path in the directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quotagate.model import Format, Limits, Mailbox, Reading, State
+from quotagate.store import open_store
+from quotagate.watch.watcher import Watcher
+from tests.integration.scanenv import Env
+from tests.integration.watchrun import until, watching
+
+MBOX_HOMES = {"layout": "{local}/mail", "format": "mbox"}
+_seq = [0]
+
+
+def maildir(path: Path) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def deliver(folder: Path, size: int) -> Path:
+    """As an MDA delivers: written in tmp/, renamed into new/, named with its size."""
+    _seq[0] += 1
+    name = f"1800000000.M{_seq[0]}P1.host,S={size}"
+    (folder / "tmp" / name).write_bytes(b"x" * size)
+    os.rename(folder / "tmp" / name, folder / "new" / name)
+    return folder / "new" / name
+
+
+def mbox_message(body_size: int) -> bytes:
+    return b"From sender@example.net Mon Jan  1 00:00:00 2024\nSubject: hi\n\n" + b"x" * body_size + b"\n\n"
+
+
+def append_mbox(path: Path, body_size: int) -> None:
+    """As Exim's appendfile or dovecot-lda append to an mbox."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(mbox_message(body_size))
+
+
+def full_scan(env: Env, address: str) -> Reading:
+    return env.scan(full=True).readings[address]
+
+
+@pytest.mark.parametrize(
+    ("layout", "subdir"),
+    [("{local}", "Maildir"), ("{domain}/{local}", ".maildir"), ("{domain}/{local}", "Maildir")],
+)
+def test_a_maildir_made_in_an_existing_home_by_the_first_delivery_is_seen_by_watch(
+    env: Env, layout: str, subdir: str
+) -> None:
+    """Scenario: a home that exists already (useradd's skeleton, PostfixAdmin's directory)
+    gets its Maildir (``maildir_subdir``) only at the first delivery; until then it is measured
+    as an empty mbox home. Expected: watch sees the directory made, and the mail in it."""
+    spool: dict[str, Any] = {"layout": layout, "maildir_subdir": subdir}
+    env.configure(spool=spool)
+    address = env.add("alice", Limits(1000))
+    home = env.spool / ("alice" if layout == "{local}" else "example.org/alice")
+    home.mkdir(parents=True)
+    (home / ".profile").write_text("# skeleton\n")
+    (home / ".bashrc").write_text("# skeleton\n")
+    env.scan()
+
+    async def run() -> tuple[int, State, Format]:
+        async with watching(env, spool=spool) as (tracker, _):
+            assert tracker.readings[address].bytes == 0
+            deliver(maildir(home / subdir), 2000)  # the first delivery makes the Maildir
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=5)
+            r = tracker.readings[address]
+            return r.bytes, r.state, r.usage.format
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert (scanned.bytes, scanned.state, scanned.usage.format) == (2000, State.OVER, Format.MAILDIR)
+    assert watched == (2000, State.OVER, Format.MAILDIR), f"watch answers {watched}, a full scan (2000, OVER, maildir)"
+
+
+def into_nested_folder(home: Path, outside: Path) -> None:
+    append_mbox(home / "Archive" / "2024", 3000)  # Sieve fileinto "Archive/2024"
+
+
+def restored_by_rename(home: Path, outside: Path) -> None:
+    backup = outside / "Lists"
+    backup.write_bytes(mbox_message(3000))
+    os.rename(backup, home / "Lists")  # mv from the admin's restore area on the same file system
+
+
+@pytest.mark.parametrize("change", [into_nested_folder, restored_by_rename])
+def test_mail_landing_in_an_mbox_home_outside_its_top_level_writes_is_seen_by_watch(
+    env: Env, change: Callable[[Path, Path], None]
+) -> None:
+    """Scenario: in an mbox home, mail is appended to the nested folder ``Archive/2024``, or a
+    folder is restored with ``mv`` into the home. Expected: watch sees both (every directory of
+    the home watched, renames included), as a full scan counts them."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "INBOX", 100)
+    append_mbox(home / "Archive" / "2024", 100)
+    outside = env.spool / "restore"
+    outside.mkdir()
+    env.scan()
+
+    async def run() -> tuple[int, State]:
+        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
+            before = tracker.readings[address].bytes
+            assert 0 < before < 2000
+            change(home, outside)
+            await until(lambda: tracker.readings[address].bytes != before, seconds=5)
+            r = tracker.readings[address]
+            return r.bytes, r.state
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert scanned.state is State.OVER
+    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"
+
+
+def test_an_mbox_folder_deleted_from_an_mbox_home_is_seen_by_watch(env: Env) -> None:
+    """Scenario: a folder's mbox file is deleted from an mbox home (IMAP DELETE). Expected:
+    watch no longer counts it, and the mailbox is no longer over."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "INBOX", 100)
+    append_mbox(home / "Old", 5000)
+    env.scan()
+
+    async def run() -> tuple[int, State]:
+        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
+            assert tracker.readings[address].state is State.OVER
+            (home / "Old").unlink()  # IMAP DELETE "Old"
+            await until(lambda: tracker.readings[address].state is not State.OVER, seconds=5)
+            r = tracker.readings[address]
+            return r.bytes, r.state
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert scanned.state is State.OK
+    assert watched == (scanned.bytes, State.OK), f"watch answers {watched}, a full scan {scanned.bytes} (ok)"
+
+
+def test_a_delivery_into_a_new_folder_below_a_plain_parent_directory_is_seen_by_watch(env: Env) -> None:
+    """Scenario: under LAYOUT=fs a user has ``Archive/2024``; ``Archive`` is a plain directory (no
+    cur/, new/), as Dovecot leaves a parent it made. A Sieve ``fileinto :create "Archive/2025"``
+    makes a folder below it and delivers there. Expected: watch sees the new folder and its mail
+    (the directories between the root and a folder are watched, as the root is)."""
+    env.configure(spool={"maildir_layout": "fs"})
+    address = env.add("alice", Limits(2000))
+    root = env.maildir("alice")
+    deliver(maildir(root), 100)
+    deliver(maildir(root / "Archive" / "2024"), 100)  # Archive/ itself holds no cur/ or new/
+    env.scan()
+
+    async def run() -> tuple[int, State, list[str]]:
+        async with watching(env, spool={"maildir_layout": "fs"}) as (tracker, _):
+            assert [f.name for f in tracker.readings[address].usage.folders] == ["Archive/2024", "INBOX"]
+            deliver(maildir(root / "Archive" / "2025"), 3000)  # fileinto :create "Archive/2025"
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=5)
+            r = tracker.readings[address]
+            return r.bytes, r.state, [f.name for f in r.usage.folders]
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert (scanned.bytes, scanned.state) == (3200, State.OVER)
+    assert watched == (3200, State.OVER, ["Archive/2024", "Archive/2025", "INBOX"]), (
+        f"watch answers {watched}, a full scan 3200 bytes, over, with Archive/2025"
+    )
+
+
+def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None:
+    """Scenario: a mailbox's path in the directory changes (PostfixAdmin's ``maildir`` column)
+    while watch follows the directory. Expected: it is measured, and watched, at its new place:
+    never the new path with the old place's usage."""
+    address = env.add("alice", Limits(2000), path="example.org/alice")
+    old = maildir(env.spool / "example.org" / "alice" / "Maildir")
+    deliver(old, 100)
+    new = maildir(env.spool / "other.example" / "alice" / "Maildir")
+    deliver(new, 3000)
+    env.scan()
+
+    config = env.configure(
+        watch={"flush_seconds": 0.05, "poll_seconds": 0.1, "directory_seconds": 0.1}, scan={"racy_seconds": 0}
+    )
+
+    async def run() -> tuple[int, State, str]:
+        # quotagate watch as it runs: following the directory (serve does the same from its refresh)
+        watcher = Watcher(config, open_store(config.store.url), directory=True)
+        try:
+            tracker = await watcher.start()
+            await asyncio.sleep(0.3)
+            assert tracker.readings[address].bytes == 100
+            env.store.upsert_mailboxes([Mailbox(address, Limits(2000), True, "other.example/alice")])
+            await until(lambda: tracker.mailboxes[address].path == "other.example/alice", seconds=5)
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=5)
+            deliver(new, 500)
+            await until(lambda: tracker.readings[address].bytes == 3500, seconds=5)
+            r = tracker.readings[address]
+            return r.bytes, r.state, r.path
+        finally:
+            await watcher.stop()
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert (scanned.bytes, scanned.state, scanned.path) == (3500, State.OVER, str(new))
+    assert watched == (3500, State.OVER, str(new)), f"watch answers {watched}, a full scan (3500, over, {new})"
