@@ -6,6 +6,8 @@ the reason: never known with less mail than it holds."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +174,95 @@ def test_mbox_files_beside_imap_folders_named_cur_and_new_are_counted(env: Env) 
 
     assert reading.usage.known, reading.reason
     assert reading.state is State.OVER and reading.bytes > 6000, [(f.name, f.bytes) for f in reading.usage.folders]
+
+
+def _stash_inbox(env: Env, layout: str) -> tuple[str, Path]:
+    env.configure(spool={"maildir_layout": layout}, scan={"racy_seconds": 0})
+    md = env.maildir("alice")  # the mailbox's path is the Maildir itself (maildir_subdir "Maildir" is the default)
+    add_message(maildir_folder(md), 3000)  # INBOX
+    add_message(fs_folder(md, "Archive") if layout == "fs" else maildir_folder(md, "Archive"), 3000)
+    address = env.add("alice", Limits(4000, 0))
+    assert env.scan().readings[address].state is State.OVER
+    # The owner: an empty "Maildir" (IMAP CREATE "Maildir" under LAYOUT=fs; a plain mkdir under
+    # Maildir++), then the INBOX moved into a folder of its own.
+    fs_folder(md, "Maildir")
+    stash = md / ("Stash" if layout == "fs" else ".Stash")
+    stash.mkdir()
+    for sub in ("cur", "new", "tmp"):
+        os.rename(md / sub, stash / sub)
+    return address, md
+
+
+@pytest.mark.parametrize("layout", ["fs", "maildir++"])
+def test_a_directory_named_maildir_does_not_hide_the_maildir_tree(env: Env, layout: str) -> None:
+    """Attack: in a Maildir that is the mailbox's path, the owner makes an empty ``Maildir``
+    (``[spool] maildir_subdir``'s default) and moves the INBOX into a folder of its own: the root
+    is then a Maildir by its folders alone. Expected: never the empty ``Maildir`` alone (0
+    bytes): all of the tree, or unknown (two Maildirs: which is delivered to?), kept over."""
+    address, _ = _stash_inbox(env, layout)
+
+    reading = env.scan(full=True).readings[address]
+
+    if reading.usage.known:
+        folders = [(f.name, f.bytes) for f in reading.usage.folders]
+        assert (reading.bytes, reading.state) == (6000, State.OVER), (reading.path, folders)
+    else:
+        assert reading.state is State.OVER  # unknown, kept over
+
+
+@pytest.mark.parametrize("layout", ["fs", "maildir++"])
+def test_an_incremental_scan_agrees_with_a_full_one_once_the_inbox_is_made_again(env: Env, layout: str) -> None:
+    """The same, then the next delivery makes the INBOX again: an incremental scan answers what
+    a full one does."""
+    address, md = _stash_inbox(env, layout)
+    env.scan()
+    time.sleep(0.05)
+    add_message(maildir_folder(md), 100)  # the next delivery: Dovecot makes the INBOX again
+
+    incremental = env.scan().readings[address]
+    full = env.scan(full=True).readings[address]
+
+    # 6,100 bytes over (LAYOUT=fs), or unknown (Maildir++: a plain Maildir/ with cur/ beside the INBOX)
+    assert full.state is not State.OK and (full.bytes >= 6100 or not full.usage.known)
+    assert (incremental.bytes, incremental.state) == (full.bytes, full.state), (
+        f"an incremental scan says {incremental.bytes} ({incremental.state}) at {incremental.path}, "
+        f"a full scan {full.bytes} ({full.state}) at {full.path}"
+    )
+
+
+def test_an_empty_cur_in_the_home_does_not_hide_the_maildir_below_it(env: Env) -> None:
+    """Attack: with ``maildir_subdir = ".maildir"``, the owner makes ``~/cur``: the home then
+    looks like a Maildir++ root, ``.maildir`` a folder of it whose own folders are never listed.
+    Expected: 6,000 bytes, or unknown (two Maildirs); never known with less."""
+    env.configure(spool={"layout": "{local}", "maildir_subdir": ".maildir"})
+    home = env.spool / "alice"
+    md = home / ".maildir"
+    add_message(maildir_folder(md), 1000)
+    add_message(maildir_folder(md, "Archive"), 5000)
+    (home / "cur").mkdir()  # the attack: one empty directory
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    if reading.usage.known:
+        folders = [(f.name, f.bytes) for f in reading.usage.folders]
+        assert (reading.bytes, reading.state) == (6000, State.OVER), (reading.path, folders)
+
+
+def test_mbox_files_below_a_folder_directory_holding_cur_and_new_are_counted(env: Env) -> None:
+    """Attack: an mbox user makes the empty IMAP folders ``Projects/cur/`` and ``Projects/new/``
+    beside ``Projects/2024/jan`` (6 kB): ``Projects/`` holds cur/ and new/. Expected: a directory
+    holding other directories than a Maildir's is a folder directory, walked: over quota."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    (home / "Projects" / "cur").mkdir(parents=True)  # IMAP CREATE "Projects/cur/" (no mail)
+    (home / "Projects" / "new").mkdir(parents=True)  # IMAP CREATE "Projects/new/"
+    write_mbox(home / "Projects" / "2024" / "jan", ["x" * 3000, "y" * 3000])
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan().readings[address]
+
+    if reading.usage.known:
+        folders = [(f.name, f.bytes) for f in reading.usage.folders]
+        assert reading.state is State.OVER and reading.bytes > 6000, folders

@@ -215,3 +215,80 @@ def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None
     scanned = full_scan(env, address)
     assert (scanned.bytes, scanned.state, scanned.path) == (3500, State.OVER, str(new))
     assert watched == (3500, State.OVER, str(new)), f"watch answers {watched}, a full scan (3500, over, {new})"
+
+
+def test_a_new_folder_in_an_existing_empty_directory_of_an_mbox_home_is_seen_by_watch(env: Env) -> None:
+    """Scenario: an mbox home holds ``Projects/`` with no file yet (IMAP CREATE "Projects/");
+    later ``Projects/2025`` is made and gets mail. Expected: watch sees it (every directory of
+    the home watched, not only those holding a folder)."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "INBOX", 100)
+    (home / "Projects").mkdir()  # IMAP CREATE "Projects/": a directory, no file yet
+    env.scan()
+
+    async def run() -> tuple[int, State]:
+        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
+            before = tracker.readings[address]
+            assert before.state is State.OK
+            append_mbox(home / "Projects" / "2025", 3000)  # CREATE "Projects/2025", APPEND
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
+            r = tracker.readings[address]
+            return r.bytes, r.state
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert scanned.state is State.OVER
+    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"
+
+
+def test_a_new_layout_fs_folder_below_an_existing_plain_directory_is_seen_by_watch(env: Env) -> None:
+    """Scenario: under LAYOUT=fs, ``Projects/`` is a plain directory with no folder below it yet;
+    a Sieve ``fileinto :create "Projects/2025"`` makes one and delivers. Expected: watch sees it."""
+    spool = {"maildir_layout": "fs"}
+    env.configure(spool=spool)
+    address = env.add("alice", Limits(2000))
+    root = env.maildir("alice")
+    deliver(maildir(root), 100)
+    (root / "Projects").mkdir()  # a \\Noselect parent, no folder below it yet
+    env.scan()
+
+    async def run() -> tuple[int, State]:
+        async with watching(env, spool=spool) as (tracker, _):
+            assert tracker.readings[address].state is State.OK
+            deliver(maildir(root / "Projects" / "2025"), 3000)  # fileinto :create "Projects/2025"
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
+            r = tracker.readings[address]
+            return r.bytes, r.state
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert (scanned.bytes, scanned.state) == (3100, State.OVER)
+    assert watched == (3100, State.OVER), f"watch answers {watched}, a full scan 3100 (over)"
+
+
+def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env: Env) -> None:
+    """Scenario: Dovecot keeps the mbox folder ``INBOX/Lists`` in the directory ``INBOX/`` of the
+    home (INBOX itself elsewhere). Expected: ``INBOX/`` is watched as the directory it is, not
+    taken for the root by its name, and mail appended there is seen."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "Sent", 100)
+    append_mbox(home / "INBOX" / "Lists", 100)
+    env.scan()
+
+    async def run() -> tuple[int, State]:
+        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
+            before = tracker.readings[address]
+            assert before.state is State.OK and sorted(f.name for f in before.usage.folders) == ["INBOX/Lists", "Sent"]
+            append_mbox(home / "INBOX" / "Lists", 3000)  # Sieve: fileinto "INBOX/Lists"
+            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
+            r = tracker.readings[address]
+            return r.bytes, r.state
+
+    watched = asyncio.run(run())
+    scanned = full_scan(env, address)
+    assert scanned.state is State.OVER
+    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"

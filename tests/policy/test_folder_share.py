@@ -158,3 +158,28 @@ def test_a_restored_row_of_the_version_before_folders_were_kept_holds_room_in_it
         store.close()
 
     assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")).startswith("452")
+
+
+def test_an_empty_utf8_twin_does_not_hide_a_full_utf7_folder(site: Site) -> None:
+    """Attack: beside Dovecot's full ``.Gel&APY-scht``, the owner makes ``.Gelöscht`` (empty),
+    the same folder to an IMAP server. Expected: ``roomy+Gelöscht@`` is weighed against the
+    one holding more, not let into the full folder by its empty twin."""
+    md = site.spool / DOMAIN / "roomy" / "Maildir"
+    add_message(maildir_folder(md, "Gel&APY-scht"), 10_001)  # Dovecot's folder, full
+    maildir_folder(md, "Gelöscht")  # the owner's empty twin, same IMAP name
+    data = site.data()
+    data["folders"] = [{"match": "Gelöscht", "quota": "10000"}]
+    config = parse_config(data)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+        run_scan(config, store)
+        names = sorted(f.name for f in store.readings()[ROOMY].usage.folders)
+    finally:
+        store.close()
+    assert names == ["Gel&APY-scht", "Gelöscht", "INBOX"], names
+    service = site.service(config, Metrics())
+
+    assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")  # as today
+    answer = ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100))
+    assert answer != "DUNNO", "roomy+Gelöscht@ weighed against the empty twin: the full Gel&APY-scht takes mail"

@@ -75,12 +75,12 @@ class Session:
 
 def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
     """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
-    recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``)."""
-    found = usage.folder(name)
-    if found is None:
-        shown = imap_name(name)
-        found = next((f for f in usage.folders if imap_name(f.name) == shown), None)
-    return found
+    recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``). Of two
+    on disk that are the same folder to an IMAP server (its owner made ``.Gelöscht`` beside
+    ``.Gel&APY-scht``), the one holding more: the agent delivers to one of them."""
+    shown = imap_name(name)
+    same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
+    return max(same, key=lambda f: (f.bytes, f.messages), default=None)
 
 
 @dataclass(frozen=True)

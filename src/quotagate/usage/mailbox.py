@@ -60,12 +60,12 @@ def _root_markers(root_fd: int) -> tuple[str, ...]:
 
 
 def _looks_like_maildir(
-    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None
+    root_fd: int, layout: maildir.Layout = "maildir++", markers: tuple[str, ...] | None = None, besides: str = ""
 ) -> bool:
     """cur/, new/ or maildirsize at the root (``markers``, when looked for already); or, when
     the INBOX's own directories are missing (a tree made by imapsync or doveadm with folders
-    only), a ``.Folder`` (``LAYOUT=fs``: a ``Folder``) holding cur/ or new/ — an mbox home has
-    no such thing, and read as one all that mail would count 0."""
+    only), a ``.Folder`` (``LAYOUT=fs``: a ``Folder``) holding cur/ or new/, other than
+    ``besides`` — an mbox home has no such thing, and read as one all that mail would count 0."""
     if markers if markers is not None else _root_markers(root_fd):
         return True
     try:
@@ -73,13 +73,15 @@ def _looks_like_maildir(
     except OSError:
         return False
     return any(
-        (name.startswith(".") != (layout == "fs")) and name not in (".", "..") and _holds_mail_dirs(name, root_fd)
+        (name.startswith(".") != (layout == "fs"))
+        and name not in (".", "..", besides)
+        and _holds_mail_dirs(name, root_fd)
         for name in names
     )
 
 
 _HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maildir nor an mbox home"
-_TWO_MAILDIRS = "a Maildir here, and another through the symlink [spool] maildir_subdir names: which is delivered to?"
+_TWO_MAILDIRS = "a Maildir here, and another in [spool] maildir_subdir: which is delivered to?"
 
 
 def _half_maildir(root_fd: int, markers: tuple[str, ...]) -> bool:
@@ -468,19 +470,24 @@ def _measure_node(
     return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile, last), root)
 
 
-def _symlinked_maildir_below(
+def _maildir_below_too(
     node: Node | None, fmt: FormatSetting, subdir: str, roots: Roots, layout: maildir.Layout
 ) -> bool:
-    """Whether a directory measured as a Maildir also holds, as ``subdir``, a symlink to one:
-    what the delivery agent follows (``mail_location = maildir:~/Maildir``), while the markers
-    here may be anyone's (its owner's empty ``cur/``, ``new/`` or ``maildirsize``). A plain
-    directory there is named by the folder listing (:data:`maildir.LAYOUT_HINT`)."""
+    """Whether a directory measured as a Maildir also holds one as ``subdir`` (a symlink to one,
+    or a dot directory under Maildir++): what the delivery agent delivers to (``home_mailbox = .maildir/``,
+    ``mail_location = maildir:~/Maildir``), while the markers here may be anyone's (its owner's
+    empty ``cur/``, ``new/`` or ``maildirsize``): counted as a folder of the home, its own
+    folders would be left out."""
     if not subdir or node is None or not node.is_dir:
         return False
     try:
-        if not stat.S_ISLNK(os.stat(subdir, dir_fd=node.fd, follow_symlinks=False).st_mode):
-            return False
+        mode = os.stat(subdir, dir_fd=node.fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
+        return False
+    # A plain directory is looked at only where the folder listing would count it as a folder
+    # (``.maildir`` under Maildir++), not its folders: a plain ``Maildir`` there is named by the
+    # listing (:data:`maildir.LAYOUT_HINT`), and one under LAYOUT=fs is counted with its folders.
+    if not (stat.S_ISLNK(mode) or (stat.S_ISDIR(mode) and layout != "fs" and subdir.startswith("."))):
         return False
     below = _maildir_below(node, fmt, subdir, roots, layout)
     if below is None:
@@ -629,16 +636,20 @@ def measure(
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
             if looks and not markers and subdir:
                 # A Maildir by its folders alone: the one in maildir_subdir (~/.maildir, or
-                # ~/Maildir under LAYOUT=fs, which looks like such a folder) is the agent's.
+                # ~/Maildir under LAYOUT=fs, which looks like such a folder) is the agent's,
+                # unless other folders beside it make the home one too: which, is not known.
                 below = _maildir_below(node, fmt, subdir, roots, layout)
                 if below is not None and below.is_dir and _looks_like_maildir(below.fd, layout):
                     looks = False
+                    if dir_node is not None and _looks_like_maildir(dir_node.fd, layout, (), besides=subdir):
+                        below.close()
+                        return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
                 elif below is not None:
                     below.close()
                     below = None
-            if looks and _symlinked_maildir_below(node, fmt, subdir, roots, layout):
-                return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
             half = dir_node is not None and looks and fmt == "auto" and _half_maildir(dir_node.fd, markers)
+            if looks and not half and _maildir_below_too(node, fmt, subdir, roots, layout):
+                return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
             if half:
                 looks, below = False, _maildir_below(node, fmt, subdir, roots, layout)
                 if below is not None and not (below.is_dir and _looks_like_maildir(below.fd, layout)):

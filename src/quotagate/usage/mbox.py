@@ -121,12 +121,20 @@ def _skipped(name: str) -> bool:
 
 
 def _holds_maildir(fd: int) -> bool:
-    """Whether the directory is a Maildir: cur/, new/ or tmp/ in it and no mbox file (see
-    :func:`holds_mbox`). Dovecot keeps the IMAP folders "Projects/new/2024", "Projects/cur/a"
-    and "Projects/plans" as the mbox files ``Projects/new/2024``, ``Projects/cur/a`` and
-    ``Projects/plans``: cur/ and new/ both, in a folder directory of mbox files."""
+    """Whether the directory is a Maildir: cur/, new/ or tmp/ in it, no other directory beside
+    them (but dot ones: Maildir++ folders), and no mbox file (see :func:`holds_mbox`). Dovecot
+    keeps the IMAP folders "Projects/new/2024", "Projects/cur/a" and "Projects/2024/jan" as the
+    mbox files ``Projects/new/2024``, ``Projects/cur/a`` and ``Projects/2024/jan``: cur/ and new/
+    both, in a folder directory."""
     found = [name for name in _MAILDIR_DIRS if _is_dir(fd, name)]
-    return bool(found) and not holds_mbox(fd, found)
+    if not found:
+        return False
+    with os.scandir(fd) as entries:
+        others = any(
+            e.is_dir(follow_symlinks=False) and e.name not in _MAILDIR_DIRS and not e.name.startswith(".")
+            for e in entries
+        )
+    return not others and not holds_mbox(fd, found)
 
 
 def _is_dir(fd: int, name: str) -> bool:

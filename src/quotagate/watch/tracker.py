@@ -249,12 +249,8 @@ class Tracker:
         if path is None or usage is None or not usage.known or usage.format is Format.MISSING:
             return "", {}
         root = located(path, reading, self.config.spool)
-        if usage.format is Format.MBOX:
-            wanted = {root: _Target(address, _MBOX)}
-            for f in usage.folders:  # the directories holding its files: nested folders
-                for parent in _parents(f.name):
-                    wanted[f"{root}/{parent}"] = _Target(address, _MBOX | Mask.ONLYDIR, parent, tree=True)
-            return root, wanted
+        if usage.format is Format.MBOX:  # its directories are found when watched (_plan_watches)
+            return root, {root: _Target(address, _MBOX)}
         layout = self.config.spool.maildir_layout
         wanted = {root: _Target(address, _ROOT_DIR)}
         for f in usage.folders:
@@ -263,9 +259,6 @@ class Tracker:
                 wanted[base] = _Target(address, _ROOT_DIR, f.name)  # cur/ or new/ appearing later
             for sub in ("cur", "new"):
                 wanted[f"{base}/{sub}"] = _Target(address, _MESSAGE_DIR, f.name, sub)
-            if layout == "fs":  # a new folder below a directory that is none (Archive/2025)
-                for parent in _parents(f.name):
-                    wanted.setdefault(f"{root}/{parent}", _Target(address, _ROOT_DIR, parent, tree=True))
         return root, wanted
 
     def _plan_watches(self, address: str) -> _Planned:
@@ -286,6 +279,8 @@ class Tracker:
         try:
             with safefs.opened(root, self._roots) as node:
                 if node is not None:  # else gone meanwhile: nothing is its any more
+                    for path, target in self._tree(address, root, node).items():
+                        wanted.setdefault(path, target)
                     for path, target in wanted.items():
                         if (watch := self._add_watch(node.fd, target)) is not None:
                             added.append((path, watch))
@@ -294,6 +289,20 @@ class Tracker:
                 return _Planned(wanted, added, exc)
             # The root is gone or leads out of the roots now: the next measurement sees it.
         return _Planned(wanted, added, looked=True)
+
+    def _tree(self, address: str, root: str, node: safefs.Node) -> dict[str, _Target]:
+        """Every directory of an mbox home, or of a LAYOUT=fs tree (but the folders' own and
+        their cur/, new/ and tmp/), to watch for what comes and goes in it: a folder made in one
+        holding no folder yet (``Projects/2025`` in ``Projects/``) is seen as it comes."""
+        reading = self.readings.get(address)
+        if not node.is_dir or reading is None:
+            return {}
+        mbox_home = reading.usage.format is Format.MBOX
+        if not mbox_home and self.config.spool.maildir_layout != "fs":
+            return {}
+        mask = _MBOX | Mask.ONLYDIR if mbox_home else _ROOT_DIR
+        found = _directories(node.fd, dots=not mbox_home, skip=frozenset() if mbox_home else _MAILDIR_PARTS)
+        return {f"{root}/{d}": _Target(address, mask, d, tree=True) for d in map(display_name, found)}
 
     def _add_watch(self, root_fd: int, target: _Target) -> Watch | None:
         """A watch on what ``target`` is on in the opened root, or None when it is gone or a
@@ -734,10 +743,52 @@ def _moved(
     return [address for (address, _, _), still in zip(looked, same, strict=True) if not still]
 
 
-def _parents(name: str) -> list[str]:
-    """The directories a folder path lies in, below the root: ``a/b/c`` -> ``a``, ``a/b``."""
-    parts = name.split("/")[:-1]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+_MAILDIR_PARTS = frozenset({"cur", "new", "tmp"})
+
+
+def _directories(root_fd: int, dots: bool, skip: frozenset[str]) -> list[str]:
+    """The directories below an opened root as paths relative to it, depth first, following no
+    symlink, at most :data:`maildir.MAX_FOLDERS` of them :data:`maildir.MAX_DEPTH` deep (the
+    bounds of a measurement); names starting with a dot only with ``dots``, none in ``skip``.
+    Blocking, on directories a user controls: a thread's."""
+    found: list[str] = []
+
+    def walk(fd: int, prefix: str, depth: int) -> None:
+        with os.scandir(fd) as entries:
+            names = [
+                e.name
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and e.name not in skip and (dots or not e.name.startswith("."))
+            ]
+        for name in names:
+            if len(found) >= maildir.MAX_FOLDERS:
+                return
+            found.append(prefix + name)
+            if depth + 1 >= maildir.MAX_DEPTH:
+                continue
+            sub = safefs.open_dir(name, fd)
+            if sub is None:
+                continue  # gone, or swapped for a symlink, since the listing
+            try:
+                walk(sub, f"{prefix}{name}/", depth + 1)
+            finally:
+                os.close(sub)
+
+    walk(root_fd, "", 0)
+    return found
+
+
+def _open_tree(root_fd: int, relative: str) -> int | None:
+    """The directory at ``relative`` below an opened root, one level at a time, following
+    nothing; None when a level is gone or a symlink."""
+    fd = os.dup(root_fd)
+    for part in relative.split("/"):
+        sub = safefs.open_dir(part, fd) if part not in ("", ".", "..") else None
+        os.close(fd)
+        if sub is None:
+            return None
+        fd = sub
+    return fd
 
 
 def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int | None:
@@ -745,7 +796,9 @@ def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int |
     gone or a symlink (never followed below the root)."""
     if target.folder is None:
         return os.dup(root_fd)
-    folder = maildir.open_folder(root_fd, disk_name(target.folder), "fs" if target.tree else layout)
+    if target.tree:
+        return _open_tree(root_fd, disk_name(target.folder))
+    folder = maildir.open_folder(root_fd, disk_name(target.folder), layout)
     if folder is None or target.sub is None:
         return folder
     try:
