@@ -122,7 +122,8 @@ def _skipped(name: str) -> bool:
 
 def _holds_maildir(fd: int) -> bool:
     """Whether the directory is a Maildir: cur/, new/ or tmp/ in it, no other directory beside
-    them (but dot ones: Maildir++ folders), and no mbox file (see :func:`holds_mbox`). Dovecot
+    them (but dot ones: Maildir++ folders), and no mbox file beside them (nor, without both cur/
+    and new/, first in them: see :func:`holds_mbox`). Dovecot
     keeps the IMAP folders "Projects/new/2024", "Projects/cur/a" and "Projects/2024/jan" as the
     mbox files ``Projects/new/2024``, ``Projects/cur/a`` and ``Projects/2024/jan``: cur/ and new/
     both, in a folder directory."""
@@ -134,7 +135,11 @@ def _holds_maildir(fd: int) -> bool:
             e.is_dir(follow_symlinks=False) and e.name not in _MAILDIR_DIRS and not e.name.startswith(".")
             for e in entries
         )
-    return not others and not holds_mbox(fd, found)
+    if others:
+        return False
+    # Both, as every agent makes them: a message saved with its envelope line (procmail's, or
+    # Exim's with a message_prefix) does not make it mbox folders; an mbox file beside them does.
+    return not holds_mbox(fd, () if {"cur", "new"} <= set(found) else found)
 
 
 def _is_dir(fd: int, name: str) -> bool:
