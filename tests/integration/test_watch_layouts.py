@@ -53,6 +53,32 @@ def full_scan(env: Env, address: str) -> Reading:
     return env.scan(full=True).readings[address]
 
 
+def watched_then_scanned(
+    env: Env,
+    spool: dict[str, Any],
+    address: str,
+    change: Callable[[], object],
+    until_state: State,
+    before: State = State.OK,
+) -> tuple[Reading, Reading]:
+    """What watch reads once ``change`` made the mailbox ``until_state`` (from ``before``), and
+    what a full scan reads then."""
+
+    async def run() -> Reading:
+        async with watching(env, spool=spool) as (tracker, _):
+            assert tracker.readings[address].state is before
+            change()
+            await until(lambda: tracker.readings[address].state is until_state, seconds=8)
+            return tracker.readings[address]
+
+    watched = asyncio.run(run())
+    return watched, full_scan(env, address)
+
+
+def said(watched: Reading, scanned: Reading) -> str:
+    return f"watch reads {watched.bytes} ({watched.state}), a full scan {scanned.bytes} ({scanned.state})"
+
+
 @pytest.mark.parametrize(
     ("layout", "subdir"),
     [("{local}", "Maildir"), ("{domain}/{local}", ".maildir"), ("{domain}/{local}", "Maildir")],
@@ -69,34 +95,26 @@ def test_a_maildir_made_in_an_existing_home_by_the_first_delivery_is_seen_by_wat
     home = env.spool / ("alice" if layout == "{local}" else "example.org/alice")
     home.mkdir(parents=True)
     (home / ".profile").write_text("# skeleton\n")
-    (home / ".bashrc").write_text("# skeleton\n")
     env.scan()
 
-    async def run() -> tuple[int, State, Format]:
-        async with watching(env, spool=spool) as (tracker, _):
-            assert tracker.readings[address].bytes == 0
-            deliver(maildir(home / subdir), 2000)  # the first delivery makes the Maildir
-            await until(lambda: tracker.readings[address].state is State.OVER, seconds=5)
-            r = tracker.readings[address]
-            return r.bytes, r.state, r.usage.format
+    watched, scanned = watched_then_scanned(
+        env, spool, address, lambda: deliver(maildir(home / subdir), 2000), State.OVER
+    )
 
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert (scanned.bytes, scanned.state, scanned.usage.format) == (2000, State.OVER, Format.MAILDIR)
-    assert watched == (2000, State.OVER, Format.MAILDIR), f"watch answers {watched}, a full scan (2000, OVER, maildir)"
+    assert (scanned.bytes, scanned.usage.format) == (2000, Format.MAILDIR)
+    assert (watched.bytes, watched.usage.format) == (2000, Format.MAILDIR)
 
 
-def into_nested_folder(home: Path, outside: Path) -> None:
+def _into_nested_folder(home: Path, outside: Path) -> None:
     append_mbox(home / "Archive" / "2024", 3000)  # Sieve fileinto "Archive/2024"
 
 
-def restored_by_rename(home: Path, outside: Path) -> None:
-    backup = outside / "Lists"
-    backup.write_bytes(mbox_message(3000))
-    os.rename(backup, home / "Lists")  # mv from the admin's restore area on the same file system
+def _restored_by_rename(home: Path, outside: Path) -> None:
+    (outside / "Lists").write_bytes(mbox_message(3000))
+    os.rename(outside / "Lists", home / "Lists")  # mv from the admin's restore area
 
 
-@pytest.mark.parametrize("change", [into_nested_folder, restored_by_rename])
+@pytest.mark.parametrize("change", [_into_nested_folder, _restored_by_rename])
 def test_mail_landing_in_an_mbox_home_outside_its_top_level_writes_is_seen_by_watch(
     env: Env, change: Callable[[Path, Path], None]
 ) -> None:
@@ -112,19 +130,9 @@ def test_mail_landing_in_an_mbox_home_outside_its_top_level_writes_is_seen_by_wa
     outside.mkdir()
     env.scan()
 
-    async def run() -> tuple[int, State]:
-        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
-            before = tracker.readings[address].bytes
-            assert 0 < before < 2000
-            change(home, outside)
-            await until(lambda: tracker.readings[address].bytes != before, seconds=5)
-            r = tracker.readings[address]
-            return r.bytes, r.state
+    watched, scanned = watched_then_scanned(env, MBOX_HOMES, address, lambda: change(home, outside), State.OVER)
 
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert scanned.state is State.OVER
-    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"
+    assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
 
 
 def test_an_mbox_folder_deleted_from_an_mbox_home_is_seen_by_watch(env: Env) -> None:
@@ -137,18 +145,11 @@ def test_an_mbox_folder_deleted_from_an_mbox_home_is_seen_by_watch(env: Env) -> 
     append_mbox(home / "Old", 5000)
     env.scan()
 
-    async def run() -> tuple[int, State]:
-        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
-            assert tracker.readings[address].state is State.OVER
-            (home / "Old").unlink()  # IMAP DELETE "Old"
-            await until(lambda: tracker.readings[address].state is not State.OVER, seconds=5)
-            r = tracker.readings[address]
-            return r.bytes, r.state
+    watched, scanned = watched_then_scanned(
+        env, MBOX_HOMES, address, (home / "Old").unlink, State.OK, before=State.OVER
+    )
 
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert scanned.state is State.OK
-    assert watched == (scanned.bytes, State.OK), f"watch answers {watched}, a full scan {scanned.bytes} (ok)"
+    assert (watched.bytes, watched.state) == (scanned.bytes, State.OK), said(watched, scanned)
 
 
 def test_a_delivery_into_a_new_folder_below_a_plain_parent_directory_is_seen_by_watch(env: Env) -> None:
@@ -156,27 +157,75 @@ def test_a_delivery_into_a_new_folder_below_a_plain_parent_directory_is_seen_by_
     cur/, new/), as Dovecot leaves a parent it made. A Sieve ``fileinto :create "Archive/2025"``
     makes a folder below it and delivers there. Expected: watch sees the new folder and its mail
     (the directories between the root and a folder are watched, as the root is)."""
-    env.configure(spool={"maildir_layout": "fs"})
+    spool = {"maildir_layout": "fs"}
+    env.configure(spool=spool)
     address = env.add("alice", Limits(2000))
     root = env.maildir("alice")
     deliver(maildir(root), 100)
-    deliver(maildir(root / "Archive" / "2024"), 100)  # Archive/ itself holds no cur/ or new/
+    deliver(maildir(root / "Archive" / "2024"), 100)
     env.scan()
 
-    async def run() -> tuple[int, State, list[str]]:
-        async with watching(env, spool={"maildir_layout": "fs"}) as (tracker, _):
-            assert [f.name for f in tracker.readings[address].usage.folders] == ["Archive/2024", "INBOX"]
-            deliver(maildir(root / "Archive" / "2025"), 3000)  # fileinto :create "Archive/2025"
-            await until(lambda: tracker.readings[address].state is State.OVER, seconds=5)
-            r = tracker.readings[address]
-            return r.bytes, r.state, [f.name for f in r.usage.folders]
-
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert (scanned.bytes, scanned.state) == (3200, State.OVER)
-    assert watched == (3200, State.OVER, ["Archive/2024", "Archive/2025", "INBOX"]), (
-        f"watch answers {watched}, a full scan 3200 bytes, over, with Archive/2025"
+    watched, scanned = watched_then_scanned(
+        env, spool, address, lambda: deliver(maildir(root / "Archive" / "2025"), 3000), State.OVER
     )
+
+    assert (scanned.bytes, scanned.state) == (3200, State.OVER)
+    assert (watched.bytes, [f.name for f in watched.usage.folders]) == (3200, ["Archive/2024", "Archive/2025", "INBOX"])
+
+
+def test_a_new_folder_in_an_existing_empty_directory_of_an_mbox_home_is_seen_by_watch(env: Env) -> None:
+    """Scenario: an mbox home holds ``Projects/`` with no file yet (IMAP CREATE "Projects/");
+    later ``Projects/2025`` is made and gets mail. Expected: watch sees it (every directory of
+    the home watched, not only those holding a folder)."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "INBOX", 100)
+    (home / "Projects").mkdir()
+    env.scan()
+
+    watched, scanned = watched_then_scanned(
+        env, MBOX_HOMES, address, lambda: append_mbox(home / "Projects" / "2025", 3000), State.OVER
+    )
+
+    assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
+
+
+def test_a_new_layout_fs_folder_below_an_existing_plain_directory_is_seen_by_watch(env: Env) -> None:
+    """Scenario: under LAYOUT=fs, ``Projects/`` is a plain directory with no folder below it yet;
+    a Sieve ``fileinto :create "Projects/2025"`` makes one and delivers. Expected: watch sees it."""
+    spool = {"maildir_layout": "fs"}
+    env.configure(spool=spool)
+    address = env.add("alice", Limits(2000))
+    root = env.maildir("alice")
+    deliver(maildir(root), 100)
+    (root / "Projects").mkdir()
+    env.scan()
+
+    watched, scanned = watched_then_scanned(
+        env, spool, address, lambda: deliver(maildir(root / "Projects" / "2025"), 3000), State.OVER
+    )
+
+    assert (scanned.bytes, scanned.state) == (3100, State.OVER)
+    assert (watched.bytes, watched.state) == (3100, State.OVER), said(watched, scanned)
+
+
+def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env: Env) -> None:
+    """Scenario: Dovecot keeps the mbox folder ``INBOX/Lists`` in the directory ``INBOX/`` of the
+    home (INBOX itself elsewhere). Expected: ``INBOX/`` is watched as the directory it is, not
+    taken for the root by its name, and mail appended there is seen."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "Sent", 100)
+    append_mbox(home / "INBOX" / "Lists", 100)
+    env.scan()
+
+    watched, scanned = watched_then_scanned(
+        env, MBOX_HOMES, address, lambda: append_mbox(home / "INBOX" / "Lists", 3000), State.OVER
+    )
+
+    assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
 
 
 def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None:
@@ -215,80 +264,3 @@ def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None
     scanned = full_scan(env, address)
     assert (scanned.bytes, scanned.state, scanned.path) == (3500, State.OVER, str(new))
     assert watched == (3500, State.OVER, str(new)), f"watch answers {watched}, a full scan (3500, over, {new})"
-
-
-def test_a_new_folder_in_an_existing_empty_directory_of_an_mbox_home_is_seen_by_watch(env: Env) -> None:
-    """Scenario: an mbox home holds ``Projects/`` with no file yet (IMAP CREATE "Projects/");
-    later ``Projects/2025`` is made and gets mail. Expected: watch sees it (every directory of
-    the home watched, not only those holding a folder)."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "INBOX", 100)
-    (home / "Projects").mkdir()  # IMAP CREATE "Projects/": a directory, no file yet
-    env.scan()
-
-    async def run() -> tuple[int, State]:
-        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
-            before = tracker.readings[address]
-            assert before.state is State.OK
-            append_mbox(home / "Projects" / "2025", 3000)  # CREATE "Projects/2025", APPEND
-            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
-            r = tracker.readings[address]
-            return r.bytes, r.state
-
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert scanned.state is State.OVER
-    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"
-
-
-def test_a_new_layout_fs_folder_below_an_existing_plain_directory_is_seen_by_watch(env: Env) -> None:
-    """Scenario: under LAYOUT=fs, ``Projects/`` is a plain directory with no folder below it yet;
-    a Sieve ``fileinto :create "Projects/2025"`` makes one and delivers. Expected: watch sees it."""
-    spool = {"maildir_layout": "fs"}
-    env.configure(spool=spool)
-    address = env.add("alice", Limits(2000))
-    root = env.maildir("alice")
-    deliver(maildir(root), 100)
-    (root / "Projects").mkdir()  # a \\Noselect parent, no folder below it yet
-    env.scan()
-
-    async def run() -> tuple[int, State]:
-        async with watching(env, spool=spool) as (tracker, _):
-            assert tracker.readings[address].state is State.OK
-            deliver(maildir(root / "Projects" / "2025"), 3000)  # fileinto :create "Projects/2025"
-            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
-            r = tracker.readings[address]
-            return r.bytes, r.state
-
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert (scanned.bytes, scanned.state) == (3100, State.OVER)
-    assert watched == (3100, State.OVER), f"watch answers {watched}, a full scan 3100 (over)"
-
-
-def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env: Env) -> None:
-    """Scenario: Dovecot keeps the mbox folder ``INBOX/Lists`` in the directory ``INBOX/`` of the
-    home (INBOX itself elsewhere). Expected: ``INBOX/`` is watched as the directory it is, not
-    taken for the root by its name, and mail appended there is seen."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "Sent", 100)
-    append_mbox(home / "INBOX" / "Lists", 100)
-    env.scan()
-
-    async def run() -> tuple[int, State]:
-        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
-            before = tracker.readings[address]
-            assert before.state is State.OK and sorted(f.name for f in before.usage.folders) == ["INBOX/Lists", "Sent"]
-            append_mbox(home / "INBOX" / "Lists", 3000)  # Sieve: fileinto "INBOX/Lists"
-            await until(lambda: tracker.readings[address].state is State.OVER, seconds=8)
-            r = tracker.readings[address]
-            return r.bytes, r.state
-
-    watched = asyncio.run(run())
-    scanned = full_scan(env, address)
-    assert scanned.state is State.OVER
-    assert watched == (scanned.bytes, State.OVER), f"watch answers {watched}, a full scan {scanned.bytes} (over)"

@@ -106,14 +106,8 @@ def test_room_held_for_the_mailbox_does_not_shut_a_small_folder(site: Site) -> N
     assert ask(service, request(ARCHIVE, 9_001, client="192.0.2.9", instance="p")) != "DUNNO"
 
 
-def test_a_full_folder_named_as_an_imap_server_shows_it_is_full(site: Site) -> None:
-    """Scenario: the rule ``match = "Gelöscht"`` (as Dovecot's ``quota_rule`` is written) gives
-    the folder kept on disk as ``.Gel&APY-scht`` (modified UTF-7) its own limit, and it is full.
-    Over SMTPUTF8 the recipient ``roomy+Gelöscht@`` is delivered into it.
-
-    Expected: both spellings find the folder's usage (552), and hold room under one folder."""
-    md = site.spool / DOMAIN / "roomy" / "Maildir"
-    add_message(maildir_folder(md, "Gel&APY-scht"), 10_001)
+def _scanned_with_geloscht_rule(site: Site) -> PolicyService:
+    """roomy (1 MB) scanned with a rule ``match = "Gelöscht"``, 10,000 bytes, and its service."""
     data = site.data()
     data["folders"] = [{"match": "Gelöscht", "quota": "10000"}]
     config = parse_config(data)
@@ -123,7 +117,18 @@ def test_a_full_folder_named_as_an_imap_server_shows_it_is_full(site: Site) -> N
         run_scan(config, store)
     finally:
         store.close()
-    service = site.service(config, Metrics())
+    return site.service(config, Metrics())
+
+
+def test_a_full_folder_named_as_an_imap_server_shows_it_is_full(site: Site) -> None:
+    """Scenario: the rule ``match = "Gelöscht"`` (as Dovecot's ``quota_rule`` is written) gives
+    the folder kept on disk as ``.Gel&APY-scht`` (modified UTF-7) its own limit, and it is full.
+    Over SMTPUTF8 the recipient ``roomy+Gelöscht@`` is delivered into it.
+
+    Expected: both spellings find the folder's usage (552), and hold room under one folder."""
+    md = site.spool / DOMAIN / "roomy" / "Maildir"
+    add_message(maildir_folder(md, "Gel&APY-scht"), 10_001)
+    service = _scanned_with_geloscht_rule(site)
 
     assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")
     assert ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100)).startswith("552")
@@ -167,18 +172,9 @@ def test_an_empty_utf8_twin_does_not_hide_a_full_utf7_folder(site: Site) -> None
     md = site.spool / DOMAIN / "roomy" / "Maildir"
     add_message(maildir_folder(md, "Gel&APY-scht"), 10_001)  # Dovecot's folder, full
     maildir_folder(md, "Gelöscht")  # the owner's empty twin, same IMAP name
-    data = site.data()
-    data["folders"] = [{"match": "Gelöscht", "quota": "10000"}]
-    config = parse_config(data)
-    store = open_store(site.db_url)
-    try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
-        run_scan(config, store)
-        names = sorted(f.name for f in store.readings()[ROOMY].usage.folders)
-    finally:
-        store.close()
-    assert names == ["Gel&APY-scht", "Gelöscht", "INBOX"], names
-    service = site.service(config, Metrics())
+    service = _scanned_with_geloscht_rule(site)
+    folders = service.snapshot.readings[ROOMY].usage.folders
+    assert sorted(f.name for f in folders) == ["Gel&APY-scht", "Gelöscht", "INBOX"]
 
     assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")  # as today
     answer = ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100))

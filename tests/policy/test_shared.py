@@ -406,6 +406,17 @@ def test_a_change_the_script_refuses_is_dropped_and_redis_stays_in_use(tmp_path:
     assert run(go()) == (True, 1.0)
 
 
+def site_with_a_big_roomy(tmp_path: Path) -> Site:
+    """A site whose roomy has a limit of 1,000,000 bytes: room for folders with limits of their own."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+    finally:
+        store.close()
+    return site
+
+
 def test_a_folders_own_share_and_room_are_weighed_per_folder_in_the_ledger(tmp_path: Path, redis: RedisProcess) -> None:
     """roomy (a mailbox of 1,000,000 bytes) has a folder Archive with a limit of 10,000 of its
     own: one client may hold 1,000 of it. Room the client holds for the mailbox itself does not
@@ -413,12 +424,7 @@ def test_a_folders_own_share_and_room_are_weighed_per_folder_in_the_ledger(tmp_p
     would otherwise shut Archive for every client); what it holds for roomy+Archive does, under
     any spelling (Roomy+Archive is another copy, but the same folder); another client has a
     share of its own."""
-    site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
-    finally:
-        store.close()
+    site = site_with_a_big_roomy(tmp_path)
     archive = ROOMY.replace("@", "+Archive@")
 
     async def go() -> list[bytes]:
@@ -444,12 +450,7 @@ def test_sums_a_ledger_of_another_version_left_behind_hold_no_room(tmp_path: Pat
     Expected: room nobody holds is not weighed: the folder's sums are a part of what the
     mailbox holds, never more, and go when nothing is held; 6,000 bytes into the empty
     10,000-byte folder are let in (and never a 552 for held room)."""
-    site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
-    finally:
-        store.close()
+    site = site_with_a_big_roomy(tmp_path)
     archive = ROOMY.replace("@", "+Archive@")
     client = Redis(host=redis.host, port=redis.port, password=redis.password or None)
     res, sums = mailbox_keys(site.base.name, ROOMY)[:2]

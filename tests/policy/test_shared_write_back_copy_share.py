@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quotagate.model import Limits, Mailbox
-from quotagate.store import open_store
-from tests.policy.conftest import BUSY, DUNNO, ROOMY, make_site, request, run, wait_until
-from tests.policy.test_shared import daemon
+from tests.policy.conftest import BUSY, DUNNO, ROOMY, request, run, wait_until
+from tests.policy.test_shared import daemon, site_with_a_big_roomy
 from tests.servers.redis import private_redis
 
 pytestmark = pytest.mark.servers
@@ -31,14 +29,9 @@ def test_room_held_for_a_folder_while_redis_was_away_counts_against_the_folders_
 
     Expected: 452 busy (900 + 600 = 1,500 > its 1,000 share of the folder), as it is when
     Redis never went away (tests/policy/test_shared.py
-    test_a_folders_own_share_is_weighed_per_copy_in_the_ledger). Actually: DUNNO, the
-    written-back 900 bytes are in no per-copy sum."""
-    site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
-    finally:
-        store.close()
+    test_a_folders_own_share_and_room_are_weighed_per_folder_in_the_ledger): the written-back
+    900 bytes count in the client's share of the folder."""
+    site = site_with_a_big_roomy(tmp_path)
 
     with private_redis() as redis:
 
