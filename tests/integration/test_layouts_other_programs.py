@@ -266,3 +266,42 @@ def test_mbox_files_below_a_folder_directory_holding_cur_and_new_are_counted(env
     if reading.usage.known:
         folders = [(f.name, f.bytes) for f in reading.usage.folders]
         assert reading.state is State.OVER and reading.bytes > 6000, folders
+
+
+def test_mbox_files_in_a_folder_directory_holding_only_cur_and_new_are_counted(env: Env) -> None:
+    """Attack: an mbox user keeps the mbox folders ``Projects/cur/jan`` and ``Projects/new/feb``
+    (6 kB): ``Projects/`` holds cur/ and new/ and nothing else. Expected: files named as no
+    delivery agent names a Maildir message (its time, then a dot) and starting with a From line
+    are mbox folders: counted, over quota, or the mailbox unknown."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    write_mbox(home / "Projects" / "cur" / "jan", ["x" * 3000])
+    write_mbox(home / "Projects" / "new" / "feb", ["y" * 3000])
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan(full=True).readings[address]
+
+    folders = [(f.name, f.bytes) for f in reading.usage.folders]
+    assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 6000), folders
+
+
+def test_nested_layout_fs_folders_beside_an_empty_maildir_subdir_are_not_left_out(env: Env) -> None:
+    """Attack: under LAYOUT=fs, in a Maildir that is the mailbox's path, the owner moves the INBOX
+    into ``Archive/old`` (``Archive/`` itself no folder) and makes an empty ``Maildir`` folder.
+    Expected: the folders at any depth beside it count: 6,000 bytes, or unknown, kept over."""
+    env.configure(spool={"maildir_layout": "fs"}, scan={"racy_seconds": 0})
+    md = env.maildir("alice")
+    add_message(maildir_folder(md), 1000)
+    add_message(fs_folder(md, "Archive/2024"), 5000)
+    address = env.add("alice", Limits(4000, 0))
+    assert env.scan().readings[address].state is State.OVER
+    old = md / "Archive" / "old"
+    old.mkdir()
+    for sub in ("cur", "new", "tmp"):
+        os.rename(md / sub, old / sub)
+    fs_folder(md, "Maildir")
+
+    reading = env.scan(full=True).readings[address]
+
+    assert reading.state is State.OVER and (reading.bytes == 6000 or not reading.usage.known), reading.path

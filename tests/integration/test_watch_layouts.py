@@ -15,6 +15,7 @@ import pytest
 
 from quotagate.model import Format, Limits, Mailbox, Reading, State
 from quotagate.store import open_store
+from quotagate.usage import maildir as maildir_module
 from quotagate.watch.watcher import Watcher
 from tests.integration.scanenv import Env
 from tests.integration.watchrun import until, watching
@@ -223,6 +224,36 @@ def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env:
 
     watched, scanned = watched_then_scanned(
         env, MBOX_HOMES, address, lambda: append_mbox(home / "INBOX" / "Lists", 3000), State.OVER
+    )
+
+    assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
+
+
+def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_watch(env: Env) -> None:
+    """Attack: in an mbox home, the owner makes a Maildir ``M*/`` (listed before ``Projects/``)
+    with 10,000 empty directories in its cur/: the scan passes the Maildir over. Expected: watch
+    walks the home as the scan does (not into that Maildir), so ``Projects/`` is still watched
+    and mail appended to ``Projects/big`` is seen."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(2000))
+    home = env.spool / "alice" / "mail"
+    append_mbox(home / "inbox", 100)
+    append_mbox(home / "Projects" / "big", 100)
+    first = None
+    for i in range(50):  # a name listed before Projects/ (listing order is the file system's)
+        for sub in ("cur", "new", "tmp"):
+            (home / f"M{i}" / sub).mkdir(parents=True)
+        order = os.listdir(home)
+        if order.index(f"M{i}") < order.index("Projects"):
+            first = home / f"M{i}"
+            break
+    assert first is not None
+    for n in range(maildir_module.MAX_FOLDERS):
+        (first / "cur" / f"d{n}").mkdir()
+    env.scan(full=True)
+
+    watched, scanned = watched_then_scanned(
+        env, MBOX_HOMES, address, lambda: append_mbox(home / "Projects" / "big", 3000), State.OVER
     )
 
     assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)

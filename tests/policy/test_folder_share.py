@@ -106,10 +106,11 @@ def test_room_held_for_the_mailbox_does_not_shut_a_small_folder(site: Site) -> N
     assert ask(service, request(ARCHIVE, 9_001, client="192.0.2.9", instance="p")) != "DUNNO"
 
 
-def _scanned_with_geloscht_rule(site: Site) -> PolicyService:
-    """roomy (1 MB) scanned with a rule ``match = "Gelöscht"``, 10,000 bytes, and its service."""
+def _scanned_with_geloscht_rule(site: Site, limit: dict[str, object] | None = None) -> PolicyService:
+    """roomy (1 MB) scanned with a rule ``match = "Gelöscht"`` (10,000 bytes, or ``limit``), and
+    its service."""
     data = site.data()
-    data["folders"] = [{"match": "Gelöscht", "quota": "10000"}]
+    data["folders"] = [{"match": "Gelöscht", **(limit or {"quota": "10000"})}]
     config = parse_config(data)
     store = open_store(site.db_url)
     try:
@@ -179,3 +180,24 @@ def test_an_empty_utf8_twin_does_not_hide_a_full_utf7_folder(site: Site) -> None
     assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")  # as today
     answer = ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100))
     assert answer != "DUNNO", "roomy+Gelöscht@ weighed against the empty twin: the full Gel&APY-scht takes mail"
+
+
+def test_a_twin_with_more_bytes_does_not_hide_a_twin_over_its_message_limit(site: Site) -> None:
+    """Attack: the rule gives Gelöscht a limit of 5 messages; Dovecot's ``.Gel&APY-scht`` holds 6.
+    The owner makes the twin ``.Gelöscht`` holding one big message. Expected: each limit is
+    weighed against the most either twin holds of it: both spellings refused, not let in
+    because the twin with more bytes holds fewer messages."""
+    md = site.spool / DOMAIN / "roomy" / "Maildir"
+    full = maildir_folder(md, "Gel&APY-scht")
+    for _ in range(6):
+        add_message(full, 100)
+    add_message(maildir_folder(md, "Gelöscht"), 5_000)
+    service = _scanned_with_geloscht_rule(site, {"messages": 5})
+    config = service.config
+
+    answers = [
+        ask(site.service(config, Metrics()), request(f"roomy+{spelling}@{DOMAIN}", 100))
+        for spelling in ("Gel&APY-scht", "Gelöscht")
+    ]
+
+    assert "DUNNO" not in answers, answers

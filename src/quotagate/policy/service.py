@@ -77,10 +77,12 @@ def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
     """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
     recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``). Of two
     on disk that are the same folder to an IMAP server (its owner made ``.Gelöscht`` beside
-    ``.Gel&APY-scht``), the one holding more: the agent delivers to one of them."""
+    ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them."""
     shown = imap_name(name)
     same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
-    return max(same, key=lambda f: (f.bytes, f.messages), default=None)
+    if len(same) < 2:
+        return same[0] if same else None
+    return FolderUsage(name, max(f.bytes for f in same), max(f.messages for f in same))
 
 
 @dataclass(frozen=True)

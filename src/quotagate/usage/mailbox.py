@@ -84,6 +84,17 @@ _HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maild
 _TWO_MAILDIRS = "a Maildir here, and another in [spool] maildir_subdir: which is delivered to?"
 
 
+def _folders_besides(root_fd: int, layout: maildir.Layout, subdir: str) -> bool:
+    """Whether a directory with no INBOX of its own holds folders other than ``subdir`` (and,
+    under LAYOUT=fs, those below it): at any depth under LAYOUT=fs (``Archive/old`` in a plain
+    ``Archive/``), as the folder listing finds them."""
+    if layout != "fs":
+        return _looks_like_maildir(root_fd, layout, (), besides=subdir)
+    listing = maildir.folder_names(root_fd, "fs")
+    below = f"{subdir}/"
+    return bool(listing.problems) or any(n != subdir and not n.startswith(below) for n in listing.names[1:])
+
+
 def _half_maildir(root_fd: int, markers: tuple[str, ...]) -> bool:
     """Only one of cur/ and new/ at the root (every delivery agent makes both), no maildirsize,
     and an mbox file: an mbox home whose user made the IMAP folder "new/2024" (Dovecot keeps it
@@ -641,7 +652,7 @@ def measure(
                 below = _maildir_below(node, fmt, subdir, roots, layout)
                 if below is not None and below.is_dir and _looks_like_maildir(below.fd, layout):
                     looks = False
-                    if dir_node is not None and _looks_like_maildir(dir_node.fd, layout, (), besides=subdir):
+                    if dir_node is not None and _folders_besides(dir_node.fd, layout, subdir):
                         below.close()
                         return Found(root, MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_TWO_MAILDIRS}"))
                 elif below is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -21,7 +22,7 @@ _SEPARATORS = (b"\n\nFrom ", b"\n\r\nFrom ")
 _CARRY = max(len(s) for s in _SEPARATORS) - 1
 _SKIPPED_SUFFIXES = (".lock", ".lck")
 _FROM = b"From "
-_MAILDIR_DIRS = ("cur", "new", "tmp")  # a Maildir within an mbox home (see _holds_maildir)
+_MAILDIR_DIRS = ("cur", "new", "tmp")  # a Maildir within an mbox home (see holds_maildir)
 
 
 MboxStamp = tuple[int, int, int]
@@ -120,10 +121,9 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES)
 
 
-def _holds_maildir(fd: int) -> bool:
+def holds_maildir(fd: int) -> bool:
     """Whether the directory is a Maildir: cur/, new/ or tmp/ in it, no other directory beside
-    them (but dot ones: Maildir++ folders), and no mbox file beside them (nor, without both cur/
-    and new/, first in them: see :func:`holds_mbox`). Dovecot
+    them (but dot ones: Maildir++ folders), and no mbox file (see :func:`holds_mbox`). Dovecot
     keeps the IMAP folders "Projects/new/2024", "Projects/cur/a" and "Projects/2024/jan" as the
     mbox files ``Projects/new/2024``, ``Projects/cur/a`` and ``Projects/2024/jan``: cur/ and new/
     both, in a folder directory."""
@@ -135,11 +135,7 @@ def _holds_maildir(fd: int) -> bool:
             e.is_dir(follow_symlinks=False) and e.name not in _MAILDIR_DIRS and not e.name.startswith(".")
             for e in entries
         )
-    if others:
-        return False
-    # Both, as every agent makes them: a message saved with its envelope line (procmail's, or
-    # Exim's with a message_prefix) does not make it mbox folders; an mbox file beside them does.
-    return not holds_mbox(fd, () if {"cur", "new"} <= set(found) else found)
+    return not others and not holds_mbox(fd, found)
 
 
 def _is_dir(fd: int, name: str) -> bool:
@@ -147,6 +143,9 @@ def _is_dir(fd: int, name: str) -> bool:
         return stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
     except FileNotFoundError:
         return False
+
+
+_MAILDIR_NAME = re.compile(r"[0-9]+\.")  # how every delivery agent names a Maildir message: its time first
 
 
 def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
@@ -166,7 +165,9 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
             try:
                 with os.scandir(sub_fd) as entries:
                     first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
-                if first is not None and file_is_mbox(sub_fd, first, empty=False):
+                # A message saved with its envelope line (procmail's, Exim's with a message_prefix)
+                # starts as an mbox does: its Maildir name (time, then a dot) tells it apart.
+                if first is not None and not _MAILDIR_NAME.match(first) and file_is_mbox(sub_fd, first, empty=False):
                     return True
             finally:
                 os.close(sub_fd)
@@ -249,7 +250,7 @@ def mbox_files(root_fd: int) -> Listing:
             if sub is None:
                 continue  # gone, or swapped for a symlink, since the listing
             try:
-                if _holds_maildir(sub):
+                if holds_maildir(sub):
                     maildirs.append(prefix + name + "/")
                 else:
                     walk(sub, prefix + name + "/", depth + 1)

@@ -36,7 +36,7 @@ from quotagate.publish import PublishError
 from quotagate.scan import kept_over, reading_for
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import StoreError
-from quotagate.usage import maildir, safefs
+from quotagate.usage import maildir, mbox, safefs
 from quotagate.usage.mailbox import Found, beside_mbox, measure, timed_out, unchanged_each
 from quotagate.usage.maildirsize import MAX_SIZE
 from quotagate.usage.names import disk_name, display_name
@@ -301,7 +301,7 @@ class Tracker:
         if not mbox_home and self.config.spool.maildir_layout != "fs":
             return {}
         mask = _MBOX | Mask.ONLYDIR if mbox_home else _ROOT_DIR
-        found = _directories(node.fd, dots=not mbox_home, skip=frozenset() if mbox_home else _MAILDIR_PARTS)
+        found = _directories(node.fd, mbox_home)
         return {f"{root}/{d}": _Target(address, mask, d, tree=True) for d in map(display_name, found)}
 
     def _add_watch(self, root_fd: int, target: _Target) -> Watch | None:
@@ -746,11 +746,12 @@ def _moved(
 _MAILDIR_PARTS = frozenset({"cur", "new", "tmp"})
 
 
-def _directories(root_fd: int, dots: bool, skip: frozenset[str]) -> list[str]:
+def _directories(root_fd: int, mbox_home: bool) -> list[str]:
     """The directories below an opened root as paths relative to it, depth first, following no
     symlink, at most :data:`maildir.MAX_FOLDERS` of them :data:`maildir.MAX_DEPTH` deep (the
-    bounds of a measurement); names starting with a dot only with ``dots``, none in ``skip``.
-    Blocking, on directories a user controls: a thread's."""
+    bounds of a measurement). Of an mbox home: those its measurement walks (not dot ones, nor a
+    Maildir it passes over: see :func:`mbox.holds_maildir`); of a LAYOUT=fs tree: all but a
+    folder's cur/, new/ and tmp/. Blocking, on directories a user controls: a thread's."""
     found: list[str] = []
 
     def walk(fd: int, prefix: str, depth: int) -> None:
@@ -758,19 +759,21 @@ def _directories(root_fd: int, dots: bool, skip: frozenset[str]) -> list[str]:
             names = [
                 e.name
                 for e in entries
-                if e.is_dir(follow_symlinks=False) and e.name not in skip and (dots or not e.name.startswith("."))
+                if e.is_dir(follow_symlinks=False)
+                and (not e.name.startswith(".") if mbox_home else e.name not in _MAILDIR_PARTS)
             ]
         for name in names:
             if len(found) >= maildir.MAX_FOLDERS:
                 return
-            found.append(prefix + name)
-            if depth + 1 >= maildir.MAX_DEPTH:
-                continue
             sub = safefs.open_dir(name, fd)
             if sub is None:
                 continue  # gone, or swapped for a symlink, since the listing
             try:
-                walk(sub, f"{prefix}{name}/", depth + 1)
+                if mbox_home and mbox.holds_maildir(sub):
+                    continue  # not counted: nothing in it to watch
+                found.append(prefix + name)
+                if depth + 1 < maildir.MAX_DEPTH:
+                    walk(sub, f"{prefix}{name}/", depth + 1)
             finally:
                 os.close(sub)
 
