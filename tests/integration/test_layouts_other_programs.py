@@ -305,3 +305,20 @@ def test_nested_layout_fs_folders_beside_an_empty_maildir_subdir_are_not_left_ou
     reading = env.scan(full=True).readings[address]
 
     assert reading.state is State.OVER and (reading.bytes == 6000 or not reading.usage.known), reading.path
+
+
+def test_mbox_folders_named_like_maildir_messages_below_cur_are_not_left_out(env: Env) -> None:
+    """Attack: an mbox user names IMAP folders ``Archive/cur/2024.q1`` and ``Archive/cur/2024.q2``
+    (8 kB): ``Archive/`` holds only cur/, its files named as a Maildir's messages are (time-first).
+    Expected: counted, over quota, or the mailbox unknown: never passed over as a Maildir."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    write_mbox(home / "Archive" / "cur" / "2024.q1", ["x" * 2000, "y" * 2000])
+    write_mbox(home / "Archive" / "cur" / "2024.q2", ["z" * 2000, "w" * 2000])
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan(full=True).readings[address]
+
+    folders = [(f.name, f.bytes) for f in reading.usage.folders]
+    assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders

@@ -411,8 +411,6 @@ def test_a_directory_of_message_files_is_not_mbox_folders(tmp_path: Path) -> Non
     archive = maildir_folder(root / "mail" / "Archive")  # a Maildir left in an mbox home
     add_message(archive, 500)
     add_message(archive, 600, where="new", with_size=False)
-    # A message saved with its envelope line starts like an mbox: still a message file.
-    (Path(os.fsdecode(archive)) / "cur" / "1700000001.M1P1.h:2,S").write_bytes(b"From a@b.example Mon Jan  1\n\nx\n")
     mh = root / "Mail" / "inbox"  # an MH folder: numbered message files
     mh.mkdir(parents=True)
     for n in (1, 2, 3):
@@ -426,6 +424,11 @@ def test_a_directory_of_message_files_is_not_mbox_folders(tmp_path: Path) -> Non
     # count: unknown, not an empty mailbox.
     alone = measure(str(mh), "auto")
     assert not alone.known and "no mbox file, only what quotagate cannot count (1, 2, 3)" in (alone.error or "")
+    # A message saved with its envelope line starts as an mbox does, as do IMAP folders the
+    # owner names cur/2024.q1 (their mail counted by the agent): which, quotagate cannot tell.
+    (Path(os.fsdecode(archive)) / "cur" / "1700000001.M1P1.h:2,S").write_bytes(b"From a@b.example Mon Jan  1\n\nx\n")
+    usage = measure(str(root), "auto")
+    assert not usage.known and "IMAP folders named cur or new" in (usage.error or "")
 
 
 @pytest.mark.parametrize("fmt", ["auto", "mbox"])

@@ -231,9 +231,10 @@ def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env:
 
 def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_watch(env: Env) -> None:
     """Attack: in an mbox home, the owner makes a Maildir ``M*/`` (listed before ``Projects/``)
-    with 10,000 empty directories in its cur/: the scan passes the Maildir over. Expected: watch
+    with 10,000 empty directories in its tmp/: the scan passes the Maildir over. Expected: watch
     walks the home as the scan does (not into that Maildir), so ``Projects/`` is still watched
-    and mail appended to ``Projects/big`` is seen."""
+    and mail appended to ``Projects/big`` is seen. (Directories in its cur/ or new/ would make
+    the mailbox unknown: they may be IMAP folders named so.)"""
     env.configure(spool=MBOX_HOMES)
     address = env.add("alice", Limits(2000))
     home = env.spool / "alice" / "mail"
@@ -249,7 +250,7 @@ def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_wat
             break
     assert first is not None
     for n in range(maildir_module.MAX_FOLDERS):
-        (first / "cur" / f"d{n}").mkdir()
+        (first / "tmp" / f"d{n}").mkdir()
     env.scan(full=True)
 
     watched, scanned = watched_then_scanned(
@@ -257,6 +258,34 @@ def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_wat
     )
 
     assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
+
+
+@pytest.mark.parametrize(("layout", "folder"), [("{local}", ""), ("{local}/mail", "INBOX")])
+def test_an_mbox_appended_to_is_a_delivery_for_the_room_in_flight(env: Env, layout: str, folder: str) -> None:
+    """Scenario: ``serve`` with ``[watch]`` over mbox mailboxes (``/var/mail/USER``, or an mbox
+    home): an accepted message's room is in flight until its delivery is seen. Expected: an
+    append to the mbox (closed after writing, as every agent delivers) is such a sighting, as a
+    new file in a Maildir's new/ is: else the room stays in flight beside the reading that
+    counts the message, and the next message that fits is deferred for reservation_seconds."""
+    spool = {"layout": layout, "format": "mbox"}
+    env.configure(spool=spool)
+    address = env.add("alice", Limits(10_000))
+    home = env.spool / "alice" / "mail"
+    mbox_path = home / folder if folder else env.spool / "alice"
+    if folder:
+        append_mbox(home / "Sent", 100)
+    append_mbox(mbox_path, 100)
+    env.scan()
+    seen: list[str] = []
+
+    async def run() -> None:
+        async with watching(env, spool=spool) as (tracker, _):
+            tracker.on_delivery = seen.append
+            append_mbox(mbox_path, 3000)
+            await until(lambda: address in seen, seconds=8)
+
+    asyncio.run(run())
+    assert seen == [address]
 
 
 def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None:

@@ -338,13 +338,15 @@ def _mbox_dir(
     racy_cutoff_ns: int,
     profile: Profile,
     last: MailboxUsage | None = None,
+    beside: str = "",
 ) -> MailboxUsage:
-    """Every mbox file read, then looked at again, as :func:`_maildir` does."""
+    """Every mbox file read, then looked at again, as :func:`_maildir` does; ``beside``: the
+    Maildir measured beside them (see :func:`mbox.mbox_files`)."""
     reuse = _reusable(previous, Format.MBOX)
     this_time: dict[str, tuple[mbox.MboxStamp, FolderUsage]] = {}
 
     def one_pass() -> MailboxUsage | tuple[Stayed, tuple[mbox.Listing, _MboxRead] | None]:
-        listing = mbox.mbox_files(node.fd)
+        listing = mbox.mbox_files(node.fd, beside)
         if any(_exists(marker, node.fd) for marker in _DBOX_MARKERS) or _dbox(listing):
             return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_DBOX}")
         if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
@@ -352,7 +354,7 @@ def _mbox_dir(
         read = _read_mbox_files(node, listing.files, reuse, this_time, racy_cutoff_ns, profile)
         if read is None:
             return "names", None
-        return _mbox_files_stayed(node.fd, listing, read.stamps), (listing, read)
+        return _mbox_files_stayed(node.fd, listing, read.stamps, beside), (listing, read)
 
     outcome = _settled(one_pass)
     if isinstance(outcome, MailboxUsage):
@@ -419,10 +421,12 @@ def _read_mbox_files(
     return _MboxRead(folders, stamps, passed_over, mmdf)
 
 
-def _mbox_files_stayed(root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp]) -> Stayed:
+def _mbox_files_stayed(
+    root_fd: int, listing: mbox.Listing, stamps: dict[str, mbox.MboxStamp], beside: str = ""
+) -> Stayed:
     """Whether the home still has the files it was read with ("names" when not), each as it
     was read ("stamps" when one changed since)."""
-    if mbox.mbox_files(root_fd) != listing:
+    if mbox.mbox_files(root_fd, beside) != listing:
         return "names"
     return "yes" if all(mbox.file_stamp(root_fd, name) == stamp for name, stamp in stamps.items()) else "stamps"
 
@@ -467,6 +471,7 @@ def _measure_node(
     profile: Profile,
     layout: maildir.Layout,
     last: MailboxUsage | None = None,
+    beside: str = "",
 ) -> MailboxUsage:
     if node is None:
         return MailboxUsage(Format.MISSING)
@@ -478,7 +483,7 @@ def _measure_node(
         if _layout_index(node.fd):  # Dovecot's maildirsize at the root, the mail in GUID dirs
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(root)}: {_LAYOUT_INDEX}")
         return _bounded(_maildir(node, previous, racy_cutoff_ns, profile, layout, last), root)
-    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile, last), root)
+    return _bounded(_mbox_dir(node, previous, racy_cutoff_ns, profile, last, beside), root)
 
 
 def _maildir_below_too(
@@ -683,6 +688,7 @@ def measure(
                         definition,
                         layout,
                         _without_beside(previous),
+                        subdir,
                     )
                     maildir_node, at = (node, root) if looks else (below, os.path.join(root, subdir))
                     beside = _measure_at(
@@ -704,6 +710,7 @@ def measure(
                         definition,
                         layout,
                         previous,
+                        subdir,
                     )
                 where = os.path.join(root, subdir)
                 return _measure_at(
@@ -785,10 +792,11 @@ def _measure_at(
     definition: str | None,
     layout: maildir.Layout,
     last: Found | None = None,
+    beside: str = "",
 ) -> Found:
     reuse = previous.usage if previous is not None and previous.path == where else None
     before = last.usage if last is not None and last.path == where else None
-    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile, layout, before)
+    usage = _measure_node(node, where, fmt, reuse, racy_cutoff_ns, profile, layout, before, beside)
     if fix_rules is None:
         return Found(where, usage)
     return Found(where, _fix(node, where, roots, usage, fix_rules, profile, definition))

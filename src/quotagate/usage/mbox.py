@@ -207,15 +207,23 @@ MAX_ENTRIES = 10_000
 MAX_NAMES = 2_000_000
 """Characters of the paths below an mbox home, in all: 10,000 of 200 characters."""
 _TOO_MANY = f"more than {MAX_ENTRIES} files and folders, or names of more than {MAX_NAMES} characters in all"
+_MAILDIR_OR_FOLDERS = (
+    "a Maildir in an mbox home, or IMAP folders named cur or new: which the delivery agent counts,"
+    " quotagate cannot tell"
+)
 
 
-def mbox_files(root_fd: int) -> Listing:
+def mbox_files(root_fd: int, beside: str = "") -> Listing:
     """The relative path (the folder name) of every file under an opened directory that may be
     an mbox (see :func:`is_mbox`), without following symlinks.
 
     Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
     mail. Nor is a Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages
-    of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``).
+    of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``). One
+    whose cur/ or new/ holds a directory, or a file starting with a From line, may as well be
+    IMAP folders named so (``Archive/cur/2024.q1``), whose mail the delivery agent counts: an
+    OSError (EINVAL), the mailbox unknown; but for ``beside`` at the top (``[spool]
+    maildir_subdir``, the Maildir measured beside the mbox files, procmail's From lines and all).
 
     Depth first, holding a descriptor for each level of the current path only: a home as wide
     as its owner likes never holds more. Deeper than :data:`MAX_DEPTH` is an OSError (ELOOP);
@@ -251,9 +259,30 @@ def mbox_files(root_fd: int) -> Listing:
                 continue  # gone, or swapped for a symlink, since the listing
             try:
                 if holds_maildir(sub):
+                    if prefix or name != beside:
+                        look_into(sub, prefix + name)
                     maildirs.append(prefix + name + "/")
                 else:
                     walk(sub, prefix + name + "/", depth + 1)
+            finally:
+                os.close(sub)
+
+    def look_into(maildir_fd: int, where: str) -> None:
+        """Every entry of a Maildir's cur/ and new/ (counted against the bounds): a message, or
+        (a directory, a file starting with a From line) maybe an mbox folder."""
+        nonlocal entries_left
+        for part in ("cur", "new"):
+            sub = safefs.open_dir(part, maildir_fd)
+            if sub is None:
+                continue
+            try:
+                with os.scandir(sub) as entries:
+                    for entry in entries:
+                        entries_left -= 1
+                        if entries_left < 0:
+                            raise OSError(errno.E2BIG, _TOO_MANY, where)
+                        if not entry.is_file(follow_symlinks=False) or file_is_mbox(sub, entry.name, empty=False):
+                            raise OSError(errno.EINVAL, _MAILDIR_OR_FOLDERS, f"{where}/{part}/{entry.name}")
             finally:
                 os.close(sub)
 
