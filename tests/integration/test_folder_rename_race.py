@@ -88,8 +88,8 @@ def test_an_mbox_folder_renamed_between_listing_and_reading_is_not_silently_left
     full = sum(p.stat().st_size for p in home.iterdir())
     listed = mbox.mbox_files
 
-    def list_then_rename(root_fd: int) -> mbox.Listing:
-        found = listed(root_fd)
+    def list_then_rename(root_fd: int, beside: str = "") -> mbox.Listing:
+        found = listed(root_fd, beside)
         if (home / "Archive").exists():
             os.rename(home / "Archive", home / "Archive2")
         return found
