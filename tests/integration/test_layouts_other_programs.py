@@ -5,7 +5,9 @@ the reason: never known with less mail than it holds."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -319,6 +321,52 @@ def test_mbox_folders_named_like_maildir_messages_below_cur_are_not_left_out(env
     address = env.add("alice", Limits(4000, 0))
 
     reading = env.scan(full=True).readings[address]
+
+    folders = [(f.name, f.bytes) for f in reading.usage.folders]
+    assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders
+
+
+def test_mbox_folders_in_maildir_cur_under_format_mbox_are_not_left_out(env: Env) -> None:
+    """Attack: with ``format = "mbox"`` (no Maildir is measured beside the mbox files) and the
+    default ``maildir_subdir``, the owner keeps 8 kB as IMAP folders ``Maildir/cur/2024.q1`` and
+    ``Maildir/cur/2024.q2``, which Dovecot counts. Expected: the directory named like
+    maildir_subdir is looked into as any other: over quota, or unknown."""
+    env.configure(spool={"layout": "{local}/mail", "format": "mbox", "maildir_subdir": "Maildir"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    write_mbox(home / "Maildir" / "cur" / "2024.q1", ["x" * 2000, "y" * 2000])
+    write_mbox(home / "Maildir" / "cur" / "2024.q2", ["z" * 2000, "w" * 2000])
+    (home / "Maildir" / "new").mkdir()
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan(full=True).readings[address]
+
+    folders = [(f.name, f.bytes) for f in reading.usage.folders]
+    assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders
+
+
+def test_an_mbox_folder_below_cur_under_a_lease_is_not_passed_over(env: Env) -> None:
+    """Attack: the owner of ``Archive/cur/2024.q1`` (8 kB of mbox, which makes the mailbox
+    unknown) holds a write lease on it (``F_SETLEASE``, any file's owner may): the scan's
+    non-blocking open fails. Expected: a file that cannot be opened is not taken for a Maildir
+    message: the mailbox stays unknown (or counts it), never known with less."""
+    env.configure(spool={"layout": "{local}/mail", "format": "mbox", "maildir_subdir": ""}, scan={"workers": 1})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    hidden = home / "Archive" / "cur" / "2024.q1"
+    write_mbox(hidden, ["x" * 4000, "y" * 4000])
+    (home / "Archive" / "new").mkdir()
+    address = env.add("alice", Limits(4000, 0))
+    assert not env.scan(full=True).readings[address].usage.known
+
+    old = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease break's signal, to the holder
+    fd = os.open(hidden, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", 1024), fcntl.F_WRLCK)
+        reading = env.scan(full=True).readings[address]
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, old)
 
     folders = [(f.name, f.bytes) for f in reading.usage.folders]
     assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from quotagate.decide import Reserved
 from quotagate.model import Format, Limits, Mailbox, Reading, State
+from quotagate.policy.reservations import Reservations, Transaction
 from quotagate.store import open_store
 from quotagate.usage import maildir as maildir_module
 from quotagate.watch.watcher import Watcher
@@ -260,32 +263,40 @@ def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_wat
     assert (watched.bytes, watched.state) == (scanned.bytes, State.OVER), said(watched, scanned)
 
 
-@pytest.mark.parametrize(("layout", "folder"), [("{local}", ""), ("{local}/mail", "INBOX")])
-def test_an_mbox_appended_to_is_a_delivery_for_the_room_in_flight(env: Env, layout: str, folder: str) -> None:
-    """Scenario: ``serve`` with ``[watch]`` over mbox mailboxes (``/var/mail/USER``, or an mbox
-    home): an accepted message's room is in flight until its delivery is seen. Expected: an
-    append to the mbox (closed after writing, as every agent delivers) is such a sighting, as a
-    new file in a Maildir's new/ is: else the room stays in flight beside the reading that
-    counts the message, and the next message that fits is deferred for reservation_seconds."""
-    spool = {"layout": layout, "format": "mbox"}
-    env.configure(spool=spool)
-    address = env.add("alice", Limits(10_000))
+def test_an_mbox_rewritten_by_its_client_releases_no_room_in_flight(env: Env) -> None:
+    """Scenario: two messages for an mbox home were accepted and are on their way (in flight).
+    The owner's client expunges a message from INBOX (the file rewritten, shorter) and rewrites
+    Sent's flags in place. Expected: no delivery is sighted (an mbox written to is not one: a
+    client's rewrite, a lock file, an open for writing look the same); both stay held."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(100_000))
     home = env.spool / "alice" / "mail"
-    mbox_path = home / folder if folder else env.spool / "alice"
-    if folder:
-        append_mbox(home / "Sent", 100)
-    append_mbox(mbox_path, 100)
+    append_mbox(home / "INBOX", 1000)
+    append_mbox(home / "Sent", 100)
     env.scan()
-    seen: list[str] = []
+    ledger = Reservations(seconds=600)
+    start = time.time()
+    for n in (1, 2):
+        t = Transaction("192.0.2.1", f"t{n}")
+        assert ledger.hold(t, address, 3000, start, 10**9, 100)
+        ledger.end(t, with_data=True, now=start)
 
     async def run() -> None:
-        async with watching(env, spool=spool) as (tracker, _):
-            tracker.on_delivery = seen.append
-            append_mbox(mbox_path, 3000)
-            await until(lambda: address in seen, seconds=8)
+        async with watching(env, spool=MBOX_HOMES) as (tracker, _):
+
+            def sighted(mailbox: str) -> None:
+                ledger.delivered(mailbox, time.time())
+
+            tracker.on_delivery = sighted
+            (home / "INBOX").write_bytes(mbox_message(1000))
+            data = (home / "Sent").read_bytes()
+            with open(home / "Sent", "r+b") as f:
+                f.write(data)
+            await asyncio.sleep(1.5)
 
     asyncio.run(run())
-    assert seen == [address]
+    later = time.time() + 1
+    assert ledger.held(address, later, later) == Reserved(6000, 2)
 
 
 def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None:

@@ -710,7 +710,6 @@ def measure(
                         definition,
                         layout,
                         previous,
-                        subdir,
                     )
                 where = os.path.join(root, subdir)
                 return _measure_at(

@@ -176,6 +176,20 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     return False
 
 
+def _starts_as_mbox(dir_fd: int, name: str) -> bool:
+    """Whether the file ``name`` in ``dir_fd`` holds something and starts with a From line; False
+    when it is gone. One that cannot be opened (a lease its owner holds) is an OSError: what it
+    holds is not known."""
+    fd = open_file(dir_fd, name)
+    if fd is None:
+        return False
+    try:
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size > 0 and is_mbox(fd)
+    finally:
+        os.close(fd)
+
+
 def file_is_mbox(dir_fd: int, relative: str, empty: bool = True) -> bool:
     """Whether the file at ``relative`` beneath ``dir_fd`` is a regular mbox file (see
     :func:`is_mbox`; with ``empty`` False an empty file is none: it proves nothing), opened
@@ -281,7 +295,7 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
                         entries_left -= 1
                         if entries_left < 0:
                             raise OSError(errno.E2BIG, _TOO_MANY, where)
-                        if not entry.is_file(follow_symlinks=False) or file_is_mbox(sub, entry.name, empty=False):
+                        if not entry.is_file(follow_symlinks=False) or _starts_as_mbox(sub, entry.name):
                             raise OSError(errno.EINVAL, _MAILDIR_OR_FOLDERS, f"{where}/{part}/{entry.name}")
             finally:
                 os.close(sub)

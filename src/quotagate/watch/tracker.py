@@ -447,10 +447,6 @@ class Tracker:
         """
         address = target.address
         self._touched.add(address)
-        # An mbox written to and closed: appended to, as agents deliver.
-        mbox_written = target.mask & Mask.MODIFY and mask & Mask.CLOSE_WRITE
-        if mbox_written and (name is None or not name.startswith(".")) and self.on_delivery is not None:
-            self.on_delivery(address)
         if target.folder is None or target.sub is None or name is None or mask & Mask.ISDIR:
             self._dirty.add(address)
             return
