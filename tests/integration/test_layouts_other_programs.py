@@ -370,3 +370,23 @@ def test_an_mbox_folder_below_cur_under_a_lease_is_not_passed_over(env: Env) -> 
 
     folders = [(f.name, f.bytes) for f in reading.usage.folders]
     assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders
+
+
+@pytest.mark.parametrize("folder", [".stash", "Work/.old", "Archive.lck"])
+def test_mbox_folders_named_as_dot_or_lock_files_are_counted(env: Env, folder: str) -> None:
+    """Scenario: Dovecot lists and counts mbox folders named ``.stash``, ``Work/.old`` or
+    ``Archive.lck`` (only ``*.lock`` is its own); a user's client makes them. Expected: a dot file
+    or ``*.lck`` file starting with a From line is an mbox folder, counted: over quota. Dot files
+    that are no mbox (``.subscriptions``) are not passed over, nor said."""
+    env.configure(spool={"layout": "{local}/mail"})
+    home = env.spool / "alice" / "mail"
+    write_mbox(home / "inbox", ["hello"])
+    write_mbox(home / folder, ["x" * 3000, "y" * 3000])
+    (home / ".subscriptions").write_text("INBOX\n")
+    (home / "inbox.lock").write_text("")
+    address = env.add("alice", Limits(4000, 0))
+
+    reading = env.scan(full=True).readings[address]
+
+    assert reading.usage.known, reading.reason
+    assert reading.state is State.OVER and folder in [f.name for f in reading.usage.folders]

@@ -121,6 +121,17 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES)
 
 
+def _named_off_but_mbox(dir_fd: int, entry: os.DirEntry[str]) -> bool:
+    """Whether a file whose name says it is no mail (a dot file, ``*.lck``) starts with a From line
+    all the same: Dovecot lists and counts an mbox folder ``.stash`` or ``Archive.lck`` (its own
+    lock files end in ``.lock``). Dot directories stay unwalked (``.imap``, a home's ``.cache``)."""
+    return (
+        not entry.name.endswith(".lock")
+        and entry.is_file(follow_symlinks=False)
+        and _starts_as_mbox(dir_fd, entry.name)
+    )
+
+
 def holds_maildir(fd: int) -> bool:
     """Whether the directory is a Maildir: cur/, new/ or tmp/ in it, no other directory beside
     them (but dot ones: Maildir++ folders), and no mbox file (see :func:`holds_mbox`). Dovecot
@@ -257,7 +268,7 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
         subdirs = []
         with os.scandir(fd) as entries:
             for entry in entries:
-                if _skipped(entry.name):
+                if _skipped(entry.name) and not _named_off_but_mbox(fd, entry):
                     continue
                 entries_left -= 1
                 names_left -= len(prefix) + len(entry.name)
