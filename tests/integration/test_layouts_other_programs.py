@@ -372,7 +372,7 @@ def test_an_mbox_folder_below_cur_under_a_lease_is_not_passed_over(env: Env) -> 
     assert not reading.usage.known or (reading.state is State.OVER and reading.bytes > 8000), folders
 
 
-@pytest.mark.parametrize("folder", [".stash", "Work/.old", "Archive.lck"])
+@pytest.mark.parametrize("folder", [".stash", "Work/.old", "Archive.lck", "Projects/.old"])
 def test_mbox_folders_named_as_dot_or_lock_files_are_counted(env: Env, folder: str) -> None:
     """Scenario: Dovecot lists and counts mbox folders named ``.stash``, ``Work/.old`` or
     ``Archive.lck`` (only ``*.lock`` is its own); a user's client makes them. Expected: a dot file
@@ -382,6 +382,8 @@ def test_mbox_folders_named_as_dot_or_lock_files_are_counted(env: Env, folder: s
     home = env.spool / "alice" / "mail"
     write_mbox(home / "inbox", ["hello"])
     write_mbox(home / folder, ["x" * 3000, "y" * 3000])
+    (home / "Projects" / "cur").mkdir(parents=True)  # beside Projects/.old: no Maildir for it
+    (home / "Projects" / "new").mkdir()
     (home / ".subscriptions").write_text("INBOX\n")
     (home / "inbox.lock").write_text("")
     address = env.add("alice", Limits(4000, 0))

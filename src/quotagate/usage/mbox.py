@@ -166,7 +166,8 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     a directory make it look like a Maildir; this tells such a folder directory from one."""
     try:
         with os.scandir(fd) as entries:
-            names = [e.name for e in entries if not _skipped(e.name) and e.is_file(follow_symlinks=False)]
+            # Any file but Dovecot's own locks: a dot file (.stash) may be an mbox folder too.
+            names = [e.name for e in entries if not e.name.endswith(".lock") and e.is_file(follow_symlinks=False)]
         if any(file_is_mbox(fd, name, empty=False) for name in names):
             return True
         for sub in subdirs:
