@@ -210,14 +210,7 @@ def open_folder(root_fd: int, name: str, layout: Layout = "maildir++", flags: in
         return os.dup(root_fd)
     if layout != "fs":
         return safefs.open_dir(f".{name}", root_fd, flags)
-    fd = os.dup(root_fd)
-    for part in name.split("/"):
-        sub = safefs.open_dir(part, fd, flags) if part not in ("", ".", "..") else None
-        os.close(fd)
-        if sub is None:
-            return None
-        fd = sub
-    return fd
+    return safefs.open_below(root_fd, name, flags)
 
 
 class Look(NamedTuple):

@@ -128,7 +128,7 @@ def _named_off_but_mbox(dir_fd: int, entry: os.DirEntry[str]) -> bool:
     return (
         not entry.name.endswith(".lock")
         and entry.is_file(follow_symlinks=False)
-        and _starts_as_mbox(dir_fd, entry.name)
+        and file_is_mbox(dir_fd, entry.name, empty=False, strict=True)
     )
 
 
@@ -188,27 +188,16 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     return False
 
 
-def _starts_as_mbox(dir_fd: int, name: str) -> bool:
-    """Whether the file ``name`` in ``dir_fd`` holds something and starts with a From line; False
-    when it is gone. One that cannot be opened (a lease its owner holds) is an OSError: what it
-    holds is not known."""
-    fd = open_file(dir_fd, name)
-    if fd is None:
-        return False
-    try:
-        st = os.fstat(fd)
-        return stat.S_ISREG(st.st_mode) and st.st_size > 0 and is_mbox(fd)
-    finally:
-        os.close(fd)
-
-
-def file_is_mbox(dir_fd: int, relative: str, empty: bool = True) -> bool:
+def file_is_mbox(dir_fd: int, relative: str, empty: bool = True, strict: bool = False) -> bool:
     """Whether the file at ``relative`` beneath ``dir_fd`` is a regular mbox file (see
     :func:`is_mbox`; with ``empty`` False an empty file is none: it proves nothing), opened
-    following nothing; False when it is gone or cannot be opened."""
+    following nothing; False when it is gone or (unless ``strict``: then an OSError, what it
+    holds not known, as under its owner's lease) cannot be opened."""
     try:
         fd = open_file(dir_fd, relative)
     except OSError:
+        if strict:
+            raise
         return False
     if fd is None:
         return False
@@ -307,7 +296,8 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
                         entries_left -= 1
                         if entries_left < 0:
                             raise OSError(errno.E2BIG, _TOO_MANY, where)
-                        if not entry.is_file(follow_symlinks=False) or _starts_as_mbox(sub, entry.name):
+                        folder_like = not entry.is_file(follow_symlinks=False)
+                        if folder_like or file_is_mbox(sub, entry.name, empty=False, strict=True):
                             raise OSError(errno.EINVAL, _MAILDIR_OR_FOLDERS, f"{where}/{part}/{entry.name}")
             finally:
                 os.close(sub)
@@ -319,23 +309,16 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
 def open_file(root_fd: int, relative: str) -> int | None:
     """Open the mbox file at ``relative`` (a name from :func:`mbox_files`) beneath ``root_fd``,
     one directory at a time, following nothing; None when it is gone."""
-    *dirs, name = relative.split("/")
-    fd = os.dup(root_fd)
+    folder, _, name = relative.rpartition("/")
+    fd = safefs.open_below(root_fd, folder) if folder else os.dup(root_fd)
+    if fd is None:
+        return None
     try:
-        for part in dirs:
-            sub = safefs.open_dir(part, fd)
-            os.close(fd)
-            fd = -1
-            if sub is None:
-                return None
-            fd = sub
-        try:
-            return os.open(name, safefs.FILE, dir_fd=fd)
-        except FileNotFoundError:
-            return None
+        return os.open(name, safefs.FILE, dir_fd=fd)
+    except FileNotFoundError:
+        return None
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
 
 
 def file_stamp(root_fd: int, relative: str) -> MboxStamp | None:

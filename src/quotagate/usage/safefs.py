@@ -285,6 +285,19 @@ def open_dir(name: str, dir_fd: int, flags: int = DIRECTORY) -> int | None:
         raise
 
 
+def open_below(root_fd: int, relative: str, flags: int = DIRECTORY) -> int | None:
+    """The directory at ``relative`` below an opened one, a level at a time (:func:`open_dir`,
+    with ``flags``), following nothing; None when a level is gone, a symlink, or ``.``/``..``."""
+    fd = os.dup(root_fd)
+    for part in relative.split("/"):
+        sub = open_dir(part, fd, flags) if part not in ("", ".", "..") else None
+        os.close(fd)
+        if sub is None:
+            return None
+        fd = sub
+    return fd
+
+
 def read_regular(name: str, dir_fd: int, limit: int, owner: int | None = None) -> bytes | None:
     """:func:`read_with_stat` without the stat."""
     found = read_with_stat(name, dir_fd, limit, owner)

@@ -781,26 +781,13 @@ def _directories(root_fd: int, mbox_home: bool) -> list[str]:
     return found
 
 
-def _open_tree(root_fd: int, relative: str) -> int | None:
-    """The directory at ``relative`` below an opened root, one level at a time, following
-    nothing; None when a level is gone or a symlink."""
-    fd = os.dup(root_fd)
-    for part in relative.split("/"):
-        sub = safefs.open_dir(part, fd) if part not in ("", ".", "..") else None
-        os.close(fd)
-        if sub is None:
-            return None
-        fd = sub
-    return fd
-
-
 def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int | None:
     """A new descriptor for what ``target`` is on, in the mailbox's opened root; None when it is
     gone or a symlink (never followed below the root)."""
     if target.folder is None:
         return os.dup(root_fd)
     if target.tree:
-        return _open_tree(root_fd, disk_name(target.folder))
+        return safefs.open_below(root_fd, disk_name(target.folder))
     folder = maildir.open_folder(root_fd, disk_name(target.folder), layout)
     if folder is None or target.sub is None:
         return folder
