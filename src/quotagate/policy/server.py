@@ -216,23 +216,21 @@ class PolicyServer:
         self._malformed_log = Throttled(log)  # a client can send thousands: counted, logged once a minute
         self._peers = LocalPeers()
         self._peer_log = Throttled(log)
-        # The list of names they were looked up from, its names then, and their uids.
-        self._local_users: tuple[list[str] | None, tuple[str, ...], frozenset[int]] = (None, (), frozenset())
+        # The policy their uids were looked up for, and the uids.
+        self._local_users: tuple[PolicyConfig | None, frozenset[int]] = (None, frozenset())
 
     async def load_local_users(self) -> None:
         """Look up the uids of [policy] local_users, off the loop (a user database may be slow):
         at start and at each reload (a user created since is found then)."""
-        listed = self.policy.local_users
-        self._local_users = (listed, tuple(listed), await asyncio.to_thread(uids, listed))
+        policy = self.policy
+        self._local_users = (policy, await asyncio.to_thread(uids, policy.local_users))
 
     def _local_uids(self) -> frozenset[int]:
-        listed, names, found = self._local_users
-        if self.policy.local_users is listed:  # the list they were loaded from: asked on every connection
-            return found
-        if tuple(self.policy.local_users) != names:  # not loaded yet: at once, rather than refuse the MTA
-            found = uids(self.policy.local_users)
-        self._local_users = (self.policy.local_users, tuple(self.policy.local_users), found)
-        return found
+        """The uids, asked on every new connection: looked up again only for a policy they were
+        not loaded for yet (at once, rather than refuse the MTA)."""
+        if self._local_users[0] is not self.policy:
+            self._local_users = (self.policy, uids(self.policy.local_users))
+        return self._local_users[1]
 
     def admits(self, transport: asyncio.BaseTransport) -> bool:
         """Whether to serve a new connection: from another host, or from this one by a user of
