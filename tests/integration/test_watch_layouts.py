@@ -53,6 +53,16 @@ def append_mbox(path: Path, body_size: int) -> None:
         f.write(mbox_message(body_size))
 
 
+def mbox_home(env: Env, limit: int, folders: dict[str, int]) -> tuple[str, Path]:
+    """alice's mbox home (``{local}/mail``), her limit and her folders (name: body size)."""
+    env.configure(spool=MBOX_HOMES)
+    address = env.add("alice", Limits(limit))
+    home = env.spool / "alice" / "mail"
+    for name, size in folders.items():
+        append_mbox(home / name, size)
+    return address, home
+
+
 def full_scan(env: Env, address: str) -> Reading:
     return env.scan(full=True).readings[address]
 
@@ -125,10 +135,7 @@ def test_mail_landing_in_an_mbox_home_outside_its_top_level_writes_is_seen_by_wa
     """Scenario: in an mbox home, mail is appended to the nested folder ``Archive/2024``, or a
     folder is restored with ``mv`` into the home. Expected: watch sees both (every directory of
     the home watched, renames included), as a full scan counts them."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "INBOX", 100)
+    address, home = mbox_home(env, 2000, {"INBOX": 100})
     append_mbox(home / "Archive" / "2024", 100)
     outside = env.spool / "restore"
     outside.mkdir()
@@ -142,11 +149,7 @@ def test_mail_landing_in_an_mbox_home_outside_its_top_level_writes_is_seen_by_wa
 def test_an_mbox_folder_deleted_from_an_mbox_home_is_seen_by_watch(env: Env) -> None:
     """Scenario: a folder's mbox file is deleted from an mbox home (IMAP DELETE). Expected:
     watch no longer counts it, and the mailbox is no longer over."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "INBOX", 100)
-    append_mbox(home / "Old", 5000)
+    address, home = mbox_home(env, 2000, {"INBOX": 100, "Old": 5000})
     env.scan()
 
     watched, scanned = watched_then_scanned(
@@ -181,10 +184,7 @@ def test_a_new_folder_in_an_existing_empty_directory_of_an_mbox_home_is_seen_by_
     """Scenario: an mbox home holds ``Projects/`` with no file yet (IMAP CREATE "Projects/");
     later ``Projects/2025`` is made and gets mail. Expected: watch sees it (every directory of
     the home watched, not only those holding a folder)."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "INBOX", 100)
+    address, home = mbox_home(env, 2000, {"INBOX": 100})
     (home / "Projects").mkdir()
     env.scan()
 
@@ -218,10 +218,7 @@ def test_mail_appended_to_a_child_of_inbox_in_an_mbox_home_is_seen_by_watch(env:
     """Scenario: Dovecot keeps the mbox folder ``INBOX/Lists`` in the directory ``INBOX/`` of the
     home (INBOX itself elsewhere). Expected: ``INBOX/`` is watched as the directory it is, not
     taken for the root by its name, and mail appended there is seen."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "Sent", 100)
+    address, home = mbox_home(env, 2000, {"Sent": 100})
     append_mbox(home / "INBOX" / "Lists", 100)
     env.scan()
 
@@ -238,10 +235,7 @@ def test_a_maildir_passed_over_in_an_mbox_home_does_not_spend_what_watch_may_wat
     walks the home as the scan does (not into that Maildir), so ``Projects/`` is still watched
     and mail appended to ``Projects/big`` is seen. (Directories in its cur/ or new/ would make
     the mailbox unknown: they may be IMAP folders named so.)"""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(2000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "inbox", 100)
+    address, home = mbox_home(env, 2000, {"inbox": 100})
     append_mbox(home / "Projects" / "big", 100)
     first = None
     for i in range(50):  # a name listed before Projects/ (listing order is the file system's)
@@ -268,11 +262,7 @@ def test_an_mbox_rewritten_by_its_client_releases_no_room_in_flight(env: Env) ->
     The owner's client expunges a message from INBOX (the file rewritten, shorter) and rewrites
     Sent's flags in place. Expected: no delivery is sighted (an mbox written to is not one: a
     client's rewrite, a lock file, an open for writing look the same); both stay held."""
-    env.configure(spool=MBOX_HOMES)
-    address = env.add("alice", Limits(100_000))
-    home = env.spool / "alice" / "mail"
-    append_mbox(home / "INBOX", 1000)
-    append_mbox(home / "Sent", 100)
+    address, home = mbox_home(env, 100_000, {"INBOX": 1000, "Sent": 100})
     env.scan()
     ledger = Reservations(seconds=600)
     start = time.time()

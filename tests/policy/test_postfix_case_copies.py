@@ -55,18 +55,3 @@ def test_postfix_end_of_message_holds_both_copies_differing_in_case(site: Site) 
     assert after == 8_000 and other != "DUNNO", (
         f"two 4,000-byte copies accepted: {after} bytes held; a 2,000-byte message next answered {other!r}"
     )
-
-
-def test_postfix_mailbox_local_part_in_capitals_is_a_second_copy(site: Site) -> None:
-    """Attack: through Postfix, one transaction names ``roomy@`` and ``ROOMY@`` (SIZE=5000 each)
-    into 9,000 bytes of room: two envelope recipients, two deliveries, as for a detail.
-
-    Expected: the second RCPT is deferred, or both copies are held (10,000 bytes): the
-    mailbox's own local part in other case is a copy of its own, not the first one asked again."""
-    service = site.service(site.config(client_hold="100%"), Metrics())
-    connection = Session()
-    assert ask(service, request(ROOMY, MESSAGE, instance="A"), connection) == "DUNNO"
-    second = ask(service, request(f"{LOCAL.upper()}@{DOMAIN}", MESSAGE, instance="A"), connection)
-    assert second != "DUNNO" or _held(service) == 2 * MESSAGE, (
-        f"two copies of {MESSAGE} bytes let into {ROOM} bytes of room, {_held(service)} bytes held for them"
-    )
