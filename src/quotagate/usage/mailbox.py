@@ -754,7 +754,9 @@ def _mbox_kept(root_fd: int, root: str, previous: Found | None) -> bool:
         return False
     if previous.usage.format is Format.MBOX:
         names = [disk_name(f.name) for f in previous.usage.folders if not f.name.startswith(_BESIDE)]
-        return any(mbox.file_is_mbox(root_fd, name) for name in names)
+        # One that cannot be opened (its owner's lease) is an OSError: the mailbox unknown, not
+        # the empty Maildir beside it measured alone.
+        return any(mbox.file_is_mbox(root_fd, name, strict=True) for name in names)
     # Regular files only (a device or a FIFO opened as root may do more than read it); not an
     # empty one, which proves nothing.
     return not previous.usage.known and mbox.holds_mbox(root_fd, ())

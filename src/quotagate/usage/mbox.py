@@ -163,28 +163,31 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     """Whether the directory open at ``fd`` holds an mbox file: one directly in it, or the first
     file in one of its ``subdirs`` (each named so by a user of an mbox home, not a Maildir's:
     a Maildir's messages never start with a ``From `` line). Only cur/ and new/ at the top of
-    a directory make it look like a Maildir; this tells such a folder directory from one."""
-    try:
-        with os.scandir(fd) as entries:
-            # Any file but Dovecot's own locks: a dot file (.stash) may be an mbox folder too.
-            names = [e.name for e in entries if not e.name.endswith(".lock") and e.is_file(follow_symlinks=False)]
-        if any(file_is_mbox(fd, name, empty=False) for name in names):
-            return True
-        for sub in subdirs:
-            sub_fd = safefs.open_dir(sub, fd)
-            if sub_fd is None:
+    a directory make it look like a Maildir; this tells such a folder directory from one.
+
+    A file that cannot be opened (its owner's lease, EACCES on a root-squashed mount) is an
+    OSError, not a "no": taken for none, the folder directory holding it would be passed over as
+    a Maildir, its mail left out."""
+    with os.scandir(fd) as entries:
+        # Any file but Dovecot's own locks: a dot file (.stash) may be an mbox folder too.
+        names = [e.name for e in entries if not e.name.endswith(".lock") and e.is_file(follow_symlinks=False)]
+    if any(file_is_mbox(fd, name, empty=False, strict=True) for name in names):
+        return True
+    for sub in subdirs:
+        sub_fd = safefs.open_dir(sub, fd)
+        if sub_fd is None:
+            continue
+        try:
+            with os.scandir(sub_fd) as entries:
+                first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
+            # A message saved with its envelope line (procmail's, Exim's with a message_prefix)
+            # starts as an mbox does: its Maildir name (time, then a dot) tells it apart.
+            if first is None or _MAILDIR_NAME.match(first):
                 continue
-            try:
-                with os.scandir(sub_fd) as entries:
-                    first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
-                # A message saved with its envelope line (procmail's, Exim's with a message_prefix)
-                # starts as an mbox does: its Maildir name (time, then a dot) tells it apart.
-                if first is not None and not _MAILDIR_NAME.match(first) and file_is_mbox(sub_fd, first, empty=False):
-                    return True
-            finally:
-                os.close(sub_fd)
-    except OSError:
-        return False
+            if file_is_mbox(sub_fd, first, empty=False, strict=True):
+                return True
+        finally:
+            os.close(sub_fd)
     return False
 
 
@@ -235,7 +238,7 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
     Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
     mail. Nor is a Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages
     of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``). One
-    whose cur/ or new/ holds a directory, or a file starting with a From line, may as well be
+    whose cur/, new/ or tmp/ holds a directory, or a file starting with a From line, may as well be
     IMAP folders named so (``Archive/cur/2024.q1``), whose mail the delivery agent counts: an
     OSError (EINVAL), the mailbox unknown; but for ``beside`` at the top (``[spool]
     maildir_subdir``, the Maildir measured beside the mbox files, procmail's From lines and all).
@@ -283,10 +286,10 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
                 os.close(sub)
 
     def look_into(maildir_fd: int, where: str) -> None:
-        """Every entry of a Maildir's cur/ and new/ (counted against the bounds): a message, or
-        (a directory, a file starting with a From line) maybe an mbox folder."""
+        """Every entry of a Maildir's cur/, new/ and tmp/ (counted against the bounds): a message,
+        or (a directory, a file starting with a From line) maybe an mbox folder."""
         nonlocal entries_left
-        for part in ("cur", "new"):
+        for part in _MAILDIR_DIRS:
             sub = safefs.open_dir(part, maildir_fd)
             if sub is None:
                 continue

@@ -290,8 +290,10 @@ def open_below(root_fd: int, relative: str, flags: int = DIRECTORY) -> int | Non
     with ``flags``), following nothing; None when a level is gone, a symlink, or ``.``/``..``."""
     fd = os.dup(root_fd)
     for part in relative.split("/"):
-        sub = open_dir(part, fd, flags) if part not in ("", ".", "..") else None
-        os.close(fd)
+        try:
+            sub = open_dir(part, fd, flags) if part not in ("", ".", "..") else None
+        finally:
+            os.close(fd)  # a level that cannot be opened (EACCES, EMFILE) raises: no descriptor kept
         if sub is None:
             return None
         fd = sub

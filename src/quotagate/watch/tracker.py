@@ -769,7 +769,7 @@ def _directories(root_fd: int, mbox_home: bool) -> list[str]:
             if sub is None:
                 continue  # gone, or swapped for a symlink, since the listing
             try:
-                if mbox_home and mbox.holds_maildir(sub):
+                if mbox_home and _passed_over(sub):
                     continue  # not counted: nothing in it to watch
                 found.append(prefix + name)
                 if depth + 1 < maildir.MAX_DEPTH:
@@ -779,6 +779,15 @@ def _directories(root_fd: int, mbox_home: bool) -> list[str]:
 
     walk(root_fd, "", 0)
     return found
+
+
+def _passed_over(fd: int) -> bool:
+    """Whether an mbox home's measurement passes over the directory as a Maildir; one it cannot
+    tell (a file in it under its owner's lease: the measurement is unknown) is watched."""
+    try:
+        return mbox.holds_maildir(fd)
+    except OSError:
+        return False
 
 
 def _open_target(root_fd: int, target: _Target, layout: maildir.Layout) -> int | None:
