@@ -73,16 +73,38 @@ class Session:
             on_close()
 
 
-def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
+def _folder_named(usage: MailboxUsage, name: str, caseless: bool = False) -> FolderUsage | None:
     """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
     recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``). Of two
     on disk that are the same folder to an IMAP server (its owner made ``.Gelöscht`` beside
-    ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them."""
-    shown = imap_name(name)
-    same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
+    ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them.
+    ``caseless``: the MTA lowered the name's case (see :func:`_caseless`), so any spelling on disk
+    may be the one it delivers to: weighed the same way."""
+    shown = _folded(imap_name(name), caseless)
+    same = [f for f in usage.folders if f.name == name or _folded(imap_name(f.name), caseless) == shown]
     if len(same) < 2:
         return same[0] if same else None
     return FolderUsage(name, max(f.bytes for f in same), max(f.messages for f in same))
+
+
+def _folded(name: str, caseless: bool) -> str:
+    return name.casefold() if caseless else name
+
+
+def _caseless(request: PolicyRequest) -> bool:
+    """Whether the MTA lowered the case of the recipient's local part before asking: Exim's
+    ``$local_part`` is in lower case in its ACLs (``roomy+Archive@`` arrives as ``roomy+archive``)
+    while its routers deliver into ``.Archive`` as sent. Postfix keeps the case (and sends
+    ``protocol_name``); its folder details are matched as sent."""
+    return "protocol_name" not in request.attributes
+
+
+def _folder_spelled(usage: MailboxUsage, name: str) -> str:
+    """The folder a detail whose case the MTA lowered names: its one spelling on disk (by the
+    name an IMAP server shows), or the detail itself when there is none or several."""
+    shown = imap_name(name).casefold()
+    spellings = {f.name for f in usage.folders if imap_name(f.name).casefold() == shown}
+    return spellings.pop() if len(spellings) == 1 else name
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,7 @@ class _Ask(NamedTuple):
     # At DATA: the answer is this recipient's alone (Exim's PRDR); else one answer for the
     # message, which a recipient refused for its client's share may get all the same.
     per_recipient: bool = False
+    caseless: bool = False  # the MTA lowered the local parts' case (see _caseless)
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,7 @@ class _Target:
     # domain or an alias domain), else the local part as sent (``user+a``, ``user+``, ``user-a``,
     # ``User``: each delivered apart).
     copy: str = ""
+    caseless: bool = False  # the folder's case was lowered by the MTA: any spelling may be it
 
 
 class PolicyService:
@@ -194,7 +218,9 @@ class PolicyService:
             ask = self._ask(started, request, transaction)
             if isinstance(ask, str):
                 return ask
-            outcomes = [self.check(r, ask.size, transaction, ask.stage, ask.per_recipient) for r in ask.recipients]
+            outcomes = [
+                self.check(r, ask.size, transaction, ask.stage, ask.per_recipient, ask.caseless) for r in ask.recipients
+            ]
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
             log.exception("internal error answering for %r: DUNNO", request.recipient)
@@ -209,7 +235,7 @@ class PolicyService:
             ask = self._ask(started, request, transaction)
             if isinstance(ask, str):
                 return ask
-            targets = [self._target(r) for r in ask.recipients]
+            targets = [self._target(r, ask.caseless) for r in ask.recipients]
             lives = [
                 None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live.path, _same)
                 for t in targets
@@ -298,12 +324,12 @@ class PolicyService:
             # found under another spelling, the recipient's hold would not be replaced.
             local, at, domain = request.recipient.rpartition("@")
             asked = f"{local.lower()}{at}{domain}"
-            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr)
+            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr, caseless=True)
         if request.protocol_state == END_OF_MESSAGE:
             return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
             return self._done(started, Action.DUNNO, DUNNO)
-        return _Ask("rcpt", (request.recipient,), request.size)
+        return _Ask("rcpt", (request.recipient,), request.size, caseless=_caseless(request))
 
     def _end_of_message(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
         """Postfix's END-OF-MESSAGE (it sends ``recipient_count``): the message with its real
@@ -464,12 +490,13 @@ class PolicyService:
         transaction: Transaction | None = None,
         stage: Stage = "rcpt",
         per_recipient: bool = False,
+        caseless: bool = False,
     ) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted.
 
         Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
         """
-        target = self._target(recipient)
+        target = self._target(recipient, caseless)
         if isinstance(target, Outcome):
             return target
         live = None if target.live is None else self.maildirsize.read(target.live.path)
@@ -492,8 +519,9 @@ class PolicyService:
             return ""
         return imap_name(split[1])
 
-    def _target(self, recipient: str) -> _Target | Outcome:
-        """The mailbox ``recipient`` names, or the outcome when there is none. No I/O."""
+    def _target(self, recipient: str, caseless: bool = False) -> _Target | Outcome:
+        """The mailbox ``recipient`` names, or the outcome when there is none. No I/O.
+        ``caseless``: the MTA lowered its local part's case (see :func:`_caseless`)."""
         snapshot = self.snapshot
         try:
             address = normalize(recipient)
@@ -506,7 +534,10 @@ class PolicyService:
         # As sent: Postfix keeps its case, and delivers Roomy@ and roomy@ (roomy+A@ and roomy+a@) apart.
         local = recipient.strip().rpartition("@")[0]
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
-        return _Target(snapshot, mailbox, folder, reading if self._reads_live(reading) else None, copy)
+        if caseless and folder is not None and reading is not None:
+            folder = _folder_spelled(reading.usage, folder)
+        live = reading if self._reads_live(reading) else None
+        return _Target(snapshot, mailbox, folder, live, copy, caseless and folder is not None)
 
     def _decide(
         self,
@@ -531,7 +562,7 @@ class PolicyService:
             self.metrics.unreadable.inc()
             self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
             return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.caseless)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -704,14 +735,14 @@ class PolicyService:
             return None, None
 
     def _limits_and_usage(
-        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None
+        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None, caseless: bool = False
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
-            limits = folder_limits(folder, self.config.folders)
+            limits = folder_limits(folder, self.config.folders, caseless)
             if limits is not None:
                 # A folder that does not exist yet is empty: the delivery agent creates it.
-                held = _folder_named(reading.usage, folder)
+                held = _folder_named(reading.usage, folder, caseless)
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if live is not None:
