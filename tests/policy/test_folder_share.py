@@ -133,7 +133,7 @@ def test_a_full_folder_named_as_an_imap_server_shows_it_is_full(site: Site) -> N
 
     assert ask(service, request(f"roomy+Gel&APY-scht@{DOMAIN}", 100)).startswith("552")
     assert ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 100)).startswith("552")
-    assert service.folder_of_copy("roomy+Gel&APY-scht") == service.folder_of_copy("roomy+Gelöscht") == "Gelöscht"
+    assert service.folder_of_copy("roomy+Gel&APY-scht") == service.folder_of_copy("roomy+Gelöscht") == "gelöscht"
 
 
 def test_a_restored_row_of_the_version_before_folders_were_kept_holds_room_in_its_folder(site: Site) -> None:

@@ -39,8 +39,10 @@ from tests.policy.conftest import (
     too_big,
     wait_until,
 )
+from tests.policy.test_lowered_folders import ARCHIVE_RULE, MAILBOX, exim_rcpt, maildir, rescan
 from tests.policy.transactions import FITS, MESSAGE, rcpt
 from tests.servers.redis import RedisProcess, private_redis
+from tests.spoolgen import maildir_folder
 
 pytestmark = pytest.mark.servers
 
@@ -462,7 +464,34 @@ def test_sums_a_ledger_of_another_version_left_behind_hold_no_room(tmp_path: Pat
                 client.hdel(res, tx)
                 client.hincrby(sums, "b", -msgspec.json.decode(raw)["b"])
                 client.hincrby(sums, "m", -1)
-            assert client.hget(sums, "fb:Archive") is not None  # left behind
+            assert client.hget(sums, "fb:archive") is not None  # left behind (keyed with A-Z lowered)
             return held, await a.ask(request(archive, 6_000, client="198.51.100.1", instance="o1"))
 
     assert run(go()) == (DUNNO, DUNNO)
+
+
+def test_room_held_for_a_folder_before_it_exists_counts_once_it_is_created(tmp_path: Path, redis: RedisProcess) -> None:
+    """Rule ``Archive`` (10,000 bytes), roomy has no ``.Archive`` yet; through Exim two clients
+    each hold 4,000 bytes in the shared ledger for ``roomy+Archive@`` (asked as
+    ``roomy+archive``). ``.Archive`` is then created, empty, and the daemon's snapshot refreshed;
+    a third client asks for 4,000 bytes: the room held before counts (8,000 + 4,000 > 10,000: 452)."""
+    site = make_site(tmp_path)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(MAILBOX))])
+    finally:
+        store.close()
+
+    async def go(url: str) -> list[bytes]:
+        async with daemon(site, url, "mx1", folders=[ARCHIVE_RULE]) as a:
+            first = [
+                await a.ask(exim_rcpt("roomy+archive", 4_000, "t1", "192.0.2.1")),
+                await a.ask(exim_rcpt("roomy+archive", 4_000, "t2", "192.0.2.2")),
+            ]
+            maildir_folder(maildir(site), "Archive")
+            rescan(site, a.service)
+            return [*first, await a.ask(exim_rcpt("roomy+archive", 4_000, "t3", "192.0.2.3"))]
+
+    answers = run(go(redis.url))
+    assert answers[:2] == [b"action=DUNNO\n\n"] * 2, answers
+    assert answers[2].startswith(b"action=452"), answers

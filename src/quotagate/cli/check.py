@@ -150,7 +150,8 @@ def check(app: App, address: str, size: str | None, stage: Stage) -> int:
         # The daemon holds room by mailbox: ask about the one this recipient reaches.
         reached = service.mailbox_of(address) or normalize(address)
         held = _daemons_reservations(service, reached, config.policy.control_socket)
-        outcome = service.check(address, declared, stage=stage)
+        # Only Exim asks at DATA about one recipient, as it asked at RCPT: A-Z lowered.
+        outcome = service.check(address, declared, stage=stage, lowered=stage == "data")
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)

@@ -35,8 +35,8 @@ from quotagate.policy.stages import (
 )
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
-from quotagate.usage.folders import folder_limits
-from quotagate.usage.names import imap_name
+from quotagate.usage.folders import folder_limits, lowered_folder_limits, strictest
+from quotagate.usage.names import ascii_lower, imap_name
 
 log = logging.getLogger(__name__)
 
@@ -73,38 +73,49 @@ class Session:
             on_close()
 
 
-def _folder_named(usage: MailboxUsage, name: str, caseless: bool = False) -> FolderUsage | None:
+def _folder_named(usage: MailboxUsage, name: str, lowered: bool = False) -> FolderUsage | None:
     """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
     recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``). Of two
     on disk that are the same folder to an IMAP server (its owner made ``.Gelöscht`` beside
     ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them.
-    ``caseless``: the MTA lowered the name's case (see :func:`_caseless`), so any spelling on disk
-    may be the one it delivers to: weighed the same way."""
-    shown = _folded(imap_name(name), caseless)
-    same = [f for f in usage.folders if f.name == name or _folded(imap_name(f.name), caseless) == shown]
+    ``lowered``: the MTA lowered the name's A-Z (see :func:`_lowered`), and every spelling on
+    disk it may be is weighed so."""
+    if lowered:
+        same = [f for f in usage.folders if _spells(f.name, name)]
+    else:
+        shown = imap_name(name)
+        same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
     if len(same) < 2:
         return same[0] if same else None
     return FolderUsage(name, max(f.bytes for f in same), max(f.messages for f in same))
 
 
-def _folded(name: str, caseless: bool) -> str:
-    return name.casefold() if caseless else name
+def folder_key(name: str) -> str:
+    """The key room held for a folder is summed under: the name an IMAP server shows, its A-Z
+    lowered. Every spelling that reaches the folder holds its room in one place: Postfix's as
+    sent, Exim's lowered, one asked before the folder was made and after, by any MX host."""
+    return ascii_lower(imap_name(name))
 
 
-def _caseless(request: PolicyRequest) -> bool:
-    """Whether the MTA lowered the case of the recipient's local part before asking: Exim's
+def _lowered(request: PolicyRequest) -> bool:
+    """Whether the MTA lowered the A-Z of the recipient's local part before asking: Exim's
     ``$local_part`` is in lower case in its ACLs (``roomy+Archive@`` arrives as ``roomy+archive``)
     while its routers deliver into ``.Archive`` as sent. Postfix keeps the case (and sends
     ``protocol_name``); its folder details are matched as sent."""
     return "protocol_name" not in request.attributes
 
 
-def _folder_spelled(usage: MailboxUsage, name: str) -> str:
-    """The folder a detail whose case the MTA lowered names: its one spelling on disk (by the
-    name an IMAP server shows), or the detail itself when there is none or several."""
-    shown = imap_name(name).casefold()
-    spellings = {f.name for f in usage.folders if imap_name(f.name).casefold() == shown}
-    return spellings.pop() if len(spellings) == 1 else name
+def _spells(on_disk: str, lowered: str) -> bool:
+    """Whether a folder detail whose A-Z the MTA lowered may name the folder ``on_disk``: as the
+    name is kept (``gel&apy-scht``, Exim's lowering of ``Gel&APY-scht``) or as an IMAP server
+    shows it (``gelöscht``). Only A-Z: Exim lowers nothing else (``ÄRGER`` is ``Ärger``)."""
+    wanted = ascii_lower(lowered)
+    return wanted == ascii_lower(on_disk) or wanted == ascii_lower(imap_name(on_disk))
+
+
+def _spellings(usage: MailboxUsage, lowered: str) -> list[str]:
+    """The folders on disk a detail whose A-Z the MTA lowered may name."""
+    return [f.name for f in usage.folders if _spells(f.name, lowered)]
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class _Ask(NamedTuple):
     # At DATA: the answer is this recipient's alone (Exim's PRDR); else one answer for the
     # message, which a recipient refused for its client's share may get all the same.
     per_recipient: bool = False
-    caseless: bool = False  # the MTA lowered the local parts' case (see _caseless)
+    lowered: bool = False  # the MTA lowered the local parts' A-Z (see _lowered)
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,8 @@ class _Target:
     # domain or an alias domain), else the local part as sent (``user+a``, ``user+``, ``user-a``,
     # ``User``: each delivered apart).
     copy: str = ""
-    caseless: bool = False  # the folder's case was lowered by the MTA: any spelling may be it
+    # The MTA lowered the folder's A-Z, and it is not one folder on disk: any spelling may be it.
+    lowered: bool = False
 
 
 class PolicyService:
@@ -219,7 +231,7 @@ class PolicyService:
             if isinstance(ask, str):
                 return ask
             outcomes = [
-                self.check(r, ask.size, transaction, ask.stage, ask.per_recipient, ask.caseless) for r in ask.recipients
+                self.check(r, ask.size, transaction, ask.stage, ask.per_recipient, ask.lowered) for r in ask.recipients
             ]
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
@@ -235,7 +247,7 @@ class PolicyService:
             ask = self._ask(started, request, transaction)
             if isinstance(ask, str):
                 return ask
-            targets = [self._target(r, ask.caseless) for r in ask.recipients]
+            targets = [self._target(r, ask.lowered) for r in ask.recipients]
             lives = [
                 None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live.path, _same)
                 for t in targets
@@ -323,13 +335,13 @@ class PolicyService:
             # As Exim asked at RCPT ($local_part: in lower case), not as $recipients has it:
             # found under another spelling, the recipient's hold would not be replaced.
             local, at, domain = request.recipient.rpartition("@")
-            asked = f"{local.lower()}{at}{domain}"
-            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr, caseless=True)
+            asked = f"{ascii_lower(local)}{at}{domain}"
+            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr, lowered=True)
         if request.protocol_state == END_OF_MESSAGE:
             return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
             return self._done(started, Action.DUNNO, DUNNO)
-        return _Ask("rcpt", (request.recipient,), request.size, caseless=_caseless(request))
+        return _Ask("rcpt", (request.recipient,), request.size, lowered=_lowered(request))
 
     def _end_of_message(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
         """Postfix's END-OF-MESSAGE (it sends ``recipient_count``): the message with its real
@@ -490,13 +502,14 @@ class PolicyService:
         transaction: Transaction | None = None,
         stage: Stage = "rcpt",
         per_recipient: bool = False,
-        caseless: bool = False,
+        lowered: bool = False,
     ) -> Outcome:
-        """The decision for one recipient and declared size, holding room when it is accepted.
+        """The decision for one recipient and declared size, holding room when it is accepted;
+        ``lowered``: asked as Exim asks (see :func:`_lowered`).
 
         Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
         """
-        target = self._target(recipient, caseless)
+        target = self._target(recipient, lowered)
         if isinstance(target, Outcome):
             return target
         live = None if target.live is None else self.maildirsize.read(target.live.path)
@@ -515,13 +528,15 @@ class PolicyService:
         """The folder with limits of its own a copy (a local part as sent) is delivered to, by
         the name an IMAP server shows; "" for none."""
         split = without_detail(f"{copy}@localhost", self.config.policy.folder_delimiter)
-        if split is None or folder_limits(split[1], self.config.folders) is None:
+        # Which MTA asked is not kept: as spelled, or lowered by Exim.
+        if split is None or lowered_folder_limits(split[1], self.config.folders) is None:
             return ""
-        return imap_name(split[1])
+        return folder_key(split[1])
 
-    def _target(self, recipient: str, caseless: bool = False) -> _Target | Outcome:
+    def _target(self, recipient: str, lowered: bool = False) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O.
-        ``caseless``: the MTA lowered its local part's case (see :func:`_caseless`)."""
+        ``lowered``: the MTA lowered its local part's A-Z (see :func:`_lowered`): a folder detail
+        is the one folder on disk it may name, else any spelling of it."""
         snapshot = self.snapshot
         try:
             address = normalize(recipient)
@@ -534,10 +549,13 @@ class PolicyService:
         # As sent: Postfix keeps its case, and delivers Roomy@ and roomy@ (roomy+A@ and roomy+a@) apart.
         local = recipient.strip().rpartition("@")[0]
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
-        if caseless and folder is not None and reading is not None:
-            folder = _folder_spelled(reading.usage, folder)
+        lowered = lowered and folder is not None
+        if lowered and folder is not None and reading is not None:
+            spellings = _spellings(reading.usage, folder)
+            if len(spellings) == 1:  # the folder it names: matched as it is from here on
+                folder, lowered = spellings[0], False
         live = reading if self._reads_live(reading) else None
-        return _Target(snapshot, mailbox, folder, live, copy, caseless and folder is not None)
+        return _Target(snapshot, mailbox, folder, live, copy, lowered)
 
     def _decide(
         self,
@@ -562,7 +580,7 @@ class PolicyService:
             self.metrics.unreadable.inc()
             self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
             return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.caseless)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -574,8 +592,8 @@ class PolicyService:
                 return claim, self.shared.claim(claim)
         s = known_size(size)
         copy = target.copy
-        # A folder with limits of its own, by the name an IMAP server shows (Gel&APY-scht is Gelöscht).
-        folder = imap_name(target.folder or "") if limits is not None else ""
+        # A folder with limits of its own, by its key (Gel&APY-scht is Gelöscht, Archive archive).
+        folder = folder_key(target.folder or "") if limits is not None else ""
         held = self._held(transaction, mailbox.address, copy, folder, now, measured_at, asked_again=s is not None)
         decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), held)
         if stage == "data" and self.shared is not None and self.shared.up:
@@ -677,7 +695,7 @@ class PolicyService:
             policy.client_hold,
             self._grace,
             self._boundary,
-            None if limits is None else ClaimedFolder(imap_name(target.folder or ""), limits, usage),
+            None if limits is None else ClaimedFolder(folder_key(target.folder or ""), limits, usage),
             at_data=stage == "data",
             per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,
@@ -735,19 +753,30 @@ class PolicyService:
             return None, None
 
     def _limits_and_usage(
-        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None, caseless: bool = False
+        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None, lowered: bool = False
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
-            limits = folder_limits(folder, self.config.folders, caseless)
+            limits = self._folder_limits(reading.usage, folder, lowered)
             if limits is not None:
                 # A folder that does not exist yet is empty: the delivery agent creates it.
-                held = _folder_named(reading.usage, folder, caseless)
+                held = _folder_named(reading.usage, folder, lowered)
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if live is not None:
             return None, self._believed(snapshot, mailbox, live)
         return None, snapshot.stored_usage(mailbox.address)
+
+    def _folder_limits(self, usage: MailboxUsage, folder: str, lowered: bool) -> Limits | None:
+        """The folder's own limits; for a detail whose A-Z the MTA lowered (and which is not one
+        folder on disk), the strictest of each spelling on disk's, or of any spelling's."""
+        rules = self.config.folders
+        if not lowered:
+            return folder_limits(folder, rules)
+        spellings = _spellings(usage, folder)
+        if spellings:
+            return strictest(folder_limits(name, rules) for name in spellings)
+        return lowered_folder_limits(folder, rules)
 
     def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
         """A maildirsize read live; under a profile that counts the files, never less than the

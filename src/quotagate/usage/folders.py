@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Limits
-from quotagate.usage.names import imap_name
+from quotagate.usage.names import ascii_lower, imap_name
 
 
-def rule_for(name: str, rules: Sequence[FolderRule], caseless: bool = False) -> FolderRule | None:
+def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
     """The first rule whose glob matches the folder name (case-sensitive): a Maildir++ name, or
     one with "/" between levels under ``LAYOUT=fs``, as stored and shown (see
     :func:`quotagate.usage.names.display_name`: a backslash doubled, an undecodable byte ``\\xNN``)
     or as an IMAP server shows it (:func:`quotagate.usage.names.imap_name`: ``Gelöscht`` for
-    ``Gel&APY-scht``, the name Dovecot's quota rules match). ``caseless``: a name whose case an
-    MTA lowered (Exim's folder details) matches a rule in any case."""
+    ``Gel&APY-scht``, the name Dovecot's quota rules match)."""
     shown = imap_name(name)
     for rule in rules:
-        if fnmatchcase(name, rule.match) or (shown != name and fnmatchcase(shown, rule.match)):
-            return rule
-        if caseless and fnmatchcase(shown.casefold(), rule.match.casefold()):
+        if _matches(name, shown, rule.match):
             return rule
     return None
+
+
+def _matches(name: str, shown: str, pattern: str) -> bool:
+    return fnmatchcase(name, pattern) or (shown != name and fnmatchcase(shown, pattern))
 
 
 def counted(
@@ -47,9 +48,32 @@ def any_limits(rules: Sequence[FolderRule]) -> bool:
     return any(rule.quota or rule.messages for rule in rules)
 
 
-def folder_limits(name: str, rules: Sequence[FolderRule], caseless: bool = False) -> Limits | None:
-    """The folder's own limits when a rule gives it some (``caseless``: see :func:`rule_for`)."""
-    rule = rule_for(name, rules, caseless)
+def folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | None:
+    """The folder's own limits when a rule gives it some."""
+    return _own(rule_for(name, rules))
+
+
+def _own(rule: FolderRule | None) -> Limits | None:
     if rule is None or not (rule.quota or rule.messages):
         return None
     return Limits(rule.quota, rule.messages)
+
+
+def lowered_folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | None:
+    """The limits of a folder named ``name`` whose A-Z an MTA may have lowered (Exim), before it
+    exists: the folder may be any spelling of it, so the strictest of the first rule it meets as
+    it is and of every rule that some spelling of it matches."""
+    lowered, shown = ascii_lower(name), ascii_lower(imap_name(name))
+    found = [_own(rule_for(name, rules))]
+    found += [_own(rule) for rule in rules if _matches(lowered, shown, ascii_lower(rule.match))]
+    return strictest(found)
+
+
+def strictest(found: Iterable[Limits | None]) -> Limits | None:
+    """The least of each limit among ``found`` (a limit of 0 is none); None when none has any."""
+    limits = [f for f in found if f is not None]
+    if not limits:
+        return None
+    sizes = [f.bytes for f in limits if f.bytes]
+    counts = [f.messages for f in limits if f.messages]
+    return Limits(min(sizes, default=0), min(counts, default=0))

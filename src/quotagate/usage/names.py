@@ -7,6 +7,15 @@ import base64
 import binascii
 import re
 
+_ASCII_CAPITALS = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` with A-Z in lower case and nothing else, as Exim lowers a local part
+    (``$local_part``, ``${lc:}``): ``ÄRGER`` is ``Ärger``, ``Straße`` stays ``straße``."""
+    return text.translate(_ASCII_CAPITALS)
+
+
 _MAX_DIGITS = 18  # a size of 10**18 bytes is an exabyte: longer values are garbage, not sizes
 
 

@@ -1,0 +1,244 @@
+"""Folder details whose A-Z Exim lowered: its ACLs ask about ``$local_part`` in lower case
+(``roomy+archive`` for ``roomy+Archive@``, ``roomy+Ärger`` for ``roomy+ÄRGER@``) while its routers
+deliver as sent. The folder is the one spelling on disk the detail may be, else any; its room is
+held under one key whatever the spelling; its rules are those of that spelling, else the
+strictest any spelling meets.
+
+roomy@ has 1,000,000 bytes (plenty); folders get limits of their own through ``[[folders]]``
+rules. Exim-style requests are what the generated Exim ACLs send: no ``protocol_name``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quotagate.cli import main
+from quotagate.config import parse_config
+from quotagate.model import Limits, Mailbox
+from quotagate.policy.daemon import Daemon
+from quotagate.policy.live import load_snapshot
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService, Session
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+from tests.policy.conftest import DOMAIN, ROOMY, Site, _toml_value
+from tests.policy.test_data_stage import ask, exim_data
+from tests.spoolgen import add_message, maildir_folder
+
+MAILBOX = 1_000_000
+FOLDER_QUOTA = 10_000
+
+
+def exim_rcpt(local: str, size: int, instance: str = "A", client: str = "192.0.2.1") -> bytes:
+    """The generated Exim RCPT ACL's request (``recipient=$local_part@$domain``: lower case)."""
+    return (
+        f"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient={local}@{DOMAIN}\nsize={size}\n"
+        f"instance={instance}\nclient_address={client}\n\n"
+    ).encode()
+
+
+def maildir(site: Site) -> Path:
+    return site.spool / DOMAIN / "roomy" / "Maildir"
+
+
+def scanned(site: Site, rules: list[dict[str, Any]]) -> PolicyService:
+    """Roomy (1 MB) scanned with ``rules`` as its [[folders]], and a service over the result."""
+    data = site.data()
+    data["folders"] = rules
+    config = parse_config(data)
+    store = open_store(site.db_url)
+    try:
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(MAILBOX))])
+        run_scan(config, store)
+    finally:
+        store.close()
+    return site.service(config, Metrics())
+
+
+def rescan(site: Site, service: PolicyService) -> None:
+    """A new scan, and the daemon's snapshot reloaded (its reservations kept)."""
+    store = open_store(site.db_url)
+    try:
+        run_scan(service.config, store)
+        service.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+
+
+ARCHIVE_RULE = {"match": "Archive", "quota": str(FOLDER_QUOTA)}
+
+
+def test_room_held_for_a_folder_before_it_exists_counts_once_it_is_created(site: Site) -> None:
+    """Rule ``Archive`` (10,000 bytes); roomy has no ``.Archive`` yet. Through Exim two
+    clients each hold 4,000 bytes for ``roomy+Archive@`` (asked as ``roomy+archive``: no spelling
+    on disk, so held under the folder key ``archive``). Then ``.Archive`` is created (the owner
+    makes it over IMAP, or the first delivery does), empty, and the daemon's snapshot is
+    refreshed. A third client asks for 4,000 bytes.
+
+    Expected: 8,000 bytes are still held for that folder: 8,000 + 4,000 > 10,000, deferred (452)."""
+    service = scanned(site, [ARCHIVE_RULE])
+    session = Session()
+    assert ask(service, exim_rcpt("roomy+archive", 4_000, "t1", "192.0.2.1"), session) == "DUNNO"
+    assert ask(service, exim_rcpt("roomy+archive", 4_000, "t2", "192.0.2.2"), Session()) == "DUNNO"
+    maildir_folder(maildir(site), "Archive")
+    rescan(site, service)
+    third = ask(service, exim_rcpt("roomy+archive", 4_000, "t3", "192.0.2.3"), Session())
+    held = [(r.copy, r.folder, r.bytes) for r in service.reservations]
+    assert third.startswith("452"), f"third 4,000 bytes into a 10,000-byte folder holding 8,000: {third!r}; {held}"
+
+
+def test_a_lower_case_folder_without_a_rule_is_not_judged_by_a_capitalised_rule(site: Site) -> None:
+    """Rule ``Archive`` (10,000 bytes); on disk roomy has only ``.archive`` (lower
+    case, no rule matches it: no limit of its own), holding 10,001 bytes. Through Exim,
+    ``RCPT TO:<roomy+archive@>`` (or ``roomy+Archive@``: Exim asks ``roomy+archive`` either way)
+    with SIZE=1000. The router delivers as sent: into ``.archive`` (no limit) or into a new,
+    empty ``.Archive``; either takes it, and the mailbox has plenty of room.
+
+    Expected: DUNNO, as Postfix's request for ``roomy+archive@`` gets."""
+    add_message(maildir_folder(maildir(site), "archive"), 10_001)
+    service = scanned(site, [ARCHIVE_RULE])
+    answer = ask(service, exim_rcpt("roomy+archive", 1_000))
+    assert answer == "DUNNO", f"a folder with no limit of its own refused: {answer!r}"
+
+
+def test_the_rule_of_the_spelling_on_disk_wins_over_a_rule_that_matches_only_caselessly(site: Site) -> None:
+    """Rules, in this order: ``archive`` (1,000,000 bytes) and ``Archive`` (10,000
+    bytes). On disk roomy has only ``.Archive``, holding 10,001 bytes (over its own limit).
+    Through Exim, ``roomy+Archive@`` is asked as ``roomy+archive``: the folder is ``Archive``,
+    the one spelling on disk.
+
+    Expected: the folder so resolved is judged by its own rule (``Archive``, matched exactly):
+    552."""
+    add_message(maildir_folder(maildir(site), "Archive"), 10_001)
+    service = scanned(site, [{"match": "archive", "quota": "1000000"}, ARCHIVE_RULE])
+    answer = ask(service, exim_rcpt("roomy+archive", 1_000))
+    assert answer.startswith("552"), f"the full .Archive judged by the rule of 'archive': {answer!r}"
+
+
+def test_two_spellings_on_disk_are_weighed_by_the_strictest_rule_whatever_the_rule_order(site: Site) -> None:
+    """On disk ``.Archive`` (5,000 bytes, rule ``Archive``: 1,000,000) and
+    ``.archive`` (10,001 bytes, rule ``archive``: 10,000: full). Exim asks ``roomy+archive``:
+    the client sent either spelling, so either folder may be the one it lands in: the usage is
+    the most of each (10,001 bytes).
+
+    Expected: weighed the same conservative way, the folder that may be full refuses (552),
+    whichever order the rules are written in."""
+    md = maildir(site)
+    add_message(maildir_folder(md, "Archive"), 5_000)
+    add_message(maildir_folder(md, "archive"), 10_001)
+    rules = [{"match": "Archive", "quota": "1000000"}, {"match": "archive", "quota": str(FOLDER_QUOTA)}]
+    answers = {}
+    for order in ("Archive first", "archive first"):
+        service = scanned(site, rules if order == "Archive first" else rules[::-1])
+        answers[order] = ask(service, exim_rcpt("roomy+archive", 1_000))
+    assert all(a.startswith("552") for a in answers.values()), answers
+
+
+@pytest.mark.parametrize(
+    ("on_disk", "rule", "asked"),
+    [("Stra&AN8-e", "Straße", "roomy+strasse"), ("Kasse", "Kasse", "roomy+\u212aasse")],
+    ids=["sharp-s-folds-to-ss", "kelvin-sign-folds-to-k"],
+)
+def test_casefold_does_not_make_another_folder_the_full_one(site: Site, on_disk: str, rule: str, asked: str) -> None:
+    """Rule ``Straße`` (10,000 bytes); on disk Dovecot's ``.Stra&AN8-e`` (Straße),
+    holding 10,001 bytes: full. Through Exim a client sends ``RCPT TO:<roomy+Strasse@>``
+    (plain ASCII), asked as ``roomy+strasse``; the router delivers it as sent, into a new
+    ``.Strasse`` (no rule, the mailbox has plenty of room). Exim lowers ASCII letters only
+    (``exim -be '${lc:ÄRGER}'`` gives ``Ärger``). Likewise ``roomy+\u212aasse@`` (KELVIN SIGN, over
+    SMTPUTF8, which Exim leaves as it is) is delivered into a new folder, not into the full
+    ``.Kasse``.
+
+    Expected: DUNNO (no case Exim produces makes ``strasse`` ``Straße``, or K ``K``)."""
+    add_message(maildir_folder(maildir(site), on_disk), 10_001)
+    service = scanned(site, [{"match": rule, "quota": str(FOLDER_QUOTA)}])
+    answer = ask(service, exim_rcpt(asked, 1_000))
+    assert answer == "DUNNO", f"{asked}@ (a new folder) refused as the full {rule}: {answer!r}"
+
+
+def test_a_modified_utf7_detail_lowered_by_exim_finds_its_full_folder(site: Site) -> None:
+    """Rule ``Gelöscht`` (10,000 bytes); on disk Dovecot's ``.Gel&APY-scht``, full
+    (10,001 bytes). A client with no SMTPUTF8 addresses the folder by its name on disk:
+    ``RCPT TO:<roomy+Gel&APY-scht@>``, which Postfix's request gets 552 for (see
+    tests/policy/test_folder_share.py). Exim asks ``roomy+gel&apy-scht``; its router delivers as
+    sent, into ``.Gel&APY-scht``.
+
+    Expected: 552, the folder found in any case."""
+    add_message(maildir_folder(maildir(site), "Gel&APY-scht"), 10_001)
+    service = scanned(site, [{"match": "Gelöscht", "quota": str(FOLDER_QUOTA)}])
+    answer = ask(service, exim_rcpt("roomy+gel&apy-scht", 1_000))
+    assert answer.startswith("552"), f"the full .Gel&APY-scht took mail through Exim: {answer!r}"
+
+
+def test_quotagate_check_at_data_answers_as_the_daemons_exim_data_check(site: Site) -> None:
+    """Rule ``Archive`` (10,000 bytes); ``.Archive`` holds 10,001 bytes (full). The
+    daemon's DATA check (``request=quotagate_data``, only Exim sends it) for
+    ``roomy+archive@`` refuses (552). The admin asks ``quotagate check roomy+archive@example.org
+    --stage data --size 1000`` ("the decision the daemon would give").
+
+    Expected: exit 1 (refused), as the daemon."""
+    add_message(maildir_folder(maildir(site), "Archive"), 10_001)
+    service = scanned(site, [ARCHIVE_RULE])
+    daemon = ask(service, exim_data(f"roomy+archive@{DOMAIN}", 1_000))
+    assert daemon.startswith("552"), daemon
+    config = site.base / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "{site.db_url}"\n[spool]\nroot = "{site.spool}"\n[scan]\nworkers = 1\n'
+        f'[policy]\nmetrics = ""\ncontrol_socket = {_toml_value(str(site.control))}\n'
+        f'[[folders]]\nmatch = "Archive"\nquota = "{FOLDER_QUOTA}"\n'
+    )
+    code = main(["--config", str(config), "check", f"roomy+archive@{DOMAIN}", "--stage", "data", "--size", "1000"])
+    assert code == 1, f"quotagate check answered exit {code}; the daemon answered {daemon!r}"
+
+
+def test_a_restored_exim_row_of_the_version_before_folders_were_kept_holds_room_in_its_folder(site: Site) -> None:
+    """As tests/policy/test_folder_share.py's restored-row test, but the row is an
+    Exim transaction's: the daemon restarts with a reservations file of the version before
+    folders were kept, 9,500 bytes in flight for the copy ``roomy+archive`` (Exim's
+    ``$local_part`` for ``roomy+Archive@``; rule ``Archive``: 10,000). Another client then asks,
+    through Exim, for 1,000 bytes for ``roomy+Archive@``.
+
+    Expected: the restored room is the folder's, as it is for Postfix's copy ``roomy+Archive``:
+    452."""
+    maildir_folder(maildir(site), "Archive")
+    service = scanned(site, [ARCHIVE_RULE])
+    data = site.data()
+    data["folders"] = [ARCHIVE_RULE]
+    data["policy"]["state_file"] = str(site.base / "reservations.json")
+    config = parse_config(data)
+    now = time.time()
+    row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+archive"]
+    (site.base / "reservations.json").write_text(json.dumps({"version": 1, "reservations": [row]}))
+    daemon = Daemon(lambda: config)
+    daemon._restore_reservations()
+    service = daemon.service
+    store = open_store(site.db_url)
+    try:
+        service.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+    answer = ask(service, exim_rcpt("roomy+archive", 1_000, "o", "198.51.100.1"))
+    restored = [(r.copy, r.folder, r.bytes) for r in service.reservations]
+    assert answer.startswith("452"), f"{answer!r}; restored {restored}"
+
+
+def test_exims_data_check_of_a_non_ascii_capital_replaces_its_rcpt_hold_in_the_folder(site: Site) -> None:
+    """Rule ``Ärger`` (10,000 bytes); ``.Ärger`` holds 1,000. Over SMTPUTF8 a client
+    sends one message of 6,000 bytes to ``roomy+ÄRGER@``. Exim lowers ASCII letters only
+    (``exim -be '${lc:ÄRGER}'`` gives ``Ärger``): its RCPT ACL asks about ``roomy+Ärger``, which
+    holds 6,000 in the folder; its DATA ACL sends the address as the client gave it
+    (``roomy+ÄRGER``), which the daemon lowers with ``str.lower`` to ``roomy+ärger``.
+
+    Expected: the DATA check weighs the real 6,000 in place of the transaction's own hold
+    (1,000 + 6,000 <= 10,000): DUNNO."""
+    add_message(maildir_folder(maildir(site), "Ärger"), 1_000)
+    service = scanned(site, [{"match": "Ärger", "quota": str(FOLDER_QUOTA)}])
+    session = Session()
+    assert ask(service, exim_rcpt("roomy+Ärger", 6_000), session) == "DUNNO"
+    at_data = ask(service, exim_data(f"roomy+ÄRGER@{DOMAIN}", 6_000), session)
+    held = [(r.copy, r.folder, r.bytes, r.state) for r in service.reservations]
+    assert at_data == "DUNNO", f"one 6,000-byte message into a folder with 9,000 free: {at_data!r}; {held}"
