@@ -20,13 +20,14 @@ import pytest
 from quotagate.cli import main
 from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox
+from quotagate.policy import state
 from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService, Session
 from quotagate.scan import run_scan
 from quotagate.store import open_store
-from tests.policy.conftest import DOMAIN, ROOMY, Site, _toml_value
+from tests.policy.conftest import DOMAIN, ROOMY, Site, _toml_value, request
 from tests.policy.test_data_stage import ask, exim_data
 from tests.spoolgen import add_message, maildir_folder
 
@@ -242,3 +243,95 @@ def test_exims_data_check_of_a_non_ascii_capital_replaces_its_rcpt_hold_in_the_f
     at_data = ask(service, exim_data(f"roomy+ÄRGER@{DOMAIN}", 6_000), session)
     held = [(r.copy, r.folder, r.bytes, r.state) for r in service.reservations]
     assert at_data == "DUNNO", f"one 6,000-byte message into a folder with 9,000 free: {at_data!r}; {held}"
+
+
+def test_a_rule_no_spelling_reaches_first_does_not_refuse_mail(site: Site) -> None:
+    """Rules, in this order: ``A*`` (1,000,000 bytes) and ``Archive`` (10,000 bytes). The first
+    matching rule wins, so ``Archive`` is never any folder's rule: ``.Archive`` meets ``A*``
+    first, ``.archive`` (or ``.aRCHIVE``) meets no rule. roomy (1,000,000 bytes, empty) has no
+    such folder yet. Through Exim ``RCPT TO:<roomy+Archive@> SIZE=20000``, asked as
+    ``roomy+archive``: whichever spelling it lands in, 20,000 bytes fit.
+
+    Expected: DUNNO."""
+    service = scanned(site, [{"match": "A*", "quota": "1000000"}, {"match": "Archive", "quota": "10000"}])
+    answer = ask(service, exim_rcpt("roomy+archive", 20_000), Session())
+    assert answer == "DUNNO", f"refused by a rule no spelling of the folder reaches: {answer!r}"
+
+
+def test_a_negated_class_a_capitalised_spelling_meets_is_weighed(site: Site) -> None:
+    """Rule ``[!a-z]*`` (10,000 bytes: folders not starting with a lower-case letter, e.g.
+    ``Archive``). roomy (1,000,000 bytes) has no ``.Archive`` yet. Through Exim
+    ``RCPT TO:<roomy+Archive@> SIZE=20000``, asked as ``roomy+archive``; the router delivers into
+    a new ``.Archive``, whose rule (10,000) the message does not fit; Postfix's request for that
+    address is refused (552).
+
+    Expected: 552 (the spelling ``Archive`` meets the rule)."""
+    service = scanned(site, [{"match": "[!a-z]*", "quota": "10000"}])
+    postfix = ask(service, request(f"roomy+Archive@{DOMAIN}", 20_000), Session())
+    assert postfix.startswith("552"), postfix
+    answer = ask(service, exim_rcpt("roomy+archive", 20_000), Session())
+    assert answer.startswith("552"), f"a message bigger than the rule of .Archive taken: {answer!r}"
+
+
+def test_through_the_daemons_snapshot_an_unlimited_lower_case_folder_is_not_judged_by_Archive(site: Site) -> None:
+    """Rule ``Archive`` (10,000 bytes); on disk roomy (1,000,000 bytes) has only ``.archive``
+    (no rule matches it: no limit of its own), holding 10,001 bytes. Through Exim,
+    ``RCPT TO:<roomy+archive@> SIZE=20000`` (asked as ``roomy+archive``): as in
+    ``test_a_lower_case_folder_without_a_rule_is_not_judged_by_a_capitalised_rule``, the folder
+    is its one spelling on disk, ``.archive``, with no limit of its own; the mailbox has plenty
+    of room. Postfix's request for ``roomy+archive@`` gets DUNNO. The daemon's snapshot keeps, of
+    each reading, the folders a rule limits and those Exim's lowering may take for one.
+
+    Expected: DUNNO with the snapshot the daemon really serves from."""
+    add_message(maildir_folder(maildir(site), "archive"), 10_001)
+    scanned(site, [ARCHIVE_RULE])  # the scan into the store
+    data = site.data()
+    data["folders"] = [ARCHIVE_RULE]
+    config = parse_config(data)
+    daemon = Daemon(lambda: config)
+    service = daemon.service
+    service.snapshot = daemon._load()
+    kept = [f.name for f in service.snapshot.readings[f"roomy@{DOMAIN}"].usage.folders]
+    postfix = ask(service, request(f"roomy+archive@{DOMAIN}", 20_000), Session())
+    assert postfix == "DUNNO", postfix
+    exim = ask(service, exim_rcpt("roomy+archive", 20_000), Session())
+    assert exim == "DUNNO", f"Exim: {exim!r} (folders in the daemon's snapshot: {kept})"
+
+
+# An IMAP folder "R&Dev-Team": Dovecot keeps it on disk as ".R&-Dev-Team" (modified UTF-7).
+AMPERSAND_RULE = {"match": "R&Dev-Team", "quota": "10000"}
+DETAIL = "R&-Dev-Team"
+
+
+def test_room_held_for_a_folder_with_an_ampersand_in_its_name_survives_a_restart(site: Site) -> None:
+    """Rule ``R&Dev-Team`` (10,000 bytes), the IMAP folder ``R&Dev-Team`` on disk as
+    ``.R&-Dev-Team``, empty; roomy has 1,000,000 bytes. Through Postfix a client holds 9,500
+    bytes for ``roomy+R&-Dev-Team@`` (before the restart a second client gets 452 for 1,000
+    more). The daemon restarts and restores its state file;
+    the second client asks again.
+
+    Expected: 452 still (9,500 held + 1,000 > 10,000)."""
+    maildir_folder(maildir(site), DETAIL)
+    service = scanned(site, [AMPERSAND_RULE])
+    recipient = f"roomy+{DETAIL}@{DOMAIN}"
+    assert ask(service, request(recipient, 9_500, client="203.0.113.5", instance="t1"), Session()) == "DUNNO"
+    before = ask(service, request(recipient, 1_000, client="198.51.100.1", instance="o1"), Session())
+    assert before.startswith("452"), before
+
+    path = site.base / "reservations.json"
+    state.save(path, list(service.reservations))
+    data = site.data()
+    data["folders"] = [AMPERSAND_RULE]
+    data["policy"]["state_file"] = str(path)
+    config = parse_config(data)
+    daemon = Daemon(lambda: config)
+    daemon._restore_reservations()
+    restarted = daemon.service
+    store = open_store(site.db_url)
+    try:
+        restarted.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+    after = ask(restarted, request(recipient, 1_000, client="198.51.100.1", instance="o2"), Session())
+    restored = [(r.copy, r.folder, r.bytes) for r in restarted.reservations]
+    assert after.startswith("452"), f"after a restart: {after!r}; restored {restored}"

@@ -20,7 +20,7 @@ from quotagate.policy import compact
 from quotagate.policy.claim import LIVE_OVER_FILES
 from quotagate.store import Store
 from quotagate.store.base import Folders
-from quotagate.usage.folders import any_limits, folder_limits
+from quotagate.usage.folders import any_limits, lowered_folder_limits
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,14 @@ class MailboxChanges:
 
 
 def _limited_by(rules: tuple[FolderRule, ...]) -> Callable[[str], bool]:
-    """Whether a folder has limits of its own under ``rules``: asked once per name, as a million
-    mailboxes share a few folder names (a bounded cache: the names are the users' own)."""
+    """Whether a folder has limits of its own under ``rules``, or may be taken for one that has
+    when Exim asks with A-Z lowered (``archive`` beside the rule ``Archive``: then it is the one
+    on disk, judged by its own rule): asked once per name, as a million mailboxes share a few
+    folder names (a bounded cache: the names are the users' own)."""
 
     @functools.lru_cache(maxsize=4096)
     def limited(name: str) -> bool:
-        return folder_limits(name, rules) is not None
+        return lowered_folder_limits(name, rules) is not None
 
     return limited
 

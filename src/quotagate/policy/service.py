@@ -93,8 +93,10 @@ def _folder_named(usage: MailboxUsage, name: str, lowered: bool = False) -> Fold
 def folder_key(name: str) -> str:
     """The key room held for a folder is summed under: the name an IMAP server shows, its A-Z
     lowered. Every spelling that reaches the folder holds its room in one place: Postfix's as
-    sent, Exim's lowered, one asked before the folder was made and after, by any MX host."""
-    return ascii_lower(imap_name(name))
+    sent, Exim's lowered, one asked before the folder was made and after, by any MX host. An
+    ``&`` stays ``&-``, as an IMAP server keeps it: a key is its own key (a restart keys again
+    what it restores)."""
+    return ascii_lower(imap_name(name)).replace("&", "&-")
 
 
 def _lowered(request: PolicyRequest) -> bool:

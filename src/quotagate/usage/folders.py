@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Limits
 from quotagate.usage.names import ascii_lower, imap_name
+
+_ASCII_CAPITALS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
@@ -60,13 +63,19 @@ def _own(rule: FolderRule | None) -> Limits | None:
 
 
 def lowered_folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | None:
-    """The limits of a folder named ``name`` whose A-Z an MTA may have lowered (Exim), before it
-    exists: the folder may be any spelling of it, so the strictest of the first rule it meets as
-    it is and of every rule that some spelling of it matches."""
-    lowered, shown = ascii_lower(name), ascii_lower(imap_name(name))
-    found = [_own(rule_for(name, rules))]
-    found += [_own(rule) for rule in rules if _matches(lowered, shown, ascii_lower(rule.match))]
-    return strictest(found)
+    """The limits of a folder named ``name`` as an MTA that lowers A-Z (Exim) gives it, before it
+    is found on disk: the strictest of those of the spellings a sender writes (see
+    :func:`spellings`), each by the first rule it meets."""
+    return strictest(folder_limits(spelled, rules) for spelled in {name, *spellings(ascii_lower(name))})
+
+
+def spellings(lowered: str) -> tuple[str, ...]:
+    """How a sender writes a folder name that reached us with its A-Z lowered: as it is, each
+    level capitalised (``Archive``, ``Archive.2024``, ``Projects/Work``) and in capitals. Not
+    every spelling (2 to the number of its letters), but those folders are named with."""
+    levels = re.split(r"([./])", lowered)
+    capitalised = "".join(level[:1].translate(_ASCII_CAPITALS) + level[1:] for level in levels)
+    return lowered, capitalised, lowered.translate(_ASCII_CAPITALS)
 
 
 def strictest(found: Iterable[Limits | None]) -> Limits | None:
