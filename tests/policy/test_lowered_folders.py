@@ -121,14 +121,13 @@ def test_the_rule_of_the_spelling_on_disk_wins_over_a_rule_that_matches_only_cas
     assert answer.startswith("552"), f"the full .Archive judged by the rule of 'archive': {answer!r}"
 
 
-def test_two_spellings_on_disk_are_weighed_by_the_strictest_rule_whatever_the_rule_order(site: Site) -> None:
+def test_two_spellings_on_disk_are_weighed_by_the_fuller_whatever_the_rule_order(site: Site) -> None:
     """On disk ``.Archive`` (5,000 bytes, rule ``Archive``: 1,000,000) and
     ``.archive`` (10,001 bytes, rule ``archive``: 10,000: full). Exim asks ``roomy+archive``:
-    the client sent either spelling, so either folder may be the one it lands in: the usage is
-    the most of each (10,001 bytes).
+    the client sent either spelling, so either folder may be the one it lands in, each judged
+    by its own rule and usage.
 
-    Expected: weighed the same conservative way, the folder that may be full refuses (552),
-    whichever order the rules are written in."""
+    Expected: the folder that may be full refuses (552), whichever order the rules are written in."""
     md = maildir(site)
     add_message(maildir_folder(md, "Archive"), 5_000)
     add_message(maildir_folder(md, "archive"), 10_001)
@@ -335,3 +334,91 @@ def test_room_held_for_a_folder_with_an_ampersand_in_its_name_survives_a_restart
     after = ask(restarted, request(recipient, 1_000, client="198.51.100.1", instance="o2"), Session())
     restored = [(r.copy, r.folder, r.bytes) for r in restarted.reservations]
     assert after.startswith("452"), f"after a restart: {after!r}; restored {restored}"
+
+
+def _daemon_snapshot_service(site: Site, rules: list[dict[str, Any]]) -> PolicyService:
+    data = site.data()
+    data["folders"] = rules
+    config = parse_config(data)
+    daemon = Daemon(lambda: config)
+    daemon.service.snapshot = daemon._load()
+    return daemon.service
+
+
+def test_an_unlimited_spelling_s_usage_is_not_judged_by_another_spelling_s_rule(site: Site) -> None:
+    """Rule ``Archive`` (10,000 bytes). On disk roomy has ``.Archive`` (1,000 bytes: 9,000 free)
+    and ``.archive`` (no rule matches it: no limit of its own) holding 50,000 bytes. Through Exim
+    ``RCPT TO:<roomy+Archive@>`` or ``<roomy+archive@>`` SIZE=1000, asked as ``roomy+archive``.
+    Whichever spelling the client sent, the router's delivery fits: into ``.Archive`` (1,000 +
+    1,000 <= 10,000) or into the unlimited ``.archive``; the mailbox has plenty of room. Postfix's
+    requests for both spellings get DUNNO.
+
+    Expected: DUNNO."""
+    md = maildir(site)
+    add_message(maildir_folder(md, "Archive"), 1_000)
+    add_message(maildir_folder(md, "archive"), 50_000)
+    service = scanned(site, [ARCHIVE_RULE])
+    for n, sent in enumerate(("Archive", "archive")):
+        postfix = ask(service, request(f"roomy+{sent}@{DOMAIN}", 1_000, client=f"192.0.2.{10 + n}"), Session())
+        assert postfix == "DUNNO", (sent, postfix)
+    answers = {"load_snapshot": ask(service, exim_rcpt("roomy+archive", 1_000, "x", "192.0.2.30"), Session())}
+    daemon_service = _daemon_snapshot_service(site, [ARCHIVE_RULE])
+    answers["daemon snapshot"] = ask(daemon_service, exim_rcpt("roomy+archive", 1_000), Session())
+    assert all(a == "DUNNO" for a in answers.values()), f"no spelling is full, yet: {answers}"
+
+
+def test_a_bytes_only_and_a_messages_only_rule_are_not_combined_across_two_folders(site: Site) -> None:
+    """Rules: ``Archive`` messages = 5 (no byte limit) and ``archive`` quota = 10,000 (no message
+    limit). On disk ``.Archive`` holds 3 messages of 20,000 bytes each (3 of 5 messages: room) and
+    ``.archive`` holds 8 messages of 100 bytes (800 of 10,000 bytes: room). Exim asks
+    ``roomy+archive`` SIZE=1000 (the client sent either spelling). Into ``.Archive`` a 4th
+    message fits its message rule; into ``.archive`` 1,800 bytes fit its byte rule. Postfix's
+    requests for both spellings get DUNNO.
+
+    Expected: DUNNO."""
+    md = maildir(site)
+    big = maildir_folder(md, "Archive")
+    for _ in range(3):
+        add_message(big, 20_000)
+    small = maildir_folder(md, "archive")
+    for _ in range(8):
+        add_message(small, 100)
+    rules: list[dict[str, Any]] = [{"match": "Archive", "messages": 5}, {"match": "archive", "quota": "10000"}]
+    service = scanned(site, rules)
+    for n, sent in enumerate(("Archive", "archive")):
+        postfix = ask(service, request(f"roomy+{sent}@{DOMAIN}", 1_000, client=f"192.0.2.{10 + n}"), Session())
+        assert postfix == "DUNNO", (sent, postfix)
+    exim = ask(service, exim_rcpt("roomy+archive", 1_000, "x", "192.0.2.30"), Session())
+    assert exim == "DUNNO", f"neither folder is full, yet: {exim!r}"
+
+
+def test_a_state_file_of_the_release_before_keeps_room_held_in_a_folder_with_an_ampersand(site: Site) -> None:
+    """The release before kept a reservation's folder by the name an IMAP server shows:
+    ``R&Dev-Team`` for the folder on disk as ``.R&-Dev-Team`` (rule ``R&Dev-Team``: 10,000 bytes).
+    Its state file holds 9,500 bytes in flight for the copy ``roomy+R&-Dev-Team``, folder
+    ``R&Dev-Team``. The upgraded daemon restores it, and another client asks, through Postfix,
+    1,000 bytes for ``roomy+R&-Dev-Team@``.
+
+    Expected: 452 (9,500 held + 1,000 > 10,000)."""
+    rule = {"match": "R&Dev-Team", "quota": "10000"}
+    maildir_folder(maildir(site), "R&-Dev-Team")
+    scanned(site, [rule])
+    path = site.base / "reservations.json"
+    now = time.time()
+    row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+R&-Dev-Team", "R&Dev-Team"]
+    path.write_text(json.dumps({"version": 1, "reservations": [row]}))
+    data = site.data()
+    data["folders"] = [rule]
+    data["policy"]["state_file"] = str(path)
+    config = parse_config(data)
+    daemon = Daemon(lambda: config)
+    daemon._restore_reservations()
+    service = daemon.service
+    store = open_store(site.db_url)
+    try:
+        service.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+    answer = ask(service, request(f"roomy+R&-Dev-Team@{DOMAIN}", 1_000, client="198.51.100.1", instance="o"), Session())
+    restored = [(r.copy, r.folder, r.bytes) for r in service.reservations]
+    assert answer.startswith("452"), f"{answer!r}; restored {restored}"

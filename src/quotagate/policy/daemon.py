@@ -21,7 +21,7 @@ from quotagate.policy.listeners import Listener, serve_metrics
 from quotagate.policy.live import MailboxChanges, Snapshot, SnapshotLoader
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import PolicyServer
-from quotagate.policy.service import PolicyService, folder_key
+from quotagate.policy.service import PolicyService, rekeyed
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
@@ -221,7 +221,7 @@ class Daemon:
             if r.copy and not r.folder:  # written before folders were kept: the copy names it
                 r.folder = self.service.folder_of_copy(r.copy)
             elif r.folder:  # kept by the name an IMAP server shows, before folder keys were lowered
-                r.folder = folder_key(r.folder)
+                r.folder = rekeyed(r.folder)
         kept = self.service.reservations.restore(saved, time.time())
         self._saved_version = self.service.reservations.version
         if kept:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from quotagate.policy.stages import (
 )
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
-from quotagate.usage.folders import folder_limits, lowered_folder_limits, strictest
+from quotagate.usage.folders import folder_limits, lowered_folder_limits
 from quotagate.usage.names import ascii_lower, imap_name
 
 log = logging.getLogger(__name__)
@@ -73,21 +74,32 @@ class Session:
             on_close()
 
 
-def _folder_named(usage: MailboxUsage, name: str, lowered: bool = False) -> FolderUsage | None:
+def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
     """The folder ``name`` as sent: spelled as on disk, or as an IMAP server shows it (the
     recipient ``alice+Gelöscht@`` over SMTPUTF8 is delivered into ``Gel&APY-scht``). Of two
     on disk that are the same folder to an IMAP server (its owner made ``.Gelöscht`` beside
-    ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them.
-    ``lowered``: the MTA lowered the name's A-Z (see :func:`_lowered`), and every spelling on
-    disk it may be is weighed so."""
-    if lowered:
-        same = [f for f in usage.folders if _spells(f.name, name)]
-    else:
-        shown = imap_name(name)
-        same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
+    ``.Gel&APY-scht``), the most of each (bytes, messages): the agent delivers to one of them."""
+    shown = imap_name(name)
+    same = [f for f in usage.folders if f.name == name or imap_name(f.name) == shown]
     if len(same) < 2:
         return same[0] if same else None
     return FolderUsage(name, max(f.bytes for f in same), max(f.messages for f in same))
+
+
+def _room(limits: Limits, held: FolderUsage, size: int | None) -> tuple[bool, float]:
+    """How a message of ``size`` fits a folder: whether it does, and the bytes left (the least
+    room sorts first)."""
+    fits = (not limits.bytes or held.bytes + (size or 0) <= limits.bytes) and (
+        not limits.messages or held.messages < limits.messages
+    )
+    return fits, limits.bytes - held.bytes if limits.bytes else math.inf
+
+
+def rekeyed(kept: str) -> str:
+    """The key of a folder a state file names: one this version wrote is its own key; one an
+    older version wrote (the name an IMAP server shows, decoded already) is keyed without being
+    decoded again (``R&Dev-Team``)."""
+    return kept if folder_key(kept) == kept else ascii_lower(kept).replace("&", "&-")
 
 
 def folder_key(name: str) -> str:
@@ -582,7 +594,7 @@ class PolicyService:
             self.metrics.unreadable.inc()
             self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
             return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered, size)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -755,30 +767,43 @@ class PolicyService:
             return None, None
 
     def _limits_and_usage(
-        self, snapshot: Snapshot, mailbox: Mailbox, folder: str | None, live: Usage | None, lowered: bool = False
+        self,
+        snapshot: Snapshot,
+        mailbox: Mailbox,
+        folder: str | None,
+        live: Usage | None,
+        lowered: bool = False,
+        size: int | None = None,
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
-            limits = self._folder_limits(reading.usage, folder, lowered)
-            if limits is not None:
+            found = self._folder(reading.usage, folder, lowered, size)
+            if found is not None:
+                limits, held = found
                 # A folder that does not exist yet is empty: the delivery agent creates it.
-                held = _folder_named(reading.usage, folder, lowered)
                 used = Usage(held.bytes if held else 0, held.messages if held else 0, snapshot.fresh_at(reading))
                 return limits, used
         if live is not None:
             return None, self._believed(snapshot, mailbox, live)
         return None, snapshot.stored_usage(mailbox.address)
 
-    def _folder_limits(self, usage: MailboxUsage, folder: str, lowered: bool) -> Limits | None:
-        """The folder's own limits; for a detail whose A-Z the MTA lowered (and which is not one
-        folder on disk), the strictest of each spelling on disk's, or of any spelling's."""
+    def _folder(
+        self, usage: MailboxUsage, folder: str, lowered: bool, size: int | None
+    ) -> tuple[Limits, FolderUsage | None] | None:
+        """The folder's own limits and usage; None when it has no limits of its own. A detail
+        whose A-Z the MTA lowered that is several folders on disk is each with its own rule and
+        usage, the one a message of ``size`` fits least first (the agent may deliver into any);
+        one that is none yet, the strictest rule its spellings meet."""
         rules = self.config.folders
         if not lowered:
-            return folder_limits(folder, rules)
-        spellings = _spellings(usage, folder)
-        if spellings:
-            return strictest(folder_limits(name, rules) for name in spellings)
-        return lowered_folder_limits(folder, rules)
+            limits = folder_limits(folder, rules)
+            return None if limits is None else (limits, _folder_named(usage, folder))
+        on_disk = [f for f in usage.folders if _spells(f.name, folder)]
+        limited = [(limits, f) for f in on_disk if (limits := folder_limits(f.name, rules)) is not None]
+        if limited:
+            return min(limited, key=lambda found: _room(found[0], found[1], size))
+        limits = None if on_disk else lowered_folder_limits(folder, rules)
+        return None if limits is None else (limits, None)
 
     def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
         """A maildirsize read live; under a profile that counts the files, never less than the
