@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,15 +83,6 @@ def _folder_named(usage: MailboxUsage, name: str) -> FolderUsage | None:
     if len(same) < 2:
         return same[0] if same else None
     return FolderUsage(name, max(f.bytes for f in same), max(f.messages for f in same))
-
-
-def _room(limits: Limits, held: FolderUsage, size: int | None) -> tuple[bool, float]:
-    """How a message of ``size`` fits a folder: whether it does, and the bytes left (the least
-    room sorts first)."""
-    fits = (not limits.bytes or held.bytes + (size or 0) <= limits.bytes) and (
-        not limits.messages or held.messages < limits.messages
-    )
-    return fits, limits.bytes - held.bytes if limits.bytes else math.inf
 
 
 def rekeyed(kept: str) -> str:
@@ -594,7 +584,7 @@ class PolicyService:
             self.metrics.unreadable.inc()
             self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
             return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
-        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered, size)
+        limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -773,11 +763,10 @@ class PolicyService:
         folder: str | None,
         live: Usage | None,
         lowered: bool = False,
-        size: int | None = None,
     ) -> tuple[Limits | None, Usage | None]:
         reading = snapshot.readings.get(mailbox.address)
         if folder is not None and reading is not None:
-            found = self._folder(reading.usage, folder, lowered, size)
+            found = self._folder(reading.usage, folder, lowered)
             if found is not None:
                 limits, held = found
                 # A folder that does not exist yet is empty: the delivery agent creates it.
@@ -787,22 +776,19 @@ class PolicyService:
             return None, self._believed(snapshot, mailbox, live)
         return None, snapshot.stored_usage(mailbox.address)
 
-    def _folder(
-        self, usage: MailboxUsage, folder: str, lowered: bool, size: int | None
-    ) -> tuple[Limits, FolderUsage | None] | None:
-        """The folder's own limits and usage; None when it has no limits of its own. A detail
-        whose A-Z the MTA lowered that is several folders on disk is each with its own rule and
-        usage, the one a message of ``size`` fits least first (the agent may deliver into any);
-        one that is none yet, the strictest rule its spellings meet."""
+    def _folder(self, usage: MailboxUsage, folder: str, lowered: bool) -> tuple[Limits, FolderUsage | None] | None:
+        """The folder's own limits and usage; None when it has none, or when which folder it is
+        cannot be told: a detail whose A-Z the MTA lowered that is several folders on disk (its
+        owner made ``.Archive`` and ``.archive``; the router delivers into the one the sender
+        wrote), whose mail then meets the mailbox's check alone. One that is no folder yet has
+        the strictest rule its spellings meet."""
         rules = self.config.folders
         if not lowered:
             limits = folder_limits(folder, rules)
             return None if limits is None else (limits, _folder_named(usage, folder))
-        on_disk = [f for f in usage.folders if _spells(f.name, folder)]
-        limited = [(limits, f) for f in on_disk if (limits := folder_limits(f.name, rules)) is not None]
-        if limited:
-            return min(limited, key=lambda found: _room(found[0], found[1], size))
-        limits = None if on_disk else lowered_folder_limits(folder, rules)
+        if any(_spells(f.name, folder) for f in usage.folders):
+            return None  # more than one (the target is the folder when it is one)
+        limits = lowered_folder_limits(folder, rules)
         return None if limits is None else (limits, None)
 
     def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
