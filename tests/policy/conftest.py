@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 
 from quotagate.config import Config, parse_config
 from quotagate.model import Limits, Mailbox
+from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.server import Answer, PolicyServer
@@ -132,6 +134,26 @@ class Site:
         finally:
             store.close()
         return service
+
+
+def restarted(site: Site, rules: list[dict[str, Any]], rows: list[list[Any]] | None = None) -> PolicyService:
+    """The daemon started again over ``site``'s store with the folder ``rules``: its state file
+    restored (``rows`` written there first, as a release before wrote them), its snapshot loaded."""
+    path = site.base / "reservations.json"
+    if rows is not None:
+        path.write_text(json.dumps({"version": 1, "reservations": rows}))
+    data = site.data()
+    data["folders"] = rules
+    data["policy"]["state_file"] = str(path)
+    config = parse_config(data)
+    daemon = Daemon(lambda: config)
+    daemon._restore_reservations()
+    store = open_store(site.db_url)
+    try:
+        daemon.service.snapshot = load_snapshot(store)
+    finally:
+        store.close()
+    return daemon.service
 
 
 def _toml_value(value: Any) -> str:

@@ -7,20 +7,17 @@ that never send data.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from quotagate.config import parse_config
 from quotagate.model import Limits, Mailbox
-from quotagate.policy.daemon import Daemon
-from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
-from tests.policy.conftest import DOMAIN, ROOMY, Site, request
+from tests.policy.conftest import DOMAIN, ROOMY, Site, request, restarted
 from tests.policy.test_data_stage import ask
 from tests.spoolgen import add_message, maildir_folder
 
@@ -147,21 +144,9 @@ def test_a_restored_row_of_the_version_before_folders_were_kept_holds_room_in_it
         store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
     finally:
         store.close()
-    data = site.data()
-    data["folders"] = [{"match": "Archive", "quota": str(FOLDER_QUOTA)}]
-    data["policy"]["state_file"] = str(site.base / "reservations.json")
-    config = parse_config(data)
     now = time.time()
     row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+Archive"]
-    (site.base / "reservations.json").write_text(json.dumps({"version": 1, "reservations": [row]}))
-    daemon = Daemon(lambda: config)
-    daemon._restore_reservations()
-    service = daemon.service
-    store = open_store(site.db_url)
-    try:
-        service.snapshot = load_snapshot(store)
-    finally:
-        store.close()
+    service = restarted(site, [{"match": "Archive", "quota": str(FOLDER_QUOTA)}], [row])
 
     assert ask(service, request(ARCHIVE, 1_000, client=OTHER, instance="o")).startswith("452")
 

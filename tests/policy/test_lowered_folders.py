@@ -10,7 +10,6 @@ rules. Exim-style requests are what the generated Exim ACLs send: no ``protocol_
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService, Session
 from quotagate.scan import run_scan
 from quotagate.store import open_store
-from tests.policy.conftest import DOMAIN, ROOMY, Site, _toml_value, request
+from tests.policy.conftest import DOMAIN, ROOMY, Site, _toml_value, request, restarted
 from tests.policy.test_data_stage import ask, exim_data
 from tests.spoolgen import add_message, maildir_folder
 
@@ -207,22 +206,10 @@ def test_a_restored_exim_row_of_the_version_before_folders_were_kept_holds_room_
     Expected: the restored room is the folder's, as it is for Postfix's copy ``roomy+Archive``:
     452."""
     maildir_folder(maildir(site), "Archive")
-    service = scanned(site, [ARCHIVE_RULE])
-    data = site.data()
-    data["folders"] = [ARCHIVE_RULE]
-    data["policy"]["state_file"] = str(site.base / "reservations.json")
-    config = parse_config(data)
+    scanned(site, [ARCHIVE_RULE])
     now = time.time()
     row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+archive"]
-    (site.base / "reservations.json").write_text(json.dumps({"version": 1, "reservations": [row]}))
-    daemon = Daemon(lambda: config)
-    daemon._restore_reservations()
-    service = daemon.service
-    store = open_store(site.db_url)
-    try:
-        service.snapshot = load_snapshot(store)
-    finally:
-        store.close()
+    service = restarted(site, [ARCHIVE_RULE], [row])
     answer = ask(service, exim_rcpt("roomy+archive", 1_000, "o", "198.51.100.1"))
     restored = [(r.copy, r.folder, r.bytes) for r in service.reservations]
     assert answer.startswith("452"), f"{answer!r}; restored {restored}"
@@ -319,22 +306,10 @@ def test_room_held_for_a_folder_with_an_ampersand_in_its_name_survives_a_restart
     before = ask(service, request(recipient, 1_000, client="198.51.100.1", instance="o1"), Session())
     assert before.startswith("452"), before
 
-    path = site.base / "reservations.json"
-    state.save(path, list(service.reservations))
-    data = site.data()
-    data["folders"] = [AMPERSAND_RULE]
-    data["policy"]["state_file"] = str(path)
-    config = parse_config(data)
-    daemon = Daemon(lambda: config)
-    daemon._restore_reservations()
-    restarted = daemon.service
-    store = open_store(site.db_url)
-    try:
-        restarted.snapshot = load_snapshot(store)
-    finally:
-        store.close()
-    after = ask(restarted, request(recipient, 1_000, client="198.51.100.1", instance="o2"), Session())
-    restored = [(r.copy, r.folder, r.bytes) for r in restarted.reservations]
+    state.save(site.base / "reservations.json", list(service.reservations))
+    again = restarted(site, [AMPERSAND_RULE])
+    after = ask(again, request(recipient, 1_000, client="198.51.100.1", instance="o2"), Session())
+    restored = [(r.copy, r.folder, r.bytes) for r in again.reservations]
     assert after.startswith("452"), f"after a restart: {after!r}; restored {restored}"
 
 
@@ -405,22 +380,9 @@ def test_a_state_file_of_the_release_before_keeps_room_held_in_a_folder_with_an_
     rule = {"match": "R&Dev-Team", "quota": "10000"}
     maildir_folder(maildir(site), "R&-Dev-Team")
     scanned(site, [rule])
-    path = site.base / "reservations.json"
     now = time.time()
     row = ["203.0.113.5", "t1", ROOMY, 9_500, now, now + 500, "flight", None, "roomy+R&-Dev-Team", "R&Dev-Team"]
-    path.write_text(json.dumps({"version": 1, "reservations": [row]}))
-    data = site.data()
-    data["folders"] = [rule]
-    data["policy"]["state_file"] = str(path)
-    config = parse_config(data)
-    daemon = Daemon(lambda: config)
-    daemon._restore_reservations()
-    service = daemon.service
-    store = open_store(site.db_url)
-    try:
-        service.snapshot = load_snapshot(store)
-    finally:
-        store.close()
+    service = restarted(site, [rule], [row])
     answer = ask(service, request(f"roomy+R&-Dev-Team@{DOMAIN}", 1_000, client="198.51.100.1", instance="o"), Session())
     restored = [(r.copy, r.folder, r.bytes) for r in service.reservations]
     assert answer.startswith("452"), f"{answer!r}; restored {restored}"
