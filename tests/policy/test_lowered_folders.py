@@ -386,3 +386,48 @@ def test_a_state_file_of_the_release_before_keeps_room_held_in_a_folder_with_an_
     answer = ask(service, request(f"roomy+R&-Dev-Team@{DOMAIN}", 1_000, client="198.51.100.1", instance="o"), Session())
     restored = [(r.copy, r.folder, r.bytes) for r in service.reservations]
     assert answer.startswith("452"), f"{answer!r}; restored {restored}"
+
+
+def test_imap_twins_of_a_full_folder_are_one_folder_to_exim_too(site: Site) -> None:
+    """Rule ``Gelöscht`` (10,000 bytes). On disk roomy has ``.Gelöscht`` (raw UTF-8, as a
+    router delivering ``roomy+Gelöscht@`` as sent makes it) holding 10,001 bytes: full, and its
+    IMAP twin ``.Gel&APY-scht`` (Dovecot's spelling of the same IMAP name) holding 1,000. They
+    differ in encoding, not in case. Postfix's request for ``roomy+Gelöscht@`` weighs the twins
+    by the most of each (``_folder_named``): 552. Over SMTPUTF8 Exim asks ``roomy+gelöscht``
+    for the same RCPT; its router delivers into the full ``.Gelöscht``.
+
+    Expected: 552, as Postfix; the twins are one folder to the IMAP server, not two folders that
+    differ in case, so "which one" is not unknown."""
+    md = maildir(site)
+    add_message(maildir_folder(md, "Gelöscht"), 10_001)
+    add_message(maildir_folder(md, "Gel&APY-scht"), 1_000)
+    rules = [{"match": "Gelöscht", "quota": "10000"}]
+    service = scanned(site, rules)
+    postfix = ask(service, request(f"roomy+Gelöscht@{DOMAIN}", 1_000), Session())
+    assert postfix.startswith("552"), postfix
+    exim = ask(service, exim_rcpt("roomy+gelöscht", 1_000, "x", "192.0.2.30"), Session())
+    assert exim.startswith("552"), f"the full .Gelöscht took mail through Exim: {exim!r} (Postfix: {postfix!r})"
+
+
+def test_the_daemons_snapshot_keeps_a_camel_case_rules_lower_case_twin(site: Site) -> None:
+    """Rule ``MyArchive`` (10,000 bytes). On disk roomy has ``.MyArchive`` holding 10,001 bytes
+    (full) and ``.myarchive`` (no rule: no limit of its own) holding 1,000. Through Exim,
+    ``RCPT TO:<roomy+myarchive@> SIZE=1000`` is asked as ``roomy+myarchive``: two folders on
+    disk may be meant, so no folder check: the mailbox has plenty of room. The daemon's own
+    snapshot (``Daemon._load``), which keeps the folders that may matter to a rule, keeps
+    ``.myarchive`` too (none of the usual spellings of ``myarchive`` is ``MyArchive``): dropped,
+    ``.MyArchive`` would be the one spelling, and mail the router delivers into the unlimited
+    ``.myarchive`` refused.
+
+    Expected: DUNNO from the daemon's snapshot too (Postfix's ``roomy+myarchive@`` gets DUNNO)."""
+    md = maildir(site)
+    add_message(maildir_folder(md, "MyArchive"), 10_001)
+    add_message(maildir_folder(md, "myarchive"), 1_000)
+    rules = [{"match": "MyArchive", "quota": "10000"}]
+    service = scanned(site, rules)
+    assert ask(service, request(f"roomy+myarchive@{DOMAIN}", 1_000), Session()) == "DUNNO"
+    assert ask(service, exim_rcpt("roomy+myarchive", 1_000), Session()) == "DUNNO"
+    daemon = _daemon_snapshot_service(site, rules)
+    kept = [f.name for f in daemon.snapshot.readings[ROOMY].usage.folders]
+    exim = ask(daemon, exim_rcpt("roomy+myarchive", 1_000), Session())
+    assert exim == "DUNNO", f"daemon snapshot: {exim!r} (folders kept: {kept})"

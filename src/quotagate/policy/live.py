@@ -20,7 +20,7 @@ from quotagate.policy import compact
 from quotagate.policy.claim import LIVE_OVER_FILES
 from quotagate.store import Store
 from quotagate.store.base import Folders
-from quotagate.usage.folders import any_limits, lowered_folder_limits
+from quotagate.usage.folders import any_limits, may_be_limited
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _limited_by(rules: tuple[FolderRule, ...]) -> Callable[[str], bool]:
 
     @functools.lru_cache(maxsize=4096)
     def limited(name: str) -> bool:
-        return lowered_folder_limits(name, rules) is not None
+        return may_be_limited(name, rules)
 
     return limited
 

@@ -556,7 +556,9 @@ class PolicyService:
         lowered = lowered and folder is not None
         if lowered and folder is not None and reading is not None:
             spellings = _spellings(reading.usage, folder)
-            if len(spellings) == 1:  # the folder it names: matched as it is from here on
+            # One folder to an IMAP server (twins such as .Gelöscht beside .Gel&APY-scht are
+            # weighed together): the folder it names, matched as it is from here on.
+            if len({imap_name(name) for name in spellings}) == 1:
                 folder, lowered = spellings[0], False
         live = reading if self._reads_live(reading) else None
         return _Target(snapshot, mailbox, folder, live, copy, lowered)

@@ -69,6 +69,16 @@ def lowered_folder_limits(name: str, rules: Sequence[FolderRule]) -> Limits | No
     return strictest(folder_limits(spelled, rules) for spelled in {name, *spellings(ascii_lower(name))})
 
 
+def may_be_limited(name: str, rules: Sequence[FolderRule]) -> bool:
+    """Whether a folder has limits of its own, or may be taken for one that has by a detail whose
+    A-Z an MTA lowered (``myarchive`` beside the rule ``MyArchive``): a reading keeps such folders,
+    so that a detail that is several of them is seen to be."""
+    if lowered_folder_limits(name, rules) is not None:
+        return True
+    lowered, shown = ascii_lower(name), ascii_lower(imap_name(name))
+    return any(_own(rule) is not None and _matches(lowered, shown, ascii_lower(rule.match)) for rule in rules)
+
+
 def spellings(lowered: str) -> tuple[str, ...]:
     """How a sender writes a folder name that reached us with its A-Z lowered: as it is, each
     level capitalised (``Archive``, ``Archive.2024``, ``Projects/Work``) and in capitals. Not
