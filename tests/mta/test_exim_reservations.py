@@ -2,7 +2,8 @@
 clients lets in exactly the ones that fit, a prober that never sends DATA leaves nothing held, and
 a daemon restarted, or a scan run, between the RCPTs and the DATA of a burst still holds their room.
 The others are deferred (452), not refused: only room held for messages in progress stands in
-their way."""
+their way. The same for a folder with a limit of its own (``roomy+Archive@``), which Exim's ACLs
+see in lower case (``roomy+archive``) while its router delivers into ``.Archive`` as sent."""
 
 from __future__ import annotations
 
@@ -16,33 +17,76 @@ from quotagate.mta import exim as exim_config
 from quotagate.policy.control import ask as ask_control
 from tests.mta.conftest import DOMAIN, Site
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import Exim
+from tests.servers.exim import MAIL_UID, Exim, owned_by_mail_user
 from tests.servers.process import free_port
+from tests.spoolgen import maildir_folder
 
 MESSAGE = 100_000
 QUOTA = 450_000  # room for 4.5 of them
 BURST = 10
 ROOMY = f"roomy@{DOMAIN}"
+ARCHIVE = f"roomy+Archive@{DOMAIN}"
+
+# roomy+Archive@ delivered into the Maildir++ folder .Archive (the folders file names it, so the
+# path is untainted), as an admin's ``local_part_suffix = +*`` router does.
+FOLDER_ROUTER = """\
+folders:
+  driver = accept
+  domains = +local_domains
+  local_part_suffix = +*
+  address_data = ${{lookup{{${{lc:$local_part$local_part_suffix@$domain}}}}lsearch{{{folders}}}{{$value}}fail}}
+  transport = folder_delivery
+"""
+FOLDER_TRANSPORT = """\
+folder_delivery:
+  driver = appendfile
+  directory = {maildirs}/$address_data
+  maildir_format
+  maildir_tag = ,S=$message_size
+  create_directory
+  user = {uid}
+  group = {uid}
+  mode = 0644
+"""
 
 
-def prepare(work: Path, exim: Exim) -> tuple[Site, int]:
+def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
+    """roomy@ with room for 4.5 messages; with ``archive_quota``, roomy@ has plenty and its
+    folder Archive that limit of its own, and a router delivers ``roomy+Archive@`` into it."""
     spool = work / "mail"
     spool.mkdir()
     (work / "db").mkdir()
     port = free_port()
     config = work / "quotagate.toml"
+    rule = f'[[folders]]\nmatch = "Archive"\nquota = "{archive_quota}"\n' if archive_quota else ""
     config.write_text(
         f'[store]\nurl = "sqlite:///{work}/db/q.db"\n[spool]\nroot = "{spool}"\n'
         f'[scan]\nlock_file = "{work}/scan.lock"\n'
         f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{work}/control.sock"\n'
-        "[watch]\nenabled = true\nflush_seconds = 0.1\n"
+        f"[watch]\nenabled = true\nflush_seconds = 0.1\n{rule}"
     )
     site = Site(work, spool, config)
-    assert site.quotagate("mailbox", "add", ROOMY, "--quota", str(QUOTA)) == 0
+    quota = 100 * QUOTA if archive_quota else QUOTA
+    assert site.quotagate("mailbox", "add", ROOMY, "--quota", str(quota)) == 0
+    if archive_quota:
+        maildir_folder(site.maildir("roomy"), "Archive")
     site.fill("roomy", 10)
     assert site.quotagate("scan") == 0
     parts = exim_config.parts(load_config(config), "policy")
-    exim.configure(users={ROOMY: f"{DOMAIN}/roomy"}, main=parts.main, acls=parts.acls, acl=parts.acl)
+    routers = transports = ""
+    if archive_quota:
+        folders = work / "folders"
+        folders.write_text(f"roomy+archive@{DOMAIN}: {DOMAIN}/roomy/Maildir/.Archive\n")
+        routers = FOLDER_ROUTER.format(folders=folders)
+        transports = FOLDER_TRANSPORT.format(maildirs=exim.maildirs, uid=MAIL_UID)
+    exim.configure(
+        users={ROOMY: f"{DOMAIN}/roomy"},
+        main=parts.main,
+        acls=parts.acls,
+        acl=parts.acl,
+        routers=routers,
+        transports=transports,
+    )
     return site, port
 
 
@@ -54,9 +98,9 @@ class Client:
         self.smtp.connect("127.0.0.1", exim.port)
         self.smtp.ehlo("client.test")
 
-    def rcpt(self, size: int) -> int:
+    def rcpt(self, size: int, recipient: str = ROOMY) -> int:
         assert self.smtp.mail("sender@example.net", [f"SIZE={size}"])[0] == 250
-        return self.smtp.rcpt(ROOMY)[0]
+        return self.smtp.rcpt(recipient)[0]
 
     def data(self, size: int) -> int:
         body = b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
@@ -66,7 +110,7 @@ class Client:
         self.smtp.quit()
 
 
-def burst(exim: Exim, between: Callable[[], None] = lambda: None) -> list[int]:
+def burst(exim: Exim, between: Callable[[], None] = lambda: None, recipient: str = ROOMY) -> list[int]:
     """Ten clients at once: every RCPT first, then (after ``between``) DATA from those let in."""
     clients = [Client(exim, n) for n in range(BURST)]
     start = threading.Barrier(BURST)
@@ -74,7 +118,7 @@ def burst(exim: Exim, between: Callable[[], None] = lambda: None) -> list[int]:
 
     def one(n: int) -> None:
         start.wait(timeout=30)
-        codes[n] = clients[n].rcpt(MESSAGE)
+        codes[n] = clients[n].rcpt(MESSAGE, recipient)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(BURST)]
     for t in threads:
@@ -89,8 +133,8 @@ def burst(exim: Exim, between: Callable[[], None] = lambda: None) -> list[int]:
     return codes
 
 
-def delivered(site: Site) -> list[int]:
-    new = site.maildir("roomy") / "new"
+def delivered(site: Site, folder: str = "") -> list[int]:
+    new = site.maildir("roomy") / folder / "new"
     return sorted(f.stat().st_size for f in new.iterdir()) if new.exists() else []
 
 
@@ -165,3 +209,32 @@ def test_a_prober_that_never_sends_data_leaves_nothing_held(work: Path, exim: Ex
         last = Client(exim, 68)
         assert last.rcpt(QUOTA - 10) == 250
         last.quit()
+
+
+def test_a_burst_to_a_folder_lets_in_only_the_messages_that_fit_the_folder(work: Path, exim: Exim) -> None:
+    """Ten clients at once, each ``SIZE=100000`` to ``roomy+Archive@``: the folder has room for
+    4.5 of them, the mailbox for a hundred. Exim asks about ``roomy+archive``: the folder is
+    found all the same. 4 accepted (250) and 6 deferred (452) at RCPT; 4 land in ``.Archive``."""
+    site, port = prepare(work, exim, archive_quota=QUOTA)
+    with policy_daemon(site.config, port):
+        exim.start()
+        codes = burst(exim, recipient=ARCHIVE)
+        assert sorted(codes) == [250] * 4 + [452] * 6, exim.log("main")
+        assert len(delivered(site, ".Archive")) == 4
+        assert sum(delivered(site, ".Archive")) <= QUOTA
+
+
+def test_a_full_folder_is_refused_at_rcpt(work: Path, exim: Exim) -> None:
+    """Archive already holds 460 kB, over its own 450 kB limit; the mailbox is far from full.
+    ``RCPT TO:<roomy+Archive@>`` with ``SIZE=1000`` through Exim: 552, as the daemon answers
+    for that recipient when asked directly (``quotagate check``)."""
+    site, port = prepare(work, exim, archive_quota=QUOTA)
+    (site.maildir("roomy") / ".Archive" / "cur" / "1700000000.M2P2.test,S=460000:2,S").write_bytes(b"x" * 460_000)
+    owned_by_mail_user(site.spool)
+    assert site.quotagate("scan", "--full") == 0
+    assert site.quotagate("check", ARCHIVE, "--size", "1000") == 1  # the daemon's own answer: refused
+    with policy_daemon(site.config, port):
+        exim.start()
+        client = Client(exim, 1)
+        assert client.rcpt(1000, ARCHIVE) == 552, exim.log("main")
+        client.quit()
