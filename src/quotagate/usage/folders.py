@@ -8,9 +8,7 @@ from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Limits
-from quotagate.usage.names import ascii_lower, imap_name
-
-_ASCII_CAPITALS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+from quotagate.usage.names import ascii_lower, ascii_upper, imap_name
 
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
@@ -84,8 +82,8 @@ def spellings(lowered: str) -> tuple[str, ...]:
     level capitalised (``Archive``, ``Archive.2024``, ``Projects/Work``) and in capitals. Not
     every spelling (2 to the number of its letters), but those folders are named with."""
     levels = re.split(r"([./])", lowered)
-    capitalised = "".join(level[:1].translate(_ASCII_CAPITALS) + level[1:] for level in levels)
-    return lowered, capitalised, lowered.translate(_ASCII_CAPITALS)
+    capitalised = "".join(ascii_upper(level[:1]) + level[1:] for level in levels)
+    return lowered, capitalised, ascii_upper(lowered)
 
 
 def strictest(found: Iterable[Limits | None]) -> Limits | None:

@@ -7,13 +7,19 @@ import base64
 import binascii
 import re
 
-_ASCII_CAPITALS = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def ascii_lower(text: str) -> str:
     """``text`` with A-Z in lower case and nothing else, as Exim lowers a local part
     (``$local_part``, ``${lc:}``): ``ÄRGER`` is ``Ärger``, ``Straße`` stays ``straße``."""
-    return text.translate(_ASCII_CAPITALS)
+    return text.translate(_LOWER)
+
+
+def ascii_upper(text: str) -> str:
+    """``text`` with a-z in capitals and nothing else (the way back of :func:`ascii_lower`)."""
+    return text.translate(_UPPER)
 
 
 _MAX_DIGITS = 18  # a size of 10**18 bytes is an exabyte: longer values are garbage, not sizes
