@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
@@ -193,6 +193,9 @@ class PolicyService:
         self.delivery_hint: Callable[[str], bool] | None = None
         # Set by the daemon when [shared] url is: checks are weighed and held there while it is up.
         self.shared: SharedState | None = None
+        # The folder rules the cache of _lowered_limits was made for, and the cache.
+        self._lowered_for: object = None
+        self._lowered_cache: Callable[[str], Limits | None] = lambda name: None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -530,10 +533,10 @@ class PolicyService:
 
     def folder_of_copy(self, copy: str) -> str:
         """The folder with limits of its own a copy (a local part as sent) is delivered to, by
-        the name an IMAP server shows; "" for none."""
+        its key (:func:`folder_key`); "" for none."""
         split = without_detail(f"{copy}@localhost", self.config.policy.folder_delimiter)
         # Which MTA asked is not kept: as spelled, or lowered by Exim.
-        if split is None or lowered_folder_limits(split[1], self.config.folders) is None:
+        if split is None or self._lowered_limits(split[1]) is None:
             return ""
         return folder_key(split[1])
 
@@ -556,10 +559,13 @@ class PolicyService:
         lowered = lowered and folder is not None
         if lowered and folder is not None and reading is not None:
             spellings = _spellings(reading.usage, folder)
-            # One folder to an IMAP server (twins such as .Gelöscht beside .Gel&APY-scht are
-            # weighed together): the folder it names, matched as it is from here on.
-            if len({imap_name(name) for name in spellings}) == 1:
-                folder, lowered = spellings[0], False
+            if spellings:
+                # One folder to an IMAP server (twins such as .Gelöscht beside .Gel&APY-scht are
+                # weighed together): the folder it names, matched as it is from here on. Several
+                # (its owner made .Archive and .archive): the router delivers into the one the
+                # sender wrote, which cannot be told: the mailbox's own check alone.
+                one = len({imap_name(name) for name in spellings}) == 1
+                folder, lowered = spellings[0] if one else None, False
         live = reading if self._reads_live(reading) else None
         return _Target(snapshot, mailbox, folder, live, copy, lowered)
 
@@ -779,19 +785,22 @@ class PolicyService:
         return None, snapshot.stored_usage(mailbox.address)
 
     def _folder(self, usage: MailboxUsage, folder: str, lowered: bool) -> tuple[Limits, FolderUsage | None] | None:
-        """The folder's own limits and usage; None when it has none, or when which folder it is
-        cannot be told: a detail whose A-Z the MTA lowered that is several folders on disk (its
-        owner made ``.Archive`` and ``.archive``; the router delivers into the one the sender
-        wrote), whose mail then meets the mailbox's check alone. One that is no folder yet has
-        the strictest rule its spellings meet."""
+        """The folder's own limits and usage; None when it has none. A detail whose A-Z the MTA
+        lowered that is no folder on disk yet: the strictest rule its spellings meet."""
+        if lowered:
+            limits = self._lowered_limits(folder)
+            return None if limits is None else (limits, None)
+        limits = folder_limits(folder, self.config.folders)
+        return None if limits is None else (limits, _folder_named(usage, folder))
+
+    def _lowered_limits(self, name: str) -> Limits | None:
+        """:func:`lowered_folder_limits` under the config's rules, kept per name (a dozen rule
+        matches for every Exim check of ``user+tag@``; a bounded cache: the tags are the senders')."""
         rules = self.config.folders
-        if not lowered:
-            limits = folder_limits(folder, rules)
-            return None if limits is None else (limits, _folder_named(usage, folder))
-        if any(_spells(f.name, folder) for f in usage.folders):
-            return None  # more than one (the target is the folder when it is one)
-        limits = lowered_folder_limits(folder, rules)
-        return None if limits is None else (limits, None)
+        if self._lowered_for is not rules:
+            self._lowered_for = rules
+            self._lowered_cache = lru_cache(maxsize=4096)(partial(lowered_folder_limits, rules=rules))
+        return self._lowered_cache(name)
 
     def _believed(self, snapshot: Snapshot, mailbox: Mailbox, live: Usage) -> Usage:
         """A maildirsize read live; under a profile that counts the files, never less than the
