@@ -1,10 +1,15 @@
 """Mail without SIZE= through a real Postfix: check_policy_service in
 smtpd_end_of_data_restrictions (as postfix-config prints it) refuses at END-OF-MESSAGE, with the
-message's real size, what the RCPT check could not judge."""
+message's real size, what the RCPT check could not judge. And a folder with a limit of its own
+(``roomy+Archive@``): a burst lets in only what fits the folder."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import smtplib
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,36 +41,63 @@ class Setup:
         return self.postfix.maildir(ROOMY)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@contextlib.contextmanager
+def postfix_site(tmp_path: Path, archive_quota: int = 0) -> Iterator[Setup]:
+    """roomy@ (room for four and a half messages) behind a private Postfix with postfix-config's
+    items, and the daemon. With ``archive_quota``: roomy@ has plenty and its folder Archive that
+    limit of its own; ``recipient_delimiter = +`` and a map entry of its own deliver
+    ``roomy+archive@`` into ``.Archive`` (virtual(8))."""
     port = free_port()
     config = tmp_path / "quotagate.toml"
     listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{tmp_path}/control.sock"\n'
     config.write_text(listen)
     item = postfix_config.restriction(load_config(config))
-    with private_postfix(
-        f"reject_unauth_destination, {item}, permit",
-        mailboxes={ROOMY: "roomy"},
-        main=f"smtpd_end_of_data_restrictions = {item}\n",
-    ) as postfix:
-        maildir = postfix.maildir(ROOMY)
-        maildir_folder(maildir)
-        config.write_text(
-            f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
-            f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{listen}'
-        )
-        add = ["mailbox", "add", ROOMY, "--quota", str(QUOTA), "--path", str(maildir)]
-        assert main(["--config", str(config), *add]) == 0
-        owned_by_mail_user(postfix.maildirs)
-        assert main(["--config", str(config), "scan"]) == 0
-        with policy_daemon(config, port) as daemon:
-            yield Setup(postfix, daemon)
+    extra, rule, maps_dir = f"smtpd_end_of_data_restrictions = {item}\n", "", None
+    if archive_quota:
+        maps_dir = Path(tempfile.mkdtemp(prefix="quotagate-postfix-maps-", dir="/var/tmp"))  # Postfix's to read
+        maps_dir.chmod(0o755)
+        maps = maps_dir / "vmailbox"
+        maps.write_text(f"{ROOMY} roomy/Maildir/\nroomy+archive@example.org roomy/Maildir/.Archive/\n")
+        maps.chmod(0o644)
+        past = time.time() - 60  # older than Postfix's daemons: not a changed table to restart for
+        os.utime(maps, (past, past))
+        extra += f"recipient_delimiter = +\nvirtual_mailbox_maps = texthash:{maps}\n"
+        rule = f'[[folders]]\nmatch = "Archive"\nquota = "{archive_quota}"\n'
+    try:
+        with private_postfix(
+            f"reject_unauth_destination, {item}, permit", mailboxes={ROOMY: "roomy"}, main=extra
+        ) as postfix:
+            maildir = postfix.maildir(ROOMY)
+            maildir_folder(maildir)
+            if archive_quota:
+                maildir_folder(maildir, "Archive")
+            config.write_text(
+                f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{postfix.maildirs}"\n'
+                f'[scan]\nlock_file = "{tmp_path}/scan.lock"\n{rule}{listen}'
+            )
+            quota = 100 * QUOTA if archive_quota else QUOTA
+            add = ["mailbox", "add", ROOMY, "--quota", str(quota), "--path", str(maildir)]
+            assert main(["--config", str(config), *add]) == 0
+            owned_by_mail_user(postfix.maildirs)
+            assert main(["--config", str(config), "scan"]) == 0
+            with policy_daemon(config, port) as daemon:
+                yield Setup(postfix, daemon)
+    finally:
+        if maps_dir is not None:
+            shutil.rmtree(maps_dir, ignore_errors=True)
 
 
-def wait_for_count(postfix: Postfix, count: int, seconds: float = 20) -> list[Path]:
-    """The messages in the mailbox once ``count`` landed (they land one by one), or after ``seconds``."""
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with postfix_site(tmp_path) as site:
+        yield site
+
+
+def wait_for_count(postfix: Postfix, count: int, seconds: float = 20, folder: str = "") -> list[Path]:
+    """The messages in the mailbox (or its ``folder``) once ``count`` landed (they land one by
+    one), or after ``seconds``."""
     deadline = time.monotonic() + seconds
-    new = postfix.maildir(ROOMY) / "new"
+    new = postfix.maildir(ROOMY) / folder / "new"
     while len(found := sorted(new.iterdir())) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
@@ -151,3 +183,36 @@ def test_postfix_a_bogus_recipient_does_not_get_a_message_that_fits_no_real_one_
     code, text = _too_big(setup, [(ROOMY, 250), (ROOMY, 250), ("nosuchuser@example.org", 550)])
     assert code == 552 and text.decode().endswith("does not fit in this mailbox"), setup.daemon.log()[-2000:]
     assert setup.postfix.queue_count() == 0
+
+
+def test_a_burst_to_a_folder_lets_in_only_the_messages_that_fit_the_folder(tmp_path: Path) -> None:
+    """Ten clients at once, each ``SIZE=100000`` to ``roomy+Archive@``: the folder has room for
+    4.5 of them, the mailbox for a hundred. 4 accepted, 6 deferred (452) at RCPT, and 4 land in
+    ``.Archive``."""
+    with postfix_site(tmp_path, archive_quota=QUOTA) as setup:
+        postfix = setup.postfix
+        sessions = []
+        for n in range(CLIENTS):
+            smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{20 + n}", 0))
+            smtp.connect("127.0.0.1", postfix.port)
+            smtp.ehlo("client.test")
+            assert smtp.mail("sender@example.net", [f"SIZE={SIZE}"])[0] == 250
+            sessions.append(smtp)
+        start = threading.Barrier(CLIENTS)
+        codes = [0] * CLIENTS
+
+        def rcpt(n: int) -> None:
+            start.wait(timeout=30)
+            codes[n] = sessions[n].rcpt("roomy+Archive@example.org")[0]
+
+        threads = [threading.Thread(target=rcpt, args=(n,)) for n in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        for smtp, code in zip(sessions, codes, strict=True):
+            if code == 250:
+                assert smtp.data(BODY)[0] == 250
+            smtp.quit()
+        assert sorted(codes) == [250] * 4 + [452] * 6, postfix.log()[-3000:]
+        assert len(wait_for_count(postfix, 4, folder=".Archive")) == 4, postfix.log()[-2500:]
