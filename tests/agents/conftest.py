@@ -26,7 +26,7 @@ from tests.servers.process import free_port, private_dir
 from tests.servers.procmail import Procmail
 
 DOMAIN = "example.org"
-ACCEPT, REJECT = 0, 1
+ACCEPT, REJECT, DUNNO = 0, 1, 3
 
 
 def _toml(value: Any) -> str:
@@ -84,6 +84,13 @@ class Gate:
         code = self.run("check", f"{local}@{DOMAIN}", "--size", str(size))
         assert code in (ACCEPT, REJECT), self.output
         return code == ACCEPT
+
+    def refuses(self, local: str, size: int) -> bool:
+        """``quotagate check --size``: True for reject, False for accept or dunno (the MTA carries
+        on); anything else fails."""
+        code = self.run("check", f"{local}@{DOMAIN}", "--size", str(size))
+        assert code in (ACCEPT, REJECT, DUNNO), self.output
+        return code == REJECT
 
     def reading(self, local: str) -> Reading:
         r = self.store.reading(f"{local}@{DOMAIN}")

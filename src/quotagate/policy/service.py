@@ -15,7 +15,7 @@ from quotagate.accounting import grace_for, profile_for
 from quotagate.address import BadAddress, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Held, Reserved, decide, judged_with, known_size
-from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Reading, Usage
+from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Numbers, Reading, Usage
 from quotagate.policy.claim import LIVE_OVER_FILES, Claim, ClaimedFolder, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
@@ -35,7 +35,7 @@ from quotagate.policy.stages import (
 )
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
-from quotagate.usage.folders import folder_limits, lowered_folder_limits
+from quotagate.usage.folders import folder_limits, is_left_out, lowered_folder_limits, may_be_left_out
 from quotagate.usage.names import ascii_lower, imap_name
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ class _Target:
     copy: str = ""
     # The MTA lowered the folder's A-Z, and it is not one folder on disk: any spelling may be it.
     lowered: bool = False
+    # The folder (or, for a lowered detail, any it may be) is left out of the mailbox's total.
+    left_out: bool = False
 
 
 class PolicyService:
@@ -557,6 +559,7 @@ class PolicyService:
         local = recipient.strip().rpartition("@")[0]
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
         lowered = lowered and folder is not None
+        left_out = False
         if lowered and folder is not None and reading is not None:
             spellings = _spellings(reading.usage, folder)
             if spellings:
@@ -565,9 +568,12 @@ class PolicyService:
                 # (its owner made .Archive and .archive): the router delivers into the one the
                 # sender wrote, which cannot be told: the mailbox's own check alone.
                 one = len({imap_name(name) for name in spellings}) == 1
+                left_out = any(self._left_out(name) for name in spellings)
                 folder, lowered = spellings[0] if one else None, False
+        if folder is not None:
+            left_out = left_out or self._left_out(folder, lowered)
         live = reading if self._reads_live(reading) else None
-        return _Target(snapshot, mailbox, folder, live, copy, lowered)
+        return _Target(snapshot, mailbox, folder, live, copy, lowered, left_out)
 
     def _decide(
         self,
@@ -593,6 +599,12 @@ class PolicyService:
             self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
             return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
+        if target.left_out and limits is None:
+            # The delivery agent saves into a folder left out of the quota with no check at all
+            # (Dovecot's Trash:ignore, Courier's Trash), however full the mailbox: nothing to
+            # refuse, and none of the mailbox's room to hold.
+            left_out = Decision(Action.DUNNO, "the folder is left out of the quota", Numbers(size=known_size(size)))
+            return Outcome(mailbox.address, left_out, usage)
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
@@ -668,7 +680,7 @@ class PolicyService:
         if limits is None:
             return decide(mailbox, usage, size, held.mailbox, grace, boundary=boundary), usage
         decision = decide(mailbox, usage, size, held.folder, grace, limits, boundary=boundary)
-        if decision.action is Action.ACCEPT:
+        if decision.action is Action.ACCEPT and not target.left_out:  # else the folder's rule alone
             # The folder's rule lets it in; the mailbox's own limit still holds.
             _, total = self._limits_and_usage(target.snapshot, mailbox, None, live)
             whole = decide(mailbox, total, size, held.mailbox, grace, boundary=boundary)
@@ -792,6 +804,12 @@ class PolicyService:
             return None if limits is None else (limits, None)
         limits = folder_limits(folder, self.config.folders)
         return None if limits is None else (limits, _folder_named(usage, folder))
+
+    def _left_out(self, folder: str, lowered: bool = False) -> bool:
+        """Whether the folder is left out of the mailbox's total (see :func:`is_left_out`); a
+        detail whose A-Z the MTA lowered that is no folder on disk yet: any of its spellings."""
+        rules, profile = self.config.folders, self._profile.excluded_folders
+        return may_be_left_out(folder, rules, profile) if lowered else is_left_out(folder, rules, profile)
 
     def _lowered_limits(self, name: str) -> Limits | None:
         """:func:`lowered_folder_limits` under the config's rules, kept per name (a dozen rule

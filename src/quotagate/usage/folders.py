@@ -35,13 +35,27 @@ def counted(
     the folders the accounting profile leaves out (``left_out``, e.g. Courier's ``Trash``)."""
     total = messages = 0
     for f in folders:
-        if f.name in left_out:
-            continue
-        rule = rule_for(f.name, rules) if rules else None
-        if rule is None or not rule.exclude:
+        if not is_left_out(f.name, rules, left_out):
             total += f.bytes
             messages += f.messages
     return total, messages
+
+
+def is_left_out(name: str, rules: Sequence[FolderRule], left_out: Sequence[str] = ()) -> bool:
+    """Whether the folder ``name`` is left out of the mailbox's total: by the accounting profile
+    (``left_out``, exact names) or by the first rule it meets (``exclude = true``). The delivery
+    agent saves mail into such a folder with no quota check at all (Dovecot's ``Trash:ignore``,
+    Courier's Trash), however full the mailbox."""
+    if name in left_out:
+        return True
+    rule = rule_for(name, rules) if rules else None
+    return rule is not None and rule.exclude
+
+
+def may_be_left_out(lowered: str, rules: Sequence[FolderRule], left_out: Sequence[str] = ()) -> bool:
+    """Whether a folder named ``lowered`` by an MTA that lowers A-Z (Exim), before it is found on
+    disk, may be one left out of the total: one of the spellings a sender writes is."""
+    return any(is_left_out(spelled, rules, left_out) for spelled in {lowered, *spellings(ascii_lower(lowered))})
 
 
 def any_limits(rules: Sequence[FolderRule]) -> bool:

@@ -1,0 +1,138 @@
+"""Mail for ``user+Trash@`` when Trash is left out of the quota: quotagate beside the real agents.
+
+Dovecot 2.3 with ``quota_rule2 = Trash:ignore`` (``dovecot-lda -m Trash``) and Courier's
+``deliverquota`` into ``Maildir/.Trash`` (which Courier leaves out of its quota) save such mail
+with no quota check at all, however full the mailbox is. quotagate, with Trash excluded (a
+``[[folders]] exclude = true`` rule, or the courier profile's own exclusion), should then not
+refuse ``user+Trash@`` (it answers DUNNO: the MTA carries on, the agent saves it); the mailbox
+itself stays refused by both. Each test asks quotagate (``scan``, then ``check --size``) first,
+then lets the agent deliver, and compares the two.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quotagate.model import Limits
+from tests.agents.conftest import Gate
+from tests.servers.courier import Courier
+from tests.servers.dovecot import Dovecot
+from tests.servers.mailuser import message, own
+
+pytestmark = [pytest.mark.servers, pytest.mark.mta]
+
+IGNORE = "  quota_rule2 = Trash:ignore\n"
+EXCLUDE = '[[folders]]\nmatch = "Trash"\nexclude = true\n'
+PROFILE = {"maildir": "dovecot", "count": "dovecot-count"}
+
+# name: (INBOX filled with these sizes, the limits set afterwards, the new message's size)
+SCENARIOS = {
+    "over-bytes": ([4000, 4000, 4000], Limits(10_000, 0), 500),  # 12000 of 10000 bytes
+    "over-bytes-big": ([4000, 4000, 4000], Limits(10_000, 0), 50_000),
+    "no-room": ([4000], Limits(10_000, 0), 8000),  # not full; 6000 left, 8000 sent
+    "message-limit": ([1000, 1000], Limits(1_000_000, 2), 1000),  # 2 of 2 messages
+}
+
+
+def _answers(agent_saved: bool, gate_refused: bool) -> dict[str, bool]:
+    return {"agent saved it": agent_saved, "quotagate refused it": gate_refused}
+
+
+def _gate(gate: Gate, profile: str, limits: Limits, rules: str = EXCLUDE) -> None:
+    gate.configure(profile)
+    gate.config.write_text(gate.config.read_text() + rules)
+    gate.add("u", limits)
+    gate.scan()
+
+
+def _dovecot_filled(dovecot: Dovecot, backend: str, scenario: str, extra: str) -> tuple[Limits, int]:
+    """INBOX filled under a large limit, then the scenario's limits set and Dovecot recounting."""
+    sizes, limits, size = SCENARIOS[scenario]
+    dovecot.configure(backend=backend, limit_bytes=10**9, extra=extra)
+    for each in sizes:
+        assert dovecot.deliver("u", message(each))
+    dovecot.configure(backend=backend, limit_bytes=limits.bytes, limit_messages=limits.messages, extra=extra)
+    dovecot.recalc("u")
+    return limits, size
+
+
+def _courier_filled(gate: Gate, courier: Courier, scenario: str) -> tuple[Limits, int]:
+    """Maildir with an (empty) .Trash, INBOX filled, then the quota set: Courier recounts."""
+    sizes, limits, size = SCENARIOS[scenario]
+    maildir = gate.spool / "u" / "Maildir"
+    own(maildir.parent)
+    courier.make(maildir, folders=("Trash",))
+    for each in sizes:
+        assert courier.deliver(maildir, message(each))
+    courier.set_quota(maildir, f"{limits.bytes}S" + (f",{limits.messages}C" if limits.messages else ""))
+    return limits, size
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_dovecot_ignored_trash_takes_it_so_quotagate_lets_it_in(
+    gate: Gate, dovecot: Dovecot, backend: str, scenario: str
+) -> None:
+    """Dovecot (quota backend maildir or count) with quota_rule2 = Trash:ignore; quotagate with the
+    matching profile and [[folders]] match = "Trash" exclude = true. The mailbox is over its byte
+    limit, or has too little room for the message, or is at its message limit; a message comes
+    for u+Trash@ (dovecot-lda -m Trash).
+    Expected: dovecot-lda saves it (exit 0, "saved mail to Trash"), so quotagate does not refuse it (DUNNO)."""
+    limits, size = _dovecot_filled(dovecot, backend, scenario, IGNORE)
+    _gate(gate, PROFILE[backend], limits)
+    refused = gate.refuses("u+Trash", size)
+    assert _answers(dovecot.deliver("u", message(size), "Trash"), refused) == _answers(True, False)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_dovecot_refuses_the_mailbox_itself_as_quotagate_does(
+    gate: Gate, dovecot: Dovecot, backend: str, scenario: str
+) -> None:
+    """As above (Trash:ignore, Trash excluded in quotagate), but the message comes for u@ (INBOX).
+    Expected: dovecot-lda refuses it (exit 77, "Quota exceeded"), and so does quotagate."""
+    limits, size = _dovecot_filled(dovecot, backend, scenario, IGNORE)
+    _gate(gate, PROFILE[backend], limits)
+    refused = gate.refuses("u", size)
+    assert _answers(dovecot.deliver("u", message(size)), refused) == _answers(False, True)
+
+
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_without_an_ignore_rule_dovecot_refuses_trash_as_quotagate_does(
+    gate: Gate, dovecot: Dovecot, backend: str
+) -> None:
+    """Dovecot with no Trash rule, quotagate with no folder rule: Trash counts like any folder. The
+    mailbox is over its byte limit; a message comes for u+Trash@.
+    Expected: dovecot-lda refuses it (exit 77, "Quota exceeded"), and so does quotagate."""
+    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", "")
+    _gate(gate, PROFILE[backend], limits, rules="")
+    refused = gate.refuses("u+Trash", size)
+    assert _answers(dovecot.deliver("u", message(size), "Trash"), refused) == _answers(False, True)
+
+
+@pytest.mark.parametrize("rules", ["", EXCLUDE], ids=["profile-only", "exclude-rule"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_courier_trash_takes_it_so_quotagate_lets_it_in(
+    gate: Gate, courier: Courier, scenario: str, rules: str
+) -> None:
+    """Courier's deliverquota into Maildir/.Trash; quotagate with the courier profile (which leaves
+    Trash out by itself), with or without [[folders]] match = "Trash" exclude = true. The mailbox
+    is over its byte limit, or has too little room, or is at its message limit (maildirsize
+    written by maildirmake -q); a message comes for u+Trash@.
+    Expected: deliverquota delivers it (exit 0), so quotagate does not refuse it (DUNNO)."""
+    limits, size = _courier_filled(gate, courier, scenario)
+    _gate(gate, "courier", limits, rules)
+    refused = gate.refuses("u+Trash", size)
+    maildir = gate.spool / "u" / "Maildir"
+    assert _answers(courier.deliver(maildir / ".Trash", message(size)), refused) == _answers(True, False)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_courier_refuses_the_mailbox_itself_as_quotagate_does(gate: Gate, courier: Courier, scenario: str) -> None:
+    """As above (courier profile), but the message comes for u@ (deliverquota into Maildir).
+    Expected: deliverquota refuses it (exit 77, "Mail quota exceeded."), and so does quotagate."""
+    limits, size = _courier_filled(gate, courier, scenario)
+    _gate(gate, "courier", limits, rules="")
+    refused = gate.refuses("u", size)
+    maildir = gate.spool / "u" / "Maildir"
+    assert _answers(courier.deliver(maildir, message(size)), refused) == _answers(False, True)

@@ -1,0 +1,116 @@
+"""Mail for a folder left out of the mailbox's total (``[[folders]] exclude = true``, or the
+courier profile's Trash): the delivery agent saves it with no quota check at all, however full
+the mailbox (tests/agents/test_left_out_folders.py shows it for Dovecot and Courier), so the
+daemon has nothing to refuse and none of the mailbox's room to hold.
+
+``full@`` holds one byte more than its 10,000-byte quota, in INBOX; its ``.Trash`` is empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quotagate.config import parse_config
+from quotagate.model import Action
+from quotagate.policy.metrics import Metrics
+from quotagate.policy.service import PolicyService
+from quotagate.scan import run_scan
+from quotagate.store import open_store
+from tests.policy.conftest import DOMAIN, REJECT, Site, request
+from tests.policy.test_data_stage import ask, exim_data
+from tests.policy.test_lowered_folders import exim_rcpt
+from tests.spoolgen import add_message, maildir_folder
+
+EXCLUDE_TRASH = {"match": "Trash", "exclude": True}
+REFUSED = REJECT.decode().removeprefix("action=").removesuffix("\n\n")
+
+
+def scanned(site: Site, rules: list[dict[str, Any]], trash: int | None = 0, **spool: Any) -> PolicyService:
+    """full@ scanned again with ``rules`` as its [[folders]] (and ``spool`` settings), with a
+    ``.Trash`` holding ``trash`` bytes (None: no .Trash), and a service over the result."""
+    if trash is not None:
+        folder = maildir_folder(site.spool / DOMAIN / "full" / "Maildir", "Trash")
+        if trash:
+            add_message(folder, trash)
+    data = site.data(reservation_seconds=600)
+    data["folders"] = rules
+    data["spool"].update(spool)
+    config = parse_config(data)
+    store = open_store(site.db_url)
+    try:
+        run_scan(config, store)
+    finally:
+        store.close()
+    return site.service(config, Metrics())
+
+
+def held(service: PolicyService) -> int:
+    return service.reservations.held(f"full@{DOMAIN}", service.clock(), 0.0).bytes
+
+
+def decided(service: PolicyService, recipient: str, size: int | None, lowered: bool = False) -> Action:
+    return service.check(recipient, size, lowered=lowered).decision.action
+
+
+@pytest.mark.parametrize("size", [500, 50_000, None])
+def test_mail_for_an_excluded_trash_of_a_full_mailbox_is_not_refused(site: Site, size: int | None) -> None:
+    """Rule ``Trash`` exclude = true; full@ is over its quota; Postfix asks about
+    ``full+Trash@`` with SIZE=500, 50,000 (more than the whole quota) or none.
+    Expected: DUNNO (not an acceptance: nothing held for full@); ``full@`` is still refused."""
+    service = scanned(site, [EXCLUDE_TRASH])
+    assert ask(service, request(f"full+Trash@{DOMAIN}", size, instance="A")) == "DUNNO"
+    assert decided(service, f"full+Trash@{DOMAIN}", size) is Action.DUNNO
+    assert held(service) == 0
+    assert ask(service, request(f"full@{DOMAIN}", 500, instance="B")) == REFUSED
+
+
+def test_exim_asks_with_the_detail_lowered(site: Site) -> None:
+    """Rule ``Trash`` exclude = true; full@ is over its quota and has ``.Trash``. The generated
+    Exim ACL asks about ``full+trash`` (Exim lowers the local part), at RCPT and at DATA.
+    Expected: DUNNO both times (the one folder on disk it names is Trash), nothing held."""
+    service = scanned(site, [EXCLUDE_TRASH])
+    assert ask(service, exim_rcpt("full+trash", 500)) == "DUNNO"
+    assert ask(service, exim_data(f"full+trash@{DOMAIN}", 700)) == "DUNNO"
+    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is Action.DUNNO
+    assert held(service) == 0
+
+
+def test_exim_detail_before_the_folder_exists(site: Site) -> None:
+    """Rule ``Trash`` exclude = true; full@ has no Trash folder yet (Dovecot makes it at the
+    first delivery). Exim asks about ``full+trash``: the sender may have written ``Trash``.
+    Expected: DUNNO (one of its spellings is left out; refusing would be wrong for that one)."""
+    service = scanned(site, [EXCLUDE_TRASH], trash=None)
+    assert ask(service, exim_rcpt("full+trash", 500)) == "DUNNO"
+    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is Action.DUNNO
+
+
+def test_a_detail_of_another_folder_is_still_refused(site: Site) -> None:
+    """Rule ``Trash`` exclude = true; full@ is over its quota. Postfix asks about
+    ``full+Trashcan@`` and ``full+trash@`` (no rule matches either: they count).
+    Expected: both refused as full@ itself is."""
+    service = scanned(site, [EXCLUDE_TRASH])
+    for local in ("full+Trashcan", "full+trash"):
+        assert ask(service, request(f"{local}@{DOMAIN}", 500)) == REFUSED
+
+
+def test_the_courier_profile_leaves_trash_out_by_itself(site: Site) -> None:
+    """The courier accounting profile (Courier leaves Trash out of its quota), no folder rule;
+    full@ is over its quota (its maildirsize says so). Postfix asks about ``full+Trash@``.
+    Expected: DUNNO."""
+    service = scanned(site, [], accounting="courier")
+    assert decided(service, f"full+Trash@{DOMAIN}", 500) is Action.DUNNO
+
+
+def test_a_left_out_folder_with_a_limit_of_its_own_is_weighed_against_that_alone(site: Site) -> None:
+    """Rule ``Trash`` exclude = true, quota 10,000 bytes; full@ is over its quota, its
+    ``.Trash`` holds 6,000 bytes. Postfix asks about ``full+Trash@`` with SIZE=3,000, then
+    (another client) 5,000.
+    Expected: 3,000 fits the folder's own limit and is accepted (the mailbox's total leaves
+    Trash out); 5,000 more does not (6,000 + 3,000 held + 5,000 > 10,000): refused."""
+    service = scanned(site, [{**EXCLUDE_TRASH, "quota": "10000"}], trash=6_000)
+    assert ask(service, request(f"full+Trash@{DOMAIN}", 3_000, instance="A")) == "DUNNO"
+    assert held(service) == 3_000
+    second = request(f"full+Trash@{DOMAIN}", 5_000, instance="B", client="198.51.100.1")
+    assert ask(service, second) == "552 5.2.2 Message of 5000 bytes does not fit in this mailbox"
