@@ -235,11 +235,19 @@ def test_a_postgresql_store_on_its_unix_socket_is_asked_there(work: Path, exim: 
 
 
 def _detail_site(
-    work: Path, exim: Exim, locals_: list[str], full: set[str], delimiter: str, lookup: str, method: str
+    work: Path,
+    exim: Exim,
+    locals_: list[str],
+    full: set[str],
+    delimiter: str,
+    lookup: str,
+    method: str,
+    extra: str = "",
 ) -> Site:
     (work / "db").mkdir()
     (work / "db").chmod(0o755)
-    site = make_site(work, f'[store]\nurl = "sqlite:///{work}/db/q.db"\n\n[policy]\nfolder_delimiter = "{delimiter}"')
+    policy = f'[policy]\nfolder_delimiter = "{delimiter}"\n{extra}'
+    site = make_site(work, f'[store]\nurl = "sqlite:///{work}/db/q.db"\n\n{policy}')
     assert site.quotagate("db", "migrate") == 0
     for local in locals_:
         assert site.quotagate("mailbox", "add", f"{local}@{DOMAIN}", "--quota", str(QUOTA)) == 0
@@ -268,3 +276,31 @@ def test_a_roomy_mailbox_whose_name_holds_a_delimiter_is_not_refused_for_another
     assert site.quotagate("check", f"john-doe@{DOMAIN}") == 0
     assert site.quotagate("check", f"sales+eu@{DOMAIN}") == 0
     assert [john_doe[:3], sales_eu[:3]] == ["250", "250"], exim.last_session
+
+
+LEFT_OUT_RULES = """
+[[folders]]
+match = "Trash.keep"
+quota = "1M"
+[[folders]]
+match = "Trash*"
+exclude = true
+"""
+
+
+@pytest.mark.parametrize("method", ["router", "acl"])
+@pytest.mark.parametrize("lookup", ["lsearch", "sqlite"])
+def test_mail_for_a_folder_left_out_of_the_quota_is_not_refused(
+    work: Path, exim: Exim, lookup: str, method: str
+) -> None:
+    """full@ is over quota. Rules: ``Trash.keep`` has a limit of its own (it counts), then every
+    other ``Trash*`` is excluded from the total (Dovecot's Trash:ignore: saved however full the
+    mailbox). Exim asks about full+Trash@, full+TRASH.old@ (Exim lowers it: the sender may have
+    written Trash.old), full+Trash.keep@ and full+news@.
+    Expected: the first two are not refused as full (the daemon answers DUNNO for full+Trash@
+    and full+Trash.old@ too); the last two are, as full@ itself is."""
+    site = _detail_site(work, exim, ["full"], {"full"}, "+", lookup, method, LEFT_OUT_RULES)
+    replies = exim.fake_session(*(f"full+{tag}@{DOMAIN}" for tag in ("Trash", "TRASH.old", "Trash.keep", "news")))
+    assert [refused_full(reply) for reply in replies] == [False, False, True, True], exim.last_session
+    checks = [site.quotagate("check", f"full+{tag}@{DOMAIN}", "--size", "100") for tag in ("Trash", "Trash.old")]
+    assert checks == [3, 3]

@@ -9,6 +9,7 @@ never appears, and names or paths Exim cannot quote are refused.
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -914,3 +915,36 @@ def test_cli_rejects_an_unknown_lookup(tmp_path: Path, capsys: pytest.CaptureFix
     out, err = capsys.readouterr()
     assert out == ""
     assert "redis" in err
+
+
+_GLOB_CHARS = st.sampled_from(list("ab-!]*?[\\.$(){}N^|+x"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(_GLOB_CHARS, max_size=8), st.text(st.sampled_from(list("ab-!]*?[\\.$(){}N^|+x")), max_size=8))
+def test_a_folder_rule_glob_as_pcre_matches_what_fnmatch_matches(glob: str, name: str) -> None:
+    """A [[folders]] match glob written into the Exim lookups as a PCRE (Python's re reads the
+    same syntax), with the characters globs and regexes treat specially.
+    Expected: it matches a name exactly when fnmatchcase does, and holds no \\N (Exim's quote)."""
+    pattern = exim.glob_pcre(glob)
+    assert "\\N" not in pattern
+    assert bool(re.fullmatch(pattern, name, re.S)) == fnmatchcase(name, glob)
+
+
+def test_folders_left_out_are_matched_as_the_daemon_leaves_them_out() -> None:
+    """Rules: ``Trash.keep`` with a limit, then ``Trash*`` excluded, then ``Spam`` excluded; the
+    courier profile leaves ``Trash`` out by itself.
+    Expected: the details of excluded folders match in any case of A-Z (Exim lowers them), one
+    an earlier rule keeps counted does not, nor another folder."""
+    rules = [
+        {"match": "Trash.keep", "quota": "1M"},
+        {"match": "Trash*", "exclude": True},
+        {"match": "Spam", "exclude": True},
+    ]
+    data = {"spool": {"accounting": "courier"}, "folders": rules}
+    pattern = exim.left_out_pattern(parse_config(data))
+    for detail in ("Trash", "trash", "TRASH.old", "trash.2024", "spam"):
+        assert re.fullmatch(pattern, detail), detail
+    for detail in ("Trash.keep", "trash.keep", "news", "Spammy", "xTrash"):
+        assert not re.fullmatch(pattern, detail), detail
+    assert exim.left_out_pattern(parse_config({})) == ""

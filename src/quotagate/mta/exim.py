@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import make_url
 
+from quotagate.accounting import profile_for
 from quotagate.config import Config
 from quotagate.listen import parse_place
 from quotagate.store.presets import MailboxTable, mailbox_table
@@ -149,21 +151,81 @@ def _sql_verdict(table: MailboxTable, lookup: str, local: str) -> str:
     return f"SELECT {verdict} FROM {_ident(name)} WHERE {where}{enabled}"
 
 
-def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str) -> str:
+def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str, left_out: str = "") -> str:
     """A condition that yields ``yes`` when the recipient's mailbox is flagged.
 
     ``flagged(local)`` looks up the local part Exim expands from ``local``: ``yes`` when that
     mailbox is flagged, else ``no``. With a folder delimiter, ``user+tag`` that is no mailbox of
     its own is looked up as ``user`` (the mailbox the admin's ``local_part_suffix = +*`` router
     delivers it to, and the daemon checks), split at the first delimiter as Exim, Postfix and
-    Dovecot split it: a sender must not get past a full mailbox by adding ``+anything``.
+    Dovecot split it: a sender must not get past a full mailbox by adding ``+anything``; but
+    ``user+Trash`` for a folder left out of the quota (``left_out``, see :func:`left_out_pattern`)
+    is not refused: the delivery agent saves it there however full the mailbox.
     ``whole(otherwise)`` looks up the recipient itself: ``yes`` or ``no`` when it is a mailbox
     (``john-doe`` is not ``john``), ``otherwise`` when it is none.
     """
     if not delimiter:
         return flagged("$local_part")
-    split = rf"\N^([^{_class(delimiter)}]+)[{_class(delimiter)}]\N"  # never at the first character
+    kept = f"(?!{left_out})" if left_out else ""
+    split = rf"\N^([^{_class(delimiter)}]+)[{_class(delimiter)}]{kept}\N"  # never at the first character
     return whole(f"${{if match{{$local_part}}{{{split}}}{{{flagged('$1')}}}{{no}}}}")
+
+
+def left_out_pattern(config: Config) -> str:
+    """A PCRE that matches a folder detail naming a folder left out of the mailbox's total, as the
+    daemon leaves it out (:func:`quotagate.usage.folders.is_left_out`): the accounting profile's
+    folders, or one whose first matching rule excludes it. In any case of A-Z: Exim lowers the
+    local part, and the sender may have written ``Trash``. "" when no folder is left out."""
+    rules = config.folders
+    found = ["".join(map(_pcre_char, name)) + "$" for name in profile_for(config.spool).excluded_folders]
+    for i, rule in enumerate(rules):
+        if rule.exclude:
+            before = "".join(f"(?!{glob_pcre(r.match)}$)" for r in rules[:i] if not r.exclude)
+            found.append(f"{before}{glob_pcre(rule.match)}$")
+    return f"(?i:{'|'.join(found)})" if found else ""
+
+
+def glob_pcre(glob: str) -> str:
+    """A folder rule's glob (:func:`fnmatch.fnmatchcase`'s syntax) as a PCRE, unanchored. Every
+    ASCII character but letters and digits is written ``\\xHH``: nothing in it is special to
+    Exim's ``\\N`` quoting, nor to the regex."""
+    out, i = [], 0
+    while i < len(glob):
+        c, i = glob[i], i + 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and (end := _class_end(glob, i)) > 0:
+            out.append(_pcre_class(glob[i - 1 : end + 1]))
+            i = end + 1
+        else:
+            out.append(_pcre_char(c))
+    return "".join(out)
+
+
+def _class_end(glob: str, start: int) -> int:
+    """Where the ``]`` closing a class opened before ``start`` is, as fnmatch finds it; -1: none."""
+    j = start + (glob[start : start + 1] == "!")
+    j += glob[j : j + 1] == "]"
+    return glob.find("]", j)
+
+
+def _pcre_class(bracket: str) -> str:
+    """A glob's bracket expression (``[a-c]``, ``[!x]``) as PCRE: the ASCII characters it matches,
+    as fnmatch itself finds them (ranges, reversed ones, ``]`` and ``-`` as fnmatch reads them),
+    and the others it names."""
+    negated = bracket[1:2] == "!"
+    ascii_ = "".join(_pcre_char(chr(c)) for c in range(128) if fnmatchcase(chr(c), bracket) != negated)
+    if negated:
+        return f"[^{ascii_}]" if ascii_ else "."
+    others = sorted({c for c in bracket if not c.isascii() and fnmatchcase(c, bracket)})
+    found = ([f"[{ascii_}]"] if ascii_ else []) + others
+    return f"(?:{'|'.join(found)})" if found else "(?!)"
+
+
+def _pcre_char(c: str) -> str:
+    return c if c.isalnum() or not c.isascii() else f"\\x{ord(c):02x}"
 
 
 def _class(delimiter: str) -> str:
@@ -253,7 +315,7 @@ def _ldap(config: Config) -> tuple[str, str]:
         # which answers for itself; ldapm: two entries with one address are still found.
         return f"${{lookup ldapm{{{url('$local_part', False)}}}{{{flagged('$local_part')}}}{{{otherwise}}}}}"
 
-    return main, _either(flagged, whole, config.policy.folder_delimiter)
+    return main, _either(flagged, whole, config.policy.folder_delimiter, left_out_pattern(config))
 
 
 def _ldap_value(value: str) -> str:
@@ -565,7 +627,7 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
             own = f"${{lookup{{{key}@}}lsearch{{{file}}}{{no}}{{{otherwise}}}}}"
             return f"${{lookup{{{key}}}lsearch{{{file}}}{{yes}}{{{own}}}}}"
 
-        condition = _either(in_file, file_says, delimiter)
+        condition = _either(in_file, file_says, delimiter, left_out_pattern(config))
         guard = file
     elif lookup in ("sqlite", "mysql", "pgsql"):
         if lookup == "sqlite":
@@ -584,7 +646,7 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
         def table_says(otherwise: str) -> str:
             return f"${{lookup {head}{{{_sql_verdict(table, lookup, '$local_part')}}}{{$value}}{{{otherwise}}}}}"
 
-        condition = _either(in_table, table_says, delimiter)
+        condition = _either(in_table, table_says, delimiter, left_out_pattern(config))
     elif lookup == "ldap":
         main, condition = _ldap(config)
     else:  # pragma: no cover - the CLI offers only the lookups above
