@@ -38,9 +38,12 @@ def _answers(agent_saved: bool, gate_refused: bool) -> dict[str, bool]:
     return {"agent saved it": agent_saved, "quotagate refused it": gate_refused}
 
 
-def _gate(gate: Gate, profile: str, limits: Limits, rules: str = EXCLUDE) -> None:
+def _gate(gate: Gate, profile: str, limits: Limits, rules: str = EXCLUDE, detail_folders: bool = True) -> None:
+    """quotagate with ``profile`` and ``rules``; ``detail_folders``: local+folder@ is saved into
+    the folder, as dovecot-lda -m and deliverquota into the folder's directory save it here."""
     gate.configure(profile)
-    gate.config.write_text(gate.config.read_text() + rules)
+    policy = "detail_folders = true\n" if detail_folders else ""  # configure() ends in [policy]
+    gate.config.write_text(gate.config.read_text() + policy + rules)
     gate.add("u", limits)
     gate.scan()
 
@@ -136,3 +139,17 @@ def test_courier_refuses_the_mailbox_itself_as_quotagate_does(gate: Gate, courie
     refused = gate.refuses("u", size)
     maildir = gate.spool / "u" / "Maildir"
     assert _answers(courier.deliver(maildir, message(size)), refused) == _answers(False, True)
+
+
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_where_details_are_not_folders_dovecot_refuses_inbox_as_quotagate_does(
+    gate: Gate, dovecot: Dovecot, backend: str
+) -> None:
+    """Dovecot with quota_rule2 = Trash:ignore, quotagate with Trash excluded but detail_folders
+    off (the default): Dovecot's LMTP saves u+Trash@ into INBOX (lmtp_save_to_detail_mailbox = no,
+    here dovecot-lda without -m). The mailbox is over its byte limit; a message comes for u+Trash@.
+    Expected: dovecot-lda refuses it (exit 77), and so does quotagate."""
+    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", IGNORE)
+    _gate(gate, PROFILE[backend], limits, detail_folders=False)
+    refused = gate.refuses("u+Trash", size)
+    assert _answers(dovecot.deliver("u", message(size)), refused) == _answers(False, True)

@@ -288,19 +288,24 @@ exclude = true
 """
 
 
+@pytest.mark.parametrize("detail_folders", [True, False])
 @pytest.mark.parametrize("method", ["router", "acl"])
 @pytest.mark.parametrize("lookup", ["lsearch", "sqlite"])
 def test_mail_for_a_folder_left_out_of_the_quota_is_not_refused(
-    work: Path, exim: Exim, lookup: str, method: str
+    work: Path, exim: Exim, lookup: str, method: str, detail_folders: bool
 ) -> None:
     """full@ is over quota. Rules: ``Trash.keep`` has a limit of its own (it counts), then every
     other ``Trash*`` is excluded from the total (Dovecot's Trash:ignore: saved however full the
     mailbox). Exim asks about full+Trash@, full+TRASH.old@ (Exim lowers it: the sender may have
     written Trash.old), full+Trash.keep@ and full+news@.
-    Expected: the first two are not refused as full (the daemon answers DUNNO for full+Trash@
-    and full+Trash.old@ too); the last two are, as full@ itself is."""
-    site = _detail_site(work, exim, ["full"], {"full"}, "+", lookup, method, LEFT_OUT_RULES)
+    Expected, where the agent saves details into their folders (detail_folders = true): the
+    first two are not refused as full (the daemon answers DUNNO for full+Trash@ and
+    full+Trash.old@ too); the last two are, as full@ itself is. Where it saves them into INBOX
+    (detail_folders off, the default): all four are refused (the daemon refuses too)."""
+    extra = f"detail_folders = {'true' if detail_folders else 'false'}\n{LEFT_OUT_RULES}"
+    site = _detail_site(work, exim, ["full"], {"full"}, "+", lookup, method, extra)
     replies = exim.fake_session(*(f"full+{tag}@{DOMAIN}" for tag in ("Trash", "TRASH.old", "Trash.keep", "news")))
-    assert [refused_full(reply) for reply in replies] == [False, False, True, True], exim.last_session
+    let_in = [detail_folders, detail_folders, False, False]
+    assert [not refused_full(reply) for reply in replies] == let_in, exim.last_session
     checks = [site.quotagate("check", f"full+{tag}@{DOMAIN}", "--size", "100") for tag in ("Trash", "Trash.old")]
-    assert checks == [3, 3]
+    assert checks == ([3, 3] if detail_folders else [1, 1])

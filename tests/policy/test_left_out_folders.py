@@ -1,7 +1,9 @@
 """Mail for a folder left out of the mailbox's total (``[[folders]] exclude = true``, or the
-courier profile's Trash): the delivery agent saves it with no quota check at all, however full
+courier profile's Trash) where the delivery agent saves ``local+folder@`` into that folder
+(``[policy] detail_folders = true``): the agent saves it with no quota check at all, however full
 the mailbox (tests/agents/test_left_out_folders.py shows it for Dovecot and Courier), so the
-daemon has nothing to refuse and none of the mailbox's room to hold.
+daemon has nothing to refuse and none of the mailbox's room to hold. Without ``detail_folders``
+such mail lands in INBOX, and is checked as any.
 
 ``full@`` holds one byte more than its 10,000-byte quota, in INBOX; its ``.Trash`` is empty.
 """
@@ -27,14 +29,16 @@ EXCLUDE_TRASH = {"match": "Trash", "exclude": True}
 REFUSED = REJECT.decode().removeprefix("action=").removesuffix("\n\n")
 
 
-def scanned(site: Site, rules: list[dict[str, Any]], trash: int | None = 0, **spool: Any) -> PolicyService:
+def scanned(
+    site: Site, rules: list[dict[str, Any]], trash: int | None = 0, detail_folders: bool = True, **spool: Any
+) -> PolicyService:
     """full@ scanned again with ``rules`` as its [[folders]] (and ``spool`` settings), with a
     ``.Trash`` holding ``trash`` bytes (None: no .Trash), and a service over the result."""
     if trash is not None:
         folder = maildir_folder(site.spool / DOMAIN / "full" / "Maildir", "Trash")
         if trash:
             add_message(folder, trash)
-    data = site.data(reservation_seconds=600)
+    data = site.data(reservation_seconds=600, detail_folders=detail_folders)
     data["folders"] = rules
     data["spool"].update(spool)
     config = parse_config(data)
@@ -114,3 +118,16 @@ def test_a_left_out_folder_with_a_limit_of_its_own_is_weighed_against_that_alone
     assert held(service) == 3_000
     second = request(f"full+Trash@{DOMAIN}", 5_000, instance="B", client="198.51.100.1")
     assert ask(service, second) == "552 5.2.2 Message of 5000 bytes does not fit in this mailbox"
+
+
+def test_where_details_are_not_folders_the_mail_lands_in_inbox_and_is_checked(site: Site) -> None:
+    """Rule ``Trash`` exclude = true, but ``detail_folders`` is off (the default: Dovecot's LMTP
+    saves ``full+Trash@`` into INBOX unless lmtp_save_to_detail_mailbox = yes); full@ is over its
+    quota. Postfix asks about ``full+Trash@``; Exim about ``full+trash``; the courier profile too.
+    Expected: refused each time, as full@ itself is (adding +Trash gets no mail past a full
+    mailbox)."""
+    service = scanned(site, [EXCLUDE_TRASH], detail_folders=False)
+    assert ask(service, request(f"full+Trash@{DOMAIN}", 500)) == REFUSED
+    assert ask(service, exim_rcpt("full+trash", 500)) == REFUSED
+    courier = scanned(site, [], detail_folders=False, accounting="courier")
+    assert ask(courier, request(f"full+Trash@{DOMAIN}", 500)) == REFUSED

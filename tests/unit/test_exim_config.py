@@ -933,18 +933,20 @@ def test_a_folder_rule_glob_as_pcre_matches_what_fnmatch_matches(glob: str, name
 
 def test_folders_left_out_are_matched_as_the_daemon_leaves_them_out() -> None:
     """Rules: ``Trash.keep`` with a limit, then ``Trash*`` excluded, then ``Spam`` excluded; the
-    courier profile leaves ``Trash`` out by itself.
+    courier profile leaves ``Trash`` out by itself; details are saved into folders.
     Expected: the details of excluded folders match in any case of A-Z (Exim lowers them), one
-    an earlier rule keeps counted does not, nor another folder."""
+    an earlier rule keeps counted does not, nor another folder. Nothing matches without
+    excluded folders, or where details are not folders (they land in INBOX)."""
     rules = [
         {"match": "Trash.keep", "quota": "1M"},
         {"match": "Trash*", "exclude": True},
         {"match": "Spam", "exclude": True},
     ]
-    data = {"spool": {"accounting": "courier"}, "folders": rules}
+    data = {"spool": {"accounting": "courier"}, "folders": rules, "policy": {"detail_folders": True}}
     pattern = exim.left_out_pattern(parse_config(data))
     for detail in ("Trash", "trash", "TRASH.old", "trash.2024", "spam"):
         assert re.fullmatch(pattern, detail), detail
     for detail in ("Trash.keep", "trash.keep", "news", "Spammy", "xTrash"):
         assert not re.fullmatch(pattern, detail), detail
-    assert exim.left_out_pattern(parse_config({})) == ""
+    assert exim.left_out_pattern(parse_config({"policy": {"detail_folders": True}})) == ""
+    assert exim.left_out_pattern(parse_config({**data, "policy": {}})) == ""  # details land in INBOX

@@ -175,7 +175,10 @@ def left_out_pattern(config: Config) -> str:
     """A PCRE that matches a folder detail naming a folder left out of the mailbox's total, as the
     daemon leaves it out (:func:`quotagate.usage.folders.is_left_out`): the accounting profile's
     folders, or one whose first matching rule excludes it. In any case of A-Z: Exim lowers the
-    local part, and the sender may have written ``Trash``. "" when no folder is left out."""
+    local part, and the sender may have written ``Trash``. "" when no folder is left out, or
+    details are not folders (``[policy] detail_folders``: such mail lands in INBOX)."""
+    if not config.policy.detail_folders:
+        return ""
     rules = config.folders
     found = ["".join(map(_pcre_char, name)) + "$" for name in profile_for(config.spool).excluded_folders]
     for i, rule in enumerate(rules):

@@ -570,8 +570,8 @@ class PolicyService:
                 one = len({imap_name(name) for name in spellings}) == 1
                 left_out = any(self._left_out(name) for name in spellings)
                 folder, lowered = spellings[0] if one else None, False
-        if folder is not None:
-            left_out = left_out or self._left_out(folder, lowered)
+        if folder is not None and not left_out:
+            left_out = self._left_out(folder, lowered)
         live = reading if self._reads_live(reading) else None
         return _Target(snapshot, mailbox, folder, live, copy, lowered, left_out)
 
@@ -806,8 +806,12 @@ class PolicyService:
         return None if limits is None else (limits, _folder_named(usage, folder))
 
     def _left_out(self, folder: str, lowered: bool = False) -> bool:
-        """Whether the folder is left out of the mailbox's total (see :func:`is_left_out`); a
-        detail whose A-Z the MTA lowered that is no folder on disk yet: any of its spellings."""
+        """Whether mail for the folder goes unchecked: the delivery agent saves a detail into its
+        folder (``[policy] detail_folders``; else into INBOX) and that folder is left out of the
+        mailbox's total (see :func:`is_left_out`); a detail whose A-Z the MTA lowered that is no
+        folder on disk yet: any of its spellings is."""
+        if not self.config.policy.detail_folders:
+            return False
         rules, profile = self.config.folders, self._profile.excluded_folders
         return may_be_left_out(folder, rules, profile) if lowered else is_left_out(folder, rules, profile)
 
