@@ -280,10 +280,10 @@ def test_a_roomy_mailbox_whose_name_holds_a_delimiter_is_not_refused_for_another
 
 LEFT_OUT_RULES = """
 [[folders]]
-match = "Trash.keep"
+match = "trash.keep"
 quota = "1M"
 [[folders]]
-match = "Trash*"
+match = "trash*"
 exclude = true
 """
 
@@ -294,18 +294,21 @@ exclude = true
 def test_mail_for_a_folder_left_out_of_the_quota_is_not_refused(
     work: Path, exim: Exim, lookup: str, method: str, detail_folders: bool
 ) -> None:
-    """full@ is over quota. Rules: ``Trash.keep`` has a limit of its own (it counts), then every
-    other ``Trash*`` is excluded from the total (Dovecot's Trash:ignore: saved however full the
-    mailbox). Exim asks about full+Trash@, full+TRASH.old@ (Exim lowers it: the sender may have
-    written Trash.old), full+Trash.keep@ and full+news@.
+    """full@ is over quota. Rules: ``trash.keep`` has a limit of its own (it counts), then every
+    other ``trash*`` is excluded from the total (Dovecot's Trash:ignore: saved however full the
+    mailbox). Exim asks about full+trash@, full+TRASH.old@ (Exim gives its transports the detail
+    lowered: ``trash.old``), full+Trash.keep@ and full+news@.
     Expected, where the agent saves details into their folders (detail_folders = true): the
-    first two are not refused as full (the daemon answers DUNNO for full+Trash@ and
-    full+Trash.old@ too); the last two are, as full@ itself is. Where it saves them into INBOX
-    (detail_folders off, the default): all four are refused (the daemon refuses too)."""
+    first two are not refused as full (the daemon, asked as Exim asks, answers DUNNO for them
+    too); the last two are, as full@ itself is. Where it saves them into INBOX (detail_folders
+    off, the default): all four are refused (the daemon refuses too)."""
     extra = f"detail_folders = {'true' if detail_folders else 'false'}\n{LEFT_OUT_RULES}"
     site = _detail_site(work, exim, ["full"], {"full"}, "+", lookup, method, extra)
-    replies = exim.fake_session(*(f"full+{tag}@{DOMAIN}" for tag in ("Trash", "TRASH.old", "Trash.keep", "news")))
+    replies = exim.fake_session(*(f"full+{tag}@{DOMAIN}" for tag in ("trash", "TRASH.old", "Trash.keep", "news")))
     let_in = [detail_folders, detail_folders, False, False]
     assert [not refused_full(reply) for reply in replies] == let_in, exim.last_session
-    checks = [site.quotagate("check", f"full+{tag}@{DOMAIN}", "--size", "100") for tag in ("Trash", "Trash.old")]
+    checks = [
+        site.quotagate("check", f"full+{tag}@{DOMAIN}", "--size", "100", "--stage", "data")
+        for tag in ("trash", "trash.old")
+    ]
     assert checks == ([3, 3] if detail_folders else [1, 1])

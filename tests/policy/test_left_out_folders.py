@@ -10,6 +10,7 @@ such mail lands in INBOX, and is checked as any.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
-from tests.policy.conftest import DOMAIN, REJECT, Site, request
+from tests.policy.conftest import DOMAIN, REJECT, Site, make_site, request, run
 from tests.policy.test_data_stage import ask, exim_data
 from tests.policy.test_lowered_folders import exim_rcpt
+from tests.policy.test_shared import daemon, redis  # noqa: F401 (redis: a fixture)
+from tests.servers.redis import RedisProcess
 from tests.spoolgen import add_message, maildir_folder
 
 EXCLUDE_TRASH = {"match": "Trash", "exclude": True}
@@ -70,24 +73,21 @@ def test_mail_for_an_excluded_trash_of_a_full_mailbox_is_not_refused(site: Site,
     assert ask(service, request(f"full@{DOMAIN}", 500, instance="B")) == REFUSED
 
 
-def test_exim_asks_with_the_detail_lowered(site: Site) -> None:
-    """Rule ``Trash`` exclude = true; full@ is over its quota and has ``.Trash``. The generated
-    Exim ACL asks about ``full+trash`` (Exim lowers the local part), at RCPT and at DATA.
-    Expected: DUNNO both times (the one folder on disk it names is Trash), nothing held."""
-    service = scanned(site, [EXCLUDE_TRASH])
-    assert ask(service, exim_rcpt("full+trash", 500)) == "DUNNO"
-    assert ask(service, exim_data(f"full+trash@{DOMAIN}", 700)) == "DUNNO"
-    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is Action.DUNNO
+@pytest.mark.parametrize(("rule", "trash"), [("Trash", 0), ("[Tt]rash", 0), ("[Tt]rash", None)])
+def test_exim_asks_with_the_detail_lowered(site: Site, rule: str, trash: int | None) -> None:
+    """full@ is over its quota, with a ``.Trash`` (or none yet). The generated Exim ACL asks about
+    ``full+trash`` (Exim lowers the local part, and gives its transports the detail so:
+    ``dovecot-lda -m trash`` saves into a folder ``trash``), at RCPT and at DATA. Rule ``Trash``
+    exclude = true, or ``[Tt]rash``.
+    Expected: under ``Trash`` refused (``trash`` counts, as under Dovecot's ``Trash:ignore``);
+    under ``[Tt]rash`` DUNNO both times, nothing held, whether .Trash exists or not."""
+    service = scanned(site, [{**EXCLUDE_TRASH, "match": rule}], trash=trash)
+    answers = [ask(service, exim_rcpt("full+trash", 500)), ask(service, exim_data(f"full+trash@{DOMAIN}", 700))]
+    assert answers == (["DUNNO", "DUNNO"] if rule != "Trash" else [REFUSED, "552 5.2.2 Mailbox is full"])
+    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is (
+        Action.DUNNO if rule != "Trash" else Action.REJECT
+    )
     assert held(service) == 0
-
-
-def test_exim_detail_before_the_folder_exists(site: Site) -> None:
-    """Rule ``Trash`` exclude = true; full@ has no Trash folder yet (Dovecot makes it at the
-    first delivery). Exim asks about ``full+trash``: the sender may have written ``Trash``.
-    Expected: DUNNO (one of its spellings is left out; refusing would be wrong for that one)."""
-    service = scanned(site, [EXCLUDE_TRASH], trash=None)
-    assert ask(service, exim_rcpt("full+trash", 500)) == "DUNNO"
-    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is Action.DUNNO
 
 
 def test_a_detail_of_another_folder_is_still_refused(site: Site) -> None:
@@ -107,17 +107,55 @@ def test_the_courier_profile_leaves_trash_out_by_itself(site: Site) -> None:
     assert decided(service, f"full+Trash@{DOMAIN}", 500) is Action.DUNNO
 
 
+TRASH_OWN_LIMIT = {**EXCLUDE_TRASH, "quota": "10000"}
+
+
 def test_a_left_out_folder_with_a_limit_of_its_own_is_weighed_against_that_alone(site: Site) -> None:
     """Rule ``Trash`` exclude = true, quota 10,000 bytes; full@ is over its quota, its
     ``.Trash`` holds 6,000 bytes. Postfix asks about ``full+Trash@`` with SIZE=3,000, then
     (another client) 5,000.
     Expected: 3,000 fits the folder's own limit and is accepted (the mailbox's total leaves
-    Trash out); 5,000 more does not (6,000 + 3,000 held + 5,000 > 10,000): refused."""
-    service = scanned(site, [{**EXCLUDE_TRASH, "quota": "10000"}], trash=6_000)
+    Trash out), holding nothing; 5,000 does not fit (6,000 + 5,000 > 10,000): refused."""
+    service = scanned(site, [TRASH_OWN_LIMIT], trash=6_000)
     assert ask(service, request(f"full+Trash@{DOMAIN}", 3_000, instance="A")) == "DUNNO"
-    assert held(service) == 3_000
+    assert decided(service, f"full+Trash@{DOMAIN}", 3_000) is Action.ACCEPT
+    assert held(service) == 0
     second = request(f"full+Trash@{DOMAIN}", 5_000, instance="B", client="198.51.100.1")
     assert ask(service, second) == "552 5.2.2 Message of 5000 bytes does not fit in this mailbox"
+
+
+def test_mail_for_a_left_out_folder_takes_none_of_the_mailbox_room(site: Site) -> None:
+    """roomy@ (10,000 bytes, 1,000 used); rule Trash exclude = true with a limit of its own
+    (10,000). One client asks about roomy+Trash@ with SIZE=8,500, then another about roomy@
+    with SIZE=1,000; then the first client again about full+Trash@ (full@ is over its quota)
+    twice, 600 bytes each time, in two transactions.
+    Expected: DUNNO every time: Trash mail holds none of roomy's room, and is not held to the
+    client's share of a mailbox (1,000 bytes) whose total it never reaches."""
+    service = scanned(site, [TRASH_OWN_LIMIT])
+    client = "203.0.113.5"
+    trash = ask(service, request(f"roomy+Trash@{DOMAIN}", 8_500, instance="A", client=client))
+    inbox = ask(service, request(f"roomy@{DOMAIN}", 1_000, instance="B", client="198.51.100.1"))
+    again = [ask(service, request(f"full+Trash@{DOMAIN}", 600, instance=i, client=client)) for i in ("C", "D")]
+    assert [trash, inbox, *again] == ["DUNNO"] * 4
+
+
+def test_the_shared_ledger_weighs_mail_for_a_left_out_folder_as_a_daemon_alone_does(
+    tmp_path: Path,
+    redis: RedisProcess,  # noqa: F811 (a fixture)
+) -> None:
+    """full@ is over its quota; rule Trash exclude = true with a limit of its own (10,000; .Trash
+    empty). Postfix asks about full+Trash@ with SIZE=500, once of a daemon deciding alone and once
+    of a daemon with [shared] url (a private Redis).
+    Expected: DUNNO both ways: the ledger weighs mailboxes, and Trash mail is weighed against the
+    folder's own limit alone."""
+    site = make_site(tmp_path)
+    trash = f"full+Trash@{DOMAIN}"
+
+    async def go(url: str | None) -> bytes:
+        async with daemon(site, url, "mx1", folders=[TRASH_OWN_LIMIT], detail_folders=True) as d:
+            return await d.ask(request(trash, 500, client="203.0.113.5", instance=f"t-{url is None}"))
+
+    assert [run(go(None)), run(go(redis.url))] == [b"action=DUNNO\n\n"] * 2
 
 
 def test_where_details_are_not_folders_the_mail_lands_in_inbox_and_is_checked(site: Site) -> None:

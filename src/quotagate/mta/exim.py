@@ -174,9 +174,10 @@ def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimite
 def left_out_pattern(config: Config) -> str:
     """A PCRE that matches a folder detail naming a folder left out of the mailbox's total, as the
     daemon leaves it out (:func:`quotagate.usage.folders.is_left_out`): the accounting profile's
-    folders, or one whose first matching rule excludes it. In any case of A-Z: Exim lowers the
-    local part, and the sender may have written ``Trash``. "" when no folder is left out, or
-    details are not folders (``[policy] detail_folders``: such mail lands in INBOX)."""
+    folders, or one whose first matching rule excludes it. Matched as Exim gives the detail to
+    its transports, A-Z lowered unless ``caseful_local_part`` (``+Trash`` reaches a folder
+    ``trash``, which a rule ``Trash`` leaves counted): with case. "" when no folder is left out,
+    or details are not folders (``[policy] detail_folders``: such mail lands in INBOX)."""
     if not config.policy.detail_folders:
         return ""
     rules = config.folders
@@ -185,20 +186,26 @@ def left_out_pattern(config: Config) -> str:
         if rule.exclude:
             before = "".join(f"(?!{glob_pcre(r.match)}$)" for r in rules[:i] if not r.exclude)
             found.append(f"{before}{glob_pcre(rule.match)}$")
-    return f"(?i:{'|'.join(found)})" if found else ""
+    return f"(?:{'|'.join(found)})" if found else ""
+
+
+_MOST_NAMED = 1000
+# One UTF-8 character: Exim's regexes match bytes, the daemon's globs characters.
+_ONE_CHARACTER = r"[^\x80-\xbf][\x80-\xbf]*"
 
 
 def glob_pcre(glob: str) -> str:
-    """A folder rule's glob (:func:`fnmatch.fnmatchcase`'s syntax) as a PCRE, unanchored. Every
-    ASCII character but letters and digits is written ``\\xHH``: nothing in it is special to
-    Exim's ``\\N`` quoting, nor to the regex."""
+    """A folder rule's glob (:func:`fnmatch.fnmatchcase`'s syntax) as a PCRE on the UTF-8 bytes of
+    a name, unanchored: ``?`` and a bracket expression take one character, however many bytes.
+    Pure ASCII, letters and digits as they are and every other byte ``\\xHH``: nothing in it is
+    special to Exim's ``\\N`` quoting, nor to the regex."""
     out, i = [], 0
     while i < len(glob):
         c, i = glob[i], i + 1
         if c == "*":
-            out.append(".*")
+            out.append("(?s:.*)")
         elif c == "?":
-            out.append(".")
+            out.append(f"(?:{_ONE_CHARACTER})")
         elif c == "[" and (end := _class_end(glob, i)) > 0:
             out.append(_pcre_class(glob[i - 1 : end + 1]))
             i = end + 1
@@ -215,20 +222,34 @@ def _class_end(glob: str, start: int) -> int:
 
 
 def _pcre_class(bracket: str) -> str:
-    """A glob's bracket expression (``[a-c]``, ``[!x]``) as PCRE: the ASCII characters it matches,
-    as fnmatch itself finds them (ranges, reversed ones, ``]`` and ``-`` as fnmatch reads them),
-    and the others it names."""
+    """A glob's bracket expression (``[a-c]``, ``[!x]``) as PCRE: one character, of the ASCII ones
+    it matches as fnmatch itself finds them (ranges, reversed ones, ``]`` and ``-`` as fnmatch
+    reads them), and of the others it names (or, negated, any other)."""
     negated = bracket[1:2] == "!"
     ascii_ = "".join(_pcre_char(chr(c)) for c in range(128) if fnmatchcase(chr(c), bracket) != negated)
-    if negated:
-        return f"[^{ascii_}]" if ascii_ else "."
-    others = sorted({c for c in bracket if not c.isascii() and fnmatchcase(c, bracket)})
-    found = ([f"[{ascii_}]"] if ascii_ else []) + others
+    # Every other character it matches (negated: does not match) lies at or below the highest it
+    # names, in a range or by itself.
+    top = max(map(ord, bracket))
+    candidates = {*range(0x80, min(top, 0xD7FF) + 1), *range(0xE000, top + 1), *(ord(c) for c in bracket)}
+    named = [chr(c) for c in sorted(candidates) if c >= 0x80 and fnmatchcase(chr(c), bracket) != negated]
+    if len(named) > _MOST_NAMED:
+        raise EximConfigError(
+            f"[[folders]] match {bracket!r}: a class of {len(named)} characters beyond ASCII is too long for"
+            " Exim's lookups (use --method policy, or name the characters)"
+        )
+    if negated:  # ascii_ and named: the characters it does not match
+        unless = f"(?!{'|'.join(map(_pcre_char, named))})" if named else ""
+        return f"(?:{unless}[^\\x80-\\xbf{ascii_}][\\x80-\\xbf]*)"
+    found = ([f"[{ascii_}]"] if ascii_ else []) + [_pcre_char(c) for c in named]
     return f"(?:{'|'.join(found)})" if found else "(?!)"
 
 
 def _pcre_char(c: str) -> str:
-    return c if c.isalnum() or not c.isascii() else f"\\x{ord(c):02x}"
+    """A character as PCRE matches its UTF-8 bytes: an ASCII letter or digit as it is, else each
+    byte ``\\xHH``."""
+    if c.isascii() and c.isalnum():
+        return c
+    return "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
 
 
 def _class(delimiter: str) -> str:

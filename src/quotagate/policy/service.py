@@ -35,7 +35,7 @@ from quotagate.policy.stages import (
 )
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
-from quotagate.usage.folders import folder_limits, is_left_out, lowered_folder_limits, may_be_left_out
+from quotagate.usage.folders import folder_limits, is_left_out, lowered_folder_limits
 from quotagate.usage.names import ascii_lower, imap_name
 
 log = logging.getLogger(__name__)
@@ -559,7 +559,10 @@ class PolicyService:
         local = recipient.strip().rpartition("@")[0]
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
         lowered = lowered and folder is not None
-        left_out = False
+        # The folder a detail lands in is left out of the total: as sent, or as Exim gives it to
+        # its transports (A-Z lowered, without caseful_local_part: +Trash lands in "trash", which
+        # a rule "Trash" leaves counted, as Dovecot's Trash:ignore does).
+        left_out = folder is not None and self._left_out(folder)
         if lowered and folder is not None and reading is not None:
             spellings = _spellings(reading.usage, folder)
             if spellings:
@@ -568,10 +571,7 @@ class PolicyService:
                 # (its owner made .Archive and .archive): the router delivers into the one the
                 # sender wrote, which cannot be told: the mailbox's own check alone.
                 one = len({imap_name(name) for name in spellings}) == 1
-                left_out = any(self._left_out(name) for name in spellings)
                 folder, lowered = spellings[0] if one else None, False
-        if folder is not None and not left_out:
-            left_out = self._left_out(folder, lowered)
         live = reading if self._reads_live(reading) else None
         return _Target(snapshot, mailbox, folder, live, copy, lowered, left_out)
 
@@ -610,10 +610,13 @@ class PolicyService:
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
         # A maildirsize is current when read (its mtime only says when it last changed).
         measured_at = (now if usage.source == LIVE else usage.measured_at) if usage else 0.0
-        if self.shared is not None and self.shared.up and not alone and Claim.wanted(mailbox, limits, usage):
+        # Mail for a folder left out of the total takes none of the mailbox's room: weighed
+        # against the folder's own limit, here, and held nowhere (the ledger weighs mailboxes).
+        shared = None if target.left_out else self.shared
+        if shared is not None and shared.up and not alone and Claim.wanted(mailbox, limits, usage):
             claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient)
             if claim is not None:
-                return claim, self.shared.claim(claim)
+                return claim, shared.claim(claim)
         s = known_size(size)
         copy = target.copy
         # A folder with limits of its own, by its key (Gel&APY-scht is Gelöscht, Archive archive).
@@ -627,7 +630,8 @@ class PolicyService:
             return Outcome(mailbox.address, decision, usage)
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address, copy)
-        if decision.action is Action.ACCEPT and s is not None and self.config.policy.reservation_seconds:
+        holds = self.config.policy.reservation_seconds and not target.left_out
+        if decision.action is Action.ACCEPT and s is not None and holds:
             share = self.config.policy.client_hold
             cap_bytes, cap_messages = client_caps(share, mailbox.limits)
             folder_caps = client_caps(share, limits) if limits is not None else None  # a folder's own share
@@ -805,15 +809,13 @@ class PolicyService:
         limits = folder_limits(folder, self.config.folders)
         return None if limits is None else (limits, _folder_named(usage, folder))
 
-    def _left_out(self, folder: str, lowered: bool = False) -> bool:
-        """Whether mail for the folder goes unchecked: the delivery agent saves a detail into its
-        folder (``[policy] detail_folders``; else into INBOX) and that folder is left out of the
-        mailbox's total (see :func:`is_left_out`); a detail whose A-Z the MTA lowered that is no
-        folder on disk yet: any of its spellings is."""
+    def _left_out(self, folder: str) -> bool:
+        """Whether mail saved into the folder goes unchecked by the delivery agent: it saves a
+        detail into its folder (``[policy] detail_folders``; else into INBOX) and that folder is
+        left out of the mailbox's total (see :func:`is_left_out`)."""
         if not self.config.policy.detail_folders:
             return False
-        rules, profile = self.config.folders, self._profile.excluded_folders
-        return may_be_left_out(folder, rules, profile) if lowered else is_left_out(folder, rules, profile)
+        return is_left_out(folder, self.config.folders, self._profile.excluded_folders)
 
     def _lowered_limits(self, name: str) -> Limits | None:
         """:func:`lowered_folder_limits` under the config's rules, kept per name (a dozen rule

@@ -52,12 +52,6 @@ def is_left_out(name: str, rules: Sequence[FolderRule], left_out: Sequence[str] 
     return rule is not None and rule.exclude
 
 
-def may_be_left_out(lowered: str, rules: Sequence[FolderRule], left_out: Sequence[str] = ()) -> bool:
-    """Whether a folder named ``lowered`` by an MTA that lowers A-Z (Exim), before it is found on
-    disk, may be one left out of the total: one of the spellings a sender writes is."""
-    return any(is_left_out(spelled, rules, left_out) for spelled in {lowered, *spellings(ascii_lower(lowered))})
-
-
 def any_limits(rules: Sequence[FolderRule]) -> bool:
     """Whether some rule gives folders limits of their own (then ``local+folder`` is checked)."""
     return any(rule.quota or rule.messages for rule in rules)

@@ -1,0 +1,119 @@
+"""Mail for a folder left out of the quota through real Exim (Debian's exim4-daemon-heavy), with
+``[policy] detail_folders = true``: the generated lookups (``--method router|acl``) let such a
+detail past a full mailbox exactly when the daemon, asked as Exim asks, does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import load_config
+from quotagate.mta import exim as exim_config
+from tests.mta.conftest import DOMAIN
+from tests.mta.test_exim_classic import _detail_site, refused_full
+from tests.servers.exim import MAIL_UID, Exim
+from tests.spoolgen import maildir_folder
+
+pytestmark = [pytest.mark.servers, pytest.mark.mta]
+
+
+def _rules(*rules: tuple[str, str | None]) -> str:
+    """detail_folders on, and [[folders]] rules: (glob, its own quota) or (glob, None: excluded)."""
+    text = "detail_folders = true\n"
+    for glob, quota in rules:
+        text += f"[[folders]]\nmatch = {json.dumps(glob)}\n"
+        text += f'quota = "{quota}"\n' if quota else "exclude = true\n"
+    return text
+
+
+# (rules, the detail asked about, whether the mailbox has that folder): the daemon's verdict is the
+# one Exim's should agree with. Exim's regexes match bytes, the rules' globs characters.
+NON_ASCII: dict[str, tuple[list[tuple[str, str | None]], str, bool]] = {
+    # trash plus one character counts (it has a limit of its own); every other trash* is left out:
+    # trashé is a counted one, which a one-byte "?" would let through as trash*.
+    "counted-one-char": ([("trash?", "1M"), ("trash*", None)], "trashé", False),
+    # gel?scht left out: gelöscht is one, which a one-byte "?" would refuse as full.
+    "left-out-one-char": ([("gel?scht", None)], "gelöscht", True),
+    "left-out-class": ([("gel[!a-z]scht", None)], "gelöscht", True),
+}
+
+
+@pytest.mark.parametrize("case", NON_ASCII)
+@pytest.mark.parametrize("method", ["router", "acl"])
+def test_the_generated_lookup_agrees_with_the_daemon_on_a_non_ascii_detail(
+    work: Path, exim: Exim, method: str, case: str
+) -> None:
+    """full@ is over its quota; the rules of ``case``; details are saved into folders. Exim
+    (lsearch lookup, router or ACL method) is asked about full+<detail>@ in a fake session; the
+    daemon's own answer comes from ``quotagate check`` (as Postfix asks, and as Exim asks).
+    Expected: Exim refuses the detail as full exactly when the daemon does: trashé refused,
+    gelöscht let in."""
+    rules, detail, on_disk = NON_ASCII[case]
+    site = _detail_site(work, exim, ["full"], {"full"}, "+", "lsearch", method, _rules(*rules))
+    if on_disk:
+        maildir_folder(work / "mail" / DOMAIN / "full" / "Maildir", detail)
+        assert site.quotagate("scan") == 0
+    recipient = f"full+{detail}@{DOMAIN}"
+    as_sent = site.quotagate("check", recipient, "--size", "100")
+    as_exim_asks = site.quotagate("check", recipient, "--size", "100", "--stage", "data")
+    assert as_sent == as_exim_asks == (1 if case.startswith("counted") else 3)
+    (reply,) = exim.fake_session(recipient)
+    assert refused_full(reply) == (as_sent == 1), exim.last_session
+
+
+# The README's set-up: a router taking the detail off (local_part_suffix = +*) and a transport
+# given it ("dovecot-lda -m $local_part_suffix"). The transport here writes the detail it is
+# given into a header, in place of running dovecot-lda with it.
+SUFFIX_ROUTER = """\
+detail:
+  driver = accept
+  domains = +local_domains
+  local_part_suffix = +*
+  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
+  transport = detail_delivery
+"""
+DETAIL_TRANSPORT = """\
+detail_delivery:
+  driver = appendfile
+  directory = {maildirs}/$address_data/Maildir/.delivered
+  maildir_format
+  create_directory
+  headers_add = X-Detail: $local_part_suffix
+  user = {uid}
+  group = {uid}
+  mode = 0644
+"""
+
+
+def test_exim_hands_the_agent_the_detail_lowered_so_plus_trash_is_not_trash(work: Path, exim: Exim) -> None:
+    """full@ is over its quota and has a .Trash; rule Trash exclude = true (case-sensitive, as
+    Dovecot's Trash:ignore); detail_folders = true. Exim runs the generated ACL lookup at RCPT
+    and, on delivery, a suffix router whose transport is given $local_part_suffix (as
+    "dovecot-lda -m $local_part_suffix" is). Mail for full+Trash@ is asked about at RCPT, then
+    delivered by local submission.
+    Expected: the transport is given "+trash" (Exim lowers the local part for its routers, and
+    the transport sees what the router saw): dovecot-lda -m trash, not Trash, a folder that
+    counts. So full+Trash@ is refused as full at RCPT by Exim, and by the daemon asked as Exim
+    asks."""
+    (work / "mail" / DOMAIN / "full").mkdir(parents=True)
+    maildir_folder(work / "mail" / DOMAIN / "full" / "Maildir", "Trash")
+    site = _detail_site(work, exim, ["full"], {"full"}, "+", "lsearch", "acl", _rules(("Trash", None)))
+    parts = exim_config.parts(load_config(site.config), "acl", "lsearch")
+    exim.configure(
+        users={f"full@{DOMAIN}": f"{DOMAIN}/full"},
+        main=parts.main,
+        acl=parts.acl,
+        acls=parts.acls,
+        routers=SUFFIX_ROUTER.format(work=exim.work),
+        transports=DETAIL_TRANSPORT.format(maildirs=exim.maildirs, uid=MAIL_UID),
+    )
+    (rcpt,) = exim.fake_session(f"full+Trash@{DOMAIN}")
+    exim.submit("sender@example.net", f"full+Trash@{DOMAIN}", message=b"Subject: t\n\nhello\n")
+    (saved,) = (work / "mail" / DOMAIN / "full" / "Maildir" / ".delivered" / "new").iterdir()
+    given = next(line for line in saved.read_text().splitlines() if line.startswith("X-Detail:"))
+    assert given == "X-Detail: +trash"  # what dovecot-lda -m would be given: the lowered detail
+    assert site.quotagate("check", f"full+trash@{DOMAIN}", "--size", "100") == 1  # that folder counts
+    as_exim_asks = site.quotagate("check", f"full+trash@{DOMAIN}", "--size", "100", "--stage", "data")
+    assert [refused_full(rcpt), as_exim_asks] == [True, 1], exim.last_session
