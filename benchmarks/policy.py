@@ -41,7 +41,9 @@ What it does, in one run, against the same spool:
    answer, as Postfix does, with Postfix's full set of 31 attributes) and a new connection per
    request (8 concurrent clients, Exim ``${readsocket}`` style: connect, send the four attributes
    quotagate's ACL sends, half-close, read to end of file). Each row runs ``--warmup`` seconds
-   unmeasured, then ``--seconds`` (or until ``--requests`` answers, capped at ``--cap`` seconds).
+   unmeasured, then ``--seconds`` (or until ``--requests`` answers, capped at ``--cap`` seconds);
+   with ``--rounds N``, in N slices in which the servers take turns, added up (on a shared VM
+   whose speed drifts within a row, one pass per server compares moments, not servers).
    Recipients are drawn from all mailboxes (seeded), sizes from a Pareto distribution (10%
    ``size=0``). Every row also runs against a *null server* (Python + uvloop, answers DUNNO at
    once without reading the request): the ceiling of generator and kernel, so that a row limited
@@ -963,6 +965,14 @@ class Timing:
     requests: int
     cap: float
     procs: int
+    rounds: int = 1  # slices each policy row is cut into, the servers taking turns (see --rounds)
+
+    def slice(self, index: int) -> Timing:
+        """The timing of one of ``rounds`` slices: its share of the row, the full warm-up first."""
+        if self.rounds == 1:
+            return self
+        warmup = self.warmup if index == 0 else min(self.warmup, 0.5)
+        return Timing(warmup, self.seconds / self.rounds, -(-self.requests // self.rounds), self.cap, self.procs)
 
 
 def load(
@@ -1051,14 +1061,50 @@ def load(
         extra_cpu,
         busy,
     )
+    _print_row(m)
+    return m
+
+
+def _print_row(m: Measured, prefix: str = "") -> None:
     print(
-        f"  {label:<24} {server.name:<9} {m.count:>7} in {window:5.1f} s  {m.rate:>8.0f}/s  "
+        f"  {prefix + m.label:<24} {m.server:<9} {m.count:>7} in {m.window:5.1f} s  {m.rate:>8.0f}/s  "
         f"p50 {m.p50:7.3f} ms  p99 {m.p99:7.3f} ms  server {m.server_us:6.0f} µs CPU/req"
-        + "".join(f"  {n} {c / max(1, m.count) * 1e6:5.0f} µs" for n, c in extra_cpu)
-        + f"  generator CPU {result.cpu / window * 100:3.0f}%  others {m.others:4.2f} CPU"
-        + (f"  errors {result.errors}" if result.errors else ""),
+        + "".join(f"  {n} {c / max(1, m.count) * 1e6:5.0f} µs" for n, c in m.extra_cpu)
+        + f"  generator CPU {m.generator_cpu / m.window * 100:3.0f}%  others {m.others:4.2f} CPU"
+        + (f"  errors {m.result.errors}" if m.result.errors else ""),
         flush=True,
     )
+
+
+def merged(slices: Sequence[Measured]) -> Measured:
+    """One row from its slices (see ``--rounds``): answers, windows and CPU summed, latencies
+    pooled; printed as the row."""
+    if len(slices) == 1:
+        return slices[0]
+    result = Result()
+    extra: dict[str, float] = {}
+    for m in slices:
+        result.merge(m.result)
+        for name, cpu in m.extra_cpu:
+            extra[name] = extra.get(name, 0.0) + cpu
+    window = sum(m.window for m in slices)
+    count = sum(m.count for m in slices)
+    lat = sorted(result.latencies)
+    m = Measured(
+        slices[0].label,
+        slices[0].server,
+        count,
+        count / window,
+        percentile(lat, 0.50) * 1000,
+        percentile(lat, 0.99) * 1000,
+        sum(m.server_cpu for m in slices),
+        sum(m.generator_cpu for m in slices),
+        window,
+        result,
+        list(extra.items()),
+        sum(m.machine * m.window for m in slices) / window,
+    )
+    _print_row(m, f"{len(slices)} rounds: ")
     return m
 
 
@@ -1294,12 +1340,16 @@ def policy_rows(spool: Spool, servers: Sequence[Server], timing: Timing) -> list
     ]
     rows = []
     for n, (label, kind, conns, payloads) in enumerate(modes):
-        by_server = {}
-        for s in servers:
-            # The null server answers DUNNO to everything: its "wrong" answers mean nothing.
-            expected = refused if s.name != "null" else [False] * len(refused)
-            by_server[s.name] = load(label, kind, s, conns, payloads, expected, timing, offset=n * 1000)
-        rows.append((label, by_server))
+        slices: dict[str, list[Measured]] = {s.name: [] for s in servers}
+        # The servers take turns, a slice each per round: what drifts on the machine during a row
+        # (another process, the CPU's clock, sockets left in TIME_WAIT) falls on all of them alike.
+        for turn in range(timing.rounds):
+            for s in servers:
+                # The null server answers DUNNO to everything: its "wrong" answers mean nothing.
+                expected = refused if s.name != "null" else [False] * len(refused)
+                measured = load(label, kind, s, conns, payloads, expected, timing.slice(turn), offset=n * 1000)
+                slices[s.name].append(measured)
+        rows.append((label, {name: merged(taken) for name, taken in slices.items()}))
     return rows
 
 
@@ -1548,6 +1598,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also today's quotagate on a unix socket, in every policy row: what an MTA on the same host gains",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="cut each policy row into this many slices, the servers taking turns (the full warm-up before "
+        "the first, 0.5 s before the others), and add them up: a machine whose speed drifts during a row "
+        "(a shared VM) then weighs on every server alike",
+    )
     parser.add_argument("--quick", action="store_true", help="short rows (2 s + 0.5 s warm-up), same spool")
     args = parser.parse_args(argv)
     try:
@@ -1556,8 +1614,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--workers takes numbers separated by commas, e.g. 2 or 2,4")
     if args.quick:
         args.seconds, args.warmup, args.check = 2.0, 0.5, 100
-    if args.mailboxes < 10 or args.seconds <= 0 or args.warmup < 0 or args.procs < 1 or args.requests < 0:
-        parser.error("--mailboxes >= 10, --seconds > 0, --warmup >= 0, --procs >= 1, --requests >= 0")
+    if (
+        args.mailboxes < 10
+        or args.seconds <= 0
+        or args.warmup < 0
+        or args.procs < 1
+        or args.requests < 0
+        or args.rounds < 1
+    ):
+        parser.error("--mailboxes >= 10, --seconds > 0, --warmup >= 0, --procs >= 1, --requests >= 0, --rounds >= 1")
     if os.geteuid() != 0:
         parser.error("run it as root: Dovecot and Exim need it, and the spool belongs to uid 5000")
     return args
@@ -1622,7 +1687,7 @@ def measure(
     trust: Trust,
 ) -> Outcome:
     """The consistency check, the policy rows, then (when Exim is there) the Exim rows."""
-    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs)
+    timing = Timing(args.warmup, args.seconds, args.requests, args.cap, args.procs, args.rounds)
     qg, dc, null = servers.quotagate, servers.dovecot, servers.null
     others = [*servers.workers, *(s for s in (servers.compared, servers.unchecked, servers.unix) if s is not None)]
     consistent = consistency(spool, [qg, dc, *others], args.check)
