@@ -26,27 +26,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.mta]
 LIMIT = 10_000
 USERS = ["u", *(f"case{i}" for i in range(20))]
 
-# Mail for local+sub goes to the folder .Sub, through a transport of its own.
-FOLDER_ROUTER = """\
-folder:
-  driver = accept
-  domains = +local_domains
-  local_part_suffix = +sub
-  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
-  transport = folder_delivery
-"""
-FOLDER_TRANSPORT = """\
-folder_delivery:
-  driver = appendfile
-  directory = {maildirs}/$address_data/Maildir/.Sub
-  maildir_format
-  maildir_tag = ,S=$message_size
-  create_directory
-  user = {uid}
-  group = {uid}
-  mode = 0644
-{quota}"""
-
 
 def configure(
     exim: Exim, *, quota_directory: bool, inclusive: bool = True, messages: int = 0, size_regex: str = ""
@@ -61,11 +40,10 @@ def configure(
     exim.configure(
         users={f"{u}@{DOMAIN}": u for u in USERS},
         main="received_header_text =",  # nothing added: a message is stored as submitted
-        routers=FOLDER_ROUTER.format(work=exim.work),
+        # Mail for local+sub goes to the folder .Sub, through a transport of its own.
+        routers=exim.folder_router("+sub"),
         transport=quota,
-        transports=FOLDER_TRANSPORT.format(
-            maildirs=exim.maildirs, uid=MAIL_UID, quota="".join(f"  {line}\n" for line in quota.splitlines())
-        ),
+        transports=exim.folder_transport(".Sub", "maildir_tag = ,S=$message_size\n" + quota),
     )
 
 

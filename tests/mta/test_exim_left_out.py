@@ -13,7 +13,7 @@ from quotagate.config import load_config
 from quotagate.mta import exim as exim_config
 from tests.mta.conftest import DOMAIN
 from tests.mta.test_exim_classic import _detail_site, refused_full
-from tests.servers.exim import MAIL_UID, Exim
+from tests.servers.exim import Exim
 from tests.spoolgen import maildir_folder
 
 pytestmark = [pytest.mark.servers, pytest.mark.mta]
@@ -63,30 +63,6 @@ def test_the_generated_lookup_agrees_with_the_daemon_on_a_non_ascii_detail(
     assert refused_full(reply) == (as_sent == 1), exim.last_session
 
 
-# The README's set-up: a router taking the detail off (local_part_suffix = +*) and a transport
-# given it ("dovecot-lda -m $local_part_suffix"). The transport here writes the detail it is
-# given into a header, in place of running dovecot-lda with it.
-SUFFIX_ROUTER = """\
-detail:
-  driver = accept
-  domains = +local_domains
-  local_part_suffix = +*
-  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
-  transport = detail_delivery
-"""
-DETAIL_TRANSPORT = """\
-detail_delivery:
-  driver = appendfile
-  directory = {maildirs}/$address_data/Maildir/.delivered
-  maildir_format
-  create_directory
-  headers_add = X-Detail: $local_part_suffix
-  user = {uid}
-  group = {uid}
-  mode = 0644
-"""
-
-
 def test_exim_hands_the_agent_the_detail_lowered_so_plus_trash_is_not_trash(work: Path, exim: Exim) -> None:
     """full@ is over its quota and has a .Trash; rule Trash exclude = true (case-sensitive, as
     Dovecot's Trash:ignore); detail_folders = true. Exim runs the generated ACL lookup at RCPT
@@ -106,8 +82,10 @@ def test_exim_hands_the_agent_the_detail_lowered_so_plus_trash_is_not_trash(work
         main=parts.main,
         acl=parts.acl,
         acls=parts.acls,
-        routers=SUFFIX_ROUTER.format(work=exim.work),
-        transports=DETAIL_TRANSPORT.format(maildirs=exim.maildirs, uid=MAIL_UID),
+        # A router taking the detail off (local_part_suffix = +*) and a transport given it, as
+        # "dovecot-lda -m $local_part_suffix" is: it writes it into a header here.
+        routers=exim.folder_router("+*"),
+        transports=exim.folder_transport(".delivered", "headers_add = X-Detail: $local_part_suffix\n"),
     )
     (rcpt,) = exim.fake_session(f"full+Trash@{DOMAIN}")
     exim.submit("sender@example.net", f"full+Trash@{DOMAIN}", message=b"Subject: t\n\nhello\n")

@@ -249,6 +249,36 @@ class Exim:
         path = self.work / "log" / f"{name}log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def folder_router(self, suffix: str) -> str:
+        """A router for :meth:`configure`'s ``routers`` taking ``local<suffix>@`` (Exim's
+        ``local_part_suffix``: ``+*`` for any detail) to :meth:`folder_transport`'s transport."""
+        return _FOLDER_ROUTER.format(suffix=suffix, work=self.work)
+
+    def folder_transport(self, folder: str, options: str = "") -> str:
+        """A transport for :meth:`configure`'s ``transports`` saving into the Maildir++ folder
+        ``folder`` of the mailbox routed to, with ``options`` (lines) besides."""
+        return _FOLDER_TRANSPORT.format(maildirs=self.maildirs, folder=folder, uid=MAIL_UID, options=indent(options))
+
+
+_FOLDER_ROUTER = """\
+folder:
+  driver = accept
+  domains = +local_domains
+  local_part_suffix = {suffix}
+  address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
+  transport = folder_delivery
+"""
+_FOLDER_TRANSPORT = """\
+folder_delivery:
+  driver = appendfile
+  directory = {maildirs}/$address_data/Maildir/{folder}
+  maildir_format
+  create_directory
+  user = {uid}
+  group = {uid}
+  mode = 0644
+{options}"""
+
 
 def indent(text: str) -> str:
     return "".join(f"  {line}\n" for line in text.splitlines())
