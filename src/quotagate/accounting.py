@@ -91,6 +91,10 @@ class Profile(Struct, frozen=True):
     # ``recounts`` says (see :func:`enforced`).
     trusts_maildirsize: bool = False
     recounts: Recount = Recount.OVER_LIMIT
+    # Folders [[folders]] rules exclude stand for folders the program saves into with no quota
+    # check (Dovecot's quota_rule = Trash:ignore); else only ``excluded_folders`` are (Courier's
+    # Trash), and a rule only leaves a folder out of the total.
+    saves_excluded_unchecked: bool = False
 
     @property
     def describe(self) -> str:
@@ -198,6 +202,7 @@ PROFILES: dict[str, Profile] = {
         excluded_flags="",
         boundary=Boundary.INCLUSIVE,
         default_grace=DOVECOT_GRACE,
+        saves_excluded_unchecked=True,
         mbox=MboxRule.DOVECOT,
         stamp_tag=(1,),
         trusts_maildirsize=True,
@@ -212,6 +217,7 @@ PROFILES: dict[str, Profile] = {
         excluded_flags="",
         boundary=Boundary.INCLUSIVE,
         default_grace=DOVECOT_GRACE,
+        saves_excluded_unchecked=True,
         mbox=MboxRule.DOVECOT,
         stamp_tag=(2, 1),
         symlinks=True,

@@ -413,10 +413,12 @@ class PolicyConfig(_Section, frozen=True):
     # Exim's local_part_suffix = +* delivers it to); "" turns it off. Each character is a
     # delimiter, as in Postfix's recipient_delimiter and Dovecot's: "+-" takes both.
     folder_delimiter: str = "+"
-    # The delivery agent saves "local+folder@domain" into that folder (Dovecot's
-    # lmtp_save_to_detail_mailbox = yes, an Exim transport's -m $local_part_suffix): mail for a
-    # folder left out of the total (exclude = true, Courier's Trash) is then not checked, since
-    # the agent saves it however full the mailbox. Off, such mail lands in INBOX and is checked.
+    # The delivery agent saves "local+folder@domain", as Postfix passes it, into that folder,
+    # making it if need be (Dovecot's LMTP with lmtp_save_to_detail_mailbox = yes and
+    # lda_mailbox_autocreate = yes): mail for a folder it saves into with no quota check
+    # (Courier's Trash; under the dovecot profiles, one an exclude rule leaves out, as
+    # quota_rule = Trash:ignore) is then not checked. Exim's checks are not concerned. Off, such
+    # mail lands in INBOX and is checked.
     detail_folders: bool = False
     # Limits and stored usage are reloaded from the store this often.
     refresh_seconds: Annotated[float, Meta(gt=0)] = 30

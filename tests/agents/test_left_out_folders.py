@@ -14,9 +14,10 @@ from __future__ import annotations
 import pytest
 
 from quotagate.model import Limits
-from tests.agents.conftest import Gate
+from tests.agents.conftest import DOMAIN, Gate
 from tests.servers.courier import Courier
 from tests.servers.dovecot import Dovecot
+from tests.servers.exim import Exim
 from tests.servers.mailuser import message, own
 
 pytestmark = [pytest.mark.servers, pytest.mark.mta]
@@ -153,3 +154,77 @@ def test_where_details_are_not_folders_dovecot_refuses_inbox_as_quotagate_does(
     _gate(gate, PROFILE[backend], limits, detail_folders=False)
     refused = gate.refuses("u+Trash", size)
     assert _answers(dovecot.deliver("u", message(size)), refused) == _answers(False, True)
+
+
+def _excluding(glob: str) -> str:
+    return f'[[folders]]\nmatch = "{glob}"\nexclude = true\n'
+
+
+def test_a_modified_utf7_detail_is_saved_by_dovecot_as_a_folder_of_that_literal_name(
+    gate: Gate, dovecot: Dovecot
+) -> None:
+    """Dovecot with quota_rule2 = Gelöscht:ignore (its IMAP name; on disk .Gel&APY-scht, created
+    by the user's client), quotagate with [[folders]] match = "Gelöscht" exclude = true and
+    detail_folders = true. u@ is over its byte limit. Postfix asks about u+Gel&APY-scht@ (the
+    on-disk spelling), which Dovecot's LMTP / dovecot-lda -m takes as a UTF-8 name: it saves
+    into a folder literally named "Gel&APY-scht" (on disk .Gel&-APY-scht), which counts.
+    Expected: Dovecot refuses it, so quotagate refuses it too (the rule is matched against the
+    detail as sent, never its modified-UTF-7 decoding)."""
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", "  quota_rule2 = Gelöscht:ignore\n")
+    dovecot.doveadm("u", "mailbox", "create", "Gelöscht")
+    _gate(gate, "dovecot", limits, rules=_excluding("Gelöscht"))
+    refused = gate.refuses("u+Gel&APY-scht", size)
+    saved = dovecot.deliver("u", message(size), "Gel&APY-scht")
+    assert (gate.spool / "u" / "Maildir" / ".Gel&-APY-scht").is_dir()  # another folder than Gelöscht
+    assert {"agent saved it": saved, "quotagate refused it": refused} == {
+        "agent saved it": False,
+        "quotagate refused it": True,
+    }
+
+
+def test_courier_checks_the_quota_of_a_folder_an_exclude_rule_leaves_out(gate: Gate, courier: Courier) -> None:
+    """The courier profile with [[folders]] match = "Spam" exclude = true and detail_folders =
+    true. u@ is over its byte limit (maildirsize by maildirmake
+    -q); a message comes for u+Spam@ (deliverquota into Maildir/.Spam).
+    Expected: deliverquota refuses it (exit 77: only .Trash is outside Courier's quota), so
+    quotagate refuses it too."""
+    _, limits, size = SCENARIOS["over-bytes"]
+    maildir = gate.spool / "u" / "Maildir"
+    own(maildir.parent)
+    courier.make(maildir, folders=("Spam", "Trash"))
+    for each in SCENARIOS["over-bytes"][0]:
+        assert courier.deliver(maildir, message(each))
+    courier.set_quota(maildir, f"{limits.bytes}S")
+    _gate(gate, "courier", limits, rules=_excluding("Spam"))
+    refused = gate.refuses("u+Spam", size)
+    saved = courier.deliver(maildir / ".Spam", message(size))
+    assert {"agent saved it": saved, "quotagate refused it": refused} == {
+        "agent saved it": False,
+        "quotagate refused it": True,
+    }
+
+
+def test_exims_detail_keeps_its_delimiter_so_exims_checks_are_not_concerned(
+    gate: Gate, dovecot: Dovecot, exim: Exim
+) -> None:
+    """Real Exim, with a local_part_suffix = +* router, gives its transport $local_part_suffix
+    = "+trash" for x+Trash@ (lowered, the delimiter kept). Dovecot with quota_rule2 =
+    trash:ignore, quotagate with rule "trash" exclude = true and detail_folders = true; u@ is
+    over its byte limit; dovecot-lda -m is given what Exim gave the transport, and quotagate is
+    asked as Exim asks (u+trash@, at DATA).
+    Expected: Dovecot saves into a folder "+trash", which counts, and refuses it; quotagate
+    refuses it too (Exim's checks are never let through for a left-out folder)."""
+    exim.configure(
+        users={f"x@{DOMAIN}": "x"},
+        routers=exim.folder_router("+*"),
+        transports=exim.folder_transport(".delivered", "headers_add = X-Detail: $local_part_suffix\n"),
+    )
+    exim.submit("sender@example.net", f"x+Trash@{DOMAIN}", message=b"Subject: t\n\nhello\n")
+    (saved_by_exim,) = (gate.spool / "x" / "Maildir" / ".delivered" / "new").iterdir()
+    given = next(line for line in saved_by_exim.read_text().splitlines() if line.startswith("X-Detail:"))
+    folder = given.removeprefix("X-Detail:").strip()  # what dovecot-lda -m $local_part_suffix gets
+
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", "  quota_rule2 = trash:ignore\n")
+    _gate(gate, "dovecot", limits, rules=_excluding("trash"))
+    code = gate.run("check", f"u+trash@{DOMAIN}", "--size", str(size), "--stage", "data")
+    assert (folder, dovecot.deliver("u", message(size), folder), code) == ("+trash", False, 1), gate.output

@@ -276,39 +276,3 @@ def test_a_roomy_mailbox_whose_name_holds_a_delimiter_is_not_refused_for_another
     assert site.quotagate("check", f"john-doe@{DOMAIN}") == 0
     assert site.quotagate("check", f"sales+eu@{DOMAIN}") == 0
     assert [john_doe[:3], sales_eu[:3]] == ["250", "250"], exim.last_session
-
-
-LEFT_OUT_RULES = """
-[[folders]]
-match = "trash.keep"
-quota = "1M"
-[[folders]]
-match = "trash*"
-exclude = true
-"""
-
-
-@pytest.mark.parametrize("detail_folders", [True, False])
-@pytest.mark.parametrize("method", ["router", "acl"])
-@pytest.mark.parametrize("lookup", ["lsearch", "sqlite"])
-def test_mail_for_a_folder_left_out_of_the_quota_is_not_refused(
-    work: Path, exim: Exim, lookup: str, method: str, detail_folders: bool
-) -> None:
-    """full@ is over quota. Rules: ``trash.keep`` has a limit of its own (it counts), then every
-    other ``trash*`` is excluded from the total (Dovecot's Trash:ignore: saved however full the
-    mailbox). Exim asks about full+trash@, full+TRASH.old@ (Exim gives its transports the detail
-    lowered: ``trash.old``), full+Trash.keep@ and full+news@.
-    Expected, where the agent saves details into their folders (detail_folders = true): the
-    first two are not refused as full (the daemon, asked as Exim asks, answers DUNNO for them
-    too); the last two are, as full@ itself is. Where it saves them into INBOX (detail_folders
-    off, the default): all four are refused (the daemon refuses too)."""
-    extra = f"detail_folders = {'true' if detail_folders else 'false'}\n{LEFT_OUT_RULES}"
-    site = _detail_site(work, exim, ["full"], {"full"}, "+", lookup, method, extra)
-    replies = exim.fake_session(*(f"full+{tag}@{DOMAIN}" for tag in ("trash", "TRASH.old", "Trash.keep", "news")))
-    let_in = [detail_folders, detail_folders, False, False]
-    assert [not refused_full(reply) for reply in replies] == let_in, exim.last_session
-    checks = [
-        site.quotagate("check", f"full+{tag}@{DOMAIN}", "--size", "100", "--stage", "data")
-        for tag in ("trash", "trash.old")
-    ]
-    assert checks == ([3, 3] if detail_folders else [1, 1])

@@ -35,15 +35,16 @@ REFUSED = REJECT.decode().removeprefix("action=").removesuffix("\n\n")
 def scanned(
     site: Site, rules: list[dict[str, Any]], trash: int | None = 0, detail_folders: bool = True, **spool: Any
 ) -> PolicyService:
-    """full@ scanned again with ``rules`` as its [[folders]] (and ``spool`` settings), with a
-    ``.Trash`` holding ``trash`` bytes (None: no .Trash), and a service over the result."""
+    """full@ scanned again with ``rules`` as its [[folders]] (and ``spool`` settings: Dovecot's
+    accounting unless they say), with a ``.Trash`` holding ``trash`` bytes (None: no .Trash), and
+    a service over the result."""
     if trash is not None:
         folder = maildir_folder(site.spool / DOMAIN / "full" / "Maildir", "Trash")
         if trash:
             add_message(folder, trash)
     data = site.data(reservation_seconds=600, detail_folders=detail_folders)
     data["folders"] = rules
-    data["spool"].update(spool)
+    data["spool"].update({"accounting": "dovecot", **spool})
     config = parse_config(data)
     store = open_store(site.db_url)
     try:
@@ -73,20 +74,17 @@ def test_mail_for_an_excluded_trash_of_a_full_mailbox_is_not_refused(site: Site,
     assert ask(service, request(f"full@{DOMAIN}", 500, instance="B")) == REFUSED
 
 
-@pytest.mark.parametrize(("rule", "trash"), [("Trash", 0), ("[Tt]rash", 0), ("[Tt]rash", None)])
-def test_exim_asks_with_the_detail_lowered(site: Site, rule: str, trash: int | None) -> None:
-    """full@ is over its quota, with a ``.Trash`` (or none yet). The generated Exim ACL asks about
-    ``full+trash`` (Exim lowers the local part, and gives its transports the detail so:
-    ``dovecot-lda -m trash`` saves into a folder ``trash``), at RCPT and at DATA. Rule ``Trash``
-    exclude = true, or ``[Tt]rash``.
-    Expected: under ``Trash`` refused (``trash`` counts, as under Dovecot's ``Trash:ignore``);
-    under ``[Tt]rash`` DUNNO both times, nothing held, whether .Trash exists or not."""
+@pytest.mark.parametrize(("rule", "trash"), [("Trash", 0), ("[Tt]rash", 0), ("trash", None)])
+def test_exims_checks_are_not_concerned(site: Site, rule: str, trash: int | None) -> None:
+    """full@ is over its quota, with a ``.Trash`` (or none). The generated Exim ACL asks about
+    ``full+trash`` (Exim lowers the local part, and gives its transports the detail so, with the
+    delimiter: where the mail lands is the admin's transport's doing), at RCPT and at DATA. Rule
+    ``Trash``, ``[Tt]rash`` or ``trash``, exclude = true.
+    Expected: refused each time, as full@ itself is, nothing held."""
     service = scanned(site, [{**EXCLUDE_TRASH, "match": rule}], trash=trash)
     answers = [ask(service, exim_rcpt("full+trash", 500)), ask(service, exim_data(f"full+trash@{DOMAIN}", 700))]
-    assert answers == (["DUNNO", "DUNNO"] if rule != "Trash" else [REFUSED, "552 5.2.2 Mailbox is full"])
-    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is (
-        Action.DUNNO if rule != "Trash" else Action.REJECT
-    )
+    assert answers == [REFUSED, "552 5.2.2 Mailbox is full"]
+    assert decided(service, f"full+trash@{DOMAIN}", 500, lowered=True) is Action.REJECT
     assert held(service) == 0
 
 
@@ -113,15 +111,16 @@ TRASH_OWN_LIMIT = {**EXCLUDE_TRASH, "quota": "10000"}
 def test_a_left_out_folder_with_a_limit_of_its_own_is_weighed_against_that_alone(site: Site) -> None:
     """Rule ``Trash`` exclude = true, quota 10,000 bytes; full@ is over its quota, its
     ``.Trash`` holds 6,000 bytes. Postfix asks about ``full+Trash@`` with SIZE=3,000, then
-    (another client) 5,000.
+    (another client) 5,500.
     Expected: 3,000 fits the folder's own limit and is accepted (the mailbox's total leaves
-    Trash out), holding nothing; 5,000 does not fit (6,000 + 5,000 > 10,000): refused."""
+    Trash out), holding nothing; 5,500 does not fit (6,000 + 5,500 > 10,000 and Dovecot's 10%
+    grace): refused."""
     service = scanned(site, [TRASH_OWN_LIMIT], trash=6_000)
     assert ask(service, request(f"full+Trash@{DOMAIN}", 3_000, instance="A")) == "DUNNO"
     assert decided(service, f"full+Trash@{DOMAIN}", 3_000) is Action.ACCEPT
     assert held(service) == 0
-    second = request(f"full+Trash@{DOMAIN}", 5_000, instance="B", client="198.51.100.1")
-    assert ask(service, second) == "552 5.2.2 Message of 5000 bytes does not fit in this mailbox"
+    second = request(f"full+Trash@{DOMAIN}", 5_500, instance="B", client="198.51.100.1")
+    assert ask(service, second) == "552 5.2.2 Message of 5500 bytes does not fit in this mailbox"
 
 
 def test_mail_for_a_left_out_folder_takes_none_of_the_mailbox_room(site: Site) -> None:
@@ -152,7 +151,8 @@ def test_the_shared_ledger_weighs_mail_for_a_left_out_folder_as_a_daemon_alone_d
     trash = f"full+Trash@{DOMAIN}"
 
     async def go(url: str | None) -> bytes:
-        async with daemon(site, url, "mx1", folders=[TRASH_OWN_LIMIT], detail_folders=True) as d:
+        dovecot = {"accounting": "dovecot"}
+        async with daemon(site, url, "mx1", folders=[TRASH_OWN_LIMIT], spool=dovecot, detail_folders=True) as d:
             return await d.ask(request(trash, 500, client="203.0.113.5", instance=f"t-{url is None}"))
 
     assert [run(go(None)), run(go(redis.url))] == [b"action=DUNNO\n\n"] * 2
@@ -161,11 +161,31 @@ def test_the_shared_ledger_weighs_mail_for_a_left_out_folder_as_a_daemon_alone_d
 def test_where_details_are_not_folders_the_mail_lands_in_inbox_and_is_checked(site: Site) -> None:
     """Rule ``Trash`` exclude = true, but ``detail_folders`` is off (the default: Dovecot's LMTP
     saves ``full+Trash@`` into INBOX unless lmtp_save_to_detail_mailbox = yes); full@ is over its
-    quota. Postfix asks about ``full+Trash@``; Exim about ``full+trash``; the courier profile too.
+    quota. Postfix asks about ``full+Trash@``, under the dovecot and the courier profiles.
     Expected: refused each time, as full@ itself is (adding +Trash gets no mail past a full
     mailbox)."""
-    service = scanned(site, [EXCLUDE_TRASH], detail_folders=False)
+    service = scanned(site, [EXCLUDE_TRASH], detail_folders=False, accounting="dovecot")
     assert ask(service, request(f"full+Trash@{DOMAIN}", 500)) == REFUSED
-    assert ask(service, exim_rcpt("full+trash", 500)) == REFUSED
     courier = scanned(site, [], detail_folders=False, accounting="courier")
     assert ask(courier, request(f"full+Trash@{DOMAIN}", 500)) == REFUSED
+
+
+@pytest.mark.parametrize(
+    ("accounting", "rule", "detail"),
+    [
+        ("courier", "Spam", "Spam"),  # deliverquota checks every folder but Trash
+        ("files", "Trash", "Trash"),  # an agent not known to save such mail unchecked
+        ("exim", "Trash", "Trash"),
+        ("dovecot", "Gelöscht", "Gel&APY-scht"),  # Dovecot saves it into "Gel&APY-scht" as named
+    ],
+)
+def test_only_folders_the_agent_saves_into_unchecked_are_let_in(
+    site: Site, accounting: str, rule: str, detail: str
+) -> None:
+    """full@ is over its quota; detail_folders = true; a rule excluding ``rule``. Postfix asks
+    about ``full+<detail>@`` under the ``accounting`` profile: Courier's deliverquota leaves only
+    Trash out of its check; the files and exim profiles are no agent known to skip the check;
+    Dovecot takes a detail as a UTF-8 name, so ``Gel&APY-scht`` is not ``Gelöscht``.
+    Expected: refused, as full@ itself is."""
+    service = scanned(site, [{**EXCLUDE_TRASH, "match": rule}], accounting=accounting)
+    assert ask(service, request(f"full+{detail}@{DOMAIN}", 500)) == REFUSED

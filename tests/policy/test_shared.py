@@ -79,12 +79,15 @@ async def daemon(
     node: str,
     clock: Callable[[], float] | None = None,
     folders: Sequence[Mapping[str, object]] | None = None,
+    spool: Mapping[str, object] | None = None,
     **policy: object,
 ) -> AsyncIterator[Daemon]:
-    """``clock``: the host's own, when it is not right; ``folders``: [[folders]] rules."""
+    """``clock``: the host's own, when it is not right; ``folders``: [[folders]] rules;
+    ``spool``: [spool] settings besides the site's."""
     data = site.data(**policy)
     if folders:
         data["folders"] = [dict(rule) for rule in folders]
+    data["spool"].update(spool or {})
     if url is not None:
         # One key space per test, shared by its daemons.
         data["shared"] = {"url": url, "node": node, "timeout": 0.5, "retry_seconds": 0.1, "prefix": site.base.name}

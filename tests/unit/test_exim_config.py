@@ -9,7 +9,6 @@ never appears, and names or paths Exim cannot quote are refused.
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -915,41 +914,3 @@ def test_cli_rejects_an_unknown_lookup(tmp_path: Path, capsys: pytest.CaptureFix
     out, err = capsys.readouterr()
     assert out == ""
     assert "redis" in err
-
-
-_GLOB_CHARS = [*"ab-!]*?[\\.$(){}N^|+x", "é", "ö", "中", "ü"]
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.text(st.sampled_from(_GLOB_CHARS), max_size=8), st.text(st.sampled_from(_GLOB_CHARS), max_size=8))
-def test_a_folder_rule_glob_as_pcre_matches_what_fnmatch_matches(glob: str, name: str) -> None:
-    """A [[folders]] match glob written into the Exim lookups as a PCRE, with the characters globs
-    and regexes treat specially and some beyond ASCII. Exim's regexes match bytes (no UTF mode):
-    Python's re on the name's UTF-8 bytes reads the same syntax.
-    Expected: it matches a name exactly when fnmatchcase does (``?`` and a bracket expression
-    take one character, of however many bytes), is pure ASCII and holds no \\N (Exim's quote)."""
-    pattern = exim.glob_pcre(glob)
-    assert pattern.isascii() and "\\N" not in pattern
-    assert bool(re.fullmatch(pattern.encode(), name.encode())) == fnmatchcase(name, glob)
-
-
-def test_folders_left_out_are_matched_as_the_daemon_leaves_them_out() -> None:
-    """Rules: ``trash.keep`` with a limit, then ``trash*`` excluded, then ``Spam`` excluded; the
-    courier profile leaves ``Trash`` out by itself; details are saved into folders.
-    Expected: the details of excluded folders match with case, as Exim gives them to its
-    transports (A-Z lowered: ``+Spam`` lands in ``spam``, which counts); one an earlier rule
-    keeps counted does not, nor another folder. Nothing matches without excluded folders, or
-    where details are not folders (they land in INBOX)."""
-    rules = [
-        {"match": "trash.keep", "quota": "1M"},
-        {"match": "trash*", "exclude": True},
-        {"match": "Spam", "exclude": True},
-    ]
-    data = {"spool": {"accounting": "courier"}, "folders": rules, "policy": {"detail_folders": True}}
-    pattern = exim.left_out_pattern(parse_config(data))
-    for detail in ("trash", "Trash", "trash.2024", "Spam"):
-        assert re.fullmatch(pattern, detail), detail
-    for detail in ("trash.keep", "spam", "TRASH", "news", "Spammy", "xtrash"):
-        assert not re.fullmatch(pattern, detail), detail
-    assert exim.left_out_pattern(parse_config({"policy": {"detail_folders": True}})) == ""
-    assert exim.left_out_pattern(parse_config({**data, "policy": {}})) == ""  # details land in INBOX

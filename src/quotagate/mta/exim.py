@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from fnmatch import fnmatchcase
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import make_url
 
-from quotagate.accounting import profile_for
 from quotagate.config import Config
 from quotagate.listen import parse_place
 from quotagate.store.presets import MailboxTable, mailbox_table
@@ -151,105 +149,21 @@ def _sql_verdict(table: MailboxTable, lookup: str, local: str) -> str:
     return f"SELECT {verdict} FROM {_ident(name)} WHERE {where}{enabled}"
 
 
-def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str, left_out: str = "") -> str:
+def _either(flagged: Callable[[str], str], whole: Callable[[str], str], delimiter: str) -> str:
     """A condition that yields ``yes`` when the recipient's mailbox is flagged.
 
     ``flagged(local)`` looks up the local part Exim expands from ``local``: ``yes`` when that
     mailbox is flagged, else ``no``. With a folder delimiter, ``user+tag`` that is no mailbox of
     its own is looked up as ``user`` (the mailbox the admin's ``local_part_suffix = +*`` router
     delivers it to, and the daemon checks), split at the first delimiter as Exim, Postfix and
-    Dovecot split it: a sender must not get past a full mailbox by adding ``+anything``; but
-    ``user+Trash`` for a folder left out of the quota (``left_out``, see :func:`left_out_pattern`)
-    is not refused: the delivery agent saves it there however full the mailbox.
+    Dovecot split it: a sender must not get past a full mailbox by adding ``+anything``.
     ``whole(otherwise)`` looks up the recipient itself: ``yes`` or ``no`` when it is a mailbox
     (``john-doe`` is not ``john``), ``otherwise`` when it is none.
     """
     if not delimiter:
         return flagged("$local_part")
-    kept = f"(?!{left_out})" if left_out else ""
-    split = rf"\N^([^{_class(delimiter)}]+)[{_class(delimiter)}]{kept}\N"  # never at the first character
+    split = rf"\N^([^{_class(delimiter)}]+)[{_class(delimiter)}]\N"  # never at the first character
     return whole(f"${{if match{{$local_part}}{{{split}}}{{{flagged('$1')}}}{{no}}}}")
-
-
-def left_out_pattern(config: Config) -> str:
-    """A PCRE that matches a folder detail naming a folder left out of the mailbox's total, as the
-    daemon leaves it out (:func:`quotagate.usage.folders.is_left_out`): the accounting profile's
-    folders, or one whose first matching rule excludes it. Matched as Exim gives the detail to
-    its transports, A-Z lowered unless ``caseful_local_part`` (``+Trash`` reaches a folder
-    ``trash``, which a rule ``Trash`` leaves counted): with case. "" when no folder is left out,
-    or details are not folders (``[policy] detail_folders``: such mail lands in INBOX)."""
-    if not config.policy.detail_folders:
-        return ""
-    rules = config.folders
-    found = ["".join(map(_pcre_char, name)) + "$" for name in profile_for(config.spool).excluded_folders]
-    for i, rule in enumerate(rules):
-        if rule.exclude:
-            before = "".join(f"(?!{glob_pcre(r.match)}$)" for r in rules[:i] if not r.exclude)
-            found.append(f"{before}{glob_pcre(rule.match)}$")
-    return f"(?:{'|'.join(found)})" if found else ""
-
-
-_MOST_NAMED = 1000
-# One UTF-8 character: Exim's regexes match bytes, the daemon's globs characters.
-_ONE_CHARACTER = r"[^\x80-\xbf][\x80-\xbf]*"
-
-
-def glob_pcre(glob: str) -> str:
-    """A folder rule's glob (:func:`fnmatch.fnmatchcase`'s syntax) as a PCRE on the UTF-8 bytes of
-    a name, unanchored: ``?`` and a bracket expression take one character, however many bytes.
-    Pure ASCII, letters and digits as they are and every other byte ``\\xHH``: nothing in it is
-    special to Exim's ``\\N`` quoting, nor to the regex."""
-    out, i = [], 0
-    while i < len(glob):
-        c, i = glob[i], i + 1
-        if c == "*":
-            out.append("(?s:.*)")
-        elif c == "?":
-            out.append(f"(?:{_ONE_CHARACTER})")
-        elif c == "[" and (end := _class_end(glob, i)) > 0:
-            out.append(_pcre_class(glob[i - 1 : end + 1]))
-            i = end + 1
-        else:
-            out.append(_pcre_char(c))
-    return "".join(out)
-
-
-def _class_end(glob: str, start: int) -> int:
-    """Where the ``]`` closing a class opened before ``start`` is, as fnmatch finds it; -1: none."""
-    j = start + (glob[start : start + 1] == "!")
-    j += glob[j : j + 1] == "]"
-    return glob.find("]", j)
-
-
-def _pcre_class(bracket: str) -> str:
-    """A glob's bracket expression (``[a-c]``, ``[!x]``) as PCRE: one character, of the ASCII ones
-    it matches as fnmatch itself finds them (ranges, reversed ones, ``]`` and ``-`` as fnmatch
-    reads them), and of the others it names (or, negated, any other)."""
-    negated = bracket[1:2] == "!"
-    ascii_ = "".join(_pcre_char(chr(c)) for c in range(128) if fnmatchcase(chr(c), bracket) != negated)
-    # Every other character it matches (negated: does not match) lies at or below the highest it
-    # names, in a range or by itself.
-    top = max(map(ord, bracket))
-    candidates = {*range(0x80, min(top, 0xD7FF) + 1), *range(0xE000, top + 1), *(ord(c) for c in bracket)}
-    named = [chr(c) for c in sorted(candidates) if c >= 0x80 and fnmatchcase(chr(c), bracket) != negated]
-    if len(named) > _MOST_NAMED:
-        raise EximConfigError(
-            f"[[folders]] match {bracket!r}: a class of {len(named)} characters beyond ASCII is too long for"
-            " Exim's lookups (use --method policy, or name the characters)"
-        )
-    if negated:  # ascii_ and named: the characters it does not match
-        unless = f"(?!{'|'.join(map(_pcre_char, named))})" if named else ""
-        return f"(?:{unless}[^\\x80-\\xbf{ascii_}][\\x80-\\xbf]*)"
-    found = ([f"[{ascii_}]"] if ascii_ else []) + [_pcre_char(c) for c in named]
-    return f"(?:{'|'.join(found)})" if found else "(?!)"
-
-
-def _pcre_char(c: str) -> str:
-    """A character as PCRE matches its UTF-8 bytes: an ASCII letter or digit as it is, else each
-    byte ``\\xHH``."""
-    if c.isascii() and c.isalnum():
-        return c
-    return "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
 
 
 def _class(delimiter: str) -> str:
@@ -339,7 +253,7 @@ def _ldap(config: Config) -> tuple[str, str]:
         # which answers for itself; ldapm: two entries with one address are still found.
         return f"${{lookup ldapm{{{url('$local_part', False)}}}{{{flagged('$local_part')}}}{{{otherwise}}}}}"
 
-    return main, _either(flagged, whole, config.policy.folder_delimiter, left_out_pattern(config))
+    return main, _either(flagged, whole, config.policy.folder_delimiter)
 
 
 def _ldap_value(value: str) -> str:
@@ -651,7 +565,7 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
             own = f"${{lookup{{{key}@}}lsearch{{{file}}}{{no}}{{{otherwise}}}}}"
             return f"${{lookup{{{key}}}lsearch{{{file}}}{{yes}}{{{own}}}}}"
 
-        condition = _either(in_file, file_says, delimiter, left_out_pattern(config))
+        condition = _either(in_file, file_says, delimiter)
         guard = file
     elif lookup in ("sqlite", "mysql", "pgsql"):
         if lookup == "sqlite":
@@ -670,7 +584,7 @@ def _parts(config: Config, method: Method, lookup: Lookup | None, on_store_error
         def table_says(otherwise: str) -> str:
             return f"${{lookup {head}{{{_sql_verdict(table, lookup, '$local_part')}}}{{$value}}{{{otherwise}}}}}"
 
-        condition = _either(in_table, table_says, delimiter, left_out_pattern(config))
+        condition = _either(in_table, table_says, delimiter)
     elif lookup == "ldap":
         main, condition = _ldap(config)
     else:  # pragma: no cover - the CLI offers only the lookups above

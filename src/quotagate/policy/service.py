@@ -35,7 +35,7 @@ from quotagate.policy.stages import (
 )
 from quotagate.policy.throttle import Throttled
 from quotagate.spool import spool_roots
-from quotagate.usage.folders import folder_limits, is_left_out, lowered_folder_limits
+from quotagate.usage.folders import detail_excluded, folder_limits, lowered_folder_limits
 from quotagate.usage.names import ascii_lower, imap_name
 
 log = logging.getLogger(__name__)
@@ -559,10 +559,9 @@ class PolicyService:
         local = recipient.strip().rpartition("@")[0]
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
         lowered = lowered and folder is not None
-        # The folder a detail lands in is left out of the total: as sent, or as Exim gives it to
-        # its transports (A-Z lowered, without caseful_local_part: +Trash lands in "trash", which
-        # a rule "Trash" leaves counted, as Dovecot's Trash:ignore does).
-        left_out = folder is not None and self._left_out(folder)
+        # Only as Postfix asks, the detail as sent: which folder an Exim delivery lands in is the
+        # admin's transport's doing (its $local_part_suffix is lowered and holds the delimiter).
+        left_out = folder is not None and not lowered and self._left_out(folder)
         if lowered and folder is not None and reading is not None:
             spellings = _spellings(reading.usage, folder)
             if spellings:
@@ -809,13 +808,17 @@ class PolicyService:
         limits = folder_limits(folder, self.config.folders)
         return None if limits is None else (limits, _folder_named(usage, folder))
 
-    def _left_out(self, folder: str) -> bool:
-        """Whether mail saved into the folder goes unchecked by the delivery agent: it saves a
-        detail into its folder (``[policy] detail_folders``; else into INBOX) and that folder is
-        left out of the mailbox's total (see :func:`is_left_out`)."""
+    def _left_out(self, detail: str) -> bool:
+        """Whether the delivery agent saves mail for ``local+detail@`` with no quota check: it
+        saves a detail into its folder (``[policy] detail_folders``; else into INBOX), and that
+        folder is one it leaves out of its quota (Courier's Trash; a folder Dovecot's quota rules
+        ``:ignore``, which ``exclude = true`` rules stand for under its profiles)."""
+        profile = self._profile
         if not self.config.policy.detail_folders:
             return False
-        return is_left_out(folder, self.config.folders, self._profile.excluded_folders)
+        if detail in profile.excluded_folders:
+            return True
+        return profile.saves_excluded_unchecked and detail_excluded(detail, self.config.folders)
 
     def _lowered_limits(self, name: str) -> Limits | None:
         """:func:`lowered_folder_limits` under the config's rules, kept per name (a dozen rule

@@ -35,20 +35,20 @@ def counted(
     the folders the accounting profile leaves out (``left_out``, e.g. Courier's ``Trash``)."""
     total = messages = 0
     for f in folders:
-        if not is_left_out(f.name, rules, left_out):
+        if f.name in left_out:
+            continue
+        rule = rule_for(f.name, rules) if rules else None
+        if rule is None or not rule.exclude:
             total += f.bytes
             messages += f.messages
     return total, messages
 
 
-def is_left_out(name: str, rules: Sequence[FolderRule], left_out: Sequence[str] = ()) -> bool:
-    """Whether the folder ``name`` is left out of the mailbox's total: by the accounting profile
-    (``left_out``, exact names) or by the first rule it meets (``exclude = true``). The delivery
-    agent saves mail into such a folder with no quota check at all (Dovecot's ``Trash:ignore``,
-    Courier's Trash), however full the mailbox."""
-    if name in left_out:
-        return True
-    rule = rule_for(name, rules) if rules else None
+def detail_excluded(detail: str, rules: Sequence[FolderRule]) -> bool:
+    """Whether the first rule that matches the folder a detail names excludes it. A detail is a
+    name as an IMAP server shows it (Dovecot saves ``-m Gel&APY-scht`` into a folder of that
+    very name): matched as it is, never decoded."""
+    rule = next((r for r in rules if fnmatchcase(detail, r.match)), None)
     return rule is not None and rule.exclude
 
 
