@@ -161,7 +161,8 @@ class _Target:
     copy: str = ""
     # The MTA lowered the folder's A-Z, and it is not one folder on disk: any spelling may be it.
     lowered: bool = False
-    # The folder (or, for a lowered detail, any it may be) is left out of the mailbox's total.
+    # The agent saves mail for this detail with no quota check (see PolicyService._left_out):
+    # only the folder's own limits weigh it, if it has any.
     left_out: bool = False
 
 
@@ -813,9 +814,9 @@ class PolicyService:
         saves a detail into its folder (``[policy] detail_folders``; else into INBOX), and that
         folder is one it leaves out of its quota (Courier's Trash; a folder Dovecot's quota rules
         ``:ignore``, which ``exclude = true`` rules stand for under its profiles)."""
-        profile = self._profile
         if not self.config.policy.detail_folders:
             return False
+        profile = self._profile
         if detail in profile.excluded_folders:
             return True
         return profile.saves_excluded_unchecked and detail_excluded(detail, self.config.folders)
