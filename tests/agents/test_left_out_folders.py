@@ -228,3 +228,40 @@ def test_exims_detail_keeps_its_delimiter_so_exims_checks_are_not_concerned(
     _gate(gate, "dovecot", limits, rules=_excluding("trash"))
     code = gate.run("check", f"u+trash@{DOMAIN}", "--size", str(size), "--stage", "data")
     assert (folder, dovecot.deliver("u", message(size), folder), code) == ("+trash", False, 1), gate.output
+
+
+TRASH_AND_BELOW = '[[folders]]\nmatch = "Trash*"\nexclude = true\n'
+ONLY_INBOX = '[[folders]]\nmatch = "INBOX"\n[[folders]]\nmatch = "*"\nexclude = true\n'
+
+
+@pytest.mark.parametrize("detail", ["Trash/x", "Trash.", "Trash..x"])
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_dovecot_saves_a_detail_it_cannot_name_into_inbox_and_refuses_it(
+    gate: Gate, dovecot: Dovecot, backend: str, detail: str
+) -> None:
+    """Dovecot with quota_rule2 = Trash*:ignore, quotagate with rule "Trash*" exclude = true and
+    detail_folders = true; u@ is over its byte limit. A message comes for u+<detail>@.
+    Expected: Dovecot cannot open the mailbox (invalid name), falls back to INBOX and refuses it
+    (exit 77, "Quota exceeded"), so quotagate refuses it too."""
+    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", "  quota_rule2 = Trash*:ignore\n")
+    _gate(gate, PROFILE[backend], limits, rules=TRASH_AND_BELOW)
+    refused = gate.refuses(f"u+{detail}", size)
+    assert _answers(dovecot.deliver("u", message(size), detail), refused) == _answers(False, True), gate.output
+
+
+@pytest.mark.parametrize("detail", ["inbox", "Inbox", ""])
+def test_dovecot_saves_inbox_spelled_otherwise_or_no_detail_into_inbox_and_refuses_it(
+    gate: Gate, dovecot: Dovecot, detail: str
+) -> None:
+    """Dovecot counting INBOX only (quota_rule2 = INBOX:storage=+0, quota_rule3 = ?*:ignore),
+    quotagate with rules "INBOX" then "*" exclude = true and detail_folders = true; u@ is over
+    its byte limit. A message comes for u+inbox@, u+Inbox@ or u+@.
+    Expected: Dovecot saves it into INBOX and refuses it (exit 77), so quotagate refuses it too."""
+    extra = "  quota_rule2 = INBOX:storage=+0\n  quota_rule3 = ?*:ignore\n"
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", extra)
+    _gate(gate, "dovecot", limits, rules=ONLY_INBOX)
+    assert dovecot.deliver("u", message(size), "Sent")  # the rules agree: other folders are left out
+    refused = gate.refuses(f"u+{detail}", size)
+    assert _answers(dovecot.deliver("u", message(size), detail or "INBOX"), refused) == _answers(False, True), (
+        gate.output
+    )

@@ -189,3 +189,34 @@ def test_only_folders_the_agent_saves_into_unchecked_are_let_in(
     Expected: refused, as full@ itself is."""
     service = scanned(site, [{**EXCLUDE_TRASH, "match": rule}], accounting=accounting)
     assert ask(service, request(f"full+{detail}@{DOMAIN}", 500)) == REFUSED
+
+
+TRASH_AND_BELOW = {"match": "Trash*", "exclude": True}  # Trash and its children (Dovecot: Trash*:ignore)
+ONLY_INBOX: list[dict[str, Any]] = [{"match": "INBOX"}, {"match": "*", "exclude": True}]  # only INBOX counts
+
+
+@pytest.mark.parametrize("detail", ["Trash/x", "Trash.", "Trash..x"])
+def test_a_detail_that_is_no_valid_folder_name_is_not_let_past_a_full_mailbox(site: Site, detail: str) -> None:
+    """Rule ``Trash*`` exclude = true (Dovecot: quota_rule2 = Trash*:ignore), dovecot profile,
+    detail_folders = true; full@ is over its quota. Postfix asks about ``full+<detail>@`` with
+    SIZE=500, where the detail is no mailbox name Dovecot takes under Maildir++ ('/' in it, a
+    trailing or doubled separator): Dovecot fails to open it and saves into INBOX, whose quota
+    refuses it.
+    Expected: refused, as full@ itself is (tests/agents/test_left_out_folders.py shows Dovecot)."""
+    service = scanned(site, [TRASH_AND_BELOW])
+    assert ask(service, request(f"full@{DOMAIN}", 500, instance="A")) == REFUSED
+    assert ask(service, request(f"full+{detail}@{DOMAIN}", 500, instance="B")) == REFUSED
+    assert held(service) == 0
+
+
+@pytest.mark.parametrize("detail", ["inbox", "Inbox", ""])
+def test_inbox_under_another_spelling_or_an_empty_detail_is_not_a_left_out_folder(site: Site, detail: str) -> None:
+    """Rules ``INBOX`` (counted), then ``*`` exclude = true: only INBOX counts (Dovecot:
+    quota_rule2 = INBOX:storage=+0, quota_rule3 = ?*:ignore); dovecot profile, detail_folders
+    = true; full@ is over its quota. Postfix asks about ``full+inbox@``, ``full+Inbox@`` and
+    ``full+@``: Dovecot takes INBOX case-insensitively, and an empty detail as INBOX, so each
+    lands in the one counted folder and is refused by Dovecot.
+    Expected: refused, as full@ itself is."""
+    service = scanned(site, ONLY_INBOX)
+    assert ask(service, request(f"full@{DOMAIN}", 500, instance="A")) == REFUSED
+    assert ask(service, request(f"full+{detail}@{DOMAIN}", 500, instance="B")) == REFUSED

@@ -47,9 +47,30 @@ def counted(
 def detail_excluded(detail: str, rules: Sequence[FolderRule]) -> bool:
     """Whether the first rule that matches the folder a detail names excludes it. A detail is a
     name as an IMAP server shows it (Dovecot saves ``-m Gel&APY-scht`` into a folder of that
-    very name): matched as it is, never decoded."""
+    very name): matched as it is, never decoded. A detail that names no folder of its own (see
+    :func:`names_a_folder`) lands in INBOX: never excluded."""
+    if not names_a_folder(detail):
+        return False
     rule = next((r for r in rules if fnmatchcase(detail, r.match)), None)
     return rule is not None and rule.exclude
+
+
+def names_a_folder(detail: str) -> bool:
+    """Whether a delivery agent takes a detail for a folder other than INBOX. Dovecot takes INBOX
+    in any case and an empty detail for INBOX, and saves into INBOX a detail it cannot make a
+    folder of: one with a ``/``, a ``.`` at either end or two in a row (Maildir++), a control
+    character (tests/agents/test_left_out_folders.py runs such details through Dovecot)."""
+    lowered = ascii_lower(detail)
+    return (
+        bool(detail)
+        and lowered != "inbox"
+        and not lowered.startswith("inbox.")
+        and "/" not in detail
+        and not detail.startswith(".")
+        and not detail.endswith(".")
+        and ".." not in detail
+        and all(" " <= ch != "\x7f" for ch in detail)
+    )
 
 
 def any_limits(rules: Sequence[FolderRule]) -> bool:
