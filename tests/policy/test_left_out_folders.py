@@ -1,9 +1,10 @@
-"""Mail for a folder left out of the mailbox's total (``[[folders]] exclude = true``, or the
-courier profile's Trash) where the delivery agent saves ``local+folder@`` into that folder
-(``[policy] detail_folders = true``): the agent saves it with no quota check at all, however full
-the mailbox (tests/agents/test_left_out_folders.py shows it for Dovecot and Courier), so the
-daemon has nothing to refuse and none of the mailbox's room to hold. Without ``detail_folders``
-such mail lands in INBOX, and is checked as any.
+"""Mail for a folder the delivery agent saves into with no quota check (under the dovecot
+profiles one ``[[folders]] exclude = true`` leaves out, as Dovecot's ``Trash:ignore``; the
+courier profile's Trash), where it saves ``local+folder@`` into that folder (``[policy]
+detail_folders = true``), as Postfix asks: however full the mailbox, the agent saves it
+(tests/agents/test_left_out_folders.py shows it for Dovecot and Courier), so the daemon has
+nothing to refuse and none of the mailbox's room to hold. Without ``detail_folders`` such mail
+lands in INBOX, and is checked as any; Exim's checks are never concerned.
 
 ``full@`` holds one byte more than its 10,000-byte quota, in INBOX; its ``.Trash`` is empty.
 """
