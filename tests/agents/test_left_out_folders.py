@@ -230,8 +230,12 @@ def test_exims_detail_keeps_its_delimiter_so_exims_checks_are_not_concerned(
     assert (folder, dovecot.deliver("u", message(size), folder), code) == ("+trash", False, 1), gate.output
 
 
+# Trash and the folders named after it left out; or every folder but INBOX: quotagate's rules,
+# and Dovecot's.
 TRASH_AND_BELOW = '[[folders]]\nmatch = "Trash*"\nexclude = true\n'
+TRASH_STAR_DOVECOT = "  quota_rule2 = Trash*:ignore\n"
 ONLY_INBOX = '[[folders]]\nmatch = "INBOX"\n[[folders]]\nmatch = "*"\nexclude = true\n'
+ONLY_INBOX_DOVECOT = "  quota_rule2 = INBOX:storage=+0\n  quota_rule3 = ?*:ignore\n"
 
 
 @pytest.mark.parametrize("detail", ["Trash/x", "Trash.", "Trash..x"])
@@ -243,7 +247,7 @@ def test_dovecot_saves_a_detail_it_cannot_name_into_inbox_and_refuses_it(
     detail_folders = true; u@ is over its byte limit. A message comes for u+<detail>@.
     Expected: Dovecot cannot open the mailbox (invalid name), falls back to INBOX and refuses it
     (exit 77, "Quota exceeded"), so quotagate refuses it too."""
-    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", "  quota_rule2 = Trash*:ignore\n")
+    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", TRASH_STAR_DOVECOT)
     _gate(gate, PROFILE[backend], limits, rules=TRASH_AND_BELOW)
     refused = gate.refuses(f"u+{detail}", size)
     assert _answers(dovecot.deliver("u", message(size), detail), refused) == _answers(False, True), gate.output
@@ -257,11 +261,70 @@ def test_dovecot_saves_inbox_spelled_otherwise_or_no_detail_into_inbox_and_refus
     quotagate with rules "INBOX" then "*" exclude = true and detail_folders = true; u@ is over
     its byte limit. A message comes for u+inbox@, u+Inbox@ or u+@.
     Expected: Dovecot saves it into INBOX and refuses it (exit 77), so quotagate refuses it too."""
-    extra = "  quota_rule2 = INBOX:storage=+0\n  quota_rule3 = ?*:ignore\n"
-    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", extra)
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", ONLY_INBOX_DOVECOT)
     _gate(gate, "dovecot", limits, rules=ONLY_INBOX)
     assert dovecot.deliver("u", message(size), "Sent")  # the rules agree: other folders are left out
     refused = gate.refuses(f"u+{detail}", size)
     assert _answers(dovecot.deliver("u", message(size), detail or "INBOX"), refused) == _answers(False, True), (
         gate.output
     )
+
+
+TILDE = ["~x", "~Trash", "~"]
+LONG = {
+    "Trash+250x": "Trash" + "x" * 250,  # directory .Trashxxx… of 256 bytes
+    "Trash.+249x": "Trash." + "x" * 249,  # a child of Trash, 256 bytes on disk
+    "Trash+95ö": "Trash" + "\u00f6" * 95,  # 195 bytes of UTF-8, 262 on disk (modified UTF-7)
+}
+
+
+@pytest.mark.parametrize("scenario", ["over-bytes", "message-limit"])
+@pytest.mark.parametrize("detail", TILDE)
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_dovecot_saves_a_tilde_detail_into_inbox_and_refuses_it(
+    gate: Gate, dovecot: Dovecot, backend: str, detail: str, scenario: str
+) -> None:
+    """Dovecot counting INBOX only (INBOX:storage=+0, ?*:ignore); quotagate with rules INBOX then
+    * exclude = true and detail_folders = true; u@ is full. A message comes for u+~x@.
+    Expected: Dovecot cannot make a mailbox "~x", saves into INBOX and refuses it (exit 77), so
+    quotagate refuses it too."""
+    limits, size = _dovecot_filled(dovecot, backend, scenario, ONLY_INBOX_DOVECOT)
+    _gate(gate, PROFILE[backend], limits, rules=ONLY_INBOX)
+    refused = gate.refuses(f"u+{detail}", size)
+    saved = dovecot.deliver("u", message(size), detail)
+    assert not any(p.name.startswith(".~") for p in (gate.spool / "u" / "Maildir").iterdir())
+    assert _answers(saved, refused) == _answers(False, True), gate.output
+
+
+@pytest.mark.parametrize("detail", LONG.values(), ids=LONG.keys())
+@pytest.mark.parametrize("backend", ["maildir", "count"])
+def test_dovecot_saves_a_detail_too_long_for_a_directory_into_inbox_and_refuses_it(
+    gate: Gate, dovecot: Dovecot, backend: str, detail: str
+) -> None:
+    """Dovecot with Trash*:ignore; quotagate with rule Trash* exclude = true and detail_folders =
+    true; u@ is over its byte limit. A message comes for u+Trash<long>@, whose Maildir++
+    directory name would exceed 255 bytes.
+    Expected: Dovecot cannot make the mailbox, saves into INBOX and refuses it (exit 77), so
+    quotagate refuses it too."""
+    limits, size = _dovecot_filled(dovecot, backend, "over-bytes", TRASH_STAR_DOVECOT)
+    _gate(gate, PROFILE[backend], limits, rules=TRASH_AND_BELOW)
+    refused = gate.refuses(f"u+{detail}", size)
+    assert _answers(dovecot.deliver("u", message(size), detail), refused) == _answers(False, True), gate.output
+
+
+def test_a_name_just_short_enough_is_saved_unchecked_as_quotagate_says(gate: Gate, dovecot: Dovecot) -> None:
+    """As above, Trash + 249 x: a directory of 255 bytes.
+    Expected: Dovecot makes it and saves into it with no quota check, and quotagate lets it in:
+    the boundary above is Dovecot's."""
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", TRASH_STAR_DOVECOT)
+    _gate(gate, "dovecot", limits, rules=TRASH_AND_BELOW)
+    refused = gate.refuses("u+Trash" + "x" * 249, size)
+    assert _answers(dovecot.deliver("u", message(size), "Trash" + "x" * 249), refused) == _answers(True, False)
+
+
+def test_without_detail_folders_quotagate_refuses_the_same_long_detail(gate: Gate, dovecot: Dovecot) -> None:
+    """The long detail of the tests above, with detail_folders off.
+    Expected: refused (a long address is no reason to fail open)."""
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", TRASH_STAR_DOVECOT)
+    _gate(gate, "dovecot", limits, rules=TRASH_AND_BELOW, detail_folders=False)
+    assert gate.refuses("u+" + LONG["Trash+250x"], size), gate.output

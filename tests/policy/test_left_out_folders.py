@@ -22,6 +22,7 @@ from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
 from quotagate.scan import run_scan
 from quotagate.store import open_store
+from tests.agents.test_left_out_folders import LONG, TILDE
 from tests.policy.conftest import DOMAIN, REJECT, Site, make_site, request, run
 from tests.policy.test_data_stage import ask, exim_data
 from tests.policy.test_lowered_folders import exim_rcpt
@@ -220,4 +221,24 @@ def test_inbox_under_another_spelling_or_an_empty_detail_is_not_a_left_out_folde
     Expected: refused, as full@ itself is."""
     service = scanned(site, ONLY_INBOX)
     assert ask(service, request(f"full@{DOMAIN}", 500, instance="A")) == REFUSED
+    assert ask(service, request(f"full+{detail}@{DOMAIN}", 500, instance="B")) == REFUSED
+
+
+@pytest.mark.parametrize("detail", TILDE)
+def test_a_detail_starting_with_a_tilde_is_not_let_past_a_full_mailbox(site: Site, detail: str) -> None:
+    """As Postfix asks (protocol_name): rules INBOX then * exclude = true, dovecot profile,
+    detail_folders = true, full@ over its quota; full+~x@ with SIZE=500.
+    Expected: refused (Dovecot saves it into INBOX)."""
+    service = scanned(site, ONLY_INBOX)
+    assert ask(service, request(f"full@{DOMAIN}", 500, instance="A")) == REFUSED
+    assert ask(service, request(f"full+{detail}@{DOMAIN}", 500, instance="B")) == REFUSED
+    assert held(service) == 0
+
+
+@pytest.mark.parametrize("detail", LONG.values(), ids=LONG.keys())
+def test_a_detail_too_long_for_a_directory_is_not_let_past_a_full_mailbox(site: Site, detail: str) -> None:
+    """As Postfix asks: rule Trash* exclude = true, dovecot profile, detail_folders = true,
+    full@ over its quota; full+Trash<long>@ with SIZE=500.
+    Expected: refused (Dovecot saves it into INBOX)."""
+    service = scanned(site, [TRASH_AND_BELOW])
     assert ask(service, request(f"full+{detail}@{DOMAIN}", 500, instance="B")) == REFUSED

@@ -58,19 +58,40 @@ def detail_excluded(detail: str, rules: Sequence[FolderRule]) -> bool:
 def names_a_folder(detail: str) -> bool:
     """Whether a delivery agent takes a detail for a folder other than INBOX. Dovecot takes INBOX
     in any case and an empty detail for INBOX, and saves into INBOX a detail it cannot make a
-    folder of: one with a ``/``, a ``.`` at either end or two in a row (Maildir++), a control
-    character (tests/agents/test_left_out_folders.py runs such details through Dovecot)."""
+    folder of: one with a ``/``, a ``.`` at either end or two in a row (Maildir++), a ``~`` first,
+    a control character, or a directory name past 255 bytes once in modified UTF-7
+    (tests/agents/test_left_out_folders.py runs such details through Dovecot)."""
     lowered = ascii_lower(detail)
     return (
         bool(detail)
         and lowered != "inbox"
         and not lowered.startswith("inbox.")
         and "/" not in detail
-        and not detail.startswith(".")
+        and not detail.startswith((".", "~"))
         and not detail.endswith(".")
         and ".." not in detail
         and all(" " <= ch != "\x7f" for ch in detail)
+        and 1 + _imap_length(detail) <= _NAME_MAX
     )
+
+
+_NAME_MAX = 255  # bytes in a directory name: the Maildir++ folder ".name"
+
+
+def _imap_length(name: str) -> int:
+    """The length of ``name`` in modified UTF-7 (RFC 3501), as Dovecot writes it on disk: ``&`` as
+    ``&-``, a run of other characters beyond printable ASCII as ``&``, its UTF-16 in base64
+    without padding, ``-``."""
+    total, run = 0, ""
+    for ch in name + " ":  # a printable sentinel ends the last run
+        if " " <= ch <= "~":
+            if run:
+                total += 2 + -(-len(run.encode("utf-16-be", "surrogatepass")) * 4 // 3)
+                run = ""
+            total += 2 if ch == "&" else 1
+        else:
+            run += ch
+    return total - 1
 
 
 def any_limits(rules: Sequence[FolderRule]) -> bool:
