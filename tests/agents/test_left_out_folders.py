@@ -328,3 +328,17 @@ def test_without_detail_folders_quotagate_refuses_the_same_long_detail(gate: Gat
     limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", TRASH_STAR_DOVECOT)
     _gate(gate, "dovecot", limits, rules=TRASH_AND_BELOW, detail_folders=False)
     assert gate.refuses("u+" + LONG["Trash+250x"], size), gate.output
+
+
+def test_check_answers_as_the_mta_it_is_told_asks(gate: Gate, dovecot: Dovecot) -> None:
+    """Dovecot with Trash:ignore, quotagate with Trash excluded and detail_folders = true; u@ is
+    over its byte limit. The admin runs ``quotagate check u+Trash@ --size N``, as Postfix asks
+    (the default) and with ``--mta exim``.
+    Expected: as Postfix asks, dunno (exit 3: the agent saves it into Trash); as Exim asks,
+    refused (exit 1: Exim's checks are not concerned, its daemon refuses), as the daemon
+    answers each."""
+    limits, size = _dovecot_filled(dovecot, "maildir", "over-bytes", IGNORE)
+    _gate(gate, "dovecot", limits)
+    as_postfix = gate.run("check", f"u+Trash@{DOMAIN}", "--size", str(size))
+    as_exim = gate.run("check", f"u+Trash@{DOMAIN}", "--size", str(size), "--mta", "exim")
+    assert (as_postfix, as_exim) == (3, 1), gate.output

@@ -22,6 +22,7 @@ from quotagate.policy.stages import STAGES, Stage, label
 from quotagate.sizes import format_size, parse_size
 from quotagate.store import Store
 from quotagate.text import printable
+from quotagate.usage.names import ascii_lower
 
 EXIT = {Action.ACCEPT: 0, Action.REJECT: 1, Action.DEFER: 1, Action.DUNNO: 3}
 _STAGE_SIZE: dict[Stage, str] = {
@@ -133,8 +134,15 @@ def _explain(
     show_default=True,
     help="rcpt: the size the client declared; data: the message's real size, as checked after DATA.",
 )
+@click.option(
+    "--mta",
+    type=click.Choice(["postfix", "exim"]),
+    default="postfix",
+    show_default=True,
+    help="Ask as this MTA asks: Exim's ACLs give the local part with A-Z lowered (at DATA, only Exim asks).",
+)
 @pass_app
-def check(app: App, address: str, size: str | None, stage: Stage) -> int:
+def check(app: App, address: str, size: str | None, stage: Stage, mta: str) -> int:
     """The decision the daemon would give. Exit 0 accept, 1 reject/defer, 3 dunno, 2 error."""
     try:
         declared = None if size is None else parse_size(size)
@@ -151,7 +159,10 @@ def check(app: App, address: str, size: str | None, stage: Stage) -> int:
         reached = service.mailbox_of(address) or normalize(address)
         held = _daemons_reservations(service, reached, config.policy.control_socket)
         # Only Exim asks at DATA about one recipient, as it asked at RCPT: A-Z lowered.
-        outcome = service.check(address, declared, stage=stage, lowered=stage == "data")
+        exim = mta == "exim" or stage == "data"
+        local, at, domain = address.rpartition("@")
+        asked = f"{ascii_lower(local)}{at}{domain}" if exim else address
+        outcome = service.check(asked, declared, stage=stage, lowered=exim)
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
