@@ -43,7 +43,7 @@ def configure(
         # Mail for local+sub goes to the folder .Sub, through a transport of its own.
         routers=exim.folder_router("+sub"),
         transport=quota,
-        transports=exim.folder_transport(".Sub", "maildir_tag = ,S=$message_size\n" + quota),
+        transports=exim.folder_transport(".Sub", quota),
     )
 
 

@@ -17,7 +17,7 @@ from quotagate.mta import exim as exim_config
 from quotagate.policy.control import ask as ask_control
 from tests.mta.conftest import DOMAIN, Site
 from tests.servers.daemon import policy_daemon
-from tests.servers.exim import MAIL_UID, Exim, owned_by_mail_user
+from tests.servers.exim import Exim, owned_by_mail_user
 from tests.servers.process import free_port
 from tests.spoolgen import maildir_folder
 
@@ -26,28 +26,6 @@ QUOTA = 450_000  # room for 4.5 of them
 BURST = 10
 ROOMY = f"roomy@{DOMAIN}"
 ARCHIVE = f"roomy+Archive@{DOMAIN}"
-
-# roomy+Archive@ delivered into the Maildir++ folder .Archive (the folders file names it, so the
-# path is untainted), as an admin's ``local_part_suffix = +*`` router does.
-FOLDER_ROUTER = """\
-folders:
-  driver = accept
-  domains = +local_domains
-  local_part_suffix = +*
-  address_data = ${{lookup{{${{lc:$local_part$local_part_suffix@$domain}}}}lsearch{{{folders}}}{{$value}}fail}}
-  transport = folder_delivery
-"""
-FOLDER_TRANSPORT = """\
-folder_delivery:
-  driver = appendfile
-  directory = {maildirs}/$address_data
-  maildir_format
-  maildir_tag = ,S=$message_size
-  create_directory
-  user = {uid}
-  group = {uid}
-  mode = 0644
-"""
 
 
 def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
@@ -75,10 +53,9 @@ def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
     parts = exim_config.parts(load_config(config), "policy")
     routers = transports = ""
     if archive_quota:
-        folders = work / "folders"
-        folders.write_text(f"roomy+archive@{DOMAIN}: {DOMAIN}/roomy/Maildir/.Archive\n")
-        routers = FOLDER_ROUTER.format(folders=folders)
-        transports = FOLDER_TRANSPORT.format(maildirs=exim.maildirs, uid=MAIL_UID)
+        # roomy+Archive@ delivered into the Maildir++ folder .Archive, as an admin's router with
+        # local_part_suffix does (Exim matches the suffix on the local part it lowered).
+        routers, transports = exim.folder_router("+archive"), exim.folder_transport(".Archive")
     exim.configure(
         users={ROOMY: f"{DOMAIN}/roomy"},
         main=parts.main,

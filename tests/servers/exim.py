@@ -273,6 +273,7 @@ folder_delivery:
   driver = appendfile
   directory = {maildirs}/$address_data/Maildir/{folder}
   maildir_format
+  maildir_tag = ,S=$message_size
   create_directory
   user = {uid}
   group = {uid}
