@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from quotagate.config import FolderRule
 from quotagate.usage.folders import rule_for
-from quotagate.usage.names import disk_name, display_name, imap_name, size_from_name, unique_part
+from quotagate.usage.names import disk_name, display_name, imap_encoded, imap_name, size_from_name, unique_part
 
 
 @pytest.mark.parametrize(
@@ -173,3 +173,23 @@ def test_a_folder_rule_matches_the_name_dovecot_shows() -> None:
     assert rule_for("Gel&APY-scht", rules) is rules[0]
     assert rule_for("Gelöscht", rules) is rules[0]
     assert rule_for("Gel&APY-schtx", rules) is None
+
+
+def test_a_name_is_written_in_modified_utf7_as_dovecot_writes_it() -> None:
+    """Names an IMAP client shows, written as on disk.
+    Expected: as Dovecot writes them (RFC 3501's examples and tests/agents' folders)."""
+    assert imap_encoded("Gelöscht") == "Gel&APY-scht"
+    assert imap_encoded("Archiv/Entwürfe") == "Archiv/Entw&APw-rfe"
+    assert imap_encoded("Q&A") == "Q&-A"
+    assert imap_encoded("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+    assert imap_encoded("Trash") == "Trash"
+
+
+@settings(max_examples=300)
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=20))
+def test_a_written_name_reads_back_as_itself(shown: str) -> None:
+    """Any name an IMAP client shows (no lone surrogates), written in modified UTF-7.
+    Expected: read back as itself, and written in printable ASCII only."""
+    written = imap_encoded(shown)
+    assert imap_name(written) == shown
+    assert all(" " <= ch <= "~" for ch in written)

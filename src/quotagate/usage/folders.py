@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
 from quotagate.model import FolderUsage, Limits
-from quotagate.usage.names import ascii_lower, ascii_upper, imap_name
+from quotagate.usage.names import ascii_lower, ascii_upper, imap_encoded, imap_name
 
 
 def rule_for(name: str, rules: Sequence[FolderRule]) -> FolderRule | None:
@@ -71,27 +71,11 @@ def names_a_folder(detail: str) -> bool:
         and not detail.endswith(".")
         and ".." not in detail
         and all(" " <= ch != "\x7f" for ch in detail)
-        and 1 + _imap_length(detail) <= _NAME_MAX
+        and len("." + imap_encoded(detail)) <= _NAME_MAX
     )
 
 
 _NAME_MAX = 255  # bytes in a directory name: the Maildir++ folder ".name"
-
-
-def _imap_length(name: str) -> int:
-    """The length of ``name`` in modified UTF-7 (RFC 3501), as Dovecot writes it on disk: ``&`` as
-    ``&-``, a run of other characters beyond printable ASCII as ``&``, its UTF-16 in base64
-    without padding, ``-``."""
-    total, run = 0, ""
-    for ch in name + " ":  # a printable sentinel ends the last run
-        if " " <= ch <= "~":
-            if run:
-                total += 2 + -(-len(run.encode("utf-16-be", "surrogatepass")) * 4 // 3)
-                run = ""
-            total += 2 if ch == "&" else 1
-        else:
-            run += ch
-    return total - 1
 
 
 def any_limits(rules: Sequence[FolderRule]) -> bool:

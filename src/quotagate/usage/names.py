@@ -89,3 +89,17 @@ def imap_name(name: str) -> str:
         return _SHIFTED.sub(decoded, name)
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return name
+
+
+_UNSHIFTED = re.compile(r"[^\x20-\x7e]+")  # what modified UTF-7 writes in base64: all but printable ASCII
+
+
+def imap_encoded(shown: str) -> str:
+    """The name as Dovecot and Courier write it on disk, in modified UTF-7 (RFC 3501): the way
+    back of :func:`imap_name` (``Gelöscht`` is ``Gel&APY-scht``, ``&`` is ``&-``)."""
+
+    def encoded(m: re.Match[str]) -> str:
+        raw = m[0].encode("utf-16-be", "surrogatepass")
+        return "&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-"
+
+    return _UNSHIFTED.sub(encoded, shown.replace("&", "&-"))
