@@ -8,7 +8,6 @@ see in lower case (``roomy+archive``) while its router delivers into ``.Archive`
 from __future__ import annotations
 
 import smtplib
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.mta.conftest import DOMAIN, Site
 from tests.servers.daemon import policy_daemon
 from tests.servers.exim import Exim, owned_by_mail_user
 from tests.servers.process import free_port
+from tests.servers.smtp_clients import at_once, body
 from tests.spoolgen import maildir_folder
 
 MESSAGE = 100_000
@@ -80,8 +80,7 @@ class Client:
         return self.smtp.rcpt(recipient)[0]
 
     def data(self, size: int) -> int:
-        body = b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
-        return self.smtp.data(body)[0]
+        return self.smtp.data(body(size))[0]
 
     def quit(self) -> None:
         self.smtp.quit()
@@ -90,18 +89,7 @@ class Client:
 def burst(exim: Exim, between: Callable[[], None] = lambda: None, recipient: str = ROOMY) -> list[int]:
     """Ten clients at once: every RCPT first, then (after ``between``) DATA from those let in."""
     clients = [Client(exim, n) for n in range(BURST)]
-    start = threading.Barrier(BURST)
-    codes = [0] * BURST
-
-    def one(n: int) -> None:
-        start.wait(timeout=30)
-        codes[n] = clients[n].rcpt(MESSAGE, recipient)
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(BURST)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    codes = at_once(BURST, lambda n: clients[n].rcpt(MESSAGE, recipient))
     between()
     for client, code in zip(clients, codes, strict=True):
         if code == 250:

@@ -10,7 +10,6 @@ import os
 import shutil
 import smtplib
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
+from tests.servers.smtp_clients import at_once
 from tests.spoolgen import maildir_folder
 
 ROOMY = "roomy@example.org"
@@ -105,8 +105,6 @@ def wait_for_count(postfix: Postfix, count: int, seconds: float = 20, folder: st
 
 def test_ten_messages_without_size_at_once_let_in_only_the_four_that_fit(setup: Setup) -> None:
     postfix = setup.postfix
-    start = threading.Barrier(CLIENTS)
-    codes = [0] * CLIENTS
     sessions = []
     for n in range(CLIENTS):
         smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{30 + n}", 0))
@@ -116,15 +114,7 @@ def test_ten_messages_without_size_at_once_let_in_only_the_four_that_fit(setup: 
         assert smtp.rcpt(ROOMY)[0] == 250  # nothing to judge the message by yet
         sessions.append(smtp)
 
-    def data(n: int) -> None:
-        start.wait(timeout=30)
-        codes[n] = sessions[n].data(BODY)[0]
-
-    threads = [threading.Thread(target=data, args=(n,)) for n in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    codes = at_once(CLIENTS, lambda n: sessions[n].data(BODY)[0], timeout=120)
     for smtp in sessions:
         smtp.quit()
     # The six wait for the room of the four in flight: deferred, refused once those have landed.
@@ -198,18 +188,7 @@ def test_a_burst_to_a_folder_lets_in_only_the_messages_that_fit_the_folder(tmp_p
             smtp.ehlo("client.test")
             assert smtp.mail("sender@example.net", [f"SIZE={SIZE}"])[0] == 250
             sessions.append(smtp)
-        start = threading.Barrier(CLIENTS)
-        codes = [0] * CLIENTS
-
-        def rcpt(n: int) -> None:
-            start.wait(timeout=30)
-            codes[n] = sessions[n].rcpt("roomy+Archive@example.org")[0]
-
-        threads = [threading.Thread(target=rcpt, args=(n,)) for n in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        codes = at_once(CLIENTS, lambda n: sessions[n].rcpt("roomy+Archive@example.org")[0])
         for smtp, code in zip(sessions, codes, strict=True):
             if code == 250:
                 assert smtp.data(BODY)[0] == 250

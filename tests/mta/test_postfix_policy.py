@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
+from tests.servers.smtp_clients import at_once, body
 from tests.spoolgen import maildir_folder
 
 QUOTA = 10_000
@@ -84,29 +84,17 @@ def test_a_postfix_burst_from_many_clients_lets_in_exactly_the_messages_that_fit
         owned_by_mail_user(postfix.maildirs)
         assert main(["--config", str(config), "scan"]) == 0
         with policy_daemon(config, port):
-            start = threading.Barrier(clients)
-            codes = [0] * clients
             sessions = []
             for n in range(clients):
                 smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{20 + n}", 0))
                 smtp.connect("127.0.0.1", postfix.port)
                 smtp.ehlo("client.test")
+                assert smtp.mail("sender@example.net", [f"SIZE={size}"])[0] == 250
                 sessions.append(smtp)
-
-            def rcpt(n: int) -> None:
-                assert sessions[n].mail("sender@example.net", [f"SIZE={size}"])[0] == 250
-                start.wait(timeout=30)
-                codes[n] = sessions[n].rcpt("roomy@example.org")[0]
-
-            threads = [threading.Thread(target=rcpt, args=(n,)) for n in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=60)
-            body = b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
+            codes = at_once(clients, lambda n: sessions[n].rcpt("roomy@example.org")[0])
             for smtp, code in zip(sessions, codes, strict=True):
                 if code == 250:
-                    assert smtp.data(body)[0] == 250
+                    assert smtp.data(body(size))[0] == 250
                 smtp.quit()
             assert sorted(codes) == [250] * 4 + [452] * 6, postfix.log()[-3000:]
             deadline = time.monotonic() + 20

@@ -14,7 +14,7 @@ import smtplib
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def body(size: int) -> bytes:
     return b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
+
+
+def at_once(count: int, step: Callable[[int], int], timeout: float = 60) -> list[int]:
+    """``step(n)`` for each ``n`` below ``count``, each in a thread of its own, all released at
+    the same moment (clients sending together); what each returned, in order (0 for one that did
+    not finish within ``timeout``)."""
+    start = threading.Barrier(count)
+    codes = [0] * count
+
+    def one(n: int) -> None:
+        start.wait(timeout=30)
+        codes[n] = step(n)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return codes
 
 
 class Clients:
@@ -69,19 +88,12 @@ def _run(host: str, port: int, rcpt: str, size: int, sources: list[str]) -> None
         client.connect(host, port)
         client.ehlo("client.test")
         clients.append(client)
-    start = threading.Barrier(len(clients))
-    codes = [0] * len(clients)
 
-    def one(n: int) -> None:
-        start.wait(timeout=30)
+    def one(n: int) -> int:
         assert clients[n].mail("sender@example.net", [f"SIZE={size}"])[0] == 250
-        codes[n] = clients[n].rcpt(rcpt)[0]
+        return clients[n].rcpt(rcpt)[0]
 
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(clients))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    codes = at_once(len(clients), one)
     print(json.dumps(codes), flush=True)
     send = sys.stdin.readline().strip() == "data"
     sent = [
