@@ -61,16 +61,7 @@ mailboxes:
 
 begin transports
 
-maildir_delivery:
-  driver = appendfile
-  directory = {maildirs}/$address_data/Maildir
-  maildir_format
-  maildir_tag = ,S=$message_size
-  create_directory
-  user = {uid}
-  group = {uid}
-  mode = 0644
-{transport}
+{maildir_delivery}
 {transports}
 
 begin retry
@@ -133,9 +124,7 @@ class Exim:
             acl=indent(acl),
             acls=acls,
             routers=routers,
-            maildirs=self.maildirs,
-            uid=MAIL_UID,
-            transport=indent(transport),
+            maildir_delivery=self._maildir_transport("maildir_delivery", "", transport),
             transports=transports,
             size_limit=size_limit,
         )
@@ -257,7 +246,12 @@ class Exim:
     def folder_transport(self, folder: str, options: str = "") -> str:
         """A transport for :meth:`configure`'s ``transports`` saving into the Maildir++ folder
         ``folder`` of the mailbox routed to, with ``options`` (lines) besides."""
-        return _FOLDER_TRANSPORT.format(maildirs=self.maildirs, folder=folder, uid=MAIL_UID, options=indent(options))
+        return self._maildir_transport("folder_delivery", f"/{folder}", options)
+
+    def _maildir_transport(self, name: str, folder: str, options: str) -> str:
+        return _MAILDIR_TRANSPORT.format(
+            name=name, maildirs=self.maildirs, folder=folder, uid=MAIL_UID, options=indent(options)
+        )
 
 
 _FOLDER_ROUTER = """\
@@ -268,10 +262,11 @@ folder:
   address_data = ${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{work}/users}}{{$value}}fail}}
   transport = folder_delivery
 """
-_FOLDER_TRANSPORT = """\
-folder_delivery:
+# A Maildir transport: the mailbox's own (maildir_delivery) or one of its folders.
+_MAILDIR_TRANSPORT = """\
+{name}:
   driver = appendfile
-  directory = {maildirs}/$address_data/Maildir/{folder}
+  directory = {maildirs}/$address_data/Maildir{folder}
   maildir_format
   maildir_tag = ,S=$message_size
   create_directory
