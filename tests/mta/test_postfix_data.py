@@ -24,7 +24,7 @@ from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
-from tests.servers.smtp_clients import at_once
+from tests.servers.smtp_clients import at_once, mail_sessions
 from tests.spoolgen import maildir_folder
 
 ROOMY = "roomy@example.org"
@@ -105,14 +105,9 @@ def wait_for_count(postfix: Postfix, count: int, seconds: float = 20, folder: st
 
 def test_ten_messages_without_size_at_once_let_in_only_the_four_that_fit(setup: Setup) -> None:
     postfix = setup.postfix
-    sessions = []
-    for n in range(CLIENTS):
-        smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{30 + n}", 0))
-        smtp.connect("127.0.0.1", postfix.port)
-        smtp.ehlo("client.test")
-        assert smtp.mail("sender@example.net")[0] == 250  # no SIZE=
+    sessions = mail_sessions(postfix.port, CLIENTS, 30)  # no SIZE=
+    for smtp in sessions:
         assert smtp.rcpt(ROOMY)[0] == 250  # nothing to judge the message by yet
-        sessions.append(smtp)
 
     codes = at_once(CLIENTS, lambda n: sessions[n].data(BODY)[0], timeout=120)
     for smtp in sessions:
@@ -181,13 +176,7 @@ def test_a_burst_to_a_folder_lets_in_only_the_messages_that_fit_the_folder(tmp_p
     ``.Archive``."""
     with postfix_site(tmp_path, archive_quota=QUOTA) as setup:
         postfix = setup.postfix
-        sessions = []
-        for n in range(CLIENTS):
-            smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{20 + n}", 0))
-            smtp.connect("127.0.0.1", postfix.port)
-            smtp.ehlo("client.test")
-            assert smtp.mail("sender@example.net", [f"SIZE={SIZE}"])[0] == 250
-            sessions.append(smtp)
+        sessions = mail_sessions(postfix.port, CLIENTS, 20, SIZE)
         codes = at_once(CLIENTS, lambda n: sessions[n].rcpt("roomy+Archive@example.org")[0])
         for smtp, code in zip(sessions, codes, strict=True):
             if code == 250:

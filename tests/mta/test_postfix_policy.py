@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import smtplib
 import socket
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from tests.servers.daemon import policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
-from tests.servers.smtp_clients import at_once, body
+from tests.servers.smtp_clients import at_once, body, mail_sessions
 from tests.spoolgen import maildir_folder
 
 QUOTA = 10_000
@@ -84,13 +83,7 @@ def test_a_postfix_burst_from_many_clients_lets_in_exactly_the_messages_that_fit
         owned_by_mail_user(postfix.maildirs)
         assert main(["--config", str(config), "scan"]) == 0
         with policy_daemon(config, port):
-            sessions = []
-            for n in range(clients):
-                smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{20 + n}", 0))
-                smtp.connect("127.0.0.1", postfix.port)
-                smtp.ehlo("client.test")
-                assert smtp.mail("sender@example.net", [f"SIZE={size}"])[0] == 250
-                sessions.append(smtp)
+            sessions = mail_sessions(postfix.port, clients, 20, size)
             codes = at_once(clients, lambda n: sessions[n].rcpt("roomy@example.org")[0])
             for smtp, code in zip(sessions, codes, strict=True):
                 if code == 250:

@@ -24,6 +24,20 @@ def body(size: int) -> bytes:
     return b"Subject: burst\r\n\r\n" + (b"x" * 998 + b"\r\n") * (size // 1000)
 
 
+def mail_sessions(port: int, count: int, first: int, size: int | None = None) -> list[smtplib.SMTP]:
+    """``count`` SMTP sessions to 127.0.0.1:``port``, each from a loopback address of its own
+    (127.0.0.``first`` and on: a client of its own to the policy service), after EHLO and MAIL
+    FROM (with SIZE= when ``size`` is given)."""
+    sessions = []
+    for n in range(count):
+        smtp = smtplib.SMTP(timeout=60, source_address=(f"127.0.0.{first + n}", 0))
+        smtp.connect("127.0.0.1", port)
+        smtp.ehlo("client.test")
+        assert smtp.mail("sender@example.net", [f"SIZE={size}"] if size else [])[0] == 250
+        sessions.append(smtp)
+    return sessions
+
+
 def at_once(count: int, step: Callable[[int], int], timeout: float = 60) -> list[int]:
     """``step(n)`` for each ``n`` below ``count``, each in a thread of its own, all released at
     the same moment (clients sending together); what each returned, in order (0 for one that did
