@@ -174,10 +174,9 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
     if any(file_is_mbox(fd, name, empty=False, strict=True) for name in names):
         return True
     for sub in subdirs:
-        sub_fd = safefs.open_dir(sub, fd)
-        if sub_fd is None:
-            continue
-        try:
+        with safefs.dir_opened(sub, fd) as sub_fd:
+            if sub_fd is None:
+                continue
             with os.scandir(sub_fd) as entries:
                 first = next((e.name for e in entries if e.is_file(follow_symlinks=False)), None)
             # A message saved with its envelope line (procmail's, Exim's with a message_prefix)
@@ -186,8 +185,6 @@ def holds_mbox(fd: int, subdirs: Iterable[str] = ("cur", "new")) -> bool:
                 continue
             if file_is_mbox(sub_fd, first, empty=False, strict=True):
                 return True
-        finally:
-            os.close(sub_fd)
     return False
 
 
@@ -290,10 +287,9 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
         or (a directory, a file starting with a From line) maybe an mbox folder."""
         nonlocal entries_left
         for part in _MAILDIR_DIRS:
-            sub = safefs.open_dir(part, maildir_fd)
-            if sub is None:
-                continue
-            try:
+            with safefs.dir_opened(part, maildir_fd) as sub:
+                if sub is None:
+                    continue
                 with os.scandir(sub) as entries:
                     for entry in entries:
                         entries_left -= 1
@@ -302,8 +298,6 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
                         folder_like = not entry.is_file(follow_symlinks=False)
                         if folder_like or file_is_mbox(sub, entry.name, empty=False, strict=True):
                             raise OSError(errno.EINVAL, _MAILDIR_OR_FOLDERS, f"{where}/{part}/{entry.name}")
-            finally:
-                os.close(sub)
 
     walk(root_fd, "", 0)
     return Listing(sorted(found), sorted(maildirs))

@@ -285,6 +285,17 @@ def open_dir(name: str, dir_fd: int, flags: int = DIRECTORY) -> int | None:
         raise
 
 
+@contextmanager
+def dir_opened(name: str, dir_fd: int) -> Iterator[int | None]:
+    """:func:`open_dir` as a context manager that closes the directory."""
+    fd = open_dir(name, dir_fd)
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def open_below(root_fd: int, relative: str, flags: int = DIRECTORY) -> int | None:
     """The directory at ``relative`` below an opened one, a level at a time (:func:`open_dir`,
     with ``flags``), following nothing; None when a level is gone, a symlink, or ``.``/``..``."""
