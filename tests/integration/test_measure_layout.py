@@ -149,6 +149,24 @@ def test_fs_layout_with_too_many_folders_counts_the_first_and_reports(
     assert "more than 5 folders" in present(usage.warning)
 
 
+def test_maildirpp_with_too_many_folders_counts_the_first_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: a user makes more Maildir++ folders than MAX_FOLDERS (a script, an imapsync of
+    a huge archive). Expected: as for LAYOUT=fs, the first ones are counted (a lower bound,
+    which still refuses when it alone is over) and the rest is reported; the listing is bounded,
+    so one user's tree costs a scan and the store's folder column no more than that."""
+    monkeypatch.setattr(maildir, "MAX_FOLDERS", 5)
+    root = tmp_path / "Maildir"
+    add_message(maildir_folder(root), 1)
+    for i in range(8):
+        add_message(maildir_folder(root, f"F{i}"), 10)
+    usage = measure(root, "maildir++")
+    assert usage.known, usage.error
+    assert len(usage.folders) == 5
+    assert "more than 5 folders" in present(usage.warning)
+
+
 def test_an_fs_tree_read_as_maildirpp_says_which_setting_to_change(tmp_path: Path) -> None:
     root = tmp_path / "Maildir"
     add_message(fs_folder(root, b""), 100)

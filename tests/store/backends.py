@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, Table, create_engine, text
+from sqlalchemy import Column, MetaData, Table, Text, create_engine, text
 
 from quotagate.config import StoreConfig, parse_config
 from quotagate.store import Store, schema
@@ -80,6 +80,15 @@ def ldap_flag(slapd: object, tree: str) -> Callable[[str], bool]:
 
 
 def as_in_version_1(table: Table) -> Table:
-    """``table`` as migration 1 made it: without the columns later migrations add."""
+    """``table`` as migration 1 made it: without the columns later migrations add, and with the
+    plain TEXT of the columns later migrations widen."""
     later = {column for m in schema.MIGRATIONS[1:] for t, column in m.columns if t.name == table.name}
-    return Table(table.name, MetaData(), *(c._copy() for c in table.columns if c.name not in later))
+    widened = {column for m in schema.MIGRATIONS[1:] for t, column in m.widened if t.name == table.name}
+
+    def as_made(column: Column[Any]) -> Column[Any]:
+        copy = column._copy()
+        if column.name in widened:
+            copy.type = Text()
+        return copy
+
+    return Table(table.name, MetaData(), *(as_made(c) for c in table.columns if c.name not in later))

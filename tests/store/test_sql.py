@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select
 
 from quotagate.model import (
     AliasDomains,
@@ -281,12 +281,18 @@ def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
         printed = "\n".join(store.migration_sql())
         assert "CREATE TABLE quotagate_history" in printed and "CREATE TABLE quotagate_usage" not in printed
         assert "ALTER TABLE quotagate_usage ADD COLUMN changed" in printed
+        widen = "ALTER TABLE quotagate_usage MODIFY COLUMN folders MEDIUMTEXT NOT NULL"
+        assert (widen in printed) == db_url.startswith("mysql")
         assert store.migrate() == [
             "2: usage history and the warnings ledger",
             "3: change stamps, so the daemon refreshes only what changed",
             "4: what delivery agents weigh before they believe a maildirsize",
+            "5: room for a mailbox's thousands of folders on MySQL and MariaDB",
         ]
         assert store.migration_sql() == []
+        with store.engine.connect() as conn:  # type: ignore[attr-defined]
+            folders = {c["name"]: c["type"] for c in inspect(conn).get_columns("quotagate_usage")}["folders"]
+        assert folders.compile(dialect=store.engine.dialect) == ("MEDIUMTEXT" if db_url.startswith("mysql") else "TEXT")  # type: ignore[attr-defined]
         assert [m.address for m in store.mailboxes()] == ["a@example.org"]
         assert store.history(0) == {}
         first = store.changes(None)

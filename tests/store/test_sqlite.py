@@ -71,6 +71,7 @@ def test_a_version_1_file_is_refused_until_sqlalchemy_upgrades_it(tmp_path: Path
             "2: usage history and the warnings ledger",
             "3: change stamps, so the daemon refreshes only what changed",
             "4: what delivery agents weigh before they believe a maildirsize",
+            "5: room for a mailbox's thousands of folders on MySQL and MariaDB",
         ]
         assert fast.mailboxes() == [Mailbox("a@example.org", Limits(5))]
 

@@ -17,11 +17,15 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
 from quotagate.store import rows
 
 metadata = MetaData()
 ADDRESS = String(320)  # RFC 5321: 64 + 1 + 255, rounded up
+# A text that may be long: MySQL's and MariaDB's TEXT holds 64 KiB, a mailbox's folder listing
+# (up to quotagate.usage.maildir.MAX_FOLDERS folders) some MB; MEDIUMTEXT holds 16 MiB.
+LONG_TEXT = Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
 
 
 def _changed() -> Column[int]:
@@ -71,7 +75,7 @@ usage = Table(
     Column("measured_at", Double, nullable=False),
     # Per-folder usage as JSON: [[name, bytes, messages, stamp or null], ...]. One row per mailbox
     # keeps an incremental scan's load to one fast query; PostgreSQL and MySQL can still query it.
-    Column("folders", Text, nullable=False),
+    Column("folders", LONG_TEXT, nullable=False),
     _changed(),
     Index("ix_quotagate_usage_changed", "changed"),
 )
@@ -146,12 +150,15 @@ warning = Table(
 @dataclass(frozen=True)
 class Migration:
     """New tables, and new columns (each with its index, if any) for tables an earlier migration
-    made: a store made since already has them, and only the missing ones are added."""
+    made: a store made since already has them, and only the missing ones are added. ``widened``:
+    columns of earlier tables whose type grew on MySQL and MariaDB (elsewhere the type was
+    unbounded already), altered there in place."""
 
     version: int
     description: str
     tables: tuple[Table, ...]
     columns: tuple[tuple[Table, str], ...] = ()
+    widened: tuple[tuple[Table, str], ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -168,6 +175,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "what delivery agents weigh before they believe a maildirsize",
         (),
         ((usage, "maildirsize_facts"),),
+    ),
+    Migration(
+        5,
+        "room for a mailbox's thousands of folders on MySQL and MariaDB",
+        (),
+        widened=((usage, "folders"),),
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -150,6 +150,25 @@ class SqlStore(ClosedOnExit):
                 missing.append((table, table.c[name]))
         return missing
 
+    def _widen_sql(self, conn: Connection, migration: schema.Migration) -> list[str]:
+        """ALTER TABLE ... MODIFY COLUMN for the columns ``migration`` widens that are narrower
+        here (MySQL and MariaDB only: elsewhere their type was unbounded from the start)."""
+        dialect = self.engine.dialect
+        if dialect.name not in ("mysql", "mariadb") or not migration.widened:
+            return []
+        insp = inspect(conn)
+        statements = []
+        for table, name in migration.widened:
+            if not insp.has_table(table.name):
+                continue
+            column = table.c[name]
+            wanted = column.type.compile(dialect=dialect)
+            found = {c["name"]: c["type"] for c in insp.get_columns(table.name)}.get(name)
+            if found is not None and found.compile(dialect=dialect) != wanted:
+                spec = str(CreateColumn(column).compile(dialect=dialect)).strip()
+                statements.append(f"ALTER TABLE {dialect.identifier_preparer.quote(table.name)} MODIFY COLUMN {spec};")
+        return statements
+
     def _add_column_sql(self, table: Table, column: Column[Any]) -> list[str]:
         """ALTER TABLE ... ADD COLUMN, and the indexes on that column."""
         dialect = self.engine.dialect
@@ -168,6 +187,7 @@ class SqlStore(ClosedOnExit):
             added = [
                 sql for m in pending for t, c in self._missing_columns(conn, m) for sql in self._add_column_sql(t, c)
             ]
+            added += [sql for m in pending for sql in self._widen_sql(conn, m)]
         return [self._create_sql(t) for m in pending for t in m.tables] + added + [sql for _, sql in admin]
 
     def migrate(self) -> list[str]:
@@ -183,6 +203,8 @@ class SqlStore(ClosedOnExit):
                 for table, column in self._missing_columns(conn, m):
                     for sql in self._add_column_sql(table, column):
                         conn.exec_driver_sql(sql.rstrip(";"))
+                for sql in self._widen_sql(conn, m):
+                    conn.exec_driver_sql(sql.rstrip(";"))
                 if schema.stamp in m.tables:
                     conn.execute(insert(schema.stamp).values(name=schema.STAMP_ROW, value=0))
                 conn.execute(

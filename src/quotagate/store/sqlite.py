@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from quotagate.store.sql import SqlStore
 
 # The schema version (quotagate.store.schema.LATEST) the statements below were written for.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # As the SQLAlchemy store's busy_timeout: Exim's lookups and a scan's commit wait for each other.
 _BUSY_SECONDS = 10.0
 _PREFIX = "sqlite:///"

@@ -71,10 +71,12 @@ def folder_names(root_fd: int, layout: Layout = "maildir++") -> Folders:
 
 
 def _maildirpp_folders(root_fd: int) -> Folders:
-    """The root's ``.Name`` folders. A plain sub-directory holding cur/ or new/ (a ``LAYOUT=fs``
-    folder, or Dovecot's INBOX put there by ``INBOX=``) holds mail quotagate does not count:
-    the mailbox is unreadable, as is one with a ``.INBOX`` folder."""
+    """The root's ``.Name`` folders, at most :data:`MAX_FOLDERS` of them. A plain sub-directory
+    holding cur/ or new/ (a ``LAYOUT=fs`` folder, or Dovecot's INBOX put there by ``INBOX=``)
+    holds mail quotagate does not count: the mailbox is unreadable, as is one with a ``.INBOX``
+    folder."""
     names, symlinks, plain = [INBOX], [], []
+    too_many = False
     with os.scandir(root_fd) as entries:
         for entry in entries:
             n = entry.name
@@ -84,12 +86,18 @@ def _maildirpp_folders(root_fd: int) -> Folders:
                 if entry.is_symlink():
                     symlinks.append(n)
                 elif entry.is_dir(follow_symlinks=False):
+                    if len(names) >= MAX_FOLDERS:
+                        too_many = True
+                        break
                     names.append(n[1:])
             elif n not in _NOT_FOLDERS and entry.is_dir(follow_symlinks=False) and holds_mail_dirs(root_fd, n):
                 plain.append(n)
+    problems = _symlink_problem(symlinks) + (
+        [f"more than {MAX_FOLDERS} folders: the rest not counted"] if too_many else []
+    )
     unreadable = INBOX_DIR if _inbox_dir(root_fd, ("." + n for n in names[1:])) else None
     unreadable = unreadable or (f"{LAYOUT_HINT}: {some(plain)}" if plain else None)
-    return Folders(names, _symlink_problem(symlinks), unreadable)
+    return Folders(names, problems, unreadable)
 
 
 def _inbox_dir(root_fd: int, dirs: Iterable[str]) -> bool:
