@@ -25,7 +25,7 @@ from quotagate.config import AccountingOptions, Config, SpoolConfig
 from quotagate.model import Boundary, Limits, MaildirsizeInfo
 from quotagate.sizes import Allowance
 from quotagate.usage.maildirsize import MAX_TRUSTED_BYTES, limits_of
-from quotagate.usage.names import size_from_name
+from quotagate.usage.names import imap_canonical, size_from_name
 
 _MAX_DIGITS = 18  # longer values are garbage, not sizes: the file is stat'ed instead
 
@@ -95,6 +95,10 @@ class Profile(Struct, frozen=True):
     # check (Dovecot's quota_rule = Trash:ignore); else only ``excluded_folders`` are (Courier's
     # Trash), and a rule only leaves a folder out of the total.
     saves_excluded_unchecked: bool = False
+    # Only folders whose names on disk are modified UTF-7 as the program writes them count
+    # (Dovecot: see quotagate.usage.names.imap_canonical); a mail client that made ``.Entwürfe``
+    # or ``.R&D`` itself made a folder its quota never sees.
+    imap_names_only: bool = False
 
     @property
     def describe(self) -> str:
@@ -115,6 +119,10 @@ class Profile(Struct, frozen=True):
         if self.size is SizeRule.REGEX and self.size_regex is not None:
             return _regex_size(name, self.size_regex)
         return None
+
+    def leaves_out_folder(self, name: str) -> bool:
+        """Whether the folder of this stored name does not count at all under this profile."""
+        return name in self.excluded_folders or (self.imap_names_only and not imap_canonical(name))
 
     def left_out(self, name: str) -> bool:
         """Whether a message file of this name does not count at all (dot files, flags)."""
@@ -203,6 +211,7 @@ PROFILES: dict[str, Profile] = {
         boundary=Boundary.INCLUSIVE,
         default_grace=DOVECOT_GRACE,
         saves_excluded_unchecked=True,
+        imap_names_only=True,
         mbox=MboxRule.DOVECOT,
         stamp_tag=(1,),
         trusts_maildirsize=True,
@@ -218,6 +227,7 @@ PROFILES: dict[str, Profile] = {
         boundary=Boundary.INCLUSIVE,
         default_grace=DOVECOT_GRACE,
         saves_excluded_unchecked=True,
+        imap_names_only=True,
         mbox=MboxRule.DOVECOT,
         stamp_tag=(2, 1),
         symlinks=True,

@@ -131,7 +131,7 @@ def _measure_all(
 def files_of(usage: MailboxUsage, config: Config, profile: Profile) -> tuple[int, int]:
     """Bytes and messages of the mailbox's files under the folder rules and the profile, whatever
     its maildirsize claims (see :func:`quotagate.accounting.enforced`)."""
-    return counted(usage.folders, config.folders, profile.excluded_folders)
+    return counted(usage.folders, config.folders, profile.leaves_out_folder)
 
 
 def _totals(

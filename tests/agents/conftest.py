@@ -106,7 +106,7 @@ class Gate:
         """What the files count, whatever the maildirsize claims (the reading may count the claims:
         see quotagate.accounting.enforced)."""
         config = load_config(self.config)
-        return counted(self.reading(local).usage.folders, config.folders, profile_for(config.spool).excluded_folders)
+        return counted(self.reading(local).usage.folders, config.folders, profile_for(config.spool).leaves_out_folder)
 
 
 @pytest.fixture

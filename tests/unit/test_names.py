@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from quotagate.config import FolderRule
 from quotagate.usage.folders import rule_for
-from quotagate.usage.names import disk_name, display_name, imap_encoded, imap_name, size_from_name, unique_part
+from quotagate.usage.names import (
+    disk_name,
+    display_name,
+    imap_canonical,
+    imap_encoded,
+    imap_name,
+    size_from_name,
+    unique_part,
+)
 
 
 @pytest.mark.parametrize(
@@ -193,3 +201,21 @@ def test_a_written_name_reads_back_as_itself(shown: str) -> None:
     written = imap_encoded(shown)
     assert imap_name(written) == shown
     assert all(" " <= ch <= "~" for ch in written)
+
+
+@settings(max_examples=300)
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=20))
+def test_a_name_dovecot_wrote_is_one_its_quota_counts(shown: str) -> None:
+    """Any name an IMAP client shows, as Dovecot writes it on disk.
+    Expected: a name Dovecot's quota finds again (imap_canonical)."""
+    assert imap_canonical(display_name(imap_encoded(shown)))
+
+
+def test_a_name_a_mail_client_wrote_itself_is_not_one_dovecot_counts() -> None:
+    """Folder names mutt, pine or a migration script leave on disk: UTF-8, a bare ``&``, an
+    undecodable byte, base64 of plain ASCII. Expected: none is modified UTF-7 as Dovecot writes
+    it (Dovecot's quota never counts them); Dovecot's own spellings are."""
+    for name in ("Entwürfe", "R&D", "Archiv.Entwürfe", display_name("Entw\udcfcrfe"), "&AEEAQgBD-"):
+        assert not imap_canonical(name), name
+    for name in ("Entw&APw-rfe", "R&-D", "INBOX", "Archive.2024", "Archiv/Entw&APw-rfe", "a\\\\b"):
+        assert imap_canonical(name), name

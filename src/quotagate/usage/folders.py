@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from quotagate.config import FolderRule
@@ -29,13 +29,14 @@ def _matches(name: str, shown: str, pattern: str) -> bool:
 
 
 def counted(
-    folders: Sequence[FolderUsage], rules: Sequence[FolderRule], left_out: Sequence[str] = ()
+    folders: Sequence[FolderUsage], rules: Sequence[FolderRule], left_out: Callable[[str], bool] | None = None
 ) -> tuple[int, int]:
     """Bytes and messages that count towards the mailbox limit: excluded folders left out, and
-    the folders the accounting profile leaves out (``left_out``, e.g. Courier's ``Trash``)."""
+    the folders the accounting profile leaves out (``left_out``: Courier's ``Trash``, a folder
+    Dovecot never sees)."""
     total = messages = 0
     for f in folders:
-        if f.name in left_out:
+        if left_out is not None and left_out(f.name):
             continue
         rule = rule_for(f.name, rules) if rules else None
         if rule is None or not rule.exclude:

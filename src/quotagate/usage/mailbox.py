@@ -579,7 +579,7 @@ def _fix(
         )
         return usage
     wanted = definition if definition is not None else info.definition if info else ""
-    bytes_, messages = counted(usage.folders, rules, profile.excluded_folders)
+    bytes_, messages = counted(usage.folders, rules, profile.leaves_out_folder)
     if info is not None and info.agrees_with(bytes_, messages) and info.definition == wanted:
         return usage
     try:

@@ -103,3 +103,12 @@ def imap_encoded(shown: str) -> str:
         return "&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-"
 
     return _UNSHIFTED.sub(encoded, shown.replace("&", "&-"))
+
+
+def imap_canonical(shown: str) -> bool:
+    """Whether a stored folder name (see :func:`display_name`) is on disk exactly as Dovecot
+    writes a name in modified UTF-7: ``Gel&APY-scht``, ``R&-D``; not ``Entwürfe`` in UTF-8,
+    ``R&D``, or base64 Dovecot would write otherwise. Dovecot 2.3 lists another folder under
+    its name decoded and looks it up under that name encoded again, so its quota never counts it."""
+    disk = disk_name(shown)
+    return imap_encoded(imap_name(disk)) == disk
