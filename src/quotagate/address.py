@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping
 
+from quotagate.usage.names import ascii_lower
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_DOMAIN = re.compile(r"[\s/]")
 
@@ -17,7 +19,9 @@ def normalize(address: str) -> str:
     """``Local@Example.ORG`` -> ``local@example.org``.
 
     Exim lowercases local parts unless ``caseful_local_part`` is set, and domains are
-    case-insensitive, so the directory keys addresses in lower case. The split is at the last
+    case-insensitive, so the directory keys addresses in lower case. Only A-Z of the local part
+    are lowered, as Exim and Postfix lower it: ``\u212aate`` (a Kelvin sign) is not ``kate``,
+    which Python's lower() would make of it. The split is at the last
     ``@``: a quoted local part may hold one. One trailing dot of the domain goes, as Postfix's
     trivial-rewrite drops it (``user@example.org.`` is delivered to ``user@example.org``).
     """
@@ -32,7 +36,7 @@ def normalize(address: str) -> str:
         raise BadAddress(f"not an address: {address!r} (control characters)")
     if _BAD_DOMAIN.search(domain):
         raise BadAddress(f"not an address: {address!r} (bad domain)")
-    return text.lower()
+    return f"{ascii_lower(local)}@{domain.lower()}"
 
 
 def without_detail(address: str, delimiters: str) -> tuple[str, str] | None:
@@ -71,3 +75,21 @@ def marked(details: Mapping[str, Collection[str]], over: Collection[str]) -> lis
 def shadowed(addresses: Iterable[str], over: Collection[str], delimiters: str) -> list[str]:
     """:func:`marked` of every mailbox in ``addresses``."""
     return marked(details_by_base(addresses, delimiters), over) if over else []
+
+
+def dequoted(local: str) -> str:
+    """A local part as its meaning has it (RFC 5321): quotes gone, a backslash's character
+    kept. Exim's ``$local_part`` holds ``roomy`` for ``"room\\y"`` (lowered too), while its
+    ``$recipients`` and the RCPT command keep what the client wrote."""
+    if '"' not in local and "\\" not in local:
+        return local
+    out, escaped = [], False
+    for ch in local:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch != '"':
+            out.append(ch)
+    return "".join(out)

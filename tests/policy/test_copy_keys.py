@@ -56,3 +56,35 @@ def test_one_detail_behind_two_delimiters_is_two_copies(site: Site) -> None:
     assert second != "DUNNO" or _held(service) == 2 * MESSAGE, (
         f"two copies of {MESSAGE} bytes let into {ROOM} bytes of room, {_held(service)} bytes held for them"
     )
+
+
+def _exim_rcpt(recipient: str, size: int, spelling: str) -> bytes:
+    """What the generated Exim ACL sends at RCPT: $local_part (lowered, unquoted) and the local
+    part as the client wrote it."""
+    return (
+        f"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient={recipient}\nspelling={spelling}\n"
+        f"size={size}\ninstance=A\nclient_address=192.0.2.1\n\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("spelling", ["Roomy", '"roomy"', '"room\\y"'])
+def test_an_exim_spelling_of_the_address_is_a_copy_of_its_own(site: Site, spelling: str) -> None:
+    """Attack: through Exim, one transaction sends RCPT TO:<roomy@> and then another spelling of
+    it (``Roomy@``, ``"roomy"@``), SIZE=5000 each: Exim asks about ``roomy`` both times
+    ($local_part) and delivers both. Expected: the second, known by its spelling, is a copy of
+    its own: deferred (two copies do not fit) or held beside the first, never in its place."""
+    service = site.service(site.config(client_hold="100%"), Metrics())
+    assert ask(service, _exim_rcpt(ROOMY, MESSAGE, LOCAL)) == "DUNNO"
+    answer = ask(service, _exim_rcpt(ROOMY, MESSAGE, spelling))
+    assert answer != "DUNNO" or _held(service) == 2 * MESSAGE
+
+
+def test_an_alias_of_the_mailbox_asked_by_exims_router_is_the_mailbox_itself(site: Site) -> None:
+    """The router variant asks about the mailbox an alias leads to (``roomy``), with the
+    spelling of the RCPT (``Alias``), in a transaction that already holds roomy@ itself. Exim
+    delivers the alias's child and roomy@ once. Expected: the alias replaces roomy's hold (a
+    spelling that is not the address asked about names no copy)."""
+    service = site.service(site.config(client_hold="100%"), Metrics())
+    assert ask(service, _exim_rcpt(ROOMY, MESSAGE, LOCAL)) == "DUNNO"
+    assert ask(service, _exim_rcpt(ROOMY, MESSAGE, "Alias")) == "DUNNO"
+    assert _held(service) == MESSAGE

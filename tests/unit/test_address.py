@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotagate.address import shadowed, without_detail
+from quotagate.address import dequoted, normalize, shadowed, without_detail
 from quotagate.publish import render
 
 
@@ -53,3 +53,29 @@ def test_the_published_file_marks_them_with_a_key_no_address_has() -> None:
     text = render(["john@x"], ["john-doe@x"])
     assert text.splitlines()[-2:] == ["john@x", "john-doe@x@"]
     assert render(["john@x"]).splitlines()[-1] == "john@x"
+
+
+def test_only_a_to_z_of_a_local_part_are_lowered_as_the_mtas_lower_them() -> None:
+    """A local part with a character Python's lower() maps onto A-Z (KELVIN SIGN lowers to
+    "k") or onto another letter (``Ä``). Expected: only A-Z are lowered, as Exim and Postfix
+    lower them: ``\\u212aate@`` is not kate's address (a client took kate's room with it, for an
+    address the MTA then refused); the domain is lowered whole."""
+    assert normalize("\u212aate@Example.ORG") == "\u212aate@example.org"
+    assert normalize("ÄRGER@example.org") == "Ärger@example.org"
+    assert normalize("Roomy+Archive@EXAMPLE.org.") == "roomy+archive@example.org"
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ('"room\\y"', "roomy"),
+        ('"Ro, my"', "Ro, my"),
+        ('"john".doe', "john.doe"),
+        ("roomy", "roomy"),
+        ('"a\\"b"', 'a"b'),
+    ],
+)
+def test_a_local_part_written_quoted_means_what_exim_takes_it_for(written: str, meant: str) -> None:
+    """Local parts a client wrote quoted or escaped. Expected: what Exim's $local_part holds
+    (before lowering): the quotes gone, each escaped character kept."""
+    assert dequoted(written) == meant

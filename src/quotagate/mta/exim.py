@@ -284,6 +284,19 @@ LOG_UNREACHABLE = "quotagate: the policy daemon could not be asked about $local_
 END_REQUEST = "quotagate_end"
 DATA_REQUEST = "quotagate_data"
 PRDR_CHECKED = "acl_m_quotagate_prdr"
+PRDR_INDEX = "acl_m_quotagate_prdr_n"  # which recipient of $recipients the PRDR ACL runs for
+# The local part as the client wrote it: $local_part is lowered and unquoted, but Exim delivers
+# Roomy@, "roomy"@ and roomy@ apart, each a copy the daemon holds room for. From the RCPT
+# command ($smtp_command, as received): the address up to the first '>' outside quotes.
+RCPT_ADDRESS = r'${sg{$smtp_command}{\N^(?i)rcpt\s+to:\s*<((?:"(?:[^"\\]|\\.)*"|[^>"])*)>.*$\N}{\$1}}'
+
+
+def _spelling(address: str) -> str:
+    """The request's ``spelling`` attribute: the local part of ``address`` (an expansion) as
+    written, with no line break."""
+    return rf"spelling=${{sg{{${{local_part:{address}}}}}{{\N[\r\n]\N}}{{}}}}\n"
+
+
 PRDR_ATTRIBUTE = r"prdr=yes\n"  # in the check at DATA of one recipient of a PRDR message
 # At DATA: the size of the headers Exim will write that the message did not bring (its Received).
 SIZE_ADDED = r"${eval:${strlen:$message_headers_raw}+1+$message_body_size-$message_size}"
@@ -309,7 +322,7 @@ def policy_parts(config: Config) -> Parts:
     transaction = rf"instance=${TRANSACTION}\nclient_address=$sender_host_address\n"
     request = (
         r"request=smtpd_access_policy\nprotocol_state=RCPT\n"
-        rf"recipient={recipient}\nsize=$message_size\n{transaction}\n"
+        rf"recipient={recipient}\n{_spelling(RCPT_ADDRESS)}size=$message_size\n{transaction}\n"
     )
     ask = f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
 
@@ -434,36 +447,44 @@ def data_acls(socket: str, transaction: str) -> str:
     slow), readsocket's fifth argument makes the answer DUNNO too, and a line is logged.
     """
 
-    def ask(recipient: str, prdr: bool = False) -> str:
+    def ask(recipient: str, written: str, prdr: bool = False) -> str:
+        """The check of ``recipient`` (unquoted, as the RCPT check asked), ``written`` the
+        address as the client wrote it."""
         clean = rf"${{sg{{{recipient}}}{{\N[\r\n]\N}}{{}}}}"
         # With PRDR a recipient refused gets no copy: the daemon lets go of its room then.
         marked = PRDR_ATTRIBUTE if prdr else ""
         request = (
-            rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n{marked}"
+            rf"request={DATA_REQUEST}\nprotocol_state=END-OF-MESSAGE\nrecipient={clean}\n{_spelling(written)}{marked}"
             rf"size=$message_size\nsize_added={SIZE_ADDED}\nmessage_linecount=$message_linecount\n{transaction}\n"
         )
         return f"${{readsocket{{{socket}}}{{{request}}}{{2s}}{{ }}{{{UNREACHABLE}}}}}"
 
     answer = "$acl_m_quotagate"
     text = r"\N^action=|\s+$\N"
+    listed = "${addresses:>| $recipients}"
+    # The PRDR ACL runs for the recipients in the order $recipients lists them, and knows only
+    # $local_part (lowered): which one it runs for is counted. A recipient it refuses leaves
+    # $recipients at once: the count is of those it accepted.
+    accepted = f"${{if def:{PRDR_INDEX}{{${PRDR_INDEX}}}{{0}}}}"
+    written = f"${{listextract{{${{eval:{accepted}+1}}}}{{<| {listed}}}}}"
     prdr = (
         "quotagate_data_prdr:\n"
-        f"  warn\n    set {PRDR_CHECKED} = yes\n    set acl_m_quotagate = {ask('$local_part@$domain', prdr=True)}\n"
+        f"  warn\n    set {PRDR_CHECKED} = yes\n"
+        f"    set acl_m_quotagate = {ask('$local_part@$domain', written, prdr=True)}\n"
         f"  warn\n    condition = ${{if eq{{{answer}}}{{{UNREACHABLE}}}}}\n"
         "    log_message = quotagate: cannot ask the daemon about $local_part@$domain at DATA: accepted\n"
         f"  deny\n    condition = ${{if match{{{answer}}}{{\\N^action=5\\d\\d\\s\\N}}}}\n"
         f"    message = ${{sg{{{answer}}}{{{text}}}{{}}}}\n"
         f"  defer\n    condition = ${{if match{{{answer}}}{{\\N^action=4\\d\\d\\s\\N}}}}\n"
         f"    message = ${{sg{{{answer}}}{{{text}}}{{}}}}\n"
-        "  accept\n"
+        f"  accept\n    set {PRDR_INDEX} = ${{eval:{accepted}+1}}\n"
     )
     answers = f"${DATA_ANSWERS}"
     known = f"!eq{{{answers}}}{{}}"
-    listed = "${addresses:>| $recipients}"
     # Every quoted segment ("john".doe is john.doe too), then the backslash escapes inside them.
     unquoted = r'${sg{${sg{${local_part:$item}}{\N"((?:[^"\\]|\\.)*)"\N}{\$1}}}{\N\\(.)\N}{\$1}}@${domain:$item}'
 
-    answer = f"${{listquote{{|}}{{${{sg{{{ask(unquoted)}}}{{{text}}}{{}}}}}}}}"
+    answer = f"${{listquote{{|}}{{${{sg{{{ask(unquoted, '$item')}}}{{{text}}}{{}}}}}}}}"
     ask_unless_unreachable = (
         f"${{if match{{$value}}{{{UNREACHABLE_MARK}}}{{$value}}{{${{if eq{{$value}}{{}}{{}}{{$value|}}}}{answer}}}}}"
     )

@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
-from quotagate.address import BadAddress, normalize, without_detail
+from quotagate.address import BadAddress, dequoted, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Held, Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Numbers, Reading, Usage
@@ -144,6 +144,7 @@ class _Ask(NamedTuple):
     # message, which a recipient refused for its client's share may get all the same.
     per_recipient: bool = False
     lowered: bool = False  # the MTA lowered the local parts' A-Z (see _lowered)
+    spelling: str | None = None  # the local part as the client wrote it (see _target)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,8 @@ class PolicyService:
             if isinstance(ask, str):
                 return ask
             outcomes = [
-                self.check(r, ask.size, transaction, ask.stage, ask.per_recipient, ask.lowered) for r in ask.recipients
+                self.check(r, ask.size, transaction, ask.stage, ask.per_recipient, ask.lowered, ask.spelling)
+                for r in ask.recipients
             ]
             return self._answer(started, request, ask, transaction, outcomes)
         except Exception:
@@ -257,7 +259,7 @@ class PolicyService:
             ask = self._ask(started, request, transaction)
             if isinstance(ask, str):
                 return ask
-            targets = [self._target(r, ask.lowered) for r in ask.recipients]
+            targets = [self._target(r, ask.lowered, ask.spelling) for r in ask.recipients]
             lives = [
                 None if isinstance(t, Outcome) or t.live is None else self.files.start(t.live.path, _same)
                 for t in targets
@@ -346,12 +348,14 @@ class PolicyService:
             # found under another spelling, the recipient's hold would not be replaced.
             local, at, domain = request.recipient.rpartition("@")
             asked = f"{ascii_lower(local)}{at}{domain}"
-            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr, lowered=True)
+            spelling = request.attributes.get("spelling")
+            return _Ask("data", (asked,), self._exim_size(request), per_recipient=prdr, lowered=True, spelling=spelling)
         if request.protocol_state == END_OF_MESSAGE:
             return self._end_of_message(started, request, transaction)
         if request.protocol_state not in _CHECKED_STATES:
             return self._done(started, Action.DUNNO, DUNNO)
-        return _Ask("rcpt", (request.recipient,), request.size, lowered=_lowered(request))
+        spelling = request.attributes.get("spelling")
+        return _Ask("rcpt", (request.recipient,), request.size, lowered=_lowered(request), spelling=spelling)
 
     def _end_of_message(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
         """Postfix's END-OF-MESSAGE (it sends ``recipient_count``): the message with its real
@@ -513,13 +517,14 @@ class PolicyService:
         stage: Stage = "rcpt",
         per_recipient: bool = False,
         lowered: bool = False,
+        spelling: str | None = None,
     ) -> Outcome:
         """The decision for one recipient and declared size, holding room when it is accepted;
-        ``lowered``: asked as Exim asks (see :func:`_lowered`).
+        ``lowered``: asked as Exim asks (see :func:`_lowered`); ``spelling``: see :meth:`_target`.
 
         Reads a maildirsize in this thread: for ``quotagate check`` and tests, not the loop.
         """
-        target = self._target(recipient, lowered)
+        target = self._target(recipient, lowered, spelling)
         if isinstance(target, Outcome):
             return target
         live = None if target.live is None else self.maildirsize.read(target.live.path)
@@ -543,10 +548,12 @@ class PolicyService:
             return ""
         return folder_key(split[1])
 
-    def _target(self, recipient: str, lowered: bool = False) -> _Target | Outcome:
+    def _target(self, recipient: str, lowered: bool = False, spelling: str | None = None) -> _Target | Outcome:
         """The mailbox ``recipient`` names, or the outcome when there is none. No I/O.
         ``lowered``: the MTA lowered its local part's A-Z (see :func:`_lowered`): a folder detail
-        is the one folder on disk it may name, else any spelling of it."""
+        is the one folder on disk it may name, else any spelling of it. ``spelling``: the local
+        part as the client wrote it, when the MTA asks about it lowered and unquoted (Exim):
+        Exim delivers ``Roomy@`` and ``"roomy"@`` apart from ``roomy@``, each a copy of its own."""
         snapshot = self.snapshot
         try:
             address = normalize(recipient)
@@ -558,6 +565,8 @@ class PolicyService:
         reading = snapshot.readings.get(mailbox.address)
         # As sent: Postfix keeps its case, and delivers Roomy@ and roomy@ (roomy+A@ and roomy+a@) apart.
         local = recipient.strip().rpartition("@")[0]
+        if spelling is not None and ascii_lower(dequoted(spelling)) == local:
+            local = spelling  # the recipient itself as written, not an alias's target
         copy = "" if local == mailbox.address.rpartition("@")[0] else local
         lowered = lowered and folder is not None
         # Only as Postfix asks, the detail as sent: which folder an Exim delivery lands in is the
