@@ -99,6 +99,9 @@ class Profile(Struct, frozen=True):
     # (Dovecot: see quotagate.usage.names.imap_canonical); a mail client that made ``.Entwürfe``
     # or ``.R&D`` itself made a folder its quota never sees.
     imap_names_only: bool = False
+    # A file named ``..x`` does not count (Dovecot's recount skips ``.``, ``..`` and every name
+    # starting with two dots, by its first two characters alone).
+    skips_two_dots: bool = False
 
     @property
     def describe(self) -> str:
@@ -125,14 +128,21 @@ class Profile(Struct, frozen=True):
         return name in self.excluded_folders or (self.imap_names_only and not imap_canonical(name))
 
     def left_out(self, name: str) -> bool:
-        """Whether a message file of this name does not count at all (dot files, flags)."""
-        if name.startswith(".") and not self.dot_files:
+        """Whether a message file of this name does not count at all: dot files (Dovecot, which
+        counts them, still skips a name starting with ``..``), flags (as Courier reads them:
+        after the first ``:2,``, while they are capital letters)."""
+        if name.startswith(".") and (not self.dot_files or (self.skips_two_dots and name.startswith(".."))):
             return True
         if self.excluded_flags:
-            info = name.partition(":")[2]
-            if info.startswith("2,") and any(f in info[2:] for f in self.excluded_flags):
-                return True
+            at = name.find(":2,")
+            if at >= 0:
+                flags = _CAPITALS.match(name, at + 3)
+                if flags is not None and any(f in flags[0] for f in self.excluded_flags):
+                    return True
         return False
+
+
+_CAPITALS = re.compile("[A-Z]*")
 
 
 def _digits(text: str) -> tuple[int, str] | None:
@@ -212,8 +222,9 @@ PROFILES: dict[str, Profile] = {
         default_grace=DOVECOT_GRACE,
         saves_excluded_unchecked=True,
         imap_names_only=True,
+        skips_two_dots=True,
         mbox=MboxRule.DOVECOT,
-        stamp_tag=(1,),
+        stamp_tag=(1, 1),
         trusts_maildirsize=True,
     ),
     "dovecot-count": Profile(
@@ -243,7 +254,7 @@ PROFILES: dict[str, Profile] = {
         boundary=Boundary.INCLUSIVE,
         default_grace=NO_GRACE,
         mbox=MboxRule.BLANK_LINE,
-        stamp_tag=(3,),
+        stamp_tag=(3, 2),
         trusts_maildirsize=True,
         recounts=Recount.NO_ROOM,
     ),

@@ -87,3 +87,22 @@ def test_claims_under_another_limit_line_are_recounted(definition: str) -> None:
     assert enforced((4000, 1), info, Limits(20_000), PROFILES["dovecot"], NOW) == (4000, 1)
     dovecots = replace(info, definition="20000S")
     assert enforced((4000, 1), dovecots, Limits(20_000), PROFILES["dovecot"], NOW) == (8000, 2)
+
+
+@pytest.mark.parametrize(
+    ("profile", "name", "left_out"),
+    [
+        ("courier", "1.M1.h,S=9:2,ST", True),
+        ("courier", "1.M1.h,S=9:2,aT", False),  # Courier stops at the first character not A-Z
+        ("courier", "1.M1.h,S=9:2,,T", False),
+        ("courier", "1.M1.h,S=9:1,a:2,T", True),  # the first ":2," anywhere in the name
+        ("courier", ".hidden", True),
+        ("dovecot", ".hidden:2,S", False),  # Dovecot counts dot files...
+        ("dovecot", "..hidden:2,S", True),  # ...but not one whose name starts with two dots
+        ("exim", "..hidden", False),  # Exim skips only "." and ".."
+    ],
+)
+def test_a_message_file_is_left_out_as_the_program_leaves_it_out(profile: str, name: str, left_out: bool) -> None:
+    """Message file names each program reads its own way (from Courier's docount, Dovecot's
+    maildir_sum_dir and Exim's check_dir_size). Expected: left out exactly where it does."""
+    assert PROFILES[profile].left_out(name) is left_out
