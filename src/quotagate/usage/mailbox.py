@@ -351,6 +351,8 @@ def _mbox_dir(
             return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_DBOX}")
         if any(_GUID.fullmatch(part) for m in listing.maildirs for part in m.rstrip("/").split("/")):
             return MailboxUsage(Format.MAILDIR, error=f"{display_name(node.path)}: {_LAYOUT_INDEX}")
+        if _inbox_elsewhere(node.fd, listing):
+            return MailboxUsage(Format.MBOX, error=f"{display_name(node.path)}: {_INBOX_ELSEWHERE}")
         read = _read_mbox_files(node, listing.files, reuse, this_time, racy_cutoff_ns, profile)
         if read is None:
             return "names", None
@@ -379,6 +381,22 @@ def _mbox_dir(
     if passed_over:
         log.info("%s: not counted, not mbox files: %s", display_name(node.path), maildir.some(passed_over))
     return MailboxUsage(Format.MBOX, _in_order(folders))
+
+
+_INBOX_ELSEWHERE = (
+    "Dovecot's index of an INBOX kept outside this directory (.imap/INBOX, and no inbox file: mail_location's"
+    " INBOX=, as Debian's /var/mail/%u), whose mail quotagate would not count with the folders"
+)
+
+
+def _inbox_elsewhere(root_fd: int, listing: mbox.Listing) -> bool:
+    """Whether an mbox home's INBOX is a file elsewhere (Debian's Dovecot keeps the folders in
+    ``~/mail`` and INBOX in ``/var/mail/%u``): Dovecot indexes it in ``.imap/INBOX/`` here, and
+    counts it with the folders; measured alone, the folders would say the mailbox holds less."""
+    if any(name.lower() == "inbox" for name in listing.files):
+        return False
+    with safefs.dir_opened(".imap", root_fd) as index:
+        return index is not None and maildir.entry_type(index, "INBOX") == stat.S_IFDIR
 
 
 class _MboxRead(NamedTuple):
