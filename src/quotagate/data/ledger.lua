@@ -74,8 +74,12 @@ local function sweep(zset, upto)
   return gone
 end
 
+local function lengthen(key)  -- never shortened: another host's reservation_seconds may be longer
+  if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
+end
+
 local function keep()  -- the usage key keeps its own lifetime (set by the op 'usage')
-  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], life) end
+  for i = 1, 5 do lengthen(KEYS[i]) end
 end
 
 local function sums()
@@ -186,7 +190,7 @@ elseif op == 'delivered' then
   if redis.call('ZSCORE', IDS, ARGV[3]) then return 0 end
   redis.call('ZREMRANGEBYSCORE', IDS, '-inf', now - life)
   redis.call('ZADD', IDS, now, ARGV[3])
-  redis.call('PEXPIRE', IDS, life)
+  lengthen(IDS)
   while true do
     local popped = redis.call('ZPOPMIN', UND)
     if #popped == 0 then return 0 end
@@ -201,9 +205,13 @@ elseif op == 'delivered' then
   end
 
 elseif op == 'usage' then
-  -- ARGV: 3 bytes, 4 messages, 5 age of the reading in ms
-  redis.call('HSET', USE, 'b', ARGV[3], 'm', ARGV[4], 'at', now - tonumber(ARGV[5]))
-  redis.call('PEXPIRE', USE, life)
+  -- ARGV: 3 bytes, 4 messages, 5 age of the reading in ms. A reading older than the one kept
+  -- (sent again after an outage, or overtaken on its way) changes nothing.
+  local at = now - tonumber(ARGV[5])
+  local kept = tonumber(redis.call('HGET', USE, 'at') or '-1')
+  if kept > at then return 0 end
+  redis.call('HSET', USE, 'b', ARGV[3], 'm', ARGV[4], 'at', at)
+  lengthen(USE)
   return 1
 
 elseif op == 'restore' then
