@@ -1,6 +1,6 @@
 -- quotagate's shared reservation ledger: one mailbox per call, atomically (see policy/shared.py).
 --
--- KEYS (all carry the mailbox as hash tag, so Redis Cluster keeps them in one slot):
+-- KEYS (all carry the mailbox as hash tag):
 --   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0,
 --                 g=the folder with limits of its own the copy is for, if any}
 --   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA);

@@ -3,10 +3,11 @@ several MX hosts in front of one set of mailboxes.
 
 Every change to a mailbox's reservations is one call of one Lua script (``data/ledger.lua``) on
 that mailbox's keys, which all carry the mailbox as hash tag (``quotagate:{a@b}:res``): Redis runs
-it atomically, so two hosts checking the same mailbox at once cannot both take its last room, and
-Redis Cluster keeps the keys in one slot. Times are Redis's own (``TIME`` in the script); the hosts
-send ages, never their clocks. A storage host's ``quotagate watch`` writes each mailbox's usage
-(and each delivery it sees) there too, so every MX weighs the freshest usage within one flush.
+it atomically, so two hosts checking the same mailbox at once cannot both take its last room. A
+Redis Cluster node is refused (a transaction's keys span slots). Times are Redis's own (``TIME``
+in the script); the hosts send ages, never their clocks. A storage host's ``quotagate watch``
+writes each mailbox's usage (and each delivery it sees) there too, so every MX weighs the
+freshest usage within one flush.
 
 Redis away (down, failing over, too slow): the daemon decides with its own reservations, as
 without ``[shared]``, says so once, sets ``quotagate_shared_up`` to 0, and tries Redis again every
@@ -39,6 +40,7 @@ from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
 from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservation, Reservations, Transaction
+from quotagate.policy.throttle import Throttled
 from quotagate.sharedurl import SharedUrl
 
 if TYPE_CHECKING:
@@ -273,6 +275,7 @@ class RedisLedger:
         self._noscript: tuple[type[Exception], ...] = ()  # Redis lost the script (NOSCRIPT)
         # Replies that say Redis cannot take the call now, whatever the call (see _away).
         self._refusals: tuple[type[Exception], ...] = ()
+        self._cluster_log = Throttled(log)
 
     @property
     def up(self) -> bool:
@@ -422,6 +425,13 @@ class RedisLedger:
         for r in readings:
             if r.state is not State.UNKNOWN:
                 self._send(_Op("usage", r.address, (r.bytes, r.messages), measured_at=r.measured_at))
+
+    async def _cluster_node(self) -> bool:
+        """Whether ``[shared] url`` names a node of a Redis Cluster: it answers MOVED for the
+        keys of other slots, which no call here would follow."""
+        assert self._client is not None
+        info = await self._client.info("cluster")
+        return bool(info.get("cluster_enabled"))
 
     async def _server_run(self) -> str:
         assert self._client is not None
@@ -698,6 +708,14 @@ class RedisLedger:
                 # Connections opened before the outage lead nowhere now: the first call on one
                 # would fail and take Redis away again at once.
                 await self._client.connection_pool.disconnect()
+                if await self._cluster_node():
+                    self._cluster_log.warning(
+                        "shared state at %s is a Redis Cluster node, which quotagate cannot use (its"
+                        " transactions' keys span slots): each daemon decides alone; give one Redis"
+                        " server or a Sentinel set",
+                        self._where,
+                    )
+                    return False
                 self._run_id = await self._server_run()
                 await self._load()
             while True:
