@@ -10,7 +10,6 @@ import click
 from quotagate.cli.app import App, pass_app
 from quotagate.config import load_config
 from quotagate.policy.daemon import serve as run_daemon
-from quotagate.store import store_for
 
 
 def _worker_command(app: App) -> list[str]:
@@ -39,7 +38,9 @@ def serve(app: App, workers: int | None, worker_spec: str | None) -> None:
     """
     # A bad config, or a store URL that can never work (unknown scheme or driver, driver not
     # installed), fails here, before anything listens; an unreachable store is an outage: DUNNO.
-    store_for(app.config.store).close()
+    # quotagate's own SQLite file is migrated here, as by every other command: an upgrade's
+    # restart would otherwise serve a store "not set up" (DUNNO for all) until the next scan.
+    app.store().close()
     count = workers or app.config.policy.workers
     if worker_spec is not None:
         from quotagate.policy.workers import worker_role
