@@ -432,7 +432,7 @@ class PolicyConfig(_Section, frozen=True):
         default_factory=lambda: ["root", "Debian-exim", "exim", "mail", "mailnull", "postfix", "_postfix"]
     )
     # Seconds a connection may sit between requests. Postfix keeps a policy connection up to
-    # smtpd_policy_service_max_idle (300s, as postfix-config prints it): closing it sooner only
+    # the max_idle of the postfix-config item (300s): closing it sooner only
     # makes Postfix log an error and reconnect.
     idle_timeout: Annotated[float, Meta(gt=0)] = 310
     # Seconds from the first byte of a request to its end, whatever the byte rate: a client

@@ -17,10 +17,14 @@ def test_postfix_config_prints_the_item_and_never_a_whole_restriction_list(
     assert main(["--config", str(cfg), "postfix-config"]) == 0
     out = capsys.readouterr().out
     settings = [line for line in out.splitlines() if line and not line.startswith("#")]
-    item = "check_policy_service { inet:127.0.0.1:10099, timeout=10s, default_action=DUNNO }"
+    item = (
+        "check_policy_service { inet:127.0.0.1:10099, timeout=10s, default_action=DUNNO, max_idle=300s, max_ttl=1000s }"
+    )
     assert settings[0] == item
     assert not any(line.startswith(("smtpd_recipient_restrictions", "smtpd_relay_restrictions")) for line in settings)
-    assert "smtpd_policy_service_default_action = DUNNO" in settings
+    # Its own settings in the item: none of Postfix's globals, which the admin's other policy
+    # services (postgrey, SPF) would take too.
+    assert not any(line.startswith("smtpd_policy_service_") for line in settings)
     # Where it goes: before any permit, after reject_unauth_destination.
     example = [line.strip("# ,") for line in out.splitlines() if line.startswith("#       ")]
     assert example.index(item) < example.index("permit_mynetworks")

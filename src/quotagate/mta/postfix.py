@@ -5,6 +5,10 @@ from __future__ import annotations
 from quotagate.config import Config
 from quotagate.listen import parse_place
 
+POSTFIX_MAX_IDLE = 300
+"""Seconds Postfix keeps an idle connection to the daemon (the item's max_idle, Postfix's
+default): [policy] idle_timeout must outlast it."""
+
 
 def policy_service(config: Config) -> str:
     """The check_policy_service target for the daemon's first [policy] listen address."""
@@ -19,7 +23,10 @@ def policy_service(config: Config) -> str:
 
 def restriction(config: Config) -> str:
     """The smtpd_recipient_restrictions item, with its own timeout and DUNNO when the daemon is away."""
-    return f"check_policy_service {{ {policy_service(config)}, timeout=10s, default_action=DUNNO }}"
+    return (
+        f"check_policy_service {{ {policy_service(config)}, timeout=10s, default_action=DUNNO,"
+        f" max_idle={POSTFIX_MAX_IDLE}s, max_ttl=1000s }}"
+    )
 
 
 def main_cf(config: Config) -> str:
@@ -51,11 +58,9 @@ def main_cf(config: Config) -> str:
         "# message keeps the room held for it until its delivery is seen (the room of a\n"
         "# transaction that ends without data is let go at once).\n"
         f"smtpd_end_of_data_restrictions = {item}\n"
-        "# When the daemon cannot be reached, accept as if quotagate were not there.\n"
-        "smtpd_policy_service_default_action = DUNNO\n"
-        "# Connections to the daemon are kept open and reused across requests.\n"
-        "smtpd_policy_service_max_idle = 300s\n"
-        "smtpd_policy_service_max_ttl = 1000s\n"
+        "# The item carries its own settings, leaving your other policy services as they are:\n"
+        "# when the daemon cannot be reached, accept as if quotagate were not there\n"
+        "# (default_action); connections to it are kept open and reused (max_idle, max_ttl).\n"
     )
 
 
