@@ -7,7 +7,7 @@ import io
 
 from quotagate.address import BadAddress, normalize
 from quotagate.model import Limits, Mailbox
-from quotagate.sizes import parse_size
+from quotagate.sizes import checked_count, parse_size
 from quotagate.text import control_character, printable
 
 REQUIRED = ("address", "quota")
@@ -106,7 +106,7 @@ def parse_mailboxes(data: bytes, origin: str = "csv") -> list[Mailbox]:
             continue
         try:
             address = normalize(row["address"] or "")
-            messages = int((row.get("messages") or "0").strip() or 0)
+            messages = checked_count(int((row.get("messages") or "0").strip() or 0))
             if messages < 0:
                 raise ValueError("messages cannot be negative")
             limits = Limits(parse_size((row["quota"] or "0").strip() or "0"), messages)

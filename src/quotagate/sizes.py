@@ -22,6 +22,8 @@ _UNITS = {
     "TIB": 1024**4,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+MAX_COUNT = 2**63 - 1
+"""The largest limit (bytes or messages) a store keeps: what a BIGINT column holds."""
 
 
 def parse_size(value: str | int) -> int:
@@ -34,7 +36,7 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative: {value}")
-        return value
+        return checked_count(value)
     match = _SIZE.match(str(value))
     if not match or match.group(2).upper() not in _UNITS:
         raise ValueError(f"not a size: {value!r} (use e.g. 500M, 2G, 1.5GiB or plain bytes)")
@@ -42,7 +44,14 @@ def parse_size(value: str | int) -> int:
         number = Decimal(match.group(1))
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
         raise ValueError(f"not a size: {value!r}") from exc
-    return int(number * _UNITS[match.group(2).upper()])
+    return checked_count(int(number * _UNITS[match.group(2).upper()]))
+
+
+def checked_count(value: int) -> int:
+    """``value``, unless it is more than a store keeps (:data:`MAX_COUNT`): a ValueError."""
+    if value > MAX_COUNT:
+        raise ValueError(f"{value} is more than the largest limit quotagate keeps ({MAX_COUNT})")
+    return value
 
 
 def format_size(n: int) -> str:

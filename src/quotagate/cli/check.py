@@ -16,6 +16,7 @@ from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
 from quotagate.policy.control import ControlError, ask
 from quotagate.policy.live import Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
+from quotagate.policy.replies import action_sent
 from quotagate.policy.reservations import Reservation, Transaction
 from quotagate.policy.service import PolicyService
 from quotagate.policy.stages import STAGES, Stage, label
@@ -86,6 +87,7 @@ def _forecast_line(f: Forecast | None) -> str:
 
 
 def _explain(
+    action: Action,
     decision: Decision,
     mailbox: Mailbox | None,
     reading: Reading | None,
@@ -94,7 +96,7 @@ def _explain(
     stage: Stage = "rcpt",
 ) -> list[str]:
     """What the admin reads; every name in it escaped (:func:`printable`), one line each."""
-    lines = [f"{decision.action.value}: {printable(decision.reason)}"]
+    lines = [f"{action.value}: {printable(decision.reason)}"]
     if mailbox is None:
         return lines
     lines.append(f"  stage     {label(stage)}: {_STAGE_SIZE[stage]}")
@@ -166,13 +168,14 @@ def check(app: App, address: str, size: str | None, stage: Stage, mta: str) -> i
         mailbox = snapshot.mailboxes.get(outcome.address)
         reading = snapshot.readings.get(outcome.address)
         predicted = _forecast(store, mailbox, outcome.usage, config.history.forecast_days)
-    lines = _explain(outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool), stage)
+    action = action_sent(outcome.decision, config.policy)  # as the daemon words it: on_full
+    lines = _explain(action, outcome.decision, mailbox, reading, outcome.usage, profile_for(config.spool), stage)
     if mailbox is not None:
         lines.append(held)
     if outcome.usage is not None and reading is not None and reading.state is not State.UNKNOWN:
         lines.append(_forecast_line(predicted))
     click.echo("\n".join(lines))
-    return EXIT[outcome.decision.action]
+    return EXIT[action]
 
 
 def register(cli: click.Group) -> None:

@@ -10,7 +10,7 @@ from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
 from quotagate.mailbox_csv import CsvError, parse_mailboxes
 from quotagate.model import Limits, Mailbox
-from quotagate.sizes import format_size, parse_size
+from quotagate.sizes import MAX_COUNT, format_size, parse_size
 from quotagate.text import control_character, printable
 
 
@@ -41,7 +41,9 @@ def group() -> None:
 @click.option(
     "--quota", callback=_size, help="Size limit: 500M, 2G, 1.5GiB or bytes; 0 = unlimited. Needed for a new mailbox."
 )
-@click.option("--messages", type=click.IntRange(min=0), help="Message limit; 0 = unlimited [default: 0].")
+@click.option(
+    "--messages", type=click.IntRange(min=0, max=MAX_COUNT), help="Message limit; 0 = unlimited [default: 0]."
+)
 @click.option(
     "--path",
     callback=_no_control,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from quotagate.config import PolicyConfig
-from quotagate.model import Decision, Refusal
+from quotagate.model import Action, Decision, Refusal
 
 
 def reply_for(decision: Decision, policy: PolicyConfig) -> str:
@@ -29,3 +29,11 @@ def reply_for(decision: Decision, policy: PolicyConfig) -> str:
 def temporary(reply: str) -> str:
     """``552 5.2.2 text`` as ``452 4.2.2 text``."""
     return re.sub(r"^5(\d\d) (?:5(\.\d{1,3}\.\d{1,3} ))?", lambda m: f"4{m[1]} " + (f"4{m[2]}" if m[2] else ""), reply)
+
+
+def action_sent(decision: Decision, policy: PolicyConfig) -> Action:
+    """What the MTA is told: a refusal is temporary (defer) with ``on_full = "defer"``, as
+    :func:`reply_for` words it."""
+    if decision.action is Action.REJECT and policy.on_full == "defer":
+        return Action.DEFER
+    return decision.action
