@@ -561,6 +561,31 @@ class Config(_Section, frozen=True):
     history: HistoryConfig = HistoryConfig()
     warn: WarnConfig = WarnConfig()
 
+    def __post_init__(self) -> None:
+        """Every file quotagate reads or writes is named absolutely: a relative one would be
+        another file for each directory a command runs in (the timer's /, cron's and the
+        admin's home), so scans would publish where Exim does not look and take locks that do
+        not exclude each other. (So is a spool root: see SpoolConfig.)"""
+        paths = {
+            "store.ldap.password_file": self.store.ldap.password_file,
+            "scan.lock_file": self.scan.lock_file,
+            "scan.metrics_file": self.scan.metrics_file,
+            "publish.file": self.publish.file,
+            "policy.state_file": self.policy.state_file,
+            "policy.control_socket": self.policy.control_socket,
+            "warn.template_dir": self.warn.template_dir,
+            "warn.metrics_file": self.warn.metrics_file,
+        }
+        for key, path in paths.items():
+            if path is not None and not path.is_absolute():
+                raise ValueError(f"{key} must be an absolute path: {path}")
+        for key, url in (("store.url", self.store.url), ("store.state", self.store.state)):
+            db = _sqlite_file(url.replace("sqlite+pysqlite:", "sqlite:", 1))
+            if db is not None and not db.is_absolute():
+                raise ValueError(
+                    f"{key}: the SQLite file {db} is relative; an absolute path takes four slashes: sqlite:////{db}"
+                )
+
 
 def as_toml(value: Any) -> Any:
     """A config value (or a whole section) as quotagate.toml writes it: percentages as ``"99%"``,

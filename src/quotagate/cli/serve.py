@@ -8,8 +8,23 @@ import sys
 import click
 
 from quotagate.cli.app import App, pass_app
-from quotagate.config import load_config
+from quotagate.config import Config, load_config
 from quotagate.policy.daemon import serve as run_daemon
+from quotagate.store import StoreError
+
+
+def _password_file_readable(config: Config) -> None:
+    """An LDAP store's password file missing or unreadable is a config mistake, said at start
+    as scan says it: the store reads it only when it binds, and serve would answer DUNNO for
+    ever, as for a store that is down."""
+    path = config.store.ldap.password_file
+    if path is None or not config.store.url.startswith(("ldap:", "ldaps:", "ldapi:")):
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise StoreError(f"store.ldap.password_file: {exc.strerror}") from None
 
 
 def _worker_command(app: App) -> list[str]:
@@ -41,6 +56,7 @@ def serve(app: App, workers: int | None, worker_spec: str | None) -> None:
     # quotagate's own SQLite file is migrated here, as by every other command: an upgrade's
     # restart would otherwise serve a store "not set up" (DUNNO for all) until the next scan.
     app.store().close()
+    _password_file_readable(app.config)
     count = workers or app.config.policy.workers
     if worker_spec is not None:
         from quotagate.policy.workers import worker_role
