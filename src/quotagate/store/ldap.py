@@ -6,6 +6,10 @@ since LDAP is no place for them. An entry is modified only where a value changed
 
 LDAP has no transaction across entries: a scan that fails half-way leaves some entries updated.
 The SQL state is saved only after LDAP took every change, so the next scan rewrites the rest.
+
+The directory is read whole or not at all: a search the server ends early (its size or time limit
+for quotagate's account, which ldap3 reports as a result, not an error) raises :class:`StoreError`,
+since a scan of part of the tree would clear the flags of the mailboxes it did not see.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import ldap3
 import msgspec
 from ldap3.core.exceptions import LDAPException
+from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED as _SIZE_LIMIT_EXCEEDED
+from ldap3.core.results import RESULT_SUCCESS as _SUCCESS
+from ldap3.core.results import RESULT_TIME_LIMIT_EXCEEDED as _TIME_LIMIT_EXCEEDED
 from ldap3.utils.conv import escape_filter_chars
 
 from quotagate.address import BadAddress, normalize
@@ -37,7 +44,9 @@ USED_BYTES = "quotagateUsedBytes"
 USED_MESSAGES = "quotagateUsedMessages"
 MEASURED_AT = "quotagateMeasuredAt"
 _PUBLISHED = (OVER, USED_BYTES, USED_MESSAGES, MEASURED_AT)
-_SCOPES = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}
+_SCOPES: dict[str, Literal["BASE", "LEVEL", "SUBTREE"]] = {"base": "BASE", "one": "LEVEL", "sub": "SUBTREE"}
+_PAGE_SIZE = 500  # entries a page: the simple paged results control (RFC 2696)
+_PAGED_RESULTS = "1.2.840.113556.1.4.319"  # that control's OID, the key of its value in a result
 
 
 @dataclass
@@ -127,21 +136,71 @@ class LdapStore(ClosedOnExit):
         names += [c.enabled_attribute, "objectClass", *_PUBLISHED]
         return [n for n in names if n]
 
-    def _search(self, extra: str) -> list[Mailbox]:
+    def _entries_found(self, query: str) -> list[dict[str, Any]]:
+        """Every entry the search finds, page by page, or a :class:`StoreError`: never part of them.
+
+        A server ends a search early with a result code, not an exception: ldap3 raises none for
+        sizeLimitExceeded or timeLimitExceeded, even with ``raise_exceptions``. OpenLDAP's defaults
+        (500 entries for every account but the rootdn) cap a paged search too (``size.prtotal``
+        defaults to the hard size limit), so a big directory comes back cut short unless the
+        server lets quotagate's account read it all. A scan that believed such a listing would
+        clear the flags of the mailboxes it never saw, so each page's result is checked."""
         c = self.config
         conn = self._connection()
-        query = f"(&{c.filter}{extra})" if extra else c.filter
-        try:
-            results = conn.extend.standard.paged_search(
-                c.base, query, _SCOPES[c.scope], attributes=self._attributes(), paged_size=500, generator=False
+        entries: list[dict[str, Any]] = []
+        cookie: str | bytes | None = None
+        while True:
+            try:
+                conn.search(
+                    c.base,
+                    query,
+                    _SCOPES[c.scope],
+                    attributes=self._attributes(),
+                    paged_size=_PAGE_SIZE,
+                    paged_cookie=cookie,
+                )
+            except LDAPException as exc:
+                raise StoreError(f"LDAP search under {c.base!r} failed: {exc}") from exc
+            result = conn.result
+            entries += [item for item in conn.response or [] if item.get("type") == "searchResEntry"]
+            if result.get("result") != _SUCCESS:
+                raise StoreError(self._cut_short(result, len(entries)))
+            paged = (result.get("controls") or {}).get(_PAGED_RESULTS) or {}
+            cookie = paged.get("value", {}).get("cookie") or None
+            if cookie is None:
+                return entries
+
+    def _cut_short(self, result: Mapping[str, Any], seen: int) -> str:
+        """Why a search came back incomplete, and what the admin can do about it."""
+        account = self.config.bind_dn or "the anonymous account"
+        code = result.get("result")
+        if code == _SIZE_LIMIT_EXCEEDED:
+            hint = (
+                f"the server's size limit for {account} cut the listing short: let that account read "
+                "every entry (OpenLDAP: an olcLimits rule for its DN with size=unlimited, or at least "
+                "size.prtotal=unlimited for paged searches)"
             )
-        except LDAPException as exc:
-            raise StoreError(f"LDAP search under {c.base!r} failed: {exc}") from exc
+        elif code == _TIME_LIMIT_EXCEEDED:
+            hint = (
+                f"the server's time limit for {account} cut the listing short: raise it for that account "
+                "(OpenLDAP: an olcLimits rule for its DN with time=unlimited) or index the filter's attributes"
+            )
+        else:
+            hint = "the server did not complete the search"
+        message = f": {result['message']}" if result.get("message") else ""
+        return (
+            f"LDAP search under {self.config.base!r} came back incomplete after {seen} entries "
+            f"({result.get('description') or 'no result'}{message}); {hint}. "
+            "quotagate does not act on part of the directory"
+        )
+
+    def _search(self, extra: str) -> list[Mailbox]:
+        c = self.config
+        query = f"(&{c.filter}{extra})" if extra else c.filter
+        results = self._entries_found(query)
         found = []
         disabled = {v.lower() for v in c.disabled_values}
         for item in results:
-            if item.get("type") != "searchResEntry":
-                continue
             attrs = item["attributes"]
             listed = _first(attrs.get(c.address_attribute))
             if listed is None:
