@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grp
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 import click
@@ -11,7 +13,6 @@ import click
 from quotagate.cli.app import App, pass_app
 from quotagate.mta import debian as deb
 from quotagate.mta import exim
-from quotagate.publish import write_atomically
 
 DEBIAN_CONFDIR = "/etc/exim4"
 EXIM_GROUP = "Debian-exim"
@@ -100,7 +101,11 @@ def exim_config(
     if write_dir is None:
         click.echo(deb.render_files(files, confdir), nl=False)
         return
-    for path in write_files(files, write_dir):
+    try:
+        written = write_files(files, write_dir)
+    except deb.DebianConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
         click.echo(f"wrote {path}")
     click.echo(files.steps, nl=False)
 
@@ -116,27 +121,75 @@ def _layout(split: bool | None, confdir: Path) -> deb.Layout:
 
 def write_files(files: deb.DebianFiles, root: Path) -> list[Path]:
     """Write each file atomically under ``root``; quotagate's block is merged into an existing
-    exim4.conf.localmacros. Files that will hold a password are root:Debian-exim 0640."""
-    written = []
+    exim4.conf.localmacros, and the user and password the admin put in a server line are kept.
+    Every file is checked before any is written: a refusal (DebianConfigError) leaves them all."""
+    planned = []
     for name, text in files.files.items():
         path = root / name
         if name == deb.LOCALMACROS:
-            text = deb.merge_block(path.read_text() if path.exists() else None, text)
-        private = name in files.private
-        write_atomically(path, text, 0o640 if private else 0o644)
-        if private:
-            _exim_group(path)
-        written.append(path)
-    return written
+            existing = path.read_text() if path.exists() else None  # the admin's: kept byte for byte
+            previous = deb.own_block(existing)
+        else:
+            previous = path.read_text(errors="replace") if path.exists() else ""
+        try:
+            text, kept = deb.keep_credentials(previous, text)
+        except deb.DebianConfigError as exc:
+            raise deb.DebianConfigError(f"{path}: {exc}") from None
+        if name == deb.LOCALMACROS:
+            text = deb.merge_block(existing, text)
+        planned.append((path, text, name in files.private, kept))
+    for path, text, private, kept in planned:
+        write_keeping_owner(path, text, private)
+        for lookup in kept:
+            click.echo(f"kept the {lookup} server's user and password already in {path}")
+    return [path for path, *_ in planned]
 
 
-def _exim_group(path: Path) -> None:
-    """Give the file to Exim's group, when there is one and we may (as root)."""
+def write_keeping_owner(path: Path, text: str, private: bool) -> None:
+    """Write ``path`` through a temp file and a rename. A file that exists keeps its mode, owner
+    and group (the admin may keep secrets of their own in it), less what others could read when
+    it is ``private`` (will hold a password); a new one is 0644, or root:Debian-exim 0640 when
+    ``private``. The temp file gets them before the rename: the path is never more readable."""
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    if old is None:
+        mode, owner = (0o640, (-1, _exim_gid(path))) if private else (0o644, None)
+    else:
+        mode = stat.S_IMODE(old.st_mode) & ~(0o007 if private else 0)
+        owner = (old.st_uid, old.st_gid)
+        if mode == stat.S_IMODE(old.st_mode) and path.read_text(errors="replace") == text:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, the writer's
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if owner is not None and owner[1] != -1:
+                try:
+                    os.fchown(f.fileno(), *owner)
+                except PermissionError:
+                    click.echo(f"warning: cannot give {path} back to uid {owner[0]}, gid {owner[1]}", err=True)
+            os.fchmod(f.fileno(), mode)  # after fchown, which may clear set-id bits
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _exim_gid(path: Path) -> int:
+    """Exim's group, or -1 (with a warning) when there is none or we may not give files to it."""
     try:
         gid = grp.getgrnam(EXIM_GROUP).gr_gid
-        os.chown(path, -1, gid)
-    except (KeyError, PermissionError):
+    except KeyError:
+        gid = -1
+    if gid == -1 or (os.geteuid() != 0 and gid not in os.getgroups()):
         click.echo(f"warning: {path} is not in group {EXIM_GROUP}: give it to the group Exim runs as", err=True)
+        return -1
+    return gid
 
 
 def register(cli: click.Group) -> None:

@@ -238,9 +238,9 @@ def steps(layout: Layout, confdir: str, router: bool, private: bool) -> str:
             lines.append(f"Paste the router from {ROUTER_SNIPPET} into exim4.conf.template before 'userforward:'.")
     if private:
         lines.append(
-            "Put the read-only database user's password in place of PASSWORD; the file stays"
-            " root:Debian-exim 0640, and CFILEMODE='640' in update-exim4.conf.conf keeps the"
-            " generated configuration private too."
+            "Put the read-only database user's password in place of PASSWORD (writing again keeps"
+            " it); the file is not readable by others, and CFILEMODE='640' in update-exim4.conf.conf"
+            " keeps the generated configuration private too."
         )
     lines.append("Then: update-exim4.conf, exim4 -bV, and reload exim4.")
     return "".join(f"# {line}\n" for line in lines)
@@ -254,6 +254,55 @@ def merge_block(existing: str | None, block: str) -> str:
     if start != -1 and end > start:
         return existing[:start] + block + existing[end + len(END) :].lstrip("\n")
     return existing + ("" if existing.endswith("\n") else "\n") + block
+
+
+# quotagate's server line (exim.py's _servers): host/database/user/password, the password
+# PASSWORD (or empty) until the admin puts the real one in. Exim splits the line at its last three
+# slashes, so the host may hold one (a socket path) and the other three none.
+_SERVER_LINE = re.compile(r"^hide (mysql|pgsql)_servers = (.*/[^/\n]*/[^/\n]*/[^/\n]*)$", re.MULTILINE)
+PLACEHOLDER = "PASSWORD"
+
+
+def own_block(localmacros: str | None) -> str:
+    """quotagate's block in an existing exim4.conf.localmacros ("" when it has none)."""
+    text = localmacros or ""
+    start, end = text.find(BEGIN), text.find(END)
+    return text[start:end] if start != -1 and end > start else ""
+
+
+def keep_credentials(previous: str, text: str) -> tuple[str, list[str]]:
+    """``text`` (a file or block about to be written) with the user and password the admin put in
+    ``previous`` (what quotagate wrote there before, edited since) in its server lines, and the
+    lookups whose lines were kept.
+
+    Writing again after a change must not put ``PASSWORD`` back: every lookup would fail, and
+    fail open. The admin's line is kept while it names the same server and database; when the
+    store has moved, DebianConfigError says which line to edit, rather than guess which user and
+    password go with the new server.
+    """
+    kept = []
+
+    def keep(new: re.Match[str]) -> str:
+        lookup, value = new.group(1), new.group(2)
+        old = re.search(rf"^(?:hide[ \t]+)?{lookup}_servers[ \t]*=[ \t]*(.*?)[ \t]*$", previous, re.MULTILINE)
+        if old is None or old.group(1) == value:
+            return new.group(0)
+        host, database, user, password = value.rsplit("/", 3)
+        fields = old.group(1).rsplit("/", 3)
+        if fields[-1] == PLACEHOLDER or fields[2:] == [user, password]:
+            return new.group(0)  # nothing of the admin's to keep
+        if len(fields) == 4 and fields[:2] == [host, database]:
+            kept.append(lookup)
+            return old.group(0)
+        # Named without the old line, which holds the password.
+        raise DebianConfigError(
+            f"its {lookup}_servers line holds a user and password of yours for another server or"
+            f" database than the store's, now {host}/{database}: written again, the file would lose"
+            f" them and every lookup would fail. Make that line name {host}/{database} with the user"
+            " and password to use there, or delete it, and run --write again."
+        )
+
+    return _SERVER_LINE.sub(keep, text), kept
 
 
 def render_files(files: DebianFiles, confdir: str = "/etc/exim4") -> str:
