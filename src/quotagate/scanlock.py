@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,19 +54,41 @@ def _holder(fd: int) -> int | None:
         return None
 
 
+def _open_lock_file(path: Path) -> int:
+    """The lock file opened for writing, created when missing; never through a symlink, never a
+    FIFO or device (the open does not block), never a hard link of another file.
+
+    The default lock lies beside an SQLite file, in a directory that may belong to the user of
+    the admin's own tools: whatever they put at its name must not be what root truncates.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise LockError(f"cannot open {path}: {reason}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LockError(f"cannot use {path}: not a regular file (move it away)")
+        if st.st_nlink != 1:
+            raise LockError(f"cannot use {path}: it has other hard links (move it away)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextmanager
 def scan_lock(path: Path) -> Iterator[None]:
     """Hold the exclusive, non-blocking ``flock`` on ``path`` while the block runs.
 
     Raises :class:`LockHeld` when another process has it, :class:`LockError` when the file cannot be
-    opened. The kernel drops the lock when the process dies, so a crash never leaves it stale; the
-    file itself is never removed (removing a lock file lets two processes lock different inodes).
+    opened or is not a plain file (a symlink, a FIFO, a hard link: see :func:`_open_lock_file`).
+    The kernel drops the lock when the process dies, so a crash never leaves it stale; the file
+    itself is never removed (removing a lock file lets two processes lock different inodes).
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise LockError(f"cannot open {path}: {exc.strerror}") from None
+    fd = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import grp
 import os
+import secrets
 import socket
 import stat
 from dataclasses import dataclass
@@ -104,14 +105,55 @@ def _remove_stale_socket(path: str) -> None:
     )
 
 
+_PRIVATE = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid: int) -> None:
+    """Bind ``sock`` at ``name`` in the directory ``parent`` with ``mode`` and group ``gid`` (-1:
+    unchanged), both set before the socket appears there.
+
+    That directory may belong to another user (``/var/spool/postfix/private``, the postfix
+    user's), who can swap any name in it for a symlink between two calls: a chmod or chown by
+    path would follow it to a file of root's. So the socket is bound in a directory of this
+    process's own, made beside the final place (the same file system) and reached only through
+    its descriptor, set up and listening there where nobody else can reach, then hard-linked into
+    place (a link never replaces what is there: EEXIST) and its private name removed.
+    """
+    private = f".{name}.{secrets.token_hex(6)}"
+    os.mkdir(private, 0o700, dir_fd=parent)
+    try:
+        fd = os.open(private, _PRIVATE, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:  # swapped since the mkdir
+                raise OSError(errno.EPERM, "its directory was changed meanwhile by another user")
+            sock.bind(f"/proc/self/fd/{fd}/{name}")  # the directory itself, whatever its name now
+            try:
+                os.chmod(name, mode, dir_fd=fd)  # nobody else can write this directory
+                if gid >= 0:
+                    os.chown(name, -1, gid, dir_fd=fd, follow_symlinks=False)
+                sock.listen(_BACKLOG)  # answering as soon as it is there
+                os.link(name, name, src_dir_fd=fd, dst_dir_fd=parent, follow_symlinks=False)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):  # swapped for another directory: not ours to keep
+            os.rmdir(private, dir_fd=parent)
+
+
 def _bind_unix(path: str, mode: int, gid: int) -> Listener:
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, mode)
-        os.chown(path, -1, gid)
-        sock.listen(_BACKLOG)
+        directory, name = os.path.split(path)
+        parent = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the admin's path
+        try:
+            _bind_privately(sock, parent, name, mode, gid)
+        finally:
+            os.close(parent)
     except OSError as exc:
         sock.close()
         raise StartupError(
@@ -183,7 +225,8 @@ def close_all(listeners: list[Listener]) -> None:
     """Close the sockets and remove the unix sockets' files (only this process's own)."""
     for listener in listeners:
         if listener.unix:
-            path = listener.sock.getsockname()
+            # The name it listens by (it was bound by another: see _bind_privately).
+            path = listener.name.removeprefix("unix:")
             with contextlib.suppress(OSError):
                 os.unlink(path)
         listener.sock.close()

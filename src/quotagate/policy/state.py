@@ -4,19 +4,27 @@ Written atomically (temp file and rename, mode 0600) off the event loop, at most
 seconds and once more on shutdown, and read once at start: a daemon restarted between a burst's
 RCPTs and its DATA still holds the room it promised. A file that cannot be read is logged and
 ignored: a restart then forgets reservations, as before they were kept, but never fails.
+
+The file may lie in a directory another user owns (beside an SQLite file the admin's own tools
+write): it is read and written through a descriptor of its directory, never through a symlink,
+and read only when it is a regular file (a FIFO there must not block the daemon's start).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Iterable
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 
 from quotagate.policy.reservations import Reservation, State, Transaction
-from quotagate.publish import write_atomically
+from quotagate.usage.safefs import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +84,74 @@ def loads(text: str) -> list[Reservation]:
     return out
 
 
+MAX_BYTES = 1 << 30
+"""The most of a reservations file read (far beyond what any daemon holds): a larger one is not restored."""
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # the configured directory: the admin's path
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextmanager
+def _directory(path: Path) -> Iterator[int]:
+    fd = os.open(path.parent, _DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, None when it is missing. Raises OSError for a symlink, a FIFO or device
+    (opened without blocking, never read), a hard link of another file."""
+    try:
+        directory = os.open(path.parent, _DIRECTORY)
+    except FileNotFoundError:
+        return None
+    try:
+        return read_regular(path.name, directory, MAX_BYTES)
+    finally:
+        os.close(directory)
+
+
 def save(path: Path, reservations: Iterable[Reservation]) -> None:
-    write_atomically(path, dumps(reservations), mode=0o600)
+    """Write the file atomically (mode 0600): a new file beside it, created without following
+    anything, renamed over it. Whatever stood at its name (a symlink, a FIFO) is replaced, never
+    written through; an unchanged file is left alone."""
+    content = dumps(reservations).encode()
+    try:
+        if _read(path) == content:
+            return
+    except OSError:
+        pass  # not a plain file: replaced below
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _directory(path) as directory:
+        tmp = f".{path.name}.{secrets.token_hex(6)}"
+        fd = os.open(tmp, _NEW, 0o600, dir_fd=directory)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=directory)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("cannot remove %s in %s: %s", tmp, path.parent, exc.strerror or exc)
+            raise
 
 
 def load(path: Path) -> list[Reservation]:
+    """The reservations kept in ``path``; none when it is missing or cannot be used (logged)."""
     try:
-        return loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
+        data = _read(path)
+        if data is None:
+            return []
+        return loads(data.decode("utf-8"))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         log.warning("reservations in %s not restored: %s", path, exc)
         return []

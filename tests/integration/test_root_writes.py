@@ -1,0 +1,144 @@
+"""Files quotagate (root) writes beside a store the admin's own tools write, in a directory that
+belongs to those tools' user: the scan lock and the daemon's reservations file. Whatever that
+user puts at their names must not be followed, block, or be what root overwrites."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from quotagate.cli import main
+from quotagate.policy import state
+from quotagate.policy.reservations import Reservations, Transaction
+from tests.integration.conftest import NOBODY
+from tests.policy.conftest import ask, request
+from tests.servers import schemas
+from tests.servers.daemon import PolicyDaemon
+from tests.servers.process import free_port
+
+SECRET = "root:$y$secret:19000:0:99999:7:::\n"
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the directory must belong to another user")
+
+
+def classic_site(tmp_path: Path, policy: str = "") -> tuple[Path, Path]:
+    """The classic schema in ``maildb/users.db`` with alice's mailbox, a spool, and a config
+    naming no lock or state file (both beside the SQLite file); returns the config and maildb."""
+    spool = tmp_path / "spool"
+    (spool / "example.org" / "alice" / "Maildir" / "cur").mkdir(parents=True)
+    maildb = tmp_path / "maildb"
+    maildb.mkdir()
+    url = f"sqlite:///{maildb}/users.db"
+    schemas.create(url, "classic")
+    schemas.add_mailbox(url, "classic", "alice@example.org", 10_000)
+    config = tmp_path / "quotagate.toml"
+    config.write_text(f'[store]\nurl = "{url}"\nschema = "classic"\n[spool]\nroot = "{spool}"\n{policy}')
+    assert main(["--config", str(config), "db", "migrate"]) == 0
+    return config, maildb
+
+
+def hand_over(maildb: Path) -> None:
+    """The directory and its files to the admin's tool's user (SQLite writers need the directory)."""
+    for path in (maildb, *maildb.iterdir()):
+        os.chown(path, NOBODY, NOBODY)
+
+
+def root_only_file(tmp_path: Path) -> Path:
+    victim = tmp_path / "shadow"  # a stand-in for /etc/shadow
+    victim.write_text(SECRET)
+    victim.chmod(0o600)
+    return victim
+
+
+@as_root
+def test_the_scan_lock_beside_an_sqlite_file_is_not_followed_through_a_symlink(tmp_path: Path) -> None:
+    """Scenario: the classic schema in an SQLite file (README's "Stores and schemas":
+    `sqlite:////var/lib/mail/users.db`) kept by the admin's own tool as another user, who owns
+    the directory; `[scan] lock_file` unset, so the scan lock is `users.db.scan-lock` beside it.
+    That user plants it as a symlink to a root-only file; root's cron runs `quotagate scan`.
+    Expected: the root-only file is untouched: the lock is opened without following a symlink
+    (the scan refuses, saying why), never truncated and overwritten with a pid."""
+    config, maildb = classic_site(tmp_path)
+    hand_over(maildb)
+    victim = root_only_file(tmp_path)
+    lock = maildb / "users.db.scan-lock"
+    lock.symlink_to(victim)  # what the directory's owner can do
+    os.lchown(lock, NOBODY, NOBODY)
+
+    code = main(["--config", str(config), "scan"])
+    assert victim.read_text() == SECRET
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert code != 0  # refused, not run without its lock
+
+
+@as_root
+def test_a_fifo_at_the_reservations_file_does_not_stop_the_daemon_from_starting(tmp_path: Path) -> None:
+    """Scenario: as above, the classic schema in an SQLite file whose directory belongs to the
+    admin's tool's user; `[policy] state_file` unset, so the daemon keeps its reservations in
+    `users.db.reservations.json` beside it. That user makes it a FIFO; the daemon is
+    (re)started.
+    Expected: the daemon starts and answers; the FIFO is not read (opening it would block
+    before anything listens, every MTA check failing open while systemd waits), and the log
+    says the reservations were not restored."""
+    port = free_port()
+    config, maildb = classic_site(
+        tmp_path,
+        f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{tmp_path}/control.sock"\n',
+    )
+    assert main(["--config", str(config), "scan"]) == 0
+    hand_over(maildb)
+    fifo = maildb / "users.db.reservations.json"
+    os.mkfifo(fifo)
+    os.chown(fifo, NOBODY, NOBODY)
+
+    daemon = PolicyDaemon(config, port, tmp_path / "serve.log")
+    try:
+        try:
+            daemon.start()  # waits up to 20 s for the port
+        except (AssertionError, RuntimeError) as exc:
+            pytest.fail(f"serve did not start listening: {exc}")
+        assert ask(port, request("alice@example.org")).startswith(b"action="), daemon.log()
+        assert "not restored" in daemon.log() and "not a regular file" in daemon.log(), daemon.log()
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGKILL)  # blocked in open(): SIGTERM waits for a loop never reached
+            daemon.proc.wait(timeout=10)
+
+
+def test_the_reservations_file_is_never_written_or_read_through_a_symlink_or_a_fifo(tmp_path: Path) -> None:
+    """Scenario: the reservations file's directory belongs to another user, who makes the file a
+    symlink to a file of root's, or a FIFO; the daemon saves its reservations (every few
+    seconds, and at shutdown), and is restarted.
+    Expected: the file of root's keeps its content and mode (the symlink is replaced by the
+    daemon's own file, mode 0600); a FIFO is replaced at once, never opened (an open would
+    block the save, and the daemon's shutdown with it); a symlink found at start is not read."""
+    victim = root_only_file(tmp_path)
+    path = tmp_path / "users.db.reservations.json"
+    path.symlink_to(victim)
+    assert state.load(path) == []  # not read through the symlink
+
+    held = Reservations(600)
+    assert held.hold(Transaction("192.0.2.1", "t1"), "alice@example.org", 700, 1.0, 10**9, 10**9)
+    state.save(path, held)
+    assert (victim.read_text(), stat.S_IMODE(victim.stat().st_mode)) == (SECRET, 0o600)
+    st = path.lstat()
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert [r.mailbox for r in state.load(path)] == ["alice@example.org"]
+
+    path.unlink()
+    os.mkfifo(path)
+    saving = threading.Thread(target=state.save, args=(path, held), daemon=True)
+    saving.start()
+    saving.join(timeout=5)
+    if saving.is_alive():  # blocked opening the FIFO: a writer lets it go on
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        saving.join(timeout=5)
+        pytest.fail("the save blocked on a FIFO at the reservations file")
+    assert stat.S_ISREG(path.lstat().st_mode)
+    assert [r.mailbox for r in state.load(path)] == ["alice@example.org"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shadow", path.name]  # no temp file left
