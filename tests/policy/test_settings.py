@@ -31,3 +31,20 @@ def test_new_policy_defaults() -> None:
 def test_timeouts_must_be_positive(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"policy.{key}"):
         parse_config({"policy": {key: value}})
+
+
+def test_a_reload_names_every_setting_only_a_restart_applies() -> None:
+    """Settings a running daemon set up at start (sockets, metrics, workers, live tracking, its
+    Redis). Expected: each change is named, and a change a reload takes is not."""
+    from quotagate.policy.daemon import restart_needed
+
+    old = parse_config({})
+    new = parse_config(
+        {
+            "policy": {"listen": ["127.0.0.1:10099"], "metrics": "", "reservation_seconds": 30},
+            "watch": {"enabled": True},
+            "shared": {"url": "redis://127.0.0.1:6379/0"},
+        }
+    )
+    assert restart_needed(old, new) == ["policy.listen", "policy.metrics", "watch", "shared"]
+    assert restart_needed(old, parse_config({"policy": {"reservation_seconds": 30}})) == []

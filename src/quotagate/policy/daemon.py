@@ -57,6 +57,26 @@ class WorkerRole:
         return self.index == 0
 
 
+# What a reload cannot change in a running daemon: its sockets, its processes, its live tracking
+# and its link to Redis are set up once, at start.
+_SET_AT_START: dict[str, Callable[[Config], object]] = {
+    "policy.listen": lambda c: c.policy.listen,
+    "policy.socket_mode": lambda c: c.policy.socket_mode,
+    "policy.socket_group": lambda c: c.policy.socket_group,
+    "policy.metrics": lambda c: c.policy.metrics,
+    "policy.control_socket": lambda c: c.policy.control_socket,
+    "policy.state_file": lambda c: c.policy.state_file,
+    "policy.workers": lambda c: c.policy.workers,
+    "watch": lambda c: c.watch,
+    "shared": lambda c: c.shared,
+}
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The settings that changed between ``old`` and ``new`` that only a restart applies."""
+    return [key for key, value in _SET_AT_START.items() if value(old) != value(new)]
+
+
 class Daemon:
     def __init__(self, load_config: Callable[[], Config], worker: WorkerRole | None = None) -> None:
         self.load_config = load_config
@@ -243,13 +263,19 @@ class Daemon:
         except ConfigError as exc:
             log.error("config not reloaded: %s", exc)
         else:
-            if config.policy.listen != self.config.policy.listen:
-                log.warning("policy.listen changed: restart quotagate serve to listen elsewhere")
+            changed = restart_needed(self.config, config)
+            if changed:
+                log.warning(
+                    "%s changed: not taken by a reload; restart quotagate serve for it to take effect",
+                    ", ".join(changed),
+                )
             # Not while a load is in flight: it reads the config and the store, and its end would
             # write the old config's rows into the loader just forgotten.
             async with self._refreshing:
                 self.config = config
                 self.service.reconfigure(config)
+                if self.shared is not None:  # room held in Redis from now on lives as long as here
+                    self.shared.reservation_seconds = config.policy.reservation_seconds
                 self.server.policy = config.policy
                 await self.server.load_local_users()
                 self._forget_store()
