@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +30,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from quotagate.address import BadAddress, normalize
 from quotagate.config import StoreConfig
+from quotagate.errors import one_line
 from quotagate.history import Retention, Sample, Stored, expiry, thin, tiers
 from quotagate.model import (
     AliasDomains,
@@ -92,7 +94,9 @@ class SqlStore(ClosedOnExit):
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(parsed, future=True)
+        # A connection a database restart closed is found out (and replaced) when it is taken
+        # from the pool, not by the query that would fail on it.
+        self.engine: Engine = create_engine(parsed, future=True, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.url = parsed.render_as_string(hide_password=True)
@@ -215,17 +219,29 @@ class SqlStore(ClosedOnExit):
                 applied.append(f"{m.version}: {m.description}")
         return applied
 
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {self.url}: {exc.__cause__ or exc}") from exc
+    def _connect(self) -> AbstractContextManager[Connection]:
+        return self._opened(begin=False)
 
-    def _begin(self) -> Any:
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return self._opened(begin=True)
+
+    @contextmanager
+    def _opened(self, begin: bool) -> Iterator[Connection]:
+        """A connection (in a transaction with ``begin``); the database failing while it is used
+        (a server restarted mid-way, a failover) is a StoreError, as one down at connect is, so
+        every caller takes it for an outage (one line logged, tried again), never for a bug. A
+        constraint a caller counts on (IntegrityError: a row another host claimed) stays as it is."""
+        used = False
         try:
-            return self.engine.begin()
+            opened = self.engine.begin() if begin else self.engine.connect()
+            with opened as conn:
+                used = True
+                yield conn
+        except IntegrityError:
+            raise
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {self.url}: {exc.__cause__ or exc}") from exc
+            said = one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+            raise StoreError(f"{'store' if used else 'cannot open store'} {self.url}: {said}") from exc
 
     def _require_schema(self, conn: Connection) -> None:
         if self._version(conn) < schema.LATEST:

@@ -169,13 +169,16 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
 
 
 async def _rescan(config: Config, store: Store) -> ScanResult | None:
-    """An incremental scan, or None (logged) when it was refused or could not publish."""
+    """An incremental scan, or None (logged) when it was refused, could not publish or could not
+    use the store."""
     try:
         return await asyncio.to_thread(run_scan, config, store)
     except Outage as exc:
         log.error("rescan refused, keeping the last state: %s", exc)
     except PublishError as exc:
         log.error("rescan not stored, keeping the last state: %s", exc)
+    except StoreError as exc:  # the store down or restarting: the next rescan tries again
+        log.error("rescan could not use the store, keeping the last state: %s", exc)
     return None
 
 
