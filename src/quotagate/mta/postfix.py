@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from quotagate.config import Config
 from quotagate.listen import parse_place
 
@@ -16,6 +18,12 @@ def policy_service(config: Config) -> str:
         raise ValueError("postfix-config needs a [policy] listen address")
     where = parse_place(config.policy.listen[0])
     if isinstance(where, str):
+        path = PurePosixPath(where)
+        if path.parent.name in ("private", "public"):
+            # Under Postfix's queue directory: named relative to it, as Postfix's own services
+            # are, so a chrooted smtpd (Debian's master.cf) finds it; an absolute path it would
+            # look up inside its chroot, and the check would fall back to DUNNO.
+            return f"unix:{path.parent.name}/{path.name}"
         return f"unix:{where}"
     host = f"[{where[0]}]" if ":" in where[0] else where[0]
     return f"inet:{host}:{where[1]}"
