@@ -58,15 +58,16 @@ LIVE = "maildirsize"  # read at request time: current
 
 
 def measured_ago(usage: Usage, now: float) -> float:
-    """How long ago the usage was measured, as far as room in flight goes: a maildirsize over
+    """How long ago the usage was measured, as far as room in flight goes: a maildirsize as long
+    ago as it was read (a value kept between requests is as old as its read); a maildirsize over
     the files is no measurement of them (its reading is)."""
-    return 0.0 if usage.source == LIVE else max(now - usage.measured_at, 0.0)
+    return max(now - usage.measured_at, 0.0)
 
 
 def usage_age(usage: Usage, now: float) -> float:
-    """How old the usage behind a decision is: a maildirsize is read at request time, so its
-    numbers are current (its mtime only says when they last changed)."""
-    return 0.0 if usage.source in (LIVE, LIVE_OVER_FILES) else max(now - usage.measured_at, 0.0)
+    """How old the usage behind a decision is: a maildirsize as old as its read (its mtime only
+    says when its numbers last changed); one over the files is current in what it adds."""
+    return 0.0 if usage.source == LIVE_OVER_FILES else max(now - usage.measured_at, 0.0)
 
 
 def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool = True) -> Snapshot:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -84,7 +85,9 @@ class MaildirsizeReader:
                 totals = cached[1]
         if totals is None:
             return None
-        return Usage(totals[0], totals[1], st.st_mtime_ns / 1e9, "maildirsize")
+        # As measured when read: a value kept between requests (see quotagate.policy.files) says
+        # nothing of deliveries after this moment, and must not release their room in flight.
+        return Usage(totals[0], totals[1], time.time(), "maildirsize")
 
     @staticmethod
     def _read(node: Node) -> tuple[int, int] | None:

@@ -19,7 +19,7 @@ from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, Mail
 from quotagate.policy.claim import LIVE_OVER_FILES, Claim, ClaimedFolder, SharedState, Weighed, client_caps, settle
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
-from quotagate.policy.live import LIVE, Snapshot, measured_ago, usage_age
+from quotagate.policy.live import Snapshot, measured_ago, usage_age
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
@@ -617,8 +617,8 @@ class PolicyService:
         now = self.clock()
         if usage is not None and self._stale(mailbox.address, usage, now):
             return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
-        # A maildirsize is current when read (its mtime only says when it last changed).
-        measured_at = (now if usage.source == LIVE else usage.measured_at) if usage else 0.0
+        # A maildirsize as of its read (kept between requests, it is as old as that read).
+        measured_at = usage.measured_at if usage else 0.0
         # Mail for a folder left out of the total takes none of the mailbox's room: weighed
         # against the folder's own limit, here, and held nowhere (the ledger weighs mailboxes).
         shared = None if target.left_out else self.shared
