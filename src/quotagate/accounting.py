@@ -102,6 +102,10 @@ class Profile(Struct, frozen=True):
     # A file named ``..x`` does not count (Dovecot's recount skips ``.``, ``..`` and every name
     # starting with two dots, by its first two characters alone).
     skips_two_dots: bool = False
+    # Only INBOX and folders whose directories are dot-named count (Exim's recount descends only
+    # into directories maildir_quota_directory_regex matches: cur, new and .*): a Maildir whose
+    # IMAP server keeps its folders as LAYOUT=fs plain directories has them left out.
+    dot_folders_only: bool = False
 
     @property
     def describe(self) -> str:
@@ -125,7 +129,9 @@ class Profile(Struct, frozen=True):
 
     def leaves_out_folder(self, name: str) -> bool:
         """Whether the folder of this stored name does not count at all under this profile."""
-        return name in self.excluded_folders or (self.imap_names_only and not imap_canonical(name))
+        if name in self.excluded_folders or (self.imap_names_only and not imap_canonical(name)):
+            return True
+        return self.dot_folders_only and name != "INBOX" and not all(p.startswith(".") for p in name.split("/"))
 
     def left_out(self, name: str) -> bool:
         """Whether a message file of this name does not count at all: dot files (Dovecot, which
@@ -321,8 +327,12 @@ def enforced(
 
 
 def profile_for(spool: SpoolConfig) -> Profile:
-    """The profile ``[spool] accounting`` names, with ``[spool] accounting_options`` applied."""
-    return with_options(PROFILES[spool.accounting], spool.accounting_options)
+    """The profile ``[spool] accounting`` names, with ``[spool] accounting_options`` applied, for
+    the spool's Maildir layout."""
+    profile = with_options(PROFILES[spool.accounting], spool.accounting_options)
+    if profile.name == "exim" and spool.maildir_layout == "fs":
+        profile = replace(profile, dot_folders_only=True)
+    return profile
 
 
 def with_options(base: Profile, options: AccountingOptions) -> Profile:
