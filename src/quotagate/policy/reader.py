@@ -10,6 +10,7 @@ import ctypes
 import logging
 import marshal
 import os
+import signal
 import socket
 import sys
 import threading
@@ -118,6 +119,8 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
                     continue
                 _, path, watch = request
                 sock.send(marshal.dumps(_read(reader, path, (libc, inotify_fd, mask) if watch else None)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon is gone (stopping): so is its reader, quietly
         except (OSError, ValueError, EOFError) as exc:
             if not ended.is_set():  # not the socket closed as the process ends
                 log.error("stopping: %s", exc)
@@ -133,6 +136,11 @@ def _serve(sock: socket.socket, inotify_fd: int, mask: int, workers: int) -> Non
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="quotagate maildirsize reader: %(message)s")
+    # The daemon ends its reader by closing their socket. A stop of the whole unit (systemd's
+    # SIGTERM to every process of it) must not end the reader first: the daemon would take it
+    # for a crash, log an error and start another while it stops.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     fd, inotify_fd, mask, workers = (int(arg) for arg in argv)
     with socket.socket(fileno=fd) as sock:
         try:
