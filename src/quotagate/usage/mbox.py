@@ -121,10 +121,25 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES)
 
 
+INDEX_DIR = ".imap"  # Dovecot's index of an mbox home (mail_location without INDEX=): no mail
+
+
+def _passed_over(dir_fd: int, entry: os.DirEntry[str]) -> bool:
+    """Whether an entry of an mbox home is no mail: Dovecot's index directory, a dot file or
+    ``*.lck`` but one starting with a From line, a lock file. A directory whose name starts with
+    a dot is an IMAP folder all the same (``.Archive/2024``: a Sieve fileinto makes one, and
+    Dovecot counts it)."""
+    if entry.name == INDEX_DIR:
+        return True
+    if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+        return False
+    return _skipped(entry.name) and not _named_off_but_mbox(dir_fd, entry)
+
+
 def _named_off_but_mbox(dir_fd: int, entry: os.DirEntry[str]) -> bool:
     """Whether a file whose name says it is no mail (a dot file, ``*.lck``) starts with a From line
     all the same: Dovecot lists and counts an mbox folder ``.stash`` or ``Archive.lck`` (its own
-    lock files end in ``.lock``). Dot directories stay unwalked (``.imap``, a home's ``.cache``)."""
+    lock files end in ``.lock``)."""
     return (
         not entry.name.endswith(".lock")
         and entry.is_file(follow_symlinks=False)
@@ -232,9 +247,10 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
     """The relative path (the folder name) of every file under an opened directory that may be
     an mbox (see :func:`is_mbox`), without following symlinks.
 
-    Dot files and folders (``.imap``, ``.subscriptions``, ``.forward``) and lock files are not
-    mail. Nor is a Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages
-    of a Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``). One
+    Dovecot's index directory ``.imap``, dot files (``.subscriptions``, ``.forward``) and lock
+    files are not mail; other dot directories are folders (see :func:`_passed_over`). Nor is a
+    Maildir (``cur/``, ``new/`` or ``tmp/``, no mbox file): its files are the messages of a
+    Maildir, never mbox folders; it is listed in ``maildirs`` (with a trailing ``/``). One
     whose cur/, new/ or tmp/ holds a directory, or a file starting with a From line, may as well be
     IMAP folders named so (``Archive/cur/2024.q1``), whose mail the delivery agent counts: an
     OSError (EINVAL), the mailbox unknown; but for ``beside`` at the top (``[spool]
@@ -258,7 +274,7 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
         subdirs = []
         with os.scandir(fd) as entries:
             for entry in entries:
-                if _skipped(entry.name) and not _named_off_but_mbox(fd, entry):
+                if _passed_over(fd, entry):
                     continue
                 entries_left -= 1
                 names_left -= len(prefix) + len(entry.name)

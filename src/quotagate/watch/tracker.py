@@ -749,8 +749,8 @@ _MAILDIR_PARTS = frozenset({"cur", "new", "tmp"})
 def _directories(root_fd: int, mbox_home: bool) -> list[str]:
     """The directories below an opened root as paths relative to it, depth first, following no
     symlink, at most :data:`maildir.MAX_FOLDERS` of them :data:`maildir.MAX_DEPTH` deep (the
-    bounds of a measurement). Of an mbox home: those its measurement walks (not dot ones, nor a
-    Maildir it passes over: see :func:`mbox.holds_maildir`); of a LAYOUT=fs tree: all but a
+    bounds of a measurement). Of an mbox home: those its measurement walks (not Dovecot's index,
+    nor a Maildir it passes over: see :func:`mbox.holds_maildir`); of a LAYOUT=fs tree: all but a
     folder's cur/, new/ and tmp/. Blocking, on directories a user controls: a thread's."""
     found: list[str] = []
 
@@ -760,7 +760,7 @@ def _directories(root_fd: int, mbox_home: bool) -> list[str]:
                 e.name
                 for e in entries
                 if e.is_dir(follow_symlinks=False)
-                and (not e.name.startswith(".") if mbox_home else e.name not in _MAILDIR_PARTS)
+                and (e.name != mbox.INDEX_DIR if mbox_home else e.name not in _MAILDIR_PARTS)
             ]
         for name in names:
             if len(found) >= maildir.MAX_FOLDERS:
