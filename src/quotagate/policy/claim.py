@@ -65,6 +65,9 @@ class Claim:
     per_recipient: bool = False  # at DATA with PRDR: refused for the client's share, no copy comes
     max_usage_age: float = 900.0  # [policy] max_usage_age: the shared ledger's reading, older, is not used
     copy: str = ""  # which copy of the message (the recipient's detail): see Reservation.copy
+    # ``usage`` is older than max_usage_age by this host's clock: believed only in the form of a
+    # fresher reading the ledger holds (a storage host's, by Redis's clock), else DUNNO.
+    stale: bool = False
 
     @staticmethod
     def wanted(mailbox: Mailbox, limits: Limits | None, usage: Usage | None) -> bool:
@@ -109,6 +112,9 @@ class Weighed:
     in_folder: Reserved = NOTHING_RESERVED  # of it, held for the folder the recipient names (if it has limits)
 
 
+STALE = "usage is older than max_usage_age"
+
+
 def settle(claim: Claim, weighed: Weighed, now: float) -> tuple[Decision, Usage]:
     """The decision the daemon gives (the same rules as PolicyService._decide), and the usage
     it went by."""
@@ -116,6 +122,8 @@ def settle(claim: Claim, weighed: Weighed, now: float) -> tuple[Decision, Usage]
     whole = claim.usage
     if weighed.source == SHARED_SOURCE:
         whole = Usage(weighed.used_bytes, weighed.used_messages, now - weighed.age, SHARED_SOURCE)
+    elif claim.stale:
+        return Decision(Action.DUNNO, STALE), whole
 
     def judge(held: Held) -> tuple[Decision, Usage]:
         if claim.folder is None:

@@ -16,7 +16,16 @@ from quotagate.address import BadAddress, dequoted, normalize, without_detail
 from quotagate.config import Config
 from quotagate.decide import Held, Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Numbers, Reading, Usage
-from quotagate.policy.claim import LIVE_OVER_FILES, Claim, ClaimedFolder, SharedState, Weighed, client_caps, settle
+from quotagate.policy.claim import (
+    LIVE_OVER_FILES,
+    STALE,
+    Claim,
+    ClaimedFolder,
+    SharedState,
+    Weighed,
+    client_caps,
+    settle,
+)
 from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Snapshot, measured_ago, usage_age
@@ -444,6 +453,8 @@ class PolicyService:
                     outcomes.append(alone)
                 else:
                     decision, usage = settle(claim, weighed, self.clock())
+                    if decision.reason == STALE:  # counted and said as when decided here
+                        self._stale(claim.mailbox.address, claim.usage, self.clock())
                     if weighed.capped and not weighed.held:  # counted as the daemon's own are
                         self.reservations.capped += 1
                     outcomes.append(Outcome(claim.mailbox.address, decision, usage))
@@ -615,17 +626,19 @@ class PolicyService:
             left_out = Decision(Action.DUNNO, "the folder is left out of the quota", Numbers(size=known_size(size)))
             return Outcome(mailbox.address, left_out, usage)
         now = self.clock()
-        if usage is not None and self._stale(mailbox.address, usage, now):
-            return Outcome(mailbox.address, Decision(Action.DUNNO, "usage is older than max_usage_age"), usage)
+        stale = usage is not None and usage_age(usage, now) > self.config.policy.max_usage_age
         # A maildirsize as of its read (kept between requests, it is as old as that read).
         measured_at = usage.measured_at if usage else 0.0
         # Mail for a folder left out of the total takes none of the mailbox's room: weighed
         # against the folder's own limit, here, and held nowhere (the ledger weighs mailboxes).
         shared = None if target.left_out else self.shared
         if shared is not None and shared.up and not alone and Claim.wanted(mailbox, limits, usage):
-            claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient)
+            claim = self._claim(target, size, live, transaction, limits, usage, now, stage, per_recipient, stale)
             if claim is not None:
                 return claim, shared.claim(claim)
+        if stale and usage is not None:  # not by its own clock; a fresher reading in the ledger would do
+            self._stale(mailbox.address, usage, now)
+            return Outcome(mailbox.address, Decision(Action.DUNNO, STALE), usage)
         s = known_size(size)
         copy = target.copy
         # A folder with limits of its own, by its key (Gel&APY-scht is Gelöscht, Archive archive).
@@ -712,6 +725,7 @@ class PolicyService:
         now: float,
         stage: Stage,
         per_recipient: bool = False,
+        stale: bool = False,
     ) -> Claim | None:
         """The check as the shared ledger weighs it: the whole mailbox's usage (which a storage
         host's fresher one may replace) and, for local+folder, the folder's rule and usage; at
@@ -737,6 +751,7 @@ class PolicyService:
             per_recipient=per_recipient,
             max_usage_age=policy.max_usage_age,
             copy=target.copy,
+            stale=stale,
         )
 
     def _stale(self, address: str, usage: Usage, now: float) -> bool:
