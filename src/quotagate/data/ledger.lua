@@ -217,14 +217,36 @@ elseif op == 'usage' then
 elseif op == 'restore' then
   -- A reservation a daemon took while Redis was away, written back. ARGV: 3 tx, 4 client,
   -- 5 bytes, 6 state, 7 ms left, 8 ms since its delivery was seen (-1: not seen), 9 the folder
-  -- with limits of its own it is for ('': none)
+  -- with limits of its own it is for ('': none); with KEYS 8 (the transaction's index) and 9 (word
+  -- of its ends, see RedisLedger._apply in policy/shared.py): 10 when it was made and 11 its entry
+  -- in the index. 10 and the times in KEYS[9] are by the clock of the host that wrote both (the
+  -- node in the transaction's key), never compared with Redis's.
   local tx = ARGV[3]
   if get(tx) then return 0 end
+  local state, bytes = ARGV[6], tonumber(ARGV[5])
+  local INDEX, ENDED = KEYS[8], KEYS[9]
+  if state == 'held' and INDEX then
+    -- Its transaction ended after it was made (on another daemon of the host while Redis was
+    -- away, or once this very room had been written back and let go, and a state file written
+    -- before brings it back): the message was accepted (its room is in flight) or never came.
+    local made = tonumber(ARGV[10])
+    local ended = redis.call('HMGET', ENDED, 'd', 's', 'n')
+    if ended[1] and tonumber(ended[1]) >= made then
+      state = 'flight'
+      if ended[2] and ended[2] ~= '' then bytes = tonumber(ended[2]) end
+    elseif ended[3] and tonumber(ended[3]) >= made then
+      return 0
+    end
+  end
   local since = tonumber(ARGV[8])
   local folder = ARGV[9]
   if folder == '' then folder = nil end
-  add(tx, {b = tonumber(ARGV[5]), s = ARGV[6], c = ARGV[4], t = now, e = now + tonumber(ARGV[7]),
-           d = (ARGV[6] == 'flight' and since >= 0) and (now - since) or 0, g = folder})
+  add(tx, {b = bytes, s = state, c = ARGV[4], t = now, e = now + tonumber(ARGV[7]),
+           d = (state == 'flight' and since >= 0) and (now - since) or 0, g = folder})
+  if state == 'held' and INDEX then  -- with it, atomically: an end that reads the index finds it
+    redis.call('SADD', INDEX, ARGV[11])
+    lengthen(INDEX)
+  end
   keep()
   return 1
 

@@ -236,6 +236,8 @@ class Daemon:
         self._saved_version = version
 
     def _restore_reservations(self) -> None:
+        if self.shared is not None:  # what it owed Redis when the daemon stopped: replayed first
+            self.shared.keep_owed_at(self._state_file)
         saved = state.load(self._state_file)
         for r in saved:
             if r.copy and not r.folder:  # written before folders were kept: the copy names it

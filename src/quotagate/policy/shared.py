@@ -11,8 +11,10 @@ freshest usage within one flush.
 
 Redis away (down, failing over, too slow): the daemon decides with its own reservations, as
 without ``[shared]``, says so once, sets ``quotagate_shared_up`` to 0, and tries Redis again every
-``retry_seconds``. Back, it first replays the transaction ends and deliveries it saw meanwhile,
-then writes back the room it held alone, then uses Redis again. Nothing is refused because Redis
+``retry_seconds``. Back, it first replays the transaction ends and deliveries it saw meanwhile
+(kept beside the state file: a restart meanwhile replays them still), then writes back the room
+it held alone (never room Redis let go of since, nor room whose transaction ended on another
+daemon of the host meanwhile), then uses Redis again. Nothing is refused because Redis
 is away; what that costs (room over-accepted while it was) is bounded in docs/scaling.md.
 """
 
@@ -26,16 +28,19 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quotagate.config import SharedConfig
 from quotagate.decide import Ceiling, Reserved
 from quotagate.model import Reading, State
+from quotagate.policy import state
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
 from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
@@ -59,6 +64,7 @@ _USAGE_MS = 86_400_000
 # Transaction ends and deliveries kept while Redis is away, replayed when it is back.
 MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
+_OWED_SECONDS = 5.0  # how often, at most, they are written beside the state file while Redis is away
 MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the first SCAN finds)
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use", "ids")
 _CONNECTIONS = 32  # to Redis, per daemon
@@ -187,11 +193,31 @@ class _Op:
     args: tuple[str | int, ...] = ()
     transaction: Transaction | None = None
     measured_at: float = 0.0  # for a reading: its age is worked out when it is sent
+    seen_at: float = 0.0  # for an end: when this host saw it, by its clock
+
+    def row(self) -> list[Any]:
+        """As kept beside the state file (:func:`quotagate.policy.state.save_owed`)."""
+        tx = None if self.transaction is None else [self.transaction.client, self.transaction.id]
+        return [self.name, self.mailbox, list(self.args), tx, self.measured_at, self.seen_at]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> _Op:
+        """Raises ValueError or TypeError for a row this version did not write."""
+        name, mailbox, args, tx, measured_at, seen_at = row
+        if name not in ("end", "delivered", "usage") or not isinstance(args, list):
+            raise ValueError(f"unknown change {name!r}")
+        if not all(isinstance(arg, str | int) and not isinstance(arg, bool) for arg in args):
+            raise ValueError("arguments are not strings or numbers")
+        transaction = None if tx is None else Transaction(str(tx[0]), str(tx[1]))
+        if name == "end" and transaction is None:
+            raise ValueError("an end without its transaction")
+        return cls(name, str(mailbox), tuple(args), transaction, float(measured_at), float(seen_at))
 
 
 class _Pending:
     """The changes Redis missed while away, replayed in the order they were made once it is
-    back. Transaction ends are kept apart from deliveries and readings, each kind up to
+    back (kept beside the daemon's state file across restarts, see RedisLedger.keep_owed_at).
+    Transaction ends are kept apart from deliveries and readings, each kind up to
     :data:`MAX_PENDING` (the oldest dropped first, said once per outage): a long partition
     that sees many deliveries would otherwise crowd out the ends, and the room each ended
     transaction held would stay held in Redis until it expired. A dropped delivery or reading
@@ -203,12 +229,14 @@ class _Pending:
         self._limit = limit
         self._seq = itertools.count()
         self.dropped = 0
+        self.changes = 0  # moves whenever what is kept changes (it is then written again)
 
     def __bool__(self) -> bool:
         return bool(self._ends or self._others)
 
     def add(self, ops: Iterable[_Op]) -> None:
         for op in ops:
+            self.changes += 1
             kept = self._ends if op.name == "end" else self._others
             kept.append((next(self._seq), op))
             if len(kept) > self._limit:
@@ -224,7 +252,12 @@ class _Pending:
         merged = heapq.merge(self._ends, self._others, key=lambda entry: entry[0])
         return [op for _, op in itertools.islice(merged, n)]
 
+    def rows(self) -> list[list[Any]]:
+        """Every change kept, oldest first, as rows for the file beside the state file."""
+        return [op.row() for op in self.first(len(self._ends) + len(self._others))]
+
     def drop_first(self, n: int) -> None:
+        self.changes += 1
         for _ in range(n):
             if self._others and (not self._ends or self._others[0][0] < self._ends[0][0]):
                 self._others.popleft()
@@ -276,6 +309,14 @@ class RedisLedger:
         # Replies that say Redis cannot take the call now, whatever the call (see _away).
         self._refusals: tuple[type[Exception], ...] = ()
         self._cluster_log = Throttled(log)
+        # The daemon's state file: what Redis missed is kept beside it (see keep_owed_at).
+        self._state_file: Path | None = None
+        self._owed_written = 0  # _pending.changes when it was last written there
+        self._owed_at = 0.0  # when, by time.monotonic
+        # Writes of it, in threads (one may outlive a cancelled wait for it): never an older over a newer.
+        self._owed_lock = threading.Lock()
+        self._owed_on_disk = -1
+        self._owed_log = Throttled(log)
 
     @property
     def up(self) -> bool:
@@ -317,7 +358,9 @@ class RedisLedger:
             ClusterDownError,
         )
         self._client = connect(self.url, self.settings.timeout)
-        if not await self._recover():
+        if await self._recover():
+            await self._keep_owed(at_once=True)  # what an earlier run owed it went: kept no more
+        else:
             self._down("not reachable at start")
         self._heartbeat = asyncio.ensure_future(self._heartbeat_forever())
 
@@ -331,6 +374,7 @@ class RedisLedger:
                 await asyncio.gather(task, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.timeout)
+        await self._keep_owed(at_once=True)  # a restart before Redis is back replays them still
         if self._client is not None:
             await self._client.aclose(close_connection_pool=True)  # ours, given to it
 
@@ -410,9 +454,18 @@ class RedisLedger:
     def _index_key(self, transaction: Transaction) -> str:
         return f"{self.settings.prefix}:tx:{{{transaction_key(self.node, transaction)}}}"
 
+    def _ended_key(self, transaction: Transaction) -> str:
+        """A hash of the transaction's ends (see :meth:`_apply`): ``n`` when the last one without
+        data was seen, ``d`` and ``s`` when the last one with data was, and its size (ms by this
+        host's clock: only its own daemons' write-backs compare them, with when their
+        reservations were made)."""
+        return f"{self._index_key(transaction)}:end"
+
     # -- changes -------------------------------------------------------------------------------
-    def end(self, transaction: Transaction, with_data: bool, size: int | None = None) -> None:
-        self._send(_Op("end", transaction=transaction, args=(1 if with_data else 0, "" if size is None else size)))
+    def end(self, transaction: Transaction, with_data: bool, size: int | None = None, now: float | None = None) -> None:
+        """``now``: when it was seen, by the clock the daemon's reservations are made by."""
+        args = (1 if with_data else 0, "" if size is None else size)
+        self._send(_Op("end", transaction=transaction, args=args, seen_at=self.clock() if now is None else now))
 
     def delivered(self, mailbox: str) -> None:
         """A message landed in ``mailbox``. Named, so that Redis applies it once however often it
@@ -500,23 +553,37 @@ class RedisLedger:
             self._pending.add(ops)
             self._failed(exc)
 
-    async def _apply(self, ops: Sequence[_Op]) -> None:
+    async def _apply(self, ops: Sequence[_Op], replayed: bool = False) -> None:
         """``ops``, in order, in one pipeline; the transactions that end first look up, together,
-        which mailboxes they hold room in."""
+        which mailboxes they hold room in.
+
+        An end leaves word of itself (:meth:`_ended_key`) when it lets room go in Redis, for a
+        copy of that room written back later from a state file written before it was handed over
+        (a daemon that died before its next save), and always when ``replayed`` (seen while Redis
+        was away), before its look-up: room another daemon of this host held alone for the
+        transaction meanwhile (a worker of ``serve --workers``) is in no index yet. The script's
+        ``restore`` holds neither again."""
         assert self._client is not None
         prefix, life = self.settings.prefix, self._life_ms
-        ends = [op.transaction for op in ops if op.name == "end" and op.transaction is not None]
+        ends = [op for op in ops if op.name == "end" and op.transaction is not None]
         held: list[Any] = []
         if ends:
             async with self._client.pipeline(transaction=False) as pipe:
-                for transaction in ends:
-                    pipe.smembers(self._index_key(transaction))
-                held = await pipe.execute()
+                for end in ends:
+                    assert end.transaction is not None
+                    if replayed:
+                        self._queue_ended(pipe, end)
+                    pipe.smembers(self._index_key(end.transaction))
+                held = (await pipe.execute())[2::3] if replayed else await pipe.execute()
         mailboxes = iter(held)
         calls: list[tuple[list[str], _Args]] = []
+        ended: list[_Op] = []
         for op in ops:
             if op.name == "end" and op.transaction is not None:
-                for member in next(mailboxes):
+                members = next(mailboxes)
+                if members and not replayed:
+                    ended.append(op)
+                for member in members:
                     text = member.decode() if isinstance(member, bytes) else str(member)
                     address, _, copy = text.partition("\0")
                     tx = transaction_key(self.node, op.transaction, copy)
@@ -528,16 +595,29 @@ class RedisLedger:
                 calls.append((mailbox_keys(prefix, op.mailbox), [op.name, life, *op.args]))
         if not calls:
             return
+
+        def queue(pipe: Pipeline) -> None:
+            for op in ended:
+                self._queue_ended(pipe, op)
+            self._queue_all(calls, pipe)
+
         # An error in a reply is the script's, for that change alone: it is dropped and said,
         # never kept for a replay that would fail the same way and keep Redis taken for away.
         # Unless Redis took none: then the changes are kept and replayed (each is idempotent).
-        replies = await self._pipeline(functools.partial(self._queue_all, calls), raise_on_error=False)
+        replies = await self._pipeline(queue, raise_on_error=False)
         self._raise_away(replies)
         refused = [reply for reply in replies if isinstance(reply, Exception)]
         if refused:
             if self.metrics is not None:
                 self.metrics.shared_errors.inc(len(refused))
             log.warning("shared state refused %d of %d changes (dropped): %s", len(refused), len(calls), refused[0])
+
+    def _queue_ended(self, pipe: Pipeline, end: _Op) -> None:
+        """Word of a transaction's end (see :meth:`_apply`), for as long as its index lives."""
+        assert end.transaction is not None
+        key, at = self._ended_key(end.transaction), round(end.seen_at * 1000)
+        pipe.hset(key, mapping={"d": at, "s": end.args[1]} if end.args[0] == 1 else {"n": at})
+        pipe.pexpire(key, self._life_ms)
 
     # -- the admin's release (quotagate reservations --release) ---------------------------------
     async def release(self, mailbox: str | None) -> int:
@@ -692,7 +772,49 @@ class RedisLedger:
 
     async def _probe_forever(self) -> None:
         while not self._closing and not await self._recover():
+            await self._keep_owed()
             await asyncio.sleep(self.settings.retry_seconds)
+        await self._keep_owed(at_once=True)  # replayed: kept no more
+
+    # -- what Redis missed, kept across restarts -------------------------------------------------
+    def keep_owed_at(self, state_file: Path) -> None:
+        """Keep what Redis misses beside the daemon's state file, and take what an earlier run
+        left there (a restart while Redis was away): replayed first once Redis is back."""
+        self._state_file = state_file
+        ops = []
+        for row in state.load_owed(state_file):
+            try:
+                ops.append(_Op.from_row(row))
+            except (ValueError, TypeError, IndexError) as exc:
+                log.warning("a change owed to the shared state not restored: %s", exc)
+        self._pending.add(ops)
+        self._owed_written = self._owed_on_disk = self._pending.changes  # as the file has them
+        self._owed_at = time.monotonic()
+        if ops:
+            log.info("%d changes owed to the shared state restored from %s", len(ops), state.owed_file(state_file))
+
+    async def _keep_owed(self, at_once: bool = False) -> None:
+        """Write what Redis missed beside the state file when it changed (every few seconds at
+        most while Redis is away, unless ``at_once``); a file that cannot be written is said."""
+        path = self._state_file
+        if path is None or self._owed_written == self._pending.changes:
+            return
+        if not at_once and time.monotonic() - self._owed_at < _OWED_SECONDS:
+            return
+        changes, rows = self._pending.changes, self._pending.rows()
+        self._owed_at = time.monotonic()
+        try:
+            await asyncio.to_thread(self._save_owed, path, changes, rows)
+        except OSError as exc:
+            self._owed_log.warning("cannot keep changes owed to the shared state beside %s: %s", path, exc)
+            return
+        self._owed_written = changes
+
+    def _save_owed(self, path: Path, changes: int, rows: list[list[Any]]) -> None:
+        with self._owed_lock:
+            if changes > self._owed_on_disk:
+                state.save_owed(path, rows)
+                self._owed_on_disk = changes
 
     async def _recover(self) -> bool:
         """Redis answers again: replay what it missed, write back the room held alone, use it.
@@ -722,7 +844,7 @@ class RedisLedger:
                 while self._pending:
                     chunk = self._pending.first(_REPLAY_BATCH)
                     async with asyncio.timeout(self.settings.timeout * 10):
-                        await self._apply(chunk)
+                        await self._apply(chunk, replayed=True)
                     self._pending.drop_first(len(chunk))
                     replayed += len(chunk)
                 alone = list(self.local)
@@ -757,16 +879,15 @@ class RedisLedger:
                 since = -1 if r.delivered_at is None else max(0, round((now - r.delivered_at) * 1000))
                 tx = transaction_key(self.node, r.transaction, r.copy)
                 # Its state as written: the transaction may end (END-OF-MESSAGE) during the await,
-                # and the end, replayed next, finds its mailbox through the index written here.
-                state = r.state
-                args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, state]
-                args += [left, since, r.folder]
+                # and the end, replayed next, finds its mailbox through the index the script
+                # writes (with the reservation, atomically: an end another daemon applies at once
+                # finds either both or neither, and then its word, see _apply).
+                args: list[str | int] = ["restore", self._life_ms, tx, r.transaction.client, r.bytes, r.state]
+                args += [left, since, r.folder, round(r.made_at * 1000), holding_member(r.mailbox, r.copy)]
+                keys = mailbox_keys(self.settings.prefix, r.mailbox)
+                keys += [self._index_key(r.transaction), self._ended_key(r.transaction)]
                 async with asyncio.timeout(self.settings.timeout):
-                    written += int(await self._eval(mailbox_keys(self.settings.prefix, r.mailbox), args))
-                    if state == "held":
-                        index = self._index_key(r.transaction)
-                        await self._client.sadd(index, holding_member(r.mailbox, r.copy))
-                        await self._client.pexpire(index, self._life_ms)
+                    written += int(await self._eval(keys, args))
             self.local.hand_over(r)
         return written
 
@@ -780,7 +901,7 @@ class SharedReservations(Reservations):
     def end(self, transaction: Transaction, with_data: bool, now: float, size: int | None = None) -> int:
         changed = super().end(transaction, with_data, now, size)
         if self.ledger is not None:
-            self.ledger.end(transaction, with_data, size)
+            self.ledger.end(transaction, with_data, size, now)
         return changed
 
     def holds(self, transaction: Transaction) -> bool:

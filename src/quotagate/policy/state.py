@@ -116,7 +116,10 @@ def save(path: Path, reservations: Iterable[Reservation]) -> None:
     """Write the file atomically (mode 0600): a new file beside it, created without following
     anything, renamed over it. Whatever stood at its name (a symlink, a FIFO) is replaced, never
     written through; an unchanged file is left alone."""
-    content = dumps(reservations).encode()
+    _write(path, dumps(reservations).encode())
+
+
+def _write(path: Path, content: bytes) -> None:
     try:
         if _read(path) == content:
             return
@@ -154,6 +157,55 @@ def load(path: Path) -> list[Reservation]:
         return loads(data.decode("utf-8"))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         log.warning("reservations in %s not restored: %s", path, exc)
+        return []
+
+
+# -- what the shared ledger owes Redis ------------------------------------------------------------
+# The changes ([shared]) Redis missed while it was away (transaction ends, deliveries, readings),
+# kept beside the reservations file so that a restart before Redis is back replays them still:
+# lost, an ended transaction's room would stay held in Redis for reservation_seconds. Each row is
+# a list of JSON scalars and lists the ledger makes and reads (see policy/shared.py); the ledger
+# keeps at most MAX_PENDING of each kind, so the file is bounded too.
+OWED_VERSION = 1
+
+
+def owed_file(path: Path) -> Path:
+    """Where the shared ledger of the daemon whose reservations live in ``path`` keeps what it
+    owes Redis."""
+    return path.with_name(f"{path.name}.owed")
+
+
+def save_owed(path: Path, rows: list[list[Any]]) -> None:
+    """Write the rows owed to Redis (as :func:`save` writes, atomically, mode 0600); with none,
+    the file goes. Raises OSError."""
+    owed = owed_file(path)
+    if rows:
+        pieces = (_encode(rows[i : i + ROWS_PER_PIECE]).decode()[1:-1] for i in range(0, len(rows), ROWS_PER_PIECE))
+        _write(owed, f'{{"version":{OWED_VERSION},"owed":[{",".join(pieces)}]}}'.encode())
+        return
+    try:
+        with _directory(owed) as directory:
+            os.unlink(owed.name, dir_fd=directory)  # a symlink there goes itself, never its target
+    except FileNotFoundError:
+        pass
+
+
+def load_owed(path: Path) -> list[list[Any]]:
+    """The rows kept by :func:`save_owed`; none when missing or unusable (logged)."""
+    owed = owed_file(path)
+    try:
+        data = _read(owed)
+        if data is None:
+            return []
+        decoded = msgspec.json.decode(data)
+        if not isinstance(decoded, dict) or decoded.get("version") != OWED_VERSION:
+            raise ValueError("not a file of changes owed to Redis of this version")
+        rows = decoded["owed"]
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            raise ValueError("rows are not lists")
+        return rows
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        log.warning("changes owed to the shared state in %s not restored: %s", owed, exc)
         return []
 
 
