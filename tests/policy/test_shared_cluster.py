@@ -19,6 +19,7 @@ from tests.policy.test_shared import burst, two
 from tests.policy.transactions import FITS
 from tests.servers.install import require_command
 from tests.servers.process import private_dir, spawn_as, stop, wait_for_port
+from tests.servers.redis import private_redis
 
 pytestmark = pytest.mark.servers
 
@@ -118,3 +119,26 @@ def test_a_redis_cluster_node_is_refused_and_said_not_used_as_one_server(
     assert up == 0
     assert "is a Redis Cluster node" in caplog.text
     assert answers.count(DUNNO) == 2 * FITS  # each alone: the whole room, as in an outage
+
+
+def test_a_redis_that_may_evict_keys_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Scenario: [shared] url names a Redis with maxmemory and maxmemory-policy volatile-lru (the
+    default of managed Redis services): under memory pressure it evicts the keys of held room,
+    or a transaction's index, whose end then frees nothing.
+    Expected: the daemon says so, naming the policy and noeviction, when it starts using it (it
+    never looked)."""
+    with private_redis() as server:
+        admin = Redis(host=server.host, port=server.port)
+        admin.config_set("maxmemory", str(256 * 1024 * 1024))
+        admin.config_set("maxmemory-policy", "volatile-lru")
+        admin.close()
+        site = make_site(tmp_path)
+
+        async def go() -> float:
+            async with two(site, server.url) as (a, _):
+                return a.up()
+
+        with caplog.at_level(logging.WARNING, logger="quotagate.policy.shared"):
+            up = run(go(), timeout=60)
+    assert up == 1  # used all the same: an outage's bound is no better
+    assert "maxmemory-policy volatile-lru" in caplog.text and "noeviction" in caplog.text

@@ -309,6 +309,7 @@ class RedisLedger:
         # Replies that say Redis cannot take the call now, whatever the call (see _away).
         self._refusals: tuple[type[Exception], ...] = ()
         self._cluster_log = Throttled(log)
+        self._eviction_log = Throttled(log)
         # The daemon's state file: what Redis missed is kept beside it (see keep_owed_at).
         self._state_file: Path | None = None
         self._owed_written = 0  # _pending.changes when it was last written there
@@ -478,6 +479,20 @@ class RedisLedger:
         for r in readings:
             if r.state is not State.UNKNOWN:
                 self._send(_Op("usage", r.address, (r.bytes, r.messages), measured_at=r.measured_at))
+
+    async def _eviction_said(self) -> None:
+        """Say (once a minute) when Redis may evict keys: held room can then vanish (more mail
+        let in) or an ended transaction's index go (its room held until it expires)."""
+        assert self._client is not None
+        memory = await self._client.info("memory")
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+            self._eviction_log.warning(
+                "shared state at %s may evict keys (maxmemory-policy %s): room held there can vanish"
+                " or stay held until it expires; give quotagate a Redis with maxmemory-policy noeviction",
+                self._where,
+                policy,
+            )
 
     async def _cluster_node(self) -> bool:
         """Whether ``[shared] url`` names a node of a Redis Cluster: it answers MOVED for the
@@ -838,6 +853,7 @@ class RedisLedger:
                         self._where,
                     )
                     return False
+                await self._eviction_said()
                 self._run_id = await self._server_run()
                 await self._load()
             while True:
