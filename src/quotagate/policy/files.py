@@ -22,11 +22,14 @@ import asyncio
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from asyncinotify import Inotify, Mask
+from msgspec.structs import replace
 
+from quotagate.model import Usage
 from quotagate.policy.filereader import ReaderProcess, Result
 from quotagate.policy.liveusage import Live, Unreadable
 from quotagate.policy.metrics import Tally
@@ -120,7 +123,12 @@ class FileReads:
         kept = self._kept.get(path)
         if kept is not None and (kept[2] or now - kept[1] < self.keep_seconds):
             self._kept_lookups.inc()
-            return then(kept[0])
+            value = kept[0]
+            if kept[2] and isinstance(value, Usage):
+                # Watched, and no event since it was read: the file is as read, now. (One kept
+                # for a while instead, elsewhere than on this host, is as old as its read.)
+                value = replace(value, measured_at=time.time())
+            return then(value)
         self._read_lookups.inc()
         pending = self._pending.get(path)
         if pending is None:
