@@ -137,3 +137,29 @@ def test_a_local_part_exim_does_not_lower_to_a_mailbox_holds_nothing_there(work:
             code, text = honest.cmd(f"RCPT TO:<{KATE}>")
             honest.cmd("QUIT")
         assert (code, held(work / "control.sock", KATE)) == (250, []), text
+
+
+def test_an_unbracketed_rcpt_spelling_is_a_copy_of_its_own(work: Path, exim: Exim) -> None:
+    """Scenario: roomy@ (450 kB, 10 bytes used). A client says ``MAIL SIZE=300000``, then
+    ``RCPT TO:<roomy@example.org>`` and ``RCPT TO:Roomy@example.org`` (no angle brackets, which
+    Exim takes), then a 300 kB message.
+    Expected: ``Roomy`` is a copy of its own, as with brackets: refused at RCPT (no room for a
+    second 300 kB), the mailbox not overfilled. (Only ``<...>`` was read from the command: for
+    the bare form the daemon fell back to the lowered ``roomy``, replaced the first hold with it
+    and let both in.)"""
+    site, port = site_and_exim(work, exim)
+    with policy_daemon(site.config, port):
+        exim.start()
+        with Raw(exim.port, "127.0.0.37") as c:
+            c.cmd("EHLO client.test")
+            assert c.cmd("MAIL FROM:<s@example.net> SIZE=300000")[0] == 250
+            first = c.cmd(f"RCPT TO:<roomy@{DOMAIN}>")[0]
+            second = c.cmd(f"RCPT TO:Roomy@{DOMAIN}")
+            if second[0] == 250:
+                assert c.cmd("DATA")[0] == 354
+                c.send(body(300_000) + b".\r\n")
+                c.reply()
+            c.cmd("QUIT")
+        sizes = delivered(site, exim)
+    assert first == 250
+    assert second[0] != 250 and sum(sizes) + 10 <= QUOTA, (second, sizes)

@@ -287,8 +287,12 @@ PRDR_CHECKED = "acl_m_quotagate_prdr"
 PRDR_INDEX = "acl_m_quotagate_prdr_n"  # which recipient of $recipients the PRDR ACL runs for
 # The local part as the client wrote it: $local_part is lowered and unquoted, but Exim delivers
 # Roomy@, "roomy"@ and roomy@ apart, each a copy the daemon holds room for. From the RCPT
-# command ($smtp_command, as received): the address up to the first '>' outside quotes.
-RCPT_ADDRESS = r'${sg{$smtp_command}{\N^(?i)rcpt\s+to:\s*<((?:"(?:[^"\\]|\\.)*"|[^>"])*)>.*$\N}{\$1}}'
+# command ($smtp_command, as received): the address up to the first '>' outside quotes, or, as
+# Exim also takes it without brackets, up to the first space outside quotes.
+RCPT_ADDRESS = (
+    r'${sg{$smtp_command}{\N^(?i)rcpt\s+to:\s*(?:<((?:"(?:[^"\\]|\\.)*"|[^>"])*)>'
+    r'|((?:"(?:[^"\\]|\\.)*"|[^\s"<])+)).*$\N}{\$1\$2}}'
+)
 
 
 def _spelling(address: str) -> str:
