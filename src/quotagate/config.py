@@ -579,8 +579,13 @@ class Config(_Section, frozen=True):
         for key, path in paths.items():
             if path is not None and not path.is_absolute():
                 raise ValueError(f"{key} must be an absolute path: {path}")
-        for key, url in (("store.url", self.store.url), ("store.state", self.store.state)):
+        urls = [("store.url", self.store.url)]
+        if self.store.url.startswith("ldap"):  # only an LDAP store keeps its state there
+            urls.append(("store.state", self.store.state))
+        for key, url in urls:
             db = _sqlite_file(url.replace("sqlite+pysqlite:", "sqlite:", 1))
+            if db is not None and str(db).startswith(("file:", ":memory:")):
+                db = Path(str(db).removeprefix("file:")) if str(db).startswith("file:/") else None  # SQLite's URI form
             if db is not None and not db.is_absolute():
                 raise ValueError(
                     f"{key}: the SQLite file {db} is relative; an absolute path takes four slashes: sqlite:////{db}"

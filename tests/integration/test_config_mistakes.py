@@ -115,3 +115,34 @@ def test_serve_with_a_missing_ldap_password_file_stops_at_start(tmp_path: Path) 
         code = None
     assert code == 2, f"serve still running after 8 s:\n{err}"
     assert "store.ldap.password_file" in err, err
+
+
+def test_sqlite_uri_filename_with_absolute_path_is_accepted(tmp_path: Path) -> None:
+    """Scenario: store.url is SQLAlchemy's URI-filename form of an absolute SQLite file,
+    ``sqlite:///file:/abs/dir/q.db?mode=rwc&uri=true`` (how one passes SQLite open flags such
+    as mode=ro/rwc or cache=shared); it worked at 081142c (``mailbox add`` created /abs/dir/q.db).
+    Expected: accepted: the file named is absolute (the check of relative files took
+    ``file:/abs/...`` for one, and refused every command)."""
+    spool = tmp_path / "mail"
+    spool.mkdir()
+    config = tmp_path / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///file:{tmp_path}/q.db?mode=rwc&uri=true"\n'
+        f'[spool]\nroot = "{spool}"\n[scan]\nlock_file = "{tmp_path}/scan.lock"\n'
+        f'[policy]\nstate_file = "{tmp_path}/reservations.json"\n'
+    )
+    assert main(["--config", str(config), "mailbox", "add", "a@example.org", "--quota", "1000"]) == 0
+    assert (tmp_path / "q.db").is_file()
+
+
+def test_the_state_url_of_a_store_that_keeps_none_there_is_not_checked(tmp_path: Path) -> None:
+    """Scenario: a PostgreSQL or SQLite store, with a leftover relative [store] state URL from an
+    LDAP trial. Expected: not refused: only an LDAP store keeps its state there."""
+    spool = tmp_path / "mail"
+    spool.mkdir()
+    config = tmp_path / "quotagate.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\nstate = "sqlite:///rel/state.db"\n'
+        f'[spool]\nroot = "{spool}"\n[scan]\nlock_file = "{tmp_path}/scan.lock"\n'
+    )
+    assert main(["--config", str(config), "mailbox", "add", "a@example.org", "--quota", "1000"]) == 0
