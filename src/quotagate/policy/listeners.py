@@ -106,6 +106,7 @@ def _remove_stale_socket(path: str) -> None:
 
 
 _PRIVATE = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_BOUND = "s"  # the socket's name in its private directory
 
 
 def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid: int) -> None:
@@ -127,16 +128,18 @@ def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid() or st.st_mode & 0o077:  # swapped since the mkdir
                 raise OSError(errno.EPERM, "its directory was changed meanwhile by another user")
-            sock.bind(f"/proc/self/fd/{fd}/{name}")  # the directory itself, whatever its name now
+            # The directory itself, whatever its name now, under a short name: the kernel takes
+            # 107 bytes of a unix socket's path, and the final one may use them all.
+            sock.bind(f"/proc/self/fd/{fd}/{_BOUND}")
             try:
-                os.chmod(name, mode, dir_fd=fd)  # nobody else can write this directory
+                os.chmod(_BOUND, mode, dir_fd=fd)  # nobody else can write this directory
                 if gid >= 0:
-                    os.chown(name, -1, gid, dir_fd=fd, follow_symlinks=False)
+                    os.chown(_BOUND, -1, gid, dir_fd=fd, follow_symlinks=False)
                 sock.listen(_BACKLOG)  # answering as soon as it is there
-                os.link(name, name, src_dir_fd=fd, dst_dir_fd=parent, follow_symlinks=False)
+                os.link(_BOUND, name, src_dir_fd=fd, dst_dir_fd=parent, follow_symlinks=False)
             finally:
                 with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=fd)
+                    os.unlink(_BOUND, dir_fd=fd)
         finally:
             os.close(fd)
     finally:
