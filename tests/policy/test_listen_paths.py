@@ -8,7 +8,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from quotagate.config import PolicyConfig
+from quotagate.config import parse_config
 from quotagate.policy.listeners import bind_listeners, close_all
 
 
@@ -22,7 +22,7 @@ def test_a_socket_path_the_kernel_takes_is_listened_on() -> None:
     path = Path("/tmp") / name
     assert len(str(path)) == 105
     try:
-        listeners = bind_listeners(PolicyConfig(listen=[f"unix:{path}"], metrics=""))
+        listeners = bind_listeners(parse_config({"policy": {"listen": [f"unix:{path}"], "metrics": ""}}).policy)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                 client.connect(str(path))
