@@ -63,7 +63,7 @@ def test_a_chrooted_smtpd_reaches_the_socket_postfix_config_names(tmp_path: Path
         assert main(["--config", str(config), "scan"]) == 0
 
         # The item as postfix-config prints it, put where its comment says.
-        item = postfix_config.restriction(load_config(config))
+        item = postfix_config.restriction(load_config(config), str(queue))
         main_cf = postfix.config_directory / "main.cf"
         before = "smtpd_recipient_restrictions = reject_unauth_destination, permit"
         assert before in main_cf.read_text()

@@ -29,3 +29,21 @@ def test_postfix_config_prints_the_item_and_never_a_whole_restriction_list(
     example = [line.strip("# ,") for line in out.splitlines() if line.startswith("#       ")]
     assert example.index(item) < example.index("permit_mynetworks")
     assert example.index("reject_unauth_destination") < example.index(item)
+
+
+@pytest.mark.parametrize(
+    ("socket", "queue", "named"),
+    [
+        ("/var/spool/postfix/private/quotagate", "/var/spool/postfix", "unix:private/quotagate"),
+        ("/srv/pf/queue/private/q", "/srv/pf/queue", "unix:private/q"),
+        ("/srv/quotagate/private/policy", "/var/spool/postfix", "unix:/srv/quotagate/private/policy"),
+        ("/run/quotagate/policy.sock", "/var/spool/postfix", "unix:/run/quotagate/policy.sock"),
+    ],
+)
+def test_a_socket_is_named_relative_to_the_queue_directory_only_inside_it(socket: str, queue: str, named: str) -> None:
+    """A unix socket for Postfix. Expected: relative to queue_directory (as a chrooted smtpd
+    finds it) only when it lies there; anywhere else by its absolute path."""
+    from quotagate.config import parse_config
+    from quotagate.mta.postfix import policy_service
+
+    assert policy_service(parse_config({"policy": {"listen": [f"unix:{socket}"]}}), queue) == named
