@@ -56,7 +56,8 @@ def _holder(fd: int) -> int | None:
 
 def _open_lock_file(path: Path) -> int:
     """The lock file opened for writing, created when missing; never through a symlink, never a
-    FIFO or device (the open does not block), never a hard link of another file.
+    FIFO or device (the open does not block); one with other names is locked but not written
+    (see :func:`scan_lock`).
 
     The default lock lies beside an SQLite file, in a directory that may belong to the user of
     the admin's own tools: whatever they put at its name must not be what root truncates.
@@ -71,8 +72,6 @@ def _open_lock_file(path: Path) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise LockError(f"cannot use {path}: not a regular file (move it away)")
-        if st.st_nlink != 1:
-            raise LockError(f"cannot use {path}: it has other hard links (move it away)")
     except BaseException:
         os.close(fd)
         raise
@@ -84,7 +83,7 @@ def scan_lock(path: Path) -> Iterator[None]:
     """Hold the exclusive, non-blocking ``flock`` on ``path`` while the block runs.
 
     Raises :class:`LockHeld` when another process has it, :class:`LockError` when the file cannot be
-    opened or is not a plain file (a symlink, a FIFO, a hard link: see :func:`_open_lock_file`).
+    opened or is not a plain file (a symlink, a FIFO: see :func:`_open_lock_file`).
     The kernel drops the lock when the process dies, so a crash never leaves it stale; the file
     itself is never removed (removing a lock file lets two processes lock different inodes).
     """
@@ -96,12 +95,17 @@ def scan_lock(path: Path) -> Iterator[None]:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise LockHeld(path, _holder(fd)) from None
             raise LockError(f"cannot lock {path}: {exc.strerror}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The holder's pid is written only into a file of no other name: one with hard links
+        # (a backup made with cp -al or rsnapshot, or another file linked in) is locked as it is.
+        alone = os.fstat(fd).st_nlink == 1
+        if alone:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # no stale pid for the next reader
+            if alone:
+                os.ftruncate(fd, 0)  # no stale pid for the next reader
             # A scan worker forked meanwhile shares the descriptor, and one stuck in the kernel
             # (a dead mount) outlives the scan: closing ours alone would not release the lock.
             fcntl.flock(fd, fcntl.LOCK_UN)

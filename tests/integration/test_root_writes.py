@@ -142,3 +142,20 @@ def test_the_reservations_file_is_never_written_or_read_through_a_symlink_or_a_f
     assert stat.S_ISREG(path.lstat().st_mode)
     assert [r.mailbox for r in state.load(path)] == ["alice@example.org"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shadow", path.name]  # no temp file left
+
+
+def test_a_lock_file_with_another_name_locks_and_is_not_written(tmp_path: Path) -> None:
+    """Scenario: /var/lib/quotagate is backed up with hard links (rsnapshot, cp -al): the scan
+    lock beside the SQLite file gets a second name. Expected: scans go on (the lock still
+    excludes a second scan), and the file, which has another name, is never truncated or
+    written (it was refused outright: every scan stopped)."""
+    from quotagate.scanlock import LockHeld, scan_lock
+
+    lock = tmp_path / "q.db.scan-lock"
+    lock.write_text("kept\n")
+    os.link(lock, tmp_path / "backup-of-lock")
+    with scan_lock(lock):
+        assert lock.read_text() == "kept\n"
+        with pytest.raises(LockHeld), scan_lock(lock):
+            pass
+    assert lock.read_text() == "kept\n"
