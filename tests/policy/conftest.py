@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from quotagate.config import Config, parse_config
-from quotagate.model import Limits, Mailbox
+from quotagate.model import Limits, Mailbox, Reading
 from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.metrics import Metrics
@@ -96,6 +96,11 @@ class Site:
     base: Path
     spool: Path
     db_url: str
+
+    def reading(self, address: str) -> Reading:
+        """The store's reading of ``address``."""
+        with open_store(self.db_url) as store:
+            return store.readings()[address]
 
     def data(self, **policy: Any) -> dict[str, Any]:
         return {

@@ -176,11 +176,7 @@ def test_room_in_flight_stays_until_a_storage_host_sees_the_delivery(tmp_path: P
     """Accepted messages stay held (in flight) for both daemons; a storage host's watch seeing
     them land and measuring the mailbox lets both see the measured usage instead, at once."""
     site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        reading = store.readings()[ROOMY]
-    finally:
-        store.close()
+    reading = site.reading(ROOMY)
     config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
 
     async def go() -> list[bytes]:
@@ -252,11 +248,7 @@ def test_each_copy_of_a_message_for_one_mailbox_is_held_apart_in_the_ledger(
 
 def test_a_reading_from_a_storage_host_changes_both_answers(tmp_path: Path, redis: RedisProcess) -> None:
     site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        reading = store.readings()[ROOMY]
-    finally:
-        store.close()
+    reading = site.reading(ROOMY)
     config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
 
     async def go() -> list[bytes]:

@@ -11,7 +11,6 @@ import pytest
 from quotagate.config import parse_config
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.shared import RedisLedger
-from quotagate.store import open_store
 from tests.policy.conftest import QUOTA, REJECT, ROOMY, make_site, run, wait_until
 from tests.policy.test_shared import daemon, redis
 from tests.policy.transactions import rcpt
@@ -35,11 +34,7 @@ def test_an_mx_clock_ahead_still_weighs_the_storage_hosts_fresh_reading_in_redis
     reading by its own clock: 20 minutes "old", past max_usage_age, it answered DUNNO without
     asking Redis, and the full mailbox took every message offered while the clock was off.)"""
     site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        reading = store.readings()[ROOMY]
-    finally:
-        store.close()
+    reading = site.reading(ROOMY)
     config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
 
     async def go() -> bytes:

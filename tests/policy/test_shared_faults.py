@@ -270,11 +270,7 @@ def test_an_end_queued_during_a_long_partition_is_not_crowded_out_by_deliveries(
 @pytest.mark.parametrize("late", [False, True], ids=["reply in time", "reply after the timeout"])
 def test_a_delivery_whose_reply_came_late_is_not_counted_twice(tmp_path: Path, redis: RedisProcess, late: bool) -> None:
     site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        reading = store.readings()[ROOMY]
-    finally:
-        store.close()
+    reading = site.reading(ROOMY)
 
     async def go() -> list[bytes]:
         async with daemon(site, redis.url, "mx1") as mx, proxied(redis.host, redis.port) as proxy:

@@ -13,7 +13,6 @@ from quotagate.config import parse_config
 from quotagate.model import State
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.shared import RedisLedger, mailbox_keys
-from quotagate.store import open_store
 from tests.policy.conftest import DOMAIN, DUNNO, QUOTA, ROOMY, ROOMY_USED, make_site, request, run, wait_until
 from tests.policy.test_shared import daemon, redis
 from tests.policy.transactions import FITS, rcpt
@@ -39,11 +38,7 @@ def test_a_reading_sent_again_after_an_outage_never_overwrites_a_fresher_one(
     after the fresh one, won, and every MX refused `roomy` with 552 Mailbox is full although it
     was nearly empty, until the stale reading passed max_usage_age.)"""
     site = make_site(tmp_path)
-    store = open_store(site.db_url)
-    try:
-        reading = store.readings()[ROOMY]
-    finally:
-        store.close()
+    reading = site.reading(ROOMY)
 
     async def go() -> bytes:
         async with proxied(redis.host, redis.port) as link:
