@@ -3,7 +3,9 @@ Redis is away or just after: what Redis missed is replayed, and room let go is n
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from quotagate.policy.daemon import Daemon
 from quotagate.policy.live import load_snapshot
 from quotagate.policy.reservations import Transaction
 from quotagate.store import open_store
+from tests.policy import test_shared
 from tests.policy.conftest import DUNNO, ROOMY, Client, Site, make_site, run, serving, wait_until
 from tests.policy.shared_serve import held, held_bytes
 from tests.policy.test_shared import daemon, redis
@@ -169,23 +172,10 @@ def test_a_transaction_ended_on_another_worker_during_an_outage_holds_nothing_af
     site = make_site(tmp_path)
 
     async def go() -> tuple[list[bytes], int]:
-        async with (
-            proxied(redis.host, redis.port) as link1,
-            proxied(redis.host, redis.port) as link2,
-            daemon(site, link1.url, "mx1") as worker1,
-            daemon(site, link2.url, "mx1") as worker2,
-        ):
-            ledger1, ledger2 = worker1.ledger, worker2.ledger
-            assert ledger1 is not None and ledger2 is not None
-            link1.cut()
-            link2.cut()
-            assert await wait_until(lambda: not ledger1.up and not ledger2.up, 5)
+        async with cut_off_workers(site, redis) as (worker1, worker2, mend):
             assert await worker1.ask(rcpt(0)) == DUNNO  # held by worker 1 alone
             await worker2.ask(end(0))  # the end reaches worker 2: queued
-            link2.mend()
-            assert await wait_until(lambda: ledger2.up and ledger2.settled, 10)
-            link1.mend()
-            assert await wait_until(lambda: ledger1.up and ledger1.settled, 10)
+            await mend()
             left = held_bytes(redis.url, site.base.name, ROOMY)
             answers = [await (worker1 if n % 2 else worker2).ask(rcpt(n)) for n in range(1, FITS + 1)]
             return answers, left
@@ -205,24 +195,11 @@ def test_a_message_accepted_on_another_worker_during_an_outage_stays_in_flight_a
     site = make_site(tmp_path)
 
     async def go() -> dict[str, dict[str, object]]:
-        async with (
-            proxied(redis.host, redis.port) as link1,
-            proxied(redis.host, redis.port) as link2,
-            daemon(site, link1.url, "mx1") as worker1,
-            daemon(site, link2.url, "mx1") as worker2,
-        ):
-            ledger1, ledger2 = worker1.ledger, worker2.ledger
-            assert ledger1 is not None and ledger2 is not None
-            link1.cut()
-            link2.cut()
-            assert await wait_until(lambda: not ledger1.up and not ledger2.up, 5)
+        async with cut_off_workers(site, redis) as (worker1, worker2, mend):
             assert await worker1.ask(rcpt(0)) == DUNNO  # held by worker 1 alone
             transaction = Transaction("192.0.2.1", "tx0")  # rcpt(0)'s
             worker2.service.reservations.end(transaction, True, time.time(), 3_000)  # queued
-            link2.mend()
-            assert await wait_until(lambda: ledger2.up and ledger2.settled, 10)
-            link1.mend()
-            assert await wait_until(lambda: ledger1.up and ledger1.settled, 10)
+            await mend()
             return held(redis.url, site.base.name, ROOMY)
 
     rows = list(run(go()).values())
@@ -247,3 +224,30 @@ def test_what_is_owed_to_redis_is_kept_beside_the_state_file_and_goes_once_repla
     state.save_owed(path, [])  # nothing there: nothing to do
     owed.write_text('{"version": 1, "owed": "not rows"}')
     assert state.load_owed(path) == []
+
+
+@contextlib.asynccontextmanager
+async def cut_off_workers(
+    site: Site, redis: RedisProcess
+) -> AsyncIterator[tuple[test_shared.Daemon, test_shared.Daemon, Callable[[], Awaitable[None]]]]:
+    """Two workers of one host (one node name), each cut off from Redis; ``mend`` gives worker 2
+    its link back, then worker 1, each once it used Redis again."""
+    async with (
+        proxied(redis.host, redis.port) as link1,
+        proxied(redis.host, redis.port) as link2,
+        daemon(site, link1.url, "mx1") as worker1,
+        daemon(site, link2.url, "mx1") as worker2,
+    ):
+        ledger1, ledger2 = worker1.ledger, worker2.ledger
+        assert ledger1 is not None and ledger2 is not None
+        link1.cut()
+        link2.cut()
+        assert await wait_until(lambda: not ledger1.up and not ledger2.up, 5)
+
+        async def mend() -> None:
+            link2.mend()
+            assert await wait_until(lambda: ledger2.up and ledger2.settled, 10)
+            link1.mend()
+            assert await wait_until(lambda: ledger1.up and ledger1.settled, 10)
+
+        yield worker1, worker2, mend
