@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from quotagate.usage import safefs
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +50,45 @@ def render(addresses: Iterable[str], own: Iterable[str] = ()) -> str:
     return HEADER + "".join(keys)
 
 
-def write_atomically(path: Path, content: str, mode: int = 0o644) -> bool:
-    """Write ``content`` to ``path`` through a temp file and a rename; False when it was unchanged."""
-    try:
-        if path.read_text(encoding="utf-8") == content:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    import tempfile  # here: an unchanged file, as most scans leave it, never needs it (nor shutil)
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
+
+def write_atomically(path: Path, content: str | bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
+    """Write ``content`` to ``path`` through a temp file beside it and a rename; False when it was
+    unchanged. Everything goes through the directory's descriptor: the temp file is created
+    without following anything (its name random, O_EXCL), gets ``mode`` (and ``owner``, uid and
+    gid) by its descriptor before it takes the name, and whatever stood at the name (a symlink,
+    a FIFO: another user may own the directory) is replaced, never read through nor written."""
+    data = content.encode() if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    directory = os.open(path.parent, _DIRECTORY)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        try:
+            if safefs.read_regular(path.name, directory, len(data) + 1) == data:
+                return False
+        except OSError:
+            pass  # not a plain file: replaced
+        tmp = f".{path.name}.{secrets.token_hex(6)}"
+        fd = os.open(tmp, _NEW, 0o600, dir_fd=directory)
+        try:
+            try:
+                if owner is not None:
+                    os.fchown(fd, *owner)
+                os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=directory)
+            raise
+    finally:
+        os.close(directory)
     return True
 
 
@@ -110,6 +131,6 @@ def _put_back(path: Path, before: bytes | None) -> None:
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            write_atomically(path, before.decode("utf-8", "replace"))
+            write_atomically(path, before)
     except OSError as exc:
         log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)

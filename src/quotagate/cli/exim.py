@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ import click
 from quotagate.cli.app import App, pass_app
 from quotagate.mta import debian as deb
 from quotagate.mta import exim
+from quotagate.publish import write_atomically
 
 DEBIAN_CONFDIR = "/etc/exim4"
 EXIM_GROUP = "Debian-exim"
@@ -146,38 +146,29 @@ def write_files(files: deb.DebianFiles, root: Path) -> list[Path]:
 
 
 def write_keeping_owner(path: Path, text: str, private: bool) -> None:
-    """Write ``path`` through a temp file and a rename. A file that exists keeps its mode, owner
-    and group (the admin may keep secrets of their own in it), less what others could read when
-    it is ``private`` (will hold a password); a new one is 0644, or root:Debian-exim 0640 when
-    ``private``. The temp file gets them before the rename: the path is never more readable."""
+    """Write ``path`` atomically (:func:`quotagate.publish.write_atomically`). A file that exists
+    keeps its mode, owner and group (the admin may keep secrets of their own in it), less what
+    others could read when it is ``private`` (will hold a password); a new one is 0644, or
+    root:Debian-exim 0640 when ``private``. The temp file gets them before the rename: the path is
+    never more readable."""
     try:
         old: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         old = None
+    owner: tuple[int, int] | None = None
     if old is None:
-        mode, owner = (0o640, (-1, _exim_gid(path))) if private else (0o644, None)
+        mode = 0o640 if private else 0o644
+        gid = _exim_gid(path) if private else -1
+        if gid != -1:
+            owner = (-1, gid)
     else:
         mode = stat.S_IMODE(old.st_mode) & ~(0o007 if private else 0)
-        owner = (old.st_uid, old.st_gid)
-        if mode == stat.S_IMODE(old.st_mode) and path.read_text(errors="replace") == text:
-            return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, the writer's
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            if owner is not None and owner[1] != -1:
-                try:
-                    os.fchown(f.fileno(), *owner)
-                except PermissionError:
-                    click.echo(f"warning: cannot give {path} back to uid {owner[0]}, gid {owner[1]}", err=True)
-            os.fchmod(f.fileno(), mode)  # after fchown, which may clear set-id bits
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if os.geteuid() == 0:
+            owner = (old.st_uid, old.st_gid)
+        elif (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            click.echo(f"warning: cannot give {path} back to uid {old.st_uid}, gid {old.st_gid}", err=True)
+    if not write_atomically(path, text, mode, owner) and old is not None and mode != stat.S_IMODE(old.st_mode):
+        os.chmod(path, mode)  # the same text, fewer readers
 
 
 def _exim_gid(path: Path) -> int:

@@ -12,10 +12,8 @@ and read only when it is a regular file (a FIFO there must not block the daemon'
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, cast
 import msgspec
 
 from quotagate.policy.reservations import Reservation, State, Transaction
+from quotagate.publish import write_atomically
 from quotagate.usage.safefs import read_regular
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,6 @@ def loads(text: str) -> list[Reservation]:
 MAX_BYTES = 1 << 30
 """The most of a reservations file read (far beyond what any daemon holds): a larger one is not restored."""
 _DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # the configured directory: the admin's path
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @contextmanager
@@ -116,36 +114,7 @@ def save(path: Path, reservations: Iterable[Reservation]) -> None:
     """Write the file atomically (mode 0600): a new file beside it, created without following
     anything, renamed over it. Whatever stood at its name (a symlink, a FIFO) is replaced, never
     written through; an unchanged file is left alone."""
-    _write(path, dumps(reservations).encode())
-
-
-def _write(path: Path, content: bytes) -> None:
-    try:
-        if _read(path) == content:
-            return
-    except OSError:
-        pass  # not a plain file: replaced below
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _directory(path) as directory:
-        tmp = f".{path.name}.{secrets.token_hex(6)}"
-        fd = os.open(tmp, _NEW, 0o600, dir_fd=directory)
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(content)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=directory)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("cannot remove %s in %s: %s", tmp, path.parent, exc.strerror or exc)
-            raise
+    write_atomically(path, dumps(reservations), mode=0o600)
 
 
 def load(path: Path) -> list[Reservation]:
@@ -181,7 +150,7 @@ def save_owed(path: Path, rows: list[list[Any]]) -> None:
     owed = owed_file(path)
     if rows:
         pieces = (_encode(rows[i : i + ROWS_PER_PIECE]).decode()[1:-1] for i in range(0, len(rows), ROWS_PER_PIECE))
-        _write(owed, f'{{"version":{OWED_VERSION},"owed":[{",".join(pieces)}]}}'.encode())
+        write_atomically(owed, f'{{"version":{OWED_VERSION},"owed":[{",".join(pieces)}]}}'.encode(), mode=0o600)
         return
     try:
         with _directory(owed) as directory:
