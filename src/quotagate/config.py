@@ -583,9 +583,7 @@ class Config(_Section, frozen=True):
         if self.store.url.startswith("ldap"):  # only an LDAP store keeps its state there
             urls.append(("store.state", self.store.state))
         for key, url in urls:
-            db = _sqlite_file(url.replace("sqlite+pysqlite:", "sqlite:", 1))
-            if db is not None and str(db).startswith(("file:", ":memory:")):
-                db = Path(str(db).removeprefix("file:")) if str(db).startswith("file:/") else None  # SQLite's URI form
+            db = _sqlite_path(url)
             if db is not None and not db.is_absolute():
                 raise ValueError(
                     f"{key}: the SQLite file {db} is relative; an absolute path takes four slashes: sqlite:////{db}"
@@ -611,6 +609,15 @@ def _sqlite_file(url: str) -> Path | None:
     if not url.startswith(prefix) or url in (prefix, prefix + ":memory:"):
         return None
     return Path(url[len(prefix) :].partition("?")[0])
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file an SQLite URL of either driver names, SQLite's own URI form (``file:/abs/q.db``)
+    included; None for another store or a database in memory."""
+    db = _sqlite_file(url.replace("sqlite+pysqlite:", "sqlite:", 1))
+    if db is None or str(db).startswith(":memory:"):
+        return None
+    return Path(str(db).removeprefix("file:"))
 
 
 def scan_lock_file(config: Config) -> Path:

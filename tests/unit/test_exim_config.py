@@ -668,6 +668,8 @@ def test_relative_files_are_a_config_error_before_any_exim_config() -> None:
         make_config("sqlite", url="sqlite:///relative/q.db")
     with pytest.raises(ConfigError, match=r"publish\.file must be an absolute path"):
         make_config("lsearch", publish="relative/over")
+    with pytest.raises(ConfigError, match=r"store\.url: the SQLite file rel/q\.db is relative"):
+        make_config("sqlite", url="sqlite:///file:rel/q.db?uri=true")  # SQLite's URI form, relative
 
 
 @pytest.mark.parametrize(
