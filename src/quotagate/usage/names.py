@@ -110,5 +110,7 @@ def imap_canonical(shown: str) -> bool:
     writes a name in modified UTF-7: ``Gel&APY-scht``, ``R&-D``; not ``Entwürfe`` in UTF-8,
     ``R&D``, or base64 Dovecot would write otherwise. Dovecot 2.3 lists another folder under
     its name decoded and looks it up under that name encoded again, so its quota never counts it."""
+    if "&" not in shown and "\\" not in shown and shown.isascii() and shown.isprintable():
+        return True  # nearly every name, at every total a scan works out: nothing to encode
     disk = disk_name(shown)
     return imap_encoded(imap_name(disk)) == disk
