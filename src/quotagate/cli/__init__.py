@@ -25,11 +25,11 @@ def _store_failure(exc: Exception) -> str | None:
     """
     if "sqlalchemy.exc" not in sys.modules:
         return None
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError
 
-    if not isinstance(exc, SQLAlchemyError):
-        return None
-    return one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+    from quotagate.store.sql import database_said
+
+    return database_said(exc) if isinstance(exc, SQLAlchemyError) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,6 +78,11 @@ def _quota2_table(name: str) -> Table:
     )
 
 
+def database_said(exc: SQLAlchemyError) -> str:
+    """What the database (or its driver) said, in one line, without SQLAlchemy's wrapping."""
+    return one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+
+
 class SqlStore(ClosedOnExit):
     """quotagate's own tables in any database SQLAlchemy speaks to."""
 
@@ -240,8 +245,7 @@ class SqlStore(ClosedOnExit):
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            said = one_line(str(exc.orig if isinstance(exc, DBAPIError) else exc))
-            raise StoreError(f"{'store' if used else 'cannot open store'} {self.url}: {said}") from exc
+            raise StoreError(f"{'store' if used else 'cannot open store'} {self.url}: {database_said(exc)}") from exc
 
     def _require_schema(self, conn: Connection) -> None:
         if self._version(conn) < schema.LATEST:
