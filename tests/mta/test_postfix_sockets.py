@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import smtplib
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from quotagate.cli import main
 from quotagate.config import load_config
 from quotagate.mta import postfix as postfix_config
-from tests.servers.daemon import policy_daemon
+from tests.servers.daemon import QUOTAGATE, policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
@@ -114,3 +115,26 @@ def test_a_socket_in_a_private_directory_outside_the_queue_is_reached() -> None:
             assert code == 552, f"{item}\n{postfix.log()[-2000:]}"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postfix_config_asks_postconf_where_the_queue_directory_is(tmp_path: Path) -> None:
+    """Scenario: a Postfix whose queue_directory is not Debian's (here the private Postfix's,
+    named by MAIL_CONFIG as postconf reads it), the daemon's socket in its private/ directory.
+    Expected: `quotagate postfix-config`, with no --queue-directory, names the socket
+    `unix:private/quotagate`, as postconf says where the queue is (proven nowhere else: the other
+    tests pass the queue directory themselves)."""
+    with private_postfix("reject_unauth_destination, permit", mailboxes=BOXES) as postfix:
+        socket = postfix.work / "queue" / "private" / "quotagate"
+        config = tmp_path / "quotagate.toml"
+        config.write_text(f'[policy]\nlisten = ["unix:{socket}"]\nmetrics = ""\n')
+        env = {
+            **os.environ,
+            "PATH": f"{postfix.root}/usr/sbin:{os.environ['PATH']}",
+            "MAIL_CONFIG": str(postfix.config_directory),
+            "LD_LIBRARY_PATH": f"{postfix.root}/usr/lib/postfix",
+        }
+        printed = subprocess.run(
+            [QUOTAGATE, "--config", str(config), "postfix-config"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert printed.returncode == 0, printed.stderr
+    assert "check_policy_service { unix:private/quotagate," in printed.stdout, printed.stdout

@@ -36,7 +36,7 @@ def postfix_config(app: App, warn_port: int | None, queue_directory: str | None)
 def _queue_directory() -> str:
     """What this host's Postfix says its queue_directory is (postconf honours $MAIL_CONFIG), or
     the default when there is no Postfix to ask."""
-    postconf = shutil.which("postconf", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/sbin")
     if postconf is None:
         return postfix.QUEUE_DIRECTORY
     try:
