@@ -54,10 +54,10 @@ def _holder(fd: int) -> int | None:
         return None
 
 
-def _open_lock_file(path: Path) -> int:
+def _open_lock_file(path: Path) -> tuple[int, bool]:
     """The lock file opened for writing, created when missing; never through a symlink, never a
-    FIFO or device (the open does not block); one with other names is locked but not written
-    (see :func:`scan_lock`).
+    FIFO or device (the open does not block); with whether it has no other name (one that has is
+    locked but not written: see :func:`scan_lock`).
 
     The default lock lies beside an SQLite file, in a directory that may belong to the user of
     the admin's own tools: whatever they put at its name must not be what root truncates.
@@ -75,7 +75,7 @@ def _open_lock_file(path: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_nlink == 1
 
 
 @contextmanager
@@ -87,7 +87,7 @@ def scan_lock(path: Path) -> Iterator[None]:
     The kernel drops the lock when the process dies, so a crash never leaves it stale; the file
     itself is never removed (removing a lock file lets two processes lock different inodes).
     """
-    fd = _open_lock_file(path)
+    fd, alone = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,7 +97,6 @@ def scan_lock(path: Path) -> Iterator[None]:
             raise LockError(f"cannot lock {path}: {exc.strerror}") from None
         # The holder's pid is written only into a file of no other name: one with hard links
         # (a backup made with cp -al or rsnapshot, or another file linked in) is locked as it is.
-        alone = os.fstat(fd).st_nlink == 1
         if alone:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
