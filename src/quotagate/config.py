@@ -604,20 +604,17 @@ def as_toml(value: Any) -> Any:
     return value
 
 
-def _sqlite_file(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url in (prefix, prefix + ":memory:"):
-        return None
-    return Path(url[len(prefix) :].partition("?")[0])
-
-
 def _sqlite_path(url: str) -> Path | None:
     """The file an SQLite URL of either driver names, SQLite's own URI form (``file:/abs/q.db``)
     included; None for another store or a database in memory."""
-    db = _sqlite_file(url.replace("sqlite+pysqlite:", "sqlite:", 1))
-    if db is None or str(db).startswith(":memory:"):
+    prefix = "sqlite:///"
+    url = url.replace("sqlite+pysqlite:", "sqlite:", 1)
+    if not url.startswith(prefix):
         return None
-    return Path(str(db).removeprefix("file:"))
+    db = url[len(prefix) :].partition("?")[0]
+    if not db or db.startswith(":memory:"):
+        return None
+    return Path(db.removeprefix("file:"))
 
 
 def scan_lock_file(config: Config) -> Path:
@@ -629,7 +626,7 @@ def scan_lock_file(config: Config) -> Path:
     if config.scan.lock_file is not None:
         return config.scan.lock_file
     url = config.store.state if config.store.url.startswith("ldap") else config.store.url
-    db = _sqlite_file(url)
+    db = _sqlite_path(url)
     return db.with_name(db.name + ".scan-lock") if db is not None else Path("/run/quotagate/scan.lock")
 
 
@@ -639,7 +636,7 @@ def reservations_file(config: Config) -> Path:
     if config.policy.state_file is not None:
         return config.policy.state_file
     url = config.store.state if config.store.url.startswith("ldap") else config.store.url
-    db = _sqlite_file(url)
+    db = _sqlite_path(url)
     return db.with_name(db.name + ".reservations.json") if db is not None else Path(_STATE_DIR, "reservations.json")
 
 
