@@ -33,7 +33,10 @@ _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 # struct nlmsghdr, then struct inet_diag_req_v2 with its inet_diag_sockid: ports in network order
 # (given as htons of each), addresses padded to 16 bytes, interface, cookie. One pack per question.
 _QUESTION = struct.Struct("=IHHIIBBBBIHH16s16sIII")
-_UID_AT = _HEADER.size + 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue; uid, inode
+_SEQ = struct.Struct("=8xI")  # nlmsghdr's sequence number
+# nlmsghdr, then struct inet_diag_msg: family, state, timer, retrans; sockid, expires, rqueue,
+# wqueue (skipped); uid, inode. One unpack reads an answer.
+_ANSWER = struct.Struct("=IHHIIxB2x60xII")
 
 
 class Gone(Exception):
@@ -46,9 +49,9 @@ def _address(family: int, host: str) -> bytes:
     return socket.inet_pton(family, host.partition("%")[0])  # fe80::1%eth0: the scope goes apart
 
 
-def diag_request(family: int, peer: tuple[str, int], ours: tuple[str, int], seq: int, scope: int = 0) -> bytes:
-    """A netlink message asking for the one TCP socket at ``peer`` connected to ``ours`` (``scope``:
-    the interface of a link-local IPv6 address)."""
+def diag_request(family: int, peer: tuple[Any, ...], ours: tuple[Any, ...], seq: int, scope: int = 0) -> bytes:
+    """A netlink message asking for the one TCP socket at ``peer`` connected to ``ours`` (each a
+    peername: host and port first; ``scope``: the interface of a link-local IPv6 address)."""
     return _QUESTION.pack(
         _QUESTION.size,
         _SOCK_DIAG_BY_FAMILY,
@@ -72,20 +75,19 @@ def diag_request(family: int, peer: tuple[str, int], ours: tuple[str, int], seq:
 
 def diag_seq(reply: bytes) -> int | None:
     """The sequence number a reply answers (None: too short to say)."""
-    return _HEADER.unpack_from(reply)[3] if len(reply) >= _HEADER.size else None
+    return _SEQ.unpack_from(reply)[0] if len(reply) >= _HEADER.size else None
 
 
 def diag_owner(reply: bytes) -> int | None:
     """The uid in the kernel's answer to :func:`diag_request`; None when there is no such socket
     on this host (the peer is another host's); :class:`Gone` when the socket is no one's any more
     (a TIME_WAIT remnant, or one its program closed: the kernel reports uid 0 or no inode)."""
-    if len(reply) < _HEADER.size:
+    if len(reply) < _ANSWER.size:  # an error (no such socket), or cut short
         return None
-    length, kind = _HEADER.unpack_from(reply)[:2]
-    if kind == _NLMSG_ERROR or min(length, len(reply)) < _UID_AT + 8:
+    length, kind, _, _, _, state, owner, inode = _ANSWER.unpack_from(reply)
+    if kind == _NLMSG_ERROR or length < _ANSWER.size:
         return None
-    owner, inode = struct.unpack_from("=II", reply, _UID_AT)
-    if reply[_HEADER.size + 1] == _TCP_TIME_WAIT or inode == 0:
+    if state == _TCP_TIME_WAIT or inode == 0:
         raise Gone
     return int(owner)
 
@@ -127,12 +129,12 @@ class LocalPeers:
         """
         family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
         scope = peer[3] if family == socket.AF_INET6 and len(peer) > 3 else 0
-        sock = self._netlink()
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        sock.send(diag_request(family, (peer[0], peer[1]), (ours[0], ours[1]), self._seq, scope))
+        sock = self._sock or self._netlink()
+        seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
+        sock.send(diag_request(family, peer, ours, seq, scope))
         while True:  # an answer left over from an earlier question is not this one's
             reply = sock.recv(4096)
-            if diag_seq(reply) == self._seq:
+            if diag_seq(reply) == seq:
                 return diag_owner(reply)
 
     def close(self) -> None:
