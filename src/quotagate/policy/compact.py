@@ -237,20 +237,39 @@ class _ReadingColumns:
     count: int = 0
 
 
-_MEMO = 8192  # about 6 MB of objects
+_MEMO = 8192  # a generation: about 6 MB of objects
 _Made = TypeVar("_Made")
+_ABSENT = object()
 
 
-def _memoized(memo: dict[str, _Made], address: str, make: Callable[[str], _Made]) -> _Made:
-    """``make(address)``, made once while ``memo`` holds it (emptied when it is full)."""
-    try:
-        return memo[address]
-    except KeyError:
-        pass
-    if len(memo) >= _MEMO:
-        memo.clear()
-    found = memo[address] = make(address)
-    return found
+class _Memo(Generic[_Made]):
+    """Objects made from a version's columns for the addresses the request path asked lately, in
+    two generations of at most :data:`_MEMO` each: a full one becomes the old one, and an address
+    asked again is carried over from it. Emptied whole instead, a memo made every busy mailbox
+    again each time the others filled it (with 10,000 mailboxes asked at random, most look-ups)."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self) -> None:
+        self.new: dict[str, _Made] = {}
+        self.old: dict[str, _Made] = {}
+
+    def __len__(self) -> int:
+        return len(self.new) + len(self.old)
+
+    def get(self, address: str, make: Callable[[str], _Made]) -> _Made:
+        """``make(address)``, made once while a generation holds it."""
+        try:
+            return self.new[address]
+        except KeyError:
+            pass
+        found = self.old.get(address, _ABSENT)
+        if found is _ABSENT:
+            found = make(address)
+        if len(self.new) >= _MEMO:
+            self.old, self.new = self.new, {}
+        self.new[address] = found  # type: ignore[assignment]
+        return found  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -261,9 +280,9 @@ class Table:
     boxes: _MailboxColumns = field(default_factory=_MailboxColumns)
     usage: _ReadingColumns = field(default_factory=_ReadingColumns)
     # What was looked up in this version, as objects: made once for a busy mailbox, not at each
-    # request (a version never changes; a new one starts empty). At most _MEMO of each.
-    _mailbox_memo: dict[str, Mailbox | None] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _reading_memo: dict[str, Reading | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # request (a version never changes; a new one starts empty). At most 2 * _MEMO of each.
+    _mailbox_memo: _Memo[Mailbox | None] = field(default_factory=_Memo, init=False, repr=False, compare=False)
+    _reading_memo: _Memo[Reading | None] = field(default_factory=_Memo, init=False, repr=False, compare=False)
 
     def _row(self, address: str, present: _Column[int]) -> int | None:
         row = self.shared.find(address)
@@ -272,7 +291,7 @@ class Table:
         return row
 
     def mailbox(self, address: str) -> Mailbox | None:
-        return _memoized(self._mailbox_memo, address, self._mailbox)
+        return self._mailbox_memo.get(address, self._mailbox)
 
     def _mailbox(self, address: str) -> Mailbox | None:
         b = self.boxes
@@ -285,7 +304,7 @@ class Table:
     def reading(self, address: str) -> Reading | None:
         """The reading as the request path needs it: totals, state, path, folders when loaded,
         and the maildirsize only as far as whether it agreed with the files."""
-        return _memoized(self._reading_memo, address, self._reading)
+        return self._reading_memo.get(address, self._reading)
 
     def _reading(self, address: str) -> Reading | None:
         u = self.usage
