@@ -22,20 +22,20 @@ def changes(*mailboxes: Mailbox, full: bool = False) -> Changes:
 
 def test_a_new_version_answers_with_its_own_numbers_while_the_old_one_keeps_its_own() -> None:
     first = compact.updated(None, changes(Mailbox("a@example.org", Limits(100)), full=True))
-    looked_up = first.mailbox("a@example.org")
-    assert looked_up is first.mailbox("a@example.org")  # made once
-    assert first.mailbox("b@example.org") is None
+    looked_up = first.mailboxes.get("a@example.org")
+    assert looked_up is first.mailboxes.get("a@example.org")  # made once
+    assert first.mailboxes.get("b@example.org") is None
     second = compact.updated(first, changes(Mailbox("a@example.org", Limits(200)), Mailbox("b@example.org")))
-    assert second.mailbox("a@example.org") == Mailbox("a@example.org", Limits(200))
-    assert second.mailbox("b@example.org") == Mailbox("b@example.org")
-    assert first.mailbox("a@example.org") is looked_up and first.mailbox("b@example.org") is None
+    assert second.mailboxes.get("a@example.org") == Mailbox("a@example.org", Limits(200))
+    assert second.mailboxes.get("b@example.org") == Mailbox("b@example.org")
+    assert first.mailboxes.get("a@example.org") is looked_up and first.mailboxes.get("b@example.org") is None
 
 
 def test_the_objects_kept_are_bounded() -> None:
     boxes = [Mailbox(f"u{n}@example.org", Limits(n)) for n in range(compact._MEMO + 10)]
     table = compact.updated(None, changes(*boxes, full=True))
     for box in boxes:
-        assert table.mailbox(box.address) == box
+        assert table.mailboxes.get(box.address) == box
     assert len(table._mailbox_memo) <= 2 * compact._MEMO
 
 
@@ -45,12 +45,12 @@ def test_a_busy_mailbox_stays_kept_while_many_others_are_asked() -> None:
     busy mailbox was made again, and with 10,000 mailboxes asked at random most look-ups were.)"""
     boxes = [Mailbox(f"u{n}@example.org", Limits(n)) for n in range(3 * compact._MEMO)]
     table = compact.updated(None, changes(*boxes, full=True))
-    busy = table.mailbox(boxes[0].address)
+    busy = table.mailboxes.get(boxes[0].address)
     for n, box in enumerate(boxes[1:]):
-        assert table.mailbox(box.address) == box
+        assert table.mailboxes.get(box.address) == box
         if n % 1000 == 0:
-            assert table.mailbox(boxes[0].address) is busy
-    assert table.mailbox(boxes[0].address) is busy
+            assert table.mailboxes.get(boxes[0].address) is busy
+    assert table.mailboxes.get(boxes[0].address) is busy
 
 
 def test_going_through_every_mailbox_leaves_the_busy_ones_kept() -> None:

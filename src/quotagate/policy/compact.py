@@ -290,9 +290,6 @@ class Table:
             return None
         return row
 
-    def mailbox(self, address: str) -> Mailbox | None:
-        return self._mailbox_memo.get(address, self._mailbox)
-
     def _mailbox(self, address: str) -> Mailbox | None:
         b = self.boxes
         row = self._row(address, b.present)
@@ -301,12 +298,9 @@ class Table:
         limits = Limits(b.quota_bytes[row], b.quota_messages[row])
         return Mailbox(address, limits, bool(b.enabled[row]), self.shared.path(b.path[row]))
 
-    def reading(self, address: str) -> Reading | None:
+    def _reading(self, address: str) -> Reading | None:
         """The reading as the request path needs it: totals, state, path, folders when loaded,
         and the maildirsize only as far as whether it agreed with the files."""
-        return self._reading_memo.get(address, self._reading)
-
-    def _reading(self, address: str) -> Reading | None:
         u = self.usage
         row = self._row(address, u.state)
         if row is None:
@@ -347,7 +341,8 @@ class Mailboxes(Mapping[str, Mailbox]):
         self.table = table
 
     def get(self, address: str, default: Mailbox | None = None) -> Mailbox | None:  # type: ignore[override]
-        found = self.table.mailbox(address)
+        table = self.table
+        found = table._mailbox_memo.get(address, table._mailbox)
         return default if found is None else found
 
     def __getitem__(self, address: str) -> Mailbox:
@@ -372,7 +367,8 @@ class Readings(Mapping[str, Reading]):
         self.table = table
 
     def get(self, address: str, default: Reading | None = None) -> Reading | None:  # type: ignore[override]
-        found = self.table.reading(address)
+        table = self.table
+        found = table._reading_memo.get(address, table._reading)
         return default if found is None else found
 
     def __getitem__(self, address: str) -> Reading:
