@@ -259,10 +259,9 @@ class _Memo(Generic[_Made]):
 
     def get(self, address: str, make: Callable[[str], _Made]) -> _Made:
         """``make(address)``, made once while a generation holds it."""
-        try:
-            return self.new[address]
-        except KeyError:
-            pass
+        found = self.new.get(address, _ABSENT)  # not a KeyError: half the look-ups may miss here
+        if found is not _ABSENT:
+            return found  # type: ignore[return-value]
         found = self.old.get(address, _ABSENT)
         if found is _ABSENT:
             found = make(address)
