@@ -454,7 +454,7 @@ class PolicyService:
                 else:
                     decision, usage = settle(claim, weighed, self.clock())
                     if decision.reason == STALE:  # counted and said as when decided here
-                        self._stale(claim.mailbox.address, claim.usage, self.clock())
+                        self._said_stale(claim.mailbox.address, claim.usage, self.clock())
                     if weighed.capped and not weighed.held:  # counted as the daemon's own are
                         self.reservations.capped += 1
                     outcomes.append(Outcome(claim.mailbox.address, decision, usage))
@@ -637,7 +637,7 @@ class PolicyService:
             if claim is not None:
                 return claim, shared.claim(claim)
         if stale and usage is not None:  # not by its own clock; a fresher reading in the ledger would do
-            self._stale(mailbox.address, usage, now)
+            self._said_stale(mailbox.address, usage, now)
             return Outcome(mailbox.address, Decision(Action.DUNNO, STALE), usage)
         s = known_size(size)
         copy = target.copy
@@ -754,16 +754,14 @@ class PolicyService:
             stale=stale,
         )
 
-    def _stale(self, address: str, usage: Usage, now: float) -> bool:
+    def _said_stale(self, address: str, usage: Usage, now: float) -> None:
         """Usage nobody confirmed for max_usage_age (store down, watch dead, scans failing) could
-        refuse a mailbox emptied since: not believed, counted, and logged once a minute."""
-        age = usage_age(usage, now)
+        refuse a mailbox emptied since: not believed (DUNNO), counted, and logged once a minute."""
         limit = self.config.policy.max_usage_age
-        if age <= limit:
-            return False
         self.metrics.stale.inc()
-        self._stale_log.warning("usage of %s is %.0fs old, more than max_usage_age (%gs): DUNNO", address, age, limit)
-        return True
+        self._stale_log.warning(
+            "usage of %s is %.0fs old, more than max_usage_age (%gs): DUNNO", address, usage_age(usage, now), limit
+        )
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox for ``address`` (see :meth:`_in_domain`), at its domain or, for an alias
