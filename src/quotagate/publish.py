@@ -50,7 +50,6 @@ def render(addresses: Iterable[str], own: Iterable[str] = ()) -> str:
     return HEADER + "".join(keys)
 
 
-_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -62,8 +61,7 @@ def write_atomically(path: Path, content: str | bytes, mode: int = 0o644, owner:
     a FIFO: another user may own the directory) is replaced, never read through nor written."""
     data = content.encode() if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
-    directory = os.open(path.parent, _DIRECTORY)
-    try:
+    with safefs.admins_directory(path.parent) as directory:
         try:
             if safefs.read_regular(path.name, directory, len(data) + 1) == data:
                 return False
@@ -87,8 +85,6 @@ def write_atomically(path: Path, content: str | bytes, mode: int = 0o644, owner:
             with suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=directory)
             raise
-    finally:
-        os.close(directory)
     return True
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from quotagate.config import ConfigError, PolicyConfig
 from quotagate.errors import StartupError
 from quotagate.listen import Place, parse_place
+from quotagate.usage import safefs
 
 _BACKLOG = 1024  # Exim opens a connection per check: bursts of them must not be refused
 
@@ -105,7 +106,6 @@ def _remove_stale_socket(path: str) -> None:
     )
 
 
-_PRIVATE = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BOUND = "s"  # the socket's name in its private directory
 
 
@@ -123,7 +123,7 @@ def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid:
     private = f".{name}.{secrets.token_hex(6)}"
     os.mkdir(private, 0o700, dir_fd=parent)
     try:
-        fd = os.open(private, _PRIVATE, dir_fd=parent)
+        fd = os.open(private, safefs.LOOK, dir_fd=parent)
         try:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid() or st.st_mode & 0o077:  # swapped since the mkdir
@@ -152,11 +152,8 @@ def _bind_unix(path: str, mode: int, gid: int) -> Listener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         directory, name = os.path.split(path)
-        parent = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the admin's path
-        try:
+        with safefs.admins_directory(directory or ".") as parent:
             _bind_privately(sock, parent, name, mode, gid)
-        finally:
-            os.close(parent)
     except OSError as exc:
         sock.close()
         raise StartupError(

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +22,7 @@ import msgspec
 
 from quotagate.policy.reservations import Reservation, State, Transaction
 from quotagate.publish import write_atomically
-from quotagate.usage.safefs import read_regular
+from quotagate.usage.safefs import admins_directory, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +84,16 @@ def loads(text: str) -> list[Reservation]:
 
 MAX_BYTES = 1 << 30
 """The most of a reservations file read (far beyond what any daemon holds): a larger one is not restored."""
-_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # the configured directory: the admin's path
-
-
-@contextmanager
-def _directory(path: Path) -> Iterator[int]:
-    fd = os.open(path.parent, _DIRECTORY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _read(path: Path) -> bytes | None:
     """The file's bytes, None when it is missing. Raises OSError for a symlink, a FIFO or device
     (opened without blocking, never read), a hard link of another file."""
     try:
-        directory = os.open(path.parent, _DIRECTORY)
-    except FileNotFoundError:
+        with admins_directory(path.parent) as directory:
+            return read_regular(path.name, directory, MAX_BYTES)
+    except FileNotFoundError:  # its directory is missing
         return None
-    try:
-        return read_regular(path.name, directory, MAX_BYTES)
-    finally:
-        os.close(directory)
 
 
 def save(path: Path, reservations: Iterable[Reservation]) -> None:
@@ -153,7 +139,7 @@ def save_owed(path: Path, rows: list[list[Any]]) -> None:
         write_atomically(owed, f'{{"version":{OWED_VERSION},"owed":[{",".join(pieces)}]}}'.encode(), mode=0o600)
         return
     try:
-        with _directory(owed) as directory:
+        with admins_directory(owed.parent) as directory:
             os.unlink(owed.name, dir_fd=directory)  # a symlink there goes itself, never its target
     except FileNotFoundError:
         pass

@@ -286,6 +286,18 @@ def open_dir(name: str, dir_fd: int, flags: int = DIRECTORY) -> int | None:
 
 
 @contextmanager
+def admins_directory(path: str | os.PathLike[str]) -> Iterator[int]:
+    """A directory a config names (its path is the admin's, followed as written), as a handle
+    (O_PATH) through which its entries are then reached by name, never by a path another user
+    could change beneath it. Raises OSError (FileNotFoundError when it is missing)."""
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def dir_opened(name: str, dir_fd: int) -> Iterator[int | None]:
     """:func:`open_dir` as a context manager that closes the directory."""
     fd = open_dir(name, dir_fd)
