@@ -10,21 +10,16 @@ import click
 from quotagate.cli.app import App, pass_app
 from quotagate.config import Config, load_config
 from quotagate.policy.daemon import serve as run_daemon
-from quotagate.store import StoreError
 
 
 def _password_file_readable(config: Config) -> None:
     """An LDAP store's password file missing or unreadable is a config mistake, said at start
     as scan says it: the store reads it only when it binds, and serve would answer DUNNO for
     ever, as for a store that is down."""
-    path = config.store.ldap.password_file
-    if path is None or not config.store.url.startswith(("ldap:", "ldaps:", "ldapi:")):
-        return
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise StoreError(f"store.ldap.password_file: {exc.strerror}") from None
+    if config.store.url.startswith(("ldap:", "ldaps:", "ldapi:")):
+        from quotagate.store.ldap import bind_password  # ldap3: only for an LDAP store
+
+        bind_password(config.store.ldap)
 
 
 def _worker_command(app: App) -> list[str]:

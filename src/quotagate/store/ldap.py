@@ -58,6 +58,17 @@ class _Entry:
     published: dict[str, str] = field(default_factory=dict)
 
 
+def bind_password(config: LdapConfig) -> str:
+    """The password to bind with: ``password_file``'s content, or ``password``. A file that
+    cannot be read is a StoreError naming the key."""
+    if config.password_file is not None:
+        try:
+            return config.password_file.read_text().strip()
+        except OSError as exc:
+            raise StoreError(f"store.ldap.password_file: {exc.strerror}") from None
+    return config.password
+
+
 def _first(values: Any) -> str | None:
     if isinstance(values, list):
         return str(values[0]) if values else None
@@ -74,13 +85,6 @@ class LdapStore(ClosedOnExit):
         self._entries: dict[str, _Entry] = {}
 
     # -- connection --------------------------------------------------------------------------
-    def _password(self) -> str:
-        if self.config.password_file is not None:
-            try:
-                return self.config.password_file.read_text().strip()
-            except OSError as exc:
-                raise StoreError(f"store.ldap.password_file: {exc.strerror}") from None
-        return self.config.password
 
     def _connection(self) -> ldap3.Connection:
         if self._conn is None:
@@ -95,7 +99,7 @@ class LdapStore(ClosedOnExit):
             conn = ldap3.Connection(
                 server,
                 self.config.bind_dn or None,
-                self._password() or None,
+                bind_password(self.config) or None,
                 receive_timeout=self.config.timeout,
                 raise_exceptions=True,
             )
