@@ -480,26 +480,18 @@ class RedisLedger:
             if r.state is not State.UNKNOWN:
                 self._send(_Op("usage", r.address, (r.bytes, r.messages), measured_at=r.measured_at))
 
-    async def _eviction_said(self) -> None:
-        """Say (once a minute) when Redis may evict keys: held room can then vanish (more mail
-        let in) or an ended transaction's index go (its room held until it expires)."""
-        assert self._client is not None
-        memory = await self._client.info("memory")
-        policy = str(memory.get("maxmemory_policy", "noeviction"))
-        if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+    def _say_eviction(self, info: dict[str, Any]) -> None:
+        """Say (once a minute) when Redis may evict keys (``info``: its INFO): held room can then
+        vanish (more mail let in) or an ended transaction's index go (its room held until it
+        expires)."""
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if int(info.get("maxmemory", 0) or 0) and policy != "noeviction":
             self._eviction_log.warning(
                 "shared state at %s may evict keys (maxmemory-policy %s): room held there can vanish"
                 " or stay held until it expires; give quotagate a Redis with maxmemory-policy noeviction",
                 self._where,
                 policy,
             )
-
-    async def _cluster_node(self) -> bool:
-        """Whether ``[shared] url`` names a node of a Redis Cluster: it answers MOVED for the
-        keys of other slots, which no call here would follow."""
-        assert self._client is not None
-        info = await self._client.info("cluster")
-        return bool(info.get("cluster_enabled"))
 
     async def _server_run(self) -> str:
         assert self._client is not None
@@ -845,7 +837,9 @@ class RedisLedger:
                 # Connections opened before the outage lead nowhere now: the first call on one
                 # would fail and take Redis away again at once.
                 await self._client.connection_pool.disconnect()
-                if await self._cluster_node():
+                info = await self._client.info()  # its default sections: server, memory, cluster...
+                # A Cluster node answers MOVED for the keys of other slots, which no call here follows.
+                if info.get("cluster_enabled"):
                     self._cluster_log.warning(
                         "shared state at %s is a Redis Cluster node, which quotagate cannot use (its"
                         " transactions' keys span slots): each daemon decides alone; give one Redis"
@@ -853,8 +847,8 @@ class RedisLedger:
                         self._where,
                     )
                     return False
-                await self._eviction_said()
-                self._run_id = await self._server_run()
+                self._say_eviction(info)
+                self._run_id = str(info.get("run_id", ""))
                 await self._load()
             while True:
                 while self._pending:
