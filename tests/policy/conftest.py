@@ -96,6 +96,12 @@ class Site:
     base: Path
     spool: Path
     db_url: str
+    accounting: str | None = None  # [spool] accounting, when not the default
+
+    def rescan(self) -> None:
+        """A full scan with the site's config (after its spool or accounting changed)."""
+        with open_store(self.db_url) as store:
+            run_scan(self.config(), store, full=True)
 
     def reading(self, address: str) -> Reading:
         """The store's reading of ``address``."""
@@ -105,7 +111,7 @@ class Site:
     def data(self, **policy: Any) -> dict[str, Any]:
         return {
             "store": {"url": self.db_url},
-            "spool": {"root": str(self.spool)},
+            "spool": {"root": str(self.spool)} | ({"accounting": self.accounting} if self.accounting else {}),
             "scan": {"workers": 1},
             "policy": {"listen": ["127.0.0.1:0"], "metrics": "", "control_socket": str(self.control), **policy},
         }
@@ -122,7 +128,7 @@ class Site:
         """The config as a TOML file for ``quotagate serve`` (values: str, bool, number or list of str)."""
         lines = [
             f'[store]\nurl = "{self.db_url}"',
-            f'[spool]\nroot = "{self.spool}"',
+            f'[spool]\nroot = "{self.spool}"' + (f'\naccounting = "{self.accounting}"' if self.accounting else ""),
             "[scan]\nworkers = 1",
             "[policy]",
         ]

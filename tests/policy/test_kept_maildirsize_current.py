@@ -4,13 +4,11 @@ change) is current whenever it is used, however long ago it was read."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from quotagate.config import parse_config
-from quotagate.scan import run_scan
-from quotagate.store import open_store
 from tests.policy.conftest import DOMAIN, FULL, QUOTA, REJECT, ask, make_site, request
 from tests.servers.daemon import PolicyDaemon
 from tests.servers.process import free_port
@@ -27,19 +25,12 @@ def test_a_watched_unchanged_maildirsize_does_not_go_stale(tmp_path: Path) -> No
     Expected: refused again: the value is known current (watched, unchanged). (Taken as old as
     its read, the kept value, never read again, passed max_usage_age and the daemon answered
     DUNNO for the full mailbox: a quiet full mailbox let mail in every max_usage_age.)"""
-    site = make_site(tmp_path)
+    site = replace(make_site(tmp_path), accounting="exim")
     size_file = site.spool / DOMAIN / "full" / "Maildir" / "maildirsize"
     size_file.write_text(f"{QUOTA}S\n{QUOTA + 1} 1\n")
-    data = site.data()
-    data["spool"]["accounting"] = "exim"
-    store = open_store(site.db_url)
-    try:
-        run_scan(parse_config(data), store, full=True)
-    finally:
-        store.close()
+    site.rescan()
     port = free_port()
     toml = site.toml(listen=[f"127.0.0.1:{port}"], max_usage_age=2, state_file=str(site.base / "r.json"))
-    toml = toml.replace(f'root = "{site.spool}"', f'root = "{site.spool}"\naccounting = "exim"')
     config_file = site.base / "quotagate.toml"
     config_file.write_text(toml)
     daemon = PolicyDaemon(config_file, port, site.base / "serve.log")

@@ -4,6 +4,7 @@ shared ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -15,8 +16,6 @@ from msgspec.structs import replace
 from quotagate.config import parse_config
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.shared import RedisLedger
-from quotagate.scan import run_scan
-from quotagate.store import open_store
 from tests.policy.conftest import (
     BUSY,
     DOMAIN,
@@ -34,6 +33,7 @@ from tests.policy.conftest import (
 from tests.policy.test_shared import redis
 from tests.policy.transactions import FITS, MESSAGE, rcpt
 from tests.servers.daemon import PolicyDaemon
+from tests.servers.install import unavailable
 from tests.servers.process import free_port
 from tests.servers.redis import RedisProcess
 
@@ -59,24 +59,17 @@ def test_a_kept_maildirsize_never_releases_the_room_of_a_delivery_it_does_not_in
     reading and, "newer" than the delivery, let go of that message's room in flight, which was
     then counted nowhere: four more were let in, one more than fits.)"""
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a mount namespace here")
-    site = make_site(tmp_path)
+        unavailable("cannot make a mount namespace here (unshare -m)")
+    site = dataclasses.replace(make_site(tmp_path), accounting="exim")
     spool = site.spool
     size_file = spool / DOMAIN / "roomy" / "Maildir" / "maildirsize"
     size_file.write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n")
-    data = site.data()
-    data["spool"]["accounting"] = "exim"
-    store = open_store(site.db_url)
-    try:
-        run_scan(parse_config(data), store, full=True)
-        reading = store.readings()[ROOMY]
-        assert reading.usage.maildirsize is not None
-    finally:
-        store.close()
+    site.rescan()
+    reading = site.reading(ROOMY)
+    assert reading.usage.maildirsize is not None
     prefix = site.base.name
     port = free_port()
     toml = site.toml(listen=[f"127.0.0.1:{port}"], state_file=str(site.base / "reservations.json"))
-    toml = toml.replace(f'root = "{spool}"', f'root = "{spool}"\naccounting = "exim"')
     toml += f'[shared]\nurl = "{redis.url}"\nprefix = "{prefix}"\n'
     config_file = site.base / "quotagate.toml"
     config_file.write_text(toml)
