@@ -17,6 +17,7 @@ import pytest
 from quotagate.config import parse_config
 from quotagate.errors import StartupError
 from quotagate.policy.listeners import bind_listeners, close_all
+from tests.servers.install import unavailable
 
 NOBODY = 65534  # stands for the postfix user, owner of /var/spool/postfix/private
 ATTEMPTS = 3000  # daemon starts; the code that set the mode by path lost within about a hundred
@@ -66,7 +67,7 @@ def test_the_socket_mode_and_group_are_never_set_on_what_the_directory_owner_swa
     giving e.g. /etc/shadow mode 0660 and the postfix group). Each start still leaves a socket
     with that mode and group at the path, or fails because the owner's symlink is in the way."""
     if shutil.which("gcc") is None or shutil.which("runuser") is None:
-        pytest.skip("needs gcc to build the attacker, and runuser to run it as another user")
+        unavailable("needs gcc to build the attacker, and runuser to run it as another user")
     short_tmp.chmod(0o755)  # every level traversable by the attacker
     swap = short_tmp / "swap"
     (short_tmp / "swap.c").write_text(SWAP_C)
