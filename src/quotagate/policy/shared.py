@@ -252,9 +252,10 @@ class _Pending:
         merged = heapq.merge(self._ends, self._others, key=lambda entry: entry[0])
         return [op for _, op in itertools.islice(merged, n)]
 
-    def rows(self) -> list[list[Any]]:
-        """Every change kept, oldest first, as rows for the file beside the state file."""
-        return [op.row() for op in self.first(len(self._ends) + len(self._others))]
+    def kept(self) -> tuple[list[tuple[int, _Op]], list[tuple[int, _Op]]]:
+        """What is kept now, copied (two list copies, on the loop) for :func:`_rows` to turn
+        into rows in a thread: up to 2 x MAX_PENDING of them while Redis is away."""
+        return list(self._ends), list(self._others)
 
     def drop_first(self, n: int) -> None:
         self.changes += 1
@@ -263,6 +264,12 @@ class _Pending:
                 self._others.popleft()
             else:
                 self._ends.popleft()
+
+
+def _rows(kept: tuple[list[tuple[int, _Op]], list[tuple[int, _Op]]]) -> list[list[Any]]:
+    """Every change of a :meth:`_Pending.kept` copy, oldest first, as rows for the file beside
+    the state file."""
+    return [op.row() for _, op in heapq.merge(*kept, key=lambda entry: entry[0])]
 
 
 class RedisLedger:
@@ -808,19 +815,19 @@ class RedisLedger:
             return
         if not at_once and time.monotonic() - self._owed_at < _OWED_SECONDS:
             return
-        changes, rows = self._pending.changes, self._pending.rows()
+        changes, kept = self._pending.changes, self._pending.kept()
         self._owed_at = time.monotonic()
         try:
-            await asyncio.to_thread(self._save_owed, path, changes, rows)
+            await asyncio.to_thread(self._save_owed, path, changes, kept)
         except OSError as exc:
             self._owed_log.warning("cannot keep changes owed to the shared state beside %s: %s", path, exc)
             return
         self._owed_written = changes
 
-    def _save_owed(self, path: Path, changes: int, rows: list[list[Any]]) -> None:
+    def _save_owed(self, path: Path, changes: int, kept: tuple[list[tuple[int, _Op]], list[tuple[int, _Op]]]) -> None:
         with self._owed_lock:
             if changes > self._owed_on_disk:
-                state.save_owed(path, rows)
+                state.save_owed(path, _rows(kept))
                 self._owed_on_disk = changes
 
     async def _recover(self) -> bool:
