@@ -289,6 +289,38 @@ def test_a_megabyte_line_is_never_buffered_whole() -> None:
     assert decoder.buffered == 0
 
 
+class _Examined(bytes):
+    """A piece of input that counts the bytes the decoder's searches and copies of it go over."""
+
+    examined = 0
+
+    def find(self, sub: bytes, *bounds: int | None) -> int:  # type: ignore[override]
+        found = super().find(sub, *bounds)
+        start = bounds[0] if bounds and bounds[0] is not None else 0
+        self.examined += (len(self) if found < 0 else found + len(sub)) - start
+        return found
+
+    def __getitem__(self, key: slice) -> bytes:  # type: ignore[override]
+        part = super().__getitem__(key)
+        self.examined += len(part)
+        return part
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\n"])
+def test_a_read_of_many_requests_is_decoded_in_one_pass(ending: bytes) -> None:
+    """Scenario: one read brings thousands of small pipelined requests, their lines ending in CRLF
+    (which the fast path declines) or LF.
+    Expected: the decoder goes over the read a few times at most, not once per request: a client
+    sending a megabyte of them would otherwise hold the event loop, and every other check, for
+    seconds (the square of the read's size)."""
+    one = b"a=b" + ending + ending
+    data = _Examined(one * 4000)
+    items = PolicyDecoder().feed(data)
+    assert len(items) == 4000
+    assert all(isinstance(item, PolicyRequest) for item in items)
+    assert data.examined <= 4 * len(data)
+
+
 def test_garbage_without_any_newline_stays_bounded() -> None:
     decoder = PolicyDecoder(max_line=100, max_request=1000)
     for _ in range(100):

@@ -158,10 +158,16 @@ class PolicyDecoder:
         """Decode what ``data`` completes; the rest waits for the next call."""
         items: list[PolicyItem] = []
         pos, size = 0, len(data)
+        # Once the fast path declines a request, the rest of this piece goes line by line: each
+        # try looks ahead for the request's end, and trying again at every request of a piece it
+        # declines (lines ending in CRLF, say) would cost the square of the piece's size.
+        fast = True
         while pos < size:
-            if not (self._line or self._overflow or self._count or self._error):
+            if fast and not (self._line or self._overflow or self._count or self._error):
                 bulk = self._bulk(data, pos)
-                if bulk is not None:
+                if bulk is None:
+                    fast = False
+                else:
                     request, pos = bulk
                     if request is not None:
                         items.append(request)
