@@ -14,14 +14,14 @@ is not listed, or stays) beside what this daemon holds or released itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from quotagate.errors import StartupError
+from quotagate.policy.listeners import bind_unix, close_all, unix_server_options
 from quotagate.policy.reservations import Reservations
 from quotagate.policy.state import listing
 
@@ -95,26 +95,18 @@ async def serve(path: Path, reservations: Reservations, shared: SharedRoom | Non
             writer.close()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if _alive(path):
-            raise ControlError(f"{path}: another daemon answers there")
-        path.unlink()
-    old = os.umask(0o177)
+    # As the policy's unix sockets are made (its directory may be another user's): only a dead
+    # daemon's socket is replaced, and the mode is the socket's before it appears there.
     try:
-        server = await asyncio.start_unix_server(client, path=str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    return server
-
-
-def _alive(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:  # refused (a socket left by a dead daemon), gone, or not a socket
-            return False
-        return True
+        listener = bind_unix(str(path), 0o600, key="policy.control_socket")
+    except StartupError as exc:
+        raise ControlError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.start_unix_server(client, sock=listener.sock, **unix_server_options(loop))
+    except BaseException:
+        close_all([listener])
+        raise
 
 
 def ask(path: Path, request: dict[str, Any], timeout: float = 5) -> dict[str, Any]:

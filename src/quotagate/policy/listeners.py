@@ -8,6 +8,7 @@ bound, so a bad one leaves nothing behind; each failure is one line saying what 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import grp
@@ -15,7 +16,9 @@ import os
 import secrets
 import socket
 import stat
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -75,8 +78,9 @@ def _group_id(name: str) -> int:
         ) from None
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket an earlier run left at ``path``; anything else there is an error.
+def _remove_stale_socket(path: str, key: str) -> None:
+    """Remove a socket an earlier run left at ``path``; anything else there is an error (naming
+    the config ``key``).
 
     A socket is stale when connecting to it is refused: nobody listens. One that answers is a
     running daemon's: taking it over would leave that daemon listening on a socket nobody can reach.
@@ -86,7 +90,7 @@ def _remove_stale_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"policy.listen: {path} exists and is not a socket: move it away, or listen elsewhere")
+        raise StartupError(f"{key}: {path} exists and is not a socket: move it away, or listen elsewhere")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)  # connecting to a unix socket does not wait on the network
         try:
@@ -98,11 +102,10 @@ def _remove_stale_socket(path: str) -> None:
             pass  # its backlog is full: someone listens
         except OSError as exc:
             raise StartupError(
-                f"policy.listen: cannot tell whether unix:{path} is in use ({exc.strerror or exc}): remove it if not"
+                f"{key}: cannot tell whether unix:{path} is in use ({exc.strerror or exc}): remove it if not"
             ) from None
     raise StartupError(
-        f"policy.listen: unix:{path} is in use by a running daemon (another quotagate serve?): "
-        "stop it, or listen elsewhere"
+        f"{key}: unix:{path} is in use by a running daemon (another quotagate serve?): stop it, or listen elsewhere"
     )
 
 
@@ -147,8 +150,10 @@ def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid:
             os.rmdir(private, dir_fd=parent)
 
 
-def _bind_unix(path: str, mode: int, gid: int) -> Listener:
-    _remove_stale_socket(path)
+def bind_unix(path: str, mode: int, gid: int = -1, key: str = "policy.listen") -> Listener:
+    """A unix socket listening at ``path`` with ``mode`` and group ``gid`` (-1: unchanged), one
+    an earlier run left there replaced; StartupError (naming the config ``key``) when it cannot be."""
+    _remove_stale_socket(path, key)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         directory, name = os.path.split(path)
@@ -157,7 +162,7 @@ def _bind_unix(path: str, mode: int, gid: int) -> Listener:
     except OSError as exc:
         sock.close()
         raise StartupError(
-            f"policy.listen: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
+            f"{key}: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
             "create its directory, writable by the user quotagate runs as (systemd: RuntimeDirectory=quotagate)"
         ) from None
     sock.setblocking(False)
@@ -190,6 +195,17 @@ def _bind_tcp(spec: str, host: str, port: int) -> list[Listener]:
     return bound
 
 
+def unix_server_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """What ``loop.create_unix_server(sock=...)`` needs for a socket bound here: Python 3.13's
+    asyncio removes a unix socket's file when its server closes, and one bound here was bound
+    under a private name through a descriptor (see :func:`_bind_privately`), by then another
+    directory's; a supervisor's socket is also served by other workers. uvloop's loop (not an
+    asyncio.BaseEventLoop) neither removes it nor takes the option."""
+    if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+        return {"cleanup_socket": False}
+    return {}
+
+
 def bind_listeners(policy: PolicyConfig) -> list[Listener]:
     """Listen on every ``[policy] listen`` address: unix sockets with ``socket_mode`` and
     ``socket_group``; all or nothing."""
@@ -200,7 +216,7 @@ def bind_listeners(policy: PolicyConfig) -> list[Listener]:
     try:
         for spec, where in places:
             if isinstance(where, str):
-                bound.append(_bind_unix(where, mode, gid))
+                bound.append(bind_unix(where, mode, gid))
             else:
                 bound.extend(_bind_tcp(spec, *where))
     except BaseException:

@@ -23,14 +23,13 @@ import logging
 import os
 import pwd
 import resource
-import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
 from quotagate.config import PolicyConfig
 from quotagate.policy.codec import PolicyDecoder, PolicyItem, PolicyRequest, encode_action
-from quotagate.policy.listeners import Listener, bind_listeners
+from quotagate.policy.listeners import Listener, bind_listeners, unix_server_options
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.peers import Gone, LocalPeers, uids
 from quotagate.policy.service import Session
@@ -180,10 +179,6 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _stdlib(loop: asyncio.AbstractEventLoop) -> bool:
-    return isinstance(loop, asyncio.BaseEventLoop)  # uvloop's is not
-
-
 class _User:
     """A uid as a log line shows it, looked up only when the line is written (once a minute at
     most: a user database can be slow, and a refused user can connect in a loop)."""
@@ -307,9 +302,7 @@ class PolicyServer:
             listeners = bind_listeners(self.policy)
         loop.set_exception_handler(self._loop_exception)
         await self.load_local_users()
-        # Python 3.13's asyncio removes a unix socket's file when its server closes: not one that
-        # a supervisor bound and other workers still serve on.
-        keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) and _stdlib(loop) else {}
+        keep = unix_server_options(loop)
         for listener in listeners:
             if listener.unix:
                 server = await loop.create_unix_server(lambda: _Connection(self), sock=listener.sock, **keep)
