@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from quotagate.policy import control
-from quotagate.policy.reservations import Reservations
+from quotagate.policy.reservations import Reservations, Transaction
 from tests.policy.conftest import run
 
 
@@ -48,3 +49,37 @@ def test_a_malformed_control_request_gets_an_error_answer(short_tmp: Path, line:
     answer = run(main())
     assert answer, "no answer at all"
     assert "error" in json.loads(answer)
+
+
+@pytest.mark.parametrize("asked", ["Ärger@example.org", "ÄRGER@EXAMPLE.ORG"])
+def test_a_mailbox_is_found_as_mailboxes_are_keyed(asked: str) -> None:
+    """Scenario: room held for the mailbox ``Ärger@example.org`` (SMTPUTF8: its key keeps the Ä,
+    as Exim and Postfix lower A-Z only) and for ``kate@example.org``; the admin lists and then
+    releases the room of ``asked``.
+    Expected: the mailbox's own room is listed and released, and nothing of another mailbox's.
+    Lowered with Python's ``str.lower()``, the address was ``ärger@...``, found nowhere ("no room
+    held", "released 0"); and a Kelvin sign, which it lowers to ``k``, would have named Kate's."""
+    reservations = Reservations(600)
+    for n, mailbox in enumerate(["Ärger@example.org", "kate@example.org"]):
+        reservations.hold(Transaction("192.0.2.1", f"tx-{n}"), mailbox, 500, 0.0, 10**9, 10**6)
+
+    async def main() -> tuple[dict[str, Any], ...]:
+        return (
+            await control.handle(reservations, {"op": "list", "address": asked}, 1.0),
+            await control.handle(reservations, {"op": "release", "address": "\u212aate@example.org"}, 1.0),
+            await control.handle(reservations, {"op": "release", "address": asked}, 1.0),
+            await control.handle(reservations, {"op": "list", "address": None}, 1.0),
+        )
+
+    listed, kelvin, released, left = run(main())
+    assert [row["address"] for row in listed["reservations"]] == ["Ärger@example.org"]
+    assert kelvin == {"released": 0}
+    assert released == {"released": 1}
+    assert [row["address"] for row in left["reservations"]] == ["kate@example.org"]
+
+
+def test_a_control_request_for_something_that_is_no_address_gets_an_error() -> None:
+    """Scenario: a list request whose address has a control character in it. Expected: an error
+    answer saying so, as for any request the daemon cannot take."""
+    answer = run(control.handle(Reservations(600), {"op": "list", "address": "a\x1b[2J@example.org"}, 1.0))
+    assert "not an address" in answer["error"]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from quotagate.address import BadAddress, normalize
 from quotagate.errors import StartupError
 from quotagate.policy.listeners import bind_unix, close_all, unix_server_options
 from quotagate.policy.reservations import Reservations
@@ -54,7 +55,10 @@ async def handle(
     op, address = request.get("op"), request.get("address")
     if address is not None and not isinstance(address, str):
         return {"error": "address must be a string"}
-    mailbox = None if address is None else address.lower()
+    try:
+        mailbox = None if address is None else normalize(address)  # as mailboxes are keyed: A-Z lowered
+    except BadAddress as exc:
+        return {"error": str(exc)}
     if op == "list":
         chosen = [r for r in reservations if mailbox is None or r.mailbox == mailbox]
         rows = listing(chosen, now)
