@@ -154,3 +154,35 @@ def test_postfix_asks_about_an_alias_domain_before_rewriting_it(tmp_path: Path) 
             assert postfix.smtp("full@alias.example") == 552
             assert postfix.smtp("roomy@alias.example", size=100) == 250
         assert postfix.delivered("roomy@example.org")
+
+
+def _reply(conn: socket.socket) -> int:
+    """The code of the SMTP reply coming on ``conn`` (its last line's)."""
+    data = b""
+    while not any(line[3:4] == b" " for line in data.split(b"\r\n")):
+        chunk = conn.recv(4096)
+        assert chunk, f"the server closed the connection: {data!r}"
+        data += chunk
+    return int(next(line for line in data.split(b"\r\n") if line[3:4] == b" ")[:3])
+
+
+def test_postfix_refuses_a_full_mailbox_for_a_client_whose_helo_and_sender_are_not_utf8(tmp_path: Path) -> None:
+    """Scenario: a client whose HELO and sender hold bytes that are not UTF-8 (Latin-1), as a
+    spammer's may; Postfix (strict_smtputf8 off, its default) passes them on in the request.
+    Expected: the full mailbox is still refused at RCPT. A request the daemon could not decode
+    was answered DUNNO: one such byte would have let any client past the check."""
+    port = free_port()
+    config = tmp_path / "quotagate.toml"
+    listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\n'
+    config.write_text(listen)
+    restrictions = f"reject_unauth_destination, {postfix_config.restriction(load_config(config))}, permit"
+    with private_postfix(restrictions, mailboxes={"full@example.org": "full", "roomy@example.org": "roomy"}) as postfix:
+        full_and_roomy(postfix, config, tmp_path, listen)
+        with policy_daemon(config, port) as daemon, socket.create_connection(("127.0.0.1", postfix.port), 30) as conn:
+            conn.settimeout(30)
+            codes = [_reply(conn)]
+            for command in (b"EHLO h\xe9lo.test", b"MAIL FROM:<\xe4rger@example.net>", b"RCPT TO:<full@example.org>"):
+                conn.sendall(command + b"\r\n")
+                codes.append(_reply(conn))
+            conn.sendall(b"QUIT\r\n")
+            assert codes == [220, 250, 250, 552], daemon.log()

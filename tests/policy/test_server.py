@@ -183,12 +183,11 @@ MALFORMED = [
     b"this line has no equals sign\n\n",
     b"\x00\x01\x02garbage\x00\xff\x00\n\x00\n\n",
     b"request=smtpd_access_policy\nrecipient=\x00full@example.org\n\n",
-    b"request=smtpd_access_policy\nrecipient=\xff\xfe@example.org\n\n",
     b"=no name\n\n",
 ]
 
 
-@pytest.mark.parametrize("bad", MALFORMED, ids=["no-equals", "binary-nul", "nul-in-value", "bad-utf8", "no-name"])
+@pytest.mark.parametrize("bad", MALFORMED, ids=["no-equals", "binary-nul", "nul-in-value", "no-name"])
 def test_a_malformed_request_gets_dunno_and_the_next_one_is_answered(site: Site, bad: bytes) -> None:
     async def main() -> tuple[list[bytes], float]:
         async with serving_site(site) as running, connected(running.host_port) as client:

@@ -211,8 +211,8 @@ class PolicyDecoder:
         if len(lines) > self._max_attributes or (len(block) > self._max_line and max(map(len, lines)) > self._max_line):
             return None
         try:
-            attributes = dict(line.split("=", 1) for line in block.decode("utf-8").split("\n"))
-        except (UnicodeDecodeError, ValueError):  # invalid UTF-8, a line without "="
+            attributes = dict(line.split("=", 1) for line in block.decode("utf-8", "replace").split("\n"))
+        except ValueError:  # a line without "="
             return None
         if ended:
             return PolicyRequest(attributes), end + 2
@@ -292,13 +292,10 @@ class PolicyDecoder:
         if b"\0" in line:
             self._fail(f"NUL byte in line: {_excerpt(line)}")
             return
-        try:
-            name = raw_name.decode("utf-8")
-            value = raw_value.decode("utf-8")
-        except UnicodeDecodeError:
-            self._fail(f"invalid UTF-8 in line: {_excerpt(line)}")
-            return
-        self._attributes[name] = value
+        # Not UTF-8 (a client's HELO or sender as sent, which Postfix passes on unless
+        # strict_smtputf8): U+FFFD in its place. Refused, the whole request would be DUNNO, and
+        # any client could skip the check with one such byte.
+        self._attributes[raw_name.decode("utf-8", "replace")] = raw_value.decode("utf-8", "replace")
         self._count += 1
         self._bytes += length
 
