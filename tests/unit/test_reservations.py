@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -80,6 +81,22 @@ def test_expiry_and_the_global_cap() -> None:
     assert r.held("a@x", now=62, measured_at=0) == Reserved()
 
 
+def test_the_global_cap_lets_the_reservation_made_first_go_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Scenario: max_reservations = 2; A's room is held, then B's; a reload shortens
+    reservation_seconds from 600 to 60; C's check is accepted, and the cap is passed.
+    Expected: A's reservation goes (made first), C's just made stays, and the log says so (an
+    admin learns the cap is too low). Taken by earliest expiry, C's own went: its accepted
+    message held no room at all."""
+    r = Reservations(seconds=600, max_reservations=2)
+    c = Transaction("192.0.2.3", "t3")
+    assert hold(r, A, 10, now=0) and hold(r, B, 10, now=1)
+    r.seconds = 60
+    assert hold(r, c, 10, now=2)
+    assert {res.transaction for res in r} == {B, c}
+    assert r.released["evicted"] == 1
+    assert "more than max_reservations (2) reservations: the oldest let go" in caplog.text
+
+
 def test_one_client_is_capped_in_one_mailbox_but_never_below_one_message() -> None:
     r = Reservations(seconds=600)
     prober = [Transaction("203.0.113.9", str(i)) for i in range(5)]
@@ -110,6 +127,7 @@ def test_a_flood_of_transactions_that_end_at_once_does_not_grow_memory() -> None
         r.expire(now=100 + i)
     assert len(r) <= 600
     assert len(r._expiry) <= 2 * len(r) + 1024
+    assert len(r._made) <= 2 * len(r) + 1024
     assert all(len(heap) <= 2 * len(r) + 16 for heap in r._undelivered.values())
 
 

@@ -31,12 +31,16 @@ import functools
 import heapq
 import ipaddress
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from quotagate.decide import Reserved
+from quotagate.policy.throttle import Throttled
+
+log = logging.getLogger(__name__)
 
 State = Literal["held", "flight"]
 Release = Literal["no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"]
@@ -134,6 +138,8 @@ class Reservations:
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
         self._expiry: list[tuple[float, int, Reservation]] = []
+        self._made: deque[Reservation] = deque()  # in the order they were made: the oldest evicted first
+        self._evicted_log = Throttled(log)
         self._order = itertools.count()
         self.released: dict[str, int] = dict.fromkeys(
             ("no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"), 0
@@ -338,6 +344,7 @@ class Reservations:
         if r.state == "held":
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
+        self._made.append(r)
 
     def _drop(self, r: Reservation, why: Release) -> None:
         if not r.live:
@@ -364,6 +371,11 @@ class Reservations:
         if len(self._expiry) > 2 * len(self._by_key) + 1024:
             self._expiry = [entry for entry in self._expiry if entry[2].live]
             heapq.heapify(self._expiry)
+        made = self._made
+        while made and not made[0].live:
+            made.popleft()
+        if len(made) > 2 * len(self._by_key) + 1024:
+            self._made = deque(r for r in made if r.live)
         queue = self._delivered.get(r.mailbox)
         if queue is not None:
             while queue and not queue[0].live:
@@ -388,8 +400,14 @@ class Reservations:
             _count(self._client_folder, (*key, r.folder), sign * r.bytes, sign)
 
     def _evict_oldest(self) -> None:
-        while self._expiry:
-            _, _, r = heapq.heappop(self._expiry)
+        """Let go of the reservation made first (not the first to expire: after a reload that
+        shortened reservation_seconds, that is the one just made), and say so."""
+        while self._made:
+            r = self._made.popleft()
             if r.live:
                 self._drop(r, "evicted")
+                self._evicted_log.warning(
+                    "more than max_reservations (%d) reservations: the oldest let go (raise [policy] max_reservations)",
+                    self.max_reservations,
+                )
                 return
