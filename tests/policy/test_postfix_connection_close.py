@@ -7,10 +7,27 @@ new one. The room held at RCPT is then still held: the message is on its way."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Callable
 
+from quotagate.policy.codec import PolicyDecoder, PolicyRequest
 from quotagate.policy.metrics import Metrics
-from tests.policy.conftest import DUNNO, QUOTA, ROOMY, ROOMY_USED, Site, connected, request, run, serving, wait_until
+from quotagate.policy.service import CLOSED_GRACE, PolicyService, Session
+from tests.policy.conftest import (
+    DUNNO,
+    QUOTA,
+    ROOMY,
+    ROOMY_USED,
+    Serve,
+    Site,
+    connected,
+    request,
+    restarted,
+    run,
+    serving,
+    wait_until,
+)
 from tests.policy.test_data_stage import end_of_message
 
 ROOM = QUOTA - ROOMY_USED  # 9,000 bytes
@@ -56,4 +73,41 @@ def test_a_policy_connection_closed_by_max_idle_mid_data_keeps_the_transactions_
     assert other_answer != DUNNO and first_answer == DUNNO, (
         f"other client: {other_answer!r}; the first message at END-OF-MESSAGE: {first_answer!r}"
         f" ({held} bytes held now, room {ROOM})"
+    )
+
+
+def ask(service: PolicyService, data: bytes, session: Session) -> str:
+    (item,) = PolicyDecoder().feed(data)
+    assert isinstance(item, PolicyRequest)
+    return service.answer(item, session)
+
+
+def test_room_of_a_postfix_transaction_abandoned_before_a_restart_goes_like_any_other(
+    serve: Callable[..., Serve], site: Site
+) -> None:
+    """Scenario: through Postfix (its requests carry protocol_name), a prober's RCPT holds 9,000
+    bytes of roomy's 9,000 free, then it QUITs; Postfix tells the policy service nothing. The
+    admin restarts quotagate (SIGTERM: the held room is saved; the daemon closes the smtpd's
+    policy connection itself, so it is not taken as the smtpd exiting). The smtpd process
+    then asks about its next client on a new connection, and every other smtpd asks about
+    roomy for the next minutes. The restored reservation is tied to no connection any more: no
+    new instance on its connection and no connection closing can end it (it stayed for the whole
+    reservation_seconds, 600 s, deferring every other client).
+    Expected: as without a restart (README: "until that smtpd process asks about its next
+    client, or a minute after it exits"), the room goes at the latest CLOSED_GRACE (60 s) after
+    the daemon came back: another client asking 61 s later gets DUNNO."""
+    state_file = site.base / "reservations.json"  # where restarted() reads it
+    running = serve(site, state_file=str(state_file))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as smtpd:
+        smtpd.sendall(request(ROOMY, 9000, instance="P1", client=SENDER))
+        assert smtpd.recv(4096) == b"action=DUNNO\n\n"  # one message: more than client_hold, allowed
+        running.daemon.stop()  # SIGTERM, with the smtpd's connection still open
+    assert "P1" in state_file.read_text()
+
+    service = restarted(site, [])  # the next `quotagate serve`, restoring that file
+    later = time.time() + CLOSED_GRACE + 1
+    service.clock = lambda: later
+    smtpd_again = Session()  # the same smtpd process, on a new connection: its next client
+    assert ask(service, request(ROOMY, 9000, instance="P2", client=OTHER), smtpd_again) == "DUNNO", (
+        "the prober's abandoned 9,000 bytes are still held a minute after the restart"
     )

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from quotagate.decide import Reserved, decide
 from quotagate.model import Action, Limits, Mailbox, Usage
 from quotagate.policy.claim import UNLIMITED, client_caps
-from quotagate.policy.reservations import Reservations, Transaction, client_key
+from quotagate.policy.reservations import Reservation, Reservations, Transaction, client_key
 from quotagate.sizes import Allowance
 
 BIG = 10**12
@@ -95,6 +95,20 @@ def test_the_global_cap_lets_the_reservation_made_first_go_and_says_so(caplog: p
     assert {res.transaction for res in r} == {B, c}
     assert r.released["evicted"] == 1
     assert "more than max_reservations (2) reservations: the oldest let go" in caplog.text
+
+
+def test_restored_room_is_held_no_longer_than_room_held_now() -> None:
+    """Scenario: the state file was written while the host's clock ran a day ahead (it booted
+    before NTP stepped it back): its reservation was made, and expires, a day from now.
+    Expected: restored, it expires reservation_seconds from now at the latest, and its age is
+    not negative. Taken as written, the mailbox's room stayed held for a day."""
+    r = Reservations(seconds=600)
+    ahead = 86_400.0
+    saved = Reservation(A, "a@x", 9000, made_at=ahead, expires_at=ahead + 600)
+    assert r.restore([saved], now=0) == 1
+    assert r.held("a@x", now=599, measured_at=0) == Reserved(9000, 1)
+    assert r.held("a@x", now=601, measured_at=0) == Reserved()
+    assert saved.made_at == 0
 
 
 def test_one_client_is_capped_in_one_mailbox_but_never_below_one_message() -> None:

@@ -244,7 +244,7 @@ class Daemon:
                 r.folder = self.service.folder_of_copy(r.copy)
             elif r.folder:  # kept by the name an IMAP server shows, before folder keys were lowered
                 r.folder = rekeyed(r.folder)
-        kept = self.service.reservations.restore(saved, time.time())
+        kept = self.service.restore(saved, time.time())
         self._saved_version = self.service.reservations.version
         if kept:
             log.info("%d reservations restored from %s", kept, self._state_file)

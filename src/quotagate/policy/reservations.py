@@ -323,6 +323,9 @@ class Reservations:
         for r in saved:
             if r.expires_at <= now or r.key in self._by_key:
                 continue
+            # Written by a clock set ahead (a host that booted before NTP stepped it back): held
+            # no longer than a reservation made now would be.
+            r.made_at, r.expires_at = min(r.made_at, now), min(r.expires_at, now + self.seconds)
             r.live = True
             self._add(r)
             if r.state == "flight":

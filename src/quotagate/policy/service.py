@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import NamedTuple, cast
@@ -32,7 +32,7 @@ from quotagate.policy.live import Snapshot, measured_ago, usage_age
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.replies import reply_for
-from quotagate.policy.reservations import Reservations, Transaction, client_key
+from quotagate.policy.reservations import Reservation, Reservations, Transaction, client_key
 from quotagate.policy.stages import (
     RECIPIENTS_SECONDS,
     LetIn,
@@ -328,6 +328,17 @@ class PolicyService:
             self._closing[next(iter(self._closing))] = now  # bounded: the oldest go now
             self._let_go_closed(now)
         self._let_go_closed(now)
+
+    def restore(self, saved: Iterable[Reservation], now: float) -> int:
+        """Take the reservations an earlier run saved; how many were kept. The room they hold
+        before DATA is their transactions', whose policy connections closed with that run: it
+        goes :data:`CLOSED_GRACE` seconds from now unless the transaction asks again (Postfix's
+        smtpd on a new connection; Exim's next check, or its end), as when Postfix closes a
+        connection, not reservation_seconds later for a client that has gone meanwhile."""
+        kept = self.reservations.restore(saved, now)
+        for transaction in dict.fromkeys(r.transaction for r in self.reservations if r.state == "held"):
+            self._closing[transaction] = now + CLOSED_GRACE
+        return kept
 
     def _let_go_closed(self, now: float) -> None:
         """The held room of the transactions whose Postfix connection closed CLOSED_GRACE ago
