@@ -49,6 +49,8 @@ def reservations(app: App, address: str | None, release: str | None, release_all
             f"{printable(where):40} {row['state']:9} {row['bytes']:>10} {row['age']:>6}s  "
             f"{printable(row['client'])} / {printable(row['transaction'])}  {printable(row.get('node', 'this daemon'))}"
         )
+    if answer.get("more"):
+        click.echo(f"and {answer['more']} more held by this daemon, made later: not listed")
 
 
 def _released(answer: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from quotagate.policy.reservations import Reservations
 from quotagate.policy.state import listing
 
 MAX_REQUEST = 4096
+MAX_LISTED = 10_000  # reservations of this daemon's own a listing shows at most (the oldest)
 
 
 class ControlError(Exception):
@@ -60,17 +61,22 @@ async def handle(
     except BadAddress as exc:
         return {"error": str(exc)}
     if op == "list":
-        chosen = [r for r in reservations if mailbox is None or r.mailbox == mailbox]
-        rows = listing(chosen, now)
+        chosen = list(reservations) if mailbox is None else [r for r in reservations if r.mailbox == mailbox]
+        # Built on the event loop: the oldest MAX_LISTED (in the order they were made), not a
+        # million rows sorted and encoded while every check waits.
+        answer: dict[str, Any] = {"reservations": listing(chosen[:MAX_LISTED], now)}
+        if len(chosen) > MAX_LISTED:
+            answer["more"] = len(chosen) - MAX_LISTED
         if shared is None:
-            return {"reservations": rows}
+            return answer
         try:
-            return {"reservations": rows + await shared.held(mailbox)}
+            answer["reservations"] += await shared.held(mailbox)
         except SharedUnavailable as exc:
-            return {"reservations": rows, "shared_error": str(exc)}
+            answer["shared_error"] = str(exc)
+        return answer
     if op == "release":
         # Here first: room held alone while Redis is away must not be written back to it after.
-        answer: dict[str, Any] = {"released": reservations.release(mailbox)}
+        answer = {"released": reservations.release(mailbox)}
         if shared is not None:
             try:
                 answer["shared"] = await shared.release(mailbox)
