@@ -97,6 +97,21 @@ def test_the_global_cap_lets_the_reservation_made_first_go_and_says_so(caplog: p
     assert "more than max_reservations (2) reservations: the oldest let go" in caplog.text
 
 
+def test_the_global_cap_lets_room_held_before_data_go_before_mail_in_flight() -> None:
+    """Scenario: max_reservations = 2; an honest message to a@x was accepted (in flight, made
+    first); then a client holds room before DATA, and another, passing the cap (one client
+    could make them by the hundred: one byte for each of roomy+1@ ... roomy+100@).
+    Expected: the oldest room held before DATA goes, and the accepted message keeps its room
+    on its way: holds must not make the daemon forget mail that others' checks must count."""
+    r = Reservations(seconds=600, max_reservations=2)
+    honest, c = Transaction("198.51.100.1", "h"), Transaction("203.0.113.66", "x2")
+    assert hold(r, honest, 5000, now=0)
+    r.end(honest, with_data=True, now=1)
+    assert hold(r, A, 1, now=2) and hold(r, c, 1, now=3)
+    assert {res.transaction for res in r} == {honest, c}
+    assert r.held("a@x", now=4, measured_at=0) == Reserved(5001, 2)
+
+
 def test_restored_room_is_held_no_longer_than_room_held_now() -> None:
     """Scenario: the state file was written while the host's clock ran a day ahead (it booted
     before NTP stepped it back): its reservation was made, and expires, a day from now.
@@ -142,6 +157,7 @@ def test_a_flood_of_transactions_that_end_at_once_does_not_grow_memory() -> None
     assert len(r) <= 600
     assert len(r._expiry) <= 2 * len(r) + 1024
     assert len(r._made) <= 2 * len(r) + 1024
+    assert len(r._made_held) <= 2 * len(r) + 1024
     assert all(len(heap) <= 2 * len(r) + 16 for heap in r._undelivered.values())
 
 

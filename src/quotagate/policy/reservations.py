@@ -138,7 +138,11 @@ class Reservations:
         # In flight and not matched to a delivery yet, smallest first (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
         self._expiry: list[tuple[float, int, Reservation]] = []
-        self._made: deque[Reservation] = deque()  # in the order they were made: the oldest evicted first
+        # In the order they were made, for the global cap: room held before DATA goes first (a
+        # client's own transactions, which it could make by the thousand), then room in flight
+        # (accepted mail, on its way), the oldest first in each.
+        self._made: deque[Reservation] = deque()
+        self._made_held: deque[Reservation] = deque()
         self._evicted_log = Throttled(log)
         self._order = itertools.count()
         self.released: dict[str, int] = dict.fromkeys(
@@ -348,6 +352,8 @@ class Reservations:
             self._count_for_client(r, +1)
         heapq.heappush(self._expiry, (r.expires_at, next(self._order), r))
         self._made.append(r)
+        if r.state == "held":
+            self._made_held.append(r)
 
     def _drop(self, r: Reservation, why: Release) -> None:
         if not r.live:
@@ -374,11 +380,13 @@ class Reservations:
         if len(self._expiry) > 2 * len(self._by_key) + 1024:
             self._expiry = [entry for entry in self._expiry if entry[2].live]
             heapq.heapify(self._expiry)
-        made = self._made
-        while made and not made[0].live:
-            made.popleft()
-        if len(made) > 2 * len(self._by_key) + 1024:
-            self._made = deque(r for r in made if r.live)
+        for made in (self._made, self._made_held):
+            while made and not (made[0].live and (made is self._made or made[0].state == "held")):
+                made.popleft()
+        if len(self._made) > 2 * len(self._by_key) + 1024:
+            self._made = deque(r for r in self._made if r.live)
+        if len(self._made_held) > 2 * len(self._by_key) + 1024:
+            self._made_held = deque(r for r in self._made_held if r.live and r.state == "held")
         queue = self._delivered.get(r.mailbox)
         if queue is not None:
             while queue and not queue[0].live:
@@ -404,13 +412,16 @@ class Reservations:
 
     def _evict_oldest(self) -> None:
         """Let go of the reservation made first (not the first to expire: after a reload that
-        shortened reservation_seconds, that is the one just made), and say so."""
-        while self._made:
-            r = self._made.popleft()
-            if r.live:
-                self._drop(r, "evicted")
-                self._evicted_log.warning(
-                    "more than max_reservations (%d) reservations: the oldest let go (raise [policy] max_reservations)",
-                    self.max_reservations,
-                )
-                return
+        shortened reservation_seconds, that is the one just made), held before DATA if any is,
+        and say so."""
+        for made, held_only in ((self._made_held, True), (self._made, False)):
+            while made:
+                r = made.popleft()
+                if r.live and (r.state == "held" or not held_only):
+                    self._drop(r, "evicted")
+                    self._evicted_log.warning(
+                        "more than max_reservations (%d) reservations: the oldest let go (raise [policy]"
+                        " max_reservations)",
+                        self.max_reservations,
+                    )
+                    return
