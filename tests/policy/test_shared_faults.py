@@ -5,6 +5,7 @@ each as it once let a mailbox take more than it holds, or kept room held for not
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -526,3 +527,61 @@ def _held_in_redis(redis: RedisProcess, prefix: str) -> int:
         return int(admin.hget(mailbox_keys(prefix, ROOMY)[1], "b") or 0)
     finally:
         admin.close()
+
+
+def _entries(url: str, prefix: str, mailbox: str) -> dict[str, dict[str, Any]]:
+    """The reservations Redis holds for ``mailbox``, as the script keeps them."""
+    admin = Redis.from_url(url)
+    try:
+        raw = admin.hgetall(mailbox_keys(prefix, mailbox)[0])
+        return {str(k): json.loads(v) for k, v in raw.items()}
+    finally:
+        admin.close()
+
+
+def eom(n: int) -> bytes:
+    return request(ROOMY, MESSAGE, "END-OF-MESSAGE", client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+
+
+def test_one_delivery_seen_during_an_outage_releases_one_message_not_two(tmp_path: Path, redis: RedisProcess) -> None:
+    """Scenario: tx0 is accepted while Redis is up (in flight in Redis). Redis goes away; tx1
+    is accepted by the daemon alone (in flight locally). ONE message lands and the daemon's
+    watch sees it. Redis comes back: the queued delivery is replayed (marking tx0 delivered in
+    Redis) and then tx1's room is written back with its local 'delivered' mark too; a reading
+    that includes that one message then released both reservations.
+    Expected: one delivery marks exactly one reservation delivered in Redis; with 3,000 bytes
+    used and one 2,000-byte message still in flight, two more messages of 2,000 fit, not three."""
+    site = make_site(tmp_path)
+    reading = site.reading(ROOMY)
+    prefix = site.base.name
+
+    async def go() -> tuple[list[bytes], int]:
+        async with proxied(redis.host, redis.port) as proxy, daemon(site, proxy.url, "mx1") as mx:
+            ledger = mx.ledger
+            assert ledger is not None
+            answers = [await mx.ask(rcpt(0)), await mx.ask(eom(0))]  # in flight in Redis
+            await wait_until(lambda: ledger.settled)
+            proxy.cut()
+            assert await wait_until(lambda: not ledger.up, timeout=5)
+            answers += [await mx.ask(rcpt(1)), await mx.ask(eom(1))]  # in flight here alone
+            mx.service.delivered(ROOMY)  # ONE message landed
+            proxy.mend()
+            assert await wait_until(lambda: ledger.up and ledger.settled, timeout=10)
+            marked = sum(1 for r in _entries(redis.url, prefix, ROOMY).values() if r.get("d"))
+            config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": prefix}})
+            storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            await storage.start()
+            try:
+                landed = msgspec.structs.replace(
+                    reading, bytes=ROOMY_USED + MESSAGE, messages=2, measured_at=storage.clock()
+                )
+                storage.readings([landed])
+                await wait_until(lambda: storage.settled)
+            finally:
+                await storage.close()
+            answers += [await mx.ask(rcpt(n)) for n in range(10, 13)]
+            return answers, marked
+
+    answers, marked = run(go(), timeout=60)
+    assert answers[:4] == [DUNNO] * 4, answers
+    assert answers[4:] == [DUNNO, DUNNO, BUSY], (answers[4:], f"{marked} reservations marked delivered")

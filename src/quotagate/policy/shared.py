@@ -926,8 +926,11 @@ class SharedReservations(Reservations):
         return self.ledger is not None or super().holds(transaction)
 
     def delivered(self, mailbox: str, now: float) -> bool:
+        """A delivery is matched once: to room held here (accepted alone while Redis was away:
+        written back with it, the delivery goes to Redis then), or else to Redis's. Sent to
+        both, one delivery would release two messages, one of them still in flight."""
         seen = super().delivered(mailbox, now)
-        if self.ledger is not None:
+        if self.ledger is not None and not seen:
             self.ledger.delivered(mailbox)
         return seen
 
