@@ -42,7 +42,7 @@ from tests.policy.conftest import (
 from tests.policy.test_lowered_folders import ARCHIVE_RULE, MAILBOX, exim_rcpt, maildir, rescan
 from tests.policy.transactions import FITS, MESSAGE, rcpt
 from tests.servers.redis import RedisProcess, private_redis
-from tests.spoolgen import maildir_folder
+from tests.spoolgen import add_message, maildir_folder
 
 pytestmark = pytest.mark.servers
 
@@ -490,3 +490,34 @@ def test_room_held_for_a_folder_before_it_exists_counts_once_it_is_created(tmp_p
     answers = run(go(redis.url))
     assert answers[:2] == [b"action=DUNNO\n\n"] * 2, answers
     assert answers[2].startswith(b"action=452"), answers
+
+
+def test_a_size_no_double_holds_exactly_is_unknown_and_breaks_no_shared_count(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """Scenario: a mailbox limited to 10 messages (no byte limit) holds 1; the MTA has no
+    message_size_limit. A hostile client's RCPT declares SIZE=10^17 through one MX host, then
+    ten other clients ask through both.
+    Expected: the size is taken as unknown (past 2**53 - 1 no real message goes, and Redis's
+    Lua numbers are doubles): nothing is held for it and no check fails in the script; the
+    other nine fit and the tenth is deferred. Held, its HINCRBY of 1e+17 failed halfway through
+    the script: the reservation written, never counted, the sums wrong on every MX."""
+    counted = "counted@example.org"
+    site = make_site(tmp_path)
+    add_message(maildir_folder(site.spool / "example.org" / "counted" / "Maildir"), 500)
+    with open_store(site.db_url) as store:
+        store.upsert_mailboxes([Mailbox(counted, Limits(0, 10))])
+    site.rescan()
+
+    async def go() -> tuple[list[bytes], float]:
+        async with two(site, redis.url) as (a, b):
+            answers = [await a.ask(request(counted, 10**17, client="198.51.100.66", instance="huge"))]
+            for n in range(10):
+                answers.append(
+                    await (a if n % 2 else b).ask(request(counted, 1000, client=f"192.0.2.{n + 1}", instance=f"t{n}"))
+                )
+            return answers, sum(d.running.sample("quotagate_shared_errors_total") for d in (a, b))
+
+    answers, errors = run(go())
+    assert answers == [DUNNO] * 10 + [BUSY], answers
+    assert errors == 0

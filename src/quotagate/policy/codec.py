@@ -41,7 +41,9 @@ MAX_REQUEST = 16384
 MAX_ACTION = 512
 """Most bytes of action text sent back; Postfix needs far less."""
 
-_MAX_SIZE = 2**63 - 1  # the largest off_t; anything beyond is not a real message size
+# The largest integer a double holds exactly (9 PB, beyond any real message): the shared ledger's
+# Lua numbers are doubles, and a larger size made its sums fail halfway through a check.
+_MAX_SIZE = 2**53 - 1
 _MAX_SIZE_DIGITS = len(str(_MAX_SIZE))
 
 
@@ -71,7 +73,7 @@ class PolicyRequest:
         """The declared message size, or None when it is unknown or not believable.
 
         Absent, empty, non-numeric and negative values (Exim sends -1 for "unknown") are None,
-        as is anything too large for a 64-bit file size. "0" stays 0: the caller decides what
+        as is anything past 2**53 - 1 (no real message is that large). "0" stays 0: the caller decides what
         a zero size means.
         """
         value = self.attributes.get("size", "")
