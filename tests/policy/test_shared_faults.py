@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,9 +35,10 @@ from tests.policy.conftest import (
     serving,
     wait_until,
 )
+from tests.policy.shared_serve import held_bytes
 from tests.policy.test_shared import daemon, redis, two
 from tests.policy.transactions import FITS, MESSAGE, rcpt
-from tests.servers.redis import RedisProcess
+from tests.servers.redis import RedisProcess, private_redis
 from tests.servers.redisproxy import proxied
 
 __all__ = ["redis"]
@@ -585,3 +587,71 @@ def test_one_delivery_seen_during_an_outage_releases_one_message_not_two(tmp_pat
     answers, marked = run(go(), timeout=60)
     assert answers[:4] == [DUNNO] * 4, answers
     assert answers[4:] == [DUNNO, DUNNO, BUSY], (answers[4:], f"{marked} reservations marked delivered")
+
+
+def test_redis_restarted_empty_while_away_is_said_as_room_lost(
+    tmp_path: Path, redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario: an MX holds room in Redis for an accepted RCPT. Redis crashes (no persistence,
+    as docs/scaling.md's default) and is started again empty; the daemon notices the outage
+    and then uses Redis again. The room it (and every other MX) held there is gone.
+    Expected: the log says that Redis restarted and the room it held is lost, as the heartbeat
+    says for a restart seen between two calls. It only said "unavailable", then "in use: 0
+    changes replayed, 0 reservations written back": the loss was silent when the restart was
+    first seen as an outage."""
+    site = make_site(tmp_path)
+    caplog.set_level(logging.INFO, logger="quotagate")
+
+    async def go() -> tuple[bytes, int, int]:
+        async with daemon(site, redis.url, "mx1") as mx:
+            ledger = mx.ledger
+            assert ledger is not None
+            answer = await mx.ask(rcpt(0))
+            before = held_bytes(redis.url, site.base.name, ROOMY)
+            redis.kill()
+            try:
+                assert await wait_until(lambda: not ledger.up, timeout=5)
+            finally:
+                redis.start()
+            assert await wait_until(lambda: ledger.up and ledger.settled, timeout=10)
+            return answer, before, held_bytes(redis.url, site.base.name, ROOMY)
+
+    answer, before, after = run(go())
+    assert (answer, before, after) == (DUNNO, MESSAGE, 0)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "lost" in r.getMessage()]
+    assert said, "Redis came back empty and the room held there was lost without a word: " + repr(
+        [r.getMessage() for r in caplog.records if r.name.startswith("quotagate.policy.shared")]
+    )
+
+
+def test_a_redis_set_to_evict_while_in_use_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Scenario: the daemon starts on a Redis with noeviction. Later the Redis is given
+    maxmemory and maxmemory-policy allkeys-lru (an admin's CONFIG SET, a managed service's
+    parameter change applied live); the daemon keeps using it, checks and heartbeats go on
+    (here 20 heartbeats, retry_seconds 0.1, and checks).
+    Expected: README: "a Redis that may evict is said once a minute". It was looked at only
+    when the daemon (re)connected after an outage: a Redis that may evict keys from then on was
+    never said while it stayed reachable."""
+    site = make_site(tmp_path)
+    with private_redis() as server:
+
+        async def go() -> list[bytes]:
+            async with daemon(site, server.url, "mx1") as mx:
+                admin = Redis(host=server.host, port=server.port)
+                try:
+                    admin.config_set("maxmemory", str(256 * 1024 * 1024))
+                    admin.config_set("maxmemory-policy", "allkeys-lru")
+                finally:
+                    admin.close()
+                assert mx.ledger is not None
+                mx.ledger._memory_due = 0.0  # its minute is up (the first heartbeat may have looked already)
+                answers = []
+                for n in range(4):
+                    answers.append(await mx.ask(rcpt(n)))
+                    await asyncio.sleep(0.5)
+                return answers
+
+        with caplog.at_level(logging.WARNING, logger="quotagate.policy.shared"):
+            answers = run(go(), timeout=60)
+    assert answers == [DUNNO] * 4
+    assert "maxmemory-policy allkeys-lru" in caplog.text, "a Redis that may now evict held room was never said"

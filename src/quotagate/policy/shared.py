@@ -65,6 +65,7 @@ _USAGE_MS = 86_400_000
 MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
 _OWED_SECONDS = 5.0  # how often, at most, they are written beside the state file while Redis is away
+EVICTION_CHECK_SECONDS = 60.0  # how often a Redis in use is asked whether it may evict keys
 MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the first SCAN finds)
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use", "ids")
 _CONNECTIONS = 32  # to Redis, per daemon
@@ -310,6 +311,7 @@ class RedisLedger:
         self._resync: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._run_id = ""  # Redis's own: a new one means it restarted, empty, under us
+        self._memory_due = 0.0  # when the heartbeat looks at Redis's eviction policy again
         # What a call to Redis may raise when it is away (redis-py's errors once it is imported).
         self._faults: tuple[type[Exception], ...] = (OSError, TimeoutError)
         self._noscript: tuple[type[Exception], ...] = ()  # Redis lost the script (NOSCRIPT)
@@ -516,13 +518,30 @@ class RedisLedger:
             try:
                 async with asyncio.timeout(self.settings.timeout):
                     run_id = await self._server_run()
+                    await self._look_at_eviction()
             except self._faults as exc:
                 self._failed(exc)
                 continue
-            if run_id != self._run_id:
-                log.warning("shared state at %s restarted: the room it held is lost", self._where)
-                self._run_id = run_id
+            if self._new_run(run_id):
                 self._send_current()
+
+    async def _look_at_eviction(self) -> None:
+        """Whether Redis may evict keys, asked again every EVICTION_CHECK_SECONDS: its policy can
+        change under a running daemon (CONFIG SET, a managed service's setting)."""
+        if time.monotonic() < self._memory_due:
+            return
+        assert self._client is not None
+        self._memory_due = time.monotonic() + EVICTION_CHECK_SECONDS
+        self._say_eviction(await self._client.info("memory"))
+
+    def _new_run(self, run_id: str) -> bool:
+        """Whether ``run_id`` (Redis's INFO) says it restarted since it was last asked, and so
+        came back empty: said, whether seen between two calls or at the end of an outage."""
+        restarted = bool(self._run_id) and run_id != self._run_id
+        if restarted:
+            log.warning("shared state at %s restarted: the room it held is lost", self._where)
+        self._run_id = run_id
+        return restarted
 
     def _send_current(self) -> None:
         if self.current is not None and (self._resync is None or self._resync.done()):
@@ -855,7 +874,7 @@ class RedisLedger:
                     )
                     return False
                 self._say_eviction(info)
-                self._run_id = str(info.get("run_id", ""))
+                self._new_run(str(info.get("run_id", "")))
                 await self._load()
             while True:
                 while self._pending:
