@@ -25,12 +25,14 @@ MESSAGE = 100_000
 QUOTA = 450_000  # room for 4.5 of them
 BURST = 10
 ROOMY = f"roomy@{DOMAIN}"
+OTHER = f"other@{DOMAIN}"
 ARCHIVE = f"roomy+Archive@{DOMAIN}"
 
 
-def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
-    """roomy@ with room for 4.5 messages; with ``archive_quota``, roomy@ has plenty and its
-    folder Archive that limit of its own, and a router delivers ``roomy+Archive@`` into it."""
+def prepare(work: Path, exim: Exim, archive_quota: int = 0, watch: bool = True) -> tuple[Site, int]:
+    """roomy@ with room for 4.5 messages, and other@, a mailbox quotagate does not know; with
+    ``archive_quota``, roomy@ has plenty and its folder Archive that limit of its own, and a
+    router delivers ``roomy+Archive@`` into it; ``watch``: deliveries seen (most sites see none)."""
     spool = work / "mail"
     spool.mkdir()
     (work / "db").mkdir()
@@ -41,7 +43,8 @@ def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
         f'[store]\nurl = "sqlite:///{work}/db/q.db"\n[spool]\nroot = "{spool}"\n'
         f'[scan]\nlock_file = "{work}/scan.lock"\n'
         f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{work}/control.sock"\n'
-        f"[watch]\nenabled = true\nflush_seconds = 0.1\n{rule}"
+        + ("[watch]\nenabled = true\nflush_seconds = 0.1\n" if watch else "")
+        + rule
     )
     site = Site(work, spool, config)
     quota = 100 * QUOTA if archive_quota else QUOTA
@@ -57,7 +60,7 @@ def prepare(work: Path, exim: Exim, archive_quota: int = 0) -> tuple[Site, int]:
         # local_part_suffix does (Exim matches the suffix on the local part it lowered).
         routers, transports = exim.folder_router("+archive"), exim.folder_transport(".Archive")
     exim.configure(
-        users={ROOMY: f"{DOMAIN}/roomy"},
+        users={ROOMY: f"{DOMAIN}/roomy", OTHER: f"{DOMAIN}/other"},
         main=parts.main,
         acls=parts.acls,
         acl=parts.acl,
@@ -203,3 +206,32 @@ def test_a_full_folder_is_refused_at_rcpt(work: Path, exim: Exim) -> None:
         client = Client(exim, 1)
         assert client.rcpt(1000, ARCHIVE) == 552, exim.log("main")
         client.quit()
+
+
+def test_a_copy_deferred_at_data_without_prdr_keeps_its_room_when_the_message_is_accepted(
+    work: Path, exim: Exim
+) -> None:
+    """Scenario: no [watch] (most sites see no delivery). Three clients declare SIZE=100000 and
+    are let in for roomy@ (300 kB held of its 450 kB). A fourth, without SIZE= and without PRDR,
+    sends one 200 kB message to roomy@ and other@ (a mailbox quotagate does not know): at DATA
+    roomy@ is deferred (it fits alone, not beside the room held), other@ is not refused, so
+    Exim accepts the message (one answer for all) and delivers it to both. Then the three send
+    their DATA.
+    Expected: roomy@'s copy holds its room in flight once accepted, so the three later messages
+    do not all fit: roomy@ never ends over its limit. Its room was let go at DATA, all three
+    were accepted, and roomy@ ended at ~500 kB of 450 kB."""
+    site, port = prepare(work, exim, watch=False)
+    with policy_daemon(site.config, port):
+        exim.start()
+        holders = [Client(exim, n) for n in range(3)]
+        assert [holder.rcpt(MESSAGE) for holder in holders] == [250] * 3
+        late = Client(exim, 5)
+        assert late.smtp.mail("sender@example.net")[0] == 250  # no SIZE=
+        assert late.smtp.rcpt(ROOMY)[0] == 250 and late.smtp.rcpt(OTHER)[0] == 250
+        assert late.data(2 * MESSAGE) == 250
+        late.quit()
+        codes = [holder.data(MESSAGE) for holder in holders]
+        for holder in holders:
+            holder.quit()
+        assert len(delivered(site)) == 1 + codes.count(250), exim.log("main")
+        assert sum(delivered(site)) + 10 <= QUOTA, (codes, delivered(site))

@@ -95,3 +95,35 @@ def test_postfix_a_recipient_deferred_for_the_share_in_an_accepted_message_keeps
     ask(service, end("other"))
     held = service.reservations.held(ROOMY, time.time(), 0)
     assert held.bytes >= 700, f"{held.bytes} bytes held for roomy, which Postfix accepted a 700-byte message for"
+
+
+def test_exim_a_copy_deferred_at_data_without_prdr_holds_its_room_once_the_message_is_accepted(
+    service: PolicyService,
+) -> None:
+    """Scenario: two clients hold 4,000 bytes each for roomy (8,000 of its 9,000 free). A third,
+    without SIZE= and without PRDR, sends 3,000 bytes to roomy and to a recipient quotagate does
+    not know. At DATA roomy is deferred (it fits alone, not beside the room held), the other
+    recipient is not refused: Exim accepts the message, and roomy gets its copy.
+    Expected: that copy's 3,000 bytes are in flight once the message is accepted: the two
+    holders' 8,000 no longer both fit. Its room was let go at DATA, and roomy ended 2,000 bytes
+    over its limit once all three landed."""
+    for n, instance in enumerate("BC"):
+        holder = request(ROOMY, 4000, instance=instance, client=f"198.51.100.{n + 1}")
+        assert ask(service, holder) == "DUNNO"
+    assert ask(service, request(ROOMY, instance="A")) == "DUNNO"  # no SIZE=: nothing held
+    assert ask(service, exim_data(ROOMY, 3000)).startswith("452")
+    assert service.reservations.totals() == {"held": 8000, "flight": 0}
+    assert ask(service, accepted("A", 3000)) == "DUNNO"
+    assert service.reservations.totals() == {"held": 8000, "flight": 3000}
+
+
+def test_exim_a_copy_refused_at_data_goes_with_a_refused_message(service: PolicyService) -> None:
+    """Scenario: as above, but the message has roomy as its only recipient: Exim refuses it (452)
+    and the client's next MAIL ends the transaction without data.
+    Expected: nothing stays in flight or held for it."""
+    for n, instance in enumerate("BC"):
+        assert ask(service, request(ROOMY, 4000, instance=instance, client=f"198.51.100.{n + 1}")) == "DUNNO"
+    assert ask(service, exim_data(ROOMY, 3000)).startswith("452")
+    assert ask(service, end("A")) == "DUNNO"
+    assert ask(service, accepted("A2", 3000)) == "DUNNO"  # another message of its
+    assert service.reservations.totals() == {"held": 8000, "flight": 0}

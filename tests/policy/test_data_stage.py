@@ -215,3 +215,21 @@ def test_without_reservations_the_recipients_are_still_known_at_the_end(site: Si
     ask(service, request(ROOMY, instance="A"))
     ask(service, request(ROOMY.upper(), instance="A"))
     assert ask(service, end_of_message(ROOM + 1, 2)).startswith("552")
+
+
+def test_postfix_a_copy_deferred_at_end_of_message_holds_its_room_once_the_message_is_accepted(
+    service: PolicyService,
+) -> None:
+    """Scenario: as for Exim: two clients hold 8,000 of roomy's 9,000 free; through Postfix a
+    third sends 3,000 bytes without SIZE= to roomy and to a recipient quotagate does not know.
+    END-OF-MESSAGE: roomy is deferred, the other recipient is not: Postfix accepts the message.
+    Expected: roomy's copy is in flight (3,000 bytes). A copy refused because the mailbox is
+    full by what lands before it (its usage, mail in flight, the message's other copies) is
+    not: its delivery agent refuses it too (tests/policy/test_copies.py)."""
+    connection = Session()
+    for n, instance in enumerate("BC"):
+        assert ask(service, request(ROOMY, 4000, instance=instance, client=f"198.51.100.{n + 1}")) == "DUNNO"
+    assert ask(service, request(ROOMY, instance="A"), connection) == "DUNNO"
+    assert ask(service, request("stranger@example.org", instance="A"), connection) == "DUNNO"
+    assert ask(service, end_of_message(3000, 2, instance="A"), connection) == "DUNNO"
+    assert service.reservations.totals() == {"held": 8000, "flight": 3000}

@@ -131,6 +131,7 @@ class Reservations:
         self._by_transaction: dict[Transaction, dict[str, dict[str, Reservation]]] = {}
         self._mailbox: dict[str, _Sums] = {}
         self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
+        self._held_mailbox: dict[str, _Sums] = {}  # room held before DATA, by mailbox (the rest is in flight)
         self._folder: dict[tuple[str, str], _Sums] = {}  # room held (and in flight) for a folder with limits
         # Room each client holds before DATA in such a folder, against the folder's own share.
         self._client_folder: dict[tuple[str, str, str], _Sums] = {}
@@ -144,6 +145,11 @@ class Reservations:
         self._made: deque[Reservation] = deque()
         self._made_held: deque[Reservation] = deque()
         self._evicted_log = Throttled(log)
+        # Copies refused at DATA without PRDR, by transaction (when it last set one aside, and
+        # its copies: their size and folder): the message has one answer there, and accepted for
+        # its other recipients it reaches these too. Counted nowhere until then, in flight once
+        # the message is accepted (see end), forgotten when it is not.
+        self._aside: dict[Transaction, tuple[float, dict[tuple[str, str], tuple[int, str]]]] = {}
         self._order = itertools.count()
         self.released: dict[str, int] = dict.fromkeys(
             ("no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"), 0
@@ -169,6 +175,18 @@ class Reservations:
         lets expired and delivered reservations go)."""
         return _reserved(self._folder.get((mailbox, folder)))
 
+    def landing(self, transaction: Transaction, mailbox: str, copy: str) -> Reserved:
+        """What lands in ``mailbox`` before a copy of the transaction's message (``copy``) could:
+        mail in flight, and the message's other copies; not what other transactions hold
+        before DATA (their mail may never come). Ask :meth:`held` first."""
+        total, held = _reserved(self._mailbox.get(mailbox)), _reserved(self._held_mailbox.get(mailbox))
+        own = [
+            r
+            for c, r in self._by_transaction.get(transaction, {}).get(mailbox, {}).items()
+            if c != copy and r.state == "held"
+        ]
+        return Reserved(total.bytes - held.bytes + sum(r.bytes for r in own), total.messages - held.messages + len(own))
+
     def mine(self, transaction: Transaction, mailbox: str, copy: str = "") -> Reservation | None:
         """What the transaction itself holds (before DATA) for this copy in ``mailbox``: a check
         asking again for it replaces it (at DATA with the real size), so it must not count
@@ -189,6 +207,18 @@ class Reservations:
         for r in chosen:
             self._drop(r, "no data")
         return bool(chosen)
+
+    def set_aside(
+        self, transaction: Transaction, mailbox: str, size: int, now: float, copy: str = "", folder: str = ""
+    ) -> None:
+        """A copy refused at DATA when the message has one answer for all its recipients (no
+        PRDR): nothing held for it now, but ``size`` in flight for it if the message is accepted
+        for the others (its delivery agent's own quota then decides)."""
+        _, copies = self._aside.pop(transaction, (now, {}))  # kept in the order last touched
+        copies[mailbox, copy] = (size, folder)
+        self._aside[transaction] = (now, copies)
+        while len(self._aside) > self.max_reservations:
+            del self._aside[next(iter(self._aside))]
 
     def hold(
         self,
@@ -224,6 +254,9 @@ class Reservations:
             return False
         if old is not None:
             self._drop(old, "replaced")
+        aside = self._aside.get(transaction)
+        if aside is not None:
+            aside[1].pop((mailbox, copy), None)  # asked again and let in: held, no longer aside
         r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy, folder=folder)
         self._add(r)
         while len(self._by_key) > self.max_reservations:
@@ -233,17 +266,17 @@ class Reservations:
     # -- the life of a transaction -----------------------------------------------------------------
     def end(self, transaction: Transaction, with_data: bool, now: float, size: int | None = None) -> int:
         """The transaction ended: its held reservations go in flight (the message was accepted),
-        holding the message's real ``size`` when it is known, or are released (no data).
-        Returns how many changed.
+        holding the message's real ``size`` when it is known, or are released (no data); so do
+        the copies it set aside (see :meth:`set_aside`). Returns how many changed.
 
         The real size replaces what was declared for every mailbox the transaction holds room
         in: a check at DATA replaced it already for the recipients it asked about, but not for a
         mailbox reached through an alias, which Exim's router asked about at RCPT and its DATA
         ACL, asking about the addresses the client gave, never names."""
+        changed = self._end_aside(transaction, with_data, now)
         mine = self._by_transaction.get(transaction)
         if not mine:
-            return 0
-        changed = 0
+            return changed
         for r in [r for copies in mine.values() for r in copies.values()]:
             if r.state != "held":
                 continue
@@ -261,6 +294,23 @@ class Reservations:
             else:
                 self._drop(r, "no data")
         return changed
+
+    def _end_aside(self, transaction: Transaction, with_data: bool, now: float) -> int:
+        """The copies the transaction set aside: in flight when its message was accepted."""
+        _, copies = self._aside.pop(transaction, (now, {}))
+        if not with_data:
+            return 0
+        added = 0
+        for (mailbox, copy), (size, folder) in copies.items():
+            if (transaction, mailbox, copy) in self._by_key:
+                continue
+            r = Reservation(transaction, mailbox, size, now, now + self.seconds, "flight", copy=copy, folder=folder)
+            self._add(r)
+            self._await_delivery(r)
+            added += 1
+        while len(self._by_key) > self.max_reservations:
+            self._evict_oldest()
+        return added
 
     def delivered(self, mailbox: str, now: float) -> bool:
         """A delivery to ``mailbox`` was seen: the smallest in-flight reservation not yet matched is
@@ -302,6 +352,11 @@ class Reservations:
             _, _, r = heapq.heappop(self._expiry)
             if r.live:
                 self._drop(r, "expired")
+        while self._aside:  # a transaction whose end never came (its client vanished)
+            transaction, (at, _) = next(iter(self._aside.items()))
+            if at + self.seconds > now:
+                break
+            del self._aside[transaction]
 
     # -- looking at them -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Reservation]:
@@ -407,6 +462,7 @@ class Reservations:
         """Add (+1) or take (-1) a held reservation to or from its client's sums."""
         key = (r.transaction.client, r.mailbox)
         _count(self._client, key, sign * r.bytes, sign)
+        _count(self._held_mailbox, r.mailbox, sign * r.bytes, sign)
         if r.folder:
             _count(self._client_folder, (*key, r.folder), sign * r.bytes, sign)
 

@@ -661,9 +661,11 @@ class PolicyService:
             # ends with data): held here too, it would be written back to it after an outage and
             # count every delivered message twice.
             return Outcome(mailbox.address, decision, usage)
+        holds = self.config.policy.reservation_seconds and not target.left_out
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address, copy)
-        holds = self.config.policy.reservation_seconds and not target.left_out
+            if holds and not per_recipient and self._would_land(target, limits, usage, size, live, transaction):
+                self.reservations.set_aside(transaction, mailbox.address, s, now, copy, folder)
         if decision.action is Action.ACCEPT and s is not None and holds:
             share = self.config.policy.client_hold
             cap_bytes, cap_messages = client_caps(share, mailbox.limits)
@@ -678,6 +680,23 @@ class PolicyService:
                 if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address, copy)
         return Outcome(mailbox.address, decision, usage)
+
+    def _would_land(
+        self,
+        target: _Target,
+        limits: Limits | None,
+        usage: Usage | None,
+        size: int | None,
+        live: Usage | None,
+        transaction: Transaction,
+    ) -> bool:
+        """Whether a copy refused at DATA without PRDR would still be delivered: its message has
+        one answer, and accepted for its other recipients it reaches this one too, whose
+        delivery agent lets it in if it fits with what lands before it (mail in flight, the
+        message's other copies), however much other transactions hold before DATA."""
+        landing = self.reservations.landing(transaction, target.mailbox.address, target.copy)
+        decision, _ = self._judge(target, limits, usage, size, live, Held(landing))
+        return decision.action is Action.ACCEPT
 
     def _held(
         self,
