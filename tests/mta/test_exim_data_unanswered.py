@@ -82,7 +82,7 @@ def mute(work: Path, exim: Exim) -> Iterator[Mute]:
         users={r: f"{DOMAIN}/{r.partition('@')[0]}" for r in RECIPIENTS},
         main=parts.main,
         acls=parts.acls,
-        acl=parts.acl,
+        verified_acl=parts.acl,
     )
     server = Mute(port)
     exim.start()

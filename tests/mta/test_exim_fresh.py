@@ -44,7 +44,7 @@ def configure(site: Site, exim: Exim, mode: str) -> None:
     config = load_config(site.config)
     if mode == "daemon":
         parts = exim_config.parts(config, "policy")
-        exim.configure(users=users(), main=parts.main, acls=parts.acls, acl=parts.acl)
+        exim.configure(users=users(), main=parts.main, acls=parts.acls, verified_acl=parts.acl)
     else:
         parts = exim_config.parts(config, "router", "lsearch")
         exim.configure(users=users(), routers=parts.routers, acls=parts.acls)
@@ -111,7 +111,7 @@ def test_exims_delivery_hint_refreshes_a_spool_that_is_not_watched(work: Path, e
     # Polled once a minute and no maildirsize: only the event_action hint can explain the refusal.
     site, port = make(work, "daemon", watch_mode="poll", poll_seconds=60)
     parts = exim_config.parts(load_config(site.config), "policy")
-    exim.configure(users=users(), acl=parts.acl, transport=parts.transports)
+    exim.configure(users=users(), verified_acl=parts.acl, transport=parts.transports)
     with policy_daemon(site.config, port, "serve") as process:
         process.wait_for_log("watching", seconds=20)
         exim.start()

@@ -117,7 +117,7 @@ def bed(work: Path, network: tuple[Network, Postgres]) -> Iterator[Bed]:
             exim = Exim(work / f"exim-{name}", free_port(), spool, address=host.address, launcher=host.launcher)
             stack.callback(untrust, exim.config)
             parts = exim_config.parts(load_config(config), "policy")
-            exim.configure(users={ROOMY: f"{DOMAIN}/roomy"}, main=parts.main, acls=parts.acls, acl=parts.acl)
+            exim.configure(users={ROOMY: f"{DOMAIN}/roomy"}, main=parts.main, acls=parts.acls, verified_acl=parts.acl)
             exim.start()
             stack.callback(exim.stop)
             mx.append(MX(host, exim, daemon))

@@ -62,7 +62,8 @@ def prepare(
         users=users,
         main=parts.main,
         acls=parts.acls,
-        acl=rcpt_acl + (parts.acl if section == "acl" else ""),
+        acl=rcpt_acl,
+        verified_acl=parts.acl if section == "acl" else "",
         routers=routers,
         transport=TRANSPORT_QUOTA,
     )

@@ -72,7 +72,7 @@ def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     parts = exim_config.parts(load_config(site.config), "policy")
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("full", "roomy")}
     users[f"full,{ROOMY},x@{DOMAIN}"] = f"{DOMAIN}/full"  # QUOTED, as $local_part@$domain
-    exim.configure(users=users, main=parts.main, acls=parts.acls, acl=parts.acl, transport=TRANSPORT_QUOTA)
+    exim.configure(users=users, main=parts.main, acls=parts.acls, verified_acl=parts.acl, transport=TRANSPORT_QUOTA)
     with policy_daemon(site.config, port) as daemon:
         exim.start()
         yield site, daemon

@@ -66,7 +66,7 @@ def receiving(work: Path, exim: Exim) -> Iterator[tuple[Site, PolicyDaemon]]:
     assert site.quotagate("scan") == 0
     parts = exim_config.parts(load_config(site.config), "policy")
     users = {f"{u}@{DOMAIN}": f"{DOMAIN}/{u}" for u in ("roomy", "other")}
-    exim.configure(users=users, main=parts.main, acls=parts.acls, acl=parts.acl)
+    exim.configure(users=users, main=parts.main, acls=parts.acls, verified_acl=parts.acl)
     with policy_daemon(site.config, port) as daemon:
         exim.start()
         yield site, daemon

@@ -63,7 +63,7 @@ def prepare(work: Path, exim: Exim, archive_quota: int = 0, watch: bool = True) 
         users={ROOMY: f"{DOMAIN}/roomy", OTHER: f"{DOMAIN}/other"},
         main=parts.main,
         acls=parts.acls,
-        acl=parts.acl,
+        verified_acl=parts.acl,
         routers=routers,
         transports=transports,
     )
@@ -235,3 +235,27 @@ def test_a_copy_deferred_at_data_without_prdr_keeps_its_room_when_the_message_is
             holder.quit()
         assert len(delivered(site)) == 1 + codes.count(250), exim.log("main")
         assert sum(delivered(site)) + 10 <= QUOTA, (codes, delivered(site))
+
+
+def test_a_recipient_exim_refuses_after_the_check_holds_nothing(work: Path, exim: Exim) -> None:
+    """Scenario: the RCPT statements where the generated comment puts them, after Exim's own
+    ``require verify = recipient``; no router takes ``roomy+junk@`` (550 Unrouteable). A client
+    sends four messages, each ``SIZE=100000`` to roomy+junk@ (refused) and other@ (a mailbox
+    quotagate does not know), and its DATA.
+    Expected: nothing held or in flight for roomy@, and an honest client's 60 kB let in. Asked
+    before Exim's own refusal, the daemon held room for roomy+junk@ that each accepted message
+    took in flight: roomy@ looked full (400 kB of 450 kB) for reservation_seconds."""
+    site, port = prepare(work, exim)
+    with policy_daemon(site.config, port):
+        exim.start()
+        attacker = Client(exim, 1)
+        for _ in range(4):
+            assert attacker.smtp.mail("sender@example.net", [f"SIZE={MESSAGE}"])[0] == 250
+            assert attacker.smtp.rcpt(f"roomy+junk@{DOMAIN}")[0] == 550  # Exim's own refusal
+            assert attacker.smtp.rcpt(OTHER)[0] == 250
+            assert attacker.data(MESSAGE) == 250
+        attacker.quit()
+        assert ask_control(work / "control.sock", {"op": "list", "address": ROOMY})["reservations"] == []
+        honest = Client(exim, 2)
+        assert honest.rcpt(60_000) == 250
+        honest.quit()

@@ -50,7 +50,7 @@ def site_and_exim(work: Path, exim: Exim, users: dict[str, str] | None = None) -
         users={ROOMY: f"{DOMAIN}/roomy", OTHER: f"{DOMAIN}/other", **(users or {})},
         main=parts.main,
         acls=parts.acls,
-        acl=parts.acl,
+        verified_acl=parts.acl,
     )
     return site, port
 

@@ -47,6 +47,7 @@ acl_check_rcpt:
           !domains = +local_domains
 {acl}
   require verify = recipient
+{verified_acl}
   accept
 
 begin routers
@@ -99,6 +100,7 @@ class Exim:
         users: dict[str, str],
         main: str = "",
         acl: str = "",
+        verified_acl: str = "",
         routers: str = "",
         transport: str = "",
         acls: str = "",
@@ -109,7 +111,9 @@ class Exim:
     ) -> None:
         """Write the config (root-owned, 0644) and list it as trusted.
 
-        ``users`` maps each deliverable address to its folder, relative to the maildirs;
+        ``users`` maps each deliverable address to its folder, relative to the maildirs; ``acl``
+        goes into acl_smtp_rcpt before ``require verify = recipient``, ``verified_acl`` after it
+        (where the policy method's statements go);
         ``domains`` are the local ones; ``transports`` are more transports, for routers given
         in ``routers``; ``size_limit`` is message_size_limit (0: no limit, and no SIZE advertised);
         ``more_ports`` are listened on too (on the same address as the main one).
@@ -122,6 +126,7 @@ class Exim:
             ports=" : ".join(str(p) for p in (self.port, *more_ports)),
             main=main,
             acl=indent(acl),
+            verified_acl=indent(verified_acl),
             acls=acls,
             routers=routers,
             maildir_delivery=self._maildir_transport("maildir_delivery", "", transport),

@@ -370,9 +370,11 @@ def policy_parts(config: Config) -> Parts:
         "  accept\n"
     )
     acl = (
-        "# In acl_smtp_rcpt, after the statements that accept or deny relaying and before the\n"
-        "# one that accepts mail for local domains. Use this or the router below, not both: each\n"
-        "# check that accepts holds room for the message in the daemon.\n"
+        "# In acl_smtp_rcpt, after the statements that accept or deny relaying and after\n"
+        "# 'require verify = recipient' (a recipient Exim refuses after this check would keep the\n"
+        "# room held for it, in flight with the message), before the one that accepts mail for\n"
+        "# local domains. Use this or the router below, not both: each check that accepts holds\n"
+        "# room for the message in the daemon.\n"
         f"warn\n  set acl_m_quotagate = {ask}\n"
         "deny\n"
         r"  condition = ${if match{$acl_m_quotagate}{\N^action=5\d\d\s\N}}" + "\n"
