@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -21,8 +20,7 @@ import pytest
 from quotagate.policy import control
 from quotagate.policy.reservations import Reservations
 from tests.policy.conftest import run
-from tests.policy.test_socket_race import SWAP_C
-from tests.servers.install import unavailable
+from tests.policy.test_socket_race import attackers_ground
 
 NOBODY = 65534
 
@@ -67,16 +65,7 @@ def test_the_control_socket_mode_is_never_set_on_what_the_directory_owner_swaps_
     bound, never through a path the directory's owner can redirect (as listeners._bind_privately
     does for the policy socket). A chmod by path after the bind followed the swapped-in symlink
     within a hundred starts or so."""
-    if shutil.which("gcc") is None or shutil.which("runuser") is None:
-        unavailable("needs gcc to build the attacker, and runuser to run it as another user")
-    short_tmp.chmod(0o755)
-    swap = short_tmp / "swap"
-    (short_tmp / "swap.c").write_text(SWAP_C)
-    subprocess.run(["gcc", "-O2", "-o", str(swap), str(short_tmp / "swap.c")], check=True, timeout=60)
-    swap.chmod(0o755)
-    private = short_tmp / "private"
-    private.mkdir(mode=0o700)
-    os.chown(private, NOBODY, NOBODY)
+    swap, private = attackers_ground(short_tmp)
     victim = short_tmp / "passwd"  # a stand-in for /etc/passwd: root's, readable by all
     victim.write_text("root:x:0:0:root:/root:/bin/bash\n")
     victim.chmod(0o644)

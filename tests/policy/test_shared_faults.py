@@ -17,6 +17,7 @@ import pytest
 from redis import Redis
 
 from quotagate.config import parse_config
+from quotagate.model import Reading
 from quotagate.policy import daemon as serve
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservations
@@ -301,12 +302,7 @@ def test_a_delivery_whose_reply_came_late_is_not_counted_twice(tmp_path: Path, r
                     await asyncio.sleep(1.5)  # the late reply is in, Redis has the delivery
                     proxy.reply_delay = 0.0
                 assert await wait_until(lambda: storage.up and storage.settled, timeout=10)
-                # Its reading includes that one message (and only it).
-                landed = msgspec.structs.replace(
-                    reading, bytes=ROOMY_USED + MESSAGE, messages=2, measured_at=storage.clock()
-                )
-                storage.readings([landed])
-                await wait_until(lambda: storage.settled)
+                await one_message_landed(storage, reading)
             finally:
                 await storage.close()
             # Used 3000 and one message of 2000 still in flight: room for two more, not three.
@@ -531,6 +527,15 @@ def _held_in_redis(redis: RedisProcess, prefix: str) -> int:
         admin.close()
 
 
+async def one_message_landed(storage: RedisLedger, reading: Reading) -> None:
+    """A storage host's reading of roomy that includes one message of MESSAGE bytes (and only
+    it) more than ``reading``, taken now, sent to Redis."""
+    storage.readings(
+        [msgspec.structs.replace(reading, bytes=ROOMY_USED + MESSAGE, messages=2, measured_at=storage.clock())]
+    )
+    await wait_until(lambda: storage.settled)
+
+
 def _entries(url: str, prefix: str, mailbox: str) -> dict[str, dict[str, Any]]:
     """The reservations Redis holds for ``mailbox``, as the script keeps them."""
     admin = Redis.from_url(url)
@@ -574,11 +579,7 @@ def test_one_delivery_seen_during_an_outage_releases_one_message_not_two(tmp_pat
             storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
             await storage.start()
             try:
-                landed = msgspec.structs.replace(
-                    reading, bytes=ROOMY_USED + MESSAGE, messages=2, measured_at=storage.clock()
-                )
-                storage.readings([landed])
-                await wait_until(lambda: storage.settled)
+                await one_message_landed(storage, reading)
             finally:
                 await storage.close()
             answers += [await mx.ask(rcpt(n)) for n in range(10, 13)]

@@ -54,6 +54,22 @@ int main(int argc, char **argv) {
 
 
 @pytest.mark.slow
+def attackers_ground(short_tmp: Path) -> tuple[Path, Path]:
+    """The swapping attacker built (its program, run as nobody), and ``private``, a directory of
+    its own under ``short_tmp`` (every level of which it can traverse)."""
+    if shutil.which("gcc") is None or shutil.which("runuser") is None:
+        unavailable("needs gcc to build the attacker, and runuser to run it as another user")
+    short_tmp.chmod(0o755)
+    swap = short_tmp / "swap"
+    (short_tmp / "swap.c").write_text(SWAP_C)
+    subprocess.run(["gcc", "-O2", "-o", str(swap), str(short_tmp / "swap.c")], check=True, timeout=60)
+    swap.chmod(0o755)
+    private = short_tmp / "private"
+    private.mkdir(mode=0o700)
+    os.chown(private, NOBODY, NOBODY)
+    return swap, private
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the directory must belong to another user")
 def test_the_socket_mode_and_group_are_never_set_on_what_the_directory_owner_swaps_in(short_tmp: Path) -> None:
     """Scenario: `listen = ["unix:.../private/quotagate"]` with `socket_group` set, the directory
@@ -66,16 +82,7 @@ def test_the_socket_mode_and_group_are_never_set_on_what_the_directory_owner_swa
     redirect (a chmod and chown after the bind lost this race within a hundred starts or so,
     giving e.g. /etc/shadow mode 0660 and the postfix group). Each start still leaves a socket
     with that mode and group at the path, or fails because the owner's symlink is in the way."""
-    if shutil.which("gcc") is None or shutil.which("runuser") is None:
-        unavailable("needs gcc to build the attacker, and runuser to run it as another user")
-    short_tmp.chmod(0o755)  # every level traversable by the attacker
-    swap = short_tmp / "swap"
-    (short_tmp / "swap.c").write_text(SWAP_C)
-    subprocess.run(["gcc", "-O2", "-o", str(swap), str(short_tmp / "swap.c")], check=True, timeout=60)
-    swap.chmod(0o755)
-    private = short_tmp / "private"
-    private.mkdir(mode=0o700)
-    os.chown(private, NOBODY, NOBODY)
+    swap, private = attackers_ground(short_tmp)
     victim = short_tmp / "shadow"  # a stand-in for /etc/shadow
     victim.write_text("root:$y$secret:19000:0:99999:7:::\n")
     victim.chmod(0o600)
