@@ -42,7 +42,7 @@ MAX_ACTION = 512
 """Most bytes of action text sent back; Postfix needs far less."""
 
 # The largest integer a double holds exactly (9 PB, beyond any real message): the shared ledger's
-# Lua numbers are doubles, and a larger size made its sums fail halfway through a check.
+# Lua numbers are doubles, and a larger size (1e+17) made its sums fail halfway through a check.
 _MAX_SIZE = 2**53 - 1
 _MAX_SIZE_DIGITS = len(str(_MAX_SIZE))
 
@@ -70,20 +70,19 @@ class PolicyRequest:
 
     @property
     def size(self) -> int | None:
-        """The declared message size, or None when it is unknown or not believable.
+        """The declared message size, or None when it is unknown.
 
-        Absent, empty, non-numeric and negative values (Exim sends -1 for "unknown") are None,
-        as is anything past 2**53 - 1 (no real message is that large). "0" stays 0: the caller decides what
-        a zero size means.
+        Absent, empty, non-numeric and negative values (Exim sends -1 for "unknown") are None;
+        anything past 2**53 - 1 counts as that (more than any mailbox takes: still refused where
+        a limit is). "0" stays 0: the caller decides what a zero size means.
         """
         value = self.attributes.get("size", "")
         if not (value.isascii() and value.isdigit()):
             return None
         digits = value.lstrip("0") or "0"
         if len(digits) > _MAX_SIZE_DIGITS:  # also keeps int() away from huge digit strings
-            return None
-        size = int(digits)
-        return size if size <= _MAX_SIZE else None
+            return _MAX_SIZE
+        return min(int(digits), _MAX_SIZE)
 
     @property
     def protocol_state(self) -> str:
@@ -213,7 +212,7 @@ class PolicyDecoder:
         if len(lines) > self._max_attributes or (len(block) > self._max_line and max(map(len, lines)) > self._max_line):
             return None
         try:
-            attributes = dict(line.split("=", 1) for line in block.decode("utf-8", "replace").split("\n"))
+            attributes = dict(line.split("=", 1) for line in block.decode("utf-8", "backslashreplace").split("\n"))
         except ValueError:  # a line without "="
             return None
         if ended:
@@ -295,9 +294,10 @@ class PolicyDecoder:
             self._fail(f"NUL byte in line: {_excerpt(line)}")
             return
         # Not UTF-8 (a client's HELO or sender as sent, which Postfix passes on unless
-        # strict_smtputf8): U+FFFD in its place. Refused, the whole request would be DUNNO, and
-        # any client could skip the check with one such byte.
-        self._attributes[raw_name.decode("utf-8", "replace")] = raw_value.decode("utf-8", "replace")
+        # strict_smtputf8): each such byte as \xNN. Refused, the whole request would be DUNNO,
+        # and any client could skip the check with one such byte; one U+FFFD for every such
+        # byte would make roomy+\xfe@ and roomy+\xff@, two copies, one.
+        self._attributes[raw_name.decode("utf-8", "backslashreplace")] = raw_value.decode("utf-8", "backslashreplace")
         self._count += 1
         self._bytes += length
 
