@@ -112,6 +112,26 @@ def test_the_global_cap_lets_room_held_before_data_go_before_mail_in_flight() ->
     assert r.held("a@x", now=4, measured_at=0) == Reserved(5001, 2)
 
 
+def test_a_hold_just_accepted_is_not_evicted_by_the_cap_it_passes() -> None:
+    """Scenario: max_reservations = 2; two honest messages to a@x were accepted and are in flight.
+    A third client's check is accepted: hold() returns True (the caller answers DUNNO, holding
+    the message's room), and the cap is passed. _evict_oldest lets room held before DATA go
+    first, and the only room held is the hold just made: it evicts it at once.
+    Expected: the check just accepted keeps its room (the oldest in flight goes instead): it
+    returned True while nothing was held, and the next check did not see the 1,000 bytes."""
+    r = Reservations(seconds=600, max_reservations=2)
+    for n in range(2):
+        t = Transaction(f"198.51.100.{n + 1}", f"h{n}")
+        assert r.hold(t, "a@x", 5000, now=n, cap_bytes=BIG, cap_messages=BIG)
+        r.end(t, with_data=True, now=n)
+    c = Transaction("192.0.2.3", "c")
+    accepted = r.hold(c, "a@x", 1000, now=3, cap_bytes=BIG, cap_messages=BIG)
+    held = r.held("a@x", now=4, measured_at=0)
+    assert not accepted or r.mine(c, "a@x") is not None, (
+        f"hold() said True, but the check's 1,000 bytes are not held (held for a@x: {held})"
+    )
+
+
 def test_restored_room_is_held_no_longer_than_room_held_now() -> None:
     """Scenario: the state file was written while the host's clock ran a day ahead (it booted
     before NTP stepped it back): its reservation was made, and expires, a day from now.

@@ -132,6 +132,7 @@ class Reservations:
         self._mailbox: dict[str, _Sums] = {}
         self._client: dict[tuple[str, str], _Sums] = {}  # room each client holds before DATA
         self._held_mailbox: dict[str, _Sums] = {}  # room held before DATA, by mailbox (the rest is in flight)
+        self._held_folder: dict[tuple[str, str], _Sums] = {}  # and by folder with limits of its own
         self._folder: dict[tuple[str, str], _Sums] = {}  # room held (and in flight) for a folder with limits
         # Room each client holds before DATA in such a folder, against the folder's own share.
         self._client_folder: dict[tuple[str, str, str], _Sums] = {}
@@ -175,17 +176,25 @@ class Reservations:
         lets expired and delivered reservations go)."""
         return _reserved(self._folder.get((mailbox, folder)))
 
-    def landing(self, transaction: Transaction, mailbox: str, copy: str) -> Reserved:
-        """What lands in ``mailbox`` before a copy of the transaction's message (``copy``) could:
-        mail in flight, and the message's other copies; not what other transactions hold
-        before DATA (their mail may never come). Ask :meth:`held` first."""
-        total, held = _reserved(self._mailbox.get(mailbox)), _reserved(self._held_mailbox.get(mailbox))
-        own = [
-            r
-            for c, r in self._by_transaction.get(transaction, {}).get(mailbox, {}).items()
-            if c != copy and r.state == "held"
-        ]
-        return Reserved(total.bytes - held.bytes + sum(r.bytes for r in own), total.messages - held.messages + len(own))
+    def landing(self, transaction: Transaction, mailbox: str, copy: str, folder: str = "") -> tuple[Reserved, Reserved]:
+        """What lands in ``mailbox``, and in its ``folder`` with limits of its own, before a copy
+        of the transaction's message (``copy``) could: mail in flight, and the message's other
+        copies (held, or set aside); not what other transactions hold before DATA (their mail
+        may never come). Ask :meth:`held` first."""
+        copies = self._by_transaction.get(transaction, {}).get(mailbox, {})
+        own = [(r.bytes, r.folder) for c, r in copies.items() if c != copy and r.state == "held"]
+        _, aside = self._aside.get(transaction, (0.0, {}))
+        own += [kept for (box, c), kept in aside.items() if box == mailbox and c != copy]
+
+        def lands(total: _Sums | None, held: _Sums | None, mine: list[int]) -> Reserved:
+            total_, held_ = _reserved(total), _reserved(held)
+            return Reserved(total_.bytes - held_.bytes + sum(mine), total_.messages - held_.messages + len(mine))
+
+        in_mailbox = lands(self._mailbox.get(mailbox), self._held_mailbox.get(mailbox), [b for b, _ in own])
+        if not folder:
+            return in_mailbox, Reserved()
+        key = (mailbox, folder)
+        return in_mailbox, lands(self._folder.get(key), self._held_folder.get(key), [b for b, f in own if f == folder])
 
     def mine(self, transaction: Transaction, mailbox: str, copy: str = "") -> Reservation | None:
         """What the transaction itself holds (before DATA) for this copy in ``mailbox``: a check
@@ -257,10 +266,10 @@ class Reservations:
         aside = self._aside.get(transaction)
         if aside is not None:
             aside[1].pop((mailbox, copy), None)  # asked again and let in: held, no longer aside
+        while self._by_key and len(self._by_key) >= self.max_reservations:  # room made first: never itself
+            self._evict_oldest()
         r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy, folder=folder)
         self._add(r)
-        while len(self._by_key) > self.max_reservations:
-            self._evict_oldest()
         return True
 
     # -- the life of a transaction -----------------------------------------------------------------
@@ -465,6 +474,7 @@ class Reservations:
         _count(self._held_mailbox, r.mailbox, sign * r.bytes, sign)
         if r.folder:
             _count(self._client_folder, (*key, r.folder), sign * r.bytes, sign)
+            _count(self._held_folder, (r.mailbox, r.folder), sign * r.bytes, sign)
 
     def _evict_oldest(self) -> None:
         """Let go of the reservation made first (not the first to expire: after a reload that

@@ -655,7 +655,8 @@ class PolicyService:
         # A folder with limits of its own, by its key (Gel&APY-scht is Gelöscht, Archive archive).
         folder = folder_key(target.folder or "") if limits is not None else ""
         held = self._held(transaction, mailbox.address, copy, folder, now, measured_at, asked_again=s is not None)
-        decision, usage = judged_with(partial(self._judge, target, limits, usage, size, live), held)
+        judge = partial(self._judge, target, limits, usage, size, live)
+        decision, usage = judged_with(judge, held)
         if stage == "data" and self.shared is not None and self.shared.up:
             # The room is held in the shared ledger (from RCPT, in flight once the transaction
             # ends with data): held here too, it would be written back to it after an outage and
@@ -664,7 +665,11 @@ class PolicyService:
         holds = self.config.policy.reservation_seconds and not target.left_out
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address, copy)
-            if holds and not per_recipient and self._would_land(target, limits, usage, size, live, transaction):
+            # One answer for the message (no PRDR): accepted for its other recipients, it reaches
+            # this one too, whose delivery agent lets it in if it fits with what lands before it
+            # (mail in flight, the message's other copies), whatever other transactions hold.
+            landing = Held(*self.reservations.landing(transaction, mailbox.address, copy, folder))
+            if holds and not per_recipient and judge(landing)[0].action is Action.ACCEPT:
                 self.reservations.set_aside(transaction, mailbox.address, s, now, copy, folder)
         if decision.action is Action.ACCEPT and s is not None and holds:
             share = self.config.policy.client_hold
@@ -680,23 +685,6 @@ class PolicyService:
                 if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address, copy)
         return Outcome(mailbox.address, decision, usage)
-
-    def _would_land(
-        self,
-        target: _Target,
-        limits: Limits | None,
-        usage: Usage | None,
-        size: int | None,
-        live: Usage | None,
-        transaction: Transaction,
-    ) -> bool:
-        """Whether a copy refused at DATA without PRDR would still be delivered: its message has
-        one answer, and accepted for its other recipients it reaches this one too, whose
-        delivery agent lets it in if it fits with what lands before it (mail in flight, the
-        message's other copies), however much other transactions hold before DATA."""
-        landing = self.reservations.landing(transaction, target.mailbox.address, target.copy)
-        decision, _ = self._judge(target, limits, usage, size, live, Held(landing))
-        return decision.action is Action.ACCEPT
 
     def _held(
         self,
