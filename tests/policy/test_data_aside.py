@@ -20,14 +20,15 @@ STRANGER = "stranger@example.org"  # not a mailbox quotagate knows: never refuse
 FOLDER_QUOTA = 10_000
 
 
-def folder_service(site: Site) -> PolicyService:
+def folder_service(site: Site, limit: int = 1_000_000, folder_limit: int = FOLDER_QUOTA) -> PolicyService:
+    """roomy with ``limit`` and its folder Archive with ``folder_limit`` of its own."""
     store = open_store(site.db_url)
     try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(1_000_000))])
+        store.upsert_mailboxes([Mailbox(ROOMY, Limits(limit))])
     finally:
         store.close()
     data = site.data(client_hold="100%")
-    data["folders"] = [{"match": "Archive", "quota": str(FOLDER_QUOTA)}]
+    data["folders"] = [{"match": "Archive", "quota": str(folder_limit)}]
     return site.service(parse_config(data), Metrics())
 
 
@@ -86,14 +87,7 @@ def test_a_copy_for_a_folder_deferred_for_the_mailboxs_held_room_is_weighed_on_t
     Expected: the copy lands (the folder is empty, nothing is in flight), so its 4,800 bytes are
     in flight once the message is accepted, as for a copy of the mailbox itself
     (tests/policy/test_data_stage.py). Left out, roomy ends over its limit once all land."""
-    store = open_store(site.db_url)
-    try:
-        store.upsert_mailboxes([Mailbox(ROOMY, Limits(20_000))])
-    finally:
-        store.close()
-    data = site.data(client_hold="100%")
-    data["folders"] = [{"match": "Archive", "quota": "5000"}]
-    service = site.service(parse_config(data), Metrics())
+    service = folder_service(site, 20_000, 5_000)
     for n, instance in enumerate("BC"):
         assert ask(service, request(ROOMY, 9_000, instance=instance, client=f"198.51.100.{n + 1}")) == "DUNNO"
     connection = Session()
