@@ -78,25 +78,31 @@ def _group_id(name: str) -> int:
         ) from None
 
 
-def _remove_stale_socket(path: str, key: str) -> None:
-    """Remove a socket an earlier run left at ``path``; anything else there is an error (naming
-    the config ``key``).
+_SUN_PATH = 107  # the bytes of a unix socket's path the kernel takes
+
+
+def _remove_stale_socket(parent: int, name: str, path: str, key: str) -> None:
+    """Remove a socket an earlier run left at ``name`` in the directory ``parent`` (``path`` as
+    the config names it); anything else there is an error (naming the config ``key``). Reached
+    through the directory's descriptor: the directory may be another user's, who cannot redirect
+    a path beneath it (the entry itself, a socket or not, is all it can change).
 
     A socket is stale when connecting to it is refused: nobody listens. One that answers is a
     running daemon's: taking it over would leave that daemon listening on a socket nobody can reach.
     """
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise StartupError(f"{key}: {path} exists and is not a socket: move it away, or listen elsewhere")
+    through = f"/proc/self/fd/{parent}/{name}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)  # connecting to a unix socket does not wait on the network
         try:
-            probe.connect(path)
+            probe.connect(through if len(os.fsencode(through)) <= _SUN_PATH else path)
         except ConnectionRefusedError:
-            os.unlink(path)
+            os.unlink(name, dir_fd=parent)
             return
         except TimeoutError:
             pass  # its backlog is full: someone listens
@@ -153,11 +159,11 @@ def _bind_privately(sock: socket.socket, parent: int, name: str, mode: int, gid:
 def bind_unix(path: str, mode: int, gid: int = -1, key: str = "policy.listen") -> Listener:
     """A unix socket listening at ``path`` with ``mode`` and group ``gid`` (-1: unchanged), one
     an earlier run left there replaced; StartupError (naming the config ``key``) when it cannot be."""
-    _remove_stale_socket(path, key)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         directory, name = os.path.split(path)
         with safefs.admins_directory(directory or ".") as parent:
+            _remove_stale_socket(parent, name, path, key)
             _bind_privately(sock, parent, name, mode, gid)
     except OSError as exc:
         sock.close()
@@ -165,6 +171,9 @@ def bind_unix(path: str, mode: int, gid: int = -1, key: str = "policy.listen") -
             f"{key}: cannot create the socket {path}: {os.strerror(exc.errno) if exc.errno else exc}: "
             "create its directory, writable by the user quotagate runs as (systemd: RuntimeDirectory=quotagate)"
         ) from None
+    except StartupError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return Listener(sock, f"unix:{path}")
 
