@@ -132,6 +132,21 @@ def test_a_hold_just_accepted_is_not_evicted_by_the_cap_it_passes() -> None:
     )
 
 
+def test_copies_set_aside_are_bounded_in_all_not_by_transaction() -> None:
+    """Scenario: max_reservations = 3; one transaction's message without PRDR is refused at DATA
+    for 1,000 copies (roomy+1@ ... roomy+1000@, a client names as many as its MTA lets it),
+    each set aside, then another transaction's copy; then the first message is accepted.
+    Expected: at most 3 copies are kept aside in all, the newest transaction's among them
+    (bounded by transactions only, one transaction's copies grew without bound)."""
+    r = Reservations(seconds=600, max_reservations=3)
+    for n in range(1000):
+        r.set_aside(A, "a@x", 10, now=0, copy=f"a+{n}")
+    r.set_aside(B, "a@x", 10, now=1, copy="b")
+    assert r._aside_copies <= 3 and sum(len(copies) for _, copies in r._aside.values()) == r._aside_copies
+    assert r.end(B, with_data=True, now=2) == 1
+    assert r.held("a@x", now=2, measured_at=0) == Reserved(10, 1)
+
+
 def test_restored_room_is_held_no_longer_than_room_held_now() -> None:
     """Scenario: the state file was written while the host's clock ran a day ahead (it booted
     before NTP stepped it back): its reservation was made, and expires, a day from now.

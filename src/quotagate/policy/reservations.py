@@ -151,6 +151,7 @@ class Reservations:
         # its other recipients it reaches these too. Counted nowhere until then, in flight once
         # the message is accepted (see end), forgotten when it is not.
         self._aside: dict[Transaction, tuple[float, dict[tuple[str, str], tuple[int, str]]]] = {}
+        self._aside_copies = 0  # in all: at most max_reservations (a client names the copies)
         self._order = itertools.count()
         self.released: dict[str, int] = dict.fromkeys(
             ("no data", "delivered", "expired", "evicted", "released", "replaced", "handed over"), 0
@@ -224,10 +225,17 @@ class Reservations:
         PRDR): nothing held for it now, but ``size`` in flight for it if the message is accepted
         for the others (its delivery agent's own quota then decides)."""
         _, copies = self._aside.pop(transaction, (now, {}))  # kept in the order last touched
+        self._aside_copies += (mailbox, copy) not in copies
         copies[mailbox, copy] = (size, folder)
         self._aside[transaction] = (now, copies)
-        while len(self._aside) > self.max_reservations:
-            del self._aside[next(iter(self._aside))]
+        while self._aside_copies > self.max_reservations:  # the oldest transactions' go first
+            self._forget_aside(next(iter(self._aside)))
+
+    def _forget_aside(self, transaction: Transaction) -> dict[tuple[str, str], tuple[int, str]]:
+        """The copies the transaction set aside, no longer kept."""
+        _, copies = self._aside.pop(transaction, (0.0, {}))
+        self._aside_copies -= len(copies)
+        return copies
 
     def hold(
         self,
@@ -264,8 +272,8 @@ class Reservations:
         if old is not None:
             self._drop(old, "replaced")
         aside = self._aside.get(transaction)
-        if aside is not None:
-            aside[1].pop((mailbox, copy), None)  # asked again and let in: held, no longer aside
+        if aside is not None and aside[1].pop((mailbox, copy), None) is not None:
+            self._aside_copies -= 1  # asked again and let in: held, no longer aside
         while self._by_key and len(self._by_key) >= self.max_reservations:  # room made first: never itself
             self._evict_oldest()
         r = Reservation(transaction, mailbox, size, now, now + self.seconds, copy=copy, folder=folder)
@@ -306,7 +314,7 @@ class Reservations:
 
     def _end_aside(self, transaction: Transaction, with_data: bool, now: float) -> int:
         """The copies the transaction set aside: in flight when its message was accepted."""
-        _, copies = self._aside.pop(transaction, (now, {}))
+        copies = self._forget_aside(transaction)
         if not with_data:
             return 0
         added = 0
@@ -365,7 +373,7 @@ class Reservations:
             transaction, (at, _) = next(iter(self._aside.items()))
             if at + self.seconds > now:
                 break
-            del self._aside[transaction]
+            self._forget_aside(transaction)
 
     # -- looking at them -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Reservation]:
