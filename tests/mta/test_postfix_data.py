@@ -24,7 +24,7 @@ from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
-from tests.servers.smtp_clients import at_once, mail_sessions
+from tests.servers.smtp_clients import at_once, body, mail_sessions
 from tests.spoolgen import maildir_folder
 
 ROOMY = "roomy@example.org"
@@ -42,11 +42,12 @@ class Setup:
 
 
 @contextlib.contextmanager
-def postfix_site(tmp_path: Path, archive_quota: int = 0) -> Iterator[Setup]:
+def postfix_site(tmp_path: Path, archive_quota: int = 0, others: tuple[str, ...] = ()) -> Iterator[Setup]:
     """roomy@ (room for four and a half messages) behind a private Postfix with postfix-config's
     items, and the daemon. With ``archive_quota``: roomy@ has plenty and its folder Archive that
     limit of its own; ``recipient_delimiter = +`` and a map entry of its own deliver
-    ``roomy+archive@`` into ``.Archive`` (virtual(8))."""
+    ``roomy+archive@`` into ``.Archive`` (virtual(8)). ``others``: addresses Postfix delivers
+    too, mailboxes quotagate does not know."""
     port = free_port()
     config = tmp_path / "quotagate.toml"
     listen = f'[policy]\nlisten = ["127.0.0.1:{port}"]\nmetrics = ""\ncontrol_socket = "{tmp_path}/control.sock"\n'
@@ -65,7 +66,9 @@ def postfix_site(tmp_path: Path, archive_quota: int = 0) -> Iterator[Setup]:
         rule = f'[[folders]]\nmatch = "Archive"\nquota = "{archive_quota}"\n'
     try:
         with private_postfix(
-            f"reject_unauth_destination, {item}, permit", mailboxes={ROOMY: "roomy"}, main=extra
+            f"reject_unauth_destination, {item}, permit",
+            mailboxes={ROOMY: "roomy", **{other: other.partition("@")[0] for other in others}},
+            main=extra,
         ) as postfix:
             maildir = postfix.maildir(ROOMY)
             maildir_folder(maildir)
@@ -184,3 +187,30 @@ def test_a_burst_to_a_folder_lets_in_only_the_messages_that_fit_the_folder(tmp_p
             smtp.quit()
         assert sorted(codes) == [250] * 4 + [452] * 6, postfix.log()[-3000:]
         assert len(wait_for_count(postfix, 4, folder=".Archive")) == 4, postfix.log()[-2500:]
+
+
+def test_a_copy_deferred_at_end_of_message_keeps_its_room_when_the_message_is_accepted(tmp_path: Path) -> None:
+    """Scenario: no [watch] (most sites see no delivery). Three clients declare SIZE=100000 and
+    are let in for roomy@ (300 kB held of its 450 kB). A fourth, without SIZE=, sends one 200 kB
+    message to roomy@ and other@ (a mailbox quotagate does not know). At END-OF-MESSAGE roomy@
+    is deferred (it fits alone, not beside the room held), other@ is not: Postfix has one answer
+    for the message, accepts it and delivers it to both. Then the three send their DATA.
+    Expected: roomy@'s copy holds its room in flight, so the three later messages do not all
+    fit: roomy@ never ends over its limit. Its room was let go, all three were accepted, and
+    roomy@ ended at ~500 kB of 450 kB."""
+    other = "other@example.org"
+    with postfix_site(tmp_path, others=(other,)) as setup:
+        postfix = setup.postfix
+        holders = mail_sessions(postfix.port, 3, 30, SIZE)
+        assert [smtp.rcpt(ROOMY)[0] for smtp in holders] == [250] * 3
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as late:
+            late.ehlo("client.test")
+            assert late.mail("sender@example.net")[0] == 250  # no SIZE=
+            assert late.rcpt(ROOMY)[0] == 250 and late.rcpt(other)[0] == 250
+            assert late.data(body(2 * SIZE))[0] == 250
+        codes = [smtp.data(BODY)[0] for smtp in holders]
+        for smtp in holders:
+            smtp.quit()
+        delivered = wait_for_count(postfix, 1 + codes.count(250))
+        assert len(delivered) == 1 + codes.count(250), (codes, postfix.log()[-3000:])
+        assert sum(f.stat().st_size for f in delivered) <= QUOTA, codes
