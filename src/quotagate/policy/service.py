@@ -668,9 +668,10 @@ class PolicyService:
             # One answer for the message (no PRDR): accepted for its other recipients, it reaches
             # this one too, whose delivery agent lets it in if it fits with what lands before it
             # (mail in flight, the message's other copies), whatever other transactions hold.
-            landing = Held(*self.reservations.landing(transaction, mailbox.address, copy, folder))
-            if holds and not per_recipient and judge(landing)[0].action is Action.ACCEPT:
-                self.reservations.set_aside(transaction, mailbox.address, s, now, copy, folder)
+            if holds and not per_recipient:
+                landing = Held(*self.reservations.landing(transaction, mailbox.address, copy, folder))
+                if judge(landing)[0].action is Action.ACCEPT:
+                    self.reservations.set_aside(transaction, mailbox.address, s, now, copy, folder)
         if decision.action is Action.ACCEPT and s is not None and holds:
             share = self.config.policy.client_hold
             cap_bytes, cap_messages = client_caps(share, mailbox.limits)
