@@ -18,6 +18,7 @@ a client pipelining requests (Postfix) gets its answers in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -52,10 +53,8 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.decoder = PolicyDecoder()
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = self.loop.create_future()
         self.last_activity = self.loop.time()
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: asyncio.TimerHandle | None = None  # armed while a request is half-read
+        self.pending_since: float | None = None  # when the request half-read now began
         # Answers not written yet because an earlier one waits for a file read, in request order.
         self.queue: deque[str | asyncio.Future[str]] = deque()
         self.eof = False  # the client half-closed: close once the queue is written
@@ -74,21 +73,18 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
             return
         server.connections.add(self)
-        self.timer = self.loop.call_later(server.policy.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
+        now = self.last_activity = self.loop.time()
         self._reply(self.decoder.feed(data))
         if self.server.closing and self.idle and self.transport is not None:
             self.transport.close()  # shutting down: this client got its answers
-        # Most requests come in one piece: no timer at all. One that spans reads must be done
-        # within request_timeout of its first byte.
-        if self.decoder.pending:
-            if self.deadline is None:
-                self.deadline = self.loop.call_later(self.server.policy.request_timeout, self._too_slow)
-        elif self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        # A request that spans reads must be done within request_timeout of its first byte
+        # (the server's sweep sees to it).
+        if not self.decoder.pending:
+            self.pending_since = None
+        elif self.pending_since is None:
+            self.pending_since = now
 
     def eof_received(self) -> bool:
         self._reply(self.decoder.end())  # Exim: one request, a half-close, then read to the end
@@ -98,16 +94,12 @@ class _Connection(asyncio.Protocol):
         return False  # close, once the answers are written
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.deadline is not None:
-            self.deadline.cancel()
         server = self.server
         server.connections.discard(self)
         if not server.closing:  # closed by our shutdown, not by Postfix: the transaction goes on
             self.session.close()
-        if not self.closed.done():
-            self.closed.set_result(None)
+        elif not server.connections and server.drained is not None:
+            server.drained.set()
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests until it does.
@@ -161,22 +153,18 @@ class _Connection(asyncio.Protocol):
         if not self.queue and (self.eof or (self.server.closing and not self.decoder.pending)):
             transport.close()
 
-    def _too_slow(self) -> None:
-        """A request still incomplete request_timeout after its first byte: cut the client off."""
-        self.deadline = None
-        if self.transport is not None and not self.transport.is_closing():
+    def expire(self, now: float, policy: PolicyConfig) -> None:
+        """Cut the client off when its request is still incomplete request_timeout after its
+        first byte, or when it was silent for idle_timeout (reading or, for a client that does
+        not read its answers, writing)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.pending_since is not None and now - self.pending_since >= policy.request_timeout:
             self.server.too_slow()
-            self.transport.abort()
-
-    def _check_idle(self) -> None:
-        """Close a connection silent for idle_timeout (reading or, for a client that does not read
-        its answers, writing); re-arm for the rest of the period otherwise."""
-        timeout = self.server.policy.idle_timeout
-        left = self.last_activity + timeout - self.loop.time()
-        if left > 0:
-            self.timer = self.loop.call_later(left, self._check_idle)
-        elif self.transport is not None:
-            self.transport.abort()
+            transport.abort()
+        elif now - self.last_activity >= policy.idle_timeout:
+            transport.abort()
 
 
 class _User:
@@ -211,6 +199,8 @@ class PolicyServer:
         self._malformed_log = Throttled(log)  # a client can send thousands: counted, logged once a minute
         self._peers = LocalPeers()
         self._peer_log = Throttled(log)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.drained: asyncio.Event | None = None  # set once the last connection is gone, when closing
         # The policy their uids were looked up for, and the uids.
         self._local_users: tuple[PolicyConfig | None, frozenset[int]] = (None, frozenset())
 
@@ -309,24 +299,41 @@ class PolicyServer:
             else:
                 server = await loop.create_server(lambda: _Connection(self), sock=listener.sock)
             self._servers.append(server)
+        self._sweep()
         return [listener.name for listener in listeners]
+
+    def _sweep(self) -> None:
+        """Every connection's deadlines, looked at a few times within the shorter timeout (and at
+        least once a second): one timer for all, not two made and cancelled for each of Exim's
+        one-request connections. A connection is cut off at most that period late."""
+        policy = self.policy
+        now = asyncio.get_running_loop().time()
+        for connection in list(self.connections):
+            connection.expire(now, policy)
+        period = min(1.0, policy.idle_timeout / 4, policy.request_timeout / 4)
+        self._sweeper = asyncio.get_running_loop().call_later(period, self._sweep)
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, let busy ones finish for drain_seconds, cut the rest."""
         self.closing = True
         for server in self._servers:
             server.close()
+        drained = self.drained = asyncio.Event()
         for conn in list(self.connections):
             if conn.idle and conn.transport is not None:
                 conn.transport.close()
-        pending = [conn.closed for conn in self.connections]
-        if pending:
-            await asyncio.wait(pending, timeout=self.policy.drain_seconds)
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), self.policy.drain_seconds)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
         if self.connections:
-            await asyncio.wait([conn.closed for conn in self.connections], timeout=1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), 1)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
