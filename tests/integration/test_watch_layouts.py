@@ -267,8 +267,8 @@ def test_an_mbox_rewritten_by_its_client_releases_no_room_in_flight(env: Env) ->
     async def run() -> None:
         async with watching(env, spool=MBOX_HOMES) as (tracker, _):
 
-            def sighted(mailbox: str) -> None:
-                ledger.delivered(mailbox, time.time())
+            def sighted(mailbox: str, size: int | None) -> None:
+                ledger.delivered(mailbox, time.time(), size)
 
             tracker.on_delivery = sighted
             (home / "INBOX").write_bytes(mbox_message(1000))
@@ -280,6 +280,39 @@ def test_an_mbox_rewritten_by_its_client_releases_no_room_in_flight(env: Env) ->
     asyncio.run(run())
     later = time.time() + 1
     assert ledger.held(address, later, later) == Reserved(6000, 2)
+
+
+def test_small_mail_watch_sees_land_frees_no_room_of_a_large_message_in_flight(env: Env) -> None:
+    """Scenario: a 30,000-byte message for a Maildir is in flight when a 500-byte one the daemon
+    never let in (cron's mail) lands, named with its size (S=). Expected: watch tells of the
+    delivery with that size, and a reading after it still holds the 30,000 bytes; the message
+    itself landing (30,400 bytes with the headers its delivery agent adds) frees them."""
+    address = env.add("alice", Limits(100_000), path="example.org/alice")
+    box = maildir(env.spool / "example.org" / "alice" / "Maildir")
+    env.scan()
+    ledger = Reservations(seconds=600)
+    t = Transaction("192.0.2.1", "t1")
+    assert ledger.hold(t, address, 30_000, time.time(), 10**9, 100)
+    ledger.end(t, with_data=True, now=time.time())
+    sighted: list[int | None] = []
+
+    def seen(mailbox: str, size: int | None) -> None:
+        sighted.append(size)
+        ledger.delivered(mailbox, time.time(), size)
+
+    async def land(size: int) -> None:
+        async with watching(env) as (tracker, _):
+            tracker.on_delivery = seen
+            deliver(box, size)
+            assert await until(lambda: sighted[-1:] == [size])
+
+    asyncio.run(land(500))
+    later = time.time() + 1
+    assert ledger.held(address, later, later) == Reserved(30_000, 1)
+    asyncio.run(land(30_400))
+    later = time.time() + 1
+    assert ledger.held(address, later, later) == Reserved()
+    assert sighted == [500, 30_400]
 
 
 def test_a_mailbox_given_a_new_path_is_measured_there_by_watch(env: Env) -> None:

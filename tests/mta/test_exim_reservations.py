@@ -8,6 +8,8 @@ see in lower case (``roomy+archive``) while its router delivers into ``.Archive`
 from __future__ import annotations
 
 import smtplib
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -259,3 +261,48 @@ def test_a_recipient_exim_refuses_after_the_check_holds_nothing(work: Path, exim
         honest = Client(exim, 2)
         assert honest.rcpt(60_000) == 250
         honest.quit()
+
+
+def test_exims_delivery_hint_frees_no_room_of_a_message_the_delivery_cannot_be(work: Path, exim: Exim) -> None:
+    """Scenario: the generated delivery hint in Exim's transport, the spool polled once a minute
+    (only the hint tells the daemon of a delivery). A 100,000-byte message for roomy@ is in
+    flight (accepted elsewhere and told as Exim's DATA ACL tells it, not landed yet) when Exim
+    delivers a small message handed to it on its command line (cron's: no ACL checks it,
+    nothing is held for it), and the hint brings on a reading that includes it.
+    Expected: the 100,000 bytes stay held: another client is let in for the room left beside
+    them, not a byte more (deferred). Before, the hint (it sent no size) released them."""
+    site, port = prepare(work, exim, watch=False)
+    with site.config.open("a") as config:
+        config.write('[watch]\nenabled = true\nmode = "poll"\npoll_seconds = 60\nflush_seconds = 0.1\n')
+    parts = exim_config.parts(load_config(site.config), "policy")
+    users = {ROOMY: f"{DOMAIN}/roomy", OTHER: f"{DOMAIN}/other"}
+    exim.configure(users=users, main=parts.main, acls=parts.acls, verified_acl=parts.acl, transport=parts.transports)
+    with policy_daemon(site.config, port):
+        exim.start()
+        transaction = "instance=far\nclient_address=192.0.2.9\n"
+        held = f"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient={ROOMY}\nsize={MESSAGE}\n{transaction}\n"
+        accepted = f"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsize={MESSAGE}\n{transaction}\n"
+        assert ask_policy(port, held + accepted) == "action=DUNNO\n\naction=DUNNO\n\n"
+        [flight] = ask_control(work / "control.sock", {"op": "list", "address": ROOMY})["reservations"]
+        assert (flight["bytes"], flight["state"]) == (MESSAGE, "in flight")
+        exim.submit("cron@example.org", ROOMY, message=b"Subject: cron\n\n" + b"x" * 500 + b"\n")
+        [small] = delivered(site)
+        room = QUOTA - 10 - small - MESSAGE
+        deadline, code, n = time.monotonic() + 10, 250, 0
+        while code == 250 and time.monotonic() < deadline:  # until the reading includes it
+            n += 1
+            client = Client(exim, n % 100)
+            code = client.rcpt(room + 1)
+            client.quit()
+        assert code == 452, exim.log("main")
+        client = Client(exim, 101)
+        assert client.rcpt(room) == 250
+        client.quit()
+
+
+def ask_policy(port: int, requests: str) -> str:
+    """The daemon's answers to ``requests``, sent as one client (a half-close ends them)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(requests.encode())
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: sock.recv(4096), b"")).decode()

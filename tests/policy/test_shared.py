@@ -208,6 +208,47 @@ def test_room_in_flight_stays_until_a_storage_host_sees_the_delivery(tmp_path: P
     assert answers[FITS:] == [DUNNO] * FITS + [BUSY, too_big(MESSAGE), DUNNO]
 
 
+def test_small_mail_the_daemons_never_let_in_frees_no_room_of_a_message_in_flight(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """Scenario: four 2,000-byte messages are in flight in the ledger when four 100-byte ones that
+    never went through the daemons land (cron's mail), their size in their names, and a storage
+    host's reading includes them.
+    Expected: the four messages' room stays held for both daemons (a check for another 2,000
+    bytes is deferred, exactly what is left still fits); before, each small delivery let the
+    next reading release a 2,000-byte message still on its way."""
+    site = make_site(tmp_path)
+    reading = site.reading(ROOMY)
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+    small = 100
+
+    async def go() -> list[bytes]:
+        async with two(site, redis.url) as (a, b):
+            answers = list(await burst(a, b, FITS))
+            for n in range(FITS):
+                eom = request(ROOMY, MESSAGE, "END-OF-MESSAGE", client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+                answers.append(await (a if n % 2 else b).ask(eom))
+            await wait_until(lambda: all(d.ledger is None or d.ledger.settled for d in (a, b)))
+            storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            await storage.start()
+            try:
+                for _ in range(FITS):
+                    storage.delivered(ROOMY, small)
+                await wait_until(lambda: storage.settled)
+                landed = ROOMY_USED + FITS * small
+                now = storage.clock()
+                storage.readings([msgspec.structs.replace(reading, bytes=landed, messages=1 + FITS, measured_at=now)])
+                await wait_until(lambda: storage.settled)
+            finally:
+                await storage.close()
+            answers.append(await b.ask(rcpt(10)))
+            answers.append(await a.ask(rcpt(11, QUOTA - landed - FITS * MESSAGE)))
+            return answers
+
+    answers = run(go())
+    assert answers == [DUNNO] * (2 * FITS) + [BUSY, DUNNO]
+
+
 def test_two_recipients_of_one_mailbox_in_one_transaction_must_fit_together_in_the_ledger(
     tmp_path: Path, redis: RedisProcess
 ) -> None:

@@ -86,6 +86,23 @@ def test_mail_in_flight_survives_fresher_readings_until_its_delivery_is_seen(
     assert service.reservations.held(ROOMY, time.time(), time.time() + 1).bytes == 0
 
 
+def hint(size: int) -> bytes:
+    """Exim's delivery hint (its transport's event_action), with the message's size."""
+    return f"request=quotagate_delivery\nrecipient={ROOMY}\nsize={size}\nmessage_linecount=3\n\n".encode()
+
+
+def test_a_delivery_hint_releases_only_a_message_the_delivery_could_be(service: PolicyService) -> None:
+    """Scenario: a 4,000-byte message is in flight when Exim delivers a 300-byte one the daemon
+    never let in (submitted on its command line) and its hint says so, with that size.
+    Expected: a reading after it still holds the 4,000 bytes; the message's own hint frees them."""
+    ask(service, request(ROOMY, 4000, instance="A"))
+    ask(service, request(ROOMY, 4000, "END-OF-MESSAGE", instance="A"))
+    assert ask(service, hint(300)) == "DUNNO"
+    assert service.reservations.held(ROOMY, time.time(), time.time() + 1).bytes == 4000
+    ask(service, hint(4000))
+    assert service.reservations.held(ROOMY, time.time(), time.time() + 2).bytes == 0
+
+
 def test_a_prober_halving_size_holds_one_message_and_nothing_once_it_quits(site: Site) -> None:
     service = site.service(site.config(), Metrics())  # client_hold = 10% of 10,000 bytes
     size, answers = 2**40, []

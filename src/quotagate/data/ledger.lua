@@ -184,21 +184,31 @@ elseif op == 'end' then
   return 1
 
 elseif op == 'delivered' then
-  -- A message landed: the smallest reservation in flight not matched yet is marked delivered
-  -- (never larger than the message that landed, whose own reservation is among them).
+  -- A message landed: a reservation in flight not matched yet is marked delivered. Its size
+  -- known, the largest one that message could be (ARGV[4], the most bytes: see
+  -- reservations.delivery_leeway), none when all are larger (mail the daemons never let in lands
+  -- too); unknown (''), the smallest: never larger than a message the daemons let in.
   -- ARGV: 3 the delivery's name: one already applied is not applied again (a replay).
   if redis.call('ZSCORE', IDS, ARGV[3]) then return 0 end
   redis.call('ZREMRANGEBYSCORE', IDS, '-inf', now - life)
   redis.call('ZADD', IDS, now, ARGV[3])
   lengthen(IDS)
+  local most = ARGV[4] or ''
   while true do
-    local popped = redis.call('ZPOPMIN', UND)
-    if #popped == 0 then return 0 end
-    local r = get(popped[1])
+    local tx
+    if most == '' then
+      local popped = redis.call('ZPOPMIN', UND)
+      tx = popped[1]
+    else
+      tx = redis.call('ZREVRANGEBYSCORE', UND, most, '-inf', 'LIMIT', 0, 1)[1]
+      if tx then redis.call('ZREM', UND, tx) end
+    end
+    if not tx then return 0 end
+    local r = get(tx)
     if r and r.d == 0 then
       r.d = now
-      redis.call('HSET', RES, popped[1], cjson.encode(r))
-      redis.call('ZADD', DLV, now, popped[1])
+      redis.call('HSET', RES, tx, cjson.encode(r))
+      redis.call('ZADD', DLV, now, tx)
       keep()
       return 1
     end

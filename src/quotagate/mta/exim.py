@@ -409,7 +409,13 @@ def policy_parts(config: Config) -> Parts:
         "  allow_defer\n"
         rf"  data = ${{if match{{$acl_m_quotagate}}{{\N^action=4\N}}{{:defer: {answer}}}{{:fail: {answer}}}}}" + "\n"
     )
-    told = f"${{readsocket{{{socket}}}{{request=quotagate_delivery\\nrecipient={recipient}\\n\\n}}{{1s}}{{ }}{{}}}}"
+    # With the message's size, as counted when it was accepted: a delivery releases only room
+    # held for a message it could be (mail the daemon never let in is delivered here too).
+    delivery = (
+        rf"request=quotagate_delivery\nrecipient={recipient}\n"
+        r"size=$message_size\nmessage_linecount=$message_linecount\n"
+    )
+    told = f"${{readsocket{{{socket}}}{{{delivery}\\n}}{{1s}}{{ }}{{}}}}"
     hint = (
         "# Optional, in the transport that delivers to mailboxes: tells the daemon of each local\n"
         "# delivery at once, for spools it cannot watch (NFS), and releases the room held for it.\n"

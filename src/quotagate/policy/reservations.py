@@ -118,6 +118,14 @@ def _take(sums: dict[K, _Sums], key: K, bytes_: int) -> None:
     _count(sums, key, -bytes_, -1)
 
 
+def delivery_leeway(size: int) -> int:
+    """How much larger than a delivery of ``size`` bytes the room held for that message may be:
+    held and landed are counted a little apart (Postfix's size counts CRLF line ends and the
+    file LF ones; a transport's own headers are counted in neither). 5% and 1 KiB: what a
+    delivery of mail the daemon never let in can release beyond its own size."""
+    return size // 20 + 1024
+
+
 def _reserved(sums: _Sums | None) -> Reserved:
     return Reserved(sums.bytes, sums.messages) if sums else Reserved()
 
@@ -329,14 +337,19 @@ class Reservations:
             self._evict_oldest()
         return added
 
-    def delivered(self, mailbox: str, now: float) -> bool:
-        """A delivery to ``mailbox`` was seen: the smallest in-flight reservation not yet matched is
-        marked delivered (it is released by the next reading taken after now).
+    def delivered(self, mailbox: str, now: float, size: int | None = None) -> bool:
+        """A delivery to ``mailbox`` was seen: an in-flight reservation not yet matched is marked
+        delivered (it is released by the next reading taken after now).
 
-        Which message landed is not known, only that one did. The smallest reservation is never
-        larger than the message that landed (that message's own reservation is among them), so
-        the room released never exceeds the room the reading then shows as used.
+        Which message landed is not known, only that one did, and maybe its ``size`` (S= in its
+        name, Exim's hint). Known, the reservation matched is the largest that message could be
+        (see :func:`delivery_leeway`), and none when every one is larger: mail that never went
+        through the daemon (cron's, a vacation reply) lands too, and a small one must not free
+        the room of a large message still on its way. Unknown, the smallest: never larger than
+        the message that landed when that message is one the daemon let in.
         """
+        if size is not None:
+            return self._delivered_sized(mailbox, now, size)
         heap = self._undelivered.get(mailbox)
         while heap:
             _, _, r = heapq.heappop(heap)
@@ -349,6 +362,17 @@ class Reservations:
                 return True
         self._undelivered.pop(mailbox, None)
         return False
+
+    def _delivered_sized(self, mailbox: str, now: float, size: int) -> bool:
+        most = size + delivery_leeway(size)
+        fits = [r for _, _, r in self._undelivered.get(mailbox, ()) if r.live and r.delivered_at is None]
+        chosen = max((r for r in fits if r.bytes <= most), key=lambda r: r.bytes, default=None)
+        if chosen is None:
+            return False
+        self.version += 1
+        chosen.delivered_at = now
+        self._delivered.setdefault(mailbox, deque()).append(chosen)
+        return True
 
     def _await_delivery(self, r: Reservation) -> None:
         heapq.heappush(self._undelivered.setdefault(r.mailbox, []), (r.bytes, next(self._order), r))

@@ -357,7 +357,7 @@ class PolicyService:
     def _ask(self, started: float, request: PolicyRequest, transaction: Transaction) -> str | _Ask:
         """The checks a request asks for, or the answer to one that asks for none."""
         if request.request == DELIVERY_HINT:
-            self._hint(request.recipient)
+            self._hint(request.recipient, self._exim_size(request))
             return self._done(started, Action.DUNNO, DUNNO)
         if request.request == TRANSACTION_END:
             self._end(transaction, with_data=False)
@@ -403,10 +403,10 @@ class PolicyService:
         lines = _number(request.attributes.get("message_linecount", "")) or 0
         return exim_data_size(self._profile, size, added, lines)
 
-    def delivered(self, address: str) -> None:
-        """A message landed in ``address`` (a watch event): the room held for it can go once a
-        reading includes it."""
-        self.reservations.delivered(address, self.clock())
+    def delivered(self, address: str, size: int | None = None) -> None:
+        """A message landed in ``address`` (a watch event, Exim's hint), of ``size`` bytes when
+        known: the room held for it can go once a reading includes it."""
+        self.reservations.delivered(address, self.clock(), size)
 
     def _conclude(
         self,
@@ -518,7 +518,7 @@ class PolicyService:
         self.metrics.errors.inc()
         return self._done(started, Action.DUNNO, DUNNO)
 
-    def _hint(self, recipient: str) -> None:
+    def _hint(self, recipient: str, size: int | None) -> None:
         try:
             address = normalize(recipient)
         except BadAddress:
@@ -527,7 +527,7 @@ class PolicyService:
         reading = self.snapshot.readings.get(address)
         if reading is not None:  # its maildirsize changed (on NFS, no event says so)
             self.files.forget(reading.path)
-        self.delivered(address)
+        self.delivered(address, size)
         if self.delivery_hint is not None:
             self.delivery_hint(address)
 

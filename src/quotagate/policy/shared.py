@@ -44,7 +44,7 @@ from quotagate.policy import state
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
 from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.reservations import Reservation, Reservations, Transaction
+from quotagate.policy.reservations import Reservation, Reservations, Transaction, delivery_leeway
 from quotagate.policy.throttle import Throttled
 from quotagate.sharedurl import SharedUrl
 
@@ -477,11 +477,13 @@ class RedisLedger:
         args = (1 if with_data else 0, "" if size is None else size)
         self._send(_Op("end", transaction=transaction, args=args, seen_at=self.clock() if now is None else now))
 
-    def delivered(self, mailbox: str) -> None:
-        """A message landed in ``mailbox``. Named, so that Redis applies it once however often it
+    def delivered(self, mailbox: str, size: int | None = None) -> None:
+        """A message landed in ``mailbox``, of ``size`` bytes when known (see
+        :meth:`Reservations.delivered`). Named, so that Redis applies it once however often it
         is sent: a reply that came after the timeout had it replayed, and a second delivery
         marked would let the next reading release the room of a message still in flight."""
-        self._send(_Op("delivered", mailbox, (os.urandom(8).hex(),)))
+        most = "" if size is None else size + delivery_leeway(size)
+        self._send(_Op("delivered", mailbox, (os.urandom(8).hex(), most)))
 
     def readings(self, readings: Iterable[Reading]) -> None:
         """A storage host's fresh readings: every MX weighs them from now on."""
@@ -944,13 +946,13 @@ class SharedReservations(Reservations):
         """Room held in the shared ledger is not known here: say so whenever it may be there."""
         return self.ledger is not None or super().holds(transaction)
 
-    def delivered(self, mailbox: str, now: float) -> bool:
+    def delivered(self, mailbox: str, now: float, size: int | None = None) -> bool:
         """A delivery is matched once: to room held here (accepted alone while Redis was away:
         written back with it, the delivery goes to Redis then), or else to Redis's. Sent to
         both, one delivery would release two messages, one of them still in flight."""
-        seen = super().delivered(mailbox, now)
+        seen = super().delivered(mailbox, now, size)
         if self.ledger is not None and not seen:
-            self.ledger.delivered(mailbox)
+            self.ledger.delivered(mailbox, size)
         return seen
 
 

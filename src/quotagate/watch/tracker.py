@@ -135,7 +135,8 @@ class Tracker:
         self.confirmed_at = 0.0
         self._resync: set[str] = set()  # mailboxes whose watches the run loop brings up to date
         # Told of each message that lands in a new/ (the daemon releases the room held for it).
-        self.on_delivery: Callable[[str], None] | None = None
+        # A message landed in a mailbox: its address, and its size when its name says (S=).
+        self.on_delivery: Callable[[str, int | None], None] | None = None
         # A sized message moved out of a cur/ or new/, by the rename's cookie: counted as leaving
         # only when the next event is its arrival in the same mailbox (see _on_target_event).
         self._leaving: dict[int, list[tuple[_Target, tuple[int, int]]]] = {}
@@ -451,7 +452,7 @@ class Tracker:
             self._dirty.add(address)
             return
         if mask & _ARRIVED and target.sub == "new" and not name.startswith(".") and self.on_delivery is not None:
-            self.on_delivery(address)  # a message landed: the room held for it can go
+            self.on_delivery(address, self._profile.size_from_name(name))  # the room held for it can go
         delta = message_delta(name, bool(mask & _ARRIVED), self._profile) if mask & (_ARRIVED | _LEFT) else None
         if delta is not None and delta[1] < 0 and mask & Mask.DELETE:
             self._settle(address)
