@@ -313,6 +313,40 @@ def test_a_connection_in_use_is_not_closed_by_the_idle_timeout(site: Site) -> No
     assert run(main()) == [REJECT] * 5
 
 
+def test_a_client_that_half_closes_and_never_reads_its_answers_is_cut_off(site: Site) -> None:
+    """Scenario: a client pipelines requests without reading an answer until the kernel takes no
+    more of them (some wait in the server's transport, below its high-water mark, so it still
+    reads), then half-closes: the transport is closing, its answers never written.
+    Expected: cut off once idle_timeout passes, as any idle connection: one periodic look at
+    every connection's deadlines that passed over closing ones left it open, and counted
+    against max_connections, for ever."""
+    config = site.config(idle_timeout=0.5, drain_seconds=0.2)
+
+    async def main() -> tuple[bool, bool]:
+        async with serving(config, lambda *_: "DUNNO " + "x" * 400, Metrics()) as running:
+            loop = asyncio.get_running_loop()
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(running.host_port)
+                sock.setblocking(False)
+                assert await wait_until(lambda: len(running.server.connections) == 1)
+                transport = next(iter(running.server.connections)).transport
+                assert transport is not None
+                for _ in range(5000):
+                    await loop.sock_sendall(sock, b"a=b\n\n" * 10)
+                    await asyncio.sleep(0.002)
+                    if transport.get_write_buffer_size() > 0:
+                        break
+                assert 0 < transport.get_write_buffer_size() < 64 * 1024
+                sock.shutdown(socket.SHUT_WR)
+                closing = await wait_until(transport.is_closing, timeout=3)
+                return closing, await wait_until(lambda: running.sample(CONNECTIONS) == 0, timeout=3)
+
+    closing, gone = run(main())
+    assert closing  # the scenario was reached
+    assert gone
+
+
 def test_a_client_that_never_reads_its_answers_is_disconnected(site: Site) -> None:
     config = site.config(idle_timeout=0.5)
     metrics = Metrics()

@@ -88,6 +88,7 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._reply(self.decoder.end())  # Exim: one request, a half-close, then read to the end
+        self.pending_since = None
         if self.queue:  # an answer still waits for a file read: close once it is written
             self.eof = True
             return True
@@ -158,12 +159,15 @@ class _Connection(asyncio.Protocol):
         first byte, or when it was silent for idle_timeout (reading or, for a client that does
         not read its answers, writing)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
-        if self.pending_since is not None and now - self.pending_since >= policy.request_timeout:
+        late = self.pending_since is not None and now - self.pending_since >= policy.request_timeout
+        if late and not transport.is_closing():
             self.server.too_slow()
             transport.abort()
         elif now - self.last_activity >= policy.idle_timeout:
+            # Closing too: a client that half-closed and never reads its answers would keep them
+            # waiting to be written, and its connection, for ever.
             transport.abort()
 
 
