@@ -27,6 +27,7 @@ evicts the oldest reservations first.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import ipaddress
@@ -145,8 +146,10 @@ class Reservations:
         # Room each client holds before DATA in such a folder, against the folder's own share.
         self._client_folder: dict[tuple[str, str, str], _Sums] = {}
         self._delivered: dict[str, deque[Reservation]] = {}  # in delivery order, per mailbox
-        # In flight and not matched to a delivery yet, smallest first (see delivered).
+        # In flight and not matched to a delivery yet, by size (then age), per mailbox; and the
+        # place of each in that order (see delivered).
         self._undelivered: dict[str, list[tuple[int, int, Reservation]]] = {}
+        self._awaiting: dict[Reservation, tuple[int, int]] = {}
         self._expiry: list[tuple[float, int, Reservation]] = []
         # In the order they were made, for the global cap: room held before DATA goes first (a
         # client's own transactions, which it could make by the thousand), then room in flight
@@ -348,34 +351,34 @@ class Reservations:
         the room of a large message still on its way. Unknown, the smallest: never larger than
         the message that landed when that message is one the daemon let in.
         """
-        if size is not None:
-            return self._delivered_sized(mailbox, now, size)
-        heap = self._undelivered.get(mailbox)
-        while heap:
-            _, _, r = heapq.heappop(heap)
-            if r.live and r.delivered_at is None:
-                self.version += 1
-                r.delivered_at = now
-                self._delivered.setdefault(mailbox, deque()).append(r)
-                if not heap:
-                    del self._undelivered[mailbox]
-                return True
-        self._undelivered.pop(mailbox, None)
-        return False
-
-    def _delivered_sized(self, mailbox: str, now: float, size: int) -> bool:
-        most = size + delivery_leeway(size)
-        fits = [r for _, _, r in self._undelivered.get(mailbox, ()) if r.live and r.delivered_at is None]
-        chosen = max((r for r in fits if r.bytes <= most), key=lambda r: r.bytes, default=None)
-        if chosen is None:
+        waiting = self._undelivered.get(mailbox)
+        if not waiting:
             return False
+        if size is None:
+            r = waiting[0][2]
+        else:
+            at = bisect.bisect_left(waiting, (size + delivery_leeway(size) + 1,)) - 1
+            if at < 0:
+                return False
+            r = waiting[at][2]
+        self._stop_awaiting(r)
         self.version += 1
-        chosen.delivered_at = now
-        self._delivered.setdefault(mailbox, deque()).append(chosen)
+        r.delivered_at = now
+        self._delivered.setdefault(mailbox, deque()).append(r)
         return True
 
     def _await_delivery(self, r: Reservation) -> None:
-        heapq.heappush(self._undelivered.setdefault(r.mailbox, []), (r.bytes, next(self._order), r))
+        key = self._awaiting[r] = (r.bytes, next(self._order))
+        bisect.insort(self._undelivered.setdefault(r.mailbox, []), (*key, r))
+
+    def _stop_awaiting(self, r: Reservation) -> None:
+        key = self._awaiting.pop(r, None)
+        if key is None:
+            return
+        waiting = self._undelivered[r.mailbox]
+        del waiting[bisect.bisect_left(waiting, key)]
+        if not waiting:
+            del self._undelivered[r.mailbox]
 
     def release(self, mailbox: str | None = None) -> int:
         """Let go of everything held for ``mailbox`` (every mailbox when None): the admin's call."""
@@ -489,15 +492,7 @@ class Reservations:
                 queue.popleft()
             if not queue:
                 del self._delivered[r.mailbox]
-        heap = self._undelivered.get(r.mailbox)
-        if heap is not None:
-            while heap and not heap[0][2].live:
-                heapq.heappop(heap)
-            if len(heap) > 2 * self._mailbox.get(r.mailbox, _Sums()).messages + 16:
-                heap[:] = [entry for entry in heap if entry[2].live]
-                heapq.heapify(heap)
-            if not heap:
-                del self._undelivered[r.mailbox]
+        self._stop_awaiting(r)
 
     def _count_for_client(self, r: Reservation, sign: int) -> None:
         """Add (+1) or take (-1) a held reservation to or from its client's sums."""
