@@ -249,6 +249,47 @@ def test_small_mail_the_daemons_never_let_in_frees_no_room_of_a_message_in_fligh
     assert answers == [DUNNO] * (2 * FITS) + [BUSY, DUNNO]
 
 
+def test_a_delivery_of_known_size_releases_the_message_nearest_it_in_the_ledger(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """Scenario: a 1,000-byte and a 3,000-byte message in flight in the ledger; a storage host
+    sees a delivery of 2,900 bytes (the larger one, its line ends counted otherwise) and takes
+    a reading that includes it.
+    Expected: the 3,000 bytes are released, the 1,000 kept: exactly the room left beside them
+    is let in, a byte more deferred."""
+    site = make_site(tmp_path)
+    reading = site.reading(ROOMY)
+    config = parse_config(site.data() | {"shared": {"url": redis.url, "prefix": site.base.name}})
+    sizes, landed = (1_000, 3_000), 2_900
+
+    async def go() -> list[bytes]:
+        async with two(site, redis.url) as (a, b):
+            answers = []
+            for n, size in enumerate(sizes):  # one through each MX
+                mx = a if n % 2 else b
+                answers.append(await mx.ask(rcpt(n, size)))
+                eom = request(ROOMY, size, "END-OF-MESSAGE", client=f"192.0.2.{n + 1}", instance=f"tx{n}")
+                answers.append(await mx.ask(eom))
+            await wait_until(lambda: all(d.ledger is None or d.ledger.settled for d in (a, b)))
+            storage = RedisLedger(config.shared, config.policy.reservation_seconds, Reservations(0))
+            await storage.start()
+            try:
+                storage.delivered(ROOMY, landed)
+                await wait_until(lambda: storage.settled)
+                now = storage.clock()
+                used = ROOMY_USED + landed
+                storage.readings([msgspec.structs.replace(reading, bytes=used, messages=2, measured_at=now)])
+                await wait_until(lambda: storage.settled)
+            finally:
+                await storage.close()
+            left = QUOTA - used - sizes[0]
+            answers.append(await b.ask(rcpt(10, left + 1)))
+            answers.append(await a.ask(rcpt(11, left)))
+            return answers
+
+    assert run(go()) == [DUNNO] * 4 + [BUSY, DUNNO]
+
+
 def test_two_recipients_of_one_mailbox_in_one_transaction_must_fit_together_in_the_ledger(
     tmp_path: Path, redis: RedisProcess
 ) -> None:

@@ -185,22 +185,28 @@ elseif op == 'end' then
 
 elseif op == 'delivered' then
   -- A message landed: a reservation in flight not matched yet is marked delivered. Its size
-  -- known, the largest one that message could be (ARGV[4], the most bytes: see
-  -- reservations.delivery_leeway), none when all are larger (mail the daemons never let in lands
-  -- too); unknown (''), the smallest: never larger than a message the daemons let in.
+  -- known (ARGV[4]), the one nearest it, none larger than the most that message could have
+  -- held (ARGV[5]; see reservations.delivery_most): mail the daemons never let in lands too;
+  -- unknown (absent), the smallest: never larger than a message the daemons let in.
   -- ARGV: 3 the delivery's name: one already applied is not applied again (a replay).
   if redis.call('ZSCORE', IDS, ARGV[3]) then return 0 end
   redis.call('ZREMRANGEBYSCORE', IDS, '-inf', now - life)
   redis.call('ZADD', IDS, now, ARGV[3])
   lengthen(IDS)
-  local most = ARGV[4] or ''
+  local size, most = tonumber(ARGV[4] or ''), ARGV[5]
   while true do
     local tx
-    if most == '' then
+    if not size then
       local popped = redis.call('ZPOPMIN', UND)
       tx = popped[1]
     else
-      tx = redis.call('ZREVRANGEBYSCORE', UND, most, '-inf', 'LIMIT', 0, 1)[1]
+      local below = redis.call('ZREVRANGEBYSCORE', UND, '(' .. size, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      local above = redis.call('ZRANGEBYSCORE', UND, size, most, 'WITHSCORES', 'LIMIT', 0, 1)
+      if above[1] and (not below[1] or tonumber(above[2]) - size < size - tonumber(below[2])) then
+        tx = above[1]
+      else
+        tx = below[1]
+      end
       if tx then redis.call('ZREM', UND, tx) end
     end
     if not tx then return 0 end

@@ -119,12 +119,12 @@ def _take(sums: dict[K, _Sums], key: K, bytes_: int) -> None:
     _count(sums, key, -bytes_, -1)
 
 
-def delivery_leeway(size: int) -> int:
-    """How much larger than a delivery of ``size`` bytes the room held for that message may be:
-    held and landed are counted a little apart (Postfix's size counts CRLF line ends and the
-    file LF ones; a transport's own headers are counted in neither). 5% and 1 KiB: what a
-    delivery of mail the daemon never let in can release beyond its own size."""
-    return size // 20 + 1024
+def delivery_most(size: int) -> int:
+    """The most room a message whose delivery of ``size`` bytes was seen may have held: twice and
+    1 KiB (Postfix's size counts CRLF line ends, the file LF ones: for a report of short lines
+    a tenth more, for empty lines twice; a transport's headers are counted in neither). So a
+    delivery of mail the daemon never let in releases at most its size and 1 KiB beyond it."""
+    return 2 * size + 1024
 
 
 def _reserved(sums: _Sums | None) -> Reserved:
@@ -345,11 +345,11 @@ class Reservations:
         delivered (it is released by the next reading taken after now).
 
         Which message landed is not known, only that one did, and maybe its ``size`` (S= in its
-        name, Exim's hint). Known, the reservation matched is the largest that message could be
-        (see :func:`delivery_leeway`), and none when every one is larger: mail that never went
-        through the daemon (cron's, a vacation reply) lands too, and a small one must not free
-        the room of a large message still on its way. Unknown, the smallest: never larger than
-        the message that landed when that message is one the daemon let in.
+        name, Exim's hint). Known, the reservation matched is the one nearest that size, and
+        none larger than that message could have held (see :func:`delivery_most`): mail that
+        never went through the daemon (cron's, a vacation reply) lands too, and a small one
+        must not free the room of a large message still on its way. Unknown, the smallest:
+        never larger than the message that landed when that message is one the daemon let in.
         """
         waiting = self._undelivered.get(mailbox)
         if not waiting:
@@ -357,10 +357,15 @@ class Reservations:
         if size is None:
             r = waiting[0][2]
         else:
-            at = bisect.bisect_left(waiting, (size + delivery_leeway(size) + 1,)) - 1
-            if at < 0:
+            at = bisect.bisect_left(waiting, (size,))  # below it: smaller; from it: as large or larger
+            below = waiting[at - 1] if at > 0 else None
+            above = waiting[at] if at < len(waiting) and waiting[at][0] <= delivery_most(size) else None
+            if above is not None and (below is None or above[0] - size < size - below[0]):
+                r = above[2]
+            elif below is not None:
+                r = below[2]
+            else:
                 return False
-            r = waiting[at][2]
         self._stop_awaiting(r)
         self.version += 1
         r.delivered_at = now

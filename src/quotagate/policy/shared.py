@@ -44,7 +44,7 @@ from quotagate.policy import state
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
 from quotagate.policy.control import SharedUnavailable
 from quotagate.policy.metrics import Metrics
-from quotagate.policy.reservations import Reservation, Reservations, Transaction, delivery_leeway
+from quotagate.policy.reservations import Reservation, Reservations, Transaction, delivery_most
 from quotagate.policy.throttle import Throttled
 from quotagate.sharedurl import SharedUrl
 
@@ -482,8 +482,8 @@ class RedisLedger:
         :meth:`Reservations.delivered`). Named, so that Redis applies it once however often it
         is sent: a reply that came after the timeout had it replayed, and a second delivery
         marked would let the next reading release the room of a message still in flight."""
-        most = "" if size is None else size + delivery_leeway(size)
-        self._send(_Op("delivered", mailbox, (os.urandom(8).hex(), most)))
+        known: tuple[str | int, ...] = () if size is None else (size, delivery_most(size))
+        self._send(_Op("delivered", mailbox, (os.urandom(8).hex(), *known)))
 
     def readings(self, readings: Iterable[Reading]) -> None:
         """A storage host's fresh readings: every MX weighs them from now on."""
