@@ -65,6 +65,34 @@ def test_twenty_slow_clients_are_cut_off_after_request_timeout_and_do_not_block_
     assert closed == 20
 
 
+def test_a_request_begun_in_the_read_that_ends_the_one_before_gets_its_own_deadline(site: Site) -> None:
+    """Scenario: request_timeout = 1 s. A client sends half of request A; 0.7 s later the rest of
+    A with the first half of B (one write, cut mid-request by the network); 0.7 s later the rest
+    of B: each took 0.7 s from its own first byte.
+    Expected: both answered. B was timed from A's first byte, so the client was cut off 0.3 s
+    into it and counted as too slow."""
+    a, b = request(FULL), request(FULL)
+
+    async def main() -> list[bytes]:
+        async with (
+            serving_site(site, request_timeout=1.0, idle_timeout=30) as running,
+            connected(running.host_port) as client,
+        ):
+            await client.send(a[:40])
+            await asyncio.sleep(0.7)
+            await client.send(a[40:] + b[:40])
+            answers = [await client.answer(timeout=3)]
+            await asyncio.sleep(0.7)
+            try:
+                await client.send(b[40:])
+                answers.append(await client.answer(timeout=3))
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                answers.append(repr(exc).encode())
+            return answers
+
+    assert run(main()) == [REJECT, REJECT]
+
+
 def test_connections_over_the_cap_are_logged_once_a_minute_with_a_count(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:

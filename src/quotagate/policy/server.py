@@ -76,14 +76,16 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_activity = self.loop.time()
-        self._reply(self.decoder.feed(data))
+        items = self.decoder.feed(data)
+        self._reply(items)
         if self.server.closing and self.idle and self.transport is not None:
             self.transport.close()  # shutting down: this client got its answers
         # A request that spans reads must be done within request_timeout of its first byte
-        # (the server's sweep sees to it).
+        # (the server's sweep sees to it): one half-read after others ended in this read began
+        # in it.
         if not self.decoder.pending:
             self.pending_since = None
-        elif self.pending_since is None:
+        elif items or self.pending_since is None:
             self.pending_since = now
 
     def eof_received(self) -> bool:
