@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from quotagate.cli import main
+from quotagate.decide import Reserved
 from quotagate.policy.codec import PolicyDecoder, PolicyRequest
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService, Session
@@ -101,6 +102,19 @@ def test_a_delivery_hint_releases_only_a_message_the_delivery_could_be(service: 
     assert service.reservations.held(ROOMY, time.time(), time.time() + 1).bytes == 4000
     ask(service, hint(4000))
     assert service.reservations.held(ROOMY, time.time(), time.time() + 2).bytes == 0
+
+
+def test_a_delivery_told_by_the_hint_and_by_the_watch_releases_one_message(service: PolicyService) -> None:
+    """Scenario: messages of 4,000 and 3,900 bytes in flight; one lands, and both Exim's hint
+    (4,000) and the watch (S=4180: the transport's headers counted) tell of it.
+    Expected: one message's room released, the other's kept. The watch's word was taken for
+    another delivery and released the 3,900 bytes of a message still on its way."""
+    for instance, size in (("A", 4000), ("B", 3900)):
+        ask(service, request(ROOMY, size, instance=instance))
+        ask(service, request(ROOMY, size, "END-OF-MESSAGE", instance=instance))
+    ask(service, hint(4000))
+    service.delivered(ROOMY, 4180)  # the tracker's call
+    assert service.reservations.held(ROOMY, time.time(), time.time() + 1) == Reserved(3900, 1)
 
 
 def test_a_prober_halving_size_holds_one_message_and_nothing_once_it_quits(site: Site) -> None:

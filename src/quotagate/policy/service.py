@@ -27,6 +27,7 @@ from quotagate.policy.claim import (
     settle,
 )
 from quotagate.policy.codec import PolicyRequest
+from quotagate.policy.echoes import Echoes
 from quotagate.policy.files import FileReads
 from quotagate.policy.live import Snapshot, measured_ago, usage_age
 from quotagate.policy.liveusage import Live, MaildirsizeReader, Unreadable
@@ -204,6 +205,7 @@ class PolicyService:
         self._unreadable_log = Throttled(log)
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
+        self._echoes = Echoes()
         # Set by the daemon when [shared] url is: checks are weighed and held there while it is up.
         self.shared: SharedState | None = None
         # The folder rules the cache of _lowered_limits was made for, and the cache.
@@ -403,10 +405,15 @@ class PolicyService:
         lines = _number(request.attributes.get("message_linecount", "")) or 0
         return exim_data_size(self._profile, size, added, lines)
 
-    def delivered(self, address: str, size: int | None = None) -> None:
-        """A message landed in ``address`` (a watch event, Exim's hint), of ``size`` bytes when
-        known: the room held for it can go once a reading includes it."""
-        self.reservations.delivered(address, self.clock(), size)
+    def delivered(self, address: str, size: int | None = None, source: str = "watch") -> None:
+        """A message landed in ``address`` (a watch event, Exim's hint: ``source``), of ``size``
+        bytes when known: the room held for it can go once a reading includes it. The other
+        source's word of the same delivery is not another one (see :mod:`echoes`)."""
+        now = self.clock()
+        if size is not None and not self._echoes.first(address, size, source, now):
+            log.debug("delivery to %s (%d bytes) told by the watch and the hint: counted once", address, size)
+            return
+        self.reservations.delivered(address, now, size)
 
     def _conclude(
         self,
@@ -527,7 +534,7 @@ class PolicyService:
         reading = self.snapshot.readings.get(address)
         if reading is not None:  # its maildirsize changed (on NFS, no event says so)
             self.files.forget(reading.path)
-        self.delivered(address, size)
+        self.delivered(address, size, "hint")
         if self.delivery_hint is not None:
             self.delivery_hint(address)
 
