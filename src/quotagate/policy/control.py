@@ -27,7 +27,9 @@ from quotagate.policy.reservations import Reservations
 from quotagate.policy.state import listing
 
 MAX_REQUEST = 4096
-MAX_LISTED = 10_000  # reservations of this daemon's own a listing shows at most (the oldest)
+# Reservations a listing shows at most, of this daemon's own (the oldest) and of the shared
+# ledger's (the first its SCAN finds).
+MAX_LISTED = 10_000
 
 
 class ControlError(Exception):

@@ -42,7 +42,7 @@ from quotagate.decide import Ceiling, Reserved
 from quotagate.model import Reading, State
 from quotagate.policy import state
 from quotagate.policy.claim import SHARED_SOURCE, Claim, Weighed, client_caps
-from quotagate.policy.control import SharedUnavailable
+from quotagate.policy.control import MAX_LISTED, SharedUnavailable
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.reservations import Reservation, Reservations, Transaction, delivery_most
 from quotagate.policy.throttle import Throttled
@@ -66,7 +66,6 @@ MAX_PENDING = 100_000
 _REPLAY_BATCH = 1000  # of them in one pipeline
 _OWED_SECONDS = 5.0  # how often, at most, they are written beside the state file while Redis is away
 EVICTION_CHECK_SECONDS = 60.0  # how often a Redis in use is asked whether it may evict keys
-MAX_LISTED = 10_000  # reservations `quotagate reservations` lists from Redis at most (the first SCAN finds)
 _KEY_PARTS = ("res", "sum", "exp", "und", "dlv", "use", "ids")
 _CONNECTIONS = 32  # to Redis, per daemon
 _LEDGER = resources.files("quotagate.data").joinpath("ledger.lua")
