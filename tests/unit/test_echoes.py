@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quotagate.policy.echoes import ECHO_SECONDS, Echoes
+from quotagate.policy.echoes import ECHO_SECONDS, MAX_WORDS, Echoes
 
 
 def test_the_watchs_word_of_a_delivery_the_hint_told_of_is_an_echo() -> None:
@@ -37,3 +37,18 @@ def test_words_are_forgotten() -> None:
         echoes.first(f"u{n}@x", 100, "watch", now=n / 100)
     echoes.first("a@x", 100, "watch", now=10_000)
     assert len(echoes._order) == 1 and list(echoes._by_mailbox) == ["a@x"]
+
+
+def test_a_flood_of_words_for_one_mailbox_keeps_only_the_latest() -> None:
+    """Scenario: a client that may speak to the daemon sends 10,000 delivery hints for one mailbox
+    within ten seconds. Expected: only the latest MAX_WORDS are kept, so each word is weighed
+    against at most that many (all 10,000 were kept and scanned for every word: quadratic
+    work on the event loop); an echo of a recent one is still found."""
+    echoes = Echoes()
+    for n in range(10_000):
+        echoes.first("a@x", 100_000 + 10_000 * n, "hint", now=n / 1000)
+    assert len(echoes._by_mailbox["a@x"]) == MAX_WORDS
+    assert not echoes.first("a@x", 100_000 + 10_000 * 9_999, "watch", now=10)
+    for n in range(20_000):  # forgetting stays in step with the words trimmed
+        echoes.first(f"b{n % 3}@x", n, "watch", now=20 + n / 1000)
+    assert all(len(words) <= MAX_WORDS for words in echoes._by_mailbox.values())

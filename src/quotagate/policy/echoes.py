@@ -17,6 +17,9 @@ from collections import deque
 from dataclasses import dataclass
 
 ECHO_SECONDS = 10.0  # the hint is told at delivery; the watch sees the file within a flush
+# Words kept per mailbox: each new one is weighed against these. More within ECHO_SECONDS (a
+# flood of hints from a client) push the oldest out: one of them echoed later counts again.
+MAX_WORDS = 32
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Echoes:
     def __init__(self, seconds: float = ECHO_SECONDS) -> None:
         self.seconds = seconds
         self._by_mailbox: dict[str, deque[_Word]] = {}
-        self._order: deque[tuple[float, str]] = deque()  # every word, oldest first, to forget them
+        self._order: deque[tuple[str, _Word]] = deque()  # every word, oldest first, to forget them
 
     def first(self, mailbox: str, size: int, source: str, now: float) -> bool:
         """Whether this word of a delivery is news: False when it echoes one the other source
@@ -48,14 +51,18 @@ class Echoes:
             if not word.answered and word.source != source and same_message(word.size, size):
                 word.answered = True
                 return False
-        words.append(_Word(now, size, source))
-        self._order.append((now, mailbox))
+        word = _Word(now, size, source)
+        words.append(word)
+        if len(words) > MAX_WORDS:
+            words.popleft()
+        self._order.append((mailbox, word))
         return True
 
     def _forget(self, now: float) -> None:
-        while self._order and self._order[0][0] <= now - self.seconds:
-            _, mailbox = self._order.popleft()
-            words = self._by_mailbox[mailbox]
-            words.popleft()
-            if not words:
-                del self._by_mailbox[mailbox]
+        while self._order and self._order[0][1].at <= now - self.seconds:
+            mailbox, word = self._order.popleft()
+            words = self._by_mailbox.get(mailbox)
+            if words and words[0] is word:  # not pushed out by newer ones already
+                words.popleft()
+                if not words:
+                    del self._by_mailbox[mailbox]
