@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from msgspec.structs import replace
 
 from quotagate.address import BadAddress, normalize
 from quotagate.model import Limits, Mailbox
@@ -19,6 +23,33 @@ _BOM = b"\xef\xbb\xbf"
 
 class CsvError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class CsvMailboxes:
+    """The rows of a file, and which of the optional columns its header names."""
+
+    mailboxes: list[Mailbox]
+    columns: frozenset[str]
+
+    def over(self, stored: Mapping[str, Mailbox]) -> list[Mailbox]:
+        """Each row laid over the stored mailbox of its address: a column the file does not
+        have keeps what is stored (a file of quotas alone neither enables a disabled mailbox
+        nor drops its path or message limit), as ``mailbox add`` changes only what is given.
+        An empty cell of a column the file has is that column's default, as for a new mailbox."""
+        merged = []
+        for row in self.mailboxes:
+            old = stored.get(row.address)
+            if old is not None:
+                messages = row.limits.messages if "messages" in self.columns else old.limits.messages
+                row = replace(
+                    row,
+                    limits=Limits(row.limits.bytes, messages),
+                    enabled=row.enabled if "enabled" in self.columns else old.enabled,
+                    path=row.path if "path" in self.columns else old.path,
+                )
+            merged.append(row)
+        return merged
 
 
 def _enabled(value: str) -> bool:
@@ -63,8 +94,9 @@ def _control(row: dict[str, str]) -> str | None:
     return None
 
 
-def parse_mailboxes(data: bytes, origin: str = "csv") -> list[Mailbox]:
-    """All rows or none: every bad row is reported with its line number.
+def parse_mailboxes(data: bytes, origin: str = "csv") -> CsvMailboxes:
+    """All rows or none: every bad row is reported with its line number, and so is an address
+    given again (which of its rows was meant cannot be known).
 
     The file must be UTF-8 (a BOM is accepted) and no field may hold a control character: a
     NUL in a path would break every later scan, and nothing in a mailbox's address or path
@@ -86,6 +118,7 @@ def parse_mailboxes(data: bytes, origin: str = "csv") -> list[Mailbox]:
         )
     reader.fieldnames = header
     mailboxes: dict[str, Mailbox] = {}
+    lines: dict[str, int] = {}  # address -> the line that gave it
     problems = []
     rows = iter(reader)
     while True:
@@ -106,14 +139,20 @@ def parse_mailboxes(data: bytes, origin: str = "csv") -> list[Mailbox]:
             continue
         try:
             address = normalize(row["address"] or "")
+            if address in lines:
+                raise ValueError(f"{printable(address)} is on line {lines[address]} already")
+            quota = (row["quota"] or "").strip()
+            if not quota:
+                raise ValueError("quota is empty (0 is unlimited)")
             messages = checked_count(int((row.get("messages") or "0").strip() or 0))
             if messages < 0:
                 raise ValueError("messages cannot be negative")
-            limits = Limits(parse_size((row["quota"] or "0").strip() or "0"), messages)
+            limits = Limits(parse_size(quota), messages)
             path = (row.get("path") or "").strip() or None
             mailboxes[address] = Mailbox(address, limits, _enabled(row.get("enabled") or ""), path)
+            lines[address] = line
         except (BadAddress, ValueError) as exc:
             problems.append(f"{origin}:{line}: {exc}")
     if problems:
         raise CsvError("\n".join(problems))
-    return list(mailboxes.values())
+    return CsvMailboxes(list(mailboxes.values()), frozenset(c for c in OPTIONAL if c in header))

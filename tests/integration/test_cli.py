@@ -177,6 +177,25 @@ def test_add_on_an_existing_mailbox_changes_only_what_it_is_given(
     assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 0), True, None)
 
 
+def test_import_changes_only_the_columns_the_file_has(setup: Path, tmp_path: Path) -> None:
+    """Scenario: a mailbox added with its own path, a message limit and --disabled; then a CSV
+    of quotas alone (``address,quota``, the minimal header the README gives) is imported.
+    Expected: the quota changes and the rest stays, as ``mailbox add`` changes only what it is
+    given. (Before, the file reset the rest: the disabled mailbox was enabled again, its message
+    limit dropped, and its path too, so the next scan looked for it at the layout's place.)"""
+    address = "a@example.org"
+    assert run(setup, "mailbox", "add", address, "--quota", "1M", "--messages", "5", "--path", "a/M", "--disabled") == 0
+    quotas = tmp_path / "quotas.csv"
+    quotas.write_text(f"address,quota\n{address},2M\nnew@example.org,3M\n")
+    assert run(setup, "mailbox", "import", str(quotas)) == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2, 5), False, "a/M")
+    assert _mailbox(setup, "new@example.org") == Mailbox("new@example.org", Limits(3 * 1024**2))
+    everything = tmp_path / "all.csv"
+    everything.write_text(f"address,quota,messages,path,enabled\n{address},2M,,,yes\n")
+    assert run(setup, "mailbox", "import", str(everything)) == 0
+    assert _mailbox(setup, address) == Mailbox(address, Limits(2 * 1024**2))
+
+
 def test_add_needs_a_quota_for_a_new_mailbox(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(setup, "mailbox", "add", "new@example.org", "--messages", "5") == 2
     assert capsys.readouterr().err == "Error: new@example.org is a new mailbox: give its --quota\n"

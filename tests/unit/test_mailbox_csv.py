@@ -7,10 +7,41 @@ from quotagate.text import control_character
 
 def test_parses_rows_with_optional_columns() -> None:
     text = b"address,quota,messages,path,enabled\nA@Example.ORG,500M,100,a/Maildir,yes\nb@example.org,0,,,no\n"
-    assert parse_mailboxes(text) == [
+    assert parse_mailboxes(text).mailboxes == [
         Mailbox("a@example.org", Limits(500 * 1024**2, 100), True, "a/Maildir"),
         Mailbox("b@example.org", Limits(0, 0), False, None),
     ]
+
+
+def test_columns_the_file_lacks_keep_what_is_stored() -> None:
+    """Scenario: a mailbox stored with a message limit, a path of its own and disabled; a file
+    of quotas alone (header ``address,quota``) updates it, and adds another.
+    Expected: the quota changes and the rest stays, as ``mailbox add`` changes only what is
+    given; the new mailbox takes the defaults. (Before, the file reset them: the disabled
+    mailbox was enabled, its path and message limit dropped.)"""
+    stored = {"a@example.org": Mailbox("a@example.org", Limits(1024, 5), False, "a/M")}
+    rows = parse_mailboxes(b"address,quota\na@example.org,2K\nb@example.org,1K\n")
+    assert rows.columns == frozenset()
+    assert rows.over(stored) == [
+        Mailbox("a@example.org", Limits(2048, 5), False, "a/M"),
+        Mailbox("b@example.org", Limits(1024)),
+    ]
+    given = parse_mailboxes(b"address,quota,messages,path\na@example.org,2K,,\n")
+    assert given.columns == frozenset({"messages", "path"})
+    assert given.over(stored) == [Mailbox("a@example.org", Limits(2048, 0), False, None)]
+
+
+def test_an_address_given_twice_is_refused_naming_both_lines() -> None:
+    """Scenario: one mailbox on two lines with different limits (two exports merged).
+    Expected: refused, naming the line and the one before (the last row used to win)."""
+    message = refused(b"address,quota\na@example.org,1M\nb@example.org,1M\nA@Example.org,5G\n")
+    assert message == "f.csv:4: a@example.org is on line 2 already"
+
+
+def test_an_empty_quota_is_refused() -> None:
+    """Scenario: a row whose quota cell is empty. Expected: refused (it used to import the
+    mailbox as unlimited without a word); 0 says unlimited."""
+    assert refused(b"address,quota\na@example.org,\n") == "f.csv:2: quota is empty (0 is unlimited)"
 
 
 def test_every_bad_row_is_reported_with_its_line() -> None:
@@ -38,7 +69,7 @@ def refused(data: bytes) -> str:
 
 def test_a_utf8_bom_is_accepted() -> None:
     data = "\ufeffaddress,quota,path\nb@example.org,1M,Bücher/Maildir\n".encode()
-    assert parse_mailboxes(data) == [Mailbox("b@example.org", Limits(1024**2), True, "Bücher/Maildir")]
+    assert parse_mailboxes(data).mailboxes == [Mailbox("b@example.org", Limits(1024**2), True, "Bücher/Maildir")]
 
 
 def test_non_utf8_lines_are_refused_with_their_numbers() -> None:

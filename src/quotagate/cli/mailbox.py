@@ -8,7 +8,7 @@ import click
 
 from quotagate.address import normalize
 from quotagate.cli.app import App, pass_app
-from quotagate.mailbox_csv import CsvError, parse_mailboxes
+from quotagate.mailbox_csv import OPTIONAL, CsvError, parse_mailboxes
 from quotagate.model import Limits, Mailbox
 from quotagate.sizes import MAX_COUNT, format_size, parse_size
 from quotagate.text import control_character, printable
@@ -80,12 +80,16 @@ def add(
 @click.argument("file", type=click.File("rb"))
 @pass_app
 def import_(app: App, file: BinaryIO) -> None:
-    """Add or update mailboxes from a UTF-8 CSV file (header: address,quota[,messages[,path[,enabled]]])."""
+    """Add or update mailboxes from a UTF-8 CSV file (header: address,quota[,messages[,path[,enabled]]]).
+
+    A column the file does not have keeps what is stored for a mailbox already there."""
     try:
-        mailboxes = parse_mailboxes(file.read(), printable(file.name))
+        rows = parse_mailboxes(file.read(), printable(file.name))
     except CsvError as exc:
         raise click.ClickException(str(exc)) from None
     with app.store() as store:
+        whole = rows.columns == frozenset(OPTIONAL)  # every column given: nothing stored is kept
+        mailboxes = rows.mailboxes if whole else rows.over({m.address: m for m in store.mailboxes()})
         store.upsert_mailboxes(mailboxes)
     click.echo(f"imported {len(mailboxes)} mailboxes")
 
