@@ -127,3 +127,35 @@ def test_exim_a_copy_refused_at_data_goes_with_a_refused_message(service: Policy
     assert ask(service, end("A")) == "DUNNO"
     assert ask(service, accepted("A2", 3000)) == "DUNNO"  # another message of its
     assert service.reservations.totals() == {"held": 8000, "flight": 0}
+
+
+def test_a_second_copy_over_the_clients_share_at_data_still_holds_its_room_in_flight(
+    service: PolicyService,
+) -> None:
+    """Scenario: one client, without SIZE=, sends one 700-byte message to roomy+a and roomy+b
+    (two copies of roomy: Postfix's recipient_delimiter, or Exim's Roomy@ beside roomy@). The
+    client may hold 1,000 bytes of roomy: at END-OF-MESSAGE the first copy holds 700, the second
+    would pass the share and is deferred, but the message has one answer for both, is accepted,
+    and both copies land.
+    Expected: 1,400 bytes in flight. (Before, the deferred copy held nothing: another client
+    was then let in beside one copy, not two, and roomy went over its limit; with Exim's
+    transport quota that message sat in the queue and bounced late.)"""
+    local, domain = ROOMY.split("@")
+    copies = [f"{local}+a@{domain}", f"{local}+b@{domain}"]
+    connection = Session()
+    for copy in copies:
+        assert ask(service, request(copy, instance="tx"), connection) == "DUNNO"
+    assert ask(service, end_of_message(700, 2, instance="tx"), connection) == "DUNNO"
+    assert service.reservations.totals() == {"held": 0, "flight": 1400}
+
+
+def test_exim_a_second_copy_over_the_clients_share_at_data_still_holds_its_room_in_flight(
+    service: PolicyService,
+) -> None:
+    """As above through Exim's DATA ACL without PRDR: each copy asked, the second deferred, the
+    message accepted for both."""
+    local, domain = ROOMY.split("@")
+    answers = [ask(service, exim_data(f"{local}+{tag}@{domain}", 700, instance="tx")) for tag in "ab"]
+    assert answers[0] == "DUNNO" and answers[1].startswith("452")
+    assert ask(service, accepted("tx", 700)) == "DUNNO"
+    assert service.reservations.totals() == {"held": 0, "flight": 1400}

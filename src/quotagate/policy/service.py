@@ -672,13 +672,8 @@ class PolicyService:
         holds = self.config.policy.reservation_seconds and not target.left_out
         if stage == "data" and s is not None and decision.action in _REFUSED:
             self.reservations.let_go(transaction, mailbox.address, copy)
-            # One answer for the message (no PRDR): accepted for its other recipients, it reaches
-            # this one too, whose delivery agent lets it in if it fits with what lands before it
-            # (mail in flight, the message's other copies), whatever other transactions hold.
             if holds and not per_recipient:
-                landing = Held(*self.reservations.landing(transaction, mailbox.address, copy, folder))
-                if judge(landing)[0].action is Action.ACCEPT:
-                    self.reservations.set_aside(transaction, mailbox.address, s, now, copy, folder)
+                self._set_aside(judge, transaction, mailbox.address, copy, folder, s, now)
         if decision.action is Action.ACCEPT and s is not None and holds:
             share = self.config.policy.client_hold
             cap_bytes, cap_messages = client_caps(share, mailbox.limits)
@@ -690,9 +685,30 @@ class PolicyService:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
-                if stage == "data" and per_recipient:  # refused with PRDR: no copy, nor its room
+                if stage == "data":  # refused with PRDR: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address, copy)
+                    if not per_recipient:  # it fits: it lands if the message goes to the others
+                        self._set_aside(judge, transaction, mailbox.address, copy, folder, s, now)
         return Outcome(mailbox.address, decision, usage)
+
+    def _set_aside(
+        self,
+        judge: Callable[[Held], tuple[Decision, Usage | None]],
+        transaction: Transaction,
+        mailbox: str,
+        copy: str,
+        folder: str,
+        size: int,
+        now: float,
+    ) -> None:
+        """A copy refused at DATA (or deferred: its client holds its share) when the message has
+        one answer for all its recipients (no PRDR): accepted for its other recipients, the
+        message reaches this one too, whose delivery agent lets it in if it fits with what lands
+        before it (mail in flight, the message's other copies), whatever other transactions
+        hold. Then its room goes in flight with the message's, though nothing is held for it."""
+        landing = Held(*self.reservations.landing(transaction, mailbox, copy, folder))
+        if judge(landing)[0].action is Action.ACCEPT:
+            self.reservations.set_aside(transaction, mailbox, size, now, copy, folder)
 
     def _held(
         self,
