@@ -8,8 +8,9 @@ LDAP has no transaction across entries: a scan that fails half-way leaves some e
 The SQL state is saved only after LDAP took every change, so the next scan rewrites the rest.
 
 The directory is read whole or not at all: a search the server ends early (its size or time limit
-for quotagate's account, which ldap3 reports as a result, not an error) raises :class:`StoreError`,
-since a scan of part of the tree would clear the flags of the mailboxes it did not see.
+for quotagate's account, which ldap3 reports as a result, not an error), or one that refers part
+of the tree to another server (a continuation reference), raises :class:`StoreError`, since a scan
+of part of the tree would clear the flags of the mailboxes it did not see.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import ldap3
 import msgspec
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
 from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED as _SIZE_LIMIT_EXCEEDED
 from ldap3.core.results import RESULT_SUCCESS as _SUCCESS
 from ldap3.core.results import RESULT_TIME_LIMIT_EXCEEDED as _TIME_LIMIT_EXCEEDED
@@ -83,6 +84,7 @@ class LdapStore(ClosedOnExit):
         self.state = state
         self._conn: ldap3.Connection | None = None
         self._entries: dict[str, _Entry] = {}
+        self._said_other_addresses: set[str] = set()  # entries whose other addresses were named once
 
     # -- connection --------------------------------------------------------------------------
 
@@ -166,9 +168,18 @@ class LdapStore(ClosedOnExit):
             except LDAPException as exc:
                 raise StoreError(f"LDAP search under {c.base!r} failed: {exc}") from exc
             result = conn.result
-            entries += [item for item in conn.response or [] if item.get("type") == "searchResEntry"]
+            response = conn.response or []
+            entries += [item for item in response if item.get("type") == "searchResEntry"]
             if result.get("result") != _SUCCESS:
                 raise StoreError(self._cut_short(result, len(entries)))
+            referred = [str(uri) for item in response if item.get("type") == "searchResRef" for uri in item["uri"]]
+            if referred:
+                raise StoreError(
+                    f"LDAP search under {c.base!r} refers part of the tree to another server "
+                    f"({', '.join(referred[:3])}): quotagate reads the whole directory from the server "
+                    "[store] url names and does not act on part of it; point base (or the filter) at "
+                    "the entries that server holds, or the url at one that holds them all"
+                )
             paged = (result.get("controls") or {}).get(_PAGED_RESULTS) or {}
             cookie = paged.get("value", {}).get("cookie") or None
             if cookie is None:
@@ -199,9 +210,14 @@ class LdapStore(ClosedOnExit):
         )
 
     def _search(self, extra: str) -> list[Mailbox]:
+        """The mailboxes the filter (and ``extra``) finds; a search of the whole directory (no
+        ``extra``) also forgets the entries it no longer finds, whose flags are then no one's to
+        write."""
         c = self.config
         query = f"(&{c.filter}{extra})" if extra else c.filter
         results = self._entries_found(query)
+        if not extra:
+            self._entries = {}
         found = []
         disabled = {v.lower() for v in c.disabled_values}
         for item in results:
@@ -209,6 +225,7 @@ class LdapStore(ClosedOnExit):
             listed = _first(attrs.get(c.address_attribute))
             if listed is None:
                 continue
+            self._other_addresses(item["dn"], attrs.get(c.address_attribute))
             try:
                 address = normalize(listed)
             except BadAddress as exc:
@@ -225,6 +242,25 @@ class LdapStore(ClosedOnExit):
             classes = {str(o).lower() for o in attrs.get("objectClass", [])}
             self._entries[address] = _Entry(item["dn"], classes, published)
         return found
+
+    def _other_addresses(self, dn: str, values: Any) -> None:
+        """An entry whose address attribute holds several values is the mailbox of the first:
+        the others are not looked up by the daemon (DUNNO: the MTA carries on as without it),
+        though Exim's generated LDAP lookup, matching any value, refuses them too. Said once
+        an entry, not at every refresh."""
+        if not isinstance(values, list) or len(values) < 2 or dn in self._said_other_addresses:
+            return
+        self._said_other_addresses.add(dn)
+        others = ", ".join(str(v) for v in values[1:4]) + (", ..." if len(values) > 4 else "")
+        log.warning(
+            "%s: %s has %d values: the mailbox is %s; the daemon answers nothing for %s (give each"
+            " address its own entry, or make them aliases in the MTA)",
+            dn,
+            self.config.address_attribute,
+            len(values),
+            values[0],
+            others,
+        )
 
     @staticmethod
     def _number(attrs: Mapping[str, Any], name: str, dn: str) -> int:
@@ -299,6 +335,11 @@ class LdapStore(ClosedOnExit):
                 changes["objectClass"] = [(ldap3.MODIFY_ADD, [OBJECT_CLASS])]
             try:
                 conn.modify(entry.dn, changes)  # type: ignore[no-untyped-call]
+            except LDAPNoSuchObjectResult:
+                # Deleted since the listing: nothing to flag, and no reason to fail the others.
+                log.info("%s is gone from the tree: nothing published for %s", entry.dn, address)
+                del self._entries[address]
+                continue
             except LDAPException as exc:
                 raise StoreError(f"cannot publish to {entry.dn}: {exc}") from exc
             entry.object_classes.add(OBJECT_CLASS.lower())
