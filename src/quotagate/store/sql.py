@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,9 +63,42 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_Odd = tuple[str, str, object, str]  # a value not read: address, column, value, taken as
+
+_YES = frozenset({"y", "yes", "t", "true", "on"})
+_NO = frozenset({"n", "no", "f", "false", "off"})
+
+
+def _flag(value: object) -> bool | None:
+    """An enabled/``active`` column as tables keep it: a boolean (PostgreSQL), a number (MySQL,
+    SQLite: 0 is off), or text (``Y``/``N``, ``t``/``f``, yes/no, on/off, digits); NULL is on.
+    None for anything else."""
+    if value is None or isinstance(value, bool):
+        return value is None or value
+    text = str(value).strip().lower()
+    if text in _YES or text in _NO:
+        return text in _YES
+    number = _number(value)
+    return None if number is None else number != 0
+
+
 def _active(value: object) -> bool:
-    """An enabled/``active`` column: a boolean (PostgreSQL) or 0/1 (MySQL, SQLite); NULL is enabled."""
-    return value is None or bool(int(value))  # type: ignore[call-overload]
+    """:func:`_flag`, a value it cannot read being on (as NULL is)."""
+    return _flag(value) is not False
+
+
+def _number(value: object) -> Decimal | None:
+    """A quota or count column's value: an integer, a decimal or a float, or one written as
+    text; NULL or empty is 0. None for anything else (``500M``, NaN)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    try:
+        number = Decimal(str(value).strip() or "0")
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
 
 
 def _quota2_table(name: str) -> Table:
@@ -95,6 +129,7 @@ class SqlStore(ClosedOnExit):
         self._admin_table: Table | None = None
         self._quota2_room: int | None = None
         self._said_mixed = False
+        self._said_odd: set[tuple[str, str]] = set()  # (address, column) with a value said unreadable
         self._alias_tables: tuple[Table, Table | None] | None = None
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -424,6 +459,7 @@ class SqlStore(ClosedOnExit):
             query = query.where(self._key_matches(t, address))
         found = []
         mixed = []
+        odd: list[_Odd] = []
         for row in conn.execute(query):
             m = row._mapping
             raw = m[names.address] if names.address else f"{m[names.local_part]}@{m[names.domain]}"
@@ -434,11 +470,14 @@ class SqlStore(ClosedOnExit):
                 continue
             if key != str(raw):
                 mixed.append(key)
-            quota = int(m[names.quota] or 0) * names.quota_unit if names.quota else 0
-            messages = int(m[names.messages] or 0) if names.messages else 0
-            enabled = _active(m[names.enabled]) if names.enabled else True
+            quota = self._amount(m, names.quota, names.quota_unit, key, odd)
+            messages = self._amount(m, names.messages, 1, key, odd)
+            enabled = _flag(m[names.enabled]) if names.enabled else True
+            if enabled is None:
+                odd.append((key, names.enabled, m[names.enabled], "enabled"))
             path = (m[names.path] or None) if names.path else None
-            found.append(Mailbox(key, Limits(max(quota, 0), max(messages, 0)), enabled, path))
+            found.append(Mailbox(key, Limits(max(quota, 0), max(messages, 0)), enabled is not False, path))
+        self._say_odd(odd)
         if mixed and address is None and not self._said_mixed:
             self._said_mixed = True  # once a process: the daemon reads the table at every refresh
             log.warning(
@@ -450,6 +489,39 @@ class SqlStore(ClosedOnExit):
                 ", ".join(sorted(mixed)[:5]),
             )
         return found
+
+    @staticmethod
+    def _amount(row: Mapping[Any, Any], column: str, unit: int, key: str, odd: list[_Odd]) -> int:
+        """A limit in bytes (or messages) from ``column`` counted in ``unit`` (``quota_unit``:
+        0.5 in a column of gigabytes is 512M, not 0); 0 (unlimited) for no column, and for a
+        value that is not a number, which goes to ``odd``."""
+        if not column:
+            return 0
+        number = _number(row[column])
+        if number is None:
+            odd.append((key, column, row[column], "unlimited"))
+            return 0
+        return int(number * unit)
+
+    def _say_odd(self, odd: list[_Odd]) -> None:
+        """Values the table holds that quotagate cannot read, each said once a process (the
+        daemon reads the table at every refresh): the scan goes on with the rest."""
+        new = [o for o in odd if (o[0], o[1]) not in self._said_odd]
+        if not new:
+            return
+        self._said_odd.update((address, column) for address, column, _, _ in new)
+        shown = "; ".join(
+            f"{address}: {column} {value!r}, taken as {taken}" for address, column, value, taken in new[:5]
+        )
+        more = f" (and {len(new) - 5} more)" if len(new) > 5 else ""
+        log.warning(
+            "%d values in %s are not what quotagate reads there (a number; for an enabled column also"
+            " yes/no, Y/N, t/f, on/off): %s%s",
+            len(new),
+            self.table.table,
+            shown,
+            more,
+        )
 
     def _publish_flags(self, conn: Connection, flags: Mapping[str, bool]) -> None:
         """Set the admin's over-quota flag for the mailboxes whose flag changed, and only those."""
