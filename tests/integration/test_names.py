@@ -8,6 +8,8 @@ record, and markup: such a path is refused, so its usage is unknown and the reas
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -115,3 +117,30 @@ def test_log_records_are_one_line_each(config: Path, tmp_path: Path, journal: bo
     stamp = "" if journal else r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     record = re.compile(rb"^" + stamp.encode() + rb"quotagate: [A-Z]+: ")
     assert lines and all(record.match(line) for line in lines), lines
+
+
+def test_a_name_in_a_reason_is_escaped_once_and_exact_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: a user plants a symlinked folder ``.\\x1b[31mred`` (never followed); the scan
+    measures the mailbox without it and names it in the reason.
+    Expected: the CSV shows it escaped once (``.\\x1b[31mred``), as the README promises ("reads
+    back exactly"), and JSON, "the exact form", holds the name itself. (Before, the scanner
+    escaped it when writing the reason and every output again: ``.\\\\x1b[31mred``, a folder
+    literally named with a backslash; JSON held the escaped text.)"""
+    spool = tmp_path / "spool"
+    maildir = maildir_folder(spool / "example.org" / "full" / "Maildir")
+    add_message(maildir, 2000)
+    os.symlink("/etc", os.fsencode(maildir) + b"/.\x1b[31mred")
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[spool]\nroot = "{spool}"\n')
+    assert main(["--config", str(config), "mailbox", "add", "full@example.org", "--quota", "1M"]) == 0
+    assert main(["--config", str(config), "scan"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "report", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert "\x1b" not in out and row["reason"].endswith(": .\\x1b[31mred"), out
+    assert main(["--config", str(config), "report", "--format", "json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["reason"].endswith(": .\x1b[31mred"), entry["reason"]

@@ -11,7 +11,6 @@ from typing import Literal, NamedTuple
 
 from quotagate.accounting import FILES, Profile, SizeRule, virtual_size
 from quotagate.model import FolderUsage
-from quotagate.text import printable
 from quotagate.usage import safefs
 from quotagate.usage.extents import data_chunks
 from quotagate.usage.names import display_name, size_from_name, unique_part
@@ -195,9 +194,10 @@ def _symlink_problem(names: list[str]) -> list[str]:
 
 
 def some(names: list[str], most: int = 5) -> str:
-    """Up to ``most`` names, each shown safely (undecodable bytes and control characters
-    escaped), and how many more."""
-    shown = ", ".join(printable(display_name(n)) for n in sorted(names)[:most])
+    """Up to ``most`` names (undecodable bytes as ``\\xNN``), and how many more. Control
+    characters are left for what shows the text to escape (the report, ``check``, the log): a
+    reason is stored as it is, and ``report --format json`` gives it exactly."""
+    shown = ", ".join(display_name(n) for n in sorted(names)[:most])
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
