@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from quotagate.config import Config
+from quotagate.config import Config, ConfigError
 from quotagate.forecast import Forecast, days_left, describe
 from quotagate.history import DAY
 from quotagate.mailer import MailError, Smtp, message, render
@@ -65,6 +65,12 @@ def run_warn(config: Config, store: Store, *, dry_run: bool = False, now: float 
     """Send (or with ``dry_run`` only list) the warnings due now; re-arm those usage fell below."""
     now = time.time() if now is None else now
     w = config.warn
+    if w.template_dir is not None and not w.template_dir.is_dir():
+        # Else every warning would go out in the built-in texts, and the admin learn it from a user.
+        raise ConfigError(
+            f"warn.template_dir: {printable(str(w.template_dir))} is not a directory (put the templates"
+            " there, or unset the key for the built-in texts)"
+        )
     mailboxes = [m for m in store.mailboxes() if m.enabled]
     readings = store.readings()
     predicted = forecasts(mailboxes, readings, store.history(now - config.history.forecast_days * DAY), now)

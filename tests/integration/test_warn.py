@@ -153,6 +153,25 @@ def test_dry_run_sends_and_records_nothing(setup: Setup, capsys: pytest.CaptureF
     assert setup.scan_and_warn() == [("a@example.org", "90%")]
 
 
+def test_a_template_dir_that_is_not_there_is_an_error_not_the_builtin_texts(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: [warn] template_dir names a directory that is not there (misspelt, never
+    deployed on this host); a warning is due.
+    Expected: exit 2 and one line naming the key, nothing sent, even with --dry-run. (Before,
+    the built-in English texts went out to every user instead of the site's own, without a word.)"""
+    setup.box("a", 1000, 900)
+    with setup.config.open("a") as config:
+        config.write(f'template_dir = "{tmp_path}/no-such-templates"\n')
+    assert setup.run("scan") == 0
+    capsys.readouterr()
+    for args in (["--dry-run"], []):
+        assert setup.run("warn", *args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("quotagate: warn.template_dir: ") and "is not a directory" in err and err.count("\n") == 1
+    assert setup.sink.take() == []
+
+
 def test_a_refused_send_is_tried_again_next_run(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     setup.box("a", 1000, 900)
     assert setup.run("scan") == 0
