@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -107,12 +108,7 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
     if path is None:
         yield False
         return
-    try:
-        before: bytes | None = path.read_bytes()
-    except FileNotFoundError:
-        before = None
-    except OSError as exc:
-        raise PublishError(f"cannot read the published file {path}: {exc.strerror or exc}") from None
+    before = _previous(path)
     changed = publish_file(path, over, own)
     try:
         yield changed
@@ -120,6 +116,36 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
         if changed:
             _put_back(path, before)
         raise
+
+
+_MOST_KEPT = 256 << 20  # a previous file kept to be put back: millions of addresses
+# What the file's directory may hold at its name that is not one to put back: replaced, never read.
+_NOT_PLAIN = frozenset({errno.ELOOP, errno.EINVAL, errno.EPERM})
+
+
+def _previous(path: Path) -> bytes | None:
+    """The published file as it is before this publish, to put back should the store's commit
+    fail; None for none. Read through its directory without following a symlink or blocking:
+    another user may own the directory and put a FIFO, a symlink (to /dev/zero, to a file
+    only root may read) or a hard link at the name, which is replaced and not put back."""
+    try:
+        with safefs.admins_directory(path.parent) as directory:
+            found = safefs.read_with_stat(path.name, directory, _MOST_KEPT + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in _NOT_PLAIN:
+            log.warning(
+                "%s is not a plain file (%s): replaced, and not put back should the store fail", path, exc.strerror
+            )
+            return None
+        raise PublishError(f"cannot read the published file {path}: {exc.strerror or exc}") from None
+    if found is None:
+        return None
+    if len(found[0]) > _MOST_KEPT:
+        log.warning("%s holds more than %d bytes: not kept to be put back should the store fail", path, _MOST_KEPT)
+        return None
+    return found[0]
 
 
 def _put_back(path: Path, before: bytes | None) -> None:

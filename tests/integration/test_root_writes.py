@@ -1,6 +1,7 @@
-"""Files quotagate (root) writes beside a store the admin's own tools write, in a directory that
-belongs to those tools' user: the scan lock and the daemon's reservations file. Whatever that
-user puts at their names must not be followed, block, or be what root overwrites."""
+"""Files quotagate (root) writes in a directory that belongs to another user (the admin's tools
+beside a store, the MTA's beside the published file): the scan lock, the daemon's reservations
+file, the published over-quota set. Whatever that user puts at their names must not be
+followed, block, or be what root overwrites or copies."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from quotagate import publish
 from quotagate.cli import main
 from quotagate.policy import state
 from quotagate.policy.reservations import Reservations, Transaction
@@ -159,3 +161,44 @@ def test_a_lock_file_with_another_name_locks_and_is_not_written(tmp_path: Path) 
         with pytest.raises(LockHeld), scan_lock(lock):
             pass
     assert lock.read_text() == "kept\n"
+
+
+@as_root
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "hard link"])
+def test_what_stands_at_the_published_files_name_is_replaced_never_read(tmp_path: Path, planted: str) -> None:
+    """Scenario: [publish] file lies in a directory of another user, who puts a FIFO, a symlink
+    to a file only root may read, or a hard link to it at the file's name; the store then fails
+    to commit the set just published.
+    Expected: the publish neither blocks nor reads through it, and the file put back is not
+    that file's content. (Before, the old file was read by its path to be put back: a FIFO hung
+    every scan and watch's publishing for ever, holding the scan lock; a symlink had root copy
+    the file it leads to into the published file, mode 0644.)"""
+    directory = tmp_path / "exim"
+    directory.mkdir()
+    os.chown(directory, NOBODY, NOBODY)
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    published = directory / "overquota"
+    if planted == "fifo":
+        os.mkfifo(published)
+    elif planted == "symlink":
+        published.symlink_to(secret)
+    else:
+        os.link(secret, published)
+    done: list[bool] = []
+
+    def publish_then_fail() -> None:
+        with pytest.raises(RuntimeError), publish.published_first(published, ["full@example.org"]):
+            raise RuntimeError("the store's commit failed")
+        done.append(True)
+
+    worker = threading.Thread(target=publish_then_fail, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # a reader stuck on the FIFO: let it go before failing
+        os.close(os.open(published, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"publishing over a {planted} hung")
+    assert done
+    assert not published.exists() or SECRET not in published.read_text()
+    assert secret.read_text() == SECRET
