@@ -441,8 +441,8 @@ class PolicyConfig(_Section, frozen=True):
     # Usage older than this (seconds since the last scan, watch cycle or maildirsize read that
     # covered the mailbox) is not believed: the store is down, watch dead or scans failing. DUNNO.
     max_usage_age: Annotated[float, Meta(gt=0)] = 900
-    # Seconds a maildirsize read (in the reader process) may take before the request gets DUNNO:
-    # a FIFO or a dead NFS mount must not hold an answer.
+    # Seconds a maildirsize read (in the reader process) may take before the mailbox's last
+    # reading decides: a FIFO or a dead NFS mount must not hold an answer.
     file_timeout: Annotated[float, Meta(gt=0)] = 0.5
     drain_seconds: Annotated[float, Meta(ge=0)] = 5
     # Prometheus metrics on "HOST:PORT"; "" turns them off.

@@ -119,9 +119,13 @@ def counted_asks(files: FileReads) -> list[str]:
     return asked
 
 
-def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
+def test_a_fifo_maildirsize_is_decided_on_the_last_reading_and_the_others_are_read_as_usual(
     serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
+    """Scenario: full's owner makes its maildirsize a FIFO (as a dead mount would leave it
+    unreadable). Expected: full is decided on its last reading (over: refused), at once, and
+    the others' files are read as usual. (Before, the answer was DUNNO: an over-quota user took
+    mail again by spoiling their own file; a symlink or a second hard link did the same.)"""
     site = with_maildirsize(tmp_path)
     fifo = maildirsize(site, "full")
     fifo.unlink()
@@ -130,7 +134,7 @@ def test_a_fifo_maildirsize_gets_dunno_and_the_others_are_read_as_usual(
     # roomy's maildirsize now says it is nearly full: a size that fits the scan no longer does.
     maildirsize(site, "roomy").write_text(f"{QUOTA}S\n{ROOMY_USED} 1\n{QUOTA - ROOMY_USED - 100} 1\n")
     answer, seconds = timed(s, request(FULL))
-    assert answer == DUNNO
+    assert answer == REJECT
     for _ in range(3):
         answer, seconds = timed(s, request(ROOMY, 200))
         assert answer == too_big(200)

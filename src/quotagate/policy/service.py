@@ -633,9 +633,14 @@ class PolicyService:
         """
         snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
         if isinstance(live, Unreadable):
+            # Its owner can make it so at will (a FIFO, a symlink, a second link), as a dead
+            # mount can: the last reading decides, as without live reads (a mailbox that was over
+            # stays over; none, or one too old, is DUNNO), never the owner's say-so.
             self.metrics.unreadable.inc()
-            self._unreadable_log.warning("maildirsize of %s: %s: DUNNO", mailbox.address, live.reason)
-            return Outcome(mailbox.address, Decision(Action.DUNNO, f"maildirsize: {live.reason}"), None)
+            self._unreadable_log.warning(
+                "maildirsize of %s: %s: deciding on the last reading", mailbox.address, live.reason
+            )
+            live = None
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
         if target.left_out and limits is None:
             # The delivery agent saves into a folder left out of the quota with no check at all
