@@ -293,7 +293,7 @@ class Daemon:
     async def _start_tracking(self) -> Watcher:
         """[watch] enabled: usage kept fresh from file-system events, inside the daemon."""
         started = time.time()
-        watcher = Watcher(self.config, store_for(self.config.store), on_end=self._tracking_ended)
+        watcher = Watcher(self.config, store_for(self.config.store), on_end=self._tracking_ended, tell=self._notify)
         try:
             tracker = await watcher.start()
         except BaseException:

@@ -43,7 +43,7 @@ from quotagate.errors import StartupError
 from quotagate.policy.daemon import WorkerRole
 from quotagate.policy.fleetmetrics import FleetCollector
 from quotagate.policy.listeners import Listener, bind_listeners, close_all, serve_metrics
-from quotagate.sdnotify import notify, watchdog_interval
+from quotagate.sdnotify import MORE_TIME, more_time, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,11 @@ class Supervisor:
         """Every worker up and ready, or a StartupError (the first one's exit status)."""
         for index in range(self.count):
             self._spawn(index)
+        asked = 0.0
         while not all(w.ready for w in self.workers.values()):
+            if time.monotonic() - asked >= MORE_TIME / 3:  # the first worker's first scan may be long
+                notify(more_time())
+                asked = time.monotonic()
             if signal.SIGTERM in self._signals or signal.SIGINT in self._signals:
                 raise StartupError("stopped while the workers were starting")
             for worker in self._reap(stopping=True):

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 
 from quotagate.config import Config
-from quotagate.sdnotify import notify
+from quotagate.sdnotify import asking_more_time, notify
 from quotagate.store import Store
 from quotagate.watch.runner import StorePublisher, follow_directory, rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
@@ -22,11 +22,21 @@ class Watcher:
 
     ``directory``: follow mailboxes added to or removed from the directory (``serve`` does that
     with its own refreshes). ``on_end``: called with each task that ends, cancelled or failed.
+    ``tell``: where systemd's messages go while it starts.
     """
 
-    def __init__(self, config: Config, store: Store, *, directory: bool = False, on_end: TaskEnded | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        directory: bool = False,
+        on_end: TaskEnded | None = None,
+        tell: Callable[[str], object] = notify,
+    ):
         self.config = config
         self.store = store
+        self.tell = tell  # systemd's notify, or a worker's report to its supervisor
         self.directory = directory
         self.on_end = on_end
         self.tracker: Tracker | None = None
@@ -36,7 +46,8 @@ class Watcher:
     async def start(self) -> Tracker:
         """Prime the tracker with an incremental scan, then start its tasks; they first run at the
         caller's next ``await``, so it can hook into the tracker before any event reaches it."""
-        tracker, publisher = await start_tracker(self.config, self.store)
+        async with asking_more_time(self.tell):  # the first scan may outlast TimeoutStartSec
+            tracker, publisher = await start_tracker(self.config, self.store)
         self.tracker, self.publisher = tracker, publisher
         work = [tracker.run(), rescan_forever(self.config, self.store, tracker, publisher)]
         if self.directory:
