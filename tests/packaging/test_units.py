@@ -49,6 +49,18 @@ def test_the_publish_file_directory_stays_writable(name: str) -> None:
     assert "-/etc/exim4" in unit["ReadWritePaths"][0].split()
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_starts_after_the_network_and_a_local_store_server(name: str) -> None:
+    """Scenario: boot with the store on this host's PostgreSQL, MariaDB or slapd. Expected: every
+    service that opens the store starts after them and after the network is up. (Before, the
+    scan loop, scan and warn did not wait for the store: their first round at boot failed; serve
+    waited only for network.target, not for a listen address to be up.)"""
+    unit = settings(SOURCE / name)
+    after = unit["After"][0].split()
+    assert {"network-online.target", "postgresql.service", "mariadb.service", "slapd.service"} <= set(after)
+    assert unit["Wants"] == ["network-online.target"]
+
+
 def test_serve_and_watch_tell_systemd_when_ready_and_serve_feeds_the_watchdog() -> None:
     serve, watch = settings(SOURCE / "quotagate.service"), settings(SOURCE / "quotagate-watch.service")
     assert serve["Type"] == watch["Type"] == ["notify"]
