@@ -17,7 +17,7 @@ from msgspec.structs import replace
 from quotagate.model import State
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
-from tests.integration.test_policy_service import FULL, World
+from tests.integration.test_policy_service import FULL, World, message
 
 
 def _fifo(path: Path) -> None:
@@ -59,3 +59,31 @@ def test_an_over_quota_mailbox_whose_maildirsize_is_spoiled_is_still_refused(
     spoil(root / "maildirsize")
     answer = world.ask("alice@example.org", 100)
     assert answer == FULL, f"an over-quota mailbox whose owner spoiled its maildirsize got {answer!r}"
+
+
+def test_a_mailbox_the_daemon_read_over_stays_refused_when_its_owner_spoils_the_file(tmp_path: Path) -> None:
+    """Scenario: alice (quota 1000) holds 500 bytes at the scan; her maildirsize agrees, so the
+    daemon reads it live. A 1000-byte delivery lands after the scan (the file now says 1500): the
+    daemon reads that and refuses her (552). She then replaces her maildirsize with a FIFO.
+    Expected: still refused: the last value the daemon read from the file said over.
+    Before the fix: DUNNO. The unreadable file fell back to the store's reading from the scan
+    (500, under): a mailbox that filled up since the last scan took mail again whenever its
+    owner spoiled the file, until the next scan."""
+    world = World(tmp_path)
+    world.config = replace(world.config, scan=replace(world.config.scan, racy_seconds=0))
+    world.service = PolicyService(world.config, Metrics(), clock=lambda: world.now)
+    world.add("alice", 1000, 500)
+    root = world.maildir("alice")
+    (root / "maildirsize").write_text("1000S\n500 1\n")
+    world.scan()
+    assert world.ask("alice@example.org") == "action=DUNNO"
+
+    message(root, "2.M2.alice", 1000)  # a delivery after the scan, counted by the delivery agent
+    with (root / "maildirsize").open("a") as f:
+        f.write("1000 1\n")
+    assert world.ask("alice@example.org") == FULL  # the daemon knows she is over
+
+    (root / "maildirsize").unlink()
+    os.mkfifo(root / "maildirsize")
+    answer = world.ask("alice@example.org")
+    assert answer == FULL, f"a mailbox the daemon last read over quota got {answer!r} once its owner spoiled the file"

@@ -24,13 +24,13 @@ from quotagate.usage.safefs import Node, Roots
 @dataclass(frozen=True)
 class Unreadable:
     """A maildirsize that is there but could not be read safely (a FIFO, a timeout, EACCES):
-    this mailbox's usage is unknown for this request."""
+    the last value read from it, else the stored reading, decides (PolicyService._decide)."""
 
     reason: str
 
 
 # What a live read gives: current usage, None (no maildirsize to go by: use the stored usage),
-# or Unreadable (the mailbox is unknown for now).
+# or Unreadable (not read now: the last value read decides).
 Live: TypeAlias = Usage | Unreadable | None
 
 

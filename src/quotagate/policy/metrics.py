@@ -144,7 +144,8 @@ class Metrics:
 
         self.unreadable = Counter(
             "quotagate_policy_unreadable",
-            "Requests answered DUNNO because the mailbox's maildirsize could not be read in time or safely",
+            "Checks whose mailbox's maildirsize could not be read in time or safely: decided on the last"
+            " value read from it, else the stored reading",
             registry=self.registry,
         )
         self.claims_below_files = Counter(

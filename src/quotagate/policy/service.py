@@ -203,6 +203,9 @@ class PolicyService:
         )
         self._stale_log = Throttled(log)
         self._unreadable_log = Throttled(log)
+        # Maildir path -> the last value read from its maildirsize: what decides once the file
+        # can no longer be read. One a mailbox, kept for the daemon's life.
+        self._last_read: dict[str, Usage] = {}
         # Set when usage is tracked live: told of a local delivery (Exim's event_action).
         self.delivery_hint: Callable[[str], bool] | None = None
         self._echoes = Echoes()
@@ -634,13 +637,16 @@ class PolicyService:
         snapshot, mailbox, folder = target.snapshot, target.mailbox, target.folder
         if isinstance(live, Unreadable):
             # Its owner can make it so at will (a FIFO, a symlink, a second link), as a dead
-            # mount can: the last reading decides, as without live reads (a mailbox that was over
-            # stays over; none, or one too old, is DUNNO), never the owner's say-so.
+            # mount can: the last value read from it (else the stored reading) decides, as of its
+            # read (a mailbox that was over stays over; one too old is DUNNO), never the owner's
+            # say-so.
             self.metrics.unreadable.inc()
             self._unreadable_log.warning(
                 "maildirsize of %s: %s: deciding on the last reading", mailbox.address, live.reason
             )
-            live = None
+            live = None if target.live is None else self._last_read.get(target.live.path)
+        elif isinstance(live, Usage) and target.live is not None:
+            self._last_read[target.live.path] = live
         limits, usage = self._limits_and_usage(snapshot, mailbox, folder, live, target.lowered)
         if target.left_out and limits is None:
             # The delivery agent saves into a folder left out of the quota with no check at all
@@ -690,7 +696,7 @@ class PolicyService:
                 # This client already holds its share of the mailbox's room before DATA: letting
                 # more in without holding it would let it overfill the mailbox; try again later.
                 decision = Decision(Action.DEFER, "the client holds its share of this mailbox", decision.numbers)
-                if stage == "data":  # refused with PRDR: no copy, nor its room
+                if stage == "data":  # with PRDR refused: no copy, nor its room
                     self.reservations.let_go(transaction, mailbox.address, copy)
                     if not per_recipient:  # it fits: it lands if the message goes to the others
                         self._set_aside(judge, transaction, mailbox.address, copy, folder, s, now)
@@ -765,7 +771,7 @@ class PolicyService:
         self,
         target: _Target,
         size: int | None,
-        live: Live,
+        live: Usage | None,
         transaction: Transaction,
         limits: Limits | None,
         usage: Usage | None,
@@ -777,7 +783,7 @@ class PolicyService:
         """The check as the shared ledger weighs it: the whole mailbox's usage (which a storage
         host's fresher one may replace) and, for local+folder, the folder's rule and usage; at
         DATA, in place of what the transaction holds (see :meth:`_decide`)."""
-        if usage is None or isinstance(live, Unreadable):
+        if usage is None:
             return None
         whole = usage if limits is None else self._limits_and_usage(target.snapshot, target.mailbox, None, live)[1]
         if whole is None:
