@@ -46,6 +46,7 @@ from quotagate.model import (
     ScanSummary,
     State,
 )
+from quotagate.sizes import MAX_COUNT
 from quotagate.store import rows, schema
 from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
@@ -71,15 +72,27 @@ _NO = frozenset({"n", "no", "f", "false", "off"})
 
 def _flag(value: object) -> bool | None:
     """An enabled/``active`` column as tables keep it: a boolean (PostgreSQL), a number (MySQL,
-    SQLite: 0 is off), or text (``Y``/``N``, ``t``/``f``, yes/no, on/off, digits); NULL is on.
-    None for anything else."""
+    SQLite: 0 is off; MySQL's BIT(1) as bytes), or text (``Y``/``N``, ``t``/``f``, yes/no, on/off,
+    digits); NULL and empty are on, as an empty cell of ``mailbox import`` is. None for anything
+    else."""
     if value is None or isinstance(value, bool):
         return value is None or value
+    value = _text_of(value)
     text = str(value).strip().lower()
-    if text in _YES or text in _NO:
-        return text in _YES
+    if not text or text in _YES or text in _NO:
+        return not text or text in _YES
     number = _number(value)
     return None if number is None else number != 0
+
+
+def _text_of(value: object) -> object:
+    """Bytes as a column gives them (MySQL's BIT, VARBINARY): digits as text, else a big-endian
+    number (BIT(1)'s b'\\x01'). Anything else as it is."""
+    if not isinstance(value, bytes | bytearray):
+        return value
+    if value.strip().isdigit():
+        return value.decode("ascii")
+    return int.from_bytes(value, "big") if len(value) <= 8 else value
 
 
 def _active(value: object) -> bool:
@@ -92,6 +105,7 @@ def _number(value: object) -> Decimal | None:
     text; NULL or empty is 0. None for anything else (``500M``, NaN)."""
     if value is None:
         return Decimal(0)
+    value = _text_of(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return Decimal(value)
     try:
@@ -494,14 +508,15 @@ class SqlStore(ClosedOnExit):
     def _amount(row: Mapping[Any, Any], column: str, unit: int, key: str, odd: list[_Odd]) -> int:
         """A limit in bytes (or messages) from ``column`` counted in ``unit`` (``quota_unit``:
         0.5 in a column of gigabytes is 512M, not 0); 0 (unlimited) for no column, and for a
-        value that is not a number, which goes to ``odd``."""
+        value that is not a number or is past 2^63 - 1, which goes to ``odd``."""
         if not column:
             return 0
         number = _number(row[column])
-        if number is None:
+        amount = None if number is None else int(number * unit)
+        if amount is None or amount > MAX_COUNT:  # more than any store, or the daemon, keeps
             odd.append((key, column, row[column], "unlimited"))
             return 0
-        return int(number * unit)
+        return amount
 
     def _say_odd(self, odd: list[_Odd]) -> None:
         """Values the table holds that quotagate cannot read, each said once a process (the
