@@ -6,8 +6,8 @@ import errno
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from quotagate.usage import safefs
@@ -102,57 +102,79 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
     """Publish the over-quota set, then run the block: the store's commit of the same set.
 
     The file is written first so that a failure to write it (PublishError) leaves the store as it
-    was; when the block fails, the file's previous content is put back. Either way the MTA's two
-    views (the store's flags, the file) agree. Yields whether the file changed.
+    was; when the block fails, what stood at its name before is put back. Either way the MTA's
+    two views (the store's flags, the file) agree. Yields whether the file changed.
     """
     if path is None:
         yield False
         return
-    before = _previous(path)
-    changed = publish_file(path, over, own)
-    try:
-        yield changed
-    except BaseException:
-        if changed:
-            _put_back(path, before)
-        raise
+    content = render(over, own).encode()
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            unchanged = _holds(path, content)  # then nothing to write, nor to put back
+            if not unchanged:
+                put_back = stack.enter_context(_previous_kept(path))
+                write_atomically(path, content)
+        except OSError as exc:
+            raise PublishError(f"cannot publish the over-quota set to {path}: {exc.strerror or exc}") from None
+        if unchanged:
+            yield False
+            return
+        try:
+            yield True
+        except BaseException:
+            put_back()
+            raise
 
 
-_MOST_KEPT = 256 << 20  # a previous file kept to be put back: millions of addresses
-# What the file's directory may hold at its name that is not one to put back: replaced, never read.
-_NOT_PLAIN = frozenset({errno.ELOOP, errno.EINVAL, errno.EPERM})
+def _holds(path: Path, content: bytes) -> bool:
+    """Whether the plain file at ``path`` holds ``content`` (read without following or blocking)."""
+    with safefs.admins_directory(path.parent) as directory:
+        try:
+            return safefs.read_regular(path.name, directory, len(content) + 1) == content
+        except OSError:
+            return False
 
 
-def _previous(path: Path) -> bytes | None:
-    """The published file as it is before this publish, to put back should the store's commit
-    fail; None for none. Read through its directory without following a symlink or blocking:
-    another user may own the directory and put a FIFO, a symlink (to /dev/zero, to a file
-    only root may read) or a hard link at the name, which is replaced and not put back."""
-    try:
-        with safefs.admins_directory(path.parent) as directory:
-            found = safefs.read_with_stat(path.name, directory, _MOST_KEPT + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in _NOT_PLAIN:
-            log.warning(
-                "%s is not a plain file (%s): replaced, and not put back should the store fail", path, exc.strerror
-            )
-            return None
-        raise PublishError(f"cannot read the published file {path}: {exc.strerror or exc}") from None
-    if found is None:
-        return None
-    if len(found[0]) > _MOST_KEPT:
-        log.warning("%s holds more than %d bytes: not kept to be put back should the store fail", path, _MOST_KEPT)
-        return None
-    return found[0]
+# What stands at the name cannot have a second name: a directory, a file system without links.
+_NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
 
-def _put_back(path: Path, before: bytes | None) -> None:
-    try:
-        if before is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_atomically(path, before)
-    except OSError as exc:
-        log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)
+@contextmanager
+def _previous_kept(path: Path) -> Iterator[Callable[[], None]]:
+    """Whatever stands at the published file's name, kept under a second name in its directory
+    while the new file is published and the store commits; yields what puts it back (or, when
+    nothing stood there, removes the new file). Kept by a hard link made without following
+    anything: nothing is read, so a FIFO, a symlink or a hard link that another user (who may
+    own the directory) put at the name neither blocks nor leaks, and is put back as it was."""
+    keep = f".{path.name}.kept-{secrets.token_hex(6)}"
+    with safefs.admins_directory(path.parent) as directory:
+        try:
+            os.link(path.name, keep, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
+            kept: bool | None = True
+        except FileNotFoundError:
+            kept = False  # nothing to put back but the absence of a file
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise  # read-only, no room: the file cannot be published either
+            log.warning("cannot keep %s to put it back should the store fail: %s", path, exc.strerror or exc)
+            kept = None
+
+        def put_back() -> None:
+            try:
+                if kept:
+                    os.replace(keep, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+                elif kept is False:
+                    os.unlink(path.name, dir_fd=directory)
+                else:
+                    log.error("%s not put back as it was: it lists the new set, the store the old", path)
+            except OSError as exc:
+                log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)
+
+        try:
+            yield put_back
+        finally:
+            if kept:
+                with suppress(FileNotFoundError):
+                    os.unlink(keep, dir_fd=directory)

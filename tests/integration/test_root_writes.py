@@ -169,10 +169,10 @@ def test_what_stands_at_the_published_files_name_is_replaced_never_read(tmp_path
     """Scenario: [publish] file lies in a directory of another user, who puts a FIFO, a symlink
     to a file only root may read, or a hard link to it at the file's name; the store then fails
     to commit the set just published.
-    Expected: the publish neither blocks nor reads through it, and the file put back is not
-    that file's content. (Before, the old file was read by its path to be put back: a FIFO hung
-    every scan and watch's publishing for ever, holding the scan lock; a symlink had root copy
-    the file it leads to into the published file, mode 0644.)"""
+    Expected: the publish neither blocks nor reads through it, and what is put back is that
+    very FIFO, symlink or link, not a copy of what it leads to. (Before, the old file was read by
+    its path to be put back: a FIFO hung every scan and watch's publishing for ever, holding the
+    scan lock; a symlink had root copy the file it leads to into the published file, mode 0644.)"""
     directory = tmp_path / "exim"
     directory.mkdir()
     os.chown(directory, NOBODY, NOBODY)
@@ -186,6 +186,7 @@ def test_what_stands_at_the_published_files_name_is_replaced_never_read(tmp_path
         published.symlink_to(secret)
     else:
         os.link(secret, published)
+    before = os.lstat(published)
     done: list[bool] = []
 
     def publish_then_fail() -> None:
@@ -200,5 +201,25 @@ def test_what_stands_at_the_published_files_name_is_replaced_never_read(tmp_path
         os.close(os.open(published, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail(f"publishing over a {planted} hung")
     assert done
-    assert not published.exists() or SECRET not in published.read_text()
+    after = os.lstat(published)  # put back as it was: the very same thing, never read or copied
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
     assert secret.read_text() == SECRET
+    assert [p.name for p in directory.iterdir()] == ["overquota"]  # nothing left beside it
+
+
+def test_an_admins_hard_linked_file_is_put_back_when_the_store_fails(tmp_path: Path) -> None:
+    """Scenario: [publish] file in the admin's own directory, an ordinary file listing
+    old@example.org that also has a second hard link (the admin's ``ln overquota
+    overquota.bak``, or a backup/etckeeper copy made by link); a scan publishes, then the
+    store's commit fails.
+    Expected: the old file is put back at the published name (Exim's ``lsearch`` of a missing
+    file is a lookup error, which defers mail).
+    Before the fix (an earlier version of this session's): the hard-linked file was refused as
+    "not a plain file", taken for no file at all, and the new one unlinked: no file was left."""
+    published = tmp_path / "overquota"
+    published.write_text("old@example.org\n")
+    os.link(published, tmp_path / "overquota.bak")
+    with pytest.raises(RuntimeError), publish.published_first(published, ["full@example.org"]):
+        raise RuntimeError("the store's commit failed")
+    assert published.exists(), "the published file was deleted when the store's commit failed"
+    assert "old@example.org" in published.read_text()
