@@ -139,6 +139,14 @@ def test_a_subtree_referred_to_another_server_is_never_scanned_in_part(slapd: Sl
             store.mailboxes()
     finally:
         store.close()
+    # base itself a referral: refused too, never followed (that would bind elsewhere with the
+    # account's password); before, ldap3 followed it.
+    store = make_store(slapd, f"ou=branch,{tree}", tmp_path)
+    try:
+        with pytest.raises(StoreError, match=r"base is held by ldap://127\.0\.0\.1:1/"):
+            store.mailboxes()
+    finally:
+        store.close()
 
 
 def test_an_entry_deleted_since_the_last_listing_stops_no_other_flag(slapd: Slapd, tmp_path: Path) -> None:

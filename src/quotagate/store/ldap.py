@@ -24,6 +24,7 @@ from typing import Any, Literal
 import ldap3
 import msgspec
 from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
+from ldap3.core.results import RESULT_REFERRAL as _REFERRAL
 from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED as _SIZE_LIMIT_EXCEEDED
 from ldap3.core.results import RESULT_SUCCESS as _SUCCESS
 from ldap3.core.results import RESULT_TIME_LIMIT_EXCEEDED as _TIME_LIMIT_EXCEEDED
@@ -104,6 +105,9 @@ class LdapStore(ClosedOnExit):
                 bind_password(self.config) or None,
                 receive_timeout=self.config.timeout,
                 raise_exceptions=True,
+                # A referral is refused, never followed: that would bind to another server with
+                # this account's password, and act on a tree the admin did not name.
+                auto_referrals=False,
             )
             try:
                 conn.open()
@@ -200,6 +204,9 @@ class LdapStore(ClosedOnExit):
                 f"the server's time limit for {account} cut the listing short: raise it for that account "
                 "(OpenLDAP: an olcLimits rule for its DN with time=unlimited) or index the filter's attributes"
             )
+        elif code == _REFERRAL:
+            where = ", ".join(str(uri) for uri in result.get("referrals") or []) or "another server"
+            hint = f"base is held by {where}: point url at that server, or base at entries this one holds"
         else:
             hint = "the server did not complete the search"
         message = f": {result['message']}" if result.get("message") else ""
