@@ -23,6 +23,20 @@ from quotagate.scan import run_scan
 from tests.integration.test_policy_service import FULL, World
 
 
+def alice_trusted(tmp_path: Path, used: int) -> tuple[World, Path]:
+    """alice (quota 1000) holding ``used`` bytes, with a maildirsize that agrees, scanned (so the
+    daemon reads it live); returns the world and her Maildir."""
+    world = World(tmp_path)
+    # Stamps taken at once are kept (not "racy"): what a scan minutes after the delivery does.
+    world.config = replace(world.config, scan=replace(world.config.scan, racy_seconds=0))
+    world.service = PolicyService(world.config, Metrics(), clock=lambda: world.now)
+    world.add("alice", 1000, used)
+    root = world.maildir("alice")
+    (root / "maildirsize").write_text(f"1000S\n{used} 1\n")
+    world.scan()  # full scan: the maildirsize agrees with the files
+    return world, root
+
+
 def _rewrite_in_place(path: Path, text: str) -> None:
     """What ``printf '...' > maildirsize`` does: O_TRUNC on the same inode."""
     before = os.stat(path).st_ino
@@ -44,14 +58,7 @@ def test_a_maildirsize_lowered_in_place_after_a_scan_does_not_let_a_full_mailbox
     Expected: the mailbox stays refused (the files, which did not shrink, are over the limit);
     a live claim below what the files held is not believed under the ``files`` profile, or the
     scan notices the maildirsize changed."""
-    world = World(tmp_path)
-    # Stamps taken at once are kept (not "racy"): what a scan minutes after the delivery does.
-    world.config = replace(world.config, scan=replace(world.config.scan, racy_seconds=0))
-    world.service = PolicyService(world.config, Metrics(), clock=lambda: world.now)
-    world.add("alice", 1000, 1500)
-    root = world.maildir("alice")
-    (root / "maildirsize").write_text("1000S\n1500 1\n")
-    world.scan()  # full scan: over quota, maildirsize agrees with the files
+    world, root = alice_trusted(tmp_path, 1500)  # over quota
     assert world.ask("alice@example.org") == FULL
     reading = world.store.readings()["alice@example.org"]
     assert reading.state is State.OVER and reading.usage.maildirsize is not None

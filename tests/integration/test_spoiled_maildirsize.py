@@ -12,12 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from msgspec.structs import replace
 
 from quotagate.model import State
-from quotagate.policy.metrics import Metrics
-from quotagate.policy.service import PolicyService
-from tests.integration.test_policy_service import FULL, World, message
+from tests.integration.test_live_maildirsize_lie import alice_trusted
+from tests.integration.test_policy_service import FULL, message
 
 
 def _fifo(path: Path) -> None:
@@ -46,13 +44,7 @@ def test_an_over_quota_mailbox_whose_maildirsize_is_spoiled_is_still_refused(
     promises that a mailbox its owner makes unknown "that was over stays over".
     Before the fix: the live read failed (Unreadable) and the daemon answered DUNNO: alice's
     full mailbox took mail again whenever she liked."""
-    world = World(tmp_path)
-    world.config = replace(world.config, scan=replace(world.config.scan, racy_seconds=0))
-    world.service = PolicyService(world.config, Metrics(), clock=lambda: world.now)
-    world.add("alice", 1000, 1500)
-    root = world.maildir("alice")
-    (root / "maildirsize").write_text("1000S\n1500 1\n")
-    world.scan()
+    world, root = alice_trusted(tmp_path, 1500)
     assert world.store.readings()["alice@example.org"].state is State.OVER
     assert world.ask("alice@example.org", 100) == FULL
 
@@ -69,13 +61,7 @@ def test_a_mailbox_the_daemon_read_over_stays_refused_when_its_owner_spoils_the_
     Before the fix: DUNNO. The unreadable file fell back to the store's reading from the scan
     (500, under): a mailbox that filled up since the last scan took mail again whenever its
     owner spoiled the file, until the next scan."""
-    world = World(tmp_path)
-    world.config = replace(world.config, scan=replace(world.config.scan, racy_seconds=0))
-    world.service = PolicyService(world.config, Metrics(), clock=lambda: world.now)
-    world.add("alice", 1000, 500)
-    root = world.maildir("alice")
-    (root / "maildirsize").write_text("1000S\n500 1\n")
-    world.scan()
+    world, root = alice_trusted(tmp_path, 500)
     assert world.ask("alice@example.org") == "action=DUNNO"
 
     message(root, "2.M2.alice", 1000)  # a delivery after the scan, counted by the delivery agent

@@ -17,7 +17,7 @@ from tests.mta.test_exim_policy import site_for
 from tests.servers.daemon import PolicyDaemon, policy_daemon
 from tests.servers.exim import Exim
 from tests.servers.smtp_clients import body
-from tests.servers.smtp_raw import Raw, held
+from tests.servers.smtp_raw import Raw, held, offer
 
 ROOMY = f"roomy@{DOMAIN}"
 LIMIT = 100_000  # client_hold: 10% (the default), 10,000 bytes
@@ -94,12 +94,7 @@ def test_a_copy_capped_at_data_and_delivered_holds_its_room_in_flight(
     # Fits beside one copy (10 + 6,146 + 90,018 <= 100,000), not beside the two that landed
     # (10 + 12,292 + 90,018 > 100,000).
     big = body(90_000)
-    with Raw(exim.port, "127.0.0.42") as other:
-        assert other.cmd("EHLO other.test")[0] == 250
-        assert other.cmd(f"MAIL FROM:<other@example.net> SIZE={len(big)}")[0] == 250
-        rcpt = other.cmd(f"RCPT TO:<{ROOMY}>")
-        data = other.cmd("DATA")[0] == 354 and other.cmd(big + b".")
-        other.cmd("QUIT")
+    rcpt, data = offer(exim.port, "127.0.0.42", ROOMY, big)
     time.sleep(2)
     assert rcpt[0] != 250, (
         f"two copies landed ({copies}), {in_flight} bytes in flight; another client's "

@@ -20,7 +20,7 @@ from tests.servers.exim import owned_by_mail_user
 from tests.servers.postfix import Postfix, private_postfix
 from tests.servers.process import free_port
 from tests.servers.smtp_clients import body
-from tests.servers.smtp_raw import Raw, held
+from tests.servers.smtp_raw import held, offer
 from tests.spoolgen import maildir_folder
 
 ROOMY = "roomy@example.org"
@@ -94,12 +94,7 @@ def test_a_copy_capped_at_end_of_message_and_delivered_holds_its_room_in_flight(
 
     # Fits beside one copy (60 kB: 1,000,000 - 60,024 >= 910,018), not beside the two that landed.
     big = body(910_000)
-    with Raw(postfix.port, "127.0.0.52") as other:
-        assert other.cmd("EHLO other.test")[0] == 250
-        assert other.cmd(f"MAIL FROM:<other@example.net> SIZE={len(big)}")[0] == 250
-        rcpt = other.cmd(f"RCPT TO:<{ROOMY}>")
-        data = other.cmd("DATA")[0] == 354 and other.cmd(big + b".")
-        other.cmd("QUIT")
+    rcpt, data = offer(postfix.port, "127.0.0.52", ROOMY, big)
     total = sum(landed(postfix, 3))
     assert rcpt[0] != 250, (
         f"two copies landed ({copies}), {in_flight} bytes in flight; another client's SIZE={len(big)} "

@@ -57,6 +57,18 @@ class Raw:
         self.sock.close()
 
 
+def offer(port: int, source: str, recipient: str, message: bytes) -> tuple[tuple[int, str], tuple[int, str] | None]:
+    """Another client (from ``source``) offers ``message`` to ``recipient``, declaring its size:
+    the RCPT reply, and the reply to its end of data (None when DATA was not let in)."""
+    with Raw(port, source) as other:
+        assert other.cmd("EHLO other.test")[0] == 250
+        assert other.cmd(f"MAIL FROM:<other@example.net> SIZE={len(message)}")[0] == 250
+        rcpt = other.cmd(f"RCPT TO:<{recipient}>")
+        data = other.cmd(message + b".") if other.cmd("DATA")[0] == 354 else None
+        other.cmd("QUIT")
+    return rcpt, data
+
+
 def held(control: Path, address: str) -> list[dict[str, Any]]:
     """The daemon's reservations for ``address`` (held and in flight), through its control socket."""
     rows: list[dict[str, Any]] = ask_control(control, {"op": "list", "address": address})["reservations"]

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import (
-    Column,
-    MetaData,
-    Numeric,
-    SmallInteger,
-    String,
-    Table,
-    create_engine,
-    event,
-    inspect,
-    select,
-)
+from sqlalchemy import event, inspect, select
 
 from quotagate.model import (
     AliasDomains,
@@ -32,7 +20,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.store import StoreError, open_store, schema
-from quotagate.store.presets import PRESETS, mailbox_table
+from quotagate.store.presets import PRESETS
 from quotagate.store.sql import SqlStore
 from tests.servers import schemas
 from tests.store.backends import as_in_version_1
@@ -312,63 +300,3 @@ def test_a_version_1_store_upgrades_and_keeps_its_data(db_url: str) -> None:
         assert store.changes(first.stamp).mailboxes == []
     finally:
         store.close()
-
-
-def test_limits_and_flags_as_other_tables_spell_them(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Scenario: an admin's classic table keeps its quota in gigabytes as a DECIMAL (0.5 is half
-    a gigabyte; ``quota_unit = "1G"``), its enabled column as CHAR(1) holding Y or N, and one row
-    a quota written as text ("500M") and an enabled value no table means anything by ("?").
-    Expected: 0.5G is 512M and 1.5G 1536M, Y/N enabled and disabled; the two values quotagate
-    cannot read are named in one warning (once a process: the daemon reads the table at every
-    refresh), their mailbox taken as unlimited and enabled, and every other row is read. (Before,
-    0.5 was truncated to 0, unlimited, and 1.5 to 1G; Y, N and "500M" stopped every scan with a
-    traceback.)"""
-    table = Table(
-        "mailbox",
-        MetaData(),
-        Column("username", String(64), primary_key=True),
-        Column("domainname", String(255), primary_key=True),
-        Column("quota", Numeric(6, 2)),
-        Column("text_quota", String(20)),
-        Column("enabled", String(1)),
-        Column("overquota", SmallInteger, nullable=False, default=0),
-    )
-    engine = create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            table.create(conn)
-            conn.execute(
-                table.insert(),
-                [
-                    {"username": "half", "domainname": "example.org", "quota": Decimal("0.5"), "enabled": "Y"},
-                    {"username": "more", "domainname": "example.org", "quota": Decimal("1.5"), "enabled": "N"},
-                    {"username": "odd", "domainname": "example.org", "quota": None, "enabled": "?"},
-                ],
-            )
-    finally:
-        engine.dispose()
-    in_gigabytes = SqlStore(db_url, mailbox_table("classic", {"quota_unit": 1 << 30}))
-    as_text = SqlStore(db_url, mailbox_table("classic", {"quota": "text_quota"}))
-    engine = create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(table.update().where(table.c.username == "odd").values(text_quota="500M"))
-    finally:
-        engine.dispose()
-    try:
-        in_gigabytes.migrate()
-        with caplog.at_level("WARNING", logger="quotagate.store.sql"):
-            boxes = {m.address: m for m in in_gigabytes.mailboxes()}
-            texts = {m.address: m for m in as_text.mailboxes()}
-            as_text.mailboxes()
-        assert boxes["half@example.org"] == Mailbox("half@example.org", Limits(512 << 20), True)
-        assert boxes["more@example.org"] == Mailbox("more@example.org", Limits(1536 << 20), False)
-        assert boxes["odd@example.org"] == Mailbox("odd@example.org", Limits(), True)
-        assert texts["odd@example.org"].limits == Limits()
-    finally:
-        in_gigabytes.close()
-        as_text.close()
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said  # each store once, the second listing said nothing
-    assert "odd@example.org: enabled '?', taken as enabled" in said[0]
-    assert "odd@example.org: text_quota '500M', taken as unlimited" in said[1]
