@@ -13,6 +13,7 @@ from quotagate.cli.app import App, pass_app
 from quotagate.forecast import Forecast, describe, forecast
 from quotagate.history import DAY
 from quotagate.model import Action, Decision, Mailbox, Reading, State, Usage
+from quotagate.policy.codec import PolicyRequest
 from quotagate.policy.control import ControlError, ask
 from quotagate.policy.live import Snapshot, usage_age
 from quotagate.policy.metrics import Metrics
@@ -59,8 +60,10 @@ def _daemons_reservations(service: PolicyService, address: str, control: Path) -
             address,
             int(row["bytes"]),
             now - float(row["age"]),
-            now + service.reservations.seconds,
+            now + float(row.get("expires_in", service.reservations.seconds)),
             "flight" if row["state"] == "in flight" else "held",
+            # Seen delivered: a reading taken since includes it, and it no longer counts.
+            None if row.get("delivered_ago") is None else now - float(row["delivered_ago"]),
             copy=str(row.get("copy", "")),
             folder=str(row.get("folder", "")),
         )
@@ -110,6 +113,8 @@ def _explain(
     if reading.state is State.UNKNOWN or usage is None:
         lines.append(f"  usage     unknown: {printable(str(reading.reason))}")
         return lines
+    if reading.reason:  # measured, but not all of it; or kept at its last numbers
+        lines.append(f"  note      {printable(reading.reason)}")
     quota = format_size(limits.bytes) if limits.bytes else "unlimited"
     pct = f" ({100 * usage.bytes / limits.bytes:.1f}%)" if limits.bytes else ""
     lines.append(f"  usage     {format_size(usage.bytes)} of {quota}{pct} [{usage.bytes} bytes]")
@@ -124,6 +129,17 @@ def _explain(
     else:
         lines.append(f"  measured  {stamp}, {usage_age(usage, time.time()):.0f} s ago, from a {usage.source}")
     return lines
+
+
+def _declared(text: str) -> int | None:
+    """``--size`` as the daemon takes a SIZE=: digits by its rules (a negative one, Exim's -1, is
+    no size; past 2^53 - 1, that), else a size with a unit (10M)."""
+    digits = text.strip()
+    if digits.startswith("-") and digits[1:].isascii() and digits[1:].isdigit():
+        return None
+    if digits.isascii() and digits.isdigit():
+        return PolicyRequest({"size": digits}).size
+    return parse_size(digits)
 
 
 @click.command("check")
@@ -147,7 +163,7 @@ def _explain(
 def check(app: App, address: str, size: str | None, stage: Stage, mta: str) -> int:
     """The decision the daemon would give. Exit 0 accept, 1 reject/defer, 3 dunno, 2 error."""
     try:
-        declared = None if size is None else parse_size(size)
+        declared = None if size is None else _declared(size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
     if stage == "data" and declared is None:

@@ -23,8 +23,9 @@ from typing import Any, Protocol
 from quotagate.address import BadAddress, normalize
 from quotagate.errors import StartupError
 from quotagate.policy.listeners import bind_unix, close_all, unix_server_options
-from quotagate.policy.reservations import Reservations
+from quotagate.policy.reservations import Reservation, Reservations
 from quotagate.policy.state import listing
+from quotagate.usage.names import ascii_lower
 
 MAX_REQUEST = 4096
 # Reservations a listing shows at most, of this daemon's own (the oldest) and of the shared
@@ -52,6 +53,14 @@ class SharedRoom(Protocol):
         host that holds each. Raises :class:`SharedUnavailable`."""
 
 
+def _names(r: Reservation, address: str) -> bool:
+    """Whether ``address`` (lowered) is the reservation's mailbox or its copy's address: the
+    address the MTA's log shows for a copy (roomy+news@) lists it too."""
+    if r.mailbox == address:
+        return True
+    return bool(r.copy) and f"{ascii_lower(r.copy)}@{r.mailbox.rpartition('@')[2]}" == address
+
+
 async def handle(
     reservations: Reservations, request: dict[str, Any], now: float, shared: SharedRoom | None = None
 ) -> dict[str, Any]:
@@ -63,7 +72,8 @@ async def handle(
     except BadAddress as exc:
         return {"error": str(exc)}
     if op == "list":
-        chosen = list(reservations) if mailbox is None else [r for r in reservations if r.mailbox == mailbox]
+        reservations.expire(now)  # what the daemon no longer counts is not listed
+        chosen = list(reservations) if mailbox is None else [r for r in reservations if _names(r, mailbox)]
         # Built on the event loop: the oldest MAX_LISTED (in the order they were made), not a
         # million rows sorted and encoded while every check waits.
         answer: dict[str, Any] = {"reservations": listing(chosen[:MAX_LISTED], now)}

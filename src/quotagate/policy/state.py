@@ -177,6 +177,10 @@ def listing(reservations: Iterable[Reservation], now: float) -> list[dict[str, A
             "age": round(now - r.made_at, 1),
             "state": "in flight" if r.state == "flight" else "held",
             "delivered": r.delivered_at is not None,
+            # For `check`, to weigh the row as the daemon does: until when it counts, and since
+            # when a delivery of it was seen (a reading taken after that includes it).
+            "expires_in": round(r.expires_at - now, 1),
+            "delivered_ago": None if r.delivered_at is None else round(now - r.delivered_at, 1),
         }
         for r in sorted(reservations, key=lambda r: r.made_at)
     ]
