@@ -39,6 +39,8 @@ from tests.policy.conftest import (
     too_big,
     wait_until,
 )
+from tests.policy.test_data_cap import STRANGER, accepted
+from tests.policy.test_data_stage import exim_data
 from tests.policy.test_lowered_folders import ARCHIVE_RULE, MAILBOX, exim_rcpt, maildir, rescan
 from tests.policy.transactions import FITS, MESSAGE, rcpt
 from tests.servers.redis import RedisProcess, private_redis
@@ -601,3 +603,62 @@ def test_a_size_no_double_holds_exactly_breaks_no_shared_count(tmp_path: Path, r
     answers, errors = run(go())
     assert answers == [DUNNO] * 9 + [BUSY] * 2, answers
     assert errors == 0
+
+
+def _end_of(instance: str, client: str) -> bytes:
+    """What Exim's quotagate_end sends when the client's next MAIL or QUIT comes."""
+    return f"request=quotagate_end\ninstance={instance}\nclient_address={client}\n\n".encode()
+
+
+def test_a_copy_refused_at_data_for_room_others_hold_goes_in_flight_in_the_ledger(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    """Scenario: roomy has 9,000 bytes free and two other clients hold 4,000 each before DATA.
+    Through Exim without PRDR, a third client sends 6,000 bytes without SIZE= to roomy and to a
+    recipient quotagate does not know: roomy is refused at DATA only for the room the others
+    hold, the message is accepted for the other recipient, and roomy's copy lands too. The
+    others quit.
+    Expected: as with the daemon's own ledger, that copy's 6,000 bytes are in flight in Redis:
+    a 3,001-byte message no longer fits. (Before, Redis held nothing for it and let it in.)"""
+    site = make_site(tmp_path)
+    others = ["198.51.100.1", "198.51.100.2"]
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1", client_hold="100%") as a:
+            answers = [await a.ask(request(ROOMY, 4000, client=c, instance=f"o{n}")) for n, c in enumerate(others)]
+            answers.append(await a.ask(exim_data(ROOMY, 6000, instance="A")))
+            answers.append(await a.ask(exim_data(STRANGER, 6000, instance="A")))
+            answers.append(await a.ask(accepted("A", 6000)))
+            answers += [await a.ask(_end_of(f"o{n}", c)) for n, c in enumerate(others)]
+            await wait_until(lambda: a.ledger is None or a.ledger.settled)
+            answers.append(await a.ask(request(ROOMY, 3001, client="203.0.113.9", instance="late")))
+            answers.append(await a.ask(request(ROOMY, 3000, client="203.0.113.9", instance="fits")))
+            return answers
+
+    answers = run(go())
+    assert answers[:2] == [DUNNO, DUNNO] and answers[2] != DUNNO and answers[3:7] == [DUNNO] * 4, answers
+    assert answers[7:] == [BUSY, DUNNO], answers
+
+
+def test_a_copy_capped_at_data_still_goes_in_flight_in_the_ledger(tmp_path: Path, redis: RedisProcess) -> None:
+    """Scenario: one client may hold 1,000 bytes of roomy (client_hold 10%); without SIZE= it
+    sends one 700-byte message to roomy+a and roomy+b through Exim without PRDR: the second copy
+    passes its share at DATA and is deferred, but the message is accepted and both land.
+    Expected: 1,400 bytes in flight in Redis (a message of the room left less 1,400 fits, one
+    byte more does not). (Before, only the first copy's 700 were.)"""
+    site = make_site(tmp_path)
+    local, domain = ROOMY.split("@")
+    room = QUOTA - ROOMY_USED
+
+    async def go() -> list[bytes]:
+        async with daemon(site, redis.url, "mx1") as a:
+            answers = [await a.ask(exim_data(f"{local}+{tag}@{domain}", 700, instance="tx")) for tag in "ab"]
+            answers.append(await a.ask(accepted("tx", 700)))
+            await wait_until(lambda: a.ledger is None or a.ledger.settled)
+            for n, size in enumerate((room - 1400 + 1, room - 1400)):
+                answers.append(await a.ask(request(ROOMY, size, client="203.0.113.9", instance=f"x{n}")))
+            return answers
+
+    answers = run(go())
+    assert answers[0] == DUNNO and answers[1] != DUNNO and answers[2] == DUNNO, answers
+    assert answers[3:] == [BUSY, DUNNO], answers

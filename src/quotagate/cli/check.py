@@ -68,6 +68,7 @@ def _daemons_reservations(service: PolicyService, address: str, control: Path) -
             folder=str(row.get("folder", "")),
         )
         for row in rows
+        if row["state"] != "set aside"  # counted only once its message is accepted
     ]
     service.reservations.restore(held, now)
     return f"  reserved  {sum(r.bytes for r in held)} bytes in {len(held)} messages held by the daemon"

@@ -1,9 +1,12 @@
 -- quotagate's shared reservation ledger: one mailbox per call, atomically (see policy/shared.py).
 --
 -- KEYS (all carry the mailbox as hash tag):
---   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight", c=client, t=made, e=expires, d=delivered|0,
---                 g=the folder with limits of its own the copy is for, if any}
---   2 sum  hash  b, m (bytes and messages of every live reservation); cb:CLIENT, cm:CLIENT (held before DATA);
+--   1 res  hash  transaction (and the copy, after a NUL) -> cjson {b=bytes, s="held"|"flight"|"aside", c=client, t=made, e=expires,
+--                 d=delivered|0, g=the folder with limits of its own the copy is for, if any}; "aside": a copy refused
+--                 (or capped) at DATA of a message that may still be accepted for its other recipients, counted
+--                 nowhere until its transaction ends with data (then in flight) or without (then gone)
+--   2 sum  hash  b, m (bytes and messages of every live reservation); hb, hm (of those held before DATA);
+--                 cb:CLIENT, cm:CLIENT (held before DATA);
 --                 fb:FOLDER, fm:FOLDER (live ones for that folder); cb:CLIENT\0FOLDER, cm:... (held for it)
 --   3 exp  zset  transaction by expiry
 --   4 und  zset  in flight and not matched to a delivery yet, by size (smallest first)
@@ -33,7 +36,8 @@ local function sums_add(b, m, bytes, sign)  -- sums of bytes and messages that g
   end
 end
 
-local function client_add(r, sign)  -- the client's sums, and its sums in a folder with limits (r.g)
+local function client_add(r, sign)  -- held before DATA: its client's sums (in a folder with limits, r.g), and all
+  sums_add('hb', 'hm', r.b, sign)
   sums_add('cb:' .. r.c, 'cm:' .. r.c, r.b, sign)
   if r.g then sums_add('cb:' .. r.c .. '\0' .. r.g, 'cm:' .. r.c .. '\0' .. r.g, r.b, sign) end
 end
@@ -45,6 +49,7 @@ end
 local function drop(tx, r)
   redis.call('HDEL', RES, tx)
   redis.call('ZREM', EXP, tx)
+  if r.s == 'aside' then return end  -- counted nowhere
   redis.call('ZREM', UND, tx)
   redis.call('ZREM', DLV, tx)
   redis.call('HINCRBY', SUM, 'b', -r.b)
@@ -62,6 +67,15 @@ local function add(tx, r)
   if r.s == 'held' then client_add(r, 1)
   elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
   else redis.call('ZADD', DLV, r.d, tx) end
+end
+
+local function flight(tx, r)  -- in flight from now on, counted: its message was accepted
+  r.s = 'flight'
+  redis.call('HSET', RES, tx, cjson.encode(r))
+  redis.call('HINCRBY', SUM, 'b', r.b)
+  redis.call('HINCRBY', SUM, 'm', 1)
+  folder_add(r, 1)
+  redis.call('ZADD', UND, r.b, tx)
 end
 
 local function sweep(zset, upto)
@@ -139,8 +153,28 @@ if op == 'check' or op == 'data' or op == 'prdr' then
     fits = within(tonumber(ARGV[16]) + fb, tonumber(ARGV[17]) + fm, ARGV[18], ARGV[19])
   end
   local held, capped = 0, 0
-  if not fits and op ~= 'check' and mine then
-    drop(tx, mine)
+  -- Refused (or capped) at DATA without PRDR, the message may still be accepted for its other
+  -- recipients and reach this one: set aside, in flight if it is, when it fits beside what lands
+  -- before it (the usage and mail in flight, not what others hold before DATA: their mail may
+  -- never come). The transaction's other copies are not weighed here: more held, never less.
+  local function aside()
+    if op ~= 'data' or size <= 0 then return end
+    local h = redis.call('HMGET', SUM, 'hb', 'hm')
+    local total = redis.call('HMGET', SUM, 'b', 'm')
+    local lb = tonumber(total[1] or 0) - tonumber(h[1] or 0)
+    local lm = tonumber(total[2] or 0) - tonumber(h[2] or 0)
+    if within(ub + lb, um + lm, ARGV[14], ARGV[15]) then
+      local made = get(tx)
+      if made then drop(tx, made) end
+      redis.call('HSET', RES, tx, cjson.encode({b = size, s = 'aside', c = client, t = now,
+        e = now + tonumber(ARGV[8]), d = 0, g = folder}))
+      redis.call('ZADD', EXP, now + tonumber(ARGV[8]), tx)
+      keep()
+    end
+  end
+  if not fits and op ~= 'check' then
+    if mine then drop(tx, mine) end
+    aside()
   elseif fits and size > 0 then
     local function over(who, cap_b, cap_m)
       local cb = tonumber(redis.call('HGET', SUM, 'cb:' .. who) or 0) + size
@@ -150,7 +184,8 @@ if op == 'check' or op == 'data' or op == 'prdr' then
     end
     if over(client, ARGV[6], ARGV[7]) or (folder and over(client .. '\0' .. folder, ARGV[20], ARGV[21])) then
       capped = 1
-      if op == 'prdr' and mine then drop(tx, mine) end  -- refused with PRDR: no copy, nor its room
+      if op ~= 'check' and mine then drop(tx, mine) end  -- with PRDR refused: no copy, nor its room
+      aside()
     else
       if old then drop(tx, old) end
       add(tx, {b = size, s = 'held', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0, g = folder})
@@ -165,6 +200,10 @@ elseif op == 'end' then
   -- message's real size ('': not known), held in flight in place of the size declared
   local tx = ARGV[3]
   local r = get(tx)
+  if r and r.s == 'aside' then
+    if ARGV[4] == '1' then flight(tx, r); keep() else drop(tx, r) end
+    return 1
+  end
   if not r or r.s ~= 'held' then return 0 end
   if ARGV[4] == '1' then
     client_add(r, -1)

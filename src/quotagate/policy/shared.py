@@ -151,7 +151,7 @@ def held_row(address: str, tx: bytes | str, raw: bytes | str, now_ms: int) -> di
         "client": client,
         "bytes": int(r.get("b", 0)),
         "age": round(max(0, now_ms - int(r.get("t", now_ms))) / 1000, 1),
-        "state": "in flight" if r.get("s") == "flight" else "held",
+        "state": {"flight": "in flight", "aside": "set aside"}.get(str(r.get("s")), "held"),
         "delivered": bool(r.get("d")),
         "expires_in": round((int(r.get("e", now_ms)) - now_ms) / 1000, 1),
         "delivered_ago": round(max(0, now_ms - int(r["d"])) / 1000, 1) if r.get("d") else None,
