@@ -35,7 +35,7 @@ def restriction(config: Config, queue_directory: str = QUEUE_DIRECTORY) -> str:
     """The smtpd_recipient_restrictions item, with its own timeout and DUNNO when the daemon is away."""
     return (
         f"check_policy_service {{ {policy_service(config, queue_directory)}, timeout=10s, default_action=DUNNO,"
-        f" max_idle={POSTFIX_MAX_IDLE}s, max_ttl=1000s }}"
+        f" try_limit=1, max_idle={POSTFIX_MAX_IDLE}s, max_ttl=1000s }}"
     )
 
 
@@ -66,11 +66,18 @@ def main_cf(config: Config, queue_directory: str = QUEUE_DIRECTORY) -> str:
         "# for it: Postfix has one answer for the whole message, so one that fits some recipients\n"
         "# is accepted and their delivery agent's quota decides for the others. An accepted\n"
         "# message keeps the room held for it until its delivery is seen (the room of a\n"
-        "# transaction that ends without data is let go at once).\n"
-        f"smtpd_end_of_data_restrictions = {item}\n"
+        "# transaction that ends without data is let go at once). Add it to your own\n"
+        "# smtpd_end_of_data_restrictions if main.cf has that setting (a second line replaces the\n"
+        "# first: your own end-of-data checks would be gone); if it has none:\n"
+        f"#   smtpd_end_of_data_restrictions = {item}\n"
+        f"{item}\n"
+        "\n"
         "# The item carries its own settings, leaving your other policy services as they are:\n"
         "# when the daemon cannot be reached, accept as if quotagate were not there\n"
-        "# (default_action); connections to it are kept open and reused (max_idle, max_ttl).\n"
+        "# (default_action), after one try (try_limit; each recipient waits at most the timeout\n"
+        "# for a daemon that hangs); connections to it are kept open and reused (max_idle, max_ttl).\n"
+        "# Postfix asks about each recipient as the client wrote it, before virtual_alias_maps\n"
+        "# rewrites it: mail to an alias of a mailbox is not checked against that mailbox.\n"
     )
 
 
