@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotagate.accounting import Profile
+from quotagate.accounting import PROFILES, Profile
 from quotagate.model import FolderUsage, Format, MailboxUsage
 from quotagate.usage import mailbox, maildir
 from quotagate.usage.mailbox import FormatSetting
@@ -166,10 +166,28 @@ def test_a_message_in_new_and_cur_under_one_unique_name_counts_once(tmp_path: Pa
     # A crash between link and unlink can leave the same message in both: counted once.
     root = tmp_path / "Maildir"
     inbox = maildir_folder(root)
-    add_message(inbox, 100, where="new", unique="1700000000.M1P1.h,S=100")
-    add_message(inbox, 100, where="cur", unique="1700000000.M1P1.h,S=100")
+    moved = add_message(inbox, 100, where="new", unique="1700000000.M1P1.h,S=100")
+    os.link(moved, os.path.join(inbox, b"cur", b"1700000000.M1P1.h,S=100:2,S"))
     add_message(inbox, 5, where="cur")
     assert per_folder(measure(str(root), "auto")) == {"INBOX": (105, 2)}
+
+
+@pytest.mark.parametrize("profile", ["files", "dovecot", "courier", "exim"])
+def test_a_stub_in_new_hides_no_message_in_cur_of_the_same_unique_name(tmp_path: Path, profile: str) -> None:
+    """Scenario: a user puts a 5 MB message in cur/ (``1700000000.M1P1.host:2,S``) and a 1-byte
+    file of the same unique name in new/; nothing moves. Expected: two files, both counted, as
+    every delivery agent counts them. (Before, cur/ names whose unique part new/ held were
+    always skipped, meant for mail moving during the read: the 5 MB were not counted, and a user
+    could keep any amount of mail out of their quota, one stub a message.)"""
+    inbox = maildir_folder(tmp_path / "Maildir")
+    add_message(inbox, 5_000_000, where="cur", unique="1700000000.M1P1.host")
+    add_message(inbox, 1, where="new", unique="1700000000.M1P1.host")
+    fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        usage, _ = maildir.read_folder(fd, "INBOX", 0, PROFILES[profile])
+    finally:
+        os.close(fd)
+    assert (usage.bytes, usage.messages) == (5_000_001, 2)
 
 
 @pytest.mark.parametrize("others", [0, 100])
@@ -182,8 +200,8 @@ def test_many_messages_in_new_and_one_also_in_cur_count_once(
     for _ in range(others):
         add_message(inbox, 10, where="new", with_size=False)
     both = "1700000000.M1P1.h,S=100"
-    add_message(inbox, 100, where="new", unique=both + (f":{new_flags}" if new_flags else ""))
-    add_message(inbox, 100, where="cur", unique=both)
+    moved = add_message(inbox, 100, where="new", unique=both + (f":{new_flags}" if new_flags else ""))
+    os.link(moved, os.path.join(inbox, b"cur", os.fsencode(both) + b":2,S"))  # linked, not yet unlinked
     add_message(inbox, 5, where="cur")
     with open(os.path.join(inbox, b"new", b".hidden,S=7"), "wb") as dot:
         dot.write(b"x")
@@ -877,7 +895,7 @@ def test_move_right_after_new_is_listed_is_counted_once(tmp_path: Path, monkeypa
 
     def read_then_move(
         fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile
-    ) -> tuple[int, int, set[str]]:
+    ) -> tuple[int, int, set[str], list[str]]:
         result = original(fd, sub, skip, collect, profile)
         if sub == "new":
             left = sorted(os.listdir(os.path.join(folder, b"new")))
@@ -899,7 +917,7 @@ def test_folder_changing_while_read_is_read_again(tmp_path: Path, monkeypatch: p
 
     def read_then_deliver(
         fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile
-    ) -> tuple[int, int, set[str]]:
+    ) -> tuple[int, int, set[str], list[str]]:
         result = original(fd, sub, skip, collect, profile)
         if sub == "cur" and not delivered:
             delivered.append(add_message(folder, 1000, where="new"))

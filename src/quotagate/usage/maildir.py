@@ -441,30 +441,75 @@ def _without(names: list[str], skip: frozenset[str] | set[str]) -> list[str]:
 
 def _read_dir(
     folder_fd: int, sub: str, skip: frozenset[str] | set[str], collect: bool, profile: Profile = FILES
-) -> tuple[int, int, set[str]]:
-    """Bytes and messages of the message files in one of cur/ or new/, and (when ``collect``)
-    the unique names of those counted.
+) -> tuple[int, int, set[str], list[str]]:
+    """Bytes and messages of the message files in one of cur/ or new/, (when ``collect``) the
+    unique names of those counted, and the names skipped.
 
-    Names whose unique part is in ``skip`` were already counted (moved from new/ to cur/ while
-    we read).
+    Names whose unique part is in ``skip`` were counted already, if they moved from new/ to
+    cur/ while we read (see :func:`_twins`).
     """
     listed = _regular_files(folder_fd, sub, profile)
     if listed is None:
-        return 0, 0, set()
+        return 0, 0, set(), []
     fd, names = listed
+    skipped: list[str] = []
     try:
         if skip:
-            names = _without(names, skip)
-        if profile is FILES:
-            total, count, vanished = _measure_names(fd, names)
-        else:
-            total, count, vanished = _measure_profile(fd, names, profile)
+            kept = _without(names, skip)
+            if len(kept) < len(names):
+                chosen = set(kept)
+                skipped = [n for n in names if n not in chosen]
+            names = kept
+        total, count, vanished = _measure(fd, names, profile)
     finally:
         os.close(fd)
     if not collect:
-        return total, count, set()
+        return total, count, set(), skipped
     counted = set(_unique_parts([n for n in names if n[0] != "."]))
-    return total, count, counted.difference(_unique_parts(vanished))
+    return total, count, counted.difference(_unique_parts(vanished)), skipped
+
+
+def _measure(fd: int, names: list[str], profile: Profile) -> tuple[int, int, list[str]]:
+    if profile is FILES:
+        return _measure_names(fd, names)
+    return _measure_profile(fd, names, profile)
+
+
+def _twins(folder_fd: int, skipped: list[str], profile: Profile) -> tuple[int, int]:
+    """Bytes and messages of the cur/ files skipped for a unique name new/ held, that new/
+    still holds once cur/ was read, as another file: not a message that moved meanwhile
+    (counted once, in new/), nor one left linked in both by a crash between link and unlink
+    (one inode: counted once), but two files, each counted by the delivery agent. (Skipped, a
+    1-byte stub in new/ named like a message in cur/ hid that message from the count.)"""
+    listed = _regular_files(folder_fd, "new", profile)
+    if listed is None:
+        return 0, 0
+    new, names = listed
+    try:
+        in_new = dict(zip(_unique_parts(names), names, strict=True))
+        cur = safefs.open_dir("cur", folder_fd)
+        if cur is None:
+            return 0, 0
+        try:
+            twins = [n for n in skipped if _two_files(new, in_new.get(unique_part(n)), cur, n)]
+            total, count, _ = _measure(cur, twins, profile)
+        finally:
+            os.close(cur)
+    finally:
+        os.close(new)
+    return total, count
+
+
+def _two_files(new: int, in_new: str | None, cur: int, in_cur: str) -> bool:
+    """Whether new/``in_new`` and cur/``in_cur`` are two files (not one linked twice)."""
+    if in_new is None:
+        return False
+    try:
+        a = os.stat(in_new, dir_fd=new, follow_symlinks=False)
+        b = os.stat(in_cur, dir_fd=cur, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
 def read_folder(
@@ -482,8 +527,11 @@ def read_folder(
     if before is None:
         before = stamp(folder_fd)
     for _attempt in range(_RETRIES):
-        new_bytes, new_count, new_names = _read_dir(folder_fd, "new", frozenset(), collect=True, profile=profile)
-        cur_bytes, cur_count, _ = _read_dir(folder_fd, "cur", new_names, collect=False, profile=profile)
+        new_bytes, new_count, new_names, _ = _read_dir(folder_fd, "new", frozenset(), collect=True, profile=profile)
+        cur_bytes, cur_count, _, skipped = _read_dir(folder_fd, "cur", new_names, collect=False, profile=profile)
+        if skipped:
+            twin_bytes, twin_count = _twins(folder_fd, skipped, profile)
+            cur_bytes, cur_count = cur_bytes + twin_bytes, cur_count + twin_count
         seen = look(folder_fd)
         if seen.stamp == before:
             break
