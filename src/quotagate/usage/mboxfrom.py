@@ -166,18 +166,20 @@ class _Window:
             n -= len(piece)
         return bytes(out)
 
-    def line_end(self, start: int) -> int:
-        """The offset just after the line break ending the line at ``start``, or the file's end."""
-        while start < self.size:
+    def line_end(self, start: int, most: int | None = None) -> int:
+        """The offset just after the line break ending the line at ``start``, or the file's end;
+        with ``most``, looked for in at most that many bytes (else ``start + most``)."""
+        limit = self.size if most is None else min(self.size, start + most)
+        while start < limit:
             if not self._start <= start < self._start + len(self._buf):
                 self._load(start)
                 if not self._buf:
                     break
-            found = self._buf.find(b"\n", start - self._start)
+            found = self._buf.find(b"\n", start - self._start, limit - self._start)
             if found >= 0:
                 return self._start + found + 1
             start = self._start + len(self._buf)
-        return self.size
+        return limit
 
 
 def _content_length(w: _Window, p: int, end: int) -> int | None:
@@ -218,7 +220,8 @@ def _valid_at(w: _Window, t: int) -> int | None:
     if not skip or w.size - t <= 30 + skip or w.get(t + skip, 5) != b"From ":
         return None
     start = t + skip + 5
-    end = w.line_end(start)
+    # Only as far as it is looked at: each message's Content-Length may point at one long line.
+    end = w.line_end(start, LINE_WINDOW)
     return t + skip if from_line_ok(w.get(start, min(end - start + _LOOKAHEAD, LINE_WINDOW))) else None
 
 
