@@ -93,6 +93,30 @@ def test_an_mbox_home_with_more_files_than_max_entries_is_unknown(tmp_path: Path
     assert not usage.known and "more than" in (usage.error or ""), (usage.error, len(usage.folders))
 
 
+def test_dot_files_count_against_the_bound_before_they_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: mallory fills his mbox home with empty dot files, each of which the walk opens to
+    tell it from an mbox named so. Expected: they count against MAX_ENTRIES as any file does:
+    the walk stops there (unknown, with a reason) having opened no more than that. (Before, dot
+    files were looked at first and never counted: 200,000 of them cost ~190x the bound.)"""
+    monkeypatch.setattr(mbox, "MAX_ENTRIES", 50)
+    opened: list[str] = []
+    real = mbox.file_is_mbox
+
+    def counting(fd: int, name: str, **kw: bool) -> bool:
+        opened.append(name)
+        return real(fd, name, **kw)
+
+    monkeypatch.setattr(mbox, "file_is_mbox", counting)
+    home = _mbox_home(tmp_path)
+    with _dir(home) as fd:
+        _touch_all(fd, [f".d{i:04d}" for i in range(2000)])
+    usage = measure(str(home), "auto", None, 0, Roots.of(tmp_path / "spool"), None, "").usage
+    assert not usage.known and "more than" in (usage.error or ""), (usage.error, len(usage.folders))
+    assert len(opened) <= 60, len(opened)
+
+
 def test_an_mbox_home_of_long_names_deep_down_is_unknown_and_costs_bounded_memory(tmp_path: Path) -> None:
     """Attack: 1,500 empty files with names of 200 characters at the bottom of 64 directories
     with names of 200 characters: each file's folder name is 13 kB (and listed again while the

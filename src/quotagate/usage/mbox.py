@@ -274,12 +274,14 @@ def mbox_files(root_fd: int, beside: str = "") -> Listing:
         subdirs = []
         with os.scandir(fd) as entries:
             for entry in entries:
-                if _passed_over(fd, entry):
-                    continue
+                # Counted before it is looked at: telling a dot file from an mbox opens it, and
+                # empty dot files cost their owner nothing.
                 entries_left -= 1
                 names_left -= len(prefix) + len(entry.name)
                 if entries_left < 0 or names_left < 0:
                     raise OSError(errno.E2BIG, _TOO_MANY, prefix or ".")
+                if _passed_over(fd, entry):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
                 elif entry.is_file(follow_symlinks=False):
