@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.policy.conftest import Site
+from quotagate.usage.names import ascii_lower
+from tests.policy.conftest import Site, ask
 from tests.servers.daemon import QUOTAGATE, PolicyDaemon
 from tests.servers.process import free_port
 
@@ -28,15 +28,7 @@ class Served:
         attrs = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": "192.0.2.1"}
         attrs.update({k: str(v) for k, v in attributes.items() if v is not None})
         text = "".join(f"{k}={v}\n" for k, v in attrs.items()) + "\n"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(text.encode())
-            data = b""
-            while not data.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode().strip()
+        return ask(self.port, text.encode()).decode().strip()
 
     def postfix(self, recipient: str, size: int | str | None = None, **more: Any) -> str:
         return self.ask(recipient=recipient, size=size, protocol_name="ESMTP", **more)
@@ -44,38 +36,20 @@ class Served:
     def exim(self, recipient: str, size: int | None = None, **more: Any) -> str:
         """As the generated Exim ACL asks: no protocol_name, the local part lowered."""
         local, _, domain = recipient.rpartition("@")
-        lowered = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in local)
-        return self.ask(recipient=f"{lowered}@{domain}", size=size, **more)
-
-    def check(self, *args: str) -> tuple[int, str]:
-        proc = subprocess.run(
-            [QUOTAGATE, "--config", str(self.config), "check", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return proc.returncode, proc.stdout + proc.stderr
+        return self.ask(recipient=f"{ascii_lower(local)}@{domain}", size=size, **more)
 
     def quotagate(self, *args: str) -> tuple[int, str]:
-        proc = subprocess.run(
-            [QUOTAGATE, "--config", str(self.config), *args], capture_output=True, text=True, timeout=60
-        )
-        return proc.returncode, proc.stdout + proc.stderr
+        return run_quotagate(self.config, *args)
 
-
-def write_config(site: Site, extra: str = "", schema: str = "", **policy: Any) -> Path:
-    config = site.base / "quotagate.toml"
-    text = site.toml(**policy)
-    if schema:
-        text = text.replace(f'url = "{site.db_url}"', f'url = "{site.db_url}"\nschema = "{schema}"', 1)
-    config.write_text(text + extra)
-    return config
+    def check(self, *args: str) -> tuple[int, str]:
+        return self.quotagate("check", *args)
 
 
 @contextlib.contextmanager
-def served(site: Site, extra: str = "", schema: str = "", **policy: Any) -> Iterator[Served]:
+def served(site: Site, **policy: Any) -> Iterator[Served]:
     port = free_port()
-    config = write_config(site, extra, schema, listen=[f"127.0.0.1:{port}"], **policy)
+    config = site.base / "quotagate.toml"
+    config.write_text(site.toml(listen=[f"127.0.0.1:{port}"], **policy))
     daemon = PolicyDaemon(config, port, site.base / "serve.log")
     daemon.start()
     try:

@@ -8,7 +8,6 @@ import itertools
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from tests.policy.conftest import (
     ROOMY_USED,
     Serve,
     Site,
+    ask,
     connected,
     make_site,
     request,
@@ -75,14 +75,7 @@ def with_maildirsize(tmp_path: Path, roomy: bool = True) -> Site:
 
 def timed(s: Serve, data: bytes) -> tuple[bytes, float]:
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while not received.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            received += chunk
+    received = ask(s.port, data)
     return received, time.monotonic() - started
 
 
