@@ -77,6 +77,8 @@ def _flag(value: object) -> bool | None:
     else."""
     if value is None or isinstance(value, bool):
         return value is None or value
+    if type(value) is int:  # what most tables hold: every row of every refresh comes here
+        return value != 0
     value = _text_of(value)
     text = str(value).strip().lower()
     if not text or text in _YES or text in _NO:
@@ -511,7 +513,10 @@ class SqlStore(ClosedOnExit):
         value that is not a number or is past 2^63 - 1, which goes to ``odd``."""
         if not column:
             return 0
-        number = _number(row[column])
+        raw = row[column]
+        if type(raw) is int and 0 <= raw * unit <= MAX_COUNT:  # what most tables hold, at once
+            return int(raw * unit)
+        number = _number(raw)
         amount = None if number is None else int(number * unit)
         if amount is None or amount > MAX_COUNT:  # more than any store, or the daemon, keeps
             odd.append((key, column, row[column], "unlimited"))
