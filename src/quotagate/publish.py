@@ -56,45 +56,48 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def write_atomically(path: Path, content: str | bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
     """Write ``content`` to ``path`` through a temp file beside it and a rename; False when it was
-    unchanged. Everything goes through the directory's descriptor: the temp file is created
-    without following anything (its name random, O_EXCL), gets ``mode`` (and ``owner``, uid and
-    gid) by its descriptor before it takes the name, and whatever stood at the name (a symlink,
-    a FIFO: another user may own the directory) is replaced, never read through nor written."""
+    unchanged. Everything goes through the directory's descriptor (see :func:`_replace`)."""
     data = content.encode() if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
     with safefs.admins_directory(path.parent) as directory:
-        try:
-            if safefs.read_regular(path.name, directory, len(data) + 1) == data:
-                return False
-        except OSError:
-            pass  # not a plain file: replaced
-        tmp = f".{path.name}.{secrets.token_hex(6)}"
-        fd = os.open(tmp, _NEW, 0o600, dir_fd=directory)
-        try:
-            try:
-                if owner is not None:
-                    os.fchown(fd, *owner)
-                os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=directory)
-            raise
+        if _holds(directory, path.name, data):
+            return False
+        _replace(directory, path.name, data, mode, owner)
     return True
 
 
-def publish_file(path: Path, over: Iterable[str], own: Iterable[str] = ()) -> bool:
-    """Publish the over-quota set to ``path``; True when the file changed. Raises PublishError."""
+def _holds(directory: int, name: str, data: bytes) -> bool:
+    """Whether the plain file ``name`` holds ``data`` (read without following or blocking;
+    anything else at the name is replaced)."""
     try:
-        return write_atomically(path, render(over, own))
-    except OSError as exc:
-        raise PublishError(f"cannot publish the over-quota set to {path}: {exc.strerror or exc}") from None
+        return safefs.read_regular(name, directory, len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _replace(directory: int, name: str, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+    """``data`` at ``name`` in ``directory``: the temp file is created without following anything
+    (its name random, O_EXCL), gets ``mode`` (and ``owner``, uid and gid) by its descriptor
+    before it takes the name, and whatever stood at the name (a symlink, a FIFO: another user
+    may own the directory) is replaced, never read through nor written."""
+    tmp = f".{name}.{secrets.token_hex(6)}"
+    fd = os.open(tmp, _NEW, 0o600, dir_fd=directory)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=directory)
+        raise
 
 
 @contextmanager
@@ -112,10 +115,11 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
     with ExitStack() as stack:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            unchanged = _holds(path, content)  # then nothing to write, nor to put back
+            directory = stack.enter_context(safefs.admins_directory(path.parent))
+            unchanged = _holds(directory, path.name, content)  # then nothing to write, nor to put back
             if not unchanged:
-                put_back = stack.enter_context(_previous_kept(path))
-                write_atomically(path, content)
+                put_back = stack.enter_context(_previous_kept(directory, path))
+                _replace(directory, path.name, content)
         except OSError as exc:
             raise PublishError(f"cannot publish the over-quota set to {path}: {exc.strerror or exc}") from None
         if unchanged:
@@ -128,53 +132,43 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
             raise
 
 
-def _holds(path: Path, content: bytes) -> bool:
-    """Whether the plain file at ``path`` holds ``content`` (read without following or blocking)."""
-    with safefs.admins_directory(path.parent) as directory:
-        try:
-            return safefs.read_regular(path.name, directory, len(content) + 1) == content
-        except OSError:
-            return False
-
-
 # What stands at the name cannot have a second name: a directory, a file system without links.
 _NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
 
 @contextmanager
-def _previous_kept(path: Path) -> Iterator[Callable[[], None]]:
+def _previous_kept(directory: int, path: Path) -> Iterator[Callable[[], None]]:
     """Whatever stands at the published file's name, kept under a second name in its directory
     while the new file is published and the store commits; yields what puts it back (or, when
     nothing stood there, removes the new file). Kept by a hard link made without following
     anything: nothing is read, so a FIFO, a symlink or a hard link that another user (who may
     own the directory) put at the name neither blocks nor leaks, and is put back as it was."""
     keep = f".{path.name}.kept-{secrets.token_hex(6)}"
-    with safefs.admins_directory(path.parent) as directory:
-        try:
-            os.link(path.name, keep, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
-            kept: bool | None = True
-        except FileNotFoundError:
-            kept = False  # nothing to put back but the absence of a file
-        except OSError as exc:
-            if exc.errno not in _NO_LINK:
-                raise  # read-only, no room: the file cannot be published either
-            log.warning("cannot keep %s to put it back should the store fail: %s", path, exc.strerror or exc)
-            kept = None
+    try:
+        os.link(path.name, keep, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
+        kept: bool | None = True
+    except FileNotFoundError:
+        kept = False  # nothing to put back but the absence of a file
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise  # read-only, no room: the file cannot be published either
+        log.warning("cannot keep %s to put it back should the store fail: %s", path, exc.strerror or exc)
+        kept = None
 
-        def put_back() -> None:
-            try:
-                if kept:
-                    os.replace(keep, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-                elif kept is False:
-                    os.unlink(path.name, dir_fd=directory)
-                else:
-                    log.error("%s not put back as it was: it lists the new set, the store the old", path)
-            except OSError as exc:
-                log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)
-
+    def put_back() -> None:
         try:
-            yield put_back
-        finally:
             if kept:
-                with suppress(FileNotFoundError):
-                    os.unlink(keep, dir_fd=directory)
+                os.replace(keep, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+            elif kept is False:
+                os.unlink(path.name, dir_fd=directory)
+            else:
+                log.error("%s not put back as it was: it lists the new set, the store the old", path)
+        except OSError as exc:
+            log.error("cannot put %s back as it was: %s", path, exc.strerror or exc)
+
+    try:
+        yield put_back
+    finally:
+        if kept:
+            with suppress(FileNotFoundError):
+                os.unlink(keep, dir_fd=directory)
