@@ -61,21 +61,13 @@ end
 local function add(tx, r)
   redis.call('HSET', RES, tx, cjson.encode(r))
   redis.call('ZADD', EXP, r.e, tx)
+  if r.s == 'aside' then return end  -- counted nowhere
   redis.call('HINCRBY', SUM, 'b', r.b)
   redis.call('HINCRBY', SUM, 'm', 1)
   folder_add(r, 1)
   if r.s == 'held' then client_add(r, 1)
   elseif r.d == 0 then redis.call('ZADD', UND, r.b, tx)
   else redis.call('ZADD', DLV, r.d, tx) end
-end
-
-local function flight(tx, r)  -- in flight from now on, counted: its message was accepted
-  r.s = 'flight'
-  redis.call('HSET', RES, tx, cjson.encode(r))
-  redis.call('HINCRBY', SUM, 'b', r.b)
-  redis.call('HINCRBY', SUM, 'm', 1)
-  folder_add(r, 1)
-  redis.call('ZADD', UND, r.b, tx)
 end
 
 local function sweep(zset, upto)
@@ -166,9 +158,7 @@ if op == 'check' or op == 'data' or op == 'prdr' then
     if within(ub + lb, um + lm, ARGV[14], ARGV[15]) then
       local made = get(tx)
       if made then drop(tx, made) end
-      redis.call('HSET', RES, tx, cjson.encode({b = size, s = 'aside', c = client, t = now,
-        e = now + tonumber(ARGV[8]), d = 0, g = folder}))
-      redis.call('ZADD', EXP, now + tonumber(ARGV[8]), tx)
+      add(tx, {b = size, s = 'aside', c = client, t = now, e = now + tonumber(ARGV[8]), d = 0, g = folder})
       keep()
     end
   end
@@ -200,8 +190,13 @@ elseif op == 'end' then
   -- message's real size ('': not known), held in flight in place of the size declared
   local tx = ARGV[3]
   local r = get(tx)
-  if r and r.s == 'aside' then
-    if ARGV[4] == '1' then flight(tx, r); keep() else drop(tx, r) end
+  if r and r.s == 'aside' then  -- counted from now on, in flight, if its message was accepted
+    drop(tx, r)
+    if ARGV[4] == '1' then
+      r.s = 'flight'
+      add(tx, r)
+      keep()
+    end
     return 1
   end
   if not r or r.s ~= 'held' then return 0 end
