@@ -117,7 +117,7 @@ def parse_mailboxes(data: bytes, origin: str = "csv") -> CsvMailboxes:
             + (f"; unknown {', '.join(unknown)}" if unknown else "")
         )
     reader.fieldnames = header
-    mailboxes: dict[str, Mailbox] = {}
+    mailboxes: list[Mailbox] = []
     lines: dict[str, int] = {}  # address -> the line that gave it
     problems = []
     rows = iter(reader)
@@ -149,10 +149,10 @@ def parse_mailboxes(data: bytes, origin: str = "csv") -> CsvMailboxes:
                 raise ValueError("messages cannot be negative")
             limits = Limits(parse_size(quota), messages)
             path = (row.get("path") or "").strip() or None
-            mailboxes[address] = Mailbox(address, limits, _enabled(row.get("enabled") or ""), path)
+            mailboxes.append(Mailbox(address, limits, _enabled(row.get("enabled") or ""), path))
             lines[address] = line
         except (BadAddress, ValueError) as exc:
             problems.append(f"{origin}:{line}: {exc}")
     if problems:
         raise CsvError("\n".join(problems))
-    return CsvMailboxes(list(mailboxes.values()), frozenset(c for c in OPTIONAL if c in header))
+    return CsvMailboxes(mailboxes, frozenset(c for c in OPTIONAL if c in header))
