@@ -25,12 +25,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
-from _harness import machine
+from _harness import best, machine
 
 from quotagate.config import parse_config
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, State
@@ -40,15 +37,6 @@ from quotagate.store import open_store
 from quotagate.store.base import Changes
 from quotagate.watch.runner import _differences
 from quotagate.watch.tracker import Tracker
-
-
-def best(repeat: int, fn: Callable[[], Any]) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

@@ -15,23 +15,15 @@ spellings (the baseline), and prints each ratio.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from _harness import best
+
 from quotagate.store.sql import SqlStore, _flag
 
 UNIT = 1 << 20
-
-
-def best(run: Callable[[], None], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
@@ -54,11 +46,11 @@ def main() -> None:
 
         return go
 
-    base = best(baseline, args.repeat)
+    base = best(args.repeat, baseline)
     print(f"{args.rows} rows, best of {args.repeat}")
     print(f"  int() as before (baseline)   {base * 1e3:8.1f} ms")
     for label, rows in (("integers", integers), ("decimals and Y/N", decimals)):
-        took = best(read(rows), args.repeat)
+        took = best(args.repeat, read(rows))
         print(f"  read now: {label:<18} {took * 1e3:8.1f} ms  {took / base:5.1f}x")
 
 
