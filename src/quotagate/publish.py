@@ -66,6 +66,13 @@ def write_atomically(path: Path, content: str | bytes, mode: int = 0o644, owner:
     return True
 
 
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """``data`` at ``path``, whose directory must exist, by :func:`_replace`: nothing at the
+    temp name or at ``path`` is followed. Raises OSError."""
+    with safefs.admins_directory(path.parent) as directory:
+        _replace(directory, path.name, data, mode)
+
+
 def _holds(directory: int, name: str, data: bytes) -> bool:
     """Whether the plain file ``name`` holds ``data`` (read without following or blocking;
     anything else at the name is replaced)."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge
 
 from quotagate.model import ScanSummary
+from quotagate.textfile import write_textfile
 from quotagate.warn import Outlook
 
 
 def write_scan_metrics(path: Path, summary: ScanSummary) -> None:
-    """Rewrite ``path`` atomically (a temp file beside it, then a rename); raises OSError."""
+    """Rewrite ``path`` atomically (:func:`quotagate.textfile.write_textfile`); raises OSError."""
     registry = CollectorRegistry()
     Gauge(
         "quotagate_last_scan_success_timestamp_seconds",
@@ -28,7 +29,7 @@ def write_scan_metrics(path: Path, summary: ScanSummary) -> None:
         "How long the last successful scan took, in seconds.",
         registry=registry,
     ).set(summary.seconds)
-    write_to_textfile(str(path), registry)
+    write_textfile(path, registry)
 
 
 def write_outlook_metrics(path: Path, outlook: Outlook, finished_at: float) -> None:
@@ -60,4 +61,4 @@ def write_outlook_metrics(path: Path, outlook: Outlook, finished_at: float) -> N
     )
     for days, count in outlook.full_within.items():
         filling.labels(str(days)).set(count)
-    write_to_textfile(str(path), registry)
+    write_textfile(path, registry)

@@ -223,3 +223,31 @@ def test_an_admins_hard_linked_file_is_put_back_when_the_store_fails(tmp_path: P
         raise RuntimeError("the store's commit failed")
     assert published.exists(), "the published file was deleted when the store's commit failed"
     assert "old@example.org" in published.read_text()
+
+
+@pytest.mark.parametrize("write", ["scan", "warn"])
+def test_a_metrics_textfile_is_not_written_through_what_is_at_a_temp_name(tmp_path: Path, write: str) -> None:
+    """Scenario: node_exporter's textfile directory belongs to another user (Debian's
+    prometheus), who puts a symlink to a file of root's where a scan's (or warn's) metrics
+    temp file will be: its name was the textfile's, the process id and the thread's.
+    Expected: the file of root's keeps its content; the textfile is written, and no temp file
+    is left.
+    Before the fix: prometheus-client's write_to_textfile opened ``PATH.PID.THREAD`` with a plain
+    open(): root truncated the file the symlink named and wrote the metrics into it."""
+    from quotagate.model import ScanSummary
+    from quotagate.scanmetrics import write_outlook_metrics, write_scan_metrics
+    from quotagate.warn import Outlook
+
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    victim = root_only_file(tmp_path)
+    metrics = textfiles / "quotagate.prom"
+    Path(f"{metrics}.{os.getpid()}.{threading.current_thread().ident}").symlink_to(victim)
+    if write == "scan":
+        write_scan_metrics(metrics, ScanSummary(1.0, 2.5, True, 2, 2, 1, 5, 1, 1, 2))
+    else:
+        write_outlook_metrics(metrics, Outlook(measured=3, above={}, full_within={}), 2.5)
+    assert (victim.read_text(), stat.S_IMODE(victim.stat().st_mode)) == (SECRET, 0o600)
+    assert f"quotagate_last_{write}_success_timestamp_seconds 2.5" in metrics.read_text()
+    assert stat.S_IMODE(metrics.stat().st_mode) == 0o644  # node_exporter's user reads it
+    assert sorted(p.name for p in textfiles.iterdir() if not p.is_symlink()) == ["quotagate.prom"]

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prometheus_client import write_to_textfile
-
 from quotagate.config import Config, ConfigError, reservations_file
 from quotagate.outage import left_problem
 from quotagate.policy import control, shared, state
@@ -25,6 +23,7 @@ from quotagate.policy.service import PolicyService, rekeyed
 from quotagate.policy.throttle import Throttled
 from quotagate.sdnotify import notify, watchdog_interval
 from quotagate.store import Store, StoreError, redacted, store_for
+from quotagate.textfile import write_textfile
 from quotagate.usage.folders import any_limits
 from quotagate.watch.runner import directory_problem
 from quotagate.watch.tracker import Tracker
@@ -211,7 +210,7 @@ class Daemon:
     async def _leave_metrics(self, path: Path) -> None:
         """A worker's metrics, for the supervisor to add up and serve (off the loop)."""
         try:
-            await asyncio.to_thread(write_to_textfile, str(path), self.metrics.registry)
+            await asyncio.to_thread(write_textfile, path, self.metrics.registry)
         except OSError as exc:
             self._state_log.warning("cannot leave metrics in %s: %s", path, exc.strerror or exc)
 
