@@ -91,8 +91,9 @@ def test_swapping_the_maildir_for_a_symlink_never_gets_a_file_written_outside(en
 def test_a_maildir_symlinked_to_another_users_never_gets_this_mailboxs_limit(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # zed owns the symlink and its directory; bob owns his Maildir and its maildirsize: the owner
-    # checks pass, and the symlink stays inside the spool, so measuring follows it.
+    # zed owns the symlink and its directory; bob owns his Maildir and its maildirsize: the
+    # symlink stays inside the spool, but leads to what zed does not own: zed's mailbox is
+    # unknown (measured through it, zed's warning mail told zed bob's folders).
     bob = user_maildir(env, "bob", OTHER_USER, maildirsize="10485760S\n1000 1\n")
     zed = env.maildir("zed")
     zed.parent.mkdir(parents=True)
@@ -105,9 +106,11 @@ def test_a_maildir_symlinked_to_another_users_never_gets_this_mailboxs_limit(
         result = env.scan(fix_maildirsize=True, set_limit=True)
         assert (bob / "maildirsize").read_text() == "10485760S\n1000 1\n"
         assert result.maildirsize_fixed == []
-        assert result.readings[address].bytes == 1000  # measured through the symlink, as before
-    skips = [r.getMessage() for r in caplog.records if "maildirsize" in r.getMessage()]
-    assert len(skips) == 2 and all(str(zed) in m and "symlink" in m for m in skips)
+        reading = result.readings[address]
+        assert (reading.state, reading.bytes) == (State.UNKNOWN, 0)
+        assert "symlink" in str(reading.usage.error) and "does not own" in str(reading.usage.error)
+    unknown = [r.getMessage() for r in caplog.records if "usage unknown" in r.getMessage()]
+    assert unknown and all(str(zed) in m for m in unknown)
 
 
 def test_a_hardlinked_maildirsize_is_neither_read_nor_shown(env: Env, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from quotagate.mailer import MailError, mailable, message
 from quotagate.model import Limits, Mailbox
 from quotagate.store import open_store
 from quotagate.warnjob import run_warn
+from tests.integration.conftest import NOBODY
 from tests.servers.smtp import Received, Sink, smtp_sink
 from tests.spoolgen import add_message, maildir_folder
 
@@ -170,6 +171,33 @@ def test_a_template_dir_that_is_not_there_is_an_error_not_the_builtin_texts(
         err = capsys.readouterr().err
         assert err.startswith("quotagate: warn.template_dir: ") and "is not a directory" in err and err.count("\n") == 1
     assert setup.sink.take() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the symlink must be another user's")
+def test_a_users_symlink_to_another_mailbox_tells_them_nothing_of_it(setup: Setup) -> None:
+    """Scenario: alice owns her directory and swaps her Maildir for a symlink to bob's, which
+    she cannot list (root's, 0700); a scan, then warn.
+    Expected: alice's mailbox is unknown (the symlink leads to what she does not own) and she
+    gets no warning; bob's gets its own.
+    Before the fix: the scan followed the symlink (it stays beneath the spool) and measured
+    bob's Maildir as alice's: her warning told her bob's usage and the names and sizes of his
+    largest folders."""
+    setup.box("alice", 1000, 10)
+    setup.box("bob", 1000, 10)
+    add_message(setup.maildir("bob", "Secret-Merger-With-ACME"), 950)
+    bob = setup.spool / "example.org" / "bob" / "Maildir"
+    bob.chmod(0o700)
+    home = setup.spool / "example.org" / "alice"
+    for entry in sorted(home.rglob("*"), reverse=True):
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+    os.chown(home, NOBODY, NOBODY)
+    (home / "Maildir").symlink_to("../bob/Maildir")
+    os.lchown(home / "Maildir", NOBODY, NOBODY)
+    mails = setup.scan_and_warn()
+    assert [to for to, _ in mails] == ["bob@example.org"]
+    with open_store(load_config(setup.config).store) as store:
+        reading = store.readings()["alice@example.org"]
+    assert reading.state.value == "unknown" and "does not own" in str(reading.usage.error)
 
 
 def test_a_refused_send_is_tried_again_next_run(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:

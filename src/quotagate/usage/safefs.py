@@ -124,28 +124,39 @@ def open_node(
     """
     _check_name(path)
     logical = os.path.normpath(os.path.abspath(path))
-    followed = False
+    owners: set[int] = set()  # of the users' symlinks followed on the way
     for _ in range(MAX_LINKS + 1):
         root, parts = roots.split(logical)
         found = _walk(logical, root, parts, kept, require_parent, LOOK if look else DIRECTORY)
         if isinstance(found, _Link):
-            followed = followed or not found.admins
+            if found.owner is not None:
+                owners.add(found.owner)
             logical = found.path
         elif isinstance(found, str):  # an entry swapped meanwhile: walked again as it was
             logical = found
         else:
-            if found is not None:
-                found.followed = followed
+            if found is not None and owners:
+                found.followed = True
+                if owners != {found.st.st_uid}:
+                    found.close()
+                    raise OSError(errno.EPERM, _ANOTHERS, path)
             return found
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
 
 
+# A user's symlink is followed only to what that user owns, as the kernel's protected_symlinks
+# has it in a sticky directory: otherwise its owner would have root read, for them, a mailbox
+# they cannot read (its folders' names and sizes would reach them in a warning mail).
+_ANOTHERS = "reached through a user's symlink, to a directory or file that user does not own"
+
+
 class _Link(NamedTuple):
-    """A symlink resolved by hand: the path to walk instead, and whether root owns the link (the
-    admin's: a domain on a volume of its own), not a user who may point it at another's files."""
+    """A symlink resolved by hand: the path to walk instead, and the uid of the user who owns the
+    link, who may point it at another's files; None for the admin's (root's: a domain on a
+    volume of its own)."""
 
     path: str
-    admins: bool
+    owner: int | None
 
 
 def _walk(
@@ -204,8 +215,8 @@ def _walk(
                 link = _read_link(part, fd)
                 if link is None:  # gone, or no longer a symlink: look again
                     return logical
-                target, admins = link
-                return _Link(os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :])), admins)
+                target, owner = link
+                return _Link(os.path.normpath(os.path.join(root, *parts[:i], target, *parts[i + 1 :])), owner)
             if not last:
                 if stat.S_ISDIR(seen.st_mode):  # swapped back since the open: look again
                     return logical
@@ -236,12 +247,13 @@ def _walk(
             os.close(fd)
 
 
-def _read_link(name: str, dir_fd: int) -> tuple[str, bool] | None:
-    """The target of the symlink ``name`` and whether it is the admin's: root's, and no hard link
-    of it elsewhere (a user can make neither; with fs.protected_hardlinks off, one could link
-    root's). Both are read from one inode, opened without following it: a user who swaps names in
-    a directory of theirs cannot pair root's owner with their own target. None when it is gone
-    or no longer a symlink."""
+def _read_link(name: str, dir_fd: int) -> tuple[str, int | None] | None:
+    """The target of the symlink ``name`` and the uid of the user who owns it, None when it is
+    the admin's: root's, and no hard link of it elsewhere (a user can make neither; with
+    fs.protected_hardlinks off, one could link root's, which is then no one's: -1). Both are read
+    from one inode, opened without following it: a user who swaps names in a directory of
+    theirs cannot pair root's owner with their own target. None when it is gone or no longer a
+    symlink."""
     try:
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -250,7 +262,9 @@ def _read_link(name: str, dir_fd: int) -> tuple[str, bool] | None:
         st = os.fstat(fd)
         if not stat.S_ISLNK(st.st_mode):
             return None
-        return os.readlink("", dir_fd=fd), st.st_uid == 0 and st.st_nlink == 1
+        if st.st_uid == 0:
+            return os.readlink("", dir_fd=fd), None if st.st_nlink == 1 else -1
+        return os.readlink("", dir_fd=fd), st.st_uid
     finally:
         os.close(fd)
 
