@@ -126,6 +126,42 @@ def test_forged_sizes_saturate_as_the_scan_does_and_the_watcher_goes_on(env: Env
     assert env.store.readings()["alice@example.org"].bytes == MAX_SIZE
 
 
+@pytest.mark.parametrize("to", ["Trash", "INBOX"])
+def test_an_uncounted_entry_renamed_does_not_lower_the_usage(env: Env, to: str) -> None:
+    """Scenario: alice's INBOX holds 1,000,000 bytes of mail and a symlink named as a message of
+    900,000 bytes (never counted); she renames it into her Trash, which a folder rule leaves out
+    (or, within INBOX, to a name of 1 byte).
+    Expected: the usage stays at 1,000,000 bytes, 10 messages.
+    Before the fix: the watcher paired the rename's two events and moved the size in the name
+    out of INBOX (into the excluded Trash, or down to 1 byte): 100,000 bytes counted, a full
+    mailbox open until something measured it again, as often as she liked."""
+    alice = env.maildir("alice")
+    inbox = maildir_folder(alice)
+    trash = maildir_folder(alice, "Trash")
+    for _ in range(10):
+        add_message(inbox, 100_000)
+    name = b"1700000001.M1P1.h,S=900000:2,S"
+    os.symlink("/nonexistent", os.path.join(inbox, b"cur", name))
+    address = env.add("alice", Limits(1_000_000))
+    rules = [{"match": "Trash", "exclude": True}]
+    smaller = b"1700000001.M1P1.h,S=1:2,S"
+    target = os.path.join(trash, b"cur", name) if to == "Trash" else os.path.join(inbox, b"cur", smaller)
+
+    def counted(tracker: Tracker) -> tuple[int, int]:
+        reading = tracker.readings[address]
+        return reading.bytes, reading.messages
+
+    async def run() -> None:
+        async with watching(env, folders=rules) as (tracker, task):
+            assert counted(tracker) == (1_000_000, 10)
+            os.rename(os.path.join(inbox, b"cur", name), target)
+            await asyncio.sleep(1.0)  # flushes, and a measurement if one is due
+            assert counted(tracker) == (1_000_000, 10)
+            assert alive(task)
+
+    asyncio.run(run())
+
+
 def test_a_reading_the_store_cannot_hold_is_not_published_and_the_others_are(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

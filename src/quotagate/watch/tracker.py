@@ -442,9 +442,8 @@ class Tracker:
         A message that leaves never lowers the usage by the size in its name alone: the entry may
         not have been counted (a symlink or FIFO named as a big message, never counted by a
         measurement), and subtracting it would let its owner drive the usage below what a scan
-        finds. Deleted, the mailbox is measured again (see :meth:`_settle`); renamed, it counts as
-        leaving only once it arrives in the same mailbox (a rename keeps what the entry is, so
-        both or neither count).
+        finds. Deleted, the mailbox is measured again (see :meth:`_settle`); renamed, it is
+        weighed once it arrives in the same mailbox (see :meth:`_renamed`).
         """
         address = target.address
         self._touched.add(address)
@@ -462,8 +461,21 @@ class Tracker:
             self._leaving.setdefault(cookie, []).append((target, delta))
         elif address not in self._dirty:
             if mask & Mask.MOVED_TO and delta[1] and (left := self._arrived(address, cookie)) is not None:
-                self._apply(address, *left)
-            self._apply(address, target.folder, delta)
+                self._renamed(address, left, target.folder, delta)
+            else:
+                self._apply(address, target.folder, delta)
+
+    def _renamed(self, address: str, left: tuple[str, tuple[int, int]], folder: str, delta: tuple[int, int]) -> None:
+        """A message renamed within the mailbox: ``left`` its folder and delta before, ``folder``
+        and ``delta`` after. Within its folder under the same size (``new/`` to ``cur/``, a flag)
+        it changes nothing. Otherwise the mailbox is measured again: the entry may never have
+        counted (a symlink named as a big message), and moving its named size into a folder that
+        does not count, or down to a smaller name, would drive the usage below what is there."""
+        before, gone = left
+        if before == folder and (gone[0] + delta[0], gone[1] + delta[1]) == (0, 0):
+            self._apply(address, folder, (0, 0))  # the folder's stamp changed all the same
+        else:
+            self._settle(address)
 
     def _settle(self, address: str) -> None:
         """Measure the mailbox again for a deletion: at once, or one :data:`_SETTLE` after its last
