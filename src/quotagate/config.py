@@ -45,7 +45,7 @@ class Size(int):
 
 
 class Percent(Decimal):
-    """A share, written ``"99%"`` (a bare number is percent too); held as a fraction."""
+    """A share, written ``"99%"`` (a bare number above 1 is percent too); held as a fraction."""
 
 
 class Checked(str):
@@ -183,9 +183,17 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _percent(value: Any) -> Percent:
+    """A share; a bare TOML number is percent (``99`` is 99%), but one between 0 and 1 is
+    refused: ``0.99`` meant as 99% would be 0.99%, a threshold that flags every mailbox."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
+        raise ValueError(f'{value!r} is ambiguous: write a share as a string, "{value * 100:g}%" or "{value:g}%"')
+    return Percent(parse_percent(value))
+
+
 _DECODERS: dict[type, Callable[[Any], Any]] = {
     Size: lambda value: Size(parse_size(value)),
-    Percent: lambda value: Percent(parse_percent(value)),
+    Percent: _percent,
     Allowance: parse_allowance,
     Path: _path,
 }
@@ -370,6 +378,10 @@ class ScanConfig(_Section, frozen=True):
     # successful scan rewrites with its finish time and duration; unset: none.
     metrics_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        if self.threshold <= 0:
+            raise ValueError("threshold must be above 0%: at 0% every mailbox is over quota")
+
 
 class PublishConfig(_Section, frozen=True):
     file: Path | None = None
@@ -547,6 +559,10 @@ class WarnConfig(_Section, frozen=True):
     # A Prometheus textfile (name it *.prom) that each warn run (not --dry-run) rewrites with the
     # mailboxes past each threshold and those forecast full within 1, 7 and 30 days; unset: none.
     metrics_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if any(threshold <= 0 for threshold in self.thresholds):
+            raise ValueError("thresholds must be above 0%: at 0% every mailbox would be warned")
 
 
 class Config(_Section, frozen=True):

@@ -317,7 +317,8 @@ def config_page() -> str:
             f"quotagate reads its configuration from {DEFAULT_PATH}, or the file named by --config or "
             f"${ENV_VAR}. It is TOML. Every key has a default; an unknown key or a bad value is an "
             "error naming the key. Sizes are bytes or a number with a binary unit (1K = 1024; "
-            '500M, 2G, 1.5GiB); percentages are strings such as "99%". The file the package installs '
+            '500M, 2G, 1.5GiB); percentages are strings such as "99%" (a bare number of 1 or less is '
+            "refused: 0.99 is 99% or 0.99%?). The file the package installs "
             "holds every section, with the defaults commented out."
         ),
         ".SH SECTIONS",

@@ -61,12 +61,24 @@ def test_values_are_parsed() -> None:
         ({"spool": {"root": 5}}, "spool.root: Expected a path"),
         ({"store": {"columns": {"table": "mailbox"}}}, "store: columns apply to an admin's schema"),
         ({"store": {"ldap": {"password": "x", "password_file": "/etc/pw"}}}, "store.ldap: set password or"),
+        # A bare number of 1 or less was taken as percent: 0.99 meant as 99% flagged every
+        # mailbox over 0.99% of its limit, and 0 every mailbox, without a word.
+        ({"scan": {"threshold": 0.99}}, 'scan.threshold: 0.99 is ambiguous: write a share as a string, "99%"'),
+        ({"scan": {"threshold": 0}}, "scan: threshold must be above 0%"),
+        ({"warn": {"thresholds": [0.8, 0.9]}}, "warn.thresholds.0: 0.8 is ambiguous"),
+        ({"warn": {"thresholds": ["0%"]}}, "warn: thresholds must be above 0%"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data, "test.toml")
     assert f"test.toml: {key}" in str(err.value)
+
+
+def test_a_bare_number_above_one_is_a_percentage() -> None:
+    config = parse_config({"scan": {"threshold": 99, "max_vanished": 0}, "warn": {"thresholds": [80, 95.5]}})
+    assert config.scan.threshold == Decimal("0.99") and config.scan.max_vanished == 0
+    assert config.warn.thresholds == [Decimal("0.8"), Decimal("0.955")]
 
 
 def test_load_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
