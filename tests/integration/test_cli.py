@@ -131,6 +131,26 @@ def test_store_url_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown scheme" in capsys.readouterr().err
 
 
+_LOGS = """
+import logging, sys
+from quotagate.cli import main
+main(sys.argv[1:])
+logging.getLogger("quotagate.scan").debug("ours")
+logging.getLogger("sqlalchemy.engine").debug("theirs")
+"""
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], []), (["-v"], ["ours"]), (["-vv"], ["ours", "theirs"])])
+def test_each_v_shows_more(tmp_path: Path, flags: list[str], shown: list[str]) -> None:
+    """Scenario: an admin adds -v, then -vv. Expected: -v shows quotagate's debug lines, -vv its
+    libraries' too. Before the fix: -v was the default level (INFO): it changed nothing."""
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n')
+    argv = [sys.executable, "-c", _LOGS, *flags, "--config", str(config), "postfix-config"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    assert [word for word in ("ours", "theirs") if f"DEBUG: {word}" in done.stderr] == shown, done.stderr
+
+
 def test_db_migrate_print(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "q.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/fresh.db"\n')

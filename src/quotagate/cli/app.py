@@ -126,7 +126,7 @@ def log_formatter(stream: TextIO, environ: Mapping[str, str]) -> logging.Formatt
     envvar="QUOTAGATE_CONFIG",
     help="Config file [default: /etc/quotagate/quotagate.toml, or $QUOTAGATE_CONFIG].",
 )
-@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--verbose", "-v", count=True, help="More log output: quotagate's debug lines (-vv: its libraries' too).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.version_option(__version__, prog_name="quotagate", message="%(prog)s %(version)s")
 @click.pass_context
@@ -136,4 +136,6 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(log_formatter(sys.stderr, os.environ))
     logging.basicConfig(level=level, handlers=[handler])
+    if verbose == 1 and not quiet:  # the libraries' debug lines (SQLAlchemy, ldap3, asyncio) drown ours
+        logging.getLogger("quotagate").setLevel(logging.DEBUG)
     ctx.obj = App(config_file, quiet)
