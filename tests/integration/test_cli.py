@@ -131,6 +131,47 @@ def test_store_url_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown scheme" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("charset=utf-8", "AttributeError"),  # MySQL spells it utf8mb4
+        ("ssl_ca=/etc/mysql/no-such-ca.pem", "FileNotFoundError"),
+        ("sslca=/etc/mysql/ca.pem", "unexpected keyword argument 'sslca'"),
+    ],
+)
+def test_options_the_driver_refuses_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], query: str, said: str
+) -> None:
+    """Scenario: a slip in a MySQL store URL's query string. Expected: one line naming the store
+    (password hidden) and what the driver said, exit 2. Before the fix: pymysql's own exception
+    (not SQLAlchemy's) went through as a bug: a traceback, exit 1."""
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "mysql+pymysql://quotagate:Secret1@127.0.0.1:1/q?{query}"\n')
+    assert run(config, "mailbox", "list") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the driver refused the URL's options" in err and said in err, err
+    assert "Secret1" not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://quotagate@127.0.0.1:1/q?password=Secret1",  # libpq takes it there too
+        "mysql+pymysql://quotagate:abc@Secret1@127.0.0.1:1/q",  # an "@" not written %40
+    ],
+)
+def test_a_store_password_is_never_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    """Scenario: the store cannot be opened, its password in the query string, or holding an
+    "@" as is. Expected: exit 2, and the password nowhere in what is said. Before the fix: the
+    query's password was printed in clear, and the part of a password after its "@" too (taken
+    for the host, and repeated by the driver)."""
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n')
+    assert run(config, "mailbox", "list") == 2
+    err = capsys.readouterr().err
+    assert "Secret1" not in err and "***" in err, err
+
+
 _LOGS = """
 import logging, sys
 from quotagate.cli import main

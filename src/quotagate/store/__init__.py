@@ -61,6 +61,8 @@ _EXTRAS = {"psycopg": "postgres", "pymysql": "mysql", "ldap3": "ldap"}
 # "scheme://user:PASSWORD@": everything up to the last "@" before any query counts as the
 # password, so a password holding an unencoded "@" is hidden whole.
 _PASSWORD = re.compile(r"^([^:/]+://[^:/@]*:)[^?#]*@")
+# "?password=..." (libpq, and SQLAlchemy's drivers, take it there too)
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd)=)([^&#]*)", re.IGNORECASE)
 
 
 def scheme_of(url: str) -> str:
@@ -69,15 +71,30 @@ def scheme_of(url: str) -> str:
 
 def redacted(url: str) -> str:
     """``url`` with its password written ``***``: for every message and log line that names a store."""
-    return _PASSWORD.sub(r"\1***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+def _passwords(url: str) -> list[str]:
+    match = _PASSWORD.match(url)
+    found = [url[match.end(1) : match.end() - 1]] if match else []
+    return [p for p in found + [m.group(2) for m in _QUERY_PASSWORD.finditer(url)] if p]
 
 
 def _scrubbed(text: str, url: str) -> str:
-    """``text`` (a driver's message) with ``url`` redacted and its password nowhere."""
+    """``text`` (a driver's message) with ``url`` redacted and its passwords nowhere."""
     text = text.replace(url, redacted(url))
-    match = _PASSWORD.match(url)
-    password = url[match.end(1) : match.end() - 1] if match else ""
-    return text.replace(password, "***") if password else text
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
+
+
+def _at_in_password(url: str) -> bool:
+    """Whether the part before the host holds more than one "@": a password with an "@" not
+    written %40, which drivers take for part of the host name and then repeat in their errors."""
+    if scheme_of(url) == "sqlite":
+        return False
+    authority = url.partition("://")[2].partition("/")[0].partition("?")[0]
+    return authority.count("@") > 1
 
 
 def _with_driver(url: str, driver: str) -> str:
@@ -110,6 +127,8 @@ def store_for(config: StoreConfig) -> Store:
     if factory is None:
         known = ", ".join(sorted(_REGISTRY))
         raise StoreError(f"store url {redacted(url)!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
+    if _at_in_password(url):
+        raise StoreError(f"store url {redacted(url)!r}: write an '@' in the user name or password as %40")
     try:
         return factory(config)
     except ImportError as exc:

@@ -47,7 +47,7 @@ from quotagate.model import (
     State,
 )
 from quotagate.sizes import MAX_COUNT
-from quotagate.store import rows, schema
+from quotagate.store import redacted, rows, schema
 from quotagate.store.base import Changes, ClosedOnExit, Folders, StoreError
 from quotagate.store.presets import PRESETS, MailboxTable, mailbox_table
 
@@ -155,7 +155,7 @@ class SqlStore(ClosedOnExit):
         self.engine: Engine = create_engine(parsed, future=True, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.url = parsed.render_as_string(hide_password=True)
+        self.url = redacted(parsed.render_as_string(hide_password=True))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -297,6 +297,13 @@ class SqlStore(ClosedOnExit):
             raise
         except SQLAlchemyError as exc:
             raise StoreError(f"{'store' if used else 'cannot open store'} {self.url}: {database_said(exc)}") from exc
+        except (TypeError, AttributeError, LookupError, ValueError, OSError) as exc:
+            if used:
+                raise
+            # The driver refused what the URL's query gave it (pymysql: "?charset=utf-8", a
+            # misspelt option, an ssl_ca file that is not there), before any connection.
+            said = one_line(f"{type(exc).__name__}: {exc}")
+            raise StoreError(f"cannot open store {self.url}: the driver refused the URL's options: {said}") from exc
 
     def _require_schema(self, conn: Connection) -> None:
         if self._version(conn) < schema.LATEST:
