@@ -39,6 +39,24 @@ def normalize(address: str) -> str:
     return f"{ascii_lower(local)}@{domain.lower()}"
 
 
+def unrouted(address: str) -> str | None:
+    """The address a routing spelling of the local part leads to, as Postfix's trivial-rewrite
+    reads it with its defaults once it has stripped a domain of its own (``allow_percent_hack``
+    and ``swap_bangpath``, on by default): ``user%domain@here`` and ``domain!user@here`` are
+    delivered to ``user@domain``. None when the local part holds neither (a quoted one is not
+    rewritten)."""
+    local = address.strip().rpartition("@")[0]
+    if local.startswith('"'):
+        return None
+    if "!" in local:
+        site, _, user = local.partition("!")
+        return f"{user}@{site}" if site and user else None
+    if "%" in local:
+        user, _, domain = local.rpartition("%")
+        return f"{user}@{domain}" if user and domain else None
+    return None
+
+
 def without_detail(address: str, delimiters: str) -> tuple[str, str] | None:
     """``user+tag@domain`` -> ``("user@domain", "tag")``; None when the local part holds none of
     ``delimiters`` (each character is one, as Postfix's ``recipient_delimiter`` and Dovecot's

@@ -1,19 +1,24 @@
-"""A recipient spelled with a trailing dot on its domain (``RCPT TO:<full@example.org.>``).
+"""A recipient spelled with a trailing dot on its domain (``RCPT TO:<full@example.org.>``), or
+routed in its local part (``full%example.org@example.org``, ``example.org!full@example.org``).
 
 Postfix takes ``user@example.org.`` for ``user@example.org`` (trivial-rewrite strips one
 trailing dot from a domain, both when it resolves the address for reject_unauth_destination
 and when cleanup rewrites it), so the message is delivered to that mailbox: the check must
 know that spelling, or a full mailbox takes the message at RCPT and a SIZE= that does not fit
-is let in.
+is let in. Its resolver also rewrites ``user%domain`` to ``user@domain`` and ``site!user`` to
+``user@site`` once it has stripped a domain of its own (``allow_percent_hack`` and
+``swap_bangpath``, both on by default): in a ``mydestination`` domain such a recipient is
+delivered to the mailbox the client spelled around.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from quotagate.address import unrouted
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
-from tests.policy.conftest import FULL, QUOTA, ROOMY, Site, request
+from tests.policy.conftest import DOMAIN, FULL, QUOTA, ROOMY, Site, request
 from tests.policy.test_data_stage import ask
 
 
@@ -38,3 +43,38 @@ def test_a_message_too_big_for_a_mailbox_with_a_trailing_dot_on_its_domain_is_st
     assert ask(service, request(ROOMY, 2 * QUOTA)).startswith("552")
     answer = ask(service, request(ROOMY + ".", 2 * QUOTA))
     assert answer.startswith("552"), f"{ROOMY}. answered {answer!r}"
+
+
+ROUTED = {"percent hack": "{local}%{domain}@{domain}", "bang path": "{domain}!{local}@{domain}"}
+
+
+@pytest.mark.parametrize("how", sorted(ROUTED))
+@pytest.mark.parametrize(("mailbox", "size"), [(FULL, None), (ROOMY, 2 * QUOTA)], ids=["full", "does not fit"])
+def test_a_mailbox_spelled_as_postfix_routes_it_is_checked_as_itself(
+    service: PolicyService, how: str, mailbox: str, size: int | None
+) -> None:
+    """Attack: RCPT TO:<full%example.org@example.org> (or example.org!full@), to a mailbox over
+    its quota, or with a SIZE= that does not fit, through Postfix.
+    Expected: 552, as for the mailbox's own address.
+    Before the fix: DUNNO ("unknown recipient"), nothing held: any number of such messages got
+    past a full mailbox."""
+    spelled = ROUTED[how].format(local=mailbox.split("@")[0], domain=DOMAIN)
+    answer = ask(service, request(spelled, size) if size else request(spelled))
+    assert answer.startswith("552"), f"{spelled} answered {answer!r}"
+
+
+@pytest.mark.parametrize(
+    ("address", "routed"),
+    [
+        ("u%d.org@here.org", "u@d.org"),
+        ("u%a.org%b.org@here.org", "u%a.org@b.org"),
+        ("d.org!u@here.org", "u@d.org"),
+        ("a.org!b.org!u@here.org", "b.org!u@a.org"),
+        ('"u%d.org"@here.org', None),  # quoted: not rewritten
+        ("%d.org@here.org", None),
+        ("u!@here.org", None),
+        ("u@here.org", None),
+    ],
+)
+def test_unrouted_reads_the_local_part_as_postfix_does(address: str, routed: str | None) -> None:
+    assert unrouted(address) == routed

@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 from typing import NamedTuple, cast
 
 from quotagate.accounting import grace_for, profile_for
-from quotagate.address import BadAddress, dequoted, normalize, without_detail
+from quotagate.address import BadAddress, dequoted, normalize, unrouted, without_detail
 from quotagate.config import Config
 from quotagate.decide import Held, Reserved, decide, judged_with, known_size
 from quotagate.model import Action, Decision, FolderUsage, Limits, Mailbox, MailboxUsage, Numbers, Reading, Usage
@@ -65,6 +65,7 @@ CLOSED_GRACE = 60.0
 # Only RCPT is checked; Exim's requests may leave protocol_state out.
 _CHECKED_STATES = frozenset({"RCPT", ""})
 _REFUSED = (Action.REJECT, Action.DEFER)
+_ROUTING_LEVELS = 4  # user%a%b@here, a!b!user@here: each level a lookup
 
 
 @dataclass
@@ -591,7 +592,7 @@ class PolicyService:
             address = normalize(recipient)
         except BadAddress:
             return Outcome(recipient, Decision(Action.DUNNO, "not an address"), None)
-        mailbox, folder = self._mailbox(snapshot, address, recipient)
+        mailbox, folder = self._routed(snapshot, address, recipient)
         if mailbox is None:
             return Outcome(address, Decision(Action.DUNNO, "unknown recipient"), None)
         reading = snapshot.readings.get(mailbox.address)
@@ -815,6 +816,21 @@ class PolicyService:
         self._stale_log.warning(
             "usage of %s is %.0fs old, more than max_usage_age (%gs): DUNNO", address, usage_age(usage, now), limit
         )
+
+    def _routed(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
+        """:meth:`_mailbox`, else the mailbox a routing spelling leads to (see :func:`unrouted`):
+        Postfix delivers ``full%example.org@example.org`` to ``full@example.org``, which a
+        client would otherwise get past its check by writing so. A few levels at most."""
+        for _ in range(_ROUTING_LEVELS):
+            found = self._mailbox(snapshot, address, recipient)
+            routed = unrouted(recipient) if found[0] is None else None
+            if routed is None:
+                return found
+            try:
+                address, recipient = normalize(routed), routed
+            except BadAddress:
+                return found
+        return None, None
 
     def _mailbox(self, snapshot: Snapshot, address: str, recipient: str) -> tuple[Mailbox | None, str | None]:
         """The mailbox for ``address`` (see :meth:`_in_domain`), at its domain or, for an alias
