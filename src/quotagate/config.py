@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct, field
 
 from quotagate.errors import QuotagateError
@@ -253,7 +254,7 @@ class LdapConfig(_Section, frozen=True):
     # An entry is enabled unless this attribute holds one of disabled_values (e.g. accountStatus).
     enabled_attribute: str = ""
     disabled_values: list[str] = field(default_factory=lambda: ["disabled", "inactive", "FALSE", "0", "no"])
-    timeout: Annotated[int, Meta(gt=0, description="seconds")] = 10
+    timeout: Annotated[float, Meta(gt=0, description="seconds")] = 10
 
     def __post_init__(self) -> None:
         if self.password and self.password_file:
@@ -675,7 +676,22 @@ def _problem(message: str) -> str:
         key, reason = [*key, unknown[1]], "not a known key"
     elif missing := re.fullmatch(r"Object missing required field `(.*)`", reason):
         key, reason = [*key, missing[1]], "required"
+    elif reason.startswith("Invalid enum value") and (choices := _choices(key)):
+        reason += f" (one of: {', '.join(map(repr, choices))})"
     return f"{'.'.join(key) or '(top level)'}: {reason}"
+
+
+def _choices(key: list[str]) -> tuple[Any, ...]:
+    """The values the setting at ``key`` may take, when it is one of a few; else ()."""
+    info: Any = msgspec.inspect.type_info(Config)
+    for part in key:
+        if isinstance(info, msgspec.inspect.ListType) and part.isdigit():
+            info = info.item_type
+        elif isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == part), None)
+        else:
+            return ()
+    return tuple(info.values) if isinstance(info, msgspec.inspect.LiteralType) else ()
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

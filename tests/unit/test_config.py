@@ -63,6 +63,8 @@ def test_values_are_parsed() -> None:
         ({"store": {"ldap": {"password": "x", "password_file": "/etc/pw"}}}, "store.ldap: set password or"),
         # A bare number of 1 or less was taken as percent: 0.99 meant as 99% flagged every
         # mailbox over 0.99% of its limit, and 0 every mailbox, without a word.
+        ({"store": {"schema": "PostfixAdmin"}}, "store.schema: Invalid enum value 'PostfixAdmin' (one of: 'classic',"),
+        ({"folders": [{"match": "x"}, {"match": "y", "exclude": "no"}]}, "folders.1.exclude: Expected `bool`"),
         ({"scan": {"threshold": 0.99}}, 'scan.threshold: 0.99 is ambiguous: write a share as a string, "99%"'),
         ({"scan": {"threshold": 0}}, "scan: threshold must be above 0%"),
         ({"warn": {"thresholds": [0.8, 0.9]}}, "warn.thresholds.0: 0.8 is ambiguous"),
@@ -73,6 +75,10 @@ def test_a_bad_value_names_its_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data, "test.toml")
     assert f"test.toml: {key}" in str(err.value)
+
+
+def test_the_ldap_timeout_takes_a_fraction_as_every_other_timeout() -> None:
+    assert parse_config({"store": {"ldap": {"timeout": 0.5}}}).store.ldap.timeout == 0.5
 
 
 def test_a_bare_number_above_one_is_a_percentage() -> None:
