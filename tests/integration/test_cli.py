@@ -129,6 +129,12 @@ def test_store_url_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     config.write_text('[store]\nurl = "oracle://x"\n')
     assert run(config, "report") == 2
     assert "unknown scheme" in capsys.readouterr().err
+    config.write_text('[store]\nurl = "redis://:pw@127.0.0.1:6379/0"\n')
+    assert run(config, "report") == 2
+    assert (
+        "unknown scheme 'redis' (known: ldap, ldaps, mariadb, mysql, postgresql, sqlite); Redis goes in [shared] url"
+        in (capsys.readouterr().err)
+    )
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,9 @@ def store_for(config: StoreConfig) -> Store:
     factory = _REGISTRY.get(scheme_of(url))
     if factory is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise StoreError(f"store url {redacted(url)!r}: unknown scheme {scheme_of(url)!r} (known: {known})")
+        # Redis holds what the daemons share (reservations, live usage), not the mailboxes' limits.
+        hint = "; Redis goes in [shared] url" if scheme_of(url).startswith("redis") else ""
+        raise StoreError(f"store url {redacted(url)!r}: unknown scheme {scheme_of(url)!r} (known: {known}){hint}")
     if _at_in_password(url):
         raise StoreError(f"store url {redacted(url)!r}: write an '@' in the user name or password as %40")
     try:
