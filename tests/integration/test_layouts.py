@@ -403,3 +403,43 @@ def test_polling_a_layout_fs_mailbox_that_did_not_change_measures_nothing(tmp_pa
             store.close()
 
     asyncio.run(main())
+
+
+# -- an mbox home whose IMAP folders are named as a Maildir's parts --------------------------------
+_MBOX_MESSAGE = b"From a@b.example Mon Jan  1 00:00:00 2024\nSubject: x\n\n" + b"y" * 1000 + b"\n"
+
+
+@pytest.mark.parametrize("folders", [("cur", "new"), ("new",)], ids=["cur and new", "new"])
+def test_mbox_folders_named_cur_and_new_are_files_of_an_mbox_home(env: Env, folders: tuple[str, ...]) -> None:
+    """Scenario: an mbox home (``inbox``) whose user made IMAP folders named cur and new: Dovecot
+    keeps them as the mbox *files* cur and new; limit 2,000 bytes.
+    Expected: an mbox home, every message counted, over quota.
+    Before the fix: any entry named cur or new was a Maildir's: both files made the home an
+    empty Maildir (a full mailbox open), one made it "only one of cur/ and new/": unknown."""
+    env.configure(spool={"layout": "{domain}/{local}"})
+    home = env.spool / "example.org" / "alice"
+    home.mkdir(parents=True)
+    for name in ("inbox", *folders):
+        (home / name).write_bytes(_MBOX_MESSAGE)
+    address = env.add("alice", Limits(2000, 0))
+    reading = env.scan().readings[address]
+    assert (reading.usage.format, reading.messages, reading.state) == (Format.MBOX, 1 + len(folders), State.OVER)
+
+
+@pytest.mark.parametrize("inside", [b"", _MBOX_MESSAGE], ids=["empty", "an mbox folder"])
+def test_a_directory_named_maildir_in_an_mbox_home_is_no_maildir_unless_it_is_one(env: Env, inside: bytes) -> None:
+    """Scenario: an mbox home with ``inbox`` (3 messages) and a directory named Maildir (with
+    the default ``maildir_subdir``): empty, or a folder hierarchy of the mbox user (Dovecot keeps
+    the folder Maildir/old as the file Maildir/old); limit 2,000 bytes.
+    Expected: the home's mail counted, over quota.
+    Before the fix: the directory was measured as the Maildir without a look: an empty mailbox."""
+    env.configure(spool={"layout": "{domain}/{local}"})
+    home = env.spool / "example.org" / "alice"
+    (home / "Maildir").mkdir(parents=True)
+    (home / "inbox").write_bytes(_MBOX_MESSAGE * 3)
+    if inside:
+        (home / "Maildir" / "old").write_bytes(inside)
+    address = env.add("alice", Limits(2000, 0))
+    reading = env.scan().readings[address]
+    assert (reading.usage.format, reading.state) == (Format.MBOX, State.OVER)
+    assert reading.bytes == len(_MBOX_MESSAGE) * (3 + bool(inside))

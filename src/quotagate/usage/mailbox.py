@@ -55,7 +55,7 @@ def _holds_mail_dirs(name: str, root_fd: int) -> bool:
 def _root_markers(root_fd: int) -> tuple[str, ...]:
     """Which of cur/, new/ and maildirsize the root holds; maildirsize is looked for only when
     it can matter (not both of the others: see :func:`_half_maildir`)."""
-    found = tuple(sub for sub in _MAILDIR_MARKERS[:2] if _exists(sub, root_fd))
+    found = tuple(sub for sub in _MAILDIR_MARKERS[:2] if maildir.is_mail_dir(root_fd, sub))
     return found if len(found) == 2 or not _exists(maildirsize.FILE_NAME, root_fd) else (*found, maildirsize.FILE_NAME)
 
 
@@ -74,10 +74,15 @@ def _looks_like_maildir(
         return False
     return any(
         (name.startswith(".") != (layout == "fs"))
-        and name not in (".", "..", besides)
+        and name not in (".", "..", _MBOX_INDEXES, besides)
         and _holds_mail_dirs(name, root_fd)
         for name in names
     )
+
+
+# Dovecot's index directory in an mbox home: one directory per folder, so cur/ and new/ for
+# the mbox folders named so, which make it no Maildir++ folder.
+_MBOX_INDEXES = ".imap"
 
 
 _HALF_MAILDIR = "only one of cur/ and new/, beside an mbox file: neither a Maildir nor an mbox home"
@@ -109,7 +114,7 @@ def _layout_index(root_fd: int) -> bool:
     """Dovecot's ``LAYOUT=index``: every mailbox, INBOX too, a Maildir in a directory named by its
     GUID (the names only in the binary ``dovecot.list.index``), nothing at the root but perhaps a
     ``maildirsize``. Read as a Maildir, or as an mbox home, it would count 0."""
-    if _exists("cur", root_fd) or _exists("new", root_fd):
+    if maildir.is_mail_dir(root_fd, "cur") or maildir.is_mail_dir(root_fd, "new"):
         return False
     try:
         names = os.listdir(root_fd)
@@ -668,6 +673,12 @@ def measure(
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
             looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
+            if below is not None and below.is_dir and not _looks_like_maildir(below.fd, layout):
+                # No Maildir (yet): an mbox user's folder of that name, or a directory the agent
+                # has not filled. The home is measured as what it holds; a Maildir made there
+                # later is found by the next measurement.
+                below.close()
+                below = None
             if looks and not markers and subdir:
                 # A Maildir by its folders alone: the one in maildir_subdir (~/.maildir, or
                 # ~/Maildir under LAYOUT=fs, which looks like such a folder) is the agent's,

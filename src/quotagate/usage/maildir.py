@@ -129,9 +129,16 @@ def holds_mail_dirs(dir_fd: int, name: str) -> bool:
     if fd is None:
         return False
     try:
-        return any(entry_type(fd, sub) is not None for sub in ("cur", "new"))
+        return any(is_mail_dir(fd, sub) for sub in ("cur", "new"))
     finally:
         os.close(fd)
+
+
+def is_mail_dir(dir_fd: int, name: str) -> bool:
+    """Whether the entry ``name`` (cur or new) stands for a Maildir's: a directory, or a symlink
+    (not followed: its mail is left out, and said). A file of that name is no such thing: an
+    mbox home's IMAP folders named cur and new are files (Dovecot's)."""
+    return entry_type(dir_fd, name) in (stat.S_IFDIR, stat.S_IFLNK)
 
 
 def entry_type(dir_fd: int, name: str) -> int | None:
@@ -172,7 +179,7 @@ def _fs_folders(root_fd: int) -> Folders:
                 continue  # removed, or swapped for a symlink, while we looked
             seen += 1
             try:
-                if any(entry_type(sub, d) is not None for d in ("cur", "new")):
+                if any(is_mail_dir(sub, d) for d in ("cur", "new")):
                     names.append(name)
                 if not walk(sub, f"{name}/", depth + 1):
                     return False
