@@ -127,6 +127,7 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
             if not unchanged:
                 put_back = stack.enter_context(_previous_kept(directory, path))
                 _replace(directory, path.name, content)
+                ours = _identity(directory, path.name)
         except OSError as exc:
             raise PublishError(f"cannot publish the over-quota set to {path}: {exc.strerror or exc}") from None
         if unchanged:
@@ -135,8 +136,22 @@ def published_first(path: Path | None, over: Iterable[str], own: Iterable[str] =
         try:
             yield True
         except BaseException:
-            put_back()
+            # Another writer (watch, publishing a delivery it saw) may have published since:
+            # its file is newer than both, and stays.
+            if _identity(directory, path.name) == ours:
+                put_back()
+            else:
+                log.warning("%s not put back as it was: another writer published it meanwhile", path)
             raise
+
+
+def _identity(directory: int, name: str) -> tuple[int, int] | None:
+    """Which file stands at ``name`` (device and inode, not following it); None: none."""
+    try:
+        st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # What stands at the name cannot have a second name: a directory, a file system without links.

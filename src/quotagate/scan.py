@@ -302,10 +302,13 @@ def run_scan(
             changed.append(r)
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
-    removed = set(previous) - set(readings)
-    over = {a for a, r in readings.items() if r.state is State.OVER}
-    own = shadowed(readings, over, config.policy.folder_delimiter)
-    flags = flag_changes(changed, removed, previous)
+    now = _stored_now(store, previous, readings)
+    changed = [r for r in changed if r.address in readings]
+    removed = set(now.states) - now.enabled
+    states = {a: s for a, s in now.states.items() if a in now.enabled} | {a: r.state for a, r in readings.items()}
+    over = {a for a, s in states.items() if s is State.OVER}
+    own = shadowed(states, over, config.policy.folder_delimiter)
+    flags = flag_changes(changed, removed, {a: r.state for a, r in previous.items()} | now.states)
     with published_first(config.publish.file, over, own) as published:
         store.save_readings(changed, removed, flags)
     after_scan(config, store, changed, started)
@@ -354,19 +357,42 @@ def kept_over(unknown: Reading, prev: Reading, say: bool = True) -> Reading:
     return replace(unknown, bytes=prev.bytes, messages=prev.messages, state=State.OVER)
 
 
-def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: dict[str, Reading]) -> dict[str, bool]:
+def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: Mapping[str, State]) -> dict[str, bool]:
     """Over-quota flags to publish: those that changed, plus every mailbox seen for the first time
-    (the admin's table may hold flags from before). Removed or disabled mailboxes are cleared."""
+    (the admin's table may hold flags from before). Removed or disabled mailboxes are cleared.
+    ``previous``: each mailbox's state as stored."""
     flags = {}
     for r in changed:
         prev = previous.get(r.address)
         over = r.state is State.OVER
-        if prev is None or (prev.state is State.OVER) != over:
+        if prev is None or (prev is State.OVER) != over:
             flags[r.address] = over
     for address in removed:
-        if previous[address].state is State.OVER:
+        if previous.get(address) is State.OVER:
             flags[address] = False
     return flags
+
+
+class _Stored(NamedTuple):
+    states: dict[str, State]  # each stored reading's state, as it is now
+    enabled: set[str]  # the directory's enabled mailboxes, now
+
+
+def _stored_now(store: Store, previous: Mapping[str, Reading], readings: dict[str, Reading]) -> _Stored:
+    """The store as it is once the scan has measured, which took a while: what another writer
+    put there meanwhile (``watch``'s flush of a delivery it saw, another host's scan) is newer
+    than the scan's measurement of that mailbox, and a mailbox the admin disabled or removed
+    meanwhile is gone. Those leave ``readings`` (the scan writes nothing for them); the set it
+    publishes is the store's as it is now, with its own readings for the rest. (A writer that
+    comes between this look and the commit, a moment later, can still be overwritten.)"""
+    current = store.readings(with_folders=False)
+    enabled = {m.address for m in store.mailboxes() if m.enabled}
+    for address in list(readings):
+        stored, before = current.get(address), previous.get(address)
+        newer = stored is not None and (before is None or stored.measured_at != before.measured_at)
+        if newer or address not in enabled:
+            del readings[address]
+    return _Stored({a: r.state for a, r in current.items()}, enabled)
 
 
 def log_transitions(moved: Mapping[str, bool], readings: Mapping[str, Reading], limits: Mapping[str, Limits]) -> None:

@@ -8,12 +8,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from quotagate.address import details_by_base, marked
-from quotagate.config import Config
+from quotagate.config import Config, scan_lock_file
 from quotagate.historian import WatchHistory
 from quotagate.model import Mailbox, Reading, State
 from quotagate.outage import Outage, left_problem
 from quotagate.publish import PublishError, published_first
 from quotagate.scan import ScanResult, log_transitions, run_scan
+from quotagate.scanlock import LockError, LockHeld, scan_lock
 from quotagate.store import Store, StoreError, redacted
 from quotagate.watch.limits import current_limit, plan
 from quotagate.watch.tracker import OUT_OF_WATCHES, Tracker
@@ -170,7 +171,29 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
 
 async def _rescan(config: Config, store: Store) -> ScanResult | None:
     """An incremental scan, or None (logged) when it was refused, could not publish or could not
-    use the store."""
+    use the store. It holds the scan lock, as every scan does: while ``quotagate scan`` (the
+    timer's) holds it, it waits, said once; a lock file that cannot be opened is said, and the
+    scan runs without it."""
+    path = scan_lock_file(config)
+    waiting = False
+    while True:
+        try:
+            with scan_lock(path):
+                return await _scan(config, store)
+        except LockHeld as exc:
+            if not waiting:
+                log.info("%s: the watch's scan waits for it", exc)
+                waiting = True
+            await asyncio.sleep(_LOCK_RETRY)
+        except LockError as exc:
+            log.warning("%s: the watch's scan runs without it", exc)
+            return await _scan(config, store)
+
+
+_LOCK_RETRY = 1.0  # seconds between tries for the scan lock
+
+
+async def _scan(config: Config, store: Store) -> ScanResult | None:
     try:
         return await asyncio.to_thread(run_scan, config, store)
     except Outage as exc:
