@@ -24,6 +24,7 @@ from quotagate.scan import run_scan
 from quotagate.scanlock import scan_lock
 from quotagate.store import StoreError, open_store
 from quotagate.watch.runner import _rescan, start_tracker
+from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import Env
 from tests.spoolgen import add_message, maildir_folder
 
@@ -76,6 +77,27 @@ def _site(env: Env) -> tuple[str, Path, Path]:
     return a, alice, published
 
 
+async def scan_beside(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tracker: Tracker, meanwhile: Callable[[], None], then: Callable[[], bool]
+) -> None:
+    """A scan (cron's: its own process, its own store connection) paused once it has measured;
+    ``meanwhile`` and a watch flush, after which ``then()`` holds; the scan's end, and the watch
+    going on (a few flushes: nothing changes on disk)."""
+    scan_store = open_store(env.config.store.url)
+    pause = Pause(monkeypatch, quotagate.scan, "vanished_problem")  # measured, not yet written
+    thread, out = in_thread(lambda: run_scan(env.config, scan_store))
+    assert await asyncio.to_thread(pause.entered.wait, 5)
+    meanwhile()
+    await tracker.flush()
+    assert then()
+    pause.go_on.set()
+    await asyncio.to_thread(thread.join, 10)
+    scan_store.close()
+    assert not isinstance(out[0], BaseException), out
+    for _ in range(3):
+        await tracker.flush()
+
+
 def test_a_scan_ending_after_a_watch_flush_unpublishes_a_mailbox_the_store_holds_full(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -91,20 +113,15 @@ def test_a_scan_ending_after_a_watch_flush_unpublishes_a_mailbox_the_store_holds
         try:
             while tracker._dirty:
                 await tracker.flush()
-            scan_store = open_store(env.config.store.url)  # the cron scan: its own process, its own connection
-            pause = Pause(monkeypatch, quotagate.scan, "vanished_problem")  # measured, not yet written
-            thread, out = in_thread(lambda: run_scan(env.config, scan_store))
-            assert await asyncio.to_thread(pause.entered.wait, 5)
-            add_message(alice, 5000)  # a delivery fills alice; the watch sees it
-            tracker.mark_dirty(a)
-            await tracker.flush()
-            assert a in listed(published) and env.store.readings()[a].state is State.OVER
-            pause.go_on.set()
-            await asyncio.to_thread(thread.join, 10)
-            assert not isinstance(out[0], BaseException), out
-            scan_store.close()
-            for _ in range(3):  # the watch goes on: nothing changes on disk
-                await tracker.flush()
+
+            def fill() -> None:  # a delivery fills alice; the watch sees it
+                add_message(alice, 5000)
+                tracker.mark_dirty(a)
+
+            def published_full() -> bool:
+                return a in listed(published) and env.store.readings()[a].state is State.OVER
+
+            await scan_beside(env, monkeypatch, tracker, fill, published_full)
             return env.store.readings()[a].state, listed(published)
         finally:
             tracker.close()
@@ -131,20 +148,12 @@ def test_a_scan_ending_after_a_watch_flush_writes_its_older_reading_over_the_new
             # 200 bytes land just before the scan reads alice; the watch has not flushed them yet
             # (its flush comes with the next one below): the scan has a reading of alice to write.
             add_message(alice, 200)
-            scan_store = open_store(env.config.store.url)
-            pause = Pause(monkeypatch, quotagate.scan, "vanished_problem")
-            thread, out = in_thread(lambda: run_scan(env.config, scan_store))
-            assert await asyncio.to_thread(pause.entered.wait, 5)
-            add_message(alice, 5000)
-            tracker.mark_dirty(a)
-            await tracker.flush()
-            assert env.store.readings()[a].bytes == 5300
-            pause.go_on.set()
-            await asyncio.to_thread(thread.join, 10)
-            assert not isinstance(out[0], BaseException), out
-            scan_store.close()
-            for _ in range(3):
-                await tracker.flush()
+
+            def fill() -> None:
+                add_message(alice, 5000)
+                tracker.mark_dirty(a)
+
+            await scan_beside(env, monkeypatch, tracker, fill, lambda: env.store.readings()[a].bytes == 5300)
             r = env.store.readings()[a]
             return r.bytes, r.state, listed(published)
         finally:
@@ -223,21 +232,16 @@ def test_a_mailbox_disabled_during_a_scan_comes_back_into_the_published_file(
             while tracker._dirty:
                 await tracker.flush()
             assert listed(published) == {a}
-            scan_store = open_store(env.config.store.url)
-            pause = Pause(monkeypatch, quotagate.scan, "vanished_problem")
-            thread, out = in_thread(lambda: run_scan(env.config, scan_store))
-            assert await asyncio.to_thread(pause.entered.wait, 5)
             disabled = Mailbox(a, Limits(1000), enabled=False)
-            env.store.upsert_mailboxes([disabled])  # the admin
-            tracker.update([disabled])  # follow_directory's step
-            await tracker.flush()
-            assert listed(published) == set() and a not in env.store.readings()
-            pause.go_on.set()
-            await asyncio.to_thread(thread.join, 10)
-            assert not isinstance(out[0], BaseException), out
-            scan_store.close()
-            for _ in range(3):
-                await tracker.flush()
+
+            def disable() -> None:
+                env.store.upsert_mailboxes([disabled])  # the admin
+                tracker.update([disabled])  # follow_directory's step
+
+            def let_go() -> bool:
+                return listed(published) == set() and a not in env.store.readings()
+
+            await scan_beside(env, monkeypatch, tracker, disable, let_go)
             return env.store.readings().get(a), listed(published)
         finally:
             tracker.close()
