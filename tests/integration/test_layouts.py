@@ -426,20 +426,36 @@ def test_mbox_folders_named_cur_and_new_are_files_of_an_mbox_home(env: Env, fold
     assert (reading.usage.format, reading.messages, reading.state) == (Format.MBOX, 1 + len(folders), State.OVER)
 
 
-@pytest.mark.parametrize("inside", [b"", _MBOX_MESSAGE], ids=["empty", "an mbox folder"])
-def test_a_directory_named_maildir_in_an_mbox_home_is_no_maildir_unless_it_is_one(env: Env, inside: bytes) -> None:
-    """Scenario: an mbox home with ``inbox`` (3 messages) and a directory named Maildir (with
-    the default ``maildir_subdir``): empty, or a folder hierarchy of the mbox user (Dovecot keeps
-    the folder Maildir/old as the file Maildir/old); limit 2,000 bytes.
+def test_a_directory_named_maildir_holding_mbox_folders_is_no_maildir(env: Env) -> None:
+    """Scenario: an mbox home with ``inbox`` (3 messages) and a directory named Maildir (the
+    default ``maildir_subdir``) holding a folder hierarchy of the mbox user (Dovecot keeps the
+    folder Maildir/old as the file Maildir/old); limit 2,000 bytes.
     Expected: the home's mail counted, over quota.
     Before the fix: the directory was measured as the Maildir without a look: an empty mailbox."""
     env.configure(spool={"layout": "{domain}/{local}"})
     home = env.spool / "example.org" / "alice"
     (home / "Maildir").mkdir(parents=True)
     (home / "inbox").write_bytes(_MBOX_MESSAGE * 3)
-    if inside:
-        (home / "Maildir" / "old").write_bytes(inside)
+    (home / "Maildir" / "old").write_bytes(_MBOX_MESSAGE)
     address = env.add("alice", Limits(2000, 0))
     reading = env.scan().readings[address]
-    assert (reading.usage.format, reading.state) == (Format.MBOX, State.OVER)
-    assert reading.bytes == len(_MBOX_MESSAGE) * (3 + bool(inside))
+    assert (reading.usage.format, reading.state, reading.bytes) == (Format.MBOX, State.OVER, 4 * len(_MBOX_MESSAGE))
+
+
+@pytest.mark.parametrize("fmt", ["auto", "maildir"])
+def test_an_empty_maildir_subdir_is_the_maildir_the_agent_fills_later(env: Env, fmt: str) -> None:
+    """Scenario: a home (Dovecot's: a sieve script beside) with an empty Maildir/ made before the
+    first delivery; then mail is delivered into it. Expected: an empty Maildir, known, then the
+    mail counted by the next incremental scan (a review found both broken by passing over every
+    Maildir/ that is no Maildir yet)."""
+    env.configure(spool={"layout": "{domain}/{local}", "format": fmt})
+    home = env.spool / "example.org" / "alice"
+    (home / "Maildir").mkdir(parents=True)
+    (home / "sieve").mkdir()
+    (home / "sieve" / "filter.sieve").write_text("keep;\n")
+    address = env.add("alice", Limits(2000, 0))
+    reading = env.scan().readings[address]
+    assert (reading.usage.known, reading.bytes, reading.path) == (True, 0, str(home / "Maildir"))
+    add_message(maildir_folder(home / "Maildir"), 3000)
+    reading = env.scan().readings[address]
+    assert (reading.bytes, reading.state) == (3000, State.OVER)

@@ -44,6 +44,15 @@ def _exists(name: str, dir_fd: int) -> bool:
     return maildir.entry_type(dir_fd, name) is not None
 
 
+def _holds(dir_fd: int) -> bool:
+    """Whether the directory holds anything (one that cannot be listed is taken to)."""
+    try:
+        with os.scandir(dir_fd) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+
+
 def _holds_mail_dirs(name: str, root_fd: int) -> bool:
     """:func:`maildir.holds_mail_dirs`, with an entry that cannot be opened holding none."""
     try:
@@ -673,10 +682,9 @@ def measure(
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
             looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
-            if below is not None and below.is_dir and not _looks_like_maildir(below.fd, layout):
-                # No Maildir (yet): an mbox user's folder of that name, or a directory the agent
-                # has not filled. The home is measured as what it holds; a Maildir made there
-                # later is found by the next measurement.
+            if below is not None and below.is_dir and not _looks_like_maildir(below.fd, layout) and _holds(below.fd):
+                # Not empty (a Maildir not filled yet), yet no Maildir: an mbox user's folders
+                # of that name (Dovecot's Maildir/old). The home is measured as what it holds.
                 below.close()
                 below = None
             if looks and not markers and subdir:
