@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import NamedTuple
 
 from msgspec import Struct
@@ -20,7 +21,7 @@ from quotagate.decide import is_over
 from quotagate.historian import after_scan
 from quotagate.misread import layout_hint, misread_warning
 from quotagate.model import Format, Limits, Mailbox, MailboxUsage, Reading, ScanSummary, State
-from quotagate.outage import Outage, found_before, root_problem, vanished_problem
+from quotagate.outage import Outage, found_before, left_problem, root_problem, vanished_problem
 from quotagate.publish import published_first
 from quotagate.spool import UnsafePath, located, mailbox_path, spool_roots
 from quotagate.store import Store
@@ -59,10 +60,13 @@ class Job(NamedTuple):
 
 class ScanResult(Struct, frozen=True):
     summary: ScanSummary
-    readings: dict[str, Reading]
+    readings: dict[str, Reading]  # what this scan measured or kept (see _stored_now: not all)
     maildirsize_mismatches: list[str]
     maildirsize_fixed: list[str]
     published: bool
+    # Every enabled mailbox's reading as the store and the published file hold them after the
+    # scan: its own, or (without folders) what another writer stored meanwhile.
+    stored: dict[str, Reading]
 
 
 def _measure_job(job: Job) -> Found:
@@ -302,13 +306,13 @@ def run_scan(
             changed.append(r)
             if r.state is State.UNKNOWN:
                 log.warning("%s: usage unknown: %s", address, r.reason)
-    now = _stored_now(store, previous, readings)
+    now = _stored_now(store, previous, readings, None if force else config.scan.max_vanished)
     changed = [r for r in changed if r.address in readings]
-    removed = set(now.states) - now.enabled
-    states = {a: s for a, s in now.states.items() if a in now.enabled} | {a: r.state for a, r in readings.items()}
-    over = {a for a, s in states.items() if s is State.OVER}
-    own = shadowed(states, over, config.policy.folder_delimiter)
-    flags = flag_changes(changed, removed, {a: r.state for a, r in previous.items()} | now.states)
+    removed = set(now.current) - now.enabled
+    stored = {a: r for a, r in now.current.items() if a in now.enabled} | readings
+    over = {a for a, r in stored.items() if r.state is State.OVER}
+    own = shadowed(stored, over, config.policy.folder_delimiter)
+    flags = flag_changes(changed, removed, {a: r.state for a, r in (previous | now.current).items()})
     with published_first(config.publish.file, over, own) as published:
         store.save_readings(changed, removed, flags)
     after_scan(config, store, changed, started)
@@ -331,7 +335,7 @@ def run_scan(
         written=len(changed) + len(removed),
     )
     store.record_scan(summary)
-    return ScanResult(summary, readings, mismatches, fixed, published)
+    return ScanResult(summary, readings, mismatches, fixed, published, stored)
 
 
 def log_left_out(readings: Mapping[str, Reading]) -> None:
@@ -374,25 +378,32 @@ def flag_changes(changed: Iterable[Reading], removed: Iterable[str], previous: M
 
 
 class _Stored(NamedTuple):
-    states: dict[str, State]  # each stored reading's state, as it is now
+    current: dict[str, Reading]  # the stored readings as they are now, without folders
     enabled: set[str]  # the directory's enabled mailboxes, now
 
 
-def _stored_now(store: Store, previous: Mapping[str, Reading], readings: dict[str, Reading]) -> _Stored:
+def _stored_now(
+    store: Store, previous: Mapping[str, Reading], readings: dict[str, Reading], max_vanished: Decimal | None
+) -> _Stored:
     """The store as it is once the scan has measured, which took a while: what another writer
     put there meanwhile (``watch``'s flush of a delivery it saw, another host's scan) is newer
     than the scan's measurement of that mailbox, and a mailbox the admin disabled or removed
     meanwhile is gone. Those leave ``readings`` (the scan writes nothing for them); the set it
     publishes is the store's as it is now, with its own readings for the rest. (A writer that
-    comes between this look and the commit, a moment later, can still be overwritten.)"""
+    comes between this look and the commit, a moment later, can still be overwritten.)
+
+    Raises :class:`Outage` when too many of the mailboxes measured left the directory meanwhile
+    (an emptied table re-imported, a bad LDAP filter): ``max_vanished``, unless None (``force``)."""
     current = store.readings(with_folders=False)
     enabled = {m.address for m in store.mailboxes() if m.enabled}
+    if max_vanished is not None and (problem := left_problem(readings, readings.keys() - enabled, max_vanished)):
+        raise Outage(f"the directory changed while the scan measured: {problem}")
     for address in list(readings):
         stored, before = current.get(address), previous.get(address)
         newer = stored is not None and (before is None or stored.measured_at != before.measured_at)
         if newer or address not in enabled:
             del readings[address]
-    return _Stored({a: r.state for a, r in current.items()}, enabled)
+    return _Stored(current, enabled)
 
 
 def log_transitions(moved: Mapping[str, bool], readings: Mapping[str, Reading], limits: Mapping[str, Limits]) -> None:

@@ -20,10 +20,11 @@ import pytest
 import quotagate.scan
 from quotagate.config import scan_lock_file
 from quotagate.model import Limits, Mailbox, State
+from quotagate.outage import Outage
 from quotagate.scan import run_scan
 from quotagate.scanlock import scan_lock
 from quotagate.store import StoreError, open_store
-from quotagate.watch.runner import _rescan, start_tracker
+from quotagate.watch.runner import _rescan, rescan_forever, start_tracker
 from quotagate.watch.tracker import Tracker
 from tests.integration.scanenv import Env
 from tests.spoolgen import add_message, maildir_folder
@@ -271,3 +272,83 @@ def test_the_watchs_scan_waits_for_the_scan_lock(env: Env) -> None:
         assert result is not None and result.readings[a].bytes == 5100
 
     asyncio.run(run())
+
+
+def test_a_directory_emptied_while_the_scan_measures_is_an_outage(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: the admin re-imports the directory (the table emptied, then filled again) while
+    a scan measures. Expected: the scan is refused as an outage; nothing is removed, the file
+    lists every full mailbox still. Before the fix (a review of the first version): the scan's
+    second look at the directory was held to no max_vanished: every reading was removed and the
+    published file emptied."""
+    published = env.base / "over"
+    env.configure(publish={"file": str(published)}, scan={"workers": 1, "racy_seconds": 0})
+    addresses = []
+    for i in range(20):
+        add_message(maildir_folder(env.maildir(f"u{i}")), 5000)
+        addresses.append(env.add(f"u{i}", Limits(1000)))
+    env.scan()
+    add_message(env.maildir("u0"), 10)  # something for the scan to measure
+    pause = Pause(monkeypatch, quotagate.scan, "log_left_out")  # measured, its own vanished check passed
+    thread, out = in_thread(lambda: run_scan(env.config, env.store))
+    assert pause.entered.wait(10)
+    env.store.upsert_mailboxes([Mailbox(a, Limits(1000), enabled=False) for a in addresses])  # "emptied"
+    pause.go_on.set()
+    thread.join(10)
+    env.store.upsert_mailboxes([Mailbox(a, Limits(1000)) for a in addresses])  # and filled again
+    assert isinstance(out[0], Outage), out
+    assert len(env.store.readings()) == 20 and len(listed(published)) == 20
+
+
+def test_a_full_mailbox_the_watch_stored_during_its_rescan_stays_published(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: while the watch's periodic rescan measures, the watch stores a new reading of a
+    full mailbox (found by polling: no event marks it touched); later another mailbox fills up.
+    Expected: both listed in the published file. Before the fix (a review of the first
+    version): the rescan left that reading as the watch stored it but its result lacked it, so
+    the publisher, reset from the result, took the mailbox for not full and the next flush
+    published the file without it."""
+    alice, bob = env.maildir("alice"), env.maildir("bob")
+    add_message(maildir_folder(alice), 5000)
+    add_message(maildir_folder(bob), 100)
+    a, b = env.add("alice", Limits(1000)), env.add("bob", Limits(1000))
+    published = env.base / "over"
+    env.configure(
+        publish={"file": str(published)},
+        scan={"workers": 1, "racy_seconds": 0},
+        watch={"flush_seconds": 0.05, "poll_seconds": 0.1, "rescan_seconds": 0.01},
+    )
+
+    async def run() -> set[str]:
+        tracker, publisher = await start_tracker(env.config, env.store)
+        try:
+            while tracker._dirty:
+                await tracker.flush()
+            adopted = asyncio.Event()
+            real_adopt = tracker.adopt
+
+            def adopt(*args: Any) -> None:
+                real_adopt(*args)
+                adopted.set()
+
+            monkeypatch.setattr(tracker, "adopt", adopt)
+            pause = Pause(monkeypatch, quotagate.scan, "vanished_problem")  # measured, not yet written
+            rescans = asyncio.create_task(rescan_forever(env.config, env.store, tracker, publisher))
+            assert await asyncio.to_thread(pause.entered.wait, 5)
+            add_message(alice, 200)  # still full; the watch finds it by polling and stores it
+            await tracker._poll(True)
+            await tracker.flush()
+            assert env.store.readings()[a].bytes == 5200
+            pause.go_on.set()
+            await asyncio.wait_for(adopted.wait(), 10)
+            rescans.cancel()
+            await asyncio.gather(rescans, return_exceptions=True)
+            add_message(bob, 5000)  # bob fills up: the watch publishes the new set
+            tracker.mark_dirty(b)
+            for _ in range(3):
+                await tracker.flush()
+            return listed(published)
+        finally:
+            tracker.close()
+
+    assert asyncio.run(run()) == {a, b}

@@ -55,7 +55,7 @@ def test_a_rescan_ending_during_a_commit_keeps_its_over_quota_flags(env: Env, mo
             touched = tracker.begin_rescan()
             result = env.scan()
             tracker.adopt(result.readings, touched)
-            publisher.reset(result.readings)
+            publisher.reset(result.stored)
             assert result.readings[b].state is State.OVER and b in published.read_text()
             go_on.set()
             await flushing

@@ -26,7 +26,7 @@ async def rescan(env: Env, tracker: Tracker, publisher: StorePublisher) -> None:
     touched = tracker.begin_rescan()
     result = await asyncio.to_thread(env.scan)
     tracker.adopt(result.readings, touched)
-    publisher.reset(result.readings)
+    publisher.reset(result.stored)
     await asyncio.sleep(0.3)
 
 

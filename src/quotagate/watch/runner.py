@@ -125,6 +125,7 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
     """
     result = await _rescan(config, store)
     readings = result.readings if result is not None else await asyncio.to_thread(store.readings)
+    stored = result.stored if result is not None else readings
     publisher = StorePublisher(config, store)
     tracker = Tracker(config, publisher)
     mailboxes = await asyncio.to_thread(store.mailboxes)
@@ -133,7 +134,7 @@ async def start_tracker(config: Config, store: Store) -> tuple[Tracker, StorePub
     # Every enabled mailbox's reading, as the scan published them: the tracker leaves out those it
     # cannot follow, whose flags and marks the file must keep.
     enabled = {m.address for m in mailboxes if m.enabled}
-    publisher.reset({a: r for a, r in readings.items() if a in enabled})
+    publisher.reset({a: r for a, r in stored.items() if a in enabled})
     chosen = plan(estimated_watches(tracker), current_limit(), config.watch.mode)
     tracker.mode = chosen.mode
     if chosen.mode == "inotify":
@@ -163,9 +164,10 @@ async def rescan_forever(config: Config, store: Store, tracker: Tracker, publish
         if result is None:
             continue  # the tracker keeps its state; its own flushes watch for the spool's return
         tracker.adopt(result.readings, touched)
-        # What the store and the published file hold now is the rescan's view: the next flush
-        # writes the tracker's fresher readings of the mailboxes touched meanwhile over it.
-        publisher.reset(result.readings)
+        # What the store and the published file hold now is the rescan's view (with what the
+        # tracker stored while it measured): the next flush writes the tracker's fresher
+        # readings of the mailboxes touched meanwhile over it.
+        publisher.reset(result.stored)
         gc.freeze()  # the long-lived readings: out of the collector's way
 
 
