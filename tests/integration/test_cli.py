@@ -371,3 +371,31 @@ def test_report_and_check_say_which_profile_counted(setup: Path, capsys: pytest.
 
     assert run(setup, "check", "roomy@example.org", "--size", "100") == 0
     assert "counted   as courier (Courier maildrop/deliverquota; full at or over the limit)" in capsys.readouterr().out
+
+
+_SUPERVISED = """
+import sys
+import quotagate.policy.workers as workers
+class Supervisor:
+    def __init__(self, config, count, command):
+        print("WORKER:", " ".join(command[3:]))
+    def run(self):
+        pass
+workers.Supervisor = Supervisor
+from quotagate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(["-v"], "-v"), (["-vv"], "-vv"), (["-q"], "-q")])
+def test_workers_get_the_verbosity_serve_was_given(tmp_path: Path, flags: list[str], expected: str) -> None:
+    """Scenario: serve -v (-vv, -q) --workers 2. Expected: each worker is started with it. Before
+    the fix: -v (quotagate's debug lines, the root logger left at INFO) did not reach the
+    workers, which answer every request."""
+    config = tmp_path / "q.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[shared]\nurl = "redis://127.0.0.1:1/0"\n')
+    argv = [sys.executable, "-c", _SUPERVISED, *flags, "--config", str(config), "serve", "--workers", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WORKER:")), None)
+    assert line is not None, (done.stdout, done.stderr)
+    assert expected in line.split(), line

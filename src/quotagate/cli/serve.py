@@ -27,8 +27,13 @@ def _worker_command(app: App) -> list[str]:
     command = [sys.executable, "-m", "quotagate"]
     if app.config_file:
         command += ["--config", app.config_file]
-    level = logging.getLogger().level
-    command += ["-q"] if level >= logging.WARNING else ["-vv"] if level <= logging.DEBUG else []
+    level, ours = logging.getLogger().level, logging.getLogger("quotagate").getEffectiveLevel()
+    if level >= logging.WARNING:
+        command.append("-q")
+    elif level <= logging.DEBUG:
+        command.append("-vv")
+    elif ours <= logging.DEBUG:
+        command.append("-v")  # quotagate's debug lines only (see the cli group)
     return [*command, "serve"]
 
 
