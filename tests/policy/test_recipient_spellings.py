@@ -63,6 +63,16 @@ def test_a_mailbox_spelled_as_postfix_routes_it_is_checked_as_itself(
     assert answer.startswith("552"), f"{spelled} answered {answer!r}"
 
 
+@pytest.mark.parametrize("how", sorted(ROUTED))
+def test_a_routed_spelling_to_another_domain_is_relayed_as_written(service: PolicyService, how: str) -> None:
+    """Scenario: RCPT TO:<full%example.org@elsewhere.example>, a domain that is not ours:
+    Postfix rewrites only once it has stripped a domain of its own, and relays this one as
+    written. Expected: DUNNO, not our full mailbox's 552 (found by the review of the first
+    version, which ignored the outer domain)."""
+    spelled = ROUTED[how].format(local=FULL.split("@")[0], domain=DOMAIN).replace(f"@{DOMAIN}", "@elsewhere.example")
+    assert ask(service, request(spelled)) == "DUNNO"
+
+
 @pytest.mark.parametrize(
     ("address", "routed"),
     [

@@ -41,6 +41,8 @@ class Snapshot:
     source: str = "scan"  # "watch" when the readings are kept live from file-system events
     confirmed: Callable[[], float] | None = None  # the tracker's last cycle, replacing confirmed_at
     domain_aliases: AliasDomains = field(default_factory=AliasDomains)
+    # The domains of the mailboxes (and of those gone since the daemon started: never fewer).
+    domains: frozenset[str] = frozenset()
 
     def fresh_at(self, reading: Reading) -> float:
         """When ``reading`` was last known to be current."""
@@ -81,7 +83,9 @@ def load_snapshot(store: Store, with_readings: bool = True, with_folders: bool =
     readings = store.readings(with_folders) if with_readings else {}
     last = store.last_scan()
     aliases = store.domain_aliases()
-    return Snapshot(mailboxes, readings, last.started_at if last else 0.0, time.time(), domain_aliases=aliases)
+    domains = frozenset(a.rpartition("@")[2] for a in mailboxes)
+    started = last.started_at if last else 0.0
+    return Snapshot(mailboxes, readings, started, time.time(), domain_aliases=aliases, domains=domains)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class SnapshotLoader:
         self._retired: list[object] = []
         self._stamp: int | None = None
         self._shape: tuple[bool, bool, tuple[FolderRule, ...]] | None = None
+        self._domains: frozenset[str] = frozenset()
         # What the last load changed in the mailboxes, for what follows them (the live tracker),
         # which then need not go through them all: None when it may be any of them (the first
         # load, or one into a new generation of rows).
@@ -156,8 +161,17 @@ class SnapshotLoader:
         last, stamp = changes.last_scan, changes.stamp
         readings: Mapping[str, Reading] = table.readings if with_readings else {}
         aliases = store.domain_aliases()  # a few rows: read whole at each load
+        whole = before is None or changes.mailboxes_full
+        written = table.mailboxes if whole else (m.address for m in changes.mailboxes)
+        if new := {a.rpartition("@")[2] for a in written} - self._domains:
+            self._domains = self._domains | new
         snapshot = Snapshot(
-            table.mailboxes, readings, last.started_at if last else 0.0, time.time(), domain_aliases=aliases
+            table.mailboxes,
+            readings,
+            last.started_at if last else 0.0,
+            time.time(),
+            domain_aliases=aliases,
+            domains=self._domains,
         )
         if self._table is not None:
             self._retired.append(self._table.objects())
