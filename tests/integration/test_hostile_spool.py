@@ -16,6 +16,7 @@ from msgspec.structs import replace
 
 from quotagate.model import Limits, State
 from quotagate.report import rows
+from quotagate.usage import safefs
 from tests.integration.scanenv import DOMAIN, Env
 from tests.spoolgen import add_message, maildir_folder
 
@@ -253,3 +254,21 @@ def test_symlinks_that_stay_in_the_spool_or_an_extra_root_are_followed(env: Env,
     spool = replace(env.config.spool, extra_roots=[tmp_path / "other-disk"])
     env.config = replace(env.config, spool=spool)
     assert env.scan(full=True).readings[bob].bytes == 900
+
+
+@pytest.mark.skipif(not safefs._hardlinks_protected(), reason="needs fs.protected_hardlinks = 1")
+def test_a_domain_symlink_of_roots_with_a_second_name_is_still_followed(env: Env) -> None:
+    """Scenario: root's symlink puts a domain on a volume of its own; the admin then copies the
+    spool with hard links (cp -al), so the symlink has two names. Expected: still the admin's
+    (no user can link root's symlink while fs.protected_hardlinks is on): mailboxes measured.
+    Before the fix (a review of 18b4101): taken for no one's, every mailbox behind it unknown."""
+    volume = env.base / "vol2"
+    maildir = volume / "example.org" / "alice" / "Maildir"
+    maildir.mkdir(parents=True)
+    add_message(maildir_folder(maildir), 500)
+    os.symlink(volume / "example.org", env.spool / "example.org")
+    env.configure(spool={"extra_roots": [str(volume)]}, scan={"workers": 1, "racy_seconds": 0})
+    a = env.add("alice", Limits(1000, 0))
+    os.link(env.spool / "example.org", env.base / "example.org.snapshot", follow_symlinks=False)
+    r = env.scan(full=True).readings[a]
+    assert (r.state, r.bytes) == (State.OK, 500), r.reason

@@ -14,6 +14,7 @@ The roots themselves are the admin's: they are opened normally, following symlin
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -249,8 +250,8 @@ def _walk(
 
 def _read_link(name: str, dir_fd: int) -> tuple[str, int | None] | None:
     """The target of the symlink ``name`` and the uid of the user who owns it, None when it is
-    the admin's: root's, and no hard link of it elsewhere (a user can make neither; with
-    fs.protected_hardlinks off, one could link root's, which is then no one's: -1). Both are read
+    the admin's: root's, with no hard link of it elsewhere or none a user can have made (see
+    :func:`_hardlinks_protected`; else it is no one's: -1). Both are read
     from one inode, opened without following it: a user who swaps names in a directory of
     theirs cannot pair root's owner with their own target. None when it is gone or no longer a
     symlink."""
@@ -263,10 +264,22 @@ def _read_link(name: str, dir_fd: int) -> tuple[str, int | None] | None:
         if not stat.S_ISLNK(st.st_mode):
             return None
         if st.st_uid == 0:
-            return os.readlink("", dir_fd=fd), None if st.st_nlink == 1 else -1
+            return os.readlink("", dir_fd=fd), None if st.st_nlink == 1 or _hardlinks_protected() else -1
         return os.readlink("", dir_fd=fd), st.st_uid
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _hardlinks_protected() -> bool:
+    """Whether the kernel lets no user link a file they do not own (fs.protected_hardlinks, on by
+    default): then root's symlink with a second name (a spool copied with ``cp -al``) is still
+    root's doing; else a user may have linked it into their mailbox."""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks", "rb") as sysctl:
+            return sysctl.read().strip() == b"1"
+    except OSError:
+        return False
 
 
 def missing_above(path: str) -> FileNotFoundError:
