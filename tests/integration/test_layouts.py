@@ -459,3 +459,21 @@ def test_an_empty_maildir_subdir_is_the_maildir_the_agent_fills_later(env: Env, 
     add_message(maildir_folder(home / "Maildir"), 3000)
     reading = env.scan().readings[address]
     assert (reading.bytes, reading.state) == (3000, State.OVER)
+
+
+@pytest.mark.parametrize("first", ["missing", "this"], ids=["a new account", "a first scan"])
+def test_an_empty_maildir_beside_mbox_mail_hides_nothing(env: Env, first: str) -> None:
+    """Scenario: an mbox home (``inbox``, 3 messages, limit 2,000 bytes) beside an empty
+    ``Maildir/`` (its user's: Dovecot mbox makes one for IMAP ``CREATE Maildir/``), at a new
+    account's next scans or at a first scan. Expected: the inbox counted, over quota, incremental
+    and full. Found by the review of 3cb52df, which took every empty Maildir/ for the mailbox."""
+    env.configure(spool={"layout": "{domain}/{local}"}, scan={"workers": 1, "racy_seconds": 0})
+    address = env.add("alice", Limits(2000, 0))
+    if first == "missing":
+        assert env.scan().readings[address].usage.format is Format.MISSING
+    home = env.spool / "example.org" / "alice"
+    (home / "Maildir").mkdir(parents=True)
+    (home / "inbox").write_bytes(_MBOX_MESSAGE * 3)
+    for full in (False, True):
+        r = env.scan(full=full).readings[address]
+        assert (r.usage.format, r.state) == (Format.MBOX, State.OVER), (r.usage.format, r.bytes, r.path)

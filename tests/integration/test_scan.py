@@ -443,7 +443,8 @@ def test_directories_made_in_a_full_mbox_home_never_clear_its_flag(env: Env, mad
     for full in (False, True):
         r = env.scan(full=full).readings[zed]
         assert (r.state, r.usage.format, r.path) == (State.OVER, Format.MBOX, str(home))
-        assert "counted with them" in (r.reason or "")
+        # An empty Maildir/ beside the mbox files is passed over; a folder, counted with them.
+        assert made == "Maildir" or "counted with them" in (r.reason or "")
     (home / "inbox").unlink()  # a real migration: the mbox files are gone
     add_message(maildir_folder(home / "Maildir" if made == "Maildir" else home), 10)
     r = env.scan().readings[zed]

@@ -13,12 +13,18 @@ delivered to the mailbox the client spelled around.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quotagate.address import unrouted
+from quotagate.config import Config, parse_config
+from quotagate.model import Limits, Mailbox
+from quotagate.policy.daemon import Daemon
 from quotagate.policy.metrics import Metrics
 from quotagate.policy.service import PolicyService
-from tests.policy.conftest import DOMAIN, FULL, QUOTA, ROOMY, Site, request
+from quotagate.store import open_store
+from tests.policy.conftest import DOMAIN, FULL, QUOTA, ROOMY, Site, request, run
 from tests.policy.test_data_stage import ask
 
 
@@ -88,3 +94,36 @@ def test_a_routed_spelling_to_another_domain_is_relayed_as_written(service: Poli
 )
 def test_unrouted_reads_the_local_part_as_postfix_does(address: str, routed: str | None) -> None:
     assert unrouted(address) == routed
+
+
+ELSEWHERE = "elsewhere.example"
+
+
+def test_a_reload_onto_another_store_forgets_the_old_stores_domains(site: Site, tmp_path: Path) -> None:
+    """Scenario: the daemon starts on a store whose mailboxes are at elsewhere.example (a staging
+    copy, another site); SIGHUP points it at the site's store (example.org only), which
+    SnapshotLoader.forget() documents as "another store: load everything next time".
+    RCPT TO:<full%example.org@elsewhere.example> is then relayed by Postfix as written
+    (elsewhere.example is not a domain of this site). Expected: DUNNO, as for a daemon started
+    on this store. HEAD: 552, the old store's domain is still "ours" (self._domains survives
+    forget()). Found by the review of 337796f."""
+    old_url = f"sqlite:///{tmp_path}/old.db"
+    with open_store(old_url) as old:
+        old.migrate()
+        old.upsert_mailboxes([Mailbox(f"someone@{ELSEWHERE}", Limits(1000))])
+    data = site.data()
+    data["store"] = {"url": old_url}
+    holder: list[Config] = [parse_config(data)]
+    daemon = Daemon(lambda: holder[0])
+    spelled = f"full%{DOMAIN}@{ELSEWHERE}"
+    run(daemon.refresh())
+    assert ELSEWHERE in daemon.service.snapshot.domains
+    holder[0] = site.config()  # the site's own store
+    run(daemon.reload())
+    assert FULL in daemon.service.snapshot.mailboxes
+    # A daemon started on this store answers DUNNO (the test of 337796f):
+    fresh = Daemon(lambda: site.config())
+    run(fresh.refresh())
+    assert ask(fresh.service, request(spelled)) == "DUNNO"
+    # The reloaded one must answer alike.
+    assert ask(daemon.service, request(spelled)) == "DUNNO", sorted(daemon.service.snapshot.domains)

@@ -135,6 +135,7 @@ class SnapshotLoader:
         if self._table is not None:
             self._retired.append(self._table.objects())
         self._table, self._stamp, self._shape = None, None, None
+        self._domains = frozenset()
 
     def load(
         self,

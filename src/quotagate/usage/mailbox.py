@@ -53,6 +53,24 @@ def _holds(dir_fd: int) -> bool:
         return True
 
 
+def _no_maildir(below: Node, home: Node, layout: maildir.Layout) -> bool:
+    """Whether the ``maildir_subdir`` directory found is no Maildir: an mbox user's folders of
+    that name (Dovecot's Maildir/old), or an empty directory beside mbox mail (a user's, or the
+    agent's not filled yet). Then the home is measured as what it holds; empty beside no mbox
+    file, it is the Maildir the agent fills later."""
+    if not below.is_dir or _looks_like_maildir(below.fd, layout):
+        return False
+    return _holds(below.fd) or _holds_mbox_file(home.fd)
+
+
+def _holds_mbox_file(dir_fd: int) -> bool:
+    """Whether the directory holds an mbox file (one that cannot be read is taken for one)."""
+    try:
+        return mbox.holds_mbox(dir_fd, ())
+    except OSError:
+        return True
+
+
 def _holds_mail_dirs(name: str, root_fd: int) -> bool:
     """:func:`maildir.holds_mail_dirs`, with an entry that cannot be opened holding none."""
     try:
@@ -682,9 +700,7 @@ def measure(
             markers = _root_markers(dir_node.fd) if dir_node is not None else ()
             looks = dir_node is not None and _looks_like_maildir(dir_node.fd, layout, markers)
             below = None if looks else _maildir_below(node, fmt, subdir, roots, layout)
-            if below is not None and below.is_dir and not _looks_like_maildir(below.fd, layout) and _holds(below.fd):
-                # Not empty (a Maildir not filled yet), yet no Maildir: an mbox user's folders
-                # of that name (Dovecot's Maildir/old). The home is measured as what it holds.
+            if below is not None and node is not None and _no_maildir(below, node, layout):
                 below.close()
                 below = None
             if looks and not markers and subdir:
