@@ -185,7 +185,9 @@ def _rewrite_through(path: Path, roots: Roots) -> None:
         maildirsize.rewrite(node, str(path), roots, "1S", 0, 0)
 
 
-def test_a_hard_link_of_the_admins_link_is_a_users(tmp_path: Path) -> None:
+def test_a_hard_link_of_the_admins_link_is_a_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only without fs.protected_hardlinks can a user link root's symlink: taken for a user's then.
+    monkeypatch.setattr(safefs, "_hardlinks_protected", lambda: False)
     bob, home, roots = _admins_link_in_alices_home(tmp_path)
     (tmp_path / "d" / "bob").symlink_to(bob)  # root's, to bob's Maildir (absolute: the link is copied)
     os.unlink(home / "Maildir")
