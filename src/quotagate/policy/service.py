@@ -823,11 +823,13 @@ class PolicyService:
         client would otherwise get past its check by writing so. A few levels at most."""
         for _ in range(_ROUTING_LEVELS):
             found = self._mailbox(snapshot, address, recipient)
+            if found[0] is not None:
+                return found  # every known recipient: nothing more on the request path
             # Postfix rewrites only once it has stripped a domain of its own: to another, such
             # an address is relayed as written.
             domain = address.rpartition("@")[2]
             ours = domain in snapshot.domains or domain in snapshot.domain_aliases.targets
-            routed = unrouted(recipient) if found[0] is None and ours else None
+            routed = unrouted(recipient) if ours else None
             if routed is None:
                 return found
             try:
